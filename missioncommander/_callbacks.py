@@ -1,0 +1,141 @@
+"""Callback registries and the threads that run user callbacks.
+
+User callbacks never run on the I/O thread and never under a library lock.
+Each Client or Server has a serial queue of its own, so its callbacks run one
+at a time in the order the events happened; the queues share a small pool of
+worker threads, so a process with thousands of clients does not need
+thousands of threads, and one slow callback holds up only its own instance.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+log = logging.getLogger("missioncommander.callbacks")
+
+_POOL_SIZE = 4
+#: Callbacks one queue runs before yielding its worker to other queues.
+_BATCH = 256
+
+
+def normalise_event(name: object, known: Iterable[str]) -> str:
+    """Map ``on_connect``, ``ConNEct`` or ``onCon-nect`` to ``connect``.
+
+    Raises ``ValueError`` naming the known events when ``name`` is not one.
+    """
+    known = tuple(known)
+    if not isinstance(name, str):
+        raise TypeError(f"event name must be a str, not {type(name).__name__}")
+    key = name.lower().replace("-", "").replace("_", "")
+    if key not in known and key.startswith("on"):
+        key = key[2:]
+    if key not in known:
+        raise ValueError(f"unknown event {name!r}; known events: {', '.join(known)}")
+    return key
+
+
+class _Pool:
+    def __init__(self, size: int) -> None:
+        self._ready: queue.SimpleQueue[SerialQueue] = queue.SimpleQueue()
+        self._size = size
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def schedule(self, serial: SerialQueue) -> None:
+        if len(self._threads) < self._size:
+            with self._lock:
+                while len(self._threads) < self._size:
+                    thread = threading.Thread(
+                        target=self._work, name=f"missioncommander-callbacks-{len(self._threads)}", daemon=True
+                    )
+                    thread.start()
+                    self._threads.append(thread)
+        self._ready.put(serial)
+
+    def _work(self) -> None:
+        while True:
+            self._ready.get()._drain()
+
+
+_pool = _Pool(_POOL_SIZE)
+
+
+class SerialQueue:
+    """Runs submitted calls one at a time, in submission order, on the pool."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._scheduled = False
+        self._idle = threading.Condition(self._lock)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        with self._lock:
+            self._items.append((fn, args))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        _pool.schedule(self)
+
+    def _drain(self) -> None:
+        for _ in range(_BATCH):
+            with self._lock:
+                if not self._items:
+                    self._scheduled = False
+                    self._idle.notify_all()
+                    return
+                fn, args = self._items.popleft()
+            try:
+                fn(*args)
+            except Exception:  # a callback's bug must not stop the queue
+                log.exception("callback %r raised", fn)
+        _pool.schedule(self)  # more to do: go to the back of the line
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until everything submitted so far has run (not from a callback)."""
+        with self._lock:
+            return self._idle.wait_for(lambda: not self._scheduled, timeout)
+
+
+class Callbacks:
+    """The callbacks subscribed to one object's events."""
+
+    def __init__(self, owner: str, events: Iterable[str]) -> None:
+        self._owner = owner
+        self.events = tuple(events)
+        self._subs: dict[str, tuple[Callable[..., Any], ...]] = {}
+        self._lock = threading.Lock()
+        self.serial = SerialQueue()
+
+    def subscribe(self, event: str, callback: Callable[..., Any]) -> None:
+        key = normalise_event(event, self.events)
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, not {type(callback).__name__}")
+        with self._lock:
+            self._subs[key] = (*self._subs.get(key, ()), callback)
+
+    def unsubscribe(self, event: str, callback: Callable[..., Any]) -> None:
+        key = normalise_event(event, self.events)
+        with self._lock:
+            subs = list(self._subs.get(key, ()))
+            if callback in subs:
+                subs.remove(callback)
+            self._subs[key] = tuple(subs)
+
+    def emit(self, event: str, *args: Any) -> None:
+        """Queue ``event`` for its callbacks (those subscribed at this moment)."""
+        callbacks = self._subs.get(event)
+        if callbacks:
+            self.serial.submit(self._run, event, callbacks, args)
+
+    def _run(self, event: str, callbacks: tuple[Callable[..., Any], ...], args: tuple[Any, ...]) -> None:
+        for callback in callbacks:
+            try:
+                callback(*args)
+            except Exception:
+                log.exception("%s %s callback %r raised", self._owner, event, callback)

@@ -1,0 +1,707 @@
+"""``Client``: connects, keeps its session across broken connections, reconnects."""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from . import _config as cfg
+from ._callbacks import Callbacks
+from ._errors import (
+    ConnectError,
+    ConnectionRefusedByServer,
+    ConnectTimeout,
+    MessageTooLarge,
+    QueueFullError,
+    StateError,
+)
+from ._link import Link
+from ._loop import Loop, Timer, Transport, get_loop
+from ._message import Message
+from ._protocol import (
+    DEFAULT_MAX_FRAME_SIZE,
+    MESSAGE_OVERHEAD,
+    MIN_MAX_FRAME_SIZE,
+    TERMINAL_CODES,
+    AckReceived,
+    ByeReceived,
+    ErrorReceived,
+    Event,
+    InboundStream,
+    MessageReceived,
+    OutboundStream,
+    PingReceived,
+    PongReceived,
+    Role,
+    ShutdownReceived,
+    Welcome,
+    message_header,
+)
+from ._state import ClientState, ClientStateTransition
+
+log = logging.getLogger("missioncommander.client")
+
+CLIENT_EVENTS = ("connect", "disconnect", "reconnect", "message", "servershutdown", "statechange")
+
+S = ClientState
+NEEDS_INIT = S.STATE_NEEDS_INIT | S.STATE_NOT_CONNECTED
+IDLE = S.STATE_OK | S.STATE_NOT_CONNECTED
+CONNECTING = S.STATE_OK | S.STATE_RUNNING | S.STATE_CONNECTING
+CONNECTED = S.STATE_OK | S.STATE_RUNNING | S.STATE_CONNECTED
+CONNECT_FAILED = S.STATE_OK | S.STATE_NOT_CONNECTED | S.STATE_CONNECT_FAILED
+RECONNECTING = S.STATE_OK | S.STATE_RUNNING | S.STATE_UNEXP_CLOSED | S.STATE_RECONNECTING
+RECONNECT_FAILED = S.STATE_OK | S.STATE_NOT_CONNECTED | S.STATE_RECONNECT_FAILED
+DISCONNECTING = S.STATE_OK | S.STATE_RUNNING | S.STATE_DISCONNECTING
+DISCONNECT_FAILED = S.STATE_OK | S.STATE_NOT_CONNECTED | S.STATE_DISCONNECT_FAILED
+CLOSED_BY_PEER = S.STATE_OK | S.STATE_NOT_CONNECTED | S.STATE_UNEXP_CLOSED
+
+
+class _Attempt(Exception):
+    """Why one connection attempt failed; ``terminal`` ends all retrying."""
+
+    def __init__(self, reason: str, terminal: bool = False, error: ConnectError | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.terminal = terminal
+        self.error = error
+
+
+class _ClientLink(Link):
+    """One TCP connection attempt and, once welcomed, the live connection."""
+
+    def __init__(self, client: Client, loop: Loop, generation: int) -> None:
+        super().__init__(loop, Role.CLIENT, client.max_frame_size, client.heartbeat_interval, client.heartbeat_timeout)
+        self.client = client
+        self.generation = generation
+        self.sock: socket.socket | None = None
+        self.timer: Timer | None = None
+        self.welcomed = False
+        #: Set once the transport has closed (``disconnect()`` waits for it).
+        self.on_closed: threading.Event | None = None
+
+    def describe(self) -> str:
+        return f"client {self.client.client_id!r}"
+
+    def start(self, addr: tuple[Any, ...], family: int, bind: tuple[str, int] | None, timeout: float) -> None:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock = sock
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.timer = self.loop.call_later(timeout, self._timed_out, timeout)
+        try:
+            if bind is not None:
+                # A fixed bind_port must be reusable at once after a reconnect.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(bind)
+            err = sock.connect_ex(addr)
+        except OSError as exc:
+            self._fail(_Attempt(f"cannot bind or connect: {exc.strerror or exc}"))
+            return
+        if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+            self._fail(_Attempt(f"cannot connect to {_fmt(addr)}: {errno.errorcode.get(err, err)} {_strerror(err)}"))
+            return
+        self.loop.register(sock, 2, self)  # EVENT_WRITE: connect finished
+
+    def handle_io(self, mask: int) -> None:
+        sock = self.sock
+        assert sock is not None
+        self.loop.unregister(sock)
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._fail(_Attempt(f"cannot connect to {self.client.address}:{self.client.port}: {_strerror(err)}"))
+            return
+        self.transport = Transport(self.loop, sock, self)
+        client = self.client
+        with client._lock:
+            token, last_seq = client._token, client._inbound.last_seq
+        self.write(
+            self.proto.send_hello(
+                client.client_id, token, last_seq, client.max_frame_size, client.heartbeat_timeout, time.monotonic()
+            )
+        )
+
+    def _timed_out(self, timeout: float) -> None:
+        self.timer = None
+        self._fail(
+            _Attempt(f"no answer from {self.client.address}:{self.client.port} within {timeout:g} s", error=None)
+        )
+
+    def _fail(self, why: _Attempt) -> None:
+        """The attempt failed before the server welcomed us."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.welcomed = False
+        self._dead = True
+        if self.transport is not None:
+            self.transport.close(why.reason)  # connection_lost sees _dead and stays quiet
+        elif self.sock is not None:
+            self.loop.unregister(self.sock)
+            self.sock.close()
+        self.client._attempt_failed(self, why)
+
+    _dead = False
+
+    def handle_event(self, event: Event) -> None:
+        if isinstance(event, Welcome):
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            self.welcomed = True
+            self.client._welcomed(self, event)
+        elif isinstance(event, ErrorReceived) and not self.welcomed:
+            refusal = ConnectionRefusedByServer(event.code, event.message)
+            self._fail(_Attempt(str(refusal), terminal=event.code in TERMINAL_CODES or not event.retry, error=refusal))
+        else:
+            self.client._handle(self, event)
+
+    def connection_lost(self, reason: str, exc: BaseException | None) -> None:
+        self.stop_timers()
+        if self.on_closed is not None:
+            self.on_closed.set()
+        if self._dead:
+            return
+        self._dead = True
+        if not self.welcomed:
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            self.client._attempt_failed(self, _Attempt(f"connection closed during the handshake: {reason}"))
+        else:
+            self.client._link_lost(self, reason)
+
+
+class Client:
+    """A MissionCommander client.
+
+    Configure with attributes or constructor keywords (each validated when
+    set), then ``connect()``.  The client keeps a *session* with the server:
+    when the TCP connection breaks it reconnects by itself (exponential
+    backoff with full jitter) and resumes the session, so every message sent
+    in either direction arrives exactly once and in order.
+
+    States (``client.state``, a :class:`ClientState`):
+
+    ================================  =========================================
+    new, not configured               NEEDS_INIT | NOT_CONNECTED
+    configured (address and port set) OK | NOT_CONNECTED
+    connecting                        OK | RUNNING | CONNECTING
+    connected                         OK | RUNNING | CONNECTED
+    first connect failed              OK | NOT_CONNECTED | CONNECT_FAILED
+    connection broke, retrying        OK | RUNNING | UNEXP_CLOSED | RECONNECTING
+    retries exhausted or refused      OK | NOT_CONNECTED | RECONNECT_FAILED
+    disconnecting                     OK | RUNNING | DISCONNECTING
+    disconnected                      OK | NOT_CONNECTED
+    closed by the server (kick/error) OK | NOT_CONNECTED | UNEXP_CLOSED
+    ================================  =========================================
+
+    Events (``subscribe``): ``connect()``, ``disconnect()`` (before a manual
+    disconnect), ``reconnect(client_id)``, ``message(message)``,
+    ``servershutdown()``, ``statechange(transition)``.  Callbacks run in event
+    order on a callback thread, never on the I/O thread and never under a
+    library lock, so they may call ``send()`` or ``disconnect()``.
+    """
+
+    address = cfg.Setting[str]("", cfg.non_empty_str, doc="server host name or IP address")
+    port = cfg.Setting[int](0, cfg.int_range(1, 65535), doc="server TCP port")
+    client_id = cfg.Setting[str]("", cfg.non_empty_str, doc="this client's id, unique per server")
+    interface = cfg.Setting[str]("", cfg.interface, doc="local interface to connect from: '' or '*' for any")
+    bind_port = cfg.Setting["int | None"](None, cfg.int_range(0, 65535, optional=True), doc="local port to bind")
+    max_frame_size = cfg.Setting[int](DEFAULT_MAX_FRAME_SIZE, cfg.int_range(MIN_MAX_FRAME_SIZE, 2**32 - 1))
+    connect_timeout = cfg.Setting[float](10.0, cfg.positive_number(), locked=False)
+    reconnect_delay = cfg.Setting[float](0.5, cfg.positive_number(), locked=False)
+    reconnect_max_delay = cfg.Setting[float](30.0, cfg.positive_number(), locked=False)
+    reconnect_attempts = cfg.Setting["int | None"](None, cfg.int_range(1, optional=True), locked=False)
+    heartbeat_interval = cfg.Setting[float](5.0, cfg.positive_number(), locked=False)
+    heartbeat_timeout = cfg.Setting[float](15.0, cfg.positive_number(), locked=False)
+    max_queued = cfg.Setting[int](10_000, cfg.int_range(1), locked=False)
+    max_queued_bytes = cfg.Setting[int](64 * 1024 * 1024, cfg.int_range(1), locked=False)
+    send_timeout = cfg.Setting[float](10.0, cfg.positive_number(), locked=False)
+
+    def __init__(self, **settings: Any) -> None:
+        self._settings: dict[str, Any] = {"client_id": self.generate_id()}
+        self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
+        self._state = NEEDS_INIT
+        self._callbacks = Callbacks("client", CLIENT_EVENTS)
+        self._loop = get_loop()
+        self._generation = 0
+        self._link: _ClientLink | None = None
+        self._connect_future: Future[None] | None = None
+        self._retry_timer: Timer | None = None
+        self._retries = 0
+        self._token: str | None = None
+        self._out = OutboundStream(self.max_queued, self.max_queued_bytes)
+        self._inbound = InboundStream()
+        self._sent_seq = 0
+        self._pump_scheduled = False
+        self._peer_max_frame_size = DEFAULT_MAX_FRAME_SIZE
+        self._last_close_reason: str | None = None
+        self._disconnected = threading.Event()
+        for name, value in settings.items():
+            if not isinstance(getattr(type(self), name, None), cfg.Setting):
+                raise TypeError(f"Client() got an unknown setting {name!r}")
+            setattr(self, name, value)
+
+    # -- settings and state ----------------------------------------------------
+
+    def _check_settable(self, name: str) -> None:
+        if self._state & S.STATE_RUNNING:
+            raise StateError(
+                f"cannot change {name} while the client is {ClientState.get_name(self._state)}; disconnect() first"
+            )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        # Setting address and port is what configures a new client.
+        if (
+            name in ("address", "port")
+            and self._state == NEEDS_INIT
+            and "address" in self._settings
+            and "port" in self._settings
+        ):
+            with self._lock:
+                self._set_state(IDLE)
+
+    @staticmethod
+    def generate_id() -> str:
+        """A fresh random client id."""
+        return uuid.uuid4().hex
+
+    def generate_new_id(self) -> str:
+        """Give this client a fresh random id, and return it."""
+        new_id = self.generate_id()
+        self.client_id = new_id
+        return new_id
+
+    @property
+    def state(self) -> ClientState:
+        """The current state (a :class:`ClientState` bitfield)."""
+        return self._state
+
+    @property
+    def last_close_reason(self) -> str | None:
+        """Why the last connection closed (or the last attempt failed)."""
+        return self._last_close_reason
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._state & S.STATE_CONNECTED)
+
+    @property
+    def queued(self) -> int:
+        """Messages sent but not yet acknowledged by the server."""
+        with self._lock:
+            return len(self._out)
+
+    def _set_state(self, new: ClientState) -> None:
+        """Change state and queue the statechange event (caller holds the lock)."""
+        old = self._state
+        if old == new:
+            return
+        self._state = new
+        log.debug("client %r: %s -> %s", self.client_id, ClientState.get_name(old), ClientState.get_name(new))
+        self._callbacks.emit("statechange", ClientStateTransition(old, new))
+
+    # -- public operations -----------------------------------------------------
+
+    def connect(self) -> None:
+        """Connect and wait until the server accepts this client.
+
+        Raises ``ConnectError`` (``ConnectTimeout`` after ``connect_timeout``,
+        ``ConnectionRefusedByServer`` when the server refuses) and leaves the
+        state CONNECT_FAILED.  Does nothing when already running.  After this
+        returns, a broken connection is repaired in the background.
+        """
+        if self._state == NEEDS_INIT:
+            raise StateError("set address and port before connect()")
+        if not cfg.is_any_interface(self.interface) and self.bind_port is None:
+            raise StateError(f"bind_port is required when interface is {self.interface!r}")
+        target = self._resolve()
+        bind = None
+        if not cfg.is_any_interface(self.interface):
+            bind = (cfg.resolve_interface(self.interface), self.bind_port or 0)
+        with self._lock:
+            if self._state & S.STATE_RUNNING:
+                return
+            self._generation += 1
+            generation = self._generation
+            self._retries = 0
+            self._disconnected.clear()
+            future: Future[None] = Future()
+            self._connect_future = future
+            self._out.max_items, self._out.max_bytes = self.max_queued, self.max_queued_bytes
+            self._set_state(CONNECTING)
+        timeout = self.connect_timeout
+        self._loop.call_soon(self._start_attempt, generation, target, bind)
+        try:
+            future.result(timeout + 5.0)
+        except FutureTimeout:  # the loop's own timer should have fired first
+            self._loop.call_soon(self._abandon, generation)
+            raise ConnectTimeout(f"no answer from {self.address}:{self.port} within {timeout:g} s") from None
+
+    def disconnect(self) -> None:
+        """Say goodbye to the server and close; ends the session.
+
+        Idempotent, and safe to call from a callback.  Messages not yet
+        acknowledged by the server are dropped (and logged).
+        """
+        with self._lock:
+            if not self._state & S.STATE_RUNNING and self._retry_timer is None:
+                return
+            self._generation += 1
+            self._callbacks.emit("disconnect")
+            self._set_state(DISCONNECTING)
+            future = self._connect_future
+            self._connect_future = None
+        if future is not None and not future.done():
+            future.set_exception(ConnectError("disconnect() was called while connecting"))
+        done = threading.Event()
+        self._loop.call_soon(self._disconnect_on_loop, done)
+        ok = done.wait(5.0)
+        with self._lock:
+            self._last_close_reason = "disconnected by this client"
+            self._end_session_locked("disconnected")
+            self._set_state(IDLE if ok else DISCONNECT_FAILED)
+            self._room.notify_all()
+        self._disconnected.set()
+
+    def send(self, message: Message) -> None:
+        """Send ``message`` to the server.
+
+        While connected it waits up to ``send_timeout`` for room when
+        ``max_queued``/``max_queued_bytes`` unacknowledged messages are
+        outstanding; while reconnecting it queues (the message goes out on
+        resume) and raises ``QueueFullError`` at once when full.  Raises
+        ``StateError`` when the client is not connected or reconnecting and
+        ``MessageTooLarge`` when the message exceeds the server's frame limit.
+        """
+        if not isinstance(message, Message):
+            raise TypeError(f"message must be a Message, not {type(message).__name__}")
+        body = message.encode()
+        if len(body) + MESSAGE_OVERHEAD > self._peer_max_frame_size:
+            raise MessageTooLarge(
+                f"message of {len(body) + MESSAGE_OVERHEAD} bytes exceeds the server's limit"
+                f" of {self._peer_max_frame_size}"
+            )
+        with self._lock:
+            self._check_can_send()
+            if not self._out.has_room(len(body)):
+                if not self._state & S.STATE_CONNECTED:
+                    raise QueueFullError(f"send queue full while reconnecting ({len(self._out)} messages queued)")
+                deadline = time.monotonic() + self.send_timeout
+                while not self._out.has_room(len(body)):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise QueueFullError(
+                            f"send queue full: the server acknowledged nothing for {self.send_timeout:g} s"
+                        )
+                    self._room.wait(left)
+                    self._check_can_send()
+            self._out.push(body)
+            if self._pump_scheduled or self._link is None:
+                return
+            self._pump_scheduled = True
+        self._loop.call_soon(self._pump)
+
+    def _check_can_send(self) -> None:
+        if not self._state & (S.STATE_CONNECTED | S.STATE_RECONNECTING):
+            raise StateError(f"cannot send: client is {ClientState.get_name(self._state)}; connect() first")
+
+    def subscribe(self, event: str, callback: Callable[..., Any]) -> None:
+        """Call ``callback`` on ``event``: ``connect``, ``disconnect``,
+        ``reconnect``, ``message``, ``servershutdown`` or ``statechange``.
+        Names are case-insensitive and may carry ``on``, ``-`` and ``_``
+        (``on_connect``, ``onCon-nect``); an unknown name raises ``ValueError``."""
+        self._callbacks.subscribe(event, callback)
+
+    def unsubscribe(self, event: str, callback: Callable[..., Any]) -> None:
+        """Stop calling ``callback`` on ``event``."""
+        self._callbacks.unsubscribe(event, callback)
+
+    def wait_callbacks(self, timeout: float | None = None) -> bool:
+        """Wait until the callbacks of events so far have run (not from a callback)."""
+        return self._callbacks.serial.wait_idle(timeout)
+
+    def __enter__(self) -> Client:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.disconnect()
+
+    def __repr__(self) -> str:
+        return (
+            f"<Client {self.client_id!r} -> {self.address or '?'}:{self.port or '?'} "
+            f"{ClientState.get_name(self._state)}>"
+        )
+
+    # -- address resolution ----------------------------------------------------
+
+    def _resolve(self) -> tuple[int, tuple[Any, ...]]:
+        host, port = self.address, self.port
+        try:
+            ip = ipaddress.ip_address(host)
+            family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+            return family, ((host, port, 0, 0) if ip.version == 6 else (host, port))
+        except ValueError:
+            pass
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise ConnectError(f"cannot resolve {host!r}: {exc.strerror}") from exc
+        family, _, _, _, sockaddr = infos[0]
+        return family, sockaddr
+
+    # -- loop thread ---------------------------------------------------------
+
+    def _start_attempt(self, generation: int, target: tuple[int, tuple[Any, ...]] | None, bind: Any) -> None:
+        self._retry_timer = None
+        if generation != self._generation:
+            return
+        if target is None:
+            # Reconnects resolve again (the address may have moved) without
+            # blocking the loop on DNS.
+            def resolve() -> None:
+                try:
+                    resolved = self._resolve()
+                except ConnectError as exc:
+                    self._loop.call_soon(self._attempt_failed_early, generation, str(exc))
+                    return
+                self._loop.call_soon(self._start_attempt, generation, resolved, bind)
+
+            threading.Thread(target=resolve, name="missioncommander-resolve", daemon=True).start()
+            return
+        link = _ClientLink(self, self._loop, generation)
+        self._link = link
+        family, addr = target
+        link.start(addr, family, bind, self.connect_timeout)
+
+    def _attempt_failed_early(self, generation: int, reason: str) -> None:
+        if generation == self._generation:
+            self._attempt_failed(None, _Attempt(reason))
+
+    def _abandon(self, generation: int) -> None:
+        if generation == self._generation and self._link is not None and not self._link.welcomed:
+            self._link._fail(_Attempt("connect() gave up waiting"))
+
+    def _attempt_failed(self, link: _ClientLink | None, why: _Attempt) -> None:
+        if link is not None:
+            if link is self._link:
+                self._link = None
+            if link.generation != self._generation:
+                return
+        with self._lock:
+            self._last_close_reason = why.reason
+            if self._state & S.STATE_CONNECTING:
+                future = self._connect_future
+                self._connect_future = None
+                self._set_state(CONNECT_FAILED)
+                log.warning("client %r: connect failed: %s", self.client_id, why.reason)
+                if future is not None and not future.done():
+                    future.set_exception(why.error or ConnectError(why.reason))
+                return
+            if not self._state & S.STATE_RECONNECTING:
+                return
+            self._retries += 1
+            limit = self.reconnect_attempts
+            if why.terminal or (limit is not None and self._retries >= limit):
+                self._set_state(RECONNECT_FAILED)
+                self._room.notify_all()
+                log.warning(
+                    "client %r: giving up reconnecting after %d attempt(s): %s",
+                    self.client_id,
+                    self._retries,
+                    why.reason,
+                )
+                return
+        self._schedule_retry()
+
+    def _schedule_retry(self) -> None:
+        ceiling = min(self.reconnect_max_delay, self.reconnect_delay * 2 ** min(self._retries, 32))
+        delay = random.uniform(0, ceiling)  # full jitter: clients of one server do not stampede
+        log.info("client %r: reconnecting in %.2f s (attempt %d)", self.client_id, delay, self._retries + 1)
+        self._retry_timer = self._loop.call_later(delay, self._start_attempt, self._generation, None, self._bind())
+
+    def _bind(self) -> tuple[str, int] | None:
+        if cfg.is_any_interface(self.interface):
+            return None
+        return (cfg.resolve_interface(self.interface), self.bind_port or 0)
+
+    def _welcomed(self, link: _ClientLink, welcome: Welcome) -> None:
+        if link.generation != self._generation:
+            if link.transport is not None:
+                link.transport.close("stale connection")
+            return
+        with self._lock:
+            resumed_session = welcome.resumed
+            if resumed_session:
+                self._out.ack(welcome.last_seq)
+                self._sent_seq = welcome.last_seq
+            else:
+                if self._token is not None:
+                    log.warning(
+                        "client %r: the server no longer knows our session (restart or expiry); "
+                        "starting a new one and resending %d unacknowledged message(s)",
+                        self.client_id,
+                        len(self._out),
+                    )
+                self._out.restart()
+                self._inbound.reset()
+                self._sent_seq = 0
+            self._token = welcome.session
+            self._peer_max_frame_size = welcome.max_frame_size
+            link.inbound = self._inbound
+            first = bool(self._state & S.STATE_CONNECTING)
+            future = self._connect_future
+            self._connect_future = None
+            self._retries = 0
+            self._set_state(CONNECTED)
+            self._callbacks.emit("connect") if first else self._callbacks.emit("reconnect", self.client_id)
+            self._pump_scheduled = False
+        log.info(
+            "client %r connected to %s:%d%s",
+            self.client_id,
+            self.address,
+            self.port,
+            " (resumed)" if resumed_session else "",
+        )
+        link.start_heartbeat()
+        self._pump()
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def _pump(self) -> None:
+        with self._lock:
+            self._pump_scheduled = False
+        self._pump_to(self._link)
+
+    def _pump_to(self, link: _ClientLink | None) -> None:
+        chunks: list[bytes] = []
+        with self._lock:
+            if link is None or not link.is_open or link.transport is None:
+                return
+            seq = self._sent_seq
+            for seq, body in self._out.after(self._sent_seq):
+                chunks.append(message_header(seq, len(body)))
+                chunks.append(body)
+            self._sent_seq = seq
+        if chunks:
+            link.transport.write_many(chunks)
+
+    def _handle(self, link: _ClientLink, event: Event) -> None:
+        if isinstance(event, MessageReceived):
+            if self._inbound.accept(event.seq):
+                self._callbacks.emit("message", Message._from_wire(event.subject, event.payload, event.encoded))
+                link.message_accepted()
+        elif isinstance(event, AckReceived):
+            with self._lock:
+                self._out.ack(event.seq)
+                self._room.notify_all()
+        elif isinstance(event, PingReceived):
+            link.write(link.proto.send_pong(time.monotonic()))
+        elif isinstance(event, PongReceived):
+            pass  # liveness is noted on every frame received
+        elif isinstance(event, ShutdownReceived):
+            self._closed_by_server(link, f"server shut down: {event.reason}", shutdown=True)
+        elif isinstance(event, ByeReceived):
+            self._closed_by_server(link, f"disconnected by the server: {event.reason}", shutdown=False)
+        elif isinstance(event, ErrorReceived):
+            if event.retry and event.code not in TERMINAL_CODES:
+                if link.transport is not None:
+                    link.transport.close(f"server reported an error ({event.code}): {event.message}")
+            else:
+                self._closed_by_server(
+                    link, f"server reported an error ({event.code}): {event.message}", shutdown=False, clean=False
+                )
+
+    def _closed_by_server(self, link: _ClientLink, reason: str, shutdown: bool, clean: bool = True) -> None:
+        """The server ended our session: no reconnecting."""
+        link._dead = True
+        link.stop_timers()
+        if link.transport is not None:
+            link.transport.close(reason)
+        self._link = None
+        generation = self._generation
+        with self._lock:
+            self._generation += 1
+            self._last_close_reason = reason
+            self._end_session_locked(reason)
+            self._room.notify_all()
+            if not shutdown:
+                self._set_state(IDLE if clean else CLOSED_BY_PEER)
+        log.warning("client %r: %s", self.client_id, reason)
+        if shutdown:
+            self._callbacks.emit("servershutdown")
+            # The client stops once the servershutdown callbacks have returned.
+            self._callbacks.serial.submit(self._stopped_after_shutdown, generation + 1)
+
+    def _stopped_after_shutdown(self, generation: int) -> None:
+        with self._lock:
+            if generation == self._generation and self._state & S.STATE_RUNNING:
+                self._set_state(IDLE)
+        self._disconnected.set()
+
+    def _end_session_locked(self, reason: str) -> None:
+        unsent = sum(1 for _ in self._out.after(self._sent_seq))
+        self._out.clear()
+        if unsent:
+            log.warning("client %r: %d message(s) never sent were dropped (%s)", self.client_id, unsent, reason)
+        self._token = None
+        self._inbound.reset()
+        self._sent_seq = 0
+
+    def _link_lost(self, link: _ClientLink, reason: str) -> None:
+        if link is self._link:
+            self._link = None
+        if link.generation != self._generation:
+            return
+        with self._lock:
+            self._last_close_reason = reason
+            if not self._state & S.STATE_CONNECTED:
+                return
+            self._retries = 0
+            self._set_state(RECONNECTING)
+        log.warning("client %r: connection lost (%s); reconnecting", self.client_id, reason)
+        self._schedule_retry()
+
+    def _disconnect_on_loop(self, done: threading.Event) -> None:
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
+        link, self._link = self._link, None
+        if link is None or link.transport is None or link.transport.closed:
+            if link is not None:
+                link._fail(_Attempt("disconnect() was called"))
+            done.set()
+            return
+        link._dead = True
+        link.stop_timers()
+        transport = link.transport
+        if link.is_open:
+            # Write whatever is queued first: TCP delivers it before the BYE.
+            self._pump_to(link)
+            link.send_ack()
+            transport.write(link.proto.send_bye("client disconnecting"))
+        link.on_closed = done
+        transport.close_after_flush(reason="disconnected by this client")
+
+
+def _fmt(addr: tuple[Any, ...]) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _strerror(err: int) -> str:
+    return os.strerror(err)

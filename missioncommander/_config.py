@@ -1,0 +1,134 @@
+"""Validated settings shared by Client and Server."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar, overload
+
+T = TypeVar("T")
+
+
+class HasSettings(Protocol):
+    _settings: dict[str, Any]
+
+    def _check_settable(self, name: str) -> None: ...
+
+
+class Setting(Generic[T]):
+    """A validated attribute: the validator runs on every assignment.
+
+    ``locked`` settings cannot change while the owner is running (the owner's
+    ``_check_settable`` raises ``StateError``); tuning settings can, and take
+    effect from the next time they are used.
+    """
+
+    def __init__(self, default: T, validate: Callable[[Any, str], T], *, locked: bool = True, doc: str = "") -> None:
+        self.default = default
+        self.validate = validate
+        self.locked = locked
+        self.__doc__ = doc
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> Setting[T]: ...
+    @overload
+    def __get__(self, obj: HasSettings, owner: type) -> T: ...
+    def __get__(self, obj: HasSettings | None, owner: type) -> Setting[T] | T:
+        if obj is None:
+            return self
+        value: T = obj._settings.get(self.name, self.default)
+        return value
+
+    def __set__(self, obj: HasSettings, value: Any) -> None:
+        checked = self.validate(value, self.name)
+        if self.locked:
+            obj._check_settable(self.name)
+        obj._settings[self.name] = checked
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def int_range(low: int, high: int | None = None, *, optional: bool = False) -> Callable[[Any, str], Any]:
+    def check(value: Any, name: str) -> int | None:
+        if value is None and optional:
+            return None
+        if not _is_int(value):
+            raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+        if value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise ValueError(f"{name} must be {bound}, not {value}")
+        return int(value)
+
+    return check
+
+
+def positive_number(*, optional: bool = False) -> Callable[[Any, str], Any]:
+    def check(value: Any, name: str) -> float | None:
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+        if not value > 0 or value == float("inf"):
+            raise ValueError(f"{name} must be a positive finite number, not {value}")
+        return float(value)
+
+    return check
+
+
+def non_empty_str(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    if not value.strip():
+        raise ValueError(f"{name} must not be empty")
+    if any(ord(c) < 32 for c in value):
+        raise ValueError(f"{name} must not contain control characters")
+    return value
+
+
+def interface(value: Any, name: str) -> str:
+    """'' or '*' (any), an IP address, or the name of a local interface."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    resolve_interface(value, name)
+    return value
+
+
+def is_any_interface(value: str) -> bool:
+    return value in ("", "*")
+
+
+def resolve_interface(value: str, name: str = "interface") -> str:
+    """The address to bind for ``value``: '' for any, else an IP address.
+
+    Interface names are looked up with psutil, imported here and only here:
+    the standard library has no portable way to do it.
+    """
+    if is_any_interface(value):
+        return ""
+    try:
+        return str(ipaddress.ip_address(value.split("%", 1)[0])) + (
+            "%" + value.split("%", 1)[1] if "%" in value else ""
+        )
+    except ValueError:
+        pass
+    import psutil  # noqa: PLC0415 - only interface names need it; keep import time low
+
+    addrs = psutil.net_if_addrs().get(value)
+    if addrs is None:
+        known = ", ".join(sorted(psutil.net_if_addrs())) or "none"
+        raise ValueError(f"{name} {value!r} is neither an IP address nor a local interface (interfaces: {known})")
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for addr in addrs:
+            if addr.family == family:
+                address: str = addr.address
+                if family == socket.AF_INET6 and address.startswith("fe80") and "%" not in address:
+                    address = f"{address}%{value}"
+                return address
+    raise ValueError(f"{name} {value!r} has no IP address")

@@ -1,0 +1,78 @@
+"""The exception tree of MissionCommander.
+
+Every error the library raises derives from :class:`MissionCommanderError`, and
+where a builtin category fits (``ConnectionError``, ``RuntimeError``,
+``ValueError``, ``TimeoutError``) the error derives from it too, so callers can
+catch either.  Names say who broke what: *Local* errors are this process
+misusing the protocol, *Remote* errors are the peer doing so.
+"""
+
+from __future__ import annotations
+
+
+class MissionCommanderError(Exception):
+    """Base class of every error raised by MissionCommander."""
+
+
+class ProtocolError(MissionCommanderError):
+    """A frame broke the wire protocol.
+
+    ``code`` is one of the error codes of ``docs/PROTOCOL.md`` (for example
+    ``bad_frame`` or ``frame_too_large``).
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class LocalProtocolError(ProtocolError):
+    """This side tried to do something the protocol does not allow."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol does not allow."""
+
+
+class StateError(MissionCommanderError, RuntimeError):
+    """The operation is not possible in the current state (for example,
+    changing a client's address while it is connected)."""
+
+
+class ConnectError(MissionCommanderError, ConnectionError):
+    """Connecting to a server failed."""
+
+
+class ConnectTimeout(ConnectError, TimeoutError):
+    """The server did not accept the connection within ``connect_timeout``."""
+
+
+class ConnectionRefusedByServer(ConnectError):
+    """The server answered and refused this client.
+
+    ``code`` says why (``id_in_use``, ``version_unsupported``, ...).  A refusal
+    is terminal: the client does not retry by itself.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"server refused the connection ({code}): {message}")
+        self.code = code
+        self.reason = message
+
+
+class ConnectionLost(MissionCommanderError, ConnectionError):
+    """A live connection broke; the underlying ``OSError`` is ``__cause__``."""
+
+
+class QueueFullError(MissionCommanderError):
+    """A bounded send queue is full (``max_queued`` messages or
+    ``max_queued_bytes`` bytes); the message was not queued."""
+
+
+class MessageTooLarge(MissionCommanderError, ValueError):
+    """An encoded message exceeds the peer's maximum frame size."""
+
+
+class BindError(MissionCommanderError, OSError):
+    """A server could not listen on its interface and port."""

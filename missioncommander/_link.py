@@ -1,0 +1,143 @@
+"""A protocol connection on a transport, with the timers both sides need.
+
+``Link`` runs on the loop thread only.  It feeds bytes to the sans-IO
+``Connection``, turns a ``RemoteProtocolError`` into an ERROR frame and a
+close, keeps the heartbeat (PING when idle, close when the peer is silent
+for ``heartbeat_timeout``) and batches acknowledgements.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ._errors import LocalProtocolError, RemoteProtocolError
+from ._loop import Loop, Timer, Transport
+from ._protocol import Connection, ConnState, Event, InboundStream, Role
+
+log = logging.getLogger("missioncommander")
+
+#: How long a received message may wait for its acknowledgement; together
+#: with ``InboundStream.ACK_EVERY`` this bounds acks to a few per 64 messages.
+ACK_DELAY = 0.02
+
+
+class Link:
+    """Base of the client's and the server's per-connection objects."""
+
+    def __init__(
+        self, loop: Loop, role: Role, max_frame_size: int, heartbeat_interval: float, heartbeat_timeout: float
+    ) -> None:
+        self.loop = loop
+        self.proto = Connection(role, max_frame_size, time.monotonic())
+        self.transport: Transport | None = None
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.inbound: InboundStream | None = None
+        self._hb_timer: Timer | None = None
+        self._ack_timer: Timer | None = None
+        self.close_reason = ""
+
+    # -- subclass hooks --------------------------------------------------------
+
+    def handle_event(self, event: Event) -> None:
+        raise NotImplementedError
+
+    def connection_lost(self, reason: str, exc: BaseException | None) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    # -- input ---------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.proto.receive_data(data, time.monotonic())
+            for event in events:
+                self.handle_event(event)
+                if self.transport is None or self.transport.closed:
+                    return
+        except RemoteProtocolError as exc:
+            self.protocol_error(exc)
+
+    def protocol_error(self, exc: RemoteProtocolError) -> None:
+        """The peer broke the protocol: tell it why, then close."""
+        reason = f"protocol error ({exc.code}): {exc.message}"
+        transport = self.transport
+        if transport is None or transport.closed:
+            return
+        log.warning("%s: %s", self.describe(), reason)
+        try:
+            transport.write(self.proto.send_error(exc.code, exc.message, retry=False))
+        except LocalProtocolError:
+            pass  # we already said goodbye; just close
+        transport.close_after_flush(reason=reason)
+
+    # -- output --------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self.proto.state is ConnState.OPEN and self.transport is not None and not self.transport.closed
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def send_final(self, frame: bytes, reason: str) -> None:
+        """Write a closing frame (BYE, SHUTDOWN, ERROR) and close after it."""
+        if self.transport is not None:
+            self.transport.write(frame)
+            self.transport.close_after_flush(reason=reason)
+
+    # -- heartbeat -------------------------------------------------------------
+
+    def start_heartbeat(self) -> None:
+        self._schedule_heartbeat(time.monotonic() + self.proto.ping_interval(self.heartbeat_interval))
+
+    def _schedule_heartbeat(self, when: float) -> None:
+        if self._hb_timer is not None:
+            self._hb_timer.cancel()
+        self._hb_timer = self.loop.call_later(max(0.0, when - time.monotonic()), self._heartbeat)
+
+    def _heartbeat(self) -> None:
+        self._hb_timer = None
+        if not self.is_open:
+            return
+        now = time.monotonic()
+        action, next_check = self.proto.heartbeat_due(now, self.heartbeat_interval, self.heartbeat_timeout)
+        if action == "timeout":
+            assert self.transport is not None
+            self.transport.abort(f"heartbeat timeout: nothing received for {self.heartbeat_timeout:g} s")
+            return
+        if action == "ping":
+            self.write(self.proto.send_ping(now))
+        self._schedule_heartbeat(next_check)
+
+    # -- acknowledgements --------------------------------------------------------
+
+    def message_accepted(self) -> None:
+        """A new message was delivered: acknowledge now, or soon."""
+        inbound = self.inbound
+        if inbound is None:
+            return
+        if inbound.unacked >= inbound.ACK_EVERY:
+            self.send_ack()
+        elif self._ack_timer is None:
+            self._ack_timer = self.loop.call_later(ACK_DELAY, self.send_ack)
+
+    def send_ack(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        inbound = self.inbound
+        if inbound is None or not self.is_open or inbound.unacked <= 0:
+            return
+        inbound.acked_seq = inbound.last_seq
+        self.write(self.proto.send_ack(inbound.last_seq, time.monotonic()))
+
+    def stop_timers(self) -> None:
+        for timer in (self._hb_timer, self._ack_timer):
+            if timer is not None:
+                timer.cancel()
+        self._hb_timer = self._ack_timer = None

@@ -1,0 +1,352 @@
+"""The engine: one I/O thread per process owns every socket.
+
+Clients and servers hand it work with :meth:`Loop.call_soon` (thread-safe,
+wakes the selector through a socketpair) and it runs their handlers on its
+own thread, so connection state needs no locks.  Writes are coalesced: a
+transport queues chunks and is flushed once per loop iteration with a single
+``sendmsg`` of many buffers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import heapq
+import itertools
+import logging
+import os
+import selectors
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, Protocol, TypeVar
+
+log = logging.getLogger("missioncommander.loop")
+
+T = TypeVar("T")
+
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
+_RECV_SIZE = 256 * 1024
+#: Reads per readiness event before the loop serves others, so one chatty
+#: peer cannot starve the rest.
+_READS_PER_EVENT = 16
+
+
+class Timer:
+    """A cancellable call scheduled on the loop."""
+
+    __slots__ = ("args", "cancelled", "fn", "when")
+
+    def __init__(self, when: float, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.when = when
+        self.fn = fn
+        self.args = args
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Handler(Protocol):
+    def handle_io(self, mask: int) -> None: ...
+
+
+class Loop:
+    """A selector loop on a daemon thread; see the module docstring."""
+
+    def __init__(self, name: str = "missioncommander-io") -> None:
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._lock = threading.Lock()
+        self._calls: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._wake_pending = False
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._counter = itertools.count()
+        self._dirty: dict[Transport, None] = {}
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    # -- thread-safe entry points --------------------------------------------
+
+    def in_loop(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop thread, after calls already queued."""
+        with self._lock:
+            self._calls.append((fn, args))
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, InterruptedError):
+            pass  # a wakeup byte is already waiting
+
+    def run_sync(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
+        """Run ``fn(*args)`` on the loop thread and return its result (or raise
+        its exception) in the calling thread."""
+        if self.in_loop():
+            return fn(*args)
+        future: Future[T] = Future()
+
+        def call() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # handed to the caller, not lost
+                future.set_exception(exc)
+
+        self.call_soon(call)
+        return future.result(timeout)
+
+    # -- loop-thread API -----------------------------------------------------
+
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> Timer:
+        timer = Timer(time.monotonic() + delay, fn, args)
+        heapq.heappush(self._timers, (timer.when, next(self._counter), timer))
+        return timer
+
+    def register(self, sock: socket.socket, events: int, handler: Handler) -> None:
+        self._selector.register(sock, events, handler)
+
+    def modify(self, sock: socket.socket, events: int, handler: Handler) -> None:
+        self._selector.modify(sock, events, handler)
+
+    def unregister(self, sock: socket.socket) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(sock)
+
+    def mark_dirty(self, transport: Transport) -> None:
+        self._dirty[transport] = None
+
+    # -- the loop ------------------------------------------------------------
+
+    def _run(self) -> None:
+        select = self._selector.select
+        while True:
+            timeout: float | None = None
+            if self._calls or self._dirty:
+                timeout = 0
+            elif self._timers:
+                timeout = max(0.0, self._timers[0][0] - time.monotonic())
+            for key, mask in select(timeout):
+                handler = key.data
+                if handler is None:
+                    self._drain_wakeups()
+                    continue
+                try:
+                    handler.handle_io(mask)
+                except Exception:
+                    log.exception("I/O handler %r failed", handler)
+            self._run_timers()
+            self._run_calls()
+            self._flush_dirty()
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def _run_timers(self) -> None:
+        timers = self._timers
+        now = time.monotonic()
+        while timers and timers[0][0] <= now:
+            timer = heapq.heappop(timers)[2]
+            if timer.cancelled:
+                continue
+            try:
+                timer.fn(*timer.args)
+            except Exception:
+                log.exception("timer callback %r failed", timer.fn)
+
+    def _run_calls(self) -> None:
+        with self._lock:
+            calls = self._calls
+            self._calls = deque()
+            self._wake_pending = False
+        for fn, args in calls:
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("loop call %r failed", fn)
+
+    def _flush_dirty(self) -> None:
+        while self._dirty:
+            dirty = self._dirty
+            self._dirty = {}
+            for transport in dirty:
+                transport.flush()
+
+
+_loop: Loop | None = None
+_loop_lock = threading.Lock()
+
+
+def get_loop() -> Loop:
+    """The process-wide loop, started on first use."""
+    global _loop
+    if _loop is None:
+        with _loop_lock:
+            if _loop is None:
+                _loop = Loop()
+    return _loop
+
+
+class TransportOwner(Protocol):
+    def data_received(self, data: bytes) -> None: ...
+
+    def connection_lost(self, reason: str, exc: BaseException | None) -> None: ...
+
+
+class Transport:
+    """A connected non-blocking TCP socket driven by the loop.
+
+    Loop thread only.  ``write`` queues; the loop flushes dirty transports
+    once per iteration.  ``close_after_flush`` closes once everything queued
+    has been written (or ``linger`` seconds have passed).  The owner hears
+    ``connection_lost`` exactly once, however the transport closed.
+    """
+
+    def __init__(self, loop: Loop, sock: socket.socket, owner: TransportOwner) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.owner = owner
+        self.closed = False
+        self._out: deque[bytes | memoryview] = deque()
+        self.out_bytes = 0
+        self._want_write = False
+        self._closing = False
+        self._linger_timer: Timer | None = None
+        self._close_reason = ""
+        loop.register(sock, selectors.EVENT_READ, self)
+
+    def write(self, data: bytes) -> None:
+        if self.closed or self._closing or not data:
+            return
+        self._out.append(data)
+        self.out_bytes += len(data)
+        self.loop.mark_dirty(self)
+
+    def write_many(self, chunks: list[bytes]) -> None:
+        if self.closed or self._closing:
+            return
+        self._out.extend(chunks)
+        self.out_bytes += sum(map(len, chunks))
+        self.loop.mark_dirty(self)
+
+    def handle_io(self, mask: int) -> None:
+        if mask & selectors.EVENT_READ and not self.closed:
+            self._read()
+        if mask & selectors.EVENT_WRITE and not self.closed:
+            self.flush()
+
+    def _read(self) -> None:
+        for _ in range(_READS_PER_EVENT):
+            try:
+                data = self.sock.recv(_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._lost(_describe_oserror(exc), exc)
+                return
+            if not data:
+                self._lost("connection closed by peer", None)
+                return
+            if self._closing:
+                continue  # we are leaving; what the peer says no longer matters
+            self.owner.data_received(data)
+            if self.closed:
+                return
+            if len(data) < _RECV_SIZE:
+                return
+
+    def flush(self) -> None:
+        out = self._out
+        while out and not self.closed:
+            chunks = list(itertools.islice(out, _IOV_MAX))
+            try:
+                sent = self.sock.sendmsg(chunks)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._lost(_describe_oserror(exc), exc)
+                return
+            self.out_bytes -= sent
+            while sent:
+                head = out[0]
+                if sent >= len(head):
+                    sent -= len(head)
+                    out.popleft()
+                else:
+                    out[0] = memoryview(head)[sent:]
+                    sent = 0
+        if self.closed:
+            return
+        if out and not self._want_write:
+            self._want_write = True
+            self.loop.modify(self.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, self)
+        elif not out:
+            if self._want_write:
+                self._want_write = False
+                self.loop.modify(self.sock, selectors.EVENT_READ, self)
+            if self._closing:
+                self.close(self._close_reason)
+
+    def close_after_flush(self, linger: float = 1.0, reason: str = "closed") -> None:
+        """Close once the queued bytes are written, or after ``linger`` seconds."""
+        if self.closed or self._closing:
+            return
+        self._closing = True
+        self._close_reason = reason
+        if not self._out:
+            self.close(reason)
+            return
+        self.loop.mark_dirty(self)
+        self._linger_timer = self.loop.call_later(linger, self.close, reason)
+
+    def close(self, reason: str = "closed", exc: BaseException | None = None) -> None:
+        """Close now; the owner hears ``connection_lost(reason, exc)`` once."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+        self.loop.unregister(self.sock)
+        self._out.clear()
+        self.out_bytes = 0
+        try:
+            self.sock.close()
+        except OSError:  # pragma: no cover - close of a socket cannot usefully fail
+            pass
+        self.owner.connection_lost(reason, exc)
+
+    def abort(self, reason: str = "aborted") -> None:
+        """Close at once with a reset (no FIN), dropping what is queued."""
+        if not self.closed:
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close(reason)
+
+    def _lost(self, reason: str, exc: BaseException | None) -> None:
+        self.close(self._close_reason if self._closing else reason, exc)
+
+
+def _describe_oserror(exc: OSError) -> str:
+    if exc.errno == errno.ECONNRESET:
+        return "connection reset by peer"
+    if exc.errno == errno.EPIPE:
+        return "broken pipe (peer closed the connection)"
+    if exc.errno == errno.ETIMEDOUT:
+        return "connection timed out"
+    return f"socket error: {exc.strerror or exc}"

@@ -1,0 +1,187 @@
+"""``Message``: a subject and a read-only JSON payload."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any, NoReturn
+
+__all__ = ["FrozenDict", "FrozenList", "Message"]
+
+# Compact separators: the encoded body is what travels, once per broadcast.
+_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _read_only(*_args: object, **_kwargs: object) -> NoReturn:
+    raise TypeError("a Message payload is read-only; build a new Message instead")
+
+
+class FrozenDict(dict[str, Any]):
+    """A ``dict`` that refuses every change.
+
+    It stays a real ``dict`` subclass so that ``json`` encodes it at C speed
+    and it compares equal to an ordinary dict with the same items.
+    """
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+    def __repr__(self) -> str:
+        return dict.__repr__(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenDict, (dict(self),))
+
+    def __copy__(self) -> FrozenDict:
+        return self
+
+    def __deepcopy__(self, _memo: object) -> FrozenDict:
+        return self
+
+
+class FrozenList(list[Any]):
+    """A ``list`` that refuses every change (see :class:`FrozenDict`)."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only
+    append = extend = insert = pop = remove = clear = sort = reverse = _read_only
+
+    def __init__(self, items: Iterable[Any] = ()) -> None:
+        list.extend(self, items)
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        raise TypeError("unhashable type: 'FrozenList'")
+
+    def __repr__(self) -> str:
+        return list.__repr__(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenList, (list(self),))
+
+    def __copy__(self) -> FrozenList:
+        return self
+
+    def __deepcopy__(self, _memo: object) -> FrozenList:
+        return self
+
+
+def _freeze(value: Any, path: str) -> Any:
+    """Validate that ``value`` is plain JSON and return a read-only deep copy."""
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"payload{path} is {value!r}; JSON has no NaN or infinity")
+        return float(value)
+    if isinstance(value, Mapping):
+        frozen = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(
+                    f"payload{path} has a key {key!r} of type {type(key).__name__}; JSON object keys must be str"
+                )
+            frozen[key] = _freeze(item, f"{path}[{key!r}]")
+        return FrozenDict(frozen)
+    if isinstance(value, (list, tuple)):
+        return FrozenList(_freeze(item, f"{path}[{i}]") for i, item in enumerate(value))
+    raise TypeError(f"payload{path} is of type {type(value).__name__}, which is not JSON-serialisable")
+
+
+def _freeze_trusted(value: Any) -> Any:
+    """Freeze what ``json.loads`` produced: already plain JSON, no checks needed."""
+    if isinstance(value, dict):
+        return FrozenDict({k: _freeze_trusted(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return FrozenList(_freeze_trusted(v) for v in value)
+    return value
+
+
+class Message:
+    """A message: a non-empty ``subject`` and a JSON object ``payload``.
+
+    A ``Message`` is read-only: assigning an attribute raises
+    ``AttributeError`` and changing the payload (nested values included)
+    raises ``TypeError``.  The payload is copied at construction, so later
+    changes to the caller's dict do not show.  Everything is validated here,
+    not later on the wire: a non-str or empty subject, a payload that is not a
+    dict, or one that JSON cannot represent exactly (non-str keys, NaN, sets,
+    arbitrary objects) raises ``TypeError`` or ``ValueError``.
+
+    >>> m = Message("echo", {"message": "hello"})
+    >>> m.subject, m.payload["message"], m.body is m.payload
+    ('echo', 'hello', True)
+    """
+
+    __slots__ = ("_encoded", "_payload", "_subject")
+
+    _subject: str
+    _payload: FrozenDict
+    _encoded: bytes | None
+
+    def __init__(self, subject: str, payload: Mapping[str, Any] | None = None) -> None:
+        if not isinstance(subject, str):
+            raise TypeError(f"subject must be a str, not {type(subject).__name__}")
+        if not subject:
+            raise ValueError("subject must not be empty")
+        if payload is None:
+            payload = {}
+        elif not isinstance(payload, Mapping):
+            raise TypeError(f"payload must be a dict, not {type(payload).__name__}")
+        object.__setattr__(self, "_subject", subject)
+        object.__setattr__(self, "_payload", _freeze(payload, ""))
+        object.__setattr__(self, "_encoded", None)
+
+    @classmethod
+    def _from_wire(cls, subject: str, payload: dict[str, Any], encoded: bytes) -> Message:
+        """Build a message from a decoded frame without validating it again."""
+        msg = cls.__new__(cls)
+        object.__setattr__(msg, "_subject", subject)
+        object.__setattr__(msg, "_payload", _freeze_trusted(payload))
+        object.__setattr__(msg, "_encoded", encoded)
+        return msg
+
+    @property
+    def subject(self) -> str:
+        """The message's subject, a non-empty string."""
+        return self._subject
+
+    @property
+    def payload(self) -> FrozenDict:
+        """The read-only payload, a ``dict`` subclass (``{}`` when none was given)."""
+        return self._payload
+
+    @property
+    def body(self) -> FrozenDict:
+        """Alias of :attr:`payload`."""
+        return self._payload
+
+    def encode(self) -> bytes:
+        """The message as it travels: the UTF-8 JSON array ``[subject, payload]``."""
+        encoded = self._encoded
+        if encoded is None:
+            encoded = _encoder.encode([self._subject, self._payload]).encode("utf-8")
+            object.__setattr__(self, "_encoded", encoded)
+        return encoded
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise AttributeError(f"Message is read-only; cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> NoReturn:
+        raise AttributeError(f"Message is read-only; cannot delete {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return self._subject == other._subject and self._payload == other._payload
+
+    __hash__ = None  # type: ignore[assignment]  # equal payloads may encode differently
+
+    def __repr__(self) -> str:
+        return f"Message(subject={self._subject!r}, payload={self._payload!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Message, (self._subject, dict(self._payload)))

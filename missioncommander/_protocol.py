@@ -1,0 +1,676 @@
+"""The wire protocol, sans-IO: bytes in, events out; no sockets, no clocks.
+
+Everything here is driven by its caller, which passes in the bytes it read and
+the current time, and writes out the bytes these objects return.  That keeps
+every rule of ``docs/PROTOCOL.md`` testable with bytes alone.
+
+Frame layout (all integers big-endian)::
+
+    +-----------+--------+--------------------------+
+    | length u32| type u8| body (length - 1 bytes)  |
+    +-----------+--------+--------------------------+
+
+``length`` counts the type byte and the body.  MESSAGE bodies start with a
+u64 sequence number followed by the UTF-8 JSON array ``[subject, payload]``;
+ACK bodies are a u64; PING and PONG bodies are empty; every other body is a
+UTF-8 JSON object.
+
+Which frames each side may receive in each connection state:
+
+=====================  =====================================================
+state                  frames accepted (anything else is ``unexpected_frame``)
+=====================  =====================================================
+client, HANDSHAKE      WELCOME, ERROR
+server, HANDSHAKE      HELLO (once), then nothing until the server answers
+OPEN (both)            MESSAGE, ACK, PING, PONG, BYE, ERROR
+OPEN (client only)     SHUTDOWN
+CLOSED                 everything is ignored
+=====================  =====================================================
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ._errors import LocalProtocolError, QueueFullError, RemoteProtocolError
+
+PROTOCOL_VERSION = 1
+DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
+#: Frames smaller than this are always accepted, whatever a peer advertises,
+#: so that control frames can always get through.
+MIN_MAX_FRAME_SIZE = 4096
+
+_HEADER = struct.Struct("!IB")
+_MSG_HEADER = struct.Struct("!IBQ")
+_U64 = struct.Struct("!Q")
+HEADER_SIZE = _HEADER.size
+MESSAGE_OVERHEAD = _MSG_HEADER.size - 4  # what ``length`` counts besides the JSON
+
+
+class FrameType(enum.IntEnum):
+    """The type byte of a frame."""
+
+    HELLO = 1
+    WELCOME = 2
+    MESSAGE = 3
+    ACK = 4
+    PING = 5
+    PONG = 6
+    SHUTDOWN = 7
+    BYE = 8
+    ERROR = 9
+
+
+class ErrorCode(enum.StrEnum):
+    """Codes carried by ERROR frames (and by ``ProtocolError.code``)."""
+
+    BAD_FRAME = "bad_frame"
+    FRAME_TOO_LARGE = "frame_too_large"
+    UNEXPECTED_FRAME = "unexpected_frame"
+    SEQUENCE_GAP = "sequence_gap"
+    HANDSHAKE_TIMEOUT = "handshake_timeout"
+    VERSION_UNSUPPORTED = "version_unsupported"
+    ID_IN_USE = "id_in_use"
+    SERVER_FULL = "server_full"
+
+
+#: Refusals after which a client must not retry by itself: retrying would get
+#: the same answer, or (for ``id_in_use``) fight a live client for its id.
+TERMINAL_CODES = frozenset({ErrorCode.VERSION_UNSUPPORTED, ErrorCode.ID_IN_USE, ErrorCode.BAD_FRAME})
+
+
+class Role(enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class ConnState(enum.Enum):
+    HANDSHAKE = "handshake"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+# --------------------------------------------------------------------------
+# Events: what the peer said.
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    version: int
+    client_id: str
+    session: str | None
+    last_seq: int
+    max_frame_size: int
+    heartbeat_timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    version: int
+    session: str
+    resumed: bool
+    last_seq: int
+    max_frame_size: int
+    heartbeat_timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    seq: int
+    subject: str
+    payload: dict[str, Any]
+    encoded: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AckReceived:
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class PingReceived:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class PongReceived:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownReceived:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ByeReceived:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReceived:
+    code: str
+    message: str
+    retry: bool
+
+
+Event = (
+    Hello
+    | Welcome
+    | MessageReceived
+    | AckReceived
+    | PingReceived
+    | PongReceived
+    | ShutdownReceived
+    | ByeReceived
+    | ErrorReceived
+)
+
+
+# --------------------------------------------------------------------------
+# Encoding.
+
+_json_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_json_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def encode_frame(ftype: FrameType, body: bytes = b"") -> bytes:
+    """One complete frame."""
+    return _HEADER.pack(len(body) + 1, ftype) + body
+
+
+def encode_json_frame(ftype: FrameType, obj: dict[str, Any]) -> bytes:
+    return encode_frame(ftype, _json_encoder.encode(obj).encode("utf-8"))
+
+
+def message_header(seq: int, body_len: int) -> bytes:
+    """The bytes that precede an encoded message body in a MESSAGE frame.
+
+    Kept apart from the body so that a broadcast encodes the body once and
+    only this small header differs per client.
+    """
+    return _MSG_HEADER.pack(body_len + MESSAGE_OVERHEAD, FrameType.MESSAGE, seq)
+
+
+def encode_ack(seq: int) -> bytes:
+    return encode_frame(FrameType.ACK, _U64.pack(seq))
+
+
+PING_FRAME = encode_frame(FrameType.PING)
+PONG_FRAME = encode_frame(FrameType.PONG)
+
+
+# --------------------------------------------------------------------------
+# Decoding.
+
+
+class FrameDecoder:
+    """Splits a byte stream into ``(type, body)`` frames.
+
+    Bytes may arrive split at any boundary.  A frame whose length exceeds
+    ``max_frame_size`` (or is zero) raises ``RemoteProtocolError`` before its
+    body is buffered, so an announced huge length costs no memory.
+    """
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self.max_frame_size = max_frame_size
+        self._buf = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> Iterator[tuple[int, bytes]]:
+        """Add ``data`` and yield every frame now complete."""
+        buf = self._buf
+        buf += data
+        pos = 0
+        end = len(buf)
+        try:
+            while end - pos >= HEADER_SIZE:
+                length, ftype = _HEADER.unpack_from(buf, pos)
+                if length == 0:
+                    raise RemoteProtocolError(ErrorCode.BAD_FRAME, "frame length 0 (a frame has at least a type byte)")
+                if length > self.max_frame_size:
+                    raise RemoteProtocolError(
+                        ErrorCode.FRAME_TOO_LARGE,
+                        f"frame of {length} bytes exceeds the maximum of {self.max_frame_size}",
+                    )
+                stop = pos + 4 + length
+                if stop > end:
+                    break
+                yield ftype, bytes(buf[pos + HEADER_SIZE : stop])
+                pos = stop
+        finally:
+            if pos:
+                del buf[:pos]
+
+
+def _json_object(body: bytes, what: str) -> dict[str, Any]:
+    try:
+        obj = _json_decoder.decode(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"{what} body is not UTF-8 JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"{what} body must be a JSON object")
+    return obj
+
+
+def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str, optional: bool = False) -> Any:
+    if key not in obj:
+        if optional:
+            return None
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"{what} lacks the field {key!r}")
+    value = obj[key]
+    if value is None and optional:
+        return None
+    # bool is an int subclass; a flag is never a number here and vice versa.
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"{what} field {key!r} has the wrong type")
+    return value
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _u64(body: bytes, what: str) -> int:
+    if len(body) != 8:
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"{what} body must be 8 bytes")
+    value: int = _U64.unpack(body)[0]
+    return value
+
+
+def _nonneg(value: int, what: str) -> int:
+    if value < 0:
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"{what} must not be negative")
+    return value
+
+
+def parse_frame(ftype: int, body: bytes) -> Event:
+    """Turn one frame into an event, validating its body strictly."""
+    if ftype == FrameType.MESSAGE:
+        if len(body) < 8:
+            raise RemoteProtocolError(ErrorCode.BAD_FRAME, "MESSAGE body shorter than its sequence number")
+        seq = _U64.unpack_from(body)[0]
+        encoded = body[8:]
+        try:
+            obj = _json_decoder.decode(encoded.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"MESSAGE body is not UTF-8 JSON: {exc}") from None
+        if type(obj) is not list or len(obj) != 2 or type(obj[0]) is not str or not obj[0] or type(obj[1]) is not dict:
+            raise RemoteProtocolError(ErrorCode.BAD_FRAME, "MESSAGE body must be [subject, payload object]")
+        return MessageReceived(seq, obj[0], obj[1], encoded)
+    if ftype == FrameType.ACK:
+        return AckReceived(_u64(body, "ACK"))
+    if ftype in (FrameType.PING, FrameType.PONG):
+        if body:
+            raise RemoteProtocolError(ErrorCode.BAD_FRAME, "PING and PONG frames have no body")
+        return PingReceived() if ftype == FrameType.PING else PongReceived()
+    if ftype == FrameType.HELLO:
+        obj = _json_object(body, "HELLO")
+        client_id = _field(obj, "client_id", str, "HELLO")
+        if not client_id:
+            raise RemoteProtocolError(ErrorCode.BAD_FRAME, "HELLO client_id must not be empty")
+        return Hello(
+            version=_field(obj, "version", int, "HELLO"),
+            client_id=client_id,
+            session=_field(obj, "session", str, "HELLO", optional=True),
+            last_seq=_nonneg(_field(obj, "last_seq", int, "HELLO"), "HELLO last_seq"),
+            max_frame_size=_field(obj, "max_frame_size", int, "HELLO"),
+            heartbeat_timeout=float(_field(obj, "heartbeat_timeout", (int, float), "HELLO")),
+        )
+    if ftype == FrameType.WELCOME:
+        obj = _json_object(body, "WELCOME")
+        return Welcome(
+            version=_field(obj, "version", int, "WELCOME"),
+            session=_field(obj, "session", str, "WELCOME"),
+            resumed=_field(obj, "resumed", bool, "WELCOME"),
+            last_seq=_nonneg(_field(obj, "last_seq", int, "WELCOME"), "WELCOME last_seq"),
+            max_frame_size=_field(obj, "max_frame_size", int, "WELCOME"),
+            heartbeat_timeout=float(_field(obj, "heartbeat_timeout", (int, float), "WELCOME")),
+        )
+    if ftype in (FrameType.SHUTDOWN, FrameType.BYE):
+        name = FrameType(ftype).name
+        obj = _json_object(body, name)
+        reason = _field(obj, "reason", str, name)
+        return ShutdownReceived(reason) if ftype == FrameType.SHUTDOWN else ByeReceived(reason)
+    if ftype == FrameType.ERROR:
+        obj = _json_object(body, "ERROR")
+        return ErrorReceived(
+            code=_field(obj, "code", str, "ERROR"),
+            message=_field(obj, "message", str, "ERROR"),
+            retry=bool(_field(obj, "retry", bool, "ERROR", optional=True)),
+        )
+    raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"unknown frame type {ftype}")
+
+
+# --------------------------------------------------------------------------
+# The connection state machine.
+
+_OPEN_ACCEPTS = {
+    Role.CLIENT: (
+        MessageReceived,
+        AckReceived,
+        PingReceived,
+        PongReceived,
+        ByeReceived,
+        ErrorReceived,
+        ShutdownReceived,
+    ),
+    Role.SERVER: (MessageReceived, AckReceived, PingReceived, PongReceived, ByeReceived, ErrorReceived),
+}
+_HANDSHAKE_ACCEPTS = {Role.CLIENT: (Welcome, ErrorReceived), Role.SERVER: (Hello,)}
+
+
+class Connection:
+    """One side of one connection: handshake state, frame rules, liveness.
+
+    ``receive_data`` returns the events in the bytes given, in order, and
+    raises ``RemoteProtocolError`` on the first frame that breaks the rules;
+    after that the connection is CLOSED and ignores further input.  The
+    ``send_*`` methods return bytes to write and raise ``LocalProtocolError``
+    when the frame is not allowed in the current state.
+    """
+
+    def __init__(self, role: Role, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, now: float = 0.0) -> None:
+        self.role = role
+        self.state = ConnState.HANDSHAKE
+        self._decoder = FrameDecoder(max_frame_size)
+        self._hello_seen = False
+        self._final_sent = False
+        self.last_received = now
+        self.last_sent = now
+        #: What the peer announced in its HELLO/WELCOME.
+        self.peer_max_frame_size = DEFAULT_MAX_FRAME_SIZE
+        self.peer_heartbeat_timeout: float | None = None
+
+    # -- input ---------------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float) -> list[Event]:
+        if self.state is ConnState.CLOSED:
+            return []
+        self.last_received = now
+        events: list[Event] = []
+        try:
+            for ftype, body in self._decoder.feed(data):
+                event = parse_frame(ftype, body)
+                self._check_allowed(event)
+                events.append(event)
+                if isinstance(event, (ShutdownReceived, ByeReceived, ErrorReceived)):
+                    # The peer closes after these; nothing after them counts.
+                    self.state = ConnState.CLOSED
+                    break
+        except RemoteProtocolError:
+            self.state = ConnState.CLOSED
+            raise
+        return events
+
+    def _check_allowed(self, event: Event) -> None:
+        if self.state is ConnState.OPEN:
+            allowed: tuple[type, ...] = _OPEN_ACCEPTS[self.role]
+        elif self.role is Role.SERVER and self._hello_seen:
+            allowed = ()
+        else:
+            allowed = _HANDSHAKE_ACCEPTS[self.role]
+        if not isinstance(event, allowed):
+            raise RemoteProtocolError(
+                ErrorCode.UNEXPECTED_FRAME,
+                f"{type(event).__name__} is not allowed from the {'server' if self.role is Role.CLIENT else 'client'}"
+                f" in state {self.state.value}",
+            )
+        if isinstance(event, Hello):
+            self._hello_seen = True
+            self._peer_limits(event.max_frame_size, event.heartbeat_timeout)
+        elif isinstance(event, Welcome):
+            self._peer_limits(event.max_frame_size, event.heartbeat_timeout)
+            self.state = ConnState.OPEN
+
+    def _peer_limits(self, max_frame_size: int, heartbeat_timeout: float) -> None:
+        if max_frame_size < MIN_MAX_FRAME_SIZE or heartbeat_timeout <= 0:
+            raise RemoteProtocolError(ErrorCode.BAD_FRAME, "max_frame_size or heartbeat_timeout out of range")
+        self.peer_max_frame_size = max_frame_size
+        self.peer_heartbeat_timeout = heartbeat_timeout
+
+    # -- output --------------------------------------------------------------
+
+    def _require(self, state: ConnState, role: Role | None, what: str) -> None:
+        if self.state is not state or (role is not None and self.role is not role):
+            raise LocalProtocolError(
+                ErrorCode.UNEXPECTED_FRAME, f"cannot send {what} as {self.role.value} in state {self.state.value}"
+            )
+
+    def send_hello(
+        self,
+        client_id: str,
+        session: str | None,
+        last_seq: int,
+        max_frame_size: int,
+        heartbeat_timeout: float,
+        now: float,
+    ) -> bytes:
+        self._require(ConnState.HANDSHAKE, Role.CLIENT, "HELLO")
+        self.last_sent = now
+        return encode_json_frame(
+            FrameType.HELLO,
+            {
+                "version": PROTOCOL_VERSION,
+                "client_id": client_id,
+                "session": session,
+                "last_seq": last_seq,
+                "max_frame_size": max_frame_size,
+                "heartbeat_timeout": heartbeat_timeout,
+            },
+        )
+
+    def send_welcome(
+        self, session: str, resumed: bool, last_seq: int, max_frame_size: int, heartbeat_timeout: float, now: float
+    ) -> bytes:
+        if not self._hello_seen:
+            raise LocalProtocolError(ErrorCode.UNEXPECTED_FRAME, "cannot send WELCOME before a HELLO")
+        self._require(ConnState.HANDSHAKE, Role.SERVER, "WELCOME")
+        self.state = ConnState.OPEN
+        self.last_sent = now
+        return encode_json_frame(
+            FrameType.WELCOME,
+            {
+                "version": PROTOCOL_VERSION,
+                "session": session,
+                "resumed": resumed,
+                "last_seq": last_seq,
+                "max_frame_size": max_frame_size,
+                "heartbeat_timeout": heartbeat_timeout,
+            },
+        )
+
+    def check_can_send(self, what: str = "MESSAGE") -> None:
+        self._require(ConnState.OPEN, None, what)
+
+    def send_ack(self, seq: int, now: float) -> bytes:
+        self._require(ConnState.OPEN, None, "ACK")
+        self.last_sent = now
+        return encode_ack(seq)
+
+    def send_ping(self, now: float) -> bytes:
+        self._require(ConnState.OPEN, None, "PING")
+        self.last_sent = now
+        return PING_FRAME
+
+    def send_pong(self, now: float) -> bytes:
+        self._require(ConnState.OPEN, None, "PONG")
+        self.last_sent = now
+        return PONG_FRAME
+
+    def send_shutdown(self, reason: str) -> bytes:
+        self._require(ConnState.OPEN, Role.SERVER, "SHUTDOWN")
+        self.state = ConnState.CLOSED
+        self._final_sent = True
+        return encode_json_frame(FrameType.SHUTDOWN, {"reason": reason})
+
+    def send_bye(self, reason: str) -> bytes:
+        self._require(ConnState.OPEN, None, "BYE")
+        self.state = ConnState.CLOSED
+        self._final_sent = True
+        return encode_json_frame(FrameType.BYE, {"reason": reason})
+
+    def send_error(self, code: str, message: str, retry: bool = False) -> bytes:
+        """An ERROR frame; allowed in any state (also right after the peer broke
+        the protocol) until a closing frame was sent, and closes."""
+        if self._final_sent:
+            raise LocalProtocolError(ErrorCode.UNEXPECTED_FRAME, "a closing frame was already sent")
+        self._final_sent = True
+        self.state = ConnState.CLOSED
+        return encode_json_frame(FrameType.ERROR, {"code": str(code), "message": message, "retry": retry})
+
+    def close(self) -> None:
+        self.state = ConnState.CLOSED
+        self._final_sent = True
+
+    # -- liveness ------------------------------------------------------------
+
+    def ping_interval(self, heartbeat_interval: float) -> float:
+        """How often to ping: our own interval, but often enough that the
+        peer's timeout (a third of it) never fires on a quiet healthy link."""
+        if self.peer_heartbeat_timeout is None:
+            return heartbeat_interval
+        return min(heartbeat_interval, self.peer_heartbeat_timeout / 3)
+
+    def heartbeat_due(
+        self, now: float, heartbeat_interval: float, heartbeat_timeout: float
+    ) -> tuple[str | None, float]:
+        """What liveness needs now, and when to ask again.
+
+        Returns ``("timeout", 0)`` when nothing has been received for
+        ``heartbeat_timeout``, ``("ping", next)`` when a PING should be sent,
+        else ``(None, next)``; ``next`` is the time of the next check.
+        """
+        if now - self.last_received >= heartbeat_timeout:
+            return "timeout", 0.0
+        interval = self.ping_interval(heartbeat_interval)
+        action = None
+        if now - self.last_sent >= interval:
+            action = "ping"
+            next_ping = now + interval
+        else:
+            next_ping = self.last_sent + interval
+        return action, min(next_ping, self.last_received + heartbeat_timeout)
+
+
+# --------------------------------------------------------------------------
+# Session streams: sequence numbers, acknowledgements, the resend buffer.
+
+
+class OutboundStream:
+    """What one side sent in a session and the peer has not acknowledged.
+
+    Bounded by ``max_items`` messages and ``max_bytes`` bytes of encoded
+    bodies; ``push`` raises ``QueueFullError`` rather than grow past them.
+    """
+
+    def __init__(self, max_items: int, max_bytes: int) -> None:
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self.next_seq = 1
+        self._items: deque[tuple[int, bytes]] = deque()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
+
+    def has_room(self, size: int) -> bool:
+        return len(self._items) < self.max_items and self._bytes + size <= self.max_bytes
+
+    def push(self, body: bytes) -> int:
+        """Queue an encoded message body; return its sequence number."""
+        size = len(body)
+        if not self.has_room(size):
+            raise QueueFullError(
+                f"send queue full ({len(self._items)} of {self.max_items} messages,"
+                f" {self._bytes} + {size} of {self.max_bytes} bytes)"
+            )
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        self._items.append((seq, body))
+        self._bytes += size
+        return seq
+
+    def ack(self, seq: int) -> int:
+        """Drop everything up to and including ``seq``; return how many.
+
+        An ack for a number never sent is the peer's error.
+        """
+        if seq >= self.next_seq:
+            raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"ack for {seq}, but only {self.next_seq - 1} were sent")
+        items = self._items
+        dropped = 0
+        while items and items[0][0] <= seq:
+            self._bytes -= len(items.popleft()[1])
+            dropped += 1
+        return dropped
+
+    def after(self, seq: int) -> Iterator[tuple[int, bytes]]:
+        """The unacknowledged messages numbered above ``seq``, in order."""
+        items = self._items
+        if not items or seq < items[0][0]:
+            yield from items
+            return
+        start = seq - items[0][0] + 1
+        for i in range(start, len(items)):
+            yield items[i]
+
+    def restart(self) -> None:
+        """Renumber what is unacknowledged from 1, for a new session that
+        replaces one the peer forgot (a server restart)."""
+        self._items = deque((i, body) for i, (_, body) in enumerate(self._items, 1))
+        self.next_seq = len(self._items) + 1
+
+    def clear(self) -> list[bytes]:
+        dropped = [body for _, body in self._items]
+        self._items.clear()
+        self._bytes = 0
+        self.next_seq = 1
+        return dropped
+
+
+class InboundStream:
+    """What one side received in a session: duplicate detection and acks."""
+
+    #: Acknowledge at the latest after this many messages (or the timer).
+    ACK_EVERY = 64
+
+    def __init__(self) -> None:
+        self.last_seq = 0
+        self.acked_seq = 0
+
+    def accept(self, seq: int) -> bool:
+        """True when ``seq`` is the next message, False for a duplicate."""
+        if seq == self.last_seq + 1:
+            self.last_seq = seq
+            return True
+        if seq <= self.last_seq:
+            return False
+        raise RemoteProtocolError(ErrorCode.SEQUENCE_GAP, f"expected message {self.last_seq + 1}, got {seq}")
+
+    @property
+    def unacked(self) -> int:
+        return self.last_seq - self.acked_seq
+
+    def reset(self) -> None:
+        self.last_seq = 0
+        self.acked_seq = 0

@@ -1,0 +1,591 @@
+"""``Server``: accepts clients, keeps a session per client id, sends and broadcasts."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import _config as cfg
+from ._callbacks import Callbacks
+from ._errors import BindError, MessageTooLarge, QueueFullError, StateError
+from ._link import Link
+from ._loop import Loop, Timer, Transport, get_loop
+from ._message import Message
+from ._protocol import (
+    DEFAULT_MAX_FRAME_SIZE,
+    MESSAGE_OVERHEAD,
+    MIN_MAX_FRAME_SIZE,
+    PROTOCOL_VERSION,
+    AckReceived,
+    ByeReceived,
+    ConnState,
+    ErrorCode,
+    ErrorReceived,
+    Event,
+    Hello,
+    InboundStream,
+    MessageReceived,
+    OutboundStream,
+    PingReceived,
+    PongReceived,
+    Role,
+    message_header,
+)
+
+log = logging.getLogger("missioncommander.server")
+
+SERVER_EVENTS = ("clientconnect", "clientdisconnect", "message")
+#: A session's connection that spoke this recently counts as alive without a probe.
+_FRESH = 1.0
+
+
+class _PortSetting(cfg.Setting[int]):
+    """``port`` reads back the real port while listening (``port=0`` picks one)."""
+
+    def __get__(self, obj: Any, owner: type) -> Any:
+        if obj is not None and obj._bound_port is not None:
+            return obj._bound_port
+        return super().__get__(obj, owner)
+
+
+class _Session:
+    """A client id's session: survives broken connections until it expires."""
+
+    __slots__ = ("client_id", "expiry", "inbound", "link", "out", "peer_max_frame_size", "sent_seq", "token")
+
+    def __init__(self, client_id: str, max_queued: int, max_queued_bytes: int) -> None:
+        self.client_id = client_id
+        self.token = secrets.token_urlsafe(24)
+        self.out = OutboundStream(max_queued, max_queued_bytes)
+        self.inbound = InboundStream()
+        self.link: _ServerLink | None = None
+        self.sent_seq = 0
+        self.expiry: Timer | None = None
+        self.peer_max_frame_size = DEFAULT_MAX_FRAME_SIZE
+
+
+class _ServerLink(Link):
+    """One accepted TCP connection (loop thread only)."""
+
+    def __init__(self, server: Server, loop: Loop, sock: socket.socket, peer: str) -> None:
+        super().__init__(loop, Role.SERVER, server.max_frame_size, server.heartbeat_interval, server.heartbeat_timeout)
+        self.server = server
+        self.peer = peer
+        self.session: _Session | None = None
+        #: A newcomer waiting for this link to prove it is alive (PONG) or dead.
+        self.probe_waiter: _ServerLink | None = None
+        self.probe_timer: Timer | None = None
+        self.hello: Hello | None = None
+        self.transport = Transport(loop, sock, self)
+        self.handshake_timer: Timer | None = loop.call_later(server.handshake_timeout, self._handshake_timeout)
+
+    def describe(self) -> str:
+        who = self.session.client_id if self.session else (self.hello.client_id if self.hello else "?")
+        return f"client {who!r} from {self.peer}"
+
+    def _handshake_timeout(self) -> None:
+        self.handshake_timer = None
+        if self.proto.state is ConnState.HANDSHAKE and self.transport is not None:
+            log.info("%s: no handshake within %g s; closing", self.describe(), self.server.handshake_timeout)
+            self.send_final(
+                self.proto.send_error(ErrorCode.HANDSHAKE_TIMEOUT, "no HELLO within the handshake timeout", retry=True),
+                "handshake timeout",
+            )
+
+    def handle_event(self, event: Event) -> None:
+        self.server._handle(self, event)
+
+    def connection_lost(self, reason: str, exc: BaseException | None) -> None:
+        self.stop_timers()
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
+        self.server._link_lost(self, reason)
+
+
+class Server:
+    """A MissionCommander server: many clients, one session per client id.
+
+    Configure with attributes or constructor keywords (each is validated on
+    assignment), then ``start()``; ``stop()`` tells every client it is shutting
+    down.  A stopped server can be started again.  Use it as a context
+    manager to start and stop it::
+
+        with Server(interface="127.0.0.1", port=0) as server:
+            server.subscribe("message", lambda client_id, msg: ...)
+            server.send("*", Message("hello"))
+
+    Events (``subscribe``): ``clientconnect(client_id)`` when a client's
+    session starts, ``clientdisconnect(client_id)`` when it ends (clean
+    disconnect, kick, expiry, shutdown), ``message(client_id, message)``.
+    Callbacks run in event order on a callback thread, never on the I/O thread.
+    """
+
+    interface = cfg.Setting[str](
+        "", cfg.interface, doc="'' or '*' for every interface, an IP address, or an interface name"
+    )
+    port = _PortSetting(0, cfg.int_range(0, 65535), doc="TCP port; 0 picks a free one (read it back after start())")
+    handshake_timeout = cfg.Setting[float](10.0, cfg.positive_number(), locked=False)
+    heartbeat_interval = cfg.Setting[float](5.0, cfg.positive_number(), locked=False)
+    heartbeat_timeout = cfg.Setting[float](15.0, cfg.positive_number(), locked=False)
+    max_frame_size = cfg.Setting[int](DEFAULT_MAX_FRAME_SIZE, cfg.int_range(MIN_MAX_FRAME_SIZE, 2**32 - 1))
+    max_clients = cfg.Setting["int | None"](None, cfg.int_range(1, optional=True), locked=False)
+    session_expiry = cfg.Setting[float](60.0, cfg.positive_number(), locked=False)
+    max_queued = cfg.Setting[int](10_000, cfg.int_range(1), locked=False)
+    max_queued_bytes = cfg.Setting[int](64 * 1024 * 1024, cfg.int_range(1), locked=False)
+
+    def __init__(self, **settings: Any) -> None:
+        self._settings: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._callbacks = Callbacks("server", SERVER_EVENTS)
+        self._loop = get_loop()
+        self._listener: socket.socket | None = None
+        self._bound_port: int | None = None
+        self._sessions: dict[str, _Session] = {}
+        self._links: set[_ServerLink] = set()
+        self._to_pump: set[_Session] = set()
+        self._running = False
+        self._stopped = threading.Event()
+        self._stopped.set()
+        for name, value in settings.items():
+            if not isinstance(getattr(type(self), name, None), cfg.Setting):
+                raise TypeError(f"Server() got an unknown setting {name!r}")
+            setattr(self, name, value)
+
+    # -- settings ------------------------------------------------------------
+
+    def _check_settable(self, name: str) -> None:
+        if self._running:
+            raise StateError(f"cannot change {name} while the server is running; stop() it first")
+
+    # -- lifecycle -------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """True between ``start()`` and ``stop()``."""
+        return self._running
+
+    def start(self) -> None:
+        """Listen on ``interface``:``port``; raises ``BindError`` if it cannot."""
+        with self._lock:
+            if self._running:
+                raise StateError("the server is already running")
+            if not self._stopped.is_set():
+                raise StateError("the server is still stopping")
+            host = cfg.resolve_interface(self.interface)
+            port = self._settings.get("port", 0)
+            try:
+                listener = _listen(host, port)
+            except OSError as exc:
+                where = f"{host or '*'}:{port}"
+                raise BindError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}") from exc
+            self._listener = listener
+            self._bound_port = listener.getsockname()[1]
+            self._running = True
+            self._stopped.clear()
+        if not host and not _is_loopback(host):
+            log.warning(
+                "server listening on every interface (port %d) without TLS or a token: anyone who can reach "
+                "the port can connect; set interface='127.0.0.1' to keep it local",
+                self._bound_port,
+            )
+        self._loop.run_sync(self._start_on_loop, listener)
+        log.info("server listening on %s:%d", host or "*", self._bound_port)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Announce shutdown to every client, end every session, stop listening.
+
+        Waits up to ``timeout`` seconds for the goodbyes to be written.
+        Safe to call when not running, and from a callback.
+        """
+        with self._lock:
+            if not self._running:
+                return
+            self._running = False
+        self._loop.run_sync(self._stop_on_loop)
+        self._stopped.wait(timeout)
+        with self._lock:
+            self._bound_port = None
+
+    def __enter__(self) -> Server:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- public operations -----------------------------------------------------
+
+    @property
+    def clients(self) -> list[str]:
+        """Ids of the clients with a live session (including detached ones,
+        whose connection broke and which may still resume)."""
+        with self._lock:
+            return list(self._sessions)
+
+    def send(self, target: str, message: Message) -> None:
+        """Send ``message`` to the client ``target``, or to every client for ``'*'``.
+
+        Raises ``KeyError`` for an unknown client id, ``QueueFullError`` when
+        a client's queue is full (for ``'*'``: after queueing it for every
+        client with room; the error names those without), and
+        ``MessageTooLarge`` when it exceeds a client's frame limit.
+        """
+        if not isinstance(message, Message):
+            raise TypeError(f"message must be a Message, not {type(message).__name__}")
+        if not isinstance(target, str):
+            raise TypeError(f"target must be a client id or '*', not {type(target).__name__}")
+        body = message.encode()
+        size = len(body) + MESSAGE_OVERHEAD
+        full: list[str] = []
+        with self._lock:
+            if not self._running:
+                raise StateError("the server is not running; start() it first")
+            if target == "*":
+                sessions = list(self._sessions.values())
+            elif target in self._sessions:
+                sessions = [self._sessions[target]]
+            else:
+                raise KeyError(f"no client {target!r} is connected")
+            for session in sessions:
+                if size > session.peer_max_frame_size:
+                    if target == "*":
+                        full.append(session.client_id)
+                        continue
+                    raise MessageTooLarge(
+                        f"message of {size} bytes exceeds client {session.client_id!r}'s limit of "
+                        f"{session.peer_max_frame_size}"
+                    )
+                if not session.out.has_room(len(body)):
+                    full.append(session.client_id)
+                    continue
+                session.out.push(body)
+            wake = not self._to_pump
+            self._to_pump.update(s for s in sessions if s.link is not None)
+        if wake and self._to_pump:
+            self._loop.call_soon(self._pump)
+        if full:
+            if target != "*":
+                raise QueueFullError(f"send queue of client {target!r} is full")
+            raise QueueFullError(f"message not queued for {len(full)} client(s) (queue full or too large): {full[:10]}")
+
+    def disconnect_client(self, client_id: str, reason: str = "disconnected by the server") -> None:
+        """End ``client_id``'s session and close its connection, telling it
+        ``reason``; the client does not reconnect by itself.  ``KeyError``
+        for an unknown id."""
+        with self._lock:
+            if client_id not in self._sessions:
+                raise KeyError(f"no client {client_id!r} is connected")
+        self._loop.run_sync(self._kick, client_id, reason)
+
+    def subscribe(self, event: str, callback: Callable[..., Any]) -> None:
+        """Call ``callback`` on ``event`` (``clientconnect``, ``clientdisconnect``,
+        ``message``; ``on_message``, ``Message`` and ``on-message`` work too)."""
+        self._callbacks.subscribe(event, callback)
+
+    def unsubscribe(self, event: str, callback: Callable[..., Any]) -> None:
+        """Stop calling ``callback`` on ``event``."""
+        self._callbacks.unsubscribe(event, callback)
+
+    def wait_callbacks(self, timeout: float | None = None) -> bool:
+        """Wait until the callbacks of events so far have run (not from a callback)."""
+        return self._callbacks.serial.wait_idle(timeout)
+
+    # -- loop thread ---------------------------------------------------------
+
+    def _start_on_loop(self, listener: socket.socket) -> None:
+        self._loop.register(listener, 1, _Acceptor(self, listener))
+
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(256):
+            try:
+                sock, addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # EMFILE and friends: keep serving those already connected.
+                log.error("accept failed: %s", exc)
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+            link = _ServerLink(self, self._loop, sock, peer)
+            self._links.add(link)
+
+    def _stop_on_loop(self) -> None:
+        if self._listener is not None:
+            self._loop.unregister(self._listener)
+            self._listener.close()
+            self._listener = None
+        for link in list(self._links):
+            if link.is_open:
+                link.send_final(link.proto.send_shutdown("server shutting down"), "server shutting down")
+            elif link.transport is not None:
+                link.transport.close("server shutting down")
+        with self._lock:
+            sessions = list(self._sessions.values())
+        for session in sessions:
+            self._end_session(session, "server shutting down")
+        if not self._links:
+            self._stopped.set()
+
+    def _handle(self, link: _ServerLink, event: Event) -> None:
+        session = link.session
+        if isinstance(event, MessageReceived):
+            if session is None:
+                return  # the session just ended; the link is closing
+            if session.inbound.accept(event.seq):
+                self._callbacks.emit(
+                    "message", session.client_id, Message._from_wire(event.subject, event.payload, event.encoded)
+                )
+                link.message_accepted()
+        elif isinstance(event, AckReceived):
+            if session is None:
+                return
+            with self._lock:
+                session.out.ack(event.seq)
+                session.sent_seq = max(session.sent_seq, event.seq)
+        elif isinstance(event, PingReceived):
+            link.write(link.proto.send_pong(time.monotonic()))
+        elif isinstance(event, PongReceived):
+            if link.probe_waiter is not None:
+                self._probe_done(link, alive=True)
+        elif isinstance(event, Hello):
+            self._on_hello(link, event)
+        elif isinstance(event, ByeReceived):
+            log.info("%s left: %s", link.describe(), event.reason)
+            if session is not None:
+                self._end_session(session, f"client disconnected: {event.reason}")
+            if link.transport is not None:
+                link.transport.close(f"client said bye: {event.reason}")
+        elif isinstance(event, ErrorReceived):
+            log.warning("%s reported an error (%s): %s", link.describe(), event.code, event.message)
+            if link.transport is not None:
+                link.transport.close(f"client reported an error: {event.message}")
+
+    def _refuse(self, link: _ServerLink, code: ErrorCode, message: str, retry: bool = False) -> None:
+        log.warning("refusing %s: %s", link.describe(), message)
+        link.send_final(link.proto.send_error(code, message, retry=retry), f"refused: {message}")
+
+    def _on_hello(self, link: _ServerLink, hello: Hello) -> None:
+        link.hello = hello
+        if hello.version != PROTOCOL_VERSION:
+            self._refuse(
+                link,
+                ErrorCode.VERSION_UNSUPPORTED,
+                f"protocol version {hello.version} is not supported (server speaks {PROTOCOL_VERSION})",
+            )
+            return
+        if not self._running:
+            self._refuse(link, ErrorCode.SERVER_FULL, "server is shutting down", retry=True)
+            return
+        with self._lock:
+            session = self._sessions.get(hello.client_id)
+        if session is not None and hello.session == session.token:
+            old = session.link
+            if old is not None:
+                # The client is back on a new connection before we noticed the
+                # old one die: the old one is half-open, take over.
+                old.session = None
+                session.link = None
+                if old.transport is not None:
+                    old.transport.abort("replaced by the client's resumed connection")
+            self._attach(link, session, resumed=True)
+            return
+        if session is not None:
+            old = session.link
+            if old is None:
+                log.info("client %r started a new session; its detached one ends", hello.client_id)
+                self._end_session(session, "replaced by a new session of the same client id")
+            elif time.monotonic() - old.proto.last_received < _FRESH or old.probe_waiter is not None:
+                self._refuse_in_use(link)
+                return
+            else:
+                # In doubt: ask the old connection whether it is alive.
+                old.probe_waiter = link
+                old.write(old.proto.send_ping(time.monotonic()))
+                old.probe_timer = self._loop.call_later(min(self.heartbeat_timeout, 3.0), self._probe_done, old, False)
+                return
+        self._new_session(link, hello.client_id)
+
+    def _refuse_in_use(self, link: _ServerLink) -> None:
+        assert link.hello is not None
+        self._refuse(
+            link,
+            ErrorCode.ID_IN_USE,
+            f"client id {link.hello.client_id!r} is in use by a live client; choose another id",
+        )
+
+    def _probe_done(self, old: _ServerLink, alive: bool) -> None:
+        newcomer, old.probe_waiter = old.probe_waiter, None
+        if old.probe_timer is not None:
+            old.probe_timer.cancel()
+            old.probe_timer = None
+        if newcomer is None or newcomer.transport is None or newcomer.transport.closed:
+            return
+        if alive:
+            self._refuse_in_use(newcomer)
+            return
+        assert newcomer.hello is not None
+        if old.transport is not None:
+            old.transport.abort("did not answer a liveness probe")
+        session = old.session
+        if session is not None:
+            self._end_session(session, "replaced by a new session of the same client id")
+        self._new_session(newcomer, newcomer.hello.client_id)
+
+    def _new_session(self, link: _ServerLink, client_id: str) -> None:
+        with self._lock:
+            if self.max_clients is not None and len(self._sessions) >= self.max_clients:
+                full = True
+            else:
+                full = False
+                session = _Session(client_id, self.max_queued, self.max_queued_bytes)
+                self._sessions[client_id] = session
+        if full:
+            self._refuse(link, ErrorCode.SERVER_FULL, f"server has reached max_clients={self.max_clients}", retry=True)
+            return
+        log.info("client %r connected from %s (new session)", client_id, link.peer)
+        self._attach(link, session, resumed=False)
+        self._callbacks.emit("clientconnect", client_id)
+
+    def _attach(self, link: _ServerLink, session: _Session, resumed: bool) -> None:
+        assert link.hello is not None
+        if link.handshake_timer is not None:
+            link.handshake_timer.cancel()
+            link.handshake_timer = None
+        if session.expiry is not None:
+            session.expiry.cancel()
+            session.expiry = None
+        with self._lock:
+            if resumed:
+                session.out.ack(link.hello.last_seq)
+                session.sent_seq = link.hello.last_seq
+            session.peer_max_frame_size = link.hello.max_frame_size
+        session.link = link
+        link.session = session
+        link.inbound = session.inbound
+        link.write(
+            link.proto.send_welcome(
+                session.token,
+                resumed,
+                session.inbound.last_seq,
+                self.max_frame_size,
+                self.heartbeat_timeout,
+                time.monotonic(),
+            )
+        )
+        if resumed:
+            log.info("client %r resumed its session from %s", session.client_id, link.peer)
+        link.start_heartbeat()
+        self._pump_session(session)
+
+    def _pump(self) -> None:
+        with self._lock:
+            sessions, self._to_pump = self._to_pump, set()
+        for session in sessions:
+            self._pump_session(session)
+
+    def _pump_session(self, session: _Session) -> None:
+        link = session.link
+        if link is None or not link.is_open or link.transport is None:
+            return
+        chunks: list[bytes] = []
+        with self._lock:
+            seq = session.sent_seq
+            for seq, body in session.out.after(session.sent_seq):
+                chunks.append(message_header(seq, len(body)))
+                chunks.append(body)
+            session.sent_seq = seq
+        if chunks:
+            link.transport.write_many(chunks)
+
+    def _kick(self, client_id: str, reason: str) -> None:
+        with self._lock:
+            session = self._sessions.get(client_id)
+        if session is None:
+            return
+        link = session.link
+        if link is not None and link.is_open:
+            link.send_final(link.proto.send_bye(reason), f"disconnected by the server: {reason}")
+        self._end_session(session, f"disconnected by the server: {reason}")
+
+    def _end_session(self, session: _Session, reason: str) -> None:
+        with self._lock:
+            if self._sessions.get(session.client_id) is not session:
+                return
+            del self._sessions[session.client_id]
+            self._to_pump.discard(session)
+            dropped = list(session.out.after(session.sent_seq))
+            session.out.clear()
+        if session.expiry is not None:
+            session.expiry.cancel()
+            session.expiry = None
+        link = session.link
+        session.link = None
+        if link is not None:
+            link.session = None
+            if link.transport is not None and not link.transport.closed and not link.is_open:
+                link.transport.close_after_flush(reason=reason)
+        if dropped:
+            log.warning(
+                "session of client %r ended with %d message(s) never sent dropped", session.client_id, len(dropped)
+            )
+        log.info("client %r session ended: %s", session.client_id, reason)
+        self._callbacks.emit("clientdisconnect", session.client_id)
+
+    def _link_lost(self, link: _ServerLink, reason: str) -> None:
+        self._links.discard(link)
+        if link.probe_waiter is not None:
+            self._probe_done(link, alive=False)
+        session = link.session
+        if session is not None and session.link is link:
+            session.link = None
+            link.session = None
+            log.info(
+                "client %r connection lost (%s); session kept for %g s", session.client_id, reason, self.session_expiry
+            )
+            session.expiry = self._loop.call_later(self.session_expiry, self._expire, session)
+        elif link.proto.state is not ConnState.HANDSHAKE or link.hello is not None:
+            log.debug("%s closed: %s", link.describe(), reason)
+        if not self._running and not self._links:
+            self._stopped.set()
+
+    def _expire(self, session: _Session) -> None:
+        session.expiry = None
+        if session.link is None:
+            self._end_session(session, f"session expired after {self.session_expiry:g} s detached")
+
+
+class _Acceptor:
+    def __init__(self, server: Server, listener: socket.socket) -> None:
+        self.server = server
+        self.listener = listener
+
+    def handle_io(self, mask: int) -> None:
+        self.server._accept(self.listener)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    if not host:
+        if socket.has_dualstack_ipv6():
+            sock = socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=1024)
+        else:
+            sock = socket.create_server(("", port), backlog=1024)
+    else:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family, backlog=1024)
+    sock.setblocking(False)
+    return sock
