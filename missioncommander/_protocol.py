@@ -49,6 +49,7 @@ MIN_MAX_FRAME_SIZE = 4096
 _HEADER = struct.Struct("!IB")
 _MSG_HEADER = struct.Struct("!IBQ")
 _U64 = struct.Struct("!Q")
+_U32 = struct.Struct("!I")
 HEADER_SIZE = _HEADER.size
 MESSAGE_OVERHEAD = _MSG_HEADER.size - 4  # what ``length`` counts besides the JSON
 
@@ -239,8 +240,8 @@ class FrameDecoder:
         pos = 0
         end = len(buf)
         try:
-            while end - pos >= HEADER_SIZE:
-                length, ftype = _HEADER.unpack_from(buf, pos)
+            while end - pos >= 4:
+                length = _U32.unpack_from(buf, pos)[0]
                 if length == 0:
                     raise RemoteProtocolError(ErrorCode.BAD_FRAME, "frame length 0 (a frame has at least a type byte)")
                 if length > self.max_frame_size:
@@ -251,7 +252,7 @@ class FrameDecoder:
                 stop = pos + 4 + length
                 if stop > end:
                     break
-                yield ftype, bytes(buf[pos + HEADER_SIZE : stop])
+                yield buf[pos + 4], bytes(buf[pos + HEADER_SIZE : stop])
                 pos = stop
         finally:
             if pos:

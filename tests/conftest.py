@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from missioncommander import Client, Server  # noqa: E402
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    srv = Server(interface="127.0.0.1", port=0, heartbeat_interval=0.5, heartbeat_timeout=3.0)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def make_client() -> Iterator[Callable[..., Client]]:
+    clients: list[Client] = []
+
+    def make(server: Server | None = None, **settings: Any) -> Client:
+        if server is not None:
+            settings.setdefault("address", "127.0.0.1")
+            settings.setdefault("port", server.port)
+        settings.setdefault("reconnect_delay", 0.05)
+        settings.setdefault("reconnect_max_delay", 0.5)
+        settings.setdefault("connect_timeout", 5.0)
+        client = Client(**settings)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.disconnect()

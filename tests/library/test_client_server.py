@@ -1,0 +1,269 @@
+"""Client and Server over loopback: events, states, sends, refusals."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pytest
+from support import Recorder, wait_until
+
+from missioncommander import (
+    Client,
+    ClientState,
+    ConnectError,
+    ConnectionRefusedByServer,
+    Message,
+    MessageTooLarge,
+    Server,
+    StateError,
+)
+
+S = ClientState
+CONNECTED = S.STATE_OK | S.STATE_RUNNING | S.STATE_CONNECTED
+IDLE = S.STATE_OK | S.STATE_NOT_CONNECTED
+
+MakeClient = Callable[..., Client]
+
+
+def transitions(rec: Recorder) -> list[tuple[ClientState, ClientState]]:
+    return [(t.old_state, t.new_state) for (t,) in rec.of("statechange")]
+
+
+def test_connect_send_receive_disconnect_events_and_states(server: Server, make_client: MakeClient) -> None:
+    srv = Recorder().attach(server, "clientconnect", "clientdisconnect", "message")
+    client = make_client(server, client_id="abcXYZ")
+    rec = Recorder().attach(client, "connect", "disconnect", "message", "statechange", "reconnect")
+    client.connect()
+    assert client.state == CONNECTED
+    assert srv.wait_count("clientconnect", 1) == [("abcXYZ",)]
+    assert server.clients == ["abcXYZ"]
+
+    client.send(Message("echo", {"message": "hello"}))
+    assert srv.wait_count("message", 1) == [("abcXYZ", Message("echo", {"message": "hello"}))]
+    server.send("abcXYZ", Message("reply", {"n": 1}))
+    server.send("*", Message("all", {}))
+    assert rec.wait_count("message", 2) == [(Message("reply", {"n": 1}),), (Message("all"),)]
+
+    client.disconnect()
+    client.disconnect()  # idempotent
+    assert client.state == IDLE
+    assert srv.wait_count("clientdisconnect", 1) == [("abcXYZ",)]
+    rec.wait_for(lambda: len(rec.of("statechange")) == 4)
+    assert transitions(rec) == [
+        (IDLE, S.STATE_OK | S.STATE_RUNNING | S.STATE_CONNECTING),
+        (S.STATE_OK | S.STATE_RUNNING | S.STATE_CONNECTING, CONNECTED),
+        (CONNECTED, S.STATE_OK | S.STATE_RUNNING | S.STATE_DISCONNECTING),
+        (S.STATE_OK | S.STATE_RUNNING | S.STATE_DISCONNECTING, IDLE),
+    ]
+    names = rec.names()
+    assert names.index("connect") < names.index("disconnect")
+    assert "reconnect" not in names
+    assert client.last_close_reason == "disconnected by this client"
+    assert server.clients == []
+
+
+def test_event_name_forms(server: Server, make_client: MakeClient) -> None:
+    client = make_client(server)
+    rec = Recorder()
+    for form in ("on_connect", "ConNEct", "onCon-nect", "CONNECT", "on-connect"):
+        client.subscribe(form, rec.callback(form))
+    with pytest.raises(ValueError, match="known events: connect, disconnect, reconnect, message"):
+        client.subscribe("connected", rec.callback("x"))
+    with pytest.raises(ValueError, match="clientconnect"):
+        server.subscribe("on_connect", rec.callback("x"))
+    with pytest.raises(TypeError):
+        client.subscribe("connect", "not callable")  # type: ignore[arg-type]
+    client.unsubscribe("on-CONNECT", rec.callback("unknown"))  # unknown callback: ignored
+    cb = rec.callback("gone")
+    client.subscribe("connect", cb)
+    client.unsubscribe("On_Connect", cb)
+    client.connect()
+    rec.wait_for(lambda: len(rec.events) == 5)
+    assert sorted(rec.names()) == sorted(["on_connect", "ConNEct", "onCon-nect", "CONNECT", "on-connect"])
+
+
+def test_connect_failure_leaves_connect_failed(make_client: MakeClient) -> None:
+    probe = Server(interface="127.0.0.1", port=0)
+    probe.start()
+    port = probe.port
+    probe.stop()  # nothing listens there now
+    client = make_client(address="127.0.0.1", port=port)
+    with pytest.raises(ConnectError, match="Connection refused"):
+        client.connect()
+    assert client.state == S.STATE_OK | S.STATE_NOT_CONNECTED | S.STATE_CONNECT_FAILED
+    assert "refused" in (client.last_close_reason or "")
+    with pytest.raises(StateError):
+        client.send(Message("x"))
+
+
+def test_context_managers(make_client: MakeClient) -> None:
+    with Server(interface="127.0.0.1", port=0) as server:
+        rec = Recorder().attach(server, "message")
+        with make_client(server) as client:
+            assert client.state == CONNECTED
+            client.send(Message("hi"))
+            rec.wait_count("message", 1)
+        assert client.state == IDLE
+    assert not server.running
+
+
+def test_server_can_restart_after_stop(make_client: MakeClient) -> None:
+    server = Server(interface="127.0.0.1", port=0)
+    for _ in range(2):
+        server.start()
+        client = make_client(server)
+        client.connect()
+        client.disconnect()
+        server.stop()
+    with pytest.raises(StateError):
+        server.send("*", Message("x"))
+
+
+def test_broadcast_reaches_every_client_and_unknown_target_raises(server: Server, make_client: MakeClient) -> None:
+    recs = []
+    for i in range(5):
+        c = make_client(server, client_id=f"c{i}")
+        recs.append(Recorder().attach(c, "message"))
+        c.connect()
+    for i in range(10):
+        server.send("*", Message("b", {"i": i}))
+    for rec in recs:
+        assert [m.payload["i"] for (m,) in rec.wait_count("message", 10)] == list(range(10))
+    with pytest.raises(KeyError, match="nobody"):
+        server.send("nobody", Message("x"))
+    with pytest.raises(TypeError):
+        server.send("*", {"not": "a message"})  # type: ignore[arg-type]
+
+
+def test_server_shutdown_fires_servershutdown_and_client_stops(make_client: MakeClient) -> None:
+    server = Server(interface="127.0.0.1", port=0)
+    server.start()
+    client = make_client(server)
+    state_in_callback: list[ClientState] = []
+    rec = Recorder().attach(client, "servershutdown", "statechange", "reconnect")
+    client.subscribe("servershutdown", lambda: state_in_callback.append(client.state))
+    client.connect()
+    server.stop()
+    rec.wait_count("servershutdown", 1)
+    rec.wait_for(lambda: client.state == IDLE, what="client stopped")
+    assert state_in_callback == [CONNECTED]  # it stops after the callback returns
+    assert "server shut down" in (client.last_close_reason or "")
+    last = rec.of("statechange")[-1][0]
+    assert (last.old_state, last.new_state) == (CONNECTED, IDLE)
+    assert rec.of("reconnect") == []
+
+
+def test_disconnect_client_is_terminal_for_the_client(server: Server, make_client: MakeClient) -> None:
+    client = make_client(server, client_id="victim")
+    srv = Recorder().attach(server, "clientdisconnect")
+    rec = Recorder().attach(client, "statechange")
+    client.connect()
+    server.disconnect_client("victim", "maintenance")
+    srv.wait_count("clientdisconnect", 1)
+    rec.wait_for(lambda: client.state == IDLE, what="client idle")
+    assert client.last_close_reason == "disconnected by the server: maintenance"
+    assert server.clients == []
+    with pytest.raises(KeyError):
+        server.disconnect_client("victim")
+
+
+def test_duplicate_id_is_refused_while_first_is_alive(server: Server, make_client: MakeClient) -> None:
+    first = make_client(server, client_id="same")
+    first.connect()
+    second = make_client(server, client_id="same")
+    with pytest.raises(ConnectionRefusedByServer) as info:
+        second.connect()
+    assert info.value.code == "id_in_use"
+    assert "in use" in str(info.value)
+    assert second.state == S.STATE_OK | S.STATE_NOT_CONNECTED | S.STATE_CONNECT_FAILED
+    assert first.state == CONNECTED
+    rec = Recorder().attach(first, "message")
+    server.send("same", Message("still-yours"))
+    rec.wait_count("message", 1)
+
+
+def test_callbacks_may_disconnect_and_send(server: Server, make_client: MakeClient) -> None:
+    client = make_client(server)
+    done = threading.Event()
+    srv = Recorder().attach(server, "message")
+
+    def on_message(message: Message) -> None:
+        client.send(Message("reply", {"to": message.subject}))
+        client.disconnect()
+        done.set()
+
+    client.subscribe("message", on_message)
+    client.connect()
+    (cid,) = server.clients
+    server.send(cid, Message("please-leave"))
+    assert done.wait(10)
+    assert client.state == IDLE
+    assert srv.wait_count("message", 1) == [(cid, Message("reply", {"to": "please-leave"}))]
+
+
+def test_a_failing_callback_is_logged_and_others_still_run(
+    server: Server, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = make_client(server)
+    rec = Recorder()
+
+    def boom(_: Message) -> None:
+        raise RuntimeError("callback bug")
+
+    client.subscribe("message", boom)
+    client.subscribe("message", rec.callback("message"))
+    client.connect()
+    (cid,) = server.clients
+    server.send(cid, Message("one"))
+    server.send(cid, Message("two"))
+    rec.wait_count("message", 2)
+    assert client.state == CONNECTED
+    client.wait_callbacks(5)
+    assert "callback bug" in caplog.text
+
+
+def test_callbacks_do_not_run_on_the_io_thread(server: Server, make_client: MakeClient) -> None:
+    client = make_client(server)
+    names: list[str] = []
+    got = threading.Event()
+    client.subscribe("connect", lambda: (names.append(threading.current_thread().name), got.set()))
+    client.connect()
+    assert got.wait(5)
+    assert names[0].startswith("missioncommander-callbacks")
+
+
+def test_send_checks_the_servers_frame_limit(make_client: MakeClient) -> None:
+    with Server(interface="127.0.0.1", port=0, max_frame_size=8192) as server:
+        client = make_client(server)
+        client.connect()
+        with pytest.raises(MessageTooLarge):
+            client.send(Message("big", {"x": "y" * 9000}))
+        with pytest.raises(TypeError):
+            client.send("not a message")  # type: ignore[arg-type]
+
+
+def test_ipv6_loopback(make_client: MakeClient) -> None:
+    try:
+        server = Server(interface="::1", port=0)
+        server.start()
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    try:
+        rec = Recorder().attach(server, "message")
+        client = make_client(address="::1", port=server.port)
+        client.connect()
+        client.send(Message("v6"))
+        rec.wait_count("message", 1)
+    finally:
+        server.stop()
+
+
+def test_client_binds_to_interface_and_port(server: Server, make_client: MakeClient) -> None:
+    probe = Server(interface="127.0.0.1", port=0)
+    probe.start()
+    free = probe.port
+    probe.stop()
+    client = make_client(server, interface="lo", bind_port=free)
+    client.connect()
+    wait_until(lambda: server.clients == [client.client_id])

@@ -1,0 +1,106 @@
+"""Message, ClientState and ClientStateTransition."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import pickle
+
+import pytest
+
+from missioncommander import ClientState, ClientStateTransition, Message
+
+
+def test_message_payload_defaults_to_empty_and_body_aliases_payload() -> None:
+    m = Message("ping")
+    assert m.payload == {} and m.body is m.payload
+    assert repr(Message("echo", {"a": 1})) == "Message(subject='echo', payload={'a': 1})"
+
+
+def test_message_is_read_only_deeply() -> None:
+    m = Message("s", {"a": {"b": [1, {"c": 2}]}})
+    with pytest.raises(AttributeError):
+        m.subject = "x"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        del m.payload  # type: ignore[misc]
+    for mutate in (
+        lambda: m.payload.__setitem__("a", 1),
+        lambda: m.payload.update(x=1),
+        lambda: m.payload.pop("a"),
+        lambda: m.payload["a"].__setitem__("z", 1),
+        lambda: m.payload["a"]["b"].append(3),
+        lambda: m.payload["a"]["b"][1].clear(),
+        lambda: m.payload["a"]["b"].__setitem__(0, 9),
+    ):
+        with pytest.raises(TypeError, match="read-only"):
+            mutate()
+    assert m.payload == {"a": {"b": [1, {"c": 2}]}}
+
+
+def test_message_copies_the_callers_dict() -> None:
+    payload = {"list": [1], "d": {"k": "v"}}
+    m = Message("s", payload)
+    payload["list"].append(2)
+    payload["d"]["k"] = "changed"
+    payload["new"] = True
+    assert m.payload == {"list": [1], "d": {"k": "v"}}
+
+
+@pytest.mark.parametrize(
+    ("subject", "payload", "error"),
+    [
+        (1, None, TypeError),
+        (None, None, TypeError),
+        ("", None, ValueError),
+        ("s", [1, 2], TypeError),
+        ("s", "text", TypeError),
+        ("s", {"x": {1, 2}}, TypeError),
+        ("s", {"x": object()}, TypeError),
+        ("s", {1: "non-str key"}, TypeError),
+        ("s", {"x": float("nan")}, ValueError),
+        ("s", {"x": [float("inf")]}, ValueError),
+    ],
+)
+def test_message_validates_at_construction(subject: object, payload: object, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        Message(subject, payload)  # type: ignore[arg-type]
+
+
+def test_message_equality_encoding_and_pickle() -> None:
+    a = Message("s", {"x": [1, 2], "y": None})
+    assert a == Message("s", {"y": None, "x": (1, 2)})
+    assert a != Message("t", {"x": [1, 2], "y": None})
+    assert a != "s"
+    assert a.encode() == b'["s",{"x":[1,2],"y":null}]'
+    assert Message("é", {"k": "ü"}).encode() == '["é",{"k":"ü"}]'.encode()
+    assert pickle.loads(pickle.dumps(a)) == a
+    assert copy.deepcopy(a) == a
+    with pytest.raises(TypeError):
+        hash(a)
+
+
+def test_client_state_values_are_the_contract() -> None:
+    expected = {
+        "STATE_UNDEFINED": 0, "STATE_NEEDS_INIT": 1, "STATE_OK": 2, "STATE_RUNNING": 4,
+        "STATE_NOT_CONNECTED": 8, "STATE_CONNECTING": 16, "STATE_CONNECTED": 32, "STATE_CONNECT_FAILED": 64,
+        "STATE_RECONNECTING": 128, "STATE_RECONNECT_FAILED": 256, "STATE_DISCONNECTING": 512,
+        "STATE_DISCONNECT_FAILED": 1024, "STATE_UNEXP_CLOSED": 2048,
+    }  # fmt: skip
+    assert {name: m.value for name, m in ClientState.__members__.items()} == expected
+
+
+def test_client_state_get_name() -> None:
+    s = ClientState
+    assert s.get_name(s.STATE_OK | s.STATE_RUNNING | s.STATE_CONNECTED) == "STATE_OK | STATE_RUNNING | STATE_CONNECTED"
+    assert s.get_name(0) == "STATE_UNDEFINED"
+    assert s.get_name(s.STATE_UNEXP_CLOSED) == "STATE_UNEXP_CLOSED"
+    assert s.get_name(2 | 8) == "STATE_OK | STATE_NOT_CONNECTED"
+
+
+def test_transition_is_immutable_and_stamped() -> None:
+    t = ClientStateTransition(ClientState.STATE_OK, ClientState.STATE_CONNECTED)
+    assert t.old_state is ClientState.STATE_OK and t.new_state is ClientState.STATE_CONNECTED
+    assert isinstance(t.timestamp, float) and t.timestamp > 1e9
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        t.new_state = ClientState.STATE_OK  # type: ignore[misc]
+    assert "STATE_OK -> STATE_CONNECTED" in repr(t)

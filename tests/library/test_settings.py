@@ -1,0 +1,108 @@
+"""Client and Server settings: validated on set, locked while running."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from missioncommander import Client, ClientState, Server, StateError
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "error"),
+    [
+        ("address", 127, TypeError),
+        ("address", "", ValueError),
+        ("port", "80", TypeError),
+        ("port", True, TypeError),
+        ("port", 0, ValueError),
+        ("port", 65536, ValueError),
+        ("client_id", None, TypeError),
+        ("client_id", "", ValueError),
+        ("client_id", "a\nb", ValueError),
+        ("interface", 1, TypeError),
+        ("interface", "no-such-interface0", ValueError),
+        ("bind_port", "1", TypeError),
+        ("bind_port", -1, ValueError),
+        ("connect_timeout", 0, ValueError),
+        ("reconnect_attempts", 0, ValueError),
+        ("heartbeat_interval", "5", TypeError),
+    ],
+)
+def test_client_rejects_bad_values(name: str, value: object, error: type[Exception]) -> None:
+    client = Client()
+    with pytest.raises(error):
+        setattr(client, name, value)
+    with pytest.raises(error):
+        Client(**{name: value})
+
+
+def test_client_reads_back_what_was_set_and_needs_address_and_port() -> None:
+    client = Client()
+    assert client.state == ClientState.STATE_NEEDS_INIT | ClientState.STATE_NOT_CONNECTED
+    with pytest.raises(StateError, match="address and port"):
+        client.connect()
+    client.address = "localhost"
+    client.port = 30000
+    client.client_id = "abcXYZ"
+    client.interface = "lo"
+    client.bind_port = 0
+    assert (client.address, client.port, client.client_id, client.interface, client.bind_port) == (
+        "localhost", 30000, "abcXYZ", "lo", 0,
+    )  # fmt: skip
+    assert client.state == ClientState.STATE_OK | ClientState.STATE_NOT_CONNECTED
+    client.interface = "*"
+    client.interface = "127.0.0.1"
+    client.interface = "::1"
+    assert client.interface == "::1"
+
+
+def test_unknown_constructor_setting_is_refused() -> None:
+    with pytest.raises(TypeError, match="unknown setting 'adress'"):
+        Client(adress="x")
+    with pytest.raises(TypeError, match="unknown setting"):
+        Server(prot=1)
+
+
+def test_generated_ids_are_fresh() -> None:
+    client = Client()
+    first = client.client_id
+    assert first and Client.generate_id() != Client.generate_id()
+    assert client.generate_new_id() == client.client_id != first
+
+
+def test_bind_port_is_required_with_a_specific_interface() -> None:
+    client = Client(address="127.0.0.1", port=1, interface="127.0.0.1")
+    with pytest.raises(StateError, match="bind_port"):
+        client.connect()
+
+
+def test_settings_are_locked_while_connected(server: Server, make_client: Callable[..., Client]) -> None:
+    client = make_client(server)
+    client.connect()
+    for name, value in (("address", "127.0.0.2"), ("port", 1), ("client_id", "x"), ("interface", ""), ("bind_port", 1)):
+        with pytest.raises(StateError, match=f"cannot change {name} while the client is"):
+            setattr(client, name, value)
+    client.heartbeat_interval = 1.0  # tuning settings may change any time
+    client.disconnect()
+    client.port = 1
+    assert client.port == 1
+
+
+def test_server_settings(server: Server) -> None:
+    with pytest.raises(StateError):
+        server.port = 1
+    with pytest.raises(StateError):
+        server.interface = ""
+    assert server.port > 0
+    fresh = Server()
+    with pytest.raises(ValueError):
+        fresh.port = -1
+    with pytest.raises(TypeError):
+        fresh.port = "1"
+    with pytest.raises(ValueError):
+        fresh.interface = "no-such-interface0"
+    fresh.interface = "lo"
+    assert fresh.interface == "lo"
+    assert fresh.port == 0

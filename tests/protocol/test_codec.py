@@ -1,0 +1,145 @@
+"""The frame codec, with bytes alone."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from missioncommander._errors import RemoteProtocolError
+from missioncommander._protocol import (
+    AckReceived,
+    ByeReceived,
+    ErrorReceived,
+    FrameDecoder,
+    FrameType,
+    Hello,
+    MessageReceived,
+    PingReceived,
+    ShutdownReceived,
+    Welcome,
+    encode_ack,
+    encode_frame,
+    encode_json_frame,
+    message_header,
+    parse_frame,
+)
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+payloads = st.dictionaries(st.text(max_size=8), json_values, max_size=5)
+
+
+def message_frame(seq: int, subject: str, payload: dict[str, object]) -> bytes:
+    body = json.dumps([subject, payload]).encode()
+    return message_header(seq, len(body)) + body
+
+
+@given(
+    frames=st.lists(st.tuples(st.integers(0, 2**64 - 1), st.text(min_size=1, max_size=10), payloads), max_size=8),
+    cuts=st.lists(st.integers(0, 10_000), max_size=10),
+)
+def test_frames_survive_any_split(frames: list[tuple[int, str, dict[str, object]]], cuts: list[int]) -> None:
+    stream = b"".join(message_frame(*f) for f in frames)
+    points = sorted({c % (len(stream) + 1) for c in cuts})
+    decoder = FrameDecoder()
+    got = []
+    start = 0
+    for point in [*points, len(stream)]:
+        for ftype, body in decoder.feed(stream[start:point]):
+            got.append(parse_frame(ftype, body))
+        start = point
+    assert [(e.seq, e.subject, e.payload) for e in got if isinstance(e, MessageReceived)] == frames
+    assert decoder.buffered == 0
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=200))
+def test_any_bytes_parse_or_raise_remote_protocol_error(data: bytes) -> None:
+    decoder = FrameDecoder(max_frame_size=4096)
+    try:
+        for ftype, body in decoder.feed(data):
+            parse_frame(ftype, body)
+    except RemoteProtocolError as exc:
+        assert exc.code in {"bad_frame", "frame_too_large"}
+
+
+def test_oversized_length_is_refused_before_buffering() -> None:
+    decoder = FrameDecoder(max_frame_size=1024)
+    with pytest.raises(RemoteProtocolError) as info:
+        list(decoder.feed(struct.pack("!IB", 1025, FrameType.MESSAGE)))
+    assert info.value.code == "frame_too_large"
+
+
+def test_zero_length_frame_is_bad() -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        list(FrameDecoder().feed(b"\0\0\0\0"))
+    assert info.value.code == "bad_frame"
+
+
+def test_truncated_frame_waits_for_more() -> None:
+    frame = encode_ack(7)
+    decoder = FrameDecoder()
+    assert list(decoder.feed(frame[:-1])) == []
+    assert decoder.buffered == len(frame) - 1
+    assert [parse_frame(*f) for f in decoder.feed(frame[-1:])] == [AckReceived(7)]
+
+
+@pytest.mark.parametrize(
+    ("ftype", "body"),
+    [
+        (FrameType.MESSAGE, b"\0" * 7),  # shorter than its sequence number
+        (FrameType.MESSAGE, b"\0" * 8 + b"\xff\xfe"),  # invalid UTF-8
+        (FrameType.MESSAGE, b"\0" * 8 + b"[1,"),  # invalid JSON
+        (FrameType.MESSAGE, b"\0" * 8 + b'{"a":1}'),  # not [subject, payload]
+        (FrameType.MESSAGE, b"\0" * 8 + b'["", {}]'),  # empty subject
+        (FrameType.MESSAGE, b"\0" * 8 + b'["s", []]'),  # payload not an object
+        (FrameType.MESSAGE, b"\0" * 8 + b'["s", {"x": NaN}]'),  # not JSON
+        (FrameType.MESSAGE, b"\0" * 8 + b"[" * 100_000),  # nesting bomb
+        (FrameType.ACK, b"\0" * 4),
+        (FrameType.PING, b"x"),
+        (FrameType.HELLO, b"[]"),
+        (FrameType.HELLO, b'{"version": 1}'),
+        (FrameType.HELLO, b'{"version": true, "client_id": "a", "last_seq": 0, "max_frame_size": 9999,'
+         b' "heartbeat_timeout": 1}'),
+        (FrameType.HELLO, b'{"version": 1, "client_id": "", "last_seq": 0, "max_frame_size": 9999,'
+         b' "heartbeat_timeout": 1}'),
+        (FrameType.HELLO, b'{"version": 1, "client_id": "a", "last_seq": -1, "max_frame_size": 9999,'
+         b' "heartbeat_timeout": 1}'),
+        (FrameType.ERROR, b'{"code": 1}'),
+        (99, b""),
+    ],
+)
+def test_bad_bodies_are_bad_frames(ftype: int, body: bytes) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        parse_frame(ftype, body)
+    assert info.value.code == "bad_frame"
+
+
+def test_every_frame_type_round_trips() -> None:
+    hello = {
+        "version": 1,
+        "client_id": "c",
+        "session": None,
+        "last_seq": 3,
+        "max_frame_size": 4096,
+        "heartbeat_timeout": 2.5,
+    }
+    welcome = {"version": 1, "session": "t", "resumed": True, "last_seq": 1, "max_frame_size": 5000, "heartbeat_timeout": 1}
+    cases = [
+        (encode_json_frame(FrameType.HELLO, hello), Hello(1, "c", None, 3, 4096, 2.5)),
+        (encode_json_frame(FrameType.WELCOME, welcome), Welcome(1, "t", True, 1, 5000, 1.0)),
+        (encode_frame(FrameType.PING), PingReceived()),
+        (encode_json_frame(FrameType.SHUTDOWN, {"reason": "r"}), ShutdownReceived("r")),
+        (encode_json_frame(FrameType.BYE, {"reason": "b"}), ByeReceived("b")),
+        (encode_json_frame(FrameType.ERROR, {"code": "x", "message": "m", "retry": True}), ErrorReceived("x", "m", True)),
+    ]
+    for frame, expected in cases:
+        ((ftype, body),) = list(FrameDecoder().feed(frame))
+        assert parse_frame(ftype, body) == expected

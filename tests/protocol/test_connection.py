@@ -1,0 +1,202 @@
+"""The connection state machine and session streams, with a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from missioncommander._errors import LocalProtocolError, QueueFullError, RemoteProtocolError
+from missioncommander._protocol import (
+    AckReceived,
+    Connection,
+    ConnState,
+    FrameType,
+    Hello,
+    InboundStream,
+    MessageReceived,
+    OutboundStream,
+    PingReceived,
+    Role,
+    ShutdownReceived,
+    Welcome,
+    encode_frame,
+    encode_json_frame,
+    message_header,
+)
+
+
+def handshake() -> tuple[Connection, Connection]:
+    """A client and a server wired together with no network."""
+    client = Connection(Role.CLIENT, now=0.0)
+    server = Connection(Role.SERVER, now=0.0)
+    (hello,) = server.receive_data(client.send_hello("c1", None, 0, 65536, 15.0, now=0.0), now=0.0)
+    assert isinstance(hello, Hello)
+    (welcome,) = client.receive_data(server.send_welcome("tok", False, 0, 65536, 9.0, now=0.0), now=0.0)
+    assert isinstance(welcome, Welcome)
+    return client, server
+
+
+def test_handshake_opens_both_sides_and_records_peer_limits() -> None:
+    client, server = handshake()
+    assert client.state is server.state is ConnState.OPEN
+    assert client.peer_heartbeat_timeout == 9.0
+    assert server.peer_heartbeat_timeout == 15.0
+    assert server.peer_max_frame_size == 65536
+
+
+def test_messages_flow_after_handshake() -> None:
+    client, server = handshake()
+    body = b'["s",{"n":1}]'
+    events = server.receive_data(message_header(1, len(body)) + body + client.send_ack(4, now=1.0), now=1.0)
+    assert events == [MessageReceived(1, "s", {"n": 1}, body), AckReceived(4)]
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        encode_frame(FrameType.PING),
+        encode_json_frame(FrameType.SHUTDOWN, {"reason": "x"}),
+        encode_frame(FrameType.ACK, b"\0" * 8),
+    ],
+)
+def test_server_accepts_only_hello_first(frame: bytes) -> None:
+    server = Connection(Role.SERVER)
+    with pytest.raises(RemoteProtocolError) as info:
+        server.receive_data(frame, now=0.0)
+    assert info.value.code == "unexpected_frame"
+    assert server.state is ConnState.CLOSED
+    # After a protocol error the server may still tell the peer why.
+    assert server.send_error("unexpected_frame", "no").startswith(b"\0\0")
+
+
+def test_second_hello_is_unexpected() -> None:
+    client = Connection(Role.CLIENT)
+    server = Connection(Role.SERVER)
+    hello = client.send_hello("c1", None, 0, 65536, 15.0, now=0.0)
+    with pytest.raises(RemoteProtocolError):
+        server.receive_data(hello + hello, now=0.0)
+
+
+def test_server_may_not_receive_shutdown_but_client_may() -> None:
+    client, server = handshake()
+    shutdown = encode_json_frame(FrameType.SHUTDOWN, {"reason": "bye"})
+    assert client.receive_data(shutdown, now=0.0) == [ShutdownReceived("bye")]
+    assert client.state is ConnState.CLOSED
+    with pytest.raises(RemoteProtocolError):
+        server.receive_data(shutdown, now=0.0)
+
+
+def test_nothing_counts_after_a_closing_frame() -> None:
+    client, _ = handshake()
+    data = encode_json_frame(FrameType.SHUTDOWN, {"reason": "x"}) + b"garbage that would not parse"
+    assert client.receive_data(data, now=0.0) == [ShutdownReceived("x")]
+    assert client.receive_data(b"more", now=0.0) == []
+
+
+def test_local_errors_name_the_state() -> None:
+    client = Connection(Role.CLIENT)
+    with pytest.raises(LocalProtocolError, match="cannot send ACK as client in state handshake"):
+        client.send_ack(1, now=0.0)
+    server = Connection(Role.SERVER)
+    with pytest.raises(LocalProtocolError, match="before a HELLO"):
+        server.send_welcome("t", False, 0, 65536, 1.0, now=0.0)
+    client2, _ = handshake()
+    with pytest.raises(LocalProtocolError):
+        client2.send_shutdown("clients cannot")
+    client2.send_bye("done")
+    with pytest.raises(LocalProtocolError):
+        client2.send_error("x", "already said bye")
+
+
+def test_peer_limits_out_of_range_are_refused() -> None:
+    server = Connection(Role.SERVER)
+    hello = Connection(Role.CLIENT).send_hello("c1", None, 0, 100, 15.0, now=0.0)
+    with pytest.raises(RemoteProtocolError, match="out of range"):
+        server.receive_data(hello, now=0.0)
+
+
+def test_heartbeat_pings_when_idle_and_times_out_when_silent() -> None:
+    client, _ = handshake()  # the server's timeout is 9 s: ping at least every 3 s
+    assert client.heartbeat_due(1.0, heartbeat_interval=5.0, heartbeat_timeout=15.0) == (None, 3.0)
+    action, nxt = client.heartbeat_due(3.0, 5.0, 15.0)
+    assert (action, nxt) == ("ping", 6.0)
+    client.send_ping(now=3.0)
+    client.receive_data(encode_frame(FrameType.PONG), now=3.1)
+    assert client.heartbeat_due(4.0, 5.0, 15.0) == (None, 6.0)
+    assert client.heartbeat_due(18.1, 5.0, 15.0) == ("timeout", 0.0)
+
+
+def test_ping_is_an_event_for_the_caller_to_answer() -> None:
+    client, server = handshake()
+    assert server.receive_data(client.send_ping(now=1.0), now=1.0) == [PingReceived()]
+
+
+# -- streams -------------------------------------------------------------------
+
+
+def test_outbound_stream_numbers_acks_and_resends() -> None:
+    out = OutboundStream(max_items=10, max_bytes=1000)
+    seqs = [out.push(f"m{i}".encode()) for i in range(5)]
+    assert seqs == [1, 2, 3, 4, 5]
+    assert out.ack(2) == 2
+    assert [s for s, _ in out.after(0)] == [3, 4, 5]
+    assert [s for s, _ in out.after(3)] == [4, 5]
+    assert list(out.after(5)) == []
+    with pytest.raises(RemoteProtocolError):
+        out.ack(6)  # never sent
+    out.restart()
+    assert [(s, b) for s, b in out.after(0)] == [(1, b"m2"), (2, b"m3"), (3, b"m4")]
+    assert out.push(b"x") == 4
+
+
+def test_outbound_stream_is_bounded_by_count_and_bytes() -> None:
+    out = OutboundStream(max_items=2, max_bytes=10)
+    out.push(b"12345")
+    with pytest.raises(QueueFullError, match="bytes"):
+        out.push(b"123456")
+    out.push(b"12345")
+    with pytest.raises(QueueFullError):
+        out.push(b"")
+    out.ack(1)
+    out.push(b"1")
+    assert len(out) == 2
+    assert out.queued_bytes == 6
+
+
+def test_inbound_stream_drops_duplicates_and_refuses_gaps() -> None:
+    inbound = InboundStream()
+    assert inbound.accept(1) and inbound.accept(2)
+    assert not inbound.accept(2)
+    assert not inbound.accept(1)
+    with pytest.raises(RemoteProtocolError) as info:
+        inbound.accept(4)
+    assert info.value.code == "sequence_gap"
+    assert inbound.unacked == 2
+
+
+@given(st.lists(st.sampled_from(["push", "ack", "resend"]), max_size=60))
+def test_streams_deliver_exactly_once_in_order_whatever_is_lost(ops: list[str]) -> None:
+    """Model a sender and a receiver; 'resend' is a reconnect that loses
+    whatever was in flight and resends from the receiver's last_seq."""
+    out = OutboundStream(max_items=1000, max_bytes=10**6)
+    inbound = InboundStream()
+    delivered: list[int] = []
+    sent_upto = 0
+    n = 0
+    for op in ops:
+        if op == "push":
+            n += 1
+            out.push(str(n).encode())
+        elif op == "ack":
+            for seq, body in out.after(sent_upto):
+                if inbound.accept(seq):
+                    delivered.append(int(body))
+                sent_upto = seq
+            out.ack(inbound.last_seq)
+        else:
+            sent_upto = inbound.last_seq  # in-flight frames were lost
+    for seq, body in out.after(inbound.last_seq):
+        if inbound.accept(seq):
+            delivered.append(int(body))
+    assert delivered == list(range(1, n + 1))

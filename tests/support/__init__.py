@@ -1,0 +1,234 @@
+"""Test helpers: event recorders and a fault-injecting TCP proxy."""
+
+from __future__ import annotations
+
+import random
+import selectors
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from missioncommander import Client, Server
+
+DEFAULT_WAIT = 10.0
+
+
+class Recorder:
+    """Subscribes to events and lets a test wait for them (no sleeps)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, tuple[Any, ...]]] = []
+        self._cond = threading.Condition()
+
+    def callback(self, name: str) -> Callable[..., None]:
+        def record(*args: Any) -> None:
+            with self._cond:
+                self.events.append((name, args))
+                self._cond.notify_all()
+
+        return record
+
+    def attach(self, obj: Client | Server, *names: str) -> Recorder:
+        for name in names:
+            obj.subscribe(name, self.callback(name))
+        return self
+
+    def of(self, name: str) -> list[tuple[Any, ...]]:
+        with self._cond:
+            return [args for n, args in self.events if n == name]
+
+    def names(self) -> list[str]:
+        with self._cond:
+            return [n for n, _ in self.events]
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = DEFAULT_WAIT, what: str = "") -> None:
+        with self._cond:
+            if not self._cond.wait_for(predicate, timeout):
+                raise AssertionError(f"timed out waiting for {what or predicate}; events: {self.events[-20:]}")
+
+    def wait_count(self, name: str, count: int, timeout: float = DEFAULT_WAIT) -> list[tuple[Any, ...]]:
+        self.wait_for(lambda: sum(1 for n, _ in self.events if n == name) >= count, timeout, f"{count} x {name}")
+        return self.of(name)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = DEFAULT_WAIT, what: str = "") -> None:
+    """Poll a condition that has no event to wait on (state owned by the
+    library), with a bounded number of short waits."""
+    deadline = time.monotonic() + timeout
+    event = threading.Event()
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        event.wait(0.005)
+
+
+class FaultProxy:
+    """A TCP proxy on loopback between a client and a server that can break things.
+
+    - ``cut("rst")`` resets every live connection on both sides;
+    - ``cut("blackhole")`` silently stops forwarding on the live connections
+      (no FIN, no RST: the peers must notice by heartbeat);
+    - ``delay`` holds each chunk that long before forwarding it;
+    - ``split`` forwards in random small pieces, so frames arrive cut at
+      arbitrary byte boundaries.
+    One thread runs every connection with a selector; ``close()`` stops it.
+    """
+
+    def __init__(self, upstream_port: int, *, split: bool = False, delay: float = 0.0, seed: int = 0) -> None:
+        self.upstream = ("127.0.0.1", upstream_port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.setblocking(False)
+        self.port: int = self.listener.getsockname()[1]
+        self.split = split
+        self.delay = delay
+        self.rng = random.Random(seed)
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.listener, selectors.EVENT_READ, None)
+        self.pairs: dict[socket.socket, socket.socket] = {}
+        self.dead: set[socket.socket] = set()
+        self.pending: dict[socket.socket, list[tuple[float, bytes]]] = {}
+        self.accepted = 0
+        self.lock = threading.Lock()
+        self.commands: list[Callable[[], None]] = []
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
+        self.running = True
+        self.thread = threading.Thread(target=self._run, name="fault-proxy", daemon=True)
+        self.thread.start()
+
+    def _call(self, fn: Callable[[], None]) -> None:
+        done = threading.Event()
+
+        def run() -> None:
+            fn()
+            done.set()
+
+        with self.lock:
+            self.commands.append(run)
+        self.wake_w.send(b"x")
+        assert done.wait(5), "proxy did not answer"
+
+    def cut(self, mode: str = "rst") -> None:
+        def do() -> None:
+            for sock in list(self.pairs):
+                if mode == "rst":
+                    self._close(sock, reset=True)
+                else:
+                    self.dead.add(sock)
+                    self.sel.unregister(sock)
+
+        self._call(do)
+
+    @property
+    def live(self) -> int:
+        return sum(1 for s in self.pairs if s not in self.dead) // 2
+
+    def close(self) -> None:
+        def do() -> None:
+            for sock in list(self.pairs):
+                self._close(sock, reset=True)
+            for sock in list(self.dead):
+                sock.close()
+            self.running = False
+
+        self._call(do)
+        self.thread.join(5)
+        self.sel.close()
+        self.listener.close()
+        self.wake_r.close()
+        self.wake_w.close()
+
+    def _close(self, sock: socket.socket, reset: bool) -> None:
+        other = self.pairs.pop(sock, None)
+        for s in (sock, other):
+            if s is None:
+                continue
+            self.pairs.pop(s, None)
+            self.pending.pop(s, None)
+            if s not in self.dead:
+                try:
+                    self.sel.unregister(s)
+                except (KeyError, ValueError):
+                    pass
+            self.dead.discard(s)
+            if reset:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+
+    def _run(self) -> None:
+        while self.running:
+            timeout = 0.01 if self.pending else None
+            for key, _ in self.sel.select(timeout):
+                if key.data is None:
+                    self._accept()
+                elif key.data == "wake":
+                    self.wake_r.recv(4096)
+                    with self.lock:
+                        commands, self.commands = self.commands, []
+                    for command in commands:
+                        command()
+                else:
+                    self._forward(key.fileobj)  # type: ignore[arg-type]
+            self._flush_pending()
+
+    def _accept(self) -> None:
+        try:
+            down, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        try:
+            up = socket.create_connection(self.upstream, timeout=5)
+        except OSError:
+            down.close()
+            return
+        self.accepted += 1
+        for s in (down, up):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.setblocking(True)
+            s.settimeout(5)
+        self.pairs[down] = up
+        self.pairs[up] = down
+        self.sel.register(down, selectors.EVENT_READ, "conn")
+        self.sel.register(up, selectors.EVENT_READ, "conn")
+
+    def _forward(self, sock: socket.socket) -> None:
+        if sock not in self.pairs or sock in self.dead:
+            return
+        try:
+            data = sock.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            self._close(sock, reset=False)
+            return
+        other = self.pairs[sock]
+        if self.delay:
+            self.pending.setdefault(other, []).append((time.monotonic() + self.delay, data))
+            return
+        self._send(other, data)
+
+    def _send(self, sock: socket.socket, data: bytes) -> None:
+        try:
+            if self.split:
+                view = memoryview(data)
+                while view:
+                    n = self.rng.randint(1, max(1, min(len(view), 64)))
+                    sock.sendall(view[:n])
+                    view = view[n:]
+            else:
+                sock.sendall(data)
+        except OSError:
+            self._close(sock, reset=True)
+
+    def _flush_pending(self) -> None:
+        now = time.monotonic()
+        for sock, items in list(self.pending.items()):
+            while items and items[0][0] <= now:
+                self._send(sock, items.pop(0)[1])
+                if sock not in self.pairs:
+                    break
+            if not items:
+                self.pending.pop(sock, None)
