@@ -106,12 +106,18 @@ def test_truncated_frame_waits_for_more() -> None:
         (FrameType.PING, b"x"),
         (FrameType.HELLO, b"[]"),
         (FrameType.HELLO, b'{"version": 1}'),
-        (FrameType.HELLO, b'{"version": true, "client_id": "a", "last_seq": 0, "max_frame_size": 9999,'
-         b' "heartbeat_timeout": 1}'),
-        (FrameType.HELLO, b'{"version": 1, "client_id": "", "last_seq": 0, "max_frame_size": 9999,'
-         b' "heartbeat_timeout": 1}'),
-        (FrameType.HELLO, b'{"version": 1, "client_id": "a", "last_seq": -1, "max_frame_size": 9999,'
-         b' "heartbeat_timeout": 1}'),
+        (
+            FrameType.HELLO,
+            b'{"version": true, "client_id": "a", "last_seq": 0, "max_frame_size": 9999, "heartbeat_timeout": 1}',
+        ),
+        (
+            FrameType.HELLO,
+            b'{"version": 1, "client_id": "", "last_seq": 0, "max_frame_size": 9999, "heartbeat_timeout": 1}',
+        ),
+        (
+            FrameType.HELLO,
+            b'{"version": 1, "client_id": "a", "last_seq": -1, "max_frame_size": 9999, "heartbeat_timeout": 1}',
+        ),
         (FrameType.ERROR, b'{"code": 1}'),
         (99, b""),
     ],
@@ -131,14 +137,24 @@ def test_every_frame_type_round_trips() -> None:
         "max_frame_size": 4096,
         "heartbeat_timeout": 2.5,
     }
-    welcome = {"version": 1, "session": "t", "resumed": True, "last_seq": 1, "max_frame_size": 5000, "heartbeat_timeout": 1}
+    welcome = {
+        "version": 1,
+        "session": "t",
+        "resumed": True,
+        "last_seq": 1,
+        "max_frame_size": 5000,
+        "heartbeat_timeout": 1,
+    }
     cases = [
         (encode_json_frame(FrameType.HELLO, hello), Hello(1, "c", None, 3, 4096, 2.5)),
         (encode_json_frame(FrameType.WELCOME, welcome), Welcome(1, "t", True, 1, 5000, 1.0)),
         (encode_frame(FrameType.PING), PingReceived()),
         (encode_json_frame(FrameType.SHUTDOWN, {"reason": "r"}), ShutdownReceived("r")),
         (encode_json_frame(FrameType.BYE, {"reason": "b"}), ByeReceived("b")),
-        (encode_json_frame(FrameType.ERROR, {"code": "x", "message": "m", "retry": True}), ErrorReceived("x", "m", True)),
+        (
+            encode_json_frame(FrameType.ERROR, {"code": "x", "message": "m", "retry": True}),
+            ErrorReceived("x", "m", True),
+        ),
     ]
     for frame, expected in cases:
         ((ftype, body),) = list(FrameDecoder().feed(frame))

@@ -91,6 +91,8 @@ class FaultProxy:
         self.dead: set[socket.socket] = set()
         self.pending: dict[socket.socket, list[tuple[float, bytes]]] = {}
         self.accepted = 0
+        #: While set, new connections are accepted and closed at once.
+        self.refusing = False
         self.lock = threading.Lock()
         self.commands: list[Callable[[], None]] = []
         self.wake_r, self.wake_w = socket.socketpair()
@@ -114,6 +116,8 @@ class FaultProxy:
     def cut(self, mode: str = "rst") -> None:
         def do() -> None:
             for sock in list(self.pairs):
+                if sock not in self.pairs or sock in self.dead:
+                    continue
                 if mode == "rst":
                     self._close(sock, reset=True)
                 else:
@@ -129,7 +133,8 @@ class FaultProxy:
     def close(self) -> None:
         def do() -> None:
             for sock in list(self.pairs):
-                self._close(sock, reset=True)
+                if sock in self.pairs:
+                    self._close(sock, reset=True)
             for sock in list(self.dead):
                 sock.close()
             self.running = False
@@ -155,7 +160,10 @@ class FaultProxy:
                     pass
             self.dead.discard(s)
             if reset:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass
             s.close()
 
     def _run(self) -> None:
@@ -178,6 +186,9 @@ class FaultProxy:
         try:
             down, _ = self.listener.accept()
         except BlockingIOError:
+            return
+        if self.refusing:
+            down.close()
             return
         try:
             up = socket.create_connection(self.upstream, timeout=5)
@@ -232,3 +243,11 @@ class FaultProxy:
                     break
             if not items:
                 self.pending.pop(sock, None)
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (for a server that must restart on
+    the same port; port 0 is used everywhere else)."""
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        port: int = sock.getsockname()[1]
+        return port
