@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from missioncommander import Client, Server  # noqa: E402
+from missioncommander import Client, Server
 
 
 @pytest.fixture

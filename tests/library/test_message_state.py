@@ -25,11 +25,11 @@ def test_message_is_read_only_deeply() -> None:
         del m.payload  # type: ignore[misc]
     for mutate in (
         lambda: m.payload.__setitem__("a", 1),
-        lambda: m.payload.update(x=1),
+        lambda: m.payload.update({"x": 1}),
         lambda: m.payload.pop("a"),
         lambda: m.payload["a"].__setitem__("z", 1),
         lambda: m.payload["a"]["b"].append(3),
-        lambda: m.payload["a"]["b"][1].clear(),
+        lambda: m.payload["a"]["b"][1].clear(),  # noqa: PLW0108
         lambda: m.payload["a"]["b"].__setitem__(0, 9),
     ):
         with pytest.raises(TypeError, match="read-only"):

@@ -85,7 +85,7 @@ def raw_hello(port: int, client_id: str, token: str | None) -> list[object]:
                     "max_frame_size": 65536,
                     "heartbeat_timeout": 15,
                 },
-            )  # fmt: skip
+            )
         )
         decoder = FrameDecoder()
         events: list[object] = []
@@ -288,7 +288,10 @@ def test_stream_both_ways_through_random_cuts_exactly_once_in_order(make_client:
                 # Cut at random points in the stream: after a random amount of progress.
                 target = min(n, len(server_got) + len(client_got) + rng.randint(0, 300))
                 wait_until(
-                    lambda: len(server_got) + len(client_got) >= target or not any(t.is_alive() for t in senders),
+                    lambda target=target: (
+                        len(server_got) + len(client_got) >= target  # type: ignore[misc]
+                        or not any(t.is_alive() for t in senders)
+                    ),
                     timeout=max(1.0, deadline - time.monotonic()),
                 )
                 proxy.cut("blackhole" if k % 5 == 4 else "rst")
