@@ -58,11 +58,19 @@ class _Pool:
         self._ready.put(serial)
 
     def _work(self) -> None:
+        _worker.active = True
         while True:
             self._ready.get()._drain()
 
 
 _pool = _Pool(_POOL_SIZE)
+_worker = threading.local()
+
+
+def in_callback_thread() -> bool:
+    """True on a thread that runs user callbacks (where waiting for
+    callbacks to finish would wait for ourselves)."""
+    return getattr(_worker, "active", False)
 
 
 class SerialQueue:
@@ -97,7 +105,12 @@ class SerialQueue:
         _pool.schedule(self)  # more to do: go to the back of the line
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Block until everything submitted so far has run (not from a callback)."""
+        """Block until everything submitted so far has run.
+
+        Returns False at once on a callback thread, where waiting could wait
+        for the very callback that is running."""
+        if in_callback_thread():
+            return False
         with self._lock:
             return self._idle.wait_for(lambda: not self._scheduled, timeout)
 

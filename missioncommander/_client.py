@@ -354,8 +354,9 @@ class Client:
     def disconnect(self) -> None:
         """Say goodbye to the server and close; ends the session.
 
-        Idempotent, and safe to call from a callback.  Messages not yet
-        acknowledged by the server are dropped (and logged).
+        Idempotent, and safe to call from a callback.  Everything sent before
+        is written before the goodbye.  When called outside a callback, it
+        returns once the callbacks of earlier events have run.
         """
         with self._lock:
             if not self._state & S.STATE_RUNNING and self._retry_timer is None:
@@ -376,6 +377,9 @@ class Client:
             self._set_state(IDLE if ok else DISCONNECT_FAILED)
             self._room.notify_all()
         self._disconnected.set()
+        # Callbacks of the events up to now have run when disconnect() returns
+        # (unless it was called from a callback: that would wait for itself).
+        self._callbacks.serial.wait_idle(5.0)
 
     def send(self, message: Message) -> None:
         """Send ``message`` to the server.

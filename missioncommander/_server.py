@@ -200,7 +200,8 @@ class Server:
     def stop(self, timeout: float = 5.0) -> None:
         """Announce shutdown to every client, end every session, stop listening.
 
-        Waits up to ``timeout`` seconds for the goodbyes to be written.
+        Waits up to ``timeout`` seconds for the goodbyes to be written and,
+        outside a callback, for the callbacks of earlier events to run.
         Safe to call when not running, and from a callback.
         """
         with self._lock:
@@ -211,6 +212,7 @@ class Server:
         self._stopped.wait(timeout)
         with self._lock:
             self._bound_port = None
+        self._callbacks.serial.wait_idle(timeout)
 
     def __enter__(self) -> Server:
         self.start()

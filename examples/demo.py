@@ -1,0 +1,48 @@
+"""A server and two clients exchanging messages in one process.
+
+Run:  python3 examples/demo.py
+"""
+
+from __future__ import annotations
+
+import threading
+
+from missioncommander import Client, Message, Server
+
+
+def main() -> None:
+    done = threading.Barrier(3, timeout=10)
+
+    with Server(interface="127.0.0.1", port=0) as server:
+
+        def on_server_message(client_id: str, message: Message) -> None:
+            print(f"server <- {client_id}: {message.subject} {dict(message.payload)}")
+            if message.subject == "hello":
+                server.send(client_id, Message("welcome", {"you_are": client_id}))
+
+        server.subscribe("clientconnect", lambda cid: print(f"server: {cid} connected"))
+        server.subscribe("message", on_server_message)
+
+        clients = []
+        for name in ("alice", "bob"):
+            client = Client(address="127.0.0.1", port=server.port, client_id=name)
+
+            def on_message(message: Message, name: str = name) -> None:
+                print(f"{name} <- server: {message.subject} {dict(message.payload)}")
+                if message.subject == "news":
+                    done.wait()
+
+            client.subscribe("message", on_message)
+            client.connect()
+            client.send(Message("hello", {"from": name}))
+            clients.append(client)
+
+        server.send("*", Message("news", {"text": "broadcast to every client"}))
+        done.wait()
+        for client in clients:
+            client.disconnect()
+    print("demo finished")
+
+
+if __name__ == "__main__":
+    main()
