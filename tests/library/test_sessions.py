@@ -306,3 +306,25 @@ def test_stream_both_ways_through_random_cuts_exactly_once_in_order(make_client:
             assert len(rec.of("reconnect")) == cuts
         finally:
             proxy.close()
+
+
+def test_in_doubt_the_server_probes_the_old_connection(
+    server: Server, proxy: FaultProxy, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A newcomer without the token: the server pings the session's
+    connection; a live one keeps the id, a dead (black-holed) one loses it."""
+    import missioncommander._server as server_module
+
+    monkeypatch.setattr(server_module, "_FRESH", 0.0)  # always in doubt
+    srv = Recorder().attach(server, "clientconnect", "clientdisconnect")
+    old = make_client(client_id="probed", heartbeat_interval=30.0, heartbeat_timeout=60.0, **via(proxy))
+    old.connect()
+    (event,) = raw_hello(server.port, "probed", None)
+    assert isinstance(event, ErrorReceived) and event.code == "id_in_use"  # it answered the probe
+
+    proxy.cut("blackhole")  # now the old connection is half-open and silent
+    newcomer = make_client(server, client_id="probed")
+    newcomer.connect()
+    assert srv.wait_count("clientdisconnect", 1) == [("probed",)]
+    assert len(srv.wait_count("clientconnect", 2)) == 2
+    assert server.clients == ["probed"]

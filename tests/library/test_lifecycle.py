@@ -1,0 +1,92 @@
+"""Retries running out, server-side heartbeat, and no leaked threads or descriptors."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Callable
+
+from support import FaultProxy, Recorder, wait_until
+
+from missioncommander import Client, ClientState, Message, Server
+from missioncommander._protocol import FrameDecoder, FrameType, encode_json_frame
+
+S = ClientState
+MakeClient = Callable[..., Client]
+
+
+def test_reconnect_attempts_run_out(server: Server, make_client: MakeClient) -> None:
+    proxy = FaultProxy(server.port)
+    try:
+        client = make_client(
+            address="127.0.0.1", port=proxy.port, reconnect_attempts=3, reconnect_delay=0.01, reconnect_max_delay=0.02
+        )
+        rec = Recorder().attach(client, "statechange")
+        client.connect()
+        proxy.refusing = True
+        proxy.cut("rst")
+        failed = S.STATE_OK | S.STATE_NOT_CONNECTED | S.STATE_RECONNECT_FAILED
+        rec.wait_for(lambda: any(t.new_state == failed for (t,) in rec.of("statechange")), what="RECONNECT_FAILED")
+        assert client.state == failed
+        assert "handshake" in (client.last_close_reason or "") or "closed" in (client.last_close_reason or "")
+    finally:
+        proxy.close()
+
+
+def test_server_drops_a_silent_client_after_its_heartbeat_timeout() -> None:
+    with Server(interface="127.0.0.1", port=0, heartbeat_interval=0.1, heartbeat_timeout=0.5) as server:
+        rec = Recorder().attach(server, "clientconnect")
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(
+                encode_json_frame(
+                    FrameType.HELLO,
+                    {
+                        "version": 1,
+                        "client_id": "mute",
+                        "session": None,
+                        "last_seq": 0,
+                        "max_frame_size": 65536,
+                        "heartbeat_timeout": 60,
+                    },
+                )
+            )
+            rec.wait_count("clientconnect", 1)
+            # We never answer its PINGs: the server must close on us.
+            decoder = FrameDecoder()
+            pings = 0
+            while True:
+                try:
+                    data = sock.recv(65536)
+                except ConnectionResetError:
+                    break
+                if not data:
+                    break
+                pings += sum(1 for t, _ in decoder.feed(data) if t == FrameType.PING)
+        assert pings >= 1
+        assert server.clients == ["mute"]  # detached, not ended: it may resume
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_no_thread_or_descriptor_leak_over_many_sessions(make_client: MakeClient) -> None:
+    def cycle() -> None:
+        with Server(interface="127.0.0.1", port=0) as server:
+            rec = Recorder().attach(server, "message")
+            clients = [make_client(server) for _ in range(10)]
+            for c in clients:
+                c.connect()
+                c.send(Message("x"))
+            rec.wait_count("message", 10)
+            for c in clients[:5]:
+                c.disconnect()
+        wait_until(lambda: all(c.state & S.STATE_NOT_CONNECTED for c in clients), what="all clients stopped")
+
+    cycle()  # warm up: the I/O and callback threads start once per process
+    threads, fds = threading.active_count(), _fds()
+    for _ in range(5):
+        cycle()
+    wait_until(lambda: _fds() <= fds, what=f"descriptors back to {fds}")
+    assert threading.active_count() <= threads
