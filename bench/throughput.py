@@ -39,7 +39,7 @@ def main() -> None:
             print(f"client->server: {n} messages in {elapsed:.2f} s = {n / elapsed:,.0f} msg/s")
 
         server.unsubscribe("message", on_message)
-        server.subscribe("message", lambda cid, m: server.send(cid, m))
+        server.subscribe("message", server.send)  # echo
         reply = threading.Event()
         with Client(address="127.0.0.1", port=server.port) as client:
             client.subscribe("message", lambda m: reply.set())

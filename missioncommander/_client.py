@@ -203,7 +203,8 @@ class Client:
     retries exhausted or refused      OK | NOT_CONNECTED | RECONNECT_FAILED
     disconnecting                     OK | RUNNING | DISCONNECTING
     disconnected                      OK | NOT_CONNECTED
-    closed by the server (kick/error) OK | NOT_CONNECTED | UNEXP_CLOSED
+    kicked by the server              OK | NOT_CONNECTED
+    closed by a server's error        OK | NOT_CONNECTED | UNEXP_CLOSED
     ================================  =========================================
 
     Events (``subscribe``): ``connect()``, ``disconnect()`` (before a manual
@@ -241,6 +242,7 @@ class Client:
         self._connect_future: Future[None] | None = None
         self._retry_timer: Timer | None = None
         self._retries = 0
+        self._persistent = False
         self._token: str | None = None
         self._out = OutboundStream(self.max_queued, self.max_queued_bytes)
         self._inbound = InboundStream()
@@ -316,35 +318,45 @@ class Client:
 
     # -- public operations -----------------------------------------------------
 
-    def connect(self) -> None:
-        """Connect and wait until the server accepts this client.
+    def connect(self, wait: bool = True) -> None:
+        """Connect to the server.
 
-        Raises ``ConnectError`` (``ConnectTimeout`` after ``connect_timeout``,
-        ``ConnectionRefusedByServer`` when the server refuses) and leaves the
-        state CONNECT_FAILED.  Does nothing when already running.  After this
-        returns, a broken connection is repaired in the background.
+        With ``wait`` (the default) this blocks until the server accepts this
+        client, or raises ``ConnectError`` (``ConnectTimeout`` after
+        ``connect_timeout``, ``ConnectionRefusedByServer`` when the server
+        refuses) and leaves the state CONNECT_FAILED.
+
+        With ``wait=False`` it returns at once and keeps trying in the
+        background, with the same backoff as a reconnect, until it connects
+        (the ``connect`` event fires), ``reconnect_attempts`` run out or the
+        server refuses (state CONNECT_FAILED either way): for a client that
+        may start before its server.
+
+        Does nothing when already running.  Once connected, a broken
+        connection is repaired in the background.
         """
         if self._state == NEEDS_INIT:
             raise StateError("set address and port before connect()")
         if not cfg.is_any_interface(self.interface) and self.bind_port is None:
             raise StateError(f"bind_port is required when interface is {self.interface!r}")
-        target = self._resolve()
-        bind = None
-        if not cfg.is_any_interface(self.interface):
-            bind = (cfg.resolve_interface(self.interface), self.bind_port or 0)
+        target = self._resolve() if wait else None
+        self._bind()  # an interface that vanished fails here, in the caller
         with self._lock:
             if self._state & S.STATE_RUNNING:
                 return
             self._generation += 1
             generation = self._generation
             self._retries = 0
+            self._persistent = not wait
             self._disconnected.clear()
             future: Future[None] = Future()
             self._connect_future = future
             self._out.max_items, self._out.max_bytes = self.max_queued, self.max_queued_bytes
             self._set_state(CONNECTING)
         timeout = self.connect_timeout
-        self._loop.call_soon(self._start_attempt, generation, target, bind)
+        self._loop.call_soon(self._start_attempt, generation, target)
+        if not wait:
+            return
         try:
             future.result(timeout + 5.0)
         except FutureTimeout:  # the loop's own timer should have fired first
@@ -453,14 +465,21 @@ class Client:
 
     # -- address resolution ----------------------------------------------------
 
-    def _resolve(self) -> tuple[int, tuple[Any, ...]]:
+    def _literal_target(self) -> tuple[int, tuple[Any, ...]] | None:
         host, port = self.address, self.port
         try:
             ip = ipaddress.ip_address(host)
-            family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-            return family, ((host, port, 0, 0) if ip.version == 6 else (host, port))
         except ValueError:
-            pass
+            return None
+        if ip.version == 6:
+            return socket.AF_INET6, (host, port, 0, 0)
+        return socket.AF_INET, (host, port)
+
+    def _resolve(self) -> tuple[int, tuple[Any, ...]]:
+        literal = self._literal_target()
+        if literal is not None:
+            return literal
+        host, port = self.address, self.port
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
@@ -470,22 +489,29 @@ class Client:
 
     # -- loop thread ---------------------------------------------------------
 
-    def _start_attempt(self, generation: int, target: tuple[int, tuple[Any, ...]] | None, bind: Any) -> None:
+    def _start_attempt(self, generation: int, target: tuple[int, tuple[Any, ...]] | None) -> None:
         self._retry_timer = None
         if generation != self._generation:
             return
         if target is None:
-            # Reconnects resolve again (the address may have moved) without
-            # blocking the loop on DNS.
+            target = self._literal_target()
+        if target is None:
+            # Attempts after the first resolve again (the address may have
+            # moved) on a helper thread, so DNS never blocks the I/O loop.
             def resolve() -> None:
                 try:
                     resolved = self._resolve()
                 except ConnectError as exc:
                     self._loop.call_soon(self._attempt_failed_early, generation, str(exc))
                     return
-                self._loop.call_soon(self._start_attempt, generation, resolved, bind)
+                self._loop.call_soon(self._start_attempt, generation, resolved)
 
             threading.Thread(target=resolve, name="missioncommander-resolve", daemon=True).start()
+            return
+        try:
+            bind = self._bind()
+        except ValueError as exc:
+            self._attempt_failed(None, _Attempt(str(exc)))
             return
         link = _ClientLink(self, self._loop, generation)
         self._link = link
@@ -509,6 +535,13 @@ class Client:
         with self._lock:
             self._last_close_reason = why.reason
             if self._state & S.STATE_CONNECTING:
+                if self._persistent and not why.terminal:
+                    self._retries += 1
+                    limit = self.reconnect_attempts
+                    if limit is None or self._retries < limit:
+                        log.info("client %r: connect attempt failed: %s", self.client_id, why.reason)
+                        self._schedule_retry()
+                        return
                 future = self._connect_future
                 self._connect_future = None
                 self._set_state(CONNECT_FAILED)
@@ -536,7 +569,7 @@ class Client:
         ceiling = min(self.reconnect_max_delay, self.reconnect_delay * 2 ** min(self._retries, 32))
         delay = random.uniform(0, ceiling)  # full jitter: clients of one server do not stampede
         log.info("client %r: reconnecting in %.2f s (attempt %d)", self.client_id, delay, self._retries + 1)
-        self._retry_timer = self._loop.call_later(delay, self._start_attempt, self._generation, None, self._bind())
+        self._retry_timer = self._loop.call_later(delay, self._start_attempt, self._generation, None)
 
     def _bind(self) -> tuple[str, int] | None:
         if cfg.is_any_interface(self.interface):

@@ -90,3 +90,37 @@ def test_no_thread_or_descriptor_leak_over_many_sessions(make_client: MakeClient
         cycle()
     wait_until(lambda: _fds() <= fds, what=f"descriptors back to {fds}")
     assert threading.active_count() <= threads
+
+
+def test_connect_without_waiting_keeps_trying_until_the_server_is_up(make_client: MakeClient) -> None:
+    probe = Server(interface="127.0.0.1", port=0)
+    probe.start()
+    port = probe.port
+    probe.stop()
+    client = make_client(address="127.0.0.1", port=port, reconnect_delay=0.02, reconnect_max_delay=0.1)
+    rec = Recorder().attach(client, "connect", "statechange")
+    client.connect(wait=False)
+    assert client.state == S.STATE_OK | S.STATE_RUNNING | S.STATE_CONNECTING
+    # A failed attempt leaves it connecting, not failed.
+    wait_until(lambda: "refused" in (client.last_close_reason or ""), what="a failed attempt")
+    assert client.state == S.STATE_OK | S.STATE_RUNNING | S.STATE_CONNECTING
+    server = Server(interface="127.0.0.1", port=port)
+    server.start()
+    try:
+        rec.wait_count("connect", 1)
+        assert client.state == S.STATE_OK | S.STATE_RUNNING | S.STATE_CONNECTED
+    finally:
+        client.disconnect()
+        server.stop()
+
+
+def test_connect_without_waiting_gives_up_after_its_attempts(make_client: MakeClient) -> None:
+    probe = Server(interface="127.0.0.1", port=0)
+    probe.start()
+    port = probe.port
+    probe.stop()
+    client = make_client(address="127.0.0.1", port=port, reconnect_delay=0.01, reconnect_attempts=2)
+    rec = Recorder().attach(client, "statechange")
+    client.connect(wait=False)
+    failed = S.STATE_OK | S.STATE_NOT_CONNECTED | S.STATE_CONNECT_FAILED
+    rec.wait_for(lambda: any(t.new_state == failed for (t,) in rec.of("statechange")), what="CONNECT_FAILED")
