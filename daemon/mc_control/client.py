@@ -1,0 +1,203 @@
+"""A standard-library client of the mcd control socket."""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import json
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .codes import MAX_LINE
+
+
+def default_socket_path() -> Path:
+    """``$MC_SOCKET``, else ``$XDG_RUNTIME_DIR/missioncommander/mcd.sock``.
+
+    Without ``XDG_RUNTIME_DIR`` it falls back the way platformdirs does on
+    Linux (``/run/user/UID``), or to ``/tmp/missioncommander-UID`` when that
+    does not exist.  Kept free of imports so mcctl starts fast.
+    """
+    env = os.environ.get("MC_SOCKET")
+    if env:
+        return Path(env)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if not runtime:
+        runtime = f"/run/user/{os.getuid()}"
+        if not os.path.isdir(runtime):
+            return Path(f"/tmp/missioncommander-{os.getuid()}") / "mcd.sock"
+    return Path(runtime) / "missioncommander" / "mcd.sock"
+
+
+class ControlError(Exception):
+    """The daemon answered with an error."""
+
+    def __init__(self, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+class DaemonUnreachable(Exception):
+    """No daemon answers at ``path``; ``kind`` says why and ``hint`` how to fix it.
+
+    kinds: ``missing`` (no socket file), ``stale`` (a socket file, nobody
+    listening), ``permission`` (not ours to use), ``timeout`` (no answer),
+    ``closed`` (the daemon hung up), ``error`` (anything else).
+    """
+
+    def __init__(self, kind: str, path: Path, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.path = path
+        self.message = message
+        self.hint = hint
+
+
+def _unreachable(exc: OSError | TimeoutError, path: Path) -> DaemonUnreachable:
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return DaemonUnreachable(
+            "timeout",
+            path,
+            f"mcd did not answer at {path} in time",
+            "check it with `systemctl --user status mcd`, or raise --timeout",
+        )
+    if exc.errno == errno.ENOENT:
+        return DaemonUnreachable(
+            "missing",
+            path,
+            f"mcd is not running (no socket at {path})",
+            "start it: `mcd &` or `systemctl --user start mcd`",
+        )
+    if exc.errno == errno.ECONNREFUSED:
+        return DaemonUnreachable(
+            "stale",
+            path,
+            f"mcd is not running: {path} is a stale socket (the daemon died)",
+            "see `journalctl --user -u mcd`, then start it again: `mcd &` or `systemctl --user start mcd`",
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return DaemonUnreachable(
+            "permission",
+            path,
+            f"permission denied on {path} (the socket belongs to another user)",
+            "run as the daemon's user, or point --socket / MC_SOCKET at your own daemon",
+        )
+    return DaemonUnreachable("error", path, f"cannot reach mcd at {path}: {exc.strerror or exc}", "")
+
+
+class ControlClient:
+    """One connection to mcd: JSON lines, one request at a time.
+
+    ``request("client.status", name="x")`` returns the ``result`` of a
+    successful response or raises ``ControlError``; every connection problem
+    raises ``DaemonUnreachable``.  ``subscribe`` turns the connection into an
+    event stream.
+    """
+
+    def __init__(self, path: str | Path | None = None, timeout: float | None = 5.0) -> None:
+        self.path = Path(path) if path is not None else default_socket_path()
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._buf = b""
+        self._ids = itertools.count(1)
+
+    def connect(self) -> ControlClient:
+        if self._sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(str(self.path))
+            except (OSError, TimeoutError) as exc:
+                sock.close()
+                raise _unreachable(exc, self.path) from None
+            self._sock = sock
+        return self
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> ControlClient:
+        return self.connect()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def fileno(self) -> int:
+        return self.connect()._sock.fileno()  # type: ignore[union-attr]
+
+    def send(self, cmd: str, **params: Any) -> int:
+        """Send one request; return its id."""
+        sock = self.connect()._sock
+        assert sock is not None
+        request_id = next(self._ids)
+        line = json.dumps({"id": request_id, "cmd": cmd, **params}, separators=(",", ":")) + "\n"
+        try:
+            sock.sendall(line.encode())
+        except (OSError, TimeoutError) as exc:
+            raise _unreachable(exc, self.path) from None
+        return request_id
+
+    def read(self, forever: bool = False) -> dict[str, Any]:
+        """The next JSON line from the daemon, waiting up to the client's
+        timeout (or ``forever``, for an event stream)."""
+        sock = self.connect()._sock
+        assert sock is not None
+        if forever:
+            sock.settimeout(None)
+        try:
+            while b"\n" not in self._buf:
+                if len(self._buf) > MAX_LINE:
+                    raise DaemonUnreachable("error", self.path, "the daemon sent an over-long line", "")
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise DaemonUnreachable(
+                        "closed", self.path, "mcd closed the connection", "see `journalctl --user -u mcd`"
+                    )
+                self._buf += chunk
+        except (OSError, TimeoutError) as exc:
+            raise _unreachable(exc, self.path) from None
+        finally:
+            if forever:
+                sock.settimeout(self.timeout)
+        line, _, self._buf = self._buf.partition(b"\n")
+        obj: dict[str, Any] = json.loads(line)
+        return obj
+
+    def request(self, cmd: str, **params: Any) -> dict[str, Any]:
+        request_id = self.send(cmd, **params)
+        while True:
+            response = self.read()
+            # An error about the connection itself (permission, line too
+            # long) carries no id: it answers this request too.
+            if response.get("id") == request_id or ("ok" in response and response.get("id") is None):
+                break
+        if not response.get("ok"):
+            error = response.get("error") or {}
+            raise ControlError(
+                error.get("code", "internal"), error.get("message", "unknown error"), error.get("details")
+            )
+        result: dict[str, Any] = response.get("result") or {}
+        return result
+
+    def subscribe(self, **params: Any) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
+        """Start the event stream; returns the snapshot answer and an
+        iterator over the events (it ends when the daemon closes)."""
+        result = self.request("subscribe", **params)
+
+        def events() -> Iterator[dict[str, Any]]:
+            while True:
+                try:
+                    yield self.read(forever=True)
+                except DaemonUnreachable as exc:
+                    if exc.kind == "closed":
+                        return
+                    raise
+
+        return result, events()

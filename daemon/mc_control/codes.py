@@ -1,0 +1,45 @@
+"""API version, error codes and what mcctl exits with for each."""
+
+from __future__ import annotations
+
+import enum
+
+#: Bumped when a command or a response changes incompatibly.
+API_VERSION = 1
+
+#: Longest request or response line, in bytes (the newline included).
+MAX_LINE = 1024 * 1024
+
+
+class ErrorCode(enum.StrEnum):
+    """``error.code`` of a failed response."""
+
+    INVALID_JSON = "invalid_json"  # the line is not UTF-8 JSON (the daemon closes)
+    LINE_TOO_LONG = "line_too_long"  # over MAX_LINE (the daemon closes)
+    INVALID_REQUEST = "invalid_request"  # JSON, but not a valid command
+    UNKNOWN_COMMAND = "unknown_command"
+    NOT_FOUND = "not_found"  # no such instance (or client of a server)
+    EXISTS = "exists"  # create of an instance that exists
+    INVALID_VALUE = "invalid_value"  # a setting's value was refused
+    STATE_ERROR = "state_error"  # not possible in the instance's state
+    CONNECT_FAILED = "connect_failed"
+    BIND_FAILED = "bind_failed"
+    QUEUE_FULL = "queue_full"
+    TIMEOUT = "timeout"
+    PERMISSION_DENIED = "permission_denied"
+    SHUTTING_DOWN = "shutting_down"
+    INTERNAL = "internal"
+
+
+#: mcctl's exit status for a daemon error: 1 the daemon refused or the
+#: command failed, 2 a usage error, 4 a timeout (3, daemon unreachable, is
+#: decided before any code exists).
+EXIT_CODES: dict[str, int] = {code.value: 1 for code in ErrorCode}
+EXIT_CODES.update(
+    {
+        ErrorCode.INVALID_REQUEST.value: 2,
+        ErrorCode.UNKNOWN_COMMAND.value: 2,
+        ErrorCode.INVALID_VALUE.value: 2,
+        ErrorCode.TIMEOUT.value: 4,
+    }
+)

@@ -1,0 +1,231 @@
+"""Every control command, as pydantic models in one discriminated union.
+
+This module is the single source of truth of the control API: the daemon
+validates every request with :data:`REQUEST_ADAPTER`, ``mcd --print-schema``
+prints its JSON Schema, and a test checks that every command here has a CLI
+form and every request mcctl builds validates here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
+
+from .codes import API_VERSION
+
+InstanceName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+ClientKey = Literal["address", "port", "client_id", "interface", "bind_port"]
+ServerKey = Literal["interface", "port"]
+SettingValue = str | int | None
+EventName = Literal[
+    "statechange",
+    "connect",
+    "disconnect",
+    "reconnect",
+    "message",
+    "servershutdown",
+    "clientconnect",
+    "clientdisconnect",
+    "started",
+    "stopped",
+    "created",
+    "removed",
+]
+
+
+class _Command(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    #: Echoed in the response; any JSON scalar the caller likes.
+    id: int | str | None = None
+
+
+class _Named(_Command):
+    name: InstanceName = "default"
+
+
+class Hello(_Command):
+    """Check the daemon's API version (and say ours)."""
+
+    cmd: Literal["hello"]
+    api_version: int | None = None
+
+
+class DaemonStatus(_Command):
+    """Version, API version, pid, uptime, boot id and instance counts."""
+
+    cmd: Literal["daemon.status"]
+
+
+class DaemonShutdown(_Command):
+    """Stop the daemon as SIGTERM would (instances keep their desired state)."""
+
+    cmd: Literal["daemon.shutdown"]
+
+
+class ListInstances(_Command):
+    """Every instance with its status."""
+
+    cmd: Literal["list"]
+
+
+class ClientCreate(_Named):
+    cmd: Literal["client.create"]
+
+
+class ClientRemove(_Named):
+    cmd: Literal["client.remove"]
+
+
+class ClientSet(_Named):
+    cmd: Literal["client.set"]
+    key: ClientKey
+    value: SettingValue
+
+
+class ClientGet(_Named):
+    """One setting (``key``), or all of them."""
+
+    cmd: Literal["client.get"]
+    key: ClientKey | None = None
+
+
+class ClientConnect(_Named):
+    """Connect; the client keeps trying in the background.  With ``wait``,
+    answer once connected, or fail after ``timeout`` seconds."""
+
+    cmd: Literal["client.connect"]
+    wait: bool = False
+    timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
+
+
+class ClientDisconnect(_Named):
+    cmd: Literal["client.disconnect"]
+
+
+class ClientStatus(_Named):
+    cmd: Literal["client.status"]
+
+
+class ClientSend(_Named):
+    cmd: Literal["client.send"]
+    subject: Annotated[str, StringConstraints(min_length=1)]
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class ServerCreate(_Named):
+    cmd: Literal["server.create"]
+
+
+class ServerRemove(_Named):
+    cmd: Literal["server.remove"]
+
+
+class ServerSet(_Named):
+    cmd: Literal["server.set"]
+    key: ServerKey
+    value: SettingValue
+
+
+class ServerGet(_Named):
+    cmd: Literal["server.get"]
+    key: ServerKey | None = None
+
+
+class ServerStart(_Named):
+    cmd: Literal["server.start"]
+
+
+class ServerStop(_Named):
+    cmd: Literal["server.stop"]
+
+
+class ServerStatus(_Named):
+    cmd: Literal["server.status"]
+
+
+class ServerSend(_Named):
+    """Send to one client (``to``), or broadcast (``to`` = ``'*'``)."""
+
+    cmd: Literal["server.send"]
+    subject: Annotated[str, StringConstraints(min_length=1)]
+    payload: dict[str, Any] = Field(default_factory=dict)
+    to: Annotated[str, StringConstraints(min_length=1)] = "*"
+
+
+class ServerClients(_Named):
+    cmd: Literal["server.clients"]
+
+
+class ServerKick(_Named):
+    cmd: Literal["server.kick"]
+    client_id: Annotated[str, StringConstraints(min_length=1)]
+    reason: str = "disconnected by mcctl"
+
+
+class InstanceRef(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["client", "server"]
+    name: InstanceName
+
+
+class Since(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    boot_id: str
+    seq: Annotated[int, Field(ge=0)]
+
+
+class Subscribe(_Command):
+    """Turn this connection into a stream of events (optionally filtered by
+    instance and event name).  The answer carries a snapshot taken atomically
+    with the start of the stream; with ``since``, the events after it are
+    replayed first, or ``resync`` is true when they are gone."""
+
+    cmd: Literal["subscribe"]
+    instances: list[InstanceRef] | None = None
+    events: list[EventName] | None = None
+    since: Since | None = None
+
+
+Request = Annotated[
+    Hello
+    | DaemonStatus
+    | DaemonShutdown
+    | ListInstances
+    | ClientCreate
+    | ClientRemove
+    | ClientSet
+    | ClientGet
+    | ClientConnect
+    | ClientDisconnect
+    | ClientStatus
+    | ClientSend
+    | ServerCreate
+    | ServerRemove
+    | ServerSet
+    | ServerGet
+    | ServerStart
+    | ServerStop
+    | ServerStatus
+    | ServerSend
+    | ServerClients
+    | ServerKick
+    | Subscribe,
+    Field(discriminator="cmd"),
+]
+
+#: Built once: building a TypeAdapter is the expensive part.
+REQUEST_ADAPTER: TypeAdapter[Request] = TypeAdapter(Request)
+
+#: The ``cmd`` of every command, in the union's order.
+COMMANDS: tuple[str, ...] = tuple(
+    get_args(model.model_fields["cmd"].annotation)[0] for model in get_args(get_args(Request)[0])
+)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a request, as ``mcd --print-schema`` prints it."""
+    schema = REQUEST_ADAPTER.json_schema()
+    schema["title"] = "mcd control request"
+    schema["$comment"] = f"API version {API_VERSION}; one JSON object per line over the mcd Unix socket"
+    return schema

@@ -1,0 +1,315 @@
+"""The control server: a Unix socket speaking JSON lines, validated by the schema.
+
+One thread per control connection: there are a handful (mcctl runs, a GUI),
+and a blocking command such as ``client.connect --wait`` then holds up only
+its own connection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from mc_control import schema
+from mc_control.codes import API_VERSION, MAX_LINE, ErrorCode
+from missioncommander import __version__ as library_version
+
+from .core import CoreError, DaemonCore, Subscription
+
+log = logging.getLogger("mcd.control")
+
+_PEERCRED = struct.Struct("3i")
+
+
+def error_response(request_id: Any, code: ErrorCode, message: str, details: Any = None) -> dict[str, Any]:
+    return {"id": request_id, "ok": False, "error": {"code": code.value, "message": message, "details": details}}
+
+
+class Dispatcher:
+    """Maps validated commands onto the core; knows nothing of sockets."""
+
+    def __init__(self, core: DaemonCore, request_shutdown: Callable[[], None], info: dict[str, Any]) -> None:
+        self.core = core
+        self.request_shutdown = request_shutdown
+        self.info = info
+
+    def parse(self, obj: Any) -> schema.Request:
+        """Validate a decoded JSON line; ``CoreError`` when it is not a command."""
+        try:
+            return schema.REQUEST_ADAPTER.validate_python(obj)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_context=False, include_input=False)
+            kinds = {e["type"] for e in errors}
+            if "union_tag_invalid" in kinds:
+                cmd = obj.get("cmd") if isinstance(obj, dict) else None
+                raise CoreError(
+                    ErrorCode.UNKNOWN_COMMAND,
+                    f"unknown command {cmd!r}; known: {', '.join(schema.COMMANDS)}",
+                ) from None
+            details = [{"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]} for e in errors]
+            summary = "; ".join(f"{'.'.join(d['loc'][1:]) or 'request'}: {d['msg']}" for d in details[:5])
+            raise CoreError(ErrorCode.INVALID_REQUEST, f"invalid request: {summary}", details) from None
+
+    def run(self, req: schema.Request) -> dict[str, Any]:
+        core = self.core
+        match req:
+            case schema.Hello():
+                compatible = req.api_version in (None, API_VERSION)
+                return {
+                    "api_version": API_VERSION,
+                    "version": library_version,
+                    "boot_id": core.boot_id,
+                    "pid": os.getpid(),
+                    "compatible": compatible,
+                }
+            case schema.DaemonStatus():
+                return {**core.daemon_status(), **self.info, "pid": os.getpid()}
+            case schema.DaemonShutdown():
+                self.request_shutdown()
+                return {"stopping": True}
+            case schema.ListInstances():
+                return {"instances": core.list()}
+            case schema.ClientCreate() | schema.ServerCreate():
+                return core.create(_kind(req.cmd), req.name)
+            case schema.ClientRemove() | schema.ServerRemove():
+                return core.remove(_kind(req.cmd), req.name)
+            case schema.ClientSet() | schema.ServerSet():
+                return {"settings": core.set(_kind(req.cmd), req.name, req.key, req.value)}
+            case schema.ClientGet() | schema.ServerGet():
+                return {"settings": core.get_settings(_kind(req.cmd), req.name, req.key)}
+            case schema.ClientStatus() | schema.ServerStatus():
+                return core.status(_kind(req.cmd), req.name)
+            case schema.ClientConnect():
+                return core.client_connect(req.name, req.wait, req.timeout)
+            case schema.ClientDisconnect():
+                return core.client_disconnect(req.name)
+            case schema.ClientSend():
+                return core.client_send(req.name, req.subject, req.payload)
+            case schema.ServerStart():
+                return core.server_start(req.name)
+            case schema.ServerStop():
+                return core.server_stop(req.name)
+            case schema.ServerSend():
+                return core.server_send(req.name, req.to, req.subject, req.payload)
+            case schema.ServerClients():
+                return core.server_clients(req.name)
+            case schema.ServerKick():
+                return core.server_kick(req.name, req.client_id, req.reason)
+        raise CoreError(ErrorCode.UNKNOWN_COMMAND, f"command {req.cmd!r} is not handled here")
+
+
+def _kind(cmd: str) -> str:
+    return cmd.split(".", 1)[0]
+
+
+class ControlServer:
+    """Listens on ``path`` (mode 0600), one thread per connection."""
+
+    def __init__(
+        self,
+        core: DaemonCore,
+        path: Path,
+        request_shutdown: Callable[[], None],
+        info: dict[str, Any] | None = None,
+        max_line: int = MAX_LINE,
+        allowed_uids: frozenset[int] | None = None,
+    ) -> None:
+        self.core = core
+        self.path = path
+        self.max_line = max_line
+        self.dispatcher = Dispatcher(core, request_shutdown, info or {})
+        self.allowed_uids = allowed_uids if allowed_uids is not None else frozenset({os.getuid(), 0})
+        self._listener: socket.socket | None = None
+        self._threads: set[threading.Thread] = set()
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._closing = False
+
+    def start(self) -> None:
+        """Bind atomically: a temporary name, chmod 0600, then rename over ``path``."""
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(str(tmp))
+        finally:
+            os.umask(old_umask)
+        os.chmod(tmp, 0o600)
+        sock.listen(64)
+        os.replace(tmp, self.path)
+        self._listener = sock
+        thread = threading.Thread(target=self._accept_loop, name="mcd-accept", daemon=True)
+        thread.start()
+
+    def close(self) -> None:
+        """Stop accepting, close every connection, remove the socket file."""
+        with self._lock:
+            self._closing = True
+            listener, self._listener = self._listener, None
+            conns = list(self._conns)
+        if listener is not None:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            listener.close()
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in list(self._threads):
+            thread.join(5)
+
+    def _accept_loop(self) -> None:
+        while True:
+            listener = self._listener
+            if listener is None:
+                return
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                if self._listener is None:
+                    return
+                log.exception("accept failed")
+                continue
+            with self._lock:
+                if self._closing:
+                    conn.close()
+                    return
+                self._conns.add(conn)
+                thread = threading.Thread(target=self._serve, args=(conn,), name="mcd-control", daemon=True)
+                self._threads.add(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            self._serve_conn(conn)
+        except OSError as exc:
+            log.debug("control connection ended: %s", exc)
+        except Exception:
+            log.exception("control connection failed")
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+                self._threads.discard(threading.current_thread())
+            conn.close()
+
+    def _peer_uid(self, conn: socket.socket) -> int | None:
+        try:
+            _pid, uid, _gid = _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+        except (OSError, AttributeError):
+            return None
+        return int(uid)
+
+    def _send(self, conn: socket.socket, obj: dict[str, Any]) -> None:
+        conn.sendall(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+
+    def _serve_conn(self, conn: socket.socket) -> None:
+        uid = self._peer_uid(conn)
+        if uid not in self.allowed_uids:
+            log.warning("refused a control connection from uid %s", uid)
+            self._send(conn, error_response(None, ErrorCode.PERMISSION_DENIED, f"uid {uid} may not use this daemon"))
+            return
+        buf = b""
+        while True:
+            newline = buf.find(b"\n")
+            while newline < 0:
+                if len(buf) > self.max_line:
+                    self._send(
+                        conn,
+                        error_response(None, ErrorCode.LINE_TOO_LONG, f"request line over {self.max_line} bytes"),
+                    )
+                    return
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                start = len(buf)
+                buf += chunk
+                newline = buf.find(b"\n", start)
+            if newline + 1 > self.max_line:
+                self._send(
+                    conn, error_response(None, ErrorCode.LINE_TOO_LONG, f"request line over {self.max_line} bytes")
+                )
+                return
+            line, buf = buf[:newline], buf[newline + 1 :]
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except (UnicodeDecodeError, ValueError) as exc:
+                self._send(conn, error_response(None, ErrorCode.INVALID_JSON, f"request is not a JSON line: {exc}"))
+                return
+            request_id = obj.get("id") if isinstance(obj, dict) else None
+            if not isinstance(request_id, (int, str)) or isinstance(request_id, bool):
+                request_id = None
+            try:
+                req = self.dispatcher.parse(obj)
+                if isinstance(req, schema.Subscribe):
+                    self._stream(conn, req)
+                    return
+                result = self.dispatcher.run(req)
+                response: dict[str, Any] = {"id": request_id, "ok": True, "result": result}
+            except CoreError as exc:
+                response = error_response(request_id, exc.code, exc.message, exc.details)
+            except Exception as exc:  # a bug: answer, log, keep serving
+                log.exception("command %r failed", obj.get("cmd") if isinstance(obj, dict) else obj)
+                response = error_response(request_id, ErrorCode.INTERNAL, f"internal error: {exc}")
+            self._send(conn, response)
+
+    def _stream(self, conn: socket.socket, req: schema.Subscribe) -> None:
+        instances = [(i.kind, i.name) for i in req.instances] if req.instances is not None else None
+        since = (req.since.boot_id, req.since.seq) if req.since is not None else None
+        sub, answer = self.core.subscribe(instances, req.events, since)
+        try:
+            self._send(conn, {"id": req.id, "ok": True, "result": answer})
+            self._pump(conn, sub)
+        finally:
+            self.core.unsubscribe(sub)
+
+    def _pump(self, conn: socket.socket, sub: Subscription) -> None:
+        while True:
+            try:
+                event = sub.get(timeout=1.0)
+            except OverflowError:
+                self._send(
+                    conn,
+                    {
+                        "type": "overflow",
+                        "message": "this subscriber fell behind and missed events; subscribe again with `since`",
+                    },
+                )
+                return
+            except EOFError:
+                return
+            if event is None:
+                if self._peer_gone(conn):
+                    return
+                continue
+            self._send(conn, event)
+
+    def _peer_gone(self, conn: socket.socket) -> bool:
+        try:
+            data = conn.recv(65536, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
+        return not data  # anything a subscriber sends is ignored

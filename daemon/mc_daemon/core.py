@@ -1,0 +1,599 @@
+"""The daemon's core: named instances, the event ring, persistence.
+
+No sockets and no JSON protocol here, so the same core also runs inside the
+REPL (mcctl's embedded mode).  Errors are ``CoreError`` with a code from
+``mc_control.ErrorCode``.
+
+Locking: ``self._lock`` guards the instance tables, the ring and the
+subscriptions.  Library calls that block (connect, disconnect, start, stop)
+are made *outside* it, because they wait for the library's callbacks, and
+those callbacks publish events here, which takes the lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mc_control.codes import API_VERSION, ErrorCode
+from missioncommander import (
+    BindError,
+    Client,
+    ClientState,
+    ClientStateTransition,
+    Message,
+    MessageTooLarge,
+    QueueFullError,
+    Server,
+    StateError,
+)
+from missioncommander import __version__ as library_version
+
+from .state import StateStore
+
+log = logging.getLogger("mcd.core")
+
+CLIENT_KEYS = ("address", "port", "client_id", "interface", "bind_port")
+SERVER_KEYS = ("interface", "port")
+RING_SIZE = 10_000
+SUBSCRIBER_QUEUE = 5_000
+
+S = ClientState
+
+
+class CoreError(Exception):
+    def __init__(self, code: ErrorCode, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+def client_phase(state: ClientState) -> str:
+    """One word for a client's state, as `mcctl wait` and the GUI use it."""
+    if state & S.STATE_NEEDS_INIT:
+        return "unconfigured"
+    for bit, phase in (
+        (S.STATE_CONNECTED, "connected"),
+        (S.STATE_CONNECTING, "connecting"),
+        (S.STATE_RECONNECTING, "reconnecting"),
+        (S.STATE_DISCONNECTING, "disconnecting"),
+        (S.STATE_CONNECT_FAILED | S.STATE_RECONNECT_FAILED | S.STATE_DISCONNECT_FAILED, "failed"),
+    ):
+        if state & bit:
+            return phase
+    return "disconnected"
+
+
+@dataclass(eq=False)  # identity: each stream is its own
+class Subscription:
+    """One event stream: a bounded queue the control layer drains."""
+
+    instances: frozenset[tuple[str, str]] | None
+    events: frozenset[str] | None
+    limit: int = SUBSCRIBER_QUEUE
+    queue: deque[dict[str, Any]] = field(default_factory=deque)
+    overflowed: bool = False
+    closed: bool = False
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def wants(self, event: dict[str, Any]) -> bool:
+        if self.instances is not None and (event["kind"], event["name"]) not in self.instances:
+            return False
+        return self.events is None or event["event"] in self.events
+
+    def put(self, event: dict[str, Any]) -> None:
+        with self.cond:
+            if self.overflowed or self.closed:
+                return
+            if len(self.queue) >= self.limit:
+                # A slow reader never blocks the daemon: it loses its stream
+                # and is told so; it can catch up from the ring with `since`.
+                self.overflowed = True
+                self.queue.clear()
+            else:
+                self.queue.append(event)
+            self.cond.notify_all()
+
+    def get(self, timeout: float) -> dict[str, Any] | None:
+        """The next event, None after ``timeout``; raises ``OverflowError``
+        once the queue overflowed."""
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.queue or self.overflowed or self.closed, timeout):
+                return None
+            if self.overflowed:
+                raise OverflowError
+            if self.closed and not self.queue:
+                raise EOFError
+            return self.queue.popleft()
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+
+class _Instance:
+    kind = ""
+
+    def __init__(self, core: DaemonCore, name: str) -> None:
+        self.core = core
+        self.name = name
+        self.desired = False
+        self.last_error: str | None = None
+
+    def publish(self, event: str, **data: Any) -> None:
+        self.core.publish(self.kind, self.name, event, data)
+
+
+class ClientInstance(_Instance):
+    kind = "client"
+
+    def __init__(self, core: DaemonCore, name: str) -> None:
+        super().__init__(core, name)
+        self.client = Client()
+        c = self.client
+        c.subscribe("statechange", self._on_state)
+        c.subscribe("connect", lambda: self.publish("connect"))
+        c.subscribe("disconnect", lambda: self.publish("disconnect"))
+        c.subscribe("reconnect", lambda client_id: self.publish("reconnect", client_id=client_id))
+        c.subscribe("servershutdown", lambda: self.publish("servershutdown"))
+        c.subscribe("message", lambda m: self.publish("message", subject=m.subject, payload=dict(m.payload)))
+
+    def _on_state(self, t: ClientStateTransition) -> None:
+        self.publish(
+            "statechange",
+            old=int(t.old_state),
+            new=int(t.new_state),
+            old_name=ClientState.get_name(t.old_state),
+            new_name=ClientState.get_name(t.new_state),
+            phase=client_phase(t.new_state),
+            reason=self.client.last_close_reason,
+        )
+
+    def settings(self) -> dict[str, Any]:
+        return {key: getattr(self.client, key) for key in CLIENT_KEYS}
+
+    def status(self) -> dict[str, Any]:
+        c = self.client
+        state = c.state
+        return {
+            "kind": "client",
+            "name": self.name,
+            "state": int(state),
+            "state_name": ClientState.get_name(state),
+            "phase": client_phase(state),
+            "connected": bool(state & S.STATE_CONNECTED),
+            "desired": "connected" if self.desired else "disconnected",
+            "settings": self.settings(),
+            "last_close_reason": c.last_close_reason,
+            "queued": c.queued,
+        }
+
+
+class ServerInstance(_Instance):
+    kind = "server"
+
+    def __init__(self, core: DaemonCore, name: str) -> None:
+        super().__init__(core, name)
+        self.server = Server()
+        s = self.server
+        s.subscribe("clientconnect", lambda cid: self.publish("clientconnect", client_id=cid))
+        s.subscribe("clientdisconnect", lambda cid: self.publish("clientdisconnect", client_id=cid))
+        s.subscribe(
+            "message", lambda cid, m: self.publish("message", client_id=cid, subject=m.subject, payload=dict(m.payload))
+        )
+
+    def settings(self) -> dict[str, Any]:
+        return {"interface": self.server.interface, "port": self.server._settings.get("port", 0)}
+
+    def status(self) -> dict[str, Any]:
+        s = self.server
+        return {
+            "kind": "server",
+            "name": self.name,
+            "phase": "listening" if s.running else "stopped",
+            "running": s.running,
+            "desired": "started" if self.desired else "stopped",
+            "settings": self.settings(),
+            "port": s.port if s.running else None,
+            "clients": s.clients if s.running else [],
+            "last_error": self.last_error,
+        }
+
+
+class DaemonCore:
+    """Named Client and Server instances, their events, and their saved state.
+
+    ``store`` (optional) persists instances, settings and desired state on
+    every change; ``on_change`` is called after each event (mcd keeps its
+    systemd STATUS line current with it).
+    """
+
+    def __init__(
+        self,
+        store: StateStore | None = None,
+        ring_size: int = RING_SIZE,
+        on_change: Callable[[], None] | None = None,
+        subscriber_queue: int = SUBSCRIBER_QUEUE,
+    ) -> None:
+        self.boot_id = uuid.uuid4().hex
+        self.started = time.time()
+        self.store = store
+        self.on_change = on_change
+        self.subscriber_queue = subscriber_queue
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._ring: deque[dict[str, Any]] = deque(maxlen=ring_size)
+        self._seq = 0
+        self._subs: set[Subscription] = set()
+        self.clients: dict[str, ClientInstance] = {}
+        self.servers: dict[str, ServerInstance] = {}
+        self._save_lock = threading.Lock()
+        self.shutting_down = False
+
+    # -- events ----------------------------------------------------------------
+
+    def publish(self, kind: str, name: str, event: str, data: dict[str, Any]) -> None:
+        with self._lock:
+            self._seq += 1
+            record = {
+                "type": "event",
+                "boot_id": self.boot_id,
+                "seq": self._seq,
+                "time": time.time(),
+                "kind": kind,
+                "name": name,
+                "event": event,
+                "data": data,
+            }
+            self._ring.append(record)
+            for sub in self._subs:
+                if sub.wants(record):
+                    sub.put(record)
+            self._changed.notify_all()
+        if self.on_change is not None:
+            self.on_change()
+
+    def subscribe(
+        self,
+        instances: Iterable[tuple[str, str]] | None = None,
+        events: Iterable[str] | None = None,
+        since: tuple[str, int] | None = None,
+    ) -> tuple[Subscription, dict[str, Any]]:
+        """Start a stream; the snapshot is taken under the same lock that
+        orders events, so no event falls between the two."""
+        sub = Subscription(
+            frozenset(instances) if instances is not None else None,
+            frozenset(events) if events is not None else None,
+            limit=self.subscriber_queue,
+        )
+        with self._lock:
+            resync = False
+            if since is not None:
+                boot_id, seq = since
+                first = self._ring[0]["seq"] if self._ring else self._seq + 1
+                if boot_id != self.boot_id or seq > self._seq or seq < first - 1:
+                    resync = True
+                else:
+                    for record in self._ring:
+                        if record["seq"] > seq and sub.wants(record):
+                            sub.put(record)
+            self._subs.add(sub)
+            answer = {
+                "boot_id": self.boot_id,
+                "seq": self._seq,
+                "resync": resync,
+                "snapshot": self._snapshot_locked(),
+            }
+        return sub, answer
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            self._subs.discard(sub)
+        sub.close()
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``predicate()`` holds, re-checking at every event."""
+        with self._changed:
+            return self._changed.wait_for(predicate, timeout)
+
+    def _snapshot_locked(self) -> dict[str, Any]:
+        return {"instances": self._statuses_locked()}
+
+    def _statuses_locked(self) -> list[dict[str, Any]]:
+        return [i.status() for i in self.clients.values()] + [i.status() for i in self.servers.values()]
+
+    # -- instances -------------------------------------------------------------
+
+    def _table(self, kind: str) -> dict[str, Any]:
+        return self.clients if kind == "client" else self.servers
+
+    def get(self, kind: str, name: str, create: bool = True) -> Any:
+        """The instance ``name``; created the first time a command names it."""
+        with self._lock:
+            table = self._table(kind)
+            instance = table.get(name)
+            if instance is None:
+                if not create:
+                    raise CoreError(ErrorCode.NOT_FOUND, f"no {kind} named {name!r}")
+                if self.shutting_down:
+                    raise CoreError(ErrorCode.SHUTTING_DOWN, "mcd is shutting down")
+                instance = ClientInstance(self, name) if kind == "client" else ServerInstance(self, name)
+                table[name] = instance
+                created = True
+            else:
+                created = False
+        if created:
+            log.info("%s %r created", kind, name)
+            self.publish(kind, name, "created", {})
+            self.save()
+        return instance
+
+    def create(self, kind: str, name: str) -> dict[str, Any]:
+        with self._lock:
+            if name in self._table(kind):
+                raise CoreError(ErrorCode.EXISTS, f"a {kind} named {name!r} exists already")
+        status: dict[str, Any] = self.get(kind, name).status()
+        return status
+
+    def remove(self, kind: str, name: str) -> dict[str, Any]:
+        instance = self.get(kind, name, create=False)
+        self._stop_instance(instance)
+        with self._lock:
+            self._table(kind).pop(name, None)
+        log.info("%s %r removed", kind, name)
+        self.publish(kind, name, "removed", {})
+        self.save()
+        return {"kind": kind, "name": name, "removed": True}
+
+    def list(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return self._statuses_locked()
+
+    def status(self, kind: str, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.get(kind, name).status()
+        return result
+
+    # -- settings --------------------------------------------------------------
+
+    def set(self, kind: str, name: str, key: str, value: Any) -> dict[str, Any]:
+        instance = self.get(kind, name)
+        keys = CLIENT_KEYS if kind == "client" else SERVER_KEYS
+        if key not in keys:
+            raise CoreError(ErrorCode.INVALID_VALUE, f"unknown {kind} setting {key!r}; known: {', '.join(keys)}")
+        target = instance.client if kind == "client" else instance.server
+        try:
+            setattr(target, key, value)
+        except (TypeError, ValueError) as exc:
+            raise CoreError(ErrorCode.INVALID_VALUE, str(exc), {"key": key, "value": value}) from None
+        except StateError as exc:
+            raise CoreError(ErrorCode.STATE_ERROR, str(exc), {"key": key}) from None
+        self.save()
+        settings: dict[str, Any] = instance.settings()
+        return settings
+
+    def get_settings(self, kind: str, name: str, key: str | None) -> dict[str, Any]:
+        settings: dict[str, Any] = self.get(kind, name).settings()
+        return settings if key is None else {key: settings[key]}
+
+    # -- client operations -----------------------------------------------------
+
+    def client_connect(self, name: str, wait: bool = False, timeout: float = 10.0) -> dict[str, Any]:
+        inst: ClientInstance = self.get("client", name)
+        client = inst.client
+        try:
+            client.connect(wait=False)
+        except StateError as exc:
+            raise CoreError(ErrorCode.STATE_ERROR, str(exc)) from None
+        except ValueError as exc:
+            raise CoreError(ErrorCode.INVALID_VALUE, str(exc)) from None
+        inst.desired = True
+        self.save()
+        if wait:
+            done = self.wait_for(lambda: client_phase(client.state) in ("connected", "failed", "disconnected"), timeout)
+            phase = client_phase(client.state)
+            if phase != "connected":
+                if not done:
+                    raise CoreError(
+                        ErrorCode.TIMEOUT,
+                        f"client {name!r} not connected after {timeout:g} s (last: {client.last_close_reason})",
+                        inst.status(),
+                    )
+                raise CoreError(
+                    ErrorCode.CONNECT_FAILED,
+                    f"client {name!r} could not connect: {client.last_close_reason}",
+                    inst.status(),
+                )
+        return inst.status()
+
+    def client_disconnect(self, name: str) -> dict[str, Any]:
+        inst: ClientInstance = self.get("client", name)
+        inst.desired = False
+        self.save()
+        inst.client.disconnect()
+        return inst.status()
+
+    def client_send(self, name: str, subject: str, payload: dict[str, Any]) -> dict[str, Any]:
+        inst: ClientInstance = self.get("client", name, create=False)
+        message = _message(subject, payload)
+        try:
+            inst.client.send(message)
+        except StateError as exc:
+            raise CoreError(ErrorCode.STATE_ERROR, str(exc)) from None
+        except QueueFullError as exc:
+            raise CoreError(ErrorCode.QUEUE_FULL, str(exc)) from None
+        except MessageTooLarge as exc:
+            raise CoreError(ErrorCode.INVALID_VALUE, str(exc)) from None
+        return {"sent": True, "queued": inst.client.queued}
+
+    # -- server operations -----------------------------------------------------
+
+    def server_start(self, name: str) -> dict[str, Any]:
+        inst: ServerInstance = self.get("server", name)
+        if not inst.server.running:
+            try:
+                inst.server.start()
+            except BindError as exc:
+                inst.last_error = str(exc)
+                raise CoreError(ErrorCode.BIND_FAILED, str(exc)) from None
+            except ValueError as exc:
+                raise CoreError(ErrorCode.INVALID_VALUE, str(exc)) from None
+            inst.last_error = None
+            inst.publish("started", port=inst.server.port)
+        inst.desired = True
+        self.save()
+        return inst.status()
+
+    def server_stop(self, name: str) -> dict[str, Any]:
+        inst: ServerInstance = self.get("server", name)
+        inst.desired = False
+        self.save()
+        self._stop_server(inst)
+        return inst.status()
+
+    def _stop_server(self, inst: ServerInstance) -> None:
+        if inst.server.running:
+            inst.server.stop()
+            inst.publish("stopped")
+
+    def _stop_instance(self, instance: _Instance) -> None:
+        if isinstance(instance, ClientInstance):
+            instance.client.disconnect()
+        elif isinstance(instance, ServerInstance):
+            self._stop_server(instance)
+
+    def server_send(self, name: str, to: str, subject: str, payload: dict[str, Any]) -> dict[str, Any]:
+        inst: ServerInstance = self.get("server", name, create=False)
+        message = _message(subject, payload)
+        try:
+            inst.server.send(to, message)
+        except KeyError:
+            raise CoreError(ErrorCode.NOT_FOUND, f"server {name!r} has no client {to!r}") from None
+        except StateError as exc:
+            raise CoreError(ErrorCode.STATE_ERROR, str(exc)) from None
+        except QueueFullError as exc:
+            raise CoreError(ErrorCode.QUEUE_FULL, str(exc)) from None
+        except MessageTooLarge as exc:
+            raise CoreError(ErrorCode.INVALID_VALUE, str(exc)) from None
+        return {"sent": True, "to": to, "clients": len(inst.server.clients) if to == "*" else 1}
+
+    def server_clients(self, name: str) -> dict[str, Any]:
+        inst: ServerInstance = self.get("server", name, create=False)
+        return {"clients": inst.server.clients if inst.server.running else []}
+
+    def server_kick(self, name: str, client_id: str, reason: str) -> dict[str, Any]:
+        inst: ServerInstance = self.get("server", name, create=False)
+        if not inst.server.running:
+            raise CoreError(ErrorCode.STATE_ERROR, f"server {name!r} is not running")
+        try:
+            inst.server.disconnect_client(client_id, reason)
+        except KeyError:
+            raise CoreError(ErrorCode.NOT_FOUND, f"server {name!r} has no client {client_id!r}") from None
+        return {"kicked": client_id}
+
+    # -- daemon ----------------------------------------------------------------
+
+    def daemon_status(self) -> dict[str, Any]:
+        with self._lock:
+            clients = list(self.clients.values())
+            servers = list(self.servers.values())
+        return {
+            "version": library_version,
+            "api_version": API_VERSION,
+            "boot_id": self.boot_id,
+            "uptime": time.time() - self.started,
+            "clients": len(clients),
+            "clients_connected": sum(1 for c in clients if c.client.connected),
+            "servers": len(servers),
+            "servers_listening": sum(1 for s in servers if s.server.running),
+            "last_seq": self._seq,
+        }
+
+    def summary(self) -> str:
+        """One line for systemd's STATUS=."""
+        st = self.daemon_status()
+        return (
+            f"{st['clients_connected']} of {st['clients']} client(s) connected, "
+            f"{st['servers_listening']} of {st['servers']} server(s) listening"
+        )
+
+    def shutdown(self) -> None:
+        """Stop every instance (servers announce it; clients say bye), keep
+        their desired state, save."""
+        with self._lock:
+            self.shutting_down = True
+            instances: list[_Instance] = [*self.servers.values(), *self.clients.values()]
+        threads = [threading.Thread(target=self._stop_instance, args=(i,), daemon=True) for i in instances]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        self.save()
+        with self._lock:
+            subs = list(self._subs)
+            self._subs.clear()
+        for sub in subs:
+            sub.close()
+
+    # -- persistence -----------------------------------------------------------
+
+    def persistable(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "clients": {n: {"settings": i.settings(), "desired": i.desired} for n, i in self.clients.items()},
+                "servers": {n: {"settings": i.settings(), "desired": i.desired} for n, i in self.servers.items()},
+            }
+
+    def save(self) -> None:
+        if self.store is None:
+            return
+        with self._save_lock:
+            self.store.save(self.persistable())
+
+    def restore(self) -> None:
+        """Recreate saved instances and bring up what was running."""
+        if self.store is None:
+            return
+        data = self.store.load()
+        for kind, key in (("server", "servers"), ("client", "clients")):
+            for name, saved in (data.get(key) or {}).items():
+                try:
+                    self._restore_one(kind, name, saved)
+                except CoreError as exc:
+                    log.error("cannot restore %s %r: %s", kind, name, exc.message)
+
+    def _restore_one(self, kind: str, name: str, saved: dict[str, Any]) -> None:
+        instance = self.get(kind, name)
+        target = instance.client if kind == "client" else instance.server
+        for key, value in (saved.get("settings") or {}).items():
+            if value is None or (kind == "client" and key in ("address", "port") and not value):
+                continue
+            try:
+                setattr(target, key, value)
+            except (TypeError, ValueError, AttributeError) as exc:
+                log.error("%s %r: saved %s=%r refused: %s", kind, name, key, value, exc)
+        if saved.get("desired"):
+            if kind == "client":
+                # The server may not be up yet: keep trying with backoff.
+                self.client_connect(name, wait=False)
+            else:
+                try:
+                    self.server_start(name)
+                except CoreError as exc:
+                    instance.desired = True
+                    log.error("server %r not restarted: %s", name, exc.message)
+        log.info("%s %r restored", kind, name)
+
+
+def _message(subject: str, payload: dict[str, Any]) -> Message:
+    try:
+        return Message(subject, payload)
+    except (TypeError, ValueError) as exc:
+        raise CoreError(ErrorCode.INVALID_VALUE, f"invalid message: {exc}") from None

@@ -1,0 +1,404 @@
+"""A real mcd process, driven over its control socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import Recorder, free_port
+from support.mcd import Mcd
+
+from mc_control import ControlClient, ControlError, DaemonUnreachable
+from missioncommander import Client, Message
+
+
+@pytest.fixture
+def mcd() -> Iterator[Mcd]:
+    daemon = Mcd().start()
+    yield daemon
+    daemon.close()
+
+
+def start_server(mcd: Mcd, name: str = "default") -> int:
+    mcd.request("server.set", name=name, key="interface", value="127.0.0.1")
+    mcd.request("server.set", name=name, key="port", value=0)
+    port: int = mcd.request("server.start", name=name)["port"]
+    return port
+
+
+def test_ready_status_and_socket_permissions(mcd: Mcd) -> None:
+    assert stat.S_IMODE(mcd.socket.stat().st_mode) == 0o600
+    hello = mcd.request("hello", api_version=1)
+    assert hello["api_version"] == 1 and hello["compatible"] and hello["pid"] == mcd.proc.pid  # type: ignore[union-attr]
+    assert mcd.request("hello", api_version=99)["compatible"] is False
+    status = mcd.request("daemon.status")
+    assert status["socket"] == str(mcd.socket) and status["clients"] == 0 and status["uptime"] >= 0
+    start_server(mcd)
+    # systemd's STATUS= line follows what the daemon hosts.
+    assert mcd.wait_notification("1 of 1 server(s) listening").startswith("STATUS=")
+
+
+def test_client_and_server_commands_end_to_end(mcd: Mcd) -> None:
+    port = start_server(mcd)
+    assert mcd.request("server.get")["settings"] == {"interface": "127.0.0.1", "port": 0}
+    assert mcd.request("server.get", key="interface")["settings"] == {"interface": "127.0.0.1"}
+    for key, value in (("address", "127.0.0.1"), ("port", port), ("client_id", "abcXYZ")):
+        mcd.request("client.set", key=key, value=value)
+    assert mcd.request("client.get", key="client_id")["settings"] == {"client_id": "abcXYZ"}
+    status = mcd.request("client.connect", wait=True, timeout=10)
+    assert status["phase"] == "connected" and status["state_name"] == "STATE_OK | STATE_RUNNING | STATE_CONNECTED"
+    assert mcd.request("server.clients")["clients"] == ["abcXYZ"]
+
+    with mcd.client() as stream:
+        _, events = stream.subscribe(events=["message"])
+        mcd.request("client.send", subject="up", payload={"n": 1})
+        mcd.request("server.send", subject="down", payload={"n": 2})
+        mcd.request("server.send", to="abcXYZ", subject="direct", payload={})
+        got = [next(events) for _ in range(3)]
+    assert sorted((e["kind"], e["data"]["subject"]) for e in got) == [
+        ("client", "direct"),
+        ("client", "down"),
+        ("server", "up"),
+    ]
+    server_msg = next(e for e in got if e["kind"] == "server")
+    assert server_msg["data"] == {"client_id": "abcXYZ", "subject": "up", "payload": {"n": 1}}
+
+    with pytest.raises(ControlError) as info:
+        mcd.request("server.send", to="nobody", subject="x")
+    assert info.value.code == "not_found"
+    mcd.request("server.kick", client_id="abcXYZ", reason="bye")
+    with pytest.raises(ControlError):
+        mcd.request("server.kick", client_id="abcXYZ")
+    listing = {(i["kind"], i["name"]): i for i in mcd.request("list")["instances"]}
+    assert set(listing) == {("client", "default"), ("server", "default")}
+    mcd.request("client.disconnect")
+    assert mcd.request("client.status")["phase"] == "disconnected"
+    assert mcd.request("server.stop")["phase"] == "stopped"
+
+
+def test_named_instances_are_created_on_first_use_and_removed(mcd: Mcd) -> None:
+    assert mcd.request("client.status", name="alpha")["phase"] == "unconfigured"
+    mcd.request("server.create", name="alpha")  # client and server names are separate
+    with pytest.raises(ControlError) as info:
+        mcd.request("client.create", name="alpha")
+    assert info.value.code == "exists"
+    assert mcd.request("client.remove", name="alpha")["removed"]
+    with pytest.raises(ControlError) as info:
+        mcd.request("client.remove", name="alpha")
+    assert info.value.code == "not_found"
+    with pytest.raises(ControlError) as info:
+        mcd.request("client.send", name="ghost", subject="x")
+    assert info.value.code == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("request_obj", "code"),
+    [
+        ({"cmd": "launch.rockets"}, "unknown_command"),
+        ({"id": 1}, "invalid_request"),
+        ({"cmd": "client.set", "key": "port"}, "invalid_request"),  # missing value
+        ({"cmd": "client.set", "key": "colour", "value": 1}, "invalid_request"),
+        ({"cmd": "client.set", "key": "port", "value": "30000"}, "invalid_value"),
+        ({"cmd": "client.set", "key": "port", "value": 70000}, "invalid_value"),
+        ({"cmd": "client.set", "key": "port", "value": [1]}, "invalid_request"),
+        ({"cmd": "client.connect", "wait": "yes please"}, "invalid_request"),
+        ({"cmd": "client.status", "name": "bad name!"}, "invalid_request"),
+        ({"cmd": "client.status", "extra": 1}, "invalid_request"),
+        ({"cmd": "client.send", "subject": "", "payload": {}}, "invalid_request"),
+        ({"cmd": "server.send", "subject": "x", "payload": [1]}, "invalid_request"),
+        ({"cmd": "client.connect"}, "state_error"),  # not configured yet
+        ([1, 2, 3], "invalid_request"),
+        ("just a string", "invalid_request"),
+    ],
+)
+def test_invalid_requests_get_structured_errors_and_the_connection_stays(
+    mcd: Mcd, request_obj: object, code: str
+) -> None:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(mcd.socket))
+        sock.settimeout(10)
+        sock.sendall(json.dumps(request_obj).encode() + b"\n")
+        reader = sock.makefile("rb")
+        response = json.loads(reader.readline())
+        assert response["ok"] is False
+        assert response["error"]["code"] == code, response
+        assert response["error"]["message"]
+        if isinstance(request_obj, dict) and "id" in request_obj:
+            assert response["id"] == request_obj["id"]
+        sock.sendall(b'{"id": "again", "cmd": "hello"}\n')
+        again = json.loads(reader.readline())
+        assert again["id"] == "again" and again["ok"] is True
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"\xff\xfe garbage\n", "invalid_json"),
+        (b"{not json}\n", "invalid_json"),
+        (b"a" * (1024 * 1024 + 10), "line_too_long"),
+    ],
+)
+def test_undecodable_bytes_get_an_error_and_a_close(mcd: Mcd, data: bytes, code: str) -> None:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(mcd.socket))
+        sock.settimeout(10)
+        try:
+            sock.sendall(data)
+        except BrokenPipeError:
+            pass
+        reader = sock.makefile("rb")
+        response = json.loads(reader.readline())
+        assert response["error"]["code"] == code
+        assert reader.readline() == b""  # closed
+    assert mcd.request("hello")["api_version"] == 1  # the daemon is fine
+
+
+def test_event_stream_snapshot_catch_up_and_resync(mcd: Mcd) -> None:
+    with mcd.client() as stream:
+        first, events = stream.subscribe()
+        assert first["snapshot"] == {"instances": []} and first["resync"] is False
+        mcd.request("client.create", name="a")
+        mcd.request("server.create", name="b")
+        e1, e2 = next(events), next(events)
+    assert (e1["event"], e1["kind"], e1["name"]) == ("created", "client", "a")
+    assert e2["seq"] == e1["seq"] + 1 and e1["boot_id"] == first["boot_id"]
+
+    # Missed while away: replayed after `since`, then live.
+    mcd.request("client.set", name="a", key="address", value="127.0.0.1")
+    mcd.request("client.set", name="a", key="port", value=1)
+    mcd.request("client.remove", name="a")
+    with mcd.client() as stream:
+        answer, events = stream.subscribe(since={"boot_id": first["boot_id"], "seq": e2["seq"]})
+        assert answer["resync"] is False
+        assert {i["name"] for i in answer["snapshot"]["instances"]} == {"b"}
+        replayed = [next(events) for _ in range(2)]
+    assert [e["event"] for e in replayed] == ["statechange", "removed"]
+    assert [e["seq"] for e in replayed] == [e2["seq"] + 1, e2["seq"] + 2]
+
+    with mcd.client() as stream:
+        answer, _ = stream.subscribe(since={"boot_id": "another-boot", "seq": 3})
+        assert answer["resync"] is True and answer["boot_id"] == first["boot_id"]
+
+
+def test_filters_and_a_slow_subscriber_is_cut_off() -> None:
+    daemon = Mcd(None, "--event-queue", "5").start()
+    try:
+        port = start_server(daemon, "s")
+        daemon.request("client.set", key="address", value="127.0.0.1")
+        daemon.request("client.set", key="port", value=port)
+        daemon.request("client.connect", wait=True)
+        with daemon.client() as slow, daemon.client() as filtered:
+            slow.subscribe()  # and then it does not read
+            _, events = filtered.subscribe(instances=[{"kind": "server", "name": "s"}], events=["message"])
+            big = "x" * 100_000  # a few of these fill the socket buffer; then the queue of 5 overflows
+            for i in range(40):
+                daemon.request("client.send", subject="big", payload={"i": i, "fill": big})
+            only = next(events)
+            assert (only["kind"], only["name"], only["event"], only["data"]["payload"]["i"]) == (
+                "server",
+                "s",
+                "message",
+                0,
+            )
+            lines = []
+            for _ in range(100):
+                line = slow.read()
+                lines.append(line)
+                if line.get("type") == "overflow":
+                    break
+            assert lines[-1]["type"] == "overflow"
+            assert "since" in lines[-1]["message"]
+        assert daemon.request("hello")["api_version"] == 1
+    finally:
+        daemon.close()
+
+
+def test_state_survives_sigterm_and_kill_9(mcd: Mcd) -> None:
+    port = free_port()  # a fixed port, so the restored server comes back where the client looks
+    mcd.request("server.set", key="interface", value="127.0.0.1")
+    mcd.request("server.set", key="port", value=port)
+    mcd.request("server.start")
+    mcd.request("client.set", key="address", value="127.0.0.1")
+    mcd.request("client.set", key="port", value=port)
+    mcd.request("client.set", key="client_id", value="persisted")
+    mcd.request("client.connect", wait=True)
+    mcd.request("client.set", name="idle", key="address", value="127.0.0.1")
+    mcd.request("server.create", name="stopped")
+    assert mcd.stop(signal.SIGTERM) == 0
+    assert not mcd.socket.exists()
+
+    for restart in ("after SIGTERM", "after kill -9"):
+        mcd.start()  # after kill -9 this also replaces the stale socket
+        with mcd.client(timeout=20) as c:
+            assert c.request("client.connect", wait=True, timeout=15)["phase"] == "connected", restart
+        listing = {(i["kind"], i["name"]): i for i in mcd.request("list")["instances"]}
+        assert listing[("server", "default")]["phase"] == "listening"
+        assert listing[("server", "default")]["port"] == port
+        assert listing[("server", "stopped")]["phase"] == "stopped"
+        assert listing[("client", "default")]["settings"]["client_id"] == "persisted"
+        assert listing[("client", "default")]["desired"] == "connected"
+        assert listing[("client", "idle")]["settings"]["address"] == "127.0.0.1"
+        assert listing[("client", "idle")]["desired"] == "disconnected"
+        assert listing[("server", "default")]["clients"] == ["persisted"]
+        mcd.stop(signal.SIGKILL)
+    assert mcd.socket.exists()  # stale, left by the crash
+
+
+def test_restored_client_keeps_retrying_until_its_server_is_up() -> None:
+    daemon = Mcd().start()
+    server_daemon = Mcd().start()
+    try:
+        port = start_server(server_daemon)
+        daemon.request("client.set", key="address", value="127.0.0.1")
+        daemon.request("client.set", key="port", value=port)
+        daemon.request("client.connect", wait=True)
+        daemon.stop()
+        server_daemon.request("server.stop")
+        daemon.start()  # its server is down: the client must keep trying
+        assert daemon.request("client.status")["phase"] == "connecting"
+        server_daemon.request("server.set", key="port", value=port)
+        server_daemon.request("server.start")
+        with daemon.client(timeout=30) as c:
+            assert c.request("client.connect", wait=True, timeout=25)["phase"] == "connected"
+    finally:
+        daemon.close()
+        server_daemon.close()
+
+
+def test_corrupt_state_file_is_moved_aside(tmp_path: Path) -> None:
+    daemon = Mcd()
+    try:
+        daemon.state_dir.mkdir(parents=True)
+        (daemon.state_dir / "state.json").write_text("{ this is not json")
+        daemon.start()
+        assert daemon.request("list")["instances"] == []
+        assert any(p.name.startswith("state.json.corrupt-") for p in daemon.state_dir.iterdir())
+        assert "is corrupt" in daemon.log()
+    finally:
+        daemon.close()
+
+
+def test_second_daemon_on_the_same_socket_is_refused(mcd: Mcd) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "mc_daemon", "--socket", str(mcd.socket), "--state-dir", str(mcd.state_dir)],
+        env=mcd.env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "already running" in proc.stderr and "Traceback" not in proc.stderr
+    assert mcd.request("hello")["api_version"] == 1
+
+
+def test_sigterm_announces_shutdown_to_connected_clients(mcd: Mcd) -> None:
+    port = start_server(mcd)
+    client = Client(address="127.0.0.1", port=port, client_id="outsider")
+    rec = Recorder().attach(client, "servershutdown")
+    client.connect()
+    assert mcd.stop(signal.SIGTERM) == 0
+    rec.wait_count("servershutdown", 1)
+    assert not mcd.socket.exists()
+    assert "STOPPING=1" in mcd.wait_notification("STOPPING=1")
+
+
+def test_unreachable_daemon_says_why(tmp_path: Path) -> None:
+    with pytest.raises(DaemonUnreachable) as info:
+        ControlClient(tmp_path / "none.sock").connect()
+    assert info.value.kind == "missing" and "mcd" in info.value.hint
+    stale = tmp_path / "stale.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(stale))
+    s.close()
+    with pytest.raises(DaemonUnreachable) as info:
+        ControlClient(stale).connect()
+    assert info.value.kind == "stale" and "journalctl" in info.value.hint
+
+
+def _connect_as(uid: int, path: Path) -> str:
+    """Fork, drop to ``uid``, try the control socket; what happened, in a word."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest, no exceptions escaping
+        result = "error"
+        try:
+            os.setgid(uid)
+            os.setuid(uid)
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(10)
+                try:
+                    s.connect(str(path))
+                except PermissionError:
+                    result = "EACCES"
+                else:
+                    s.sendall(b'{"cmd": "hello"}\n')
+                    result = json.loads(s.makefile().readline())["error"]["code"]
+        finally:
+            os.write(write_fd, result.encode())
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        answer = pipe.read()
+    os.waitpid(pid, 0)
+    return answer
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as another uid")
+def test_another_uid_is_refused(mcd: Mcd) -> None:
+    os.chmod(mcd.root, 0o755)
+    assert _connect_as(65534, mcd.socket) == "EACCES"  # the socket file's mode stops it first
+    os.chmod(mcd.socket, 0o666)  # and were the mode wrong, SO_PEERCRED still does
+    assert _connect_as(65534, mcd.socket) == "permission_denied"
+    assert "refused a control connection from uid 65534" in mcd.log()
+
+
+def test_print_schema_covers_every_command() -> None:
+    from mc_control.schema import COMMANDS
+
+    out = subprocess.run(
+        [sys.executable, "-m", "mc_daemon", "--print-schema"], capture_output=True, text=True, timeout=30, check=True
+    )
+    schema = json.loads(out.stdout)
+    found = {m["properties"]["cmd"]["const"] for m in schema["$defs"].values() if "cmd" in m.get("properties", {})}
+    assert found == set(COMMANDS)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_unit_verifies(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / ".local" / "bin").mkdir(parents=True)
+    mcd_bin = shutil.which("mcd") or str(Path(sys.executable).parent / "mcd")
+    (home / ".local" / "bin" / "mcd").symlink_to(mcd_bin)
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    unit = Path(__file__).parents[2] / "systemd" / "mcd.service"
+    out = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)],
+        env={**os.environ, "HOME": str(home), "XDG_RUNTIME_DIR": str(runtime)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    text = unit.read_text()
+    assert "Type=notify" in text and "Restart=on-failure" in text
+
+
+def test_messages_reach_a_library_client_through_the_daemons_server(mcd: Mcd) -> None:
+    port = start_server(mcd)
+    client = Client(address="127.0.0.1", port=port)
+    rec = Recorder().attach(client, "message")
+    with client:
+        mcd.request("server.send", subject="hello", payload={"from": "mcd"})
+        assert rec.wait_count("message", 1) == [(Message("hello", {"from": "mcd"}),)]

@@ -1,0 +1,109 @@
+"""A real ``mcd`` process on a temporary socket and state dir, for tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mc_control import ControlClient
+
+
+class Mcd:
+    """Starts ``python -m mc_daemon`` and waits for its READY=1 (through a
+    NOTIFY_SOCKET of our own), so tests never guess when it is up."""
+
+    def __init__(self, root: Path | None = None, *extra: str) -> None:
+        # Unix socket paths are limited to ~107 bytes: keep them short.
+        self.root = root or Path(tempfile.mkdtemp(prefix="mc", dir="/tmp"))
+        self.socket = self.root / "mcd.sock"
+        self.state_dir = self.root / "state"
+        self.extra = list(extra)
+        self.proc: subprocess.Popen[str] | None = None
+        self.notify_path = self.root / "notify"
+        self.notifications: list[str] = []
+        self._notify: socket.socket | None = None
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        env.pop("MC_SOCKET", None)
+        return env
+
+    def start(self, *extra: str, wait_ready: bool = True) -> Mcd:
+        if self._notify is None:
+            self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._notify.bind(str(self.notify_path))
+        env = self.env()
+        env["NOTIFY_SOCKET"] = str(self.notify_path)
+        self.stderr = open(self.root / "mcd.log", "a")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mc_daemon",
+                "--socket",
+                str(self.socket),
+                "--state-dir",
+                str(self.state_dir),
+                *self.extra,
+                *extra,
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=self.stderr,
+            text=True,
+        )
+        if wait_ready:
+            self.wait_notification("READY=1")
+        return self
+
+    def wait_notification(self, needle: str, timeout: float = 20.0) -> str:
+        assert self._notify is not None
+        self._notify.settimeout(timeout)
+        for _ in range(1000):
+            for seen in self.notifications:
+                if needle in seen:
+                    self.notifications.remove(seen)
+                    return seen
+            try:
+                data = self._notify.recv(4096).decode()
+            except TimeoutError:
+                raise AssertionError(f"mcd sent no {needle!r} within {timeout} s; log:\n{self.log()}") from None
+            self.notifications.append(data)
+        raise AssertionError("too many notifications")
+
+    def log(self) -> str:
+        try:
+            return (self.root / "mcd.log").read_text()
+        except FileNotFoundError:
+            return ""
+
+    def client(self, timeout: float = 10.0) -> ControlClient:
+        return ControlClient(self.socket, timeout=timeout).connect()
+
+    def request(self, cmd: str, **params: Any) -> dict[str, Any]:
+        with self.client() as c:
+            return c.request(cmd, **params)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self.stderr.close()
+        return code
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        if self._notify is not None:
+            self._notify.close()
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,42 @@
+"""The import rules between layers (see ../shared/ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def imports_of(where: Path) -> set[str]:
+    """Top-level names imported by a file, or by every file under a folder."""
+    found: set[str] = set()
+    for path in where.rglob("*.py") if where.is_dir() else [where]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    return found
+
+
+def test_library_stands_on_the_standard_library_and_psutil() -> None:
+    third_party = imports_of(ROOT / "missioncommander") - set(sys.stdlib_module_names) - {"missioncommander"}
+    assert third_party == {"psutil"}
+
+
+def test_library_knows_nothing_of_the_daemon_or_its_controllers() -> None:
+    assert not imports_of(ROOT / "missioncommander") & {"mc_control", "mc_daemon", "mc_cli", "mc_gui", "pydantic"}
+
+
+def test_control_client_does_not_import_pydantic() -> None:
+    """mcctl imports mc_control on every run: it must stay light."""
+    code = "import sys, mc_control; print('pydantic' in sys.modules, 'missioncommander' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_daemon_core_has_no_sockets_and_no_json() -> None:
+    assert not imports_of(ROOT / "daemon" / "mc_daemon" / "core.py") & {"socket", "json", "selectors", "pydantic"}
