@@ -105,6 +105,9 @@ class ControlClient:
         self._sock: socket.socket | None = None
         self._buf = b""
         self._ids = itertools.count(1)
+        #: How long an event stream may stay silent before its iterator
+        #: raises ``DaemonUnreachable`` (kind ``timeout``); None: forever.
+        self.stream_timeout: float | None = None
 
     def connect(self) -> ControlClient:
         if self._sock is None:
@@ -144,13 +147,13 @@ class ControlClient:
             raise _unreachable(exc, self.path) from None
         return request_id
 
-    def read(self, forever: bool = False) -> dict[str, Any]:
-        """The next JSON line from the daemon, waiting up to the client's
-        timeout (or ``forever``, for an event stream)."""
+    def read(self, stream: bool = False) -> dict[str, Any]:
+        """The next JSON line from the daemon, waiting up to ``timeout`` (for
+        a ``stream``: up to ``stream_timeout``)."""
         sock = self.connect()._sock
         assert sock is not None
-        if forever:
-            sock.settimeout(None)
+        if stream:
+            sock.settimeout(self.stream_timeout)
         try:
             while b"\n" not in self._buf:
                 if len(self._buf) > MAX_LINE:
@@ -164,7 +167,7 @@ class ControlClient:
         except (OSError, TimeoutError) as exc:
             raise _unreachable(exc, self.path) from None
         finally:
-            if forever:
+            if stream:
                 sock.settimeout(self.timeout)
         line, _, self._buf = self._buf.partition(b"\n")
         obj: dict[str, Any] = json.loads(line)
@@ -194,7 +197,7 @@ class ControlClient:
         def events() -> Iterator[dict[str, Any]]:
             while True:
                 try:
-                    yield self.read(forever=True)
+                    yield self.read(stream=True)
                 except DaemonUnreachable as exc:
                     if exc.kind == "closed":
                         return

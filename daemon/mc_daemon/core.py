@@ -101,7 +101,7 @@ class Subscription:
                 self.queue.append(event)
             self.cond.notify_all()
 
-    def get(self, timeout: float) -> dict[str, Any] | None:
+    def get(self, timeout: float | None) -> dict[str, Any] | None:
         """The next event, None after ``timeout``; raises ``OverflowError``
         once the queue overflowed."""
         with self.cond:

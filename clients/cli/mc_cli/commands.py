@@ -1,0 +1,225 @@
+"""Running an ``Invocation`` against a daemon (or the shell's embedded core)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+from mc_control import API_VERSION, EXIT_CODES, ControlError, DaemonUnreachable
+
+from . import __version__, output
+from .grammar import Invocation
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_TIMEOUT = 4
+
+
+class Transport(Protocol):
+    """What mcctl needs of a daemon: ControlClient, or the embedded core."""
+
+    def request(self, cmd: str, **params: Any) -> dict[str, Any]: ...
+
+    def subscribe(self, **params: Any) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]: ...
+
+    stream_timeout: float | None
+
+
+class TextOut(Protocol):
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
+class Printer:
+    """Where results go: human text, or ``--json`` (one JSON value per line)."""
+
+    def __init__(self, as_json: bool, out: TextOut | None = None, err: TextOut | None = None) -> None:
+        self.as_json = as_json
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+
+    def result(self, human: str, data: Any) -> None:
+        if self.as_json:
+            self.line(json.dumps(data, ensure_ascii=False))
+        elif human:
+            self.line(human)
+
+    def line(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def error(self, code: str, message: str, details: Any = None, hint: str = "") -> None:
+        if self.as_json:
+            error = {"code": code, "message": message, "details": details}
+            if hint:
+                error["hint"] = hint
+            print(json.dumps({"error": error}, ensure_ascii=False), file=self.out, flush=True)
+        else:
+            print(f"mcctl: {message}", file=self.err, flush=True)
+            if hint:
+                print(f"  fix: {hint}", file=self.err, flush=True)
+
+    def unreachable(self, exc: DaemonUnreachable) -> int:
+        self.error(f"daemon_{exc.kind}", exc.message, {"socket": str(exc.path)}, exc.hint)
+        return EXIT_UNREACHABLE
+
+
+def render(inv: Invocation, result: dict[str, Any]) -> str:
+    """The human form of a command's result."""
+    cmd = inv.cmd or ""
+    verb = cmd.split(".", 1)[-1]
+    name = inv.params.get("name", "default")
+    if cmd == "list":
+        return output.instances(result["instances"])
+    if cmd == "daemon.status":
+        return output.daemon_status(result)
+    if cmd == "daemon.shutdown":
+        return "mcd is stopping"
+    if verb in ("status", "create"):
+        return output.status(result)
+    if verb == "set":
+        key = inv.params["key"]
+        value = result["settings"].get(key)
+        return f"{cmd.split('.')[0]} {name}: {key} = {value if value not in ('', None) else repr(value)}"
+    if verb == "get":
+        return output.settings(result["settings"])
+    if cmd == "client.connect":
+        where = output.endpoint(result)
+        return f"client {name}: {result['phase']} ({where})"
+    if verb in ("disconnect", "start", "stop"):
+        extra = f" on port {result['port']}" if verb == "start" else ""
+        return f"{cmd.split('.')[0]} {name}: {result['phase']}{extra}"
+    if verb == "send":
+        if cmd == "server.send":
+            to = result.get("to")
+            return f"sent to {'all ' + str(result.get('clients')) + ' client(s)' if to == '*' else to}"
+        return "sent" + (f" ({result['queued']} awaiting acknowledgement)" if result.get("queued") else "")
+    if verb == "clients":
+        return "\n".join(result["clients"]) or "(no clients connected)"
+    if verb == "kick":
+        return f"disconnected {result['kicked']}"
+    if verb == "remove":
+        return f"{cmd.split('.')[0]} {name} removed"
+    return json.dumps(result, indent=2)
+
+
+def run_request(inv: Invocation, transport: Transport, printer: Printer) -> int:
+    assert inv.cmd is not None
+    try:
+        result = transport.request(inv.cmd, **inv.params)
+    except ControlError as exc:
+        printer.error(exc.code, exc.message, exc.details)
+        return EXIT_CODES.get(exc.code, EXIT_FAILED)
+    printer.result(render(inv, result), result)
+    return EXIT_OK
+
+
+def run_version(hello: Callable[[], dict[str, Any]], printer: Printer) -> int:
+    """Print both versions; ``hello`` asks the daemon (or raises DaemonUnreachable)."""
+    mine = {"version": __version__, "api_version": API_VERSION}
+    try:
+        theirs = hello()
+    except DaemonUnreachable as exc:
+        printer.result(f"mcctl {__version__} (API {API_VERSION})", {"mcctl": mine, "mcd": None})
+        return printer.unreachable(exc)
+    data = {"mcctl": mine, "mcd": {"version": theirs["version"], "api_version": theirs["api_version"]}}
+    human = f"mcctl {__version__} (API {API_VERSION})\nmcd   {theirs['version']} (API {theirs['api_version']})"
+    printer.result(human, data)
+    if theirs["api_version"] != API_VERSION:
+        print(
+            f"mcctl: warning: mcctl speaks API {API_VERSION} but mcd speaks API {theirs['api_version']}; "
+            "upgrade the older one",
+            file=printer.err,
+        )
+    return EXIT_OK
+
+
+def run_events(inv: Invocation, transport: Transport, printer: Printer) -> int:
+    opts = inv.options
+    params: dict[str, Any] = {}
+    if opts.name_given:
+        kinds = [opts.kind] if opts.kind else ["client", "server"]
+        params["instances"] = [{"kind": k, "name": opts.name} for k in kinds]
+    if opts.since is not None:
+        boot = transport.request("hello")["boot_id"]
+        params["since"] = {"boot_id": boot, "seq": opts.since}
+    try:
+        answer, events = transport.subscribe(**params)
+    except ControlError as exc:
+        printer.error(exc.code, exc.message, exc.details)
+        return EXIT_CODES.get(exc.code, EXIT_FAILED)
+    if answer.get("resync"):
+        print(
+            f"mcctl: events after #{opts.since} are no longer kept; showing the current state and live events",
+            file=printer.err,
+        )
+    if not printer.as_json:
+        printer.line(f"watching events (boot {answer['boot_id'][:8]}, last #{answer['seq']}); Ctrl-C stops")
+    for ev in events:
+        if opts.kind and ev.get("kind") not in (None, opts.kind):
+            continue
+        printer.result(output.event(ev), ev)
+        if ev.get("type") == "overflow":
+            return EXIT_FAILED
+    printer.error("daemon_closed", "mcd closed the event stream (it stopped?)")
+    return EXIT_UNREACHABLE
+
+
+def phase_of(status: dict[str, Any]) -> str:
+    return str(status["phase"])
+
+
+def run_wait(inv: Invocation, transport: Transport, printer: Printer) -> int:
+    """Subscribe first (the snapshot comes atomically with the stream), then
+    watch the events: no transition can fall between the check and the wait."""
+    kind, name, state = inv.params["kind"], inv.params["name"], inv.params["state"]
+    timeout = inv.options.timeout
+    deadline = None if timeout is None else time.monotonic() + timeout
+    answer, events = transport.subscribe(
+        instances=[{"kind": kind, "name": name}], events=["statechange", "started", "stopped", "created", "removed"]
+    )
+    current = next(
+        (phase_of(i) for i in answer["snapshot"]["instances"] if i["kind"] == kind and i["name"] == name), None
+    )
+    try:
+        while current != state:
+            if deadline is not None:
+                if time.monotonic() >= deadline:
+                    break
+                transport.stream_timeout = max(0.001, deadline - time.monotonic())
+            current = _phase_after(next(events), current)
+    except DaemonUnreachable as exc:
+        if exc.kind != "timeout":
+            raise
+    except StopIteration:
+        printer.error("daemon_closed", "mcd closed the event stream (it stopped?)")
+        return EXIT_UNREACHABLE
+    finally:
+        transport.stream_timeout = None
+    if current != state:
+        printer.error(
+            "timeout", f"{kind} {name} is {current or 'absent'}, not {state}, after {timeout:g} s", {"phase": current}
+        )
+        return EXIT_TIMEOUT
+    printer.result(f"{kind} {name}: {state}", {"kind": kind, "name": name, "phase": state})
+    return EXIT_OK
+
+
+def _phase_after(ev: dict[str, Any], current: str | None) -> str | None:
+    name = ev.get("event")
+    if name == "statechange":
+        return str(ev["data"]["phase"])
+    if name == "started":
+        return "listening"
+    if name == "stopped":
+        return "stopped"
+    if name == "created":
+        return "unconfigured" if ev.get("kind") == "client" else "stopped"
+    if name == "removed":
+        return None
+    return current

@@ -1,0 +1,51 @@
+"""Shell completion scripts for mcctl (``mcctl completion bash|zsh``)."""
+
+from __future__ import annotations
+
+from .grammar import CLIENT_KEYS, CLIENT_STATES, CLIENT_VERBS, OPTIONS, SERVER_KEYS, SERVER_STATES, SERVER_VERBS
+
+_BASH = """\
+# bash completion for mcctl; install with:
+#   mcctl completion bash > ~/.local/share/bash-completion/completions/mcctl
+_mcctl() {
+    local cur words=() w
+    cur="${COMP_WORDS[COMP_CWORD]}"
+    for w in "${COMP_WORDS[@]:1:COMP_CWORD-1}"; do
+        case "$w" in --socket|--timeout|--name|--to|--since|--kind) ;; --*) ;; *) words+=("$w") ;; esac
+    done
+    if [[ "$cur" == --* ]]; then COMPREPLY=($(compgen -W "@OPTIONS@" -- "$cur")); return; fi
+    case "${#words[@]}:${words[0]}:${words[1]}" in
+        0::) COMPREPLY=($(compgen -W "@TOP@" -- "$cur")) ;;
+        1:client:) COMPREPLY=($(compgen -W "@CLIENT_VERBS@" -- "$cur")) ;;
+        1:server:) COMPREPLY=($(compgen -W "@SERVER_VERBS@" -- "$cur")) ;;
+        2:client:set|2:client:get) COMPREPLY=($(compgen -W "@CLIENT_KEYS@" -- "$cur")) ;;
+        2:server:set|2:server:get) COMPREPLY=($(compgen -W "@SERVER_KEYS@" -- "$cur")) ;;
+        1:daemon:) COMPREPLY=($(compgen -W "status stop" -- "$cur")) ;;
+        1:wait:) COMPREPLY=($(compgen -W "@STATES@" -- "$cur")) ;;
+        1:help:) COMPREPLY=($(compgen -W "client server" -- "$cur")) ;;
+        1:completion:) COMPREPLY=($(compgen -W "bash zsh" -- "$cur")) ;;
+    esac
+}
+complete -F _mcctl mcctl
+"""
+
+_ZSH = """\
+#compdef mcctl
+# zsh completion for mcctl: uses the bash one through bashcompinit; install with:
+#   mcctl completion zsh > "${fpath[1]}/_mcctl"
+autoload -U +X bashcompinit && bashcompinit
+"""
+
+
+def script(shell: str) -> str:
+    top = "client server list events watch wait daemon version shell completion help"
+    bash = (
+        _BASH.replace("@OPTIONS@", " ".join(OPTIONS))
+        .replace("@TOP@", top)
+        .replace("@CLIENT_VERBS@", " ".join(CLIENT_VERBS))
+        .replace("@SERVER_VERBS@", " ".join(SERVER_VERBS))
+        .replace("@CLIENT_KEYS@", " ".join(CLIENT_KEYS))
+        .replace("@SERVER_KEYS@", " ".join(SERVER_KEYS))
+        .replace("@STATES@", " ".join((*CLIENT_STATES, *SERVER_STATES)))
+    )
+    return bash if shell == "bash" else _ZSH + bash

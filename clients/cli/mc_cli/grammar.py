@@ -1,0 +1,296 @@
+"""mcctl's grammar: words in, an ``Invocation`` out (no I/O here).
+
+The same grammar serves one-shot arguments (``mcctl client set port 30000``)
+and the shell (``client set port 30000``).  Options may stand before or
+after the command words; ``--`` ends them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+CLIENT_KEYS = ("address", "port", "client_id", "interface", "bind_port")
+SERVER_KEYS = ("interface", "port")
+INT_KEYS = ("port", "bind_port")
+CLIENT_VERBS = ("set", "get", "connect", "disconnect", "status", "send", "create", "remove", "help")
+SERVER_VERBS = ("set", "get", "start", "stop", "status", "send", "clients", "kick", "create", "remove", "help")
+TOP_COMMANDS = (
+    "client",
+    "server",
+    "list",
+    "events",
+    "watch",
+    "wait",
+    "daemon",
+    "version",
+    "shell",
+    "completion",
+    "help",
+)
+DAEMON_VERBS = ("status", "stop")
+CLIENT_STATES = ("connected", "disconnected", "connecting", "reconnecting", "failed", "unconfigured")
+SERVER_STATES = ("listening", "stopped")
+
+#: option -> (takes a value, what it is for)
+OPTIONS: dict[str, tuple[bool, str]] = {
+    "--json": (False, "machine-readable output (a documented contract)"),
+    "--socket": (True, "control socket path (default: $MC_SOCKET or the user runtime dir)"),
+    "--timeout": (True, "seconds to wait for the daemon (or, with --wait and `wait`, for the state)"),
+    "--name": (True, "instance name (default: default)"),
+    "--wait": (False, "client connect: return once connected"),
+    "--to": (True, "server send: one client id instead of all"),
+    "--since": (True, "events: replay the events after sequence number N"),
+    "--kind": (True, "wait/events: client or server"),
+    "--help": (False, "show help"),
+}
+_OPTION_USE: dict[str, set[tuple[str, ...]]] = {
+    "--wait": {("client", "connect")},
+    "--to": {("server", "send")},
+    "--since": {("events",)},
+    "--kind": {("wait",), ("events",)},
+}
+
+
+class UsageError(Exception):
+    """The words do not make a command; mcctl exits with status 2."""
+
+
+@dataclass
+class Options:
+    json: bool = False
+    socket: str | None = None
+    timeout: float | None = None
+    name: str = "default"
+    name_given: bool = False
+    wait: bool = False
+    to: str | None = None
+    since: int | None = None
+    kind: str | None = None
+    help: bool = False
+
+
+@dataclass
+class Invocation:
+    """What to do.  ``action`` is ``request`` (send ``cmd`` with ``params``),
+    or one of ``events``, ``wait``, ``version``, ``help``, ``shell``,
+    ``completion``."""
+
+    action: str
+    cmd: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    options: Options = field(default_factory=Options)
+    topic: str | None = None
+    words: list[str] = field(default_factory=list)
+
+
+def split_options(argv: list[str]) -> tuple[list[str], Options]:
+    opts = Options()
+    words: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            words.extend(argv[i + 1 :])
+            break
+        if arg in ("-h", "--help"):
+            opts.help = True
+            i += 1
+            continue
+        if arg.startswith("--") and len(arg) > 2:
+            name, eq, inline = arg.partition("=")
+            if name not in OPTIONS:
+                raise UsageError(f"unknown option {name}; options: {', '.join(OPTIONS)}")
+            takes_value, _ = OPTIONS[name]
+            if takes_value:
+                if eq:
+                    value = inline
+                elif i + 1 < len(argv):
+                    i += 1
+                    value = argv[i]
+                else:
+                    raise UsageError(f"{name} needs a value")
+                _set_option(opts, name, value)
+            elif eq:
+                raise UsageError(f"{name} takes no value")
+            else:
+                setattr(opts, name[2:], True)
+            i += 1
+            continue
+        words.append(arg)
+        i += 1
+    return words, opts
+
+
+def _set_option(opts: Options, name: str, value: str) -> None:
+    if name == "--timeout":
+        try:
+            seconds = float(value)
+        except ValueError:
+            raise UsageError(f"--timeout must be a number of seconds, not {value!r}") from None
+        if not seconds > 0:
+            raise UsageError("--timeout must be positive")
+        opts.timeout = seconds
+    elif name == "--since":
+        if not value.isdigit():
+            raise UsageError(f"--since must be a sequence number (0 or more), not {value!r}")
+        opts.since = int(value)
+    elif name == "--kind":
+        if value not in ("client", "server"):
+            raise UsageError("--kind must be client or server")
+        opts.kind = value
+    elif name == "--name":
+        if not value:
+            raise UsageError("--name must not be empty")
+        opts.name = value
+        opts.name_given = True
+    elif name == "--socket":
+        opts.socket = value
+    elif name == "--to":
+        opts.to = value
+
+
+def parse_payload(text: str) -> dict[str, Any]:
+    """A JSON object, or a ``UsageError`` that points at the problem."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        line = text.splitlines()[exc.lineno - 1] if text.splitlines() else text
+        raise UsageError(
+            f"invalid JSON payload: {exc.msg} (line {exc.lineno}, column {exc.colno})\n"
+            f"  {line}\n  {' ' * (exc.colno - 1)}^\nnothing was sent"
+        ) from None
+    if not isinstance(value, dict):
+        raise UsageError(f"the payload must be a JSON object ({{...}}), not {type(value).__name__}; nothing was sent")
+    return value
+
+
+def _value(key: str, raw: str) -> str | int | None:
+    if key in INT_KEYS:
+        if raw.lower() in ("none", "null", "") and key == "bind_port":
+            return None
+        try:
+            return int(raw)
+        except ValueError:
+            raise UsageError(f"{key} must be an integer, not {raw!r}") from None
+    return raw
+
+
+def _expect(words: list[str], count: int, usage: str) -> None:
+    if len(words) != count:
+        raise UsageError(f"usage: {usage}")
+
+
+def parse(argv: list[str]) -> Invocation:
+    """Parse mcctl's arguments (or a shell line split like a shell does)."""
+    words, opts = split_options(argv)
+    inv = Invocation(action="request", options=opts, words=words)
+    if not words and not opts.help:
+        inv.action = "shell"  # mcctl alone: the shell on a terminal, else usage
+        return inv
+    if opts.help or words[0] == "help":
+        inv.action = "help"
+        topic_words = words[1:] if words and words[0] == "help" else words
+        inv.topic = topic_words[0] if topic_words else None
+        return inv
+    head, rest = words[0], words[1:]
+    _check_option_use(opts, head, rest[0] if rest else None)
+    if head in ("client", "server"):
+        return _instance_command(inv, head, rest)
+    if head == "list":
+        _expect(rest, 0, "list")
+        inv.cmd = "list"
+    elif head in ("events", "watch"):
+        _expect(rest, 0, "events [--since N] [--name NAME] [--kind client|server] [--json]")
+        inv.action = "events"
+    elif head == "wait":
+        if len(rest) != 1:
+            raise UsageError("usage: wait [--name NAME] [--kind client|server] [--timeout S] STATE")
+        state = rest[0]
+        kind = opts.kind or ("server" if state in SERVER_STATES else "client")
+        valid = SERVER_STATES if kind == "server" else CLIENT_STATES
+        if state not in valid:
+            raise UsageError(f"a {kind} cannot be {state!r}; states: {', '.join(valid)}")
+        inv.action = "wait"
+        inv.params = {"kind": kind, "name": opts.name, "state": state}
+    elif head == "daemon":
+        if len(rest) != 1 or rest[0] not in DAEMON_VERBS:
+            raise UsageError("usage: daemon status|stop")
+        inv.cmd = "daemon.status" if rest[0] == "status" else "daemon.shutdown"
+    elif head == "version":
+        _expect(rest, 0, "version")
+        inv.action = "version"
+    elif head == "shell":
+        _expect(rest, 0, "shell")
+        inv.action = "shell"
+    elif head == "completion":
+        if rest not in (["bash"], ["zsh"]):
+            raise UsageError("usage: completion bash|zsh")
+        inv.action = "completion"
+        inv.topic = rest[0]
+    else:
+        raise UsageError(f"unknown command {head!r}; commands: {', '.join(TOP_COMMANDS)}")
+    return inv
+
+
+def _check_option_use(opts: Options, head: str, verb: str | None) -> None:
+    for option, uses in _OPTION_USE.items():
+        if getattr(opts, option[2:]) not in (None, False) and (head,) not in uses and (head, verb) not in uses:
+            allowed = " or ".join(" ".join(u) for u in sorted(uses))
+            raise UsageError(f"{option} only goes with {allowed}")
+    if opts.name_given and head not in ("client", "server", "wait", "events", "watch"):
+        raise UsageError("--name only goes with client, server, wait and events commands")
+
+
+def _instance_command(inv: Invocation, kind: str, rest: list[str]) -> Invocation:
+    verbs = CLIENT_VERBS if kind == "client" else SERVER_VERBS
+    keys = CLIENT_KEYS if kind == "client" else SERVER_KEYS
+    if not rest:
+        raise UsageError(f"usage: {kind} {'|'.join(verbs)} ...")
+    verb, args = rest[0], rest[1:]
+    if verb not in verbs:
+        raise UsageError(f"unknown {kind} command {verb!r}; {kind} commands: {', '.join(verbs)}")
+    if verb == "help":
+        inv.action = "help"
+        inv.topic = kind
+        return inv
+    name = inv.options.name
+    params: dict[str, Any] = {"name": name}
+    if verb == "set":
+        if len(args) != 2:
+            raise UsageError(f"usage: {kind} set KEY VALUE   (keys: {', '.join(keys)})")
+        key = args[0]
+        if key not in keys:
+            raise UsageError(f"unknown {kind} key {key!r}; keys: {', '.join(keys)}")
+        params.update(key=key, value=_value(key, args[1]))
+    elif verb == "get":
+        if len(args) > 1:
+            raise UsageError(f"usage: {kind} get [KEY]   (keys: {', '.join(keys)})")
+        if args:
+            if args[0] not in keys:
+                raise UsageError(f"unknown {kind} key {args[0]!r}; keys: {', '.join(keys)}")
+            params["key"] = args[0]
+    elif verb == "send":
+        if len(args) not in (1, 2):
+            target = "[--to CLIENT_ID] " if kind == "server" else ""
+            raise UsageError(f"usage: {kind} send {target}SUBJECT [JSON_OBJECT]")
+        if not args[0]:
+            raise UsageError("the subject must not be empty; nothing was sent")
+        params.update(subject=args[0], payload=parse_payload(args[1]) if len(args) == 2 else {})
+        if kind == "server":
+            params["to"] = inv.options.to or "*"
+    elif verb == "kick":
+        if not args:
+            raise UsageError("usage: server kick CLIENT_ID [REASON]")
+        params["client_id"] = args[0]
+        if len(args) > 1:
+            params["reason"] = " ".join(args[1:])
+    else:
+        if args:
+            raise UsageError(f"usage: {kind} {verb}   ({kind} {verb} takes no arguments)")
+        if verb == "connect" and inv.options.wait:
+            params.update(wait=True, timeout=inv.options.timeout or 10.0)
+    inv.cmd = f"{kind}.{verb}"
+    inv.params = params
+    return inv

@@ -1,0 +1,159 @@
+"""``mcctl``: one-shot commands over the mcd control socket, or the shell."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+from mc_control import ControlClient, DaemonUnreachable
+
+from .commands import (
+    EXIT_OK,
+    EXIT_USAGE,
+    Printer,
+    run_events,
+    run_request,
+    run_version,
+    run_wait,
+)
+from .grammar import Invocation, Options, UsageError, parse
+
+HELP = """\
+usage: mcctl [OPTIONS] COMMAND ...      (no COMMAND on a terminal: the shell)
+
+Drive mcd, the MissionCommander daemon, over its control socket.
+
+client commands (on the client instance --name, default "default"):
+  client set KEY VALUE          KEY: address, port, client_id, interface, bind_port
+  client get [KEY]
+  client connect [--wait [--timeout S]]
+  client disconnect | status | create | remove
+  client send SUBJECT [JSON]    e.g. client send echo '{"message": "hello"}'
+server commands (on the server instance --name):
+  server set KEY VALUE          KEY: interface, port
+  server get [KEY]
+  server start | stop | status | clients | create | remove
+  server send [--to CLIENT_ID] SUBJECT [JSON]   (all clients without --to)
+  server kick CLIENT_ID [REASON]
+other commands:
+  list                          every instance and its state
+  events (or watch)             live events; --since N replays after #N; --json for JSON lines
+  wait [--name N] STATE         block until an instance is in STATE
+                                (client: connected, disconnected, connecting, reconnecting,
+                                failed, unconfigured; server: listening, stopped)
+  daemon status | stop
+  version                       mcctl's and mcd's versions
+  shell                         the interactive shell (also: python3 -m missioncommander cli)
+  completion bash|zsh           print a shell completion script
+  help [client|server]
+
+options (before or after the command words):
+  --json            machine output: one JSON object per result (errors: {"error": {...}})
+  --socket PATH     control socket (default: $MC_SOCKET, else $XDG_RUNTIME_DIR/missioncommander/mcd.sock)
+  --timeout S       seconds to wait for the daemon (for connect --wait and wait: for the state)
+  --name NAME       instance name; naming a new one creates it
+
+exit status:
+  0  success
+  1  the daemon refused or the command failed
+  2  usage error (bad command, key, value or JSON; nothing was sent)
+  3  the daemon is not reachable (not running, stale socket, permission, no answer)
+  4  timeout (connect --wait, wait)
+"""
+
+CLIENT_HELP = """\
+client commands (add --name NAME for an instance other than "default"):
+  client set KEY VALUE     set address, port, client_id, interface ('' or '*' for any), bind_port
+  client get [KEY]         show one setting or all
+  client connect           connect; the client keeps retrying until it is connected
+  client connect --wait [--timeout S]   ... and return once connected (exit 4 on timeout)
+  client disconnect        disconnect cleanly (ends the session)
+  client status            state, settings and the last close reason
+  client send SUBJECT [JSON]            send a message to the server
+  client create | remove   create or delete the instance
+"""
+
+SERVER_HELP = """\
+server commands (add --name NAME for an instance other than "default"):
+  server set KEY VALUE     set interface ('' or '*' for all, an IP, or a name like lo) or port
+  server get [KEY]         show one setting or all
+  server start | stop      listen, or announce shutdown to every client and stop
+  server status            state, settings and connected clients
+  server clients           the ids of connected clients
+  server send [--to ID] SUBJECT [JSON]  broadcast, or send to one client
+  server kick CLIENT_ID [REASON]        disconnect a client (it does not reconnect)
+  server create | remove   create or delete the instance
+"""
+
+
+def help_text(topic: str | None) -> str:
+    return {"client": CLIENT_HELP, "server": SERVER_HELP}.get(topic or "", HELP)
+
+
+def execute(inv: Invocation, printer: Printer, factory: Callable[[], ControlClient]) -> int:
+    """Run one parsed invocation against a daemon (not the shell)."""
+    if inv.action == "help":
+        printer.line(help_text(inv.topic).rstrip())
+        return EXIT_OK
+    if inv.action == "completion":
+        from .completion import script  # noqa: PLC0415 - only this command needs it
+
+        printer.line(script(inv.topic or "bash"))
+        return EXIT_OK
+    if inv.action == "version":
+
+        def hello() -> dict[str, object]:
+            with factory() as client:
+                return client.request("hello")
+
+        return run_version(hello, printer)
+    try:
+        with factory() as client:
+            if inv.action == "events":
+                return run_events(inv, client, printer)
+            if inv.action == "wait":
+                return run_wait(inv, client, printer)
+            return run_request(inv, client, printer)
+    except DaemonUnreachable as exc:
+        return printer.unreachable(exc)
+
+
+def client_factory(opts: Options) -> Callable[[], ControlClient]:
+    timeout = opts.timeout or 5.0
+    if opts.wait:
+        timeout += 5.0  # the daemon answers after its own wait
+
+    def make() -> ControlClient:
+        return ControlClient(opts.socket, timeout=timeout)
+
+    return make
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        inv = parse(args)
+    except UsageError as exc:
+        print(f"mcctl: {exc}", file=sys.stderr)
+        print("run `mcctl --help` for the commands", file=sys.stderr)
+        return EXIT_USAGE
+    printer = Printer(inv.options.json)
+    if inv.action == "shell":
+        if not inv.words and not sys.stdin.isatty():
+            printer.line(HELP.rstrip())
+            return EXIT_USAGE
+        from .repl import run_shell  # noqa: PLC0415 - the shell's imports (readline) only when asked
+
+        return run_shell(socket=inv.options.socket)
+    try:
+        return execute(inv, printer, client_factory(inv.options))
+    except KeyboardInterrupt:
+        return EXIT_OK if inv.action == "events" else 130
+    except BrokenPipeError:  # e.g. `mcctl events | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

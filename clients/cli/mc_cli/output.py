@@ -1,0 +1,125 @@
+"""Human output: aligned tables and one line per event."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+
+def table(rows: Sequence[Sequence[object]], header: Sequence[str] | None = None) -> str:
+    """Columns aligned on the widest cell; the last column is not padded."""
+    cells = [[_cell(c) for c in row] for row in ([header] if header else []) + list(rows)]
+    if not cells:
+        return ""
+    widths = [max(len(row[i]) for row in cells if i < len(row)) for i in range(max(map(len, cells)))]
+    lines = []
+    for row in cells:
+        padded = [c.ljust(widths[i]) if i < len(row) - 1 else c for i, c in enumerate(row)]
+        lines.append("  ".join(padded).rstrip())
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value)) or "-"
+    return str(value)
+
+
+def endpoint(status: dict[str, Any]) -> str:
+    settings = status.get("settings") or {}
+    if status.get("kind") == "client":
+        address, port = settings.get("address"), settings.get("port")
+        return f"{address}:{port}" if address and port else "-"
+    port = status.get("port") or settings.get("port")
+    interface = settings.get("interface") or "*"
+    return f"{interface}:{port}" if status.get("running") else f"{interface}:{port} (configured)"
+
+
+def detail(status: dict[str, Any]) -> str:
+    if status.get("kind") == "client":
+        if status.get("phase") in ("connected", "connecting"):
+            return f"id {status['settings'].get('client_id')}"
+        return status.get("last_close_reason") or ""
+    if status.get("last_error"):
+        return str(status["last_error"])
+    clients = status.get("clients") or []
+    return f"{len(clients)} client(s)" if status.get("running") else ""
+
+
+def instances(items: list[dict[str, Any]]) -> str:
+    if not items:
+        return "no instances yet (any client or server command creates one)"
+    rows = [(i["kind"], i["name"], i["phase"], endpoint(i), detail(i)) for i in items]
+    return table(rows, ("KIND", "NAME", "STATE", "ENDPOINT", "DETAIL"))
+
+
+def status(st: dict[str, Any]) -> str:
+    kind, name = st["kind"], st["name"]
+    if kind == "client":
+        head = f"client {name}: {st['phase']} ({st['state_name']})"
+        rows: list[tuple[str, object]] = [(k, v) for k, v in st["settings"].items()]
+        rows += [
+            ("desired", st["desired"]),
+            ("queued", st["queued"]),
+            ("last close", st.get("last_close_reason")),
+        ]
+    else:
+        head = f"server {name}: {st['phase']}"
+        rows = [(k, v) for k, v in st["settings"].items()]
+        rows += [
+            ("listening on", st.get("port") if st.get("running") else None),
+            ("desired", st["desired"]),
+            ("clients", st.get("clients")),
+            ("last error", st.get("last_error")),
+        ]
+    return head + "\n" + "\n".join("  " + line for line in table(rows).splitlines())
+
+
+def settings(values: dict[str, Any]) -> str:
+    return table([(k, "''" if v == "" else v) for k, v in values.items()])
+
+
+def daemon_status(st: dict[str, Any]) -> str:
+    uptime = int(st.get("uptime", 0))
+    rows = [
+        ("version", f"{st.get('version')} (API {st.get('api_version')})"),
+        ("pid", st.get("pid")),
+        ("uptime", f"{uptime // 3600}h {uptime % 3600 // 60}m {uptime % 60}s"),
+        ("socket", st.get("socket") or "(embedded in this shell)"),
+        ("state dir", st.get("state_dir")),
+        ("clients", f"{st.get('clients_connected')} of {st.get('clients')} connected"),
+        ("servers", f"{st.get('servers_listening')} of {st.get('servers')} listening"),
+    ]
+    return "mcd is running\n" + "\n".join("  " + line for line in table(rows).splitlines())
+
+
+def event(ev: dict[str, Any]) -> str:
+    """One line for an event, e.g. ``12:00:01.234  client/default  connected``."""
+    if ev.get("type") == "overflow":
+        return "!! missed events: this stream fell behind (" + str(ev.get("message")) + ")"
+    when = time.strftime("%H:%M:%S", time.localtime(ev["time"])) + f".{int(ev['time'] % 1 * 1000):03d}"
+    who = f"{ev['kind']}/{ev['name']}"
+    data = ev.get("data") or {}
+    name = ev["event"]
+    if name == "statechange":
+        what = f"state {data.get('phase')}  ({data.get('new_name')})"
+        if data.get("phase") in ("reconnecting", "failed", "disconnected") and data.get("reason"):
+            what += f": {data['reason']}"
+    elif name == "message":
+        sender = f" from {data['client_id']}" if "client_id" in data else ""
+        what = f"message{sender}: {data.get('subject')} {_json(data.get('payload'))}"
+    elif name in ("clientconnect", "clientdisconnect", "reconnect"):
+        what = f"{name} {data.get('client_id')}"
+    elif name == "started":
+        what = f"started, listening on port {data.get('port')}"
+    else:
+        what = name
+    return f"{when}  #{ev['seq']:<5} {who}  {what}"
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))

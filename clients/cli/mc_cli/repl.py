@@ -1,0 +1,303 @@
+"""The mcctl shell: the same commands at a ``> `` prompt, with live events.
+
+When no daemon answers, the shell hosts the instances itself (the daemon's
+core, embedded, without a socket or saved state) and says so in its banner,
+so the quick start works on a machine with nothing else running.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mc_control import ControlClient, DaemonUnreachable
+
+from . import output
+from .commands import EXIT_OK, Printer, Transport, run_request, run_version, run_wait
+from .grammar import CLIENT_KEYS, CLIENT_VERBS, OPTIONS, SERVER_KEYS, SERVER_VERBS, TOP_COMMANDS, UsageError, parse
+from .main import help_text
+
+PROMPT = "> "
+SHELL_HELP = """\
+Type commands without the word mcctl, e.g.:
+  server set interface 127.0.0.1      client set address 127.0.0.1
+  server set port 30000               client set port 30000
+  server start                        client connect
+  server send echo '{"message": "hello"}'
+Events are printed as they happen.  `help client`, `help server`, `help all`;
+exit, quit or Ctrl-D leave the shell."""
+
+
+class Shell:
+    def __init__(self, socket: str | None = None) -> None:
+        self.socket = socket
+        self.printer = Printer(False)
+        self.stop = threading.Event()
+        self.print_lock = threading.Lock()
+        self.interactive = sys.stdin.isatty() and sys.stdout.isatty()
+        self.embedded: Any = None
+        self.transport: Transport
+        self.stream_factory: Callable[[], Transport]
+        self.readline: Any = None
+        #: True while input() waits: only then is there a prompt to redraw.
+        self.at_prompt = False
+        self.pending: list[str] = []
+
+    # -- set-up ----------------------------------------------------------------
+
+    def connect(self) -> str:
+        client = ControlClient(self.socket, timeout=10.0)
+        try:
+            hello = client.request("hello")
+        except DaemonUnreachable as exc:
+            # The daemon's core in this process (imported only here: the
+            # one-shot commands never host anything).
+            from mc_daemon.embedded import EmbeddedDaemon  # noqa: PLC0415
+
+            self.embedded = EmbeddedDaemon()
+            self.transport = self.embedded
+            self.stream_factory = lambda: self.embedded
+            return (
+                f"MissionCommander shell (embedded mode: {exc.message}).\n"
+                "Clients and servers run inside this shell and stop when you leave it;\n"
+                "start `mcd` to keep them running."
+            )
+        self.transport = client
+        self.stream_factory = lambda: ControlClient(self.socket, timeout=10.0)
+        return f"MissionCommander shell, connected to mcd {hello['version']} at {client.path}."
+
+    def setup_readline(self) -> None:
+        if not self.interactive:
+            return
+        try:
+            import readline  # noqa: PLC0415 - line editing only for a person at a terminal
+        except ImportError:
+            return
+        self.readline = readline
+        readline.set_completer(self.complete)
+        # Only once readline has drawn the prompt may events redraw it.
+        readline.set_pre_input_hook(self._prompt_drawn)
+        readline.set_completer_delims(" \t")
+        readline.parse_and_bind("tab: complete")
+        history = _history_path()
+        try:
+            history.parent.mkdir(parents=True, exist_ok=True)
+            readline.read_history_file(history)
+        except OSError:
+            pass
+        readline.set_history_length(1000)
+
+    def _prompt_drawn(self) -> None:
+        with self.print_lock:
+            self.at_prompt = True
+            if self.pending:
+                assert self.readline is not None
+                typed = self.readline.get_line_buffer()
+                sys.stdout.write("\r\x1b[2K" + "\n".join(self.pending) + "\n" + PROMPT + typed)
+                sys.stdout.flush()
+                self.pending.clear()
+
+    def save_history(self) -> None:
+        if self.readline is not None:
+            try:
+                self.readline.write_history_file(_history_path())
+            except OSError:
+                pass
+
+    # -- completion ------------------------------------------------------------
+
+    def candidates(self, words: list[str]) -> list[str]:
+        """What may come after ``words`` (options aside)."""
+        words = [w for w in words if not w.startswith("--")]
+        if not words:
+            return [*TOP_COMMANDS, "exit", "quit"]
+        head = words[0]
+        if head in ("client", "server"):
+            verbs = CLIENT_VERBS if head == "client" else SERVER_VERBS
+            if len(words) == 1:
+                return list(verbs)
+            if len(words) == 2 and words[1] in ("set", "get"):
+                return list(CLIENT_KEYS if head == "client" else SERVER_KEYS)
+            return []
+        if head == "daemon" and len(words) == 1:
+            return ["status", "stop"]
+        if head == "help" and len(words) == 1:
+            return ["client", "server", "all"]
+        if head == "wait" and len(words) == 1:
+            return ["connected", "disconnected", "connecting", "reconnecting", "failed", "listening", "stopped"]
+        return []
+
+    def complete(self, text: str, state: int) -> str | None:
+        assert self.readline is not None
+        line = self.readline.get_line_buffer()[: self.readline.get_endidx()]
+        words = line.split()
+        if text and words:
+            words = words[:-1]
+        pool = list(OPTIONS) if text.startswith("--") else self.candidates(words)
+        matches = [c + " " for c in pool if c.startswith(text)]
+        return matches[state] if state < len(matches) else None
+
+    # -- output ----------------------------------------------------------------
+
+    def show(self, text: str) -> None:
+        """Print without garbling what is being typed.
+
+        Only the main thread prints while no prompt is up; an event that
+        arrives then waits, and is printed above the prompt once readline
+        has drawn it (``_prompt_drawn``)."""
+        with self.print_lock:
+            if not self.interactive or self.readline is None or threading.current_thread() is threading.main_thread():
+                sys.stdout.write(text + "\n")
+            elif self.at_prompt:
+                typed = self.readline.get_line_buffer()
+                sys.stdout.write("\r\x1b[2K" + text + "\n" + PROMPT + typed)
+            else:
+                self.pending.append(text)
+                return
+            sys.stdout.flush()
+
+    # -- events ----------------------------------------------------------------
+
+    def watch_events(self) -> None:
+        since: dict[str, Any] | None = None
+        warned = False
+        while not self.stop.is_set():
+            stream = self.stream_factory()
+            try:
+                answer, events = stream.subscribe(**({"since": since} if since else {}))
+                if warned:
+                    self.show("-- mcd is back" + (" (events were missed)" if answer.get("resync") else ""))
+                    warned = False
+                since = {"boot_id": answer["boot_id"], "seq": answer["seq"]}
+                for ev in events:
+                    if self.stop.is_set():
+                        return
+                    if ev.get("type") == "event":
+                        since = {"boot_id": ev["boot_id"], "seq": ev["seq"]}
+                    self.show(output.event(ev))
+            except DaemonUnreachable:
+                pass
+            finally:
+                if stream is not self.embedded and isinstance(stream, ControlClient):
+                    stream.close()
+            if self.stop.is_set():
+                return
+            if not warned:
+                self.show("-- lost the connection to mcd; retrying every second")
+                warned = True
+            self.stop.wait(1.0)
+
+    # -- commands --------------------------------------------------------------
+
+    def run_line(self, line: str) -> bool:
+        """Run one line; False when the shell should end."""
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            self.show(f"error: {exc} (check your quotes)")
+            return True
+        if not words:
+            return True
+        if words[0] in ("exit", "quit"):
+            return False
+        if words == ["help"]:
+            self.show(SHELL_HELP)
+            return True
+        if words == ["help", "all"]:
+            self.show(help_text(None).rstrip())
+            return True
+        try:
+            inv = parse(words)
+        except UsageError as exc:
+            self.show(f"error: {exc}")
+            return True
+        self.printer = Printer(inv.options.json, out=_ShowStream(self), err=_ShowStream(self))
+        if inv.action == "help":
+            self.show(help_text(inv.topic).rstrip())
+        elif inv.action in ("shell", "completion"):
+            self.show("you are in the shell already" if inv.action == "shell" else "run `mcctl completion bash`")
+        elif inv.action == "events":
+            self.show("events are printed here as they happen")
+        elif inv.action == "version":
+            run_version(lambda: self.transport.request("hello"), self.printer)
+        else:
+            try:
+                if inv.action == "wait":
+                    stream = self.stream_factory()
+                    try:
+                        run_wait(inv, stream, self.printer)
+                    finally:
+                        if isinstance(stream, ControlClient):
+                            stream.close()
+                else:
+                    run_request(inv, self.transport, self.printer)
+            except DaemonUnreachable as exc:
+                self.printer.unreachable(exc)
+                if isinstance(self.transport, ControlClient):
+                    self.transport.close()  # the next command reconnects
+        return True
+
+    def loop(self) -> int:
+        while True:
+            try:
+                line = input(PROMPT if self.interactive else "")
+            except EOFError:
+                if self.interactive:
+                    sys.stdout.write("\n")
+                return EXIT_OK
+            except KeyboardInterrupt:
+                sys.stdout.write("\n")
+                continue
+            finally:
+                with self.print_lock:
+                    self.at_prompt = False
+            if not self.run_line(line):
+                return EXIT_OK
+
+    def close(self) -> None:
+        self.stop.set()
+        self.save_history()
+        if self.embedded is not None:
+            self.embedded.close()
+        if isinstance(self.transport, ControlClient):
+            self.transport.close()
+
+
+class _ShowStream:
+    """A file-like object that prints through ``Shell.show``."""
+
+    def __init__(self, shell: Shell) -> None:
+        self.shell = shell
+
+    def write(self, text: str) -> int:
+        if text.strip():
+            self.shell.show(text.rstrip("\n"))
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _history_path() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "missioncommander" / "mcctl_history"
+
+
+def run_shell(socket: str | None = None) -> int:
+    """Run the shell until exit, quit or Ctrl-D."""
+    shell = Shell(socket)
+    banner = shell.connect()
+    shell.setup_readline()
+    print(banner)
+    print("Type `help` for the commands.")
+    watcher = threading.Thread(target=shell.watch_events, name="mcctl-events", daemon=True)
+    watcher.start()
+    try:
+        return shell.loop()
+    finally:
+        shell.close()

@@ -1,0 +1,96 @@
+"""Maps validated control commands onto the core; knows nothing of sockets.
+
+Used by the control server, and by mcctl's shell in embedded mode, so both
+answer every command the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from mc_control import schema
+from mc_control.codes import API_VERSION, ErrorCode
+from missioncommander import __version__ as library_version
+
+from .core import CoreError, DaemonCore
+
+
+class Dispatcher:
+    """Maps validated commands onto the core; knows nothing of sockets."""
+
+    def __init__(self, core: DaemonCore, request_shutdown: Callable[[], None], info: dict[str, Any]) -> None:
+        self.core = core
+        self.request_shutdown = request_shutdown
+        self.info = info
+
+    def parse(self, obj: Any) -> schema.Request:
+        """Validate a decoded JSON line; ``CoreError`` when it is not a command."""
+        try:
+            return schema.REQUEST_ADAPTER.validate_python(obj)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_context=False, include_input=False)
+            kinds = {e["type"] for e in errors}
+            if "union_tag_invalid" in kinds:
+                cmd = obj.get("cmd") if isinstance(obj, dict) else None
+                raise CoreError(
+                    ErrorCode.UNKNOWN_COMMAND,
+                    f"unknown command {cmd!r}; known: {', '.join(schema.COMMANDS)}",
+                ) from None
+            details = [{"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]} for e in errors]
+            summary = "; ".join(f"{'.'.join(d['loc'][1:]) or 'request'}: {d['msg']}" for d in details[:5])
+            raise CoreError(ErrorCode.INVALID_REQUEST, f"invalid request: {summary}", details) from None
+
+    def run(self, req: schema.Request) -> dict[str, Any]:
+        core = self.core
+        match req:
+            case schema.Hello():
+                compatible = req.api_version in (None, API_VERSION)
+                return {
+                    "api_version": API_VERSION,
+                    "version": library_version,
+                    "boot_id": core.boot_id,
+                    "pid": os.getpid(),
+                    "compatible": compatible,
+                }
+            case schema.DaemonStatus():
+                return {**core.daemon_status(), **self.info, "pid": os.getpid()}
+            case schema.DaemonShutdown():
+                self.request_shutdown()
+                return {"stopping": True}
+            case schema.ListInstances():
+                return {"instances": core.list()}
+            case schema.ClientCreate() | schema.ServerCreate():
+                return core.create(_kind(req.cmd), req.name)
+            case schema.ClientRemove() | schema.ServerRemove():
+                return core.remove(_kind(req.cmd), req.name)
+            case schema.ClientSet() | schema.ServerSet():
+                return {"settings": core.set(_kind(req.cmd), req.name, req.key, req.value)}
+            case schema.ClientGet() | schema.ServerGet():
+                return {"settings": core.get_settings(_kind(req.cmd), req.name, req.key)}
+            case schema.ClientStatus() | schema.ServerStatus():
+                return core.status(_kind(req.cmd), req.name)
+            case schema.ClientConnect():
+                return core.client_connect(req.name, req.wait, req.timeout)
+            case schema.ClientDisconnect():
+                return core.client_disconnect(req.name)
+            case schema.ClientSend():
+                return core.client_send(req.name, req.subject, req.payload)
+            case schema.ServerStart():
+                return core.server_start(req.name)
+            case schema.ServerStop():
+                return core.server_stop(req.name)
+            case schema.ServerSend():
+                return core.server_send(req.name, req.to, req.subject, req.payload)
+            case schema.ServerClients():
+                return core.server_clients(req.name)
+            case schema.ServerKick():
+                return core.server_kick(req.name, req.client_id, req.reason)
+        raise CoreError(ErrorCode.UNKNOWN_COMMAND, f"command {req.cmd!r} is not handled here")
+
+
+def _kind(cmd: str) -> str:
+    return cmd.split(".", 1)[0]

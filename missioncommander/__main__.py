@@ -1,0 +1,35 @@
+"""``python3 -m missioncommander cli|gui``: the shell, or the tray GUI."""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = "usage: python3 -m missioncommander cli|gui [ARGS]"
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        print("  cli   the mcctl shell (the same as `mcctl shell`)")
+        print("  gui   the tray GUI (the same as `mctray`)")
+        return 0 if argv else 2
+    # The controllers ship in the same distribution; they are imported only
+    # here, so the library itself never depends on them.
+    if argv[0] == "cli":
+        from mc_cli.main import main as mcctl  # noqa: PLC0415
+
+        return mcctl(["shell", *argv[1:]])
+    if argv[0] == "gui":
+        try:
+            from mc_gui.app import main as mctray  # noqa: PLC0415
+        except ImportError as exc:
+            print(
+                f"the GUI needs PySide6 ({exc}); install it with: pip install 'missioncommander[gui]'", file=sys.stderr
+            )
+            return 1
+        return int(mctray(argv[1:]))
+    print(f"unknown mode {argv[0]!r}; {USAGE}", file=sys.stderr)
+    return 2
+
+
+sys.exit(main(sys.argv[1:]))
