@@ -1,0 +1,92 @@
+"""mcctl's grammar and the control schema agree (mcctl itself never imports pydantic)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from mc_cli.grammar import UsageError, parse
+from mc_control.schema import COMMANDS, REQUEST_ADAPTER
+
+# A CLI form of every command mcctl sends as a request.
+CLI_FORMS = [
+    ["list"],
+    ["daemon", "status"],
+    ["daemon", "stop"],
+    ["client", "create"],
+    ["client", "remove", "--name", "x"],
+    ["client", "set", "address", "127.0.0.1"],
+    ["client", "set", "port", "30000"],
+    ["client", "set", "client_id", "abcXYZ"],
+    ["client", "set", "interface", ""],
+    ["client", "set", "bind_port", "none"],
+    ["client", "get"],
+    ["client", "get", "port"],
+    ["client", "connect"],
+    ["client", "connect", "--wait", "--timeout", "3"],
+    ["client", "disconnect"],
+    ["client", "status"],
+    ["client", "send", "echo", '{"message": "hello"}'],
+    ["client", "send", "ping"],
+    ["server", "create", "--name", "s1"],
+    ["server", "remove"],
+    ["server", "set", "interface", "*"],
+    ["server", "set", "port", "0"],
+    ["server", "get", "interface"],
+    ["server", "start"],
+    ["server", "stop"],
+    ["server", "status"],
+    ["server", "send", "echo", "{}"],
+    ["server", "send", "--to", "abc", "echo", "{}"],
+    ["server", "clients"],
+    ["server", "kick", "abc", "too", "noisy"],
+]
+# Commands mcctl sends on its own: `version` says hello, `events` and `wait` subscribe.
+INTERNAL = {"hello", "subscribe"}
+
+
+@pytest.mark.parametrize("words", CLI_FORMS, ids=" ".join)
+def test_every_request_the_cli_builds_validates(words: list[str]) -> None:
+    inv = parse(words)
+    assert inv.action == "request" and inv.cmd
+    REQUEST_ADAPTER.validate_python({"id": 1, "cmd": inv.cmd, **inv.params})
+
+
+def test_every_command_has_a_cli_form() -> None:
+    built = {parse(words).cmd for words in CLI_FORMS}
+    assert built | INTERNAL == set(COMMANDS)
+
+
+def test_internal_commands_validate() -> None:
+    REQUEST_ADAPTER.validate_python({"cmd": "hello", "api_version": 1})
+    inv = parse(["events", "--name", "x"])
+    assert inv.action == "events"
+    REQUEST_ADAPTER.validate_python(
+        {"cmd": "subscribe", "instances": [{"kind": "client", "name": "x"}], "since": {"boot_id": "b", "seq": 0}}
+    )
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ["client", "set", "port", "x"],
+        ["server", "send", "s", "[]"],
+        ["client", "send", "s", "{"],
+        ["client", "send", ""],
+    ],
+)
+def test_bad_values_never_become_requests(words: list[str]) -> None:
+    with pytest.raises(UsageError):
+        parse(words)
+
+
+def test_mcctl_one_shot_path_imports_no_pydantic_and_no_library() -> None:
+    code = (
+        "import sys; from mc_cli.main import main\n"
+        "heavy = [m for m in ('pydantic', 'missioncommander', 'mc_daemon', 'readline') if m in sys.modules]\n"
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

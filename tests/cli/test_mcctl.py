@@ -1,0 +1,224 @@
+"""The real mcctl entry point against a real mcd."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import free_port
+from support.cli import mcctl_command, run
+from support.mcd import Mcd
+
+
+def ok_json(*args: str, socket_path: Path) -> Any:
+    out = run("--json", *args, socket_path=socket_path)
+    assert out.returncode == 0, (args, out.stdout, out.stderr)
+    return json.loads(out.stdout)
+
+
+@pytest.fixture
+def mcd() -> Iterator[Mcd]:
+    daemon = Mcd().start()
+    yield daemon
+    daemon.close()
+
+
+def test_seed_quick_start_one_shot(mcd: Mcd) -> None:
+    sock = mcd.socket
+    port = free_port()
+    for args in (
+        ("server", "set", "interface", "127.0.0.1"),
+        ("server", "set", "port", str(port)),
+        ("server", "start"),
+        ("client", "set", "address", "127.0.0.1"),
+        ("client", "set", "port", str(port)),
+        ("client", "set", "client_id", "abcXYZ"),
+    ):
+        out = run(*args, socket_path=sock)
+        assert out.returncode == 0, out.stderr
+    out = run("client", "connect", "--wait", "--timeout", "10", socket_path=sock)
+    assert out.returncode == 0 and "connected" in out.stdout
+    status = run("client", "status", socket_path=sock)
+    assert "client default: connected" in status.stdout and "abcXYZ" in status.stdout
+    sent = run("server", "send", "echo", '{"message": "hello"}', socket_path=sock)
+    assert sent.returncode == 0 and "sent to all 1 client(s)" in sent.stdout
+    listing = run("list", socket_path=sock).stdout.splitlines()
+    assert listing[0].split() == ["KIND", "NAME", "STATE", "ENDPOINT", "DETAIL"]
+    assert any(line.split()[:3] == ["client", "default", "connected"] for line in listing[1:])
+
+
+def test_json_output_of_every_command(mcd: Mcd) -> None:
+    sock = mcd.socket
+    port = free_port()
+    assert ok_json("server", "set", "interface", "127.0.0.1", socket_path=sock) == {
+        "settings": {"interface": "127.0.0.1", "port": 0}
+    }
+    ok_json("server", "set", "port", str(port), socket_path=sock)
+    assert ok_json("server", "get", "port", socket_path=sock) == {"settings": {"port": port}}
+    assert ok_json("server", "start", socket_path=sock)["phase"] == "listening"
+    ok_json("--name", "c2", "client", "set", "address", "127.0.0.1", socket_path=sock)
+    ok_json("client", "set", "port", str(port), "--name", "c2", socket_path=sock)  # options after the words
+    ok_json("client", "--name=c2", "set", "client_id", "two", socket_path=sock)
+    connected = ok_json("client", "connect", "--name", "c2", "--wait", socket_path=sock)
+    assert connected["phase"] == "connected" and connected["settings"]["client_id"] == "two"
+    assert ok_json("client", "get", "--name", "c2", socket_path=sock)["settings"]["port"] == port
+    assert ok_json("server", "clients", socket_path=sock) == {"clients": ["two"]}
+    assert ok_json("server", "send", "--to", "two", "hi", "{}", socket_path=sock) == {
+        "sent": True,
+        "to": "two",
+        "clients": 1,
+    }
+    assert ok_json("client", "send", "--name", "c2", "up", '{"n": 1}', socket_path=sock)["sent"] is True
+    assert ok_json("server", "status", socket_path=sock)["clients"] == ["two"]
+    instances = ok_json("list", socket_path=sock)["instances"]
+    assert {(i["kind"], i["name"]) for i in instances} == {("server", "default"), ("client", "c2")}
+    assert ok_json("server", "kick", "two", "go", "away", socket_path=sock) == {"kicked": "two"}
+    assert ok_json("client", "disconnect", "--name", "c2", socket_path=sock)["phase"] == "disconnected"
+    assert ok_json("server", "stop", socket_path=sock)["phase"] == "stopped"
+    assert ok_json("client", "remove", "--name", "c2", socket_path=sock)["removed"] is True
+    assert ok_json("client", "create", "--name", "c3", socket_path=sock)["phase"] == "unconfigured"
+    daemon = ok_json("daemon", "status", socket_path=sock)
+    assert daemon["pid"] == mcd.proc.pid and daemon["servers"] == 1  # type: ignore[union-attr]
+    version = ok_json("version", socket_path=sock)
+    assert version["mcctl"]["api_version"] == version["mcd"]["api_version"] == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("launch",), "unknown command"),
+        (("client",), "usage"),
+        (("client", "fly"), "unknown client command"),
+        (("client", "set", "colour", "red"), "unknown client key"),
+        (("client", "set", "port", "abc"), "port must be an integer"),
+        (("client", "set", "port"), "usage: client set"),
+        (("client", "send", "echo", '{"message" "hello"}'), "column 12"),
+        (("client", "send", "echo", "[1, 2]"), "must be a JSON object"),
+        (("server", "set", "address", "x"), "unknown server key"),
+        (("client", "connect", "--to", "x"), "--to only goes with server send"),
+        (("list", "--name", "x"), "--name only goes with"),
+        (("--bogus", "list"), "unknown option --bogus"),
+        (("--timeout", "soon", "list"), "--timeout must be a number"),
+        (("wait", "listening", "--kind", "client"), "cannot be 'listening'"),
+    ],
+)
+def test_usage_errors_exit_2_and_send_nothing(mcd: Mcd, args: tuple[str, ...], needle: str) -> None:
+    out = run(*args, socket_path=mcd.socket)
+    assert out.returncode == 2, out
+    assert needle in out.stderr
+    assert "Traceback" not in out.stderr
+    assert mcd.request("daemon.status")["last_seq"] == 0  # nothing reached the daemon
+
+
+def test_daemon_errors_exit_1_with_json_details(mcd: Mcd) -> None:
+    out = run("--json", "client", "connect", socket_path=mcd.socket)  # not configured
+    assert out.returncode == 1
+    assert json.loads(out.stdout)["error"]["code"] == "state_error"
+    out = run("client", "send", "--name", "ghost", "x", socket_path=mcd.socket)
+    assert out.returncode == 1 and "no client named 'ghost'" in out.stderr
+    out = run("server", "set", "port", "70000", socket_path=mcd.socket)
+    assert out.returncode == 2 and "port must be from 0 to 65535" in out.stderr
+
+
+def test_timeouts_exit_4(mcd: Mcd) -> None:
+    port = free_port()  # nothing listens there
+    run("client", "set", "address", "127.0.0.1", socket_path=mcd.socket)
+    run("client", "set", "port", str(port), socket_path=mcd.socket)
+    out = run("client", "connect", "--wait", "--timeout", "0.5", socket_path=mcd.socket)
+    assert out.returncode == 4, out
+    assert "not connected after 0.5 s" in out.stderr
+    out = run("wait", "connected", "--timeout", "0.5", socket_path=mcd.socket)
+    assert out.returncode == 4 and "not connected" in out.stderr
+
+
+def test_wait_returns_when_the_state_is_reached(mcd: Mcd) -> None:
+    port = free_port()
+    mcd.request("server.set", key="interface", value="127.0.0.1")
+    mcd.request("server.set", key="port", value=port)
+    env = dict(os.environ, MC_SOCKET=str(mcd.socket), PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    waiter = subprocess.Popen(
+        [*mcctl_command(), "wait", "listening", "--timeout", "30"], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        # The waiter subscribes before it checks: whenever it got there, it sees this.
+        with mcd.client() as c:
+            c.request("server.start")
+        out, _ = waiter.communicate(timeout=40)
+    finally:
+        waiter.kill()
+    assert waiter.returncode == 0 and "server default: listening" in out
+
+
+def test_events_stream_json_lines_with_catch_up(mcd: Mcd) -> None:
+    mcd.request("client.create", name="a")
+    mcd.request("server.create", name="b")
+    env = dict(os.environ, MC_SOCKET=str(mcd.socket), PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.Popen(
+        [*mcctl_command(), "events", "--since", "0", "--json"], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [json.loads(proc.stdout.readline()) for _ in range(2)]
+        mcd.request("client.remove", name="a")
+        lines.append(json.loads(proc.stdout.readline()))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout:
+            proc.stdout.close()
+    assert [(e["seq"], e["event"], e["name"]) for e in lines] == [
+        (1, "created", "a"),
+        (2, "created", "b"),
+        (3, "removed", "a"),
+    ]
+
+
+@pytest.mark.parametrize("kind", ["missing", "stale"])
+def test_daemon_not_running_says_why_and_exits_3(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "mcd.sock"
+    if kind == "stale":
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(str(path))
+        s.close()
+    out = run("client", "status", socket_path=path)
+    assert out.returncode == 3
+    assert str(path) in out.stderr and "Traceback" not in out.stderr
+    assert ("mcd &" in out.stderr) and (("stale" in out.stderr) == (kind == "stale"))
+    as_json = run("--json", "list", "--socket", str(path))
+    assert as_json.returncode == 3
+    assert json.loads(as_json.stdout)["error"]["code"] == f"daemon_{kind}"
+
+
+def test_help_lists_commands_and_exit_codes() -> None:
+    out = run("--help")
+    assert out.returncode == 0
+    for needle in ("client set KEY VALUE", "server send [--to CLIENT_ID]", "exit status", "4  timeout"):
+        assert needle in out.stdout
+    assert "server kick" in run("help", "server").stdout
+    no_tty = run()  # mcctl alone, not on a terminal: usage
+    assert no_tty.returncode == 2 and "usage: mcctl" in no_tty.stdout
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
+def test_bash_completion_script_is_valid_bash(tmp_path: Path) -> None:
+    out = run("completion", "bash")
+    assert out.returncode == 0 and "complete -F _mcctl mcctl" in out.stdout
+    script = tmp_path / "mcctl.bash"
+    script.write_text(out.stdout)
+    check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stderr
+    probe = subprocess.run(
+        ["bash", "-c", f"source {script}; COMP_WORDS=(mcctl client se); COMP_CWORD=2; _mcctl; echo ${{COMPREPLY[@]}}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert probe.stdout.split() == ["set", "send"]

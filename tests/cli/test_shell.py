@@ -1,0 +1,101 @@
+"""The mcctl shell through a pseudo-terminal: with mcd, and embedded without it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import free_port
+from support.cli import mcctl_command, run
+from support.mcd import Mcd
+from support.pty_session import PtySession
+
+
+def shell_env(socket_path: Path, tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    env["MC_SOCKET"] = str(socket_path)
+    env["XDG_STATE_HOME"] = str(tmp_path / "state")  # the shell's history goes there
+    return env
+
+
+@pytest.fixture
+def mcd() -> Iterator[Mcd]:
+    daemon = Mcd().start()
+    yield daemon
+    daemon.close()
+
+
+def quick_start(sh: PtySession, port: int) -> None:
+    """The seed's quick start, typed at the prompt."""
+    for line, answer in (
+        ("server set interface 127.0.0.1", "interface = 127.0.0.1"),
+        (f"server set port {port}", f"port = {port}"),
+        ("server start", "listening on port"),
+        ("client set address 127.0.0.1", "address = 127.0.0.1"),
+        (f"client set port {port}", f"client default: port = {port}"),
+        ("client set client_id abcXYZ", "client_id = abcXYZ"),
+        ("client connect", "client/default  connect"),
+    ):
+        sh.line(line)
+        sh.expect(answer)
+    sh.line('server send echo \'{"message": "hello"}\'')
+    sh.expect('client/default  message: echo {"message": "hello"}')
+
+
+def test_shell_with_a_daemon(mcd: Mcd, tmp_path: Path) -> None:
+    sh = PtySession(mcctl_command(), shell_env(mcd.socket, tmp_path))
+    try:
+        sh.expect("connected to mcd")
+        quick_start(sh, free_port())
+        # Tab completion of commands and keys.
+        mark = len(sh.text)
+        sh.type("cli\tsta\t")
+        sh.expect("client status ", start=mark)
+        sh.line("")
+        sh.expect("client default: connected (STATE_OK | STATE_RUNNING | STATE_CONNECTED)", start=mark)
+        # An event arriving while the user types is printed above the prompt,
+        # and what was typed is still there to finish.
+        mark = len(sh.text)
+        sh.type("server cli")
+        sh.expect("server cli", start=mark)
+        mcd.request("server.send", subject="interrupt", payload={})
+        after = sh.expect("message: interrupt", start=mark)
+        sh.expect("> server cli", start=after)
+        sh.line("ents")
+        sh.expect("abcXYZ", start=after)
+        sh.line("frobnicate")
+        sh.expect("unknown command 'frobnicate'")
+        sh.line("client send x '{bad'")
+        sh.expect("invalid JSON payload")
+        sh.line("quit")
+        assert sh.wait() == 0
+    finally:
+        sh.close()
+    assert mcd.request("client.status")["phase"] == "connected"  # the daemon keeps its instances
+    assert (tmp_path / "state" / "missioncommander" / "mcctl_history").read_text().count("server set") >= 2
+
+
+def test_embedded_shell_without_a_daemon(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "missioncommander", "cli"]
+    sh = PtySession(argv, shell_env(tmp_path / "no-daemon.sock", tmp_path))
+    try:
+        sh.expect("embedded mode")
+        sh.expect("no socket at")
+        quick_start(sh, free_port())
+        sh.line("list")
+        sh.expect("server  default  listening")
+        sh.line("daemon status")
+        sh.expect("(embedded in this shell)")
+        sh.type("\x04")  # Ctrl-D
+        assert sh.wait() == 0
+    finally:
+        sh.close()
+
+
+def test_one_shot_commands_never_host_instances(tmp_path: Path) -> None:
+    out = run("server", "start", socket_path=tmp_path / "no-daemon.sock")
+    assert out.returncode == 3 and "mcd is not running" in out.stderr

@@ -1,0 +1,74 @@
+"""Drive a terminal program through a pseudo-terminal, as a person would."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import re
+import select
+import struct
+import subprocess
+import termios
+import time
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
+
+
+class PtySession:
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+        self.proc = subprocess.Popen(
+            argv, stdin=slave, stdout=slave, stderr=slave, env={**env, "TERM": "xterm"}, start_new_session=True
+        )
+        os.close(slave)
+        self.master = master
+        self.raw = ""
+
+    @property
+    def text(self) -> str:
+        return _ANSI.sub("", self.raw)
+
+    def expect(self, needle: str, timeout: float = 20.0, start: int = 0) -> int:
+        """Wait until ``needle`` shows up after offset ``start`` of the clean text; return its end."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.text.find(needle, start)
+            if found >= 0:
+                return found + len(needle)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{needle!r} did not appear; screen:\n{self.text[-3000:]}")
+            ready, _, _ = select.select([self.master], [], [], min(left, 0.5))
+            if ready:
+                try:
+                    chunk = os.read(self.master, 65536)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    raise AssertionError(f"the program ended before {needle!r}; screen:\n{self.text[-3000:]}")
+                self.raw += chunk.decode(errors="replace")
+
+    def type(self, text: str) -> None:
+        os.write(self.master, text.encode())
+
+    def line(self, text: str) -> None:
+        self.type(text + "\r")
+
+    def wait(self, timeout: float = 20.0) -> int:
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            ready, _, _ = select.select([self.master], [], [], 0.2)
+            if ready:
+                try:
+                    self.raw += os.read(self.master, 65536).decode(errors="replace")
+                except OSError:
+                    break
+        return self.proc.wait(max(0.1, deadline - time.monotonic()))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        os.close(self.master)
