@@ -31,6 +31,7 @@ EventName = Literal[
     "stopped",
     "created",
     "removed",
+    "settings",
 ]
 
 

@@ -377,6 +377,7 @@ class DaemonCore:
             raise CoreError(ErrorCode.STATE_ERROR, str(exc), {"key": key}) from None
         self.save()
         settings: dict[str, Any] = instance.settings()
+        instance.publish("settings", **settings)
         return settings
 
     def get_settings(self, kind: str, name: str, key: str | None) -> dict[str, Any]:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Sequence
 from typing import Any
+
+from mc_control.events import describe_event
 
 
 def table(rows: Sequence[Sequence[object]], header: Sequence[str] | None = None) -> str:
@@ -98,28 +98,5 @@ def daemon_status(st: dict[str, Any]) -> str:
 
 
 def event(ev: dict[str, Any]) -> str:
-    """One line for an event, e.g. ``12:00:01.234  client/default  connected``."""
-    if ev.get("type") == "overflow":
-        return "!! missed events: this stream fell behind (" + str(ev.get("message")) + ")"
-    when = time.strftime("%H:%M:%S", time.localtime(ev["time"])) + f".{int(ev['time'] % 1 * 1000):03d}"
-    who = f"{ev['kind']}/{ev['name']}"
-    data = ev.get("data") or {}
-    name = ev["event"]
-    if name == "statechange":
-        what = f"state {data.get('phase')}  ({data.get('new_name')})"
-        if data.get("phase") in ("reconnecting", "failed", "disconnected") and data.get("reason"):
-            what += f": {data['reason']}"
-    elif name == "message":
-        sender = f" from {data['client_id']}" if "client_id" in data else ""
-        what = f"message{sender}: {data.get('subject')} {_json(data.get('payload'))}"
-    elif name in ("clientconnect", "clientdisconnect", "reconnect"):
-        what = f"{name} {data.get('client_id')}"
-    elif name == "started":
-        what = f"started, listening on port {data.get('port')}"
-    else:
-        what = name
-    return f"{when}  #{ev['seq']:<5} {who}  {what}"
-
-
-def _json(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    """One line for an event, e.g. ``12:00:01.234  #5     client/default  connect``."""
+    return describe_event(ev)

@@ -23,6 +23,20 @@ from .grammar import CLIENT_KEYS, CLIENT_VERBS, OPTIONS, SERVER_KEYS, SERVER_VER
 from .main import help_text
 
 PROMPT = "> "
+SHELL_EVENTS = [
+    "statechange",
+    "connect",
+    "disconnect",
+    "reconnect",
+    "message",
+    "servershutdown",
+    "clientconnect",
+    "clientdisconnect",
+    "started",
+    "stopped",
+    "created",
+    "removed",
+]
 SHELL_HELP = """\
 Type commands without the word mcctl, e.g.:
   server set interface 127.0.0.1      client set address 127.0.0.1
@@ -169,7 +183,11 @@ class Shell:
         while not self.stop.is_set():
             stream = self.stream_factory()
             try:
-                answer, events = stream.subscribe(**({"since": since} if since else {}))
+                # Settings changes echo what was just typed: not worth a line.
+                params: dict[str, Any] = {"events": SHELL_EVENTS}
+                if since:
+                    params["since"] = since
+                answer, events = stream.subscribe(**params)
                 if warned:
                     self.show("-- mcd is back" + (" (events were missed)" if answer.get("resync") else ""))
                     warned = False
