@@ -53,3 +53,13 @@ def test_control_client_does_not_import_pydantic() -> None:
 
 def test_daemon_core_has_no_sockets_and_no_json() -> None:
     assert not imports_of(ROOT / "daemon" / "mc_daemon" / "core.py") & {"socket", "json", "selectors", "pydantic"}
+
+
+def test_gui_talks_to_the_daemon_only_through_mc_control() -> None:
+    imported = imports_of(ROOT / "clients" / "gui")
+    assert not imported & {"mc_daemon", "missioncommander", "mc_cli", "pydantic"}
+    assert {"mc_control", "PySide6"} <= imported
+
+
+def test_gui_view_model_is_plain_python() -> None:
+    assert "PySide6" not in imports_of(ROOT / "clients" / "gui" / "mc_gui" / "viewmodel.py")

@@ -122,9 +122,14 @@ class ControlClient:
         return self
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        """Close; safe from another thread, where it also wakes a blocked read."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
 
     def __enter__(self) -> ControlClient:
         return self.connect()

@@ -1,0 +1,1 @@
+"""mctray, the MissionCommander tray GUI (PySide6), over the mcd control API."""

@@ -1,0 +1,153 @@
+"""``mctray`` / ``python3 -m missioncommander gui``: the tray icon and its window."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from PySide6.QtGui import QAction
+from PySide6.QtWidgets import QApplication, QMenu, QSystemTrayIcon
+
+from . import viewmodel as vm
+from .backend import Backend
+from .window import MainWindow, dot_icon
+
+
+class TrayApp:
+    """Wires the backend's signals to the view-model, the window and the tray."""
+
+    def __init__(self, socket_path: str | None = None, show_window: bool = True) -> None:
+        self.model = vm.ViewModel()
+        self.backend = Backend(socket_path)
+        self.window = MainWindow(self.model, self.backend)
+        self.tray: QSystemTrayIcon | None = None
+        if QSystemTrayIcon.isSystemTrayAvailable():
+            self.tray = self._make_tray()
+            self.window.keep_running_in_tray = True
+        self.backend.daemon.connect(self.on_daemon)
+        self.backend.snapshot.connect(self.on_snapshot)
+        self.backend.received.connect(self.on_event)
+        self.backend.history.connect(self.on_history)
+        if show_window or self.tray is None:
+            self.window.show()
+        self.backend.start()
+
+    def _make_tray(self) -> QSystemTrayIcon:
+        tray = QSystemTrayIcon(dot_icon("down"))
+        menu = QMenu()
+        self.open_action = QAction("Open window", menu)
+        self.open_action.triggered.connect(self.show_window)
+        self.client_action = QAction("Connect client", menu)
+        self.client_action.triggered.connect(self.toggle_client)
+        self.server_action = QAction("Start server", menu)
+        self.server_action.triggered.connect(self.toggle_server)
+        quit_action = QAction("Quit", menu)
+        quit_action.triggered.connect(QApplication.quit)
+        for action in (self.open_action, self.client_action, self.server_action):
+            menu.addAction(action)
+        menu.addSeparator()
+        menu.addAction(quit_action)
+        tray.setContextMenu(menu)
+        tray.activated.connect(
+            lambda reason: self.show_window() if reason == QSystemTrayIcon.ActivationReason.Trigger else None
+        )
+        self._menu = menu
+        tray.show()
+        return tray
+
+    def show_window(self) -> None:
+        self.window.show()
+        self.window.raise_()
+        self.window.activateWindow()
+
+    def toggle_client(self) -> None:
+        running = self.model.instance("client", "default").phase in ("connected", "connecting", "reconnecting")
+        self.backend.request(
+            "client.disconnect" if running else "client.connect", {"name": "default"}, None, self._error
+        )
+
+    def toggle_server(self) -> None:
+        running = self.model.instance("server", "default").phase == "listening"
+        self.backend.request("server.stop" if running else "server.start", {"name": "default"}, None, self._error)
+
+    def _error(self, _code: str, message: str) -> None:
+        self.notify(vm.Notification("MissionCommander", message, critical=True))
+
+    # -- signals ---------------------------------------------------------------------
+
+    def on_daemon(self, up: bool, message: str) -> None:
+        was_up = self.model.daemon_up
+        self.model.set_daemon(up, message)
+        if was_up and not up:
+            self.notify(vm.Notification("mcd stopped", message or "the daemon is not running", critical=True))
+        self.refresh()
+
+    def on_snapshot(self, snapshot: dict[str, Any]) -> None:
+        self.model.apply_snapshot(snapshot)
+        self.refresh()
+
+    def on_event(self, ev: dict[str, Any]) -> None:
+        notice = self.model.apply_event(ev)
+        inst = self.model.instances.get((ev["kind"], ev["name"]))
+        if inst is not None and inst.log and ev["event"] != "settings":
+            for tab in (self.window.client_tab, self.window.server_tab):
+                tab.append_log(ev["kind"], ev["name"], inst.log[-1])
+        if notice is not None:
+            self.notify(notice)
+        self.refresh()
+
+    def on_history(self, ev: dict[str, Any]) -> None:
+        line = self.model.log_history(ev)
+        if line is not None:
+            for tab in (self.window.client_tab, self.window.server_tab):
+                tab.append_log(ev["kind"], ev["name"], line)
+
+    def notify(self, notice: vm.Notification) -> None:
+        if self.tray is not None and QSystemTrayIcon.supportsMessages():
+            icon = QSystemTrayIcon.MessageIcon.Warning if notice.critical else QSystemTrayIcon.MessageIcon.Information
+            self.tray.showMessage(notice.title, notice.text, icon, 5000)
+        self.window.statusBar().showMessage(f"{notice.title}: {notice.text}", 10000)
+        self.last_notification = notice
+
+    def refresh(self) -> None:
+        self.window.refresh()
+        if self.tray is not None:
+            overall = self.model.overall()
+            self.tray.setIcon(dot_icon(overall.level))
+            self.tray.setToolTip(overall.text)
+            client = self.model.instance("client", "default").phase
+            self.client_action.setText(
+                "Disconnect client" if client in ("connected", "connecting", "reconnecting") else "Connect client"
+            )
+            self.server_action.setText(
+                "Stop server" if self.model.instance("server", "default").phase == "listening" else "Start server"
+            )
+            self.client_action.setEnabled(self.model.daemon_up)
+            self.server_action.setEnabled(self.model.daemon_up)
+
+    def close(self) -> None:
+        self.backend.stop()
+        if self.tray is not None:
+            self.tray.hide()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mctray", description="MissionCommander in the system tray.")
+    parser.add_argument("--socket", help="mcd's control socket (default: $MC_SOCKET or the user runtime dir)")
+    parser.add_argument("--hidden", action="store_true", help="start in the tray without opening the window")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    assert isinstance(app, QApplication)
+    app.setApplicationName("MissionCommander")
+    tray_app = TrayApp(args.socket, show_window=not args.hidden)
+    # With a tray, closing the window leaves the app running in the tray.
+    app.setQuitOnLastWindowClosed(tray_app.tray is None)
+    try:
+        return app.exec()
+    finally:
+        tray_app.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""The GUI's I/O, off the Qt thread: requests and the event stream.
+
+Two worker threads talk to mcd through ``mc_control`` and report back with
+Qt signals (delivered on the GUI thread), so the window never waits on a
+socket.  The event stream reconnects by itself when the daemon comes back
+and catches up from where it left off (``since``), or resyncs from a fresh
+snapshot when the daemon restarted.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, Signal
+
+from mc_control import ControlClient, ControlError, DaemonUnreachable, default_socket_path
+
+Reply = Callable[[dict[str, Any]], None]
+Failure = Callable[[str, str], None]
+
+
+class Backend(QObject):
+    #: The daemon's snapshot (after a first connect or a resync).
+    snapshot = Signal(dict)
+    #: One live event.
+    received = Signal(dict)
+    #: One event from before the GUI connected (for the logs only).
+    history = Signal(dict)
+    #: (up, message): the daemon answers, or why not.
+    daemon = Signal(bool, str)
+    #: Internal: a request's outcome, carried to the GUI thread.
+    _done = Signal(object, object, object)
+
+    def __init__(self, socket_path: str | Path | None = None) -> None:
+        super().__init__()
+        self.socket_path = Path(socket_path) if socket_path else default_socket_path()
+        self._requests: queue.SimpleQueue[tuple[str, dict[str, Any], Reply | None, Failure | None] | None] = (
+            queue.SimpleQueue()
+        )
+        self._stop = threading.Event()
+        self._stream: ControlClient | None = None
+        self._done.connect(self._deliver)
+        self._threads = [
+            threading.Thread(target=self._request_loop, name="mctray-requests", daemon=True),
+            threading.Thread(target=self._event_loop, name="mctray-events", daemon=True),
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._requests.put(None)
+        stream = self._stream
+        if stream is not None:
+            try:
+                stream.close()
+            except OSError:
+                pass
+        for thread in self._threads:
+            thread.join(3)
+
+    # -- requests --------------------------------------------------------------
+
+    def request(
+        self, cmd: str, params: dict[str, Any], on_reply: Reply | None = None, on_error: Failure | None = None
+    ) -> None:
+        """Queue a request; ``on_reply(result)`` or ``on_error(code, message)``
+        runs later on the GUI thread."""
+        self._requests.put((cmd, params, on_reply, on_error))
+
+    def _request_loop(self) -> None:
+        client: ControlClient | None = None
+        while True:
+            item = self._requests.get()
+            if item is None:
+                break
+            cmd, params, on_reply, on_error = item
+            try:
+                if client is None:
+                    client = ControlClient(self.socket_path, timeout=10.0).connect()
+                result = client.request(cmd, **params)
+            except ControlError as exc:
+                self._done.emit(on_error, (exc.code, exc.message), None)
+                continue
+            except DaemonUnreachable as exc:
+                if client is not None:
+                    client.close()
+                client = None
+                self._done.emit(on_error, (f"daemon_{exc.kind}", exc.message), None)
+                continue
+            self._done.emit(on_reply, result, True)
+        if client is not None:
+            client.close()
+
+    def _deliver(self, callback: Any, payload: Any, ok: Any) -> None:
+        if callback is None:
+            return
+        if ok:
+            callback(payload)
+        else:
+            callback(*payload)
+
+    # -- events ------------------------------------------------------------------
+
+    def _event_loop(self) -> None:
+        since: dict[str, Any] | None = None
+        while not self._stop.is_set():
+            stream = ControlClient(self.socket_path, timeout=10.0)
+            self._stream = stream
+            try:
+                first = since is None
+                if first:
+                    # Ask for the daemon's recent history too, for the logs.
+                    since = {"boot_id": stream.request("hello")["boot_id"], "seq": 0}
+                answer, events = stream.subscribe(since=since)
+                self.daemon.emit(True, "")
+                if first or answer.get("resync"):
+                    self.snapshot.emit(answer["snapshot"])
+                live_from = answer["seq"]
+                since = {"boot_id": answer["boot_id"], "seq": answer["seq"]}
+                for ev in events:
+                    if ev.get("type") == "event":
+                        since = {"boot_id": ev["boot_id"], "seq": ev["seq"]}
+                        # Events replayed from before the snapshot only feed
+                        # the logs; the snapshot already has their effect.
+                        (self.received if ev["seq"] > live_from or not first else self.history).emit(ev)
+                    elif ev.get("type") == "overflow":
+                        break  # subscribe again with since: catch up from the ring
+                else:
+                    self.daemon.emit(False, "mcd stopped")
+            except DaemonUnreachable as exc:
+                if not self._stop.is_set():
+                    self.daemon.emit(False, exc.message)
+            except (OSError, ValueError, ControlError) as exc:
+                if not self._stop.is_set():
+                    self.daemon.emit(False, str(exc))
+            finally:
+                stream.close()
+                self._stream = None
+            self._stop.wait(1.0)
+
+    # -- the daemon itself -------------------------------------------------------
+
+    def start_daemon(self) -> None:
+        """Start mcd in the background on our socket (it outlives the GUI)."""
+        env = dict(os.environ)
+        subprocess.Popen(
+            [sys.executable, "-m", "mc_daemon", "--socket", str(self.socket_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+        )

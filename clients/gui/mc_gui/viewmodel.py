@@ -1,0 +1,229 @@
+"""The GUI's state and rules in plain Python (no Qt), so they are tested alone.
+
+It holds what the daemon last said about every instance (a snapshot, then
+events), decides what the tray shows, which notifications to raise, and
+validates what a person types before anything is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from mc_control.events import describe_event
+
+LOG_LINES = 500
+
+
+@dataclass
+class Notification:
+    title: str
+    text: str
+    critical: bool = False
+
+
+@dataclass
+class Overall:
+    """What the tray icon shows: ``level`` picks the icon, ``text`` the tooltip."""
+
+    level: str  # down, failed, reconnecting, connected, idle
+    text: str
+
+
+@dataclass
+class InstanceState:
+    kind: str
+    name: str
+    status: dict[str, Any] = field(default_factory=dict)
+    log: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
+
+    @property
+    def phase(self) -> str:
+        return str(self.status.get("phase", "unconfigured" if self.kind == "client" else "stopped"))
+
+
+class ViewModel:
+    def __init__(self) -> None:
+        self.daemon_up = False
+        #: False until the daemon answered or failed to, once.
+        self.daemon_known = False
+        self.daemon_message = "connecting to mcd..."
+        self.instances: dict[tuple[str, str], InstanceState] = {}
+
+    # -- input from the daemon ---------------------------------------------------
+
+    def set_daemon(self, up: bool, message: str = "") -> None:
+        self.daemon_known = True
+        self.daemon_up = up
+        self.daemon_message = message
+
+    def apply_snapshot(self, snapshot: dict[str, Any]) -> None:
+        """Replace everything with the daemon's snapshot (logs are kept)."""
+        seen = set()
+        for status in snapshot.get("instances", []):
+            key = (status["kind"], status["name"])
+            seen.add(key)
+            self.instance(*key).status = dict(status)
+        for key in list(self.instances):
+            if key not in seen:
+                del self.instances[key]
+
+    def instance(self, kind: str, name: str) -> InstanceState:
+        key = (kind, name)
+        if key not in self.instances:
+            self.instances[key] = InstanceState(kind, name, {"kind": kind, "name": name})
+        return self.instances[key]
+
+    def names(self, kind: str) -> list[str]:
+        names = sorted(n for k, n in self.instances if k == kind)
+        return names if "default" in names else ["default", *names]
+
+    def log_history(self, ev: dict[str, Any]) -> str | None:
+        """Log an event from before the snapshot, without applying it."""
+        if ev.get("type") != "event" or ev["event"] == "settings":
+            return None
+        key = (ev["kind"], ev["name"])
+        if key not in self.instances:
+            return None  # removed since
+        line = describe_event(ev)
+        self.instances[key].log.append(line)
+        return line
+
+    def apply_event(self, ev: dict[str, Any]) -> Notification | None:
+        """Update from one event; returns a notification worth a person's attention."""
+        if ev.get("type") != "event":
+            return None
+        kind, name, event = ev["kind"], ev["name"], ev["event"]
+        data = ev.get("data") or {}
+        if event == "removed":
+            self.instances.pop((kind, name), None)
+            return None
+        inst = self.instance(kind, name)
+        st = inst.status
+        if event != "settings":
+            inst.log.append(describe_event(ev))
+        notice = None
+        if event == "statechange":
+            previous = st.get("phase")
+            st.update(state=data["new"], state_name=data["new_name"], phase=data["phase"])
+            st["connected"] = data["phase"] == "connected"
+            if data.get("reason"):
+                st["last_close_reason"] = data["reason"]
+            if data["phase"] == "reconnecting" and previous == "connected":
+                notice = Notification(
+                    f"{name}: connection lost", f"Reconnecting: {data.get('reason') or 'the connection broke'}", True
+                )
+            elif data["phase"] == "failed":
+                notice = Notification(f"{name}: connection failed", str(data.get("reason") or ""), True)
+        elif event == "reconnect":
+            notice = Notification(f"{name}: reconnected", f"Client {data.get('client_id')} is connected again")
+        elif event == "servershutdown":
+            notice = Notification(f"{name}: server shut down", "The server announced its shutdown", True)
+        elif event == "settings":
+            st["settings"] = dict(data)
+        elif event == "started":
+            st.update(phase="listening", running=True, port=data.get("port"), last_error=None)
+            st.setdefault("clients", [])
+        elif event == "stopped":
+            st.update(phase="stopped", running=False, port=None, clients=[])
+        elif event == "clientconnect":
+            clients = list(st.get("clients") or [])
+            if data["client_id"] not in clients:
+                clients.append(data["client_id"])
+            st["clients"] = clients
+        elif event == "clientdisconnect":
+            st["clients"] = [c for c in st.get("clients") or [] if c != data["client_id"]]
+        return notice
+
+    # -- what to show --------------------------------------------------------------
+
+    def overall(self) -> Overall:
+        if not self.daemon_up:
+            return Overall("down", f"MissionCommander: mcd is not running ({self.daemon_message})")
+        clients = [i for (k, _), i in self.instances.items() if k == "client"]
+        servers = [i for (k, _), i in self.instances.items() if k == "server"]
+        connected = sum(1 for c in clients if c.phase == "connected")
+        listening = sum(1 for s in servers if s.phase == "listening")
+        summary = (
+            f"{connected} of {len(clients)} client(s) connected, {listening} of {len(servers)} server(s) listening"
+        )
+        if any(c.phase == "failed" for c in clients):
+            failed = ", ".join(c.name for c in clients if c.phase == "failed")
+            return Overall("failed", f"MissionCommander: {failed} failed. {summary}")
+        if any(c.phase in ("reconnecting", "connecting") for c in clients):
+            return Overall("reconnecting", f"MissionCommander: (re)connecting. {summary}")
+        if connected or listening:
+            return Overall("connected", f"MissionCommander: {summary}")
+        return Overall("idle", f"MissionCommander: idle. {summary}")
+
+
+# -- validation: (value, error) pairs; error is None when the value is good ------
+
+
+def check_port(text: str, allow_zero: bool = False) -> tuple[int | None, str | None]:
+    text = text.strip()
+    if not text:
+        return None, "a port is needed"
+    if not text.isdigit():
+        return None, "the port must be a number"
+    port = int(text)
+    low = 0 if allow_zero else 1
+    if not low <= port <= 65535:
+        return None, f"the port must be from {low} to 65535"
+    return port, None
+
+
+def check_optional_port(text: str) -> tuple[int | None, str | None]:
+    if not text.strip():
+        return None, None
+    return check_port(text, allow_zero=True)
+
+
+def check_address(text: str) -> tuple[str | None, str | None]:
+    text = text.strip()
+    if not text:
+        return None, "an address is needed (a host name or an IP address)"
+    if any(c.isspace() for c in text):
+        return None, "an address has no spaces"
+    return text, None
+
+
+def check_client_id(text: str) -> tuple[str | None, str | None]:
+    """Empty is fine: the daemon keeps the random id it gave the instance."""
+    if not text.strip():
+        return None, None
+    if any(ord(c) < 32 for c in text):
+        return None, "a client id has no control characters"
+    return text, None
+
+
+def check_subject(text: str) -> tuple[str | None, str | None]:
+    return (text, None) if text.strip() else (None, "a subject is needed")
+
+
+def check_payload(text: str) -> tuple[dict[str, Any] | None, str | None]:
+    if not text.strip():
+        return {}, None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, f"not JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+    if not isinstance(value, dict):
+        return None, "the payload must be a JSON object: {...}"
+    return value, None
+
+
+def check_instance_name(text: str) -> tuple[str | None, str | None]:
+    text = text.strip()
+    if not text:
+        return None, "a name is needed"
+    if len(text) > 64 or not all(c.isalnum() or c in "_.-" for c in text) or not text[0].isalnum():
+        return None, "letters, digits, _ . - only (starting with a letter or digit)"
+    return text, None
+
+
+def new_client_id() -> str:
+    return uuid.uuid4().hex

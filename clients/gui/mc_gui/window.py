@@ -1,0 +1,610 @@
+"""The window: a daemon-down banner, a Client tab and a Server tab."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from typing import Any
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QCloseEvent, QColor, QFont, QFontDatabase, QIcon, QPainter, QPixmap
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QFrame,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QMainWindow,
+    QPlainTextEdit,
+    QPushButton,
+    QSizePolicy,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from . import viewmodel as vm
+from .backend import Backend
+
+LEVEL_COLOURS = {
+    "connected": "#2e7d32",
+    "listening": "#2e7d32",
+    "reconnecting": "#ef8f00",
+    "connecting": "#ef8f00",
+    "disconnecting": "#ef8f00",
+    "failed": "#c62828",
+    "down": "#c62828",
+    "idle": "#757575",
+    "disconnected": "#757575",
+    "stopped": "#757575",
+    "unconfigured": "#757575",
+}
+
+
+def dot_icon(level: str, size: int = 64) -> QIcon:
+    """A filled circle in the level's colour (the tray's and the tabs' icon)."""
+    pixmap = QPixmap(size, size)
+    pixmap.fill(Qt.GlobalColor.transparent)
+    painter = QPainter(pixmap)
+    painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+    painter.setBrush(QColor(LEVEL_COLOURS.get(level, "#757575")))
+    painter.setPen(QColor("#ffffff"))
+    margin = size // 10
+    painter.drawEllipse(margin, margin, size - 2 * margin, size - 2 * margin)
+    if level in ("down", "failed"):
+        painter.setPen(QColor("#ffffff"))
+        font = QFont()
+        font.setBold(True)
+        font.setPixelSize(size // 2)
+        painter.setFont(font)
+        painter.drawText(pixmap.rect(), Qt.AlignmentFlag.AlignCenter, "!")
+    painter.end()
+    return QIcon(pixmap)
+
+
+class Field:
+    """A line edit with its inline error message under it."""
+
+    def __init__(self, placeholder: str = "", on_edit: Callable[[], None] | None = None) -> None:
+        self.edit = QLineEdit()
+        self.edit.setPlaceholderText(placeholder)
+        self.error = QLabel()
+        self.error.setStyleSheet("color: #c62828; font-size: 11px;")
+        self.error.setWordWrap(True)
+        self.error.hide()
+        self.dirty = False
+        if on_edit is not None:
+            self.edit.textEdited.connect(lambda _text: on_edit())
+        self.edit.textEdited.connect(self._edited)
+
+    def _edited(self, _text: str) -> None:
+        self.dirty = True
+        self.set_error(None)
+
+    def set_error(self, message: str | None) -> None:
+        if message:
+            self.error.setText(message)
+            self.error.show()
+            self.edit.setStyleSheet("border: 1px solid #c62828;")
+        else:
+            self.error.hide()
+            self.edit.setStyleSheet("")
+
+    def fill(self, value: object) -> None:
+        """Show the daemon's value, unless the person is editing this field."""
+        if self.dirty:
+            return
+        self.edit.setText("" if value is None else str(value))
+
+    def text(self) -> str:
+        return self.edit.text()
+
+    def widget(self) -> QWidget:
+        box = QWidget()
+        # Only as tall as it needs: the error line comes and goes.
+        box.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+        layout = QVBoxLayout(box)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        layout.addWidget(self.edit)
+        layout.addWidget(self.error)
+        return box
+
+
+def field_callbacks(field: Field) -> tuple[Callable[[dict[str, Any]], None], Callable[[str, str], None]]:
+    """A setting's request outcome, shown on its field."""
+
+    def done(_result: dict[str, Any]) -> None:
+        field.dirty = False
+
+    def failed(_code: str, message: str) -> None:
+        field.set_error(message)
+
+    return done, failed
+
+
+class SendBox(QGroupBox):
+    """Subject and JSON payload, validated before anything is sent."""
+
+    def __init__(self, title: str) -> None:
+        super().__init__(title)
+        self.subject = Field("subject, e.g. echo")
+        self.payload = QPlainTextEdit()
+        self.payload.setPlaceholderText('payload: a JSON object, e.g. {"message": "hello"}')
+        self.payload.setFixedHeight(64)
+        self.payload_error = QLabel()
+        self.payload_error.setStyleSheet("color: #c62828; font-size: 11px;")
+        self.payload_error.hide()
+        self.payload.textChanged.connect(self.payload_error.hide)
+        self.target = QComboBox()
+        self.send = QPushButton("Send")
+        form = QFormLayout(self)
+        self.target_row = QLabel("To")
+        form.addRow(self.target_row, self.target)
+        form.addRow("Subject", self.subject.widget())
+        form.addRow("Payload", self.payload)
+        form.addRow("", self.payload_error)
+        row = QHBoxLayout()
+        row.addStretch(1)
+        row.addWidget(self.send)
+        form.addRow(row)
+
+    def message(self) -> tuple[str, dict[str, Any]] | None:
+        subject, subject_error = vm.check_subject(self.subject.text())
+        payload, payload_error = vm.check_payload(self.payload.toPlainText())
+        self.subject.set_error(subject_error)
+        if payload_error:
+            self.payload_error.setText(payload_error)
+            self.payload_error.show()
+        if subject is None or payload is None:
+            return None
+        return subject, payload
+
+
+class InstanceTab(QWidget):
+    """What the Client and Server tabs share: the instance picker, the state
+    line, a log."""
+
+    kind = ""
+    status_message = Signal(str)
+
+    def __init__(self, model: vm.ViewModel, backend: Backend) -> None:
+        super().__init__()
+        self.model = model
+        self.backend = backend
+        self.name = "default"
+        self.picker = QComboBox()
+        self.picker.setEditable(True)
+        self.picker.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+        self.picker.setMinimumWidth(160)
+        self.picker.setToolTip("Pick an instance, or type a new name and press Enter to create it")
+        self.picker.activated.connect(lambda _i: self._picked(self.picker.currentText()))
+        line_edit = self.picker.lineEdit()
+        assert line_edit is not None
+        line_edit.returnPressed.connect(lambda: self._picked(self.picker.currentText()))
+        self.picker_error = QLabel()
+        self.picker_error.setStyleSheet("color: #c62828; font-size: 11px;")
+        self.picker_error.hide()
+        self.state = QLabel()
+        self.state.setTextFormat(Qt.TextFormat.RichText)
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(vm.LOG_LINES)
+        self.log.setPlaceholderText("events and messages of this instance appear here")
+        self.log.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.log.setMinimumHeight(120)
+        self._log_key: tuple[str, str] | None = None
+
+    def header(self) -> QHBoxLayout:
+        row = QHBoxLayout()
+        row.addWidget(QLabel(f"{self.kind.capitalize()} instance"))
+        row.addWidget(self.picker)
+        row.addWidget(self.picker_error)
+        row.addStretch(1)
+        row.addWidget(self.state)
+        return row
+
+    def _picked(self, text: str) -> None:
+        name, error = vm.check_instance_name(text)
+        if error:
+            self.picker_error.setText(error)
+            self.picker_error.show()
+            return
+        self.picker_error.hide()
+        assert name is not None
+        if name != self.name:
+            self.name = name
+            for field in self.fields():
+                field.dirty = False
+                field.set_error(None)
+            self._log_key = None
+            # Naming an instance creates it in the daemon, as with mcctl.
+            self.backend.request(f"{self.kind}.status", {"name": name}, self._status_reply, self.report_error)
+        self.refresh()
+
+    def _status_reply(self, status: dict[str, Any]) -> None:
+        self.model.instance(self.kind, self.name).status.update(status)
+        self.refresh()
+
+    def fields(self) -> list[Field]:
+        return []
+
+    def report_error(self, code: str, message: str) -> None:
+        self.status_message.emit(f"{self.kind} {self.name}: {message}")
+
+    def current(self) -> vm.InstanceState:
+        return self.model.instance(self.kind, self.name)
+
+    def refresh(self) -> None:
+        names = self.model.names(self.kind)
+        if names != [self.picker.itemText(i) for i in range(self.picker.count())]:
+            self.picker.blockSignals(True)
+            self.picker.clear()
+            self.picker.addItems(names)
+            self.picker.blockSignals(False)
+        if self.picker.currentText() != self.name:
+            self.picker.setCurrentText(self.name)
+        inst = self.current()
+        colour = LEVEL_COLOURS.get(inst.phase, "#757575")
+        detail = inst.status.get("state_name") or ""
+        self.state.setText(
+            f"<b style='color:{colour}'>&#9679; {inst.phase}</b>"
+            + (f" <span style='color:#555'>({detail})</span>" if detail else "")
+        )
+        key = (self.kind, self.name)
+        if self._log_key != key:
+            self.log.setPlainText("\n".join(inst.log))
+            self._log_key = key
+        self.update_controls(inst)
+
+    def append_log(self, kind: str, name: str, line: str) -> None:
+        if (kind, name) == (self.kind, self.name):
+            self.log.appendPlainText(line)
+
+    def update_controls(self, inst: vm.InstanceState) -> None:
+        pass
+
+
+class ClientTab(InstanceTab):
+    kind = "client"
+
+    def __init__(self, model: vm.ViewModel, backend: Backend) -> None:
+        super().__init__(model, backend)
+        self.address = Field("host name or IP address, e.g. 127.0.0.1")
+        self.port = Field("1-65535")
+        self.client_id = Field("random unless you type one (unique per server)")
+        self.interface = Field("any (or an IP address, or an interface name such as lo)")
+        self.bind_port = Field("any")
+        self.generate = QPushButton("Generate")
+        self.generate.setToolTip("Make a fresh random client id")
+        self.generate.clicked.connect(self._generate)
+        self.apply_button = QPushButton("Apply")
+        self.connect_button = QPushButton("Connect")
+        self.disconnect_button = QPushButton("Disconnect")
+        self.apply_button.clicked.connect(self._apply_clicked)
+        self.connect_button.clicked.connect(self.connect_client)
+        self.disconnect_button.clicked.connect(self.disconnect_client)
+        self.last_close = QLabel()
+        self.last_close.setStyleSheet("color: #555;")
+        self.last_close.setWordWrap(True)
+
+        settings = QGroupBox("Connection")
+        form = QFormLayout(settings)
+        form.addRow("Address", self.address.widget())
+        form.addRow("Port", self.port.widget())
+        id_row = QHBoxLayout()
+        id_row.addWidget(self.client_id.widget(), 1)
+        id_row.addWidget(self.generate, 0, Qt.AlignmentFlag.AlignTop)
+        form.addRow("Client id", id_row)
+        form.addRow("Interface", self.interface.widget())
+        form.addRow("Bind port", self.bind_port.widget())
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.last_close, 1)
+        buttons.addWidget(self.apply_button)
+        buttons.addWidget(self.connect_button)
+        buttons.addWidget(self.disconnect_button)
+        form.addRow(buttons)
+
+        self.send_box = SendBox("Send to the server")
+        self.send_box.target_row.hide()
+        self.send_box.target.hide()
+        self.send_box.send.clicked.connect(self.send_message)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(self.header())
+        top = QHBoxLayout()
+        top.addWidget(settings, 3)
+        top.addWidget(self.send_box, 2)
+        layout.addLayout(top)
+        log_box = QGroupBox("Log")
+        QVBoxLayout(log_box).addWidget(self.log)
+        layout.addWidget(log_box, 1)
+
+    def fields(self) -> list[Field]:
+        return [self.address, self.port, self.client_id, self.interface, self.bind_port]
+
+    def _generate(self) -> None:
+        self.client_id.edit.setText(vm.new_client_id())
+        self.client_id.dirty = True
+        self.client_id.set_error(None)
+
+    def update_controls(self, inst: vm.InstanceState) -> None:
+        settings = inst.status.get("settings") or {}
+        self.address.fill(settings.get("address"))
+        self.port.fill(settings.get("port") or "")
+        self.client_id.fill(settings.get("client_id"))
+        self.interface.fill(settings.get("interface"))
+        self.bind_port.fill(settings.get("bind_port"))
+        running = inst.phase in ("connected", "connecting", "reconnecting", "disconnecting")
+        for field in self.fields():
+            field.edit.setReadOnly(running)
+        self.generate.setEnabled(not running)
+        self.apply_button.setEnabled(not running)
+        self.connect_button.setEnabled(not running)
+        self.disconnect_button.setEnabled(running)
+        self.send_box.send.setEnabled(inst.phase in ("connected", "reconnecting"))
+        reason = inst.status.get("last_close_reason")
+        self.last_close.setText(f"Last closed: {reason}" if reason and inst.phase != "connected" else "")
+
+    def _apply_clicked(self) -> None:
+        self.apply()
+
+    def apply(self, then: Callable[[], None] | None = None) -> bool:
+        """Validate every field, send what changed; False (nothing sent) on errors."""
+        checks = {
+            "address": (self.address, vm.check_address(self.address.text())),
+            "port": (self.port, vm.check_port(self.port.text())),
+            "client_id": (self.client_id, vm.check_client_id(self.client_id.text())),
+            "bind_port": (self.bind_port, vm.check_optional_port(self.bind_port.text())),
+        }
+        interface = self.interface.text().strip()
+        if interface not in ("", "*") and not self.bind_port.text().strip():
+            checks["bind_port"] = (self.bind_port, (None, "a bind port is needed with a specific interface"))
+        ok = True
+        for field, (_value, error) in checks.values():
+            field.set_error(error)
+            ok = ok and error is None
+        if not ok:
+            self.status_message.emit("fix the fields marked in red first")
+            return False
+        current = self.current().status.get("settings") or {}
+        values: dict[str, Any] = {key: value for key, (_f, (value, _e)) in checks.items()}
+        values["interface"] = interface
+        if values["client_id"] is None:
+            del values["client_id"]  # keep the id the daemon gave the instance
+        for key, value in values.items():
+            if current.get(key) != value:
+                self.backend.request(
+                    "client.set", {"name": self.name, "key": key, "value": value}, *field_callbacks(getattr(self, key))
+                )
+            else:
+                getattr(self, key).dirty = False
+        if then is not None:
+            then()
+        return True
+
+    def connect_client(self) -> None:
+        self.apply(then=lambda: self.backend.request("client.connect", {"name": self.name}, None, self.report_error))
+
+    def disconnect_client(self) -> None:
+        self.backend.request("client.disconnect", {"name": self.name}, None, self.report_error)
+
+    def send_message(self) -> None:
+        message = self.send_box.message()
+        if message is None:
+            return
+        subject, payload = message
+        self.backend.request(
+            "client.send",
+            {"name": self.name, "subject": subject, "payload": payload},
+            lambda _r: self.status_message.emit(f"sent {subject} to the server"),
+            self.report_error,
+        )
+
+
+class ServerTab(InstanceTab):
+    kind = "server"
+    ALL = "All clients"
+
+    def __init__(self, model: vm.ViewModel, backend: Backend) -> None:
+        super().__init__(model, backend)
+        self.interface = Field("all interfaces ('' or *), an IP address, or a name such as lo")
+        self.port = Field("0 picks a free port")
+        self.start_button = QPushButton("Start")
+        self.stop_button = QPushButton("Stop")
+        self.start_button.clicked.connect(self.start_server)
+        self.stop_button.clicked.connect(self.stop_server)
+        self.listening = QLabel()
+        self.listening.setStyleSheet("color: #555;")
+
+        settings = QGroupBox("Listening")
+        form = QFormLayout(settings)
+        form.addRow("Interface", self.interface.widget())
+        form.addRow("Port", self.port.widget())
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.listening, 1)
+        buttons.addWidget(self.start_button)
+        buttons.addWidget(self.stop_button)
+        form.addRow(buttons)
+
+        clients_box = QGroupBox("Connected clients")
+        clients_layout = QVBoxLayout(clients_box)
+        self.clients = QListWidget()
+        self.clients.setMinimumHeight(90)
+        self.no_clients = QLabel("No clients connected")
+        self.no_clients.setStyleSheet("color: #757575;")
+        self.kick_button = QPushButton("Disconnect client")
+        self.kick_button.setToolTip("Close the selected client's connection; it does not reconnect by itself")
+        self.kick_button.clicked.connect(self.kick)
+        self.clients.itemSelectionChanged.connect(lambda: self.update_controls(self.current()))
+        clients_layout.addWidget(self.clients)
+        clients_layout.addWidget(self.no_clients)
+        row = QHBoxLayout()
+        row.addStretch(1)
+        row.addWidget(self.kick_button)
+        clients_layout.addLayout(row)
+
+        self.send_box = SendBox("Send")
+        self.send_box.send.clicked.connect(self.send_message)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(self.header())
+        top = QHBoxLayout()
+        left = QVBoxLayout()
+        left.addWidget(settings)
+        left.addWidget(clients_box, 1)
+        top.addLayout(left, 3)
+        top.addWidget(self.send_box, 2)
+        layout.addLayout(top)
+        log_box = QGroupBox("Log")
+        QVBoxLayout(log_box).addWidget(self.log)
+        layout.addWidget(log_box, 1)
+
+    def fields(self) -> list[Field]:
+        return [self.interface, self.port]
+
+    def update_controls(self, inst: vm.InstanceState) -> None:
+        settings = inst.status.get("settings") or {}
+        self.interface.fill(settings.get("interface"))
+        self.port.fill(settings.get("port", 0))
+        running = inst.phase == "listening"
+        for field in self.fields():
+            field.edit.setReadOnly(running)
+        self.start_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+        port = inst.status.get("port")
+        self.listening.setText(f"Listening on port {port}" if running and port else inst.status.get("last_error") or "")
+        clients = list(inst.status.get("clients") or [])
+        if clients != [self.clients.item(i).text() for i in range(self.clients.count())]:
+            selected = {i.text() for i in self.clients.selectedItems()}
+            self.clients.clear()
+            self.clients.addItems(clients)
+            for i in range(self.clients.count()):
+                self.clients.item(i).setSelected(self.clients.item(i).text() in selected)
+        self.clients.setVisible(bool(clients))
+        self.no_clients.setVisible(not clients)
+        self.kick_button.setEnabled(bool(self.clients.selectedItems()))
+        targets = [self.ALL, *clients]
+        if targets != [self.send_box.target.itemText(i) for i in range(self.send_box.target.count())]:
+            chosen = self.send_box.target.currentText()
+            self.send_box.target.clear()
+            self.send_box.target.addItems(targets)
+            if chosen in targets:
+                self.send_box.target.setCurrentText(chosen)
+        self.send_box.send.setEnabled(running)
+
+    def start_server(self) -> None:
+        interface = self.interface.text().strip()
+        port, error = vm.check_port(self.port.text(), allow_zero=True)
+        self.port.set_error(error)
+        if error:
+            self.status_message.emit("fix the fields marked in red first")
+            return
+        current = self.current().status.get("settings") or {}
+        for key, value, field in (("interface", interface, self.interface), ("port", port, self.port)):
+            if current.get(key) != value:
+                self.backend.request(
+                    "server.set", {"name": self.name, "key": key, "value": value}, *field_callbacks(field)
+                )
+            else:
+                field.dirty = False
+        self.backend.request("server.start", {"name": self.name}, None, self.report_error)
+
+    def stop_server(self) -> None:
+        self.backend.request("server.stop", {"name": self.name}, None, self.report_error)
+
+    def kick(self) -> None:
+        for item in self.clients.selectedItems():
+            self.backend.request(
+                "server.kick",
+                {"name": self.name, "client_id": item.text(), "reason": "disconnected from the tray"},
+                None,
+                self.report_error,
+            )
+
+    def send_message(self) -> None:
+        message = self.send_box.message()
+        if message is None:
+            return
+        subject, payload = message
+        target = self.send_box.target.currentText()
+        to = "*" if target in ("", self.ALL) else target
+        self.backend.request(
+            "server.send",
+            {"name": self.name, "to": to, "subject": subject, "payload": payload},
+            lambda r: self.status_message.emit(f"sent {subject} to {'all clients' if to == '*' else to}"),
+            self.report_error,
+        )
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, model: vm.ViewModel, backend: Backend) -> None:
+        super().__init__()
+        self.model = model
+        self.backend = backend
+        self.keep_running_in_tray = False
+        self.setWindowTitle("MissionCommander")
+        self.setWindowIcon(dot_icon("idle"))
+        self.resize(900, 640)
+
+        self.banner = QFrame()
+        self.banner.setStyleSheet("QFrame { background: #fdecea; border: 1px solid #f5c2c0; border-radius: 4px; }")
+        banner_layout = QHBoxLayout(self.banner)
+        self.banner_text = QLabel()
+        self.banner_text.setWordWrap(True)
+        self.banner_text.setStyleSheet("border: none; color: #611a15;")
+        self.banner_text.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self.start_daemon_button = QPushButton("Start daemon")
+        self.start_daemon_button.clicked.connect(self.start_daemon)
+        banner_layout.addWidget(self.banner_text, 1)
+        banner_layout.addWidget(self.start_daemon_button)
+
+        self.client_tab = ClientTab(model, backend)
+        self.server_tab = ServerTab(model, backend)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.client_tab, "Client")
+        self.tabs.addTab(self.server_tab, "Server")
+        for tab in (self.client_tab, self.server_tab):
+            tab.status_message.connect(lambda text: self.statusBar().showMessage(text, 8000))
+
+        central = QWidget()
+        layout = QVBoxLayout(central)
+        layout.addWidget(self.banner)
+        layout.addWidget(self.tabs, 1)
+        self.setCentralWidget(central)
+        self.refresh()
+
+    def start_daemon(self) -> None:
+        self.start_daemon_button.setEnabled(False)
+        self.start_daemon_button.setText("Starting...")
+        self.backend.start_daemon()
+
+    def refresh(self) -> None:
+        up = self.model.daemon_up
+        self.banner.setVisible(self.model.daemon_known and not up)
+        if not up:
+            message = self.model.daemon_message or "mcd is not running"
+            self.banner_text.setText(
+                f"<b>{html.escape(message)}</b><br>Start it here, or with <tt>mcd &amp;</tt> or "
+                "<tt>systemctl --user start mcd</tt>; this window reconnects by itself when it is back."
+            )
+        else:
+            self.start_daemon_button.setEnabled(True)
+            self.start_daemon_button.setText("Start daemon")
+        self.tabs.setEnabled(up)
+        overall = self.model.overall()
+        self.setWindowIcon(dot_icon(overall.level))
+        self.tabs.setTabIcon(0, dot_icon(self.client_tab.current().phase))
+        self.tabs.setTabIcon(1, dot_icon(self.server_tab.current().phase))
+        self.client_tab.refresh()
+        self.server_tab.refresh()
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        if self.keep_running_in_tray:
+            self.hide()  # the tray icon stays; Quit in its menu ends the app
+            event.ignore()
+        else:
+            event.accept()

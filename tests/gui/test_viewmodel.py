@@ -1,0 +1,96 @@
+"""The GUI's view-model, without Qt."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mc_gui import viewmodel as vm
+
+
+def event(seq: int, kind: str, name: str, name_of_event: str, **data: Any) -> dict[str, Any]:
+    return {"type": "event", "boot_id": "b", "seq": seq, "time": 1e9, "kind": kind, "name": name,
+            "event": name_of_event, "data": data}  # fmt: skip
+
+
+def statechange(seq: int, name: str, phase: str, reason: str | None = None) -> dict[str, Any]:
+    return event(seq, "client", name, "statechange", old=0, new=38, old_name="", new_name=phase.upper(),
+                 phase=phase, reason=reason)  # fmt: skip
+
+
+def test_overall_level_follows_the_worst_instance() -> None:
+    model = vm.ViewModel()
+    assert model.overall().level == "down"
+    model.set_daemon(True)
+    assert model.overall().level == "idle"
+    model.apply_snapshot({"instances": [{"kind": "client", "name": "a", "phase": "connected"},
+                                        {"kind": "server", "name": "s", "phase": "stopped"}]})  # fmt: skip
+    assert model.overall().level == "connected"
+    assert "1 of 1 client(s) connected, 0 of 1 server(s) listening" in model.overall().text
+    model.apply_event(statechange(1, "b", "reconnecting"))
+    assert model.overall().level == "reconnecting"
+    model.apply_event(statechange(2, "c", "failed", "refused"))
+    assert model.overall().level == "failed" and "c failed" in model.overall().text
+
+
+def test_notifications_for_lost_reconnected_and_shutdown() -> None:
+    model = vm.ViewModel()
+    model.set_daemon(True)
+    assert model.apply_event(statechange(1, "a", "connected")) is None
+    lost = model.apply_event(statechange(2, "a", "reconnecting", "connection reset by peer"))
+    assert lost is not None and lost.title == "a: connection lost" and "reset" in lost.text and lost.critical
+    back = model.apply_event(event(3, "client", "a", "reconnect", client_id="abc"))
+    assert back is not None and back.title == "a: reconnected"
+    down = model.apply_event(event(4, "client", "a", "servershutdown"))
+    assert down is not None and down.title == "a: server shut down"
+    assert len(model.instance("client", "a").log) == 4
+
+
+def test_server_clients_follow_connect_and_disconnect_events() -> None:
+    model = vm.ViewModel()
+    model.apply_event(event(1, "server", "s", "started", port=30000))
+    model.apply_event(event(2, "server", "s", "clientconnect", client_id="x"))
+    model.apply_event(event(3, "server", "s", "clientconnect", client_id="y"))
+    model.apply_event(event(4, "server", "s", "clientdisconnect", client_id="x"))
+    st = model.instance("server", "s").status
+    assert st["clients"] == ["y"] and st["port"] == 30000 and st["phase"] == "listening"
+    model.apply_event(event(5, "server", "s", "settings", interface="*", port=1))
+    assert st["settings"] == {"interface": "*", "port": 1}
+    model.apply_event(event(6, "server", "s", "stopped"))
+    assert st["clients"] == [] and st["phase"] == "stopped"
+    model.apply_event(event(7, "server", "s", "removed"))
+    assert ("server", "s") not in model.instances
+
+
+def test_history_only_feeds_the_log() -> None:
+    model = vm.ViewModel()
+    model.apply_snapshot({"instances": [{"kind": "client", "name": "a", "phase": "connected"}]})
+    assert model.log_history(statechange(1, "a", "connecting")) is not None
+    assert model.instance("client", "a").phase == "connected"
+    assert model.log_history(statechange(2, "gone", "connecting")) is None
+
+
+@pytest.mark.parametrize(
+    ("check", "text", "value", "error"),
+    [
+        (vm.check_port, "30000", 30000, None),
+        (vm.check_port, "", None, "a port is needed"),
+        (vm.check_port, "abc", None, "the port must be a number"),
+        (vm.check_port, "0", None, "the port must be from 1 to 65535"),
+        (vm.check_port, "70000", None, "the port must be from 1 to 65535"),
+        (vm.check_optional_port, "", None, None),
+        (vm.check_address, " 127.0.0.1 ", "127.0.0.1", None),
+        (vm.check_address, "a b", None, "an address has no spaces"),
+        (vm.check_client_id, "", None, None),
+        (vm.check_client_id, "a\tb", None, "a client id has no control characters"),
+        (vm.check_payload, "", {}, None),
+        (vm.check_payload, '{"a": 1}', {"a": 1}, None),
+        (vm.check_payload, "[1]", None, "the payload must be a JSON object: {...}"),
+        (vm.check_payload, '{"a" 1}', None, "not JSON: Expecting ':' delimiter at line 1, column 6"),
+        (vm.check_instance_name, "lab-2", "lab-2", None),
+        (vm.check_instance_name, "bad name", None, "letters, digits, _ . - only (starting with a letter or digit)"),
+    ],
+)
+def test_validation(check: Any, text: str, value: Any, error: str | None) -> None:
+    assert check(text) == (value, error)

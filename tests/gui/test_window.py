@@ -1,0 +1,196 @@
+"""The tray GUI, offscreen, against a real mcd."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import Qt
+from pytestqt.qtbot import QtBot
+from support import Recorder, free_port
+from support.mcd import Mcd
+
+from mc_gui.app import TrayApp
+from missioncommander import Client, ClientState, Message
+
+WAIT = 15_000  # ms: every wait is for a condition, bounded by this
+
+
+@pytest.fixture
+def mcd() -> Iterator[Mcd]:
+    daemon = Mcd().start()
+    yield daemon
+    daemon.close()
+
+
+@pytest.fixture
+def gui(qtbot: QtBot, mcd: Mcd) -> Iterator[TrayApp]:
+    app = TrayApp(str(mcd.socket))
+    qtbot.addWidget(app.window)
+    qtbot.waitUntil(lambda: app.model.daemon_up, timeout=WAIT)
+    yield app
+    app.close()
+
+
+def set_text(qtbot: QtBot, edit: object, text: str) -> None:
+    edit.clear()  # type: ignore[attr-defined]
+    if text:
+        qtbot.keyClicks(edit, text)
+
+
+def test_client_tab_connects_and_shows_messages(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:
+    port = free_port()
+    mcd.request("server.set", key="interface", value="127.0.0.1")
+    mcd.request("server.set", key="port", value=port)
+    mcd.request("server.start")
+    tab = gui.window.client_tab
+    set_text(qtbot, tab.address.edit, "127.0.0.1")
+    set_text(qtbot, tab.port.edit, str(port))
+    set_text(qtbot, tab.client_id.edit, "from-the-gui")
+    qtbot.mouseClick(tab.connect_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: mcd.request("client.status")["phase"] == "connected", timeout=WAIT)
+    status = mcd.request("client.status")
+    assert status["settings"]["client_id"] == "from-the-gui" and status["settings"]["port"] == port
+    qtbot.waitUntil(lambda: tab.current().phase == "connected", timeout=WAIT)
+    assert "connected" in tab.state.text()
+    assert tab.disconnect_button.isEnabled() and not tab.connect_button.isEnabled()
+
+    mcd.request("server.send", subject="greeting", payload={"hello": "gui"})
+    qtbot.waitUntil(lambda: 'greeting {"hello": "gui"}' in tab.log.toPlainText(), timeout=WAIT)
+
+    set_text(qtbot, tab.send_box.subject.edit, "up")
+    tab.send_box.payload.setPlainText('{"n": 7}')
+    with mcd.client() as stream:
+        _, events = stream.subscribe(events=["message"], instances=[{"kind": "server", "name": "default"}])
+        qtbot.mouseClick(tab.send_box.send, Qt.MouseButton.LeftButton)
+        got = next(events)
+    assert got["data"] == {"client_id": "from-the-gui", "subject": "up", "payload": {"n": 7}}
+
+    qtbot.mouseClick(tab.disconnect_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: mcd.request("client.status")["phase"] == "disconnected", timeout=WAIT)
+
+
+def test_server_tab_lists_clients_live_sends_and_kicks(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:
+    gui.window.tabs.setCurrentIndex(1)
+    tab = gui.window.server_tab
+    port = free_port()
+    set_text(qtbot, tab.interface.edit, "127.0.0.1")
+    set_text(qtbot, tab.port.edit, str(port))
+    qtbot.mouseClick(tab.start_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: mcd.request("server.status")["phase"] == "listening", timeout=WAIT)
+    assert mcd.request("server.status")["port"] == port
+    qtbot.waitUntil(lambda: f"Listening on port {port}" in tab.listening.text(), timeout=WAIT)
+    assert tab.no_clients.isVisible()
+
+    client = Client(address="127.0.0.1", port=port, client_id="visitor")
+    rec = Recorder().attach(client, "message", "statechange")
+    client.connect()
+    try:
+        qtbot.waitUntil(lambda: tab.clients.count() == 1 and tab.clients.item(0).text() == "visitor", timeout=WAIT)
+        assert tab.send_box.target.findText("visitor") >= 0
+
+        set_text(qtbot, tab.send_box.subject.edit, "to-all")
+        qtbot.mouseClick(tab.send_box.send, Qt.MouseButton.LeftButton)
+        tab.send_box.target.setCurrentText("visitor")
+        set_text(qtbot, tab.send_box.subject.edit, "to-you")
+        tab.send_box.payload.setPlainText('{"just": "you"}')
+        qtbot.mouseClick(tab.send_box.send, Qt.MouseButton.LeftButton)
+        got = rec.wait_count("message", 2)
+        assert [m.subject for (m,) in got] == ["to-all", "to-you"] and got[1][0] == Message("to-you", {"just": "you"})
+
+        tab.clients.item(0).setSelected(True)
+        qtbot.mouseClick(tab.kick_button, Qt.MouseButton.LeftButton)
+        rec.wait_for(lambda: client.state == ClientState.STATE_OK | ClientState.STATE_NOT_CONNECTED)
+        assert client.last_close_reason == "disconnected by the server: disconnected from the tray"
+        qtbot.waitUntil(lambda: tab.clients.count() == 0, timeout=WAIT)
+        assert "clientdisconnect visitor" in tab.log.toPlainText()
+    finally:
+        client.disconnect()
+    qtbot.mouseClick(tab.stop_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: mcd.request("server.status")["phase"] == "stopped", timeout=WAIT)
+
+
+def test_validation_errors_are_inline_and_nothing_is_sent(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:
+    tab = gui.window.client_tab
+    set_text(qtbot, tab.address.edit, "127.0.0.1")
+    set_text(qtbot, tab.port.edit, "abc")
+    set_text(qtbot, tab.interface.edit, "127.0.0.1")
+    qtbot.mouseClick(tab.connect_button, Qt.MouseButton.LeftButton)
+    assert tab.port.error.isVisibleTo(gui.window) and tab.port.error.text() == "the port must be a number"
+    assert tab.bind_port.error.text() == "a bind port is needed with a specific interface"
+    assert not tab.address.error.isVisibleTo(gui.window)
+    qtbot.mouseClick(tab.generate, Qt.MouseButton.LeftButton)
+    assert len(tab.client_id.text()) == 32
+    # Typing into a field clears its error.
+    qtbot.keyClicks(tab.port.edit, "1")
+    assert not tab.port.error.isVisibleTo(gui.window)
+    assert mcd.request("list")["instances"] == []  # nothing was sent
+
+    tab.send_box.payload.setPlainText("[1, 2]")
+    set_text(qtbot, tab.send_box.subject.edit, "")
+    tab.send_box.send.setEnabled(True)  # force it: validation must still stop the send
+    qtbot.mouseClick(tab.send_box.send, Qt.MouseButton.LeftButton)
+    assert tab.send_box.payload_error.text() == "the payload must be a JSON object: {...}"
+    assert tab.send_box.subject.error.text() == "a subject is needed"
+
+
+def test_a_daemon_error_shows_on_the_field(qtbot: QtBot, gui: TrayApp) -> None:
+    tab = gui.window.client_tab
+    set_text(qtbot, tab.address.edit, "127.0.0.1")
+    set_text(qtbot, tab.port.edit, "1")
+    set_text(qtbot, tab.interface.edit, "no-such-interface0")
+    set_text(qtbot, tab.bind_port.edit, "0")
+    qtbot.mouseClick(tab.apply_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: "neither an IP address nor a local interface" in tab.interface.error.text(), timeout=WAIT)
+
+
+def test_daemon_down_banner_start_button_and_recovery(
+    qtbot: QtBot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # where the started mcd saves
+    daemon = Mcd()  # not started: the GUI starts it
+    app = TrayApp(str(daemon.socket))
+    qtbot.addWidget(app.window)
+    try:
+        qtbot.waitUntil(lambda: app.window.banner.isVisibleTo(app.window), timeout=WAIT)
+        assert "not running" in app.window.banner_text.text()
+        assert not app.window.tabs.isEnabled()
+        assert app.model.overall().level == "down"
+        qtbot.mouseClick(app.window.start_daemon_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: app.model.daemon_up, timeout=WAIT)
+        assert not app.window.banner.isVisibleTo(app.window) and app.window.tabs.isEnabled()
+        assert daemon.request("hello")["api_version"] == 1
+        daemon.request("daemon.shutdown")
+        qtbot.waitUntil(lambda: not app.model.daemon_up, timeout=WAIT)
+        assert app.window.banner.isVisibleTo(app.window)
+        assert app.last_notification.title == "mcd stopped"
+    finally:
+        app.close()
+        daemon.close()
+
+
+def test_reconnects_and_resyncs_after_a_daemon_restart(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:
+    mcd.request("server.create", name="before")
+    qtbot.waitUntil(lambda: ("server", "before") in gui.model.instances, timeout=WAIT)
+    mcd.stop()
+    qtbot.waitUntil(lambda: not gui.model.daemon_up, timeout=WAIT)
+    mcd.start()
+    mcd.request("server.create", name="after")
+    qtbot.waitUntil(lambda: gui.model.daemon_up and ("server", "after") in gui.model.instances, timeout=WAIT)
+    assert ("server", "before") in gui.model.instances  # restored by the daemon, seen in the resync snapshot
+    assert gui.window.server_tab.picker.findText("after") >= 0
+
+
+def test_named_instances_are_picked_or_created(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:
+    tab = gui.window.client_tab
+    assert tab.picker.currentText() == "default"
+    tab.picker.setEditText("lab")
+    line_edit = tab.picker.lineEdit()
+    assert line_edit is not None
+    qtbot.keyClick(line_edit, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: any(i["name"] == "lab" for i in mcd.request("list")["instances"]), timeout=WAIT)
+    assert tab.name == "lab"
+    tab.picker.setEditText("bad name")
+    qtbot.keyClick(line_edit, Qt.Key.Key_Return)
+    assert tab.picker_error.isVisibleTo(gui.window) and tab.name == "lab"
