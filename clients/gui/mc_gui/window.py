@@ -141,16 +141,19 @@ class SendBox(QGroupBox):
         self.payload.textChanged.connect(self.payload_error.hide)
         self.target = QComboBox()
         self.send = QPushButton("Send")
-        form = QFormLayout(self)
+        outer = QVBoxLayout(self)
+        form = QFormLayout()
         self.target_row = QLabel("To")
         form.addRow(self.target_row, self.target)
         form.addRow("Subject", self.subject.widget())
         form.addRow("Payload", self.payload)
         form.addRow("", self.payload_error)
+        outer.addLayout(form)
         row = QHBoxLayout()
         row.addStretch(1)
         row.addWidget(self.send)
-        form.addRow(row)
+        outer.addLayout(row)
+        outer.addStretch(1)  # keep the rows together when the box is tall
 
     def message(self) -> tuple[str, dict[str, Any]] | None:
         subject, subject_error = vm.check_subject(self.subject.text())
