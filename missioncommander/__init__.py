@@ -19,6 +19,7 @@ from ._errors import (
     QueueFullError,
     RemoteProtocolError,
     StateError,
+    TLSConfigError,
 )
 from ._message import Message
 from ._protocol import PROTOCOL_VERSION
@@ -46,5 +47,6 @@ __all__ = [
     "RemoteProtocolError",
     "Server",
     "StateError",
+    "TLSConfigError",
     "__version__",
 ]

@@ -8,6 +8,7 @@ import logging
 import os
 import random
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -36,6 +37,7 @@ from ._protocol import (
     TERMINAL_CODES,
     AckReceived,
     ByeReceived,
+    Challenge,
     ErrorReceived,
     Event,
     InboundStream,
@@ -46,9 +48,13 @@ from ._protocol import (
     Role,
     ShutdownReceived,
     Welcome,
+    auth_proof,
     message_header,
+    new_nonce,
+    proof_matches,
 )
 from ._state import ClientState, ClientStateTransition
+from ._tls import client_context
 
 log = logging.getLogger("missioncommander.client")
 
@@ -89,6 +95,7 @@ class _ClientLink(Link):
         self.welcomed = False
         #: Set once the transport has closed (``disconnect()`` waits for it).
         self.on_closed: threading.Event | None = None
+        self.expected_server_proof: str | None = None
 
     def describe(self) -> str:
         return f"client {self.client.client_id!r}"
@@ -121,13 +128,34 @@ class _ClientLink(Link):
         if err:
             self._fail(_Attempt(f"cannot connect to {self.client.address}:{self.client.port}: {_strerror(err)}"))
             return
-        self.transport = Transport(self.loop, sock, self)
+        client = self.client
+        hostname = client.tls_hostname or client.address if client._tls_context is not None else None
+        self.transport = Transport(self.loop, sock, self, tls=client._tls_context, server_hostname=hostname)
+        # Then wait for the server's CHALLENGE: it speaks first.
+
+    def _send_hello(self, challenge: Challenge) -> None:
         client = self.client
         with client._lock:
             token, last_seq = client._token, client._inbound.last_seq
+        secret = client.auth_token
+        cnonce = proof = None
+        if challenge.auth and secret is None:
+            self._fail(_Attempt("the server requires a token: set auth_token", terminal=True))
+            return
+        if secret is not None:
+            cnonce = new_nonce()
+            proof = auth_proof(secret, "client", challenge.nonce, cnonce, client.client_id)
+            self.expected_server_proof = auth_proof(secret, "server", challenge.nonce, cnonce, client.client_id)
         self.write(
             self.proto.send_hello(
-                client.client_id, token, last_seq, client.max_frame_size, client.heartbeat_timeout, time.monotonic()
+                client.client_id,
+                token,
+                last_seq,
+                client.max_frame_size,
+                client.heartbeat_timeout,
+                time.monotonic(),
+                cnonce=cnonce,
+                proof=proof,
             )
         )
 
@@ -154,7 +182,13 @@ class _ClientLink(Link):
     _dead = False
 
     def handle_event(self, event: Event) -> None:
-        if isinstance(event, Welcome):
+        if isinstance(event, Challenge):
+            self._send_hello(event)
+        elif isinstance(event, Welcome):
+            if self.expected_server_proof is not None and not proof_matches(self.expected_server_proof, event.proof):
+                # Whoever answered does not hold our token: do not talk to it.
+                self._fail(_Attempt("the server did not prove it knows the token (wrong server?)", terminal=True))
+                return
             if self.timer is not None:
                 self.timer.cancel()
                 self.timer = None
@@ -229,6 +263,15 @@ class Client:
     max_queued = cfg.Setting[int](10_000, cfg.int_range(1), locked=False)
     max_queued_bytes = cfg.Setting[int](64 * 1024 * 1024, cfg.int_range(1), locked=False)
     send_timeout = cfg.Setting[float](10.0, cfg.positive_number(), locked=False)
+    tls = cfg.Setting[bool](False, cfg.boolean, doc="connect with TLS")
+    tls_ca = cfg.Setting["str | None"](
+        None, cfg.optional_str, doc="CA file to verify the server (default: the system's)"
+    )
+    tls_verify = cfg.Setting[bool](True, cfg.boolean, doc="verify the server's certificate and host name")
+    tls_cert = cfg.Setting["str | None"](None, cfg.optional_str, doc="client certificate, for mutual TLS")
+    tls_key = cfg.Setting["str | None"](None, cfg.optional_str, doc="client key (if not in tls_cert)")
+    tls_hostname = cfg.Setting["str | None"](None, cfg.optional_str, doc="name to check (default: address)")
+    auth_token = cfg.Setting["str | None"](None, cfg.optional_str, doc="shared secret to prove to the server")
 
     def __init__(self, **settings: Any) -> None:
         self._settings: dict[str, Any] = {"client_id": self.generate_id()}
@@ -243,6 +286,7 @@ class Client:
         self._retry_timer: Timer | None = None
         self._retries = 0
         self._persistent = False
+        self._tls_context: ssl.SSLContext | None = None
         self._token: str | None = None
         self._out = OutboundStream(self.max_queued, self.max_queued_bytes)
         self._inbound = InboundStream()
@@ -324,7 +368,9 @@ class Client:
         With ``wait`` (the default) this blocks until the server accepts this
         client, or raises ``ConnectError`` (``ConnectTimeout`` after
         ``connect_timeout``, ``ConnectionRefusedByServer`` when the server
-        refuses) and leaves the state CONNECT_FAILED.
+        refuses, e.g. a wrong ``auth_token``) and leaves the state
+        CONNECT_FAILED.  A TLS file that cannot be loaded raises
+        ``TLSConfigError`` before anything is sent.
 
         With ``wait=False`` it returns at once and keeps trying in the
         background, with the same backoff as a reconnect, until it connects
@@ -341,6 +387,7 @@ class Client:
             raise StateError(f"bind_port is required when interface is {self.interface!r}")
         target = self._resolve() if wait else None
         self._bind()  # an interface that vanished fails here, in the caller
+        tls_context = client_context(self.tls_ca, self.tls_verify, self.tls_cert, self.tls_key) if self.tls else None
         with self._lock:
             if self._state & S.STATE_RUNNING:
                 return
@@ -348,6 +395,7 @@ class Client:
             generation = self._generation
             self._retries = 0
             self._persistent = not wait
+            self._tls_context = tls_context
             self._disconnected.clear()
             future: Future[None] = Future()
             self._connect_future = future

@@ -132,3 +132,32 @@ def resolve_interface(value: str, name: str = "interface") -> str:
                     address = f"{address}%{value}"
                 return address
     raise ValueError(f"{name} {value!r} has no IP address")
+
+
+def optional_str(value: Any, name: str) -> str | None:
+    """None, or a non-empty str (a path, a token, a host name)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str or None, not {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{name} must not be empty (use None to unset it)")
+    return value
+
+
+def boolean(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, not {type(value).__name__}")
+    return value
+
+
+def token_map(value: Any, name: str) -> dict[str, str] | None:
+    """None, or a dict of client id -> secret (copied)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise TypeError(f"{name} must be a dict of client id to token, not {type(value).__name__}")
+    for key, token in value.items():
+        if not isinstance(key, str) or not isinstance(token, str) or not key or not token:
+            raise ValueError(f"{name} must map non-empty client ids to non-empty tokens")
+    return dict(value)

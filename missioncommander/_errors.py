@@ -76,3 +76,7 @@ class MessageTooLarge(MissionCommanderError, ValueError):
 
 class BindError(MissionCommanderError, OSError):
     """A server could not listen on its interface and port."""
+
+
+class TLSConfigError(MissionCommanderError, ValueError):
+    """A TLS setting is wrong: a file is missing or not a certificate or key."""

@@ -17,6 +17,7 @@ import logging
 import os
 import selectors
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -218,7 +219,15 @@ class Transport:
     ``connection_lost`` exactly once, however the transport closed.
     """
 
-    def __init__(self, loop: Loop, sock: socket.socket, owner: TransportOwner) -> None:
+    def __init__(
+        self,
+        loop: Loop,
+        sock: socket.socket,
+        owner: TransportOwner,
+        tls: ssl.SSLContext | None = None,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+    ) -> None:
         self.loop = loop
         self.sock = sock
         self.owner = owner
@@ -229,10 +238,17 @@ class Transport:
         self._closing = False
         self._linger_timer: Timer | None = None
         self._close_reason = ""
+        self._tls: _TLS | None = None
         loop.register(sock, selectors.EVENT_READ, self)
+        if tls is not None:
+            self._tls = _TLS(tls, server_side, server_hostname)
+            self._tls_step()  # a client's ClientHello goes out now
 
     def write(self, data: bytes) -> None:
         if self.closed or self._closing or not data:
+            return
+        if self._tls is not None:
+            self._tls_write(data)
             return
         self._out.append(data)
         self.out_bytes += len(data)
@@ -241,9 +257,87 @@ class Transport:
     def write_many(self, chunks: list[bytes]) -> None:
         if self.closed or self._closing:
             return
+        if self._tls is not None:
+            self._tls_write(b"".join(chunks))
+            return
         self._out.extend(chunks)
         self.out_bytes += sum(map(len, chunks))
         self.loop.mark_dirty(self)
+
+    # -- TLS, through memory BIOs: the socket stays plain and non-blocking --------
+
+    @property
+    def tls_peer_certificate(self) -> dict[str, Any] | None:
+        if self._tls is None or not self._tls.ready:
+            return None
+        return self._tls.obj.getpeercert()
+
+    def _tls_write(self, data: bytes) -> None:
+        tls = self._tls
+        assert tls is not None
+        if not tls.ready:
+            tls.backlog.append(data)
+            return
+        try:
+            tls.obj.write(data)
+        except ssl.SSLError as exc:
+            self.close(f"TLS error: {_tls_reason(exc)}", exc)
+            return
+        self._tls_flush()
+
+    def _tls_flush(self) -> None:
+        tls = self._tls
+        assert tls is not None
+        raw = tls.outgoing.read()
+        if raw:
+            self._out.append(raw)
+            self.out_bytes += len(raw)
+            self.loop.mark_dirty(self)
+
+    def _tls_step(self) -> bool:
+        """Drive the handshake; False when the transport closed."""
+        tls = self._tls
+        assert tls is not None
+        if not tls.ready:
+            try:
+                tls.obj.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            except (ssl.SSLError, ssl.CertificateError) as exc:
+                self._tls_flush()  # the alert, if any, tells the peer why
+                self.flush()
+                self.close(f"TLS handshake failed: {_tls_reason(exc)}", exc)
+                return False
+            else:
+                tls.ready = True
+                backlog, tls.backlog = tls.backlog, []
+                for data in backlog:
+                    tls.obj.write(data)
+        self._tls_flush()
+        return True
+
+    def _tls_received(self, data: bytes) -> None:
+        tls = self._tls
+        assert tls is not None
+        tls.incoming.write(data)
+        if not self._tls_step() or not tls.ready:
+            return
+        while not self.closed:
+            try:
+                plain = tls.obj.read(_RECV_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                self.close("connection closed by peer (TLS close_notify)")
+                return
+            except ssl.SSLError as exc:
+                self.close(f"TLS error: {_tls_reason(exc)}", exc)
+                return
+            if not plain:
+                break
+            self.owner.data_received(plain)
+        if not self.closed:
+            self._tls_flush()  # e.g. TLS 1.3 session tickets, key updates
 
     def handle_io(self, mask: int) -> None:
         if mask & selectors.EVENT_READ and not self.closed:
@@ -265,7 +359,10 @@ class Transport:
                 return
             if self._closing:
                 continue  # we are leaving; what the peer says no longer matters
-            self.owner.data_received(data)
+            if self._tls is not None:
+                self._tls_received(data)
+            else:
+                self.owner.data_received(data)
             if self.closed:
                 return
             if len(data) < _RECV_SIZE:
@@ -340,6 +437,26 @@ class Transport:
 
     def _lost(self, reason: str, exc: BaseException | None) -> None:
         self.close(self._close_reason if self._closing else reason, exc)
+
+
+class _TLS:
+    """One connection's TLS state: an SSLObject between two memory BIOs."""
+
+    def __init__(self, context: ssl.SSLContext, server_side: bool, server_hostname: str | None) -> None:
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.obj = context.wrap_bio(
+            self.incoming, self.outgoing, server_side=server_side, server_hostname=server_hostname
+        )
+        self.ready = False
+        self.backlog: list[bytes] = []
+
+
+def _tls_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {exc.verify_message}"
+    reason = getattr(exc, "reason", None)
+    return str(reason or exc).lower().replace("_", " ")
 
 
 def _describe_oserror(exc: OSError) -> str:

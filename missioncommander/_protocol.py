@@ -20,7 +20,7 @@ Which frames each side may receive in each connection state:
 =====================  =====================================================
 state                  frames accepted (anything else is ``unexpected_frame``)
 =====================  =====================================================
-client, HANDSHAKE      WELCOME, ERROR
+client, HANDSHAKE      CHALLENGE first; then WELCOME or ERROR
 server, HANDSHAKE      HELLO (once), then nothing until the server answers
 OPEN (both)            MESSAGE, ACK, PING, PONG, BYE, ERROR
 OPEN (client only)     SHUTDOWN
@@ -31,7 +31,10 @@ CLOSED                 everything is ignored
 from __future__ import annotations
 
 import enum
+import hashlib
+import hmac
 import json
+import secrets
 import struct
 from collections import deque
 from collections.abc import Iterator
@@ -66,6 +69,7 @@ class FrameType(enum.IntEnum):
     SHUTDOWN = 7
     BYE = 8
     ERROR = 9
+    CHALLENGE = 10
 
 
 class ErrorCode(enum.StrEnum):
@@ -79,11 +83,15 @@ class ErrorCode(enum.StrEnum):
     VERSION_UNSUPPORTED = "version_unsupported"
     ID_IN_USE = "id_in_use"
     SERVER_FULL = "server_full"
+    AUTH_FAILED = "auth_failed"
+    RATE_LIMITED = "rate_limited"
 
 
 #: Refusals after which a client must not retry by itself: retrying would get
 #: the same answer, or (for ``id_in_use``) fight a live client for its id.
-TERMINAL_CODES = frozenset({ErrorCode.VERSION_UNSUPPORTED, ErrorCode.ID_IN_USE, ErrorCode.BAD_FRAME})
+TERMINAL_CODES = frozenset(
+    {ErrorCode.VERSION_UNSUPPORTED, ErrorCode.ID_IN_USE, ErrorCode.BAD_FRAME, ErrorCode.AUTH_FAILED}
+)
 
 
 class Role(enum.Enum):
@@ -102,6 +110,13 @@ class ConnState(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class Challenge:
+    version: int
+    nonce: str
+    auth: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Hello:
     version: int
     client_id: str
@@ -109,6 +124,8 @@ class Hello:
     last_seq: int
     max_frame_size: int
     heartbeat_timeout: float
+    cnonce: str | None = None
+    proof: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +136,7 @@ class Welcome:
     last_seq: int
     max_frame_size: int
     heartbeat_timeout: float
+    proof: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +180,8 @@ class ErrorReceived:
 
 
 Event = (
-    Hello
+    Challenge
+    | Hello
     | Welcome
     | MessageReceived
     | AckReceived
@@ -320,6 +339,14 @@ def parse_frame(ftype: int, body: bytes) -> Event:
         if body:
             raise RemoteProtocolError(ErrorCode.BAD_FRAME, "PING and PONG frames have no body")
         return PingReceived() if ftype == FrameType.PING else PongReceived()
+    if ftype == FrameType.CHALLENGE:
+        obj = _json_object(body, "CHALLENGE")
+        nonce = _field(obj, "nonce", str, "CHALLENGE")
+        if not 16 <= len(nonce) <= 256:
+            raise RemoteProtocolError(ErrorCode.BAD_FRAME, "CHALLENGE nonce must be 16 to 256 characters")
+        return Challenge(
+            version=_field(obj, "version", int, "CHALLENGE"), nonce=nonce, auth=_field(obj, "auth", bool, "CHALLENGE")
+        )
     if ftype == FrameType.HELLO:
         obj = _json_object(body, "HELLO")
         client_id = _field(obj, "client_id", str, "HELLO")
@@ -332,6 +359,8 @@ def parse_frame(ftype: int, body: bytes) -> Event:
             last_seq=_nonneg(_field(obj, "last_seq", int, "HELLO"), "HELLO last_seq"),
             max_frame_size=_field(obj, "max_frame_size", int, "HELLO"),
             heartbeat_timeout=float(_field(obj, "heartbeat_timeout", (int, float), "HELLO")),
+            cnonce=_field(obj, "cnonce", str, "HELLO", optional=True),
+            proof=_field(obj, "proof", str, "HELLO", optional=True),
         )
     if ftype == FrameType.WELCOME:
         obj = _json_object(body, "WELCOME")
@@ -342,6 +371,7 @@ def parse_frame(ftype: int, body: bytes) -> Event:
             last_seq=_nonneg(_field(obj, "last_seq", int, "WELCOME"), "WELCOME last_seq"),
             max_frame_size=_field(obj, "max_frame_size", int, "WELCOME"),
             heartbeat_timeout=float(_field(obj, "heartbeat_timeout", (int, float), "WELCOME")),
+            proof=_field(obj, "proof", str, "WELCOME", optional=True),
         )
     if ftype in (FrameType.SHUTDOWN, FrameType.BYE):
         name = FrameType(ftype).name
@@ -373,7 +403,7 @@ _OPEN_ACCEPTS = {
     ),
     Role.SERVER: (MessageReceived, AckReceived, PingReceived, PongReceived, ByeReceived, ErrorReceived),
 }
-_HANDSHAKE_ACCEPTS = {Role.CLIENT: (Welcome, ErrorReceived), Role.SERVER: (Hello,)}
+_HANDSHAKE_ACCEPTS = {Role.CLIENT: (Challenge, Welcome, ErrorReceived), Role.SERVER: (Hello,)}
 
 
 class Connection:
@@ -392,6 +422,9 @@ class Connection:
         self._decoder = FrameDecoder(max_frame_size)
         self._hello_seen = False
         self._final_sent = False
+        self._challenge_sent = False
+        #: The server's CHALLENGE, once received (client side).
+        self.challenge: Challenge | None = None
         self.last_received = now
         self.last_sent = now
         #: What the peer announced in its HELLO/WELCOME.
@@ -424,6 +457,10 @@ class Connection:
             allowed: tuple[type, ...] = _OPEN_ACCEPTS[self.role]
         elif self.role is Role.SERVER and self._hello_seen:
             allowed = ()
+        elif self.role is Role.CLIENT and self.challenge is None:
+            allowed = (Challenge, ErrorReceived)  # the server speaks first
+        elif self.role is Role.CLIENT:
+            allowed = (Welcome, ErrorReceived)
         else:
             allowed = _HANDSHAKE_ACCEPTS[self.role]
         if not isinstance(event, allowed):
@@ -432,7 +469,9 @@ class Connection:
                 f"{type(event).__name__} is not allowed from the {'server' if self.role is Role.CLIENT else 'client'}"
                 f" in state {self.state.value}",
             )
-        if isinstance(event, Hello):
+        if isinstance(event, Challenge):
+            self.challenge = event
+        elif isinstance(event, Hello):
             self._hello_seen = True
             self._peer_limits(event.max_frame_size, event.heartbeat_timeout)
         elif isinstance(event, Welcome):
@@ -453,6 +492,14 @@ class Connection:
                 ErrorCode.UNEXPECTED_FRAME, f"cannot send {what} as {self.role.value} in state {self.state.value}"
             )
 
+    def send_challenge(self, nonce: str, auth: bool) -> bytes:
+        """The server's first frame: a fresh nonce, and whether it wants proof."""
+        self._require(ConnState.HANDSHAKE, Role.SERVER, "CHALLENGE")
+        if self._challenge_sent:
+            raise LocalProtocolError(ErrorCode.UNEXPECTED_FRAME, "CHALLENGE was sent already")
+        self._challenge_sent = True
+        return encode_json_frame(FrameType.CHALLENGE, {"version": PROTOCOL_VERSION, "nonce": nonce, "auth": auth})
+
     def send_hello(
         self,
         client_id: str,
@@ -461,40 +508,52 @@ class Connection:
         max_frame_size: int,
         heartbeat_timeout: float,
         now: float,
+        cnonce: str | None = None,
+        proof: str | None = None,
     ) -> bytes:
         self._require(ConnState.HANDSHAKE, Role.CLIENT, "HELLO")
+        if self.challenge is None:
+            raise LocalProtocolError(ErrorCode.UNEXPECTED_FRAME, "cannot send HELLO before the server's CHALLENGE")
         self.last_sent = now
-        return encode_json_frame(
-            FrameType.HELLO,
-            {
-                "version": PROTOCOL_VERSION,
-                "client_id": client_id,
-                "session": session,
-                "last_seq": last_seq,
-                "max_frame_size": max_frame_size,
-                "heartbeat_timeout": heartbeat_timeout,
-            },
-        )
+        hello: dict[str, Any] = {
+            "version": PROTOCOL_VERSION,
+            "client_id": client_id,
+            "session": session,
+            "last_seq": last_seq,
+            "max_frame_size": max_frame_size,
+            "heartbeat_timeout": heartbeat_timeout,
+        }
+        if proof is not None:
+            hello["cnonce"] = cnonce
+            hello["proof"] = proof
+        return encode_json_frame(FrameType.HELLO, hello)
 
     def send_welcome(
-        self, session: str, resumed: bool, last_seq: int, max_frame_size: int, heartbeat_timeout: float, now: float
+        self,
+        session: str,
+        resumed: bool,
+        last_seq: int,
+        max_frame_size: int,
+        heartbeat_timeout: float,
+        now: float,
+        proof: str | None = None,
     ) -> bytes:
         if not self._hello_seen:
             raise LocalProtocolError(ErrorCode.UNEXPECTED_FRAME, "cannot send WELCOME before a HELLO")
         self._require(ConnState.HANDSHAKE, Role.SERVER, "WELCOME")
         self.state = ConnState.OPEN
         self.last_sent = now
-        return encode_json_frame(
-            FrameType.WELCOME,
-            {
-                "version": PROTOCOL_VERSION,
-                "session": session,
-                "resumed": resumed,
-                "last_seq": last_seq,
-                "max_frame_size": max_frame_size,
-                "heartbeat_timeout": heartbeat_timeout,
-            },
-        )
+        welcome: dict[str, Any] = {
+            "version": PROTOCOL_VERSION,
+            "session": session,
+            "resumed": resumed,
+            "last_seq": last_seq,
+            "max_frame_size": max_frame_size,
+            "heartbeat_timeout": heartbeat_timeout,
+        }
+        if proof is not None:
+            welcome["proof"] = proof
+        return encode_json_frame(FrameType.WELCOME, welcome)
 
     def check_can_send(self, what: str = "MESSAGE") -> None:
         self._require(ConnState.OPEN, None, what)
@@ -567,6 +626,30 @@ class Connection:
         else:
             next_ping = self.last_sent + interval
         return action, min(next_ping, self.last_received + heartbeat_timeout)
+
+
+# --------------------------------------------------------------------------
+# Authentication: HMAC challenge-response over a shared secret.
+#
+# The server's CHALLENGE carries a fresh random nonce per connection; the
+# client answers with its own nonce and an HMAC over both nonces and its id,
+# so the secret never crosses the wire and a replayed HELLO (an old server
+# nonce) fails.  The server answers with an HMAC of its own (another label),
+# so a client with a token also knows it reached a server holding it.
+
+
+def new_nonce() -> str:
+    return secrets.token_hex(16)
+
+
+def auth_proof(secret: str, side: str, server_nonce: str, client_nonce: str, client_id: str) -> str:
+    """``side`` is ``client`` or ``server``: the two proofs differ."""
+    message = "\0".join((f"missioncommander-{side}-v1", server_nonce, client_nonce, client_id)).encode()
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def proof_matches(expected: str, given: str | None) -> bool:
+    return given is not None and hmac.compare_digest(expected.encode(), given.encode())
 
 
 # --------------------------------------------------------------------------

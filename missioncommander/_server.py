@@ -6,6 +6,8 @@ import ipaddress
 import logging
 import secrets
 import socket
+import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -13,7 +15,7 @@ from typing import Any
 
 from . import _config as cfg
 from ._callbacks import Callbacks
-from ._errors import BindError, MessageTooLarge, QueueFullError, StateError
+from ._errors import BindError, MessageTooLarge, QueueFullError, StateError, TLSConfigError
 from ._link import Link
 from ._loop import Loop, Timer, Transport, get_loop
 from ._message import Message
@@ -35,8 +37,12 @@ from ._protocol import (
     PingReceived,
     PongReceived,
     Role,
+    auth_proof,
     message_header,
+    new_nonce,
+    proof_matches,
 )
+from ._tls import server_context
 
 log = logging.getLogger("missioncommander.server")
 
@@ -82,8 +88,11 @@ class _ServerLink(Link):
         self.probe_waiter: _ServerLink | None = None
         self.probe_timer: Timer | None = None
         self.hello: Hello | None = None
-        self.transport = Transport(loop, sock, self)
+        self.nonce = new_nonce()
+        self.server_proof: str | None = None
         self.handshake_timer: Timer | None = loop.call_later(server.handshake_timeout, self._handshake_timeout)
+        self.transport = Transport(loop, sock, self, tls=server._tls_context, server_side=True)
+        self.write(self.proto.send_challenge(self.nonce, server._auth_required()))
 
     def describe(self) -> str:
         who = self.session.client_id if self.session else (self.hello.client_id if self.hello else "?")
@@ -134,10 +143,17 @@ class Server:
     heartbeat_interval = cfg.Setting[float](5.0, cfg.positive_number(), locked=False)
     heartbeat_timeout = cfg.Setting[float](15.0, cfg.positive_number(), locked=False)
     max_frame_size = cfg.Setting[int](DEFAULT_MAX_FRAME_SIZE, cfg.int_range(MIN_MAX_FRAME_SIZE, 2**32 - 1))
-    max_clients = cfg.Setting["int | None"](None, cfg.int_range(1, optional=True), locked=False)
+    max_clients = cfg.Setting["int | None"](10_000, cfg.int_range(1, optional=True), locked=False)
     session_expiry = cfg.Setting[float](60.0, cfg.positive_number(), locked=False)
     max_queued = cfg.Setting[int](10_000, cfg.int_range(1), locked=False)
     max_queued_bytes = cfg.Setting[int](64 * 1024 * 1024, cfg.int_range(1), locked=False)
+    max_pending_bytes = cfg.Setting[int](8 * 1024 * 1024, cfg.int_range(1), locked=False)
+    max_connection_rate = cfg.Setting["float | None"](100.0, cfg.positive_number(optional=True), locked=False)
+    tls_cert = cfg.Setting["str | None"](None, cfg.optional_str, doc="PEM certificate (chain): enables TLS")
+    tls_key = cfg.Setting["str | None"](None, cfg.optional_str, doc="PEM private key (if not in tls_cert)")
+    tls_ca = cfg.Setting["str | None"](None, cfg.optional_str, doc="CA file: require client certificates it signed")
+    auth_token = cfg.Setting["str | None"](None, cfg.optional_str, doc="shared secret every client must prove")
+    auth_tokens = cfg.Setting["dict[str, str] | None"](None, cfg.token_map, doc="per-client-id secrets")
 
     def __init__(self, **settings: Any) -> None:
         self._settings: dict[str, Any] = {}
@@ -152,6 +168,9 @@ class Server:
         self._running = False
         self._stopped = threading.Event()
         self._stopped.set()
+        self._tls_context: ssl.SSLContext | None = None
+        self._rates: dict[str, tuple[float, float]] = {}
+        self._rate_logged: dict[str, float] = {}
         for name, value in settings.items():
             if not isinstance(getattr(type(self), name, None), cfg.Setting):
                 raise TypeError(f"Server() got an unknown setting {name!r}")
@@ -179,6 +198,9 @@ class Server:
                 raise StateError("the server is still stopping")
             host = cfg.resolve_interface(self.interface)
             port = self._settings.get("port", 0)
+            if self.tls_ca and not self.tls_cert:
+                raise TLSConfigError("tls_ca (client certificates) needs tls_cert and tls_key too")
+            self._tls_context = server_context(self.tls_cert, self.tls_key, self.tls_ca) if self.tls_cert else None
             try:
                 listener = _listen(host, port)
             except OSError as exc:
@@ -188,10 +210,11 @@ class Server:
             self._bound_port = listener.getsockname()[1]
             self._running = True
             self._stopped.clear()
-        if not host and not _is_loopback(host):
+        if not host and self._tls_context is None and not self._auth_required():
             log.warning(
-                "server listening on every interface (port %d) without TLS or a token: anyone who can reach "
-                "the port can connect; set interface='127.0.0.1' to keep it local",
+                "server listening on every interface (port %d) with neither TLS nor a token: anyone who can "
+                "reach the port can connect and read what is sent. Set auth_token (and tls_cert/tls_key), or "
+                "interface='127.0.0.1' to keep it local; see docs/SECURITY.md",
                 self._bound_port,
             )
         self._loop.run_sync(self._start_on_loop, listener)
@@ -234,9 +257,10 @@ class Server:
         """Send ``message`` to the client ``target``, or to every client for ``'*'``.
 
         Raises ``KeyError`` for an unknown client id, ``QueueFullError`` when
-        a client's queue is full (for ``'*'``: after queueing it for every
-        client with room; the error names those without), and
-        ``MessageTooLarge`` when it exceeds a client's frame limit.
+        that client's queue is full, and ``MessageTooLarge`` when the message
+        exceeds its frame limit.  A broadcast never raises for one client: a
+        client whose queue is full is too slow, and its session ends (logged,
+        ``clientdisconnect`` fires); one with a smaller frame limit is skipped.
         """
         if not isinstance(message, Message):
             raise TypeError(f"message must be a Message, not {type(message).__name__}")
@@ -244,7 +268,7 @@ class Server:
             raise TypeError(f"target must be a client id or '*', not {type(target).__name__}")
         body = message.encode()
         size = len(body) + MESSAGE_OVERHEAD
-        full: list[str] = []
+        full: list[_Session] = []
         with self._lock:
             if not self._running:
                 raise StateError("the server is not running; start() it first")
@@ -257,24 +281,43 @@ class Server:
             for session in sessions:
                 if size > session.peer_max_frame_size:
                     if target == "*":
-                        full.append(session.client_id)
+                        log.warning("broadcast skips client %r: message over its frame limit", session.client_id)
                         continue
                     raise MessageTooLarge(
                         f"message of {size} bytes exceeds client {session.client_id!r}'s limit of "
                         f"{session.peer_max_frame_size}"
                     )
                 if not session.out.has_room(len(body)):
-                    full.append(session.client_id)
+                    if target != "*":
+                        raise QueueFullError(
+                            f"send queue of client {target!r} is full ({len(session.out)} messages, "
+                            f"{session.out.queued_bytes} bytes unacknowledged)"
+                        )
+                    full.append(session)
                     continue
                 session.out.push(body)
             wake = not self._to_pump
             self._to_pump.update(s for s in sessions if s.link is not None)
         if wake and self._to_pump:
             self._loop.call_soon(self._pump)
-        if full:
-            if target != "*":
-                raise QueueFullError(f"send queue of client {target!r} is full")
-            raise QueueFullError(f"message not queued for {len(full)} client(s) (queue full or too large): {full[:10]}")
+        for session in full:
+            # A broadcast does not fail for everyone because one client is too
+            # slow: that client's session ends instead (bounded memory, logged).
+            log.warning(
+                "client %r is too slow: its send queue is full (%d messages); ending its session",
+                session.client_id,
+                len(session.out),
+            )
+            self._loop.call_soon(self._end_session, session, "send queue full: the client did not keep up")
+
+    def queued(self, client_id: str) -> int:
+        """Messages sent to ``client_id`` that it has not acknowledged yet
+        (``KeyError`` for an unknown id)."""
+        with self._lock:
+            session = self._sessions.get(client_id)
+            if session is None:
+                raise KeyError(f"no client {client_id!r} is connected")
+            return len(session.out)
 
     def disconnect_client(self, client_id: str, reason: str = "disconnected by the server") -> None:
         """End ``client_id``'s session and close its connection, telling it
@@ -313,11 +356,49 @@ class Server:
                 # EMFILE and friends: keep serving those already connected.
                 log.error("accept failed: %s", exc)
                 return
+            host = addr[0] if isinstance(addr, tuple) else str(addr)
+            if not self._rate_ok(host):
+                _reset(sock)
+                continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
-            link = _ServerLink(self, self._loop, sock, peer)
+            try:
+                link = _ServerLink(self, self._loop, sock, peer)
+            except OSError as exc:  # e.g. the peer reset before we got to it
+                log.debug("connection from %s lost at once: %s", peer, exc)
+                continue
             self._links.add(link)
+
+    def _rate_ok(self, host: str) -> bool:
+        """A token bucket per address: ``max_connection_rate`` per second,
+        bursts of twice that."""
+        rate = self.max_connection_rate
+        if rate is None:
+            return True
+        now = time.monotonic()
+        burst = max(1.0, 2 * rate)
+        tokens, last = self._rates.get(host, (burst, now))
+        tokens = min(burst, tokens + (now - last) * rate)
+        if len(self._rates) > 10_000:  # forget quiet addresses; the table stays bounded
+            self._rates = {h: v for h, v in self._rates.items() if now - v[1] < 60}
+        if tokens < 1:
+            self._rates[host] = (tokens, now)
+            if now - self._rate_logged.get(host, 0.0) > 5:
+                self._rate_logged[host] = now
+                log.warning("too many connections from %s (over %g per second): refusing some", host, rate)
+            return False
+        self._rates[host] = (tokens - 1, now)
+        return True
+
+    def _auth_required(self) -> bool:
+        return self.auth_token is not None or self.auth_tokens is not None
+
+    def _secret_for(self, client_id: str) -> str | None:
+        tokens = self.auth_tokens
+        if tokens is not None and client_id in tokens:
+            return tokens[client_id]
+        return self.auth_token
 
     def _stop_on_loop(self) -> None:
         if self._listener is not None:
@@ -386,6 +467,19 @@ class Server:
         if not self._running:
             self._refuse(link, ErrorCode.SERVER_FULL, "server is shutting down", retry=True)
             return
+        if self._auth_required():
+            secret = self._secret_for(hello.client_id)
+            if secret is None:
+                self._refuse(link, ErrorCode.AUTH_FAILED, f"client id {hello.client_id!r} has no token on this server")
+                return
+            if hello.proof is None or hello.cnonce is None:
+                self._refuse(link, ErrorCode.AUTH_FAILED, "this server requires a token (set auth_token)")
+                return
+            expected = auth_proof(secret, "client", link.nonce, hello.cnonce, hello.client_id)
+            if not proof_matches(expected, hello.proof):
+                self._refuse(link, ErrorCode.AUTH_FAILED, "wrong token")
+                return
+            link.server_proof = auth_proof(secret, "server", link.nonce, hello.cnonce, hello.client_id)
         with self._lock:
             session = self._sessions.get(hello.client_id)
         if session is not None and hello.session == session.token:
@@ -480,6 +574,7 @@ class Server:
                 self.max_frame_size,
                 self.heartbeat_timeout,
                 time.monotonic(),
+                proof=link.server_proof,
             )
         )
         if resumed:
@@ -506,6 +601,13 @@ class Server:
             session.sent_seq = seq
         if chunks:
             link.transport.write_many(chunks)
+            if link.transport.out_bytes > self.max_pending_bytes:
+                log.warning(
+                    "%s is not reading: %d bytes wait to be sent; closing its connection",
+                    link.describe(),
+                    link.transport.out_bytes,
+                )
+                link.transport.abort(f"not reading: over max_pending_bytes={self.max_pending_bytes}")
 
     def _kick(self, client_id: str, reason: str) -> None:
         with self._lock:
@@ -578,6 +680,15 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
     except ValueError:
         return False
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with a reset: a refused flood costs us no TIME_WAIT state."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    sock.close()
 
 
 def _listen(host: str, port: int) -> socket.socket:

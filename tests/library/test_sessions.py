@@ -17,7 +17,14 @@ import pytest
 from support import FaultProxy, Recorder, free_port, wait_until
 
 from missioncommander import Client, ClientState, Message, QueueFullError, Server
-from missioncommander._protocol import ErrorReceived, FrameDecoder, FrameType, encode_json_frame, parse_frame
+from missioncommander._protocol import (
+    Challenge,
+    ErrorReceived,
+    FrameDecoder,
+    FrameType,
+    encode_json_frame,
+    parse_frame,
+)
 
 S = ClientState
 CONNECTED = S.STATE_OK | S.STATE_RUNNING | S.STATE_CONNECTED
@@ -96,7 +103,7 @@ def raw_hello(port: int, client_id: str, token: str | None) -> list[object]:
                 break
             if not data:
                 break
-            events.extend(parse_frame(t, b) for t, b in decoder.feed(data))
+            events.extend(e for t, b in decoder.feed(data) if not isinstance(e := parse_frame(t, b), Challenge))
             if events:
                 break
         return events
@@ -153,6 +160,7 @@ def test_client_queues_while_reconnecting_and_is_bounded(
 
 def test_server_queues_for_a_detached_session_and_is_bounded(make_client: MakeClient) -> None:
     with Server(interface="127.0.0.1", port=0, max_queued=3) as server:
+        srv = Recorder().attach(server, "clientdisconnect")
         proxy = FaultProxy(server.port)
         try:
             client = make_client(client_id="d", **via(proxy))
@@ -163,14 +171,37 @@ def test_server_queues_for_a_detached_session_and_is_bounded(make_client: MakeCl
             wait_until(lambda: client.state == RECONNECTING)
             for i in range(3):
                 server.send("d", Message("m", {"i": i}))
-            with pytest.raises(QueueFullError):
+            with pytest.raises(QueueFullError, match="send queue of client 'd' is full"):
                 server.send("d", Message("overflow"))
-            with pytest.raises(QueueFullError, match="1 client"):
-                server.send("*", Message("overflow"))
             assert server.clients == ["d"]
             proxy.refusing = False
             rec.wait_count("reconnect", 1)
             assert [m.payload["i"] for (m,) in rec.wait_count("message", 3)] == [0, 1, 2]
+            assert srv.of("clientdisconnect") == []
+        finally:
+            proxy.close()
+
+
+def test_a_broadcast_ends_the_session_of_a_client_that_cannot_keep_up(make_client: MakeClient) -> None:
+    with Server(interface="127.0.0.1", port=0, max_queued=3) as server:
+        srv = Recorder().attach(server, "clientdisconnect")
+        proxy = FaultProxy(server.port)
+        try:
+            fine = make_client(server, client_id="fine")
+            fine_rec = Recorder().attach(fine, "message")
+            fine.connect()
+            slow = make_client(client_id="slow", **via(proxy))
+            slow.connect()
+            proxy.refusing = True
+            proxy.cut("rst")
+            wait_until(lambda: slow.state == RECONNECTING)
+            for i in range(5):  # the 4th no longer fits the detached session's queue
+                server.send("*", Message("b", {"i": i}))
+                # The healthy client acknowledges each one before the next.
+                wait_until(lambda: "fine" not in server.clients or server.queued("fine") == 0, what="fine's ack")
+            assert srv.wait_count("clientdisconnect", 1) == [("slow",)]
+            assert server.clients == ["fine"]
+            assert [m.payload["i"] for (m,) in fine_rec.wait_count("message", 5)] == list(range(5))
         finally:
             proxy.close()
 

@@ -13,6 +13,7 @@ from missioncommander._errors import RemoteProtocolError
 from missioncommander._protocol import (
     AckReceived,
     ByeReceived,
+    Challenge,
     ErrorReceived,
     FrameDecoder,
     FrameType,
@@ -119,6 +120,8 @@ def test_truncated_frame_waits_for_more() -> None:
             b'{"version": 1, "client_id": "a", "last_seq": -1, "max_frame_size": 9999, "heartbeat_timeout": 1}',
         ),
         (FrameType.ERROR, b'{"code": 1}'),
+        (FrameType.CHALLENGE, b'{"version": 1, "nonce": "short", "auth": false}'),
+        (FrameType.CHALLENGE, b'{"version": 1, "nonce": "nnnnnnnnnnnnnnnnnnnn", "auth": 0}'),
         (99, b""),
     ],
 )
@@ -149,6 +152,10 @@ def test_every_frame_type_round_trips() -> None:
         (encode_json_frame(FrameType.HELLO, hello), Hello(1, "c", None, 3, 4096, 2.5)),
         (encode_json_frame(FrameType.WELCOME, welcome), Welcome(1, "t", True, 1, 5000, 1.0)),
         (encode_frame(FrameType.PING), PingReceived()),
+        (
+            encode_json_frame(FrameType.CHALLENGE, {"version": 1, "nonce": "n" * 32, "auth": True}),
+            Challenge(1, "n" * 32, True),
+        ),
         (encode_json_frame(FrameType.SHUTDOWN, {"reason": "r"}), ShutdownReceived("r")),
         (encode_json_frame(FrameType.BYE, {"reason": "b"}), ByeReceived("b")),
         (

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from missioncommander._errors import LocalProtocolError, QueueFullError, RemoteProtocolError
 from missioncommander._protocol import (
     AckReceived,
+    Challenge,
     Connection,
     ConnState,
     FrameType,
@@ -20,9 +21,11 @@ from missioncommander._protocol import (
     Role,
     ShutdownReceived,
     Welcome,
+    auth_proof,
     encode_frame,
     encode_json_frame,
     message_header,
+    proof_matches,
 )
 
 
@@ -30,6 +33,8 @@ def handshake() -> tuple[Connection, Connection]:
     """A client and a server wired together with no network."""
     client = Connection(Role.CLIENT, now=0.0)
     server = Connection(Role.SERVER, now=0.0)
+    (challenge,) = client.receive_data(server.send_challenge("n" * 32, auth=False), now=0.0)
+    assert challenge == Challenge(1, "n" * 32, False)
     (hello,) = server.receive_data(client.send_hello("c1", None, 0, 65536, 15.0, now=0.0), now=0.0)
     assert isinstance(hello, Hello)
     (welcome,) = client.receive_data(server.send_welcome("tok", False, 0, 65536, 9.0, now=0.0), now=0.0)
@@ -73,6 +78,7 @@ def test_server_accepts_only_hello_first(frame: bytes) -> None:
 def test_second_hello_is_unexpected() -> None:
     client = Connection(Role.CLIENT)
     server = Connection(Role.SERVER)
+    client.receive_data(server.send_challenge("n" * 32, auth=False), now=0.0)
     hello = client.send_hello("c1", None, 0, 65536, 15.0, now=0.0)
     with pytest.raises(RemoteProtocolError):
         server.receive_data(hello + hello, now=0.0)
@@ -94,6 +100,32 @@ def test_nothing_counts_after_a_closing_frame() -> None:
     assert client.receive_data(b"more", now=0.0) == []
 
 
+def test_client_waits_for_the_challenge() -> None:
+    client = Connection(Role.CLIENT)
+    with pytest.raises(LocalProtocolError, match="before the server's CHALLENGE"):
+        client.send_hello("c1", None, 0, 65536, 15.0, now=0.0)
+    welcome = Connection(Role.SERVER)
+    with pytest.raises(RemoteProtocolError, match="Welcome is not allowed"):
+        client.receive_data(encode_json_frame(FrameType.WELCOME, {"version": 1, "session": "t", "resumed": False,
+            "last_seq": 0, "max_frame_size": 65536, "heartbeat_timeout": 1}), now=0.0)  # fmt: skip
+    assert welcome.state is ConnState.HANDSHAKE
+
+
+def test_auth_proofs_bind_both_nonces_the_id_and_the_side() -> None:
+    args = ("secret", "snonce" * 4, "cnonce" * 4, "c1")
+    client = auth_proof(args[0], "client", *args[1:])
+    assert proof_matches(client, auth_proof(args[0], "client", *args[1:]))
+    assert client != auth_proof(args[0], "server", *args[1:])
+    for changed in (
+        ("other", *args[1:]),
+        (args[0], "x" * 24, *args[2:]),
+        (*args[:2], "y" * 24, "c1"),
+        (*args[:3], "c2"),
+    ):
+        assert not proof_matches(client, auth_proof(changed[0], "client", *changed[1:]))
+    assert not proof_matches(client, None)
+
+
 def test_local_errors_name_the_state() -> None:
     client = Connection(Role.CLIENT)
     with pytest.raises(LocalProtocolError, match="cannot send ACK as client in state handshake"):
@@ -111,7 +143,9 @@ def test_local_errors_name_the_state() -> None:
 
 def test_peer_limits_out_of_range_are_refused() -> None:
     server = Connection(Role.SERVER)
-    hello = Connection(Role.CLIENT).send_hello("c1", None, 0, 100, 15.0, now=0.0)
+    client = Connection(Role.CLIENT)
+    client.receive_data(server.send_challenge("n" * 32, auth=False), now=0.0)
+    hello = client.send_hello("c1", None, 0, 100, 15.0, now=0.0)
     with pytest.raises(RemoteProtocolError, match="out of range"):
         server.receive_data(hello, now=0.0)
 
