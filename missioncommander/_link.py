@@ -37,6 +37,9 @@ class Link:
         self._hb_timer: Timer | None = None
         self._ack_timer: Timer | None = None
         self.close_reason = ""
+        #: Bytes that may wait unsent for a heartbeat timeout before the
+        #: peer counts as not reading (None: no limit).
+        self.max_pending_bytes: int | None = None
 
     # -- subclass hooks --------------------------------------------------------
 
@@ -110,9 +113,22 @@ class Link:
             assert self.transport is not None
             self.transport.abort(f"heartbeat timeout: nothing received for {self.heartbeat_timeout:g} s")
             return
+        transport = self.transport
+        assert transport is not None
+        limit = self.max_pending_bytes
+        if limit is not None and transport.out_bytes > limit and now - transport.last_progress > self.heartbeat_timeout:
+            # Alive (it pings) but not reading: its backlog would only grow.
+            log.warning(
+                "%s is not reading: %d bytes unsent for %.0f s; closing its connection",
+                self.describe(),
+                transport.out_bytes,
+                now - transport.last_progress,
+            )
+            transport.abort(f"not reading: over max_pending_bytes={limit} for {self.heartbeat_timeout:g} s")
+            return
         if action == "ping":
             self.write(self.proto.send_ping(now))
-        self._schedule_heartbeat(next_check)
+        self._schedule_heartbeat(min(next_check, now + self.heartbeat_timeout / 2))
 
     # -- acknowledgements --------------------------------------------------------
 

@@ -239,6 +239,8 @@ class Transport:
         self._linger_timer: Timer | None = None
         self._close_reason = ""
         self._tls: _TLS | None = None
+        #: When the queued bytes last moved into the kernel (or started queueing).
+        self.last_progress = time.monotonic()
         loop.register(sock, selectors.EVENT_READ, self)
         if tls is not None:
             self._tls = _TLS(tls, server_side, server_hostname)
@@ -250,6 +252,8 @@ class Transport:
         if self._tls is not None:
             self._tls_write(data)
             return
+        if not self._out:
+            self.last_progress = time.monotonic()
         self._out.append(data)
         self.out_bytes += len(data)
         self.loop.mark_dirty(self)
@@ -260,6 +264,8 @@ class Transport:
         if self._tls is not None:
             self._tls_write(b"".join(chunks))
             return
+        if not self._out:
+            self.last_progress = time.monotonic()
         self._out.extend(chunks)
         self.out_bytes += sum(map(len, chunks))
         self.loop.mark_dirty(self)
@@ -290,6 +296,8 @@ class Transport:
         assert tls is not None
         raw = tls.outgoing.read()
         if raw:
+            if not self._out:
+                self.last_progress = time.monotonic()
             self._out.append(raw)
             self.out_bytes += len(raw)
             self.loop.mark_dirty(self)
@@ -380,6 +388,8 @@ class Transport:
                 self._lost(_describe_oserror(exc), exc)
                 return
             self.out_bytes -= sent
+            if sent:
+                self.last_progress = time.monotonic()
             while sent:
                 head = out[0]
                 if sent >= len(head):

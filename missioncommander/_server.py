@@ -81,6 +81,7 @@ class _ServerLink(Link):
 
     def __init__(self, server: Server, loop: Loop, sock: socket.socket, peer: str) -> None:
         super().__init__(loop, Role.SERVER, server.max_frame_size, server.heartbeat_interval, server.heartbeat_timeout)
+        self.max_pending_bytes = server.max_pending_bytes
         self.server = server
         self.peer = peer
         self.session: _Session | None = None
@@ -601,13 +602,6 @@ class Server:
             session.sent_seq = seq
         if chunks:
             link.transport.write_many(chunks)
-            if link.transport.out_bytes > self.max_pending_bytes:
-                log.warning(
-                    "%s is not reading: %d bytes wait to be sent; closing its connection",
-                    link.describe(),
-                    link.transport.out_bytes,
-                )
-                link.transport.abort(f"not reading: over max_pending_bytes={self.max_pending_bytes}")
 
     def _kick(self, client_id: str, reason: str) -> None:
         with self._lock:

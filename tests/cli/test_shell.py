@@ -90,8 +90,10 @@ def test_embedded_shell_without_a_daemon(tmp_path: Path) -> None:
         sh.expect("server  default  listening")
         sh.line("daemon status")
         sh.expect("(embedded in this shell)")
+        sh.expect("> ", start=len(sh.text) - 2)  # at the prompt
         sh.type("\x04")  # Ctrl-D
-        assert sh.wait() == 0
+        code = sh.wait(60)
+        assert code == 0, sh.text[-2000:]
     finally:
         sh.close()
 

@@ -1,0 +1,353 @@
+"""Attacks on a server: each is refused, and well-behaved clients see nothing."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+from support import Recorder, wait_until
+from support.certs import Certs
+
+from missioncommander import (
+    Client,
+    ConnectError,
+    ConnectionRefusedByServer,
+    Message,
+    Server,
+    TLSConfigError,
+)
+from missioncommander._protocol import (
+    Challenge,
+    ErrorReceived,
+    FrameDecoder,
+    FrameType,
+    Welcome,
+    auth_proof,
+    encode_frame,
+    encode_json_frame,
+    parse_frame,
+)
+
+MakeClient = Callable[..., Client]
+
+
+class Bystander:
+    """A well-behaved client that must see no disruption and lose nothing."""
+
+    def __init__(self, server: Server, client: Client) -> None:
+        self.server = server
+        self.client = client
+        self.rec = Recorder().attach(client, "message", "reconnect")
+        self.sent = 0
+
+    def check(self) -> None:
+        self.sent += 1
+        self.server.send(self.client.client_id, Message("ping", {"n": self.sent}))
+        got = [m.payload["n"] for (m,) in self.rec.wait_count("message", self.sent)]
+        assert got == list(range(1, self.sent + 1))
+        assert self.client.connected and self.rec.of("reconnect") == []
+
+
+@pytest.fixture
+def tls_server(certs: Certs) -> Iterator[Server]:
+    with Server(interface="127.0.0.1", port=0, tls_cert=str(certs.server_cert), tls_key=str(certs.server_key)) as srv:
+        yield srv
+
+
+def tls_client(make_client: MakeClient, server: Server, certs: Certs, **extra: object) -> Client:
+    settings: dict[str, object] = {"tls": True, "tls_ca": str(certs.ca), "reconnect_attempts": 1}
+    settings.update(extra)
+    return make_client(server, **settings)
+
+
+def test_tls_round_trip(tls_server: Server, make_client: MakeClient, certs: Certs) -> None:
+    client = tls_client(make_client, tls_server, certs)
+    rec = Recorder().attach(client, "message")
+    srv = Recorder().attach(tls_server, "message")
+    client.connect()
+    big = "x" * 200_000  # several TLS records
+    client.send(Message("up", {"big": big}))
+    assert srv.wait_count("message", 1)[0][1].payload["big"] == big
+    tls_server.send("*", Message("down", {"big": big}))
+    assert rec.wait_count("message", 1)[0][0].payload["big"] == big
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ({"tls_ca": "OTHER"}, "certificate verify failed"),
+        ({"tls_hostname": "evil.example"}, "certificate verify failed"),
+        ({"tls_ca": None}, "certificate verify failed"),  # the system store does not know our test CA
+    ],
+)
+def test_tls_refuses_a_server_it_cannot_verify(
+    tls_server: Server, make_client: MakeClient, certs: Certs, extra: dict[str, object], needle: str
+) -> None:
+    bystander = tls_client(make_client, tls_server, certs)
+    bystander.connect()
+    watch = Bystander(tls_server, bystander)
+    if extra.get("tls_ca") == "OTHER":
+        extra = {"tls_ca": str(certs.other_ca)}
+    client = tls_client(make_client, tls_server, certs, **extra)
+    with pytest.raises(ConnectError, match=needle):
+        client.connect()
+    watch.check()
+
+
+def test_plain_client_against_a_tls_server_fails_cleanly(
+    tls_server: Server, make_client: MakeClient, certs: Certs
+) -> None:
+    bystander = tls_client(make_client, tls_server, certs)
+    bystander.connect()
+    watch = Bystander(tls_server, bystander)
+    plain = make_client(tls_server, connect_timeout=2.0)
+    with pytest.raises(ConnectError):
+        plain.connect()
+    watch.check()
+
+
+def test_mutual_tls_requires_a_client_certificate(make_client: MakeClient, certs: Certs) -> None:
+    with Server(
+        interface="127.0.0.1",
+        port=0,
+        tls_cert=str(certs.server_cert),
+        tls_key=str(certs.server_key),
+        tls_ca=str(certs.ca),
+    ) as server:
+        good = tls_client(make_client, server, certs, tls_cert=str(certs.client_cert), tls_key=str(certs.client_key))
+        good.connect()
+        watch = Bystander(server, good)
+        anonymous = tls_client(make_client, server, certs, connect_timeout=3.0)
+        with pytest.raises(ConnectError):
+            anonymous.connect()
+        watch.check()
+
+
+def test_bad_tls_files_fail_before_anything_is_sent(make_client: MakeClient, certs: Certs) -> None:
+    with pytest.raises(TLSConfigError, match="cannot load"):
+        Server(interface="127.0.0.1", port=0, tls_cert="/nonexistent.pem").start()
+    with Server(interface="127.0.0.1", port=0) as server:
+        client = make_client(server, tls=True, tls_ca="/nonexistent-ca.pem")
+        with pytest.raises(TLSConfigError):
+            client.connect()
+
+
+@pytest.fixture
+def token_server() -> Iterator[Server]:
+    with Server(interface="127.0.0.1", port=0, auth_token="s3cret", auth_tokens={"special": "own-secret"}) as srv:
+        yield srv
+
+
+@pytest.mark.parametrize(
+    ("client_id", "token", "message"),
+    [
+        ("guess", "wrong", "wrong token"),
+        ("special", "s3cret", "wrong token"),  # its own secret, not the shared one
+    ],
+)
+def test_token_refusals(
+    token_server: Server,
+    make_client: MakeClient,
+    caplog: pytest.LogCaptureFixture,
+    client_id: str,
+    token: str | None,
+    message: str,
+) -> None:
+    good = make_client(token_server, client_id="good", auth_token="s3cret")
+    good.connect()
+    watch = Bystander(token_server, good)
+    intruder = make_client(token_server, client_id=client_id, auth_token=token)
+    with pytest.raises(ConnectionRefusedByServer) as info:
+        intruder.connect()
+    assert info.value.code == "auth_failed" and message in str(info.value)
+    assert f"refusing client {client_id!r}" in caplog.text
+    watch.check()
+    special = make_client(token_server, client_id="special", auth_token="own-secret")
+    special.connect()
+
+
+def test_a_client_without_a_token_is_refused(token_server: Server, make_client: MakeClient) -> None:
+    anonymous = make_client(token_server, client_id="anon")
+    with pytest.raises(ConnectError, match="the server requires a token"):
+        anonymous.connect()  # the client knows before it says anything
+    with socket.create_connection(("127.0.0.1", token_server.port), timeout=10) as sock:
+        decoder = FrameDecoder()
+        _frames_until(sock, decoder, 1)
+        sock.sendall(encode_json_frame(FrameType.HELLO, {"version": 1, "client_id": "raw", "session": None,
+                                                          "last_seq": 0, "max_frame_size": 65536,
+                                                          "heartbeat_timeout": 15}))  # fmt: skip
+        (refusal,) = _frames_until(sock, decoder, 1)
+    assert (
+        isinstance(refusal, ErrorReceived) and refusal.code == "auth_failed" and "requires a token" in refusal.message
+    )
+    assert token_server.clients == []
+
+
+def test_the_server_must_prove_the_token_too(make_client: MakeClient) -> None:
+    with Server(interface="127.0.0.1", port=0) as impostor:  # knows no token
+        client = make_client(impostor, auth_token="s3cret")
+        with pytest.raises(ConnectError, match="did not prove it knows the token"):
+            client.connect()
+
+
+def _frames_until(sock: socket.socket, decoder: FrameDecoder, count: int) -> list[object]:
+    events: list[object] = []
+    while len(events) < count:
+        data = sock.recv(65536)
+        if not data:
+            break
+        events.extend(parse_frame(t, b) for t, b in decoder.feed(data))
+    return events
+
+
+def test_a_replayed_handshake_fails(token_server: Server) -> None:
+    def hello_for(challenge: Challenge) -> bytes:
+        cnonce = "c" * 32
+        return encode_json_frame(
+            FrameType.HELLO,
+            {
+                "version": 1,
+                "client_id": "replayer",
+                "session": None,
+                "last_seq": 0,
+                "max_frame_size": 65536,
+                "heartbeat_timeout": 15,
+                "cnonce": cnonce,
+                "proof": auth_proof("s3cret", "client", challenge.nonce, cnonce, "replayer"),
+            },
+        )
+
+    with socket.create_connection(("127.0.0.1", token_server.port), timeout=10) as sock:
+        decoder = FrameDecoder()
+        (challenge,) = _frames_until(sock, decoder, 1)
+        assert isinstance(challenge, Challenge) and challenge.auth
+        recorded = hello_for(challenge)
+        sock.sendall(recorded)
+        (welcome,) = _frames_until(sock, decoder, 1)
+        assert isinstance(welcome, Welcome)  # the genuine handshake works
+    wait_until(lambda: "replayer" in token_server.clients)
+    with socket.create_connection(("127.0.0.1", token_server.port), timeout=10) as sock:
+        decoder = FrameDecoder()
+        (fresh,) = _frames_until(sock, decoder, 1)
+        assert isinstance(fresh, Challenge) and fresh.nonce != challenge.nonce
+        sock.sendall(recorded)  # the same bytes, to a new challenge
+        (refusal,) = _frames_until(sock, decoder, 1)
+    assert isinstance(refusal, ErrorReceived) and refusal.code == "auth_failed"
+
+
+def test_slowloris_is_dropped_at_the_handshake_timeout(make_client: MakeClient) -> None:
+    with Server(interface="127.0.0.1", port=0, handshake_timeout=0.5) as server:
+        good = make_client(server)
+        good.connect()
+        watch = Bystander(server, good)
+        fields = {"version": 1, "client_id": "slow", "session": None, "last_seq": 0}
+        hello = encode_json_frame(FrameType.HELLO, {**fields, "max_frame_size": 65536, "heartbeat_timeout": 15})
+        pace = threading.Event()
+        dropped = False
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            for byte in hello[:-1]:  # one byte every 50 ms: activity must not extend the deadline
+                try:
+                    sock.sendall(bytes([byte]))
+                except OSError:
+                    dropped = True
+                    break
+                pace.wait(0.05)
+            if not dropped:
+                sock.settimeout(5)
+                data = b""
+                try:
+                    while chunk := sock.recv(65536):
+                        data += chunk
+                except ConnectionResetError:
+                    pass
+                dropped = True
+        assert dropped
+        assert server.clients == [good.client_id]
+        watch.check()
+
+
+def _raw_session(port: int, client_id: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    decoder = FrameDecoder()
+    _frames_until(sock, decoder, 1)  # CHALLENGE
+    sock.sendall(encode_json_frame(FrameType.HELLO, {"version": 1, "client_id": client_id, "session": None,
+                                                      "last_seq": 0, "max_frame_size": 2**24,
+                                                      "heartbeat_timeout": 60}))  # fmt: skip
+    _frames_until(sock, decoder, 1)  # WELCOME
+    return sock
+
+
+def test_a_client_that_never_reads_is_cut_off_while_others_get_every_broadcast(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Server(
+        interface="127.0.0.1", port=0, max_pending_bytes=256 * 1024, heartbeat_interval=0.2, heartbeat_timeout=1.0
+    ) as server:
+        srv = Recorder().attach(server, "clientdisconnect")
+        good = make_client(server, client_id="reader")
+        rec = Recorder().attach(good, "message", "reconnect")
+        good.connect()
+        sleeper = _raw_session(server.port, "sleeper")  # handshakes, then never reads again...
+        stop = threading.Event()
+
+        def keep_pinging() -> None:  # ...but stays alive, so only the backlog can give it away
+            for _ in range(600):
+                if stop.wait(0.1):
+                    return
+                try:
+                    sleeper.sendall(encode_frame(FrameType.PING))
+                except OSError:
+                    return
+
+        pinger = threading.Thread(target=keep_pinging)
+        pinger.start()
+        try:
+            filler = "y" * 50_000
+            count = 400  # 20 MB: far more than the kernel buffers between us and the sleeper hold
+            for i in range(count):
+                server.send("*", Message("news", {"i": i, "fill": filler}))
+                if i % 20 == 19:  # pace on the reader, not on time
+                    rec.wait_count("message", i + 1)
+            got = [m.payload["i"] for (m,) in rec.wait_count("message", count)]
+            assert got == list(range(count))
+            # The server cuts the sleeper's connection: its pings start failing.
+            wait_until(lambda: not pinger.is_alive(), timeout=30, what="the sleeper's connection cut")
+            assert "'sleeper'" in caplog.text and "is not reading" in caplog.text
+            assert good.connected and rec.of("reconnect") == []
+        finally:
+            stop.set()
+            pinger.join(10)
+            sleeper.close()
+        assert ("reader",) not in srv.of("clientdisconnect")
+
+
+def test_a_connection_flood_from_one_address_is_capped(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Server(interface="127.0.0.1", port=0, max_connection_rate=5.0) as server:
+        good = make_client(server)
+        good.connect()
+        watch = Bystander(server, good)
+        refused = 0
+        socks = []
+        try:
+            for _ in range(60):
+                try:
+                    socks.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+                except ConnectionResetError:
+                    refused += 1
+            for s in socks:
+                try:
+                    if s.recv(65536) == b"":
+                        refused += 1
+                except ConnectionResetError:
+                    refused += 1
+        finally:
+            for s in socks:
+                s.close()
+        assert refused >= 40  # a burst of 10 is let in; the rest is turned away at once
+        assert "too many connections from 127.0.0.1" in caplog.text
+        watch.check()
