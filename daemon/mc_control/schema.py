@@ -15,9 +15,23 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapte
 from .codes import API_VERSION
 
 InstanceName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
-ClientKey = Literal["address", "port", "client_id", "interface", "bind_port"]
-ServerKey = Literal["interface", "port"]
-SettingValue = str | int | None
+ClientKey = Literal[
+    "address",
+    "port",
+    "client_id",
+    "interface",
+    "bind_port",
+    "tls",
+    "tls_ca",
+    "tls_verify",
+    "tls_cert",
+    "tls_key",
+    "tls_hostname",
+    "auth_token",
+]
+ServerKey = Literal["interface", "port", "tls_cert", "tls_key", "tls_ca", "auth_token"]
+# bool first: pydantic keeps true/false as booleans, not as 1/0.
+SettingValue = bool | int | str | None
 EventName = Literal[
     "statechange",
     "connect",

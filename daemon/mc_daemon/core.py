@@ -39,8 +39,24 @@ from .state import StateStore
 
 log = logging.getLogger("mcd.core")
 
-CLIENT_KEYS = ("address", "port", "client_id", "interface", "bind_port")
-SERVER_KEYS = ("interface", "port")
+CLIENT_KEYS = (
+    "address",
+    "port",
+    "client_id",
+    "interface",
+    "bind_port",
+    "tls",
+    "tls_ca",
+    "tls_verify",
+    "tls_cert",
+    "tls_key",
+    "tls_hostname",
+    "auth_token",
+)
+SERVER_KEYS = ("interface", "port", "tls_cert", "tls_key", "tls_ca", "auth_token")
+#: Never shown in statuses or events (only saved, in a 0600 file).
+SECRET_KEYS = ("auth_token",)
+HIDDEN = "(set)"
 RING_SIZE = 10_000
 SUBSCRIBER_QUEUE = 5_000
 
@@ -157,8 +173,8 @@ class ClientInstance(_Instance):
             reason=self.client.last_close_reason,
         )
 
-    def settings(self) -> dict[str, Any]:
-        return {key: getattr(self.client, key) for key in CLIENT_KEYS}
+    def settings(self, reveal: bool = False) -> dict[str, Any]:
+        return _shown({key: getattr(self.client, key) for key in CLIENT_KEYS}, reveal)
 
     def status(self) -> dict[str, Any]:
         c = self.client
@@ -190,8 +206,10 @@ class ServerInstance(_Instance):
             "message", lambda cid, m: self.publish("message", client_id=cid, subject=m.subject, payload=dict(m.payload))
         )
 
-    def settings(self) -> dict[str, Any]:
-        return {"interface": self.server.interface, "port": self.server._settings.get("port", 0)}
+    def settings(self, reveal: bool = False) -> dict[str, Any]:
+        values = {key: getattr(self.server, key) for key in SERVER_KEYS}
+        values["port"] = self.server._settings.get("port", 0)  # as set: 0 stays 0 while listening
+        return _shown(values, reveal)
 
     def status(self) -> dict[str, Any]:
         s = self.server
@@ -548,8 +566,8 @@ class DaemonCore:
     def persistable(self) -> dict[str, Any]:
         with self._lock:
             return {
-                "clients": {n: {"settings": i.settings(), "desired": i.desired} for n, i in self.clients.items()},
-                "servers": {n: {"settings": i.settings(), "desired": i.desired} for n, i in self.servers.items()},
+                "clients": {n: {"settings": i.settings(True), "desired": i.desired} for n, i in self.clients.items()},
+                "servers": {n: {"settings": i.settings(True), "desired": i.desired} for n, i in self.servers.items()},
             }
 
     def save(self) -> None:
@@ -574,7 +592,7 @@ class DaemonCore:
         instance = self.get(kind, name)
         target = instance.client if kind == "client" else instance.server
         for key, value in (saved.get("settings") or {}).items():
-            if value is None or (kind == "client" and key in ("address", "port") and not value):
+            if value is None or value == HIDDEN or (kind == "client" and key in ("address", "port") and not value):
                 continue
             try:
                 setattr(target, key, value)
@@ -591,6 +609,14 @@ class DaemonCore:
                     instance.desired = True
                     log.error("server %r not restarted: %s", name, exc.message)
         log.info("%s %r restored", kind, name)
+
+
+def _shown(values: dict[str, Any], reveal: bool) -> dict[str, Any]:
+    if not reveal:
+        for key in SECRET_KEYS:
+            if values.get(key) is not None:
+                values[key] = HIDDEN
+    return values
 
 
 def _message(subject: str, payload: dict[str, Any]) -> Message:

@@ -58,8 +58,13 @@ def test_seed_quick_start_one_shot(mcd: Mcd) -> None:
 def test_json_output_of_every_command(mcd: Mcd) -> None:
     sock = mcd.socket
     port = free_port()
-    assert ok_json("server", "set", "interface", "127.0.0.1", socket_path=sock) == {
-        "settings": {"interface": "127.0.0.1", "port": 0}
+    assert ok_json("server", "set", "interface", "127.0.0.1", socket_path=sock)["settings"] == {
+        "interface": "127.0.0.1",
+        "port": 0,
+        "tls_cert": None,
+        "tls_key": None,
+        "tls_ca": None,
+        "auth_token": None,
     }
     ok_json("server", "set", "port", str(port), socket_path=sock)
     assert ok_json("server", "get", "port", socket_path=sock) == {"settings": {"port": port}}

@@ -49,7 +49,14 @@ def test_ready_status_and_socket_permissions(mcd: Mcd) -> None:
 
 def test_client_and_server_commands_end_to_end(mcd: Mcd) -> None:
     port = start_server(mcd)
-    assert mcd.request("server.get")["settings"] == {"interface": "127.0.0.1", "port": 0}
+    assert mcd.request("server.get")["settings"] == {
+        "interface": "127.0.0.1",
+        "port": 0,
+        "tls_cert": None,
+        "tls_key": None,
+        "tls_ca": None,
+        "auth_token": None,
+    }
     assert mcd.request("server.get", key="interface")["settings"] == {"interface": "127.0.0.1"}
     for key, value in (("address", "127.0.0.1"), ("port", port), ("client_id", "abcXYZ")):
         mcd.request("client.set", key=key, value=value)
@@ -405,3 +412,29 @@ def test_messages_reach_a_library_client_through_the_daemons_server(mcd: Mcd) ->
     with client:
         mcd.request("server.send", subject="hello", payload={"from": "mcd"})
         assert rec.wait_count("message", 1) == [(Message("hello", {"from": "mcd"}),)]
+
+
+def test_tokens_are_saved_but_never_shown(mcd: Mcd) -> None:
+    port = free_port()
+    mcd.request("server.set", key="interface", value="127.0.0.1")
+    mcd.request("server.set", key="port", value=port)
+    assert mcd.request("server.set", key="auth_token", value="s3cret")["settings"]["auth_token"] == "(set)"
+    mcd.request("server.start")
+    for key, value in (("address", "127.0.0.1"), ("port", port), ("auth_token", "s3cret")):
+        mcd.request("client.set", key=key, value=value)
+    assert mcd.request("client.connect", wait=True)["phase"] == "connected"
+    assert mcd.request("client.get", key="auth_token")["settings"] == {"auth_token": "(set)"}
+    mcd.request("client.set", name="intruder", key="address", value="127.0.0.1")
+    mcd.request("client.set", name="intruder", key="port", value=port)
+    with pytest.raises(ControlError) as info:
+        mcd.request("client.connect", name="intruder", wait=True, timeout=5)
+    assert info.value.code == "connect_failed" and "requires a token" in info.value.message
+    mcd.request("client.set", name="other", key="tls", value=True)
+    assert mcd.request("client.get", name="other", key="tls")["settings"] == {"tls": True}
+    assert mcd.stop() == 0
+    saved = json.loads((mcd.state_dir / "state.json").read_text())
+    assert saved["servers"]["default"]["settings"]["auth_token"] == "s3cret"  # 0600, in a 0700 dir
+    assert stat.S_IMODE((mcd.state_dir / "state.json").stat().st_mode) == 0o600
+    mcd.start()
+    with mcd.client(timeout=20) as c:
+        assert c.request("client.connect", wait=True, timeout=15)["phase"] == "connected"  # the token was restored

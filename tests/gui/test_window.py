@@ -194,3 +194,21 @@ def test_named_instances_are_picked_or_created(qtbot: QtBot, gui: TrayApp, mcd: 
     tab.picker.setEditText("bad name")
     qtbot.keyClick(line_edit, Qt.Key.Key_Return)
     assert tab.picker_error.isVisibleTo(gui.window) and tab.name == "lab"
+
+
+def test_tokens_set_in_the_window_are_used_and_never_shown(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:
+    server_tab, client_tab = gui.window.server_tab, gui.window.client_tab
+    port = free_port()
+    set_text(qtbot, server_tab.interface.edit, "127.0.0.1")
+    set_text(qtbot, server_tab.port.edit, str(port))
+    set_text(qtbot, server_tab.token.edit, "s3cret")
+    qtbot.mouseClick(server_tab.start_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: mcd.request("server.status")["phase"] == "listening", timeout=WAIT)
+    assert mcd.request("server.status")["settings"]["auth_token"] == "(set)"
+    set_text(qtbot, client_tab.address.edit, "127.0.0.1")
+    set_text(qtbot, client_tab.port.edit, str(port))
+    set_text(qtbot, client_tab.token.edit, "s3cret")
+    qtbot.mouseClick(client_tab.connect_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: mcd.request("client.status")["phase"] == "connected", timeout=WAIT)
+    qtbot.waitUntil(lambda: client_tab.current().phase == "connected", timeout=WAIT)
+    assert client_tab.token.text() == "" and client_tab.token.edit.placeholderText().startswith("set")

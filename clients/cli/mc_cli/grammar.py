@@ -11,9 +11,27 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-CLIENT_KEYS = ("address", "port", "client_id", "interface", "bind_port")
-SERVER_KEYS = ("interface", "port")
+CLIENT_KEYS = (
+    "address",
+    "port",
+    "client_id",
+    "interface",
+    "bind_port",
+    "tls",
+    "tls_ca",
+    "tls_verify",
+    "tls_cert",
+    "tls_key",
+    "tls_hostname",
+    "auth_token",
+)
+SERVER_KEYS = ("interface", "port", "tls_cert", "tls_key", "tls_ca", "auth_token")
 INT_KEYS = ("port", "bind_port")
+BOOL_KEYS = ("tls", "tls_verify")
+#: Keys that `none` (or an empty value) unsets.
+OPTIONAL_KEYS = ("bind_port", "tls_ca", "tls_cert", "tls_key", "tls_hostname", "auth_token")
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
 CLIENT_VERBS = ("set", "get", "connect", "disconnect", "status", "send", "create", "remove", "help")
 SERVER_VERBS = ("set", "get", "start", "stop", "status", "send", "clients", "kick", "create", "remove", "help")
 TOP_COMMANDS = (
@@ -166,10 +184,16 @@ def parse_payload(text: str) -> dict[str, Any]:
     return value
 
 
-def _value(key: str, raw: str) -> str | int | None:
+def _value(key: str, raw: str) -> str | int | bool | None:
+    if key in OPTIONAL_KEYS and raw.lower() in ("none", "null", ""):
+        return None
+    if key in BOOL_KEYS:
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise UsageError(f"{key} must be true or false, not {raw!r}")
     if key in INT_KEYS:
-        if raw.lower() in ("none", "null", "") and key == "bind_port":
-            return None
         try:
             return int(raw)
         except ValueError:

@@ -25,13 +25,15 @@ usage: mcctl [OPTIONS] COMMAND ...      (no COMMAND on a terminal: the shell)
 Drive mcd, the MissionCommander daemon, over its control socket.
 
 client commands (on the client instance --name, default "default"):
-  client set KEY VALUE          KEY: address, port, client_id, interface, bind_port
+  client set KEY VALUE          KEY: address, port, client_id, interface, bind_port,
+                                tls (true/false), tls_ca, tls_verify, tls_cert, tls_key,
+                                tls_hostname, auth_token (none unsets an optional key)
   client get [KEY]
   client connect [--wait [--timeout S]]
   client disconnect | status | create | remove
   client send SUBJECT [JSON]    e.g. client send echo '{"message": "hello"}'
 server commands (on the server instance --name):
-  server set KEY VALUE          KEY: interface, port
+  server set KEY VALUE          KEY: interface, port, tls_cert, tls_key, tls_ca, auth_token
   server get [KEY]
   server start | stop | status | clients | create | remove
   server send [--to CLIENT_ID] SUBJECT [JSON]   (all clients without --to)
@@ -64,7 +66,9 @@ exit status:
 
 CLIENT_HELP = """\
 client commands (add --name NAME for an instance other than "default"):
-  client set KEY VALUE     set address, port, client_id, interface ('' or '*' for any), bind_port
+  client set KEY VALUE     set address, port, client_id, interface ('' or '*' for any), bind_port;
+                           security: tls true|false, tls_ca FILE, tls_verify true|false,
+                           tls_cert FILE, tls_key FILE, tls_hostname NAME, auth_token SECRET
   client get [KEY]         show one setting or all
   client connect           connect; the client keeps retrying until it is connected
   client connect --wait [--timeout S]   ... and return once connected (exit 4 on timeout)
@@ -76,7 +80,9 @@ client commands (add --name NAME for an instance other than "default"):
 
 SERVER_HELP = """\
 server commands (add --name NAME for an instance other than "default"):
-  server set KEY VALUE     set interface ('' or '*' for all, an IP, or a name like lo) or port
+  server set KEY VALUE     set interface ('' or '*' for all, an IP, or a name like lo) or port;
+                           security: tls_cert FILE, tls_key FILE, tls_ca FILE (require client
+                           certificates), auth_token SECRET
   server get [KEY]         show one setting or all
   server start | stop      listen, or announce shutdown to every client and stop
   server status            state, settings and connected clients

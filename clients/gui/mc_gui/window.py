@@ -9,6 +9,7 @@ from typing import Any
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QCloseEvent, QColor, QFont, QFontDatabase, QIcon, QPainter, QPixmap
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFormLayout,
     QFrame,
@@ -112,6 +113,13 @@ class Field:
         layout.addWidget(self.edit)
         layout.addWidget(self.error)
         return box
+
+
+def fill_secret(field: Field, value: object) -> None:
+    """A secret is never shown: the field says whether one is set."""
+    if not field.dirty:
+        field.edit.clear()
+        field.edit.setPlaceholderText("set (type to replace, clear and apply to remove)" if value else "none")
 
 
 def field_callbacks(field: Field) -> tuple[Callable[[dict[str, Any]], None], Callable[[str, str], None]]:
@@ -281,6 +289,12 @@ class ClientTab(InstanceTab):
         self.client_id = Field("random unless you type one (unique per server)")
         self.interface = Field("any (or an IP address, or an interface name such as lo)")
         self.bind_port = Field("any")
+        self.tls = QCheckBox("Use TLS")
+        self.tls.toggled.connect(lambda _on: setattr(self, "tls_dirty", True))
+        self.tls_dirty = False
+        self.tls_ca = Field("CA file to verify the server (default: the system's)")
+        self.token = Field("none")
+        self.token.edit.setEchoMode(QLineEdit.EchoMode.Password)
         self.generate = QPushButton("Generate")
         self.generate.setToolTip("Make a fresh random client id")
         self.generate.clicked.connect(self._generate)
@@ -304,6 +318,9 @@ class ClientTab(InstanceTab):
         form.addRow("Client id", id_row)
         form.addRow("Interface", self.interface.widget())
         form.addRow("Bind port", self.bind_port.widget())
+        form.addRow("Security", self.tls)
+        form.addRow("TLS CA file", self.tls_ca.widget())
+        form.addRow("Token", self.token.widget())
         buttons = QHBoxLayout()
         buttons.addWidget(self.last_close, 1)
         buttons.addWidget(self.apply_button)
@@ -327,7 +344,10 @@ class ClientTab(InstanceTab):
         layout.addWidget(log_box, 1)
 
     def fields(self) -> list[Field]:
-        return [self.address, self.port, self.client_id, self.interface, self.bind_port]
+        return [self.address, self.port, self.client_id, self.interface, self.bind_port, self.tls_ca, self.token]
+
+    def field_for(self, key: str) -> Field:
+        return self.token if key == "auth_token" else getattr(self, key)
 
     def _generate(self) -> None:
         self.client_id.edit.setText(vm.new_client_id())
@@ -341,7 +361,14 @@ class ClientTab(InstanceTab):
         self.client_id.fill(settings.get("client_id"))
         self.interface.fill(settings.get("interface"))
         self.bind_port.fill(settings.get("bind_port"))
+        self.tls_ca.fill(settings.get("tls_ca"))
+        fill_secret(self.token, settings.get("auth_token"))
+        if not self.tls_dirty:
+            self.tls.blockSignals(True)
+            self.tls.setChecked(bool(settings.get("tls")))
+            self.tls.blockSignals(False)
         running = inst.phase in ("connected", "connecting", "reconnecting", "disconnecting")
+        self.tls.setEnabled(not running)
         for field in self.fields():
             field.edit.setReadOnly(running)
         self.generate.setEnabled(not running)
@@ -378,13 +405,19 @@ class ClientTab(InstanceTab):
         values["interface"] = interface
         if values["client_id"] is None:
             del values["client_id"]  # keep the id the daemon gave the instance
+        values["tls_ca"] = self.tls_ca.text().strip() or None
+        if self.token.dirty:  # a token is only ever sent, never shown
+            values["auth_token"] = self.token.text() or None
+        if self.tls_dirty:
+            self.backend.request("client.set", {"name": self.name, "key": "tls", "value": self.tls.isChecked()})
+            self.tls_dirty = False
         for key, value in values.items():
             if current.get(key) != value:
                 self.backend.request(
-                    "client.set", {"name": self.name, "key": key, "value": value}, *field_callbacks(getattr(self, key))
+                    "client.set", {"name": self.name, "key": key, "value": value}, *field_callbacks(self.field_for(key))
                 )
             else:
-                getattr(self, key).dirty = False
+                self.field_for(key).dirty = False
         if then is not None:
             then()
         return True
@@ -416,6 +449,10 @@ class ServerTab(InstanceTab):
         super().__init__(model, backend)
         self.interface = Field("all interfaces ('' or *), an IP address, or a name such as lo")
         self.port = Field("0 picks a free port")
+        self.tls_cert = Field("PEM certificate: enables TLS")
+        self.tls_key = Field("PEM private key")
+        self.token = Field("none: any client may connect")
+        self.token.edit.setEchoMode(QLineEdit.EchoMode.Password)
         self.start_button = QPushButton("Start")
         self.stop_button = QPushButton("Stop")
         self.start_button.clicked.connect(self.start_server)
@@ -427,6 +464,9 @@ class ServerTab(InstanceTab):
         form = QFormLayout(settings)
         form.addRow("Interface", self.interface.widget())
         form.addRow("Port", self.port.widget())
+        form.addRow("TLS certificate", self.tls_cert.widget())
+        form.addRow("TLS key", self.tls_key.widget())
+        form.addRow("Token", self.token.widget())
         buttons = QHBoxLayout()
         buttons.addWidget(self.listening, 1)
         buttons.addWidget(self.start_button)
@@ -467,12 +507,15 @@ class ServerTab(InstanceTab):
         layout.addWidget(log_box, 1)
 
     def fields(self) -> list[Field]:
-        return [self.interface, self.port]
+        return [self.interface, self.port, self.tls_cert, self.tls_key, self.token]
 
     def update_controls(self, inst: vm.InstanceState) -> None:
         settings = inst.status.get("settings") or {}
         self.interface.fill(settings.get("interface"))
         self.port.fill(settings.get("port", 0))
+        self.tls_cert.fill(settings.get("tls_cert"))
+        self.tls_key.fill(settings.get("tls_key"))
+        fill_secret(self.token, settings.get("auth_token"))
         running = inst.phase == "listening"
         for field in self.fields():
             field.edit.setReadOnly(running)
@@ -507,7 +550,15 @@ class ServerTab(InstanceTab):
             self.status_message.emit("fix the fields marked in red first")
             return
         current = self.current().status.get("settings") or {}
-        for key, value, field in (("interface", interface, self.interface), ("port", port, self.port)):
+        changes: list[tuple[str, object, Field]] = [
+            ("interface", interface, self.interface),
+            ("port", port, self.port),
+            ("tls_cert", self.tls_cert.text().strip() or None, self.tls_cert),
+            ("tls_key", self.tls_key.text().strip() or None, self.tls_key),
+        ]
+        if self.token.dirty:
+            changes.append(("auth_token", self.token.text() or None, self.token))
+        for key, value, field in changes:
             if current.get(key) != value:
                 self.backend.request(
                     "server.set", {"name": self.name, "key": key, "value": value}, *field_callbacks(field)
