@@ -84,7 +84,6 @@ class ErrorCode(enum.StrEnum):
     ID_IN_USE = "id_in_use"
     SERVER_FULL = "server_full"
     AUTH_FAILED = "auth_failed"
-    RATE_LIMITED = "rate_limited"
 
 
 #: Refusals after which a client must not retry by itself: retrying would get
