@@ -145,9 +145,20 @@ class ControlClient:
         sock = self.connect()._sock
         assert sock is not None
         request_id = next(self._ids)
-        line = json.dumps({"id": request_id, "cmd": cmd, **params}, separators=(",", ":")) + "\n"
+        line = (json.dumps({"id": request_id, "cmd": cmd, **params}, separators=(",", ":")) + "\n").encode()
         try:
-            sock.sendall(line.encode())
+            sock.sendall(line)
+        except (BrokenPipeError, ConnectionResetError):
+            # The daemon restarted since this connection was opened: nothing
+            # of this request reached anyone, so it is safe to send it again.
+            self.close()
+            self._buf = b""
+            sock = self.connect()._sock
+            assert sock is not None
+            try:
+                sock.sendall(line)
+            except (OSError, TimeoutError) as exc:
+                raise _unreachable(exc, self.path) from None
         except (OSError, TimeoutError) as exc:
             raise _unreachable(exc, self.path) from None
         return request_id

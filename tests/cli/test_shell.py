@@ -101,3 +101,20 @@ def test_embedded_shell_without_a_daemon(tmp_path: Path) -> None:
 def test_one_shot_commands_never_host_instances(tmp_path: Path) -> None:
     out = run("server", "start", socket_path=tmp_path / "no-daemon.sock")
     assert out.returncode == 3 and "mcd is not running" in out.stderr
+
+
+def test_shell_rides_out_a_daemon_restart(mcd: Mcd, tmp_path: Path) -> None:
+    sh = PtySession(mcctl_command(), shell_env(mcd.socket, tmp_path))
+    try:
+        sh.expect("connected to mcd")
+        mark = len(sh.text)
+        mcd.stop()
+        sh.expect("lost the connection to mcd", start=mark)
+        mcd.start()
+        sh.expect("mcd is back", start=mark)
+        sh.line("server create --name after-restart")
+        sh.expect("server after-restart: stopped", start=mark)
+        sh.line("exit")
+        assert sh.wait() == 0
+    finally:
+        sh.close()
