@@ -631,8 +631,10 @@ class Server:
             if link.transport is not None and not link.transport.closed and not link.is_open:
                 link.transport.close_after_flush(reason=reason)
         if dropped:
-            log.warning(
-                "session of client %r ended with %d message(s) never sent dropped", session.client_id, len(dropped)
+            # A client that said goodbye chose not to get them: not a warning.
+            level = logging.INFO if reason.startswith("client disconnected") else logging.WARNING
+            log.log(
+                level, "session of client %r ended; %d message(s) never sent dropped", session.client_id, len(dropped)
             )
         log.info("client %r session ended: %s", session.client_id, reason)
         self._callbacks.emit("clientdisconnect", session.client_id)

@@ -28,6 +28,7 @@ def _usage() -> tuple[int, int, int]:
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(SECONDS + 300)
 def test_soak_churn_and_traffic(make_client: Callable[..., Client]) -> None:
     rng = random.Random(7)
     with Server(interface="127.0.0.1", port=0, max_connection_rate=None) as server:
