@@ -1,0 +1,412 @@
+"""MissionCommander against plain sockets, pyzmq and MQTT (paho + mosquitto), in one run.
+
+    bash bench/run.sh                 # installs what it needs, then runs this
+    python3 bench/run.py [--reps 3] [--quick] [--scale 1000,5000,10000] [--results bench/RESULTS.md]
+
+Every system runs every scenario in every repetition, interleaved; each
+server runs in its own process, the clients in this one.  Ratios are taken
+within a repetition (absolute figures drift on a shared machine), then the
+median over repetitions is reported.  Every scenario checks sequence numbers:
+a lost or duplicated message fails the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).parent))
+from systems import SYSTEMS
+
+HERE = Path(__file__).parent
+FILLER = "x" * 100
+WAIT = 120.0
+
+
+def free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    def __init__(self, system: str, env: dict[str, str]) -> None:
+        # zmq uses port and port + 1: find two free ports in a row.
+        for _ in range(50):
+            self.port = free_port()
+            try:
+                with socket.create_server(("127.0.0.1", self.port + 1)):
+                    break
+            except OSError:
+                continue
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "serve", system, str(self.port)], stdout=subprocess.PIPE, text=True, env=env
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("READY"):
+            raise RuntimeError(f"{system} server did not start")
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+class Inbox:
+    """Collects a client's messages; waits on a condition, never on time."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.items: list[tuple[str, dict[str, Any]]] = []
+        self.count = 0
+        #: Until the marker broadcast, broadcasts are subscription probes.
+        self.settling = True
+        self.marked = False
+
+    def __call__(self, subject: str, payload: dict[str, Any]) -> None:
+        with self.cond:
+            if subject == "bcast" and self.settling:
+                self.count += 1
+                self.marked = self.marked or bool(payload.get("marker"))
+            elif subject == "bcast":
+                self.count += 1
+                if payload["seq"] != self.count - 1:
+                    raise AssertionError(f"broadcast out of order: {payload['seq']} after {self.count - 2}")
+            else:
+                self.items.append((subject, payload))
+            self.cond.notify_all()
+
+    def take(self, subject: str, timeout: float = WAIT) -> dict[str, Any]:
+        with self.cond:
+            ok = self.cond.wait_for(lambda: any(s == subject for s, _ in self.items), timeout)
+            if not ok:
+                raise TimeoutError(f"no {subject!r} within {timeout} s")
+            for i, (s, p) in enumerate(self.items):
+                if s == subject:
+                    del self.items[i]
+                    return p
+        raise AssertionError("unreachable")
+
+    def wait_count(self, count: int, timeout: float = WAIT) -> None:
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.count >= count, timeout):
+                raise TimeoutError(f"{self.count} of {count} broadcasts arrived")
+
+
+def connect(system: str, port: int, client_id: str, inbox: Inbox) -> Any:
+    return SYSTEMS[system][1](port, client_id, inbox)
+
+
+def scenario_echo(system: str, port: int, n: int, size: int = 100) -> dict[str, float]:
+    inbox = Inbox()
+    client = connect(system, port, "echo-client", inbox)
+    filler = "x" * size
+    samples = []
+    try:
+        for seq in range(min(50, n)):  # warm up
+            client.send("echo", {"message": filler, "seq": seq})
+            inbox.take("echo")
+        for seq in range(n):
+            t0 = time.perf_counter()
+            client.send("echo", {"message": filler, "seq": seq})
+            got = inbox.take("echo")
+            samples.append(time.perf_counter() - t0)
+            if got["seq"] != seq:
+                raise AssertionError(f"echo {seq} answered by {got['seq']}")
+    finally:
+        client.close()
+    samples.sort()
+    return {"p50_us": statistics.median(samples) * 1e6, "p99_us": samples[int(len(samples) * 0.99)] * 1e6}
+
+
+def scenario_c2s(system: str, port: int, n: int) -> dict[str, float]:
+    inbox = Inbox()
+    client = connect(system, port, "sink-client", inbox)
+    try:
+        t0 = time.perf_counter()
+        for seq in range(n):
+            client.send("sink", {"message": FILLER, "seq": seq, "last": n - 1})
+        done = inbox.take("done")
+        elapsed = time.perf_counter() - t0
+    finally:
+        client.close()
+    if done["received"] != n:
+        raise AssertionError(f"the server received {done['received']} of {n}")
+    return {"msgs_per_s": n / elapsed}
+
+
+def scenario_broadcast(system: str, port: int, clients: int, count: int) -> dict[str, float]:
+    inboxes = [Inbox() for _ in range(clients)]
+    conns = [connect(system, port, f"b{i}", inbox) for i, inbox in enumerate(inboxes)]
+    try:
+        # Everyone is attached (zmq/MQTT subscriptions settle asynchronously).
+        for c, inbox in zip(conns, inboxes, strict=True):
+            c.send("echo", {"seq": 0})
+            inbox.take("echo")
+        _settle_subscriptions(system, conns[0], inboxes)
+        cpu0 = _server_cpu()
+        t0 = time.perf_counter()
+        conns[0].send("go", {"count": count})
+        for inbox in inboxes:
+            inbox.wait_count(count)
+        elapsed = time.perf_counter() - t0
+        cpu = _server_cpu() - cpu0  # measured from outside: sends may finish after "done"
+        inboxes[0].take("done")
+        for inbox in inboxes:
+            if inbox.count != count:
+                raise AssertionError(f"{inbox.count} of {count} broadcasts (duplicates?)")
+    finally:
+        for c in conns:
+            c.close()
+    deliveries = clients * count
+    return {"deliveries_per_s": deliveries / elapsed, "server_cpu_us_per_delivery": cpu / deliveries * 1e6}
+
+
+SERVER_PID = 0  # the server process of the scenario running now
+
+
+def _server_cpu() -> float:
+    times = psutil.Process(SERVER_PID).cpu_times()
+    return float(times.user + times.system)
+
+
+def _settle_subscriptions(system: str, client: Any, inboxes: list[Inbox]) -> None:
+    """PUB/SUB drops what is published before a subscription reaches the
+    publisher: one-message broadcasts until every client has seen one prove
+    that they all have.  A marker broadcast then flushes the rest (delivery is
+    ordered per subscriber), and the counts start again from zero."""
+    if system in ("pyzmq", "mqtt"):
+        for _ in range(100):
+            client.send("go", {"count": 1})
+            inboxes[0].take("done")
+            if all(inbox.count for inbox in inboxes):
+                break
+        else:
+            raise TimeoutError("subscriptions never settled")
+    client.send("go", {"count": 1, "marker": True})
+    inboxes[0].take("done")
+    for inbox in inboxes:
+        with inbox.cond:
+            if not inbox.cond.wait_for(lambda inbox=inbox: inbox.marked, WAIT):
+                raise TimeoutError("the marker broadcast did not arrive")
+            inbox.count = 0
+            inbox.settling = False
+
+
+def scenario_scale(system: str, port: int, clients: int) -> dict[str, float]:
+    probe_inbox = Inbox()
+    probe = connect(system, port, "probe", probe_inbox)
+    probe.send("stats", {})
+    before = probe_inbox.take("stats")
+    t0 = time.perf_counter()
+    if system == "missioncommander":
+        # Its clients need not connect one after the other: start them all,
+        # then wait until each has been accepted.
+        conns = [SYSTEMS[system][1](port, f"idle{i}", Inbox(), wait=False) for i in range(clients)]
+        for c in conns:
+            if not c.connected.wait(WAIT):
+                raise TimeoutError("a client did not connect")
+    else:
+        conns = [connect(system, port, f"idle{i}", Inbox()) for i in range(clients)]
+    elapsed = time.perf_counter() - t0
+    try:
+        probe.send("stats", {})
+        after = probe_inbox.take("stats")
+    finally:
+        for c in conns:
+            c.close()
+        probe.close()
+    return {
+        "connect_all_s": elapsed,
+        "rss_per_conn_kib": (after["rss"] - before["rss"]) / clients / 1024,
+        "server_threads": after["threads"],
+    }
+
+
+def scenario_mcctl(runs: int = 15) -> dict[str, float]:
+    root = Path(tempfile.mkdtemp(prefix="mcb", dir="/tmp"))
+    sock = root / "mcd.sock"
+    env = dict(os.environ, MC_SOCKET=str(sock))
+    mcd = subprocess.Popen(
+        [sys.executable, "-m", "mc_daemon", "--socket", str(sock), "--state-dir", str(root / "state")],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(200):
+            if sock.exists():
+                break
+            time.sleep(0.05)  # not a test: waiting for a process we started
+        mcctl = shutil.which("mcctl") or str(Path(sys.executable).parent / "mcctl")
+
+        def timed(cmd: list[str]) -> float:
+            t0 = time.perf_counter()
+            subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, check=True)
+            return time.perf_counter() - t0
+
+        bare = statistics.median(timed([sys.executable, "-c", "pass"]) for _ in range(runs))
+        one_shot = statistics.median(timed([mcctl, "client", "status"]) for _ in range(runs))
+    finally:
+        mcd.send_signal(signal.SIGTERM)
+        mcd.wait(20)
+        shutil.rmtree(root, ignore_errors=True)
+    return {"python_ms": bare * 1e3, "mcctl_ms": one_shot * 1e3, "ratio": one_shot / bare}
+
+
+def start_broker() -> tuple[subprocess.Popen[bytes], int, Path]:
+    broker = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    port = free_port()
+    conf = Path(tempfile.mkdtemp(prefix="mqb")) / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 0\n"
+        "persistence false\nlog_dest none\n"
+    )
+    proc = subprocess.Popen([broker, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)  # not a test: waiting for a process we started
+    return proc, port, conf
+
+
+def run_one(
+    system: str, name: str, run: Callable[[str, int], dict[str, float]], env: dict[str, str]
+) -> dict[str, float]:
+    """One system on one scenario, with a fresh server; {} (and a line on
+    stderr) when it fails, so one system's failure does not end the run."""
+    global SERVER_PID
+    try:
+        server = ServerProcess(system, env)
+    except RuntimeError as exc:
+        print(f"  {system:16} {name}: FAILED: {exc}", file=sys.stderr)
+        return {}
+    SERVER_PID = server.proc.pid
+    try:
+        return run(system, server.port)
+    except Exception as exc:  # any failure is reported, and the run goes on
+        print(f"  {system:16} {name}: FAILED: {exc}", file=sys.stderr)
+        return {}
+    finally:
+        server.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    parser.add_argument("--scale", default="1000", help="idle client counts, e.g. 1000,5000,10000")
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--results", type=Path, help="also write the markdown report here")
+    args = parser.parse_args()
+    quick = args.quick
+    systems = args.systems.split(",")
+    scenarios: list[tuple[str, Callable[[str, int], dict[str, float]]]] = [
+        ("echo (p50/p99 us)", lambda s, p: scenario_echo(s, p, 200 if quick else 5000)),
+        ("client->server (msg/s)", lambda s, p: scenario_c2s(s, p, 2000 if quick else 100_000)),
+        (
+            "broadcast 100x2000 (deliveries/s)",
+            lambda s, p: scenario_broadcast(s, p, 10 if quick else 100, 50 if quick else 2000),
+        ),
+        ("1 MiB echo (p50 us)", lambda s, p: scenario_echo(s, p, 5 if quick else 50, size=1024 * 1024)),
+    ]
+    if not quick:
+        scenarios.insert(3, ("broadcast 1000x200 (deliveries/s)", lambda s, p: scenario_broadcast(s, p, 1000, 200)))
+    for count in [int(c) for c in args.scale.split(",") if c]:
+        scenarios.append((f"{count} idle clients", lambda s, p, n=count: scenario_scale(s, p, 20 if quick else n)))
+
+    broker, broker_port, _conf = start_broker() if "mqtt" in systems else (None, 0, None)
+    env = dict(os.environ, BENCH_BROKER_PORT=str(broker_port), PYTHONPATH=os.pathsep.join(sys.path))
+    os.environ["BENCH_BROKER_PORT"] = str(broker_port)
+    results: dict[tuple[str, str], list[dict[str, float]]] = {}
+    try:
+        for rep in range(args.reps):
+            for name, run in scenarios:
+                for system in systems:
+                    if system == "mqtt" and ("1000x200" in name or "idle" in name):
+                        continue  # a paho client is a thread: 1000s of them measure threads, not MQTT
+                    figures = run_one(system, name, run, env)
+                    results.setdefault((name, system), []).append(figures)
+                    print(f"rep {rep + 1} {name:36} {system:16} {figures}", file=sys.stderr, flush=True)
+        mcctl = [scenario_mcctl(5 if quick else 15) for _ in range(args.reps)]
+    finally:
+        if broker is not None:
+            broker.kill()
+            broker.wait(10)
+    report = render(results, scenarios, systems, mcctl)
+    print(report)
+    if args.results:
+        args.results.write_text(report)
+    return 0
+
+
+def render(
+    results: dict[tuple[str, str], list[dict[str, float]]],
+    scenarios: list[tuple[str, Any]],
+    systems: list[str],
+    mcctl: list[dict[str, float]],
+) -> str:
+    lines = [
+        f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
+        f"{time.strftime('%Y-%m-%d')}. Medians over {len(mcctl)} repetitions; "
+        "`x MC` is the peer's figure divided by MissionCommander's, within each repetition (median).",
+        "",
+        "| scenario | metric | " + " | ".join(systems) + " |",
+        "|---|---|" + "---|" * len(systems),
+    ]
+    for name, _ in scenarios:
+        metrics: list[str] = []
+        for system in systems:
+            for figures in results.get((name, system), []):
+                metrics += [m for m in figures if m not in metrics]
+        for metric in metrics:
+            cells = []
+            for system in systems:
+                runs = [f.get(metric) for f in results.get((name, system), []) if f.get(metric) is not None]
+                if not runs:
+                    cells.append("n/a")
+                    continue
+                value = statistics.median(runs)  # type: ignore[type-var]
+                cell = f"{value:,.1f}"
+                mc_runs = [f.get(metric) for f in results.get((name, "missioncommander"), [])]
+                ratios = [
+                    p / m
+                    for p, m in zip((f.get(metric) for f in results.get((name, system), [])), mc_runs, strict=False)
+                    if p and m
+                ]
+                if system != "missioncommander" and ratios:
+                    cell += f" ({statistics.median(ratios):.2f}x MC)"
+                cells.append(cell)
+            lines.append(f"| {name} | {metric} | " + " | ".join(cells) + " |")
+    ratio = statistics.median(m["ratio"] for m in mcctl)
+    lines += [
+        "",
+        f"`mcctl client status` against a running mcd: {statistics.median(m['mcctl_ms'] for m in mcctl):.0f} ms, "
+        f"`python3 -c pass`: {statistics.median(m['python_ms'] for m in mcctl):.0f} ms: "
+        f"**{ratio:.2f}x** bare start-up.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 4 and sys.argv[1] == "serve":
+        SYSTEMS[sys.argv[2]][0](int(sys.argv[3]))
+    else:
+        sys.exit(main())

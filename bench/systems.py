@@ -1,0 +1,345 @@
+"""The systems compared, behind one small adapter interface.
+
+Each system has a server side (run in its own process by ``bench/run.py
+serve``) and a client side (used by the benchmark process).  Payloads are
+dicts; every system carries them as JSON.
+
+Server roles (the same for every system):
+- every message is answered to its sender when its subject is ``echo``;
+- ``sink`` messages are counted; the one whose ``seq`` is ``last`` is
+  answered with ``done``;
+- ``go`` starts a broadcast of ``count`` messages to every client, then
+  answers ``done`` with the CPU seconds the server spent;
+- ``stats`` is answered with the server's RSS, thread count and clients.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+OnMessage = Callable[[str, dict[str, Any]], None]
+
+
+def usage() -> dict[str, Any]:
+    me = psutil.Process()
+    cpu = me.cpu_times()
+    return {"rss": me.memory_info().rss, "threads": me.num_threads(), "cpu": cpu.user + cpu.system}
+
+
+class Handler:
+    """The server roles, independent of the transport: ``reply(target, subject, payload)``."""
+
+    def __init__(self, reply: Callable[[str, str, dict[str, Any]], None], clients: Callable[[], int]) -> None:
+        self.reply = reply
+        self.clients = clients
+        self.sunk = 0
+
+    def handle(self, sender: str, subject: str, payload: dict[str, Any]) -> None:
+        if subject == "echo":
+            self.reply(sender, "echo", payload)
+        elif subject == "sink":
+            self.sunk += 1
+            if payload["seq"] == payload["last"]:
+                self.reply(sender, "done", {"received": self.sunk})
+                self.sunk = 0
+        elif subject == "go":
+            start = usage()["cpu"]
+            filler = "x" * 100
+            extra = {"marker": True} if payload.get("marker") else {}
+            for seq in range(payload["count"]):
+                self.reply("*", "bcast", {"message": filler, "seq": seq, **extra})
+            self.reply(sender, "done", {"cpu": usage()["cpu"] - start})
+        elif subject == "stats":
+            self.reply(sender, "stats", {**usage(), "clients": self.clients()})
+
+
+# -- MissionCommander -----------------------------------------------------------
+
+
+def mc_serve(port: int) -> None:
+    from missioncommander import Message, Server
+
+    server = Server(interface="127.0.0.1", port=port, max_connection_rate=None, max_clients=20_000)
+    handler = Handler(lambda to, s, p: server.send(to, Message(s, p)), lambda: len(server.clients))
+    server.subscribe("message", lambda cid, m: handler.handle(cid, m.subject, m.payload))
+    server.start()
+    _ready_and_wait()
+
+
+class McClient:
+    def __init__(self, port: int, client_id: str, on_message: OnMessage, wait: bool = True) -> None:
+        from missioncommander import Client, Message
+
+        self._message = Message
+        self.connected = threading.Event()
+        self.client = Client(address="127.0.0.1", port=port, client_id=client_id, connect_timeout=60)
+        self.client.subscribe("message", lambda m: on_message(m.subject, m.payload))
+        self.client.subscribe("connect", self.connected.set)
+        # Without waiting, many clients connect at once (the I/O thread
+        # handles every handshake); the caller waits on `connected`.
+        self.client.connect(wait=wait)
+
+    def send(self, subject: str, payload: dict[str, Any]) -> None:
+        self.client.send(self._message(subject, payload))
+
+    def close(self) -> None:
+        self.client.disconnect()
+
+
+# -- plain sockets: length-prefixed JSON, a blocking thread per connection -------
+
+_LEN = struct.Struct("!I")
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("closed")
+        buf += chunk
+    return bytes(buf)
+
+
+def _send_json(sock: socket.socket, lock: threading.Lock, obj: Any) -> None:
+    data = json.dumps(obj).encode()
+    with lock:
+        sock.sendall(_LEN.pack(len(data)) + data)
+
+
+def raw_serve(port: int) -> None:
+    listener = socket.create_server(("127.0.0.1", port), backlog=4096)
+    conns: dict[str, tuple[socket.socket, threading.Lock]] = {}
+    table_lock = threading.Lock()
+
+    def reply(to: str, subject: str, payload: dict[str, Any]) -> None:
+        with table_lock:
+            targets = list(conns.values()) if to == "*" else [conns[to]]
+        data = json.dumps([subject, payload]).encode()  # encoded once for a broadcast
+        frame = _LEN.pack(len(data)) + data
+        for sock, lock in targets:
+            try:
+                with lock:
+                    sock.sendall(frame)
+            except OSError:
+                pass
+
+    handler = Handler(reply, lambda: len(conns))
+
+    def serve(sock: socket.socket) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            client_id = json.loads(_recv_exact(sock, _LEN.unpack(_recv_exact(sock, 4))[0]))
+            with table_lock:
+                conns[client_id] = (sock, threading.Lock())
+            while True:
+                subject, payload = json.loads(_recv_exact(sock, _LEN.unpack(_recv_exact(sock, 4))[0]))
+                handler.handle(client_id, subject, payload)
+        except (OSError, ConnectionError):
+            pass
+
+    def accept() -> None:
+        while True:
+            sock, _ = listener.accept()
+            threading.Thread(target=serve, args=(sock,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    _ready_and_wait()
+
+
+class RawClient:
+    def __init__(self, port: int, client_id: str, on_message: OnMessage) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        self.sock.settimeout(None)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.lock = threading.Lock()
+        _send_json(self.sock, self.lock, client_id)
+        self.on_message = on_message
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                subject, payload = json.loads(_recv_exact(self.sock, _LEN.unpack(_recv_exact(self.sock, 4))[0]))
+                self.on_message(subject, payload)
+        except (OSError, ConnectionError, ValueError):
+            pass
+
+    def send(self, subject: str, payload: dict[str, Any]) -> None:
+        _send_json(self.sock, self.lock, [subject, payload])
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+# -- pyzmq: ROUTER/DEALER for addressed traffic, PUB/SUB for broadcast ------------
+
+
+def zmq_serve(port: int) -> None:
+    import zmq
+
+    ctx = zmq.Context()
+    ctx.set(zmq.MAX_SOCKETS, 100_000)
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    router.bind(f"tcp://127.0.0.1:{port}")
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    pub.bind(f"tcp://127.0.0.1:{port + 1}")
+    seen: set[bytes] = set()
+
+    def reply(to: str, subject: str, payload: dict[str, Any]) -> None:
+        data = json.dumps([subject, payload]).encode()
+        if to == "*":
+            pub.send(data)
+        else:
+            router.send_multipart([to.encode(), data])
+
+    handler = Handler(reply, lambda: len(seen))
+    print("READY", flush=True)
+    while True:
+        ident, data = router.recv_multipart()
+        seen.add(ident)
+        subject, payload = json.loads(data)
+        if subject != "hello":
+            handler.handle(ident.decode(), subject, payload)
+
+
+class ZmqClient:
+    """zmq sockets are not thread-safe: one thread owns the DEALER and the SUB,
+    and sends reach it through an inproc pipe."""
+
+    _ctx: Any = None
+    _count = 0
+
+    def __init__(self, port: int, client_id: str, on_message: OnMessage) -> None:
+        import zmq
+
+        if ZmqClient._ctx is None:
+            ZmqClient._ctx = zmq.Context()
+            ZmqClient._ctx.set(zmq.MAX_SOCKETS, 100_000)  # the default, 1023, is 250 clients here
+        ZmqClient._count += 1
+        ctx = ZmqClient._ctx
+        self.zmq = zmq
+        pipe = f"inproc://bench-{os.getpid()}-{ZmqClient._count}"
+        self.pull = ctx.socket(zmq.PULL)
+        self.pull.bind(pipe)
+        self.push = ctx.socket(zmq.PUSH)
+        self.push.connect(pipe)
+        self.dealer = ctx.socket(zmq.DEALER)
+        self.dealer.setsockopt(zmq.IDENTITY, client_id.encode())
+        self.dealer.connect(f"tcp://127.0.0.1:{port}")
+        self.sub = ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.RCVHWM, 0)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.connect(f"tcp://127.0.0.1:{port + 1}")
+        self.lock = threading.Lock()
+        self.on_message = on_message
+        self.running = True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        self.send("hello", {})
+
+    def _run(self) -> None:
+        poller = self.zmq.Poller()
+        for sock in (self.dealer, self.sub, self.pull):
+            poller.register(sock, self.zmq.POLLIN)
+        while self.running:
+            for sock, _ in poller.poll(100):
+                data = sock.recv()
+                if sock is self.pull:
+                    self.dealer.send(data)
+                else:
+                    self.on_message(*json.loads(data))
+        for sock in (self.dealer, self.sub, self.pull):
+            sock.close(linger=0)
+
+    def send(self, subject: str, payload: dict[str, Any]) -> None:
+        with self.lock:
+            self.push.send(json.dumps([subject, payload]).encode())
+
+    def close(self) -> None:
+        self.running = False
+        self.thread.join(5)
+        self.push.close(linger=0)
+
+
+# -- paho-mqtt through mosquitto: a topic per client plus a broadcast topic, QoS 0 --
+
+
+def mqtt_serve(port: int) -> None:
+    import paho.mqtt.client as mqtt
+
+    broker = int(os.environ["BENCH_BROKER_PORT"])
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-server")
+    clients: set[str] = set()
+
+    def reply(to: str, subject: str, payload: dict[str, Any]) -> None:
+        topic = "mc/all" if to == "*" else f"mc/down/{to}"
+        client.publish(topic, json.dumps([subject, payload]), qos=0)
+
+    handler = Handler(reply, lambda: len(clients))
+
+    def on_message(_c: Any, _u: Any, msg: Any) -> None:
+        sender = msg.topic.rsplit("/", 1)[1]
+        clients.add(sender)
+        subject, payload = json.loads(msg.payload)
+        if subject != "hello":
+            handler.handle(sender, subject, payload)
+
+    client.on_message = on_message
+    client.max_queued_messages_set(0)
+    client.connect("127.0.0.1", broker)
+    client.subscribe("mc/up/+", qos=0)
+    client.loop_start()
+    _ready_and_wait()
+
+
+class MqttClient:
+    def __init__(self, port: int, client_id: str, on_message: OnMessage) -> None:
+        import paho.mqtt.client as mqtt
+
+        broker = int(os.environ["BENCH_BROKER_PORT"])
+        self.client_id = client_id
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+        subscribed = threading.Event()
+        self.client.on_message = lambda _c, _u, msg: on_message(*json.loads(msg.payload))
+        self.client.on_subscribe = lambda *_a: subscribed.set()
+        self.client.connect("127.0.0.1", broker)
+        self.client.loop_start()
+        self.client.subscribe([(f"mc/down/{client_id}", 0), ("mc/all", 0)])
+        if not subscribed.wait(30):
+            raise TimeoutError("no SUBACK from mosquitto")
+        self.send("hello", {})
+
+    def send(self, subject: str, payload: dict[str, Any]) -> None:
+        self.client.publish(f"mc/up/{self.client_id}", json.dumps([subject, payload]), qos=0)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _ready_and_wait() -> None:
+    print("READY", flush=True)
+    threading.Event().wait()
+
+
+SYSTEMS: dict[str, tuple[Callable[[int], None], type]] = {
+    "missioncommander": (mc_serve, McClient),
+    "sockets": (raw_serve, RawClient),
+    "pyzmq": (zmq_serve, ZmqClient),
+    "mqtt": (mqtt_serve, MqttClient),
+}

@@ -1,0 +1,40 @@
+"""The benchmark runs at tiny sizes, so it cannot rot (no timing asserted)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).parents[2] / "bench" / "run.py"
+
+
+def test_every_scenario_runs_at_tiny_size(tmp_path: Path) -> None:
+    report = tmp_path / "report.md"
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            "--quick",
+            "--reps",
+            "1",
+            "--scale",
+            "20",
+            "--systems",
+            "missioncommander,sockets",
+            "--results",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "FAILED" not in out.stderr
+    text = report.read_text()
+    for scenario in ("echo", "client->server", "broadcast", "1 MiB echo", "20 idle clients", "mcctl client status"):
+        assert scenario in text
+    assert "(" in text and "x MC)" in text  # ratios to MissionCommander
