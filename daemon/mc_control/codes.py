@@ -43,3 +43,38 @@ EXIT_CODES.update(
         ErrorCode.TIMEOUT.value: 4,
     }
 )
+
+
+#: Settings a control client may set on each kind of instance (the schema's
+#: ``ClientKey``/``ServerKey`` literals must agree: a test checks).
+CLIENT_KEYS = (
+    "address",
+    "port",
+    "client_id",
+    "interface",
+    "bind_port",
+    "tls",
+    "tls_ca",
+    "tls_verify",
+    "tls_cert",
+    "tls_key",
+    "tls_hostname",
+    "auth_token",
+)
+SERVER_KEYS = ("interface", "port", "tls_cert", "tls_key", "tls_ca", "auth_token")
+#: Every event name of the stream (the schema's ``EventName`` must agree).
+EVENT_NAMES = (
+    "statechange",
+    "connect",
+    "disconnect",
+    "reconnect",
+    "message",
+    "servershutdown",
+    "clientconnect",
+    "clientdisconnect",
+    "started",
+    "stopped",
+    "created",
+    "removed",
+    "settings",
+)

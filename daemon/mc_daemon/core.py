@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mc_control.codes import API_VERSION, ErrorCode
+from mc_control.codes import API_VERSION, CLIENT_KEYS, SERVER_KEYS, ErrorCode
 from missioncommander import (
     BindError,
     Client,
@@ -39,21 +39,6 @@ from .state import StateStore
 
 log = logging.getLogger("mcd.core")
 
-CLIENT_KEYS = (
-    "address",
-    "port",
-    "client_id",
-    "interface",
-    "bind_port",
-    "tls",
-    "tls_ca",
-    "tls_verify",
-    "tls_cert",
-    "tls_key",
-    "tls_hostname",
-    "auth_token",
-)
-SERVER_KEYS = ("interface", "port", "tls_cert", "tls_key", "tls_ca", "auth_token")
 #: Never shown in statuses or events (only saved, in a 0600 file).
 SECRET_KEYS = ("auth_token",)
 HIDDEN = "(set)"

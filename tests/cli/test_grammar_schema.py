@@ -96,3 +96,13 @@ def test_mcctl_one_shot_path_imports_no_pydantic_and_no_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_light_key_and_event_lists_agree_with_the_schema() -> None:
+    from typing import get_args
+
+    from mc_control import codes, schema
+
+    assert get_args(schema.ClientKey) == codes.CLIENT_KEYS
+    assert get_args(schema.ServerKey) == codes.SERVER_KEYS
+    assert get_args(schema.EventName) == codes.EVENT_NAMES

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .grammar import CLIENT_KEYS, CLIENT_STATES, CLIENT_VERBS, OPTIONS, SERVER_KEYS, SERVER_STATES, SERVER_VERBS
+from mc_control.codes import CLIENT_KEYS, SERVER_KEYS
+
+from .grammar import CLIENT_STATES, CLIENT_VERBS, OPTIONS, SERVER_STATES, SERVER_VERBS
 
 _BASH = """\
 # bash completion for mcctl; install with:

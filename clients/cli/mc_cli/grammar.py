@@ -11,21 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-CLIENT_KEYS = (
-    "address",
-    "port",
-    "client_id",
-    "interface",
-    "bind_port",
-    "tls",
-    "tls_ca",
-    "tls_verify",
-    "tls_cert",
-    "tls_key",
-    "tls_hostname",
-    "auth_token",
-)
-SERVER_KEYS = ("interface", "port", "tls_cert", "tls_key", "tls_ca", "auth_token")
+from mc_control.codes import CLIENT_KEYS, SERVER_KEYS
+
 INT_KEYS = ("port", "bind_port")
 BOOL_KEYS = ("tls", "tls_verify")
 #: Keys that `none` (or an empty value) unsets.

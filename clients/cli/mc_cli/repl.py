@@ -16,27 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from mc_control import ControlClient, DaemonUnreachable
+from mc_control.codes import CLIENT_KEYS, EVENT_NAMES, SERVER_KEYS
 
 from . import output
 from .commands import EXIT_OK, Printer, Transport, run_request, run_version, run_wait
-from .grammar import CLIENT_KEYS, CLIENT_VERBS, OPTIONS, SERVER_KEYS, SERVER_VERBS, TOP_COMMANDS, UsageError, parse
+from .grammar import CLIENT_VERBS, OPTIONS, SERVER_VERBS, TOP_COMMANDS, UsageError, parse
 from .main import help_text
 
 PROMPT = "> "
-SHELL_EVENTS = [
-    "statechange",
-    "connect",
-    "disconnect",
-    "reconnect",
-    "message",
-    "servershutdown",
-    "clientconnect",
-    "clientdisconnect",
-    "started",
-    "stopped",
-    "created",
-    "removed",
-]
+# Settings changes echo what was just typed: not worth a line in the shell.
+SHELL_EVENTS = [name for name in EVENT_NAMES if name != "settings"]
 SHELL_HELP = """\
 Type commands without the word mcctl, e.g.:
   server set interface 127.0.0.1      client set address 127.0.0.1
@@ -183,7 +172,6 @@ class Shell:
         while not self.stop.is_set():
             stream = self.stream_factory()
             try:
-                # Settings changes echo what was just typed: not worth a line.
                 params: dict[str, Any] = {"events": SHELL_EVENTS}
                 if since:
                     params["since"] = since
