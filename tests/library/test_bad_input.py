@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 
 import pytest
-from support import Recorder
+from support import Recorder, server_frames
 
 from missioncommander import Client, Message, Server
 from missioncommander._protocol import (
@@ -18,7 +18,6 @@ from missioncommander._protocol import (
     FrameType,
     encode_frame,
     encode_json_frame,
-    parse_frame,
 )
 
 MakeClient = Callable[..., Client]
@@ -34,18 +33,7 @@ def hello(client_id: str = "raw", version: int = 1) -> bytes:
 
 def read_until_closed(sock: socket.socket) -> list[object]:
     """Every frame the server sends until it closes the connection."""
-    sock.settimeout(10)
-    decoder = FrameDecoder()
-    events: list[object] = []
-    while True:
-        try:
-            data = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not data:
-            break
-        events.extend(parse_frame(t, b) for t, b in decoder.feed(data))
-    return events
+    return list(server_frames(sock))
 
 
 def error_codes(events: list[object]) -> list[str]:

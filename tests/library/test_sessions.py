@@ -14,16 +14,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import FaultProxy, Recorder, free_port, wait_until
+from support import FaultProxy, Recorder, free_port, server_frames, wait_until
 
 from missioncommander import Client, ClientState, Message, QueueFullError, Server
 from missioncommander._protocol import (
     Challenge,
     ErrorReceived,
-    FrameDecoder,
     FrameType,
     encode_json_frame,
-    parse_frame,
 )
 
 S = ClientState
@@ -94,19 +92,8 @@ def raw_hello(port: int, client_id: str, token: str | None) -> list[object]:
                 },
             )
         )
-        decoder = FrameDecoder()
-        events: list[object] = []
-        while True:
-            try:
-                data = sock.recv(65536)
-            except ConnectionResetError:
-                break
-            if not data:
-                break
-            events.extend(e for t, b in decoder.feed(data) if not isinstance(e := parse_frame(t, b), Challenge))
-            if events:
-                break
-        return events
+        answer = next((e for e in server_frames(sock) if not isinstance(e, Challenge)), None)
+        return [] if answer is None else [answer]
 
 
 def test_a_wrong_token_is_refused_while_the_session_is_live(server: Server, make_client: MakeClient) -> None:

@@ -8,7 +8,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from missioncommander import Client, Server
@@ -251,3 +251,21 @@ def free_port() -> int:
     with socket.create_server(("127.0.0.1", 0)) as sock:
         port: int = sock.getsockname()[1]
         return port
+
+
+def server_frames(sock: socket.socket, timeout: float = 10.0) -> Iterator[object]:
+    """The frames a server sends on a raw socket, parsed, until it closes
+    (or resets) the connection."""
+    from missioncommander._protocol import FrameDecoder, parse_frame
+
+    sock.settimeout(timeout)
+    decoder = FrameDecoder()
+    while True:
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            return
+        if not data:
+            return
+        for ftype, body in decoder.feed(data):
+            yield parse_frame(ftype, body)
