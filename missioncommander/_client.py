@@ -93,6 +93,8 @@ class _ClientLink(Link):
         self.sock: socket.socket | None = None
         self.timer: Timer | None = None
         self.welcomed = False
+        #: The attempt failed or was closed on purpose: later losses are not news.
+        self._dead = False
         #: Set once the transport has closed (``disconnect()`` waits for it).
         self.on_closed: threading.Event | None = None
         self.expected_server_proof: str | None = None
@@ -178,8 +180,6 @@ class _ClientLink(Link):
             self.loop.unregister(self.sock)
             self.sock.close()
         self.client._attempt_failed(self, why)
-
-    _dead = False
 
     def handle_event(self, event: Event) -> None:
         if isinstance(event, Challenge):
@@ -294,7 +294,6 @@ class Client:
         self._pump_scheduled = False
         self._peer_max_frame_size = DEFAULT_MAX_FRAME_SIZE
         self._last_close_reason: str | None = None
-        self._disconnected = threading.Event()
         for name, value in settings.items():
             if not isinstance(getattr(type(self), name, None), cfg.Setting):
                 raise TypeError(f"Client() got an unknown setting {name!r}")
@@ -308,8 +307,7 @@ class Client:
                 f"cannot change {name} while the client is {ClientState.get_name(self._state)}; disconnect() first"
             )
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        super().__setattr__(name, value)
+    def _setting_changed(self, name: str) -> None:
         # Setting address and port is what configures a new client.
         if (
             name in ("address", "port")
@@ -396,7 +394,6 @@ class Client:
             self._retries = 0
             self._persistent = not wait
             self._tls_context = tls_context
-            self._disconnected.clear()
             future: Future[None] = Future()
             self._connect_future = future
             self._out.max_items, self._out.max_bytes = self.max_queued, self.max_queued_bytes
@@ -436,7 +433,6 @@ class Client:
             self._end_session_locked("disconnected")
             self._set_state(IDLE if ok else DISCONNECT_FAILED)
             self._room.notify_all()
-        self._disconnected.set()
         # Callbacks of the events up to now have run when disconnect() returns
         # (unless it was called from a callback: that would wait for itself).
         self._callbacks.serial.wait_idle(5.0)
@@ -736,7 +732,6 @@ class Client:
         with self._lock:
             if generation == self._generation and self._state & S.STATE_RUNNING:
                 self._set_state(IDLE)
-        self._disconnected.set()
 
     def _end_session_locked(self, reason: str) -> None:
         unsent = sum(1 for _ in self._out.after(self._sent_seq))

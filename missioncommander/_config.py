@@ -15,6 +15,8 @@ class HasSettings(Protocol):
 
     def _check_settable(self, name: str) -> None: ...
 
+    def _setting_changed(self, name: str) -> None: ...
+
 
 class Setting(Generic[T]):
     """A validated attribute: the validator runs on every assignment.
@@ -49,6 +51,7 @@ class Setting(Generic[T]):
         if self.locked:
             obj._check_settable(self.name)
         obj._settings[self.name] = checked
+        obj._setting_changed(self.name)
 
 
 def _is_int(value: Any) -> bool:

@@ -36,7 +36,6 @@ class Link:
         self.inbound: InboundStream | None = None
         self._hb_timer: Timer | None = None
         self._ack_timer: Timer | None = None
-        self.close_reason = ""
         #: Bytes that may wait unsent for a heartbeat timeout before the
         #: peer counts as not reading (None: no limit).
         self.max_pending_bytes: int | None = None

@@ -179,6 +179,9 @@ class Server:
 
     # -- settings ------------------------------------------------------------
 
+    def _setting_changed(self, name: str) -> None:
+        pass  # a server needs no settings to start: port 0 and every interface
+
     def _check_settable(self, name: str) -> None:
         if self._running:
             raise StateError(f"cannot change {name} while the server is running; stop() it first")
