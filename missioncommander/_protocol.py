@@ -39,9 +39,11 @@ import struct
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from json.scanner import make_scanner
 from typing import Any
 
 from ._errors import LocalProtocolError, QueueFullError, RemoteProtocolError
+from ._message import FrozenDict, FrozenList
 
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
@@ -142,7 +144,7 @@ class Welcome:
 class MessageReceived:
     seq: int
     subject: str
-    payload: dict[str, Any]
+    payload: FrozenDict
     encoded: bytes
 
 
@@ -203,6 +205,48 @@ def _reject_constant(name: str) -> Any:
 
 
 _json_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+# Message payloads are handed to users read-only: decoding objects straight
+# into FrozenDict spares a second walk over every payload.
+_frozen_decoder = json.JSONDecoder(parse_constant=_reject_constant, object_hook=FrozenDict)
+_scan_frozen = make_scanner(_frozen_decoder)  # type: ignore[arg-type]  # typeshed types it oddly
+
+
+def decode_message_body(encoded: bytes) -> tuple[str, FrozenDict]:
+    """``[subject, payload]`` from a MESSAGE body, the payload frozen.
+
+    Raises ``RemoteProtocolError`` when the body is not UTF-8 JSON of that shape.
+    """
+    try:
+        text = encoded.decode("utf-8")
+        obj: Any = None
+        if encoded.find(b"[", 1) < 0:
+            # No array inside the payload: the scanner builds it frozen in one pass.
+            try:
+                obj, end = _scan_frozen(text, 0)
+            except StopIteration:
+                obj = None  # leading whitespace, say: the full decoder below says why
+            else:
+                if end != len(text) and text[end:].strip():
+                    obj = None
+        if obj is None:
+            obj = _json_decoder.decode(text)
+            if type(obj) is list and len(obj) == 2:
+                obj[1] = freeze_decoded(obj[1])
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"MESSAGE body is not UTF-8 JSON: {exc}") from None
+    shape_ok = type(obj) is list and len(obj) == 2 and type(obj[1]) is FrozenDict
+    if not shape_ok or type(obj[0]) is not str or not obj[0]:
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, "MESSAGE body must be [subject, payload object]")
+    return obj[0], obj[1]
+
+
+def freeze_decoded(value: Any) -> Any:
+    """Freeze what ``json.loads`` produced: already plain JSON, no checks needed."""
+    if type(value) is dict:
+        return FrozenDict({k: freeze_decoded(v) for k, v in value.items()})
+    if type(value) is list:
+        return FrozenList([freeze_decoded(v) for v in value])
+    return value
 
 
 def encode_frame(ftype: FrameType, body: bytes = b"") -> bytes:
@@ -325,13 +369,8 @@ def parse_frame(ftype: int, body: bytes) -> Event:
             raise RemoteProtocolError(ErrorCode.BAD_FRAME, "MESSAGE body shorter than its sequence number")
         seq = _U64.unpack_from(body)[0]
         encoded = body[8:]
-        try:
-            obj = _json_decoder.decode(encoded.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"MESSAGE body is not UTF-8 JSON: {exc}") from None
-        if type(obj) is not list or len(obj) != 2 or type(obj[0]) is not str or not obj[0] or type(obj[1]) is not dict:
-            raise RemoteProtocolError(ErrorCode.BAD_FRAME, "MESSAGE body must be [subject, payload object]")
-        return MessageReceived(seq, obj[0], obj[1], encoded)
+        subject, payload = decode_message_body(encoded)
+        return MessageReceived(seq, subject, payload, encoded)
     if ftype == FrameType.ACK:
         return AckReceived(_u64(body, "ACK"))
     if ftype in (FrameType.PING, FrameType.PONG):

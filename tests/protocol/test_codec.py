@@ -103,6 +103,9 @@ def test_truncated_frame_waits_for_more() -> None:
         (FrameType.MESSAGE, b"\0" * 8 + b'["s", []]'),  # payload not an object
         (FrameType.MESSAGE, b"\0" * 8 + b'["s", {"x": NaN}]'),  # not JSON
         (FrameType.MESSAGE, b"\0" * 8 + b"[" * 100_000),  # nesting bomb
+        (FrameType.MESSAGE, b"\0" * 8 + b'["s", {}] x'),  # trailing garbage
+        (FrameType.MESSAGE, b"\0" * 8 + b'["s", {"x": NaN}, 1]'),  # NaN, found on the fast path
+        (FrameType.MESSAGE, b"\0" * 8 + b"null"),
         (FrameType.ACK, b"\0" * 4),
         (FrameType.PING, b"x"),
         (FrameType.HELLO, b"[]"),
@@ -129,6 +132,30 @@ def test_bad_bodies_are_bad_frames(ftype: int, body: bytes) -> None:
     with pytest.raises(RemoteProtocolError) as info:
         parse_frame(ftype, body)
     assert info.value.code == "bad_frame"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'["s",{"a":{"b":1},"c":"x"}]',  # no array inside: the one-pass path
+        b' [ "s" , {"a" : {"b": 1}, "c": "x"} ] ',  # whitespace around: the full decoder
+        b'["s",{"a":{"b":[1,{"d":[2]}]},"c":"["}]',  # arrays inside: decoded, then frozen
+    ],
+)
+def test_received_payloads_are_frozen_whatever_the_path(body: bytes) -> None:
+    event = parse_frame(FrameType.MESSAGE, b"\0" * 8 + body)
+    assert isinstance(event, MessageReceived) and event.subject == "s"
+    assert event.payload == json.loads(body)[1]
+    with pytest.raises(TypeError, match="read-only"):
+        event.payload["z"] = 1
+    with pytest.raises(TypeError, match="read-only"):
+        event.payload["a"]["z"] = 1
+    inner = event.payload["a"]["b"]
+    if isinstance(inner, list):
+        with pytest.raises(TypeError, match="read-only"):
+            inner.append(3)
+        with pytest.raises(TypeError, match="read-only"):
+            inner[1]["d"].append(3)
 
 
 def test_every_frame_type_round_trips() -> None:
