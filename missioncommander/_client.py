@@ -28,7 +28,7 @@ from ._errors import (
     StateError,
 )
 from ._link import Link
-from ._loop import Loop, Timer, Transport, get_loop
+from ._loop import BURST_GAP, Loop, Timer, Transport, get_loop
 from ._message import Message
 from ._protocol import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -292,6 +292,10 @@ class Client:
         self._inbound = InboundStream()
         self._sent_seq = 0
         self._pump_scheduled = False
+        #: The transport of the welcomed link, while send() may write to it
+        #: from the caller's thread (set and cleared under the lock).
+        self._live: Transport | None = None
+        self._last_send = 0.0
         self._peer_max_frame_size = DEFAULT_MAX_FRAME_SIZE
         self._last_close_reason: str | None = None
         for name, value in settings.items():
@@ -470,10 +474,34 @@ class Client:
                     self._room.wait(left)
                     self._check_can_send()
             self._out.push(body)
-            if self._pump_scheduled or self._link is None:
+            live = self._live
+            if self._pump_scheduled or live is None:
+                return  # a pump is on its way, or the message waits for the resume
+            now = time.monotonic()
+            burst = now - self._last_send < BURST_GAP
+            self._last_send = now
+            if self._loop.in_loop():
+                chunks, self._sent_seq = self._unsent()
+                live.write_many(chunks)  # flushed with the rest at the end of this loop turn
                 return
-            self._pump_scheduled = True
-        self._loop.call_soon(self._pump)
+            direct = not burst and live.direct_ok
+            if not direct:
+                # The loop writes a burst in a few syscalls; the caller moves on.
+                self._pump_scheduled = True
+            else:
+                # A lone message goes straight out from this thread: one
+                # thread hand-off fewer per request.  The transport lock is
+                # taken before ours is let go, so frames keep their order;
+                # the loop's acks do not wait for the syscall.
+                chunks, self._sent_seq = self._unsent()
+                live.lock.acquire()
+        if not direct:
+            self._loop.call_soon(self._pump)
+            return
+        try:
+            live.send_locked(chunks)  # if closing, the resend buffer still has them
+        finally:
+            live.lock.release()
 
     def _check_can_send(self) -> None:
         if not self._state & (S.STATE_CONNECTED | S.STATE_RECONNECTING):
@@ -651,6 +679,7 @@ class Client:
             self._set_state(CONNECTED)
             self._callbacks.emit("connect") if first else self._callbacks.emit("reconnect", self.client_id)
             self._pump_scheduled = False
+            self._live = link.transport
         log.info(
             "client %r connected to %s:%d%s",
             self.client_id,
@@ -669,17 +698,23 @@ class Client:
         self._pump_to(self._link)
 
     def _pump_to(self, link: _ClientLink | None) -> None:
-        chunks: list[bytes] = []
         with self._lock:
             if link is None or not link.is_open or link.transport is None:
                 return
-            seq = self._sent_seq
-            for seq, body in self._out.after(self._sent_seq):
-                chunks.append(message_header(seq, len(body)))
-                chunks.append(body)
-            self._sent_seq = seq
-        if chunks:
-            link.transport.write_many(chunks)
+            chunks, self._sent_seq = self._unsent()
+            # Written under the lock: send() writes from other threads, and
+            # the frames must reach the socket in sequence order.
+            if chunks:
+                link.transport.write_many(chunks)
+
+    def _unsent(self) -> tuple[list[bytes], int]:
+        """The frames of the messages not yet written, and the last one's seq (lock held)."""
+        chunks: list[bytes] = []
+        seq = self._sent_seq
+        for seq, body in self._out.after(self._sent_seq):
+            chunks.append(message_header(seq, len(body)))
+            chunks.append(body)
+        return chunks, seq
 
     def _handle(self, link: _ClientLink, event: Event) -> None:
         if isinstance(event, MessageReceived):
@@ -734,6 +769,7 @@ class Client:
                 self._set_state(IDLE)
 
     def _end_session_locked(self, reason: str) -> None:
+        self._live = None
         unsent = sum(1 for _ in self._out.after(self._sent_seq))
         self._out.clear()
         if unsent:
@@ -745,6 +781,9 @@ class Client:
     def _link_lost(self, link: _ClientLink, reason: str) -> None:
         if link is self._link:
             self._link = None
+        with self._lock:
+            if self._live is link.transport:
+                self._live = None
         if link.generation != self._generation:
             return
         with self._lock:
@@ -761,6 +800,8 @@ class Client:
             self._retry_timer.cancel()
             self._retry_timer = None
         link, self._link = self._link, None
+        with self._lock:
+            self._live = None
         if link is None or link.transport is None or link.transport.closed:
             if link is not None:
                 link._fail(_Attempt("disconnect() was called"))

@@ -17,7 +17,7 @@ from . import _config as cfg
 from ._callbacks import Callbacks
 from ._errors import BindError, MessageTooLarge, QueueFullError, StateError, TLSConfigError
 from ._link import Link
-from ._loop import Loop, Timer, Transport, get_loop
+from ._loop import BURST_GAP, Loop, Timer, Transport, get_loop
 from ._message import Message
 from ._protocol import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -63,7 +63,18 @@ class _PortSetting(cfg.Setting[int]):
 class _Session:
     """A client id's session: survives broken connections until it expires."""
 
-    __slots__ = ("client_id", "expiry", "inbound", "link", "out", "peer_max_frame_size", "sent_seq", "token")
+    __slots__ = (
+        "client_id",
+        "expiry",
+        "inbound",
+        "last_send",
+        "link",
+        "live",
+        "out",
+        "peer_max_frame_size",
+        "sent_seq",
+        "token",
+    )
 
     def __init__(self, client_id: str, max_queued: int, max_queued_bytes: int) -> None:
         self.client_id = client_id
@@ -74,6 +85,20 @@ class _Session:
         self.sent_seq = 0
         self.expiry: Timer | None = None
         self.peer_max_frame_size = DEFAULT_MAX_FRAME_SIZE
+        #: The welcomed link's transport, while send() may write to it from
+        #: the caller's thread (set and cleared under the server's lock).
+        self.live: Transport | None = None
+        self.last_send = 0.0
+
+    def unsent(self) -> list[bytes]:
+        """The frames of the messages not yet written; marks them written (lock held)."""
+        chunks: list[bytes] = []
+        seq = self.sent_seq
+        for seq, body in self.out.after(self.sent_seq):
+            chunks.append(message_header(seq, len(body)))
+            chunks.append(body)
+        self.sent_seq = seq
+        return chunks
 
 
 class _ServerLink(Link):
@@ -273,6 +298,7 @@ class Server:
         body = message.encode()
         size = len(body) + MESSAGE_OVERHEAD
         full: list[_Session] = []
+        direct: Transport | None = None
         with self._lock:
             if not self._running:
                 raise StateError("the server is not running; start() it first")
@@ -300,10 +326,21 @@ class Server:
                     full.append(session)
                     continue
                 session.out.push(body)
-            wake = not self._to_pump
-            self._to_pump.update(s for s in sessions if s.link is not None)
-        if wake and self._to_pump:
-            self._loop.call_soon(self._pump)
+            if target != "*" and sessions:
+                direct = self._send_one_locked(sessions[0])
+                if direct is not None:
+                    chunks = sessions[0].unsent()
+                    direct.lock.acquire()  # before ours is let go: frames keep their order
+            else:
+                wake = not self._to_pump
+                self._to_pump.update(s for s in sessions if s.link is not None)
+                if wake and self._to_pump:
+                    self._loop.call_soon(self._pump)
+        if direct is not None:
+            try:
+                direct.send_locked(chunks)  # if closing, the session's resend buffer keeps them
+            finally:
+                direct.lock.release()
         for session in full:
             # A broadcast does not fail for everyone because one client is too
             # slow: that client's session ends instead (bounded memory, logged).
@@ -313,6 +350,31 @@ class Server:
                 len(session.out),
             )
             self._loop.call_soon(self._end_session, session, "send queue full: the client did not keep up")
+
+    def _send_one_locked(self, session: _Session) -> Transport | None:
+        """Route a message just queued for one client (lock held): the transport
+        to write it to from this thread, or None when the loop writes it.
+
+        A lone send goes straight out from the caller's thread (one thread
+        hand-off fewer per reply); a burst, or a send on the loop thread, is
+        left to the loop, which writes it with few syscalls.
+        """
+        live = session.live
+        if live is None or session in self._to_pump:
+            return None  # the loop pumps it soon, or on the resume
+        now = time.monotonic()
+        burst = now - session.last_send < BURST_GAP
+        session.last_send = now
+        if self._loop.in_loop():
+            live.write_many(session.unsent())  # flushed at the end of this loop turn
+            return None
+        if burst or not live.direct_ok:
+            wake = not self._to_pump
+            self._to_pump.add(session)
+            if wake:
+                self._loop.call_soon(self._pump)
+            return None
+        return live
 
     def queued(self, client_id: str) -> int:
         """Messages sent to ``client_id`` that it has not acknowledged yet
@@ -581,6 +643,8 @@ class Server:
                 proof=link.server_proof,
             )
         )
+        with self._lock:
+            session.live = link.transport
         if resumed:
             log.info("client %r resumed its session from %s", session.client_id, link.peer)
         link.start_heartbeat()
@@ -596,15 +660,12 @@ class Server:
         link = session.link
         if link is None or not link.is_open or link.transport is None:
             return
-        chunks: list[bytes] = []
         with self._lock:
-            seq = session.sent_seq
-            for seq, body in session.out.after(session.sent_seq):
-                chunks.append(message_header(seq, len(body)))
-                chunks.append(body)
-            session.sent_seq = seq
-        if chunks:
-            link.transport.write_many(chunks)
+            chunks = session.unsent()
+            # Under the lock: send() writes from other threads too, and the
+            # frames must reach the socket in sequence order.
+            if chunks:
+                link.transport.write_many(chunks)
 
     def _kick(self, client_id: str, reason: str) -> None:
         with self._lock:
@@ -622,6 +683,7 @@ class Server:
                 return
             del self._sessions[session.client_id]
             self._to_pump.discard(session)
+            session.live = None
             dropped = list(session.out.after(session.sent_seq))
             session.out.clear()
         if session.expiry is not None:
@@ -648,6 +710,8 @@ class Server:
             self._probe_done(link, alive=False)
         session = link.session
         if session is not None and session.link is link:
+            with self._lock:
+                session.live = None
             session.link = None
             link.session = None
             log.info(
