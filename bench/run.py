@@ -215,7 +215,7 @@ def scenario_scale(system: str, port: int, clients: int) -> dict[str, float]:
     probe.send("stats", {})
     before = probe_inbox.take("stats")
     t0 = time.perf_counter()
-    if system == "missioncommander":
+    if system in ("missioncommander", "mc-pooled"):
         # Its clients need not connect one after the other: start them all,
         # then wait until each has been accepted.
         conns = [SYSTEMS[system][1](port, f"idle{i}", Inbox(), wait=False) for i in range(clients)]

@@ -64,10 +64,14 @@ class Handler:
 # -- MissionCommander -----------------------------------------------------------
 
 
-def mc_serve(port: int) -> None:
+def mc_serve(port: int, inline: bool = True) -> None:
     from missioncommander import Message, Server
 
-    server = Server(interface="127.0.0.1", port=port, max_connection_rate=None, max_clients=20_000)
+    # The handlers never block, so they may run on the I/O thread, as the
+    # socket floor's run on its receiving threads (mc-pooled: the default).
+    server = Server(
+        interface="127.0.0.1", port=port, max_connection_rate=None, max_clients=20_000, inline_callbacks=inline
+    )
     handler = Handler(lambda to, s, p: server.send(to, Message(s, p)), lambda: len(server.clients))
     server.subscribe("message", lambda cid, m: handler.handle(cid, m.subject, m.payload))
     server.start()
@@ -75,12 +79,16 @@ def mc_serve(port: int) -> None:
 
 
 class McClient:
+    inline = True
+
     def __init__(self, port: int, client_id: str, on_message: OnMessage, wait: bool = True) -> None:
         from missioncommander import Client, Message
 
         self._message = Message
         self.connected = threading.Event()
-        self.client = Client(address="127.0.0.1", port=port, client_id=client_id, connect_timeout=60)
+        self.client = Client(
+            address="127.0.0.1", port=port, client_id=client_id, connect_timeout=60, inline_callbacks=self.inline
+        )
         self.client.subscribe("message", lambda m: on_message(m.subject, m.payload))
         self.client.subscribe("connect", self.connected.set)
         # Without waiting, many clients connect at once (the I/O thread
@@ -92,6 +100,16 @@ class McClient:
 
     def close(self) -> None:
         self.client.disconnect()
+
+
+class McPooledClient(McClient):
+    """MissionCommander with its default: callbacks on the callback pool."""
+
+    inline = False
+
+
+def mc_pooled_serve(port: int) -> None:
+    mc_serve(port, inline=False)
 
 
 # -- plain sockets: length-prefixed JSON, a blocking thread per connection -------
@@ -339,6 +357,7 @@ def _ready_and_wait() -> None:
 
 SYSTEMS: dict[str, tuple[Callable[[int], None], type]] = {
     "missioncommander": (mc_serve, McClient),
+    "mc-pooled": (mc_pooled_serve, McPooledClient),
     "sockets": (raw_serve, RawClient),
     "pyzmq": (zmq_serve, ZmqClient),
     "mqtt": (mqtt_serve, MqttClient),

@@ -244,8 +244,13 @@ class Client:
     Events (``subscribe``): ``connect()``, ``disconnect()`` (before a manual
     disconnect), ``reconnect(client_id)``, ``message(message)``,
     ``servershutdown()``, ``statechange(transition)``.  Callbacks run in event
-    order on a callback thread, never on the I/O thread and never under a
-    library lock, so they may call ``send()`` or ``disconnect()``.
+    order on a callback thread, never under a library lock, so they may call
+    ``send()`` or ``disconnect()``.  They never run on the I/O thread unless
+    ``inline_callbacks`` is set: then ``message`` callbacks run on it (when no
+    earlier callback is pending), which spares two thread hand-offs per
+    request but stalls every connection of the process while one runs; such
+    a callback must not block, and library calls that would wait (a full
+    ``send()``, ``connect(wait=True)``) raise instead.
     """
 
     address = cfg.Setting[str]("", cfg.non_empty_str, doc="server host name or IP address")
@@ -272,6 +277,9 @@ class Client:
     tls_key = cfg.Setting["str | None"](None, cfg.optional_str, doc="client key (if not in tls_cert)")
     tls_hostname = cfg.Setting["str | None"](None, cfg.optional_str, doc="name to check (default: address)")
     auth_token = cfg.Setting["str | None"](None, cfg.optional_str, doc="shared secret to prove to the server")
+    inline_callbacks = cfg.Setting[bool](
+        False, cfg.boolean, locked=False, doc="run message callbacks on the I/O thread (fast; they must not block)"
+    )
 
     def __init__(self, **settings: Any) -> None:
         self._settings: dict[str, Any] = {"client_id": self.generate_id()}
@@ -312,6 +320,8 @@ class Client:
             )
 
     def _setting_changed(self, name: str) -> None:
+        if name == "inline_callbacks":
+            self._callbacks.inline = self.inline_callbacks
         # Setting address and port is what configures a new client.
         if (
             name in ("address", "port")
@@ -385,6 +395,8 @@ class Client:
         """
         if self._state == NEEDS_INIT:
             raise StateError("set address and port before connect()")
+        if wait and self._loop.in_loop():
+            raise StateError("connect(wait=True) on the I/O thread (an inline callback) would block it; use wait=False")
         if not cfg.is_any_interface(self.interface) and self.bind_port is None:
             raise StateError(f"bind_port is required when interface is {self.interface!r}")
         target = self._resolve() if wait else None
@@ -430,8 +442,14 @@ class Client:
         if future is not None and not future.done():
             future.set_exception(ConnectError("disconnect() was called while connecting"))
         done = threading.Event()
-        self._loop.call_soon(self._disconnect_on_loop, done)
-        ok = done.wait(5.0)
+        if self._loop.in_loop():
+            # From an inline callback: the goodbye is queued now and written
+            # when the callback returns; waiting here would stall the loop.
+            self._disconnect_on_loop(done)
+            ok = True
+        else:
+            self._loop.call_soon(self._disconnect_on_loop, done)
+            ok = done.wait(5.0)
         with self._lock:
             self._last_close_reason = "disconnected by this client"
             self._end_session_locked("disconnected")
@@ -464,6 +482,8 @@ class Client:
             if not self._out.has_room(len(body)):
                 if not self._state & S.STATE_CONNECTED:
                     raise QueueFullError(f"send queue full while reconnecting ({len(self._out)} messages queued)")
+                if self._loop.in_loop():  # the acks that make room arrive on this very thread
+                    raise QueueFullError(f"send queue full ({len(self._out)} messages unacknowledged)")
                 deadline = time.monotonic() + self.send_timeout
                 while not self._out.has_room(len(body)):
                     left = deadline - time.monotonic()
@@ -719,7 +739,7 @@ class Client:
     def _handle(self, link: _ClientLink, event: Event) -> None:
         if isinstance(event, MessageReceived):
             if self._inbound.accept(event.seq):
-                self._callbacks.emit("message", Message._from_wire(event.subject, event.payload, event.encoded))
+                self._callbacks.emit_inline("message", Message._from_wire(event.subject, event.payload, event.encoded))
                 link.message_accepted()
         elif isinstance(event, AckReceived):
             with self._lock:

@@ -158,7 +158,10 @@ class Server:
     Events (``subscribe``): ``clientconnect(client_id)`` when a client's
     session starts, ``clientdisconnect(client_id)`` when it ends (clean
     disconnect, kick, expiry, shutdown), ``message(client_id, message)``.
-    Callbacks run in event order on a callback thread, never on the I/O thread.
+    Callbacks run in event order on a callback thread, never under a library
+    lock; with ``inline_callbacks`` the ``message`` callbacks run on the I/O
+    thread when none is pending (lower latency; they must not block, since
+    every connection of the process waits while one runs).
     """
 
     interface = cfg.Setting[str](
@@ -180,6 +183,9 @@ class Server:
     tls_ca = cfg.Setting["str | None"](None, cfg.optional_str, doc="CA file: require client certificates it signed")
     auth_token = cfg.Setting["str | None"](None, cfg.optional_str, doc="shared secret every client must prove")
     auth_tokens = cfg.Setting["dict[str, str] | None"](None, cfg.token_map, doc="per-client-id secrets")
+    inline_callbacks = cfg.Setting[bool](
+        False, cfg.boolean, locked=False, doc="run message callbacks on the I/O thread (fast; they must not block)"
+    )
 
     def __init__(self, **settings: Any) -> None:
         self._settings: dict[str, Any] = {}
@@ -205,7 +211,10 @@ class Server:
     # -- settings ------------------------------------------------------------
 
     def _setting_changed(self, name: str) -> None:
-        pass  # a server needs no settings to start: port 0 and every interface
+        # A server needs no settings to start (port 0, every interface); one
+        # setting is read on the I/O thread's hot path and mirrored there.
+        if name == "inline_callbacks":
+            self._callbacks.inline = self.inline_callbacks
 
     def _check_settable(self, name: str) -> None:
         if self._running:
@@ -261,7 +270,8 @@ class Server:
                 return
             self._running = False
         self._loop.run_sync(self._stop_on_loop)
-        self._stopped.wait(timeout)
+        if not self._loop.in_loop():  # from an inline callback the loop must run on to finish
+            self._stopped.wait(timeout)
         with self._lock:
             self._bound_port = None
         self._callbacks.serial.wait_idle(timeout)
@@ -489,7 +499,7 @@ class Server:
             if session is None:
                 return  # the session just ended; the link is closing
             if session.inbound.accept(event.seq):
-                self._callbacks.emit(
+                self._callbacks.emit_inline(
                     "message", session.client_id, Message._from_wire(event.subject, event.payload, event.encoded)
                 )
                 link.message_accepted()

@@ -157,7 +157,12 @@ class Shell:
             if not self.interactive or self.readline is None or threading.current_thread() is threading.main_thread():
                 sys.stdout.write(text + "\n")
             elif self.at_prompt:
-                typed = self.readline.get_line_buffer()
+                try:
+                    typed = self.readline.get_line_buffer()
+                except ValueError:
+                    # GNU readline is not thread-safe: read while the main
+                    # thread edits it, the buffer can be torn mid-update.
+                    typed = ""
                 sys.stdout.write("\r\x1b[2K" + text + "\n" + PROMPT + typed)
             else:
                 self.pending.append(text)
