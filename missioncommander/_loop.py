@@ -38,7 +38,7 @@ _READS_PER_EVENT = 16
 #: A send this soon after the previous one on the same connection is part of
 #: a burst: it is left to the loop, which writes a burst with few syscalls.
 #: A lone send is written from the caller's thread at once (lower latency).
-BURST_GAP = 0.0002
+BURST_GAP = 0.00005
 
 
 class Timer:
