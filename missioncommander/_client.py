@@ -125,14 +125,15 @@ class _ClientLink(Link):
     def handle_io(self, mask: int) -> None:
         sock = self.sock
         assert sock is not None
-        self.loop.unregister(sock)
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             self._fail(_Attempt(f"cannot connect to {self.client.address}:{self.client.port}: {_strerror(err)}"))
             return
         client = self.client
         hostname = client.tls_hostname or client.address if client._tls_context is not None else None
-        self.transport = Transport(self.loop, sock, self, tls=client._tls_context, server_hostname=hostname)
+        self.transport = Transport(
+            self.loop, sock, self, tls=client._tls_context, server_hostname=hostname, registered=True
+        )
         # Then wait for the server's CHALLENGE: it speaks first.
 
     def _send_hello(self, challenge: Challenge) -> None:
@@ -282,7 +283,7 @@ class Client:
     )
 
     def __init__(self, **settings: Any) -> None:
-        self._settings: dict[str, Any] = {"client_id": self.generate_id()}
+        self._settings: dict[str, Any] = {} if "client_id" in settings else {"client_id": self.generate_id()}
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         self._state = NEEDS_INIT
@@ -369,7 +370,8 @@ class Client:
         if old == new:
             return
         self._state = new
-        log.debug("client %r: %s -> %s", self.client_id, ClientState.get_name(old), ClientState.get_name(new))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("client %r: %s -> %s", self.client_id, ClientState.get_name(old), ClientState.get_name(new))
         self._callbacks.emit("statechange", ClientStateTransition(old, new))
 
     # -- public operations -----------------------------------------------------
@@ -410,13 +412,13 @@ class Client:
             self._retries = 0
             self._persistent = not wait
             self._tls_context = tls_context
-            future: Future[None] = Future()
+            future: Future[None] | None = Future() if wait else None
             self._connect_future = future
             self._out.max_items, self._out.max_bytes = self.max_queued, self.max_queued_bytes
             self._set_state(CONNECTING)
         timeout = self.connect_timeout
         self._loop.call_soon(self._start_attempt, generation, target)
-        if not wait:
+        if future is None:
             return
         try:
             future.result(timeout + 5.0)

@@ -237,6 +237,7 @@ class Transport:
         tls: ssl.SSLContext | None = None,
         server_side: bool = False,
         server_hostname: str | None = None,
+        registered: bool = False,
     ) -> None:
         self.loop = loop
         self.sock = sock
@@ -252,7 +253,9 @@ class Transport:
         self._tls: _TLS | None = None
         #: When the queued bytes last moved into the kernel (or started queueing).
         self.last_progress = time.monotonic()
-        loop.register(sock, selectors.EVENT_READ, self)
+        # A socket already registered (for its connect to finish) is switched
+        # over: one epoll_ctl instead of two.
+        (loop.modify if registered else loop.register)(sock, selectors.EVENT_READ, self)
         if tls is not None:
             self._tls = _TLS(tls, server_side, server_hostname)
             self._tls_step()  # a client's ClientHello goes out now

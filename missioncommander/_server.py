@@ -764,14 +764,21 @@ def _reset(sock: socket.socket) -> None:
     sock.close()
 
 
+#: Connections waiting to be accepted.  A full backlog drops SYNs, and each
+#: dropped one costs its client a 1 s retransmit: thousands of clients that
+#: start together (a fleet after a server restart) need room.  The kernel
+#: caps it at net.core.somaxconn.
+_BACKLOG = 8192
+
+
 def _listen(host: str, port: int) -> socket.socket:
     if not host:
         if socket.has_dualstack_ipv6():
-            sock = socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=1024)
+            sock = socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=_BACKLOG)
         else:
-            sock = socket.create_server(("", port), backlog=1024)
+            sock = socket.create_server(("", port), backlog=_BACKLOG)
     else:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.create_server((host, port), family=family, backlog=1024)
+        sock = socket.create_server((host, port), family=family, backlog=_BACKLOG)
     sock.setblocking(False)
     return sock
