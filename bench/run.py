@@ -13,6 +13,8 @@ a lost or duplicated message fails the run.
 from __future__ import annotations
 
 import argparse
+import compileall
+import importlib.util
 import os
 import platform
 import shutil
@@ -240,6 +242,12 @@ def scenario_scale(system: str, port: int, clients: int) -> dict[str, float]:
 
 
 def scenario_mcctl(runs: int = 15) -> dict[str, float]:
+    # As installed by pip, which compiles bytecode (an editable install, or
+    # PYTHONDONTWRITEBYTECODE, would have mcctl compile its source each call).
+    for package in ("mc_cli", "mc_control"):
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.submodule_search_locations:
+            compileall.compile_dir(next(iter(spec.submodule_search_locations)), quiet=1)
     root = Path(tempfile.mkdtemp(prefix="mcb", dir="/tmp"))
     sock = root / "mcd.sock"
     env = dict(os.environ, MC_SOCKET=str(sock))

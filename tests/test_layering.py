@@ -51,6 +51,15 @@ def test_control_client_does_not_import_pydantic() -> None:
     assert out.stdout.split() == ["False", "False"]
 
 
+def test_mcctl_one_shot_path_skips_the_heavy_standard_modules() -> None:
+    """Each of these costs mcctl milliseconds on every call (issue 7: start-up
+    within 3x of bare Python); the shell and the GUI may use them."""
+    heavy = ("typing", "dataclasses", "inspect", "pathlib", "pydantic", "missioncommander")
+    code = f"import sys, mc_cli.main; print(*[m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == []
+
+
 def test_daemon_core_has_no_sockets_and_no_json() -> None:
     assert not imports_of(ROOT / "daemon" / "mc_daemon" / "core.py") & {"socket", "json", "selectors", "pydantic"}
 

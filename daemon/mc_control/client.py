@@ -7,14 +7,19 @@ import itertools
 import json
 import os
 import socket
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 from .codes import MAX_LINE
 
+# mcctl imports this on every call: no pathlib and no typing at run time
+# (together a quarter of its start-up); paths are plain strings.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from os import PathLike
+    from typing import Any
 
-def default_socket_path() -> Path:
+
+def default_socket_path() -> str:
     """``$MC_SOCKET``, else ``$XDG_RUNTIME_DIR/missioncommander/mcd.sock``.
 
     Without ``XDG_RUNTIME_DIR`` it falls back the way platformdirs does on
@@ -23,13 +28,13 @@ def default_socket_path() -> Path:
     """
     env = os.environ.get("MC_SOCKET")
     if env:
-        return Path(env)
+        return env
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if not runtime:
         runtime = f"/run/user/{os.getuid()}"
         if not os.path.isdir(runtime):
-            return Path(f"/tmp/missioncommander-{os.getuid()}") / "mcd.sock"
-    return Path(runtime) / "missioncommander" / "mcd.sock"
+            return f"/tmp/missioncommander-{os.getuid()}/mcd.sock"
+    return os.path.join(runtime, "missioncommander", "mcd.sock")
 
 
 class ControlError(Exception):
@@ -50,7 +55,7 @@ class DaemonUnreachable(Exception):
     ``closed`` (the daemon hung up), ``error`` (anything else).
     """
 
-    def __init__(self, kind: str, path: Path, message: str, hint: str) -> None:
+    def __init__(self, kind: str, path: str, message: str, hint: str) -> None:
         super().__init__(message)
         self.kind = kind
         self.path = path
@@ -58,7 +63,7 @@ class DaemonUnreachable(Exception):
         self.hint = hint
 
 
-def _unreachable(exc: OSError | TimeoutError, path: Path) -> DaemonUnreachable:
+def _unreachable(exc: OSError | TimeoutError, path: str) -> DaemonUnreachable:
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return DaemonUnreachable(
             "timeout",
@@ -99,8 +104,8 @@ class ControlClient:
     event stream.
     """
 
-    def __init__(self, path: str | Path | None = None, timeout: float | None = 5.0) -> None:
-        self.path = Path(path) if path is not None else default_socket_path()
+    def __init__(self, path: str | PathLike[str] | None = None, timeout: float | None = 5.0) -> None:
+        self.path = os.fspath(path) if path is not None else default_socket_path()
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._buf = b""
@@ -114,7 +119,7 @@ class ControlClient:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(self.timeout)
             try:
-                sock.connect(str(self.path))
+                sock.connect(self.path)
             except (OSError, TimeoutError) as exc:
                 sock.close()
                 raise _unreachable(exc, self.path) from None

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+
+TYPE_CHECKING = False  # no typing at run time: mcctl imports this on every call
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def describe_event(ev: dict[str, Any]) -> str:

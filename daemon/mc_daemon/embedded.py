@@ -8,7 +8,6 @@ instances live as long as the shell).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from mc_control import schema
@@ -55,7 +54,7 @@ class EmbeddedDaemon:
                     except EOFError:
                         return
                     if event is None:
-                        raise DaemonUnreachable("timeout", Path("(embedded)"), "no event in time", "")
+                        raise DaemonUnreachable("timeout", "(embedded)", "no event in time", "")
                     yield event
             finally:
                 self.core.unsubscribe(sub)

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    socket_path: Path = args.socket or default_socket_path()
+    socket_path: Path = args.socket or Path(default_socket_path())
     state_dir: Path = args.state_dir or _default_state_dir()
     if args.socket is None and "MC_SOCKET" not in os.environ:
         socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from collections.abc import Callable
 
 from mc_control import API_VERSION, EXIT_CODES, ControlError, DaemonUnreachable
 
@@ -20,20 +19,26 @@ EXIT_UNREACHABLE = 3
 EXIT_TIMEOUT = 4
 
 
-class Transport(Protocol):
-    """What mcctl needs of a daemon: ControlClient, or the embedded core."""
+# The one-shot path imports no typing at run time (start-up time): the
+# protocols are for the type checker only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any, Protocol
 
-    def request(self, cmd: str, **params: Any) -> dict[str, Any]: ...
+    class Transport(Protocol):
+        """What mcctl needs of a daemon: ControlClient, or the embedded core."""
 
-    def subscribe(self, **params: Any) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]: ...
+        def request(self, cmd: str, **params: Any) -> dict[str, Any]: ...
 
-    stream_timeout: float | None
+        def subscribe(self, **params: Any) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]: ...
 
+        stream_timeout: float | None
 
-class TextOut(Protocol):
-    def write(self, text: str, /) -> int: ...
+    class TextOut(Protocol):
+        def write(self, text: str, /) -> int: ...
 
-    def flush(self) -> None: ...
+        def flush(self) -> None: ...
 
 
 class Printer:

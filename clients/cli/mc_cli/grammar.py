@@ -8,10 +8,14 @@ after the command words; ``--`` ends them.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Any
 
 from mc_control.codes import CLIENT_KEYS, SERVER_KEYS
+
+# No dataclasses and no typing at run time: mcctl imports this module on
+# every call, and those two cost it a third of its start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 INT_KEYS = ("port", "bind_port")
 BOOL_KEYS = ("tls", "tls_verify")
@@ -62,32 +66,38 @@ class UsageError(Exception):
     """The words do not make a command; mcctl exits with status 2."""
 
 
-@dataclass
 class Options:
-    json: bool = False
-    socket: str | None = None
-    timeout: float | None = None
-    name: str = "default"
-    name_given: bool = False
-    wait: bool = False
-    to: str | None = None
-    since: int | None = None
-    kind: str | None = None
-    help: bool = False
+    """The options given, wherever they stood among the words."""
+
+    __slots__ = ("help", "json", "kind", "name", "name_given", "since", "socket", "timeout", "to", "wait")
+
+    def __init__(self) -> None:
+        self.json = False
+        self.socket: str | None = None
+        self.timeout: float | None = None
+        self.name = "default"
+        self.name_given = False
+        self.wait = False
+        self.to: str | None = None
+        self.since: int | None = None
+        self.kind: str | None = None
+        self.help = False
 
 
-@dataclass
 class Invocation:
     """What to do.  ``action`` is ``request`` (send ``cmd`` with ``params``),
     or one of ``events``, ``wait``, ``version``, ``help``, ``shell``,
     ``completion``."""
 
-    action: str
-    cmd: str | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-    options: Options = field(default_factory=Options)
-    topic: str | None = None
-    words: list[str] = field(default_factory=list)
+    __slots__ = ("action", "cmd", "options", "params", "topic", "words")
+
+    def __init__(self, action: str, options: Options, words: list[str]) -> None:
+        self.action = action
+        self.cmd: str | None = None
+        self.params: dict[str, Any] = {}
+        self.options = options
+        self.topic: str | None = None
+        self.words = words
 
 
 def split_options(argv: list[str]) -> tuple[list[str], Options]:

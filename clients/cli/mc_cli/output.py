@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from mc_control.events import describe_event
+
+TYPE_CHECKING = False  # no typing at run time: mcctl imports this on every call
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def table(rows: Sequence[Sequence[object]], header: Sequence[str] | None = None) -> str:

@@ -13,15 +13,18 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mc_control import ControlClient, DaemonUnreachable
 from mc_control.codes import CLIENT_KEYS, EVENT_NAMES, SERVER_KEYS
 
 from . import output
-from .commands import EXIT_OK, Printer, Transport, run_request, run_version, run_wait
+from .commands import EXIT_OK, Printer, run_request, run_version, run_wait
 from .grammar import CLIENT_VERBS, OPTIONS, SERVER_VERBS, TOP_COMMANDS, UsageError, parse
 from .main import help_text
+
+if TYPE_CHECKING:
+    from .commands import Transport
 
 PROMPT = "> "
 # Settings changes echo what was just typed: not worth a line in the shell.

@@ -40,7 +40,7 @@ class Backend(QObject):
 
     def __init__(self, socket_path: str | Path | None = None) -> None:
         super().__init__()
-        self.socket_path = Path(socket_path) if socket_path else default_socket_path()
+        self.socket_path = Path(socket_path or default_socket_path())
         self._requests: queue.SimpleQueue[tuple[str, dict[str, Any], Reply | None, Failure | None] | None] = (
             queue.SimpleQueue()
         )
