@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import contextlib
 import importlib.util
 import os
 import platform
@@ -26,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from systems import SYSTEMS
 
 HERE = Path(__file__).parent
+MC_SYSTEMS = ("missioncommander", "mc-pooled")
 FILLER = "x" * 100
 WAIT = 120.0
 
@@ -217,7 +219,7 @@ def scenario_scale(system: str, port: int, clients: int) -> dict[str, float]:
     probe.send("stats", {})
     before = probe_inbox.take("stats")
     t0 = time.perf_counter()
-    if system in ("missioncommander", "mc-pooled"):
+    if system in MC_SYSTEMS:
         # Its clients need not connect one after the other: start them all,
         # then wait until each has been accepted.
         conns = [SYSTEMS[system][1](port, f"idle{i}", Inbox(), wait=False) for i in range(clients)]
@@ -241,13 +243,9 @@ def scenario_scale(system: str, port: int, clients: int) -> dict[str, float]:
     }
 
 
-def scenario_mcctl(runs: int = 15) -> dict[str, float]:
-    # As installed by pip, which compiles bytecode (an editable install, or
-    # PYTHONDONTWRITEBYTECODE, would have mcctl compile its source each call).
-    for package in ("mc_cli", "mc_control"):
-        spec = importlib.util.find_spec(package)
-        if spec is not None and spec.submodule_search_locations:
-            compileall.compile_dir(next(iter(spec.submodule_search_locations)), quiet=1)
+@contextlib.contextmanager
+def running_mcd() -> Iterator[tuple[Path, dict[str, str]]]:
+    """An mcd of its own (socket and state in a fresh directory), stopped after."""
     root = Path(tempfile.mkdtemp(prefix="mcb", dir="/tmp"))
     sock = root / "mcd.sock"
     env = dict(os.environ, MC_SOCKET=str(sock))
@@ -261,6 +259,21 @@ def scenario_mcctl(runs: int = 15) -> dict[str, float]:
             if sock.exists():
                 break
             time.sleep(0.05)  # not a test: waiting for a process we started
+        yield sock, env
+    finally:
+        mcd.send_signal(signal.SIGTERM)
+        mcd.wait(20)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def scenario_mcctl(runs: int = 15) -> dict[str, float]:
+    # As installed by pip, which compiles bytecode (an editable install, or
+    # PYTHONDONTWRITEBYTECODE, would have mcctl compile its source each call).
+    for package in ("mc_cli", "mc_control"):
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.submodule_search_locations:
+            compileall.compile_dir(next(iter(spec.submodule_search_locations)), quiet=1)
+    with running_mcd() as (_sock, env):
         mcctl = shutil.which("mcctl") or str(Path(sys.executable).parent / "mcctl")
 
         def timed(cmd: list[str]) -> float:
@@ -270,11 +283,42 @@ def scenario_mcctl(runs: int = 15) -> dict[str, float]:
 
         bare = statistics.median(timed([sys.executable, "-c", "pass"]) for _ in range(runs))
         one_shot = statistics.median(timed([mcctl, "client", "status"]) for _ in range(runs))
-    finally:
-        mcd.send_signal(signal.SIGTERM)
-        mcd.wait(20)
-        shutil.rmtree(root, ignore_errors=True)
     return {"python_ms": bare * 1e3, "mcctl_ms": one_shot * 1e3, "ratio": one_shot / bare}
+
+
+def scenario_via_mcd(system: str, port: int, count: int) -> dict[str, float]:
+    """A broadcast to a client hosted in mcd, received as the daemon's
+    ``message`` events on its control socket (what mcctl and the GUI see)."""
+    from mc_control import ControlClient
+
+    with running_mcd() as (sock, _env):
+        control = ControlClient(sock)
+        control.request("client.set", key="address", value="127.0.0.1")
+        control.request("client.set", key="port", value=port)
+        control.request("client.connect", wait=True, timeout=30)
+        stream = ControlClient(sock, timeout=WAIT)
+        inbox = Inbox()
+        trigger = connect(system, port, "trigger", inbox)
+        try:
+            _answer, events = stream.subscribe(events=["message"])
+            t0 = time.perf_counter()
+            trigger.send("go", {"count": count})
+            for seen, ev in enumerate(events, 1):
+                if ev.get("type") != "event":
+                    raise AssertionError(f"the event stream ended: {ev}")
+                if ev["data"]["payload"]["seq"] != seen - 1:
+                    raise AssertionError(f"broadcast {ev['data']['payload']['seq']} arrived as number {seen}")
+                if seen == count:
+                    break
+            else:
+                raise AssertionError("the event stream ended before every broadcast arrived")
+            elapsed = time.perf_counter() - t0
+            inbox.take("done")
+        finally:
+            trigger.close()
+            stream.close()
+            control.close()
+    return {"deliveries_per_s": count / elapsed}
 
 
 def start_broker() -> tuple[subprocess.Popen[bytes], int, Path]:
@@ -339,6 +383,9 @@ def main() -> int:
     ]
     if not quick:
         scenarios.insert(3, ("broadcast 1000x200 (deliveries/s)", lambda s, p: scenario_broadcast(s, p, 1000, 200)))
+    scenarios.insert(
+        -1, ("broadcast to a client in mcd (deliveries/s)", lambda s, p: scenario_via_mcd(s, p, 100 if quick else 2000))
+    )
     for count in [int(c) for c in args.scale.split(",") if c]:
         scenarios.append((f"{count} idle clients", lambda s, p, n=count: scenario_scale(s, p, 20 if quick else n)))
 
@@ -355,6 +402,8 @@ def main() -> int:
                 for system in systems:
                     if system == "mqtt" and ("1000x200" in name or "idle" in name):
                         continue  # a paho client is a thread: 1000s of them measure threads, not MQTT
+                    if "mcd" in name and system not in MC_SYSTEMS:
+                        continue  # only MissionCommander has a daemon
                     figures = run_one(system, name, run, env)
                     results.setdefault((name, system), []).append(figures)
                     print(f"rep {rep + 1} {name:36} {system:16} {figures}", file=sys.stderr, flush=True)

@@ -22,7 +22,7 @@ def test_every_scenario_runs_at_tiny_size(tmp_path: Path) -> None:
             "--scale",
             "20",
             "--systems",
-            "missioncommander,sockets",
+            "missioncommander,mc-pooled,sockets",
             "--results",
             str(report),
         ],
@@ -35,6 +35,7 @@ def test_every_scenario_runs_at_tiny_size(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     assert "FAILED" not in out.stderr
     text = report.read_text()
-    for scenario in ("echo", "client->server", "broadcast", "1 MiB echo", "20 idle clients", "mcctl client status"):
+    scenarios = ("echo", "client->server", "broadcast", "client in mcd", "1 MiB echo", "20 idle", "mcctl client status")
+    for scenario in scenarios:
         assert scenario in text
     assert "(" in text and "x MC)" in text  # ratios to MissionCommander
