@@ -71,6 +71,8 @@ RECONNECT_FAILED = S.STATE_OK | S.STATE_NOT_CONNECTED | S.STATE_RECONNECT_FAILED
 DISCONNECTING = S.STATE_OK | S.STATE_RUNNING | S.STATE_DISCONNECTING
 DISCONNECT_FAILED = S.STATE_OK | S.STATE_NOT_CONNECTED | S.STATE_DISCONNECT_FAILED
 CLOSED_BY_PEER = S.STATE_OK | S.STATE_NOT_CONNECTED | S.STATE_UNEXP_CLOSED
+_CAN_SEND = int(S.STATE_CONNECTED | S.STATE_RECONNECTING)
+_CONNECTED_BIT = int(S.STATE_CONNECTED)
 
 
 class _Attempt(Exception):
@@ -287,6 +289,9 @@ class Client:
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         self._state = NEEDS_INIT
+        #: The state as a plain int, for checks on the send path (IntFlag
+        #: operators cost microseconds).
+        self._state_bits = int(NEEDS_INIT)
         self._callbacks = Callbacks("client", CLIENT_EVENTS)
         self._loop = get_loop()
         self._generation = 0
@@ -370,6 +375,7 @@ class Client:
         if old == new:
             return
         self._state = new
+        self._state_bits = int(new)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("client %r: %s -> %s", self.client_id, ClientState.get_name(old), ClientState.get_name(new))
         self._callbacks.emit("statechange", ClientStateTransition(old, new))
@@ -482,7 +488,7 @@ class Client:
         with self._lock:
             self._check_can_send()
             if not self._out.has_room(len(body)):
-                if not self._state & S.STATE_CONNECTED:
+                if not self._state_bits & _CONNECTED_BIT:
                     raise QueueFullError(f"send queue full while reconnecting ({len(self._out)} messages queued)")
                 if self._loop.in_loop():  # the acks that make room arrive on this very thread
                     raise QueueFullError(f"send queue full ({len(self._out)} messages unacknowledged)")
@@ -526,7 +532,7 @@ class Client:
             live.lock.release()
 
     def _check_can_send(self) -> None:
-        if not self._state & (S.STATE_CONNECTED | S.STATE_RECONNECTING):
+        if not self._state_bits & _CAN_SEND:
             raise StateError(f"cannot send: client is {ClientState.get_name(self._state)}; connect() first")
 
     def subscribe(self, event: str, callback: Callable[..., Any]) -> None:

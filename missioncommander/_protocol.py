@@ -74,6 +74,9 @@ class FrameType(enum.IntEnum):
     CHALLENGE = 10
 
 
+_MESSAGE = int(FrameType.MESSAGE)  # a plain int: compared once per frame
+
+
 class ErrorCode(enum.StrEnum):
     """Codes carried by ERROR frames (and by ``ProtocolError.code``)."""
 
@@ -140,7 +143,9 @@ class Welcome:
     proof: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+# The two events of the data path are not frozen: a frozen dataclass's
+# __init__ costs an object.__setattr__ per field, on every message.
+@dataclass(slots=True)
 class MessageReceived:
     seq: int
     subject: str
@@ -148,7 +153,7 @@ class MessageReceived:
     encoded: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AckReceived:
     seq: int
 
@@ -476,10 +481,18 @@ class Connection:
             return []
         self.last_received = now
         events: list[Event] = []
+        is_open = self.state is ConnState.OPEN
         try:
             for ftype, body in self._decoder.feed(data):
+                if ftype == _MESSAGE and is_open and len(body) >= 8:
+                    # The data path: a MESSAGE is always allowed while open.
+                    encoded = body[8:]
+                    subject, payload = decode_message_body(encoded)
+                    events.append(MessageReceived(_U64.unpack_from(body)[0], subject, payload, encoded))
+                    continue
                 event = parse_frame(ftype, body)
                 self._check_allowed(event)
+                is_open = self.state is ConnState.OPEN
                 events.append(event)
                 if isinstance(event, (ShutdownReceived, ByeReceived, ErrorReceived)):
                     # The peer closes after these; nothing after them counts.
