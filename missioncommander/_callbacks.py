@@ -86,6 +86,9 @@ class SerialQueue:
         self._items: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self._scheduled = False
         self._idle = threading.Condition(self._lock)
+        #: Threads in wait_idle: most of the time none, and notifying nobody
+        #: still costs a Python call per message on the inline path.
+        self._waiters = 0
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         with self._lock:
@@ -100,7 +103,8 @@ class SerialQueue:
             with self._lock:
                 if not self._items:
                     self._scheduled = False
-                    self._idle.notify_all()
+                    if self._waiters:
+                        self._idle.notify_all()
                     return
                 fn, args = self._items.popleft()
             try:
@@ -129,7 +133,8 @@ class SerialQueue:
         with self._lock:
             if not self._items:
                 self._scheduled = False
-                self._idle.notify_all()
+                if self._waiters:
+                    self._idle.notify_all()
                 return
         _pool.schedule(self)  # others queued meanwhile: the pool runs them in order
 
@@ -141,7 +146,11 @@ class SerialQueue:
         if in_callback_thread():
             return False
         with self._lock:
-            return self._idle.wait_for(lambda: not self._scheduled, timeout)
+            self._waiters += 1
+            try:
+                return self._idle.wait_for(lambda: not self._scheduled, timeout)
+            finally:
+                self._waiters -= 1
 
 
 class Callbacks:
