@@ -30,8 +30,12 @@ LAUNCHER = ("__main__.py",)
 
 
 def test_library_stands_on_the_standard_library_and_psutil() -> None:
+    """orjson is optional (the ``fast`` extra): the library runs without it."""
     imported = imports_of(ROOT / "missioncommander", skip=LAUNCHER)
-    assert imported - set(sys.stdlib_module_names) - {"missioncommander"} == {"psutil"}
+    assert imported - set(sys.stdlib_module_names) - {"missioncommander"} == {"psutil", "orjson"}
+    code = "import sys; sys.modules['orjson'] = None; from missioncommander import Message as M; print(M('s').encode())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "b'[\"s\",{}]'"
 
 
 def test_library_knows_nothing_of_the_daemon_or_its_controllers() -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import pickle
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from missioncommander import ClientState, ClientStateTransition, Message
+from missioncommander import ClientState, ClientStateTransition, Message, _message
 
 
 def test_message_payload_defaults_to_empty_and_body_aliases_payload() -> None:
@@ -104,3 +107,34 @@ def test_transition_is_immutable_and_stamped() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         t.new_state = ClientState.STATE_OK  # type: ignore[misc]
     assert "STATE_OK -> STATE_CONNECTED" in repr(t)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=16,
+)
+
+
+@given(payload=st.dictionaries(st.text(max_size=8), json_values, max_size=5), subject=st.text(min_size=1))
+def test_both_encoders_write_json_that_reads_back_the_same(payload: dict[str, object], subject: str) -> None:
+    """With the ``fast`` extra (orjson) or without it, the bytes on the wire
+    decode to the same message; integers beyond 64 bits fall back to the
+    standard library, which writes them exactly."""
+    try:
+        stdlib = _message._encode_stdlib([subject, payload])
+    except UnicodeEncodeError:
+        return  # a lone surrogate: not UTF-8, refused either way (below)
+    assert json.loads(stdlib) == [subject, payload]
+    fast = _message._encode([subject, payload])
+    assert json.loads(fast) == [subject, payload]
+
+
+def test_the_fast_encoder_is_used_when_installed_and_steps_aside_for_big_integers() -> None:
+    pytest.importorskip("orjson")
+    assert _message._fast_dumps is not None
+    assert _message._encode(["s", {"x": 1.5e-7}]) == b'["s",{"x":1.5e-7}]'  # orjson's float style
+    big = 2**70
+    assert json.loads(Message("s", {"n": big}).encode()) == ["s", {"n": big}]
+    with pytest.raises(UnicodeEncodeError):
+        Message("s", {"x": "\ud800"}).encode()
