@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from systems import SYSTEMS
 
 HERE = Path(__file__).parent
-MC_SYSTEMS = ("missioncommander", "mc-pooled")
+MC_SYSTEMS = ("missioncommander", "mc-pooled", "mc-fast")
 FILLER = "x" * 100
 WAIT = 120.0
 

@@ -64,9 +64,20 @@ class Handler:
 # -- MissionCommander -----------------------------------------------------------
 
 
-def mc_serve(port: int, inline: bool = True) -> None:
+def use_fast_json(enabled: bool) -> None:
+    """Switch MissionCommander's optional orjson encoder (the ``fast`` extra)
+    on or off in this process: the benchmark compares both."""
+    from missioncommander import _message
+
+    _message._fast_dumps = _message._load_fast_dumps() if enabled else None
+    if enabled and _message._fast_dumps is None:
+        raise RuntimeError("orjson is not installed: pip install '.[fast]'")
+
+
+def mc_serve(port: int, inline: bool = True, fast: bool = False) -> None:
     from missioncommander import Message, Server
 
+    use_fast_json(fast)
     # The handlers never block, so they may run on the I/O thread, as the
     # socket floor's run on its receiving threads (mc-pooled: the default).
     server = Server(
@@ -80,10 +91,12 @@ def mc_serve(port: int, inline: bool = True) -> None:
 
 class McClient:
     inline = True
+    fast = False
 
     def __init__(self, port: int, client_id: str, on_message: OnMessage, wait: bool = True) -> None:
         from missioncommander import Client, Message
 
+        use_fast_json(self.fast)
         self._message = Message
         self.connected = threading.Event()
         self.client = Client(
@@ -110,6 +123,16 @@ class McPooledClient(McClient):
 
 def mc_pooled_serve(port: int) -> None:
     mc_serve(port, inline=False)
+
+
+class McFastClient(McClient):
+    """MissionCommander with the ``fast`` extra (orjson encodes)."""
+
+    fast = True
+
+
+def mc_fast_serve(port: int) -> None:
+    mc_serve(port, fast=True)
 
 
 # -- plain sockets: length-prefixed JSON, a blocking thread per connection -------
@@ -358,6 +381,7 @@ def _ready_and_wait() -> None:
 SYSTEMS: dict[str, tuple[Callable[[int], None], type]] = {
     "missioncommander": (mc_serve, McClient),
     "mc-pooled": (mc_pooled_serve, McPooledClient),
+    "mc-fast": (mc_fast_serve, McFastClient),
     "sockets": (raw_serve, RawClient),
     "pyzmq": (zmq_serve, ZmqClient),
     "mqtt": (mqtt_serve, MqttClient),

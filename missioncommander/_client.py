@@ -508,11 +508,11 @@ class Client:
             now = time.monotonic()
             burst = now - self._last_send < BURST_GAP
             self._last_send = now
-            if self._loop.in_loop():
+            direct = not burst and live.direct_ok
+            if not direct and self._loop.in_loop():
                 chunks, self._sent_seq = self._unsent()
                 live.write_many(chunks)  # flushed with the rest at the end of this loop turn
                 return
-            direct = not burst and live.direct_ok
             if not direct:
                 # The loop writes a burst in a few syscalls; the caller moves on.
                 self._pump_scheduled = True

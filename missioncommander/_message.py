@@ -71,7 +71,9 @@ class FrozenDict(dict[str, Any]):
     """A ``dict`` that refuses every change.
 
     It stays a real ``dict`` subclass so that ``json`` encodes it at C speed
-    and it compares equal to an ordinary dict with the same items.
+    and it compares equal to an ordinary dict with the same items.  Only the
+    library builds them, from validated JSON, so a ``Message`` takes one as
+    it is.
     """
 
     __slots__ = ()
@@ -122,6 +124,8 @@ def _freeze(value: Any, path: str) -> Any:
     kind = type(value)
     if kind is str or kind is int or value is None or kind is bool:
         return value  # the common leaves, without the isinstance chain below
+    if kind is FrozenDict or kind is FrozenList:
+        return value  # already validated and read-only (a received payload sent on): share it
     if kind is dict:
         frozen = {}
         for key, item in value.items():

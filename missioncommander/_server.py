@@ -366,8 +366,9 @@ class Server:
         to write it to from this thread, or None when the loop writes it.
 
         A lone send goes straight out from the caller's thread (one thread
-        hand-off fewer per reply); a burst, or a send on the loop thread, is
-        left to the loop, which writes it with few syscalls.
+        hand-off fewer per reply, or on the loop thread no wait for the end
+        of its turn); a burst is left to the loop, which writes it with few
+        syscalls.
         """
         live = session.live
         if live is None or session in self._to_pump:
@@ -375,16 +376,16 @@ class Server:
         now = time.monotonic()
         burst = now - session.last_send < BURST_GAP
         session.last_send = now
+        if not burst and live.direct_ok:
+            return live
         if self._loop.in_loop():
             live.write_many(session.unsent())  # flushed at the end of this loop turn
             return None
-        if burst or not live.direct_ok:
-            wake = not self._to_pump
-            self._to_pump.add(session)
-            if wake:
-                self._loop.call_soon(self._pump)
-            return None
-        return live
+        wake = not self._to_pump
+        self._to_pump.add(session)
+        if wake:
+            self._loop.call_soon(self._pump)
+        return None
 
     def queued(self, client_id: str) -> int:
         """Messages sent to ``client_id`` that it has not acknowledged yet

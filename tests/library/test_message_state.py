@@ -40,6 +40,15 @@ def test_message_is_read_only_deeply() -> None:
     assert m.payload == {"a": {"b": [1, {"c": 2}]}}
 
 
+def test_a_frozen_payload_is_shared_not_copied() -> None:
+    """Sending on what was received (echo, forwarding) costs no copy: the
+    payload is read-only already."""
+    first = Message("s", {"a": [1, {"b": 2}]})
+    again = Message("t", first.payload)
+    assert again.payload is first.payload
+    assert Message("u", {"inner": first.payload["a"]}).payload["inner"] is first.payload["a"]
+
+
 def test_message_copies_the_callers_dict() -> None:
     payload = {"list": [1], "d": {"k": "v"}}
     m = Message("s", payload)
