@@ -18,6 +18,7 @@ import contextlib
 import importlib.util
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -47,23 +48,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _two_free_ports() -> int:
+    for _ in range(50):
+        port = free_port()
+        try:
+            with socket.create_server(("127.0.0.1", port + 1)):
+                return port
+        except OSError:
+            continue
+    raise RuntimeError("no two free ports in a row")
+
+
 class ServerProcess:
     def __init__(self, system: str, env: dict[str, str]) -> None:
-        # zmq uses port and port + 1: find two free ports in a row.
-        for _ in range(50):
-            self.port = free_port()
-            try:
-                with socket.create_server(("127.0.0.1", self.port + 1)):
-                    break
-            except OSError:
-                continue
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, "serve", system, str(self.port)], stdout=subprocess.PIPE, text=True, env=env
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("READY"):
-            raise RuntimeError(f"{system} server did not start")
+        # zmq uses port and port + 1, and either may be taken between our
+        # check and its bind (an outgoing connection's port): a few tries.
+        for _ in range(5):
+            self.port = _two_free_ports()
+            self.proc = subprocess.Popen(
+                [sys.executable, __file__, "serve", system, str(self.port)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                env=env,
+            )
+            assert self.proc.stdout is not None
+            if self.proc.stdout.readline().startswith("READY"):
+                return
+            self.stop()
+        raise RuntimeError(f"{system} server did not start")
 
     def stop(self) -> None:
         self.proc.kill()
@@ -218,21 +231,34 @@ def scenario_scale(system: str, port: int, clients: int) -> dict[str, float]:
     probe = connect(system, port, "probe", probe_inbox)
     probe.send("stats", {})
     before = probe_inbox.take("stats")
-    t0 = time.perf_counter()
-    if system in MC_SYSTEMS:
-        # Its clients need not connect one after the other: start them all,
-        # then wait until each has been accepted.
-        conns = [SYSTEMS[system][1](port, f"idle{i}", Inbox(), wait=False) for i in range(clients)]
-        for c in conns:
-            if not c.connected.wait(WAIT):
-                raise TimeoutError("a client did not connect")
-    else:
-        conns = [connect(system, port, f"idle{i}", Inbox()) for i in range(clients)]
-    elapsed = time.perf_counter() - t0
+    if system == "pyzmq":
+        # Six descriptors per zmq client here (two TCP connections, four
+        # sockets' mailboxes): fail at once rather than half-way.
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if clients * 6 > soft:
+            raise RuntimeError(f"{clients} zmq clients need about {clients * 6} descriptors; the limit is {soft}")
+    conns: list[Any] = []
     try:
+        t0 = time.perf_counter()
+        if system in MC_SYSTEMS:
+            # Its clients need not connect one after the other: start them all,
+            # then wait until each has been accepted.
+            for i in range(clients):
+                conns.append(SYSTEMS[system][1](port, f"idle{i}", Inbox(), wait=False))
+            for c in conns:
+                if not c.connected.wait(WAIT):
+                    raise TimeoutError("a client did not connect")
+        else:
+            for i in range(clients):
+                conns.append(connect(system, port, f"idle{i}", Inbox()))
+        elapsed = time.perf_counter() - t0
         probe.send("stats", {})
         after = probe_inbox.take("stats")
     finally:
+        # Also when one failed half-way (out of descriptors, say): a client
+        # left open keeps its threads, which would skew every later scenario.
+        for c in conns:
+            getattr(c, "stop", lambda: None)()  # all at once: pyzmq's threads end within a poll
         for c in conns:
             c.close()
         probe.close()

@@ -312,8 +312,12 @@ class ZmqClient:
             self.push.send(json.dumps([subject, payload]).encode())
 
     def close(self) -> None:
-        self.running = False
+        self.stop()
         self.thread.join(5)
+
+    def stop(self) -> None:
+        """Ask the thread to end (within its 100 ms poll) without waiting."""
+        self.running = False
         self.push.close(linger=0)
 
 

@@ -119,26 +119,44 @@ class FrozenList(list[Any]):
         return self
 
 
+def _check_text(text: str, where: str) -> None:
+    """Refuse a str that UTF-8 cannot carry (a lone surrogate, e.g. from
+    ``os.fsdecode``): it would fail later, on the wire, far from its cause."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"{where} holds a lone surrogate {exc.object[exc.start]!r} at {exc.start}; JSON text must be UTF-8"
+            ) from None
+
+
 def _freeze(value: Any, path: str) -> Any:
     """Validate that ``value`` is plain JSON and return a read-only deep copy."""
     kind = type(value)
-    if kind is str or kind is int or value is None or kind is bool:
+    if kind is str:
+        _check_text(value, f"payload{path}")
+        return value
+    if kind is int or value is None or kind is bool:
         return value  # the common leaves, without the isinstance chain below
     if kind is FrozenDict or kind is FrozenList:
         return value  # already validated and read-only (a received payload sent on): share it
     if kind is dict:
         frozen = {}
         for key, item in value.items():
-            if type(key) is not str:
-                break
+            if type(key) is not str or not key.isascii():
+                break  # the thorough path below checks it and says what is wrong
             kind = type(item)
-            if kind is str or kind is int or item is None or kind is bool:
+            if (kind is str and item.isascii()) or kind is int or item is None or kind is bool:
                 frozen[key] = item
             else:
                 frozen[key] = _freeze(item, f"{path}[{key!r}]")
         else:
             return FrozenDict(frozen)
-    if value is None or isinstance(value, (str, bool)):
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        _check_text(value, f"payload{path}")
         return value
     if isinstance(value, int):
         return int(value)
@@ -153,6 +171,7 @@ def _freeze(value: Any, path: str) -> Any:
                 raise TypeError(
                     f"payload{path} has a key {key!r} of type {type(key).__name__}; JSON object keys must be str"
                 )
+            _check_text(key, f"a key of payload{path}")
             frozen[key] = _freeze(item, f"{path}[{key!r}]")
         return FrozenDict(frozen)
     if isinstance(value, (list, tuple)):
@@ -187,6 +206,7 @@ class Message:
             raise TypeError(f"subject must be a str, not {type(subject).__name__}")
         if not subject:
             raise ValueError("subject must not be empty")
+        _check_text(subject, "subject")
         if payload is None:
             payload = {}
         elif not isinstance(payload, Mapping):
