@@ -18,6 +18,7 @@ import contextlib
 import importlib.util
 import os
 import platform
+import random
 import resource
 import shutil
 import signal
@@ -49,10 +50,15 @@ def free_port() -> int:
 
 
 def _two_free_ports() -> int:
-    for _ in range(50):
-        port = free_port()
+    """Two free ports in a row, below the ephemeral range: after the idle-client
+    runs, thousands of connections linger in TIME_WAIT on ephemeral ports."""
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low - 1)
         try:
-            with socket.create_server(("127.0.0.1", port + 1)):
+            with socket.create_server(("127.0.0.1", port)), socket.create_server(("127.0.0.1", port + 1)):
                 return port
         except OSError:
             continue

@@ -63,6 +63,9 @@ def _encode_stdlib(pair: list[Any]) -> bytes:
     return _encoder.encode(pair).encode("utf-8")  # pragma: no cover - CPython has the C encoder
 
 
+_set = object.__setattr__  # Message refuses setattr; it sets its own slots this way
+
+
 def _read_only(*_args: object, **_kwargs: object) -> NoReturn:
     raise TypeError("a Message payload is read-only; build a new Message instead")
 
@@ -206,22 +209,23 @@ class Message:
             raise TypeError(f"subject must be a str, not {type(subject).__name__}")
         if not subject:
             raise ValueError("subject must not be empty")
-        _check_text(subject, "subject")
+        if not subject.isascii():
+            _check_text(subject, "subject")
         if payload is None:
             payload = {}
-        elif not isinstance(payload, Mapping):
+        elif type(payload) is not dict and not isinstance(payload, Mapping):  # the ABC check is slow
             raise TypeError(f"payload must be a dict, not {type(payload).__name__}")
-        object.__setattr__(self, "_subject", subject)
-        object.__setattr__(self, "_payload", _freeze(payload, ""))
-        object.__setattr__(self, "_encoded", None)
+        _set(self, "_subject", subject)
+        _set(self, "_payload", _freeze(payload, ""))
+        _set(self, "_encoded", None)
 
     @classmethod
     def _from_wire(cls, subject: str, payload: FrozenDict, encoded: bytes) -> Message:
         """Build a message from a decoded frame (already frozen) without validating it again."""
         msg = cls.__new__(cls)
-        object.__setattr__(msg, "_subject", subject)
-        object.__setattr__(msg, "_payload", payload)
-        object.__setattr__(msg, "_encoded", encoded)
+        _set(msg, "_subject", subject)
+        _set(msg, "_payload", payload)
+        _set(msg, "_encoded", encoded)
         return msg
 
     @property
@@ -244,7 +248,7 @@ class Message:
         encoded = self._encoded
         if encoded is None:
             encoded = _encode([self._subject, self._payload])
-            object.__setattr__(self, "_encoded", encoded)
+            _set(self, "_encoded", encoded)
         return encoded
 
     def __setattr__(self, name: str, value: object) -> NoReturn:

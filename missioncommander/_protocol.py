@@ -739,10 +739,14 @@ class OutboundStream:
                 f"send queue full ({len(self._items)} of {self.max_items} messages,"
                 f" {self._bytes} + {size} of {self.max_bytes} bytes)"
             )
+        return self.append(body)
+
+    def append(self, body: bytes) -> int:
+        """``push`` for a caller that has just checked ``has_room`` (the send path)."""
         seq = self.next_seq
         self.next_seq = seq + 1
         self._items.append((seq, body))
-        self._bytes += size
+        self._bytes += len(body)
         return seq
 
     def ack(self, seq: int) -> int:
