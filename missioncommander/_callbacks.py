@@ -101,10 +101,7 @@ class SerialQueue:
     def _drain(self) -> None:
         for _ in range(_BATCH):
             with self._lock:
-                if not self._items:
-                    self._scheduled = False
-                    if self._waiters:
-                        self._idle.notify_all()
+                if self._settle_locked():
                     return
                 fn, args = self._items.popleft()
             try:
@@ -131,12 +128,18 @@ class SerialQueue:
         finally:
             _worker.active = was_active
         with self._lock:
-            if not self._items:
-                self._scheduled = False
-                if self._waiters:
-                    self._idle.notify_all()
+            if self._settle_locked():
                 return
         _pool.schedule(self)  # others queued meanwhile: the pool runs them in order
+
+    def _settle_locked(self) -> bool:
+        """With nothing left, mark the queue idle (and wake ``wait_idle``): True."""
+        if self._items:
+            return False
+        self._scheduled = False
+        if self._waiters:
+            self._idle.notify_all()
+        return True
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until everything submitted so far has run.
