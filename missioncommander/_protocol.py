@@ -367,15 +367,18 @@ def _nonneg(value: int, what: str) -> int:
     return value
 
 
+def _message_event(body: bytes) -> MessageReceived:
+    if len(body) < 8:
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, "MESSAGE body shorter than its sequence number")
+    encoded = body[8:]
+    subject, payload = decode_message_body(encoded)
+    return MessageReceived(_U64.unpack_from(body)[0], subject, payload, encoded)
+
+
 def parse_frame(ftype: int, body: bytes) -> Event:
     """Turn one frame into an event, validating its body strictly."""
     if ftype == FrameType.MESSAGE:
-        if len(body) < 8:
-            raise RemoteProtocolError(ErrorCode.BAD_FRAME, "MESSAGE body shorter than its sequence number")
-        seq = _U64.unpack_from(body)[0]
-        encoded = body[8:]
-        subject, payload = decode_message_body(encoded)
-        return MessageReceived(seq, subject, payload, encoded)
+        return _message_event(body)
     if ftype == FrameType.ACK:
         return AckReceived(_u64(body, "ACK"))
     if ftype in (FrameType.PING, FrameType.PONG):
@@ -484,11 +487,9 @@ class Connection:
         is_open = self.state is ConnState.OPEN
         try:
             for ftype, body in self._decoder.feed(data):
-                if ftype == _MESSAGE and is_open and len(body) >= 8:
+                if ftype == _MESSAGE and is_open:
                     # The data path: a MESSAGE is always allowed while open.
-                    encoded = body[8:]
-                    subject, payload = decode_message_body(encoded)
-                    events.append(MessageReceived(_U64.unpack_from(body)[0], subject, payload, encoded))
+                    events.append(_message_event(body))
                     continue
                 event = parse_frame(ftype, body)
                 self._check_allowed(event)
