@@ -53,7 +53,7 @@ class Link:
 
     # -- input ---------------------------------------------------------------
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: memoryview) -> None:
         try:
             events = self.proto.receive_data(data, time.monotonic())
             for event in events:

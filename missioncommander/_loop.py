@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 log = logging.getLogger("missioncommander.loop")
 
@@ -75,6 +75,12 @@ class Loop:
         self._timers: list[tuple[float, int, Timer]] = []
         self._counter = itertools.count()
         self._dirty: dict[Transport, None] = {}
+        # Every socket of this loop reads into this one buffer (reads happen
+        # on the loop thread only) and copies out what arrived: recv(256 KiB)
+        # would have malloc map, shrink and unmap a fresh block for each read,
+        # three system calls and page faults per message.
+        self.read_buffer = bytearray(_RECV_SIZE)
+        self.read_view = memoryview(self.read_buffer)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -209,7 +215,8 @@ def get_loop() -> Loop:
 
 
 class TransportOwner(Protocol):
-    def data_received(self, data: bytes) -> None: ...
+    def data_received(self, data: memoryview) -> None:
+        """``data`` views the loop's read buffer: valid during this call only."""
 
     def connection_lost(self, reason: str, exc: BaseException | None) -> None: ...
 
@@ -378,15 +385,18 @@ class Transport:
         self._tls_flush()
         return True
 
-    def _tls_received(self, data: bytes) -> None:
+    def _tls_received(self, data: bytes | memoryview) -> None:
         tls = self._tls
         assert tls is not None
         tls.incoming.write(data)
         if not self._tls_step() or not tls.ready:
             return
+        buf = self.loop.read_buffer
         while not self.closed:
             try:
-                plain = tls.obj.read(_RECV_SIZE)
+                # The ciphertext is in the BIO by now, so the buffer is free.
+                # With a buffer, read() returns a count (typeshed says bytes).
+                n = cast(int, tls.obj.read(_RECV_SIZE, buf))
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
@@ -395,9 +405,9 @@ class Transport:
             except ssl.SSLError as exc:
                 self.close(f"TLS error: {_tls_reason(exc)}", exc)
                 return
-            if not plain:
+            if not n:
                 break
-            self.owner.data_received(plain)
+            self.owner.data_received(self.loop.read_view[:n])
         if not self.closed:
             self._tls_flush()  # e.g. TLS 1.3 session tickets, key updates
 
@@ -408,26 +418,28 @@ class Transport:
             self.flush()
 
     def _read(self) -> None:
+        buf = self.loop.read_buffer
+        view = self.loop.read_view
         for _ in range(_READS_PER_EVENT):
             try:
-                data = self.sock.recv(_RECV_SIZE)
+                n = self.sock.recv_into(buf)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 self._lost(_describe_oserror(exc), exc)
                 return
-            if not data:
+            if not n:
                 self._lost("connection closed by peer", None)
                 return
             if self._closing:
                 continue  # we are leaving; what the peer says no longer matters
             if self._tls is not None:
-                self._tls_received(data)
+                self._tls_received(view[:n])
             else:
-                self.owner.data_received(data)
+                self.owner.data_received(view[:n])
             if self.closed:
                 return
-            if len(data) < _RECV_SIZE:
+            if n < _RECV_SIZE:
                 return
 
     def flush(self) -> None:

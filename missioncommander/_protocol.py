@@ -300,15 +300,25 @@ class FrameDecoder:
     def buffered(self) -> int:
         return len(self._buf)
 
-    def feed(self, data: bytes) -> Iterator[tuple[int, bytes]]:
-        """Add ``data`` and yield every frame now complete."""
+    def feed(self, data: bytes | memoryview) -> Iterator[tuple[int, bytes]]:
+        """Add ``data`` and yield every frame now complete.
+
+        ``data`` may be a view of a buffer that the caller reuses: whatever
+        is kept (a partial frame) is copied before the iterator finishes.
+        """
         buf = self._buf
-        buf += data
+        if buf:
+            buf += data
+            src = memoryview(buf)
+        else:
+            # The usual case: nothing left over, so frames are cut straight
+            # out of what arrived, one copy each.
+            src = data if isinstance(data, memoryview) else memoryview(data)
         pos = 0
-        end = len(buf)
+        end = len(src)
         try:
             while end - pos >= 4:
-                length = _U32.unpack_from(buf, pos)[0]
+                length = _U32.unpack_from(src, pos)[0]
                 if length == 0:
                     raise RemoteProtocolError(ErrorCode.BAD_FRAME, "frame length 0 (a frame has at least a type byte)")
                 if length > self.max_frame_size:
@@ -319,11 +329,15 @@ class FrameDecoder:
                 stop = pos + 4 + length
                 if stop > end:
                     break
-                yield buf[pos + 4], bytes(buf[pos + HEADER_SIZE : stop])
+                yield src[pos + 4], src[pos + HEADER_SIZE : stop].tobytes()
                 pos = stop
         finally:
-            if pos:
-                del buf[:pos]
+            if src.obj is buf:
+                src.release()  # a bytearray cannot shrink while viewed
+                if pos:
+                    del buf[:pos]
+            elif pos < end:
+                buf += src[pos:]
 
 
 def _json_object(body: bytes, what: str) -> dict[str, Any]:
@@ -479,7 +493,7 @@ class Connection:
 
     # -- input ---------------------------------------------------------------
 
-    def receive_data(self, data: bytes, now: float) -> list[Event]:
+    def receive_data(self, data: bytes | memoryview, now: float) -> list[Event]:
         if self.state is ConnState.CLOSED:
             return []
         self.last_received = now

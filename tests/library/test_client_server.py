@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 
@@ -267,3 +268,33 @@ def test_client_binds_to_interface_and_port(server: Server, make_client: MakeCli
     client = make_client(server, interface="lo", bind_port=free)
     client.connect()
     wait_until(lambda: server.clients == [client.client_id])
+
+
+def test_payloads_larger_than_one_read_and_many_small_ones_arrive_intact(
+    server: Server, make_client: MakeClient
+) -> None:
+    # Every connection of a process reads into one shared buffer: a frame
+    # that spans reads, or a read that holds many frames, must come out
+    # byte for byte (distinct content, so a stale or overwritten buffer shows).
+    clients = [make_client(server, client_id=f"c{i}") for i in range(3)]
+    recs = [Recorder().attach(c, "message") for c in clients]
+    srv = Recorder().attach(server, "message")
+    for c in clients:
+        c.connect()
+    big = [os.urandom(300_000).hex() for _ in clients]  # 600 KB: several reads each
+    for i, c in enumerate(clients):
+        c.send(Message("big", {"data": big[i]}))
+        for n in range(200):
+            c.send(Message("small", {"who": i, "n": n}))
+    got = srv.wait_count("message", 3 * 201)
+    by_client: dict[str, list[Message]] = {}
+    for cid, m in got:
+        by_client.setdefault(cid, []).append(m)
+    for i in range(3):
+        msgs = by_client[f"c{i}"]
+        assert msgs[0].payload["data"] == big[i]
+        assert [m.payload["n"] for m in msgs[1:]] == list(range(200))
+    for i in range(3):
+        server.send(f"c{i}", Message("big", {"data": big[2 - i]}))
+    for i, rec in enumerate(recs):
+        assert rec.wait_count("message", 1)[0][0].payload["data"] == big[2 - i]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -67,7 +68,7 @@ def test_tls_round_trip(tls_server: Server, make_client: MakeClient, certs: Cert
     rec = Recorder().attach(client, "message")
     srv = Recorder().attach(tls_server, "message")
     client.connect()
-    big = "x" * 200_000  # several TLS records
+    big = os.urandom(100_000).hex()  # several TLS records, each distinct
     client.send(Message("up", {"big": big}))
     assert srv.wait_count("message", 1)[0][1].payload["big"] == big
     tls_server.send("*", Message("down", {"big": big}))
