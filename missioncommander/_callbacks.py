@@ -85,7 +85,8 @@ class SerialQueue:
         self._lock = threading.Lock()
         self._items: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self._scheduled = False
-        self._idle = threading.Condition(self._lock)
+        #: Made by the first wait_idle (most queues never see one).
+        self._idle: threading.Condition | None = None
         #: Threads in wait_idle: most of the time none, and notifying nobody
         #: still costs a Python call per message on the inline path.
         self._waiters = 0
@@ -137,7 +138,7 @@ class SerialQueue:
         if self._items:
             return False
         self._scheduled = False
-        if self._waiters:
+        if self._waiters and self._idle is not None:
             self._idle.notify_all()
         return True
 
@@ -149,6 +150,8 @@ class SerialQueue:
         if in_callback_thread():
             return False
         with self._lock:
+            if self._idle is None:
+                self._idle = threading.Condition(self._lock)
             self._waiters += 1
             try:
                 return self._idle.wait_for(lambda: not self._scheduled, timeout)
@@ -183,6 +186,10 @@ class Callbacks:
             if callback in subs:
                 subs.remove(callback)
             self._subs[key] = tuple(subs)
+
+    def wants(self, event: str) -> bool:
+        """Whether ``event`` has callbacks: spares building its argument."""
+        return bool(self._subs.get(event))
 
     def emit(self, event: str, *args: Any) -> None:
         """Queue ``event`` for its callbacks (those subscribed at this moment)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import logging
 import os
@@ -71,10 +72,26 @@ RECONNECT_FAILED = S.STATE_OK | S.STATE_NOT_CONNECTED | S.STATE_RECONNECT_FAILED
 DISCONNECTING = S.STATE_OK | S.STATE_RUNNING | S.STATE_DISCONNECTING
 DISCONNECT_FAILED = S.STATE_OK | S.STATE_NOT_CONNECTED | S.STATE_DISCONNECT_FAILED
 CLOSED_BY_PEER = S.STATE_OK | S.STATE_NOT_CONNECTED | S.STATE_UNEXP_CLOSED
-_CAN_SEND = int(S.STATE_CONNECTED | S.STATE_RECONNECTING)
+# Plain ints for tests against ``_state_bits``: IntFlag's operators cost
+# microseconds each, on paths that run per send and per connection.
+_RUNNING = int(S.STATE_RUNNING)
+_CONNECTED = int(S.STATE_CONNECTED)
+_CONNECTING = int(S.STATE_CONNECTING)
+_RECONNECTING = int(S.STATE_RECONNECTING)
+_CAN_SEND = _CONNECTED | _RECONNECTING
 #: Unsent messages of a burst that the sending thread writes itself, in one syscall.
 _BATCH = 64
-_CONNECTED_BIT = int(S.STATE_CONNECTED)
+
+
+@functools.lru_cache(maxsize=64)
+def _literal_family(host: str) -> int | None:
+    """AF_INET or AF_INET6 for an IP address literal, None for a name to
+    resolve (cached: thousands of clients of one process share a few hosts)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
 
 
 class _Attempt(Exception):
@@ -289,7 +306,10 @@ class Client:
     def __init__(self, **settings: Any) -> None:
         self._settings: dict[str, Any] = {} if "client_id" in settings else {"client_id": self.generate_id()}
         self._lock = threading.Lock()
-        self._room = threading.Condition(self._lock)
+        #: Made when a send() first waits for room (a Condition costs
+        #: microseconds to build, and most clients never wait).
+        self._room: threading.Condition | None = None
+        self._room_waiters = 0
         self._state = NEEDS_INIT
         #: The state as a plain int, for checks on the send path (IntFlag
         #: operators cost microseconds).
@@ -322,7 +342,7 @@ class Client:
     # -- settings and state ----------------------------------------------------
 
     def _check_settable(self, name: str) -> None:
-        if self._state & S.STATE_RUNNING:
+        if self._state_bits & _RUNNING:
             raise StateError(
                 f"cannot change {name} while the client is {ClientState.get_name(self._state)}; disconnect() first"
             )
@@ -363,13 +383,18 @@ class Client:
 
     @property
     def connected(self) -> bool:
-        return bool(self._state & S.STATE_CONNECTED)
+        return bool(self._state_bits & _CONNECTED)
 
     @property
     def queued(self) -> int:
         """Messages sent but not yet acknowledged by the server."""
         with self._lock:
             return len(self._out)
+
+    def _wake_senders_locked(self) -> None:
+        """Wake send() calls waiting for room or for the session's end (lock held)."""
+        if self._room_waiters and self._room is not None:
+            self._room.notify_all()
 
     def _set_state(self, new: ClientState) -> None:
         """Change state and queue the statechange event (caller holds the lock)."""
@@ -380,7 +405,8 @@ class Client:
         self._state_bits = int(new)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("client %r: %s -> %s", self.client_id, ClientState.get_name(old), ClientState.get_name(new))
-        self._callbacks.emit("statechange", ClientStateTransition(old, new))
+        if self._callbacks.wants("statechange"):
+            self._callbacks.emit("statechange", ClientStateTransition(old, new))
 
     # -- public operations -----------------------------------------------------
 
@@ -413,7 +439,7 @@ class Client:
         self._bind()  # an interface that vanished fails here, in the caller
         tls_context = client_context(self.tls_ca, self.tls_verify, self.tls_cert, self.tls_key) if self.tls else None
         with self._lock:
-            if self._state & S.STATE_RUNNING:
+            if self._state_bits & _RUNNING:
                 return
             self._generation += 1
             generation = self._generation
@@ -442,7 +468,7 @@ class Client:
         returns once the callbacks of earlier events have run.
         """
         with self._lock:
-            if not self._state & S.STATE_RUNNING and self._retry_timer is None:
+            if not self._state_bits & _RUNNING and self._retry_timer is None:
                 return
             self._generation += 1
             self._callbacks.emit("disconnect")
@@ -464,7 +490,7 @@ class Client:
             self._last_close_reason = "disconnected by this client"
             self._end_session_locked("disconnected")
             self._set_state(IDLE if ok else DISCONNECT_FAILED)
-            self._room.notify_all()
+            self._wake_senders_locked()
         # Callbacks of the events up to now have run when disconnect() returns
         # (unless it was called from a callback: that would wait for itself).
         self._callbacks.serial.wait_idle(5.0)
@@ -491,7 +517,7 @@ class Client:
             if not self._state_bits & _CAN_SEND:
                 self._check_can_send()  # raises, saying why
             if not self._out.has_room(len(body)):
-                if not self._state_bits & _CONNECTED_BIT:
+                if not self._state_bits & _CONNECTED:
                     raise QueueFullError(f"send queue full while reconnecting ({len(self._out)} messages queued)")
                 if self._loop.in_loop():  # the acks that make room arrive on this very thread
                     raise QueueFullError(f"send queue full ({len(self._out)} messages unacknowledged)")
@@ -502,7 +528,13 @@ class Client:
                         raise QueueFullError(
                             f"send queue full: the server acknowledged nothing for {self.send_timeout:g} s"
                         )
-                    self._room.wait(left)
+                    if self._room is None:
+                        self._room = threading.Condition(self._lock)
+                    self._room_waiters += 1
+                    try:
+                        self._room.wait(left)
+                    finally:
+                        self._room_waiters -= 1
                     self._check_can_send()
             self._out.append(body)  # room checked just above, under the same lock
             live = self._live
@@ -577,13 +609,12 @@ class Client:
 
     def _literal_target(self) -> tuple[int, tuple[Any, ...]] | None:
         host, port = self.address, self.port
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
+        family = _literal_family(host)
+        if family is None:
             return None
-        if ip.version == 6:
-            return socket.AF_INET6, (host, port, 0, 0)
-        return socket.AF_INET, (host, port)
+        if family == socket.AF_INET6:
+            return family, (host, port, 0, 0)
+        return family, (host, port)
 
     def _resolve(self) -> tuple[int, tuple[Any, ...]]:
         literal = self._literal_target()
@@ -644,7 +675,7 @@ class Client:
                 return
         with self._lock:
             self._last_close_reason = why.reason
-            if self._state & S.STATE_CONNECTING:
+            if self._state_bits & _CONNECTING:
                 if self._persistent and not why.terminal:
                     self._retries += 1
                     limit = self.reconnect_attempts
@@ -659,13 +690,13 @@ class Client:
                 if future is not None and not future.done():
                     future.set_exception(why.error or ConnectError(why.reason))
                 return
-            if not self._state & S.STATE_RECONNECTING:
+            if not self._state_bits & _RECONNECTING:
                 return
             self._retries += 1
             limit = self.reconnect_attempts
             if why.terminal or (limit is not None and self._retries >= limit):
                 self._set_state(RECONNECT_FAILED)
-                self._room.notify_all()
+                self._wake_senders_locked()
                 log.warning(
                     "client %r: giving up reconnecting after %d attempt(s): %s",
                     self.client_id,
@@ -710,7 +741,7 @@ class Client:
             self._token = welcome.session
             self._peer_max_frame_size = welcome.max_frame_size
             link.inbound = self._inbound
-            first = bool(self._state & S.STATE_CONNECTING)
+            first = bool(self._state_bits & _CONNECTING)
             future = self._connect_future
             self._connect_future = None
             self._retries = 0
@@ -762,7 +793,7 @@ class Client:
         elif isinstance(event, AckReceived):
             with self._lock:
                 self._out.ack(event.seq)
-                self._room.notify_all()
+                self._wake_senders_locked()
         elif isinstance(event, PingReceived):
             link.write(link.proto.send_pong(time.monotonic()))
         elif isinstance(event, PongReceived):
@@ -792,7 +823,7 @@ class Client:
             self._generation += 1
             self._last_close_reason = reason
             self._end_session_locked(reason)
-            self._room.notify_all()
+            self._wake_senders_locked()
             if not shutdown:
                 self._set_state(IDLE if clean else CLOSED_BY_PEER)
         log.warning("client %r: %s", self.client_id, reason)
@@ -803,7 +834,7 @@ class Client:
 
     def _stopped_after_shutdown(self, generation: int) -> None:
         with self._lock:
-            if generation == self._generation and self._state & S.STATE_RUNNING:
+            if generation == self._generation and self._state_bits & _RUNNING:
                 self._set_state(IDLE)
 
     def _end_session_locked(self, reason: str) -> None:
@@ -826,7 +857,7 @@ class Client:
             return
         with self._lock:
             self._last_close_reason = reason
-            if not self._state & S.STATE_CONNECTED:
+            if not self._state_bits & _CONNECTED:
                 return
             self._retries = 0
             self._set_state(RECONNECTING)

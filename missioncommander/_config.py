@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar, overload
@@ -85,12 +86,15 @@ def positive_number(*, optional: bool = False) -> Callable[[Any, str], Any]:
     return check
 
 
+_CONTROL = re.compile("[\x00-\x1f]")
+
+
 def non_empty_str(value: Any, name: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, not {type(value).__name__}")
     if not value.strip():
         raise ValueError(f"{name} must not be empty")
-    if any(ord(c) < 32 for c in value):
+    if _CONTROL.search(value):
         raise ValueError(f"{name} must not contain control characters")
     return value
 

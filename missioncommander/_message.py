@@ -54,13 +54,15 @@ def _encode(pair: list[Any]) -> bytes:
             return _fast_dumps(pair)
         except TypeError:
             pass  # what orjson cannot write (integers beyond 64 bits): the standard library can
-    return _encode_stdlib(pair)
+    return encode_json(pair)
 
 
-def _encode_stdlib(pair: list[Any]) -> bytes:
+def encode_json(value: Any) -> bytes:
+    """Compact UTF-8 JSON of plain, already valid JSON values (the standard
+    library's encoder, made once): message bodies and control frames."""
     if _c_encode is not None:
-        return "".join(_c_encode(pair, 0)).encode("utf-8")
-    return _encoder.encode(pair).encode("utf-8")  # pragma: no cover - CPython has the C encoder
+        return "".join(_c_encode(value, 0)).encode("utf-8")
+    return _encoder.encode(value).encode("utf-8")  # pragma: no cover - CPython has the C encoder
 
 
 _set = object.__setattr__  # Message refuses setattr; it sets its own slots this way

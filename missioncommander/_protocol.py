@@ -43,7 +43,7 @@ from json.scanner import make_scanner
 from typing import Any
 
 from ._errors import LocalProtocolError, QueueFullError, RemoteProtocolError
-from ._message import FrozenDict, FrozenList
+from ._message import FrozenDict, FrozenList, encode_json
 
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
@@ -202,9 +202,6 @@ Event = (
 # --------------------------------------------------------------------------
 # Encoding.
 
-_json_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-
-
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -260,7 +257,7 @@ def encode_frame(ftype: FrameType, body: bytes = b"") -> bytes:
 
 
 def encode_json_frame(ftype: FrameType, obj: dict[str, Any]) -> bytes:
-    return encode_frame(ftype, _json_encoder.encode(obj).encode("utf-8"))
+    return encode_frame(ftype, encode_json(obj))
 
 
 def message_header(seq: int, body_len: int) -> bytes:
