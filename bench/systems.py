@@ -69,6 +69,8 @@ def use_fast_json(enabled: bool) -> None:
     on or off in this process: the benchmark compares both."""
     from missioncommander import _message
 
+    if (_message._fast_dumps is not None) == enabled:
+        return  # already so (clients are made by the thousand)
     _message._fast_dumps = _message._load_fast_dumps() if enabled else None
     if enabled and _message._fast_dumps is None:
         raise RuntimeError("orjson is not installed: pip install '.[fast]'")
