@@ -50,7 +50,6 @@ from ._protocol import (
     ShutdownReceived,
     Welcome,
     auth_proof,
-    message_header,
     new_nonce,
     proof_matches,
 )
@@ -778,12 +777,7 @@ class Client:
 
     def _unsent(self) -> tuple[list[bytes], int]:
         """The frames of the messages not yet written, and the last one's seq (lock held)."""
-        chunks: list[bytes] = []
-        seq = self._sent_seq
-        for seq, body in self._out.after(self._sent_seq):
-            chunks.append(message_header(seq, len(body)))
-            chunks.append(body)
-        return chunks, seq
+        return self._out.frames_after(self._sent_seq)
 
     def _handle(self, link: _ClientLink, event: Event) -> None:
         if isinstance(event, MessageReceived):

@@ -33,6 +33,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import itertools
 import json
 import secrets
 import struct
@@ -57,6 +58,9 @@ _U64 = struct.Struct("!Q")
 _U32 = struct.Struct("!I")
 HEADER_SIZE = _HEADER.size
 MESSAGE_OVERHEAD = _MSG_HEADER.size - 4  # what ``length`` counts besides the JSON
+#: Message bodies smaller than this are copied into one buffer with their
+#: neighbours when written; larger ones are written from where they are.
+_JOIN_BELOW = 8192
 
 
 class FrameType(enum.IntEnum):
@@ -724,13 +728,15 @@ class OutboundStream:
 
     Bounded by ``max_items`` messages and ``max_bytes`` bytes of encoded
     bodies; ``push`` raises ``QueueFullError`` rather than grow past them.
+    Bodies are kept in order and numbered by position (the first is
+    ``next_seq - len(self)``): per message a deque slot, no tuple.
     """
 
     def __init__(self, max_items: int, max_bytes: int) -> None:
         self.max_items = max_items
         self.max_bytes = max_bytes
         self.next_seq = 1
-        self._items: deque[tuple[int, bytes]] = deque()
+        self._items: deque[bytes] = deque()
         self._bytes = 0
 
     def __len__(self) -> int:
@@ -755,10 +761,10 @@ class OutboundStream:
 
     def append(self, body: bytes) -> int:
         """``push`` for a caller that has just checked ``has_room`` (the send path)."""
+        self._items.append(body)
+        self._bytes += len(body)
         seq = self.next_seq
         self.next_seq = seq + 1
-        self._items.append((seq, body))
-        self._bytes += len(body)
         return seq
 
     def ack(self, seq: int) -> int:
@@ -769,30 +775,64 @@ class OutboundStream:
         if seq >= self.next_seq:
             raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"ack for {seq}, but only {self.next_seq - 1} were sent")
         items = self._items
+        count = seq - (self.next_seq - len(items)) + 1
+        if count <= 0:
+            return 0
+        popleft = items.popleft
         dropped = 0
-        while items and items[0][0] <= seq:
-            self._bytes -= len(items.popleft()[1])
-            dropped += 1
-        return dropped
+        for _ in range(count):
+            dropped += len(popleft())
+        self._bytes -= dropped
+        return count
+
+    def _start(self, seq: int) -> int:
+        """The index of the first message numbered above ``seq``."""
+        return max(seq + 1 - (self.next_seq - len(self._items)), 0)
 
     def after(self, seq: int) -> Iterator[tuple[int, bytes]]:
         """The unacknowledged messages numbered above ``seq``, in order."""
+        start = self._start(seq)
+        first = self.next_seq - len(self._items)
+        return enumerate(itertools.islice(self._items, start, None), first + start)
+
+    def frames_after(self, seq: int) -> tuple[list[bytes], int]:
+        """The MESSAGE frames of the messages numbered above ``seq``, ready
+        to write, and the number of the last (``seq`` when there are none).
+
+        Consecutive small frames are joined into one buffer: a burst then
+        costs the writer a few chunks instead of two per message.  A large
+        body stays a chunk of its own, not copied.
+        """
         items = self._items
-        if not items or seq < items[0][0]:
-            yield from items
-            return
-        start = seq - items[0][0] + 1
-        for i in range(start, len(items)):
-            yield items[i]
+        start = self._start(seq)
+        if start >= len(items):
+            return [], seq
+        pack = _MSG_HEADER.pack
+        mtype = FrameType.MESSAGE.value
+        chunks: list[bytes] = []
+        small: list[bytes] = []
+        n = self.next_seq - len(items) + start
+        for body in itertools.islice(items, start, None):
+            size = len(body)
+            if size < _JOIN_BELOW:
+                small += (pack(size + MESSAGE_OVERHEAD, mtype, n), body)
+            else:
+                if small:
+                    chunks.append(b"".join(small))
+                    small = []
+                chunks += (pack(size + MESSAGE_OVERHEAD, mtype, n), body)
+            n += 1
+        if small:
+            chunks.append(b"".join(small))
+        return chunks, n - 1
 
     def restart(self) -> None:
         """Renumber what is unacknowledged from 1, for a new session that
         replaces one the peer forgot (a server restart)."""
-        self._items = deque((i, body) for i, (_, body) in enumerate(self._items, 1))
         self.next_seq = len(self._items) + 1
 
     def clear(self) -> list[bytes]:
-        dropped = [body for _, body in self._items]
+        dropped = list(self._items)
         self._items.clear()
         self._bytes = 0
         self.next_seq = 1

@@ -38,7 +38,6 @@ from ._protocol import (
     PongReceived,
     Role,
     auth_proof,
-    message_header,
     new_nonce,
     proof_matches,
 )
@@ -92,12 +91,7 @@ class _Session:
 
     def unsent(self) -> list[bytes]:
         """The frames of the messages not yet written; marks them written (lock held)."""
-        chunks: list[bytes] = []
-        seq = self.sent_seq
-        for seq, body in self.out.after(self.sent_seq):
-            chunks.append(message_header(seq, len(body)))
-            chunks.append(body)
-        self.sent_seq = seq
+        chunks, self.sent_seq = self.out.frames_after(self.sent_seq)
         return chunks
 
 
@@ -318,7 +312,9 @@ class Server:
                 sessions = [self._sessions[target]]
             else:
                 raise KeyError(f"no client {target!r} is connected")
+            n = len(body)
             for session in sessions:
+                out = session.out
                 if size > session.peer_max_frame_size:
                     if target == "*":
                         log.warning("broadcast skips client %r: message over its frame limit", session.client_id)
@@ -327,15 +323,15 @@ class Server:
                         f"message of {size} bytes exceeds client {session.client_id!r}'s limit of "
                         f"{session.peer_max_frame_size}"
                     )
-                if not session.out.has_room(len(body)):
+                if not out.has_room(n):
                     if target != "*":
                         raise QueueFullError(
-                            f"send queue of client {target!r} is full ({len(session.out)} messages, "
-                            f"{session.out.queued_bytes} bytes unacknowledged)"
+                            f"send queue of client {target!r} is full ({len(out)} messages, "
+                            f"{out.queued_bytes} bytes unacknowledged)"
                         )
                     full.append(session)
                     continue
-                session.out.push(body)
+                out.append(body)
             if target != "*" and sessions:
                 direct = self._send_one_locked(sessions[0])
                 if direct is not None:
