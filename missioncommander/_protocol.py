@@ -767,6 +767,18 @@ class OutboundStream:
         self.next_seq = seq + 1
         return seq
 
+    def offer(self, body: bytes) -> bool:
+        """``append`` if there is room (True), else nothing (False): the
+        broadcast path, one call per client."""
+        items = self._items
+        size = len(body)
+        if len(items) >= self.max_items or self._bytes + size > self.max_bytes:
+            return False
+        items.append(body)
+        self._bytes += size
+        self.next_seq += 1
+        return True
+
     def ack(self, seq: int) -> int:
         """Drop everything up to and including ``seq``; return how many.
 
@@ -809,10 +821,20 @@ class OutboundStream:
             return [], seq
         pack = _MSG_HEADER.pack
         mtype = FrameType.MESSAGE.value
+        first = self.next_seq - len(items) + start
+        bodies = list(itertools.islice(items, start, None))
+        sizes = [len(body) + MESSAGE_OVERHEAD for body in bodies]
+        if max(sizes) < _JOIN_BELOW + MESSAGE_OVERHEAD:
+            # The usual case, all small: headers packed and interleaved
+            # with the bodies in C loops, then one buffer.
+            parts: list[bytes] = [b""] * (2 * len(bodies))
+            parts[::2] = list(map(pack, sizes, itertools.repeat(mtype), range(first, first + len(bodies))))
+            parts[1::2] = bodies
+            return [b"".join(parts)], first + len(bodies) - 1
         chunks: list[bytes] = []
         small: list[bytes] = []
-        n = self.next_seq - len(items) + start
-        for body in itertools.islice(items, start, None):
+        n = first
+        for body in bodies:
             size = len(body)
             if size < _JOIN_BELOW:
                 small += (pack(size + MESSAGE_OVERHEAD, mtype, n), body)

@@ -312,7 +312,6 @@ class Server:
                 sessions = [self._sessions[target]]
             else:
                 raise KeyError(f"no client {target!r} is connected")
-            n = len(body)
             for session in sessions:
                 out = session.out
                 if size > session.peer_max_frame_size:
@@ -323,15 +322,13 @@ class Server:
                         f"message of {size} bytes exceeds client {session.client_id!r}'s limit of "
                         f"{session.peer_max_frame_size}"
                     )
-                if not out.has_room(n):
+                if not out.offer(body):
                     if target != "*":
                         raise QueueFullError(
                             f"send queue of client {target!r} is full ({len(out)} messages, "
                             f"{out.queued_bytes} bytes unacknowledged)"
                         )
                     full.append(session)
-                    continue
-                out.append(body)
             if target != "*" and sessions:
                 direct = self._send_one_locked(sessions[0])
                 if direct is not None:
@@ -339,7 +336,7 @@ class Server:
                     direct.lock.acquire()  # before ours is let go: frames keep their order
             else:
                 wake = not self._to_pump
-                self._to_pump.update(s for s in sessions if s.link is not None)
+                self._to_pump.update(sessions)  # a session between links is skipped there
                 if wake and self._to_pump:
                     self._loop.call_soon(self._pump)
         if direct is not None:

@@ -200,6 +200,12 @@ def test_outbound_stream_is_bounded_by_count_and_bytes() -> None:
     out.push(b"1")
     assert len(out) == 2
     assert out.queued_bytes == 6
+    assert out.offer(b"2") is False  # the count is full: nothing changes
+    assert (len(out), out.queued_bytes, out.next_seq) == (2, 6, 4)
+    out.ack(2)
+    assert out.offer(b"123456") is True
+    assert out.offer(b"1234") is False  # 7 + 4 bytes is over 10
+    assert [seq for seq, _ in out.after(0)] == [3, 4]
 
 
 def test_inbound_stream_drops_duplicates_and_refuses_gaps() -> None:
