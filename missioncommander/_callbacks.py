@@ -72,6 +72,12 @@ _pool = _Pool(_POOL_SIZE)
 _worker = threading.local()
 
 
+def mark_callback_thread() -> None:
+    """Mark this thread as one that runs user callbacks (the I/O thread,
+    for inline callbacks): ``wait_idle`` here returns at once."""
+    _worker.active = True
+
+
 def in_callback_thread() -> bool:
     """True on a thread that runs user callbacks (where waiting for
     callbacks to finish would wait for ourselves)."""
@@ -114,20 +120,18 @@ class SerialQueue:
     def run_or_submit(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on this thread now if the queue is idle, else
         queue it behind the rest.  Either way calls stay one at a time and in
-        order: the queue counts as busy while the call runs here."""
+        order: the queue counts as busy while the call runs here.
+
+        For the I/O thread, which calls :func:`mark_callback_thread` once."""
         with self._lock:
             if self._scheduled:
                 self._items.append((fn, args))
                 return
             self._scheduled = True
-        was_active = getattr(_worker, "active", False)
-        _worker.active = True  # waiting for callbacks from here would wait for this one
         try:
             fn(*args)
         except Exception:
             log.exception("callback %r raised", fn)
-        finally:
-            _worker.active = was_active
         with self._lock:
             if self._settle_locked():
                 return

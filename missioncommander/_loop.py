@@ -26,6 +26,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar, cast
 
+from ._callbacks import mark_callback_thread
+
 log = logging.getLogger("missioncommander.loop")
 
 T = TypeVar("T")
@@ -142,6 +144,9 @@ class Loop:
     # -- the loop ------------------------------------------------------------
 
     def _run(self) -> None:
+        # Inline callbacks run here: waiting for callbacks from this thread
+        # would wait for itself.
+        mark_callback_thread()
         select = self._selector.select
         while True:
             timeout: float | None = None

@@ -206,6 +206,7 @@ Event = (
 # --------------------------------------------------------------------------
 # Encoding.
 
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
