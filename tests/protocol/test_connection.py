@@ -219,33 +219,6 @@ def test_inbound_stream_drops_duplicates_and_refuses_gaps() -> None:
     assert inbound.unacked == 2
 
 
-@given(st.lists(st.sampled_from(["push", "ack", "resend"]), max_size=60))
-def test_streams_deliver_exactly_once_in_order_whatever_is_lost(ops: list[str]) -> None:
-    """Model a sender and a receiver; 'resend' is a reconnect that loses
-    whatever was in flight and resends from the receiver's last_seq."""
-    out = OutboundStream(max_items=1000, max_bytes=10**6)
-    inbound = InboundStream()
-    delivered: list[int] = []
-    sent_upto = 0
-    n = 0
-    for op in ops:
-        if op == "push":
-            n += 1
-            out.push(str(n).encode())
-        elif op == "ack":
-            for seq, body in out.after(sent_upto):
-                if inbound.accept(seq):
-                    delivered.append(int(body))
-                sent_upto = seq
-            out.ack(inbound.last_seq)
-        else:
-            sent_upto = inbound.last_seq  # in-flight frames were lost
-    for seq, body in out.after(inbound.last_seq):
-        if inbound.accept(seq):
-            delivered.append(int(body))
-    assert delivered == list(range(1, n + 1))
-
-
 def _body(n: int, size: int = 0) -> bytes:
     return json.dumps(["m", {"n": n, "pad": "x" * size}], separators=(",", ":")).encode()
 
