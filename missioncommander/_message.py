@@ -204,7 +204,7 @@ class Message:
 
     _subject: str
     _payload: FrozenDict
-    _encoded: bytes | None
+    _encoded: bytes | memoryview | None
 
     def __init__(self, subject: str, payload: Mapping[str, Any] | None = None) -> None:
         if not isinstance(subject, str):
@@ -222,7 +222,7 @@ class Message:
         _set(self, "_encoded", None)
 
     @classmethod
-    def _from_wire(cls, subject: str, payload: FrozenDict, encoded: bytes) -> Message:
+    def _from_wire(cls, subject: str, payload: FrozenDict, encoded: bytes | memoryview) -> Message:
         """Build a message from a decoded frame (already frozen) without validating it again."""
         msg = cls.__new__(cls)
         _set(msg, "_subject", subject)
@@ -248,8 +248,9 @@ class Message:
     def encode(self) -> bytes:
         """The message as it travels: the UTF-8 JSON array ``[subject, payload]``."""
         encoded = self._encoded
-        if encoded is None:
-            encoded = _encode([self._subject, self._payload])
+        if type(encoded) is not bytes:
+            # Not yet encoded, or received as a view into its frame.
+            encoded = _encode([self._subject, self._payload]) if encoded is None else bytes(encoded)
             _set(self, "_encoded", encoded)
         return encoded
 

@@ -61,6 +61,9 @@ MESSAGE_OVERHEAD = _MSG_HEADER.size - 4  # what ``length`` counts besides the JS
 #: Message bodies smaller than this are copied into one buffer with their
 #: neighbours when written; larger ones are written from where they are.
 _JOIN_BELOW = 8192
+#: A frame at least this long that arrives in pieces is collected piece by
+#: piece and joined once (FrameDecoder).
+_BIG_FRAME = 65536
 
 
 class FrameType(enum.IntEnum):
@@ -154,7 +157,8 @@ class MessageReceived:
     seq: int
     subject: str
     payload: FrozenDict
-    encoded: bytes
+    #: The body as received (a view into the frame for a large one).
+    encoded: bytes | memoryview
 
 
 @dataclass(slots=True)
@@ -218,15 +222,15 @@ _frozen_decoder = json.JSONDecoder(parse_constant=_reject_constant, object_hook=
 _scan_frozen = make_scanner(_frozen_decoder)  # type: ignore[arg-type]  # typeshed types it oddly
 
 
-def decode_message_body(encoded: bytes) -> tuple[str, FrozenDict]:
+def decode_message_body(encoded: bytes | memoryview) -> tuple[str, FrozenDict]:
     """``[subject, payload]`` from a MESSAGE body, the payload frozen.
 
     Raises ``RemoteProtocolError`` when the body is not UTF-8 JSON of that shape.
     """
     try:
-        text = encoded.decode("utf-8")
+        text = str(encoded, "utf-8")
         obj: Any = None
-        if encoded.find(b"[", 1) < 0:
+        if text.find("[", 1) < 0:
             # No array inside the payload: the scanner builds it frozen in one pass.
             try:
                 obj, end = _scan_frozen(text, 0)
@@ -297,10 +301,17 @@ class FrameDecoder:
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         self.max_frame_size = max_frame_size
         self._buf = bytearray()
+        #: A large frame being collected: its type, the pieces of its body
+        #: so far and how many bytes are still to come.  Joined once when
+        #: complete, instead of growing a buffer read by read and copying
+        #: the body out of it.
+        self._big_type = 0
+        self._big: list[bytes] | None = None
+        self._big_missing = 0
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) + (sum(map(len, self._big)) if self._big is not None else 0)
 
     def feed(self, data: bytes | memoryview) -> Iterator[tuple[int, bytes]]:
         """Add ``data`` and yield every frame now complete.
@@ -308,14 +319,25 @@ class FrameDecoder:
         ``data`` may be a view of a buffer that the caller reuses: whatever
         is kept (a partial frame) is copied before the iterator finishes.
         """
+        view = data if isinstance(data, memoryview) else memoryview(data)
+        if self._big is not None:
+            take = min(self._big_missing, len(view))
+            self._big.append(view[:take].tobytes())
+            self._big_missing -= take
+            if self._big_missing:
+                return
+            body = b"".join(self._big)
+            self._big = None
+            yield self._big_type, body
+            view = view[take:]
         buf = self._buf
         if buf:
-            buf += data
+            buf += view
             src = memoryview(buf)
         else:
             # The usual case: nothing left over, so frames are cut straight
             # out of what arrived, one copy each.
-            src = data if isinstance(data, memoryview) else memoryview(data)
+            src = view
         pos = 0
         end = len(src)
         try:
@@ -330,6 +352,11 @@ class FrameDecoder:
                     )
                 stop = pos + 4 + length
                 if stop > end:
+                    if length >= _BIG_FRAME and end - pos >= HEADER_SIZE:
+                        self._big_type = src[pos + 4]
+                        self._big = [src[pos + HEADER_SIZE : end].tobytes()]
+                        self._big_missing = stop - end
+                        pos = end
                     break
                 yield src[pos + 4], src[pos + HEADER_SIZE : stop].tobytes()
                 pos = stop
@@ -386,7 +413,9 @@ def _nonneg(value: int, what: str) -> int:
 def _message_event(body: bytes) -> MessageReceived:
     if len(body) < 8:
         raise RemoteProtocolError(ErrorCode.BAD_FRAME, "MESSAGE body shorter than its sequence number")
-    encoded = body[8:]
+    # A large body is not copied again for the part after the sequence
+    # number: a view serves (Message.encode makes bytes of it if ever needed).
+    encoded: bytes | memoryview = body[8:] if len(body) < _BIG_FRAME else memoryview(body)[8:]
     subject, payload = decode_message_body(encoded)
     return MessageReceived(_U64.unpack_from(body)[0], subject, payload, encoded)
 

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from missioncommander import Message
 from missioncommander._errors import RemoteProtocolError
 from missioncommander._protocol import (
     AckReceived,
@@ -83,6 +84,42 @@ def test_frames_survive_any_split_through_a_reused_read_buffer(
         start = point
     assert [(e.seq, e.subject, e.payload) for e in got if isinstance(e, MessageReceived)] == frames
     assert decoder.buffered == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.sampled_from([0, 10, 70_000, 300_000]), min_size=1, max_size=5),
+    cuts=st.lists(st.integers(0, 10**6), max_size=12),
+)
+def test_large_frames_are_collected_whole_across_any_split(sizes: list[int], cuts: list[int]) -> None:
+    # Frames of 64 KiB and more that arrive in pieces are collected piece by
+    # piece and joined once; small ones around them keep their own path.
+    frames = [(i + 1, "big", {"pad": chr(97 + i) * size, "n": i}) for i, size in enumerate(sizes)]
+    stream = b"".join(message_frame(*f) for f in frames)
+    points = sorted({c % (len(stream) + 1) for c in cuts})
+    buffer = bytearray(len(stream))
+    decoder = FrameDecoder(max_frame_size=10**7)
+    got = []
+    start = 0
+    for point in [*points, len(stream)]:
+        size = point - start
+        buffer[:size] = stream[start:point]
+        for ftype, body in decoder.feed(memoryview(buffer)[:size]):
+            got.append(parse_frame(ftype, body))
+        buffer[:] = bytes(len(buffer))
+        start = point
+    assert [(e.seq, e.subject, e.payload) for e in got if isinstance(e, MessageReceived)] == frames
+    assert decoder.buffered == 0
+
+
+def test_a_large_received_message_encodes_to_the_bytes_it_arrived_as() -> None:
+    frame = message_frame(9, "big", {"pad": "y" * 100_000})
+    ((ftype, body),) = list(FrameDecoder().feed(frame))
+    event = parse_frame(ftype, body)
+    assert isinstance(event, MessageReceived)
+    message = Message._from_wire(event.subject, event.payload, event.encoded)
+    assert message.encode() == frame[13:]
+    assert type(message.encode()) is bytes
 
 
 @settings(max_examples=300)
