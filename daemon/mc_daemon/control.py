@@ -47,7 +47,9 @@ class ControlServer:
         self.core = core
         self.path = path
         self.max_line = max_line
-        self.dispatcher = Dispatcher(core, request_shutdown, info or {})
+        self._request_shutdown = request_shutdown
+        self._after_reply = threading.local()
+        self.dispatcher = Dispatcher(core, self._shutdown_after_reply, info or {})
         self.allowed_uids = allowed_uids if allowed_uids is not None else frozenset({os.getuid(), 0})
         self._listener: socket.socket | None = None
         self._threads: set[threading.Thread] = set()
@@ -194,6 +196,14 @@ class ControlServer:
                 log.exception("command %r failed", obj.get("cmd") if isinstance(obj, dict) else obj)
                 response = error_response(request_id, ErrorCode.INTERNAL, f"internal error: {exc}")
             self._send(conn, response)
+            if getattr(self._after_reply, "shutdown", False):
+                self._after_reply.shutdown = False
+                self._request_shutdown()
+
+    def _shutdown_after_reply(self) -> None:
+        # Stopping at once raced the reply: the caller could see the
+        # connection close before its answer ("mcd closed the connection").
+        self._after_reply.shutdown = True
 
     def _stream(self, conn: socket.socket, req: schema.Subscribe) -> None:
         instances = [(i.kind, i.name) for i in req.instances] if req.instances is not None else None
