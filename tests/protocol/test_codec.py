@@ -63,16 +63,15 @@ def test_frames_survive_any_split(frames: list[tuple[int, str, dict[str, object]
 
 
 @settings(max_examples=200)
-@given(frames=st.lists(frame_args, min_size=1, max_size=8), cuts=st.lists(st.integers(0, 10_000), max_size=6))
-def test_frames_survive_any_split_through_a_reused_read_buffer(
-    frames: list[tuple[int, str, dict[str, object]]], cuts: list[int]
-) -> None:
-    # As the I/O loop feeds it: views of one buffer, overwritten after each
-    # feed, so a frame that spans feeds must have been copied.
+def feed_through_a_reused_buffer(
+    decoder: FrameDecoder, frames: list[tuple[int, str, dict[str, object]]], cuts: list[int]
+) -> list[tuple[int, str, dict[str, object]]]:
+    """Feed the frames as the I/O loop does: views of one buffer, cut at
+    ``cuts`` and overwritten after each feed, so a frame that spans feeds
+    must have been copied.  Returns (seq, subject, payload) of what came out."""
     stream = b"".join(message_frame(*f) for f in frames)
     points = sorted({c % (len(stream) + 1) for c in cuts})
     buffer = bytearray(len(stream))
-    decoder = FrameDecoder()
     got = []
     start = 0
     for point in [*points, len(stream)]:
@@ -82,7 +81,15 @@ def test_frames_survive_any_split_through_a_reused_read_buffer(
             got.append(parse_frame(ftype, body))
         buffer[:] = b"\xff" * len(buffer)
         start = point
-    assert [(e.seq, e.subject, e.payload) for e in got if isinstance(e, MessageReceived)] == frames
+    return [(e.seq, e.subject, dict(e.payload)) for e in got if isinstance(e, MessageReceived)]
+
+
+@given(frames=st.lists(frame_args, min_size=1, max_size=8), cuts=st.lists(st.integers(0, 10_000), max_size=6))
+def test_frames_survive_any_split_through_a_reused_read_buffer(
+    frames: list[tuple[int, str, dict[str, object]]], cuts: list[int]
+) -> None:
+    decoder = FrameDecoder()
+    assert feed_through_a_reused_buffer(decoder, frames, cuts) == frames
     assert decoder.buffered == 0
 
 
@@ -94,21 +101,11 @@ def test_frames_survive_any_split_through_a_reused_read_buffer(
 def test_large_frames_are_collected_whole_across_any_split(sizes: list[int], cuts: list[int]) -> None:
     # Frames of 64 KiB and more that arrive in pieces are collected piece by
     # piece and joined once; small ones around them keep their own path.
-    frames = [(i + 1, "big", {"pad": chr(97 + i) * size, "n": i}) for i, size in enumerate(sizes)]
-    stream = b"".join(message_frame(*f) for f in frames)
-    points = sorted({c % (len(stream) + 1) for c in cuts})
-    buffer = bytearray(len(stream))
+    frames: list[tuple[int, str, dict[str, object]]] = [
+        (i + 1, "big", {"pad": chr(97 + i) * size, "n": i}) for i, size in enumerate(sizes)
+    ]
     decoder = FrameDecoder(max_frame_size=10**7)
-    got = []
-    start = 0
-    for point in [*points, len(stream)]:
-        size = point - start
-        buffer[:size] = stream[start:point]
-        for ftype, body in decoder.feed(memoryview(buffer)[:size]):
-            got.append(parse_frame(ftype, body))
-        buffer[:] = bytes(len(buffer))
-        start = point
-    assert [(e.seq, e.subject, e.payload) for e in got if isinstance(e, MessageReceived)] == frames
+    assert feed_through_a_reused_buffer(decoder, frames, cuts) == frames
     assert decoder.buffered == 0
 
 
