@@ -515,13 +515,13 @@ class Client:
         with self._lock:
             if not self._state_bits & _CAN_SEND:
                 self._check_can_send()  # raises, saying why
-            if not self._out.has_room(len(body)):
+            if not self._out.offer(body):
                 if not self._state_bits & _CONNECTED:
                     raise QueueFullError(f"send queue full while reconnecting ({len(self._out)} messages queued)")
                 if self._loop.in_loop():  # the acks that make room arrive on this very thread
                     raise QueueFullError(f"send queue full ({len(self._out)} messages unacknowledged)")
                 deadline = time.monotonic() + self.send_timeout
-                while not self._out.has_room(len(body)):
+                while not self._out.offer(body):
                     left = deadline - time.monotonic()
                     if left <= 0:
                         raise QueueFullError(
@@ -535,7 +535,6 @@ class Client:
                     finally:
                         self._room_waiters -= 1
                     self._check_can_send()
-            self._out.append(body)  # room checked just above, under the same lock
             live = self._live
             if live is None:
                 return  # the message waits for the resume

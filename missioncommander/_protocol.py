@@ -270,11 +270,8 @@ def encode_json_frame(ftype: FrameType, obj: dict[str, Any]) -> bytes:
 
 
 def message_header(seq: int, body_len: int) -> bytes:
-    """The bytes that precede an encoded message body in a MESSAGE frame.
-
-    Kept apart from the body so that a broadcast encodes the body once and
-    only this small header differs per client.
-    """
+    """The bytes that precede an encoded message body in a MESSAGE frame
+    (the writers pack theirs in bulk: ``OutboundStream.frames_after``)."""
     return _MSG_HEADER.pack(body_len + MESSAGE_OVERHEAD, FrameType.MESSAGE, seq)
 
 
@@ -776,30 +773,18 @@ class OutboundStream:
     def queued_bytes(self) -> int:
         return self._bytes
 
-    def has_room(self, size: int) -> bool:
-        return len(self._items) < self.max_items and self._bytes + size <= self.max_bytes
-
     def push(self, body: bytes) -> int:
         """Queue an encoded message body; return its sequence number."""
-        size = len(body)
-        if not self.has_room(size):
+        if not self.offer(body):
             raise QueueFullError(
                 f"send queue full ({len(self._items)} of {self.max_items} messages,"
-                f" {self._bytes} + {size} of {self.max_bytes} bytes)"
+                f" {self._bytes} + {len(body)} of {self.max_bytes} bytes)"
             )
-        return self.append(body)
-
-    def append(self, body: bytes) -> int:
-        """``push`` for a caller that has just checked ``has_room`` (the send path)."""
-        self._items.append(body)
-        self._bytes += len(body)
-        seq = self.next_seq
-        self.next_seq = seq + 1
-        return seq
+        return self.next_seq - 1
 
     def offer(self, body: bytes) -> bool:
-        """``append`` if there is room (True), else nothing (False): the
-        broadcast path, one call per client."""
+        """Queue ``body`` if there is room (True), else change nothing
+        (False): ``push`` for the send paths, one call per message."""
         items = self._items
         size = len(body)
         if len(items) >= self.max_items or self._bytes + size > self.max_bytes:
