@@ -317,6 +317,12 @@ class FrameDecoder:
         is kept (a partial frame) is copied before the iterator finishes.
         """
         view = data if isinstance(data, memoryview) else memoryview(data)
+        if not self._buf and self._big is None and len(view) >= HEADER_SIZE:
+            # The usual case of a request or a reply: exactly one whole frame.
+            length = _U32.unpack_from(view)[0]
+            if len(view) == length + 4 and length <= self.max_frame_size:
+                yield view[4], view[HEADER_SIZE:].tobytes()
+                return
         if self._big is not None:
             take = min(self._big_missing, len(view))
             self._big.append(view[:take].tobytes())
@@ -831,12 +837,20 @@ class OutboundStream:
         body stays a chunk of its own, not copied.
         """
         items = self._items
-        start = self._start(seq)
-        if start >= len(items):
+        count = len(items)
+        start = seq + 1 - (self.next_seq - count)
+        if start >= count:
             return [], seq
+        if start == count - 1:
+            # A lone message (a request, a reply): no lists to build.
+            body = items[-1]
+            size = len(body)
+            header = _MSG_HEADER.pack(size + MESSAGE_OVERHEAD, _MESSAGE, seq + 1)
+            return ([header + body] if size < _JOIN_BELOW else [header, body]), seq + 1
+        start = max(start, 0)
         pack = _MSG_HEADER.pack
-        mtype = FrameType.MESSAGE.value
-        first = self.next_seq - len(items) + start
+        mtype = _MESSAGE
+        first = self.next_seq - count + start
         bodies = list(itertools.islice(items, start, None))
         sizes = [len(body) + MESSAGE_OVERHEAD for body in bodies]
         if max(sizes) < _JOIN_BELOW + MESSAGE_OVERHEAD:

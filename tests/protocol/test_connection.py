@@ -247,6 +247,22 @@ def test_frames_after_joins_small_frames_and_writes_large_bodies_from_where_they
     assert _decode(out.frames_after(0)[0]) == [(4, 4), (5, 5)]
 
 
+def test_frames_after_a_lone_message_is_one_frame_and_a_lone_large_body_is_not_copied() -> None:
+    out = OutboundStream(max_items=100, max_bytes=10**7)
+    out.push(_body(1))
+    chunks, last = out.frames_after(0)
+    assert (len(chunks), last, _decode(chunks)) == (1, 1, [(1, 1)])
+    big = _body(2, 20_000)
+    out.push(big)
+    chunks, last = out.frames_after(1)
+    assert (last, _decode(chunks)) == (2, [(2, 2)])
+    assert len(chunks) == 2 and chunks[1] is big
+    out.ack(2)
+    out.push(_body(3))
+    # Asked from before what is kept (a resume after acks): the lone message still.
+    assert _decode(out.frames_after(0)[0]) == [(3, 3)]
+
+
 @given(st.lists(st.sampled_from(["push", "big", "ack", "write", "lose"]), max_size=60))
 def test_written_frames_deliver_exactly_once_in_order_whatever_is_lost(ops: list[str]) -> None:
     """The writer's path: frames_after numbers and frames what it writes;
