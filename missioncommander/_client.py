@@ -29,7 +29,7 @@ from ._errors import (
     StateError,
 )
 from ._link import Link
-from ._loop import BURST_GAP, Loop, Timer, Transport, get_loop
+from ._loop import BURST_GAP, WANT_WRITE, Loop, Timer, Transport, get_loop
 from ._message import Message
 from ._protocol import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -140,7 +140,7 @@ class _ClientLink(Link):
         if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
             self._fail(_Attempt(f"cannot connect to {_fmt(addr)}: {errno.errorcode.get(err, err)} {_strerror(err)}"))
             return
-        self.loop.register(sock, 2, self)  # EVENT_WRITE: connect finished
+        self.loop.register(sock, WANT_WRITE, self)  # writable: the connect finished
 
     def handle_io(self, mask: int) -> None:
         sock = self.sock

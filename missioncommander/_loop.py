@@ -14,7 +14,9 @@ import errno
 import heapq
 import itertools
 import logging
+import math
 import os
+import select
 import selectors
 import socket
 import ssl
@@ -37,6 +39,8 @@ _RECV_SIZE = 256 * 1024
 #: Reads per readiness event before the loop serves others, so one chatty
 #: peer cannot starve the rest.
 _READS_PER_EVENT = 16
+#: Readiness events taken per wait (more wait for the next turn).
+_MAX_EVENTS = 1024
 #: A send this soon after the previous one on the same connection is part of
 #: a burst: it is left to the loop, which writes a burst with few syscalls.
 #: A lone send is written from the caller's thread at once (lower latency).
@@ -59,18 +63,81 @@ class Timer:
 
 
 class Handler(Protocol):
-    def handle_io(self, mask: int) -> None: ...
+    def handle_io(self, mask: int) -> None:
+        """``mask`` holds epoll's bits: test it with ``READABLE`` and ``WRITABLE``."""
+
+
+#: What the loop waits for, and what ``handle_io`` is told: epoll's bits on
+#: every platform.  An error or a hang-up counts as both readable and
+#: writable, so whichever side is waiting meets it.
+WANT_READ: int = getattr(select, "EPOLLIN", 0x001)
+WANT_WRITE: int = getattr(select, "EPOLLOUT", 0x004)
+_ERR_HUP: int = getattr(select, "EPOLLERR", 0x008) | getattr(select, "EPOLLHUP", 0x010)
+READABLE = WANT_READ | _ERR_HUP
+WRITABLE = WANT_WRITE | _ERR_HUP
+
+
+class _SelectorPoller:
+    """``select.epoll``'s interface over ``selectors``, where there is no epoll."""
+
+    #: epoll's bits for each ``selectors`` mask (EVENT_READ 1, EVENT_WRITE 2).
+    _BITS = (0, WANT_READ, WANT_WRITE, WANT_READ | WANT_WRITE)
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+
+    @staticmethod
+    def _events(bits: int) -> int:
+        return (selectors.EVENT_READ if bits & WANT_READ else 0) | (selectors.EVENT_WRITE if bits & WANT_WRITE else 0)
+
+    def register(self, fd: int, bits: int) -> None:
+        self._selector.register(fd, self._events(bits))
+
+    def modify(self, fd: int, bits: int) -> None:
+        self._selector.modify(fd, self._events(bits))
+
+    def unregister(self, fd: int) -> None:
+        self._selector.unregister(fd)
+
+    def poll(self, timeout: float = -1, maxevents: int = -1) -> list[tuple[int, int]]:
+        ready = self._selector.select(None if timeout < 0 else timeout)
+        return [(key.fd, self._BITS[mask]) for key, mask in ready]
+
+    def close(self) -> None:
+        self._selector.close()
+
+
+class _WakeupReader:
+    """Empties the wake-up socket that ``call_soon`` writes to."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def handle_io(self, mask: int) -> None:
+        try:
+            while self.sock.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+
+def _make_poller() -> select.epoll | _SelectorPoller:
+    # epoll driven directly: the selectors wrapper costs more interpreted
+    # work per wake-up than the rest of a small message's way through the loop.
+    return select.epoll() if hasattr(select, "epoll") else _SelectorPoller()
 
 
 class Loop:
-    """A selector loop on a daemon thread; see the module docstring."""
+    """An epoll (or ``selectors``) loop on a daemon thread; see the module docstring."""
 
     def __init__(self, name: str = "missioncommander-io") -> None:
-        self._selector = selectors.DefaultSelector()
+        self._poller = _make_poller()
+        #: The handler of each registered fd.
+        self._handlers: dict[int, Handler] = {}
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self.register(self._wake_r, WANT_READ, _WakeupReader(self._wake_r))
         self._lock = threading.Lock()
         self._calls: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self._wake_pending = False
@@ -129,14 +196,25 @@ class Loop:
         return timer
 
     def register(self, sock: socket.socket, events: int, handler: Handler) -> None:
-        self._selector.register(sock, events, handler)
+        """Call ``handler.handle_io`` when ``sock`` is ready for ``events``
+        (``WANT_READ`` and/or ``WANT_WRITE``)."""
+        fd = sock.fileno()
+        self._poller.register(fd, events)
+        self._handlers[fd] = handler
 
     def modify(self, sock: socket.socket, events: int, handler: Handler) -> None:
-        self._selector.modify(sock, events, handler)
+        fd = sock.fileno()
+        self._poller.modify(fd, events)
+        self._handlers[fd] = handler
 
     def unregister(self, sock: socket.socket) -> None:
-        with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(sock)
+        """Forget ``sock`` (before it is closed: its fd number may be reused)."""
+        fd = sock.fileno()
+        if fd < 0:
+            return
+        self._handlers.pop(fd, None)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self._poller.unregister(fd)
 
     def mark_dirty(self, transport: Transport) -> None:
         self._dirty[transport] = None
@@ -147,20 +225,21 @@ class Loop:
         # Inline callbacks run here: waiting for callbacks from this thread
         # would wait for itself.
         mark_callback_thread()
-        select = self._selector.select
+        poll = self._poller.poll
+        handlers = self._handlers
         monotonic = time.monotonic
         timers = self._timers
         while True:
-            timeout: float | None = None
+            timeout: float = -1
             if self._calls or self._dirty:
                 timeout = 0
             elif timers:
-                timeout = max(0.0, timers[0][0] - monotonic())
-            for key, mask in select(timeout):
-                handler = key.data
+                # Rounded up to epoll's milliseconds: a timer is never early.
+                timeout = max(0.0, math.ceil((timers[0][0] - monotonic()) * 1e3) * 1e-3)
+            for fd, mask in poll(timeout, _MAX_EVENTS):
+                handler = handlers.get(fd)
                 if handler is None:
-                    self._drain_wakeups()
-                    continue
+                    continue  # unregistered by a handler earlier in this batch
                 try:
                     handler.handle_io(mask)
                 except Exception:
@@ -173,13 +252,6 @@ class Loop:
                 self._run_calls()
             if self._dirty:
                 self._flush_dirty()
-
-    def _drain_wakeups(self) -> None:
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
 
     def _run_timers(self) -> None:
         timers = self._timers
@@ -274,7 +346,7 @@ class Transport:
         self.last_progress = time.monotonic()
         # A socket already registered (for its connect to finish) is switched
         # over: one epoll_ctl instead of two.
-        (loop.modify if registered else loop.register)(sock, selectors.EVENT_READ, self)
+        (loop.modify if registered else loop.register)(sock, WANT_READ, self)
         if tls is not None:
             self._tls = _TLS(tls, server_side, server_hostname)
             self._tls_step()  # a client's ClientHello goes out now
@@ -426,9 +498,9 @@ class Transport:
             self._tls_flush()  # e.g. TLS 1.3 session tickets, key updates
 
     def handle_io(self, mask: int) -> None:
-        if mask & selectors.EVENT_READ and not self.closed:
+        if mask & READABLE and not self.closed:
             self._read()
-        if mask & selectors.EVENT_WRITE and not self.closed:
+        if mask & WRITABLE and not self.closed:
             self.flush()
 
     def _read(self) -> None:
@@ -487,11 +559,11 @@ class Transport:
             return
         if out and not self._want_write:
             self._want_write = True
-            self.loop.modify(self.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, self)
+            self.loop.modify(self.sock, WANT_READ | WANT_WRITE, self)
         elif not out:
             if self._want_write:
                 self._want_write = False
-                self.loop.modify(self.sock, selectors.EVENT_READ, self)
+                self.loop.modify(self.sock, WANT_READ, self)
             if self._closing:
                 self.close(self._close_reason)
 

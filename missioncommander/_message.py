@@ -147,17 +147,9 @@ def _freeze(value: Any, path: str) -> Any:
     if kind is FrozenDict or kind is FrozenList:
         return value  # already validated and read-only (a received payload sent on): share it
     if kind is dict:
-        frozen = {}
-        for key, item in value.items():
-            if type(key) is not str or not key.isascii():
-                break  # the thorough path below checks it and says what is wrong
-            kind = type(item)
-            if (kind is str and item.isascii()) or kind is int or item is None or kind is bool:
-                frozen[key] = item
-            else:
-                frozen[key] = _freeze(item, f"{path}[{key!r}]")
-        else:
-            return FrozenDict(frozen)
+        plain = _freeze_dict(value, path)
+        if plain is not None:
+            return plain
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
@@ -182,6 +174,21 @@ def _freeze(value: Any, path: str) -> Any:
     if isinstance(value, (list, tuple)):
         return FrozenList(_freeze(item, f"{path}[{i}]") for i, item in enumerate(value))
     raise TypeError(f"payload{path} is of type {type(value).__name__}, which is not JSON-serialisable")
+
+
+def _freeze_dict(value: dict[Any, Any], path: str) -> FrozenDict | None:
+    """``_freeze`` of a ``dict`` whose keys are ASCII str, else None (the
+    thorough path checks the keys and says what is wrong)."""
+    flat = True
+    for key, item in value.items():
+        if type(key) is not str or not key.isascii():
+            return None
+        kind = type(item)
+        if not ((kind is str and item.isascii()) or kind is int or item is None or kind is bool):
+            flat = False
+    if flat:
+        return FrozenDict(value)  # plain leaves only: copied in C
+    return FrozenDict({key: _freeze(item, f"{path}[{key!r}]") for key, item in value.items()})
 
 
 class Message:
@@ -213,12 +220,15 @@ class Message:
             raise ValueError("subject must not be empty")
         if not subject.isascii():
             _check_text(subject, "subject")
-        if payload is None:
-            payload = {}
-        elif type(payload) is not dict and not isinstance(payload, Mapping):  # the ABC check is slow
-            raise TypeError(f"payload must be a dict, not {type(payload).__name__}")
+        frozen = _freeze_dict(payload, "") if type(payload) is dict else None
+        if frozen is None:
+            if payload is None:
+                payload = {}
+            elif type(payload) is not dict and not isinstance(payload, Mapping):  # the ABC check is slow
+                raise TypeError(f"payload must be a dict, not {type(payload).__name__}")
+            frozen = _freeze(payload, "")
         _set(self, "_subject", subject)
-        _set(self, "_payload", _freeze(payload, ""))
+        _set(self, "_payload", frozen)
         _set(self, "_encoded", None)
 
     @classmethod

@@ -17,7 +17,7 @@ from . import _config as cfg
 from ._callbacks import Callbacks
 from ._errors import BindError, MessageTooLarge, QueueFullError, StateError, TLSConfigError
 from ._link import Link
-from ._loop import BURST_GAP, Loop, Timer, Transport, get_loop
+from ._loop import BURST_GAP, WANT_READ, Loop, Timer, Transport, get_loop
 from ._message import Message
 from ._protocol import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -414,7 +414,7 @@ class Server:
     # -- loop thread ---------------------------------------------------------
 
     def _start_on_loop(self, listener: socket.socket) -> None:
-        self._loop.register(listener, 1, _Acceptor(self, listener))
+        self._loop.register(listener, WANT_READ, _Acceptor(self, listener))
 
     def _accept(self, listener: socket.socket) -> None:
         for _ in range(256):

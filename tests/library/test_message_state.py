@@ -56,6 +56,11 @@ def test_message_copies_the_callers_dict() -> None:
     payload["d"]["k"] = "changed"
     payload["new"] = True
     assert m.payload == {"list": [1], "d": {"k": "v"}}
+    flat = {"n": 1, "s": "text", "none": None}  # plain leaves only: the fast copy
+    m = Message("s", flat)
+    flat["n"] = 2
+    flat["added"] = True
+    assert m.payload == {"n": 1, "s": "text", "none": None}
 
 
 @pytest.mark.parametrize(
