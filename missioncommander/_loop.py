@@ -347,6 +347,9 @@ class Transport:
         # A socket already registered (for its connect to finish) is switched
         # over: one epoll_ctl instead of two.
         (loop.modify if registered else loop.register)(sock, WANT_READ, self)
+        #: Whether other threads may write with :meth:`send_locked` (not over
+        #: TLS, whose state belongs to the loop).
+        self.direct_ok = tls is None
         if tls is not None:
             self._tls = _TLS(tls, server_side, server_hostname)
             self._tls_step()  # a client's ClientHello goes out now
@@ -375,12 +378,6 @@ class Transport:
                 self.last_progress = time.monotonic()
             self._out.extend(chunks)
             self.out_bytes += size
-
-    @property
-    def direct_ok(self) -> bool:
-        """Whether other threads may write with :meth:`send_locked` (not over
-        TLS, whose state belongs to the loop)."""
-        return self._tls is None
 
     def send_locked(self, chunks: list[bytes]) -> bool:
         """Write ``chunks`` from any thread that holds ``lock``: straight into

@@ -220,13 +220,17 @@ class Message:
             raise ValueError("subject must not be empty")
         if not subject.isascii():
             _check_text(subject, "subject")
-        frozen = _freeze_dict(payload, "") if type(payload) is dict else None
-        if frozen is None:
-            if payload is None:
-                payload = {}
-            elif type(payload) is not dict and not isinstance(payload, Mapping):  # the ABC check is slow
-                raise TypeError(f"payload must be a dict, not {type(payload).__name__}")
-            frozen = _freeze(payload, "")
+        frozen: FrozenDict | None
+        if type(payload) is FrozenDict:
+            frozen = payload  # validated and read-only already (a received payload sent on)
+        else:
+            frozen = _freeze_dict(payload, "") if type(payload) is dict else None
+            if frozen is None:
+                if payload is None:
+                    payload = {}
+                elif type(payload) is not dict and not isinstance(payload, Mapping):  # the ABC check is slow
+                    raise TypeError(f"payload must be a dict, not {type(payload).__name__}")
+                frozen = _freeze(payload, "")
         _set(self, "_subject", subject)
         _set(self, "_payload", frozen)
         _set(self, "_encoded", None)

@@ -64,6 +64,8 @@ _JOIN_BELOW = 8192
 #: A frame at least this long that arrives in pieces is collected piece by
 #: piece and joined once (FrameDecoder).
 _BIG_FRAME = 65536
+#: Where a MESSAGE frame's body starts: length, type, then the sequence number.
+_MSG_BODY_AT = HEADER_SIZE + 8
 
 
 class FrameType(enum.IntEnum):
@@ -531,10 +533,28 @@ class Connection:
         if self.state is ConnState.CLOSED:
             return []
         self.last_received = now
-        events: list[Event] = []
         is_open = self.state is ConnState.OPEN
+        decoder = self._decoder
+        size = len(data)
+        if (
+            is_open
+            and _MSG_BODY_AT <= size < _BIG_FRAME
+            and data[4] == _MESSAGE
+            and _U32.unpack_from(data)[0] + 4 == size <= decoder.max_frame_size
+            and not decoder._buf
+            and decoder._big is None
+        ):
+            # The usual request or reply: exactly one whole small MESSAGE.
+            encoded = bytes(data[_MSG_BODY_AT:])
+            try:
+                subject, payload = decode_message_body(encoded)
+            except RemoteProtocolError:
+                self.state = ConnState.CLOSED
+                raise
+            return [MessageReceived(_U64.unpack_from(data, HEADER_SIZE)[0], subject, payload, encoded)]
+        events: list[Event] = []
         try:
-            for ftype, body in self._decoder.feed(data):
+            for ftype, body in decoder.feed(data):
                 if ftype == _MESSAGE and is_open:
                     # The data path: a MESSAGE is always allowed while open.
                     events.append(_message_event(body))

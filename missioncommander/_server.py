@@ -301,49 +301,48 @@ class Server:
             raise TypeError(f"target must be a client id or '*', not {type(target).__name__}")
         body = message.encode()
         size = len(body) + MESSAGE_OVERHEAD
-        full: list[_Session] = []
-        direct: Transport | None = None
-        with self._lock:
-            if not self._running:
-                raise StateError("the server is not running; start() it first")
-            if target == "*":
-                sessions = list(self._sessions.values())
-            elif target in self._sessions:
-                sessions = [self._sessions[target]]
-            else:
-                raise KeyError(f"no client {target!r} is connected")
-            for session in sessions:
-                out = session.out
+        if target != "*":
+            with self._lock:
+                if not self._running:
+                    raise StateError("the server is not running; start() it first")
+                session = self._sessions.get(target)
+                if session is None:
+                    raise KeyError(f"no client {target!r} is connected")
                 if size > session.peer_max_frame_size:
-                    if target == "*":
-                        log.warning("broadcast skips client %r: message over its frame limit", session.client_id)
-                        continue
                     raise MessageTooLarge(
-                        f"message of {size} bytes exceeds client {session.client_id!r}'s limit of "
-                        f"{session.peer_max_frame_size}"
+                        f"message of {size} bytes exceeds client {target!r}'s limit of {session.peer_max_frame_size}"
                     )
+                out = session.out
                 if not out.offer(body):
-                    if target != "*":
-                        raise QueueFullError(
-                            f"send queue of client {target!r} is full ({len(out)} messages, "
-                            f"{out.queued_bytes} bytes unacknowledged)"
-                        )
-                    full.append(session)
-            if target != "*" and sessions:
-                direct = self._send_one_locked(sessions[0])
-                if direct is not None:
-                    chunks = sessions[0].unsent()
-                    direct.lock.acquire()  # before ours is let go: frames keep their order
-            else:
-                wake = not self._to_pump
-                self._to_pump.update(sessions)  # a session between links is skipped there
-                if wake and self._to_pump:
-                    self._loop.call_soon(self._pump)
-        if direct is not None:
+                    raise QueueFullError(
+                        f"send queue of client {target!r} is full ({len(out)} messages, "
+                        f"{out.queued_bytes} bytes unacknowledged)"
+                    )
+                direct = self._send_one_locked(session)
+                if direct is None:
+                    return
+                chunks = session.unsent()
+                direct.lock.acquire()  # before ours is let go: frames keep their order
             try:
                 direct.send_locked(chunks)  # if closing, the session's resend buffer keeps them
             finally:
                 direct.lock.release()
+            return
+        full: list[_Session] = []
+        with self._lock:
+            if not self._running:
+                raise StateError("the server is not running; start() it first")
+            sessions = list(self._sessions.values())
+            for session in sessions:
+                if size > session.peer_max_frame_size:
+                    log.warning("broadcast skips client %r: message over its frame limit", session.client_id)
+                    continue
+                if not session.out.offer(body):
+                    full.append(session)
+            wake = not self._to_pump
+            self._to_pump.update(sessions)  # a session between links is skipped there
+            if wake and self._to_pump:
+                self._loop.call_soon(self._pump)
         for session in full:
             # A broadcast does not fail for everyone because one client is too
             # slow: that client's session ends instead (bounded memory, logged).

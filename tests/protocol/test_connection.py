@@ -61,6 +61,36 @@ def test_messages_flow_after_handshake() -> None:
     assert events == [MessageReceived(1, "s", {"n": 1}, body), AckReceived(4)]
 
 
+def test_a_read_of_exactly_one_message_is_read_like_any_other() -> None:
+    """One whole small MESSAGE per read (a request, a reply) takes a short
+    way through receive_data; it must read, check and fail the same."""
+    _client, server = handshake()
+    body = b'["s",{"n":1}]'
+    frame = message_header(1, len(body)) + body
+    assert server.receive_data(memoryview(bytearray(frame)), now=1.0) == [MessageReceived(1, "s", {"n": 1}, body)]
+    # Behind a partial frame, the same bytes complete that one first.
+    second = message_header(2, len(body)) + body
+    assert server.receive_data(second[:3], now=1.0) == []
+    assert server.receive_data(second[3:] + frame[:-1], now=1.0) == [MessageReceived(2, "s", {"n": 1}, body)]
+    assert server.receive_data(frame[-1:], now=1.0) == [MessageReceived(1, "s", {"n": 1}, body)]
+    assert server.last_received == 1.0
+    bad = b'["s",[1]]'
+    with pytest.raises(RemoteProtocolError) as info:
+        server.receive_data(message_header(3, len(bad)) + bad, now=2.0)
+    assert info.value.code == "bad_frame"
+    assert server.state is ConnState.CLOSED
+    # Over the frame limit: refused, never decoded.
+    small = Connection(Role.SERVER, max_frame_size=1024, now=0.0)
+    peer = Connection(Role.CLIENT, now=0.0)
+    peer.receive_data(small.send_challenge("n" * 32, auth=False), now=0.0)
+    small.receive_data(peer.send_hello("c1", None, 0, 65536, 15.0, now=0.0), now=0.0)
+    small.send_welcome("tok", False, 0, 1024, 9.0, now=0.0)
+    big = json.dumps(["s", {"pad": "x" * 2000}]).encode()
+    with pytest.raises(RemoteProtocolError) as info:
+        small.receive_data(message_header(1, len(big)) + big, now=0.0)
+    assert info.value.code == "frame_too_large"
+
+
 @pytest.mark.parametrize(
     "frame",
     [
