@@ -214,6 +214,8 @@ class _ClientLink(Link):
                 self.timer.cancel()
                 self.timer = None
             self.welcomed = True
+            # From now on every event is the client's: straight to it.
+            self.on_event = functools.partial(self.client._handle, self)
             self.client._welcomed(self, event)
         elif isinstance(event, ErrorReceived) and not self.welcomed:
             refusal = ConnectionRefusedByServer(event.code, event.message)

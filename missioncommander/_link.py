@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._loop import Loop, Timer, Transport
@@ -39,6 +40,9 @@ class Link:
         #: Bytes that may wait unsent for a heartbeat timeout before the
         #: peer counts as not reading (None: no limit).
         self.max_pending_bytes: int | None = None
+        #: Where received events go: ``handle_event``, or a subclass's
+        #: shorter way once its handshake is done (a call fewer per message).
+        self.on_event: Callable[[Event], None] = self.handle_event
 
     # -- subclass hooks --------------------------------------------------------
 
@@ -57,7 +61,7 @@ class Link:
         try:
             events = self.proto.receive_data(data, time.monotonic())
             for event in events:
-                self.handle_event(event)
+                self.on_event(event)
                 if self.transport is None or self.transport.closed:
                     return
         except RemoteProtocolError as exc:

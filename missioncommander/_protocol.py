@@ -857,16 +857,16 @@ class OutboundStream:
         body stays a chunk of its own, not copied.
         """
         items = self._items
-        count = len(items)
-        start = seq + 1 - (self.next_seq - count)
-        if start >= count:
-            return [], seq
-        if start == count - 1:
+        if seq + 2 == self.next_seq and items:
             # A lone message (a request, a reply): no lists to build.
             body = items[-1]
             size = len(body)
             header = _MSG_HEADER.pack(size + MESSAGE_OVERHEAD, _MESSAGE, seq + 1)
             return ([header + body] if size < _JOIN_BELOW else [header, body]), seq + 1
+        count = len(items)
+        start = seq + 1 - (self.next_seq - count)
+        if start >= count:
+            return [], seq
         start = max(start, 0)
         pack = _MSG_HEADER.pack
         mtype = _MESSAGE

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import secrets
@@ -111,6 +112,7 @@ class _ServerLink(Link):
         self.nonce = new_nonce()
         self.server_proof: str | None = None
         self.handshake_timer: Timer | None = loop.call_later(server.handshake_timeout, self._handshake_timeout)
+        self.on_event = functools.partial(server._handle, self)
         self.transport = Transport(loop, sock, self, tls=server._tls_context, server_side=True)
         self.write(self.proto.send_challenge(self.nonce, server._auth_required()))
 
