@@ -465,7 +465,8 @@ class Client:
         """Say goodbye to the server and close; ends the session.
 
         Idempotent, and safe to call from a callback.  Everything sent before
-        is written before the goodbye.  When called outside a callback, it
+        is written before the goodbye; then the server closes first (waited
+        for up to a second), which keeps TIME_WAIT off this side.  When called outside a callback, it
         returns once the callbacks of earlier events have run.
         """
         with self._lock:
@@ -874,13 +875,15 @@ class Client:
         link._dead = True
         link.stop_timers()
         transport = link.transport
-        if link.is_open:
+        said_bye = link.is_open
+        if said_bye:
             # Write whatever is queued first: TCP delivers it before the BYE.
             self._pump_to(link)
             link.send_ack()
             transport.write(link.proto.send_bye("client disconnecting"))
         link.on_closed = done
-        transport.close_after_flush(reason="disconnected by this client")
+        # After a BYE the server closes: let it, so that TIME_WAIT stays there.
+        transport.close_after_flush(reason="disconnected by this client", peer_first=said_bye)
 
 
 def _fmt(addr: tuple[Any, ...]) -> str:

@@ -339,6 +339,7 @@ class Transport:
         self.out_bytes = 0
         self._want_write = False
         self._closing = False
+        self._peer_first = False
         self._linger_timer: Timer | None = None
         self._close_reason = ""
         self._tls: _TLS | None = None
@@ -561,16 +562,23 @@ class Transport:
             if self._want_write:
                 self._want_write = False
                 self.loop.modify(self.sock, WANT_READ, self)
-            if self._closing:
+            if self._closing and not self._peer_first:
                 self.close(self._close_reason)
 
-    def close_after_flush(self, linger: float = 1.0, reason: str = "closed") -> None:
-        """Close once the queued bytes are written, or after ``linger`` seconds."""
+    def close_after_flush(self, linger: float = 1.0, reason: str = "closed", peer_first: bool = False) -> None:
+        """Close once the queued bytes are written, or after ``linger`` seconds.
+
+        With ``peer_first``, once they are written wait (up to ``linger``)
+        for the peer to close first: the side that closes first keeps the
+        connection in TIME_WAIT for a minute, and a client that leaves it on
+        its side uses up local ports when it connects often.
+        """
         if self.closed or self._closing:
             return
         self._closing = True
         self._close_reason = reason
-        if not self._out:
+        self._peer_first = peer_first
+        if not self._out and not peer_first:
             self.close(reason)
             return
         self.loop.mark_dirty(self)

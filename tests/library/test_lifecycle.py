@@ -7,6 +7,7 @@ import socket
 import threading
 from collections.abc import Callable
 
+import pytest
 from support import FaultProxy, Recorder, server_frames, wait_until
 
 from missioncommander import Client, ClientState, Message, Server
@@ -115,3 +116,28 @@ def test_connect_without_waiting_gives_up_after_its_attempts(make_client: MakeCl
     client.connect(wait=False)
     failed = S.STATE_OK | S.STATE_NOT_CONNECTED | S.STATE_CONNECT_FAILED
     rec.wait_for(lambda: any(t.new_state == failed for (t,) in rec.of("statechange")), what="CONNECT_FAILED")
+
+
+def _time_wait_ports() -> list[tuple[int, int]]:
+    """(local port, remote port) of this machine's IPv4 TCP connections in TIME_WAIT."""
+    found = []
+    with open("/proc/net/tcp") as table:
+        for line in table.read().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "06":  # TIME_WAIT
+                found.append((int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)))
+    return found
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux's /proc/net/tcp")
+def test_disconnect_leaves_time_wait_on_the_server_side(server: Server, make_client: MakeClient) -> None:
+    """A client that connects often must not use up its local ports: after
+    its BYE it lets the server close first, so TIME_WAIT stays there."""
+    for _ in range(3):
+        client = make_client(address="127.0.0.1", port=server.port)
+        client.connect()
+        client.disconnect()
+    wait_until(
+        lambda: sum(local == server.port for local, _ in _time_wait_ports()) >= 3, what="TIME_WAIT on the server"
+    )
+    assert [pair for pair in _time_wait_ports() if pair[1] == server.port] == []
