@@ -39,6 +39,8 @@ _RECV_SIZE = 256 * 1024
 #: Reads per readiness event before the loop serves others, so one chatty
 #: peer cannot starve the rest.
 _READS_PER_EVENT = 16
+#: The least size of the timer heap at which cancelled timers are dropped.
+_COMPACT_MIN = 4096
 #: Readiness events taken per wait (more wait for the next turn).
 _MAX_EVENTS = 1024
 #: A send this soon after the previous one on the same connection is part of
@@ -60,6 +62,14 @@ class Timer:
 
     def cancel(self) -> None:
         self.cancelled = True
+        # It stays in the loop's heap until its time: it must not keep what
+        # it would have called (a closed connection, its client) alive.
+        self.fn = _nothing
+        self.args = ()
+
+
+def _nothing() -> None:
+    pass
 
 
 class Handler(Protocol):
@@ -143,6 +153,8 @@ class Loop:
         self._wake_pending = False
         self._timers: list[tuple[float, int, Timer]] = []
         self._counter = itertools.count()
+        #: The heap's size at which cancelled timers are next dropped.
+        self._compact_at = _COMPACT_MIN
         self._dirty: dict[Transport, None] = {}
         # Every socket of this loop reads into this one buffer (reads happen
         # on the loop thread only) and copies out what arrived: recv(256 KiB)
@@ -191,8 +203,16 @@ class Loop:
     # -- loop-thread API -----------------------------------------------------
 
     def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> Timer:
+        timers = self._timers
+        if len(timers) >= self._compact_at:
+            # Cancelled timers wait in the heap until their time (a minute,
+            # for a connect timeout): with many connections coming and going
+            # they would pile up.  Dropped here, at amortised constant cost.
+            timers[:] = [entry for entry in timers if not entry[2].cancelled]
+            heapq.heapify(timers)
+            self._compact_at = max(_COMPACT_MIN, 2 * len(timers))
         timer = Timer(time.monotonic() + delay, fn, args)
-        heapq.heappush(self._timers, (timer.when, next(self._counter), timer))
+        heapq.heappush(timers, (timer.when, next(self._counter), timer))
         return timer
 
     def register(self, sock: socket.socket, events: int, handler: Handler) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import threading
+import weakref
 from collections.abc import Callable
 
 import pytest
@@ -141,3 +143,22 @@ def test_disconnect_leaves_time_wait_on_the_server_side(server: Server, make_cli
         lambda: sum(local == server.port for local, _ in _time_wait_ports()) >= 3, what="TIME_WAIT on the server"
     )
     assert [pair for pair in _time_wait_ports() if pair[1] == server.port] == []
+
+
+def test_a_disconnected_client_is_not_kept_alive_by_the_library(server: Server) -> None:
+    """A closed connection's timers wait in the loop until their time (a
+    minute, for a connect timeout); they must not keep the client alive."""
+    refs = []
+    for i in range(20):
+        client = Client(address="127.0.0.1", port=server.port, client_id=f"gone{i}")
+        client.connect()
+        client.send(Message("x"))
+        client.disconnect()
+        refs.append(weakref.ref(client))
+    del client
+    # The I/O thread's locals may still name the last connection it handled.
+    last = Client(address="127.0.0.1", port=server.port, client_id="last")
+    last.connect()
+    last.disconnect()
+    gc.collect()
+    assert [ref() for ref in refs if ref() is not None] == []

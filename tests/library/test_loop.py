@@ -1,14 +1,16 @@
-"""The I/O loop without epoll (macOS, the BSDs): the ``selectors`` fallback.
-
-Run in a fresh interpreter with ``select.epoll`` removed, so that the
-process's one loop is built on the fallback from the start.
-"""
+"""The I/O loop: its timers, and the ``selectors`` fallback where there is no
+epoll (macOS, the BSDs)."""
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import textwrap
+import weakref
+from collections.abc import Callable
+
+from missioncommander._loop import get_loop
 
 SCRIPT = textwrap.dedent(
     """
@@ -78,7 +80,32 @@ SCRIPT = textwrap.dedent(
 
 
 def test_client_and_server_work_on_the_selectors_fallback() -> None:
+    # A fresh interpreter with select.epoll removed: the process's one loop
+    # is built on the fallback from the start.
     proc = subprocess.run([sys.executable, "-c", SCRIPT], check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "refused:" in proc.stdout and "refused" in proc.stdout.split("refused:", 1)[1].lower()
     assert proc.stdout.rstrip().endswith("OK")
+
+
+def test_cancelled_timers_do_not_pile_up_or_hold_their_callbacks() -> None:
+    loop = get_loop()
+
+    class Target:
+        def fire(self) -> None:
+            raise AssertionError("a cancelled timer fired")
+
+    target = Target()
+    ref = weakref.ref(target)
+
+    def churn(fire: Callable[[], None]) -> int:
+        # Like connections coming and going: each leaves a long timer cancelled.
+        for _ in range(20_000):
+            loop.call_later(3600, fire).cancel()
+        return len(loop._timers)
+
+    size = loop.run_sync(churn, target.fire)
+    assert size < 20_000 // 2  # dropped along the way, not kept for an hour
+    del target
+    gc.collect()
+    assert ref() is None
