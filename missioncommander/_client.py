@@ -466,8 +466,9 @@ class Client:
 
         Idempotent, and safe to call from a callback.  Everything sent before
         is written before the goodbye; then the server closes first (waited
-        for up to a second), which keeps TIME_WAIT off this side.  When called outside a callback, it
-        returns once the callbacks of earlier events have run.
+        for up to a second), which keeps TIME_WAIT off this side.  When
+        called outside a callback, it returns once the callbacks of earlier
+        events have run.
         """
         with self._lock:
             if not self._state_bits & _RUNNING and self._retry_timer is None:

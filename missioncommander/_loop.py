@@ -14,7 +14,6 @@ import errno
 import heapq
 import itertools
 import logging
-import math
 import os
 import select
 import selectors
@@ -254,8 +253,7 @@ class Loop:
             if self._calls or self._dirty:
                 timeout = 0
             elif timers:
-                # Rounded up to epoll's milliseconds: a timer is never early.
-                timeout = max(0.0, math.ceil((timers[0][0] - monotonic()) * 1e3) * 1e-3)
+                timeout = max(0.0, timers[0][0] - monotonic())  # epoll rounds it up to its milliseconds
             for fd, mask in poll(timeout, _MAX_EVENTS):
                 handler = handlers.get(fd)
                 if handler is None:
