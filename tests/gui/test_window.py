@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QFormLayout
 from pytestqt.qtbot import QtBot
 from support import Recorder, free_port
+from support.certs import make_certs
 from support.mcd import Mcd
 
+from mc_control.codes import CLIENT_KEYS, SERVER_KEYS
 from mc_gui.app import TrayApp
 from missioncommander import Client, ClientState, Message
 
@@ -212,3 +215,73 @@ def test_tokens_set_in_the_window_are_used_and_never_shown(qtbot: QtBot, gui: Tr
     qtbot.waitUntil(lambda: mcd.request("client.status")["phase"] == "connected", timeout=WAIT)
     qtbot.waitUntil(lambda: client_tab.current().phase == "connected", timeout=WAIT)
     assert client_tab.token.text() == "" and client_tab.token.edit.placeholderText().startswith("set")
+
+
+def test_tls_settings_made_in_the_window_connect_with_mutual_tls(
+    qtbot: QtBot, gui: TrayApp, mcd: Mcd, tmp_path: Path
+) -> None:
+    certs = make_certs(tmp_path)
+    server_tab, client_tab = gui.window.server_tab, gui.window.client_tab
+    rows = {
+        "TLS CA file": client_tab.tls_ca,
+        "TLS server name": client_tab.tls_hostname,
+        "TLS certificate": client_tab.tls_cert,
+        "TLS key": client_tab.tls_key,
+    }
+    for label, field in [*rows.items(), ("Client CA file", server_tab.tls_ca)]:
+        box = field.edit.parentWidget()  # the field's row: its edit and error line
+        form = box.parentWidget().layout()
+        assert isinstance(form, QFormLayout)
+        assert form.labelForField(box).text() == label  # type: ignore[attr-defined]
+    port = free_port()
+    set_text(qtbot, server_tab.interface.edit, "127.0.0.1")
+    set_text(qtbot, server_tab.port.edit, str(port))
+    set_text(qtbot, server_tab.tls_cert.edit, str(certs.server_cert))
+    set_text(qtbot, server_tab.tls_key.edit, str(certs.server_key))
+    set_text(qtbot, server_tab.tls_ca.edit, str(certs.ca))  # client certificates required
+    qtbot.mouseClick(server_tab.start_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: mcd.request("server.status")["phase"] == "listening", timeout=WAIT)
+    assert mcd.request("server.status")["settings"]["tls_ca"] == str(certs.ca)
+
+    set_text(qtbot, client_tab.address.edit, "127.0.0.1")
+    set_text(qtbot, client_tab.port.edit, str(port))
+    client_tab.tls.setChecked(True)
+    assert client_tab.tls_verify.isChecked()  # verifying is the default
+    set_text(qtbot, client_tab.tls_ca.edit, str(certs.ca))
+    set_text(qtbot, client_tab.tls_hostname.edit, "localhost")
+    set_text(qtbot, client_tab.tls_cert.edit, str(certs.client_cert))
+    set_text(qtbot, client_tab.tls_key.edit, str(certs.client_key))
+    qtbot.mouseClick(client_tab.connect_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: mcd.request("client.status")["phase"] == "connected", timeout=WAIT)
+    settings = mcd.request("client.status")["settings"]
+    assert settings["tls"] is True and settings["tls_verify"] is True
+    assert (settings["tls_hostname"], settings["tls_cert"], settings["tls_key"]) == (
+        "localhost",
+        str(certs.client_cert),
+        str(certs.client_key),
+    )
+    qtbot.mouseClick(client_tab.disconnect_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: client_tab.current().phase == "disconnected", timeout=WAIT)
+
+    # A CA that signed nothing of the server's: refused while verifying...
+    set_text(qtbot, client_tab.tls_ca.edit, str(certs.other_ca))
+    qtbot.mouseClick(client_tab.connect_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: "certificate" in (mcd.request("client.status")["last_close_reason"] or ""), timeout=WAIT)
+    assert mcd.request("client.status")["phase"] != "connected"
+    mcd.request("client.disconnect")
+    qtbot.waitUntil(lambda: client_tab.current().phase == "disconnected", timeout=WAIT)
+    # ...and accepted with verification switched off in the window.
+    client_tab.tls_verify.setChecked(False)
+    qtbot.mouseClick(client_tab.connect_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: mcd.request("client.status")["phase"] == "connected", timeout=WAIT)
+    assert mcd.request("client.status")["settings"]["tls_verify"] is False
+    qtbot.waitUntil(lambda: not client_tab.tls_verify.isEnabled(), timeout=WAIT)  # locked while connected
+    assert not client_tab.tls_verify.isChecked()
+
+
+def test_the_window_offers_every_setting_of_the_control_api(gui: TrayApp) -> None:
+    client_tab, server_tab = gui.window.client_tab, gui.window.server_tab
+    for tab, keys in ((client_tab, CLIENT_KEYS), (server_tab, SERVER_KEYS)):
+        editable = [*tab.fields(), *getattr(tab, "toggles", {}).values()]
+        for key in keys:
+            assert getattr(tab, "token" if key == "auth_token" else key) in editable, f"{tab.kind} {key}"

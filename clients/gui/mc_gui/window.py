@@ -290,9 +290,17 @@ class ClientTab(InstanceTab):
         self.interface = Field("any (or an IP address, or an interface name such as lo)")
         self.bind_port = Field("any")
         self.tls = QCheckBox("Use TLS")
-        self.tls.toggled.connect(lambda _on: setattr(self, "tls_dirty", True))
-        self.tls_dirty = False
+        self.tls_verify = QCheckBox("Verify the server")
+        self.tls_verify.setToolTip("Check the server's certificate and name (off: encryption without identity)")
+        #: The check boxes by setting, and those changed here but not sent yet.
+        self.toggles = {"tls": self.tls, "tls_verify": self.tls_verify}
+        self.dirty_toggles: set[str] = set()
+        for key, box in self.toggles.items():
+            box.toggled.connect(lambda _on, key=key: self.dirty_toggles.add(key))
         self.tls_ca = Field("CA file to verify the server (default: the system's)")
+        self.tls_hostname = Field("name the certificate must show (default: the address)")
+        self.tls_cert = Field("PEM certificate, if the server asks for one")
+        self.tls_key = Field("PEM private key of that certificate")
         self.token = Field("none")
         self.token.edit.setEchoMode(QLineEdit.EchoMode.Password)
         self.generate = QPushButton("Generate")
@@ -318,8 +326,15 @@ class ClientTab(InstanceTab):
         form.addRow("Client id", id_row)
         form.addRow("Interface", self.interface.widget())
         form.addRow("Bind port", self.bind_port.widget())
-        form.addRow("Security", self.tls)
+        security = QHBoxLayout()
+        security.addWidget(self.tls)
+        security.addWidget(self.tls_verify)
+        security.addStretch(1)
+        form.addRow("Security", security)
         form.addRow("TLS CA file", self.tls_ca.widget())
+        form.addRow("TLS server name", self.tls_hostname.widget())
+        form.addRow("TLS certificate", self.tls_cert.widget())
+        form.addRow("TLS key", self.tls_key.widget())
         form.addRow("Token", self.token.widget())
         buttons = QHBoxLayout()
         buttons.addWidget(self.last_close, 1)
@@ -344,7 +359,18 @@ class ClientTab(InstanceTab):
         layout.addWidget(log_box, 1)
 
     def fields(self) -> list[Field]:
-        return [self.address, self.port, self.client_id, self.interface, self.bind_port, self.tls_ca, self.token]
+        return [
+            self.address,
+            self.port,
+            self.client_id,
+            self.interface,
+            self.bind_port,
+            self.tls_ca,
+            self.tls_hostname,
+            self.tls_cert,
+            self.tls_key,
+            self.token,
+        ]
 
     def field_for(self, key: str) -> Field:
         return self.token if key == "auth_token" else getattr(self, key)
@@ -361,14 +387,17 @@ class ClientTab(InstanceTab):
         self.client_id.fill(settings.get("client_id"))
         self.interface.fill(settings.get("interface"))
         self.bind_port.fill(settings.get("bind_port"))
-        self.tls_ca.fill(settings.get("tls_ca"))
+        for key in ("tls_ca", "tls_hostname", "tls_cert", "tls_key"):
+            self.field_for(key).fill(settings.get(key))
         fill_secret(self.token, settings.get("auth_token"))
-        if not self.tls_dirty:
-            self.tls.blockSignals(True)
-            self.tls.setChecked(bool(settings.get("tls")))
-            self.tls.blockSignals(False)
+        defaults = {"tls": False, "tls_verify": True}
         running = inst.phase in ("connected", "connecting", "reconnecting", "disconnecting")
-        self.tls.setEnabled(not running)
+        for key, box in self.toggles.items():
+            if key not in self.dirty_toggles:  # what the user clicked stays until applied
+                box.blockSignals(True)
+                box.setChecked(bool(settings.get(key, defaults[key])))
+                box.blockSignals(False)
+            box.setEnabled(not running)
         for field in self.fields():
             field.edit.setReadOnly(running)
         self.generate.setEnabled(not running)
@@ -405,12 +434,14 @@ class ClientTab(InstanceTab):
         values["interface"] = interface
         if values["client_id"] is None:
             del values["client_id"]  # keep the id the daemon gave the instance
-        values["tls_ca"] = self.tls_ca.text().strip() or None
+        for key in ("tls_ca", "tls_hostname", "tls_cert", "tls_key"):
+            values[key] = self.field_for(key).text().strip() or None
         if self.token.dirty:  # a token is only ever sent, never shown
             values["auth_token"] = self.token.text() or None
-        if self.tls_dirty:
-            self.backend.request("client.set", {"name": self.name, "key": "tls", "value": self.tls.isChecked()})
-            self.tls_dirty = False
+        for key in sorted(self.dirty_toggles):
+            value = self.toggles[key].isChecked()
+            self.backend.request("client.set", {"name": self.name, "key": key, "value": value}, None, self.report_error)
+        self.dirty_toggles.clear()
         for key, value in values.items():
             if current.get(key) != value:
                 self.backend.request(
@@ -451,6 +482,7 @@ class ServerTab(InstanceTab):
         self.port = Field("0 picks a free port")
         self.tls_cert = Field("PEM certificate: enables TLS")
         self.tls_key = Field("PEM private key")
+        self.tls_ca = Field("none: any client; or a CA file: only clients with a certificate it signed")
         self.token = Field("none: any client may connect")
         self.token.edit.setEchoMode(QLineEdit.EchoMode.Password)
         self.start_button = QPushButton("Start")
@@ -466,6 +498,7 @@ class ServerTab(InstanceTab):
         form.addRow("Port", self.port.widget())
         form.addRow("TLS certificate", self.tls_cert.widget())
         form.addRow("TLS key", self.tls_key.widget())
+        form.addRow("Client CA file", self.tls_ca.widget())
         form.addRow("Token", self.token.widget())
         buttons = QHBoxLayout()
         buttons.addWidget(self.listening, 1)
@@ -507,7 +540,7 @@ class ServerTab(InstanceTab):
         layout.addWidget(log_box, 1)
 
     def fields(self) -> list[Field]:
-        return [self.interface, self.port, self.tls_cert, self.tls_key, self.token]
+        return [self.interface, self.port, self.tls_cert, self.tls_key, self.tls_ca, self.token]
 
     def update_controls(self, inst: vm.InstanceState) -> None:
         settings = inst.status.get("settings") or {}
@@ -515,6 +548,7 @@ class ServerTab(InstanceTab):
         self.port.fill(settings.get("port", 0))
         self.tls_cert.fill(settings.get("tls_cert"))
         self.tls_key.fill(settings.get("tls_key"))
+        self.tls_ca.fill(settings.get("tls_ca"))
         fill_secret(self.token, settings.get("auth_token"))
         running = inst.phase == "listening"
         for field in self.fields():
@@ -555,6 +589,7 @@ class ServerTab(InstanceTab):
             ("port", port, self.port),
             ("tls_cert", self.tls_cert.text().strip() or None, self.tls_cert),
             ("tls_key", self.tls_key.text().strip() or None, self.tls_key),
+            ("tls_ca", self.tls_ca.text().strip() or None, self.tls_ca),
         ]
         if self.token.dirty:
             changes.append(("auth_token", self.token.text() or None, self.token))
