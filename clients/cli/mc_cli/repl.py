@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from .commands import Transport
 
 PROMPT = "> "
+#: Wakes the main thread, waiting in readline, to print queued events.
+_WAKE_SIGNAL = getattr(signal, "SIGUSR1", 10)
 # Settings changes echo what was just typed: not worth a line in the shell.
 SHELL_EVENTS = [name for name in EVENT_NAMES if name != "settings"]
 SHELL_HELP = """\
@@ -44,7 +47,9 @@ class Shell:
         self.socket = socket
         self.printer = Printer(False)
         self.stop = threading.Event()
-        self.print_lock = threading.Lock()
+        # Reentrant: the wake-up signal's handler runs on the main thread,
+        # possibly while that thread holds it.
+        self.print_lock = threading.RLock()
         self.interactive = sys.stdin.isatty() and sys.stdout.isatty()
         self.embedded: Any = None
         self.transport: Transport
@@ -53,6 +58,8 @@ class Shell:
         #: True while input() waits: only then is there a prompt to redraw.
         self.at_prompt = False
         self.pending: list[str] = []
+        #: The thread to wake (with ``_WAKE_SIGNAL``) when events queue at the prompt.
+        self.main_thread: int | None = None
 
     # -- set-up ----------------------------------------------------------------
 
@@ -97,16 +104,34 @@ class Shell:
         except OSError:
             pass
         readline.set_history_length(1000)
+        # GNU readline is not thread-safe: reading its line buffer from the
+        # event thread while the main thread edits it tore the buffer, and
+        # glibc could abort in the middle of decoding it.  Events that come
+        # while the prompt is up are queued, and the main thread is woken
+        # with a signal: Python runs the handler on the main thread from
+        # within readline's wait, where reading the buffer is safe.
+        if hasattr(signal, "pthread_kill") and threading.current_thread() is threading.main_thread():
+            signal.signal(_WAKE_SIGNAL, self._woken)
+            self.main_thread = threading.get_ident()
 
     def _prompt_drawn(self) -> None:
         with self.print_lock:
             self.at_prompt = True
-            if self.pending:
-                assert self.readline is not None
-                typed = self.readline.get_line_buffer()
-                sys.stdout.write("\r\x1b[2K" + "\n".join(self.pending) + "\n" + PROMPT + typed)
-                sys.stdout.flush()
-                self.pending.clear()
+            self._print_pending_locked()
+
+    def _woken(self, _signum: int, _frame: object) -> None:
+        with self.print_lock:
+            if self.at_prompt:
+                self._print_pending_locked()
+
+    def _print_pending_locked(self) -> None:
+        """Print the queued events above the prompt and redraw it (main thread)."""
+        if self.pending:
+            assert self.readline is not None
+            typed = self.readline.get_line_buffer()
+            sys.stdout.write("\r\x1b[2K" + "\n".join(self.pending) + "\n" + PROMPT + typed)
+            sys.stdout.flush()
+            self.pending.clear()
 
     def save_history(self) -> None:
         if self.readline is not None:
@@ -153,24 +178,20 @@ class Shell:
     def show(self, text: str) -> None:
         """Print without garbling what is being typed.
 
-        Only the main thread prints while no prompt is up; an event that
-        arrives then waits, and is printed above the prompt once readline
-        has drawn it (``_prompt_drawn``)."""
+        Only the main thread prints.  An event from the event thread is
+        queued: while the prompt is up the main thread is woken to print it
+        above the prompt (``_woken``), else it is printed once readline has
+        drawn the next prompt (``_prompt_drawn``)."""
         with self.print_lock:
             if not self.interactive or self.readline is None or threading.current_thread() is threading.main_thread():
                 sys.stdout.write(text + "\n")
-            elif self.at_prompt:
-                try:
-                    typed = self.readline.get_line_buffer()
-                except ValueError:
-                    # GNU readline is not thread-safe: read while the main
-                    # thread edits it, the buffer can be torn mid-update.
-                    typed = ""
-                sys.stdout.write("\r\x1b[2K" + text + "\n" + PROMPT + typed)
-            else:
-                self.pending.append(text)
+                sys.stdout.flush()
                 return
-            sys.stdout.flush()
+            self.pending.append(text)
+            wake = self.at_prompt and len(self.pending) == 1 and self.main_thread is not None
+        if wake:
+            assert self.main_thread is not None
+            signal.pthread_kill(self.main_thread, _WAKE_SIGNAL)
 
     # -- events ----------------------------------------------------------------
 
