@@ -60,6 +60,8 @@ class Shell:
         self.pending: list[str] = []
         #: The thread to wake (with ``_WAKE_SIGNAL``) when events queue at the prompt.
         self.main_thread: int | None = None
+        #: Set once the queued events are printed (the event thread waits on it).
+        self.printed = threading.Event()
 
     # -- set-up ----------------------------------------------------------------
 
@@ -132,6 +134,7 @@ class Shell:
             sys.stdout.write("\r\x1b[2K" + "\n".join(self.pending) + "\n" + PROMPT + typed)
             sys.stdout.flush()
             self.pending.clear()
+        self.printed.set()
 
     def save_history(self) -> None:
         if self.readline is not None:
@@ -188,10 +191,17 @@ class Shell:
                 sys.stdout.flush()
                 return
             self.pending.append(text)
-            wake = self.at_prompt and len(self.pending) == 1 and self.main_thread is not None
-        if wake:
-            assert self.main_thread is not None
+            self.printed.clear()
+            wake = self.at_prompt and self.main_thread is not None
+        if not wake:
+            return
+        assert self.main_thread is not None
+        # A signal that lands while readline handles a key (not in its wait)
+        # is only acted on at the next key: so ask again, a bounded few times.
+        for _ in range(20):
             signal.pthread_kill(self.main_thread, _WAKE_SIGNAL)
+            if self.printed.wait(0.05) or not self.at_prompt:
+                return
 
     # -- events ----------------------------------------------------------------
 
