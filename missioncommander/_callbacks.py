@@ -133,10 +133,7 @@ class SerialQueue:
         except Exception:
             log.exception("callback %r raised", fn)
         with self._lock:
-            if not self._items:  # _settle_locked, spelt out: this runs per message
-                self._scheduled = False
-                if self._waiters and self._idle is not None:
-                    self._idle.notify_all()
+            if self._settle_locked():
                 return
         _pool.schedule(self)  # others queued meanwhile: the pool runs them in order
 

@@ -565,7 +565,7 @@ class Client:
                 # thread: one thread hand-off fewer per request.  The transport lock is
                 # taken before ours is let go, so frames keep their order;
                 # the loop's acks do not wait for the syscall.
-                chunks, self._sent_seq = self._out.frames_after(self._sent_seq)
+                chunks, self._sent_seq = self._unsent()
                 live.lock.acquire()
         if not direct:
             self._loop.call_soon(self._pump)

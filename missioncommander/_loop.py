@@ -112,9 +112,6 @@ class _SelectorPoller:
         ready = self._selector.select(None if timeout < 0 else timeout)
         return [(key.fd, self._BITS[mask]) for key, mask in ready]
 
-    def close(self) -> None:
-        self._selector.close()
-
 
 class _WakeupReader:
     """Empties the wake-up socket that ``call_soon`` writes to."""
@@ -263,7 +260,7 @@ class Loop:
                 except Exception:
                     log.exception("I/O handler %r failed", handler)
             # Tested here, not in the callees: most turns have nothing to do.
-            # Calls queued after the test wake the selector (call_soon).
+            # Calls queued after the test wake the poller (call_soon).
             if timers and timers[0][0] <= monotonic():
                 self._run_timers()
             if self._calls:

@@ -64,8 +64,6 @@ _JOIN_BELOW = 8192
 #: A frame at least this long that arrives in pieces is collected piece by
 #: piece and joined once (FrameDecoder).
 _BIG_FRAME = 65536
-#: Where a MESSAGE frame's body starts: length, type, then the sequence number.
-_MSG_BODY_AT = HEADER_SIZE + 8
 
 
 class FrameType(enum.IntEnum):
@@ -319,12 +317,6 @@ class FrameDecoder:
         is kept (a partial frame) is copied before the iterator finishes.
         """
         view = data if isinstance(data, memoryview) else memoryview(data)
-        if not self._buf and self._big is None and len(view) >= HEADER_SIZE:
-            # The usual case of a request or a reply: exactly one whole frame.
-            length = _U32.unpack_from(view)[0]
-            if len(view) == length + 4 and length <= self.max_frame_size:
-                yield view[4], view[HEADER_SIZE:].tobytes()
-                return
         if self._big is not None:
             take = min(self._big_missing, len(view))
             self._big.append(view[:take].tobytes())
@@ -415,12 +407,14 @@ def _nonneg(value: int, what: str) -> int:
     return value
 
 
-def _message_event(body: bytes) -> MessageReceived:
+def _message_event(body: bytes | memoryview) -> MessageReceived:
+    """The event of a MESSAGE frame's body; a small one is copied out (it may
+    view the loop's read buffer), a large one (whole bytes) only viewed."""
     if len(body) < 8:
         raise RemoteProtocolError(ErrorCode.BAD_FRAME, "MESSAGE body shorter than its sequence number")
     # A large body is not copied again for the part after the sequence
     # number: a view serves (Message.encode makes bytes of it if ever needed).
-    encoded: bytes | memoryview = body[8:] if len(body) < _BIG_FRAME else memoryview(body)[8:]
+    encoded: bytes | memoryview = bytes(body[8:]) if len(body) < _BIG_FRAME else memoryview(body)[8:]
     subject, payload = decode_message_body(encoded)
     return MessageReceived(_U64.unpack_from(body)[0], subject, payload, encoded)
 
@@ -538,20 +532,18 @@ class Connection:
         size = len(data)
         if (
             is_open
-            and _MSG_BODY_AT <= size < _BIG_FRAME
+            and HEADER_SIZE <= size < _BIG_FRAME
             and data[4] == _MESSAGE
             and _U32.unpack_from(data)[0] + 4 == size <= decoder.max_frame_size
-            and not decoder._buf
-            and decoder._big is None
+            and not decoder.buffered
         ):
-            # The usual request or reply: exactly one whole small MESSAGE.
-            encoded = bytes(data[_MSG_BODY_AT:])
+            # The usual request or reply: exactly one whole small MESSAGE,
+            # read straight from what arrived (no frame iterator).
             try:
-                subject, payload = decode_message_body(encoded)
+                return [_message_event(data[HEADER_SIZE:])]
             except RemoteProtocolError:
                 self.state = ConnState.CLOSED
                 raise
-            return [MessageReceived(_U64.unpack_from(data, HEADER_SIZE)[0], subject, payload, encoded)]
         events: list[Event] = []
         try:
             for ftype, body in decoder.feed(data):

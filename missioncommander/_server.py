@@ -302,38 +302,43 @@ class Server:
         if not isinstance(target, str):
             raise TypeError(f"target must be a client id or '*', not {type(target).__name__}")
         body = message.encode()
+        if target == "*":
+            self._broadcast(body)
+        else:
+            self._send_to(target, body)
+
+    def _send_to(self, target: str, body: bytes) -> None:
         size = len(body) + MESSAGE_OVERHEAD
-        if target != "*":
-            with self._lock:
-                if not self._running:
-                    raise StateError("the server is not running; start() it first")
-                session = self._sessions.get(target)
-                if session is None:
-                    raise KeyError(f"no client {target!r} is connected")
-                if size > session.peer_max_frame_size:
-                    raise MessageTooLarge(
-                        f"message of {size} bytes exceeds client {target!r}'s limit of {session.peer_max_frame_size}"
-                    )
-                out = session.out
-                if not out.offer(body):
-                    raise QueueFullError(
-                        f"send queue of client {target!r} is full ({len(out)} messages, "
-                        f"{out.queued_bytes} bytes unacknowledged)"
-                    )
-                direct = self._send_one_locked(session)
-                if direct is None:
-                    return
-                chunks = session.unsent()
-                direct.lock.acquire()  # before ours is let go: frames keep their order
-            try:
-                direct.send_locked(chunks)  # if closing, the session's resend buffer keeps them
-            finally:
-                direct.lock.release()
-            return
+        with self._lock:
+            self._check_running_locked()
+            session = self._sessions.get(target)
+            if session is None:
+                raise KeyError(f"no client {target!r} is connected")
+            if size > session.peer_max_frame_size:
+                raise MessageTooLarge(
+                    f"message of {size} bytes exceeds client {target!r}'s limit of {session.peer_max_frame_size}"
+                )
+            out = session.out
+            if not out.offer(body):
+                raise QueueFullError(
+                    f"send queue of client {target!r} is full ({len(out)} messages, "
+                    f"{out.queued_bytes} bytes unacknowledged)"
+                )
+            direct = self._send_one_locked(session)
+            if direct is None:
+                return
+            chunks = session.unsent()
+            direct.lock.acquire()  # before ours is let go: frames keep their order
+        try:
+            direct.send_locked(chunks)  # if closing, the session's resend buffer keeps them
+        finally:
+            direct.lock.release()
+
+    def _broadcast(self, body: bytes) -> None:
+        size = len(body) + MESSAGE_OVERHEAD
         full: list[_Session] = []
         with self._lock:
-            if not self._running:
-                raise StateError("the server is not running; start() it first")
+            self._check_running_locked()
             sessions = list(self._sessions.values())
             for session in sessions:
                 if size > session.peer_max_frame_size:
@@ -354,6 +359,10 @@ class Server:
                 len(session.out),
             )
             self._loop.call_soon(self._end_session, session, "send queue full: the client did not keep up")
+
+    def _check_running_locked(self) -> None:
+        if not self._running:
+            raise StateError("the server is not running; start() it first")
 
     def _send_one_locked(self, session: _Session) -> Transport | None:
         """Route a message just queued for one client (lock held): the transport

@@ -62,7 +62,6 @@ def test_frames_survive_any_split(frames: list[tuple[int, str, dict[str, object]
     assert decoder.buffered == 0
 
 
-@settings(max_examples=200)
 def feed_through_a_reused_buffer(
     decoder: FrameDecoder, frames: list[tuple[int, str, dict[str, object]]], cuts: list[int]
 ) -> list[tuple[int, str, dict[str, object]]]:
@@ -84,6 +83,7 @@ def feed_through_a_reused_buffer(
     return [(e.seq, e.subject, dict(e.payload)) for e in got if isinstance(e, MessageReceived)]
 
 
+@settings(max_examples=200)
 @given(frames=st.lists(frame_args, min_size=1, max_size=8), cuts=st.lists(st.integers(0, 10_000), max_size=6))
 def test_frames_survive_any_split_through_a_reused_read_buffer(
     frames: list[tuple[int, str, dict[str, object]]], cuts: list[int]
