@@ -20,6 +20,7 @@ from ._errors import (
     RemoteProtocolError,
     StateError,
     TLSConfigError,
+    UnknownClient,
 )
 from ._message import Message
 from ._protocol import PROTOCOL_VERSION
@@ -48,5 +49,6 @@ __all__ = [
     "Server",
     "StateError",
     "TLSConfigError",
+    "UnknownClient",
     "__version__",
 ]

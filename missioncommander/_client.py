@@ -39,6 +39,7 @@ from ._protocol import (
     AckReceived,
     ByeReceived,
     Challenge,
+    ErrorCode,
     ErrorReceived,
     Event,
     InboundStream,
@@ -101,6 +102,7 @@ class _Attempt(Exception):
         self.reason = reason
         self.terminal = terminal
         self.error = error
+        self.rate_limited = isinstance(error, ConnectionRefusedByServer) and error.code == ErrorCode.RATE_LIMITED
 
 
 class _ClientLink(Link):
@@ -276,7 +278,7 @@ class Client:
     ``send()``, ``connect(wait=True)``) raise instead.
     """
 
-    address = cfg.Setting[str]("", cfg.non_empty_str, doc="server host name or IP address")
+    address = cfg.Setting[str]("", cfg.host, doc="server host name or IP address")
     port = cfg.Setting[int](0, cfg.int_range(1, 65535), doc="server TCP port")
     client_id = cfg.Setting[str]("", cfg.non_empty_str, doc="this client's id, unique per server")
     interface = cfg.Setting[str]("", cfg.interface, doc="local interface to connect from: '' or '*' for any")
@@ -321,6 +323,7 @@ class Client:
         self._link: _ClientLink | None = None
         self._connect_future: Future[None] | None = None
         self._retry_timer: Timer | None = None
+        self._connect_deadline = 0.0
         self._retries = 0
         self._persistent = False
         self._tls_context: ssl.SSLContext | None = None
@@ -446,6 +449,7 @@ class Client:
             generation = self._generation
             self._retries = 0
             self._persistent = not wait
+            self._connect_deadline = time.monotonic() + self.connect_timeout
             self._tls_context = tls_context
             future: Future[None] | None = Future() if wait else None
             self._connect_future = future
@@ -627,6 +631,8 @@ class Client:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
             raise ConnectError(f"cannot resolve {host!r}: {exc.strerror}") from exc
+        except (UnicodeError, OSError) as exc:  # the resolver refuses some names outright; same answer
+            raise ConnectError(f"cannot resolve {host!r}: {exc}") from exc
         family, _, _, _, sockaddr = infos[0]
         return family, sockaddr
 
@@ -678,6 +684,12 @@ class Client:
         with self._lock:
             self._last_close_reason = why.reason
             if self._state_bits & _CONNECTING:
+                if why.rate_limited and not self._persistent and time.monotonic() < self._connect_deadline:
+                    # A busy server asked us to come back later: a connect()
+                    # that waits keeps trying (with backoff) until its timeout.
+                    self._retries += 1
+                    self._schedule_retry()
+                    return
                 if self._persistent and not why.terminal:
                     self._retries += 1
                     limit = self.reconnect_attempts

@@ -50,6 +50,8 @@ class Setting(Generic[T]):
     def __set__(self, obj: HasSettings, value: Any) -> None:
         checked = self.validate(value, self.name)
         if self.locked:
+            if self.name in obj._settings and obj._settings[self.name] == checked:
+                return  # setting the current value changes nothing, so it is allowed at any time
             obj._check_settable(self.name)
         obj._settings[self.name] = checked
         obj._setting_changed(self.name)
@@ -97,6 +99,30 @@ def non_empty_str(value: Any, name: str) -> str:
     if _CONTROL.search(value):
         raise ValueError(f"{name} must not contain control characters")
     return value
+
+
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
+
+
+def host(value: Any, name: str) -> str:
+    """An IP address or a host name that could resolve (RFC 1123 labels, at most 253 characters)."""
+    text = non_empty_str(value, name)
+    try:
+        ipaddress.ip_address(text.split("%", 1)[0])
+        return text
+    except ValueError:
+        pass
+    try:
+        ascii_name = text.encode("idna").decode("ascii")  # what the resolver will be given
+    except UnicodeError:
+        ascii_name = ""
+    labels = ascii_name.removesuffix(".").split(".")
+    if not ascii_name or len(ascii_name) > 253 or not all(_LABEL.match(label) for label in labels):
+        raise ValueError(
+            f"{name} {text[:80]!r} is not a valid host name "
+            "(dot-separated labels of 1 to 63 letters, digits or hyphens, 253 characters at most)"
+        )
+    return text
 
 
 def interface(value: Any, name: str) -> str:

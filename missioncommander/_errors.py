@@ -51,8 +51,11 @@ class ConnectTimeout(ConnectError, TimeoutError):
 class ConnectionRefusedByServer(ConnectError):
     """The server answered and refused this client.
 
-    ``code`` says why (``id_in_use``, ``version_unsupported``, ...).  A refusal
-    is terminal: the client does not retry by itself.
+    ``code`` says why (``id_in_use``, ``version_unsupported``, ...).  Most
+    refusals are terminal: the client does not retry by itself.  The
+    exception is ``rate_limited`` (too many connections from one address at
+    once): ``connect()`` keeps trying, with backoff, until ``connect_timeout``
+    has passed.
     """
 
     def __init__(self, code: str, message: str) -> None:
@@ -63,6 +66,14 @@ class ConnectionRefusedByServer(ConnectError):
 
 class ConnectionLost(MissionCommanderError, ConnectionError):
     """A live connection broke; the underlying ``OSError`` is ``__cause__``."""
+
+
+class UnknownClient(MissionCommanderError, KeyError):
+    """``Server.send``, ``disconnect_client`` and friends named a client id
+    with no session on this server.  Also a ``KeyError``, as it always was."""
+
+    def __str__(self) -> str:  # KeyError would show the message in quotes
+        return str(self.args[0]) if self.args else ""
 
 
 class QueueFullError(MissionCommanderError):

@@ -52,6 +52,12 @@ DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
 #: so that control frames can always get through.
 MIN_MAX_FRAME_SIZE = 4096
 
+#: What a peer may announce as its ``heartbeat_timeout``: a smaller one is
+#: raised to the floor (PINGs to it go out at most every 0.1 s, never a flood
+#: on the shared I/O thread), a larger one lowered to the ceiling.
+MIN_PEER_HEARTBEAT_TIMEOUT = 0.3
+MAX_PEER_HEARTBEAT_TIMEOUT = 86_400.0
+
 _HEADER = struct.Struct("!IB")
 _MSG_HEADER = struct.Struct("!IBQ")
 _U64 = struct.Struct("!Q")
@@ -96,6 +102,7 @@ class ErrorCode(enum.StrEnum):
     ID_IN_USE = "id_in_use"
     SERVER_FULL = "server_full"
     AUTH_FAILED = "auth_failed"
+    RATE_LIMITED = "rate_limited"
 
 
 #: Refusals after which a client must not retry by itself: retrying would get
@@ -496,6 +503,11 @@ _OPEN_ACCEPTS = {
 _HANDSHAKE_ACCEPTS = {Role.CLIENT: (Challenge, Welcome, ErrorReceived), Role.SERVER: (Hello,)}
 
 
+def frame_name(event: Event) -> str:
+    """The wire name of the frame an event came from (``MESSAGE``, ``HELLO``...), for messages to people."""
+    return type(event).__name__.removesuffix("Received").upper()
+
+
 class Connection:
     """One side of one connection: handshake state, frame rules, liveness.
 
@@ -578,8 +590,8 @@ class Connection:
         if not isinstance(event, allowed):
             raise RemoteProtocolError(
                 ErrorCode.UNEXPECTED_FRAME,
-                f"{type(event).__name__} is not allowed from the {'server' if self.role is Role.CLIENT else 'client'}"
-                f" in state {self.state.value}",
+                f"a {frame_name(event)} frame is not allowed from the "
+                f"{'server' if self.role is Role.CLIENT else 'client'} in state {self.state.value}",
             )
         if isinstance(event, Challenge):
             self.challenge = event
@@ -591,10 +603,11 @@ class Connection:
             self.state = ConnState.OPEN
 
     def _peer_limits(self, max_frame_size: int, heartbeat_timeout: float) -> None:
-        if max_frame_size < MIN_MAX_FRAME_SIZE or heartbeat_timeout <= 0:
+        if max_frame_size < MIN_MAX_FRAME_SIZE or not heartbeat_timeout > 0:
             raise RemoteProtocolError(ErrorCode.BAD_FRAME, "max_frame_size or heartbeat_timeout out of range")
         self.peer_max_frame_size = max_frame_size
-        self.peer_heartbeat_timeout = heartbeat_timeout
+        clamped = min(max(heartbeat_timeout, MIN_PEER_HEARTBEAT_TIMEOUT), MAX_PEER_HEARTBEAT_TIMEOUT)
+        self.peer_heartbeat_timeout = clamped
 
     # -- output --------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import _config as cfg
 from ._callbacks import Callbacks
-from ._errors import BindError, MessageTooLarge, QueueFullError, StateError, TLSConfigError
+from ._errors import BindError, MessageTooLarge, QueueFullError, StateError, TLSConfigError, UnknownClient
 from ._link import Link
 from ._loop import BURST_GAP, WANT_READ, Loop, Timer, Transport, get_loop
 from ._message import Message
@@ -27,6 +27,7 @@ from ._protocol import (
     PROTOCOL_VERSION,
     AckReceived,
     ByeReceived,
+    Connection,
     ConnState,
     ErrorCode,
     ErrorReceived,
@@ -47,8 +48,6 @@ from ._tls import server_context
 log = logging.getLogger("missioncommander.server")
 
 SERVER_EVENTS = ("clientconnect", "clientdisconnect", "message")
-#: A session's connection that spoke this recently counts as alive without a probe.
-_FRESH = 1.0
 
 
 class _PortSetting(cfg.Setting[int]):
@@ -173,7 +172,7 @@ class Server:
     max_queued = cfg.Setting[int](10_000, cfg.int_range(1), locked=False)
     max_queued_bytes = cfg.Setting[int](64 * 1024 * 1024, cfg.int_range(1), locked=False)
     max_pending_bytes = cfg.Setting[int](8 * 1024 * 1024, cfg.int_range(1), locked=False)
-    max_connection_rate = cfg.Setting["float | None"](100.0, cfg.positive_number(optional=True), locked=False)
+    max_connection_rate = cfg.Setting["float | None"](1000.0, cfg.positive_number(optional=True), locked=False)
     tls_cert = cfg.Setting["str | None"](None, cfg.optional_str, doc="PEM certificate (chain): enables TLS")
     tls_key = cfg.Setting["str | None"](None, cfg.optional_str, doc="PEM private key (if not in tls_cert)")
     tls_ca = cfg.Setting["str | None"](None, cfg.optional_str, doc="CA file: require client certificates it signed")
@@ -244,13 +243,8 @@ class Server:
             self._bound_port = listener.getsockname()[1]
             self._running = True
             self._stopped.clear()
-        if not host and self._tls_context is None and not self._auth_required():
-            log.warning(
-                "server listening on every interface (port %d) with neither TLS nor a token: anyone who can "
-                "reach the port can connect and read what is sent. Set auth_token (and tls_cert/tls_key), or "
-                "interface='127.0.0.1' to keep it local; see docs/SECURITY.md",
-                self._bound_port,
-            )
+        for warning in self.warnings:
+            log.warning("server on port %d: %s", self._bound_port, warning)
         self._loop.run_sync(self._start_on_loop, listener)
         log.info("server listening on %s:%d", host or "*", self._bound_port)
 
@@ -291,7 +285,7 @@ class Server:
     def send(self, target: str, message: Message) -> None:
         """Send ``message`` to the client ``target``, or to every client for ``'*'``.
 
-        Raises ``KeyError`` for an unknown client id, ``QueueFullError`` when
+        Raises ``UnknownClient`` (a ``KeyError`` too) for an unknown client id, ``QueueFullError`` when
         that client's queue is full, and ``MessageTooLarge`` when the message
         exceeds its frame limit.  A broadcast never raises for one client: a
         client whose queue is full is too slow, and its session ends (logged,
@@ -313,7 +307,7 @@ class Server:
             self._check_running_locked()
             session = self._sessions.get(target)
             if session is None:
-                raise KeyError(f"no client {target!r} is connected")
+                raise UnknownClient(f"no client {target!r} is connected")
             if size > session.peer_max_frame_size:
                 raise MessageTooLarge(
                     f"message of {size} bytes exceeds client {target!r}'s limit of {session.peer_max_frame_size}"
@@ -392,20 +386,20 @@ class Server:
 
     def queued(self, client_id: str) -> int:
         """Messages sent to ``client_id`` that it has not acknowledged yet
-        (``KeyError`` for an unknown id)."""
+        (``UnknownClient`` for an unknown id)."""
         with self._lock:
             session = self._sessions.get(client_id)
             if session is None:
-                raise KeyError(f"no client {client_id!r} is connected")
+                raise UnknownClient(f"no client {client_id!r} is connected")
             return len(session.out)
 
     def disconnect_client(self, client_id: str, reason: str = "disconnected by the server") -> None:
         """End ``client_id``'s session and close its connection, telling it
-        ``reason``; the client does not reconnect by itself.  ``KeyError``
+        ``reason``; the client does not reconnect by itself.  ``UnknownClient``
         for an unknown id."""
         with self._lock:
             if client_id not in self._sessions:
-                raise KeyError(f"no client {client_id!r} is connected")
+                raise UnknownClient(f"no client {client_id!r} is connected")
         self._loop.run_sync(self._kick, client_id, reason)
 
     def subscribe(self, event: str, callback: Callable[..., Any]) -> None:
@@ -438,7 +432,7 @@ class Server:
                 return
             host = addr[0] if isinstance(addr, tuple) else str(addr)
             if not self._rate_ok(host):
-                _reset(sock)
+                self._refuse_for_rate(sock)
                 continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -470,6 +464,34 @@ class Server:
             return False
         self._rates[host] = (tokens - 1, now)
         return True
+
+    def _refuse_for_rate(self, sock: socket.socket) -> None:
+        """Tell a plain-TCP client why it is refused (it retries with backoff),
+        then reset; a TLS one is reset at once (a handshake is what a flood
+        must not cost us) and retries as after any failed attempt."""
+        if self._tls_context is None:
+            try:
+                sock.send(_RATE_LIMITED_FRAME, socket.MSG_DONTWAIT)
+                sock.shutdown(socket.SHUT_WR)  # the ERROR goes out before the close
+            except OSError:
+                pass
+            sock.close()
+            return
+        _reset(sock)
+
+    @property
+    def warnings(self) -> list[str]:
+        """What is unsafe about how this server is set up (empty when nothing):
+        e.g. listening on every interface with neither TLS nor a token.
+        ``start()`` logs these too; mcd shows them to whoever started it."""
+        found = []
+        if cfg.is_any_interface(self.interface) and not self.tls_cert and not self._auth_required():
+            found.append(
+                "listening on every interface with neither TLS nor a token: anyone who can reach the port can "
+                "connect and read what is sent. Set auth_token (and tls_cert/tls_key), or interface 127.0.0.1 "
+                "to keep it local (docs/SECURITY.md)"
+            )
+        return found
 
     def _auth_required(self) -> bool:
         return self.auth_token is not None or self.auth_tokens is not None
@@ -578,11 +600,14 @@ class Server:
             if old is None:
                 log.info("client %r started a new session; its detached one ends", hello.client_id)
                 self._end_session(session, "replaced by a new session of the same client id")
-            elif time.monotonic() - old.proto.last_received < _FRESH or old.probe_waiter is not None:
-                self._refuse_in_use(link)
+            elif old.probe_waiter is not None:
+                # Another newcomer is already waiting on this probe; this one
+                # may try again once it is answered.
+                self._refuse(link, ErrorCode.ID_IN_USE, f"client id {hello.client_id!r} is being checked; retry", True)
                 return
             else:
-                # In doubt: ask the old connection whether it is alive.
+                # Always ask: a connection that spoke a moment ago may be dead
+                # and half-open, and a recent read proves nothing about now.
                 old.probe_waiter = link
                 old.write(old.proto.send_ping(time.monotonic()))
                 old.probe_timer = self._loop.call_later(min(self.heartbeat_timeout, 3.0), self._probe_done, old, False)
@@ -757,6 +782,11 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
     except ValueError:
         return False
+
+
+_RATE_LIMITED_FRAME = Connection(Role.SERVER).send_error(
+    ErrorCode.RATE_LIMITED, "too many connections from this address; retrying after a pause", retry=True
+)
 
 
 def _reset(sock: socket.socket) -> None:

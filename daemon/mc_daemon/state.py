@@ -1,10 +1,26 @@
-"""The daemon's saved state: one JSON file, replaced atomically."""
+"""The daemon's saved state: one JSON file, replaced atomically.
+
+What this module promises, whatever it finds on disk:
+
+* ``load`` never raises for a bad file.  Anything it cannot use whole (bad
+  encoding, bad JSON, the wrong shape, wrong types inside, a directory or a
+  symlink where the file should be, no permission) is moved aside as
+  ``state.json.corrupt-<time>`` (so nothing is lost) with one log line, and
+  the daemon starts with whatever part of it was usable.
+* ``save`` never writes through a link someone planted: the temporary file
+  is created with ``O_EXCL`` (``tempfile.mkstemp``), mode 0600, in a
+  directory that only this user can write to.  A failed save raises
+  ``SaveError``, so the caller can tell whoever changed something.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import stat
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +28,35 @@ from typing import Any
 log = logging.getLogger("mcd.state")
 
 FORMAT_VERSION = 1
+_SECTIONS = ("clients", "servers")
+
+
+class SaveError(Exception):
+    """The state could not be written; the previous file is untouched."""
+
+
+def secure_directory(directory: Path, what: str) -> None:
+    """Create ``directory`` (mode 0700) or make sure others cannot plant files in it.
+
+    A directory of ours that others may write to is fixed (``chmod go-w``)
+    with a warning; one owned by someone else and writable by others without
+    the sticky bit (so that files in it can be swapped under us) is refused
+    with ``PermissionError``.  A sticky, world-writable directory such as
+    ``/tmp`` is accepted: every file mcd makes in it is created with
+    ``O_EXCL``/``O_NOFOLLOW``, and nobody else may remove it there.
+    """
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = os.stat(directory)
+    loose = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if not loose:
+        return
+    if st.st_uid == os.getuid():
+        os.chmod(directory, stat.S_IMODE(st.st_mode) & ~(stat.S_IWGRP | stat.S_IWOTH))
+        log.warning("%s %s was writable by others; made it writable by its owner only", what, directory)
+    elif not st.st_mode & stat.S_ISVTX:
+        raise PermissionError(
+            f"{what} {directory} belongs to uid {st.st_uid} and others may write to it; choose a directory of your own"
+        )
 
 
 class StateStore:
@@ -19,56 +64,120 @@ class StateStore:
 
     ``save`` writes a temporary file, fsyncs it, renames it over the old one
     and fsyncs the directory, so a crash at any point leaves either the old
-    or the new file, never a torn one.  ``load`` moves a corrupt file aside
-    (``state.json.corrupt-<time>``) with a log line and starts empty.
+    or the new file, never a torn one.
     """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.path = directory / "state.json"
 
+    # -- loading ---------------------------------------------------------------
+
     def load(self) -> dict[str, Any]:
+        """The saved state, or as much of it as is usable (see the module's docstring)."""
         try:
-            text = self.path.read_text(encoding="utf-8")
+            raw = self._read()
         except FileNotFoundError:
             return {}
-        try:
-            data = json.loads(text)
-            if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
-                raise ValueError(f"not a version {FORMAT_VERSION} state file")
-            for key in ("clients", "servers"):
-                if not isinstance(data.get(key, {}), dict):
-                    raise ValueError(f"{key!r} is not an object")
-        except ValueError as exc:
-            aside = self.path.with_name(f"state.json.corrupt-{int(time.time())}")
-            os.replace(self.path, aside)
-            log.error("state file %s is corrupt (%s); moved it to %s and starting empty", self.path, exc, aside)
+        except OSError as exc:
+            self._move_aside(f"cannot be read ({exc.strerror or exc})")
             return {}
-        return data
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            self._move_aside(f"is not valid JSON ({exc})")
+            return {}
+        if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
+            self._move_aside(f"is not a version {FORMAT_VERSION} state file")
+            return {}
+        usable, problems = _usable(data)
+        if problems:
+            self._move_aside("; ".join(problems[:5]), keep_usable=True)
+        return usable
+
+    def _read(self) -> bytes:
+        # O_NOFOLLOW: a symlink in the file's place is refused (ELOOP), never read through.
+        fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise IsADirectoryError(0, "not a regular file")
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def _move_aside(self, why: str, keep_usable: bool = False) -> None:
+        aside = self.path.with_name(f"state.json.corrupt-{int(time.time())}")
+        try:
+            os.replace(self.path, aside)
+        except OSError as exc:
+            log.error(
+                "state file %s %s, and it cannot be moved aside (%s); starting %s, the file is left as it is",
+                self.path,
+                why,
+                exc.strerror or exc,
+                "with what was usable" if keep_usable else "empty",
+            )
+            return
+        log.error(
+            "state file %s %s; moved it to %s and starting %s",
+            self.path,
+            why,
+            aside,
+            "with what was usable" if keep_usable else "empty",
+        )
+
+    # -- saving ----------------------------------------------------------------
 
     def save(self, data: dict[str, Any]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.path.with_name(f".state.json.{os.getpid()}.tmp")
-        body = json.dumps({"version": FORMAT_VERSION, **data}, indent=2, sort_keys=True) + "\n"
+        """Replace the file with ``data``; ``SaveError`` (the old file kept) when it cannot."""
+        body = json.dumps({"version": FORMAT_VERSION, **data}, separators=(",", ":"), sort_keys=True).encode()
+        tmp: str | None = None
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            secure_directory(self.directory, "state directory")
+            fd, tmp = tempfile.mkstemp(prefix=".state.json.", suffix=".tmp", dir=self.directory)
             try:
-                left = memoryview(body.encode("utf-8"))
+                left = memoryview(body + b"\n")
                 while left:
                     left = left[os.write(fd, left) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, self.path)
+            tmp = None
             dir_fd = os.open(self.directory, os.O_RDONLY)
             try:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
         except OSError as exc:
-            # The old file stays as it was; the daemon keeps running.
-            log.error("cannot save state to %s: %s", self.path, exc)
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            raise SaveError(f"cannot save state to {self.path}: {exc.strerror or exc}") from exc
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+
+
+def _usable(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The entries of ``data`` with the right shape, and what was wrong with the rest."""
+    usable: dict[str, Any] = {"version": FORMAT_VERSION}
+    problems: list[str] = []
+    for section in _SECTIONS:
+        entries = data.get(section, {})
+        if not isinstance(entries, dict):
+            problems.append(f"{section!r} is not an object")
+            entries = {}
+        kept: dict[str, Any] = {}
+        for name, saved in entries.items():
+            if not isinstance(saved, dict):
+                problems.append(f"{section}.{name} is not an object")
+            elif not isinstance(saved.get("settings", {}), dict):
+                problems.append(f"{section}.{name}.settings is not an object")
+            elif not isinstance(saved.get("desired", False), bool):
+                problems.append(f"{section}.{name}.desired is not true or false")
+            else:
+                kept[name] = saved
+        usable[section] = kept
+    return usable, problems

@@ -327,13 +327,10 @@ def test_stream_both_ways_through_random_cuts_exactly_once_in_order(make_client:
 
 
 def test_in_doubt_the_server_probes_the_old_connection(
-    server: Server, proxy: FaultProxy, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+    server: Server, proxy: FaultProxy, make_client: MakeClient
 ) -> None:
     """A newcomer without the token: the server pings the session's
     connection; a live one keeps the id, a dead (black-holed) one loses it."""
-    import missioncommander._server as server_module
-
-    monkeypatch.setattr(server_module, "_FRESH", 0.0)  # always in doubt
     srv = Recorder().attach(server, "clientconnect", "clientdisconnect")
     old = make_client(client_id="probed", heartbeat_interval=30.0, heartbeat_timeout=60.0, **via(proxy))
     old.connect()
@@ -346,3 +343,22 @@ def test_in_doubt_the_server_probes_the_old_connection(
     assert srv.wait_count("clientdisconnect", 1) == [("probed",)]
     assert len(srv.wait_count("clientconnect", 2)) == 2
     assert server.clients == ["probed"]
+
+
+def test_a_connection_that_just_spoke_and_died_does_not_lock_out_its_id(
+    server: Server, proxy: FaultProxy, make_client: MakeClient
+) -> None:
+    """A recent read proves nothing: the old connection sent a message a
+    moment ago and then went silent (half-open); the newcomer with its id is
+    accepted once the probe goes unanswered, and is never refused for good."""
+    srv = Recorder().attach(server, "message", "clientconnect", "clientdisconnect")
+    old = make_client(client_id="fresh", heartbeat_interval=30.0, heartbeat_timeout=60.0, **via(proxy))
+    old.connect()
+    old.send(Message("last words"))
+    srv.wait_count("message", 1)
+    proxy.cut("blackhole")
+    newcomer = make_client(server, client_id="fresh")
+    newcomer.connect()  # raised ConnectionRefusedByServer(id_in_use) when the old one had spoken within 1 s
+    assert newcomer.connected
+    assert srv.wait_count("clientdisconnect", 1) == [("fresh",)]
+    assert len(srv.wait_count("clientconnect", 2)) == 2

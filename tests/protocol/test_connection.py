@@ -139,7 +139,7 @@ def test_client_waits_for_the_challenge() -> None:
     with pytest.raises(LocalProtocolError, match="before the server's CHALLENGE"):
         client.send_hello("c1", None, 0, 65536, 15.0, now=0.0)
     welcome = Connection(Role.SERVER)
-    with pytest.raises(RemoteProtocolError, match="Welcome is not allowed"):
+    with pytest.raises(RemoteProtocolError, match="a WELCOME frame is not allowed"):
         client.receive_data(encode_json_frame(FrameType.WELCOME, {"version": 1, "session": "t", "resumed": False,
             "last_seq": 0, "max_frame_size": 65536, "heartbeat_timeout": 1}), now=0.0)  # fmt: skip
     assert welcome.state is ConnState.HANDSHAKE
@@ -320,3 +320,26 @@ def test_written_frames_deliver_exactly_once_in_order_whatever_is_lost(ops: list
         if inbound.accept(seq):
             delivered.append(m)
     assert delivered == list(range(1, n + 1))
+
+
+@pytest.mark.parametrize(("announced", "kept"), [(1e-9, 0.3), (0.3, 0.3), (15.0, 15.0), (1e12, 86_400.0)])
+def test_a_peers_heartbeat_timeout_is_clamped(announced: float, kept: float) -> None:
+    """A HELLO asking for heartbeat_timeout=1e-9 must not make us PING it
+    100,000 times a second: what a peer may ask is bounded."""
+    client = Connection(Role.CLIENT, now=0.0)
+    server = Connection(Role.SERVER, now=0.0)
+    client.receive_data(server.send_challenge("n" * 32, auth=False), now=0.0)
+    server.receive_data(client.send_hello("c1", None, 0, 65536, announced, now=0.0), now=0.0)
+    assert server.peer_heartbeat_timeout == kept
+    assert server.ping_interval(5.0) == pytest.approx(max(0.1, min(5.0, kept / 3)))
+    pings = 0
+    now = 0.0
+    for _ in range(1000):  # one simulated second, in fake-clock steps
+        action, next_check = server.heartbeat_due(now, 5.0, 3.0)
+        if action == "ping":
+            pings += 1
+            server.last_sent = now
+        now = max(now + 0.001, next_check)
+        if now > 1.0:
+            break
+    assert pings <= 11

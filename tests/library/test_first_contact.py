@@ -1,0 +1,109 @@
+"""What a new user met first: defaults that refused a benign load, errors
+outside the library's tree, host names that hung a client, settings that
+could not be set to the value they had."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+
+import pytest
+from support import Recorder
+
+from missioncommander import (
+    Client,
+    ClientState,
+    ConnectError,
+    ConnectionRefusedByServer,
+    Message,
+    MissionCommanderError,
+    Server,
+    StateError,
+    UnknownClient,
+)
+
+MakeClient = Callable[..., Client]
+
+
+def test_the_defaults_let_300_clients_from_one_process_in(make_client: MakeClient) -> None:
+    with Server(interface="127.0.0.1", port=0) as server:
+        clients = [make_client(server, client_id=f"c{i}") for i in range(300)]
+        for client in clients:
+            client.connect()
+        assert len(server.clients) == 300
+
+
+def test_a_client_refused_for_rate_is_told_and_gets_in_with_backoff(make_client: MakeClient) -> None:
+    # 2 per second, bursts of 4: ten clients at once cannot all get in at first.
+    with Server(interface="127.0.0.1", port=0, max_connection_rate=2.0) as server:
+        clients = [make_client(server, client_id=f"r{i}", connect_timeout=15.0) for i in range(10)]
+        for client in clients:
+            client.connect()  # waits through rate_limited refusals instead of failing
+        assert sorted(server.clients) == sorted(f"r{i}" for i in range(10))
+
+
+def test_a_rate_refusal_that_outlasts_connect_timeout_names_its_code(make_client: MakeClient) -> None:
+    with Server(interface="127.0.0.1", port=0, max_connection_rate=0.01) as server:
+        make_client(server, client_id="first").connect()  # the burst of one
+        late = make_client(server, client_id="late", connect_timeout=0.5)
+        with pytest.raises(ConnectionRefusedByServer) as info:
+            late.connect()
+        assert info.value.code == "rate_limited"
+        assert "rate_limited" in (late.last_close_reason or "")
+
+
+def test_send_to_an_unknown_client_raises_a_library_error(server: Server) -> None:
+    with pytest.raises(UnknownClient, match="no client 'nobody' is connected") as info:
+        server.send("nobody", Message("x"))
+    assert isinstance(info.value, MissionCommanderError) and isinstance(info.value, KeyError)
+    with pytest.raises(UnknownClient):
+        server.disconnect_client("nobody")
+
+
+@pytest.mark.parametrize("host", ["server..example.com", "a" * 64 + ".example.com", "x." * 130 + "com", "-bad.com"])
+def test_a_host_name_that_can_never_resolve_is_refused_when_set(host: str) -> None:
+    client = Client()
+    with pytest.raises(ValueError, match="not a valid host name"):
+        client.address = host
+
+
+@pytest.mark.parametrize("host", ["localhost", "example.com.", "my_host.local", "ünïcode.example", "::1", "10.1.2.3"])
+def test_valid_host_names_are_accepted(host: str) -> None:
+    Client().address = host
+
+
+def test_every_resolver_failure_is_a_connect_error_with_a_reason(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With connect(wait=False) the resolver runs on a helper thread: a failure
+    there must end the attempt with a reason, never leave 'connecting' forever."""
+
+    def refuse(*_args: object, **_kwargs: object) -> object:
+        raise UnicodeError("label too long")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    client = make_client(address="host.example", port=1, reconnect_attempts=2)
+    with pytest.raises(ConnectError, match=r"cannot resolve 'host\.example'"):
+        client.connect()
+    rec = Recorder().attach(client, "statechange")
+    client.connect(wait=False)
+    rec.wait_for(
+        lambda: any(t.new_state & ClientState.STATE_CONNECT_FAILED for (t,) in rec.of("statechange")),
+        timeout=10,
+        what="CONNECT_FAILED",
+    )
+    assert "cannot resolve 'host.example'" in (client.last_close_reason or "")
+
+
+def test_setting_the_current_value_while_running_is_allowed(server: Server, make_client: MakeClient) -> None:
+    port = server.port
+    server.interface = "127.0.0.1"  # unchanged: a no-op, not a StateError
+    with pytest.raises(StateError):
+        server.interface = "::1"
+    client = make_client(server, client_id="same")
+    client.connect()
+    client.address = "127.0.0.1"
+    client.port = port
+    client.client_id = "same"
+    with pytest.raises(StateError):
+        client.client_id = "other"
