@@ -390,6 +390,12 @@ class Client:
         return bool(self._state_bits & _CONNECTED)
 
     @property
+    def failed_attempts(self) -> int:
+        """Connection attempts that failed since the last ``connect()`` or
+        since the connection broke (0 once connected again)."""
+        return self._retries
+
+    @property
     def queued(self) -> int:
         """Messages sent but not yet acknowledged by the server."""
         with self._lock:

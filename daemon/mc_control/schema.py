@@ -106,11 +106,14 @@ class ClientGet(_Named):
 
 
 class ClientConnect(_Named):
-    """Connect; the client keeps trying in the background.  With ``wait``,
-    answer once connected, or fail after ``timeout`` seconds."""
+    """Connect; the client keeps trying in the background until it does.
+    ``wait``: false answers at once; ``"attempt"`` answers with the outcome of
+    the first attempt (``connect_failed`` when it failed, while the client goes
+    on trying); true answers once connected.  Either wait fails with
+    ``timeout`` after ``timeout`` seconds."""
 
     cmd: Literal["client.connect"]
-    wait: bool = False
+    wait: bool | Literal["attempt"] = False
     timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
 
 

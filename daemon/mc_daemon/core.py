@@ -35,7 +35,7 @@ from missioncommander import (
 )
 from missioncommander import __version__ as library_version
 
-from .state import StateStore
+from .state import StateStore, StateWriter
 
 log = logging.getLogger("mcd.core")
 
@@ -44,6 +44,9 @@ SECRET_KEYS = ("auth_token",)
 HIDDEN = "(set)"
 RING_SIZE = 10_000
 SUBSCRIBER_QUEUE = 5_000
+#: How long a command that changed something waits for the change to reach
+#: the disk before answering with a warning instead.
+SAVE_WAIT = 2.0
 
 S = ClientState
 
@@ -238,8 +241,9 @@ class DaemonCore:
         self._subs: set[Subscription] = set()
         self.clients: dict[str, ClientInstance] = {}
         self.servers: dict[str, ServerInstance] = {}
-        self._save_lock = threading.Lock()
         self.shutting_down = False
+        self._restoring = False
+        self._writer = StateWriter(store, self.persistable) if store is not None else None
 
     # -- events ----------------------------------------------------------------
 
@@ -325,7 +329,8 @@ class DaemonCore:
             instance = table.get(name)
             if instance is None:
                 if not create:
-                    raise CoreError(ErrorCode.NOT_FOUND, f"no {kind} named {name!r}")
+                    names = ", ".join(sorted(table)) or "none yet"
+                    raise CoreError(ErrorCode.NOT_FOUND, f"no {kind} named {name!r} (the {kind}s: {names})")
                 if self.shutting_down:
                     raise CoreError(ErrorCode.SHUTTING_DOWN, "mcd is shutting down")
                 instance = ClientInstance(self, name) if kind == "client" else ServerInstance(self, name)
@@ -336,7 +341,7 @@ class DaemonCore:
         if created:
             log.info("%s %r created", kind, name)
             self.publish(kind, name, "created", {})
-            self.save()
+            self._writer_changed()
         return instance
 
     def create(self, kind: str, name: str) -> dict[str, Any]:
@@ -344,7 +349,7 @@ class DaemonCore:
             if name in self._table(kind):
                 raise CoreError(ErrorCode.EXISTS, f"a {kind} named {name!r} exists already")
         status: dict[str, Any] = self.get(kind, name).status()
-        return status
+        return _with_warnings(status, self.save())
 
     def remove(self, kind: str, name: str) -> dict[str, Any]:
         instance = self.get(kind, name, create=False)
@@ -353,15 +358,14 @@ class DaemonCore:
             self._table(kind).pop(name, None)
         log.info("%s %r removed", kind, name)
         self.publish(kind, name, "removed", {})
-        self.save()
-        return {"kind": kind, "name": name, "removed": True}
+        return _with_warnings({"kind": kind, "name": name, "removed": True}, self.save())
 
     def list(self) -> list[dict[str, Any]]:
         with self._lock:
             return self._statuses_locked()
 
     def status(self, kind: str, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.get(kind, name).status()
+        result: dict[str, Any] = self.get(kind, name, create=False).status()
         return result
 
     # -- settings --------------------------------------------------------------
@@ -376,22 +380,39 @@ class DaemonCore:
             setattr(target, key, value)
         except (TypeError, ValueError) as exc:
             raise CoreError(ErrorCode.INVALID_VALUE, str(exc), {"key": key, "value": value}) from None
-        except StateError as exc:
-            raise CoreError(ErrorCode.STATE_ERROR, str(exc), {"key": key}) from None
-        self.save()
+        except StateError:
+            stop = "client disconnect" if kind == "client" else "server stop"
+            raise CoreError(
+                ErrorCode.STATE_ERROR,
+                f"cannot change {key} while {kind} {name!r} is {instance.status()['phase']}; "
+                f"{stop}{_name_option(name)} first",
+                {"key": key},
+            ) from None
         settings: dict[str, Any] = instance.settings()
         instance.publish("settings", **settings)
-        return settings
+        return _with_warnings({"settings": settings}, self.save())
 
     def get_settings(self, kind: str, name: str, key: str | None) -> dict[str, Any]:
-        settings: dict[str, Any] = self.get(kind, name).settings()
+        settings: dict[str, Any] = self.get(kind, name, create=False).settings()
         return settings if key is None else {key: settings[key]}
 
     # -- client operations -----------------------------------------------------
 
-    def client_connect(self, name: str, wait: bool = False, timeout: float = 10.0) -> dict[str, Any]:
+    def client_connect(self, name: str, wait: bool | str = False, timeout: float = 10.0) -> dict[str, Any]:
+        """Connect ``name``; it keeps trying in the background until it does.
+
+        ``wait``: False answers at once; ``"attempt"`` answers with the outcome
+        of the first attempt (an error when it failed, though the client goes
+        on trying); True answers once connected, or fails after ``timeout``.
+        """
         inst: ClientInstance = self.get("client", name)
         client = inst.client
+        if client.state & S.STATE_NEEDS_INIT:
+            raise CoreError(
+                ErrorCode.STATE_ERROR,
+                f"client {name!r} has no address or port yet: client set address HOST, "
+                f"client set port PORT{_name_option(name)} first",
+            )
         try:
             client.connect(wait=False)
         except StateError as exc:
@@ -399,30 +420,41 @@ class DaemonCore:
         except ValueError as exc:
             raise CoreError(ErrorCode.INVALID_VALUE, str(exc)) from None
         inst.desired = True
-        self.save()
+        warnings = self.save()
         if wait:
-            done = self.wait_for(lambda: client_phase(client.state) in ("connected", "failed", "disconnected"), timeout)
+
+            def outcome() -> bool:
+                phase = client_phase(client.state)
+                if phase in ("connected", "failed", "disconnected"):
+                    return True
+                return wait == "attempt" and client.failed_attempts > 0
+
+            done = self.wait_for(outcome, timeout)
             phase = client_phase(client.state)
             if phase != "connected":
+                last = client.last_close_reason or "no attempt has finished yet"
+                going_on = (
+                    f"; it keeps trying in the background (client disconnect{_name_option(name)} stops it)"
+                    if phase in ("connecting", "reconnecting")
+                    else ""
+                )
                 if not done:
                     raise CoreError(
                         ErrorCode.TIMEOUT,
-                        f"client {name!r} not connected after {timeout:g} s (last: {client.last_close_reason})",
+                        f"client {name!r} did not connect within {timeout:g} s; last attempt: {last}{going_on}",
                         inst.status(),
                     )
                 raise CoreError(
-                    ErrorCode.CONNECT_FAILED,
-                    f"client {name!r} could not connect: {client.last_close_reason}",
-                    inst.status(),
+                    ErrorCode.CONNECT_FAILED, f"client {name!r} could not connect: {last}{going_on}", inst.status()
                 )
-        return inst.status()
+        return _with_warnings(inst.status(), warnings)
 
     def client_disconnect(self, name: str) -> dict[str, Any]:
-        inst: ClientInstance = self.get("client", name)
+        inst: ClientInstance = self.get("client", name, create=False)
         inst.desired = False
-        self.save()
+        warnings = self.save()
         inst.client.disconnect()
-        return inst.status()
+        return _with_warnings(inst.status(), warnings)
 
     def client_send(self, name: str, subject: str, payload: dict[str, Any]) -> dict[str, Any]:
         inst: ClientInstance = self.get("client", name, create=False)
@@ -441,6 +473,7 @@ class DaemonCore:
 
     def server_start(self, name: str) -> dict[str, Any]:
         inst: ServerInstance = self.get("server", name)
+        warnings = [*inst.server.warnings]
         if not inst.server.running:
             try:
                 inst.server.start()
@@ -452,15 +485,15 @@ class DaemonCore:
             inst.last_error = None
             inst.publish("started", port=inst.server.port)
         inst.desired = True
-        self.save()
-        return inst.status()
+        warnings += self.save()
+        return _with_warnings(inst.status(), warnings)
 
     def server_stop(self, name: str) -> dict[str, Any]:
-        inst: ServerInstance = self.get("server", name)
+        inst: ServerInstance = self.get("server", name, create=False)
         inst.desired = False
-        self.save()
+        warnings = self.save()
         self._stop_server(inst)
-        return inst.status()
+        return _with_warnings(inst.status(), warnings)
 
     def _stop_server(self, inst: ServerInstance) -> None:
         if inst.server.running:
@@ -539,7 +572,9 @@ class DaemonCore:
             t.start()
         for t in threads:
             t.join(10)
-        self.save()
+        if self._writer is not None:
+            self._writer.changed()
+            self._writer.close()
         with self._lock:
             subs = list(self._subs)
             self._subs.clear()
@@ -555,23 +590,40 @@ class DaemonCore:
                 "servers": {n: {"settings": i.settings(True), "desired": i.desired} for n, i in self.servers.items()},
             }
 
-    def save(self) -> None:
-        if self.store is None:
-            return
-        with self._save_lock:
-            self.store.save(self.persistable())
+    def _writer_changed(self) -> int:
+        return self._writer.changed() if self._writer is not None else 0
+
+    def save(self) -> tuple[str, ...]:
+        """Have the state saved, wait (briefly) until it is, and return what
+        the caller should be warned of: nothing, or why it is not on disk."""
+        if self._writer is None:
+            return ()
+        if self._restoring:  # one save after the whole restore, not one wait per instance
+            self._writer.changed()
+            return ()
+        problem = self._writer.wait(self._writer.changed(), SAVE_WAIT)
+        return () if problem is None else (f"not saved: {problem} (it is kept in memory and saving is retried)",)
+
+    @property
+    def save_error(self) -> str | None:
+        """Why the state cannot be saved now; None when it can (or is not saved)."""
+        return self._writer.error if self._writer is not None else None
 
     def restore(self) -> None:
         """Recreate saved instances and bring up what was running."""
         if self.store is None:
             return
         data = self.store.load()
-        for kind, key in (("server", "servers"), ("client", "clients")):
-            for name, saved in (data.get(key) or {}).items():
-                try:
-                    self._restore_one(kind, name, saved)
-                except CoreError as exc:
-                    log.error("cannot restore %s %r: %s", kind, name, exc.message)
+        self._restoring = True
+        try:
+            for kind, key in (("server", "servers"), ("client", "clients")):
+                for name, saved in (data.get(key) or {}).items():
+                    try:
+                        self._restore_one(kind, name, saved)
+                    except CoreError as exc:
+                        log.error("cannot restore %s %r: %s", kind, name, exc.message)
+        finally:
+            self._restoring = False
 
     def _restore_one(self, kind: str, name: str, saved: dict[str, Any]) -> None:
         instance = self.get(kind, name)
@@ -594,6 +646,17 @@ class DaemonCore:
                     instance.desired = True
                     log.error("server %r not restarted: %s", name, exc.message)
         log.info("%s %r restored", kind, name)
+
+
+def _with_warnings(result: dict[str, Any], warnings: Iterable[str]) -> dict[str, Any]:
+    """``result`` with a ``warnings`` list when there is anything to warn of."""
+    if found := list(warnings):
+        result["warnings"] = found
+    return result
+
+
+def _name_option(name: str) -> str:
+    return "" if name == "default" else f" --name {name}"
 
 
 def _shown(values: dict[str, Any], reveal: bool) -> dict[str, Any]:

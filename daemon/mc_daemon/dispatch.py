@@ -68,7 +68,7 @@ class Dispatcher:
             case schema.ClientRemove() | schema.ServerRemove():
                 return core.remove(_kind(req.cmd), req.name)
             case schema.ClientSet() | schema.ServerSet():
-                return {"settings": core.set(_kind(req.cmd), req.name, req.key, req.value)}
+                return core.set(_kind(req.cmd), req.name, req.key, req.value)
             case schema.ClientGet() | schema.ServerGet():
                 return {"settings": core.get_settings(_kind(req.cmd), req.name, req.key)}
             case schema.ClientStatus() | schema.ServerStatus():

@@ -28,6 +28,13 @@ class EmbeddedDaemon:
         self.dispatcher = Dispatcher(self.core, self.close, {"socket": None, "state_dir": None, "embedded": True})
 
     def request(self, cmd: str, **params: Any) -> dict[str, Any]:
+        if cmd == "daemon.shutdown":
+            # There is no daemon to stop: the instances live in this shell.
+            raise ControlError(
+                "state_error",
+                "no mcd is running: this shell hosts the clients and servers itself, and leaving it "
+                "(exit, or Ctrl-D) stops them",
+            )
         try:
             return self.dispatcher.run(self.dispatcher.parse({"cmd": cmd, **params}))
         except CoreError as exc:

@@ -16,12 +16,15 @@ What this module promises, whatever it finds on disk:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import stat
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,14 +88,23 @@ class StateStore:
         try:
             data = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
-            self._move_aside(f"is not valid JSON ({exc})")
+            self._move_aside(f"is corrupt: not valid JSON ({exc})")
             return {}
         if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
-            self._move_aside(f"is not a version {FORMAT_VERSION} state file")
+            self._move_aside(f"is corrupt: not a version {FORMAT_VERSION} state file")
             return {}
+        for section in _SECTIONS:
+            if not isinstance(data.get(section, {}), dict):
+                # The file's skeleton is wrong, so nothing in it can be trusted.
+                self._move_aside(f"is corrupt: {section!r} is not an object")
+                return {}
         usable, problems = _usable(data)
         if problems:
-            self._move_aside("; ".join(problems[:5]), keep_usable=True)
+            self._move_aside("has corrupt entries: " + "; ".join(problems[:5]), keep_usable=True)
+            try:
+                self.save(usable)  # so the usable part survives even if nothing changes before a crash
+            except SaveError as exc:
+                log.error("%s", exc)
         return usable
 
     def _read(self) -> bytes:
@@ -166,9 +178,6 @@ def _usable(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     problems: list[str] = []
     for section in _SECTIONS:
         entries = data.get(section, {})
-        if not isinstance(entries, dict):
-            problems.append(f"{section!r} is not an object")
-            entries = {}
         kept: dict[str, Any] = {}
         for name, saved in entries.items():
             if not isinstance(saved, dict):
@@ -181,3 +190,105 @@ def _usable(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
                 kept[name] = saved
         usable[section] = kept
     return usable, problems
+
+
+class StateWriter:
+    """Saves the daemon's state on one thread of its own, coalescing changes.
+
+    ``changed()`` is cheap and never does I/O, so callers may hold their own
+    locks; whatever changed while a save was running is written by the next
+    one, so a burst of changes costs one or two writes, not one each.  The
+    snapshot is taken by ``snapshot()`` at write time, outside the caller's
+    locks.  A failed save is retried with backoff (1 s doubling to 30 s) until
+    one succeeds, or at once when something changes again, and ``error`` says
+    what is wrong meanwhile.
+    """
+
+    RETRY_FIRST = 1.0
+    RETRY_MAX = 30.0
+
+    def __init__(self, store: StateStore, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self.store = store
+        self.snapshot = snapshot
+        #: Why the last save failed; None once one succeeds.
+        self.error: str | None = None
+        self._cond = threading.Condition()
+        self._wanted = 0  # generation of the newest change
+        self._attempted = 0  # generation the last finished attempt covered
+        self._saved = 0  # generation known to be on disk
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="mcd-state-writer", daemon=True)
+        self._thread.start()
+
+    def changed(self) -> int:
+        """Note a change; returns its generation (for ``wait``)."""
+        with self._cond:
+            self._wanted += 1
+            self._cond.notify_all()
+            return self._wanted
+
+    def wait(self, generation: int, timeout: float) -> str | None:
+        """Wait until ``generation`` was written; None when it was, else why not
+        (the save failed, and is being retried, or it took longer than ``timeout``)."""
+        with self._cond:
+            done = self._cond.wait_for(lambda: self._attempted >= generation or self._closing, timeout)
+            if self._saved >= generation:
+                return None
+            if not done:
+                return f"the state was not saved within {timeout:g} s; it will be"
+            return self.error or "the state was not saved"
+
+    def wait_saved(self, generation: int, timeout: float) -> bool:
+        """Wait until ``generation`` is on disk, through any retries; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._saved >= generation, timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is pending, then stop the thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    def _more_than(self, generation: int) -> bool:
+        return self._closing or self._wanted > generation
+
+    def _run(self) -> None:
+        delay = 0.0
+        generation = 0
+        while True:
+            with self._cond:
+                # After a failure, wait out the backoff, unless something changes:
+                # whoever changed it waits for an answer, and the disk may be fixed.
+                if delay:
+                    self._cond.wait_for(functools.partial(self._more_than, generation), delay)
+                self._cond.wait_for(lambda: self._wanted > self._saved or self._closing)
+                if self._wanted <= self._saved and self._closing:
+                    return
+                generation = self._wanted
+            try:
+                self.store.save(self.snapshot())
+            except SaveError as exc:
+                failed: str | None = str(exc)
+            except Exception as exc:  # a bug in the snapshot: keep the daemon alive, say so
+                log.exception("cannot build the state to save")
+                failed = f"cannot build the state to save: {exc}"
+            else:
+                failed = None
+            with self._cond:
+                self._attempted = max(self._attempted, generation)
+                if failed is None:
+                    if self.error is not None:
+                        log.warning("state saved again to %s", self.store.path)
+                    self._saved = generation
+                    self.error = None
+                    delay = 0.0
+                else:
+                    if self.error != failed:
+                        log.error("%s; retrying", failed)
+                    self.error = failed
+                    delay = min(self.RETRY_MAX, max(self.RETRY_FIRST, 2 * delay))
+                    if self._closing:
+                        self._cond.notify_all()
+                        return
+                self._cond.notify_all()

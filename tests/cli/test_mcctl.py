@@ -139,7 +139,8 @@ def test_timeouts_exit_4(mcd: Mcd) -> None:
     run("client", "set", "port", str(port), socket_path=mcd.socket)
     out = run("client", "connect", "--wait", "--timeout", "0.5", socket_path=mcd.socket)
     assert out.returncode == 4, out
-    assert "not connected after 0.5 s" in out.stderr
+    assert "did not connect within 0.5 s" in out.stderr and "Connection refused" in out.stderr
+    assert "None" not in out.stderr
     out = run("wait", "connected", "--timeout", "0.5", socket_path=mcd.socket)
     assert out.returncode == 4 and "not connected" in out.stderr
 
@@ -227,3 +228,110 @@ def test_bash_completion_script_is_valid_bash(tmp_path: Path) -> None:
         check=False,
     )
     assert probe.stdout.split() == ["set", "send"]
+
+
+def test_connect_says_how_the_first_attempt_went(mcd: Mcd) -> None:
+    sock = mcd.socket
+    closed = free_port()  # nothing listens there
+    run("client", "set", "address", "127.0.0.1", socket_path=sock)
+    run("client", "set", "port", str(closed), socket_path=sock)
+    out = run("client", "connect", socket_path=sock)
+    assert out.returncode == 1, out
+    assert "could not connect" in out.stderr and "Connection refused" in out.stderr
+    assert "keeps trying in the background (client disconnect stops it)" in out.stderr
+    assert run("client", "disconnect", socket_path=sock).returncode == 0
+    # --no-wait promises only that it started.
+    out = run("client", "connect", "--no-wait", socket_path=sock)
+    assert out.returncode == 0 and "client default:" in out.stdout
+    run("client", "disconnect", socket_path=sock)
+    assert run("client", "connect", "--wait", "--no-wait", socket_path=sock).returncode == 2
+    # An unconfigured client says what to set, in mcctl's words.
+    out = run("--name", "fresh", "client", "connect", socket_path=sock)
+    assert out.returncode == 1
+    assert "client set address HOST, client set port PORT --name fresh first" in out.stderr
+    # And with a server there, plain connect reports success.
+    port = free_port()
+    mcd.request("server.set", key="interface", value="127.0.0.1")
+    mcd.request("server.set", key="port", value=port)
+    mcd.request("server.start")
+    run("client", "set", "port", str(port), socket_path=sock)
+    out = run("client", "connect", socket_path=sock)
+    assert out.returncode == 0 and "client default: connected" in out.stdout, out
+
+
+def test_reads_of_an_unknown_name_fail_and_create_nothing(mcd: Mcd) -> None:
+    sock = mcd.socket
+    run("--name", "real", "client", "create", socket_path=sock)
+    for args in (("client", "get", "port"), ("client", "status"), ("client", "disconnect"), ("server", "stop")):
+        out = run("--name", "typo1", *args, socket_path=sock)
+        assert out.returncode == 1, (args, out)
+        assert f"no {args[0]} named 'typo1'" in out.stderr
+    assert "(the clients: real)" in run("--name", "typo1", "client", "get", socket_path=sock).stderr
+    names = {i["name"] for i in ok_json("list", socket_path=sock)["instances"]}
+    assert "typo1" not in names
+    assert "typo1" not in (mcd.state_dir / "state.json").read_text()
+    # Commands that configure do create.
+    assert run("--name", "typo1", "client", "set", "port", "5", socket_path=sock).returncode == 0
+    assert "typo1" in {i["name"] for i in ok_json("list", socket_path=sock)["instances"]}
+
+
+def test_setting_the_current_value_of_a_running_server_succeeds(mcd: Mcd) -> None:
+    sock = mcd.socket
+    port = free_port()
+    for args in (
+        ("server", "set", "interface", "127.0.0.1"),
+        ("server", "set", "port", str(port)),
+        ("server", "start"),
+    ):
+        assert run(*args, socket_path=sock).returncode == 0
+    # The README's daemon quick start, run again after mcd restored the server.
+    assert run("server", "set", "interface", "127.0.0.1", socket_path=sock).returncode == 0
+    assert run("server", "set", "port", str(port), socket_path=sock).returncode == 0
+    out = run("server", "set", "port", str(port + 1 if port < 65535 else port - 1), socket_path=sock)
+    assert out.returncode == 1
+    assert "cannot change port while server 'default' is listening; server stop first" in out.stderr
+    assert "STATE_" not in out.stderr and "stop()" not in out.stderr
+
+
+def test_an_open_server_warns_whoever_started_it(mcd: Mcd) -> None:
+    sock = mcd.socket
+    run("server", "set", "port", str(free_port()), socket_path=sock)  # interface '': every interface
+    out = run("server", "start", socket_path=sock)
+    assert out.returncode == 0
+    assert "mcctl: warning:" in out.stderr and "neither TLS nor a token" in out.stderr
+    run("server", "stop", socket_path=sock)
+    as_json = ok_json("server", "start", socket_path=sock)
+    assert any("neither TLS nor a token" in w for w in as_json["warnings"])
+
+
+def test_a_setting_that_cannot_be_saved_is_reported_and_saved_later(mcd: Mcd) -> None:
+    sock = mcd.socket
+    assert run("client", "set", "port", "1000", socket_path=sock).returncode == 0
+    # The state directory turns into a file: every save fails until it is back.
+    moved = mcd.state_dir.with_name("state.away")
+    mcd.state_dir.rename(moved)
+    mcd.state_dir.write_text("in the way")
+    try:
+        out = run("client", "set", "port", "2000", socket_path=sock)
+        assert out.returncode == 0
+        assert "mcctl: warning: not saved:" in out.stderr and "retried" in out.stderr
+        as_json = ok_json("client", "set", "port", "3000", socket_path=sock)
+        assert as_json["settings"]["port"] == 3000 and as_json["warnings"]
+    finally:
+        mcd.state_dir.unlink()
+        moved.rename(mcd.state_dir)
+    # The retry writes what was kept in memory; the next change finds it on disk.
+    out = run("client", "set", "address", "127.0.0.1", socket_path=sock)
+    assert out.returncode == 0 and "warning" not in out.stderr
+    saved = json.loads((mcd.state_dir / "state.json").read_text())
+    assert saved["clients"]["default"]["settings"]["port"] == 3000
+
+
+@pytest.mark.parametrize("args", [("client", "set", "port", "99999"), ("client", "set", "port", "abc"), ("fly",)])
+def test_usage_errors_follow_json_and_give_a_hint(mcd: Mcd, args: tuple[str, ...]) -> None:
+    out = run("--json", *args, socket_path=mcd.socket)
+    assert out.returncode == 2
+    error = json.loads(out.stdout)["error"]
+    assert error["message"] and "help" in error["hint"]
+    human = run(*args, socket_path=mcd.socket)
+    assert human.returncode == 2 and "help" in human.stderr and human.stderr.startswith("mcctl: ")

@@ -88,12 +88,24 @@ def test_embedded_shell_without_a_daemon(tmp_path: Path) -> None:
         quick_start(sh, free_port())
         sh.line("list")
         sh.expect("server  default  listening")
+        mark = len(sh.text)
         sh.line("daemon status")
-        sh.expect("(embedded in this shell)")
+        sh.expect("(embedded in this shell)", start=mark)
+        assert "\nmcd is running" not in sh.text[mark:]
+        sh.expect("no mcd is running: this shell hosts", start=mark)
+        # There is no daemon to stop, and the shell goes on working.
+        mark = len(sh.text)
+        sh.line("daemon stop")
+        sh.expect("error: no mcd is running", start=mark)
+        sh.line("list")
+        sh.expect("server  default  listening", start=mark)
+        assert "shutting down" not in sh.text[mark:]
         sh.expect("> ", start=len(sh.text) - 2)  # at the prompt
+        mark = len(sh.text)
         sh.type("\x04")  # Ctrl-D
         code = sh.wait(60)
         assert code == 0, sh.text[-2000:]
+        assert " INFO " not in sh.text[mark:] and " mcd." not in sh.text[mark:]  # no raw log lines on the way out
     finally:
         sh.close()
 

@@ -93,6 +93,13 @@ def test_client_and_server_commands_end_to_end(mcd: Mcd) -> None:
 
 
 def test_named_instances_are_created_on_first_use_and_removed(mcd: Mcd) -> None:
+    # Reads never create (a typo must not leave an instance behind); commands that configure or act do.
+    for read in ("client.status", "client.get", "client.disconnect", "server.status", "server.stop"):
+        with pytest.raises(ControlError) as info:
+            mcd.request(read, name="alpha")
+        assert info.value.code == "not_found" and "none yet" in info.value.message
+    assert mcd.request("list")["instances"] == []
+    assert mcd.request("client.set", name="alpha", key="port", value=1)["settings"]["port"] == 1
     assert mcd.request("client.status", name="alpha")["phase"] == "unconfigured"
     mcd.request("server.create", name="alpha")  # client and server names are separate
     with pytest.raises(ControlError) as info:

@@ -52,7 +52,7 @@ def test_client_tab_connects_and_shows_messages(qtbot: QtBot, gui: TrayApp, mcd:
     set_text(qtbot, tab.port.edit, str(port))
     set_text(qtbot, tab.client_id.edit, "from-the-gui")
     qtbot.mouseClick(tab.connect_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: mcd.request("client.status")["phase"] == "connected", timeout=WAIT)
+    qtbot.waitUntil(lambda: mcd.phase("client") == "connected", timeout=WAIT)
     status = mcd.request("client.status")
     assert status["settings"]["client_id"] == "from-the-gui" and status["settings"]["port"] == port
     qtbot.waitUntil(lambda: tab.current().phase == "connected", timeout=WAIT)
@@ -71,7 +71,7 @@ def test_client_tab_connects_and_shows_messages(qtbot: QtBot, gui: TrayApp, mcd:
     assert got["data"] == {"client_id": "from-the-gui", "subject": "up", "payload": {"n": 7}}
 
     qtbot.mouseClick(tab.disconnect_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: mcd.request("client.status")["phase"] == "disconnected", timeout=WAIT)
+    qtbot.waitUntil(lambda: mcd.phase("client") == "disconnected", timeout=WAIT)
 
 
 def test_server_tab_lists_clients_live_sends_and_kicks(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:
@@ -81,7 +81,7 @@ def test_server_tab_lists_clients_live_sends_and_kicks(qtbot: QtBot, gui: TrayAp
     set_text(qtbot, tab.interface.edit, "127.0.0.1")
     set_text(qtbot, tab.port.edit, str(port))
     qtbot.mouseClick(tab.start_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: mcd.request("server.status")["phase"] == "listening", timeout=WAIT)
+    qtbot.waitUntil(lambda: mcd.phase("server") == "listening", timeout=WAIT)
     assert mcd.request("server.status")["port"] == port
     qtbot.waitUntil(lambda: f"Listening on port {port}" in tab.listening.text(), timeout=WAIT)
     assert tab.no_clients.isVisible()
@@ -111,7 +111,7 @@ def test_server_tab_lists_clients_live_sends_and_kicks(qtbot: QtBot, gui: TrayAp
     finally:
         client.disconnect()
     qtbot.mouseClick(tab.stop_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: mcd.request("server.status")["phase"] == "stopped", timeout=WAIT)
+    qtbot.waitUntil(lambda: mcd.phase("server") == "stopped", timeout=WAIT)
 
 
 def test_validation_errors_are_inline_and_nothing_is_sent(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:
@@ -206,13 +206,13 @@ def test_tokens_set_in_the_window_are_used_and_never_shown(qtbot: QtBot, gui: Tr
     set_text(qtbot, server_tab.port.edit, str(port))
     set_text(qtbot, server_tab.token.edit, "s3cret")
     qtbot.mouseClick(server_tab.start_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: mcd.request("server.status")["phase"] == "listening", timeout=WAIT)
+    qtbot.waitUntil(lambda: mcd.phase("server") == "listening", timeout=WAIT)
     assert mcd.request("server.status")["settings"]["auth_token"] == "(set)"
     set_text(qtbot, client_tab.address.edit, "127.0.0.1")
     set_text(qtbot, client_tab.port.edit, str(port))
     set_text(qtbot, client_tab.token.edit, "s3cret")
     qtbot.mouseClick(client_tab.connect_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: mcd.request("client.status")["phase"] == "connected", timeout=WAIT)
+    qtbot.waitUntil(lambda: mcd.phase("client") == "connected", timeout=WAIT)
     qtbot.waitUntil(lambda: client_tab.current().phase == "connected", timeout=WAIT)
     assert client_tab.token.text() == "" and client_tab.token.edit.placeholderText().startswith("set")
 
@@ -240,7 +240,7 @@ def test_tls_settings_made_in_the_window_connect_with_mutual_tls(
     set_text(qtbot, server_tab.tls_key.edit, str(certs.server_key))
     set_text(qtbot, server_tab.tls_ca.edit, str(certs.ca))  # client certificates required
     qtbot.mouseClick(server_tab.start_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: mcd.request("server.status")["phase"] == "listening", timeout=WAIT)
+    qtbot.waitUntil(lambda: mcd.phase("server") == "listening", timeout=WAIT)
     assert mcd.request("server.status")["settings"]["tls_ca"] == str(certs.ca)
 
     set_text(qtbot, client_tab.address.edit, "127.0.0.1")
@@ -252,7 +252,7 @@ def test_tls_settings_made_in_the_window_connect_with_mutual_tls(
     set_text(qtbot, client_tab.tls_cert.edit, str(certs.client_cert))
     set_text(qtbot, client_tab.tls_key.edit, str(certs.client_key))
     qtbot.mouseClick(client_tab.connect_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: mcd.request("client.status")["phase"] == "connected", timeout=WAIT)
+    qtbot.waitUntil(lambda: mcd.phase("client") == "connected", timeout=WAIT)
     settings = mcd.request("client.status")["settings"]
     assert settings["tls"] is True and settings["tls_verify"] is True
     assert (settings["tls_hostname"], settings["tls_cert"], settings["tls_key"]) == (
@@ -273,7 +273,7 @@ def test_tls_settings_made_in_the_window_connect_with_mutual_tls(
     # ...and accepted with verification switched off in the window.
     client_tab.tls_verify.setChecked(False)
     qtbot.mouseClick(client_tab.connect_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: mcd.request("client.status")["phase"] == "connected", timeout=WAIT)
+    qtbot.waitUntil(lambda: mcd.phase("client") == "connected", timeout=WAIT)
     assert mcd.request("client.status")["settings"]["tls_verify"] is False
     qtbot.waitUntil(lambda: not client_tab.tls_verify.isEnabled(), timeout=WAIT)  # locked while connected
     assert not client_tab.tls_verify.isChecked()

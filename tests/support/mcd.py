@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mc_control import ControlClient
+from mc_control import ControlClient, ControlError
 
 
 class Mcd:
@@ -91,6 +91,16 @@ class Mcd:
     def request(self, cmd: str, **params: Any) -> dict[str, Any]:
         with self.client() as c:
             return c.request(cmd, **params)
+
+    def phase(self, kind: str, name: str = "default") -> str | None:
+        """The instance's phase, or None while it does not exist (reads never create)."""
+        try:
+            phase: str = self.request(f"{kind}.status", name=name)["phase"]
+        except ControlError as exc:
+            if exc.code == "not_found":
+                return None
+            raise
+        return phase
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         assert self.proc is not None

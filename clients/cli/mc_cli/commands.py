@@ -44,10 +44,17 @@ if TYPE_CHECKING:
 class Printer:
     """Where results go: human text, or ``--json`` (one JSON value per line)."""
 
-    def __init__(self, as_json: bool, out: TextOut | None = None, err: TextOut | None = None) -> None:
+    def __init__(
+        self, as_json: bool, out: TextOut | None = None, err: TextOut | None = None, in_shell: bool = False
+    ) -> None:
         self.as_json = as_json
         self.out = out or sys.stdout
         self.err = err or sys.stderr
+        #: How errors and warnings start: "mcctl: " on the command line, "error: " in the shell.
+        self.error_prefix = "error: " if in_shell else "mcctl: "
+        self.warning_prefix = "warning: " if in_shell else "mcctl: warning: "
+        #: What a command is typed as, for hints: "mcctl client ..." or, in the shell, "client ...".
+        self.command_prefix = "" if in_shell else "mcctl "
 
     def result(self, human: str, data: Any) -> None:
         if self.as_json:
@@ -65,9 +72,14 @@ class Printer:
                 error["hint"] = hint
             print(json.dumps({"error": error}, ensure_ascii=False), file=self.out, flush=True)
         else:
-            print(f"mcctl: {message}", file=self.err, flush=True)
+            print(f"{self.error_prefix}{message}", file=self.err, flush=True)
             if hint:
                 print(f"  fix: {hint}", file=self.err, flush=True)
+
+    def warning(self, message: str) -> None:
+        """A warning in human output (``--json`` output carries them in the result)."""
+        if not self.as_json:
+            print(f"{self.warning_prefix}{message}", file=self.err, flush=True)
 
     def unreachable(self, exc: DaemonUnreachable) -> int:
         self.error(f"daemon_{exc.kind}", exc.message, {"socket": str(exc.path)}, exc.hint)
@@ -118,9 +130,17 @@ def run_request(inv: Invocation, transport: Transport, printer: Printer) -> int:
     try:
         result = transport.request(inv.cmd, **inv.params)
     except ControlError as exc:
-        printer.error(exc.code, exc.message, exc.details)
-        return EXIT_CODES.get(exc.code, EXIT_FAILED)
+        status = EXIT_CODES.get(exc.code, EXIT_FAILED)
+        hint = ""
+        if status == EXIT_USAGE:
+            topic = inv.cmd.split(".", 1)[0]
+            about = f"help {topic}` lists the keys" if topic in ("client", "server") else "help` lists the commands"
+            hint = f"`{printer.command_prefix}{about}"
+        printer.error(exc.code, exc.message, exc.details, hint)
+        return status
     printer.result(render(inv, result), result)
+    for warning in result.get("warnings", ()):
+        printer.warning(warning)
     return EXIT_OK
 
 
@@ -136,10 +156,8 @@ def run_version(hello: Callable[[], dict[str, Any]], printer: Printer) -> int:
     human = f"mcctl {__version__} (API {API_VERSION})\nmcd   {theirs['version']} (API {theirs['api_version']})"
     printer.result(human, data)
     if theirs["api_version"] != API_VERSION:
-        print(
-            f"mcctl: warning: mcctl speaks API {API_VERSION} but mcd speaks API {theirs['api_version']}; "
-            "upgrade the older one",
-            file=printer.err,
+        printer.warning(
+            f"mcctl speaks API {API_VERSION} but mcd speaks API {theirs['api_version']}; upgrade the older one"
         )
     return EXIT_OK
 

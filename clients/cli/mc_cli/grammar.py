@@ -48,7 +48,8 @@ OPTIONS: dict[str, tuple[bool, str]] = {
     "--socket": (True, "control socket path (default: $MC_SOCKET or the user runtime dir)"),
     "--timeout": (True, "seconds to wait for the daemon (or, with --wait and `wait`, for the state)"),
     "--name": (True, "instance name (default: default)"),
-    "--wait": (False, "client connect: return once connected"),
+    "--wait": (False, "client connect: return once connected, through retries"),
+    "--no-wait": (False, "client connect: return at once, without waiting for the first attempt"),
     "--to": (True, "server send: one client id instead of all"),
     "--since": (True, "events: replay the events after sequence number N"),
     "--kind": (True, "wait/events: client or server"),
@@ -56,6 +57,7 @@ OPTIONS: dict[str, tuple[bool, str]] = {
 }
 _OPTION_USE: dict[str, set[tuple[str, ...]]] = {
     "--wait": {("client", "connect")},
+    "--no-wait": {("client", "connect")},
     "--to": {("server", "send")},
     "--since": {("events",)},
     "--kind": {("wait",), ("events",)},
@@ -69,7 +71,19 @@ class UsageError(Exception):
 class Options:
     """The options given, wherever they stood among the words."""
 
-    __slots__ = ("help", "json", "kind", "name", "name_given", "since", "socket", "timeout", "to", "wait")
+    __slots__ = (
+        "help",
+        "json",
+        "kind",
+        "name",
+        "name_given",
+        "no_wait",
+        "since",
+        "socket",
+        "timeout",
+        "to",
+        "wait",
+    )
 
     def __init__(self) -> None:
         self.json = False
@@ -78,6 +92,7 @@ class Options:
         self.name = "default"
         self.name_given = False
         self.wait = False
+        self.no_wait = False
         self.to: str | None = None
         self.since: int | None = None
         self.kind: str | None = None
@@ -130,7 +145,7 @@ def split_options(argv: list[str]) -> tuple[list[str], Options]:
             elif eq:
                 raise UsageError(f"{name} takes no value")
             else:
-                setattr(opts, name[2:], True)
+                setattr(opts, name[2:].replace("-", "_"), True)
             i += 1
             continue
         words.append(arg)
@@ -257,7 +272,11 @@ def parse(argv: list[str]) -> Invocation:
 
 def _check_option_use(opts: Options, head: str, verb: str | None) -> None:
     for option, uses in _OPTION_USE.items():
-        if getattr(opts, option[2:]) not in (None, False) and (head,) not in uses and (head, verb) not in uses:
+        if (
+            getattr(opts, option[2:].replace("-", "_")) not in (None, False)
+            and (head,) not in uses
+            and (head, verb) not in uses
+        ):
             allowed = " or ".join(" ".join(u) for u in sorted(uses))
             raise UsageError(f"{option} only goes with {allowed}")
     if opts.name_given and head not in ("client", "server", "wait", "events", "watch"):
@@ -310,8 +329,12 @@ def _instance_command(inv: Invocation, kind: str, rest: list[str]) -> Invocation
     else:
         if args:
             raise UsageError(f"usage: {kind} {verb}   ({kind} {verb} takes no arguments)")
-        if verb == "connect" and inv.options.wait:
-            params.update(wait=True, timeout=inv.options.timeout or 10.0)
+        if verb == "connect":
+            if inv.options.wait and inv.options.no_wait:
+                raise UsageError("client connect takes --wait or --no-wait, not both")
+            if not inv.options.no_wait:
+                # Like nmcli and `tailscale up`: say how it went, not just that it started.
+                params.update(wait=True if inv.options.wait else "attempt", timeout=inv.options.timeout or 10.0)
     inv.cmd = f"{kind}.{verb}"
     inv.params = params
     return inv

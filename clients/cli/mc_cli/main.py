@@ -17,7 +17,7 @@ from .commands import (
     run_version,
     run_wait,
 )
-from .grammar import Invocation, Options, UsageError, parse
+from .grammar import Invocation, UsageError, parse
 
 HELP = """\
 usage: mcctl [OPTIONS] COMMAND ...      (no COMMAND on a terminal: the shell)
@@ -29,7 +29,7 @@ client commands (on the client instance --name, default "default"):
                                 tls (true/false), tls_ca, tls_verify, tls_cert, tls_key,
                                 tls_hostname, auth_token (none unsets an optional key)
   client get [KEY]
-  client connect [--wait [--timeout S]]
+  client connect [--wait | --no-wait] [--timeout S]
   client disconnect | status | create | remove
   client send SUBJECT [JSON]    e.g. client send echo '{"message": "hello"}'
 server commands (on the server instance --name):
@@ -53,7 +53,7 @@ other commands:
 options (before or after the command words):
   --json            machine output: one JSON object per result (errors: {"error": {...}})
   --socket PATH     control socket (default: $MC_SOCKET, else $XDG_RUNTIME_DIR/missioncommander/mcd.sock)
-  --timeout S       seconds to wait for the daemon (for connect --wait and wait: for the state)
+  --timeout S       seconds to wait for the daemon (for connect and wait: for the outcome; default 10)
   --name NAME       instance name; naming a new one creates it
 
 exit status:
@@ -61,7 +61,7 @@ exit status:
   1  the daemon refused or the command failed
   2  usage error (bad command, key, value or JSON; nothing was sent)
   3  the daemon is not reachable (not running, stale socket, permission, no answer)
-  4  timeout (connect --wait, wait)
+  4  timeout (connect, wait)
 """
 
 CLIENT_HELP = """\
@@ -70,8 +70,10 @@ client commands (add --name NAME for an instance other than "default"):
                            security: tls true|false, tls_ca FILE, tls_verify true|false,
                            tls_cert FILE, tls_key FILE, tls_hostname NAME, auth_token SECRET
   client get [KEY]         show one setting or all
-  client connect           connect; the client keeps retrying until it is connected
-  client connect --wait [--timeout S]   ... and return once connected (exit 4 on timeout)
+  client connect           connect, and say how the first attempt went (exit 1 if it failed;
+                           the client keeps retrying in the background until it connects)
+  client connect --wait [--timeout S]   ... return once connected, through retries (exit 4 on timeout)
+  client connect --no-wait              ... return at once (mcd keeps trying in the background)
   client disconnect        disconnect cleanly (ends the session)
   client status            state, settings and the last close reason
   client send SUBJECT [JSON]            send a message to the server
@@ -125,10 +127,11 @@ def execute(inv: Invocation, printer: Printer, factory: Callable[[], ControlClie
         return printer.unreachable(exc)
 
 
-def client_factory(opts: Options) -> Callable[[], ControlClient]:
+def client_factory(inv: Invocation) -> Callable[[], ControlClient]:
+    opts = inv.options
     timeout = opts.timeout or 5.0
-    if opts.wait:
-        timeout += 5.0  # the daemon answers after its own wait
+    if "timeout" in inv.params:
+        timeout = inv.params["timeout"] + 5.0  # the daemon answers after its own wait
 
     def make() -> ControlClient:
         return ControlClient(opts.socket, timeout=timeout)
@@ -141,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         inv = parse(args)
     except UsageError as exc:
-        print(f"mcctl: {exc}", file=sys.stderr)
-        print("run `mcctl --help` for the commands", file=sys.stderr)
+        # Options may not have parsed: look for --json by hand, so scripts get JSON errors too.
+        Printer("--json" in args).error("usage", str(exc), None, "run `mcctl --help` for the commands")
         return EXIT_USAGE
     printer = Printer(inv.options.json)
     if inv.action == "shell":
@@ -153,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_shell(socket=inv.options.socket)
     try:
-        return execute(inv, printer, client_factory(inv.options))
+        return execute(inv, printer, client_factory(inv))
     except KeyboardInterrupt:
         return EXIT_OK if inv.action == "events" else 130
     except BrokenPipeError:  # e.g. `mcctl events | head`

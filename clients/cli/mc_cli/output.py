@@ -37,9 +37,10 @@ def endpoint(status: dict[str, Any]) -> str:
     if status.get("kind") == "client":
         address, port = settings.get("address"), settings.get("port")
         return f"{address}:{port}" if address and port else "-"
-    port = status.get("port") or settings.get("port")
     interface = settings.get("interface") or "*"
-    return f"{interface}:{port}" if status.get("running") else f"{interface}:{port} (configured)"
+    if status.get("running"):
+        return f"{interface}:{status.get('port')}"
+    return f"{interface}:{settings.get('port') or 'any'}"  # port 0: the system picks one at start
 
 
 def detail(status: dict[str, Any]) -> str:
@@ -64,7 +65,7 @@ def status(st: dict[str, Any]) -> str:
     kind, name = st["kind"], st["name"]
     if kind == "client":
         head = f"client {name}: {st['phase']} ({st['state_name']})"
-        rows: list[tuple[str, object]] = [(k, v) for k, v in st["settings"].items()]
+        rows: list[tuple[str, object]] = [(k, setting(k, v)) for k, v in st["settings"].items()]
         rows += [
             ("desired", st["desired"]),
             ("queued", st["queued"]),
@@ -72,7 +73,7 @@ def status(st: dict[str, Any]) -> str:
         ]
     else:
         head = f"server {name}: {st['phase']}"
-        rows = [(k, v) for k, v in st["settings"].items()]
+        rows = [(k, setting(k, v)) for k, v in st["settings"].items()]
         rows += [
             ("listening on", st.get("port") if st.get("running") else None),
             ("desired", st["desired"]),
@@ -82,8 +83,15 @@ def status(st: dict[str, Any]) -> str:
     return head + "\n" + "\n".join("  " + line for line in table(rows).splitlines())
 
 
+def setting(key: str, value: object) -> object:
+    """A setting as `get` and `status` both show it."""
+    if key == "interface" and value in ("", "*"):
+        return "* (any)"
+    return "''" if value == "" else value
+
+
 def settings(values: dict[str, Any]) -> str:
-    return table([(k, "''" if v == "" else v) for k, v in values.items()])
+    return table([(k, setting(k, v)) for k, v in values.items()])
 
 
 def daemon_status(st: dict[str, Any]) -> str:
@@ -97,7 +105,13 @@ def daemon_status(st: dict[str, Any]) -> str:
         ("clients", f"{st.get('clients_connected')} of {st.get('clients')} connected"),
         ("servers", f"{st.get('servers_listening')} of {st.get('servers')} listening"),
     ]
-    return "mcd is running\n" + "\n".join("  " + line for line in table(rows).splitlines())
+    if st.get("embedded"):
+        # No daemon: this shell hosts the instances (pid and socket are the shell's own business).
+        rows = [r for r in rows if r[0] not in ("pid", "state dir")]
+        head = "no mcd is running: this shell hosts its clients and servers until you leave it"
+    else:
+        head = "mcd is running"
+    return head + "\n" + "\n".join("  " + line for line in table(rows).splitlines())
 
 
 def event(ev: dict[str, Any]) -> str:

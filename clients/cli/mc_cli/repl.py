@@ -45,7 +45,7 @@ exit, quit or Ctrl-D leave the shell."""
 class Shell:
     def __init__(self, socket: str | None = None) -> None:
         self.socket = socket
-        self.printer = Printer(False)
+        self.printer = Printer(False, in_shell=True)
         self.stop = threading.Event()
         # Reentrant: the wake-up signal's handler runs on the main thread,
         # possibly while that thread holds it.
@@ -261,7 +261,7 @@ class Shell:
         except UsageError as exc:
             self.show(f"error: {exc}")
             return True
-        self.printer = Printer(inv.options.json, out=_ShowStream(self), err=_ShowStream(self))
+        self.printer = Printer(inv.options.json, out=_ShowStream(self), err=_ShowStream(self), in_shell=True)
         if inv.action == "help":
             self.show(help_text(inv.topic).rstrip())
         elif inv.action in ("shell", "completion"):

@@ -232,9 +232,15 @@ class InstanceTab(QWidget):
                 field.dirty = False
                 field.set_error(None)
             self._log_key = None
-            # Naming an instance creates it in the daemon, as with mcctl.
-            self.backend.request(f"{self.kind}.status", {"name": name}, self._status_reply, self.report_error)
+            # Naming an instance creates it in the daemon (reads never do).
+            self.backend.request(f"{self.kind}.create", {"name": name}, self._status_reply, self._create_failed)
         self.refresh()
+
+    def _create_failed(self, code: str, message: str) -> None:
+        if code == "exists":  # picked an existing one: just show it
+            self.backend.request(f"{self.kind}.status", {"name": self.name}, self._status_reply, self.report_error)
+        else:
+            self.report_error(code, message)
 
     def _status_reply(self, status: dict[str, Any]) -> None:
         self.model.instance(self.kind, self.name).status.update(status)
