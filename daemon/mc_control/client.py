@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import socket
+import stat
 
 from .codes import MAX_LINE
 
@@ -71,19 +72,33 @@ def _unreachable(exc: OSError | TimeoutError, path: str) -> DaemonUnreachable:
             f"mcd did not answer at {path} in time",
             "check it with `systemctl --user status mcd`, or raise --timeout",
         )
+    import shlex  # noqa: PLC0415 - only on this error path; mcctl starts without it
+
+    # The service listens on the default socket; any other needs its own mcd.
+    start = (
+        "`mcd &` or `systemctl --user start mcd`"
+        if path == default_socket_path()
+        else f"`mcd --socket {shlex.quote(path)} &`"
+    )
     if exc.errno == errno.ENOENT:
-        return DaemonUnreachable(
-            "missing",
-            path,
-            f"mcd is not running (no socket at {path})",
-            "start it: `mcd &` or `systemctl --user start mcd`",
-        )
+        return DaemonUnreachable("missing", path, f"mcd is not running (no socket at {path})", f"start it: {start}")
     if exc.errno == errno.ECONNREFUSED:
+        try:
+            is_socket = stat.S_ISSOCK(os.lstat(path).st_mode)
+        except OSError:
+            is_socket = True
+        if not is_socket:
+            return DaemonUnreachable(
+                "error",
+                path,
+                f"{path} is not a socket, so no mcd listens there",
+                "point --socket (or MC_SOCKET) at mcd's socket",
+            )
         return DaemonUnreachable(
             "stale",
             path,
             f"mcd is not running: {path} is a stale socket (the daemon died)",
-            "see `journalctl --user -u mcd`, then start it again: `mcd &` or `systemctl --user start mcd`",
+            f"see `journalctl --user -u mcd` or its log, then start it again: {start}",
         )
     if exc.errno in (errno.EACCES, errno.EPERM):
         return DaemonUnreachable(

@@ -243,6 +243,9 @@ class DaemonCore:
         self.servers: dict[str, ServerInstance] = {}
         self.shutting_down = False
         self._restoring = False
+        #: Saved entries not restored yet (a stop can come in the middle of a
+        #: restore): saved as they were, so an early stop loses none of them.
+        self._unrestored: dict[str, dict[str, Any]] = {"clients": {}, "servers": {}}
         self._writer = StateWriter(store, self.persistable) if store is not None else None
 
     # -- events ----------------------------------------------------------------
@@ -586,8 +589,14 @@ class DaemonCore:
     def persistable(self) -> dict[str, Any]:
         with self._lock:
             return {
-                "clients": {n: {"settings": i.settings(True), "desired": i.desired} for n, i in self.clients.items()},
-                "servers": {n: {"settings": i.settings(True), "desired": i.desired} for n, i in self.servers.items()},
+                "clients": {
+                    **self._unrestored["clients"],
+                    **{n: {"settings": i.settings(True), "desired": i.desired} for n, i in self.clients.items()},
+                },
+                "servers": {
+                    **self._unrestored["servers"],
+                    **{n: {"settings": i.settings(True), "desired": i.desired} for n, i in self.servers.items()},
+                },
             }
 
     def _writer_changed(self) -> int:
@@ -609,21 +618,34 @@ class DaemonCore:
         """Why the state cannot be saved now; None when it can (or is not saved)."""
         return self._writer.error if self._writer is not None else None
 
-    def restore(self) -> None:
-        """Recreate saved instances and bring up what was running."""
+    def restore(self, should_stop: Callable[[], bool] = lambda: False) -> None:
+        """Recreate saved instances and bring up what was running; return
+        early (keeping the rest saved) as soon as ``should_stop()``."""
         if self.store is None:
             return
         data = self.store.load()
+        with self._lock:
+            self._unrestored = {key: dict(data.get(key) or {}) for key in ("clients", "servers")}
         self._restoring = True
         try:
             for kind, key in (("server", "servers"), ("client", "clients")):
                 for name, saved in (data.get(key) or {}).items():
+                    if should_stop():
+                        log.info("stopping: %s saved instances not restored (they stay saved)", self._left())
+                        return
                     try:
                         self._restore_one(kind, name, saved)
                     except CoreError as exc:
                         log.error("cannot restore %s %r: %s", kind, name, exc.message)
+                    finally:
+                        with self._lock:
+                            self._unrestored[key].pop(name, None)
         finally:
             self._restoring = False
+
+    def _left(self) -> int:
+        with self._lock:
+            return sum(map(len, self._unrestored.values()))
 
     def _restore_one(self, kind: str, name: str, saved: dict[str, Any]) -> None:
         instance = self.get(kind, name)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
-import fcntl
 import json
 import logging
 import os
@@ -14,10 +12,15 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import TYPE_CHECKING
 
 from mc_control.client import default_socket_path
-from missioncommander import __version__
+
+from .files import SocketInUse, SocketLock, claim_socket_path, secure_directory
+
+if TYPE_CHECKING:
+    from .control import ControlServer
+    from .core import DaemonCore
 
 log = logging.getLogger("mcd")
 
@@ -69,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
         "--event-ring", type=int, default=10000, metavar="N", help="recent events kept for catch-up (default 10000)"
     )
     p.add_argument("--print-schema", action="store_true", help="print the control API's JSON Schema and exit")
-    p.add_argument("--version", action="version", version=f"mcd {__version__}")
+    p.add_argument("--version", action="store_true", help="print mcd's version and exit")
     return p
 
 
@@ -79,101 +82,121 @@ def _default_state_dir() -> Path:
     return Path(platformdirs.user_state_dir("missioncommander"))
 
 
-def _lock(path: Path) -> IO[str] | None:
-    """Hold ``path.lock`` for the daemon's life; None when another daemon holds it."""
-    handle = open(path.with_name(path.name + ".lock"), "a+")  # noqa: SIM115 - held until exit
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        handle.close()
-        if exc.errno in (errno.EAGAIN, errno.EACCES):
-            return None
-        raise
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
+def main(argv: list[str] | None = None, early_signals: list[int] | None = None) -> int:
+    """Run mcd; ``early_signals`` are those ``entry`` noted before this took over."""
+    # From here on a SIGTERM or SIGINT is a clean stop, whatever start-up is doing.
+    stop = threading.Event()
+    received: list[int] = []
 
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)  # no logging here: the handler may interrupt a log call
+        stop.set()
 
-def _live_daemon_at(path: Path) -> bool:
-    """True when something answers at ``path``; removes a stale socket file."""
-    if not path.exists():
-        return False
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(2)
-        try:
-            sock.connect(str(path))
-        except ConnectionRefusedError:
-            log.warning("removing stale socket %s (left by a daemon that died)", path)
-            path.unlink(missing_ok=True)
-            return False
-        except OSError:
-            return False
-    return True
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if early_signals:
+        received.extend(early_signals)
+        stop.set()
 
-
-def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.print_schema:
         from mc_control.schema import json_schema  # noqa: PLC0415 - pydantic only when asked
 
         print(json.dumps(json_schema(), indent=2))
         return 0
+    if args.version:
+        from missioncommander import __version__  # noqa: PLC0415 - the library loads after the signal handlers
+
+        print(f"mcd {__version__}")
+        return 0
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     socket_path: Path = args.socket or Path(default_socket_path())
     state_dir: Path = args.state_dir or _default_state_dir()
-    if args.socket is None and "MC_SOCKET" not in os.environ:
-        socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(socket_path.parent, 0o700)
-    else:
-        socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with _Startup(stop, received) as run:
+        return run.serve(args, socket_path, state_dir)
 
-    lock = _lock(socket_path)
-    if lock is None or _live_daemon_at(socket_path):
-        print(f"mcd: another mcd is already running on {socket_path}", file=sys.stderr)
-        return 1
 
-    # Imported after the checks above so a refused second daemon stays quick.
-    from .control import ControlServer  # noqa: PLC0415
-    from .core import DaemonCore  # noqa: PLC0415
-    from .state import StateStore  # noqa: PLC0415
+class _Startup:
+    """mcd's life, from lock to exit, stoppable at every step.
 
-    notifier = Notifier(os.environ.get("NOTIFY_SOCKET"))
-    stop = threading.Event()
-    core = DaemonCore(StateStore(state_dir), ring_size=args.event_ring, subscriber_queue=args.event_queue)
-    core.on_change = lambda: notifier.status(core.summary())
-    server = ControlServer(
-        core, socket_path, request_shutdown=stop.set, info={"socket": str(socket_path), "state_dir": str(state_dir)}
-    )
+    Each step is undone in reverse by ``__exit__``, whichever step a signal
+    (or a failure) stopped at; the instances restored so far are stopped and
+    the state saved as it was, with what was not restored yet kept in it.
+    """
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s; shutting down", signal.Signals(signum).name)
-        stop.set()
+    def __init__(self, stop: threading.Event, received: list[int]) -> None:
+        self.stop = stop
+        self.received = received
+        self.lock: SocketLock | None = None
+        self.server: ControlServer | None = None
+        self.core: DaemonCore | None = None
+        self.notifier = Notifier(os.environ.get("NOTIFY_SOCKET"))
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        server.start()
-    except OSError as exc:
-        print(f"mcd: cannot listen on {socket_path}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    core.restore()
-    log.info("mcd %s listening on %s (state in %s)", __version__, socket_path, state_dir)
-    notifier.send("READY=1", f"STATUS={core.summary()}", f"MAINPID={os.getpid()}")
-    _start_watchdog(notifier, stop)
+    def __enter__(self) -> _Startup:
+        return self
 
-    while not stop.wait(3600):
-        pass
+    def serve(self, args: argparse.Namespace, socket_path: Path, state_dir: Path) -> int:
+        try:
+            secure_directory(socket_path.parent, "socket directory")
+            self.lock = SocketLock(socket_path)
+            if not self.lock.acquire() or claim_socket_path(socket_path):
+                self.lock = None
+                print(f"mcd: another mcd is already running on {socket_path}", file=sys.stderr)
+                return 1
+        except (OSError, SocketInUse) as exc:
+            print(f"mcd: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+            return 1
 
-    notifier.send("STOPPING=1")
-    server.close()
-    core.shutdown()
-    log.info("mcd stopped")
-    lock.close()
-    return 0
+        # Imported after the checks above so a refused second daemon stays quick.
+        from missioncommander import __version__  # noqa: PLC0415
+
+        from .control import ControlServer  # noqa: PLC0415
+        from .core import DaemonCore  # noqa: PLC0415
+        from .state import StateStore  # noqa: PLC0415
+
+        if self.stop.is_set():
+            return 0
+        self.core = DaemonCore(StateStore(state_dir), ring_size=args.event_ring, subscriber_queue=args.event_queue)
+        core = self.core
+        core.on_change = lambda: self.notifier.status(core.summary())
+        self.server = ControlServer(
+            core,
+            socket_path,
+            request_shutdown=self.stop.set,
+            info={"socket": str(socket_path), "state_dir": str(state_dir)},
+        )
+        try:
+            self.server.start()
+        except OSError as exc:
+            self.server = None
+            print(f"mcd: cannot listen on {socket_path}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        core.restore(should_stop=self.stop.is_set)
+        if self.stop.is_set():
+            return 0
+        log.info("mcd %s listening on %s (state in %s)", __version__, socket_path, state_dir)
+        self.notifier.send("READY=1", f"STATUS={core.summary()}", f"MAINPID={os.getpid()}")
+        _start_watchdog(self.notifier, self.stop)
+        while not self.stop.wait(3600):
+            pass
+        return 0
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.received:
+            log.info("received %s; shutting down", signal.Signals(self.received[0]).name)
+        # Later signals must not interrupt the shutdown; it is bounded on its own.
+        self.stop.set()
+        if self.core is not None or self.server is not None:
+            self.notifier.send("STOPPING=1")
+        if self.server is not None:
+            self.server.close()
+        if self.core is not None:
+            self.core.shutdown()
+            log.info("mcd stopped")
+        if self.lock is not None:
+            self.lock.release()
 
 
 def _start_watchdog(notifier: Notifier, stop: threading.Event) -> None:

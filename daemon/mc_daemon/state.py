@@ -28,6 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .files import secure_directory
+
 log = logging.getLogger("mcd.state")
 
 FORMAT_VERSION = 1
@@ -36,30 +38,6 @@ _SECTIONS = ("clients", "servers")
 
 class SaveError(Exception):
     """The state could not be written; the previous file is untouched."""
-
-
-def secure_directory(directory: Path, what: str) -> None:
-    """Create ``directory`` (mode 0700) or make sure others cannot plant files in it.
-
-    A directory of ours that others may write to is fixed (``chmod go-w``)
-    with a warning; one owned by someone else and writable by others without
-    the sticky bit (so that files in it can be swapped under us) is refused
-    with ``PermissionError``.  A sticky, world-writable directory such as
-    ``/tmp`` is accepted: every file mcd makes in it is created with
-    ``O_EXCL``/``O_NOFOLLOW``, and nobody else may remove it there.
-    """
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    st = os.stat(directory)
-    loose = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-    if not loose:
-        return
-    if st.st_uid == os.getuid():
-        os.chmod(directory, stat.S_IMODE(st.st_mode) & ~(stat.S_IWGRP | stat.S_IWOTH))
-        log.warning("%s %s was writable by others; made it writable by its owner only", what, directory)
-    elif not st.st_mode & stat.S_ISVTX:
-        raise PermissionError(
-            f"{what} {directory} belongs to uid {st.st_uid} and others may write to it; choose a directory of your own"
-        )
 
 
 class StateStore:

@@ -10,11 +10,13 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support import Recorder, free_port
+from support.cli import run as run_mcctl
 from support.mcd import Mcd
 
 from mc_control import ControlClient, ControlError, DaemonUnreachable
@@ -316,6 +318,74 @@ def test_second_daemon_on_the_same_socket_is_refused(mcd: Mcd) -> None:
     assert proc.returncode == 1
     assert "already running" in proc.stderr and "Traceback" not in proc.stderr
     assert mcd.request("hello")["api_version"] == 1
+
+
+def _mcd_once(socket_path: Path, state_dir: Path) -> subprocess.CompletedProcess[str]:
+    """Run mcd expecting it to refuse to start (so it returns at once)."""
+    return subprocess.run(
+        [sys.executable, "-m", "mc_daemon", "--socket", str(socket_path), "--state-dir", str(state_dir)],
+        env=Mcd().env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("kind", ["file", "directory", "symlink"])
+def test_what_is_not_a_socket_is_never_removed(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "mcd.sock"
+    if kind == "file":
+        path.write_text("precious")
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path.symlink_to(tmp_path / "target")
+    proc = _mcd_once(path, tmp_path / "state")
+    assert proc.returncode == 1 and "not a socket; mcd will not remove it" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert path.is_symlink() if kind == "symlink" else path.exists()
+    if kind == "file":
+        assert path.read_text() == "precious"
+        out = run_mcctl("list", socket_path=path)
+        assert out.returncode == 3 and "is not a socket" in out.stderr and "stale" not in out.stderr
+
+
+def test_a_planted_lock_symlink_is_never_written_through(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    (tmp_path / "mcd.sock.lock").symlink_to(victim)
+    proc = _mcd_once(tmp_path / "mcd.sock", tmp_path / "state")
+    assert proc.returncode == 1 and "symbolic link" in proc.stderr and "Traceback" not in proc.stderr
+    assert victim.read_text() == "keep me"
+
+
+def test_directories_others_may_write_to_are_tightened(tmp_path: Path) -> None:
+    root = Path(tempfile.mkdtemp(prefix="mcw", dir="/tmp"))
+    try:
+        for sub in ("run", "state"):
+            (root / sub).mkdir()
+            os.chmod(root / sub, 0o777)
+        daemon = Mcd(root)
+        daemon.socket = root / "run" / "mcd.sock"
+        daemon.start()
+        try:
+            daemon.request("client.set", key="port", value=1)  # a save
+            for sub in ("run", "state"):
+                assert stat.S_IMODE(os.stat(root / sub).st_mode) & 0o022 == 0, sub
+            assert "writable by others" in daemon.log()
+        finally:
+            daemon.close()
+        assert not (root / "run" / "mcd.sock.lock").exists()  # removed on a clean stop
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_mcctl_hint_names_the_socket_it_tried(tmp_path: Path) -> None:
+    path = tmp_path / "elsewhere.sock"
+    env = {k: v for k, v in os.environ.items() if k != "MC_SOCKET"}
+    out = run_mcctl("list", "--socket", str(path), env=env)
+    assert out.returncode == 3 and f"mcd --socket {path} &" in out.stderr
 
 
 def test_sigterm_announces_shutdown_to_connected_clients(mcd: Mcd) -> None:

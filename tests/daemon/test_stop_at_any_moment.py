@@ -1,0 +1,134 @@
+"""mcd stops cleanly on SIGTERM or SIGINT at every moment of start-up.
+
+The daemon is started and signalled a hundred times, the signal landing
+anywhere from the first instruction to after READY=1, with a saved state to
+restore (a server and clients that connect to it) so that restoring takes
+time too.  Every stop must be prompt and clean: exit 0, no traceback, the
+socket and lock files gone, every saved instance still saved.  The only
+other outcome allowed is the process ending by the signal's default action
+before mcd's code could install a handler (the interpreter starting up),
+and then the state file must be untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from support import free_port
+from support.mcd import Mcd
+
+RUNS = 100
+WORKERS = 2
+
+
+def _saved_state(port: int) -> dict[str, object]:
+    return {
+        "version": 1,
+        "servers": {"s": {"settings": {"interface": "127.0.0.1", "port": port}, "desired": True}},
+        "clients": {
+            f"c{i}": {"settings": {"address": "127.0.0.1", "port": port, "client_id": f"c{i}"}, "desired": True}
+            for i in range(5)
+        },
+    }
+
+
+def _mcd_command() -> list[str]:
+    script = Path(sys.executable).parent / "mcd"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "mc_daemon"]
+
+
+def _ready_time() -> float:
+    """How long this machine takes to bring mcd up to READY=1 with that state."""
+    daemon = Mcd()
+    try:
+        daemon.state_dir.mkdir(parents=True)
+        (daemon.state_dir / "state.json").write_text(json.dumps(_saved_state(free_port())))
+        began = time.monotonic()
+        daemon.start()
+        return time.monotonic() - began
+    finally:
+        daemon.close()
+
+
+def _one_worker(runs: int, spread: float, seed: int) -> tuple[int, list[str]]:
+    """Start and signal mcd ``runs`` times; (clean stops, problems)."""
+    rng = random.Random(seed)
+    root = Path(tempfile.mkdtemp(prefix="mcq", dir="/tmp"))
+    state_dir = root / "state"
+    state_dir.mkdir()
+    saved = _saved_state(free_port())
+    (state_dir / "state.json").write_text(json.dumps(saved))
+    sock = root / "mcd.sock"
+    clean, problems = 0, []
+    for run in range(runs):
+        sig = rng.choice([signal.SIGTERM, signal.SIGINT])
+        delay = rng.uniform(0, spread)
+        before = (state_dir / "state.json").read_bytes()
+        proc = subprocess.Popen(
+            [*_mcd_command(), "--socket", str(sock), "--state-dir", str(state_dir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=Mcd(root).env(),
+        )
+        time.sleep(delay)  # not a synchronisation: the point is to land anywhere in start-up
+        proc.send_signal(sig)
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            problems.append(f"run {run}: {sig.name} after {delay:.3f} s: still running after 10 s\n{err[-2000:]}")
+            continue
+        what = f"run {run}: {sig.name} after {delay:.3f} s: exit {proc.returncode}"
+        if proc.returncode == 0:
+            clean += 1
+            state = json.loads((state_dir / "state.json").read_text())
+            if "Traceback" in err:
+                problems.append(f"{what} with a traceback\n{err[-2000:]}")
+            elif sock.exists() or sock.with_name("mcd.sock.lock").exists():
+                problems.append(f"{what} but left {sorted(p.name for p in root.iterdir())}")
+            elif {k: set(state[k]) for k in ("clients", "servers")} != {
+                k: set(saved[k]) for k in ("clients", "servers")
+            }:  # type: ignore[arg-type]
+                problems.append(f"{what} but the saved instances changed: {state}")
+            elif not all(entry["desired"] for k in ("clients", "servers") for entry in state[k].values()):
+                problems.append(f"{what} but an instance is no longer wanted up: {state}")
+        elif proc.returncode in (-sig, 1) and _before_mcd_ran(err):
+            # Ended by the signal while the interpreter started, before mcd's
+            # handlers existed (exit 1: Python's own "Could not import runpy").
+            if (state_dir / "state.json").read_bytes() != before:
+                problems.append(f"{what} and the state file changed")
+        else:
+            problems.append(f"{what}\n{err[-2000:]}")
+    return clean, problems
+
+
+def _before_mcd_ran(stderr: str) -> bool:
+    """Whether a traceback shows the process still loading mcd's first modules."""
+    ours = [f for f in re.findall(r'File "([^"]+)"', stderr) if "/mc_" in f or "/missioncommander/" in f]
+    return " mcd" not in stderr and all(f.endswith(_FIRST_MODULES) for f in ours)
+
+
+_FIRST_MODULES = ("mc_daemon/__init__.py", "mc_daemon/__main__.py", "mc_daemon/entry.py")
+
+
+def test_mcd_stops_cleanly_when_signalled_at_any_moment_of_start_up() -> None:
+    spread = 1.2 * _ready_time()
+    with ThreadPoolExecutor(WORKERS) as pool:
+        results = list(pool.map(_one_worker, [RUNS // WORKERS] * WORKERS, [spread] * WORKERS, range(WORKERS)))
+    clean = sum(c for c, _ in results)
+    problems = [p for _, ps in results for p in ps]
+    assert not problems, "\n\n".join(problems[:5])
+    # Most signals land after the interpreter's own start-up: if they did not
+    # stop mcd cleanly, the test would not be testing anything.
+    assert clean >= RUNS // 2, f"only {clean} of {RUNS} stops were handled by mcd"
