@@ -20,14 +20,9 @@ def main(argv: list[str]) -> int:
 
         return mcctl(["shell", *argv[1:]])
     if argv[0] == "gui":
-        try:
-            from mc_gui.app import main as mctray  # noqa: PLC0415
-        except ImportError as exc:
-            print(
-                f"the GUI needs PySide6 ({exc}); install it with: pip install 'missioncommander[gui]'", file=sys.stderr
-            )
-            return 1
-        return int(mctray(argv[1:]))
+        from mc_gui.launch import main as mctray  # noqa: PLC0415  (says what to install when Qt is missing)
+
+        return mctray(argv[1:])
     print(f"unknown mode {argv[0]!r}; {USAGE}", file=sys.stderr)
     return 2
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,6 +11,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from missioncommander import Client, Server
+
+# pyproject.toml turns pytest-qt's automatic loading off; load it where the
+# GUI tests can run (tests/gui/conftest.py skips them, with the reason, where
+# they cannot).
+if importlib.util.find_spec("PySide6") is not None:
+    pytest_plugins = ["pytestqt.plugin"]
 
 
 @pytest.fixture

@@ -58,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
         description="The MissionCommander daemon: hosts named clients and servers behind a local control socket.",
         epilog="mcctl and the tray GUI drive it; docs/CONTROL_API.md describes the socket's protocol.",
     )
+    p.add_argument(
+        "command",
+        nargs="?",
+        choices=["install-service"],
+        help="install-service: write the systemd user unit that runs this mcd (with the options given here) and exit",
+    )
     p.add_argument("--socket", type=Path, help="control socket path (default: $MC_SOCKET, else the user runtime dir)")
     p.add_argument("--state-dir", type=Path, help="where instances are saved (default: the user state dir)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -73,7 +79,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--print-schema", action="store_true", help="print the control API's JSON Schema and exit")
     p.add_argument("--version", action="store_true", help="print mcd's version and exit")
+    unit = p.add_argument_group("install-service")
+    unit.add_argument("--unit-dir", type=Path, help="where to write mcd.service (default: ~/.config/systemd/user)")
+    unit.add_argument("--print", action="store_true", help="print the unit instead of writing it")
     return p
+
+
+def _service_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    """The daemon options given on this command line, for the unit's ExecStart=."""
+    out: list[str] = []
+    for option, dest in (
+        ("--socket", "socket"),
+        ("--state-dir", "state_dir"),
+        ("--log-level", "log_level"),
+        ("--event-queue", "event_queue"),
+        ("--event-ring", "event_ring"),
+    ):
+        value = getattr(args, dest)
+        if value != parser.get_default(dest):
+            out += [option, str(value.absolute() if isinstance(value, Path) else value)]
+    return out
 
 
 def _default_state_dir() -> Path:
@@ -98,7 +123,12 @@ def main(argv: list[str] | None = None, early_signals: list[int] | None = None) 
         received.extend(early_signals)
         stop.set()
 
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "install-service":
+        from .service import install  # noqa: PLC0415
+
+        return install(args.unit_dir, _service_args(args, parser), print_only=args.print)
     if args.print_schema:
         from mc_control.schema import json_schema  # noqa: PLC0415 - pydantic only when asked
 

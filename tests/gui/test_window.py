@@ -6,6 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+pytest.importorskip("PySide6", reason="the window tests need PySide6: pip install -e '.[test,gui]'")
+
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFormLayout
 from pytestqt.qtbot import QtBot

@@ -1,0 +1,84 @@
+"""``mctray``'s entry point: say what is missing before Qt is imported.
+
+Without the ``gui`` extra, ``import PySide6`` fails with a bare
+``ModuleNotFoundError``; without a few X11 libraries Qt aborts the process
+(SIGABRT) and names only one of them. Both are set-up mistakes a user fixes
+with one command, so this module (standard library only) finds them first
+and prints that command.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shlex
+import sys
+
+# What Qt 6's xcb platform plugin loads that a minimal Debian/Ubuntu lacks
+# (PySide6's wheels bundle the rest): soname stem -> Debian package.
+XCB_LIBRARIES = {
+    "xcb-cursor": "libxcb-cursor0",
+    "xcb-icccm": "libxcb-icccm4",
+    "xcb-keysyms": "libxcb-keysyms1",
+}
+
+
+def gui_install_command() -> str:
+    """The pip command that adds the ``gui`` extra to *this* installation.
+
+    From a checkout (an editable or local install) ``missioncommander[gui]``
+    would fetch a release from PyPI instead, so the command names the
+    directory the package was installed from when pip recorded one.
+    """
+    pip = f"{shlex.quote(sys.executable)} -m pip install"
+    try:
+        raw = importlib.metadata.distribution("missioncommander").read_text("direct_url.json")
+        direct = json.loads(raw) if raw else {}
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        direct = {}
+    url = direct.get("url", "") if isinstance(direct, dict) else ""
+    if isinstance(url, str) and url.startswith("file://"):
+        path = url.removeprefix("file://")
+        editable = bool(direct.get("dir_info", {}).get("editable"))
+        return f"{pip} {'-e ' if editable else ''}{shlex.quote(path + '[gui]')}"
+    return f"{pip} 'missioncommander[gui]'"
+
+
+def missing_xcb_packages() -> list[str]:
+    """Debian packages Qt's X11 plugin needs and this machine lacks (when X11 is what Qt will use)."""
+    platform = os.environ.get("QT_QPA_PLATFORM", "")
+    if platform and not platform.startswith("xcb"):
+        return []
+    if not platform and (os.environ.get("WAYLAND_DISPLAY") or not os.environ.get("DISPLAY")):
+        return []  # Qt picks Wayland, or fails on its own with "no display"
+    return [pkg for stem, pkg in XCB_LIBRARIES.items() if ctypes.util.find_library(stem) is None]
+
+
+def preflight() -> str | None:
+    """Why the GUI cannot start here, with the command that fixes it; None when it can."""
+    if importlib.util.find_spec("PySide6") is None:
+        return f"the GUI needs PySide6, which is not installed; install the gui extra:\n  {gui_install_command()}"
+    missing = missing_xcb_packages()
+    if missing:
+        return (
+            f"Qt's X11 support needs libraries this machine lacks ({', '.join(missing)}); on Debian or Ubuntu:\n"
+            f"  sudo apt-get install {' '.join(missing)}"
+        )
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    problem = preflight()
+    if problem is not None:
+        print(f"mctray: {problem}", file=sys.stderr)
+        return 1
+    from .app import main as app_main  # noqa: PLC0415  (imports Qt)
+
+    return app_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

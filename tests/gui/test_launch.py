@@ -1,0 +1,68 @@
+"""mctray's preflight: a missing extra or missing X11 libraries get the command that fixes them, not a traceback."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mc_gui import launch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Runs the real entry points in a process where `import PySide6` fails as it
+# does without the gui extra.
+WITHOUT_PYSIDE = "import sys; sys.modules['PySide6'] = None; sys.argv[0] = 'mctray'; {call}"
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "from mc_gui.launch import main; sys.exit(main([]))",
+        "sys.argv[1:] = ['gui']; import runpy; runpy.run_module('missioncommander', run_name='__main__')",
+    ],
+    ids=["mctray", "python -m missioncommander gui"],
+)
+def test_without_the_gui_extra_the_message_names_a_working_install_command(call: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", WITHOUT_PYSIDE.format(call=call)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert "the GUI needs PySide6" in out.stderr
+    command = out.stderr.strip().splitlines()[-1].strip()
+    # The test environment is an editable install of this checkout (as the
+    # README's test command makes it), so the fix must name the checkout,
+    # not a PyPI release that may not match it.
+    assert command == f"{shlex.quote(sys.executable)} -m pip install -e {shlex.quote(f'{ROOT}[gui]')}"
+
+
+def test_missing_x11_libraries_are_named_with_their_debian_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    present = {"xcb-cursor"}
+    monkeypatch.setattr(launch.ctypes.util, "find_library", lambda stem: f"lib{stem}.so" if stem in present else None)
+    monkeypatch.setenv("QT_QPA_PLATFORM", "xcb")
+    assert launch.missing_xcb_packages() == ["libxcb-icccm4", "libxcb-keysyms1"]
+    problem = launch.preflight()
+    assert problem is not None
+    assert "sudo apt-get install libxcb-icccm4 libxcb-keysyms1" in problem
+    present.update(launch.XCB_LIBRARIES)
+    assert launch.preflight() is None
+
+
+def test_x11_libraries_matter_only_when_qt_will_use_x11(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(launch.ctypes.util, "find_library", lambda stem: None)
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    assert launch.missing_xcb_packages() == []
+    monkeypatch.delenv("QT_QPA_PLATFORM")
+    monkeypatch.setenv("DISPLAY", ":0")
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert launch.missing_xcb_packages() == list(launch.XCB_LIBRARIES.values())
+    monkeypatch.setenv("WAYLAND_DISPLAY", "wayland-0")
+    assert launch.missing_xcb_packages() == []

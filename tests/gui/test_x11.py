@@ -1,0 +1,78 @@
+"""mctray on a real X server (Xvfb), through its installed entry point.
+
+The other window tests render offscreen; this one loads Qt's xcb plugin, the
+part that aborts on a machine without the X11 libraries the README lists.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from support.mcd import Mcd
+
+TOOLS = ("Xvfb", "xdotool")
+missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+if missing:
+    if os.environ.get("CI"):
+        raise RuntimeError(f"CI must run the X11 test: .ci/run installs {', '.join(missing)} (Debian: xvfb xdotool)")
+    pytest.skip(f"needs {' and '.join(missing)} (Debian: apt-get install xvfb xdotool)", allow_module_level=True)
+
+
+@pytest.fixture
+def display() -> Iterator[str]:
+    """A private X server; -displayfd has it pick a free display number and tell us when it is ready."""
+    read_fd, write_fd = os.pipe()
+    xvfb = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
+        pass_fds=(write_fd,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(write_fd)
+    try:
+        ready, _, _ = select.select([read_fd], [], [], 30)
+        assert ready, "Xvfb did not start within 30 s"
+        number = os.read(read_fd, 64).decode().strip()
+        assert number.isdigit(), f"Xvfb said {number!r}"
+        yield f":{number}"
+    finally:
+        os.close(read_fd)
+        xvfb.terminate()
+        xvfb.wait(10)
+
+
+def test_mctray_shows_its_window_on_a_real_x_server(display: str) -> None:
+    mcd = Mcd().start()
+    env = mcd.env() | {"DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
+    env.pop("WAYLAND_DISPLAY", None)
+    tray = subprocess.Popen(
+        [sys.executable, "-m", "mc_gui", "--socket", str(mcd.socket)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        found = subprocess.run(
+            ["xdotool", "search", "--sync", "--onlyvisible", "--name", "^MissionCommander$"],
+            env=env,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert tray.poll() is None, f"mctray exited {tray.returncode}: {tray.communicate()[1]}"
+        assert found.returncode == 0 and found.stdout.split(), found.stderr
+    finally:
+        tray.terminate()
+        _, err = tray.communicate(timeout=20)
+        mcd.stop()
+        mcd.close()
+    assert "Traceback" not in err
+    assert "Could not load the Qt platform plugin" not in err
