@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import threading
 
-from missioncommander import Client, ClientState, ClientStateTransition, Message
+from missioncommander import Client, ClientState, ClientStateTransition, ConnectError, Message
 
 
 def main() -> None:
@@ -26,6 +26,10 @@ def main() -> None:
     client = Client(address="127.0.0.1", port=port)
     client.subscribe("message", on_message)
     client.subscribe("statechange", on_state)
+    try:
+        client.connect()
+    except ConnectError as exc:
+        sys.exit(f"{exc}\n(is the server running? python3 examples/echo_server.py)")
     with client:
         for n in range(count):
             client.send(Message("echo", {"message": "hello", "n": n}))

@@ -706,7 +706,15 @@ class Client:
                 future = self._connect_future
                 self._connect_future = None
                 self._set_state(CONNECT_FAILED)
-                log.warning("client %r: connect failed: %s", self.client_id, why.reason)
+                # A connect() that waits raises the reason to its caller, who
+                # decides what to say; only a connect nobody waits for logs it.
+                waited = future is not None and not future.done()
+                log.log(
+                    logging.INFO if waited else logging.WARNING,
+                    "client %r: connect failed: %s",
+                    self.client_id,
+                    why.reason,
+                )
                 if future is not None and not future.done():
                     future.set_exception(why.error or ConnectError(why.reason))
                 return

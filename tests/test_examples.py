@@ -1,0 +1,57 @@
+"""The runnable examples work as their docstrings say, and fail with a message (not a traceback) without a server."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from support import free_port
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args], check=False, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_demo_runs() -> None:
+    out = run("demo.py")
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_echo_client_against_echo_server() -> None:
+    server = subprocess.Popen(
+        [sys.executable, "-u", str(EXAMPLES / "echo_server.py"), "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        banner = server.stdout.readline()
+        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", banner)
+        assert match, banner
+        out = run("echo_client.py", match.group(1))
+        assert out.returncode == 0, out.stderr
+        assert [line for line in out.stdout.splitlines() if line.startswith("echo:")] == [
+            f"echo: echo {{'message': 'hello', 'n': {n}}}" for n in range(3)
+        ]
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=20)
+    assert server.returncode == 0
+    assert "Traceback" not in err
+
+
+def test_echo_client_without_a_server_says_so() -> None:
+    out = run("echo_client.py", str(free_port()))
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert "Connection refused" in out.stderr
+    assert "connect failed" not in out.stderr  # raised to the caller, not also logged as a warning
+    assert "is the server running? python3 examples/echo_server.py" in out.stderr

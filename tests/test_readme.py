@@ -1,0 +1,28 @@
+"""The README's library quick start, run exactly as printed, prints exactly what the README says it prints."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def section(title: str) -> str:
+    start = README.index(f"\n## {title}\n")
+    end = README.find("\n## ", start + 1)
+    return README[start : end if end != -1 else None]
+
+
+def test_the_library_quick_start_prints_what_the_readme_says() -> None:
+    quick = section("Quick start: the library")
+    (code,) = re.findall(r"```python\n(.*?)```", quick, re.S)
+    (expected,) = re.findall(r"```text\n(.*?)```", quick, re.S)
+    # Five runs: the first example must work every time, not most times.
+    for _ in range(5):
+        out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stderr == ""
+        assert out.stdout == expected
