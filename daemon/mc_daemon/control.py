@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,15 @@ from .dispatch import Dispatcher
 log = logging.getLogger("mcd.control")
 
 _PEERCRED = struct.Struct("3i")
+
+
+# How long an overflowed subscriber that is not reading gets to take the
+# rest of its last line and the overflow notice before it is closed.
+OVERFLOW_NOTICE_DEADLINE = 2.0
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
 def error_response(request_id: Any, code: ErrorCode, message: str, details: Any = None) -> dict[str, Any]:
@@ -143,7 +154,7 @@ class ControlServer:
         return int(uid)
 
     def _send(self, conn: socket.socket, obj: dict[str, Any]) -> None:
-        conn.sendall(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+        conn.sendall(_line(obj))
 
     def _serve_conn(self, conn: socket.socket) -> None:
         uid = self._peer_uid(conn)
@@ -216,25 +227,60 @@ class ControlServer:
             self.core.unsubscribe(sub)
 
     def _pump(self, conn: socket.socket, sub: Subscription) -> None:
+        # Events are written without blocking: a subscriber that stops
+        # reading fills its socket buffer, and a blocking sendall would hold
+        # this thread (and the connection) until it read again, so the
+        # promised cut-off after an overflow would never happen.
+        conn.setblocking(False)
+        pending = b""
         while True:
+            if pending:
+                pending = self._write_some(conn, pending)
+                if pending and sub.closed:
+                    return  # mcd is stopping
+                if pending and sub.overflowed:
+                    break  # stalled and already cut off: stop waiting for this reader
+                if pending:
+                    continue
             try:
                 event = sub.get(timeout=1.0)
             except OverflowError:
-                self._send(
-                    conn,
-                    {
-                        "type": "overflow",
-                        "message": "this subscriber fell behind and missed events; subscribe again with `since`",
-                    },
-                )
-                return
+                break
             except EOFError:
                 return
             if event is None:
                 if self._peer_gone(conn):
                     return
                 continue
-            self._send(conn, event)
+            pending = _line(event)
+        # Overflowed: finish the line under way and say why the stream ends,
+        # with a short deadline, then close. A reader that is still stalled
+        # sees the stream end in a partial line, which is an overflow too.
+        notice = _line(
+            {
+                "type": "overflow",
+                "message": "this subscriber fell behind and missed events; subscribe again with `since`",
+            }
+        )
+        pending += notice
+        deadline = time.monotonic() + OVERFLOW_NOTICE_DEADLINE
+        while pending and time.monotonic() < deadline:
+            pending = self._write_some(conn, pending, wait=deadline - time.monotonic())
+        if pending:
+            log.info("a subscriber that stopped reading was cut off without its overflow notice")
+
+    @staticmethod
+    def _write_some(conn: socket.socket, data: bytes, wait: float = 1.0) -> bytes:
+        """Write what fits now, waiting up to ``wait`` s for room; returns what is left."""
+        poller = select.poll()  # not select(): mcd may hold more than 1024 descriptors
+        poller.register(conn, select.POLLOUT)
+        if not poller.poll(max(wait, 0.0) * 1000):
+            return data
+        try:
+            sent = conn.send(data)
+        except (BlockingIOError, InterruptedError):
+            return data
+        return data[sent:]
 
     def _peer_gone(self, conn: socket.socket) -> bool:
         try:

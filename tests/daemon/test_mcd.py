@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -515,3 +516,27 @@ def test_tokens_are_saved_but_never_shown(mcd: Mcd) -> None:
     mcd.start()
     with mcd.client(timeout=20) as c:
         assert c.request("client.connect", wait=True, timeout=15)["phase"] == "connected"  # the token was restored
+
+
+def test_a_subscriber_that_never_reads_is_cut_off_without_reading() -> None:
+    """The overflow closes the connection even while the subscriber's socket is full (it never reads again)."""
+    daemon = Mcd(None, "--event-queue", "5").start()
+    try:
+        port = start_server(daemon, "s")
+        daemon.request("client.set", key="address", value="127.0.0.1")
+        daemon.request("client.set", key="port", value=port)
+        daemon.request("client.connect", wait=True)
+        with daemon.client() as stalled:
+            stalled.subscribe()
+            big = "x" * 100_000  # a few fill the socket buffers; then the queue of 5 overflows
+            for i in range(40):
+                daemon.request("client.send", subject="big", payload={"i": i, "fill": big})
+            # Without reading a byte: the daemon's side must close.
+            assert stalled._sock is not None
+            poller = select.poll()
+            poller.register(stalled._sock, select.POLLRDHUP)
+            assert poller.poll(20_000), "mcd kept the stalled subscriber's connection open"
+        assert daemon.request("hello")["api_version"] == 1
+        assert "Traceback" not in daemon.log()
+    finally:
+        daemon.close()
