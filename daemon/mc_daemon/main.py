@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -50,6 +52,53 @@ class Notifier:
                 return
             self._last_status = text
         self.send(f"STATUS={text}")
+
+
+class StopRequest:
+    """Whether mcd should stop, set from signal handlers and other threads.
+
+    A signal handler runs in the main thread between two bytecodes, so it
+    must take no lock: ``Event.set`` from a handler deadlocks when the
+    signal lands while the main thread holds that Event's lock (inside
+    ``Event.wait``), and mcd then ignored SIGTERM for good. The handler
+    therefore only notes the signal and writes a byte to a pipe; the main
+    thread sleeps on the pipe and sets the Event that other threads wait on.
+    """
+
+    def __init__(self) -> None:
+        self.signals: list[int] = []
+        self._event = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    def from_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.signals.append(signum)  # no logging here: the handler may interrupt a log call
+        self._poke()
+
+    def set(self) -> None:
+        """Ask mcd to stop (any thread but a signal handler)."""
+        self._event.set()
+        self._poke()
+
+    def is_set(self) -> bool:
+        return bool(self.signals) or self._event.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        """For threads other than the main one: True once mcd is stopping."""
+        return self._event.wait(timeout) or self.is_set()
+
+    def sleep(self) -> None:
+        """The main thread's wait until a stop is asked; then wakes the others."""
+        while not self.is_set():
+            select.select([self._wake_r], [], [], 3600)
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 512)
+        self._event.set()
+
+    def _poke(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"\0")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -110,18 +159,11 @@ def _default_state_dir() -> Path:
 def main(argv: list[str] | None = None, early_signals: list[int] | None = None) -> int:
     """Run mcd; ``early_signals`` are those ``entry`` noted before this took over."""
     # From here on a SIGTERM or SIGINT is a clean stop, whatever start-up is doing.
-    stop = threading.Event()
-    received: list[int] = []
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        received.append(signum)  # no logging here: the handler may interrupt a log call
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = StopRequest()
+    signal.signal(signal.SIGTERM, stop.from_signal)
+    signal.signal(signal.SIGINT, stop.from_signal)
     if early_signals:
-        received.extend(early_signals)
-        stop.set()
+        stop.signals.extend(early_signals)
 
     parser = _parser()
     args = parser.parse_args(argv)
@@ -144,7 +186,7 @@ def main(argv: list[str] | None = None, early_signals: list[int] | None = None) 
     )
     socket_path: Path = args.socket or Path(default_socket_path())
     state_dir: Path = args.state_dir or _default_state_dir()
-    with _Startup(stop, received) as run:
+    with _Startup(stop) as run:
         return run.serve(args, socket_path, state_dir)
 
 
@@ -156,9 +198,8 @@ class _Startup:
     the state saved as it was, with what was not restored yet kept in it.
     """
 
-    def __init__(self, stop: threading.Event, received: list[int]) -> None:
+    def __init__(self, stop: StopRequest) -> None:
         self.stop = stop
-        self.received = received
         self.lock: SocketLock | None = None
         self.server: ControlServer | None = None
         self.core: DaemonCore | None = None
@@ -209,13 +250,12 @@ class _Startup:
         log.info("mcd %s listening on %s (state in %s)", __version__, socket_path, state_dir)
         self.notifier.send("READY=1", f"STATUS={core.summary()}", f"MAINPID={os.getpid()}")
         _start_watchdog(self.notifier, self.stop)
-        while not self.stop.wait(3600):
-            pass
+        self.stop.sleep()
         return 0
 
     def __exit__(self, *_exc: object) -> None:
-        if self.received:
-            log.info("received %s; shutting down", signal.Signals(self.received[0]).name)
+        if self.stop.signals:
+            log.info("received %s; shutting down", signal.Signals(self.stop.signals[0]).name)
         # Later signals must not interrupt the shutdown; it is bounded on its own.
         self.stop.set()
         if self.core is not None or self.server is not None:
@@ -229,7 +269,7 @@ class _Startup:
             self.lock.release()
 
 
-def _start_watchdog(notifier: Notifier, stop: threading.Event) -> None:
+def _start_watchdog(notifier: Notifier, stop: StopRequest) -> None:
     usec = os.environ.get("WATCHDOG_USEC")
     if not usec or not usec.isdigit():
         return

@@ -8,6 +8,7 @@ so the quick start works on a machine with nothing else running.
 from __future__ import annotations
 
 import os
+import select
 import shlex
 import signal
 import sys
@@ -61,7 +62,7 @@ class Shell:
         #: The thread to wake (with ``_WAKE_SIGNAL``) when events queue at the prompt.
         self.main_thread: int | None = None
         #: Set once the queued events are printed (the event thread waits on it).
-        self.printed = threading.Event()
+        self.printed = _SignalSafeFlag()
 
     # -- set-up ----------------------------------------------------------------
 
@@ -346,3 +347,33 @@ def run_shell(socket: str | None = None) -> int:
         return shell.loop()
     finally:
         shell.close()
+
+
+class _SignalSafeFlag:
+    """A flag that a signal handler may set: ``threading.Event.set`` takes a
+    lock, and a handler that lands while the main thread holds that very
+    lock (inside another ``set``) would wait for itself forever. A pipe
+    needs no lock: set writes a byte, wait polls for one."""
+
+    def __init__(self) -> None:
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+
+    def set(self) -> None:
+        try:
+            os.write(self._w, b"\0")
+        except BlockingIOError:
+            pass  # already set many times over
+
+    def clear(self) -> None:
+        try:
+            while os.read(self._r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def wait(self, timeout: float) -> bool:
+        """True when set (it stays set until ``clear``)."""
+        readable, _, _ = select.select([self._r], [], [], timeout)
+        return bool(readable)
