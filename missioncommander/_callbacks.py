@@ -19,7 +19,11 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._inbox import Inbox
+    from ._protocol import InboundStream
 
 log = logging.getLogger("missioncommander.callbacks")
 
@@ -172,7 +176,7 @@ class Callbacks:
         self._subs: dict[str, tuple[Callable[..., Any], ...]] = {}
         self._lock = threading.Lock()
         self.serial = SerialQueue()
-        #: Run ``emit_inline`` events on the emitting (I/O) thread when the
+        #: Run ``emit_message`` callbacks on the emitting (I/O) thread when the
         #: queue is idle: the ``inline_callbacks`` setting.
         self.inline = False
 
@@ -201,17 +205,36 @@ class Callbacks:
         if callbacks:
             self.serial.submit(self._run, event, callbacks, args)
 
-    def emit_inline(self, event: str, *args: Any) -> None:
-        """Like :meth:`emit`, but with ``inline`` set the callbacks run on this
-        thread when nothing of this object's is queued (no library lock may be
-        held)."""
-        callbacks = self._subs.get(event)
+    def emit_message(self, inbox: Inbox, seq: int, size: int, *args: Any) -> bool:
+        """Queue ``message`` for its callbacks (with ``inline``, run them on
+        this thread when nothing of this object's is queued; no library lock
+        may be held), counted in ``inbox`` until they have returned (see
+        ``_inbox``). False, and nothing done, when nothing is subscribed."""
+        callbacks = self._subs.get("message")
         if not callbacks:
-            return
+            return False
+        stream = inbox.hold(size)
         if self.inline:
-            self.serial.run_or_submit(self._run, event, callbacks, args)
+            self.serial.run_or_submit(self._run_message, callbacks, args, inbox, stream, seq, size)
         else:
-            self.serial.submit(self._run, event, callbacks, args)
+            self.serial.submit(self._run_message, callbacks, args, inbox, stream, seq, size)
+        return True
+
+    def _run_message(
+        self,
+        callbacks: tuple[Callable[..., Any], ...],
+        args: tuple[Any, ...],
+        inbox: Inbox,
+        stream: InboundStream,
+        seq: int,
+        size: int,
+    ) -> None:
+        for callback in callbacks:
+            try:
+                callback(*args)
+            except Exception:
+                log.exception("%s message callback %r raised", self._owner, callback)
+        inbox.taken(stream, seq, size)
 
     def _run(self, event: str, callbacks: tuple[Callable[..., Any], ...], args: tuple[Any, ...]) -> None:
         for callback in callbacks:

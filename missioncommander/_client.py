@@ -28,6 +28,7 @@ from ._errors import (
     QueueFullError,
     StateError,
 )
+from ._inbox import Inbox
 from ._link import Link
 from ._loop import BURST_GAP, WANT_WRITE, Loop, Timer, Transport, get_loop
 from ._message import Message
@@ -42,7 +43,6 @@ from ._protocol import (
     ErrorCode,
     ErrorReceived,
     Event,
-    InboundStream,
     MessageReceived,
     OutboundStream,
     PingReceived,
@@ -161,7 +161,7 @@ class _ClientLink(Link):
     def _send_hello(self, challenge: Challenge) -> None:
         client = self.client
         with client._lock:
-            token, last_seq = client._token, client._inbound.last_seq
+            token, last_seq = client._token, client._inbox.stream.taken_seq
         secret = client.auth_token
         cnonce = proof = None
         if challenge.auth and secret is None:
@@ -227,6 +227,7 @@ class _ClientLink(Link):
 
     def connection_lost(self, reason: str, exc: BaseException | None) -> None:
         self.stop_timers()
+        self.client._inbox.detach(self)
         if self.on_closed is not None:
             self.on_closed.set()
         if self._dead:
@@ -293,6 +294,12 @@ class Client:
     max_queued = cfg.Setting[int](10_000, cfg.int_range(1), locked=False)
     max_queued_bytes = cfg.Setting[int](64 * 1024 * 1024, cfg.int_range(1), locked=False)
     send_timeout = cfg.Setting[float](10.0, cfg.positive_number(), locked=False)
+    max_inbound = cfg.Setting[int](
+        10_000, cfg.int_range(1), locked=False, doc="messages that may wait for the message callbacks"
+    )
+    max_inbound_bytes = cfg.Setting[int](
+        16 * 1024 * 1024, cfg.int_range(1), locked=False, doc="bytes that may wait for the message callbacks"
+    )
     tls = cfg.Setting[bool](False, cfg.boolean, doc="connect with TLS")
     tls_ca = cfg.Setting["str | None"](
         None, cfg.optional_str, doc="CA file to verify the server (default: the system's)"
@@ -329,7 +336,7 @@ class Client:
         self._tls_context: ssl.SSLContext | None = None
         self._token: str | None = None
         self._out = OutboundStream(self.max_queued, self.max_queued_bytes)
-        self._inbound = InboundStream()
+        self._inbox = Inbox(self._loop, self.max_inbound, self.max_inbound_bytes)
         self._sent_seq = 0
         self._pump_scheduled = False
         #: The transport of the welcomed link, while send() may write to it
@@ -460,6 +467,7 @@ class Client:
             future: Future[None] | None = Future() if wait else None
             self._connect_future = future
             self._out.max_items, self._out.max_bytes = self.max_queued, self.max_queued_bytes
+            self._inbox.max_count, self._inbox.max_bytes = self.max_inbound, self.max_inbound_bytes
             self._set_state(CONNECTING)
         timeout = self.connect_timeout
         self._loop.call_soon(self._start_attempt, generation, target)
@@ -764,11 +772,10 @@ class Client:
                         len(self._out),
                     )
                 self._out.restart()
-                self._inbound.reset()
+                self._inbox.new_stream()
                 self._sent_seq = 0
             self._token = welcome.session
             self._peer_max_frame_size = welcome.max_frame_size
-            link.inbound = self._inbound
             first = bool(self._state_bits & _CONNECTING)
             future = self._connect_future
             self._connect_future = None
@@ -785,6 +792,7 @@ class Client:
             " (resumed)" if resumed_session else "",
         )
         link.start_heartbeat()
+        self._inbox.attach(link)
         self._pump()
         if future is not None and not future.done():
             future.set_result(None)
@@ -810,9 +818,11 @@ class Client:
 
     def _handle(self, link: _ClientLink, event: Event) -> None:
         if isinstance(event, MessageReceived):
-            if self._inbound.accept(event.seq):
-                self._callbacks.emit_inline("message", Message._from_wire(event.subject, event.payload, event.encoded))
-                link.message_accepted()
+            inbox = self._inbox
+            if inbox.stream.accept(event.seq):
+                message = Message._from_wire(event.subject, event.payload, event.encoded)
+                if not self._callbacks.emit_message(inbox, event.seq, len(event.encoded), message):
+                    inbox.take_now()
         elif isinstance(event, AckReceived):
             with self._lock:
                 self._out.ack(event.seq)
@@ -867,7 +877,7 @@ class Client:
         if unsent:
             log.warning("client %r: %d message(s) never sent were dropped (%s)", self.client_id, unsent, reason)
         self._token = None
-        self._inbound.reset()
+        self._inbox.new_stream()
         self._sent_seq = 0
 
     def _link_lost(self, link: _ClientLink, reason: str) -> None:
@@ -906,7 +916,7 @@ class Client:
         if said_bye:
             # Write whatever is queued first: TCP delivers it before the BYE.
             self._pump_to(link)
-            link.send_ack()
+            self._inbox.send_ack()
             transport.write(link.proto.send_bye("client disconnecting"))
         link.on_closed = done
         # After a BYE the server closes: let it, so that TIME_WAIT stays there.

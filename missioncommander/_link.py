@@ -3,7 +3,8 @@
 ``Link`` runs on the loop thread only.  It feeds bytes to the sans-IO
 ``Connection``, turns a ``RemoteProtocolError`` into an ERROR frame and a
 close, keeps the heartbeat (PING when idle, close when the peer is silent
-for ``heartbeat_timeout``) and batches acknowledgements.
+for ``heartbeat_timeout``, except while we paused reading ourselves). What
+is received and acknowledged is the session's ``Inbox``.
 """
 
 from __future__ import annotations
@@ -14,13 +15,9 @@ from collections.abc import Callable
 
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._loop import Loop, Timer, Transport
-from ._protocol import Connection, ConnState, Event, InboundStream, Role
+from ._protocol import Connection, ConnState, Event, Role
 
 log = logging.getLogger("missioncommander")
-
-#: How long a received message may wait for its acknowledgement; together
-#: with ``InboundStream.ACK_EVERY`` this bounds acks to a few per 64 messages.
-ACK_DELAY = 0.02
 
 
 class Link:
@@ -34,9 +31,7 @@ class Link:
         self.transport: Transport | None = None
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
-        self.inbound: InboundStream | None = None
         self._hb_timer: Timer | None = None
-        self._ack_timer: Timer | None = None
         #: Bytes that may wait unsent for a heartbeat timeout before the
         #: peer counts as not reading (None: no limit).
         self.max_pending_bytes: int | None = None
@@ -111,13 +106,16 @@ class Link:
         if not self.is_open:
             return
         now = time.monotonic()
-        action, next_check = self.proto.heartbeat_due(now, self.heartbeat_interval, self.heartbeat_timeout)
-        if action == "timeout":
-            assert self.transport is not None
-            self.transport.abort(f"heartbeat timeout: nothing received for {self.heartbeat_timeout:g} s")
-            return
         transport = self.transport
         assert transport is not None
+        if transport.reading_paused:
+            # We stopped reading (our application is behind): the peer's
+            # frames wait unread, so its silence proves nothing.
+            self.proto.last_received = now
+        action, next_check = self.proto.heartbeat_due(now, self.heartbeat_interval, self.heartbeat_timeout)
+        if action == "timeout":
+            transport.abort(f"heartbeat timeout: nothing received for {self.heartbeat_timeout:g} s")
+            return
         limit = self.max_pending_bytes
         if limit is not None and transport.out_bytes > limit and now - transport.last_progress > self.heartbeat_timeout:
             # Alive (it pings) but not reading: its backlog would only grow.
@@ -133,30 +131,18 @@ class Link:
             self.write(self.proto.send_ping(now))
         self._schedule_heartbeat(min(next_check, now + self.heartbeat_timeout / 2))
 
-    # -- acknowledgements --------------------------------------------------------
+    # -- flow control -----------------------------------------------------------
 
-    def message_accepted(self) -> None:
-        """A new message was delivered: acknowledge now, or soon."""
-        inbound = self.inbound
-        if inbound is None:
-            return
-        if inbound.unacked >= inbound.ACK_EVERY:
-            self.send_ack()
-        elif self._ack_timer is None:
-            self._ack_timer = self.loop.call_later(ACK_DELAY, self.send_ack)
+    def write_ack(self, seq: int) -> None:
+        self.write(self.proto.send_ack(seq, time.monotonic()))
 
-    def send_ack(self) -> None:
-        if self._ack_timer is not None:
-            self._ack_timer.cancel()
-            self._ack_timer = None
-        inbound = self.inbound
-        if inbound is None or not self.is_open or inbound.unacked <= 0:
-            return
-        inbound.acked_seq = inbound.last_seq
-        self.write(self.proto.send_ack(inbound.last_seq, time.monotonic()))
+    def resume_reading(self) -> None:
+        """Read again after the inbox paused us; the silence meanwhile was ours."""
+        if self.transport is not None:
+            self.proto.last_received = time.monotonic()
+            self.transport.resume_reading()
 
     def stop_timers(self) -> None:
-        for timer in (self._hb_timer, self._ack_timer):
-            if timer is not None:
-                timer.cancel()
-        self._hb_timer = self._ack_timer = None
+        if self._hb_timer is not None:
+            self._hb_timer.cancel()
+        self._hb_timer = None

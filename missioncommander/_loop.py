@@ -94,19 +94,35 @@ class _SelectorPoller:
 
     def __init__(self) -> None:
         self._selector = selectors.DefaultSelector()
+        #: Registered with no events (a transport that paused reading and
+        #: has nothing to write): epoll keeps such fds, selectors refuses them.
+        self._parked: set[int] = set()
 
     @staticmethod
     def _events(bits: int) -> int:
         return (selectors.EVENT_READ if bits & WANT_READ else 0) | (selectors.EVENT_WRITE if bits & WANT_WRITE else 0)
 
     def register(self, fd: int, bits: int) -> None:
-        self._selector.register(fd, self._events(bits))
+        if self._events(bits):
+            self._selector.register(fd, self._events(bits))
+        else:
+            self._parked.add(fd)
 
     def modify(self, fd: int, bits: int) -> None:
-        self._selector.modify(fd, self._events(bits))
+        if fd in self._parked:
+            self._parked.discard(fd)
+            self.register(fd, bits)
+        elif not self._events(bits):
+            self._selector.unregister(fd)
+            self._parked.add(fd)
+        else:
+            self._selector.modify(fd, self._events(bits))
 
     def unregister(self, fd: int) -> None:
-        self._selector.unregister(fd)
+        if fd in self._parked:
+            self._parked.discard(fd)
+        else:
+            self._selector.unregister(fd)
 
     def poll(self, timeout: float = -1, maxevents: int = -1) -> list[tuple[int, int]]:
         ready = self._selector.select(None if timeout < 0 else timeout)
@@ -353,6 +369,9 @@ class Transport:
         self._out: deque[bytes | memoryview] = deque()
         self.out_bytes = 0
         self._want_write = False
+        #: Reading paused by the owner (its application is behind): the
+        #: peer's sends then wait in TCP, not in our memory.
+        self.reading_paused = False
         self._closing = False
         self._peer_first = False
         self._linger_timer: Timer | None = None
@@ -536,10 +555,24 @@ class Transport:
                 self._tls_received(view[:n])
             else:
                 self.owner.data_received(view[:n])
-            if self.closed:
+            if self.closed or self.reading_paused:
                 return
             if n < _RECV_SIZE:
                 return
+
+    def pause_reading(self) -> None:
+        """Stop reading until :meth:`resume_reading` (loop thread)."""
+        if not self.reading_paused and not self.closed:
+            self.reading_paused = True
+            self.loop.modify(self.sock, self._interest(), self)
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and not self.closed:
+            self.reading_paused = False
+            self.loop.modify(self.sock, self._interest(), self)
+
+    def _interest(self) -> int:
+        return (0 if self.reading_paused else WANT_READ) | (WANT_WRITE if self._want_write else 0)
 
     def flush(self) -> None:
         out = self._out
@@ -572,11 +605,11 @@ class Transport:
             return
         if out and not self._want_write:
             self._want_write = True
-            self.loop.modify(self.sock, WANT_READ | WANT_WRITE, self)
+            self.loop.modify(self.sock, self._interest(), self)
         elif not out:
             if self._want_write:
                 self._want_write = False
-                self.loop.modify(self.sock, WANT_READ, self)
+                self.loop.modify(self.sock, self._interest(), self)
             if self._closing and not self._peer_first:
                 self.close(self._close_reason)
 

@@ -916,13 +916,24 @@ class OutboundStream:
 
 
 class InboundStream:
-    """What one side received in a session: duplicate detection and acks."""
+    """What one side received in a session: duplicate detection, and the
+    numbers its acknowledgements and resume handshake report.
+
+    ``last_seq`` is the last message received, ``taken_seq`` the last one the
+    application took (its callbacks returned; see ``_inbox``), ``acked_seq``
+    the last one acknowledged. Acks and handshakes report ``taken_seq``; the
+    peer resends what follows, and what was received already is dropped here
+    as a duplicate (it is still on its way to the application).
+    """
 
     #: Acknowledge at the latest after this many messages (or the timer).
     ACK_EVERY = 64
 
+    __slots__ = ("acked_seq", "last_seq", "taken_seq")
+
     def __init__(self) -> None:
         self.last_seq = 0
+        self.taken_seq = 0
         self.acked_seq = 0
 
     def accept(self, seq: int) -> bool:
@@ -936,8 +947,5 @@ class InboundStream:
 
     @property
     def unacked(self) -> int:
+        """Received and not yet acknowledged."""
         return self.last_seq - self.acked_seq
-
-    def reset(self) -> None:
-        self.last_seq = 0
-        self.acked_seq = 0

@@ -17,6 +17,7 @@ from typing import Any
 from . import _config as cfg
 from ._callbacks import Callbacks
 from ._errors import BindError, MessageTooLarge, QueueFullError, StateError, TLSConfigError, UnknownClient
+from ._inbox import Budget, Inbox
 from ._link import Link
 from ._loop import BURST_GAP, WANT_READ, Loop, Timer, Transport, get_loop
 from ._message import Message
@@ -33,7 +34,6 @@ from ._protocol import (
     ErrorReceived,
     Event,
     Hello,
-    InboundStream,
     MessageReceived,
     OutboundStream,
     PingReceived,
@@ -65,7 +65,7 @@ class _Session:
     __slots__ = (
         "client_id",
         "expiry",
-        "inbound",
+        "inbox",
         "last_send",
         "link",
         "live",
@@ -75,11 +75,11 @@ class _Session:
         "token",
     )
 
-    def __init__(self, client_id: str, max_queued: int, max_queued_bytes: int) -> None:
+    def __init__(self, client_id: str, out: OutboundStream, inbox: Inbox) -> None:
         self.client_id = client_id
         self.token = secrets.token_urlsafe(24)
-        self.out = OutboundStream(max_queued, max_queued_bytes)
-        self.inbound = InboundStream()
+        self.out = out
+        self.inbox = inbox
         self.link: _ServerLink | None = None
         self.sent_seq = 0
         self.expiry: Timer | None = None
@@ -172,6 +172,15 @@ class Server:
     max_queued = cfg.Setting[int](10_000, cfg.int_range(1), locked=False)
     max_queued_bytes = cfg.Setting[int](64 * 1024 * 1024, cfg.int_range(1), locked=False)
     max_pending_bytes = cfg.Setting[int](8 * 1024 * 1024, cfg.int_range(1), locked=False)
+    max_inbound = cfg.Setting[int](
+        10_000, cfg.int_range(1), doc="messages one client may have waiting for the message callbacks"
+    )
+    max_inbound_bytes = cfg.Setting[int](
+        16 * 1024 * 1024, cfg.int_range(1), doc="bytes one client may have waiting for the message callbacks"
+    )
+    max_inbound_total_bytes = cfg.Setting[int](
+        256 * 1024 * 1024, cfg.int_range(1), doc="bytes all clients together may have waiting for the callbacks"
+    )
     max_connection_rate = cfg.Setting["float | None"](1000.0, cfg.positive_number(optional=True), locked=False)
     tls_cert = cfg.Setting["str | None"](None, cfg.optional_str, doc="PEM certificate (chain): enables TLS")
     tls_key = cfg.Setting["str | None"](None, cfg.optional_str, doc="PEM private key (if not in tls_cert)")
@@ -198,6 +207,7 @@ class Server:
         self._tls_context: ssl.SSLContext | None = None
         self._rates: dict[str, tuple[float, float]] = {}
         self._rate_logged: dict[str, float] = {}
+        self._inbound_budget = Budget(type(self).max_inbound_total_bytes.default)
         for name, value in settings.items():
             if not isinstance(getattr(type(self), name, None), cfg.Setting):
                 raise TypeError(f"Server() got an unknown setting {name!r}")
@@ -241,6 +251,7 @@ class Server:
                 raise BindError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}") from exc
             self._listener = listener
             self._bound_port = listener.getsockname()[1]
+            self._inbound_budget = Budget(self.max_inbound_total_bytes)
             self._running = True
             self._stopped.clear()
         for warning in self.warnings:
@@ -524,11 +535,11 @@ class Server:
         if isinstance(event, MessageReceived):
             if session is None:
                 return  # the session just ended; the link is closing
-            if session.inbound.accept(event.seq):
-                self._callbacks.emit_inline(
-                    "message", session.client_id, Message._from_wire(event.subject, event.payload, event.encoded)
-                )
-                link.message_accepted()
+            inbox = session.inbox
+            if inbox.stream.accept(event.seq):
+                message = Message._from_wire(event.subject, event.payload, event.encoded)
+                if not self._callbacks.emit_message(inbox, event.seq, len(event.encoded), session.client_id, message):
+                    inbox.take_now()
         elif isinstance(event, AckReceived):
             if session is None:
                 return
@@ -646,7 +657,11 @@ class Server:
                 full = True
             else:
                 full = False
-                session = _Session(client_id, self.max_queued, self.max_queued_bytes)
+                session = _Session(
+                    client_id,
+                    OutboundStream(self.max_queued, self.max_queued_bytes),
+                    Inbox(self._loop, self.max_inbound, self.max_inbound_bytes, self._inbound_budget),
+                )
                 self._sessions[client_id] = session
         if full:
             self._refuse(link, ErrorCode.SERVER_FULL, f"server has reached max_clients={self.max_clients}", retry=True)
@@ -670,12 +685,11 @@ class Server:
             session.peer_max_frame_size = link.hello.max_frame_size
         session.link = link
         link.session = session
-        link.inbound = session.inbound
         link.write(
             link.proto.send_welcome(
                 session.token,
                 resumed,
-                session.inbound.last_seq,
+                session.inbox.stream.taken_seq,
                 self.max_frame_size,
                 self.heartbeat_timeout,
                 time.monotonic(),
@@ -687,6 +701,7 @@ class Server:
         if resumed:
             log.info("client %r resumed its session from %s", session.client_id, link.peer)
         link.start_heartbeat()
+        session.inbox.attach(link)
         self._pump_session(session)
 
     def _pump(self) -> None:
@@ -730,6 +745,7 @@ class Server:
             session.expiry = None
         link = session.link
         session.link = None
+        session.inbox.close()
         if link is not None:
             link.session = None
             if link.transport is not None and not link.transport.closed and not link.is_open:
@@ -752,6 +768,7 @@ class Server:
             with self._lock:
                 session.live = None
             session.link = None
+            session.inbox.detach(link)
             link.session = None
             log.info(
                 "client %r connection lost (%s); session kept for %g s", session.client_id, reason, self.session_expiry

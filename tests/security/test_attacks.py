@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from missioncommander import (
     ConnectError,
     ConnectionRefusedByServer,
     Message,
+    QueueFullError,
     Server,
     TLSConfigError,
 )
@@ -28,6 +30,7 @@ from missioncommander._protocol import (
     auth_proof,
     encode_frame,
     encode_json_frame,
+    message_header,
     parse_frame,
 )
 
@@ -351,3 +354,89 @@ def test_a_connection_flood_from_one_address_is_capped(
         assert refused >= 40  # a burst of 10 is let in; the rest is turned away at once
         assert "too many connections from 127.0.0.1" in caplog.text
         watch.check()
+
+
+def test_a_flooding_peer_is_held_back_by_tcp_while_callbacks_are_slow() -> None:
+    """Messages waiting for a slow callback are bounded: past max_inbound_bytes
+    the server stops reading, the peer's sends stall in TCP, and nothing is
+    lost or cut off meanwhile; once the callback catches up, all arrive once
+    and in order."""
+    release = threading.Event()
+    got: list[int] = []
+
+    def slow(_client_id: str, message: Message) -> None:
+        release.wait(30)
+        got.append(message.payload["n"])
+
+    limit = 1024 * 1024
+    with Server(
+        interface="127.0.0.1", port=0, max_inbound_bytes=limit, heartbeat_interval=0.2, heartbeat_timeout=1.0
+    ) as server:
+        server.subscribe("message", slow)
+        sock = _raw_session(server.port, "flood")
+        sock.setblocking(False)
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        filler = "x" * 4096
+        pushed = complete = 0
+        pending = b""
+        stalled = False
+        for n in range(1, 16_385):  # at most 64 MiB
+            body = Message("flood", {"n": n, "fill": filler}).encode()
+            pending += message_header(n, len(body)) + body
+            while pending:
+                try:
+                    sent = sock.send(pending)
+                except BlockingIOError:
+                    sent = 0
+                pushed += sent
+                pending = pending[sent:]
+                # Three heartbeat timeouts without room: the server holds us back.
+                if pending and not poller.poll(3000):
+                    stalled = True
+                    break
+            if stalled:
+                break
+            complete = n
+        assert stalled, f"the server took {pushed >> 20} MiB for a callback that takes nothing"
+        # Its own limit, plus what the kernel's socket buffers hold.
+        assert pushed < limit + 24 * 1024 * 1024
+        assert server.clients == ["flood"]  # paused, not cut off: the silence was the server's
+        release.set()
+        wait_until(lambda: len(got) >= complete, timeout=30, what="the flood delivered after the pause")
+        assert got[:complete] == list(range(1, complete + 1))
+        sock.close()
+
+
+def test_acknowledgements_wait_for_the_callback(make_client: MakeClient) -> None:
+    """A message is acknowledged once its callback returned, not when it
+    arrived: the sender keeps it (to resend after a restart) until then, so
+    a slow receiver holds its sender back through the sender's own queue."""
+    release = threading.Event()
+    with Server(interface="127.0.0.1", port=0) as server:
+        server.subscribe("message", lambda _cid, _msg: release.wait(30))
+        client = make_client(server, max_queued=50, send_timeout=0.5)
+        client.connect()
+        with pytest.raises(QueueFullError):
+            for n in range(10_000):
+                client.send(Message("m", {"n": n}))
+        assert client.queued == 50
+        release.set()
+        wait_until(lambda: client.queued == 0, what="acks once the callbacks ran")
+        # And the other way: the server keeps what the client has not taken.
+        hold = threading.Event()
+        seen: list[int] = []
+
+        def on_message(msg: Message) -> None:
+            seen.append(msg.payload["n"])
+            if msg.payload["n"] == 9:
+                hold.wait(30)
+
+        client.subscribe("message", on_message)
+        for n in range(10):
+            server.send(client.client_id, Message("m", {"n": n}))
+        wait_until(lambda: seen == list(range(10)), what="all ten received, the last one's callback running")
+        # The nine taken are acknowledged; the one in its callback is not.
+        wait_until(lambda: server.queued(client.client_id) == 1, what="acks for the taken messages only")
+        hold.set()
+        wait_until(lambda: server.queued(client.client_id) == 0, what="the last ack once its callback returned")

@@ -1,0 +1,203 @@
+"""Messages received and not yet taken by the application.
+
+A received message is *taken* once its ``message`` callbacks have returned
+(at once when nothing is subscribed). Until then it counts against its
+inbox's bounds, and two rules follow from that:
+
+- **Acknowledgements name what was taken**, never merely what arrived: a
+  message the peer may forget has been processed, so a receiver that
+  restarts with messages still waiting for their callbacks gets them again
+  (at least once across restarts), and the handshake of a resumed session
+  reports the same number.
+- **Over its bounds an inbox stops reading** its connection: the peer's
+  bytes wait in TCP, its unacknowledged messages fill its own queue limits
+  and its ``send()`` waits or raises ``QueueFullError``; memory stays
+  bounded however slow the callbacks are. Reading resumes once the backlog
+  is down to half.
+
+Threads: the loop thread receives and counts ``received_*``; the callback
+thread that ran a message's callbacks counts ``taken_*`` and sets the
+stream's ``taken_seq``. Each counter has one writer, so there is no lock on
+the message path; the loop reads the callback side on a timer
+(``ACK_DELAY``) while anything is untaken or unacknowledged, which is also
+how it notices room to resume.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._loop import Loop, Timer
+from ._protocol import InboundStream
+
+if TYPE_CHECKING:
+    from ._link import Link
+
+#: How long a taken message may wait for its acknowledgement, and how often
+#: the loop looks for progress while callbacks are behind; together with
+#: ``InboundStream.ACK_EVERY`` this bounds acks to a few per 64 messages.
+ACK_DELAY = 0.02
+
+
+class Budget:
+    """Bytes waiting for callbacks across all of a server's sessions.
+
+    One writer per counter, as in :class:`Inbox`: the loop thread adds, the
+    server's callback queue (one per server, so one thread at a time) takes.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.received_bytes = 0
+        self.taken_bytes = 0
+
+    @property
+    def waiting_bytes(self) -> int:
+        return self.received_bytes - self.taken_bytes
+
+
+class Inbox:
+    """One session's received stream: its bounds, its acks and its pauses.
+
+    Lives as long as the session, across connections; ``link`` is the
+    connection messages arrive on now (None between connections).
+    """
+
+    def __init__(self, loop: Loop, max_count: int, max_bytes: int, budget: Budget | None = None) -> None:
+        self.loop = loop
+        self.stream = InboundStream()
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+        self.budget = budget
+        self.received_count = self.received_bytes = 0
+        self.taken_count = self.taken_bytes = 0
+        self.link: Link | None = None
+        self._timer: Timer | None = None
+
+    # -- figures (any thread; a moment's view) ---------------------------------
+
+    @property
+    def waiting(self) -> int:
+        """Messages received and not yet taken."""
+        return self.received_count - self.taken_count
+
+    @property
+    def waiting_bytes(self) -> int:
+        return self.received_bytes - self.taken_bytes
+
+    def _over(self) -> bool:
+        budget = self.budget
+        return (
+            self.waiting >= self.max_count
+            or self.waiting_bytes >= self.max_bytes
+            or (budget is not None and budget.waiting_bytes >= budget.max_bytes)
+        )
+
+    def _room(self) -> bool:
+        """Down to half of every bound: time to read again."""
+        budget = self.budget
+        return (
+            self.waiting <= self.max_count // 2
+            and self.waiting_bytes <= self.max_bytes // 2
+            and (budget is None or budget.waiting_bytes <= budget.max_bytes // 2)
+        )
+
+    # -- loop thread -----------------------------------------------------------
+
+    def attach(self, link: Link) -> None:
+        """Messages arrive on ``link`` from now on."""
+        self.link = link
+        if self._over() and link.transport is not None:
+            link.transport.pause_reading()
+        self._arm()
+
+    def detach(self, link: Link) -> None:
+        if self.link is link:
+            self.link = None
+
+    def new_stream(self) -> None:
+        """A new session starts numbering from 1. Callbacks of the old one
+        still running mark their own (old) stream; the counts carry over,
+        since those messages still take memory until they are taken."""
+        self.stream = InboundStream()
+
+    def hold(self, size: int) -> InboundStream:
+        """Count a message handed to the callbacks (pausing the connection
+        when over a bound); returns the stream to pass to :meth:`taken`."""
+        # Written out, not through _over() and _progress(): this runs for
+        # every message, and calls cost more than the arithmetic.
+        self.received_count = count = self.received_count + 1
+        self.received_bytes = held = self.received_bytes + size
+        budget = self.budget
+        if budget is not None:
+            budget.received_bytes += size
+        if (
+            count - self.taken_count >= self.max_count
+            or held - self.taken_bytes >= self.max_bytes
+            or (budget is not None and budget.received_bytes - budget.taken_bytes >= budget.max_bytes)
+        ):
+            link = self.link
+            if link is not None and link.transport is not None:
+                link.transport.pause_reading()
+        stream = self.stream
+        if stream.taken_seq - stream.acked_seq >= stream.ACK_EVERY:
+            self.send_ack()
+        if self._timer is None:
+            self._timer = self.loop.call_later(ACK_DELAY, self._tick)
+        return stream
+
+    def take_now(self) -> None:
+        """A message nobody subscribed to: taken as it arrives."""
+        stream = self.stream
+        stream.taken_seq = stream.last_seq
+        self._progress()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.link = None
+
+    def _progress(self) -> None:
+        stream = self.stream
+        if stream.taken_seq - stream.acked_seq >= stream.ACK_EVERY:
+            self.send_ack()
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._timer is None:
+            self._timer = self.loop.call_later(ACK_DELAY, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        link = self.link
+        if link is None:
+            return  # attach() looks again
+        self.send_ack()
+        transport = link.transport
+        if transport is not None and transport.reading_paused and self._room():
+            link.resume_reading()
+        stream = self.stream
+        behind = stream.taken_seq < stream.last_seq or self.waiting > 0
+        if behind or (transport is not None and transport.reading_paused):
+            self._arm()
+
+    def send_ack(self) -> None:
+        """Acknowledge what was taken, if anything new (loop thread)."""
+        link = self.link
+        stream = self.stream
+        taken = stream.taken_seq
+        if link is None or not link.is_open or taken <= stream.acked_seq:
+            return
+        stream.acked_seq = taken
+        link.write_ack(taken)
+
+    # -- the callback thread -----------------------------------------------------
+
+    def taken(self, stream: InboundStream, seq: int, size: int) -> None:
+        """The callbacks of message ``seq`` of ``stream`` returned."""
+        stream.taken_seq = seq
+        self.taken_count += 1
+        self.taken_bytes += size
+        if self.budget is not None:
+            self.budget.taken_bytes += size
