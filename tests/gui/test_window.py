@@ -167,13 +167,57 @@ def test_daemon_down_banner_start_button_and_recovery(
         qtbot.waitUntil(lambda: app.model.daemon_up, timeout=WAIT)
         assert not app.window.banner.isVisibleTo(app.window) and app.window.tabs.isEnabled()
         assert daemon.request("hello")["api_version"] == 1
+        # The started mcd logs to a file the GUI named, not to nowhere.
+        log = tmp_path / "state" / "missioncommander" / "log" / "mcd.log"
+        assert f"its log: {log}" in app.window.statusBar().currentMessage()
+        assert "listening on" in log.read_text()
+        # An instance shown green while mcd runs...
+        daemon.request("server.set", key="interface", value="127.0.0.1")
+        daemon.request("server.start")
+        qtbot.waitUntil(lambda: app.model.instance("server", "default").phase == "listening", timeout=WAIT)
         daemon.request("daemon.shutdown")
         qtbot.waitUntil(lambda: not app.model.daemon_up, timeout=WAIT)
         assert app.window.banner.isVisibleTo(app.window)
         assert app.last_notification.title == "mcd stopped"
+        assert app.window.statusBar().currentMessage() != "mcd stopped: mcd stopped"
+        # ...is unknown once mcd is gone, not still green under the banner.
+        assert app.model.instance("server", "default").phase == "unknown"
+        assert "unknown" in app.window.server_tab.state.text()
+        assert "mcd is not running" in app.window.server_tab.state.text()
     finally:
         app.close()
         daemon.close()
+
+
+def test_a_daemon_that_cannot_start_says_why(qtbot: QtBot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    not_a_socket = tmp_path / "mcd.sock"
+    not_a_socket.mkdir()  # mcd refuses a socket path that is not a socket
+    app = TrayApp(str(not_a_socket))
+    qtbot.addWidget(app.window)
+    try:
+        qtbot.waitUntil(lambda: app.window.banner.isVisibleTo(app.window), timeout=WAIT)
+        qtbot.mouseClick(app.window.start_daemon_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: "mcd exited with status 1" in app.window.banner_text.text(), timeout=WAIT)
+        log = tmp_path / "state" / "missioncommander" / "log" / "mcd.log"
+        assert str(log) in app.window.banner_text.text()
+        assert "not a socket" in app.window.banner_text.text()
+        assert app.window.start_daemon_button.isEnabled()  # try again once fixed
+    finally:
+        app.close()
+
+
+def test_warnings_in_replies_reach_the_person_who_acted(qtbot: QtBot, gui: TrayApp) -> None:
+    tab = gui.window.server_tab
+    set_text(qtbot, tab.interface.edit, "")  # every interface, no TLS, no token: an open server
+    set_text(qtbot, tab.port.edit, "0")
+    qtbot.mouseClick(tab.start_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(
+        lambda: gui.last_notification is not None and gui.last_notification.title == "mcd warns", timeout=WAIT
+    )
+    assert gui.last_notification is not None
+    assert "every interface" in gui.last_notification.text
+    assert "every interface" in gui.window.statusBar().currentMessage()
 
 
 def test_reconnects_and_resyncs_after_a_daemon_restart(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:

@@ -22,6 +22,7 @@ class TrayApp:
         self.backend = Backend(socket_path)
         self.window = MainWindow(self.model, self.backend)
         self.tray: QSystemTrayIcon | None = None
+        self.last_notification: vm.Notification | None = None
         if QSystemTrayIcon.isSystemTrayAvailable():
             self.tray = self._make_tray()
             self.window.keep_running_in_tray = True
@@ -29,6 +30,7 @@ class TrayApp:
         self.backend.snapshot.connect(self.on_snapshot)
         self.backend.received.connect(self.on_event)
         self.backend.history.connect(self.on_history)
+        self.backend.warning.connect(lambda text: self.notify(vm.Notification("mcd warns", text, critical=True)))
         if show_window or self.tray is None:
             self.window.show()
         self.backend.start()

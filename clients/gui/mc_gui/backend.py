@@ -35,6 +35,11 @@ class Backend(QObject):
     history = Signal(dict)
     #: (up, message): the daemon answers, or why not.
     daemon = Signal(bool, str)
+    #: A warning in a reply (an open server, a setting not saved): for the
+    #: person who acted, not only mcd's log.
+    warning = Signal(str)
+    #: A daemon started with ``start_daemon`` exited at once (``daemon`` says why).
+    start_failed = Signal()
     #: Internal: a request's outcome, carried to the GUI thread.
     _done = Signal(object, object, object)
 
@@ -45,6 +50,9 @@ class Backend(QObject):
             queue.SimpleQueue()
         )
         self._stop = threading.Event()
+        #: Set when the daemon answers: a started one that exits after this
+        #: was stopped, not a failed start.
+        self._answered = threading.Event()
         self._stream: ControlClient | None = None
         self._done.connect(self._deliver)
         self._threads = [
@@ -97,6 +105,8 @@ class Backend(QObject):
                 client = None
                 self._done.emit(on_error, (f"daemon_{exc.kind}", exc.message), None)
                 continue
+            for text in result.get("warnings", ()) if isinstance(result, dict) else ():
+                self.warning.emit(str(text))
             self._done.emit(on_reply, result, True)
         if client is not None:
             client.close()
@@ -122,6 +132,7 @@ class Backend(QObject):
                     # Ask for the daemon's recent history too, for the logs.
                     since = {"boot_id": stream.request("hello")["boot_id"], "seq": 0}
                 answer, events = stream.subscribe(since=since)
+                self._answered.set()
                 self.daemon.emit(True, "")
                 if first or answer.get("resync"):
                     self.snapshot.emit(answer["snapshot"])
@@ -136,7 +147,7 @@ class Backend(QObject):
                     elif ev.get("type") == "overflow":
                         break  # subscribe again with since: catch up from the ring
                 else:
-                    self.daemon.emit(False, "mcd stopped")
+                    self.daemon.emit(False, "mcd closed the connection (it stopped or is restarting)")
             except DaemonUnreachable as exc:
                 if not self._stop.is_set():
                     self.daemon.emit(False, exc.message)
@@ -150,14 +161,56 @@ class Backend(QObject):
 
     # -- the daemon itself -------------------------------------------------------
 
-    def start_daemon(self) -> None:
-        """Start mcd in the background on our socket (it outlives the GUI)."""
-        env = dict(os.environ)
-        subprocess.Popen(
-            [sys.executable, "-m", "mc_daemon", "--socket", str(self.socket_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            env=env,
-        )
+    def start_daemon(self) -> Path:
+        """Start mcd in the background on our socket (it outlives the GUI).
+
+        Its output goes to a log file (returned) rather than nowhere, so a
+        daemon that cannot start says why: if it exits within a few seconds
+        the ``daemon`` signal carries its status and the log's last line.
+        """
+        log_path = daemon_log_path()
+        log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(log_path, "ab") as log:
+            log.write(f"--- mcd started by mctray on {self.socket_path}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "mc_daemon", "--socket", str(self.socket_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                env=dict(os.environ),
+            )
+        threading.Thread(target=self._watch_start, args=(proc, log_path), name="mctray-mcd", daemon=True).start()
+        return log_path
+
+    def _watch_start(self, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+        self._answered.clear()
+        status = None
+        for _ in range(int(START_WATCH / 0.1)):
+            try:
+                status = proc.wait(0.1)
+                break
+            except subprocess.TimeoutExpired:
+                if self._stop.is_set() or self._answered.is_set():
+                    return  # it came up (the event stream says so), or we are closing
+        if status is None or self._stop.is_set() or self._answered.is_set():
+            return
+        try:
+            lines = log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            lines = []
+        last = lines[-1] if lines else "no output"
+        self.daemon.emit(False, f"mcd exited with status {status}: {last} (its log: {log_path})")
+        self.start_failed.emit()
+
+
+#: How long a started mcd is watched for an early exit.
+START_WATCH = 10.0
+
+
+def daemon_log_path() -> Path:
+    """Where an mcd started from the GUI writes its log."""
+    import platformdirs  # noqa: PLC0415 - only when starting a daemon
+
+    return Path(platformdirs.user_log_dir("missioncommander")) / "mcd.log"

@@ -39,9 +39,14 @@ class InstanceState:
     name: str
     status: dict[str, Any] = field(default_factory=dict)
     log: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
+    #: While mcd is not running its last status may no longer be true: the
+    #: phase then reads "unknown", never a green "connected" under the banner.
+    stale: bool = False
 
     @property
     def phase(self) -> str:
+        if self.stale:
+            return "unknown"
         return str(self.status.get("phase", "unconfigured" if self.kind == "client" else "stopped"))
 
 
@@ -59,6 +64,10 @@ class ViewModel:
         self.daemon_known = True
         self.daemon_up = up
         self.daemon_message = message
+        # Back up, the events replayed since (or a resync snapshot) bring
+        # the statuses up to date from what they were.
+        for inst in self.instances.values():
+            inst.stale = not up
 
     def apply_snapshot(self, snapshot: dict[str, Any]) -> None:
         """Replace everything with the daemon's snapshot (logs are kept)."""
@@ -66,7 +75,9 @@ class ViewModel:
         for status in snapshot.get("instances", []):
             key = (status["kind"], status["name"])
             seen.add(key)
-            self.instance(*key).status = dict(status)
+            inst = self.instance(*key)
+            inst.status = dict(status)
+            inst.stale = False  # the daemon's word of now
         for key in list(self.instances):
             if key not in seen:
                 del self.instances[key]
@@ -74,7 +85,7 @@ class ViewModel:
     def instance(self, kind: str, name: str) -> InstanceState:
         key = (kind, name)
         if key not in self.instances:
-            self.instances[key] = InstanceState(kind, name, {"kind": kind, "name": name})
+            self.instances[key] = InstanceState(kind, name, {"kind": kind, "name": name}, stale=not self.daemon_up)
         return self.instances[key]
 
     def names(self, kind: str) -> list[str]:
@@ -102,6 +113,7 @@ class ViewModel:
             self.instances.pop((kind, name), None)
             return None
         inst = self.instance(kind, name)
+        inst.stale = False  # the daemon speaks: it is up, and this is news
         st = inst.status
         if event != "settings":
             inst.log.append(describe_event(ev))

@@ -42,6 +42,7 @@ LEVEL_COLOURS = {
     "disconnected": "#757575",
     "stopped": "#757575",
     "unconfigured": "#757575",
+    "unknown": "#9e9e9e",
 }
 
 
@@ -266,7 +267,7 @@ class InstanceTab(QWidget):
             self.picker.setCurrentText(self.name)
         inst = self.current()
         colour = LEVEL_COLOURS.get(inst.phase, "#757575")
-        detail = inst.status.get("state_name") or ""
+        detail = "mcd is not running" if inst.stale else inst.status.get("state_name") or ""
         self.state.setText(
             f"<b style='color:{colour}'>&#9679; {inst.phase}</b>"
             + (f" <span style='color:#555'>({detail})</span>" if detail else "")
@@ -654,6 +655,7 @@ class MainWindow(QMainWindow):
         self.banner_text.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.start_daemon_button = QPushButton("Start daemon")
         self.start_daemon_button.clicked.connect(self.start_daemon)
+        backend.start_failed.connect(self.start_failed)
         banner_layout.addWidget(self.banner_text, 1)
         banner_layout.addWidget(self.start_daemon_button)
 
@@ -675,7 +677,12 @@ class MainWindow(QMainWindow):
     def start_daemon(self) -> None:
         self.start_daemon_button.setEnabled(False)
         self.start_daemon_button.setText("Starting...")
-        self.backend.start_daemon()
+        log_path = self.backend.start_daemon()
+        self.statusBar().showMessage(f"starting mcd; its log: {log_path}", 10000)
+
+    def start_failed(self) -> None:
+        self.start_daemon_button.setEnabled(True)
+        self.start_daemon_button.setText("Start daemon")
 
     def refresh(self) -> None:
         up = self.model.daemon_up
