@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("PySide6", reason="the window tests need PySide6: pip install -e '.[test,gui]'")
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QFormLayout
+from PySide6.QtWidgets import QApplication, QFormLayout
 from pytestqt.qtbot import QtBot
 from support import Recorder, free_port
 from support.certs import make_certs
@@ -332,3 +332,49 @@ def test_the_window_offers_every_setting_of_the_control_api(gui: TrayApp) -> Non
         editable = [*tab.fields(), *getattr(tab, "toggles", {}).values()]
         for key in keys:
             assert getattr(tab, "token" if key == "auth_token" else key) in editable, f"{tab.kind} {key}"
+
+
+def test_layout_holds_still(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:
+    """The Send button does not jump when an error appears, the window does
+    not grow when switching tabs or when the banner shows, and fields that
+    cannot change while connected are read-only and say why."""
+    window = gui.window
+    window.show()
+    qtbot.waitExposed(window)
+    settle()
+    size = window.size()
+    box = window.client_tab.send_box
+    box.send.setEnabled(True)
+    before = box.send.mapTo(window, box.send.rect().topLeft())
+    box.payload.setPlainText("not json")
+    qtbot.mouseClick(box.send, Qt.MouseButton.LeftButton)
+    assert box.payload_error.isVisibleTo(window) and box.subject.error.isVisibleTo(window)
+    settle()  # the claim is about where the layout settles
+    assert box.send.mapTo(window, box.send.rect().topLeft()) == before
+    for index in (1, 0, 1):
+        window.tabs.setCurrentIndex(index)
+        settle()
+        assert window.size() == size
+    assert window.minimumSizeHint().height() < 480  # room comes from scrolling, not from the window
+
+    mcd.request("server.set", key="interface", value="127.0.0.1")
+    port = mcd.request("server.start")["port"]
+    mcd.request("client.set", key="address", value="127.0.0.1")
+    mcd.request("client.set", key="port", value=port)
+    mcd.request("client.connect", wait=True)
+    tab = window.client_tab
+    qtbot.waitUntil(tab.address.edit.isReadOnly, timeout=WAIT)
+    assert tab.address.edit.toolTip() == "disconnect to change this"
+    mcd.request("client.disconnect")
+    qtbot.waitUntil(lambda: not tab.address.edit.isReadOnly(), timeout=WAIT)
+
+    mcd.stop()
+    qtbot.waitUntil(lambda: window.banner.isVisibleTo(window), timeout=WAIT)
+    settle()
+    assert window.size() == size
+
+
+def settle() -> None:
+    """Run the layout requests and resizes Qt has posted."""
+    QApplication.sendPostedEvents()
+    QApplication.processEvents()

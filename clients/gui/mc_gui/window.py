@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QPlainTextEdit,
     QPushButton,
+    QScrollArea,
     QSizePolicy,
     QTabWidget,
     QVBoxLayout,
@@ -67,11 +68,21 @@ def dot_icon(level: str, size: int = 64) -> QIcon:
     return QIcon(pixmap)
 
 
+# One style for a field in every state, so an error only recolours the
+# border (a style set only on error changed the field's height, and the
+# rows below jumped), and a field that cannot change now looks it.
+_FIELD_STYLE = (
+    "QLineEdit {{ border: 1px solid {border}; border-radius: 3px; padding: 2px 4px; background: white; }}"
+    " QLineEdit:read-only {{ background: #eeeeee; color: #616161; }}"
+)
+
+
 class Field:
     """A line edit with its inline error message under it."""
 
     def __init__(self, placeholder: str = "", on_edit: Callable[[], None] | None = None) -> None:
         self.edit = QLineEdit()
+        self.edit.setStyleSheet(_FIELD_STYLE.format(border="#9e9e9e"))
         self.edit.setPlaceholderText(placeholder)
         self.error = QLabel()
         self.error.setStyleSheet("color: #c62828; font-size: 11px;")
@@ -90,10 +101,15 @@ class Field:
         if message:
             self.error.setText(message)
             self.error.show()
-            self.edit.setStyleSheet("border: 1px solid #c62828;")
+            self.edit.setStyleSheet(_FIELD_STYLE.format(border="#c62828"))
         else:
             self.error.hide()
-            self.edit.setStyleSheet("")
+            self.edit.setStyleSheet(_FIELD_STYLE.format(border="#9e9e9e"))
+
+    def lock(self, locked: bool, why: str) -> None:
+        """Read-only (and looking it, by the window's style) while ``locked``."""
+        self.edit.setReadOnly(locked)
+        self.edit.setToolTip(why if locked else "")
 
     def fill(self, value: object) -> None:
         """Show the daemon's value, unless the person is editing this field."""
@@ -114,6 +130,14 @@ class Field:
         layout.addWidget(self.edit)
         layout.addWidget(self.error)
         return box
+
+
+def scrolling(widget: QWidget) -> QScrollArea:
+    area = QScrollArea()
+    area.setWidget(widget)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    return area
 
 
 def fill_secret(field: Field, value: object) -> None:
@@ -156,11 +180,19 @@ class SendBox(QGroupBox):
         form.addRow(self.target_row, self.target)
         form.addRow("Subject", self.subject.widget())
         form.addRow("Payload", self.payload)
-        form.addRow("", self.payload_error)
         outer.addLayout(form)
+        # The payload's error shares the button's row, and the subject's
+        # keeps its room while hidden: the Send button never jumps.
+        self.payload_error.setWordWrap(True)
+        for label, lines in ((self.subject.error, 1), (self.payload_error, 2)):
+            keep = label.sizePolicy()
+            keep.setRetainSizeWhenHidden(True)
+            label.setSizePolicy(keep)
+            label.setFixedHeight(lines * label.fontMetrics().lineSpacing() + 2)
+            label.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         row = QHBoxLayout()
-        row.addStretch(1)
-        row.addWidget(self.send)
+        row.addWidget(self.payload_error, 1)
+        row.addWidget(self.send, 0, Qt.AlignmentFlag.AlignTop)
         outer.addLayout(row)
         outer.addStretch(1)  # keep the rows together when the box is tall
 
@@ -207,7 +239,10 @@ class InstanceTab(QWidget):
         self.log.setMaximumBlockCount(vm.LOG_LINES)
         self.log.setPlaceholderText("events and messages of this instance appear here")
         self.log.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
-        self.log.setMinimumHeight(120)
+        self.log.setMinimumHeight(80)
+        # It takes the room that is left, and asks for none: a preferred
+        # height here would push the tab past the window into its scroll bar.
+        self.log.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Ignored)
         self._log_key: tuple[str, str] | None = None
 
     def header(self) -> QHBoxLayout:
@@ -406,7 +441,7 @@ class ClientTab(InstanceTab):
                 box.blockSignals(False)
             box.setEnabled(not running)
         for field in self.fields():
-            field.edit.setReadOnly(running)
+            field.lock(running, "disconnect to change this")
         self.generate.setEnabled(not running)
         self.apply_button.setEnabled(not running)
         self.connect_button.setEnabled(not running)
@@ -559,7 +594,7 @@ class ServerTab(InstanceTab):
         fill_secret(self.token, settings.get("auth_token"))
         running = inst.phase == "listening"
         for field in self.fields():
-            field.edit.setReadOnly(running)
+            field.lock(running, "stop the server to change this")
         self.start_button.setEnabled(not running)
         self.stop_button.setEnabled(running)
         port = inst.status.get("port")
@@ -662,8 +697,10 @@ class MainWindow(QMainWindow):
         self.client_tab = ClientTab(model, backend)
         self.server_tab = ServerTab(model, backend)
         self.tabs = QTabWidget()
-        self.tabs.addTab(self.client_tab, "Client")
-        self.tabs.addTab(self.server_tab, "Server")
+        # Each tab scrolls rather than asking for more room: the banner, an
+        # error line or the other tab's rows must never grow the window.
+        self.tabs.addTab(scrolling(self.client_tab), "Client")
+        self.tabs.addTab(scrolling(self.server_tab), "Server")
         for tab in (self.client_tab, self.server_tab):
             tab.status_message.connect(lambda text: self.statusBar().showMessage(text, 8000))
 
