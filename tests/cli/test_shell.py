@@ -57,6 +57,15 @@ def test_shell_with_a_daemon(mcd: Mcd, tmp_path: Path) -> None:
         sh.expect("client status ", start=mark)
         sh.line("")
         sh.expect("client default: connected (STATE_OK | STATE_RUNNING | STATE_CONNECTED)", start=mark)
+        # ...and of the live client ids, after `server kick` and `--to`.
+        mark = len(sh.text)
+        sh.type("server kick abc\t")
+        sh.expect("server kick abcXYZ ", start=mark)
+        sh.type("\x15")  # Ctrl-U: drop the line unsent
+        mark = len(sh.text)
+        sh.type("server send --to ab\t")
+        sh.expect("server send --to abcXYZ ", start=mark)
+        sh.type("\x15")
         # An event arriving while the user types is printed above the prompt,
         # and what was typed is still there to finish.
         mark = len(sh.text)

@@ -147,8 +147,23 @@ class Shell:
     # -- completion ------------------------------------------------------------
 
     def candidates(self, words: list[str]) -> list[str]:
-        """What may come after ``words`` (options aside)."""
-        words = [w for w in words if not w.startswith("--")]
+        """What may come after ``words`` (options and their values aside)."""
+        name = "default"
+        kept: list[str] = []
+        skip = False
+        for i, word in enumerate(words):
+            if skip:
+                skip = False
+            elif word.startswith("--"):
+                skip = OPTIONS.get(word, (False, ""))[0]  # it takes a value: the next word
+                if word == "--name" and i + 1 < len(words):
+                    name = words[i + 1]
+            else:
+                kept.append(word)
+        if words and words[-1] in ("--to", "--name"):
+            kind = kept[0] if kept and kept[0] in ("client", "server") else "server"
+            return self.client_ids(name) if words[-1] == "--to" else self.instance_names(kind)
+        words = kept
         if not words:
             return [*TOP_COMMANDS, "exit", "quit"]
         head = words[0]
@@ -158,6 +173,8 @@ class Shell:
                 return list(verbs)
             if len(words) == 2 and words[1] in ("set", "get"):
                 return list(CLIENT_KEYS if head == "client" else SERVER_KEYS)
+            if len(words) == 2 and head == "server" and words[1] == "kick":
+                return self.client_ids(name)
             return []
         if head == "daemon" and len(words) == 1:
             return ["status", "stop"]
@@ -166,6 +183,21 @@ class Shell:
         if head == "wait" and len(words) == 1:
             return ["connected", "disconnected", "connecting", "reconnecting", "failed", "listening", "stopped"]
         return []
+
+    def client_ids(self, server: str) -> list[str]:
+        """The ids of the clients of server ``server`` now (none when it cannot say)."""
+        try:
+            result = self.transport.request("server.clients", name=server)
+        except Exception:  # completion must never break the prompt
+            return []
+        return [str(c) for c in result.get("clients", [])]
+
+    def instance_names(self, kind: str) -> list[str]:
+        try:
+            result = self.transport.request("list")
+        except Exception:  # completion must never break the prompt
+            return []
+        return [str(i["name"]) for i in result.get("instances", []) if i.get("kind") == kind]
 
     def complete(self, text: str, state: int) -> str | None:
         assert self.readline is not None
