@@ -109,12 +109,19 @@ def test_embedded_shell_without_a_daemon(tmp_path: Path) -> None:
         sh.line("list")
         sh.expect("server  default  listening", start=mark)
         assert "shutting down" not in sh.text[mark:]
+        # A hosted instance's warning comes as the shell's own line, not a raw log record.
+        mark = len(sh.text)
+        sh.line("server kick abcXYZ")
+        sh.expect("warning: client 'abcXYZ': disconnected by the server", start=mark)
+        sh.line("client connect")
+        sh.expect("client/default  connect", start=mark)
         sh.expect("> ", start=len(sh.text) - 2)  # at the prompt
         mark = len(sh.text)
         sh.type("\x04")  # Ctrl-D
         code = sh.wait(60)
         assert code == 0, sh.text[-2000:]
         assert " INFO " not in sh.text[mark:] and " mcd." not in sh.text[mark:]  # no raw log lines on the way out
+        assert "server shut down" not in sh.text[mark:]  # the shell's client hearing the shell's server stop
     finally:
         sh.close()
 

@@ -7,6 +7,7 @@ so the quick start works on a machine with nothing else running.
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import shlex
@@ -53,6 +54,9 @@ class Shell:
         self.print_lock = threading.RLock()
         self.interactive = sys.stdin.isatty() and sys.stdout.isatty()
         self.embedded: Any = None
+        #: In embedded mode, the hosted instances' log lines reach the person
+        #: through the shell's own output, never raw over the prompt.
+        self.log_handler: _ShellLogHandler | None = None
         self.transport: Transport
         self.stream_factory: Callable[[], Transport]
         self.readline: Any = None
@@ -76,6 +80,8 @@ class Shell:
             from mc_daemon.embedded import EmbeddedDaemon  # noqa: PLC0415
 
             self.embedded = EmbeddedDaemon()
+            self.log_handler = _ShellLogHandler(self.show)
+            logging.getLogger().addHandler(self.log_handler)
             self.transport = self.embedded
             self.stream_factory = lambda: self.embedded
             return (
@@ -341,9 +347,30 @@ class Shell:
         self.stop.set()
         self.save_history()
         if self.embedded is not None:
+            # What the instances say while they stop (the server's shutdown
+            # reaching the shell's own client) is the leaving itself, not news.
+            if self.log_handler is not None:
+                self.log_handler.muted = True
             self.embedded.close()
         if isinstance(self.transport, ControlClient):
             self.transport.close()
+
+
+class _ShellLogHandler(logging.Handler):
+    """Warnings of the instances the shell hosts, printed as the shell prints."""
+
+    def __init__(self, show: Callable[[str], None]) -> None:
+        super().__init__(logging.WARNING)
+        self.show = show
+        self.muted = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.muted:
+            return
+        try:
+            self.show(f"warning: {record.getMessage()}")
+        except Exception:  # a log line must never break the shell
+            self.handleError(record)
 
 
 class _ShowStream:
