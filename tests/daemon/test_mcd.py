@@ -38,6 +38,12 @@ def start_server(mcd: Mcd, name: str = "default") -> int:
     return port
 
 
+def connect_client_to(mcd: Mcd, port: int) -> None:
+    mcd.request("client.set", key="address", value="127.0.0.1")
+    mcd.request("client.set", key="port", value=port)
+    mcd.request("client.connect", wait=True)
+
+
 def test_ready_status_and_socket_permissions(mcd: Mcd) -> None:
     assert stat.S_IMODE(mcd.socket.stat().st_mode) == 0o600
     hello = mcd.request("hello", api_version=1)
@@ -212,10 +218,7 @@ def test_event_stream_snapshot_catch_up_and_resync(mcd: Mcd) -> None:
 def test_filters_and_a_slow_subscriber_is_cut_off() -> None:
     daemon = Mcd(None, "--event-queue", "5").start()
     try:
-        port = start_server(daemon, "s")
-        daemon.request("client.set", key="address", value="127.0.0.1")
-        daemon.request("client.set", key="port", value=port)
-        daemon.request("client.connect", wait=True)
+        connect_client_to(daemon, start_server(daemon, "s"))
         with daemon.client() as slow, daemon.client() as filtered:
             slow.subscribe()  # and then it does not read
             _, events = filtered.subscribe(instances=[{"kind": "server", "name": "s"}], events=["message"])
@@ -522,10 +525,7 @@ def test_a_subscriber_that_never_reads_is_cut_off_without_reading() -> None:
     """The overflow closes the connection even while the subscriber's socket is full (it never reads again)."""
     daemon = Mcd(None, "--event-queue", "5").start()
     try:
-        port = start_server(daemon, "s")
-        daemon.request("client.set", key="address", value="127.0.0.1")
-        daemon.request("client.set", key="port", value=port)
-        daemon.request("client.connect", wait=True)
+        connect_client_to(daemon, start_server(daemon, "s"))
         with daemon.client() as stalled:
             stalled.subscribe()
             big = "x" * 100_000  # a few fill the socket buffers; then the queue of 5 overflows
