@@ -828,7 +828,7 @@ class Client:
                 self._out.ack(event.seq)
                 self._wake_senders_locked()
         elif isinstance(event, PingReceived):
-            link.write(link.proto.send_pong(time.monotonic()))
+            link.answer_ping()
         elif isinstance(event, PongReceived):
             pass  # liveness is noted on every frame received
         elif isinstance(event, ShutdownReceived):

@@ -131,6 +131,12 @@ class Link:
             self.write(self.proto.send_ping(now))
         self._schedule_heartbeat(min(next_check, now + self.heartbeat_timeout / 2))
 
+    def answer_ping(self) -> None:
+        """PONG, unless this side already said goodbye (a PING that crossed
+        our BYE, SHUTDOWN or ERROR on the wire): then there is nothing to say."""
+        if self.is_open:
+            self.write(self.proto.send_pong(time.monotonic()))
+
     # -- flow control -----------------------------------------------------------
 
     def write_ack(self, seq: int) -> None:

@@ -547,7 +547,7 @@ class Server:
                 session.out.ack(event.seq)
                 session.sent_seq = max(session.sent_seq, event.seq)
         elif isinstance(event, PingReceived):
-            link.write(link.proto.send_pong(time.monotonic()))
+            link.answer_ping()
         elif isinstance(event, PongReceived):
             if link.probe_waiter is not None:
                 self._probe_done(link, alive=True)

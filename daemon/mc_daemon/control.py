@@ -22,8 +22,9 @@ from typing import Any
 from mc_control import schema
 from mc_control.codes import MAX_LINE, ErrorCode
 
-from .core import CoreError, DaemonCore, Subscription
+from .core import CoreError, DaemonCore
 from .dispatch import Dispatcher
+from .events import Subscription
 
 log = logging.getLogger("mcd.control")
 
@@ -197,7 +198,10 @@ class ControlServer:
             try:
                 req = self.dispatcher.parse(obj)
                 if isinstance(req, schema.Subscribe):
-                    self._stream(conn, req)
+                    try:
+                        self._stream(conn, req)
+                    except OSError as exc:  # a subscriber that hangs up is normal, not a failed command
+                        log.debug("subscriber went away: %s", exc)
                     return
                 result = self.dispatcher.run(req)
                 response: dict[str, Any] = {"id": request_id, "ok": True, "result": result}

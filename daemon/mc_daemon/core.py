@@ -16,9 +16,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from mc_control.codes import API_VERSION, CLIENT_KEYS, SERVER_KEYS, ErrorCode
@@ -35,6 +33,7 @@ from missioncommander import (
 )
 from missioncommander import __version__ as library_version
 
+from .events import EventRing, Subscription
 from .state import StateStore, StateWriter
 
 log = logging.getLogger("mcd.core")
@@ -43,7 +42,6 @@ log = logging.getLogger("mcd.core")
 SECRET_KEYS = ("auth_token",)
 HIDDEN = "(set)"
 RING_SIZE = 10_000
-SUBSCRIBER_QUEUE = 5_000
 #: How long a command that changed something waits for the change to reach
 #: the disk before answering with a warning instead.
 SAVE_WAIT = 2.0
@@ -73,54 +71,6 @@ def client_phase(state: ClientState) -> str:
         if state & bit:
             return phase
     return "disconnected"
-
-
-@dataclass(eq=False)  # identity: each stream is its own
-class Subscription:
-    """One event stream: a bounded queue the control layer drains."""
-
-    instances: frozenset[tuple[str, str]] | None
-    events: frozenset[str] | None
-    limit: int = SUBSCRIBER_QUEUE
-    queue: deque[dict[str, Any]] = field(default_factory=deque)
-    overflowed: bool = False
-    closed: bool = False
-    cond: threading.Condition = field(default_factory=threading.Condition)
-
-    def wants(self, event: dict[str, Any]) -> bool:
-        if self.instances is not None and (event["kind"], event["name"]) not in self.instances:
-            return False
-        return self.events is None or event["event"] in self.events
-
-    def put(self, event: dict[str, Any]) -> None:
-        with self.cond:
-            if self.overflowed or self.closed:
-                return
-            if len(self.queue) >= self.limit:
-                # A slow reader never blocks the daemon: it loses its stream
-                # and is told so; it can catch up from the ring with `since`.
-                self.overflowed = True
-                self.queue.clear()
-            else:
-                self.queue.append(event)
-            self.cond.notify_all()
-
-    def get(self, timeout: float | None) -> dict[str, Any] | None:
-        """The next event, None after ``timeout``; raises ``OverflowError``
-        once the queue overflowed."""
-        with self.cond:
-            if not self.cond.wait_for(lambda: self.queue or self.overflowed or self.closed, timeout):
-                return None
-            if self.overflowed:
-                raise OverflowError
-            if self.closed and not self.queue:
-                raise EOFError
-            return self.queue.popleft()
-
-    def close(self) -> None:
-        with self.cond:
-            self.closed = True
-            self.cond.notify_all()
 
 
 class _Instance:
@@ -227,7 +177,7 @@ class DaemonCore:
         store: StateStore | None = None,
         ring_size: int = RING_SIZE,
         on_change: Callable[[], None] | None = None,
-        subscriber_queue: int = SUBSCRIBER_QUEUE,
+        subscriber_queue: int | None = None,
     ) -> None:
         self.boot_id = uuid.uuid4().hex
         self.started = time.time()
@@ -236,8 +186,7 @@ class DaemonCore:
         self.subscriber_queue = subscriber_queue
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
-        self._ring: deque[dict[str, Any]] = deque(maxlen=ring_size)
-        self._seq = 0
+        self._ring = EventRing(ring_size, self._changed)
         self._subs: set[Subscription] = set()
         self.clients: dict[str, ClientInstance] = {}
         self.servers: dict[str, ServerInstance] = {}
@@ -252,22 +201,17 @@ class DaemonCore:
 
     def publish(self, kind: str, name: str, event: str, data: dict[str, Any]) -> None:
         with self._lock:
-            self._seq += 1
             record = {
                 "type": "event",
                 "boot_id": self.boot_id,
-                "seq": self._seq,
+                "seq": self._ring.last_seq + 1,
                 "time": time.time(),
                 "kind": kind,
                 "name": name,
                 "event": event,
                 "data": data,
             }
-            self._ring.append(record)
-            for sub in self._subs:
-                if sub.wants(record):
-                    sub.put(record)
-            self._changed.notify_all()
+            self._ring.append(record)  # and wakes the subscribers and wait_for
         if self.on_change is not None:
             self.on_change()
 
@@ -279,26 +223,26 @@ class DaemonCore:
     ) -> tuple[Subscription, dict[str, Any]]:
         """Start a stream; the snapshot is taken under the same lock that
         orders events, so no event falls between the two."""
-        sub = Subscription(
-            frozenset(instances) if instances is not None else None,
-            frozenset(events) if events is not None else None,
-            limit=self.subscriber_queue,
-        )
         with self._lock:
             resync = False
+            after = self._ring.last_seq
             if since is not None:
                 boot_id, seq = since
-                first = self._ring[0]["seq"] if self._ring else self._seq + 1
-                if boot_id != self.boot_id or seq > self._seq or seq < first - 1:
-                    resync = True
+                if boot_id == self.boot_id and seq <= after and self._ring.kept(seq):
+                    after = seq  # the events since are read from the ring, at the reader's pace
                 else:
-                    for record in self._ring:
-                        if record["seq"] > seq and sub.wants(record):
-                            sub.put(record)
+                    resync = True
+            sub = Subscription(
+                self._ring,
+                after,
+                frozenset(instances) if instances is not None else None,
+                frozenset(events) if events is not None else None,
+                limit=self.subscriber_queue,
+            )
             self._subs.add(sub)
             answer = {
                 "boot_id": self.boot_id,
-                "seq": self._seq,
+                "seq": self._ring.last_seq,
                 "resync": resync,
                 "snapshot": self._snapshot_locked(),
             }
@@ -553,7 +497,7 @@ class DaemonCore:
             "clients_connected": sum(1 for c in clients if c.client.connected),
             "servers": len(servers),
             "servers_listening": sum(1 for s in servers if s.server.running),
-            "last_seq": self._seq,
+            "last_seq": self._ring.last_seq,
         }
 
     def summary(self) -> str:

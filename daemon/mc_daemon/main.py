@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -52,6 +53,31 @@ class Notifier:
                 return
             self._last_status = text
         self.send(f"STATUS={text}")
+
+    def keep_status(self, summary: Callable[[], str], stop: StopRequest) -> Callable[[], None] | None:
+        """Keep STATUS= current: returns what to call on each change (cheap:
+        it sets a flag), or None when nobody listens (no ``$NOTIFY_SOCKET``).
+
+        A summary walks every instance, so it is made on a thread of its
+        own, at most every ``STATUS_INTERVAL`` seconds, never per event.
+        """
+        if not self.address:
+            return None
+        dirty = threading.Event()
+
+        def run() -> None:
+            while not stop.is_set():
+                if dirty.wait(1.0):
+                    dirty.clear()
+                    self.status(summary())
+                    stop.wait(STATUS_INTERVAL)
+
+        threading.Thread(target=run, name="mcd-status", daemon=True).start()
+        return dirty.set
+
+
+#: The most often mcd tells systemd its STATUS= line.
+STATUS_INTERVAL = 0.5
 
 
 class StopRequest:
@@ -119,9 +145,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--event-queue",
         type=int,
-        default=5000,
+        default=None,
         metavar="N",
-        help="events buffered per subscriber; one that falls further behind is told and cut off (default 5000)",
+        help="how far behind the newest event a subscriber may fall before it is told and cut off "
+        "(default: the ring's size)",
     )
     p.add_argument(
         "--event-ring", type=int, default=10000, metavar="N", help="recent events kept for catch-up (default 10000)"
@@ -231,7 +258,7 @@ class _Startup:
             return 0
         self.core = DaemonCore(StateStore(state_dir), ring_size=args.event_ring, subscriber_queue=args.event_queue)
         core = self.core
-        core.on_change = lambda: self.notifier.status(core.summary())
+        core.on_change = self.notifier.keep_status(core.summary, self.stop)
         self.server = ControlServer(
             core,
             socket_path,

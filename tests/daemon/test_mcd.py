@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import Recorder, free_port
+from support import Recorder, free_port, wait_until
 from support.cli import run as run_mcctl
 from support.mcd import Mcd
 
@@ -538,5 +539,64 @@ def test_a_subscriber_that_never_reads_is_cut_off_without_reading() -> None:
             assert poller.poll(20_000), "mcd kept the stalled subscriber's connection open"
         assert daemon.request("hello")["api_version"] == 1
         assert "Traceback" not in daemon.log()
+    finally:
+        daemon.close()
+
+
+def flood_hosted_server(daemon: Mcd, count: int) -> None:
+    """``count`` messages from a library client into mcd's server "s": as many events."""
+    port = daemon.request("server.status", name="s")["port"]
+    with Client(address="127.0.0.1", port=port, client_id="flood") as sender:
+        for n in range(count):
+            sender.send(Message("n", {"n": n}))
+        wait_until(lambda: sender.queued == 0, what="the flood acknowledged")
+
+
+def test_a_subscriber_cut_off_catches_up_from_the_ring_with_since() -> None:
+    """Cut off for falling 50 behind, a subscriber that comes back with
+    `since` gets every missed event from the ring, in order, at its own
+    pace, without a resync, although it missed 60 times the limit."""
+    daemon = Mcd(None, "--event-queue", "50").start()
+    try:
+        start_server(daemon, "s")
+        with daemon.client() as stalled:
+            answer, events = stalled.subscribe(instances=[{"kind": "server", "name": "s"}], events=["message"])
+            since = {"boot_id": answer["boot_id"], "seq": answer["seq"]}
+            flood_hosted_server(daemon, 3000)
+            lines = []
+            for line in events:  # what was already on its way, then the overflow notice
+                lines.append(line)
+                if line.get("type") == "overflow":
+                    break
+            assert lines[-1]["type"] == "overflow"
+            got = [e["data"]["payload"]["n"] for e in lines[:-1]]
+            if got:
+                since["seq"] = lines[-2]["seq"]
+        with daemon.client() as back:
+            answer, events = back.subscribe(
+                instances=[{"kind": "server", "name": "s"}], events=["message"], since=since
+            )
+            assert answer["resync"] is False
+            for event in events:
+                got.append(event["data"]["payload"]["n"])
+                if len(got) == 3000:
+                    break
+        assert got == list(range(3000))
+    finally:
+        daemon.close()
+
+
+def test_a_subscriber_that_hangs_up_is_not_an_error() -> None:
+    daemon = Mcd().start()
+    try:
+        start_server(daemon, "s")
+        with daemon.client() as gone:
+            gone.subscribe()
+            assert gone._sock is not None
+            gone._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset
+        flood_hosted_server(daemon, 500)
+        assert daemon.request("hello")["api_version"] == 1
+        log = daemon.log()
+        assert "Traceback" not in log and " ERROR " not in log, log
     finally:
         daemon.close()

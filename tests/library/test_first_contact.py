@@ -107,3 +107,21 @@ def test_setting_the_current_value_while_running_is_allowed(server: Server, make
     client.client_id = "same"
     with pytest.raises(StateError):
         client.client_id = "other"
+
+
+def test_a_ping_that_crosses_our_goodbye_is_ignored(server: Server, make_client: Callable[..., Client]) -> None:
+    """A PING that arrives after this side sent BYE (or SHUTDOWN, or ERROR)
+    is dropped quietly: there is no PONG to send on a closed link (it once
+    raised LocalProtocolError on the I/O thread while a server stopped)."""
+    from missioncommander._loop import get_loop
+    from missioncommander._protocol import PingReceived
+
+    client = make_client(server, client_id="crossing")
+    client.connect()
+    (link,) = list(server._links)
+
+    def goodbye_then_ping() -> None:
+        link.send_final(link.proto.send_bye("test"), "test")
+        link.on_event(PingReceived())  # must not raise
+
+    get_loop().run_sync(goodbye_then_ping, timeout=5)
