@@ -45,6 +45,43 @@ EXIT_CODES.update(
 )
 
 
+#: The library's limits and timers, settable on hosted instances like the
+#: rest, by their type: "int", "float", "bool", or "secrets" (a JSON object
+#: of client id -> token, shown as "(set)").
+CLIENT_TUNING = {
+    "connect_timeout": "float",
+    "reconnect_delay": "float",
+    "reconnect_max_delay": "float",
+    "reconnect_attempts": "int",
+    "heartbeat_interval": "float",
+    "heartbeat_timeout": "float",
+    "max_frame_size": "int",
+    "max_queued": "int",
+    "max_queued_bytes": "int",
+    "send_timeout": "float",
+    "max_inbound": "int",
+    "max_inbound_bytes": "int",
+    "inline_callbacks": "bool",
+}
+SERVER_TUNING = {
+    "handshake_timeout": "float",
+    "heartbeat_interval": "float",
+    "heartbeat_timeout": "float",
+    "max_frame_size": "int",
+    "max_clients": "int",
+    "session_expiry": "float",
+    "max_queued": "int",
+    "max_queued_bytes": "int",
+    "max_pending_bytes": "int",
+    "max_connection_rate": "float",
+    "max_inbound": "int",
+    "max_inbound_bytes": "int",
+    "max_inbound_total_bytes": "int",
+    "inline_callbacks": "bool",
+    "auth_tokens": "secrets",
+}
+#: Tuning settings that may be null: none (no limit, retry forever, off).
+OPTIONAL_TUNING = ("reconnect_attempts", "max_clients", "max_connection_rate", "auth_tokens")
 #: Settings a control client may set on each kind of instance (the schema's
 #: ``ClientKey``/``ServerKey`` literals must agree: a test checks).
 CLIENT_KEYS = (
@@ -60,8 +97,9 @@ CLIENT_KEYS = (
     "tls_key",
     "tls_hostname",
     "auth_token",
+    *CLIENT_TUNING,
 )
-SERVER_KEYS = ("interface", "port", "tls_cert", "tls_key", "tls_ca", "auth_token")
+SERVER_KEYS = ("interface", "port", "tls_cert", "tls_key", "tls_ca", "auth_token", *SERVER_TUNING)
 #: Every event name of the stream (the schema's ``EventName`` must agree).
 EVENT_NAMES = (
     "statechange",

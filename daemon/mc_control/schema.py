@@ -28,10 +28,46 @@ ClientKey = Literal[
     "tls_key",
     "tls_hostname",
     "auth_token",
+    "connect_timeout",
+    "reconnect_delay",
+    "reconnect_max_delay",
+    "reconnect_attempts",
+    "heartbeat_interval",
+    "heartbeat_timeout",
+    "max_frame_size",
+    "max_queued",
+    "max_queued_bytes",
+    "send_timeout",
+    "max_inbound",
+    "max_inbound_bytes",
+    "inline_callbacks",
 ]
-ServerKey = Literal["interface", "port", "tls_cert", "tls_key", "tls_ca", "auth_token"]
-# bool first: pydantic keeps true/false as booleans, not as 1/0.
-SettingValue = bool | int | str | None
+ServerKey = Literal[
+    "interface",
+    "port",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
+    "auth_token",
+    "handshake_timeout",
+    "heartbeat_interval",
+    "heartbeat_timeout",
+    "max_frame_size",
+    "max_clients",
+    "session_expiry",
+    "max_queued",
+    "max_queued_bytes",
+    "max_pending_bytes",
+    "max_connection_rate",
+    "max_inbound",
+    "max_inbound_bytes",
+    "max_inbound_total_bytes",
+    "inline_callbacks",
+    "auth_tokens",
+]
+# bool first: pydantic keeps true/false as booleans, not as 1/0 (and 5 as an
+# int, 0.5 as a float). A dict is auth_tokens' client id -> token map.
+SettingValue = bool | int | float | str | dict[str, str] | None
 EventName = Literal[
     "statechange",
     "connect",

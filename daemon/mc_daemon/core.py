@@ -16,10 +16,10 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from mc_control.codes import API_VERSION, CLIENT_KEYS, SERVER_KEYS, ErrorCode
+from mc_control.codes import API_VERSION, CLIENT_KEYS, CLIENT_TUNING, SERVER_KEYS, SERVER_TUNING, ErrorCode
 from missioncommander import (
     BindError,
     Client,
@@ -39,7 +39,7 @@ from .state import StateStore, StateWriter
 log = logging.getLogger("mcd.core")
 
 #: Never shown in statuses or events (only saved, in a 0600 file).
-SECRET_KEYS = ("auth_token",)
+SECRET_KEYS = ("auth_token", "auth_tokens")
 HIDDEN = "(set)"
 RING_SIZE = 10_000
 #: How long a command that changed something waits for the change to reach
@@ -81,6 +81,17 @@ class _Instance:
         self.name = name
         self.desired = False
         self.last_error: str | None = None
+        #: Tuning settings the user set: only these are saved, so a library
+        #: default that changes in a later version is not pinned by mcd.
+        self.tuned: set[str] = set()
+
+    def saved_settings(self) -> dict[str, Any]:
+        """What to save: every setting but the tuning ones left at their default."""
+        tuning = CLIENT_TUNING if self.kind == "client" else SERVER_TUNING
+        return {k: v for k, v in self.settings(reveal=True).items() if k not in tuning or k in self.tuned}
+
+    def settings(self, reveal: bool = False) -> dict[str, Any]:
+        raise NotImplementedError
 
     def publish(self, event: str, **data: Any) -> None:
         self.core.publish(self.kind, self.name, event, data)
@@ -112,7 +123,7 @@ class ClientInstance(_Instance):
         )
 
     def settings(self, reveal: bool = False) -> dict[str, Any]:
-        return _shown({key: getattr(self.client, key) for key in CLIENT_KEYS}, reveal)
+        return _shown({key: _plain(getattr(self.client, key)) for key in CLIENT_KEYS}, reveal)
 
     def status(self) -> dict[str, Any]:
         c = self.client
@@ -145,7 +156,7 @@ class ServerInstance(_Instance):
         )
 
     def settings(self, reveal: bool = False) -> dict[str, Any]:
-        values = {key: getattr(self.server, key) for key in SERVER_KEYS}
+        values = {key: _plain(getattr(self.server, key)) for key in SERVER_KEYS}
         values["port"] = self.server._settings.get("port", 0)  # as set: 0 stays 0 while listening
         return _shown(values, reveal)
 
@@ -335,6 +346,8 @@ class DaemonCore:
                 f"{stop}{_name_option(name)} first",
                 {"key": key},
             ) from None
+        if key in (CLIENT_TUNING if kind == "client" else SERVER_TUNING):
+            instance.tuned.add(key)
         settings: dict[str, Any] = instance.settings()
         instance.publish("settings", **settings)
         return _with_warnings({"settings": settings}, self.save())
@@ -535,11 +548,11 @@ class DaemonCore:
             return {
                 "clients": {
                     **self._unrestored["clients"],
-                    **{n: {"settings": i.settings(True), "desired": i.desired} for n, i in self.clients.items()},
+                    **{n: {"settings": i.saved_settings(), "desired": i.desired} for n, i in self.clients.items()},
                 },
                 "servers": {
                     **self._unrestored["servers"],
-                    **{n: {"settings": i.settings(True), "desired": i.desired} for n, i in self.servers.items()},
+                    **{n: {"settings": i.saved_settings(), "desired": i.desired} for n, i in self.servers.items()},
                 },
             }
 
@@ -594,8 +607,13 @@ class DaemonCore:
     def _restore_one(self, kind: str, name: str, saved: dict[str, Any]) -> None:
         instance = self.get(kind, name)
         target = instance.client if kind == "client" else instance.server
+        tuning = CLIENT_TUNING if kind == "client" else SERVER_TUNING
         for key, value in (saved.get("settings") or {}).items():
-            if value is None or value == HIDDEN or (kind == "client" and key in ("address", "port") and not value):
+            if key in tuning:
+                instance.tuned.add(key)  # saved because it was set: None (off) included
+            elif value is None or (kind == "client" and key in ("address", "port") and not value):
+                continue
+            if value == HIDDEN:
                 continue
             try:
                 setattr(target, key, value)
@@ -623,6 +641,11 @@ def _with_warnings(result: dict[str, Any], warnings: Iterable[str]) -> dict[str,
 
 def _name_option(name: str) -> str:
     return "" if name == "default" else f" --name {name}"
+
+
+def _plain(value: Any) -> Any:
+    """A setting as JSON has it (auth_tokens is a read-only mapping)."""
+    return dict(value) if isinstance(value, Mapping) else value
 
 
 def _shown(values: dict[str, Any], reveal: bool) -> dict[str, Any]:

@@ -36,6 +36,14 @@ def wait(app: QApplication, condition: Callable[[], bool], what: str, timeout: f
         time.sleep(0.02)
 
 
+def settle(app: QApplication) -> None:
+    """Let layouts and scroll bars finish adjusting (a few rounds of events)."""
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:
+        app.processEvents()
+        time.sleep(0.01)
+
+
 def main() -> int:
     app = QApplication.instance() or QApplication(sys.argv[:1])
     assert isinstance(app, QApplication)
@@ -67,7 +75,8 @@ def main() -> int:
                 request("client.connect", name=name, wait=True)
             tray = TrayApp(str(sock))
             window = tray.window
-            window.resize(900, 640)
+            window.resize(900, 700)
+            window.show()  # laid out as on a screen (a hidden window grabs with stale geometry)
             wait(app, lambda: tray.model.daemon_up, "the window to connect")
             request("client.send", subject="status", payload={"battery": 87, "position": [12.5, -3.25]})
             request("server.send", to="*", subject="mission", payload={"goal": "survey", "area": "B7"})
@@ -78,10 +87,11 @@ def main() -> int:
                 "the client's log",
             )
             window.tabs.setCurrentIndex(0)
-            app.processEvents()
+            settle(app)
             window.grab().save(str(HERE / "gui-client.png"))
             window.tabs.setCurrentIndex(1)
             wait(app, lambda: tray.window.server_tab.clients.count() == 2, "the server's client list")
+            settle(app)
             window.grab().save(str(HERE / "gui-server.png"))
             window.tabs.setCurrentIndex(0)
             request("daemon.shutdown")

@@ -17,6 +17,9 @@ from support import free_port
 from support.cli import mcctl_command, run
 from support.mcd import Mcd
 
+from mc_control.codes import SERVER_KEYS
+from missioncommander import Client, ConnectionRefusedByServer
+
 
 def ok_json(*args: str, socket_path: Path) -> Any:
     out = run("--json", *args, socket_path=socket_path)
@@ -58,7 +61,8 @@ def test_seed_quick_start_one_shot(mcd: Mcd) -> None:
 def test_json_output_of_every_command(mcd: Mcd) -> None:
     sock = mcd.socket
     port = free_port()
-    assert ok_json("server", "set", "interface", "127.0.0.1", socket_path=sock)["settings"] == {
+    settings = ok_json("server", "set", "interface", "127.0.0.1", socket_path=sock)["settings"]
+    assert {key: settings[key] for key in ("interface", "port", "tls_cert", "tls_key", "tls_ca", "auth_token")} == {
         "interface": "127.0.0.1",
         "port": 0,
         "tls_cert": None,
@@ -66,6 +70,8 @@ def test_json_output_of_every_command(mcd: Mcd) -> None:
         "tls_ca": None,
         "auth_token": None,
     }
+    assert tuple(settings) == SERVER_KEYS  # the limits and timers too, at the library's defaults
+    assert settings["max_connection_rate"] == 1000.0 and settings["auth_tokens"] is None
     ok_json("server", "set", "port", str(port), socket_path=sock)
     assert ok_json("server", "get", "port", socket_path=sock) == {"settings": {"port": port}}
     assert ok_json("server", "start", socket_path=sock)["phase"] == "listening"
@@ -335,3 +341,48 @@ def test_usage_errors_follow_json_and_give_a_hint(mcd: Mcd, args: tuple[str, ...
     assert error["message"] and "help" in error["hint"]
     human = run(*args, socket_path=mcd.socket)
     assert human.returncode == 2 and "help" in human.stderr and human.stderr.startswith("mcctl: ")
+
+
+def test_every_limit_and_timer_of_the_library_can_be_set(mcd: Mcd) -> None:
+    """What a library Server or Client can be told, mcd's users can tell it:
+    the values take effect, and only what was set is saved."""
+    sock = mcd.socket
+    for args in (
+        ("server", "set", "interface", "127.0.0.1"),
+        ("server", "set", "max_clients", "1"),
+        ("server", "set", "max_connection_rate", "none"),
+        ("server", "set", "session_expiry", "2.5"),
+        ("server", "set", "auth_tokens", '{"one": "s3cret", "two": "t0ken"}'),
+        ("client", "set", "address", "127.0.0.1"),
+        ("client", "set", "client_id", "one"),
+        ("client", "set", "auth_token", "s3cret"),
+        ("client", "set", "reconnect_attempts", "3"),
+    ):
+        out = run(*args, socket_path=sock)
+        assert out.returncode == 0, (args, out.stderr)
+    settings = ok_json("server", "get", socket_path=sock)["settings"]
+    assert settings["max_clients"] == 1 and settings["max_connection_rate"] is None
+    assert settings["session_expiry"] == 2.5 and settings["auth_tokens"] == "(set)"
+    port = ok_json("server", "start", socket_path=sock)["port"]
+    run("client", "set", "port", str(port), socket_path=sock)
+    assert ok_json("client", "connect", "--wait", socket_path=sock)["phase"] == "connected"
+    # max_clients=1 holds: a second client (with its own token) is refused as the server is full.
+    second = Client(address="127.0.0.1", port=port, client_id="two", auth_token="t0ken", connect_timeout=5)
+    with pytest.raises(ConnectionRefusedByServer) as refused:
+        second.connect()
+    assert refused.value.code == "server_full"
+    bad = run("server", "set", "max_clients", "lots", socket_path=sock)
+    assert bad.returncode == 2 and "max_clients must be an integer" in bad.stderr
+    bad = run("client", "set", "send_timeout", "-1", socket_path=sock)
+    assert bad.returncode == 2 and "send_timeout" in bad.stderr
+    # Saved: what was set (None included), not every default.
+    assert mcd.stop() == 0
+    saved = json.loads((mcd.state_dir / "state.json").read_text())
+    server_saved = saved["servers"]["default"]["settings"]
+    assert server_saved["max_clients"] == 1 and server_saved["max_connection_rate"] is None
+    assert "heartbeat_interval" not in server_saved and "max_queued" not in server_saved
+    mcd.start()
+    assert ok_json("server", "get", "max_connection_rate", socket_path=sock)["settings"] == {
+        "max_connection_rate": None
+    }
+    assert ok_json("client", "get", "reconnect_attempts", socket_path=sock)["settings"] == {"reconnect_attempts": 3}

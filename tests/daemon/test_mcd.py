@@ -22,6 +22,7 @@ from support.cli import run as run_mcctl
 from support.mcd import Mcd
 
 from mc_control import ControlClient, ControlError, DaemonUnreachable
+from mc_control.codes import SERVER_KEYS
 from missioncommander import Client, Message
 
 
@@ -59,7 +60,8 @@ def test_ready_status_and_socket_permissions(mcd: Mcd) -> None:
 
 def test_client_and_server_commands_end_to_end(mcd: Mcd) -> None:
     port = start_server(mcd)
-    assert mcd.request("server.get")["settings"] == {
+    settings = mcd.request("server.get")["settings"]
+    assert {key: settings[key] for key in ("interface", "port", "tls_cert", "tls_key", "tls_ca", "auth_token")} == {
         "interface": "127.0.0.1",
         "port": 0,
         "tls_cert": None,
@@ -67,6 +69,8 @@ def test_client_and_server_commands_end_to_end(mcd: Mcd) -> None:
         "tls_ca": None,
         "auth_token": None,
     }
+    assert tuple(settings) == SERVER_KEYS  # the limits and timers too, at the library's defaults
+    assert settings["max_connection_rate"] == 1000.0 and settings["auth_tokens"] is None
     assert mcd.request("server.get", key="interface")["settings"] == {"interface": "127.0.0.1"}
     for key, value in (("address", "127.0.0.1"), ("port", port), ("client_id", "abcXYZ")):
         mcd.request("client.set", key=key, value=value)

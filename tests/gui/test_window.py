@@ -378,3 +378,24 @@ def settle() -> None:
     """Run the layout requests and resizes Qt has posted."""
     QApplication.sendPostedEvents()
     QApplication.processEvents()
+
+
+def test_limits_and_timers_are_set_from_the_window(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:
+    tab = gui.window.server_tab
+    gui.window.tabs.setCurrentIndex(1)
+    set_text(qtbot, tab.interface.edit, "127.0.0.1")
+    set_text(qtbot, tab.port.edit, "0")
+    set_text(qtbot, tab.max_clients.edit, "lots")
+    qtbot.mouseClick(tab.start_button, Qt.MouseButton.LeftButton)
+    assert tab.max_clients.error.isVisibleTo(gui.window) and tab.max_clients.error.text() == "a whole number"
+    assert tab.tuning_toggle.isChecked()  # the folded section opened to show the error
+    assert mcd.phase("server") is None  # nothing was sent
+    set_text(qtbot, tab.max_clients.edit, "2")
+    set_text(qtbot, tab.max_connection_rate.edit, "none")  # optional: none is no limit
+    set_text(qtbot, tab.session_expiry.edit, "7.5")
+    qtbot.mouseClick(tab.start_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: mcd.phase("server") == "listening", timeout=WAIT)
+    settings = mcd.request("server.get")["settings"]
+    assert settings["max_clients"] == 2 and settings["session_expiry"] == 7.5
+    assert settings["max_connection_rate"] is None
+    qtbot.waitUntil(tab.max_clients.edit.isReadOnly, timeout=WAIT)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from mc_control.codes import CLIENT_KEYS, SERVER_KEYS
+from mc_control.codes import CLIENT_KEYS, CLIENT_TUNING, OPTIONAL_TUNING, SERVER_KEYS, SERVER_TUNING
 
 # No dataclasses and no typing at run time: mcctl imports this module on
 # every call, and those two cost it a third of its start-up.
@@ -17,10 +17,13 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-INT_KEYS = ("port", "bind_port")
-BOOL_KEYS = ("tls", "tls_verify")
-#: Keys that `none` (or an empty value) unsets.
-OPTIONAL_KEYS = ("bind_port", "tls_ca", "tls_cert", "tls_key", "tls_hostname", "auth_token")
+_TUNING = {**CLIENT_TUNING, **SERVER_TUNING}  # a key means the same on either kind
+INT_KEYS = ("port", "bind_port", *(k for k, t in _TUNING.items() if t == "int"))
+FLOAT_KEYS = tuple(k for k, t in _TUNING.items() if t == "float")
+BOOL_KEYS = ("tls", "tls_verify", *(k for k, t in _TUNING.items() if t == "bool"))
+SECRETS_KEYS = tuple(k for k, t in _TUNING.items() if t == "secrets")
+#: Keys that `none` (or an empty value) unsets (for tuning keys: no limit, off).
+OPTIONAL_KEYS = ("bind_port", "tls_ca", "tls_cert", "tls_key", "tls_hostname", "auth_token", *OPTIONAL_TUNING)
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
 CLIENT_VERBS = ("set", "get", "connect", "disconnect", "status", "send", "create", "remove", "help")
@@ -196,7 +199,7 @@ def parse_payload(text: str) -> dict[str, Any]:
     return value
 
 
-def _value(key: str, raw: str) -> str | int | bool | None:
+def _value(key: str, raw: str) -> str | int | float | bool | dict[str, str] | None:
     if key in OPTIONAL_KEYS and raw.lower() in ("none", "null", ""):
         return None
     if key in BOOL_KEYS:
@@ -210,6 +213,19 @@ def _value(key: str, raw: str) -> str | int | bool | None:
             return int(raw)
         except ValueError:
             raise UsageError(f"{key} must be an integer, not {raw!r}") from None
+    if key in FLOAT_KEYS:
+        try:
+            return float(raw)
+        except ValueError:
+            raise UsageError(f"{key} must be a number (seconds, or per second), not {raw!r}") from None
+    if key in SECRETS_KEYS:
+        try:
+            tokens = json.loads(raw)
+        except ValueError:
+            tokens = None
+        if not isinstance(tokens, dict) or not all(isinstance(v, str) for v in tokens.values()):
+            raise UsageError(f'{key} must be a JSON object of client id to token, e.g. \'{{"c1": "secret"}}\'')
+        return tokens
     return raw
 
 

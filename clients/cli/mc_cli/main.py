@@ -27,13 +27,15 @@ Drive mcd, the MissionCommander daemon, over its control socket.
 client commands (on the client instance --name, default "default"):
   client set KEY VALUE          KEY: address, port, client_id, interface, bind_port,
                                 tls (true/false), tls_ca, tls_verify, tls_cert, tls_key,
-                                tls_hostname, auth_token (none unsets an optional key)
+                                tls_hostname, auth_token (none unsets an optional key);
+                                limits and timers: `mcctl help client`
   client get [KEY]
   client connect [--wait | --no-wait] [--timeout S]
   client disconnect | status | create | remove
   client send SUBJECT [JSON]    e.g. client send echo '{"message": "hello"}'
 server commands (on the server instance --name):
-  server set KEY VALUE          KEY: interface, port, tls_cert, tls_key, tls_ca, auth_token
+  server set KEY VALUE          KEY: interface, port, tls_cert, tls_key, tls_ca, auth_token;
+                                limits and timers: `mcctl help server`
   server get [KEY]
   server start | stop | status | clients | create | remove
   server send [--to CLIENT_ID] SUBJECT [JSON]   (all clients without --to)
@@ -68,7 +70,12 @@ CLIENT_HELP = """\
 client commands (add --name NAME for an instance other than "default"):
   client set KEY VALUE     set address, port, client_id, interface ('' or '*' for any), bind_port;
                            security: tls true|false, tls_ca FILE, tls_verify true|false,
-                           tls_cert FILE, tls_key FILE, tls_hostname NAME, auth_token SECRET
+                           tls_cert FILE, tls_key FILE, tls_hostname NAME, auth_token SECRET;
+                           limits and timers (as the library's Client; seconds, counts, bytes):
+                           connect_timeout, reconnect_delay, reconnect_max_delay,
+                           reconnect_attempts (none: forever), heartbeat_interval,
+                           heartbeat_timeout, max_frame_size, max_queued, max_queued_bytes,
+                           send_timeout, max_inbound, max_inbound_bytes, inline_callbacks
   client get [KEY]         show one setting or all
   client connect           connect, and say how the first attempt went (exit 1 if it failed;
                            the client keeps retrying in the background until it connects)
@@ -84,7 +91,13 @@ SERVER_HELP = """\
 server commands (add --name NAME for an instance other than "default"):
   server set KEY VALUE     set interface ('' or '*' for all, an IP, or a name like lo) or port;
                            security: tls_cert FILE, tls_key FILE, tls_ca FILE (require client
-                           certificates), auth_token SECRET
+                           certificates), auth_token SECRET, auth_tokens '{"ID": "SECRET"}';
+                           limits and timers (as the library's Server; seconds, counts, bytes):
+                           handshake_timeout, heartbeat_interval, heartbeat_timeout,
+                           max_frame_size, max_clients (none: no limit), session_expiry,
+                           max_queued, max_queued_bytes, max_pending_bytes,
+                           max_connection_rate (per second; none: off), max_inbound,
+                           max_inbound_bytes, max_inbound_total_bytes, inline_callbacks
   server get [KEY]         show one setting or all
   server start | stop      listen, or announce shutdown to every client and stop
   server status            state, settings and connected clients

@@ -239,3 +239,43 @@ def check_instance_name(text: str) -> tuple[str | None, str | None]:
 
 def new_client_id() -> str:
     return uuid.uuid4().hex
+
+
+def check_tuning(key: str, kind: str, text: str, optional: bool) -> tuple[Any, str | None]:
+    """A limit or timer as typed: ``kind`` is its type in ``mc_control.codes``
+    (int, float, bool, secrets); empty is none (no limit, off) where ``optional``."""
+    text = text.strip()
+    if not text or text.lower() == "none":
+        if optional:
+            return None, None
+        return None, "a value is needed"
+    if kind == "bool":
+        if text.lower() in ("true", "yes", "on", "1"):
+            return True, None
+        if text.lower() in ("false", "no", "off", "0"):
+            return False, None
+        return None, "true or false"
+    if kind == "secrets":
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = None
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            return None, 'a JSON object of client id to token: {"id": "secret"}'
+        return value, None
+    try:
+        number: int | float = int(text) if kind == "int" else float(text)
+    except ValueError:
+        return None, "a whole number" if kind == "int" else "a number"
+    if number <= 0:
+        return None, f"{key} must be more than 0"
+    return number, None
+
+
+def shown_tuning(value: Any) -> str:
+    """A limit or timer's value as its field shows it."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

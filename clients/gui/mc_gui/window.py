@@ -24,9 +24,12 @@ from PySide6.QtWidgets import (
     QScrollArea,
     QSizePolicy,
     QTabWidget,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
+
+from mc_control.codes import CLIENT_TUNING, OPTIONAL_TUNING, SERVER_TUNING
 
 from . import viewmodel as vm
 from .backend import Backend
@@ -320,6 +323,75 @@ class InstanceTab(QWidget):
     def update_controls(self, inst: vm.InstanceState) -> None:
         pass
 
+    # -- limits and timers: the same section on both tabs ---------------------
+
+    def tuning_section(self, tuning: dict[str, str]) -> QWidget:
+        """A section, folded away at first, with a field per limit or timer
+        (``mc_control.codes``' CLIENT_TUNING or SERVER_TUNING)."""
+        self.tuning_kinds = tuning
+        self.tuning: dict[str, Field] = {}
+        body = QWidget()
+        form = QFormLayout(body)
+        form.setContentsMargins(0, 0, 0, 0)
+        for key, kind in tuning.items():
+            optional = key in OPTIONAL_TUNING
+            hint = {"secrets": '{"client id": "token", ...}', "bool": "true or false"}.get(kind, "")
+            field = Field(hint or ("none: no limit" if optional else "a number"))
+            if kind == "secrets":
+                field.edit.setEchoMode(QLineEdit.EchoMode.Password)
+            self.tuning[key] = field
+            setattr(self, key, field)  # like the other settings: tab.max_queued
+            form.addRow(key, field.widget())
+        body.hide()
+        toggle = QToolButton()
+        toggle.setText("Limits and timers")
+        toggle.setCheckable(True)
+        toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        toggle.setArrowType(Qt.ArrowType.RightArrow)
+        toggle.setAutoRaise(True)
+
+        def fold(shown: bool) -> None:
+            body.setVisible(shown)
+            toggle.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
+
+        toggle.toggled.connect(fold)
+        self.tuning_toggle = toggle
+        section = QWidget()
+        layout = QVBoxLayout(section)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(toggle, 0, Qt.AlignmentFlag.AlignLeft)
+        layout.addWidget(body)
+        return section
+
+    def fill_tuning(self, settings: dict[str, Any]) -> None:
+        for key, field in self.tuning.items():
+            if self.tuning_kinds[key] == "secrets":
+                fill_secret(field, settings.get(key))
+            else:
+                field.fill(vm.shown_tuning(settings.get(key)))
+
+    def tuning_changes(self, current: dict[str, Any]) -> list[tuple[str, object, Field]] | None:
+        """The limits and timers changed here; None (errors shown) when one is not valid."""
+        changes: list[tuple[str, object, Field]] = []
+        ok = True
+        for key, field in self.tuning.items():
+            kind = self.tuning_kinds[key]
+            if kind == "secrets" and not field.dirty:
+                continue  # a secret is only ever sent, never shown
+            if not field.text().strip() and (key not in current or key not in OPTIONAL_TUNING):
+                field.set_error(None)
+                continue  # nothing known or typed here: leave it as it is
+            value, error = vm.check_tuning(key, kind, field.text(), key in OPTIONAL_TUNING)
+            field.set_error(error)
+            if error is not None:
+                ok = False
+                self.tuning_toggle.setChecked(True)  # show what is wrong
+            elif key not in current or value != current[key] or kind == "secrets":
+                changes.append((key, value, field))
+            else:
+                field.dirty = False
+        return changes if ok else None
+
 
 class ClientTab(InstanceTab):
     kind = "client"
@@ -378,6 +450,7 @@ class ClientTab(InstanceTab):
         form.addRow("TLS certificate", self.tls_cert.widget())
         form.addRow("TLS key", self.tls_key.widget())
         form.addRow("Token", self.token.widget())
+        form.addRow(self.tuning_section(CLIENT_TUNING))
         buttons = QHBoxLayout()
         buttons.addWidget(self.last_close, 1)
         buttons.addWidget(self.apply_button)
@@ -412,6 +485,7 @@ class ClientTab(InstanceTab):
             self.tls_cert,
             self.tls_key,
             self.token,
+            *self.tuning.values(),
         ]
 
     def field_for(self, key: str) -> Field:
@@ -432,6 +506,7 @@ class ClientTab(InstanceTab):
         for key in ("tls_ca", "tls_hostname", "tls_cert", "tls_key"):
             self.field_for(key).fill(settings.get(key))
         fill_secret(self.token, settings.get("auth_token"))
+        self.fill_tuning(settings)
         defaults = {"tls": False, "tls_verify": True}
         running = inst.phase in ("connected", "connecting", "reconnecting", "disconnecting")
         for key, box in self.toggles.items():
@@ -468,10 +543,11 @@ class ClientTab(InstanceTab):
         for field, (_value, error) in checks.values():
             field.set_error(error)
             ok = ok and error is None
-        if not ok:
+        current = self.current().status.get("settings") or {}
+        tuning = self.tuning_changes(current)
+        if not ok or tuning is None:
             self.status_message.emit("fix the fields marked in red first")
             return False
-        current = self.current().status.get("settings") or {}
         values: dict[str, Any] = {key: value for key, (_f, (value, _e)) in checks.items()}
         values["interface"] = interface
         if values["client_id"] is None:
@@ -491,6 +567,8 @@ class ClientTab(InstanceTab):
                 )
             else:
                 self.field_for(key).dirty = False
+        for key, tuned, field in tuning:
+            self.backend.request("client.set", {"name": self.name, "key": key, "value": tuned}, *field_callbacks(field))
         if then is not None:
             then()
         return True
@@ -542,6 +620,7 @@ class ServerTab(InstanceTab):
         form.addRow("TLS key", self.tls_key.widget())
         form.addRow("Client CA file", self.tls_ca.widget())
         form.addRow("Token", self.token.widget())
+        form.addRow(self.tuning_section(SERVER_TUNING))
         buttons = QHBoxLayout()
         buttons.addWidget(self.listening, 1)
         buttons.addWidget(self.start_button)
@@ -551,7 +630,9 @@ class ServerTab(InstanceTab):
         clients_box = QGroupBox("Connected clients")
         clients_layout = QVBoxLayout(clients_box)
         self.clients = QListWidget()
-        self.clients.setMinimumHeight(90)
+        self.clients.setMinimumHeight(60)
+        # Like the log: the room that is left, never more than the window has.
+        self.clients.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Ignored)
         self.no_clients = QLabel("No clients connected")
         self.no_clients.setStyleSheet("color: #757575;")
         self.kick_button = QPushButton("Disconnect client")
@@ -582,7 +663,7 @@ class ServerTab(InstanceTab):
         layout.addWidget(log_box, 1)
 
     def fields(self) -> list[Field]:
-        return [self.interface, self.port, self.tls_cert, self.tls_key, self.tls_ca, self.token]
+        return [self.interface, self.port, self.tls_cert, self.tls_key, self.tls_ca, self.token, *self.tuning.values()]
 
     def update_controls(self, inst: vm.InstanceState) -> None:
         settings = inst.status.get("settings") or {}
@@ -592,6 +673,7 @@ class ServerTab(InstanceTab):
         self.tls_key.fill(settings.get("tls_key"))
         self.tls_ca.fill(settings.get("tls_ca"))
         fill_secret(self.token, settings.get("auth_token"))
+        self.fill_tuning(settings)
         running = inst.phase == "listening"
         for field in self.fields():
             field.lock(running, "stop the server to change this")
@@ -622,10 +704,11 @@ class ServerTab(InstanceTab):
         interface = self.interface.text().strip()
         port, error = vm.check_port(self.port.text(), allow_zero=True)
         self.port.set_error(error)
-        if error:
+        current = self.current().status.get("settings") or {}
+        tuning = self.tuning_changes(current)
+        if error or tuning is None:
             self.status_message.emit("fix the fields marked in red first")
             return
-        current = self.current().status.get("settings") or {}
         changes: list[tuple[str, object, Field]] = [
             ("interface", interface, self.interface),
             ("port", port, self.port),
@@ -642,6 +725,8 @@ class ServerTab(InstanceTab):
                 )
             else:
                 field.dirty = False
+        for key, tuned, field in tuning:  # already only what changed
+            self.backend.request("server.set", {"name": self.name, "key": key, "value": tuned}, *field_callbacks(field))
         self.backend.request("server.start", {"name": self.name}, None, self.report_error)
 
     def stop_server(self) -> None:
@@ -679,7 +764,7 @@ class MainWindow(QMainWindow):
         self.keep_running_in_tray = False
         self.setWindowTitle("MissionCommander")
         self.setWindowIcon(dot_icon("idle"))
-        self.resize(900, 640)
+        self.resize(900, 700)
 
         self.banner = QFrame()
         self.banner.setStyleSheet("QFrame { background: #fdecea; border: 1px solid #f5c2c0; border-radius: 4px; }")
