@@ -34,7 +34,7 @@ from missioncommander import (
 from missioncommander import __version__ as library_version
 
 from .events import EventRing, Subscription
-from .state import StateStore, StateWriter
+from .state import StateStore, StateWriter, encode_member, encode_state
 
 log = logging.getLogger("mcd.core")
 
@@ -79,16 +79,38 @@ class _Instance:
     def __init__(self, core: DaemonCore, name: str) -> None:
         self.core = core
         self.name = name
-        self.desired = False
+        self._desired = False
         self.last_error: str | None = None
         #: Tuning settings the user set: only these are saved, so a library
         #: default that changes in a later version is not pinned by mcd.
         self.tuned: set[str] = set()
+        #: saved_settings() as last built: a save walks every instance, and
+        #: reading two dozen settings of a thousand instances each time made
+        #: every change cost more the more instances there were.
+        self._saved: bytes | None = None
 
-    def saved_settings(self) -> dict[str, Any]:
-        """What to save: every setting but the tuning ones left at their default."""
-        tuning = CLIENT_TUNING if self.kind == "client" else SERVER_TUNING
-        return {k: v for k, v in self.settings(reveal=True).items() if k not in tuning or k in self.tuned}
+    @property
+    def desired(self) -> bool:
+        """What the user asked for last: connected or started (saved)."""
+        return self._desired
+
+    @desired.setter
+    def desired(self, value: bool) -> None:
+        if value != self._desired:
+            self._desired = value
+            self._saved = None
+
+    def saved_entry(self) -> bytes:
+        """This instance's member of the state file, encoded: every setting
+        but the tuning ones left at their default, and what is desired."""
+        if self._saved is None:
+            tuning = CLIENT_TUNING if self.kind == "client" else SERVER_TUNING
+            settings = {k: v for k, v in self.settings(reveal=True).items() if k not in tuning or k in self.tuned}
+            self._saved = encode_member(self.name, {"settings": settings, "desired": self.desired})
+        return self._saved
+
+    def settings_changed(self) -> None:
+        self._saved = None
 
     def settings(self, reveal: bool = False) -> dict[str, Any]:
         raise NotImplementedError
@@ -348,6 +370,7 @@ class DaemonCore:
             ) from None
         if key in (CLIENT_TUNING if kind == "client" else SERVER_TUNING):
             instance.tuned.add(key)
+        instance.settings_changed()
         settings: dict[str, Any] = instance.settings()
         instance.publish("settings", **settings)
         return _with_warnings({"settings": settings}, self.save())
@@ -543,18 +566,16 @@ class DaemonCore:
 
     # -- persistence -----------------------------------------------------------
 
-    def persistable(self) -> dict[str, Any]:
+    def persistable(self) -> bytes:
+        """The state file's body; each instance is encoded once per change."""
         with self._lock:
-            return {
-                "clients": {
-                    **self._unrestored["clients"],
-                    **{n: {"settings": i.saved_settings(), "desired": i.desired} for n, i in self.clients.items()},
-                },
-                "servers": {
-                    **self._unrestored["servers"],
-                    **{n: {"settings": i.saved_settings(), "desired": i.desired} for n, i in self.servers.items()},
-                },
+            sections = {
+                key: {name: encode_member(name, saved) for name, saved in self._unrestored[key].items()}
+                for key in ("clients", "servers")
             }
+            sections["clients"].update((n, i.saved_entry()) for n, i in self.clients.items())
+            sections["servers"].update((n, i.saved_entry()) for n, i in self.servers.items())
+        return encode_state(sections)
 
     def _writer_changed(self) -> int:
         return self._writer.changed() if self._writer is not None else 0
@@ -619,6 +640,7 @@ class DaemonCore:
                 setattr(target, key, value)
             except (TypeError, ValueError, AttributeError) as exc:
                 log.error("%s %r: saved %s=%r refused: %s", kind, name, key, value, exc)
+        instance.settings_changed()
         if saved.get("desired"):
             if kind == "client":
                 # The server may not be up yet: keep trying with backoff.

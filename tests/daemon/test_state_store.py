@@ -175,3 +175,18 @@ def test_the_writer_coalesces_a_burst_and_writes_the_last_state(tmp_path: Path) 
         assert json.loads(store.path.read_text())["clients"] == {"c199": {}}
     finally:
         writer.close()
+
+
+def test_the_state_assembled_from_encoded_entries_is_the_state_encoded_whole() -> None:
+    from mc_daemon.state import FORMAT_VERSION, encode_entry, encode_member, encode_state
+
+    data = {
+        "clients": {"b": {"settings": {"port": 2, "address": "x"}, "desired": True}, "a": {"settings": {}}},
+        "servers": {"s\u00e9": {"settings": {"auth_tokens": {"c": "t"}}, "desired": False}},
+    }
+    sections = {key: {name: encode_member(name, entry) for name, entry in data[key].items()} for key in data}
+    assembled = encode_state(sections)
+    assert assembled == encode_entry({"version": FORMAT_VERSION, **data})
+    assert json.loads(assembled) == {"version": FORMAT_VERSION, **data}
+    empty = encode_state({"clients": {}, "servers": {}})
+    assert json.loads(empty) == {"version": FORMAT_VERSION, "clients": {}, "servers": {}}
