@@ -110,6 +110,9 @@ def test_json_output_of_every_command(mcd: Mcd) -> None:
         (("client", "fly"), "unknown client command"),
         (("client", "set", "colour", "red"), "unknown client key"),
         (("client", "set", "port", "abc"), "port must be an integer"),
+        (("server", "set", "heartbeat_interval", "soon"), "heartbeat_interval must be a number, not 'soon'"),
+        (("server", "set", "auth_tokens", "[1]"), "a JSON object of client id to token"),
+        (("client", "set", "inline_callbacks", "maybe"), "inline_callbacks must be true or false"),
         (("client", "set", "port"), "usage: client set"),
         (("client", "send", "echo", '{"message" "hello"}'), "column 12"),
         (("client", "send", "echo", "[1, 2]"), "must be a JSON object"),
@@ -373,6 +376,7 @@ def test_every_limit_and_timer_of_the_library_can_be_set(mcd: Mcd) -> None:
     assert refused.value.code == "server_full"
     bad = run("server", "set", "max_clients", "lots", socket_path=sock)
     assert bad.returncode == 2 and "max_clients must be an integer" in bad.stderr
+    assert "fix: `mcctl help server` lists the keys" in bad.stderr
     bad = run("client", "set", "send_timeout", "-1", socket_path=sock)
     assert bad.returncode == 2 and "send_timeout" in bad.stderr
     # Saved: what was set (None included), not every default.

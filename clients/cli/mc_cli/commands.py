@@ -102,7 +102,8 @@ def render(inv: Invocation, result: dict[str, Any]) -> str:
     if verb == "set":
         key = inv.params["key"]
         value = result["settings"].get(key)
-        return f"{cmd.split('.')[0]} {name}: {key} = {value if value not in ('', None) else repr(value)}"
+        shown = "none" if value is None else repr(value) if value == "" else value
+        return f"{cmd.split('.')[0]} {name}: {key} = {shown}"
     if verb == "get":
         return output.settings(result["settings"])
     if cmd == "client.connect":

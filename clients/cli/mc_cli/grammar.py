@@ -217,7 +217,7 @@ def _value(key: str, raw: str) -> str | int | float | bool | dict[str, str] | No
         try:
             return float(raw)
         except ValueError:
-            raise UsageError(f"{key} must be a number (seconds, or per second), not {raw!r}") from None
+            raise UsageError(f"{key} must be a number, not {raw!r}") from None
     if key in SECRETS_KEYS:
         try:
             tokens = json.loads(raw)

@@ -152,13 +152,21 @@ def client_factory(inv: Invocation) -> Callable[[], ControlClient]:
     return make
 
 
+def _usage_hint(args: list[str]) -> str:
+    """Where to look: the keys for a bad `set`, else the commands."""
+    for kind in ("client", "server"):
+        if kind in args and "set" in args:
+            return f"`mcctl help {kind}` lists the keys and their values"
+    return "run `mcctl --help` for the commands"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
         inv = parse(args)
     except UsageError as exc:
         # Options may not have parsed: look for --json by hand, so scripts get JSON errors too.
-        Printer("--json" in args).error("usage", str(exc), None, "run `mcctl --help` for the commands")
+        Printer("--json" in args).error("usage", str(exc), None, _usage_hint(args))
         return EXIT_USAGE
     printer = Printer(inv.options.json)
     if inv.action == "shell":
