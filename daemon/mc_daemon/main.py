@@ -127,6 +127,16 @@ class StopRequest:
             os.write(self._wake_w, b"\0")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mcd",
@@ -144,14 +154,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument(
         "--event-queue",
-        type=int,
+        type=_positive_int,
         default=None,
         metavar="N",
         help="how far behind the newest event a subscriber may fall before it is told and cut off "
         "(default: the ring's size)",
     )
     p.add_argument(
-        "--event-ring", type=int, default=10000, metavar="N", help="recent events kept for catch-up (default 10000)"
+        "--event-ring",
+        type=_positive_int,
+        default=10000,
+        metavar="N",
+        help="recent events kept for catch-up (default 10000)",
     )
     p.add_argument("--print-schema", action="store_true", help="print the control API's JSON Schema and exit")
     p.add_argument("--version", action="store_true", help="print mcd's version and exit")

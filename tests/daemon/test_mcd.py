@@ -604,3 +604,16 @@ def test_a_subscriber_that_hangs_up_is_not_an_error() -> None:
         assert "Traceback" not in log and " ERROR " not in log, log
     finally:
         daemon.close()
+
+
+@pytest.mark.parametrize("option", ["--event-ring", "--event-queue"])
+def test_event_sizes_below_one_are_refused_at_start(option: str, tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "mc_daemon", "--socket", str(tmp_path / "s"), option, "0"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2 and f"{option}: must be at least 1, not 0" in out.stderr
+    assert "Traceback" not in out.stderr
