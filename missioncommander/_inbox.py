@@ -107,9 +107,14 @@ class Inbox:
     def attach(self, link: Link) -> None:
         """Messages arrive on ``link`` from now on."""
         self.link = link
-        if self._over() and link.transport is not None:
-            link.transport.pause_reading()
+        if self._over():
+            self._pause()
         self._arm()
+
+    def _pause(self) -> None:
+        link = self.link
+        if link is not None and link.transport is not None:
+            link.transport.pause_reading()
 
     def detach(self, link: Link) -> None:
         if self.link is link:
@@ -124,27 +129,14 @@ class Inbox:
     def hold(self, size: int) -> InboundStream:
         """Count a message handed to the callbacks (pausing the connection
         when over a bound); returns the stream to pass to :meth:`taken`."""
-        # Written out, not through _over() and _progress(): this runs for
-        # every message, and calls cost more than the arithmetic.
-        self.received_count = count = self.received_count + 1
-        self.received_bytes = held = self.received_bytes + size
-        budget = self.budget
-        if budget is not None:
-            budget.received_bytes += size
-        if (
-            count - self.taken_count >= self.max_count
-            or held - self.taken_bytes >= self.max_bytes
-            or (budget is not None and budget.received_bytes - budget.taken_bytes >= budget.max_bytes)
-        ):
-            link = self.link
-            if link is not None and link.transport is not None:
-                link.transport.pause_reading()
-        stream = self.stream
-        if stream.taken_seq - stream.acked_seq >= stream.ACK_EVERY:
-            self.send_ack()
-        if self._timer is None:
-            self._timer = self.loop.call_later(ACK_DELAY, self._tick)
-        return stream
+        self.received_count += 1
+        self.received_bytes += size
+        if self.budget is not None:
+            self.budget.received_bytes += size
+        if self._over():
+            self._pause()
+        self._progress()
+        return self.stream
 
     def take_now(self) -> None:
         """A message nobody subscribed to: taken as it arrives."""
@@ -177,9 +169,7 @@ class Inbox:
         transport = link.transport
         if transport is not None and transport.reading_paused and self._room():
             link.resume_reading()
-        stream = self.stream
-        behind = stream.taken_seq < stream.last_seq or self.waiting > 0
-        if behind or (transport is not None and transport.reading_paused):
+        if self.waiting > 0 or (transport is not None and transport.reading_paused):
             self._arm()
 
     def send_ack(self) -> None:
