@@ -275,16 +275,20 @@ class ControlServer:
 
     @staticmethod
     def _write_some(conn: socket.socket, data: bytes, wait: float = 1.0) -> bytes:
-        """Write what fits now, waiting up to ``wait`` s for room; returns what is left."""
-        poller = select.poll()  # not select(): mcd may hold more than 1024 descriptors
-        poller.register(conn, select.POLLOUT)
-        if not poller.poll(max(wait, 0.0) * 1000):
-            return data
-        try:
-            sent = conn.send(data)
-        except (BlockingIOError, InterruptedError):
-            return data
-        return data[sent:]
+        """Write what fits, waiting up to ``wait`` s for room only when there
+        is none (the usual event costs one send); returns what is left."""
+        for attempt in range(2):
+            try:
+                sent = conn.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            if sent or attempt:
+                return data[sent:]
+            poller = select.poll()  # not select(): mcd may hold more than 1024 descriptors
+            poller.register(conn, select.POLLOUT)
+            if not poller.poll(max(wait, 0.0) * 1000):
+                return data
+        return data
 
     def _peer_gone(self, conn: socket.socket) -> bool:
         try:
