@@ -34,7 +34,7 @@ from missioncommander import (
 from missioncommander import __version__ as library_version
 
 from .events import EventRing, Subscription
-from .state import StateStore, StateWriter, encode_member, encode_state
+from .state import Sections, StateStore, StateWriter, encode_member
 
 log = logging.getLogger("mcd.core")
 
@@ -566,8 +566,8 @@ class DaemonCore:
 
     # -- persistence -----------------------------------------------------------
 
-    def persistable(self) -> bytes:
-        """The state file's body; each instance is encoded once per change."""
+    def persistable(self) -> Sections:
+        """Every instance's saved entry, encoded once per change."""
         with self._lock:
             sections = {
                 key: {name: encode_member(name, saved) for name, saved in self._unrestored[key].items()}
@@ -575,7 +575,7 @@ class DaemonCore:
             }
             sections["clients"].update((n, i.saved_entry()) for n, i in self.clients.items())
             sections["servers"].update((n, i.saved_entry()) for n, i in self.servers.items())
-        return encode_state(sections)
+        return sections
 
     def _writer_changed(self) -> int:
         return self._writer.changed() if self._writer is not None else 0

@@ -7,10 +7,11 @@ import os
 import stat
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from mc_daemon.state import SaveError, StateStore, StateWriter
+from mc_daemon.state import SaveError, Sections, StateStore, StateWriter, encode_member
 
 
 def test_a_failed_write_leaves_the_previous_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -138,25 +139,32 @@ def test_a_state_directory_others_may_write_to_is_tightened(tmp_path: Path) -> N
     assert stat.S_IMODE(os.stat(directory / "state.json").st_mode) == 0o600
 
 
+def _members(state: dict[str, dict[str, Any]]) -> Sections:
+    return {
+        section: {name: encode_member(name, entry) for name, entry in entries.items()}
+        for section, entries in state.items()
+    }
+
+
 def test_the_writer_retries_a_failed_save_and_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = StateStore(tmp_path)
     state = {"clients": {"a": {}}, "servers": {}}
     failures = threading.Semaphore(2)  # the first two saves fail, as on a full disk
-    real_save = store.save
+    real_write = store.write
 
-    def flaky_save(data: dict[str, object]) -> None:
+    def flaky_write(sections: Sections) -> None:
         if failures.acquire(blocking=False):
             raise SaveError("cannot save state: No space left on device")
-        real_save(data)
+        real_write(sections)
 
-    monkeypatch.setattr(store, "save", flaky_save)
+    monkeypatch.setattr(store, "write", flaky_write)
     monkeypatch.setattr(StateWriter, "RETRY_FIRST", 0.01)
-    writer = StateWriter(store, lambda: state)
+    writer = StateWriter(store, lambda: _members(state))
     try:
         generation = writer.changed()
         assert writer.wait(generation, timeout=5) == "cannot save state: No space left on device"
         assert writer.wait_saved(generation, timeout=10)
-        assert json.loads(store.path.read_text())["clients"] == {"a": {}}
+        assert StateStore(tmp_path).load()["clients"] == {"a": {}}
         assert writer.error is None and writer.wait(generation, timeout=1) is None
     finally:
         writer.close()
@@ -164,17 +172,124 @@ def test_the_writer_retries_a_failed_save_and_says_why(tmp_path: Path, monkeypat
 
 def test_the_writer_coalesces_a_burst_and_writes_the_last_state(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
-    state: dict[str, object] = {"clients": {}, "servers": {}}
-    writer = StateWriter(store, lambda: dict(state))
+    state: dict[str, dict[str, Any]] = {"clients": {}, "servers": {}}
+    writer = StateWriter(store, lambda: _members(state))
     try:
         generation = 0
         for n in range(200):
             state["clients"] = {f"c{n}": {}}
             generation = writer.changed()
         assert writer.wait(generation, timeout=10) is None
-        assert json.loads(store.path.read_text())["clients"] == {"c199": {}}
+        assert StateStore(tmp_path).load()["clients"] == {"c199": {}}
     finally:
         writer.close()
+    assert json.loads(store.path.read_text())["clients"] == {"c199": {}}  # whole at rest
+    assert not store.log_path.exists()
+
+
+def test_a_change_appends_one_line_of_what_changed(tmp_path: Path) -> None:
+    """A save's cost does not grow with the state: after the first, whole,
+    write, each write appends only the entries that changed."""
+    store = StateStore(tmp_path)
+    state = {"clients": {f"c{n}": {"settings": {"port": n}, "desired": True} for n in range(500)}, "servers": {}}
+    store.write(_members(state))
+    snapshot = store.path.read_bytes()
+    assert not store.log_path.exists()
+    state["clients"]["c7"] = {"settings": {"port": 70}, "desired": False}
+    state["servers"]["s"] = {"settings": {}, "desired": True}
+    del state["clients"]["c9"]
+    store.write(_members(state))
+    store.write(_members(state))  # nothing changed: nothing written
+    assert store.path.read_bytes() == snapshot
+    (line,) = store.log_path.read_bytes().splitlines()
+    assert len(line) < 200
+    assert stat.S_IMODE(store.log_path.stat().st_mode) == 0o600
+    assert StateStore(tmp_path).load() == {"version": 1, **state}
+
+
+def test_the_log_is_folded_into_the_snapshot_when_it_outgrows_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(StateStore, "COMPACT_AT", 1000)
+    store = StateStore(tmp_path)
+    state: dict[str, dict[str, Any]] = {"clients": {}, "servers": {}}
+    largest = 0
+    for n in range(100):
+        state["clients"][f"c{n}"] = {"settings": {"port": n}, "desired": True}
+        store.write(_members(state))
+        size = store.log_path.stat().st_size if store.log_path.exists() else 0
+        largest = max(largest, size)
+        assert StateStore(tmp_path).load() == {"version": 1, **state}
+    assert 1000 < largest < 2000 + len(store.path.read_bytes())
+
+
+def test_a_change_cut_short_is_dropped_and_the_rest_kept(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = StateStore(tmp_path)
+    store.write(_members({"clients": {"a": {}}, "servers": {}}))
+    store.write(_members({"clients": {"a": {}, "b": {}}, "servers": {}}))
+    with store.log_path.open("ab") as f:
+        f.write(b'{"gen":99,"del":{},"set":{"clients":{"c":')  # mcd killed mid-append
+    assert StateStore(tmp_path).load()["clients"] == {"a": {}, "b": {}}
+    assert "cut short" in caplog.text
+    assert not list(tmp_path.glob("*.corrupt-*"))
+
+
+def test_a_corrupt_log_is_moved_aside_and_what_came_before_it_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = StateStore(tmp_path)
+    store.write(_members({"clients": {"a": {}}, "servers": {}}))
+    store.write(_members({"clients": {"a": {}, "b": {}}, "servers": {}}))
+    with store.log_path.open("ab") as f:
+        f.write(b'{"gen":3,"set":{"clients":[]}}\n{"gen":4,"set":{"clients":{"d":{}}}}\n')
+    reloaded = StateStore(tmp_path)
+    assert reloaded.load()["clients"] == {"a": {}, "b": {}}
+    (aside,) = tmp_path.glob("state.log.corrupt-*")
+    assert b'"d"' in aside.read_bytes()  # nothing lost: the damaged log is kept
+    assert "corrupt at line 2" in caplog.text
+    assert json.loads(store.path.read_text())["clients"] == {"a": {}, "b": {}}  # saved whole at once
+
+
+def test_lines_the_snapshot_already_holds_are_not_applied_again(tmp_path: Path) -> None:
+    """mcd stopped between writing the snapshot and removing the log: the
+    old lines are older than the snapshot, and a removal stays removed."""
+    store = StateStore(tmp_path)
+    store.write(_members({"clients": {"a": {}}, "servers": {}}))
+    store.write(_members({"clients": {"a": {}, "b": {}}, "servers": {}}))
+    old_log = store.log_path.read_bytes()
+    store.save_sections(_members({"clients": {"a": {}}, "servers": {}}))  # b removed, log folded in
+    store.log_path.write_bytes(old_log)
+    assert StateStore(tmp_path).load()["clients"] == {"a": {}}
+
+
+def test_a_failed_append_is_followed_by_a_whole_save(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = StateStore(tmp_path)
+    store.write(_members({"clients": {"a": {}}, "servers": {}}))
+    store.write(_members({"clients": {"a": {}, "b": {}}, "servers": {}}))
+    real_write = os.write
+
+    def half_then_fail(fd: int, data: bytes | memoryview) -> int:
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_fail)
+    with pytest.raises(SaveError, match="No space left on device"):
+        store.write(_members({"clients": {"a": {}, "b": {}, "c": {}}, "servers": {}}))
+    monkeypatch.undo()
+    store.write(_members({"clients": {"a": {}, "b": {}, "c": {}, "d": {}}, "servers": {}}))
+    assert not store.log_path.exists()  # the torn line went with the log
+    assert StateStore(tmp_path).load()["clients"] == {"a": {}, "b": {}, "c": {}, "d": {}}
+
+
+def test_a_symlink_in_the_logs_place_is_not_written_through(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.write(_members({"clients": {"a": {}}, "servers": {}}))
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"")
+    store.log_path.symlink_to(target)
+    with pytest.raises(SaveError):
+        store.write(_members({"clients": {"a": {}, "b": {}}, "servers": {}}))
+    assert target.read_bytes() == b""
 
 
 def test_the_state_assembled_from_encoded_entries_is_the_state_encoded_whole() -> None:
