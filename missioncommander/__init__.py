@@ -22,8 +22,8 @@ from ._errors import (
     TLSConfigError,
     UnknownClient,
 )
-from ._message import Message
-from ._protocol import PROTOCOL_VERSION
+from ._frames import PROTOCOL_VERSION
+from ._message import FrozenDict, FrozenList, Message
 from ._server import Server
 from ._state import ClientState, ClientStateTransition
 
@@ -39,6 +39,8 @@ __all__ = [
     "ConnectTimeout",
     "ConnectionLost",
     "ConnectionRefusedByServer",
+    "FrozenDict",
+    "FrozenList",
     "LocalProtocolError",
     "Message",
     "MessageTooLarge",

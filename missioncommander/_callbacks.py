@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._inbox import Inbox
-    from ._protocol import InboundStream
+    from ._streams import InboundStream
 
 log = logging.getLogger("missioncommander.callbacks")
 

@@ -19,6 +19,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from . import _config as cfg
+from ._auth import auth_proof, new_nonce, proof_matches
 from ._callbacks import Callbacks
 from ._errors import (
     ConnectError,
@@ -28,14 +29,7 @@ from ._errors import (
     QueueFullError,
     StateError,
 )
-from ._inbox import Inbox
-from ._link import Link
-from ._loop import BURST_GAP, WANT_WRITE, Loop, Timer, Transport, get_loop
-from ._message import Message
-from ._protocol import (
-    DEFAULT_MAX_FRAME_SIZE,
-    MESSAGE_OVERHEAD,
-    MIN_MAX_FRAME_SIZE,
+from ._events import (
     TERMINAL_CODES,
     AckReceived,
     ByeReceived,
@@ -44,17 +38,19 @@ from ._protocol import (
     ErrorReceived,
     Event,
     MessageReceived,
-    OutboundStream,
     PingReceived,
     PongReceived,
     Role,
     ShutdownReceived,
     Welcome,
-    auth_proof,
-    new_nonce,
-    proof_matches,
 )
+from ._frames import DEFAULT_MAX_FRAME_SIZE, MESSAGE_OVERHEAD, MIN_MAX_FRAME_SIZE
+from ._inbox import Inbox
+from ._link import Link
+from ._loop import BURST_GAP, WANT_WRITE, Loop, Timer, Transport, get_loop
+from ._message import Message
 from ._state import ClientState, ClientStateTransition
+from ._streams import OutboundStream
 from ._tls import client_context
 
 log = logging.getLogger("missioncommander.client")

@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._loop import Loop, Timer
-from ._protocol import InboundStream
+from ._streams import InboundStream
 
 if TYPE_CHECKING:
     from ._link import Link

@@ -13,9 +13,11 @@ import logging
 import time
 from collections.abc import Callable
 
+from ._connection import Connection
 from ._errors import LocalProtocolError, RemoteProtocolError
+from ._events import Event, Role
 from ._loop import Loop, Timer, Transport
-from ._protocol import Connection, ConnState, Event, Role
+from ._transitions import ConnState
 
 log = logging.getLogger("missioncommander")
 
@@ -32,6 +34,8 @@ class Link:
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self._hb_timer: Timer | None = None
+        #: ``transport.writes`` at the last heartbeat check.
+        self._writes_seen = 0
         #: Bytes that may wait unsent for a heartbeat timeout before the
         #: peer counts as not reading (None: no limit).
         self.max_pending_bytes: int | None = None
@@ -112,6 +116,12 @@ class Link:
             # We stopped reading (our application is behind): the peer's
             # frames wait unread, so its silence proves nothing.
             self.proto.last_received = now
+        if transport.writes != self._writes_seen:
+            # Frames went out since the last check (MESSAGE frames are written
+            # without the Connection seeing them): the link is not idle, and
+            # the peer hears from us without a PING.  Counting them as sent
+            # now, a little late, delays the next PING by at most an interval.
+            self.proto.last_sent = max(self.proto.last_sent, now)
         action, next_check = self.proto.heartbeat_due(now, self.heartbeat_interval, self.heartbeat_timeout)
         if action == "timeout":
             transport.abort(f"heartbeat timeout: nothing received for {self.heartbeat_timeout:g} s")
@@ -129,6 +139,7 @@ class Link:
             return
         if action == "ping":
             self.write(self.proto.send_ping(now))
+        self._writes_seen = transport.writes
         self._schedule_heartbeat(min(next_check, now + self.heartbeat_timeout / 2))
 
     def answer_ping(self) -> None:

@@ -376,6 +376,10 @@ class Transport:
         self._peer_first = False
         self._linger_timer: Timer | None = None
         self._close_reason = ""
+        #: Calls that handed bytes over (``write``, ``write_many``,
+        #: ``send_locked``): the heartbeat reads it to tell a busy link from an
+        #: idle one, MESSAGE frames included.
+        self.writes = 0
         self._tls: _TLS | None = None
         #: When the queued bytes last moved into the kernel (or started queueing).
         self.last_progress = time.monotonic()
@@ -392,6 +396,7 @@ class Transport:
     def write(self, data: bytes) -> None:
         if self.closed or self._closing or not data:
             return
+        self.writes += 1
         if self._tls is not None:
             self._tls_write(data)
             return
@@ -401,6 +406,7 @@ class Transport:
     def write_many(self, chunks: list[bytes]) -> None:
         if self.closed or self._closing:
             return
+        self.writes += 1
         if self._tls is not None:
             self._tls_write(b"".join(chunks))
             return
@@ -422,6 +428,7 @@ class Transport:
         """
         if self.closed or self._closing:
             return False
+        self.writes += 1
         if self._out or len(chunks) > _IOV_MAX:  # bytes ahead of ours wait: keep the order
             self._out.extend(chunks)
             self.out_bytes += sum(map(len, chunks))

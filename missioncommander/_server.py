@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import ipaddress
 import logging
 import secrets
 import socket
@@ -15,35 +14,30 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _config as cfg
+from ._auth import auth_proof, new_nonce, proof_matches
 from ._callbacks import Callbacks
+from ._connection import Connection
 from ._errors import BindError, MessageTooLarge, QueueFullError, StateError, TLSConfigError, UnknownClient
-from ._inbox import Budget, Inbox
-from ._link import Link
-from ._loop import BURST_GAP, WANT_READ, Loop, Timer, Transport, get_loop
-from ._message import Message
-from ._protocol import (
-    DEFAULT_MAX_FRAME_SIZE,
-    MESSAGE_OVERHEAD,
-    MIN_MAX_FRAME_SIZE,
-    PROTOCOL_VERSION,
+from ._events import (
     AckReceived,
     ByeReceived,
-    Connection,
-    ConnState,
     ErrorCode,
     ErrorReceived,
     Event,
     Hello,
     MessageReceived,
-    OutboundStream,
     PingReceived,
     PongReceived,
     Role,
-    auth_proof,
-    new_nonce,
-    proof_matches,
 )
+from ._frames import DEFAULT_MAX_FRAME_SIZE, MESSAGE_OVERHEAD, MIN_MAX_FRAME_SIZE, PROTOCOL_VERSION
+from ._inbox import Budget, Inbox
+from ._link import Link
+from ._loop import BURST_GAP, WANT_READ, Loop, Timer, Transport, get_loop
+from ._message import Message
+from ._streams import OutboundStream
 from ._tls import server_context
+from ._transitions import ConnState
 
 log = logging.getLogger("missioncommander.server")
 
@@ -228,6 +222,13 @@ class Server:
     # -- lifecycle -------------------------------------------------------------
 
     @property
+    def requested_port(self) -> int:
+        """The port as set, before start() bound it: 0 stays 0 (a free
+        port each start) while ``port`` reads the one bound."""
+        value: int = self._settings.get("port", 0)
+        return value
+
+    @property
     def running(self) -> bool:
         """True between ``start()`` and ``stop()``."""
         return self._running
@@ -240,7 +241,7 @@ class Server:
             if not self._stopped.is_set():
                 raise StateError("the server is still stopping")
             host = cfg.resolve_interface(self.interface)
-            port = self._settings.get("port", 0)
+            port = self.requested_port
             if self.tls_ca and not self.tls_cert:
                 raise TLSConfigError("tls_ca (client certificates) needs tls_cert and tls_key too")
             self._tls_context = server_context(self.tls_cert, self.tls_key, self.tls_ca) if self.tls_cert else None
@@ -792,13 +793,6 @@ class _Acceptor:
 
     def handle_io(self, mask: int) -> None:
         self.server._accept(self.listener)
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
-    except ValueError:
-        return False
 
 
 _RATE_LIMITED_FRAME = Connection(Role.SERVER).send_error(

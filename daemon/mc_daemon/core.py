@@ -179,7 +179,7 @@ class ServerInstance(_Instance):
 
     def settings(self, reveal: bool = False) -> dict[str, Any]:
         values = {key: _plain(getattr(self.server, key)) for key in SERVER_KEYS}
-        values["port"] = self.server._settings.get("port", 0)  # as set: 0 stays 0 while listening
+        values["port"] = self.server.requested_port  # as set: 0 stays 0 while listening
         return _shown(values, reveal)
 
     def status(self) -> dict[str, Any]:

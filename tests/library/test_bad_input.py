@@ -12,13 +12,8 @@ import pytest
 from support import Recorder, server_frames
 
 from missioncommander import Client, Message, Server
-from missioncommander._protocol import (
-    ErrorReceived,
-    FrameDecoder,
-    FrameType,
-    encode_frame,
-    encode_json_frame,
-)
+from missioncommander._events import ErrorReceived
+from missioncommander._frames import FrameDecoder, FrameType, encode_frame, encode_json_frame
 
 MakeClient = Callable[..., Client]
 

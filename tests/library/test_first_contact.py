@@ -113,8 +113,8 @@ def test_a_ping_that_crosses_our_goodbye_is_ignored(server: Server, make_client:
     """A PING that arrives after this side sent BYE (or SHUTDOWN, or ERROR)
     is dropped quietly: there is no PONG to send on a closed link (it once
     raised LocalProtocolError on the I/O thread while a server stopped)."""
+    from missioncommander._events import PingReceived
     from missioncommander._loop import get_loop
-    from missioncommander._protocol import PingReceived
 
     client = make_client(server, client_id="crossing")
     client.connect()

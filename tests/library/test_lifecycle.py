@@ -6,6 +6,7 @@ import gc
 import os
 import socket
 import threading
+import time
 import weakref
 from collections.abc import Callable
 
@@ -13,7 +14,8 @@ import pytest
 from support import FaultProxy, Recorder, server_frames, wait_until
 
 from missioncommander import Client, ClientState, Message, Server
-from missioncommander._protocol import FrameType, PingReceived, encode_json_frame
+from missioncommander._events import PingReceived
+from missioncommander._frames import FrameType, encode_json_frame
 
 S = ClientState
 MakeClient = Callable[..., Client]
@@ -59,6 +61,33 @@ def test_server_drops_a_silent_client_after_its_heartbeat_timeout() -> None:
             pings = sum(1 for e in server_frames(sock) if isinstance(e, PingReceived))
         assert pings >= 1
         assert server.clients == ["mute"]  # detached, not ended: it may resume
+
+
+def test_a_busy_link_sends_no_pings() -> None:
+    """PING only when a side has sent nothing for an interval (docs/PROTOCOL.md,
+    "Liveness"): MESSAGE frames count as sending, though they are written
+    without the connection's send calls."""
+    with Server(interface="127.0.0.1", port=0, heartbeat_interval=0.5, heartbeat_timeout=30) as server:
+        rec = Recorder().attach(server, "clientconnect")
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            hello = {"version": 1, "client_id": "busy", "session": None, "last_seq": 0}
+            hello |= {"max_frame_size": 65536, "heartbeat_timeout": 60}
+            sock.sendall(encode_json_frame(FrameType.HELLO, hello))
+            rec.wait_count("clientconnect", 1)
+            frames = server_frames(sock)
+            # Four intervals of traffic, a message every 20 ms: never a pause
+            # of an interval, so never a reason to PING.
+            for n in range(100):
+                server.send("busy", Message("tick", {"n": n}))
+                time.sleep(0.02)
+            server.send("busy", Message("last"))
+            seen: list[object] = []
+            for frame in frames:
+                seen.append(frame)
+                if getattr(frame, "subject", None) == "last":
+                    break
+        assert sum(1 for f in seen if getattr(f, "subject", None) == "tick") == 100
+        assert not [f for f in seen if isinstance(f, PingReceived)]
 
 
 def _fds() -> int:

@@ -17,12 +17,8 @@ import pytest
 from support import FaultProxy, Recorder, free_port, server_frames, wait_until
 
 from missioncommander import Client, ClientState, Message, QueueFullError, Server
-from missioncommander._protocol import (
-    Challenge,
-    ErrorReceived,
-    FrameType,
-    encode_json_frame,
-)
+from missioncommander._events import Challenge, ErrorReceived
+from missioncommander._frames import FrameType, encode_json_frame
 
 S = ClientState
 CONNECTED = S.STATE_OK | S.STATE_RUNNING | S.STATE_CONNECTED

@@ -11,18 +11,20 @@ from hypothesis import strategies as st
 
 from missioncommander import Message
 from missioncommander._errors import RemoteProtocolError
-from missioncommander._protocol import (
+from missioncommander._events import (
     AckReceived,
     ByeReceived,
     Challenge,
     ErrorReceived,
-    FrameDecoder,
-    FrameType,
     Hello,
     MessageReceived,
     PingReceived,
     ShutdownReceived,
     Welcome,
+)
+from missioncommander._frames import (
+    FrameDecoder,
+    FrameType,
     encode_ack,
     encode_frame,
     encode_json_frame,

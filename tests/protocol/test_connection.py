@@ -8,29 +8,29 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from missioncommander._auth import auth_proof, proof_matches
+from missioncommander._connection import Connection
 from missioncommander._errors import LocalProtocolError, QueueFullError, RemoteProtocolError
-from missioncommander._protocol import (
+from missioncommander._events import (
     AckReceived,
     Challenge,
-    Connection,
-    ConnState,
-    FrameDecoder,
-    FrameType,
     Hello,
-    InboundStream,
     MessageReceived,
-    OutboundStream,
     PingReceived,
     Role,
     ShutdownReceived,
     Welcome,
-    auth_proof,
+)
+from missioncommander._frames import (
+    FrameDecoder,
+    FrameType,
     encode_frame,
     encode_json_frame,
     message_header,
     parse_frame,
-    proof_matches,
 )
+from missioncommander._streams import InboundStream, OutboundStream
+from missioncommander._transitions import ConnState
 
 
 def handshake() -> tuple[Connection, Connection]:

@@ -21,13 +21,11 @@ from missioncommander import (
     Server,
     TLSConfigError,
 )
-from missioncommander._protocol import (
-    Challenge,
-    ErrorReceived,
+from missioncommander._auth import auth_proof
+from missioncommander._events import Challenge, ErrorReceived, Welcome
+from missioncommander._frames import (
     FrameDecoder,
     FrameType,
-    Welcome,
-    auth_proof,
     encode_frame,
     encode_json_frame,
     message_header,

@@ -22,8 +22,10 @@ from support.mcd import Mcd
 from mc_daemon.core import CoreError, DaemonCore
 from mc_daemon.dispatch import Dispatcher
 from missioncommander import Client, Message, Server
+from missioncommander._connection import Connection
 from missioncommander._errors import RemoteProtocolError
-from missioncommander._protocol import Connection, FrameType, Role, encode_frame, encode_json_frame
+from missioncommander._events import Role
+from missioncommander._frames import FrameType, encode_frame, encode_json_frame
 
 EXAMPLES = int(os.environ.get("MC_FUZZ_EXAMPLES", "300"))
 LIVE_CASES = int(os.environ.get("MC_FUZZ_LIVE", "200"))

@@ -256,7 +256,7 @@ def free_port() -> int:
 def server_frames(sock: socket.socket, timeout: float = 10.0) -> Iterator[object]:
     """The frames a server sends on a raw socket, parsed, until it closes
     (or resets) the connection."""
-    from missioncommander._protocol import FrameDecoder, parse_frame
+    from missioncommander._frames import FrameDecoder, parse_frame
 
     sock.settimeout(timeout)
     decoder = FrameDecoder()

@@ -1,0 +1,155 @@
+"""Session streams: sequence numbers, acknowledgements, the resend buffer.
+
+A session numbers the messages each side sends from 1; the sender keeps
+every message until the peer acknowledges it (``OutboundStream``), the
+receiver drops what it has seen already (``InboundStream``), so a resumed
+session delivers each message exactly once.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Iterator
+
+from ._errors import QueueFullError, RemoteProtocolError
+from ._events import ErrorCode
+from ._frames import message_frames
+
+
+class OutboundStream:
+    """What one side sent in a session and the peer has not acknowledged.
+
+    Bounded by ``max_items`` messages and ``max_bytes`` bytes of encoded
+    bodies; ``push`` raises ``QueueFullError`` rather than grow past them.
+    Bodies are kept in order and numbered by position (the first is
+    ``next_seq - len(self)``): per message a deque slot, no tuple.
+    """
+
+    def __init__(self, max_items: int, max_bytes: int) -> None:
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self.next_seq = 1
+        self._items: deque[bytes] = deque()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
+
+    def push(self, body: bytes) -> int:
+        """Queue an encoded message body; return its sequence number."""
+        if not self.offer(body):
+            raise QueueFullError(
+                f"send queue full ({len(self._items)} of {self.max_items} messages,"
+                f" {self._bytes} + {len(body)} of {self.max_bytes} bytes)"
+            )
+        return self.next_seq - 1
+
+    def offer(self, body: bytes) -> bool:
+        """Queue ``body`` if there is room (True), else change nothing
+        (False): ``push`` for the send paths, one call per message."""
+        items = self._items
+        size = len(body)
+        if len(items) >= self.max_items or self._bytes + size > self.max_bytes:
+            return False
+        items.append(body)
+        self._bytes += size
+        self.next_seq += 1
+        return True
+
+    def ack(self, seq: int) -> int:
+        """Drop everything up to and including ``seq``; return how many.
+
+        An ack for a number never sent is the peer's error.
+        """
+        if seq >= self.next_seq:
+            raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"ack for {seq}, but only {self.next_seq - 1} were sent")
+        items = self._items
+        count = seq - (self.next_seq - len(items)) + 1
+        if count <= 0:
+            return 0
+        popleft = items.popleft
+        dropped = 0
+        for _ in range(count):
+            dropped += len(popleft())
+        self._bytes -= dropped
+        return count
+
+    def _start(self, seq: int) -> int:
+        """The index of the first message numbered above ``seq``."""
+        return max(seq + 1 - (self.next_seq - len(self._items)), 0)
+
+    def after(self, seq: int) -> Iterator[tuple[int, bytes]]:
+        """The unacknowledged messages numbered above ``seq``, in order."""
+        start = self._start(seq)
+        first = self.next_seq - len(self._items)
+        return enumerate(itertools.islice(self._items, start, None), first + start)
+
+    def frames_after(self, seq: int) -> tuple[list[bytes], int]:
+        """The MESSAGE frames of the messages numbered above ``seq``, ready
+        to write as ``message_frames`` groups them, and the number of the
+        last (``seq`` when there are none)."""
+        items = self._items
+        if seq + 2 == self.next_seq and items:
+            # A lone message (a request, a reply): no slicing.
+            return message_frames(seq + 1, [items[-1]]), seq + 1
+        count = len(items)
+        start = seq + 1 - (self.next_seq - count)
+        if start >= count:
+            return [], seq
+        start = max(start, 0)
+        first = self.next_seq - count + start
+        bodies = list(itertools.islice(items, start, None))
+        return message_frames(first, bodies), first + len(bodies) - 1
+
+    def restart(self) -> None:
+        """Renumber what is unacknowledged from 1, for a new session that
+        replaces one the peer forgot (a server restart)."""
+        self.next_seq = len(self._items) + 1
+
+    def clear(self) -> list[bytes]:
+        dropped = list(self._items)
+        self._items.clear()
+        self._bytes = 0
+        self.next_seq = 1
+        return dropped
+
+
+class InboundStream:
+    """What one side received in a session: duplicate detection, and the
+    numbers its acknowledgements and resume handshake report.
+
+    ``last_seq`` is the last message received, ``taken_seq`` the last one the
+    application took (its callbacks returned; see ``_inbox``), ``acked_seq``
+    the last one acknowledged. Acks and handshakes report ``taken_seq``; the
+    peer resends what follows, and what was received already is dropped here
+    as a duplicate (it is still on its way to the application).
+    """
+
+    #: Acknowledge at the latest after this many messages (or the timer).
+    ACK_EVERY = 64
+
+    __slots__ = ("acked_seq", "last_seq", "taken_seq")
+
+    def __init__(self) -> None:
+        self.last_seq = 0
+        self.taken_seq = 0
+        self.acked_seq = 0
+
+    def accept(self, seq: int) -> bool:
+        """True when ``seq`` is the next message, False for a duplicate."""
+        if seq == self.last_seq + 1:
+            self.last_seq = seq
+            return True
+        if seq <= self.last_seq:
+            return False
+        raise RemoteProtocolError(ErrorCode.SEQUENCE_GAP, f"expected message {self.last_seq + 1}, got {seq}")
+
+    @property
+    def unacked(self) -> int:
+        """Received and not yet acknowledged."""
+        return self.last_seq - self.acked_seq
