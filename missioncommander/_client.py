@@ -47,10 +47,10 @@ from ._events import (
 from ._frames import DEFAULT_MAX_FRAME_SIZE, MESSAGE_OVERHEAD, MIN_MAX_FRAME_SIZE
 from ._inbox import Inbox
 from ._link import Link
-from ._loop import BURST_GAP, WANT_WRITE, Loop, Timer, Transport, get_loop
+from ._loop import WANT_WRITE, Loop, Timer, Transport, get_loop
 from ._message import Message
+from ._session import SendSession
 from ._state import ClientState, ClientStateTransition
-from ._streams import OutboundStream
 from ._tls import client_context
 
 log = logging.getLogger("missioncommander.client")
@@ -331,15 +331,12 @@ class Client:
         self._persistent = False
         self._tls_context: ssl.SSLContext | None = None
         self._token: str | None = None
-        self._out = OutboundStream(self.max_queued, self.max_queued_bytes)
+        self._session = SendSession(self.max_queued, self.max_queued_bytes)
         self._inbox = Inbox(self._loop, self.max_inbound, self.max_inbound_bytes)
-        self._sent_seq = 0
         self._pump_scheduled = False
         #: The transport of the welcomed link, while send() may write to it
         #: from the caller's thread (set and cleared under the lock).
         self._live: Transport | None = None
-        self._last_send = 0.0
-        self._peer_max_frame_size = DEFAULT_MAX_FRAME_SIZE
         self._last_close_reason: str | None = None
         for name, value in settings.items():
             if not isinstance(getattr(type(self), name, None), cfg.Setting):
@@ -402,7 +399,7 @@ class Client:
     def queued(self) -> int:
         """Messages sent but not yet acknowledged by the server."""
         with self._lock:
-            return len(self._out)
+            return len(self._session.out)
 
     def _wake_senders_locked(self) -> None:
         """Wake send() calls waiting for room or for the session's end (lock held)."""
@@ -462,7 +459,7 @@ class Client:
             self._tls_context = tls_context
             future: Future[None] | None = Future() if wait else None
             self._connect_future = future
-            self._out.max_items, self._out.max_bytes = self.max_queued, self.max_queued_bytes
+            self._session.set_limits(self.max_queued, self.max_queued_bytes)
             self._inbox.max_count, self._inbox.max_bytes = self.max_inbound, self.max_inbound_bytes
             self._set_state(CONNECTING)
         timeout = self.connect_timeout
@@ -525,21 +522,23 @@ class Client:
         if not isinstance(message, Message):
             raise TypeError(f"message must be a Message, not {type(message).__name__}")
         body = message.encode()
-        if len(body) + MESSAGE_OVERHEAD > self._peer_max_frame_size:
+        session = self._session
+        if len(body) + MESSAGE_OVERHEAD > session.peer_max_frame_size:
             raise MessageTooLarge(
                 f"message of {len(body) + MESSAGE_OVERHEAD} bytes exceeds the server's limit"
-                f" of {self._peer_max_frame_size}"
+                f" of {session.peer_max_frame_size}"
             )
         with self._lock:
             if not self._state_bits & _CAN_SEND:
                 self._check_can_send()  # raises, saying why
-            if not self._out.offer(body):
+            out = session.out
+            if not out.offer(body):
                 if not self._state_bits & _CONNECTED:
-                    raise QueueFullError(f"send queue full while reconnecting ({len(self._out)} messages queued)")
+                    raise QueueFullError(f"send queue full while reconnecting ({len(out)} messages queued)")
                 if self._loop.in_loop():  # the acks that make room arrive on this very thread
-                    raise QueueFullError(f"send queue full ({len(self._out)} messages unacknowledged)")
+                    raise QueueFullError(f"send queue full ({len(out)} messages unacknowledged)")
                 deadline = time.monotonic() + self.send_timeout
-                while not self._out.offer(body):
+                while not out.offer(body):
                     left = deadline - time.monotonic()
                     if left <= 0:
                         raise QueueFullError(
@@ -559,17 +558,13 @@ class Client:
             if self._pump_scheduled:
                 # A pump is on its way; a long burst is written from here in
                 # batches meanwhile, sparing the loop (and the GIL hand-offs).
-                if self._out.next_seq - 1 - self._sent_seq < _BATCH or not live.direct_ok or self._loop.in_loop():
+                if session.unwritten < _BATCH or not live.direct_ok or self._loop.in_loop():
                     return
                 direct = True
             else:
-                now = time.monotonic()
-                burst = now - self._last_send < BURST_GAP
-                self._last_send = now
-                direct = not burst and live.direct_ok
+                direct = not session.burst(time.monotonic()) and live.direct_ok
             if not direct and self._loop.in_loop():
-                chunks, self._sent_seq = self._unsent()
-                live.write_many(chunks)  # flushed with the rest at the end of this loop turn
+                live.write_many(session.take_unsent())  # flushed with the rest at the end of this loop turn
                 return
             if not direct:
                 # The loop writes a burst in a few syscalls; the caller moves on.
@@ -579,7 +574,7 @@ class Client:
                 # thread: one thread hand-off fewer per request.  The transport lock is
                 # taken before ours is let go, so frames keep their order;
                 # the loop's acks do not wait for the syscall.
-                chunks, self._sent_seq = self._unsent()
+                chunks = session.take_unsent()
                 live.lock.acquire()
         if not direct:
             self._loop.call_soon(self._pump)
@@ -756,22 +751,21 @@ class Client:
             return
         with self._lock:
             resumed_session = welcome.resumed
+            session = self._session
             if resumed_session:
-                self._out.ack(welcome.last_seq)
-                self._sent_seq = welcome.last_seq
+                session.resumed(welcome.last_seq)
             else:
                 if self._token is not None:
                     log.warning(
                         "client %r: the server no longer knows our session (restart or expiry); "
                         "starting a new one and resending %d unacknowledged message(s)",
                         self.client_id,
-                        len(self._out),
+                        len(session.out),
                     )
-                self._out.restart()
+                session.restarted()
                 self._inbox.new_stream()
-                self._sent_seq = 0
             self._token = welcome.session
-            self._peer_max_frame_size = welcome.max_frame_size
+            session.peer_max_frame_size = welcome.max_frame_size
             first = bool(self._state_bits & _CONNECTING)
             future = self._connect_future
             self._connect_future = None
@@ -802,15 +796,11 @@ class Client:
         with self._lock:
             if link is None or not link.is_open or link.transport is None:
                 return
-            chunks, self._sent_seq = self._unsent()
+            chunks = self._session.take_unsent()
             # Written under the lock: send() writes from other threads, and
             # the frames must reach the socket in sequence order.
             if chunks:
                 link.transport.write_many(chunks)
-
-    def _unsent(self) -> tuple[list[bytes], int]:
-        """The frames of the messages not yet written, and the last one's seq (lock held)."""
-        return self._out.frames_after(self._sent_seq)
 
     def _handle(self, link: _ClientLink, event: Event) -> None:
         if isinstance(event, MessageReceived):
@@ -821,7 +811,7 @@ class Client:
                     inbox.take_now()
         elif isinstance(event, AckReceived):
             with self._lock:
-                self._out.ack(event.seq)
+                self._session.acked(event.seq)
                 self._wake_senders_locked()
         elif isinstance(event, PingReceived):
             link.answer_ping()
@@ -868,13 +858,11 @@ class Client:
 
     def _end_session_locked(self, reason: str) -> None:
         self._live = None
-        unsent = sum(1 for _ in self._out.after(self._sent_seq))
-        self._out.clear()
+        unsent = self._session.end()
         if unsent:
             log.warning("client %r: %d message(s) never sent were dropped (%s)", self.client_id, unsent, reason)
         self._token = None
         self._inbox.new_stream()
-        self._sent_seq = 0
 
     def _link_lost(self, link: _ClientLink, reason: str) -> None:
         if link is self._link:

@@ -42,10 +42,6 @@ _READS_PER_EVENT = 16
 _COMPACT_MIN = 4096
 #: Readiness events taken per wait (more wait for the next turn).
 _MAX_EVENTS = 1024
-#: A send this soon after the previous one on the same connection is part of
-#: a burst: it is left to the loop, which writes a burst with few syscalls.
-#: A lone send is written from the caller's thread at once (lower latency).
-BURST_GAP = 0.00005
 
 
 class Timer:

@@ -33,9 +33,9 @@ from ._events import (
 from ._frames import DEFAULT_MAX_FRAME_SIZE, MESSAGE_OVERHEAD, MIN_MAX_FRAME_SIZE, PROTOCOL_VERSION
 from ._inbox import Budget, Inbox
 from ._link import Link
-from ._loop import BURST_GAP, WANT_READ, Loop, Timer, Transport, get_loop
+from ._loop import WANT_READ, Loop, Timer, Transport, get_loop
 from ._message import Message
-from ._streams import OutboundStream
+from ._session import SendSession
 from ._tls import server_context
 from ._transitions import ConnState
 
@@ -53,40 +53,21 @@ class _PortSetting(cfg.Setting[int]):
         return super().__get__(obj, owner)
 
 
-class _Session:
+class _Session(SendSession):
     """A client id's session: survives broken connections until it expires."""
 
-    __slots__ = (
-        "client_id",
-        "expiry",
-        "inbox",
-        "last_send",
-        "link",
-        "live",
-        "out",
-        "peer_max_frame_size",
-        "sent_seq",
-        "token",
-    )
+    __slots__ = ("client_id", "expiry", "inbox", "link", "live", "token")
 
-    def __init__(self, client_id: str, out: OutboundStream, inbox: Inbox) -> None:
+    def __init__(self, client_id: str, max_items: int, max_bytes: int, inbox: Inbox) -> None:
+        super().__init__(max_items, max_bytes)
         self.client_id = client_id
         self.token = secrets.token_urlsafe(24)
-        self.out = out
         self.inbox = inbox
         self.link: _ServerLink | None = None
-        self.sent_seq = 0
         self.expiry: Timer | None = None
-        self.peer_max_frame_size = DEFAULT_MAX_FRAME_SIZE
         #: The welcomed link's transport, while send() may write to it from
         #: the caller's thread (set and cleared under the server's lock).
         self.live: Transport | None = None
-        self.last_send = 0.0
-
-    def unsent(self) -> list[bytes]:
-        """The frames of the messages not yet written; marks them written (lock held)."""
-        chunks, self.sent_seq = self.out.frames_after(self.sent_seq)
-        return chunks
 
 
 class _ServerLink(Link):
@@ -333,7 +314,7 @@ class Server:
             direct = self._send_one_locked(session)
             if direct is None:
                 return
-            chunks = session.unsent()
+            chunks = session.take_unsent()
             direct.lock.acquire()  # before ours is let go: frames keep their order
         try:
             direct.send_locked(chunks)  # if closing, the session's resend buffer keeps them
@@ -382,13 +363,10 @@ class Server:
         live = session.live
         if live is None or session in self._to_pump:
             return None  # the loop pumps it soon, or on the resume
-        now = time.monotonic()
-        burst = now - session.last_send < BURST_GAP
-        session.last_send = now
-        if not burst and live.direct_ok:
+        if not session.burst(time.monotonic()) and live.direct_ok:
             return live
         if self._loop.in_loop():
-            live.write_many(session.unsent())  # flushed at the end of this loop turn
+            live.write_many(session.take_unsent())  # flushed at the end of this loop turn
             return None
         wake = not self._to_pump
         self._to_pump.add(session)
@@ -545,8 +523,7 @@ class Server:
             if session is None:
                 return
             with self._lock:
-                session.out.ack(event.seq)
-                session.sent_seq = max(session.sent_seq, event.seq)
+                session.acked(event.seq)
         elif isinstance(event, PingReceived):
             link.answer_ping()
         elif isinstance(event, PongReceived):
@@ -660,7 +637,8 @@ class Server:
                 full = False
                 session = _Session(
                     client_id,
-                    OutboundStream(self.max_queued, self.max_queued_bytes),
+                    self.max_queued,
+                    self.max_queued_bytes,
                     Inbox(self._loop, self.max_inbound, self.max_inbound_bytes, self._inbound_budget),
                 )
                 self._sessions[client_id] = session
@@ -681,8 +659,7 @@ class Server:
             session.expiry = None
         with self._lock:
             if resumed:
-                session.out.ack(link.hello.last_seq)
-                session.sent_seq = link.hello.last_seq
+                session.resumed(link.hello.last_seq)
             session.peer_max_frame_size = link.hello.max_frame_size
         session.link = link
         link.session = session
@@ -716,7 +693,7 @@ class Server:
         if link is None or not link.is_open or link.transport is None:
             return
         with self._lock:
-            chunks = session.unsent()
+            chunks = session.take_unsent()
             # Under the lock: send() writes from other threads too, and the
             # frames must reach the socket in sequence order.
             if chunks:
@@ -739,8 +716,7 @@ class Server:
             del self._sessions[session.client_id]
             self._to_pump.discard(session)
             session.live = None
-            dropped = list(session.out.after(session.sent_seq))
-            session.out.clear()
+            dropped = session.end()
         if session.expiry is not None:
             session.expiry.cancel()
             session.expiry = None
@@ -754,9 +730,7 @@ class Server:
         if dropped:
             # A client that said goodbye chose not to get them: not a warning.
             level = logging.INFO if reason.startswith("client disconnected") else logging.WARNING
-            log.log(
-                level, "session of client %r ended; %d message(s) never sent dropped", session.client_id, len(dropped)
-            )
+            log.log(level, "session of client %r ended; %d message(s) never sent dropped", session.client_id, dropped)
         log.info("client %r session ended: %s", session.client_id, reason)
         self._callbacks.emit("clientdisconnect", session.client_id)
 

@@ -1,0 +1,86 @@
+"""The sending half of a session, sans-IO: one copy for Client and Server.
+
+A ``SendSession`` holds what one side sent in a session (the resend buffer,
+``_streams.OutboundStream``) and how far it has written it on the current
+connection (``sent_seq``), and applies the session rules to them: what an
+ACK drops, what a resume or a restart resends, what ending the session
+drops, whether a send is part of a burst.  Its owner calls it under its own
+lock (``send()`` runs on callers' threads); it takes none, and the time is
+passed in.
+
+The receiving half is ``_streams.InboundStream`` inside ``_inbox.Inbox``.
+"""
+
+from __future__ import annotations
+
+from ._frames import DEFAULT_MAX_FRAME_SIZE
+from ._streams import OutboundStream
+
+#: Sends closer together than this are a burst: the I/O thread writes a
+#: burst with few syscalls, while a lone send is written from its caller's
+#: thread (one thread hand-off fewer per request).
+BURST_GAP = 0.00005
+
+
+class SendSession:
+    """What this side sent in one session, and how far it is written.
+
+    ``sent_seq`` is the last message handed to the current connection;
+    every message after it waits to be written (on the next pump, or on the
+    resume), every message up to it waits only for its ACK.
+    """
+
+    __slots__ = ("last_send", "out", "peer_max_frame_size", "sent_seq")
+
+    def __init__(self, max_items: int, max_bytes: int) -> None:
+        self.out = OutboundStream(max_items, max_bytes)
+        self.sent_seq = 0
+        #: What the peer's HELLO or WELCOME allowed (a MESSAGE over it is refused at send()).
+        self.peer_max_frame_size = DEFAULT_MAX_FRAME_SIZE
+        self.last_send = 0.0
+
+    @property
+    def unwritten(self) -> int:
+        """Messages queued and not yet handed to a connection."""
+        return self.out.next_seq - 1 - self.sent_seq
+
+    def set_limits(self, max_items: int, max_bytes: int) -> None:
+        self.out.max_items, self.out.max_bytes = max_items, max_bytes
+
+    def take_unsent(self) -> list[bytes]:
+        """The MESSAGE frames not yet written, as chunks; marks them written."""
+        chunks, self.sent_seq = self.out.frames_after(self.sent_seq)
+        return chunks
+
+    def acked(self, seq: int) -> None:
+        """The peer acknowledged everything up to ``seq``: drop it.  An ACK
+        never lowers ``sent_seq``; one for a number never sent raises
+        ``RemoteProtocolError`` (``OutboundStream.ack``)."""
+        self.out.ack(seq)
+        self.sent_seq = max(self.sent_seq, seq)
+
+    def resumed(self, peer_last_seq: int) -> None:
+        """The session goes on on a new connection, where the peer had
+        everything up to ``peer_last_seq``: the rest is written again."""
+        self.out.ack(peer_last_seq)
+        self.sent_seq = peer_last_seq
+
+    def restarted(self) -> None:
+        """The peer forgot the session (a server restart): what it did not
+        acknowledge is numbered again from 1 in a new one and written again."""
+        self.out.restart()
+        self.sent_seq = 0
+
+    def end(self) -> int:
+        """The session is over: drop everything; returns how many messages
+        were never written at all (those were lost, the rest only unacknowledged)."""
+        unwritten = self.unwritten
+        self.out.clear()
+        self.sent_seq = 0
+        return unwritten
+
+    def burst(self, now: float) -> bool:
+        """Whether a send at ``now`` follows the previous one within ``BURST_GAP``."""
+        burst = now - self.last_send < BURST_GAP
+        self.last_send = now
+        return burst
