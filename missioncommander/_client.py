@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import errno
 import functools
 import ipaddress
 import logging
-import os
 import random
 import socket
 import ssl
@@ -47,7 +45,7 @@ from ._events import (
 from ._frames import DEFAULT_MAX_FRAME_SIZE, MESSAGE_OVERHEAD, MIN_MAX_FRAME_SIZE
 from ._inbox import Inbox
 from ._link import Link
-from ._loop import WANT_WRITE, Loop, Timer, Transport, get_loop
+from ._loop import Connecting, Loop, Timer, Transport, get_loop
 from ._message import Message
 from ._session import SendSession
 from ._state import ClientState, ClientStateTransition
@@ -108,7 +106,7 @@ class _ClientLink(Link):
         super().__init__(loop, Role.CLIENT, client.max_frame_size, client.heartbeat_interval, client.heartbeat_timeout)
         self.client = client
         self.generation = generation
-        self.sock: socket.socket | None = None
+        self.connecting: Connecting | None = None
         self.timer: Timer | None = None
         self.welcomed = False
         #: The attempt failed or was closed on purpose: later losses are not news.
@@ -121,38 +119,27 @@ class _ClientLink(Link):
         return f"client {self.client.client_id!r}"
 
     def start(self, addr: tuple[Any, ...], family: int, bind: tuple[str, int] | None, timeout: float) -> None:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock = sock
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.timer = self.loop.call_later(timeout, self._timed_out, timeout)
-        try:
-            if bind is not None:
-                # A fixed bind_port must be reusable at once after a reconnect.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(bind)
-            err = sock.connect_ex(addr)
-        except OSError as exc:
-            self._fail(_Attempt(f"cannot bind or connect: {exc.strerror or exc}"))
-            return
-        if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
-            self._fail(_Attempt(f"cannot connect to {_fmt(addr)}: {errno.errorcode.get(err, err)} {_strerror(err)}"))
-            return
-        self.loop.register(sock, WANT_WRITE, self)  # writable: the connect finished
-
-    def handle_io(self, mask: int) -> None:
-        sock = self.sock
-        assert sock is not None
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            self._fail(_Attempt(f"cannot connect to {self.client.address}:{self.client.port}: {_strerror(err)}"))
-            return
         client = self.client
+        self.timer = self.loop.call_later(timeout, self._timed_out, timeout)
         hostname = client.tls_hostname or client.address if client._tls_context is not None else None
-        self.transport = Transport(
-            self.loop, sock, self, tls=client._tls_context, server_hostname=hostname, registered=True
+        self.connecting = self.loop.connect(
+            family,
+            addr,
+            bind,
+            self,
+            tls=client._tls_context,
+            server_hostname=hostname,
+            name=f"{client.address}:{client.port}",
         )
+
+    def connection_made(self, transport: Transport) -> None:
+        self.connecting = None
+        self.transport = transport
         # Then wait for the server's CHALLENGE: it speaks first.
+
+    def connect_failed(self, reason: str) -> None:
+        self.connecting = None
+        self._fail(_Attempt(reason))
 
     def _send_hello(self, challenge: Challenge) -> None:
         client = self.client
@@ -174,7 +161,7 @@ class _ClientLink(Link):
                 last_seq,
                 client.max_frame_size,
                 client.heartbeat_timeout,
-                time.monotonic(),
+                self.loop.time(),
                 cnonce=cnonce,
                 proof=proof,
             )
@@ -195,9 +182,9 @@ class _ClientLink(Link):
         self._dead = True
         if self.transport is not None:
             self.transport.close(why.reason)  # connection_lost sees _dead and stays quiet
-        elif self.sock is not None:
-            self.loop.unregister(self.sock)
-            self.sock.close()
+        elif self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
         self.client._attempt_failed(self, why)
 
     def handle_event(self, event: Event) -> None:
@@ -455,7 +442,7 @@ class Client:
             generation = self._generation
             self._retries = 0
             self._persistent = not wait
-            self._connect_deadline = time.monotonic() + self.connect_timeout
+            self._connect_deadline = self._loop.time() + self.connect_timeout
             self._tls_context = tls_context
             future: Future[None] | None = Future() if wait else None
             self._connect_future = future
@@ -562,7 +549,7 @@ class Client:
                     return
                 direct = True
             else:
-                direct = not session.burst(time.monotonic()) and live.direct_ok
+                direct = not session.burst(self._loop.time()) and live.direct_ok
             if not direct and self._loop.in_loop():
                 live.write_many(session.take_unsent())  # flushed with the rest at the end of this loop turn
                 return
@@ -689,7 +676,7 @@ class Client:
         with self._lock:
             self._last_close_reason = why.reason
             if self._state_bits & _CONNECTING:
-                if why.rate_limited and not self._persistent and time.monotonic() < self._connect_deadline:
+                if why.rate_limited and not self._persistent and self._loop.time() < self._connect_deadline:
                     # A busy server asked us to come back later: a connect()
                     # that waits keeps trying (with backoff) until its timeout.
                     self._retries += 1
@@ -905,12 +892,3 @@ class Client:
         link.on_closed = done
         # After a BYE the server closes: let it, so that TIME_WAIT stays there.
         transport.close_after_flush(reason="disconnected by this client", peer_first=said_bye)
-
-
-def _fmt(addr: tuple[Any, ...]) -> str:
-    host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-
-
-def _strerror(err: int) -> str:
-    return os.strerror(err)

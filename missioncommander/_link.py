@@ -10,7 +10,6 @@ is received and acknowledged is the session's ``Inbox``.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 from ._connection import Connection
@@ -29,7 +28,7 @@ class Link:
         self, loop: Loop, role: Role, max_frame_size: int, heartbeat_interval: float, heartbeat_timeout: float
     ) -> None:
         self.loop = loop
-        self.proto = Connection(role, max_frame_size, time.monotonic())
+        self.proto = Connection(role, max_frame_size, loop.time())
         self.transport: Transport | None = None
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
@@ -58,7 +57,7 @@ class Link:
 
     def data_received(self, data: memoryview) -> None:
         try:
-            events = self.proto.receive_data(data, time.monotonic())
+            events = self.proto.receive_data(data, self.loop.time())
             for event in events:
                 self.on_event(event)
                 if self.transport is None or self.transport.closed:
@@ -98,18 +97,18 @@ class Link:
     # -- heartbeat -------------------------------------------------------------
 
     def start_heartbeat(self) -> None:
-        self._schedule_heartbeat(time.monotonic() + self.proto.ping_interval(self.heartbeat_interval))
+        self._schedule_heartbeat(self.loop.time() + self.proto.ping_interval(self.heartbeat_interval))
 
     def _schedule_heartbeat(self, when: float) -> None:
         if self._hb_timer is not None:
             self._hb_timer.cancel()
-        self._hb_timer = self.loop.call_later(max(0.0, when - time.monotonic()), self._heartbeat)
+        self._hb_timer = self.loop.call_later(max(0.0, when - self.loop.time()), self._heartbeat)
 
     def _heartbeat(self) -> None:
         self._hb_timer = None
         if not self.is_open:
             return
-        now = time.monotonic()
+        now = self.loop.time()
         transport = self.transport
         assert transport is not None
         if transport.reading_paused:
@@ -146,17 +145,17 @@ class Link:
         """PONG, unless this side already said goodbye (a PING that crossed
         our BYE, SHUTDOWN or ERROR on the wire): then there is nothing to say."""
         if self.is_open:
-            self.write(self.proto.send_pong(time.monotonic()))
+            self.write(self.proto.send_pong(self.loop.time()))
 
     # -- flow control -----------------------------------------------------------
 
     def write_ack(self, seq: int) -> None:
-        self.write(self.proto.send_ack(seq, time.monotonic()))
+        self.write(self.proto.send_ack(seq, self.loop.time()))
 
     def resume_reading(self) -> None:
         """Read again after the inbox paused us; the silence meanwhile was ours."""
         if self.transport is not None:
-            self.proto.last_received = time.monotonic()
+            self.proto.last_received = self.loop.time()
             self.transport.resume_reading()
 
     def stop_timers(self) -> None:

@@ -149,6 +149,9 @@ class Loop:
     """An epoll (or ``selectors``) loop on a daemon thread; see the module docstring."""
 
     def __init__(self, name: str = "missioncommander-io") -> None:
+        #: The clock of every timer and deadline of this loop's links: a
+        #: driver's clock, so that a fake driver can run them in fake time.
+        self.time: Callable[[], float] = time.monotonic
         self._poller = _make_poller()
         #: The handler of each registered fd.
         self._handlers: dict[int, Handler] = {}
@@ -219,7 +222,7 @@ class Loop:
             timers[:] = [entry for entry in timers if not entry[2].cancelled]
             heapq.heapify(timers)
             self._compact_at = max(_COMPACT_MIN, 2 * len(timers))
-        timer = Timer(time.monotonic() + delay, fn, args)
+        timer = Timer(self.time() + delay, fn, args)
         heapq.heappush(timers, (timer.when, next(self._counter), timer))
         return timer
 
@@ -247,6 +250,32 @@ class Loop:
     def mark_dirty(self, transport: Transport) -> None:
         self._dirty[transport] = None
 
+    # -- connections -----------------------------------------------------------
+
+    def connect(
+        self,
+        family: int,
+        addr: tuple[Any, ...],
+        bind: tuple[str, int] | None,
+        owner: ConnectOwner,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        name: str | None = None,
+    ) -> Connecting:
+        """Open a TCP connection to ``addr`` (loop thread).  ``owner`` hears
+        ``connection_made(transport)`` or ``connect_failed(reason)``, once;
+        an attempt that fails at once fails before this returns.  ``name``:
+        the target as its user knows it, for the reason a connect failed."""
+        connecting = _Connector(self, owner, addr, tls, server_hostname, name or format_address(addr))
+        connecting.start(family, bind)
+        return connecting
+
+    def listen(self, host: str, port: int, accept: Callable[[Incoming], None]) -> Listener:
+        """Bind and listen on ``host``:``port`` (any thread; ``OSError`` when it
+        cannot); once ``start()``-ed, ``accept`` is called on the loop thread
+        for each connection (those that come sooner wait in the backlog)."""
+        return _Listener(self, _listen(host, port), accept)
+
     # -- the loop ------------------------------------------------------------
 
     def _run(self) -> None:
@@ -255,7 +284,7 @@ class Loop:
         mark_callback_thread()
         poll = self._poller.poll
         handlers = self._handlers
-        monotonic = time.monotonic
+        monotonic = self.time
         timers = self._timers
         while True:
             timeout: float = -1
@@ -282,7 +311,7 @@ class Loop:
 
     def _run_timers(self) -> None:
         timers = self._timers
-        now = time.monotonic()
+        now = self.time()
         while timers and timers[0][0] <= now:
             timer = heapq.heappop(timers)[2]
             if timer.cancelled:
@@ -309,6 +338,196 @@ class Loop:
             self._dirty = {}
             for transport in dirty:
                 transport.flush()
+
+
+class ConnectOwner(Protocol):
+    """Who asked ``Loop.connect`` for a connection, and hears how it went."""
+
+    def connection_made(self, transport: Transport) -> None: ...
+
+    def connect_failed(self, reason: str) -> None: ...
+
+    def data_received(self, data: memoryview) -> None: ...
+
+    def connection_lost(self, reason: str, exc: BaseException | None) -> None: ...
+
+
+class Connecting(Protocol):
+    """A connection attempt under way."""
+
+    def cancel(self) -> None:
+        """Abandon it (loop thread); the owner hears nothing more."""
+
+
+class Listener(Protocol):
+    """A listening socket on the loop."""
+
+    port: int
+
+    def start(self) -> None:
+        """Accept from now on (any thread)."""
+
+    def close(self) -> None:
+        """Stop listening (loop thread)."""
+
+
+class Incoming(Protocol):
+    """A connection just accepted, before anyone owns it."""
+
+    host: str
+    peer: str
+
+    def open(self, owner: TransportOwner, tls: ssl.SSLContext | None) -> Transport:
+        """Own it: a Transport on the loop (``OSError`` if it is already gone)."""
+
+    def refuse(self, frame: bytes | None) -> None:
+        """Close it unowned: write ``frame`` first (plain TCP), or reset (None)."""
+
+
+class _Connector:
+    """A non-blocking connect on the loop: writable means it finished."""
+
+    def __init__(
+        self,
+        loop: Loop,
+        owner: ConnectOwner,
+        addr: tuple[Any, ...],
+        tls: ssl.SSLContext | None,
+        server_hostname: str | None,
+        name: str,
+    ) -> None:
+        self.loop = loop
+        self.owner = owner
+        self.addr = addr
+        self.name = name
+        self.tls = tls
+        self.server_hostname = server_hostname
+        self.sock: socket.socket | None = None
+
+    def start(self, family: int, bind: tuple[str, int] | None) -> None:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock = sock
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            if bind is not None:
+                # A fixed bind_port must be reusable at once after a reconnect.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(bind)
+            err = sock.connect_ex(self.addr)
+        except OSError as exc:
+            self._failed(f"cannot bind or connect: {exc.strerror or exc}")
+            return
+        if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+            why = f"{errno.errorcode.get(err, err)} {os.strerror(err)}"
+            self._failed(f"cannot connect to {format_address(self.addr)}: {why}")
+            return
+        self.loop.register(sock, WANT_WRITE, self)
+
+    def handle_io(self, mask: int) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._failed(f"cannot connect to {self.name}: {os.strerror(err)}")
+            return
+        self.sock = None  # the transport's now
+        transport = Transport(
+            self.loop, sock, self.owner, tls=self.tls, server_hostname=self.server_hostname, registered=True
+        )
+        self.owner.connection_made(transport)
+
+    def _failed(self, reason: str) -> None:
+        self.cancel()
+        self.owner.connect_failed(reason)
+
+    def cancel(self) -> None:
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            self.loop.unregister(sock)
+            sock.close()
+
+
+class _Listener:
+    def __init__(self, loop: Loop, sock: socket.socket, accept: Callable[[Incoming], None]) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.accept = accept
+        self.port: int = sock.getsockname()[1]
+
+    def start(self) -> None:
+        self.loop.call_soon(self.loop.register, self.sock, WANT_READ, self)
+
+    def handle_io(self, mask: int) -> None:
+        for _ in range(256):
+            try:
+                sock, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # EMFILE and friends: keep serving those already connected.
+                log.error("accept failed: %s", exc)
+                return
+            self.accept(_Accepted(self.loop, sock, addr))
+
+    def close(self) -> None:
+        self.loop.unregister(self.sock)
+        self.sock.close()
+
+
+class _Accepted:
+    def __init__(self, loop: Loop, sock: socket.socket, addr: Any) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.host: str = addr[0] if isinstance(addr, tuple) else str(addr)
+        self.peer: str = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+
+    def open(self, owner: TransportOwner, tls: ssl.SSLContext | None) -> Transport:
+        self.sock.setblocking(False)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return Transport(self.loop, self.sock, owner, tls=tls, server_side=True)
+
+    def refuse(self, frame: bytes | None) -> None:
+        sock = self.sock
+        if frame is not None:
+            try:
+                sock.send(frame, socket.MSG_DONTWAIT)
+                sock.shutdown(socket.SHUT_WR)  # the frame goes out before the close
+            except OSError:
+                pass
+            sock.close()
+            return
+        # A reset: a refused flood costs us no TIME_WAIT state.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+
+
+#: Connections waiting to be accepted.  A full backlog drops SYNs, and each
+#: dropped one costs its client a 1 s retransmit: thousands of clients that
+#: start together (a fleet after a server restart) need room.  The kernel
+#: caps it at net.core.somaxconn.
+_BACKLOG = 8192
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    if not host:
+        if socket.has_dualstack_ipv6():
+            sock = socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=_BACKLOG)
+        else:
+            sock = socket.create_server(("", port), backlog=_BACKLOG)
+    else:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family, backlog=_BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+def format_address(addr: tuple[Any, ...]) -> str:
+    """``host:port``, with an IPv6 host in brackets."""
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 _loop: Loop | None = None
@@ -378,7 +597,7 @@ class Transport:
         self.writes = 0
         self._tls: _TLS | None = None
         #: When the queued bytes last moved into the kernel (or started queueing).
-        self.last_progress = time.monotonic()
+        self.last_progress = self.loop.time()
         # A socket already registered (for its connect to finish) is switched
         # over: one epoll_ctl instead of two.
         (loop.modify if registered else loop.register)(sock, WANT_READ, self)
@@ -412,7 +631,7 @@ class Transport:
     def _queue(self, chunks: list[bytes] | list[bytes | memoryview], size: int) -> None:
         with self.lock:
             if not self._out:
-                self.last_progress = time.monotonic()
+                self.last_progress = self.loop.time()
             self._out.extend(chunks)
             self.out_bytes += size
 
@@ -449,7 +668,7 @@ class Transport:
             else:
                 rest.append(chunk)
         if rest:
-            self.last_progress = time.monotonic()
+            self.last_progress = self.loop.time()
             self._out.extend(rest)
             self.out_bytes += sum(map(len, rest))
             self.loop.call_soon(self.flush)  # the kernel is full: the loop waits for room
@@ -592,7 +811,7 @@ class Transport:
                     break
                 self.out_bytes -= sent
                 if sent:
-                    self.last_progress = time.monotonic()
+                    self.last_progress = self.loop.time()
                 while sent:
                     head = out[0]
                     if sent >= len(head):

@@ -5,11 +5,8 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
-import socket
 import ssl
-import struct
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +30,7 @@ from ._events import (
 from ._frames import DEFAULT_MAX_FRAME_SIZE, MESSAGE_OVERHEAD, MIN_MAX_FRAME_SIZE, PROTOCOL_VERSION
 from ._inbox import Budget, Inbox
 from ._link import Link
-from ._loop import WANT_READ, Loop, Timer, Transport, get_loop
+from ._loop import Incoming, Listener, Loop, Timer, Transport, get_loop
 from ._message import Message
 from ._session import SendSession
 from ._tls import server_context
@@ -73,11 +70,11 @@ class _Session(SendSession):
 class _ServerLink(Link):
     """One accepted TCP connection (loop thread only)."""
 
-    def __init__(self, server: Server, loop: Loop, sock: socket.socket, peer: str) -> None:
+    def __init__(self, server: Server, loop: Loop, incoming: Incoming) -> None:
         super().__init__(loop, Role.SERVER, server.max_frame_size, server.heartbeat_interval, server.heartbeat_timeout)
         self.max_pending_bytes = server.max_pending_bytes
         self.server = server
-        self.peer = peer
+        self.peer = incoming.peer
         self.session: _Session | None = None
         #: A newcomer waiting for this link to prove it is alive (PONG) or dead.
         self.probe_waiter: _ServerLink | None = None
@@ -87,7 +84,7 @@ class _ServerLink(Link):
         self.server_proof: str | None = None
         self.handshake_timer: Timer | None = loop.call_later(server.handshake_timeout, self._handshake_timeout)
         self.on_event = functools.partial(server._handle, self)
-        self.transport = Transport(loop, sock, self, tls=server._tls_context, server_side=True)
+        self.transport = incoming.open(self, server._tls_context)
         self.write(self.proto.send_challenge(self.nonce, server._auth_required()))
 
     def describe(self) -> str:
@@ -171,7 +168,7 @@ class Server:
         self._lock = threading.Lock()
         self._callbacks = Callbacks("server", SERVER_EVENTS)
         self._loop = get_loop()
-        self._listener: socket.socket | None = None
+        self._listener: Listener | None = None
         self._bound_port: int | None = None
         self._sessions: dict[str, _Session] = {}
         self._links: set[_ServerLink] = set()
@@ -227,18 +224,18 @@ class Server:
                 raise TLSConfigError("tls_ca (client certificates) needs tls_cert and tls_key too")
             self._tls_context = server_context(self.tls_cert, self.tls_key, self.tls_ca) if self.tls_cert else None
             try:
-                listener = _listen(host, port)
+                listener = self._loop.listen(host, port, self._accept)
             except OSError as exc:
                 where = f"{host or '*'}:{port}"
                 raise BindError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}") from exc
             self._listener = listener
-            self._bound_port = listener.getsockname()[1]
+            self._bound_port = listener.port
             self._inbound_budget = Budget(self.max_inbound_total_bytes)
             self._running = True
             self._stopped.clear()
         for warning in self.warnings:
             log.warning("server on port %d: %s", self._bound_port, warning)
-        self._loop.run_sync(self._start_on_loop, listener)
+        listener.start()
         log.info("server listening on %s:%d", host or "*", self._bound_port)
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -363,7 +360,7 @@ class Server:
         live = session.live
         if live is None or session in self._to_pump:
             return None  # the loop pumps it soon, or on the resume
-        if not session.burst(time.monotonic()) and live.direct_ok:
+        if not session.burst(self._loop.time()) and live.direct_ok:
             return live
         if self._loop.in_loop():
             live.write_many(session.take_unsent())  # flushed at the end of this loop turn
@@ -407,32 +404,19 @@ class Server:
 
     # -- loop thread ---------------------------------------------------------
 
-    def _start_on_loop(self, listener: socket.socket) -> None:
-        self._loop.register(listener, WANT_READ, _Acceptor(self, listener))
-
-    def _accept(self, listener: socket.socket) -> None:
-        for _ in range(256):
-            try:
-                sock, addr = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                # EMFILE and friends: keep serving those already connected.
-                log.error("accept failed: %s", exc)
-                return
-            host = addr[0] if isinstance(addr, tuple) else str(addr)
-            if not self._rate_ok(host):
-                self._refuse_for_rate(sock)
-                continue
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
-            try:
-                link = _ServerLink(self, self._loop, sock, peer)
-            except OSError as exc:  # e.g. the peer reset before we got to it
-                log.debug("connection from %s lost at once: %s", peer, exc)
-                continue
-            self._links.add(link)
+    def _accept(self, incoming: Incoming) -> None:
+        if not self._rate_ok(incoming.host):
+            # A plain-TCP client is told why (it retries with backoff); a TLS
+            # one is reset at once (a handshake is what a flood must not cost
+            # us) and retries as after any failed attempt.
+            incoming.refuse(_RATE_LIMITED_FRAME if self._tls_context is None else None)
+            return
+        try:
+            link = _ServerLink(self, self._loop, incoming)
+        except OSError as exc:  # e.g. the peer reset before we got to it
+            log.debug("connection from %s lost at once: %s", incoming.peer, exc)
+            return
+        self._links.add(link)
 
     def _rate_ok(self, host: str) -> bool:
         """A token bucket per address: ``max_connection_rate`` per second,
@@ -440,7 +424,7 @@ class Server:
         rate = self.max_connection_rate
         if rate is None:
             return True
-        now = time.monotonic()
+        now = self._loop.time()
         burst = max(1.0, 2 * rate)
         tokens, last = self._rates.get(host, (burst, now))
         tokens = min(burst, tokens + (now - last) * rate)
@@ -454,20 +438,6 @@ class Server:
             return False
         self._rates[host] = (tokens - 1, now)
         return True
-
-    def _refuse_for_rate(self, sock: socket.socket) -> None:
-        """Tell a plain-TCP client why it is refused (it retries with backoff),
-        then reset; a TLS one is reset at once (a handshake is what a flood
-        must not cost us) and retries as after any failed attempt."""
-        if self._tls_context is None:
-            try:
-                sock.send(_RATE_LIMITED_FRAME, socket.MSG_DONTWAIT)
-                sock.shutdown(socket.SHUT_WR)  # the ERROR goes out before the close
-            except OSError:
-                pass
-            sock.close()
-            return
-        _reset(sock)
 
     @property
     def warnings(self) -> list[str]:
@@ -494,7 +464,6 @@ class Server:
 
     def _stop_on_loop(self) -> None:
         if self._listener is not None:
-            self._loop.unregister(self._listener)
             self._listener.close()
             self._listener = None
         for link in list(self._links):
@@ -598,7 +567,7 @@ class Server:
                 # Always ask: a connection that spoke a moment ago may be dead
                 # and half-open, and a recent read proves nothing about now.
                 old.probe_waiter = link
-                old.write(old.proto.send_ping(time.monotonic()))
+                old.write(old.proto.send_ping(self._loop.time()))
                 old.probe_timer = self._loop.call_later(min(self.heartbeat_timeout, 3.0), self._probe_done, old, False)
                 return
         self._new_session(link, hello.client_id)
@@ -670,7 +639,7 @@ class Server:
                 session.inbox.stream.taken_seq,
                 self.max_frame_size,
                 self.heartbeat_timeout,
-                time.monotonic(),
+                self._loop.time(),
                 proof=link.server_proof,
             )
         )
@@ -760,44 +729,6 @@ class Server:
             self._end_session(session, f"session expired after {self.session_expiry:g} s detached")
 
 
-class _Acceptor:
-    def __init__(self, server: Server, listener: socket.socket) -> None:
-        self.server = server
-        self.listener = listener
-
-    def handle_io(self, mask: int) -> None:
-        self.server._accept(self.listener)
-
-
 _RATE_LIMITED_FRAME = Connection(Role.SERVER).send_error(
     ErrorCode.RATE_LIMITED, "too many connections from this address; retrying after a pause", retry=True
 )
-
-
-def _reset(sock: socket.socket) -> None:
-    """Close with a reset: a refused flood costs us no TIME_WAIT state."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
-    sock.close()
-
-
-#: Connections waiting to be accepted.  A full backlog drops SYNs, and each
-#: dropped one costs its client a 1 s retransmit: thousands of clients that
-#: start together (a fleet after a server restart) need room.  The kernel
-#: caps it at net.core.somaxconn.
-_BACKLOG = 8192
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    if not host:
-        if socket.has_dualstack_ipv6():
-            sock = socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=_BACKLOG)
-        else:
-            sock = socket.create_server(("", port), backlog=_BACKLOG)
-    else:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.create_server((host, port), family=family, backlog=_BACKLOG)
-    sock.setblocking(False)
-    return sock
