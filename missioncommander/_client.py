@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
-import random
 import socket
 import ssl
 import threading
@@ -45,9 +44,9 @@ from ._events import (
 from ._frames import DEFAULT_MAX_FRAME_SIZE, MESSAGE_OVERHEAD, MIN_MAX_FRAME_SIZE
 from ._inbox import Inbox
 from ._link import Link
-from ._loop import Connecting, Loop, Timer, Transport, get_loop
+from ._loop import Connecting, Driver, Timer, WriteTarget, get_loop
 from ._message import Message
-from ._session import SendSession
+from ._session import SendSession, reconnect_delay
 from ._state import ClientState, ClientStateTransition
 from ._tls import client_context
 
@@ -102,7 +101,7 @@ class _Attempt(Exception):
 class _ClientLink(Link):
     """One TCP connection attempt and, once welcomed, the live connection."""
 
-    def __init__(self, client: Client, loop: Loop, generation: int) -> None:
+    def __init__(self, client: Client, loop: Driver, generation: int) -> None:
         super().__init__(loop, Role.CLIENT, client.max_frame_size, client.heartbeat_interval, client.heartbeat_timeout)
         self.client = client
         self.generation = generation
@@ -132,7 +131,7 @@ class _ClientLink(Link):
             name=f"{client.address}:{client.port}",
         )
 
-    def connection_made(self, transport: Transport) -> None:
+    def connection_made(self, transport: WriteTarget) -> None:
         self.connecting = None
         self.transport = transport
         # Then wait for the server's CHALLENGE: it speaks first.
@@ -296,7 +295,8 @@ class Client:
         False, cfg.boolean, locked=False, doc="run message callbacks on the I/O thread (fast; they must not block)"
     )
 
-    def __init__(self, **settings: Any) -> None:
+    def __init__(self, *, _driver: Driver | None = None, **settings: Any) -> None:
+        # _driver: the event loop to run on (tests pass a fake one); the process's own by default.
         self._settings: dict[str, Any] = {} if "client_id" in settings else {"client_id": self.generate_id()}
         self._lock = threading.Lock()
         #: Made when a send() first waits for room (a Condition costs
@@ -308,7 +308,7 @@ class Client:
         #: operators cost microseconds).
         self._state_bits = int(NEEDS_INIT)
         self._callbacks = Callbacks("client", CLIENT_EVENTS)
-        self._loop = get_loop()
+        self._loop: Driver = _driver if _driver is not None else get_loop()
         self._generation = 0
         self._link: _ClientLink | None = None
         self._connect_future: Future[None] | None = None
@@ -323,7 +323,7 @@ class Client:
         self._pump_scheduled = False
         #: The transport of the welcomed link, while send() may write to it
         #: from the caller's thread (set and cleared under the lock).
-        self._live: Transport | None = None
+        self._live: WriteTarget | None = None
         self._last_close_reason: str | None = None
         for name, value in settings.items():
             if not isinstance(getattr(type(self), name, None), cfg.Setting):
@@ -721,8 +721,7 @@ class Client:
         self._schedule_retry()
 
     def _schedule_retry(self) -> None:
-        ceiling = min(self.reconnect_max_delay, self.reconnect_delay * 2 ** min(self._retries, 32))
-        delay = random.uniform(0, ceiling)  # full jitter: clients of one server do not stampede
+        delay = reconnect_delay(self._retries, self.reconnect_delay, self.reconnect_max_delay)
         log.info("client %r: reconnecting in %.2f s (attempt %d)", self.client_id, delay, self._retries + 1)
         self._retry_timer = self._loop.call_later(delay, self._start_attempt, self._generation, None)
 

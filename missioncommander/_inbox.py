@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._loop import Loop, Timer
+from ._loop import Driver, Timer
 from ._streams import InboundStream
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ class Inbox:
     connection messages arrive on now (None between connections).
     """
 
-    def __init__(self, loop: Loop, max_count: int, max_bytes: int, budget: Budget | None = None) -> None:
+    def __init__(self, loop: Driver, max_count: int, max_bytes: int, budget: Budget | None = None) -> None:
         self.loop = loop
         self.stream = InboundStream()
         self.max_count = max_count

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from ._connection import Connection
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import Event, Role
-from ._loop import Loop, Timer, Transport
+from ._loop import Driver, Timer, WriteTarget
 from ._transitions import ConnState
 
 log = logging.getLogger("missioncommander")
@@ -25,11 +25,11 @@ class Link:
     """Base of the client's and the server's per-connection objects."""
 
     def __init__(
-        self, loop: Loop, role: Role, max_frame_size: int, heartbeat_interval: float, heartbeat_timeout: float
+        self, loop: Driver, role: Role, max_frame_size: int, heartbeat_interval: float, heartbeat_timeout: float
     ) -> None:
         self.loop = loop
         self.proto = Connection(role, max_frame_size, loop.time())
-        self.transport: Transport | None = None
+        self.transport: WriteTarget | None = None
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self._hb_timer: Timer | None = None
@@ -97,6 +97,9 @@ class Link:
     # -- heartbeat -------------------------------------------------------------
 
     def start_heartbeat(self) -> None:
+        if self.transport is not None:
+            # The handshake's frames went through the Connection, which noted when.
+            self._writes_seen = self.transport.writes
         self._schedule_heartbeat(self.loop.time() + self.proto.ping_interval(self.heartbeat_interval))
 
     def _schedule_heartbeat(self, when: float) -> None:

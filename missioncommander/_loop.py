@@ -340,10 +340,68 @@ class Loop:
                 transport.flush()
 
 
+class Driver(Protocol):
+    """What the protocol's drivers (Client, Server, their links and inboxes)
+    need from an event loop: a clock, calls on its thread now and later, and
+    connections.  ``Loop`` is the real one (epoll on a thread of its own);
+    ``tests/support/fake_driver.py`` is one with a fake clock and scripted
+    peers, which runs every timer without waiting and without sockets."""
+
+    time: Callable[[], float]
+
+    def in_loop(self) -> bool:
+        """Whether the caller runs on the driver's thread."""
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the driver's thread (thread-safe)."""
+
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> Timer:
+        """Run ``fn(*args)`` after ``delay`` seconds of ``time()`` (driver's thread)."""
+
+    def run_sync(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
+        """Run ``fn(*args)`` on the driver's thread and return its result."""
+
+    def connect(
+        self,
+        family: int,
+        addr: tuple[Any, ...],
+        bind: tuple[str, int] | None,
+        owner: ConnectOwner,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        name: str | None = None,
+    ) -> Connecting:
+        """See ``Loop.connect``."""
+
+    def listen(self, host: str, port: int, accept: Callable[[Incoming], None]) -> Listener:
+        """See ``Loop.listen``."""
+
+
+class WriteTarget(Protocol):
+    """What the drivers write to and ask of a connection's transport."""
+
+    lock: threading.Lock
+    closed: bool
+    direct_ok: bool
+    reading_paused: bool
+    out_bytes: int
+    last_progress: float
+    writes: int
+
+    def write(self, data: bytes) -> None: ...
+    def write_many(self, chunks: list[bytes]) -> None: ...
+    def send_locked(self, chunks: list[bytes]) -> bool: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def close(self, reason: str = "closed", exc: BaseException | None = None) -> None: ...
+    def close_after_flush(self, linger: float = 1.0, reason: str = "closed", peer_first: bool = False) -> None: ...
+    def abort(self, reason: str = "aborted") -> None: ...
+
+
 class ConnectOwner(Protocol):
     """Who asked ``Loop.connect`` for a connection, and hears how it went."""
 
-    def connection_made(self, transport: Transport) -> None: ...
+    def connection_made(self, transport: WriteTarget) -> None: ...
 
     def connect_failed(self, reason: str) -> None: ...
 
@@ -377,8 +435,8 @@ class Incoming(Protocol):
     host: str
     peer: str
 
-    def open(self, owner: TransportOwner, tls: ssl.SSLContext | None) -> Transport:
-        """Own it: a Transport on the loop (``OSError`` if it is already gone)."""
+    def open(self, owner: TransportOwner, tls: ssl.SSLContext | None) -> WriteTarget:
+        """Own it: a transport on the driver (``OSError`` if it is already gone)."""
 
     def refuse(self, frame: bytes | None) -> None:
         """Close it unowned: write ``frame`` first (plain TCP), or reset (None)."""

@@ -30,7 +30,7 @@ from ._events import (
 from ._frames import DEFAULT_MAX_FRAME_SIZE, MESSAGE_OVERHEAD, MIN_MAX_FRAME_SIZE, PROTOCOL_VERSION
 from ._inbox import Budget, Inbox
 from ._link import Link
-from ._loop import Incoming, Listener, Loop, Timer, Transport, get_loop
+from ._loop import Driver, Incoming, Listener, Timer, WriteTarget, get_loop
 from ._message import Message
 from ._session import SendSession
 from ._tls import server_context
@@ -64,13 +64,13 @@ class _Session(SendSession):
         self.expiry: Timer | None = None
         #: The welcomed link's transport, while send() may write to it from
         #: the caller's thread (set and cleared under the server's lock).
-        self.live: Transport | None = None
+        self.live: WriteTarget | None = None
 
 
 class _ServerLink(Link):
     """One accepted TCP connection (loop thread only)."""
 
-    def __init__(self, server: Server, loop: Loop, incoming: Incoming) -> None:
+    def __init__(self, server: Server, loop: Driver, incoming: Incoming) -> None:
         super().__init__(loop, Role.SERVER, server.max_frame_size, server.heartbeat_interval, server.heartbeat_timeout)
         self.max_pending_bytes = server.max_pending_bytes
         self.server = server
@@ -163,11 +163,12 @@ class Server:
         False, cfg.boolean, locked=False, doc="run message callbacks on the I/O thread (fast; they must not block)"
     )
 
-    def __init__(self, **settings: Any) -> None:
+    def __init__(self, *, _driver: Driver | None = None, **settings: Any) -> None:
+        # _driver: the event loop to run on (tests pass a fake one); the process's own by default.
         self._settings: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._callbacks = Callbacks("server", SERVER_EVENTS)
-        self._loop = get_loop()
+        self._loop: Driver = _driver if _driver is not None else get_loop()
         self._listener: Listener | None = None
         self._bound_port: int | None = None
         self._sessions: dict[str, _Session] = {}
@@ -348,7 +349,7 @@ class Server:
         if not self._running:
             raise StateError("the server is not running; start() it first")
 
-    def _send_one_locked(self, session: _Session) -> Transport | None:
+    def _send_one_locked(self, session: _Session) -> WriteTarget | None:
         """Route a message just queued for one client (lock held): the transport
         to write it to from this thread, or None when the loop writes it.
 
@@ -567,6 +568,12 @@ class Server:
                 # Always ask: a connection that spoke a moment ago may be dead
                 # and half-open, and a recent read proves nothing about now.
                 old.probe_waiter = link
+                if link.handshake_timer is not None:
+                    # The wait is ours now, and the probe's timer ends it with
+                    # a WELCOME or an ERROR: a short handshake_timeout must not
+                    # cut the newcomer off first.
+                    link.handshake_timer.cancel()
+                    link.handshake_timer = None
                 old.write(old.proto.send_ping(self._loop.time()))
                 old.probe_timer = self._loop.call_later(min(self.heartbeat_timeout, 3.0), self._probe_done, old, False)
                 return

@@ -89,6 +89,8 @@ class StopRequest:
     ``Event.wait``), and mcd then ignored SIGTERM for good. The handler
     therefore only notes the signal and writes a byte to a pipe; the main
     thread sleeps on the pipe and sets the Event that other threads wait on.
+    The same pipe is the interpreter's wakeup fd, written at the signal
+    itself (a byte per signal of any kind: ``sleep`` checks and waits again).
     """
 
     def __init__(self) -> None:
@@ -97,6 +99,11 @@ class StopRequest:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+
+    @property
+    def wakeup_fd(self) -> int:
+        """The pipe ``sleep`` waits on, for ``signal.set_wakeup_fd``."""
+        return self._wake_w
 
     def from_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.signals.append(signum)  # no logging here: the handler may interrupt a log call
@@ -203,6 +210,11 @@ def main(argv: list[str] | None = None, early_signals: list[int] | None = None) 
     stop = StopRequest()
     signal.signal(signal.SIGTERM, stop.from_signal)
     signal.signal(signal.SIGINT, stop.from_signal)
+    # The handler above runs between two bytecodes of the main thread: a
+    # signal that lands just before the main thread enters select() would
+    # wait for that select to end (an hour) before the handler ran and woke
+    # it.  The wakeup fd is written by C at the signal itself.
+    signal.set_wakeup_fd(stop.wakeup_fd, warn_on_full_buffer=False)
     if early_signals:
         stop.signals.extend(early_signals)
 
