@@ -9,7 +9,6 @@ from ._client import Client
 from ._errors import (
     BindError,
     ConnectError,
-    ConnectionLost,
     ConnectionRefusedByServer,
     ConnectTimeout,
     LocalProtocolError,
@@ -37,7 +36,6 @@ __all__ = [
     "ClientStateTransition",
     "ConnectError",
     "ConnectTimeout",
-    "ConnectionLost",
     "ConnectionRefusedByServer",
     "FrozenDict",
     "FrozenList",
@@ -54,3 +52,21 @@ __all__ = [
     "UnknownClient",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # ConnectionLost was exported but never raised (a broken connection is
+    # repaired by the session, not reported as an error); it stays importable
+    # for code that names it, with a warning, until it goes.
+    if name == "ConnectionLost":
+        import warnings  # noqa: PLC0415
+
+        from ._errors import ConnectionLost  # noqa: PLC0415
+
+        warnings.warn(
+            "missioncommander.ConnectionLost is never raised and will be removed",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return ConnectionLost
+    raise AttributeError(f"module 'missioncommander' has no attribute {name!r}")

@@ -43,7 +43,7 @@ from ._events import (
 )
 from ._frames import DEFAULT_MAX_FRAME_SIZE, MESSAGE_OVERHEAD, MIN_MAX_FRAME_SIZE
 from ._inbox import Inbox
-from ._link import Link
+from ._link import Link, route_locked
 from ._loop import Connecting, Driver, Timer, WriteTarget, get_loop
 from ._message import Message
 from ._session import SendSession, reconnect_delay
@@ -72,8 +72,6 @@ _CONNECTED = int(S.STATE_CONNECTED)
 _CONNECTING = int(S.STATE_CONNECTING)
 _RECONNECTING = int(S.STATE_RECONNECTING)
 _CAN_SEND = _CONNECTED | _RECONNECTING
-#: Unsent messages of a burst that the sending thread writes itself, in one syscall.
-_BATCH = 64
 
 
 @functools.lru_cache(maxsize=64)
@@ -320,10 +318,6 @@ class Client:
         self._token: str | None = None
         self._session = SendSession(self.max_queued, self.max_queued_bytes)
         self._inbox = Inbox(self._loop, self.max_inbound, self.max_inbound_bytes)
-        self._pump_scheduled = False
-        #: The transport of the welcomed link, while send() may write to it
-        #: from the caller's thread (set and cleared under the lock).
-        self._live: WriteTarget | None = None
         self._last_close_reason: str | None = None
         for name, value in settings.items():
             if not isinstance(getattr(type(self), name, None), cfg.Setting):
@@ -539,37 +533,12 @@ class Client:
                     finally:
                         self._room_waiters -= 1
                     self._check_can_send()
-            live = self._live
-            if live is None:
-                return  # the message waits for the resume
-            if self._pump_scheduled:
-                # A pump is on its way; a long burst is written from here in
-                # batches meanwhile, sparing the loop (and the GIL hand-offs).
-                if session.unwritten < _BATCH or not live.direct_ok or self._loop.in_loop():
-                    return
-                direct = True
-            else:
-                direct = not session.burst(self._loop.time()) and live.direct_ok
-            if not direct and self._loop.in_loop():
-                live.write_many(session.take_unsent())  # flushed with the rest at the end of this loop turn
-                return
-            if not direct:
-                # The loop writes a burst in a few syscalls; the caller moves on.
-                self._pump_scheduled = True
-            else:
-                # A lone message (or a batch) goes straight out from this
-                # thread: one thread hand-off fewer per request.  The transport lock is
-                # taken before ours is let go, so frames keep their order;
-                # the loop's acks do not wait for the syscall.
-                chunks = session.take_unsent()
-                live.lock.acquire()
-        if not direct:
-            self._loop.call_soon(self._pump)
-            return
-        try:
-            live.send_locked(chunks)  # if closing, the resend buffer still has them
-        finally:
-            live.lock.release()
+            direct = route_locked(session, self._loop, self._schedule_pump)
+        if direct is not None:
+            direct[0].send_and_unlock(direct[1])
+
+    def _schedule_pump(self, session: SendSession) -> None:
+        self._loop.call_soon(self._pump)
 
     def _check_can_send(self) -> None:
         if not self._state_bits & _CAN_SEND:
@@ -758,8 +727,8 @@ class Client:
             self._retries = 0
             self._set_state(CONNECTED)
             self._callbacks.emit("connect") if first else self._callbacks.emit("reconnect", self.client_id)
-            self._pump_scheduled = False
-            self._live = link.transport
+            session.pump_pending = False
+            session.live = link.transport
         log.info(
             "client %r connected to %s:%d%s",
             self.client_id,
@@ -775,7 +744,7 @@ class Client:
 
     def _pump(self) -> None:
         with self._lock:
-            self._pump_scheduled = False
+            self._session.pump_pending = False
         self._pump_to(self._link)
 
     def _pump_to(self, link: _ClientLink | None) -> None:
@@ -843,7 +812,7 @@ class Client:
                 self._set_state(IDLE)
 
     def _end_session_locked(self, reason: str) -> None:
-        self._live = None
+        self._session.live = None
         unsent = self._session.end()
         if unsent:
             log.warning("client %r: %d message(s) never sent were dropped (%s)", self.client_id, unsent, reason)
@@ -854,8 +823,8 @@ class Client:
         if link is self._link:
             self._link = None
         with self._lock:
-            if self._live is link.transport:
-                self._live = None
+            if self._session.live is link.transport:
+                self._session.live = None
         if link.generation != self._generation:
             return
         with self._lock:
@@ -873,7 +842,7 @@ class Client:
             self._retry_timer = None
         link, self._link = self._link, None
         with self._lock:
-            self._live = None
+            self._session.live = None
         if link is None or link.transport is None or link.transport.closed:
             if link is not None:
                 link._fail(_Attempt("disconnect() was called"))

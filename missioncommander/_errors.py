@@ -65,7 +65,9 @@ class ConnectionRefusedByServer(ConnectError):
 
 
 class ConnectionLost(MissionCommanderError, ConnectionError):
-    """A live connection broke; the underlying ``OSError`` is ``__cause__``."""
+    """Deprecated: never raised.  A broken connection is repaired by the
+    session (reconnect and resume); importing it from ``missioncommander``
+    warns."""
 
 
 class UnknownClient(MissionCommanderError, KeyError):

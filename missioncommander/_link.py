@@ -11,14 +11,68 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TypeVar
 
 from ._connection import Connection
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import Event, Role
 from ._loop import Driver, Timer, WriteTarget
+from ._session import BATCH, BURST_GAP, SendSession
 from ._transitions import ConnState
 
 log = logging.getLogger("missioncommander")
+
+_S = TypeVar("_S", bound=SendSession)
+
+
+# -- the write path, one copy for Client and Server -------------------------------------
+#
+# Lock order: the driver's lock (a Client's or Server's ``_lock``), then a
+# transport's ``lock``; never the other way, and no lock is held while a
+# transport calls its owner.  A message is numbered and routed under the
+# driver's lock; a direct write takes the transport's lock *before* the
+# driver's is let go, so frames reach the socket in sequence order, and
+# writes it after, so the driver's thread (acks, other sessions) does not
+# wait for the syscall.
+
+
+def route_locked(
+    session: _S, driver: Driver, schedule_pump: Callable[[_S], None]
+) -> tuple[WriteTarget, list[bytes]] | None:
+    """Get a message just queued in ``session`` on its way (the driver's
+    lock held): the one copy of the write policy.
+
+    - No connection now: it goes out when the session resumes.
+    - A lone send (the previous one more than ``BURST_GAP`` ago) goes
+      straight into the socket from the caller's thread: one thread
+      hand-off fewer per request.  Returns the transport, its lock taken,
+      and the chunks; the caller lets its own lock go and calls
+      ``transport.send_and_unlock(chunks)``.
+    - A burst is left to one pump on the driver's thread (``schedule_pump``),
+      which writes it in a few syscalls; on the driver's thread it is
+      written at once.  While the pump is pending, a burst of ``BATCH`` or
+      more is written from the caller's thread in one batch.
+    """
+    live = session.live
+    if live is None:
+        return None
+    if session.pump_pending:
+        if session.unwritten < BATCH or not live.direct_ok or driver.in_loop():
+            return None
+    else:
+        now = driver.time()
+        burst = now - session.last_send < BURST_GAP
+        session.last_send = now
+        if burst or not live.direct_ok:
+            if driver.in_loop():
+                live.write_many(session.take_unsent())  # flushed at the end of the driver's turn
+            else:
+                session.pump_pending = True
+                schedule_pump(session)
+            return None
+    chunks = session.take_unsent()
+    live.lock.acquire()
+    return live, chunks
 
 
 class Link:

@@ -390,7 +390,7 @@ class WriteTarget(Protocol):
 
     def write(self, data: bytes) -> None: ...
     def write_many(self, chunks: list[bytes]) -> None: ...
-    def send_locked(self, chunks: list[bytes]) -> bool: ...
+    def send_and_unlock(self, chunks: list[bytes]) -> None: ...
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
     def close(self, reason: str = "closed", exc: BaseException | None = None) -> None: ...
@@ -612,7 +612,7 @@ class TransportOwner(Protocol):
 class Transport:
     """A connected non-blocking TCP socket driven by the loop.
 
-    Loop thread only, but for :meth:`send_locked`.  ``write`` queues; the loop
+    Loop thread only, but for :meth:`send_and_unlock`.  ``write`` queues; the loop
     flushes dirty transports once per iteration.  ``close_after_flush``
     closes once everything queued has been written (or ``linger`` seconds
     have passed).  The owner hears ``connection_lost`` exactly once, however
@@ -650,7 +650,7 @@ class Transport:
         self._linger_timer: Timer | None = None
         self._close_reason = ""
         #: Calls that handed bytes over (``write``, ``write_many``,
-        #: ``send_locked``): the heartbeat reads it to tell a busy link from an
+        #: ``send_and_unlock``): the heartbeat reads it to tell a busy link from an
         #: idle one, MESSAGE frames included.
         self.writes = 0
         self._tls: _TLS | None = None
@@ -659,7 +659,7 @@ class Transport:
         # A socket already registered (for its connect to finish) is switched
         # over: one epoll_ctl instead of two.
         (loop.modify if registered else loop.register)(sock, WANT_READ, self)
-        #: Whether other threads may write with :meth:`send_locked` (not over
+        #: Whether other threads may write with :meth:`send_and_unlock` (not over
         #: TLS, whose state belongs to the loop).
         self.direct_ok = tls is None
         if tls is not None:
@@ -693,7 +693,17 @@ class Transport:
             self._out.extend(chunks)
             self.out_bytes += size
 
-    def send_locked(self, chunks: list[bytes]) -> bool:
+    def send_and_unlock(self, chunks: list[bytes]) -> None:
+        """Write ``chunks`` from any thread that took ``lock`` (and release
+        it): straight into the socket when nothing else is queued, else
+        behind what is.  Nothing is written once the transport is closing
+        (a session's resend buffer still has the messages)."""
+        try:
+            self._send_locked(chunks)
+        finally:
+            self.lock.release()
+
+    def _send_locked(self, chunks: list[bytes]) -> bool:
         """Write ``chunks`` from any thread that holds ``lock``: straight into
         the socket when nothing else is queued, else behind what is.
 
@@ -714,22 +724,16 @@ class Transport:
             sent = 0
         except OSError:
             sent = 0  # the loop's flush meets the error again and closes
-        if sent == (len(chunks[0]) if len(chunks) == 1 else sum(map(len, chunks))):
+        size = len(chunks[0]) if len(chunks) == 1 else sum(map(len, chunks))
+        if sent == size:
             return True  # the usual case: all of it
-        rest: list[bytes | memoryview] = []
-        for chunk in chunks:
-            if sent >= len(chunk):
-                sent -= len(chunk)
-            elif sent:
-                rest.append(memoryview(chunk)[sent:])
-                sent = 0
-            else:
-                rest.append(chunk)
-        if rest:
-            self.last_progress = self.loop.time()
-            self._out.extend(rest)
-            self.out_bytes += sum(map(len, rest))
-            self.loop.call_soon(self.flush)  # the kernel is full: the loop waits for room
+        # The kernel is full: the rest waits in the queue, as flush() leaves
+        # it, and the loop waits for room.
+        self.last_progress = self.loop.time()
+        self._out.extend(chunks)
+        self.out_bytes += size
+        self._consumed(sent)
+        self.loop.call_soon(self.flush)
         return True
 
     # -- TLS, through memory BIOs: the socket stays plain and non-blocking --------
@@ -867,17 +871,9 @@ class Transport:
                 except OSError as exc:
                     error = exc
                     break
-                self.out_bytes -= sent
                 if sent:
                     self.last_progress = self.loop.time()
-                while sent:
-                    head = out[0]
-                    if sent >= len(head):
-                        sent -= len(head)
-                        out.popleft()
-                    else:
-                        out[0] = memoryview(head)[sent:]
-                        sent = 0
+                    self._consumed(sent)
         if error is not None:
             self._lost(_describe_oserror(error), error)
             return
@@ -892,6 +888,19 @@ class Transport:
                 self.loop.modify(self.sock, self._interest(), self)
             if self._closing and not self._peer_first:
                 self.close(self._close_reason)
+
+    def _consumed(self, sent: int) -> None:
+        """``sent`` bytes from the head of the queue went into the kernel (lock held)."""
+        self.out_bytes -= sent
+        out = self._out
+        while sent:
+            head = out[0]
+            if sent >= len(head):
+                sent -= len(head)
+                out.popleft()
+            else:
+                out[0] = memoryview(head)[sent:]
+                sent = 0
 
     def close_after_flush(self, linger: float = 1.0, reason: str = "closed", peer_first: bool = False) -> None:
         """Close once the queued bytes are written, or after ``linger`` seconds.

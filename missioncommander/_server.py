@@ -29,8 +29,8 @@ from ._events import (
 )
 from ._frames import DEFAULT_MAX_FRAME_SIZE, MESSAGE_OVERHEAD, MIN_MAX_FRAME_SIZE, PROTOCOL_VERSION
 from ._inbox import Budget, Inbox
-from ._link import Link
-from ._loop import Driver, Incoming, Listener, Timer, WriteTarget, get_loop
+from ._link import Link, route_locked
+from ._loop import Driver, Incoming, Listener, Timer, get_loop
 from ._message import Message
 from ._session import SendSession
 from ._tls import server_context
@@ -53,7 +53,7 @@ class _PortSetting(cfg.Setting[int]):
 class _Session(SendSession):
     """A client id's session: survives broken connections until it expires."""
 
-    __slots__ = ("client_id", "expiry", "inbox", "link", "live", "token")
+    __slots__ = ("client_id", "expiry", "inbox", "link", "token")
 
     def __init__(self, client_id: str, max_items: int, max_bytes: int, inbox: Inbox) -> None:
         super().__init__(max_items, max_bytes)
@@ -62,9 +62,6 @@ class _Session(SendSession):
         self.inbox = inbox
         self.link: _ServerLink | None = None
         self.expiry: Timer | None = None
-        #: The welcomed link's transport, while send() may write to it from
-        #: the caller's thread (set and cleared under the server's lock).
-        self.live: WriteTarget | None = None
 
 
 class _ServerLink(Link):
@@ -309,15 +306,9 @@ class Server:
                     f"send queue of client {target!r} is full ({len(out)} messages, "
                     f"{out.queued_bytes} bytes unacknowledged)"
                 )
-            direct = self._send_one_locked(session)
-            if direct is None:
-                return
-            chunks = session.take_unsent()
-            direct.lock.acquire()  # before ours is let go: frames keep their order
-        try:
-            direct.send_locked(chunks)  # if closing, the session's resend buffer keeps them
-        finally:
-            direct.lock.release()
+            direct = route_locked(session, self._loop, self._schedule_pump_locked)
+        if direct is not None:
+            direct[0].send_and_unlock(direct[1])
 
     def _broadcast(self, body: bytes) -> None:
         size = len(body) + MESSAGE_OVERHEAD
@@ -331,10 +322,9 @@ class Server:
                     continue
                 if not session.out.offer(body):
                     full.append(session)
-            wake = not self._to_pump
-            self._to_pump.update(sessions)  # a session between links is skipped there
-            if wake and self._to_pump:
-                self._loop.call_soon(self._pump)
+            for session in sessions:
+                if not session.pump_pending:
+                    self._schedule_pump_locked(session)  # a session between links is skipped there
         for session in full:
             # A broadcast does not fail for everyone because one client is too
             # slow: that client's session ends instead (bounded memory, logged).
@@ -349,28 +339,14 @@ class Server:
         if not self._running:
             raise StateError("the server is not running; start() it first")
 
-    def _send_one_locked(self, session: _Session) -> WriteTarget | None:
-        """Route a message just queued for one client (lock held): the transport
-        to write it to from this thread, or None when the loop writes it.
-
-        A lone send goes straight out from the caller's thread (one thread
-        hand-off fewer per reply, or on the loop thread no wait for the end
-        of its turn); a burst is left to the loop, which writes it with few
-        syscalls.
-        """
-        live = session.live
-        if live is None or session in self._to_pump:
-            return None  # the loop pumps it soon, or on the resume
-        if not session.burst(self._loop.time()) and live.direct_ok:
-            return live
-        if self._loop.in_loop():
-            live.write_many(session.take_unsent())  # flushed at the end of this loop turn
-            return None
+    def _schedule_pump_locked(self, session: _Session) -> None:
+        """Have the loop write what ``session`` has unwritten (lock held);
+        one wake-up of the loop serves every session pumped meanwhile."""
+        session.pump_pending = True
         wake = not self._to_pump
         self._to_pump.add(session)
         if wake:
             self._loop.call_soon(self._pump)
-        return None
 
     def queued(self, client_id: str) -> int:
         """Messages sent to ``client_id`` that it has not acknowledged yet
@@ -661,6 +637,8 @@ class Server:
     def _pump(self) -> None:
         with self._lock:
             sessions, self._to_pump = self._to_pump, set()
+            for session in sessions:
+                session.pump_pending = False
         for session in sessions:
             self._pump_session(session)
 
@@ -691,6 +669,7 @@ class Server:
                 return
             del self._sessions[session.client_id]
             self._to_pump.discard(session)
+            session.pump_pending = False
             session.live = None
             dropped = session.end()
         if session.expiry is not None:

@@ -4,9 +4,9 @@ A ``SendSession`` holds what one side sent in a session (the resend buffer,
 ``_streams.OutboundStream``) and how far it has written it on the current
 connection (``sent_seq``), and applies the session rules to them: what an
 ACK drops, what a resume or a restart resends, what ending the session
-drops, whether a send is part of a burst.  Its owner calls it under its own
-lock (``send()`` runs on callers' threads); it takes none, and the time is
-passed in.
+drops.  Its owner calls it under its own lock (``send()`` runs on callers'
+threads); it takes none, and the time is passed in.  How a queued message
+reaches the wire (``BURST_GAP``, ``BATCH``) is ``_link.route_locked``.
 
 The receiving half is ``_streams.InboundStream`` inside ``_inbox.Inbox``.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import Any
 
 from ._frames import DEFAULT_MAX_FRAME_SIZE
 from ._streams import OutboundStream
@@ -23,6 +24,9 @@ from ._streams import OutboundStream
 #: burst with few syscalls, while a lone send is written from its caller's
 #: thread (one thread hand-off fewer per request).
 BURST_GAP = 0.00005
+#: While a pump is on its way, a burst this long is written from the
+#: caller's thread meanwhile, in one batch, sparing the driver's thread.
+BATCH = 64
 
 
 class SendSession:
@@ -33,11 +37,16 @@ class SendSession:
     resume), every message up to it waits only for its ACK.
     """
 
-    __slots__ = ("last_send", "out", "peer_max_frame_size", "sent_seq")
+    __slots__ = ("last_send", "live", "out", "peer_max_frame_size", "pump_pending", "sent_seq")
 
     def __init__(self, max_items: int, max_bytes: int) -> None:
         self.out = OutboundStream(max_items, max_bytes)
         self.sent_seq = 0
+        #: The transport of the current, welcomed connection (the driver's;
+        #: this module never calls it); None between connections.
+        self.live: Any = None
+        #: A pump of this session is scheduled on the driver's thread.
+        self.pump_pending = False
         #: What the peer's HELLO or WELCOME allowed (a MESSAGE over it is refused at send()).
         self.peer_max_frame_size = DEFAULT_MAX_FRAME_SIZE
         self.last_send = 0.0
@@ -81,12 +90,6 @@ class SendSession:
         self.out.clear()
         self.sent_seq = 0
         return unwritten
-
-    def burst(self, now: float) -> bool:
-        """Whether a send at ``now`` follows the previous one within ``BURST_GAP``."""
-        burst = now - self.last_send < BURST_GAP
-        self.last_send = now
-        return burst
 
 
 def reconnect_delay(

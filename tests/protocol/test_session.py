@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
+from support.fake_driver import FakeDriver
 
 from missioncommander._errors import RemoteProtocolError
 from missioncommander._frames import FrameDecoder, parse_frame
-from missioncommander._session import BURST_GAP, SendSession
+from missioncommander._link import route_locked
+from missioncommander._session import BATCH, BURST_GAP, SendSession
 
 
 def written(chunks: list[bytes]) -> list[tuple[int, str]]:
@@ -72,16 +76,58 @@ def test_ending_says_how_many_were_never_written() -> None:
     assert written(session.take_unsent()) == [(1, "f")]
 
 
-def test_a_send_soon_after_another_is_a_burst() -> None:
-    session = SendSession(100, 1 << 20)
-    assert not session.burst(10.0)
-    assert session.burst(10.0 + BURST_GAP / 2)
-    assert not session.burst(10.0 + 3 * BURST_GAP)
-
-
 def test_the_limits_bound_the_queue_and_can_change() -> None:
     session = SendSession(2, 1 << 20)
     queue(session, "a", "b")
     assert not session.out.offer(b'["c",{}]')
     session.set_limits(3, 1 << 20)
     assert session.out.offer(b'["c",{}]')
+
+
+class _Live:
+    """A transport as the write path sees it."""
+
+    def __init__(self, direct_ok: bool = True) -> None:
+        self.direct_ok = direct_ok
+        self.lock = threading.Lock()
+        self.written: list[list[bytes]] = []
+
+    def write_many(self, chunks: list[bytes]) -> None:
+        self.written.append(chunks)
+
+
+def test_the_write_route_of_a_message_depends_on_the_link_and_the_pace() -> None:
+    driver = FakeDriver()
+    pumps: list[SendSession] = []
+    session = SendSession(1000, 1 << 20)
+
+    def send(in_driver: bool = False) -> tuple[object, list[bytes]] | None:
+        queue(session, "m")
+        if not in_driver:
+            return route_locked(session, driver, pumps.append)
+        with driver.running():
+            return route_locked(session, driver, pumps.append)
+
+    assert send() is None and session.unwritten == 1  # no connection: it waits for the resume
+    session.take_unsent()
+    live = _Live()
+    session.live = live
+    driver.now += 1
+    direct = send()  # a lone send: straight out, the transport's lock taken for the caller
+    assert direct is not None and direct[0] is live and written(direct[1]) == [(2, "m")]
+    assert live.lock.locked()
+    live.lock.release()
+    driver.now += BURST_GAP / 2
+    assert send(in_driver=True) is None and written(live.written.pop()) == [(3, "m")]  # a burst, written now
+    driver.now += BURST_GAP / 2
+    assert send() is None and pumps == [session] and session.pump_pending  # a burst elsewhere: one pump
+    assert send() is None and pumps == [session]  # the pump takes it too
+    for _ in range(BATCH - 3):
+        assert send() is None
+    direct = send()  # a long burst while the pump is pending: a batch from here
+    assert direct is not None and len(written(direct[1])) == BATCH
+    live.lock.release()
+    session.pump_pending = False
+    session.live = _Live(direct_ok=False)  # TLS: only the driver's thread writes
+    driver.now += 1
+    assert send() is None and pumps == [session, session]

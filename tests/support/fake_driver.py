@@ -57,12 +57,13 @@ class FakeTransport:
             self.writes += 1
             self._written += b"".join(chunks)
 
-    def send_locked(self, chunks: list[bytes]) -> bool:
-        if self.closed:
-            return False
-        self.writes += 1
-        self._written += b"".join(chunks)
-        return True
+    def send_and_unlock(self, chunks: list[bytes]) -> None:
+        try:
+            if not self.closed:
+                self.writes += 1
+                self._written += b"".join(chunks)
+        finally:
+            self.lock.release()
 
     def pause_reading(self) -> None:
         self.reading_paused = True
