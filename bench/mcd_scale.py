@@ -18,6 +18,7 @@ Every loop is bounded in count and time; everything runs on loopback.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import signal
 import socket
@@ -46,6 +47,7 @@ class Daemon:
             [sys.executable, "-m", "mc_daemon", "--socket", str(self.socket), "--state-dir", str(self.root / "state")],
             stderr=subprocess.DEVNULL,
         )
+        atexit.register(self._kill_if_running, self.proc)  # a failed run leaves no mcd behind
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -63,6 +65,12 @@ class Daemon:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(120)
+
+    @staticmethod
+    def _kill_if_running(proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
     def cpu_seconds(self) -> float:
         """mcd's CPU time so far (user and system, all threads)."""
