@@ -699,42 +699,33 @@ class Transport:
         behind what is.  Nothing is written once the transport is closing
         (a session's resend buffer still has the messages)."""
         try:
-            self._send_locked(chunks)
+            if self.closed or self._closing:
+                return
+            self.writes += 1
+            if self._out or len(chunks) > _IOV_MAX:  # bytes ahead of ours wait: keep the order
+                self._out.extend(chunks)
+                self.out_bytes += sum(map(len, chunks))
+                if len(self._out) == len(chunks):
+                    self.loop.call_soon(self.flush)
+                return
+            try:
+                sent = self.sock.sendmsg(chunks)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = 0  # the loop's flush meets the error again and closes
+            size = len(chunks[0]) if len(chunks) == 1 else sum(map(len, chunks))
+            if sent == size:
+                return  # the usual case: all of it
+            # The kernel is full: the rest waits in the queue, as flush() leaves
+            # it, and the loop waits for room.
+            self.last_progress = self.loop.time()
+            self._out.extend(chunks)
+            self.out_bytes += size
+            self._consumed(sent)
+            self.loop.call_soon(self.flush)
         finally:
             self.lock.release()
-
-    def _send_locked(self, chunks: list[bytes]) -> bool:
-        """Write ``chunks`` from any thread that holds ``lock``: straight into
-        the socket when nothing else is queued, else behind what is.
-
-        False (nothing written) when the transport is closed or closing.
-        """
-        if self.closed or self._closing:
-            return False
-        self.writes += 1
-        if self._out or len(chunks) > _IOV_MAX:  # bytes ahead of ours wait: keep the order
-            self._out.extend(chunks)
-            self.out_bytes += sum(map(len, chunks))
-            if len(self._out) == len(chunks):
-                self.loop.call_soon(self.flush)
-            return True
-        try:
-            sent = self.sock.sendmsg(chunks)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            sent = 0  # the loop's flush meets the error again and closes
-        size = len(chunks[0]) if len(chunks) == 1 else sum(map(len, chunks))
-        if sent == size:
-            return True  # the usual case: all of it
-        # The kernel is full: the rest waits in the queue, as flush() leaves
-        # it, and the loop waits for room.
-        self.last_progress = self.loop.time()
-        self._out.extend(chunks)
-        self.out_bytes += size
-        self._consumed(sent)
-        self.loop.call_soon(self.flush)
-        return True
 
     # -- TLS, through memory BIOs: the socket stays plain and non-blocking --------
 
