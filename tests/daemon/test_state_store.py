@@ -14,12 +14,8 @@ import pytest
 from mc_daemon.state import SaveError, Sections, StateStore, StateWriter, encode_member
 
 
-def test_a_failed_write_leaves_the_previous_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = StateStore(tmp_path / "state")
-    good = {"clients": {"a": {"settings": {"port": 1}, "desired": True}}, "servers": {}}
-    store.save(good)
-    before = (store.path).read_bytes()
-
+def _disk_fills_mid_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every os.write writes half of its bytes, then fails as a full disk does."""
     real_write = os.write
 
     def half_then_fail(fd: int, data: bytes | memoryview) -> int:
@@ -27,6 +23,15 @@ def test_a_failed_write_leaves_the_previous_state(tmp_path: Path, monkeypatch: p
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "write", half_then_fail)
+
+
+def test_a_failed_write_leaves_the_previous_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = StateStore(tmp_path / "state")
+    good = {"clients": {"a": {"settings": {"port": 1}, "desired": True}}, "servers": {}}
+    store.save(good)
+    before = (store.path).read_bytes()
+
+    _disk_fills_mid_write(monkeypatch)
     with pytest.raises(SaveError, match="No space left on device"):
         store.save({"clients": {"b": {"settings": {}, "desired": False}}, "servers": {}})
     monkeypatch.undo()
@@ -266,13 +271,7 @@ def test_a_failed_append_is_followed_by_a_whole_save(tmp_path: Path, monkeypatch
     store = StateStore(tmp_path)
     store.write(_members({"clients": {"a": {}}, "servers": {}}))
     store.write(_members({"clients": {"a": {}, "b": {}}, "servers": {}}))
-    real_write = os.write
-
-    def half_then_fail(fd: int, data: bytes | memoryview) -> int:
-        real_write(fd, bytes(data[: len(data) // 2]))
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(os, "write", half_then_fail)
+    _disk_fills_mid_write(monkeypatch)
     with pytest.raises(SaveError, match="No space left on device"):
         store.write(_members({"clients": {"a": {}, "b": {}, "c": {}}, "servers": {}}))
     monkeypatch.undo()
