@@ -46,7 +46,8 @@ from ._inbox import Inbox
 from ._link import Link, route_locked
 from ._loop import Connecting, Driver, Timer, WriteTarget, get_loop
 from ._message import Message
-from ._session import SendSession, reconnect_delay
+from ._reconnect import Step, after_failure, reconnect_delay
+from ._session import SendSession
 from ._state import ClientState, ClientStateTransition
 from ._tls import client_context
 
@@ -644,20 +645,19 @@ class Client:
                 return
         with self._lock:
             self._last_close_reason = why.reason
-            if self._state_bits & _CONNECTING:
-                if why.rate_limited and not self._persistent and self._loop.time() < self._connect_deadline:
-                    # A busy server asked us to come back later: a connect()
-                    # that waits keeps trying (with backoff) until its timeout.
-                    self._retries += 1
-                    self._schedule_retry()
-                    return
-                if self._persistent and not why.terminal:
-                    self._retries += 1
-                    limit = self.reconnect_attempts
-                    if limit is None or self._retries < limit:
-                        log.info("client %r: connect attempt failed: %s", self.client_id, why.reason)
-                        self._schedule_retry()
-                        return
+            bits = self._state_bits
+            if not bits & (_CONNECTING | _RECONNECTING):
+                return
+            step, self._retries = after_failure(
+                self._retries,
+                reconnecting=not bits & _CONNECTING,
+                persistent=self._persistent,
+                terminal=why.terminal,
+                rate_limited=why.rate_limited,
+                limit=self.reconnect_attempts,
+                before_deadline=self._loop.time() < self._connect_deadline,
+            )
+            if step is Step.FAIL:
                 future = self._connect_future
                 self._connect_future = None
                 self._set_state(CONNECT_FAILED)
@@ -673,11 +673,7 @@ class Client:
                 if future is not None and not future.done():
                     future.set_exception(why.error or ConnectError(why.reason))
                 return
-            if not self._state_bits & _RECONNECTING:
-                return
-            self._retries += 1
-            limit = self.reconnect_attempts
-            if why.terminal or (limit is not None and self._retries >= limit):
+            if step is Step.GIVE_UP:
                 self._set_state(RECONNECT_FAILED)
                 self._wake_senders_locked()
                 log.warning(
@@ -687,6 +683,8 @@ class Client:
                     why.reason,
                 )
                 return
+            if bits & _CONNECTING:
+                log.info("client %r: connect attempt failed: %s", self.client_id, why.reason)
         self._schedule_retry()
 
     def _schedule_retry(self) -> None:

@@ -3,8 +3,8 @@
 ``Link`` runs on the loop thread only.  It feeds bytes to the sans-IO
 ``Connection``, turns a ``RemoteProtocolError`` into an ERROR frame and a
 close, keeps the heartbeat (PING when idle, close when the peer is silent
-for ``heartbeat_timeout``, except while we paused reading ourselves). What
-is received and acknowledged is the session's ``Inbox``.
+for ``heartbeat_timeout``: the rules are ``_liveness``, the timer is here).
+What is received and acknowledged is the session's ``Inbox``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import TypeVar
 from ._connection import Connection
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import Event, Role
+from ._liveness import Act, Liveness
 from ._loop import Driver, Timer, WriteTarget
 from ._session import BATCH, BURST_GAP, SendSession
 from ._transitions import ConnState
@@ -84,14 +85,8 @@ class Link:
         self.loop = loop
         self.proto = Connection(role, max_frame_size, loop.time())
         self.transport: WriteTarget | None = None
-        self.heartbeat_interval = heartbeat_interval
-        self.heartbeat_timeout = heartbeat_timeout
+        self.liveness = Liveness(heartbeat_interval, heartbeat_timeout)
         self._hb_timer: Timer | None = None
-        #: ``transport.writes`` at the last heartbeat check.
-        self._writes_seen = 0
-        #: Bytes that may wait unsent for a heartbeat timeout before the
-        #: peer counts as not reading (None: no limit).
-        self.max_pending_bytes: int | None = None
         #: Where received events go: ``handle_event``, or a subclass's
         #: shorter way once its handshake is done (a call fewer per message).
         self.on_event: Callable[[Event], None] = self.handle_event
@@ -151,10 +146,8 @@ class Link:
     # -- heartbeat -------------------------------------------------------------
 
     def start_heartbeat(self) -> None:
-        if self.transport is not None:
-            # The handshake's frames went through the Connection, which noted when.
-            self._writes_seen = self.transport.writes
-        self._schedule_heartbeat(self.loop.time() + self.proto.ping_interval(self.heartbeat_interval))
+        writes = self.transport.writes if self.transport is not None else 0
+        self._schedule_heartbeat(self.liveness.start(self.proto, self.loop.time(), writes))
 
     def _schedule_heartbeat(self, when: float) -> None:
         if self._hb_timer is not None:
@@ -168,35 +161,29 @@ class Link:
         now = self.loop.time()
         transport = self.transport
         assert transport is not None
-        if transport.reading_paused:
-            # We stopped reading (our application is behind): the peer's
-            # frames wait unread, so its silence proves nothing.
-            self.proto.last_received = now
-        if transport.writes != self._writes_seen:
-            # Frames went out since the last check (MESSAGE frames are written
-            # without the Connection seeing them): the link is not idle, and
-            # the peer hears from us without a PING.  Counting them as sent
-            # now, a little late, delays the next PING by at most an interval.
-            self.proto.last_sent = max(self.proto.last_sent, now)
-        action, next_check = self.proto.heartbeat_due(now, self.heartbeat_interval, self.heartbeat_timeout)
-        if action == "timeout":
-            transport.abort(f"heartbeat timeout: nothing received for {self.heartbeat_timeout:g} s")
-            return
-        limit = self.max_pending_bytes
-        if limit is not None and transport.out_bytes > limit and now - transport.last_progress > self.heartbeat_timeout:
-            # Alive (it pings) but not reading: its backlog would only grow.
+        verdict = self.liveness.check(
+            self.proto,
+            now,
+            reading_paused=transport.reading_paused,
+            writes=transport.writes,
+            out_bytes=transport.out_bytes,
+            last_progress=transport.last_progress,
+        )
+        act = verdict.act
+        if act is Act.NOT_READING:
             log.warning(
                 "%s is not reading: %d bytes unsent for %.0f s; closing its connection",
                 self.describe(),
                 transport.out_bytes,
                 now - transport.last_progress,
             )
-            transport.abort(f"not reading: over max_pending_bytes={limit} for {self.heartbeat_timeout:g} s")
+        if act is Act.SILENT or act is Act.NOT_READING:
+            transport.abort(verdict.reason)
             return
-        if action == "ping":
+        if act is Act.PING:
             self.write(self.proto.send_ping(now))
-        self._writes_seen = transport.writes
-        self._schedule_heartbeat(min(next_check, now + self.heartbeat_timeout / 2))
+            self.liveness.pinged(transport.writes)
+        self._schedule_heartbeat(verdict.next_check)
 
     def answer_ping(self) -> None:
         """PONG, unless this side already said goodbye (a PING that crossed

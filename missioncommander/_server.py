@@ -11,7 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _config as cfg
-from ._auth import auth_proof, new_nonce, proof_matches
+from ._admission import Admit, Known, admit, in_use_message, probe_timeout
+from ._auth import new_nonce
 from ._callbacks import Callbacks
 from ._connection import Connection
 from ._errors import BindError, MessageTooLarge, QueueFullError, StateError, TLSConfigError, UnknownClient
@@ -27,7 +28,7 @@ from ._events import (
     PongReceived,
     Role,
 )
-from ._frames import DEFAULT_MAX_FRAME_SIZE, MESSAGE_OVERHEAD, MIN_MAX_FRAME_SIZE, PROTOCOL_VERSION
+from ._frames import DEFAULT_MAX_FRAME_SIZE, MESSAGE_OVERHEAD, MIN_MAX_FRAME_SIZE
 from ._inbox import Budget, Inbox
 from ._link import Link, route_locked
 from ._loop import Driver, Incoming, Listener, Timer, get_loop
@@ -69,7 +70,7 @@ class _ServerLink(Link):
 
     def __init__(self, server: Server, loop: Driver, incoming: Incoming) -> None:
         super().__init__(loop, Role.SERVER, server.max_frame_size, server.heartbeat_interval, server.heartbeat_timeout)
-        self.max_pending_bytes = server.max_pending_bytes
+        self.liveness.max_pending_bytes = server.max_pending_bytes
         self.server = server
         self.peer = incoming.peer
         self.session: _Session | None = None
@@ -494,74 +495,56 @@ class Server:
 
     def _on_hello(self, link: _ServerLink, hello: Hello) -> None:
         link.hello = hello
-        if hello.version != PROTOCOL_VERSION:
-            self._refuse(
-                link,
-                ErrorCode.VERSION_UNSUPPORTED,
-                f"protocol version {hello.version} is not supported (server speaks {PROTOCOL_VERSION})",
-            )
-            return
-        if not self._running:
-            self._refuse(link, ErrorCode.SERVER_FULL, "server is shutting down", retry=True)
-            return
-        if self._auth_required():
-            secret = self._secret_for(hello.client_id)
-            if secret is None:
-                self._refuse(link, ErrorCode.AUTH_FAILED, f"client id {hello.client_id!r} has no token on this server")
-                return
-            if hello.proof is None or hello.cnonce is None:
-                self._refuse(link, ErrorCode.AUTH_FAILED, "this server requires a token (set auth_token)")
-                return
-            expected = auth_proof(secret, "client", link.nonce, hello.cnonce, hello.client_id)
-            if not proof_matches(expected, hello.proof):
-                self._refuse(link, ErrorCode.AUTH_FAILED, "wrong token")
-                return
-            link.server_proof = auth_proof(secret, "server", link.nonce, hello.cnonce, hello.client_id)
         with self._lock:
             session = self._sessions.get(hello.client_id)
-        if session is not None and hello.session == session.token:
-            old = session.link
+        old = session.link if session is not None else None
+        known = Known(
+            token=session.token if session is not None else None,
+            attached=old is not None,
+            probing=old is not None and old.probe_waiter is not None,
+        )
+        auth = self._auth_required()
+        decision = admit(
+            hello,
+            known,
+            running=self._running,
+            auth_required=auth,
+            secret=self._secret_for(hello.client_id) if auth else None,
+            nonce=link.nonce,
+        )
+        action = decision.action
+        if action is Admit.REFUSE or action is Admit.BUSY:
+            assert decision.code is not None
+            self._refuse(link, decision.code, decision.message, decision.retry)
+            return
+        link.server_proof = decision.server_proof
+        if action is Admit.RESUME:
+            assert session is not None
             if old is not None:
-                # The client is back on a new connection before we noticed the
-                # old one die: the old one is half-open, take over.
+                # The client is back before we noticed its old connection
+                # die: that one is half-open; the new one takes over.
                 old.session = None
                 session.link = None
                 if old.transport is not None:
                     old.transport.abort("replaced by the client's resumed connection")
             self._attach(link, session, resumed=True)
-            return
-        if session is not None:
-            old = session.link
-            if old is None:
+        elif action is Admit.PROBE:
+            assert old is not None
+            old.probe_waiter = link
+            if link.handshake_timer is not None:
+                # The wait is ours now, and the probe's timer ends it with a
+                # WELCOME or an ERROR: a short handshake_timeout must not cut
+                # the newcomer off first.
+                link.handshake_timer.cancel()
+                link.handshake_timer = None
+            old.write(old.proto.send_ping(self._loop.time()))
+            old.probe_timer = self._loop.call_later(probe_timeout(self.heartbeat_timeout), self._probe_done, old, False)
+        else:
+            if action is Admit.REPLACE:
+                assert session is not None
                 log.info("client %r started a new session; its detached one ends", hello.client_id)
                 self._end_session(session, "replaced by a new session of the same client id")
-            elif old.probe_waiter is not None:
-                # Another newcomer is already waiting on this probe; this one
-                # may try again once it is answered.
-                self._refuse(link, ErrorCode.ID_IN_USE, f"client id {hello.client_id!r} is being checked; retry", True)
-                return
-            else:
-                # Always ask: a connection that spoke a moment ago may be dead
-                # and half-open, and a recent read proves nothing about now.
-                old.probe_waiter = link
-                if link.handshake_timer is not None:
-                    # The wait is ours now, and the probe's timer ends it with
-                    # a WELCOME or an ERROR: a short handshake_timeout must not
-                    # cut the newcomer off first.
-                    link.handshake_timer.cancel()
-                    link.handshake_timer = None
-                old.write(old.proto.send_ping(self._loop.time()))
-                old.probe_timer = self._loop.call_later(min(self.heartbeat_timeout, 3.0), self._probe_done, old, False)
-                return
-        self._new_session(link, hello.client_id)
-
-    def _refuse_in_use(self, link: _ServerLink) -> None:
-        assert link.hello is not None
-        self._refuse(
-            link,
-            ErrorCode.ID_IN_USE,
-            f"client id {link.hello.client_id!r} is in use by a live client; choose another id",
-        )
+            self._new_session(link, hello.client_id)
 
     def _probe_done(self, old: _ServerLink, alive: bool) -> None:
         newcomer, old.probe_waiter = old.probe_waiter, None
@@ -570,10 +553,10 @@ class Server:
             old.probe_timer = None
         if newcomer is None or newcomer.transport is None or newcomer.transport.closed:
             return
-        if alive:
-            self._refuse_in_use(newcomer)
-            return
         assert newcomer.hello is not None
+        if alive:
+            self._refuse(newcomer, ErrorCode.ID_IN_USE, in_use_message(newcomer.hello.client_id))
+            return
         if old.transport is not None:
             old.transport.abort("did not answer a liveness probe")
         session = old.session

@@ -13,8 +13,6 @@ The receiving half is ``_streams.InboundStream`` inside ``_inbox.Inbox``.
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable
 from typing import Any
 
 from ._frames import DEFAULT_MAX_FRAME_SIZE
@@ -90,14 +88,3 @@ class SendSession:
         self.out.clear()
         self.sent_seq = 0
         return unwritten
-
-
-def reconnect_delay(
-    retries: int, base: float, cap: float, uniform: Callable[[float, float], float] | None = None
-) -> float:
-    """How long to wait before attempt ``retries + 1`` of a (re)connect:
-    exponential backoff from ``base``, capped at ``cap``, with full jitter
-    (anywhere from 0 to the ceiling), so the clients of a server that went
-    away do not all come back at the same moment."""
-    ceiling = min(cap, base * 2 ** min(retries, 32))
-    return (uniform or random.uniform)(0.0, ceiling)

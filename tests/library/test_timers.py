@@ -17,7 +17,7 @@ from missioncommander._connection import Connection
 from missioncommander._events import AckReceived, ErrorReceived, Hello, PingReceived, Role, Welcome
 from missioncommander._frames import message_frames
 from missioncommander._inbox import ACK_DELAY
-from missioncommander._session import reconnect_delay
+from missioncommander._reconnect import reconnect_delay
 
 S = ClientState
 CONNECTED = S.STATE_OK | S.STATE_RUNNING | S.STATE_CONNECTED
@@ -103,7 +103,7 @@ def test_reconnect_backoff_doubles_up_to_its_cap_with_full_jitter(
         draws.append((low, high))
         return high
 
-    monkeypatch.setattr("missioncommander._session.random.uniform", top_of_range)
+    monkeypatch.setattr("missioncommander._reconnect.random.uniform", top_of_range)
     client = Client(
         _driver=driver, address="127.0.0.1", port=5000, client_id="c1", reconnect_delay=0.5, reconnect_max_delay=3.0
     )

@@ -9,7 +9,18 @@ import pytest
 
 import missioncommander
 
-CORE = ["_events.py", "_frames.py", "_transitions.py", "_connection.py", "_auth.py", "_streams.py", "_session.py"]
+CORE = [
+    "_events.py",
+    "_frames.py",
+    "_transitions.py",
+    "_connection.py",
+    "_auth.py",
+    "_streams.py",
+    "_session.py",
+    "_admission.py",
+    "_liveness.py",
+    "_reconnect.py",
+]
 #: Sockets, threads, locks, clocks, waiting: what a driver brings.
 FORBIDDEN = {"socket", "ssl", "select", "selectors", "threading", "time", "asyncio", "_thread", "queue"}
 #: Library modules that do I/O or run threads.

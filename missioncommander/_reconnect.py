@@ -1,0 +1,66 @@
+"""When a client tries again, sans-IO: the retry rules and the backoff.
+
+A failed attempt (refused, timed out, cut before the WELCOME) leads to one
+of three steps, decided by ``after_failure`` from values the client passes
+in (the time among them, as a yes/no on its deadline):
+
+- a ``connect()`` that waits fails at once on its first failure, except when
+  the server said "busy, retry" (rate limited): then it keeps trying until
+  its ``connect_timeout``;
+- a ``connect(wait=False)`` and a reconnect keep trying, with backoff, until
+  ``reconnect_attempts`` run out or the server refuses for good (a wrong
+  token, an unsupported version: ``terminal``).
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Callable
+
+
+class Step(enum.Enum):
+    RETRY = "retry"
+    #: The first connect failed: CONNECT_FAILED, and connect() raises.
+    FAIL = "fail"
+    #: A reconnect gave up: RECONNECT_FAILED.
+    GIVE_UP = "give up"
+
+
+def after_failure(
+    retries: int,
+    *,
+    reconnecting: bool,
+    persistent: bool,
+    terminal: bool,
+    rate_limited: bool,
+    limit: int | None,
+    before_deadline: bool,
+) -> tuple[Step, int]:
+    """The step after a failed attempt, and the retry count that goes with
+    it (``retries`` counts the failed attempts before this one).
+
+    ``reconnecting``: the session was connected before (else this is the
+    first connect); ``persistent``: ``connect(wait=False)``;
+    ``before_deadline``: the first connect's ``connect_timeout`` has not
+    passed; ``limit``: ``reconnect_attempts``."""
+    if not reconnecting:
+        if rate_limited and not persistent and before_deadline:
+            return Step.RETRY, retries + 1
+        if not persistent or terminal:
+            return Step.FAIL, retries
+    retries += 1
+    if terminal or (limit is not None and retries >= limit):
+        return (Step.GIVE_UP if reconnecting else Step.FAIL), retries
+    return Step.RETRY, retries
+
+
+def reconnect_delay(
+    retries: int, base: float, cap: float, uniform: Callable[[float, float], float] | None = None
+) -> float:
+    """How long to wait before attempt ``retries + 1`` of a (re)connect:
+    exponential backoff from ``base``, capped at ``cap``, with full jitter
+    (anywhere from 0 to the ceiling), so the clients of a server that went
+    away do not all come back at the same moment."""
+    ceiling = min(cap, base * 2 ** min(retries, 32))
+    return (uniform or random.uniform)(0.0, ceiling)

@@ -1,0 +1,73 @@
+"""The server's rules for a HELLO, without a server: values in, decision out."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from missioncommander._admission import Admit, Decision, Known, admit, probe_timeout
+from missioncommander._auth import auth_proof
+from missioncommander._events import ErrorCode, Hello
+from missioncommander._frames import PROTOCOL_VERSION
+
+NONCE = "n" * 32
+HELLO = Hello(PROTOCOL_VERSION, "c1", None, 0, 1 << 20, 10.0)
+
+
+NOBODY = Known()
+
+
+def decide(hello: Hello = HELLO, known: Known = NOBODY, *, running: bool = True, secret: str | None = None) -> Decision:
+    return admit(hello, known, running=running, auth_required=secret is not None, secret=secret, nonce=NONCE)
+
+
+def test_an_unknown_id_gets_a_new_session() -> None:
+    assert decide().action is Admit.NEW
+
+
+def test_the_session_named_goes_on_whether_or_not_a_connection_holds_it() -> None:
+    hello = dataclasses.replace(HELLO, session="tok")
+    assert decide(hello, Known("tok")).action is Admit.RESUME
+    # Attached: the old connection is half-open and the new one takes over.
+    assert decide(hello, Known("tok", attached=True, probing=True)).action is Admit.RESUME
+
+
+def test_a_session_not_named_ends_if_detached_and_is_probed_if_attached() -> None:
+    hello = dataclasses.replace(HELLO, session="old-token-the-server-forgot")
+    assert decide(hello, Known("tok")).action is Admit.REPLACE
+    assert decide(HELLO, Known("tok", attached=True)).action is Admit.PROBE
+    busy = decide(HELLO, Known("tok", attached=True, probing=True))
+    assert (busy.action, busy.code, busy.retry) == (Admit.BUSY, ErrorCode.ID_IN_USE, True)
+
+
+@pytest.mark.parametrize(
+    ("hello", "running", "code", "retry"),
+    [
+        (dataclasses.replace(HELLO, version=PROTOCOL_VERSION + 1), True, ErrorCode.VERSION_UNSUPPORTED, False),
+        (HELLO, False, ErrorCode.SERVER_FULL, True),
+    ],
+)
+def test_refusals_say_why_and_whether_to_retry(hello: Hello, running: bool, code: ErrorCode, retry: bool) -> None:
+    decision = decide(hello, Known("tok", attached=True), running=running)
+    assert (decision.action, decision.code, decision.retry) == (Admit.REFUSE, code, retry)
+    assert decision.message
+
+
+def test_a_token_is_checked_before_any_session_is_touched() -> None:
+    good = auth_proof("s3cret", "client", NONCE, "cn", "c1")
+    ok = decide(dataclasses.replace(HELLO, cnonce="cn", proof=good), secret="s3cret")
+    assert ok.action is Admit.NEW
+    assert ok.server_proof == auth_proof("s3cret", "server", NONCE, "cn", "c1")
+    forged = dataclasses.replace(HELLO, session="tok", cnonce="cn", proof="0" * 64)
+    wrong = decide(forged, Known("tok"), secret="s3cret")
+    assert (wrong.action, wrong.code, wrong.message) == (Admit.REFUSE, ErrorCode.AUTH_FAILED, "wrong token")
+    missing = decide(HELLO, secret="s3cret")
+    assert (missing.action, missing.code) == (Admit.REFUSE, ErrorCode.AUTH_FAILED)
+    unknown = admit(HELLO, Known(), running=True, auth_required=True, secret=None, nonce=NONCE)
+    assert "has no token" in unknown.message
+
+
+def test_a_probe_waits_for_the_heartbeat_timeout_but_never_more_than_3_s() -> None:
+    assert probe_timeout(1.0) == 1.0
+    assert probe_timeout(30.0) == 3.0
