@@ -1,11 +1,15 @@
-"""Instructions per echo round trip, counted by callgrind: a figure that does
-not move with the machine's load (bench/RESULTS.md, "To judge a change").
+"""Instructions per echo round trip, or per broadcast delivery, counted by
+callgrind: a figure that does not move with the machine's load
+(bench/RESULTS.md, "To judge a change").
 
-    python3 bench/instructions.py [--inline]
+    python3 bench/instructions.py [--inline] [--broadcast] [--repeat N]
 
 Runs an echo (client and server in one process, loopback) under
 ``valgrind --tool=callgrind`` for 500 and for 2,500 round trips and prints
 (instructions for 2,500 - for 500) / 2,000: start-up and shutdown cancel out.
+``--broadcast``: 100 clients, the server sends to ``'*'`` 20 and 100 times,
+per delivery.  How the threads take turns moves one count by a few
+percent, so ``--repeat`` prints each run and their median.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import argparse
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,7 +44,38 @@ server.stop()
 """
 
 
-def count(round_trips: int, inline: bool) -> int:
+BROADCAST = """
+import sys, threading
+from missioncommander import Client, Message, Server
+rounds, inline = int(sys.argv[1]), sys.argv[2] == "1"
+CLIENTS = 100
+server = Server(interface="127.0.0.1", port=0, inline_callbacks=inline, max_connection_rate=None)
+server.start()
+lock, done = threading.Lock(), threading.Event()
+left = [CLIENTS * rounds]
+def got(msg):
+    with lock:
+        left[0] -= 1
+        if left[0] == 0:
+            done.set()
+clients = []
+for _ in range(CLIENTS):
+    client = Client(address="127.0.0.1", port=server.port, inline_callbacks=inline)
+    client.subscribe("message", got)
+    client.connect()
+    clients.append(client)
+message = Message("tick", {"n": 1, "text": "hello"})
+for _ in range(rounds):
+    server.send("*", message)
+if not done.wait(120):
+    sys.exit("broadcast timed out")
+for client in clients:
+    client.disconnect()
+server.stop()
+"""
+
+
+def count(round_trips: int, inline: bool, script: str = ECHO) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run(
             [
@@ -48,7 +84,7 @@ def count(round_trips: int, inline: bool) -> int:
                 f"--callgrind-out-file={os.path.join(tmp, 'out')}",
                 sys.executable,
                 "-c",
-                ECHO,
+                script,
                 str(round_trips),
                 "1" if inline else "0",
             ],
@@ -66,12 +102,23 @@ def count(round_trips: int, inline: bool) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inline", action="store_true", help="inline_callbacks=True on both sides")
+    parser.add_argument("--broadcast", action="store_true", help="per delivery of a broadcast to 100 clients")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N", help="runs, and their median (default 1)")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         print("needs valgrind (Debian: apt-get install valgrind)", file=sys.stderr)
         return 1
-    small, large = count(500, args.inline), count(2500, args.inline)
-    print(f"{(large - small) / 2000:,.0f} instructions per echo round trip ({'inline' if args.inline else 'default'})")
+    if args.broadcast:
+        script, small, large, per, what = BROADCAST, 20, 100, 80 * 100, "broadcast delivery (100 clients)"
+    else:
+        script, small, large, per, what = ECHO, 500, 2500, 2000, "echo round trip"
+    mode = "inline" if args.inline else "default"
+    runs = []
+    for _ in range(max(1, args.repeat)):
+        runs.append((count(large, args.inline, script) - count(small, args.inline, script)) / per)
+        if args.repeat > 1:
+            print(f"  run {len(runs)}: {runs[-1]:,.0f}", flush=True)
+    print(f"{statistics.median(runs):,.0f} instructions per {what} ({mode})")
     return 0
 
 

@@ -14,6 +14,7 @@ stalls every connection of the process.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -179,6 +180,11 @@ class Callbacks:
         #: Run ``emit_message`` callbacks on the emitting (I/O) thread when the
         #: queue is idle: the ``inline_callbacks`` setting.
         self.inline = False
+        #: Who may keep a message after its callbacks ran (the asyncio API's
+        #: ``messages()``): called with the callbacks' arguments and a
+        #: ``release`` to call once the message is taken; True when it kept it.
+        #: Unset, a message is taken when its callbacks return.
+        self.keep: Callable[[tuple[Any, ...], Callable[[], None]], bool] | None = None
 
     def subscribe(self, event: str, callback: Callable[..., Any]) -> None:
         key = normalise_event(event, self.events)
@@ -212,7 +218,9 @@ class Callbacks:
         ``_inbox``). False, and nothing done, when nothing is subscribed."""
         callbacks = self._subs.get("message")
         if not callbacks:
-            return False
+            if self.keep is None:
+                return False
+            callbacks = ()
         stream = inbox.hold(size)
         if self.inline:
             self.serial.run_or_submit(self._run_message, callbacks, args, inbox, stream, seq, size)
@@ -234,6 +242,8 @@ class Callbacks:
                 callback(*args)
             except Exception:
                 log.exception("%s message callback %r raised", self._owner, callback)
+        if self.keep is not None and self.keep(args, functools.partial(inbox.taken, stream, seq, size)):
+            return
         inbox.taken(stream, seq, size)
 
     def _run(self, event: str, callbacks: tuple[Callable[..., Any], ...], args: tuple[Any, ...]) -> None:

@@ -44,7 +44,7 @@ from ._events import (
 from ._frames import DEFAULT_MAX_FRAME_SIZE, MESSAGE_OVERHEAD, MIN_MAX_FRAME_SIZE
 from ._inbox import Inbox
 from ._link import Link, route_locked
-from ._loop import Connecting, Driver, Timer, WriteTarget, get_loop
+from ._loop import Cancellable, Connecting, Driver, WriteTarget, get_loop
 from ._message import Message
 from ._reconnect import Step, after_failure, reconnect_delay
 from ._session import SendSession
@@ -73,6 +73,10 @@ _CONNECTED = int(S.STATE_CONNECTED)
 _CONNECTING = int(S.STATE_CONNECTING)
 _RECONNECTING = int(S.STATE_RECONNECTING)
 _CAN_SEND = _CONNECTED | _RECONNECTING
+
+#: How long disconnect() waits for its goodbye to be written and for the
+#: server to close first.
+DISCONNECT_WAIT = 5.0
 
 
 @functools.lru_cache(maxsize=64)
@@ -105,12 +109,12 @@ class _ClientLink(Link):
         self.client = client
         self.generation = generation
         self.connecting: Connecting | None = None
-        self.timer: Timer | None = None
+        self.timer: Cancellable | None = None
         self.welcomed = False
         #: The attempt failed or was closed on purpose: later losses are not news.
         self._dead = False
-        #: Set once the transport has closed (``disconnect()`` waits for it).
-        self.on_closed: threading.Event | None = None
+        #: Called once the transport has closed (``disconnect()`` waits for it).
+        self.on_closed: Callable[[], None] | None = None
         self.expected_server_proof: str | None = None
 
     def describe(self) -> str:
@@ -210,7 +214,7 @@ class _ClientLink(Link):
         self.stop_timers()
         self.client._inbox.detach(self)
         if self.on_closed is not None:
-            self.on_closed.set()
+            self.on_closed()
         if self._dead:
             return
         self._dead = True
@@ -302,6 +306,9 @@ class Client:
         #: microseconds to build, and most clients never wait).
         self._room: threading.Condition | None = None
         self._room_waiters = 0
+        #: Called too where waiting send() calls are woken (the asyncio API's
+        #: senders wait on the loop, not on ``_room``).
+        self._on_room: Callable[[], None] | None = None
         self._state = NEEDS_INIT
         #: The state as a plain int, for checks on the send path (IntFlag
         #: operators cost microseconds).
@@ -311,7 +318,7 @@ class Client:
         self._generation = 0
         self._link: _ClientLink | None = None
         self._connect_future: Future[None] | None = None
-        self._retry_timer: Timer | None = None
+        self._retry_timer: Cancellable | None = None
         self._connect_deadline = 0.0
         self._retries = 0
         self._persistent = False
@@ -385,8 +392,11 @@ class Client:
 
     def _wake_senders_locked(self) -> None:
         """Wake send() calls waiting for room or for the session's end (lock held)."""
-        if self._room_waiters and self._room is not None:
-            self._room.notify_all()
+        if self._room_waiters:
+            if self._room is not None:
+                self._room.notify_all()
+            if self._on_room is not None:
+                self._on_room()
 
     def _set_state(self, new: ClientState) -> None:
         """Change state and queue the statechange event (caller holds the lock)."""
@@ -421,38 +431,49 @@ class Client:
         Does nothing when already running.  Once connected, a broken
         connection is repaired in the background.
         """
-        if self._state == NEEDS_INIT:
-            raise StateError("set address and port before connect()")
+        self._check_connectable()
         if wait and self._loop.in_loop():
             raise StateError("connect(wait=True) on the I/O thread (an inline callback) would block it; use wait=False")
+        started = self._start_connect(wait, self._resolve() if wait else None)
+        if started is None or not wait:
+            return
+        generation, future = started
+        timeout = self.connect_timeout
+        try:
+            future.result(timeout + 5.0)
+        except FutureTimeout:  # the loop's own timer should have fired first
+            self._loop.call_soon(self._abandon, generation)
+            raise ConnectTimeout(f"no answer from {self.address}:{self.port} within {timeout:g} s") from None
+
+    def _check_connectable(self) -> None:
+        """What connect() refuses before anything starts (any driver)."""
+        if self._state == NEEDS_INIT:
+            raise StateError("set address and port before connect()")
         if not cfg.is_any_interface(self.interface) and self.bind_port is None:
             raise StateError(f"bind_port is required when interface is {self.interface!r}")
-        target = self._resolve() if wait else None
+
+    def _start_connect(self, wait: bool, target: tuple[int, tuple[Any, ...]] | None) -> tuple[int, Future[None]] | None:
+        """Start connecting (the part of connect() that does not wait);
+        returns the attempt's generation and the future its outcome sets,
+        or None when already running.  ``target``: the address, resolved."""
         self._bind()  # an interface that vanished fails here, in the caller
         tls_context = client_context(self.tls_ca, self.tls_verify, self.tls_cert, self.tls_key) if self.tls else None
         with self._lock:
             if self._state_bits & _RUNNING:
-                return
+                return None
             self._generation += 1
             generation = self._generation
             self._retries = 0
             self._persistent = not wait
             self._connect_deadline = self._loop.time() + self.connect_timeout
             self._tls_context = tls_context
-            future: Future[None] | None = Future() if wait else None
-            self._connect_future = future
+            future: Future[None] = Future()
+            self._connect_future = future if wait else None
             self._session.set_limits(self.max_queued, self.max_queued_bytes)
             self._inbox.max_count, self._inbox.max_bytes = self.max_inbound, self.max_inbound_bytes
             self._set_state(CONNECTING)
-        timeout = self.connect_timeout
         self._loop.call_soon(self._start_attempt, generation, target)
-        if future is None:
-            return
-        try:
-            future.result(timeout + 5.0)
-        except FutureTimeout:  # the loop's own timer should have fired first
-            self._loop.call_soon(self._abandon, generation)
-            raise ConnectTimeout(f"no answer from {self.address}:{self.port} within {timeout:g} s") from None
+        return generation, future
 
     def disconnect(self) -> None:
         """Say goodbye to the server and close; ends the session.
@@ -463,9 +484,27 @@ class Client:
         called outside a callback, it returns once the callbacks of earlier
         events have run.
         """
+        if not self._begin_disconnect():
+            return
+        done = threading.Event()
+        if self._loop.in_loop():
+            # From an inline callback: the goodbye is queued now and written
+            # when the callback returns; waiting here would stall the loop.
+            self._disconnect_on_loop(done.set)
+            ok = True
+        else:
+            self._loop.call_soon(self._disconnect_on_loop, done.set)
+            ok = done.wait(DISCONNECT_WAIT)
+        self._finish_disconnect(ok)
+        # Callbacks of the events up to now have run when disconnect() returns
+        # (unless it was called from a callback: that would wait for itself).
+        self._callbacks.serial.wait_idle(DISCONNECT_WAIT)
+
+    def _begin_disconnect(self) -> bool:
+        """disconnect()'s first step, any driver: False when there is nothing to do."""
         with self._lock:
             if not self._state_bits & _RUNNING and self._retry_timer is None:
-                return
+                return False
             self._generation += 1
             self._callbacks.emit("disconnect")
             self._set_state(DISCONNECTING)
@@ -473,23 +512,16 @@ class Client:
             self._connect_future = None
         if future is not None and not future.done():
             future.set_exception(ConnectError("disconnect() was called while connecting"))
-        done = threading.Event()
-        if self._loop.in_loop():
-            # From an inline callback: the goodbye is queued now and written
-            # when the callback returns; waiting here would stall the loop.
-            self._disconnect_on_loop(done)
-            ok = True
-        else:
-            self._loop.call_soon(self._disconnect_on_loop, done)
-            ok = done.wait(5.0)
+        return True
+
+    def _finish_disconnect(self, closed: bool) -> None:
+        """disconnect()'s last step, once the connection closed (``closed``)
+        or the wait for it ran out."""
         with self._lock:
             self._last_close_reason = "disconnected by this client"
             self._end_session_locked("disconnected")
-            self._set_state(IDLE if ok else DISCONNECT_FAILED)
+            self._set_state(IDLE if closed else DISCONNECT_FAILED)
             self._wake_senders_locked()
-        # Callbacks of the events up to now have run when disconnect() returns
-        # (unless it was called from a callback: that would wait for itself).
-        self._callbacks.serial.wait_idle(5.0)
 
     def send(self, message: Message) -> None:
         """Send ``message`` to the server.
@@ -834,7 +866,7 @@ class Client:
         log.warning("client %r: connection lost (%s); reconnecting", self.client_id, reason)
         self._schedule_retry()
 
-    def _disconnect_on_loop(self, done: threading.Event) -> None:
+    def _disconnect_on_loop(self, done: Callable[[], None]) -> None:
         if self._retry_timer is not None:
             self._retry_timer.cancel()
             self._retry_timer = None
@@ -844,7 +876,7 @@ class Client:
         if link is None or link.transport is None or link.transport.closed:
             if link is not None:
                 link._fail(_Attempt("disconnect() was called"))
-            done.set()
+            done()
             return
         link._dead = True
         link.stop_timers()

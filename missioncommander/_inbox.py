@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._loop import Driver, Timer
+from ._loop import Cancellable, Driver
 from ._streams import InboundStream
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ class Inbox:
         self.received_count = self.received_bytes = 0
         self.taken_count = self.taken_bytes = 0
         self.link: Link | None = None
-        self._timer: Timer | None = None
+        self._timer: Cancellable | None = None
 
     # -- figures (any thread; a moment's view) ---------------------------------
 

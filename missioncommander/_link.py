@@ -17,7 +17,7 @@ from ._connection import Connection
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import Event, Role
 from ._liveness import Act, Liveness
-from ._loop import Driver, Timer, WriteTarget
+from ._loop import Cancellable, Driver, WriteTarget
 from ._session import BATCH, BURST_GAP, SendSession
 from ._transitions import ConnState
 
@@ -86,7 +86,7 @@ class Link:
         self.proto = Connection(role, max_frame_size, loop.time())
         self.transport: WriteTarget | None = None
         self.liveness = Liveness(heartbeat_interval, heartbeat_timeout)
-        self._hb_timer: Timer | None = None
+        self._hb_timer: Cancellable | None = None
         #: Where received events go: ``handle_event``, or a subclass's
         #: shorter way once its handshake is done (a call fewer per message).
         self.on_event: Callable[[Event], None] = self.handle_event

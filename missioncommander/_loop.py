@@ -340,6 +340,13 @@ class Loop:
                 transport.flush()
 
 
+class Cancellable(Protocol):
+    """A call scheduled with ``Driver.call_later``: ``Timer`` on ``Loop``,
+    an ``asyncio.TimerHandle`` on the asyncio driver."""
+
+    def cancel(self) -> None: ...
+
+
 class Driver(Protocol):
     """What the protocol's drivers (Client, Server, their links and inboxes)
     need from an event loop: a clock, calls on its thread now and later, and
@@ -355,7 +362,7 @@ class Driver(Protocol):
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the driver's thread (thread-safe)."""
 
-    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> Timer:
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> Cancellable:
         """Run ``fn(*args)`` after ``delay`` seconds of ``time()`` (driver's thread)."""
 
     def run_sync(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
@@ -384,9 +391,12 @@ class WriteTarget(Protocol):
     closed: bool
     direct_ok: bool
     reading_paused: bool
-    out_bytes: int
     last_progress: float
     writes: int
+
+    @property
+    def out_bytes(self) -> int:
+        """Bytes written and not yet taken by the kernel."""
 
     def write(self, data: bytes) -> None: ...
     def write_many(self, chunks: list[bytes]) -> None: ...

@@ -31,7 +31,7 @@ from ._events import (
 from ._frames import DEFAULT_MAX_FRAME_SIZE, MESSAGE_OVERHEAD, MIN_MAX_FRAME_SIZE
 from ._inbox import Budget, Inbox
 from ._link import Link, route_locked
-from ._loop import Driver, Incoming, Listener, Timer, get_loop
+from ._loop import Cancellable, Driver, Incoming, Listener, get_loop
 from ._message import Message
 from ._session import SendSession
 from ._tls import server_context
@@ -62,7 +62,7 @@ class _Session(SendSession):
         self.token = secrets.token_urlsafe(24)
         self.inbox = inbox
         self.link: _ServerLink | None = None
-        self.expiry: Timer | None = None
+        self.expiry: Cancellable | None = None
 
 
 class _ServerLink(Link):
@@ -76,11 +76,11 @@ class _ServerLink(Link):
         self.session: _Session | None = None
         #: A newcomer waiting for this link to prove it is alive (PONG) or dead.
         self.probe_waiter: _ServerLink | None = None
-        self.probe_timer: Timer | None = None
+        self.probe_timer: Cancellable | None = None
         self.hello: Hello | None = None
         self.nonce = new_nonce()
         self.server_proof: str | None = None
-        self.handshake_timer: Timer | None = loop.call_later(server.handshake_timeout, self._handshake_timeout)
+        self.handshake_timer: Cancellable | None = loop.call_later(server.handshake_timeout, self._handshake_timeout)
         self.on_event = functools.partial(server._handle, self)
         self.transport = incoming.open(self, server._tls_context)
         self.write(self.proto.send_challenge(self.nonce, server._auth_required()))
@@ -175,6 +175,11 @@ class Server:
         self._running = False
         self._stopped = threading.Event()
         self._stopped.set()
+        #: Called too when ``_stopped`` is set (the asyncio API awaits it).
+        self._on_stopped: Callable[[], None] | None = None
+        #: Called with a client id when its send queue may have room (an ACK,
+        #: or its session ended): the asyncio API's senders wait for it.
+        self._on_room: Callable[[str], None] | None = None
         self._tls_context: ssl.SSLContext | None = None
         self._rates: dict[str, tuple[float, float]] = {}
         self._rate_logged: dict[str, float] = {}
@@ -454,7 +459,7 @@ class Server:
         for session in sessions:
             self._end_session(session, "server shutting down")
         if not self._links:
-            self._stopped.set()
+            self._set_stopped()
 
     def _handle(self, link: _ServerLink, event: Event) -> None:
         session = link.session
@@ -471,6 +476,8 @@ class Server:
                 return
             with self._lock:
                 session.acked(event.seq)
+            if self._on_room is not None:
+                self._on_room(session.client_id)
         elif isinstance(event, PingReceived):
             link.answer_ping()
         elif isinstance(event, PongReceived):
@@ -671,6 +678,13 @@ class Server:
             log.log(level, "session of client %r ended; %d message(s) never sent dropped", session.client_id, dropped)
         log.info("client %r session ended: %s", session.client_id, reason)
         self._callbacks.emit("clientdisconnect", session.client_id)
+        if self._on_room is not None:
+            self._on_room(session.client_id)
+
+    def _set_stopped(self) -> None:
+        self._stopped.set()
+        if self._on_stopped is not None:
+            self._on_stopped()
 
     def _link_lost(self, link: _ServerLink, reason: str) -> None:
         self._links.discard(link)
@@ -690,7 +704,7 @@ class Server:
         elif link.proto.state is not ConnState.HANDSHAKE or link.hello is not None:
             log.debug("%s closed: %s", link.describe(), reason)
         if not self._running and not self._links:
-            self._stopped.set()
+            self._set_stopped()
 
     def _expire(self, session: _Session) -> None:
         session.expiry = None

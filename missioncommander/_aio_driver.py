@@ -1,0 +1,487 @@
+"""A driver on the running asyncio loop: the core's timers and connections
+through ``asyncio.Protocol`` (no thread, no ``add_reader``), so it runs on
+every event loop, uvloop included.
+
+``AsyncioDriver`` is the ``_loop.Driver`` the asyncio API (``aio.py``) hands
+to a ``Client`` or ``Server``: their links, sessions and rules are the same
+code as with the threaded driver; only the transport below differs.
+``_AioTransport`` is a ``WriteTarget`` over an asyncio transport: writes of
+one loop turn are coalesced into one ``writelines``; TLS is asyncio's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from ._loop import (
+    Connecting,
+    ConnectOwner,
+    Incoming,
+    Listener,
+    TransportOwner,
+    _describe_oserror,
+    _listen,
+    _tls_reason,
+    format_address,
+)
+
+log = logging.getLogger("missioncommander.aio")
+
+T = TypeVar("T")
+
+
+class AsyncioDriver:
+    """The driver of one asyncio loop (see the module docstring).
+
+    Made outside the loop, it binds to the running loop on first use
+    (``bind``); every object it drives belongs to that loop from then on."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = 0
+        #: asyncio's loops run on ``time.monotonic``; the driver's clock is
+        #: that one even before it is bound, so deadlines taken early hold.
+        self.time: Callable[[], float] = time.monotonic
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- binding ------------------------------------------------------------------
+
+    def bind(self) -> asyncio.AbstractEventLoop:
+        """Bind to the running loop (from a coroutine); ``RuntimeError`` if
+        this driver already runs on another loop."""
+        running = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = running
+            self._thread = threading.get_ident()
+        elif self._loop is not running:
+            raise RuntimeError("this object belongs to another event loop")
+        return running
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("not bound to an event loop yet: use it from a coroutine first")
+        return self._loop
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the driver keeps a reference to until it ends."""
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- the Driver protocol ---------------------------------------------------------
+
+    def in_loop(self) -> bool:
+        return threading.get_ident() == self._thread
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self.in_loop():
+            self.loop.call_soon(fn, *args)
+        else:
+            self.loop.call_soon_threadsafe(fn, *args)
+
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> asyncio.TimerHandle:
+        return self.loop.call_later(delay, fn, *args)
+
+    def run_sync(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
+        if self.in_loop():
+            return fn(*args)
+        future: Future[T] = Future()
+
+        def call() -> None:
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # handed to the caller, not lost
+                future.set_exception(exc)
+
+        self.loop.call_soon_threadsafe(call)
+        return future.result(timeout)
+
+    def connect(
+        self,
+        family: int,
+        addr: tuple[Any, ...],
+        bind: tuple[str, int] | None,
+        owner: ConnectOwner,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        name: str | None = None,
+    ) -> Connecting:
+        return _Connector(self, family, addr, bind, owner, tls, server_hostname, name or format_address(addr))
+
+    def listen(self, host: str, port: int, accept: Callable[[Incoming], None]) -> Listener:
+        return _AioListener(self, _listen(host, port), accept)
+
+
+class _AioTransport(asyncio.Protocol):
+    """A ``WriteTarget`` over an asyncio transport, and the asyncio protocol
+    that feeds its owner.  Loop thread only: ``direct_ok`` is False, so the
+    write path never writes from another thread."""
+
+    def __init__(self, driver: AsyncioDriver, owner: TransportOwner | None = None) -> None:
+        self.driver = driver
+        self.owner = owner
+        self.transport: asyncio.Transport | None = None
+        #: Only for the ``WriteTarget`` contract: nothing writes from another thread here.
+        self.lock = threading.Lock()
+        self.closed = False
+        self.direct_ok = False
+        self.reading_paused = False
+        self.writes = 0
+        self.last_progress = driver.time()
+        #: Written during this loop turn (or before the transport is ready):
+        #: one ``writelines`` at the end of the turn takes them all.
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._flush_scheduled = False
+        self._closing = False
+        self._peer_first = False
+        self._close_reason = ""
+        self._linger: asyncio.TimerHandle | None = None
+        #: A ``connection_made`` before anyone owns the connection (accepted).
+        self.on_made: Callable[[_AioTransport], None] | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self.reading_paused:
+            transport.pause_reading()
+        if self.on_made is not None:
+            made, self.on_made = self.on_made, None
+            made(self)
+        elif self._pending:
+            self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing or self.closed or self.owner is None:
+            return  # we are leaving; what the peer says no longer matters
+        self.owner.data_received(memoryview(data))
+
+    def eof_received(self) -> bool:
+        self._lost("connection closed by peer", None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is None:
+            self._lost("connection closed by peer", None)
+        else:
+            self._lost(_describe(exc), exc)
+
+    def pause_writing(self) -> None:
+        pass  # the buffer's size is read as out_bytes; the heartbeat judges a peer that does not read
+
+    def resume_writing(self) -> None:
+        self.last_progress = self.driver.time()
+
+    # -- WriteTarget ----------------------------------------------------------------
+
+    @property
+    def out_bytes(self) -> int:
+        buffered = self.transport.get_write_buffer_size() if self.transport is not None else 0
+        return self._pending_bytes + buffered
+
+    def write(self, data: bytes) -> None:
+        if self.closed or self._closing or not data:
+            return
+        self.writes += 1
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        self._schedule_flush()
+
+    def write_many(self, chunks: list[bytes]) -> None:
+        if self.closed or self._closing:
+            return
+        self.writes += 1
+        self._pending.extend(chunks)
+        self._pending_bytes += sum(map(len, chunks))
+        self._schedule_flush()
+
+    def send_and_unlock(self, chunks: list[bytes]) -> None:
+        # Reached only from the loop (direct_ok is False): an ordinary write.
+        try:
+            self.write_many(chunks)
+        finally:
+            self.lock.release()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.driver.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        if self._pending:
+            if not transport.get_write_buffer_size():
+                self.last_progress = self.driver.time()
+            pending, self._pending, self._pending_bytes = self._pending, [], 0
+            transport.writelines(pending)
+        if self._closing and not self._peer_first:
+            self._close_transport()
+
+    def pause_reading(self) -> None:
+        if not self.reading_paused and not self.closed:
+            self.reading_paused = True
+            if self.transport is not None:
+                self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and not self.closed:
+            self.reading_paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
+
+    def close_after_flush(self, linger: float = 1.0, reason: str = "closed", peer_first: bool = False) -> None:
+        """Close once what is queued is written (asyncio's own close flushes
+        its buffer first), or after ``linger`` seconds; with ``peer_first``
+        wait that long for the peer to close first (TIME_WAIT stays there)."""
+        if self.closed or self._closing:
+            return
+        self._closing = True
+        self._close_reason = reason
+        self._peer_first = peer_first
+        self._linger = self.driver.loop.call_later(linger, self._linger_over)
+        if self._pending:
+            self._schedule_flush()
+        elif not peer_first:
+            self._close_transport()
+
+    def _linger_over(self) -> None:
+        self._linger = None
+        if not self.closed:
+            if self.transport is not None:
+                self.transport.abort()
+            self._lost(self._close_reason, None)
+
+    def _close_transport(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def close(self, reason: str = "closed", exc: BaseException | None = None) -> None:
+        """Close now (what asyncio still buffers is written first); the owner
+        hears ``connection_lost`` at once."""
+        if self.closed:
+            return
+        if self._pending and self.transport is not None:
+            self._flush()
+        self._close_transport()
+        self._lost(reason, exc)
+
+    def abort(self, reason: str = "aborted") -> None:
+        """Close at once with a reset (no FIN), dropping what is queued."""
+        if self.closed:
+            return
+        self._pending.clear()
+        self._pending_bytes = 0
+        if self.transport is not None:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.transport.abort()
+        self._lost(reason, None)
+
+    def _lost(self, reason: str, exc: BaseException | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        owner, self.owner = self.owner, None
+        if owner is not None:
+            owner.connection_lost(self._close_reason if self._closing else reason, exc)
+
+
+class _Connector:
+    """A connection attempt on the loop: TCP, then TLS if asked."""
+
+    def __init__(
+        self,
+        driver: AsyncioDriver,
+        family: int,
+        addr: tuple[Any, ...],
+        bind: tuple[str, int] | None,
+        owner: ConnectOwner,
+        tls: ssl.SSLContext | None,
+        server_hostname: str | None,
+        name: str,
+    ) -> None:
+        self.driver = driver
+        self.owner = owner
+        self.name = name
+        self.sock: socket.socket | None = None
+        self.task = driver.spawn(self._run(family, addr, bind, tls, server_hostname))
+
+    async def _run(
+        self,
+        family: int,
+        addr: tuple[Any, ...],
+        bind: tuple[str, int] | None,
+        tls: ssl.SSLContext | None,
+        server_hostname: str | None,
+    ) -> None:
+        loop = self.driver.loop
+        try:
+            await self._connect(loop, family, addr, bind, tls, server_hostname)
+        except asyncio.CancelledError:
+            self._close_sock()
+            raise
+
+    async def _connect(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        family: int,
+        addr: tuple[Any, ...],
+        bind: tuple[str, int] | None,
+        tls: ssl.SSLContext | None,
+        server_hostname: str | None,
+    ) -> None:
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            self.sock = sock
+            sock.setblocking(False)
+            if bind is not None:
+                # A fixed bind_port must be reusable at once after a reconnect.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(bind)
+            await loop.sock_connect(sock, addr)
+        except OSError as exc:
+            self._close_sock()
+            self.owner.connect_failed(f"cannot connect to {self.name}: {exc.strerror or exc}")
+            return
+        protocol = _AioTransport(self.driver, self.owner)
+        try:
+            await loop.create_connection(
+                lambda: protocol, sock=sock, ssl=tls, server_hostname=server_hostname if tls is not None else None
+            )
+        except (OSError, ssl.SSLError) as exc:
+            self._close_sock()
+            self.owner.connect_failed(_describe(exc))
+            return
+        self.sock = None  # the transport's now
+        self.owner.connection_made(protocol)
+
+    def _close_sock(self) -> None:
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            sock.close()
+
+    def cancel(self) -> None:
+        """The owner hears nothing more; the socket closes as the task ends
+        (closing it under a pending ``sock_connect`` would leave asyncio a
+        stale descriptor)."""
+        self.task.cancel()
+
+
+class _AioListener:
+    """A listening socket served by ``loop.create_server`` once started."""
+
+    def __init__(self, driver: AsyncioDriver, sock: socket.socket, accept: Callable[[Incoming], None]) -> None:
+        self.driver = driver
+        self.sock = sock
+        self.accept = accept
+        self.port: int = sock.getsockname()[1]
+        self._server: asyncio.AbstractServer | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        self.driver.call_soon(self._start)
+
+    def _start(self) -> None:
+        if not self._closed:
+            self.driver.spawn(self._serve())
+
+    async def _serve(self) -> None:
+        server = await self.driver.loop.create_server(self._protocol, sock=self.sock)
+        self._server = server
+        if self._closed:  # closed while create_server ran
+            server.close()
+
+    def _protocol(self) -> _AioTransport:
+        protocol = _AioTransport(self.driver)
+        protocol.on_made = lambda made: self.accept(_AioIncoming(self.driver, made))
+        return protocol
+
+    def close(self) -> None:
+        self._closed = True
+        if self._server is not None:
+            self._server.close()
+        else:
+            self.sock.close()
+
+
+class _AioIncoming:
+    """A connection just accepted: its protocol is ready, nobody owns it yet."""
+
+    def __init__(self, driver: AsyncioDriver, protocol: _AioTransport) -> None:
+        self.driver = driver
+        self.protocol = protocol
+        assert protocol.transport is not None
+        addr = protocol.transport.get_extra_info("peername")
+        self.host: str = addr[0] if isinstance(addr, tuple) else str(addr)
+        self.peer: str = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+
+    def open(self, owner: TransportOwner, tls: ssl.SSLContext | None) -> _AioTransport:
+        protocol = self.protocol
+        protocol.owner = owner
+        if tls is not None:
+            # Nothing may be read as the protocol's until TLS is up.
+            transport, protocol.transport = protocol.transport, None
+            assert transport is not None
+            transport.pause_reading()
+            self.driver.spawn(self._start_tls(transport, tls))
+        return protocol
+
+    async def _start_tls(self, transport: asyncio.Transport, tls: ssl.SSLContext) -> None:
+        protocol = self.protocol
+        try:
+            tls_transport = await self.driver.loop.start_tls(transport, protocol, tls, server_side=True)
+        except (OSError, ssl.SSLError) as exc:
+            transport.abort()
+            protocol._lost(_describe(exc), exc)
+            return
+        if tls_transport is None or protocol.closed:
+            transport.abort()
+            return
+        protocol.connection_made(tls_transport)
+
+    def refuse(self, frame: bytes | None) -> None:
+        transport = self.protocol.transport
+        assert transport is not None
+        if frame is not None:
+            transport.write(frame)
+            transport.close()  # the frame goes out before the FIN
+            return
+        # A reset: a refused flood costs us no TIME_WAIT state.
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+
+
+def _describe(exc: BaseException) -> str:
+    """The reason a connection failed, in the threaded driver's words."""
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {_tls_reason(exc)}"
+    if isinstance(exc, OSError):
+        return _describe_oserror(exc)
+    return str(exc) or type(exc).__name__

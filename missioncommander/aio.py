@@ -1,0 +1,584 @@
+"""The asyncio API: ``AsyncClient`` and ``AsyncServer``.
+
+They are ``Client`` and ``Server`` on the asyncio driver (``_aio_driver``):
+every protocol and session rule, setting, event, error and limit is the
+same code as the threaded API's, so both talk to each other and behave
+alike; what differs is how you wait.  Everything runs on the running loop
+(no thread of the library's), through ``asyncio.Protocol``, so any event
+loop will do, uvloop included.  docs/ASYNCIO.md is the guide.
+
+    async with AsyncServer(interface="127.0.0.1", port=30000) as server:
+        async with AsyncClient(address="127.0.0.1", port=30000, client_id="c42") as client:
+            await client.send(Message("echo", {"n": 1}))
+            async for client_id, message in server.messages():
+                ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
+from typing import Any, NamedTuple, TypeVar
+
+from . import _config as cfg
+from ._aio_driver import AsyncioDriver
+from ._callbacks import Callbacks, SerialQueue, normalise_event
+from ._client import _CAN_SEND, _RUNNING, DISCONNECT_WAIT, Client
+from ._errors import ConnectTimeout, QueueFullError, StateError, UnknownClient
+from ._message import Message
+from ._server import Server
+from ._state import ClientState
+
+__all__ = ["AsyncClient", "AsyncServer", "Event"]
+
+log = logging.getLogger("missioncommander.aio")
+
+_T = TypeVar("_T")
+
+
+class Event(NamedTuple):
+    """One event from ``events()``: its name (as ``subscribe`` knows it) and
+    the arguments its callbacks get."""
+
+    name: str
+    args: tuple[Any, ...]
+
+
+#: How many events one ``events()`` iterator holds for a reader that lags;
+#: older ones are dropped past it (logged), so a forgotten iterator cannot
+#: grow memory without bound.
+EVENTS_BUFFER = 10_000
+
+
+class _LoopSerial(SerialQueue):
+    """``SerialQueue``'s promise (one at a time, in order) on the loop:
+    callbacks run on the loop's thread, never under a library lock."""
+
+    def __init__(self, driver: AsyncioDriver) -> None:
+        super().__init__()
+        self._driver = driver
+        self._calls: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._draining = False
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._calls.append((fn, args))
+        if not self._draining:
+            self._draining = True
+            self._driver.call_soon(self._drain)
+
+    def run_or_submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._draining:
+            self.submit(fn, *args)
+            return
+        self._draining = True
+        try:
+            _call(fn, args)
+        finally:
+            if self._calls:
+                self._driver.call_soon(self._drain)
+            else:
+                self._draining = False
+
+    def _drain(self) -> None:
+        calls = self._calls
+        while calls:
+            fn, args = calls.popleft()
+            _call(fn, args)
+        self._draining = False
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        return True  # the calls run on the loop, which the caller is on: waiting would wait for itself
+
+
+def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    try:
+        fn(*args)
+    except Exception:  # a callback's bug must not stop the queue
+        log.exception("callback %r raised", fn)
+
+
+class _Held:
+    """A received message on its way to the application: released (taken,
+    so acknowledged) once every consumer has it."""
+
+    __slots__ = ("pending", "release")
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        self.release = release
+        self.pending = 0
+
+
+class _Endpoint:
+    """What AsyncClient and AsyncServer share: the driver, callbacks that may
+    be coroutine functions, ``messages()`` and ``events()``."""
+
+    _events: tuple[str, ...]
+
+    def __init__(self, driver: AsyncioDriver, callbacks: Callbacks) -> None:
+        self._driver = driver
+        self._callbacks = callbacks
+        callbacks.serial = _LoopSerial(driver)
+        callbacks.inline = True
+        callbacks.keep = self._keep
+        #: Message callbacks: run here, not by ``Callbacks``, so a coroutine's
+        #: message is acknowledged only once the coroutine is done.
+        self._message_callbacks: tuple[Callable[..., Any], ...] = ()
+        #: Received messages waiting for ``messages()``, with their holds.
+        self._inbox: deque[tuple[Any, _Held]] = deque()
+        #: Holds in arrival order: released in that order, so the session's
+        #: acknowledgement never passes a message still being handled.
+        self._order: deque[_Held] = deque()
+        self._readers = 0
+        self._waiting: list[asyncio.Future[None]] = []
+        self._event_queues: list[deque[Event]] = []
+        self._wrapped: dict[tuple[str, Callable[..., Any]], Callable[..., Any]] = {}
+        for name in self._events:
+            if name != "message":
+                callbacks.subscribe(name, self._tap(name))
+
+    # -- subclass hooks ----------------------------------------------------------
+
+    def _finished(self) -> bool:
+        """No more messages will come (the iterators end once empty)."""
+        raise NotImplementedError
+
+    def _item(self, args: tuple[Any, ...]) -> Any:
+        """What ``messages()`` yields for a message callback's arguments."""
+        raise NotImplementedError
+
+    # -- callbacks ---------------------------------------------------------------
+
+    def subscribe(self, event: str, callback: Callable[..., Any]) -> None:
+        """Call ``callback`` on ``event``, as the threaded API does; it may
+        be a coroutine function (run as a task; a message is acknowledged
+        once its coroutines are done).  Callbacks run on the loop."""
+        key = normalise_event(event, self._events)
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, not {type(callback).__name__}")
+        if key == "message":
+            self._message_callbacks = (*self._message_callbacks, callback)
+            return
+        wrapped = self._wrap(callback) if inspect.iscoroutinefunction(callback) else callback
+        self._wrapped[(key, callback)] = wrapped
+        self._callbacks.subscribe(key, wrapped)
+
+    def unsubscribe(self, event: str, callback: Callable[..., Any]) -> None:
+        """Stop calling ``callback`` on ``event``."""
+        key = normalise_event(event, self._events)
+        if key == "message":
+            self._message_callbacks = tuple(cb for cb in self._message_callbacks if cb != callback)
+            return
+        wrapped = self._wrapped.pop((key, callback), None)
+        if wrapped is not None:
+            self._callbacks.unsubscribe(key, wrapped)
+
+    def _wrap(self, coroutine_function: Callable[..., Any]) -> Callable[..., None]:
+        def start(*args: Any) -> None:
+            self._driver.spawn(coroutine_function(*args)).add_done_callback(_log_failure)
+
+        return start
+
+    def _tap(self, name: str) -> Callable[..., None]:
+        def tap(*args: Any) -> None:
+            self._deliver_event(Event(name, args))
+
+        return tap
+
+    def _deliver_event(self, event: Event) -> None:
+        for queue in self._event_queues:
+            if len(queue) == EVENTS_BUFFER:
+                log.warning("events(): a reader lags %d events behind; dropping the oldest", EVENTS_BUFFER)
+            queue.append(event)
+        self._wake()
+
+    # -- received messages -----------------------------------------------------------
+
+    def _keep(self, args: tuple[Any, ...], release: Callable[[], None]) -> bool:
+        held = _Held(release)
+        for callback in self._message_callbacks:
+            if inspect.iscoroutinefunction(callback):
+                held.pending += 1
+                task = self._driver.spawn(callback(*args))
+                task.add_done_callback(functools.partial(self._done, held))
+            else:
+                _call(callback, args)
+        if self._readers or not self._message_callbacks:
+            # Nobody would see it otherwise: it waits for messages() (the
+            # inbox's bounds pause reading meanwhile, so the peer slows down).
+            held.pending += 1
+            self._inbox.append((self._item(args), held))
+            self._wake()
+        self._order.append(held)
+        self._release_ready()
+        return True
+
+    def _done(self, held: _Held, task: asyncio.Task[Any]) -> None:
+        _log_failure(task)
+        held.pending -= 1
+        self._release_ready()
+
+    def _release_ready(self) -> None:
+        order = self._order
+        while order and order[0].pending <= 0:
+            order.popleft().release()
+
+    def _wake(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for future in waiting:
+            _resolve(future)
+
+    async def _wait(self) -> None:
+        future = self._driver.loop.create_future()
+        self._waiting.append(future)
+        await future
+
+    async def _messages(self) -> AsyncIterator[Any]:
+        self._driver.bind()
+        self._readers += 1
+        try:
+            while True:
+                while not self._inbox:
+                    if self._finished():
+                        return
+                    await self._wait()
+                item, held = self._inbox.popleft()
+                held.pending -= 1
+                self._release_ready()
+                yield item
+        finally:
+            self._readers -= 1
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event but ``message`` from now on, as ``Event(name, args)``,
+        in order; ends when no more can come (see ``messages()``)."""
+        self._driver.bind()
+        queue: deque[Event] = deque(maxlen=EVENTS_BUFFER)
+        self._event_queues.append(queue)
+        try:
+            while True:
+                while not queue:
+                    if self._finished():
+                        return
+                    await self._wait()
+                yield queue.popleft()
+        finally:
+            self._event_queues.remove(queue)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("callback coroutine raised", exc_info=task.exception())
+
+
+def _forward_settings(cls: type, inner: type) -> None:
+    """Give ``cls`` each setting of ``inner`` as a property that reads and
+    writes the wrapped object's (``_inner``): one definition of each."""
+    for klass in reversed(inner.__mro__):
+        for name, value in vars(klass).items():
+            if isinstance(value, cfg.Setting) and name not in vars(cls):
+
+                def get(self: Any, name: str = name) -> Any:
+                    return getattr(self._inner, name)
+
+                def set_(self: Any, value: Any, name: str = name) -> None:
+                    setattr(self._inner, name, value)
+
+                setattr(cls, name, property(get, set_, doc=value.__doc__))
+
+
+class AsyncClient(_Endpoint):
+    """A ``Client`` for asyncio code: the same settings (as keyword
+    arguments and attributes), events, states and errors, awaited instead of
+    waited for.  Use it on one event loop."""
+
+    _events = ("connect", "disconnect", "reconnect", "message", "servershutdown", "statechange")
+
+    def __init__(self, **settings: Any) -> None:
+        driver = AsyncioDriver()
+        self._inner = Client(_driver=driver, **settings)
+        super().__init__(driver, self._inner._callbacks)
+        self._room: list[asyncio.Future[None]] = []
+        self._inner._on_room = self._room_made
+
+    # -- state -----------------------------------------------------------------
+
+    @property
+    def state(self) -> ClientState:
+        """The client's state (``ClientState`` flags), as ``Client.state``."""
+        return self._inner.state
+
+    @property
+    def connected(self) -> bool:
+        return self._inner.connected
+
+    @property
+    def queued(self) -> int:
+        """Messages sent but not yet acknowledged by the server."""
+        return self._inner.queued
+
+    @property
+    def last_close_reason(self) -> str | None:
+        return self._inner.last_close_reason
+
+    @property
+    def failed_attempts(self) -> int:
+        return self._inner.failed_attempts
+
+    def generate_new_id(self) -> str:
+        """A new random ``client_id`` for this client (while not running)."""
+        return self._inner.generate_new_id()
+
+    def _finished(self) -> bool:
+        return not self._inner._state_bits & _RUNNING
+
+    def _item(self, args: tuple[Any, ...]) -> Message:
+        message: Message = args[0]
+        return message
+
+    async def wait_state(self, state: ClientState, timeout: float | None = None) -> ClientState:
+        """Wait until the state has any of the flags of ``state`` (e.g.
+        ``ClientState.STATE_CONNECTED``) and return it; ``TimeoutError``
+        after ``timeout`` seconds."""
+        self._driver.bind()
+        async with asyncio.timeout(timeout):
+            while not self._inner.state & state:
+                await self._wait()
+        return self._inner.state
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until connected (again); ``StateError`` once the client has
+        stopped trying (disconnected, refused, out of reconnect attempts)."""
+        self._driver.bind()
+        async with asyncio.timeout(timeout):
+            while not self._inner.connected:
+                if self._finished():
+                    raise StateError(f"client is {ClientState.get_name(self.state)}; it will not connect by itself")
+                await self._wait()
+
+    # -- operations --------------------------------------------------------------
+
+    async def connect(self, wait: bool = True) -> None:
+        """Connect to the server, as ``Client.connect``: with ``wait`` it
+        returns once the server accepted this client or raises
+        ``ConnectError`` (``ConnectTimeout``, ``ConnectionRefusedByServer``);
+        with ``wait=False`` it starts trying in the background and returns."""
+        loop = self._driver.bind()
+        inner = self._inner
+        inner._check_connectable()
+        target = None
+        if wait:
+            target = inner._literal_target() or await loop.run_in_executor(None, inner._resolve)
+        started = inner._start_connect(wait, target)
+        if started is None or not wait:
+            return
+        generation, future = started
+        timeout = inner.connect_timeout
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(future), timeout + 5.0)
+        except TimeoutError:  # the client's own timer should have fired first
+            inner._abandon(generation)
+            raise ConnectTimeout(f"no answer from {inner.address}:{inner.port} within {timeout:g} s") from None
+
+    async def disconnect(self) -> None:
+        """Say goodbye and close; ends the session (as ``Client.disconnect``)."""
+        self._driver.bind()
+        inner = self._inner
+        if not inner._begin_disconnect():
+            return
+        closed = self._driver.loop.create_future()
+        inner._disconnect_on_loop(functools.partial(_resolve, closed))
+        try:
+            await asyncio.wait_for(closed, DISCONNECT_WAIT)
+            ok = True
+        except TimeoutError:
+            ok = False
+        inner._finish_disconnect(ok)
+        self._wake()
+
+    async def send(self, message: Message) -> None:
+        """Send ``message`` to the server.  While the send queue is full
+        (``max_queued``, ``max_queued_bytes``) it waits for room, connected
+        or reconnecting: bound the wait with ``asyncio.timeout``.
+        ``StateError`` when the client is not running, ``MessageTooLarge``
+        over the server's frame limit."""
+        self._driver.bind()
+        inner = self._inner
+        while True:
+            try:
+                inner.send(message)
+                return
+            except QueueFullError:
+                if not inner._state_bits & _CAN_SEND:
+                    inner._check_can_send()
+            await self._wait_for_room()
+
+    async def _wait_for_room(self) -> None:
+        inner = self._inner
+        future = self._driver.loop.create_future()
+        self._room.append(future)
+        with inner._lock:
+            inner._room_waiters += 1
+        try:
+            await future
+        finally:
+            with inner._lock:
+                inner._room_waiters -= 1
+
+    def _room_made(self) -> None:
+        room, self._room = self._room, []
+        for future in room:
+            _resolve(future)
+
+    def send_threadsafe(self, message: Message) -> Future[None]:
+        """``send`` from another thread: returns a ``concurrent.futures.Future``."""
+        return asyncio.run_coroutine_threadsafe(self.send(message), self._driver.loop)
+
+    def messages(self) -> AsyncIterator[Message]:
+        """Received messages, in order, each once, across reconnects and
+        resumes; ends when the client stops running.  A message is
+        acknowledged once taken from here, so a reader that stops slows the
+        server down instead of growing memory.  Messages go here whenever an
+        iterator is open or no ``message`` callback is subscribed."""
+        return self._messages()
+
+    async def __aenter__(self) -> AsyncClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.disconnect()
+
+    def __repr__(self) -> str:
+        return repr(self._inner).replace("Client", "AsyncClient", 1)
+
+
+class AsyncServer(_Endpoint):
+    """A ``Server`` for asyncio code: the same settings, events and errors,
+    awaited instead of waited for.  Use it on one event loop."""
+
+    _events = ("clientconnect", "clientdisconnect", "message")
+
+    def __init__(self, **settings: Any) -> None:
+        driver = AsyncioDriver()
+        self._inner = Server(_driver=driver, **settings)
+        super().__init__(driver, self._inner._callbacks)
+        self._room: dict[str, list[asyncio.Future[None]]] = {}
+        self._inner._on_room = self._room_made
+
+    @property
+    def running(self) -> bool:
+        return self._inner.running
+
+    @property
+    def clients(self) -> list[str]:
+        """Ids of the clients with a session (detached ones included)."""
+        return self._inner.clients
+
+    @property
+    def warnings(self) -> list[str]:
+        return self._inner.warnings
+
+    def queued(self, client_id: str) -> int:
+        """Messages sent to ``client_id`` not yet acknowledged."""
+        return self._inner.queued(client_id)
+
+    def _finished(self) -> bool:
+        return not self._inner.running
+
+    def _item(self, args: tuple[Any, ...]) -> tuple[str, Message]:
+        return args[0], args[1]
+
+    async def start(self) -> None:
+        """Listen on ``interface``:``port``; ``BindError`` if it cannot."""
+        self._driver.bind()
+        self._inner.start()
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Announce shutdown to every client, end every session, stop
+        listening; waits up to ``timeout`` for the goodbyes to be written."""
+        self._driver.bind()
+        inner = self._inner
+        if not inner.running:
+            return
+        stopped = self._driver.loop.create_future()
+        inner._on_stopped = functools.partial(_resolve, stopped)
+        try:
+            inner.stop(timeout)
+            if not inner._stopped.is_set():
+                await asyncio.wait_for(stopped, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            inner._on_stopped = None
+            self._wake()
+            for waiting in self._room.values():
+                for future in waiting:
+                    _resolve(future)
+
+    async def send(self, target: str, message: Message) -> None:
+        """Send ``message`` to client ``target``, or to every client for
+        ``'*'``.  To one client it waits for room while that client's queue
+        is full (bound it with ``asyncio.timeout``); ``UnknownClient`` once
+        it has no session.  A broadcast never waits: a client too slow for
+        it loses its session, as with ``Server.send``."""
+        self._driver.bind()
+        while True:
+            try:
+                self._inner.send(target, message)
+                return
+            except QueueFullError:
+                pass
+            future = self._driver.loop.create_future()
+            self._room.setdefault(target, []).append(future)
+            try:
+                await future
+            finally:
+                waiting = self._room.get(target)
+                if waiting is not None:
+                    if future in waiting:
+                        waiting.remove(future)
+                    if not waiting:
+                        del self._room[target]
+
+    def _room_made(self, client_id: str) -> None:
+        for future in self._room.pop(client_id, ()):
+            _resolve(future)
+
+    def send_threadsafe(self, target: str, message: Message) -> Future[None]:
+        """``send`` from another thread: returns a ``concurrent.futures.Future``."""
+        return asyncio.run_coroutine_threadsafe(self.send(target, message), self._driver.loop)
+
+    async def disconnect_client(self, client_id: str, reason: str = "disconnected by the server") -> None:
+        """End ``client_id``'s session and close its connection, telling it
+        ``reason`` (``UnknownClient`` for an unknown id)."""
+        self._driver.bind()
+        if client_id not in self._inner.clients:
+            raise UnknownClient(f"no client {client_id!r} is connected")
+        self._inner.disconnect_client(client_id, reason)
+
+    def messages(self) -> AsyncIterator[tuple[str, Message]]:
+        """``(client_id, message)`` for each message received, in each
+        client's order, each once; ends when the server stops.  A message is
+        acknowledged once taken from here (see ``AsyncClient.messages``)."""
+        return self._messages()
+
+    async def __aenter__(self) -> AsyncServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+
+_forward_settings(AsyncClient, Client)
+_forward_settings(AsyncServer, Server)
