@@ -64,6 +64,13 @@ class _LoopSerial(SerialQueue):
         self._driver = driver
         self._calls: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self._draining = False
+        #: Called when the queue runs dry (readers waiting for the last
+        #: events before they end look again).
+        self.on_idle: Callable[[], None] | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._draining or bool(self._calls)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         self._calls.append((fn, args))
@@ -90,6 +97,8 @@ class _LoopSerial(SerialQueue):
             fn, args = calls.popleft()
             _call(fn, args)
         self._draining = False
+        if self.on_idle is not None:
+            self.on_idle()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         return True  # the calls run on the loop, which the caller is on: waiting would wait for itself
@@ -122,7 +131,9 @@ class _Endpoint:
     def __init__(self, driver: AsyncioDriver, callbacks: Callbacks) -> None:
         self._driver = driver
         self._callbacks = callbacks
-        callbacks.serial = _LoopSerial(driver)
+        self._serial = _LoopSerial(driver)
+        self._serial.on_idle = self._wake
+        callbacks.serial = self._serial
         callbacks.inline = True
         callbacks.keep = self._keep
         #: Message callbacks: run here, not by ``Callbacks``, so a coroutine's
@@ -237,37 +248,71 @@ class _Endpoint:
         self._waiting.append(future)
         await future
 
-    async def _messages(self) -> AsyncIterator[Any]:
-        self._driver.bind()
+    def _messages(self) -> _Reader[Any]:
         self._readers += 1
-        try:
-            while True:
-                while not self._inbox:
-                    if self._finished():
-                        return
-                    await self._wait()
-                item, held = self._inbox.popleft()
-                held.pending -= 1
-                self._release_ready()
-                yield item
-        finally:
-            self._readers -= 1
+        return _Reader(self, self._inbox, self._took, self._left)
 
-    async def events(self) -> AsyncIterator[Event]:
-        """Every event but ``message`` from now on, as ``Event(name, args)``,
-        in order; ends when no more can come (see ``messages()``)."""
-        self._driver.bind()
+    def _took(self, entry: tuple[Any, _Held]) -> Any:
+        item, held = entry
+        held.pending -= 1
+        self._release_ready()
+        return item
+
+    def _left(self, reader: _Reader[Any]) -> None:
+        if reader.source is self._inbox:
+            self._readers -= 1
+        else:
+            self._event_queues.remove(reader.source)
+
+    def events(self) -> AsyncIterator[Event]:
+        """Every event but ``message`` from now on (from this call, not from
+        the first ``anext``), as ``Event(name, args)``, in order; ends when
+        no more can come (see ``messages()``)."""
         queue: deque[Event] = deque(maxlen=EVENTS_BUFFER)
         self._event_queues.append(queue)
-        try:
-            while True:
-                while not queue:
-                    if self._finished():
-                        return
-                    await self._wait()
-                yield queue.popleft()
-        finally:
-            self._event_queues.remove(queue)
+        return _Reader(self, queue, None, self._left)
+
+
+class _Reader(AsyncIterator[_T]):
+    """An iterator of ``messages()`` or ``events()``: registered when made,
+    so nothing that happens before its first ``anext`` is missed; it ends
+    when its endpoint is finished and its source empty, or on ``aclose()``."""
+
+    def __init__(
+        self,
+        endpoint: _Endpoint,
+        source: deque[Any],
+        took: Callable[[Any], _T] | None,
+        left: Callable[[_Reader[Any]], None],
+    ) -> None:
+        self.endpoint = endpoint
+        self.source = source
+        self._took = took
+        self._left: Callable[[_Reader[Any]], None] | None = left
+
+    async def __anext__(self) -> _T:
+        endpoint = self.endpoint
+        endpoint._driver.bind()
+        while not self.source:
+            # Finished, and the events of its ending delivered: the end.
+            if self._left is None or (endpoint._finished() and not endpoint._serial.busy):
+                await self.aclose()
+                raise StopAsyncIteration
+            await endpoint._wait()
+        item = self.source.popleft()
+        return item if self._took is None else self._took(item)
+
+    async def aclose(self) -> None:
+        """Stop reading: messages go back to being kept only while another
+        reader is open or no callback is subscribed."""
+        left, self._left = self._left, None
+        if left is not None:
+            left(self)
+
+    def __del__(self) -> None:
+        left, self._left = self._left, None
+        if left is not None:
+            left(self)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -444,7 +489,7 @@ class AsyncClient(_Endpoint):
         return asyncio.run_coroutine_threadsafe(self.send(message), self._driver.loop)
 
     def messages(self) -> AsyncIterator[Message]:
-        """Received messages, in order, each once, across reconnects and
+        """Received messages (from this call on, and those kept before), in order, each once, across reconnects and
         resumes; ends when the client stops running.  A message is
         acknowledged once taken from here, so a reader that stops slows the
         server down instead of growing memory.  Messages go here whenever an

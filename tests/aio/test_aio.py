@@ -1,0 +1,423 @@
+"""The asyncio API through real sockets on loopback: the threaded API's
+behaviours, awaited, and both APIs talking to each other."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+from support import FaultProxy, Recorder
+from support.certs import Certs
+
+from missioncommander import (
+    Client,
+    ClientState,
+    ConnectError,
+    ConnectionRefusedByServer,
+    Message,
+    Server,
+    StateError,
+    UnknownClient,
+)
+from missioncommander.aio import AsyncClient, AsyncServer, Event
+
+T = TypeVar("T")
+#: The most any one test may take: every wait in it is bounded by this.
+LIMIT = 30.0
+
+FAST = {"reconnect_delay": 0.05, "reconnect_max_delay": 0.3, "connect_timeout": 5.0}
+
+
+def run(test: Callable[[], Awaitable[T]], limit: float = LIMIT) -> T:
+    async def bounded() -> T:
+        async with asyncio.timeout(limit):
+            return await test()
+
+    return asyncio.run(bounded())
+
+
+async def take(source: Any, count: int) -> list[Any]:
+    """The next ``count`` items of an async iterator."""
+    got: list[Any] = []
+    async for item in source:
+        got.append(item)
+        if len(got) == count:
+            break
+    return got
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    """Wait for a condition the loop makes true (checked each loop turn,
+    bounded by the test's limit)."""
+    while not predicate():
+        await asyncio.sleep(0)
+
+
+def test_connect_send_both_ways_events_and_states() -> None:
+    async def test() -> None:
+        async with AsyncServer(interface="127.0.0.1", port=0) as server:
+            server_events = server.events()
+            client = AsyncClient(address="127.0.0.1", port=server.port, client_id="c42")
+            assert client.state == ClientState.STATE_OK | ClientState.STATE_NOT_CONNECTED
+            client_events = client.events()
+            await client.connect()
+            assert client.connected and client.state & ClientState.STATE_CONNECTED
+            assert await anext(server_events) == Event("clientconnect", ("c42",))
+            await client.send(Message("up", {"n": 1}))
+            assert await take(server.messages(), 1) == [("c42", Message("up", {"n": 1}))]
+            await server.send("c42", Message("down", {"n": 2}))
+            await server.send("*", Message("all", {"n": 3}))
+            assert await take(client.messages(), 2) == [Message("down", {"n": 2}), Message("all", {"n": 3})]
+            assert server.clients == ["c42"]
+            await client.disconnect()
+            assert client.state == ClientState.STATE_OK | ClientState.STATE_NOT_CONNECTED
+            assert await anext(server_events) == Event("clientdisconnect", ("c42",))
+            names = [event.name async for event in client_events]
+            # Connecting, connected, disconnecting, idle; then the iterator ends.
+            assert names == ["statechange", "statechange", "connect", "disconnect", "statechange", "statechange"]
+
+    run(test)
+
+
+def test_async_and_threaded_peers_talk_both_ways() -> None:
+    async def test() -> None:
+        async with AsyncServer(interface="127.0.0.1", port=0) as server:
+
+            async def echo() -> None:
+                async for client_id, message in server.messages():
+                    await server.send(client_id, message)
+
+            echoing = asyncio.create_task(echo())
+
+            def threaded_client() -> list[Any]:
+                client = Client(address="127.0.0.1", port=server.port, client_id="threaded")
+                rec = Recorder().attach(client, "message")
+                client.connect()
+                try:
+                    for n in range(3):
+                        client.send(Message("echo", {"n": n}))
+                    return [m.payload["n"] for (m,) in rec.wait_count("message", 3)]
+                finally:
+                    client.disconnect()
+
+            assert await asyncio.to_thread(threaded_client) == [0, 1, 2]
+            echoing.cancel()
+
+        threaded = Server(interface="127.0.0.1", port=0)
+        threaded.subscribe("message", lambda cid, m: threaded.send(cid, Message("re", m.payload)))
+        threaded.start()
+        try:
+            async with AsyncClient(address="127.0.0.1", port=threaded.port) as client:
+                for n in range(3):
+                    await client.send(Message("echo", {"n": n}))
+                assert [m.payload["n"] for m in await take(client.messages(), 3)] == [0, 1, 2]
+        finally:
+            await asyncio.to_thread(threaded.stop)
+
+    run(test)
+
+
+def test_a_connect_nobody_answers_fails_with_connect_error() -> None:
+    async def test() -> None:
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            port = closed.getsockname()[1]
+        client = AsyncClient(address="127.0.0.1", port=port)
+        with pytest.raises(ConnectError, match="cannot connect"):
+            await client.connect()
+        assert client.state & ClientState.STATE_CONNECT_FAILED
+        with pytest.raises(StateError):
+            await client.send(Message("x"))
+        assert [m async for m in client.messages()] == []  # not running: ends at once
+
+    run(test)
+
+
+def test_a_duplicate_id_is_refused_and_a_wrong_token_too() -> None:
+    async def test() -> None:
+        async with AsyncServer(interface="127.0.0.1", port=0, auth_token="s3cret") as server:
+            async with AsyncClient(address="127.0.0.1", port=server.port, client_id="dup", auth_token="s3cret"):
+                second = AsyncClient(address="127.0.0.1", port=server.port, client_id="dup", auth_token="s3cret")
+                with pytest.raises(ConnectionRefusedByServer) as refused:
+                    await second.connect()
+                assert refused.value.code == "id_in_use"
+                wrong = AsyncClient(address="127.0.0.1", port=server.port, auth_token="nope")
+                with pytest.raises(ConnectionRefusedByServer, match="wrong token"):
+                    await wrong.connect()
+            assert server.clients == []
+
+    run(test)
+
+
+def test_tls_round_trip_and_an_untrusted_server(certs: Certs) -> None:
+    async def test() -> None:
+        tls = {"tls_cert": str(certs.server_cert), "tls_key": str(certs.server_key)}
+        async with AsyncServer(interface="127.0.0.1", port=0, **tls) as server:
+            trusting = {"tls": True, "tls_ca": str(certs.ca)}
+            async with AsyncClient(address="127.0.0.1", port=server.port, client_id="t", **trusting) as client:
+                big = "x" * 200_000
+                await client.send(Message("up", {"big": big}))
+                assert await take(server.messages(), 1) == [("t", Message("up", {"big": big}))]
+                await server.send("t", Message("down", {"big": big}))
+                assert await take(client.messages(), 1) == [Message("down", {"big": big})]
+            untrusting = AsyncClient(
+                address="127.0.0.1", port=server.port, tls=True, tls_ca=str(certs.other_ca), reconnect_attempts=1
+            )
+            with pytest.raises(ConnectError, match="certificate verify failed"):
+                await untrusting.connect()
+
+    run(test)
+
+    # A threaded TLS client to an async TLS server: the same handshake.
+    async def interop() -> None:
+        tls = {"tls_cert": str(certs.server_cert), "tls_key": str(certs.server_key)}
+        async with AsyncServer(interface="127.0.0.1", port=0, **tls) as server:
+
+            def threaded() -> None:
+                with Client(address="127.0.0.1", port=server.port, tls=True, tls_ca=str(certs.ca), client_id="tt"):
+                    pass
+
+            events = server.events()
+            await asyncio.to_thread(threaded)
+            assert await take(events, 2) == [Event("clientconnect", ("tt",)), Event("clientdisconnect", ("tt",))]
+
+    run(interop)
+
+
+def test_garbage_from_one_peer_closes_only_that_peer() -> None:
+    async def test() -> None:
+        async with (
+            AsyncServer(interface="127.0.0.1", port=0) as server,
+            AsyncClient(address="127.0.0.1", port=server.port, client_id="good") as good,
+        ):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"\xff" * 64 + b"GET / HTTP/1.1\r\n\r\n")
+            await writer.drain()
+            # The server answers with its CHALLENGE, then an ERROR saying why, and closes.
+            rest = await reader.read()
+            assert b'"code":"frame_too_large"' in rest
+            writer.close()
+            await good.send(Message("still", {}))
+            assert await take(server.messages(), 1) == [("good", Message("still", {}))]
+
+    run(test)
+
+
+def test_a_full_queue_makes_send_wait_for_room_instead_of_raising() -> None:
+    async def test() -> None:
+        release = threading.Event()
+        threaded = Server(interface="127.0.0.1", port=0)
+        # The server's callback holds the first message: it acknowledges nothing.
+        threaded.subscribe("message", lambda cid, m: release.wait(LIMIT))
+        threaded.start()
+        try:
+            async with AsyncClient(address="127.0.0.1", port=threaded.port, max_queued=3) as client:
+                for n in range(3):
+                    await client.send(Message("m", {"n": n}))
+                waiting = asyncio.create_task(client.send(Message("m", {"n": 3})))
+                await until(lambda: client._inner._room_waiters > 0)
+                assert not waiting.done() and client.queued == 3
+                with pytest.raises(TimeoutError):
+                    async with asyncio.timeout(0.05):  # the documented way to bound the wait
+                        await client.send(Message("m", {"n": "bounded"}))
+                release.set()
+                await waiting
+                await until(lambda: client.queued == 0)
+        finally:
+            release.set()
+            await asyncio.to_thread(threaded.stop)
+
+    run(test)
+
+
+def test_a_reader_that_stops_reading_holds_back_the_acknowledgements() -> None:
+    async def test() -> None:
+        threaded = Server(interface="127.0.0.1", port=0)
+        threaded.start()
+        try:
+            async with AsyncClient(address="127.0.0.1", port=threaded.port, client_id="slow", max_inbound=5) as client:
+                for n in range(50):
+                    threaded.send("slow", Message("m", {"n": n}))
+                # Nothing is taken from messages(): nothing is acknowledged,
+                # and past max_inbound the client stops reading (TCP slows the server).
+                await until(lambda: len(client._inbox) >= 5)
+                await until(lambda: client._inner._inbox.link is not None)
+                link = client._inner._inbox.link
+                await until(lambda: link.transport is not None and link.transport.reading_paused)
+                assert threaded.queued("slow") == 50
+                got = [m.payload["n"] for m in await take(client.messages(), 50)]
+                assert got == list(range(50))
+                await until(lambda: threaded.queued("slow") == 0)
+        finally:
+            await asyncio.to_thread(threaded.stop)
+
+    run(test)
+
+
+def test_coroutine_and_plain_callbacks_and_send_threadsafe() -> None:
+    async def test() -> None:
+        async with AsyncServer(interface="127.0.0.1", port=0) as server:
+            seen: list[str] = []
+            done = asyncio.Event()
+
+            async def on_message(client_id: str, message: Message) -> None:
+                await asyncio.sleep(0)  # a coroutine that yields
+                seen.append(f"async {message.subject}")
+                if message.subject == "from-thread":
+                    done.set()
+
+            server.subscribe("message", on_message)
+            server.subscribe("on_client_connect", lambda cid: seen.append(f"connect {cid}"))
+            async with AsyncClient(address="127.0.0.1", port=server.port, client_id="cb") as client:
+                await client.send(Message("first"))
+                future = await asyncio.to_thread(client.send_threadsafe, Message("from-thread"))
+                await asyncio.wrap_future(future)
+                await done.wait()
+            assert seen == ["connect cb", "async first", "async from-thread"]
+
+    run(test)
+
+
+def test_reconnect_resumes_exactly_once_and_a_silent_peer_is_found_by_heartbeat() -> None:
+    async def test() -> None:
+        async with AsyncServer(interface="127.0.0.1", port=0, heartbeat_interval=0.1, heartbeat_timeout=2.0) as server:
+            proxy = FaultProxy(server.port)
+            try:
+                client = AsyncClient(
+                    address="127.0.0.1",
+                    port=proxy.port,
+                    client_id="hb",
+                    heartbeat_interval=0.05,
+                    heartbeat_timeout=0.4,
+                    **FAST,
+                )
+                events = client.events()
+                async with client:
+                    await client.send(Message("m", {"n": 0}))
+                    await asyncio.to_thread(proxy.cut, "blackhole")  # no FIN, no RST: only the heartbeat tells
+                    await client.send(Message("m", {"n": 1}))  # queued while the link is dead
+                    async for event in events:
+                        if event.name == "reconnect":
+                            break
+                    await client.wait_connected()
+                    await asyncio.to_thread(proxy.cut, "rst")
+                    await client.send(Message("m", {"n": 2}))
+                    got = [m.payload["n"] for _, m in await take(server.messages(), 3)]
+                    assert got == [0, 1, 2]
+                    assert server.clients == ["hb"]
+            finally:
+                await asyncio.to_thread(proxy.close)
+
+    run(test)
+
+
+@pytest.mark.slow
+def test_stream_both_ways_through_50_cuts_exactly_once_in_order() -> None:
+    """As the threaded chaos test: 10,000 messages each way while the proxy
+    cuts the connection 50 times (resets and black holes) and splits frames
+    at random byte boundaries; async client, async server."""
+    n, cuts = 10_000, 50
+    rng = random.Random(1234)
+
+    async def test() -> None:
+        async with AsyncServer(interface="127.0.0.1", port=0, heartbeat_interval=0.2, heartbeat_timeout=5.0) as server:
+            proxy = FaultProxy(server.port, split=True, seed=99)
+            try:
+                client = AsyncClient(
+                    address="127.0.0.1",
+                    port=proxy.port,
+                    client_id="stream",
+                    heartbeat_interval=0.05,
+                    heartbeat_timeout=0.4,
+                    **FAST,
+                )
+                reconnects = 0
+                reconnected = asyncio.Event()
+
+                def on_reconnect(_client_id: str) -> None:
+                    nonlocal reconnects
+                    reconnects += 1
+                    reconnected.set()
+
+                client.subscribe("reconnect", on_reconnect)
+                server_got: list[int] = []
+                client_got: list[int] = []
+
+                async def collect(source: Any, into: list[int], pick: Callable[[Any], Message]) -> None:
+                    async for item in source:
+                        into.append(pick(item).payload["seq"])
+                        if len(into) == n:
+                            return
+
+                filler = "x" * 100
+                async with client:
+                    collectors = [
+                        asyncio.create_task(collect(server.messages(), server_got, lambda item: item[1])),
+                        asyncio.create_task(collect(client.messages(), client_got, lambda item: item)),
+                    ]
+
+                    async def client_sender() -> None:
+                        for i in range(1, n + 1):
+                            await client.send(Message("c2s", {"seq": i, "message": filler}))
+
+                    async def server_sender() -> None:
+                        for i in range(1, n + 1):
+                            await server.send("stream", Message("s2c", {"seq": i, "message": filler}))
+
+                    senders = [asyncio.create_task(client_sender()), asyncio.create_task(server_sender())]
+                    for k in range(cuts):
+                        target = min(2 * n, len(server_got) + len(client_got) + rng.randint(0, 150))
+                        await until(lambda t=target: len(server_got) + len(client_got) >= t)  # type: ignore[misc]
+                        reconnected.clear()
+                        await asyncio.to_thread(proxy.cut, "blackhole" if k % 5 == 4 else "rst")
+                        await reconnected.wait()
+                    await asyncio.gather(*senders, *collectors)
+                assert server_got == list(range(1, n + 1))
+                assert client_got == list(range(1, n + 1))
+                assert reconnects == cuts
+            finally:
+                await asyncio.to_thread(proxy.close)
+
+    run(test, limit=180)
+
+
+def test_server_stop_ends_the_iterators_and_tells_the_client() -> None:
+    async def test() -> None:
+        server = AsyncServer(interface="127.0.0.1", port=0)
+        await server.start()
+        client = AsyncClient(address="127.0.0.1", port=server.port, client_id="s")
+        shutdown = asyncio.Event()
+        client.subscribe("servershutdown", shutdown.set)
+        await client.connect()
+        reading = asyncio.create_task(take(server.messages(), 1))
+        await server.stop()
+        assert await reading == []  # ended, nothing received
+        await shutdown.wait()
+        await client.wait_state(ClientState.STATE_NOT_CONNECTED | ClientState.STATE_RECONNECTING)
+        with pytest.raises(UnknownClient):
+            await server.disconnect_client("s")
+        await client.disconnect()
+
+    run(test)
+
+
+def test_one_object_belongs_to_one_loop(caplog: pytest.LogCaptureFixture) -> None:
+    server = AsyncServer(interface="127.0.0.1", port=0)
+
+    async def start() -> None:
+        await server.start()
+
+    async def stop() -> None:
+        await server.stop()
+
+    run(start)
+    caplog.set_level(logging.ERROR)
+    with pytest.raises(RuntimeError, match="another event loop"):
+        run(stop)
+    server._inner.stop()  # tidy up from outside any loop
