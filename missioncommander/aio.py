@@ -5,7 +5,7 @@ every protocol and session rule, setting, event, error and limit is the
 same code as the threaded API's, so both talk to each other and behave
 alike; what differs is how you wait.  Everything runs on the running loop
 (no thread of the library's), through ``asyncio.Protocol``, so any event
-loop will do, uvloop included.  docs/ASYNCIO.md is the guide.
+loop will do, uvloop included.  docs/ASYNC.md is the guide.
 
     async with AsyncServer(interface="127.0.0.1", port=30000) as server:
         async with AsyncClient(address="127.0.0.1", port=30000, client_id="c42") as client:
@@ -416,7 +416,8 @@ class AsyncClient(_Endpoint):
         """Connect to the server, as ``Client.connect``: with ``wait`` it
         returns once the server accepted this client or raises
         ``ConnectError`` (``ConnectTimeout``, ``ConnectionRefusedByServer``);
-        with ``wait=False`` it starts trying in the background and returns."""
+        cancelled, it gives the attempt up (CONNECT_FAILED).  With
+        ``wait=False`` it starts trying in the background and returns."""
         loop = self._driver.bind()
         inner = self._inner
         inner._check_connectable()
@@ -433,6 +434,9 @@ class AsyncClient(_Endpoint):
         except TimeoutError:  # the client's own timer should have fired first
             inner._abandon(generation)
             raise ConnectTimeout(f"no answer from {inner.address}:{inner.port} within {timeout:g} s") from None
+        except asyncio.CancelledError:
+            inner._abandon(generation)  # nobody waits for this attempt any more
+            raise
 
     async def disconnect(self) -> None:
         """Say goodbye and close; ends the session (as ``Client.disconnect``)."""

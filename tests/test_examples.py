@@ -55,3 +55,14 @@ def test_echo_client_without_a_server_says_so() -> None:
     assert "Connection refused" in out.stderr
     assert "connect failed" not in out.stderr  # raised to the caller, not also logged as a warning
     assert "is the server running? python3 examples/echo_server.py" in out.stderr
+
+
+def test_async_echo_runs_and_both_apis_get_their_echoes() -> None:
+    out = run("async_echo.py")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "async client got {'n': 0}",
+        "async client got {'n': 1}",
+        "async client got {'n': 2}",
+        "threaded client got {'from': 'a thread'}",
+    ]

@@ -29,7 +29,7 @@ def test_the_library_quick_start_prints_what_the_readme_says() -> None:
 
 
 def test_the_asyncio_guide_example_prints_what_it_says() -> None:
-    guide = (Path(__file__).resolve().parents[1] / "docs" / "ASYNCIO.md").read_text()
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "ASYNC.md").read_text()
     code = re.findall(r"```python\n(.*?)```", guide, re.S)[0]
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

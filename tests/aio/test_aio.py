@@ -139,6 +139,27 @@ def test_a_connect_nobody_answers_fails_with_connect_error() -> None:
     run(test)
 
 
+def test_a_cancelled_connect_gives_the_attempt_up() -> None:
+    async def test() -> None:
+        accepted = asyncio.Event()
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.set()  # and never say CHALLENGE
+
+        mute = await asyncio.start_server(silent, "127.0.0.1", 0)
+        async with mute:
+            client = AsyncClient(address="127.0.0.1", port=mute.sockets[0].getsockname()[1])
+            connecting = asyncio.create_task(client.connect())
+            await accepted.wait()
+            connecting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await connecting
+            await client.wait_state(ClientState.STATE_CONNECT_FAILED)
+            assert "gave up" in (client.last_close_reason or "")
+
+    run(test)
+
+
 def test_a_duplicate_id_is_refused_and_a_wrong_token_too() -> None:
     async def test() -> None:
         async with AsyncServer(interface="127.0.0.1", port=0, auth_token="s3cret") as server:
