@@ -36,10 +36,13 @@ from typing import Any
 import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
+import aio_scenarios
 from systems import SYSTEMS
 
 HERE = Path(__file__).parent
 MC_SYSTEMS = ("missioncommander", "mc-pooled", "mc-fast")
+#: Systems whose clients are asyncio code: their scenarios are aio_scenarios'.
+ASYNC_SYSTEMS = ("mc-async",)
 FILLER = "x" * 100
 WAIT = 120.0
 
@@ -137,6 +140,8 @@ def connect(system: str, port: int, client_id: str, inbox: Inbox) -> Any:
 
 
 def scenario_echo(system: str, port: int, n: int, size: int = 100) -> dict[str, float]:
+    if system in ASYNC_SYSTEMS:
+        return aio_scenarios.echo(port, n, size)
     inbox = Inbox()
     client = connect(system, port, "echo-client", inbox)
     filler = "x" * size
@@ -159,6 +164,8 @@ def scenario_echo(system: str, port: int, n: int, size: int = 100) -> dict[str, 
 
 
 def scenario_c2s(system: str, port: int, n: int) -> dict[str, float]:
+    if system in ASYNC_SYSTEMS:
+        return aio_scenarios.c2s(port, n)
     inbox = Inbox()
     client = connect(system, port, "sink-client", inbox)
     try:
@@ -175,6 +182,8 @@ def scenario_c2s(system: str, port: int, n: int) -> dict[str, float]:
 
 
 def scenario_broadcast(system: str, port: int, clients: int, count: int) -> dict[str, float]:
+    if system in ASYNC_SYSTEMS:
+        return aio_scenarios.broadcast(port, clients, count, _server_cpu)
     inboxes = [Inbox() for _ in range(clients)]
     conns = [connect(system, port, f"b{i}", inbox) for i, inbox in enumerate(inboxes)]
     try:
@@ -441,6 +450,8 @@ def main() -> int:
                         continue  # a paho client is a thread: 1000s of them measure threads, not MQTT
                     if "mcd" in name and system not in MC_SYSTEMS:
                         continue  # only MissionCommander has a daemon
+                    if "idle" in name and system in ASYNC_SYSTEMS:
+                        continue  # connection set-up is the same core as missioncommander's
                     figures = run_one(system, name, run, env)
                     results.setdefault((name, system), []).append(figures)
                     print(f"rep {rep + 1} {name:36} {system:16} {figures}", file=sys.stderr, flush=True)

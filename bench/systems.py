@@ -137,6 +137,26 @@ def mc_fast_serve(port: int) -> None:
     mc_serve(port, fast=True)
 
 
+def mc_async_serve(port: int) -> None:
+    """MissionCommander's asyncio API: an ``AsyncServer`` on ``asyncio.run``."""
+    import asyncio
+
+    from missioncommander import Message
+    from missioncommander.aio import AsyncServer
+
+    async def serve() -> None:
+        server = AsyncServer(interface="127.0.0.1", port=port, max_connection_rate=None, max_clients=20_000)
+        # The handler's replies queue without waiting (a full queue raises, as
+        # with the threaded server): the roles are the same for every system.
+        handler = Handler(lambda to, s, p: server.send_nowait(to, Message(s, p)), lambda: len(server.clients))
+        async with server:
+            print("READY", flush=True)
+            async for client_id, message in server.messages():
+                handler.handle(client_id, message.subject, message.payload)
+
+    asyncio.run(serve())
+
+
 # -- plain sockets: length-prefixed JSON, a blocking thread per connection -------
 
 _LEN = struct.Struct("!I")
@@ -388,6 +408,8 @@ SYSTEMS: dict[str, tuple[Callable[[int], None], type]] = {
     "missioncommander": (mc_serve, McClient),
     "mc-pooled": (mc_pooled_serve, McPooledClient),
     "mc-fast": (mc_fast_serve, McFastClient),
+    # Its clients are asyncio code: run.py runs aio_scenarios for it.
+    "mc-async": (mc_async_serve, McClient),
     "sockets": (raw_serve, RawClient),
     "pyzmq": (zmq_serve, ZmqClient),
     "mqtt": (mqtt_serve, MqttClient),

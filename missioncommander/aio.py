@@ -471,6 +471,11 @@ class AsyncClient(_Endpoint):
                     inner._check_can_send()
             await self._wait_for_room()
 
+    def send_nowait(self, message: Message) -> None:
+        """Queue ``message`` without waiting: ``QueueFullError`` when the
+        send queue is full (as ``asyncio.Queue.put_nowait``)."""
+        self._inner.send(message)
+
     async def _wait_for_room(self) -> None:
         inner = self._inner
         future = self._driver.loop.create_future()
@@ -598,6 +603,11 @@ class AsyncServer(_Endpoint):
                         waiting.remove(future)
                     if not waiting:
                         del self._room[target]
+
+    def send_nowait(self, target: str, message: Message) -> None:
+        """Queue ``message`` for ``target`` (or ``'*'``) without waiting:
+        ``QueueFullError`` when that client's queue is full."""
+        self._inner.send(target, message)
 
     def _room_made(self, client_id: str) -> None:
         for future in self._room.pop(client_id, ()):

@@ -1,0 +1,115 @@
+"""The scenarios of run.py for the asyncio API, written as asyncio code
+would use it: the benchmark's own loop awaits sends and reads
+``messages()``, so no thread hop is paid that an asyncio program would not
+pay.  The server side is ``systems.mc_async_serve`` (an ``AsyncServer``);
+the checks are run.py's: sequence numbers, counts, nothing lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from typing import Any
+
+from missioncommander import Message
+from missioncommander.aio import AsyncClient
+
+WAIT = 120.0
+FILLER = "x" * 100
+
+
+def run(coro: Any) -> Any:
+    async def bounded() -> Any:
+        async with asyncio.timeout(WAIT):
+            return await coro
+
+    return asyncio.run(bounded())
+
+
+def _client(port: int, client_id: str) -> AsyncClient:
+    return AsyncClient(address="127.0.0.1", port=port, client_id=client_id, connect_timeout=60)
+
+
+async def _next(messages: Any, subject: str) -> dict[str, Any]:
+    async for message in messages:
+        if message.subject == subject:
+            payload: dict[str, Any] = message.payload
+            return payload
+    raise AssertionError(f"the client stopped before a {subject!r} came")
+
+
+def echo(port: int, n: int, size: int = 100) -> dict[str, float]:
+    async def scenario() -> dict[str, float]:
+        filler = "x" * size
+        samples = []
+        async with _client(port, "echo-client") as client:
+            messages = client.messages()
+            for seq in range(min(50, n)):  # warm up
+                await client.send(Message("echo", {"message": filler, "seq": seq}))
+                await _next(messages, "echo")
+            for seq in range(n):
+                t0 = time.perf_counter()
+                await client.send(Message("echo", {"message": filler, "seq": seq}))
+                got = await _next(messages, "echo")
+                samples.append(time.perf_counter() - t0)
+                if got["seq"] != seq:
+                    raise AssertionError(f"echo {seq} answered by {got['seq']}")
+        samples.sort()
+        return {"p50_us": statistics.median(samples) * 1e6, "p99_us": samples[int(len(samples) * 0.99)] * 1e6}
+
+    result: dict[str, float] = run(scenario())
+    return result
+
+
+def c2s(port: int, n: int) -> dict[str, float]:
+    async def scenario() -> dict[str, float]:
+        async with _client(port, "sink-client") as client:
+            messages = client.messages()
+            t0 = time.perf_counter()
+            for seq in range(n):
+                await client.send(Message("sink", {"message": FILLER, "seq": seq, "last": n - 1}))
+            done = await _next(messages, "done")
+            elapsed = time.perf_counter() - t0
+        if done["received"] != n:
+            raise AssertionError(f"the server received {done['received']} of {n}")
+        return {"msgs_per_s": n / elapsed}
+
+    result: dict[str, float] = run(scenario())
+    return result
+
+
+def broadcast(port: int, clients: int, count: int, server_cpu: Any) -> dict[str, float]:
+    async def receive(client: AsyncClient, messages: Any) -> int:
+        seen = 0
+        async for message in messages:
+            if message.subject == "bcast":
+                if message.payload["seq"] != seen:
+                    raise AssertionError(f"broadcast out of order: {message.payload['seq']} after {seen - 1}")
+                seen += 1
+                if seen == count:
+                    return seen
+        raise AssertionError(f"{seen} of {count} broadcasts arrived")
+
+    async def scenario() -> dict[str, float]:
+        conns = [_client(port, f"b{i}") for i in range(clients)]
+        await asyncio.gather(*(c.connect() for c in conns))
+        try:
+            streams = [c.messages() for c in conns]
+            for c, messages in zip(conns, streams, strict=True):  # every one attached
+                await c.send(Message("echo", {"seq": 0}))
+                await _next(messages, "echo")
+            cpu0 = server_cpu()
+            t0 = time.perf_counter()
+            receivers = [asyncio.create_task(receive(c, m)) for c, m in zip(conns, streams, strict=True)]
+            await conns[0].send(Message("go", {"count": count}))
+            await asyncio.gather(*receivers)
+            elapsed = time.perf_counter() - t0
+            cpu = server_cpu() - cpu0
+        finally:
+            await asyncio.gather(*(c.disconnect() for c in conns))
+        deliveries = clients * count
+        return {"deliveries_per_s": deliveries / elapsed, "server_cpu_us_per_delivery": cpu / deliveries * 1e6}
+
+    result: dict[str, float] = run(scenario())
+    return result
