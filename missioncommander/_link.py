@@ -71,7 +71,8 @@ def route_locked(
                 session.pump_pending = True
                 schedule_pump(session)
             return None
-    chunks = session.take_unsent()
+    # session.take_unsent(), spelled out: this runs once per message sent.
+    chunks, session.sent_seq = session.out.frames_after(session.sent_seq)
     live.lock.acquire()
     return live, chunks
 
