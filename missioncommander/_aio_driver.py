@@ -339,21 +339,8 @@ class _Connector:
         server_hostname: str | None,
     ) -> None:
         loop = self.driver.loop
-        try:
-            await self._connect(loop, family, addr, bind, tls, server_hostname)
-        except asyncio.CancelledError:
-            self._close_sock()
-            raise
-
-    async def _connect(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        family: int,
-        addr: tuple[Any, ...],
-        bind: tuple[str, int] | None,
-        tls: ssl.SSLContext | None,
-        server_hostname: str | None,
-    ) -> None:
+        protocol = _AioTransport(self.driver, self.owner)
+        tcp_up = False
         try:
             sock = socket.socket(family, socket.SOCK_STREAM)
             self.sock = sock
@@ -363,18 +350,19 @@ class _Connector:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind(bind)
             await loop.sock_connect(sock, addr)
-        except OSError as exc:
-            self._close_sock()
-            self.owner.connect_failed(f"cannot connect to {self.name}: {exc.strerror or exc}")
-            return
-        protocol = _AioTransport(self.driver, self.owner)
-        try:
+            tcp_up = True
             await loop.create_connection(
                 lambda: protocol, sock=sock, ssl=tls, server_hostname=server_hostname if tls is not None else None
             )
+        except asyncio.CancelledError:
+            self._close_sock()
+            raise
         except (OSError, ssl.SSLError) as exc:
             self._close_sock()
-            self.owner.connect_failed(_describe(exc))
+            if tcp_up:
+                self.owner.connect_failed(_describe(exc))
+            else:
+                self.owner.connect_failed(f"cannot connect to {self.name}: {getattr(exc, 'strerror', None) or exc}")
             return
         self.sock = None  # the transport's now
         self.owner.connection_made(protocol)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,6 +11,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from support.certs import Certs, make_certs
+
 from missioncommander import Client, Server
 
 # pyproject.toml turns pytest-qt's automatic loading off; load it where the
@@ -17,6 +20,15 @@ from missioncommander import Client, Server
 # they cannot).
 if importlib.util.find_spec("PySide6") is not None:
     pytest_plugins = ["pytestqt.plugin"]
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    """Throwaway certificates for the TLS tests (made once per run)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make test certificates")
+    folder: Path = tmp_path_factory.mktemp("certs")
+    return make_certs(folder)
 
 
 @pytest.fixture

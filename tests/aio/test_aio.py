@@ -34,6 +34,20 @@ LIMIT = 30.0
 FAST = {"reconnect_delay": 0.05, "reconnect_max_delay": 0.3, "connect_timeout": 5.0}
 
 
+def through(proxy: FaultProxy, client_id: str, **settings: Any) -> AsyncClient:
+    """A client of the server behind ``proxy`` with a fast heartbeat: a cut
+    is noticed within half a second."""
+    return AsyncClient(
+        address="127.0.0.1",
+        port=proxy.port,
+        client_id=client_id,
+        heartbeat_interval=0.05,
+        heartbeat_timeout=0.4,
+        **FAST,
+        **settings,
+    )
+
+
 def run(test: Callable[[], Awaitable[T]], limit: float = LIMIT) -> T:
     async def bounded() -> T:
         async with asyncio.timeout(limit):
@@ -310,14 +324,7 @@ def test_reconnect_resumes_exactly_once_and_a_silent_peer_is_found_by_heartbeat(
         async with AsyncServer(interface="127.0.0.1", port=0, heartbeat_interval=0.1, heartbeat_timeout=2.0) as server:
             proxy = FaultProxy(server.port)
             try:
-                client = AsyncClient(
-                    address="127.0.0.1",
-                    port=proxy.port,
-                    client_id="hb",
-                    heartbeat_interval=0.05,
-                    heartbeat_timeout=0.4,
-                    **FAST,
-                )
+                client = through(proxy, "hb")
                 events = client.events()
                 async with client:
                     await client.send(Message("m", {"n": 0}))
@@ -350,14 +357,7 @@ def test_stream_both_ways_through_50_cuts_exactly_once_in_order() -> None:
         async with AsyncServer(interface="127.0.0.1", port=0, heartbeat_interval=0.2, heartbeat_timeout=5.0) as server:
             proxy = FaultProxy(server.port, split=True, seed=99)
             try:
-                client = AsyncClient(
-                    address="127.0.0.1",
-                    port=proxy.port,
-                    client_id="stream",
-                    heartbeat_interval=0.05,
-                    heartbeat_timeout=0.4,
-                    **FAST,
-                )
+                client = through(proxy, "stream")
                 reconnects = 0
                 reconnected = asyncio.Event()
 
