@@ -6,7 +6,8 @@ every event loop, uvloop included.
 to a ``Client`` or ``Server``: their links, sessions and rules are the same
 code as with the threaded driver; only the transport below differs.
 ``_AioTransport`` is a ``WriteTarget`` over an asyncio transport: writes of
-one loop turn are coalesced into one ``writelines``; TLS is asyncio's own.
+one loop turn are coalesced into one ``writelines``; TLS is asyncio's own
+(the handshake done by ``create_connection`` and ``create_server``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from ._loop import (
     Connecting,
@@ -120,8 +121,10 @@ class AsyncioDriver:
     ) -> Connecting:
         return _Connector(self, family, addr, bind, owner, tls, server_hostname, name or format_address(addr))
 
-    def listen(self, host: str, port: int, accept: Callable[[Incoming], None]) -> Listener:
-        return _AioListener(self, _listen(host, port), accept)
+    def listen(
+        self, host: str, port: int, accept: Callable[[Incoming], None], tls: ssl.SSLContext | None = None
+    ) -> Listener:
+        return _AioListener(self, _listen(host, port), accept, tls)
 
 
 class _AioTransport(asyncio.Protocol):
@@ -149,21 +152,24 @@ class _AioTransport(asyncio.Protocol):
         self._peer_first = False
         self._close_reason = ""
         self._linger: asyncio.TimerHandle | None = None
-        #: A ``connection_made`` before anyone owns the connection (accepted).
+        #: Told of ``connection_made`` (once): the connector's owner, or the
+        #: listener, which finds the connection its owner.
         self.on_made: Callable[[_AioTransport], None] | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports have the methods but not the base class.
+        self.transport = cast(asyncio.Transport, transport)
         if self.reading_paused:
-            transport.pause_reading()
-        if self.on_made is not None:
-            made, self.on_made = self.on_made, None
+            self.transport.pause_reading()
+        # The owner hears of it now, before any data_received: uvloop may
+        # deliver the peer's first bytes before create_connection returns.
+        made, self.on_made = self.on_made, None
+        if made is not None:
             made(self)
-        elif self._pending:
-            self._flush()
+        if self._pending:
+            self._schedule_flush()  # what was written before TLS was up
 
     def data_received(self, data: bytes) -> None:
         if self._closing or self.closed or self.owner is None:
@@ -340,6 +346,7 @@ class _Connector:
     ) -> None:
         loop = self.driver.loop
         protocol = _AioTransport(self.driver, self.owner)
+        protocol.on_made = self._made
         tcp_up = False
         try:
             sock = socket.socket(family, socket.SOCK_STREAM)
@@ -364,6 +371,8 @@ class _Connector:
             else:
                 self.owner.connect_failed(f"cannot connect to {self.name}: {getattr(exc, 'strerror', None) or exc}")
             return
+
+    def _made(self, protocol: _AioTransport) -> None:
         self.sock = None  # the transport's now
         self.owner.connection_made(protocol)
 
@@ -382,10 +391,17 @@ class _Connector:
 class _AioListener:
     """A listening socket served by ``loop.create_server`` once started."""
 
-    def __init__(self, driver: AsyncioDriver, sock: socket.socket, accept: Callable[[Incoming], None]) -> None:
+    def __init__(
+        self,
+        driver: AsyncioDriver,
+        sock: socket.socket,
+        accept: Callable[[Incoming], None],
+        tls: ssl.SSLContext | None,
+    ) -> None:
         self.driver = driver
         self.sock = sock
         self.accept = accept
+        self.tls = tls
         self.port: int = sock.getsockname()[1]
         self._server: asyncio.AbstractServer | None = None
         self._closed = False
@@ -398,7 +414,7 @@ class _AioListener:
             self.driver.spawn(self._serve())
 
     async def _serve(self) -> None:
-        server = await self.driver.loop.create_server(self._protocol, sock=self.sock)
+        server = await self.driver.loop.create_server(self._protocol, sock=self.sock, ssl=self.tls)
         self._server = server
         if self._closed:  # closed while create_server ran
             server.close()
@@ -428,28 +444,10 @@ class _AioIncoming:
         self.peer: str = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
 
     def open(self, owner: TransportOwner, tls: ssl.SSLContext | None) -> _AioTransport:
-        protocol = self.protocol
-        protocol.owner = owner
-        if tls is not None:
-            # Nothing may be read as the protocol's until TLS is up.
-            transport, protocol.transport = protocol.transport, None
-            assert transport is not None
-            transport.pause_reading()
-            self.driver.spawn(self._start_tls(transport, tls))
-        return protocol
-
-    async def _start_tls(self, transport: asyncio.Transport, tls: ssl.SSLContext) -> None:
-        protocol = self.protocol
-        try:
-            tls_transport = await self.driver.loop.start_tls(transport, protocol, tls, server_side=True)
-        except (OSError, ssl.SSLError) as exc:
-            transport.abort()
-            protocol._lost(_describe(exc), exc)
-            return
-        if tls_transport is None or protocol.closed:
-            transport.abort()
-            return
-        protocol.connection_made(tls_transport)
+        """Own it.  ``tls`` was the listener's: asyncio did the handshake
+        before the connection was accepted."""
+        self.protocol.owner = owner
+        return self.protocol
 
     def refuse(self, frame: bytes | None) -> None:
         transport = self.protocol.transport

@@ -270,10 +270,16 @@ class Loop:
         connecting.start(family, bind)
         return connecting
 
-    def listen(self, host: str, port: int, accept: Callable[[Incoming], None]) -> Listener:
+    def listen(
+        self, host: str, port: int, accept: Callable[[Incoming], None], tls: ssl.SSLContext | None = None
+    ) -> Listener:
         """Bind and listen on ``host``:``port`` (any thread; ``OSError`` when it
         cannot); once ``start()``-ed, ``accept`` is called on the loop thread
-        for each connection (those that come sooner wait in the backlog)."""
+        for each connection (those that come sooner wait in the backlog).
+        ``tls``: the context every connection will be opened with; this
+        loop does the handshake in ``Incoming.open`` (memory BIOs), the
+        asyncio driver before ``accept`` (asyncio reads eagerly, so a
+        handshake started later could lose the ClientHello)."""
         return _Listener(self, _listen(host, port), accept)
 
     # -- the loop ------------------------------------------------------------
@@ -380,7 +386,9 @@ class Driver(Protocol):
     ) -> Connecting:
         """See ``Loop.connect``."""
 
-    def listen(self, host: str, port: int, accept: Callable[[Incoming], None]) -> Listener:
+    def listen(
+        self, host: str, port: int, accept: Callable[[Incoming], None], tls: ssl.SSLContext | None = None
+    ) -> Listener:
         """See ``Loop.listen``."""
 
 

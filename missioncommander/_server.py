@@ -228,7 +228,7 @@ class Server:
                 raise TLSConfigError("tls_ca (client certificates) needs tls_cert and tls_key too")
             self._tls_context = server_context(self.tls_cert, self.tls_key, self.tls_ca) if self.tls_cert else None
             try:
-                listener = self._loop.listen(host, port, self._accept)
+                listener = self._loop.listen(host, port, self._accept, self._tls_context)
             except OSError as exc:
                 where = f"{host or '*'}:{port}"
                 raise BindError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}") from exc

@@ -8,7 +8,7 @@ import logging
 import random
 import socket
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -48,12 +48,29 @@ def through(proxy: FaultProxy, client_id: str, **settings: Any) -> AsyncClient:
     )
 
 
+#: The event loop the tests of this module run on (see ``event_loop_kind``).
+_loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+
+
+@pytest.fixture(autouse=True, params=["asyncio", "uvloop"])
+def event_loop_kind(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test on the standard loop and on uvloop: the driver uses only
+    what every loop has (``asyncio.Protocol``, no ``add_reader``)."""
+    global _loop_factory
+    if request.param == "uvloop":
+        uvloop = pytest.importorskip("uvloop", reason="uvloop is not available on this platform")
+        _loop_factory = uvloop.new_event_loop
+    yield request.param
+    _loop_factory = None
+
+
 def run(test: Callable[[], Awaitable[T]], limit: float = LIMIT) -> T:
     async def bounded() -> T:
         async with asyncio.timeout(limit):
             return await test()
 
-    return asyncio.run(bounded())
+    with asyncio.Runner(loop_factory=_loop_factory) as runner:
+        return runner.run(bounded())
 
 
 async def take(source: Any, count: int) -> list[Any]:

@@ -219,7 +219,9 @@ class FakeDriver:
         self.connects.append(connecting)
         return connecting
 
-    def listen(self, host: str, port: int, accept: Callable[[Incoming], None]) -> FakeListener:
+    def listen(
+        self, host: str, port: int, accept: Callable[[Incoming], None], tls: ssl.SSLContext | None = None
+    ) -> FakeListener:
         listener = FakeListener(self, port or 40_000 + len(self.listeners), accept)
         self.listeners.append(listener)
         return listener
