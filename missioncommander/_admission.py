@@ -123,5 +123,46 @@ def probe_timeout(heartbeat_timeout: float) -> float:
     return min(heartbeat_timeout, PROBE_TIMEOUT_CAP)
 
 
+class ConnectionRate:
+    """How many connections from one address a server takes in: a token
+    bucket per address, refilled at ``rate`` per second and holding up to
+    ``BURST_SECONDS`` seconds' worth.  A connection takes a token when it is
+    accepted and gives it back once its handshake succeeds, so the bucket
+    only runs dry with connections that stay silent or fail (a flood), never
+    with a fleet of real clients arriving at once."""
+
+    #: The bucket holds this many seconds of ``rate``: with the default
+    #: 1,000/s, 10,000 handshakes may be under way from one address.
+    BURST_SECONDS = 10.0
+    #: Addresses tracked before quiet ones (a minute) are forgotten.
+    MAX_ADDRESSES = 10_000
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    @classmethod
+    def burst(cls, rate: float) -> float:
+        return max(1.0, cls.BURST_SECONDS * rate)
+
+    def take(self, host: str, rate: float, now: float) -> bool:
+        """A connection from ``host`` arrived: True if it may come in."""
+        burst = self.burst(rate)
+        tokens, last = self._buckets.get(host, (burst, now))
+        tokens = min(burst, tokens + (now - last) * rate)
+        if len(self._buckets) > self.MAX_ADDRESSES:
+            self._buckets = {h: v for h, v in self._buckets.items() if now - v[1] < 60}
+        if tokens < 1:
+            self._buckets[host] = (tokens, now)
+            return False
+        self._buckets[host] = (tokens - 1, now)
+        return True
+
+    def give_back(self, host: str, rate: float) -> None:
+        """A connection from ``host`` completed its handshake."""
+        bucket = self._buckets.get(host)
+        if bucket is not None:
+            self._buckets[host] = (min(self.burst(rate), bucket[0] + 1), bucket[1])
+
+
 def _refuse(code: ErrorCode, message: str, retry: bool = False) -> Decision:
     return Decision(Admit.REFUSE, code, message, retry)

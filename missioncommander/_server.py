@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _config as cfg
-from ._admission import Admit, Known, admit, in_use_message, probe_timeout
+from ._admission import Admit, ConnectionRate, Known, admit, in_use_message, probe_timeout
 from ._auth import new_nonce
 from ._callbacks import Callbacks
 from ._connection import Connection
@@ -73,6 +73,7 @@ class _ServerLink(Link):
         self.liveness.max_pending_bytes = server.max_pending_bytes
         self.server = server
         self.peer = incoming.peer
+        self.host = incoming.host
         self.session: _Session | None = None
         #: A newcomer waiting for this link to prove it is alive (PONG) or dead.
         self.probe_waiter: _ServerLink | None = None
@@ -181,7 +182,7 @@ class Server:
         #: or its session ended): the asyncio API's senders wait for it.
         self._on_room: Callable[[str], None] | None = None
         self._tls_context: ssl.SSLContext | None = None
-        self._rates: dict[str, tuple[float, float]] = {}
+        self._rates = ConnectionRate()
         self._rate_logged: dict[str, float] = {}
         self._inbound_budget = Budget(type(self).max_inbound_total_bytes.default)
         for name, value in settings.items():
@@ -402,25 +403,15 @@ class Server:
         self._links.add(link)
 
     def _rate_ok(self, host: str) -> bool:
-        """A token bucket per address: ``max_connection_rate`` per second,
-        bursts of twice that."""
+        """``max_connection_rate`` (``_admission.ConnectionRate``)."""
         rate = self.max_connection_rate
-        if rate is None:
+        if rate is None or self._rates.take(host, rate, self._loop.time()):
             return True
         now = self._loop.time()
-        burst = max(1.0, 2 * rate)
-        tokens, last = self._rates.get(host, (burst, now))
-        tokens = min(burst, tokens + (now - last) * rate)
-        if len(self._rates) > 10_000:  # forget quiet addresses; the table stays bounded
-            self._rates = {h: v for h, v in self._rates.items() if now - v[1] < 60}
-        if tokens < 1:
-            self._rates[host] = (tokens, now)
-            if now - self._rate_logged.get(host, 0.0) > 5:
-                self._rate_logged[host] = now
-                log.warning("too many connections from %s (over %g per second): refusing some", host, rate)
-            return False
-        self._rates[host] = (tokens - 1, now)
-        return True
+        if now - self._rate_logged.get(host, 0.0) > 5:
+            self._rate_logged[host] = now
+            log.warning("too many connections from %s (over %g per second): refusing some", host, rate)
+        return False
 
     @property
     def warnings(self) -> list[str]:
@@ -593,6 +584,9 @@ class Server:
 
     def _attach(self, link: _ServerLink, session: _Session, resumed: bool) -> None:
         assert link.hello is not None
+        rate = self.max_connection_rate
+        if rate is not None:
+            self._rates.give_back(link.host, rate)
         if link.handshake_timer is not None:
             link.handshake_timer.cancel()
             link.handshake_timer = None

@@ -5,6 +5,7 @@ could not be set to the value they had."""
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -25,31 +26,54 @@ from missioncommander import (
 MakeClient = Callable[..., Client]
 
 
-def test_the_defaults_let_300_clients_from_one_process_in(make_client: MakeClient) -> None:
-    with Server(interface="127.0.0.1", port=0) as server:
-        clients = [make_client(server, client_id=f"c{i}") for i in range(300)]
+def test_the_defaults_let_3000_clients_arriving_at_once_from_one_address_in(make_client: MakeClient) -> None:
+    """A fleet that connects together (after a server restart, say) is not
+    a flood: its handshakes succeed, and only those that stay silent or
+    fail use up ``max_connection_rate``'s allowance."""
+    count = 3000
+    with Server(interface="127.0.0.1", port=0, max_clients=count) as server:
+        connected = threading.Semaphore(0)
+        clients = [make_client(server, client_id=f"c{i}", connect_timeout=60.0) for i in range(count)]
         for client in clients:
-            client.connect()
-        assert len(server.clients) == 300
+            client.subscribe("connect", connected.release)
+            client.connect(wait=False)
+        for _ in range(count):
+            assert connected.acquire(timeout=60), f"{len(server.clients)} of {count} got in"
+        assert len(server.clients) == count
+        assert all(c.last_close_reason is None for c in clients)  # nobody was refused, not even once
+
+
+def silent_connections(port: int, count: int) -> list[socket.socket]:
+    """Connections that never say HELLO: what a flood looks like."""
+    return [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
 
 
 def test_a_client_refused_for_rate_is_told_and_gets_in_with_backoff(make_client: MakeClient) -> None:
-    # 2 per second, bursts of 4: ten clients at once cannot all get in at first.
+    # 2 per second, and 20 pending at most: 20 silent connections use it up.
     with Server(interface="127.0.0.1", port=0, max_connection_rate=2.0) as server:
-        clients = [make_client(server, client_id=f"r{i}", connect_timeout=15.0) for i in range(10)]
-        for client in clients:
-            client.connect()  # waits through rate_limited refusals instead of failing
-        assert sorted(server.clients) == sorted(f"r{i}" for i in range(10))
+        flood = silent_connections(server.port, 20)
+        try:
+            clients = [make_client(server, client_id=f"r{i}", connect_timeout=15.0) for i in range(3)]
+            for client in clients:
+                client.connect()  # waits through rate_limited refusals instead of failing
+            assert sorted(server.clients) == ["r0", "r1", "r2"]
+            assert "rate_limited" in (clients[0].last_close_reason or "")  # it was refused at first
+        finally:
+            for sock in flood:
+                sock.close()
 
 
 def test_a_rate_refusal_that_outlasts_connect_timeout_names_its_code(make_client: MakeClient) -> None:
     with Server(interface="127.0.0.1", port=0, max_connection_rate=0.01) as server:
-        make_client(server, client_id="first").connect()  # the burst of one
-        late = make_client(server, client_id="late", connect_timeout=0.5)
-        with pytest.raises(ConnectionRefusedByServer) as info:
-            late.connect()
-        assert info.value.code == "rate_limited"
-        assert "rate_limited" in (late.last_close_reason or "")
+        (silent,) = silent_connections(server.port, 1)  # the allowance of one, used up
+        try:
+            late = make_client(server, client_id="late", connect_timeout=0.5)
+            with pytest.raises(ConnectionRefusedByServer) as info:
+                late.connect()
+            assert info.value.code == "rate_limited"
+            assert "rate_limited" in (late.last_close_reason or "")
+        finally:
+            silent.close()
 
 
 def test_send_to_an_unknown_client_raises_a_library_error(server: Server) -> None:

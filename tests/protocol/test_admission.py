@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from missioncommander._admission import Admit, Decision, Known, admit, probe_timeout
+from missioncommander._admission import Admit, ConnectionRate, Decision, Known, admit, probe_timeout
 from missioncommander._auth import auth_proof
 from missioncommander._events import ErrorCode, Hello
 from missioncommander._frames import PROTOCOL_VERSION
@@ -71,3 +71,22 @@ def test_a_token_is_checked_before_any_session_is_touched() -> None:
 def test_a_probe_waits_for_the_heartbeat_timeout_but_never_more_than_3_s() -> None:
     assert probe_timeout(1.0) == 1.0
     assert probe_timeout(30.0) == 3.0
+
+
+def test_the_connection_rate_counts_only_handshakes_that_do_not_succeed() -> None:
+    rates = ConnectionRate()
+    # rate 1/s: an allowance of 10 pending handshakes.
+    assert [rates.take("a", 1.0, now=0.0) for _ in range(11)] == [True] * 10 + [False]
+    assert rates.take("b", 1.0, now=0.0)  # per address
+    rates.give_back("a", 1.0)  # one of them said HELLO and was welcomed
+    assert rates.take("a", 1.0, now=0.0)
+    assert not rates.take("a", 1.0, now=0.5)
+    assert rates.take("a", 1.0, now=1.6)  # refilled at the rate
+    # A fleet whose handshakes all succeed never runs it dry.
+    for _ in range(1000):
+        assert rates.take("fleet", 1.0, now=5.0)
+        rates.give_back("fleet", 1.0)
+    # Giving back never raises the allowance past its size.
+    for _ in range(50):
+        rates.give_back("b", 1.0)
+    assert [rates.take("b", 1.0, now=0.0) for _ in range(11)] == [True] * 10 + [False]
