@@ -129,8 +129,7 @@ class AsyncioDriver:
 
 class _AioTransport(asyncio.Protocol):
     """A ``WriteTarget`` over an asyncio transport, and the asyncio protocol
-    that feeds its owner.  Loop thread only: ``direct_ok`` is False, so the
-    write path never writes from another thread."""
+    that feeds its owner.  Loop thread only."""
 
     def __init__(self, driver: AsyncioDriver, owner: TransportOwner | None = None) -> None:
         self.driver = driver
@@ -139,7 +138,10 @@ class _AioTransport(asyncio.Protocol):
         #: Only for the ``WriteTarget`` contract: nothing writes from another thread here.
         self.lock = threading.Lock()
         self.closed = False
-        self.direct_ok = False
+        #: A lone message may be written at once (``send_and_unlock``); a
+        #: burst is queued and written once at the end of the loop's turn.
+        #: Both happen on the loop: ``send()`` runs there.
+        self.direct_ok = True
         self.reading_paused = False
         self.writes = 0
         self.last_progress = driver.time()
@@ -216,9 +218,19 @@ class _AioTransport(asyncio.Protocol):
         self._schedule_flush()
 
     def send_and_unlock(self, chunks: list[bytes]) -> None:
-        # Reached only from the loop (direct_ok is False): an ordinary write.
+        """A lone message (``_link.route_locked``): into the socket now,
+        sparing a loop turn, unless bytes ahead of it wait (order holds)."""
         try:
-            self.write_many(chunks)
+            if self.closed or self._closing:
+                return
+            transport = self.transport
+            if transport is None or self._pending:
+                self.write_many(chunks)
+                return
+            self.writes += 1
+            if not transport.get_write_buffer_size():
+                self.last_progress = self.driver.time()
+            transport.writelines(chunks)
         finally:
             self.lock.release()
 

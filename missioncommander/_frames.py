@@ -52,14 +52,14 @@ MIN_PEER_HEARTBEAT_TIMEOUT = 0.3
 MAX_PEER_HEARTBEAT_TIMEOUT = 86_400.0
 
 _HEADER = struct.Struct("!IB")
-_MSG_HEADER = struct.Struct("!IBQ")
+MSG_HEADER = struct.Struct("!IBQ")
 _U64 = struct.Struct("!Q")
 U32 = struct.Struct("!I")
 HEADER_SIZE = _HEADER.size
-MESSAGE_OVERHEAD = _MSG_HEADER.size - 4  # what ``length`` counts besides the JSON
+MESSAGE_OVERHEAD = MSG_HEADER.size - 4  # what ``length`` counts besides the JSON
 #: Message bodies smaller than this are copied into one buffer with their
 #: neighbours when written; larger ones are written from where they are.
-_JOIN_BELOW = 8192
+JOIN_BELOW = 8192
 #: A frame at least this long that arrives in pieces is collected piece by
 #: piece and joined once (FrameDecoder).
 BIG_FRAME = 65536
@@ -144,7 +144,7 @@ def encode_json_frame(ftype: FrameType, obj: dict[str, Any]) -> bytes:
 def message_header(seq: int, body_len: int) -> bytes:
     """The bytes that precede an encoded message body in a MESSAGE frame
     (the writers pack theirs in bulk: ``message_frames``)."""
-    return _MSG_HEADER.pack(body_len + MESSAGE_OVERHEAD, FrameType.MESSAGE, seq)
+    return MSG_HEADER.pack(body_len + MESSAGE_OVERHEAD, FrameType.MESSAGE, seq)
 
 
 def message_frames(first: int, bodies: list[bytes]) -> list[bytes]:
@@ -152,15 +152,15 @@ def message_frames(first: int, bodies: list[bytes]) -> list[bytes]:
     chunks to write: consecutive small frames joined into one buffer (a
     burst then costs the writer a few chunks instead of two per message), a
     large body a chunk of its own, not copied."""
-    pack = _MSG_HEADER.pack
+    pack = MSG_HEADER.pack
     mtype = MESSAGE_TYPE
     if len(bodies) == 1:
         body = bodies[0]
         size = len(body)
         header = pack(size + MESSAGE_OVERHEAD, mtype, first)
-        return [header + body] if size < _JOIN_BELOW else [header, body]
+        return [header + body] if size < JOIN_BELOW else [header, body]
     sizes = [len(body) + MESSAGE_OVERHEAD for body in bodies]
-    if max(sizes) < _JOIN_BELOW + MESSAGE_OVERHEAD:
+    if max(sizes) < JOIN_BELOW + MESSAGE_OVERHEAD:
         # The usual case, all small: headers packed and interleaved with
         # the bodies in C loops, then one buffer.
         parts: list[bytes] = [b""] * (2 * len(bodies))
@@ -171,7 +171,7 @@ def message_frames(first: int, bodies: list[bytes]) -> list[bytes]:
     small: list[bytes] = []
     for n, body in enumerate(bodies, first):
         size = len(body)
-        if size < _JOIN_BELOW:
+        if size < JOIN_BELOW:
             small += (pack(size + MESSAGE_OVERHEAD, mtype, n), body)
         else:
             if small:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from ._errors import QueueFullError, RemoteProtocolError
 from ._events import ErrorCode
-from ._frames import message_frames
+from ._frames import JOIN_BELOW, MESSAGE_OVERHEAD, MESSAGE_TYPE, MSG_HEADER, message_frames
 
 
 class OutboundStream:
@@ -95,8 +95,12 @@ class OutboundStream:
         last (``seq`` when there are none)."""
         items = self._items
         if seq + 2 == self.next_seq and items:
-            # A lone message (a request, a reply): no slicing.
-            return message_frames(seq + 1, [items[-1]]), seq + 1
+            # A lone message (a request, a reply): message_frames' rule for
+            # one body, spelled out, as this runs once per message sent.
+            body = items[-1]
+            size = len(body)
+            header = MSG_HEADER.pack(size + MESSAGE_OVERHEAD, MESSAGE_TYPE, seq + 1)
+            return ([header + body] if size < JOIN_BELOW else [header, body]), seq + 1
         count = len(items)
         start = seq + 1 - (self.next_seq - count)
         if start >= count:

@@ -26,6 +26,7 @@ from missioncommander._frames import (
     FrameType,
     encode_frame,
     encode_json_frame,
+    message_frames,
     message_header,
     parse_frame,
 )
@@ -282,11 +283,13 @@ def test_frames_after_a_lone_message_is_one_frame_and_a_lone_large_body_is_not_c
     out.push(_body(1))
     chunks, last = out.frames_after(0)
     assert (len(chunks), last, _decode(chunks)) == (1, 1, [(1, 1)])
+    assert chunks == message_frames(1, [_body(1)])  # the shortcut is the general rule
     big = _body(2, 20_000)
     out.push(big)
     chunks, last = out.frames_after(1)
     assert (last, _decode(chunks)) == (2, [(2, 2)])
     assert len(chunks) == 2 and chunks[1] is big
+    assert chunks == message_frames(2, [big])
     out.ack(2)
     out.push(_body(3))
     # Asked from before what is kept (a resume after acks): the lone message still.
