@@ -84,7 +84,9 @@ class _LoopSerial(SerialQueue):
             return
         self._draining = True
         try:
-            _call(fn, args)
+            fn(*args)
+        except Exception:  # a callback's bug must not stop the queue
+            log.exception("callback %r raised", fn)
         finally:
             if self._calls:
                 self._driver.call_soon(self._drain)
@@ -211,21 +213,29 @@ class _Endpoint:
 
     def _keep(self, args: tuple[Any, ...], release: Callable[[], None]) -> bool:
         held = _Held(release)
-        for callback in self._message_callbacks:
+        callbacks = self._message_callbacks
+        for callback in callbacks:
             if inspect.iscoroutinefunction(callback):
                 held.pending += 1
                 task = self._driver.spawn(callback(*args))
                 task.add_done_callback(functools.partial(self._done, held))
             else:
                 _call(callback, args)
-        if self._readers or not self._message_callbacks:
-            # Nobody would see it otherwise: it waits for messages() (the
-            # inbox's bounds pause reading meanwhile, so the peer slows down).
+        inbox = self._inbox
+        if self._readers or not callbacks or inbox:
+            # Nobody would see it otherwise (or it would pass those still
+            # waiting): it waits for messages(), and the inbox's bounds
+            # pause reading meanwhile, so the peer slows down.
             held.pending += 1
-            self._inbox.append((self._item(args), held))
-            self._wake()
-        self._order.append(held)
-        self._release_ready()
+            inbox.append((self._item(args), held))
+            if self._waiting:
+                self._wake()
+        order = self._order
+        if held.pending or order:
+            order.append(held)
+            self._release_ready()
+        else:
+            release()  # handled, and nothing ahead of it: taken now
         return True
 
     def _done(self, held: _Held, task: asyncio.Task[Any]) -> None:
@@ -255,7 +265,8 @@ class _Endpoint:
     def _took(self, entry: tuple[Any, _Held]) -> Any:
         item, held = entry
         held.pending -= 1
-        self._release_ready()
+        if not held.pending:
+            self._release_ready()
         return item
 
     def _left(self, reader: _Reader[Any]) -> None:
@@ -292,15 +303,18 @@ class _Reader(AsyncIterator[_T]):
 
     async def __anext__(self) -> _T:
         endpoint = self.endpoint
-        endpoint._driver.bind()
-        while not self.source:
-            # Finished, and the events of its ending delivered: the end.
-            if self._left is None or (endpoint._finished() and not endpoint._serial.busy):
-                await self.aclose()
-                raise StopAsyncIteration
-            await endpoint._wait()
-        item = self.source.popleft()
-        return item if self._took is None else self._took(item)
+        source = self.source
+        if not source:
+            endpoint._driver.bind()
+            while not source:
+                # Finished, and the events of its ending delivered: the end.
+                if self._left is None or (endpoint._finished() and not endpoint._serial.busy):
+                    await self.aclose()
+                    raise StopAsyncIteration
+                await endpoint._wait()
+        item = source.popleft()
+        took = self._took
+        return item if took is None else took(item)
 
     async def aclose(self) -> None:
         """Stop reading: messages go back to being kept only while another
@@ -550,7 +564,7 @@ class AsyncServer(_Endpoint):
         return not self._inner.running
 
     def _item(self, args: tuple[Any, ...]) -> tuple[str, Message]:
-        return args[0], args[1]
+        return args  # (client_id, message) already
 
     async def start(self) -> None:
         """Listen on ``interface``:``port``; ``BindError`` if it cannot."""
