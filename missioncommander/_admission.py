@@ -8,7 +8,8 @@ arms the probe's timer).  No clock, no socket: tests call it with values.
 
 The rules, in order:
 
-1. a protocol version we do not speak, a server shutting down, a wrong or
+1. a protocol version we do not speak (we speak ``MIN_PROTOCOL_VERSION``
+   to ``PROTOCOL_VERSION``; the connection runs the client's), a server shutting down, a wrong or
    missing token: refuse, with the code the client acts on;
 2. the HELLO names the id's current session: it goes on (``RESUME``); a
    connection still attached to it is half-open, and the new one takes over;
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 
 from ._auth import auth_proof, proof_matches
 from ._events import ErrorCode, Hello
-from ._frames import PROTOCOL_VERSION
+from ._frames import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 
 #: The longest a liveness probe waits for its PONG: a newcomer waits that
 #: long at most to learn whether the id is free.
@@ -80,10 +81,11 @@ def admit(
     ``secret`` is the token the server holds for this client id (None: none);
     ``nonce`` is the one the server's CHALLENGE sent on this connection.
     """
-    if hello.version != PROTOCOL_VERSION:
+    if not MIN_PROTOCOL_VERSION <= hello.version <= PROTOCOL_VERSION:
         return _refuse(
             ErrorCode.VERSION_UNSUPPORTED,
-            f"protocol version {hello.version} is not supported (server speaks {PROTOCOL_VERSION})",
+            f"protocol version {hello.version} is not supported"
+            f" (server speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION})",
         )
     if not running:
         return _refuse(ErrorCode.SERVER_FULL, "server is shutting down", retry=True)

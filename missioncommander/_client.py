@@ -41,7 +41,13 @@ from ._events import (
     ShutdownReceived,
     Welcome,
 )
-from ._frames import DEFAULT_MAX_FRAME_SIZE, MESSAGE_OVERHEAD, MIN_MAX_FRAME_SIZE
+from ._frames import (
+    DEFAULT_MAX_FRAME_SIZE,
+    MESSAGE_OVERHEAD,
+    MIN_MAX_FRAME_SIZE,
+    MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+)
 from ._inbox import Inbox
 from ._link import Link, route_locked
 from ._loop import Cancellable, Connecting, Driver, WriteTarget, get_loop
@@ -196,6 +202,9 @@ class _ClientLink(Link):
             if self.expected_server_proof is not None and not proof_matches(self.expected_server_proof, event.proof):
                 # Whoever answered does not hold our token: do not talk to it.
                 self._fail(_Attempt("the server did not prove it knows the token (wrong server?)", terminal=True))
+                return
+            if not MIN_PROTOCOL_VERSION <= event.version <= PROTOCOL_VERSION:
+                self._fail(_Attempt(f"the server answered in protocol version {event.version}", terminal=True))
                 return
             if self.timer is not None:
                 self.timer.cancel()

@@ -30,6 +30,7 @@ from ._frames import (
     MESSAGE_TYPE,
     MIN_MAX_FRAME_SIZE,
     MIN_PEER_HEARTBEAT_TIMEOUT,
+    MIN_PROTOCOL_VERSION,
     PING_FRAME,
     PONG_FRAME,
     PROTOCOL_VERSION,
@@ -75,6 +76,10 @@ class Connection:
         #: What the peer announced in its HELLO/WELCOME.
         self.peer_max_frame_size = DEFAULT_MAX_FRAME_SIZE
         self.peer_heartbeat_timeout: float | None = None
+        #: The protocol version of this connection: the lower of the two
+        #: sides' (the client learns the server's from the CHALLENGE, the
+        #: server the client's from the HELLO; WELCOME confirms it).
+        self.version = PROTOCOL_VERSION
 
     def _enter(self, phase: Phase) -> None:
         self.phase = phase
@@ -132,8 +137,12 @@ class Connection:
             )
         if isinstance(event, Challenge):
             self.challenge = event
+            self.version = max(MIN_PROTOCOL_VERSION, min(PROTOCOL_VERSION, event.version))
         elif isinstance(event, (Hello, Welcome)):
             self._peer_limits(event.max_frame_size, event.heartbeat_timeout)
+            # A version outside ours is refused (the server's admission, the
+            # client's check of the WELCOME): until then it is only noted.
+            self.version = event.version
         self._enter(after)
 
     def _peer_limits(self, max_frame_size: int, heartbeat_timeout: float) -> None:
@@ -182,7 +191,7 @@ class Connection:
         self._send(FrameType.HELLO)
         self.last_sent = now
         hello: dict[str, Any] = {
-            "version": PROTOCOL_VERSION,
+            "version": self.version,
             "client_id": client_id,
             "session": session,
             "last_seq": last_seq,
@@ -210,7 +219,7 @@ class Connection:
         self._send(FrameType.WELCOME)
         self.last_sent = now
         welcome: dict[str, Any] = {
-            "version": PROTOCOL_VERSION,
+            "version": self.version,
             "session": session,
             "resumed": resumed,
             "last_seq": last_seq,

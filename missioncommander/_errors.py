@@ -93,3 +93,34 @@ class BindError(MissionCommanderError, OSError):
 
 class TLSConfigError(MissionCommanderError, ValueError):
     """A TLS setting is wrong: a file is missing or not a certificate or key."""
+
+
+class RequestTimeout(MissionCommanderError, TimeoutError):
+    """No reply came within the request's ``timeout``.  A reply that comes
+    later is dropped (logged), never handed to another request."""
+
+
+class SessionLost(MissionCommanderError, ConnectionError):
+    """The session a request was sent in ended for good (server shutdown,
+    session expiry, a refusal, a server restart that started a new
+    session, a disconnect): no reply can come.  Raised at once, not after
+    the timeout.  Whether the peer ran the request is not known."""
+
+
+class RemoteError(MissionCommanderError):
+    """The peer's responder raised: ``type_name`` and ``message`` are its
+    exception's; ``remote_traceback`` is its traceback when the peer opted
+    in (``reply_tracebacks``), else None."""
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str | None = None) -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+
+
+class NoResponder(RemoteError):
+    """The peer has no ``request`` callback: nobody could answer."""
+
+    def __init__(self, message: str = "the peer has no request responder") -> None:
+        super().__init__("NoResponder", message)

@@ -78,8 +78,11 @@ class MessageReceived:
     seq: int
     subject: str
     payload: FrozenDict
-    #: The body as received (a view into the frame for a large one).
+    #: The body as received (a view into the frame for a large one); for a
+    #: request or reply it holds ``meta`` too.
     encoded: bytes | memoryview
+    #: ``{"request": id}`` or ``{"reply": id, ...}`` (protocol 2), else None.
+    meta: FrozenDict | None = None
 
 
 @dataclass(slots=True)

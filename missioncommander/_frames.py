@@ -39,7 +39,14 @@ from ._events import (
 )
 from ._message import FrozenDict, FrozenList, encode_json
 
-PROTOCOL_VERSION = 1
+#: The version this side speaks best.  Version 2 added request/reply
+#: (a third element in a MESSAGE body); a side still speaks every version
+#: from MIN_PROTOCOL_VERSION up, and a connection runs the lower of the two
+#: sides' (the client reads the server's from the CHALLENGE).
+PROTOCOL_VERSION = 2
+MIN_PROTOCOL_VERSION = 1
+#: The first version with request/reply.
+REQUEST_VERSION = 2
 DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
 #: Frames smaller than this are always accepted, whatever a peer advertises,
 #: so that control frames can always get through.
@@ -94,8 +101,9 @@ _frozen_decoder = json.JSONDecoder(parse_constant=_reject_constant, object_hook=
 _scan_frozen = make_scanner(_frozen_decoder)  # type: ignore[arg-type]  # typeshed types it oddly
 
 
-def decode_message_body(encoded: bytes | memoryview) -> tuple[str, FrozenDict]:
-    """``[subject, payload]`` from a MESSAGE body, the payload frozen.
+def decode_message_body(encoded: bytes | memoryview) -> tuple[str, FrozenDict, FrozenDict | None]:
+    """``[subject, payload]`` or ``[subject, payload, meta]`` from a MESSAGE
+    body, frozen; ``meta`` (request/reply, protocol 2) is None without one.
 
     Raises ``RemoteProtocolError`` when the body is not UTF-8 JSON of that shape.
     """
@@ -113,14 +121,42 @@ def decode_message_body(encoded: bytes | memoryview) -> tuple[str, FrozenDict]:
                     obj = None
         if obj is None:
             obj = _json_decoder.decode(text)
-            if type(obj) is list and len(obj) == 2:
-                obj[1] = freeze_decoded(obj[1])
+            if type(obj) is list and 2 <= len(obj) <= 3:
+                obj[1:] = [freeze_decoded(item) for item in obj[1:]]
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"MESSAGE body is not UTF-8 JSON: {exc}") from None
-    shape_ok = type(obj) is list and len(obj) == 2 and type(obj[1]) is FrozenDict
-    if not shape_ok or type(obj[0]) is not str or not obj[0]:
+    if type(obj) is not list or not 2 <= len(obj) <= 3 or type(obj[1]) is not FrozenDict:
         raise RemoteProtocolError(ErrorCode.BAD_FRAME, "MESSAGE body must be [subject, payload object]")
-    return obj[0], obj[1]
+    if type(obj[0]) is not str or not obj[0]:
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, "MESSAGE body must be [subject, payload object]")
+    if len(obj) == 2:
+        return obj[0], obj[1], None
+    return obj[0], obj[1], _checked_meta(obj[2])
+
+
+def _checked_meta(meta: Any) -> FrozenDict:
+    """A MESSAGE body's third element: ``{"request": id}`` or ``{"reply":
+    id}``, a reply perhaps with ``"error": {"code", "type", "message"}``."""
+    if type(meta) is not FrozenDict:
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, "a MESSAGE body's third element must be an object")
+    ids = [meta.get(key) for key in ("request", "reply") if key in meta]
+    if len(ids) != 1 or type(ids[0]) is not int or ids[0] < 1:
+        raise RemoteProtocolError(
+            ErrorCode.BAD_FRAME, "MESSAGE meta must hold one of request or reply, a positive integer"
+        )
+    error = meta.get("error")
+    if error is not None:
+        if "reply" not in meta or type(error) is not FrozenDict:
+            raise RemoteProtocolError(ErrorCode.BAD_FRAME, "MESSAGE meta error belongs to a reply, as an object")
+        for key in ("code", "type", "message"):
+            if type(error.get(key)) is not str:
+                raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"MESSAGE meta error needs a string {key!r}")
+    return meta
+
+
+def with_meta(body: bytes, meta: dict[str, Any]) -> bytes:
+    """An encoded ``[subject, payload]`` body with ``meta`` as its third element."""
+    return body[:-1] + b"," + encode_json(meta) + b"]"
 
 
 def freeze_decoded(value: Any) -> Any:
@@ -319,8 +355,8 @@ def message_event(body: bytes | memoryview) -> MessageReceived:
     # A large body is not copied again for the part after the sequence
     # number: a view serves (Message.encode makes bytes of it if ever needed).
     encoded: bytes | memoryview = bytes(body[8:]) if len(body) < BIG_FRAME else memoryview(body)[8:]
-    subject, payload = decode_message_body(encoded)
-    return MessageReceived(_U64.unpack_from(body)[0], subject, payload, encoded)
+    subject, payload, meta = decode_message_body(encoded)
+    return MessageReceived(_U64.unpack_from(body)[0], subject, payload, encoded, meta)
 
 
 def parse_frame(ftype: int, body: bytes) -> Event:

@@ -236,8 +236,10 @@ class Message:
         _set(self, "_encoded", None)
 
     @classmethod
-    def _from_wire(cls, subject: str, payload: FrozenDict, encoded: bytes | memoryview) -> Message:
-        """Build a message from a decoded frame (already frozen) without validating it again."""
+    def _from_wire(cls, subject: str, payload: FrozenDict, encoded: bytes | memoryview | None) -> Message:
+        """Build a message from a decoded frame (already frozen) without
+        validating it again; ``encoded`` None when the body held more than
+        the message (a request's meta): it is encoded afresh if needed."""
         msg = cls.__new__(cls)
         _set(msg, "_subject", subject)
         _set(msg, "_payload", payload)

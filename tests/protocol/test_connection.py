@@ -22,6 +22,7 @@ from missioncommander._events import (
     Welcome,
 )
 from missioncommander._frames import (
+    PROTOCOL_VERSION,
     FrameDecoder,
     FrameType,
     encode_frame,
@@ -39,7 +40,7 @@ def handshake() -> tuple[Connection, Connection]:
     client = Connection(Role.CLIENT, now=0.0)
     server = Connection(Role.SERVER, now=0.0)
     (challenge,) = client.receive_data(server.send_challenge("n" * 32, auth=False), now=0.0)
-    assert challenge == Challenge(1, "n" * 32, False)
+    assert challenge == Challenge(PROTOCOL_VERSION, "n" * 32, False)
     (hello,) = server.receive_data(client.send_hello("c1", None, 0, 65536, 15.0, now=0.0), now=0.0)
     assert isinstance(hello, Hello)
     (welcome,) = client.receive_data(server.send_welcome("tok", False, 0, 65536, 9.0, now=0.0), now=0.0)
