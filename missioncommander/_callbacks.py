@@ -22,11 +22,18 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from ._errors import NoResponder
+
 if TYPE_CHECKING:
     from ._inbox import Inbox
     from ._streams import InboundStream
 
 log = logging.getLogger("missioncommander.callbacks")
+
+#: ``reply(result, exc)``: send the reply to one request.
+Reply = Callable[[Any, "BaseException | None"], None]
+#: ``answer(args, reply, release) -> bool``: see ``Callbacks.answer``.
+Answer = Callable[[tuple[Any, ...], Reply, Callable[[], None]], bool]
 
 _POOL_SIZE = 4
 #: Callbacks one queue runs before yielding its worker to other queues.
@@ -185,6 +192,14 @@ class Callbacks:
         #: ``release`` to call once the message is taken; True when it kept it.
         #: Unset, a message is taken when its callbacks return.
         self.keep: Callable[[tuple[Any, ...], Callable[[], None]], bool] | None = None
+        #: Who may answer a request instead of the ``request`` callbacks run
+        #: here (the asyncio API, whose responders may be coroutines): called
+        #: with the callbacks' arguments, ``reply(result, exc)`` and
+        #: ``release``; True when it took the request on.
+        self.answer: Answer | None = None
+        #: Who releases a handled request or reply (the asyncio API keeps
+        #: releases in arrival order); unset, it is released at once.
+        self.in_order: Callable[[Callable[[], None]], None] | None = None
 
     def subscribe(self, event: str, callback: Callable[..., Any]) -> None:
         key = normalise_event(event, self.events)
@@ -245,6 +260,69 @@ class Callbacks:
         if self.keep is not None and self.keep(args, functools.partial(inbox.taken, stream, seq, size)):
             return
         inbox.taken(stream, seq, size)
+
+    # -- request/reply ------------------------------------------------------------
+
+    def emit_request(
+        self,
+        inbox: Inbox,
+        seq: int,
+        size: int,
+        args: tuple[Any, ...],
+        reply: Reply,
+    ) -> None:
+        """Run the ``request`` callbacks for a request (in order with the
+        messages, as a message's callbacks run), then ``reply(result, exc)``
+        with the first result that is not None, or the exception a callback
+        raised (``NoResponder`` when none is subscribed)."""
+        stream = inbox.hold(size)
+        run = self.serial.run_or_submit if self.inline else self.serial.submit
+        run(self._run_request, args, reply, functools.partial(inbox.taken, stream, seq, size))
+
+    def _run_request(
+        self,
+        args: tuple[Any, ...],
+        reply: Reply,
+        release: Callable[[], None],
+    ) -> None:
+        if self.answer is not None and self.answer(args, reply, release):
+            return
+        result: Any = None
+        responders = self._subs.get("request", ())
+        error: BaseException | None = None if responders else NoResponder()
+        for callback in responders:
+            try:
+                result = callback(*args)
+            except Exception as exc:
+                error = exc
+                break
+            if result is not None:
+                break
+        try:
+            reply(result, error)
+        except Exception:
+            log.exception("%s could not send the reply to a request", self._owner)
+        self.release(release)
+
+    def emit_reply(self, inbox: Inbox, seq: int, size: int, resolve: Callable[..., None], *args: Any) -> None:
+        """Hand a reply to the request that waits for it (``resolve(*args)``),
+        in order with the messages."""
+        stream = inbox.hold(size)
+        run = self.serial.run_or_submit if self.inline else self.serial.submit
+        run(self._run_reply, resolve, args, functools.partial(inbox.taken, stream, seq, size))
+
+    def _run_reply(self, resolve: Callable[..., None], args: tuple[Any, ...], release: Callable[[], None]) -> None:
+        try:
+            resolve(*args)
+        except Exception:
+            log.exception("%s could not hand a reply over", self._owner)
+        self.release(release)
+
+    def release(self, release: Callable[[], None]) -> None:
+        if self.in_order is not None:
+            self.in_order(release)
+        else:
+            release()
 
     def _run(self, event: str, callbacks: tuple[Callable[..., Any], ...], args: tuple[Any, ...]) -> None:
         for callback in callbacks:

@@ -23,6 +23,7 @@ from ._errors import (
     ConnectionRefusedByServer,
     ConnectTimeout,
     MessageTooLarge,
+    NoResponder,
     QueueFullError,
     StateError,
 )
@@ -47,19 +48,22 @@ from ._frames import (
     MIN_MAX_FRAME_SIZE,
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
+    REQUEST_VERSION,
+    with_meta,
 )
 from ._inbox import Inbox
 from ._link import Link, route_locked
 from ._loop import Cancellable, Connecting, Driver, WriteTarget, get_loop
 from ._message import Message
 from ._reconnect import Step, after_failure, reconnect_delay
+from ._requests import Requests, error_meta, reply_for
 from ._session import SendSession
 from ._state import ClientState, ClientStateTransition
 from ._tls import client_context
 
 log = logging.getLogger("missioncommander.client")
 
-CLIENT_EVENTS = ("connect", "disconnect", "reconnect", "message", "servershutdown", "statechange")
+CLIENT_EVENTS = ("connect", "disconnect", "reconnect", "message", "servershutdown", "statechange", "request")
 
 S = ClientState
 NEEDS_INIT = S.STATE_NEEDS_INIT | S.STATE_NOT_CONNECTED
@@ -306,6 +310,12 @@ class Client:
     inline_callbacks = cfg.Setting[bool](
         False, cfg.boolean, locked=False, doc="run message callbacks on the I/O thread (fast; they must not block)"
     )
+    max_requests = cfg.Setting[int](
+        1000, cfg.int_range(1), locked=False, doc="requests that may wait for their reply at once"
+    )
+    reply_tracebacks = cfg.Setting[bool](
+        False, cfg.boolean, locked=False, doc="send a responder's traceback with its error (debugging)"
+    )
 
     def __init__(self, *, _driver: Driver | None = None, **settings: Any) -> None:
         # _driver: the event loop to run on (tests pass a fake one); the process's own by default.
@@ -334,6 +344,9 @@ class Client:
         self._tls_context: ssl.SSLContext | None = None
         self._token: str | None = None
         self._session = SendSession(self.max_queued, self.max_queued_bytes)
+        self._requests = Requests()
+        #: The protocol version of the session (the server's WELCOME).
+        self._peer_version = PROTOCOL_VERSION
         self._inbox = Inbox(self._loop, self.max_inbound, self.max_inbound_bytes)
         self._last_close_reason: str | None = None
         for name, value in settings.items():
@@ -544,7 +557,10 @@ class Client:
         """
         if not isinstance(message, Message):
             raise TypeError(f"message must be a Message, not {type(message).__name__}")
-        body = message.encode()
+        self._send_body(message.encode())
+
+    def _send_body(self, body: bytes) -> None:
+        """send()'s way for an encoded body (a message, a request, a reply)."""
         session = self._session
         if len(body) + MESSAGE_OVERHEAD > session.peer_max_frame_size:
             raise MessageTooLarge(
@@ -578,6 +594,56 @@ class Client:
             direct = route_locked(session, self._loop, self._schedule_pump)
         if direct is not None:
             direct[0].send_and_unlock(direct[1])
+
+    def request(self, message: Message, timeout: float | None = 10.0) -> Message:
+        """Send ``message`` as a request and return the server's reply.
+
+        The request and its reply travel in the session, so a connection
+        that breaks and resumes meanwhile delivers each exactly once.
+        Raises ``RequestTimeout`` when no reply came within ``timeout``
+        seconds (a late one is dropped), ``SessionLost`` at once when the
+        session ends for good, ``RemoteError`` when the server's responder
+        raised (``NoResponder`` when it has none), ``QueueFullError`` past
+        ``max_requests`` requests in flight, and what ``send()`` raises.
+        Not from an inline callback, which would block the I/O thread.
+        """
+        if not isinstance(message, Message):
+            raise TypeError(f"message must be a Message, not {type(message).__name__}")
+        if self._loop.in_loop():
+            raise StateError("request() on the I/O thread (an inline callback) would block it; send() instead")
+        request_id, future = self._start_request(message)
+        return self._requests.wait(request_id, future, timeout)
+
+    def _start_request(self, message: Message) -> tuple[int, Future[Message]]:
+        """Send ``message`` as a request: its id and the future of its reply."""
+        if self._peer_version < REQUEST_VERSION:
+            raise StateError(
+                f"the server speaks protocol version {self._peer_version}, which has no request/reply"
+                " (upgrade the server)"
+            )
+        request_id, future = self._requests.open("", self.max_requests)
+        try:
+            self._send_body(with_meta(message.encode(), {"request": request_id}))
+        except BaseException:
+            self._requests.forget(request_id)
+            raise
+        return request_id, future
+
+    def _answer(self, request_id: int, request: Message, result: object, exc: BaseException | None) -> None:
+        """Send the reply to the server's request ``request_id``."""
+        if exc is None:
+            try:
+                body = with_meta(reply_for(request, result).encode(), {"reply": request_id})
+            except (TypeError, ValueError) as bad:
+                exc = bad
+        if exc is not None:
+            if not isinstance(exc, NoResponder):
+                log.warning("client %r: request responder raised %s: %s", self.client_id, type(exc).__name__, exc)
+            body = with_meta(Message("error").encode(), error_meta(request_id, exc, self.reply_tracebacks))
+        try:
+            self._send_body(body)
+        except (StateError, QueueFullError) as lost:
+            log.warning("client %r: the reply to request %d was not sent: %s", self.client_id, request_id, lost)
 
     def _schedule_pump(self, session: SendSession) -> None:
         self._loop.call_soon(self._pump)
@@ -715,6 +781,7 @@ class Client:
                     future.set_exception(why.error or ConnectError(why.reason))
                 return
             if step is Step.GIVE_UP:
+                self._requests.lose(None, why.reason)
                 self._set_state(RECONNECT_FAILED)
                 self._wake_senders_locked()
                 log.warning(
@@ -758,7 +825,10 @@ class Client:
                     )
                 session.restarted()
                 self._inbox.new_stream()
+                # The server that would have answered is gone with its session.
+                self._requests.lose(None, "the server started a new session (a restart, or our session expired)")
             self._token = welcome.session
+            self._peer_version = welcome.version
             session.peer_max_frame_size = welcome.max_frame_size
             first = bool(self._state_bits & _CONNECTING)
             future = self._connect_future
@@ -800,6 +870,9 @@ class Client:
         if isinstance(event, MessageReceived):
             inbox = self._inbox
             if inbox.stream.accept(event.seq):
+                if event.meta is not None:
+                    self._on_request_or_reply(event)
+                    return
                 message = Message._from_wire(event.subject, event.payload, event.encoded)
                 if not self._callbacks.emit_message(inbox, event.seq, len(event.encoded), message):
                     inbox.take_now()
@@ -823,6 +896,19 @@ class Client:
                 self._closed_by_server(
                     link, f"server reported an error ({event.code}): {event.message}", shutdown=False, clean=False
                 )
+
+    def _on_request_or_reply(self, event: MessageReceived) -> None:
+        meta = event.meta
+        assert meta is not None
+        message = Message._from_wire(event.subject, event.payload, None)
+        size = len(event.encoded)
+        if "reply" in meta:
+            self._callbacks.emit_reply(
+                self._inbox, event.seq, size, self._requests.resolve, meta["reply"], message, meta.get("error")
+            )
+        else:
+            answer = functools.partial(self._answer, meta["request"], message)
+            self._callbacks.emit_request(self._inbox, event.seq, size, (message,), answer)
 
     def _closed_by_server(self, link: _ClientLink, reason: str, shutdown: bool, clean: bool = True) -> None:
         """The server ended our session: no reconnecting."""
@@ -851,6 +937,7 @@ class Client:
                 self._set_state(IDLE)
 
     def _end_session_locked(self, reason: str) -> None:
+        self._requests.lose(None, reason)
         self._session.live = None
         unsent = self._session.end()
         if unsent:

@@ -8,6 +8,7 @@ import secrets
 import ssl
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 from . import _config as cfg
@@ -15,7 +16,15 @@ from ._admission import Admit, ConnectionRate, Known, admit, in_use_message, pro
 from ._auth import new_nonce
 from ._callbacks import Callbacks
 from ._connection import Connection
-from ._errors import BindError, MessageTooLarge, QueueFullError, StateError, TLSConfigError, UnknownClient
+from ._errors import (
+    BindError,
+    MessageTooLarge,
+    NoResponder,
+    QueueFullError,
+    StateError,
+    TLSConfigError,
+    UnknownClient,
+)
 from ._events import (
     AckReceived,
     ByeReceived,
@@ -28,18 +37,26 @@ from ._events import (
     PongReceived,
     Role,
 )
-from ._frames import DEFAULT_MAX_FRAME_SIZE, MESSAGE_OVERHEAD, MIN_MAX_FRAME_SIZE
+from ._frames import (
+    DEFAULT_MAX_FRAME_SIZE,
+    MESSAGE_OVERHEAD,
+    MIN_MAX_FRAME_SIZE,
+    PROTOCOL_VERSION,
+    REQUEST_VERSION,
+    with_meta,
+)
 from ._inbox import Budget, Inbox
 from ._link import Link, route_locked
 from ._loop import Cancellable, Driver, Incoming, Listener, get_loop
 from ._message import Message
+from ._requests import Requests, error_meta, reply_for
 from ._session import SendSession
 from ._tls import server_context
 from ._transitions import ConnState
 
 log = logging.getLogger("missioncommander.server")
 
-SERVER_EVENTS = ("clientconnect", "clientdisconnect", "message")
+SERVER_EVENTS = ("clientconnect", "clientdisconnect", "message", "request")
 
 
 class _PortSetting(cfg.Setting[int]):
@@ -54,7 +71,7 @@ class _PortSetting(cfg.Setting[int]):
 class _Session(SendSession):
     """A client id's session: survives broken connections until it expires."""
 
-    __slots__ = ("client_id", "expiry", "inbox", "link", "token")
+    __slots__ = ("client_id", "expiry", "inbox", "link", "token", "version")
 
     def __init__(self, client_id: str, max_items: int, max_bytes: int, inbox: Inbox) -> None:
         super().__init__(max_items, max_bytes)
@@ -63,6 +80,8 @@ class _Session(SendSession):
         self.inbox = inbox
         self.link: _ServerLink | None = None
         self.expiry: Cancellable | None = None
+        #: The protocol version the client speaks (its HELLO).
+        self.version = PROTOCOL_VERSION
 
 
 class _ServerLink(Link):
@@ -161,6 +180,12 @@ class Server:
     inline_callbacks = cfg.Setting[bool](
         False, cfg.boolean, locked=False, doc="run message callbacks on the I/O thread (fast; they must not block)"
     )
+    max_requests = cfg.Setting[int](
+        1000, cfg.int_range(1), locked=False, doc="requests to one client that may wait for their reply at once"
+    )
+    reply_tracebacks = cfg.Setting[bool](
+        False, cfg.boolean, locked=False, doc="send a responder's traceback with its error (debugging)"
+    )
 
     def __init__(self, *, _driver: Driver | None = None, **settings: Any) -> None:
         # _driver: the event loop to run on (tests pass a fake one); the process's own by default.
@@ -183,6 +208,7 @@ class Server:
         self._on_room: Callable[[str], None] | None = None
         self._tls_context: ssl.SSLContext | None = None
         self._rates = ConnectionRate()
+        self._requests = Requests()
         self._rate_logged: dict[str, float] = {}
         self._inbound_budget = Budget(type(self).max_inbound_total_bytes.default)
         for name, value in settings.items():
@@ -295,6 +321,70 @@ class Server:
             self._broadcast(body)
         else:
             self._send_to(target, body)
+
+    def request(self, client_id: str, message: Message, timeout: float | None = 10.0) -> Message:
+        """Send ``message`` to ``client_id`` as a request and return its reply.
+
+        As ``Client.request``: exactly once through cuts and resumes;
+        ``RequestTimeout``, ``SessionLost`` (at once, when the client's
+        session ends), ``RemoteError``/``NoResponder``, ``QueueFullError``
+        past ``max_requests`` to that client, ``UnknownClient``, and what
+        ``send()`` raises.  Not from an inline callback.
+        """
+        if not isinstance(message, Message):
+            raise TypeError(f"message must be a Message, not {type(message).__name__}")
+        if self._loop.in_loop():
+            raise StateError("request() on the I/O thread (an inline callback) would block it; send() instead")
+        request_id, future = self._start_request(client_id, message)
+        return self._requests.wait(request_id, future, timeout)
+
+    def _start_request(self, client_id: str, message: Message) -> tuple[int, Future[Message]]:
+        with self._lock:
+            session = self._sessions.get(client_id)
+            version = session.version if session is not None else PROTOCOL_VERSION
+        if version < REQUEST_VERSION:
+            raise StateError(
+                f"client {client_id!r} speaks protocol version {version}, which has no request/reply"
+                " (upgrade the client)"
+            )
+        request_id, future = self._requests.open(client_id, self.max_requests)
+        try:
+            self._send_to(client_id, with_meta(message.encode(), {"request": request_id}))
+        except BaseException:
+            self._requests.forget(request_id)
+            raise
+        return request_id, future
+
+    def _answer(
+        self, client_id: str, request_id: int, request: Message, result: object, exc: BaseException | None
+    ) -> None:
+        """Send the reply to client ``client_id``'s request ``request_id``."""
+        if exc is None:
+            try:
+                body = with_meta(reply_for(request, result).encode(), {"reply": request_id})
+            except (TypeError, ValueError) as bad:
+                exc = bad
+        if exc is not None:
+            if not isinstance(exc, NoResponder):
+                log.warning("request responder raised %s: %s", type(exc).__name__, exc)
+            body = with_meta(Message("error").encode(), error_meta(request_id, exc, self.reply_tracebacks))
+        try:
+            self._send_to(client_id, body)
+        except (StateError, UnknownClient, QueueFullError) as lost:
+            log.warning("the reply to client %r's request %d was not sent: %s", client_id, request_id, lost)
+
+    def _on_request_or_reply(self, session: _Session, event: MessageReceived) -> None:
+        meta = event.meta
+        assert meta is not None
+        message = Message._from_wire(event.subject, event.payload, None)
+        size = len(event.encoded)
+        if "reply" in meta:
+            self._callbacks.emit_reply(
+                session.inbox, event.seq, size, self._requests.resolve, meta["reply"], message, meta.get("error")
+            )
+        else:
+            answer = functools.partial(self._answer, session.client_id, meta["request"], message)
+            self._callbacks.emit_request(session.inbox, event.seq, size, (session.client_id, message), answer)
 
     def _send_to(self, target: str, body: bytes) -> None:
         size = len(body) + MESSAGE_OVERHEAD
@@ -459,6 +549,9 @@ class Server:
                 return  # the session just ended; the link is closing
             inbox = session.inbox
             if inbox.stream.accept(event.seq):
+                if event.meta is not None:
+                    self._on_request_or_reply(session, event)
+                    return
                 message = Message._from_wire(event.subject, event.payload, event.encoded)
                 if not self._callbacks.emit_message(inbox, event.seq, len(event.encoded), session.client_id, message):
                     inbox.take_now()
@@ -597,6 +690,7 @@ class Server:
             if resumed:
                 session.resumed(link.hello.last_seq)
             session.peer_max_frame_size = link.hello.max_frame_size
+            session.version = link.hello.version
         session.link = link
         link.session = session
         link.write(
@@ -659,6 +753,7 @@ class Server:
         if session.expiry is not None:
             session.expiry.cancel()
             session.expiry = None
+        self._requests.lose(session.client_id, reason)
         link = session.link
         session.link = None
         session.inbox.close()

@@ -1,0 +1,135 @@
+"""Request/reply on top of the session (protocol version 2).
+
+A request is a MESSAGE whose body carries ``{"request": id}`` as a third
+element; its reply a MESSAGE carrying ``{"reply": id}`` (with ``"error"``
+when the responder raised or there was none).  Both travel in the
+session's streams like any message, so a cut and a resume deliver each
+exactly once: a request in flight survives a reconnect.
+
+``Requests`` is one side's registry of the requests it sent and waits
+for; ``reply_for`` and ``error_meta`` build what a responder sends back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from ._errors import NoResponder, QueueFullError, RemoteError, RequestTimeout, SessionLost
+from ._message import FrozenDict, Message
+
+log = logging.getLogger("missioncommander")
+
+#: What a responder that does not exist answers (the ERROR's code).
+NO_RESPONDER = "no_responder"
+#: What a responder that raised answers.
+REMOTE_ERROR = "remote_error"
+
+
+class Requests:
+    """The requests one Client or Server sent and waits for, by id; any
+    thread (callers wait in ``wait``, replies and session ends come from
+    the driver or callback thread)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next_id = 0
+        #: id -> (peer, future): the peer is the client id on a server ("" on a client).
+        self._pending: dict[int, tuple[str, Future[Message]]] = {}
+        self._per_peer: dict[str, int] = {}
+
+    def open(self, peer: str, limit: int) -> tuple[int, Future[Message]]:
+        """A new request to ``peer``: its id and the future its reply sets;
+        ``QueueFullError`` past ``limit`` requests in flight to that peer."""
+        with self._lock:
+            in_flight = self._per_peer.get(peer, 0)
+            if in_flight >= limit:
+                raise QueueFullError(f"{in_flight} requests already wait for a reply (max_requests={limit})")
+            self._next_id += 1
+            future: Future[Message] = Future()
+            self._pending[self._next_id] = (peer, future)
+            self._per_peer[peer] = in_flight + 1
+            return self._next_id, future
+
+    def _pop(self, request_id: int) -> tuple[str, Future[Message]] | None:
+        entry = self._pending.pop(request_id, None)
+        if entry is not None:
+            left = self._per_peer[entry[0]] - 1
+            if left:
+                self._per_peer[entry[0]] = left
+            else:
+                del self._per_peer[entry[0]]
+        return entry
+
+    def forget(self, request_id: int) -> None:
+        """The request will not be waited for (timed out, or never sent)."""
+        with self._lock:
+            self._pop(request_id)
+
+    def resolve(self, request_id: int, reply: Message, error: FrozenDict | None) -> None:
+        """The reply to ``request_id`` arrived."""
+        with self._lock:
+            entry = self._pop(request_id)
+        if entry is None:
+            log.info("a reply to request %d came after its timeout; dropped", request_id)
+            return
+        future = entry[1]
+        if error is None:
+            future.set_result(reply)
+        elif error["code"] == NO_RESPONDER:
+            future.set_exception(NoResponder(error["message"]))
+        else:
+            future.set_exception(RemoteError(error["type"], error["message"], error.get("traceback")))
+
+    def lose(self, peer: str | None, reason: str) -> None:
+        """The session with ``peer`` (None: every peer) ended for good: its
+        requests fail at once with ``SessionLost``."""
+        with self._lock:
+            lost = [rid for rid, (p, _) in self._pending.items() if peer is None or p == peer]
+            entries = [self._pop(rid) for rid in lost]
+        for entry in entries:
+            if entry is not None and not entry[1].done():
+                entry[1].set_exception(SessionLost(f"the session ended before the reply came: {reason}"))
+
+    def in_flight(self, peer: str) -> int:
+        with self._lock:
+            return self._per_peer.get(peer, 0)
+
+    def wait(self, request_id: int, future: Future[Message], timeout: float | None) -> Message:
+        """The reply, or the request's error; ``RequestTimeout`` after ``timeout``."""
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            self.forget(request_id)
+            if future.done():  # the reply won the race with the timeout
+                return future.result()
+            raise RequestTimeout(f"no reply within {timeout:g} s") from None
+
+
+def reply_for(request: Message, result: object) -> Message:
+    """The reply a responder's return value makes: a ``Message`` as it is, a
+    dict as the payload of a reply with the request's subject, None as an
+    empty one; anything else is the responder's error (``TypeError``)."""
+    if isinstance(result, Message):
+        return result
+    if result is None:
+        return Message(request.subject)
+    if isinstance(result, dict):
+        return Message(request.subject, result)
+    raise TypeError(f"a request responder must return a Message, a dict or None, not {type(result).__name__}")
+
+
+def error_meta(request_id: int, exc: BaseException, tracebacks: bool) -> dict[str, Any]:
+    """The meta of an error reply: ``exc`` is the responder's exception,
+    ``NoResponder`` when there was none."""
+    if isinstance(exc, NoResponder):
+        error = {"code": NO_RESPONDER, "type": "NoResponder", "message": exc.message}
+    else:
+        error = {"code": REMOTE_ERROR, "type": type(exc).__name__, "message": str(exc)}
+        if tracebacks:
+            error["traceback"] = "".join(traceback.format_exception(exc))
+    return {"reply": request_id, "error": error}
