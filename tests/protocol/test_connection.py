@@ -347,3 +347,13 @@ def test_a_peers_heartbeat_timeout_is_clamped(announced: float, kept: float) -> 
         if now > 1.0:
             break
     assert pings <= 11
+
+
+@pytest.mark.parametrize(("server_speaks", "connection_runs"), [(1, 1), (2, 2), (7, PROTOCOL_VERSION)])
+def test_the_client_speaks_the_lower_of_the_two_versions(server_speaks: int, connection_runs: int) -> None:
+    client = Connection(Role.CLIENT)
+    challenge = encode_json_frame(FrameType.CHALLENGE, {"version": server_speaks, "nonce": "n" * 32, "auth": False})
+    client.receive_data(challenge, now=0.0)
+    hello = client.send_hello("c", None, 0, 65536, 15.0, now=0.0)
+    (event,) = Connection(Role.SERVER).receive_data(hello, now=0.0)
+    assert isinstance(event, Hello) and event.version == connection_runs == client.version

@@ -1,0 +1,281 @@
+"""Request/reply, both ways, through real sockets: each rule of the
+request's life (answered, refused, raised, timed out, lost, bounded) and
+the cut in the middle that a session makes harmless."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from support import FaultProxy, Recorder, server_frames, wait_until
+
+from missioncommander import (
+    Client,
+    Message,
+    NoResponder,
+    QueueFullError,
+    RemoteError,
+    RequestTimeout,
+    Server,
+    SessionLost,
+    StateError,
+)
+from missioncommander._events import Welcome
+from missioncommander._frames import FrameType, encode_json_frame
+
+MakeClient = Callable[..., Client]
+WAIT = 10.0
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    """Threads for requests that must wait while the test goes on."""
+    with ThreadPoolExecutor(4) as executor:
+        yield executor
+
+
+def test_a_request_is_answered_both_ways_and_is_not_a_message(server: Server, make_client: MakeClient) -> None:
+    server.subscribe("request", lambda cid, m: {"n": m.payload["n"] + 1, "from": cid})
+    client = make_client(server, client_id="c1")
+    client.subscribe("request", lambda m: Message("pong", {"got": m.subject}))
+    messages = Recorder().attach(client, "message").attach(server, "message")
+    client.connect()
+    assert client.request(Message("inc", {"n": 41}), timeout=WAIT) == Message("inc", {"n": 42, "from": "c1"})
+    assert server.request("c1", Message("ping"), timeout=WAIT) == Message("pong", {"got": "ping"})
+    client.send(Message("plain"))
+    got = messages.wait_count("message", 1)
+    # Requests and replies went to the responders and the requesters only.
+    assert got == [("c1", Message("plain"))]
+
+
+def test_a_responder_may_return_a_message_a_dict_or_nothing(server: Server, make_client: MakeClient) -> None:
+    answers: dict[str, Any] = {"msg": Message("other", {"a": 1}), "dict": {"b": 2}, "none": None}
+    server.subscribe("request", lambda cid, m: answers[m.subject])
+    client = make_client(server)
+    client.connect()
+    assert client.request(Message("msg")) == Message("other", {"a": 1})
+    assert client.request(Message("dict")) == Message("dict", {"b": 2})
+    assert client.request(Message("none")) == Message("none", {})
+
+
+def test_nobody_to_answer_is_told_at_once(server: Server, make_client: MakeClient) -> None:
+    client = make_client(server, client_id="quiet")
+    client.connect()
+    with pytest.raises(NoResponder):
+        client.request(Message("anyone?"), timeout=60)  # not a 60 s wait: the answer is immediate
+    with pytest.raises(NoResponder):
+        server.request("quiet", Message("anyone?"), timeout=60)
+
+
+def test_a_responders_exception_comes_back_by_type_and_message_without_traceback(
+    server: Server, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(client_id: str, message: Message) -> None:
+        raise KeyError("no such widget")
+
+    server.subscribe("request", broken)
+    client = make_client(server)
+    client.connect()
+    with pytest.raises(RemoteError) as info:
+        client.request(Message("widget"))
+    assert (info.value.type_name, info.value.message) == ("KeyError", "'no such widget'")
+    assert info.value.remote_traceback is None
+    assert not isinstance(info.value, NoResponder)
+    server.reply_tracebacks = True
+    with pytest.raises(RemoteError) as info:
+        client.request(Message("widget"))
+    assert info.value.remote_traceback is not None and "in broken" in info.value.remote_traceback
+    # The server logged what its responder raised.
+    assert any("KeyError" in r.getMessage() for r in caplog.records)
+
+
+def test_a_timeout_drops_the_late_reply_and_the_next_request_gets_its_own(
+    server: Server, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    release = threading.Event()
+    answered = threading.Event()
+
+    def slow_then_fast(client_id: str, message: Message) -> dict[str, Any]:
+        if message.subject == "slow":
+            release.wait(WAIT)
+            answered.set()
+        return {"answer_to": message.subject}
+
+    server.subscribe("request", slow_then_fast)
+    client = make_client(server)
+    client.connect()
+    with pytest.raises(RequestTimeout):
+        client.request(Message("slow"), timeout=0.2)
+    caplog.set_level(logging.INFO, logger="missioncommander")
+    release.set()
+    assert answered.wait(WAIT)
+    # Callbacks run in order: this request is answered after the slow one.
+    assert client.request(Message("fast"), timeout=WAIT) == Message("fast", {"answer_to": "fast"})
+    assert any("came after its timeout" in r.getMessage() for r in caplog.records)
+
+
+def test_the_session_ending_fails_a_waiting_request_at_once(make_client: MakeClient, pool: ThreadPoolExecutor) -> None:
+    entered = threading.Event()
+    release = threading.Event()
+    server = Server(interface="127.0.0.1", port=0)
+
+    def long(client_id: str, message: Message) -> None:
+        entered.set()
+        release.wait(WAIT)
+
+    server.subscribe("request", long)
+    server.start()
+    try:
+        client = make_client(server, client_id="c")
+        client.connect()
+        waiting: Future[Message] = pool.submit(client.request, Message("long"), 60)
+        assert entered.wait(WAIT)
+        stopping = pool.submit(server.stop, 2.0)
+        with pytest.raises(SessionLost, match="server"):
+            waiting.result(WAIT)  # well before its 60 s
+        release.set()
+        stopping.result(WAIT)
+    finally:
+        release.set()
+        server.stop()
+
+
+def test_a_client_that_leaves_fails_the_servers_request_to_it_at_once(
+    server: Server, make_client: MakeClient, pool: ThreadPoolExecutor
+) -> None:
+    entered = threading.Event()
+    client = make_client(server, client_id="leaver")
+    client.subscribe("request", lambda m: entered.set() or client.disconnect())
+    client.connect()
+    asking: Future[Message] = pool.submit(server.request, "leaver", Message("still there?"), 60)
+    assert entered.wait(WAIT)
+    with pytest.raises(SessionLost):
+        asking.result(WAIT)
+
+
+def test_requests_in_flight_are_bounded(server: Server, make_client: MakeClient, pool: ThreadPoolExecutor) -> None:
+    release = threading.Event()
+    entered = threading.Semaphore(0)
+
+    def held(client_id: str, message: Message) -> None:
+        entered.release()
+        release.wait(WAIT)
+
+    server.subscribe("request", held)
+    client = make_client(server, max_requests=2, inline_callbacks=False)
+    client.connect()
+    first = pool.submit(client.request, Message("a"), WAIT)
+    second = pool.submit(client.request, Message("b"), WAIT)
+    assert entered.acquire(timeout=WAIT)  # the first is with the responder, the second queued behind it
+    wait_until(lambda: client._requests.in_flight("") == 2, what="both requests registered")
+    with pytest.raises(QueueFullError, match="max_requests=2"):
+        client.request(Message("c"))
+    release.set()
+    assert first.result(WAIT) == Message("a") and second.result(WAIT) == Message("b")
+    assert client.request(Message("d")) == Message("d")  # room again
+
+
+def test_request_from_an_inline_callback_is_refused(server: Server, make_client: MakeClient) -> None:
+    seen: list[BaseException] = []
+    done = threading.Event()
+
+    def on_message(message: Message) -> None:
+        try:
+            client.request(Message("nested"))
+        except StateError as exc:
+            seen.append(exc)
+        done.set()
+
+    client = make_client(server, client_id="inl", inline_callbacks=True)
+    client.subscribe("message", on_message)
+    client.connect()
+    server.send("inl", Message("go"))
+    assert done.wait(WAIT)
+    assert seen and "would block" in str(seen[0])
+
+
+@pytest.mark.parametrize("direction", ["client asks", "server asks"])
+def test_a_cut_between_request_and_reply_delivers_both_exactly_once(
+    server: Server, make_client: MakeClient, pool: ThreadPoolExecutor, direction: str
+) -> None:
+    """Request sent, connection cut before the reply, reply delivered once after resume."""
+    proxy = FaultProxy(server.port)
+    try:
+        calls: list[str] = []
+        entered = threading.Event()
+        release = threading.Event()
+
+        def respond(*args: Any) -> dict[str, int]:
+            calls.append(args[-1].subject)
+            entered.set()
+            release.wait(WAIT)
+            return {"calls": len(calls)}
+
+        client = make_client(client_id="cut", address="127.0.0.1", port=proxy.port)
+        if direction == "client asks":
+            server.subscribe("request", respond)
+        else:
+            client.subscribe("request", respond)
+        reconnected = Recorder().attach(client, "reconnect")
+        client.connect()
+        if direction == "client asks":
+            asking: Future[Message] = pool.submit(client.request, Message("q"), 30)
+        else:
+            asking = pool.submit(server.request, "cut", Message("q"), 30)
+        assert entered.wait(WAIT)
+        proxy.cut("rst")  # the request is with the responder; its reply is not written yet
+        release.set()  # the reply goes into the session while the link is down
+        reconnected.wait_count("reconnect", 1)
+        assert asking.result(WAIT) == Message("q", {"calls": 1})
+        assert calls == ["q"]  # run once: the resumed session did not deliver the request again
+    finally:
+        proxy.close()
+
+
+def test_a_request_sent_while_reconnecting_goes_out_on_resume(
+    server: Server, make_client: MakeClient, pool: ThreadPoolExecutor
+) -> None:
+    proxy = FaultProxy(server.port)
+    try:
+        server.subscribe("request", lambda cid, m: {"ok": True})
+        client = make_client(client_id="q", address="127.0.0.1", port=proxy.port)
+        client.connect()
+        proxy.refusing = True
+        proxy.cut("rst")
+        wait_until(lambda: bool(client.state & client.state.STATE_RECONNECTING), what="reconnecting")
+        asking: Future[Message] = pool.submit(client.request, Message("later"), 30)
+        proxy.refusing = False
+        assert asking.result(WAIT) == Message("later", {"ok": True})
+    finally:
+        proxy.close()
+
+
+def test_a_version_1_peer_has_no_request_reply_and_is_told_so(server: Server) -> None:
+    """An older client (protocol 1) still connects; asking it is a clear error."""
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(
+            encode_json_frame(
+                FrameType.HELLO,
+                {
+                    "version": 1,
+                    "client_id": "old",
+                    "session": None,
+                    "last_seq": 0,
+                    "max_frame_size": 65536,
+                    "heartbeat_timeout": 15,
+                },
+            )
+        )
+        frames = server_frames(sock)
+        next(frames)  # CHALLENGE
+        welcome = next(frames)
+        assert isinstance(welcome, Welcome) and welcome.version == 1
+        with pytest.raises(StateError, match="protocol version 1, which has no request/reply"):
+            server.request("old", Message("hi"))
+        server.send("old", Message("plain messages still work"))
+        assert next(frames).subject == "plain messages still work"  # type: ignore[attr-defined]
