@@ -56,6 +56,23 @@ def normalise_event(name: object, known: Iterable[str]) -> str:
     return key
 
 
+def first_answer(responders: Iterable[Callable[..., Any]], args: tuple[Any, ...]) -> tuple[Any, BaseException | None]:
+    """A request's answer from its ``request`` callbacks: the first result
+    that is not None, or the exception one raised (``NoResponder`` when
+    there are none); the callbacks after the answering one do not run."""
+    responders = tuple(responders)
+    if not responders:
+        return None, NoResponder()
+    for responder in responders:
+        try:
+            result = responder(*args)
+        except Exception as exc:
+            return None, exc
+        if result is not None:
+            return result, None
+    return None, None
+
+
 class _Pool:
     def __init__(self, size: int) -> None:
         self._ready: queue.SimpleQueue[SerialQueue] = queue.SimpleQueue()
@@ -287,17 +304,7 @@ class Callbacks:
     ) -> None:
         if self.answer is not None and self.answer(args, reply, release):
             return
-        result: Any = None
-        responders = self._subs.get("request", ())
-        error: BaseException | None = None if responders else NoResponder()
-        for callback in responders:
-            try:
-                result = callback(*args)
-            except Exception as exc:
-                error = exc
-                break
-            if result is not None:
-                break
+        result, error = first_answer(self._subs.get("request", ()), args)
         try:
             reply(result, error)
         except Exception:

@@ -614,13 +614,17 @@ class Client:
         request_id, future = self._start_request(message)
         return self._requests.wait(request_id, future, timeout)
 
-    def _start_request(self, message: Message) -> tuple[int, Future[Message]]:
-        """Send ``message`` as a request: its id and the future of its reply."""
+    def _check_requests(self) -> None:
+        """Raise unless the server can answer requests (protocol 2)."""
         if self._peer_version < REQUEST_VERSION:
             raise StateError(
                 f"the server speaks protocol version {self._peer_version}, which has no request/reply"
                 " (upgrade the server)"
             )
+
+    def _start_request(self, message: Message) -> tuple[int, Future[Message]]:
+        """Send ``message`` as a request: its id and the future of its reply."""
+        self._check_requests()
         request_id, future = self._requests.open("", self.max_requests)
         try:
             self._send_body(with_meta(message.encode(), {"request": request_id}))

@@ -338,7 +338,8 @@ class Server:
         request_id, future = self._start_request(client_id, message)
         return self._requests.wait(request_id, future, timeout)
 
-    def _start_request(self, client_id: str, message: Message) -> tuple[int, Future[Message]]:
+    def _check_requests(self, client_id: str) -> None:
+        """Raise unless ``client_id`` can answer requests (protocol 2)."""
         with self._lock:
             session = self._sessions.get(client_id)
             version = session.version if session is not None else PROTOCOL_VERSION
@@ -347,6 +348,9 @@ class Server:
                 f"client {client_id!r} speaks protocol version {version}, which has no request/reply"
                 " (upgrade the client)"
             )
+
+    def _start_request(self, client_id: str, message: Message) -> tuple[int, Future[Message]]:
+        self._check_requests(client_id)
         request_id, future = self._requests.open(client_id, self.max_requests)
         try:
             self._send_to(client_id, with_meta(message.encode(), {"request": request_id}))

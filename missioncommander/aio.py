@@ -21,17 +21,19 @@ import functools
 import inspect
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, NamedTuple, TypeVar
 
 from . import _config as cfg
 from ._aio_driver import AsyncioDriver
-from ._callbacks import Callbacks, SerialQueue, normalise_event
-from ._client import _CAN_SEND, _RUNNING, DISCONNECT_WAIT, Client
-from ._errors import ConnectTimeout, QueueFullError, StateError, UnknownClient
+from ._callbacks import Callbacks, Reply, SerialQueue, first_answer, normalise_event
+from ._client import _CAN_SEND, _RUNNING, CLIENT_EVENTS, DISCONNECT_WAIT, Client
+from ._errors import ConnectTimeout, QueueFullError, RequestTimeout, StateError, UnknownClient
+from ._frames import with_meta
 from ._message import Message
-from ._server import Server
+from ._requests import Requests
+from ._server import SERVER_EVENTS, Server
 from ._state import ClientState
 
 __all__ = ["AsyncClient", "AsyncServer", "Event"]
@@ -138,6 +140,10 @@ class _Endpoint:
         callbacks.serial = self._serial
         callbacks.inline = True
         callbacks.keep = self._keep
+        callbacks.answer = self._answer
+        callbacks.in_order = self._in_order
+        #: Request callbacks: run here, so that they may be coroutines.
+        self._responders: tuple[Callable[..., Any], ...] = ()
         #: Message callbacks: run here, not by ``Callbacks``, so a coroutine's
         #: message is acknowledged only once the coroutine is done.
         self._message_callbacks: tuple[Callable[..., Any], ...] = ()
@@ -151,7 +157,7 @@ class _Endpoint:
         self._event_queues: list[deque[Event]] = []
         self._wrapped: dict[tuple[str, Callable[..., Any]], Callable[..., Any]] = {}
         for name in self._events:
-            if name != "message":
+            if name not in ("message", "request"):  # those two are handled here, not tapped
                 callbacks.subscribe(name, self._tap(name))
 
     # -- subclass hooks ----------------------------------------------------------
@@ -176,6 +182,9 @@ class _Endpoint:
         if key == "message":
             self._message_callbacks = (*self._message_callbacks, callback)
             return
+        if key == "request":
+            self._responders = (*self._responders, callback)
+            return
         wrapped = self._wrap(callback) if inspect.iscoroutinefunction(callback) else callback
         self._wrapped[(key, callback)] = wrapped
         self._callbacks.subscribe(key, wrapped)
@@ -185,6 +194,9 @@ class _Endpoint:
         key = normalise_event(event, self._events)
         if key == "message":
             self._message_callbacks = tuple(cb for cb in self._message_callbacks if cb != callback)
+            return
+        if key == "request":
+            self._responders = tuple(cb for cb in self._responders if cb != callback)
             return
         wrapped = self._wrapped.pop((key, callback), None)
         if wrapped is not None:
@@ -237,6 +249,57 @@ class _Endpoint:
         else:
             release()  # handled, and nothing ahead of it: taken now
         return True
+
+    # -- requests to answer ---------------------------------------------------------
+
+    def _answer(self, args: tuple[Any, ...], reply: Reply, release: Callable[[], None]) -> bool:
+        """Answer a request with the ``request`` callbacks, which may be
+        coroutine functions; the request is released, in arrival order,
+        once its reply is on its way."""
+        held = _Held(release)
+        held.pending = 1
+        self._order.append(held)
+        responders = self._responders
+        if any(inspect.iscoroutinefunction(r) for r in responders):
+            self._driver.spawn(self._respond_later(responders, args, reply, held))
+            return True
+        result, error = first_answer(responders, args)
+        self._replied(reply, result, error, held)
+        return True
+
+    async def _respond_later(
+        self, responders: tuple[Callable[..., Any], ...], args: tuple[Any, ...], reply: Reply, held: _Held
+    ) -> None:
+        # first_answer's rule, with the coroutines awaited.
+        result: Any = None
+        error: BaseException | None = None
+        for responder in responders:
+            try:
+                result = responder(*args)
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception as exc:
+                result, error = None, exc
+                break
+            if result is not None:
+                break
+        self._replied(reply, result, error, held)
+
+    def _replied(self, reply: Reply, result: Any, error: BaseException | None, held: _Held) -> None:
+        try:
+            reply(result, error)
+        except Exception:
+            log.exception("could not send the reply to a request")
+        held.pending -= 1
+        self._release_ready()
+
+    def _in_order(self, release: Callable[[], None]) -> None:
+        """A reply was handed over: released after what came before it."""
+        if self._order:
+            self._order.append(_Held(release))
+            self._release_ready()
+        else:
+            release()
 
     def _done(self, held: _Held, task: asyncio.Task[Any]) -> None:
         _log_failure(task)
@@ -329,6 +392,26 @@ class _Reader(AsyncIterator[_T]):
             left(self)
 
 
+async def _awaited_request(
+    requests: Requests,
+    request_id: int,
+    future: Future[Message],
+    sending: Coroutine[Any, Any, None],
+    timeout: float | None,
+) -> Message:
+    """Send a request (``sending``) and wait for its reply; a request that
+    times out, fails to send or is cancelled is forgotten."""
+    try:
+        await sending
+        return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+    except TimeoutError:
+        requests.forget(request_id)
+        raise RequestTimeout(f"no reply within {timeout:g} s") from None
+    except BaseException:
+        requests.forget(request_id)
+        raise
+
+
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -360,7 +443,7 @@ class AsyncClient(_Endpoint):
     arguments and attributes), events, states and errors, awaited instead of
     waited for.  Use it on one event loop."""
 
-    _events = ("connect", "disconnect", "reconnect", "message", "servershutdown", "statechange")
+    _events = CLIENT_EVENTS
 
     def __init__(self, **settings: Any) -> None:
         driver = AsyncioDriver()
@@ -475,15 +558,40 @@ class AsyncClient(_Endpoint):
         ``StateError`` when the client is not running, ``MessageTooLarge``
         over the server's frame limit."""
         self._driver.bind()
+        if not isinstance(message, Message):
+            raise TypeError(f"message must be a Message, not {type(message).__name__}")
+        await self._send_body(message.encode())
+
+    async def _send_body(self, body: bytes) -> None:
         inner = self._inner
         while True:
             try:
-                inner.send(message)
+                inner._send_body(body)
                 return
             except QueueFullError:
                 if not inner._state_bits & _CAN_SEND:
                     inner._check_can_send()
             await self._wait_for_room()
+
+    async def request(self, message: Message, timeout: float | None = 10.0) -> Message:
+        """Send ``message`` as a request and return the server's reply, as
+        ``Client.request`` (exactly once through cuts; ``RequestTimeout``,
+        ``SessionLost``, ``RemoteError``, ``NoResponder``, ``QueueFullError``
+        past ``max_requests``).  Waits for room in the send queue like
+        ``send()``; cancelled, the request is forgotten (a reply is dropped)."""
+        self._driver.bind()
+        if not isinstance(message, Message):
+            raise TypeError(f"message must be a Message, not {type(message).__name__}")
+        inner = self._inner
+        inner._check_requests()
+        request_id, future = inner._requests.open("", inner.max_requests)
+        return await _awaited_request(
+            inner._requests,
+            request_id,
+            future,
+            self._send_body(with_meta(message.encode(), {"request": request_id})),
+            timeout,
+        )
 
     def send_nowait(self, message: Message) -> None:
         """Queue ``message`` without waiting: ``QueueFullError`` when the
@@ -534,7 +642,7 @@ class AsyncServer(_Endpoint):
     """A ``Server`` for asyncio code: the same settings, events and errors,
     awaited instead of waited for.  Use it on one event loop."""
 
-    _events = ("clientconnect", "clientdisconnect", "message")
+    _events = SERVER_EVENTS
 
     def __init__(self, **settings: Any) -> None:
         driver = AsyncioDriver()
@@ -600,9 +708,29 @@ class AsyncServer(_Endpoint):
         it has no session.  A broadcast never waits: a client too slow for
         it loses its session, as with ``Server.send``."""
         self._driver.bind()
+        if not isinstance(message, Message):
+            raise TypeError(f"message must be a Message, not {type(message).__name__}")
+        if target == "*":
+            self._inner.send(target, message)
+        else:
+            await self._send_body(target, message.encode())
+
+    async def request(self, client_id: str, message: Message, timeout: float | None = 10.0) -> Message:
+        """Send ``message`` to ``client_id`` as a request and return its
+        reply, as ``Server.request``; waits for room like ``send()``."""
+        self._driver.bind()
+        if not isinstance(message, Message):
+            raise TypeError(f"message must be a Message, not {type(message).__name__}")
+        inner = self._inner
+        inner._check_requests(client_id)
+        request_id, future = inner._requests.open(client_id, inner.max_requests)
+        body = with_meta(message.encode(), {"request": request_id})
+        return await _awaited_request(inner._requests, request_id, future, self._send_body(client_id, body), timeout)
+
+    async def _send_body(self, target: str, body: bytes) -> None:
         while True:
             try:
-                self._inner.send(target, message)
+                self._inner._send_to(target, body)
                 return
             except QueueFullError:
                 pass

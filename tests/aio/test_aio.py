@@ -21,7 +21,11 @@ from missioncommander import (
     ConnectError,
     ConnectionRefusedByServer,
     Message,
+    NoResponder,
+    RemoteError,
+    RequestTimeout,
     Server,
+    SessionLost,
     StateError,
     UnknownClient,
 )
@@ -459,3 +463,105 @@ def test_one_object_belongs_to_one_loop(caplog: pytest.LogCaptureFixture) -> Non
     with pytest.raises(RuntimeError, match="another event loop"):
         run(stop)
     server._inner.stop()  # tidy up from outside any loop
+
+
+def test_requests_both_ways_with_coroutine_and_plain_responders_and_threaded_peers() -> None:
+    async def test() -> None:
+        async with AsyncServer(interface="127.0.0.1", port=0) as server:
+
+            async def slow_double(client_id: str, message: Message) -> dict[str, Any]:
+                await asyncio.sleep(0)  # a coroutine that yields before it answers
+                return {"n": message.payload["n"] * 2}
+
+            server.subscribe("request", slow_double)
+            async with AsyncClient(address="127.0.0.1", port=server.port, client_id="a") as client:
+                client.subscribe("request", lambda m: Message("pong"))
+                assert await client.request(Message("double", {"n": 21})) == Message("double", {"n": 42})
+                assert await server.request("a", Message("ping")) == Message("pong")
+                many = await asyncio.gather(*(client.request(Message("double", {"n": i})) for i in range(20)))
+                assert [m.payload["n"] for m in many] == [2 * i for i in range(20)]
+
+            def threaded_asks() -> Message:
+                with Client(address="127.0.0.1", port=server.port, client_id="t") as threaded:
+                    return threaded.request(Message("double", {"n": 5}))
+
+            assert await asyncio.to_thread(threaded_asks) == Message("double", {"n": 10})
+
+        threaded_server = Server(interface="127.0.0.1", port=0)
+        threaded_server.subscribe("request", lambda cid, m: {"seen": m.subject})
+        threaded_server.start()
+        try:
+            async with AsyncClient(address="127.0.0.1", port=threaded_server.port, client_id="b") as client:
+                client.subscribe("request", lambda m: {"async": True})
+                assert await client.request(Message("hi")) == Message("hi", {"seen": "hi"})
+                asked = await asyncio.to_thread(threaded_server.request, "b", Message("you?"))
+                assert asked == Message("you?", {"async": True})
+        finally:
+            await asyncio.to_thread(threaded_server.stop)
+
+    run(test)
+
+
+def test_async_request_errors_no_responder_remote_error_timeout_and_session_lost() -> None:
+    async def test() -> None:
+        release = asyncio.Event()
+
+        async def respond(client_id: str, message: Message) -> dict[str, Any]:
+            if message.subject == "fail":
+                raise ValueError("bad input")
+            await release.wait()
+            return {}
+
+        server = AsyncServer(interface="127.0.0.1", port=0)
+        await server.start()
+        async with AsyncClient(address="127.0.0.1", port=server.port, client_id="e") as client:
+            with pytest.raises(NoResponder):
+                await client.request(Message("nobody"), timeout=60)  # at once, not after 60 s
+            server.subscribe("request", respond)
+            with pytest.raises(RemoteError) as info:
+                await client.request(Message("fail"))
+            assert (info.value.type_name, info.value.message) == ("ValueError", "bad input")
+            with pytest.raises(RequestTimeout):
+                await client.request(Message("slow"), timeout=0.1)
+            waiting = asyncio.create_task(client.request(Message("slow"), timeout=60))
+            await until(lambda: client._inner._requests.in_flight("") == 1)
+            await server.stop()
+            with pytest.raises(SessionLost):
+                await waiting
+            release.set()
+
+    run(test)
+
+
+def test_an_async_request_cut_before_its_reply_is_answered_once_after_resume() -> None:
+    async def test() -> None:
+        async with AsyncServer(interface="127.0.0.1", port=0) as server:
+            proxy = FaultProxy(server.port)
+            try:
+                calls: list[str] = []
+                entered = asyncio.Event()
+                release = asyncio.Event()
+
+                async def respond(client_id: str, message: Message) -> dict[str, int]:
+                    calls.append(message.subject)
+                    entered.set()
+                    await release.wait()
+                    return {"calls": len(calls)}
+
+                server.subscribe("request", respond)
+                client = through(proxy, "cut")
+                events = client.events()
+                async with client:
+                    asking = asyncio.create_task(client.request(Message("q"), timeout=30))
+                    await entered.wait()
+                    await asyncio.to_thread(proxy.cut, "rst")
+                    release.set()  # the reply goes into the session while the link is down
+                    async for event in events:
+                        if event.name == "reconnect":
+                            break
+                    assert await asking == Message("q", {"calls": 1})
+                    assert calls == ["q"]
+            finally:
+                await asyncio.to_thread(proxy.close)
+
+    run(test)
