@@ -26,6 +26,9 @@ class ErrorCode(enum.StrEnum):
     BIND_FAILED = "bind_failed"
     QUEUE_FULL = "queue_full"
     TIMEOUT = "timeout"
+    NO_RESPONDER = "no_responder"  # a request reached a peer with no responder
+    REMOTE_ERROR = "remote_error"  # the peer's responder raised (details: type, message)
+    SESSION_LOST = "session_lost"  # the session ended before a request's reply came
     PERMISSION_DENIED = "permission_denied"
     SHUTTING_DOWN = "shutting_down"
     INTERNAL = "internal"

@@ -167,6 +167,15 @@ class ClientSend(_Named):
     payload: dict[str, Any] = Field(default_factory=dict)
 
 
+class ClientRequest(_Named):
+    """Send a request to the server and wait for its reply (up to ``timeout``)."""
+
+    cmd: Literal["client.request"]
+    subject: Annotated[str, StringConstraints(min_length=1)]
+    payload: dict[str, Any] = Field(default_factory=dict)
+    timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
+
+
 class ServerCreate(_Named):
     cmd: Literal["server.create"]
 
@@ -205,6 +214,16 @@ class ServerSend(_Named):
     subject: Annotated[str, StringConstraints(min_length=1)]
     payload: dict[str, Any] = Field(default_factory=dict)
     to: Annotated[str, StringConstraints(min_length=1)] = "*"
+
+
+class ServerRequest(_Named):
+    """Send a request to client ``to`` and wait for its reply (up to ``timeout``)."""
+
+    cmd: Literal["server.request"]
+    subject: Annotated[str, StringConstraints(min_length=1)]
+    payload: dict[str, Any] = Field(default_factory=dict)
+    to: Annotated[str, StringConstraints(min_length=1)]
+    timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
 
 
 class ServerClients(_Named):
@@ -254,6 +273,7 @@ Request = Annotated[
     | ClientDisconnect
     | ClientStatus
     | ClientSend
+    | ClientRequest
     | ServerCreate
     | ServerRemove
     | ServerSet
@@ -262,6 +282,7 @@ Request = Annotated[
     | ServerStop
     | ServerStatus
     | ServerSend
+    | ServerRequest
     | ServerClients
     | ServerKick
     | Subscribe,

@@ -12,11 +12,12 @@ those callbacks publish events here, which takes the lock.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from mc_control.codes import API_VERSION, CLIENT_KEYS, CLIENT_TUNING, SERVER_KEYS, SERVER_TUNING, ErrorCode
@@ -27,8 +28,12 @@ from missioncommander import (
     ClientStateTransition,
     Message,
     MessageTooLarge,
+    NoResponder,
     QueueFullError,
+    RemoteError,
+    RequestTimeout,
     Server,
+    SessionLost,
     StateError,
 )
 from missioncommander import __version__ as library_version
@@ -452,6 +457,13 @@ class DaemonCore:
             raise CoreError(ErrorCode.INVALID_VALUE, str(exc)) from None
         return {"sent": True, "queued": inst.client.queued}
 
+    def client_request(self, name: str, subject: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
+        inst: ClientInstance = self.get("client", name, create=False)
+        message = _message(subject, payload)
+        with _request_errors():
+            reply = inst.client.request(message, timeout)
+        return {"reply": {"subject": reply.subject, "payload": dict(reply.payload)}}
+
     # -- server operations -----------------------------------------------------
 
     def server_start(self, name: str) -> dict[str, Any]:
@@ -503,6 +515,18 @@ class DaemonCore:
         except MessageTooLarge as exc:
             raise CoreError(ErrorCode.INVALID_VALUE, str(exc)) from None
         return {"sent": True, "to": to, "clients": len(inst.server.clients) if to == "*" else 1}
+
+    def server_request(
+        self, name: str, to: str, subject: str, payload: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
+        inst: ServerInstance = self.get("server", name, create=False)
+        message = _message(subject, payload)
+        with _request_errors():
+            try:
+                reply = inst.server.request(to, message, timeout)
+            except KeyError:
+                raise CoreError(ErrorCode.NOT_FOUND, f"server {name!r} has no client {to!r}") from None
+        return {"reply": {"subject": reply.subject, "payload": dict(reply.payload)}, "to": to}
 
     def server_clients(self, name: str) -> dict[str, Any]:
         inst: ServerInstance = self.get("server", name, create=False)
@@ -676,6 +700,28 @@ def _shown(values: dict[str, Any], reveal: bool) -> dict[str, Any]:
             if values.get(key) is not None:
                 values[key] = HIDDEN
     return values
+
+
+@contextlib.contextmanager
+def _request_errors() -> Iterator[None]:
+    """A request's outcomes as the control API's error codes."""
+    try:
+        yield
+    except RequestTimeout as exc:
+        raise CoreError(ErrorCode.TIMEOUT, str(exc)) from None
+    except SessionLost as exc:
+        raise CoreError(ErrorCode.SESSION_LOST, str(exc)) from None
+    except NoResponder as exc:
+        raise CoreError(ErrorCode.NO_RESPONDER, exc.message) from None
+    except RemoteError as exc:
+        details = {"type": exc.type_name, "message": exc.message}
+        raise CoreError(ErrorCode.REMOTE_ERROR, f"the responder raised {exc}", details) from None
+    except StateError as exc:
+        raise CoreError(ErrorCode.STATE_ERROR, str(exc)) from None
+    except QueueFullError as exc:
+        raise CoreError(ErrorCode.QUEUE_FULL, str(exc)) from None
+    except MessageTooLarge as exc:
+        raise CoreError(ErrorCode.INVALID_VALUE, str(exc)) from None
 
 
 def _message(subject: str, payload: dict[str, Any]) -> Message:

@@ -79,12 +79,16 @@ class Dispatcher:
                 return core.client_disconnect(req.name)
             case schema.ClientSend():
                 return core.client_send(req.name, req.subject, req.payload)
+            case schema.ClientRequest():
+                return core.client_request(req.name, req.subject, req.payload, req.timeout)
             case schema.ServerStart():
                 return core.server_start(req.name)
             case schema.ServerStop():
                 return core.server_stop(req.name)
             case schema.ServerSend():
                 return core.server_send(req.name, req.to, req.subject, req.payload)
+            case schema.ServerRequest():
+                return core.server_request(req.name, req.to, req.subject, req.payload, req.timeout)
             case schema.ServerClients():
                 return core.server_clients(req.name)
             case schema.ServerKick():

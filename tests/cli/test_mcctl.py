@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from support.cli import mcctl_command, run
 from support.mcd import Mcd
 
 from mc_control.codes import SERVER_KEYS
-from missioncommander import Client, ConnectionRefusedByServer
+from missioncommander import Client, ConnectionRefusedByServer, Message, NoResponder, Server
 
 
 def ok_json(*args: str, socket_path: Path) -> Any:
@@ -390,3 +391,60 @@ def test_every_limit_and_timer_of_the_library_can_be_set(mcd: Mcd) -> None:
         "max_connection_rate": None
     }
     assert ok_json("client", "get", "reconnect_attempts", socket_path=sock)["settings"] == {"reconnect_attempts": 3}
+
+
+def test_request_prints_the_reply_and_maps_each_failure_to_its_exit_status(mcd: Mcd) -> None:
+    """A library server answers; mcd's hosted client asks it through mcctl."""
+    release = threading.Event()
+
+    def answer(client_id: str, message: Message) -> dict[str, Any]:
+        if message.subject == "boom":
+            raise RuntimeError("it broke")
+        if message.subject == "slow":
+            release.wait(30)
+        return {"status": "fine", "asked": dict(message.payload)}
+
+    with Server(interface="127.0.0.1", port=0) as server:
+        server.subscribe("request", answer)
+        for args in (
+            ("client", "set", "address", "127.0.0.1"),
+            ("client", "set", "port", str(server.port)),
+            ("client", "set", "client_id", "hosted"),
+            ("client", "connect", "--wait"),
+        ):
+            assert run(*args, socket_path=mcd.socket).returncode == 0
+        out = run("client", "request", "status", '{"x": 1}', socket_path=mcd.socket)
+        assert (out.returncode, out.stdout) == (0, 'status {"status": "fine", "asked": {"x": 1}}\n')
+        reply = ok_json("client", "request", "status", socket_path=mcd.socket)
+        assert reply == {"reply": {"subject": "status", "payload": {"status": "fine", "asked": {}}}}
+        out = run("--json", "client", "request", "boom", socket_path=mcd.socket)
+        error = json.loads(out.stdout)["error"]
+        assert out.returncode == 1 and error["code"] == "remote_error"
+        assert error["details"] == {"type": "RuntimeError", "message": "it broke"}
+        out = run("client", "request", "slow", "--timeout", "0.5", socket_path=mcd.socket)
+        assert out.returncode == 4 and "no reply within 0.5 s" in out.stderr
+        release.set()
+        # The hosted client runs no code of ours: asked, it has no responder.
+        with pytest.raises(NoResponder):
+            server.request("hosted", Message("anyone?"), timeout=30)
+    usage = run("server", "request", "hi", socket_path=mcd.socket)
+    assert usage.returncode == 2 and "needs --to CLIENT_ID" in usage.stderr
+
+
+def test_a_hosted_server_asks_a_library_client_and_is_told_no_responder_by_another(mcd: Mcd) -> None:
+    port = free_port()
+    for args in (
+        ("server", "set", "interface", "127.0.0.1"),
+        ("server", "set", "port", str(port)),
+        ("server", "start"),
+    ):
+        assert run(*args, socket_path=mcd.socket).returncode == 0
+    with Client(address="127.0.0.1", port=port, client_id="lib") as client:
+        client.subscribe("request", lambda m: {"pong": m.subject})
+        out = ok_json("server", "request", "--to", "lib", "ping", socket_path=mcd.socket)
+        assert out == {"reply": {"subject": "ping", "payload": {"pong": "ping"}}, "to": "lib"}
+        # The hosted server answers nobody: a library client asking it is told so at once.
+        with pytest.raises(NoResponder):
+            client.request(Message("anyone?"), timeout=30)
+    out = run("--json", "server", "request", "--to", "gone", "ping", socket_path=mcd.socket)
+    assert out.returncode == 1 and json.loads(out.stdout)["error"]["code"] == "not_found"

@@ -117,6 +117,9 @@ def render(inv: Invocation, result: dict[str, Any]) -> str:
             to = result.get("to")
             return f"sent to {'all ' + str(result.get('clients')) + ' client(s)' if to == '*' else to}"
         return "sent" + (f" ({result['queued']} awaiting acknowledgement)" if result.get("queued") else "")
+    if verb == "request":
+        reply = result["reply"]
+        return f"{reply['subject']} {json.dumps(reply['payload'], ensure_ascii=False)}"
     if verb == "clients":
         return "\n".join(result["clients"]) or "(no clients connected)"
     if verb == "kick":

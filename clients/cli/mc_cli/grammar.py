@@ -26,8 +26,21 @@ SECRETS_KEYS = tuple(k for k, t in _TUNING.items() if t == "secrets")
 OPTIONAL_KEYS = ("bind_port", "tls_ca", "tls_cert", "tls_key", "tls_hostname", "auth_token", *OPTIONAL_TUNING)
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
-CLIENT_VERBS = ("set", "get", "connect", "disconnect", "status", "send", "create", "remove", "help")
-SERVER_VERBS = ("set", "get", "start", "stop", "status", "send", "clients", "kick", "create", "remove", "help")
+CLIENT_VERBS = ("set", "get", "connect", "disconnect", "status", "send", "request", "create", "remove", "help")
+SERVER_VERBS = (
+    "set",
+    "get",
+    "start",
+    "stop",
+    "status",
+    "send",
+    "request",
+    "clients",
+    "kick",
+    "create",
+    "remove",
+    "help",
+)
 TOP_COMMANDS = (
     "client",
     "server",
@@ -49,21 +62,22 @@ SERVER_STATES = ("listening", "stopped")
 OPTIONS: dict[str, tuple[bool, str]] = {
     "--json": (False, "machine-readable output (a documented contract)"),
     "--socket": (True, "control socket path (default: $MC_SOCKET or the user runtime dir)"),
-    "--timeout": (True, "seconds to wait for the daemon (or, with --wait and `wait`, for the state)"),
+    "--timeout": (True, "seconds to wait for the daemon (connect --wait, wait: for the state; request: for the reply)"),
     "--name": (True, "instance name (default: default)"),
     "--wait": (False, "client connect: return once connected, through retries"),
     "--no-wait": (False, "client connect: return at once, without waiting for the first attempt"),
-    "--to": (True, "server send: one client id instead of all"),
+    "--to": (True, "server send: one client id instead of all; server request: the client asked"),
     "--since": (True, "events: replay the events after sequence number N"),
     "--kind": (True, "wait/events: client or server"),
     "--help": (False, "show help"),
 }
-_OPTION_USE: dict[str, set[tuple[str, ...]]] = {
-    "--wait": {("client", "connect")},
-    "--no-wait": {("client", "connect")},
-    "--to": {("server", "send")},
-    "--since": {("events",)},
-    "--kind": {("wait",), ("events",)},
+#: option -> the commands it goes with, in the order a refusal names them
+_OPTION_USE: dict[str, tuple[tuple[str, ...], ...]] = {
+    "--wait": (("client", "connect"),),
+    "--no-wait": (("client", "connect"),),
+    "--to": (("server", "send"), ("server", "request")),
+    "--since": (("events",),),
+    "--kind": (("wait",), ("events",)),
 }
 
 
@@ -293,7 +307,7 @@ def _check_option_use(opts: Options, head: str, verb: str | None) -> None:
             and (head,) not in uses
             and (head, verb) not in uses
         ):
-            allowed = " or ".join(" ".join(u) for u in sorted(uses))
+            allowed = " or ".join(" ".join(u) for u in uses)
             raise UsageError(f"{option} only goes with {allowed}")
     if opts.name_given and head not in ("client", "server", "wait", "events", "watch"):
         raise UsageError("--name only goes with client, server, wait and events commands")
@@ -336,6 +350,18 @@ def _instance_command(inv: Invocation, kind: str, rest: list[str]) -> Invocation
         params.update(subject=args[0], payload=parse_payload(args[1]) if len(args) == 2 else {})
         if kind == "server":
             params["to"] = inv.options.to or "*"
+    elif verb == "request":
+        target = "--to CLIENT_ID " if kind == "server" else ""
+        if len(args) not in (1, 2):
+            raise UsageError(f"usage: {kind} request {target}SUBJECT [JSON_OBJECT] [--timeout S]")
+        if not args[0]:
+            raise UsageError("the subject must not be empty; nothing was sent")
+        params.update(subject=args[0], payload=parse_payload(args[1]) if len(args) == 2 else {})
+        params["timeout"] = inv.options.timeout or 10.0
+        if kind == "server":
+            if not inv.options.to or inv.options.to == "*":
+                raise UsageError("server request needs --to CLIENT_ID: a request goes to one client")
+            params["to"] = inv.options.to
     elif verb == "kick":
         if not args:
             raise UsageError("usage: server kick CLIENT_ID [REASON]")

@@ -33,12 +33,14 @@ client commands (on the client instance --name, default "default"):
   client connect [--wait | --no-wait] [--timeout S]
   client disconnect | status | create | remove
   client send SUBJECT [JSON]    e.g. client send echo '{"message": "hello"}'
+  client request SUBJECT [JSON] [--timeout S]   ask the server and print its reply
 server commands (on the server instance --name):
   server set KEY VALUE          KEY: interface, port, tls_cert, tls_key, tls_ca, auth_token;
                                 limits and timers: `mcctl help server`
   server get [KEY]
   server start | stop | status | clients | create | remove
   server send [--to CLIENT_ID] SUBJECT [JSON]   (all clients without --to)
+  server request --to CLIENT_ID SUBJECT [JSON] [--timeout S]
   server kick CLIENT_ID [REASON]
 other commands:
   list                          every instance and its state
@@ -55,7 +57,7 @@ other commands:
 options (before or after the command words):
   --json            machine output: one JSON object per result (errors: {"error": {...}})
   --socket PATH     control socket (default: $MC_SOCKET, else $XDG_RUNTIME_DIR/missioncommander/mcd.sock)
-  --timeout S       seconds to wait for the daemon (for connect and wait: for the outcome; default 10)
+  --timeout S       seconds to wait for the daemon (connect, wait, request: for the outcome; default 10)
   --name NAME       instance name; naming a new one creates it
 
 exit status:
@@ -63,7 +65,7 @@ exit status:
   1  the daemon refused or the command failed
   2  usage error (bad command, key, value or JSON; nothing was sent)
   3  the daemon is not reachable (not running, stale socket, permission, no answer)
-  4  timeout (connect, wait)
+  4  timeout (connect, wait, request)
 """
 
 CLIENT_HELP = """\
@@ -84,6 +86,7 @@ client commands (add --name NAME for an instance other than "default"):
   client disconnect        disconnect cleanly (ends the session)
   client status            state, settings and the last close reason
   client send SUBJECT [JSON]            send a message to the server
+  client request SUBJECT [JSON] [--timeout S]   ask the server; prints its reply (exit 4 on timeout)
   client create | remove   create or delete the instance
 """
 
@@ -103,6 +106,7 @@ server commands (add --name NAME for an instance other than "default"):
   server status            state, settings and connected clients
   server clients           the ids of connected clients
   server send [--to ID] SUBJECT [JSON]  broadcast, or send to one client
+  server request --to ID SUBJECT [JSON] [--timeout S]   ask one client; prints its reply
   server kick CLIENT_ID [REASON]        disconnect a client (it does not reconnect)
   server create | remove   create or delete the instance
 """
