@@ -18,7 +18,7 @@ from support.mcd import Mcd
 
 from mc_control.codes import CLIENT_KEYS, SERVER_KEYS
 from mc_gui.app import TrayApp
-from missioncommander import Client, ClientState, Message
+from missioncommander import Client, ClientState, Message, Server
 
 WAIT = 15_000  # ms: every wait is for a condition, bounded by this
 
@@ -399,3 +399,48 @@ def test_limits_and_timers_are_set_from_the_window(qtbot: QtBot, gui: TrayApp, m
     assert settings["max_clients"] == 2 and settings["session_expiry"] == 7.5
     assert settings["max_connection_rate"] is None
     qtbot.waitUntil(tab.max_clients.edit.isReadOnly, timeout=WAIT)
+
+
+def test_the_send_box_asks_and_logs_the_reply_or_why_none_came(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:
+    """Client tab: a library server answers (or raises); server tab: a
+    library client answers, and a request to 'All clients' is refused inline."""
+
+    def answer(client_id: str, message: Message) -> dict[str, object]:
+        if message.subject == "boom":
+            raise RuntimeError("it broke")
+        return {"status": "fine", "n": message.payload.get("n")}
+
+    with Server(interface="127.0.0.1", port=0) as library_server:
+        library_server.subscribe("request", answer)
+        mcd.request("client.set", key="address", value="127.0.0.1")
+        mcd.request("client.set", key="port", value=library_server.port)
+        mcd.request("client.connect", wait=True)
+        tab = gui.window.client_tab
+        qtbot.waitUntil(tab.send_box.ask.isEnabled, timeout=WAIT)
+        set_text(qtbot, tab.send_box.subject.edit, "status")
+        tab.send_box.payload.setPlainText('{"n": 3}')
+        qtbot.mouseClick(tab.send_box.ask, Qt.MouseButton.LeftButton)
+        line = 'reply from the server to status: status {"status": "fine", "n": 3}'
+        qtbot.waitUntil(lambda: line in tab.log.toPlainText(), timeout=WAIT)
+        set_text(qtbot, tab.send_box.subject.edit, "boom")
+        qtbot.mouseClick(tab.send_box.ask, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(
+            lambda: "request boom to the server: the responder failed" in tab.log.toPlainText(), timeout=WAIT
+        )
+        mcd.request("client.disconnect")
+
+    gui.window.tabs.setCurrentIndex(1)
+    server_tab = gui.window.server_tab
+    mcd.request("server.set", key="interface", value="127.0.0.1")
+    port = mcd.request("server.start")["port"]
+    with Client(address="127.0.0.1", port=port, client_id="asked") as client:
+        client.subscribe("request", lambda m: {"pong": m.subject})
+        qtbot.waitUntil(lambda: server_tab.send_box.target.findText("asked") >= 0, timeout=WAIT)
+        set_text(qtbot, server_tab.send_box.subject.edit, "ping")
+        server_tab.send_box.payload.setPlainText("{}")
+        qtbot.mouseClick(server_tab.send_box.ask, Qt.MouseButton.LeftButton)  # To: All clients
+        assert server_tab.send_box.payload_error.text() == "a request goes to one client: pick it in To"
+        server_tab.send_box.target.setCurrentText("asked")
+        qtbot.mouseClick(server_tab.send_box.ask, Qt.MouseButton.LeftButton)
+        line = 'reply from asked to ping: ping {"pong": "ping"}'
+        qtbot.waitUntil(lambda: line in server_tab.log.toPlainText(), timeout=WAIT)

@@ -1,6 +1,7 @@
 """The GUI's I/O, off the Qt thread: requests and the event stream.
 
-Two worker threads talk to mcd through ``mc_control`` and report back with
+Two worker threads (and one per request that waits for a peer's reply)
+talk to mcd through ``mc_control`` and report back with
 Qt signals (delivered on the GUI thread), so the window never waits on a
 socket.  The event stream reconnects by itself when the daemon comes back
 and catches up from where it left off (``since``), or resyncs from a fresh
@@ -84,6 +85,25 @@ class Backend(QObject):
         """Queue a request; ``on_reply(result)`` or ``on_error(code, message)``
         runs later on the GUI thread."""
         self._requests.put((cmd, params, on_reply, on_error))
+
+    def ask(self, cmd: str, params: dict[str, Any], on_reply: Reply, on_error: Failure) -> None:
+        """A request that waits for a peer's reply (``client.request``,
+        ``server.request``): on a connection and a thread of its own, so
+        the other commands do not queue behind its wait."""
+        threading.Thread(
+            target=self._ask, args=(cmd, params, on_reply, on_error), name="mctray-ask", daemon=True
+        ).start()
+
+    def _ask(self, cmd: str, params: dict[str, Any], on_reply: Reply, on_error: Failure) -> None:
+        try:
+            with ControlClient(self.socket_path, timeout=float(params.get("timeout", 10.0)) + 5.0) as client:
+                result = client.request(cmd, **params)
+        except ControlError as exc:
+            self._done.emit(on_error, (exc.code, exc.message), None)
+        except DaemonUnreachable as exc:
+            self._done.emit(on_error, (f"daemon_{exc.kind}", exc.message), None)
+        else:
+            self._done.emit(on_reply, result, True)
 
     def _request_loop(self) -> None:
         client: ControlClient | None = None

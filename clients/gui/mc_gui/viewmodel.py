@@ -92,6 +92,11 @@ class ViewModel:
         names = sorted(n for k, n in self.instances if k == kind)
         return names if "default" in names else ["default", *names]
 
+    def log_line(self, kind: str, name: str, line: str) -> str:
+        """Add a line of the GUI's own (a request's outcome) to an instance's log."""
+        self.instance(kind, name).log.append(line)
+        return line
+
     def log_history(self, ev: dict[str, Any]) -> str | None:
         """Log an event from before the snapshot, without applying it."""
         if ev.get("type") != "event" or ev["event"] == "settings":
@@ -279,3 +284,20 @@ def shown_tuning(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def describe_reply(subject: str, to: str, result: dict[str, Any]) -> str:
+    """A request's reply as its log line."""
+    reply = result["reply"]
+    return f"reply from {to} to {subject}: {reply['subject']} {json.dumps(reply['payload'], ensure_ascii=False)}"
+
+
+def describe_request_failure(subject: str, to: str, code: str, message: str) -> str:
+    """A request that got no reply, as its log line: what happened, in words."""
+    what = {
+        "timeout": "no reply in time",
+        "no_responder": "nobody answers requests there",
+        "remote_error": "the responder failed",
+        "session_lost": "the session ended first",
+    }.get(code, "not sent")
+    return f"request {subject} to {to}: {what} ({message})"

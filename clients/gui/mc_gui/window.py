@@ -177,6 +177,9 @@ class SendBox(QGroupBox):
         self.payload.textChanged.connect(self.payload_error.hide)
         self.target = QComboBox()
         self.send = QPushButton("Send")
+        #: Sends the message as a request and logs the reply.
+        self.ask = QPushButton("Request")
+        self.ask.setToolTip("send as a request: the reply (or why none came) appears in the log")
         outer = QVBoxLayout(self)
         form = QFormLayout()
         self.target_row = QLabel("To")
@@ -195,6 +198,7 @@ class SendBox(QGroupBox):
             label.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         row = QHBoxLayout()
         row.addWidget(self.payload_error, 1)
+        row.addWidget(self.ask, 0, Qt.AlignmentFlag.AlignTop)
         row.addWidget(self.send, 0, Qt.AlignmentFlag.AlignTop)
         outer.addLayout(row)
         outer.addStretch(1)  # keep the rows together when the box is tall
@@ -290,6 +294,24 @@ class InstanceTab(QWidget):
 
     def report_error(self, code: str, message: str) -> None:
         self.status_message.emit(f"{self.kind} {self.name}: {message}")
+
+    def ask(self, params: dict[str, Any], to: str) -> None:
+        """Send a request (``params`` of ``client.request`` or
+        ``server.request``); its reply, or why none came, goes to the log."""
+        name, subject = self.name, params["subject"]
+        self.status_message.emit(f"asked {to}: {subject}")
+
+        def replied(result: dict[str, Any]) -> None:
+            self._logged(name, vm.describe_reply(subject, to, result))
+
+        def failed(code: str, message: str) -> None:
+            self._logged(name, vm.describe_request_failure(subject, to, code, message))
+            self.report_error(code, message)
+
+        self.backend.ask(f"{self.kind}.request", {"name": name, **params}, replied, failed)
+
+    def _logged(self, name: str, line: str) -> None:
+        self.append_log(self.kind, name, self.model.log_line(self.kind, name, line))
 
     def current(self) -> vm.InstanceState:
         return self.model.instance(self.kind, self.name)
@@ -462,6 +484,7 @@ class ClientTab(InstanceTab):
         self.send_box.target_row.hide()
         self.send_box.target.hide()
         self.send_box.send.clicked.connect(self.send_message)
+        self.send_box.ask.clicked.connect(self.request_message)
 
         layout = QVBoxLayout(self)
         layout.addLayout(self.header())
@@ -522,6 +545,7 @@ class ClientTab(InstanceTab):
         self.connect_button.setEnabled(not running)
         self.disconnect_button.setEnabled(running)
         self.send_box.send.setEnabled(inst.phase in ("connected", "reconnecting"))
+        self.send_box.ask.setEnabled(inst.phase in ("connected", "reconnecting"))
         reason = inst.status.get("last_close_reason")
         self.last_close.setText(f"Last closed: {reason}" if reason and inst.phase != "connected" else "")
 
@@ -591,6 +615,11 @@ class ClientTab(InstanceTab):
             self.report_error,
         )
 
+    def request_message(self) -> None:
+        message = self.send_box.message()
+        if message is not None:
+            self.ask({"subject": message[0], "payload": message[1]}, "the server")
+
 
 class ServerTab(InstanceTab):
     kind = "server"
@@ -648,6 +677,7 @@ class ServerTab(InstanceTab):
 
         self.send_box = SendBox("Send")
         self.send_box.send.clicked.connect(self.send_message)
+        self.send_box.ask.clicked.connect(self.request_message)
 
         layout = QVBoxLayout(self)
         layout.addLayout(self.header())
@@ -699,6 +729,7 @@ class ServerTab(InstanceTab):
             if chosen in targets:
                 self.send_box.target.setCurrentText(chosen)
         self.send_box.send.setEnabled(running)
+        self.send_box.ask.setEnabled(running)
 
     def start_server(self) -> None:
         interface = self.interface.text().strip()
@@ -754,6 +785,17 @@ class ServerTab(InstanceTab):
             lambda r: self.status_message.emit(f"sent {subject} to {'all clients' if to == '*' else to}"),
             self.report_error,
         )
+
+    def request_message(self) -> None:
+        message = self.send_box.message()
+        if message is None:
+            return
+        target = self.send_box.target.currentText()
+        if target in ("", self.ALL):
+            self.send_box.payload_error.setText("a request goes to one client: pick it in To")
+            self.send_box.payload_error.show()
+            return
+        self.ask({"subject": message[0], "payload": message[1], "to": target}, target)
 
 
 class MainWindow(QMainWindow):
