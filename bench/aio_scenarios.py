@@ -62,6 +62,26 @@ def echo(port: int, n: int, size: int = 100) -> dict[str, float]:
     return result
 
 
+def request(port: int, n: int) -> dict[str, float]:
+    async def scenario() -> dict[str, float]:
+        filler = "x" * 100
+        samples = []
+        async with _client(port, "request-client") as client:
+            for seq in range(min(50, n)):  # warm up
+                await client.request(Message("ask", {"message": filler, "seq": seq}))
+            for seq in range(n):
+                t0 = time.perf_counter()
+                got = await client.request(Message("ask", {"message": filler, "seq": seq}))
+                samples.append(time.perf_counter() - t0)
+                if got.payload["seq"] != seq:
+                    raise AssertionError(f"request {seq} answered by {got.payload['seq']}")
+        samples.sort()
+        return {"p50_us": statistics.median(samples) * 1e6, "p99_us": samples[int(len(samples) * 0.99)] * 1e6}
+
+    result: dict[str, float] = run(scenario())
+    return result
+
+
 def c2s(port: int, n: int) -> dict[str, float]:
     async def scenario() -> dict[str, float]:
         async with _client(port, "sink-client") as client:

@@ -163,6 +163,33 @@ def scenario_echo(system: str, port: int, n: int, size: int = 100) -> dict[str, 
     return {"p50_us": statistics.median(samples) * 1e6, "p99_us": samples[int(len(samples) * 0.99)] * 1e6}
 
 
+#: Systems with a request/reply of their own (the others' echo is the figure to compare).
+REQUEST_SYSTEMS = ("missioncommander", "mc-pooled", "mc-fast", "mc-async", "pyzmq")
+
+
+def scenario_request(system: str, port: int, n: int) -> dict[str, float]:
+    """Request/reply round trips: MissionCommander's ``request()`` (which
+    survives a reconnect) against pyzmq's REQ socket (which does not)."""
+    if system in ASYNC_SYSTEMS:
+        return aio_scenarios.request(port, n)
+    client = connect(system, port, "request-client", Inbox())
+    filler = "x" * 100
+    samples = []
+    try:
+        for seq in range(min(50, n)):  # warm up
+            client.request("ask", {"message": filler, "seq": seq})
+        for seq in range(n):
+            t0 = time.perf_counter()
+            got = client.request("ask", {"message": filler, "seq": seq})
+            samples.append(time.perf_counter() - t0)
+            if got["seq"] != seq:
+                raise AssertionError(f"request {seq} answered by {got['seq']}")
+    finally:
+        client.close()
+    samples.sort()
+    return {"p50_us": statistics.median(samples) * 1e6, "p99_us": samples[int(len(samples) * 0.99)] * 1e6}
+
+
 def scenario_c2s(system: str, port: int, n: int) -> dict[str, float]:
     if system in ASYNC_SYSTEMS:
         return aio_scenarios.c2s(port, n)
@@ -420,6 +447,7 @@ def main() -> int:
     systems = args.systems.split(",")
     scenarios: list[tuple[str, Callable[[str, int], dict[str, float]]]] = [
         ("echo (p50/p99 us)", lambda s, p: scenario_echo(s, p, 200 if quick else 5000)),
+        ("request/reply (p50/p99 us)", lambda s, p: scenario_request(s, p, 200 if quick else 5000)),
         ("client->server (msg/s)", lambda s, p: scenario_c2s(s, p, 2000 if quick else 100_000)),
         (
             "broadcast 100x2000 (deliveries/s)",
@@ -450,6 +478,8 @@ def main() -> int:
                         continue  # a paho client is a thread: 1000s of them measure threads, not MQTT
                     if "mcd" in name and system not in MC_SYSTEMS:
                         continue  # only MissionCommander has a daemon
+                    if "request" in name and system not in REQUEST_SYSTEMS:
+                        continue  # no request/reply of its own
                     if "idle" in name and system in ASYNC_SYSTEMS:
                         continue  # connection set-up is the same core as missioncommander's
                     figures = run_one(system, name, run, env)

@@ -10,7 +10,9 @@ Server roles (the same for every system):
   answered with ``done``;
 - ``go`` starts a broadcast of ``count`` messages to every client, then
   answers ``done`` with the CPU seconds the server spent;
-- ``stats`` is answered with the server's RSS, thread count and clients.
+- ``stats`` is answered with the server's RSS, thread count and clients;
+- a request (each system's own request/reply, where it has one) is
+  answered with its payload.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ def mc_serve(port: int, inline: bool = True, fast: bool = False) -> None:
     )
     handler = Handler(lambda to, s, p: server.send(to, Message(s, p)), lambda: len(server.clients))
     server.subscribe("message", lambda cid, m: handler.handle(cid, m.subject, m.payload))
+    server.subscribe("request", lambda cid, m: m.payload)
     server.start()
     _ready_and_wait()
 
@@ -112,6 +115,10 @@ class McClient:
 
     def send(self, subject: str, payload: dict[str, Any]) -> None:
         self.client.send(self._message(subject, payload))
+
+    def request(self, subject: str, payload: dict[str, Any]) -> dict[str, Any]:
+        reply: dict[str, Any] = self.client.request(self._message(subject, payload), timeout=30).payload
+        return reply
 
     def close(self) -> None:
         self.client.disconnect()
@@ -149,6 +156,7 @@ def mc_async_serve(port: int) -> None:
         # The handler's replies queue without waiting (a full queue raises, as
         # with the threaded server): the roles are the same for every system.
         handler = Handler(lambda to, s, p: server.send_nowait(to, Message(s, p)), lambda: len(server.clients))
+        server.subscribe("request", lambda cid, m: m.payload)
         async with server:
             print("READY", flush=True)
             async for client_id, message in server.messages():
@@ -273,7 +281,11 @@ def zmq_serve(port: int) -> None:
     handler = Handler(reply, lambda: len(seen))
     print("READY", flush=True)
     while True:
-        ident, data = router.recv_multipart()
+        frames = router.recv_multipart()
+        if len(frames) == 3:  # a REQ socket's request: [identity, b"", body]; answered with its payload
+            router.send_multipart([frames[0], b"", json.dumps(json.loads(frames[2])[1]).encode()])
+            continue
+        ident, data = frames
         seen.add(ident)
         subject, payload = json.loads(data)
         if subject != "hello":
@@ -296,6 +308,8 @@ class ZmqClient:
         ZmqClient._count += 1
         ctx = ZmqClient._ctx
         self.zmq = zmq
+        self.port = port
+        self._req: Any = None
         pipe = f"inproc://bench-{os.getpid()}-{ZmqClient._count}"
         self.pull = ctx.socket(zmq.PULL)
         self.pull.bind(pipe)
@@ -333,9 +347,21 @@ class ZmqClient:
         with self.lock:
             self.push.send(json.dumps([subject, payload]).encode())
 
+    def request(self, subject: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """pyzmq's request/reply as its users write it: a REQ socket, send
+        then recv, on the caller's thread (made on first use, kept)."""
+        if self._req is None:
+            self._req = ZmqClient._ctx.socket(self.zmq.REQ)
+            self._req.connect(f"tcp://127.0.0.1:{self.port}")
+        self._req.send(json.dumps([subject, payload]).encode())
+        reply: dict[str, Any] = json.loads(self._req.recv())
+        return reply
+
     def close(self) -> None:
         self.stop()
         self.thread.join(5)
+        if self._req is not None:
+            self._req.close(linger=0)
 
     def stop(self) -> None:
         """Ask the thread to end (within its 100 ms poll) without waiting."""
