@@ -163,6 +163,13 @@ class _AioTransport(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports have the methods but not the base class.
         self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # asyncio sets TCP_NODELAY only on sockets made with proto
+            # IPPROTO_TCP, not on ours (proto 0): without it, Nagle holds
+            # each small write back until the peer's delayed ACK (20 ms and more).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.reading_paused:
             self.transport.pause_reading()
         # The owner hears of it now, before any data_received: uvloop may

@@ -565,3 +565,21 @@ def test_an_async_request_cut_before_its_reply_is_answered_once_after_resume() -
                 await asyncio.to_thread(proxy.close)
 
     run(test)
+
+
+def test_both_sides_write_small_frames_at_once_tcp_nodelay() -> None:
+    """Without TCP_NODELAY a request waits for the peer's delayed ACK (Nagle):
+    asyncio sets it only on sockets it made itself with IPPROTO_TCP."""
+
+    async def test() -> None:
+        async with (
+            AsyncServer(interface="127.0.0.1", port=0) as server,
+            AsyncClient(address="127.0.0.1", port=server.port) as client,
+        ):
+            await until(lambda: len(server._inner._links) == 1)
+            (accepted,) = server._inner._links
+            sockets = [client._inner._link.transport.transport.get_extra_info("socket")]  # type: ignore[union-attr]
+            sockets.append(accepted.transport.transport.get_extra_info("socket"))  # type: ignore[union-attr]
+            assert [s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in sockets] == [1, 1]
+
+    run(test)
