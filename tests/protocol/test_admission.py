@@ -75,18 +75,18 @@ def test_a_probe_waits_for_the_heartbeat_timeout_but_never_more_than_3_s() -> No
 
 def test_the_connection_rate_counts_only_handshakes_that_do_not_succeed() -> None:
     rates = ConnectionRate()
-    # rate 1/s: an allowance of 10 pending handshakes.
-    assert [rates.take("a", 1.0, now=0.0) for _ in range(11)] == [True] * 10 + [False]
-    assert rates.take("b", 1.0, now=0.0)  # per address
-    rates.give_back("a", 1.0)  # one of them said HELLO and was welcomed
-    assert rates.take("a", 1.0, now=0.0)
-    assert not rates.take("a", 1.0, now=0.5)
-    assert rates.take("a", 1.0, now=1.6)  # refilled at the rate
+    # rate 5/s: an allowance of 10 pending handshakes.
+    assert [rates.take("a", 5.0, now=0.0) for _ in range(11)] == [True] * 10 + [False]
+    assert rates.take("b", 5.0, now=0.0)  # per address
+    rates.give_back("a", 5.0)  # one of them said HELLO and was welcomed
+    assert rates.take("a", 5.0, now=0.0)
+    assert not rates.take("a", 5.0, now=0.1)
+    assert rates.take("a", 5.0, now=0.3)  # refilled at the rate
     # A fleet whose handshakes all succeed never runs it dry.
     for _ in range(1000):
-        assert rates.take("fleet", 1.0, now=5.0)
-        rates.give_back("fleet", 1.0)
+        assert rates.take("fleet", 5.0, now=5.0)
+        rates.give_back("fleet", 5.0)
     # Giving back never raises the allowance past its size.
     for _ in range(50):
-        rates.give_back("b", 1.0)
-    assert [rates.take("b", 1.0, now=0.0) for _ in range(11)] == [True] * 10 + [False]
+        rates.give_back("b", 5.0)
+    assert [rates.take("b", 5.0, now=0.0) for _ in range(11)] == [True] * 10 + [False]
