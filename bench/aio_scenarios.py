@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from missioncommander import Message
@@ -39,24 +40,32 @@ async def _next(messages: Any, subject: str) -> dict[str, Any]:
     raise AssertionError(f"the client stopped before a {subject!r} came")
 
 
+async def _latencies(n: int, round_trip: Callable[[int], Awaitable[dict[str, Any]]]) -> dict[str, float]:
+    """run.py's ``latencies``, awaited: p50 and p99 of ``n`` checked round trips."""
+    for seq in range(min(50, n)):
+        await round_trip(seq)
+    samples = []
+    for seq in range(n):
+        t0 = time.perf_counter()
+        got = await round_trip(seq)
+        samples.append(time.perf_counter() - t0)
+        if got["seq"] != seq:
+            raise AssertionError(f"round trip {seq} answered by {got['seq']}")
+    samples.sort()
+    return {"p50_us": statistics.median(samples) * 1e6, "p99_us": samples[int(len(samples) * 0.99)] * 1e6}
+
+
 def echo(port: int, n: int, size: int = 100) -> dict[str, float]:
     async def scenario() -> dict[str, float]:
         filler = "x" * size
-        samples = []
         async with _client(port, "echo-client") as client:
             messages = client.messages()
-            for seq in range(min(50, n)):  # warm up
+
+            async def one(seq: int) -> dict[str, Any]:
                 await client.send(Message("echo", {"message": filler, "seq": seq}))
-                await _next(messages, "echo")
-            for seq in range(n):
-                t0 = time.perf_counter()
-                await client.send(Message("echo", {"message": filler, "seq": seq}))
-                got = await _next(messages, "echo")
-                samples.append(time.perf_counter() - t0)
-                if got["seq"] != seq:
-                    raise AssertionError(f"echo {seq} answered by {got['seq']}")
-        samples.sort()
-        return {"p50_us": statistics.median(samples) * 1e6, "p99_us": samples[int(len(samples) * 0.99)] * 1e6}
+                return await _next(messages, "echo")
+
+            return await _latencies(n, one)
 
     result: dict[str, float] = run(scenario())
     return result
@@ -65,18 +74,13 @@ def echo(port: int, n: int, size: int = 100) -> dict[str, float]:
 def request(port: int, n: int) -> dict[str, float]:
     async def scenario() -> dict[str, float]:
         filler = "x" * 100
-        samples = []
         async with _client(port, "request-client") as client:
-            for seq in range(min(50, n)):  # warm up
-                await client.request(Message("ask", {"message": filler, "seq": seq}))
-            for seq in range(n):
-                t0 = time.perf_counter()
-                got = await client.request(Message("ask", {"message": filler, "seq": seq}))
-                samples.append(time.perf_counter() - t0)
-                if got.payload["seq"] != seq:
-                    raise AssertionError(f"request {seq} answered by {got.payload['seq']}")
-        samples.sort()
-        return {"p50_us": statistics.median(samples) * 1e6, "p99_us": samples[int(len(samples) * 0.99)] * 1e6}
+
+            async def one(seq: int) -> dict[str, Any]:
+                reply = await client.request(Message("ask", {"message": filler, "seq": seq}))
+                return dict(reply.payload)
+
+            return await _latencies(n, one)
 
     result: dict[str, float] = run(scenario())
     return result

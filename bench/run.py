@@ -139,28 +139,37 @@ def connect(system: str, port: int, client_id: str, inbox: Inbox) -> Any:
     return SYSTEMS[system][1](port, client_id, inbox)
 
 
+def latencies(n: int, round_trip: Callable[[int], dict[str, Any]]) -> dict[str, float]:
+    """p50 and p99 of ``n`` round trips (after 50 to warm up), each checked:
+    ``round_trip(seq)`` returns the answer, which must carry ``seq``."""
+    for seq in range(min(50, n)):
+        round_trip(seq)
+    samples = []
+    for seq in range(n):
+        t0 = time.perf_counter()
+        got = round_trip(seq)
+        samples.append(time.perf_counter() - t0)
+        if got["seq"] != seq:
+            raise AssertionError(f"round trip {seq} answered by {got['seq']}")
+    samples.sort()
+    return {"p50_us": statistics.median(samples) * 1e6, "p99_us": samples[int(len(samples) * 0.99)] * 1e6}
+
+
 def scenario_echo(system: str, port: int, n: int, size: int = 100) -> dict[str, float]:
     if system in ASYNC_SYSTEMS:
         return aio_scenarios.echo(port, n, size)
     inbox = Inbox()
     client = connect(system, port, "echo-client", inbox)
     filler = "x" * size
-    samples = []
+
+    def echo(seq: int) -> dict[str, Any]:
+        client.send("echo", {"message": filler, "seq": seq})
+        return inbox.take("echo")
+
     try:
-        for seq in range(min(50, n)):  # warm up
-            client.send("echo", {"message": filler, "seq": seq})
-            inbox.take("echo")
-        for seq in range(n):
-            t0 = time.perf_counter()
-            client.send("echo", {"message": filler, "seq": seq})
-            got = inbox.take("echo")
-            samples.append(time.perf_counter() - t0)
-            if got["seq"] != seq:
-                raise AssertionError(f"echo {seq} answered by {got['seq']}")
+        return latencies(n, echo)
     finally:
         client.close()
-    samples.sort()
-    return {"p50_us": statistics.median(samples) * 1e6, "p99_us": samples[int(len(samples) * 0.99)] * 1e6}
 
 
 #: Systems with a request/reply of their own (the others' echo is the figure to compare).
@@ -174,20 +183,10 @@ def scenario_request(system: str, port: int, n: int) -> dict[str, float]:
         return aio_scenarios.request(port, n)
     client = connect(system, port, "request-client", Inbox())
     filler = "x" * 100
-    samples = []
     try:
-        for seq in range(min(50, n)):  # warm up
-            client.request("ask", {"message": filler, "seq": seq})
-        for seq in range(n):
-            t0 = time.perf_counter()
-            got = client.request("ask", {"message": filler, "seq": seq})
-            samples.append(time.perf_counter() - t0)
-            if got["seq"] != seq:
-                raise AssertionError(f"request {seq} answered by {got['seq']}")
+        return latencies(n, lambda seq: client.request("ask", {"message": filler, "seq": seq}))
     finally:
         client.close()
-    samples.sort()
-    return {"p50_us": statistics.median(samples) * 1e6, "p99_us": samples[int(len(samples) * 0.99)] * 1e6}
 
 
 def scenario_c2s(system: str, port: int, n: int) -> dict[str, float]:

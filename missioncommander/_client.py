@@ -56,7 +56,7 @@ from ._link import Link, route_locked
 from ._loop import Cancellable, Connecting, Driver, WriteTarget, get_loop
 from ._message import Message
 from ._reconnect import Step, after_failure, reconnect_delay
-from ._requests import Requests, error_meta, reply_for
+from ._requests import Requests, hand_over, reply_body
 from ._session import SendSession
 from ._state import ClientState, ClientStateTransition
 from ._tls import client_context
@@ -635,15 +635,9 @@ class Client:
 
     def _answer(self, request_id: int, request: Message, result: object, exc: BaseException | None) -> None:
         """Send the reply to the server's request ``request_id``."""
-        if exc is None:
-            try:
-                body = with_meta(reply_for(request, result).encode(), {"reply": request_id})
-            except (TypeError, ValueError) as bad:
-                exc = bad
-        if exc is not None:
-            if not isinstance(exc, NoResponder):
-                log.warning("client %r: request responder raised %s: %s", self.client_id, type(exc).__name__, exc)
-            body = with_meta(Message("error").encode(), error_meta(request_id, exc, self.reply_tracebacks))
+        body, exc = reply_body(request_id, request, result, exc, self.reply_tracebacks)
+        if exc is not None and not isinstance(exc, NoResponder):
+            log.warning("client %r: request responder raised %s: %s", self.client_id, type(exc).__name__, exc)
         try:
             self._send_body(body)
         except (StateError, QueueFullError) as lost:
@@ -875,7 +869,7 @@ class Client:
             inbox = self._inbox
             if inbox.stream.accept(event.seq):
                 if event.meta is not None:
-                    self._on_request_or_reply(event)
+                    hand_over(self._callbacks, self._requests, inbox, event, (), self._answer)
                     return
                 message = Message._from_wire(event.subject, event.payload, event.encoded)
                 if not self._callbacks.emit_message(inbox, event.seq, len(event.encoded), message):
@@ -900,19 +894,6 @@ class Client:
                 self._closed_by_server(
                     link, f"server reported an error ({event.code}): {event.message}", shutdown=False, clean=False
                 )
-
-    def _on_request_or_reply(self, event: MessageReceived) -> None:
-        meta = event.meta
-        assert meta is not None
-        message = Message._from_wire(event.subject, event.payload, None)
-        size = len(event.encoded)
-        if "reply" in meta:
-            self._callbacks.emit_reply(
-                self._inbox, event.seq, size, self._requests.resolve, meta["reply"], message, meta.get("error")
-            )
-        else:
-            answer = functools.partial(self._answer, meta["request"], message)
-            self._callbacks.emit_request(self._inbox, event.seq, size, (message,), answer)
 
     def _closed_by_server(self, link: _ClientLink, reason: str, shutdown: bool, clean: bool = True) -> None:
         """The server ended our session: no reconnecting."""

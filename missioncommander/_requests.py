@@ -12,15 +12,23 @@ for; ``reply_for`` and ``error_meta`` build what a responder sends back.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import traceback
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import NoResponder, QueueFullError, RemoteError, RequestTimeout, SessionLost
+from ._frames import with_meta
 from ._message import FrozenDict, Message
+
+if TYPE_CHECKING:
+    from ._callbacks import Callbacks
+    from ._events import MessageReceived
+    from ._inbox import Inbox
 
 log = logging.getLogger("missioncommander")
 
@@ -133,3 +141,44 @@ def error_meta(request_id: int, exc: BaseException, tracebacks: bool) -> dict[st
         if tracebacks:
             error["traceback"] = "".join(traceback.format_exception(exc))
     return {"reply": request_id, "error": error}
+
+
+#: ``answer(request_id, request, result, exc)``: a Client's or Server's way
+#: to send the reply to one request.
+Answer = Callable[[int, Message, Any, "BaseException | None"], None]
+
+
+def hand_over(
+    callbacks: Callbacks,
+    requests: Requests,
+    inbox: Inbox,
+    event: MessageReceived,
+    peer: tuple[str, ...],
+    answer: Answer,
+) -> None:
+    """A received request or reply (``event.meta`` set), to its handler, in
+    order with the messages: a reply to the request waiting for it, a
+    request to the ``request`` callbacks (called with ``*peer, message``)
+    and their result to ``answer``."""
+    meta = event.meta
+    assert meta is not None
+    message = Message._from_wire(event.subject, event.payload, None)
+    size = len(event.encoded)
+    if "reply" in meta:
+        callbacks.emit_reply(inbox, event.seq, size, requests.resolve, meta["reply"], message, meta.get("error"))
+    else:
+        reply = functools.partial(answer, meta["request"], message)
+        callbacks.emit_request(inbox, event.seq, size, (*peer, message), reply)
+
+
+def reply_body(
+    request_id: int, request: Message, result: object, exc: BaseException | None, tracebacks: bool
+) -> tuple[bytes, BaseException | None]:
+    """The encoded reply to a request: the responder's result, or the error
+    it raised (a result that is no reply is an error too); and that error."""
+    if exc is None:
+        try:
+            return with_meta(reply_for(request, result).encode(), {"reply": request_id}), None
+        except (TypeError, ValueError) as bad:
+            exc = bad
+    return with_meta(Message("error").encode(), error_meta(request_id, exc, tracebacks)), exc

@@ -49,7 +49,7 @@ from ._inbox import Budget, Inbox
 from ._link import Link, route_locked
 from ._loop import Cancellable, Driver, Incoming, Listener, get_loop
 from ._message import Message
-from ._requests import Requests, error_meta, reply_for
+from ._requests import Requests, hand_over, reply_body
 from ._session import SendSession
 from ._tls import server_context
 from ._transitions import ConnState
@@ -363,32 +363,13 @@ class Server:
         self, client_id: str, request_id: int, request: Message, result: object, exc: BaseException | None
     ) -> None:
         """Send the reply to client ``client_id``'s request ``request_id``."""
-        if exc is None:
-            try:
-                body = with_meta(reply_for(request, result).encode(), {"reply": request_id})
-            except (TypeError, ValueError) as bad:
-                exc = bad
-        if exc is not None:
-            if not isinstance(exc, NoResponder):
-                log.warning("request responder raised %s: %s", type(exc).__name__, exc)
-            body = with_meta(Message("error").encode(), error_meta(request_id, exc, self.reply_tracebacks))
+        body, exc = reply_body(request_id, request, result, exc, self.reply_tracebacks)
+        if exc is not None and not isinstance(exc, NoResponder):
+            log.warning("request responder raised %s: %s", type(exc).__name__, exc)
         try:
             self._send_to(client_id, body)
         except (StateError, UnknownClient, QueueFullError) as lost:
             log.warning("the reply to client %r's request %d was not sent: %s", client_id, request_id, lost)
-
-    def _on_request_or_reply(self, session: _Session, event: MessageReceived) -> None:
-        meta = event.meta
-        assert meta is not None
-        message = Message._from_wire(event.subject, event.payload, None)
-        size = len(event.encoded)
-        if "reply" in meta:
-            self._callbacks.emit_reply(
-                session.inbox, event.seq, size, self._requests.resolve, meta["reply"], message, meta.get("error")
-            )
-        else:
-            answer = functools.partial(self._answer, session.client_id, meta["request"], message)
-            self._callbacks.emit_request(session.inbox, event.seq, size, (session.client_id, message), answer)
 
     def _send_to(self, target: str, body: bytes) -> None:
         size = len(body) + MESSAGE_OVERHEAD
@@ -554,7 +535,8 @@ class Server:
             inbox = session.inbox
             if inbox.stream.accept(event.seq):
                 if event.meta is not None:
-                    self._on_request_or_reply(session, event)
+                    answer = functools.partial(self._answer, session.client_id)
+                    hand_over(self._callbacks, self._requests, inbox, event, (session.client_id,), answer)
                     return
                 message = Message._from_wire(event.subject, event.payload, event.encoded)
                 if not self._callbacks.emit_message(inbox, event.seq, len(event.encoded), session.client_id, message):

@@ -447,14 +447,8 @@ class DaemonCore:
     def client_send(self, name: str, subject: str, payload: dict[str, Any]) -> dict[str, Any]:
         inst: ClientInstance = self.get("client", name, create=False)
         message = _message(subject, payload)
-        try:
+        with _send_errors():
             inst.client.send(message)
-        except StateError as exc:
-            raise CoreError(ErrorCode.STATE_ERROR, str(exc)) from None
-        except QueueFullError as exc:
-            raise CoreError(ErrorCode.QUEUE_FULL, str(exc)) from None
-        except MessageTooLarge as exc:
-            raise CoreError(ErrorCode.INVALID_VALUE, str(exc)) from None
         return {"sent": True, "queued": inst.client.queued}
 
     def client_request(self, name: str, subject: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -504,16 +498,11 @@ class DaemonCore:
     def server_send(self, name: str, to: str, subject: str, payload: dict[str, Any]) -> dict[str, Any]:
         inst: ServerInstance = self.get("server", name, create=False)
         message = _message(subject, payload)
-        try:
-            inst.server.send(to, message)
-        except KeyError:
-            raise CoreError(ErrorCode.NOT_FOUND, f"server {name!r} has no client {to!r}") from None
-        except StateError as exc:
-            raise CoreError(ErrorCode.STATE_ERROR, str(exc)) from None
-        except QueueFullError as exc:
-            raise CoreError(ErrorCode.QUEUE_FULL, str(exc)) from None
-        except MessageTooLarge as exc:
-            raise CoreError(ErrorCode.INVALID_VALUE, str(exc)) from None
+        with _send_errors():
+            try:
+                inst.server.send(to, message)
+            except KeyError:
+                raise CoreError(ErrorCode.NOT_FOUND, f"server {name!r} has no client {to!r}") from None
         return {"sent": True, "to": to, "clients": len(inst.server.clients) if to == "*" else 1}
 
     def server_request(
@@ -704,9 +693,11 @@ def _shown(values: dict[str, Any], reveal: bool) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _request_errors() -> Iterator[None]:
-    """A request's outcomes as the control API's error codes."""
+    """A request's outcomes as the control API's error codes (a request is
+    sent first: a send's refusals too)."""
     try:
-        yield
+        with _send_errors():
+            yield
     except RequestTimeout as exc:
         raise CoreError(ErrorCode.TIMEOUT, str(exc)) from None
     except SessionLost as exc:
@@ -716,6 +707,13 @@ def _request_errors() -> Iterator[None]:
     except RemoteError as exc:
         details = {"type": exc.type_name, "message": exc.message}
         raise CoreError(ErrorCode.REMOTE_ERROR, f"the responder raised {exc}", details) from None
+
+
+@contextlib.contextmanager
+def _send_errors() -> Iterator[None]:
+    """A send's refusals as the control API's error codes."""
+    try:
+        yield
     except StateError as exc:
         raise CoreError(ErrorCode.STATE_ERROR, str(exc)) from None
     except QueueFullError as exc:
