@@ -59,6 +59,7 @@ from ._reconnect import Step, after_failure, reconnect_delay
 from ._requests import Requests, hand_over, reply_body
 from ._session import SendSession
 from ._state import ClientState, ClientStateTransition
+from ._stats import Counters
 from ._tls import client_context
 
 log = logging.getLogger("missioncommander.client")
@@ -345,6 +346,7 @@ class Client:
         self._token: str | None = None
         self._session = SendSession(self.max_queued, self.max_queued_bytes)
         self._requests = Requests()
+        self._stats = Counters()
         #: The protocol version of the session (the server's WELCOME).
         self._peer_version = PROTOCOL_VERSION
         self._inbox = Inbox(self._loop, self.max_inbound, self.max_inbound_bytes)
@@ -405,6 +407,35 @@ class Client:
         """Connection attempts that failed since the last ``connect()`` or
         since the connection broke (0 once connected again)."""
         return self._retries
+
+    def stats(self) -> dict[str, Any]:
+        """Live figures, cheap to read at any time (docs/STATS.md says what
+        each one means): traffic, queues against their limits, resends,
+        connects and resumes, the last close, the heartbeat round trip."""
+        session, inbox = self._session, self._inbox
+        with self._lock:
+            figures: dict[str, Any] = {
+                "state": ClientState.get_name(self._state),
+                "connected": bool(self._state_bits & _CONNECTED),
+                "messages_sent": session.out.offered,
+                "bytes_sent": session.out.offered_bytes,
+                "messages_received": inbox.received_count,
+                "bytes_received": inbox.received_bytes,
+                "queued": len(session.out),
+                "queued_bytes": session.out.queued_bytes,
+                "max_queued": self.max_queued,
+                "max_queued_bytes": self.max_queued_bytes,
+                "unwritten": session.unwritten,
+                "inbound_waiting": inbox.waiting,
+                "inbound_waiting_bytes": inbox.waiting_bytes,
+                "max_inbound": self.max_inbound,
+                "max_inbound_bytes": self.max_inbound_bytes,
+                "resent": session.resent,
+                "requests_in_flight": self._requests.in_flight(""),
+                "last_close_reason": self._last_close_reason,
+            }
+        figures.update(self._stats.figures())
+        return figures
 
     @property
     def queued(self) -> int:
@@ -541,6 +572,7 @@ class Client:
         or the wait for it ran out."""
         with self._lock:
             self._last_close_reason = "disconnected by this client"
+            self._stats.closed()
             self._end_session_locked("disconnected")
             self._set_state(IDLE if closed else DISCONNECT_FAILED)
             self._wake_senders_locked()
@@ -750,6 +782,7 @@ class Client:
                 return
         with self._lock:
             self._last_close_reason = why.reason
+            self._stats.closed()
             bits = self._state_bits
             if not bits & (_CONNECTING | _RECONNECTING):
                 return
@@ -779,6 +812,7 @@ class Client:
                     future.set_exception(why.error or ConnectError(why.reason))
                 return
             if step is Step.GIVE_UP:
+                self._stats.sessions_lost += 1
                 self._requests.lose(None, why.reason)
                 self._set_state(RECONNECT_FAILED)
                 self._wake_senders_locked()
@@ -821,6 +855,7 @@ class Client:
                         self.client_id,
                         len(session.out),
                     )
+                    self._stats.sessions_lost += 1
                 session.restarted()
                 self._inbox.new_stream()
                 # The server that would have answered is gone with its session.
@@ -829,6 +864,13 @@ class Client:
             self._peer_version = welcome.version
             session.peer_max_frame_size = welcome.max_frame_size
             first = bool(self._state_bits & _CONNECTING)
+            stats = self._stats
+            if first:
+                stats.connects += 1
+            else:
+                stats.reconnects += 1
+            if resumed_session:
+                stats.resumes += 1
             future = self._connect_future
             self._connect_future = None
             self._retries = 0
@@ -873,7 +915,7 @@ class Client:
                     return
                 message = Message._from_wire(event.subject, event.payload, event.encoded)
                 if not self._callbacks.emit_message(inbox, event.seq, len(event.encoded), message):
-                    inbox.take_now()
+                    inbox.take_now(len(event.encoded))
         elif isinstance(event, AckReceived):
             with self._lock:
                 self._session.acked(event.seq)
@@ -881,7 +923,8 @@ class Client:
         elif isinstance(event, PingReceived):
             link.answer_ping()
         elif isinstance(event, PongReceived):
-            pass  # liveness is noted on every frame received
+            # Liveness is noted on every frame received; a PONG also times the round trip.
+            self._stats.round_trip(link.liveness.pong(self._loop.time()))
         elif isinstance(event, ShutdownReceived):
             self._closed_by_server(link, f"server shut down: {event.reason}", shutdown=True)
         elif isinstance(event, ByeReceived):
@@ -906,6 +949,8 @@ class Client:
         with self._lock:
             self._generation += 1
             self._last_close_reason = reason
+            self._stats.closed()
+            self._stats.sessions_lost += 1
             self._end_session_locked(reason)
             self._wake_senders_locked()
             if not shutdown:
@@ -940,6 +985,7 @@ class Client:
             return
         with self._lock:
             self._last_close_reason = reason
+            self._stats.closed()
             if not self._state_bits & _CONNECTED:
                 return
             self._retries = 0

@@ -138,8 +138,12 @@ class Inbox:
         self._progress()
         return self.stream
 
-    def take_now(self) -> None:
-        """A message nobody subscribed to: taken as it arrives."""
+    def take_now(self, size: int) -> None:
+        """A message nobody subscribed to (``size`` bytes): taken as it arrives."""
+        self.received_count += 1
+        self.received_bytes += size
+        self.taken_count += 1
+        self.taken_bytes += size
         stream = self.stream
         stream.taken_seq = stream.last_seq
         self._progress()

@@ -103,6 +103,9 @@ class Link:
     def describe(self) -> str:
         raise NotImplementedError
 
+    def not_reading(self) -> None:
+        """The peer is cut off for not reading (a server counts these)."""
+
     # -- input ---------------------------------------------------------------
 
     def data_received(self, data: memoryview) -> None:
@@ -172,6 +175,7 @@ class Link:
         )
         act = verdict.act
         if act is Act.NOT_READING:
+            self.not_reading()
             log.warning(
                 "%s is not reading: %d bytes unsent for %.0f s; closing its connection",
                 self.describe(),

@@ -45,7 +45,7 @@ class Verdict:
 class Liveness:
     """The heartbeat settings of one connection and what its checks saw."""
 
-    __slots__ = ("interval", "max_pending_bytes", "timeout", "writes_seen")
+    __slots__ = ("interval", "max_pending_bytes", "ping_sent_at", "timeout", "writes_seen")
 
     def __init__(self, interval: float, timeout: float, max_pending_bytes: int | None = None) -> None:
         self.interval = interval
@@ -55,6 +55,8 @@ class Liveness:
         self.max_pending_bytes = max_pending_bytes
         #: The transport's write count at the last check.
         self.writes_seen = 0
+        #: When the PING now unanswered was sent (None: none is).
+        self.ping_sent_at: float | None = None
 
     def start(self, proto: Connection, now: float, writes: int) -> float:
         """The handshake is done (its frames went through ``proto``, which
@@ -89,7 +91,18 @@ class Liveness:
             return Verdict(Act.NOT_READING, now, f"not reading: over max_pending_bytes={limit} for {self.timeout:g} s")
         self.writes_seen = writes
         next_check = min(next_check, now + self.timeout / 2)
-        return Verdict(Act.PING if action == "ping" else Act.NOTHING, next_check)
+        if action != "ping":
+            return Verdict(Act.NOTHING, next_check)
+        if self.ping_sent_at is None:
+            self.ping_sent_at = now
+        return Verdict(Act.PING, next_check)
+
+    def pong(self, now: float) -> float | None:
+        """A PONG arrived: the round trip of the PING it answers, if one
+        was waiting (PONGs answer PINGs in order, so the first unanswered
+        PING's time serves)."""
+        sent, self.ping_sent_at = self.ping_sent_at, None
+        return None if sent is None else now - sent
 
     def pinged(self, writes: int) -> None:
         """The PING a check asked for is written (``writes``: the transport's

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import secrets
@@ -21,6 +22,7 @@ from ._errors import (
     MessageTooLarge,
     NoResponder,
     QueueFullError,
+    RemoteProtocolError,
     StateError,
     TLSConfigError,
     UnknownClient,
@@ -51,6 +53,7 @@ from ._loop import Cancellable, Driver, Incoming, Listener, get_loop
 from ._message import Message
 from ._requests import Requests, hand_over, reply_body
 from ._session import SendSession
+from ._stats import Counters
 from ._tls import server_context
 from ._transitions import ConnState
 
@@ -71,7 +74,7 @@ class _PortSetting(cfg.Setting[int]):
 class _Session(SendSession):
     """A client id's session: survives broken connections until it expires."""
 
-    __slots__ = ("client_id", "expiry", "inbox", "link", "token", "version")
+    __slots__ = ("client_id", "cut_off", "expiry", "inbox", "link", "stats", "token", "version")
 
     def __init__(self, client_id: str, max_items: int, max_bytes: int, inbox: Inbox) -> None:
         super().__init__(max_items, max_bytes)
@@ -82,6 +85,9 @@ class _Session(SendSession):
         self.expiry: Cancellable | None = None
         #: The protocol version the client speaks (its HELLO).
         self.version = PROTOCOL_VERSION
+        self.stats = Counters()
+        #: Too slow for a broadcast: its end is on its way.
+        self.cut_off = False
 
 
 class _ServerLink(Link):
@@ -108,6 +114,13 @@ class _ServerLink(Link):
     def describe(self) -> str:
         who = self.session.client_id if self.session else (self.hello.client_id if self.hello else "?")
         return f"client {who!r} from {self.peer}"
+
+    def protocol_error(self, exc: RemoteProtocolError) -> None:
+        self.server._refusals[exc.code] += 1
+        super().protocol_error(exc)
+
+    def not_reading(self) -> None:
+        self.server._slow_cut += 1
 
     def _handshake_timeout(self) -> None:
         self.handshake_timer = None
@@ -210,6 +223,13 @@ class Server:
         self._rates = ConnectionRate()
         self._requests = Requests()
         self._rate_logged: dict[str, float] = {}
+        #: Statistics: connections refused, by the ERROR code they got.
+        self._refusals: collections.Counter[str] = collections.Counter()
+        #: Statistics: clients cut off for not keeping up (broadcast queue
+        #: full, or not reading).
+        self._slow_cut = 0
+        #: Statistics: the traffic of sessions that ended (those alive count their own).
+        self._ended_traffic = [0, 0, 0, 0]
         self._inbound_budget = Budget(type(self).max_inbound_total_bytes.default)
         for name, value in settings.items():
             if not isinstance(getattr(type(self), name, None), cfg.Setting):
@@ -402,7 +422,9 @@ class Server:
                 if size > session.peer_max_frame_size:
                     log.warning("broadcast skips client %r: message over its frame limit", session.client_id)
                     continue
-                if not session.out.offer(body):
+                if not session.out.offer(body) and not session.cut_off:
+                    # Once: until the loop ends it, the session stays in the table.
+                    session.cut_off = True
                     full.append(session)
             for session in sessions:
                 if not session.pump_pending:
@@ -415,6 +437,7 @@ class Server:
                 session.client_id,
                 len(session.out),
             )
+            self._slow_cut += 1
             self._loop.call_soon(self._end_session, session, "send queue full: the client did not keep up")
 
     def _check_running_locked(self) -> None:
@@ -429,6 +452,66 @@ class Server:
         self._to_pump.add(session)
         if wake:
             self._loop.call_soon(self._pump)
+
+    def stats(self, client_id: str | None = None) -> dict[str, Any]:
+        """Live figures (docs/STATS.md says what each means): the server's
+        (clients, traffic, refusals by code, slow clients cut off), or with
+        ``client_id`` that client's session's (``UnknownClient`` for an
+        unknown id)."""
+        with self._lock:
+            if client_id is not None:
+                session = self._sessions.get(client_id)
+                if session is None:
+                    raise UnknownClient(f"no client {client_id!r} is connected")
+                return self._session_stats(session)
+            sessions = list(self._sessions.values())
+            traffic = list(self._ended_traffic)
+            for session in sessions:
+                traffic[0] += session.out.offered
+                traffic[1] += session.out.offered_bytes
+                traffic[2] += session.inbox.received_count
+                traffic[3] += session.inbox.received_bytes
+            connected = sum(1 for session in sessions if session.link is not None)
+            return {
+                "running": self._running,
+                "clients": len(sessions),
+                "connected": connected,
+                "detached": len(sessions) - connected,
+                "max_clients": self.max_clients,
+                "messages_sent": traffic[0],
+                "bytes_sent": traffic[1],
+                "messages_received": traffic[2],
+                "bytes_received": traffic[3],
+                "refusals": dict(self._refusals),
+                "slow_clients_cut": self._slow_cut,
+                "requests_in_flight": sum(self._requests.in_flight(s.client_id) for s in sessions),
+            }
+
+    def _session_stats(self, session: _Session) -> dict[str, Any]:
+        link, out, inbox = session.link, session.out, session.inbox
+        figures: dict[str, Any] = {
+            "client_id": session.client_id,
+            "connected": link is not None,
+            "peer": link.peer if link is not None else None,
+            "messages_sent": out.offered,
+            "bytes_sent": out.offered_bytes,
+            "messages_received": inbox.received_count,
+            "bytes_received": inbox.received_bytes,
+            "queued": len(out),
+            "queued_bytes": out.queued_bytes,
+            "max_queued": out.max_items,
+            "max_queued_bytes": out.max_bytes,
+            "unwritten": session.unwritten,
+            "inbound_waiting": inbox.waiting,
+            "inbound_waiting_bytes": inbox.waiting_bytes,
+            "max_inbound": inbox.max_count,
+            "max_inbound_bytes": inbox.max_bytes,
+            "resent": session.resent,
+            "requests_in_flight": self._requests.in_flight(session.client_id),
+        }
+        figures.update(session.stats.figures())
+        del figures["sessions_lost"]  # a session is its own: it is lost once, and gone
+        return figures
 
     def queued(self, client_id: str) -> int:
         """Messages sent to ``client_id`` that it has not acknowledged yet
@@ -468,6 +551,7 @@ class Server:
             # A plain-TCP client is told why (it retries with backoff); a TLS
             # one is reset at once (a handshake is what a flood must not cost
             # us) and retries as after any failed attempt.
+            self._refusals[ErrorCode.RATE_LIMITED] += 1
             incoming.refuse(_RATE_LIMITED_FRAME if self._tls_context is None else None)
             return
         try:
@@ -540,7 +624,7 @@ class Server:
                     return
                 message = Message._from_wire(event.subject, event.payload, event.encoded)
                 if not self._callbacks.emit_message(inbox, event.seq, len(event.encoded), session.client_id, message):
-                    inbox.take_now()
+                    inbox.take_now(len(event.encoded))
         elif isinstance(event, AckReceived):
             if session is None:
                 return
@@ -551,6 +635,9 @@ class Server:
         elif isinstance(event, PingReceived):
             link.answer_ping()
         elif isinstance(event, PongReceived):
+            rtt = link.liveness.pong(self._loop.time())
+            if session is not None:
+                session.stats.round_trip(rtt)
             if link.probe_waiter is not None:
                 self._probe_done(link, alive=True)
         elif isinstance(event, Hello):
@@ -568,6 +655,7 @@ class Server:
 
     def _refuse(self, link: _ServerLink, code: ErrorCode, message: str, retry: bool = False) -> None:
         log.warning("refusing %s: %s", link.describe(), message)
+        self._refusals[code] += 1
         link.send_final(link.proto.send_error(code, message, retry=retry), f"refused: {message}")
 
     def _on_hello(self, link: _ServerLink, hello: Hello) -> None:
@@ -675,6 +763,10 @@ class Server:
         with self._lock:
             if resumed:
                 session.resumed(link.hello.last_seq)
+                session.stats.reconnects += 1
+                session.stats.resumes += 1
+            else:
+                session.stats.connects += 1
             session.peer_max_frame_size = link.hello.max_frame_size
             session.version = link.hello.version
         session.link = link
@@ -735,7 +827,13 @@ class Server:
             self._to_pump.discard(session)
             session.pump_pending = False
             session.live = None
+            ended = self._ended_traffic
+            ended[0] += session.out.offered
+            ended[1] += session.out.offered_bytes
+            ended[2] += session.inbox.received_count
+            ended[3] += session.inbox.received_bytes
             dropped = session.end()
+        session.stats.closed()
         if session.expiry is not None:
             session.expiry.cancel()
             session.expiry = None
@@ -771,6 +869,7 @@ class Server:
                 session.live = None
             session.link = None
             session.inbox.detach(link)
+            session.stats.closed()
             link.session = None
             log.info(
                 "client %r connection lost (%s); session kept for %g s", session.client_id, reason, self.session_expiry

@@ -35,7 +35,7 @@ class SendSession:
     resume), every message up to it waits only for its ACK.
     """
 
-    __slots__ = ("last_send", "live", "out", "peer_max_frame_size", "pump_pending", "sent_seq")
+    __slots__ = ("last_send", "live", "out", "peer_max_frame_size", "pump_pending", "resent", "sent_seq")
 
     def __init__(self, max_items: int, max_bytes: int) -> None:
         self.out = OutboundStream(max_items, max_bytes)
@@ -48,6 +48,8 @@ class SendSession:
         #: What the peer's HELLO or WELCOME allowed (a MESSAGE over it is refused at send()).
         self.peer_max_frame_size = DEFAULT_MAX_FRAME_SIZE
         self.last_send = 0.0
+        #: Messages written again after a resume or a restart (statistics).
+        self.resent = 0
 
     @property
     def unwritten(self) -> int:
@@ -73,11 +75,14 @@ class SendSession:
         """The session goes on on a new connection, where the peer had
         everything up to ``peer_last_seq``: the rest is written again."""
         self.out.ack(peer_last_seq)
+        self.resent += max(0, self.sent_seq - peer_last_seq)
         self.sent_seq = peer_last_seq
 
     def restarted(self) -> None:
         """The peer forgot the session (a server restart): what it did not
         acknowledge is numbered again from 1 in a new one and written again."""
+        first_unacked = self.out.next_seq - len(self.out)
+        self.resent += max(0, self.sent_seq - first_unacked + 1)
         self.out.restart()
         self.sent_seq = 0
 

@@ -32,6 +32,9 @@ class OutboundStream:
         self.next_seq = 1
         self._items: deque[bytes] = deque()
         self._bytes = 0
+        #: Every message and byte ever queued here (statistics; never reset).
+        self.offered = 0
+        self.offered_bytes = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -59,6 +62,8 @@ class OutboundStream:
         items.append(body)
         self._bytes += size
         self.next_seq += 1
+        self.offered += 1
+        self.offered_bytes += size
         return True
 
     def ack(self, seq: int) -> int:

@@ -476,6 +476,10 @@ class AsyncClient(_Endpoint):
     def failed_attempts(self) -> int:
         return self._inner.failed_attempts
 
+    def stats(self) -> dict[str, Any]:
+        """Live figures, as ``Client.stats`` (docs/STATS.md)."""
+        return self._inner.stats()
+
     def generate_new_id(self) -> str:
         """A new random ``client_id`` for this client (while not running)."""
         return self._inner.generate_new_id()
@@ -667,6 +671,10 @@ class AsyncServer(_Endpoint):
     def queued(self, client_id: str) -> int:
         """Messages sent to ``client_id`` not yet acknowledged."""
         return self._inner.queued(client_id)
+
+    def stats(self, client_id: str | None = None) -> dict[str, Any]:
+        """Live figures, as ``Server.stats`` (docs/STATS.md)."""
+        return self._inner.stats(client_id)
 
     def _finished(self) -> bool:
         return not self._inner.running

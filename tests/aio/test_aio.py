@@ -583,3 +583,18 @@ def test_both_sides_write_small_frames_at_once_tcp_nodelay() -> None:
             assert [s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in sockets] == [1, 1]
 
     run(test)
+
+
+def test_the_async_classes_show_the_same_live_figures() -> None:
+    async def test() -> None:
+        async with (
+            AsyncServer(interface="127.0.0.1", port=0) as server,
+            AsyncClient(address="127.0.0.1", port=server.port, client_id="st") as client,
+        ):
+            for n in range(12):
+                await client.send(Message("m", {"n": n}))
+            assert len(await take(server.messages(), 12)) == 12
+            assert client.stats()["messages_sent"] == 12
+            assert server.stats()["messages_received"] == 12 == server.stats("st")["messages_received"]
+
+    run(test)
