@@ -114,6 +114,16 @@ class DaemonShutdown(_Command):
     cmd: Literal["daemon.shutdown"]
 
 
+class Stats(_Command):
+    """Live figures of the daemon and of its instances (docs/STATS.md);
+    ``kind`` and ``name`` narrow them down, and a named server's figures
+    come with its clients'."""
+
+    cmd: Literal["stats"]
+    kind: Literal["client", "server"] | None = None
+    name: Annotated[str, StringConstraints(min_length=1)] | None = None
+
+
 class ListInstances(_Command):
     """Every instance with its status."""
 
@@ -265,6 +275,7 @@ Request = Annotated[
     | DaemonStatus
     | DaemonShutdown
     | ListInstances
+    | Stats
     | ClientCreate
     | ClientRemove
     | ClientSet

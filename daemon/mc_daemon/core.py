@@ -35,6 +35,7 @@ from missioncommander import (
     Server,
     SessionLost,
     StateError,
+    UnknownClient,
 )
 from missioncommander import __version__ as library_version
 
@@ -549,6 +550,38 @@ class DaemonCore:
             "last_seq": self._ring.last_seq,
         }
 
+    def stats(self, kind: str | None, name: str | None) -> dict[str, Any]:
+        """The daemon's figures and each instance's ``stats()`` (a named
+        server's with its clients'); ``kind``/``name`` narrow them down."""
+        with self._lock:
+            instances = [
+                i
+                for i in (*self.clients.values(), *self.servers.values())
+                if (kind is None or i.kind == kind) and (name is None or i.name == name)
+            ]
+            subscribers = len(self._subs)
+        if name is not None and not instances:
+            raise CoreError(ErrorCode.NOT_FOUND, f"no instance named {name!r}")
+        figures = []
+        for inst in instances:
+            entry: dict[str, Any] = {"kind": inst.kind, "name": inst.name}
+            if isinstance(inst, ClientInstance):
+                entry["stats"] = inst.client.stats()
+            else:
+                assert isinstance(inst, ServerInstance)
+                entry["stats"] = inst.server.stats()
+                if name is not None:
+                    clients = inst.server.clients if inst.server.running else []
+                    entry["clients"] = {cid: _client_stats(inst.server, cid) for cid in clients}
+            figures.append(entry)
+        daemon = {
+            "uptime": time.time() - self.started,
+            "instances": len(instances) if kind is None and name is None else None,
+            "event_subscribers": subscribers,
+            "events_published": self._ring.last_seq,
+        }
+        return {"daemon": daemon, "instances": figures}
+
     def summary(self) -> str:
         """One line for systemd's STATUS=."""
         st = self.daemon_status()
@@ -689,6 +722,14 @@ def _shown(values: dict[str, Any], reveal: bool) -> dict[str, Any]:
             if values.get(key) is not None:
                 values[key] = HIDDEN
     return values
+
+
+def _client_stats(server: Server, client_id: str) -> dict[str, Any] | None:
+    """One client's figures, or None when its session ended meanwhile."""
+    try:
+        return server.stats(client_id)
+    except UnknownClient:
+        return None
 
 
 @contextlib.contextmanager

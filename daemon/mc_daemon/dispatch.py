@@ -63,6 +63,8 @@ class Dispatcher:
                 return {"stopping": True}
             case schema.ListInstances():
                 return {"instances": core.list()}
+            case schema.Stats():
+                return core.stats(req.kind, req.name)
             case schema.ClientCreate() | schema.ServerCreate():
                 return core.create(_kind(req.cmd), req.name)
             case schema.ClientRemove() | schema.ServerRemove():

@@ -36,6 +36,8 @@ CLI_FORMS = [
     ["client", "status"],
     ["client", "send", "echo", '{"message": "hello"}'],
     ["client", "send", "ping"],
+    ["stats"],
+    ["stats", "--name", "s1", "--kind", "server"],
     ["client", "request", "status", '{"verbose": true}', "--timeout", "5"],
     ["server", "request", "--to", "abcXYZ", "ping"],
     ["server", "create", "--name", "s1"],

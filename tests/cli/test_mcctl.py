@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import free_port
+from support import free_port, wait_until
 from support.cli import mcctl_command, run
 from support.mcd import Mcd
 
@@ -448,3 +448,38 @@ def test_a_hosted_server_asks_a_library_client_and_is_told_no_responder_by_anoth
             client.request(Message("anyone?"), timeout=30)
     out = run("--json", "server", "request", "--to", "gone", "ping", socket_path=mcd.socket)
     assert out.returncode == 1 and json.loads(out.stdout)["error"]["code"] == "not_found"
+
+
+def test_stats_counts_what_the_hosted_instances_did(mcd: Mcd) -> None:
+    port = free_port()
+    for args in (
+        ("server", "set", "interface", "127.0.0.1"),
+        ("server", "set", "port", str(port)),
+        ("server", "start"),
+        ("client", "set", "address", "127.0.0.1"),
+        ("client", "set", "port", str(port)),
+        ("client", "set", "client_id", "rover"),
+        ("client", "connect", "--wait"),
+        ("client", "send", "one"),
+        ("client", "send", "two"),
+        ("server", "send", "down"),
+    ):
+        assert run(*args, socket_path=mcd.socket).returncode == 0, args
+
+    def server_figures() -> dict[str, Any]:
+        result: dict[str, Any] = ok_json("stats", "--name", "default", "--kind", "server", socket_path=mcd.socket)
+        return result
+
+    # The two messages are on their way to the server.
+    wait_until(lambda: server_figures()["instances"][0]["stats"]["messages_received"] == 2, what="both received")
+    figures = server_figures()
+    (server,) = figures["instances"]
+    assert server["stats"]["messages_received"] == 2 and server["stats"]["messages_sent"] == 1
+    assert server["clients"]["rover"]["messages_received"] == 2
+    (client,) = ok_json("stats", "--kind", "client", socket_path=mcd.socket)["instances"]
+    assert (client["name"], client["stats"]["messages_sent"], client["stats"]["connected"]) == ("default", 2, True)
+    assert figures["daemon"]["events_published"] > 0
+    human = run("stats", socket_path=mcd.socket)
+    assert human.returncode == 0 and human.stdout.splitlines()[0].split()[:4] == ["KIND", "NAME", "STATE", "SENT"]
+    missing = run("--json", "stats", "--name", "ghost", socket_path=mcd.socket)
+    assert missing.returncode == 1 and json.loads(missing.stdout)["error"]["code"] == "not_found"

@@ -93,6 +93,8 @@ def render(inv: Invocation, result: dict[str, Any]) -> str:
     name = inv.params.get("name", "default")
     if cmd == "list":
         return output.instances(result["instances"])
+    if cmd == "stats":
+        return output.stats(result)
     if cmd == "daemon.status":
         return output.daemon_status(result)
     if cmd == "daemon.shutdown":

@@ -45,6 +45,7 @@ TOP_COMMANDS = (
     "client",
     "server",
     "list",
+    "stats",
     "events",
     "watch",
     "wait",
@@ -68,7 +69,7 @@ OPTIONS: dict[str, tuple[bool, str]] = {
     "--no-wait": (False, "client connect: return at once, without waiting for the first attempt"),
     "--to": (True, "server send: one client id instead of all; server request: the client asked"),
     "--since": (True, "events: replay the events after sequence number N"),
-    "--kind": (True, "wait/events: client or server"),
+    "--kind": (True, "wait/events/stats: client or server"),
     "--help": (False, "show help"),
 }
 #: option -> the commands it goes with, in the order a refusal names them
@@ -77,7 +78,7 @@ _OPTION_USE: dict[str, tuple[tuple[str, ...], ...]] = {
     "--no-wait": (("client", "connect"),),
     "--to": (("server", "send"), ("server", "request")),
     "--since": (("events",),),
-    "--kind": (("wait",), ("events",)),
+    "--kind": (("wait",), ("events",), ("stats",)),
 }
 
 
@@ -267,6 +268,13 @@ def parse(argv: list[str]) -> Invocation:
     if head == "list":
         _expect(rest, 0, "list")
         inv.cmd = "list"
+    elif head == "stats":
+        _expect(rest, 0, "stats [--name NAME] [--kind client|server] [--json]")
+        inv.cmd = "stats"
+        if opts.kind:
+            inv.params["kind"] = opts.kind
+        if opts.name_given:
+            inv.params["name"] = opts.name
     elif head in ("events", "watch"):
         _expect(rest, 0, "events [--since N] [--name NAME] [--kind client|server] [--json]")
         inv.action = "events"
@@ -309,8 +317,8 @@ def _check_option_use(opts: Options, head: str, verb: str | None) -> None:
         ):
             allowed = " or ".join(" ".join(u) for u in uses)
             raise UsageError(f"{option} only goes with {allowed}")
-    if opts.name_given and head not in ("client", "server", "wait", "events", "watch"):
-        raise UsageError("--name only goes with client, server, wait and events commands")
+    if opts.name_given and head not in ("client", "server", "wait", "events", "watch", "stats"):
+        raise UsageError("--name only goes with client, server, wait, events and stats commands")
 
 
 def _instance_command(inv: Invocation, kind: str, rest: list[str]) -> Invocation:

@@ -44,6 +44,7 @@ server commands (on the server instance --name):
   server kick CLIENT_ID [REASON]
 other commands:
   list                          every instance and its state
+  stats [--name NAME] [--kind K] live figures: traffic, queues, resends, round trips (docs/STATS.md)
   events (or watch)             live events; --since N replays after #N; --json for JSON lines
   wait [--name N] STATE         block until an instance is in STATE
                                 (client: connected, disconnected, connecting, reconnecting,

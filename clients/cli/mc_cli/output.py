@@ -117,3 +117,56 @@ def daemon_status(st: dict[str, Any]) -> str:
 def event(ev: dict[str, Any]) -> str:
     """One line for an event, e.g. ``12:00:01.234  #5     client/default  connect``."""
     return describe_event(ev)
+
+
+def stats(result: dict[str, Any]) -> str:
+    """``stats``: one row per instance (and per client of a named server),
+    the daemon's own figures last."""
+    rows = []
+    for entry in result["instances"]:
+        st = entry["stats"]
+        if entry["kind"] == "client":
+            state = "connected" if st["connected"] else "not connected"
+            queued = f"{st['queued']}/{st['max_queued']}"
+            extra = f"reconnects {st['reconnects']}, resumes {st['resumes']}, resent {st['resent']}"
+        else:
+            state = f"{st['connected']} connected, {st['detached']} detached" if st["running"] else "stopped"
+            queued = ""
+            refusals = sum(st["refusals"].values())
+            extra = f"refused {refusals}, cut off {st['slow_clients_cut']}"
+        rtt = st.get("rtt_smoothed_ms")
+        rows.append(
+            (
+                entry["kind"],
+                entry["name"],
+                state,
+                st["messages_sent"],
+                st["messages_received"],
+                queued,
+                "" if rtt is None else f"{rtt:.2f}",
+                extra,
+            )
+        )
+        for client_id, cs in (entry.get("clients") or {}).items():
+            if cs is None:
+                continue
+            rtt = cs.get("rtt_smoothed_ms")
+            rows.append(
+                (
+                    "  client",
+                    client_id,
+                    "connected" if cs["connected"] else "detached",
+                    cs["messages_sent"],
+                    cs["messages_received"],
+                    f"{cs['queued']}/{cs['max_queued']}",
+                    "" if rtt is None else f"{rtt:.2f}",
+                    f"resumes {cs['resumes']}, resent {cs['resent']}",
+                )
+            )
+    daemon = result["daemon"]
+    lines = [table(rows, ("KIND", "NAME", "STATE", "SENT", "RECEIVED", "QUEUED", "RTT MS", "DETAIL"))] if rows else []
+    lines.append(
+        f"mcd: up {daemon['uptime']:.0f} s, {daemon['event_subscribers']} event subscriber(s),"
+        f" {daemon['events_published']} event(s) published"
+    )
+    return "\n".join(lines)
