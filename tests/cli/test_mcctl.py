@@ -483,3 +483,23 @@ def test_stats_counts_what_the_hosted_instances_did(mcd: Mcd) -> None:
     assert human.returncode == 0 and human.stdout.splitlines()[0].split()[:4] == ["KIND", "NAME", "STATE", "SENT"]
     missing = run("--json", "stats", "--name", "ghost", socket_path=mcd.socket)
     assert missing.returncode == 1 and json.loads(missing.stdout)["error"]["code"] == "not_found"
+
+
+def test_top_refreshes_with_rates_and_stops_after_count(mcd: Mcd) -> None:
+    port = free_port()
+    for args in (
+        ("server", "set", "interface", "127.0.0.1"),
+        ("server", "set", "port", str(port)),
+        ("server", "start"),
+    ):
+        assert run(*args, socket_path=mcd.socket).returncode == 0
+    out = run("--json", "top", "--count", "2", socket_path=mcd.socket)
+    assert out.returncode == 0, out.stderr
+    first, second = (json.loads(line) for line in out.stdout.splitlines())
+    assert first["rates"] == []  # nothing to compare with yet
+    assert {(r["kind"], r["name"]) for r in second["rates"]} == {("server", "default")}
+    assert second["rates"][0]["received_per_s"] == 0
+    human = run("top", "--count", "1", socket_path=mcd.socket)
+    assert human.returncode == 0 and "SENT/S" in human.stdout.splitlines()[0]
+    bad = run("top", "--count", "0", socket_path=mcd.socket)
+    assert bad.returncode == 2 and "--count must be" in bad.stderr

@@ -150,6 +150,49 @@ def run_request(inv: Invocation, transport: Transport, printer: Printer) -> int:
     return EXIT_OK
 
 
+#: Seconds between ``top``'s refreshes.
+TOP_INTERVAL = 1.0
+
+
+def run_top(inv: Invocation, transport: Transport, printer: Printer) -> int:
+    """``stats`` again every second, with message rates, refreshed in place
+    on a terminal (one JSON object per refresh with ``--json``); until
+    Ctrl-C, or ``--count`` refreshes."""
+    count = inv.options.count
+    clear = not printer.as_json and printer.out.isatty() if hasattr(printer.out, "isatty") else False
+    before: dict[tuple[str, str, str], tuple[int, int]] | None = None
+    taken = 0.0
+    shown = 0
+    while count is None or shown < count:
+        if shown:
+            time.sleep(TOP_INTERVAL)  # a live view for people: the pace is the point
+        try:
+            result = transport.request("stats", **inv.params)
+        except ControlError as exc:
+            printer.error(exc.code, exc.message, exc.details)
+            return EXIT_CODES.get(exc.code, EXIT_FAILED)
+        now = time.monotonic()
+        counts = output.traffic(result)
+        rates: output.Rates = {}
+        if before is not None and now > taken:
+            span = now - taken
+            for key, (sent, received) in counts.items():
+                if key in before:
+                    rates[key] = ((sent - before[key][0]) / span, (received - before[key][1]) / span)
+        before, taken = counts, now
+        if printer.as_json:
+            result["rates"] = [
+                {"kind": k, "name": n, "client_id": c or None, "sent_per_s": s, "received_per_s": r}
+                for (k, n, c), (s, r) in rates.items()
+            ]
+            printer.result("", result)
+        else:
+            text = output.stats(result, rates)
+            printer.line(("\x1b[H\x1b[2J" if clear else "") + text)
+        shown += 1
+    return EXIT_OK
+
+
 def run_version(hello: Callable[[], dict[str, Any]], printer: Printer) -> int:
     """Print both versions; ``hello`` asks the daemon (or raises DaemonUnreachable)."""
     mine = {"version": __version__, "api_version": API_VERSION}

@@ -46,6 +46,7 @@ TOP_COMMANDS = (
     "server",
     "list",
     "stats",
+    "top",
     "events",
     "watch",
     "wait",
@@ -69,7 +70,8 @@ OPTIONS: dict[str, tuple[bool, str]] = {
     "--no-wait": (False, "client connect: return at once, without waiting for the first attempt"),
     "--to": (True, "server send: one client id instead of all; server request: the client asked"),
     "--since": (True, "events: replay the events after sequence number N"),
-    "--kind": (True, "wait/events/stats: client or server"),
+    "--kind": (True, "wait/events/stats/top: client or server"),
+    "--count": (True, "top: stop after N refreshes (default: until Ctrl-C)"),
     "--help": (False, "show help"),
 }
 #: option -> the commands it goes with, in the order a refusal names them
@@ -78,7 +80,8 @@ _OPTION_USE: dict[str, tuple[tuple[str, ...], ...]] = {
     "--no-wait": (("client", "connect"),),
     "--to": (("server", "send"), ("server", "request")),
     "--since": (("events",),),
-    "--kind": (("wait",), ("events",), ("stats",)),
+    "--kind": (("wait",), ("events",), ("stats",), ("top",)),
+    "--count": (("top",),),
 }
 
 
@@ -90,6 +93,7 @@ class Options:
     """The options given, wherever they stood among the words."""
 
     __slots__ = (
+        "count",
         "help",
         "json",
         "kind",
@@ -113,6 +117,7 @@ class Options:
         self.no_wait = False
         self.to: str | None = None
         self.since: int | None = None
+        self.count: int | None = None
         self.kind: str | None = None
         self.help = False
 
@@ -184,6 +189,10 @@ def _set_option(opts: Options, name: str, value: str) -> None:
         if not value.isdigit():
             raise UsageError(f"--since must be a sequence number (0 or more), not {value!r}")
         opts.since = int(value)
+    elif name == "--count":
+        if not value.isdigit() or int(value) < 1:
+            raise UsageError(f"--count must be a number of refreshes (1 or more), not {value!r}")
+        opts.count = int(value)
     elif name == "--kind":
         if value not in ("client", "server"):
             raise UsageError("--kind must be client or server")
@@ -268,9 +277,11 @@ def parse(argv: list[str]) -> Invocation:
     if head == "list":
         _expect(rest, 0, "list")
         inv.cmd = "list"
-    elif head == "stats":
-        _expect(rest, 0, "stats [--name NAME] [--kind client|server] [--json]")
+    elif head in ("stats", "top"):
+        _expect(rest, 0, f"{head} [--name NAME] [--kind client|server] [--json]")
         inv.cmd = "stats"
+        if head == "top":
+            inv.action = "top"
         if opts.kind:
             inv.params["kind"] = opts.kind
         if opts.name_given:
@@ -317,8 +328,8 @@ def _check_option_use(opts: Options, head: str, verb: str | None) -> None:
         ):
             allowed = " or ".join(" ".join(u) for u in uses)
             raise UsageError(f"{option} only goes with {allowed}")
-    if opts.name_given and head not in ("client", "server", "wait", "events", "watch", "stats"):
-        raise UsageError("--name only goes with client, server, wait, events and stats commands")
+    if opts.name_given and head not in ("client", "server", "wait", "events", "watch", "stats", "top"):
+        raise UsageError("--name only goes with client, server, wait, events, stats and top commands")
 
 
 def _instance_command(inv: Invocation, kind: str, rest: list[str]) -> Invocation:

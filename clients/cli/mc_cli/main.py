@@ -14,6 +14,7 @@ from .commands import (
     Printer,
     run_events,
     run_request,
+    run_top,
     run_version,
     run_wait,
 )
@@ -45,6 +46,7 @@ server commands (on the server instance --name):
 other commands:
   list                          every instance and its state
   stats [--name NAME] [--kind K] live figures: traffic, queues, resends, round trips (docs/STATS.md)
+  top [--name NAME] [--kind K] [--count N]   the same, refreshed every second with message rates
   events (or watch)             live events; --since N replays after #N; --json for JSON lines
   wait [--name N] STATE         block until an instance is in STATE
                                 (client: connected, disconnected, connecting, reconnecting,
@@ -140,6 +142,8 @@ def execute(inv: Invocation, printer: Printer, factory: Callable[[], ControlClie
                 return run_events(inv, client, printer)
             if inv.action == "wait":
                 return run_wait(inv, client, printer)
+            if inv.action == "top":
+                return run_top(inv, client, printer)
             return run_request(inv, client, printer)
     except DaemonUnreachable as exc:
         return printer.unreachable(exc)
@@ -184,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return execute(inv, printer, client_factory(inv))
     except KeyboardInterrupt:
-        return EXIT_OK if inv.action == "events" else 130
+        return EXIT_OK if inv.action in ("events", "top") else 130
     except BrokenPipeError:  # e.g. `mcctl events | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK

@@ -119,9 +119,32 @@ def event(ev: dict[str, Any]) -> str:
     return describe_event(ev)
 
 
-def stats(result: dict[str, Any]) -> str:
-    """``stats``: one row per instance (and per client of a named server),
-    the daemon's own figures last."""
+#: Messages sent and received per second, by row (``top``): kind, name, client id.
+Rates = dict[tuple[str, str, str], tuple[float, float]]
+
+
+def traffic(result: dict[str, Any]) -> dict[tuple[str, str, str], tuple[int, int]]:
+    """Messages sent and received so far, by row: what ``top``'s rates are made of."""
+    counts = {}
+    for entry in result["instances"]:
+        st = entry["stats"]
+        counts[(entry["kind"], entry["name"], "")] = (st["messages_sent"], st["messages_received"])
+        for client_id, cs in (entry.get("clients") or {}).items():
+            if cs is not None:
+                counts[(entry["kind"], entry["name"], client_id)] = (cs["messages_sent"], cs["messages_received"])
+    return counts
+
+
+def _rate(rates: Rates | None, key: tuple[str, str, str], which: int) -> str:
+    if rates is None or key not in rates:
+        return ""
+    return f"{rates[key][which]:,.0f}"
+
+
+def stats(result: dict[str, Any], rates: Rates | None = None) -> str:
+    """``stats`` (and each refresh of ``top``, with message rates): one row
+    per instance and per client of a named server, the daemon's own figures
+    last."""
     rows = []
     for entry in result["instances"]:
         st = entry["stats"]
@@ -135,6 +158,7 @@ def stats(result: dict[str, Any]) -> str:
             refusals = sum(st["refusals"].values())
             extra = f"refused {refusals}, cut off {st['slow_clients_cut']}"
         rtt = st.get("rtt_smoothed_ms")
+        key = (entry["kind"], entry["name"], "")
         rows.append(
             (
                 entry["kind"],
@@ -142,6 +166,7 @@ def stats(result: dict[str, Any]) -> str:
                 state,
                 st["messages_sent"],
                 st["messages_received"],
+                *((_rate(rates, key, 0), _rate(rates, key, 1)) if rates is not None else ()),
                 queued,
                 "" if rtt is None else f"{rtt:.2f}",
                 extra,
@@ -151,6 +176,7 @@ def stats(result: dict[str, Any]) -> str:
             if cs is None:
                 continue
             rtt = cs.get("rtt_smoothed_ms")
+            key = (entry["kind"], entry["name"], client_id)
             rows.append(
                 (
                     "  client",
@@ -158,13 +184,16 @@ def stats(result: dict[str, Any]) -> str:
                     "connected" if cs["connected"] else "detached",
                     cs["messages_sent"],
                     cs["messages_received"],
+                    *((_rate(rates, key, 0), _rate(rates, key, 1)) if rates is not None else ()),
                     f"{cs['queued']}/{cs['max_queued']}",
                     "" if rtt is None else f"{rtt:.2f}",
                     f"resumes {cs['resumes']}, resent {cs['resent']}",
                 )
             )
     daemon = result["daemon"]
-    lines = [table(rows, ("KIND", "NAME", "STATE", "SENT", "RECEIVED", "QUEUED", "RTT MS", "DETAIL"))] if rows else []
+    rate_columns: tuple[str, ...] = ("SENT/S", "RECV/S") if rates is not None else ()
+    header = ("KIND", "NAME", "STATE", "SENT", "RECEIVED", *rate_columns, "QUEUED", "RTT MS", "DETAIL")
+    lines = [table(rows, header)] if rows else []
     lines.append(
         f"mcd: up {daemon['uptime']:.0f} s, {daemon['event_subscribers']} event subscriber(s),"
         f" {daemon['events_published']} event(s) published"
