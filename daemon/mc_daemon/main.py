@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from .files import SocketInUse, SocketLock, claim_socket_path, secure_directory
 if TYPE_CHECKING:
     from .control import ControlServer
     from .core import DaemonCore
+    from .metrics import MetricsServer
 
 log = logging.getLogger("mcd")
 
@@ -174,6 +176,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="recent events kept for catch-up (default 10000)",
     )
+    p.add_argument(
+        "--metrics",
+        metavar="ADDRESS:PORT",
+        help="serve the live figures for Prometheus at http://ADDRESS:PORT/metrics (a bare PORT: on 127.0.0.1; "
+        "needs the metrics extra; docs/STATS.md)",
+    )
     p.add_argument("--print-schema", action="store_true", help="print the control API's JSON Schema and exit")
     p.add_argument("--version", action="store_true", help="print mcd's version and exit")
     unit = p.add_argument_group("install-service")
@@ -191,6 +199,7 @@ def _service_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         ("--log-level", "log_level"),
         ("--event-queue", "event_queue"),
         ("--event-ring", "event_ring"),
+        ("--metrics", "metrics"),
     ):
         value = getattr(args, dest)
         if value != parser.get_default(dest):
@@ -234,6 +243,16 @@ def main(argv: list[str] | None = None, early_signals: list[int] | None = None) 
 
         print(f"mcd {__version__}")
         return 0
+    if args.metrics is not None:
+        from .metrics import parse_address  # noqa: PLC0415
+
+        try:
+            args.metrics = parse_address(args.metrics)
+        except ValueError as exc:
+            parser.error(str(exc))
+        if importlib.util.find_spec("prometheus_client") is None:
+            print("mcd: --metrics needs prometheus-client: pip install 'missioncommander[metrics]'", file=sys.stderr)
+            return 2
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -256,6 +275,7 @@ class _Startup:
         self.lock: SocketLock | None = None
         self.server: ControlServer | None = None
         self.core: DaemonCore | None = None
+        self.metrics: MetricsServer | None = None
         self.notifier = Notifier(os.environ.get("NOTIFY_SOCKET"))
 
     def __enter__(self) -> _Startup:
@@ -297,6 +317,15 @@ class _Startup:
             self.server = None
             print(f"mcd: cannot listen on {socket_path}: {exc.strerror or exc}", file=sys.stderr)
             return 1
+        if args.metrics is not None:
+            from .metrics import MetricsServer  # noqa: PLC0415 - prometheus-client only when asked
+
+            try:
+                self.metrics = MetricsServer(core, args.metrics)
+            except OSError as exc:
+                host, port = args.metrics
+                print(f"mcd: cannot serve metrics on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+                return 1
         core.restore(should_stop=self.stop.is_set)
         if self.stop.is_set():
             return 0
@@ -313,6 +342,8 @@ class _Startup:
         self.stop.set()
         if self.core is not None or self.server is not None:
             self.notifier.send("STOPPING=1")
+        if self.metrics is not None:
+            self.metrics.close()
         if self.server is not None:
             self.server.close()
         if self.core is not None:

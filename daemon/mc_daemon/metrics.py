@@ -1,0 +1,148 @@
+"""``mcd --metrics ADDRESS:PORT``: the live figures for Prometheus.
+
+The well-kept ``prometheus-client`` package (the ``metrics`` extra) serves
+them in Prometheus' text format; a collector reads ``DaemonCore.stats`` at
+each scrape, so nothing is counted twice and nothing runs between scrapes.
+Every figure is docs/STATS.md's, named ``missioncommander_<figure>`` and
+labelled with the instance's ``kind`` and ``instance`` name, and for a
+server's client with its ``client`` id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .core import DaemonCore
+
+log = logging.getLogger("mcd.metrics")
+
+PREFIX = "missioncommander_"
+#: Figures that only grow: Prometheus counters (``_total``).
+COUNTERS = (
+    "messages_sent",
+    "bytes_sent",
+    "messages_received",
+    "bytes_received",
+    "resent",
+    "connects",
+    "reconnects",
+    "resumes",
+    "sessions_lost",
+    "slow_clients_cut",
+)
+#: Figures that are a level now: Prometheus gauges.
+GAUGES = (
+    "queued",
+    "queued_bytes",
+    "max_queued",
+    "max_queued_bytes",
+    "unwritten",
+    "inbound_waiting",
+    "inbound_waiting_bytes",
+    "max_inbound",
+    "max_inbound_bytes",
+    "requests_in_flight",
+    "clients",
+    "detached",
+    "max_clients",
+)
+LABELS = ("kind", "instance", "client")
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``ADDRESS:PORT``, ``[IPv6]:PORT`` or ``PORT`` (then loopback, 127.0.0.1)."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--metrics wants ADDRESS:PORT (a port from 1 to 65535), not {text!r}")
+    return host, int(port)
+
+
+class StatsCollector:
+    """A prometheus-client collector over the daemon's ``stats``."""
+
+    def __init__(self, core: DaemonCore) -> None:
+        self.core = core
+
+    def rows(self) -> Iterator[tuple[tuple[str, str, str], dict[str, Any]]]:
+        """(labels, figures) of every instance and of every client of a server."""
+        for entry in self.core.stats(None, None)["instances"]:
+            kind, name = entry["kind"], entry["name"]
+            yield (kind, name, ""), entry["stats"]
+            if kind == "server":
+                try:
+                    detail = self.core.stats("server", name)["instances"]
+                except Exception:  # removed meanwhile: it simply is not there any more
+                    continue
+                for client_id, figures in (detail[0].get("clients") or {}).items() if detail else ():
+                    if figures is not None:
+                        yield (kind, name, client_id), figures
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: PLC0415
+
+        rows = list(self.rows())
+        for figure in COUNTERS:
+            family = CounterMetricFamily(PREFIX + figure, f"{figure} (docs/STATS.md)", labels=LABELS)
+            for labels, figures in rows:
+                if figures.get(figure) is not None:
+                    family.add_metric(labels, figures[figure])
+            yield family
+        for figure in GAUGES:
+            gauge = GaugeMetricFamily(PREFIX + figure, f"{figure} (docs/STATS.md)", labels=LABELS)
+            for labels, figures in rows:
+                value = figures.get(figure)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    gauge.add_metric(labels, value)
+            yield gauge
+        connected = GaugeMetricFamily(
+            PREFIX + "connected", "a client connected (1) or not; a server's clients connected", labels=LABELS
+        )
+        rtt = GaugeMetricFamily(
+            PREFIX + "rtt_seconds", "the heartbeat's round trip, smoothed (docs/STATS.md)", labels=LABELS
+        )
+        refusals = CounterMetricFamily(
+            PREFIX + "refusals", "connections refused, by the ERROR code they got", labels=(*LABELS, "code")
+        )
+        for labels, figures in rows:
+            connected.add_metric(labels, float(figures.get("connected") or 0))
+            if figures.get("rtt_smoothed_ms") is not None:
+                rtt.add_metric(labels, figures["rtt_smoothed_ms"] / 1e3)
+            for code, count in (figures.get("refusals") or {}).items():
+                refusals.add_metric((*labels, code), count)
+        yield connected
+        yield rtt
+        yield refusals
+        daemon = self.core.stats(None, None)["daemon"]
+        yield GaugeMetricFamily("mcd_uptime_seconds", "seconds since mcd started", value=daemon["uptime"])
+        yield GaugeMetricFamily(
+            "mcd_event_subscribers", "control connections streaming events", value=daemon["event_subscribers"]
+        )
+        yield CounterMetricFamily(
+            "mcd_events_published", "events published since mcd started", value=daemon["events_published"]
+        )
+
+
+class MetricsServer:
+    """The HTTP endpoint, on a thread of prometheus-client's."""
+
+    def __init__(self, core: DaemonCore, address: tuple[str, int]) -> None:
+        from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
+        from prometheus_client.process_collector import ProcessCollector  # noqa: PLC0415
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(StatsCollector(core))
+        ProcessCollector(registry=registry)  # mcd's own CPU, memory and descriptors
+        self.httpd, self.thread = start_http_server(address[1], addr=address[0], registry=registry)
+        self.port: int = self.httpd.server_port
+        log.info("metrics on http://%s:%d/metrics", address[0], self.port)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)

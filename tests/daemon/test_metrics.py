@@ -1,0 +1,73 @@
+"""mcd --metrics: the live figures in Prometheus' format, read by its own parser."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from support import free_port, wait_until
+from support.mcd import Mcd
+
+from mc_daemon.metrics import parse_address
+
+parser = pytest.importorskip("prometheus_client.parser", reason="needs prometheus-client: pip install '.[test]'")
+
+
+@pytest.fixture
+def metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def mcd(metrics_port: int) -> Iterator[Mcd]:
+    daemon = Mcd(None, "--metrics", f"127.0.0.1:{metrics_port}").start()
+    yield daemon
+    daemon.close()
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample, by name and labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in parser.text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_the_endpoint_parses_and_counts_what_the_instances_did(mcd: Mcd, metrics_port: int) -> None:
+    mcd.request("server.set", key="interface", value="127.0.0.1")
+    port = mcd.request("server.start")["port"]
+    mcd.request("client.set", key="address", value="127.0.0.1")
+    mcd.request("client.set", key="port", value=port)
+    mcd.request("client.set", key="client_id", value="rover")
+    mcd.request("client.connect", wait=True)
+    for n in range(3):
+        mcd.request("client.send", subject="up", payload={"n": n})
+    client = (("client", ""), ("instance", "default"), ("kind", "client"))
+    server = (("client", ""), ("instance", "default"), ("kind", "server"))
+    rover = (("client", "rover"), ("instance", "default"), ("kind", "server"))
+    received = ("missioncommander_messages_received_total", server)
+    wait_until(lambda: scrape(metrics_port).get(received) == 3, what="3 messages at the server")
+    samples = scrape(metrics_port)
+    assert samples[("missioncommander_messages_sent_total", client)] == 3
+    assert samples[("missioncommander_messages_received_total", rover)] == 3
+    assert samples[("missioncommander_connected", client)] == 1
+    assert samples[("missioncommander_clients", server)] == 1
+    assert samples[("missioncommander_max_queued", client)] == 10_000
+    assert samples[("mcd_uptime_seconds", ())] > 0
+    assert ("process_open_fds", ()) in samples  # mcd's own, from prometheus-client
+
+
+def test_metrics_listen_on_loopback_by_default_and_bad_addresses_are_refused() -> None:
+    assert parse_address("9100") == ("127.0.0.1", 9100)
+    assert parse_address(":9100") == ("127.0.0.1", 9100)
+    assert parse_address("0.0.0.0:9100") == ("0.0.0.0", 9100)
+    assert parse_address("[::1]:9100") == ("::1", 9100)
+    command = [sys.executable, "-m", "mc_daemon", "--metrics", "localhost:99999"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode == 2 and "a port from 1 to 65535" in out.stderr and "Traceback" not in out.stderr
