@@ -94,3 +94,16 @@ def test_history_only_feeds_the_log() -> None:
 )
 def test_validation(check: Any, text: str, value: Any, error: str | None) -> None:
     assert check(text) == (value, error)
+
+
+def test_live_figures_become_rates_and_one_line() -> None:
+    model = vm.ViewModel()
+    figures = {"messages_sent": 10, "messages_received": 0, "queued": 2, "max_queued": 100, "rtt_smoothed_ms": 1.25}
+    figures |= {"reconnects": 1, "resent": 3}
+    model.apply_stats("client", "c", figures, now=100.0)
+    model.apply_stats("client", "c", {**figures, "messages_sent": 30, "messages_received": 5}, now=102.0)
+    inst = model.instance("client", "c")
+    assert inst.rates() == [(10.0, 2.5)]
+    line = vm.describe_figures("client", inst.figures, inst.rates())
+    assert line == "sent 30 (10/s) · received 5 (2/s) · queued 2 of 100 · round trip 1.2 ms · reconnects 1, resent 3"
+    assert vm.describe_figures("server", {}, []) == "no figures yet"

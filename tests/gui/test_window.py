@@ -444,3 +444,24 @@ def test_the_send_box_asks_and_logs_the_reply_or_why_none_came(qtbot: QtBot, gui
         qtbot.mouseClick(server_tab.send_box.ask, Qt.MouseButton.LeftButton)
         line = 'reply from asked to ping: ping {"pong": "ping"}'
         qtbot.waitUntil(lambda: line in server_tab.log.toPlainText(), timeout=WAIT)
+
+
+def test_the_tab_shows_live_figures_and_their_rate_graph(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:
+    gui.window.show()
+    qtbot.waitExposed(gui.window)
+    mcd.request("server.set", key="interface", value="127.0.0.1")
+    port = mcd.request("server.start")["port"]
+    mcd.request("client.set", key="address", value="127.0.0.1")
+    mcd.request("client.set", key="port", value=port)
+    mcd.request("client.connect", wait=True)
+    tab = gui.window.client_tab
+    for n in range(4):
+        mcd.request("client.send", subject="tick", payload={"n": n})
+    qtbot.waitUntil(lambda: "sent 4 " in tab.figures.text.text(), timeout=WAIT)
+    assert "queued" in tab.figures.text.text() and "round trip" in tab.figures.text.text()
+    # One sample a second: the graph has rates once two have come.
+    qtbot.waitUntil(lambda: len(tab.figures.graph.points) >= 1, timeout=WAIT)
+    gui.window.tabs.setCurrentIndex(1)
+    server_tab = gui.window.server_tab
+    qtbot.waitUntil(lambda: "received 4 " in server_tab.figures.text.text(), timeout=WAIT)
+    assert "clients 1 connected, 0 detached" in server_tab.figures.text.text()

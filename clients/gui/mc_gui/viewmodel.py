@@ -7,6 +7,7 @@ validates what a person types before anything is sent.
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
 from collections import deque
@@ -16,6 +17,8 @@ from typing import Any
 from mc_control.events import describe_event
 
 LOG_LINES = 500
+#: Live-figure samples kept per instance: five minutes at one a second.
+RATE_SAMPLES = 300
 
 
 @dataclass
@@ -42,6 +45,19 @@ class InstanceState:
     #: While mcd is not running its last status may no longer be true: the
     #: phase then reads "unknown", never a green "connected" under the banner.
     stale: bool = False
+    #: The last live figures (the daemon's ``stats``), and what the rate graph
+    #: is drawn from: (seconds, messages sent, messages received) samples.
+    figures: dict[str, Any] = field(default_factory=dict)
+    samples: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=RATE_SAMPLES))
+
+    def rates(self) -> list[tuple[float, float]]:
+        """Messages sent and received per second between samples, oldest first."""
+        out = []
+        for (t0, s0, r0), (t1, s1, r1) in itertools.pairwise(self.samples):
+            span = t1 - t0
+            if span > 0:
+                out.append((max(0.0, (s1 - s0) / span), max(0.0, (r1 - r0) / span)))
+        return out
 
     @property
     def phase(self) -> str:
@@ -91,6 +107,12 @@ class ViewModel:
     def names(self, kind: str) -> list[str]:
         names = sorted(n for k, n in self.instances if k == kind)
         return names if "default" in names else ["default", *names]
+
+    def apply_stats(self, kind: str, name: str, figures: dict[str, Any], now: float) -> None:
+        """An instance's live figures, taken at ``now`` (seconds, any clock)."""
+        inst = self.instance(kind, name)
+        inst.figures = figures
+        inst.samples.append((now, int(figures.get("messages_sent", 0)), int(figures.get("messages_received", 0))))
 
     def log_line(self, kind: str, name: str, line: str) -> str:
         """Add a line of the GUI's own (a request's outcome) to an instance's log."""
@@ -301,3 +323,23 @@ def describe_request_failure(subject: str, to: str, code: str, message: str) -> 
         "session_lost": "the session ended first",
     }.get(code, "not sent")
     return f"request {subject} to {to}: {what} ({message})"
+
+
+def describe_figures(kind: str, figures: dict[str, Any], rates: list[tuple[float, float]]) -> str:
+    """The live figures worth a glance, on one line (docs/STATS.md has them all)."""
+    if not figures:
+        return "no figures yet"
+    sent_rate, received_rate = rates[-1] if rates else (0.0, 0.0)
+    parts = [
+        f"sent {figures['messages_sent']:,} ({sent_rate:,.0f}/s)",
+        f"received {figures['messages_received']:,} ({received_rate:,.0f}/s)",
+    ]
+    if kind == "client":
+        parts.append(f"queued {figures['queued']:,} of {figures['max_queued']:,}")
+        rtt = figures.get("rtt_smoothed_ms")
+        parts.append("round trip " + ("-" if rtt is None else f"{rtt:.1f} ms"))
+        parts.append(f"reconnects {figures['reconnects']}, resent {figures['resent']}")
+    else:
+        parts.append(f"clients {figures['connected']} connected, {figures['detached']} detached")
+        parts.append(f"refused {sum(figures['refusals'].values())}, cut off {figures['slow_clients_cut']}")
+    return " · ".join(parts)

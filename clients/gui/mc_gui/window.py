@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import html
+import time
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QCloseEvent, QColor, QFont, QFontDatabase, QIcon, QPainter, QPixmap
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -215,6 +216,59 @@ class SendBox(QGroupBox):
         return subject, payload
 
 
+#: How often the shown tab's live figures are asked for.
+FIGURES_INTERVAL_MS = 1000
+
+
+class RateGraph(QWidget):
+    """Messages per second over the last minutes: sent (blue), received
+    (green), scaled to the highest rate shown."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.points: list[tuple[float, float]] = []
+        self.setFixedHeight(48)
+        self.setMinimumWidth(120)
+        self.setToolTip("messages per second over the last five minutes: sent (blue), received (green)")
+
+    def show_rates(self, points: list[tuple[float, float]]) -> None:
+        self.points = points
+        self.update()
+
+    def paintEvent(self, _event: object) -> None:
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        width, height = self.width(), self.height()
+        painter.fillRect(0, 0, width, height, QColor("#fafafa"))
+        painter.setPen(QColor("#dddddd"))
+        painter.drawRect(0, 0, width - 1, height - 1)
+        points = self.points[-vm.RATE_SAMPLES :]
+        if len(points) < 2:
+            return
+        top = max(1.0, *(max(p) for p in points))
+        step = (width - 2) / (vm.RATE_SAMPLES - 1)
+        start = width - 1 - step * (len(points) - 1)
+        for which, color in ((0, "#1e88e5"), (1, "#43a047")):
+            painter.setPen(QColor(color))
+            for i in range(1, len(points)):
+                y0 = height - 2 - (height - 4) * points[i - 1][which] / top
+                y1 = height - 2 - (height - 4) * points[i][which] / top
+                painter.drawLine(int(start + step * (i - 1)), int(y0), int(start + step * i), int(y1))
+
+
+class FiguresBox(QGroupBox):
+    """The instance's live figures (docs/STATS.md) and their rate graph."""
+
+    def __init__(self) -> None:
+        super().__init__("Live figures")
+        self.text = QLabel("no figures yet")
+        self.text.setWordWrap(True)
+        self.graph = RateGraph()
+        layout = QHBoxLayout(self)
+        layout.addWidget(self.text, 3)
+        layout.addWidget(self.graph, 2)
+
+
 class InstanceTab(QWidget):
     """What the Client and Server tabs share: the instance picker, the state
     line, a log."""
@@ -251,6 +305,8 @@ class InstanceTab(QWidget):
         # height here would push the tab past the window into its scroll bar.
         self.log.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Ignored)
         self._log_key: tuple[str, str] | None = None
+        self.figures = FiguresBox()
+        self._polling = False
 
     def header(self) -> QHBoxLayout:
         row = QHBoxLayout()
@@ -291,6 +347,31 @@ class InstanceTab(QWidget):
 
     def fields(self) -> list[Field]:
         return []
+
+    def poll_figures(self) -> None:
+        """Ask mcd for this instance's live figures (one request at a time)."""
+        if self._polling:
+            return
+        self._polling = True
+        kind, name = self.kind, self.name
+
+        def got(result: dict[str, Any]) -> None:
+            self._polling = False
+            for entry in result["instances"]:
+                if (entry["kind"], entry["name"]) == (kind, name):
+                    self.model.apply_stats(kind, name, entry["stats"], time.monotonic())
+            self.show_figures()
+
+        def failed(code: str, message: str) -> None:
+            self._polling = False  # not_found while the instance is made, or mcd away: the next poll tells
+
+        self.backend.request("stats", {"kind": kind, "name": name}, got, failed)
+
+    def show_figures(self) -> None:
+        inst = self.current()
+        rates = inst.rates()
+        self.figures.text.setText(vm.describe_figures(self.kind, inst.figures, rates))
+        self.figures.graph.show_rates(rates)
 
     def report_error(self, code: str, message: str) -> None:
         self.status_message.emit(f"{self.kind} {self.name}: {message}")
@@ -492,6 +573,7 @@ class ClientTab(InstanceTab):
         top.addWidget(settings, 3)
         top.addWidget(self.send_box, 2)
         layout.addLayout(top)
+        layout.addWidget(self.figures)
         log_box = QGroupBox("Log")
         QVBoxLayout(log_box).addWidget(self.log)
         layout.addWidget(log_box, 1)
@@ -688,6 +770,7 @@ class ServerTab(InstanceTab):
         top.addLayout(left, 3)
         top.addWidget(self.send_box, 2)
         layout.addLayout(top)
+        layout.addWidget(self.figures)
         log_box = QGroupBox("Log")
         QVBoxLayout(log_box).addWidget(self.log)
         layout.addWidget(log_box, 1)
@@ -836,7 +919,17 @@ class MainWindow(QMainWindow):
         layout.addWidget(self.banner)
         layout.addWidget(self.tabs, 1)
         self.setCentralWidget(central)
+        # The shown tab's live figures, every second while mcd is up.
+        self.figures_timer = QTimer(self)
+        self.figures_timer.setInterval(FIGURES_INTERVAL_MS)
+        self.figures_timer.timeout.connect(self.poll_figures)
+        self.figures_timer.start()
         self.refresh()
+
+    def poll_figures(self) -> None:
+        if self.model.daemon_up and self.isVisible():
+            tab = self.client_tab if self.tabs.currentIndex() == 0 else self.server_tab
+            tab.poll_figures()
 
     def start_daemon(self) -> None:
         self.start_daemon_button.setEnabled(False)
