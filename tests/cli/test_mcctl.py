@@ -22,6 +22,18 @@ from mc_control.codes import SERVER_KEYS
 from missioncommander import Client, ConnectionRefusedByServer, Message, NoResponder, Server
 
 
+def start_hosted_server(mcd: Mcd) -> int:
+    """mcd's default server, listening on a free loopback port (returned)."""
+    port = free_port()
+    for args in (
+        ("server", "set", "interface", "127.0.0.1"),
+        ("server", "set", "port", str(port)),
+        ("server", "start"),
+    ):
+        assert run(*args, socket_path=mcd.socket).returncode == 0, args
+    return port
+
+
 def ok_json(*args: str, socket_path: Path) -> Any:
     out = run("--json", *args, socket_path=socket_path)
     assert out.returncode == 0, (args, out.stdout, out.stderr)
@@ -432,13 +444,7 @@ def test_request_prints_the_reply_and_maps_each_failure_to_its_exit_status(mcd: 
 
 
 def test_a_hosted_server_asks_a_library_client_and_is_told_no_responder_by_another(mcd: Mcd) -> None:
-    port = free_port()
-    for args in (
-        ("server", "set", "interface", "127.0.0.1"),
-        ("server", "set", "port", str(port)),
-        ("server", "start"),
-    ):
-        assert run(*args, socket_path=mcd.socket).returncode == 0
+    port = start_hosted_server(mcd)
     with Client(address="127.0.0.1", port=port, client_id="lib") as client:
         client.subscribe("request", lambda m: {"pong": m.subject})
         out = ok_json("server", "request", "--to", "lib", "ping", socket_path=mcd.socket)
@@ -451,11 +457,8 @@ def test_a_hosted_server_asks_a_library_client_and_is_told_no_responder_by_anoth
 
 
 def test_stats_counts_what_the_hosted_instances_did(mcd: Mcd) -> None:
-    port = free_port()
+    port = start_hosted_server(mcd)
     for args in (
-        ("server", "set", "interface", "127.0.0.1"),
-        ("server", "set", "port", str(port)),
-        ("server", "start"),
         ("client", "set", "address", "127.0.0.1"),
         ("client", "set", "port", str(port)),
         ("client", "set", "client_id", "rover"),
@@ -486,13 +489,7 @@ def test_stats_counts_what_the_hosted_instances_did(mcd: Mcd) -> None:
 
 
 def test_top_refreshes_with_rates_and_stops_after_count(mcd: Mcd) -> None:
-    port = free_port()
-    for args in (
-        ("server", "set", "interface", "127.0.0.1"),
-        ("server", "set", "port", str(port)),
-        ("server", "start"),
-    ):
-        assert run(*args, socket_path=mcd.socket).returncode == 0
+    start_hosted_server(mcd)
     out = run("--json", "top", "--count", "2", socket_path=mcd.socket)
     assert out.returncode == 0, out.stderr
     first, second = (json.loads(line) for line in out.stdout.splitlines())
