@@ -579,6 +579,8 @@ class DaemonCore:
             "instances": len(instances) if kind is None and name is None else None,
             "event_subscribers": subscribers,
             "events_published": self._ring.last_seq,
+            "subscribers_cut_off": self._ring.subscribers_cut_off,
+            "events_dropped": self._ring.events_dropped,
         }
         return {"daemon": daemon, "instances": figures}
 

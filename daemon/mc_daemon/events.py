@@ -39,6 +39,10 @@ class EventRing:
         self.cond = cond
         self._buf: list[dict[str, Any] | None] = [None] * size
         self.last_seq = 0
+        #: Statistics: subscribers cut off for falling behind, and the
+        #: events they had not read when they were.
+        self.subscribers_cut_off = 0
+        self.events_dropped = 0
 
     @property
     def first_seq(self) -> int:
@@ -51,6 +55,11 @@ class EventRing:
         self._buf[seq % self.size] = record
         self.last_seq = seq
         self.cond.notify_all()
+
+    def overflowed(self, unread: int) -> None:
+        """A subscriber fell out with ``unread`` events not read (``cond`` held)."""
+        self.subscribers_cut_off += 1
+        self.events_dropped += unread
 
     def kept(self, after: int) -> bool:
         """Whether every event after ``after`` is still in the ring."""
@@ -112,6 +121,7 @@ class Subscription:
                 if self.closed:
                     raise EOFError
                 if self.overflowed:
+                    ring.overflowed(ring.last_seq - self.cursor)
                     raise OverflowError
                 batch = ring.read(self.cursor)
                 self.cursor = batch[-1]["seq"]

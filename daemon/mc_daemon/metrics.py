@@ -126,6 +126,9 @@ class StatsCollector:
         yield CounterMetricFamily(
             "mcd_events_published", "events published since mcd started", value=daemon["events_published"]
         )
+        yield CounterMetricFamily(
+            "mcd_events_dropped", "events subscribers cut off for lagging never read", value=daemon["events_dropped"]
+        )
 
 
 class MetricsServer:

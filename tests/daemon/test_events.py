@@ -65,6 +65,8 @@ def test_a_reader_that_falls_behind_its_limit_overflows() -> None:
     assert sub.overflowed
     with pytest.raises(OverflowError):
         sub.get(timeout=0)
+    # Counted for mcd's statistics: one subscriber cut off, 11 events it never read.
+    assert (ring.subscribers_cut_off, ring.events_dropped) == (1, 11)
 
 
 def test_a_catch_up_from_far_behind_is_not_an_overflow_until_it_caught_up() -> None:

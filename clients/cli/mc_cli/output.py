@@ -196,6 +196,6 @@ def stats(result: dict[str, Any], rates: Rates | None = None) -> str:
     lines = [table(rows, header)] if rows else []
     lines.append(
         f"mcd: up {daemon['uptime']:.0f} s, {daemon['event_subscribers']} event subscriber(s),"
-        f" {daemon['events_published']} event(s) published"
+        f" {daemon['events_published']} event(s) published, {daemon['events_dropped']} dropped"
     )
     return "\n".join(lines)
