@@ -17,11 +17,9 @@ import contextlib
 import logging
 import socket
 import ssl
-import struct
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any, TypeVar, cast
 
 from ._loop import (
@@ -33,7 +31,11 @@ from ._loop import (
     _describe_oserror,
     _listen,
     _tls_reason,
+    call_and_wait,
+    client_socket,
     format_address,
+    peer_names,
+    reset_on_close,
 )
 
 log = logging.getLogger("missioncommander.aio")
@@ -98,16 +100,7 @@ class AsyncioDriver:
     def run_sync(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
         if self.in_loop():
             return fn(*args)
-        future: Future[T] = Future()
-
-        def call() -> None:
-            try:
-                future.set_result(fn(*args))
-            except BaseException as exc:  # handed to the caller, not lost
-                future.set_exception(exc)
-
-        self.loop.call_soon_threadsafe(call)
-        return future.result(timeout)
+        return call_and_wait(self.loop.call_soon_threadsafe, fn, args, timeout)
 
     def connect(
         self,
@@ -177,8 +170,6 @@ class _AioTransport(asyncio.Protocol):
         made, self.on_made = self.on_made, None
         if made is not None:
             made(self)
-        if self._pending:
-            self._schedule_flush()  # what was written before TLS was up
 
     def data_received(self, data: bytes) -> None:
         if self._closing or self.closed or self.owner is None:
@@ -209,12 +200,8 @@ class _AioTransport(asyncio.Protocol):
         return self._pending_bytes + buffered
 
     def write(self, data: bytes) -> None:
-        if self.closed or self._closing or not data:
-            return
-        self.writes += 1
-        self._pending.append(data)
-        self._pending_bytes += len(data)
-        self._schedule_flush()
+        if data:
+            self.write_many([data])
 
     def write_many(self, chunks: list[bytes]) -> None:
         if self.closed or self._closing:
@@ -314,11 +301,7 @@ class _AioTransport(asyncio.Protocol):
         self._pending.clear()
         self._pending_bytes = 0
         if self.transport is not None:
-            sock = self.transport.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.transport.abort()
+            _reset(self.transport)
         self._lost(reason, None)
 
     def _lost(self, reason: str, exc: BaseException | None) -> None:
@@ -368,13 +351,7 @@ class _Connector:
         protocol.on_made = self._made
         tcp_up = False
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            self.sock = sock
-            sock.setblocking(False)
-            if bind is not None:
-                # A fixed bind_port must be reusable at once after a reconnect.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(bind)
+            sock = self.sock = client_socket(family, bind)
             await loop.sock_connect(sock, addr)
             tcp_up = True
             await loop.create_connection(
@@ -458,9 +435,7 @@ class _AioIncoming:
         self.driver = driver
         self.protocol = protocol
         assert protocol.transport is not None
-        addr = protocol.transport.get_extra_info("peername")
-        self.host: str = addr[0] if isinstance(addr, tuple) else str(addr)
-        self.peer: str = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+        self.host, self.peer = peer_names(protocol.transport.get_extra_info("peername"))
 
     def open(self, owner: TransportOwner, tls: ssl.SSLContext | None) -> _AioTransport:
         """Own it.  ``tls`` was the listener's: asyncio did the handshake
@@ -475,12 +450,15 @@ class _AioIncoming:
             transport.write(frame)
             transport.close()  # the frame goes out before the FIN
             return
-        # A reset: a refused flood costs us no TIME_WAIT state.
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        transport.abort()
+        _reset(transport)  # a refused flood costs us no TIME_WAIT state
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """Close ``transport`` at once with a reset (no FIN, no TIME_WAIT)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        reset_on_close(sock)
+    transport.abort()
 
 
 def _describe(exc: BaseException) -> str:

@@ -56,11 +56,10 @@ def normalise_event(name: object, known: Iterable[str]) -> str:
     return key
 
 
-def first_answer(responders: Iterable[Callable[..., Any]], args: tuple[Any, ...]) -> tuple[Any, BaseException | None]:
+def first_answer(responders: tuple[Callable[..., Any], ...], args: tuple[Any, ...]) -> tuple[Any, BaseException | None]:
     """A request's answer from its ``request`` callbacks: the first result
     that is not None, or the exception one raised (``NoResponder`` when
     there are none); the callbacks after the answering one do not run."""
-    responders = tuple(responders)
     if not responders:
         return None, NoResponder()
     for responder in responders:

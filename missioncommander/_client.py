@@ -49,7 +49,6 @@ from ._frames import (
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     REQUEST_VERSION,
-    with_meta,
 )
 from ._inbox import Inbox
 from ._link import Link, route_locked
@@ -59,7 +58,7 @@ from ._reconnect import Step, after_failure, reconnect_delay
 from ._requests import Requests, hand_over, reply_body
 from ._session import SendSession
 from ._state import ClientState, ClientStateTransition
-from ._stats import Counters
+from ._stats import Counters, session_figures
 from ._tls import client_context
 
 log = logging.getLogger("missioncommander.client")
@@ -412,25 +411,11 @@ class Client:
         """Live figures, cheap to read at any time (docs/STATS.md says what
         each one means): traffic, queues against their limits, resends,
         connects and resumes, the last close, the heartbeat round trip."""
-        session, inbox = self._session, self._inbox
         with self._lock:
             figures: dict[str, Any] = {
                 "state": ClientState.get_name(self._state),
                 "connected": bool(self._state_bits & _CONNECTED),
-                "messages_sent": session.out.offered,
-                "bytes_sent": session.out.offered_bytes,
-                "messages_received": inbox.received_count,
-                "bytes_received": inbox.received_bytes,
-                "queued": len(session.out),
-                "queued_bytes": session.out.queued_bytes,
-                "max_queued": self.max_queued,
-                "max_queued_bytes": self.max_queued_bytes,
-                "unwritten": session.unwritten,
-                "inbound_waiting": inbox.waiting,
-                "inbound_waiting_bytes": inbox.waiting_bytes,
-                "max_inbound": self.max_inbound,
-                "max_inbound_bytes": self.max_inbound_bytes,
-                "resent": session.resent,
+                **session_figures(self._session, self._inbox),
                 "requests_in_flight": self._requests.in_flight(""),
                 "last_close_reason": self._last_close_reason,
             }
@@ -657,9 +642,9 @@ class Client:
     def _start_request(self, message: Message) -> tuple[int, Future[Message]]:
         """Send ``message`` as a request: its id and the future of its reply."""
         self._check_requests()
-        request_id, future = self._requests.open("", self.max_requests)
+        request_id, future, body = self._requests.open("", self.max_requests, message)
         try:
-            self._send_body(with_meta(message.encode(), {"request": request_id}))
+            self._send_body(body)
         except BaseException:
             self._requests.forget(request_id)
             raise

@@ -198,18 +198,7 @@ class Loop:
         its exception) in the calling thread."""
         if self.in_loop():
             return fn(*args)
-        future: Future[T] = Future()
-
-        def call() -> None:
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                future.set_result(fn(*args))
-            except BaseException as exc:  # handed to the caller, not lost
-                future.set_exception(exc)
-
-        self.call_soon(call)
-        return future.result(timeout)
+        return call_and_wait(self.call_soon, fn, args, timeout)
 
     # -- loop-thread API -----------------------------------------------------
 
@@ -481,15 +470,8 @@ class _Connector:
         self.sock: socket.socket | None = None
 
     def start(self, family: int, bind: tuple[str, int] | None) -> None:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock = sock
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            if bind is not None:
-                # A fixed bind_port must be reusable at once after a reconnect.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(bind)
+            sock = self.sock = client_socket(family, bind)
             err = sock.connect_ex(self.addr)
         except OSError as exc:
             self._failed(f"cannot bind or connect: {exc.strerror or exc}")
@@ -556,8 +538,7 @@ class _Accepted:
     def __init__(self, loop: Loop, sock: socket.socket, addr: Any) -> None:
         self.loop = loop
         self.sock = sock
-        self.host: str = addr[0] if isinstance(addr, tuple) else str(addr)
-        self.peer: str = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+        self.host, self.peer = peer_names(addr)
 
     def open(self, owner: TransportOwner, tls: ssl.SSLContext | None) -> Transport:
         self.sock.setblocking(False)
@@ -574,9 +555,7 @@ class _Accepted:
                 pass
             sock.close()
             return
-        # A reset: a refused flood costs us no TIME_WAIT state.
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset_on_close(sock)  # a refused flood costs us no TIME_WAIT state
         sock.close()
 
 
@@ -598,6 +577,55 @@ def _listen(host: str, port: int) -> socket.socket:
         sock = socket.create_server((host, port), family=family, backlog=_BACKLOG)
     sock.setblocking(False)
     return sock
+
+
+def client_socket(family: int, bind: tuple[str, int] | None) -> socket.socket:
+    """A non-blocking TCP socket to connect from, bound to ``bind`` if
+    given (``OSError`` when it cannot be; the socket is closed then)."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if bind is not None:
+            # A fixed bind_port must be reusable at once after a reconnect.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(bind)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def reset_on_close(sock: socket.socket) -> None:
+    """Make the coming close a reset (no FIN, no TIME_WAIT), whatever is unsent."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def peer_names(addr: Any) -> tuple[str, str]:
+    """An accepted connection's peer address as (host, ``host:port``)."""
+    if isinstance(addr, tuple):
+        return str(addr[0]), f"{addr[0]}:{addr[1]}"
+    return str(addr), str(addr)
+
+
+def call_and_wait(
+    call_soon: Callable[..., object], fn: Callable[..., T], args: tuple[Any, ...], timeout: float | None
+) -> T:
+    """Run ``fn(*args)`` on a loop's thread through its ``call_soon`` and
+    wait for the result (or its exception) here: a driver's ``run_sync``."""
+    future: Future[T] = Future()
+
+    def call() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # handed to the caller, not lost
+            future.set_exception(exc)
+
+    call_soon(call)
+    return future.result(timeout)
 
 
 def format_address(addr: tuple[Any, ...]) -> str:
@@ -950,8 +978,7 @@ class Transport:
     def abort(self, reason: str = "aborted") -> None:
         """Close at once with a reset (no FIN), dropping what is queued."""
         if not self.closed:
-            with contextlib.suppress(OSError):
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            reset_on_close(self.sock)
             self.close(reason)
 
     def _lost(self, reason: str, exc: BaseException | None) -> None:

@@ -50,18 +50,20 @@ class Requests:
         self._pending: dict[int, tuple[str, Future[Message]]] = {}
         self._per_peer: dict[str, int] = {}
 
-    def open(self, peer: str, limit: int) -> tuple[int, Future[Message]]:
-        """A new request to ``peer``: its id and the future its reply sets;
-        ``QueueFullError`` past ``limit`` requests in flight to that peer."""
+    def open(self, peer: str, limit: int, message: Message) -> tuple[int, Future[Message], bytes]:
+        """A new request of ``message`` to ``peer``: its id, the future its
+        reply sets, and the body to send; ``QueueFullError`` past ``limit``
+        requests in flight to that peer."""
         with self._lock:
             in_flight = self._per_peer.get(peer, 0)
             if in_flight >= limit:
                 raise QueueFullError(f"{in_flight} requests already wait for a reply (max_requests={limit})")
             self._next_id += 1
+            request_id = self._next_id
             future: Future[Message] = Future()
-            self._pending[self._next_id] = (peer, future)
+            self._pending[request_id] = (peer, future)
             self._per_peer[peer] = in_flight + 1
-            return self._next_id, future
+        return request_id, future, with_meta(message.encode(), {"request": request_id})
 
     def _pop(self, request_id: int) -> tuple[str, Future[Message]] | None:
         entry = self._pending.pop(request_id, None)

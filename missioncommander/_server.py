@@ -45,7 +45,6 @@ from ._frames import (
     MIN_MAX_FRAME_SIZE,
     PROTOCOL_VERSION,
     REQUEST_VERSION,
-    with_meta,
 )
 from ._inbox import Budget, Inbox
 from ._link import Link, route_locked
@@ -53,7 +52,7 @@ from ._loop import Cancellable, Driver, Incoming, Listener, get_loop
 from ._message import Message
 from ._requests import Requests, hand_over, reply_body
 from ._session import SendSession
-from ._stats import Counters
+from ._stats import TRAFFIC, Counters, session_figures, traffic
 from ._tls import server_context
 from ._transitions import ConnState
 
@@ -229,7 +228,7 @@ class Server:
         #: full, or not reading).
         self._slow_cut = 0
         #: Statistics: the traffic of sessions that ended (those alive count their own).
-        self._ended_traffic = [0, 0, 0, 0]
+        self._ended_traffic: collections.Counter[str] = collections.Counter()
         self._inbound_budget = Budget(type(self).max_inbound_total_bytes.default)
         for name, value in settings.items():
             if not isinstance(getattr(type(self), name, None), cfg.Setting):
@@ -371,9 +370,9 @@ class Server:
 
     def _start_request(self, client_id: str, message: Message) -> tuple[int, Future[Message]]:
         self._check_requests(client_id)
-        request_id, future = self._requests.open(client_id, self.max_requests)
+        request_id, future, body = self._requests.open(client_id, self.max_requests, message)
         try:
-            self._send_to(client_id, with_meta(message.encode(), {"request": request_id}))
+            self._send_to(client_id, body)
         except BaseException:
             self._requests.forget(request_id)
             raise
@@ -465,12 +464,9 @@ class Server:
                     raise UnknownClient(f"no client {client_id!r} is connected")
                 return self._session_stats(session)
             sessions = list(self._sessions.values())
-            traffic = list(self._ended_traffic)
+            totals = collections.Counter(self._ended_traffic)
             for session in sessions:
-                traffic[0] += session.out.offered
-                traffic[1] += session.out.offered_bytes
-                traffic[2] += session.inbox.received_count
-                traffic[3] += session.inbox.received_bytes
+                totals.update(traffic(session, session.inbox))
             connected = sum(1 for session in sessions if session.link is not None)
             return {
                 "running": self._running,
@@ -478,35 +474,19 @@ class Server:
                 "connected": connected,
                 "detached": len(sessions) - connected,
                 "max_clients": self.max_clients,
-                "messages_sent": traffic[0],
-                "bytes_sent": traffic[1],
-                "messages_received": traffic[2],
-                "bytes_received": traffic[3],
+                **{figure: totals[figure] for figure in TRAFFIC},
                 "refusals": dict(self._refusals),
                 "slow_clients_cut": self._slow_cut,
                 "requests_in_flight": sum(self._requests.in_flight(s.client_id) for s in sessions),
             }
 
     def _session_stats(self, session: _Session) -> dict[str, Any]:
-        link, out, inbox = session.link, session.out, session.inbox
+        link = session.link
         figures: dict[str, Any] = {
             "client_id": session.client_id,
             "connected": link is not None,
             "peer": link.peer if link is not None else None,
-            "messages_sent": out.offered,
-            "bytes_sent": out.offered_bytes,
-            "messages_received": inbox.received_count,
-            "bytes_received": inbox.received_bytes,
-            "queued": len(out),
-            "queued_bytes": out.queued_bytes,
-            "max_queued": out.max_items,
-            "max_queued_bytes": out.max_bytes,
-            "unwritten": session.unwritten,
-            "inbound_waiting": inbox.waiting,
-            "inbound_waiting_bytes": inbox.waiting_bytes,
-            "max_inbound": inbox.max_count,
-            "max_inbound_bytes": inbox.max_bytes,
-            "resent": session.resent,
+            **session_figures(session, session.inbox),
             "requests_in_flight": self._requests.in_flight(session.client_id),
         }
         figures.update(session.stats.figures())
@@ -827,11 +807,7 @@ class Server:
             self._to_pump.discard(session)
             session.pump_pending = False
             session.live = None
-            ended = self._ended_traffic
-            ended[0] += session.out.offered
-            ended[1] += session.out.offered_bytes
-            ended[2] += session.inbox.received_count
-            ended[3] += session.inbox.received_bytes
+            self._ended_traffic.update(traffic(session, session.inbox))
             dropped = session.end()
         session.stats.closed()
         if session.expiry is not None:

@@ -10,7 +10,14 @@ Client or Server puts them together; docs/STATS.md says what each means.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._inbox import Inbox
+    from ._session import SendSession
+
+#: The figures of ``traffic``: what a server adds up over its sessions.
+TRAFFIC = ("messages_sent", "bytes_sent", "messages_received", "bytes_received")
 
 #: The weight of a new heartbeat round trip in the smoothed one (TCP's SRTT).
 RTT_GAIN = 1 / 8
@@ -52,3 +59,32 @@ class Counters:
             "rtt_last_ms": None if self.rtt_last is None else round(self.rtt_last * 1e3, 3),
             "rtt_smoothed_ms": None if self.rtt_smoothed is None else round(self.rtt_smoothed * 1e3, 3),
         }
+
+
+def traffic(session: SendSession, inbox: Inbox) -> dict[str, int]:
+    """What a session sent and received so far."""
+    return {
+        "messages_sent": session.out.offered,
+        "bytes_sent": session.out.offered_bytes,
+        "messages_received": inbox.received_count,
+        "bytes_received": inbox.received_bytes,
+    }
+
+
+def session_figures(session: SendSession, inbox: Inbox) -> dict[str, Any]:
+    """A session's traffic and queues, against the limits they are held to
+    now (the caller holds its owner's lock: ``send()`` changes them)."""
+    out = session.out
+    return {
+        **traffic(session, inbox),
+        "queued": len(out),
+        "queued_bytes": out.queued_bytes,
+        "max_queued": out.max_items,
+        "max_queued_bytes": out.max_bytes,
+        "unwritten": session.unwritten,
+        "inbound_waiting": inbox.waiting,
+        "inbound_waiting_bytes": inbox.waiting_bytes,
+        "max_inbound": inbox.max_count,
+        "max_inbound_bytes": inbox.max_bytes,
+        "resent": session.resent,
+    }

@@ -29,8 +29,7 @@ from . import _config as cfg
 from ._aio_driver import AsyncioDriver
 from ._callbacks import Callbacks, Reply, SerialQueue, first_answer, normalise_event
 from ._client import _CAN_SEND, _RUNNING, CLIENT_EVENTS, DISCONNECT_WAIT, Client
-from ._errors import ConnectTimeout, QueueFullError, RequestTimeout, StateError, UnknownClient
-from ._frames import with_meta
+from ._errors import ConnectTimeout, QueueFullError, RequestTimeout, StateError
 from ._message import Message
 from ._requests import Requests
 from ._server import SERVER_EVENTS, Server
@@ -85,15 +84,11 @@ class _LoopSerial(SerialQueue):
             self.submit(fn, *args)
             return
         self._draining = True
-        try:
-            fn(*args)
-        except Exception:  # a callback's bug must not stop the queue
-            log.exception("callback %r raised", fn)
-        finally:
-            if self._calls:
-                self._driver.call_soon(self._drain)
-            else:
-                self._draining = False
+        _call(fn, args)
+        if self._calls:
+            self._driver.call_soon(self._drain)
+        else:
+            self._draining = False
 
     def _drain(self) -> None:
         calls = self._calls
@@ -242,12 +237,7 @@ class _Endpoint:
             inbox.append((self._item(args), held))
             if self._waiting:
                 self._wake()
-        order = self._order
-        if held.pending or order:
-            order.append(held)
-            self._release_ready()
-        else:
-            release()  # handled, and nothing ahead of it: taken now
+        self._settle(held)
         return True
 
     # -- requests to answer ---------------------------------------------------------
@@ -258,7 +248,7 @@ class _Endpoint:
         once its reply is on its way."""
         held = _Held(release)
         held.pending = 1
-        self._order.append(held)
+        self._settle(held)
         responders = self._responders
         if any(inspect.iscoroutinefunction(r) for r in responders):
             self._driver.spawn(self._respond_later(responders, args, reply, held))
@@ -295,11 +285,17 @@ class _Endpoint:
 
     def _in_order(self, release: Callable[[], None]) -> None:
         """A reply was handed over: released after what came before it."""
-        if self._order:
-            self._order.append(_Held(release))
+        self._settle(_Held(release))
+
+    def _settle(self, held: _Held) -> None:
+        """Release ``held`` now if nothing waits and nothing before it
+        does; else in its turn, once its consumers are done."""
+        order = self._order
+        if held.pending or order:
+            order.append(held)
             self._release_ready()
         else:
-            release()
+            held.release()
 
     def _done(self, held: _Held, task: asyncio.Task[Any]) -> None:
         _log_failure(task)
@@ -382,11 +378,12 @@ class _Reader(AsyncIterator[_T]):
     async def aclose(self) -> None:
         """Stop reading: messages go back to being kept only while another
         reader is open or no callback is subscribed."""
-        left, self._left = self._left, None
-        if left is not None:
-            left(self)
+        self._leave()
 
     def __del__(self) -> None:
+        self._leave()
+
+    def _leave(self) -> None:
         left, self._left = self._left, None
         if left is not None:
             left(self)
@@ -588,14 +585,8 @@ class AsyncClient(_Endpoint):
             raise TypeError(f"message must be a Message, not {type(message).__name__}")
         inner = self._inner
         inner._check_requests()
-        request_id, future = inner._requests.open("", inner.max_requests)
-        return await _awaited_request(
-            inner._requests,
-            request_id,
-            future,
-            self._send_body(with_meta(message.encode(), {"request": request_id})),
-            timeout,
-        )
+        request_id, future, body = inner._requests.open("", inner.max_requests, message)
+        return await _awaited_request(inner._requests, request_id, future, self._send_body(body), timeout)
 
     def send_nowait(self, message: Message) -> None:
         """Queue ``message`` without waiting: ``QueueFullError`` when the
@@ -624,8 +615,9 @@ class AsyncClient(_Endpoint):
         return asyncio.run_coroutine_threadsafe(self.send(message), self._driver.loop)
 
     def messages(self) -> AsyncIterator[Message]:
-        """Received messages (from this call on, and those kept before), in order, each once, across reconnects and
-        resumes; ends when the client stops running.  A message is
+        """Received messages (from this call on, and those kept before), in
+        order, each once, across reconnects and resumes; ends when the
+        client stops running.  A message is
         acknowledged once taken from here, so a reader that stops slows the
         server down instead of growing memory.  Messages go here whenever an
         iterator is open or no ``message`` callback is subscribed."""
@@ -731,8 +723,7 @@ class AsyncServer(_Endpoint):
             raise TypeError(f"message must be a Message, not {type(message).__name__}")
         inner = self._inner
         inner._check_requests(client_id)
-        request_id, future = inner._requests.open(client_id, inner.max_requests)
-        body = with_meta(message.encode(), {"request": request_id})
+        request_id, future, body = inner._requests.open(client_id, inner.max_requests, message)
         return await _awaited_request(inner._requests, request_id, future, self._send_body(client_id, body), timeout)
 
     async def _send_body(self, target: str, body: bytes) -> None:
@@ -771,8 +762,6 @@ class AsyncServer(_Endpoint):
         """End ``client_id``'s session and close its connection, telling it
         ``reason`` (``UnknownClient`` for an unknown id)."""
         self._driver.bind()
-        if client_id not in self._inner.clients:
-            raise UnknownClient(f"no client {client_id!r} is connected")
         self._inner.disconnect_client(client_id, reason)
 
     def messages(self) -> AsyncIterator[tuple[str, Message]]:

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .core import DaemonCore
+from .core import CoreError, DaemonCore
 
 log = logging.getLogger("mcd.metrics")
 
@@ -69,24 +68,26 @@ class StatsCollector:
     def __init__(self, core: DaemonCore) -> None:
         self.core = core
 
-    def rows(self) -> Iterator[tuple[tuple[str, str, str], dict[str, Any]]]:
-        """(labels, figures) of every instance and of every client of a server."""
-        for entry in self.core.stats(None, None)["instances"]:
+    def rows(self, result: dict[str, Any]) -> Iterator[tuple[tuple[str, str, str], dict[str, Any]]]:
+        """(labels, figures) of every instance of a ``stats`` result, and
+        of every client of its servers."""
+        for entry in result["instances"]:
             kind, name = entry["kind"], entry["name"]
             yield (kind, name, ""), entry["stats"]
             if kind == "server":
                 try:
-                    detail = self.core.stats("server", name)["instances"]
-                except Exception:  # removed meanwhile: it simply is not there any more
+                    (detail,) = self.core.stats("server", name)["instances"]
+                except CoreError:  # removed meanwhile: it simply is not there any more
                     continue
-                for client_id, figures in (detail[0].get("clients") or {}).items() if detail else ():
+                for client_id, figures in (detail.get("clients") or {}).items():
                     if figures is not None:
                         yield (kind, name, client_id), figures
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: PLC0415
 
-        rows = list(self.rows())
+        result = self.core.stats(None, None)
+        rows = list(self.rows(result))
         for figure in COUNTERS:
             family = CounterMetricFamily(PREFIX + figure, f"{figure} (docs/STATS.md)", labels=LABELS)
             for labels, figures in rows:
@@ -118,7 +119,7 @@ class StatsCollector:
         yield connected
         yield rtt
         yield refusals
-        daemon = self.core.stats(None, None)["daemon"]
+        daemon = result["daemon"]
         yield GaugeMetricFamily("mcd_uptime_seconds", "seconds since mcd started", value=daemon["uptime"])
         yield GaugeMetricFamily(
             "mcd_event_subscribers", "control connections streaming events", value=daemon["event_subscribers"]

@@ -35,6 +35,10 @@ def test_messages_and_bytes_both_ways_are_counted(server: Server, make_client: M
     assert (mine["connects"], mine["reconnects"], mine["resumes"], mine["sessions_lost"]) == (1, 0, 0, 0)
     with pytest.raises(UnknownClient):
         server.stats("nobody")
+    # A session that ended still counts in the server's totals.
+    client.disconnect()
+    wait_until(lambda: server.stats()["clients"] == 0, what="the session ended")
+    assert (server.stats()["messages_received"], server.stats()["bytes_received"]) == (25, up_bytes)
 
 
 def test_a_full_queue_shows_and_a_cut_counts_the_reconnect_the_resume_and_the_resends(make_client: MakeClient) -> None:
