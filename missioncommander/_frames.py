@@ -125,13 +125,9 @@ def decode_message_body(encoded: bytes | memoryview) -> tuple[str, FrozenDict, F
                 obj[1:] = [freeze_decoded(item) for item in obj[1:]]
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"MESSAGE body is not UTF-8 JSON: {exc}") from None
-    if type(obj) is not list or not 2 <= len(obj) <= 3 or type(obj[1]) is not FrozenDict:
-        raise RemoteProtocolError(ErrorCode.BAD_FRAME, "MESSAGE body must be [subject, payload object]")
-    if type(obj[0]) is not str or not obj[0]:
-        raise RemoteProtocolError(ErrorCode.BAD_FRAME, "MESSAGE body must be [subject, payload object]")
-    if len(obj) == 2:
-        return obj[0], obj[1], None
-    return obj[0], obj[1], _checked_meta(obj[2])
+    if type(obj) is list and 2 <= len(obj) <= 3 and type(obj[1]) is FrozenDict and type(obj[0]) is str and obj[0]:
+        return obj[0], obj[1], None if len(obj) == 2 else _checked_meta(obj[2])
+    raise RemoteProtocolError(ErrorCode.BAD_FRAME, "MESSAGE body must be [subject, payload object]")
 
 
 def _checked_meta(meta: Any) -> FrozenDict:
