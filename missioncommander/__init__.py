@@ -8,6 +8,7 @@ from __future__ import annotations
 from ._client import Client
 from ._errors import (
     BindError,
+    ClusterUnavailable,
     ConnectError,
     ConnectionRefusedByServer,
     ConnectTimeout,
@@ -38,6 +39,7 @@ __all__ = [
     "Client",
     "ClientState",
     "ClientStateTransition",
+    "ClusterUnavailable",
     "ConnectError",
     "ConnectTimeout",
     "ConnectionRefusedByServer",

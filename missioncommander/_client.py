@@ -63,7 +63,16 @@ from ._tls import client_context
 
 log = logging.getLogger("missioncommander.client")
 
-CLIENT_EVENTS = ("connect", "disconnect", "reconnect", "message", "servershutdown", "statechange", "request")
+CLIENT_EVENTS = (
+    "connect",
+    "disconnect",
+    "reconnect",
+    "message",
+    "servershutdown",
+    "statechange",
+    "request",
+    "sessionlost",
+)
 
 S = ClientState
 NEEDS_INIT = S.STATE_NEEDS_INIT | S.STATE_NOT_CONNECTED
@@ -267,7 +276,11 @@ class Client:
 
     Events (``subscribe``): ``connect()``, ``disconnect()`` (before a manual
     disconnect), ``reconnect(client_id)``, ``message(message)``,
-    ``servershutdown()``, ``statechange(transition)``.  Callbacks run in event
+    ``servershutdown()``, ``statechange(transition)``, ``sessionlost(reason)``
+    (the server no longer knew this client's session when it came back: a
+    restart, an expiry, or a cluster's Redis that lost it; a new session
+    starts, and what the server had not yet delivered is gone; what this
+    client had not had acknowledged is sent again).  Callbacks run in event
     order on a callback thread, never under a library lock, so they may call
     ``send()`` or ``disconnect()``.  They never run on the I/O thread unless
     ``inline_callbacks`` is set: then ``message`` callbacks run on it (when no
@@ -278,6 +291,12 @@ class Client:
     """
 
     address = cfg.Setting[str]("", cfg.host, doc="server host name or IP address")
+    servers = cfg.Setting["tuple[tuple[str, int], ...] | None"](
+        None,
+        cfg.server_list,
+        doc="several servers (a cluster's nodes: docs/CLUSTER.md), tried in turn:"
+        " ['host:port', ...]; address and port then name the one in use",
+    )
     port = cfg.Setting[int](0, cfg.int_range(1, 65535), doc="server TCP port")
     client_id = cfg.Setting[str]("", cfg.non_empty_str, doc="this client's id, unique per server")
     interface = cfg.Setting[str]("", cfg.interface, doc="local interface to connect from: '' or '*' for any")
@@ -338,6 +357,9 @@ class Client:
         self._link: _ClientLink | None = None
         self._connect_future: Future[None] | None = None
         self._retry_timer: Cancellable | None = None
+        #: Which of ``servers`` is in use, and how many failed since one welcomed us.
+        self._server_index = 0
+        self._servers_failed = 0
         self._connect_deadline = 0.0
         self._retries = 0
         self._persistent = False
@@ -366,6 +388,10 @@ class Client:
     def _setting_changed(self, name: str) -> None:
         if name == "inline_callbacks":
             self._callbacks.inline = self.inline_callbacks
+        if name == "servers" and self.servers is not None:
+            self._server_index = -1
+            self._next_server()
+            name = "address"
         # Setting address and port is what configures a new client.
         if (
             name in ("address", "port")
@@ -375,6 +401,16 @@ class Client:
         ):
             with self._lock:
                 self._set_state(IDLE)
+
+    def _next_server(self) -> None:
+        """Aim at the next of ``servers`` (after a failed attempt or a lost
+        connection; no-op without them)."""
+        servers = self.servers
+        if servers is not None:
+            self._server_index = (self._server_index + 1) % len(servers)
+            # Directly: address and port are locked while running, and this
+            # is the client itself moving on, not a caller reconfiguring it.
+            self._settings["address"], self._settings["port"] = servers[self._server_index]
 
     @staticmethod
     def generate_id() -> str:
@@ -771,12 +807,16 @@ class Client:
             bits = self._state_bits
             if not bits & (_CONNECTING | _RECONNECTING):
                 return
+            self._servers_failed += 1
+            untried = self.servers is not None and self._servers_failed < len(self.servers)
+            self._next_server()
             step, self._retries = after_failure(
                 self._retries,
                 reconnecting=not bits & _CONNECTING,
                 persistent=self._persistent,
                 terminal=why.terminal,
                 rate_limited=why.rate_limited,
+                untried=untried,
                 limit=self.reconnect_attempts,
                 before_deadline=self._loop.time() < self._connect_deadline,
             )
@@ -841,6 +881,9 @@ class Client:
                         len(session.out),
                     )
                     self._stats.sessions_lost += 1
+                    self._callbacks.emit(
+                        "sessionlost", "the server no longer knows this client's session (a restart or an expiry)"
+                    )
                 session.restarted()
                 self._inbox.new_stream()
                 # The server that would have answered is gone with its session.
@@ -859,6 +902,7 @@ class Client:
             future = self._connect_future
             self._connect_future = None
             self._retries = 0
+            self._servers_failed = 0
             self._set_state(CONNECTED)
             self._callbacks.emit("connect") if first else self._callbacks.emit("reconnect", self.client_id)
             session.pump_pending = False
@@ -974,6 +1018,7 @@ class Client:
             if not self._state_bits & _CONNECTED:
                 return
             self._retries = 0
+            self._next_server()
             self._set_state(RECONNECTING)
         log.warning("client %r: connection lost (%s); reconnecting", self.client_id, reason)
         self._schedule_retry()

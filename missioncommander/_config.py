@@ -194,3 +194,35 @@ def token_map(value: Any, name: str) -> dict[str, str] | None:
         if not isinstance(key, str) or not isinstance(token, str) or not key or not token:
             raise ValueError(f"{name} must map non-empty client ids to non-empty tokens")
     return dict(value)
+
+
+def redis_url(value: Any, name: str) -> str | None:
+    """None, or a Redis URL (redis://, rediss:// or unix://) for cluster mode."""
+    text = optional_str(value, name)
+    if text is not None and not text.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"{name} must be a Redis URL such as redis://127.0.0.1:6379/0, not {text[:80]!r}")
+    return text
+
+
+def server_list(value: Any, name: str) -> tuple[tuple[str, int], ...] | None:
+    """None, or servers to try in turn: "host:port" strings or (host, port)
+    pairs ("[::1]:30000" for an IPv6 address)."""
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise TypeError(f'{name} must be a list such as ["10.0.0.1:30000", "10.0.0.2:30000"], not {value!r:.80}')
+    if not value:
+        raise ValueError(f"{name} must name at least one server (use None to unset it)")
+    servers = []
+    for item in value:
+        if isinstance(item, str):
+            where, sep, port_text = item.rpartition(":")
+            if not sep or not port_text.isdigit():
+                raise ValueError(f"{name}: {item!r} is not host:port")
+            address, port = where.removeprefix("[").removesuffix("]"), int(port_text)
+        elif isinstance(item, list | tuple) and len(item) == 2:
+            address, port = item
+        else:
+            raise TypeError(f"{name}: {item!r} is not host:port or a (host, port) pair")
+        servers.append((host(address, name), int_range(1, 65535)(port, name)))
+    return tuple(servers)

@@ -124,3 +124,9 @@ class NoResponder(RemoteError):
 
     def __init__(self, message: str = "the peer has no request responder") -> None:
         super().__init__("NoResponder", message)
+
+
+class ClusterUnavailable(StateError):
+    """A cluster node cannot reach its Redis: it cannot number, route or
+    record messages until Redis is back (the node reconnects by itself;
+    docs/CLUSTER.md)."""

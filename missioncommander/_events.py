@@ -27,11 +27,12 @@ class ErrorCode(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
 
 
-#: Refusals after which a client must not retry by itself: retrying would get
-#: the same answer, or (for ``id_in_use``) fight a live client for its id.
-TERMINAL_CODES = frozenset(
-    {ErrorCode.VERSION_UNSUPPORTED, ErrorCode.ID_IN_USE, ErrorCode.BAD_FRAME, ErrorCode.AUTH_FAILED}
-)
+#: Refusals after which a client must not retry by itself, whatever the
+#: frame's ``retry`` says: retrying would get the same answer.  For
+#: ``id_in_use`` the ``retry`` flag decides: false when a live client holds
+#: the id (retrying would fight it for the id), true while the holder is
+#: being checked or the id is moving between cluster nodes.
+TERMINAL_CODES = frozenset({ErrorCode.VERSION_UNSUPPORTED, ErrorCode.BAD_FRAME, ErrorCode.AUTH_FAILED})
 
 
 class Role(enum.Enum):

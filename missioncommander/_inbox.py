@@ -173,14 +173,23 @@ class Inbox:
         transport = link.transport
         if transport is not None and transport.reading_paused and self._room():
             link.resume_reading()
-        if self.waiting > 0 or (transport is not None and transport.reading_paused):
+        if (
+            self.waiting > 0
+            or (transport is not None and transport.reading_paused)
+            or self.ackable() < self.stream.taken_seq
+        ):
             self._arm()
+
+    def ackable(self) -> int:
+        """The last message an ACK may name: the last one taken (a cluster
+        node's inbox: the last one Redis records as taken)."""
+        return self.stream.taken_seq
 
     def send_ack(self) -> None:
         """Acknowledge what was taken, if anything new (loop thread)."""
         link = self.link
         stream = self.stream
-        taken = stream.taken_seq
+        taken = self.ackable()
         if link is None or not link.is_open or taken <= stream.acked_seq:
             return
         stream.acked_seq = taken

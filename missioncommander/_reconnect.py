@@ -6,7 +6,8 @@ in (the time among them, as a yes/no on its deadline):
 
 - a ``connect()`` that waits fails at once on its first failure, except when
   the server said "busy, retry" (rate limited): then it keeps trying until
-  its ``connect_timeout``;
+  its ``connect_timeout``; and with several servers it tries each once
+  before it fails;
 - a ``connect(wait=False)`` and a reconnect keep trying, with backoff, until
   ``reconnect_attempts`` run out or the server refuses for good (a wrong
   token, an unsupported version: ``terminal``).
@@ -36,6 +37,7 @@ def after_failure(
     rate_limited: bool,
     limit: int | None,
     before_deadline: bool,
+    untried: bool = False,
 ) -> tuple[Step, int]:
     """The step after a failed attempt, and the retry count that goes with
     it (``retries`` counts the failed attempts before this one).
@@ -43,9 +45,10 @@ def after_failure(
     ``reconnecting``: the session was connected before (else this is the
     first connect); ``persistent``: ``connect(wait=False)``;
     ``before_deadline``: the first connect's ``connect_timeout`` has not
-    passed; ``limit``: ``reconnect_attempts``."""
+    passed; ``limit``: ``reconnect_attempts``; ``untried``: of several
+    servers, some were not tried since the last success."""
     if not reconnecting:
-        if rate_limited and not persistent and before_deadline:
+        if (rate_limited or (untried and not terminal)) and not persistent and before_deadline:
             return Step.RETRY, retries + 1
         if not persistent or terminal:
             return Step.FAIL, retries

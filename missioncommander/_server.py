@@ -16,6 +16,8 @@ from . import _config as cfg
 from ._admission import Admit, ConnectionRate, Known, admit, in_use_message, probe_timeout
 from ._auth import new_nonce
 from ._callbacks import Callbacks
+from ._cluster import ClusterNode, default_node_id
+from ._cluster_store import DEFAULT_LEASE_TTL
 from ._connection import Connection
 from ._errors import (
     BindError,
@@ -198,6 +200,15 @@ class Server:
     reply_tracebacks = cfg.Setting[bool](
         False, cfg.boolean, locked=False, doc="send a responder's traceback with its error (debugging)"
     )
+    cluster = cfg.Setting["str | None"](
+        None, cfg.redis_url, doc="Redis URL: act as one server with every node on it (docs/CLUSTER.md)"
+    )
+    node_id = cfg.Setting["str | None"](
+        None, cfg.optional_str, doc="this node's name in its cluster (default: host, process and random bits)"
+    )
+    lease_ttl = cfg.Setting[float](
+        DEFAULT_LEASE_TTL, cfg.positive_number(), doc="how long a cluster node's hold on its clients outlives it"
+    )
 
     def __init__(self, *, _driver: Driver | None = None, **settings: Any) -> None:
         # _driver: the event loop to run on (tests pass a fake one); the process's own by default.
@@ -230,6 +241,8 @@ class Server:
         #: Statistics: the traffic of sessions that ended (those alive count their own).
         self._ended_traffic: collections.Counter[str] = collections.Counter()
         self._inbound_budget = Budget(type(self).max_inbound_total_bytes.default)
+        #: Cluster mode (``cluster`` set): this node's part, while running.
+        self._cluster: ClusterNode | None = None
         for name, value in settings.items():
             if not isinstance(getattr(type(self), name, None), cfg.Setting):
                 raise TypeError(f"Server() got an unknown setting {name!r}")
@@ -278,6 +291,12 @@ class Server:
             except OSError as exc:
                 where = f"{host or '*'}:{port}"
                 raise BindError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}") from exc
+            if self.cluster is not None:
+                try:
+                    self._cluster = ClusterNode(self, self.cluster, self.node_id or default_node_id(), self.lease_ttl)
+                except BaseException:
+                    listener.close()
+                    raise
             self._listener = listener
             self._bound_port = listener.port
             self._inbound_budget = Budget(self.max_inbound_total_bytes)
@@ -285,6 +304,14 @@ class Server:
             self._stopped.clear()
         for warning in self.warnings:
             log.warning("server on port %d: %s", self._bound_port, warning)
+        cluster = self._cluster
+        if cluster is not None:
+            cluster.start()
+            # Most starts find Redis up: have the node ready when start()
+            # returns.  Without Redis the node listens and refuses newcomers
+            # (retry) until it gets there.
+            if not cluster.wait_joined(min(2.0, self.lease_ttl)):
+                log.warning("cluster node %s: Redis at %s does not answer yet", cluster.node_id, cluster.url)
         listener.start()
         log.info("server listening on %s:%d", host or "*", self._bound_port)
 
@@ -302,6 +329,9 @@ class Server:
         self._loop.run_sync(self._stop_on_loop)
         if not self._loop.in_loop():  # from an inline callback the loop must run on to finish
             self._stopped.wait(timeout)
+        if self._cluster is not None:
+            self._cluster.stop(timeout)
+            self._cluster = None
         with self._lock:
             self._bound_port = None
         self._callbacks.serial.wait_idle(timeout)
@@ -318,9 +348,20 @@ class Server:
     @property
     def clients(self) -> list[str]:
         """Ids of the clients with a live session (including detached ones,
-        whose connection broke and which may still resume)."""
+        whose connection broke and which may still resume); in a cluster,
+        every node's (``ClusterUnavailable`` without Redis)."""
+        return list(self.client_nodes)
+
+    @property
+    def client_nodes(self) -> dict[str, str]:
+        """Each client id with a live session and the node that holds it:
+        this server's ``node_id`` (``''`` outside a cluster), another
+        node's, or ``''`` while no node holds it (its connection broke)."""
+        cluster = self._cluster
+        if cluster is not None:
+            return cluster.clients()
         with self._lock:
-            return list(self._sessions)
+            return {client_id: "" for client_id in self._sessions}
 
     def send(self, target: str, message: Message) -> None:
         """Send ``message`` to the client ``target``, or to every client for ``'*'``.
@@ -392,6 +433,10 @@ class Server:
 
     def _send_to(self, target: str, body: bytes) -> None:
         size = len(body) + MESSAGE_OVERHEAD
+        if self._cluster is not None:
+            self._check_running()
+            self._cluster.send_to(target, body)
+            return
         with self._lock:
             self._check_running_locked()
             session = self._sessions.get(target)
@@ -412,6 +457,10 @@ class Server:
             direct[0].send_and_unlock(direct[1])
 
     def _broadcast(self, body: bytes) -> None:
+        if self._cluster is not None:
+            self._check_running()
+            self._cluster.broadcast(body)
+            return
         size = len(body) + MESSAGE_OVERHEAD
         full: list[_Session] = []
         with self._lock:
@@ -438,6 +487,10 @@ class Server:
             )
             self._slow_cut += 1
             self._loop.call_soon(self._end_session, session, "send queue full: the client did not keep up")
+
+    def _check_running(self) -> None:
+        with self._lock:
+            self._check_running_locked()
 
     def _check_running_locked(self) -> None:
         if not self._running:
@@ -478,6 +531,7 @@ class Server:
                 "refusals": dict(self._refusals),
                 "slow_clients_cut": self._slow_cut,
                 "requests_in_flight": sum(self._requests.in_flight(s.client_id) for s in sessions),
+                "cluster": self._cluster.status() if self._cluster is not None else None,
             }
 
     def _session_stats(self, session: _Session) -> dict[str, Any]:
@@ -505,7 +559,11 @@ class Server:
     def disconnect_client(self, client_id: str, reason: str = "disconnected by the server") -> None:
         """End ``client_id``'s session and close its connection, telling it
         ``reason``; the client does not reconnect by itself.  ``UnknownClient``
-        for an unknown id."""
+        for an unknown id.  In a cluster, on whichever node holds it."""
+        if self._cluster is not None:
+            self._check_running()
+            self._cluster.disconnect(client_id, reason)
+            return
         with self._lock:
             if client_id not in self._sessions:
                 raise UnknownClient(f"no client {client_id!r} is connected")
@@ -579,6 +637,12 @@ class Server:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
+        if self._cluster is not None:
+            # The cluster goes on without this node: its clients resume on another.
+            with self._lock:
+                held = list(self._sessions)
+            for client_id in held:
+                self._cluster.let_go(client_id, "this node is leaving the cluster; resume on another", release=True)
         for link in list(self._links):
             if link.is_open:
                 link.send_final(link.proto.send_shutdown("server shutting down"), "server shutting down")
@@ -610,6 +674,8 @@ class Server:
                 return
             with self._lock:
                 session.acked(event.seq)
+            if self._cluster is not None:
+                self._cluster.acked(session.client_id, event.seq)
             if self._on_room is not None:
                 self._on_room(session.client_id)
         elif isinstance(event, PingReceived):
@@ -642,6 +708,9 @@ class Server:
         link.hello = hello
         with self._lock:
             session = self._sessions.get(hello.client_id)
+        if session is None and self._cluster is not None and self._running:
+            self._cluster.admit(link, hello)
+            return
         old = session.link if session is not None else None
         known = Known(
             token=session.token if session is not None else None,
@@ -710,24 +779,48 @@ class Server:
         self._new_session(newcomer, newcomer.hello.client_id)
 
     def _new_session(self, link: _ServerLink, client_id: str) -> None:
+        if self._cluster is not None and link.hello is not None:
+            self._cluster.admit(link, link.hello)  # the cluster numbers and names it
+            return
+        self._create_session(link, client_id, None, None)
+
+    def _create_session(
+        self,
+        link: _ServerLink,
+        client_id: str,
+        token: str | None,
+        restore: Callable[[_Session], None] | None,
+    ) -> None:
+        """Open ``client_id``'s session on ``link``: a new one, or (with
+        ``restore``, which fills it in) one that goes on from another node."""
         with self._lock:
             if self.max_clients is not None and len(self._sessions) >= self.max_clients:
                 full = True
             else:
                 full = False
-                session = _Session(
-                    client_id,
-                    self.max_queued,
-                    self.max_queued_bytes,
-                    Inbox(self._loop, self.max_inbound, self.max_inbound_bytes, self._inbound_budget),
+                cluster = self._cluster
+                inbox = (
+                    cluster.make_inbox(client_id)
+                    if cluster is not None
+                    else Inbox(self._loop, self.max_inbound, self.max_inbound_bytes, self._inbound_budget)
                 )
+                session = _Session(client_id, self.max_queued, self.max_queued_bytes, inbox)
+                if token is not None:
+                    session.token = token
+                if cluster is not None:
+                    # Redis bounds the queue (max_queued) before a message gets here.
+                    session.set_limits(2**62, 2**62)
+                if restore is not None:
+                    restore(session)
                 self._sessions[client_id] = session
         if full:
             self._refuse(link, ErrorCode.SERVER_FULL, f"server has reached max_clients={self.max_clients}", retry=True)
             return
-        log.info("client %r connected from %s (new session)", client_id, link.peer)
-        self._attach(link, session, resumed=False)
-        self._callbacks.emit("clientconnect", client_id)
+        if restore is None:
+            log.info("client %r connected from %s (new session)", client_id, link.peer)
+        self._attach(link, session, resumed=restore is not None)
+        if restore is None:
+            self._callbacks.emit("clientconnect", client_id)
 
     def _attach(self, link: _ServerLink, session: _Session, resumed: bool) -> None:
         assert link.hello is not None
@@ -799,7 +892,10 @@ class Server:
             link.send_final(link.proto.send_bye(reason), f"disconnected by the server: {reason}")
         self._end_session(session, f"disconnected by the server: {reason}")
 
-    def _end_session(self, session: _Session, reason: str) -> None:
+    def _end_session(self, session: _Session, reason: str, *, for_good: bool = True) -> None:
+        """End ``session`` here.  ``for_good=False`` (a cluster node letting
+        a client go): the session goes on elsewhere, so the cluster keeps
+        it and ``clientdisconnect`` does not fire."""
         with self._lock:
             if self._sessions.get(session.client_id) is not session:
                 return
@@ -813,6 +909,8 @@ class Server:
         if session.expiry is not None:
             session.expiry.cancel()
             session.expiry = None
+        if self._cluster is not None and for_good:
+            self._cluster.ended(session.client_id)
         self._requests.lose(session.client_id, reason)
         link = session.link
         session.link = None
@@ -821,6 +919,9 @@ class Server:
             link.session = None
             if link.transport is not None and not link.transport.closed and not link.is_open:
                 link.transport.close_after_flush(reason=reason)
+        if not for_good:
+            log.info("client %r let go: %s", session.client_id, reason)
+            return
         if dropped:
             # A client that said goodbye chose not to get them: not a warning.
             level = logging.INFO if reason.startswith("client disconnected") else logging.WARNING

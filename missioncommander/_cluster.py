@@ -1,0 +1,491 @@
+"""A server's membership of a cluster: several servers acting as one through Redis.
+
+``ClusterNode`` is what a ``Server`` with ``cluster=`` set does differently
+(docs/CLUSTER.md); the shared state and its rules are ``_cluster_store``.
+The node keeps the sessions of the clients connected to it in memory as a
+lone server does (what the wire needs at once), and Redis holds the
+cluster's copy, written before it counts:
+
+- a message to a client is numbered and stored in Redis before it is queued
+  on any node (``send`` returns once it is stored), so whichever node the
+  client resumes on has everything it has not acknowledged;
+- a message from a client is acknowledged to it only once Redis has the
+  number of the last one whose callbacks returned, so the node that takes
+  the client over goes on from there.
+
+One thread per node (``missioncommander-cluster``) listens on the node's
+pub/sub channel (messages for its clients sent on other nodes; requests to
+let a client go), renews the node's leases, and trims what clients
+acknowledged.  When Redis cannot be reached the node refuses newcomers,
+keeps its clients while its leases would still be valid, lets them go after
+that (they resume on another node), and rejoins by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from ._admission import in_use_message
+from ._cluster_store import Claim, ClusterStore, notice, parse_notice
+from ._errors import ClusterUnavailable, QueueFullError, UnknownClient
+from ._events import ErrorCode, Hello
+from ._inbox import Budget, Inbox
+from ._loop import Driver
+
+if TYPE_CHECKING:
+    from ._server import Server, _ServerLink, _Session
+
+log = logging.getLogger("missioncommander.cluster")
+
+#: How often a node trims acknowledged messages and looks for gaps.
+FLUSH_EVERY = 0.05
+#: A message from another node that arrives ahead of one before it waits
+#: this long for it before the node reads the stream itself.
+GAP_WAIT = 0.1
+#: How long a newcomer is told that a live client holds an id.
+IN_USE_FOR = 5.0
+#: Pauses between attempts to reach a lost Redis (seconds).
+RETRY_PAUSE = 0.5
+
+
+def default_node_id() -> str:
+    """A node id unique enough for one cluster: host, process, and random bits."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class ClusterInbox(Inbox):
+    """A client's inbox on a cluster node: acknowledges only what Redis has.
+
+    The number of the last message whose callbacks returned is written to
+    Redis before the callback thread goes on (so a node that dies has handed
+    at most one message to its application that Redis does not know of);
+    messages nobody subscribed to are recorded by the node's thread.
+    """
+
+    def __init__(
+        self, loop: Driver, max_count: int, max_bytes: int, budget: Budget | None, node: ClusterNode, client_id: str
+    ) -> None:
+        super().__init__(loop, max_count, max_bytes, budget)
+        self.node = node
+        self.client_id = client_id
+        #: The last message from the client that Redis records as taken.
+        self.recorded = 0
+
+    def taken(self, stream: Any, seq: int, size: int) -> None:
+        if stream is self.stream:
+            self.node.record_taken(self, seq)
+        super().taken(stream, seq, size)
+
+    def take_now(self, size: int) -> None:
+        super().take_now(size)
+        self.node.record_later(self)
+
+    def ackable(self) -> int:
+        return min(self.stream.taken_seq, self.recorded)
+
+
+class ClusterNode:
+    """One server's part in a cluster (see the module docstring)."""
+
+    def __init__(self, server: Server, url: str, node_id: str, lease_ttl: float) -> None:
+        self.server = server
+        self.url = url
+        self.node_id = node_id
+        self.lease_ttl = lease_ttl
+        self.store = ClusterStore(url)
+        #: Redis answers and the node listens on its channel: newcomers welcome.
+        self.ready = False
+        #: Clients resumed here after the node holding them lost them without
+        #: letting go (docs/CLUSTER.md: their last message may come twice).
+        self.takeovers = 0
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._joined = threading.Event()
+        self._last_renewed = 0.0
+        self._lost_logged = False
+        # Guarded by the server's lock: messages from other nodes that came
+        # ahead of one before them, per client, and since when.
+        self._ahead: dict[str, dict[int, bytes]] = {}
+        self._ahead_since: dict[str, float] = {}
+        # Guarded by _marks_lock: what to write on the next flush.
+        self._marks_lock = threading.Lock()
+        self._acked: dict[str, int] = {}
+        self._unrecorded: dict[str, ClusterInbox] = {}
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    @property
+    def keep(self) -> float:
+        """How long Redis keeps a session nobody renews: the server's
+        ``session_expiry`` after the holder's lease ran out."""
+        return self.server.session_expiry + self.lease_ttl
+
+    def start(self) -> None:
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="missioncommander-cluster", daemon=True)
+        self._thread.start()
+
+    def wait_joined(self, timeout: float) -> bool:
+        """Wait until the node has reached Redis once (True), or ``timeout``."""
+        return self._joined.wait(timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        self._thread = None
+        self.ready = False
+        self.store.close()
+
+    def status(self) -> dict[str, Any]:
+        """For ``Server.stats()``: this node and its view of the cluster."""
+        return {"node": self.node_id, "ready": self.ready, "url": self.url, "takeovers": self.takeovers}
+
+    # -- the loop thread: who gets in ------------------------------------------------
+
+    def admit(self, link: _ServerLink, hello: Hello) -> None:
+        """A HELLO for an id with no session on this node: ask Redis."""
+        server = self.server
+        if not self.ready:
+            server._refuse(
+                link, ErrorCode.SERVER_FULL, "this node cannot reach the cluster's Redis; try another", retry=True
+            )
+            return
+        if server.max_clients is not None and len(server._sessions) >= server.max_clients:
+            server._refuse(
+                link, ErrorCode.SERVER_FULL, f"server has reached max_clients={server.max_clients}", retry=True
+            )
+            return
+        client_id = hello.client_id
+        try:
+            claim = self.store.claim(
+                client_id,
+                self.node_id,
+                hello.session,
+                secrets.token_urlsafe(24),
+                hello.last_seq,
+                self.lease_ttl,
+                self.keep,
+            )
+            if claim.outcome in ("moving", "held"):
+                # Ask the holder to let go (it checks the token; a detached
+                # session without one ends, a live client keeps its id).
+                token = hello.session.encode() if claim.outcome == "moving" and hello.session else b""
+                self.store.publish(claim.node, notice("t", client_id, 0, token))
+        except ClusterUnavailable as exc:
+            self._lost(exc)
+            server._refuse(link, ErrorCode.SERVER_FULL, "this node cannot reach the cluster's Redis", retry=True)
+            return
+        if claim.outcome == "in_use":
+            server._refuse(link, ErrorCode.ID_IN_USE, in_use_message(client_id))
+        elif claim.outcome in ("moving", "held"):
+            server._refuse(
+                link, ErrorCode.ID_IN_USE, f"client id {client_id!r} is held by node {claim.node}; retry", retry=True
+            )
+        elif claim.outcome == "resume":
+            if claim.node not in ("", self.node_id):
+                self.takeovers += 1
+                log.warning(
+                    "client %r resumes here after node %s lost it without letting go: message %d from the client"
+                    " may have reached that node's callbacks already (docs/CLUSTER.md)",
+                    client_id,
+                    claim.node,
+                    claim.in_taken + 1,
+                )
+            server._create_session(link, client_id, claim.token, lambda session: self._restore(session, claim))
+        else:
+            if claim.outcome in ("stale", "unknown"):
+                log.warning(
+                    "client %r named a session the cluster no longer has (Redis lost it, or it expired):"
+                    " it gets a new one, and is told so",
+                    client_id,
+                )
+            server._create_session(link, client_id, claim.token, None)
+
+    def _restore(self, session: _Session, claim: Claim) -> None:
+        """Give ``session`` (new on this node) what Redis holds of it (server lock held)."""
+        out = session.out
+        for body in claim.bodies:
+            out.offer(body)
+        out.next_seq = claim.out_seq + 1
+        session.sent_seq = claim.first - 1
+        inbox = session.inbox
+        assert isinstance(inbox, ClusterInbox)
+        stream = inbox.stream
+        stream.last_seq = stream.taken_seq = stream.acked_seq = inbox.recorded = claim.in_taken
+
+    def make_inbox(self, client_id: str) -> ClusterInbox:
+        server = self.server
+        return ClusterInbox(
+            server._loop, server.max_inbound, server.max_inbound_bytes, server._inbound_budget, self, client_id
+        )
+
+    def ended(self, client_id: str) -> None:
+        """This node ended ``client_id``'s session: so does the cluster."""
+        try:
+            self.store.end(client_id, self.node_id)
+        except ClusterUnavailable as exc:
+            # Redis forgets it by itself (its expiry); a resume then starts anew.
+            log.warning("could not end client %r's session in Redis: %s", client_id, exc)
+        with self.server._lock:
+            self._ahead.pop(client_id, None)
+            self._ahead_since.pop(client_id, None)
+
+    def let_go(self, client_id: str, reason: str, release: bool) -> None:
+        """Drop ``client_id``'s session here without ending it (loop thread):
+        the client is told to retry, and resumes on whichever node it
+        reaches.  ``release`` hands the lease back at once."""
+        server = self.server
+        with server._lock:
+            session = server._sessions.get(client_id)
+        if session is not None:
+            link = session.link
+            if link is not None and link.is_open:
+                link.send_final(link.proto.send_error(ErrorCode.SERVER_FULL, reason, retry=True), reason)
+            server._end_session(session, reason, for_good=False)
+        if release:
+            try:
+                self.store.release(client_id, self.node_id)
+            except ClusterUnavailable as exc:
+                log.warning("could not hand client %r over: %s (its lease runs out instead)", client_id, exc)
+        with server._lock:
+            self._ahead.pop(client_id, None)
+            self._ahead_since.pop(client_id, None)
+
+    def _asked_for(self, client_id: str, token: str) -> None:
+        """Another node has a newcomer for ``client_id`` (loop thread)."""
+        server = self.server
+        with server._lock:
+            session = server._sessions.get(client_id)
+        if session is None:
+            try:
+                self.store.release(client_id, self.node_id)
+            except ClusterUnavailable:
+                pass
+        elif token and token == session.token:
+            self.let_go(client_id, "the client resumed on another node", release=True)
+        elif session.link is None:
+            server._end_session(session, "replaced by a new session of the same client id")
+        else:
+            try:
+                self.store.mark_in_use(client_id, IN_USE_FOR)
+            except ClusterUnavailable:
+                pass
+
+    # -- callers' threads: sending ----------------------------------------------------
+
+    def send_to(self, client_id: str, body: bytes) -> None:
+        server = self.server
+        appended = self.store.append(client_id, body, server.max_queued, self.node_id)
+        if appended == "unknown":
+            raise UnknownClient(f"no client {client_id!r} is connected to the cluster")
+        if appended == "full":
+            raise QueueFullError(f"send queue of client {client_id!r} is full ({server.max_queued} messages)")
+        assert not isinstance(appended, str)
+        if appended.node == self.node_id:
+            self.deliver(client_id, appended.seq, body)
+
+    def broadcast(self, body: bytes) -> None:
+        mine, full = self.store.broadcast(body, self.server.max_queued, self.node_id)
+        for client_id, seq in mine:
+            self.deliver(client_id, seq, body)
+        for client_id in full:
+            log.warning("client %r is too slow: its send queue is full; ending its session", client_id)
+            self.server._slow_cut += 1
+            try:
+                self.disconnect(client_id, "send queue full: the client did not keep up")
+            except UnknownClient:
+                pass
+
+    def deliver(self, client_id: str, seq: int, body: bytes) -> None:
+        """Message ``seq`` to ``client_id``, numbered and stored in Redis:
+        queue it here, in order, if this node holds the client."""
+        server = self.server
+        with server._lock:
+            session = server._sessions.get(client_id)
+            if session is None:
+                return  # not ours (any more): it waits in Redis for the holder
+            out = session.out
+            if seq < out.next_seq:
+                return  # already here (our own send, or read from the stream)
+            if seq > out.next_seq:
+                self._ahead.setdefault(client_id, {})[seq] = body
+                self._ahead_since.setdefault(client_id, time.monotonic())
+                return
+            out.offer(body)
+            ahead = self._ahead.get(client_id)
+            if ahead:
+                while out.next_seq in ahead:
+                    out.offer(ahead.pop(out.next_seq))
+                if not ahead:
+                    del self._ahead[client_id]
+                    self._ahead_since.pop(client_id, None)
+            if not session.pump_pending:
+                server._schedule_pump_locked(session)
+
+    def clients(self) -> dict[str, str]:
+        return self.store.clients()
+
+    def disconnect(self, client_id: str, reason: str) -> None:
+        holder = self.store.clients().get(client_id)
+        if holder is None:
+            raise UnknownClient(f"no client {client_id!r} is connected to the cluster")
+        if holder == self.node_id:
+            self.server._loop.run_sync(self.server._kick, client_id, reason)
+        elif holder:
+            self.store.publish(holder, notice("k", client_id, 0, reason.encode()))
+        else:
+            self.store.end(client_id, self.node_id)
+
+    # -- the driver's and callback threads: what clients sent -----------------------------
+
+    def acked(self, client_id: str, seq: int) -> None:
+        with self._marks_lock:
+            self._acked[client_id] = seq
+
+    def record_taken(self, inbox: ClusterInbox, seq: int) -> None:
+        """Write that message ``seq`` from the client was taken (callback thread)."""
+        try:
+            held = self.store.taken(inbox.client_id, self.node_id, seq)
+        except ClusterUnavailable as exc:
+            self._lost(exc)
+            return
+        if held:
+            inbox.recorded = seq
+        else:
+            self.server._loop.call_soon(self.let_go, inbox.client_id, "this node no longer holds the client", False)
+
+    def record_later(self, inbox: ClusterInbox) -> None:
+        with self._marks_lock:
+            self._unrecorded[inbox.client_id] = inbox
+
+    # -- the node's thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        pubsub: Any = None
+        next_renew = 0.0
+        while not self._stopping.is_set():
+            try:
+                if pubsub is None:
+                    self.store.ping()
+                    pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
+                    pubsub.subscribe(self.store.channel + self.node_id)
+                    self._renew()
+                    self._catch_up()
+                    next_renew = time.monotonic() + self.lease_ttl / 3
+                    if not self.ready:
+                        log.info("cluster node %s joined (Redis at %s)", self.node_id, self.url)
+                    self.ready = True
+                    self._joined.set()
+                    self._lost_logged = False
+                message = pubsub.get_message(timeout=FLUSH_EVERY)
+                while message is not None:
+                    self._on_notice(message["data"])
+                    message = pubsub.get_message(timeout=0)
+                now = time.monotonic()
+                if now >= next_renew:
+                    self._renew()
+                    next_renew = now + self.lease_ttl / 3
+                self._flush()
+                self._fill_gaps(now)
+            except Exception as exc:  # redis-py raises its own errors, and OSError, from its sockets
+                self._lost(exc)
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:
+                        pass
+                    pubsub = None
+                self._stopping.wait(RETRY_PAUSE)
+        if pubsub is not None:
+            try:
+                pubsub.close()
+            except Exception:
+                pass
+
+    def _lost(self, exc: BaseException) -> None:
+        """Redis did not answer: refuse newcomers; past the leases, let go."""
+        self.ready = False
+        if not self._lost_logged:
+            self._lost_logged = True
+            log.warning(
+                "cluster node %s lost Redis at %s (%s): refusing new clients until it is back",
+                self.node_id,
+                self.url,
+                exc,
+            )
+        if self._last_renewed and time.monotonic() - self._last_renewed > self.lease_ttl:
+            self._let_go_all("this node lost the cluster's Redis; resume on another node")
+
+    def _let_go_all(self, reason: str) -> None:
+        with self.server._lock:
+            held = list(self.server._sessions)
+        for client_id in held:
+            self.server._loop.call_soon(self.let_go, client_id, reason, False)
+
+    def _renew(self) -> None:
+        server = self.server
+        with server._lock:
+            held = list(server._sessions)
+        presence = f"{server.interface or '*'}:{server.port}"
+        lost = self.store.renew(self.node_id, held, self.lease_ttl, self.keep, presence)
+        self._last_renewed = time.monotonic()
+        for client_id in lost:
+            log.warning("cluster node %s lost its lease on client %r; letting it go", self.node_id, client_id)
+            server._loop.call_soon(self.let_go, client_id, "this node no longer holds the client", False)
+
+    def _catch_up(self) -> None:
+        """After (re)joining: notices may have been lost, and Redis may have
+        lost data.  Read each held client's stream past what is queued here;
+        a client whose session Redis no longer has (or has behind what this
+        node queued) is let go, so its next HELLO learns its session is lost."""
+        server = self.server
+        with server._lock:
+            held = [(client_id, session.out.next_seq - 1) for client_id, session in server._sessions.items()]
+        for client_id, last in held:
+            out_seq = self.store.out_seq(client_id)
+            if out_seq is None or out_seq < last:
+                log.warning("Redis lost client %r's session; letting the client go so it learns", client_id)
+                server._loop.call_soon(self.let_go, client_id, "the cluster lost this session", False)
+                continue
+            for seq, body in self.store.read(client_id, last):
+                self.deliver(client_id, seq, body)
+
+    def _fill_gaps(self, now: float) -> None:
+        sessions = self.server._sessions
+        with self.server._lock:
+            late = [client_id for client_id, since in self._ahead_since.items() if now - since > GAP_WAIT]
+            wanted = {c: sessions[c].out.next_seq - 1 for c in late if c in sessions}
+        for client_id, last in wanted.items():
+            for seq, body in self.store.read(client_id, last):
+                self.deliver(client_id, seq, body)
+
+    def _flush(self) -> None:
+        with self._marks_lock:
+            acked, self._acked = self._acked, {}
+            unrecorded, self._unrecorded = self._unrecorded, {}
+        if acked:
+            self.store.trim(acked)
+        for client_id, inbox in unrecorded.items():
+            seq = inbox.stream.taken_seq
+            if self.store.taken(client_id, self.node_id, seq):
+                inbox.recorded = max(inbox.recorded, seq)
+
+    def _on_notice(self, data: bytes) -> None:
+        kind, pairs, body = parse_notice(data)
+        loop = self.server._loop
+        if kind in ("d", "b"):
+            for client_id, seq in pairs:
+                self.deliver(client_id, seq, body)
+        elif kind == "t":
+            for client_id, _ in pairs:
+                loop.call_soon(self._asked_for, client_id, body.decode())
+        elif kind == "k":
+            for client_id, _ in pairs:
+                loop.call_soon(self.server._kick, client_id, body.decode())

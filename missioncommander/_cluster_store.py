@@ -1,0 +1,407 @@
+"""The cluster's shared state in Redis: leases, sessions, and their streams.
+
+Every rule that must hold across nodes runs inside Redis, in one Lua script
+per operation, so no two nodes can interleave halfway through one:
+
+- ``lease:{id}``: the node that holds client ``id`` now (``SET NX`` with an
+  expiry that the holder renews).  Every session write checks it, so a node
+  that lost its lease (cut off from Redis for longer than ``lease_ttl``)
+  cannot write once another node has taken the client over.
+- ``sess:{id}``: the session (``token``; ``out_seq``, the last message
+  numbered to the client; ``in_taken``, the last message from the client
+  whose callbacks returned; ``node``, its last holder).
+- ``out:{id}``: a stream of the messages to the client that it has not
+  acknowledged, each entry's id its sequence number (``{seq}-0``), trimmed as
+  acknowledgements arrive: what a node that takes the client over resends.
+- ``clients``: a hash of every client id in the cluster to its node (empty
+  while no node holds it); ``node:{name}``: a node's presence, with an expiry.
+
+Numbers are given out by Redis (``HINCRBY``), so every node numbers a
+client's messages from one counter.  Notices go over pub/sub to the channel
+of the node that holds the client (``notice``); a notice that is lost
+(pub/sub gives no guarantee) costs only time, since the holder reads the
+stream again whenever it (re)subscribes or sees a gap.
+
+The store is synchronous and thread-safe (redis-py's connection pool); it
+raises ``ClusterUnavailable`` when Redis cannot be reached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ._errors import ClusterUnavailable
+
+#: Leases and presences live this long unless renewed (a third of it apart).
+DEFAULT_LEASE_TTL = 6.0
+
+_CLAIM = """
+local lease, sess, out, clients, in_use = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local me, ttl, token, new_token, last_seq, id, keep_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local owner = redis.call('GET', lease)
+local known = redis.call('HGET', sess, 'token')
+if owner and owner ~= me then
+  if known and known == token then return {'moving', owner} end
+  if redis.call('EXISTS', in_use) == 1 then return {'in_use', owner} end
+  return {'held', owner}
+end
+redis.call('SET', lease, me, 'PX', ttl)
+if known and known == token then
+  local out_seq = tonumber(redis.call('HGET', sess, 'out_seq'))
+  if tonumber(last_seq) <= out_seq then
+    local prev = redis.call('HGET', sess, 'node')
+    redis.call('HSET', sess, 'node', me)
+    redis.call('HSET', clients, id, me)
+    redis.call('PEXPIRE', sess, keep_ms)
+    redis.call('PEXPIRE', out, keep_ms)
+    local entries = redis.call('XRANGE', out, '-', '+')
+    local bodies = {}
+    local first = out_seq + 1
+    for i, entry in ipairs(entries) do
+      if i == 1 then first = tonumber(string.match(entry[1], '^(%d+)')) end
+      bodies[i] = entry[2][2]
+    end
+    return {'resume', prev, out_seq, redis.call('HGET', sess, 'in_taken'), first, bodies}
+  end
+end
+local why = 'new'
+if known then
+  if known == token then why = 'stale' else why = 'replaced' end
+elseif token ~= '' then
+  why = 'unknown'
+end
+redis.call('DEL', sess, out)
+redis.call('HSET', sess, 'token', new_token, 'out_seq', 0, 'in_taken', 0, 'node', me)
+redis.call('PEXPIRE', sess, keep_ms)
+redis.call('HSET', clients, id, me)
+return {why, new_token}
+"""
+
+_APPEND = """
+local sess, out, clients = KEYS[1], KEYS[2], KEYS[3]
+local body, max_items, me, id, channel = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+if redis.call('EXISTS', sess) == 0 then return {'unknown'} end
+if redis.call('XLEN', out) >= max_items then return {'full'} end
+local seq = redis.call('HINCRBY', sess, 'out_seq', 1)
+redis.call('XADD', out, seq .. '-0', 'b', body)
+local keep = redis.call('PTTL', sess)
+if keep > 0 then redis.call('PEXPIRE', out, keep) end
+local owner = redis.call('HGET', clients, id) or ''
+if owner ~= '' and owner ~= me then
+  redis.call('PUBLISH', channel .. owner, 'd' .. #id .. ':' .. id .. seq .. ':' .. body)
+end
+return {'ok', seq, owner}
+"""
+
+_BROADCAST = """
+local clients, prefix = KEYS[1], KEYS[2]
+local body, max_items, me, channel = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local mine, full, remote = {}, {}, {}
+local holders = redis.call('HGETALL', clients)
+for i = 1, #holders, 2 do
+  local id, owner = holders[i], holders[i + 1]
+  local sess, out = prefix .. 'sess:' .. id, prefix .. 'out:' .. id
+  if redis.call('EXISTS', sess) == 1 then
+    if redis.call('XLEN', out) >= max_items then
+      full[#full + 1] = id
+    else
+      local seq = redis.call('HINCRBY', sess, 'out_seq', 1)
+      redis.call('XADD', out, seq .. '-0', 'b', body)
+      local keep = redis.call('PTTL', sess)
+      if keep > 0 then redis.call('PEXPIRE', out, keep) end
+      if owner == me then
+        mine[#mine + 1] = id
+        mine[#mine + 1] = seq
+      elseif owner ~= '' then
+        remote[owner] = (remote[owner] or '') .. #id .. ':' .. id .. seq .. ':'
+      end
+    end
+  else
+    redis.call('HDEL', clients, id)
+  end
+end
+for owner, list in pairs(remote) do
+  redis.call('PUBLISH', channel .. owner, 'b' .. list .. ':' .. body)
+end
+return {mine, full}
+"""
+
+_TAKEN = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[2], 'in_taken', ARGV[2])
+return 1
+"""
+
+_RENEW = """
+local prefix, me, ttl, keep_ms, presence = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+redis.call('SET', prefix .. 'node:' .. me, presence, 'PX', ttl)
+local lost = {}
+for i = 5, #ARGV do
+  local id = ARGV[i]
+  local lease = prefix .. 'lease:' .. id
+  if redis.call('GET', lease) == me then
+    redis.call('PEXPIRE', lease, ttl)
+    redis.call('PEXPIRE', prefix .. 'sess:' .. id, keep_ms)
+    redis.call('PEXPIRE', prefix .. 'out:' .. id, keep_ms)
+  else
+    lost[#lost + 1] = id
+  end
+end
+return lost
+"""
+
+_END = """
+local lease, sess, out, clients = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local owner = redis.call('GET', lease)
+if owner and owner ~= ARGV[1] then return 0 end
+redis.call('DEL', lease, sess, out)
+redis.call('HDEL', clients, ARGV[2])
+return 1
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('HSET', KEYS[2], 'node', '')
+  redis.call('HSET', KEYS[3], ARGV[2], '')
+end
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What Redis said to a node that asked for a client id.
+
+    ``outcome``: ``resume`` (the session goes on here: ``out_seq``,
+    ``in_taken``, and the unacknowledged messages from ``first``), ``new``
+    (no session), ``replaced`` (the HELLO named no session or another one:
+    a new one replaces it), ``stale`` or ``unknown`` (the HELLO named a
+    session Redis lost or that fell behind the client: a new one, and the
+    client is told its session was lost), ``moving`` (another node holds it
+    and the HELLO proved it is the same client: ask that node to let go,
+    then retry), ``held`` (another node holds it and the HELLO named no
+    session of it: ask that node whether its client is still there),
+    ``in_use`` (that node answered that a live client holds the id).
+    """
+
+    outcome: str
+    token: str = ""
+    node: str = ""
+    out_seq: int = 0
+    in_taken: int = 0
+    first: int = 1
+    bodies: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """A message numbered ``seq`` in a client's stream; ``node`` holds the
+    client (``''``: none now)."""
+
+    seq: int
+    node: str
+
+
+class ClusterStore:
+    """The cluster's state in one Redis database; see the module docstring.
+
+    ``prefix`` namespaces every key, so several clusters can share a Redis.
+    """
+
+    def __init__(self, url: str, prefix: str = "missioncommander:", timeout: float = 1.0) -> None:
+        try:
+            import redis  # noqa: PLC0415  (the cluster extra; the library runs without it)
+        except ImportError:
+            raise ImportError("cluster mode needs the redis package: pip install 'missioncommander[cluster]'") from None
+        self.url = url
+        self.prefix = prefix
+        self.channel = prefix + "node:"
+        # Any: redis-py types each reply as str or bytes at once; without
+        # decode_responses every reply here is bytes.
+        self.redis: Any = redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False
+        )
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self._claim = self.redis.register_script(_CLAIM)
+        self._append = self.redis.register_script(_APPEND)
+        self._broadcast = self.redis.register_script(_BROADCAST)
+        self._taken = self.redis.register_script(_TAKEN)
+        self._renew = self.redis.register_script(_RENEW)
+        self._end = self.redis.register_script(_END)
+        self._release = self.redis.register_script(_RELEASE)
+
+    def _keys(self, client_id: str) -> list[str]:
+        p = self.prefix
+        return [f"{p}lease:{client_id}", f"{p}sess:{client_id}", f"{p}out:{client_id}", f"{p}clients"]
+
+    def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return script(keys=keys, args=args)
+        except self._errors as exc:
+            raise ClusterUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
+
+    def ping(self) -> None:
+        try:
+            self.redis.ping()
+        except self._errors as exc:
+            raise ClusterUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
+
+    def claim(
+        self, client_id: str, node: str, token: str | None, new_token: str, last_seq: int, ttl: float, keep: float
+    ) -> Claim:
+        """Take client ``client_id`` for ``node`` (see ``Claim``)."""
+        reply = self._call(
+            self._claim,
+            [*self._keys(client_id), f"{self.prefix}inuse:{client_id}"],
+            [node, int(ttl * 1000), token or "", new_token, last_seq, client_id, int(keep * 1000)],
+        )
+        outcome = reply[0].decode()
+        if outcome in ("moving", "held", "in_use"):
+            return Claim(outcome, node=reply[1].decode())
+        if outcome == "resume":
+            return Claim(
+                "resume",
+                token=token or "",
+                node=(reply[1] or b"").decode(),
+                out_seq=int(reply[2]),
+                in_taken=int(reply[3]),
+                first=int(reply[4]),
+                bodies=tuple(reply[5]),
+            )
+        return Claim(outcome, token=reply[1].decode())
+
+    def append(self, client_id: str, body: bytes, max_items: int, node: str) -> Appended | str:
+        """Number ``body`` in ``client_id``'s stream and tell its holder if
+        that is another node; ``'unknown'`` or ``'full'`` when it cannot."""
+        keys = self._keys(client_id)[1:]
+        reply = self._call(self._append, keys, [body, max_items, node, client_id, self.channel])
+        if reply[0] != b"ok":
+            return str(reply[0].decode())
+        return Appended(int(reply[1]), reply[2].decode())
+
+    def broadcast(self, body: bytes, max_items: int, node: str) -> tuple[list[tuple[str, int]], list[str]]:
+        """Number ``body`` in every client's stream; returns this node's
+        clients with their numbers, and the clients whose stream was full."""
+        mine, full = self._call(
+            self._broadcast, [self.prefix + "clients", self.prefix], [body, max_items, node, self.channel]
+        )
+        pairs = [(mine[i].decode(), int(mine[i + 1])) for i in range(0, len(mine), 2)]
+        return pairs, [c.decode() for c in full]
+
+    def taken(self, client_id: str, node: str, seq: int) -> bool:
+        """Record that message ``seq`` from the client was taken; False if
+        ``node`` no longer holds the client (nothing written)."""
+        keys = self._keys(client_id)[:2]
+        return bool(self._call(self._taken, keys, [node, seq]))
+
+    def trim(self, acked: dict[str, int]) -> None:
+        """Drop what clients acknowledged (``{client_id: seq}``), in one round trip."""
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for client_id, seq in acked.items():
+                    pipe.xtrim(f"{self.prefix}out:{client_id}", minid=f"{seq + 1}-0")
+                pipe.execute()
+        except self._errors as exc:
+            raise ClusterUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
+
+    def renew(self, node: str, client_ids: list[str], ttl: float, keep: float, presence: str) -> list[str]:
+        """Renew ``node``'s presence and its leases; returns the ids whose
+        lease it no longer holds."""
+        lost = self._call(self._renew, [self.prefix], [node, int(ttl * 1000), int(keep * 1000), presence, *client_ids])
+        return [c.decode() for c in lost]
+
+    def end(self, client_id: str, node: str) -> bool:
+        """End ``client_id``'s session (unless another node holds it now)."""
+        keys = self._keys(client_id)
+        return bool(self._call(self._end, keys, [node, client_id]))
+
+    def release(self, client_id: str, node: str) -> bool:
+        """Let go of ``client_id`` without ending its session, for another node to take it."""
+        p = self.prefix
+        keys = [f"{p}lease:{client_id}", f"{p}sess:{client_id}", f"{p}clients"]
+        return bool(self._call(self._release, keys, [node, client_id]))
+
+    def read(self, client_id: str, after: int) -> list[tuple[int, bytes]]:
+        """The client's messages numbered above ``after``, in order."""
+        try:
+            entries = self.redis.xrange(f"{self.prefix}out:{client_id}", min=f"({after}-0", max="+")
+        except self._errors as exc:
+            raise ClusterUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
+        return [(int(entry_id.split(b"-")[0]), fields[b"b"]) for entry_id, fields in entries]
+
+    def out_seq(self, client_id: str) -> int | None:
+        """The last number given to a message to the client (None: no session)."""
+        try:
+            value = self.redis.hget(f"{self.prefix}sess:{client_id}", "out_seq")
+        except self._errors as exc:
+            raise ClusterUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
+        return None if value is None else int(value)
+
+    def clients(self) -> dict[str, str]:
+        """Every client id in the cluster and the node that holds it ('' while none does)."""
+        try:
+            raw = self.redis.hgetall(f"{self.prefix}clients")
+        except self._errors as exc:
+            raise ClusterUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def nodes(self) -> dict[str, str]:
+        """The live nodes and what each said of itself (its address)."""
+        try:
+            names = list(self.redis.scan_iter(match=f"{self.prefix}node:*", count=1000))
+            values = self.redis.mget(names) if names else []
+        except self._errors as exc:
+            raise ClusterUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
+        start = len(self.prefix) + len("node:")
+        return {n.decode()[start:]: (v or b"").decode() for n, v in zip(names, values, strict=True)}
+
+    def mark_in_use(self, client_id: str, seconds: float) -> None:
+        """Tell newcomers, for ``seconds``, that a live client holds ``client_id``."""
+        try:
+            self.redis.set(f"{self.prefix}inuse:{client_id}", b"1", px=int(seconds * 1000))
+        except self._errors as exc:
+            raise ClusterUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
+
+    def publish(self, node: str, notice: bytes) -> None:
+        try:
+            self.redis.publish(self.channel + node, notice)
+        except self._errors as exc:
+            raise ClusterUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
+
+    def close(self) -> None:
+        self.redis.close()
+        self.redis.connection_pool.disconnect()
+
+
+def parse_notice(data: bytes) -> tuple[str, Iterator[tuple[str, int]], bytes]:
+    """Split a notice into its kind, its (client id, sequence number) pairs
+    and its body.  Kinds: ``d`` (one message: one pair), ``b`` (a broadcast:
+    a pair per client of the node), ``t`` (another node asks for a client it
+    is taking over: one pair, seq 0, body the token), ``k`` (disconnect a
+    client: one pair, body the reason)."""
+    kind = chr(data[0])
+    pairs: list[tuple[str, int]] = []
+    pos = 1
+    count = 1 if kind != "b" else -1
+    while count != 0:
+        colon = data.index(b":", pos)
+        if kind == "b" and colon == pos:  # the empty entry that ends a broadcast's list
+            pos = colon + 1
+            break
+        size = int(data[pos:colon])
+        client_id = data[colon + 1 : colon + 1 + size].decode()
+        seq_end = data.index(b":", colon + 1 + size)
+        pairs.append((client_id, int(data[colon + 1 + size : seq_end])))
+        pos = seq_end + 1
+        count -= 1
+    return kind, iter(pairs), data[pos:]
+
+
+def notice(kind: str, client_id: str, seq: int, body: bytes) -> bytes:
+    """A one-client notice, as ``parse_notice`` reads it (the scripts write ``d`` and ``b`` themselves)."""
+    encoded = client_id.encode()
+    return kind.encode() + str(len(encoded)).encode() + b":" + encoded + str(seq).encode() + b":" + body
