@@ -268,6 +268,11 @@ class Callbacks:
         seq: int,
         size: int,
     ) -> None:
+        if inbox.dropped:
+            # A cluster node let the client go: the node that has it now
+            # gets this message again (it was never acknowledged).
+            inbox.taken(stream, seq, size)
+            return
         for callback in callbacks:
             try:
                 callback(*args)
@@ -293,14 +298,18 @@ class Callbacks:
         raised (``NoResponder`` when none is subscribed)."""
         stream = inbox.hold(size)
         run = self.serial.run_or_submit if self.inline else self.serial.submit
-        run(self._run_request, args, reply, functools.partial(inbox.taken, stream, seq, size))
+        run(self._run_request, args, reply, functools.partial(inbox.taken, stream, seq, size), inbox)
 
     def _run_request(
         self,
         args: tuple[Any, ...],
         reply: Reply,
         release: Callable[[], None],
+        inbox: Inbox,
     ) -> None:
+        if inbox.dropped:  # as in _run_message: the node that has the client now answers
+            release()
+            return
         if self.answer is not None and self.answer(args, reply, release):
             return
         result, error = first_answer(self._subs.get("request", ()), args)

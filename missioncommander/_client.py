@@ -117,7 +117,12 @@ class _Attempt(Exception):
         self.reason = reason
         self.terminal = terminal
         self.error = error
-        self.rate_limited = isinstance(error, ConnectionRefusedByServer) and error.code == ErrorCode.RATE_LIMITED
+        #: The server said "busy, come back shortly": too many connections
+        #: from here, or (id_in_use, not terminal) the id is being checked
+        #: or moving between cluster nodes.  A connect() that waits retries.
+        self.rate_limited = isinstance(error, ConnectionRefusedByServer) and (
+            error.code == ErrorCode.RATE_LIMITED or (error.code == ErrorCode.ID_IN_USE and not terminal)
+        )
 
 
 class _ClientLink(Link):

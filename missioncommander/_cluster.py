@@ -78,7 +78,7 @@ class ClusterInbox(Inbox):
         self.recorded = 0
 
     def taken(self, stream: Any, seq: int, size: int) -> None:
-        if stream is self.stream:
+        if stream is self.stream and not self.dropped:
             self.node.record_taken(self, seq)
         super().taken(stream, seq, size)
 
@@ -244,19 +244,25 @@ class ClusterNode:
         server = self.server
         with server._lock:
             session = server._sessions.get(client_id)
+            self._ahead.pop(client_id, None)
+            self._ahead_since.pop(client_id, None)
         if session is not None:
+            # Its messages still waiting for callbacks come again, unacknowledged, on the next node.
+            session.inbox.dropped = True
             link = session.link
             if link is not None and link.is_open:
                 link.send_final(link.proto.send_error(ErrorCode.SERVER_FULL, reason, retry=True), reason)
             server._end_session(session, reason, for_good=False)
         if release:
-            try:
-                self.store.release(client_id, self.node_id)
-            except ClusterUnavailable as exc:
-                log.warning("could not hand client %r over: %s (its lease runs out instead)", client_id, exc)
-        with server._lock:
-            self._ahead.pop(client_id, None)
-            self._ahead_since.pop(client_id, None)
+            # After the callback running now, if any, has returned and
+            # recorded its message: the next node starts after it.
+            server._callbacks.serial.submit(self._release, client_id)
+
+    def _release(self, client_id: str) -> None:
+        try:
+            self.store.release(client_id, self.node_id)
+        except ClusterUnavailable as exc:
+            log.warning("could not hand client %r over: %s (its lease runs out instead)", client_id, exc)
 
     def _asked_for(self, client_id: str, token: str) -> None:
         """Another node has a newcomer for ``client_id`` (loop thread)."""
@@ -473,6 +479,8 @@ class ClusterNode:
         if acked:
             self.store.trim(acked)
         for client_id, inbox in unrecorded.items():
+            if inbox.dropped:
+                continue
             seq = inbox.stream.taken_seq
             if self.store.taken(client_id, self.node_id, seq):
                 inbox.recorded = max(inbox.recorded, seq)

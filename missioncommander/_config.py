@@ -206,10 +206,13 @@ def redis_url(value: Any, name: str) -> str | None:
 
 def server_list(value: Any, name: str) -> tuple[tuple[str, int], ...] | None:
     """None, or servers to try in turn: "host:port" strings or (host, port)
-    pairs ("[::1]:30000" for an IPv6 address)."""
+    pairs ("[::1]:30000" for an IPv6 address), or one string of them
+    separated by commas ("10.0.0.1:30000,10.0.0.2:30000")."""
     if value is None:
         return None
-    if isinstance(value, str) or not isinstance(value, list | tuple):
+    if isinstance(value, str):
+        value = [item for item in re.split(r"[,\s]+", value) if item]
+    if not isinstance(value, list | tuple):
         raise TypeError(f'{name} must be a list such as ["10.0.0.1:30000", "10.0.0.2:30000"], not {value!r:.80}')
     if not value:
         raise ValueError(f"{name} must name at least one server (use None to unset it)")

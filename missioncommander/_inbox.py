@@ -73,6 +73,9 @@ class Inbox:
         self.taken_count = self.taken_bytes = 0
         self.link: Link | None = None
         self._timer: Cancellable | None = None
+        #: The session went on elsewhere (a cluster node let its client go):
+        #: what waits for its callbacks is not handed to them.
+        self.dropped = False
 
     # -- figures (any thread; a moment's view) ---------------------------------
 

@@ -5,7 +5,8 @@ of three steps, decided by ``after_failure`` from values the client passes
 in (the time among them, as a yes/no on its deadline):
 
 - a ``connect()`` that waits fails at once on its first failure, except when
-  the server said "busy, retry" (rate limited): then it keeps trying until
+  the server said "busy, retry" (rate limited, or an id being checked or
+  moving between cluster nodes): then it keeps trying until
   its ``connect_timeout``; and with several servers it tries each once
   before it fails;
 - a ``connect(wait=False)`` and a reconnect keep trying, with backoff, until

@@ -329,12 +329,13 @@ class Server:
         self._loop.run_sync(self._stop_on_loop)
         if not self._loop.in_loop():  # from an inline callback the loop must run on to finish
             self._stopped.wait(timeout)
-        if self._cluster is not None:
-            self._cluster.stop(timeout)
-            self._cluster = None
         with self._lock:
             self._bound_port = None
         self._callbacks.serial.wait_idle(timeout)
+        if self._cluster is not None:
+            # After the callbacks: the last of them hand the node's clients over.
+            self._cluster.stop(timeout)
+            self._cluster = None
 
     def __enter__(self) -> Server:
         self.start()
@@ -351,6 +352,15 @@ class Server:
         whose connection broke and which may still resume); in a cluster,
         every node's (``ClusterUnavailable`` without Redis)."""
         return list(self.client_nodes)
+
+    @property
+    def cluster_status(self) -> dict[str, Any] | None:
+        """In a cluster, while running: this node's ``node`` id, whether it
+        is ``ready`` (it reaches Redis and takes newcomers), the Redis
+        ``url``, and ``takeovers`` (clients it took over from a node that
+        died); None otherwise."""
+        cluster = self._cluster
+        return cluster.status() if cluster is not None else None
 
     @property
     def client_nodes(self) -> dict[str, str]:
@@ -531,7 +541,7 @@ class Server:
                 "refusals": dict(self._refusals),
                 "slow_clients_cut": self._slow_cut,
                 "requests_in_flight": sum(self._requests.in_flight(s.client_id) for s in sessions),
-                "cluster": self._cluster.status() if self._cluster is not None else None,
+                "cluster": self.cluster_status,
             }
 
     def _session_stats(self, session: _Session) -> dict[str, Any]:

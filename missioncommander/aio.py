@@ -676,6 +676,9 @@ class AsyncServer(_Endpoint):
 
     async def start(self) -> None:
         """Listen on ``interface``:``port``; ``BindError`` if it cannot."""
+        if self._inner.cluster is not None:
+            # Its Redis calls block; on the loop they would stall every connection.
+            raise StateError("an AsyncServer cannot join a cluster yet: use Server (docs/CLUSTER.md)")
         self._driver.bind()
         self._inner.start()
 

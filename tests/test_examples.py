@@ -66,3 +66,42 @@ def test_async_echo_runs_and_both_apis_get_their_echoes() -> None:
         "async client got {'n': 2}",
         "threaded client got {'from': 'a thread'}",
     ]
+
+
+def test_cluster_example_carries_on_when_a_node_stops(tmp_path: Path) -> None:
+    from support.redis_server import RedisServer
+
+    redis = RedisServer(tmp_path)
+    redis.start()
+    nodes = []
+    try:
+        for name in ("node-a", "node-b"):
+            node = subprocess.Popen(
+                [sys.executable, "-u", str(EXAMPLES / "cluster_node.py"), redis.url, "0", name],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            assert node.stdout is not None
+            match = re.search(r"cluster node (\S+) listening on 127\.0\.0\.1:(\d+)", node.stdout.readline())
+            assert match, node.stderr.read() if node.stderr else ""
+            nodes.append((node, match.group(2)))
+        client = subprocess.Popen(
+            [sys.executable, "-u", str(EXAMPLES / "cluster_client.py"), nodes[0][1], nodes[1][1], "--count", "6"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert client.stdout is not None
+        assert client.stdout.readline().strip() == "echo 0 from node-a"
+        nodes[0][0].terminate()  # node-a hands its client over as it stops
+        out, err = client.communicate(timeout=60)
+        lines = out.splitlines()
+        assert [line.split()[1] for line in lines] == ["1", "2", "3", "4", "5"], (out, err)
+        assert lines[-1] == "echo 5 from node-b"
+        assert client.returncode == 0 and "Traceback" not in err
+    finally:
+        for node, _ in nodes:
+            node.terminate()
+            node.communicate(timeout=20)
+        redis.stop()

@@ -30,9 +30,13 @@ LAUNCHER = ("__main__.py",)
 
 
 def test_library_stands_on_the_standard_library_and_psutil() -> None:
-    """orjson is optional (the ``fast`` extra): the library runs without it."""
-    imported = imports_of(ROOT / "missioncommander", skip=LAUNCHER)
+    """orjson is optional (the ``fast`` extra): the library runs without it;
+    so is redis (the ``cluster`` extra), imported by the cluster's store alone
+    (tests/cluster checks a server outside a cluster never imports it)."""
+    imported = imports_of(ROOT / "missioncommander", skip=(*LAUNCHER, "_cluster_store.py"))
     assert imported - set(sys.stdlib_module_names) - {"missioncommander"} == {"psutil", "orjson"}
+    store = imports_of(ROOT / "missioncommander" / "_cluster_store.py")
+    assert store - set(sys.stdlib_module_names) - {"missioncommander"} == {"redis"}
     code = "import sys; sys.modules['orjson'] = None; from missioncommander import Message as M; print(M('s').encode())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "b'[\"s\",{}]'"

@@ -82,6 +82,7 @@ SERVER_TUNING = {
     "max_inbound_total_bytes": "int",
     "inline_callbacks": "bool",
     "auth_tokens": "secrets",
+    "lease_ttl": "float",
 }
 #: Tuning settings that may be null: none (no limit, retry forever, off).
 OPTIONAL_TUNING = ("reconnect_attempts", "max_clients", "max_connection_rate", "auth_tokens")
@@ -100,9 +101,20 @@ CLIENT_KEYS = (
     "tls_key",
     "tls_hostname",
     "auth_token",
+    "servers",
     *CLIENT_TUNING,
 )
-SERVER_KEYS = ("interface", "port", "tls_cert", "tls_key", "tls_ca", "auth_token", *SERVER_TUNING)
+SERVER_KEYS = (
+    "interface",
+    "port",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
+    "auth_token",
+    "cluster",
+    "node_id",
+    *SERVER_TUNING,
+)
 #: Every event name of the stream (the schema's ``EventName`` must agree).
 EVENT_NAMES = (
     "statechange",
@@ -111,6 +123,7 @@ EVENT_NAMES = (
     "reconnect",
     "message",
     "servershutdown",
+    "sessionlost",
     "clientconnect",
     "clientdisconnect",
     "started",

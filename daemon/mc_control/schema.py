@@ -28,6 +28,7 @@ ClientKey = Literal[
     "tls_key",
     "tls_hostname",
     "auth_token",
+    "servers",
     "connect_timeout",
     "reconnect_delay",
     "reconnect_max_delay",
@@ -49,6 +50,8 @@ ServerKey = Literal[
     "tls_key",
     "tls_ca",
     "auth_token",
+    "cluster",
+    "node_id",
     "handshake_timeout",
     "heartbeat_interval",
     "heartbeat_timeout",
@@ -64,6 +67,7 @@ ServerKey = Literal[
     "max_inbound_total_bytes",
     "inline_callbacks",
     "auth_tokens",
+    "lease_ttl",
 ]
 # bool first: pydantic keeps true/false as booleans, not as 1/0 (and 5 as an
 # int, 0.5 as a float). A dict is auth_tokens' client id -> token map.
@@ -75,6 +79,7 @@ EventName = Literal[
     "reconnect",
     "message",
     "servershutdown",
+    "sessionlost",
     "clientconnect",
     "clientdisconnect",
     "started",

@@ -26,6 +26,7 @@ from missioncommander import (
     Client,
     ClientState,
     ClientStateTransition,
+    ClusterUnavailable,
     Message,
     MessageTooLarge,
     NoResponder,
@@ -137,6 +138,7 @@ class ClientInstance(_Instance):
         c.subscribe("disconnect", lambda: self.publish("disconnect"))
         c.subscribe("reconnect", lambda client_id: self.publish("reconnect", client_id=client_id))
         c.subscribe("servershutdown", lambda: self.publish("servershutdown"))
+        c.subscribe("sessionlost", lambda reason: self.publish("sessionlost", reason=reason))
         c.subscribe("message", lambda m: self.publish("message", subject=m.subject, payload=dict(m.payload)))
 
     def _on_state(self, t: ClientStateTransition) -> None:
@@ -190,6 +192,7 @@ class ServerInstance(_Instance):
 
     def status(self) -> dict[str, Any]:
         s = self.server
+        nodes = _client_nodes(s)
         return {
             "kind": "server",
             "name": self.name,
@@ -198,7 +201,9 @@ class ServerInstance(_Instance):
             "desired": "started" if self.desired else "stopped",
             "settings": self.settings(),
             "port": s.port if s.running else None,
-            "clients": s.clients if s.running else [],
+            "clients": list(nodes),
+            "nodes": nodes,
+            "cluster": s.cluster_status,
             "last_error": self.last_error,
         }
 
@@ -416,7 +421,8 @@ class DaemonCore:
                 phase = client_phase(client.state)
                 if phase in ("connected", "failed", "disconnected"):
                     return True
-                return wait == "attempt" and client.failed_attempts > 0
+                # With several servers, the first attempt is one at each.
+                return wait == "attempt" and client.failed_attempts >= len(client.servers or ((),))
 
             done = self.wait_for(outcome, timeout)
             phase = client_phase(client.state)
@@ -519,8 +525,16 @@ class DaemonCore:
         return {"reply": {"subject": reply.subject, "payload": dict(reply.payload)}, "to": to}
 
     def server_clients(self, name: str) -> dict[str, Any]:
+        """The server's clients; in a cluster, every node's, with the node
+        that holds each (``nodes``; '' while none does)."""
         inst: ServerInstance = self.get("server", name, create=False)
-        return {"clients": inst.server.clients if inst.server.running else []}
+        if not inst.server.running:
+            return {"clients": [], "nodes": {}}
+        try:
+            nodes = inst.server.client_nodes
+        except ClusterUnavailable as exc:
+            raise CoreError(ErrorCode.STATE_ERROR, str(exc)) from None
+        return {"clients": list(nodes), "nodes": nodes}
 
     def server_kick(self, name: str, client_id: str, reason: str) -> dict[str, Any]:
         inst: ServerInstance = self.get("server", name, create=False)
@@ -713,8 +727,23 @@ def _name_option(name: str) -> str:
     return "" if name == "default" else f" --name {name}"
 
 
+def _client_nodes(server: Server) -> dict[str, str]:
+    """A running server's clients and their nodes, for its status; none
+    while a cluster node cannot reach Redis (its status says so under
+    ``cluster``)."""
+    if not server.running:
+        return {}
+    try:
+        return server.client_nodes
+    except ClusterUnavailable:
+        return {}
+
+
 def _plain(value: Any) -> Any:
-    """A setting as JSON has it (auth_tokens is a read-only mapping)."""
+    """A setting as JSON has it (auth_tokens is a read-only mapping;
+    servers, pairs, read as they are set: "host:port,host:port")."""
+    if isinstance(value, tuple):
+        return ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in value)
     return dict(value) if isinstance(value, Mapping) else value
 
 

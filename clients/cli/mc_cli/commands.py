@@ -123,6 +123,10 @@ def render(inv: Invocation, result: dict[str, Any]) -> str:
         reply = result["reply"]
         return f"{reply['subject']} {json.dumps(reply['payload'], ensure_ascii=False)}"
     if verb == "clients":
+        nodes = result.get("nodes") or {}
+        if any(nodes.values()):  # a cluster: say which node holds each
+            rows = [(client_id, nodes.get(client_id) or "(between nodes)") for client_id in result["clients"]]
+            return output.table(rows, ("CLIENT", "NODE"))
         return "\n".join(result["clients"]) or "(no clients connected)"
     if verb == "kick":
         return f"disconnected {result['kicked']}"

@@ -23,7 +23,18 @@ FLOAT_KEYS = tuple(k for k, t in _TUNING.items() if t == "float")
 BOOL_KEYS = ("tls", "tls_verify", *(k for k, t in _TUNING.items() if t == "bool"))
 SECRETS_KEYS = tuple(k for k, t in _TUNING.items() if t == "secrets")
 #: Keys that `none` (or an empty value) unsets (for tuning keys: no limit, off).
-OPTIONAL_KEYS = ("bind_port", "tls_ca", "tls_cert", "tls_key", "tls_hostname", "auth_token", *OPTIONAL_TUNING)
+OPTIONAL_KEYS = (
+    "bind_port",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
+    "tls_hostname",
+    "auth_token",
+    "servers",
+    "cluster",
+    "node_id",
+    *OPTIONAL_TUNING,
+)
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
 CLIENT_VERBS = ("set", "get", "connect", "disconnect", "status", "send", "request", "create", "remove", "help")

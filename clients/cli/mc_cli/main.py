@@ -28,7 +28,7 @@ Drive mcd, the MissionCommander daemon, over its control socket.
 client commands (on the client instance --name, default "default"):
   client set KEY VALUE          KEY: address, port, client_id, interface, bind_port,
                                 tls (true/false), tls_ca, tls_verify, tls_cert, tls_key,
-                                tls_hostname, auth_token (none unsets an optional key);
+                                tls_hostname, auth_token, servers (none unsets an optional key);
                                 limits and timers: `mcctl help client`
   client get [KEY]
   client connect [--wait | --no-wait] [--timeout S]
@@ -36,7 +36,8 @@ client commands (on the client instance --name, default "default"):
   client send SUBJECT [JSON]    e.g. client send echo '{"message": "hello"}'
   client request SUBJECT [JSON] [--timeout S]   ask the server and print its reply
 server commands (on the server instance --name):
-  server set KEY VALUE          KEY: interface, port, tls_cert, tls_key, tls_ca, auth_token;
+  server set KEY VALUE          KEY: interface, port, tls_cert, tls_key, tls_ca, auth_token,
+                                cluster, node_id;
                                 limits and timers: `mcctl help server`
   server get [KEY]
   server start | stop | status | clients | create | remove
@@ -76,6 +77,7 @@ client commands (add --name NAME for an instance other than "default"):
   client set KEY VALUE     set address, port, client_id, interface ('' or '*' for any), bind_port;
                            security: tls true|false, tls_ca FILE, tls_verify true|false,
                            tls_cert FILE, tls_key FILE, tls_hostname NAME, auth_token SECRET;
+                           servers HOST:PORT,HOST:PORT (a cluster's nodes, tried in turn);
                            limits and timers (as the library's Client; seconds, counts, bytes):
                            connect_timeout, reconnect_delay, reconnect_max_delay,
                            reconnect_attempts (none: forever), heartbeat_interval,
@@ -98,6 +100,8 @@ server commands (add --name NAME for an instance other than "default"):
   server set KEY VALUE     set interface ('' or '*' for all, an IP, or a name like lo) or port;
                            security: tls_cert FILE, tls_key FILE, tls_ca FILE (require client
                            certificates), auth_token SECRET, auth_tokens '{"ID": "SECRET"}';
+                           cluster REDIS_URL (act as one server with the other nodes on it),
+                           node_id NAME, lease_ttl SECONDS (docs/CLUSTER.md);
                            limits and timers (as the library's Server; seconds, counts, bytes):
                            handshake_timeout, heartbeat_interval, heartbeat_timeout,
                            max_frame_size, max_clients (none: no limit), session_expiry,
@@ -107,7 +111,7 @@ server commands (add --name NAME for an instance other than "default"):
   server get [KEY]         show one setting or all
   server start | stop      listen, or announce shutdown to every client and stop
   server status            state, settings and connected clients
-  server clients           the ids of connected clients
+  server clients           the ids of connected clients (in a cluster, with each one's node)
   server send [--to ID] SUBJECT [JSON]  broadcast, or send to one client
   server request --to ID SUBJECT [JSON] [--timeout S]   ask one client; prints its reply
   server kick CLIENT_ID [REASON]        disconnect a client (it does not reconnect)

@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QListWidget,
+    QListWidgetItem,
     QMainWindow,
     QPlainTextEdit,
     QPushButton,
@@ -795,12 +796,17 @@ class ServerTab(InstanceTab):
         port = inst.status.get("port")
         self.listening.setText(f"Listening on port {port}" if running and port else inst.status.get("last_error") or "")
         clients = list(inst.status.get("clients") or [])
-        if clients != [self.clients.item(i).text() for i in range(self.clients.count())]:
-            selected = {i.text() for i in self.clients.selectedItems()}
+        nodes = inst.status.get("nodes") or {}
+        # In a cluster each row names the node that holds the client too.
+        rows = [f"{c}    node {nodes[c] or '(between nodes)'}" if any(nodes.values()) else c for c in clients]
+        if rows != [self.clients.item(i).text() for i in range(self.clients.count())]:
+            selected = {i.data(Qt.ItemDataRole.UserRole) for i in self.clients.selectedItems()}
             self.clients.clear()
-            self.clients.addItems(clients)
-            for i in range(self.clients.count()):
-                self.clients.item(i).setSelected(self.clients.item(i).text() in selected)
+            for client_id, row in zip(clients, rows, strict=True):
+                item = QListWidgetItem(row)
+                item.setData(Qt.ItemDataRole.UserRole, client_id)
+                self.clients.addItem(item)
+                item.setSelected(client_id in selected)
         self.clients.setVisible(bool(clients))
         self.no_clients.setVisible(not clients)
         self.kick_button.setEnabled(bool(self.clients.selectedItems()))
@@ -850,7 +856,11 @@ class ServerTab(InstanceTab):
         for item in self.clients.selectedItems():
             self.backend.request(
                 "server.kick",
-                {"name": self.name, "client_id": item.text(), "reason": "disconnected from the tray"},
+                {
+                    "name": self.name,
+                    "client_id": item.data(Qt.ItemDataRole.UserRole),
+                    "reason": "disconnected from the tray",
+                },
                 None,
                 self.report_error,
             )

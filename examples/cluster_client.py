@@ -1,0 +1,48 @@
+"""A client of the echo cluster (examples/cluster_node.py): sends a numbered
+message every half second to whichever node it is connected to, and prints
+each echo with the node that sent it.
+
+Run:  python3 examples/cluster_client.py PORT [PORT ...] [--count N]
+(the nodes' ports on 127.0.0.1; --count stops after N echoes, default: never).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import queue
+import time
+
+from missioncommander import Client, ConnectError, Message
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("ports", nargs="+", type=int)
+    parser.add_argument("--count", type=int, default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    echoes: queue.Queue[Message] = queue.Queue()
+    client = Client(client_id="cluster-demo", servers=[f"127.0.0.1:{port}" for port in args.ports])
+    client.subscribe("message", echoes.put)
+    client.subscribe("sessionlost", lambda reason: print(f"session lost: {reason}", flush=True))
+    try:
+        client.connect()
+    except ConnectError as exc:
+        raise SystemExit(f"cannot reach any node: {exc} (are the nodes running? examples/cluster_node.py)") from None
+    n = 0
+    try:
+        while args.count is None or n < args.count:
+            client.send(Message("echo", {"n": n}))
+            echo = echoes.get(timeout=30)
+            print(f"echo {echo.payload['n']} from {echo.payload['node']}", flush=True)
+            n += 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.disconnect()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""One node of an echo cluster: every node answers every client, wherever it is.
+
+Run a Redis (redis-server), then a node per terminal:
+
+    python3 examples/cluster_node.py redis://127.0.0.1:6379/0 30001 node-a
+    python3 examples/cluster_node.py redis://127.0.0.1:6379/0 30002 node-b
+    python3 examples/cluster_node.py redis://127.0.0.1:6379/0 30003 node-c
+
+and a client that knows them all: python3 examples/cluster_client.py 30001 30002 30003.
+Kill a node (Ctrl-C hands its clients over; kill -9 lets them resume after
+lease_ttl): the client carries on on another.  Needs the cluster extra
+(pip install 'missioncommander[cluster]').
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+from missioncommander import Message, Server
+
+
+def main() -> None:
+    if len(sys.argv) < 3:
+        sys.exit("usage: cluster_node.py REDIS_URL PORT [NODE_ID]")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    url, port = sys.argv[1], int(sys.argv[2])
+    server = Server(interface="127.0.0.1", port=port, cluster=url, node_id=sys.argv[3] if len(sys.argv) > 3 else None)
+
+    def on_message(client_id: str, message: Message) -> None:
+        print(f"{client_id} says {message.subject}: {dict(message.payload)}", flush=True)
+        server.send(client_id, Message(message.subject, {**message.payload, "node": server.stats()["cluster"]["node"]}))
+
+    server.subscribe("message", on_message)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with server:
+        print(f"cluster node {server.stats()['cluster']['node']} listening on 127.0.0.1:{server.port}", flush=True)
+        stop.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,301 @@
+"""Cluster mode with nodes in this process, on a real redis-server: routing,
+broadcast, ids owned cluster-wide, hand-over, and what Redis trouble does."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pytest
+from support import FaultProxy, Recorder, wait_until
+from support.redis_server import RedisServer
+
+from missioncommander import (
+    Client,
+    ClientState,
+    ClusterUnavailable,
+    ConnectionRefusedByServer,
+    Message,
+    Server,
+    UnknownClient,
+)
+
+MakeNode = Callable[..., Server]
+MakeClient = Callable[..., Client]
+
+
+def numbers(recorder: Recorder, name: str = "message") -> list[int]:
+    return [args[-1].payload["n"] for args in recorder.of(name)]
+
+
+def servers_of(*nodes: Server) -> list[str]:
+    return [f"127.0.0.1:{node.port}" for node in nodes]
+
+
+def test_send_reaches_a_client_held_by_another_node(make_node: MakeNode, make_client: MakeClient) -> None:
+    a, b = make_node(node_id="a"), make_node(node_id="b")
+    client = make_client(a, client_id="c1")
+    rec = Recorder().attach(client, "message")
+    client.connect()
+    assert b.client_nodes == {"c1": "a"} and b.clients == ["c1"]
+    for n in range(100):
+        b.send("c1", Message("to-c1", {"n": n}))
+    rec.wait_count("message", 100)
+    assert numbers(rec) == list(range(100))
+    with pytest.raises(UnknownClient):
+        b.send("nobody", Message("x"))
+
+
+def test_broadcast_reaches_every_client_of_every_node_once(make_node: MakeNode, make_client: MakeClient) -> None:
+    nodes = [make_node(node_id=name) for name in "abc"]
+    recorders = []
+    for i, node in enumerate(nodes):
+        for j in range(2):
+            client = make_client(node, client_id=f"c{i}{j}")
+            recorders.append(Recorder().attach(client, "message"))
+            client.connect()
+    assert sorted(nodes[2].client_nodes.items()) == [
+        ("c00", "a"), ("c01", "a"), ("c10", "b"), ("c11", "b"), ("c20", "c"), ("c21", "c"),
+    ]  # fmt: skip
+    for n in range(50):
+        nodes[n % 3].send("*", Message("all", {"n": n}))
+    for rec in recorders:
+        rec.wait_count("message", 50)
+    for rec in recorders:
+        # Each client gets all 50 once; the order is each sender's own.
+        assert sorted(numbers(rec)) == list(range(50))
+
+
+def test_events_fire_on_the_node_that_holds_the_client(make_node: MakeNode, make_client: MakeClient) -> None:
+    a, b = make_node(node_id="a"), make_node(node_id="b")
+    on_a = Recorder().attach(a, "clientconnect", "clientdisconnect", "message")
+    on_b = Recorder().attach(b, "clientconnect", "clientdisconnect", "message")
+    client = make_client(b, client_id="c1")
+    client.connect()
+    client.send(Message("up", {"n": 1}))
+    on_b.wait_count("message", 1)
+    client.disconnect()
+    on_b.wait_count("clientdisconnect", 1)
+    assert on_b.of("clientconnect") == [("c1",)] and numbers(on_b) == [1]
+    assert on_a.names() == []
+    wait_until(lambda: a.clients == [], what="the session ended cluster-wide")
+
+
+def test_an_id_is_owned_cluster_wide(make_node: MakeNode, make_client: MakeClient) -> None:
+    a, b = make_node(node_id="a"), make_node(node_id="b")
+    first = make_client(a, client_id="same")
+    first.connect()
+    second = make_client(b, client_id="same")
+    with pytest.raises(ConnectionRefusedByServer) as refused:
+        second.connect()
+    # b asked a, which answered that a live client holds the id.
+    assert refused.value.code == "id_in_use" and "live client" in refused.value.reason
+    assert b.client_nodes == {"same": "a"}
+    first.send(Message("still", {"n": 1}))  # the first client carries on
+    assert first.state & ClientState.STATE_CONNECTED
+
+
+def test_a_detached_session_is_replaced_from_another_node(make_node: MakeNode, make_client: MakeClient) -> None:
+    """A client that forgot its session (a restart) gets a new one on any
+    node, while the old one, detached, was still held by another."""
+    a, b = make_node(node_id="a", session_expiry=30), make_node(node_id="b")
+    proxy = FaultProxy(a.port)
+    try:
+        old = make_client(client_id="c", address="127.0.0.1", port=proxy.port, reconnect_attempts=1)
+        old.connect()
+        ends = Recorder().attach(a, "clientdisconnect")
+        proxy.cut("rst")
+        wait_until(lambda: a.stats("c")["connected"] is False, what="a noticed the cut")
+        old.disconnect()
+        new = make_client(b, client_id="c")
+        new.connect()  # b asks a, which ends the detached session; the retry gets in
+        ends.wait_count("clientdisconnect", 1)
+        assert b.client_nodes == {"c": "b"}
+    finally:
+        proxy.close()
+
+
+def test_disconnect_client_works_on_any_node(make_node: MakeNode, make_client: MakeClient) -> None:
+    a, b = make_node(node_id="a"), make_node(node_id="b")
+    on_a = Recorder().attach(a, "clientdisconnect")
+    client = make_client(a, client_id="c1")
+    client.connect()
+    b.disconnect_client("c1", "go away")
+    on_a.wait_count("clientdisconnect", 1)
+    wait_until(lambda: not client.state & ClientState.STATE_RUNNING, what="the client stopped")
+    assert "go away" in (client.last_close_reason or "")
+    with pytest.raises(UnknownClient):
+        b.disconnect_client("c1")
+
+
+def test_a_node_that_leaves_hands_its_clients_over(make_node: MakeNode, make_client: MakeClient) -> None:
+    a, b = make_node(node_id="a"), make_node(node_id="b")
+    got = Recorder().attach(b, "message", "clientconnect")
+    client = make_client(client_id="c1", servers=servers_of(a, b))
+    rec = Recorder().attach(client, "message", "reconnect", "sessionlost")
+    client.connect()
+    assert client.port == a.port
+    for n in range(20):
+        b.send("c1", Message("down", {"n": n}))
+    a.stop()  # the session goes on: b takes the client over
+    for n in range(20, 40):
+        b.send("c1", Message("down", {"n": n}))
+    rec.wait_count("reconnect", 1)
+    for n in range(10):
+        client.send(Message("up", {"n": n}))
+    rec.wait_count("message", 40)
+    got.wait_count("message", 10)
+    assert numbers(rec) == list(range(40)) and numbers(got) == list(range(10))
+    assert client.port == b.port and b.client_nodes == {"c1": "b"}
+    assert got.of("clientconnect") == [] and rec.of("sessionlost") == []  # the same session, resumed
+
+
+def test_a_cut_client_resumes_on_another_node_exactly_once(make_node: MakeNode, make_client: MakeClient) -> None:
+    a, b = make_node(node_id="a"), make_node(node_id="b")
+    up = Recorder().attach(a, "message")
+    seen_b = Recorder().attach(b, "message")
+    proxy = FaultProxy(a.port)
+    try:
+        client = make_client(client_id="c1", servers=[f"127.0.0.1:{proxy.port}", *servers_of(b)])
+        rec = Recorder().attach(client, "message", "reconnect")
+        client.connect()
+        for n in range(300):
+            client.send(Message("up", {"n": n}))
+            a.send("c1", Message("down", {"n": n}))
+            if n in (100, 200):
+                proxy.cut("rst")
+        rec.wait_count("message", 300)
+        wait_until(lambda: len(up.of("message")) + len(seen_b.of("message")) >= 300, what="every message up")
+        assert numbers(rec) == list(range(300))
+        assert sorted(numbers(up) + numbers(seen_b)) == list(range(300))
+    finally:
+        proxy.close()
+
+
+def test_redis_restart_without_persistence_tells_clients_their_session_is_lost(
+    redis_server: RedisServer, make_node: MakeNode, make_client: MakeClient
+) -> None:
+    a = make_node(node_id="a")
+    client = make_client(a, client_id="c1")
+    rec = Recorder().attach(client, "sessionlost", "reconnect", "message")
+    client.connect()
+    redis_server.restart()  # every key gone
+    rec.wait_count("sessionlost", 1, timeout=20)
+    rec.wait_count("reconnect", 1)
+    assert a.client_nodes == {"c1": "a"}  # a new session, in the new Redis
+    a.send("c1", Message("after", {"n": 1}))
+    rec.wait_count("message", 1)
+
+
+def test_redis_restart_with_persistence_keeps_every_session(
+    tmp_path_factory: pytest.TempPathFactory, make_client: MakeClient
+) -> None:
+    redis_server = RedisServer(tmp_path_factory.mktemp("redis"), persistent=True)
+    redis_server.start()
+    node = Server(interface="127.0.0.1", cluster=redis_server.url, node_id="a", lease_ttl=2.0)
+    node.start()
+    try:
+        client = make_client(node, client_id="c1")
+        rec = Recorder().attach(client, "sessionlost", "message")
+        up = Recorder().attach(node, "message")
+        client.connect()
+        for n in range(50):
+            node.send("c1", Message("down", {"n": n}))
+            client.send(Message("up", {"n": n}))
+        redis_server.restart()  # kill -9: appendfsync always kept every write
+        for n in range(50, 100):
+            while True:
+                try:
+                    node.send("c1", Message("down", {"n": n}))
+                    break
+                except ClusterUnavailable:
+                    wait_until(lambda: node.stats()["cluster"]["ready"], what="the node back on Redis")
+            client.send(Message("up", {"n": n}))
+        rec.wait_count("message", 100)
+        up.wait_count("message", 100)
+        assert numbers(rec) == list(range(100)) and numbers(up) == list(range(100))
+        assert rec.of("sessionlost") == []
+    finally:
+        node.stop()
+        redis_server.stop()
+
+
+def test_a_node_without_redis_refuses_newcomers_and_rejoins(
+    redis_server: RedisServer, make_node: MakeNode, make_client: MakeClient
+) -> None:
+    a = make_node(node_id="a")
+    redis_server.stop()
+    wait_until(lambda: not a.stats()["cluster"]["ready"], what="the node noticed")
+    with pytest.raises(ClusterUnavailable):
+        a.send("*", Message("x"))
+    client = make_client(a, client_id="late", connect_timeout=1.0)
+    with pytest.raises(ConnectionRefusedByServer) as refused:
+        client.connect()
+    assert refused.value.code == "server_full" and "Redis" in refused.value.reason
+    redis_server.start()
+    wait_until(lambda: a.stats()["cluster"]["ready"], timeout=10, what="the node rejoined")
+    client.connect()
+    assert a.client_nodes == {"late": "a"}
+
+
+def test_a_node_cut_off_from_redis_lets_its_clients_go_after_its_leases(
+    redis_server: RedisServer, make_node: MakeNode, make_client: MakeClient
+) -> None:
+    """No writes after the lease is gone: the node lets its clients go, and
+    they resume on a node that can reach Redis."""
+    b = make_node(node_id="b")
+    a_proxy_to_redis = FaultProxy(redis_server.port)
+    try:
+        a = make_node(node_id="a", cluster=f"redis://127.0.0.1:{a_proxy_to_redis.port}/0", lease_ttl=1.0)
+        client = make_client(client_id="c1", servers=servers_of(a, b))
+        rec = Recorder().attach(client, "message", "reconnect", "sessionlost")
+        client.connect()
+        b.send("c1", Message("before", {"n": 0}))
+        rec.wait_count("message", 1)
+        a_proxy_to_redis.refusing = True  # a hears nothing from Redis from now on
+        a_proxy_to_redis.cut("blackhole")
+        rec.wait_count("reconnect", 1, timeout=20)
+        wait_until(lambda: b.client_nodes.get("c1") == "b", what="b holds the client")
+        b.send("c1", Message("after", {"n": 1}))
+        rec.wait_count("message", 2)
+        assert numbers(rec) == [0, 1] and rec.of("sessionlost") == []
+    finally:
+        a_proxy_to_redis.close()
+
+
+def test_the_library_needs_redis_only_for_cluster_mode() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, missioncommander; missioncommander.Server(); assert 'redis' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    with pytest.raises(ValueError, match="Redis URL"):
+        Server(cluster="localhost:6379")
+
+
+def test_several_servers_are_tried_in_turn_by_a_first_connect(make_node: MakeNode, make_client: MakeClient) -> None:
+    from support import free_port
+
+    b = make_node(node_id="b")
+    client = make_client(client_id="c1", servers=[f"127.0.0.1:{free_port()}", *servers_of(b)])
+    client.connect()  # the first is closed: the second welcomes it
+    assert client.port == b.port
+    done = threading.Event()
+    client.subscribe("message", lambda message: done.set())
+    b.send("c1", Message("hi"))
+    assert done.wait(10)
+
+
+def test_an_async_server_says_it_cannot_join_a_cluster_yet(redis_server: RedisServer) -> None:
+    import asyncio
+
+    from missioncommander import StateError
+    from missioncommander.aio import AsyncServer
+
+    async def start() -> None:
+        server = AsyncServer(interface="127.0.0.1", cluster=redis_server.url)
+        with pytest.raises(StateError, match="cannot join a cluster yet"):
+            await server.start()
+        assert not server.running
+
+    asyncio.run(start())

@@ -1,0 +1,45 @@
+"""A cluster node in its own process, for tests that kill -9 it.
+
+Usage: python cluster_node.py REDIS_URL NODE_ID [PORT]; prints READY PORT
+once it has joined.  Its application records every message a client sends
+(the payload's ``n``) in Redis, in the list ``test:got:{client_id}``, so
+what each node's callbacks saw survives the node.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+
+import redis
+
+from missioncommander import Message, Server
+
+
+def main() -> None:
+    url, node_id = sys.argv[1], sys.argv[2]
+    port = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+    logging.basicConfig(level=logging.WARNING, format=f"{node_id} %(levelname)s %(name)s: %(message)s")
+    log = redis.Redis.from_url(url)
+    server = Server(
+        interface="127.0.0.1",
+        port=port,
+        cluster=url,
+        node_id=node_id,
+        lease_ttl=1.5,
+        heartbeat_interval=0.5,
+        heartbeat_timeout=3.0,
+    )
+
+    def record(client_id: str, message: Message) -> None:
+        log.rpush(f"test:got:{client_id}", message.payload["n"])
+
+    server.subscribe("message", record)
+    server.start()
+    print("READY", server.port, flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
