@@ -465,3 +465,38 @@ def test_the_tab_shows_live_figures_and_their_rate_graph(qtbot: QtBot, gui: Tray
     server_tab = gui.window.server_tab
     qtbot.waitUntil(lambda: "received 4 " in server_tab.figures.text.text(), timeout=WAIT)
     assert "clients 1 connected, 0 detached" in server_tab.figures.text.text()
+
+
+def test_server_tab_shows_the_node_of_each_client_in_a_cluster(
+    qtbot: QtBot, gui: TrayApp, mcd: Mcd, tmp_path: Path
+) -> None:
+    from support.redis_server import RedisServer
+
+    redis = RedisServer(tmp_path)
+    redis.start()
+    other = Server(interface="127.0.0.1", cluster=redis.url, node_id="other-node")
+    client = Client(address="127.0.0.1", client_id="far-away", reconnect_delay=0.05)
+    try:
+        for key, value in (("interface", "127.0.0.1"), ("port", free_port()), ("cluster", redis.url)):
+            mcd.request("server.set", key=key, value=value)
+        mcd.request("server.set", key="node_id", value="tray-node")
+        mcd.request("server.start")
+        other.start()
+        client.port = other.port
+        client.connect()
+        gui.window.show()  # the open window looks for other nodes' clients every second
+        qtbot.waitExposed(gui.window)
+        gui.window.tabs.setCurrentIndex(1)
+        tab = gui.window.server_tab
+        qtbot.waitUntil(
+            lambda: tab.clients.count() == 1 and tab.clients.item(0).text() == "far-away    node other-node",
+            timeout=WAIT,
+        )
+        tab.clients.item(0).setSelected(True)  # a kick from the tray reaches it on the other node
+        qtbot.mouseClick(tab.kick_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: not client.state & ClientState.STATE_RUNNING, timeout=WAIT)
+    finally:
+        client.disconnect()
+        other.stop()
+        mcd.request("server.stop")
+        redis.stop()

@@ -362,6 +362,9 @@ class InstanceTab(QWidget):
                 if (entry["kind"], entry["name"]) == (kind, name):
                     self.model.apply_stats(kind, name, entry["stats"], time.monotonic())
             self.show_figures()
+            if kind == "server" and (self.current().status.get("settings") or {}).get("cluster"):
+                # Clients of other nodes come and go with no event here: look.
+                self.backend.request("server.status", {"name": name}, self._status_reply, failed)
 
         def failed(code: str, message: str) -> None:
             self._polling = False  # not_found while the instance is made, or mcd away: the next poll tells
@@ -521,6 +524,7 @@ class ClientTab(InstanceTab):
         self.tls_key = Field("PEM private key of that certificate")
         self.token = Field("none")
         self.token.edit.setEchoMode(QLineEdit.EchoMode.Password)
+        self.servers = Field("none; or a cluster's nodes, tried in turn: host:port,host:port")
         self.generate = QPushButton("Generate")
         self.generate.setToolTip("Make a fresh random client id")
         self.generate.clicked.connect(self._generate)
@@ -554,6 +558,7 @@ class ClientTab(InstanceTab):
         form.addRow("TLS certificate", self.tls_cert.widget())
         form.addRow("TLS key", self.tls_key.widget())
         form.addRow("Token", self.token.widget())
+        form.addRow("Servers", self.servers.widget())
         form.addRow(self.tuning_section(CLIENT_TUNING))
         buttons = QHBoxLayout()
         buttons.addWidget(self.last_close, 1)
@@ -591,6 +596,7 @@ class ClientTab(InstanceTab):
             self.tls_cert,
             self.tls_key,
             self.token,
+            self.servers,
             *self.tuning.values(),
         ]
 
@@ -609,7 +615,7 @@ class ClientTab(InstanceTab):
         self.client_id.fill(settings.get("client_id"))
         self.interface.fill(settings.get("interface"))
         self.bind_port.fill(settings.get("bind_port"))
-        for key in ("tls_ca", "tls_hostname", "tls_cert", "tls_key"):
+        for key in ("tls_ca", "tls_hostname", "tls_cert", "tls_key", "servers"):
             self.field_for(key).fill(settings.get(key))
         fill_secret(self.token, settings.get("auth_token"))
         self.fill_tuning(settings)
@@ -643,6 +649,9 @@ class ClientTab(InstanceTab):
             "client_id": (self.client_id, vm.check_client_id(self.client_id.text())),
             "bind_port": (self.bind_port, vm.check_optional_port(self.bind_port.text())),
         }
+        servers = self.servers.text().strip() or None
+        if servers is not None:  # they name address and port: the daemon fills those in
+            del checks["address"], checks["port"]
         interface = self.interface.text().strip()
         if interface not in ("", "*") and not self.bind_port.text().strip():
             checks["bind_port"] = (self.bind_port, (None, "a bind port is needed with a specific interface"))
@@ -661,6 +670,7 @@ class ClientTab(InstanceTab):
             del values["client_id"]  # keep the id the daemon gave the instance
         for key in ("tls_ca", "tls_hostname", "tls_cert", "tls_key"):
             values[key] = self.field_for(key).text().strip() or None
+        values["servers"] = servers
         if self.token.dirty:  # a token is only ever sent, never shown
             values["auth_token"] = self.token.text() or None
         for key in sorted(self.dirty_toggles):
@@ -717,6 +727,8 @@ class ServerTab(InstanceTab):
         self.tls_ca = Field("none: any client; or a CA file: only clients with a certificate it signed")
         self.token = Field("none: any client may connect")
         self.token.edit.setEchoMode(QLineEdit.EchoMode.Password)
+        self.cluster = Field("none; or a Redis URL to act as one server with other nodes: redis://host:6379/0")
+        self.node_id = Field("this node's name in the cluster (default: generated)")
         self.start_button = QPushButton("Start")
         self.stop_button = QPushButton("Stop")
         self.start_button.clicked.connect(self.start_server)
@@ -732,6 +744,8 @@ class ServerTab(InstanceTab):
         form.addRow("TLS key", self.tls_key.widget())
         form.addRow("Client CA file", self.tls_ca.widget())
         form.addRow("Token", self.token.widget())
+        form.addRow("Cluster (Redis)", self.cluster.widget())
+        form.addRow("Node id", self.node_id.widget())
         form.addRow(self.tuning_section(SERVER_TUNING))
         buttons = QHBoxLayout()
         buttons.addWidget(self.listening, 1)
@@ -777,7 +791,17 @@ class ServerTab(InstanceTab):
         layout.addWidget(log_box, 1)
 
     def fields(self) -> list[Field]:
-        return [self.interface, self.port, self.tls_cert, self.tls_key, self.tls_ca, self.token, *self.tuning.values()]
+        return [
+            self.interface,
+            self.port,
+            self.tls_cert,
+            self.tls_key,
+            self.tls_ca,
+            self.token,
+            self.cluster,
+            self.node_id,
+            *self.tuning.values(),
+        ]
 
     def update_controls(self, inst: vm.InstanceState) -> None:
         settings = inst.status.get("settings") or {}
@@ -786,6 +810,8 @@ class ServerTab(InstanceTab):
         self.tls_cert.fill(settings.get("tls_cert"))
         self.tls_key.fill(settings.get("tls_key"))
         self.tls_ca.fill(settings.get("tls_ca"))
+        self.cluster.fill(settings.get("cluster"))
+        self.node_id.fill(settings.get("node_id"))
         fill_secret(self.token, settings.get("auth_token"))
         self.fill_tuning(settings)
         running = inst.phase == "listening"
@@ -798,15 +824,21 @@ class ServerTab(InstanceTab):
         clients = list(inst.status.get("clients") or [])
         nodes = inst.status.get("nodes") or {}
         # In a cluster each row names the node that holds the client too.
-        rows = [f"{c}    node {nodes[c] or '(between nodes)'}" if any(nodes.values()) else c for c in clients]
+        rows = [f"{c}    node {nodes[c]}" if nodes.get(c) else c for c in clients]
         if rows != [self.clients.item(i).text() for i in range(self.clients.count())]:
             selected = {i.data(Qt.ItemDataRole.UserRole) for i in self.clients.selectedItems()}
-            self.clients.clear()
-            for client_id, row in zip(clients, rows, strict=True):
-                item = QListWidgetItem(row)
-                item.setData(Qt.ItemDataRole.UserRole, client_id)
-                self.clients.addItem(item)
-                item.setSelected(client_id in selected)
+            # Quiet while it is rebuilt: a selection change calls this method,
+            # which must not rebuild the list again halfway.
+            self.clients.blockSignals(True)
+            try:
+                self.clients.clear()
+                for client_id, row in zip(clients, rows, strict=True):
+                    item = QListWidgetItem(row)
+                    item.setData(Qt.ItemDataRole.UserRole, client_id)
+                    self.clients.addItem(item)
+                    item.setSelected(client_id in selected)
+            finally:
+                self.clients.blockSignals(False)
         self.clients.setVisible(bool(clients))
         self.no_clients.setVisible(not clients)
         self.kick_button.setEnabled(bool(self.clients.selectedItems()))
@@ -835,6 +867,8 @@ class ServerTab(InstanceTab):
             ("tls_cert", self.tls_cert.text().strip() or None, self.tls_cert),
             ("tls_key", self.tls_key.text().strip() or None, self.tls_key),
             ("tls_ca", self.tls_ca.text().strip() or None, self.tls_ca),
+            ("cluster", self.cluster.text().strip() or None, self.cluster),
+            ("node_id", self.node_id.text().strip() or None, self.node_id),
         ]
         if self.token.dirty:
             changes.append(("auth_token", self.token.text() or None, self.token))
