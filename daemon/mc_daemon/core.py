@@ -529,11 +529,13 @@ class DaemonCore:
         that holds each (``nodes``; '' while none does)."""
         inst: ServerInstance = self.get("server", name, create=False)
         if not inst.server.running:
-            return {"clients": [], "nodes": {}}
+            return {"clients": []}
         try:
             nodes = inst.server.client_nodes
         except ClusterUnavailable as exc:
             raise CoreError(ErrorCode.STATE_ERROR, str(exc)) from None
+        if inst.server.cluster is None:
+            return {"clients": list(nodes)}
         return {"clients": list(nodes), "nodes": nodes}
 
     def server_kick(self, name: str, client_id: str, reason: str) -> dict[str, Any]:
