@@ -144,9 +144,10 @@ def run_once(url: str, messages: int, clients: int, rep: int) -> dict[str, dict[
     lone.start()
     (client,), (arrivals,) = connect([lone.port], 1, f"lone{rep}-")
     results["one server"] = one_way(lone, client.client_id, arrivals, messages)
+    client.disconnect()
     fleet, counters = connect([lone.port], clients, f"lonefleet{rep}-")
     results["one server"]["broadcast_per_s"] = broadcast(lone, counters, 20)
-    for c in [client, *fleet]:
+    for c in fleet:
         c.disconnect()
     lone.stop()
     # A cluster: this process's node sends; two more hold clients.
