@@ -192,8 +192,8 @@ class ClusterNode:
             if claim.node not in ("", self.node_id):
                 self.takeovers += 1
                 log.warning(
-                    "client %r resumes here after node %s lost it without letting go: message %d from the client"
-                    " may have reached that node's callbacks already (docs/CLUSTER.md)",
+                    "client %r resumes here after node %s lost it without letting go: the client's message"
+                    " number %d of this session may have reached that node's callbacks already (docs/CLUSTER.md)",
                     client_id,
                     claim.node,
                     claim.in_taken + 1,

@@ -647,13 +647,21 @@ class Server:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
+        handed_over: set[_ServerLink] = set()
         if self._cluster is not None:
-            # The cluster goes on without this node: its clients resume on another.
+            # The cluster goes on without this node: its clients resume on
+            # another, once the ERROR that tells them so is written.
             with self._lock:
-                held = list(self._sessions)
-            for client_id in held:
-                self._cluster.let_go(client_id, "this node is leaving the cluster; resume on another", release=True)
+                held = list(self._sessions.values())
+            for session in held:
+                if session.link is not None:
+                    handed_over.add(session.link)
+                self._cluster.let_go(
+                    session.client_id, "this node is leaving the cluster; resume on another", release=True
+                )
         for link in list(self._links):
+            if link in handed_over:
+                continue
             if link.is_open:
                 link.send_final(link.proto.send_shutdown("server shutting down"), "server shutting down")
             elif link.transport is not None:

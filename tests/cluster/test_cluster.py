@@ -148,6 +148,7 @@ def test_a_node_that_leaves_hands_its_clients_over(make_node: MakeNode, make_cli
     assert numbers(rec) == list(range(40)) and numbers(got) == list(range(10))
     assert client.port == b.port and b.client_nodes == {"c1": "b"}
     assert got.of("clientconnect") == [] and rec.of("sessionlost") == []  # the same session, resumed
+    assert "this node is leaving the cluster" in (client.last_close_reason or "")  # told why, not just cut
 
 
 def test_a_cut_client_resumes_on_another_node_exactly_once(make_node: MakeNode, make_client: MakeClient) -> None:
