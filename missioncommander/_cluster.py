@@ -448,16 +448,28 @@ class ClusterNode:
 
     def _catch_up(self) -> None:
         """After (re)joining: notices may have been lost, and Redis may have
-        lost data.  Read each held client's stream past what is queued here;
-        a client whose session Redis no longer has (or has behind what this
-        node queued) is let go, so its next HELLO learns its session is lost."""
+        lost data.  Read each held client's stream past what is queued here.
+        A session Redis no longer has, or has behind what this node queued or
+        recorded (a Redis that restarted without its last writes), is ended
+        there and let go: resuming it would lose or repeat messages, so the
+        client's next HELLO gets a new session and the client hears
+        ``sessionlost``."""
         server = self.server
         with server._lock:
-            held = [(client_id, session.out.next_seq - 1) for client_id, session in server._sessions.items()]
-        for client_id, last in held:
-            out_seq = self.store.out_seq(client_id)
-            if out_seq is None or out_seq < last:
-                log.warning("Redis lost client %r's session; letting the client go so it learns", client_id)
+            held = [
+                (
+                    client_id,
+                    session.out.next_seq - 1,
+                    session.inbox.recorded if isinstance(session.inbox, ClusterInbox) else 0,
+                )
+                for client_id, session in server._sessions.items()
+            ]
+        for client_id, last, recorded in held:
+            numbers = self.store.numbers(client_id)
+            if numbers is None or numbers[0] < last or numbers[1] < recorded:
+                log.warning("Redis lost (part of) client %r's session; the client gets a new one", client_id)
+                if numbers is not None:
+                    self.store.end(client_id, self.node_id)
                 server._loop.call_soon(self.let_go, client_id, "the cluster lost this session", False)
                 continue
             for seq, body in self.store.read(client_id, last):

@@ -333,13 +333,13 @@ class ClusterStore:
             raise ClusterUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
         return [(int(entry_id.split(b"-")[0]), fields[b"b"]) for entry_id, fields in entries]
 
-    def out_seq(self, client_id: str) -> int | None:
-        """The last number given to a message to the client (None: no session)."""
+    def numbers(self, client_id: str) -> tuple[int, int] | None:
+        """The session's ``out_seq`` and ``in_taken`` (None: no session)."""
         try:
-            value = self.redis.hget(f"{self.prefix}sess:{client_id}", "out_seq")
+            out_seq, in_taken = self.redis.hmget(f"{self.prefix}sess:{client_id}", ["out_seq", "in_taken"])
         except self._errors as exc:
             raise ClusterUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
-        return None if value is None else int(value)
+        return None if out_seq is None or in_taken is None else (int(out_seq), int(in_taken))
 
     def clients(self) -> dict[str, str]:
         """Every client id in the cluster and the node that holds it ('' while none does)."""

@@ -260,6 +260,12 @@ def test_a_node_cut_off_from_redis_lets_its_clients_go_after_its_leases(
         b.send("c1", Message("after", {"n": 1}))
         rec.wait_count("message", 2)
         assert numbers(rec) == [0, 1] and rec.of("sessionlost") == []
+        assert a.stats()["clients"] == 0  # a let go: nothing of c1 left to write from
+        a_proxy_to_redis.refusing = False  # the split heals: a rejoins by itself and routes to b
+        wait_until(lambda: a.stats()["cluster"]["ready"], timeout=10, what="a rejoined")
+        a.send("c1", Message("from-a", {"n": 2}))
+        rec.wait_count("message", 3)
+        assert numbers(rec) == [0, 1, 2] and a.client_nodes == {"c1": "b"}
     finally:
         a_proxy_to_redis.close()
 
@@ -300,3 +306,40 @@ def test_an_async_server_says_it_cannot_join_a_cluster_yet(redis_server: RedisSe
         assert not server.running
 
     asyncio.run(start())
+
+
+@pytest.mark.parametrize("number", ["out_seq", "in_taken"])
+def test_a_redis_that_came_back_behind_a_session_is_not_resumed_silently(
+    redis_server: RedisServer, make_node: MakeNode, make_client: MakeClient, number: str
+) -> None:
+    """Redis restarted without its last writes (appendfsync everysec, say):
+    the node finds the session behind what it sent and recorded, and the
+    client is told its session was lost rather than resumed with holes."""
+    import redis
+
+    proxy = FaultProxy(redis_server.port)
+    store = redis.Redis.from_url(redis_server.url)
+    try:
+        a = make_node(node_id="a", cluster=f"redis://127.0.0.1:{proxy.port}/0", lease_ttl=5.0)
+        client = make_client(a, client_id="c1")
+        rec = Recorder().attach(client, "message", "sessionlost")
+        up = Recorder().attach(a, "message")
+        client.connect()
+        for n in range(5):
+            a.send("c1", Message("down", {"n": n}))
+            client.send(Message("up", {"n": n}))
+        rec.wait_count("message", 5)
+        up.wait_count("message", 5)
+        wait_until(lambda: client.stats()["queued"] == 0, what="the server acknowledged (Redis recorded) all 5")
+        proxy.refusing = True
+        proxy.cut("rst")  # a loses Redis for a moment...
+        wait_until(lambda: not a.stats()["cluster"]["ready"], what="a noticed")
+        store.hset("missioncommander:sess:c1", number, 2)  # ...which comes back without its last writes
+        proxy.refusing = False
+        rec.wait_count("sessionlost", 1, timeout=20)
+        a.send("c1", Message("fresh", {"n": 5}))
+        rec.wait_count("message", 6)
+        assert numbers(rec) == list(range(6))
+    finally:
+        store.close()
+        proxy.close()
