@@ -29,6 +29,7 @@ import secrets
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ._admission import in_use_message
@@ -107,6 +108,12 @@ class ClusterNode:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._joined = threading.Event()
+        #: Redis calls the driver's thread needs (admission, ends, hand-overs)
+        #: run here, one at a time and in order, so that thread never waits
+        #: on Redis: every connection of the process would wait with it.
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="missioncommander-cluster-io")
+        #: Client ids whose claim is on its way to Redis (driver's thread only).
+        self._claiming: set[str] = set()
         self._last_renewed = 0.0
         self._lost_logged = False
         # Guarded by the server's lock: messages from other nodes that came
@@ -131,6 +138,14 @@ class ClusterNode:
         self._thread = threading.Thread(target=self._run, name="missioncommander-cluster", daemon=True)
         self._thread.start()
 
+    def _background(self, fn: Any, *args: Any) -> None:
+        """Run ``fn`` on the I/O worker; after ``stop()`` there is none, and
+        Redis forgets what was left by the leases' expiry."""
+        try:
+            self._io.submit(fn, *args)
+        except RuntimeError:
+            log.debug("cluster node %s stopped: %s not sent to Redis", self.node_id, getattr(fn, "__name__", fn))
+
     def wait_joined(self, timeout: float) -> bool:
         """Wait until the node has reached Redis once (True), or ``timeout``."""
         return self._joined.wait(timeout)
@@ -141,6 +156,7 @@ class ClusterNode:
             self._thread.join(timeout)
         self._thread = None
         self.ready = False
+        self._io.shutdown(wait=True)  # the last hand-overs reach Redis first
         self.store.close()
 
     def status(self) -> dict[str, Any]:
@@ -163,8 +179,19 @@ class ClusterNode:
             )
             return
         client_id = hello.client_id
+        if client_id in self._claiming:
+            server._refuse(link, ErrorCode.ID_IN_USE, f"client id {client_id!r} is being checked; retry", retry=True)
+            return
+        self._claiming.add(client_id)
+        self._background(self._claim, link, hello)
+
+    def _claim(self, link: _ServerLink, hello: Hello) -> None:
+        """Ask Redis for the HELLO's client id (the I/O worker), then go on
+        on the driver's thread."""
+        client_id = hello.client_id
+        result: Claim | ClusterUnavailable
         try:
-            claim = self.store.claim(
+            result = self.store.claim(
                 client_id,
                 self.node_id,
                 hello.session,
@@ -173,14 +200,31 @@ class ClusterNode:
                 self.lease_ttl,
                 self.keep,
             )
-            if claim.outcome in ("moving", "held"):
+            if result.outcome in ("moving", "held"):
                 # Ask the holder to let go (it checks the token; a detached
                 # session without one ends, a live client keeps its id).
-                token = hello.session.encode() if claim.outcome == "moving" and hello.session else b""
-                self.store.publish(claim.node, notice("t", client_id, 0, token))
+                token = hello.session.encode() if result.outcome == "moving" and hello.session else b""
+                self.store.publish(result.node, notice("t", client_id, 0, token))
         except ClusterUnavailable as exc:
-            self._lost(exc)
+            result = exc
+        self.server._loop.call_soon(self._admitted, link, hello, result)
+
+    def _admitted(self, link: _ServerLink, hello: Hello, claim: Claim | ClusterUnavailable) -> None:
+        """What Redis said to a HELLO's claim: carry it out (driver's thread)."""
+        server = self.server
+        client_id = hello.client_id
+        self._claiming.discard(client_id)
+        if isinstance(claim, ClusterUnavailable):
+            self._lost(claim)
             server._refuse(link, ErrorCode.SERVER_FULL, "this node cannot reach the cluster's Redis", retry=True)
+            return
+        got_it = claim.outcome not in ("in_use", "moving", "held")
+        if not server._running or link.transport is None or link.transport.closed:
+            if got_it:  # nobody here to hold it: the next node need not wait for the lease
+                self._background(self._release, client_id)
+            if server._running:
+                return
+            server._refuse(link, ErrorCode.SERVER_FULL, "server is shutting down", retry=True)
             return
         if claim.outcome == "in_use":
             server._refuse(link, ErrorCode.ID_IN_USE, in_use_message(client_id))
@@ -228,14 +272,17 @@ class ClusterNode:
 
     def ended(self, client_id: str) -> None:
         """This node ended ``client_id``'s session: so does the cluster."""
+        with self.server._lock:
+            self._ahead.pop(client_id, None)
+            self._ahead_since.pop(client_id, None)
+        self._background(self._end, client_id)
+
+    def _end(self, client_id: str) -> None:
         try:
             self.store.end(client_id, self.node_id)
         except ClusterUnavailable as exc:
             # Redis forgets it by itself (its expiry); a resume then starts anew.
             log.warning("could not end client %r's session in Redis: %s", client_id, exc)
-        with self.server._lock:
-            self._ahead.pop(client_id, None)
-            self._ahead_since.pop(client_id, None)
 
     def let_go(self, client_id: str, reason: str, release: bool) -> None:
         """Drop ``client_id``'s session here without ending it (loop thread):
@@ -256,7 +303,7 @@ class ClusterNode:
         if release:
             # After the callback running now, if any, has returned and
             # recorded its message: the next node starts after it.
-            server._callbacks.serial.submit(self._release, client_id)
+            server._callbacks.serial.submit(self._background, self._release, client_id)
 
     def _release(self, client_id: str) -> None:
         try:
@@ -270,19 +317,20 @@ class ClusterNode:
         with server._lock:
             session = server._sessions.get(client_id)
         if session is None:
-            try:
-                self.store.release(client_id, self.node_id)
-            except ClusterUnavailable:
-                pass
+            if client_id not in self._claiming:
+                self._background(self._release, client_id)
         elif token and token == session.token:
             self.let_go(client_id, "the client resumed on another node", release=True)
         elif session.link is None:
             server._end_session(session, "replaced by a new session of the same client id")
         else:
-            try:
-                self.store.mark_in_use(client_id, IN_USE_FOR)
-            except ClusterUnavailable:
-                pass
+            self._background(self._mark_in_use, client_id)
+
+    def _mark_in_use(self, client_id: str) -> None:
+        try:
+            self.store.mark_in_use(client_id, IN_USE_FOR)
+        except ClusterUnavailable as exc:
+            log.warning("could not tell the cluster that client %r is in use: %s", client_id, exc)
 
     # -- callers' threads: sending ----------------------------------------------------
 
