@@ -66,7 +66,9 @@ class ClusterInbox(Inbox):
     The number of the last message whose callbacks returned is written to
     Redis before the callback thread goes on (so a node that dies has handed
     at most one message to its application that Redis does not know of);
-    messages nobody subscribed to are recorded by the node's thread.
+    where callbacks run on the driver's thread (the asyncio API, inline
+    callbacks), and for messages nobody subscribed to, the node's I/O worker
+    writes it as soon as it can (``ClusterNode.record_taken``).
     """
 
     def __init__(
@@ -85,7 +87,7 @@ class ClusterInbox(Inbox):
 
     def take_now(self, size: int) -> None:
         super().take_now(size)
-        self.node.record_later(self)
+        self.node.record_soon(self)
 
     def ackable(self) -> int:
         return min(self.stream.taken_seq, self.recorded)
@@ -114,6 +116,8 @@ class ClusterNode:
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="missioncommander-cluster-io")
         #: Client ids whose claim is on its way to Redis (driver's thread only).
         self._claiming: set[str] = set()
+        #: Client ids let go whose lease is not released yet.
+        self._releases_due: set[str] = set()
         self._last_renewed = 0.0
         self._lost_logged = False
         # Guarded by the server's lock: messages from other nodes that came
@@ -124,6 +128,7 @@ class ClusterNode:
         self._marks_lock = threading.Lock()
         self._acked: dict[str, int] = {}
         self._unrecorded: dict[str, ClusterInbox] = {}
+        self._records_due = False
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -156,6 +161,11 @@ class ClusterNode:
             self._thread.join(timeout)
         self._thread = None
         self.ready = False
+        # Hand-overs still waiting for callbacks that will not run now (the
+        # asyncio API's run on the loop that is stopping us): release them,
+        # so the next node need not wait out the leases.
+        for client_id in list(self._releases_due):
+            self._background(self._release, client_id)
         self._io.shutdown(wait=True)  # the last hand-overs reach Redis first
         self.store.close()
 
@@ -221,7 +231,7 @@ class ClusterNode:
         got_it = claim.outcome not in ("in_use", "moving", "held")
         if not server._running or link.transport is None or link.transport.closed:
             if got_it:  # nobody here to hold it: the next node need not wait for the lease
-                self._background(self._release, client_id)
+                self._release_soon(client_id)
             if server._running:
                 return
             server._refuse(link, ErrorCode.SERVER_FULL, "server is shutting down", retry=True)
@@ -303,9 +313,17 @@ class ClusterNode:
         if release:
             # After the callback running now, if any, has returned and
             # recorded its message: the next node starts after it.
+            self._releases_due.add(client_id)
             server._callbacks.serial.submit(self._background, self._release, client_id)
 
+    def _release_soon(self, client_id: str) -> None:
+        self._releases_due.add(client_id)
+        self._background(self._release, client_id)
+
     def _release(self, client_id: str) -> None:
+        if client_id not in self._releases_due:
+            return  # released already (by stop())
+        self._releases_due.discard(client_id)
         try:
             self.store.release(client_id, self.node_id)
         except ClusterUnavailable as exc:
@@ -318,7 +336,7 @@ class ClusterNode:
             session = server._sessions.get(client_id)
         if session is None:
             if client_id not in self._claiming:
-                self._background(self._release, client_id)
+                self._release_soon(client_id)
         elif token and token == session.token:
             self.let_go(client_id, "the client resumed on another node", release=True)
         elif session.link is None:
@@ -404,7 +422,14 @@ class ClusterNode:
             self._acked[client_id] = seq
 
     def record_taken(self, inbox: ClusterInbox, seq: int) -> None:
-        """Write that message ``seq`` from the client was taken (callback thread)."""
+        """Write that message ``seq`` from the client was taken.  On a
+        callback thread, before the next callback starts (so a node that
+        dies has handed at most this one message to its application
+        unrecorded); on the driver's thread (the asyncio API, inline
+        callbacks), which must not wait on Redis, soon (``record_soon``)."""
+        if self.server._loop.in_loop():
+            self.record_soon(inbox)
+            return
         try:
             held = self.store.taken(inbox.client_id, self.node_id, seq)
         except ClusterUnavailable as exc:
@@ -415,9 +440,31 @@ class ClusterNode:
         else:
             self.server._loop.call_soon(self.let_go, inbox.client_id, "this node no longer holds the client", False)
 
-    def record_later(self, inbox: ClusterInbox) -> None:
+    def record_soon(self, inbox: ClusterInbox) -> None:
+        """Have the I/O worker write what ``inbox`` took so far: one write
+        per client however many were taken meanwhile."""
         with self._marks_lock:
             self._unrecorded[inbox.client_id] = inbox
+            if self._records_due:
+                return
+            self._records_due = True
+        self._background(self._write_records)
+
+    def _write_records(self) -> None:
+        with self._marks_lock:
+            unrecorded, self._unrecorded = self._unrecorded, {}
+            self._records_due = False
+        for client_id, inbox in unrecorded.items():
+            if inbox.dropped:
+                continue
+            seq = inbox.stream.taken_seq
+            try:
+                held = self.store.taken(client_id, self.node_id, seq)
+            except ClusterUnavailable as exc:
+                self._lost(exc)
+                return
+            if held:
+                inbox.recorded = max(inbox.recorded, seq)
 
     # -- the node's thread ---------------------------------------------------------------
 
@@ -535,15 +582,8 @@ class ClusterNode:
     def _flush(self) -> None:
         with self._marks_lock:
             acked, self._acked = self._acked, {}
-            unrecorded, self._unrecorded = self._unrecorded, {}
         if acked:
             self.store.trim(acked)
-        for client_id, inbox in unrecorded.items():
-            if inbox.dropped:
-                continue
-            seq = inbox.stream.taken_seq
-            if self.store.taken(client_id, self.node_id, seq):
-                inbox.recorded = max(inbox.recorded, seq)
 
     def _on_notice(self, data: bytes) -> None:
         kind, pairs, body = parse_notice(data)

@@ -309,8 +309,9 @@ class Server:
             cluster.start()
             # Most starts find Redis up: have the node ready when start()
             # returns.  Without Redis the node listens and refuses newcomers
-            # (retry) until it gets there.
-            if not cluster.wait_joined(min(2.0, self.lease_ttl)):
+            # (retry) until it gets there.  (The asyncio API waits for it
+            # without blocking its loop.)
+            if not self._loop.in_loop() and not cluster.wait_joined(min(2.0, self.lease_ttl)):
                 log.warning("cluster node %s: Redis at %s does not answer yet", cluster.node_id, cluster.url)
         listener.start()
         log.info("server listening on %s:%d", host or "*", self._bound_port)

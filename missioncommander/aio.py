@@ -675,12 +675,19 @@ class AsyncServer(_Endpoint):
         return args  # (client_id, message) already
 
     async def start(self) -> None:
-        """Listen on ``interface``:``port``; ``BindError`` if it cannot."""
-        if self._inner.cluster is not None:
-            # Its Redis calls block; on the loop they would stall every connection.
-            raise StateError("an AsyncServer cannot join a cluster yet: use Server (docs/CLUSTER.md)")
+        """Listen on ``interface``:``port``; ``BindError`` if it cannot.  In a
+        cluster, returns once the node reached Redis (or after 2 s without)."""
         self._driver.bind()
-        self._inner.start()
+        inner = self._inner
+        inner.start()
+        cluster = inner._cluster
+        if cluster is not None:
+            await self._off_loop(cluster.wait_joined, min(2.0, inner.lease_ttl))
+
+    async def _off_loop(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run ``fn`` on a worker thread: a cluster node's calls wait on
+        Redis, which the loop must never do."""
+        return await self._driver.loop.run_in_executor(None, functools.partial(fn, *args))
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Announce shutdown to every client, end every session, stop
@@ -713,7 +720,9 @@ class AsyncServer(_Endpoint):
         self._driver.bind()
         if not isinstance(message, Message):
             raise TypeError(f"message must be a Message, not {type(message).__name__}")
-        if target == "*":
+        if self._inner._cluster is not None:
+            await self._off_loop(self._inner.send, target, message)
+        elif target == "*":
             self._inner.send(target, message)
         else:
             await self._send_body(target, message.encode())
@@ -730,6 +739,10 @@ class AsyncServer(_Endpoint):
         return await _awaited_request(inner._requests, request_id, future, self._send_body(client_id, body), timeout)
 
     async def _send_body(self, target: str, body: bytes) -> None:
+        if self._inner._cluster is not None:
+            # Redis bounds the queue: QueueFullError at once, no wait (docs/CLUSTER.md).
+            await self._off_loop(self._inner._send_to, target, body)
+            return
         while True:
             try:
                 self._inner._send_to(target, body)
@@ -763,9 +776,13 @@ class AsyncServer(_Endpoint):
 
     async def disconnect_client(self, client_id: str, reason: str = "disconnected by the server") -> None:
         """End ``client_id``'s session and close its connection, telling it
-        ``reason`` (``UnknownClient`` for an unknown id)."""
+        ``reason`` (``UnknownClient`` for an unknown id); in a cluster, on
+        whichever node holds it."""
         self._driver.bind()
-        self._inner.disconnect_client(client_id, reason)
+        if self._inner._cluster is not None:
+            await self._off_loop(self._inner.disconnect_client, client_id, reason)
+        else:
+            self._inner.disconnect_client(client_id, reason)
 
     def messages(self) -> AsyncIterator[tuple[str, Message]]:
         """``(client_id, message)`` for each message received, in each

@@ -1,0 +1,83 @@
+"""The asyncio API's server in a cluster, beside threaded nodes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+from support import Recorder, wait_until
+from support.redis_server import RedisServer
+
+from missioncommander import Client, Message, Server
+from missioncommander.aio import AsyncServer
+
+
+def test_an_async_node_routes_both_ways_and_hands_its_clients_over(
+    redis_server: RedisServer, make_node: Callable[..., Server], make_client: Callable[..., Client]
+) -> None:
+    threaded = make_node(node_id="threaded")
+    held_by_threaded = make_client(threaded, client_id="t1")
+    far = Recorder().attach(held_by_threaded, "message")
+    held_by_threaded.connect()
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        async with AsyncServer(
+            interface="127.0.0.1", cluster=redis_server.url, node_id="async", heartbeat_interval=0.5
+        ) as node:
+            assert node.stats()["cluster"]["ready"]
+            client = Client(
+                address="127.0.0.1",
+                client_id="a1",
+                servers=[f"127.0.0.1:{node.port}", f"127.0.0.1:{threaded.port}"],
+                reconnect_delay=0.05,
+            )
+            near = Recorder().attach(client, "message", "reconnect", "sessionlost")
+            await asyncio.to_thread(client.connect)
+            try:
+                got: list[int] = []
+                for n in range(20):
+                    await node.send("t1", Message("to-t1", {"n": n}))  # held by the threaded node
+                    await node.send("a1", Message("to-a1", {"n": n}))
+                    client.send(Message("up", {"n": n}))
+                async for client_id, message in node.messages():
+                    got.append(message.payload["n"])
+                    assert client_id == "a1"
+                    if len(got) == 20:
+                        break
+                await node.send("*", Message("all", {"n": 20}))
+                await asyncio.to_thread(near.wait_count, "message", 21)
+                await node.disconnect_client("t1", "bye from the async node")
+            finally:
+                pass
+        # The async node stopped: its client resumed on the threaded node.
+        await asyncio.to_thread(near.wait_count, "reconnect", 1)
+        threaded.send("a1", Message("after", {"n": 21}))
+        await asyncio.to_thread(near.wait_count, "message", 22)
+        assert near.of("sessionlost") == []
+        client.disconnect()
+        return got, [args[0].payload["n"] for args in near.of("message")]
+
+    up, down = asyncio.run(scenario())
+    assert up == list(range(20)) and down == list(range(22))
+    far.wait_count("message", 21)
+    assert [args[0].payload["n"] for args in far.of("message")] == list(range(21))
+    wait_until(lambda: "bye from the async node" in (held_by_threaded.last_close_reason or ""), what="kicked")
+
+
+def test_an_async_node_refuses_a_duplicate_id_held_elsewhere(
+    redis_server: RedisServer, make_node: Callable[..., Server], make_client: Callable[..., Client]
+) -> None:
+    from missioncommander import ConnectionRefusedByServer
+
+    threaded = make_node(node_id="threaded")
+    make_client(threaded, client_id="same").connect()
+
+    async def scenario() -> str:
+        async with AsyncServer(interface="127.0.0.1", cluster=redis_server.url, node_id="async") as node:
+            newcomer = Client(address="127.0.0.1", port=node.port, client_id="same", connect_timeout=5)
+            with pytest.raises(ConnectionRefusedByServer) as refused:
+                await asyncio.to_thread(newcomer.connect)
+            return refused.value.code
+
+    assert asyncio.run(scenario()) == "id_in_use"
