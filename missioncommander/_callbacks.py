@@ -271,7 +271,7 @@ class Callbacks:
         if inbox.dropped:
             # A cluster node let the client go: the node that has it now
             # gets this message again (it was never acknowledged).
-            inbox.taken(stream, seq, size)
+            inbox.skipped(stream, seq, size)
             return
         for callback in callbacks:
             try:

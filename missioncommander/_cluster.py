@@ -55,6 +55,11 @@ IN_USE_FOR = 5.0
 RETRY_PAUSE = 0.5
 
 
+def node_of(holder: str) -> str:
+    """The node id in a holder's name (``ClusterNode.holder``)."""
+    return holder.partition("#")[0]
+
+
 def default_node_id() -> str:
     """A node id unique enough for one cluster: host, process, and random bits."""
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
@@ -81,7 +86,10 @@ class ClusterInbox(Inbox):
         self.recorded = 0
 
     def taken(self, stream: Any, seq: int, size: int) -> None:
-        if stream is self.stream and not self.dropped:
+        # Recorded even when the node let the client go while this message's
+        # callbacks ran: they did run, and the lease is handed back only
+        # after this (``ClusterNode.let_go``), so the next node skips it.
+        if stream is self.stream:
             self.node.record_taken(self, seq)
         super().taken(stream, seq, size)
 
@@ -100,6 +108,11 @@ class ClusterNode:
         self.server = server
         self.url = url
         self.node_id = node_id
+        #: What Redis knows this node by: its id and this run's own random
+        #: part, so that a node restarted under the same id is a different
+        #: holder (it must not take the dead run's leases for its own, and
+        #: the clients it takes over learn that run died).
+        self.holder = f"{node_id}#{secrets.token_hex(4)}"
         self.lease_ttl = lease_ttl
         self.store = ClusterStore(url)
         #: Redis answers and the node listens on its channel: newcomers welcome.
@@ -203,7 +216,7 @@ class ClusterNode:
         try:
             result = self.store.claim(
                 client_id,
-                self.node_id,
+                self.holder,
                 hello.session,
                 secrets.token_urlsafe(24),
                 hello.last_seq,
@@ -240,17 +253,21 @@ class ClusterNode:
             server._refuse(link, ErrorCode.ID_IN_USE, in_use_message(client_id))
         elif claim.outcome in ("moving", "held"):
             server._refuse(
-                link, ErrorCode.ID_IN_USE, f"client id {client_id!r} is held by node {claim.node}; retry", retry=True
+                link,
+                ErrorCode.ID_IN_USE,
+                f"client id {client_id!r} is held by node {node_of(claim.node)}; retry",
+                retry=True,
             )
         elif claim.outcome == "resume":
-            if claim.node not in ("", self.node_id):
+            if claim.node not in ("", self.holder):
                 self.takeovers += 1
                 log.warning(
                     "client %r resumes here after node %s lost it without letting go: the client's message"
-                    " number %d of this session may have reached that node's callbacks already (docs/CLUSTER.md)",
+                    " number %d of this session may have reached that node's callbacks already; it comes"
+                    " marked redelivered (docs/CLUSTER.md)",
                     client_id,
-                    claim.node,
-                    claim.in_taken + 1,
+                    node_of(claim.node),
+                    claim.suspect,
                 )
             server._create_session(link, client_id, claim.token, lambda session: self._restore(session, claim))
         else:
@@ -263,7 +280,9 @@ class ClusterNode:
             server._create_session(link, client_id, claim.token, None)
 
     def _restore(self, session: _Session, claim: Claim) -> None:
-        """Give ``session`` (new on this node) what Redis holds of it (server lock held)."""
+        """Give ``session`` (new on this node) what Redis holds of it (server
+        lock held), with the message a holder that died may have handed to
+        its callbacks already (``Claim.suspect``: it comes ``redelivered``)."""
         out = session.out
         for body in claim.bodies:
             out.offer(body)
@@ -273,6 +292,7 @@ class ClusterNode:
         assert isinstance(inbox, ClusterInbox)
         stream = inbox.stream
         stream.last_seq = stream.taken_seq = stream.acked_seq = inbox.recorded = claim.in_taken
+        inbox.redelivery_seq = claim.suspect
 
     def make_inbox(self, client_id: str) -> ClusterInbox:
         server = self.server
@@ -289,7 +309,7 @@ class ClusterNode:
 
     def _end(self, client_id: str) -> None:
         try:
-            self.store.end(client_id, self.node_id)
+            self.store.end(client_id, self.holder)
         except ClusterUnavailable as exc:
             # Redis forgets it by itself (its expiry); a resume then starts anew.
             log.warning("could not end client %r's session in Redis: %s", client_id, exc)
@@ -325,7 +345,7 @@ class ClusterNode:
             return  # released already (by stop())
         self._releases_due.discard(client_id)
         try:
-            self.store.release(client_id, self.node_id)
+            self.store.release(client_id, self.holder)
         except ClusterUnavailable as exc:
             log.warning("could not hand client %r over: %s (its lease runs out instead)", client_id, exc)
 
@@ -354,17 +374,17 @@ class ClusterNode:
 
     def send_to(self, client_id: str, body: bytes) -> None:
         server = self.server
-        appended = self.store.append(client_id, body, server.max_queued, self.node_id)
+        appended = self.store.append(client_id, body, server.max_queued, self.holder)
         if appended == "unknown":
             raise UnknownClient(f"no client {client_id!r} is connected to the cluster")
         if appended == "full":
             raise QueueFullError(f"send queue of client {client_id!r} is full ({server.max_queued} messages)")
         assert not isinstance(appended, str)
-        if appended.node == self.node_id:
+        if appended.node == self.holder:
             self.deliver(client_id, appended.seq, body)
 
     def broadcast(self, body: bytes) -> None:
-        mine, full = self.store.broadcast(body, self.server.max_queued, self.node_id)
+        mine, full = self.store.broadcast(body, self.server.max_queued, self.holder)
         for client_id, seq in mine:
             self.deliver(client_id, seq, body)
         for client_id in full:
@@ -402,18 +422,18 @@ class ClusterNode:
                 server._schedule_pump_locked(session)
 
     def clients(self) -> dict[str, str]:
-        return self.store.clients()
+        return {client_id: node_of(holder) for client_id, holder in self.store.clients().items()}
 
     def disconnect(self, client_id: str, reason: str) -> None:
         holder = self.store.clients().get(client_id)
         if holder is None:
             raise UnknownClient(f"no client {client_id!r} is connected to the cluster")
-        if holder == self.node_id:
+        if holder == self.holder:
             self.server._loop.run_sync(self.server._kick, client_id, reason)
         elif holder:
             self.store.publish(holder, notice("k", client_id, 0, reason.encode()))
         else:
-            self.store.end(client_id, self.node_id)
+            self.store.end(client_id, self.holder)
 
     # -- the driver's and callback threads: what clients sent -----------------------------
 
@@ -431,7 +451,7 @@ class ClusterNode:
             self.record_soon(inbox)
             return
         try:
-            held = self.store.taken(inbox.client_id, self.node_id, seq)
+            held = self.store.taken(inbox.client_id, self.holder, seq)
         except ClusterUnavailable as exc:
             self._lost(exc)
             return
@@ -455,11 +475,9 @@ class ClusterNode:
             unrecorded, self._unrecorded = self._unrecorded, {}
             self._records_due = False
         for client_id, inbox in unrecorded.items():
-            if inbox.dropped:
-                continue
             seq = inbox.stream.taken_seq
             try:
-                held = self.store.taken(client_id, self.node_id, seq)
+                held = self.store.taken(client_id, self.holder, seq)
             except ClusterUnavailable as exc:
                 self._lost(exc)
                 return
@@ -476,7 +494,7 @@ class ClusterNode:
                 if pubsub is None:
                     self.store.ping()
                     pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
-                    pubsub.subscribe(self.store.channel + self.node_id)
+                    pubsub.subscribe(self.store.channel + self.holder)
                     self._renew()
                     self._catch_up()
                     next_renew = time.monotonic() + self.lease_ttl / 3
@@ -535,7 +553,7 @@ class ClusterNode:
         with server._lock:
             held = list(server._sessions)
         presence = f"{server.interface or '*'}:{server.port}"
-        lost = self.store.renew(self.node_id, held, self.lease_ttl, self.keep, presence)
+        lost = self.store.renew(self.holder, held, self.lease_ttl, self.keep, presence)
         self._last_renewed = time.monotonic()
         for client_id in lost:
             log.warning("cluster node %s lost its lease on client %r; letting it go", self.node_id, client_id)
@@ -564,7 +582,7 @@ class ClusterNode:
             if numbers is None or numbers[0] < last or numbers[1] < recorded:
                 log.warning("Redis lost (part of) client %r's session; the client gets a new one", client_id)
                 if numbers is not None:
-                    self.store.end(client_id, self.node_id)
+                    self.store.end(client_id, self.holder)
                 server._loop.call_soon(self.let_go, client_id, "the cluster lost this session", False)
                 continue
             for seq, body in self.store.read(client_id, last):

@@ -52,6 +52,14 @@ if known and known == token then
   local out_seq = tonumber(redis.call('HGET', sess, 'out_seq'))
   if tonumber(last_seq) <= out_seq then
     local prev = redis.call('HGET', sess, 'node')
+    local in_taken = tonumber(redis.call('HGET', sess, 'in_taken'))
+    if prev and prev ~= '' and prev ~= me then
+      -- Its last holder died holding it: the message after the last one
+      -- recorded may have reached that holder's callbacks.  Kept until a
+      -- holder records it, however many claims come between.
+      redis.call('HSET', sess, 'suspect', in_taken + 1)
+    end
+    local suspect = tonumber(redis.call('HGET', sess, 'suspect') or '0')
     redis.call('HSET', sess, 'node', me)
     redis.call('HSET', clients, id, me)
     redis.call('PEXPIRE', sess, keep_ms)
@@ -63,7 +71,7 @@ if known and known == token then
       if i == 1 then first = tonumber(string.match(entry[1], '^(%d+)')) end
       bodies[i] = entry[2][2]
     end
-    return {'resume', prev, out_seq, redis.call('HGET', sess, 'in_taken'), first, bodies}
+    return {'resume', prev, out_seq, in_taken, first, bodies, suspect}
   end
 end
 local why = 'new'
@@ -131,6 +139,8 @@ return {mine, full}
 _TAKEN = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[2], 'in_taken', ARGV[2])
+local suspect = redis.call('HGET', KEYS[2], 'suspect')
+if suspect and tonumber(suspect) <= tonumber(ARGV[2]) then redis.call('HDEL', KEYS[2], 'suspect') end
 return 1
 """
 
@@ -195,6 +205,9 @@ class Claim:
     in_taken: int = 0
     first: int = 1
     bodies: tuple[bytes, ...] = ()
+    #: For ``resume``: the number of a message from the client that a holder
+    #: which died may have handed to its callbacks (0: none).
+    suspect: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +284,7 @@ class ClusterStore:
                 in_taken=int(reply[3]),
                 first=int(reply[4]),
                 bodies=tuple(reply[5]),
+                suspect=int(reply[6]),
             )
         return Claim(outcome, token=reply[1].decode())
 

@@ -76,6 +76,10 @@ class Inbox:
         #: The session went on elsewhere (a cluster node let its client go):
         #: what waits for its callbacks is not handed to them.
         self.dropped = False
+        #: A cluster node that took the session over from a node that died:
+        #: the number of the message that node may have handed to its
+        #: callbacks already (it arrives as a ``RedeliveredMessage``); 0: none.
+        self.redelivery_seq = 0
 
     # -- figures (any thread; a moment's view) ---------------------------------
 
@@ -199,6 +203,13 @@ class Inbox:
         link.write_ack(taken)
 
     # -- the callback thread -----------------------------------------------------
+
+    def skipped(self, stream: InboundStream, seq: int, size: int) -> None:
+        """Message ``seq`` was not handed to its callbacks (``dropped``): it
+        leaves the bounds, but is not taken (nothing acknowledges it), so it
+        is counted against a stream of its own that nothing reads (rare; it
+        keeps ``taken``, which runs per message, free of an extra call)."""
+        self.taken(InboundStream(), seq, size)
 
     def taken(self, stream: InboundStream, seq: int, size: int) -> None:
         """The callbacks of message ``seq`` of ``stream`` returned."""

@@ -202,12 +202,21 @@ class Message:
     dict, or one that JSON cannot represent exactly (non-str keys, NaN, sets,
     arbitrary objects) raises ``TypeError`` or ``ValueError``.
 
+    ``redelivered`` is True only on a message a cluster server hands to its
+    callbacks after taking the client over from a node that died without
+    letting go: that node may have run its callbacks on it already
+    (docs/CLUSTER.md).  It is not part of the message: equality, copies and
+    the wire ignore it.
+
     >>> m = Message("echo", {"message": "hello"})
-    >>> m.subject, m.payload["message"], m.body is m.payload
-    ('echo', 'hello', True)
+    >>> m.subject, m.payload["message"], m.body is m.payload, m.redelivered
+    ('echo', 'hello', True, False)
     """
 
     __slots__ = ("_encoded", "_payload", "_subject")
+
+    #: See the class docstring; a class attribute, so a message costs no more.
+    redelivered = False
 
     _subject: str
     _payload: FrozenDict
@@ -288,3 +297,11 @@ class Message:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Message, (self._subject, dict(self._payload)))
+
+
+class RedeliveredMessage(Message):
+    """A ``Message`` that may have reached a dead cluster node's callbacks
+    already (``redelivered`` is True); otherwise the same."""
+
+    __slots__ = ()
+    redelivered = True

@@ -51,7 +51,7 @@ from ._frames import (
 from ._inbox import Budget, Inbox
 from ._link import Link, route_locked
 from ._loop import Cancellable, Driver, Incoming, Listener, get_loop
-from ._message import Message
+from ._message import Message, RedeliveredMessage
 from ._requests import Requests, hand_over, reply_body
 from ._session import SendSession
 from ._stats import TRAFFIC, Counters, session_figures, traffic
@@ -685,7 +685,8 @@ class Server:
                     answer = functools.partial(self._answer, session.client_id)
                     hand_over(self._callbacks, self._requests, inbox, event, (session.client_id,), answer)
                     return
-                message = Message._from_wire(event.subject, event.payload, event.encoded)
+                kind = Message if event.seq != inbox.redelivery_seq else RedeliveredMessage
+                message = kind._from_wire(event.subject, event.payload, event.encoded)
                 if not self._callbacks.emit_message(inbox, event.seq, len(event.encoded), session.client_id, message):
                     inbox.take_now(len(event.encoded))
         elif isinstance(event, AckReceived):

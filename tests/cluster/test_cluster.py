@@ -294,7 +294,6 @@ def test_several_servers_are_tried_in_turn_by_a_first_connect(make_node: MakeNod
     assert done.wait(10)
 
 
-
 @pytest.mark.parametrize("number", ["out_seq", "in_taken"])
 def test_a_redis_that_came_back_behind_a_session_is_not_resumed_silently(
     redis_server: RedisServer, make_node: MakeNode, make_client: MakeClient, number: str

@@ -2,8 +2,9 @@
 
 Usage: python cluster_node.py REDIS_URL NODE_ID [PORT]; prints READY PORT
 once it has joined.  Its application records every message a client sends
-(the payload's ``n``) in Redis, in the list ``test:got:{client_id}``, so
-what each node's callbacks saw survives the node.
+(the payload's ``n``, with an ``r`` after it when the message came marked
+``redelivered``) in Redis, in the list ``test:got:{client_id}``, so what
+each node's callbacks saw survives the node.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def main() -> None:
     )
 
     def record(client_id: str, message: Message) -> None:
-        log.rpush(f"test:got:{client_id}", message.payload["n"])
+        log.rpush(f"test:got:{client_id}", f"{message.payload['n']}{'r' if message.redelivered else ''}")
 
     server.subscribe("message", record)
     server.start()
