@@ -492,6 +492,7 @@ def test_server_tab_shows_the_node_of_each_client_in_a_cluster(
             lambda: tab.clients.count() == 1 and tab.clients.item(0).text() == "far-away    node other-node",
             timeout=WAIT,
         )
+        assert tab.clients_box.title() == "Clients of the cluster"
         tab.clients.item(0).setSelected(True)  # a kick from the tray reaches it on the other node
         qtbot.mouseClick(tab.kick_button, Qt.MouseButton.LeftButton)
         qtbot.waitUntil(lambda: not client.state & ClientState.STATE_RUNNING, timeout=WAIT)

@@ -753,7 +753,7 @@ class ServerTab(InstanceTab):
         buttons.addWidget(self.stop_button)
         form.addRow(buttons)
 
-        clients_box = QGroupBox("Connected clients")
+        self.clients_box = clients_box = QGroupBox("Connected clients")
         clients_layout = QVBoxLayout(clients_box)
         self.clients = QListWidget()
         self.clients.setMinimumHeight(60)
@@ -823,6 +823,7 @@ class ServerTab(InstanceTab):
         self.listening.setText(f"Listening on port {port}" if running and port else inst.status.get("last_error") or "")
         clients = list(inst.status.get("clients") or [])
         nodes = inst.status.get("nodes") or {}
+        self.clients_box.setTitle("Clients of the cluster" if settings.get("cluster") else "Connected clients")
         # In a cluster each row names the node that holds the client too.
         rows = [f"{c}    node {nodes[c]}" if nodes.get(c) else c for c in clients]
         if rows != [self.clients.item(i).text() for i in range(self.clients.count())]:
