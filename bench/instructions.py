@@ -2,13 +2,15 @@
 callgrind: a figure that does not move with the machine's load
 (bench/RESULTS.md, "To judge a change").
 
-    python3 bench/instructions.py [--inline] [--broadcast] [--repeat N]
+    python3 bench/instructions.py [--inline] [--broadcast | --request] [--repeat N]
 
 Runs an echo (client and server in one process, loopback) under
 ``valgrind --tool=callgrind`` for 500 and for 2,500 round trips and prints
 (instructions for 2,500 - for 500) / 2,000: start-up and shutdown cancel out.
 ``--broadcast``: 100 clients, the server sends to ``'*'`` 20 and 100 times,
-per delivery.  How the threads take turns moves one count: the scripts
+per delivery.  ``--request``: ``client.request()`` answered by a ``request``
+callback that returns the payload, per round trip (as the echo).  How the
+threads take turns moves one count: the scripts
 set Python's switch interval to a second, so a thread hands the GIL over
 when it waits (as every step of an echo does) rather than at a random
 point (which spread repeated counts of one commit over +-8%; now about
@@ -80,6 +82,24 @@ server.stop()
 """
 
 
+REQUEST = """
+import sys
+sys.setswitchinterval(1.0)
+from missioncommander import Client, Message, Server
+n, inline = int(sys.argv[1]), sys.argv[2] == "1"
+server = Server(interface="127.0.0.1", port=0, inline_callbacks=inline)
+server.subscribe("request", lambda cid, msg: msg.payload)
+server.start()
+client = Client(address="127.0.0.1", port=server.port, inline_callbacks=inline)
+client.connect()
+message = Message("echo", {"n": 1, "text": "hello"})
+for _ in range(n):
+    client.request(message, timeout=30)
+client.disconnect()
+server.stop()
+"""
+
+
 def count(round_trips: int, inline: bool, script: str = ECHO) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run(
@@ -108,6 +128,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inline", action="store_true", help="inline_callbacks=True on both sides")
     parser.add_argument("--broadcast", action="store_true", help="per delivery of a broadcast to 100 clients")
+    parser.add_argument("--request", action="store_true", help="per request/reply round trip")
     parser.add_argument("--repeat", type=int, default=1, metavar="N", help="runs, and their median (default 1)")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
@@ -115,6 +136,8 @@ def main() -> int:
         return 1
     if args.broadcast:
         script, small, large, per, what = BROADCAST, 20, 100, 80 * 100, "broadcast delivery (100 clients)"
+    elif args.request:
+        script, small, large, per, what = REQUEST, 500, 2500, 2000, "request/reply round trip"
     else:
         script, small, large, per, what = ECHO, 500, 2500, 2000, "echo round trip"
     mode = "inline" if args.inline else "default"

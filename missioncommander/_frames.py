@@ -135,6 +135,12 @@ def _checked_meta(meta: Any) -> FrozenDict:
     id}``, a reply perhaps with ``"error": {"code", "type", "message"}``."""
     if type(meta) is not FrozenDict:
         raise RemoteProtocolError(ErrorCode.BAD_FRAME, "a MESSAGE body's third element must be an object")
+    if len(meta) == 1:
+        # Every request and every reply but an error: one key, checked here
+        # without the general walk below (this runs twice per round trip).
+        ((key, value),) = meta.items()
+        if key in ("request", "reply") and type(value) is int and value >= 1:
+            return meta
     ids = [meta.get(key) for key in ("request", "reply") if key in meta]
     if len(ids) != 1 or type(ids[0]) is not int or ids[0] < 1:
         raise RemoteProtocolError(
@@ -153,6 +159,22 @@ def _checked_meta(meta: Any) -> FrozenDict:
 def with_meta(body: bytes, meta: dict[str, Any]) -> bytes:
     """An encoded ``[subject, payload]`` body with ``meta`` as its third element."""
     return body[:-1] + b"," + encode_json(meta) + b"]"
+
+
+#: How a one-key meta begins, by key (``with_id``).
+_META_PREFIX = {"request": b',{"request":', "reply": b',{"reply":'}
+
+
+def meta_suffix(key: str, value: int) -> bytes:
+    """How ``with_id`` ends a body: ``,{"request":5}]`` (no encoder call:
+    every request and reply carries one)."""
+    return b"%s%d}]" % (_META_PREFIX[key], value)
+
+
+def with_id(body: bytes, key: str, value: int) -> bytes:
+    """``with_meta(body, {key: value})`` for the one-key meta of a request
+    (``request``) or a reply (``reply``), as compact JSON."""
+    return b"%s%s%d}]" % (body[:-1], _META_PREFIX[key], value)
 
 
 def freeze_decoded(value: Any) -> Any:

@@ -22,7 +22,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
 from ._errors import NoResponder, QueueFullError, RemoteError, RequestTimeout, SessionLost
-from ._frames import with_meta
+from ._frames import meta_suffix, with_id, with_meta
 from ._message import FrozenDict, Message
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ class Requests:
             future: Future[Message] = Future()
             self._pending[request_id] = (peer, future)
             self._per_peer[peer] = in_flight + 1
-        return request_id, future, with_meta(message.encode(), {"request": request_id})
+        return request_id, future, with_id(message.encode(), "request", request_id)
 
     def _pop(self, request_id: int) -> tuple[str, Future[Message]] | None:
         entry = self._pending.pop(request_id, None)
@@ -128,6 +128,8 @@ def reply_for(request: Message, result: object) -> Message:
         return result
     if result is None:
         return Message(request.subject)
+    if result is request.payload:
+        return request  # the same message, its encoding kept (an echo-like responder)
     if isinstance(result, dict):
         return Message(request.subject, result)
     raise TypeError(f"a request responder must return a Message, a dict or None, not {type(result).__name__}")
@@ -164,8 +166,17 @@ def hand_over(
     and their result to ``answer``."""
     meta = event.meta
     assert meta is not None
-    message = Message._from_wire(event.subject, event.payload, None)
     size = len(event.encoded)
+    encoded = None
+    request_id = meta.get("request")
+    if request_id is not None:
+        # A request as with_id wrote it: its [subject, payload] is the body
+        # without the meta, so a reply that is the request needs no encoding.
+        suffix = meta_suffix("request", request_id)
+        body = event.encoded
+        if body[-len(suffix) :] == suffix:  # a memoryview compares too
+            encoded = bytes(body[: -len(suffix)]) + b"]"
+    message = Message._from_wire(event.subject, event.payload, encoded)
     if "reply" in meta:
         callbacks.emit_reply(inbox, event.seq, size, requests.resolve, meta["reply"], message, meta.get("error"))
     else:
@@ -180,7 +191,7 @@ def reply_body(
     it raised (a result that is no reply is an error too); and that error."""
     if exc is None:
         try:
-            return with_meta(reply_for(request, result).encode(), {"reply": request_id}), None
+            return with_id(reply_for(request, result).encode(), "reply", request_id), None
         except (TypeError, ValueError) as bad:
             exc = bad
     return with_meta(Message("error").encode(), error_meta(request_id, exc, tracebacks)), exc

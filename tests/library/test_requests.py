@@ -279,3 +279,21 @@ def test_a_version_1_peer_has_no_request_reply_and_is_told_so(server: Server) ->
             server.request("old", Message("hi"))
         server.send("old", Message("plain messages still work"))
         assert next(frames).subject == "plain messages still work"  # type: ignore[attr-defined]
+
+
+def test_a_request_written_by_another_encoder_is_answered_the_same(
+    server: Server, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer may space its JSON as it likes: the reply is built from what
+    was decoded, not from the bytes (the responder returns the payload)."""
+    import missioncommander._requests as requests_module
+
+    def spaced(body: bytes, key: str, value: int) -> bytes:
+        return body[:-1] + b' , { "%s" : %d } ]' % (key.encode(), value)
+
+    server.subscribe("request", lambda cid, msg: msg.payload)
+    client = make_client(server, client_id="spaced")
+    client.connect()
+    monkeypatch.setattr(requests_module, "with_id", spaced)  # the client's requests and the server's replies
+    reply = client.request(Message("ask", {"n": 1, "text": "é"}), timeout=10)
+    assert reply == Message("ask", {"n": 1, "text": "é"})
