@@ -303,7 +303,7 @@ def scenario_scale(system: str, port: int, clients: int) -> dict[str, float]:
         # Also when one failed half-way (out of descriptors, say): a client
         # left open keeps its threads, which would skew every later scenario.
         for c in conns:
-            getattr(c, "stop", lambda: None)()  # all at once: pyzmq's threads end within a poll
+            getattr(c, "stop", lambda: None)()  # all at once, where a client has something to stop
         for c in conns:
             c.close()
         probe.close()

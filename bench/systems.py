@@ -292,81 +292,145 @@ def zmq_serve(port: int) -> None:
             handler.handle(ident.decode(), subject, payload)
 
 
-class ZmqClient:
-    """zmq sockets are not thread-safe: one thread owns the DEALER and the SUB,
-    and sends reach it through an inproc pipe."""
+class _ZmqHub:
+    """One I/O thread for every ``ZmqClient`` of the process, the way
+    pyzmq's own event-loop integrations work (zmq.asyncio, tornado): each
+    socket's ``zmq.FD`` in one epoll, and a socket whose FD fires is drained
+    with ``NOBLOCK`` receives while ``zmq.EVENTS`` says there is more.
+    Senders send from their own thread under the socket's lock (a mutex is
+    the memory barrier libzmq asks for between threads) and wake the hub
+    when the send left a message readable, since then the FD may not fire.
+    """
 
-    _ctx: Any = None
-    _count = 0
+    _instance: _ZmqHub | None = None
 
-    def __init__(self, port: int, client_id: str, on_message: OnMessage) -> None:
+    @classmethod
+    def get(cls) -> _ZmqHub:
+        if cls._instance is None:
+            cls._instance = cls()
+        return cls._instance
+
+    def __init__(self) -> None:
+        import select
+
         import zmq
 
-        if ZmqClient._ctx is None:
-            ZmqClient._ctx = zmq.Context()
-            ZmqClient._ctx.set(zmq.MAX_SOCKETS, 100_000)  # the default, 1023, is 250 clients here
-        ZmqClient._count += 1
-        ctx = ZmqClient._ctx
         self.zmq = zmq
-        self.port = port
+        self.ctx = zmq.Context()
+        self.ctx.set(zmq.MAX_SOCKETS, 100_000)  # the default, 1023, is 500 clients here
+        self.epoll = select.epoll()
+        self.lock = threading.Lock()
+        self.sockets: dict[int, tuple[Any, ZmqClient]] = {}
+        self.woken: set[Any] = set()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        self.epoll.register(self.wake_r, select.EPOLLIN)
+        threading.Thread(target=self._run, name="zmq-hub", daemon=True).start()
+
+    def add(self, sock: Any, client: ZmqClient) -> None:
+        fd = sock.getsockopt(self.zmq.FD)
+        with self.lock:
+            self.sockets[fd] = (sock, client)
+        self.epoll.register(fd, 1)  # EPOLLIN
+        self.wake(sock)  # anything that came before the registration
+
+    def remove(self, sock: Any) -> None:
+        fd = sock.getsockopt(self.zmq.FD)
+        with self.lock:
+            self.sockets.pop(fd, None)
+        self.epoll.unregister(fd)
+
+    def wake(self, sock: Any) -> None:
+        with self.lock:
+            self.woken.add(sock)
+        os.write(self.wake_w, b"x")
+
+    def _run(self) -> None:
+        while True:
+            for fd, _ in self.epoll.poll(1.0):
+                if fd == self.wake_r:
+                    try:
+                        os.read(self.wake_r, 65536)
+                    except BlockingIOError:
+                        pass
+                    with self.lock:
+                        woken, self.woken = self.woken, set()
+                        owners = [entry for entry in self.sockets.values() if entry[0] in woken]
+                    for sock, client in owners:
+                        client.drain(sock)
+                else:
+                    with self.lock:
+                        entry = self.sockets.get(fd)
+                    if entry is not None:
+                        entry[1].drain(entry[0])
+
+
+class ZmqClient:
+    """A DEALER for addressed traffic and a SUB for broadcasts, served by
+    the process's one ``_ZmqHub`` thread; ``request`` uses a REQ socket."""
+
+    def __init__(self, port: int, client_id: str, on_message: OnMessage) -> None:
+        hub = _ZmqHub.get()
+        zmq = hub.zmq
+        self.hub, self.zmq, self.port = hub, zmq, port
         self._req: Any = None
-        pipe = f"inproc://bench-{os.getpid()}-{ZmqClient._count}"
-        self.pull = ctx.socket(zmq.PULL)
-        self.pull.bind(pipe)
-        self.push = ctx.socket(zmq.PUSH)
-        self.push.connect(pipe)
-        self.dealer = ctx.socket(zmq.DEALER)
+        self.lock = threading.Lock()
+        self.on_message = on_message
+        self.dealer = hub.ctx.socket(zmq.DEALER)
         self.dealer.setsockopt(zmq.IDENTITY, client_id.encode())
         self.dealer.connect(f"tcp://127.0.0.1:{port}")
-        self.sub = ctx.socket(zmq.SUB)
+        self.sub = hub.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.RCVHWM, 0)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         self.sub.connect(f"tcp://127.0.0.1:{port + 1}")
-        self.lock = threading.Lock()
-        self.on_message = on_message
-        self.running = True
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+        hub.add(self.dealer, self)
+        hub.add(self.sub, self)
         self.send("hello", {})
 
-    def _run(self) -> None:
-        poller = self.zmq.Poller()
-        for sock in (self.dealer, self.sub, self.pull):
-            poller.register(sock, self.zmq.POLLIN)
-        while self.running:
-            for sock, _ in poller.poll(100):
-                data = sock.recv()
-                if sock is self.pull:
-                    self.dealer.send(data)
-                else:
-                    self.on_message(*json.loads(data))
-        for sock in (self.dealer, self.sub, self.pull):
-            sock.close(linger=0)
+    def drain(self, sock: Any) -> None:
+        """Everything readable on ``sock`` now (the hub's thread)."""
+        zmq = self.zmq
+        got = []
+        with self.lock:
+            if sock.closed:
+                return
+            while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                got.append(sock.recv(zmq.NOBLOCK))
+        for data in got:
+            self.on_message(*json.loads(data))
 
     def send(self, subject: str, payload: dict[str, Any]) -> None:
+        data = json.dumps([subject, payload]).encode()
         with self.lock:
-            self.push.send(json.dumps([subject, payload]).encode())
+            self.dealer.send(data)
+            readable = self.dealer.getsockopt(self.zmq.EVENTS) & self.zmq.POLLIN
+        if readable:  # the send took the FD's edge: the hub would not hear of it
+            self.hub.wake(self.dealer)
 
     def request(self, subject: str, payload: dict[str, Any]) -> dict[str, Any]:
         """pyzmq's request/reply as its users write it: a REQ socket, send
         then recv, on the caller's thread (made on first use, kept)."""
         if self._req is None:
-            self._req = ZmqClient._ctx.socket(self.zmq.REQ)
+            self._req = self.hub.ctx.socket(self.zmq.REQ)
             self._req.connect(f"tcp://127.0.0.1:{self.port}")
         self._req.send(json.dumps([subject, payload]).encode())
         reply: dict[str, Any] = json.loads(self._req.recv())
         return reply
 
     def close(self) -> None:
-        self.stop()
-        self.thread.join(5)
+        if self.dealer.closed:
+            return
+        for sock in (self.dealer, self.sub):
+            self.hub.remove(sock)
+        with self.lock:
+            for sock in (self.dealer, self.sub):
+                sock.close(linger=0)
         if self._req is not None:
             self._req.close(linger=0)
 
     def stop(self) -> None:
-        """Ask the thread to end (within its 100 ms poll) without waiting."""
-        self.running = False
-        self.push.close(linger=0)
+        """Close at once (no thread of its own to wait for)."""
+        self.close()
 
 
 # -- paho-mqtt through mosquitto: a topic per client plus a broadcast topic, QoS 0 --
