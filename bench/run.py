@@ -273,11 +273,11 @@ def scenario_scale(system: str, port: int, clients: int) -> dict[str, float]:
     probe.send("stats", {})
     before = probe_inbox.take("stats")
     if system == "pyzmq":
-        # Six descriptors per zmq client here (two TCP connections, four
+        # Four descriptors per zmq client here (two TCP connections, two
         # sockets' mailboxes): fail at once rather than half-way.
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        if clients * 6 > soft:
-            raise RuntimeError(f"{clients} zmq clients need about {clients * 6} descriptors; the limit is {soft}")
+        if clients * 4 > soft:
+            raise RuntimeError(f"{clients} zmq clients need about {clients * 4} descriptors; the limit is {soft}")
     conns: list[Any] = []
     idle = Inbox()  # idle clients receive nothing: one inbox serves them all
     try:
