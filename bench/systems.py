@@ -78,15 +78,19 @@ def use_fast_json(enabled: bool) -> None:
         raise RuntimeError("orjson is not installed: pip install '.[fast]'")
 
 
-def mc_serve(port: int, inline: bool = True, fast: bool = False) -> None:
+def mc_serve(port: int, inline: bool = True, fast: bool = False, defaults: bool = False) -> None:
     from missioncommander import Message, Server
 
     use_fast_json(fast)
-    # The handlers never block, so they may run on the I/O thread, as the
-    # socket floor's run on its receiving threads (mc-pooled: the default).
-    server = Server(
-        interface="127.0.0.1", port=port, max_connection_rate=None, max_clients=20_000, inline_callbacks=inline
-    )
+    if defaults:
+        # mc-pooled: what a new user gets, every setting at its default.
+        server = Server(interface="127.0.0.1", port=port)
+    else:
+        # The handlers never block, so they may run on the I/O thread, as the
+        # socket floor's run on its receiving threads.
+        server = Server(
+            interface="127.0.0.1", port=port, max_connection_rate=None, max_clients=20_000, inline_callbacks=inline
+        )
     handler = Handler(lambda to, s, p: server.send(to, Message(s, p)), lambda: len(server.clients))
     server.subscribe("message", lambda cid, m: handler.handle(cid, m.subject, m.payload))
     server.subscribe("request", lambda cid, m: m.payload)
@@ -95,8 +99,9 @@ def mc_serve(port: int, inline: bool = True, fast: bool = False) -> None:
 
 
 class McClient:
-    inline = True
     fast = False
+    #: Settings beyond the address and id (none: the library's defaults).
+    tuning: dict[str, Any] = {"connect_timeout": 60, "inline_callbacks": True}
 
     def __init__(self, port: int, client_id: str, on_message: OnMessage, wait: bool = True) -> None:
         from missioncommander import Client, Message
@@ -104,9 +109,7 @@ class McClient:
         use_fast_json(self.fast)
         self._message = Message
         self.connected = threading.Event()
-        self.client = Client(
-            address="127.0.0.1", port=port, client_id=client_id, connect_timeout=60, inline_callbacks=self.inline
-        )
+        self.client = Client(address="127.0.0.1", port=port, client_id=client_id, **self.tuning)
         self.client.subscribe("message", lambda m: on_message(m.subject, m.payload))
         self.client.subscribe("connect", self.connected.set)
         # Without waiting, many clients connect at once (the I/O thread
@@ -125,13 +128,14 @@ class McClient:
 
 
 class McPooledClient(McClient):
-    """MissionCommander with its default: callbacks on the callback pool."""
+    """MissionCommander as a new user gets it: every setting of both sides
+    at its default (callbacks on the callback pool among them)."""
 
-    inline = False
+    tuning: dict[str, Any] = {}
 
 
 def mc_pooled_serve(port: int) -> None:
-    mc_serve(port, inline=False)
+    mc_serve(port, defaults=True)
 
 
 class McFastClient(McClient):
