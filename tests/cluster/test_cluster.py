@@ -329,3 +329,26 @@ def test_a_redis_that_came_back_behind_a_session_is_not_resumed_silently(
     finally:
         store.close()
         proxy.close()
+
+
+def test_a_node_leaves_no_thread_or_descriptor_behind(redis_server: RedisServer, make_client: MakeClient) -> None:
+    import os
+    import threading
+
+    def counts() -> tuple[int, int]:
+        return threading.active_count(), len(os.listdir("/proc/self/fd"))
+
+    def run_node_once() -> None:
+        node = Server(interface="127.0.0.1", cluster=redis_server.url, node_id="brief", lease_ttl=2.0)
+        node.start()
+        client = make_client(node, client_id="visitor")
+        client.connect()
+        node.send("visitor", Message("hi"))
+        client.disconnect()
+        node.stop()
+
+    run_node_once()  # the process's own I/O thread and pools start once
+    before = counts()
+    for _ in range(5):
+        run_node_once()
+    wait_until(lambda: counts() <= before, what=f"threads and descriptors back to {before} (now {counts()})")
