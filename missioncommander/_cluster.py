@@ -362,7 +362,24 @@ class ClusterNode:
         elif session.link is None:
             server._end_session(session, "replaced by a new session of the same client id")
         else:
-            self._background(self._mark_in_use, client_id)
+            # Attached: to a live client, or to a dead half-open connection
+            # however recently it spoke.  Ask it, as a lone server does.
+            session.link.probed_for_cluster = True
+            server._start_probe(session.link)
+
+    def probed(self, link: _ServerLink, alive: bool) -> None:
+        """The answer to a probe for a newcomer on another node (driver's
+        thread): a live holder keeps its id (the newcomer's next try is
+        refused for good); a dead one's session ends, so the next try gets in."""
+        session = link.session
+        if session is None:
+            return
+        if alive:
+            self._background(self._mark_in_use, session.client_id)
+            return
+        if link.transport is not None:
+            link.transport.abort("did not answer a liveness probe")
+        self.server._end_session(session, "replaced by a new session of the same client id")
 
     def _mark_in_use(self, client_id: str) -> None:
         try:

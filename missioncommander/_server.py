@@ -104,6 +104,8 @@ class _ServerLink(Link):
         #: A newcomer waiting for this link to prove it is alive (PONG) or dead.
         self.probe_waiter: _ServerLink | None = None
         self.probe_timer: Cancellable | None = None
+        #: Another cluster node has a newcomer for this link's client id.
+        self.probed_for_cluster = False
         self.hello: Hello | None = None
         self.nonce = new_nonce()
         self.server_proof: str | None = None
@@ -704,7 +706,7 @@ class Server:
             rtt = link.liveness.pong(self._loop.time())
             if session is not None:
                 session.stats.round_trip(rtt)
-            if link.probe_waiter is not None:
+            if link.probe_waiter is not None or link.probed_for_cluster:
                 self._probe_done(link, alive=True)
         elif isinstance(event, Hello):
             self._on_hello(link, event)
@@ -774,8 +776,7 @@ class Server:
                 # the newcomer off first.
                 link.handshake_timer.cancel()
                 link.handshake_timer = None
-            old.write(old.proto.send_ping(self._loop.time()))
-            old.probe_timer = self._loop.call_later(probe_timeout(self.heartbeat_timeout), self._probe_done, old, False)
+            self._start_probe(old)
         else:
             if action is Admit.REPLACE:
                 assert session is not None
@@ -783,11 +784,21 @@ class Server:
                 self._end_session(session, "replaced by a new session of the same client id")
             self._new_session(link, hello.client_id)
 
+    def _start_probe(self, old: _ServerLink) -> None:
+        """Ask ``old`` whether its client is alive (a PING; ``_probe_done``
+        has the answer, or the silence), unless it is being asked already."""
+        if old.probe_timer is None:
+            old.write(old.proto.send_ping(self._loop.time()))
+            old.probe_timer = self._loop.call_later(probe_timeout(self.heartbeat_timeout), self._probe_done, old, False)
+
     def _probe_done(self, old: _ServerLink, alive: bool) -> None:
         newcomer, old.probe_waiter = old.probe_waiter, None
+        for_cluster, old.probed_for_cluster = old.probed_for_cluster, False
         if old.probe_timer is not None:
             old.probe_timer.cancel()
             old.probe_timer = None
+        if for_cluster and self._cluster is not None:
+            self._cluster.probed(old, alive)
         if newcomer is None or newcomer.transport is None or newcomer.transport.closed:
             return
         assert newcomer.hello is not None
@@ -961,7 +972,7 @@ class Server:
 
     def _link_lost(self, link: _ServerLink, reason: str) -> None:
         self._links.discard(link)
-        if link.probe_waiter is not None:
+        if link.probe_waiter is not None or link.probed_for_cluster:
             self._probe_done(link, alive=False)
         session = link.session
         if session is not None and session.link is link:

@@ -352,3 +352,29 @@ def test_a_node_leaves_no_thread_or_descriptor_behind(redis_server: RedisServer,
     for _ in range(5):
         run_node_once()
     wait_until(lambda: counts() <= before, what=f"threads and descriptors back to {before} (now {counts()})")
+
+
+def test_a_newcomer_on_another_node_gets_the_id_of_a_dead_half_open_holder(
+    make_node: MakeNode, make_client: MakeClient
+) -> None:
+    """As on a lone server: the node holding the id asks its connection (a
+    PING) rather than wait for its heartbeat timeout (30 s here)."""
+    import time
+
+    a = make_node(node_id="a", heartbeat_interval=10.0, heartbeat_timeout=30.0)
+    b = make_node(node_id="b")
+    ends = Recorder().attach(a, "clientdisconnect")
+    proxy = FaultProxy(a.port)
+    try:
+        old = make_client(client_id="c", address="127.0.0.1", port=proxy.port, heartbeat_interval=10.0,
+                          heartbeat_timeout=30.0)  # fmt: skip
+        old.connect()
+        proxy.cut("blackhole")  # half-open: a has not noticed, and will not for 30 s
+        newcomer = make_client(b, client_id="c", connect_timeout=15.0)
+        started = time.monotonic()
+        newcomer.connect()  # told to retry while a asks; in once a's probe found nobody
+        assert time.monotonic() - started < 10
+        ends.wait_count("clientdisconnect", 1)
+        assert b.client_nodes == {"c": "b"}
+    finally:
+        proxy.close()
