@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 from ._admission import in_use_message
 from ._cluster_store import Claim, ClusterStore, notice, parse_notice
-from ._errors import ClusterUnavailable, QueueFullError, UnknownClient
+from ._errors import ClusterUnavailable, MessageTooLarge, QueueFullError, UnknownClient
 from ._events import ErrorCode, Hello
+from ._frames import MESSAGE_OVERHEAD
 from ._inbox import Budget, Inbox
 from ._loop import Driver
 
@@ -222,6 +223,7 @@ class ClusterNode:
                 hello.last_seq,
                 self.lease_ttl,
                 self.keep,
+                hello.max_frame_size,
             )
             if result.outcome in ("moving", "held"):
                 # Ask the holder to let go (it checks the token; a detached
@@ -392,16 +394,22 @@ class ClusterNode:
     def send_to(self, client_id: str, body: bytes) -> None:
         server = self.server
         appended = self.store.append(client_id, body, server.max_queued, self.holder)
-        if appended == "unknown":
-            raise UnknownClient(f"no client {client_id!r} is connected to the cluster")
-        if appended == "full":
+        if isinstance(appended, tuple):
+            why, limit = appended
+            if why == "unknown":
+                raise UnknownClient(f"no client {client_id!r} is connected to the cluster")
+            if why == "too_large":
+                raise MessageTooLarge(
+                    f"message of {len(body) + MESSAGE_OVERHEAD} bytes exceeds client {client_id!r}'s limit of {limit}"
+                )
             raise QueueFullError(f"send queue of client {client_id!r} is full ({server.max_queued} messages)")
-        assert not isinstance(appended, str)
         if appended.node == self.holder:
             self.deliver(client_id, appended.seq, body)
 
     def broadcast(self, body: bytes) -> None:
-        mine, full = self.store.broadcast(body, self.server.max_queued, self.holder)
+        mine, full, skipped = self.store.broadcast(body, self.server.max_queued, self.holder)
+        for client_id in skipped:
+            log.warning("broadcast skips client %r: message over its frame limit", client_id)
         for client_id, seq in mine:
             self.deliver(client_id, seq, body)
         for client_id in full:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._errors import ClusterUnavailable
+from ._frames import MESSAGE_OVERHEAD
 
 #: Leases and presences live this long unless renewed (a third of it apart).
 DEFAULT_LEASE_TTL = 6.0
@@ -40,6 +41,7 @@ DEFAULT_LEASE_TTL = 6.0
 _CLAIM = """
 local lease, sess, out, clients, in_use = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local me, ttl, token, new_token, last_seq, id, keep_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local max_frame = ARGV[8]
 local owner = redis.call('GET', lease)
 local known = redis.call('HGET', sess, 'token')
 if owner and owner ~= me then
@@ -60,7 +62,7 @@ if known and known == token then
       redis.call('HSET', sess, 'suspect', in_taken + 1)
     end
     local suspect = tonumber(redis.call('HGET', sess, 'suspect') or '0')
-    redis.call('HSET', sess, 'node', me)
+    redis.call('HSET', sess, 'node', me, 'max_frame', max_frame)
     redis.call('HSET', clients, id, me)
     redis.call('PEXPIRE', sess, keep_ms)
     redis.call('PEXPIRE', out, keep_ms)
@@ -81,7 +83,7 @@ elseif token ~= '' then
   why = 'unknown'
 end
 redis.call('DEL', sess, out)
-redis.call('HSET', sess, 'token', new_token, 'out_seq', 0, 'in_taken', 0, 'node', me)
+redis.call('HSET', sess, 'token', new_token, 'out_seq', 0, 'in_taken', 0, 'node', me, 'max_frame', max_frame)
 redis.call('PEXPIRE', sess, keep_ms)
 redis.call('HSET', clients, id, me)
 return {why, new_token}
@@ -90,7 +92,10 @@ return {why, new_token}
 _APPEND = """
 local sess, out, clients = KEYS[1], KEYS[2], KEYS[3]
 local body, max_items, me, id, channel = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+local size = tonumber(ARGV[6])
 if redis.call('EXISTS', sess) == 0 then return {'unknown'} end
+local limit = tonumber(redis.call('HGET', sess, 'max_frame') or '0')
+if limit > 0 and size > limit then return {'too_large', limit} end
 if redis.call('XLEN', out) >= max_items then return {'full'} end
 local seq = redis.call('HINCRBY', sess, 'out_seq', 1)
 redis.call('XADD', out, seq .. '-0', 'b', body)
@@ -105,14 +110,17 @@ return {'ok', seq, owner}
 
 _BROADCAST = """
 local clients, prefix = KEYS[1], KEYS[2]
-local body, max_items, me, channel = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local mine, full, remote = {}, {}, {}
+local body, max_items, me, channel, size = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5])
+local mine, full, remote, skipped = {}, {}, {}, {}
 local holders = redis.call('HGETALL', clients)
 for i = 1, #holders, 2 do
   local id, owner = holders[i], holders[i + 1]
   local sess, out = prefix .. 'sess:' .. id, prefix .. 'out:' .. id
   if redis.call('EXISTS', sess) == 1 then
-    if redis.call('XLEN', out) >= max_items then
+    local limit = tonumber(redis.call('HGET', sess, 'max_frame') or '0')
+    if limit > 0 and size > limit then
+      skipped[#skipped + 1] = id
+    elseif redis.call('XLEN', out) >= max_items then
       full[#full + 1] = id
     else
       local seq = redis.call('HINCRBY', sess, 'out_seq', 1)
@@ -133,7 +141,7 @@ end
 for owner, list in pairs(remote) do
   redis.call('PUBLISH', channel .. owner, 'b' .. list .. ':' .. body)
 end
-return {mine, full}
+return {mine, full, skipped}
 """
 
 _TAKEN = """
@@ -264,13 +272,22 @@ class ClusterStore:
             raise ClusterUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
 
     def claim(
-        self, client_id: str, node: str, token: str | None, new_token: str, last_seq: int, ttl: float, keep: float
+        self,
+        client_id: str,
+        node: str,
+        token: str | None,
+        new_token: str,
+        last_seq: int,
+        ttl: float,
+        keep: float,
+        max_frame_size: int,
     ) -> Claim:
-        """Take client ``client_id`` for ``node`` (see ``Claim``)."""
+        """Take client ``client_id`` for ``node`` (see ``Claim``); the
+        client's ``max_frame_size`` bounds what any node sends it."""
         reply = self._call(
             self._claim,
             [*self._keys(client_id), f"{self.prefix}inuse:{client_id}"],
-            [node, int(ttl * 1000), token or "", new_token, last_seq, client_id, int(keep * 1000)],
+            [node, int(ttl * 1000), token or "", new_token, last_seq, client_id, int(keep * 1000), max_frame_size],
         )
         outcome = reply[0].decode()
         if outcome in ("moving", "held", "in_use"):
@@ -288,23 +305,27 @@ class ClusterStore:
             )
         return Claim(outcome, token=reply[1].decode())
 
-    def append(self, client_id: str, body: bytes, max_items: int, node: str) -> Appended | str:
+    def append(self, client_id: str, body: bytes, max_items: int, node: str) -> Appended | tuple[str, int]:
         """Number ``body`` in ``client_id``'s stream and tell its holder if
-        that is another node; ``'unknown'`` or ``'full'`` when it cannot."""
+        that is another node; ``('unknown', 0)``, ``('full', 0)`` or
+        ``('too_large', the client's max_frame_size)`` when it cannot."""
         keys = self._keys(client_id)[1:]
-        reply = self._call(self._append, keys, [body, max_items, node, client_id, self.channel])
+        size = len(body) + MESSAGE_OVERHEAD
+        reply = self._call(self._append, keys, [body, max_items, node, client_id, self.channel, size])
         if reply[0] != b"ok":
-            return str(reply[0].decode())
+            return reply[0].decode(), int(reply[1]) if len(reply) > 1 else 0
         return Appended(int(reply[1]), reply[2].decode())
 
-    def broadcast(self, body: bytes, max_items: int, node: str) -> tuple[list[tuple[str, int]], list[str]]:
+    def broadcast(self, body: bytes, max_items: int, node: str) -> tuple[list[tuple[str, int]], list[str], list[str]]:
         """Number ``body`` in every client's stream; returns this node's
-        clients with their numbers, and the clients whose stream was full."""
-        mine, full = self._call(
-            self._broadcast, [self.prefix + "clients", self.prefix], [body, max_items, node, self.channel]
+        clients with their numbers, the clients whose stream was full, and
+        those skipped because the message is over their frame limit."""
+        size = len(body) + MESSAGE_OVERHEAD
+        mine, full, skipped = self._call(
+            self._broadcast, [self.prefix + "clients", self.prefix], [body, max_items, node, self.channel, size]
         )
         pairs = [(mine[i].decode(), int(mine[i + 1])) for i in range(0, len(mine), 2)]
-        return pairs, [c.decode() for c in full]
+        return pairs, [c.decode() for c in full], [c.decode() for c in skipped]
 
     def taken(self, client_id: str, node: str, seq: int) -> bool:
         """Record that message ``seq`` from the client was taken; False if

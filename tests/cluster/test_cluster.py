@@ -378,3 +378,26 @@ def test_a_newcomer_on_another_node_gets_the_id_of_a_dead_half_open_holder(
         assert b.client_nodes == {"c": "b"}
     finally:
         proxy.close()
+
+
+def test_a_message_over_a_clients_frame_limit_is_refused_on_any_node(
+    make_node: MakeNode, make_client: MakeClient
+) -> None:
+    from missioncommander import MessageTooLarge
+
+    a, b = make_node(node_id="a"), make_node(node_id="b")
+    small = make_client(a, client_id="small", max_frame_size=4096)
+    large = make_client(a, client_id="large")
+    got_small, got_large = Recorder().attach(small, "message"), Recorder().attach(large, "message")
+    small.connect()
+    large.connect()
+    big = Message("big", {"text": "x" * 5000})
+    for node in (a, b):  # the holder, and a node that only knows Redis's copy of the limit
+        with pytest.raises(MessageTooLarge, match="limit of 4096"):
+            node.send("small", big)
+    b.send("*", big)  # a broadcast skips the small client, as a lone server's does
+    b.send("*", Message("fits", {"n": 1}))
+    got_large.wait_count("message", 2)
+    got_small.wait_count("message", 1)
+    assert [args[0].subject for args in got_small.of("message")] == ["fits"]
+    assert small.state & ClientState.STATE_CONNECTED  # never sent what it could not take
