@@ -104,6 +104,7 @@ def test_a_detached_session_is_replaced_from_another_node(make_node: MakeNode, m
         old = make_client(client_id="c", address="127.0.0.1", port=proxy.port, reconnect_attempts=1)
         old.connect()
         ends = Recorder().attach(a, "clientdisconnect")
+        proxy.refusing = True  # the old client cannot come back: its session stays detached
         proxy.cut("rst")
         wait_until(lambda: a.stats("c")["connected"] is False, what="a noticed the cut")
         old.disconnect()
