@@ -49,6 +49,7 @@ def test_a_hosted_server_joins_a_cluster_and_lists_each_clients_node(
     status = json.loads(ok(mcd, "--json", "server", "status"))
     assert status["settings"]["cluster"] == redis_server.url
     assert status["cluster"]["node"] == "mcd-node" and status["cluster"]["ready"] is True
+    assert "cluster node             mcd-node (ready)" in ok(mcd, "server", "status")
     # Sent from mcd, it reaches the client held by the other node.
     got: list[Message] = []
     remote.subscribe("message", got.append)

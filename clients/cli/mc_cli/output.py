@@ -80,6 +80,10 @@ def status(st: dict[str, Any]) -> str:
             ("clients", st.get("clients")),
             ("last error", st.get("last_error")),
         ]
+        cluster = st.get("cluster")
+        if cluster:
+            ready = "ready" if cluster.get("ready") else "NOT READY: cannot reach Redis, refusing new clients"
+            rows.insert(-1, ("cluster node", f"{cluster.get('node')} ({ready})"))
     return head + "\n" + "\n".join("  " + line for line in table(rows).splitlines())
 
 
