@@ -13,10 +13,13 @@ cluster's copy, written before it counts:
   number of the last one whose callbacks returned, so the node that takes
   the client over goes on from there.
 
-One thread per node (``missioncommander-cluster``) listens on the node's
+Two threads per node: ``missioncommander-cluster`` listens on the node's
 pub/sub channel (messages for its clients sent on other nodes; requests to
 let a client go), renews the node's leases, and trims what clients
-acknowledged.  When Redis cannot be reached the node refuses newcomers,
+acknowledged; an I/O worker (``missioncommander-cluster-io``) makes the
+Redis calls the driver's thread needs (claims, ends, hand-overs, records of
+messages taken on that thread), which must never wait on Redis itself.
+When Redis cannot be reached the node refuses newcomers,
 keeps its clients while its leases would still be valid, lets them go after
 that (they resume on another node), and rejoins by itself.
 """
