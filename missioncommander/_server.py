@@ -357,6 +357,14 @@ class Server:
         return list(self.client_nodes)
 
     @property
+    def held_clients(self) -> list[str]:
+        """Ids of the clients whose session this server holds: ``clients``
+        outside a cluster; in one, this node's alone (no round trip to
+        Redis, so it answers while Redis is away)."""
+        with self._lock:
+            return list(self._sessions)
+
+    @property
     def cluster_status(self) -> dict[str, Any] | None:
         """In a cluster, while running: this node's ``node`` id, whether it
         is ``ready`` (it reaches Redis and takes newcomers), the Redis

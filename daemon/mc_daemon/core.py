@@ -505,12 +505,12 @@ class DaemonCore:
     def server_send(self, name: str, to: str, subject: str, payload: dict[str, Any]) -> dict[str, Any]:
         inst: ServerInstance = self.get("server", name, create=False)
         message = _message(subject, payload)
-        with _send_errors():
+        with _send_errors():  # a cluster node without Redis: state_error, for the count too
             try:
                 inst.server.send(to, message)
             except KeyError:
                 raise CoreError(ErrorCode.NOT_FOUND, f"server {name!r} has no client {to!r}") from None
-        return {"sent": True, "to": to, "clients": len(inst.server.clients) if to == "*" else 1}
+            return {"sent": True, "to": to, "clients": len(inst.server.clients) if to == "*" else 1}
 
     def server_request(
         self, name: str, to: str, subject: str, payload: dict[str, Any], timeout: float
@@ -587,7 +587,9 @@ class DaemonCore:
                 assert isinstance(inst, ServerInstance)
                 entry["stats"] = inst.server.stats()
                 if name is not None:
-                    clients = inst.server.clients if inst.server.running else []
+                    # The figures are this server's own: in a cluster, of the
+                    # clients this node holds (other nodes have theirs).
+                    clients = inst.server.held_clients if inst.server.running else []
                     entry["clients"] = {cid: _client_stats(inst.server, cid) for cid in clients}
             figures.append(entry)
         daemon = {

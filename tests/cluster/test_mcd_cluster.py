@@ -50,6 +50,9 @@ def test_a_hosted_server_joins_a_cluster_and_lists_each_clients_node(
     assert status["settings"]["cluster"] == redis_server.url
     assert status["cluster"]["node"] == "mcd-node" and status["cluster"]["ready"] is True
     assert "cluster node             mcd-node (ready)" in ok(mcd, "server", "status")
+    # Per-client figures are each node's own: mcd's stats list the client it holds.
+    figures = json.loads(ok(mcd, "--json", "stats", "--kind", "server", "--name", "default"))
+    assert list(figures["instances"][0]["clients"]) == ["near"]
     # Sent from mcd, it reaches the client held by the other node.
     got: list[Message] = []
     remote.subscribe("message", got.append)
