@@ -384,16 +384,6 @@ class ClusterStore:
             raise ClusterUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
         return {k.decode(): v.decode() for k, v in raw.items()}
 
-    def nodes(self) -> dict[str, str]:
-        """The live nodes and what each said of itself (its address)."""
-        try:
-            names = list(self.redis.scan_iter(match=f"{self.prefix}node:*", count=1000))
-            values = self.redis.mget(names) if names else []
-        except self._errors as exc:
-            raise ClusterUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
-        start = len(self.prefix) + len("node:")
-        return {n.decode()[start:]: (v or b"").decode() for n, v in zip(names, values, strict=True)}
-
     def mark_in_use(self, client_id: str, seconds: float) -> None:
         """Tell newcomers, for ``seconds``, that a live client holds ``client_id``."""
         try:

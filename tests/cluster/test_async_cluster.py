@@ -21,6 +21,8 @@ def test_an_async_node_routes_both_ways_and_hands_its_clients_over(
     far = Recorder().attach(held_by_threaded, "message")
     held_by_threaded.connect()
 
+    made: list[Client] = []
+
     async def scenario() -> tuple[list[int], list[int]]:
         async with AsyncServer(
             interface="127.0.0.1", cluster=redis_server.url, node_id="async", heartbeat_interval=0.5
@@ -32,33 +34,34 @@ def test_an_async_node_routes_both_ways_and_hands_its_clients_over(
                 servers=[f"127.0.0.1:{node.port}", f"127.0.0.1:{threaded.port}"],
                 reconnect_delay=0.05,
             )
+            made.append(client)
             near = Recorder().attach(client, "message", "reconnect", "sessionlost")
             await asyncio.to_thread(client.connect)
-            try:
-                got: list[int] = []
-                for n in range(20):
-                    await node.send("t1", Message("to-t1", {"n": n}))  # held by the threaded node
-                    await node.send("a1", Message("to-a1", {"n": n}))
-                    client.send(Message("up", {"n": n}))
-                async for client_id, message in node.messages():
-                    got.append(message.payload["n"])
-                    assert client_id == "a1"
-                    if len(got) == 20:
-                        break
-                await node.send("*", Message("all", {"n": 20}))
-                await asyncio.to_thread(near.wait_count, "message", 21)
-                await node.disconnect_client("t1", "bye from the async node")
-            finally:
-                pass
+            got: list[int] = []
+            for n in range(20):
+                await node.send("t1", Message("to-t1", {"n": n}))  # held by the threaded node
+                await node.send("a1", Message("to-a1", {"n": n}))
+                client.send(Message("up", {"n": n}))
+            async for client_id, message in node.messages():
+                got.append(message.payload["n"])
+                assert client_id == "a1"
+                if len(got) == 20:
+                    break
+            await node.send("*", Message("all", {"n": 20}))
+            await asyncio.to_thread(near.wait_count, "message", 21)
+            await node.disconnect_client("t1", "bye from the async node")
         # The async node stopped: its client resumed on the threaded node.
         await asyncio.to_thread(near.wait_count, "reconnect", 1)
         threaded.send("a1", Message("after", {"n": 21}))
         await asyncio.to_thread(near.wait_count, "message", 22)
         assert near.of("sessionlost") == []
-        client.disconnect()
         return got, [args[0].payload["n"] for args in near.of("message")]
 
-    up, down = asyncio.run(scenario())
+    try:
+        up, down = asyncio.run(scenario())
+    finally:
+        for client in made:  # also when the scenario failed half-way
+            client.disconnect()
     assert up == list(range(20)) and down == list(range(22))
     far.wait_count("message", 21)
     assert [args[0].payload["n"] for args in far.of("message")] == list(range(21))
