@@ -34,6 +34,9 @@ log = logging.getLogger("missioncommander.callbacks")
 Reply = Callable[[Any, "BaseException | None"], None]
 #: ``answer(args, reply, release) -> bool``: see ``Callbacks.answer``.
 Answer = Callable[[tuple[Any, ...], Reply, Callable[[], None]], bool]
+#: A received message on its way to the callbacks: its number, its size
+#: and the callbacks' arguments.
+Delivery = tuple[int, int, tuple[Any, ...]]
 
 _POOL_SIZE = 4
 #: Callbacks one queue runs before yielding its worker to other queues.
@@ -200,7 +203,7 @@ class Callbacks:
         self._subs: dict[str, tuple[Callable[..., Any], ...]] = {}
         self._lock = threading.Lock()
         self.serial = SerialQueue()
-        #: Run ``emit_message`` callbacks on the emitting (I/O) thread when the
+        #: Run ``emit_messages`` callbacks on the emitting (I/O) thread when the
         #: queue is idle: the ``inline_callbacks`` setting.
         self.inline = False
         #: Who may keep a message after its callbacks ran (the asyncio API's
@@ -242,45 +245,46 @@ class Callbacks:
         if callbacks:
             self.serial.submit(self._run, event, callbacks, args)
 
-    def emit_message(self, inbox: Inbox, seq: int, size: int, *args: Any) -> bool:
-        """Queue ``message`` for its callbacks (with ``inline``, run them on
-        this thread when nothing of this object's is queued; no library lock
-        may be held), counted in ``inbox`` until they have returned (see
+    def emit_messages(self, inbox: Inbox, items: list[Delivery], size: int) -> bool:
+        """Queue a run of received messages for their ``message`` callbacks,
+        each ``(seq, size, args)``, ``size`` their sum: one hand-over for
+        all that one read brought (with ``inline``, run on this thread when
+        nothing of this object's is queued; no library lock may be held).
+        They count in ``inbox`` until their callbacks have returned (see
         ``_inbox``). False, and nothing done, when nothing is subscribed."""
         callbacks = self._subs.get("message")
         if not callbacks:
             if self.keep is None:
                 return False
             callbacks = ()
-        stream = inbox.hold(size)
-        if self.inline:
-            self.serial.run_or_submit(self._run_message, callbacks, args, inbox, stream, seq, size)
-        else:
-            self.serial.submit(self._run_message, callbacks, args, inbox, stream, seq, size)
+        stream = inbox.hold(size, len(items))
+        run = self.serial.run_or_submit if self.inline else self.serial.submit
+        run(self._run_messages, callbacks, items, inbox, stream)
         return True
 
-    def _run_message(
+    def _run_messages(
         self,
         callbacks: tuple[Callable[..., Any], ...],
-        args: tuple[Any, ...],
+        items: list[Delivery],
         inbox: Inbox,
         stream: InboundStream,
-        seq: int,
-        size: int,
     ) -> None:
-        if inbox.dropped:
-            # A cluster node let the client go: the node that has it now
-            # gets this message again (it was never acknowledged).
-            inbox.skipped(stream, seq, size)
-            return
-        for callback in callbacks:
-            try:
-                callback(*args)
-            except Exception:
-                log.exception("%s message callback %r raised", self._owner, callback)
-        if self.keep is not None and self.keep(args, functools.partial(inbox.taken, stream, seq, size)):
-            return
-        inbox.taken(stream, seq, size)
+        keep = self.keep
+        for seq, size, args in items:
+            if inbox.dropped:
+                # A cluster node let the client go: the node that has it now
+                # gets this message again (it was never acknowledged).
+                inbox.skipped(stream, seq, size)
+                continue
+            for callback in callbacks:
+                try:
+                    callback(*args)
+                except Exception:
+                    log.exception("%s message callback %r raised", self._owner, callback)
+            # Taken one by one, not at the end of the run: a callback that
+            # blocks must not hold back the acks of those before it.
+            if keep is None or not keep(args, functools.partial(inbox.taken, stream, seq, size)):
+                inbox.taken(stream, seq, size)
 
     # -- request/reply ------------------------------------------------------------
 

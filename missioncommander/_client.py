@@ -17,7 +17,7 @@ from typing import Any
 
 from . import _config as cfg
 from ._auth import auth_proof, new_nonce, proof_matches
-from ._callbacks import Callbacks
+from ._callbacks import Callbacks, Delivery
 from ._errors import (
     ConnectError,
     ConnectionRefusedByServer,
@@ -230,6 +230,7 @@ class _ClientLink(Link):
             self.welcomed = True
             # From now on every event is the client's: straight to it.
             self.on_event = functools.partial(self.client._handle, self)
+            self.on_messages = self.client._messages
             self.client._welcomed(self, event)
         elif isinstance(event, ErrorReceived) and not self.welcomed:
             refusal = ConnectionRefusedByServer(event.code, event.message)
@@ -940,16 +941,35 @@ class Client:
             if chunks:
                 link.transport.write_many(chunks)
 
+    def _messages(self, events: list[MessageReceived]) -> None:
+        """Received messages, to their callbacks (requests and replies to
+        theirs, in order with the rest); duplicates of a resume dropped."""
+        inbox = self._inbox
+        accept = inbox.stream.accept
+        items: list[Delivery] = []
+        size = 0
+        for event in events:
+            if not accept(event.seq):
+                continue
+            if event.meta is not None:
+                if items:
+                    self._emit_messages(items, size)
+                    items, size = [], 0
+                hand_over(self._callbacks, self._requests, inbox, event, (), self._answer)
+                continue
+            encoded = event.encoded
+            items.append((event.seq, len(encoded), (Message._from_wire(event.subject, event.payload, encoded),)))
+            size += len(encoded)
+        if items:
+            self._emit_messages(items, size)
+
+    def _emit_messages(self, items: list[Delivery], size: int) -> None:
+        if not self._callbacks.emit_messages(self._inbox, items, size):
+            self._inbox.take_now(size, len(items))
+
     def _handle(self, link: _ClientLink, event: Event) -> None:
         if isinstance(event, MessageReceived):
-            inbox = self._inbox
-            if inbox.stream.accept(event.seq):
-                if event.meta is not None:
-                    hand_over(self._callbacks, self._requests, inbox, event, (), self._answer)
-                    return
-                message = Message._from_wire(event.subject, event.payload, event.encoded)
-                if not self._callbacks.emit_message(inbox, event.seq, len(event.encoded), message):
-                    inbox.take_now(len(event.encoded))
+            self._messages([event])
         elif isinstance(event, AckReceived):
             with self._lock:
                 self._session.acked(event.seq)

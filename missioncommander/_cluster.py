@@ -97,8 +97,8 @@ class ClusterInbox(Inbox):
             self.node.record_taken(self, seq)
         super().taken(stream, seq, size)
 
-    def take_now(self, size: int) -> None:
-        super().take_now(size)
+    def take_now(self, size: int, count: int = 1) -> None:
+        super().take_now(size, count)
         self.node.record_soon(self)
 
     def ackable(self) -> int:

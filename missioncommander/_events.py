@@ -41,6 +41,10 @@ class Role(enum.Enum):
     CLIENT = "client"
     SERVER = "server"
 
+    # Members are singletons: hashed by identity, the rule tables' lookups
+    # skip the Python-level Enum.__hash__ (several per frame).
+    __hash__ = object.__hash__
+
 
 @dataclass(frozen=True, slots=True)
 class Challenge:

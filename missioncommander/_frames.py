@@ -101,35 +101,6 @@ _frozen_decoder = json.JSONDecoder(parse_constant=_reject_constant, object_hook=
 _scan_frozen = make_scanner(_frozen_decoder)  # type: ignore[arg-type]  # typeshed types it oddly
 
 
-def decode_message_body(encoded: bytes | memoryview) -> tuple[str, FrozenDict, FrozenDict | None]:
-    """``[subject, payload]`` or ``[subject, payload, meta]`` from a MESSAGE
-    body, frozen; ``meta`` (request/reply, protocol 2) is None without one.
-
-    Raises ``RemoteProtocolError`` when the body is not UTF-8 JSON of that shape.
-    """
-    try:
-        text = str(encoded, "utf-8")
-        obj: Any = None
-        if text.find("[", 1) < 0:
-            # No array inside the payload: the scanner builds it frozen in one pass.
-            try:
-                obj, end = _scan_frozen(text, 0)
-            except StopIteration:
-                obj = None  # leading whitespace, say: the full decoder below says why
-            else:
-                if end != len(text) and text[end:].strip():
-                    obj = None
-        if obj is None:
-            obj = _json_decoder.decode(text)
-            if type(obj) is list and 2 <= len(obj) <= 3:
-                obj[1:] = [freeze_decoded(item) for item in obj[1:]]
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"MESSAGE body is not UTF-8 JSON: {exc}") from None
-    if type(obj) is list and 2 <= len(obj) <= 3 and type(obj[1]) is FrozenDict and type(obj[0]) is str and obj[0]:
-        return obj[0], obj[1], None if len(obj) == 2 else _checked_meta(obj[2])
-    raise RemoteProtocolError(ErrorCode.BAD_FRAME, "MESSAGE body must be [subject, payload object]")
-
-
 def _checked_meta(meta: Any) -> FrozenDict:
     """A MESSAGE body's third element: ``{"request": id}`` or ``{"reply":
     id}``, a reply perhaps with ``"error": {"code", "type", "message"}``."""
@@ -366,15 +337,43 @@ def _nonneg(value: int, what: str) -> int:
 
 
 def message_event(body: bytes | memoryview) -> MessageReceived:
-    """The event of a MESSAGE frame's body; a small one is copied out (it may
-    view the loop's read buffer), a large one (whole bytes) only viewed."""
+    """The event of a MESSAGE frame's body: its sequence number, then
+    ``[subject, payload]`` or ``[subject, payload, meta]`` (request/reply,
+    protocol 2) as UTF-8 JSON, decoded frozen.  A small body is copied out
+    (it may view the loop's read buffer), a large one (whole bytes) only
+    viewed.
+
+    Raises ``RemoteProtocolError`` when the body is not of that shape.
+    """
     if len(body) < 8:
         raise RemoteProtocolError(ErrorCode.BAD_FRAME, "MESSAGE body shorter than its sequence number")
     # A large body is not copied again for the part after the sequence
     # number: a view serves (Message.encode makes bytes of it if ever needed).
+    # The decoding is spelled out here, not called: this runs per message.
     encoded: bytes | memoryview = bytes(body[8:]) if len(body) < BIG_FRAME else memoryview(body)[8:]
-    subject, payload, meta = decode_message_body(encoded)
-    return MessageReceived(_U64.unpack_from(body)[0], subject, payload, encoded, meta)
+    try:
+        text = str(encoded, "utf-8")
+        obj: Any = None
+        if text.find("[", 1) < 0:
+            # No array inside the payload: the scanner builds it frozen in one pass.
+            try:
+                obj, end = _scan_frozen(text, 0)
+            except StopIteration:
+                obj = None  # leading whitespace, say: the full decoder below says why
+            else:
+                if end != len(text) and text[end:].strip():
+                    obj = None
+        if obj is None:
+            obj = _json_decoder.decode(text)
+            if type(obj) is list and 2 <= len(obj) <= 3:
+                obj[1:] = [freeze_decoded(item) for item in obj[1:]]
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"MESSAGE body is not UTF-8 JSON: {exc}") from None
+    if type(obj) is list and 2 <= len(obj) <= 3 and type(obj[1]) is FrozenDict and type(obj[0]) is str and obj[0]:
+        return MessageReceived(
+            _U64.unpack_from(body)[0], obj[0], obj[1], encoded, None if len(obj) == 2 else _checked_meta(obj[2])
+        )
+    raise RemoteProtocolError(ErrorCode.BAD_FRAME, "MESSAGE body must be [subject, payload object]")
 
 
 def parse_frame(ftype: int, body: bytes) -> Event:

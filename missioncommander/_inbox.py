@@ -133,10 +133,11 @@ class Inbox:
         since those messages still take memory until they are taken."""
         self.stream = InboundStream()
 
-    def hold(self, size: int) -> InboundStream:
-        """Count a message handed to the callbacks (pausing the connection
-        when over a bound); returns the stream to pass to :meth:`taken`."""
-        self.received_count += 1
+    def hold(self, size: int, count: int = 1) -> InboundStream:
+        """Count ``count`` messages of ``size`` bytes in all handed to the
+        callbacks (pausing the connection when over a bound); returns the
+        stream to pass to :meth:`taken`."""
+        self.received_count += count
         self.received_bytes += size
         if self.budget is not None:
             self.budget.received_bytes += size
@@ -145,11 +146,12 @@ class Inbox:
         self._progress()
         return self.stream
 
-    def take_now(self, size: int) -> None:
-        """A message nobody subscribed to (``size`` bytes): taken as it arrives."""
-        self.received_count += 1
+    def take_now(self, size: int, count: int = 1) -> None:
+        """``count`` messages nobody subscribed to (``size`` bytes in all):
+        taken as they arrive."""
+        self.received_count += count
         self.received_bytes += size
-        self.taken_count += 1
+        self.taken_count += count
         self.taken_bytes += size
         stream = self.stream
         stream.taken_seq = stream.last_seq

@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from ._connection import Connection
 from ._errors import LocalProtocolError, RemoteProtocolError
-from ._events import Event, Role
+from ._events import Event, MessageReceived, Role
 from ._liveness import Act, Liveness
 from ._loop import Cancellable, Driver, WriteTarget
 from ._session import BATCH, BURST_GAP, SendSession
@@ -91,6 +91,13 @@ class Link:
         #: Where received events go: ``handle_event``, or a subclass's
         #: shorter way once its handshake is done (a call fewer per message).
         self.on_event: Callable[[Event], None] = self.handle_event
+        #: Where a run of received messages goes, all that one read brought
+        #: (set with ``on_event``: only an open connection receives them).
+        self.on_messages: Callable[[list[MessageReceived]], None] = self._each_message
+
+    def _each_message(self, events: list[MessageReceived]) -> None:
+        for event in events:
+            self.on_event(event)
 
     # -- subclass hooks --------------------------------------------------------
 
@@ -111,10 +118,29 @@ class Link:
     def data_received(self, data: memoryview) -> None:
         try:
             events = self.proto.receive_data(data, self.loop.time())
+            if len(events) == 1:  # the usual request or reply
+                if type(events[0]) is MessageReceived:
+                    self.on_messages(events)  # type: ignore[arg-type]  # checked just above
+                else:
+                    self.on_event(events[0])
+                return
+            # Messages go on in runs: one hand-over to the callbacks for all
+            # that arrived together, not one per message.
+            run: list[MessageReceived] = []
             for event in events:
+                if type(event) is MessageReceived:
+                    run.append(event)
+                    continue
+                if run:
+                    self.on_messages(run)
+                    run = []
+                    if self.transport is None or self.transport.closed:
+                        return
                 self.on_event(event)
                 if self.transport is None or self.transport.closed:
                     return
+            if run:
+                self.on_messages(run)
         except RemoteProtocolError as exc:
             self.protocol_error(exc)
 

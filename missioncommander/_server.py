@@ -15,7 +15,7 @@ from typing import Any
 from . import _config as cfg
 from ._admission import Admit, ConnectionRate, Known, admit, in_use_message, probe_timeout
 from ._auth import new_nonce
-from ._callbacks import Callbacks
+from ._callbacks import Callbacks, Delivery
 from ._cluster import ClusterNode, default_node_id
 from ._cluster_store import DEFAULT_LEASE_TTL
 from ._connection import Connection
@@ -111,6 +111,7 @@ class _ServerLink(Link):
         self.server_proof: str | None = None
         self.handshake_timer: Cancellable | None = loop.call_later(server.handshake_timeout, self._handshake_timeout)
         self.on_event = functools.partial(server._handle, self)
+        self.on_messages = functools.partial(server._messages, self)
         self.transport = incoming.open(self, server._tls_context)
         self.write(self.proto.send_challenge(self.nonce, server._auth_required()))
 
@@ -684,21 +685,42 @@ class Server:
         if not self._links:
             self._set_stopped()
 
+    def _messages(self, link: _ServerLink, events: list[MessageReceived]) -> None:
+        """A client's messages, to their callbacks (requests to theirs, in
+        order with the rest); duplicates of a resume dropped."""
+        session = link.session
+        if session is None:
+            return  # the session just ended; the link is closing
+        inbox = session.inbox
+        accept = inbox.stream.accept
+        client_id = session.client_id
+        items: list[Delivery] = []
+        size = 0
+        for event in events:
+            if not accept(event.seq):
+                continue
+            if event.meta is not None:
+                if items:
+                    self._emit_messages(inbox, items, size)
+                    items, size = [], 0
+                answer = functools.partial(self._answer, client_id)
+                hand_over(self._callbacks, self._requests, inbox, event, (client_id,), answer)
+                continue
+            kind = Message if event.seq != inbox.redelivery_seq else RedeliveredMessage
+            encoded = event.encoded
+            items.append((event.seq, len(encoded), (client_id, kind._from_wire(event.subject, event.payload, encoded))))
+            size += len(encoded)
+        if items:
+            self._emit_messages(inbox, items, size)
+
+    def _emit_messages(self, inbox: Inbox, items: list[Delivery], size: int) -> None:
+        if not self._callbacks.emit_messages(inbox, items, size):
+            inbox.take_now(size, len(items))
+
     def _handle(self, link: _ServerLink, event: Event) -> None:
         session = link.session
         if isinstance(event, MessageReceived):
-            if session is None:
-                return  # the session just ended; the link is closing
-            inbox = session.inbox
-            if inbox.stream.accept(event.seq):
-                if event.meta is not None:
-                    answer = functools.partial(self._answer, session.client_id)
-                    hand_over(self._callbacks, self._requests, inbox, event, (session.client_id,), answer)
-                    return
-                kind = Message if event.seq != inbox.redelivery_seq else RedeliveredMessage
-                message = kind._from_wire(event.subject, event.payload, event.encoded)
-                if not self._callbacks.emit_message(inbox, event.seq, len(event.encoded), session.client_id, message):
-                    inbox.take_now(len(event.encoded))
+            self._messages(link, [event])
         elif isinstance(event, AckReceived):
             if session is None:
                 return

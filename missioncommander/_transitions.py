@@ -57,6 +57,10 @@ class Phase(enum.Enum):
     OPEN = "open"
     CLOSED = "closed"
 
+    # Members are singletons: hashed by identity, the rule tables' lookups
+    # skip the Python-level Enum.__hash__ (several per frame).
+    __hash__ = object.__hash__
+
 
 STATE = {
     Phase.AWAIT_CHALLENGE: ConnState.HANDSHAKE,
