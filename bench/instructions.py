@@ -1,15 +1,17 @@
-"""Instructions per echo round trip, or per broadcast delivery, counted by
-callgrind: a figure that does not move with the machine's load
-(bench/RESULTS.md, "To judge a change").
+"""Instructions per echo round trip, broadcast delivery, request or client
+connected, counted by callgrind: a figure that does not move with the
+machine's load (bench/RESULTS.md, "To judge a change").
 
-    python3 bench/instructions.py [--inline] [--broadcast | --request] [--repeat N]
+    python3 bench/instructions.py [--inline] [--broadcast | --request | --connect] [--repeat N]
 
 Runs an echo (client and server in one process, loopback) under
 ``valgrind --tool=callgrind`` for 500 and for 2,500 round trips and prints
 (instructions for 2,500 - for 500) / 2,000: start-up and shutdown cancel out.
 ``--broadcast``: 100 clients, the server sends to ``'*'`` 20 and 100 times,
 per delivery.  ``--request``: ``client.request()`` answered by a ``request``
-callback that returns the payload, per round trip (as the echo).  How the
+callback that returns the payload, per round trip (as the echo).
+``--connect``: clients connected at once (``connect(wait=False)``) and
+then disconnected, 200 and 1,000 of them, per client.  How the
 threads take turns moves one count: the scripts
 set Python's switch interval to a second, so a thread hands the GIL over
 when it waits (as every step of an echo does) rather than at a random
@@ -100,6 +102,34 @@ server.stop()
 """
 
 
+CONNECT = """
+import sys, threading
+sys.setswitchinterval(1.0)
+from missioncommander import Client, Server
+n, inline = int(sys.argv[1]), sys.argv[2] == "1"
+server = Server(interface="127.0.0.1", port=0, inline_callbacks=inline, max_connection_rate=None)
+server.start()
+lock, done = threading.Lock(), threading.Event()
+left = [n]
+def up():
+    with lock:
+        left[0] -= 1
+        if left[0] == 0:
+            done.set()
+clients = []
+for i in range(n):
+    client = Client(address="127.0.0.1", port=server.port, client_id=f"c{i}", inline_callbacks=inline)
+    client.subscribe("connect", up)
+    client.connect(wait=False)
+    clients.append(client)
+if not done.wait(300):
+    sys.exit("connect timed out")
+for client in clients:
+    client.disconnect()
+server.stop()
+"""
+
+
 def count(round_trips: int, inline: bool, script: str = ECHO) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run(
@@ -129,6 +159,7 @@ def main() -> int:
     parser.add_argument("--inline", action="store_true", help="inline_callbacks=True on both sides")
     parser.add_argument("--broadcast", action="store_true", help="per delivery of a broadcast to 100 clients")
     parser.add_argument("--request", action="store_true", help="per request/reply round trip")
+    parser.add_argument("--connect", action="store_true", help="per client connected (and disconnected)")
     parser.add_argument("--repeat", type=int, default=1, metavar="N", help="runs, and their median (default 1)")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
@@ -136,6 +167,8 @@ def main() -> int:
         return 1
     if args.broadcast:
         script, small, large, per, what = BROADCAST, 20, 100, 80 * 100, "broadcast delivery (100 clients)"
+    elif args.connect:
+        script, small, large, per, what = CONNECT, 200, 1000, 800, "client connected and disconnected"
     elif args.request:
         script, small, large, per, what = REQUEST, 500, 2500, 2000, "request/reply round trip"
     else:

@@ -206,11 +206,13 @@ class Callbacks:
         #: Run ``emit_messages`` callbacks on the emitting (I/O) thread when the
         #: queue is idle: the ``inline_callbacks`` setting.
         self.inline = False
-        #: Who may keep a message after its callbacks ran (the asyncio API's
-        #: ``messages()``): called with the callbacks' arguments and a
-        #: ``release`` to call once the message is taken; True when it kept it.
-        #: Unset, a message is taken when its callbacks return.
-        self.keep: Callable[[tuple[Any, ...], Callable[[], None]], bool] | None = None
+        #: Who takes runs of received messages over from the ``message``
+        #: callbacks run here (the asyncio API: its callbacks may be
+        #: coroutines, and ``messages()`` keeps messages): called with the
+        #: run, the inbox and its stream, and from then on responsible for
+        #: marking each message ``taken`` (or ``skipped``) in its turn.
+        #: Unset, a message is taken when its callbacks here return.
+        self.keep: Callable[[list[Delivery], Inbox, InboundStream], None] | None = None
         #: Who may answer a request instead of the ``request`` callbacks run
         #: here (the asyncio API, whose responders may be coroutines): called
         #: with the callbacks' arguments, ``reply(result, exc)`` and
@@ -269,7 +271,9 @@ class Callbacks:
         inbox: Inbox,
         stream: InboundStream,
     ) -> None:
-        keep = self.keep
+        if self.keep is not None:
+            self.keep(items, inbox, stream)
+            return
         for seq, size, args in items:
             if inbox.dropped:
                 # A cluster node let the client go: the node that has it now
@@ -283,8 +287,7 @@ class Callbacks:
                     log.exception("%s message callback %r raised", self._owner, callback)
             # Taken one by one, not at the end of the run: a callback that
             # blocks must not hold back the acks of those before it.
-            if keep is None or not keep(args, functools.partial(inbox.taken, stream, seq, size)):
-                inbox.taken(stream, seq, size)
+            inbox.taken(stream, seq, size)
 
     # -- request/reply ------------------------------------------------------------
 

@@ -27,13 +27,15 @@ from typing import Any, NamedTuple, TypeVar
 
 from . import _config as cfg
 from ._aio_driver import AsyncioDriver
-from ._callbacks import Callbacks, Reply, SerialQueue, first_answer, normalise_event
+from ._callbacks import Callbacks, Delivery, Reply, SerialQueue, first_answer, normalise_event
 from ._client import _CAN_SEND, _RUNNING, CLIENT_EVENTS, DISCONNECT_WAIT, Client
 from ._errors import ConnectTimeout, QueueFullError, RequestTimeout, StateError
+from ._inbox import Inbox
 from ._message import Message
 from ._requests import Requests
 from ._server import SERVER_EVENTS, Server
 from ._state import ClientState
+from ._streams import InboundStream
 
 __all__ = ["AsyncClient", "AsyncServer", "Event"]
 
@@ -111,14 +113,31 @@ def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
 
 
 class _Held:
-    """A received message on its way to the application: released (taken,
-    so acknowledged) once every consumer has it."""
+    """A request or reply on its way: released once handled."""
 
     __slots__ = ("pending", "release")
 
     def __init__(self, release: Callable[[], None]) -> None:
         self.release = release
         self.pending = 0
+
+
+class _HeldMessage:
+    """A received message on its way to the application: released (taken,
+    so acknowledged) once every consumer has it.  A ``_Held`` without the
+    closure: one is made per message."""
+
+    __slots__ = ("inbox", "pending", "seq", "size", "stream")
+
+    def __init__(self, inbox: Inbox, stream: InboundStream, seq: int, size: int) -> None:
+        self.inbox = inbox
+        self.stream = stream
+        self.seq = seq
+        self.size = size
+        self.pending = 0
+
+    def release(self) -> None:
+        self.inbox.taken(self.stream, self.seq, self.size)
 
 
 class _Endpoint:
@@ -143,10 +162,10 @@ class _Endpoint:
         #: message is acknowledged only once the coroutine is done.
         self._message_callbacks: tuple[Callable[..., Any], ...] = ()
         #: Received messages waiting for ``messages()``, with their holds.
-        self._inbox: deque[tuple[Any, _Held]] = deque()
+        self._inbox: deque[tuple[Any, _HeldMessage]] = deque()
         #: Holds in arrival order: released in that order, so the session's
         #: acknowledgement never passes a message still being handled.
-        self._order: deque[_Held] = deque()
+        self._order: deque[_Held | _HeldMessage] = deque()
         self._readers = 0
         self._waiting: list[asyncio.Future[None]] = []
         self._event_queues: list[deque[Event]] = []
@@ -218,27 +237,40 @@ class _Endpoint:
 
     # -- received messages -----------------------------------------------------------
 
-    def _keep(self, args: tuple[Any, ...], release: Callable[[], None]) -> bool:
-        held = _Held(release)
+    def _keep(self, items: list[Delivery], inbox: Inbox, stream: InboundStream) -> None:
+        """A run of received messages (``Callbacks.keep``): to the message
+        callbacks, and to ``messages()``."""
         callbacks = self._message_callbacks
-        for callback in callbacks:
-            if inspect.iscoroutinefunction(callback):
+        waiting = self._inbox
+        order = self._order
+        item = self._item
+        for seq, size, args in items:
+            if inbox.dropped:
+                # A cluster node let the client go: the node that has it now
+                # gets this message again (it was never acknowledged).
+                inbox.skipped(stream, seq, size)
+                continue
+            held = _HeldMessage(inbox, stream, seq, size)
+            for callback in callbacks:
+                if inspect.iscoroutinefunction(callback):
+                    held.pending += 1
+                    task = self._driver.spawn(callback(*args))
+                    task.add_done_callback(functools.partial(self._done, held))
+                else:
+                    _call(callback, args)
+            if self._readers or not callbacks or waiting:
+                # Nobody would see it otherwise (or it would pass those still
+                # waiting): it waits for messages(), and the inbox's bounds
+                # pause reading meanwhile, so the peer slows down.
                 held.pending += 1
-                task = self._driver.spawn(callback(*args))
-                task.add_done_callback(functools.partial(self._done, held))
+                waiting.append((item(args), held))
+            # _settle, spelled out: this runs per message.
+            if held.pending or order:
+                order.append(held)
             else:
-                _call(callback, args)
-        inbox = self._inbox
-        if self._readers or not callbacks or inbox:
-            # Nobody would see it otherwise (or it would pass those still
-            # waiting): it waits for messages(), and the inbox's bounds
-            # pause reading meanwhile, so the peer slows down.
-            held.pending += 1
-            inbox.append((self._item(args), held))
-            if self._waiting:
-                self._wake()
-        self._settle(held)
-        return True
+                held.release()
+        if self._waiting and waiting:
+            self._wake()
 
     # -- requests to answer ---------------------------------------------------------
 
@@ -287,17 +319,18 @@ class _Endpoint:
         """A reply was handed over: released after what came before it."""
         self._settle(_Held(release))
 
-    def _settle(self, held: _Held) -> None:
+    def _settle(self, held: _Held | _HeldMessage) -> None:
         """Release ``held`` now if nothing waits and nothing before it
-        does; else in its turn, once its consumers are done."""
+        does; else in its turn, once its consumers are done.  (The first
+        of ``_order`` is never ready at rest: whatever makes it ready
+        releases it, so nothing is due here.)"""
         order = self._order
         if held.pending or order:
             order.append(held)
-            self._release_ready()
         else:
             held.release()
 
-    def _done(self, held: _Held, task: asyncio.Task[Any]) -> None:
+    def _done(self, held: _HeldMessage, task: asyncio.Task[Any]) -> None:
         _log_failure(task)
         held.pending -= 1
         self._release_ready()
@@ -321,7 +354,7 @@ class _Endpoint:
         self._readers += 1
         return _Reader(self, self._inbox, self._took, self._left)
 
-    def _took(self, entry: tuple[Any, _Held]) -> Any:
+    def _took(self, entry: tuple[Any, _HeldMessage]) -> Any:
         item, held = entry
         held.pending -= 1
         if not held.pending:
