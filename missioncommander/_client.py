@@ -55,7 +55,7 @@ from ._link import Link, route_locked
 from ._loop import Cancellable, Connecting, Driver, WriteTarget, get_loop
 from ._message import Message
 from ._reconnect import Step, after_failure, reconnect_delay
-from ._requests import Requests, hand_over, reply_body
+from ._requests import ReplyWaiter, Requests, hand_over, reply_body
 from ._session import SendSession
 from ._state import ClientState, ClientStateTransition
 from ._stats import Counters, session_figures
@@ -670,8 +670,8 @@ class Client:
             raise TypeError(f"message must be a Message, not {type(message).__name__}")
         if self._loop.in_loop():
             raise StateError("request() on the I/O thread (an inline callback) would block it; send() instead")
-        request_id, future = self._start_request(message)
-        return self._requests.wait(request_id, future, timeout)
+        request_id, waiter = self._start_request(message)
+        return self._requests.wait(request_id, waiter, timeout)
 
     def _check_requests(self) -> None:
         """Raise unless the server can answer requests (protocol 2)."""
@@ -681,16 +681,17 @@ class Client:
                 " (upgrade the server)"
             )
 
-    def _start_request(self, message: Message) -> tuple[int, Future[Message]]:
-        """Send ``message`` as a request: its id and the future of its reply."""
+    def _start_request(self, message: Message) -> tuple[int, ReplyWaiter]:
+        """Send ``message`` as a request: its id and what its reply sets."""
         self._check_requests()
-        request_id, future, body = self._requests.open("", self.max_requests, message)
+        waiter = ReplyWaiter()
+        request_id, body = self._requests.open("", self.max_requests, message, waiter)
         try:
             self._send_body(body)
         except BaseException:
             self._requests.forget(request_id)
             raise
-        return request_id, future
+        return request_id, waiter
 
     def _answer(self, request_id: int, request: Message, result: object, exc: BaseException | None) -> None:
         """Send the reply to the server's request ``request_id``."""

@@ -17,9 +17,7 @@ import logging
 import threading
 import traceback
 from collections.abc import Callable
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._errors import NoResponder, QueueFullError, RemoteError, RequestTimeout, SessionLost
 from ._frames import meta_suffix, with_id, with_meta
@@ -38,6 +36,58 @@ NO_RESPONDER = "no_responder"
 REMOTE_ERROR = "remote_error"
 
 
+class Waiter(Protocol):
+    """Where a request's outcome goes: a ``ReplyWaiter`` for a threaded
+    caller, an ``asyncio.Future`` (made and set on its loop) for the
+    asyncio API."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: Message, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+class ReplyWaiter:
+    """What a threaded ``request()`` waits on: a lock held until the reply
+    or the error is in.  A ``concurrent.futures.Future`` would do, at the
+    price of a ``Condition`` built, waited on and notified per request
+    (the registry sets each waiter once: it pops the request first)."""
+
+    __slots__ = ("_done", "_error", "_lock", "_result")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._done = False
+        self._result: Message | None = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, result: Message, /) -> None:
+        self._result = result
+        self._done = True
+        self._lock.release()
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        self._error = exception
+        self._done = True
+        self._lock.release()
+
+    def wait(self, timeout: float | None) -> bool:
+        """True once the outcome is in; False after ``timeout`` seconds."""
+        return self._lock.acquire(timeout=-1 if timeout is None else timeout)
+
+    def outcome(self) -> Message:
+        """The reply, or the error raised (once ``done()``)."""
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+
 class Requests:
     """The requests one Client or Server sent and waits for, by id; any
     thread (callers wait in ``wait``, replies and session ends come from
@@ -46,26 +96,25 @@ class Requests:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._next_id = 0
-        #: id -> (peer, future): the peer is the client id on a server ("" on a client).
-        self._pending: dict[int, tuple[str, Future[Message]]] = {}
+        #: id -> (peer, waiter): the peer is the client id on a server ("" on a client).
+        self._pending: dict[int, tuple[str, Waiter]] = {}
         self._per_peer: dict[str, int] = {}
 
-    def open(self, peer: str, limit: int, message: Message) -> tuple[int, Future[Message], bytes]:
-        """A new request of ``message`` to ``peer``: its id, the future its
-        reply sets, and the body to send; ``QueueFullError`` past ``limit``
-        requests in flight to that peer."""
+    def open(self, peer: str, limit: int, message: Message, waiter: Waiter) -> tuple[int, bytes]:
+        """A new request of ``message`` to ``peer``, whose outcome goes to
+        ``waiter``: its id and the body to send; ``QueueFullError`` past
+        ``limit`` requests in flight to that peer."""
         with self._lock:
             in_flight = self._per_peer.get(peer, 0)
             if in_flight >= limit:
                 raise QueueFullError(f"{in_flight} requests already wait for a reply (max_requests={limit})")
             self._next_id += 1
             request_id = self._next_id
-            future: Future[Message] = Future()
-            self._pending[request_id] = (peer, future)
+            self._pending[request_id] = (peer, waiter)
             self._per_peer[peer] = in_flight + 1
-        return request_id, future, with_id(message.encode(), "request", request_id)
+        return request_id, with_id(message.encode(), "request", request_id)
 
-    def _pop(self, request_id: int) -> tuple[str, Future[Message]] | None:
+    def _pop(self, request_id: int) -> tuple[str, Waiter] | None:
         entry = self._pending.pop(request_id, None)
         if entry is not None:
             left = self._per_peer[entry[0]] - 1
@@ -87,13 +136,15 @@ class Requests:
         if entry is None:
             log.info("a reply to request %d came after its timeout; dropped", request_id)
             return
-        future = entry[1]
+        waiter = entry[1]
+        if waiter.done():
+            return  # an asyncio caller cancelled (its wait_for timed out): nobody waits
         if error is None:
-            future.set_result(reply)
+            waiter.set_result(reply)
         elif error["code"] == NO_RESPONDER:
-            future.set_exception(NoResponder(error["message"]))
+            waiter.set_exception(NoResponder(error["message"]))
         else:
-            future.set_exception(RemoteError(error["type"], error["message"], error.get("traceback")))
+            waiter.set_exception(RemoteError(error["type"], error["message"], error.get("traceback")))
 
     def lose(self, peer: str | None, reason: str) -> None:
         """The session with ``peer`` (None: every peer) ended for good: its
@@ -109,15 +160,14 @@ class Requests:
         with self._lock:
             return self._per_peer.get(peer, 0)
 
-    def wait(self, request_id: int, future: Future[Message], timeout: float | None) -> Message:
+    def wait(self, request_id: int, waiter: ReplyWaiter, timeout: float | None) -> Message:
         """The reply, or the request's error; ``RequestTimeout`` after ``timeout``."""
-        try:
-            return future.result(timeout)
-        except FutureTimeout:
+        if not waiter.wait(timeout):
             self.forget(request_id)
-            if future.done():  # the reply won the race with the timeout
-                return future.result()
-            raise RequestTimeout(f"no reply within {timeout:g} s") from None
+            if not waiter.done():
+                raise RequestTimeout(f"no reply within {timeout:g} s")
+            # The reply won the race with the timeout.
+        return waiter.outcome()
 
 
 def reply_for(request: Message, result: object) -> Message:

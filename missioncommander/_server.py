@@ -9,7 +9,6 @@ import secrets
 import ssl
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any
 
 from . import _config as cfg
@@ -52,7 +51,7 @@ from ._inbox import Budget, Inbox
 from ._link import Link, route_locked
 from ._loop import Cancellable, Driver, Incoming, Listener, get_loop
 from ._message import Message, RedeliveredMessage
-from ._requests import Requests, hand_over, reply_body
+from ._requests import ReplyWaiter, Requests, hand_over, reply_body
 from ._session import SendSession
 from ._stats import TRAFFIC, Counters, session_figures, traffic
 from ._tls import server_context
@@ -417,8 +416,8 @@ class Server:
             raise TypeError(f"message must be a Message, not {type(message).__name__}")
         if self._loop.in_loop():
             raise StateError("request() on the I/O thread (an inline callback) would block it; send() instead")
-        request_id, future = self._start_request(client_id, message)
-        return self._requests.wait(request_id, future, timeout)
+        request_id, waiter = self._start_request(client_id, message)
+        return self._requests.wait(request_id, waiter, timeout)
 
     def _check_requests(self, client_id: str) -> None:
         """Raise unless ``client_id`` can answer requests (protocol 2)."""
@@ -431,15 +430,16 @@ class Server:
                 " (upgrade the client)"
             )
 
-    def _start_request(self, client_id: str, message: Message) -> tuple[int, Future[Message]]:
+    def _start_request(self, client_id: str, message: Message) -> tuple[int, ReplyWaiter]:
         self._check_requests(client_id)
-        request_id, future, body = self._requests.open(client_id, self.max_requests, message)
+        waiter = ReplyWaiter()
+        request_id, body = self._requests.open(client_id, self.max_requests, message, waiter)
         try:
             self._send_to(client_id, body)
         except BaseException:
             self._requests.forget(request_id)
             raise
-        return request_id, future
+        return request_id, waiter
 
     def _answer(
         self, client_id: str, request_id: int, request: Message, result: object, exc: BaseException | None

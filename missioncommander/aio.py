@@ -425,15 +425,16 @@ class _Reader(AsyncIterator[_T]):
 async def _awaited_request(
     requests: Requests,
     request_id: int,
-    future: Future[Message],
+    future: asyncio.Future[Message],
     sending: Coroutine[Any, Any, None],
     timeout: float | None,
 ) -> Message:
-    """Send a request (``sending``) and wait for its reply; a request that
-    times out, fails to send or is cancelled is forgotten."""
+    """Send a request (``sending``) and wait for its reply (``future``,
+    set on this loop); a request that times out, fails to send or is
+    cancelled is forgotten."""
     try:
         await sending
-        return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        return await asyncio.wait_for(future, timeout)
     except TimeoutError:
         requests.forget(request_id)
         raise RequestTimeout(f"no reply within {timeout:g} s") from None
@@ -618,7 +619,8 @@ class AsyncClient(_Endpoint):
             raise TypeError(f"message must be a Message, not {type(message).__name__}")
         inner = self._inner
         inner._check_requests()
-        request_id, future, body = inner._requests.open("", inner.max_requests, message)
+        future: asyncio.Future[Message] = self._driver.loop.create_future()
+        request_id, body = inner._requests.open("", inner.max_requests, message, future)
         return await _awaited_request(inner._requests, request_id, future, self._send_body(body), timeout)
 
     def send_nowait(self, message: Message) -> None:
@@ -768,7 +770,8 @@ class AsyncServer(_Endpoint):
             raise TypeError(f"message must be a Message, not {type(message).__name__}")
         inner = self._inner
         inner._check_requests(client_id)
-        request_id, future, body = inner._requests.open(client_id, inner.max_requests, message)
+        future: asyncio.Future[Message] = self._driver.loop.create_future()
+        request_id, body = inner._requests.open(client_id, inner.max_requests, message, future)
         return await _awaited_request(inner._requests, request_id, future, self._send_body(client_id, body), timeout)
 
     async def _send_body(self, target: str, body: bytes) -> None:
