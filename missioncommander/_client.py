@@ -17,7 +17,8 @@ from typing import Any
 
 from . import _config as cfg
 from ._auth import auth_proof, new_nonce, proof_matches
-from ._callbacks import Callbacks, Delivery
+from ._callbacks import Callbacks
+from ._delivery import deliver
 from ._errors import (
     ConnectError,
     ConnectionRefusedByServer,
@@ -55,7 +56,7 @@ from ._link import Link, route_locked
 from ._loop import Cancellable, Connecting, Driver, WriteTarget, get_loop
 from ._message import Message
 from ._reconnect import Step, after_failure, reconnect_delay
-from ._requests import ReplyWaiter, Requests, hand_over, reply_body
+from ._requests import ReplyWaiter, Requests, reply_body
 from ._session import SendSession
 from ._state import ClientState, ClientStateTransition
 from ._stats import Counters, session_figures
@@ -943,30 +944,7 @@ class Client:
                 link.transport.write_many(chunks)
 
     def _messages(self, events: list[MessageReceived]) -> None:
-        """Received messages, to their callbacks (requests and replies to
-        theirs, in order with the rest); duplicates of a resume dropped."""
-        inbox = self._inbox
-        accept = inbox.stream.accept
-        items: list[Delivery] = []
-        size = 0
-        for event in events:
-            if not accept(event.seq):
-                continue
-            if event.meta is not None:
-                if items:
-                    self._emit_messages(items, size)
-                    items, size = [], 0
-                hand_over(self._callbacks, self._requests, inbox, event, (), self._answer)
-                continue
-            encoded = event.encoded
-            items.append((event.seq, len(encoded), (Message._from_wire(event.subject, event.payload, encoded),)))
-            size += len(encoded)
-        if items:
-            self._emit_messages(items, size)
-
-    def _emit_messages(self, items: list[Delivery], size: int) -> None:
-        if not self._callbacks.emit_messages(self._inbox, items, size):
-            self._inbox.take_now(size, len(items))
+        deliver(self._callbacks, self._requests, self._inbox, events, (), self._answer)
 
     def _handle(self, link: _ClientLink, event: Event) -> None:
         if isinstance(event, MessageReceived):

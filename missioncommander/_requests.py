@@ -12,21 +12,17 @@ for; ``reply_for`` and ``error_meta`` build what a responder sends back.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import traceback
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._errors import NoResponder, QueueFullError, RemoteError, RequestTimeout, SessionLost
-from ._frames import meta_suffix, with_id, with_meta
+from ._frames import with_id, with_meta
 from ._message import FrozenDict, Message
 
 if TYPE_CHECKING:
-    from ._callbacks import Callbacks
-    from ._events import MessageReceived
-    from ._inbox import Inbox
+    pass
 
 log = logging.getLogger("missioncommander")
 
@@ -195,43 +191,6 @@ def error_meta(request_id: int, exc: BaseException, tracebacks: bool) -> dict[st
         if tracebacks:
             error["traceback"] = "".join(traceback.format_exception(exc))
     return {"reply": request_id, "error": error}
-
-
-#: ``answer(request_id, request, result, exc)``: a Client's or Server's way
-#: to send the reply to one request.
-Answer = Callable[[int, Message, Any, "BaseException | None"], None]
-
-
-def hand_over(
-    callbacks: Callbacks,
-    requests: Requests,
-    inbox: Inbox,
-    event: MessageReceived,
-    peer: tuple[str, ...],
-    answer: Answer,
-) -> None:
-    """A received request or reply (``event.meta`` set), to its handler, in
-    order with the messages: a reply to the request waiting for it, a
-    request to the ``request`` callbacks (called with ``*peer, message``)
-    and their result to ``answer``."""
-    meta = event.meta
-    assert meta is not None
-    size = len(event.encoded)
-    encoded = None
-    request_id = meta.get("request")
-    if request_id is not None:
-        # A request as with_id wrote it: its [subject, payload] is the body
-        # without the meta, so a reply that is the request needs no encoding.
-        suffix = meta_suffix("request", request_id)
-        body = event.encoded
-        if body[-len(suffix) :] == suffix:  # a memoryview compares too
-            encoded = bytes(body[: -len(suffix)]) + b"]"
-    message = Message._from_wire(event.subject, event.payload, encoded)
-    if "reply" in meta:
-        callbacks.emit_reply(inbox, event.seq, size, requests.resolve, meta["reply"], message, meta.get("error"))
-    else:
-        reply = functools.partial(answer, meta["request"], message)
-        callbacks.emit_request(inbox, event.seq, size, (*peer, message), reply)
 
 
 def reply_body(

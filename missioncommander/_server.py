@@ -14,10 +14,11 @@ from typing import Any
 from . import _config as cfg
 from ._admission import Admit, ConnectionRate, Known, admit, in_use_message, probe_timeout
 from ._auth import new_nonce
-from ._callbacks import Callbacks, Delivery
+from ._callbacks import Callbacks
 from ._cluster import ClusterNode, default_node_id
 from ._cluster_store import DEFAULT_LEASE_TTL
 from ._connection import Connection
+from ._delivery import deliver
 from ._errors import (
     BindError,
     MessageTooLarge,
@@ -50,8 +51,8 @@ from ._frames import (
 from ._inbox import Budget, Inbox
 from ._link import Link, route_locked
 from ._loop import Cancellable, Driver, Incoming, Listener, get_loop
-from ._message import Message, RedeliveredMessage
-from ._requests import ReplyWaiter, Requests, hand_over, reply_body
+from ._message import Message
+from ._requests import ReplyWaiter, Requests, reply_body
 from ._session import SendSession
 from ._stats import TRAFFIC, Counters, session_figures, traffic
 from ._tls import server_context
@@ -686,36 +687,10 @@ class Server:
             self._set_stopped()
 
     def _messages(self, link: _ServerLink, events: list[MessageReceived]) -> None:
-        """A client's messages, to their callbacks (requests to theirs, in
-        order with the rest); duplicates of a resume dropped."""
         session = link.session
         if session is None:
             return  # the session just ended; the link is closing
-        inbox = session.inbox
-        accept = inbox.stream.accept
-        client_id = session.client_id
-        items: list[Delivery] = []
-        size = 0
-        for event in events:
-            if not accept(event.seq):
-                continue
-            if event.meta is not None:
-                if items:
-                    self._emit_messages(inbox, items, size)
-                    items, size = [], 0
-                answer = functools.partial(self._answer, client_id)
-                hand_over(self._callbacks, self._requests, inbox, event, (client_id,), answer)
-                continue
-            kind = Message if event.seq != inbox.redelivery_seq else RedeliveredMessage
-            encoded = event.encoded
-            items.append((event.seq, len(encoded), (client_id, kind._from_wire(event.subject, event.payload, encoded))))
-            size += len(encoded)
-        if items:
-            self._emit_messages(inbox, items, size)
-
-    def _emit_messages(self, inbox: Inbox, items: list[Delivery], size: int) -> None:
-        if not self._callbacks.emit_messages(inbox, items, size):
-            inbox.take_now(size, len(items))
+        deliver(self._callbacks, self._requests, session.inbox, events, (session.client_id,), self._answer)
 
     def _handle(self, link: _ServerLink, event: Event) -> None:
         session = link.session

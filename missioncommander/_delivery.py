@@ -1,0 +1,97 @@
+"""Received messages, to whoever handles them: the one copy of the rule
+for Client and Server.
+
+What one read brought arrives as a run of ``MessageReceived`` events.  A
+resume's duplicates are dropped; plain messages go to the ``message``
+callbacks in runs (one hand-over for many, ``Callbacks.emit_messages``);
+a request goes to the ``request`` callbacks and a reply to the request
+waiting for it, each in its place among the messages, so everything is
+handled, and acknowledged, in the order it was sent.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ._frames import meta_suffix
+from ._message import Message, RedeliveredMessage
+
+if TYPE_CHECKING:
+    from ._callbacks import Callbacks, Delivery
+    from ._events import MessageReceived
+    from ._inbox import Inbox
+    from ._requests import Requests
+
+#: ``answer(*peer, request_id, request, result, exc)``: a Client's or
+#: Server's way to send the reply to one request.
+Answer = Callable[..., None]
+
+
+def deliver(
+    callbacks: Callbacks,
+    requests: Requests,
+    inbox: Inbox,
+    events: list[MessageReceived],
+    peer: tuple[str, ...],
+    answer: Answer,
+) -> None:
+    """A run of received messages, to their handlers (``message`` callbacks
+    are called with ``*peer, message``); a message a node that died may
+    have handed over already comes as a ``RedeliveredMessage``."""
+    accept = inbox.stream.accept
+    items: list[Delivery] = []
+    size = 0
+    for event in events:
+        if not accept(event.seq):
+            continue
+        if event.meta is not None:
+            if items:
+                _emit(callbacks, inbox, items, size)
+                items, size = [], 0
+            hand_over(callbacks, requests, inbox, event, peer, answer)
+            continue
+        kind = Message if event.seq != inbox.redelivery_seq else RedeliveredMessage
+        encoded = event.encoded
+        items.append((event.seq, len(encoded), (*peer, kind._from_wire(event.subject, event.payload, encoded))))
+        size += len(encoded)
+    if items:
+        _emit(callbacks, inbox, items, size)
+
+
+def _emit(callbacks: Callbacks, inbox: Inbox, items: list[Delivery], size: int) -> None:
+    if not callbacks.emit_messages(inbox, items, size):
+        inbox.take_now(size, len(items))  # nobody subscribed: taken as they arrive
+
+
+def hand_over(
+    callbacks: Callbacks,
+    requests: Requests,
+    inbox: Inbox,
+    event: MessageReceived,
+    peer: tuple[str, ...],
+    answer: Answer,
+) -> None:
+    """A received request or reply (``event.meta`` set), to its handler, in
+    order with the messages: a reply to the request waiting for it, a
+    request to the ``request`` callbacks (called with ``*peer, message``)
+    and their result to ``answer`` (with ``*peer`` first)."""
+    meta = event.meta
+    assert meta is not None
+    size = len(event.encoded)
+    encoded = None
+    request_id = meta.get("request")
+    if request_id is not None:
+        # A request as with_id wrote it: its [subject, payload] is the body
+        # without the meta, so a reply that is the request needs no encoding.
+        suffix = meta_suffix("request", request_id)
+        body = event.encoded
+        if body[-len(suffix) :] == suffix:  # a memoryview compares too
+            encoded = bytes(body[: -len(suffix)]) + b"]"
+    message = Message._from_wire(event.subject, event.payload, encoded)
+    if "reply" in meta:
+        callbacks.emit_reply(inbox, event.seq, size, requests.resolve, meta["reply"], message, meta.get("error"))
+    else:
+        reply = functools.partial(answer, *peer, meta["request"], message)
+        callbacks.emit_request(inbox, event.seq, size, (*peer, message), reply)
