@@ -2,7 +2,7 @@
 connected, counted by callgrind: a figure that does not move with the
 machine's load (bench/RESULTS.md, "To judge a change").
 
-    python3 bench/instructions.py [--inline] [--broadcast | --request | --connect] [--repeat N]
+    python3 bench/instructions.py [--inline] [--broadcast | --async-broadcast | --request | --connect] [--repeat N]
 
 Runs an echo (client and server in one process, loopback) under
 ``valgrind --tool=callgrind`` for 500 and for 2,500 round trips and prints
@@ -10,7 +10,8 @@ Runs an echo (client and server in one process, loopback) under
 ``--broadcast``: 100 clients, the server sends to ``'*'`` 20 and 100 times,
 per delivery.  ``--request``: ``client.request()`` answered by a ``request``
 callback that returns the payload, per round trip (as the echo).
-``--connect``: clients connected at once (``connect(wait=False)``) and
+``--async-broadcast``: as ``--broadcast`` with the asyncio API, one loop,
+the clients reading ``messages()``.  ``--connect``: clients connected at once (``connect(wait=False)``) and
 then disconnected, 200 and 1,000 of them, per client.  How the
 threads take turns moves one count: the scripts
 set Python's switch interval to a second, so a thread hands the GIL over
@@ -102,6 +103,34 @@ server.stop()
 """
 
 
+ASYNC_BROADCAST = """
+import asyncio, sys
+sys.setswitchinterval(1.0)
+from missioncommander import Message
+from missioncommander.aio import AsyncClient, AsyncServer
+rounds = int(sys.argv[1])
+CLIENTS = 100
+async def receive(messages):
+    seen = 0
+    async for _ in messages:
+        seen += 1
+        if seen == rounds:
+            return
+async def main():
+    async with AsyncServer(interface="127.0.0.1", port=0, max_connection_rate=None) as server:
+        clients = [AsyncClient(address="127.0.0.1", port=server.port) for _ in range(CLIENTS)]
+        await asyncio.gather(*(c.connect() for c in clients))
+        readers = [asyncio.create_task(receive(c.messages())) for c in clients]
+        message = Message("tick", {"n": 1, "text": "hello"})
+        for _ in range(rounds):
+            await server.send("*", message)
+        async with asyncio.timeout(120):
+            await asyncio.gather(*readers)
+        await asyncio.gather(*(c.disconnect() for c in clients))
+asyncio.run(main())
+"""
+
+
 CONNECT = """
 import sys, threading
 sys.setswitchinterval(1.0)
@@ -160,6 +189,9 @@ def main() -> int:
     parser.add_argument("--broadcast", action="store_true", help="per delivery of a broadcast to 100 clients")
     parser.add_argument("--request", action="store_true", help="per request/reply round trip")
     parser.add_argument("--connect", action="store_true", help="per client connected (and disconnected)")
+    parser.add_argument(
+        "--async-broadcast", action="store_true", help="per broadcast delivery, the asyncio API (100 clients)"
+    )
     parser.add_argument("--repeat", type=int, default=1, metavar="N", help="runs, and their median (default 1)")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
@@ -167,6 +199,8 @@ def main() -> int:
         return 1
     if args.broadcast:
         script, small, large, per, what = BROADCAST, 20, 100, 80 * 100, "broadcast delivery (100 clients)"
+    elif args.async_broadcast:
+        script, small, large, per, what = ASYNC_BROADCAST, 20, 100, 80 * 100, "asyncio broadcast delivery (100 clients)"
     elif args.connect:
         script, small, large, per, what = CONNECT, 200, 1000, 800, "client connected and disconnected"
     elif args.request:

@@ -20,6 +20,7 @@ import asyncio
 import functools
 import inspect
 import logging
+import operator
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import Future
@@ -180,9 +181,9 @@ class _Endpoint:
         """No more messages will come (the iterators end once empty)."""
         raise NotImplementedError
 
-    def _item(self, args: tuple[Any, ...]) -> Any:
-        """What ``messages()`` yields for a message callback's arguments."""
-        raise NotImplementedError
+    #: What ``messages()`` yields for a message callback's arguments (a C
+    #: callable: it runs per message).
+    _item: Callable[[tuple[Any, ...]], Any]
 
     # -- callbacks ---------------------------------------------------------------
 
@@ -358,7 +359,14 @@ class _Endpoint:
         item, held = entry
         held.pending -= 1
         if not held.pending:
-            self._release_ready()
+            order = self._order
+            if order[0] is held and (len(order) == 1 or order[1].pending):
+                # The usual case, spelled out (this runs per message): the
+                # oldest taken, and nothing behind it ready.
+                order.popleft()
+                held.inbox.taken(held.stream, held.seq, held.size)
+            else:
+                self._release_ready()
         return item
 
     def _left(self, reader: _Reader[Any]) -> None:
@@ -518,9 +526,7 @@ class AsyncClient(_Endpoint):
     def _finished(self) -> bool:
         return not self._inner._state_bits & _RUNNING
 
-    def _item(self, args: tuple[Any, ...]) -> Message:
-        message: Message = args[0]
-        return message
+    _item = operator.itemgetter(0)  # the message
 
     async def wait_state(self, state: ClientState, timeout: float | None = None) -> ClientState:
         """Wait until the state has any of the flags of ``state`` (e.g.
@@ -706,8 +712,7 @@ class AsyncServer(_Endpoint):
     def _finished(self) -> bool:
         return not self._inner.running
 
-    def _item(self, args: tuple[Any, ...]) -> tuple[str, Message]:
-        return args  # (client_id, message) already
+    _item = tuple  # (client_id, message) already: tuple() of a tuple is that tuple
 
     async def start(self) -> None:
         """Listen on ``interface``:``port``; ``BindError`` if it cannot.  In a
