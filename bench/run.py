@@ -267,11 +267,15 @@ def _settle_subscriptions(system: str, client: Any, inboxes: list[Inbox]) -> Non
             inbox.settling = False
 
 
-def scenario_scale(system: str, port: int, clients: int) -> dict[str, float]:
+def scenario_scale(system: str, port: int, total: int) -> dict[str, float]:
+    """``total`` clients on one server: the probe that reads the server's
+    figures, then ``total - 1`` idle ones, timed (a server at its default
+    ``max_clients`` of 10,000 takes a 10,000-client run)."""
     probe_inbox = Inbox()
     probe = connect(system, port, "probe", probe_inbox)
     probe.send("stats", {})
     before = probe_inbox.take("stats")
+    clients = total - 1
     if system == "pyzmq":
         # Four descriptors per zmq client here (two TCP connections, two
         # sockets' mailboxes): fail at once rather than half-way.
