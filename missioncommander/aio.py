@@ -128,7 +128,7 @@ class _HeldMessage:
     so acknowledged) once every consumer has it.  A ``_Held`` without the
     closure: one is made per message."""
 
-    __slots__ = ("inbox", "pending", "seq", "size", "stream")
+    __slots__ = ("inbox", "item", "pending", "seq", "size", "stream")
 
     def __init__(self, inbox: Inbox, stream: InboundStream, seq: int, size: int) -> None:
         self.inbox = inbox
@@ -136,6 +136,8 @@ class _HeldMessage:
         self.seq = seq
         self.size = size
         self.pending = 0
+        #: What ``messages()`` yields, while it waits there.
+        self.item: Any = None
 
     def release(self) -> None:
         self.inbox.taken(self.stream, self.seq, self.size)
@@ -162,8 +164,11 @@ class _Endpoint:
         #: Message callbacks: run here, not by ``Callbacks``, so a coroutine's
         #: message is acknowledged only once the coroutine is done.
         self._message_callbacks: tuple[Callable[..., Any], ...] = ()
-        #: Received messages waiting for ``messages()``, with their holds.
-        self._inbox: deque[tuple[Any, _HeldMessage]] = deque()
+        #: Received messages waiting for ``messages()``: their holds, each
+        #: with its item (no tuple per message: while a loop turn reads every
+        #: ready socket, whole runs wait here, and every object they are made
+        #: of is one more for the garbage collector to walk).
+        self._inbox: deque[_HeldMessage] = deque()
         #: Holds in arrival order: released in that order, so the session's
         #: acknowledgement never passes a message still being handled.
         self._order: deque[_Held | _HeldMessage] = deque()
@@ -264,7 +269,8 @@ class _Endpoint:
                 # waiting): it waits for messages(), and the inbox's bounds
                 # pause reading meanwhile, so the peer slows down.
                 held.pending += 1
-                waiting.append((item(args), held))
+                held.item = item(args)
+                waiting.append(held)
             # _settle, spelled out: this runs per message.
             if held.pending or order:
                 order.append(held)
@@ -355,8 +361,8 @@ class _Endpoint:
         self._readers += 1
         return _Reader(self, self._inbox, self._took, self._left)
 
-    def _took(self, entry: tuple[Any, _HeldMessage]) -> Any:
-        item, held = entry
+    def _took(self, held: _HeldMessage) -> Any:
+        item, held.item = held.item, None
         held.pending -= 1
         if not held.pending:
             order = self._order
