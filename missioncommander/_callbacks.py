@@ -34,9 +34,18 @@ log = logging.getLogger("missioncommander.callbacks")
 Reply = Callable[[Any, "BaseException | None"], None]
 #: ``answer(args, reply, release) -> bool``: see ``Callbacks.answer``.
 Answer = Callable[[tuple[Any, ...], Reply, Callable[[], None]], bool]
-#: A received message on its way to the callbacks: its number, its size
-#: and the callbacks' arguments.
-Delivery = tuple[int, int, tuple[Any, ...]]
+
+
+#: Received messages on their way to the callbacks, all that one read
+#: brought between two requests or replies: ``(first, peer, messages,
+#: sizes)``, consecutive numbers from ``first``, ``peer`` the callbacks'
+#: arguments before the message (the client id on a server), each message
+#: and its encoded size.  Lists side by side, not a tuple per message: a
+#: run may wait in a queue while more arrive, and every object it holds
+#: per message is one more for the garbage collector to walk (the sizes
+#: are small ints, cached).  A plain tuple: one is made per read.
+Run = tuple[int, tuple[str, ...], list[Any], list[int]]
+
 
 _POOL_SIZE = 4
 #: Callbacks one queue runs before yielding its worker to other queues.
@@ -212,7 +221,7 @@ class Callbacks:
         #: run, the inbox and its stream, and from then on responsible for
         #: marking each message ``taken`` (or ``skipped``) in its turn.
         #: Unset, a message is taken when its callbacks here return.
-        self.keep: Callable[[list[Delivery], Inbox, InboundStream], None] | None = None
+        self.keep: Callable[[Run, Inbox, InboundStream], None] | None = None
         #: Who may answer a request instead of the ``request`` callbacks run
         #: here (the asyncio API, whose responders may be coroutines): called
         #: with the callbacks' arguments, ``reply(result, exc)`` and
@@ -247,47 +256,50 @@ class Callbacks:
         if callbacks:
             self.serial.submit(self._run, event, callbacks, args)
 
-    def emit_messages(self, inbox: Inbox, items: list[Delivery], size: int) -> bool:
-        """Queue a run of received messages for their ``message`` callbacks,
-        each ``(seq, size, args)``, ``size`` their sum: one hand-over for
-        all that one read brought (with ``inline``, run on this thread when
-        nothing of this object's is queued; no library lock may be held).
-        They count in ``inbox`` until their callbacks have returned (see
-        ``_inbox``). False, and nothing done, when nothing is subscribed."""
+    def emit_messages(self, inbox: Inbox, run: Run) -> bool:
+        """Queue a run of received messages for their ``message`` callbacks:
+        one hand-over for all that one read brought (with ``inline``, run on
+        this thread when nothing of this object's is queued; no library lock
+        may be held).  They count in ``inbox`` until their callbacks have
+        returned (see ``_inbox``). False, and nothing done, when nothing is
+        subscribed."""
         callbacks = self._subs.get("message")
         if not callbacks:
             if self.keep is None:
                 return False
             callbacks = ()
-        stream = inbox.hold(size, len(items))
-        run = self.serial.run_or_submit if self.inline else self.serial.submit
-        run(self._run_messages, callbacks, items, inbox, stream)
+        sizes = run[3]
+        stream = inbox.hold(sum(sizes), len(sizes))
+        hand = self.serial.run_or_submit if self.inline else self.serial.submit
+        hand(self._run_messages, callbacks, run, inbox, stream)
         return True
 
     def _run_messages(
         self,
         callbacks: tuple[Callable[..., Any], ...],
-        items: list[Delivery],
+        run: Run,
         inbox: Inbox,
         stream: InboundStream,
     ) -> None:
         if self.keep is not None:
-            self.keep(items, inbox, stream)
+            self.keep(run, inbox, stream)
             return
-        for seq, size, args in items:
+        seq, peer, messages, sizes = run
+        for message, size in zip(messages, sizes, strict=True):
             if inbox.dropped:
                 # A cluster node let the client go: the node that has it now
                 # gets this message again (it was never acknowledged).
                 inbox.skipped(stream, seq, size)
-                continue
-            for callback in callbacks:
-                try:
-                    callback(*args)
-                except Exception:
-                    log.exception("%s message callback %r raised", self._owner, callback)
-            # Taken one by one, not at the end of the run: a callback that
-            # blocks must not hold back the acks of those before it.
-            inbox.taken(stream, seq, size)
+            else:
+                for callback in callbacks:
+                    try:
+                        callback(*peer, message)
+                    except Exception:
+                        log.exception("%s message callback %r raised", self._owner, callback)
+                # Taken one by one, not at the end of the run: a callback that
+                # blocks must not hold back the acks of those before it.
+                inbox.taken(stream, seq, size)
+            seq += 1
 
     # -- request/reply ------------------------------------------------------------
 

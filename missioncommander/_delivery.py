@@ -19,7 +19,7 @@ from ._frames import meta_suffix
 from ._message import Message, RedeliveredMessage
 
 if TYPE_CHECKING:
-    from ._callbacks import Callbacks, Delivery
+    from ._callbacks import Callbacks, Run
     from ._events import MessageReceived
     from ._inbox import Inbox
     from ._requests import Requests
@@ -41,28 +41,33 @@ def deliver(
     are called with ``*peer, message``); a message a node that died may
     have handed over already comes as a ``RedeliveredMessage``."""
     accept = inbox.stream.accept
-    items: list[Delivery] = []
-    size = 0
+    run: Run | None = None
+    messages: list[Message] = []
+    sizes: list[int] = []
     for event in events:
         if not accept(event.seq):
             continue
         if event.meta is not None:
-            if items:
-                _emit(callbacks, inbox, items, size)
-                items, size = [], 0
+            if run is not None:
+                _emit(callbacks, inbox, run)
+                run = None
             hand_over(callbacks, requests, inbox, event, peer, answer)
             continue
+        if run is None:
+            messages, sizes = [], []
+            run = (event.seq, peer, messages, sizes)
         kind = Message if event.seq != inbox.redelivery_seq else RedeliveredMessage
         encoded = event.encoded
-        items.append((event.seq, len(encoded), (*peer, kind._from_wire(event.subject, event.payload, encoded))))
-        size += len(encoded)
-    if items:
-        _emit(callbacks, inbox, items, size)
+        messages.append(kind._from_wire(event.subject, event.payload, encoded))
+        sizes.append(len(encoded))
+    if run is not None:
+        _emit(callbacks, inbox, run)
 
 
-def _emit(callbacks: Callbacks, inbox: Inbox, items: list[Delivery], size: int) -> None:
-    if not callbacks.emit_messages(inbox, items, size):
-        inbox.take_now(size, len(items))  # nobody subscribed: taken as they arrive
+def _emit(callbacks: Callbacks, inbox: Inbox, run: Run) -> None:
+    if not callbacks.emit_messages(inbox, run):
+        sizes = run[3]
+        inbox.take_now(sum(sizes), len(sizes))  # nobody subscribed: taken as they arrive
 
 
 def hand_over(

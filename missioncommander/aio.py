@@ -20,7 +20,6 @@ import asyncio
 import functools
 import inspect
 import logging
-import operator
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import Future
@@ -28,7 +27,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from . import _config as cfg
 from ._aio_driver import AsyncioDriver
-from ._callbacks import Callbacks, Delivery, Reply, SerialQueue, first_answer, normalise_event
+from ._callbacks import Callbacks, Reply, Run, SerialQueue, first_answer, normalise_event
 from ._client import _CAN_SEND, _RUNNING, CLIENT_EVENTS, DISCONNECT_WAIT, Client
 from ._errors import ConnectTimeout, QueueFullError, RequestTimeout, StateError
 from ._inbox import Inbox
@@ -186,10 +185,6 @@ class _Endpoint:
         """No more messages will come (the iterators end once empty)."""
         raise NotImplementedError
 
-    #: What ``messages()`` yields for a message callback's arguments (a C
-    #: callable: it runs per message).
-    _item: Callable[[tuple[Any, ...]], Any]
-
     # -- callbacks ---------------------------------------------------------------
 
     def subscribe(self, event: str, callback: Callable[..., Any]) -> None:
@@ -243,20 +238,23 @@ class _Endpoint:
 
     # -- received messages -----------------------------------------------------------
 
-    def _keep(self, items: list[Delivery], inbox: Inbox, stream: InboundStream) -> None:
+    def _keep(self, run: Run, inbox: Inbox, stream: InboundStream) -> None:
         """A run of received messages (``Callbacks.keep``): to the message
         callbacks, and to ``messages()``."""
         callbacks = self._message_callbacks
         waiting = self._inbox
         order = self._order
-        item = self._item
-        for seq, size, args in items:
+        seq, peer, messages, sizes = run
+        seq -= 1
+        for message, size in zip(messages, sizes, strict=True):
+            seq += 1
             if inbox.dropped:
                 # A cluster node let the client go: the node that has it now
                 # gets this message again (it was never acknowledged).
                 inbox.skipped(stream, seq, size)
                 continue
             held = _HeldMessage(inbox, stream, seq, size)
+            args = (*peer, message)
             for callback in callbacks:
                 if inspect.iscoroutinefunction(callback):
                     held.pending += 1
@@ -269,7 +267,8 @@ class _Endpoint:
                 # waiting): it waits for messages(), and the inbox's bounds
                 # pause reading meanwhile, so the peer slows down.
                 held.pending += 1
-                held.item = item(args)
+                # What messages() yields: the message, or (client_id, message).
+                held.item = args if peer else message
                 waiting.append(held)
             # _settle, spelled out: this runs per message.
             if held.pending or order:
@@ -532,8 +531,6 @@ class AsyncClient(_Endpoint):
     def _finished(self) -> bool:
         return not self._inner._state_bits & _RUNNING
 
-    _item = operator.itemgetter(0)  # the message
-
     async def wait_state(self, state: ClientState, timeout: float | None = None) -> ClientState:
         """Wait until the state has any of the flags of ``state`` (e.g.
         ``ClientState.STATE_CONNECTED``) and return it; ``TimeoutError``
@@ -717,8 +714,6 @@ class AsyncServer(_Endpoint):
 
     def _finished(self) -> bool:
         return not self._inner.running
-
-    _item = tuple  # (client_id, message) already: tuple() of a tuple is that tuple
 
     async def start(self) -> None:
         """Listen on ``interface``:``port``; ``BindError`` if it cannot.  In a
