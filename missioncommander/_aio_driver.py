@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 from ._loop import (
+    _BACKLOG,
     Connecting,
     ConnectOwner,
     Incoming,
@@ -410,7 +411,10 @@ class _AioListener:
             self.driver.spawn(self._serve())
 
     async def _serve(self) -> None:
-        server = await self.driver.loop.create_server(self._protocol, sock=self.sock, ssl=self.tls)
+        # create_server listens again with its own backlog (100 unless told):
+        # a fleet of clients arriving at once would overflow it, and each
+        # dropped SYN costs its client a retransmit (1 s, then 3, 7, 15, 31).
+        server = await self.driver.loop.create_server(self._protocol, sock=self.sock, ssl=self.tls, backlog=_BACKLOG)
         self._server = server
         if self._closed:  # closed while create_server ran
             server.close()
