@@ -42,8 +42,8 @@ def deliver(
     have handed over already comes as a ``RedeliveredMessage``."""
     accept = inbox.stream.accept
     run: Run | None = None
-    messages: list[Message] = []
-    sizes: list[int] = []
+    messages: list[Message]
+    sizes: list[int]
     for event in events:
         if not accept(event.seq):
             continue
