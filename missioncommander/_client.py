@@ -345,7 +345,10 @@ class Client:
 
     def __init__(self, *, _driver: Driver | None = None, **settings: Any) -> None:
         # _driver: the event loop to run on (tests pass a fake one); the process's own by default.
-        self._settings: dict[str, Any] = {} if "client_id" in settings else {"client_id": self.generate_id()}
+        self._settings: dict[str, Any]  # the settings set explicitly (cfg.init_settings)
+        cfg.init_settings(self)
+        if "client_id" not in settings:
+            cfg.assign(self, "client_id", self.generate_id())
         self._lock = threading.Lock()
         #: Made when a send() first waits for room (a Condition costs
         #: microseconds to build, and most clients never wait).
@@ -417,7 +420,9 @@ class Client:
             self._server_index = (self._server_index + 1) % len(servers)
             # Directly: address and port are locked while running, and this
             # is the client itself moving on, not a caller reconfiguring it.
-            self._settings["address"], self._settings["port"] = servers[self._server_index]
+            address, port = servers[self._server_index]
+            cfg.assign(self, "address", address)
+            cfg.assign(self, "port", port)
 
     @staticmethod
     def generate_id() -> str:

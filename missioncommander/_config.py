@@ -6,7 +6,7 @@ import ipaddress
 import re
 import socket
 from collections.abc import Callable
-from typing import Any, Generic, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, overload
 
 T = TypeVar("T")
 
@@ -25,6 +25,13 @@ class Setting(Generic[T]):
     ``locked`` settings cannot change while the owner is running (the owner's
     ``_check_settable`` raises ``StateError``); tuning settings can, and take
     effect from the next time they are used.
+
+    Reading one costs what reading a plain attribute does: the descriptor has
+    no ``__get__`` at run time, so a read finds the value that ``__set__``
+    (or ``init_settings``, for the defaults) put in the instance's
+    ``__dict__``, while writes still go through ``__set__``.  Settings are
+    read dozens of times per connection and on every send, and a Python
+    ``__get__`` was the most called function of a connection's set-up.
     """
 
     def __init__(self, default: T, validate: Callable[[Any, str], T], *, locked: bool = True, doc: str = "") -> None:
@@ -37,15 +44,13 @@ class Setting(Generic[T]):
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
-    @overload
-    def __get__(self, obj: None, owner: type) -> Setting[T]: ...
-    @overload
-    def __get__(self, obj: HasSettings, owner: type) -> T: ...
-    def __get__(self, obj: HasSettings | None, owner: type) -> Setting[T] | T:
-        if obj is None:
-            return self
-        value: T = obj._settings.get(self.name, self.default)
-        return value
+    if TYPE_CHECKING:  # what a read gives, for the type checker (see the class docstring)
+
+        @overload
+        def __get__(self, obj: None, owner: type) -> Setting[T]: ...
+        @overload
+        def __get__(self, obj: HasSettings, owner: type) -> T: ...
+        def __get__(self, obj: HasSettings | None, owner: type) -> Setting[T] | T: ...
 
     def __set__(self, obj: HasSettings, value: Any) -> None:
         checked = self.validate(value, self.name)
@@ -53,8 +58,34 @@ class Setting(Generic[T]):
             if self.name in obj._settings and obj._settings[self.name] == checked:
                 return  # setting the current value changes nothing, so it is allowed at any time
             obj._check_settable(self.name)
-        obj._settings[self.name] = checked
+        assign(obj, self.name, checked)
         obj._setting_changed(self.name)
+
+
+_DEFAULTS: dict[type, dict[str, Any]] = {}
+
+
+def init_settings(obj: HasSettings) -> None:
+    """Give a new ``obj`` every setting of its class at its default value
+    (``_settings`` keeps only those set explicitly)."""
+    cls = type(obj)
+    defaults = _DEFAULTS.get(cls)
+    if defaults is None:
+        defaults = _DEFAULTS[cls] = {
+            name: value.default
+            for klass in reversed(cls.__mro__)
+            for name, value in vars(klass).items()
+            if isinstance(value, Setting)
+        }
+    obj._settings = {}
+    vars(obj).update(defaults)
+
+
+def assign(obj: HasSettings, name: str, value: Any) -> None:
+    """Set a setting without checking it: for ``Setting.__set__``, and for
+    an owner that moves itself on (a client trying its next server)."""
+    obj._settings[name] = value
+    vars(obj)[name] = value
 
 
 def _is_int(value: Any) -> bool:

@@ -67,9 +67,11 @@ class _PortSetting(cfg.Setting[int]):
     """``port`` reads back the real port while listening (``port=0`` picks one)."""
 
     def __get__(self, obj: Any, owner: type) -> Any:
-        if obj is not None and obj._bound_port is not None:
+        if obj is None:
+            return self
+        if obj._bound_port is not None:
             return obj._bound_port
-        return super().__get__(obj, owner)
+        return obj._settings.get("port", self.default)
 
 
 class _Session(SendSession):
@@ -215,7 +217,8 @@ class Server:
 
     def __init__(self, *, _driver: Driver | None = None, **settings: Any) -> None:
         # _driver: the event loop to run on (tests pass a fake one); the process's own by default.
-        self._settings: dict[str, Any] = {}
+        self._settings: dict[str, Any]  # the settings set explicitly (cfg.init_settings)
+        cfg.init_settings(self)
         self._lock = threading.Lock()
         self._callbacks = Callbacks("server", SERVER_EVENTS)
         self._loop: Driver = _driver if _driver is not None else get_loop()
