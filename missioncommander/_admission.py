@@ -128,16 +128,23 @@ def probe_timeout(heartbeat_timeout: float) -> float:
 class ConnectionRate:
     """How many connections from one address a server takes in: a token
     bucket per address, refilled at ``rate`` per second and holding up to
-    ``BURST_SECONDS`` seconds' worth.  A connection takes a token when it is
+    ``window`` seconds' worth.  A connection takes a token when it is
     accepted and gives it back once its handshake succeeds, so the bucket
     only runs dry with connections that stay silent or fail (a flood), never
-    with a fleet of real clients arriving at once."""
+    with a fleet of real clients arriving at once.
 
-    #: The bucket holds this many seconds of ``rate``: with the default
-    #: 1,000/s, 2,000 handshakes may be under way from one address at once
-    #: (a fleet's complete fast enough: 5,000 clients arriving together got
-    #: in without one refusal).
-    BURST_SECONDS = 2.0
+    The server's window is its ``handshake_timeout`` (at least
+    ``MIN_WINDOW``): a silent connection is closed after that long, so a
+    flood at ``rate`` holds ``rate * handshake_timeout`` connections open in
+    its steady state whatever the bucket's size, and a bucket as large lets
+    a fleet that size wait for its handshakes together (a client process
+    starting 10,000 clients says HELLO on most of them only seconds after
+    its connects were accepted: with 2 s' worth, 10,051 of 15,000 such
+    connections were refused and came back with backoff, doubling the time
+    the fleet took to get in)."""
+
+    #: The least window, whatever the handshake timeout.
+    MIN_WINDOW = 2.0
     #: Addresses tracked before quiet ones (a minute) are forgotten.
     MAX_ADDRESSES = 10_000
 
@@ -145,12 +152,12 @@ class ConnectionRate:
         self._buckets: dict[str, tuple[float, float]] = {}
 
     @classmethod
-    def burst(cls, rate: float) -> float:
-        return max(1.0, cls.BURST_SECONDS * rate)
+    def burst(cls, rate: float, window: float) -> float:
+        return max(1.0, max(cls.MIN_WINDOW, window) * rate)
 
-    def take(self, host: str, rate: float, now: float) -> bool:
+    def take(self, host: str, rate: float, now: float, window: float) -> bool:
         """A connection from ``host`` arrived: True if it may come in."""
-        burst = self.burst(rate)
+        burst = self.burst(rate, window)
         tokens, last = self._buckets.get(host, (burst, now))
         tokens = min(burst, tokens + (now - last) * rate)
         if len(self._buckets) > self.MAX_ADDRESSES:
@@ -161,11 +168,11 @@ class ConnectionRate:
         self._buckets[host] = (tokens - 1, now)
         return True
 
-    def give_back(self, host: str, rate: float) -> None:
+    def give_back(self, host: str, rate: float, window: float) -> None:
         """A connection from ``host`` completed its handshake."""
         bucket = self._buckets.get(host)
         if bucket is not None:
-            self._buckets[host] = (min(self.burst(rate), bucket[0] + 1), bucket[1])
+            self._buckets[host] = (min(self.burst(rate, window), bucket[0] + 1), bucket[1])
 
 
 def _refuse(code: ErrorCode, message: str, retry: bool = False) -> Decision:

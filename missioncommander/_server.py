@@ -628,7 +628,7 @@ class Server:
     def _rate_ok(self, host: str) -> bool:
         """``max_connection_rate`` (``_admission.ConnectionRate``)."""
         rate = self.max_connection_rate
-        if rate is None or self._rates.take(host, rate, self._loop.time()):
+        if rate is None or self._rates.take(host, rate, self._loop.time(), self.handshake_timeout):
             return True
         now = self._loop.time()
         if now - self._rate_logged.get(host, 0.0) > 5:
@@ -868,7 +868,7 @@ class Server:
         assert link.hello is not None
         rate = self.max_connection_rate
         if rate is not None:
-            self._rates.give_back(link.host, rate)
+            self._rates.give_back(link.host, rate, self.handshake_timeout)
         if link.handshake_timer is not None:
             link.handshake_timer.cancel()
             link.handshake_timer = None

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 
 import pytest
-from support import Recorder
+from support import Recorder, server_frames
 
 from missioncommander import (
     Client,
@@ -22,6 +22,7 @@ from missioncommander import (
     StateError,
     UnknownClient,
 )
+from missioncommander._events import Challenge
 
 MakeClient = Callable[..., Client]
 
@@ -46,6 +47,24 @@ def test_the_defaults_let_3000_clients_arriving_at_once_from_one_address_in(make
 def silent_connections(port: int, count: int) -> list[socket.socket]:
     """Connections that never say HELLO: what a flood looks like."""
     return [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+
+
+def test_handshakes_may_wait_together_for_as_long_as_handshake_timeout_allows() -> None:
+    """A client process starting thousands of clients says HELLO on most of
+    them seconds after its connects were accepted.  Pending handshakes from
+    one address are allowed ``max_connection_rate * handshake_timeout`` (as
+    many as a flood at that rate keeps open anyway): here 20/s over 10 s,
+    so 150 that say nothing yet are all let in (over 2 s, 110 of them were
+    refused)."""
+    with Server(interface="127.0.0.1", port=0, max_connection_rate=20.0, handshake_timeout=10.0) as server:
+        fleet = silent_connections(server.port, 150)
+        try:
+            firsts = [next(server_frames(sock), None) for sock in fleet]
+            assert all(isinstance(first, Challenge) for first in firsts), firsts
+            assert server.stats()["refusals"] == {}
+        finally:
+            for sock in fleet:
+                sock.close()
 
 
 def test_a_client_refused_for_rate_is_told_and_gets_in_with_backoff(make_client: MakeClient) -> None:

@@ -72,7 +72,10 @@ def test_a_full_queue_shows_and_a_cut_counts_the_reconnect_the_resume_and_the_re
 
 
 def test_refusals_are_counted_by_reason(make_client: MakeClient) -> None:
-    with Server(interface="127.0.0.1", port=0, auth_token="s3cret", max_connection_rate=2.0) as server:
+    # 2/s over 2 s: four pending handshakes, so the flood of ten is refused.
+    with Server(
+        interface="127.0.0.1", port=0, auth_token="s3cret", max_connection_rate=2.0, handshake_timeout=2.0
+    ) as server:
         make_client(server, client_id="taken", auth_token="s3cret").connect()
         with pytest.raises(ConnectionRefusedByServer):
             make_client(server, client_id="taken", auth_token="s3cret", reconnect_attempts=1).connect()

@@ -75,18 +75,29 @@ def test_a_probe_waits_for_the_heartbeat_timeout_but_never_more_than_3_s() -> No
 
 def test_the_connection_rate_counts_only_handshakes_that_do_not_succeed() -> None:
     rates = ConnectionRate()
-    # rate 5/s: an allowance of 10 pending handshakes.
-    assert [rates.take("a", 5.0, now=0.0) for _ in range(11)] == [True] * 10 + [False]
-    assert rates.take("b", 5.0, now=0.0)  # per address
-    rates.give_back("a", 5.0)  # one of them said HELLO and was welcomed
-    assert rates.take("a", 5.0, now=0.0)
-    assert not rates.take("a", 5.0, now=0.1)
-    assert rates.take("a", 5.0, now=0.3)  # refilled at the rate
+    # rate 5/s over a 2 s window: an allowance of 10 pending handshakes.
+    assert [rates.take("a", 5.0, now=0.0, window=2.0) for _ in range(11)] == [True] * 10 + [False]
+    assert rates.take("b", 5.0, now=0.0, window=2.0)  # per address
+    rates.give_back("a", 5.0, window=2.0)  # one of them said HELLO and was welcomed
+    assert rates.take("a", 5.0, now=0.0, window=2.0)
+    assert not rates.take("a", 5.0, now=0.1, window=2.0)
+    assert rates.take("a", 5.0, now=0.3, window=2.0)  # refilled at the rate
     # A fleet whose handshakes all succeed never runs it dry.
     for _ in range(1000):
-        assert rates.take("fleet", 5.0, now=5.0)
-        rates.give_back("fleet", 5.0)
+        assert rates.take("fleet", 5.0, now=5.0, window=2.0)
+        rates.give_back("fleet", 5.0, window=2.0)
     # Giving back never raises the allowance past its size.
     for _ in range(50):
-        rates.give_back("b", 5.0)
-    assert [rates.take("b", 5.0, now=0.0) for _ in range(11)] == [True] * 10 + [False]
+        rates.give_back("b", 5.0, window=2.0)
+    assert [rates.take("b", 5.0, now=0.0, window=2.0) for _ in range(11)] == [True] * 10 + [False]
+
+
+def test_the_allowance_is_the_windows_worth_and_never_under_two_seconds() -> None:
+    # The server's window is its handshake_timeout: a flood at the rate holds
+    # that many silent connections open anyway, and a fleet that size may
+    # wait for its handshakes together.
+    rates = ConnectionRate()
+    assert [rates.take("a", 5.0, now=0.0, window=10.0) for _ in range(51)] == [True] * 50 + [False]
+    assert [rates.take("b", 5.0, now=0.0, window=0.5) for _ in range(11)] == [True] * 10 + [False]
+    assert ConnectionRate.burst(1000.0, 10.0) == 10_000  # the defaults: max_clients' worth
+    assert ConnectionRate.burst(0.01, 10.0) == 1  # never below one connection

@@ -329,7 +329,8 @@ def test_a_client_that_never_reads_is_cut_off_while_others_get_every_broadcast(
 def test_a_connection_flood_from_one_address_is_capped(
     make_client: MakeClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with Server(interface="127.0.0.1", port=0, max_connection_rate=5.0) as server:
+    # 5/s over the least window (2 s): an allowance of 10 pending handshakes.
+    with Server(interface="127.0.0.1", port=0, max_connection_rate=5.0, handshake_timeout=2.0) as server:
         good = make_client(server)
         good.connect()
         watch = Bystander(server, good)
