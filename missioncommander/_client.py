@@ -521,9 +521,11 @@ class Client:
         if wait and self._loop.in_loop():
             raise StateError("connect(wait=True) on the I/O thread (an inline callback) would block it; use wait=False")
         started = self._start_connect(wait, self._resolve() if wait else None)
-        if started is None or not wait:
+        if started is None:
             return
         generation, future = started
+        if future is None:  # wait=False
+            return
         timeout = self.connect_timeout
         try:
             future.result(timeout + 5.0)
@@ -538,10 +540,13 @@ class Client:
         if not cfg.is_any_interface(self.interface) and self.bind_port is None:
             raise StateError(f"bind_port is required when interface is {self.interface!r}")
 
-    def _start_connect(self, wait: bool, target: tuple[int, tuple[Any, ...]] | None) -> tuple[int, Future[None]] | None:
+    def _start_connect(
+        self, wait: bool, target: tuple[int, tuple[Any, ...]] | None
+    ) -> tuple[int, Future[None] | None] | None:
         """Start connecting (the part of connect() that does not wait);
-        returns the attempt's generation and the future its outcome sets,
-        or None when already running.  ``target``: the address, resolved."""
+        returns the attempt's generation and, with ``wait``, the future its
+        outcome sets, or None when already running.  ``target``: the
+        address, resolved."""
         self._bind()  # an interface that vanished fails here, in the caller
         tls_context = client_context(self.tls_ca, self.tls_verify, self.tls_cert, self.tls_key) if self.tls else None
         with self._lock:
@@ -553,8 +558,10 @@ class Client:
             self._persistent = not wait
             self._connect_deadline = self._loop.time() + self.connect_timeout
             self._tls_context = tls_context
-            future: Future[None] = Future()
-            self._connect_future = future if wait else None
+            # Only a connect() that waits has a future (building one costs
+            # a Condition: microseconds per client of a fleet).
+            future: Future[None] | None = Future() if wait else None
+            self._connect_future = future
             self._session.set_limits(self.max_queued, self.max_queued_bytes)
             self._inbox.max_count, self._inbox.max_bytes = self.max_inbound, self.max_inbound_bytes
             self._set_state(CONNECTING)

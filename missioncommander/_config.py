@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import socket
@@ -138,22 +139,29 @@ _LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
 def host(value: Any, name: str) -> str:
     """An IP address or a host name that could resolve (RFC 1123 labels, at most 253 characters)."""
     text = non_empty_str(value, name)
-    try:
-        ipaddress.ip_address(text.split("%", 1)[0])
-        return text
-    except ValueError:
-        pass
-    try:
-        ascii_name = text.encode("idna").decode("ascii")  # what the resolver will be given
-    except UnicodeError:
-        ascii_name = ""
-    labels = ascii_name.removesuffix(".").split(".")
-    if not ascii_name or len(ascii_name) > 253 or not all(_LABEL.match(label) for label in labels):
+    if not _is_host(text):
         raise ValueError(
             f"{name} {text[:80]!r} is not a valid host name "
             "(dot-separated labels of 1 to 63 letters, digits or hyphens, 253 characters at most)"
         )
     return text
+
+
+@functools.lru_cache(maxsize=256)
+def _is_host(text: str) -> bool:
+    # Cached: the thousands of clients of one process name a few hosts, and
+    # parsing an address was a tenth of a client's construction.
+    try:
+        ipaddress.ip_address(text.split("%", 1)[0])
+        return True
+    except ValueError:
+        pass
+    try:
+        ascii_name = text.encode("idna").decode("ascii")  # what the resolver will be given
+    except UnicodeError:
+        return False
+    labels = ascii_name.removesuffix(".").split(".")
+    return bool(ascii_name) and len(ascii_name) <= 253 and all(_LABEL.match(label) for label in labels)
 
 
 def interface(value: Any, name: str) -> str:

@@ -566,9 +566,11 @@ class AsyncClient(_Endpoint):
         if wait:
             target = inner._literal_target() or await loop.run_in_executor(None, inner._resolve)
         started = inner._start_connect(wait, target)
-        if started is None or not wait:
+        if started is None:
             return
         generation, future = started
+        if future is None:  # wait=False
+            return
         timeout = inner.connect_timeout
         try:
             await asyncio.wait_for(asyncio.wrap_future(future), timeout + 5.0)
