@@ -107,3 +107,25 @@ def test_live_figures_become_rates_and_one_line() -> None:
     line = vm.describe_figures("client", inst.figures, inst.rates())
     assert line == "sent 30 (10/s) · received 5 (2/s) · queued 2 of 100 · round trip 1.2 ms · reconnects 1, resent 3"
     assert vm.describe_figures("server", {}, []) == "no figures yet"
+
+
+def test_the_figures_bring_why_the_last_attempt_failed() -> None:
+    # A client retrying in the background changes no state between attempts:
+    # only its figures say why the latest one failed.
+    model = vm.ViewModel()
+    model.apply_event(
+        {
+            "type": "event",
+            "seq": 1,
+            "time": 1000.0,
+            "kind": "client",
+            "name": "c",
+            "event": "statechange",
+            "data": {"new": 4 | 2 | 16, "new_name": "STATE_OK|STATE_RUNNING|STATE_CONNECTING", "phase": "connecting"},
+        }
+    )
+    assert model.instance("client", "c").status.get("last_close_reason") is None
+    model.apply_stats("client", "c", {"last_close_reason": "certificate verify failed"}, now=1.0)
+    assert model.instance("client", "c").status["last_close_reason"] == "certificate verify failed"
+    model.apply_stats("client", "c", {"messages_sent": 0}, now=2.0)  # figures without it leave it alone
+    assert model.instance("client", "c").status["last_close_reason"] == "certificate verify failed"

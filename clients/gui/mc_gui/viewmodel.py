@@ -112,6 +112,11 @@ class ViewModel:
         """An instance's live figures, taken at ``now`` (seconds, any clock)."""
         inst = self.instance(kind, name)
         inst.figures = figures
+        if "last_close_reason" in figures:
+            # A client retrying in the background changes no state between
+            # its attempts, so no event tells why the last one failed (a
+            # wrong CA, a refusal): the figures do, every second.
+            inst.status["last_close_reason"] = figures["last_close_reason"]
         inst.samples.append((now, int(figures.get("messages_sent", 0)), int(figures.get("messages_received", 0))))
 
     def log_line(self, kind: str, name: str, line: str) -> str:

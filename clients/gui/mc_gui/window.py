@@ -635,8 +635,15 @@ class ClientTab(InstanceTab):
         self.disconnect_button.setEnabled(running)
         self.send_box.send.setEnabled(inst.phase in ("connected", "reconnecting"))
         self.send_box.ask.setEnabled(inst.phase in ("connected", "reconnecting"))
+        self.show_last_close(inst)
+
+    def show_last_close(self, inst: vm.InstanceState) -> None:
         reason = inst.status.get("last_close_reason")
         self.last_close.setText(f"Last closed: {reason}" if reason and inst.phase != "connected" else "")
+
+    def show_figures(self) -> None:
+        super().show_figures()
+        self.show_last_close(self.current())  # the figures bring the latest attempt's outcome
 
     def _apply_clicked(self) -> None:
         self.apply()
