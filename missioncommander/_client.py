@@ -132,6 +132,9 @@ class _ClientLink(Link):
     def __init__(self, client: Client, loop: Driver, generation: int) -> None:
         super().__init__(loop, Role.CLIENT, client.max_frame_size, client.heartbeat_interval, client.heartbeat_timeout)
         self.client = client
+        # Only an open connection receives messages (the protocol refuses
+        # them before the WELCOME): they are the client's from the start.
+        self.on_messages = client._messages
         self.generation = generation
         self.connecting: Connecting | None = None
         self.timer: Cancellable | None = None
@@ -231,7 +234,6 @@ class _ClientLink(Link):
             self.welcomed = True
             # From now on every event is the client's: straight to it.
             self.on_event = functools.partial(self.client._handle, self)
-            self.on_messages = self.client._messages
             self.client._welcomed(self, event)
         elif isinstance(event, ErrorReceived) and not self.welcomed:
             refusal = ConnectionRefusedByServer(event.code, event.message)
@@ -959,9 +961,7 @@ class Client:
         deliver(self._callbacks, self._requests, self._inbox, events, (), self._answer)
 
     def _handle(self, link: _ClientLink, event: Event) -> None:
-        if isinstance(event, MessageReceived):
-            self._messages([event])
-        elif isinstance(event, AckReceived):
+        if isinstance(event, AckReceived):
             with self._lock:
                 self._session.acked(event.seq)
                 self._wake_senders_locked()

@@ -92,12 +92,8 @@ class Link:
         #: shorter way once its handshake is done (a call fewer per message).
         self.on_event: Callable[[Event], None] = self.handle_event
         #: Where a run of received messages goes, all that one read brought
-        #: (set with ``on_event``: only an open connection receives them).
-        self.on_messages: Callable[[list[MessageReceived]], None] = self._each_message
-
-    def _each_message(self, events: list[MessageReceived]) -> None:
-        for event in events:
-            self.on_event(event)
+        #: (``on_event`` never sees a MESSAGE): the subclass's owner's.
+        self.on_messages: Callable[[list[MessageReceived]], None]
 
     # -- subclass hooks --------------------------------------------------------
 

@@ -15,14 +15,11 @@ from __future__ import annotations
 import logging
 import threading
 import traceback
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from ._errors import NoResponder, QueueFullError, RemoteError, RequestTimeout, SessionLost
 from ._frames import with_id, with_meta
 from ._message import FrozenDict, Message
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("missioncommander")
 

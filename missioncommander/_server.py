@@ -697,9 +697,7 @@ class Server:
 
     def _handle(self, link: _ServerLink, event: Event) -> None:
         session = link.session
-        if isinstance(event, MessageReceived):
-            self._messages(link, [event])
-        elif isinstance(event, AckReceived):
+        if isinstance(event, AckReceived):
             if session is None:
                 return
             with self._lock:
