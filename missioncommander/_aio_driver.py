@@ -151,6 +151,15 @@ class _AioTransport(asyncio.Protocol):
         #: Told of ``connection_made`` (once): the connector's owner, or the
         #: listener, which finds the connection its owner.
         self.on_made: Callable[[_AioTransport], None] | None = None
+        #: Accepted by a TLS listener: nothing is read until the server has
+        #: let the connection in and ``start_tls`` takes over (so a refused
+        #: flood costs no handshakes, as on the threaded driver).
+        self.tls_later = False
+        #: While the TLS handshake runs: the plain transport under it, and
+        #: the task that upgrades it (``transport`` is None meanwhile, so
+        #: what is written waits in ``_pending``).
+        self._raw: asyncio.Transport | None = None
+        self._handshake: asyncio.Task[None] | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -164,7 +173,7 @@ class _AioTransport(asyncio.Protocol):
             # each small write back until the peer's delayed ACK (20 ms and more).
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.reading_paused:
+        if self.reading_paused or self.tls_later:
             self.transport.pause_reading()
         # The owner hears of it now, before any data_received: uvloop may
         # deliver the peer's first bytes before create_connection returns.
@@ -192,6 +201,38 @@ class _AioTransport(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.last_progress = self.driver.time()
+
+    # -- TLS on an accepted connection ------------------------------------------------
+
+    def start_tls(self, context: ssl.SSLContext) -> None:
+        """Do the server's side of the TLS handshake; what the owner writes
+        meanwhile is sent once it is done."""
+        raw, self.transport = self.transport, None
+        self._raw = raw
+        self._handshake = self.driver.spawn(self._upgrade(raw, context))
+
+    async def _upgrade(self, raw: asyncio.Transport | None, context: ssl.SSLContext) -> None:
+        assert raw is not None
+        try:
+            # No timeout of asyncio's own: the server's handshake_timeout
+            # closes a connection that takes too long (and cancels this).
+            upgraded = await self.driver.loop.start_tls(raw, self, context, server_side=True)
+        except asyncio.CancelledError:
+            return  # closed meanwhile: start_tls closed the transport
+        except Exception as exc:  # a failed handshake: the owner hears why
+            self._raw = self._handshake = None
+            self._lost(_describe(exc), exc)
+            return
+        self._raw = self._handshake = None
+        if upgraded is None or self.closed:
+            return
+        self.transport = upgraded
+        if self.reading_paused:
+            upgraded.pause_reading()
+        if self._pending:
+            self._flush()
+        elif self._closing and not self._peer_first:
+            self._close_transport()
 
     # -- WriteTarget ----------------------------------------------------------------
 
@@ -301,8 +342,9 @@ class _AioTransport(asyncio.Protocol):
             return
         self._pending.clear()
         self._pending_bytes = 0
-        if self.transport is not None:
-            _reset(self.transport)
+        target = self.transport or self._raw
+        if target is not None:
+            _reset(target)
         self._lost(reason, None)
 
     def _lost(self, reason: str, exc: BaseException | None) -> None:
@@ -312,6 +354,10 @@ class _AioTransport(asyncio.Protocol):
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
+        handshake, self._handshake = self._handshake, None
+        if handshake is not None and not handshake.done():
+            handshake.cancel()  # start_tls closes the plain transport
+        self._raw = None
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         owner, self.owner = self.owner, None
@@ -402,6 +448,8 @@ class _AioListener:
         self.port: int = sock.getsockname()[1]
         self._server: asyncio.AbstractServer | None = None
         self._closed = False
+        #: The TLS handshake waits for the server's admission (see ``_serve``).
+        self.tls_later = False
 
     def start(self) -> None:
         self.driver.call_soon(self._start)
@@ -414,13 +462,23 @@ class _AioListener:
         # create_server listens again with its own backlog (100 unless told):
         # a fleet of clients arriving at once would overflow it, and each
         # dropped SYN costs its client a retransmit (1 s, then 3, 7, 15, 31).
-        server = await self.driver.loop.create_server(self._protocol, sock=self.sock, ssl=self.tls, backlog=_BACKLOG)
+        loop = self.driver.loop
+        # Plain TCP even for TLS where the loop reads nothing before it is
+        # asked to: the handshake then starts once the server has let the
+        # connection in (``_AioIncoming.open``), so a flood refused by the
+        # rate limit costs no handshakes.  uvloop reads an accepted socket
+        # even when connection_made paused it, and the ClientHello would be
+        # lost to start_tls: there asyncio does the handshake first.
+        self.tls_later = self.tls is not None and isinstance(loop, asyncio.BaseEventLoop)
+        ssl_now = None if self.tls_later else self.tls
+        server = await loop.create_server(self._protocol, sock=self.sock, ssl=ssl_now, backlog=_BACKLOG)
         self._server = server
         if self._closed:  # closed while create_server ran
             server.close()
 
     def _protocol(self) -> _AioTransport:
         protocol = _AioTransport(self.driver)
+        protocol.tls_later = self.tls_later
         protocol.on_made = lambda made: self.accept(_AioIncoming(self.driver, made))
         return protocol
 
@@ -442,10 +500,13 @@ class _AioIncoming:
         self.host, self.peer = peer_names(protocol.transport.get_extra_info("peername"))
 
     def open(self, owner: TransportOwner, tls: ssl.SSLContext | None) -> _AioTransport:
-        """Own it.  ``tls`` was the listener's: asyncio did the handshake
-        before the connection was accepted."""
-        self.protocol.owner = owner
-        return self.protocol
+        """Own it, and start the TLS handshake with ``tls`` (the listener's)
+        unless asyncio did it before the connection was accepted."""
+        protocol = self.protocol
+        protocol.owner = owner
+        if tls is not None and protocol.tls_later:
+            protocol.start_tls(tls)
+        return protocol
 
     def refuse(self, frame: bytes | None) -> None:
         transport = self.protocol.transport

@@ -265,10 +265,11 @@ class Loop:
         """Bind and listen on ``host``:``port`` (any thread; ``OSError`` when it
         cannot); once ``start()``-ed, ``accept`` is called on the loop thread
         for each connection (those that come sooner wait in the backlog).
-        ``tls``: the context every connection will be opened with; this
-        loop does the handshake in ``Incoming.open`` (memory BIOs), the
-        asyncio driver before ``accept`` (asyncio reads eagerly, so a
-        handshake started later could lose the ClientHello)."""
+        ``tls``: the context every connection will be opened with; the
+        handshake starts in ``Incoming.open``, once the server has let the
+        connection in (memory BIOs here, ``start_tls`` on the asyncio
+        driver; on uvloop, which reads an accepted socket at once, asyncio
+        does it before ``accept``)."""
         return _Listener(self, _listen(host, port), accept)
 
     # -- the loop ------------------------------------------------------------

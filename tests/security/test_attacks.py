@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 import pytest
-from support import Recorder, server_frames, wait_until
+from support import Recorder, server_frames, tls_handshakes, wait_until
 from support.certs import Certs
 
 from missioncommander import (
@@ -353,6 +353,21 @@ def test_a_connection_flood_from_one_address_is_capped(
         assert refused >= 40  # a burst of 10 is let in; the rest is turned away at once
         assert "too many connections from 127.0.0.1" in caplog.text
         watch.check()
+
+
+def test_a_tls_flood_over_the_rate_limit_costs_no_handshakes(certs: Certs) -> None:
+    """A connection refused by ``max_connection_rate`` is reset before its
+    TLS handshake: a flood costs no handshakes (docs/SECURITY.md)."""
+    tls = {"tls_cert": str(certs.server_cert), "tls_key": str(certs.server_key)}
+    # 2/s over the least window (2 s): an allowance of 4 pending handshakes.
+    with Server(interface="127.0.0.1", port=0, max_connection_rate=2.0, handshake_timeout=2.0, **tls) as server:
+        socks = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(10)]
+        try:
+            wait_until(lambda: server.stats()["refusals"].get("rate_limited", 0) == 6, what="6 refusals")
+            assert tls_handshakes(socks, str(certs.ca)) == 4
+        finally:
+            for sock in socks:
+                sock.close()
 
 
 def test_a_flooding_peer_is_held_back_by_tcp_while_callbacks_are_slow() -> None:

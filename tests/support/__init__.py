@@ -269,3 +269,21 @@ def server_frames(sock: socket.socket, timeout: float = 10.0) -> Iterator[object
             return
         for ftype, body in decoder.feed(data):
             yield parse_frame(ftype, body)
+
+
+def tls_handshakes(socks: list[socket.socket], cafile: str) -> int:
+    """How many of ``socks`` (connected to a TLS server) complete a TLS
+    handshake; a connection the server reset or closed counts as none."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=cafile)
+    done = 0
+    for sock in socks:
+        sock.settimeout(10.0)
+        try:
+            tls = context.wrap_socket(sock, server_hostname="127.0.0.1", do_handshake_on_connect=False)
+            tls.do_handshake()
+        except (OSError, ssl.SSLError):
+            continue
+        done += 1
+    return done
