@@ -142,6 +142,36 @@ class _HeldMessage:
         self.inbox.taken(self.stream, self.seq, self.size)
 
 
+class _HeldRun:
+    """A run of received messages that all wait for ``messages()`` (no
+    message callback is subscribed): one record for the run instead of a
+    hold per message.  While a loop turn reads every ready socket, whole
+    runs wait, and each object they hold per message is one more for the
+    garbage collector to walk.  Its messages are taken in order; each is
+    released (acknowledged) once taken and once everything before it is."""
+
+    __slots__ = ("inbox", "peer", "released", "seq", "sizes", "stream", "taken")
+
+    def __init__(self, inbox: Inbox, stream: InboundStream, seq: int, peer: tuple[str, ...], sizes: list[int]) -> None:
+        self.inbox = inbox
+        self.stream = stream
+        #: The number of the run's first message.
+        self.seq = seq
+        #: () on a client; (client_id,) on a server, whose messages() yields pairs.
+        self.peer = peer
+        self.sizes = sizes
+        self.taken = 0
+        self.released = 0
+
+    def release_taken(self) -> bool:
+        """Release what was taken and not yet released; True once all is."""
+        inbox, stream, seq, sizes = self.inbox, self.stream, self.seq, self.sizes
+        for index in range(self.released, self.taken):
+            inbox.taken(stream, seq + index, sizes[index])
+        self.released = self.taken
+        return self.released == len(sizes)
+
+
 class _Endpoint:
     """What AsyncClient and AsyncServer share: the driver, callbacks that may
     be coroutine functions, ``messages()`` and ``events()``."""
@@ -167,10 +197,13 @@ class _Endpoint:
         #: with its item (no tuple per message: while a loop turn reads every
         #: ready socket, whole runs wait here, and every object they are made
         #: of is one more for the garbage collector to walk).
-        self._inbox: deque[_HeldMessage] = deque()
+        #: A message of a ``_HeldRun`` waits here as itself.
+        self._inbox: deque[_HeldMessage | Message] = deque()
+        #: The runs whose messages wait in ``_inbox``, oldest first.
+        self._runs: deque[_HeldRun] = deque()
         #: Holds in arrival order: released in that order, so the session's
         #: acknowledgement never passes a message still being handled.
-        self._order: deque[_Held | _HeldMessage] = deque()
+        self._order: deque[_Held | _HeldMessage | _HeldRun] = deque()
         self._readers = 0
         self._waiting: list[asyncio.Future[None]] = []
         self._event_queues: list[deque[Event]] = []
@@ -245,6 +278,15 @@ class _Endpoint:
         waiting = self._inbox
         order = self._order
         seq, peer, messages, sizes = run
+        if not callbacks and not inbox.dropped:
+            # Only messages() will see them: the run waits as one record.
+            held_run = _HeldRun(inbox, stream, seq, peer, sizes)
+            waiting.extend(messages)
+            self._runs.append(held_run)
+            order.append(held_run)
+            if self._waiting:
+                self._wake()
+            return
         seq -= 1
         for message, size in zip(messages, sizes, strict=True):
             seq += 1
@@ -343,8 +385,16 @@ class _Endpoint:
 
     def _release_ready(self) -> None:
         order = self._order
-        while order and order[0].pending <= 0:
-            order.popleft().release()
+        while order:
+            first = order[0]
+            if isinstance(first, _HeldRun):
+                if not first.release_taken():
+                    return  # the rest of the run waits to be taken
+            elif first.pending > 0:
+                return
+            else:
+                first.release()
+            order.popleft()
 
     def _wake(self) -> None:
         waiting, self._waiting = self._waiting, []
@@ -360,12 +410,14 @@ class _Endpoint:
         self._readers += 1
         return _Reader(self, self._inbox, self._took, self._left)
 
-    def _took(self, held: _HeldMessage) -> Any:
+    def _took(self, held: _HeldMessage | Message) -> Any:
+        if not isinstance(held, _HeldMessage):
+            return self._took_from_run(held)
         item, held.item = held.item, None
         held.pending -= 1
         if not held.pending:
             order = self._order
-            if order[0] is held and (len(order) == 1 or order[1].pending):
+            if order[0] is held and (len(order) == 1 or (not isinstance(order[1], _HeldRun) and order[1].pending)):
                 # The usual case, spelled out (this runs per message): the
                 # oldest taken, and nothing behind it ready.
                 order.popleft()
@@ -373,6 +425,30 @@ class _Endpoint:
             else:
                 self._release_ready()
         return item
+
+    def _took_from_run(self, message: Message) -> Any:
+        """``messages()`` took the oldest waiting message of ``_runs[0]``."""
+        runs = self._runs
+        run = runs[0]
+        index = run.taken
+        run.taken = index + 1
+        last = run.taken == len(run.sizes)
+        if last:
+            runs.popleft()
+        order = self._order
+        if order[0] is run:
+            if run.released == index:
+                # The usual case, spelled out (this runs per message): the
+                # run is the oldest hold and all before this one is released.
+                run.released = index + 1
+                run.inbox.taken(run.stream, run.seq + index, run.sizes[index])
+                if last:
+                    order.popleft()
+                    if order:
+                        self._release_ready()
+            else:
+                self._release_ready()
+        return (*run.peer, message) if run.peer else message
 
     def _left(self, reader: _Reader[Any]) -> None:
         if reader.source is self._inbox:

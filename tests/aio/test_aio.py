@@ -341,6 +341,46 @@ def test_a_reader_that_stops_reading_holds_back_the_acknowledgements() -> None:
     run(test)
 
 
+def test_messages_are_acknowledged_as_they_are_taken_not_as_their_run_arrives() -> None:
+    """With no message callback a run of messages waits as one record:
+    each is still acknowledged only once messages() has taken it, in order,
+    and runs kept as one record and messages kept one by one (while a
+    callback is subscribed) come out in arrival order."""
+
+    async def test() -> None:
+        threaded = Server(interface="127.0.0.1", port=0)
+        threaded.start()
+        try:
+            async with AsyncClient(address="127.0.0.1", port=threaded.port, client_id="r") as client:
+                reader = client.messages()
+                for n in range(100):
+                    threaded.send("r", Message("m", {"n": n}))
+                await until(lambda: len(client._inbox) == 100)
+                assert [m.payload["n"] for m in await take(reader, 30)] == list(range(30))
+                # The 30 taken are acknowledged, the 70 waiting are not.
+                await until(lambda: threaded.queued("r") == 70)
+                seen: list[int] = []
+
+                def note(message: Message) -> None:
+                    seen.append(message.payload["n"])
+
+                client.subscribe("message", note)
+                for n in range(100, 110):
+                    threaded.send("r", Message("m", {"n": n}))  # kept one by one, behind the run
+                await until(lambda: len(seen) == 10)
+                assert seen == list(range(100, 110)) and threaded.queued("r") == 80
+                client.unsubscribe("message", note)
+                for n in range(110, 120):
+                    threaded.send("r", Message("m", {"n": n}))  # a run again, behind those
+                await until(lambda: len(client._inbox) == 90)
+                assert [m.payload["n"] for m in await take(reader, 90)] == list(range(30, 120))
+                await until(lambda: threaded.queued("r") == 0)
+        finally:
+            await asyncio.to_thread(threaded.stop)
+
+    run(test)
+
+
 def test_coroutine_and_plain_callbacks_and_send_threadsafe() -> None:
     async def test() -> None:
         async with AsyncServer(interface="127.0.0.1", port=0) as server:
