@@ -65,6 +65,8 @@ CLIENT_TUNING = {
     "max_inbound": "int",
     "max_inbound_bytes": "int",
     "inline_callbacks": "bool",
+    "max_requests": "int",
+    "reply_tracebacks": "bool",
 }
 SERVER_TUNING = {
     "handshake_timeout": "float",
@@ -81,6 +83,8 @@ SERVER_TUNING = {
     "max_inbound_bytes": "int",
     "max_inbound_total_bytes": "int",
     "inline_callbacks": "bool",
+    "max_requests": "int",
+    "reply_tracebacks": "bool",
     "auth_tokens": "secrets",
     "lease_ttl": "float",
 }

@@ -42,6 +42,8 @@ ClientKey = Literal[
     "max_inbound",
     "max_inbound_bytes",
     "inline_callbacks",
+    "max_requests",
+    "reply_tracebacks",
 ]
 ServerKey = Literal[
     "interface",
@@ -66,6 +68,8 @@ ServerKey = Literal[
     "max_inbound_bytes",
     "max_inbound_total_bytes",
     "inline_callbacks",
+    "max_requests",
+    "reply_tracebacks",
     "auth_tokens",
     "lease_ttl",
 ]

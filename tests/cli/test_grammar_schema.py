@@ -110,3 +110,15 @@ def test_the_light_key_and_event_lists_agree_with_the_schema() -> None:
     assert get_args(schema.ClientKey) == codes.CLIENT_KEYS
     assert get_args(schema.ServerKey) == codes.SERVER_KEYS
     assert get_args(schema.EventName) == codes.EVENT_NAMES
+
+
+def test_every_setting_of_the_library_can_be_set_on_a_hosted_instance() -> None:
+    from mc_control import codes
+    from missioncommander import Client, Server
+    from missioncommander import _config as cfg
+
+    def settings(cls: type) -> set[str]:
+        return {name for klass in cls.__mro__ for name, value in vars(klass).items() if isinstance(value, cfg.Setting)}
+
+    assert settings(Client) == set(codes.CLIENT_KEYS)
+    assert settings(Server) == set(codes.SERVER_KEYS)
