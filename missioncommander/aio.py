@@ -193,11 +193,11 @@ class _Endpoint:
         #: Message callbacks: run here, not by ``Callbacks``, so a coroutine's
         #: message is acknowledged only once the coroutine is done.
         self._message_callbacks: tuple[Callable[..., Any], ...] = ()
-        #: Received messages waiting for ``messages()``: their holds, each
-        #: with its item (no tuple per message: while a loop turn reads every
-        #: ready socket, whole runs wait here, and every object they are made
-        #: of is one more for the garbage collector to walk).
-        #: A message of a ``_HeldRun`` waits here as itself.
+        #: Received messages waiting for ``messages()``: a message of a
+        #: ``_HeldRun`` as itself, else its hold, which carries its item (no
+        #: tuple per message: while a loop turn reads every ready socket,
+        #: whole runs wait here, and every object they are made of is one
+        #: more for the garbage collector to walk).
         self._inbox: deque[_HeldMessage | Message] = deque()
         #: The runs whose messages wait in ``_inbox``, oldest first.
         self._runs: deque[_HeldRun] = deque()
