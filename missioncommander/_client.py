@@ -144,6 +144,9 @@ class _ClientLink(Link):
         #: Called once the transport has closed (``disconnect()`` waits for it).
         self.on_closed: Callable[[], None] | None = None
         self.expected_server_proof: str | None = None
+        #: The server closed this connection asking us to come back (a
+        #: cluster node handing its clients over): news, not a fault.
+        self.asked_to_retry = False
 
     def describe(self) -> str:
         return f"client {self.client.client_id!r}"
@@ -976,6 +979,7 @@ class Client:
             self._closed_by_server(link, f"disconnected by the server: {event.reason}", shutdown=False)
         elif isinstance(event, ErrorReceived):
             if event.retry and event.code not in TERMINAL_CODES:
+                link.asked_to_retry = True
                 if link.transport is not None:
                     link.transport.close(f"server reported an error ({event.code}): {event.message}")
             else:
@@ -1036,7 +1040,12 @@ class Client:
             self._retries = 0
             self._next_server()
             self._set_state(RECONNECTING)
-        log.warning("client %r: connection lost (%s); reconnecting", self.client_id, reason)
+        log.log(
+            logging.INFO if link.asked_to_retry else logging.WARNING,
+            "client %r: connection lost (%s); reconnecting",
+            self.client_id,
+            reason,
+        )
         self._schedule_retry()
 
     def _disconnect_on_loop(self, done: Callable[[], None]) -> None:
