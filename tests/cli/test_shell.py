@@ -76,6 +76,18 @@ def test_shell_with_a_daemon(mcd: Mcd, tmp_path: Path) -> None:
         sh.expect("> server cli", start=after)
         sh.line("ents")
         sh.expect("abcXYZ", start=after)
+        # top refreshes in the shell too: --count refreshes, or until Ctrl-C,
+        # which ends top and not the shell.
+        mark = len(sh.text)
+        sh.line("top --count 2")
+        sh.expect("mcd: up", start=sh.expect("mcd: up", start=mark))
+        mark = len(sh.text)
+        sh.line("top")
+        sh.expect("mcd: up", start=sh.expect("mcd: up", start=mark))
+        sh.type("\x03")
+        mark = len(sh.text)
+        sh.line("client status")
+        sh.expect("client default: connected", start=mark)
         sh.line("frobnicate")
         sh.expect("unknown command 'frobnicate'")
         sh.line("client send x '{bad'")

@@ -9,18 +9,32 @@ import re
 import select
 import struct
 import subprocess
+import sys
 import termios
 import time
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
 
 
+_TAKE_TERMINAL = (
+    "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); os.execvp(sys.argv[1], sys.argv[1:])"
+)
+
+
 class PtySession:
     def __init__(self, argv: list[str], env: dict[str, str]) -> None:
         master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+        # Through a few lines of Python that make the terminal the new
+        # session's controlling one, as a person's is (Ctrl-C typed at it
+        # interrupts the program), then become the program.
         self.proc = subprocess.Popen(
-            argv, stdin=slave, stdout=slave, stderr=slave, env={**env, "TERM": "xterm"}, start_new_session=True
+            [sys.executable, "-c", _TAKE_TERMINAL, *argv],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env={**env, "TERM": "xterm"},
+            start_new_session=True,
         )
         os.close(slave)
         self.master = master

@@ -22,7 +22,7 @@ from mc_control import ControlClient, DaemonUnreachable
 from mc_control.codes import CLIENT_KEYS, EVENT_NAMES, SERVER_KEYS
 
 from . import output
-from .commands import EXIT_OK, Printer, run_request, run_version, run_wait
+from .commands import EXIT_OK, Printer, run_request, run_top, run_version, run_wait
 from .grammar import CLIENT_VERBS, OPTIONS, SERVER_VERBS, TOP_COMMANDS, UsageError, parse
 from .main import help_text
 
@@ -318,6 +318,13 @@ class Shell:
                     finally:
                         if isinstance(stream, ControlClient):
                             stream.close()
+                elif inv.action == "top":
+                    # Refreshes below each other (events keep printing in
+                    # between) until --count or Ctrl-C, which ends only it.
+                    try:
+                        run_top(inv, self.transport, self.printer)
+                    except KeyboardInterrupt:
+                        self.show("")
                 else:
                     run_request(inv, self.transport, self.printer)
             except DaemonUnreachable as exc:
