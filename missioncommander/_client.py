@@ -878,7 +878,10 @@ class Client:
         self._schedule_retry()
 
     def _schedule_retry(self) -> None:
-        delay = reconnect_delay(self._retries, self.reconnect_delay, self.reconnect_max_delay)
+        servers = self.servers
+        delay = reconnect_delay(
+            self._retries, self.reconnect_delay, self.reconnect_max_delay, servers=len(servers) if servers else 1
+        )
         log.info("client %r: reconnecting in %.2f s (attempt %d)", self.client_id, delay, self._retries + 1)
         self._retry_timer = self._loop.call_later(delay, self._start_attempt, self._generation, None)
 

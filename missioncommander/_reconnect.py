@@ -60,11 +60,20 @@ def after_failure(
 
 
 def reconnect_delay(
-    retries: int, base: float, cap: float, uniform: Callable[[float, float], float] | None = None
+    retries: int,
+    base: float,
+    cap: float,
+    uniform: Callable[[float, float], float] | None = None,
+    servers: int = 1,
 ) -> float:
     """How long to wait before attempt ``retries + 1`` of a (re)connect:
     exponential backoff from ``base``, capped at ``cap``, with full jitter
     (anywhere from 0 to the ceiling), so the clients of a server that went
-    away do not all come back at the same moment."""
-    ceiling = min(cap, base * 2 ** min(retries, 32))
+    away do not all come back at the same moment.
+
+    With ``servers`` to try in turn (a cluster's nodes) the ceiling doubles
+    once per round of them, not per attempt: a dead node in the list would
+    otherwise triple the wait for a live one (after a node crashed, its
+    clients reached the 30 s ceiling while its lease ran out, 6 s)."""
+    ceiling = min(cap, base * 2 ** min(retries // max(1, servers), 32))
     return (uniform or random.uniform)(0.0, ceiling)
