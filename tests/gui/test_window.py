@@ -151,6 +151,25 @@ def test_a_daemon_error_shows_on_the_field(qtbot: QtBot, gui: TrayApp) -> None:
     qtbot.waitUntil(lambda: "neither an IP address nor a local interface" in tab.interface.error.text(), timeout=WAIT)
 
 
+def test_a_refused_setting_stops_the_connect_it_came_with(qtbot: QtBot, gui: TrayApp) -> None:
+    tab = gui.window.client_tab
+    set_text(qtbot, tab.address.edit, "127.0.0.1")
+    set_text(qtbot, tab.port.edit, "1")
+    set_text(qtbot, tab.interface.edit, "no-such-interface0")  # passes here, refused by mcd
+    set_text(qtbot, tab.bind_port.edit, "0")
+    qtbot.mouseClick(tab.connect_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: "neither an IP address nor a local interface" in tab.interface.error.text(), timeout=WAIT)
+    qtbot.waitUntil(
+        lambda: "not connecting: mcd refused a setting" in gui.window.statusBar().currentMessage(), timeout=WAIT
+    )
+    # The window's requests go in order: this one's answer comes after any
+    # connect it would have sent.
+    status: list[dict[str, object]] = []
+    gui.backend.request("client.status", {"name": "default"}, status.append)
+    qtbot.waitUntil(lambda: bool(status), timeout=WAIT)
+    assert status[0]["phase"] == "disconnected" and status[0]["last_close_reason"] is None  # never tried
+
+
 def test_daemon_down_banner_start_button_and_recovery(
     qtbot: QtBot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

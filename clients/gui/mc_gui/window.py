@@ -164,6 +164,57 @@ def field_callbacks(field: Field) -> tuple[Callable[[dict[str, Any]], None], Cal
     return done, failed
 
 
+class SettingsThen:
+    """Settings sent one by one, then an action (connect, start) once every
+    one was taken, and not at all if mcd refused one: the refusal is shown
+    on its field, and the instance must not start with the old value."""
+
+    def __init__(self, then: Callable[[], None] | None, refused: Callable[[str, str], None], what: str = "") -> None:
+        self._then = then
+        #: Told, with ``what`` the action was, when a refusal stopped it.
+        self._refused = refused
+        self._what = what
+        self._pending = 0
+        self._failed = False
+        self._closed = False
+
+    def callbacks(
+        self, shown: tuple[Callable[[dict[str, Any]], None], Callable[[str, str], None]]
+    ) -> tuple[Callable[[dict[str, Any]], None], Callable[[str, str], None]]:
+        """``shown`` (what a reply does to its field), counted."""
+        on_done, on_failed = shown
+        self._pending += 1
+
+        def done(result: dict[str, Any]) -> None:
+            on_done(result)
+            self._pending -= 1
+            self._settle()
+
+        def failed(code: str, message: str) -> None:
+            on_failed(code, message)
+            self._failed = True
+            self._pending -= 1
+            self._settle()
+
+        return done, failed
+
+    def close(self) -> None:
+        """Every setting is sent: the action follows their replies."""
+        self._closed = True
+        self._settle()
+
+    def _settle(self) -> None:
+        if not self._closed or self._pending:
+            return
+        then, self._then = self._then, None
+        if then is None:
+            return
+        if self._failed:
+            self._refused("settings", f"not {self._what}: mcd refused a setting (marked in red)")
+        else:
+            then()
+
+
 class SendBox(QGroupBox):
     """Subject and JSON payload, validated before anything is sent."""
 
@@ -649,7 +700,9 @@ class ClientTab(InstanceTab):
         self.apply()
 
     def apply(self, then: Callable[[], None] | None = None) -> bool:
-        """Validate every field, send what changed; False (nothing sent) on errors."""
+        """Validate every field, send what changed, then ``then`` once mcd
+        took every setting (not at all if it refused one); False (nothing
+        sent) on errors."""
         checks = {
             "address": (self.address, vm.check_address(self.address.text())),
             "port": (self.port, vm.check_port(self.port.text())),
@@ -680,21 +733,31 @@ class ClientTab(InstanceTab):
         values["servers"] = servers
         if self.token.dirty:  # a token is only ever sent, never shown
             values["auth_token"] = self.token.text() or None
+        batch = SettingsThen(then, self.report_error, "connecting")
         for key in sorted(self.dirty_toggles):
             value = self.toggles[key].isChecked()
-            self.backend.request("client.set", {"name": self.name, "key": key, "value": value}, None, self.report_error)
+            self.backend.request(
+                "client.set",
+                {"name": self.name, "key": key, "value": value},
+                *batch.callbacks((lambda _r: None, self.report_error)),
+            )
         self.dirty_toggles.clear()
         for key, value in values.items():
             if current.get(key) != value:
                 self.backend.request(
-                    "client.set", {"name": self.name, "key": key, "value": value}, *field_callbacks(self.field_for(key))
+                    "client.set",
+                    {"name": self.name, "key": key, "value": value},
+                    *batch.callbacks(field_callbacks(self.field_for(key))),
                 )
             else:
                 self.field_for(key).dirty = False
         for key, tuned, field in tuning:
-            self.backend.request("client.set", {"name": self.name, "key": key, "value": tuned}, *field_callbacks(field))
-        if then is not None:
-            then()
+            self.backend.request(
+                "client.set",
+                {"name": self.name, "key": key, "value": tuned},
+                *batch.callbacks(field_callbacks(field)),
+            )
+        batch.close()
         return True
 
     def connect_client(self) -> None:
@@ -880,16 +943,25 @@ class ServerTab(InstanceTab):
         ]
         if self.token.dirty:
             changes.append(("auth_token", self.token.text() or None, self.token))
+        batch = SettingsThen(
+            lambda: self.backend.request("server.start", {"name": self.name}, None, self.report_error),
+            self.report_error,
+            "starting",
+        )
         for key, value, field in changes:
             if current.get(key) != value:
                 self.backend.request(
-                    "server.set", {"name": self.name, "key": key, "value": value}, *field_callbacks(field)
+                    "server.set",
+                    {"name": self.name, "key": key, "value": value},
+                    *batch.callbacks(field_callbacks(field)),
                 )
             else:
                 field.dirty = False
         for key, tuned, field in tuning:  # already only what changed
-            self.backend.request("server.set", {"name": self.name, "key": key, "value": tuned}, *field_callbacks(field))
-        self.backend.request("server.start", {"name": self.name}, None, self.report_error)
+            self.backend.request(
+                "server.set", {"name": self.name, "key": key, "value": tuned}, *batch.callbacks(field_callbacks(field))
+            )
+        batch.close()
 
     def stop_server(self) -> None:
         self.backend.request("server.stop", {"name": self.name}, None, self.report_error)
