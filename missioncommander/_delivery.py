@@ -24,9 +24,10 @@ if TYPE_CHECKING:
     from ._inbox import Inbox
     from ._requests import Requests
 
-#: ``answer(*peer, request_id, request, result, exc)``: a Client's or
-#: Server's way to send the reply to one request.
-Answer = Callable[..., None]
+#: ``send_reply(*peer, request_id, request, result, exc)``: a Client's or
+#: Server's way to send the reply to one request (not ``_callbacks.Answer``,
+#: which decides who answers).
+SendReply = Callable[..., None]
 
 
 def deliver(
@@ -35,7 +36,7 @@ def deliver(
     inbox: Inbox,
     events: list[MessageReceived],
     peer: tuple[str, ...],
-    answer: Answer,
+    answer: SendReply,
 ) -> None:
     """A run of received messages, to their handlers (``message`` callbacks
     are called with ``*peer, message``); a message a node that died may
@@ -76,7 +77,7 @@ def hand_over(
     inbox: Inbox,
     event: MessageReceived,
     peer: tuple[str, ...],
-    answer: Answer,
+    answer: SendReply,
 ) -> None:
     """A received request or reply (``event.meta`` set), to its handler, in
     order with the messages: a reply to the request waiting for it, a

@@ -34,7 +34,7 @@ from PySide6.QtWidgets import (
 from mc_control.codes import CLIENT_TUNING, OPTIONAL_TUNING, SERVER_TUNING
 
 from . import viewmodel as vm
-from .backend import Backend
+from .backend import Backend, Failure, Reply
 
 LEVEL_COLOURS = {
     "connected": "#2e7d32",
@@ -165,23 +165,27 @@ def field_callbacks(field: Field) -> tuple[Callable[[dict[str, Any]], None], Cal
 
 
 class SettingsThen:
-    """Settings sent one by one, then an action (connect, start) once every
-    one was taken, and not at all if mcd refused one: the refusal is shown
-    on its field, and the instance must not start with the old value."""
+    """Settings sent one by one (``set``), then an action (connect, start)
+    once mcd took every one, and not at all if it refused one: the refusal
+    is shown on its field, and the instance must not start with the old
+    value."""
 
-    def __init__(self, then: Callable[[], None] | None, refused: Callable[[str, str], None], what: str = "") -> None:
+    def __init__(
+        self, backend: Backend, command: str, name: str, then: Callable[[], None] | None, what: str, refused: Failure
+    ) -> None:
+        self._backend = backend
+        self._command = command
+        self._name = name
         self._then = then
         #: Told, with ``what`` the action was, when a refusal stopped it.
-        self._refused = refused
         self._what = what
+        self._refused = refused
         self._pending = 0
         self._failed = False
         self._closed = False
 
-    def callbacks(
-        self, shown: tuple[Callable[[dict[str, Any]], None], Callable[[str, str], None]]
-    ) -> tuple[Callable[[dict[str, Any]], None], Callable[[str, str], None]]:
-        """``shown`` (what a reply does to its field), counted."""
+    def set(self, key: str, value: object, shown: tuple[Reply, Failure]) -> None:
+        """Send one setting; ``shown`` is what its reply does to its field."""
         on_done, on_failed = shown
         self._pending += 1
 
@@ -196,7 +200,7 @@ class SettingsThen:
             self._pending -= 1
             self._settle()
 
-        return done, failed
+        self._backend.request(self._command, {"name": self._name, "key": key, "value": value}, done, failed)
 
     def close(self) -> None:
         """Every setting is sent: the action follows their replies."""
@@ -733,30 +737,17 @@ class ClientTab(InstanceTab):
         values["servers"] = servers
         if self.token.dirty:  # a token is only ever sent, never shown
             values["auth_token"] = self.token.text() or None
-        batch = SettingsThen(then, self.report_error, "connecting")
+        batch = SettingsThen(self.backend, "client.set", self.name, then, "connecting", self.report_error)
         for key in sorted(self.dirty_toggles):
-            value = self.toggles[key].isChecked()
-            self.backend.request(
-                "client.set",
-                {"name": self.name, "key": key, "value": value},
-                *batch.callbacks((lambda _r: None, self.report_error)),
-            )
+            batch.set(key, self.toggles[key].isChecked(), (lambda _r: None, self.report_error))
         self.dirty_toggles.clear()
         for key, value in values.items():
             if current.get(key) != value:
-                self.backend.request(
-                    "client.set",
-                    {"name": self.name, "key": key, "value": value},
-                    *batch.callbacks(field_callbacks(self.field_for(key))),
-                )
+                batch.set(key, value, field_callbacks(self.field_for(key)))
             else:
                 self.field_for(key).dirty = False
         for key, tuned, field in tuning:
-            self.backend.request(
-                "client.set",
-                {"name": self.name, "key": key, "value": tuned},
-                *batch.callbacks(field_callbacks(field)),
-            )
+            batch.set(key, tuned, field_callbacks(field))
         batch.close()
         return True
 
@@ -944,23 +935,20 @@ class ServerTab(InstanceTab):
         if self.token.dirty:
             changes.append(("auth_token", self.token.text() or None, self.token))
         batch = SettingsThen(
+            self.backend,
+            "server.set",
+            self.name,
             lambda: self.backend.request("server.start", {"name": self.name}, None, self.report_error),
-            self.report_error,
             "starting",
+            self.report_error,
         )
         for key, value, field in changes:
             if current.get(key) != value:
-                self.backend.request(
-                    "server.set",
-                    {"name": self.name, "key": key, "value": value},
-                    *batch.callbacks(field_callbacks(field)),
-                )
+                batch.set(key, value, field_callbacks(field))
             else:
                 field.dirty = False
         for key, tuned, field in tuning:  # already only what changed
-            self.backend.request(
-                "server.set", {"name": self.name, "key": key, "value": tuned}, *batch.callbacks(field_callbacks(field))
-            )
+            batch.set(key, tuned, field_callbacks(field))
         batch.close()
 
     def stop_server(self) -> None:
