@@ -71,7 +71,7 @@ class _PortSetting(cfg.Setting[int]):
             return self
         if obj._bound_port is not None:
             return obj._bound_port
-        return obj._settings.get("port", self.default)
+        return obj.requested_port
 
 
 class _Session(SendSession):
