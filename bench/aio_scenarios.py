@@ -13,6 +13,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from systems import use_fast_json
+
 from missioncommander import Message
 from missioncommander.aio import AsyncClient
 
@@ -21,6 +23,10 @@ FILLER = "x" * 100
 
 
 def run(coro: Any) -> Any:
+    # Pure Python, as the threaded `missioncommander` system: the `fast`
+    # extra is mc-fast's alone (another system may have switched it on).
+    use_fast_json(False)
+
     async def bounded() -> Any:
         async with asyncio.timeout(WAIT):
             return await coro

@@ -155,6 +155,8 @@ def mc_async_serve(port: int) -> None:
     from missioncommander import Message
     from missioncommander.aio import AsyncServer
 
+    use_fast_json(False)  # pure Python, as the threaded system (orjson is mc-fast's)
+
     async def serve() -> None:
         server = AsyncServer(interface="127.0.0.1", port=port, max_connection_rate=None, max_clients=20_000)
         # The handler's replies queue without waiting (a full queue raises, as
