@@ -444,7 +444,9 @@ def main() -> int:
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--only", default="", help="run only the scenarios whose names contain one of these words")
     parser.add_argument("--no-mcctl", action="store_true", help="skip the mcctl start-up scenario")
-    parser.add_argument("--results", type=Path, help="also write the markdown report here")
+    parser.add_argument(
+        "--results", type=Path, help="also write the report here (between its table markers, if it has them)"
+    )
     args = parser.parse_args()
     quick = args.quick
     systems = args.systems.split(",")
@@ -496,8 +498,22 @@ def main() -> int:
     report = render(results, scenarios, systems, mcctl)
     print(report)
     if args.results:
-        args.results.write_text(report)
+        write_results(args.results, report)
     return 0
+
+
+#: The part of a results file that a run rewrites; the analysis around it stays.
+TABLE_START, TABLE_END = "<!-- bench/run.py: table -->", "<!-- /bench/run.py: table -->"
+
+
+def write_results(path: Path, report: str) -> None:
+    """Write ``report`` between the table markers of ``path`` (bench/RESULTS.md
+    keeps its analysis around them), or as the whole file if it has none."""
+    old = path.read_text() if path.exists() else ""
+    start, end = old.find(TABLE_START), old.find(TABLE_END)
+    if 0 <= start < end:
+        report = old[: start + len(TABLE_START)] + "\n" + report + old[end:]
+    path.write_text(report)
 
 
 def render(

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command: install what the benchmark needs, then run every system on
-# every scenario and write bench/RESULTS.md.  Extra arguments go to run.py
+# every scenario and rewrite the table of bench/RESULTS.md (between its
+# markers: the analysis around it stays).  Extra arguments go to run.py
 # (e.g. --quick, --reps 5, --scale 1000,5000,10000).
 set -euo pipefail
 cd "$(dirname "$0")/.."

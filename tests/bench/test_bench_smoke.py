@@ -12,6 +12,11 @@ BENCH = Path(__file__).parents[2] / "bench" / "run.py"
 
 def test_every_scenario_runs_at_tiny_size(tmp_path: Path) -> None:
     report = tmp_path / "report.md"
+    # As bench/RESULTS.md: analysis around the table, which a run must keep.
+    report.write_text(
+        "# Results\n\nBefore.\n\n<!-- bench/run.py: table -->\nold table\n"
+        "<!-- /bench/run.py: table -->\n\n## Analysis\n\nAfter.\n"
+    )
     out = subprocess.run(
         [
             sys.executable,
@@ -35,6 +40,8 @@ def test_every_scenario_runs_at_tiny_size(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     assert "FAILED" not in out.stderr
     text = report.read_text()
+    assert text.startswith("# Results\n\nBefore.\n") and text.endswith("## Analysis\n\nAfter.\n")
+    assert "old table" not in text
     scenarios = ("echo", "client->server", "broadcast", "client in mcd", "1 MiB echo", "20 idle", "mcctl client status")
     for scenario in scenarios:
         assert scenario in text
