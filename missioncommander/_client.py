@@ -55,7 +55,7 @@ from ._inbox import Inbox
 from ._link import Link, route_locked
 from ._loop import Cancellable, Connecting, Driver, WriteTarget, get_loop
 from ._message import Message
-from ._reconnect import Step, after_failure, reconnect_delay
+from ._reconnect import Step, after_failure, reconnect_delay, retry_hint
 from ._requests import ReplyWaiter, Requests, reply_body
 from ._session import SendSession
 from ._state import ClientState, ClientStateTransition
@@ -113,11 +113,15 @@ def _literal_family(host: str) -> int | None:
 class _Attempt(Exception):
     """Why one connection attempt failed; ``terminal`` ends all retrying."""
 
-    def __init__(self, reason: str, terminal: bool = False, error: ConnectError | None = None) -> None:
+    def __init__(
+        self, reason: str, terminal: bool = False, error: ConnectError | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.terminal = terminal
         self.error = error
+        #: The server's word on when its reason is over at the latest (seconds).
+        self.retry_after = retry_after
         #: The server said "busy, come back shortly": too many connections
         #: from here, or (id_in_use, not terminal) the id is being checked
         #: or moving between cluster nodes.  A connect() that waits retries.
@@ -240,7 +244,8 @@ class _ClientLink(Link):
             self.client._welcomed(self, event)
         elif isinstance(event, ErrorReceived) and not self.welcomed:
             refusal = ConnectionRefusedByServer(event.code, event.message)
-            self._fail(_Attempt(str(refusal), terminal=event.code in TERMINAL_CODES or not event.retry, error=refusal))
+            terminal = event.code in TERMINAL_CODES or not event.retry
+            self._fail(_Attempt(str(refusal), terminal, refusal, event.retry_after))
         else:
             self.client._handle(self, event)
 
@@ -375,6 +380,8 @@ class Client:
         #: Which of ``servers`` is in use, and how many failed since one welcomed us.
         self._server_index = 0
         self._servers_failed = 0
+        #: When a refusal's cause is over at the latest (its retry_after), if it said.
+        self._free_at: float | None = None
         self._connect_deadline = 0.0
         self._retries = 0
         self._persistent = False
@@ -875,12 +882,19 @@ class Client:
                 return
             if bits & _CONNECTING:
                 log.info("client %r: connect attempt failed: %s", self.client_id, why.reason)
+            if why.retry_after is not None:
+                self._free_at = self._loop.time() + why.retry_after
         self._schedule_retry()
 
     def _schedule_retry(self) -> None:
         servers = self.servers
+        retry_after, self._free_at = retry_hint(self._free_at, self._loop.time())
         delay = reconnect_delay(
-            self._retries, self.reconnect_delay, self.reconnect_max_delay, servers=len(servers) if servers else 1
+            self._retries,
+            self.reconnect_delay,
+            self.reconnect_max_delay,
+            servers=len(servers) if servers else 1,
+            retry_after=retry_after,
         )
         log.info("client %r: reconnecting in %.2f s (attempt %d)", self.client_id, delay, self._retries + 1)
         self._retry_timer = self._loop.call_later(delay, self._start_attempt, self._generation, None)
@@ -931,6 +945,7 @@ class Client:
             self._connect_future = None
             self._retries = 0
             self._servers_failed = 0
+            self._free_at = None
             self._set_state(CONNECTED)
             self._callbacks.emit("connect") if first else self._callbacks.emit("reconnect", self.client_id)
             session.pump_pending = False

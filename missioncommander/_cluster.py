@@ -262,6 +262,10 @@ class ClusterNode:
                 ErrorCode.ID_IN_USE,
                 f"client id {client_id!r} is held by node {node_of(claim.node)}; retry",
                 retry=True,
+                # The holder lets go at once if it is alive; if it died, the
+                # id is free when its lease runs out: the client need not
+                # guess with its backoff past that.
+                retry_after=claim.free_in,
             )
         elif claim.outcome == "resume":
             if claim.node not in ("", self.holder):

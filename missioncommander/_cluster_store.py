@@ -45,9 +45,9 @@ local max_frame = ARGV[8]
 local owner = redis.call('GET', lease)
 local known = redis.call('HGET', sess, 'token')
 if owner and owner ~= me then
-  if known and known == token then return {'moving', owner} end
+  if known and known == token then return {'moving', owner, redis.call('PTTL', lease)} end
   if redis.call('EXISTS', in_use) == 1 then return {'in_use', owner} end
-  return {'held', owner}
+  return {'held', owner, redis.call('PTTL', lease)}
 end
 redis.call('SET', lease, me, 'PX', ttl)
 if known and known == token then
@@ -216,6 +216,9 @@ class Claim:
     #: For ``resume``: the number of a message from the client that a holder
     #: which died may have handed to its callbacks (0: none).
     suspect: int = 0
+    #: For ``moving`` and ``held``: seconds until the holder's lease runs
+    #: out, when the id is free at the latest (the holder may let go sooner).
+    free_in: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,8 +293,10 @@ class ClusterStore:
             [node, int(ttl * 1000), token or "", new_token, last_seq, client_id, int(keep * 1000), max_frame_size],
         )
         outcome = reply[0].decode()
-        if outcome in ("moving", "held", "in_use"):
+        if outcome == "in_use":
             return Claim(outcome, node=reply[1].decode())
+        if outcome in ("moving", "held"):
+            return Claim(outcome, node=reply[1].decode(), free_in=max(0, int(reply[2])) / 1000)
         if outcome == "resume":
             return Claim(
                 "resume",

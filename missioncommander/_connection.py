@@ -253,14 +253,19 @@ class Connection:
         self._send(FrameType.BYE)
         return encode_json_frame(FrameType.BYE, {"reason": reason})
 
-    def send_error(self, code: str, message: str, retry: bool = False) -> bytes:
+    def send_error(self, code: str, message: str, retry: bool = False, retry_after: float | None = None) -> bytes:
         """An ERROR frame; allowed in any phase (also right after the peer broke
-        the protocol) until a closing frame was sent, and closes."""
+        the protocol) until a closing frame was sent, and closes.
+        ``retry_after``: with ``retry``, the seconds after which the cause
+        is over at the latest, when known."""
         if self._final_sent:
             raise LocalProtocolError(ErrorCode.UNEXPECTED_FRAME, "a closing frame was already sent")
         self._final_sent = True
         self._enter(_CLOSED)
-        return encode_json_frame(FrameType.ERROR, {"code": str(code), "message": message, "retry": retry})
+        error: dict[str, Any] = {"code": str(code), "message": message, "retry": retry}
+        if retry_after is not None:
+            error["retry_after"] = round(max(0.0, retry_after), 3)
+        return encode_json_frame(FrameType.ERROR, error)
 
     def close(self) -> None:
         """The connection is gone (the driver's socket closed): nothing more either way."""

@@ -120,6 +120,9 @@ class ErrorReceived:
     code: str
     message: str
     retry: bool
+    #: With ``retry``: seconds after which the cause is over at the latest
+    #: (a cluster node's lease on the client's id), if the sender knows.
+    retry_after: float | None = None
 
 
 Event = (

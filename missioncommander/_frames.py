@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import itertools
 import json
+import math
 import struct
 from collections.abc import Iterator
 from json.scanner import make_scanner
@@ -427,9 +428,13 @@ def parse_frame(ftype: int, body: bytes) -> Event:
         return ShutdownReceived(reason) if ftype == FrameType.SHUTDOWN else ByeReceived(reason)
     if ftype == FrameType.ERROR:
         obj = _json_object(body, "ERROR")
+        retry_after = _field(obj, "retry_after", (int, float), "ERROR", optional=True)
+        if retry_after is not None and not 0 <= retry_after < math.inf:
+            raise RemoteProtocolError(ErrorCode.BAD_FRAME, "ERROR field 'retry_after' must be a time in seconds")
         return ErrorReceived(
             code=_field(obj, "code", str, "ERROR"),
             message=_field(obj, "message", str, "ERROR"),
             retry=bool(_field(obj, "retry", bool, "ERROR", optional=True)),
+            retry_after=None if retry_after is None else float(retry_after),
         )
     raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"unknown frame type {ftype}")

@@ -65,6 +65,7 @@ def reconnect_delay(
     cap: float,
     uniform: Callable[[float, float], float] | None = None,
     servers: int = 1,
+    retry_after: float | None = None,
 ) -> float:
     """How long to wait before attempt ``retries + 1`` of a (re)connect:
     exponential backoff from ``base``, capped at ``cap``, with full jitter
@@ -74,6 +75,28 @@ def reconnect_delay(
     With ``servers`` to try in turn (a cluster's nodes) the ceiling doubles
     once per round of them, not per attempt: a dead node in the list would
     otherwise triple the wait for a live one (after a node crashed, its
-    clients reached the 30 s ceiling while its lease ran out, 6 s)."""
-    ceiling = min(cap, base * 2 ** min(retries // max(1, servers), 32))
-    return (uniform or random.uniform)(0.0, ceiling)
+    clients reached the 30 s ceiling while its lease ran out, 6 s).
+
+    ``retry_after``: the server said its reason to refuse is over by then
+    (a dead cluster node's lease on the client's id): the wait ends soon
+    after it, whatever the backoff has grown to, spread over a fifth of it
+    (at most a second) so that a dead node's clients do not all come back
+    in the same instant."""
+    draw = uniform or random.uniform
+    delay = draw(0.0, min(cap, base * 2 ** min(retries // max(1, servers), 32)))
+    if retry_after is not None:
+        delay = min(delay, retry_after + draw(0.0, min(1.0, retry_after / 5)))
+    return delay
+
+
+def retry_hint(free_at: float | None, now: float) -> tuple[float | None, float | None]:
+    """What a server's ``retry_after`` (kept as the time ``free_at`` it
+    names) means for the next wait: ``(retry_after, free_at)`` to pass to
+    ``reconnect_delay`` and to keep.  It holds for every later attempt until
+    that time, whichever server they go to (a cluster's lease is the same on
+    every node), since an attempt on a dead node in between says nothing;
+    once past, the next attempt goes at once, and the hint is spent."""
+    if free_at is None:
+        return None, None
+    left = free_at - now
+    return (left, free_at) if left > 0 else (0.0, None)

@@ -727,13 +727,15 @@ class Server:
             if link.transport is not None:
                 link.transport.close(f"client reported an error: {event.message}")
 
-    def _refuse(self, link: _ServerLink, code: ErrorCode, message: str, retry: bool = False) -> None:
+    def _refuse(
+        self, link: _ServerLink, code: ErrorCode, message: str, retry: bool = False, retry_after: float | None = None
+    ) -> None:
         # "Retry shortly" while an id is checked or moves between cluster
         # nodes is routine (a client retries it many times): not a warning.
         level = logging.INFO if code is ErrorCode.ID_IN_USE and retry else logging.WARNING
         log.log(level, "refusing %s: %s", link.describe(), message)
         self._refusals[code] += 1
-        link.send_final(link.proto.send_error(code, message, retry=retry), f"refused: {message}")
+        link.send_final(link.proto.send_error(code, message, retry, retry_after), f"refused: {message}")
 
     def _on_hello(self, link: _ServerLink, hello: Hello) -> None:
         link.hello = hello

@@ -4,11 +4,13 @@ broadcast, ids owned cluster-wide, hand-over, and what Redis trouble does."""
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable
 
 import pytest
-from support import FaultProxy, Recorder, wait_until
+import redis
+from support import FaultProxy, Recorder, server_frames, wait_until
 from support.redis_server import RedisServer
 
 from missioncommander import (
@@ -20,6 +22,8 @@ from missioncommander import (
     Server,
     UnknownClient,
 )
+from missioncommander._events import Challenge, ErrorReceived
+from missioncommander._frames import FrameType, encode_json_frame
 
 MakeNode = Callable[..., Server]
 MakeClient = Callable[..., Client]
@@ -409,3 +413,37 @@ def test_a_message_over_a_clients_frame_limit_is_refused_on_any_node(
     got_small.wait_count("message", 1)
     assert [args[0].subject for args in got_small.of("message")] == ["fits"]
     assert small.state & ClientState.STATE_CONNECTED  # never sent what it could not take
+
+
+def test_a_client_refused_for_a_dead_nodes_lease_is_told_when_it_runs_out(
+    make_node: MakeNode, make_client: MakeClient, redis_server: RedisServer
+) -> None:
+    """A node that died holding a client's id leaves its lease in Redis
+    until it runs out: the other nodes refuse the client ("held; retry")
+    and say when the id is free at the latest, and the client's waiting
+    connect() gets in once it is."""
+    b = make_node(node_id="b")
+    store = redis.Redis.from_url(redis_server.url)
+    try:
+        store.set("missioncommander:lease:orphan", "node-that-died", px=3000)
+        with socket.create_connection(("127.0.0.1", b.port), timeout=10) as sock:
+            frames = server_frames(sock)
+            assert isinstance(next(frames), Challenge)
+            sock.sendall(
+                encode_json_frame(
+                    FrameType.HELLO,
+                    {"version": 2, "client_id": "orphan", "session": None, "last_seq": 0,
+                     "max_frame_size": 65536, "heartbeat_timeout": 15},
+                )
+            )  # fmt: skip
+            refusal = next(frames)
+        assert isinstance(refusal, ErrorReceived) and refusal.code == "id_in_use" and refusal.retry
+        assert "held by node" in refusal.message
+        assert refusal.retry_after is not None and 0.0 < refusal.retry_after <= 3.0
+        left = store.pttl("missioncommander:lease:orphan") / 1000
+        assert refusal.retry_after >= left  # said before this read: no less was left then
+        client = make_client(b, client_id="orphan", connect_timeout=20)
+        client.connect()  # refused until the lease runs out, then in
+        assert b.client_nodes == {"orphan": "b"}
+    finally:
+        store.close()

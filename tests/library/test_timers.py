@@ -18,7 +18,7 @@ from missioncommander._connection import Connection
 from missioncommander._events import AckReceived, ErrorReceived, Hello, PingReceived, Role, Welcome
 from missioncommander._frames import message_frames
 from missioncommander._inbox import ACK_DELAY
-from missioncommander._reconnect import reconnect_delay
+from missioncommander._reconnect import reconnect_delay, retry_hint
 
 S = ClientState
 CONNECTED = S.STATE_OK | S.STATE_RUNNING | S.STATE_CONNECTED
@@ -145,25 +145,70 @@ def test_with_several_servers_the_backoff_grows_once_per_round_of_them() -> None
     assert reconnect_delay(3 * 20, 0.5, 30.0, top, servers=3) == 30.0
 
 
-def test_a_client_of_three_nodes_resumes_soon_after_a_dead_nodes_lease() -> None:
+def test_a_retry_after_from_the_server_caps_the_backoff_with_some_spread() -> None:
+    top = lambda lo, hi: hi  # noqa: E731
+    assert reconnect_delay(12, 0.5, 30.0, top, retry_after=4.0) == pytest.approx(4.8)  # 30 s ceiling: capped
+    assert reconnect_delay(12, 0.5, 30.0, top, retry_after=20.0) == 21.0  # the spread: a fifth, at most 1 s
+    assert reconnect_delay(0, 0.5, 30.0, top, retry_after=4.0) == 0.5  # the backoff is sooner: it stands
+    assert reconnect_delay(12, 0.5, 30.0, lambda lo, hi: lo, retry_after=4.0) == 0.0
+
+
+def test_a_client_refused_with_retry_after_comes_back_soon_after_it(driver: FakeDriver) -> None:
+    """A cluster node refuses a client whose id a dead node's lease still
+    holds, saying when the lease runs out: however far the backoff has
+    grown, the next attempt comes within a fifth of that after it."""
+    client = Client(
+        _driver=driver, address="127.0.0.1", port=5000, client_id="c1", reconnect_delay=1.0, reconnect_max_delay=60.0
+    )
+    client.connect(wait=False)
+    driver.run()
+    for _ in range(12):  # the backoff's ceiling grows to the 60 s cap
+        attempts = len(driver.connects)
+        driver.connects[-1].refuse()
+        driver.run()
+        for _ in range(600):
+            if len(driver.connects) > attempts:
+                break
+            driver.advance(0.1)
+    attempts = len(driver.connects)
+    server = Connection(Role.SERVER, now=driver.now)
+    transport = driver.connects[-1].accept()
+    transport.feed(server.send_challenge("n" * 32, auth=False))
+    driver.run()
+    server.receive_data(transport.take(), driver.now)
+    transport.feed(server.send_error("id_in_use", "client id 'c1' is held by node n2; retry", True, retry_after=3.0))
+    driver.run()
+    driver.advance(3.6 + 0.001)
+    assert len(driver.connects) == attempts + 1, "no attempt within 3 s and a fifth after the refusal"
+    assert client.last_close_reason is not None and "held by node n2" in client.last_close_reason
+
+
+@pytest.mark.parametrize(("told", "p90"), [(False, 10.0), (True, 7.0)])
+def test_a_client_of_three_nodes_resumes_soon_after_a_dead_nodes_lease(told: bool, p90: float) -> None:
     """The case the rule is for: the client's node is killed, the other two
     refuse it ("held by the dead node; retry") until its 6 s lease runs
     out.  Simulated with the client's rule (one attempt per server in turn,
     each refusal quick): resumed within 10 s of the kill in nine runs of
-    ten (doubling per attempt, half the runs waited 10 s and a tenth 32 s)."""
+    ten (doubling per attempt, half the runs waited 10 s and a tenth 32 s);
+    when the refusals say when the lease runs out (``retry_after``, as
+    cluster nodes do), within 1 s of it (p90 6.2 s, the longest 6.5 s)."""
     rng = random.Random(7)
 
     def resumed_after(lease: float = 6.0) -> float:
         now = 0.0
+        free_at = None
         for retries in range(10_000):  # far more attempts than 6 s can hold
             server = (retries + 1) % 3  # the client was on server 0, now dead
             if server != 0 and now >= lease:
                 return now
-            now += reconnect_delay(retries + 1, 0.5, 30.0, rng.uniform, servers=3)
+            if told and server != 0:  # the live ones refuse saying when; the dead one says nothing
+                free_at = lease
+            hint, free_at = retry_hint(free_at, now)
+            now += reconnect_delay(retries + 1, 0.5, 30.0, rng.uniform, servers=3, retry_after=hint)
         raise AssertionError("never resumed")
 
     waits = sorted(resumed_after() for _ in range(2000))
-    assert waits[len(waits) * 9 // 10] < 10.0
+    assert waits[len(waits) * 9 // 10] < p90
 
 
 def test_a_connect_attempt_with_no_answer_times_out_and_is_retried(driver: FakeDriver) -> None:

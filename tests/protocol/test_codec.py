@@ -184,6 +184,9 @@ def test_truncated_frame_waits_for_more() -> None:
             b'{"version": 1, "client_id": "a", "last_seq": -1, "max_frame_size": 9999, "heartbeat_timeout": 1}',
         ),
         (FrameType.ERROR, b'{"code": 1}'),
+        (FrameType.ERROR, b'{"code": "x", "message": "m", "retry": true, "retry_after": -1}'),
+        (FrameType.ERROR, b'{"code": "x", "message": "m", "retry": true, "retry_after": "soon"}'),
+        (FrameType.ERROR, b'{"code": "x", "message": "m", "retry": true, "retry_after": 1e999}'),
         (FrameType.CHALLENGE, b'{"version": 1, "nonce": "short", "auth": false}'),
         (FrameType.CHALLENGE, b'{"version": 1, "nonce": "nnnnnnnnnnnnnnnnnnnn", "auth": 0}'),
         (99, b""),
@@ -249,6 +252,10 @@ def test_every_frame_type_round_trips() -> None:
         (
             encode_json_frame(FrameType.ERROR, {"code": "x", "message": "m", "retry": True}),
             ErrorReceived("x", "m", True),
+        ),
+        (
+            encode_json_frame(FrameType.ERROR, {"code": "x", "message": "m", "retry": True, "retry_after": 4.25}),
+            ErrorReceived("x", "m", True, 4.25),
         ),
     ]
     for frame, expected in cases:

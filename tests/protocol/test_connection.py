@@ -14,6 +14,7 @@ from missioncommander._errors import LocalProtocolError, QueueFullError, RemoteP
 from missioncommander._events import (
     AckReceived,
     Challenge,
+    ErrorReceived,
     Hello,
     MessageReceived,
     PingReceived,
@@ -357,3 +358,12 @@ def test_the_client_speaks_the_lower_of_the_two_versions(server_speaks: int, con
     hello = client.send_hello("c", None, 0, 65536, 15.0, now=0.0)
     (event,) = Connection(Role.SERVER).receive_data(hello, now=0.0)
     assert isinstance(event, Hello) and event.version == connection_runs == client.version
+
+
+def test_an_error_may_say_when_its_cause_is_over() -> None:
+    server = Connection(Role.SERVER)
+    client = Connection(Role.CLIENT)
+    (error,) = client.receive_data(server.send_error("id_in_use", "held; retry", retry=True, retry_after=2.34567), 0.0)
+    assert error == ErrorReceived("id_in_use", "held; retry", True, 2.346)
+    (error,) = Connection(Role.CLIENT).receive_data(Connection(Role.SERVER).send_error("x", "no"), 0.0)
+    assert error == ErrorReceived("x", "no", False, None)  # no hint unless given
