@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from missioncommander import Message
+from missioncommander import FrozenDict, FrozenList, Message
 from missioncommander._errors import RemoteProtocolError
 from missioncommander._events import (
     AckReceived,
@@ -198,28 +198,48 @@ def test_bad_bodies_are_bad_frames(ftype: int, body: bytes) -> None:
     assert info.value.code == "bad_frame"
 
 
+def assert_deeply_frozen(value: object) -> None:
+    if isinstance(value, dict):
+        assert type(value) is FrozenDict
+        with pytest.raises(TypeError, match="read-only"):
+            value["z"] = 1
+        for item in value.values():
+            assert_deeply_frozen(item)
+    elif isinstance(value, list):
+        assert type(value) is FrozenList
+        with pytest.raises(TypeError, match="read-only"):
+            value.append(3)
+        for item in value:
+            assert_deeply_frozen(item)
+
+
 @pytest.mark.parametrize(
     "body",
     [
-        b'["s",{"a":{"b":1},"c":"x"}]',  # no array inside: the one-pass path
+        b'["s",{"a":1,"c":"x","d":null,"e":1.5,"f":true}]',  # flat: the one-pass path
+        b'["s",{"a":{"b":1},"c":"x"}]',  # an object inside, no array: the one-pass path
         b' [ "s" , {"a" : {"b": 1}, "c": "x"} ] ',  # whitespace around: the full decoder
         b'["s",{"a":{"b":[1,{"d":[2]}]},"c":"["}]',  # arrays inside: decoded, then frozen
     ],
 )
-def test_received_payloads_are_frozen_whatever_the_path(body: bytes) -> None:
+def test_received_messages_are_frozen_whatever_the_path(body: bytes) -> None:
     event = parse_frame(FrameType.MESSAGE, b"\0" * 8 + body)
-    assert isinstance(event, MessageReceived) and event.subject == "s"
-    assert event.payload == json.loads(body)[1]
-    with pytest.raises(TypeError, match="read-only"):
-        event.payload["z"] = 1
-    with pytest.raises(TypeError, match="read-only"):
-        event.payload["a"]["z"] = 1
-    inner = event.payload["a"]["b"]
-    if isinstance(inner, list):
-        with pytest.raises(TypeError, match="read-only"):
-            inner.append(3)
-        with pytest.raises(TypeError, match="read-only"):
-            inner[1]["d"].append(3)
+    assert isinstance(event, MessageReceived)
+    message = Message._from_wire(event.subject, event.payload, event.encoded)
+    subject, payload = json.loads(body)
+    assert message == Message(subject, payload) and message.subject == subject
+    assert_deeply_frozen(message.payload)
+    assert message.payload is event.payload  # frozen as it was decoded, not copied again
+
+
+@given(payloads)
+def test_any_received_payload_is_frozen_and_equal_to_what_was_sent(payload: dict[str, object]) -> None:
+    sent = Message("s", payload)
+    event = parse_frame(FrameType.MESSAGE, b"\0" * 8 + sent.encode())
+    assert isinstance(event, MessageReceived)
+    received = Message._from_wire(event.subject, event.payload, event.encoded)
+    assert received == sent
+    assert_deeply_frozen(received.payload)
 
 
 def test_every_frame_type_round_trips() -> None:
