@@ -1,6 +1,6 @@
 """What one thread hand-over costs on this machine: the price of each hop a
-callback thread adds to a round trip (bench/RESULTS.md, "Echo with the
-defaults").
+callback thread adds to a round trip (bench/RESULTS.md, "Where each open
+target stands", issue 19's echo with the defaults).
 
     python3 bench/handoff.py [--rounds 20000]
 
