@@ -2,6 +2,7 @@
 would use it: the benchmark's own loop awaits sends and reads
 ``messages()``, so no thread hop is paid that an asyncio program would not
 pay.  The server side is ``systems.mc_async_serve`` (an ``AsyncServer``);
+on asyncio's loop for mc-async, on uvloop's for mc-uvloop;
 the checks are run.py's: sequence numbers, counts, nothing lost.
 """
 
@@ -13,13 +14,21 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from systems import use_fast_json
+from systems import new_loop, use_fast_json
 
 from missioncommander import Message
 from missioncommander.aio import AsyncClient
 
 WAIT = 120.0
 FILLER = "x" * 100
+#: The clients' loop is uvloop's (mc-uvloop), else asyncio's (mc-async).
+_uvloop = False
+
+
+def use_uvloop(on: bool) -> None:
+    """Run the next scenarios on uvloop (``on``) or asyncio's own loop."""
+    global _uvloop
+    _uvloop = on
 
 
 def run(coro: Any) -> Any:
@@ -31,7 +40,8 @@ def run(coro: Any) -> Any:
         async with asyncio.timeout(WAIT):
             return await coro
 
-    return asyncio.run(bounded())
+    with asyncio.Runner(loop_factory=lambda: new_loop(_uvloop)) as runner:
+        return runner.run(bounded())
 
 
 def _client(port: int, client_id: str) -> AsyncClient:

@@ -42,7 +42,7 @@ from systems import SYSTEMS
 HERE = Path(__file__).parent
 MC_SYSTEMS = ("missioncommander", "mc-pooled", "mc-fast")
 #: Systems whose clients are asyncio code: their scenarios are aio_scenarios'.
-ASYNC_SYSTEMS = ("mc-async",)
+ASYNC_SYSTEMS = ("mc-async", "mc-uvloop")
 FILLER = "x" * 100
 WAIT = 120.0
 
@@ -173,7 +173,7 @@ def scenario_echo(system: str, port: int, n: int, size: int = 100) -> dict[str, 
 
 
 #: Systems with a request/reply of their own (the others' echo is the figure to compare).
-REQUEST_SYSTEMS = ("missioncommander", "mc-pooled", "mc-fast", "mc-async", "pyzmq")
+REQUEST_SYSTEMS = ("missioncommander", "mc-pooled", "mc-fast", "mc-async", "mc-uvloop", "pyzmq")
 
 
 def scenario_request(system: str, port: int, n: int) -> dict[str, float]:
@@ -427,6 +427,7 @@ def run_one(
         print(f"  {system:16} {name}: FAILED: {exc}", file=sys.stderr)
         return {}
     SERVER_PID = server.proc.pid
+    aio_scenarios.use_uvloop(system == "mc-uvloop")
     try:
         return run(system, server.port)
     except Exception as exc:  # any failure is reported, and the run goes on

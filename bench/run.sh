@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
   if [ "$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q mosquitto; else sudo apt-get install -y -q mosquitto; fi
 fi
-python3 -m pip install --quiet -e '.[fast]' pyzmq paho-mqtt psutil
+python3 -m pip install --quiet -e '.[fast]' pyzmq paho-mqtt psutil uvloop
 # A client per connection: 10,000 idle clients need 20,000+ descriptors.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 python3 bench/run.py --results bench/RESULTS.md "$@"

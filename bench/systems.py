@@ -148,8 +148,27 @@ def mc_fast_serve(port: int) -> None:
     mc_serve(port, fast=True)
 
 
-def mc_async_serve(port: int) -> None:
-    """MissionCommander's asyncio API: an ``AsyncServer`` on ``asyncio.run``."""
+def new_loop(uvloop: bool) -> Any:
+    """The event loop of an asyncio system: asyncio's own, or uvloop's
+    (mc-uvloop: the same code on the loop an asyncio service that cares
+    about speed runs on)."""
+    import asyncio
+
+    if uvloop:
+        import uvloop as uv  # only for mc-uvloop (bench/run.sh installs it)
+
+        return uv.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def mc_uvloop_serve(port: int) -> None:
+    """``mc_async_serve`` on uvloop."""
+    mc_async_serve(port, uvloop=True)
+
+
+def mc_async_serve(port: int, uvloop: bool = False) -> None:
+    """MissionCommander's asyncio API: an ``AsyncServer`` on asyncio's loop
+    (or uvloop's)."""
     import asyncio
 
     from missioncommander import Message
@@ -168,7 +187,8 @@ def mc_async_serve(port: int) -> None:
             async for client_id, message in server.messages():
                 handler.handle(client_id, message.subject, message.payload)
 
-    asyncio.run(serve())
+    with asyncio.Runner(loop_factory=lambda: new_loop(uvloop)) as runner:
+        runner.run(serve())
 
 
 # -- plain sockets: length-prefixed JSON, a blocking thread per connection -------
@@ -506,6 +526,7 @@ SYSTEMS: dict[str, tuple[Callable[[int], None], type]] = {
     "mc-fast": (mc_fast_serve, McFastClient),
     # Its clients are asyncio code: run.py runs aio_scenarios for it.
     "mc-async": (mc_async_serve, McClient),
+    "mc-uvloop": (mc_uvloop_serve, McClient),
     "sockets": (raw_serve, RawClient),
     "pyzmq": (zmq_serve, ZmqClient),
     "mqtt": (mqtt_serve, MqttClient),
