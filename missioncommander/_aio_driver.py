@@ -6,7 +6,8 @@ every event loop, uvloop included.
 to a ``Client`` or ``Server``: their links, sessions and rules are the same
 code as with the threaded driver; only the transport below differs.
 ``_AioTransport`` is a ``WriteTarget`` over an asyncio transport: writes of
-one loop turn are coalesced into one ``writelines``; TLS is asyncio's own
+one loop turn are coalesced into one ``writelines`` (every ``FLUSH_AT``
+bytes while the turn lasts); TLS is asyncio's own
 (the handshake done by ``create_connection`` and ``create_server``).
 """
 
@@ -119,6 +120,12 @@ class AsyncioDriver:
         self, host: str, port: int, accept: Callable[[Incoming], None], tls: ssl.SSLContext | None = None
     ) -> Listener:
         return _AioListener(self, _listen(host, port), accept, tls)
+
+
+#: Bytes written in one loop turn that go out at once rather than at the
+#: turn's end: enough for few system calls, little enough that the peer
+#: starts on a burst while the rest of it is being made.
+FLUSH_AT = 64 * 1024
 
 
 class _AioTransport(asyncio.Protocol):
@@ -251,7 +258,13 @@ class _AioTransport(asyncio.Protocol):
         self.writes += 1
         self._pending.extend(chunks)
         self._pending_bytes += sum(map(len, chunks))
-        self._schedule_flush()
+        if self._pending_bytes >= FLUSH_AT and self.transport is not None:
+            # A coroutine that sends without awaiting anything that waits
+            # ends the loop's turn only once the send queue is full: its
+            # peer would get nothing until then, and then everything at once.
+            self._write_pending()
+        else:
+            self._schedule_flush()
 
     def send_and_unlock(self, chunks: list[bytes]) -> None:
         """A lone message (``_link.route_locked``): into the socket now,
@@ -277,16 +290,20 @@ class _AioTransport(asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        transport = self.transport
-        if transport is None or self.closed:
+        if self.transport is None or self.closed:
             return
         if self._pending:
-            if not transport.get_write_buffer_size():
-                self.last_progress = self.driver.time()
-            pending, self._pending, self._pending_bytes = self._pending, [], 0
-            transport.writelines(pending)
+            self._write_pending()
         if self._closing and not self._peer_first:
             self._close_transport()
+
+    def _write_pending(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        if not transport.get_write_buffer_size():
+            self.last_progress = self.driver.time()
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        transport.writelines(pending)
 
     def pause_reading(self) -> None:
         if not self.reading_paused and not self.closed:

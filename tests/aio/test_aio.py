@@ -381,6 +381,39 @@ def test_messages_are_acknowledged_as_they_are_taken_not_as_their_run_arrives() 
     run(test)
 
 
+def test_a_burst_sent_without_a_pause_reaches_the_peer_while_it_is_being_sent() -> None:
+    """A coroutine that sends in a loop without awaiting anything that
+    waits ends the loop's turn only when the send queue fills up: what it
+    sends goes out every 64 KiB meanwhile, so its peer starts on the burst
+    at once instead of getting it all at the end (client->server doubled)."""
+
+    async def test() -> None:
+        threaded = Server(interface="127.0.0.1", port=0)
+        deep = threading.Event()
+        got: list[int] = []
+
+        def note(_client_id: str, message: Message) -> None:
+            got.append(message.payload["n"])
+            if message.payload["n"] == 600:
+                deep.set()
+
+        threaded.subscribe("message", note)
+        threaded.start()
+        try:
+            async with AsyncClient(address="127.0.0.1", port=threaded.port, client_id="burst") as client:
+                for n in range(1000):  # about 150 KB, none of it waiting for room
+                    await client.send(Message("m", {"n": n, "pad": "x" * 100}))
+                # The loop has not turned since the burst began: only what the
+                # client wrote during it can have reached the server.
+                assert deep.wait(10), "the server got nothing of the burst before it ended"
+                await until(lambda: len(got) == 1000 and client.queued == 0)
+                assert got == list(range(1000))
+        finally:
+            await asyncio.to_thread(threaded.stop)
+
+    run(test)
+
+
 def test_coroutine_and_plain_callbacks_and_send_threadsafe() -> None:
     async def test() -> None:
         async with AsyncServer(interface="127.0.0.1", port=0) as server:
