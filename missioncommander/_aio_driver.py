@@ -140,14 +140,16 @@ class _AioTransport(asyncio.Protocol):
         self.lock = threading.Lock()
         self.closed = False
         #: A lone message may be written at once (``send_and_unlock``); a
-        #: burst is queued and written once at the end of the loop's turn.
+        #: burst is queued and written at the end of the loop's turn (or
+        #: every ``FLUSH_AT`` bytes while the turn lasts).
         #: Both happen on the loop: ``send()`` runs there.
         self.direct_ok = True
         self.reading_paused = False
         self.writes = 0
         self.last_progress = driver.time()
         #: Written during this loop turn (or before the transport is ready):
-        #: one ``writelines`` at the end of the turn takes them all.
+        #: one ``writelines`` at the end of the turn (or at ``FLUSH_AT``
+        #: bytes) takes them all.
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._flush_scheduled = False
