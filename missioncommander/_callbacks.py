@@ -15,11 +15,12 @@ stalls every connection of the process.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._errors import NoResponder
@@ -68,20 +69,47 @@ def normalise_event(name: object, known: Iterable[str]) -> str:
     return key
 
 
-def first_answer(responders: tuple[Callable[..., Any], ...], args: tuple[Any, ...]) -> tuple[Any, BaseException | None]:
-    """A request's answer from its ``request`` callbacks: the first result
-    that is not None, or the exception one raised (``NoResponder`` when
-    there are none); the callbacks after the answering one do not run."""
+#: ``answering()``'s steps: it yields what a coroutine responder returned, to
+#: be awaited and sent back (or its exception thrown in); it returns
+#: ``(result, exception)``.
+Answering = Generator[Awaitable[Any], Any, tuple[Any, "BaseException | None"]]
+
+
+def answering(responders: tuple[Callable[..., Any], ...], args: tuple[Any, ...]) -> Answering:
+    """The one copy of the rule that answers a request from its ``request``
+    callbacks: the first result that is not None, or the exception one
+    raised (``NoResponder`` when there are none); the callbacks after the
+    answering one do not run.  A generator, so that the threaded API runs it
+    straight through (``first_answer``) and the asyncio API awaits what a
+    coroutine responder returns (it yields that and takes back the result)."""
     if not responders:
         return None, NoResponder()
     for responder in responders:
         try:
             result = responder(*args)
+            if hasattr(type(result), "__await__"):  # inspect.isawaitable's test, without its slow ABC check
+                result = yield result
         except Exception as exc:
             return None, exc
         if result is not None:
             return result, None
     return None, None
+
+
+def first_answer(responders: tuple[Callable[..., Any], ...], args: tuple[Any, ...]) -> tuple[Any, BaseException | None]:
+    """``answering()`` run straight through, for responders that are plain
+    functions (a threaded responder that returns an awaitable gets a
+    ``TypeError`` back as its answer)."""
+    steps = answering(responders, args)
+    try:
+        awaitable = next(steps)
+    except StopIteration as done:
+        outcome: tuple[Any, BaseException | None] = done.value
+        return outcome
+    steps.close()
+    if inspect.iscoroutine(awaitable):
+        awaitable.close()  # never awaited: no "was never awaited" warning
+    return None, TypeError("a request callback of the threaded API returned an awaitable; use missioncommander.aio")
 
 
 class _Pool:

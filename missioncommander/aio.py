@@ -21,13 +21,13 @@ import functools
 import inspect
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, NamedTuple, TypeVar
 
 from . import _config as cfg
 from ._aio_driver import AsyncioDriver
-from ._callbacks import Callbacks, Reply, Run, SerialQueue, first_answer, normalise_event
+from ._callbacks import Answering, Callbacks, Reply, Run, SerialQueue, answering, normalise_event
 from ._client import _CAN_SEND, _RUNNING, CLIENT_EVENTS, DISCONNECT_WAIT, Client
 from ._errors import ConnectTimeout, QueueFullError, RequestTimeout, StateError
 from ._inbox import Inbox
@@ -329,29 +329,29 @@ class _Endpoint:
         held = _Held(release)
         held.pending = 1
         self._settle(held)
-        responders = self._responders
-        if any(inspect.iscoroutinefunction(r) for r in responders):
-            self._driver.spawn(self._respond_later(responders, args, reply, held))
-            return True
-        result, error = first_answer(responders, args)
-        self._replied(reply, result, error, held)
+        steps = answering(self._responders, args)
+        try:
+            awaitable = next(steps)
+        except StopIteration as done:
+            result, error = done.value
+            self._replied(reply, result, error, held)
+        else:
+            self._driver.spawn(self._respond_later(steps, awaitable, reply, held))
         return True
 
-    async def _respond_later(
-        self, responders: tuple[Callable[..., Any], ...], args: tuple[Any, ...], reply: Reply, held: _Held
-    ) -> None:
-        # first_answer's rule, with the coroutines awaited.
-        result: Any = None
-        error: BaseException | None = None
-        for responder in responders:
+    async def _respond_later(self, steps: Answering, awaitable: Awaitable[Any], reply: Reply, held: _Held) -> None:
+        """Go on with ``answering()``'s steps, awaiting what coroutine
+        responders return."""
+        while True:
             try:
-                result = responder(*args)
-                if inspect.isawaitable(result):
-                    result = await result
-            except Exception as exc:
-                result, error = None, exc
-                break
-            if result is not None:
+                try:
+                    value = await awaitable
+                except Exception as exc:
+                    awaitable = steps.throw(exc)
+                else:
+                    awaitable = steps.send(value)
+            except StopIteration as done:
+                result, error = done.value
                 break
         self._replied(reply, result, error, held)
 

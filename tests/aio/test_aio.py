@@ -600,6 +600,51 @@ def test_requests_both_ways_with_coroutine_and_plain_responders_and_threaded_pee
     run(test)
 
 
+def test_responders_answer_by_one_rule_whether_plain_coroutine_or_returning_an_awaitable() -> None:
+    """The first answer that is not None wins and those after it do not run;
+    a coroutine's None passes to the next; what a plain responder returns
+    that is awaitable (a future) is awaited; a coroutine's exception ends it."""
+
+    async def test() -> None:
+        ran: list[str] = []
+        async with AsyncServer(interface="127.0.0.1", port=0) as server:
+            loop = asyncio.get_running_loop()
+
+            async def passes(client_id: str, message: Message) -> None:
+                ran.append("passes")
+                await asyncio.sleep(0)
+                if message.subject == "fail":
+                    raise LookupError("nothing here")
+
+            def hands_a_future(client_id: str, message: Message) -> Any:
+                ran.append("future")
+                if message.subject != "future":
+                    return None
+                answer: asyncio.Future[dict[str, Any]] = loop.create_future()
+                loop.call_soon(answer.set_result, {"from": "future"})
+                return answer
+
+            async def last(client_id: str, message: Message) -> dict[str, Any]:
+                ran.append("last")
+                return {"from": "last"}
+
+            for responder in (passes, hands_a_future, last):
+                server.subscribe("request", responder)
+            async with AsyncClient(address="127.0.0.1", port=server.port) as client:
+                assert await client.request(Message("future")) == Message("future", {"from": "future"})
+                assert ran == ["passes", "future"]
+                ran.clear()
+                assert await client.request(Message("other")) == Message("other", {"from": "last"})
+                assert ran == ["passes", "future", "last"]
+                ran.clear()
+                with pytest.raises(RemoteError) as info:
+                    await client.request(Message("fail"))
+                assert (info.value.type_name, info.value.message) == ("LookupError", "nothing here")
+                assert ran == ["passes"]
+
+    run(test)
+
+
 def test_async_request_errors_no_responder_remote_error_timeout_and_session_lost() -> None:
     async def test() -> None:
         release = asyncio.Event()

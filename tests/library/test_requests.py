@@ -94,6 +94,23 @@ def test_a_responders_exception_comes_back_by_type_and_message_without_traceback
     assert any("KeyError" in r.getMessage() for r in caplog.records)
 
 
+def test_a_coroutine_responder_on_the_threaded_api_is_a_clear_remote_error(
+    server: Server, make_client: MakeClient, recwarn: pytest.WarningsRecorder
+) -> None:
+    async def respond(client_id: str, message: Message) -> dict[str, Any]:
+        return {}
+
+    server.subscribe("request", respond)
+    client = make_client(server)
+    client.connect()
+    with pytest.raises(RemoteError) as info:
+        client.request(Message("q"))
+    assert info.value.type_name == "TypeError"
+    assert "missioncommander.aio" in info.value.message
+    # The coroutine was closed, not left for the collector to warn about.
+    assert not [w for w in recwarn if "never awaited" in str(w.message)]
+
+
 def test_a_timeout_drops_the_late_reply_and_the_next_request_gets_its_own(
     server: Server, make_client: MakeClient, caplog: pytest.LogCaptureFixture
 ) -> None:
