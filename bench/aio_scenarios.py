@@ -2,8 +2,11 @@
 would use it: the benchmark's own loop awaits sends and reads
 ``messages()``, so no thread hop is paid that an asyncio program would not
 pay.  The server side is ``systems.mc_async_serve`` (an ``AsyncServer``);
-on asyncio's loop for mc-async, on uvloop's for mc-uvloop;
-the checks are run.py's: sequence numbers, counts, nothing lost.
+on asyncio's loop for mc-async, on uvloop's for mc-uvloop.  The same
+scenarios run the floor for asyncio (systems ``asyncio`` and ``uvloop``:
+``systems.BareAsyncClient`` against ``systems.asyncio_serve``, plain
+Protocols and no library).  The checks are run.py's: sequence numbers,
+counts, nothing lost.
 """
 
 from __future__ import annotations
@@ -14,21 +17,24 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from systems import new_loop, use_fast_json
+from systems import BareAsyncClient, new_loop, use_fast_json
 
 from missioncommander import Message
 from missioncommander.aio import AsyncClient
 
 WAIT = 120.0
 FILLER = "x" * 100
-#: The clients' loop is uvloop's (mc-uvloop), else asyncio's (mc-async).
+#: The clients' loop is uvloop's (mc-uvloop, uvloop), else asyncio's.
 _uvloop = False
+#: The clients are the bare floor's (systems asyncio and uvloop).
+_bare = False
 
 
-def use_uvloop(on: bool) -> None:
-    """Run the next scenarios on uvloop (``on``) or asyncio's own loop."""
-    global _uvloop
-    _uvloop = on
+def use(uvloop: bool, bare: bool = False) -> None:
+    """Run the next scenarios on uvloop or asyncio's own loop, with
+    ``AsyncClient``s or (``bare``) the floor's clients."""
+    global _uvloop, _bare
+    _uvloop, _bare = uvloop, bare
 
 
 def run(coro: Any) -> Any:
@@ -45,6 +51,9 @@ def run(coro: Any) -> Any:
 
 
 def _client(port: int, client_id: str) -> AsyncClient:
+    if _bare:
+        bare: Any = BareAsyncClient("127.0.0.1", port, client_id, connect_timeout=60)
+        return bare  # the methods the scenarios use, alike
     return AsyncClient(address="127.0.0.1", port=port, client_id=client_id, connect_timeout=60)
 
 

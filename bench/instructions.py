@@ -2,7 +2,8 @@
 connected, counted by callgrind: a figure that does not move with the
 machine's load (bench/RESULTS.md, "To judge a change").
 
-    python3 bench/instructions.py [--inline] [--broadcast | --async-broadcast | --request | --connect] [--repeat N]
+    python3 bench/instructions.py [--inline] [--broadcast | --request | --connect | --async-echo
+                                  | --async-request | --async-broadcast | --asyncio-echo] [--repeat N]
 
 Runs an echo (client and server in one process, loopback) under
 ``valgrind --tool=callgrind`` for 500 and for 2,500 round trips and prints
@@ -11,7 +12,11 @@ Runs an echo (client and server in one process, loopback) under
 per delivery.  ``--request``: ``client.request()`` answered by a ``request``
 callback that returns the payload, per round trip (as the echo).
 ``--async-broadcast``: as ``--broadcast`` with the asyncio API, one loop,
-the clients reading ``messages()``.  ``--connect``: clients connected at once (``connect(wait=False)``) and
+the clients reading ``messages()``; ``--async-echo`` and ``--async-request``:
+the echo (both sides reading ``messages()``) and the request with the asyncio
+API, one loop; ``--asyncio-echo``: the same echo on bare asyncio Protocols, no
+library, the floor the asyncio API's figures compare with (a loop turn fewer:
+its server answers inside ``data_received``).  ``--connect``: clients connected at once (``connect(wait=False)``) and
 then disconnected, 200 and 1,000 of them, per client.  How the
 threads take turns moves one count: the scripts
 set Python's switch interval to a second, so a thread hands the GIL over
@@ -131,6 +136,84 @@ asyncio.run(main())
 """
 
 
+ASYNC_ECHO = """
+import asyncio, sys
+from missioncommander import Message
+from missioncommander.aio import AsyncClient, AsyncServer
+n = int(sys.argv[1])
+async def serve(server):
+    async for client_id, message in server.messages():
+        await server.send(client_id, message)
+async def main():
+    async with AsyncServer(interface="127.0.0.1", port=0) as server:
+        echo = asyncio.create_task(serve(server))
+        async with AsyncClient(address="127.0.0.1", port=server.port) as client:
+            messages = client.messages()
+            message = Message("echo", {"n": 1, "text": "hello"})
+            async with asyncio.timeout(120):
+                for _ in range(n):
+                    await client.send(message)
+                    await anext(messages)
+        echo.cancel()
+asyncio.run(main())
+"""
+
+
+ASYNC_REQUEST = """
+import asyncio, sys
+from missioncommander import Message
+from missioncommander.aio import AsyncClient, AsyncServer
+n = int(sys.argv[1])
+async def main():
+    async with AsyncServer(interface="127.0.0.1", port=0) as server:
+        server.subscribe("request", lambda client_id, message: message.payload)
+        async with AsyncClient(address="127.0.0.1", port=server.port) as client:
+            message = Message("echo", {"n": 1, "text": "hello"})
+            for _ in range(n):
+                await client.request(message, timeout=30)
+asyncio.run(main())
+"""
+
+
+#: The floor of ASYNC_ECHO: the same echo with bare asyncio Protocols (a
+#: length prefix and a JSON body, as the benchmark's plain sockets), so the
+#: difference is what the library adds over asyncio's own loop.
+ASYNCIO_ECHO = """
+import asyncio, json, struct, sys
+n = int(sys.argv[1])
+LEN = struct.Struct("!I")
+class Framed(asyncio.Protocol):
+    def __init__(self, on_message):
+        self.buf, self.on_message = bytearray(), on_message
+    def connection_made(self, transport):
+        self.transport = transport
+    def data_received(self, data):
+        buf = self.buf
+        buf += data
+        while len(buf) >= 4 and len(buf) >= 4 + LEN.unpack_from(buf)[0]:
+            size = LEN.unpack_from(buf)[0]
+            body = bytes(buf[4 : 4 + size])
+            del buf[: 4 + size]
+            self.on_message(self, json.loads(body))
+def send(proto, obj):
+    body = json.dumps(obj).encode()
+    proto.transport.write(LEN.pack(len(body)) + body)
+async def main():
+    loop = asyncio.get_running_loop()
+    inbox = asyncio.Queue()
+    server = await loop.create_server(lambda: Framed(send), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    _, client = await loop.create_connection(lambda: Framed(lambda p, m: inbox.put_nowait(m)), "127.0.0.1", port)
+    message = ["echo", {"n": 1, "text": "hello"}]
+    for _ in range(n):
+        send(client, message)
+        await inbox.get()
+    client.transport.close()
+    server.close()
+asyncio.run(main())
+"""
+
+
 CONNECT = """
 import sys, threading
 sys.setswitchinterval(1.0)
@@ -192,6 +275,11 @@ def main() -> int:
     parser.add_argument(
         "--async-broadcast", action="store_true", help="per broadcast delivery, the asyncio API (100 clients)"
     )
+    parser.add_argument("--async-echo", action="store_true", help="per echo round trip, the asyncio API")
+    parser.add_argument("--async-request", action="store_true", help="per request/reply round trip, the asyncio API")
+    parser.add_argument(
+        "--asyncio-echo", action="store_true", help="per echo round trip, bare asyncio Protocols (the floor)"
+    )
     parser.add_argument("--repeat", type=int, default=1, metavar="N", help="runs, and their median (default 1)")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
@@ -201,6 +289,12 @@ def main() -> int:
         script, small, large, per, what = BROADCAST, 20, 100, 80 * 100, "broadcast delivery (100 clients)"
     elif args.async_broadcast:
         script, small, large, per, what = ASYNC_BROADCAST, 20, 100, 80 * 100, "asyncio broadcast delivery (100 clients)"
+    elif args.async_echo:
+        script, small, large, per, what = ASYNC_ECHO, 500, 2500, 2000, "asyncio echo round trip"
+    elif args.async_request:
+        script, small, large, per, what = ASYNC_REQUEST, 500, 2500, 2000, "asyncio request/reply round trip"
+    elif args.asyncio_echo:
+        script, small, large, per, what = ASYNCIO_ECHO, 500, 2500, 2000, "bare asyncio echo round trip"
     elif args.connect:
         script, small, large, per, what = CONNECT, 200, 1000, 800, "client connected and disconnected"
     elif args.request:

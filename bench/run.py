@@ -42,7 +42,7 @@ from systems import SYSTEMS
 HERE = Path(__file__).parent
 MC_SYSTEMS = ("missioncommander", "mc-pooled", "mc-fast")
 #: Systems whose clients are asyncio code: their scenarios are aio_scenarios'.
-ASYNC_SYSTEMS = ("mc-async", "mc-uvloop")
+ASYNC_SYSTEMS = ("mc-async", "mc-uvloop", "asyncio", "uvloop")
 FILLER = "x" * 100
 WAIT = 120.0
 
@@ -427,7 +427,7 @@ def run_one(
         print(f"  {system:16} {name}: FAILED: {exc}", file=sys.stderr)
         return {}
     SERVER_PID = server.proc.pid
-    aio_scenarios.use_uvloop(system == "mc-uvloop")
+    aio_scenarios.use(uvloop="uvloop" in system, bare=system in ("asyncio", "uvloop"))
     try:
         return run(system, server.port)
     except Exception as exc:  # any failure is reported, and the run goes on

@@ -22,8 +22,9 @@ import os
 import socket
 import struct
 import threading
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
 
@@ -181,11 +182,16 @@ def mc_async_serve(port: int, uvloop: bool = False) -> None:
         # The handler's replies queue without waiting (a full queue raises, as
         # with the threaded server): the roles are the same for every system.
         handler = Handler(lambda to, s, p: server.send_nowait(to, Message(s, p)), lambda: len(server.clients))
+        # The handler never awaits, so it is a plain message callback, run as
+        # each message is read: as the threaded server's inline callbacks and
+        # the asyncio floor's data_received answer.  (Read through
+        # server.messages() instead, each message waits a loop turn for the
+        # reading task: bench/RESULTS.md has both.)
+        server.subscribe("message", lambda cid, m: handler.handle(cid, m.subject, m.payload))
         server.subscribe("request", lambda cid, m: m.payload)
         async with server:
             print("READY", flush=True)
-            async for client_id, message in server.messages():
-                handler.handle(client_id, message.subject, message.payload)
+            await asyncio.Event().wait()  # until run.py kills the process
 
     with asyncio.Runner(loop_factory=lambda: new_loop(uvloop)) as runner:
         runner.run(serve())
@@ -279,6 +285,167 @@ class RawClient:
         except OSError:
             pass
         self.sock.close()
+
+
+# -- bare asyncio: the plain sockets' framing on asyncio Protocols ---------------
+
+
+class _Framed:
+    """An ``asyncio.Protocol``'s framing for the bare asyncio systems: the
+    plain sockets' length-prefixed JSON, each frame to ``on_frame``."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        pos, end = 0, len(buf)
+        while end - pos >= 4:
+            stop = pos + 4 + _LEN.unpack_from(buf, pos)[0]
+            if stop > end:
+                break
+            self.on_frame(json.loads(buf[pos + 4 : stop]))
+            pos = stop
+        del buf[:pos]
+
+    def on_frame(self, obj: Any) -> None:
+        raise NotImplementedError
+
+    def write_json(self, obj: Any) -> None:
+        data = json.dumps(obj).encode()
+        self.transport.write(_LEN.pack(len(data)) + data)
+
+
+def asyncio_serve(port: int, uvloop: bool = False) -> None:
+    """The floor for asyncio: plain asyncio Protocols (or uvloop's), no
+    library; a broadcast encoded once and written to every transport."""
+    import asyncio
+
+    conns: dict[str, Any] = {}
+
+    def reply(to: str, subject: str, payload: dict[str, Any]) -> None:
+        data = json.dumps([subject, payload]).encode()
+        frame = _LEN.pack(len(data)) + data
+        for transport in list(conns.values()) if to == "*" else [conns[to]]:
+            transport.write(frame)
+
+    handler = Handler(reply, lambda: len(conns))
+
+    class Connection(_Framed, asyncio.Protocol):
+        client_id: str | None = None
+
+        def on_frame(self, obj: Any) -> None:
+            if self.client_id is None:  # the first frame names the client
+                self.client_id = obj
+                conns[obj] = self.transport
+            else:
+                handler.handle(self.client_id, obj[0], obj[1])
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.client_id is not None and conns.get(self.client_id) is self.transport:
+                del conns[self.client_id]
+
+    async def serve() -> None:
+        server = await asyncio.get_running_loop().create_server(Connection, "127.0.0.1", port, backlog=4096)
+        print("READY", flush=True)
+        await server.serve_forever()
+
+    with asyncio.Runner(loop_factory=lambda: new_loop(uvloop)) as runner:
+        runner.run(serve())
+
+
+def uvloop_serve(port: int) -> None:
+    asyncio_serve(port, uvloop=True)
+
+
+class Received(NamedTuple):
+    """A bare asyncio client's message, read as ``Message``s are."""
+
+    subject: str
+    payload: dict[str, Any]
+
+
+class BareAsyncClient(_Framed):
+    """The client side of the asyncio floor, with the ``AsyncClient``
+    methods bench/aio_scenarios.py uses; ``send`` waits while the
+    transport's buffer is over its high-water mark (asyncio's flow control),
+    as ``StreamWriter.drain`` does."""
+
+    def __init__(self, address: str, port: int, client_id: str, connect_timeout: float = 60.0) -> None:
+        super().__init__()
+        self.address, self.port, self.client_id, self.connect_timeout = address, port, client_id, connect_timeout
+        self.received: deque[Received] = deque()
+        self.waiter: Any = None
+        self.room: Any = None
+        self.closed = False
+
+    async def connect(self) -> None:
+        import asyncio
+
+        async with asyncio.timeout(self.connect_timeout):
+            await asyncio.get_running_loop().create_connection(lambda: self, self.address, self.port)
+        self.write_json(self.client_id)
+
+    async def disconnect(self) -> None:
+        self.transport.close()
+
+    async def __aenter__(self) -> BareAsyncClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.disconnect()
+
+    async def send(self, message: Any) -> None:
+        if self.room is not None:
+            await self.room
+        self.write_json([message.subject, message.payload])
+
+    def pause_writing(self) -> None:
+        self.room = _new_future()
+
+    def resume_writing(self) -> None:
+        room, self.room = self.room, None
+        if room is not None and not room.done():
+            room.set_result(None)
+
+    def on_frame(self, obj: Any) -> None:
+        self.received.append(Received(obj[0], obj[1]))
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def messages(self) -> BareAsyncClient:
+        return self
+
+    def __aiter__(self) -> BareAsyncClient:
+        return self
+
+    async def __anext__(self) -> Received:
+        while not self.received:
+            if self.closed:
+                raise StopAsyncIteration
+            self.waiter = _new_future()
+            await self.waiter
+        return self.received.popleft()
+
+
+def _new_future() -> Any:
+    import asyncio
+
+    return asyncio.get_running_loop().create_future()
 
 
 # -- pyzmq: ROUTER/DEALER for addressed traffic, PUB/SUB for broadcast ------------
@@ -528,6 +695,9 @@ SYSTEMS: dict[str, tuple[Callable[[int], None], type]] = {
     "mc-async": (mc_async_serve, McClient),
     "mc-uvloop": (mc_uvloop_serve, McClient),
     "sockets": (raw_serve, RawClient),
+    # The floor for the asyncio systems; run.py runs aio_scenarios for them.
+    "asyncio": (asyncio_serve, BareAsyncClient),
+    "uvloop": (uvloop_serve, BareAsyncClient),
     "pyzmq": (zmq_serve, ZmqClient),
     "mqtt": (mqtt_serve, MqttClient),
 }

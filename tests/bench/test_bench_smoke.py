@@ -27,7 +27,7 @@ def test_every_scenario_runs_at_tiny_size(tmp_path: Path) -> None:
             "--scale",
             "20",
             "--systems",
-            "missioncommander,mc-pooled,mc-async,mc-uvloop,sockets",
+            "missioncommander,mc-pooled,mc-async,mc-uvloop,sockets,asyncio,uvloop",
             "--results",
             str(report),
         ],
