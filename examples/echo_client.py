@@ -35,7 +35,10 @@ def main() -> None:
             client.send(Message("echo", {"message": "hello", "n": n}))
         for _ in range(count):
             if not echoed.acquire(timeout=5):
-                sys.exit("no echo within 5 s: is examples/echo_server.py running?")
+                sys.exit(
+                    f"no echo within 5 s: the server on port {port} does not echo"
+                    " (is it examples/echo_server.py, or another one, mcd's say?)"
+                )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 
-from missioncommander import Message, Server
+from missioncommander import BindError, Message, Server
 
 
 def main() -> None:
@@ -30,9 +30,16 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with server:
-        print(f"echo server listening on 127.0.0.1:{server.port}; Ctrl-C stops it")
+    try:
+        server.start()
+    except BindError as exc:
+        # The README's quick start puts mcd's server on 30000 too.
+        sys.exit(f"{exc}\n(another server has that port, mcd's say: python3 examples/echo_server.py {port + 1})")
+    try:
+        print(f"echo server listening on 127.0.0.1:{server.port}; Ctrl-C stops it", flush=True)
         stop.wait()
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":

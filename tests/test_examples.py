@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from support import free_port
+
+from missioncommander import Server
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -55,6 +58,25 @@ def test_echo_client_without_a_server_says_so() -> None:
     assert "Connection refused" in out.stderr
     assert "connect failed" not in out.stderr  # raised to the caller, not also logged as a warning
     assert "is the server running? python3 examples/echo_server.py" in out.stderr
+
+
+def test_echo_server_on_a_taken_port_says_so() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:  # a server that never echoes
+        port = str(taken.getsockname()[1])
+        out = run("echo_server.py", port)
+        assert out.returncode == 1
+        assert "Traceback" not in out.stderr
+        assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
+        assert f"python3 examples/echo_server.py {int(port) + 1}" in out.stderr
+
+
+def test_echo_client_of_a_server_that_does_not_echo_says_so() -> None:
+    with Server(interface="127.0.0.1", port=0) as quiet:  # as mcd's quick-start server
+        port = quiet.port
+        out = run("echo_client.py", str(port))
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert f"the server on port {port} does not echo" in out.stderr
 
 
 def test_async_echo_runs_and_both_apis_get_their_echoes() -> None:
