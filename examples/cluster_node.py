@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 
-from missioncommander import Message, Server
+from missioncommander import BindError, Message, Server
 
 
 def main() -> None:
@@ -37,9 +37,15 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with server:
+    try:
+        server.start()
+    except BindError as exc:
+        sys.exit(f"{exc}\n(another server has that port: give this node another)")
+    try:
         print(f"cluster node {server.stats()['cluster']['node']} listening on 127.0.0.1:{server.port}", flush=True)
         stop.wait()
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":

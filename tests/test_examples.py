@@ -90,6 +90,16 @@ def test_async_echo_runs_and_both_apis_get_their_echoes() -> None:
     ]
 
 
+def test_cluster_node_on_a_taken_port_says_so() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        # No Redis needed to find the port taken (a node starts without one and waits for it).
+        out = run("cluster_node.py", f"redis://127.0.0.1:{free_port()}/0", port, "node-x")
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
+
+
 def test_cluster_example_carries_on_when_a_node_stops(tmp_path: Path) -> None:
     from support.redis_server import RedisServer
 
