@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import os
 import secrets
 import ssl
 import threading
@@ -296,7 +297,9 @@ class Server:
                 listener = self._loop.listen(host, port, self._accept, self._tls_context)
             except OSError as exc:
                 where = f"{host or '*'}:{port}"
-                raise BindError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}") from exc
+                # socket.create_server's strerror repeats the address; the errno's own text suffices.
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise BindError(exc.errno, f"cannot listen on {where}: {reason}") from exc
             if self.cluster is not None:
                 try:
                     self._cluster = ClusterNode(self, self.cluster, self.node_id or default_node_id(), self.lease_ttl)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -313,6 +314,25 @@ def test_setting_the_current_value_of_a_running_server_succeeds(mcd: Mcd) -> Non
     assert out.returncode == 1
     assert "cannot change port while server 'default' is listening; server stop first" in out.stderr
     assert "STATE_" not in out.stderr and "stop()" not in out.stderr
+
+
+def test_a_server_on_a_taken_port_fails_with_bind_failed_and_the_daemon_goes_on(mcd: Mcd) -> None:
+    sock = mcd.socket
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        run("server", "set", "interface", "127.0.0.1", socket_path=sock)
+        run("server", "set", "port", str(port), socket_path=sock)
+        out = run("server", "start", socket_path=sock)
+        assert out.returncode == 1
+        in_use = os.strerror(errno.EADDRINUSE)
+        assert out.stderr.strip() == f"mcctl: [Errno {errno.EADDRINUSE}] cannot listen on 127.0.0.1:{port}: {in_use}"
+        as_json = run("--json", "server", "start", socket_path=sock)
+        assert json.loads(as_json.stdout)["error"]["code"] == "bind_failed"
+        status = ok_json("server", "status", socket_path=sock)
+        assert status["phase"] == "stopped" and in_use in status["last_error"]
+    # The port is free again: the same server starts, so nothing was left half-open.
+    assert run("server", "start", socket_path=sock).returncode == 0
+    assert ok_json("server", "status", socket_path=sock)["phase"] == "listening"
 
 
 def test_an_open_server_warns_whoever_started_it(mcd: Mcd) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import socket
@@ -13,7 +14,7 @@ from collections.abc import Callable
 import pytest
 from support import FaultProxy, Recorder, server_frames, wait_until
 
-from missioncommander import Client, ClientState, Message, Server
+from missioncommander import BindError, Client, ClientState, Message, Server
 from missioncommander._events import PingReceived
 from missioncommander._frames import FrameType, encode_json_frame
 
@@ -191,3 +192,21 @@ def test_a_disconnected_client_is_not_kept_alive_by_the_library(server: Server) 
     last.disconnect()
     gc.collect()
     assert [ref() for ref in refs if ref() is not None] == []
+
+
+def test_a_server_on_a_taken_port_raises_bind_error_and_starts_once_it_is_free() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        server = Server(interface="127.0.0.1", port=port)
+        before = set(threading.enumerate())
+        with pytest.raises(BindError) as info:
+            server.start()
+        assert info.value.errno == errno.EADDRINUSE
+        # The address once, and the reason in words (not socket's own repeat of the address).
+        assert str(info.value) == (
+            f"[Errno {errno.EADDRINUSE}] cannot listen on 127.0.0.1:{port}: {os.strerror(errno.EADDRINUSE)}"
+        )
+        assert not server.running
+        assert not set(threading.enumerate()) - before  # no thread left running
+    with server:  # the port is free: the same object starts
+        assert server.running and server.port == port
