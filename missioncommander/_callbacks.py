@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._errors import NoResponder
+from ._message import FrozenDict, Message
 
 if TYPE_CHECKING:
     from ._inbox import Inbox
@@ -69,10 +70,13 @@ def normalise_event(name: object, known: Iterable[str]) -> str:
     return key
 
 
-#: ``answering()``'s steps: it yields what a coroutine responder returned, to
-#: be awaited and sent back (or its exception thrown in); it returns
-#: ``(result, exception)``.
-Answering = Generator[Awaitable[Any], Any, tuple[Any, "BaseException | None"]]
+#: ``answering()``'s steps: what a coroutine responder returned, to be
+#: awaited and its result sent back (or its exception thrown in), then the
+#: answer, ``(result, exception)``, a plain tuple (which no awaitable is).
+Answering = Generator["Awaitable[Any] | tuple[Any, BaseException | None]", Any, None]
+
+#: Answers that are surely not awaitable: spares the attribute lookup.
+_PLAIN_ANSWERS = frozenset({dict, FrozenDict, Message, type(None)})
 
 
 def answering(responders: tuple[Callable[..., Any], ...], args: tuple[Any, ...]) -> Answering:
@@ -81,19 +85,25 @@ def answering(responders: tuple[Callable[..., Any], ...], args: tuple[Any, ...])
     raised (``NoResponder`` when there are none); the callbacks after the
     answering one do not run.  A generator, so that the threaded API runs it
     straight through (``first_answer``) and the asyncio API awaits what a
-    coroutine responder returns (it yields that and takes back the result)."""
+    coroutine responder returns (yielded; its result is sent back).  The
+    answer is its last step, yielded rather than returned, and the caller
+    runs it to its end with ``next(steps, None)``: a returned value or an
+    abandoned generator would cost an exception per request."""
     if not responders:
-        return None, NoResponder()
+        yield None, NoResponder()
+        return
     for responder in responders:
         try:
             result = responder(*args)
-            if hasattr(type(result), "__await__"):  # inspect.isawaitable's test, without its slow ABC check
+            if type(result) not in _PLAIN_ANSWERS and hasattr(result, "__await__"):
                 result = yield result
         except Exception as exc:
-            return None, exc
+            yield None, exc
+            return
         if result is not None:
-            return result, None
-    return None, None
+            yield result, None
+            return
+    yield None, None
 
 
 def first_answer(responders: tuple[Callable[..., Any], ...], args: tuple[Any, ...]) -> tuple[Any, BaseException | None]:
@@ -101,14 +111,13 @@ def first_answer(responders: tuple[Callable[..., Any], ...], args: tuple[Any, ..
     functions (a threaded responder that returns an awaitable gets a
     ``TypeError`` back as its answer)."""
     steps = answering(responders, args)
-    try:
-        awaitable = next(steps)
-    except StopIteration as done:
-        outcome: tuple[Any, BaseException | None] = done.value
-        return outcome
+    step = next(steps)
+    if type(step) is tuple:
+        next(steps, None)
+        return step
     steps.close()
-    if inspect.iscoroutine(awaitable):
-        awaitable.close()  # never awaited: no "was never awaited" warning
+    if inspect.iscoroutine(step):
+        step.close()  # never awaited: no "was never awaited" warning
     return None, TypeError("a request callback of the threaded API returned an awaitable; use missioncommander.aio")
 
 

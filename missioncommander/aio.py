@@ -21,7 +21,7 @@ import functools
 import inspect
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, NamedTuple, TypeVar
 
@@ -330,29 +330,27 @@ class _Endpoint:
         held.pending = 1
         self._settle(held)
         steps = answering(self._responders, args)
-        try:
-            awaitable = next(steps)
-        except StopIteration as done:
-            result, error = done.value
+        step = next(steps)
+        if type(step) is tuple:
+            next(steps, None)  # run to its end (see answering())
+            result, error = step
             self._replied(reply, result, error, held)
         else:
-            self._driver.spawn(self._respond_later(steps, awaitable, reply, held))
+            self._driver.spawn(self._respond_later(steps, step, reply, held))
         return True
 
-    async def _respond_later(self, steps: Answering, awaitable: Awaitable[Any], reply: Reply, held: _Held) -> None:
+    async def _respond_later(self, steps: Answering, step: Any, reply: Reply, held: _Held) -> None:
         """Go on with ``answering()``'s steps, awaiting what coroutine
-        responders return."""
-        while True:
+        responders return, until the answer."""
+        while type(step) is not tuple:
             try:
-                try:
-                    value = await awaitable
-                except Exception as exc:
-                    awaitable = steps.throw(exc)
-                else:
-                    awaitable = steps.send(value)
-            except StopIteration as done:
-                result, error = done.value
-                break
+                value = await step
+            except Exception as exc:
+                step = steps.throw(exc)
+            else:
+                step = steps.send(value)
+        next(steps, None)
+        result, error = step
         self._replied(reply, result, error, held)
 
     def _replied(self, reply: Reply, result: Any, error: BaseException | None, held: _Held) -> None:
