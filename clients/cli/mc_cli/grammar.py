@@ -399,6 +399,12 @@ def _instance_command(inv: Invocation, kind: str, rest: list[str]) -> Invocation
         if len(args) > 1:
             params["reason"] = " ".join(args[1:])
     else:
+        if len(args) == 1:
+            # `server create second`: the instance's name is an option here.
+            raise UsageError(
+                f"usage: {kind} {verb} [--name NAME]   ({kind} {verb} takes no arguments;"
+                f" for the instance {args[0]!r}: {kind} {verb} --name {args[0]})"
+            )
         if args:
             raise UsageError(f"usage: {kind} {verb}   ({kind} {verb} takes no arguments)")
         if verb == "connect":
