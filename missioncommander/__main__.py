@@ -1,4 +1,5 @@
-"""``python3 -m missioncommander cli|gui``: the shell, or the tray GUI."""
+"""``python3 -m missioncommander cli|gui``: mcctl (its shell, or one
+command), or the tray GUI."""
 
 from __future__ import annotations
 
@@ -10,15 +11,24 @@ USAGE = "usage: python3 -m missioncommander cli|gui [ARGS]"
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
-        print("  cli   the mcctl shell (the same as `mcctl shell`)")
+        print("  cli   the mcctl shell (the same as `mcctl shell`);")
+        print("        cli COMMAND ... runs one command (the same as `mcctl COMMAND ...`)")
         print("  gui   the tray GUI (the same as `mctray`)")
         return 0 if argv else 2
     # The controllers ship in the same distribution; they are imported only
     # here, so the library itself never depends on them.
     if argv[0] == "cli":
+        from mc_cli.grammar import UsageError, parse  # noqa: PLC0415
         from mc_cli.main import main as mcctl  # noqa: PLC0415
 
-        return mcctl(["shell", *argv[1:]])
+        rest = argv[1:]
+        try:
+            shell = parse(rest).action == "shell"
+        except UsageError:
+            shell = False  # mcctl says what is wrong
+        # Without a command, the shell even when stdin is not a terminal
+        # (where `mcctl` alone prints its help): `cli` has always meant it.
+        return mcctl(["shell", *rest] if shell and "shell" not in rest else rest)
     if argv[0] == "gui":
         from mc_gui.launch import main as mctray  # noqa: PLC0415  (says what to install when Qt is missing)
 

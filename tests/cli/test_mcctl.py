@@ -335,6 +335,33 @@ def test_a_server_on_a_taken_port_fails_with_bind_failed_and_the_daemon_goes_on(
     assert ok_json("server", "status", socket_path=sock)["phase"] == "listening"
 
 
+def test_python_m_missioncommander_cli_with_a_command_runs_it_as_mcctl(mcd: Mcd) -> None:
+    env = {**os.environ, "MC_SOCKET": str(mcd.socket), "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "missioncommander", "cli", *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, check=False)
+
+    assert cli("client", "set", "address", "127.0.0.1").returncode == 0
+    listing = cli("list")
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.split()[:5] == ["KIND", "NAME", "STATE", "ENDPOINT", "DETAIL"]
+    assert json.loads(cli("--json", "client", "status").stdout)["settings"]["address"] == "127.0.0.1"
+    # Without a command it is the shell, reading commands from stdin when it is not a terminal.
+    piped = subprocess.run(
+        [sys.executable, "-m", "missioncommander", "cli"],
+        input="client get address\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert piped.returncode == 0 and "127.0.0.1" in piped.stdout, piped.stderr
+    wrong = cli("frobnicate")
+    assert wrong.returncode == 2 and "unknown command 'frobnicate'" in wrong.stderr
+
+
 def test_an_open_server_warns_whoever_started_it(mcd: Mcd) -> None:
     sock = mcd.socket
     run("server", "set", "port", str(free_port()), socket_path=sock)  # interface '': every interface
