@@ -205,9 +205,10 @@ async def main():
     port = server.sockets[0].getsockname()[1]
     _, client = await loop.create_connection(lambda: Framed(lambda p, m: inbox.put_nowait(m)), "127.0.0.1", port)
     message = ["echo", {"n": 1, "text": "hello"}]
-    for _ in range(n):
-        send(client, message)
-        await inbox.get()
+    async with asyncio.timeout(120):
+        for _ in range(n):
+            send(client, message)
+            await inbox.get()
     client.transport.close()
     server.close()
 asyncio.run(main())

@@ -421,6 +421,7 @@ class BareAsyncClient(_Framed):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._wake()
+        self.resume_writing()  # a send waiting for room goes on (and writes to a closed transport)
 
     def _wake(self) -> None:
         waiter, self.waiter = self.waiter, None

@@ -23,12 +23,12 @@ def main(argv: list[str]) -> int:
 
         rest = argv[1:]
         try:
-            shell = parse(rest).action == "shell"
+            inv = parse(rest)
         except UsageError:
-            shell = False  # mcctl says what is wrong
-        # Without a command, the shell even when stdin is not a terminal
+            return mcctl(rest)  # mcctl says what is wrong
+        # No command words: the shell, even when stdin is not a terminal
         # (where `mcctl` alone prints its help): `cli` has always meant it.
-        return mcctl(["shell", *rest] if shell and "shell" not in rest else rest)
+        return mcctl(["shell", *rest] if inv.action == "shell" and not inv.words else rest)
     if argv[0] == "gui":
         from mc_gui.launch import main as mctray  # noqa: PLC0415  (says what to install when Qt is missing)
 

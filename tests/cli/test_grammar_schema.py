@@ -127,5 +127,7 @@ def test_every_setting_of_the_library_can_be_set_on_a_hosted_instance() -> None:
 def test_an_instance_name_given_as_a_word_points_to_name() -> None:
     with pytest.raises(UsageError, match=r"for the instance 'second': server create --name second"):
         parse(["server", "create", "second"])
+    with pytest.raises(UsageError, match=r"client set address 127\.0\.0\.1;"):
+        parse(["client", "connect", "127.0.0.1"])  # an address, more likely than a name
     with pytest.raises(UsageError, match=r"client status takes no arguments\)$"):
         parse(["client", "status", "a", "b"])

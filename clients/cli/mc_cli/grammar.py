@@ -399,6 +399,11 @@ def _instance_command(inv: Invocation, kind: str, rest: list[str]) -> Invocation
         if len(args) > 1:
             params["reason"] = " ".join(args[1:])
     else:
+        if len(args) == 1 and verb == "connect":
+            raise UsageError(
+                "usage: client connect [--wait | --no-wait]   (the server is a setting:"
+                f" client set address {args[0]}; an instance's name goes in --name)"
+            )
         if len(args) == 1:
             # `server create second`: the instance's name is an option here.
             raise UsageError(
