@@ -11,7 +11,12 @@ from missioncommander import Client, Message, Server
 
 
 def main() -> None:
-    done = threading.Barrier(3, timeout=10)
+    # Each client is done once it has both its welcome and the broadcast:
+    # they may come in either order, and the main thread stops the server
+    # only after both clients have both (a callback never blocks to wait).
+    expected = {"welcome", "news"}
+    seen: dict[str, set[str]] = {"alice": set(), "bob": set()}
+    done = {name: threading.Event() for name in seen}
 
     with Server(interface="127.0.0.1", port=0) as server:
 
@@ -29,8 +34,9 @@ def main() -> None:
 
             def on_message(message: Message, name: str = name) -> None:
                 print(f"{name} <- server: {message.subject} {dict(message.payload)}")
-                if message.subject == "news":
-                    done.wait()
+                seen[name].add(message.subject)
+                if seen[name] >= expected:
+                    done[name].set()
 
             client.subscribe("message", on_message)
             client.connect()
@@ -38,7 +44,9 @@ def main() -> None:
             clients.append(client)
 
         server.send("*", Message("news", {"text": "broadcast to every client"}))
-        done.wait()
+        for name, event in done.items():
+            if not event.wait(10):
+                raise SystemExit(f"{name} did not get both its welcome and the news within 10 s")
         for client in clients:
             client.disconnect()
     print("demo finished")

@@ -25,6 +25,12 @@ def test_demo_runs() -> None:
     out = run("demo.py")
     assert out.returncode == 0, out.stderr
     assert "Traceback" not in out.stderr
+    # Each client got its welcome and the broadcast before the demo stopped
+    # its server (they may come in either order).
+    for name in ("alice", "bob"):
+        assert f"{name} <- server: welcome {{'you_are': '{name}'}}" in out.stdout
+        assert f"{name} <- server: news" in out.stdout
+    assert out.stdout.rstrip().endswith("demo finished")
 
 
 def test_echo_client_against_echo_server() -> None:
