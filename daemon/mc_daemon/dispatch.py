@@ -19,6 +19,14 @@ from missioncommander import __version__ as library_version
 from .core import CoreError, DaemonCore
 
 
+def _readable(error: Any) -> str:
+    """pydantic's message for one error, but the name rule in words rather
+    than as the regex pydantic quotes."""
+    if error["loc"][-1:] == ("name",) and error["type"].startswith("string_"):
+        return schema.NAME_RULE
+    return str(error["msg"])
+
+
 class Dispatcher:
     """Maps validated commands onto the core; knows nothing of sockets."""
 
@@ -40,7 +48,7 @@ class Dispatcher:
                     ErrorCode.UNKNOWN_COMMAND,
                     f"unknown command {cmd!r}; known: {', '.join(schema.COMMANDS)}",
                 ) from None
-            details = [{"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]} for e in errors]
+            details = [{"loc": [str(p) for p in e["loc"]], "msg": _readable(e), "type": e["type"]} for e in errors]
             summary = "; ".join(f"{'.'.join(d['loc'][1:]) or 'request'}: {d['msg']}" for d in details[:5])
             raise CoreError(ErrorCode.INVALID_REQUEST, f"invalid request: {summary}", details) from None
 

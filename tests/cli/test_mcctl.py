@@ -406,6 +406,23 @@ def test_usage_errors_follow_json_and_give_a_hint(mcd: Mcd, args: tuple[str, ...
     assert human.returncode == 2 and "help" in human.stderr and human.stderr.startswith("mcctl: ")
 
 
+def test_refusals_of_a_name_or_payload_say_what_is_wrong_without_pointing_to_the_keys(mcd: Mcd) -> None:
+    # A name that breaks the rule is told the rule in words (not pydantic's regex).
+    bad = run("--name", "bad name!", "client", "create", socket_path=mcd.socket)
+    assert bad.returncode == 2, bad.stderr
+    assert "an instance name is 1 to 64 letters, digits" in bad.stderr and "should match pattern" not in bad.stderr
+    assert "lists the keys" not in bad.stderr
+    long = run("--json", "--name", "a" * 65, "server", "create", socket_path=mcd.socket)
+    assert long.returncode == 2
+    assert "1 to 64" in json.loads(long.stdout)["error"]["message"]
+    # A payload JSON cannot carry: the message says so; `help client` would not help.
+    assert run("client", "create", socket_path=mcd.socket).returncode == 0
+    nan = run("client", "send", "x", '{"a": NaN}', socket_path=mcd.socket)
+    assert nan.returncode == 2 and "NaN" in nan.stderr and "lists the keys" not in nan.stderr
+    names = {i["name"] for i in ok_json("list", socket_path=mcd.socket)["instances"]}
+    assert "bad name!" not in names and "a" * 65 not in names
+
+
 def test_every_limit_and_timer_of_the_library_can_be_set(mcd: Mcd) -> None:
     """What a library Server or Client can be told, mcd's users can tell it:
     the values take effect, and only what was set is saved."""

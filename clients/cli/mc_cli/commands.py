@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from mc_control import API_VERSION, EXIT_CODES, ControlError, DaemonUnreachable
+from mc_control import API_VERSION, EXIT_CODES, ControlError, DaemonUnreachable, ErrorCode
 
 from . import __version__, output
 from .grammar import Invocation
@@ -142,10 +142,13 @@ def run_request(inv: Invocation, transport: Transport, printer: Printer) -> int:
     except ControlError as exc:
         status = EXIT_CODES.get(exc.code, EXIT_FAILED)
         hint = ""
-        if status == EXIT_USAGE:
-            topic = inv.cmd.split(".", 1)[0]
-            about = f"help {topic}` lists the keys" if topic in ("client", "server") else "help` lists the commands"
-            hint = f"`{printer.command_prefix}{about}"
+        topic, _, verb = inv.cmd.partition(".")
+        # Point to the keys where a key or value was at fault; other refusals
+        # (a bad name, a payload JSON cannot carry) say all in their message.
+        if status == EXIT_USAGE and topic in ("client", "server") and verb in ("set", "get"):
+            hint = f"`{printer.command_prefix}help {topic}` lists the keys"
+        elif exc.code == ErrorCode.UNKNOWN_COMMAND:
+            hint = f"`{printer.command_prefix}help` lists the commands"
         printer.error(exc.code, exc.message, exc.details, hint)
         return status
     printer.result(render(inv, result), result)
