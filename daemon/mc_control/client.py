@@ -9,7 +9,7 @@ import os
 import socket
 import stat
 
-from .codes import MAX_LINE
+from .codes import MAX_LINE, ErrorCode
 
 # mcctl imports this on every call: no pathlib and no typing at run time
 # (together a quarter of its start-up); paths are plain strings.
@@ -39,7 +39,8 @@ def default_socket_path() -> str:
 
 
 class ControlError(Exception):
-    """The daemon answered with an error."""
+    """The daemon answered with an error (or would have: a command over
+    ``MAX_LINE`` is refused with ``line_too_long`` before it is sent)."""
 
     def __init__(self, code: str, message: str, details: Any = None) -> None:
         super().__init__(message)
@@ -166,6 +167,12 @@ class ControlClient:
         assert sock is not None
         request_id = next(self._ids)
         line = (json.dumps({"id": request_id, "cmd": cmd, **params}, separators=(",", ":")) + "\n").encode()
+        if len(line) > MAX_LINE:
+            # The daemon would close on it mid-send: say why here instead.
+            raise ControlError(
+                ErrorCode.LINE_TOO_LONG,
+                f"the command is {len(line):,} bytes, over the control socket's {MAX_LINE:,}; nothing was sent",
+            )
         try:
             sock.sendall(line)
         except (BrokenPipeError, ConnectionResetError):

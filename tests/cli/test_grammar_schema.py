@@ -131,3 +131,14 @@ def test_an_instance_name_given_as_a_word_points_to_name() -> None:
         parse(["client", "connect", "127.0.0.1"])  # an address, more likely than a name
     with pytest.raises(UsageError, match=r"client status takes no arguments\)$"):
         parse(["client", "status", "a", "b"])
+
+
+def test_a_payload_of_dash_is_read_by_the_caller_and_refused_without_one() -> None:
+    inv = parse(["client", "send", "report", "-"], lambda: '{"n": 1}')
+    assert inv.params["payload"] == {"n": 1}
+    REQUEST_ADAPTER.validate_python({"cmd": inv.cmd, **inv.params})
+    # The shell gives no reader: its standard input is the person typing.
+    with pytest.raises(UsageError, match="one-shot mcctl, not the shell"):
+        parse(["client", "send", "report", "-"])
+    with pytest.raises(UsageError, match="NaN is not JSON"):
+        parse(["server", "send", "x", '{"n": NaN}'])

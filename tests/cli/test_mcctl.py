@@ -469,6 +469,40 @@ def test_every_limit_and_timer_of_the_library_can_be_set(mcd: Mcd) -> None:
     assert ok_json("client", "get", "reconnect_attempts", socket_path=sock)["settings"] == {"reconnect_attempts": 3}
 
 
+def test_a_payload_from_standard_input_and_one_too_long_for_the_control_socket(mcd: Mcd) -> None:
+    """`-` reads the payload from stdin (past what a command line takes);
+    a command over the control socket's line is refused before it is sent."""
+    got: list[Message] = []
+    arrived = threading.Event()
+
+    def on_message(client_id: str, message: Message) -> None:
+        got.append(message)
+        arrived.set()
+
+    with Server(interface="127.0.0.1", port=0) as server:
+        server.subscribe("message", on_message)
+        for args in (
+            ("client", "set", "address", "127.0.0.1"),
+            ("client", "set", "port", str(server.port)),
+            ("client", "connect", "--wait"),
+        ):
+            assert run(*args, socket_path=mcd.socket).returncode == 0
+        big = "a" * 300_000  # over a single argument's limit (128 KiB on Linux)
+        out = run("client", "send", "report", "-", socket_path=mcd.socket, stdin=json.dumps({"text": big}))
+        assert out.returncode == 0, out.stderr
+        assert arrived.wait(10)
+        assert got[0].subject == "report" and got[0].payload["text"] == big
+        too_long = json.dumps({"text": "a" * (2 << 20)})
+        out = run("--json", "client", "send", "report", "-", socket_path=mcd.socket, stdin=too_long)
+        error = json.loads(out.stdout)["error"]
+        assert out.returncode == 1 and error["code"] == "line_too_long" and "nothing was sent" in error["message"]
+        out = run("client", "send", "x", "-", socket_path=mcd.socket, stdin='{"n": Infinity}')
+        assert out.returncode == 2 and "Infinity is not JSON" in out.stderr and "standard input" in out.stderr
+        # The daemon is still there and the client still connected: nothing half-sent upset it.
+        assert ok_json("client", "status", socket_path=mcd.socket)["phase"] == "connected"
+        assert len(got) == 1
+
+
 def test_request_prints_the_reply_and_maps_each_failure_to_its_exit_status(mcd: Mcd) -> None:
     """A library server answers; mcd's hosted client asks it through mcctl."""
     release = threading.Event()

@@ -16,12 +16,22 @@ def mcctl_command() -> list[str]:
 
 
 def run(
-    *args: str, socket_path: Path | None = None, timeout: float = 60, env: dict[str, str] | None = None
+    *args: str,
+    socket_path: Path | None = None,
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     full_env = dict(env or os.environ)
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     if socket_path is not None:
         full_env["MC_SOCKET"] = str(socket_path)
     return subprocess.run(
-        [*mcctl_command(), *args], capture_output=True, text=True, timeout=timeout, env=full_env, check=False
+        [*mcctl_command(), *args],
+        input=stdin if stdin is not None else "",
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        check=False,
     )

@@ -15,6 +15,7 @@ from mc_control.codes import CLIENT_KEYS, CLIENT_TUNING, OPTIONAL_TUNING, SERVER
 # every call, and those two cost it a third of its start-up.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 _TUNING = {**CLIENT_TUNING, **SERVER_TUNING}  # a key means the same on either kind
@@ -219,10 +220,20 @@ def _set_option(opts: Options, name: str, value: str) -> None:
         opts.to = value
 
 
-def parse_payload(text: str) -> dict[str, Any]:
-    """A JSON object, or a ``UsageError`` that points at the problem."""
+def _no_constant(name: str) -> None:
+    raise UsageError(f"invalid JSON payload: {name} is not JSON (no NaN or infinity); nothing was sent")
+
+
+def parse_payload(text: str, read_stdin: Callable[[], str] | None = None) -> dict[str, Any]:
+    """A JSON object, or a ``UsageError`` that points at the problem.
+    ``-`` takes it from ``read_stdin()`` (a payload too large for the command
+    line); the caller does the reading, so the grammar stays free of I/O."""
+    if text == "-":
+        if read_stdin is None:
+            raise UsageError("a payload from standard input ('-') is for one-shot mcctl, not the shell")
+        text = read_stdin()
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         line = text.splitlines()[exc.lineno - 1] if text.splitlines() else text
         raise UsageError(
@@ -269,8 +280,9 @@ def _expect(words: list[str], count: int, usage: str) -> None:
         raise UsageError(f"usage: {usage}")
 
 
-def parse(argv: list[str]) -> Invocation:
-    """Parse mcctl's arguments (or a shell line split like a shell does)."""
+def parse(argv: list[str], read_stdin: Callable[[], str] | None = None) -> Invocation:
+    """Parse mcctl's arguments (or a shell line split like a shell does);
+    ``read_stdin`` gives a payload written as ``-`` (one-shot mcctl only)."""
     words, opts = split_options(argv)
     inv = Invocation(action="request", options=opts, words=words)
     if not words and not opts.help:
@@ -284,7 +296,7 @@ def parse(argv: list[str]) -> Invocation:
     head, rest = words[0], words[1:]
     _check_option_use(opts, head, rest[0] if rest else None)
     if head in ("client", "server"):
-        return _instance_command(inv, head, rest)
+        return _instance_command(inv, head, rest, read_stdin)
     if head == "list":
         _expect(rest, 0, "list")
         inv.cmd = "list"
@@ -343,7 +355,7 @@ def _check_option_use(opts: Options, head: str, verb: str | None) -> None:
         raise UsageError("--name only goes with client, server, wait, events, stats and top commands")
 
 
-def _instance_command(inv: Invocation, kind: str, rest: list[str]) -> Invocation:
+def _instance_command(inv: Invocation, kind: str, rest: list[str], read_stdin: Callable[[], str] | None) -> Invocation:
     verbs = CLIENT_VERBS if kind == "client" else SERVER_VERBS
     keys = CLIENT_KEYS if kind == "client" else SERVER_KEYS
     if not rest:
@@ -377,7 +389,7 @@ def _instance_command(inv: Invocation, kind: str, rest: list[str]) -> Invocation
             raise UsageError(f"usage: {kind} send {target}SUBJECT [JSON_OBJECT]")
         if not args[0]:
             raise UsageError("the subject must not be empty; nothing was sent")
-        params.update(subject=args[0], payload=parse_payload(args[1]) if len(args) == 2 else {})
+        params.update(subject=args[0], payload=parse_payload(args[1], read_stdin) if len(args) == 2 else {})
         if kind == "server":
             params["to"] = inv.options.to or "*"
     elif verb == "request":
@@ -386,7 +398,7 @@ def _instance_command(inv: Invocation, kind: str, rest: list[str]) -> Invocation
             raise UsageError(f"usage: {kind} request {target}SUBJECT [JSON_OBJECT] [--timeout S]")
         if not args[0]:
             raise UsageError("the subject must not be empty; nothing was sent")
-        params.update(subject=args[0], payload=parse_payload(args[1]) if len(args) == 2 else {})
+        params.update(subject=args[0], payload=parse_payload(args[1], read_stdin) if len(args) == 2 else {})
         params["timeout"] = inv.options.timeout or 10.0
         if kind == "server":
             if not inv.options.to or inv.options.to == "*":

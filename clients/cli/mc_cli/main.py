@@ -44,6 +44,7 @@ server commands (on the server instance --name):
   server send [--to CLIENT_ID] SUBJECT [JSON]   (all clients without --to)
   server request --to CLIENT_ID SUBJECT [JSON] [--timeout S]
   server kick CLIENT_ID [REASON]
+  JSON is one object ({...}, no NaN); - reads it from standard input (up to 1 MiB)
 other commands:
   list                          every instance and its state
   stats [--name NAME] [--kind K] live figures: traffic, queues, resends, round trips (docs/STATS.md)
@@ -166,17 +167,20 @@ def client_factory(inv: Invocation) -> Callable[[], ControlClient]:
 
 
 def _usage_hint(args: list[str]) -> str:
-    """Where to look: the keys for a bad `set`, else the commands."""
+    """Where to look: the keys for a bad `set`, the payload's form for a bad
+    `send` or `request`, else the commands."""
     for kind in ("client", "server"):
         if kind in args and "set" in args:
             return f"`mcctl help {kind}` lists the keys and their values"
+        if kind in args and ("send" in args or "request" in args):
+            return """the payload is one JSON object, e.g. '{"n": 1}', or - to read it from standard input"""
     return "run `mcctl --help` for the commands"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
-        inv = parse(args)
+        inv = parse(args, sys.stdin.read)
     except UsageError as exc:
         # Options may not have parsed: look for --json by hand, so scripts get JSON errors too.
         Printer("--json" in args).error("usage", str(exc), None, _usage_hint(args))
