@@ -142,3 +142,22 @@ def test_a_payload_of_dash_is_read_by_the_caller_and_refused_without_one() -> No
         parse(["client", "send", "report", "-"])
     with pytest.raises(UsageError, match="NaN is not JSON"):
         parse(["server", "send", "x", '{"n": NaN}'])
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ('client send echo {"message": "hello world"}', ["client", "send", "echo", '{"message": "hello world"}']),
+        ("client send echo '{\"n\": 1}'", ["client", "send", "echo", '{"n": 1}']),  # quoted, as in mcctl
+        (
+            'server request --to c1 status {"a": {"b": [1, 2]}} --timeout 2',
+            ["server", "request", "--to", "c1", "status", '{"a": {"b": [1, 2]}}', "--timeout", "2"],
+        ),
+        ("client set address 127.0.0.1", ["client", "set", "address", "127.0.0.1"]),
+        ("client send x {not json", ["client", "send", "x", "{not", "json"]),  # the grammar says what is wrong
+    ],
+)
+def test_the_shell_keeps_an_unquoted_json_object_as_one_word(line: str, words: list[str]) -> None:
+    from mc_cli.repl import split_line
+
+    assert split_line(line) == words

@@ -44,6 +44,9 @@ def quick_start(sh: PtySession, port: int) -> None:
         sh.expect(answer)
     sh.line('server send echo \'{"message": "hello"}\'')
     sh.expect('client/default  message: echo {"message": "hello"}')
+    # At the prompt a JSON object needs no quotes.
+    sh.line('server send echo {"message": "no quotes"}')
+    sh.expect('client/default  message: echo {"message": "no quotes"}')
 
 
 def test_shell_with_a_daemon(mcd: Mcd, tmp_path: Path) -> None:

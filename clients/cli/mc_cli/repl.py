@@ -7,6 +7,7 @@ so the quick start works on a machine with nothing else running.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import select
@@ -39,9 +40,27 @@ Type commands without the word mcctl, e.g.:
   server set interface 127.0.0.1      client set address 127.0.0.1
   server set port 30000               client set port 30000
   server start                        client connect
-  server send echo '{"message": "hello"}'
+  server send echo {"message": "hello"}   (a JSON object needs no quotes here)
 Events are printed as they happen.  `help client`, `help server`, `help all`;
 exit, quit or Ctrl-D leave the shell."""
+
+
+def split_line(line: str) -> list[str]:
+    """A shell line in words, as a shell splits them, except that a JSON
+    object typed without quotes (``client send echo {"n": 1}``) stays one
+    word, as typed: at the prompt there is no other shell to quote for.
+    ``ValueError`` for unbalanced quotes."""
+    start = line.find("{")
+    if start > 0:
+        try:
+            head = shlex.split(line[:start])
+            obj_end = start + json.JSONDecoder().raw_decode(line[start:])[1]
+        except ValueError:
+            pass  # a quoted payload, or not JSON: the plain split (and the grammar) say what is wrong
+        else:
+            if line[obj_end : obj_end + 1] in ("", " ", "\t"):
+                return [*head, line[start:obj_end], *shlex.split(line[obj_end:])]
+    return shlex.split(line)
 
 
 class Shell:
@@ -281,7 +300,7 @@ class Shell:
     def run_line(self, line: str) -> bool:
         """Run one line; False when the shell should end."""
         try:
-            words = shlex.split(line)
+            words = split_line(line)
         except ValueError as exc:
             self.show(f"error: {exc} (check your quotes)")
             return True
