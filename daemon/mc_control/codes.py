@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import enum
+import re
 
 #: Bumped when a command or a response changes incompatibly.
 API_VERSION = 1
 
 #: Longest request or response line, in bytes (the newline included).
 MAX_LINE = 1024 * 1024
+
+#: An instance name (the schema's constraint, and what the GUI checks as
+#: it is typed), and the rule in words for whoever typed one that breaks it.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+NAME_MAX = 64
+NAME_RULE = "an instance name is 1 to 64 ASCII letters, digits, '_', '.' or '-', starting with a letter or digit"
+
+
+def name_problem(name: str) -> str | None:
+    """``NAME_RULE`` when ``name`` breaks it, else None."""
+    if len(name) > NAME_MAX or re.fullmatch(NAME_PATTERN, name) is None:
+        return NAME_RULE
+    return None
 
 
 class ErrorCode(enum.StrEnum):

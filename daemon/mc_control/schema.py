@@ -12,12 +12,9 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
-from .codes import API_VERSION
+from .codes import API_VERSION, NAME_MAX, NAME_PATTERN
 
-#: What an instance name may be, in words: the error a user reads when a
-#: name breaks the pattern below (pydantic's own quotes the regex).
-NAME_RULE = "an instance name is 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit"
-InstanceName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+InstanceName = Annotated[str, StringConstraints(min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)]
 ClientKey = Literal[
     "address",
     "port",

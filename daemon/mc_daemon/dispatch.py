@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from mc_control import schema
-from mc_control.codes import API_VERSION, ErrorCode
+from mc_control.codes import API_VERSION, NAME_RULE, ErrorCode
 from missioncommander import __version__ as library_version
 
 from .core import CoreError, DaemonCore
@@ -23,7 +23,7 @@ def _readable(error: Any) -> str:
     """pydantic's message for one error, but the name rule in words rather
     than as the regex pydantic quotes."""
     if error["loc"][-1:] == ("name",) and error["type"].startswith("string_"):
-        return schema.NAME_RULE
+        return NAME_RULE
     return str(error["msg"])
 
 

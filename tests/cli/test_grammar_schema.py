@@ -161,3 +161,19 @@ def test_the_shell_keeps_an_unquoted_json_object_as_one_word(line: str, words: l
     from mc_cli.repl import split_line
 
     assert split_line(line) == words
+
+
+@pytest.mark.parametrize(
+    "name", ["default", "lab-2", "a.b_c", "A" * 64, "A" * 65, "café", "-x", "_x", "x y", "x\n", ""]
+)
+def test_the_name_rule_the_gui_checks_is_the_schemas(name: str) -> None:
+    from pydantic import ValidationError
+
+    from mc_control.codes import name_problem
+
+    try:
+        REQUEST_ADAPTER.validate_python({"cmd": "client.create", "name": name})
+        accepted = True
+    except ValidationError:
+        accepted = False
+    assert accepted == (name_problem(name) is None)

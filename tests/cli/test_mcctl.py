@@ -410,7 +410,7 @@ def test_refusals_of_a_name_or_payload_say_what_is_wrong_without_pointing_to_the
     # A name that breaks the rule is told the rule in words (not pydantic's regex).
     bad = run("--name", "bad name!", "client", "create", socket_path=mcd.socket)
     assert bad.returncode == 2, bad.stderr
-    assert "an instance name is 1 to 64 letters, digits" in bad.stderr and "should match pattern" not in bad.stderr
+    assert "name is 1 to 64 ASCII letters, digits" in bad.stderr and "should match pattern" not in bad.stderr
     assert "lists the keys" not in bad.stderr
     long = run("--json", "--name", "a" * 65, "server", "create", socket_path=mcd.socket)
     assert long.returncode == 2

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from mc_control.codes import NAME_RULE
 from mc_gui import viewmodel as vm
 
 
@@ -89,7 +90,10 @@ def test_history_only_feeds_the_log() -> None:
         (vm.check_payload, "[1]", None, "the payload must be a JSON object: {...}"),
         (vm.check_payload, '{"a" 1}', None, "not JSON: Expecting ':' delimiter at line 1, column 6"),
         (vm.check_instance_name, "lab-2", "lab-2", None),
-        (vm.check_instance_name, "bad name", None, "letters, digits, _ . - only (starting with a letter or digit)"),
+        (vm.check_instance_name, "bad name", None, NAME_RULE),
+        (vm.check_instance_name, "café", None, NAME_RULE),  # the daemon's rule: ASCII only
+        (vm.check_instance_name, "a" * 65, None, NAME_RULE),
+        (vm.check_instance_name, "-lab", None, NAME_RULE),
     ],
 )
 def test_validation(check: Any, text: str, value: Any, error: str | None) -> None:

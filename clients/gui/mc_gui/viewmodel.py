@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from mc_control.codes import name_problem
 from mc_control.events import describe_event
 
 LOG_LINES = 500
@@ -264,8 +265,8 @@ def check_instance_name(text: str) -> tuple[str | None, str | None]:
     text = text.strip()
     if not text:
         return None, "a name is needed"
-    if len(text) > 64 or not all(c.isalnum() or c in "_.-" for c in text) or not text[0].isalnum():
-        return None, "letters, digits, _ . - only (starting with a letter or digit)"
+    if problem := name_problem(text):
+        return None, problem
     return text, None
 
 
