@@ -249,13 +249,19 @@ def check_subject(text: str) -> tuple[str | None, str | None]:
     return (text, None) if text.strip() else (None, "a subject is needed")
 
 
+def _no_constant(name: str) -> None:
+    raise ValueError(f"not JSON: {name} (JSON has no NaN or infinity)")
+
+
 def check_payload(text: str) -> tuple[dict[str, Any] | None, str | None]:
     if not text.strip():
         return {}, None
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         return None, f"not JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+    except ValueError as exc:  # NaN or Infinity, which Python's json reads and JSON has not
+        return None, str(exc)
     if not isinstance(value, dict):
         return None, "the payload must be a JSON object: {...}"
     return value, None
