@@ -35,6 +35,7 @@ from ._loop import (
     _tls_reason,
     call_and_wait,
     client_socket,
+    connect_failure,
     format_address,
     peer_names,
     reset_on_close,
@@ -431,7 +432,12 @@ class _Connector:
             if tcp_up:
                 self.owner.connect_failed(_describe(exc))
             else:
-                self.owner.connect_failed(f"cannot connect to {self.name}: {getattr(exc, 'strerror', None) or exc}")
+                # asyncio's own text ("Connect call failed ('127.0.0.1', 1)")
+                # names the address, not the cause: the errno does.
+                err = getattr(exc, "errno", None)
+                self.owner.connect_failed(
+                    connect_failure(self.name, err) if err else f"cannot connect to {self.name}: {exc}"
+                )
             return
 
     def _made(self, protocol: _AioTransport) -> None:

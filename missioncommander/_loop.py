@@ -489,7 +489,7 @@ class _Connector:
             return
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
-            self._failed(f"cannot connect to {self.name}: {os.strerror(err)}")
+            self._failed(connect_failure(self.name, err))
             return
         self.sock = None  # the transport's now
         transport = Transport(
@@ -1004,6 +1004,11 @@ def _tls_reason(exc: BaseException) -> str:
         return f"certificate verify failed: {exc.verify_message}"
     reason = getattr(exc, "reason", None)
     return str(reason or exc).lower().replace("_", " ")
+
+
+def connect_failure(name: str, err: int) -> str:
+    """Why a connection to ``name`` was not made, from its errno (both drivers)."""
+    return f"cannot connect to {name}: {os.strerror(err)}"
 
 
 def _describe_oserror(exc: OSError) -> str:
