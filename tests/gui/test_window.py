@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("PySide6", reason="the window tests need PySide6: pip install -e '.[test,gui]'")
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QApplication, QFormLayout
+from PySide6.QtWidgets import QApplication, QFormLayout, QScrollArea
 from pytestqt.qtbot import QtBot
 from support import Recorder, free_port
 from support.certs import make_certs
@@ -260,9 +260,22 @@ def test_named_instances_are_picked_or_created(qtbot: QtBot, gui: TrayApp, mcd: 
     qtbot.keyClick(line_edit, Qt.Key.Key_Return)
     qtbot.waitUntil(lambda: any(i["name"] == "lab" for i in mcd.request("list")["instances"]), timeout=WAIT)
     assert tab.name == "lab"
-    tab.picker.setEditText("bad name")
+    window = gui.window
+    window.resize(900, 700)
+    window.show()
+    qtbot.waitExposed(window)
+    settle()
+    size = window.size()
+    tab.picker.setEditText("café")  # the daemon's rule is ASCII: refused here, before asking it
     qtbot.keyClick(line_edit, Qt.Key.Key_Return)
-    assert tab.picker_error.isVisibleTo(gui.window) and tab.name == "lab"
+    assert tab.picker_error.isVisibleTo(window) and tab.name == "lab"
+    settle()
+    # The error and the state's detail fit the window: it neither grew nor scrolls sideways.
+    assert window.size() == size
+    area = window.tabs.currentWidget()
+    assert isinstance(area, QScrollArea)
+    bar = area.horizontalScrollBar()
+    assert bar is not None and bar.maximum() == 0
 
 
 def test_tokens_set_in_the_window_are_used_and_never_shown(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:

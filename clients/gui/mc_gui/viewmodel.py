@@ -271,8 +271,9 @@ def check_instance_name(text: str) -> tuple[str | None, str | None]:
     text = text.strip()
     if not text:
         return None, "a name is needed"
-    if problem := name_problem(text):
-        return None, problem
+    if name_problem(text):
+        # The daemon's rule, said short enough for the line beside the picker.
+        return None, "A-Z a-z 0-9 _ . - only, starting with a letter or digit (64 at most)"
     return text, None
 
 

@@ -364,14 +364,19 @@ class InstanceTab(QWidget):
         self.figures = FiguresBox()
         self._polling = False
 
-    def header(self) -> QHBoxLayout:
+    def header(self) -> QVBoxLayout:
         row = QHBoxLayout()
         row.addWidget(QLabel(f"{self.kind.capitalize()} instance"))
         row.addWidget(self.picker)
-        row.addWidget(self.picker_error)
         row.addStretch(1)
         row.addWidget(self.state)
-        return row
+        # A refused name's error on a line of its own: beside the picker it
+        # and the state's detail widened the tab past the window.
+        header = QVBoxLayout()
+        header.setSpacing(2)
+        header.addLayout(row)
+        header.addWidget(self.picker_error)
+        return header
 
     def _picked(self, text: str) -> None:
         name, error = vm.check_instance_name(text)
