@@ -419,6 +419,10 @@ def test_refusals_of_a_name_or_payload_say_what_is_wrong_without_pointing_to_the
     assert run("client", "create", socket_path=mcd.socket).returncode == 0
     nan = run("client", "send", "x", '{"a": NaN}', socket_path=mcd.socket)
     assert nan.returncode == 2 and "NaN" in nan.stderr and "lists the keys" not in nan.stderr
+    broken = run("client", "send", "x", "{a", socket_path=mcd.socket)
+    assert broken.returncode == 2 and "fix: the payload is one JSON object" in broken.stderr
+    no_target = run("server", "request", "x", socket_path=mcd.socket)
+    assert no_target.returncode == 2 and "--to CLIENT_ID" in no_target.stderr and "payload" not in no_target.stderr
     names = {i["name"] for i in ok_json("list", socket_path=mcd.socket)["instances"]}
     assert "bad name!" not in names and "a" * 65 not in names
 

@@ -166,14 +166,14 @@ def client_factory(inv: Invocation) -> Callable[[], ControlClient]:
     return make
 
 
-def _usage_hint(args: list[str]) -> str:
+def _usage_hint(args: list[str], message: str) -> str:
     """Where to look: the keys for a bad `set`, the payload's form for a bad
-    `send` or `request`, else the commands."""
+    payload, else the commands."""
     for kind in ("client", "server"):
         if kind in args and "set" in args:
             return f"`mcctl help {kind}` lists the keys and their values"
-        if kind in args and ("send" in args or "request" in args):
-            return """the payload is one JSON object, e.g. '{"n": 1}', or - to read it from standard input"""
+    if "payload" in message:
+        return """the payload is one JSON object, e.g. '{"n": 1}', or - to read it from standard input"""
     return "run `mcctl --help` for the commands"
 
 
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         inv = parse(args, sys.stdin.read)
     except UsageError as exc:
         # Options may not have parsed: look for --json by hand, so scripts get JSON errors too.
-        Printer("--json" in args).error("usage", str(exc), None, _usage_hint(args))
+        Printer("--json" in args).error("usage", str(exc), None, _usage_hint(args, str(exc)))
         return EXIT_USAGE
     printer = Printer(inv.options.json)
     if inv.action == "shell":
