@@ -364,6 +364,18 @@ class InstanceTab(QWidget):
         self.figures = FiguresBox()
         self._polling = False
 
+    def lay_out(self, top: QHBoxLayout) -> None:
+        """The tab from top to bottom: the picker and the state, ``top`` (the
+        settings and the send box), the live figures, and the log, which
+        takes the height that is left."""
+        layout = QVBoxLayout(self)
+        layout.addLayout(self.header())
+        layout.addLayout(top)
+        layout.addWidget(self.figures)
+        log_box = QGroupBox("Log")
+        QVBoxLayout(log_box).addWidget(self.log)
+        layout.addWidget(log_box, 1)
+
     def header(self) -> QVBoxLayout:
         row = QHBoxLayout()
         row.addWidget(QLabel(f"{self.kind.capitalize()} instance"))
@@ -633,16 +645,10 @@ class ClientTab(InstanceTab):
         self.send_box.send.clicked.connect(self.send_message)
         self.send_box.ask.clicked.connect(self.request_message)
 
-        layout = QVBoxLayout(self)
-        layout.addLayout(self.header())
         top = QHBoxLayout()
         top.addWidget(settings, 3)
         top.addWidget(self.send_box, 2)
-        layout.addLayout(top)
-        layout.addWidget(self.figures)
-        log_box = QGroupBox("Log")
-        QVBoxLayout(log_box).addWidget(self.log)
-        layout.addWidget(log_box, 1)
+        self.lay_out(top)
 
     def fields(self) -> list[Field]:
         return [
@@ -842,19 +848,13 @@ class ServerTab(InstanceTab):
         self.send_box.send.clicked.connect(self.send_message)
         self.send_box.ask.clicked.connect(self.request_message)
 
-        layout = QVBoxLayout(self)
-        layout.addLayout(self.header())
         top = QHBoxLayout()
         left = QVBoxLayout()
         left.addWidget(settings)
         left.addWidget(clients_box, 1)
         top.addLayout(left, 3)
         top.addWidget(self.send_box, 2)
-        layout.addLayout(top)
-        layout.addWidget(self.figures)
-        log_box = QGroupBox("Log")
-        QVBoxLayout(log_box).addWidget(self.log)
-        layout.addWidget(log_box, 1)
+        self.lay_out(top)
 
     def fields(self) -> list[Field]:
         return [
