@@ -25,7 +25,9 @@ def main(argv: list[str]) -> int:
         try:
             inv = parse(rest)
         except UsageError:
-            return mcctl(rest)  # mcctl says what is wrong
+            # Not a command as it stands (or a payload from stdin, which this
+            # parse does not read): mcctl parses again and says what is wrong.
+            return mcctl(rest)
         # No command words: the shell, even when stdin is not a terminal
         # (where `mcctl` alone prints its help): `cli` has always meant it.
         return mcctl(["shell", *rest] if inv.action == "shell" and not inv.words else rest)

@@ -1,9 +1,15 @@
-"""API version, error codes and what mcctl exits with for each."""
+"""API version, error codes and what mcctl exits with for each, and the
+rules every controller checks before it asks (instance names, payloads)."""
 
 from __future__ import annotations
 
 import enum
 import re
+
+# mcctl imports this on every call: typing only for the type checker.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 #: Bumped when a command or a response changes incompatibly.
 API_VERSION = 1
@@ -15,7 +21,9 @@ MAX_LINE = 1024 * 1024
 #: it is typed), and the rule in words for whoever typed one that breaks it.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 NAME_MAX = 64
-NAME_RULE = "an instance name is 1 to 64 ASCII letters, digits, '_', '.' or '-', starting with a letter or digit"
+NAME_RULE = (
+    f"an instance name is 1 to {NAME_MAX} ASCII letters, digits, '_', '.' or '-', starting with a letter or digit"
+)
 
 
 def name_problem(name: str) -> str | None:
@@ -23,6 +31,12 @@ def name_problem(name: str) -> str | None:
     if len(name) > NAME_MAX or re.fullmatch(NAME_PATTERN, name) is None:
         return NAME_RULE
     return None
+
+
+def refuse_json_constant(name: str) -> NoReturn:
+    """``json.loads``'s ``parse_constant``: Python's json reads NaN and
+    Infinity, JSON has neither, and mcd refuses a payload with one."""
+    raise ValueError(f"{name} is not JSON (JSON has no NaN or infinity)")
 
 
 class ErrorCode(enum.StrEnum):

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import json
 
-from mc_control.codes import CLIENT_KEYS, CLIENT_TUNING, OPTIONAL_TUNING, SERVER_KEYS, SERVER_TUNING
+from mc_control.codes import (
+    CLIENT_KEYS,
+    CLIENT_TUNING,
+    OPTIONAL_TUNING,
+    SERVER_KEYS,
+    SERVER_TUNING,
+    refuse_json_constant,
+)
 
 # No dataclasses and no typing at run time: mcctl imports this module on
 # every call, and those two cost it a third of its start-up.
@@ -220,10 +227,6 @@ def _set_option(opts: Options, name: str, value: str) -> None:
         opts.to = value
 
 
-def _no_constant(name: str) -> None:
-    raise UsageError(f"invalid JSON payload: {name} is not JSON (no NaN or infinity); nothing was sent")
-
-
 def parse_payload(text: str, read_stdin: Callable[[], str] | None = None) -> dict[str, Any]:
     """A JSON object, or a ``UsageError`` that points at the problem.
     ``-`` takes it from ``read_stdin()`` (a payload too large for the command
@@ -233,13 +236,15 @@ def parse_payload(text: str, read_stdin: Callable[[], str] | None = None) -> dic
             raise UsageError("a payload from standard input ('-') is for one-shot mcctl, not the shell")
         text = read_stdin()
     try:
-        value = json.loads(text, parse_constant=_no_constant)
+        value = json.loads(text, parse_constant=refuse_json_constant)
     except json.JSONDecodeError as exc:
         line = text.splitlines()[exc.lineno - 1] if text.splitlines() else text
         raise UsageError(
             f"invalid JSON payload: {exc.msg} (line {exc.lineno}, column {exc.colno})\n"
             f"  {line}\n  {' ' * (exc.colno - 1)}^\nnothing was sent"
         ) from None
+    except ValueError as exc:  # NaN or Infinity
+        raise UsageError(f"invalid JSON payload: {exc}; nothing was sent") from None
     if not isinstance(value, dict):
         raise UsageError(f"the payload must be a JSON object ({{...}}), not {type(value).__name__}; nothing was sent")
     return value

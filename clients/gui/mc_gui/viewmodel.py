@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from mc_control.codes import name_problem
+from mc_control.codes import NAME_MAX, name_problem, refuse_json_constant
 from mc_control.events import describe_event
 
 LOG_LINES = 500
@@ -249,18 +249,14 @@ def check_subject(text: str) -> tuple[str | None, str | None]:
     return (text, None) if text.strip() else (None, "a subject is needed")
 
 
-def _no_constant(name: str) -> None:
-    raise ValueError(f"not JSON: {name} (JSON has no NaN or infinity)")
-
-
 def check_payload(text: str) -> tuple[dict[str, Any] | None, str | None]:
     if not text.strip():
         return {}, None
     try:
-        value = json.loads(text, parse_constant=_no_constant)
+        value = json.loads(text, parse_constant=refuse_json_constant)
     except json.JSONDecodeError as exc:
         return None, f"not JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
-    except ValueError as exc:  # NaN or Infinity, which Python's json reads and JSON has not
+    except ValueError as exc:  # NaN or Infinity
         return None, str(exc)
     if not isinstance(value, dict):
         return None, "the payload must be a JSON object: {...}"
@@ -273,7 +269,7 @@ def check_instance_name(text: str) -> tuple[str | None, str | None]:
         return None, "a name is needed"
     if name_problem(text):
         # The daemon's rule, said short enough for the line beside the picker.
-        return None, "A-Z a-z 0-9 _ . - only, starting with a letter or digit (64 at most)"
+        return None, f"A-Z a-z 0-9 _ . - only, starting with a letter or digit ({NAME_MAX} at most)"
     return text, None
 
 
