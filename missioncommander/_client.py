@@ -589,20 +589,22 @@ class Client:
         called outside a callback, it returns once the callbacks of earlier
         events have run.
         """
-        if not self._begin_disconnect():
-            return
-        done = threading.Event()
-        if self._loop.in_loop():
-            # From an inline callback: the goodbye is queued now and written
-            # when the callback returns; waiting here would stall the loop.
-            self._disconnect_on_loop(done.set)
-            ok = True
-        else:
-            self._loop.call_soon(self._disconnect_on_loop, done.set)
-            ok = done.wait(DISCONNECT_WAIT)
-        self._finish_disconnect(ok)
-        # Callbacks of the events up to now have run when disconnect() returns
-        # (unless it was called from a callback: that would wait for itself).
+        if self._begin_disconnect():
+            done = threading.Event()
+            if self._loop.in_loop():
+                # From an inline callback: the goodbye is queued now and written
+                # when the callback returns; waiting here would stall the loop.
+                self._disconnect_on_loop(done.set)
+                ok = True
+            else:
+                self._loop.call_soon(self._disconnect_on_loop, done.set)
+                ok = done.wait(DISCONNECT_WAIT)
+            self._finish_disconnect(ok)
+        # Callbacks of the events up to now have run when disconnect() returns,
+        # connected or not: a never-connected client has events too (setting
+        # its address emits a statechange), and mcd publishes `removed` after
+        # disconnect() on the promise that no event of the client follows it.
+        # (Not from a callback: that would wait for itself.)
         self._callbacks.serial.wait_idle(DISCONNECT_WAIT)
 
     def _begin_disconnect(self) -> bool:

@@ -333,9 +333,10 @@ class Server:
         Safe to call when not running, and from a callback.
         """
         with self._lock:
-            if not self._running:
-                return
-            self._running = False
+            running, self._running = self._running, False
+        if not running:
+            self._callbacks.serial.wait_idle(timeout)  # the same promise when there is nothing to stop
+            return
         self._loop.run_sync(self._stop_on_loop)
         if not self._loop.in_loop():  # from an inline callback the loop must run on to finish
             self._stopped.wait(timeout)
