@@ -59,6 +59,12 @@ class AsyncioDriver:
         #: that one even before it is bound, so deadlines taken early hold.
         self.time: Callable[[], float] = time.monotonic
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Calls made before the first use bound a loop (a new client's
+        #: settings emit a statechange for its subscribers): run, in order,
+        #: on the loop it binds to.  Setting a setting does not bind: the
+        #: object may be configured outside any loop and used in one later.
+        self._parked: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self._parking = threading.Lock()
 
     # -- binding ------------------------------------------------------------------
 
@@ -67,9 +73,14 @@ class AsyncioDriver:
         this driver already runs on another loop."""
         running = asyncio.get_running_loop()
         if self._loop is None:
-            self._loop = running
-            self._thread = threading.get_ident()
-        elif self._loop is not running:
+            with self._parking:
+                if self._loop is None:
+                    self._loop = running
+                    self._thread = threading.get_ident()
+                parked, self._parked = self._parked, []
+            for fn, args in parked:
+                running.call_soon(fn, *args)
+        if self._loop is not running:
             raise RuntimeError("this object belongs to another event loop")
         return running
 
@@ -92,10 +103,17 @@ class AsyncioDriver:
         return threading.get_ident() == self._thread
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        loop = self._loop
+        if loop is None:
+            with self._parking:
+                if self._loop is None:
+                    self._parked.append((fn, args))
+                    return
+            loop = self._loop
         if self.in_loop():
-            self.loop.call_soon(fn, *args)
+            loop.call_soon(fn, *args)
         else:
-            self.loop.call_soon_threadsafe(fn, *args)
+            loop.call_soon_threadsafe(fn, *args)
 
     def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> asyncio.TimerHandle:
         return self.loop.call_later(delay, fn, *args)

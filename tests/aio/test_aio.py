@@ -565,6 +565,34 @@ def test_one_object_belongs_to_one_loop(caplog: pytest.LogCaptureFixture) -> Non
     server._inner.stop()  # tidy up from outside any loop
 
 
+def test_settings_changed_before_first_use_reach_subscribers_on_the_loop() -> None:
+    """A new client's address and port, once both set, emit a statechange.
+    With a subscriber or an events() reader that raised "not bound to an
+    event loop yet" (in a coroutine too).  Set in a coroutine, the callbacks
+    run on its loop; set outside any loop, once the client is used in one."""
+    arrived: dict[str, asyncio.Future[tuple[ClientState, int]]] = {}
+    early = AsyncClient()
+    early.subscribe("statechange", lambda t: arrived["early"].set_result((t.new_state, threading.get_ident())))
+    early.address, early.port = "127.0.0.1", 1  # no loop runs here: the callback waits for one
+
+    async def test() -> None:
+        client = AsyncClient()
+        events = client.events()
+        seen: list[ClientState] = []
+        client.subscribe("statechange", lambda t: seen.append(t.new_state))
+        client.address, client.port = "127.0.0.1", 1
+        event = await anext(events)
+        assert event.name == "statechange" and seen == [event.args[0].new_state]
+        assert not event.args[0].new_state & ClientState.STATE_NEEDS_INIT
+
+        arrived["early"] = asyncio.get_running_loop().create_future()
+        assert await early.wait_state(ClientState.STATE_OK) & ClientState.STATE_OK  # its first use binds it
+        state, thread = await arrived["early"]
+        assert state == early.state and thread == threading.get_ident()
+
+    run(test)
+
+
 def test_requests_both_ways_with_coroutine_and_plain_responders_and_threaded_peers() -> None:
     async def test() -> None:
         async with AsyncServer(interface="127.0.0.1", port=0) as server:
