@@ -731,8 +731,10 @@ class AsyncClient(_Endpoint):
             _resolve(future)
 
     def send_threadsafe(self, message: Message) -> Future[None]:
-        """``send`` from another thread: returns a ``concurrent.futures.Future``."""
-        return asyncio.run_coroutine_threadsafe(self.send(message), self._driver.loop)
+        """``send`` from another thread: returns a ``concurrent.futures.Future``
+        (``RuntimeError`` before the client is first used on its loop)."""
+        loop = self._driver.loop  # first: raising after making the coroutine would leak it unawaited
+        return asyncio.run_coroutine_threadsafe(self.send(message), loop)
 
     def messages(self) -> AsyncIterator[Message]:
         """Received messages (from this call on, and those kept before), in
@@ -889,8 +891,10 @@ class AsyncServer(_Endpoint):
             _resolve(future)
 
     def send_threadsafe(self, target: str, message: Message) -> Future[None]:
-        """``send`` from another thread: returns a ``concurrent.futures.Future``."""
-        return asyncio.run_coroutine_threadsafe(self.send(target, message), self._driver.loop)
+        """``send`` from another thread: returns a ``concurrent.futures.Future``
+        (``RuntimeError`` before the server is first used on its loop)."""
+        loop = self._driver.loop  # first: raising after making the coroutine would leak it unawaited
+        return asyncio.run_coroutine_threadsafe(self.send(target, message), loop)
 
     async def disconnect_client(self, client_id: str, reason: str = "disconnected by the server") -> None:
         """End ``client_id``'s session and close its connection, telling it

@@ -4,12 +4,14 @@ behaviours, awaited, and both APIs talking to each other."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import random
 import select
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -591,6 +593,18 @@ def test_settings_changed_before_first_use_reach_subscribers_on_the_loop() -> No
         assert state == early.state and thread == threading.get_ident()
 
     run(test)
+
+
+def test_send_threadsafe_before_first_use_raises_and_leaks_no_coroutine() -> None:
+    client, server = AsyncClient(address="127.0.0.1", port=1), AsyncServer(interface="127.0.0.1", port=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(RuntimeError, match="not bound to an event loop yet"):
+            client.send_threadsafe(Message("x"))
+        with pytest.raises(RuntimeError, match="not bound to an event loop yet"):
+            server.send_threadsafe("*", Message("x"))
+        gc.collect()  # a coroutine made and dropped warns when it is collected
+    assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
 
 
 def test_requests_both_ways_with_coroutine_and_plain_responders_and_threaded_peers() -> None:
