@@ -124,6 +124,7 @@ class NoResponder(RemoteError):
 
     def __init__(self, message: str = "the peer has no request responder") -> None:
         super().__init__("NoResponder", message)
+        self.args = (message,)  # the class names it already: not "NoResponder: NoResponder: ..."
 
 
 class ClusterUnavailable(StateError):

@@ -66,8 +66,9 @@ def test_a_responder_may_return_a_message_a_dict_or_nothing(server: Server, make
 def test_nobody_to_answer_is_told_at_once(server: Server, make_client: MakeClient) -> None:
     client = make_client(server, client_id="quiet")
     client.connect()
-    with pytest.raises(NoResponder):
+    with pytest.raises(NoResponder) as info:
         client.request(Message("anyone?"), timeout=60)  # not a 60 s wait: the answer is immediate
+    assert str(info.value) == "the peer has no request responder"  # said once, not after its own name
     with pytest.raises(NoResponder):
         server.request("quiet", Message("anyone?"), timeout=60)
 
