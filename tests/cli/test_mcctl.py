@@ -136,6 +136,9 @@ def test_json_output_of_every_command(mcd: Mcd) -> None:
         (("--bogus", "list"), "unknown option --bogus"),
         (("--timeout", "soon", "list"), "--timeout must be a number"),
         (("wait", "listening", "--kind", "client"), "cannot be 'listening'"),
+        (("wait", "client", "listening"), "cannot be 'listening'"),
+        (("wait", "server", "listening", "--kind", "client"), "usage: wait [client|server]"),
+        (("wait", "server"), "wait server needs a STATE: listening, stopped"),
     ],
 )
 def test_usage_errors_exit_2_and_send_nothing(mcd: Mcd, args: tuple[str, ...], needle: str) -> None:
@@ -165,6 +168,8 @@ def test_timeouts_exit_4(mcd: Mcd) -> None:
     assert "did not connect within 0.5 s" in out.stderr and "Connection refused" in out.stderr
     assert "None" not in out.stderr
     out = run("wait", "connected", "--timeout", "0.5", socket_path=mcd.socket)
+    assert out.returncode == 4 and "not connected" in out.stderr
+    out = run("wait", "client", "connected", "--timeout", "0.5", socket_path=mcd.socket)  # the kind as a word
     assert out.returncode == 4 and "not connected" in out.stderr
 
 
@@ -244,13 +249,24 @@ def test_bash_completion_script_is_valid_bash(tmp_path: Path) -> None:
     script.write_text(out.stdout)
     check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
     assert check.returncode == 0, check.stderr
-    probe = subprocess.run(
-        ["bash", "-c", f"source {script}; COMP_WORDS=(mcctl client se); COMP_CWORD=2; _mcctl; echo ${{COMPREPLY[@]}}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert probe.stdout.split() == ["set", "send"]
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(words)
+        probe = subprocess.run(
+            [
+                "bash",
+                "-c",
+                f"source {script}; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; _mcctl; echo ${{COMPREPLY[@]}}",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return probe.stdout.split()
+
+    assert complete("mcctl", "client", "se") == ["set", "send"]
+    assert complete("mcctl", "wait", "s") == ["server", "stopped"]
+    assert complete("mcctl", "wait", "server", "") == ["listening", "stopped"]
 
 
 def test_connect_says_how_the_first_attempt_went(mcd: Mcd) -> None:
@@ -458,6 +474,8 @@ def test_every_limit_and_timer_of_the_library_can_be_set(mcd: Mcd) -> None:
     bad = run("server", "set", "max_clients", "lots", socket_path=sock)
     assert bad.returncode == 2 and "max_clients must be an integer" in bad.stderr
     assert "fix: `mcctl help server` lists the keys" in bad.stderr
+    bad = run("client", "get", "colour", socket_path=sock)
+    assert bad.returncode == 2 and "fix: `mcctl help client` lists the keys" in bad.stderr
     bad = run("client", "set", "send_timeout", "-1", socket_path=sock)
     assert bad.returncode == 2 and "send_timeout" in bad.stderr
     # Saved: what was set (None included), not every default.

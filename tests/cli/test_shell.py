@@ -69,6 +69,12 @@ def test_shell_with_a_daemon(mcd: Mcd, tmp_path: Path) -> None:
         sh.type("server send --to ab\t")
         sh.expect("server send --to abcXYZ ", start=mark)
         sh.type("\x15")
+        # `wait` takes the kind as a word too, and completes its states.
+        mark = len(sh.text)
+        sh.type("wait ser\tlis\t")
+        sh.expect("wait server listening ", start=mark)
+        sh.line("")
+        sh.expect("server default: listening", start=mark)
         # An event arriving while the user types is printed above the prompt,
         # and what was typed is still there to finish.
         mark = len(sh.text)

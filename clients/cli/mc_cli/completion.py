@@ -23,7 +23,9 @@ _mcctl() {
         2:client:set|2:client:get) COMPREPLY=($(compgen -W "@CLIENT_KEYS@" -- "$cur")) ;;
         2:server:set|2:server:get) COMPREPLY=($(compgen -W "@SERVER_KEYS@" -- "$cur")) ;;
         1:daemon:) COMPREPLY=($(compgen -W "status stop" -- "$cur")) ;;
-        1:wait:) COMPREPLY=($(compgen -W "@STATES@" -- "$cur")) ;;
+        1:wait:) COMPREPLY=($(compgen -W "client server @STATES@" -- "$cur")) ;;
+        2:wait:client) COMPREPLY=($(compgen -W "@CLIENT_STATES@" -- "$cur")) ;;
+        2:wait:server) COMPREPLY=($(compgen -W "@SERVER_STATES@" -- "$cur")) ;;
         1:help:) COMPREPLY=($(compgen -W "client server" -- "$cur")) ;;
         1:completion:) COMPREPLY=($(compgen -W "bash zsh" -- "$cur")) ;;
     esac
@@ -49,5 +51,7 @@ def script(shell: str) -> str:
         .replace("@CLIENT_KEYS@", " ".join(CLIENT_KEYS))
         .replace("@SERVER_KEYS@", " ".join(SERVER_KEYS))
         .replace("@STATES@", " ".join((*CLIENT_STATES, *SERVER_STATES)))
+        .replace("@CLIENT_STATES@", " ".join(CLIENT_STATES))
+        .replace("@SERVER_STATES@", " ".join(SERVER_STATES))
     )
     return bash if shell == "bash" else _ZSH + bash

@@ -318,10 +318,16 @@ def parse(argv: list[str], read_stdin: Callable[[], str] | None = None) -> Invoc
         _expect(rest, 0, "events [--since N] [--name NAME] [--kind client|server] [--json]")
         inv.action = "events"
     elif head == "wait":
-        if len(rest) != 1:
-            raise UsageError("usage: wait [--name NAME] [--kind client|server] [--timeout S] STATE")
-        state = rest[0]
-        kind = opts.kind or ("server" if state in SERVER_STATES else "client")
+        # `wait client connected` reads as the client commands do: the kind
+        # may come first as a word, as well as with --kind.
+        if len(rest) == 1 and rest[0] in ("client", "server"):
+            states = SERVER_STATES if rest[0] == "server" else CLIENT_STATES
+            raise UsageError(f"wait {rest[0]} needs a STATE: {', '.join(states)}")
+        word = rest[0] if len(rest) == 2 and rest[0] in ("client", "server") else None
+        if len(rest) != (2 if word else 1) or (word and opts.kind and opts.kind != word):
+            raise UsageError("usage: wait [client|server] [--name NAME] [--timeout S] STATE")
+        state = rest[-1]
+        kind = word or opts.kind or ("server" if state in SERVER_STATES else "client")
         valid = SERVER_STATES if kind == "server" else CLIENT_STATES
         if state not in valid:
             raise UsageError(f"a {kind} cannot be {state!r}; states: {', '.join(valid)}")

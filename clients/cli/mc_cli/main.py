@@ -50,7 +50,7 @@ other commands:
   stats [--name NAME] [--kind K] live figures: traffic, queues, resends, round trips (docs/STATS.md)
   top [--name NAME] [--kind K] [--count N]   the same, refreshed every second with message rates
   events (or watch)             live events; --since N replays after #N; --json for JSON lines
-  wait [--name N] STATE         block until an instance is in STATE
+  wait [client|server] [--name N] STATE   block until an instance is in STATE
                                 (client: connected, disconnected, connecting, reconnecting,
                                 failed, unconfigured; server: listening, stopped)
   daemon status | stop
@@ -167,11 +167,13 @@ def client_factory(inv: Invocation) -> Callable[[], ControlClient]:
 
 
 def _usage_hint(args: list[str], message: str) -> str:
-    """Where to look: the keys for a bad `set`, the payload's form for a bad
-    payload, else the commands."""
+    """Where to look: the keys for a bad `set` or `get`, the payload's form
+    for a bad payload, else the commands."""
     for kind in ("client", "server"):
         if kind in args and "set" in args:
             return f"`mcctl help {kind}` lists the keys and their values"
+        if kind in args and "get" in args:
+            return f"`mcctl help {kind}` lists the keys"
     if "payload" in message:
         return """the payload is one JSON object, e.g. '{"n": 1}', or - to read it from standard input"""
     return "run `mcctl --help` for the commands"

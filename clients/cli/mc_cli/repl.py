@@ -24,7 +24,16 @@ from mc_control.codes import CLIENT_KEYS, EVENT_NAMES, SERVER_KEYS
 
 from . import output
 from .commands import EXIT_OK, Printer, run_request, run_top, run_version, run_wait
-from .grammar import CLIENT_VERBS, OPTIONS, SERVER_VERBS, TOP_COMMANDS, UsageError, parse
+from .grammar import (
+    CLIENT_STATES,
+    CLIENT_VERBS,
+    OPTIONS,
+    SERVER_STATES,
+    SERVER_VERBS,
+    TOP_COMMANDS,
+    UsageError,
+    parse,
+)
 from .main import help_text
 
 if TYPE_CHECKING:
@@ -206,7 +215,9 @@ class Shell:
         if head == "help" and len(words) == 1:
             return ["client", "server", "all"]
         if head == "wait" and len(words) == 1:
-            return ["connected", "disconnected", "connecting", "reconnecting", "failed", "listening", "stopped"]
+            return ["client", "server", *CLIENT_STATES, *SERVER_STATES]
+        if head == "wait" and len(words) == 2 and words[1] in ("client", "server"):
+            return list(CLIENT_STATES if words[1] == "client" else SERVER_STATES)
         return []
 
     def client_ids(self, server: str) -> list[str]:
