@@ -9,6 +9,8 @@ misusing the protocol, *Remote* errors are the peer doing so.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class MissionCommanderError(Exception):
     """Base class of every error raised by MissionCommander."""
@@ -25,6 +27,9 @@ class ProtocolError(MissionCommanderError):
         super().__init__(message)
         self.code = code
         self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.code, self.message), self.__dict__
 
 
 class LocalProtocolError(ProtocolError):
@@ -62,6 +67,9 @@ class ConnectionRefusedByServer(ConnectError):
         super().__init__(f"server refused the connection ({code}): {message}")
         self.code = code
         self.reason = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.code, self.reason), self.__dict__
 
 
 class ConnectionLost(MissionCommanderError, ConnectionError):
@@ -118,6 +126,11 @@ class RemoteError(MissionCommanderError):
         self.message = message
         self.remote_traceback = remote_traceback
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled (a process pool hands exceptions back so) as made: by
+        # default an exception is re-made from its args, here one string.
+        return type(self), (self.type_name, self.message, self.remote_traceback), self.__dict__
+
 
 class NoResponder(RemoteError):
     """The peer has no ``request`` callback: nobody could answer."""
@@ -125,6 +138,9 @@ class NoResponder(RemoteError):
     def __init__(self, message: str = "the peer has no request responder") -> None:
         super().__init__("NoResponder", message)
         self.args = (message,)  # the class names it already: not "NoResponder: NoResponder: ..."
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.message,), self.__dict__
 
 
 class ClusterUnavailable(StateError):
