@@ -656,20 +656,30 @@ class AsyncClient(_Endpoint):
             raise
 
     async def disconnect(self) -> None:
-        """Say goodbye and close; ends the session (as ``Client.disconnect``)."""
+        """Say goodbye and close; ends the session (as ``Client.disconnect``).
+        Returns once the plain callbacks of earlier events have run, connected
+        or not (coroutine callbacks run as tasks of their own)."""
         self._driver.bind()
         inner = self._inner
-        if not inner._begin_disconnect():
-            return
-        closed = self._driver.loop.create_future()
-        inner._disconnect_on_loop(functools.partial(_resolve, closed))
+        if inner._begin_disconnect():
+            closed = self._driver.loop.create_future()
+            inner._disconnect_on_loop(functools.partial(_resolve, closed))
+            try:
+                await asyncio.wait_for(closed, DISCONNECT_WAIT)
+                ok = True
+            except TimeoutError:
+                ok = False
+            inner._finish_disconnect(ok)
+            self._wake()
+        # The threaded promise, kept on the loop: a statechange of settings
+        # set just before (queued until this first use bound the loop) has
+        # reached its callbacks when disconnect() returns.
         try:
-            await asyncio.wait_for(closed, DISCONNECT_WAIT)
-            ok = True
+            async with asyncio.timeout(DISCONNECT_WAIT):
+                while self._serial.busy:
+                    await self._wait()
         except TimeoutError:
-            ok = False
-        inner._finish_disconnect(ok)
-        self._wake()
+            pass
 
     async def send(self, message: Message) -> None:
         """Send ``message`` to the server.  While the send queue is full

@@ -571,7 +571,8 @@ def test_settings_changed_before_first_use_reach_subscribers_on_the_loop() -> No
     """A new client's address and port, once both set, emit a statechange.
     With a subscriber or an events() reader that raised "not bound to an
     event loop yet" (in a coroutine too).  Set in a coroutine, the callbacks
-    run on its loop; set outside any loop, once the client is used in one."""
+    run on its loop (by the time disconnect() returns, as on the threaded
+    API); set outside any loop, once the client is used in one."""
     arrived: dict[str, asyncio.Future[tuple[ClientState, int]]] = {}
     early = AsyncClient()
     early.subscribe("statechange", lambda t: arrived["early"].set_result((t.new_state, threading.get_ident())))
@@ -586,6 +587,14 @@ def test_settings_changed_before_first_use_reach_subscribers_on_the_loop() -> No
         event = await anext(events)
         assert event.name == "statechange" and seen == [event.args[0].new_state]
         assert not event.args[0].new_state & ClientState.STATE_NEEDS_INIT
+
+        # disconnect() returns once the callbacks of earlier events have run,
+        # as the threaded one: here the first use binds the loop, too.
+        other, other_seen = AsyncClient(), []
+        other.subscribe("statechange", other_seen.append)
+        other.address, other.port = "127.0.0.1", 1
+        await other.disconnect()
+        assert len(other_seen) == 1
 
         arrived["early"] = asyncio.get_running_loop().create_future()
         assert await early.wait_state(ClientState.STATE_OK) & ClientState.STATE_OK  # its first use binds it
