@@ -167,3 +167,29 @@ def test_shell_rides_out_a_daemon_restart(mcd: Mcd, tmp_path: Path) -> None:
         assert sh.wait() == 0
     finally:
         sh.close()
+
+
+def test_top_on_a_narrow_terminal_keeps_each_row_on_its_line(mcd: Mcd, tmp_path: Path) -> None:
+    """top refreshes a screen in place: a row wider than the terminal would
+    wrap and push the table apart, so on a terminal each row is cut to fit."""
+    port = free_port()
+    for cmd, params in (
+        ("server.set", {"key": "interface", "value": "127.0.0.1"}),
+        ("server.set", {"key": "port", "value": port}),
+        ("server.start", {}),
+        ("client.set", {"key": "address", "value": "127.0.0.1"}),
+        ("client.set", {"key": "port", "value": port}),
+        ("client.connect", {"wait": True, "timeout": 10}),
+    ):
+        mcd.request(cmd, **params)
+    sh = PtySession([*mcctl_command(), "top", "--count", "1"], shell_env(mcd.socket, tmp_path), columns=72)
+    try:
+        sh.expect("mcd: up")
+        assert sh.wait() == 0
+    finally:
+        sh.close()
+    rows = [row for row in sh.text.split("\n") if row.strip()]
+    assert rows[0].startswith("KIND") and any(row.startswith("client") for row in rows)
+    assert max(len(row) for row in rows) <= 72
+    wide = run("stats", socket_path=mcd.socket)  # not a terminal: rows whole, for a script or a pager
+    assert max(len(row) for row in wide.stdout.splitlines()) > 72

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -195,9 +196,23 @@ def run_top(inv: Invocation, transport: Transport, printer: Printer) -> int:
             printer.result("", result)
         else:
             text = output.stats(result, rates)
+            width = _terminal_width(printer.out) if clear else None
+            if width:
+                # A screen refreshed in place, as top(1): a row that wrapped
+                # would push the table apart; `stats` prints the rows whole.
+                text = "\n".join(line[:width] for line in text.split("\n"))
             printer.line(("\x1b[H\x1b[2J" if clear else "") + text)
         shown += 1
     return EXIT_OK
+
+
+def _terminal_width(out: Any) -> int | None:
+    """The columns of the terminal ``out`` writes to, read at each refresh
+    (it may be resized); None when it cannot say."""
+    try:
+        return os.get_terminal_size(out.fileno()).columns or None
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def run_version(hello: Callable[[], dict[str, Any]], printer: Printer) -> int:
