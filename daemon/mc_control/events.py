@@ -30,7 +30,10 @@ def describe_event(ev: dict[str, Any]) -> str:
     elif name == "started":
         what = f"started, listening on port {data.get('port')}"
     elif name == "settings":
-        what = "settings " + ", ".join(f"{k}={v!r}" for k, v in data.items())
+        # What this change set; every setting only from a daemon that does
+        # not say (the data always holds them all, for controllers).
+        keys = ev.get("changed") or list(data)
+        what = "settings " + ", ".join(f"{k}={data.get(k)!r}" for k in keys)
     else:
         what = name
     return f"{when}  #{ev['seq']:<5} {who}  {what}"

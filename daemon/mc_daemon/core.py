@@ -125,6 +125,13 @@ class _Instance:
     def publish(self, event: str, **data: Any) -> None:
         self.core.publish(self.kind, self.name, event, data)
 
+    def publish_settings(self, changed: str) -> dict[str, Any]:
+        """A ``settings`` event: every setting (each controller shows the
+        same values) and which one this change set; the settings returned."""
+        settings: dict[str, Any] = self.settings()
+        self.core.publish(self.kind, self.name, "settings", settings, changed=[changed])
+        return settings
+
 
 class ClientInstance(_Instance):
     kind = "client"
@@ -243,7 +250,9 @@ class DaemonCore:
 
     # -- events ----------------------------------------------------------------
 
-    def publish(self, kind: str, name: str, event: str, data: dict[str, Any]) -> None:
+    def publish(self, kind: str, name: str, event: str, data: dict[str, Any], changed: list[str] | None = None) -> None:
+        """Append an event to the ring (and so to every stream); ``changed``:
+        a ``settings`` event's keys that this change set."""
         with self._lock:
             record = {
                 "type": "event",
@@ -255,6 +264,8 @@ class DaemonCore:
                 "event": event,
                 "data": data,
             }
+            if changed is not None:
+                record["changed"] = changed
             self._ring.append(record)  # and wakes the subscribers and wait_for
         if self.on_change is not None:
             self.on_change()
@@ -382,8 +393,7 @@ class DaemonCore:
         if key in (CLIENT_TUNING if kind == "client" else SERVER_TUNING):
             instance.tuned.add(key)
         instance.settings_changed()
-        settings: dict[str, Any] = instance.settings()
-        instance.publish("settings", **settings)
+        settings = instance.publish_settings(key)
         return _with_warnings({"settings": settings}, self.save())
 
     def get_settings(self, kind: str, name: str, key: str | None) -> dict[str, Any]:

@@ -215,6 +215,26 @@ def test_events_stream_json_lines_with_catch_up(mcd: Mcd) -> None:
     ]
 
 
+def test_events_in_words_show_the_setting_a_change_set(mcd: Mcd) -> None:
+    """A settings event carries every setting (for controllers); in words,
+    only what the change set: one line a person can read."""
+    mcd.request("server.set", key="interface", value="127.0.0.1")
+    mcd.request("server.set", key="port", value=4567)
+    env = dict(os.environ, MC_SOCKET=str(mcd.socket), PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.Popen([*mcctl_command(), "events", "--since", "0"], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(4)]  # the banner, created, two settings
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout:
+            proc.stdout.close()
+    assert lines[0].startswith("watching events")
+    assert lines[2].rstrip().endswith("server/default  settings interface='127.0.0.1'")
+    assert lines[3].rstrip().endswith("server/default  settings port=4567")
+
+
 @pytest.mark.parametrize("kind", ["missing", "stale"])
 def test_daemon_not_running_says_why_and_exits_3(tmp_path: Path, kind: str) -> None:
     path = tmp_path / "mcd.sock"

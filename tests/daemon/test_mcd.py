@@ -214,6 +214,10 @@ def test_event_stream_snapshot_catch_up_and_resync(mcd: Mcd) -> None:
     assert sorted(e["event"] for e in replayed) == ["removed", "settings", "settings", "statechange"]
     assert replayed[-1]["event"] == "removed"
     assert [e["seq"] for e in replayed] == [e2["seq"] + i for i in range(1, 5)]
+    # A settings event holds every setting, and says which one its change set.
+    changes = [e for e in replayed if e["event"] == "settings"]
+    assert [e["changed"] for e in changes] == [["address"], ["port"]]
+    assert changes[1]["data"]["address"] == "127.0.0.1" and changes[1]["data"]["port"] == 1
 
     with mcd.client() as stream:
         answer, _ = stream.subscribe(since={"boot_id": "another-boot", "seq": 3})
