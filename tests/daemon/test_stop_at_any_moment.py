@@ -87,14 +87,14 @@ def _one_worker(runs: int, spread: float, seed: int) -> tuple[int, list[str]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             _, err = proc.communicate()
-            problems.append(f"run {run}: {sig.name} after {delay:.3f} s: still running after 10 s\n{err[-2000:]}")
+            problems.append(f"run {run}: {sig.name} after {delay:.3f} s: still running after 10 s\n{_ends(err)}")
             continue
         what = f"run {run}: {sig.name} after {delay:.3f} s: exit {proc.returncode}"
         if proc.returncode == 0:
             clean += 1
             state = json.loads((state_dir / "state.json").read_text())
             if "Traceback" in err:
-                problems.append(f"{what} with a traceback\n{err[-2000:]}")
+                problems.append(f"{what} with a traceback\n{_ends(err)}")
             elif sock.exists() or sock.with_name("mcd.sock.lock").exists():
                 problems.append(f"{what} but left {sorted(p.name for p in root.iterdir())}")
             elif {k: set(state[k]) for k in ("clients", "servers")} != {
@@ -109,8 +109,16 @@ def _one_worker(runs: int, spread: float, seed: int) -> tuple[int, list[str]]:
             if (state_dir / "state.json").read_bytes() != before:
                 problems.append(f"{what} and the state file changed")
         else:
-            problems.append(f"{what}\n{err[-2000:]}")
+            problems.append(f"{what}\n{_ends(err)}")
     return clean, problems
+
+
+def _ends(stderr: str) -> str:
+    """Both ends of a run's standard error: how a traceback began (its
+    first frames) and what the daemon did last."""
+    if len(stderr) <= 5000:
+        return stderr
+    return f"{stderr[:2500]}\n[...]\n{stderr[-2500:]}"
 
 
 def _before_mcd_ran(stderr: str) -> bool:
