@@ -15,6 +15,17 @@ from typing import Any
 class MissionCommanderError(Exception):
     """Base class of every error raised by MissionCommander."""
 
+    #: The attributes an error's constructor takes, in order: unpickling
+    #: re-makes the error from them (a process pool hands exceptions back
+    #: pickled).  Empty: from ``args``, Python's default, right for an error
+    #: made from its message alone.
+    _made_from: tuple[str, ...] = ()
+
+    def __reduce__(self) -> str | tuple[Any, ...]:
+        if not self._made_from:
+            return super().__reduce__()
+        return type(self), tuple(getattr(self, name) for name in self._made_from), self.__dict__
+
 
 class ProtocolError(MissionCommanderError):
     """A frame broke the wire protocol.
@@ -23,13 +34,12 @@ class ProtocolError(MissionCommanderError):
     ``bad_frame`` or ``frame_too_large``).
     """
 
+    _made_from: tuple[str, ...] = ("code", "message")
+
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return type(self), (self.code, self.message), self.__dict__
 
 
 class LocalProtocolError(ProtocolError):
@@ -63,13 +73,12 @@ class ConnectionRefusedByServer(ConnectError):
     has passed.
     """
 
+    _made_from: tuple[str, ...] = ("code", "reason")
+
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"server refused the connection ({code}): {message}")
         self.code = code
         self.reason = message
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return type(self), (self.code, self.reason), self.__dict__
 
 
 class ConnectionLost(MissionCommanderError, ConnectionError):
@@ -120,27 +129,23 @@ class RemoteError(MissionCommanderError):
     exception's; ``remote_traceback`` is its traceback when the peer opted
     in (``reply_tracebacks``), else None."""
 
+    _made_from: tuple[str, ...] = ("type_name", "message", "remote_traceback")
+
     def __init__(self, type_name: str, message: str, remote_traceback: str | None = None) -> None:
         super().__init__(f"{type_name}: {message}" if message else type_name)
         self.type_name = type_name
         self.message = message
         self.remote_traceback = remote_traceback
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Pickled (a process pool hands exceptions back so) as made: by
-        # default an exception is re-made from its args, here one string.
-        return type(self), (self.type_name, self.message, self.remote_traceback), self.__dict__
-
 
 class NoResponder(RemoteError):
     """The peer has no ``request`` callback: nobody could answer."""
 
+    _made_from: tuple[str, ...] = ("message",)
+
     def __init__(self, message: str = "the peer has no request responder") -> None:
         super().__init__("NoResponder", message)
         self.args = (message,)  # the class names it already: not "NoResponder: NoResponder: ..."
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return type(self), (self.message,), self.__dict__
 
 
 class ClusterUnavailable(StateError):

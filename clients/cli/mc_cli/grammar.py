@@ -79,6 +79,12 @@ DAEMON_VERBS = ("status", "stop")
 CLIENT_STATES = ("connected", "disconnected", "connecting", "reconnecting", "failed", "unconfigured")
 SERVER_STATES = ("listening", "stopped")
 
+
+def states_of(kind: str) -> tuple[str, ...]:
+    """What ``wait`` takes for a client or a server."""
+    return SERVER_STATES if kind == "server" else CLIENT_STATES
+
+
 #: option -> (takes a value, what it is for)
 OPTIONS: dict[str, tuple[bool, str]] = {
     "--json": (False, "machine-readable output (a documented contract)"),
@@ -321,14 +327,13 @@ def parse(argv: list[str], read_stdin: Callable[[], str] | None = None) -> Invoc
         # `wait client connected` reads as the client commands do: the kind
         # may come first as a word, as well as with --kind.
         if len(rest) == 1 and rest[0] in ("client", "server"):
-            states = SERVER_STATES if rest[0] == "server" else CLIENT_STATES
-            raise UsageError(f"wait {rest[0]} needs a STATE: {', '.join(states)}")
+            raise UsageError(f"wait {rest[0]} needs a STATE: {', '.join(states_of(rest[0]))}")
         word = rest[0] if len(rest) == 2 and rest[0] in ("client", "server") else None
         if len(rest) != (2 if word else 1) or (word and opts.kind and opts.kind != word):
             raise UsageError("usage: wait [client|server] [--name NAME] [--timeout S] STATE")
         state = rest[-1]
         kind = word or opts.kind or ("server" if state in SERVER_STATES else "client")
-        valid = SERVER_STATES if kind == "server" else CLIENT_STATES
+        valid = states_of(kind)
         if state not in valid:
             raise UsageError(f"a {kind} cannot be {state!r}; states: {', '.join(valid)}")
         inv.action = "wait"

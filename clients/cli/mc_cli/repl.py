@@ -33,6 +33,7 @@ from .grammar import (
     TOP_COMMANDS,
     UsageError,
     parse,
+    states_of,
 )
 from .main import help_text
 
@@ -217,7 +218,7 @@ class Shell:
         if head == "wait" and len(words) == 1:
             return ["client", "server", *CLIENT_STATES, *SERVER_STATES]
         if head == "wait" and len(words) == 2 and words[1] in ("client", "server"):
-            return list(CLIENT_STATES if words[1] == "client" else SERVER_STATES)
+            return list(states_of(words[1]))
         return []
 
     def client_ids(self, server: str) -> list[str]:
