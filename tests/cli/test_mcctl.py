@@ -122,6 +122,13 @@ def test_json_output_of_every_command(mcd: Mcd) -> None:
         (("launch",), "unknown command"),
         (("client",), "usage"),
         (("client", "fly"), "unknown client command"),
+        # What a newcomer typed: the likely meaning, and where the commands are.
+        (("server", "web", "set", "port", "0"), "(for the instance 'web': server set port 0 --name web)"),
+        (("server", "add", "web"), "(did you mean server create?)"),
+        (("client", "stop"), "(did you mean client disconnect?)"),
+        (("client", "fly"), "fix: `mcctl help client` lists the client commands"),
+        (("start",), "(did you mean server start or client connect?)"),
+        (("ls",), "(did you mean list?)"),
         (("client", "set", "colour", "red"), "unknown client key"),
         (("client", "set", "port", "abc"), "port must be an integer"),
         (("server", "set", "heartbeat_interval", "soon"), "heartbeat_interval must be a number, not 'soon'"),

@@ -354,7 +354,7 @@ def parse(argv: list[str], read_stdin: Callable[[], str] | None = None) -> Invoc
         inv.action = "completion"
         inv.topic = rest[0]
     else:
-        raise UsageError(f"unknown command {head!r}; commands: {', '.join(TOP_COMMANDS)}")
+        raise UsageError(f"unknown command {head!r}{_top_hint(head)}; commands: {', '.join(TOP_COMMANDS)}")
     return inv
 
 
@@ -371,6 +371,63 @@ def _check_option_use(opts: Options, head: str, verb: str | None) -> None:
         raise UsageError("--name only goes with client, server, wait, events, stats and top commands")
 
 
+#: Words a newcomer tries for a command, and what each may have meant (the
+#: first that is a command of the kind is suggested).
+_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "add": ("create",),
+    "new": ("create",),
+    "delete": ("remove",),
+    "del": ("remove",),
+    "rm": ("remove",),
+    "show": ("status",),
+    "info": ("status",),
+    "listen": ("start",),
+    "run": ("start", "connect"),
+    "start": ("connect",),
+    "open": ("connect", "start"),
+    "join": ("connect",),
+    "stop": ("disconnect",),
+    "close": ("disconnect", "stop"),
+    "kill": ("disconnect", "stop"),
+    "ask": ("request",),
+}
+
+
+def _hint(kind: str, word: str, args: list[str], verbs: tuple[str, ...]) -> str:
+    """What an unknown command word most likely meant: an instance's name
+    before the command (``server web start``), or another name for one."""
+    if args and args[0] in verbs and args[0] != "help":
+        rest = " ".join(args)
+        return f" (for the instance {word!r}: {kind} {rest} --name {word})"
+    for meant in _SYNONYMS.get(word.lower(), ()):
+        if meant in verbs:
+            return f" (did you mean {kind} {meant}?)"
+    return ""
+
+
+def _top_hint(word: str) -> str:
+    """What an unknown first word most likely meant: an instance command
+    without its kind (``mcctl start``), or another name for a command."""
+    word = word.lower()
+    meant = [f"{kind} {word}" for kind, verbs in (("client", CLIENT_VERBS), ("server", SERVER_VERBS)) if word in verbs]
+    meant += _TOP_SYNONYMS.get(word, ())
+    meant = [m for m in dict.fromkeys(meant) if not m.endswith(" help")]
+    return f" (did you mean {' or '.join(meant)}?)" if meant else ""
+
+
+_TOP_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "ls": ("list",),
+    "ps": ("list",),
+    "status": ("list", "daemon status"),
+    "start": ("client connect",),
+    "stop": ("client disconnect", "daemon stop"),
+    "shutdown": ("daemon stop",),
+    "log": ("events",),
+    "logs": ("events",),
+    "monitor": ("events", "top"),
+}
+
+
 def _instance_command(inv: Invocation, kind: str, rest: list[str], read_stdin: Callable[[], str] | None) -> Invocation:
     verbs = CLIENT_VERBS if kind == "client" else SERVER_VERBS
     keys = CLIENT_KEYS if kind == "client" else SERVER_KEYS
@@ -378,7 +435,9 @@ def _instance_command(inv: Invocation, kind: str, rest: list[str], read_stdin: C
         raise UsageError(f"usage: {kind} {'|'.join(verbs)} ...")
     verb, args = rest[0], rest[1:]
     if verb not in verbs:
-        raise UsageError(f"unknown {kind} command {verb!r}; {kind} commands: {', '.join(verbs)}")
+        raise UsageError(
+            f"unknown {kind} command {verb!r}{_hint(kind, verb, args, verbs)}; {kind} commands: {', '.join(verbs)}"
+        )
     if verb == "help":
         inv.action = "help"
         inv.topic = kind

@@ -167,9 +167,12 @@ def client_factory(inv: Invocation) -> Callable[[], ControlClient]:
 
 
 def _usage_hint(args: list[str], message: str) -> str:
-    """Where to look: the keys for a bad `set` or `get`, the payload's form
-    for a bad payload, else the commands."""
+    """Where to look: a kind's commands for an unknown one, the keys for a
+    bad `set` or `get`, the payload's form for a bad payload, else the
+    commands."""
     for kind in ("client", "server"):
+        if message.startswith(f"unknown {kind} command"):
+            return f"`mcctl help {kind}` lists the {kind} commands"
         if kind in args and "set" in args:
             return f"`mcctl help {kind}` lists the keys and their values"
         if kind in args and "get" in args:
