@@ -599,6 +599,14 @@ def test_a_hosted_server_asks_a_library_client_and_is_told_no_responder_by_anoth
         # The hosted server answers nobody: a library client asking it is told so at once.
         with pytest.raises(NoResponder):
             client.request(Message("anyone?"), timeout=30)
+    # One hosted instance asking another (a first try's likeliest request) is
+    # told why nobody answers, and what can.
+    for args in (("client", "set", "address", "127.0.0.1"), ("client", "set", "port", str(port))):
+        assert run(*args, socket_path=mcd.socket).returncode == 0
+    assert run("client", "connect", "--wait", socket_path=mcd.socket).returncode == 0
+    out = run("client", "request", "anyone?", socket_path=mcd.socket)
+    assert out.returncode == 1 and "the peer has no request responder" in out.stderr
+    assert "fix: instances hosted in mcd run no code of yours" in out.stderr
     out = run("--json", "server", "request", "--to", "gone", "ping", socket_path=mcd.socket)
     assert out.returncode == 1 and json.loads(out.stdout)["error"]["code"] == "not_found"
 

@@ -150,6 +150,13 @@ def run_request(inv: Invocation, transport: Transport, printer: Printer) -> int:
             hint = f"`{printer.command_prefix}help {topic}` lists the keys"
         elif exc.code == ErrorCode.UNKNOWN_COMMAND:
             hint = f"`{printer.command_prefix}help` lists the commands"
+        elif exc.code == ErrorCode.NO_RESPONDER:
+            # The likeliest peer in a first try is another instance of the
+            # same mcd, which can never answer: say so, and what can.
+            hint = (
+                "instances hosted in mcd run no code of yours, so they cannot answer; a library"
+                " Client or Server with a `request` callback can (docs/CONTROL_API.md)"
+            )
         printer.error(exc.code, exc.message, exc.details, hint)
         return status
     printer.result(render(inv, result), result)
