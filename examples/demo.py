@@ -9,6 +9,15 @@ import threading
 
 from missioncommander import Client, Message, Server
 
+# The server's callbacks and each client's run on threads of their own, so
+# two lines printed at once could mix: one line is written at a time.
+_print_lock = threading.Lock()
+
+
+def say(line: str) -> None:
+    with _print_lock:
+        print(line, flush=True)
+
 
 def main() -> None:
     # Each client is done once it has both its welcome and the broadcast:
@@ -21,11 +30,11 @@ def main() -> None:
     with Server(interface="127.0.0.1", port=0) as server:
 
         def on_server_message(client_id: str, message: Message) -> None:
-            print(f"server <- {client_id}: {message.subject} {dict(message.payload)}")
+            say(f"server <- {client_id}: {message.subject} {dict(message.payload)}")
             if message.subject == "hello":
                 server.send(client_id, Message("welcome", {"you_are": client_id}))
 
-        server.subscribe("clientconnect", lambda cid: print(f"server: {cid} connected"))
+        server.subscribe("clientconnect", lambda cid: say(f"server: {cid} connected"))
         server.subscribe("message", on_server_message)
 
         clients = []
@@ -33,7 +42,7 @@ def main() -> None:
             client = Client(address="127.0.0.1", port=server.port, client_id=name)
 
             def on_message(message: Message, name: str = name) -> None:
-                print(f"{name} <- server: {message.subject} {dict(message.payload)}")
+                say(f"{name} <- server: {message.subject} {dict(message.payload)}")
                 seen[name].add(message.subject)
                 if seen[name] >= expected:
                     done[name].set()

@@ -31,6 +31,10 @@ def test_demo_runs() -> None:
         assert f"{name} <- server: welcome {{'you_are': '{name}'}}" in out.stdout
         assert f"{name} <- server: news" in out.stdout
     assert out.stdout.rstrip().endswith("demo finished")
+    # Printed from several callback threads, the lines still come whole.
+    line = re.compile(r"(server: \w+ connected|server <- \w+: \w+ \{.*\}|\w+ <- server: \w+ \{.*\}|demo finished)")
+    assert all(line.fullmatch(text) for text in out.stdout.splitlines()), out.stdout
+    assert len(out.stdout.splitlines()) == 9  # 2 connects, 2 hellos, 2 welcomes, 2 news, the end
 
 
 def test_echo_client_against_echo_server() -> None:
