@@ -135,3 +135,18 @@ def test_the_figures_bring_why_the_last_attempt_failed() -> None:
     assert model.instance("client", "c").status["last_close_reason"] == "certificate verify failed"
     model.apply_stats("client", "c", {"messages_sent": 0}, now=2.0)  # figures without it leave it alone
     assert model.instance("client", "c").status["last_close_reason"] == "certificate verify failed"
+
+
+def test_a_tab_first_shows_default_or_else_an_instance_the_daemon_has() -> None:
+    model = vm.ViewModel()
+    model.set_daemon(True)
+    assert model.first_name("server") == "default"  # nothing yet: a new "default"
+    model.apply_snapshot({"instances": [{"kind": "server", "name": "web", "phase": "listening"},
+                                        {"kind": "server", "name": "b", "phase": "stopped"}]})  # fmt: skip
+    model.instance("server", "default")  # looked at (the tray does), not in the daemon
+    assert model.first_name("server") == "b"
+    assert model.first_name("client") == "default"
+    model.apply_event(statechange(1, "default", "connected"))
+    model.apply_snapshot({"instances": [{"kind": "server", "name": "default", "phase": "stopped"},
+                                        {"kind": "server", "name": "a", "phase": "stopped"}]})  # fmt: skip
+    assert model.first_name("server") == "default"

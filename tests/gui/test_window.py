@@ -537,3 +537,33 @@ def test_server_tab_shows_the_node_of_each_client_in_a_cluster(
         other.stop()
         mcd.request("server.stop")
         redis.stop()
+
+
+def test_a_tab_first_shows_the_daemons_instance_when_it_has_no_default(qtbot: QtBot, mcd: Mcd) -> None:
+    """Made with `mcctl --name web` before the GUI opened: the server tab
+    shows web, not an empty "default" that does not exist; the client tab,
+    with no clients at all, shows "default"; a tab a person then switches
+    stays where they put it."""
+    mcd.request("server.set", name="web", key="interface", value="127.0.0.1")
+    mcd.request("server.set", name="web", key="port", value=0)
+    mcd.request("server.start", name="web")
+    app = TrayApp(str(mcd.socket))
+    qtbot.addWidget(app.window)
+    try:
+        tab = app.window.server_tab
+        qtbot.waitUntil(lambda: tab.current().phase == "listening", timeout=WAIT)
+        assert (tab.name, tab.picker.currentText()) == ("web", "web")
+        assert "listening" in tab.state.text()
+        assert app.window.client_tab.name == "default"
+        mcd.request("server.create", name="alpha")  # sorts first, comes later: the tab stays
+        qtbot.waitUntil(lambda: tab.picker.findText("alpha") >= 0, timeout=WAIT)
+        assert tab.name == "web"
+        # The tray's menu acts on what the tabs show, and names it.
+        assert app.server_action.text() == "Stop server web"
+        assert app.client_action.text() == "Connect client"
+        app.server_action.trigger()
+        qtbot.waitUntil(lambda: mcd.phase("server", "web") == "stopped", timeout=WAIT)
+        qtbot.waitUntil(lambda: app.server_action.text() == "Start server web", timeout=WAIT)
+        assert sorted(i["name"] for i in mcd.request("list")["instances"] if i["kind"] == "server") == ["alpha", "web"]
+    finally:
+        app.close()

@@ -23,8 +23,9 @@ class TrayApp:
         self.window = MainWindow(self.model, self.backend)
         self.tray: QSystemTrayIcon | None = None
         self.last_notification: vm.Notification | None = None
+        self.menu = self._make_menu()
         if QSystemTrayIcon.isSystemTrayAvailable():
-            self.tray = self._make_tray()
+            self.tray = self._make_tray(self.menu)
             self.window.keep_running_in_tray = True
         self.backend.daemon.connect(self.on_daemon)
         self.backend.snapshot.connect(self.on_snapshot)
@@ -35,8 +36,9 @@ class TrayApp:
             self.window.show()
         self.backend.start()
 
-    def _make_tray(self) -> QSystemTrayIcon:
-        tray = QSystemTrayIcon(dot_icon("down"))
+    def _make_menu(self) -> QMenu:
+        """The tray's menu (made without a tray too: its actions are the
+        same, and tested where no desktop has a tray)."""
         menu = QMenu()
         self.open_action = QAction("Open window", menu)
         self.open_action.triggered.connect(self.show_window)
@@ -50,11 +52,14 @@ class TrayApp:
             menu.addAction(action)
         menu.addSeparator()
         menu.addAction(quit_action)
+        return menu
+
+    def _make_tray(self, menu: QMenu) -> QSystemTrayIcon:
+        tray = QSystemTrayIcon(dot_icon("down"))
         tray.setContextMenu(menu)
         tray.activated.connect(
             lambda reason: self.show_window() if reason == QSystemTrayIcon.ActivationReason.Trigger else None
         )
-        self._menu = menu
         tray.show()
         return tray
 
@@ -63,15 +68,19 @@ class TrayApp:
         self.window.raise_()
         self.window.activateWindow()
 
+    # The tray's actions are on the instances the tabs show, so what the
+    # menu does is what the window says (and an mcd without a "default"
+    # instance is not given one by a click in the tray).
+
     def toggle_client(self) -> None:
-        running = self.model.instance("client", "default").phase in ("connected", "connecting", "reconnecting")
-        self.backend.request(
-            "client.disconnect" if running else "client.connect", {"name": "default"}, None, self._error
-        )
+        name = self.window.client_tab.name
+        running = self.model.instance("client", name).phase in ("connected", "connecting", "reconnecting")
+        self.backend.request("client.disconnect" if running else "client.connect", {"name": name}, None, self._error)
 
     def toggle_server(self) -> None:
-        running = self.model.instance("server", "default").phase == "listening"
-        self.backend.request("server.stop" if running else "server.start", {"name": "default"}, None, self._error)
+        name = self.window.server_tab.name
+        running = self.model.instance("server", name).phase == "listening"
+        self.backend.request("server.stop" if running else "server.start", {"name": name}, None, self._error)
 
     def _error(self, _code: str, message: str) -> None:
         self.notify(vm.Notification("MissionCommander", message, critical=True))
@@ -87,6 +96,8 @@ class TrayApp:
 
     def on_snapshot(self, snapshot: dict[str, Any]) -> None:
         self.model.apply_snapshot(snapshot)
+        for tab in (self.window.client_tab, self.window.server_tab):
+            tab.settle_name()
         self.refresh()
 
     def on_event(self, ev: dict[str, Any]) -> None:
@@ -118,15 +129,14 @@ class TrayApp:
             overall = self.model.overall()
             self.tray.setIcon(dot_icon(overall.level))
             self.tray.setToolTip(overall.text)
-            client = self.model.instance("client", "default").phase
-            self.client_action.setText(
-                "Disconnect client" if client in ("connected", "connecting", "reconnecting") else "Connect client"
-            )
-            self.server_action.setText(
-                "Stop server" if self.model.instance("server", "default").phase == "listening" else "Start server"
-            )
-            self.client_action.setEnabled(self.model.daemon_up)
-            self.server_action.setEnabled(self.model.daemon_up)
+        client_name, server_name = self.window.client_tab.name, self.window.server_tab.name
+        client = self.model.instance("client", client_name).phase
+        verb = "Disconnect" if client in ("connected", "connecting", "reconnecting") else "Connect"
+        self.client_action.setText(f"{verb} client{_named(client_name)}")
+        verb = "Stop" if self.model.instance("server", server_name).phase == "listening" else "Start"
+        self.server_action.setText(f"{verb} server{_named(server_name)}")
+        self.client_action.setEnabled(self.model.daemon_up)
+        self.server_action.setEnabled(self.model.daemon_up)
 
     def close(self) -> None:
         self.backend.stop()
@@ -153,3 +163,8 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _named(name: str) -> str:
+    """An instance's name for a menu entry ("default" goes without saying)."""
+    return "" if name == "default" else f" {name}"

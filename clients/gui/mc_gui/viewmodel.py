@@ -105,6 +105,13 @@ class ViewModel:
             self.instances[key] = InstanceState(kind, name, {"kind": kind, "name": name}, stale=not self.daemon_up)
         return self.instances[key]
 
+    def first_name(self, kind: str) -> str:
+        """The instance a tab shows first: "default", unless the daemon has
+        none of that name but has others (made with ``mcctl --name`` or
+        restored), whose first is shown instead of an empty "default"."""
+        existing = sorted(n for (k, n), inst in self.instances.items() if k == kind and "phase" in inst.status)
+        return "default" if "default" in existing or not existing else existing[0]
+
     def names(self, kind: str) -> list[str]:
         names = sorted(n for k, n in self.instances if k == kind)
         return names if "default" in names else ["default", *names]

@@ -337,6 +337,8 @@ class InstanceTab(QWidget):
         self.model = model
         self.backend = backend
         self.name = "default"
+        #: The tab's instance was chosen, by a person or by the first snapshot.
+        self._name_settled = False
         self.picker = QComboBox()
         self.picker.setEditable(True)
         self.picker.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
@@ -390,6 +392,21 @@ class InstanceTab(QWidget):
         header.addWidget(self.picker_error)
         return header
 
+    def settle_name(self) -> None:
+        """The daemon's first snapshot came: show the instance it suggests
+        (``ViewModel.first_name``), unless one was picked already."""
+        if not self._name_settled:
+            self._name_settled = True
+            self._show(self.model.first_name(self.kind))
+
+    def _show(self, name: str) -> None:
+        if name != self.name:
+            self.name = name
+            for field in self.fields():
+                field.dirty = False
+                field.set_error(None)
+            self._log_key = None
+
     def _picked(self, text: str) -> None:
         name, error = vm.check_instance_name(text)
         if error:
@@ -398,12 +415,9 @@ class InstanceTab(QWidget):
             return
         self.picker_error.hide()
         assert name is not None
+        self._name_settled = True
         if name != self.name:
-            self.name = name
-            for field in self.fields():
-                field.dirty = False
-                field.set_error(None)
-            self._log_key = None
+            self._show(name)
             # Naming an instance creates it in the daemon (reads never do).
             self.backend.request(f"{self.kind}.create", {"name": name}, self._status_reply, self._create_failed)
         self.refresh()
