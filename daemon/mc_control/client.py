@@ -142,6 +142,13 @@ class ControlClient:
             self._sock = sock
         return self
 
+    def set_timeout(self, timeout: float | None) -> None:
+        """Wait up to ``timeout`` for the next answers (a connection kept
+        for many commands, whose waits differ)."""
+        self.timeout = timeout
+        if self._sock is not None:
+            self._sock.settimeout(timeout)
+
     def close(self) -> None:
         """Close; safe from another thread, where it also wakes a blocked read."""
         sock, self._sock = self._sock, None

@@ -193,3 +193,29 @@ def test_top_on_a_narrow_terminal_keeps_each_row_on_its_line(mcd: Mcd, tmp_path:
     assert max(len(row) for row in rows) <= 72
     wide = run("stats", socket_path=mcd.socket)  # not a terminal: rows whole, for a script or a pager
     assert max(len(row) for row in wide.stdout.splitlines()) > 72
+
+
+def test_a_command_that_waits_in_mcd_gets_mcds_answer_not_a_timeout_of_its_own(
+    mcd: Mcd, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`client connect --wait` (or a request) waits in mcd up to its own
+    --timeout: the shell waits longer than that for the answer, as one-shot
+    mcctl does.  (It waited its fixed 10 s, the same as connect's default
+    wait, and said "mcd did not answer in time" instead of why the client
+    did not connect.)  The shell's own wait is cut here so the test is short."""
+    from mc_cli import repl  # noqa: PLC0415 - the shell in this process, for its wait
+
+    monkeypatch.setattr(repl, "ANSWER_TIMEOUT", 1.0)
+    shell = repl.Shell(str(mcd.socket))
+    try:
+        shell.connect()
+        for line in ("client set address nonsense.invalid", "client set port 1", "client connect --wait --timeout 2"):
+            assert shell.run_line(line)
+        out = capsys.readouterr().out
+        assert "did not connect within 2 s; last attempt: cannot resolve 'nonsense.invalid'" in out, out
+        assert "did not answer" not in out
+        # The next command's wait is the shell's own again.
+        assert shell.run_line("client disconnect")
+        assert "client default: disconnected" in capsys.readouterr().out
+    finally:
+        shell.close()

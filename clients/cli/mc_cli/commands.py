@@ -136,6 +136,16 @@ def render(inv: Invocation, result: dict[str, Any]) -> str:
     return json.dumps(result, indent=2)
 
 
+def answer_timeout(inv: Invocation, default: float) -> float:
+    """How long to wait for mcd's answer to ``inv``: ``--timeout`` or
+    ``default``; a command that waits in the daemon (``connect --wait``, a
+    request) takes its own wait and then some, so that mcd's answer (a
+    timeout naming the last attempt, or the reply) comes first."""
+    if "timeout" in inv.params:
+        return float(inv.params["timeout"]) + 5.0
+    return inv.options.timeout or default
+
+
 def run_request(inv: Invocation, transport: Transport, printer: Printer) -> int:
     assert inv.cmd is not None
     try:

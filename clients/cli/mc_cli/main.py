@@ -12,6 +12,7 @@ from .commands import (
     EXIT_OK,
     EXIT_USAGE,
     Printer,
+    answer_timeout,
     run_events,
     run_request,
     run_top,
@@ -155,13 +156,10 @@ def execute(inv: Invocation, printer: Printer, factory: Callable[[], ControlClie
 
 
 def client_factory(inv: Invocation) -> Callable[[], ControlClient]:
-    opts = inv.options
-    timeout = opts.timeout or 5.0
-    if "timeout" in inv.params:
-        timeout = inv.params["timeout"] + 5.0  # the daemon answers after its own wait
+    timeout = answer_timeout(inv, 5.0)
 
     def make() -> ControlClient:
-        return ControlClient(opts.socket, timeout=timeout)
+        return ControlClient(inv.options.socket, timeout=timeout)
 
     return make
 

@@ -23,7 +23,7 @@ from mc_control import ControlClient, DaemonUnreachable
 from mc_control.codes import CLIENT_KEYS, EVENT_NAMES, SERVER_KEYS
 
 from . import output
-from .commands import EXIT_OK, Printer, run_request, run_top, run_version, run_wait
+from .commands import EXIT_OK, Printer, answer_timeout, run_request, run_top, run_version, run_wait
 from .grammar import (
     CLIENT_STATES,
     CLIENT_VERBS,
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from .commands import Transport
 
 PROMPT = "> "
+#: How long the shell waits for mcd's answer to a command that does not wait itself.
+ANSWER_TIMEOUT = 10.0
 #: Wakes the main thread, waiting in readline, to print queued events.
 _WAKE_SIGNAL = getattr(signal, "SIGUSR1", 10)
 # Settings changes echo what was just typed: not worth a line in the shell.
@@ -100,7 +102,7 @@ class Shell:
     # -- set-up ----------------------------------------------------------------
 
     def connect(self) -> str:
-        client = ControlClient(self.socket, timeout=10.0)
+        client = ControlClient(self.socket, timeout=ANSWER_TIMEOUT)
         try:
             hello = client.request("hello")
         except DaemonUnreachable as exc:
@@ -119,7 +121,7 @@ class Shell:
                 "start `mcd` to keep them running."
             )
         self.transport = client
-        self.stream_factory = lambda: ControlClient(self.socket, timeout=10.0)
+        self.stream_factory = lambda: ControlClient(self.socket, timeout=ANSWER_TIMEOUT)
         return f"MissionCommander shell, connected to mcd {hello['version']} at {client.path}."
 
     def setup_readline(self) -> None:
@@ -341,6 +343,10 @@ class Shell:
         elif inv.action == "version":
             run_version(lambda: self.transport.request("hello"), self.printer)
         else:
+            if isinstance(self.transport, ControlClient):
+                # Kept for every command: each gets its own wait (a
+                # `connect --wait` or a request waits in mcd first).
+                self.transport.set_timeout(answer_timeout(inv, ANSWER_TIMEOUT))
             try:
                 if inv.action == "wait":
                     stream = self.stream_factory()
