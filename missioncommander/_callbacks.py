@@ -20,7 +20,7 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._errors import NoResponder
@@ -68,6 +68,25 @@ def normalise_event(name: object, known: Iterable[str]) -> str:
     if key not in known:
         raise ValueError(f"unknown event {name!r}; known events: {', '.join(known)}")
     return key
+
+
+def check_callback(owner: str, event: str, callback: object, args: tuple[str, ...]) -> None:
+    """Refuse, at ``subscribe()``, a callback that cannot take what its
+    event passes (``args``: their names), rather than have it fail at every
+    event on a callback thread, in the log.  A callable whose signature
+    cannot be read (some builtins) is taken: its first call will tell."""
+    if not callable(callback):
+        raise TypeError(f"callback must be callable, not {type(callback).__name__}")
+    try:
+        signature = inspect.signature(callback)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(*args)
+    except TypeError:
+        name = getattr(callback, "__qualname__", None) or repr(callback)
+        given = f"with ({', '.join(args)})" if args else "with no arguments"
+        raise TypeError(f"a {owner} {event!r} callback is called {given}; {name}{signature} cannot take that") from None
 
 
 #: ``answering()``'s steps: what a coroutine responder returned, to be
@@ -243,9 +262,11 @@ class SerialQueue:
 class Callbacks:
     """The callbacks subscribed to one object's events."""
 
-    def __init__(self, owner: str, events: Iterable[str]) -> None:
+    def __init__(self, owner: str, events: Mapping[str, tuple[str, ...]]) -> None:
         self._owner = owner
         self.events = tuple(events)
+        #: What each event's callbacks are called with (their names).
+        self._args = dict(events)
         self._subs: dict[str, tuple[Callable[..., Any], ...]] = {}
         self._lock = threading.Lock()
         self.serial = SerialQueue()
@@ -268,10 +289,15 @@ class Callbacks:
         #: releases in arrival order); unset, it is released at once.
         self.in_order: Callable[[Callable[[], None]], None] | None = None
 
-    def subscribe(self, event: str, callback: Callable[..., Any]) -> None:
+    def checked(self, event: str, callback: object) -> str:
+        """``event``'s name as subscribed (``normalise_event``), once
+        ``callback`` is known to take what that event passes."""
         key = normalise_event(event, self.events)
-        if not callable(callback):
-            raise TypeError(f"callback must be callable, not {type(callback).__name__}")
+        check_callback(self._owner, key, callback, self._args[key])
+        return key
+
+    def subscribe(self, event: str, callback: Callable[..., Any]) -> None:
+        key = self.checked(event, callback)
         with self._lock:
             self._subs[key] = (*self._subs.get(key, ()), callback)
 

@@ -64,16 +64,17 @@ from ._tls import client_context
 
 log = logging.getLogger("missioncommander.client")
 
-CLIENT_EVENTS = (
-    "connect",
-    "disconnect",
-    "reconnect",
-    "message",
-    "servershutdown",
-    "statechange",
-    "request",
-    "sessionlost",
-)
+#: A Client's events and what their callbacks are called with.
+CLIENT_EVENTS: dict[str, tuple[str, ...]] = {
+    "connect": (),
+    "disconnect": (),
+    "reconnect": ("client_id",),
+    "message": ("message",),
+    "servershutdown": (),
+    "statechange": ("transition",),
+    "request": ("message",),
+    "sessionlost": ("reason",),
+}
 
 S = ClientState
 NEEDS_INIT = S.STATE_NEEDS_INIT | S.STATE_NOT_CONNECTED

@@ -61,7 +61,13 @@ from ._transitions import ConnState
 
 log = logging.getLogger("missioncommander.server")
 
-SERVER_EVENTS = ("clientconnect", "clientdisconnect", "message", "request")
+#: A Server's events and what their callbacks are called with.
+SERVER_EVENTS: dict[str, tuple[str, ...]] = {
+    "clientconnect": ("client_id",),
+    "clientdisconnect": ("client_id",),
+    "message": ("client_id", "message"),
+    "request": ("client_id", "message"),
+}
 
 
 class _PortSetting(cfg.Setting[int]):

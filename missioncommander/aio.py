@@ -176,7 +176,7 @@ class _Endpoint:
     """What AsyncClient and AsyncServer share: the driver, callbacks that may
     be coroutine functions, ``messages()`` and ``events()``."""
 
-    _events: tuple[str, ...]
+    _events: dict[str, tuple[str, ...]]
 
     def __init__(self, driver: AsyncioDriver, callbacks: Callbacks) -> None:
         self._driver = driver
@@ -224,9 +224,7 @@ class _Endpoint:
         """Call ``callback`` on ``event``, as the threaded API does; it may
         be a coroutine function (run as a task; a message is acknowledged
         once its coroutines are done).  Callbacks run on the loop."""
-        key = normalise_event(event, self._events)
-        if not callable(callback):
-            raise TypeError(f"callback must be callable, not {type(callback).__name__}")
+        key = self._callbacks.checked(event, callback)
         if key == "message":
             self._message_callbacks = (*self._message_callbacks, callback)
             return

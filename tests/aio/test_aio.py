@@ -418,6 +418,23 @@ def test_a_burst_sent_without_a_pause_reaches_the_peer_while_it_is_being_sent() 
     run(test)
 
 
+def test_a_callback_that_cannot_take_its_events_arguments_is_refused_at_subscribe() -> None:
+    """As on the threaded API, for coroutine functions too (their call would
+    fail only when the event came, in a task)."""
+    client, server = AsyncClient(), AsyncServer()
+
+    async def on_message(message: Message) -> None:
+        pass
+
+    with pytest.raises(TypeError, match=r"a server 'message' callback is called with \(client_id, message\)"):
+        server.subscribe("message", on_message)
+    with pytest.raises(TypeError, match=r"a client 'disconnect' callback is called with no arguments"):
+        client.subscribe("disconnect", on_message)
+    client.subscribe("message", on_message)  # right for a client
+    with pytest.raises(TypeError, match="a server 'request' callback"):
+        server.subscribe("request", lambda message: message.payload)
+
+
 def test_coroutine_and_plain_callbacks_and_send_threadsafe() -> None:
     async def test() -> None:
         async with AsyncServer(interface="127.0.0.1", port=0) as server:

@@ -13,6 +13,8 @@ from support.cli import mcctl_command, run
 from support.mcd import Mcd
 from support.pty_session import PtySession
 
+from mc_cli import repl
+
 
 def shell_env(socket_path: Path, tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
@@ -203,8 +205,6 @@ def test_a_command_that_waits_in_mcd_gets_mcds_answer_not_a_timeout_of_its_own(
     mcctl does.  (It waited its fixed 10 s, the same as connect's default
     wait, and said "mcd did not answer in time" instead of why the client
     did not connect.)  The shell's own wait is cut here so the test is short."""
-    from mc_cli import repl  # noqa: PLC0415 - the shell in this process, for its wait
-
     monkeypatch.setattr(repl, "ANSWER_TIMEOUT", 1.0)
     shell = repl.Shell(str(mcd.socket))
     try:

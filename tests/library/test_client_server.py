@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable
@@ -62,6 +63,42 @@ def test_connect_send_receive_disconnect_events_and_states(server: Server, make_
     assert "reconnect" not in names
     assert client.last_close_reason == "disconnected by this client"
     assert server.clients == []
+
+
+def test_a_callback_that_cannot_take_its_events_arguments_is_refused_at_subscribe(
+    server: Server, make_client: MakeClient
+) -> None:
+    """Not at every event, on a callback thread, in the log: the mistake is
+    said where it was made.  What may take the arguments is taken."""
+    client = make_client(server)
+    with pytest.raises(TypeError, match=r"a client 'connect' callback is called with no arguments; .*\(a, b\)"):
+        client.subscribe("on_connect", lambda a, b: None)
+    with pytest.raises(TypeError, match=r"a server 'message' callback is called with \(client_id, message\)"):
+        server.subscribe("message", lambda message: None)
+    with pytest.raises(TypeError, match=r"a client 'message' callback is called with \(message\)"):
+        client.subscribe("message", lambda client_id, message: None)
+    with pytest.raises(TypeError, match="'request' callback"):
+        client.subscribe("request", lambda *, message: None)  # keyword-only: never passed so
+    rec = Recorder()
+    lock = threading.Lock()
+    lock.acquire()
+
+    class Handler:
+        def on_message(self, message: Message) -> None:
+            rec.callback("method")(message)
+
+    for event, callback in (
+        ("connect", rec.callback("varargs")),  # (*args)
+        ("statechange", lambda transition, extra=None: rec.callback("default")(transition)),
+        ("message", Handler().on_message),
+        ("connect", lock.release),  # a builtin: no signature to read, taken
+        ("message", functools.partial(lambda tag, message: rec.callback(tag)(message), "partial")),
+    ):
+        client.subscribe(event, callback)
+    client.connect()
+    assert lock.acquire(timeout=10)
+    server.send(client.client_id, Message("hi"))
+    rec.wait_for(lambda: {"varargs", "default", "method", "partial"} <= set(rec.names()))
 
 
 def test_event_name_forms(server: Server, make_client: MakeClient) -> None:
