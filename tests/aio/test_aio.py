@@ -398,7 +398,11 @@ def test_a_burst_sent_without_a_pause_reaches_the_peer_while_it_is_being_sent() 
 
         def note(_client_id: str, message: Message) -> None:
             got.append(message.payload["n"])
-            if message.payload["n"] == 600:
+            # Well inside the first 64 KiB written (about 470 messages): what
+            # a later write left over stays in asyncio's buffer until the
+            # loop turns, beyond the kernel's loopback buffers (here once at
+            # message 569, so 600 failed one run in four).
+            if message.payload["n"] == 200:
                 deep.set()
 
         threaded.subscribe("message", note)
