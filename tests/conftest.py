@@ -8,12 +8,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from support.certs import Certs, make_certs
 
 from missioncommander import Client, Server
+
+# Speed lives in bench/, never in a test's verdict: hypothesis's per-example
+# deadline (200 ms) failed a byte-splitting test that took 263 ms on a busy
+# machine.  Examples stay bounded by their counts (max_examples).
+settings.register_profile("missioncommander", deadline=None)
+settings.load_profile("missioncommander")
 
 # pyproject.toml turns pytest-qt's automatic loading off; load it where the
 # GUI tests can run (tests/gui/conftest.py skips them, with the reason, where
