@@ -405,16 +405,7 @@ def _hint(kind: str, word: str, args: list[str], verbs: tuple[str, ...]) -> str:
     return ""
 
 
-def _top_hint(word: str) -> str:
-    """What an unknown first word most likely meant: an instance command
-    without its kind (``mcctl start``), or another name for a command."""
-    word = word.lower()
-    meant = [f"{kind} {word}" for kind, verbs in (("client", CLIENT_VERBS), ("server", SERVER_VERBS)) if word in verbs]
-    meant += _TOP_SYNONYMS.get(word, ())
-    meant = [m for m in dict.fromkeys(meant) if not m.endswith(" help")]
-    return f" (did you mean {' or '.join(meant)}?)" if meant else ""
-
-
+#: The same for a first word.
 _TOP_SYNONYMS: dict[str, tuple[str, ...]] = {
     "ls": ("list",),
     "ps": ("list",),
@@ -426,6 +417,16 @@ _TOP_SYNONYMS: dict[str, tuple[str, ...]] = {
     "logs": ("events",),
     "monitor": ("events", "top"),
 }
+
+
+def _top_hint(word: str) -> str:
+    """What an unknown first word most likely meant: an instance command
+    without its kind (``mcctl start``), or another name for a command."""
+    word = word.lower()
+    meant = [f"{kind} {word}" for kind, verbs in (("client", CLIENT_VERBS), ("server", SERVER_VERBS)) if word in verbs]
+    meant += _TOP_SYNONYMS.get(word, ())
+    meant = [m for m in dict.fromkeys(meant) if not m.endswith(" help")]
+    return f" (did you mean {' or '.join(meant)}?)" if meant else ""
 
 
 def _instance_command(inv: Invocation, kind: str, rest: list[str], read_stdin: Callable[[], str] | None) -> Invocation:

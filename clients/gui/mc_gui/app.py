@@ -144,6 +144,11 @@ class TrayApp:
             self.tray.hide()
 
 
+def _named(name: str) -> str:
+    """An instance's name for a menu entry ("default" goes without saying)."""
+    return "" if name == "default" else f" {name}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mctray", description="MissionCommander in the system tray.")
     parser.add_argument("--socket", help="mcd's control socket (default: $MC_SOCKET or the user runtime dir)")
@@ -163,8 +168,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def _named(name: str) -> str:
-    """An instance's name for a menu entry ("default" goes without saying)."""
-    return "" if name == "default" else f" {name}"
