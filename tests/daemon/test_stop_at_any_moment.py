@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,8 +65,15 @@ def _ready_time() -> float:
 
 def _one_worker(runs: int, spread: float, seed: int) -> tuple[int, list[str]]:
     """Start and signal mcd ``runs`` times; (clean stops, problems)."""
-    rng = random.Random(seed)
     root = Path(tempfile.mkdtemp(prefix="mcq", dir="/tmp"))
+    try:
+        return _signal_runs(root, runs, spread, seed)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _signal_runs(root: Path, runs: int, spread: float, seed: int) -> tuple[int, list[str]]:
+    rng = random.Random(seed)
     state_dir = root / "state"
     state_dir.mkdir()
     saved = _saved_state(free_port())
