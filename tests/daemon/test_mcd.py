@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from support import Recorder, free_port, wait_until
 from support.cli import run as run_mcctl
-from support.mcd import Mcd
+from support.mcd import Mcd, mcd_env
 
 from mc_control import ControlClient, ControlError, DaemonUnreachable
 from mc_control.codes import SERVER_KEYS
@@ -337,7 +337,7 @@ def _mcd_once(socket_path: Path, state_dir: Path) -> subprocess.CompletedProcess
     """Run mcd expecting it to refuse to start (so it returns at once)."""
     return subprocess.run(
         [sys.executable, "-m", "mc_daemon", "--socket", str(socket_path), "--state-dir", str(state_dir)],
-        env=Mcd().env(),
+        env=mcd_env(),
         capture_output=True,
         text=True,
         timeout=30,

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from support import free_port
-from support.mcd import Mcd
+from support.mcd import Mcd, mcd_env
 
 RUNS = 100
 WORKERS = 2
@@ -89,7 +89,7 @@ def _signal_runs(root: Path, runs: int, spread: float, seed: int) -> tuple[int, 
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            env=Mcd(root).env(),
+            env=mcd_env(),
         )
         time.sleep(delay)  # not a synchronisation: the point is to land anywhere in start-up
         proc.send_signal(sig)

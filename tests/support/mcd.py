@@ -15,6 +15,15 @@ from typing import Any
 from mc_control import ControlClient, ControlError
 
 
+def mcd_env() -> dict[str, str]:
+    """The environment an mcd of a test runs in: this interpreter's path,
+    and no MC_SOCKET of the person running the tests."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    env.pop("MC_SOCKET", None)
+    return env
+
+
 class Mcd:
     """Starts ``python -m mc_daemon`` and waits for its READY=1 (through a
     NOTIFY_SOCKET of our own), so tests never guess when it is up."""
@@ -31,10 +40,7 @@ class Mcd:
         self._notify: socket.socket | None = None
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        env.pop("MC_SOCKET", None)
-        return env
+        return mcd_env()
 
     def start(self, *extra: str, wait_ready: bool = True) -> Mcd:
         if self._notify is None:
