@@ -13,6 +13,7 @@ those callbacks publish events here, which takes the lock.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -52,6 +53,8 @@ RING_SIZE = 10_000
 #: How long a command that changed something waits for the change to reach
 #: the disk before answering with a warning instead.
 SAVE_WAIT = 2.0
+#: Numbers for instances' changes (``next()`` of it is atomic: commands run on many threads).
+_CHANGES = itertools.count(1)
 
 S = ClientState
 
@@ -91,10 +94,13 @@ class _Instance:
         #: Tuning settings the user set: only these are saved, so a library
         #: default that changes in a later version is not pinned by mcd.
         self.tuned: set[str] = set()
-        #: saved_settings() as last built: a save walks every instance, and
-        #: reading two dozen settings of a thousand instances each time made
-        #: every change cost more the more instances there were.
-        self._saved: bytes | None = None
+        #: saved_entry() as last built, with the change it is up to: a save
+        #: walks every instance, and reading two dozen settings of a
+        #: thousand instances each time made every change cost more the
+        #: more instances there were.
+        self._saved: tuple[int, bytes] | None = None
+        #: The last change saved_entry() shows (a number of _CHANGES).
+        self._change = next(_CHANGES)
 
     @property
     def desired(self) -> bool:
@@ -105,19 +111,28 @@ class _Instance:
     def desired(self, value: bool) -> None:
         if value != self._desired:
             self._desired = value
-            self._saved = None
+            self._change = next(_CHANGES)
 
     def saved_entry(self) -> bytes:
         """This instance's member of the state file, encoded: every setting
-        but the tuning ones left at their default, and what is desired."""
-        if self._saved is None:
+        but the tuning ones left at their default, and what is desired.
+
+        The state writer's thread builds it while commands change the
+        instance (a restore starts what it has just created): an entry is
+        kept with the change it was built after, so one built while a change
+        was made is built again at the next save, which that change asks
+        for (kept as current, it could pin ``desired: false`` on a server
+        the restore had started, until its next change)."""
+        saved, change = self._saved, self._change
+        if saved is None or saved[0] != change:
             tuning = CLIENT_TUNING if self.kind == "client" else SERVER_TUNING
             settings = {k: v for k, v in self.settings(reveal=True).items() if k not in tuning or k in self.tuned}
-            self._saved = encode_member(self.name, {"settings": settings, "desired": self.desired})
-        return self._saved
+            saved = (change, encode_member(self.name, {"settings": settings, "desired": self.desired}))
+            self._saved = saved
+        return saved[1]
 
     def settings_changed(self) -> None:
-        self._saved = None
+        self._change = next(_CHANGES)
 
     def settings(self, reveal: bool = False) -> dict[str, Any]:
         raise NotImplementedError
@@ -726,6 +741,7 @@ class DaemonCore:
                     self.server_start(name)
                 except CoreError as exc:
                     instance.desired = True
+                    self.save()  # still wanted: a crash now must not leave it saved as stopped
                     log.error("server %r not restarted: %s", name, exc.message)
         log.info("%s %r restored", kind, name)
 

@@ -285,6 +285,32 @@ def test_state_survives_sigterm_and_kill_9(mcd: Mcd) -> None:
     assert mcd.socket.exists()  # stale, left by the crash
 
 
+def test_what_a_restore_brought_up_is_still_wanted_up_after_a_crash(mcd: Mcd) -> None:
+    """A restore changes nothing the user asked for: killed once everything
+    is back (no command since), mcd restores the same again, crash after
+    crash (what the restore saves meanwhile is the state as restored, not
+    the instances as first created, stopped)."""
+    port = free_port()
+    mcd.request("server.set", key="interface", value="127.0.0.1")
+    mcd.request("server.set", key="port", value=port)
+    mcd.request("server.start")
+    for i in range(5):
+        for key, value in (("address", "127.0.0.1"), ("port", port)):
+            mcd.request("client.set", name=f"c{i}", key=key, value=value)
+        mcd.request("client.connect", name=f"c{i}", wait=True)
+    assert mcd.stop(signal.SIGTERM) == 0
+
+    for restart in range(3):
+        mcd.start()  # restores; no command changes anything from here
+        wait_until(lambda: all(mcd.phase("client", f"c{i}") == "connected" for i in range(5)), what="all restored")
+        listing = {(i["kind"], i["name"]): i for i in mcd.request("list")["instances"]}
+        assert {k: i["desired"] for k, i in listing.items()} == {
+            ("server", "default"): "started",
+            **{("client", f"c{i}"): "connected" for i in range(5)},
+        }, restart
+        mcd.stop(signal.SIGKILL)
+
+
 def test_restored_client_keeps_retrying_until_its_server_is_up() -> None:
     daemon = Mcd().start()
     server_daemon = Mcd().start()

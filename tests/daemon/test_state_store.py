@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from mc_daemon import core as core_module
 from mc_daemon.state import SaveError, Sections, StateStore, StateWriter, encode_member
 
 
@@ -304,3 +305,27 @@ def test_the_state_assembled_from_encoded_entries_is_the_state_encoded_whole() -
     assert json.loads(assembled) == {"version": FORMAT_VERSION, **data}
     empty = encode_state({"clients": {}, "servers": {}})
     assert json.loads(empty) == {"version": FORMAT_VERSION, "clients": {}, "servers": {}}
+
+
+def test_a_change_made_while_an_entry_is_built_is_saved_with_the_next_save(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The state writer's thread builds an instance's entry while a command
+    on another thread changes it (``server.start`` during a restore).  The
+    entry built across the change may be written once, but the next save
+    (which the change asks for) must show the change: the entry is not kept
+    as current.  The interleaving is made here: the change lands between
+    the entry's reading of ``desired`` and its keeping."""
+    core = core_module.DaemonCore(store=None)
+    instance = core.get("server", "s")
+    real_encode = core_module.encode_member
+    landed: list[bool] = []
+
+    def encode_then_a_command_lands(name: str, entry: dict[str, Any]) -> bytes:
+        encoded = real_encode(name, entry)
+        if not landed:
+            landed.append(True)
+            instance.desired = True  # another thread's server.start, meanwhile
+        return encoded
+
+    monkeypatch.setattr(core_module, "encode_member", encode_then_a_command_lands)
+    assert json.loads(instance.saved_entry().partition(b":")[2])["desired"] is False  # built before it
+    assert json.loads(instance.saved_entry().partition(b":")[2])["desired"] is True  # the next save's

@@ -26,9 +26,12 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from support import free_port
 from support.mcd import Mcd, mcd_env
+
+from mc_daemon.state import StateStore
 
 RUNS = 100
 WORKERS = 2
@@ -83,7 +86,7 @@ def _signal_runs(root: Path, runs: int, spread: float, seed: int) -> tuple[int, 
     for run in range(runs):
         sig = rng.choice([signal.SIGTERM, signal.SIGINT])
         delay = rng.uniform(0, spread)
-        before = (state_dir / "state.json").read_bytes()
+        before = _saved_instances(state_dir)
         proc = subprocess.Popen(
             [*_mcd_command(), "--socket", str(sock), "--state-dir", str(state_dir)],
             stdout=subprocess.DEVNULL,
@@ -114,25 +117,34 @@ def _signal_runs(root: Path, runs: int, spread: float, seed: int) -> tuple[int, 
         what = f"run {run}: {sig.name} after {delay:.3f} s: exit {proc.returncode}"
         if proc.returncode == 0:
             clean += 1
-            state = json.loads((state_dir / "state.json").read_text())
+            state = _saved_instances(state_dir)
             if "Traceback" in err and not swallowed:
                 problems.append(f"{what} with a traceback\n{_ends(err)}")
             elif sock.exists() or sock.with_name("mcd.sock.lock").exists():
                 problems.append(f"{what} but left {sorted(p.name for p in root.iterdir())}")
             elif {k: set(state[k]) for k in ("clients", "servers")} != {
-                k: set(saved[k]) for k in ("clients", "servers")
-            }:  # type: ignore[arg-type]
+                k: set(saved[k])
+                for k in ("clients", "servers")  # type: ignore[arg-type]
+            }:
                 problems.append(f"{what} but the saved instances changed: {state}")
             elif not all(entry["desired"] for k in ("clients", "servers") for entry in state[k].values()):
                 problems.append(f"{what} but an instance is no longer wanted up: {state}")
         elif proc.returncode in (-sig, 1) and _before_mcd_ran(err):
             # Ended by the signal while the interpreter started, before mcd's
             # handlers existed (exit 1: Python's own "Could not import runpy").
-            if (state_dir / "state.json").read_bytes() != before:
-                problems.append(f"{what} and the state file changed")
+            if _saved_instances(state_dir) != before:
+                problems.append(f"{what} and the saved state changed")
         else:
             problems.append(f"{what}\n{_ends(err)}")
     return clean, problems
+
+
+def _saved_instances(state_dir: Path) -> dict[str, Any]:
+    """The instances saved, as mcd reads them: state.json and the changes
+    logged after it (state.json alone is behind after a kill -9, until a
+    later mcd writes it whole)."""
+    data = StateStore(state_dir).load()
+    return {key: data.get(key) or {} for key in ("clients", "servers")}
 
 
 def _ends(stderr: str) -> str:
