@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import free_port
+from support import free_port, wait_until
 from support.cli import mcctl_command, run
 from support.mcd import Mcd
 from support.pty_session import PtySession
@@ -219,3 +219,27 @@ def test_a_command_that_waits_in_mcd_gets_mcds_answer_not_a_timeout_of_its_own(
         assert "client default: disconnected" in capsys.readouterr().out
     finally:
         shell.close()
+
+
+def test_ctrl_c_ends_a_wait_for_mcd_not_the_shell(mcd: Mcd, tmp_path: Path) -> None:
+    """A command that waits (`client connect --wait` to a server that is not
+    there) is ended by Ctrl-C: back at the prompt, the shell goes on (it
+    ended with a KeyboardInterrupt traceback), and mcd goes on trying."""
+    sh = PtySession(mcctl_command(), shell_env(mcd.socket, tmp_path))
+    try:
+        sh.expect("connected to mcd")
+        for line, answer in (("client set address nonsense.invalid", "address ="), ("client set port 1", "port =")):
+            sh.line(line)
+            sh.expect(answer)
+        mark = len(sh.text)
+        sh.line("client connect --wait --timeout 60")
+        wait_until(lambda: mcd.phase("client") == "connecting", what="mcd trying, the shell waiting for it")
+        sh.type("\x03")
+        sh.expect("interrupted: mcd goes on with what it was asked", start=mark)
+        sh.line("list")
+        sh.expect("connecting", start=mark)
+        sh.line("exit")
+        assert sh.wait() == 0
+    finally:
+        sh.close()
+    assert "Traceback" not in sh.text

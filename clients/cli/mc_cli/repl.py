@@ -368,6 +368,12 @@ class Shell:
                 self.printer.unreachable(exc)
                 if isinstance(self.transport, ControlClient):
                     self.transport.close()  # the next command reconnects
+            except KeyboardInterrupt:
+                # Ctrl-C ends the wait for an answer, not the shell; the
+                # answer still on its way is left behind with the connection.
+                self.show("interrupted: mcd goes on with what it was asked (`list` shows where things stand)")
+                if isinstance(self.transport, ControlClient):
+                    self.transport.close()  # the next command reconnects
         return True
 
     def loop(self) -> int:
