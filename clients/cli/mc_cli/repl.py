@@ -371,7 +371,7 @@ class Shell:
             except KeyboardInterrupt:
                 # Ctrl-C ends the wait for an answer, not the shell; the
                 # answer still on its way is left behind with the connection.
-                self.show("interrupted: mcd goes on with what it was asked (`list` shows where things stand)")
+                self.show("interrupted: what was asked goes on (`list` shows where things stand)")
                 if isinstance(self.transport, ControlClient):
                     self.transport.close()  # the next command reconnects
         return True
