@@ -565,5 +565,10 @@ def test_a_tab_first_shows_the_daemons_instance_when_it_has_no_default(qtbot: Qt
         qtbot.waitUntil(lambda: mcd.phase("server", "web") == "stopped", timeout=WAIT)
         qtbot.waitUntil(lambda: app.server_action.text() == "Start server web", timeout=WAIT)
         assert sorted(i["name"] for i in mcd.request("list")["instances"] if i["kind"] == "server") == ["alpha", "web"]
+        # Removed from elsewhere (mcctl server remove --name web): the tab
+        # moves to what mcd has, and keeps no ghost of web to start again.
+        mcd.request("server.remove", name="web")
+        qtbot.waitUntil(lambda: tab.name == "alpha", timeout=WAIT)
+        assert tab.picker.findText("web") < 0 and app.server_action.text() == "Start server alpha"
     finally:
         app.close()

@@ -102,6 +102,10 @@ class TrayApp:
 
     def on_event(self, ev: dict[str, Any]) -> None:
         notice = self.model.apply_event(ev)
+        if ev.get("event") == "removed":
+            for tab in (self.window.client_tab, self.window.server_tab):
+                if tab.kind == ev["kind"]:
+                    tab.instance_removed(ev["name"])
         inst = self.model.instances.get((ev["kind"], ev["name"]))
         if inst is not None and inst.log and ev["event"] != "settings":
             for tab in (self.window.client_tab, self.window.server_tab):

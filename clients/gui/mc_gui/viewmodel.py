@@ -50,6 +50,9 @@ class InstanceState:
     #: is drawn from: (seconds, messages sent, messages received) samples.
     figures: dict[str, Any] = field(default_factory=dict)
     samples: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=RATE_SAMPLES))
+    #: The daemon has spoken of it (a snapshot, an event, a status): it
+    #: exists there, not only as a tab's or the tray's name for it.
+    known: bool = False
 
     def rates(self) -> list[tuple[float, float]]:
         """Messages sent and received per second between samples, oldest first."""
@@ -95,6 +98,7 @@ class ViewModel:
             inst = self.instance(*key)
             inst.status = dict(status)
             inst.stale = False  # the daemon's word of now
+            inst.known = True
         for key in list(self.instances):
             if key not in seen:
                 del self.instances[key]
@@ -109,7 +113,7 @@ class ViewModel:
         """The instance a tab shows first: "default", unless the daemon has
         none of that name but has others (made with ``mcctl --name`` or
         restored), whose first is shown instead of an empty "default"."""
-        existing = sorted(n for (k, n), inst in self.instances.items() if k == kind and "phase" in inst.status)
+        existing = sorted(n for (k, n), inst in self.instances.items() if k == kind and inst.known)
         return "default" if "default" in existing or not existing else existing[0]
 
     def names(self, kind: str) -> list[str]:
@@ -154,6 +158,7 @@ class ViewModel:
             return None
         inst = self.instance(kind, name)
         inst.stale = False  # the daemon speaks: it is up, and this is news
+        inst.known = True
         st = inst.status
         if event != "settings":
             inst.log.append(describe_event(ev))

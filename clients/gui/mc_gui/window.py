@@ -399,6 +399,13 @@ class InstanceTab(QWidget):
             self._name_settled = True
             self._show(self.model.first_name(self.kind))
 
+    def instance_removed(self, name: str) -> None:
+        """mcd removed ``name``: a tab showing it moves to what the daemon
+        has (``ViewModel.first_name``), rather than keep a ghost of it that
+        a click (Start, Connect) would create again."""
+        if name == self.name:
+            self._show(self.model.first_name(self.kind))
+
     def _show(self, name: str) -> None:
         if name != self.name:
             self.name = name
@@ -429,7 +436,9 @@ class InstanceTab(QWidget):
             self.report_error(code, message)
 
     def _status_reply(self, status: dict[str, Any]) -> None:
-        self.model.instance(self.kind, self.name).status.update(status)
+        inst = self.model.instance(self.kind, self.name)
+        inst.status.update(status)
+        inst.known = True
         self.refresh()
 
     def fields(self) -> list[Field]:
