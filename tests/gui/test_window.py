@@ -572,3 +572,13 @@ def test_a_tab_first_shows_the_daemons_instance_when_it_has_no_default(qtbot: Qt
         assert tab.picker.findText("web") < 0 and app.server_action.text() == "Start server alpha"
     finally:
         app.close()
+
+
+def test_a_status_that_comes_after_the_tab_moved_on_lands_on_its_own_instance(gui: TrayApp) -> None:
+    """A create or status reply names its instance: applied to whatever the
+    tab shows when it arrives, a reply for one just left marked another."""
+    tab = gui.window.server_tab
+    assert tab.name == "default"
+    tab._status_reply({"kind": "server", "name": "left-behind", "phase": "listening", "port": 4321})
+    assert gui.model.instance("server", "left-behind").status["port"] == 4321
+    assert "port" not in gui.model.instance("server", "default").status

@@ -436,7 +436,8 @@ class InstanceTab(QWidget):
             self.report_error(code, message)
 
     def _status_reply(self, status: dict[str, Any]) -> None:
-        inst = self.model.instance(self.kind, self.name)
+        # The instance the status is of: the tab may show another by now.
+        inst = self.model.instance(self.kind, status.get("name", self.name))
         inst.status.update(status)
         inst.known = True
         self.refresh()
