@@ -129,6 +129,10 @@ def test_json_output_of_every_command(mcd: Mcd) -> None:
         (("client", "fly"), "fix: `mcctl help client` lists the client commands"),
         (("start",), "(did you mean server start or client connect?)"),
         (("ls",), "(did you mean list?)"),
+        # The library's server.send(client_id, message), typed as words.
+        (("server", "send", "c42", "hi", "{}"), "(the client goes in --to: server send --to c42 hi '{}')"),
+        (("server", "send", "*", "hi", "{}"), "(every client is the default: server send hi '{}')"),
+        (("server", "request", "c42", "hi", "{}"), "(the client goes in --to: server request --to c42 hi '{}')"),
         (("client", "set", "colour", "red"), "unknown client key"),
         (("client", "set", "port", "abc"), "port must be an integer"),
         (("server", "set", "heartbeat_interval", "soon"), "heartbeat_interval must be a number, not 'soon'"),

@@ -429,6 +429,19 @@ def _top_hint(word: str) -> str:
     return f" (did you mean {' or '.join(meant)}?)" if meant else ""
 
 
+def _target_hint(kind: str, verb: str, args: list[str]) -> str:
+    """The library's ``server.send(client_id, message)`` typed as words
+    (``server send c42 hi '{...}'``): the client goes in --to."""
+    if kind != "server" or len(args) != 3 or args[1].lstrip().startswith("{"):
+        return ""
+    import shlex  # noqa: PLC0415 - only for this hint: mcctl's start-up does not pay for it
+
+    rest = " ".join(shlex.quote(a) for a in args[1:])
+    if args[0] == "*" and verb == "send":
+        return f"   (every client is the default: server send {rest})"
+    return f"   (the client goes in --to: server {verb} --to {shlex.quote(args[0])} {rest})"
+
+
 def _instance_command(inv: Invocation, kind: str, rest: list[str], read_stdin: Callable[[], str] | None) -> Invocation:
     verbs = CLIENT_VERBS if kind == "client" else SERVER_VERBS
     keys = CLIENT_KEYS if kind == "client" else SERVER_KEYS
@@ -462,7 +475,7 @@ def _instance_command(inv: Invocation, kind: str, rest: list[str], read_stdin: C
     elif verb == "send":
         if len(args) not in (1, 2):
             target = "[--to CLIENT_ID] " if kind == "server" else ""
-            raise UsageError(f"usage: {kind} send {target}SUBJECT [JSON_OBJECT]")
+            raise UsageError(f"usage: {kind} send {target}SUBJECT [JSON_OBJECT]{_target_hint(kind, verb, args)}")
         if not args[0]:
             raise UsageError("the subject must not be empty; nothing was sent")
         params.update(subject=args[0], payload=parse_payload(args[1], read_stdin) if len(args) == 2 else {})
@@ -471,7 +484,9 @@ def _instance_command(inv: Invocation, kind: str, rest: list[str], read_stdin: C
     elif verb == "request":
         target = "--to CLIENT_ID " if kind == "server" else ""
         if len(args) not in (1, 2):
-            raise UsageError(f"usage: {kind} request {target}SUBJECT [JSON_OBJECT] [--timeout S]")
+            raise UsageError(
+                f"usage: {kind} request {target}SUBJECT [JSON_OBJECT] [--timeout S]{_target_hint(kind, verb, args)}"
+            )
         if not args[0]:
             raise UsageError("the subject must not be empty; nothing was sent")
         params.update(subject=args[0], payload=parse_payload(args[1], read_stdin) if len(args) == 2 else {})
