@@ -8,7 +8,8 @@ Run a Redis (redis-server), then a node per terminal:
 
 and a client that knows them all: python3 examples/cluster_client.py 30001 30002 30003.
 Kill a node (Ctrl-C hands its clients over; kill -9 lets them resume after
-lease_ttl): the client carries on on another.  Needs the cluster extra
+lease_ttl): the client carries on on another.  While Redis is down a node
+cannot send (every send goes through it) and says so.  Needs the cluster extra
 (pip install 'missioncommander[cluster]').
 """
 
@@ -19,7 +20,7 @@ import signal
 import sys
 import threading
 
-from missioncommander import BindError, Message, Server
+from missioncommander import BindError, ClusterUnavailable, Message, Server
 
 
 def main() -> None:
@@ -31,7 +32,13 @@ def main() -> None:
 
     def on_message(client_id: str, message: Message) -> None:
         print(f"{client_id} says {message.subject}: {dict(message.payload)}", flush=True)
-        server.send(client_id, Message(message.subject, {**message.payload, "node": server.stats()["cluster"]["node"]}))
+        echo = Message(message.subject, {**message.payload, "node": server.stats()["cluster"]["node"]})
+        try:
+            server.send(client_id, echo)
+        except ClusterUnavailable as exc:
+            # Every send goes through Redis (so that it reaches the client on
+            # whichever node it ends up): while Redis is down, none can.
+            print(f"cannot echo to {client_id} now: {exc}", file=sys.stderr, flush=True)
 
     server.subscribe("message", on_message)
     stop = threading.Event()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import queue
 import re
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import IO
 
 from support import free_port
 
@@ -146,4 +149,86 @@ def test_cluster_example_carries_on_when_a_node_stops(tmp_path: Path) -> None:
         for node, _ in nodes:
             node.terminate()
             node.communicate(timeout=20)
+        redis.stop()
+
+
+class _Lines:
+    """The lines of a stream as they come, read by a thread of their own (so
+    that waiting for one has a timeout)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.seen: list[str] = []
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=lambda: [self._lines.put(line) for line in stream], daemon=True)
+        self._reader.start()
+
+    def until(self, start: str, timeout: float = 30.0, most: int = 200) -> None:
+        """Read until a line that starts with ``start``."""
+        for _ in range(most):
+            try:
+                self.seen.append(self._lines.get(timeout=timeout))
+            except queue.Empty:
+                break
+            if self.seen[-1].startswith(start):
+                return
+        raise AssertionError(f"no line starting {start!r} in:\n{''.join(self.seen)}")
+
+    def rest(self) -> str:
+        """Everything seen, once the stream has ended."""
+        self._reader.join(20)
+        while not self._lines.empty():
+            self.seen.append(self._lines.get())
+        return "".join(self.seen)
+
+
+def test_a_cluster_node_says_in_one_line_that_it_cannot_echo_while_redis_is_down(tmp_path: Path) -> None:
+    from support.redis_server import RedisServer
+
+    redis = RedisServer(tmp_path)
+    redis.start()
+    node = subprocess.Popen(
+        [sys.executable, "-u", str(EXAMPLES / "cluster_node.py"), redis.url, "0", "node-a"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert node.stdout is not None and node.stderr is not None
+    errors = _Lines(node.stderr)
+    client = None
+    try:
+        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", node.stdout.readline())
+        assert match, errors.rest()
+        client = subprocess.Popen(
+            [sys.executable, "-u", str(EXAMPLES / "cluster_client.py"), match.group(1), "--count", "3"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert client.stdout is not None
+        assert client.stdout.readline().strip() == "echo 0 from node-a"
+        redis.stop(kill=True)
+        # The client's next message arrives while Redis is down.
+        errors.until("cannot echo to cluster-demo now: Redis at")
+        redis.start()
+        # Redis came back empty: the client is told so, sends its message
+        # again in its new session, and gets its echoes.
+        out, err = client.communicate(timeout=60)
+        assert client.returncode == 0, err
+        assert [line for line in out.splitlines() if line.startswith("echo")] == [
+            "echo 1 from node-a",
+            "echo 2 from node-a",
+        ], out
+        node.terminate()
+        node.wait(20)
+        assert "Traceback" not in errors.rest(), errors.rest()
+    finally:
+        if client is not None and client.poll() is None:
+            client.kill()
+            client.communicate()
+        if node.poll() is None:
+            node.kill()
+            node.wait(20)
+        errors.rest()  # the reader has seen the end
+        node.stdout.close()
+        node.stderr.close()
         redis.stop()
