@@ -16,6 +16,20 @@ import time
 from missioncommander import Client, ConnectError, Message
 
 
+def wait_for_echo(echoes: queue.Queue[Message], n: int) -> Message:
+    """The echo of message ``n``.  One of an earlier message is skipped: after
+    ``sessionlost`` (Redis lost its data) the client sends what the cluster
+    had not acknowledged again, which a node may have echoed already."""
+    while True:
+        try:
+            echo = echoes.get(timeout=10)
+        except queue.Empty:
+            print(f"no echo of {n} for 10 s: still waiting (the nodes' logs say why)", flush=True)
+            continue
+        if echo.payload["n"] == n:
+            return echo
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("ports", nargs="+", type=int)
@@ -34,7 +48,7 @@ def main() -> None:
     try:
         while args.count is None or n < args.count:
             client.send(Message("echo", {"n": n}))
-            echo = echoes.get(timeout=30)
+            echo = wait_for_echo(echoes, n)
             print(f"echo {echo.payload['n']} from {echo.payload['node']}", flush=True)
             n += 1
             time.sleep(0.5)

@@ -9,7 +9,8 @@ Run a Redis (redis-server), then a node per terminal:
 and a client that knows them all: python3 examples/cluster_client.py 30001 30002 30003.
 Kill a node (Ctrl-C hands its clients over; kill -9 lets them resume after
 lease_ttl): the client carries on on another.  While Redis is down a node
-cannot send (every send goes through it) and says so.  Needs the cluster extra
+cannot send (every send goes through it): it says so and sends the echo
+once Redis is back.  Needs the cluster extra
 (pip install 'missioncommander[cluster]').
 """
 
@@ -20,7 +21,11 @@ import signal
 import sys
 import threading
 
-from missioncommander import BindError, ClusterUnavailable, Message, Server
+from missioncommander import BindError, ClusterUnavailable, Message, Server, StateError, UnknownClient
+
+#: How often and how long an echo that could not go out is tried again.
+RETRY_EVERY = 0.5
+RETRIES = 120
 
 
 def main() -> None:
@@ -30,6 +35,25 @@ def main() -> None:
     url, port = sys.argv[1], int(sys.argv[2])
     server = Server(interface="127.0.0.1", port=port, cluster=url, node_id=sys.argv[3] if len(sys.argv) > 3 else None)
 
+    stop = threading.Event()
+
+    def echo_later(client_id: str, echo: Message) -> None:
+        # A message the callback took is not given again: an echo that
+        # could not go out now is the application's to send once it can.
+        for _ in range(RETRIES):
+            if stop.wait(RETRY_EVERY):
+                return
+            try:
+                server.send(client_id, echo)
+            except ClusterUnavailable:
+                continue
+            except (UnknownClient, StateError) as exc:
+                print(f"echo to {client_id} dropped: {exc}", file=sys.stderr, flush=True)
+                return
+            print(f"echoed to {client_id} now that Redis is back", file=sys.stderr, flush=True)
+            return
+        print(f"echo to {client_id} dropped: Redis was unreachable for {RETRIES * RETRY_EVERY:.0f} s", file=sys.stderr)
+
     def on_message(client_id: str, message: Message) -> None:
         print(f"{client_id} says {message.subject}: {dict(message.payload)}", flush=True)
         echo = Message(message.subject, {**message.payload, "node": server.stats()["cluster"]["node"]})
@@ -38,10 +62,10 @@ def main() -> None:
         except ClusterUnavailable as exc:
             # Every send goes through Redis (so that it reaches the client on
             # whichever node it ends up): while Redis is down, none can.
-            print(f"cannot echo to {client_id} now: {exc}", file=sys.stderr, flush=True)
+            print(f"cannot echo to {client_id} now: {exc}; trying again", file=sys.stderr, flush=True)
+            threading.Thread(target=echo_later, args=(client_id, echo), daemon=True).start()
 
     server.subscribe("message", on_message)
-    stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import IO
 
+import pytest
 from support import free_port
 
 from missioncommander import Server
@@ -181,10 +182,11 @@ class _Lines:
         return "".join(self.seen)
 
 
-def test_a_cluster_node_says_in_one_line_that_it_cannot_echo_while_redis_is_down(tmp_path: Path) -> None:
+@pytest.mark.parametrize("persistent", [True, False], ids=["redis-keeps-its-data", "redis-loses-its-data"])
+def test_a_cluster_node_echoes_what_came_while_redis_was_down_once_it_is_back(tmp_path: Path, persistent: bool) -> None:
     from support.redis_server import RedisServer
 
-    redis = RedisServer(tmp_path)
+    redis = RedisServer(tmp_path, persistent=persistent)
     redis.start()
     node = subprocess.Popen(
         [sys.executable, "-u", str(EXAMPLES / "cluster_node.py"), redis.url, "0", "node-a"],
@@ -207,17 +209,21 @@ def test_a_cluster_node_says_in_one_line_that_it_cannot_echo_while_redis_is_down
         assert client.stdout is not None
         assert client.stdout.readline().strip() == "echo 0 from node-a"
         redis.stop(kill=True)
-        # The client's next message arrives while Redis is down.
+        # The client's next message arrives while Redis is down: one line says so.
         errors.until("cannot echo to cluster-demo now: Redis at")
         redis.start()
-        # Redis came back empty: the client is told so, sends its message
-        # again in its new session, and gets its echoes.
+        # With its data, Redis lets the node send the echo it kept; without
+        # it, the client is told its session is lost and sends its message
+        # again, which a node echoes (the client skips a second echo of it).
         out, err = client.communicate(timeout=60)
         assert client.returncode == 0, err
         assert [line for line in out.splitlines() if line.startswith("echo")] == [
             "echo 1 from node-a",
             "echo 2 from node-a",
         ], out
+        assert ("session lost" in out) is not persistent, out
+        if persistent:
+            errors.until("echoed to cluster-demo now that Redis is back")
         node.terminate()
         node.wait(20)
         assert "Traceback" not in errors.rest(), errors.rest()
