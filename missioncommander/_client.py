@@ -267,46 +267,9 @@ class _ClientLink(Link):
             self.client._link_lost(self, reason)
 
 
-class Client:
-    """A MissionCommander client.
-
-    Configure with attributes or constructor keywords (each validated when
-    set), then ``connect()``.  The client keeps a *session* with the server:
-    when the TCP connection breaks it reconnects by itself (exponential
-    backoff with full jitter) and resumes the session, so every message sent
-    in either direction arrives exactly once and in order.
-
-    States (``client.state``, a :class:`ClientState`):
-
-    ================================  =========================================
-    new, not configured               NEEDS_INIT | NOT_CONNECTED
-    configured (address and port set) OK | NOT_CONNECTED
-    connecting                        OK | RUNNING | CONNECTING
-    connected                         OK | RUNNING | CONNECTED
-    first connect failed              OK | NOT_CONNECTED | CONNECT_FAILED
-    connection broke, retrying        OK | RUNNING | UNEXP_CLOSED | RECONNECTING
-    retries exhausted or refused      OK | NOT_CONNECTED | RECONNECT_FAILED
-    disconnecting                     OK | RUNNING | DISCONNECTING
-    disconnected                      OK | NOT_CONNECTED
-    kicked by the server              OK | NOT_CONNECTED
-    closed by a server's error        OK | NOT_CONNECTED | UNEXP_CLOSED
-    ================================  =========================================
-
-    Events (``subscribe``): ``connect()``, ``disconnect()`` (before a manual
-    disconnect), ``reconnect(client_id)``, ``message(message)``,
-    ``servershutdown()``, ``statechange(transition)``, ``sessionlost(reason)``
-    (the server no longer knew this client's session when it came back: a
-    restart, an expiry, or a cluster's Redis that lost it; a new session
-    starts, and what the server had not yet delivered is gone; what this
-    client had not had acknowledged is sent again).  Callbacks run in event
-    order on a callback thread, never under a library lock, so they may call
-    ``send()`` or ``disconnect()``.  They never run on the I/O thread unless
-    ``inline_callbacks`` is set: then ``message`` callbacks run on it (when no
-    earlier callback is pending), which spares two thread hand-offs per
-    request but stalls every connection of the process while one runs; such
-    a callback must not block, and library calls that would wait (a full
-    ``send()``, ``connect(wait=True)``) raise instead.
-    """
+class ClientSettings(cfg.Settings):
+    """Every setting of a client, validated when set: ``Client``'s, and
+    ``AsyncClient``'s (which reads and writes its ``Client``'s)."""
 
     address = cfg.Setting[str]("", cfg.host, doc="server host name or IP address")
     servers = cfg.Setting["tuple[tuple[str, int], ...] | None"](
@@ -353,6 +316,48 @@ class Client:
     reply_tracebacks = cfg.Setting[bool](
         False, cfg.boolean, locked=False, doc="send a responder's traceback with its error (debugging)"
     )
+
+
+class Client(ClientSettings):
+    """A MissionCommander client.
+
+    Configure with attributes or constructor keywords (each validated when
+    set), then ``connect()``.  The client keeps a *session* with the server:
+    when the TCP connection breaks it reconnects by itself (exponential
+    backoff with full jitter) and resumes the session, so every message sent
+    in either direction arrives exactly once and in order.
+
+    States (``client.state``, a :class:`ClientState`):
+
+    ================================  =========================================
+    new, not configured               NEEDS_INIT | NOT_CONNECTED
+    configured (address and port set) OK | NOT_CONNECTED
+    connecting                        OK | RUNNING | CONNECTING
+    connected                         OK | RUNNING | CONNECTED
+    first connect failed              OK | NOT_CONNECTED | CONNECT_FAILED
+    connection broke, retrying        OK | RUNNING | UNEXP_CLOSED | RECONNECTING
+    retries exhausted or refused      OK | NOT_CONNECTED | RECONNECT_FAILED
+    disconnecting                     OK | RUNNING | DISCONNECTING
+    disconnected                      OK | NOT_CONNECTED
+    kicked by the server              OK | NOT_CONNECTED
+    closed by a server's error        OK | NOT_CONNECTED | UNEXP_CLOSED
+    ================================  =========================================
+
+    Events (``subscribe``): ``connect()``, ``disconnect()`` (before a manual
+    disconnect), ``reconnect(client_id)``, ``message(message)``,
+    ``servershutdown()``, ``statechange(transition)``, ``sessionlost(reason)``
+    (the server no longer knew this client's session when it came back: a
+    restart, an expiry, or a cluster's Redis that lost it; a new session
+    starts, and what the server had not yet delivered is gone; what this
+    client had not had acknowledged is sent again).  Callbacks run in event
+    order on a callback thread, never under a library lock, so they may call
+    ``send()`` or ``disconnect()``.  They never run on the I/O thread unless
+    ``inline_callbacks`` is set: then ``message`` callbacks run on it (when no
+    earlier callback is pending), which spares two thread hand-offs per
+    request but stalls every connection of the process while one runs; such
+    a callback must not block, and library calls that would wait (a full
+    ``send()``, ``connect(wait=True)``) raise instead.
+    """
 
     def __init__(self, *, _driver: Driver | None = None, **settings: Any) -> None:
         # _driver: the event loop to run on (tests pass a fake one); the process's own by default.

@@ -20,6 +20,20 @@ class HasSettings(Protocol):
     def _setting_changed(self, name: str) -> None: ...
 
 
+class Settings:
+    """The base of a class that declares ``Setting`` attributes: what the
+    settings need of the object they live on (``Client`` and ``Server``
+    override both hooks)."""
+
+    _settings: dict[str, Any]
+
+    def _check_settable(self, name: str) -> None:
+        """Raise ``StateError`` if the locked setting ``name`` may not change now."""
+
+    def _setting_changed(self, name: str) -> None:
+        """``name`` has just been set."""
+
+
 class Setting(Generic[T]):
     """A validated attribute: the validator runs on every assignment.
 

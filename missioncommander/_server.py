@@ -10,7 +10,7 @@ import secrets
 import ssl
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, overload
 
 from . import _config as cfg
 from ._admission import Admit, ConnectionRate, Known, admit, in_use_message, probe_timeout
@@ -73,6 +73,10 @@ SERVER_EVENTS: dict[str, tuple[str, ...]] = {
 class _PortSetting(cfg.Setting[int]):
     """``port`` reads back the real port while listening (``port=0`` picks one)."""
 
+    @overload
+    def __get__(self, obj: None, owner: type) -> _PortSetting: ...
+    @overload
+    def __get__(self, obj: cfg.HasSettings, owner: type) -> int: ...
     def __get__(self, obj: Any, owner: type) -> Any:
         if obj is None:
             return self
@@ -154,26 +158,9 @@ class _ServerLink(Link):
         self.server._link_lost(self, reason)
 
 
-class Server:
-    """A MissionCommander server: many clients, one session per client id.
-
-    Configure with attributes or constructor keywords (each is validated on
-    assignment), then ``start()``; ``stop()`` tells every client it is shutting
-    down.  A stopped server can be started again.  Use it as a context
-    manager to start and stop it::
-
-        with Server(interface="127.0.0.1", port=0) as server:
-            server.subscribe("message", lambda client_id, msg: ...)
-            server.send("*", Message("hello"))
-
-    Events (``subscribe``): ``clientconnect(client_id)`` when a client's
-    session starts, ``clientdisconnect(client_id)`` when it ends (clean
-    disconnect, kick, expiry, shutdown), ``message(client_id, message)``.
-    Callbacks run in event order on a callback thread, never under a library
-    lock; with ``inline_callbacks`` the ``message`` callbacks run on the I/O
-    thread when none is pending (lower latency; they must not block, since
-    every connection of the process waits while one runs).
-    """
+class ServerSettings(cfg.Settings):
+    """Every setting of a server, validated when set: ``Server``'s, and
+    ``AsyncServer``'s (which reads and writes its ``Server``'s)."""
 
     interface = cfg.Setting[str](
         "", cfg.interface, doc="'' or '*' for every interface, an IP address, or an interface name"
@@ -221,6 +208,28 @@ class Server:
     lease_ttl = cfg.Setting[float](
         DEFAULT_LEASE_TTL, cfg.positive_number(), doc="how long a cluster node's hold on its clients outlives it"
     )
+
+
+class Server(ServerSettings):
+    """A MissionCommander server: many clients, one session per client id.
+
+    Configure with attributes or constructor keywords (each is validated on
+    assignment), then ``start()``; ``stop()`` tells every client it is shutting
+    down.  A stopped server can be started again.  Use it as a context
+    manager to start and stop it::
+
+        with Server(interface="127.0.0.1", port=0) as server:
+            server.subscribe("message", lambda client_id, msg: ...)
+            server.send("*", Message("hello"))
+
+    Events (``subscribe``): ``clientconnect(client_id)`` when a client's
+    session starts, ``clientdisconnect(client_id)`` when it ends (clean
+    disconnect, kick, expiry, shutdown), ``message(client_id, message)``.
+    Callbacks run in event order on a callback thread, never under a library
+    lock; with ``inline_callbacks`` the ``message`` callbacks run on the I/O
+    thread when none is pending (lower latency; they must not block, since
+    every connection of the process waits while one runs).
+    """
 
     def __init__(self, *, _driver: Driver | None = None, **settings: Any) -> None:
         # _driver: the event loop to run on (tests pass a fake one); the process's own by default.

@@ -28,12 +28,12 @@ from typing import Any, NamedTuple, TypeVar
 from . import _config as cfg
 from ._aio_driver import AsyncioDriver
 from ._callbacks import Answering, Callbacks, Reply, Run, SerialQueue, answering, normalise_event
-from ._client import _CAN_SEND, _RUNNING, CLIENT_EVENTS, DISCONNECT_WAIT, Client
+from ._client import _CAN_SEND, _RUNNING, CLIENT_EVENTS, DISCONNECT_WAIT, Client, ClientSettings
 from ._errors import ConnectTimeout, QueueFullError, RequestTimeout, StateError
 from ._inbox import Inbox
 from ._message import Message
 from ._requests import Requests
-from ._server import SERVER_EVENTS, Server
+from ._server import SERVER_EVENTS, Server, ServerSettings
 from ._state import ClientState
 from ._streams import InboundStream
 
@@ -538,10 +538,11 @@ def _log_failure(task: asyncio.Task[Any]) -> None:
         log.error("callback coroutine raised", exc_info=task.exception())
 
 
-def _forward_settings(cls: type, inner: type) -> None:
-    """Give ``cls`` each setting of ``inner`` as a property that reads and
-    writes the wrapped object's (``_inner``): one definition of each."""
-    for klass in reversed(inner.__mro__):
+def _forward_settings(cls: type, settings: type) -> None:
+    """Give ``cls`` each setting it inherits from ``settings`` as a property
+    that reads and writes the wrapped object's (``_inner``): one definition
+    of each, whose type the type checker sees on both classes."""
+    for klass in reversed(settings.__mro__):
         for name, value in vars(klass).items():
             if isinstance(value, cfg.Setting) and name not in vars(cls):
 
@@ -554,7 +555,7 @@ def _forward_settings(cls: type, inner: type) -> None:
                 setattr(cls, name, property(get, set_, doc=value.__doc__))
 
 
-class AsyncClient(_Endpoint):
+class AsyncClient(_Endpoint, ClientSettings):
     """A ``Client`` for asyncio code: the same settings (as keyword
     arguments and attributes), events, states and errors, awaited instead of
     waited for.  Use it on one event loop."""
@@ -764,7 +765,7 @@ class AsyncClient(_Endpoint):
         return repr(self._inner).replace("Client", "AsyncClient", 1)
 
 
-class AsyncServer(_Endpoint):
+class AsyncServer(_Endpoint, ServerSettings):
     """A ``Server`` for asyncio code: the same settings, events and errors,
     awaited instead of waited for.  Use it on one event loop."""
 
@@ -928,5 +929,5 @@ class AsyncServer(_Endpoint):
         await self.stop()
 
 
-_forward_settings(AsyncClient, Client)
-_forward_settings(AsyncServer, Server)
+_forward_settings(AsyncClient, ClientSettings)
+_forward_settings(AsyncServer, ServerSettings)
