@@ -66,3 +66,24 @@ def test_x11_libraries_matter_only_when_qt_will_use_x11(monkeypatch: pytest.Monk
     assert launch.missing_xcb_packages() == list(launch.XCB_LIBRARIES.values())
     monkeypatch.setenv("WAYLAND_DISPLAY", "wayland-0")
     assert launch.missing_xcb_packages() == []
+
+
+def test_the_installed_pyside6_keeps_its_references() -> None:
+    # The gui extra leaves out the release whose Signal.emit() loses a
+    # reference to True (pyproject.toml); this fails where it is installed.
+    import PySide6
+
+    assert not launch.emit_drops_a_reference(), f"PySide6 {PySide6.__version__} loses references in Signal.emit()"
+
+
+def test_a_pyside6_that_loses_references_is_named_with_the_command_that_replaces_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import PySide6
+
+    monkeypatch.setattr(launch, "emit_drops_a_reference", lambda: True)
+    problem = launch.preflight()
+    assert problem is not None
+    assert problem.startswith(f"PySide6 {PySide6.__version__} has a bug that crashes this GUI")
+    fix = f"{shlex.quote(sys.executable)} -m pip install 'PySide6-Essentials!={PySide6.__version__}'"
+    assert problem.splitlines()[-1].strip() == fix

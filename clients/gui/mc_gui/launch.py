@@ -2,9 +2,11 @@
 
 Without the ``gui`` extra, ``import PySide6`` fails with a bare
 ``ModuleNotFoundError``; without a few X11 libraries Qt aborts the process
-(SIGABRT) and names only one of them. Both are set-up mistakes a user fixes
-with one command, so this module (standard library only) finds them first
-and prints that command.
+(SIGABRT) and names only one of them; a PySide6 release whose
+``Signal.emit()`` loses references aborts the GUI minutes later. Each is a
+set-up mistake a user fixes with one command, so this module finds them
+first (with the standard library, and PySide6's QtCore once it is known to
+be there) and prints that command.
 """
 
 from __future__ import annotations
@@ -47,6 +49,14 @@ def gui_install_command() -> str:
     return f"{pip} 'missioncommander[gui]'"
 
 
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def missing_xcb_packages() -> list[str]:
     """Debian packages Qt's X11 plugin needs and this machine lacks (when X11 is what Qt will use)."""
     platform = os.environ.get("QT_QPA_PLATFORM", "")
@@ -57,10 +67,42 @@ def missing_xcb_packages() -> list[str]:
     return [pkg for stem, pkg in XCB_LIBRARIES.items() if ctypes.util.find_library(stem) is None]
 
 
+def emit_drops_a_reference() -> bool:
+    """Whether this PySide6's ``Signal.emit()`` returns ``True`` without
+    taking a reference to it (PySide6 6.12.0 does).  Before Python 3.12,
+    where ``True`` is not immortal, every emit then takes one of its
+    references away, and after a few hundred (a few minutes of the GUI's
+    events and replies) the interpreter aborts: "Fatal Python error:
+    bool_dealloc: deallocating True or False"."""
+    if sys.version_info >= (3, 12):
+        return False  # True is immortal there: the lost references do no harm
+    from PySide6.QtCore import QObject, Signal  # noqa: PLC0415 - only once PySide6 is known to be there
+
+    class Probe(QObject):
+        fired = Signal()
+
+    probe = Probe()
+    before = sys.getrefcount(True)
+    for _ in range(8):
+        probe.fired.emit()
+    return sys.getrefcount(True) < before - 4  # 8 lost, not the odd one taken elsewhere meanwhile
+
+
 def preflight() -> str | None:
     """Why the GUI cannot start here, with the command that fixes it; None when it can."""
     if importlib.util.find_spec("PySide6") is None:
         return f"the GUI needs PySide6, which is not installed; install the gui extra:\n  {gui_install_command()}"
+    if emit_drops_a_reference():
+        import PySide6  # noqa: PLC0415 - imported by the check above already
+
+        version = PySide6.__version__
+        distribution = "PySide6-Essentials" if _installed("PySide6-Essentials") else "PySide6"
+        return (
+            f"PySide6 {version} has a bug that crashes this GUI on Python"
+            f" {sys.version_info.major}.{sys.version_info.minor} after a few hundred events (each Signal.emit()"
+            " loses a reference to True); install another release:\n"
+            f"  {shlex.quote(sys.executable)} -m pip install '{distribution}!={version}'"
+        )
     missing = missing_xcb_packages()
     if missing:
         return (
