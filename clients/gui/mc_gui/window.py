@@ -340,6 +340,9 @@ class InstanceTab(QWidget):
         #: The tab's instance was chosen, by a person or by the first snapshot.
         self._name_settled = False
         self.picker = QComboBox()
+        #: What the picker lists (only ``refresh`` changes it): compared as
+        #: a list, since asking Qt for hundreds of items costs more.
+        self._picker_names: list[str] = []
         self.picker.setEditable(True)
         self.picker.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
         self.picker.setMinimumWidth(160)
@@ -499,11 +502,12 @@ class InstanceTab(QWidget):
 
     def refresh(self) -> None:
         names = self.model.names(self.kind)
-        if names != [self.picker.itemText(i) for i in range(self.picker.count())]:
+        if names != self._picker_names:
             self.picker.blockSignals(True)
             self.picker.clear()
             self.picker.addItems(names)
             self.picker.blockSignals(False)
+            self._picker_names = names
         if self.picker.currentText() != self.name:
             self.picker.setCurrentText(self.name)
         inst = self.current()
@@ -852,6 +856,10 @@ class ServerTab(InstanceTab):
         self.clients_box = clients_box = QGroupBox("Connected clients")
         clients_layout = QVBoxLayout(clients_box)
         self.clients = QListWidget()
+        #: The rows it shows and the send box's targets (only
+        #: ``update_controls`` changes them), as for the picker.
+        self._client_rows: list[str] = []
+        self._targets: list[str] = []
         self.clients.setMinimumHeight(60)
         # Like the log: the room that is left, never more than the window has.
         self.clients.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Ignored)
@@ -916,7 +924,7 @@ class ServerTab(InstanceTab):
         self.clients_box.setTitle("Clients of the cluster" if settings.get("cluster") else "Connected clients")
         # In a cluster each row names the node that holds the client too.
         rows = [f"{c}    node {nodes[c]}" if nodes.get(c) else c for c in clients]
-        if rows != [self.clients.item(i).text() for i in range(self.clients.count())]:
+        if rows != self._client_rows:
             selected = {i.data(Qt.ItemDataRole.UserRole) for i in self.clients.selectedItems()}
             # Quiet while it is rebuilt: a selection change calls this method,
             # which must not rebuild the list again halfway.
@@ -930,16 +938,18 @@ class ServerTab(InstanceTab):
                     item.setSelected(client_id in selected)
             finally:
                 self.clients.blockSignals(False)
+            self._client_rows = rows
         self.clients.setVisible(bool(clients))
         self.no_clients.setVisible(not clients)
         self.kick_button.setEnabled(bool(self.clients.selectedItems()))
         targets = [self.ALL, *clients]
-        if targets != [self.send_box.target.itemText(i) for i in range(self.send_box.target.count())]:
+        if targets != self._targets:
             chosen = self.send_box.target.currentText()
             self.send_box.target.clear()
             self.send_box.target.addItems(targets)
             if chosen in targets:
                 self.send_box.target.setCurrentText(chosen)
+            self._targets = targets
         self.send_box.send.setEnabled(running)
         self.send_box.ask.setEnabled(running)
 
