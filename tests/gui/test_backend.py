@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 
 import pytest
+
+pytest.importorskip("PySide6", reason="the GUI's tests need PySide6: pip install -e '.[test,gui]'")
+
+from pytestqt.qtbot import QtBot
 from support.mcd import Mcd
 
-pytest.importorskip("PySide6")
+from mc_gui.backend import Backend
 
 EVENTS = 3000
 
@@ -73,3 +78,33 @@ def test_the_guis_link_to_mcd_lives_through_thousands_of_events() -> None:
             listener.communicate()
         mcd.stop()
         mcd.close()
+
+
+def test_a_burst_from_the_stream_reaches_the_gui_thread_in_one_go(qtbot: QtBot) -> None:
+    """What the stream brings while the GUI thread is busy is handed over
+    at once, in order, with one ``taken`` after it: the window is drawn
+    once for a burst (it was drawn once per event: 500 hosted clients and
+    a few broadcasts froze it for minutes)."""
+    backend = Backend("/nonexistent/mcd.sock")  # not started: the test is the stream's thread
+    received: list[int] = []
+    history: list[int] = []
+    taken: list[tuple[int, int]] = []
+    backend.received.connect(lambda event: received.append(event["seq"]))
+    backend.history.connect(lambda event: history.append(event["seq"]))
+    backend.taken.connect(lambda: taken.append((len(history), len(received))))
+
+    def stream() -> None:
+        backend._queue(backend.history, {"seq": 0})
+        for seq in range(1, 1001):
+            backend._queue(backend.received, {"seq": seq})
+
+    # The GUI thread (this one) handles no Qt event until the burst is queued.
+    reader = threading.Thread(target=stream)
+    reader.start()
+    reader.join(30)
+    qtbot.waitUntil(lambda: bool(taken), timeout=10_000)
+    assert (history, received, taken) == ([0], list(range(1, 1001)), [(1, 1000)])
+    # An event alone is handed over alone, at once.
+    backend._queue(backend.received, {"seq": 1001})
+    qtbot.waitUntil(lambda: len(taken) == 2, timeout=10_000)
+    assert received[-1] == 1001 and taken[-1] == (1, 1001)

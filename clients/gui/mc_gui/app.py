@@ -31,6 +31,8 @@ class TrayApp:
         self.backend.snapshot.connect(self.on_snapshot)
         self.backend.received.connect(self.on_event)
         self.backend.history.connect(self.on_history)
+        # Drawn once per batch the backend hands over, not per event (its docstring).
+        self.backend.taken.connect(self.refresh)
         self.backend.warning.connect(lambda text: self.notify(vm.Notification("mcd warns", text, critical=True)))
         if show_window or self.tray is None:
             self.window.show()
@@ -98,7 +100,6 @@ class TrayApp:
         self.model.apply_snapshot(snapshot)
         for tab in (self.window.client_tab, self.window.server_tab):
             tab.settle_name()
-        self.refresh()
 
     def on_event(self, ev: dict[str, Any]) -> None:
         notice = self.model.apply_event(ev)
@@ -112,7 +113,6 @@ class TrayApp:
                 tab.append_log(ev["kind"], ev["name"], inst.log[-1])
         if notice is not None:
             self.notify(notice)
-        self.refresh()
 
     def on_history(self, ev: dict[str, Any]) -> None:
         line = self.model.log_history(ev)

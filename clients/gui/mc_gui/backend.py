@@ -15,11 +15,12 @@ import queue
 import subprocess
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, Signal, SignalInstance
 
 from mc_control import ControlClient, ControlError, DaemonUnreachable, default_socket_path
 
@@ -28,12 +29,26 @@ Failure = Callable[[str, str], None]
 
 
 class Backend(QObject):
+    """mcd for the GUI thread: requests on a thread of their own, and the
+    event stream read by another.
+
+    The stream's snapshots and events reach the GUI thread in the order
+    they came, in batches: the reading thread queues them and wakes the GUI
+    thread only when the queue was empty, and the GUI thread takes all that
+    is queued at once, emitting ``snapshot``, ``received`` and ``history``
+    for each and ``taken`` after the lot.  So a burst (a broadcast to 500
+    hosted clients is 500 events) is drawn once, not once per event, and an
+    event alone is drawn at once.
+    """
+
     #: The daemon's snapshot (after a first connect or a resync).
     snapshot = Signal(dict)
     #: One live event.
     received = Signal(dict)
     #: One event from before the GUI connected (for the logs only).
     history = Signal(dict)
+    #: After the snapshots and events taken in one go: time to draw.
+    taken = Signal()
     #: (up, message): the daemon answers, or why not.
     daemon = Signal(bool, str)
     #: A warning in a reply (an open server, a setting not saved): for the
@@ -43,6 +58,8 @@ class Backend(QObject):
     start_failed = Signal()
     #: Internal: a request's outcome, carried to the GUI thread.
     _done = Signal(object, object, object)
+    #: Internal: the stream queued something while the queue was empty.
+    _queued = Signal()
 
     def __init__(self, socket_path: str | Path | None = None) -> None:
         super().__init__()
@@ -55,7 +72,11 @@ class Backend(QObject):
         #: was stopped, not a failed start.
         self._answered = threading.Event()
         self._stream: ControlClient | None = None
+        #: What the stream brought for the GUI thread: (signal, payload).
+        self._stream_queue: deque[tuple[SignalInstance, dict[str, Any]]] = deque()
+        self._stream_lock = threading.Lock()
         self._done.connect(self._deliver)
+        self._queued.connect(self._take_queued)
         self._threads = [
             threading.Thread(target=self._request_loop, name="mctray-requests", daemon=True),
             threading.Thread(target=self._event_loop, name="mctray-events", daemon=True),
@@ -141,6 +162,22 @@ class Backend(QObject):
 
     # -- events ------------------------------------------------------------------
 
+    def _queue(self, signal: SignalInstance, payload: dict[str, Any]) -> None:
+        """(event thread) Queue ``payload`` for ``signal`` on the GUI thread."""
+        with self._stream_lock:
+            wake = not self._stream_queue
+            self._stream_queue.append((signal, payload))
+        if wake:
+            self._queued.emit()
+
+    def _take_queued(self) -> None:
+        """(GUI thread) Everything queued so far, in order, then ``taken``."""
+        with self._stream_lock:
+            batch, self._stream_queue = self._stream_queue, deque()
+        for signal, payload in batch:
+            signal.emit(payload)
+        self.taken.emit()
+
     def _event_loop(self) -> None:
         since: dict[str, Any] | None = None
         while not self._stop.is_set():
@@ -155,7 +192,7 @@ class Backend(QObject):
                 self._answered.set()
                 self.daemon.emit(True, "")
                 if first or answer.get("resync"):
-                    self.snapshot.emit(answer["snapshot"])
+                    self._queue(self.snapshot, answer["snapshot"])
                 live_from = answer["seq"]
                 since = {"boot_id": answer["boot_id"], "seq": answer["seq"]}
                 for ev in events:
@@ -163,7 +200,7 @@ class Backend(QObject):
                         since = {"boot_id": ev["boot_id"], "seq": ev["seq"]}
                         # Events replayed from before the snapshot only feed
                         # the logs; the snapshot already has their effect.
-                        (self.received if ev["seq"] > live_from or not first else self.history).emit(ev)
+                        self._queue(self.received if ev["seq"] > live_from or not first else self.history, ev)
                     elif ev.get("type") == "overflow":
                         break  # subscribe again with since: catch up from the ring
                 else:
