@@ -197,6 +197,29 @@ def test_top_on_a_narrow_terminal_keeps_each_row_on_its_line(mcd: Mcd, tmp_path:
     assert max(len(row) for row in wide.stdout.splitlines()) > 72
 
 
+def test_top_on_a_short_terminal_shows_the_busiest_rows_that_fit(mcd: Mcd, tmp_path: Path) -> None:
+    """With more instances than the terminal has lines (500 hosted clients,
+    say), top printed them all and every refresh scrolled its header away:
+    it now shows what fits, the busiest first, and says how many it left out."""
+    for n in range(30):
+        mcd.request("client.create", name=f"quiet{n:02d}")
+    rows = len(mcd.request("stats")["instances"])
+    sh = PtySession([*mcctl_command(), "top", "--count", "1"], shell_env(mcd.socket, tmp_path), lines=12)
+    try:
+        sh.expect("mcd: up")
+        assert sh.wait() == 0
+    finally:
+        sh.close()
+    screen = [row for row in sh.text.split("\n") if row.strip()]
+    assert len(screen) <= 11, screen  # the cursor's line stays free
+    assert screen[0].startswith("KIND") and screen[-1].startswith("mcd: up")
+    shown = screen[1:-2]
+    assert len(shown) == 8 and all(row.startswith("client  quiet") for row in shown), screen
+    assert screen[-2].startswith(f"... and {rows - 8} quieter row(s) this screen has no room for"), screen
+    every = run("stats", socket_path=mcd.socket)  # not a terminal: every row, for a script or a pager
+    assert len(every.stdout.splitlines()) == rows + 2
+
+
 def test_a_command_that_waits_in_mcd_gets_mcds_answer_not_a_timeout_of_its_own(
     mcd: Mcd, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

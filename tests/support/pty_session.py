@@ -22,9 +22,9 @@ _TAKE_TERMINAL = (
 
 
 class PtySession:
-    def __init__(self, argv: list[str], env: dict[str, str], columns: int = 160) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], columns: int = 160, lines: int = 40) -> None:
         master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
         # Through a few lines of Python that make the terminal the new
         # session's controlling one, as a person's is (Ctrl-C typed at it
         # interrupts the program), then become the program.

@@ -212,24 +212,27 @@ def run_top(inv: Invocation, transport: Transport, printer: Printer) -> int:
             ]
             printer.result("", result)
         else:
-            text = output.stats(result, rates)
-            width = _terminal_width(printer.out) if clear else None
-            if width:
-                # A screen refreshed in place, as top(1): a row that wrapped
-                # would push the table apart; `stats` prints the rows whole.
-                text = "\n".join(line[:width] for line in text.split("\n"))
+            size = _terminal_size(printer.out) if clear else None
+            # A screen refreshed in place, as top(1): as many rows as it has
+            # room for (the header, the daemon's line and the cursor's take
+            # three), each cut to its width (a row that wrapped would push
+            # the table apart); `stats` prints every row whole.
+            text = output.stats(result, rates, max_rows=size.lines - 3 if size else None)
+            if size:
+                text = "\n".join(line[: size.columns] for line in text.split("\n"))
             printer.line(("\x1b[H\x1b[2J" if clear else "") + text)
         shown += 1
     return EXIT_OK
 
 
-def _terminal_width(out: Any) -> int | None:
-    """The columns of the terminal ``out`` writes to, read at each refresh
-    (it may be resized); None when it cannot say."""
+def _terminal_size(out: Any) -> os.terminal_size | None:
+    """The size of the terminal ``out`` writes to, read at each refresh (it
+    may be resized); None when it cannot say."""
     try:
-        return os.get_terminal_size(out.fileno()).columns or None
+        size = os.get_terminal_size(out.fileno())
     except (AttributeError, OSError, ValueError):
         return None
+    return size if size.columns > 0 and size.lines > 3 else None
 
 
 def run_version(hello: Callable[[], dict[str, Any]], printer: Printer) -> int:

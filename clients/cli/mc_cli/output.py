@@ -145,11 +145,14 @@ def _rate(rates: Rates | None, key: tuple[str, str, str], which: int) -> str:
     return f"{rates[key][which]:,.0f}"
 
 
-def stats(result: dict[str, Any], rates: Rates | None = None) -> str:
+def stats(result: dict[str, Any], rates: Rates | None = None, max_rows: int | None = None) -> str:
     """``stats`` (and each refresh of ``top``, with message rates): one row
     per instance and per client of a named server, the daemon's own figures
-    last."""
+    last.  ``max_rows``: at most that many lines between the header and the
+    daemon's line (``top`` on a terminal: its screen's height); the busiest
+    rows are kept, in their order, and one line says how many are left out."""
     rows = []
+    keys = []
     for entry in result["instances"]:
         st = entry["stats"]
         if entry["kind"] == "client":
@@ -163,6 +166,7 @@ def stats(result: dict[str, Any], rates: Rates | None = None) -> str:
             extra = f"refused {refusals}, cut off {st['slow_clients_cut']}"
         rtt = st.get("rtt_smoothed_ms")
         key = (entry["kind"], entry["name"], "")
+        keys.append(key)
         rows.append(
             (
                 entry["kind"],
@@ -181,6 +185,7 @@ def stats(result: dict[str, Any], rates: Rates | None = None) -> str:
                 continue
             rtt = cs.get("rtt_smoothed_ms")
             key = (entry["kind"], entry["name"], client_id)
+            keys.append(key)
             rows.append(
                 (
                     "  client",
@@ -194,10 +199,21 @@ def stats(result: dict[str, Any], rates: Rates | None = None) -> str:
                     f"resumes {cs['resumes']}, resent {cs['resent']}",
                 )
             )
+    left_out = 0
+    if max_rows is not None and len(rows) > max_rows:
+        room = max(max_rows - 1, 1)  # one line says what is left out
+        busiest = sorted(range(len(rows)), key=lambda i: -sum((rates or {}).get(keys[i], (0.0, 0.0))))[:room]
+        left_out = len(rows) - room
+        rows = [rows[i] for i in sorted(busiest)]
     daemon = result["daemon"]
     rate_columns: tuple[str, ...] = ("SENT/S", "RECV/S") if rates is not None else ()
     header = ("KIND", "NAME", "STATE", "SENT", "RECEIVED", *rate_columns, "QUEUED", "RTT MS", "DETAIL")
     lines = [table(rows, header)] if rows else []
+    if left_out:
+        lines.append(
+            f"... and {left_out} quieter row(s) this screen has no room for"
+            " (`stats` lists them all; --name or --kind narrows the view)"
+        )
     lines.append(
         f"mcd: up {daemon['uptime']:.0f} s, {daemon['event_subscribers']} event subscriber(s),"
         f" {daemon['events_published']} event(s) published, {daemon['events_dropped']} dropped"
