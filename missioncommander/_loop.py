@@ -999,9 +999,27 @@ class _TLS:
         self.backlog: list[bytes] = []
 
 
+#: What OpenSSL says of a certificate that strict checking refuses (Python
+#: 3.13 turned it on by default: VERIFY_X509_STRICT), in lower case.
+_STRICT_REFUSALS = (
+    "key usage extension",
+    "authority key identifier",
+    "subject key identifier",
+    "not marked critical",
+    "must be x.509 v3",
+)
+
+
 def _tls_reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"certificate verify failed: {exc.verify_message}"
+        reason = f"certificate verify failed: {exc.verify_message}"
+        if any(words in str(exc.verify_message).lower() for words in _STRICT_REFUSALS):
+            # Certificates made by hand often lack these; the fix is theirs.
+            reason += (
+                " (Python 3.13 and later check certificates strictly: docs/SECURITY.md,"
+                ' "Certificates", says what a CA and a certificate need)'
+            )
+        return reason
     reason = getattr(exc, "reason", None)
     return str(reason or exc).lower().replace("_", " ")
 

@@ -21,17 +21,32 @@ def _openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
 
 
+# The extensions Python 3.13's default TLS context (VERIFY_X509_STRICT)
+# requires, as a real CA sets them: without keyUsage a CA is refused ("CA
+# cert does not include key usage extension"), without an authority key
+# identifier a leaf is.
+_CA_EXTENSIONS = ("basicConstraints=critical,CA:TRUE", "keyUsage=critical,keyCertSign,cRLSign")
+_LEAF_EXTENSIONS = (
+    "basicConstraints=CA:FALSE",
+    "keyUsage=critical,digitalSignature,keyEncipherment",
+    "extendedKeyUsage=serverAuth,clientAuth",
+    "subjectKeyIdentifier=hash",
+    "authorityKeyIdentifier=keyid,issuer",
+)
+
+
 def _ca(folder: Path, name: str) -> tuple[Path, Path]:
     key, cert = folder / f"{name}.key", folder / f"{name}.pem"
+    extensions = [arg for ext in _CA_EXTENSIONS for arg in ("-addext", ext)]
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-             "-days", "2", "-subj", f"/CN={name}")  # fmt: skip
+             "-days", "2", "-subj", f"/CN={name}", *extensions)  # fmt: skip
     return cert, key
 
 
 def _signed(folder: Path, name: str, ca: tuple[Path, Path], san: str) -> tuple[Path, Path]:
     key, csr, cert = folder / f"{name}.key", folder / f"{name}.csr", folder / f"{name}.pem"
     ext = folder / f"{name}.ext"
-    ext.write_text(f"subjectAltName={san}\n")
+    ext.write_text("".join(f"{line}\n" for line in (f"subjectAltName={san}", *_LEAF_EXTENSIONS)))
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}")
     _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial",
              "-out", str(cert), "-days", "2", "-extfile", str(ext))  # fmt: skip
