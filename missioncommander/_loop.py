@@ -1012,14 +1012,14 @@ _STRICT_REFUSALS = (
 
 def _tls_reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
-        reason = f"certificate verify failed: {exc.verify_message}"
+        failed = f"certificate verify failed: {exc.verify_message}"
         if any(words in str(exc.verify_message).lower() for words in _STRICT_REFUSALS):
             # Certificates made by hand often lack these; the fix is theirs.
-            reason += (
+            failed += (
                 " (Python 3.13 and later check certificates strictly: docs/SECURITY.md,"
                 ' "Certificates", says what a CA and a certificate need)'
             )
-        return reason
+        return failed
     reason = getattr(exc, "reason", None)
     return str(reason or exc).lower().replace("_", " ")
 
