@@ -349,7 +349,10 @@ def scenario_mcctl(runs: int = 15) -> dict[str, float]:
         if spec is not None and spec.submodule_search_locations:
             compileall.compile_dir(next(iter(spec.submodule_search_locations)), quiet=1)
     with running_mcd() as (_sock, env):
-        mcctl = shutil.which("mcctl") or str(Path(sys.executable).parent / "mcctl")
+        # The mcctl of this installation (beside this Python), as a user's
+        # shell finds it; else the one on PATH.
+        beside = Path(sys.executable).parent / "mcctl"
+        mcctl = str(beside) if beside.exists() else shutil.which("mcctl") or "mcctl"
 
         def timed(cmd: list[str]) -> float:
             t0 = time.perf_counter()
