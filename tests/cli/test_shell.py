@@ -171,6 +171,19 @@ def test_shell_rides_out_a_daemon_restart(mcd: Mcd, tmp_path: Path) -> None:
         sh.close()
 
 
+def top_screen(mcd: Mcd, tmp_path: Path, columns: int = 160, lines: int = 40) -> list[str]:
+    """What one refresh of `mcctl top` shows on a terminal of that size (its non-blank lines)."""
+    sh = PtySession(
+        [*mcctl_command(), "top", "--count", "1"], shell_env(mcd.socket, tmp_path), columns=columns, lines=lines
+    )
+    try:
+        sh.expect("mcd: up")
+        assert sh.wait() == 0
+    finally:
+        sh.close()
+    return [row for row in sh.text.split("\n") if row.strip()]
+
+
 def test_top_on_a_narrow_terminal_keeps_each_row_on_its_line(mcd: Mcd, tmp_path: Path) -> None:
     """top refreshes a screen in place: a row wider than the terminal would
     wrap and push the table apart, so on a terminal each row is cut to fit."""
@@ -184,13 +197,7 @@ def test_top_on_a_narrow_terminal_keeps_each_row_on_its_line(mcd: Mcd, tmp_path:
         ("client.connect", {"wait": True, "timeout": 10}),
     ):
         mcd.request(cmd, **params)
-    sh = PtySession([*mcctl_command(), "top", "--count", "1"], shell_env(mcd.socket, tmp_path), columns=72)
-    try:
-        sh.expect("mcd: up")
-        assert sh.wait() == 0
-    finally:
-        sh.close()
-    rows = [row for row in sh.text.split("\n") if row.strip()]
+    rows = top_screen(mcd, tmp_path, columns=72)
     assert rows[0].startswith("KIND") and any(row.startswith("client") for row in rows)
     assert max(len(row) for row in rows) <= 72
     wide = run("stats", socket_path=mcd.socket)  # not a terminal: rows whole, for a script or a pager
@@ -204,13 +211,7 @@ def test_top_on_a_short_terminal_shows_the_busiest_rows_that_fit(mcd: Mcd, tmp_p
     for n in range(30):
         mcd.request("client.create", name=f"quiet{n:02d}")
     rows = len(mcd.request("stats")["instances"])
-    sh = PtySession([*mcctl_command(), "top", "--count", "1"], shell_env(mcd.socket, tmp_path), lines=12)
-    try:
-        sh.expect("mcd: up")
-        assert sh.wait() == 0
-    finally:
-        sh.close()
-    screen = [row for row in sh.text.split("\n") if row.strip()]
+    screen = top_screen(mcd, tmp_path, lines=12)
     assert len(screen) <= 11, screen  # the cursor's line stays free
     assert screen[0].startswith("KIND") and screen[-1].startswith("mcd: up")
     shown = screen[1:-2]
