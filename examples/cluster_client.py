@@ -15,19 +15,25 @@ import time
 
 from missioncommander import Client, ConnectError, Message
 
+#: How long to wait for an echo, in all: longer than a node tries to send
+#: one while Redis is down (examples/cluster_node.py).
+ECHO_WAIT = 120.0
+
 
 def wait_for_echo(echoes: queue.Queue[Message], n: int) -> Message:
     """The echo of message ``n``.  One of an earlier message is skipped: after
     ``sessionlost`` (Redis lost its data) the client sends what the cluster
     had not acknowledged again, which a node may have echoed already."""
-    while True:
+    deadline = time.monotonic() + ECHO_WAIT
+    while (left := deadline - time.monotonic()) > 0:
         try:
-            echo = echoes.get(timeout=10)
+            echo = echoes.get(timeout=min(10.0, left))
         except queue.Empty:
-            print(f"no echo of {n} for 10 s: still waiting (the nodes' logs say why)", flush=True)
+            print(f"no echo of {n} yet: still waiting (the nodes' logs say why)", flush=True)
             continue
         if echo.payload["n"] == n:
             return echo
+    raise SystemExit(f"no echo of {n} within {ECHO_WAIT:.0f} s (are the nodes and Redis up?)")
 
 
 def main() -> None:
