@@ -272,6 +272,25 @@ def test_help_lists_commands_and_exit_codes() -> None:
     assert no_tty.returncode == 2 and "usage: mcctl" in no_tty.stdout
 
 
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (("events", "--help"), "--since N"),
+        (("help", "watch"), "--since N"),
+        (("top", "--help"), "docs/STATS.md"),
+        (("help", "stats"), "top [--name NAME]"),
+        (("wait", "--help"), "server STATE: listening, stopped"),
+        (("help", "daemon"), "daemon stop"),
+    ],
+)
+def test_help_on_a_command_is_about_that_command(argv: tuple[str, ...], needle: str) -> None:
+    # `mcctl events --help` printed the whole usage: the options that only
+    # events takes were one line among forty.
+    out = run(*argv)
+    assert out.returncode == 0 and needle in out.stdout
+    assert "usage: mcctl" not in out.stdout
+
+
 @pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
 def test_bash_completion_script_is_valid_bash(tmp_path: Path) -> None:
     out = run("completion", "bash")

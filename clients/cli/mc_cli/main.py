@@ -58,7 +58,7 @@ other commands:
   version                       mcctl's and mcd's versions
   shell                         the interactive shell (also: python3 -m missioncommander cli)
   completion bash|zsh           print a shell completion script
-  help [client|server]
+  help [TOPIC]                  TOPIC: client, server, events, stats, wait, daemon
 
 options (before or after the command words):
   --json            machine output: one JSON object per result (errors: {"error": {...}})
@@ -121,8 +121,64 @@ server commands (add --name NAME for an instance other than "default"):
 """
 
 
+EVENTS_HELP = """\
+events [--since N] [--name NAME] [--kind client|server] [--json]   (also: watch)
+  Print what happens in mcd as it happens, one line per event, until Ctrl-C:
+    20:02:32.457  #11    client/default  state connected  (STATE_OK | STATE_RUNNING | STATE_CONNECTED)
+    20:02:32.505  #13    client/default  message: hi {"a": 1}
+  Each event has a number (#N) that goes up by one for as long as mcd runs.
+  --since N         first replay the events after #N that mcd still keeps (the last
+                    10,000 by default; when #N is gone: a note, then live events)
+  --name NAME       only that instance's events (--kind: only the client or the server)
+  --json            one JSON object per line, as the control API sends them
+                    (docs/CONTROL_API.md, "Events")
+  Exit status 1 when this reader fell so far behind that mcd let it go (a line says so:
+  run it again with --since the last #N shown), 3 when mcd stops.
+"""
+
+STATS_HELP = """\
+stats [--name NAME] [--kind client|server] [--json]
+top [--name NAME] [--kind client|server] [--count N]
+  stats prints each instance's live figures once: messages and bytes each way, what waits
+  in the send queues, resends after a reconnect, requests in flight, round-trip times.
+  top prints the same every second with message rates, the busiest instances first and
+  as many as fit the terminal, until Ctrl-C (or N refreshes with --count N).
+  What each figure means: docs/STATS.md.
+"""
+
+WAIT_HELP = """\
+wait [client|server] [--name NAME] STATE [--timeout S]
+  Block until the instance is in STATE, then exit 0 (at once if it already is);
+  exit 4 if --timeout S seconds pass first (default: wait as long as it takes).
+  client STATE: connected, disconnected, connecting, reconnecting, failed, unconfigured
+  server STATE: listening, stopped
+  e.g. mcctl client connect --no-wait && mcctl wait client connected --timeout 30
+"""
+
+DAEMON_HELP = """\
+daemon status   mcd's process id, version, control socket, state directory, instance count
+daemon stop     stop mcd: servers announce the shutdown to their clients, hosted clients
+                disconnect cleanly, and the state is saved: when mcd starts again it brings
+                every instance back, connecting and listening those that were up
+version         mcctl's version and the running mcd's, each with its control API version
+"""
+
+_TOPICS = {
+    "client": CLIENT_HELP,
+    "server": SERVER_HELP,
+    "events": EVENTS_HELP,
+    "watch": EVENTS_HELP,
+    "stats": STATS_HELP,
+    "top": STATS_HELP,
+    "wait": WAIT_HELP,
+    "daemon": DAEMON_HELP,
+    "version": DAEMON_HELP,
+}
+
+
 def help_text(topic: str | None) -> str:
-    return {"client": CLIENT_HELP, "server": SERVER_HELP}.get(topic or "", HELP)
+    """The help on ``topic`` (a command's first word), else the whole usage."""
+    return _TOPICS.get(topic or "", HELP)
 
 
 def execute(inv: Invocation, printer: Printer, factory: Callable[[], ControlClient]) -> int:

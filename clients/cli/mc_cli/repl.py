@@ -53,7 +53,8 @@ Type commands without the word mcctl, e.g.:
   server set port 30000               client set port 30000
   server start                        client connect
   server send echo {"message": "hello"}   (a JSON object needs no quotes here)
-Events are printed as they happen.  `help client`, `help server`, `help all`;
+Events are printed as they happen.  `help all`; `help client`, `help server`,
+`help events`, `help stats`, `help wait`, `help daemon`;
 exit, quit or Ctrl-D leave the shell."""
 
 
