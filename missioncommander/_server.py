@@ -296,8 +296,13 @@ class Server(ServerSettings):
         """True between ``start()`` and ``stop()``."""
         return self._running
 
-    def start(self) -> None:
-        """Listen on ``interface``:``port``; raises ``BindError`` if it cannot."""
+    def start(self, *, prefer_port: int | None = None) -> None:
+        """Listen on ``interface``:``port``; raises ``BindError`` if it cannot.
+
+        ``prefer_port``: with ``port=0``, try that port first and a free one
+        only if it is taken, so that a server restarted with ``port=0``
+        comes back where its clients look for it (give it the ``port`` read
+        after the last start).  Ignored when ``port`` is set."""
         with self._lock:
             if self._running:
                 raise StateError("the server is already running")
@@ -309,7 +314,7 @@ class Server(ServerSettings):
                 raise TLSConfigError("tls_ca (client certificates) needs tls_cert and tls_key too")
             self._tls_context = server_context(self.tls_cert, self.tls_key, self.tls_ca) if self.tls_cert else None
             try:
-                listener = self._loop.listen(host, port, self._accept, self._tls_context)
+                listener = self._listen(host, port, prefer_port)
             except OSError as exc:
                 where = f"{host or '*'}:{port}"
                 # socket.create_server's strerror repeats the address; the errno's own text suffices.
@@ -339,6 +344,16 @@ class Server(ServerSettings):
                 log.warning("cluster node %s: Redis at %s does not answer yet", cluster.node_id, cluster.url)
         listener.start()
         log.info("server listening on %s:%d", host or "*", self._bound_port)
+
+    def _listen(self, host: str, port: int, prefer_port: int | None) -> Listener:
+        if port == 0 and prefer_port:
+            try:
+                return self._loop.listen(host, prefer_port, self._accept, self._tls_context)
+            except OSError as exc:
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                # Its clients will not find it there: worth a warning.
+                log.warning("server: port %d, preferred, is not free (%s): listening on another", prefer_port, reason)
+        return self._loop.listen(host, port, self._accept, self._tls_context)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Announce shutdown to every client, end every session, stop listening.

@@ -802,12 +802,13 @@ class AsyncServer(_Endpoint, ServerSettings):
     def _finished(self) -> bool:
         return not self._inner.running
 
-    async def start(self) -> None:
+    async def start(self, *, prefer_port: int | None = None) -> None:
         """Listen on ``interface``:``port``; ``BindError`` if it cannot.  In a
-        cluster, returns once the node reached Redis (or after 2 s without)."""
+        cluster, returns once the node reached Redis (or after 2 s without).
+        ``prefer_port`` as ``Server.start``'s."""
         self._driver.bind()
         inner = self._inner
-        inner.start()
+        inner.start(prefer_port=prefer_port)
         cluster = inner._cluster
         if cluster is not None:
             await self._off_loop(cluster.wait_joined, min(2.0, inner.lease_ttl))

@@ -127,9 +127,14 @@ class _Instance:
         if saved is None or saved[0] != change:
             tuning = CLIENT_TUNING if self.kind == "client" else SERVER_TUNING
             settings = {k: v for k, v in self.settings(reveal=True).items() if k not in tuning or k in self.tuned}
-            saved = (change, encode_member(self.name, {"settings": settings, "desired": self.desired}))
+            entry = {"settings": settings, "desired": self.desired, **self.saved_extra()}
+            saved = (change, encode_member(self.name, entry))
             self._saved = saved
         return saved[1]
+
+    def saved_extra(self) -> dict[str, Any]:
+        """What this kind saves besides its settings and desired state."""
+        return {}
 
     def settings_changed(self) -> None:
         self._change = next(_CHANGES)
@@ -206,6 +211,21 @@ class ServerInstance(_Instance):
         s.subscribe(
             "message", lambda cid, m: self.publish("message", client_id=cid, subject=m.subject, payload=dict(m.payload))
         )
+        #: With port 0, the port it got when it last started: preferred at
+        #: the next start (a restart of mcd included), so that clients set
+        #: to it find the server again.  Saved.
+        self.last_port: int | None = None
+
+    def saved_extra(self) -> dict[str, Any]:
+        return {} if self.last_port is None else {"last_port": self.last_port}
+
+    def started(self) -> None:
+        """Note the port a server set to port 0 got."""
+        server = self.server
+        port = server.port if server.requested_port == 0 else None
+        if port != self.last_port:
+            self.last_port = port
+            self.settings_changed()
 
     def settings(self, reveal: bool = False) -> dict[str, Any]:
         values = {key: _plain(getattr(self.server, key)) for key in SERVER_KEYS}
@@ -497,13 +517,14 @@ class DaemonCore:
         warnings = [*inst.server.warnings]
         if not inst.server.running:
             try:
-                inst.server.start()
+                inst.server.start(prefer_port=inst.last_port)
             except BindError as exc:
                 inst.last_error = str(exc)
                 raise CoreError(ErrorCode.BIND_FAILED, str(exc)) from None
             except ValueError as exc:
                 raise CoreError(ErrorCode.INVALID_VALUE, str(exc)) from None
             inst.last_error = None
+            inst.started()
             inst.publish("started", port=inst.server.port)
         inst.desired = True
         warnings += self.save()
@@ -731,6 +752,9 @@ class DaemonCore:
                 setattr(target, key, value)
             except (TypeError, ValueError, AttributeError) as exc:
                 log.error("%s %r: saved %s=%r refused: %s", kind, name, key, value, exc)
+        last_port = saved.get("last_port")
+        if isinstance(instance, ServerInstance) and type(last_port) is int and 0 < last_port < 65536:
+            instance.last_port = last_port
         instance.settings_changed()
         if saved.get("desired"):
             if kind == "client":

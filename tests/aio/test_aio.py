@@ -180,6 +180,21 @@ def test_a_connect_nobody_answers_fails_with_connect_error() -> None:
     run(test)
 
 
+def test_a_restarted_server_prefers_the_port_it_had() -> None:
+    async def test() -> None:
+        server = AsyncServer(interface="127.0.0.1", port=0)
+        await server.start()
+        first = server.port
+        await server.stop()
+        await server.start(prefer_port=first)
+        try:
+            assert server.port == first
+        finally:
+            await server.stop()
+
+    run(test)
+
+
 def test_a_cancelled_connect_gives_the_attempt_up() -> None:
     async def test() -> None:
         accepted = asyncio.Event()

@@ -285,6 +285,29 @@ def test_state_survives_sigterm_and_kill_9(mcd: Mcd) -> None:
     assert mcd.socket.exists()  # stale, left by the crash
 
 
+def test_a_server_on_port_0_comes_back_on_its_port_where_its_clients_look(mcd: Mcd) -> None:
+    """Port 0 picks a free port at the first start; mcd then prefers that one
+    (a restart of mcd, after a crash too, and a stop and start): the clients
+    set to it would otherwise retry a port nobody listens on, for ever."""
+    port = start_server(mcd)
+    connect_client_to(mcd, port)
+    assert mcd.stop(signal.SIGTERM) == 0
+    for restart in ("after SIGTERM", "after kill -9"):
+        mcd.start()
+        with mcd.client(timeout=20) as c:
+            assert c.request("client.connect", wait=True, timeout=15)["phase"] == "connected", restart
+        status = mcd.request("server.status")
+        assert (status["port"], status["settings"]["port"]) == (port, 0), restart  # the setting stays "any"
+        mcd.stop(signal.SIGKILL)
+    mcd.start()
+    mcd.request("server.stop")
+    assert mcd.request("server.start")["port"] == port
+    mcd.request("server.stop")
+    with socket.create_server(("127.0.0.1", port)):  # taken meanwhile: another port, and mcd says why
+        other = mcd.request("server.start")["port"]
+    assert other != port and f"port {port}, preferred, is not free" in mcd.log()
+
+
 def test_what_a_restore_brought_up_is_still_wanted_up_after_a_crash(mcd: Mcd) -> None:
     """A restore changes nothing the user asked for: killed once everything
     is back (no command since), mcd restores the same again, crash after

@@ -238,3 +238,28 @@ def test_a_server_on_a_taken_port_raises_bind_error_and_starts_once_it_is_free()
         assert not set(threading.enumerate()) - before  # no thread left running
     with server:  # the port is free: the same object starts
         assert server.running and server.port == port
+
+
+def test_a_server_on_port_0_comes_back_on_the_port_it_prefers_while_that_is_free(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = Server(interface="127.0.0.1", port=0)
+    server.start()
+    first = server.port
+    server.stop()
+    server.start(prefer_port=first)  # a restart: its clients look for it there
+    try:
+        assert server.port == first and server.requested_port == 0
+    finally:
+        server.stop()
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        busy = taken.getsockname()[1]
+        server.start(prefer_port=busy)  # taken: a free port, and a warning, not a BindError
+        try:
+            assert server.running and server.port not in (0, busy)
+            assert f"port {busy}, preferred, is not free" in caplog.text
+        finally:
+            server.stop()
+    fixed = Server(interface="127.0.0.1", port=first)
+    with socket.create_server(("127.0.0.1", first)), pytest.raises(BindError):
+        fixed.start(prefer_port=busy)  # a port that is set is the port: the preference is for port 0 only
