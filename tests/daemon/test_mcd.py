@@ -481,7 +481,12 @@ def test_unreachable_daemon_says_why(tmp_path: Path) -> None:
 
 
 def _connect_as(uid: int, path: Path) -> str:
-    """Fork, drop to ``uid``, try the control socket; what happened, in a word."""
+    """Fork, drop to ``uid``, try the control socket; what happened, in a word.
+
+    A fork, not a new Python: the other uid cannot read a Python installed
+    under /root (pyenv's); 3.12+ warns of forking with threads running, and
+    the child runs a few lines of modules already imported and leaves by
+    ``os._exit``."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: no pytest, no exceptions escaping
