@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -488,7 +489,9 @@ def _connect_as(uid: int, path: Path) -> str:
     the child runs a few lines of modules already imported and leaves by
     ``os._exit``."""
     read_fd, write_fd = os.pipe()
-    pid = os.fork()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
+        pid = os.fork()
     if pid == 0:  # the child: no pytest, no exceptions escaping
         result = "error"
         try:
