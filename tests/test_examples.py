@@ -41,6 +41,24 @@ def test_demo_runs() -> None:
     assert len(out.stdout.splitlines()) == 9  # 2 connects, 2 hellos, 2 welcomes, 2 news, the end
 
 
+def test_request_reply_shows_each_outcome_in_order() -> None:
+    out = run("request_reply.py")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "client asks add {'a': 2, 'b': 3} -> {'sum': 5}",
+        "client asks divide {'a': 1, 'b': 0} -> RemoteError ZeroDivisionError: division by zero",
+        "client asks slow {} -> RequestTimeout: no reply within 0.3 s",
+        "server asks alice whoami -> {'client_id': 'alice', 'asked': 'whoami'}",
+        "server asks bob whoami -> NoResponder: the peer has no request responder",
+        # Asked while the server still answers "slow": its late reply is dropped, not taken for this.
+        "client asks add {'a': 40, 'b': 2} -> {'sum': 42}",
+        "request_reply finished",
+    ]
+    assert out.stderr.splitlines() == [
+        "log: missioncommander.server: request responder raised ZeroDivisionError: division by zero"
+    ]
+
+
 def test_echo_client_against_echo_server() -> None:
     server = subprocess.Popen(
         [sys.executable, "-u", str(EXAMPLES / "echo_server.py"), "0"],
