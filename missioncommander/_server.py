@@ -303,6 +303,8 @@ class Server(ServerSettings):
         only if it is taken, so that a server restarted with ``port=0``
         comes back where its clients look for it (give it the ``port`` read
         after the last start).  Ignored when ``port`` is set."""
+        if prefer_port is not None and not (type(prefer_port) is int and 0 <= prefer_port <= 65535):
+            raise ValueError(f"prefer_port must be a port number (0 to 65535), not {prefer_port!r}")
         with self._lock:
             if self._running:
                 raise StateError("the server is already running")

@@ -260,6 +260,10 @@ def test_a_server_on_port_0_comes_back_on_the_port_it_prefers_while_that_is_free
             assert f"port {busy}, preferred, is not free" in caplog.text
         finally:
             server.stop()
+    for wrong in (70000, -1, "80", True):
+        with pytest.raises(ValueError, match="prefer_port must be a port number"):
+            server.start(prefer_port=wrong)
+    assert not server.running
     fixed = Server(interface="127.0.0.1", port=first)
     with socket.create_server(("127.0.0.1", first)), pytest.raises(BindError):
         fixed.start(prefer_port=busy)  # a port that is set is the port: the preference is for port 0 only
