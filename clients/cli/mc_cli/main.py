@@ -141,8 +141,9 @@ stats [--name NAME] [--kind client|server] [--json]
 top [--name NAME] [--kind client|server] [--count N]
   stats prints each instance's live figures once: messages and bytes each way, what waits
   in the send queues, resends after a reconnect, requests in flight, round-trip times.
-  top prints the same every second with message rates, the busiest instances first and
-  as many as fit the terminal, until Ctrl-C (or N refreshes with --count N).
+  top prints the same every second with message rates, until Ctrl-C (or N refreshes with
+  --count N); when not every row fits the terminal, the busiest that fit, and how many
+  quieter ones it left out.
   What each figure means: docs/STATS.md.
 """
 
