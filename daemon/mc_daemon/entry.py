@@ -9,6 +9,7 @@ handlers exist as short as the interpreter allows.
 
 import signal
 import sys
+import time
 
 _received: list[int] = []
 
@@ -21,6 +22,7 @@ def run() -> int:
     """The ``mcd`` command."""
     signal.signal(signal.SIGTERM, _note)
     signal.signal(signal.SIGINT, _note)
+    since = time.monotonic()
     from .main import main  # noqa: PLC0415 - after the handlers, on purpose
 
-    return main(sys.argv[1:], early_signals=_received)
+    return main(sys.argv[1:], early_signals=_received, handlers_since=since)

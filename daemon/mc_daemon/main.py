@@ -213,8 +213,11 @@ def _default_state_dir() -> Path:
     return Path(platformdirs.user_state_dir("missioncommander"))
 
 
-def main(argv: list[str] | None = None, early_signals: list[int] | None = None) -> int:
-    """Run mcd; ``early_signals`` are those ``entry`` noted before this took over."""
+def main(
+    argv: list[str] | None = None, early_signals: list[int] | None = None, handlers_since: float | None = None
+) -> int:
+    """Run mcd; ``early_signals`` are those ``entry`` noted before this took
+    over, ``handlers_since`` when (``time.monotonic()``) it began noting them."""
     # From here on a SIGTERM or SIGINT is a clean stop, whatever start-up is doing.
     stop = StopRequest()
     signal.signal(signal.SIGTERM, stop.from_signal)
@@ -256,6 +259,11 @@ def main(argv: list[str] | None = None, early_signals: list[int] | None = None) 
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if handlers_since is not None:
+        # A signal sent before that moment may be lost by the interpreter
+        # itself while it starts (seen on 3.11 and 3.13): this says which
+        # side of that moment a lost one fell.
+        log.debug("SIGTERM and SIGINT stop mcd cleanly since time.monotonic() = %.6f", handlers_since)
     socket_path: Path = args.socket or Path(default_socket_path())
     state_dir: Path = args.state_dir or _default_state_dir()
     with _Startup(stop) as run:

@@ -9,8 +9,8 @@ other outcome allowed is the process ending by the signal's default action
 before mcd's code could install a handler (the interpreter starting up),
 and then the state file must be untouched; and one more that is CPython's,
 not mcd's: a SIGINT the interpreter drops while it starts a script
-(``_swallowed_by_python``), where mcd never saw a signal and the second
-one sent must stop it as cleanly as any.
+(``_swallowed_by_python``, ``_before_its_handlers``), where mcd never saw
+a signal and the second one sent must stop it as cleanly as any.
 """
 
 from __future__ import annotations
@@ -88,7 +88,8 @@ def _signal_runs(root: Path, runs: int, spread: float, seed: int) -> tuple[int, 
         delay = rng.uniform(0, spread)
         before = _saved_instances(state_dir)
         proc = subprocess.Popen(
-            [*_mcd_command(), "--socket", str(sock), "--state-dir", str(state_dir)],
+            # DEBUG: mcd says when its handlers began (_before_its_handlers).
+            [*_mcd_command(), "--socket", str(sock), "--state-dir", str(state_dir), "--log-level", "DEBUG"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -96,6 +97,7 @@ def _signal_runs(root: Path, runs: int, spread: float, seed: int) -> tuple[int, 
         )
         time.sleep(delay)  # not a synchronisation: the point is to land anywhere in start-up
         proc.send_signal(sig)
+        sent = time.monotonic()  # the signal is pending from the kill() on: it landed before this
         swallowed = False
         try:
             _, err = proc.communicate(timeout=10)
@@ -111,7 +113,7 @@ def _signal_runs(root: Path, runs: int, spread: float, seed: int) -> tuple[int, 
                 problems.append(f"run {run}: {sig.name} after {delay:.3f} s: still running after two\n{_ends(err)}")
                 continue
             swallowed = True
-            if not _swallowed_by_python(err):
+            if not (_swallowed_by_python(err) or _before_its_handlers(err, sent)):
                 problems.append(f"run {run}: {sig.name} after {delay:.3f} s: ignored until sent again\n{_ends(err)}")
                 continue
         what = f"run {run}: {sig.name} after {delay:.3f} s: exit {proc.returncode}"
@@ -178,6 +180,15 @@ def _swallowed_by_python(stderr: str) -> bool:
         and "/mc_" not in head
         and "/missioncommander/" not in head
     )
+
+
+def _before_its_handlers(stderr: str, sent: float) -> bool:
+    """Whether the signal was sent before mcd's handlers existed (by mcd's
+    own account, on the shared monotonic clock): then only the interpreter
+    can have lost it.  On 3.13 it may do so without a word (seen once in
+    100 runs, 26 ms into start-up), where 3.11 prints one of _PYTHON_DROPS."""
+    found = re.search(r"stop mcd cleanly since time\.monotonic\(\) = ([0-9.]+)", stderr)
+    return found is not None and sent < float(found.group(1))
 
 
 _PYTHON_DROPS = (
