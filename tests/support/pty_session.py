@@ -53,7 +53,7 @@ class PtySession:
                 return found + len(needle)
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError(f"{needle!r} did not appear; screen:\n{self.text[-3000:]}")
+                raise AssertionError(f"{needle!r} did not appear; screen:\n{self.text[-3000:]}\n{self.signal_state()}")
             ready, _, _ = select.select([self.master], [], [], min(left, 0.5))
             if ready:
                 try:
@@ -63,6 +63,32 @@ class PtySession:
                 if not chunk:
                     raise AssertionError(f"the program ended before {needle!r}; screen:\n{self.text[-3000:]}")
                 self.raw += chunk.decode(errors="replace")
+
+    def signal_state(self) -> str:
+        """Where a Ctrl-C typed at the terminal would go, for a failure's
+        message: the terminal's foreground group and ISIG, and each of the
+        program's threads' blocked, ignored, caught and pending signals
+        (Ctrl-C was lost twice in one run on 3.13, never again since)."""
+        lines = []
+        try:
+            lflag = termios.tcgetattr(self.master)[3]
+            lines.append(
+                f"terminal: foreground group {os.tcgetpgrp(self.master)} (program {self.proc.pid}),"
+                f" ISIG {'on' if lflag & termios.ISIG else 'off'}"
+            )
+        except OSError as exc:
+            lines.append(f"terminal: {exc}")
+        tasks = f"/proc/{self.proc.pid}/task"
+        for tid in sorted(os.listdir(tasks)) if os.path.isdir(tasks) else []:
+            try:
+                with open(f"{tasks}/{tid}/status") as status:
+                    fields = dict(line.split(":\t", 1) for line in status if ":\t" in line)
+            except OSError:
+                continue
+            kinds = ("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
+            sig = " ".join(f"{k}={fields.get(k, '?').strip()}" for k in kinds)
+            lines.append(f"thread {tid} {fields.get('Name', '?').strip()}: {sig}")
+        return "\n".join(lines)
 
     def type(self, text: str) -> None:
         os.write(self.master, text.encode())
