@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -258,6 +259,10 @@ def test_ctrl_c_ends_a_wait_for_mcd_not_the_shell(mcd: Mcd, tmp_path: Path) -> N
         mark = len(sh.text)
         sh.line("client connect --wait --timeout 60")
         wait_until(lambda: mcd.phase("client") == "connecting", what="mcd trying, the shell waiting for it")
+        # Only the main thread may take the Ctrl-C: where the kernel gives it
+        # to another (the main one has a wake-up signal pending), the main
+        # thread's wait would not end.
+        assert _threads_taking_sigint(sh.proc.pid) == [sh.proc.pid]
         sh.type("\x03")
         sh.expect("interrupted: what was asked goes on", start=mark)
         sh.line("list")
@@ -267,3 +272,14 @@ def test_ctrl_c_ends_a_wait_for_mcd_not_the_shell(mcd: Mcd, tmp_path: Path) -> N
     finally:
         sh.close()
     assert "Traceback" not in sh.text
+
+
+def _threads_taking_sigint(pid: int) -> list[int]:
+    """The threads of ``pid`` that do not block SIGINT."""
+    takers = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/status") as status:
+            blocked = next(int(line.split()[1], 16) for line in status if line.startswith("SigBlk:"))
+        if not blocked & (1 << (signal.SIGINT - 1)):
+            takers.append(int(tid))
+    return sorted(takers)

@@ -279,6 +279,13 @@ class Shell:
     # -- events ----------------------------------------------------------------
 
     def watch_events(self) -> None:
+        # Ctrl-C is for the main thread (Python runs handlers only there).
+        # The kernel gives a process's signal to another thread when the
+        # main one has one pending (a wake-up): this thread's blocking read
+        # would then take it, and the main thread's wait (a `connect
+        # --wait`) would go on until its timeout.
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         since: dict[str, Any] | None = None
         warned = False
         while not self.stop.is_set():
