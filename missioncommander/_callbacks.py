@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import NoResponder
 from ._message import FrozenDict, Message
+from ._threads import start_thread
 
 if TYPE_CHECKING:
     from ._inbox import Inbox
@@ -151,10 +152,7 @@ class _Pool:
         if len(self._threads) < self._size:
             with self._lock:
                 while len(self._threads) < self._size:
-                    thread = threading.Thread(
-                        target=self._work, name=f"missioncommander-callbacks-{len(self._threads)}", daemon=True
-                    )
-                    thread.start()
+                    thread = start_thread(self._work, f"missioncommander-callbacks-{len(self._threads)}")
                     self._threads.append(thread)
         self._ready.put(serial)
 

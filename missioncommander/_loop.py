@@ -28,6 +28,7 @@ from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar, cast
 
 from ._callbacks import mark_callback_thread
+from ._threads import start_thread
 
 log = logging.getLogger("missioncommander.loop")
 
@@ -173,8 +174,7 @@ class Loop:
         # three system calls and page faults per message.
         self.read_buffer = bytearray(_RECV_SIZE)
         self.read_view = memoryview(self.read_buffer)
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._thread = start_thread(self._run, name)
 
     # -- thread-safe entry points --------------------------------------------
 
