@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import NoResponder
 from ._message import FrozenDict, Message
-from ._threads import start_thread
 
 if TYPE_CHECKING:
     from ._inbox import Inbox
@@ -152,7 +151,10 @@ class _Pool:
         if len(self._threads) < self._size:
             with self._lock:
                 while len(self._threads) < self._size:
-                    thread = start_thread(self._work, f"missioncommander-callbacks-{len(self._threads)}")
+                    thread = threading.Thread(
+                        target=self._work, name=f"missioncommander-callbacks-{len(self._threads)}", daemon=True
+                    )
+                    thread.start()
                     self._threads.append(thread)
         self._ready.put(serial)
 

@@ -60,7 +60,6 @@ from ._requests import ReplyWaiter, Requests, reply_body
 from ._session import SendSession
 from ._state import ClientState, ClientStateTransition
 from ._stats import Counters, session_figures
-from ._threads import start_thread
 from ._tls import client_context
 
 log = logging.getLogger("missioncommander.client")
@@ -816,7 +815,7 @@ class Client(ClientSettings):
                     return
                 self._loop.call_soon(self._start_attempt, generation, resolved)
 
-            start_thread(resolve, "missioncommander-resolve")
+            threading.Thread(target=resolve, name="missioncommander-resolve", daemon=True).start()
             return
         try:
             bind = self._bind()

@@ -42,7 +42,6 @@ from ._events import ErrorCode, Hello
 from ._frames import MESSAGE_OVERHEAD
 from ._inbox import Budget, Inbox
 from ._loop import Driver
-from ._threads import start_thread
 
 if TYPE_CHECKING:
     from ._server import Server, _ServerLink, _Session
@@ -158,7 +157,8 @@ class ClusterNode:
 
     def start(self) -> None:
         self._stopping.clear()
-        self._thread = start_thread(self._run, "missioncommander-cluster")
+        self._thread = threading.Thread(target=self._run, name="missioncommander-cluster", daemon=True)
+        self._thread.start()
 
     def _background(self, fn: Any, *args: Any) -> None:
         """Run ``fn`` on the I/O worker; after ``stop()`` there is none, and

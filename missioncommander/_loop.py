@@ -28,7 +28,6 @@ from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar, cast
 
 from ._callbacks import mark_callback_thread
-from ._threads import start_thread
 
 log = logging.getLogger("missioncommander.loop")
 
@@ -174,7 +173,8 @@ class Loop:
         # three system calls and page faults per message.
         self.read_buffer = bytearray(_RECV_SIZE)
         self.read_view = memoryview(self.read_buffer)
-        self._thread = start_thread(self._run, name)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
 
     # -- thread-safe entry points --------------------------------------------
 

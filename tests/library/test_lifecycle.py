@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import gc
 import os
-import signal
 import socket
 import threading
 import time
@@ -268,37 +267,3 @@ def test_a_server_on_port_0_comes_back_on_the_port_it_prefers_while_that_is_free
     fixed = Server(interface="127.0.0.1", port=first)
     with socket.create_server(("127.0.0.1", first)), pytest.raises(BindError):
         fixed.start(prefer_port=busy)  # a port that is set is the port: the preference is for port 0 only
-
-
-def _blocked(native_id: int) -> int:
-    with open(f"/proc/self/task/{native_id}/status") as status:
-        return next(int(line.split()[1], 16) for line in status if line.startswith("SigBlk:"))
-
-
-def test_the_librarys_threads_leave_the_programs_signals_to_its_own_threads(make_client: MakeClient) -> None:
-    """Python runs signal handlers on the main thread only; a Ctrl-C the
-    kernel gave one of the library's threads (it does when the main thread
-    has a signal pending) left the main thread waiting on as if none had
-    come.  The library's threads block such signals from their start; the
-    thread that started them keeps its mask."""
-    before = _blocked(threading.get_native_id())
-    server = Server(interface="127.0.0.1", port=0)
-    server.subscribe("message", server.send)  # an echo
-    server.start()
-    try:
-        client = make_client(server)
-        got = Recorder().attach(client, "message")
-        client.connect()
-        client.send(Message("x"))  # the callback threads start too
-        got.wait_for(lambda: bool(got.of("message")), what="the echo")
-        ours = [t for t in threading.enumerate() if t.name.startswith("missioncommander-")]
-        assert {t.name for t in ours} >= {"missioncommander-io", "missioncommander-callbacks-0"}
-        wanted = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1}
-        for thread in ours:
-            assert thread.native_id is not None
-            mask = _blocked(thread.native_id)
-            assert all(mask & (1 << (sig - 1)) for sig in wanted), (thread.name, hex(mask))
-            assert not mask & (1 << (signal.SIGSEGV - 1))  # a fault stays its thread's
-        assert _blocked(threading.get_native_id()) == before
-    finally:
-        server.stop()
