@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from mc_cli.grammar import UsageError, parse
+from mc_cli.grammar import HELP_TOPICS, UsageError, parse
+from mc_cli.main import HELP, help_text
 from mc_control.schema import COMMANDS, REQUEST_ADAPTER
 
 # A CLI form of every command mcctl sends as a request.
@@ -177,3 +178,8 @@ def test_the_name_rule_the_gui_checks_is_the_schemas(name: str) -> None:
     except ValidationError:
         accepted = False
     assert accepted == (name_problem(name) is None)
+
+
+def test_every_help_topic_completion_offers_has_a_help_of_its_own() -> None:
+    assert all(help_text(topic) != HELP for topic in HELP_TOPICS)
+    assert help_text("nosuch") == HELP

@@ -317,6 +317,9 @@ def test_bash_completion_script_is_valid_bash(tmp_path: Path) -> None:
     assert complete("mcctl", "client", "se") == ["set", "send"]
     assert complete("mcctl", "wait", "s") == ["server", "stopped"]
     assert complete("mcctl", "wait", "server", "") == ["listening", "stopped"]
+    assert complete("mcctl", "st") == ["stats"]  # the commands the grammar has, each of them
+    assert complete("mcctl", "to") == ["top"]
+    assert complete("mcctl", "help", "") == ["client", "server", "events", "stats", "wait", "daemon"]
 
 
 def test_connect_says_how_the_first_attempt_went(mcd: Mcd) -> None:

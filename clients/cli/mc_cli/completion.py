@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from mc_control.codes import CLIENT_KEYS, SERVER_KEYS
 
-from .grammar import CLIENT_STATES, CLIENT_VERBS, OPTIONS, SERVER_STATES, SERVER_VERBS
+from .grammar import (
+    CLIENT_STATES,
+    CLIENT_VERBS,
+    DAEMON_VERBS,
+    HELP_TOPICS,
+    OPTIONS,
+    SERVER_STATES,
+    SERVER_VERBS,
+    TOP_COMMANDS,
+)
 
 _BASH = """\
 # bash completion for mcctl; install with:
@@ -22,11 +31,11 @@ _mcctl() {
         1:server:) COMPREPLY=($(compgen -W "@SERVER_VERBS@" -- "$cur")) ;;
         2:client:set|2:client:get) COMPREPLY=($(compgen -W "@CLIENT_KEYS@" -- "$cur")) ;;
         2:server:set|2:server:get) COMPREPLY=($(compgen -W "@SERVER_KEYS@" -- "$cur")) ;;
-        1:daemon:) COMPREPLY=($(compgen -W "status stop" -- "$cur")) ;;
+        1:daemon:) COMPREPLY=($(compgen -W "@DAEMON_VERBS@" -- "$cur")) ;;
         1:wait:) COMPREPLY=($(compgen -W "client server @STATES@" -- "$cur")) ;;
         2:wait:client) COMPREPLY=($(compgen -W "@CLIENT_STATES@" -- "$cur")) ;;
         2:wait:server) COMPREPLY=($(compgen -W "@SERVER_STATES@" -- "$cur")) ;;
-        1:help:) COMPREPLY=($(compgen -W "client server" -- "$cur")) ;;
+        1:help:) COMPREPLY=($(compgen -W "@HELP_TOPICS@" -- "$cur")) ;;
         1:completion:) COMPREPLY=($(compgen -W "bash zsh" -- "$cur")) ;;
     esac
 }
@@ -42,10 +51,11 @@ autoload -U +X bashcompinit && bashcompinit
 
 
 def script(shell: str) -> str:
-    top = "client server list events watch wait daemon version shell completion help"
     bash = (
         _BASH.replace("@OPTIONS@", " ".join(OPTIONS))
-        .replace("@TOP@", top)
+        .replace("@TOP@", " ".join(TOP_COMMANDS))
+        .replace("@DAEMON_VERBS@", " ".join(DAEMON_VERBS))
+        .replace("@HELP_TOPICS@", " ".join(HELP_TOPICS))
         .replace("@CLIENT_VERBS@", " ".join(CLIENT_VERBS))
         .replace("@SERVER_VERBS@", " ".join(SERVER_VERBS))
         .replace("@CLIENT_KEYS@", " ".join(CLIENT_KEYS))

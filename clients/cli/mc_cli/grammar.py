@@ -76,6 +76,8 @@ TOP_COMMANDS = (
     "help",
 )
 DAEMON_VERBS = ("status", "stop")
+#: What `help TOPIC` explains (main.help_text; top, watch and version too, as aliases).
+HELP_TOPICS = ("client", "server", "events", "stats", "wait", "daemon")
 CLIENT_STATES = ("connected", "disconnected", "connecting", "reconnecting", "failed", "unconfigured")
 SERVER_STATES = ("listening", "stopped")
 

@@ -27,6 +27,8 @@ from .commands import EXIT_OK, Printer, answer_timeout, run_request, run_top, ru
 from .grammar import (
     CLIENT_STATES,
     CLIENT_VERBS,
+    DAEMON_VERBS,
+    HELP_TOPICS,
     OPTIONS,
     SERVER_STATES,
     SERVER_VERBS,
@@ -215,9 +217,9 @@ class Shell:
                 return self.client_ids(name)
             return []
         if head == "daemon" and len(words) == 1:
-            return ["status", "stop"]
+            return list(DAEMON_VERBS)
         if head == "help" and len(words) == 1:
-            return ["client", "server", "all"]
+            return [*HELP_TOPICS, "all"]
         if head == "wait" and len(words) == 1:
             return ["client", "server", *CLIENT_STATES, *SERVER_STATES]
         if head == "wait" and len(words) == 2 and words[1] in ("client", "server"):
