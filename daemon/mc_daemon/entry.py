@@ -9,7 +9,6 @@ handlers exist as short as the interpreter allows.
 
 import signal
 import sys
-import time
 
 _received: list[int] = []
 
@@ -22,6 +21,8 @@ def run() -> int:
     """The ``mcd`` command."""
     signal.signal(signal.SIGTERM, _note)
     signal.signal(signal.SIGINT, _note)
+    import time  # noqa: PLC0415 - after the handlers, as everything else
+
     since = time.monotonic()
     from .main import main  # noqa: PLC0415 - after the handlers, on purpose
 
