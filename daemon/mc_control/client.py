@@ -101,6 +101,12 @@ def _unreachable(exc: OSError | TimeoutError, path: str) -> DaemonUnreachable:
             f"mcd is not running: {path} is a stale socket (the daemon died)",
             f"see `journalctl --user -u mcd` or its log, then start it again: {start}",
         )
+    if exc.errno in (errno.ECONNRESET, errno.EPIPE):
+        # Hung up with our command unread: a daemon that stopped or died
+        # meanwhile, as an orderly close.
+        return DaemonUnreachable(
+            "closed", path, "mcd closed the connection", "see `journalctl --user -u mcd` or its log"
+        )
     if exc.errno in (errno.EACCES, errno.EPERM):
         return DaemonUnreachable(
             "permission",

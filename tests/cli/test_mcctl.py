@@ -262,6 +262,64 @@ def test_daemon_not_running_says_why_and_exits_3(tmp_path: Path, kind: str) -> N
     assert json.loads(as_json.stdout)["error"]["code"] == f"daemon_{kind}"
 
 
+def test_daemon_wait_waits_for_an_mcd_that_is_starting() -> None:
+    # `mcd & mcctl server start` in a script found no socket: mcd takes a
+    # fraction of a second to make it.  `daemon wait` bridges that.  Here a
+    # listener of the test's stands where mcd will be, hanging up on each
+    # attempt, so the test sees mcctl try, fail and try again before mcd starts.
+    mcd = Mcd()
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(mcd.socket))
+    listener.listen()
+    listener.settimeout(30)
+    proc = subprocess.Popen(
+        [*mcctl_command(), "--json", "daemon", "wait", "--timeout", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "MC_SOCKET": str(mcd.socket)},
+    )
+    try:
+        for _ in range(2):
+            conn, _ = listener.accept()  # mcctl tried ...
+            conn.close()  # ... and found nobody to answer
+        listener.close()
+        mcd.socket.unlink()
+        mcd.start()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert json.loads(out) == {
+            "version": mcd.request("hello")["version"],
+            "pid": mcd.proc.pid,
+            "socket": str(mcd.socket),
+        }  # type: ignore[union-attr]
+        assert run("list", socket_path=mcd.socket).returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        mcd.close()
+
+
+def test_daemon_wait_gives_up_after_its_timeout_with_exit_4(tmp_path: Path) -> None:
+    path = tmp_path / "mcd.sock"
+    out = run("daemon", "wait", "--timeout", "0.2", socket_path=path)
+    assert out.returncode == 4, out.stderr
+    assert f"mcd did not answer at {path} within 0.2 s (last: mcd is not running" in out.stderr
+    assert "Traceback" not in out.stderr
+    as_json = run("--json", "daemon", "wait", "--timeout", "0.2", socket_path=path)
+    assert as_json.returncode == 4 and json.loads(as_json.stdout)["error"]["code"] == "timeout"
+
+
+def test_daemon_wait_does_not_wait_for_what_waiting_cannot_fix(tmp_path: Path) -> None:
+    # A path that is not a socket will not become mcd's: exit 3 at once,
+    # not after the hour asked for (run() would time out first).
+    path = tmp_path / "mcd.sock"
+    path.write_text("not a socket")
+    out = run("daemon", "wait", "--timeout", "3600", socket_path=path, timeout=60)
+    assert out.returncode == 3 and "is not a socket" in out.stderr
+
+
 def test_help_lists_commands_and_exit_codes() -> None:
     out = run("--help")
     assert out.returncode == 0
@@ -281,6 +339,8 @@ def test_help_lists_commands_and_exit_codes() -> None:
         (("help", "stats"), "top [--name NAME]"),
         (("wait", "--help"), "server STATE: listening, stopped"),
         (("help", "daemon"), "daemon stop"),
+        (("help", "daemon"), "mcd & mcctl daemon wait"),
+        (("wait", "--help"), "mcctl daemon wait"),
     ],
 )
 def test_help_on_a_command_is_about_that_command(argv: tuple[str, ...], needle: str) -> None:

@@ -100,6 +100,8 @@ def test_shell_with_a_daemon(mcd: Mcd, tmp_path: Path) -> None:
         mark = len(sh.text)
         sh.line("client status")
         sh.expect("client default: connected", start=mark)
+        sh.line("daemon wait")
+        sh.expect(f"is up (pid {mcd.proc.pid}, {mcd.socket})", start=mark)  # type: ignore[union-attr]
         sh.line("frobnicate")
         sh.expect("unknown command 'frobnicate'")
         sh.line("client send x '{bad'")
@@ -130,6 +132,8 @@ def test_embedded_shell_without_a_daemon(tmp_path: Path) -> None:
         mark = len(sh.text)
         sh.line("daemon stop")
         sh.expect("error: no mcd is running", start=mark)
+        sh.line("daemon wait")
+        sh.expect("error: no mcd to wait for", start=mark)
         sh.line("list")
         sh.expect("server  default  listening", start=mark)
         assert "shutting down" not in sh.text[mark:]

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from typing import Any, Protocol
 
+    from mc_control import ControlClient
+
     class Transport(Protocol):
         """What mcctl needs of a daemon: ControlClient, or the embedded core."""
 
@@ -251,6 +253,49 @@ def run_version(hello: Callable[[], dict[str, Any]], printer: Printer) -> int:
             f"mcctl speaks API {API_VERSION} but mcd speaks API {theirs['api_version']}; upgrade the older one"
         )
     return EXIT_OK
+
+
+#: How long ``daemon wait`` waits unless told (--timeout).
+DAEMON_WAIT = 10.0
+#: How often ``daemon wait`` looks again for a daemon that is not there yet.
+DAEMON_POLL = 0.05
+#: What ``daemon wait`` waits through: a daemon that has not made its socket
+#: yet, or whose socket is an old one it is about to replace.  Anything else
+#: (a socket that is not ours, a path that is not a socket) will not change
+#: by waiting.
+_NOT_YET = ("missing", "stale", "closed", "timeout")
+
+
+def run_daemon_wait(connect: Callable[[float], ControlClient], timeout: float, printer: Printer, path: str) -> int:
+    """Block until mcd answers ``hello`` (``connect(t)`` opens a connection
+    waiting ``t`` seconds for answers), at most ``timeout`` seconds: for a
+    script that starts mcd in the background (``mcd & mcctl daemon wait``),
+    which would otherwise find no socket for the fraction of a second mcd
+    takes to start."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with connect(max(0.05, left)) as client:
+                hello = client.request("hello")
+        except DaemonUnreachable as exc:
+            if exc.kind not in _NOT_YET:
+                return printer.unreachable(exc)
+            if time.monotonic() + DAEMON_POLL >= deadline:
+                printer.error(
+                    "timeout",
+                    f"mcd did not answer at {path} within {timeout:g} s (last: {exc.message})",
+                    {"socket": path},
+                    "is mcd starting? its log says why it is not (or raise --timeout)",
+                )
+                return EXIT_TIMEOUT
+            time.sleep(DAEMON_POLL)
+            continue
+        printer.result(
+            f"mcd {hello['version']} is up (pid {hello['pid']}, {path})",
+            {"version": hello["version"], "pid": hello["pid"], "socket": path},
+        )
+        return EXIT_OK
 
 
 def run_events(inv: Invocation, transport: Transport, printer: Printer) -> int:

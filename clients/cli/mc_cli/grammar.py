@@ -75,7 +75,7 @@ TOP_COMMANDS = (
     "completion",
     "help",
 )
-DAEMON_VERBS = ("status", "stop")
+DAEMON_VERBS = ("status", "stop", "wait")
 #: What `help TOPIC` explains (main.help_text; top, watch and version too, as aliases).
 HELP_TOPICS = ("client", "server", "events", "stats", "wait", "daemon")
 CLIENT_STATES = ("connected", "disconnected", "connecting", "reconnecting", "failed", "unconfigured")
@@ -151,8 +151,8 @@ class Options:
 
 class Invocation:
     """What to do.  ``action`` is ``request`` (send ``cmd`` with ``params``),
-    or one of ``events``, ``wait``, ``version``, ``help``, ``shell``,
-    ``completion``."""
+    or one of ``events``, ``wait``, ``daemon_wait``, ``version``, ``help``,
+    ``shell``, ``completion``."""
 
     __slots__ = ("action", "cmd", "options", "params", "topic", "words")
 
@@ -342,8 +342,11 @@ def parse(argv: list[str], read_stdin: Callable[[], str] | None = None) -> Invoc
         inv.params = {"kind": kind, "name": opts.name, "state": state}
     elif head == "daemon":
         if len(rest) != 1 or rest[0] not in DAEMON_VERBS:
-            raise UsageError("usage: daemon status|stop")
-        inv.cmd = "daemon.status" if rest[0] == "status" else "daemon.shutdown"
+            raise UsageError("usage: daemon status|stop|wait")
+        if rest[0] == "wait":
+            inv.action = "daemon_wait"
+        else:
+            inv.cmd = "daemon.status" if rest[0] == "status" else "daemon.shutdown"
     elif head == "version":
         _expect(rest, 0, "version")
         inv.action = "version"

@@ -6,13 +6,15 @@ import os
 import sys
 from collections.abc import Callable
 
-from mc_control import ControlClient, DaemonUnreachable
+from mc_control import ControlClient, DaemonUnreachable, default_socket_path
 
 from .commands import (
+    DAEMON_WAIT,
     EXIT_OK,
     EXIT_USAGE,
     Printer,
     answer_timeout,
+    run_daemon_wait,
     run_events,
     run_request,
     run_top,
@@ -54,7 +56,7 @@ other commands:
   wait [client|server] [--name N] STATE   block until an instance is in STATE
                                 (client: connected, disconnected, connecting, reconnecting,
                                 failed, unconfigured; server: listening, stopped)
-  daemon status | stop
+  daemon status | stop | wait   mcd's status; stop it; wait until it answers (after `mcd &`)
   version                       mcctl's and mcd's versions
   shell                         the interactive shell (also: python3 -m missioncommander cli)
   completion bash|zsh           print a shell completion script
@@ -71,7 +73,7 @@ exit status:
   1  the daemon refused or the command failed
   2  usage error (bad command, key, value or JSON; nothing was sent)
   3  the daemon is not reachable (not running, stale socket, permission, no answer)
-  4  timeout (connect, wait, request)
+  4  timeout (connect, wait, request, daemon wait)
 """
 
 CLIENT_HELP = """\
@@ -154,9 +156,14 @@ wait [client|server] [--name NAME] STATE [--timeout S]
   client STATE: connected, disconnected, connecting, reconnecting, failed, unconfigured
   server STATE: listening, stopped
   e.g. mcctl client connect --no-wait && mcctl wait client connected --timeout 30
+  (for mcd itself to answer: mcctl daemon wait)
 """
 
 DAEMON_HELP = """\
+daemon wait     block until mcd answers, then exit 0; exit 4 if --timeout S seconds (default
+                10) pass first.  A script that starts mcd itself waits with it before its
+                first command, for the fraction of a second mcd takes to make its socket:
+                  mcd & mcctl daemon wait && mcctl server start
 daemon status   mcd's process id, version, control socket, state directory, instance count
 daemon stop     stop mcd: servers announce the shutdown to their clients, hosted clients
                 disconnect cleanly, and the state is saved: when mcd starts again it brings
@@ -199,6 +206,11 @@ def execute(inv: Invocation, printer: Printer, factory: Callable[[], ControlClie
                 return client.request("hello")
 
         return run_version(hello, printer)
+    if inv.action == "daemon_wait":
+        path = inv.options.socket or default_socket_path()
+        return run_daemon_wait(
+            lambda t: ControlClient(path, timeout=t), inv.options.timeout or DAEMON_WAIT, printer, path
+        )
     try:
         with factory() as client:
             if inv.action == "events":

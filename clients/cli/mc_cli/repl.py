@@ -23,7 +23,17 @@ from mc_control import ControlClient, DaemonUnreachable
 from mc_control.codes import CLIENT_KEYS, EVENT_NAMES, SERVER_KEYS
 
 from . import output
-from .commands import EXIT_OK, Printer, answer_timeout, run_request, run_top, run_version, run_wait
+from .commands import (
+    DAEMON_WAIT,
+    EXIT_OK,
+    Printer,
+    answer_timeout,
+    run_daemon_wait,
+    run_request,
+    run_top,
+    run_version,
+    run_wait,
+)
 from .grammar import (
     CLIENT_STATES,
     CLIENT_VERBS,
@@ -352,6 +362,17 @@ class Shell:
             self.show("events are printed here as they happen")
         elif inv.action == "version":
             run_version(lambda: self.transport.request("hello"), self.printer)
+        elif inv.action == "daemon_wait":
+            if isinstance(self.transport, ControlClient):
+                path = self.transport.path
+                run_daemon_wait(
+                    lambda t: ControlClient(path, timeout=t), inv.options.timeout or DAEMON_WAIT, self.printer, path
+                )
+            else:
+                self.show(
+                    "error: no mcd to wait for: this shell hosts its clients and servers itself "
+                    "(embedded mode); an mcd started now is used by the next shell"
+                )
         else:
             if isinstance(self.transport, ControlClient):
                 # Kept for every command: each gets its own wait (a
