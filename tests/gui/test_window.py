@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("PySide6", reason="the window tests need PySide6: pip install -e '.[test,gui]'")
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QPoint, QRect, Qt
 from PySide6.QtWidgets import QApplication, QFormLayout, QScrollArea
 from pytestqt.qtbot import QtBot
 from support import Recorder, free_port
@@ -368,6 +368,25 @@ def test_the_window_offers_every_setting_of_the_control_api(gui: TrayApp) -> Non
         editable = [*tab.fields(), *getattr(tab, "toggles", {}).values()]
         for key in keys:
             assert getattr(tab, "token" if key == "auth_token" else key) in editable, f"{tab.kind} {key}"
+
+
+def test_each_tab_shows_its_log_at_the_windows_first_size(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:
+    """The log sits under the send box, beside the settings: at the size the
+    window opens with it shows several lines without scrolling, on both tabs
+    (under the server tab's settings and clients it was below the fold)."""
+    window = gui.window
+    window.show()
+    qtbot.waitExposed(window)
+    for index, tab in enumerate((window.client_tab, window.server_tab)):
+        window.tabs.setCurrentIndex(index)
+        settle()
+        area = window.tabs.currentWidget()
+        assert isinstance(area, QScrollArea)
+        viewport = area.viewport()
+        assert viewport is not None
+        shown = QRect(tab.log.mapTo(viewport, QPoint(0, 0)), tab.log.size())
+        assert viewport.rect().contains(shown), f"{tab.kind} tab: log at {shown}, viewport {viewport.rect()}"
+        assert tab.log.height() >= 8 * tab.log.fontMetrics().lineSpacing(), f"{tab.kind} tab"
 
 
 def test_layout_holds_still(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:

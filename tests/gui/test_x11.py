@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import select
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -47,8 +48,8 @@ def display() -> Iterator[str]:
         xvfb.wait(10)
 
 
-def test_mctray_shows_its_window_on_a_real_x_server(display: str) -> None:
-    mcd = Mcd().start()
+def start_tray(display: str, mcd: Mcd) -> subprocess.Popen[str]:
+    """mctray on ``display``, driving ``mcd``, once its window shows."""
     env = mcd.env() | {"DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
     env.pop("WAYLAND_DISPLAY", None)
     tray = subprocess.Popen(
@@ -58,21 +59,52 @@ def test_mctray_shows_its_window_on_a_real_x_server(display: str) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
+    found = subprocess.run(
+        ["xdotool", "search", "--sync", "--onlyvisible", "--name", "^MissionCommander$"],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if tray.poll() is not None:
+        raise AssertionError(f"mctray exited {tray.returncode}: {tray.communicate()[1]}")
+    assert found.returncode == 0 and found.stdout.split(), found.stderr
+    return tray
+
+
+def test_mctray_shows_its_window_on_a_real_x_server(display: str) -> None:
+    mcd = Mcd().start()
+    tray: subprocess.Popen[str] | None = None
     try:
-        found = subprocess.run(
-            ["xdotool", "search", "--sync", "--onlyvisible", "--name", "^MissionCommander$"],
-            env=env,
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert tray.poll() is None, f"mctray exited {tray.returncode}: {tray.communicate()[1]}"
-        assert found.returncode == 0 and found.stdout.split(), found.stderr
+        tray = start_tray(display, mcd)
     finally:
-        tray.terminate()
-        _, err = tray.communicate(timeout=20)
+        err = ""
+        if tray is not None:
+            tray.terminate()
+            _, err = tray.communicate(timeout=20)
         mcd.stop()
         mcd.close()
     assert "Traceback" not in err
     assert "Could not load the Qt platform plugin" not in err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_quits_mctray_cleanly(display: str, signum: int) -> None:
+    # Before, Ctrl-C waited for the next Python slot (up to a second), then
+    # raised KeyboardInterrupt inside it and left the window up.
+    mcd = Mcd().start()
+    try:
+        tray = start_tray(display, mcd)
+        try:
+            tray.send_signal(signum)
+            _, err = tray.communicate(timeout=20)
+        finally:
+            if tray.poll() is None:
+                tray.kill()
+                tray.communicate(timeout=20)
+    finally:
+        mcd.stop()
+        mcd.close()
+    assert tray.returncode == 128 + signum, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
+from PySide6.QtCore import QSocketNotifier
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QApplication, QMenu, QSystemTrayIcon
 
@@ -153,6 +157,47 @@ def _named(name: str) -> str:
     return "" if name == "default" else f" {name}"
 
 
+def quit_on_signals(app: QApplication) -> Callable[[], None]:
+    """Have Ctrl-C (SIGINT) and SIGTERM quit the GUI as its Quit does, at
+    once, with status 128 + the signal's number; returns what undoes it.
+
+    Qt's event loop runs in C++, where Python's own handler only ran at the
+    next Python slot (the live figures' timer, up to a second later), as a
+    KeyboardInterrupt traceback inside that slot that left the GUI running.
+    The signal's byte on a socket pair wakes the loop instead, and the
+    handler runs in the slot that reads it.
+    """
+    receive, send = socket.socketpair()
+    receive.setblocking(False)
+    send.setblocking(False)
+    previous_fd = signal.set_wakeup_fd(send.fileno(), warn_on_full_buffer=False)
+    notifier = QSocketNotifier(receive.fileno(), QSocketNotifier.Type.Read)
+
+    def drain() -> None:
+        try:
+            while receive.recv(512):
+                pass
+        except BlockingIOError:
+            pass
+
+    notifier.activated.connect(drain)
+
+    def handle(signum: int, _frame: object) -> None:
+        app.exit(128 + signum)
+
+    previous = {signum: signal.signal(signum, handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        signal.set_wakeup_fd(previous_fd)
+        notifier.setEnabled(False)
+        receive.close()
+        send.close()
+
+    return restore
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mctray", description="MissionCommander in the system tray.")
     parser.add_argument("--socket", help="mcd's control socket (default: $MC_SOCKET or the user runtime dir)")
@@ -164,9 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     tray_app = TrayApp(args.socket, show_window=not args.hidden)
     # With a tray, closing the window leaves the app running in the tray.
     app.setQuitOnLastWindowClosed(tray_app.tray is None)
+    restore_signals = quit_on_signals(app)
     try:
         return app.exec()
     finally:
+        restore_signals()
         tray_app.close()
 
 

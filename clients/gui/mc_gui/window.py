@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLayout,
     QLineEdit,
     QListWidget,
     QListWidgetItem,
@@ -369,17 +370,28 @@ class InstanceTab(QWidget):
         self.figures = FiguresBox()
         self._polling = False
 
-    def lay_out(self, top: QHBoxLayout) -> None:
-        """The tab from top to bottom: the picker and the state, ``top`` (the
-        settings and the send box), the live figures, and the log, which
-        takes the height that is left."""
+    def lay_out(self, settings: QWidget | QLayout, send_box: QGroupBox) -> None:
+        """The tab from top to bottom: the picker and the state; ``settings``
+        beside a column of ``send_box`` over the log, which takes the height
+        the settings leave there (so it shows at the window's first size,
+        without scrolling); and the live figures across."""
         layout = QVBoxLayout(self)
         layout.addLayout(self.header())
-        layout.addLayout(top)
-        layout.addWidget(self.figures)
+        top = QHBoxLayout()
+        if isinstance(settings, QLayout):
+            top.addLayout(settings, 1)
+        else:
+            top.addWidget(settings, 1)
+        right = QVBoxLayout()
+        # The send box keeps its own height; the log gets what is left.
+        send_box.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+        right.addWidget(send_box)
         log_box = QGroupBox("Log")
         QVBoxLayout(log_box).addWidget(self.log)
-        layout.addWidget(log_box, 1)
+        right.addWidget(log_box, 1)
+        top.addLayout(right, 1)
+        layout.addLayout(top, 1)
+        layout.addWidget(self.figures)
 
     def header(self) -> QVBoxLayout:
         row = QHBoxLayout()
@@ -673,10 +685,7 @@ class ClientTab(InstanceTab):
         self.send_box.send.clicked.connect(self.send_message)
         self.send_box.ask.clicked.connect(self.request_message)
 
-        top = QHBoxLayout()
-        top.addWidget(settings, 3)
-        top.addWidget(self.send_box, 2)
-        self.lay_out(top)
+        self.lay_out(settings, self.send_box)
 
     def fields(self) -> list[Field]:
         return [
@@ -880,13 +889,10 @@ class ServerTab(InstanceTab):
         self.send_box.send.clicked.connect(self.send_message)
         self.send_box.ask.clicked.connect(self.request_message)
 
-        top = QHBoxLayout()
         left = QVBoxLayout()
         left.addWidget(settings)
         left.addWidget(clients_box, 1)
-        top.addLayout(left, 3)
-        top.addWidget(self.send_box, 2)
-        self.lay_out(top)
+        self.lay_out(left, self.send_box)
 
     def fields(self) -> list[Field]:
         return [
