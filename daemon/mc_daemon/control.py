@@ -25,6 +25,7 @@ from mc_control.codes import MAX_LINE, ErrorCode
 from .core import CoreError, DaemonCore
 from .dispatch import Dispatcher
 from .events import Subscription
+from .files import bind_control_socket
 
 log = logging.getLogger("mcd.control")
 
@@ -69,23 +70,10 @@ class ControlServer:
         self._lock = threading.Lock()
         self._closing = False
 
-    def start(self) -> None:
-        """Bind atomically: a temporary name, chmod 0600, then rename over ``path``."""
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)
-        try:
-            sock.bind(str(tmp))
-        finally:
-            os.umask(old_umask)
-        os.chmod(tmp, 0o600)
-        sock.listen(64)
-        os.replace(tmp, self.path)
-        self._listener = sock
+    def start(self, listener: socket.socket | None = None) -> None:
+        """Accept on ``listener`` (a socket ``bind_control_socket`` made at
+        ``path``), or bind ``path`` now."""
+        self._listener = listener if listener is not None else bind_control_socket(self.path)
         thread = threading.Thread(target=self._accept_loop, name="mcd-accept", daemon=True)
         thread.start()
 

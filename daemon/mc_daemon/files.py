@@ -6,6 +6,8 @@ directories others can reach.
   mcd serves a socket path; never opened through a symlink.
 * ``claim_socket_path``: whether a daemon already answers at the socket
   path, removing a stale socket but nothing that is not a socket.
+* ``bind_control_socket``: the control socket, mode 0600 from its first
+  instant, listening.
 """
 
 from __future__ import annotations
@@ -133,3 +135,30 @@ def claim_socket_path(path: Path) -> bool:
         except OSError:
             return False
     return True
+
+
+def bind_control_socket(path: Path) -> socket.socket:
+    """A listening Unix socket at ``path``, bound atomically: a temporary
+    name, mode 0600 before anyone can connect, then renamed over ``path``.
+
+    Connections made before anything accepts wait in the backlog: mcd binds
+    this before it loads the rest of itself, so an ``mcctl`` started just
+    after it waits for its answer instead of finding no socket.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(str(tmp))
+        finally:
+            os.umask(old_umask)
+        os.chmod(tmp, 0o600)
+        sock.listen(64)
+        os.replace(tmp, path)
+    except OSError:
+        sock.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    return sock

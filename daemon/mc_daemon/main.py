@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from mc_control.client import default_socket_path
 
-from .files import SocketInUse, SocketLock, claim_socket_path, secure_directory
+from .files import SocketInUse, SocketLock, bind_control_socket, claim_socket_path, secure_directory
 
 if TYPE_CHECKING:
     from .control import ControlServer
@@ -282,6 +282,9 @@ class _Startup:
         self.stop = stop
         self.lock: SocketLock | None = None
         self.server: ControlServer | None = None
+        #: The control socket until the server takes it over, and its path.
+        self.listener: socket.socket | None = None
+        self.socket_path: Path | None = None
         self.core: DaemonCore | None = None
         self.metrics: MetricsServer | None = None
         self.notifier = Notifier(os.environ.get("NOTIFY_SOCKET"))
@@ -299,6 +302,15 @@ class _Startup:
                 return 1
         except (OSError, SocketInUse) as exc:
             print(f"mcd: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+            return 1
+        # Listening before the imports below (most of start-up): a client
+        # started with mcd waits in the backlog for its answer rather than
+        # finding no socket.
+        try:
+            self.listener = bind_control_socket(socket_path)
+            self.socket_path = socket_path
+        except OSError as exc:
+            print(f"mcd: cannot listen on {socket_path}: {exc.strerror or exc}", file=sys.stderr)
             return 1
 
         # Imported after the checks above so a refused second daemon stays quick.
@@ -319,12 +331,8 @@ class _Startup:
             request_shutdown=self.stop.set,
             info={"socket": str(socket_path), "state_dir": str(state_dir)},
         )
-        try:
-            self.server.start()
-        except OSError as exc:
-            self.server = None
-            print(f"mcd: cannot listen on {socket_path}: {exc.strerror or exc}", file=sys.stderr)
-            return 1
+        listener, self.listener = self.listener, None
+        self.server.start(listener)
         if args.metrics is not None:
             from .metrics import MetricsServer  # noqa: PLC0415 - prometheus-client only when asked
 
@@ -354,6 +362,9 @@ class _Startup:
             self.metrics.close()
         if self.server is not None:
             self.server.close()
+        elif self.listener is not None and self.socket_path is not None:  # stopped before the server took it
+            self.listener.close()
+            self.socket_path.unlink(missing_ok=True)
         if self.core is not None:
             self.core.shutdown()
             log.info("mcd stopped")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from support import Recorder, free_port, wait_until
+from support.cli import mcctl_command
 from support.cli import run as run_mcctl
 from support.mcd import Mcd, mcd_env
 
@@ -57,6 +58,61 @@ def test_ready_status_and_socket_permissions(mcd: Mcd) -> None:
     start_server(mcd)
     # systemd's STATUS= line follows what the daemon hosts.
     assert mcd.wait_notification("1 of 1 server(s) listening").startswith("STATUS=")
+
+
+# Loaded by the mcd below as its sitecustomize: mcd's import of its core
+# (after it took its lock) says so on one pipe and waits for a byte on another.
+IMPORT_GATE = """
+import importlib.abc, os, sys
+class Gate(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "mc_daemon.core":
+            os.write(int(os.environ["GATE_REACHED"]), b"!")
+            os.read(int(os.environ["GATE_OPEN"]), 1)  # a byte, or EOF if the test died
+        return None
+sys.meta_path.insert(0, Gate())
+"""
+
+
+def test_mcd_listens_before_it_loads_itself_so_an_early_mcctl_gets_its_answer(tmp_path: Path) -> None:
+    """`mcd & mcctl list`: mcd binds its control socket right after its lock,
+    before the imports that take most of its start-up, so an mcctl run in
+    that window waits in the backlog and is answered instead of finding no
+    socket (exit 3)."""
+    (tmp_path / "gate").mkdir()
+    (tmp_path / "gate" / "sitecustomize.py").write_text(IMPORT_GATE)
+    reached_r, reached_w = os.pipe()
+    open_r, open_w = os.pipe()
+    socket_path = Path(tempfile.mkdtemp(prefix="mc", dir="/tmp")) / "mcd.sock"
+    env = mcd_env() | {"GATE_REACHED": str(reached_w), "GATE_OPEN": str(open_r)}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "gate"), env["PYTHONPATH"]])
+    cmd = [sys.executable, "-m", "mc_daemon", "--socket", str(socket_path), "--state-dir", str(tmp_path / "state")]
+    daemon = subprocess.Popen(cmd, env=env, pass_fds=(reached_w, open_r), stderr=subprocess.PIPE, text=True)
+    os.close(reached_w)
+    os.close(open_r)
+    try:
+        ready, _, _ = select.select([reached_r], [], [], 30)
+        assert ready and os.read(reached_r, 1) == b"!", "mcd never reached the import of its core"
+        assert stat.S_ISSOCK(os.lstat(socket_path).st_mode), "no control socket while mcd loads itself"
+        assert stat.S_IMODE(os.lstat(socket_path).st_mode) == 0o600
+        early = subprocess.Popen(
+            [*mcctl_command(), "--json", "list"],
+            env=mcd_env() | {"MC_SOCKET": str(socket_path)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        os.write(open_w, b"!")
+        out, err = early.communicate(timeout=60)
+        assert early.returncode == 0, err
+        assert json.loads(out)["instances"] == []
+    finally:
+        os.close(open_w)
+        os.close(reached_r)
+        daemon.send_signal(signal.SIGTERM)
+        _, daemon_err = daemon.communicate(timeout=30)
+        shutil.rmtree(socket_path.parent, ignore_errors=True)
+    assert daemon.returncode == 0 and "Traceback" not in daemon_err, daemon_err
 
 
 def test_client_and_server_commands_end_to_end(mcd: Mcd) -> None:
