@@ -25,7 +25,6 @@ from mc_control.codes import MAX_LINE, ErrorCode
 from .core import CoreError, DaemonCore
 from .dispatch import Dispatcher
 from .events import Subscription
-from .files import bind_control_socket
 
 log = logging.getLogger("mcd.control")
 
@@ -70,10 +69,10 @@ class ControlServer:
         self._lock = threading.Lock()
         self._closing = False
 
-    def start(self, listener: socket.socket | None = None) -> None:
-        """Accept on ``listener`` (a socket ``bind_control_socket`` made at
-        ``path``), or bind ``path`` now."""
-        self._listener = listener if listener is not None else bind_control_socket(self.path)
+    def start(self, listener: socket.socket) -> None:
+        """Accept on ``listener``, the socket ``files.bind_control_socket``
+        made at ``path`` (mcd binds it early, before it loads this module)."""
+        self._listener = listener
         thread = threading.Thread(target=self._accept_loop, name="mcd-accept", daemon=True)
         thread.start()
 

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 from support import Recorder, free_port, wait_until
-from support.cli import mcctl_command
 from support.cli import run as run_mcctl
 from support.mcd import Mcd, mcd_env
 
@@ -74,11 +73,11 @@ sys.meta_path.insert(0, Gate())
 """
 
 
-def test_mcd_listens_before_it_loads_itself_so_an_early_mcctl_gets_its_answer(tmp_path: Path) -> None:
+def test_mcd_listens_before_it_loads_itself_so_an_early_request_is_answered(tmp_path: Path) -> None:
     """`mcd & mcctl list`: mcd binds its control socket right after its lock,
-    before the imports that take most of its start-up, so an mcctl run in
+    before the imports that take most of its start-up, so a request sent in
     that window waits in the backlog and is answered instead of finding no
-    socket (exit 3)."""
+    socket (mcctl's exit 3)."""
     (tmp_path / "gate").mkdir()
     (tmp_path / "gate" / "sitecustomize.py").write_text(IMPORT_GATE)
     reached_r, reached_w = os.pipe()
@@ -95,22 +94,23 @@ def test_mcd_listens_before_it_loads_itself_so_an_early_mcctl_gets_its_answer(tm
         assert ready and os.read(reached_r, 1) == b"!", "mcd never reached the import of its core"
         assert stat.S_ISSOCK(os.lstat(socket_path).st_mode), "no control socket while mcd loads itself"
         assert stat.S_IMODE(os.lstat(socket_path).st_mode) == 0o600
-        early = subprocess.Popen(
-            [*mcctl_command(), "--json", "list"],
-            env=mcd_env() | {"MC_SOCKET": str(socket_path)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        os.write(open_w, b"!")
-        out, err = early.communicate(timeout=60)
-        assert early.returncode == 0, err
-        assert json.loads(out)["instances"] == []
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as early:
+            early.settimeout(60)
+            early.connect(str(socket_path))
+            early.sendall(b'{"id":1,"cmd":"list"}\n')  # sent while mcd is still held at the gate
+            os.write(open_w, b"!")
+            reply = early.makefile("rb").readline()
+        assert json.loads(reply) == {"id": 1, "ok": True, "result": {"instances": []}}
     finally:
         os.close(open_w)
         os.close(reached_r)
         daemon.send_signal(signal.SIGTERM)
-        _, daemon_err = daemon.communicate(timeout=30)
+        try:
+            _, daemon_err = daemon.communicate(timeout=30)
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.communicate(timeout=30)
         shutil.rmtree(socket_path.parent, ignore_errors=True)
     assert daemon.returncode == 0 and "Traceback" not in daemon_err, daemon_err
 
