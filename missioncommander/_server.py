@@ -387,6 +387,16 @@ class Server(ServerSettings):
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    def __repr__(self) -> str:
+        # This node's sessions only: a repr must never wait on Redis.
+        where = f"{self.interface or '*'}:{self.port}"
+        if not self._running:
+            return f"<Server {where} stopped>"
+        with self._lock:
+            held = len(self._sessions)
+        node = f" node {self._cluster.node_id}," if self._cluster is not None else ""
+        return f"<Server {where} listening,{node} {held} client(s)>"
+
     # -- public operations -----------------------------------------------------
 
     @property

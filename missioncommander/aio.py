@@ -799,6 +799,9 @@ class AsyncServer(_Endpoint, ServerSettings):
         """Live figures, as ``Server.stats`` (docs/STATS.md)."""
         return self._inner.stats(client_id)
 
+    def __repr__(self) -> str:
+        return repr(self._inner).replace("Server", "AsyncServer", 1)
+
     def _finished(self) -> bool:
         return not self._inner.running
 

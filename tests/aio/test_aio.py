@@ -107,6 +107,8 @@ def test_connect_send_both_ways_events_and_states() -> None:
             client_events = client.events()
             await client.connect()
             assert client.connected and client.state & ClientState.STATE_CONNECTED
+            assert repr(client).startswith(f"<AsyncClient 'c42' -> 127.0.0.1:{server.port} STATE_OK")
+            assert repr(server) == f"<AsyncServer 127.0.0.1:{server.port} listening, 1 client(s)>"
             assert await anext(server_events) == Event("clientconnect", ("c42",))
             await client.send(Message("up", {"n": 1}))
             assert await take(server.messages(), 1) == [("c42", Message("up", {"n": 1}))]

@@ -96,6 +96,11 @@ def test_an_id_is_owned_cluster_wide(make_node: MakeNode, make_client: MakeClien
     # b asked a, which answered that a live client holds the id.
     assert refused.value.code == "id_in_use" and "live client" in refused.value.reason
     assert b.client_nodes == {"same": "a"}
+    # A repr counts the node's own clients (it never waits on Redis).
+    assert (repr(a), repr(b)) == (
+        f"<Server 127.0.0.1:{a.port} listening, node a, 1 client(s)>",
+        f"<Server 127.0.0.1:{b.port} listening, node b, 0 client(s)>",
+    )
     first.send(Message("still", {"n": 1}))  # the first client carries on
     assert first.state & ClientState.STATE_CONNECTED
 

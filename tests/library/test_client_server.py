@@ -335,3 +335,19 @@ def test_payloads_larger_than_one_read_and_many_small_ones_arrive_intact(
         server.send(f"c{i}", Message("big", {"data": big[2 - i]}))
     for i, rec in enumerate(recs):
         assert rec.wait_count("message", 1)[0][0].payload["data"] == big[2 - i]
+
+
+def test_reprs_say_what_each_end_is_doing(make_client: MakeClient) -> None:
+    server = Server(interface="127.0.0.1", port=0)
+    assert repr(server) == "<Server 127.0.0.1:0 stopped>"
+    server.start()
+    try:
+        assert repr(server) == f"<Server 127.0.0.1:{server.port} listening, 0 client(s)>"
+        client = make_client(server, client_id="c7")
+        assert repr(client) == f"<Client 'c7' -> 127.0.0.1:{server.port} STATE_OK | STATE_NOT_CONNECTED>"
+        client.connect()
+        assert repr(client) == f"<Client 'c7' -> 127.0.0.1:{server.port} STATE_OK | STATE_RUNNING | STATE_CONNECTED>"
+        assert repr(server) == f"<Server 127.0.0.1:{server.port} listening, 1 client(s)>"
+    finally:
+        server.stop()
+    assert repr(server) == f"<Server 127.0.0.1:{server.port} stopped>"
