@@ -281,6 +281,10 @@ class DaemonCore:
         #: Saved entries not restored yet (a stop can come in the middle of a
         #: restore): saved as they were, so an early stop loses none of them.
         self._unrestored: dict[str, dict[str, Any]] = {"clients": {}, "servers": {}}
+        #: What the restore found wrong (a state file moved aside, a saved
+        #: setting refused...): told in ``daemon_status`` for as long as mcd
+        #: runs, since a log line alone goes unseen.
+        self._restore_problems: list[str] = []
         self._writer = StateWriter(store, self.persistable) if store is not None else None
 
     # -- events ----------------------------------------------------------------
@@ -600,7 +604,7 @@ class DaemonCore:
         with self._lock:
             clients = list(self.clients.values())
             servers = list(self.servers.values())
-        return {
+        status = {
             "version": library_version,
             "api_version": API_VERSION,
             "boot_id": self.boot_id,
@@ -611,6 +615,14 @@ class DaemonCore:
             "servers_listening": sum(1 for s in servers if s.server.running),
             "last_seq": self._ring.last_seq,
         }
+        save_error = self.save_error
+        return _with_warnings(
+            status,
+            [
+                *(f"at start: {problem}" for problem in self._restore_problems),
+                *([f"the state is not being saved: {save_error}"] if save_error else []),
+            ],
+        )
 
     def stats(self, kind: str | None, name: str | None) -> dict[str, Any]:
         """The daemon's figures and each instance's ``stats()`` (a named
@@ -714,6 +726,7 @@ class DaemonCore:
         if self.store is None:
             return
         data = self.store.load()
+        self._restore_problems.extend(self.store.problems)
         with self._lock:
             self._unrestored = {key: dict(data.get(key) or {}) for key in ("clients", "servers")}
         self._restoring = True
@@ -726,12 +739,16 @@ class DaemonCore:
                     try:
                         self._restore_one(kind, name, saved)
                     except CoreError as exc:
-                        log.error("cannot restore %s %r: %s", kind, name, exc.message)
+                        self._restore_problem(f"cannot restore {kind} {name!r}: {exc.message}")
                     finally:
                         with self._lock:
                             self._unrestored[key].pop(name, None)
         finally:
             self._restoring = False
+
+    def _restore_problem(self, problem: str) -> None:
+        log.error("%s", problem)
+        self._restore_problems.append(problem)
 
     def _left(self) -> int:
         with self._lock:
@@ -751,7 +768,7 @@ class DaemonCore:
             try:
                 setattr(target, key, value)
             except (TypeError, ValueError, AttributeError) as exc:
-                log.error("%s %r: saved %s=%r refused: %s", kind, name, key, value, exc)
+                self._restore_problem(f"{kind} {name!r}: saved {key}={value!r} refused: {exc}")
         last_port = saved.get("last_port")
         if isinstance(instance, ServerInstance) and type(last_port) is int and 0 < last_port < 65536:
             instance.last_port = last_port
@@ -766,7 +783,7 @@ class DaemonCore:
                 except CoreError as exc:
                     instance.desired = True
                     self.save()  # still wanted: a crash now must not leave it saved as stopped
-                    log.error("server %r not restarted: %s", name, exc.message)
+                    self._restore_problem(f"server {name!r} not restarted: {exc.message}")
         log.info("%s %r restored", kind, name)
 
 

@@ -14,7 +14,9 @@ What this module promises, whatever it finds on disk:
   ``state.json.corrupt-<time>`` or ``state.log.corrupt-<time>`` (so nothing
   is lost) with one log line, and the daemon starts with whatever part of
   it was usable.  A last log line cut short (mcd killed while appending it)
-  is dropped with a warning: its change was never reported saved.
+  is dropped with a warning: its change was never reported saved.  What
+  was found is also kept in ``StateStore.problems``, for the daemon's
+  status to tell whoever asks (a log line alone goes unseen).
 * Nothing is written through a link someone planted: the snapshot's
   temporary file is created with ``O_EXCL`` (``tempfile.mkstemp``) and the
   log opened with ``O_NOFOLLOW``, mode 0600, in a directory that only this
@@ -76,6 +78,8 @@ class StateStore:
         self._written: Sections | None = None  # what the files hold now, when this store wrote it
         self._snapshot_size = 0
         self._log_size = 0
+        #: What ``load`` found wrong and did about it, one sentence each.
+        self.problems: list[str] = []
 
     # -- loading ---------------------------------------------------------------
 
@@ -97,6 +101,7 @@ class StateStore:
                 self.save(usable)  # so the usable part survives even if nothing changes before a crash
             except SaveError as exc:
                 log.error("%s", exc)
+                self.problems.append(f"what was usable could not be saved again: {exc}")
         return usable
 
     def _load_snapshot(self) -> dict[str, Any]:
@@ -148,10 +153,11 @@ class StateStore:
                 for name in names:
                     data.get(section, {}).pop(name, None)
         if unfinished:
-            log.warning(
-                "state log %s ends in a change cut short (mcd stopped while saving it); it is dropped",
-                self.log_path,
+            problem = (
+                f"state log {self.log_path} ends in a change cut short (mcd stopped while saving it); it is dropped"
             )
+            log.warning("%s", problem)
+            self.problems.append(problem)
         return True
 
     def _read(self, path: Path) -> bytes:
@@ -173,15 +179,14 @@ class StateStore:
         try:
             os.replace(path, aside)
         except OSError as exc:
-            log.error(
-                "state file %s %s, and it cannot be moved aside (%s); starting %s, the file is left as it is",
-                path,
-                why,
-                exc.strerror or exc,
-                what,
+            problem = (
+                f"state file {path} {why}, and it cannot be moved aside ({exc.strerror or exc});"
+                f" starting {what}, the file is left as it is"
             )
-            return
-        log.error("state file %s %s; moved it to %s and starting %s", path, why, aside, what)
+        else:
+            problem = f"state file {path} {why}; moved it to {aside} and starting {what}"
+        log.error("%s", problem)
+        self.problems.append(problem)
 
     # -- saving ----------------------------------------------------------------
 

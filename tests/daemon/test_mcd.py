@@ -425,8 +425,34 @@ def test_corrupt_state_file_is_moved_aside(tmp_path: Path) -> None:
         (daemon.state_dir / "state.json").write_text("{ this is not json")
         daemon.start()
         assert daemon.request("list")["instances"] == []
-        assert any(p.name.startswith("state.json.corrupt-") for p in daemon.state_dir.iterdir())
+        (aside,) = daemon.state_dir.glob("state.json.corrupt-*")
         assert "is corrupt" in daemon.log()
+        # Not only in the log, which a user of mcctl or the shell never sees:
+        # the daemon's status says it for as long as mcd runs.
+        (warning,) = daemon.request("daemon.status")["warnings"]
+        assert warning.startswith("at start: state file ") and f"moved it to {aside}" in warning
+        status = run_mcctl("daemon", "status", socket_path=daemon.socket)
+        assert status.returncode == 0 and "mcd is running" in status.stdout
+        assert status.stderr == f"mcctl: warning: {warning}\n"
+        shell = run_mcctl("shell", socket_path=daemon.socket, stdin="exit\n")
+        assert shell.returncode == 0 and f"\nwarning: {warning}\n" in shell.stdout
+    finally:
+        daemon.close()
+
+
+def test_what_the_restore_refused_is_in_the_daemon_status() -> None:
+    daemon = Mcd().start()
+    try:
+        assert "warnings" not in daemon.request("daemon.status")  # none while all is well
+        daemon.request("server.set", key="interface", value="127.0.0.1")
+        daemon.stop()
+        state = json.loads((daemon.state_dir / "state.json").read_text())
+        state["servers"]["default"]["settings"]["port"] = "thirty"  # edited by hand, say
+        (daemon.state_dir / "state.json").write_text(json.dumps(state))
+        daemon.start()
+        (warning,) = daemon.request("daemon.status")["warnings"]
+        assert warning.startswith("at start: server 'default': saved port='thirty' refused")
+        assert daemon.request("server.get", key="interface")["settings"] == {"interface": "127.0.0.1"}
     finally:
         daemon.close()
 

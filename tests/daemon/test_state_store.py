@@ -60,6 +60,8 @@ def test_a_corrupt_file_is_moved_aside(tmp_path: Path, content: str) -> None:
     assert not store.path.exists()
     (aside,) = tmp_path.glob("state.json.corrupt-*")
     assert aside.read_text() == content
+    (problem,) = store.problems  # for mcd's status, beside the log line
+    assert problem.startswith(f"state file {store.path} is corrupt") and problem.endswith(f"{aside} and starting empty")
 
 
 def test_a_file_that_is_not_utf8_is_moved_aside(tmp_path: Path) -> None:
@@ -235,8 +237,10 @@ def test_a_change_cut_short_is_dropped_and_the_rest_kept(tmp_path: Path, caplog:
     store.write(_members({"clients": {"a": {}, "b": {}}, "servers": {}}))
     with store.log_path.open("ab") as f:
         f.write(b'{"gen":99,"del":{},"set":{"clients":{"c":')  # mcd killed mid-append
-    assert StateStore(tmp_path).load()["clients"] == {"a": {}, "b": {}}
+    reloaded = StateStore(tmp_path)
+    assert reloaded.load()["clients"] == {"a": {}, "b": {}}
     assert "cut short" in caplog.text
+    assert [("cut short" in p, "dropped" in p) for p in reloaded.problems] == [(True, True)]
     assert not list(tmp_path.glob("*.corrupt-*"))
 
 
@@ -253,6 +257,9 @@ def test_a_corrupt_log_is_moved_aside_and_what_came_before_it_kept(
     (aside,) = tmp_path.glob("state.log.corrupt-*")
     assert b'"d"' in aside.read_bytes()  # nothing lost: the damaged log is kept
     assert "corrupt at line 2" in caplog.text
+    assert reloaded.problems == [
+        f"state file {store.log_path} is corrupt at line 2; moved it to {aside} and starting with what was usable"
+    ]
     assert json.loads(store.path.read_text())["clients"] == {"a": {}, "b": {}}  # saved whole at once
 
 

@@ -239,6 +239,25 @@ def test_warnings_in_replies_reach_the_person_who_acted(qtbot: QtBot, gui: TrayA
     assert "every interface" in gui.window.statusBar().currentMessage()
 
 
+def test_what_mcd_found_wrong_at_start_is_told_on_connecting(qtbot: QtBot) -> None:
+    daemon = Mcd()
+    try:
+        daemon.state_dir.mkdir(parents=True)
+        (daemon.state_dir / "state.json").write_text("{ not json")
+        daemon.start()
+        app = TrayApp(str(daemon.socket))
+        try:
+            qtbot.addWidget(app.window)
+            qtbot.waitUntil(lambda: app.last_notification is not None, timeout=WAIT)
+            assert app.last_notification is not None and app.last_notification.title == "mcd warns"
+            assert app.last_notification.text.startswith("at start: state file ")
+            assert "moved it to" in app.last_notification.text
+        finally:
+            app.close()
+    finally:
+        daemon.close()
+
+
 def test_reconnects_and_resyncs_after_a_daemon_restart(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:
     mcd.request("server.create", name="before")
     qtbot.waitUntil(lambda: ("server", "before") in gui.model.instances, timeout=WAIT)

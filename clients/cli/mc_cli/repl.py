@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mc_control import ControlClient, DaemonUnreachable
+from mc_control import ControlClient, ControlError, DaemonUnreachable
 from mc_control.codes import CLIENT_KEYS, EVENT_NAMES, SERVER_KEYS
 
 from . import output
@@ -135,7 +135,14 @@ class Shell:
             )
         self.transport = client
         self.stream_factory = lambda: ControlClient(self.socket, timeout=ANSWER_TIMEOUT)
-        return f"MissionCommander shell, connected to mcd {hello['version']} at {client.path}."
+        banner = f"MissionCommander shell, connected to mcd {hello['version']} at {client.path}."
+        try:
+            # What mcd found wrong at start (a state file moved aside...) is
+            # otherwise only in its log: say it where the user is looking.
+            warnings = client.request("daemon.status").get("warnings", [])
+        except (ControlError, DaemonUnreachable):
+            warnings = []  # the first command will say what is wrong
+        return "\n".join([banner, *(f"warning: {warning}" for warning in warnings)])
 
     def setup_readline(self) -> None:
         if not self.interactive:

@@ -180,14 +180,22 @@ class Backend(QObject):
 
     def _event_loop(self) -> None:
         since: dict[str, Any] | None = None
+        warned_boot: str | None = None
         while not self._stop.is_set():
             stream = ControlClient(self.socket_path, timeout=10.0)
             self._stream = stream
             try:
                 first = since is None
+                status = stream.request("daemon.status")
+                if status["boot_id"] != warned_boot:
+                    # What this mcd found wrong at start (a corrupt state file
+                    # moved aside...), once per daemon run: else only in its log.
+                    warned_boot = status["boot_id"]
+                    for text in status.get("warnings", ()):
+                        self.warning.emit(str(text))
                 if first:
                     # Ask for the daemon's recent history too, for the logs.
-                    since = {"boot_id": stream.request("hello")["boot_id"], "seq": 0}
+                    since = {"boot_id": status["boot_id"], "seq": 0}
                 answer, events = stream.subscribe(since=since)
                 self._answered.set()
                 self.daemon.emit(True, "")
