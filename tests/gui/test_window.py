@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 pytest.importorskip("PySide6", reason="the window tests need PySide6: pip install -e '.[test,gui]'")
 
-from PySide6.QtCore import QPoint, QRect, Qt
+from PySide6.QtCore import QPoint, QRect, Qt, QTimer
 from PySide6.QtWidgets import QApplication, QFormLayout, QScrollArea
 from pytestqt.qtbot import QtBot
 from support import Recorder, free_port
@@ -17,7 +18,7 @@ from support.certs import make_certs
 from support.mcd import Mcd
 
 from mc_control.codes import CLIENT_KEYS, SERVER_KEYS
-from mc_gui.app import TrayApp
+from mc_gui.app import TrayApp, quit_on_signals
 from missioncommander import Client, ClientState, Message, Server
 
 WAIT = 15_000  # ms: every wait is for a condition, bounded by this
@@ -620,3 +621,22 @@ def test_a_status_that_comes_after_the_tab_moved_on_lands_on_its_own_instance(gu
     tab._status_reply({"kind": "server", "name": "left-behind", "phase": "listening", "port": 4321})
     assert gui.model.instance("server", "left-behind").status["port"] == 4321
     assert "port" not in gui.model.instance("server", "default").status
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_before_the_loop_runs_quits_on_its_first_turn(qtbot: QtBot, signum: int) -> None:
+    """mctray installs its handlers before building the window, so a Ctrl-C
+    may come before ``exec``: it must not be lost (``exit`` then is a no-op)."""
+    app = QApplication.instance()
+    assert isinstance(app, QApplication)
+    restore = quit_on_signals(app)
+    guard = QTimer()  # a lost signal fails the test instead of hanging it
+    guard.setSingleShot(True)
+    guard.timeout.connect(lambda: app.exit(-1))
+    try:
+        signal.raise_signal(signum)  # as if it came while the window was being built
+        guard.start(WAIT)
+        assert app.exec() == 128 + signum
+    finally:
+        guard.stop()
+        restore()

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QSocketNotifier
+from PySide6.QtCore import QSocketNotifier, QTimer
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QApplication, QMenu, QSystemTrayIcon
 
@@ -165,7 +165,9 @@ def quit_on_signals(app: QApplication) -> Callable[[], None]:
     next Python slot (the live figures' timer, up to a second later), as a
     KeyboardInterrupt traceback inside that slot that left the GUI running.
     The signal's byte on a socket pair wakes the loop instead, and the
-    handler runs in the slot that reads it.
+    handler runs in the slot that reads it.  Call it before building the
+    window: a signal that comes before the loop runs is kept for the loop's
+    first turn (``exit`` alone would be lost before ``exec``).
     """
     receive, send = socket.socketpair()
     receive.setblocking(False)
@@ -183,7 +185,7 @@ def quit_on_signals(app: QApplication) -> Callable[[], None]:
     notifier.activated.connect(drain)
 
     def handle(signum: int, _frame: object) -> None:
-        app.exit(128 + signum)
+        QTimer.singleShot(0, lambda: app.exit(128 + signum))
 
     previous = {signum: signal.signal(signum, handle) for signum in (signal.SIGINT, signal.SIGTERM)}
 
@@ -206,15 +208,17 @@ def main(argv: list[str] | None = None) -> int:
     app = QApplication.instance() or QApplication(sys.argv[:1])
     assert isinstance(app, QApplication)
     app.setApplicationName("MissionCommander")
-    tray_app = TrayApp(args.socket, show_window=not args.hidden)
-    # With a tray, closing the window leaves the app running in the tray.
-    app.setQuitOnLastWindowClosed(tray_app.tray is None)
     restore_signals = quit_on_signals(app)
+    tray_app: TrayApp | None = None
     try:
+        tray_app = TrayApp(args.socket, show_window=not args.hidden)
+        # With a tray, closing the window leaves the app running in the tray.
+        app.setQuitOnLastWindowClosed(tray_app.tray is None)
         return app.exec()
     finally:
         restore_signals()
-        tray_app.close()
+        if tray_app is not None:
+            tray_app.close()
 
 
 if __name__ == "__main__":
