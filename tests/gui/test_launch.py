@@ -44,6 +44,21 @@ def test_without_the_gui_extra_the_message_names_a_working_install_command(call:
     assert command == f"{shlex.quote(sys.executable)} -m pip install -e {shlex.quote(f'{ROOT}[gui]')}"
 
 
+@pytest.mark.parametrize(("args", "status", "says"), [(["--help"], 0, "--hidden"), (["--bogus"], 2, "unrecognized")])
+def test_help_and_usage_errors_answer_without_the_gui_extra(args: list[str], status: int, says: str) -> None:
+    call = f"from mc_gui.launch import main; sys.exit(main({args!r}))"
+    out = subprocess.run(
+        [sys.executable, "-c", WITHOUT_PYSIDE.format(call=call)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == status
+    assert "usage: mctray" in out.stdout + out.stderr and says in out.stdout + out.stderr
+    assert "PySide6" not in out.stderr and "Traceback" not in out.stderr
+
+
 def test_missing_x11_libraries_are_named_with_their_debian_packages(monkeypatch: pytest.MonkeyPatch) -> None:
     present = {"xcb-cursor"}
     monkeypatch.setattr(launch.ctypes.util, "find_library", lambda stem: f"lib{stem}.so" if stem in present else None)

@@ -200,11 +200,9 @@ def quit_on_signals(app: QApplication) -> Callable[[], None]:
     return restore
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mctray", description="MissionCommander in the system tray.")
-    parser.add_argument("--socket", help="mcd's control socket (default: $MC_SOCKET or the user runtime dir)")
-    parser.add_argument("--hidden", action="store_true", help="start in the tray without opening the window")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+def main(args: argparse.Namespace) -> int:
+    """Run the GUI with ``mc_gui.launch.parse_args``'s options (``mctray``
+    is ``launch.main``, which checks first that Qt can run here)."""
     app = QApplication.instance() or QApplication(sys.argv[:1])
     assert isinstance(app, QApplication)
     app.setApplicationName("MissionCommander")
@@ -219,7 +217,3 @@ def main(argv: list[str] | None = None) -> int:
         restore_signals()
         if tray_app is not None:
             tray_app.close()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,6 +11,7 @@ be there) and prints that command.
 
 from __future__ import annotations
 
+import argparse
 import ctypes.util
 import importlib.metadata
 import importlib.util
@@ -112,14 +113,24 @@ def preflight() -> str | None:
     return None
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """mctray's options, read before the preflight: ``--help`` and a usage
+    error answer on a machine that cannot run the GUI yet."""
+    parser = argparse.ArgumentParser(prog="mctray", description="MissionCommander in the system tray.")
+    parser.add_argument("--socket", help="mcd's control socket (default: $MC_SOCKET or the user runtime dir)")
+    parser.add_argument("--hidden", action="store_true", help="start in the tray without opening the window")
+    return parser.parse_args(sys.argv[1:] if argv is None else argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     problem = preflight()
     if problem is not None:
         print(f"mctray: {problem}", file=sys.stderr)
         return 1
     from .app import main as app_main  # noqa: PLC0415  (imports Qt)
 
-    return app_main(argv)
+    return app_main(args)
 
 
 if __name__ == "__main__":
