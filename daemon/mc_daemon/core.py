@@ -663,9 +663,11 @@ class DaemonCore:
     def summary(self) -> str:
         """One line for systemd's STATUS=."""
         st = self.daemon_status()
+        # `systemctl --user status mcd` shows this line: point at the warnings there too.
+        warned = f"; {len(st['warnings'])} warning(s): mcctl daemon status" if st.get("warnings") else ""
         return (
             f"{st['clients_connected']} of {st['clients']} client(s) connected, "
-            f"{st['servers_listening']} of {st['servers']} server(s) listening"
+            f"{st['servers_listening']} of {st['servers']} server(s) listening{warned}"
         )
 
     def shutdown(self) -> None:

@@ -423,7 +423,8 @@ def test_corrupt_state_file_is_moved_aside(tmp_path: Path) -> None:
     try:
         daemon.state_dir.mkdir(parents=True)
         (daemon.state_dir / "state.json").write_text("{ this is not json")
-        daemon.start()
+        daemon.start(wait_ready=False)
+        ready = daemon.wait_notification("READY=1")
         assert daemon.request("list")["instances"] == []
         (aside,) = daemon.state_dir.glob("state.json.corrupt-*")
         assert "is corrupt" in daemon.log()
@@ -431,6 +432,10 @@ def test_corrupt_state_file_is_moved_aside(tmp_path: Path) -> None:
         # the daemon's status says it for as long as mcd runs.
         (warning,) = daemon.request("daemon.status")["warnings"]
         assert warning.startswith("at start: state file ") and f"moved it to {aside}" in warning
+        # systemd's status line (`systemctl --user status mcd`) points at them.
+        assert "\nSTATUS=0 of 0 client(s) connected, 0 of 0 server(s) listening; 1 warning(s): mcctl daemon status" in (
+            ready
+        )
         status = run_mcctl("daemon", "status", socket_path=daemon.socket)
         assert status.returncode == 0 and "mcd is running" in status.stdout
         assert status.stderr == f"mcctl: warning: {warning}\n"
