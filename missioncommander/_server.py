@@ -388,12 +388,13 @@ class Server(ServerSettings):
         self.stop()
 
     def __repr__(self) -> str:
-        # This node's sessions only: a repr must never wait on Redis.
+        # This node's sessions only: a repr must never wait on Redis.  Nor on
+        # the server's lock, which is not reentrant (a repr may be asked for
+        # under it, by a log line or a debugger); len() of a dict is atomic.
         where = f"{self.interface or '*'}:{self.port}"
         if not self._running:
             return f"<Server {where} stopped>"
-        with self._lock:
-            held = len(self._sessions)
+        held = len(self._sessions)
         node = f" node {self._cluster.node_id}," if self._cluster is not None else ""
         return f"<Server {where} listening,{node} {held} client(s)>"
 
