@@ -18,6 +18,16 @@ ROOT = Path(__file__).resolve().parents[2]
 WITHOUT_PYSIDE = "import sys; sys.modules['PySide6'] = None; sys.argv[0] = 'mctray'; {call}"
 
 
+def run_without_pyside(call: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_PYSIDE.format(call=call)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 @pytest.mark.parametrize(
     "call",
     [
@@ -27,13 +37,7 @@ WITHOUT_PYSIDE = "import sys; sys.modules['PySide6'] = None; sys.argv[0] = 'mctr
     ids=["mctray", "python -m missioncommander gui"],
 )
 def test_without_the_gui_extra_the_message_names_a_working_install_command(call: str) -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", WITHOUT_PYSIDE.format(call=call)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run_without_pyside(call)
     assert out.returncode == 1
     assert "Traceback" not in out.stderr
     assert "the GUI needs PySide6" in out.stderr
@@ -46,14 +50,7 @@ def test_without_the_gui_extra_the_message_names_a_working_install_command(call:
 
 @pytest.mark.parametrize(("args", "status", "says"), [(["--help"], 0, "--hidden"), (["--bogus"], 2, "unrecognized")])
 def test_help_and_usage_errors_answer_without_the_gui_extra(args: list[str], status: int, says: str) -> None:
-    call = f"from mc_gui.launch import main; sys.exit(main({args!r}))"
-    out = subprocess.run(
-        [sys.executable, "-c", WITHOUT_PYSIDE.format(call=call)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run_without_pyside(f"from mc_gui.launch import main; sys.exit(main({args!r}))")
     assert out.returncode == status
     assert "usage: mctray" in out.stdout + out.stderr and says in out.stdout + out.stderr
     assert "PySide6" not in out.stderr and "Traceback" not in out.stderr
