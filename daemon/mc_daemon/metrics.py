@@ -4,8 +4,9 @@ The well-kept ``prometheus-client`` package (the ``metrics`` extra) serves
 them in Prometheus' text format; a collector reads ``DaemonCore.stats`` at
 each scrape, so nothing is counted twice and nothing runs between scrapes.
 Every figure is docs/STATS.md's, named ``missioncommander_<figure>`` and
-labelled with the instance's ``kind`` and ``instance`` name, and for a
-server's client with its ``client`` id.
+labelled with the instance's ``kind`` and ``instance`` name; a server's
+figures per client are ``missioncommander_server_client_<figure>``,
+labelled ``instance`` and ``client``.
 """
 
 from __future__ import annotations
@@ -48,7 +49,16 @@ GAUGES = (
     "detached",
     "max_clients",
 )
-LABELS = ("kind", "instance", "client")
+#: An instance's figures: ``missioncommander_<figure>{kind, instance}``.
+INSTANCE_LABELS = ("kind", "instance")
+#: A server's figures per client, under names of their own
+#: (``missioncommander_server_client_<figure>{instance, client}``): in the
+#: same family as the server's totals, a ``sum()`` would count every
+#: message twice (Prometheus' rule: a sum over all labels must mean something).
+CLIENT_PREFIX = PREFIX + "server_client_"
+CLIENT_LABELS = ("instance", "client")
+
+Rows = list[tuple[tuple[str, ...], dict[str, Any]]]
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -68,12 +78,14 @@ class StatsCollector:
     def __init__(self, core: DaemonCore) -> None:
         self.core = core
 
-    def rows(self, result: dict[str, Any]) -> Iterator[tuple[tuple[str, str, str], dict[str, Any]]]:
+    def rows(self, result: dict[str, Any]) -> tuple[Rows, Rows]:
         """(labels, figures) of every instance of a ``stats`` result, and
         of every client of its servers."""
+        instances: Rows = []
+        clients: Rows = []
         for entry in result["instances"]:
             kind, name = entry["kind"], entry["name"]
-            yield (kind, name, ""), entry["stats"]
+            instances.append(((kind, name), entry["stats"]))
             if kind == "server":
                 try:
                     (detail,) = self.core.stats("server", name)["instances"]
@@ -81,45 +93,58 @@ class StatsCollector:
                     continue
                 for client_id, figures in (detail.get("clients") or {}).items():
                     if figures is not None:
-                        yield (kind, name, client_id), figures
+                        clients.append(((name, client_id), figures))
+        return instances, clients
 
     def collect(self) -> Iterator[Any]:
+        result = self.core.stats(None, None)
+        instances, clients = self.rows(result)
+        yield from self.families(PREFIX, INSTANCE_LABELS, instances)
+        yield from self.families(CLIENT_PREFIX, CLIENT_LABELS, clients)
+        yield from self.daemon_families(result["daemon"])
+
+    @staticmethod
+    def families(prefix: str, labels: tuple[str, ...], rows: Rows) -> Iterator[Any]:
+        """The families of one kind of row; a family no row has a figure
+        for (a server's ``max_clients`` among its clients) is left out."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: PLC0415
 
-        result = self.core.stats(None, None)
-        rows = list(self.rows(result))
         for figure in COUNTERS:
-            family = CounterMetricFamily(PREFIX + figure, f"{figure} (docs/STATS.md)", labels=LABELS)
-            for labels, figures in rows:
+            counter = CounterMetricFamily(prefix + figure, f"{figure} (docs/STATS.md)", labels=labels)
+            for values, figures in rows:
                 if figures.get(figure) is not None:
-                    family.add_metric(labels, figures[figure])
-            yield family
+                    counter.add_metric(values, figures[figure])
+            if counter.samples:
+                yield counter
         for figure in GAUGES:
-            gauge = GaugeMetricFamily(PREFIX + figure, f"{figure} (docs/STATS.md)", labels=LABELS)
-            for labels, figures in rows:
+            gauge = GaugeMetricFamily(prefix + figure, f"{figure} (docs/STATS.md)", labels=labels)
+            for values, figures in rows:
                 value = figures.get(figure)
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    gauge.add_metric(labels, value)
-            yield gauge
+                    gauge.add_metric(values, value)
+            if gauge.samples:
+                yield gauge
         connected = GaugeMetricFamily(
-            PREFIX + "connected", "a client connected (1) or not; a server's clients connected", labels=LABELS
+            prefix + "connected", "a client connected (1) or not; a server's clients connected", labels=labels
         )
         rtt = GaugeMetricFamily(
-            PREFIX + "rtt_seconds", "the heartbeat's round trip, smoothed (docs/STATS.md)", labels=LABELS
+            prefix + "rtt_seconds", "the heartbeat's round trip, smoothed (docs/STATS.md)", labels=labels
         )
         refusals = CounterMetricFamily(
-            PREFIX + "refusals", "connections refused, by the ERROR code they got", labels=(*LABELS, "code")
+            prefix + "refusals", "connections refused, by the ERROR code they got", labels=(*labels, "code")
         )
-        for labels, figures in rows:
-            connected.add_metric(labels, float(figures.get("connected") or 0))
+        for values, figures in rows:
+            connected.add_metric(values, float(figures.get("connected") or 0))
             if figures.get("rtt_smoothed_ms") is not None:
-                rtt.add_metric(labels, figures["rtt_smoothed_ms"] / 1e3)
+                rtt.add_metric(values, figures["rtt_smoothed_ms"] / 1e3)
             for code, count in (figures.get("refusals") or {}).items():
-                refusals.add_metric((*labels, code), count)
-        yield connected
-        yield rtt
-        yield refusals
-        daemon = result["daemon"]
+                refusals.add_metric((*values, code), count)
+        yield from (family for family in (connected, rtt, refusals) if family.samples)
+
+    @staticmethod
+    def daemon_families(daemon: dict[str, Any]) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: PLC0415
+
         yield GaugeMetricFamily("mcd_uptime_seconds", "seconds since mcd started", value=daemon["uptime"])
         yield GaugeMetricFamily(
             "mcd_event_subscribers", "control connections streaming events", value=daemon["event_subscribers"]
