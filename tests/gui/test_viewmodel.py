@@ -49,6 +49,18 @@ def test_notifications_for_lost_reconnected_and_shutdown() -> None:
     assert len(model.instance("client", "a").log) == 4
 
 
+def test_mcds_warnings_are_kept_while_it_runs_and_dropped_when_it_stops() -> None:
+    model = vm.ViewModel()
+    model.set_daemon(True)
+    model.set_daemon_status({"boot_id": "b", "warnings": ["at start: state file x is corrupt"]})
+    assert model.daemon_warnings == ("at start: state file x is corrupt",)
+    model.set_daemon_status({"boot_id": "b"})  # nothing to tell any more
+    assert model.daemon_warnings == ()
+    model.set_daemon_status({"boot_id": "b", "warnings": ["the state is not being saved: full"]})
+    model.set_daemon(False, "mcd stopped")
+    assert model.daemon_warnings == ()  # that run's: the next one says its own
+
+
 def test_server_clients_follow_connect_and_disconnect_events() -> None:
     model = vm.ViewModel()
     model.apply_event(event(1, "server", "s", "started", port=30000))

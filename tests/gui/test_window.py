@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -253,10 +254,34 @@ def test_what_mcd_found_wrong_at_start_is_told_on_connecting(qtbot: QtBot) -> No
             assert app.last_notification is not None and app.last_notification.title == "mcd warns"
             assert app.last_notification.text.startswith("at start: state file ")
             assert "moved it to" in app.last_notification.text
+            # The window keeps it in sight, whole, until dismissed.
+            qtbot.waitUntil(app.window.warnings_banner.isVisible, timeout=WAIT)
+            assert app.last_notification.text in html.unescape(app.window.warnings_text.text())
+            qtbot.mouseClick(app.window.dismiss_button, Qt.MouseButton.LeftButton)
+            assert not app.window.warnings_banner.isVisible()
+            app.window.read_warnings()  # mcd says the same again: they stay dismissed
+            qtbot.waitUntil(lambda: not app.window.reading_warnings, timeout=WAIT)
+            assert app.model.daemon_warnings and not app.window.warnings_banner.isVisible()
         finally:
             app.close()
     finally:
         daemon.close()
+
+
+def test_a_warning_that_comes_and_goes_while_mcd_runs_shows_and_goes(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:
+    gui.window.warnings_every = 1  # read mcd's warnings at every figures tick
+    mcd.request("server.set", key="port", value=free_port())  # saved: the state directory is there
+    assert not gui.window.warnings_banner.isVisible()
+    moved = mcd.state_dir.with_name("state.away")
+    mcd.state_dir.rename(moved)
+    mcd.state_dir.write_text("in the way")  # saves fail from here on
+    assert mcd.request("server.set", key="port", value=free_port())["warnings"]  # held, not saved
+    qtbot.waitUntil(gui.window.warnings_banner.isVisible, timeout=WAIT)
+    assert "the state is not being saved" in gui.window.warnings_text.text()
+    mcd.state_dir.unlink()
+    moved.rename(mcd.state_dir)
+    mcd.request("server.set", key="port", value=free_port())  # saved again
+    qtbot.waitUntil(lambda: not gui.window.warnings_banner.isVisible(), timeout=WAIT)
 
 
 def test_reconnects_and_resyncs_after_a_daemon_restart(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:

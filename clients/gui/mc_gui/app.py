@@ -33,6 +33,7 @@ class TrayApp:
             self.window.keep_running_in_tray = True
         self.backend.daemon.connect(self.on_daemon)
         self.backend.snapshot.connect(self.on_snapshot)
+        self.backend.daemon_status.connect(self.model.set_daemon_status)
         self.backend.received.connect(self.on_event)
         self.backend.history.connect(self.on_history)
         # Drawn once per batch the backend hands over, not per event (its docstring).

@@ -54,6 +54,8 @@ class Backend(QObject):
     #: A warning in a reply (an open server, a setting not saved): for the
     #: person who acted, not only mcd's log.
     warning = Signal(str)
+    #: mcd's ``daemon.status``, read at each (re)connect: its standing warnings.
+    daemon_status = Signal(dict)
     #: A daemon started with ``start_daemon`` exited at once (``daemon`` says why).
     start_failed = Signal()
     #: Internal: a request's outcome, carried to the GUI thread.
@@ -187,6 +189,7 @@ class Backend(QObject):
             try:
                 first = since is None
                 status = stream.request("daemon.status")
+                self._queue(self.daemon_status, status)
                 if status["boot_id"] != warned_boot:
                     # What this mcd found wrong at start (a corrupt state file
                     # moved aside...), once per daemon run: else only in its log.

@@ -76,6 +76,9 @@ class ViewModel:
         #: False until the daemon answered or failed to, once.
         self.daemon_known = False
         self.daemon_message = "connecting to mcd..."
+        #: What mcd warns of for as long as it runs (``daemon.status``'s
+        #: ``warnings``: problems its start met, saves failing), as last read.
+        self.daemon_warnings: tuple[str, ...] = ()
         self.instances: dict[tuple[str, str], InstanceState] = {}
 
     # -- input from the daemon ---------------------------------------------------
@@ -84,10 +87,16 @@ class ViewModel:
         self.daemon_known = True
         self.daemon_up = up
         self.daemon_message = message
+        if not up:
+            self.daemon_warnings = ()  # that run's; the next one says its own
         # Back up, the events replayed since (or a resync snapshot) bring
         # the statuses up to date from what they were.
         for inst in self.instances.values():
             inst.stale = not up
+
+    def set_daemon_status(self, status: dict[str, Any]) -> None:
+        """A ``daemon.status`` result: keeps its warnings."""
+        self.daemon_warnings = tuple(str(text) for text in status.get("warnings", ()))
 
     def apply_snapshot(self, snapshot: dict[str, Any]) -> None:
         """Replace everything with the daemon's snapshot (logs are kept)."""

@@ -1061,6 +1061,29 @@ class MainWindow(QMainWindow):
         banner_layout.addWidget(self.banner_text, 1)
         banner_layout.addWidget(self.start_daemon_button)
 
+        # What mcd warns of while it runs (a state file it moved aside at
+        # start, saves failing) stays in sight, whole, until dismissed: a
+        # status-bar message is clipped and gone in seconds.
+        self.warnings_banner = QFrame()
+        self.warnings_banner.setStyleSheet(
+            "QFrame { background: #fff4e5; border: 1px solid #f0c78a; border-radius: 4px; }"
+        )
+        warnings_layout = QHBoxLayout(self.warnings_banner)
+        self.warnings_text = QLabel()
+        self.warnings_text.setWordWrap(True)
+        self.warnings_text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.warnings_text.setStyleSheet("border: none; color: #663c00;")
+        self.warnings_text.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self.dismiss_button = QPushButton("Dismiss")
+        self.dismiss_button.clicked.connect(self.dismiss_warnings)
+        warnings_layout.addWidget(self.warnings_text, 1)
+        warnings_layout.addWidget(self.dismiss_button)
+        #: The warnings dismissed: hidden until mcd warns of something else.
+        self.dismissed: tuple[str, ...] = ()
+        self._warnings_ticks = 0
+        #: A ``daemon.status`` asked for and not answered yet.
+        self.reading_warnings = False
+
         self.client_tab = ClientTab(model, backend)
         self.server_tab = ServerTab(model, backend)
         self.tabs = QTabWidget()
@@ -1074,6 +1097,7 @@ class MainWindow(QMainWindow):
         central = QWidget()
         layout = QVBoxLayout(central)
         layout.addWidget(self.banner)
+        layout.addWidget(self.warnings_banner)
         layout.addWidget(self.tabs, 1)
         self.setCentralWidget(central)
         # The shown tab's live figures, every second while mcd is up.
@@ -1083,10 +1107,38 @@ class MainWindow(QMainWindow):
         self.figures_timer.start()
         self.refresh()
 
+    #: Figures' ticks between two reads of mcd's warnings (a save that
+    #: starts or stops failing shows within this many seconds).
+    warnings_every = 10
+
     def poll_figures(self) -> None:
         if self.model.daemon_up and self.isVisible():
             tab = self.client_tab if self.tabs.currentIndex() == 0 else self.server_tab
             tab.poll_figures()
+            self._warnings_ticks += 1
+            if self._warnings_ticks >= self.warnings_every:
+                self._warnings_ticks = 0
+                self.read_warnings()
+
+    def read_warnings(self) -> None:
+        """Ask mcd for its standing warnings again (one request at a time)."""
+        if self.reading_warnings:
+            return
+        self.reading_warnings = True
+
+        def got(status: dict[str, Any]) -> None:
+            self.reading_warnings = False
+            self.model.set_daemon_status(status)
+            self.refresh()
+
+        def failed(_code: str, _message: str) -> None:
+            self.reading_warnings = False  # the event stream reports mcd down
+
+        self.backend.request("daemon.status", {}, got, failed)
+
+    def dismiss_warnings(self) -> None:
+        self.dismissed = self.model.daemon_warnings
+        self.refresh()
 
     def start_daemon(self) -> None:
         self.start_daemon_button.setEnabled(False)
@@ -1110,6 +1162,14 @@ class MainWindow(QMainWindow):
         else:
             self.start_daemon_button.setEnabled(True)
             self.start_daemon_button.setText("Start daemon")
+        warnings = self.model.daemon_warnings
+        self.warnings_banner.setVisible(up and not set(warnings) <= set(self.dismissed))
+        if warnings:
+            items = "".join(f"<li>{html.escape(text)}</li>" for text in warnings)
+            self.warnings_text.setText(
+                f"<b>mcd warns:</b><ul style='margin: 0'>{items}</ul>"
+                "(also in <tt>mcctl daemon status</tt> and mcd's log)"
+            )
         self.tabs.setEnabled(up)
         overall = self.model.overall()
         self.setWindowIcon(dot_icon(overall.level))
