@@ -182,6 +182,12 @@ def _parser() -> argparse.ArgumentParser:
         help="serve the live figures for Prometheus at http://ADDRESS:PORT/metrics (a bare PORT: on 127.0.0.1; "
         "needs the metrics extra; docs/STATS.md)",
     )
+    p.add_argument(
+        "--metrics-per-client",
+        action="store_true",
+        help="with --metrics, also each server's figures per client: a set of series per client id, "
+        "so many clients (or ever-new ids) make many series",
+    )
     p.add_argument("--print-schema", action="store_true", help="print the control API's JSON Schema and exit")
     p.add_argument("--version", action="store_true", help="print mcd's version and exit")
     unit = p.add_argument_group("install-service")
@@ -200,9 +206,12 @@ def _service_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         ("--event-queue", "event_queue"),
         ("--event-ring", "event_ring"),
         ("--metrics", "metrics"),
+        ("--metrics-per-client", "metrics_per_client"),
     ):
         value = getattr(args, dest)
-        if value != parser.get_default(dest):
+        if value is True:
+            out.append(option)
+        elif value != parser.get_default(dest):
             out += [option, str(value.absolute() if isinstance(value, Path) else value)]
     return out
 
@@ -232,6 +241,8 @@ def main(
 
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.metrics_per_client and args.metrics is None:
+        parser.error("--metrics-per-client goes with --metrics ADDRESS:PORT")
     if args.command == "install-service":
         from .service import install  # noqa: PLC0415
 
@@ -337,7 +348,7 @@ class _Startup:
             from .metrics import MetricsServer  # noqa: PLC0415 - prometheus-client only when asked
 
             try:
-                self.metrics = MetricsServer(core, args.metrics)
+                self.metrics = MetricsServer(core, args.metrics, per_client=args.metrics_per_client)
             except OSError as exc:
                 host, port = args.metrics
                 print(f"mcd: cannot serve metrics on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)

@@ -4,9 +4,10 @@ The well-kept ``prometheus-client`` package (the ``metrics`` extra) serves
 them in Prometheus' text format; a collector reads ``DaemonCore.stats`` at
 each scrape, so nothing is counted twice and nothing runs between scrapes.
 Every figure is docs/STATS.md's, named ``missioncommander_<figure>`` and
-labelled with the instance's ``kind`` and ``instance`` name; a server's
-figures per client are ``missioncommander_server_client_<figure>``,
-labelled ``instance`` and ``client``.
+labelled with the instance's ``kind`` and ``instance`` name; with
+``--metrics-per-client``, a server's figures per client too, as
+``missioncommander_server_client_<figure>`` labelled ``instance`` and
+``client``.
 """
 
 from __future__ import annotations
@@ -75,8 +76,12 @@ def parse_address(text: str) -> tuple[str, int]:
 class StatsCollector:
     """A prometheus-client collector over the daemon's ``stats``."""
 
-    def __init__(self, core: DaemonCore) -> None:
+    def __init__(self, core: DaemonCore, per_client: bool = False) -> None:
         self.core = core
+        #: Also each server's figures per client (``--metrics-per-client``):
+        #: off by default, as a series per client id grows without bound
+        #: with the clients a server has seen.
+        self.per_client = per_client
 
     def rows(self, result: dict[str, Any]) -> tuple[Rows, Rows]:
         """(labels, figures) of every instance of a ``stats`` result, and
@@ -86,7 +91,7 @@ class StatsCollector:
         for entry in result["instances"]:
             kind, name = entry["kind"], entry["name"]
             instances.append(((kind, name), entry["stats"]))
-            if kind == "server":
+            if kind == "server" and self.per_client:
                 try:
                     (detail,) = self.core.stats("server", name)["instances"]
                 except CoreError:  # removed meanwhile: it simply is not there any more
@@ -160,12 +165,12 @@ class StatsCollector:
 class MetricsServer:
     """The HTTP endpoint, on a thread of prometheus-client's."""
 
-    def __init__(self, core: DaemonCore, address: tuple[str, int]) -> None:
+    def __init__(self, core: DaemonCore, address: tuple[str, int], per_client: bool = False) -> None:
         from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
         from prometheus_client.process_collector import ProcessCollector  # noqa: PLC0415
 
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(StatsCollector(core))
+        registry.register(StatsCollector(core, per_client))
         ProcessCollector(registry=registry)  # mcd's own CPU, memory and descriptors
         self.httpd, self.thread = start_http_server(address[1], addr=address[0], registry=registry)
         self.port: int = self.httpd.server_port

@@ -23,7 +23,7 @@ def metrics_port() -> int:
 
 @pytest.fixture
 def mcd(metrics_port: int) -> Iterator[Mcd]:
-    daemon = Mcd(None, "--metrics", f"127.0.0.1:{metrics_port}").start()
+    daemon = Mcd(None, "--metrics", f"127.0.0.1:{metrics_port}", "--metrics-per-client").start()
     yield daemon
     daemon.close()
 
@@ -39,13 +39,18 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def test_the_endpoint_parses_and_counts_what_the_instances_did(mcd: Mcd, metrics_port: int) -> None:
+def connect_a_client(mcd: Mcd) -> None:
+    """mcd's client "rover" connected to mcd's server."""
     mcd.request("server.set", key="interface", value="127.0.0.1")
     port = mcd.request("server.start")["port"]
     mcd.request("client.set", key="address", value="127.0.0.1")
     mcd.request("client.set", key="port", value=port)
     mcd.request("client.set", key="client_id", value="rover")
     mcd.request("client.connect", wait=True)
+
+
+def test_the_endpoint_parses_and_counts_what_the_instances_did(mcd: Mcd, metrics_port: int) -> None:
+    connect_a_client(mcd)
     for n in range(3):
         mcd.request("client.send", subject="up", payload={"n": n})
     client = (("instance", "default"), ("kind", "client"))
@@ -66,6 +71,24 @@ def test_the_endpoint_parses_and_counts_what_the_instances_did(mcd: Mcd, metrics
     # totals and its per-client figures are not one family counted twice.
     for name in ("missioncommander_messages_received_total", "missioncommander_messages_sent_total"):
         assert sum(value for (sample, _), value in samples.items() if sample == name) == 3
+
+
+def test_a_series_per_client_only_when_asked(metrics_port: int) -> None:
+    # Client ids are as many as the clients a server ever saw: by default
+    # Prometheus gets the server's own figures only.
+    daemon = Mcd(None, "--metrics", str(metrics_port)).start()
+    try:
+        connect_a_client(daemon)
+        server = (("instance", "default"), ("kind", "server"))
+        wait_until(lambda: scrape(metrics_port).get(("missioncommander_clients", server)) == 1, what="the client")
+        names = {name for name, _ in scrape(metrics_port)}
+        assert "missioncommander_connects_total" in names
+        assert not any(name.startswith("missioncommander_server_client_") for name in names)
+    finally:
+        daemon.close()
+    command = [sys.executable, "-m", "mc_daemon", "--metrics-per-client"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode == 2 and "goes with --metrics" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_metrics_listen_on_loopback_by_default_and_bad_addresses_are_refused() -> None:

@@ -37,6 +37,8 @@ def test_the_unit_runs_this_python_with_the_options_given(tmp_path: Path) -> Non
     assert mcd("install-service", "--print", "--socket", str(sock), "--state-dir", str(state)).stdout == unit
     again = mcd("install-service", "--unit-dir", str(unit_dir), "--socket", str(sock), "--state-dir", str(state))
     assert "unchanged" in again.stdout
+    metrics = mcd("install-service", "--print", "--metrics", "9100", "--metrics-per-client").stdout
+    assert exec_start(metrics)[-3:] == ["--metrics", "9100", "--metrics-per-client"]
 
 
 @pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="needs systemd-analyze (Debian: systemd)")
