@@ -441,6 +441,13 @@ def test_corrupt_state_file_is_moved_aside(tmp_path: Path) -> None:
         assert status.stderr == f"mcctl: warning: {warning}\n"
         shell = run_mcctl("shell", socket_path=daemon.socket, stdin="exit\n")
         assert shell.returncode == 0 and f"\nwarning: {warning}\n" in shell.stdout
+        # And where a user looks first, when mcd seems to have lost everything.
+        listing = run_mcctl("list", socket_path=daemon.socket)
+        assert listing.returncode == 0 and listing.stdout.startswith("no instances yet")
+        assert listing.stderr == f"mcctl: warning: {warning}\n"
+        assert json.loads(run_mcctl("--json", "list", socket_path=daemon.socket).stdout) == {"instances": []}
+        daemon.request("client.create", name="new")
+        assert run_mcctl("list", socket_path=daemon.socket).stderr == ""  # a list with rows: no repeat
     finally:
         daemon.close()
 

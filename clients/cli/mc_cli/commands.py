@@ -174,7 +174,22 @@ def run_request(inv: Invocation, transport: Transport, printer: Printer) -> int:
     printer.result(render(inv, result), result)
     for warning in result.get("warnings", ()):
         printer.warning(warning)
+    if inv.cmd == "list" and not result["instances"] and not printer.as_json:
+        # An mcd with nothing may be one that moved a broken state file
+        # aside at start: say so where a user looks first, not only in
+        # `daemon status` (--json readers ask `daemon status` themselves).
+        for warning in daemon_warnings(transport):
+            printer.warning(warning)
     return EXIT_OK
+
+
+def daemon_warnings(transport: Transport) -> list[str]:
+    """What mcd warns of for as long as it runs (``daemon.status``); none
+    if it cannot say."""
+    try:
+        return [str(text) for text in transport.request("daemon.status").get("warnings", ())]
+    except (ControlError, DaemonUnreachable):
+        return []
 
 
 #: Seconds between ``top``'s refreshes.

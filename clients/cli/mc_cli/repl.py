@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mc_control import ControlClient, ControlError, DaemonUnreachable
+from mc_control import ControlClient, DaemonUnreachable
 from mc_control.codes import CLIENT_KEYS, EVENT_NAMES, SERVER_KEYS
 
 from . import output
@@ -28,6 +28,7 @@ from .commands import (
     EXIT_OK,
     Printer,
     answer_timeout,
+    daemon_warnings,
     run_daemon_wait,
     run_request,
     run_top,
@@ -136,12 +137,9 @@ class Shell:
         self.transport = client
         self.stream_factory = lambda: ControlClient(self.socket, timeout=ANSWER_TIMEOUT)
         banner = f"MissionCommander shell, connected to mcd {hello['version']} at {client.path}."
-        try:
-            # What mcd found wrong at start (a state file moved aside...) is
-            # otherwise only in its log: say it where the user is looking.
-            warnings = client.request("daemon.status").get("warnings", [])
-        except (ControlError, DaemonUnreachable):
-            warnings = []  # the first command will say what is wrong
+        # What mcd found wrong at start (a state file moved aside...) is
+        # otherwise only in its log: say it where the user is looking.
+        warnings = daemon_warnings(client)
         return "\n".join([banner, *(f"warning: {warning}" for warning in warnings)])
 
     def setup_readline(self) -> None:
