@@ -85,7 +85,7 @@ class StatsCollector:
 
     def rows(self, result: dict[str, Any]) -> tuple[Rows, Rows]:
         """(labels, figures) of every instance of a ``stats`` result, and
-        of every client of its servers."""
+        (``per_client``) of every client of its servers."""
         instances: Rows = []
         clients: Rows = []
         for entry in result["instances"]:
