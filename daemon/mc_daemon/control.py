@@ -175,8 +175,13 @@ class ControlServer:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
-            except (UnicodeDecodeError, ValueError) as exc:
+                # Decoded here, not by json.loads: given bytes, it guesses
+                # UTF-16 or -32 from the first bytes, and the API is UTF-8.
+                obj = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                self._send(conn, error_response(None, ErrorCode.INVALID_JSON, f"request is not UTF-8: {exc}"))
+                return
+            except ValueError as exc:
                 self._send(conn, error_response(None, ErrorCode.INVALID_JSON, f"request is not a JSON line: {exc}"))
                 return
             request_id = obj.get("id") if isinstance(obj, dict) else None

@@ -225,14 +225,15 @@ def test_invalid_requests_get_structured_errors_and_the_connection_stays(
 
 
 @pytest.mark.parametrize(
-    ("data", "code"),
+    ("data", "code", "message"),
     [
-        (b"\xff\xfe garbage\n", "invalid_json"),
-        (b"{not json}\n", "invalid_json"),
-        (b"a" * (1024 * 1024 + 10), "line_too_long"),
+        (b"\xff\xfe garbage\n", "invalid_json", "request is not UTF-8"),
+        ('{"cmd": "hello"}'.encode("utf-16") + b"\n", "invalid_json", "request is not UTF-8"),  # valid JSON, not UTF-8
+        (b"{not json}\n", "invalid_json", "request is not a JSON line"),
+        (b"a" * (1024 * 1024 + 10), "line_too_long", "request line over"),
     ],
 )
-def test_undecodable_bytes_get_an_error_and_a_close(mcd: Mcd, data: bytes, code: str) -> None:
+def test_undecodable_bytes_get_an_error_and_a_close(mcd: Mcd, data: bytes, code: str, message: str) -> None:
     with socket.socket(socket.AF_UNIX) as sock:
         sock.connect(str(mcd.socket))
         sock.settimeout(10)
@@ -242,7 +243,7 @@ def test_undecodable_bytes_get_an_error_and_a_close(mcd: Mcd, data: bytes, code:
             pass
         reader = sock.makefile("rb")
         response = json.loads(reader.readline())
-        assert response["error"]["code"] == code
+        assert response["error"]["code"] == code and response["error"]["message"].startswith(message)
         assert reader.readline() == b""  # closed
     assert mcd.request("hello")["api_version"] == 1  # the daemon is fine
 
