@@ -279,8 +279,9 @@ class DaemonCore:
         self.shutting_down = False
         self._restoring = False
         #: Saved entries not restored yet (a stop can come in the middle of a
-        #: restore): saved as they were, so an early stop loses none of them.
-        self._unrestored: dict[str, dict[str, Any]] = {"clients": {}, "servers": {}}
+        #: restore): saved as they were, so an early stop loses none of them;
+        #: each its encoded member of the state file (``encode_member``).
+        self._unrestored: dict[str, dict[str, bytes]] = {"clients": {}, "servers": {}}
         #: What the restore found wrong (a state file moved aside, a saved
         #: setting refused...): told in ``daemon_status`` for as long as mcd
         #: runs, since a log line alone goes unseen.
@@ -695,10 +696,7 @@ class DaemonCore:
     def persistable(self) -> Sections:
         """Every instance's saved entry, encoded once per change."""
         with self._lock:
-            sections = {
-                key: {name: encode_member(name, saved) for name, saved in self._unrestored[key].items()}
-                for key in ("clients", "servers")
-            }
+            sections = {key: dict(self._unrestored[key]) for key in ("clients", "servers")}
             sections["clients"].update((n, i.saved_entry()) for n, i in self.clients.items())
             sections["servers"].update((n, i.saved_entry()) for n, i in self.servers.items())
         return sections
@@ -729,8 +727,14 @@ class DaemonCore:
             return
         data = self.store.load()
         self._restore_problems.extend(self.store.problems)
+        # Encoded once: the writer saves them as they are at every save
+        # until each is restored, under the lock the restore also needs.
+        unrestored = {
+            key: {name: encode_member(name, saved) for name, saved in (data.get(key) or {}).items()}
+            for key in ("clients", "servers")
+        }
         with self._lock:
-            self._unrestored = {key: dict(data.get(key) or {}) for key in ("clients", "servers")}
+            self._unrestored = unrestored
         self._restoring = True
         try:
             for kind, key in (("server", "servers"), ("client", "clients")):
