@@ -676,12 +676,17 @@ class DaemonCore:
         their desired state, save."""
         with self._lock:
             self.shutting_down = True
-            instances: list[_Instance] = [*self.servers.values(), *self.clients.values()]
-        threads = [threading.Thread(target=self._stop_instance, args=(i,), daemon=True) for i in instances]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(10)
+            clients: list[_Instance] = list(self.clients.values())
+            servers: list[_Instance] = list(self.servers.values())
+        # Clients first: one connected to a server of this mcd ends its
+        # session with its own BYE, rather than being told (and logging, as
+        # a warning) that its server shut down under it.
+        for instances in (clients, servers):
+            threads = [threading.Thread(target=self._stop_instance, args=(i,), daemon=True) for i in instances]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(10)
         if self._writer is not None:
             self._writer.changed()
             self._writer.close()

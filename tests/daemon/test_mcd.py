@@ -366,6 +366,17 @@ def test_a_server_on_port_0_comes_back_on_its_port_where_its_clients_look(mcd: M
     assert other != port and f"port {port}, preferred, is not free" in mcd.log()
 
 
+def test_a_stop_ends_its_own_clients_sessions_with_their_bye(mcd: Mcd) -> None:
+    """The README's quick start: mcd's client on mcd's server.  A stop says
+    goodbye from the client first, so the log tells of a clean end, not of
+    a server that shut down under its client (a warning)."""
+    connect_client_to(mcd, start_server(mcd))
+    assert mcd.stop(signal.SIGTERM) == 0
+    log = mcd.log()
+    assert "session ended: client disconnected" in log
+    assert "server shut down" not in log and " WARNING " not in log, log
+
+
 def test_what_a_restore_brought_up_is_still_wanted_up_after_a_crash(mcd: Mcd) -> None:
     """A restore changes nothing the user asked for: killed once everything
     is back (no command since), mcd restores the same again, crash after
