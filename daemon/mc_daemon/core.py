@@ -413,15 +413,19 @@ class DaemonCore:
     # -- settings --------------------------------------------------------------
 
     def set(self, kind: str, name: str, key: str, value: Any) -> dict[str, Any]:
-        instance = self.get(kind, name)
         keys = CLIENT_KEYS if kind == "client" else SERVER_KEYS
         if key not in keys:
             raise CoreError(ErrorCode.INVALID_VALUE, f"unknown {kind} setting {key!r}; known: {', '.join(keys)}")
+        with self._lock:
+            new = name not in self._table(kind)
+        if new:
+            # A refused value must not leave a new instance behind: the
+            # library's own checks run first on an object nobody keeps.
+            _apply_setting(Client() if kind == "client" else Server(), key, value)
+        instance = self.get(kind, name)
         target = instance.client if kind == "client" else instance.server
         try:
-            setattr(target, key, value)
-        except (TypeError, ValueError) as exc:
-            raise CoreError(ErrorCode.INVALID_VALUE, str(exc), {"key": key, "value": value}) from None
+            _apply_setting(target, key, value)
         except StateError:
             stop = "client disconnect" if kind == "client" else "server stop"
             raise CoreError(
@@ -796,6 +800,14 @@ class DaemonCore:
                     self.save()  # still wanted: a crash now must not leave it saved as stopped
                     self._restore_problem(f"server {name!r} not restarted: {exc.message}")
         log.info("%s %r restored", kind, name)
+
+
+def _apply_setting(target: Client | Server, key: str, value: Any) -> None:
+    """``target.key = value``; a value the library refuses is ``invalid_value``."""
+    try:
+        setattr(target, key, value)
+    except (TypeError, ValueError) as exc:
+        raise CoreError(ErrorCode.INVALID_VALUE, str(exc), {"key": key, "value": value}) from None
 
 
 def _with_warnings(result: dict[str, Any], warnings: Iterable[str]) -> dict[str, Any]:

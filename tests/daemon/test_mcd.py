@@ -185,6 +185,22 @@ def test_named_instances_are_created_on_first_use_and_removed(mcd: Mcd) -> None:
     assert info.value.code == "not_found"
 
 
+def test_a_refused_setting_creates_no_instance(mcd: Mcd) -> None:
+    """`mcctl client --name typo set port 99999` fails: it must not leave a
+    client `typo` behind (nor publish its creation)."""
+    with mcd.client() as stream:
+        _, events = stream.subscribe(events=["created"])
+        for kind, key, value in (("client", "port", 99999), ("server", "port", "thirty"), ("client", "tls", "yes")):
+            with pytest.raises(ControlError) as info:
+                mcd.request(f"{kind}.set", name="typo", key=key, value=value)
+            assert info.value.code == "invalid_value"
+        assert mcd.request("list")["instances"] == []
+        mcd.request("client.set", name="kept", key="port", value=30000)  # an accepted one creates it
+        created = next(events)
+    assert (created["kind"], created["name"]) == ("client", "kept")
+    assert [i["name"] for i in mcd.request("list")["instances"]] == ["kept"]
+
+
 @pytest.mark.parametrize(
     ("request_obj", "code"),
     [
