@@ -336,14 +336,7 @@ class _Startup:
         self.core = DaemonCore(StateStore(state_dir), ring_size=args.event_ring, subscriber_queue=args.event_queue)
         core = self.core
         core.on_change = self.notifier.keep_status(core.summary, self.stop)
-        self.server = ControlServer(
-            core,
-            socket_path,
-            request_shutdown=self.stop.set,
-            info={"socket": str(socket_path), "state_dir": str(state_dir)},
-        )
-        listener, self.listener = self.listener, None
-        self.server.start(listener)
+        info = {"socket": str(socket_path), "state_dir": str(state_dir)}
         if args.metrics is not None:
             from .metrics import MetricsServer  # noqa: PLC0415 - prometheus-client only when asked
 
@@ -353,6 +346,10 @@ class _Startup:
                 host, port = args.metrics
                 print(f"mcd: cannot serve metrics on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
                 return 1
+            info["metrics"] = self.metrics.url
+        self.server = ControlServer(core, socket_path, request_shutdown=self.stop.set, info=info)
+        listener, self.listener = self.listener, None
+        self.server.start(listener)
         core.restore(should_stop=self.stop.is_set)
         if self.stop.is_set():
             return 0

@@ -174,7 +174,10 @@ class MetricsServer:
         ProcessCollector(registry=registry)  # mcd's own CPU, memory and descriptors
         self.httpd, self.thread = start_http_server(address[1], addr=address[0], registry=registry)
         self.port: int = self.httpd.server_port
-        log.info("metrics on http://%s:%d/metrics", address[0], self.port)
+        host = f"[{address[0]}]" if ":" in address[0] else address[0]
+        #: Where Prometheus scrapes (``daemon.status`` tells it).
+        self.url = f"http://{host}:{self.port}/metrics"
+        log.info("metrics on %s", self.url)
 
     def close(self) -> None:
         self.httpd.shutdown()

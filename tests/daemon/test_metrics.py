@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from support import free_port, wait_until
+from support.cli import run as run_mcctl
 from support.mcd import Mcd
 
 from mc_daemon.metrics import parse_address
@@ -67,6 +68,11 @@ def test_the_endpoint_parses_and_counts_what_the_instances_did(mcd: Mcd, metrics
     assert samples[("missioncommander_max_queued", client)] == 10_000
     assert samples[("mcd_uptime_seconds", ())] > 0
     assert ("process_open_fds", ()) in samples  # mcd's own, from prometheus-client
+    # Where to scrape is in mcd's status, for whoever forgot what the unit says.
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    assert mcd.request("daemon.status")["metrics"] == url
+    status = run_mcctl("daemon", "status", socket_path=mcd.socket)
+    assert status.returncode == 0 and f"metrics    {url}" in status.stdout
     # A sum over every label means something (Prometheus' rule): the server's
     # totals and its per-client figures are not one family counted twice.
     for name in ("missioncommander_messages_received_total", "missioncommander_messages_sent_total"):
@@ -82,6 +88,7 @@ def test_a_series_per_client_only_when_asked(metrics_port: int) -> None:
         server = (("instance", "default"), ("kind", "server"))
         wait_until(lambda: scrape(metrics_port).get(("missioncommander_clients", server)) == 1, what="the client")
         names = {name for name, _ in scrape(metrics_port)}
+        assert daemon.request("daemon.status")["metrics"] == f"http://127.0.0.1:{metrics_port}/metrics"
         assert "missioncommander_connects_total" in names
         assert not any(name.startswith("missioncommander_server_client_") for name in names)
     finally:

@@ -106,6 +106,7 @@ def daemon_status(st: dict[str, Any]) -> str:
         ("uptime", f"{uptime // 3600}h {uptime % 3600 // 60}m {uptime % 60}s"),
         ("socket", st.get("socket") or "(embedded in this shell)"),
         ("state dir", st.get("state_dir")),
+        *([("metrics", st["metrics"])] if st.get("metrics") else []),
         ("clients", f"{st.get('clients_connected')} of {st.get('clients')} connected"),
         ("servers", f"{st.get('servers_listening')} of {st.get('servers')} listening"),
     ]
