@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from support import free_port, wait_until
@@ -106,3 +108,16 @@ def test_metrics_listen_on_loopback_by_default_and_bad_addresses_are_refused() -
     command = [sys.executable, "-m", "mc_daemon", "--metrics", "localhost:99999"]
     out = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
     assert out.returncode == 2 and "a port from 1 to 65535" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_metrics_port_in_use_is_a_clear_error_and_leaves_nothing(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        sock = tmp_path / "mcd.sock"
+        command = [sys.executable, "-m", "mc_daemon", "--socket", str(sock), "--state-dir", str(tmp_path / "state")]
+        command += ["--metrics", str(port)]
+        out = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode == 1 and f"cannot serve metrics on 127.0.0.1:{port}" in out.stderr
+    assert "Traceback" not in out.stderr and not sock.exists()
