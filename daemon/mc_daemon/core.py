@@ -364,8 +364,9 @@ class DaemonCore:
     def _table(self, kind: str) -> dict[str, Any]:
         return self.clients if kind == "client" else self.servers
 
-    def get(self, kind: str, name: str, create: bool = True) -> Any:
-        """The instance ``name``; created the first time a command names it."""
+    def get(self, kind: str, name: str, create: bool = True, *, quiet: bool = False) -> Any:
+        """The instance ``name``; created the first time a command names it
+        (``quiet``: its creation logged at DEBUG, for a restore's many)."""
         with self._lock:
             table = self._table(kind)
             instance = table.get(name)
@@ -381,7 +382,7 @@ class DaemonCore:
             else:
                 created = False
         if created:
-            log.info("%s %r created", kind, name)
+            log.log(logging.DEBUG if quiet else logging.INFO, "%s %r created", kind, name)
             self.publish(kind, name, "created", {})
             self._writer_changed()
         return instance
@@ -745,6 +746,7 @@ class DaemonCore:
         with self._lock:
             self._unrestored = unrestored
         self._restoring = True
+        restored = {"server": 0, "client": 0}
         try:
             for kind, key in (("server", "servers"), ("client", "clients")):
                 for name, saved in (data.get(key) or {}).items():
@@ -753,6 +755,7 @@ class DaemonCore:
                         return
                     try:
                         self._restore_one(kind, name, saved)
+                        restored[kind] += 1
                     except CoreError as exc:
                         self._restore_problem(f"cannot restore {kind} {name!r}: {exc.message}")
                     finally:
@@ -760,6 +763,8 @@ class DaemonCore:
                             self._unrestored[key].pop(name, None)
         finally:
             self._restoring = False
+        if any(restored.values()):
+            log.info("restored %d server(s) and %d client(s)", restored["server"], restored["client"])
 
     def _restore_problem(self, problem: str) -> None:
         log.error("%s", problem)
@@ -770,7 +775,9 @@ class DaemonCore:
             return sum(map(len, self._unrestored.values()))
 
     def _restore_one(self, kind: str, name: str, saved: dict[str, Any]) -> None:
-        instance = self.get(kind, name)
+        # One line for the whole restore at INFO, not lines per instance (a
+        # thousand instances would be thousands of lines at every start).
+        instance = self.get(kind, name, quiet=True)
         target = instance.client if kind == "client" else instance.server
         tuning = CLIENT_TUNING if kind == "client" else SERVER_TUNING
         for key, value in (saved.get("settings") or {}).items():
@@ -799,7 +806,7 @@ class DaemonCore:
                     instance.desired = True
                     self.save()  # still wanted: a crash now must not leave it saved as stopped
                     self._restore_problem(f"server {name!r} not restarted: {exc.message}")
-        log.info("%s %r restored", kind, name)
+        log.debug("%s %r restored", kind, name)
 
 
 def _apply_setting(target: Client | Server, key: str, value: Any) -> None:

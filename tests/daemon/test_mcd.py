@@ -409,6 +409,7 @@ def test_what_a_restore_brought_up_is_still_wanted_up_after_a_crash(mcd: Mcd) ->
     assert mcd.stop(signal.SIGTERM) == 0
 
     for restart in range(3):
+        logged = len(mcd.log())
         mcd.start()  # restores; no command changes anything from here
         try:
             wait_until(lambda: all(mcd.phase("client", f"c{i}") == "connected" for i in range(5)), what="all restored")
@@ -417,6 +418,9 @@ def test_what_a_restore_brought_up_is_still_wanted_up_after_a_crash(mcd: Mcd) ->
             names = [("server", "default"), *(("client", f"c{i}") for i in range(5))]
             statuses = [mcd.request(f"{kind}.status", name=name) for kind, name in names]
             raise AssertionError(f"restart {restart}: {statuses}\n{mcd.log()[-4000:]}") from None
+        this_run = mcd.log()[logged:]
+        # One line for the restore at INFO, not lines per instance.
+        assert "restored 1 server(s) and 5 client(s)" in this_run and "'c0' created" not in this_run
         listing = {(i["kind"], i["name"]): i for i in mcd.request("list")["instances"]}
         assert {k: i["desired"] for k, i in listing.items()} == {
             ("server", "default"): "started",
