@@ -53,6 +53,9 @@ RING_SIZE = 10_000
 #: How long a command that changed something waits for the change to reach
 #: the disk before answering with a warning instead.
 SAVE_WAIT = 2.0
+#: How long a command waits for the restore at start before it runs anyway
+#: (a restore of 10,000 instances takes seconds, not minutes).
+RESTORE_WAIT = 60.0
 #: Numbers for instances' changes (``next()`` of it is atomic: commands run on many threads).
 _CHANGES = itertools.count(1)
 
@@ -278,6 +281,12 @@ class DaemonCore:
         self.servers: dict[str, ServerInstance] = {}
         self.shutting_down = False
         self._restoring = False
+        #: Set once the saved instances are back (at once without a store).
+        #: The control socket answers before that, so that a client started
+        #: with mcd finds it; commands wait for it (``wait_restored``).
+        self.restored = threading.Event()
+        if store is None:
+            self.restored.set()
         #: Saved entries not restored yet (a stop can come in the middle of a
         #: restore): saved as they were, so an early stop loses none of them;
         #: each its encoded member of the state file (``encode_member``).
@@ -733,6 +742,19 @@ class DaemonCore:
     def restore(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         """Recreate saved instances and bring up what was running; return
         early (keeping the rest saved) as soon as ``should_stop()``."""
+        try:
+            self._restore(should_stop)
+        finally:
+            self.restored.set()
+
+    def wait_restored(self, timeout: float = RESTORE_WAIT) -> None:
+        """Wait (up to ``timeout``) until the restore is over: a command run
+        meanwhile would be undone by it (a ``disconnect`` of a client it
+        then reconnects, a setting it then overwrites) or would miss an
+        instance not restored yet."""
+        self.restored.wait(timeout)
+
+    def _restore(self, should_stop: Callable[[], bool]) -> None:
         if self.store is None:
             return
         data = self.store.load()

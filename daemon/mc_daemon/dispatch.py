@@ -54,6 +54,10 @@ class Dispatcher:
 
     def run(self, req: schema.Request) -> dict[str, Any]:
         core = self.core
+        if not isinstance(req, (schema.Hello, schema.DaemonStatus, schema.DaemonShutdown)):
+            # The socket answers while mcd restores its instances: a command
+            # run meanwhile would be undone by the restore, or miss an instance.
+            core.wait_restored()
         match req:
             case schema.Hello():
                 compatible = req.api_version in (None, API_VERSION)

@@ -484,6 +484,31 @@ def test_corrupt_state_file_is_moved_aside(tmp_path: Path) -> None:
         daemon.close()
 
 
+def test_a_command_during_the_restore_is_not_undone_by_it() -> None:
+    """`mcd & mcctl daemon wait; mcctl client disconnect`: the socket answers
+    while mcd still restores its instances, and the disconnect must hold
+    (not be undone when the restore reaches that client and reconnects it,
+    nor fail with not_found before the restore has made it)."""
+    daemon = Mcd()
+    try:
+        daemon.state_dir.mkdir(parents=True)
+        nobody = free_port()  # nothing listens: the restored clients keep trying
+        saved = {
+            f"c{i:03d}": {"settings": {"address": "127.0.0.1", "port": nobody}, "desired": True} for i in range(400)
+        }
+        (daemon.state_dir / "state.json").write_text(json.dumps({"version": 1, "servers": {}, "clients": saved}))
+        daemon.start(wait_ready=False)
+        assert run_mcctl("daemon", "wait", socket_path=daemon.socket).returncode == 0
+        out = run_mcctl("client", "disconnect", "--name", "c399", socket_path=daemon.socket)
+        assert out.returncode == 0, out.stderr
+        daemon.wait_notification("READY=1")  # the restore is over
+        status = daemon.request("client.status", name="c399")
+        assert (status["phase"], status["desired"]) == ("disconnected", "disconnected")
+        assert daemon.request("client.status", name="c398")["desired"] == "connected"
+    finally:
+        daemon.close()
+
+
 def test_what_the_restore_refused_is_in_the_daemon_status() -> None:
     daemon = Mcd().start()
     try:
