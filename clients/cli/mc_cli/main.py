@@ -164,6 +164,8 @@ daemon wait     block until mcd answers, then exit 0; exit 4 if --timeout S seco
                 10) pass first.  A script that starts mcd itself waits with it before its
                 first command, for the fraction of a second mcd takes to make its socket:
                   mcd & mcctl daemon wait && mcctl server start
+                (mcd answers while it restores its saved instances; the commands after
+                wait for the restore themselves)
 daemon status   mcd's process id, version, control socket, state directory, instance count
 daemon stop     stop mcd: servers announce the shutdown to their clients, hosted clients
                 disconnect cleanly, and the state is saved: when mcd starts again it brings
