@@ -630,6 +630,11 @@ class DaemonCore:
             "servers_listening": sum(1 for s in servers if s.server.running),
             "last_seq": self._ring.last_seq,
         }
+        if not self.restored.is_set():
+            # Commands wait for the restore (``wait_restored``): say why, and
+            # how many saved instances are still to come (0 while the state
+            # file is being read).
+            status["restoring"] = self._left()
         save_error = self.save_error
         return _with_warnings(
             status,

@@ -19,6 +19,7 @@ from support import free_port, wait_until
 from support.cli import mcctl_command, run
 from support.mcd import Mcd
 
+from mc_cli import output
 from mc_control.codes import SERVER_KEYS
 from missioncommander import Client, ConnectionRefusedByServer, Message, NoResponder, Server
 
@@ -299,6 +300,18 @@ def test_daemon_wait_waits_for_an_mcd_that_is_starting() -> None:
             proc.kill()
             proc.communicate()
         mcd.close()
+
+
+def test_daemon_status_says_when_commands_wait_for_the_restore() -> None:
+    """A restore takes a moment at start (seconds for thousands of saved
+    instances), too short to catch from outside reliably: its rendering."""
+    status = {"version": "1", "api_version": 1, "uptime": 1, "clients": 2, "clients_connected": 0}
+    text = output.daemon_status({**status, "restoring": 400})
+    assert text.startswith("mcd is running, restoring its saved instances (400 to go; commands wait for it)")
+    assert output.daemon_status({**status, "restoring": 0}).startswith(
+        "mcd is running, restoring its saved instances (commands wait for it)"
+    )
+    assert output.daemon_status(status).startswith("mcd is running\n")
 
 
 def test_daemon_wait_gives_up_after_its_timeout_with_exit_4(tmp_path: Path) -> None:

@@ -336,3 +336,25 @@ def test_a_change_made_while_an_entry_is_built_is_saved_with_the_next_save(monke
     monkeypatch.setattr(core_module, "encode_member", encode_then_a_command_lands)
     assert json.loads(instance.saved_entry().partition(b":")[2])["desired"] is False  # built before it
     assert json.loads(instance.saved_entry().partition(b":")[2])["desired"] is True  # the next save's
+
+
+def test_the_status_says_how_much_of_the_restore_is_left(tmp_path: Path) -> None:
+    """Commands wait for the restore at start: ``daemon.status`` (which does
+    not) says why, counting the saved instances still to come."""
+    saved = {f"c{i}": {"settings": {"address": "127.0.0.1", "port": 1}, "desired": False} for i in range(3)}
+    (tmp_path / "state.json").write_text(json.dumps({"version": 1, "servers": {}, "clients": saved}))
+    core = core_module.DaemonCore(StateStore(tmp_path))
+    seen: list[int | None] = []
+
+    def look() -> bool:  # called before each instance; never asks to stop
+        seen.append(core.daemon_status().get("restoring"))
+        return False
+
+    try:
+        assert core.daemon_status()["restoring"] == 0 and not core.restored.is_set()  # the file not read yet
+        core.restore(should_stop=look)
+        assert seen == [3, 2, 1]
+        assert "restoring" not in core.daemon_status() and core.restored.is_set()
+    finally:
+        core.shutdown()
+    assert "restoring" not in core_module.DaemonCore(store=None).daemon_status()  # nothing to restore

@@ -114,6 +114,9 @@ def daemon_status(st: dict[str, Any]) -> str:
         # No daemon: this shell hosts the instances (pid and socket are the shell's own business).
         rows = [r for r in rows if r[0] not in ("pid", "state dir")]
         head = "no mcd is running: this shell hosts its clients and servers until you leave it"
+    elif st.get("restoring") is not None:
+        left = f"{st['restoring']} to go; " if st["restoring"] else ""  # 0: the state file is being read
+        head = f"mcd is running, restoring its saved instances ({left}commands wait for it)"
     else:
         head = "mcd is running"
     return head + "\n" + "\n".join("  " + line for line in table(rows).splitlines())
