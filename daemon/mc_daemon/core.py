@@ -280,7 +280,6 @@ class DaemonCore:
         self.clients: dict[str, ClientInstance] = {}
         self.servers: dict[str, ServerInstance] = {}
         self.shutting_down = False
-        self._restoring = False
         #: Set once the saved instances are back (at once without a store).
         #: The control socket answers before that, so that a client started
         #: with mcd finds it; commands wait for it (``wait_restored``).
@@ -733,7 +732,7 @@ class DaemonCore:
         the caller should be warned of: nothing, or why it is not on disk."""
         if self._writer is None:
             return ()
-        if self._restoring:  # one save after the whole restore, not one wait per instance
+        if not self.restored.is_set():  # one save after the whole restore, not one wait per instance
             self._writer.changed()
             return ()
         problem = self._writer.wait(self._writer.changed(), SAVE_WAIT)
@@ -772,24 +771,20 @@ class DaemonCore:
         }
         with self._lock:
             self._unrestored = unrestored
-        self._restoring = True
         restored = {"server": 0, "client": 0}
-        try:
-            for kind, key in (("server", "servers"), ("client", "clients")):
-                for name, saved in (data.get(key) or {}).items():
-                    if should_stop():
-                        log.info("stopping: %s saved instances not restored (they stay saved)", self._left())
-                        return
-                    try:
-                        self._restore_one(kind, name, saved)
-                        restored[kind] += 1
-                    except CoreError as exc:
-                        self._restore_problem(f"cannot restore {kind} {name!r}: {exc.message}")
-                    finally:
-                        with self._lock:
-                            self._unrestored[key].pop(name, None)
-        finally:
-            self._restoring = False
+        for kind, key in (("server", "servers"), ("client", "clients")):
+            for name, saved in (data.get(key) or {}).items():
+                if should_stop():
+                    log.info("stopping: %s saved instances not restored (they stay saved)", self._left())
+                    return
+                try:
+                    self._restore_one(kind, name, saved)
+                    restored[kind] += 1
+                except CoreError as exc:
+                    self._restore_problem(f"cannot restore {kind} {name!r}: {exc.message}")
+                finally:
+                    with self._lock:
+                        self._unrestored[key].pop(name, None)
         if any(restored.values()):
             log.info("restored %d server(s) and %d client(s)", restored["server"], restored["client"])
 
