@@ -740,8 +740,14 @@ class Client(ClientSettings):
         self._loop.call_soon(self._pump)
 
     def _check_can_send(self) -> None:
-        if not self._state_bits & _CAN_SEND:
-            raise StateError(f"cannot send: client is {ClientState.get_name(self._state)}; connect() first")
+        bits = self._state_bits
+        if bits & _CAN_SEND:
+            return
+        state = ClientState.get_name(self._state)
+        if bits & _RUNNING:
+            # Before the first handshake there is no session to queue in.
+            raise StateError(f"cannot send yet: the client has no session until it first connects ({state})")
+        raise StateError(f"cannot send: the client is not connected ({state}); connect() first")
 
     def subscribe(self, event: str, callback: Callable[..., Any]) -> None:
         """Call ``callback`` on ``event``: ``connect``, ``disconnect``,

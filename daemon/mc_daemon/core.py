@@ -517,14 +517,14 @@ class DaemonCore:
     def client_send(self, name: str, subject: str, payload: dict[str, Any]) -> dict[str, Any]:
         inst: ClientInstance = self.get("client", name, create=False)
         message = _message(subject, payload)
-        with _send_errors():
+        with _send_errors(), _unless_not_connected(name, inst.client):
             inst.client.send(message)
         return {"sent": True, "queued": inst.client.queued}
 
     def client_request(self, name: str, subject: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
         inst: ClientInstance = self.get("client", name, create=False)
         message = _message(subject, payload)
-        with _request_errors():
+        with _request_errors(), _unless_not_connected(name, inst.client):
             reply = inst.client.request(message, timeout)
         return {"reply": {"subject": reply.subject, "payload": dict(reply.payload)}}
 
@@ -915,6 +915,29 @@ def _send_errors() -> Iterator[None]:
         raise CoreError(ErrorCode.QUEUE_FULL, str(exc)) from None
     except MessageTooLarge as exc:
         raise CoreError(ErrorCode.INVALID_VALUE, str(exc)) from None
+
+
+@contextlib.contextmanager
+def _unless_not_connected(name: str, client: Client) -> Iterator[None]:
+    """A client's send refused for want of a connection, said in mcctl's
+    words (the library's names its Python calls)."""
+    try:
+        yield
+    except StateError:
+        state = client.state
+        if state & (S.STATE_CONNECTED | S.STATE_RECONNECTING):
+            raise  # refused for another reason: the library's words say it
+        option = _name_option(name)
+        if state & S.STATE_RUNNING:
+            last = client.last_close_reason
+            tried = "" if last is None else f" (last attempt: {last})"
+            raise CoreError(
+                ErrorCode.STATE_ERROR,
+                f"client {name!r} has not connected yet{tried}; it can send once it has"
+                f" (client connect --wait{option} waits for that)",
+            ) from None
+        message = f"client {name!r} is not connected: client connect{option} first"
+        raise CoreError(ErrorCode.STATE_ERROR, message) from None
 
 
 def _message(subject: str, payload: dict[str, Any]) -> Message:

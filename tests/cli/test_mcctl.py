@@ -20,6 +20,7 @@ from support.cli import mcctl_command, run
 from support.mcd import Mcd
 
 from mc_cli import output
+from mc_control.client import ControlError
 from mc_control.codes import SERVER_KEYS
 from missioncommander import Client, ConnectionRefusedByServer, Message, NoResponder, Server
 
@@ -183,6 +184,27 @@ def test_timeouts_exit_4(mcd: Mcd) -> None:
     assert out.returncode == 4 and "not connected" in out.stderr
     out = run("wait", "client", "connected", "--timeout", "0.5", socket_path=mcd.socket)  # the kind as a word
     assert out.returncode == 4 and "not connected" in out.stderr
+
+
+def test_a_send_before_the_client_connects_says_what_to_do(mcd: Mcd) -> None:
+    port = free_port()  # nothing listens there
+    for name in ("default", "other"):
+        mcd.request("client.set", name=name, key="address", value="127.0.0.1")
+        mcd.request("client.set", name=name, key="port", value=port)
+    for command in (("client", "send", "hi"), ("client", "request", "hi")):
+        out = run(*command, socket_path=mcd.socket)
+        assert out.returncode == 1, out
+        assert "client 'default' is not connected: client connect first" in out.stderr
+        out = run(*command, "--name", "other", socket_path=mcd.socket)
+        assert "client 'other' is not connected: client connect --name other first" in out.stderr
+    with pytest.raises(ControlError, match="Connection refused"):  # and it goes on trying
+        mcd.request("client.connect", wait="attempt")
+    for command in (("client", "send", "hi"), ("client", "request", "hi")):
+        out = run(*command, socket_path=mcd.socket)
+        assert out.returncode == 1, out
+        assert "client 'default' has not connected yet (last attempt: cannot connect to" in out.stderr
+        assert "Connection refused" in out.stderr and "client connect --wait waits for that" in out.stderr
+        assert "connect()" not in out.stderr and "STATE_" not in out.stderr
 
 
 def test_wait_returns_when_the_state_is_reached(mcd: Mcd) -> None:

@@ -131,8 +131,12 @@ def test_connect_failure_leaves_connect_failed(make_client: MakeClient) -> None:
         client.connect()
     assert client.state == S.STATE_OK | S.STATE_NOT_CONNECTED | S.STATE_CONNECT_FAILED
     assert "refused" in (client.last_close_reason or "")
-    with pytest.raises(StateError):
+    with pytest.raises(StateError, match=r"the client is not connected \(.*\); connect\(\) first"):
         client.send(Message("x"))
+    client.connect(wait=False)  # it goes on trying; still no session to queue in
+    with pytest.raises(StateError, match="cannot send yet: the client has no session until it first connects"):
+        client.send(Message("x"))
+    client.disconnect()
 
 
 def test_context_managers(make_client: MakeClient) -> None:
