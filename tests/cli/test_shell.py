@@ -143,6 +143,14 @@ def test_embedded_shell_without_a_daemon(tmp_path: Path) -> None:
         sh.expect("warning: client 'abcXYZ': disconnected by the server", start=mark)
         sh.line("client connect")
         sh.expect("client/default  connect", start=mark)
+        # A server's warning at start is logged and answered: said once.
+        mark = len(sh.text)
+        sh.line(f"server --name open set port {free_port()}")  # interface '': every interface
+        sh.line("server --name open start")
+        sh.expect("server open: listening on port", start=mark)
+        sh.line("server --name open stop")  # what the start printed comes before this
+        done = sh.expect("server open: stopped", start=mark)
+        assert sh.text[mark:done].count("neither TLS nor a token") == 1, sh.text[mark:done]
         sh.expect("> ", start=len(sh.text) - 2)  # at the prompt
         mark = len(sh.text)
         sh.type("\x04")  # Ctrl-D

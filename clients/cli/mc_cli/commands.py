@@ -6,7 +6,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from mc_control import API_VERSION, EXIT_CODES, ControlError, DaemonUnreachable, ErrorCode
 
@@ -48,9 +48,17 @@ class Printer:
     """Where results go: human text, or ``--json`` (one JSON value per line)."""
 
     def __init__(
-        self, as_json: bool, out: TextOut | None = None, err: TextOut | None = None, in_shell: bool = False
+        self,
+        as_json: bool,
+        out: TextOut | None = None,
+        err: TextOut | None = None,
+        in_shell: bool = False,
+        said: Sequence[str] = (),
     ) -> None:
         self.as_json = as_json
+        #: Warnings shown already (the shell's hosted instances' log lines):
+        #: a warning in a result that one of them contains is not repeated.
+        self.said = said
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         #: How errors and warnings start: "mcctl: " on the command line, "error: " in the shell.
@@ -81,7 +89,7 @@ class Printer:
 
     def warning(self, message: str) -> None:
         """A warning in human output (``--json`` output carries them in the result)."""
-        if not self.as_json:
+        if not self.as_json and not any(message in text for text in self.said):
             print(f"{self.warning_prefix}{message}", file=self.err, flush=True)
 
     def unreachable(self, exc: DaemonUnreachable) -> int:

@@ -358,7 +358,11 @@ class Shell:
         except UsageError as exc:
             self.show(f"error: {exc}")
             return True
-        self.printer = Printer(inv.options.json, out=_ShowStream(self), err=_ShowStream(self), in_shell=True)
+        said: list[str] = []
+        if self.log_handler is not None:
+            # A hosted server's warnings at start are logged and answered too.
+            self.log_handler.said = said
+        self.printer = Printer(inv.options.json, out=_ShowStream(self), err=_ShowStream(self), in_shell=True, said=said)
         if inv.action == "help":
             self.show(help_text(inv.topic).rstrip())
         elif inv.action in ("shell", "completion"):
@@ -449,12 +453,17 @@ class _ShellLogHandler(logging.Handler):
         super().__init__(logging.WARNING)
         self.show = show
         self.muted = False
+        #: What it showed during the command the shell runs: that command's
+        #: answer does not say it again.
+        self.said: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         if self.muted:
             return
         try:
-            self.show(f"warning: {record.getMessage()}")
+            message = record.getMessage()
+            self.said.append(message)
+            self.show(f"warning: {message}")
         except Exception:  # a log line must never break the shell
             self.handleError(record)
 
