@@ -462,14 +462,17 @@ class DaemonCore:
         of the first attempt (an error when it failed, though the client goes
         on trying); True answers once connected, or fails after ``timeout``.
         """
-        inst: ClientInstance = self.get("client", name)
-        client = inst.client
-        if client.state & S.STATE_NEEDS_INIT:
+        with self._lock:
+            # A client it would create here has no address: it is refused,
+            # and a refused command leaves nothing behind.
+            inst: ClientInstance | None = self.clients.get(name)
+        if inst is None or inst.client.state & S.STATE_NEEDS_INIT:
             raise CoreError(
                 ErrorCode.STATE_ERROR,
                 f"client {name!r} has no address or port yet: client set address HOST, "
                 f"client set port PORT{_name_option(name)} first",
             )
+        client = inst.client
         try:
             client.connect(wait=False)
         except StateError as exc:

@@ -166,6 +166,8 @@ def test_daemon_errors_exit_1_with_json_details(mcd: Mcd) -> None:
     out = run("--json", "client", "connect", socket_path=mcd.socket)  # not configured
     assert out.returncode == 1
     assert json.loads(out.stdout)["error"]["code"] == "state_error"
+    assert "has no address or port yet: client set address HOST" in json.loads(out.stdout)["error"]["message"]
+    assert mcd.request("list")["instances"] == []  # refused, it created nothing
     out = run("client", "send", "--name", "ghost", "x", socket_path=mcd.socket)
     assert out.returncode == 1 and "no client named 'ghost'" in out.stderr
     out = run("server", "set", "port", "70000", socket_path=mcd.socket)
