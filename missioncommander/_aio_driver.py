@@ -448,7 +448,7 @@ class _Connector:
         except (OSError, ssl.SSLError) as exc:
             self._close_sock()
             if tcp_up:
-                self.owner.connect_failed(_describe(exc))
+                self.owner.connect_failed(_describe(exc, client_side=True))
             else:
                 # asyncio's own text ("Connect call failed ('127.0.0.1', 1)")
                 # names the address, not the cause: the errno does.
@@ -569,10 +569,10 @@ def _reset(transport: asyncio.Transport) -> None:
     transport.abort()
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, client_side: bool = False) -> str:
     """The reason a connection failed, in the threaded driver's words."""
     if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake failed: {_tls_reason(exc)}"
+        return f"TLS handshake failed: {_tls_reason(exc, client_side)}"
     if isinstance(exc, OSError):
         return _describe_oserror(exc)
     return str(exc) or type(exc).__name__

@@ -207,9 +207,12 @@ class _ClientLink(Link):
 
     def _timed_out(self, timeout: float) -> None:
         self.timer = None
-        self._fail(
-            _Attempt(f"no answer from {self.client.address}:{self.client.port} within {timeout:g} s", error=None)
-        )
+        reason = f"no answer from {self.client.address}:{self.client.port} within {timeout:g} s"
+        if self.transport is not None and self.proto.challenge is None and self.client._tls_context is None:
+            # The server speaks first, but a TLS server waits for the TLS
+            # handshake of a client that will never send one.
+            reason += " (connected, but the server said nothing: if it wants TLS, set tls)"
+        self._fail(_Attempt(reason, error=None))
 
     def _fail(self, why: _Attempt) -> None:
         """The attempt failed before the server welcomed us."""

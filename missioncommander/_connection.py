@@ -51,6 +51,24 @@ if not all(RECEIVE[(role, _OPEN)].get(_MessageReceived) is _OPEN for role in Rol
     raise ImportError("the MESSAGE fast path disagrees with the RECEIVE table")
 
 
+#: How the first bytes of other protocols begin (an HTTP request's method).
+_HTTP_METHODS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"PATCH ", b"OPTIONS ", b"CONNECT ")
+
+
+def _foreign_protocol(data: bytes | memoryview) -> str | None:
+    """What a connection's first bytes, refused as frames, are instead,
+    said so that whoever misconfigured the client can tell."""
+    head = bytes(data[:8])
+    if head[:2] == b"\x16\x03":  # a TLS handshake record, any TLS version
+        return (
+            "the client began a TLS handshake, and this server has no TLS: "
+            "give the server tls_cert and tls_key, or turn the client's tls off"
+        )
+    if head.startswith(_HTTP_METHODS):
+        return "the client sent an HTTP request: this port speaks MissionCommander's protocol (docs/PROTOCOL.md)"
+    return None
+
+
 class Connection:
     """One side of one connection: handshake phase, frame rules, liveness.
 
@@ -122,8 +140,15 @@ class Connection:
                 if self.phase is _CLOSED:
                     break  # the peer closes after this; nothing after it counts
                 is_open = self.phase is _OPEN
-        except RemoteProtocolError:
+        except RemoteProtocolError as exc:
+            # Refused before the HELLO: the connection's very first bytes
+            # (in one read, as a client's first write arrives) may be
+            # another protocol's; the code stays, the words say which.
+            first = self.role is Role.SERVER and self.phase is FIRST_PHASE[Role.SERVER]
             self._enter(_CLOSED)
+            foreign = _foreign_protocol(data) if first else None
+            if foreign is not None:
+                raise RemoteProtocolError(exc.code, foreign) from None
             raise
         return events
 

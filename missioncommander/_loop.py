@@ -815,7 +815,7 @@ class Transport:
             except (ssl.SSLError, ssl.CertificateError) as exc:
                 self._tls_flush()  # the alert, if any, tells the peer why
                 self.flush()
-                self.close(f"TLS handshake failed: {_tls_reason(exc)}", exc)
+                self.close(f"TLS handshake failed: {_tls_reason(exc, not tls.obj.server_side)}", exc)
                 return False
             else:
                 tls.ready = True
@@ -1010,7 +1010,13 @@ _STRICT_REFUSALS = (
 )
 
 
-def _tls_reason(exc: BaseException) -> str:
+def _tls_reason(exc: BaseException, client_side: bool = False) -> str:
+    if client_side and getattr(exc, "reason", None) == "WRONG_VERSION_NUMBER":
+        # What came back is no TLS record: the commonest cause by far.
+        return (
+            "wrong version number (the server does not speak TLS: "
+            "turn tls off, or give the server tls_cert and tls_key)"
+        )
     if isinstance(exc, ssl.SSLCertVerificationError):
         failed = f"certificate verify failed: {exc.verify_message}"
         if any(words in str(exc.verify_message).lower() for words in _STRICT_REFUSALS):

@@ -279,6 +279,14 @@ def test_tls_round_trip_and_an_untrusted_server(certs: Certs) -> None:
             )
             with pytest.raises(ConnectError, match="certificate verify failed"):
                 await untrusting.connect()
+            # Without tls the server says nothing: the client says what that may mean.
+            plain = AsyncClient(address="127.0.0.1", port=server.port, connect_timeout=1.0, reconnect_attempts=1)
+            with pytest.raises(ConnectError, match="the server said nothing: if it wants TLS, set tls"):
+                await plain.connect()
+        async with AsyncServer(interface="127.0.0.1", port=0) as plain_server:
+            client = AsyncClient(address="127.0.0.1", port=plain_server.port, reconnect_attempts=1, **trusting)
+            with pytest.raises(ConnectError, match=r"wrong version number \(the server does not speak TLS"):
+                await client.connect()
 
     run(test)
 

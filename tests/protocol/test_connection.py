@@ -112,6 +112,34 @@ def test_server_accepts_only_hello_first(frame: bytes) -> None:
     assert server.send_error("unexpected_frame", "no").startswith(b"\0\0")
 
 
+# A TLS 1.2/1.3 ClientHello's record header (what a client with tls set
+# writes first) and an HTTP request: neither is a frame.
+TLS_CLIENT_HELLO = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 32
+HTTP_REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("first_bytes", "said"),
+    [
+        (TLS_CLIENT_HELLO, "the client began a TLS handshake, and this server has no TLS"),
+        (HTTP_REQUEST, "the client sent an HTTP request"),
+    ],
+    ids=["tls", "http"],
+)
+def test_another_protocols_first_bytes_are_named(first_bytes: bytes, said: str) -> None:
+    server = Connection(Role.SERVER)
+    with pytest.raises(RemoteProtocolError, match=said) as info:
+        server.receive_data(first_bytes, now=0.0)
+    assert info.value.code == "frame_too_large"  # what the bytes are as a frame
+    assert server.state is ConnState.CLOSED
+    # Only a connection's first bytes are judged so: later, and at a
+    # client, the same bytes are just a frame too large.
+    for receiver in (*handshake(), Connection(Role.CLIENT)):
+        with pytest.raises(RemoteProtocolError, match="exceeds the maximum") as later:
+            receiver.receive_data(first_bytes, now=0.0)
+        assert later.value.code == "frame_too_large"
+
+
 def test_second_hello_is_unexpected() -> None:
     client = Connection(Role.CLIENT)
     server = Connection(Role.SERVER)

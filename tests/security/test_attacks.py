@@ -106,9 +106,20 @@ def test_plain_client_against_a_tls_server_fails_cleanly(
     bystander.connect()
     watch = Bystander(tls_server, bystander)
     plain = make_client(tls_server, connect_timeout=2.0)
-    with pytest.raises(ConnectError):
+    # The server waits for a TLS handshake that never comes: the client
+    # hears nothing, and says what that may mean.
+    with pytest.raises(ConnectError, match=r"the server said nothing: if it wants TLS, set tls"):
         plain.connect()
     watch.check()
+
+
+def test_tls_client_against_a_plain_server_is_told_on_both_sides(
+    server: Server, make_client: MakeClient, certs: Certs, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = tls_client(make_client, server, certs)
+    with pytest.raises(ConnectError, match=r"wrong version number \(the server does not speak TLS"):
+        client.connect()
+    wait_until(lambda: "the client began a TLS handshake, and this server has no TLS" in caplog.text)
 
 
 def test_mutual_tls_requires_a_client_certificate(make_client: MakeClient, certs: Certs) -> None:
