@@ -118,6 +118,11 @@ SERVER_TUNING = {
 }
 #: Tuning settings that may be null: none (no limit, retry forever, off).
 OPTIONAL_TUNING = ("reconnect_attempts", "max_clients", "max_connection_rate", "auth_tokens")
+#: Settings that name a file.  mcd opens them in its own working directory,
+#: not the caller's: it takes them only absolute (mcctl makes a relative
+#: one absolute against where it runs; the GUI expands ``~``).
+FILE_KEYS = ("tls_cert", "tls_key", "tls_ca")
+
 #: Settings a control client may set on each kind of instance (the schema's
 #: ``ClientKey``/``ServerKey`` literals must agree: a test checks).
 CLIENT_KEYS = (

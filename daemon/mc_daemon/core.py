@@ -15,13 +15,22 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os.path
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from mc_control.codes import API_VERSION, CLIENT_KEYS, CLIENT_TUNING, SERVER_KEYS, SERVER_TUNING, ErrorCode
+from mc_control.codes import (
+    API_VERSION,
+    CLIENT_KEYS,
+    CLIENT_TUNING,
+    FILE_KEYS,
+    SERVER_KEYS,
+    SERVER_TUNING,
+    ErrorCode,
+)
 from missioncommander import (
     BindError,
     Client,
@@ -425,6 +434,7 @@ class DaemonCore:
         keys = CLIENT_KEYS if kind == "client" else SERVER_KEYS
         if key not in keys:
             raise CoreError(ErrorCode.INVALID_VALUE, f"unknown {kind} setting {key!r}; known: {', '.join(keys)}")
+        warnings = _file_setting_problems(kind, key, value)
         with self._lock:
             new = name not in self._table(kind)
         if new:
@@ -447,7 +457,7 @@ class DaemonCore:
             instance.tuned.add(key)
         instance.settings_changed()
         settings = instance.publish_settings(key)
-        return _with_warnings({"settings": settings}, self.save())
+        return _with_warnings({"settings": settings}, [*warnings, *self.save()])
 
     def get_settings(self, kind: str, name: str, key: str | None) -> dict[str, Any]:
         settings: dict[str, Any] = self.get(kind, name, create=False).settings()
@@ -832,6 +842,24 @@ class DaemonCore:
                     self.save()  # still wanted: a crash now must not leave it saved as stopped
                     self._restore_problem(f"server {name!r} not restarted: {exc.message}")
         log.debug("%s %r restored", kind, name)
+
+
+def _file_setting_problems(kind: str, key: str, value: Any) -> list[str]:
+    """Refuse a relative path for a file setting (mcd's working directory is
+    not its caller's); a warning when no file is there (yet)."""
+    if key not in FILE_KEYS or not isinstance(value, str) or not value:
+        return []
+    if not os.path.isabs(value):
+        raise CoreError(
+            ErrorCode.INVALID_VALUE,
+            f"{key} must be an absolute path, not {value!r}: mcd opens it in its own working directory,"
+            " not yours (mcctl makes a relative path absolute itself)",
+            {"key": key, "value": value},
+        )
+    if os.path.isfile(value):
+        return []
+    fails = "connect" if kind == "client" else "start"
+    return [f"{key}: there is no file {value} (yet); {fails} fails until there is"]
 
 
 def _apply_setting(target: Client | Server, key: str, value: Any) -> None:

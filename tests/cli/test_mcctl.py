@@ -539,6 +539,28 @@ def test_an_open_server_warns_whoever_started_it(mcd: Mcd) -> None:
     assert any("neither TLS nor a token" in w for w in as_json["warnings"])
 
 
+def test_file_settings_are_absolute_paths_and_a_missing_file_is_a_warning(mcd: Mcd, tmp_path: Path) -> None:
+    sock = mcd.socket
+    # mcd does not share mcctl's working directory: mcctl sends the path whole.
+    out = run("server", "set", "tls_cert", "server.pem", socket_path=sock, cwd=tmp_path)
+    assert out.returncode == 0, out
+    assert f"tls_cert = {tmp_path / 'server.pem'}" in out.stdout
+    assert f"mcctl: warning: tls_cert: there is no file {tmp_path / 'server.pem'} (yet); start fails" in out.stderr
+    (tmp_path / "ca.pem").write_text("a file")
+    out = run("client", "set", "tls_ca", "ca.pem", socket_path=sock, cwd=tmp_path)
+    assert out.returncode == 0 and "warning" not in out.stderr, out
+    assert ok_json("client", "get", "tls_ca", socket_path=sock)["settings"]["tls_ca"] == str(tmp_path / "ca.pem")
+    home = dict(os.environ, HOME=str(tmp_path))
+    out = run("client", "set", "tls_cert", "~/ca.pem", socket_path=sock, env=home)
+    assert f"tls_cert = {tmp_path / 'ca.pem'}" in out.stdout
+    # Over the control API a relative path is refused, and changes nothing.
+    with pytest.raises(ControlError, match=r"must be an absolute path, not 'ca\.pem'") as refused:
+        mcd.request("client.set", key="tls_key", value="ca.pem")
+    assert refused.value.code == "invalid_value"
+    assert mcd.request("client.get", key="tls_key")["settings"]["tls_key"] is None
+    assert run("client", "set", "tls_ca", "none", socket_path=sock).returncode == 0  # unset, as before
+
+
 def test_a_setting_that_cannot_be_saved_is_reported_and_saved_later(mcd: Mcd) -> None:
     sock = mcd.socket
     assert run("client", "set", "port", "1000", socket_path=sock).returncode == 0

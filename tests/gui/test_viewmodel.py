@@ -114,6 +114,14 @@ def test_validation(check: Any, text: str, value: Any, error: str | None) -> Non
     assert check(text) == (value, error)
 
 
+def test_file_fields_expand_home_and_other_text_fields_do_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", "/home/someone")
+    assert vm.setting_text("tls_cert", " ~/certs/a.pem ") == "/home/someone/certs/a.pem"
+    assert vm.setting_text("tls_ca", "/etc/ca.pem") == "/etc/ca.pem"
+    assert vm.setting_text("tls_hostname", "~host") == "~host"
+    assert vm.setting_text("tls_key", "  ") is None
+
+
 def test_live_figures_become_rates_and_one_line() -> None:
     model = vm.ViewModel()
     figures = {"messages_sent": 10, "messages_received": 0, "queued": 2, "max_queued": 100, "rtt_smoothed_ms": 1.25}

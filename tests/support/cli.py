@@ -21,6 +21,7 @@ def run(
     timeout: float = 60,
     env: dict[str, str] | None = None,
     stdin: str | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     full_env = dict(env or os.environ)
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
@@ -34,4 +35,5 @@ def run(
         timeout=timeout,
         env=full_env,
         check=False,
+        cwd=cwd,
     )

@@ -8,10 +8,12 @@ after the command words; ``--`` ends them.
 from __future__ import annotations
 
 import json
+import os.path
 
 from mc_control.codes import (
     CLIENT_KEYS,
     CLIENT_TUNING,
+    FILE_KEYS,
     OPTIONAL_TUNING,
     SERVER_KEYS,
     SERVER_TUNING,
@@ -261,6 +263,8 @@ def parse_payload(text: str, read_stdin: Callable[[], str] | None = None) -> dic
 def _value(key: str, raw: str) -> str | int | float | bool | dict[str, str] | None:
     if key in OPTIONAL_KEYS and raw.lower() in ("none", "null", ""):
         return None
+    if key in FILE_KEYS:
+        return os.path.abspath(os.path.expanduser(raw))  # mcd does not share our working directory
     if key in BOOL_KEYS:
         if raw.lower() in _TRUE:
             return True

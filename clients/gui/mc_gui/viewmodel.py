@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import os.path
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from mc_control.codes import NAME_MAX, name_problem, refuse_json_constant
+from mc_control.codes import FILE_KEYS, NAME_MAX, name_problem, refuse_json_constant
 from mc_control.events import describe_event
 
 LOG_LINES = 500
@@ -373,3 +374,12 @@ def describe_figures(kind: str, figures: dict[str, Any], rates: list[tuple[float
         parts.append(f"clients {figures['connected']} connected, {figures['detached']} detached")
         parts.append(f"refused {sum(figures['refusals'].values())}, cut off {figures['slow_clients_cut']}")
     return " · ".join(parts)
+
+
+def setting_text(key: str, text: str) -> str | None:
+    """A text field's value for mcd: None when empty; for a file (mcd takes
+    absolute paths only) with ``~`` expanded."""
+    text = text.strip()
+    if not text:
+        return None
+    return os.path.expanduser(text) if key in FILE_KEYS else text

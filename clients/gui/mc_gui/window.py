@@ -781,7 +781,7 @@ class ClientTab(InstanceTab):
         if values["client_id"] is None:
             del values["client_id"]  # keep the id the daemon gave the instance
         for key in ("tls_ca", "tls_hostname", "tls_cert", "tls_key"):
-            values[key] = self.field_for(key).text().strip() or None
+            values[key] = vm.setting_text(key, self.field_for(key).text())
         values["servers"] = servers
         if self.token.dirty:  # a token is only ever sent, never shown
             values["auth_token"] = self.token.text() or None
@@ -971,9 +971,9 @@ class ServerTab(InstanceTab):
         changes: list[tuple[str, object, Field]] = [
             ("interface", interface, self.interface),
             ("port", port, self.port),
-            ("tls_cert", self.tls_cert.text().strip() or None, self.tls_cert),
-            ("tls_key", self.tls_key.text().strip() or None, self.tls_key),
-            ("tls_ca", self.tls_ca.text().strip() or None, self.tls_ca),
+            ("tls_cert", vm.setting_text("tls_cert", self.tls_cert.text()), self.tls_cert),
+            ("tls_key", vm.setting_text("tls_key", self.tls_key.text()), self.tls_key),
+            ("tls_ca", vm.setting_text("tls_ca", self.tls_ca.text()), self.tls_ca),
             ("cluster", self.cluster.text().strip() or None, self.cluster),
             ("node_id", self.node_id.text().strip() or None, self.node_id),
         ]
