@@ -801,8 +801,8 @@ class DaemonCore:
         if any(restored.values()):
             log.info("restored %d server(s) and %d client(s)", restored["server"], restored["client"])
 
-    def _restore_problem(self, problem: str) -> None:
-        log.error("%s", problem)
+    def _restore_problem(self, problem: str, level: int = logging.ERROR) -> None:
+        log.log(level, "%s", problem)
         self._restore_problems.append(problem)
 
     def _left(self) -> int:
@@ -822,6 +822,13 @@ class DaemonCore:
                 continue
             if value == HIDDEN:
                 continue
+            if key in FILE_KEYS and isinstance(value, str) and value and not os.path.isabs(value):
+                # Saved before mcd took only absolute paths: kept, but said.
+                self._restore_problem(
+                    f"{kind} {name!r}: {key} {value!r} is a relative path, read from mcd's working directory"
+                    f" ({os.getcwd()}): set it again as an absolute path",
+                    logging.WARNING,
+                )
             try:
                 setattr(target, key, value)
             except (TypeError, ValueError, AttributeError) as exc:

@@ -517,11 +517,16 @@ def test_what_the_restore_refused_is_in_the_daemon_status() -> None:
         daemon.stop()
         state = json.loads((daemon.state_dir / "state.json").read_text())
         state["servers"]["default"]["settings"]["port"] = "thirty"  # edited by hand, say
+        # A relative path saved before mcd took only absolute ones: kept, and said.
+        state["servers"]["default"]["settings"]["tls_cert"] = "server.pem"
         (daemon.state_dir / "state.json").write_text(json.dumps(state))
         daemon.start()
-        (warning,) = daemon.request("daemon.status")["warnings"]
-        assert warning.startswith("at start: server 'default': saved port='thirty' refused")
+        refused, relative = daemon.request("daemon.status")["warnings"]
+        assert refused.startswith("at start: server 'default': saved port='thirty' refused")
+        assert relative.startswith("at start: server 'default': tls_cert 'server.pem' is a relative path")
+        assert relative.endswith("set it again as an absolute path")
         assert daemon.request("server.get", key="interface")["settings"] == {"interface": "127.0.0.1"}
+        assert daemon.request("server.get", key="tls_cert")["settings"] == {"tls_cert": "server.pem"}
     finally:
         daemon.close()
 
