@@ -111,6 +111,10 @@ def _literal_family(host: str) -> int | None:
     return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
 
 
+#: A resolved address: the socket family and the address to connect to.
+Target = tuple[int, tuple[Any, ...]]
+
+
 class _Attempt(Exception):
     """Why one connection attempt failed; ``terminal`` ends all retrying."""
 
@@ -152,18 +156,29 @@ class _ClientLink(Link):
         #: The server closed this connection asking us to come back (a
         #: cluster node handing its clients over): news, not a fault.
         self.asked_to_retry = False
+        #: The name's other addresses, tried in turn while TCP fails (a
+        #: "localhost" that is ::1 first and a server on 127.0.0.1 only).
+        self._fallbacks: tuple[Target, ...] = ()
+        self._bind_to: tuple[str, int] | None = None
 
     def describe(self) -> str:
         return f"client {self.client.client_id!r}"
 
-    def start(self, addr: tuple[Any, ...], family: int, bind: tuple[str, int] | None, timeout: float) -> None:
-        client = self.client
+    def start(self, targets: tuple[Target, ...], bind: tuple[str, int] | None, timeout: float) -> None:
+        """Connect to the first of ``targets``, the next when TCP fails,
+        all within ``timeout``."""
         self.timer = self.loop.call_later(timeout, self._timed_out, timeout)
+        self._bind_to = bind
+        self._dial(targets)
+
+    def _dial(self, targets: tuple[Target, ...]) -> None:
+        client = self.client
+        (family, addr), self._fallbacks = targets[0], targets[1:]
         hostname = client.tls_hostname or client.address if client._tls_context is not None else None
         self.connecting = self.loop.connect(
             family,
             addr,
-            bind,
+            self._bind_to,
             self,
             tls=client._tls_context,
             server_hostname=hostname,
@@ -177,7 +192,16 @@ class _ClientLink(Link):
 
     def connect_failed(self, reason: str) -> None:
         self.connecting = None
+        if self._fallbacks and not self._dead:
+            # On the next turn: an address that fails at once fails inside
+            # loop.connect, before _dial has kept what it returned.
+            self.loop.call_soon(self._dial_next)
+            return
         self._fail(_Attempt(reason))
+
+    def _dial_next(self) -> None:
+        if not self._dead:
+            self._dial(self._fallbacks)
 
     def _send_hello(self, challenge: Challenge) -> None:
         client = self.client
@@ -561,13 +585,11 @@ class Client(ClientSettings):
         if not cfg.is_any_interface(self.interface) and self.bind_port is None:
             raise StateError(f"bind_port is required when interface is {self.interface!r}")
 
-    def _start_connect(
-        self, wait: bool, target: tuple[int, tuple[Any, ...]] | None
-    ) -> tuple[int, Future[None] | None] | None:
+    def _start_connect(self, wait: bool, targets: tuple[Target, ...] | None) -> tuple[int, Future[None] | None] | None:
         """Start connecting (the part of connect() that does not wait);
         returns the attempt's generation and, with ``wait``, the future its
-        outcome sets, or None when already running.  ``target``: the
-        address, resolved."""
+        outcome sets, or None when already running.  ``targets``: the
+        addresses, resolved."""
         self._bind()  # an interface that vanished fails here, in the caller
         tls_context = client_context(self.tls_ca, self.tls_verify, self.tls_cert, self.tls_key) if self.tls else None
         with self._lock:
@@ -586,7 +608,7 @@ class Client(ClientSettings):
             self._session.set_limits(self.max_queued, self.max_queued_bytes)
             self._inbox.max_count, self._inbox.max_bytes = self.max_inbound, self.max_inbound_bytes
             self._set_state(CONNECTING)
-        self._loop.call_soon(self._start_attempt, generation, target)
+        self._loop.call_soon(self._start_attempt, generation, targets)
         return generation, future
 
     def disconnect(self) -> None:
@@ -782,16 +804,17 @@ class Client(ClientSettings):
 
     # -- address resolution ----------------------------------------------------
 
-    def _literal_target(self) -> tuple[int, tuple[Any, ...]] | None:
+    def _literal_target(self) -> tuple[Target] | None:
         host, port = self.address, self.port
         family = _literal_family(host)
         if family is None:
             return None
         if family == socket.AF_INET6:
-            return family, (host, port, 0, 0)
-        return family, (host, port)
+            return ((family, (host, port, 0, 0)),)
+        return ((family, (host, port)),)
 
-    def _resolve(self) -> tuple[int, tuple[Any, ...]]:
+    def _resolve(self) -> tuple[Target, ...]:
+        """The address's targets, in the resolver's order (at least one)."""
         literal = self._literal_target()
         if literal is not None:
             return literal
@@ -802,18 +825,20 @@ class Client(ClientSettings):
             raise ConnectError(f"cannot resolve {host!r}: {exc.strerror}") from exc
         except (UnicodeError, OSError) as exc:  # the resolver refuses some names outright; same answer
             raise ConnectError(f"cannot resolve {host!r}: {exc}") from exc
-        family, _, _, _, sockaddr = infos[0]
-        return family, sockaddr
+        targets = tuple(dict.fromkeys((family, sockaddr) for family, _, _, _, sockaddr in infos))
+        if not targets:
+            raise ConnectError(f"cannot resolve {host!r}: no address")
+        return targets
 
     # -- loop thread ---------------------------------------------------------
 
-    def _start_attempt(self, generation: int, target: tuple[int, tuple[Any, ...]] | None) -> None:
+    def _start_attempt(self, generation: int, targets: tuple[Target, ...] | None) -> None:
         self._retry_timer = None
         if generation != self._generation:
             return
-        if target is None:
-            target = self._literal_target()
-        if target is None:
+        if targets is None:
+            targets = self._literal_target()
+        if targets is None:
             # Attempts after the first resolve again (the address may have
             # moved) on a helper thread, so DNS never blocks the I/O loop.
             def resolve() -> None:
@@ -833,8 +858,7 @@ class Client(ClientSettings):
             return
         link = _ClientLink(self, self._loop, generation)
         self._link = link
-        family, addr = target
-        link.start(addr, family, bind, self.connect_timeout)
+        link.start(targets, bind, self.connect_timeout)
 
     def _attempt_failed_early(self, generation: int, reason: str) -> None:
         if generation == self._generation:

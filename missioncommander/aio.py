@@ -28,7 +28,7 @@ from typing import Any, NamedTuple, TypeVar
 from . import _config as cfg
 from ._aio_driver import AsyncioDriver
 from ._callbacks import Answering, Callbacks, Reply, Run, SerialQueue, answering, normalise_event
-from ._client import _CAN_SEND, _RUNNING, CLIENT_EVENTS, DISCONNECT_WAIT, Client, ClientSettings
+from ._client import _CAN_SEND, _RUNNING, CLIENT_EVENTS, DISCONNECT_WAIT, Client, ClientSettings, Target
 from ._errors import ConnectTimeout, QueueFullError, RequestTimeout, StateError
 from ._inbox import Inbox
 from ._message import Message
@@ -635,10 +635,10 @@ class AsyncClient(_Endpoint, ClientSettings):
         loop = self._driver.bind()
         inner = self._inner
         inner._check_connectable()
-        target = None
+        targets: tuple[Target, ...] | None = None
         if wait:
-            target = inner._literal_target() or await loop.run_in_executor(None, inner._resolve)
-        started = inner._start_connect(wait, target)
+            targets = inner._literal_target() or await loop.run_in_executor(None, inner._resolve)
+        started = inner._start_connect(wait, targets)
         if started is None:
             return
         generation, future = started

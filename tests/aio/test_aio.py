@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
-from support import FaultProxy, Recorder, tls_handshakes
+from support import FaultProxy, Recorder, resolve_as_ipv6_then_ipv4, tls_handshakes
 from support.certs import Certs
 
 from missioncommander import (
@@ -261,6 +261,19 @@ def test_a_tls_flood_over_the_rate_limit_costs_no_handshakes(certs: Certs, event
                     sock.close()
 
     assert run(test) == 4
+
+
+def test_a_name_is_tried_address_by_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked = resolve_as_ipv6_then_ipv4(monkeypatch, "dual.test")
+
+    async def test() -> None:
+        async with AsyncServer(interface="127.0.0.1", port=0) as server:
+            client = AsyncClient(address="dual.test", port=server.port)
+            async with client:  # ::1 refuses; 127.0.0.1 answers, in the same attempt
+                assert client.connected and client.failed_attempts == 0
+
+    run(test)
+    assert asked == ["dual.test"]
 
 
 def test_tls_round_trip_and_an_untrusted_server(certs: Certs) -> None:

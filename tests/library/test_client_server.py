@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 
 import pytest
-from support import Recorder, wait_until
+from support import Recorder, resolve_as_ipv6_then_ipv4, wait_until
 
 from missioncommander import (
     Client,
@@ -137,6 +137,19 @@ def test_connect_failure_leaves_connect_failed(make_client: MakeClient) -> None:
     with pytest.raises(StateError, match="cannot send yet: the client has no session until it first connects"):
         client.send(Message("x"))
     client.disconnect()
+
+
+def test_a_name_is_tried_address_by_address(
+    server: Server, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked = resolve_as_ipv6_then_ipv4(monkeypatch, "dual.test")
+    client = make_client(address="dual.test", port=server.port)
+    client.connect()  # ::1 refuses; 127.0.0.1 answers, in the same attempt
+    assert client.connected and client.failed_attempts == 0 and asked == ["dual.test"]
+    client.disconnect()
+    client.connect(wait=False)  # resolved again, off the I/O thread
+    wait_until(lambda: client.connected)
+    assert asked == ["dual.test", "dual.test"]
 
 
 def test_context_managers(make_client: MakeClient) -> None:

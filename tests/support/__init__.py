@@ -287,3 +287,23 @@ def tls_handshakes(socks: list[socket.socket], cafile: str) -> int:
             continue
         done += 1
     return done
+
+
+def resolve_as_ipv6_then_ipv4(monkeypatch: Any, name: str) -> list[str]:
+    """Make ``name`` resolve as "localhost" does on many hosts: ::1 first,
+    then 127.0.0.1 (servers in tests listen on 127.0.0.1 only, so ::1
+    refuses).  Returns the names looked up, to show the resolver was asked."""
+    real = socket.getaddrinfo
+    asked: list[str] = []
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != name:
+            return real(host, port, *args, **kwargs)
+        asked.append(host)
+        return [
+            (socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("::1", port, 0, 0)),
+            (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", port)),
+        ]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return asked
