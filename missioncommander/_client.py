@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import ipaddress
 import logging
+import os
 import socket
 import ssl
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -53,7 +56,7 @@ from ._frames import (
 )
 from ._inbox import Inbox
 from ._link import Link, route_locked
-from ._loop import Cancellable, Connecting, Driver, WriteTarget, get_loop
+from ._loop import Cancellable, Connecting, Driver, Loop, WriteTarget, get_loop
 from ._message import Message
 from ._reconnect import Step, after_failure, reconnect_delay, retry_hint
 from ._requests import ReplyWaiter, Requests, reply_body
@@ -608,6 +611,8 @@ class Client(ClientSettings):
             self._session.set_limits(self.max_queued, self.max_queued_bytes)
             self._inbox.max_count, self._inbox.max_bytes = self.max_inbound, self.max_inbound_bytes
             self._set_state(CONNECTING)
+        if isinstance(self._loop, Loop):
+            _STARTED.add(self)
         self._loop.call_soon(self._start_attempt, generation, targets)
         return generation, future
 
@@ -1131,3 +1136,36 @@ class Client(ClientSettings):
         link.on_closed = done
         # After a BYE the server closes: let it, so that TIME_WAIT stays there.
         transport.close_after_flush(reason="disconnected by this client", peer_first=said_bye)
+
+
+#: How long the clients still connected at interpreter exit have, all
+#: together, to write what was sent and say goodbye.
+EXIT_WAIT = 2.0
+
+#: Threaded clients that have started connecting (the asyncio API's end
+#: with their loop, in ``async with`` or ``disconnect()``).
+_STARTED: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+def _disconnect_at_exit() -> None:
+    """At interpreter exit, a connected client disconnects as ``disconnect()``
+    does, so that what the program sent before it ended reaches the server
+    (as a file's buffer is flushed at exit) and the server ends the session
+    at once instead of keeping it for a resume that cannot come.  Runs while
+    the library's daemon threads still do."""
+    waits = []
+    for client in list(_STARTED):
+        loop = client._loop
+        if client._state_bits & _CONNECTED and isinstance(loop, Loop) and loop.running() and client._begin_disconnect():
+            done = threading.Event()
+            loop.call_soon(client._disconnect_on_loop, done.set)
+            waits.append((client, done))
+    deadline = time.monotonic() + EXIT_WAIT
+    for client, done in waits:
+        client._finish_disconnect(done.wait(max(0.0, deadline - time.monotonic())))
+
+
+atexit.register(_disconnect_at_exit)
+# A forked child has none of its parent's connections' threads: its exit
+# must not try to close them.
+os.register_at_fork(after_in_child=_STARTED.clear)

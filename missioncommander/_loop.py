@@ -181,6 +181,10 @@ class Loop:
     def in_loop(self) -> bool:
         return threading.current_thread() is self._thread
 
+    def running(self) -> bool:
+        """Whether the loop's thread runs (not in a forked child, say)."""
+        return self._thread.is_alive()
+
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the loop thread, after calls already queued."""
         with self._lock:

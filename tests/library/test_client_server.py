@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 
@@ -150,6 +152,30 @@ def test_a_name_is_tried_address_by_address(
     client.connect(wait=False)  # resolved again, off the I/O thread
     wait_until(lambda: client.connected)
     assert asked == ["dual.test", "dual.test"]
+
+
+EXITS_WITHOUT_DISCONNECT = """
+import sys
+from missioncommander import Client, Message
+client = Client(address="127.0.0.1", port=int(sys.argv[1]), client_id="brief")
+client.connect()
+for n in range(200):
+    client.send(Message("last-words", {"n": n}))
+"""  # and the program ends: no disconnect()
+
+
+def test_what_a_program_sent_before_it_ended_reaches_the_server(server: Server) -> None:
+    rec = Recorder().attach(server, "message", "clientdisconnect")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    done = subprocess.run(
+        [sys.executable, "-c", EXITS_WITHOUT_DISCONNECT, str(server.port)], env=env, timeout=60, check=False
+    )
+    assert done.returncode == 0
+    rec.wait_count("message", 200)
+    assert [msg.payload["n"] for _cid, msg in rec.of("message")] == list(range(200))
+    # A goodbye, not a broken connection: the session ends at once.
+    rec.wait_count("clientdisconnect", 1)
+    wait_until(lambda: server.clients == [])
 
 
 def test_context_managers(make_client: MakeClient) -> None:
