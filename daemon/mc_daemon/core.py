@@ -958,7 +958,7 @@ def _send_errors() -> Iterator[None]:
 @contextlib.contextmanager
 def _unless_not_connected(name: str, client: Client) -> Iterator[None]:
     """A client's send refused for want of a connection, said in mcctl's
-    words (the library's names its Python calls)."""
+    words (the library's words name its Python calls)."""
     try:
         yield
     except StateError:
