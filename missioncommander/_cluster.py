@@ -531,7 +531,8 @@ class ClusterNode:
                     self._catch_up()
                     next_renew = time.monotonic() + self.lease_ttl / 3
                     if not self.ready:
-                        log.info("cluster node %s joined (Redis at %s)", self.node_id, self.url)
+                        again = "is back" if self._joined.is_set() else "joined"
+                        log.info("cluster node %s %s (Redis at %s)", self.node_id, again, self.url)
                     self.ready = True
                     self._joined.set()
                     self._lost_logged = False

@@ -192,8 +192,9 @@ def test_a_cut_client_resumes_on_another_node_exactly_once(make_node: MakeNode, 
 
 
 def test_redis_restart_without_persistence_tells_clients_their_session_is_lost(
-    redis_server: RedisServer, make_node: MakeNode, make_client: MakeClient
+    redis_server: RedisServer, make_node: MakeNode, make_client: MakeClient, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="missioncommander")
     a = make_node(node_id="a")
     client = make_client(a, client_id="c1")
     rec = Recorder().attach(client, "sessionlost", "reconnect", "message")
@@ -204,6 +205,12 @@ def test_redis_restart_without_persistence_tells_clients_their_session_is_lost(
     assert a.client_nodes == {"c1": "a"}  # a new session, in the new Redis
     a.send("c1", Message("after", {"n": 1}))
     rec.wait_count("message", 1)
+    # The log tells a node's first join from its return.
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("cluster node a ")]
+    assert [m.split(" (")[0] for m in said if "Redis at" in m and "lost" not in m] == [
+        "cluster node a joined",
+        "cluster node a is back",
+    ], said
 
 
 def test_redis_restart_with_persistence_keeps_every_session(
