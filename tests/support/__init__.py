@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
+
 from missioncommander import Client, Server
 
 DEFAULT_WAIT = 10.0
@@ -289,7 +291,7 @@ def tls_handshakes(socks: list[socket.socket], cafile: str) -> int:
     return done
 
 
-def resolve_as_ipv6_then_ipv4(monkeypatch: Any, name: str) -> list[str]:
+def resolve_as_ipv6_then_ipv4(monkeypatch: pytest.MonkeyPatch, name: str) -> list[str]:
     """Make ``name`` resolve as "localhost" does on many hosts: ::1 first,
     then 127.0.0.1 (servers in tests listen on 127.0.0.1 only, so ::1
     refuses).  Returns the names looked up, to show the resolver was asked."""
