@@ -29,7 +29,8 @@ def main() -> None:
     try:
         client.connect()
     except ConnectError as exc:
-        sys.exit(f"{exc}\n(is the server running? python3 examples/echo_server.py)")
+        again = "" if port == 30000 else f" {port}"
+        sys.exit(f"{exc}\n(is the server running? python3 examples/echo_server.py{again})")
     with client:
         for n in range(count):
             client.send(Message("echo", {"message": "hello", "n": n}))

@@ -84,12 +84,14 @@ def test_echo_client_against_echo_server() -> None:
 
 
 def test_echo_client_without_a_server_says_so() -> None:
-    out = run("echo_client.py", str(free_port()))
+    port = str(free_port())
+    out = run("echo_client.py", port)
     assert out.returncode == 1
     assert "Traceback" not in out.stderr
     assert "Connection refused" in out.stderr
     assert "connect failed" not in out.stderr  # raised to the caller, not also logged as a warning
-    assert "is the server running? python3 examples/echo_server.py" in out.stderr
+    # the command it suggests starts a server on the port the client was given
+    assert f"is the server running? python3 examples/echo_server.py {port})" in out.stderr
 
 
 def test_echo_server_on_a_taken_port_says_so() -> None:
