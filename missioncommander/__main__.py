@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-USAGE = "usage: python3 -m missioncommander cli|gui [ARGS]"
+USAGE = "usage: python3 -m missioncommander cli|gui [ARGS] | --version"
 
 
 def main(argv: list[str]) -> int:
@@ -15,6 +15,11 @@ def main(argv: list[str]) -> int:
         print("        cli COMMAND ... runs one command (the same as `mcctl COMMAND ...`)")
         print("  gui   the tray GUI (the same as `mctray`)")
         return 0 if argv else 2
+    if argv[0] == "--version":
+        from missioncommander import __version__  # noqa: PLC0415
+
+        print(f"missioncommander {__version__}")
+        return 0
     # The controllers ship in the same distribution; they are imported only
     # here, so the library itself never depends on them.
     if argv[0] == "cli":

@@ -22,7 +22,7 @@ from support.mcd import Mcd
 from mc_cli import output
 from mc_control.client import ControlError
 from mc_control.codes import SERVER_KEYS
-from missioncommander import Client, ConnectionRefusedByServer, Message, NoResponder, Server
+from missioncommander import Client, ConnectionRefusedByServer, Message, NoResponder, Server, __version__
 
 
 def start_hosted_server(mcd: Mcd) -> int:
@@ -135,6 +135,10 @@ def test_json_output_of_every_command(mcd: Mcd) -> None:
         (("server", "send", "c42", "hi", "{}"), "(the client goes in --to: server send --to c42 hi '{}')"),
         (("server", "send", "*", "hi", "{}"), "(every client is the default: server send hi '{}')"),
         (("server", "request", "c42", "hi", "{}"), "(the client goes in --to: server request --to c42 hi '{}')"),
+        # A request has one reply: no hint that suggests --to '*', which is refused.
+        (("server", "request", "*", "hi", "{}"), "(a request goes to one client and waits for its one reply"),
+        (("server", "request", "--to", "*", "hi"), "server request --to '*': a request goes to one client and"),
+        (("server", "request", "hi"), "server request needs --to CLIENT_ID"),
         (("client", "set", "colour", "red"), "unknown client key"),
         (("client", "set", "port", "abc"), "port must be an integer"),
         (("server", "set", "heartbeat_interval", "soon"), "heartbeat_interval must be a number, not 'soon'"),
@@ -526,6 +530,21 @@ def test_python_m_missioncommander_cli_with_a_command_runs_it_as_mcctl(mcd: Mcd)
     assert piped.returncode == 0 and "127.0.0.1" in piped.stdout, piped.stderr
     wrong = cli("frobnicate")
     assert wrong.returncode == 2 and "unknown command 'frobnicate'" in wrong.stderr
+
+
+def test_python_m_missioncommander_says_its_modes_and_version() -> None:
+    def launcher(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "missioncommander", *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+    version = launcher("--version")
+    assert version.returncode == 0 and version.stdout == f"missioncommander {__version__}\n"
+    helped = launcher("--help")
+    assert helped.returncode == 0 and "cli|gui" in helped.stdout and "the tray GUI" in helped.stdout
+    bare = launcher()  # no mode: the same text, as a usage error
+    assert bare.returncode == 2 and bare.stdout == helped.stdout
+    wrong = launcher("daemon")
+    assert wrong.returncode == 2 and "unknown mode 'daemon'" in wrong.stderr and "Traceback" not in wrong.stderr
 
 
 def test_an_open_server_warns_whoever_started_it(mcd: Mcd) -> None:

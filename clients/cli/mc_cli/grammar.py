@@ -438,6 +438,13 @@ def _top_hint(word: str) -> str:
     return f" (did you mean {' or '.join(meant)}?)" if meant else ""
 
 
+#: Why ``server request`` takes no ``'*'``: one request has one reply.
+_REQUEST_TO_ALL = (
+    "a request goes to one client and waits for its one reply; ask each client"
+    " (--to CLIENT_ID; `server status` lists them), or send to every client with server send"
+)
+
+
 def _target_hint(kind: str, verb: str, args: list[str]) -> str:
     """The library's ``server.send(client_id, message)`` typed as words
     (``server send c42 hi '{...}'``): the client goes in --to."""
@@ -446,8 +453,10 @@ def _target_hint(kind: str, verb: str, args: list[str]) -> str:
     import shlex  # noqa: PLC0415 - only for this hint: mcctl's start-up does not pay for it
 
     rest = " ".join(shlex.quote(a) for a in args[1:])
-    if args[0] == "*" and verb == "send":
-        return f"   (every client is the default: server send {rest})"
+    if args[0] == "*":
+        if verb == "send":
+            return f"   (every client is the default: server send {rest})"
+        return f"   ({_REQUEST_TO_ALL})"
     return f"   (the client goes in --to: server {verb} --to {shlex.quote(args[0])} {rest})"
 
 
@@ -501,8 +510,10 @@ def _instance_command(inv: Invocation, kind: str, rest: list[str], read_stdin: C
         params.update(subject=args[0], payload=parse_payload(args[1], read_stdin) if len(args) == 2 else {})
         params["timeout"] = inv.options.timeout or 10.0
         if kind == "server":
-            if not inv.options.to or inv.options.to == "*":
+            if not inv.options.to:
                 raise UsageError("server request needs --to CLIENT_ID: a request goes to one client")
+            if inv.options.to == "*":
+                raise UsageError(f"server request --to '*': {_REQUEST_TO_ALL}")
             params["to"] = inv.options.to
     elif verb == "kick":
         if not args:
