@@ -50,6 +50,9 @@ GAUGES = (
     "detached",
     "max_clients",
 )
+#: Yes/no figures: gauges of 1 or 0 (``running``: a server between start
+#: and stop, what an alert on a server that stopped listening watches).
+FLAGS = ("running",)
 #: An instance's figures: ``missioncommander_<figure>{kind, instance}``.
 INSTANCE_LABELS = ("kind", "instance")
 #: A server's figures per client, under names of their own
@@ -129,6 +132,13 @@ class StatsCollector:
                     gauge.add_metric(values, value)
             if gauge.samples:
                 yield gauge
+        for figure in FLAGS:
+            flag = GaugeMetricFamily(prefix + figure, f"{figure}: 1 or 0 (docs/STATS.md)", labels=labels)
+            for values, figures in rows:
+                if isinstance(figures.get(figure), bool):
+                    flag.add_metric(values, float(figures[figure]))
+            if flag.samples:
+                yield flag
         connected = GaugeMetricFamily(
             prefix + "connected", "a client connected (1) or not; a server's clients connected", labels=labels
         )
@@ -138,13 +148,25 @@ class StatsCollector:
         refusals = CounterMetricFamily(
             prefix + "refusals", "connections refused, by the ERROR code they got", labels=(*labels, "code")
         )
+        # A cluster node's own (docs/CLUSTER.md): whether it reaches Redis and
+        # takes newcomers, and the clients it took over from nodes that died.
+        ready = GaugeMetricFamily(
+            prefix + "cluster_ready", "a cluster node reaches Redis and takes newcomers (1) or not", labels=labels
+        )
+        takeovers = CounterMetricFamily(
+            prefix + "cluster_takeovers", "clients resumed here after the node holding them died", labels=labels
+        )
         for values, figures in rows:
             connected.add_metric(values, float(figures.get("connected") or 0))
             if figures.get("rtt_smoothed_ms") is not None:
                 rtt.add_metric(values, figures["rtt_smoothed_ms"] / 1e3)
             for code, count in (figures.get("refusals") or {}).items():
                 refusals.add_metric((*values, code), count)
-        yield from (family for family in (connected, rtt, refusals) if family.samples)
+            cluster = figures.get("cluster")
+            if isinstance(cluster, dict):
+                ready.add_metric(values, float(bool(cluster.get("ready"))))
+                takeovers.add_metric(values, cluster.get("takeovers") or 0)
+        yield from (family for family in (connected, rtt, refusals, ready, takeovers) if family.samples)
 
     @staticmethod
     def daemon_families(daemon: dict[str, Any]) -> Iterator[Any]:
@@ -159,6 +181,11 @@ class StatsCollector:
         )
         yield CounterMetricFamily(
             "mcd_events_dropped", "events subscribers cut off for lagging never read", value=daemon["events_dropped"]
+        )
+        yield CounterMetricFamily(
+            "mcd_subscribers_cut_off",
+            "event subscribers cut off for falling too far behind",
+            value=daemon["subscribers_cut_off"],
         )
 
 

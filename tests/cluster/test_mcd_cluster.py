@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -61,6 +62,43 @@ def test_a_hosted_server_joins_a_cluster_and_lists_each_clients_node(
     # A server already running cannot change cluster: said plainly.
     refused = run("server", "set", "cluster", "none", socket_path=mcd.socket)
     assert refused.returncode == 1 and "stop" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_a_hosted_cluster_node_is_in_the_metrics(redis_server: RedisServer) -> None:
+    parser = pytest.importorskip("prometheus_client.parser", reason="needs prometheus-client: pip install '.[test]'")
+    metrics_port = free_port()
+    daemon = Mcd(None, "--metrics", str(metrics_port)).start()
+    try:
+        daemon.request("server.set", key="interface", value="127.0.0.1")
+        daemon.request("server.set", key="cluster", value=redis_server.url)
+        daemon.request("server.start")
+
+        def samples() -> dict[str, float]:
+            url = f"http://127.0.0.1:{metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                text = answer.read().decode()
+            return {
+                sample.name: sample.value
+                for family in parser.text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.labels.get("kind") == "server"
+            }
+
+        now = samples()
+        assert now["missioncommander_cluster_ready"] == 1
+        assert now["missioncommander_cluster_takeovers_total"] == 0
+        assert now["missioncommander_running"] == 1
+        # The gauge an alert on a node cut off from Redis watches.
+        redis_server.stop()
+        wait_until(lambda: samples()["missioncommander_cluster_ready"] == 0, what="not ready without Redis")
+        redis_server.start()
+        wait_until(lambda: samples()["missioncommander_cluster_ready"] == 1, timeout=10, what="ready again")
+        daemon.request("server.stop")
+        now = samples()
+        assert now["missioncommander_running"] == 0
+        assert "missioncommander_cluster_ready" not in now  # a stopped node is in no cluster
+    finally:
+        daemon.close()
 
 
 def test_a_hosted_client_takes_a_list_of_servers(mcd: Mcd, make_node: Callable[..., Server]) -> None:

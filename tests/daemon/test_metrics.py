@@ -68,7 +68,11 @@ def test_the_endpoint_parses_and_counts_what_the_instances_did(mcd: Mcd, metrics
     assert samples[("missioncommander_connected", client)] == 1
     assert samples[("missioncommander_clients", server)] == 1
     assert samples[("missioncommander_max_queued", client)] == 10_000
+    assert samples[("missioncommander_running", server)] == 1
+    assert ("missioncommander_running", client) not in samples  # a client's is `connected`
+    assert ("missioncommander_cluster_ready", server) not in samples  # not in a cluster
     assert samples[("mcd_uptime_seconds", ())] > 0
+    assert samples[("mcd_subscribers_cut_off_total", ())] == 0
     assert ("process_open_fds", ()) in samples  # mcd's own, from prometheus-client
     # Where to scrape is in mcd's status, for whoever forgot what the unit says.
     url = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -79,6 +83,9 @@ def test_the_endpoint_parses_and_counts_what_the_instances_did(mcd: Mcd, metrics
     # totals and its per-client figures are not one family counted twice.
     for name in ("missioncommander_messages_received_total", "missioncommander_messages_sent_total"):
         assert sum(value for (sample, _), value in samples.items() if sample == name) == 3
+    # A server that stopped listening says so (what an alert watches).
+    mcd.request("server.stop")
+    assert scrape(metrics_port)[("missioncommander_running", server)] == 0
 
 
 def test_a_series_per_client_only_when_asked(metrics_port: int) -> None:
