@@ -1,4 +1,5 @@
-"""Events of the control API, in words (shared by mcctl and the GUI)."""
+"""Events of the control API, and a cluster node's state, in words (shared
+by mcctl and the GUI)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,11 @@ def describe_event(ev: dict[str, Any]) -> str:
     else:
         what = name
     return f"{when}  #{ev['seq']:<5} {who}  {what}"
+
+
+def cluster_readiness(cluster: dict[str, Any]) -> str:
+    """A cluster node's ``ready``, in words: what it means for new clients."""
+    return "ready" if cluster.get("ready") else "NOT READY: cannot reach Redis, refusing new clients"
 
 
 def _json(value: object) -> str:

@@ -64,14 +64,14 @@ def test_a_hosted_server_joins_a_cluster_and_lists_each_clients_node(
     assert refused.returncode == 1 and "stop" in refused.stderr and "Traceback" not in refused.stderr
 
 
-def test_a_hosted_cluster_node_is_in_the_metrics(redis_server: RedisServer) -> None:
+def test_a_hosted_cluster_nodes_readiness_is_in_the_metrics_and_mcctl(redis_server: RedisServer) -> None:
     parser = pytest.importorskip("prometheus_client.parser", reason="needs prometheus-client: pip install '.[test]'")
     metrics_port = free_port()
     daemon = Mcd(None, "--metrics", str(metrics_port)).start()
     try:
         daemon.request("server.set", key="interface", value="127.0.0.1")
         daemon.request("server.set", key="cluster", value=redis_server.url)
-        daemon.request("server.start")
+        node_id = daemon.request("server.start")["cluster"]["node"]
 
         def samples() -> dict[str, float]:
             url = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -91,8 +91,14 @@ def test_a_hosted_cluster_node_is_in_the_metrics(redis_server: RedisServer) -> N
         # The gauge an alert on a node cut off from Redis watches.
         redis_server.stop()
         wait_until(lambda: samples()["missioncommander_cluster_ready"] == 0, what="not ready without Redis")
+        # mcctl says it where an operator looks: the status and the live table.
+        not_ready = "NOT READY: cannot reach Redis, refusing new clients"
+        assert not_ready in ok(daemon, "server", "status")
+        stats_row = ok(daemon, "stats", "--kind", "server").splitlines()[1]
+        assert stats_row.startswith("server") and stats_row.endswith(f"node {node_id} {not_ready}")
         redis_server.start()
         wait_until(lambda: samples()["missioncommander_cluster_ready"] == 1, timeout=10, what="ready again")
+        assert f"node {node_id} ready" in ok(daemon, "stats", "--kind", "server")
         daemon.request("server.stop")
         now = samples()
         assert now["missioncommander_running"] == 0

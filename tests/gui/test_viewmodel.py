@@ -135,6 +135,17 @@ def test_live_figures_become_rates_and_one_line() -> None:
     assert vm.describe_figures("server", {}, []) == "no figures yet"
 
 
+def test_a_cluster_nodes_figures_say_whether_it_takes_new_clients() -> None:
+    figures = {"messages_sent": 0, "messages_received": 0, "connected": 2, "detached": 0, "refusals": {}}
+    figures |= {"slow_clients_cut": 0, "cluster": None}
+    assert "cluster" not in vm.describe_figures("server", figures, [])
+    figures["cluster"] = {"node": "n1", "ready": True, "takeovers": 0}
+    assert vm.describe_figures("server", figures, []).endswith(" · cluster node n1: ready")
+    figures["cluster"] = {"node": "n1", "ready": False, "takeovers": 0}
+    line = vm.describe_figures("server", figures, [])
+    assert line.endswith(" · cluster node n1: NOT READY: cannot reach Redis, refusing new clients")
+
+
 def test_the_figures_bring_why_the_last_attempt_failed() -> None:
     # A client retrying in the background changes no state between attempts:
     # only its figures say why the latest one failed.

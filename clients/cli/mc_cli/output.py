@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mc_control.events import describe_event
+from mc_control.events import cluster_readiness, describe_event
 
 TYPE_CHECKING = False  # no typing at run time: mcctl imports this on every call
 if TYPE_CHECKING:
@@ -82,8 +82,7 @@ def status(st: dict[str, Any]) -> str:
         ]
         cluster = st.get("cluster")
         if cluster:
-            ready = "ready" if cluster.get("ready") else "NOT READY: cannot reach Redis, refusing new clients"
-            rows.insert(-1, ("cluster node", f"{cluster.get('node')} ({ready})"))
+            rows.insert(-1, ("cluster node", f"{cluster.get('node')} ({cluster_readiness(cluster)})"))
     return head + "\n" + "\n".join("  " + line for line in table(rows).splitlines())
 
 
@@ -168,6 +167,8 @@ def stats(result: dict[str, Any], rates: Rates | None = None, max_rows: int | No
             queued = ""
             refusals = sum(st["refusals"].values())
             extra = f"refused {refusals}, cut off {st['slow_clients_cut']}"
+            if st.get("cluster"):
+                extra += f", node {st['cluster'].get('node')} {cluster_readiness(st['cluster'])}"
         rtt = st.get("rtt_smoothed_ms")
         key = (entry["kind"], entry["name"], "")
         keys.append(key)

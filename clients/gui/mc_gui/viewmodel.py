@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mc_control.codes import FILE_KEYS, NAME_MAX, name_problem, refuse_json_constant
-from mc_control.events import describe_event
+from mc_control.events import cluster_readiness, describe_event
 
 LOG_LINES = 500
 #: Live-figure samples kept per instance: five minutes at one a second.
@@ -373,6 +373,8 @@ def describe_figures(kind: str, figures: dict[str, Any], rates: list[tuple[float
     else:
         parts.append(f"clients {figures['connected']} connected, {figures['detached']} detached")
         parts.append(f"refused {sum(figures['refusals'].values())}, cut off {figures['slow_clients_cut']}")
+        if figures.get("cluster"):
+            parts.append(f"cluster node {figures['cluster'].get('node')}: {cluster_readiness(figures['cluster'])}")
     return " · ".join(parts)
 
 
