@@ -32,11 +32,36 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from . import _config as cfg
 from ._errors import ClusterUnavailable
 from ._frames import MESSAGE_OVERHEAD
 
 #: Leases and presences live this long unless renewed (a third of it apart).
 DEFAULT_LEASE_TTL = 6.0
+
+#: What cluster mode says where redis-py is not installed.
+NEEDS_REDIS = "cluster mode needs the redis package: pip install 'missioncommander[cluster]'"
+
+
+def import_redis() -> Any:
+    """redis-py (the ``cluster`` extra), or an ``ImportError`` that says how
+    to install it: the library runs without it."""
+    try:
+        import redis  # noqa: PLC0415
+    except ImportError:
+        raise ImportError(NEEDS_REDIS) from None
+    return redis
+
+
+def cluster_url(value: Any, name: str) -> str | None:
+    """The ``cluster`` setting: None, or a Redis URL, refused at once where
+    redis-py is missing (an ``ImportError`` when it is set, not at ``start()``,
+    where a restored or configured server would first find out)."""
+    url = cfg.redis_url(value, name)
+    if url is not None:
+        import_redis()
+    return url
+
 
 _CLAIM = """
 local lease, sess, out, clients, in_use = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -237,10 +262,7 @@ class ClusterStore:
     """
 
     def __init__(self, url: str, prefix: str = "missioncommander:", timeout: float = 1.0) -> None:
-        try:
-            import redis  # noqa: PLC0415  (the cluster extra; the library runs without it)
-        except ImportError:
-            raise ImportError("cluster mode needs the redis package: pip install 'missioncommander[cluster]'") from None
+        redis = import_redis()
         self.url = url
         self.prefix = prefix
         self.channel = prefix + "node:"

@@ -17,7 +17,7 @@ from ._admission import Admit, ConnectionRate, Known, admit, in_use_message, pro
 from ._auth import new_nonce
 from ._callbacks import Callbacks
 from ._cluster import ClusterNode, default_node_id
-from ._cluster_store import DEFAULT_LEASE_TTL
+from ._cluster_store import DEFAULT_LEASE_TTL, cluster_url
 from ._connection import Connection
 from ._delivery import deliver
 from ._errors import (
@@ -200,7 +200,7 @@ class ServerSettings(cfg.Settings):
         False, cfg.boolean, locked=False, doc="send a responder's traceback with its error (debugging)"
     )
     cluster = cfg.Setting["str | None"](
-        None, cfg.redis_url, doc="Redis URL: act as one server with every node on it (docs/CLUSTER.md)"
+        None, cluster_url, doc="Redis URL: act as one server with every node on it (docs/CLUSTER.md)"
     )
     node_id = cfg.Setting["str | None"](
         None, cfg.optional_str, doc="this node's name in its cluster (default: host, process and random bits)"

@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import logging
 import os.path
+import sys
 import threading
 import time
 import uuid
@@ -113,6 +114,11 @@ class _Instance:
         self._saved: tuple[int, bytes] | None = None
         #: The last change saved_entry() shows (a number of _CHANGES).
         self._change = next(_CHANGES)
+        #: Saved settings the restore could not apply (a cluster URL where
+        #: redis-py is missing): saved as they were until set again, and the
+        #: instance is not started or connected meanwhile (a cluster node
+        #: must not come back as a lone server, nor a server without its token).
+        self.refused: dict[str, Any] = {}
 
     @property
     def desired(self) -> bool:
@@ -139,6 +145,7 @@ class _Instance:
         if saved is None or saved[0] != change:
             tuning = CLIENT_TUNING if self.kind == "client" else SERVER_TUNING
             settings = {k: v for k, v in self.settings(reveal=True).items() if k not in tuning or k in self.tuned}
+            settings |= self.refused
             entry = {"settings": settings, "desired": self.desired, **self.saved_extra()}
             saved = (change, encode_member(self.name, entry))
             self._saved = saved
@@ -150,6 +157,16 @@ class _Instance:
 
     def settings_changed(self) -> None:
         self._change = next(_CHANGES)
+
+    def check_nothing_refused(self) -> None:
+        """Refuse to start or connect while a saved setting is unapplied."""
+        if self.refused:
+            saved = ", ".join(f"{key}={value!r}" for key, value in self.refused.items())
+            raise CoreError(
+                ErrorCode.STATE_ERROR,
+                f"{self.kind} {self.name!r} has saved settings mcd could not apply at start ({saved}; "
+                f"`mcctl daemon status` says why): set them again, or to none, first",
+            )
 
     def settings(self, reveal: bool = False) -> dict[str, Any]:
         raise NotImplementedError
@@ -455,6 +472,7 @@ class DaemonCore:
             ) from None
         if key in (CLIENT_TUNING if kind == "client" else SERVER_TUNING):
             instance.tuned.add(key)
+        instance.refused.pop(key, None)
         instance.settings_changed()
         settings = instance.publish_settings(key)
         return _with_warnings({"settings": settings}, [*warnings, *self.save()])
@@ -482,6 +500,7 @@ class DaemonCore:
                 f"client {name!r} has no address or port yet: client set address HOST, "
                 f"client set port PORT{_name_option(name)} first",
             )
+        inst.check_nothing_refused()
         client = inst.client
         try:
             client.connect(wait=False)
@@ -547,13 +566,14 @@ class DaemonCore:
         inst: ServerInstance = self.get("server", name)
         warnings = [*inst.server.warnings]
         if not inst.server.running:
+            inst.check_nothing_refused()
             try:
                 inst.server.start(prefer_port=inst.last_port)
             except BindError as exc:
                 inst.last_error = str(exc)
                 raise CoreError(ErrorCode.BIND_FAILED, str(exc)) from None
-            except ValueError as exc:
-                raise CoreError(ErrorCode.INVALID_VALUE, str(exc)) from None
+            except (ValueError, ImportError) as exc:
+                raise CoreError(ErrorCode.INVALID_VALUE, _refusal(exc)) from None
             inst.last_error = None
             inst.started()
             inst.publish("started", port=inst.server.port)
@@ -795,6 +815,11 @@ class DaemonCore:
                     restored[kind] += 1
                 except CoreError as exc:
                     self._restore_problem(f"cannot restore {kind} {name!r}: {exc.message}")
+                except Exception as exc:
+                    # A bug, not a bad file: logged whole, but one saved
+                    # instance must not keep mcd (and the rest) from starting.
+                    log.exception("restoring %s %r failed", kind, name)
+                    self._restore_problem(f"cannot restore {kind} {name!r}: {type(exc).__name__}: {exc}")
                 finally:
                     with self._lock:
                         self._unrestored[key].pop(name, None)
@@ -831,13 +856,22 @@ class DaemonCore:
                 )
             try:
                 setattr(target, key, value)
-            except (TypeError, ValueError, AttributeError) as exc:
-                self._restore_problem(f"{kind} {name!r}: saved {key}={value!r} refused: {exc}")
+            except (TypeError, ValueError, AttributeError, ImportError) as exc:
+                instance.refused[key] = value
+                self._restore_problem(f"{kind} {name!r}: saved {key}={value!r} refused: {_refusal(exc)}")
         last_port = saved.get("last_port")
         if isinstance(instance, ServerInstance) and type(last_port) is int and 0 < last_port < 65536:
             instance.last_port = last_port
         instance.settings_changed()
-        if saved.get("desired"):
+        if saved.get("desired") and instance.refused:
+            instance.desired = True  # still wanted once its settings are set again
+            self.save()
+            again = "reconnected" if kind == "client" else "restarted"
+            self._restore_problem(
+                f"{kind} {name!r} not {again}: set {', '.join(instance.refused)} again (or to none), then"
+                f" {'client connect' if kind == 'client' else 'server start'}{_name_option(name)}"
+            )
+        elif saved.get("desired"):
             if kind == "client":
                 # The server may not be up yet: keep trying with backoff.
                 self.client_connect(name, wait=False)
@@ -873,8 +907,16 @@ def _apply_setting(target: Client | Server, key: str, value: Any) -> None:
     """``target.key = value``; a value the library refuses is ``invalid_value``."""
     try:
         setattr(target, key, value)
-    except (TypeError, ValueError) as exc:
-        raise CoreError(ErrorCode.INVALID_VALUE, str(exc), {"key": key, "value": value}) from None
+    except (TypeError, ValueError, ImportError) as exc:
+        raise CoreError(ErrorCode.INVALID_VALUE, _refusal(exc), {"key": key, "value": value}) from None
+
+
+def _refusal(exc: Exception) -> str:
+    """Why the library refused a value; a missing extra says where it goes:
+    into mcd's own Python (a pipx or venv install), not the caller's."""
+    if isinstance(exc, ImportError):
+        return f"{exc} (into the Python mcd runs on, {sys.executable}; then restart mcd)"
+    return str(exc)
 
 
 def _with_warnings(result: dict[str, Any], warnings: Iterable[str]) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 import urllib.request
 from collections.abc import Callable, Iterator
 
@@ -118,3 +120,72 @@ def test_a_hosted_client_takes_a_list_of_servers(mcd: Mcd, make_node: Callable[.
     assert a.client_nodes == {"hosted": "b"}
     bad = run("client", "set", "servers", "nowhere", socket_path=mcd.socket)
     assert bad.returncode == 2 and "host:port" in bad.stderr
+
+
+class McdMaybeWithoutRedis(Mcd):
+    """mcd where, with ``hide_redis``, ``import redis`` fails, as in an
+    install without the cluster extra (the same socket and state either way)."""
+
+    hide_redis = False
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        if self.hide_redis:
+            hidden = self.root / "no-redis"
+            (hidden / "redis").mkdir(parents=True, exist_ok=True)
+            (hidden / "redis" / "__init__.py").write_text("raise ImportError(\"No module named 'redis'\")\n")
+            env["PYTHONPATH"] = os.pathsep.join((str(hidden), env["PYTHONPATH"]))
+        return env
+
+
+def test_without_the_cluster_extra_mcd_says_so_and_keeps_a_saved_cluster_node() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"  # no Redis there: a node listens and waits for it
+    daemon = McdMaybeWithoutRedis().start()
+    try:
+        daemon.request("server.set", key="interface", value="127.0.0.1")
+        daemon.request("server.set", key="cluster", value=url)
+        daemon.request("server.start")
+        assert daemon.stop() == 0
+        # The same state under an mcd installed without redis-py: it starts
+        # (it crashed at the restore), says why, and does not bring the node
+        # back as a lone server.
+        daemon.hide_redis = True
+        daemon.start()
+        warnings = daemon.request("daemon.status")["warnings"]
+        assert any(f"saved cluster={url!r} refused: cluster mode needs the redis package" in w for w in warnings)
+        assert any("server 'default' not restarted: set cluster again (or to none)" in w for w in warnings)
+        status = daemon.request("server.status")
+        assert status["phase"] == "stopped" and status["desired"] == "started"
+        refused = run("server", "start", socket_path=daemon.socket)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr
+        assert f"has saved settings mcd could not apply at start (cluster={url!r}" in refused.stderr
+        setting = run("server", "set", "cluster", url, socket_path=daemon.socket)
+        assert setting.returncode == 2 and "internal" not in setting.stderr
+        assert "pip install 'missioncommander[cluster]' (into the Python mcd runs on" in setting.stderr
+        assert daemon.stop() == 0
+        # The saved node was kept whole: with redis-py it is a cluster node again.
+        daemon.hide_redis = False
+        daemon.start()
+        status = daemon.request("server.status")
+        assert status["settings"]["cluster"] == url and status["phase"] == "listening"
+        assert not daemon.request("daemon.status").get("warnings")
+        assert daemon.stop() == 0
+        # Set to none where redis-py is missing, it is a lone server by choice.
+        daemon.hide_redis = True
+        daemon.start()
+        ok(daemon, "server", "set", "cluster", "none")
+        ok(daemon, "server", "start")
+        assert daemon.request("server.status")["settings"]["cluster"] is None
+    finally:
+        daemon.close()
+
+
+def test_a_library_server_without_redis_py_says_so_when_cluster_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)  # `import redis` raises ImportError
+    with pytest.raises(ImportError, match=r"pip install 'missioncommander\[cluster\]'"):
+        Server(interface="127.0.0.1", port=0, cluster="redis://127.0.0.1:6379/0")
+    server = Server(interface="127.0.0.1", port=0)
+    with pytest.raises(ImportError, match="cluster mode needs the redis package"):
+        server.cluster = "redis://127.0.0.1:6379/0"
+    assert server.cluster is None  # refused, not half set
+    server.cluster = None  # no cluster needs no redis-py
