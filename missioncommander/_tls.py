@@ -32,7 +32,8 @@ def client_context(ca: str | None, verify: bool, cert: str | None, key: str | No
         if cert:
             context.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
-        raise TLSConfigError(f"cannot load the client's TLS files: {exc}") from exc
+        files = ", ".join(f for f in (ca, cert, key) if f) or "the system's CA store"
+        raise TLSConfigError(f"cannot load the client's TLS files ({files}): {exc}") from exc
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if not verify:
         context.check_hostname = False

@@ -863,25 +863,24 @@ class DaemonCore:
         if isinstance(instance, ServerInstance) and type(last_port) is int and 0 < last_port < 65536:
             instance.last_port = last_port
         instance.settings_changed()
-        if saved.get("desired") and instance.refused:
-            instance.desired = True  # still wanted once its settings are set again
-            self.save()
-            again = "reconnected" if kind == "client" else "restarted"
-            self._restore_problem(
-                f"{kind} {name!r} not {again}: set {', '.join(instance.refused)} again (or to none), then"
-                f" {'client connect' if kind == 'client' else 'server start'}{_name_option(name)}"
-            )
-        elif saved.get("desired"):
-            if kind == "client":
-                # The server may not be up yet: keep trying with backoff.
-                self.client_connect(name, wait=False)
-            else:
-                try:
+        if saved.get("desired"):
+            again, verb = ("reconnected", "client connect") if kind == "client" else ("restarted", "server start")
+            try:
+                if instance.refused:
+                    raise CoreError(
+                        ErrorCode.STATE_ERROR,
+                        f"set {', '.join(instance.refused)} again (or to none), then {verb}{_name_option(name)}",
+                    )
+                if kind == "client":
+                    self.client_connect(name, wait=False)  # keeps trying with backoff: its server may come later
+                else:
                     self.server_start(name)
-                except CoreError as exc:
-                    instance.desired = True
-                    self.save()  # still wanted: a crash now must not leave it saved as stopped
-                    self._restore_problem(f"server {name!r} not restarted: {exc.message}")
+            except CoreError as exc:
+                # Still wanted: mcd's next start tries again (saved as down,
+                # a missing file put back would not bring it up).
+                instance.desired = True
+                self.save()
+                self._restore_problem(f"{kind} {name!r} not {again}: {exc.message}")
         log.debug("%s %r restored", kind, name)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from support import Recorder, free_port, wait_until
+from support.certs import Certs
 from support.cli import run as run_mcctl
 from support.mcd import Mcd, mcd_env
 
@@ -527,6 +528,33 @@ def test_what_the_restore_refused_is_in_the_daemon_status() -> None:
         assert relative.endswith("set it again as an absolute path")
         assert daemon.request("server.get", key="interface")["settings"] == {"interface": "127.0.0.1"}
         assert daemon.request("server.get", key="tls_cert")["settings"] == {"tls_cert": "server.pem"}
+    finally:
+        daemon.close()
+
+
+def test_a_client_the_restore_cannot_connect_stays_wanted_connected(certs: Certs, tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    shutil.copy(certs.ca, ca)
+    daemon = Mcd().start()
+    try:
+        for key, value in (("address", "127.0.0.1"), ("port", free_port()), ("tls", True), ("tls_ca", str(ca))):
+            daemon.request("client.set", key=key, value=value)
+        daemon.request("client.connect")  # no server yet: it keeps trying
+        daemon.stop()
+        ca.unlink()  # gone while mcd was down
+        daemon.start()
+        (warning,) = daemon.request("daemon.status")["warnings"]
+        said = f"at start: client 'default' not reconnected: cannot load the client's TLS files ({ca})"
+        assert warning.startswith(said)
+        assert daemon.request("client.status")["desired"] == "connected"
+        daemon.stop()
+        # Saved as still wanted: the file put back, the next start connects it again.
+        assert json.loads((daemon.state_dir / "state.json").read_text())["clients"]["default"]["desired"] is True
+        shutil.copy(certs.ca, ca)
+        daemon.start()
+        status = daemon.request("client.status")
+        assert status["desired"] == "connected" and status["phase"] in ("connecting", "reconnecting")
+        assert "warnings" not in daemon.request("daemon.status")
     finally:
         daemon.close()
 
