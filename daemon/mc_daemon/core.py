@@ -32,6 +32,7 @@ from mc_control.codes import (
     SERVER_TUNING,
     ErrorCode,
 )
+from mc_control.events import cluster_readiness
 from missioncommander import (
     BindError,
     Client,
@@ -673,6 +674,7 @@ class DaemonCore:
             [
                 *(f"at start: {problem}" for problem in self._restore_problems),
                 *([f"the state is not being saved: {save_error}"] if save_error else []),
+                *_cluster_warnings(servers),
             ],
         )
 
@@ -908,6 +910,20 @@ def _apply_setting(target: Client | Server, key: str, value: Any) -> None:
         setattr(target, key, value)
     except (TypeError, ValueError, ImportError) as exc:
         raise CoreError(ErrorCode.INVALID_VALUE, _refusal(exc), {"key": key, "value": value}) from None
+
+
+def _cluster_warnings(servers: Iterable[ServerInstance]) -> list[str]:
+    """A hosted cluster node cut off from Redis, for as long as it is: a
+    standing warning (``mcctl daemon status``, the GUI's banner, systemd's
+    status line), not only a line in mcd's log."""
+    found = []
+    for inst in servers:
+        cluster = inst.server.cluster_status
+        if cluster is not None and not cluster.get("ready"):
+            found.append(
+                f"server {inst.name!r}: cluster node {cluster['node']} {cluster_readiness(cluster)} ({cluster['url']})"
+            )
+    return found
 
 
 def _refusal(exc: Exception) -> str:

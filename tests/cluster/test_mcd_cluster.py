@@ -98,9 +98,14 @@ def test_a_hosted_cluster_nodes_readiness_is_in_the_metrics_and_mcctl(redis_serv
         assert not_ready in ok(daemon, "server", "status")
         stats_row = ok(daemon, "stats", "--kind", "server").splitlines()[1]
         assert stats_row.startswith("server") and stats_row.endswith(f"node {node_id} {not_ready}")
+        # A standing warning while it lasts: daemon status, the GUI's banner, systemd's status line.
+        warned = f"server 'default': cluster node {node_id} {not_ready} ({redis_server.url})"
+        assert daemon.request("daemon.status")["warnings"] == [warned]
+        assert warned in run("daemon", "status", socket_path=daemon.socket).stderr
         redis_server.start()
         wait_until(lambda: samples()["missioncommander_cluster_ready"] == 1, timeout=10, what="ready again")
         assert f"node {node_id} ready" in ok(daemon, "stats", "--kind", "server")
+        assert "warnings" not in daemon.request("daemon.status")  # gone with the cause
         daemon.request("server.stop")
         now = samples()
         assert now["missioncommander_running"] == 0
@@ -168,7 +173,9 @@ def test_without_the_cluster_extra_mcd_says_so_and_keeps_a_saved_cluster_node() 
         daemon.start()
         status = daemon.request("server.status")
         assert status["settings"]["cluster"] == url and status["phase"] == "listening"
-        assert not daemon.request("daemon.status").get("warnings")
+        # Nothing refused at this start; it only waits for its Redis (none runs here).
+        (waiting,) = daemon.request("daemon.status")["warnings"]
+        assert waiting.startswith("server 'default': cluster node ") and "NOT READY" in waiting
         assert daemon.stop() == 0
         # Set to none where redis-py is missing, it is a lone server by choice.
         daemon.hide_redis = True
