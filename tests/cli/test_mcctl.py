@@ -74,6 +74,27 @@ def test_seed_quick_start_one_shot(mcd: Mcd) -> None:
     assert any(line.split()[:3] == ["client", "default", "connected"] for line in listing[1:])
 
 
+def test_an_ipv6_endpoint_is_written_with_its_host_in_brackets(mcd: Mcd) -> None:
+    """``::1:30000`` reads as an address of nine groups; ``[::1]:30000`` is
+    how a host and a port are written (and how the library logs them)."""
+    port = free_port()
+    sock = mcd.socket
+    started = run("server", "set", "interface", "::1", socket_path=sock)
+    assert started.returncode == 0, started.stderr
+    assert run("server", "set", "port", str(port), socket_path=sock).returncode == 0
+    started = run("server", "start", socket_path=sock)
+    if started.returncode != 0 and "cannot listen" in started.stderr:
+        pytest.skip("no IPv6 loopback on this machine")
+    assert started.returncode == 0, started.stderr
+    for args in (("client", "set", "address", "::1"), ("client", "set", "port", str(port))):
+        assert run(*args, socket_path=sock).returncode == 0, args
+    connected = run("client", "connect", "--wait", "--timeout", "10", socket_path=sock)
+    assert connected.returncode == 0, connected.stderr
+    assert f"connected ([::1]:{port})" in connected.stdout
+    rows = [line.split() for line in run("list", socket_path=sock).stdout.splitlines()[1:]]
+    assert sorted(row[3] for row in rows) == [f"[::1]:{port}"] * 2, rows
+
+
 def test_json_output_of_every_command(mcd: Mcd) -> None:
     sock = mcd.socket
     port = free_port()

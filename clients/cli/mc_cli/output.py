@@ -32,15 +32,21 @@ def _cell(value: object) -> str:
     return str(value)
 
 
+def host_port(host: object, port: object) -> str:
+    """``host:port``, an IPv6 host in brackets (``[::1]:30000``): without
+    them the port reads as one more group of the address."""
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
 def endpoint(status: dict[str, Any]) -> str:
     settings = status.get("settings") or {}
     if status.get("kind") == "client":
         address, port = settings.get("address"), settings.get("port")
-        return f"{address}:{port}" if address and port else "-"
+        return host_port(address, port) if address and port else "-"
     interface = settings.get("interface") or "*"
     if status.get("running"):
-        return f"{interface}:{status.get('port')}"
-    return f"{interface}:{settings.get('port') or 'any'}"  # port 0: the system picks one at start
+        return host_port(interface, status.get("port"))
+    return host_port(interface, settings.get("port") or "any")  # port 0: the system picks one at start
 
 
 def detail(status: dict[str, Any]) -> str:
