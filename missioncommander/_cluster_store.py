@@ -263,7 +263,8 @@ class ClusterStore:
 
     def __init__(self, url: str, prefix: str = "missioncommander:", timeout: float = 1.0) -> None:
         redis = import_redis()
-        self.url = url
+        #: For messages: without the password the URL may carry.
+        self.url = cfg.redacted_url(url)
         self.prefix = prefix
         self.channel = prefix + "node:"
         # Any: redis-py types each reply as str or bytes at once; without

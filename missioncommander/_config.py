@@ -6,6 +6,7 @@ import functools
 import ipaddress
 import re
 import socket
+import urllib.parse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, overload
 
@@ -255,6 +256,23 @@ def redis_url(value: Any, name: str) -> str | None:
     if text is not None and not text.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError(f"{name} must be a Redis URL such as redis://127.0.0.1:6379/0, not {text[:80]!r}")
     return text
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with its password (``redis://user:PASSWORD@host`` or
+    ``?password=``) shown as ``***``: the form for logs, errors and statuses,
+    which people paste into tickets.  The URL as set stays with the setting."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # a bracket without its pair: not worth a guess at what is secret
+        return url.partition("://")[0] + "://***"
+    user, at, where = parts.netloc.rpartition("@")
+    if at and ":" in user:
+        # Replaced in place: urlunsplit would rewrite unix:///path as unix:/path.
+        url = url.replace(parts.netloc, f"{user.partition(':')[0]}:***@{where}", 1)
+    if parts.query:
+        url = url.replace("?" + parts.query, "?" + re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query), 1)
+    return url
 
 
 def server_list(value: Any, name: str) -> tuple[tuple[str, int], ...] | None:

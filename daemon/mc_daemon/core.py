@@ -51,6 +51,7 @@ from missioncommander import (
     UnknownClient,
 )
 from missioncommander import __version__ as library_version
+from missioncommander._config import redacted_url  # the library's rule: mcd shows what it logs
 
 from .events import EventRing, Subscription
 from .state import Sections, StateStore, StateWriter, encode_member
@@ -162,7 +163,7 @@ class _Instance:
     def check_nothing_refused(self) -> None:
         """Refuse to start or connect while a saved setting is unapplied."""
         if self.refused:
-            saved = ", ".join(f"{key}={value!r}" for key, value in self.refused.items())
+            saved = ", ".join(f"{key}={_shown_value(key, value)!r}" for key, value in self.refused.items())
             raise CoreError(
                 ErrorCode.STATE_ERROR,
                 f"{self.kind} {self.name!r} has saved settings mcd could not apply at start ({saved}; "
@@ -860,7 +861,8 @@ class DaemonCore:
                 setattr(target, key, value)
             except (TypeError, ValueError, AttributeError, ImportError) as exc:
                 instance.refused[key] = value
-                self._restore_problem(f"{kind} {name!r}: saved {key}={value!r} refused: {_refusal(exc)}")
+                shown = _shown_value(key, value)
+                self._restore_problem(f"{kind} {name!r}: saved {key}={shown!r} refused: {_refusal(exc)}")
         last_port = saved.get("last_port")
         if isinstance(instance, ServerInstance) and type(last_port) is int and 0 < last_port < 65536:
             instance.last_port = last_port
@@ -967,10 +969,23 @@ def _plain(value: Any) -> Any:
 
 def _shown(values: dict[str, Any], reveal: bool) -> dict[str, Any]:
     if not reveal:
-        for key in SECRET_KEYS:
+        for key in _SHOWN_OTHERWISE:
             if values.get(key) is not None:
-                values[key] = HIDDEN
+                values[key] = _shown_value(key, values[key])
     return values
+
+
+def _shown_value(key: str, value: Any) -> Any:
+    """A setting as statuses, events and messages show it: a token as
+    "(set)", a Redis URL without its password; only the state file has them."""
+    if key in SECRET_KEYS:
+        return HIDDEN
+    if key == "cluster" and isinstance(value, str):
+        return redacted_url(value)
+    return value
+
+
+_SHOWN_OTHERWISE = (*SECRET_KEYS, "cluster")
 
 
 def _client_stats(server: Server, client_id: str) -> dict[str, Any] | None:

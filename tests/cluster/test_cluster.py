@@ -7,6 +7,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import redis
@@ -262,6 +263,35 @@ def test_a_node_without_redis_refuses_newcomers_and_rejoins(
     wait_until(lambda: a.stats()["cluster"]["ready"], timeout=10, what="the node rejoined")
     client.connect()
     assert a.client_nodes == {"late": "a"}
+
+
+def test_a_redis_password_stays_out_of_logs_statuses_and_errors(
+    tmp_path: Path, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The URL's password reaches Redis (the node joins a Redis that asks
+    for it) and nothing else: logs, status and errors say ``:***@``."""
+    redis_server = RedisServer(tmp_path, password="s3cret-pw")
+    redis_server.start()
+    node = Server(interface="127.0.0.1", port=0, cluster=redis_server.url, node_id="a", lease_ttl=2.0)
+    try:
+        with caplog.at_level(logging.INFO, logger="missioncommander"):
+            node.start()
+            wait_until(lambda: node.stats()["cluster"]["ready"], what="the node joined with the password")
+            client = make_client(node, client_id="c1")
+            client.connect()
+            assert node.client_nodes == {"c1": "a"}
+            status = node.cluster_status
+            assert status is not None and status["url"] == f"redis://:***@127.0.0.1:{redis_server.port}/0"
+            redis_server.stop()
+            wait_until(lambda: not node.stats()["cluster"]["ready"], what="the node noticed")
+            with pytest.raises(ClusterUnavailable) as unavailable:
+                node.send("*", Message("x"))
+        assert ":***@" in str(unavailable.value) and "s3cret-pw" not in str(unavailable.value)
+        assert "lost Redis at redis://:***@" in caplog.text and "s3cret-pw" not in caplog.text
+        assert node.cluster == redis_server.url  # the setting itself is the URL as set
+    finally:
+        node.stop()
+        redis_server.stop()
 
 
 def test_a_node_cut_off_from_redis_lets_its_clients_go_after_its_leases(

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from support import free_port, wait_until
-from support.cli import run
+from support.cli import mcctl_command, run
 from support.mcd import Mcd
 from support.redis_server import RedisServer
 
@@ -112,6 +114,50 @@ def test_a_hosted_cluster_nodes_readiness_is_in_the_metrics_and_mcctl(redis_serv
         assert "missioncommander_cluster_ready" not in now  # a stopped node is in no cluster
     finally:
         daemon.close()
+
+
+def test_a_redis_password_is_used_and_saved_but_never_shown(tmp_path: Path) -> None:
+    """A password in the cluster URL is a secret like a token: the node
+    joins a Redis that asks for it, and again after a restart (the state
+    file keeps it), while mcctl, events, warnings and mcd's log show
+    ``:***@``."""
+    (tmp_path / "redis").mkdir()
+    redis_server = RedisServer(tmp_path / "redis", password="s3cret-pw")
+    redis_server.start()
+    daemon = Mcd().start()
+    shown = f"redis://:***@127.0.0.1:{redis_server.port}/0"
+    try:
+        events = subprocess.Popen(
+            [*mcctl_command(), "--socket", str(daemon.socket), "events", "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            ok(daemon, "server", "set", "interface", "127.0.0.1")
+            assert ok(daemon, "server", "set", "cluster", redis_server.url) == f"server default: cluster = {shown}\n"
+            ok(daemon, "server", "start")
+            wait_until(lambda: daemon.request("server.status")["cluster"]["ready"], what="joined with the password")
+            status = json.loads(ok(daemon, "--json", "server", "status"))
+            assert status["settings"]["cluster"] == shown and status["cluster"]["url"] == shown
+            assert ok(daemon, "server", "get", "cluster").split() == ["cluster", shown]
+            assert daemon.stop() == 0
+            daemon.start()  # restored from the state file, password and all
+            wait_until(lambda: daemon.request("server.status")["cluster"]["ready"], what="rejoined after a restart")
+            redis_server.stop()
+            wait_until(lambda: "warnings" in daemon.request("daemon.status"), what="the standing warning")
+            (warning,) = daemon.request("daemon.status")["warnings"]
+            assert warning.endswith(f"({shown})")
+        finally:
+            events.terminate()
+            seen, _ = events.communicate(timeout=10)
+        assert b'"cluster": "' + shown.encode() in seen
+        for said in (seen.decode(), daemon.log(), run("server", "status", socket_path=daemon.socket).stdout):
+            assert "s3cret-pw" not in said
+        saved = "".join(path.read_text() for path in daemon.state_dir.glob("state.*"))
+        assert "s3cret-pw" in saved  # in the state files only (0600, as tokens)
+    finally:
+        daemon.close()
+        redis_server.stop()
 
 
 def test_a_hosted_client_takes_a_list_of_servers(mcd: Mcd, make_node: Callable[..., Server]) -> None:

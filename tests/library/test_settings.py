@@ -7,6 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from missioncommander import Client, ClientState, Server, StateError
+from missioncommander._config import redacted_url
 
 
 @pytest.mark.parametrize(
@@ -106,3 +107,21 @@ def test_server_settings(server: Server) -> None:
     fresh.interface = "lo"
     assert fresh.interface == "lo"
     assert fresh.port == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("redis://:s3cret@10.0.0.1:6379/0", "redis://:***@10.0.0.1:6379/0"),
+        ("rediss://app:p%40ss@redis.example:6380/1", "rediss://app:***@redis.example:6380/1"),
+        ("redis://app@redis.example/0", "redis://app@redis.example/0"),  # a user name alone is no secret
+        ("redis://:pw@[::1]:6379/0", "redis://:***@[::1]:6379/0"),
+        ("unix:///run/redis.sock?db=0&password=xyz", "unix:///run/redis.sock?db=0&password=***"),
+        ("unix://:pw@/run/redis.sock?db=1", "unix://:***@/run/redis.sock?db=1"),
+        ("redis://host/0?Password=a&x=1", "redis://host/0?Password=***&x=1"),
+        ("redis://:pw@[::1:6379/0", "redis://***"),  # unparsable: nothing of it shown
+    ],
+)
+def test_a_redis_url_is_shown_without_its_password(url: str, shown: str) -> None:
+    assert redacted_url(url) == shown

@@ -28,7 +28,7 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process; ``restart()`` keeps its port and folder."""
 
-    def __init__(self, folder: Path, persistent: bool = False) -> None:
+    def __init__(self, folder: Path, persistent: bool = False, password: str | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             reason = "redis-server is not installed (apt-get install redis-server); the cluster tests need it"
@@ -39,7 +39,8 @@ class RedisServer:
         self.folder = folder
         self.persistent = persistent
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.password = password
+        self.url = f"redis://{f':{password}@' if password else ''}127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -57,6 +58,7 @@ class RedisServer:
                 "--daemonize", "no",
                 "--protected-mode", "no",
                 *persistence,
+                *(["--requirepass", self.password] if self.password else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -70,8 +72,9 @@ class RedisServer:
             assert self.process is not None and self.process.poll() is None, "redis-server exited"
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
+                    auth = f"AUTH {self.password}\r\n".encode() if self.password else b""
+                    sock.sendall(auth + b"PING\r\n")
+                    if sock.recv(64).endswith(b"+PONG\r\n"):
                         return
             except OSError:
                 pass
