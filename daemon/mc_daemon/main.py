@@ -338,13 +338,13 @@ class _Startup:
         core.on_change = self.notifier.keep_status(core.summary, self.stop)
         info = {"socket": str(socket_path), "state_dir": str(state_dir)}
         if args.metrics is not None:
-            from .metrics import MetricsServer  # noqa: PLC0415 - prometheus-client only when asked
+            from .metrics import MetricsServer, host_port  # noqa: PLC0415 - prometheus-client only when asked
 
             try:
                 self.metrics = MetricsServer(core, args.metrics, per_client=args.metrics_per_client)
             except OSError as exc:
-                host, port = args.metrics
-                print(f"mcd: cannot serve metrics on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+                where = host_port(*args.metrics)
+                print(f"mcd: cannot serve metrics on {where}: {exc.strerror or exc}", file=sys.stderr)
                 return 1
             info["metrics"] = self.metrics.url
         self.server = ControlServer(core, socket_path, request_shutdown=self.stop.set, info=info)

@@ -65,6 +65,11 @@ CLIENT_LABELS = ("instance", "client")
 Rows = list[tuple[tuple[str, ...], dict[str, Any]]]
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port``, an IPv6 host in brackets, as URLs and people write it."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def parse_address(text: str) -> tuple[str, int]:
     """``ADDRESS:PORT``, ``[IPv6]:PORT`` or ``PORT`` (then loopback, 127.0.0.1)."""
     host, sep, port = text.rpartition(":")
@@ -201,9 +206,8 @@ class MetricsServer:
         ProcessCollector(registry=registry)  # mcd's own CPU, memory and descriptors
         self.httpd, self.thread = start_http_server(address[1], addr=address[0], registry=registry)
         self.port: int = self.httpd.server_port
-        host = f"[{address[0]}]" if ":" in address[0] else address[0]
         #: Where Prometheus scrapes (``daemon.status`` tells it).
-        self.url = f"http://{host}:{self.port}/metrics"
+        self.url = f"http://{host_port(address[0], self.port)}/metrics"
         log.info("metrics on %s", self.url)
 
     def close(self) -> None:

@@ -117,14 +117,22 @@ def test_metrics_listen_on_loopback_by_default_and_bad_addresses_are_refused() -
     assert out.returncode == 2 and "a port from 1 to 65535" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_a_metrics_port_in_use_is_a_clear_error_and_leaves_nothing(tmp_path: Path) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
+@pytest.mark.parametrize(
+    ("family", "host", "shown"), [(socket.AF_INET, "127.0.0.1", "127.0.0.1"), (socket.AF_INET6, "::1", "[::1]")]
+)
+def test_a_metrics_port_in_use_is_a_clear_error_and_leaves_nothing(
+    tmp_path: Path, family: socket.AddressFamily, host: str, shown: str
+) -> None:
+    with socket.socket(family) as taken:
+        try:
+            taken.bind((host, 0))
+        except OSError:
+            pytest.skip(f"no {host} on this machine")
         taken.listen()
         port = taken.getsockname()[1]
         sock = tmp_path / "mcd.sock"
         command = [sys.executable, "-m", "mc_daemon", "--socket", str(sock), "--state-dir", str(tmp_path / "state")]
-        command += ["--metrics", str(port)]
+        command += ["--metrics", f"{shown}:{port}"]
         out = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
-    assert out.returncode == 1 and f"cannot serve metrics on 127.0.0.1:{port}" in out.stderr
+    assert out.returncode == 1 and f"cannot serve metrics on {shown}:{port}: " in out.stderr
     assert "Traceback" not in out.stderr and not sock.exists()
