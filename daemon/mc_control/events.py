@@ -1,5 +1,5 @@
-"""Events of the control API, and a cluster node's state, in words (shared
-by mcctl and the GUI)."""
+"""Events of the control API, a cluster node's state and an endpoint, in
+words (shared by mcctl, the GUI and mcd)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,12 @@ import time
 TYPE_CHECKING = False  # no typing at run time: mcctl imports this on every call
 if TYPE_CHECKING:
     from typing import Any
+
+
+def host_port(host: object, port: object) -> str:
+    """``host:port``, an IPv6 host in brackets (``[::1]:30000``): without
+    them the port reads as one more group of the address."""
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 def describe_event(ev: dict[str, Any]) -> str:

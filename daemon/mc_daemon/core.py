@@ -32,7 +32,7 @@ from mc_control.codes import (
     SERVER_TUNING,
     ErrorCode,
 )
-from mc_control.events import cluster_readiness
+from mc_control.events import cluster_readiness, host_port
 from missioncommander import (
     BindError,
     Client,
@@ -963,7 +963,7 @@ def _plain(value: Any) -> Any:
     """A setting as JSON has it (auth_tokens is a read-only mapping;
     servers, pairs, read as they are set: "host:port,host:port")."""
     if isinstance(value, tuple):
-        return ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in value)
+        return ",".join(host_port(host, port) for host, port in value)
     return dict(value) if isinstance(value, Mapping) else value
 
 

@@ -19,6 +19,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from mc_control.client import default_socket_path
+from mc_control.events import host_port
 
 from .files import SocketInUse, SocketLock, bind_control_socket, claim_socket_path, secure_directory
 
@@ -338,7 +339,7 @@ class _Startup:
         core.on_change = self.notifier.keep_status(core.summary, self.stop)
         info = {"socket": str(socket_path), "state_dir": str(state_dir)}
         if args.metrics is not None:
-            from .metrics import MetricsServer, host_port  # noqa: PLC0415 - prometheus-client only when asked
+            from .metrics import MetricsServer  # noqa: PLC0415 - prometheus-client only when asked
 
             try:
                 self.metrics = MetricsServer(core, args.metrics, per_client=args.metrics_per_client)

@@ -16,6 +16,8 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+from mc_control.events import host_port
+
 from .core import CoreError, DaemonCore
 
 log = logging.getLogger("mcd.metrics")
@@ -63,11 +65,6 @@ CLIENT_PREFIX = PREFIX + "server_client_"
 CLIENT_LABELS = ("instance", "client")
 
 Rows = list[tuple[tuple[str, ...], dict[str, Any]]]
-
-
-def host_port(host: str, port: int) -> str:
-    """``host:port``, an IPv6 host in brackets, as URLs and people write it."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_address(text: str) -> tuple[str, int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mc_control.events import cluster_readiness, describe_event
+from mc_control.events import cluster_readiness, describe_event, host_port
 
 TYPE_CHECKING = False  # no typing at run time: mcctl imports this on every call
 if TYPE_CHECKING:
@@ -30,12 +30,6 @@ def _cell(value: object) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(map(str, value)) or "-"
     return str(value)
-
-
-def host_port(host: object, port: object) -> str:
-    """``host:port``, an IPv6 host in brackets (``[::1]:30000``): without
-    them the port reads as one more group of the address."""
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 def endpoint(status: dict[str, Any]) -> str:
