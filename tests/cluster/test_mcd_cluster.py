@@ -128,7 +128,8 @@ def test_a_redis_password_is_used_and_saved_but_never_shown(tmp_path: Path) -> N
     shown = f"redis://:***@127.0.0.1:{redis_server.port}/0"
     try:
         events = subprocess.Popen(
-            [*mcctl_command(), "--socket", str(daemon.socket), "events", "--json"],
+            # --since 0: every event of this mcd's run, however late the stream connects.
+            [*mcctl_command(), "--socket", str(daemon.socket), "events", "--json", "--since", "0"],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
