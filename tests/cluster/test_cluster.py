@@ -283,7 +283,8 @@ def test_a_redis_password_stays_out_of_logs_statuses_and_errors(
             status = node.cluster_status
             assert status is not None and status["url"] == f"redis://:***@127.0.0.1:{redis_server.port}/0"
             redis_server.stop()
-            wait_until(lambda: not node.stats()["cluster"]["ready"], what="the node noticed")
+            # The log line comes just after the flag: wait for the line.
+            wait_until(lambda: "lost Redis at" in caplog.text, what="the node noticed")
             with pytest.raises(ClusterUnavailable) as unavailable:
                 node.send("*", Message("x"))
         assert ":***@" in str(unavailable.value) and "s3cret-pw" not in str(unavailable.value)
