@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Any
 
 from ._admission import in_use_message
 from ._cluster_store import Claim, ClusterStore, notice, parse_notice
-from ._config import redacted_url
 from ._errors import ClusterUnavailable, MessageTooLarge, QueueFullError, UnknownClient
 from ._events import ErrorCode, Hello
 from ._frames import MESSAGE_OVERHEAD
@@ -111,8 +110,6 @@ class ClusterNode:
 
     def __init__(self, server: Server, url: str, node_id: str, lease_ttl: float) -> None:
         self.server = server
-        #: For logs and status: without the password the URL may carry.
-        self.url = redacted_url(url)
         self.node_id = node_id
         #: What Redis knows this node by: its id and this run's own random
         #: part, so that a node restarted under the same id is a different
@@ -121,6 +118,8 @@ class ClusterNode:
         self.holder = f"{node_id}#{secrets.token_hex(4)}"
         self.lease_ttl = lease_ttl
         self.store = ClusterStore(url)
+        #: For logs and status: the store's, without the password the URL may carry.
+        self.url = self.store.url
         #: Redis answers and the node listens on its channel: newcomers welcome.
         self.ready = False
         #: Clients resumed here after the node holding them lost them without

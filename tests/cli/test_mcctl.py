@@ -79,9 +79,8 @@ def test_an_ipv6_endpoint_is_written_with_its_host_in_brackets(mcd: Mcd) -> None
     how a host and a port are written (and how the library logs them)."""
     port = free_port()
     sock = mcd.socket
-    started = run("server", "set", "interface", "::1", socket_path=sock)
-    assert started.returncode == 0, started.stderr
-    assert run("server", "set", "port", str(port), socket_path=sock).returncode == 0
+    for args in (("server", "set", "interface", "::1"), ("server", "set", "port", str(port))):
+        assert run(*args, socket_path=sock).returncode == 0, args
     started = run("server", "start", socket_path=sock)
     if started.returncode != 0 and "cannot listen" in started.stderr:
         pytest.skip("no IPv6 loopback on this machine")

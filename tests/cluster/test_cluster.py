@@ -271,8 +271,8 @@ def test_a_redis_password_stays_out_of_logs_statuses_and_errors(
     """The URL's password reaches Redis (the node joins a Redis that asks
     for it) and nothing else: logs, status and errors say ``:***@``."""
     redis_server = RedisServer(tmp_path, password="s3cret-pw")
-    redis_server.start()
     node = Server(interface="127.0.0.1", port=0, cluster=redis_server.url, node_id="a", lease_ttl=2.0)
+    redis_server.start()
     try:
         with caplog.at_level(logging.INFO, logger="missioncommander"):
             node.start()

@@ -123,10 +123,11 @@ def test_a_redis_password_is_used_and_saved_but_never_shown(tmp_path: Path) -> N
     ``:***@``."""
     (tmp_path / "redis").mkdir()
     redis_server = RedisServer(tmp_path / "redis", password="s3cret-pw")
-    redis_server.start()
-    daemon = Mcd().start()
     shown = f"redis://:***@127.0.0.1:{redis_server.port}/0"
+    daemon = Mcd()
     try:
+        redis_server.start()
+        daemon.start()
         events = subprocess.Popen(
             # --since 0: every event of this mcd's run, however late the stream connects.
             [*mcctl_command(), "--socket", str(daemon.socket), "events", "--json", "--since", "0"],
