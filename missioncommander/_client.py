@@ -59,7 +59,7 @@ from ._link import Link, route_locked
 from ._loop import Cancellable, Connecting, Driver, Loop, WriteTarget, get_loop
 from ._message import Message
 from ._reconnect import Step, after_failure, reconnect_delay, retry_hint
-from ._requests import ReplyWaiter, Requests, reply_body
+from ._requests import ReplyWaiter, Requests, of_its_session, reply_body
 from ._session import SendSession
 from ._state import ClientState, ClientStateTransition
 from ._stats import Counters, session_figures
@@ -346,6 +346,12 @@ class ClientSettings(cfg.Settings):
     reply_tracebacks = cfg.Setting[bool](
         False, cfg.boolean, locked=False, doc="send a responder's traceback with its error (debugging)"
     )
+    reconnect_on_shutdown = cfg.Setting[bool](
+        False,
+        cfg.boolean,
+        locked=False,
+        doc="keep reconnecting after the server shuts down (a new session starts when one takes this client)",
+    )
 
 
 class Client(ClientSettings):
@@ -375,7 +381,9 @@ class Client(ClientSettings):
 
     Events (``subscribe``): ``connect()``, ``disconnect()`` (before a manual
     disconnect), ``reconnect(client_id)``, ``message(message)``,
-    ``servershutdown()``, ``statechange(transition)``, ``sessionlost(reason)``
+    ``servershutdown()`` (the server is stopping: the client stops too, or
+    with ``reconnect_on_shutdown`` keeps trying, as after a crash),
+    ``statechange(transition)``, ``sessionlost(reason)``
     (the server no longer knew this client's session when it came back: a
     restart, an expiry, or a cluster's Redis that lost it; a new session
     starts, and what the server had not yet delivered is gone; what this
@@ -560,7 +568,8 @@ class Client(ClientSettings):
         background, with the same backoff as a reconnect, until it connects
         (the ``connect`` event fires), ``reconnect_attempts`` run out or the
         server refuses (state CONNECT_FAILED either way): for a client that
-        may start before its server.
+        may start before its server.  Until it first connects there is no
+        session: ``send()`` and ``request()`` raise ``StateError``.
 
         Does nothing when already running.  Once connected, a broken
         connection is repaired in the background.
@@ -961,21 +970,24 @@ class Client(ClientSettings):
             if resumed_session:
                 session.resumed(welcome.last_seq)
             else:
+                # The server that would have answered is gone with its session:
+                # its requests (and our replies to its) fail now and are not
+                # sent to the new one; the rest is sent again.
+                self._requests.lose(None, "the server started a new session (a restart, or our session expired)")
+                dropped = session.restarted(drop=of_its_session)
+                self._inbox.new_stream()
                 if self._token is not None:
                     log.warning(
                         "client %r: the server no longer knows our session (restart or expiry); "
-                        "starting a new one and resending %d unacknowledged message(s)",
+                        "starting a new one and resending %d unacknowledged message(s)%s",
                         self.client_id,
                         len(session.out),
+                        f", not {dropped} request(s) and replies of the old session" if dropped else "",
                     )
                     self._stats.sessions_lost += 1
                     self._callbacks.emit(
                         "sessionlost", "the server no longer knows this client's session (a restart or an expiry)"
                     )
-                session.restarted()
-                self._inbox.new_stream()
-                # The server that would have answered is gone with its session.
-                self._requests.lose(None, "the server started a new session (a restart, or our session expired)")
             self._token = welcome.session
             self._peer_version = welcome.version
             session.peer_max_frame_size = welcome.max_frame_size
@@ -1052,7 +1064,10 @@ class Client(ClientSettings):
                 )
 
     def _closed_by_server(self, link: _ClientLink, reason: str, shutdown: bool, clean: bool = True) -> None:
-        """The server ended our session: no reconnecting."""
+        """The server ended our session: no reconnecting (but see ``reconnect_on_shutdown``)."""
+        if shutdown and self.reconnect_on_shutdown:
+            self._reconnect_after_shutdown(link, reason)
+            return
         link._dead = True
         link.stop_timers()
         if link.transport is not None:
@@ -1073,6 +1088,23 @@ class Client(ClientSettings):
             self._callbacks.emit("servershutdown")
             # The client stops once the servershutdown callbacks have returned.
             self._callbacks.serial.submit(self._stopped_after_shutdown, generation + 1)
+
+    def _reconnect_after_shutdown(self, link: _ClientLink, reason: str) -> None:
+        """The server is going away and our session with it; the client
+        carries on as after a server restart (a new session when a server
+        takes it back, with what was not acknowledged sent again), except
+        that it knows now, not at the next WELCOME, what is lost."""
+        link._dead = True
+        link.stop_timers()
+        with self._lock:
+            self._stats.sessions_lost += 1
+            self._requests.lose(None, reason)
+            self._token = None  # the next HELLO asks for a new session
+            self._inbox.new_stream()
+        self._callbacks.emit("servershutdown")
+        if link.transport is not None:
+            link.transport.close(reason)
+        self._link_lost(link, reason)
 
     def _stopped_after_shutdown(self, generation: int) -> None:
         with self._lock:

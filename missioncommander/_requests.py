@@ -12,6 +12,7 @@ for; ``reply_for`` and ``error_meta`` build what a responder sends back.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import traceback
@@ -161,6 +162,14 @@ class Requests:
                 raise RequestTimeout(f"no reply within {timeout:g} s")
             # The reply won the race with the timeout.
         return waiter.outcome()
+
+
+def of_its_session(body: bytes) -> bool:
+    """Whether an encoded MESSAGE body is a request or a reply: these mean
+    something only in the session they were sent in (a new session's peer
+    knows neither the request nor its asker), so a restart does not send
+    them again.  Runs only on a restart, over what was unacknowledged."""
+    return len(json.loads(body)) == 3
 
 
 def reply_for(request: Message, result: object) -> Message:

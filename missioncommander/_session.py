@@ -13,6 +13,7 @@ The receiving half is ``_streams.InboundStream`` inside ``_inbox.Inbox``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ._frames import DEFAULT_MAX_FRAME_SIZE
@@ -78,13 +79,15 @@ class SendSession:
         self.resent += max(0, self.sent_seq - peer_last_seq)
         self.sent_seq = peer_last_seq
 
-    def restarted(self) -> None:
+    def restarted(self, drop: Callable[[bytes], bool] | None = None) -> int:
         """The peer forgot the session (a server restart): what it did not
-        acknowledge is numbered again from 1 in a new one and written again."""
-        first_unacked = self.out.next_seq - len(self.out)
-        self.resent += max(0, self.sent_seq - first_unacked + 1)
-        self.out.restart()
+        acknowledge, but for the bodies ``drop`` picks, is numbered again
+        from 1 in a new one and written again; returns how many were dropped."""
+        written = max(0, self.sent_seq - (self.out.next_seq - len(self.out)) + 1)
+        dropped = self.out.restart(drop)
+        self.resent += written - sum(1 for position in dropped if position < written)
         self.sent_seq = 0
+        return len(dropped)
 
     def end(self) -> int:
         """The session is over: drop everything; returns how many messages

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from ._errors import QueueFullError, RemoteProtocolError
 from ._events import ErrorCode
@@ -115,10 +115,23 @@ class OutboundStream:
         bodies = list(itertools.islice(items, start, None))
         return message_frames(first, bodies), first + len(bodies) - 1
 
-    def restart(self) -> None:
+    def restart(self, drop: Callable[[bytes], bool] | None = None) -> list[int]:
         """Renumber what is unacknowledged from 1, for a new session that
-        replaces one the peer forgot (a server restart)."""
+        replaces one the peer forgot (a server restart), leaving out the
+        bodies ``drop`` picks; returns their positions among the
+        unacknowledged (0 is the oldest)."""
+        dropped: list[int] = []
+        if drop is not None:
+            kept: deque[bytes] = deque()
+            for position, body in enumerate(self._items):
+                if drop(body):
+                    dropped.append(position)
+                    self._bytes -= len(body)
+                else:
+                    kept.append(body)
+            self._items = kept
         self.next_seq = len(self._items) + 1
+        return dropped
 
     def clear(self) -> list[bytes]:
         dropped = list(self._items)

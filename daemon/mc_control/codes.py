@@ -95,6 +95,7 @@ CLIENT_TUNING = {
     "inline_callbacks": "bool",
     "max_requests": "int",
     "reply_tracebacks": "bool",
+    "reconnect_on_shutdown": "bool",
 }
 SERVER_TUNING = {
     "handshake_timeout": "float",

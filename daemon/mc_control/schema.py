@@ -44,6 +44,7 @@ ClientKey = Literal[
     "inline_callbacks",
     "max_requests",
     "reply_tracebacks",
+    "reconnect_on_shutdown",
 ]
 ServerKey = Literal[
     "interface",

@@ -616,6 +616,30 @@ def test_server_stop_ends_the_iterators_and_tells_the_client() -> None:
     run(test)
 
 
+def test_reconnect_on_shutdown_carries_the_iterator_over_to_the_server_that_comes_back() -> None:
+    async def test() -> None:
+        first = AsyncServer(interface="127.0.0.1", port=0)
+        await first.start()
+        port = first.port
+        client = AsyncClient(address="127.0.0.1", port=port, client_id="s", reconnect_on_shutdown=True, **FAST)
+        shutdown = asyncio.Event()
+        client.subscribe("servershutdown", shutdown.set)
+        await client.connect()
+        reading = asyncio.create_task(take(client.messages(), 2))
+        await first.send("s", Message("from-first"))
+        await first.stop()
+        await shutdown.wait()
+        await client.wait_state(ClientState.STATE_RECONNECTING)
+        async with AsyncServer(interface="127.0.0.1", port=port) as second:
+            await client.wait_connected()
+            await second.send("s", Message("from-second"))
+            assert await reading == [Message("from-first"), Message("from-second")]
+            assert client.state == ClientState.STATE_OK | ClientState.STATE_RUNNING | ClientState.STATE_CONNECTED
+        await client.disconnect()
+
+    run(test)
+
+
 def test_one_object_belongs_to_one_loop(caplog: pytest.LogCaptureFixture) -> None:
     server = AsyncServer(interface="127.0.0.1", port=0)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import free_port, wait_until
+from support import Recorder, free_port, wait_until
 from support.cli import mcctl_command, run
 from support.mcd import Mcd
 
@@ -231,6 +231,34 @@ def test_a_send_before_the_client_connects_says_what_to_do(mcd: Mcd) -> None:
         assert "client 'default' has not connected yet (last attempt: cannot connect to" in out.stderr
         assert "Connection refused" in out.stderr and "client connect --wait waits for that" in out.stderr
         assert "connect()" not in out.stderr and "STATE_" not in out.stderr
+
+
+def test_a_hosted_client_set_to_reconnect_on_shutdown_comes_back_to_its_restarted_server(mcd: Mcd) -> None:
+    sock = mcd.socket
+    first = Server(interface="127.0.0.1", port=0)
+    first.start()
+    port = first.port
+    try:
+        for key, value in (
+            ("address", "127.0.0.1"),
+            ("port", str(port)),
+            ("reconnect_delay", "0.05"),
+            ("reconnect_on_shutdown", "true"),
+        ):
+            assert run("client", "set", key, value, socket_path=sock).returncode == 0
+        assert ok_json("client", "get", "reconnect_on_shutdown", socket_path=sock)["settings"] == {
+            "reconnect_on_shutdown": True
+        }
+        assert run("client", "connect", "--wait", "--timeout", "30", socket_path=sock).returncode == 0
+    finally:
+        first.stop()  # SHUTDOWN: without the setting the hosted client would stop here
+    with Server(interface="127.0.0.1", port=port) as second:
+        got = Recorder().attach(second, "clientconnect", "message")
+        got.wait_count("clientconnect", 1)
+        out = run("client", "send", "back", '{"n": 1}', socket_path=sock)
+        assert out.returncode == 0, out
+        assert [m for _, m in got.wait_count("message", 1)] == [Message("back", {"n": 1})]
+        assert ok_json("client", "status", socket_path=sock)["connected"] is True
 
 
 def test_wait_returns_when_the_state_is_reached(mcd: Mcd) -> None:

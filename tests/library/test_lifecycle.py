@@ -10,11 +10,12 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from support import FaultProxy, Recorder, server_frames, wait_until
 
-from missioncommander import BindError, Client, ClientState, Message, Server
+from missioncommander import BindError, Client, ClientState, Message, Server, SessionLost
 from missioncommander._events import PingReceived
 from missioncommander._frames import FrameType, encode_json_frame
 
@@ -267,3 +268,75 @@ def test_a_server_on_port_0_comes_back_on_the_port_it_prefers_while_that_is_free
     fixed = Server(interface="127.0.0.1", port=first)
     with socket.create_server(("127.0.0.1", first)), pytest.raises(BindError):
         fixed.start(prefer_port=busy)  # a port that is set is the port: the preference is for port 0 only
+
+
+def test_reconnect_on_shutdown_carries_on_with_a_new_session_on_the_server_that_comes_back(
+    make_client: MakeClient,
+) -> None:
+    first = Server(interface="127.0.0.1", port=0)
+    first.start()
+    port = first.port
+    answering = threading.Event()
+    release = threading.Event()
+
+    def slow_answer(client_id: str, request: Message) -> dict[str, str]:
+        answering.set()
+        release.wait(10)
+        return {"too": "late"}
+
+    first.subscribe("request", slow_answer)
+    client = make_client(first, client_id="stays", reconnect_on_shutdown=True)
+    rec = Recorder().attach(client, "servershutdown", "reconnect", "sessionlost", "message")
+    client.connect()
+    with ThreadPoolExecutor(2) as pool:
+        asking = pool.submit(client.request, Message("status"), 30)
+        assert answering.wait(10)
+        stopping = pool.submit(first.stop)
+        try:
+            rec.wait_count("servershutdown", 1)
+            # At once, not after the request's 30 s: the server that would answer is gone.
+            with pytest.raises(SessionLost, match="server shut down"):
+                asking.result(10)
+            wait_until(lambda: client.state & S.STATE_RECONNECTING, what="the client reconnecting")
+            client.send(Message("while-away", {"n": 1}))  # queued for whichever server comes
+        finally:
+            release.set()
+            stopping.result(10)
+
+    with Server(interface="127.0.0.1", port=port) as second:
+        got = Recorder().attach(second, "message", "clientconnect")
+        asked: list[str] = []
+        second.subscribe("request", lambda client_id, request: (asked.append(request.subject), {"by": "second"})[-1])
+        rec.wait_count("reconnect", 1, timeout=15)
+        assert got.wait_count("message", 1) == [("stays", Message("while-away", {"n": 1}))]
+        reply = client.request(Message("fresh"), timeout=10)
+        assert dict(reply.payload) == {"by": "second"}
+        assert asked == ["fresh"]  # the request lost with the first server was not sent again
+        second.send("stays", Message("welcome-back"))
+        assert rec.wait_count("message", 1) == [(Message("welcome-back"),)]
+        assert client.state == S.STATE_OK | S.STATE_RUNNING | S.STATE_CONNECTED
+        # The shutdown said what was lost; no second notice when the new session starts.
+        assert rec.of("sessionlost") == []
+        assert len(got.of("message")) == 1
+        assert client.stats()["sessions_lost"] == 1
+
+
+def test_reconnect_on_shutdown_moves_on_to_the_next_of_its_servers(make_client: MakeClient) -> None:
+    with Server(interface="127.0.0.1", port=0) as spare:
+        leaving = Server(interface="127.0.0.1", port=0)
+        leaving.start()
+        try:
+            client = make_client(
+                servers=[f"127.0.0.1:{leaving.port}", f"127.0.0.1:{spare.port}"], reconnect_on_shutdown=True
+            )
+            rec = Recorder().attach(client, "servershutdown", "reconnect")
+            client.connect()
+            assert client.port == leaving.port
+        finally:
+            leaving.stop()
+        rec.wait_count("servershutdown", 1)
+        rec.wait_count("reconnect", 1, timeout=15)
+        assert client.port == spare.port
+        got = Recorder().attach(spare, "message")
+        client.send(Message("hello"))
+        assert got.wait_count("message", 1) == [(client.client_id, Message("hello"))]

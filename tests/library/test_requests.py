@@ -255,6 +255,50 @@ def test_a_cut_between_request_and_reply_delivers_both_exactly_once(
         proxy.close()
 
 
+def test_a_request_lost_with_a_server_restart_is_not_sent_to_the_new_server(
+    make_client: MakeClient, pool: ThreadPoolExecutor
+) -> None:
+    """Its asker is told SessionLost; the new server never runs it (a retry
+    by the asker would otherwise run it twice)."""
+    entered = threading.Event()
+    release = threading.Event()
+    old = Server(interface="127.0.0.1", port=0)
+    old.subscribe("request", lambda cid, m: (entered.set(), release.wait(WAIT), {"from": "old"})[-1])
+    old.start()
+    port = old.port
+    proxy = FaultProxy(port)
+    try:
+        client = make_client(client_id="r", address="127.0.0.1", port=proxy.port)
+        rec = Recorder().attach(client, "sessionlost", "reconnect")
+        client.connect()
+        client.send(Message("plain", {"n": 1}))
+        wait_until(lambda: client.queued == 0, what="the plain message acknowledged")  # so never sent again
+        asking: Future[Message] = pool.submit(client.request, Message("lost"), 60)
+        assert entered.wait(WAIT)
+        proxy.refusing = True
+        proxy.cut("rst")  # the old server dies with the request unanswered and unacknowledged
+        release.set()
+        old.stop()
+        with Server(interface="127.0.0.1", port=port) as new:
+            asked: list[str] = []
+            new.subscribe("request", lambda cid, m: (asked.append(m.subject), {"from": "new"})[-1])
+            got = Recorder().attach(new, "message")
+            proxy.refusing = False
+            with pytest.raises(SessionLost, match="new session"):
+                asking.result(WAIT)
+            rec.wait_count("reconnect", 1)
+            assert len(rec.of("sessionlost")) == 1
+            assert client.request(Message("fresh"), timeout=WAIT) == Message("fresh", {"from": "new"})
+            client.send(Message("after"))
+            got.wait_count("message", 1)
+            assert asked == ["fresh"]
+            assert got.of("message") == [("r", Message("after"))]
+    finally:
+        release.set()
+        proxy.close()
+        old.stop()
+
+
 def test_a_request_sent_while_reconnecting_goes_out_on_resume(
     server: Server, make_client: MakeClient, pool: ThreadPoolExecutor
 ) -> None:

@@ -8,8 +8,9 @@ import pytest
 from support.fake_driver import FakeDriver
 
 from missioncommander._errors import RemoteProtocolError
-from missioncommander._frames import FrameDecoder, parse_frame
+from missioncommander._frames import FrameDecoder, parse_frame, with_id
 from missioncommander._link import route_locked
+from missioncommander._requests import of_its_session
 from missioncommander._session import BATCH, BURST_GAP, SendSession
 
 
@@ -63,6 +64,23 @@ def test_a_restart_numbers_the_unacknowledged_again_from_one() -> None:
     session.acked(1)
     session.restarted()  # the server forgot us: a new session
     assert written(session.take_unsent()) == [(1, "b"), (2, "c")]
+
+
+def test_a_restart_leaves_out_the_old_sessions_requests_and_replies() -> None:
+    session = SendSession(100, 1 << 20)
+    queue(session, "a")
+    session.out.offer(with_id(b'["ask",{}]', "request", 1))
+    session.out.offer(b'["plain",{"request":1}]')  # a payload of that shape is a plain message
+    session.take_unsent()  # the three written; then the server restarts
+    session.out.offer(with_id(b'["answer",{}]', "reply", 9))
+    queue(session, "b")
+    bytes_before = session.out.queued_bytes
+    assert session.restarted(drop=of_its_session) == 2
+    assert written(session.take_unsent()) == [(1, "a"), (2, "plain"), (3, "b")]
+    assert session.resent == 2  # of the three written before, the request is not written again
+    assert session.out.queued_bytes == bytes_before - len(with_id(b'["ask",{}]', "request", 1)) - len(
+        with_id(b'["answer",{}]', "reply", 9)
+    )
 
 
 def test_ending_says_how_many_were_never_written() -> None:
