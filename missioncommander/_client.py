@@ -971,8 +971,8 @@ class Client(ClientSettings):
                 session.resumed(welcome.last_seq)
             else:
                 # The server that would have answered is gone with its session:
-                # its requests (and our replies to its) fail now and are not
-                # sent to the new one; the rest is sent again.
+                # our requests fail now, and neither they nor our replies to
+                # its requests go to the new one; the rest is sent again.
                 self._requests.lose(None, "the server started a new session (a restart, or our session expired)")
                 dropped = session.restarted(drop=of_its_session)
                 self._inbox.new_stream()
