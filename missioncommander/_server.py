@@ -132,6 +132,13 @@ class _ServerLink(Link):
         who = self.session.client_id if self.session else (self.hello.client_id if self.hello else "?")
         return f"client {who!r} from {self.peer}"
 
+    def ack_taken(self) -> None:
+        """Acknowledge now what was taken, before a SHUTDOWN: a client that
+        goes on to another server (``reconnect_on_shutdown``) sends none of
+        it again."""
+        if self.session is not None:
+            self.session.inbox.send_ack()
+
     def protocol_error(self, exc: RemoteProtocolError) -> None:
         self.server._refusals[exc.code] += 1
         super().protocol_error(exc)
@@ -726,6 +733,7 @@ class Server(ServerSettings):
             if link in handed_over:
                 continue
             if link.is_open:
+                link.ack_taken()
                 link.send_final(link.proto.send_shutdown("server shutting down"), "server shutting down")
             elif link.transport is not None:
                 link.transport.close("server shutting down")

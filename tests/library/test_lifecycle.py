@@ -340,3 +340,28 @@ def test_reconnect_on_shutdown_moves_on_to_the_next_of_its_servers(make_client: 
         got = Recorder().attach(spare, "message")
         client.send(Message("hello"))
         assert got.wait_count("message", 1) == [(client.client_id, Message("hello"))]
+
+
+def test_what_a_stopping_server_took_is_acknowledged_and_never_sent_to_the_next(make_client: MakeClient) -> None:
+    first = Server(interface="127.0.0.1", port=0)
+    first.subscribe("message", lambda client_id, message: None)
+    took = Recorder().attach(first, "message")
+    first.start()
+    port = first.port
+    client = make_client(first, client_id="once", reconnect_on_shutdown=True)
+    rec = Recorder().attach(client, "reconnect", "servershutdown")
+    try:
+        client.connect()
+        client.send(Message("taken", {"n": 1}))
+        took.wait_count("message", 1)
+        assert first.wait_callbacks(10)  # taken; its ACK would otherwise wait its 20 ms
+    finally:
+        first.stop()
+    rec.wait_count("servershutdown", 1)
+    assert client.queued == 0  # the SHUTDOWN came after the ACK
+    with Server(interface="127.0.0.1", port=port) as second:
+        got = Recorder().attach(second, "message")
+        rec.wait_count("reconnect", 1)
+        client.send(Message("next"))
+        got.wait_count("message", 1)
+        assert got.of("message") == [("once", Message("next"))]
