@@ -969,25 +969,26 @@ class Client(ClientSettings):
             session = self._session
             if resumed_session:
                 session.resumed(welcome.last_seq)
+            elif self._token is None:
+                # A new session, asked for: the first, or the next after a
+                # shutdown (which already let go of the last one); what was
+                # sent since is its own.
+                session.restarted()
             else:
-                # The server that would have answered is gone with its session:
-                # our requests fail now, and neither they nor our replies to
-                # its requests go to the new one; the rest is sent again.
-                self._requests.lose(None, "the server started a new session (a restart, or our session expired)")
-                dropped = session.restarted(drop=of_its_session)
-                self._inbox.new_stream()
-                if self._token is not None:
-                    log.warning(
-                        "client %r: the server no longer knows our session (restart or expiry); "
-                        "starting a new one and resending %d unacknowledged message(s)%s",
-                        self.client_id,
-                        len(session.out),
-                        f", not {dropped} request(s) and replies of the old session" if dropped else "",
-                    )
-                    self._stats.sessions_lost += 1
-                    self._callbacks.emit(
-                        "sessionlost", "the server no longer knows this client's session (a restart or an expiry)"
-                    )
+                dropped = self._forget_session_locked(
+                    "the server started a new session (a restart, or our session expired)"
+                )
+                log.warning(
+                    "client %r: the server no longer knows our session (restart or expiry); "
+                    "starting a new one and resending %d unacknowledged message(s)%s",
+                    self.client_id,
+                    len(session.out),
+                    f", not {dropped} request(s) and replies of the old session" if dropped else "",
+                )
+                self._stats.sessions_lost += 1
+                self._callbacks.emit(
+                    "sessionlost", "the server no longer knows this client's session (a restart or an expiry)"
+                )
             self._token = welcome.session
             self._peer_version = welcome.version
             session.peer_max_frame_size = welcome.max_frame_size
@@ -1098,13 +1099,21 @@ class Client(ClientSettings):
         link.stop_timers()
         with self._lock:
             self._stats.sessions_lost += 1
-            self._requests.lose(None, reason)
+            self._forget_session_locked(reason)
             self._token = None  # the next HELLO asks for a new session
-            self._inbox.new_stream()
         self._callbacks.emit("servershutdown")
         if link.transport is not None:
             link.transport.close(reason)
         self._link_lost(link, reason)
+
+    def _forget_session_locked(self, reason: str) -> int:
+        """The server's side of the session is gone: our requests fail now,
+        and neither they nor our replies to its requests go to the next
+        session; the rest will be sent again in it.  Returns how many were dropped."""
+        self._requests.lose(None, reason)
+        dropped = self._session.restarted(drop=of_its_session)
+        self._inbox.new_stream()
+        return dropped
 
     def _stopped_after_shutdown(self, generation: int) -> None:
         with self._lock:

@@ -298,27 +298,32 @@ def test_reconnect_on_shutdown_carries_on_with_a_new_session_on_the_server_that_
             with pytest.raises(SessionLost, match="server shut down"):
                 asking.result(10)
             wait_until(lambda: client.state & S.STATE_RECONNECTING, what="the client reconnecting")
-            client.send(Message("while-away", {"n": 1}))  # queued for whichever server comes
+            # Queued for whichever server comes: they belong to the next session.
+            client.send(Message("while-away", {"n": 1}))
+            asking_later = pool.submit(client.request, Message("later"), 30)
         finally:
             release.set()
             stopping.result(10)
 
-    with Server(interface="127.0.0.1", port=port) as second:
-        got = Recorder().attach(second, "message", "clientconnect")
-        asked: list[str] = []
-        second.subscribe("request", lambda client_id, request: (asked.append(request.subject), {"by": "second"})[-1])
-        rec.wait_count("reconnect", 1, timeout=15)
-        assert got.wait_count("message", 1) == [("stays", Message("while-away", {"n": 1}))]
-        reply = client.request(Message("fresh"), timeout=10)
-        assert dict(reply.payload) == {"by": "second"}
-        assert asked == ["fresh"]  # the request lost with the first server was not sent again
-        second.send("stays", Message("welcome-back"))
-        assert rec.wait_count("message", 1) == [(Message("welcome-back"),)]
-        assert client.state == S.STATE_OK | S.STATE_RUNNING | S.STATE_CONNECTED
-        # The shutdown said what was lost; no second notice when the new session starts.
-        assert rec.of("sessionlost") == []
-        assert len(got.of("message")) == 1
-        assert client.stats()["sessions_lost"] == 1
+        with Server(interface="127.0.0.1", port=port) as second:
+            got = Recorder().attach(second, "message", "clientconnect")
+            asked: list[str] = []
+            second.subscribe(
+                "request", lambda client_id, request: (asked.append(request.subject), {"by": "second"})[-1]
+            )
+            rec.wait_count("reconnect", 1, timeout=15)
+            assert got.wait_count("message", 1) == [("stays", Message("while-away", {"n": 1}))]
+            assert asking_later.result(10) == Message("later", {"by": "second"})
+            reply = client.request(Message("fresh"), timeout=10)
+            assert dict(reply.payload) == {"by": "second"}
+            assert asked == ["later", "fresh"]  # the request lost with the first server was not sent again
+            second.send("stays", Message("welcome-back"))
+            assert rec.wait_count("message", 1) == [(Message("welcome-back"),)]
+            assert client.state == S.STATE_OK | S.STATE_RUNNING | S.STATE_CONNECTED
+            # The shutdown said what was lost; no second notice when the new session starts.
+            assert rec.of("sessionlost") == []
+            assert len(got.of("message")) == 1
+            assert client.stats()["sessions_lost"] == 1
 
 
 def test_reconnect_on_shutdown_moves_on_to_the_next_of_its_servers(make_client: MakeClient) -> None:
