@@ -292,6 +292,9 @@ class _ClientLink(Link):
             if self.timer is not None:
                 self.timer.cancel()
                 self.timer = None
+            if self.client.tls and exc is None:
+                # asyncio's TLS takes the server's alert for a plain close.
+                reason += " (a TLS server closes so when it wants a client certificate or does not trust this one)"
             self.client._attempt_failed(self, _Attempt(f"connection closed during the handshake: {reason}"))
         else:
             self.client._link_lost(self, reason)

@@ -795,7 +795,7 @@ class Transport:
         try:
             tls.obj.write(data)
         except ssl.SSLError as exc:
-            self.close(f"TLS error: {_tls_reason(exc)}", exc)
+            self.close(f"TLS error: {_tls_reason(exc, not tls.obj.server_side)}", exc)
             return
         self._tls_flush()
 
@@ -847,7 +847,7 @@ class Transport:
                 self.close("connection closed by peer (TLS close_notify)")
                 return
             except ssl.SSLError as exc:
-                self.close(f"TLS error: {_tls_reason(exc)}", exc)
+                self.close(f"TLS error: {_tls_reason(exc, not tls.obj.server_side)}", exc)
                 return
             if not n:
                 break
@@ -1014,24 +1014,53 @@ _STRICT_REFUSALS = (
 )
 
 
-def _tls_reason(exc: BaseException, client_side: bool = False) -> str:
-    if client_side and getattr(exc, "reason", None) == "WRONG_VERSION_NUMBER":
+#: What a failed handshake most likely means, for whoever reads it on each
+#: side, by OpenSSL's reason (or the verify message) and ``client_side``:
+#: the alert names the symptom, not the setting to change.
+_TLS_HINTS = {
+    ("WRONG_VERSION_NUMBER", True): (
         # What came back is no TLS record: the commonest cause by far.
-        return (
-            "wrong version number (the server does not speak TLS: "
-            "turn tls off, or give the server tls_cert and tls_key)"
-        )
+        "the server does not speak TLS: turn tls off, or give the server tls_cert and tls_key"
+    ),
+    ("TLSV13_ALERT_CERTIFICATE_REQUIRED", True): "the server requires a client certificate: set tls_cert and tls_key",
+    ("PEER_DID_NOT_RETURN_A_CERTIFICATE", False): (
+        "this server's tls_ca requires a client certificate: give the client tls_cert and tls_key"
+    ),
+    ("TLSV1_ALERT_UNKNOWN_CA", True): (
+        "the server does not trust this client's certificate: the CA in the server's tls_ca must have signed tls_cert"
+    ),
+    ("TLSV1_ALERT_UNKNOWN_CA", False): (
+        "the client does not trust this server's certificate: its tls_ca must be the CA that signed tls_cert here"
+    ),
+    ("self-signed certificate in certificate chain", True): (
+        "tls_ca must be the CA that signed the server's certificate"
+    ),
+    ("unable to get local issuer certificate", True): "tls_ca must be the CA that signed the server's certificate",
+    ("self-signed certificate in certificate chain", False): (
+        "the client's certificate is not signed by the CA in this server's tls_ca"
+    ),
+    ("unable to get local issuer certificate", False): (
+        "the client's certificate is not signed by the CA in this server's tls_ca"
+    ),
+}
+
+
+def _tls_reason(exc: BaseException, client_side: bool = False) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
-        failed = f"certificate verify failed: {exc.verify_message}"
-        if any(words in str(exc.verify_message).lower() for words in _STRICT_REFUSALS):
+        message = str(exc.verify_message)
+        failed = f"certificate verify failed: {message}"
+        if any(words in message.lower() for words in _STRICT_REFUSALS):
             # Certificates made by hand often lack these; the fix is theirs.
-            failed += (
-                " (Python 3.13 and later check certificates strictly: docs/SECURITY.md,"
+            return (
+                f"{failed} (Python 3.13 and later check certificates strictly: docs/SECURITY.md,"
                 ' "Certificates", says what a CA and a certificate need)'
             )
-        return failed
+        hint = _TLS_HINTS.get((message, client_side))
+        return f"{failed} ({hint})" if hint else failed
     reason = getattr(exc, "reason", None)
-    return str(reason or exc).lower().replace("_", " ")
+    said = str(reason or exc).lower().replace("_", " ")
+    hint = _TLS_HINTS.get((str(reason), client_side))
+    return f"{said} ({hint})" if hint else said
 
 
 def connect_failure(name: str, err: int) -> str:

@@ -162,6 +162,8 @@ class _ServerLink(Link):
         self.stop_timers()
         if self.handshake_timer is not None:
             self.handshake_timer.cancel()
+        if isinstance(exc, ssl.SSLError) and self.hello is None:
+            self.server._tls_refused(self.peer, reason)
         self.server._link_lost(self, reason)
 
 
@@ -262,6 +264,9 @@ class Server(ServerSettings):
         self._rates = ConnectionRate()
         self._requests = Requests()
         self._rate_logged: dict[str, float] = {}
+        #: Failed TLS handshakes: when one was last logged, and how many since.
+        self._tls_logged = -TLS_LOG_EVERY
+        self._tls_unlogged = 0
         #: Statistics: connections refused, by the ERROR code they got.
         self._refusals: collections.Counter[str] = collections.Counter()
         #: Statistics: clients cut off for not keeping up (broadcast queue
@@ -690,6 +695,23 @@ class Server(ServerSettings):
             log.warning("too many connections from %s (over %g per second): refusing some", host, rate)
         return False
 
+    def _tls_refused(self, peer: str, reason: str) -> None:
+        """A TLS handshake failed: counted, and logged now and then (a
+        misconfigured fleet or a scanner must not flood the log), since the
+        client's side alone tells its owner why."""
+        self._refusals[TLS_HANDSHAKE] += 1
+        self._tls_unlogged += 1
+        now = self._loop.time()
+        if now - self._tls_logged >= TLS_LOG_EVERY:
+            more = self._tls_unlogged - 1
+            self._tls_logged, self._tls_unlogged = now, 0
+            log.warning(
+                "TLS handshake with %s failed: %s%s",
+                peer,
+                reason.removeprefix("TLS handshake failed: "),
+                f" ({more} more since the last logged)" if more else "",
+            )
+
     @property
     def warnings(self) -> list[str]:
         """What is unsafe about how this server is set up (empty when nothing):
@@ -1059,6 +1081,12 @@ class Server(ServerSettings):
         if session.link is None:
             self._end_session(session, f"session expired after {self.session_expiry:g} s detached")
 
+
+#: How often, at most, a failed TLS handshake is logged (the others are counted).
+TLS_LOG_EVERY = 5.0
+#: A failed TLS handshake's key in ``stats()["refusals"]`` (it gets no ERROR
+#: frame: the TLS alert is what the client hears).
+TLS_HANDSHAKE = "tls_handshake"
 
 _RATE_LIMITED_FRAME = Connection(Role.SERVER).send_error(
     ErrorCode.RATE_LIMITED, "too many connections from this address; retrying after a pause", retry=True

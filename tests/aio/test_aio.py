@@ -276,6 +276,25 @@ def test_a_name_is_tried_address_by_address(monkeypatch: pytest.MonkeyPatch) -> 
     assert asked == ["dual.test"]
 
 
+def test_mutual_tls_refusal_is_explained_to_both_sides(
+    certs: Certs, caplog: pytest.LogCaptureFixture, event_loop_kind: str
+) -> None:
+    async def test() -> None:
+        tls = {"tls_cert": str(certs.server_cert), "tls_key": str(certs.server_key), "tls_ca": str(certs.ca)}
+        async with AsyncServer(interface="127.0.0.1", port=0, **tls) as server:
+            anonymous = AsyncClient(
+                address="127.0.0.1", port=server.port, tls=True, tls_ca=str(certs.ca), reconnect_attempts=1
+            )
+            # asyncio's TLS hears the server's alert as a plain close: the client says what that may mean.
+            with pytest.raises(ConnectError, match="a TLS server closes so when it wants a client certificate"):
+                await anonymous.connect()
+            if event_loop_kind == "asyncio":  # uvloop does the server's handshake itself, out of our sight
+                await until(lambda: server.stats()["refusals"].get("tls_handshake") == 1)
+                assert "failed: peer did not return a certificate (this server's tls_ca requires" in caplog.text
+
+    run(test)
+
+
 def test_tls_round_trip_and_an_untrusted_server(certs: Certs) -> None:
     async def test() -> None:
         tls = {"tls_cert": str(certs.server_cert), "tls_key": str(certs.server_key)}

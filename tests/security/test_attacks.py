@@ -122,7 +122,39 @@ def test_tls_client_against_a_plain_server_is_told_on_both_sides(
     wait_until(lambda: "the client began a TLS handshake, and this server has no TLS" in caplog.text)
 
 
-def test_mutual_tls_requires_a_client_certificate(make_client: MakeClient, certs: Certs) -> None:
+@pytest.mark.parametrize(
+    ("refused", "client_says", "server_logs"),
+    [
+        (
+            "no certificate",
+            r"certificate required \(the server requires a client certificate: set tls_cert and tls_key\)",
+            "peer did not return a certificate (this server's tls_ca requires a client certificate: "
+            "give the client tls_cert and tls_key)",
+        ),
+        (
+            "a stranger's certificate",
+            r"unknown ca \(the server does not trust this client's certificate: "
+            r"the CA in the server's tls_ca must have signed tls_cert\)",
+            "certificate verify failed: unable to get local issuer certificate "
+            "(the client's certificate is not signed by the CA in this server's tls_ca)",
+        ),
+        (
+            "a client that trusts another CA",
+            r"certificate verify failed: .* \(tls_ca must be the CA that signed the server's certificate\)",
+            "tlsv1 alert unknown ca (the client does not trust this server's certificate: "
+            "its tls_ca must be the CA that signed tls_cert here)",
+        ),
+    ],
+    ids=["no-certificate", "stranger-certificate", "client-trusts-another-ca"],
+)
+def test_mutual_tls_refusals_say_what_to_set_on_both_sides(
+    make_client: MakeClient,
+    certs: Certs,
+    caplog: pytest.LogCaptureFixture,
+    refused: str,
+    client_says: str,
+    server_logs: str,
+) -> None:
     with Server(
         interface="127.0.0.1",
         port=0,
@@ -133,10 +165,40 @@ def test_mutual_tls_requires_a_client_certificate(make_client: MakeClient, certs
         good = tls_client(make_client, server, certs, tls_cert=str(certs.client_cert), tls_key=str(certs.client_key))
         good.connect()
         watch = Bystander(server, good)
-        anonymous = tls_client(make_client, server, certs, connect_timeout=3.0)
-        with pytest.raises(ConnectError):
-            anonymous.connect()
+        extra: dict[str, object] = {
+            "no certificate": {},
+            "a stranger's certificate": {"tls_cert": str(certs.stranger_cert), "tls_key": str(certs.stranger_key)},
+            "a client that trusts another CA": {
+                "tls_cert": str(certs.client_cert),
+                "tls_key": str(certs.client_key),
+                "tls_ca": str(certs.other_ca),
+            },
+        }[refused]
+        refused_client = tls_client(make_client, server, certs, connect_timeout=3.0, **extra)
+        with pytest.raises(ConnectError, match=client_says):
+            refused_client.connect()
+        # The server's owner is told too (the client's alone knew before), and it is counted.
+        wait_until(lambda: f"failed: {server_logs}" in caplog.text, what="the server's log line")
+        assert server.stats()["refusals"] == {"tls_handshake": 1}
         watch.check()
+
+
+def test_failed_tls_handshakes_are_logged_now_and_then_and_all_counted(
+    make_client: MakeClient, certs: Certs, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Server(
+        interface="127.0.0.1",
+        port=0,
+        tls_cert=str(certs.server_cert),
+        tls_key=str(certs.server_key),
+        tls_ca=str(certs.ca),
+    ) as server:
+        for _ in range(3):
+            with pytest.raises(ConnectError, match="certificate required"):
+                tls_client(make_client, server, certs, connect_timeout=3.0).connect()
+        wait_until(lambda: server.stats()["refusals"].get("tls_handshake") == 3, what="three refusals counted")
+        # A fleet that lacks its certificates, or a scanner, must not flood the log.
+        assert caplog.text.count("TLS handshake with") == 1
 
 
 def test_bad_tls_files_fail_before_anything_is_sent(make_client: MakeClient, certs: Certs) -> None:

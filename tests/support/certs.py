@@ -14,7 +14,9 @@ class Certs:
     server_key: Path
     client_cert: Path
     client_key: Path
-    other_ca: Path  # signed nothing of ours
+    other_ca: Path  # signed nothing of ours but the stranger's certificate
+    stranger_cert: Path  # a client certificate other_ca signed
+    stranger_key: Path
 
 
 def _openssl(*args: str) -> None:
@@ -58,4 +60,5 @@ def make_certs(folder: Path) -> Certs:
     other = _ca(folder, "other-ca")
     server = _signed(folder, "server", ca, "IP:127.0.0.1,DNS:localhost")
     client = _signed(folder, "client", ca, "DNS:client.test")
-    return Certs(ca[0], server[0], server[1], client[0], client[1], other[0])
+    stranger = _signed(folder, "stranger", other, "DNS:stranger.test")
+    return Certs(ca[0], server[0], server[1], client[0], client[1], other[0], stranger[0], stranger[1])
