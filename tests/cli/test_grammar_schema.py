@@ -165,6 +165,26 @@ def test_the_shell_keeps_an_unquoted_json_object_as_one_word(line: str, words: l
 
 
 @pytest.mark.parametrize(
+    ("line", "said"),
+    [
+        ("client send x {not json", "invalid JSON payload: Expecting property name enclosed in double quotes"),
+        ('client request x {"a": } --timeout 2', "invalid JSON payload: Expecting value"),
+        ('client request x {"a": 1} --timeout soon', None),  # the JSON is fine: the timeout is not
+        ("client send x '{not json", None),  # unbalanced quotes: they are what is wrong
+        ("client send a{b}", None),  # a brace inside a word is no payload
+    ],
+)
+def test_the_shell_says_what_is_wrong_with_an_unquoted_json_object(line: str, said: str | None) -> None:
+    from mc_cli.repl import unquoted_json_error
+
+    error = unquoted_json_error(line)
+    if said is None:
+        assert error is None
+    else:
+        assert error is not None and str(error).startswith(said) and "^" in str(error)
+
+
+@pytest.mark.parametrize(
     "name", ["default", "lab-2", "a.b_c", "A" * 64, "A" * 65, "café", "-x", "_x", "x y", "x\n", ""]
 )
 def test_the_name_rule_the_gui_checks_is_the_schemas(name: str) -> None:

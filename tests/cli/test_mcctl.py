@@ -151,6 +151,11 @@ def test_json_output_of_every_command(mcd: Mcd) -> None:
         (("client", "fly"), "fix: `mcctl help client` lists the client commands"),
         (("start",), "(did you mean server start or client connect?)"),
         (("ls",), "(did you mean list?)"),
+        # Misspellings: the word it most likely was.
+        (("clinet", "status"), "unknown command 'clinet' (did you mean client?)"),
+        (("client", "stauts"), "unknown client command 'stauts' (did you mean client status?)"),
+        (("client", "set", "adress", "x"), "unknown client key 'adress' (did you mean address?)"),
+        (("server", "get", "sesion_expiry"), "unknown server key 'sesion_expiry' (did you mean session_expiry?)"),
         # The library's server.send(client_id, message), typed as words.
         (("server", "send", "c42", "hi", "{}"), "(the client goes in --to: server send --to c42 hi '{}')"),
         (("server", "send", "*", "hi", "{}"), "(every client is the default: server send hi '{}')"),

@@ -106,6 +106,9 @@ def test_shell_with_a_daemon(mcd: Mcd, tmp_path: Path) -> None:
         sh.expect("unknown command 'frobnicate'")
         sh.line("client send x '{bad'")
         sh.expect("invalid JSON payload")
+        mark = len(sh.text)
+        sh.line("client send x {bad json")  # unquoted, as the shell allows: the same JSON error, not a usage line
+        sh.expect("error: invalid JSON payload: Expecting property name", start=mark)
         sh.line("quit")
         assert sh.wait() == 0
     finally:

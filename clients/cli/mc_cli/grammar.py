@@ -24,7 +24,7 @@ from mc_control.codes import (
 # every call, and those two cost it a third of its start-up.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
     from typing import Any
 
 _TUNING = {**CLIENT_TUNING, **SERVER_TUNING}  # a key means the same on either kind
@@ -411,7 +411,21 @@ def _hint(kind: str, word: str, args: list[str], verbs: tuple[str, ...]) -> str:
     for meant in _SYNONYMS.get(word.lower(), ()):
         if meant in verbs:
             return f" (did you mean {kind} {meant}?)"
-    return ""
+    spelled = _spelled(word, verbs)
+    return f" (did you mean {kind} {spelled}?)" if spelled else ""
+
+
+def _spelled(word: str, choices: Iterable[str]) -> str | None:
+    """The choice ``word`` most likely misspells (``clinet``: client), if one is close."""
+    import difflib  # noqa: PLC0415 - only on a usage error: mcctl's start-up does not pay for it
+
+    found = difflib.get_close_matches(word.lower(), list(choices), n=1, cutoff=0.75)
+    return found[0] if found else None
+
+
+def _key_hint(word: str, keys: Iterable[str]) -> str:
+    spelled = _spelled(word, keys)
+    return f" (did you mean {spelled}?)" if spelled else ""
 
 
 #: The same for a first word.
@@ -435,6 +449,9 @@ def _top_hint(word: str) -> str:
     meant = [f"{kind} {word}" for kind, verbs in (("client", CLIENT_VERBS), ("server", SERVER_VERBS)) if word in verbs]
     meant += _TOP_SYNONYMS.get(word, ())
     meant = [m for m in dict.fromkeys(meant) if not m.endswith(" help")]
+    if not meant:
+        spelled = _spelled(word, TOP_COMMANDS)
+        meant = [spelled] if spelled else []
     return f" (did you mean {' or '.join(meant)}?)" if meant else ""
 
 
@@ -481,14 +498,14 @@ def _instance_command(inv: Invocation, kind: str, rest: list[str], read_stdin: C
             raise UsageError(f"usage: {kind} set KEY VALUE   (keys: {', '.join(keys)})")
         key = args[0]
         if key not in keys:
-            raise UsageError(f"unknown {kind} key {key!r}; keys: {', '.join(keys)}")
+            raise UsageError(f"unknown {kind} key {key!r}{_key_hint(key, keys)}; keys: {', '.join(keys)}")
         params.update(key=key, value=_value(key, args[1]))
     elif verb == "get":
         if len(args) > 1:
             raise UsageError(f"usage: {kind} get [KEY]   (keys: {', '.join(keys)})")
         if args:
             if args[0] not in keys:
-                raise UsageError(f"unknown {kind} key {args[0]!r}; keys: {', '.join(keys)}")
+                raise UsageError(f"unknown {kind} key {args[0]!r}{_key_hint(args[0], keys)}; keys: {', '.join(keys)}")
             params["key"] = args[0]
     elif verb == "send":
         if len(args) not in (1, 2):

@@ -46,6 +46,7 @@ from .grammar import (
     TOP_COMMANDS,
     UsageError,
     parse,
+    parse_payload,
     states_of,
 )
 from .main import help_text
@@ -87,6 +88,31 @@ def split_line(line: str) -> list[str]:
             if line[obj_end : obj_end + 1] in ("", " ", "\t"):
                 return [*head, line[start:obj_end], *shlex.split(line[obj_end:])]
     return shlex.split(line)
+
+
+def unquoted_json_error(line: str) -> UsageError | None:
+    """What is wrong with a JSON object typed without quotes that
+    ``split_line`` could not keep as one word (it split it as a shell
+    would): said as one-shot mcctl says it, with a caret, rather than as a
+    usage line.  None when the line has no such object."""
+    start = line.find("{")
+    if start <= 0 or line[start - 1] not in " \t":
+        return None
+    try:
+        shlex.split(line[:start])
+    except ValueError:
+        return None  # the brace is inside quotes: the quotes are what is wrong
+    try:
+        json.JSONDecoder().raw_decode(line[start:])
+    except ValueError:
+        pass
+    else:
+        return None  # split_line kept it whole: something else is wrong
+    try:
+        parse_payload(line[start:].rstrip())
+    except UsageError as exc:
+        return exc
+    return None
 
 
 class Shell:
@@ -356,7 +382,7 @@ class Shell:
         try:
             inv = parse(words)
         except UsageError as exc:
-            self.show(f"error: {exc}")
+            self.show(f"error: {unquoted_json_error(line) or exc}")
             return True
         said: list[str] = []
         if self.log_handler is not None:
