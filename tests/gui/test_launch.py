@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
@@ -78,6 +79,35 @@ def test_x11_libraries_matter_only_when_qt_will_use_x11(monkeypatch: pytest.Monk
     assert launch.missing_xcb_packages() == list(launch.XCB_LIBRARIES.values())
     monkeypatch.setenv("WAYLAND_DISPLAY", "wayland-0")
     assert launch.missing_xcb_packages() == []
+
+
+def test_without_a_display_the_gui_says_so_instead_of_qt_aborting() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    out = subprocess.run(
+        [sys.executable, "-m", "missioncommander", "gui"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert out.returncode == 1, out  # Qt's own abort is -6 (SIGABRT), blaming libxcb-cursor0
+    assert out.stderr.startswith("mctray: there is no display to show the GUI on")
+    assert "mcctl" in out.stderr and "xcb" not in out.stderr
+
+
+def test_what_counts_as_no_display(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(name, raising=False)
+    assert launch.no_display()
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")  # the tests' own way: no display needed
+    assert not launch.no_display()
+    monkeypatch.delenv("QT_QPA_PLATFORM")
+    monkeypatch.setenv("DISPLAY", ":0")
+    assert not launch.no_display()
+    monkeypatch.delenv("DISPLAY")
+    monkeypatch.setenv("WAYLAND_DISPLAY", "wayland-0")
+    assert not launch.no_display()
 
 
 def test_the_installed_pyside6_keeps_its_references() -> None:

@@ -1,8 +1,8 @@
 """``mctray``'s entry point: say what is missing before Qt is imported.
 
 Without the ``gui`` extra, ``import PySide6`` fails with a bare
-``ModuleNotFoundError``; without a few X11 libraries Qt aborts the process
-(SIGABRT) and names only one of them; a PySide6 release whose
+``ModuleNotFoundError``; without a few X11 libraries, or without a display
+at all, Qt aborts the process (SIGABRT) and names only one library; a PySide6 release whose
 ``Signal.emit()`` loses references aborts the GUI minutes later. Each is a
 set-up mistake a user fixes with one command, so this module finds them
 first (with the standard library, and PySide6's QtCore once it is known to
@@ -64,8 +64,17 @@ def missing_xcb_packages() -> list[str]:
     if platform and not platform.startswith("xcb"):
         return []
     if not platform and (os.environ.get("WAYLAND_DISPLAY") or not os.environ.get("DISPLAY")):
-        return []  # Qt picks Wayland, or fails on its own with "no display"
+        return []  # Qt picks Wayland, or there is no display (no_display)
     return [pkg for stem, pkg in XCB_LIBRARIES.items() if ctypes.util.find_library(stem) is None]
+
+
+def no_display() -> bool:
+    """Whether Qt would look for an X11 or Wayland display and find none
+    (a terminal over ssh, a service): Qt then aborts the process, blaming
+    a library that is there (SIGABRT, "xcb-cursor0 ... is needed")."""
+    if not sys.platform.startswith("linux") or os.environ.get("QT_QPA_PLATFORM"):
+        return False  # a platform chosen by hand is the chooser's affair
+    return not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY")
 
 
 def emit_drops_a_reference() -> bool:
@@ -109,6 +118,12 @@ def preflight() -> str | None:
         return (
             f"Qt's X11 support needs libraries this machine lacks ({', '.join(missing)}); on Debian or Ubuntu:\n"
             f"  sudo apt-get install {' '.join(missing)}"
+        )
+    if no_display():
+        return (
+            "there is no display to show the GUI on (neither DISPLAY nor WAYLAND_DISPLAY is set):"
+            " start it in a desktop session (over ssh, `ssh -X` brings one along), or drive mcd from"
+            " this terminal with mcctl"
         )
     return None
 
