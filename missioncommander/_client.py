@@ -1102,6 +1102,7 @@ class Client(ClientSettings):
         link.stop_timers()
         with self._lock:
             self._stats.sessions_lost += 1
+            self._session.live = None  # no send() writes to the old server once its session is forgotten
             self._forget_session_locked(reason)
             self._token = None  # the next HELLO asks for a new session
         self._callbacks.emit("servershutdown")

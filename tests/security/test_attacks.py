@@ -59,6 +59,14 @@ def tls_server(certs: Certs) -> Iterator[Server]:
         yield srv
 
 
+@pytest.fixture
+def mutual_tls_server(certs: Certs) -> Iterator[Server]:
+    """A TLS server that asks its clients for certificates signed by the test CA."""
+    tls = {"tls_cert": str(certs.server_cert), "tls_key": str(certs.server_key), "tls_ca": str(certs.ca)}
+    with Server(interface="127.0.0.1", port=0, **tls) as srv:
+        yield srv
+
+
 def tls_client(make_client: MakeClient, server: Server, certs: Certs, **extra: object) -> Client:
     settings: dict[str, object] = {"tls": True, "tls_ca": str(certs.ca), "reconnect_attempts": 1}
     settings.update(extra)
@@ -148,6 +156,7 @@ def test_tls_client_against_a_plain_server_is_told_on_both_sides(
     ids=["no-certificate", "stranger-certificate", "client-trusts-another-ca"],
 )
 def test_mutual_tls_refusals_say_what_to_set_on_both_sides(
+    mutual_tls_server: Server,
     make_client: MakeClient,
     certs: Certs,
     caplog: pytest.LogCaptureFixture,
@@ -155,50 +164,38 @@ def test_mutual_tls_refusals_say_what_to_set_on_both_sides(
     client_says: str,
     server_logs: str,
 ) -> None:
-    with Server(
-        interface="127.0.0.1",
-        port=0,
-        tls_cert=str(certs.server_cert),
-        tls_key=str(certs.server_key),
-        tls_ca=str(certs.ca),
-    ) as server:
-        good = tls_client(make_client, server, certs, tls_cert=str(certs.client_cert), tls_key=str(certs.client_key))
-        good.connect()
-        watch = Bystander(server, good)
-        extra: dict[str, object] = {
-            "no certificate": {},
-            "a stranger's certificate": {"tls_cert": str(certs.stranger_cert), "tls_key": str(certs.stranger_key)},
-            "a client that trusts another CA": {
-                "tls_cert": str(certs.client_cert),
-                "tls_key": str(certs.client_key),
-                "tls_ca": str(certs.other_ca),
-            },
-        }[refused]
-        refused_client = tls_client(make_client, server, certs, connect_timeout=3.0, **extra)
-        with pytest.raises(ConnectError, match=client_says):
-            refused_client.connect()
-        # The server's owner is told too (the client's alone knew before), and it is counted.
-        wait_until(lambda: f"failed: {server_logs}" in caplog.text, what="the server's log line")
-        assert server.stats()["refusals"] == {"tls_handshake": 1}
-        watch.check()
+    server = mutual_tls_server
+    good = tls_client(make_client, server, certs, tls_cert=str(certs.client_cert), tls_key=str(certs.client_key))
+    good.connect()
+    watch = Bystander(server, good)
+    extra: dict[str, object] = {
+        "no certificate": {},
+        "a stranger's certificate": {"tls_cert": str(certs.stranger_cert), "tls_key": str(certs.stranger_key)},
+        "a client that trusts another CA": {
+            "tls_cert": str(certs.client_cert),
+            "tls_key": str(certs.client_key),
+            "tls_ca": str(certs.other_ca),
+        },
+    }[refused]
+    refused_client = tls_client(make_client, server, certs, connect_timeout=3.0, **extra)
+    with pytest.raises(ConnectError, match=client_says):
+        refused_client.connect()
+    # The server's owner is told too (the client's alone knew before), and it is counted.
+    wait_until(lambda: f"failed: {server_logs}" in caplog.text, what="the server's log line")
+    assert server.stats()["refusals"] == {"tls_handshake": 1}
+    watch.check()
 
 
 def test_failed_tls_handshakes_are_logged_now_and_then_and_all_counted(
-    make_client: MakeClient, certs: Certs, caplog: pytest.LogCaptureFixture
+    mutual_tls_server: Server, make_client: MakeClient, certs: Certs, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with Server(
-        interface="127.0.0.1",
-        port=0,
-        tls_cert=str(certs.server_cert),
-        tls_key=str(certs.server_key),
-        tls_ca=str(certs.ca),
-    ) as server:
-        for _ in range(3):
-            with pytest.raises(ConnectError, match="certificate required"):
-                tls_client(make_client, server, certs, connect_timeout=3.0).connect()
-        wait_until(lambda: server.stats()["refusals"].get("tls_handshake") == 3, what="three refusals counted")
-        # A fleet that lacks its certificates, or a scanner, must not flood the log.
-        assert caplog.text.count("TLS handshake with") == 1
+    server = mutual_tls_server
+    for _ in range(3):
+        with pytest.raises(ConnectError, match="certificate required"):
+            tls_client(make_client, server, certs, connect_timeout=3.0).connect()
+    wait_until(lambda: server.stats()["refusals"].get("tls_handshake") == 3, what="three refusals counted")
+    # A fleet that lacks its certificates, or a scanner, must not flood the log.
+    assert caplog.text.count("TLS handshake with") == 1
 
 
 def test_bad_tls_files_fail_before_anything_is_sent(make_client: MakeClient, certs: Certs) -> None:
