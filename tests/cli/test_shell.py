@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,6 +116,9 @@ def test_shell_with_a_daemon(mcd: Mcd, tmp_path: Path) -> None:
         sh.close()
     assert mcd.request("client.status")["phase"] == "connected"  # the daemon keeps its instances
     assert (tmp_path / "state" / "missioncommander" / "mcctl_history").read_text().count("server set") >= 2
+    # What was typed may hold a token: the file, and the state directory the shell made for it, are the owner's.
+    assert stat.S_IMODE((tmp_path / "state" / "missioncommander").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "state" / "missioncommander" / "mcctl_history").stat().st_mode) == 0o600
 
 
 def test_embedded_shell_without_a_daemon(tmp_path: Path) -> None:

@@ -183,7 +183,9 @@ class Shell:
         readline.parse_and_bind("tab: complete")
         history = _history_path()
         try:
-            history.parent.mkdir(parents=True, exist_ok=True)
+            # The history holds what was typed, tokens included, beside mcd's
+            # state: the directory is the owner's alone, as mcd makes it.
+            history.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             readline.read_history_file(history)
         except OSError:
             pass
