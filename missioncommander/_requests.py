@@ -168,8 +168,17 @@ def of_its_session(body: bytes) -> bool:
     """Whether an encoded MESSAGE body is a request or a reply: these mean
     something only in the session they were sent in (a new session's peer
     knows neither the request nor its asker), so a restart does not send
-    them again.  Runs only on a restart, over what was unacknowledged."""
-    return len(json.loads(body)) == 3
+    them again.  Runs only on a restart, over what was unacknowledged (up
+    to ``max_queued_bytes``, on the I/O thread): a body that cannot be one
+    is passed over without being decoded."""
+    if _REQUEST_META not in body and _REPLY_META not in body:
+        return False
+    return len(json.loads(body)) == 3  # the decoder decides: a payload may hold the same bytes
+
+
+#: How a request's and a reply's meta begin in a body (``_frames.with_id``, ``with_meta``).
+_REQUEST_META = b',{"request":'
+_REPLY_META = b',{"reply":'
 
 
 def reply_for(request: Message, result: object) -> Message:
