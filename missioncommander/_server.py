@@ -267,7 +267,7 @@ class Server(ServerSettings):
         #: Failed TLS handshakes: when one was last logged, and how many since.
         self._tls_logged = -TLS_LOG_EVERY
         self._tls_unlogged = 0
-        #: Statistics: connections refused, by the ERROR code they got.
+        #: Statistics: connections refused, by the ERROR code they got (or TLS_HANDSHAKE).
         self._refusals: collections.Counter[str] = collections.Counter()
         #: Statistics: clients cut off for not keeping up (broadcast queue
         #: full, or not reading).

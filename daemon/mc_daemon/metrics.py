@@ -148,7 +148,9 @@ class StatsCollector:
             prefix + "rtt_seconds", "the heartbeat's round trip, smoothed (docs/STATS.md)", labels=labels
         )
         refusals = CounterMetricFamily(
-            prefix + "refusals", "connections refused, by the ERROR code they got", labels=(*labels, "code")
+            prefix + "refusals",
+            "connections refused, by the ERROR code they got (tls_handshake: a failed TLS handshake)",
+            labels=(*labels, "code"),
         )
         # A cluster node's own (docs/CLUSTER.md): whether it reaches Redis and
         # takes newcomers, and the clients it took over from nodes that died.
