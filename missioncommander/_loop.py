@@ -1015,8 +1015,8 @@ _STRICT_REFUSALS = (
 
 
 #: What a failed handshake most likely means, for whoever reads it on each
-#: side, by OpenSSL's reason (or the verify message) and ``client_side``:
-#: the alert names the symptom, not the setting to change.
+#: side, by OpenSSL's reason and ``client_side``: the alert names the
+#: symptom, not the setting to change.
 _TLS_HINTS = {
     ("WRONG_VERSION_NUMBER", True): (
         # What came back is no TLS record: the commonest cause by far.
@@ -1032,16 +1032,12 @@ _TLS_HINTS = {
     ("TLSV1_ALERT_UNKNOWN_CA", False): (
         "the client does not trust this server's certificate: its tls_ca must be the CA that signed tls_cert here"
     ),
-    ("self-signed certificate in certificate chain", True): (
-        "tls_ca must be the CA that signed the server's certificate"
-    ),
-    ("unable to get local issuer certificate", True): "tls_ca must be the CA that signed the server's certificate",
-    ("self-signed certificate in certificate chain", False): (
-        "the client's certificate is not signed by the CA in this server's tls_ca"
-    ),
-    ("unable to get local issuer certificate", False): (
-        "the client's certificate is not signed by the CA in this server's tls_ca"
-    ),
+}
+#: What a certificate no CA of ours signed means, by ``client_side``.
+_UNKNOWN_ISSUER = ("self-signed certificate in certificate chain", "unable to get local issuer certificate")
+_UNKNOWN_ISSUER_HINTS = {
+    True: "tls_ca must be the CA that signed the server's certificate",
+    False: "the client's certificate is not signed by the CA in this server's tls_ca",
 }
 
 
@@ -1055,8 +1051,7 @@ def _tls_reason(exc: BaseException, client_side: bool = False) -> str:
                 f"{failed} (Python 3.13 and later check certificates strictly: docs/SECURITY.md,"
                 ' "Certificates", says what a CA and a certificate need)'
             )
-        hint = _TLS_HINTS.get((message, client_side))
-        return f"{failed} ({hint})" if hint else failed
+        return f"{failed} ({_UNKNOWN_ISSUER_HINTS[client_side]})" if message in _UNKNOWN_ISSUER else failed
     reason = getattr(exc, "reason", None)
     said = str(reason or exc).lower().replace("_", " ")
     hint = _TLS_HINTS.get((str(reason), client_side))

@@ -77,17 +77,31 @@ def split_line(line: str) -> list[str]:
     object typed without quotes (``client send echo {"n": 1}``) stays one
     word, as typed: at the prompt there is no other shell to quote for.
     ``ValueError`` for unbalanced quotes."""
-    start = line.find("{")
-    if start > 0:
-        try:
-            head = shlex.split(line[:start])
-            obj_end = start + json.JSONDecoder().raw_decode(line[start:])[1]
-        except ValueError:
-            pass  # a quoted payload, or not JSON: the plain split (and the grammar) say what is wrong
-        else:
-            if line[obj_end : obj_end + 1] in ("", " ", "\t"):
-                return [*head, line[start:obj_end], *shlex.split(line[obj_end:])]
+    found = _unquoted_object(line)
+    if found is not None:
+        head, start, end = found
+        if end is not None and line[end : end + 1] in ("", " ", "\t"):
+            return [*head, line[start:end], *shlex.split(line[end:])]
+    # A quoted payload, or not JSON: the plain split (and the grammar) say what is wrong.
     return shlex.split(line)
+
+
+def _unquoted_object(line: str) -> tuple[list[str], int, int | None] | None:
+    """Where a ``{`` outside quotes begins a JSON object: the words before
+    it, its start, and its end (None when what follows is not JSON); None
+    when the line has no such brace."""
+    start = line.find("{")
+    if start <= 0:
+        return None
+    try:
+        head = shlex.split(line[:start])
+    except ValueError:
+        return None  # the brace is inside quotes
+    try:
+        end = start + json.JSONDecoder().raw_decode(line[start:])[1]
+    except ValueError:
+        return head, start, None
+    return head, start, end
 
 
 def unquoted_json_error(line: str) -> UsageError | None:
@@ -95,21 +109,11 @@ def unquoted_json_error(line: str) -> UsageError | None:
     ``split_line`` could not keep as one word (it split it as a shell
     would): said as one-shot mcctl says it, with a caret, rather than as a
     usage line.  None when the line has no such object."""
-    start = line.find("{")
-    if start <= 0 or line[start - 1] not in " \t":
-        return None
+    found = _unquoted_object(line)
+    if found is None or found[2] is not None or line[found[1] - 1] not in " \t":
+        return None  # no brace, one split_line kept whole, or a brace inside a word
     try:
-        shlex.split(line[:start])
-    except ValueError:
-        return None  # the brace is inside quotes: the quotes are what is wrong
-    try:
-        json.JSONDecoder().raw_decode(line[start:])
-    except ValueError:
-        pass
-    else:
-        return None  # split_line kept it whole: something else is wrong
-    try:
-        parse_payload(line[start:].rstrip())
+        parse_payload(line[found[1] :].rstrip())
     except UsageError as exc:
         return exc
     return None
