@@ -241,6 +241,37 @@ def test_top_on_a_short_terminal_shows_the_busiest_rows_that_fit(mcd: Mcd, tmp_p
     assert len(every.stdout.splitlines()) == rows + 2
 
 
+def test_top_on_a_short_terminal_keeps_the_rows_that_carried_traffic(mcd: Mcd, tmp_path: Path) -> None:
+    """The first refresh has no rates yet, so every row was as busy as the
+    next and top kept the first that fit: with many quiet hosted clients
+    listed before it, the one server they all talk to was the row left out.
+    Among rows as busy, the ones with more messages so far are kept."""
+    for n in range(30):
+        mcd.request("client.create", name=f"quiet{n:02d}")
+    port = free_port()
+    for cmd, params in (
+        ("server.set", {"name": "hub", "key": "interface", "value": "127.0.0.1"}),
+        ("server.set", {"name": "hub", "key": "port", "value": port}),
+        ("server.start", {"name": "hub"}),
+        ("client.set", {"name": "talker", "key": "address", "value": "127.0.0.1"}),
+        ("client.set", {"name": "talker", "key": "port", "value": port}),
+        ("client.connect", {"name": "talker", "wait": True, "timeout": 10}),
+        ("server.send", {"name": "hub", "subject": "hello", "payload": {}}),
+    ):
+        mcd.request(cmd, **params)
+    wait_until(lambda: _received(mcd, "talker") == 1)
+    screen = top_screen(mcd, tmp_path, lines=12)
+    shown = screen[1:-2]
+    assert len(shown) == 8, screen
+    names = [row.split()[1] for row in shown]
+    assert "talker" in names and "hub" in names, screen
+
+
+def _received(mcd: Mcd, name: str) -> int:
+    stats = mcd.request("stats", name=name, kind="client")
+    return int(stats["instances"][0]["stats"]["messages_received"])
+
+
 def test_a_command_that_waits_in_mcd_gets_mcds_answer_not_a_timeout_of_its_own(
     mcd: Mcd, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

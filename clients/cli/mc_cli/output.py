@@ -153,9 +153,13 @@ def stats(result: dict[str, Any], rates: Rates | None = None, max_rows: int | No
     per instance and per client of a named server, the daemon's own figures
     last.  ``max_rows``: at most that many lines between the header and the
     daemon's line (``top`` on a terminal: its screen's height); the busiest
-    rows are kept, in their order, and one line says how many are left out."""
+    rows are kept, in their order, and one line says how many are left out.
+    Busiest is by message rate, then, among rows as busy (every row on the
+    first refresh, which has no rates yet), by messages so far: a server
+    with many quiet clients is not the row left out."""
     rows = []
     keys = []
+    totals = []
     for entry in result["instances"]:
         st = entry["stats"]
         if entry["kind"] == "client":
@@ -172,6 +176,7 @@ def stats(result: dict[str, Any], rates: Rates | None = None, max_rows: int | No
         rtt = st.get("rtt_smoothed_ms")
         key = (entry["kind"], entry["name"], "")
         keys.append(key)
+        totals.append(st["messages_sent"] + st["messages_received"])
         rows.append(
             (
                 entry["kind"],
@@ -191,6 +196,7 @@ def stats(result: dict[str, Any], rates: Rates | None = None, max_rows: int | No
             rtt = cs.get("rtt_smoothed_ms")
             key = (entry["kind"], entry["name"], client_id)
             keys.append(key)
+            totals.append(cs["messages_sent"] + cs["messages_received"])
             rows.append(
                 (
                     "  client",
@@ -207,7 +213,9 @@ def stats(result: dict[str, Any], rates: Rates | None = None, max_rows: int | No
     left_out = 0
     if max_rows is not None and len(rows) > max_rows:
         room = max(max_rows - 1, 1)  # one line says what is left out
-        busiest = sorted(range(len(rows)), key=lambda i: -sum((rates or {}).get(keys[i], (0.0, 0.0))))[:room]
+        busiest = sorted(range(len(rows)), key=lambda i: (-sum((rates or {}).get(keys[i], (0.0, 0.0))), -totals[i]))[
+            :room
+        ]
         left_out = len(rows) - room
         rows = [rows[i] for i in sorted(busiest)]
     daemon = result["daemon"]
