@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -446,16 +447,31 @@ def test_help_on_a_command_is_about_that_command(argv: tuple[str, ...], needle: 
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
-def test_bash_completion_script_is_valid_bash(tmp_path: Path) -> None:
+def test_bash_completion_completes_as_the_shell_does(mcd: Mcd, tmp_path: Path) -> None:
+    """The script asks mcctl what may come next, so bash has the shell's
+    rules and mcd's names.  (Its own copy of the rules counted the value
+    of an option as a command word: `client set --name web <Tab>` offered
+    the keys one word early, and `--name <Tab>` offered keys, not names.)"""
     out = run("completion", "bash")
     assert out.returncode == 0 and "complete -F _mcctl mcctl" in out.stdout
     script = tmp_path / "mcctl.bash"
     script.write_text(out.stdout)
     check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
     assert check.returncode == 0, check.stderr
+    # `mcctl` on PATH, as an installed one is: the script runs the command it completes.
+    (tmp_path / "bin").mkdir()
+    wrapper = tmp_path / "bin" / "mcctl"
+    wrapper.write_text("#!/bin/sh\nexec " + " ".join(shlex.quote(w) for w in mcctl_command()) + ' "$@"\n')
+    wrapper.chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        "MC_SOCKET": str(mcd.socket),
+    }
 
     def complete(*words: str) -> list[str]:
-        line = " ".join(words)
+        line = " ".join(shlex.quote(w) for w in words)
         probe = subprocess.run(
             [
                 "bash",
@@ -465,6 +481,7 @@ def test_bash_completion_script_is_valid_bash(tmp_path: Path) -> None:
             capture_output=True,
             text=True,
             check=False,
+            env=env,
         )
         return probe.stdout.split()
 
@@ -474,6 +491,29 @@ def test_bash_completion_script_is_valid_bash(tmp_path: Path) -> None:
     assert complete("mcctl", "st") == ["stats"]  # the commands the grammar has, each of them
     assert complete("mcctl", "to") == ["top"]
     assert complete("mcctl", "help", "") == ["client", "server", "events", "stats", "wait", "daemon"]
+    assert complete("mcctl", "--js") == ["--json"]
+    # An option's value is not a command word.
+    assert complete("mcctl", "client", "set", "--name", "web", "po") == ["port"]
+    assert complete("mcctl", "--timeout", "3", "cl") == ["client"]
+    assert complete("mcctl", "stats", "--kind", "") == ["client", "server"]
+    assert complete("mcctl", "client", "request", "--timeout", "") == []
+    # Names and ids are mcd's.
+    port = free_port()
+    mcd.request("client.create", name="rover")
+    mcd.request("server.set", name="hub", key="interface", value="127.0.0.1")
+    mcd.request("server.set", name="hub", key="port", value=port)
+    mcd.request("server.start", name="hub")
+    mcd.request("client.set", name="rover", key="address", value="127.0.0.1")
+    mcd.request("client.set", name="rover", key="port", value=port)
+    mcd.request("client.set", name="rover", key="client_id", value="rover-7")
+    mcd.request("client.connect", name="rover", wait=True, timeout=10)
+    assert complete("mcctl", "client", "status", "--name", "") == ["rover"]
+    assert complete("mcctl", "server", "--name", "") == ["hub"]
+    assert complete("mcctl", "server", "kick", "--name", "hub", "") == ["rover-7"]
+    assert complete("mcctl", "server", "send", "--name", "hub", "--to", "r") == ["rover-7"]
+    # Without an mcd there are no names to offer, and nothing breaks.
+    assert complete("mcctl", "--socket", str(tmp_path / "none.sock"), "client", "status", "--name", "") == []
+    assert complete("mcctl", "--socket", str(tmp_path / "none.sock"), "client", "") != []
 
 
 def test_connect_says_how_the_first_attempt_went(mcd: Mcd) -> None:

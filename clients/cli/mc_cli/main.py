@@ -256,6 +256,10 @@ def _usage_hint(args: list[str], message: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if (words := os.environ.get("MCCTL_COMPLETE")) is not None:  # a Tab in bash or zsh
+        from .completion import print_candidates  # noqa: PLC0415 - only completion needs it
+
+        return print_candidates(words)
     try:
         inv = parse(args, sys.stdin.read)
     except UsageError as exc:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mc_control import ControlClient, DaemonUnreachable
-from mc_control.codes import CLIENT_KEYS, EVENT_NAMES, SERVER_KEYS
+from mc_control.codes import EVENT_NAMES
 
 from . import output
 from .commands import (
@@ -35,19 +35,12 @@ from .commands import (
     run_version,
     run_wait,
 )
+from .completion import candidates
 from .grammar import (
-    CLIENT_STATES,
-    CLIENT_VERBS,
-    DAEMON_VERBS,
-    HELP_TOPICS,
     OPTIONS,
-    SERVER_STATES,
-    SERVER_VERBS,
-    TOP_COMMANDS,
     UsageError,
     parse,
     parse_payload,
-    states_of,
 )
 from .main import help_text
 
@@ -234,59 +227,14 @@ class Shell:
     # -- completion ------------------------------------------------------------
 
     def candidates(self, words: list[str]) -> list[str]:
-        """What may come after ``words`` (options and their values aside)."""
-        name = "default"
-        kept: list[str] = []
-        skip = False
-        for i, word in enumerate(words):
-            if skip:
-                skip = False
-            elif word.startswith("--"):
-                skip = OPTIONS.get(word, (False, ""))[0]  # it takes a value: the next word
-                if word == "--name" and i + 1 < len(words):
-                    name = words[i + 1]
-            else:
-                kept.append(word)
-        if words and words[-1] in ("--to", "--name"):
-            kind = kept[0] if kept and kept[0] in ("client", "server") else "server"
-            return self.client_ids(name) if words[-1] == "--to" else self.instance_names(kind)
-        words = kept
+        """What may come after ``words``: mcctl's (``completion.candidates``),
+        and the shell's own words."""
+        found = candidates(words, self.transport.request)
         if not words:
-            return [*TOP_COMMANDS, "exit", "quit"]
-        head = words[0]
-        if head in ("client", "server"):
-            verbs = CLIENT_VERBS if head == "client" else SERVER_VERBS
-            if len(words) == 1:
-                return list(verbs)
-            if len(words) == 2 and words[1] in ("set", "get"):
-                return list(CLIENT_KEYS if head == "client" else SERVER_KEYS)
-            if len(words) == 2 and head == "server" and words[1] == "kick":
-                return self.client_ids(name)
-            return []
-        if head == "daemon" and len(words) == 1:
-            return list(DAEMON_VERBS)
-        if head == "help" and len(words) == 1:
-            return [*HELP_TOPICS, "all"]
-        if head == "wait" and len(words) == 1:
-            return ["client", "server", *CLIENT_STATES, *SERVER_STATES]
-        if head == "wait" and len(words) == 2 and words[1] in ("client", "server"):
-            return list(states_of(words[1]))
-        return []
-
-    def client_ids(self, server: str) -> list[str]:
-        """The ids of the clients of server ``server`` now (none when it cannot say)."""
-        try:
-            result = self.transport.request("server.clients", name=server)
-        except Exception:  # completion must never break the prompt
-            return []
-        return [str(c) for c in result.get("clients", [])]
-
-    def instance_names(self, kind: str) -> list[str]:
-        try:
-            result = self.transport.request("list")
-        except Exception:  # completion must never break the prompt
-            return []
-        return [str(i["name"]) for i in result.get("instances", []) if i.get("kind") == kind]
+            return [*found, "exit", "quit"]
+        if words == ["help"]:
+            return [*found, "all"]
+        return found
 
     def complete(self, text: str, state: int) -> str | None:
         assert self.readline is not None
