@@ -191,6 +191,17 @@ def is_any_interface(value: str) -> bool:
     return value in ("", "*")
 
 
+def listens_everywhere(value: str) -> bool:
+    """Whether a server on ``value`` takes connections on every interface:
+    '' and '*', and the wildcard addresses of one family (0.0.0.0, ::)."""
+    if is_any_interface(value):
+        return True
+    try:
+        return ipaddress.ip_address(value).is_unspecified
+    except ValueError:
+        return False  # an interface name: one interface's address
+
+
 def resolve_interface(value: str, name: str = "interface") -> str:
     """The address to bind for ``value``: '' for any, else an IP address.
 

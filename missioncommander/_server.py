@@ -718,7 +718,7 @@ class Server(ServerSettings):
         e.g. listening on every interface with neither TLS nor a token.
         ``start()`` logs these too; mcd shows them to whoever started it."""
         found = []
-        if cfg.is_any_interface(self.interface) and not self.tls_cert and not self._auth_required():
+        if cfg.listens_everywhere(self.interface) and not self.tls_cert and not self._auth_required():
             found.append(
                 "listening on every interface with neither TLS nor a token: anyone who can reach the port can "
                 "connect and read what is sent. Set auth_token (and tls_cert/tls_key), or interface 127.0.0.1 "

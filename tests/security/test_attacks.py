@@ -214,6 +214,19 @@ def token_server() -> Iterator[Server]:
 
 
 @pytest.mark.parametrize(
+    ("interface", "open_to_all"),
+    [("", True), ("*", True), ("0.0.0.0", True), ("::", True), ("127.0.0.1", False), ("::1", False), ("lo", False)],
+)
+def test_a_server_open_on_every_interface_is_warned_of(interface: str, open_to_all: bool, certs: Certs) -> None:
+    """`0.0.0.0` and `::` take connections on every interface as '' does
+    (of one family): they were not warned of, so `server set interface
+    0.0.0.0` started an open server in silence."""
+    assert bool(Server(interface=interface).warnings) == open_to_all
+    assert not Server(interface=interface, auth_token="secret").warnings
+    assert not Server(interface=interface, tls_cert=str(certs.server_cert), tls_key=str(certs.server_key)).warnings
+
+
+@pytest.mark.parametrize(
     ("client_id", "token", "message"),
     [
         ("guess", "wrong", "wrong token"),
