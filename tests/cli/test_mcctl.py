@@ -309,6 +309,44 @@ def test_events_stream_json_lines_with_catch_up(mcd: Mcd) -> None:
     ]
 
 
+def events_since(mcd: Mcd, since: int) -> tuple[str, str]:
+    """What `mcctl events --since N` says first: on standard error, and its banner."""
+    env = dict(os.environ, MC_SOCKET=str(mcd.socket), PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.Popen(
+        [*mcctl_command(), "events", "--since", str(since)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        return proc.stderr.readline(), proc.stdout.readline()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+
+
+def test_events_since_a_number_mcd_has_not_reached_says_so() -> None:
+    """A number from before mcd restarted is past its last event: mcctl
+    said those events were "no longer kept", as if they had been dropped."""
+    mcd = Mcd(None, "--event-ring", "2").start()
+    try:
+        for name in ("a", "b", "c", "d"):
+            mcd.request("client.create", name=name)
+        said, banner = events_since(mcd, 500)
+        assert said.startswith("mcctl: mcd has had no event #500 yet (its last is #4"), said
+        assert "no longer kept" not in said and banner.startswith("watching events")
+        said, banner = events_since(mcd, 1)  # #2 has left the ring of two
+        assert said.startswith("mcctl: events after #1 are no longer kept;"), said
+        assert banner.startswith("watching events")
+    finally:
+        mcd.close()
+
+
 def test_events_in_words_show_the_setting_a_change_set(mcd: Mcd) -> None:
     """A settings event carries every setting (for controllers); in words,
     only what the change set: one line a person can read."""

@@ -336,10 +336,14 @@ def run_events(inv: Invocation, transport: Transport, printer: Printer) -> int:
         printer.error(exc.code, exc.message, exc.details)
         return EXIT_CODES.get(exc.code, EXIT_FAILED)
     if answer.get("resync"):
-        print(
-            f"mcctl: events after #{opts.since} are no longer kept; showing the current state and live events",
-            file=printer.err,
+        assert opts.since is not None
+        why = (
+            f"mcd has had no event #{opts.since} yet (its last is #{answer['seq']}: the number is from before it"
+            " restarted?)"
+            if opts.since > answer["seq"]
+            else f"events after #{opts.since} are no longer kept"
         )
+        print(f"mcctl: {why}; showing the current state and live events", file=printer.err)
     if not printer.as_json:
         printer.line(f"watching events (boot {answer['boot_id'][:8]}, last #{answer['seq']}); Ctrl-C stops")
     for ev in events:
