@@ -411,6 +411,8 @@ class Client(ClientSettings):
         #: microseconds to build, and most clients never wait).
         self._room: threading.Condition | None = None
         self._room_waiters = 0
+        #: Made when wait_state() or wait_connected() first waits.
+        self._state_waits: threading.Condition | None = None
         #: Called too where waiting send() calls are woken (the asyncio API's
         #: senders wait on the loop, not on ``_room``).
         self._on_room: Callable[[], None] | None = None
@@ -554,6 +556,8 @@ class Client(ClientSettings):
             log.debug("client %r: %s -> %s", self.client_id, ClientState.get_name(old), ClientState.get_name(new))
         if self._callbacks.wants("statechange"):
             self._callbacks.emit("statechange", ClientStateTransition(old, new))
+        if self._state_waits is not None:
+            self._state_waits.notify_all()
 
     # -- public operations -----------------------------------------------------
 
@@ -572,7 +576,8 @@ class Client(ClientSettings):
         (the ``connect`` event fires), ``reconnect_attempts`` run out or the
         server refuses (state CONNECT_FAILED either way): for a client that
         may start before its server.  Until it first connects there is no
-        session: ``send()`` and ``request()`` raise ``StateError``.
+        session: ``send()`` and ``request()`` raise ``StateError``, and
+        ``wait_connected()`` waits for it.
 
         Does nothing when already running.  Once connected, a broken
         connection is repaired in the background.
@@ -592,6 +597,42 @@ class Client(ClientSettings):
         except FutureTimeout:  # the loop's own timer should have fired first
             self._loop.call_soon(self._abandon, generation)
             raise ConnectTimeout(f"no answer from {self.address}:{self.port} within {timeout:g} s") from None
+
+    def wait_state(self, state: ClientState, timeout: float | None = None) -> ClientState:
+        """Block until the state has any of the flags of ``state`` (e.g.
+        ``ClientState.STATE_CONNECTED``) and return it; ``TimeoutError``
+        after ``timeout`` seconds (None: as long as it takes)."""
+        wanted = int(state)
+        with self._lock:
+            self._wait_for_state(lambda: bool(self._state_bits & wanted), timeout)
+            return self._state
+
+    def wait_connected(self, timeout: float | None = None) -> None:
+        """Block until connected (again): after ``connect(wait=False)``, or
+        through a reconnect.  ``StateError`` once the client has stopped
+        trying (disconnected, refused, out of reconnect attempts), at once
+        if it is not trying; ``TimeoutError`` after ``timeout`` seconds."""
+        with self._lock:
+            self._wait_for_state(self._connected_or_stopped, timeout)
+            if not self._state_bits & _CONNECTED:
+                state = ClientState.get_name(self._state)
+                raise StateError(f"client is {state}; it will not connect by itself (connect() first)")
+
+    def _connected_or_stopped(self) -> bool:
+        bits = self._state_bits
+        return bool(bits & _CONNECTED or not bits & _RUNNING)
+
+    def _wait_for_state(self, done: Callable[[], bool], timeout: float | None) -> None:
+        """Wait under the lock until ``done()`` (the state changes on the I/O thread)."""
+        if done():
+            return
+        if self._loop.in_loop():
+            raise StateError("waiting for a state on the I/O thread (an inline callback) would block it")
+        if self._state_waits is None:
+            self._state_waits = threading.Condition(self._lock)
+        if not self._state_waits.wait_for(done, timeout):
+            state = ClientState.get_name(self._state)
+            raise TimeoutError(f"client {self.client_id!r} still {state} after {timeout:g} s")
 
     def _check_connectable(self) -> None:
         """What connect() refuses before anything starts (any driver)."""
@@ -788,7 +829,10 @@ class Client(ClientSettings):
         state = ClientState.get_name(self._state)
         if bits & _RUNNING:
             # Before the first handshake there is no session to queue in.
-            raise StateError(f"cannot send yet: the client has no session until it first connects ({state})")
+            raise StateError(
+                f"cannot send yet: the client has no session until it first connects ({state});"
+                " wait_connected() waits for it"
+            )
         raise StateError(f"cannot send: the client is not connected ({state}); connect() first")
 
     def subscribe(self, event: str, callback: Callable[..., Any]) -> None:

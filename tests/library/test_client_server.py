@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 
 import pytest
-from support import Recorder, resolve_as_ipv6_then_ipv4, wait_until
+from support import Recorder, free_port, resolve_as_ipv6_then_ipv4, wait_until
 
 from missioncommander import (
     Client,
@@ -139,6 +139,75 @@ def test_connect_failure_leaves_connect_failed(make_client: MakeClient) -> None:
     with pytest.raises(StateError, match="cannot send yet: the client has no session until it first connects"):
         client.send(Message("x"))
     client.disconnect()
+
+
+def test_wait_connected_after_connect_without_waiting(make_client: MakeClient) -> None:
+    """A client started before its server (connect(wait=False)) has no
+    session to send in: it waits with wait_connected(), as the asyncio
+    client does (the threaded one had no way but a connect callback)."""
+    port = free_port()
+    client = make_client(address="127.0.0.1", port=port)
+    with pytest.raises(StateError, match="it will not connect by itself"):
+        client.wait_connected(timeout=5)  # not started: nothing to wait for
+    client.connect(wait=False)
+    with pytest.raises(StateError, match=r"wait_connected\(\) waits for it"):
+        client.send(Message("early"))
+    with pytest.raises(TimeoutError, match="still STATE_OK"):
+        client.wait_connected(timeout=0.05)
+    assert client.wait_state(S.STATE_RUNNING, timeout=0) & S.STATE_RUNNING
+    server = Server(interface="127.0.0.1", port=port)
+    got = Recorder()
+    server.subscribe("message", got.callback("message"))
+    server.start()
+    try:
+        client.wait_connected(timeout=10)
+        assert client.connected
+        client.send(Message("now"))
+        got.wait_for(lambda: len(got.events) == 1)
+    finally:
+        server.stop()
+
+
+def test_wait_connected_ends_when_the_client_stops_trying(make_client: MakeClient) -> None:
+    client = make_client(address="127.0.0.1", port=free_port())
+    client.connect(wait=False)
+    outcome: list[BaseException | None] = []
+
+    def wait() -> None:
+        try:
+            client.wait_connected(timeout=30)
+        except BaseException as exc:  # the test reads it
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    wait_until(lambda: client._state_waits is not None)  # the waiter waits (under the lock until it does)
+    client.disconnect()
+    waiter.join(10)
+    assert not waiter.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], StateError), outcome
+    assert "it will not connect by itself" in str(outcome[0])
+
+
+def test_waiting_for_a_state_in_an_inline_callback_is_refused(server: Server, make_client: MakeClient) -> None:
+    client = make_client(server, inline_callbacks=True)
+    refused: list[BaseException] = []
+
+    def on_message(message: Message) -> None:
+        try:
+            client.wait_state(S.STATE_RECONNECTING, timeout=5)
+        except StateError as exc:
+            refused.append(exc)
+
+    client.subscribe("message", on_message)
+    client.connect()
+    wait_until(lambda: server.clients)
+    server.send(client.client_id, Message("hi"))
+    wait_until(lambda: refused)
+    assert "would block it" in str(refused[0])
+    client.wait_state(S.STATE_CONNECTED, timeout=0)  # from any other thread, at once when it is so
 
 
 def test_a_name_is_tried_address_by_address(
