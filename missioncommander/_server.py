@@ -428,6 +428,15 @@ class Server(ServerSettings):
             return list(self._sessions)
 
     @property
+    def detached_clients(self) -> list[str]:
+        """Ids of this server's clients whose connection broke and which
+        have not come back yet: their sessions wait up to
+        ``session_expiry`` for them to resume (messages sent to them are
+        queued meanwhile)."""
+        with self._lock:
+            return [client_id for client_id, session in self._sessions.items() if session.link is None]
+
+    @property
     def cluster_status(self) -> dict[str, Any] | None:
         """In a cluster, while running: this node's ``node`` id, whether it
         is ``ready`` (it reaches Redis and takes newcomers), the Redis

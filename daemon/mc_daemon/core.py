@@ -276,6 +276,7 @@ class ServerInstance(_Instance):
             "port": s.port if s.running else None,
             "clients": list(nodes),
             "nodes": nodes,
+            "detached": _detached(s, nodes),
             "cluster": s.cluster_status,
             "last_error": self.last_error,
         }
@@ -624,8 +625,10 @@ class DaemonCore:
         return {"reply": {"subject": reply.subject, "payload": dict(reply.payload)}, "to": to}
 
     def server_clients(self, name: str) -> dict[str, Any]:
-        """The server's clients; in a cluster, every node's, with the node
-        that holds each (``nodes``; '' while none does)."""
+        """The server's clients, and which of them are ``detached`` (their
+        connection broke; they may resume; only when some are); in a
+        cluster, every node's, with the node that holds each (``nodes``; ''
+        while none does)."""
         inst: ServerInstance = self.get("server", name, create=False)
         if not inst.server.running:
             return {"clients": []}
@@ -633,9 +636,12 @@ class DaemonCore:
             nodes = inst.server.client_nodes
         except ClusterUnavailable as exc:
             raise CoreError(ErrorCode.STATE_ERROR, str(exc)) from None
-        if inst.server.cluster is None:
-            return {"clients": list(nodes)}
-        return {"clients": list(nodes), "nodes": nodes}
+        result: dict[str, Any] = {"clients": list(nodes)}
+        if detached := _detached(inst.server, nodes):
+            result["detached"] = detached
+        if inst.server.cluster is not None:
+            result["nodes"] = nodes
+        return result
 
     def server_kick(self, name: str, client_id: str, reason: str) -> dict[str, Any]:
         inst: ServerInstance = self.get("server", name, create=False)
@@ -957,6 +963,14 @@ def _client_nodes(server: Server) -> dict[str, str]:
         return server.client_nodes
     except ClusterUnavailable:
         return {}
+
+
+def _detached(server: Server, nodes: dict[str, str]) -> list[str]:
+    """The clients whose connection broke and which have not come back
+    yet: a lone server's own; in a cluster, those no node holds now."""
+    if server.cluster is None:
+        return server.detached_clients if server.running else []
+    return [client_id for client_id, node in nodes.items() if not node]
 
 
 def _plain(value: Any) -> Any:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Recorder, free_port, wait_until
+from support import FaultProxy, Recorder, free_port, wait_until
 from support.cli import mcctl_command, run
 from support.mcd import Mcd
 
@@ -552,6 +552,46 @@ def test_bash_completion_completes_as_the_shell_does(mcd: Mcd, tmp_path: Path) -
     # Without an mcd there are no names to offer, and nothing breaks.
     assert complete("mcctl", "--socket", str(tmp_path / "none.sock"), "client", "status", "--name", "") == []
     assert complete("mcctl", "--socket", str(tmp_path / "none.sock"), "client", "") != []
+
+
+def test_server_clients_says_which_are_detached(mcd: Mcd) -> None:
+    """A client whose connection broke keeps its session for a while and
+    stays in `server clients`: the list looked the same as for a connected
+    one, and only `stats` told them apart."""
+    port = free_port()
+    mcd.request("server.set", key="interface", value="127.0.0.1")
+    mcd.request("server.set", key="port", value=port)
+    mcd.request("server.start")
+    proxy = FaultProxy(port)
+    steady = Client(address="127.0.0.1", port=port, client_id="steady")
+    cut = Client(
+        address="127.0.0.1", port=proxy.port, client_id="cut-off", reconnect_delay=0.05, reconnect_max_delay=0.5
+    )
+    try:
+        steady.connect()
+        cut.connect()
+        assert ok_json("server", "clients", socket_path=mcd.socket) == {"clients": ["steady", "cut-off"]}
+        proxy.refusing = True  # it cannot come back
+        proxy.cut("rst")
+        wait_until(lambda: "detached" in mcd.request("server.clients"))
+        assert ok_json("server", "clients", socket_path=mcd.socket) == {
+            "clients": ["steady", "cut-off"],
+            "detached": ["cut-off"],
+        }
+        assert mcd.request("server.status")["detached"] == ["cut-off"]
+        table = run("server", "clients", socket_path=mcd.socket).stdout.splitlines()
+        assert [row.split(None, 1) for row in table] == [
+            ["CLIENT", "STATE"],
+            ["steady", "connected"],
+            ["cut-off", "detached (may resume)"],
+        ]
+        proxy.refusing = False  # back: connected again, the same session
+        wait_until(lambda: "detached" not in mcd.request("server.clients"))
+        assert run("server", "clients", socket_path=mcd.socket).stdout.split() == ["steady", "cut-off"]
+    finally:
+        cut.disconnect()
+        steady.disconnect()
+        proxy.close()
 
 
 def test_connect_says_how_the_first_attempt_went(mcd: Mcd) -> None:

@@ -14,7 +14,7 @@ pytest.importorskip("PySide6", reason="the window tests need PySide6: pip instal
 from PySide6.QtCore import QPoint, QRect, Qt, QTimer
 from PySide6.QtWidgets import QApplication, QFormLayout, QScrollArea
 from pytestqt.qtbot import QtBot
-from support import Recorder, free_port
+from support import FaultProxy, Recorder, free_port
 from support.certs import make_certs
 from support.mcd import Mcd
 
@@ -117,6 +117,38 @@ def test_server_tab_lists_clients_live_sends_and_kicks(qtbot: QtBot, gui: TrayAp
         client.disconnect()
     qtbot.mouseClick(tab.stop_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: mcd.phase("server") == "stopped", timeout=WAIT)
+
+
+def test_server_tab_shows_which_clients_are_detached(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:
+    """A client whose connection broke keeps its session, and its row: it
+    looked connected until it came back or expired (no event says so; the
+    live figures do, every second)."""
+    port = free_port()
+    for key, value in (("interface", "127.0.0.1"), ("port", port)):
+        mcd.request("server.set", key=key, value=value)
+    mcd.request("server.start")
+    gui.window.tabs.setCurrentIndex(1)
+    tab = gui.window.server_tab
+    proxy = FaultProxy(port)
+    client = Client(
+        address="127.0.0.1", port=proxy.port, client_id="roamer", reconnect_delay=0.05, reconnect_max_delay=0.5
+    )
+    client.connect()
+    try:
+        qtbot.waitUntil(
+            lambda: [tab.clients.item(i).text() for i in range(tab.clients.count())] == ["roamer"], timeout=WAIT
+        )
+        proxy.refusing = True
+        proxy.cut("rst")
+        qtbot.waitUntil(
+            lambda: tab.clients.count() == 1 and tab.clients.item(0).text() == "roamer    detached (may resume)",
+            timeout=WAIT,
+        )
+        proxy.refusing = False
+        qtbot.waitUntil(lambda: tab.clients.count() == 1 and tab.clients.item(0).text() == "roamer", timeout=WAIT)
+    finally:
+        client.disconnect()
+        proxy.close()
 
 
 def test_validation_errors_are_inline_and_nothing_is_sent(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:

@@ -279,12 +279,13 @@ def test_a_detached_session_expires_after_session_expiry(server: Server, driver:
     transport = driver.listeners[0].connect().transport
     assert transport is not None
     _, answer = _hello(driver, transport)
-    assert isinstance(answer[0], Welcome) and server.clients == ["c1"]
+    assert isinstance(answer[0], Welcome) and server.clients == ["c1"] and server.detached_clients == []
     transport.drop()
+    assert server.detached_clients == ["c1"]
     driver.advance(19.9)
-    assert server.clients == ["c1"]  # detached: it may still resume
+    assert server.clients == ["c1"] and server.detached_clients == ["c1"]  # detached: it may still resume
     driver.advance(0.2)
-    assert server.clients == []
+    assert server.clients == [] and server.detached_clients == []
 
 
 def test_a_second_hello_for_a_live_id_probes_the_first_and_waits_for_its_pong(

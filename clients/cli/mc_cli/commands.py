@@ -138,6 +138,10 @@ def render(inv: Invocation, result: dict[str, Any]) -> str:
         if any(nodes.values()):  # a cluster: say which node holds each
             rows = [(client_id, nodes.get(client_id) or "(between nodes)") for client_id in result["clients"]]
             return output.table(rows, ("CLIENT", "NODE"))
+        detached = set(result.get("detached") or ())
+        if detached:  # say which may still resume
+            rows = [(c, "detached (may resume)" if c in detached else "connected") for c in result["clients"]]
+            return output.table(rows, ("CLIENT", "STATE"))
         return "\n".join(result["clients"]) or "(no clients connected)"
     if verb == "kick":
         return f"disconnected {result['kicked']}"

@@ -130,16 +130,29 @@ class ViewModel:
         names = sorted(n for k, n in self.instances if k == kind)
         return names if "default" in names else ["default", *names]
 
-    def apply_stats(self, kind: str, name: str, figures: dict[str, Any], now: float) -> None:
-        """An instance's live figures, taken at ``now`` (seconds, any clock)."""
+    def apply_stats(
+        self, kind: str, name: str, figures: dict[str, Any], now: float, clients: dict[str, Any] | None = None
+    ) -> bool:
+        """An instance's live figures, taken at ``now`` (seconds, any clock),
+        with a server's per client (``clients``).  True when they changed
+        its status (which clients are detached)."""
         inst = self.instance(kind, name)
         inst.figures = figures
+        changed = False
+        if clients is not None and not (inst.status.get("settings") or {}).get("cluster"):
+            # A broken connection leaves its session waiting, and no event
+            # says so: the figures do, every second.  (In a cluster the
+            # status, polled, says which clients no node holds.)
+            detached = [client_id for client_id, cs in clients.items() if cs is not None and not cs["connected"]]
+            changed = detached != inst.status.get("detached", [])
+            inst.status["detached"] = detached
         if "last_close_reason" in figures:
             # A client retrying in the background changes no state between
             # its attempts, so no event tells why the last one failed (a
             # wrong CA, a refusal): the figures do, every second.
             inst.status["last_close_reason"] = figures["last_close_reason"]
         inst.samples.append((now, int(figures.get("messages_sent", 0)), int(figures.get("messages_received", 0))))
+        return changed
 
     def log_line(self, kind: str, name: str, line: str) -> str:
         """Add a line of the GUI's own (a request's outcome) to an instance's log."""

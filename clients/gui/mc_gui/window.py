@@ -470,8 +470,10 @@ class InstanceTab(QWidget):
         def got(result: dict[str, Any]) -> None:
             self._polling = False
             for entry in result["instances"]:
-                if (entry["kind"], entry["name"]) == (kind, name):
-                    self.model.apply_stats(kind, name, entry["stats"], time.monotonic())
+                if (entry["kind"], entry["name"]) != (kind, name):
+                    continue
+                if self.model.apply_stats(kind, name, entry["stats"], time.monotonic(), entry.get("clients")):
+                    self.refresh()  # a client's connection broke or came back
             self.show_figures()
             if kind == "server" and (self.current().status.get("settings") or {}).get("cluster"):
                 # Clients of other nodes come and go with no event here: look.
@@ -928,8 +930,12 @@ class ServerTab(InstanceTab):
         clients = list(inst.status.get("clients") or [])
         nodes = inst.status.get("nodes") or {}
         self.clients_box.setTitle("Clients of the cluster" if settings.get("cluster") else "Connected clients")
+        detached = set(inst.status.get("detached") or ())
         # In a cluster each row names the node that holds the client too.
-        rows = [f"{c}    node {nodes[c]}" if nodes.get(c) else c for c in clients]
+        rows = [
+            f"{c}    node {nodes[c]}" if nodes.get(c) else f"{c}    detached (may resume)" if c in detached else c
+            for c in clients
+        ]
         if rows != self._client_rows:
             selected = {i.data(Qt.ItemDataRole.UserRole) for i in self.clients.selectedItems()}
             # Quiet while it is rebuilt: a selection change calls this method,
