@@ -597,6 +597,8 @@ class AsyncClient(_Endpoint, ClientSettings):
         """Live figures, as ``Client.stats`` (docs/STATS.md)."""
         return self._inner.stats()
 
+    generate_id = staticmethod(Client.generate_id)
+
     def generate_new_id(self) -> str:
         """A new random ``client_id`` for this client (while not running)."""
         return self._inner.generate_new_id()
@@ -783,9 +785,36 @@ class AsyncServer(_Endpoint, ServerSettings):
         return self._inner.running
 
     @property
+    def requested_port(self) -> int:
+        """The port as set (0: any), whatever ``port`` reads while listening."""
+        return self._inner.requested_port
+
+    @property
     def clients(self) -> list[str]:
-        """Ids of the clients with a session (detached ones included)."""
+        """Ids of the clients with a session (detached ones included); in a
+        cluster every node's (a round trip to Redis: keep it off hot paths)."""
         return self._inner.clients
+
+    @property
+    def held_clients(self) -> list[str]:
+        """Ids of the clients whose session this server holds, as ``Server.held_clients``."""
+        return self._inner.held_clients
+
+    @property
+    def detached_clients(self) -> list[str]:
+        """Ids of this server's clients whose connection broke and which may still resume."""
+        return self._inner.detached_clients
+
+    @property
+    def client_nodes(self) -> dict[str, str]:
+        """Each client with the node that holds it, as ``Server.client_nodes``
+        (in a cluster a round trip to Redis)."""
+        return self._inner.client_nodes
+
+    @property
+    def cluster_status(self) -> dict[str, Any] | None:
+        """This node's id, readiness, Redis URL and takeovers; None outside a cluster."""
+        return self._inner.cluster_status
 
     @property
     def warnings(self) -> list[str]:

@@ -552,6 +552,39 @@ def test_reconnect_resumes_exactly_once_and_a_silent_peer_is_found_by_heartbeat(
     run(test)
 
 
+@pytest.mark.parametrize(("threaded", "asynchronous"), [(Client, AsyncClient), (Server, AsyncServer)])
+def test_the_async_classes_have_every_public_name_of_the_threaded_ones(threaded: type, asynchronous: type) -> None:
+    """The same names and meanings: AsyncServer lacked the cluster's
+    client_nodes, held_clients and cluster_status, and requested_port."""
+    public = {name for name in dir(threaded) if not name.startswith("_")}
+    missing = public - set(dir(asynchronous))
+    # Callbacks run on the loop: `await disconnect()` / `await stop()` wait for them.
+    assert missing == {"wait_callbacks"}
+
+
+def test_an_async_server_says_which_clients_are_detached() -> None:
+    async def test() -> None:
+        async with AsyncServer(interface="127.0.0.1", port=0) as server:
+            proxy = FaultProxy(server.port)
+            try:
+                async with through(proxy, "roamer") as client:
+                    await client.send(Message("hi"))
+                    await take(server.messages(), 1)
+                    assert server.detached_clients == [] and server.held_clients == ["roamer"]
+                    assert server.client_nodes == {"roamer": ""} and server.cluster_status is None
+                    proxy.refusing = True
+                    await asyncio.to_thread(proxy.cut, "rst")
+                    await until(lambda: server.detached_clients == ["roamer"])
+                    proxy.refusing = False
+                    await client.wait_connected()
+                    await until(lambda: server.detached_clients == [])
+                    assert server.clients == ["roamer"] and server.requested_port == 0
+            finally:
+                await asyncio.to_thread(proxy.close)
+
+    run(test)
+
+
 @pytest.mark.slow
 def test_stream_both_ways_through_50_cuts_exactly_once_in_order() -> None:
     """As the threaded chaos test: 10,000 messages each way while the proxy
