@@ -3,10 +3,57 @@
 from __future__ import annotations
 
 import enum
+import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol, overload
 
 __all__ = ["ClientState", "ClientStateTransition"]
+
+
+def _names(state: int) -> str:
+    """The names of the bits set in ``state``, lowest first, joined by ``' | '``.
+
+    >>> ClientState.get_name(ClientState.STATE_OK | ClientState.STATE_CONNECTED)
+    'STATE_OK | STATE_CONNECTED'
+    >>> ClientState.get_name(0)
+    'STATE_UNDEFINED'
+    >>> (ClientState.STATE_OK | ClientState.STATE_CONNECTED).get_name()
+    'STATE_OK | STATE_CONNECTED'
+    """
+    value = int(state)
+    if value == 0:
+        return "STATE_UNDEFINED"
+    names = [member.name for member in _BITS if value & member.value]
+    unknown = value & ~_ALL_BITS
+    if unknown:
+        names.append(hex(unknown))
+    return " | ".join(n for n in names if n)
+
+
+class _NamesOf(Protocol):
+    def __call__(self, other: int | None = None) -> str: ...
+
+
+class _OnClassOrState:
+    """``get_name``: ``ClientState.get_name(state)`` as documented, and
+    ``state.get_name()`` too, which is what people try first."""
+
+    @overload
+    def __get__(self, state: None, owner: type[Any]) -> Callable[[int], str]: ...
+    @overload
+    def __get__(self, state: int, owner: type[Any]) -> _NamesOf: ...
+    def __get__(self, state: int | None, owner: type[Any]) -> Callable[..., str]:
+        if state is None:
+            return _names
+        # On a state, the state is the default: `s.get_name(other)` still
+        # names `other`, as it did when get_name was a static method.
+        return functools.partial(_of_state_or, state)
+
+
+def _of_state_or(state: int, other: int | None = None) -> str:
+    return _names(state if other is None else other)
 
 
 class ClientState(enum.IntFlag):
@@ -31,25 +78,15 @@ class ClientState(enum.IntFlag):
     STATE_DISCONNECT_FAILED = 1024
     STATE_UNEXP_CLOSED = 2048
 
-    @staticmethod
-    def get_name(state: int) -> str:
-        """The names of the bits set in ``state``, lowest first, joined by ``' | '``.
-
-        >>> ClientState.get_name(ClientState.STATE_OK | ClientState.STATE_CONNECTED)
-        'STATE_OK | STATE_CONNECTED'
-        >>> ClientState.get_name(0)
-        'STATE_UNDEFINED'
-        """
-        value = int(state)
-        if value == 0:
-            return "STATE_UNDEFINED"
-        names = [member.name for member in _BITS if value & member.value]
-        unknown = value & ~_ALL_BITS
-        if unknown:
-            names.append(hex(unknown))
-        return " | ".join(n for n in names if n)
+    #: ``ClientState.get_name(state)`` (or ``state.get_name()``): the names
+    #: of the bits set, lowest first, joined by ``' | '``, e.g.
+    #: ``'STATE_OK | STATE_RUNNING | STATE_CONNECTED'``; ``'STATE_UNDEFINED'`` for 0.
+    #: (Set below the class: a value in an enum's body would read to a type
+    #: checker as one more member.)
+    get_name: _OnClassOrState
 
 
+ClientState.get_name = _OnClassOrState()
 _BITS = [m for m in ClientState if m.value]
 _ALL_BITS = sum(m.value for m in _BITS)
 

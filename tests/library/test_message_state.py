@@ -118,6 +118,16 @@ def test_client_state_get_name() -> None:
     assert s.get_name(2 | 8) == "STATE_OK | STATE_NOT_CONNECTED"
 
 
+def test_a_state_names_itself() -> None:
+    """`client.state.get_name()` is what people try first: it raised
+    TypeError (a static method wants the state as its argument)."""
+    state = ClientState.STATE_OK | ClientState.STATE_RUNNING | ClientState.STATE_CONNECTED
+    assert state.get_name() == "STATE_OK | STATE_RUNNING | STATE_CONNECTED"
+    assert state.get_name(ClientState.STATE_OK) == "STATE_OK"  # given a state, it names that one, as before
+    assert ClientState.STATE_UNDEFINED.get_name() == "STATE_UNDEFINED"
+    assert "get_name" not in ClientState.__members__
+
+
 def test_transition_is_immutable_and_stamped() -> None:
     t = ClientStateTransition(ClientState.STATE_OK, ClientState.STATE_CONNECTED)
     assert t.old_state is ClientState.STATE_OK and t.new_state is ClientState.STATE_CONNECTED
