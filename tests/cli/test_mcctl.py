@@ -535,6 +535,10 @@ def test_bash_completion_completes_as_the_shell_does(mcd: Mcd, tmp_path: Path) -
     assert complete("mcctl", "--timeout", "3", "cl") == ["client"]
     assert complete("mcctl", "stats", "--kind", "") == ["client", "server"]
     assert complete("mcctl", "client", "request", "--timeout", "") == []
+    # bash hands `--name=web` over as three words (= breaks words), readline as one.
+    assert complete("mcctl", "client", "--name", "=", "web", "set", "po") == ["port"]
+    assert complete("mcctl", "client", "--name=web", "set", "po") == ["port"]
+    assert complete("mcctl", "stats", "--kind", "=", "") == ["client", "server"]
     # Names and ids are mcd's.
     port = free_port()
     mcd.request("client.create", name="rover")
@@ -546,6 +550,7 @@ def test_bash_completion_completes_as_the_shell_does(mcd: Mcd, tmp_path: Path) -
     mcd.request("client.set", name="rover", key="client_id", value="rover-7")
     mcd.request("client.connect", name="rover", wait=True, timeout=10)
     assert complete("mcctl", "client", "status", "--name", "") == ["rover"]
+    assert complete("mcctl", "client", "status", "--name", "=", "r") == ["rover"]
     assert complete("mcctl", "server", "--name", "") == ["hub"]
     assert complete("mcctl", "server", "kick", "--name", "hub", "") == ["rover-7"]
     assert complete("mcctl", "server", "send", "--name", "hub", "--to", "r") == ["rover-7"]

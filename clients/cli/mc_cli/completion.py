@@ -54,6 +54,7 @@ def candidates(words: Sequence[str], ask: Ask) -> list[str]:
     and help topics of the grammar, and after ``--name``, ``--to`` and
     ``server kick`` the instance names or client ids mcd has now (none
     when ``ask`` fails: completion never breaks a prompt)."""
+    words = _unsplit(words)
     name = "default"
     kept: list[str] = []
     skip = False
@@ -90,6 +91,20 @@ def candidates(words: Sequence[str], ask: Ask) -> list[str]:
     if head == "wait" and len(kept) == 2 and kept[1] in ("client", "server"):
         return list(states_of(kept[1]))
     return []
+
+
+def _unsplit(words: Sequence[str]) -> list[str]:
+    """``--name=web`` as ``--name web``: bash hands it over as ``--name``,
+    ``=``, ``web`` (``=`` breaks words there), readline as one word."""
+    out: list[str] = []
+    for word in words:
+        if word == "=" and out and out[-1].startswith("--"):
+            continue
+        if word.startswith("--") and "=" in word:
+            out.extend(part for part in word.split("=", 1) if part)
+        else:
+            out.append(word)
+    return out
 
 
 _SECOND_WORDS: dict[str, tuple[str, ...]] = {
