@@ -128,31 +128,35 @@ def c2s(port: int, n: int) -> dict[str, float]:
     return result
 
 
-def broadcast(port: int, clients: int, count: int, server_cpu: Any) -> dict[str, float]:
-    async def receive(client: AsyncClient, messages: Any) -> int:
-        seen = 0
-        async for message in messages:
-            if message.subject == "bcast":
-                if message.payload["seq"] != seen:
-                    raise AssertionError(f"broadcast out of order: {message.payload['seq']} after {seen - 1}")
-                seen += 1
-                if seen == count:
-                    return seen
-        raise AssertionError(f"{seen} of {count} broadcasts arrived")
+def broadcast(port: int, clients: int, count: int, server_cpu: Any, iterate: bool = False) -> dict[str, float]:
+    """Every client counts the broadcasts in a plain ``message`` callback,
+    run on the loop as each message is read: the asyncio form of the
+    threaded clients' inline callbacks, as the servers' handlers are.
+    ``iterate``: each client reads ``messages()`` in a task of its own
+    instead, as a program that awaits in its handling would (a loop turn
+    per wake-up)."""
 
     async def scenario() -> dict[str, float]:
         conns = [_client(port, f"b{i}") for i in range(clients)]
         await asyncio.gather(*(c.connect() for c in conns))
         try:
-            streams = [c.messages() for c in conns]
-            for c, messages in zip(conns, streams, strict=True):  # every one attached
-                await c.send(Message("echo", {"seq": 0}))
-                await _next(messages, "echo")
+            attached = [_Count(count) for _ in conns]
+            streams = [c.messages() for c in conns] if iterate else []
+            if iterate:
+                for c, messages, seen in zip(conns, streams, attached, strict=True):
+                    await c.send(Message("echo", {"seq": 0}))
+                    await _next(messages, "echo")
+                    seen.echoed.set_result(None)
+            else:
+                for c, seen in zip(conns, attached, strict=True):
+                    c.subscribe("message", seen)
+                    await c.send(Message("echo", {"seq": 0}))
+            await asyncio.gather(*(seen.echoed for seen in attached))  # every one attached
             cpu0 = server_cpu()
             t0 = time.perf_counter()
-            receivers = [asyncio.create_task(receive(c, m)) for c, m in zip(conns, streams, strict=True)]
+            receivers = [asyncio.create_task(seen.read(m)) for m, seen in zip(streams, attached, strict=False)]
             await conns[0].send(Message("go", {"count": count}))
-            await asyncio.gather(*receivers)
+            await asyncio.gather(*(seen.done for seen in attached), *receivers)
             elapsed = time.perf_counter() - t0
             cpu = server_cpu() - cpu0
         finally:
@@ -162,3 +166,31 @@ def broadcast(port: int, clients: int, count: int, server_cpu: Any) -> dict[str,
 
     result: dict[str, float] = run(scenario())
     return result
+
+
+class _Count:
+    """One client's broadcasts, checked in order: called with each message
+    (a callback), or reading them (``read``)."""
+
+    def __init__(self, count: int) -> None:
+        loop = asyncio.get_running_loop()
+        self.count, self.seen = count, 0
+        self.echoed: asyncio.Future[None] = loop.create_future()
+        self.done: asyncio.Future[None] = loop.create_future()
+
+    def __call__(self, message: Message) -> None:
+        if message.subject == "echo" and not self.echoed.done():
+            self.echoed.set_result(None)
+        elif message.subject == "bcast":
+            if message.payload["seq"] != self.seen:
+                raise AssertionError(f"broadcast out of order: {message.payload['seq']} after {self.seen - 1}")
+            self.seen += 1
+            if self.seen == self.count:
+                self.done.set_result(None)
+
+    async def read(self, messages: Any) -> None:
+        async for message in messages:
+            self(message)
+            if self.done.done():
+                return
+        raise AssertionError(f"{self.seen} of {self.count} broadcasts arrived")

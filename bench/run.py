@@ -207,9 +207,11 @@ def scenario_c2s(system: str, port: int, n: int) -> dict[str, float]:
     return {"msgs_per_s": n / elapsed}
 
 
-def scenario_broadcast(system: str, port: int, clients: int, count: int) -> dict[str, float]:
+def scenario_broadcast(system: str, port: int, clients: int, count: int, iterate: bool = False) -> dict[str, float]:
     if system in ASYNC_SYSTEMS:
-        return aio_scenarios.broadcast(port, clients, count, _server_cpu)
+        return aio_scenarios.broadcast(port, clients, count, _server_cpu, iterate)
+    if iterate:
+        return {}  # only asyncio clients read an iterator; the others call back, as they all do above
     inboxes = [Inbox() for _ in range(clients)]
     conns = [connect(system, port, f"b{i}", inbox) for i, inbox in enumerate(inboxes)]
     try:
@@ -467,6 +469,13 @@ def main() -> int:
     if not quick:
         scenarios.insert(3, ("broadcast 1000x200 (deliveries/s)", lambda s, p: scenario_broadcast(s, p, 1000, 200)))
     scenarios.insert(
+        4 if not quick else 3,
+        (
+            "broadcast 1000x200, read by messages() (deliveries/s)",
+            lambda s, p: scenario_broadcast(s, p, 10 if quick else 1000, 50 if quick else 200, iterate=True),
+        ),
+    )
+    scenarios.insert(
         -1, ("broadcast to a client in mcd (deliveries/s)", lambda s, p: scenario_via_mcd(s, p, 100 if quick else 2000))
     )
     for count in [int(c) for c in args.scale.split(",") if c]:
@@ -491,6 +500,8 @@ def main() -> int:
                         continue  # no request/reply of its own
                     if "idle" in name and system in ASYNC_SYSTEMS:
                         continue  # connection set-up is the same core as missioncommander's
+                    if "messages()" in name and system not in ASYNC_SYSTEMS:
+                        continue  # an asyncio iterator: the others have none
                     figures = run_one(system, name, run, env)
                     results.setdefault((name, system), []).append(figures)
                     print(f"rep {rep + 1} {name:36} {system:16} {figures}", file=sys.stderr, flush=True)

@@ -380,6 +380,7 @@ class BareAsyncClient(_Framed):
         super().__init__()
         self.address, self.port, self.client_id, self.connect_timeout = address, port, client_id, connect_timeout
         self.received: deque[Received] = deque()
+        self.callback: Callable[[Received], None] | None = None
         self.waiter: Any = None
         self.room: Any = None
         self.closed = False
@@ -415,8 +416,17 @@ class BareAsyncClient(_Framed):
             room.set_result(None)
 
     def on_frame(self, obj: Any) -> None:
+        if self.callback is not None:
+            self.callback(Received(obj[0], obj[1]))
+            return
         self.received.append(Received(obj[0], obj[1]))
         self._wake()
+
+    def subscribe(self, event: str, callback: Callable[[Received], None]) -> None:
+        """``AsyncClient.subscribe("message", ...)``: each message to
+        ``callback`` as it is read (in ``data_received``), none queued."""
+        assert event == "message"
+        self.callback = callback
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
