@@ -312,7 +312,7 @@ class ClientSettings(cfg.Settings):
         " ['host:port', ...]; address and port then name the one in use",
     )
     port = cfg.Setting[int](0, cfg.int_range(1, 65535), doc="server TCP port")
-    client_id = cfg.Setting[str]("", cfg.non_empty_str, doc="this client's id, unique per server")
+    client_id = cfg.Setting[str]("", cfg.client_id, doc="this client's id, unique per server (not '*')")
     interface = cfg.Setting[str]("", cfg.interface, doc="local interface to connect from: '' or '*' for any")
     bind_port = cfg.Setting["int | None"](None, cfg.int_range(0, 65535, optional=True), doc="local port to bind")
     max_frame_size = cfg.Setting[int](DEFAULT_MAX_FRAME_SIZE, cfg.int_range(MIN_MAX_FRAME_SIZE, 2**32 - 1))

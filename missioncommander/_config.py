@@ -148,6 +148,19 @@ def non_empty_str(value: Any, name: str) -> str:
     return value
 
 
+#: The target of a broadcast (``server.send("*", ...)``), so no client's id.
+EVERY_CLIENT = "*"
+
+
+def client_id(value: Any, name: str) -> str:
+    """A client id: a non-empty string, and not ``'*'``, which a server
+    reads as every client."""
+    checked = non_empty_str(value, name)
+    if checked == EVERY_CLIENT:
+        raise ValueError(f"{name} '*' is reserved: server.send('*', ...) sends to every client")
+    return checked
+
+
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
 
 

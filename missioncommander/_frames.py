@@ -400,6 +400,8 @@ def parse_frame(ftype: int, body: bytes) -> Event:
         client_id = _field(obj, "client_id", str, "HELLO")
         if not client_id:
             raise RemoteProtocolError(ErrorCode.BAD_FRAME, "HELLO client_id must not be empty")
+        if client_id == "*":
+            raise RemoteProtocolError(ErrorCode.BAD_FRAME, "HELLO client_id '*' is reserved: it means every client")
         return Hello(
             version=_field(obj, "version", int, "HELLO"),
             client_id=client_id,

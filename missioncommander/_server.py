@@ -470,7 +470,7 @@ class Server(ServerSettings):
         if not isinstance(target, str):
             raise TypeError(f"target must be a client id or '*', not {type(target).__name__}")
         body = message.encode()
-        if target == "*":
+        if target == cfg.EVERY_CLIENT:
             self._broadcast(body)
         else:
             self._send_to(target, body)

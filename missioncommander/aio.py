@@ -883,7 +883,7 @@ class AsyncServer(_Endpoint, ServerSettings):
             raise TypeError(f"message must be a Message, not {type(message).__name__}")
         if self._inner._cluster is not None:
             await self._off_loop(self._inner.send, target, message)
-        elif target == "*":
+        elif target == cfg.EVERY_CLIENT:
             self._inner.send(target, message)
         else:
             await self._send_body(target, message.encode())

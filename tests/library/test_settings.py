@@ -22,6 +22,7 @@ from missioncommander._config import redacted_url
         ("client_id", None, TypeError),
         ("client_id", "", ValueError),
         ("client_id", "a\nb", ValueError),
+        ("client_id", "*", ValueError),  # every client, where a server sends: it could not be sent to alone
         ("interface", 1, TypeError),
         ("interface", "no-such-interface0", ValueError),
         ("bind_port", "1", TypeError),

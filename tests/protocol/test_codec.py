@@ -183,6 +183,10 @@ def test_truncated_frame_waits_for_more() -> None:
             FrameType.HELLO,
             b'{"version": 1, "client_id": "a", "last_seq": -1, "max_frame_size": 9999, "heartbeat_timeout": 1}',
         ),
+        (  # '*' is every client where a server sends: no client's id
+            FrameType.HELLO,
+            b'{"version": 1, "client_id": "*", "last_seq": 0, "max_frame_size": 9999, "heartbeat_timeout": 1}',
+        ),
         (FrameType.ERROR, b'{"code": 1}'),
         (FrameType.ERROR, b'{"code": "x", "message": "m", "retry": true, "retry_after": -1}'),
         (FrameType.ERROR, b'{"code": "x", "message": "m", "retry": true, "retry_after": "soon"}'),
