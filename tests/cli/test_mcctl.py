@@ -584,6 +584,9 @@ def test_server_clients_says_which_are_detached(mcd: Mcd) -> None:
             "detached": ["cut-off"],
         }
         assert mcd.request("server.status")["detached"] == ["cut-off"]
+        assert "2 client(s), 1 detached" in run("list", socket_path=mcd.socket).stdout
+        status = run("server", "status", socket_path=mcd.socket).stdout.splitlines()
+        assert any(row.split() == ["detached", "cut-off"] for row in status), status
         table = run("server", "clients", socket_path=mcd.socket).stdout.splitlines()
         assert [row.split(None, 1) for row in table] == [
             ["CLIENT", "STATE"],

@@ -118,7 +118,8 @@ server commands (add --name NAME for an instance other than "default"):
   server get [KEY]         show one setting or all
   server start | stop      listen, or announce shutdown to every client and stop
   server status            state, settings and connected clients
-  server clients           the ids of connected clients (in a cluster, with each one's node)
+  server clients           the ids of its clients, and which are detached (their connection
+                           broke; they may resume); in a cluster, with each one's node
   server send [--to ID] SUBJECT [JSON]  broadcast, or send to one client
   server request --to ID SUBJECT [JSON] [--timeout S]   ask one client; prints its reply
   server kick CLIENT_ID [REASON]        disconnect a client (it does not reconnect)

@@ -50,8 +50,10 @@ def detail(status: dict[str, Any]) -> str:
         return status.get("last_close_reason") or ""
     if status.get("last_error"):
         return str(status["last_error"])
-    clients = status.get("clients") or []
-    return f"{len(clients)} client(s)" if status.get("running") else ""
+    if not status.get("running"):
+        return ""
+    clients, detached = status.get("clients") or [], status.get("detached") or []
+    return f"{len(clients)} client(s)" + (f", {len(detached)} detached" if detached else "")
 
 
 def instances(items: list[dict[str, Any]]) -> str:
@@ -78,6 +80,7 @@ def status(st: dict[str, Any]) -> str:
             ("listening on", st.get("port") if st.get("running") else None),
             ("desired", st["desired"]),
             ("clients", st.get("clients")),
+            ("detached", st.get("detached") or None),
             ("last error", st.get("last_error")),
         ]
         cluster = st.get("cluster")
