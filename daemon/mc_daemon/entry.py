@@ -1,7 +1,7 @@
 """mcd's entry point: signal handlers before anything else loads.
 
-A SIGTERM (systemd's stop) or SIGINT (Ctrl-C) may come at any moment of
-start-up.  Until ``main`` takes over, they are only noted here; ``main``
+A SIGTERM (systemd's stop), SIGINT (Ctrl-C) or SIGHUP (the terminal mcd
+runs in closed) may come at any moment of start-up.  Until ``main`` takes over, they are only noted here; ``main``
 then stops cleanly, as for a signal at any later moment.  This module and
 the package's ``__init__`` import nothing else, to keep the time before the
 handlers exist as short as the interpreter allows.
@@ -12,6 +12,11 @@ import sys
 
 _received: list[int] = []
 
+#: The signals that stop mcd cleanly: systemd's stop, Ctrl-C, and the
+#: hang-up of the terminal a foreground mcd runs in (which killed it on the
+#: spot, its servers' clients unwarned and its socket left behind).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
 
 def _note(signum: int, _frame: object) -> None:
     _received.append(signum)
@@ -19,8 +24,8 @@ def _note(signum: int, _frame: object) -> None:
 
 def run() -> int:
     """The ``mcd`` command."""
-    signal.signal(signal.SIGTERM, _note)
-    signal.signal(signal.SIGINT, _note)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _note)
     import time  # noqa: PLC0415 - after the handlers, as everything else
 
     since = time.monotonic()

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from mc_control.client import default_socket_path
 from mc_control.events import host_port
 
+from .entry import STOP_SIGNALS
 from .files import SocketInUse, SocketLock, bind_control_socket, claim_socket_path, secure_directory
 
 if TYPE_CHECKING:
@@ -228,10 +229,10 @@ def main(
 ) -> int:
     """Run mcd; ``early_signals`` are those ``entry`` noted before this took
     over, ``handlers_since`` when (``time.monotonic()``) it began noting them."""
-    # From here on a SIGTERM or SIGINT is a clean stop, whatever start-up is doing.
+    # From here on a SIGTERM, SIGINT or SIGHUP is a clean stop, whatever start-up is doing.
     stop = StopRequest()
-    signal.signal(signal.SIGTERM, stop.from_signal)
-    signal.signal(signal.SIGINT, stop.from_signal)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, stop.from_signal)
     # The handler above runs between two bytecodes of the main thread: a
     # signal that lands just before the main thread enters select() would
     # wait for that select to end (an hour) before the handler ran and woke
@@ -275,7 +276,7 @@ def main(
         # A signal sent before that moment may be lost by the interpreter
         # itself while it starts (seen on 3.11 and 3.13): this says which
         # side of that moment a lost one fell.
-        log.debug("SIGTERM and SIGINT stop mcd cleanly since time.monotonic() = %.6f", handlers_since)
+        log.debug("SIGTERM, SIGINT and SIGHUP stop mcd cleanly since time.monotonic() = %.6f", handlers_since)
     socket_path: Path = args.socket or Path(default_socket_path())
     state_dir: Path = args.state_dir or _default_state_dir()
     with _Startup(stop) as run:

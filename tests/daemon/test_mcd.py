@@ -329,6 +329,28 @@ def test_filters_and_a_slow_subscriber_is_cut_off() -> None:
         daemon.close()
 
 
+def test_a_hang_up_stops_mcd_as_cleanly_as_sigterm(mcd: Mcd) -> None:
+    """mcd in the foreground of a terminal gets SIGHUP when the terminal
+    closes: it died on the spot, its servers' clients unwarned and its
+    socket left behind for the next start to find stale."""
+    port = free_port()
+    mcd.request("server.set", key="interface", value="127.0.0.1")
+    mcd.request("server.set", key="port", value=port)
+    mcd.request("server.start")
+    client = Client(address="127.0.0.1", port=port)
+    rec = Recorder().attach(client, "servershutdown")
+    client.connect()
+    try:
+        assert mcd.stop(signal.SIGHUP) == 0
+        assert rec.wait_count("servershutdown", 1) == [()]  # told, not cut off
+        assert not mcd.socket.exists()
+        assert "received SIGHUP; shutting down" in (mcd.root / "mcd.log").read_text()
+    finally:
+        client.disconnect()
+    mcd.start()  # comes back as after any clean stop
+    assert mcd.request("server.status")["running"]
+
+
 def test_state_survives_sigterm_and_kill_9(mcd: Mcd) -> None:
     port = free_port()  # a fixed port, so the restored server comes back where the client looks
     mcd.request("server.set", key="interface", value="127.0.0.1")
