@@ -401,20 +401,34 @@ class Callbacks:
             log.exception("%s could not send the reply to a request", self._owner)
         self.release(release)
 
-    def emit_reply(self, inbox: Inbox, seq: int, size: int, resolve: Callable[..., None], *args: Any) -> None:
+    def emit_reply(
+        self, inbox: Inbox, seq: int, size: int, resolve: Callable[..., None], *args: Any, now: bool = False
+    ) -> None:
         """Hand a reply to the request that waits for it (``resolve(*args)``),
         in order with the messages: on this (the I/O) thread when nothing of
         this object's waits for its callbacks, since resolving a future runs
-        no user code; the waiting caller is woken one thread hop sooner."""
+        no user code; the waiting caller is woken one thread hop sooner.
+
+        ``now``: the asker is a callback of this object's, which everything
+        queued here waits for (the reply's turn too): woken at once, and the
+        reply is acknowledged in its turn."""
         stream = inbox.hold(size)
-        self.serial.run_or_submit(self._run_reply, resolve, args, functools.partial(inbox.taken, stream, seq, size))
+        taken = functools.partial(inbox.taken, stream, seq, size)
+        if now:
+            self._resolve(resolve, args)
+            self.serial.run_or_submit(self.release, taken)
+            return
+        self.serial.run_or_submit(self._run_reply, resolve, args, taken)
 
     def _run_reply(self, resolve: Callable[..., None], args: tuple[Any, ...], release: Callable[[], None]) -> None:
+        self._resolve(resolve, args)
+        self.release(release)
+
+    def _resolve(self, resolve: Callable[..., None], args: tuple[Any, ...]) -> None:
         try:
             resolve(*args)
         except Exception:
             log.exception("%s could not hand a reply over", self._owner)
-        self.release(release)
 
     def release(self, release: Callable[[], None]) -> None:
         if self.in_order is not None:

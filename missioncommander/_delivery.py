@@ -97,7 +97,9 @@ def hand_over(
             encoded = bytes(body[: -len(suffix)]) + b"]"
     message = Message._from_wire(event.subject, event.payload, encoded)
     if "reply" in meta:
-        callbacks.emit_reply(inbox, event.seq, size, requests.resolve, meta["reply"], message, meta.get("error"))
+        request_id = meta["reply"]
+        now = requests.asked_in_a_callback(request_id)
+        callbacks.emit_reply(inbox, event.seq, size, requests.resolve, request_id, message, meta.get("error"), now=now)
     else:
         reply = functools.partial(answer, *peer, meta["request"], message)
         callbacks.emit_request(inbox, event.seq, size, (*peer, message), reply)

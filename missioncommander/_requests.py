@@ -18,6 +18,7 @@ import threading
 import traceback
 from typing import Any, Protocol
 
+from ._callbacks import in_callback_thread
 from ._errors import NoResponder, QueueFullError, RemoteError, RequestTimeout, SessionLost
 from ._frames import with_id, with_meta
 from ._message import FrozenDict, Message
@@ -48,7 +49,7 @@ class ReplyWaiter:
     price of a ``Condition`` built, waited on and notified per request
     (the registry sets each waiter once: it pops the request first)."""
 
-    __slots__ = ("_done", "_error", "_lock", "_result")
+    __slots__ = ("_done", "_error", "_lock", "_result", "asked_in_a_callback")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -56,6 +57,9 @@ class ReplyWaiter:
         self._done = False
         self._result: Message | None = None
         self._error: BaseException | None = None
+        #: Asked from a callback: the callbacks queued behind it (the reply's
+        #: turn among them) wait for it, so its reply must not.
+        self.asked_in_a_callback = in_callback_thread()
 
     def done(self) -> bool:
         return self._done
@@ -122,6 +126,13 @@ class Requests:
         """The request will not be waited for (timed out, or never sent)."""
         with self._lock:
             self._pop(request_id)
+
+    def asked_in_a_callback(self, request_id: int) -> bool:
+        """Whether a callback waits for the reply to ``request_id`` (a
+        threaded caller on a callback thread)."""
+        with self._lock:
+            entry = self._pending.get(request_id)
+        return entry is not None and isinstance(entry[1], ReplyWaiter) and entry[1].asked_in_a_callback
 
     def resolve(self, request_id: int, reply: Message, error: FrozenDict | None) -> None:
         """The reply to ``request_id`` arrived."""

@@ -53,6 +53,38 @@ def test_a_request_is_answered_both_ways_and_is_not_a_message(server: Server, ma
     assert got == [("c1", Message("plain"))]
 
 
+def test_a_callback_may_ask_and_wait_for_the_reply_both_ways(server: Server, make_client: MakeClient) -> None:
+    """Asking from a callback (on a message: ask for the details) timed out
+    every time: the reply waited its turn behind the callbacks, the asking
+    one first.  A callback's request is woken at once."""
+    server.subscribe("request", lambda cid, m: {"detail": m.payload["of"]})
+    client = make_client(server, client_id="c1")
+    client.subscribe("request", lambda m: {"answer": m.subject})
+    asked: list[object] = []
+
+    def ask(ask_it: Callable[[], Message]) -> None:
+        try:
+            asked.append(ask_it().payload)
+        except Exception as exc:  # the test reads it
+            asked.append(exc)
+
+    client.subscribe("message", lambda m: ask(lambda: client.request(Message("q", {"of": m.subject}), timeout=5)))
+    server.subscribe("message", lambda cid, m: ask(lambda: server.request(cid, Message(m.subject), timeout=5)))
+    later = Recorder().attach(client, "message")
+    client.connect()
+    server.send("c1", Message("task"))
+    wait_until(lambda: len(asked) == 1)
+    client.send(Message("status"))
+    wait_until(lambda: len(asked) == 2)
+    assert asked == [{"detail": "task"}, {"answer": "status"}]
+    # The replies were acknowledged in their turn: what comes next comes once.
+    server.send("c1", Message("next"))
+    assert later.wait_count("message", 2)[1] == (Message("next"),)
+    wait_until(lambda: len(asked) == 3)
+    assert asked[2] == {"detail": "next"}
+    wait_until(lambda: server.queued("c1") == 0 and client.queued == 0)  # every frame acknowledged, in the end
+
+
 def test_a_responder_may_return_a_message_a_dict_or_nothing(server: Server, make_client: MakeClient) -> None:
     answers: dict[str, Any] = {"msg": Message("other", {"a": 1}), "dict": {"b": 2}, "none": None}
     server.subscribe("request", lambda cid, m: answers[m.subject])
