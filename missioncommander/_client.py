@@ -97,6 +97,7 @@ _CONNECTED = int(S.STATE_CONNECTED)
 _CONNECTING = int(S.STATE_CONNECTING)
 _RECONNECTING = int(S.STATE_RECONNECTING)
 _CAN_SEND = _CONNECTED | _RECONNECTING
+_DISCONNECTING = int(S.STATE_DISCONNECTING)
 
 #: How long disconnect() waits for its goodbye to be written and for the
 #: server to close first.
@@ -579,8 +580,11 @@ class Client(ClientSettings):
         session: ``send()`` and ``request()`` raise ``StateError``, and
         ``wait_connected()`` waits for it.
 
-        Does nothing when already running.  Once connected, a broken
-        connection is repaired in the background.
+        Does nothing when already running; ``StateError`` while a
+        ``disconnect()`` is under way (from a ``disconnect`` callback, say:
+        it would do nothing, and the client would end disconnected all the
+        same).  Once connected, a broken connection is repaired in the
+        background.
         """
         self._check_connectable()
         if wait and self._loop.in_loop():
@@ -650,6 +654,12 @@ class Client(ClientSettings):
         tls_context = client_context(self.tls_ca, self.tls_verify, self.tls_cert, self.tls_key) if self.tls else None
         with self._lock:
             if self._state_bits & _RUNNING:
+                if self._state_bits & _DISCONNECTING:
+                    # It would do nothing, and the client would end disconnected all the same.
+                    raise StateError(
+                        "the client is disconnecting: connect() once disconnect() has returned"
+                        " (a broken connection the client repairs by itself)"
+                    )
                 return None
             self._generation += 1
             generation = self._generation

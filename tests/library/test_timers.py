@@ -8,12 +8,14 @@ heartbeat timeout takes no time at all and cannot be flaky.
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Iterator
 
 import pytest
+from support import wait_until
 from support.fake_driver import FakeDriver, FakeTransport
 
-from missioncommander import Client, ClientState, Message, Server
+from missioncommander import Client, ClientState, Message, Server, StateError
 from missioncommander._connection import Connection
 from missioncommander._events import AckReceived, ErrorReceived, Hello, PingReceived, Role, Welcome
 from missioncommander._frames import message_frames
@@ -23,6 +25,7 @@ from missioncommander._reconnect import reconnect_delay, retry_hint
 S = ClientState
 CONNECTED = S.STATE_OK | S.STATE_RUNNING | S.STATE_CONNECTED
 RECONNECTING = S.STATE_OK | S.STATE_RUNNING | S.STATE_UNEXP_CLOSED | S.STATE_RECONNECTING
+DISCONNECTING = S.STATE_OK | S.STATE_RUNNING | S.STATE_DISCONNECTING
 
 
 @pytest.fixture
@@ -77,6 +80,27 @@ def test_a_client_gives_up_on_a_silent_server_after_its_heartbeat_timeout(
     assert transport.closed and "heartbeat timeout" in (transport.close_reason or "")
     assert client.state == RECONNECTING
     assert driver.next_deadline() is not None  # the reconnect is scheduled
+
+
+def test_connect_while_a_disconnect_waits_for_the_server_is_refused(
+    connected: tuple[Client, FakeTransport, Connection], driver: FakeDriver
+) -> None:
+    """disconnect() waits (up to DISCONNECT_WAIT) for the server to close
+    first; a connect() meanwhile (from a `disconnect` callback, taking the
+    event for a lost connection) did nothing, in silence, and the client
+    ended disconnected.  Here the loop does not turn until the test says,
+    so the disconnect is under way for as long as the test looks."""
+    client, _, _ = connected
+    leaving = threading.Thread(target=client.disconnect)
+    leaving.start()
+    wait_until(lambda: client.state == DISCONNECTING)
+    with pytest.raises(StateError, match=r"connect\(\) once disconnect\(\) has returned"):
+        client.connect(wait=False)
+    wait_until(lambda: (driver.run(), not leaving.is_alive())[1])  # the loop turns: the goodbye, the close
+    assert client.state == S.STATE_OK | S.STATE_NOT_CONNECTED
+    client.connect(wait=False)  # afterwards, as the message says
+    driver.run()
+    assert client.state & S.STATE_CONNECTING
 
 
 def test_a_client_that_keeps_sending_sends_no_ping(
