@@ -19,6 +19,7 @@ import inspect
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -49,7 +50,19 @@ Answer = Callable[[tuple[Any, ...], Reply, Callable[[], None]], bool]
 Run = tuple[int, tuple[str, ...], list[Any], list[int]]
 
 
+#: Threads the callback pool keeps.
 _POOL_SIZE = 4
+#: Threads it may grow to while callbacks block (each waiting for a
+#: reply, a lock, a slow service): half as many again per STUCK_AFTER
+#: without progress.
+_POOL_MOST = 64
+#: How long queued callbacks wait with every thread busy and none
+#: finishing before the pool starts one more thread.
+STUCK_AFTER = 0.05
+#: How long a thread beyond the first _POOL_SIZE stays without work.
+_IDLE_END = 30.0
+#: How long the pool's watch stays with nothing waiting.
+_WATCH_END = 10.0
 #: Callbacks one queue runs before yielding its worker to other queues.
 _BATCH = 256
 
@@ -141,30 +154,86 @@ def first_answer(responders: tuple[Callable[..., Any], ...], args: tuple[Any, ..
 
 
 class _Pool:
-    def __init__(self, size: int) -> None:
+    """The threads that run every instance's callback queues.
+
+    A callback that blocks (a ``request()`` waiting for its reply, a slow
+    service) holds its thread.  With every thread so held, the others'
+    queues, a server's in the same process answering those very requests,
+    would wait for them: so a watch looks every ``STUCK_AFTER`` while there
+    is work, and when work has waited through a whole look with no thread
+    beginning a callback, it starts half as many threads again (up to
+    ``most``).
+    Threads beyond ``size`` end after ``_IDLE_END`` without work.  A busy
+    pool of quick callbacks takes work all the time and does not grow; the
+    workers' only cost for it is a counter.
+    """
+
+    def __init__(self, size: int, most: int) -> None:
         self._ready: queue.SimpleQueue[SerialQueue] = queue.SimpleQueue()
         self._size = size
-        self._threads: list[threading.Thread] = []
+        self._most = most
         self._lock = threading.Lock()
+        self._threads = 0
+        #: Callbacks begun by workers so far (increments may race and be
+        #: lost: the watch only asks whether it moved).
+        self.progress = 0
+        self._watching = False
 
     def schedule(self, serial: SerialQueue) -> None:
-        if len(self._threads) < self._size:
-            with self._lock:
-                while len(self._threads) < self._size:
-                    thread = threading.Thread(
-                        target=self._work, name=f"missioncommander-callbacks-{len(self._threads)}", daemon=True
-                    )
-                    thread.start()
-                    self._threads.append(thread)
         self._ready.put(serial)
+        if self._watching and self._threads >= self._size:
+            return
+        with self._lock:
+            while self._threads < self._size:
+                self._start_locked()
+            if not self._watching:
+                self._watching = True
+                threading.Thread(target=self._watch, name="missioncommander-callbacks-watch", daemon=True).start()
 
-    def _work(self) -> None:
+    def _start_locked(self) -> None:
+        extra = self._threads >= self._size
+        self._threads += 1
+        name = f"missioncommander-callbacks-{self._threads - 1}"
+        threading.Thread(target=self._work, args=(extra,), name=name, daemon=True).start()
+
+    def _work(self, extra: bool) -> None:
         _worker.active = True
+        ready = self._ready
         while True:
-            self._ready.get()._drain()
+            try:
+                serial = ready.get(timeout=_IDLE_END if extra else None)
+            except queue.Empty:
+                with self._lock:
+                    self._threads -= 1
+                return
+            serial._drain()
+
+    def _watch(self) -> None:
+        """Grow the pool while work waits and no callback begins; end after
+        ``_WATCH_END`` with nothing waiting (the next schedule starts it again)."""
+        waited_since: int | None = None  # the progress when work was last seen waiting
+        quiet = 0
+        for _ in range(100_000_000):  # bounded; ends once the pool is quiet
+            time.sleep(STUCK_AFTER)
+            with self._lock:
+                if self._ready.empty():
+                    waited_since = None
+                    quiet += 1
+                    if quiet * STUCK_AFTER >= _WATCH_END:
+                        self._watching = False
+                        return
+                    continue
+                quiet = 0
+                if waited_since == self.progress:
+                    # Work waited a whole look and no thread began a callback: all are stuck.
+                    for _ in range(min(max(1, self._threads // 2), self._most - self._threads)):
+                        self._start_locked()
+                waited_since = self.progress
+        with self._lock:
+            self._watching = False
 
 
-_pool = _Pool(_POOL_SIZE)
+_pool = _Pool(_POOL_SIZE, _POOL_MOST)
 _worker = threading.local()
 
 
@@ -207,6 +276,7 @@ class SerialQueue:
                 if self._settle_locked():
                     return
                 fn, args = self._items.popleft()
+            _pool.progress += 1
             try:
                 fn(*args)
             except Exception:  # a callback's bug must not stop the queue

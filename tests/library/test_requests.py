@@ -24,6 +24,7 @@ from missioncommander import (
     Server,
     SessionLost,
     StateError,
+    _callbacks,
 )
 from missioncommander._events import Welcome
 from missioncommander._frames import FrameType, encode_json_frame
@@ -391,3 +392,74 @@ def test_a_request_written_by_another_encoder_is_answered_the_same(
     monkeypatch.setattr(requests_module, "with_id", spaced)  # the client's requests and the server's replies
     reply = client.request(Message("ask", {"n": 1, "text": "é"}), timeout=10)
     assert reply == Message("ask", {"n": 1, "text": "é"})
+
+
+def test_callbacks_blocked_in_requests_do_not_starve_the_server_that_answers(
+    server: Server, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Callbacks of every instance in a process share a pool of threads.
+    With more clients asking from their callbacks than the pool had threads,
+    every thread waited for a reply that the server in the same process
+    could not give, its responder queued behind them: each request timed
+    out.  The pool grows while its threads are stuck, and shrinks after."""
+    monkeypatch.setattr(_callbacks, "_IDLE_END", 0.2)
+    server.subscribe("request", lambda cid, m: {"n": m.payload["n"]})
+    count = 3 * _callbacks._POOL_SIZE
+    answers: list[object] = []
+    lock = threading.Lock()
+    clients = []
+    for i in range(count):
+        client = make_client(server, client_id=f"asker{i}")
+
+        def ask(message: Message, client: Client = client) -> None:
+            try:
+                answer: object = client.request(Message("q", {"n": message.payload["n"]}), timeout=WAIT).payload
+            except Exception as exc:  # the test reads it
+                answer = exc
+            with lock:
+                answers.append(answer)
+
+        client.subscribe("message", ask)
+        client.connect()
+        clients.append(client)
+    for n in range(3):
+        server.send("*", Message("tick", {"n": n}))
+    wait_until(lambda: len(answers) == 3 * count, timeout=WAIT)
+    assert sorted(a["n"] for a in answers) == sorted(n for n in range(3) for _ in range(count))  # type: ignore[index]
+    wait_until(lambda: _callback_threads() <= _callbacks._POOL_SIZE, timeout=WAIT)
+
+
+def test_a_blocked_callback_holds_up_only_its_own_instance(
+    server: Server, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More instances than the pool has threads, each with a callback that
+    blocks: one more instance's callbacks still run."""
+    monkeypatch.setattr(_callbacks, "_IDLE_END", 0.2)
+    release = threading.Event()
+    blocked = threading.Semaphore(0)
+
+    def stuck(message: Message) -> None:
+        blocked.release()
+        release.wait(WAIT)
+
+    try:
+        for i in range(2 * _callbacks._POOL_SIZE):
+            client = make_client(server, client_id=f"stuck{i}")
+            client.subscribe("message", stuck)
+            client.connect()
+        free = make_client(server, client_id="free")
+        got = Recorder().attach(free, "message")
+        free.connect()
+        server.send("*", Message("go"))
+        assert got.wait_count("message", 1) == [(Message("go"),)]
+        for _ in range(2 * _callbacks._POOL_SIZE):  # and every stuck one got its thread
+            assert blocked.acquire(timeout=WAIT)
+    finally:
+        release.set()
+    wait_until(lambda: _callback_threads() <= _callbacks._POOL_SIZE, timeout=WAIT)
+
+
+def _callback_threads() -> int:
+    return sum(
+        1 for t in threading.enumerate() if t.name.startswith("missioncommander-callbacks-") and "watch" not in t.name
+    )
