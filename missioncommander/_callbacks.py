@@ -162,8 +162,8 @@ class _Pool:
     would wait for them: so a watch looks every ``STUCK_AFTER`` while there
     is work, and when work has waited through a whole look with no thread
     beginning a callback, it starts half as many threads again (up to
-    ``most``).
-    Threads beyond ``size`` end after ``_IDLE_END`` without work.  A busy
+    ``most``).  Threads beyond ``size`` end after ``_IDLE_END`` without
+    work.  A busy
     pool of quick callbacks takes work all the time and does not grow; the
     workers' only cost for it is a counter.
     """
@@ -221,7 +221,12 @@ class _Pool:
                     quiet += 1
                     if quiet * STUCK_AFTER >= _WATCH_END:
                         self._watching = False
-                        return
+                        # A schedule that read _watching (unlocked) just before
+                        # saw a watch and started none: look once more.
+                        if self._ready.empty():
+                            return
+                        self._watching = True
+                        quiet = 0
                     continue
                 quiet = 0
                 if waited_since == self.progress:
