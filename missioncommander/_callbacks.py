@@ -56,8 +56,8 @@ _POOL_SIZE = 4
 #: reply, a lock, a slow service): half as many again per STUCK_AFTER
 #: without progress.
 _POOL_MOST = 64
-#: How long queued callbacks wait with every thread busy and none
-#: finishing before the pool starts one more thread.
+#: How long queued callbacks wait with no thread beginning one before the
+#: pool starts more threads.
 STUCK_AFTER = 0.05
 #: How long a thread beyond the first _POOL_SIZE stays without work.
 _IDLE_END = 30.0
@@ -163,9 +163,8 @@ class _Pool:
     is work, and when work has waited through a whole look with no thread
     beginning a callback, it starts half as many threads again (up to
     ``most``).  Threads beyond ``size`` end after ``_IDLE_END`` without
-    work.  A busy
-    pool of quick callbacks takes work all the time and does not grow; the
-    workers' only cost for it is a counter.
+    work.  A busy pool of quick callbacks takes work all the time and does
+    not grow; the workers' only cost for it is a counter.
     """
 
     def __init__(self, size: int, most: int) -> None:

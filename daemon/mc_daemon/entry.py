@@ -1,8 +1,9 @@
 """mcd's entry point: signal handlers before anything else loads.
 
 A SIGTERM (systemd's stop), SIGINT (Ctrl-C) or SIGHUP (the terminal mcd
-runs in closed) may come at any moment of start-up.  Until ``main`` takes over, they are only noted here; ``main``
-then stops cleanly, as for a signal at any later moment.  This module and
+runs in closed) may come at any moment of start-up.  Until ``main`` takes
+over, they are only noted here; ``main`` then stops cleanly, as for a
+signal at any later moment.  This module and
 the package's ``__init__`` import nothing else, to keep the time before the
 handlers exist as short as the interpreter allows.
 """
