@@ -95,7 +95,10 @@ def hand_over(
         body = event.encoded
         if body[-len(suffix) :] == suffix:  # a memoryview compares too
             encoded = bytes(body[: -len(suffix)]) + b"]"
-    message = Message._from_wire(event.subject, event.payload, encoded)
+    # A request a node that died may have handed to its responder already is
+    # marked as a message is: the responder may have acted on it.
+    kind = Message if event.seq != inbox.redelivery_seq else RedeliveredMessage
+    message = kind._from_wire(event.subject, event.payload, encoded)
     if "reply" in meta:
         request_id = meta["reply"]
         now = requests.asked_in_a_callback(request_id)

@@ -179,3 +179,25 @@ def test_after_a_node_dies_the_message_it_may_have_seen_comes_marked(
         store.close()
         if doomed.process is not None:
             doomed.kill()
+
+
+def test_a_request_a_dead_node_may_have_seen_comes_marked_too(
+    redis_server: RedisServer, make_node: Callable[..., Server], make_client: Callable[..., Client]
+) -> None:
+    # A responder may act on a request (charge, write) before it answers: one
+    # run again on another node must say it may be a second run, as a message does.
+    doomed = Node(redis_server.url, "doomed")
+    doomed.start()
+    try:
+        survivor = make_node(node_id="survivor", lease_ttl=1.0)
+        survivor.subscribe("request", lambda _cid, m: {"n": m.payload["n"], "redelivered": m.redelivered})
+        client = make_client(client_id="c1", servers=[f"127.0.0.1:{doomed.port}", f"127.0.0.1:{survivor.port}"])
+        client.connect()
+        client.send(Message("up", {"n": 0}))
+        wait_until(lambda: client.stats()["queued"] == 0, what="the doomed node recorded the message")
+        doomed.kill()
+        answers = [client.request(Message("ask", {"n": n}), timeout=20).payload for n in (1, 2)]
+        assert answers == [{"n": 1, "redelivered": True}, {"n": 2, "redelivered": False}]
+    finally:
+        if doomed.process is not None:
+            doomed.kill()
