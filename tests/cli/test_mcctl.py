@@ -434,6 +434,16 @@ def test_daemon_status_says_when_commands_wait_for_the_restore() -> None:
     assert output.daemon_status(status).startswith("mcd is running\n")
 
 
+def test_server_status_counts_many_clients_instead_of_naming_them_all() -> None:
+    """A server with hundreds of clients: its status names ten and says where the rest are."""
+    ids = [f"u{i:03d}" for i in range(300)]
+    st = {"kind": "server", "name": "big", "phase": "listening", "settings": {}, "running": True, "port": 1}
+    rows = output.status({**st, "desired": "started", "clients": ids, "detached": ids[:3]}).splitlines()
+    clients = next(row for row in rows if row.split()[0] == "clients")
+    assert clients.split(None, 1)[1] == ("300: " + ", ".join(ids[:10]) + ", ... (all: server clients --name big)")
+    assert next(row for row in rows if row.split()[0] == "detached").split() == ["detached", "u000,", "u001,", "u002"]
+
+
 def test_daemon_wait_gives_up_after_its_timeout_with_exit_4(tmp_path: Path) -> None:
     path = tmp_path / "mcd.sock"
     out = run("daemon", "wait", "--timeout", "0.2", socket_path=path)

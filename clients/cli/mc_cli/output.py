@@ -79,14 +79,26 @@ def status(st: dict[str, Any]) -> str:
         rows += [
             ("listening on", st.get("port") if st.get("running") else None),
             ("desired", st["desired"]),
-            ("clients", st.get("clients")),
-            ("detached", st.get("detached") or None),
+            ("clients", _some(st.get("clients"), name)),
+            ("detached", _some(st.get("detached"), name)),
             ("last error", st.get("last_error")),
         ]
         cluster = st.get("cluster")
         if cluster:
             rows.insert(-1, ("cluster node", f"{cluster.get('node')} ({cluster_readiness(cluster)})"))
     return head + "\n" + "\n".join("  " + line for line in table(rows).splitlines())
+
+
+#: How many client ids a status names before it counts them instead: a
+#: server's thousands would bury the rest of the view.
+STATUS_IDS = 10
+
+
+def _some(ids: list[str] | None, name: str) -> object:
+    if not ids or len(ids) <= STATUS_IDS:
+        return ids or None
+    shown = ", ".join(ids[:STATUS_IDS])
+    return f"{len(ids)}: {shown}, ... (all: server clients --name {name})"
 
 
 def setting(key: str, value: object) -> object:
