@@ -146,6 +146,7 @@ class ControlClient:
                 sock.close()
                 raise _unreachable(exc, self.path) from None
             self._sock = sock
+            self._buf = b""  # a new connection: nothing of the last one's stream
         return self
 
     def set_timeout(self, timeout: float | None) -> None:
@@ -192,7 +193,6 @@ class ControlClient:
             # The daemon restarted since this connection was opened: nothing
             # of this request reached anyone, so it is safe to send it again.
             self.close()
-            self._buf = b""
             sock = self.connect()._sock
             assert sock is not None
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import queue
 import shlex
 import shutil
 import socket
@@ -345,6 +346,49 @@ def test_events_since_a_number_mcd_has_not_reached_says_so() -> None:
         assert banner.startswith("watching events")
     finally:
         mcd.close()
+
+
+def test_events_catch_up_after_falling_behind_a_flood() -> None:
+    """A reader slower than a flood (here: a pipe nobody reads for a while)
+    is cut off by mcd, which never waits for it: mcctl subscribes again
+    after the last event it printed and catches up from the ring, every
+    message once and in order, and goes on (it stopped at the first cut)."""
+    mcd = Mcd(None, "--event-queue", "50").start()
+    env = dict(os.environ, MC_SOCKET=str(mcd.socket), PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.Popen(
+        [*mcctl_command(), "events", "--json", "--name", "default", "--kind", "server"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    try:
+        port = start_hosted_server(mcd)
+        fill = "x" * 2000  # the socket and pipe buffers hold a few hundred of these
+        with Client(address="127.0.0.1", port=port, client_id="flood") as sender:
+            for n in range(3000):
+                sender.send(Message("n", {"n": n, "fill": fill}))
+            wait_until(lambda: sender.queued == 0, what="the flood acknowledged")
+        assert proc.stdout is not None
+        threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+        got, cuts = [], 0
+        while len(got) < 3000:
+            ev = json.loads(lines.get(timeout=30))
+            if ev.get("type") == "overflow":
+                cuts += 1
+            elif ev["event"] == "message":
+                got.append(ev["data"]["payload"]["n"])
+        assert got == list(range(3000)) and cuts >= 1
+        mcd.request("server.stop")
+        while (ev := json.loads(lines.get(timeout=30))).get("event") != "stopped":
+            pass
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+        mcd.close()
+    assert "left mcd's ring" not in err and "Traceback" not in err, err
 
 
 def test_events_in_words_show_the_setting_a_change_set(mcd: Mcd) -> None:

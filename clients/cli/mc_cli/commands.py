@@ -325,17 +325,22 @@ def run_daemon_wait(connect: Callable[[float], ControlClient], timeout: float, p
         return EXIT_OK
 
 
-def run_events(inv: Invocation, transport: Transport, printer: Printer) -> int:
+def run_events(inv: Invocation, transport: ControlClient, printer: Printer) -> int:
+    """Print mcd's events until interrupted.  A reader that falls behind (its
+    terminal or pipe slower than a flood of messages) is cut off by mcd,
+    which never waits for it: it subscribes again after the last event it
+    printed and catches up from mcd's ring, so nothing it could still get
+    is missed; what left the ring meanwhile is said on standard error."""
     opts = inv.options
     params: dict[str, Any] = {}
     if opts.name_given:
         kinds = [opts.kind] if opts.kind else ["client", "server"]
         params["instances"] = [{"kind": k, "name": opts.name} for k in kinds]
+    since = None
     if opts.since is not None:
-        boot = transport.request("hello")["boot_id"]
-        params["since"] = {"boot_id": boot, "seq": opts.since}
+        since = {"boot_id": transport.request("hello")["boot_id"], "seq": opts.since}
     try:
-        answer, events = transport.subscribe(**params)
+        answer, events = transport.subscribe(**params, **({"since": since} if since else {}))
     except ControlError as exc:
         printer.error(exc.code, exc.message, exc.details)
         return EXIT_CODES.get(exc.code, EXIT_FAILED)
@@ -350,14 +355,43 @@ def run_events(inv: Invocation, transport: Transport, printer: Printer) -> int:
         print(f"mcctl: {why}; showing the current state and live events", file=printer.err)
     if not printer.as_json:
         printer.line(f"watching events (boot {answer['boot_id'][:8]}, last #{answer['seq']}); Ctrl-C stops")
-    for ev in events:
-        if opts.kind and ev.get("kind") not in (None, opts.kind):
-            continue
-        printer.result(output.event(ev), ev)
-        if ev.get("type") == "overflow":
-            return EXIT_FAILED
-    printer.error("daemon_closed", "mcd closed the event stream (it stopped?)")
-    return EXIT_UNREACHABLE
+    boot, last = answer["boot_id"], answer["seq"]
+    while True:
+        cut_off, before = False, last
+        for ev in events:
+            if ev.get("type") == "overflow":
+                cut_off = True
+                if printer.as_json:
+                    printer.line(json.dumps(ev, ensure_ascii=False))
+                else:
+                    printer.line(f"!! this reader fell behind mcd's events; catching up after #{last}")
+                break
+            last = ev.get("seq", last)
+            if opts.kind and ev.get("kind") not in (None, opts.kind):
+                continue
+            printer.result(output.event(ev), ev)
+        # Cut off (with mcd's notice, or without it when this reader's socket
+        # was full, so events had come) or mcd stopped: only the same mcd
+        # run can carry on, and a stream that ended with nothing was mcd's end.
+        transport.close()
+        answer = {"boot_id": None}
+        if cut_off or last != before:
+            try:
+                answer, events = transport.subscribe(**params, since={"boot_id": boot, "seq": last})
+            except (DaemonUnreachable, ControlError):
+                pass
+        if answer["boot_id"] != boot:
+            transport.close()
+            printer.error("daemon_closed", "mcd closed the event stream (it stopped?)")
+            return EXIT_UNREACHABLE
+        if answer.get("resync"):
+            print(
+                f"mcctl: events #{last + 1} to #{answer['seq']} left mcd's ring before this reader caught up"
+                " (mcd --event-ring keeps more); live events from here",
+                file=printer.err,
+                flush=True,
+            )
+        last = answer["seq"] if answer.get("resync") else last
 
 
 def phase_of(status: dict[str, Any]) -> str:
