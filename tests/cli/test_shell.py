@@ -16,6 +16,7 @@ from support.mcd import Mcd
 from support.pty_session import PtySession
 
 from mc_cli import repl
+from missioncommander import Client, Message
 
 
 def shell_env(socket_path: Path, tmp_path: Path) -> dict[str, str]:
@@ -189,6 +190,34 @@ def test_shell_rides_out_a_daemon_restart(mcd: Mcd, tmp_path: Path) -> None:
         assert sh.wait() == 0
     finally:
         sh.close()
+
+
+def test_shell_catches_up_after_falling_behind_a_flood(tmp_path: Path) -> None:
+    """A flood of messages faster than the terminal shows them: mcd cuts
+    the shell's event stream off (it never waits for a reader), and the
+    shell catches up from mcd's ring at once; it said it had lost mcd."""
+    mcd = Mcd(None, "--event-queue", "5").start()
+    sh = PtySession(mcctl_command(), shell_env(mcd.socket, tmp_path))
+    try:
+        sh.expect("connected to mcd")
+        port = free_port()
+        mcd.request("server.set", key="interface", value="127.0.0.1")
+        mcd.request("server.set", key="port", value=port)
+        mcd.request("server.start")
+        mark = len(sh.text)
+        with Client(address="127.0.0.1", port=port, client_id="flood") as sender:
+            # Nobody reads the terminal meanwhile: the shell's output blocks.
+            for n in range(3000):
+                sender.send(Message("n", {"n": n, "fill": "x" * 100}))
+            wait_until(lambda: sender.queued == 0, what="the flood acknowledged")
+        sh.expect("fell behind mcd's events; catching up after #", start=mark)
+        sh.expect('"n": 2999', start=mark, timeout=60)
+        assert "lost the connection" not in sh.text[mark:] and "left mcd's ring" not in sh.text[mark:]
+        sh.line("exit")
+        assert sh.wait() == 0
+    finally:
+        sh.close()
+        mcd.close()
 
 
 def top_screen(mcd: Mcd, tmp_path: Path, columns: int = 160, lines: int = 40) -> list[str]:

@@ -138,8 +138,9 @@ events [--since N] [--name NAME] [--kind client|server] [--json]   (also: watch)
   --name NAME       only that instance's events (--kind: only the client or the server)
   --json            one JSON object per line, as the control API sends them
                     (docs/CONTROL_API.md, "Events")
-  Exit status 1 when this reader fell so far behind that mcd let it go (a line says so:
-  run it again with --since the last #N shown), 3 when mcd stops.
+  A reader slower than mcd's events (a flood into a slow terminal) is let go by mcd: it
+  says so, subscribes again after the last #N shown and catches up from what mcd keeps
+  (what mcd no longer kept is named on standard error). Exit status 3 when mcd stops.
 """
 
 STATS_HELP = """\

@@ -284,7 +284,7 @@ class Shell:
         if hasattr(signal, "pthread_sigmask"):
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         since: dict[str, Any] | None = None
-        warned = False
+        warned = cut_off = False
         while not self.stop.is_set():
             stream = self.stream_factory()
             try:
@@ -295,10 +295,21 @@ class Shell:
                 if warned:
                     self.show("-- mcd is back" + (" (events were missed)" if answer.get("resync") else ""))
                     warned = False
+                elif cut_off and answer.get("resync") and since:
+                    self.show(
+                        f"-- events #{since['seq'] + 1} to #{answer['seq']} left mcd's ring before the shell caught up"
+                    )
                 since = {"boot_id": answer["boot_id"], "seq": answer["seq"]}
+                cut_off = False
                 for ev in events:
                     if self.stop.is_set():
                         return
+                    if ev.get("type") == "overflow":
+                        # Cut off for falling behind a flood (mcd never waits
+                        # for a reader): catch up from its ring at once.
+                        self.show(f"!! the shell fell behind mcd's events; catching up after #{since['seq']}")
+                        cut_off = True
+                        break
                     if ev.get("type") == "event":
                         since = {"boot_id": ev["boot_id"], "seq": ev["seq"]}
                     self.show(output.event(ev))
@@ -309,6 +320,8 @@ class Shell:
                     stream.close()
             if self.stop.is_set():
                 return
+            if cut_off:
+                continue
             if not warned:
                 self.show("-- lost the connection to mcd; retrying every second")
                 warned = True
