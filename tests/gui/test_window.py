@@ -557,7 +557,10 @@ def test_the_send_box_asks_and_logs_the_reply_or_why_none_came(qtbot: QtBot, gui
         set_text(qtbot, tab.send_box.subject.edit, "boom")
         qtbot.mouseClick(tab.send_box.ask, Qt.MouseButton.LeftButton)
         qtbot.waitUntil(
-            lambda: "request boom to the server: the responder failed" in tab.log.toPlainText(), timeout=WAIT
+            lambda: (
+                "request boom to the server: the responder failed (RuntimeError: it broke)" in tab.log.toPlainText()
+            ),
+            timeout=WAIT,
         )
         mcd.request("client.disconnect")
 

@@ -366,6 +366,8 @@ def describe_request_failure(subject: str, to: str, code: str, message: str) -> 
         "remote_error": "the responder failed",
         "session_lost": "the session ended first",
     }.get(code, "not sent")
+    if code == "remote_error":
+        message = message.removeprefix("the responder raised ")  # said already, in other words
     return f"request {subject} to {to}: {what} ({message})"
 
 
