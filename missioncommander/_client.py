@@ -797,7 +797,11 @@ class Client(ClientSettings):
         if self._loop.in_loop():
             raise StateError("request() on the I/O thread (an inline callback) would block it; send() instead")
         request_id, waiter = self._start_request(message)
-        return self._requests.wait(request_id, waiter, timeout)
+        return self._requests.wait(request_id, waiter, timeout, self._why_no_reply)
+
+    def _why_no_reply(self) -> str:
+        """What a request that timed out is told, besides the timeout."""
+        return "" if self._state_bits & _CONNECTED else "the connection to the server is down; reconnecting"
 
     def _check_requests(self) -> None:
         """Raise unless the server can answer requests (protocol 2)."""

@@ -16,6 +16,7 @@ import json
 import logging
 import threading
 import traceback
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ._callbacks import in_callback_thread
@@ -165,14 +166,25 @@ class Requests:
         with self._lock:
             return self._per_peer.get(peer, 0)
 
-    def wait(self, request_id: int, waiter: ReplyWaiter, timeout: float | None) -> Message:
-        """The reply, or the request's error; ``RequestTimeout`` after ``timeout``."""
+    def wait(
+        self, request_id: int, waiter: ReplyWaiter, timeout: float | None, why: Callable[[], str] | None = None
+    ) -> Message:
+        """The reply, or the request's error; ``RequestTimeout`` after
+        ``timeout`` (saying ``why()``, when it says something)."""
         if not waiter.wait(timeout):
             self.forget(request_id)
             if not waiter.done():
-                raise RequestTimeout(f"no reply within {timeout:g} s")
+                raise timed_out(timeout, why)
             # The reply won the race with the timeout.
         return waiter.outcome()
+
+
+def timed_out(timeout: float | None, why: Callable[[], str] | None) -> RequestTimeout:
+    """The error of a request with no reply after ``timeout`` seconds; what
+    ``why()`` says (the peer's connection is down, say) is added: a request
+    waits through a cut, so "no reply" alone hides the likeliest cause."""
+    reason = why() if why is not None else ""
+    return RequestTimeout(f"no reply within {timeout:g} s" + (f" ({reason})" if reason else ""))
 
 
 def of_its_session(body: bytes) -> bool:

@@ -29,10 +29,10 @@ from . import _config as cfg
 from ._aio_driver import AsyncioDriver
 from ._callbacks import Answering, Callbacks, Reply, Run, SerialQueue, answering, normalise_event
 from ._client import _CAN_SEND, _RUNNING, CLIENT_EVENTS, DISCONNECT_WAIT, Client, ClientSettings, Target
-from ._errors import ConnectTimeout, QueueFullError, RequestTimeout, StateError
+from ._errors import ConnectTimeout, QueueFullError, StateError
 from ._inbox import Inbox
 from ._message import Message
-from ._requests import Requests
+from ._requests import Requests, timed_out
 from ._server import SERVER_EVENTS, Server, ServerSettings
 from ._state import ClientState
 from ._streams import InboundStream
@@ -513,6 +513,7 @@ async def _awaited_request(
     future: asyncio.Future[Message],
     sending: Coroutine[Any, Any, None],
     timeout: float | None,
+    why: Callable[[], str],
 ) -> Message:
     """Send a request (``sending``) and wait for its reply (``future``,
     set on this loop); a request that times out, fails to send or is
@@ -522,7 +523,7 @@ async def _awaited_request(
         return await asyncio.wait_for(future, timeout)
     except TimeoutError:
         requests.forget(request_id)
-        raise RequestTimeout(f"no reply within {timeout:g} s") from None
+        raise timed_out(timeout, why) from None
     except BaseException:
         requests.forget(request_id)
         raise
@@ -717,7 +718,8 @@ class AsyncClient(_Endpoint, ClientSettings):
         inner._check_requests()
         future: asyncio.Future[Message] = self._driver.loop.create_future()
         request_id, body = inner._requests.open("", inner.max_requests, message, future)
-        return await _awaited_request(inner._requests, request_id, future, self._send_body(body), timeout)
+        sending = self._send_body(body)
+        return await _awaited_request(inner._requests, request_id, future, sending, timeout, inner._why_no_reply)
 
     def send_nowait(self, message: Message) -> None:
         """Queue ``message`` without waiting: ``QueueFullError`` when the
@@ -898,7 +900,9 @@ class AsyncServer(_Endpoint, ServerSettings):
         inner._check_requests(client_id)
         future: asyncio.Future[Message] = self._driver.loop.create_future()
         request_id, body = inner._requests.open(client_id, inner.max_requests, message, future)
-        return await _awaited_request(inner._requests, request_id, future, self._send_body(client_id, body), timeout)
+        sending = self._send_body(client_id, body)
+        why = functools.partial(inner._why_no_reply, client_id)
+        return await _awaited_request(inner._requests, request_id, future, sending, timeout, why)
 
     async def _send_body(self, target: str, body: bytes) -> None:
         if self._inner._cluster is not None:

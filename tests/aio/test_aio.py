@@ -904,6 +904,28 @@ def test_an_async_request_cut_before_its_reply_is_answered_once_after_resume() -
     run(test)
 
 
+def test_an_async_timeout_while_the_peer_is_cut_off_says_so_both_ways() -> None:
+    async def test() -> None:
+        async with AsyncServer(interface="127.0.0.1", port=0) as server:
+            proxy = FaultProxy(server.port)
+            try:
+                client = through(proxy, "q")
+                client.subscribe("request", lambda m: {"ok": True})
+                async with client:
+                    proxy.refusing = True
+                    await asyncio.to_thread(proxy.cut, "rst")
+                    await until(lambda: server.detached_clients == ["q"])
+                    with pytest.raises(RequestTimeout, match=r"^no reply within 0.1 s \(client 'q' is detached"):
+                        await server.request("q", Message("ping"), timeout=0.1)
+                    await until(lambda: bool(client.state & ClientState.STATE_RECONNECTING))
+                    with pytest.raises(RequestTimeout, match=r"^no reply within 0.1 s \(the connection to the server"):
+                        await client.request(Message("ping"), timeout=0.1)
+            finally:
+                await asyncio.to_thread(proxy.close)
+
+    run(test)
+
+
 def test_both_sides_write_small_frames_at_once_tcp_nodelay() -> None:
     """Without TCP_NODELAY a request waits for the peer's delayed ACK (Nagle):
     asyncio sets it only on sockets it made itself with IPPROTO_TCP."""

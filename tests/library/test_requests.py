@@ -350,6 +350,35 @@ def test_a_request_sent_while_reconnecting_goes_out_on_resume(
         proxy.close()
 
 
+def test_a_timeout_while_the_peer_is_cut_off_says_so_both_ways(server: Server, make_client: MakeClient) -> None:
+    """A request waits through a cut, so "no reply within 0.1 s" alone hides
+    the likeliest cause: the timeout says the connection is down."""
+    release = threading.Event()
+    proxy = FaultProxy(server.port)
+    try:
+        server.subscribe("request", lambda cid, m: release.wait(WAIT) and {"ok": True})
+        client = make_client(client_id="q", address="127.0.0.1", port=proxy.port)
+        client.subscribe("request", lambda m: {"ok": True})
+        client.connect()
+        # Connected, with a slow responder: the timeout alone.
+        with pytest.raises(RequestTimeout, match=r"^no reply within 0.1 s$"):
+            client.request(Message("slow"), timeout=0.1)
+        release.set()
+        proxy.refusing = True
+        proxy.cut("rst")
+        wait_until(lambda: server.detached_clients == ["q"], what="the server to see the cut")
+        with pytest.raises(
+            RequestTimeout, match=r"^no reply within 0.1 s \(client 'q' is detached: its connection broke"
+        ):
+            server.request("q", Message("ping"), timeout=0.1)
+        wait_until(lambda: bool(client.state & client.state.STATE_RECONNECTING), what="reconnecting")
+        with pytest.raises(RequestTimeout, match=r"^no reply within 0.1 s \(the connection to the server is down"):
+            client.request(Message("ping"), timeout=0.1)
+    finally:
+        release.set()
+        proxy.close()
+
+
 def test_a_version_1_peer_has_no_request_reply_and_is_told_so(server: Server) -> None:
     """An older client (protocol 1) still connects; asking it is a clear error."""
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
