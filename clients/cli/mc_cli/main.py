@@ -81,7 +81,8 @@ client commands (add --name NAME for an instance other than "default"):
   client set KEY VALUE     set address, port, client_id, interface ('' or '*' for any), bind_port;
                            security: tls true|false, tls_ca FILE, tls_verify true|false,
                            tls_cert FILE, tls_key FILE, tls_hostname NAME, auth_token SECRET;
-                           servers HOST:PORT,HOST:PORT (a cluster's nodes, tried in turn);
+                           servers HOST:PORT,HOST:PORT or '["HOST:PORT", ...]' (a cluster's nodes,
+                           tried in turn);
                            limits and timers (as the library's Client; seconds, counts, bytes):
                            connect_timeout, reconnect_delay, reconnect_max_delay,
                            reconnect_attempts (none: forever), heartbeat_interval,
