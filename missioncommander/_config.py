@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import json
 import re
 import socket
 import urllib.parse
@@ -302,10 +303,16 @@ def redacted_url(url: str) -> str:
 def server_list(value: Any, name: str) -> tuple[tuple[str, int], ...] | None:
     """None, or servers to try in turn: "host:port" strings or (host, port)
     pairs ("[::1]:30000" for an IPv6 address), or one string of them
-    separated by commas ("10.0.0.1:30000,10.0.0.2:30000")."""
+    separated by commas ("10.0.0.1:30000,10.0.0.2:30000") or a JSON list
+    (as a control API's value is copied into a text field or a command line)."""
     if value is None:
         return None
-    if isinstance(value, str):
+    if isinstance(value, str) and re.match(r'\s*\[\s*["\]]', value):  # not "[::1]:30000"
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError(f"{name}: {value!r:.80} is not a JSON list of host:port") from None
+    elif isinstance(value, str):
         value = [item for item in re.split(r"[,\s]+", value) if item]
     if not isinstance(value, list | tuple):
         raise TypeError(f'{name} must be a list such as ["10.0.0.1:30000", "10.0.0.2:30000"], not {value!r:.80}')

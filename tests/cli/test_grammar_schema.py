@@ -125,16 +125,6 @@ def test_every_setting_of_the_library_can_be_set_on_a_hosted_instance() -> None:
     assert settings(Server) == set(codes.SERVER_KEYS)
 
 
-def test_servers_take_the_control_apis_json_list_too() -> None:
-    """The JSON list the control API documents was split at its commas ("'["127.0.0.1:1"' is not host:port")."""
-    from missioncommander._config import server_list
-
-    value = parse(["client", "set", "servers", '["127.0.0.1:1", "[::1]:2"]']).params["value"]
-    assert server_list(value, "servers") == (("127.0.0.1", 1), ("::1", 2))
-    with pytest.raises(UsageError, match="or a JSON list of them"):
-        parse(["client", "set", "servers", '["127.0.0.1:1", 2]'])
-
-
 def test_an_instance_name_given_as_a_word_points_to_name() -> None:
     with pytest.raises(UsageError, match=r"for the instance 'second': server create --name second"):
         parse(["server", "create", "second"])

@@ -867,6 +867,16 @@ def test_refusals_of_a_name_or_payload_say_what_is_wrong_without_pointing_to_the
     assert "bad name!" not in names and "a" * 65 not in names
 
 
+def test_servers_as_the_control_apis_json_list_connect(mcd: Mcd) -> None:
+    """The list as CONTROL_API.md writes it, typed at mcctl: tried in turn."""
+    port = start_hosted_server(mcd)
+    servers = json.dumps([f"127.0.0.1:{free_port()}", f"127.0.0.1:{port}"])
+    out = run("client", "set", "servers", servers, socket_path=mcd.socket)
+    assert out.returncode == 0, out.stderr
+    assert ok_json("client", "connect", "--wait", socket_path=mcd.socket)["phase"] == "connected"
+    assert ok_json("server", "clients", socket_path=mcd.socket)["clients"] != []
+
+
 def test_every_limit_and_timer_of_the_library_can_be_set(mcd: Mcd) -> None:
     """What a library Server or Client can be told, mcd's users can tell it:
     the values take effect, and only what was set is saved."""

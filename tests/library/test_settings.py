@@ -60,6 +60,24 @@ def test_client_reads_back_what_was_set_and_needs_address_and_port() -> None:
     assert client.interface == "::1"
 
 
+def test_servers_read_a_list_a_comma_string_or_a_json_list() -> None:
+    """A JSON list (the control API's form, pasted into mcctl or the GUI)
+    was split at its commas: '["127.0.0.1:1"' is not host:port."""
+    expected = (("127.0.0.1", 1), ("::1", 2))
+    for value in (
+        ["127.0.0.1:1", "[::1]:2"],
+        "127.0.0.1:1, [::1]:2",
+        '["127.0.0.1:1", "[::1]:2"]',
+        ' [ "127.0.0.1:1","[::1]:2"]',
+    ):
+        assert Client(servers=value).servers == expected, value
+    assert Client(servers="[::1]:2").servers == (("::1", 2),)  # an IPv6 address, not JSON
+    with pytest.raises(ValueError, match="is not a JSON list"):
+        Client(servers='["127.0.0.1:1"')
+    with pytest.raises(TypeError, match="is not host:port"):
+        Client(servers='["127.0.0.1:1", 2]')
+
+
 def test_unknown_constructor_setting_is_refused() -> None:
     with pytest.raises(TypeError, match="unknown setting 'adress'"):
         Client(adress="x")

@@ -281,15 +281,6 @@ def _value(key: str, raw: str) -> str | int | float | bool | dict[str, str] | No
             return float(raw)
         except ValueError:
             raise UsageError(f"{key} must be a number, not {raw!r}") from None
-    if key == "servers" and raw.lstrip().startswith("["):
-        # The control API's form, a JSON list, as people copy it from there.
-        try:
-            servers = json.loads(raw)
-        except ValueError:
-            servers = None
-        if not isinstance(servers, list) or not all(isinstance(s, str) for s in servers):
-            raise UsageError(f"servers must be HOST:PORT,HOST:PORT or a JSON list of them, not {raw!r}")
-        return ",".join(servers)
     if key in SECRETS_KEYS:
         try:
             tokens = json.loads(raw)
