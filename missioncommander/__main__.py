@@ -1,19 +1,20 @@
-"""``python3 -m missioncommander cli|gui``: mcctl (its shell, or one
-command), or the tray GUI."""
+"""``python3 -m missioncommander cli|gui|daemon``: mcctl (its shell, or one
+command), the tray GUI, or mcd."""
 
 from __future__ import annotations
 
 import sys
 
-USAGE = "usage: python3 -m missioncommander cli|gui [ARGS] | --version"
+USAGE = "usage: python3 -m missioncommander cli|gui|daemon [ARGS] | --version"
 
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
-        print("  cli   the mcctl shell (the same as `mcctl shell`);")
-        print("        cli COMMAND ... runs one command (the same as `mcctl COMMAND ...`)")
-        print("  gui   the tray GUI (the same as `mctray`)")
+        print("  cli     the mcctl shell (the same as `mcctl shell`);")
+        print("          cli COMMAND ... runs one command (the same as `mcctl COMMAND ...`)")
+        print("  gui     the tray GUI (the same as `mctray`)")
+        print("  daemon  the daemon the other two control (the same as `mcd`)")
         return 0 if argv else 2
     if argv[0] == "--version":
         from missioncommander import __version__  # noqa: PLC0415
@@ -40,6 +41,11 @@ def main(argv: list[str]) -> int:
         from mc_gui.launch import main as mctray  # noqa: PLC0415  (says what to install when Qt is missing)
 
         return mctray(argv[1:])
+    if argv[0] == "daemon":
+        from mc_daemon.entry import run as mcd  # noqa: PLC0415
+
+        sys.argv[1:] = argv[1:]  # mcd reads its options there, as when it runs as `mcd`
+        return mcd()
     print(f"unknown mode {argv[0]!r}; {USAGE}", file=sys.stderr)
     return 2
 

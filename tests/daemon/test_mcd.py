@@ -60,6 +60,19 @@ def test_ready_status_and_socket_permissions(mcd: Mcd) -> None:
     assert mcd.wait_notification("1 of 1 server(s) listening").startswith("STATUS=")
 
 
+def test_python_m_missioncommander_daemon_is_mcd() -> None:
+    """For a Python without mcd on its PATH (pip --user, a venv not activated)."""
+    daemon = Mcd()
+    daemon.launch = ("-m", "missioncommander", "daemon")
+    try:
+        daemon.start()
+        assert daemon.request("hello")["pid"] == daemon.proc.pid  # type: ignore[union-attr]
+        start_server(daemon)
+        assert daemon.stop() == 0 and not daemon.socket.exists()  # a clean stop, as mcd's
+    finally:
+        daemon.close()
+
+
 # Loaded by the mcd below as its sitecustomize: mcd's import of its core
 # (after it took its lock) says so on one pipe and waits for a byte on another.
 IMPORT_GATE = """

@@ -28,6 +28,9 @@ class Mcd:
     """Starts ``python -m mc_daemon`` and waits for its READY=1 (through a
     NOTIFY_SOCKET of our own), so tests never guess when it is up."""
 
+    #: How the interpreter runs mcd (``python3 -m missioncommander daemon`` too).
+    launch: tuple[str, ...] = ("-m", "mc_daemon")
+
     def __init__(self, root: Path | None = None, *extra: str) -> None:
         # Unix socket paths are limited to ~107 bytes: keep them short.
         self.root = root or Path(tempfile.mkdtemp(prefix="mc", dir="/tmp"))
@@ -52,8 +55,7 @@ class Mcd:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "mc_daemon",
+                *self.launch,
                 "--socket",
                 str(self.socket),
                 "--state-dir",
