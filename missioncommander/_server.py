@@ -197,8 +197,13 @@ class ServerSettings(cfg.Settings):
     tls_cert = cfg.Setting["str | None"](None, cfg.optional_str, doc="PEM certificate (chain): enables TLS")
     tls_key = cfg.Setting["str | None"](None, cfg.optional_str, doc="PEM private key (if not in tls_cert)")
     tls_ca = cfg.Setting["str | None"](None, cfg.optional_str, doc="CA file: require client certificates it signed")
-    auth_token = cfg.Setting["str | None"](None, cfg.optional_str, doc="shared secret every client must prove")
-    auth_tokens = cfg.Setting["dict[str, str] | None"](None, cfg.token_map, doc="per-client-id secrets")
+    # Tokens may change while the server runs (a client added, a secret
+    # rotated): each handshake reads them, so a change applies to the next
+    # connection and resume; a session already in goes on (kick it to cut it off).
+    auth_token = cfg.Setting["str | None"](
+        None, cfg.optional_str, locked=False, doc="shared secret every client must prove"
+    )
+    auth_tokens = cfg.Setting["dict[str, str] | None"](None, cfg.token_map, locked=False, doc="per-client-id secrets")
     inline_callbacks = cfg.Setting[bool](
         False, cfg.boolean, locked=False, doc="run message callbacks on the I/O thread (fast; they must not block)"
     )

@@ -867,6 +867,23 @@ def test_refusals_of_a_name_or_payload_say_what_is_wrong_without_pointing_to_the
     assert "bad name!" not in names and "a" * 65 not in names
 
 
+def test_a_listening_servers_tokens_change_without_a_restart(mcd: Mcd) -> None:
+    """Adding a client's token to a server in use: `server stop` first ended every session."""
+    port = start_hosted_server(mcd)
+    first = Client(address="127.0.0.1", port=port, client_id="first")
+    second = Client(address="127.0.0.1", port=port, client_id="second", auth_token="t2")
+    try:
+        first.connect()
+        out = run("server", "set", "auth_tokens", '{"second": "t2"}', socket_path=mcd.socket)
+        assert out.returncode == 0, out.stderr
+        second.connect()
+        assert ok_json("server", "clients", socket_path=mcd.socket)["clients"] == ["first", "second"]
+        assert ok_json("server", "get", "auth_tokens", socket_path=mcd.socket)["settings"] == {"auth_tokens": "(set)"}
+    finally:
+        first.disconnect()
+        second.disconnect()
+
+
 def test_servers_as_the_control_apis_json_list_connect(mcd: Mcd) -> None:
     """The list as CONTROL_API.md writes it, typed at mcctl: tried in turn."""
     port = start_hosted_server(mcd)

@@ -14,11 +14,13 @@ from support.certs import Certs
 
 from missioncommander import (
     Client,
+    ClientState,
     ConnectError,
     ConnectionRefusedByServer,
     Message,
     QueueFullError,
     Server,
+    StateError,
     TLSConfigError,
 )
 from missioncommander._auth import auth_proof
@@ -252,6 +254,26 @@ def test_token_refusals(
     watch.check()
     special = make_client(token_server, client_id="special", auth_token="own-secret")
     special.connect()
+
+
+def test_tokens_change_while_the_server_runs(token_server: Server, make_client: MakeClient) -> None:
+    """A client added, a secret rotated: without a restart, which would end
+    every session. The next handshake reads them; a session already in goes on."""
+    old = make_client(token_server, client_id="old", auth_token="s3cret")
+    old.connect()
+    newcomer = make_client(token_server, client_id="newcomer", auth_token="fresh")
+    with pytest.raises(ConnectionRefusedByServer):
+        newcomer.connect()
+    token_server.auth_tokens = {"special": "own-secret", "newcomer": "fresh"}
+    newcomer.connect()
+    token_server.auth_token = "rotated"
+    with pytest.raises(ConnectionRefusedByServer) as info:
+        make_client(token_server, client_id="late", auth_token="s3cret").connect()
+    assert info.value.code == "auth_failed"
+    make_client(token_server, client_id="late", auth_token="rotated").connect()
+    assert old.state & ClientState.STATE_CONNECTED and sorted(token_server.clients) == ["late", "newcomer", "old"]
+    with pytest.raises(StateError):
+        token_server.tls_cert = "cert.pem"  # what start() loads stays fixed
 
 
 def test_a_client_without_a_token_is_refused(token_server: Server, make_client: MakeClient) -> None:
