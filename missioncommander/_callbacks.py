@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import logging
 import queue
 import threading
@@ -173,6 +174,9 @@ class _Pool:
         self._most = most
         self._lock = threading.Lock()
         self._threads = 0
+        # A name per thread ever started: an extra thread that ended leaves
+        # its number behind, so none of the next is taken for it in a dump.
+        self._names = itertools.count()
         #: Callbacks begun by workers so far (increments may race and be
         #: lost: the watch only asks whether it moved).
         self.progress = 0
@@ -192,7 +196,7 @@ class _Pool:
     def _start_locked(self) -> None:
         extra = self._threads >= self._size
         self._threads += 1
-        name = f"missioncommander-callbacks-{self._threads - 1}"
+        name = f"missioncommander-callbacks-{next(self._names)}"
         threading.Thread(target=self._work, args=(extra,), name=name, daemon=True).start()
 
     def _work(self, extra: bool) -> None:

@@ -488,6 +488,27 @@ def test_a_blocked_callback_holds_up_only_its_own_instance(
     wait_until(lambda: _callback_threads() <= _callbacks._POOL_SIZE, timeout=WAIT)
 
 
+def test_pool_threads_never_reuse_a_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Extra threads come and go: a new one took the number of the count, so
+    two threads could show the same name in a dump while both lived."""
+    monkeypatch.setattr(_callbacks, "_IDLE_END", 0.05)
+    pool = _callbacks._Pool(0, 8)  # every thread an extra, which ends when idle
+    names: list[str] = []
+    work = pool._work
+
+    def named_work(extra: bool) -> None:
+        names.append(threading.current_thread().name)
+        work(extra)
+
+    pool._work = named_work  # type: ignore[method-assign]
+    for batch in (3, 2):
+        with pool._lock:
+            for _ in range(batch):
+                pool._start_locked()
+        wait_until(lambda: pool._threads == 0, timeout=WAIT, what="the idle threads to end")
+    assert len(names) == 5 and len(set(names)) == 5, names
+
+
 def _callback_threads() -> int:
     return sum(
         1 for t in threading.enumerate() if t.name.startswith("missioncommander-callbacks-") and "watch" not in t.name
