@@ -783,8 +783,15 @@ class Server(ServerSettings):
                 link.transport.close("server shutting down")
         with self._lock:
             sessions = list(self._sessions.values())
-        for session in sessions:
-            self._end_session(session, "server shutting down")
+        # One line for them all: a server with thousands of detached clients
+        # would otherwise log one warning per client as it stops.
+        unsent = [self._end_session(session, "server shutting down", quiet=True) for session in sessions]
+        if any(unsent):
+            log.warning(
+                "server stopped: %d message(s) never sent to %d client(s) were dropped",
+                sum(unsent),
+                sum(1 for n in unsent if n),
+            )
         if not self._links:
             self._set_stopped()
 
@@ -1033,13 +1040,15 @@ class Server(ServerSettings):
             link.send_final(link.proto.send_bye(reason), f"disconnected by the server: {reason}")
         self._end_session(session, f"disconnected by the server: {reason}")
 
-    def _end_session(self, session: _Session, reason: str, *, for_good: bool = True) -> None:
-        """End ``session`` here.  ``for_good=False`` (a cluster node letting
-        a client go): the session goes on elsewhere, so the cluster keeps
-        it and ``clientdisconnect`` does not fire."""
+    def _end_session(self, session: _Session, reason: str, *, for_good: bool = True, quiet: bool = False) -> int:
+        """End ``session`` here; the number of messages it dropped unsent
+        (logged, unless ``quiet``: the caller says them).  ``for_good=False``
+        (a cluster node letting a client go): the session goes on
+        elsewhere, so the cluster keeps it and ``clientdisconnect`` does
+        not fire."""
         with self._lock:
             if self._sessions.get(session.client_id) is not session:
-                return
+                return 0
             del self._sessions[session.client_id]
             self._to_pump.discard(session)
             session.pump_pending = False
@@ -1062,15 +1071,18 @@ class Server(ServerSettings):
                 link.transport.close_after_flush(reason=reason)
         if not for_good:
             log.info("client %r let go: %s", session.client_id, reason)
-            return
-        if dropped:
+            return dropped
+        if dropped and not quiet:
             # A client that said goodbye chose not to get them: not a warning.
             level = logging.INFO if reason.startswith("client disconnected") else logging.WARNING
-            log.log(level, "session of client %r ended; %d message(s) never sent dropped", session.client_id, dropped)
+            log.log(
+                level, "session of client %r ended; %d message(s) never sent were dropped", session.client_id, dropped
+            )
         log.info("client %r session ended: %s", session.client_id, reason)
         self._callbacks.emit("clientdisconnect", session.client_id)
         if self._on_room is not None:
             self._on_room(session.client_id)
+        return dropped
 
     def _set_stopped(self) -> None:
         self._stopped.set()

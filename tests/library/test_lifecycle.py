@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import logging
 import os
 import socket
 import threading
@@ -370,3 +371,30 @@ def test_what_a_stopping_server_took_is_acknowledged_and_never_sent_to_the_next(
         client.send(Message("next"))
         got.wait_count("message", 1)
         assert got.of("message") == [("once", Message("next"))]
+
+
+def test_a_stop_with_detached_clients_says_what_it_dropped_in_one_line(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stopping a server whose clients had gone wrote one warning per client
+    (a wall of them for a server of thousands): one line says them all."""
+    server = Server(interface="127.0.0.1", port=0)
+    server.start()
+    proxy = FaultProxy(server.port)
+    try:
+        for i in range(3):
+            make_client(client_id=f"d{i}", address="127.0.0.1", port=proxy.port).connect()
+        proxy.refusing = True
+        proxy.cut("rst")
+        wait_until(lambda: len(server.detached_clients) == 3, what="three detached clients")
+        for i in range(3):
+            for n in range(i + 1):
+                server.send(f"d{i}", Message("later", {"n": n}))  # kept for a resume that will not come
+        caplog.set_level(logging.INFO, logger="missioncommander")
+        server.stop()
+    finally:
+        proxy.close()
+    said = [r for r in caplog.records if "never sent" in r.getMessage()]
+    assert [(r.levelno, r.getMessage()) for r in said] == [
+        (logging.WARNING, "server stopped: 6 message(s) never sent to 3 client(s) were dropped")
+    ]
