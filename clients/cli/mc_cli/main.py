@@ -106,7 +106,8 @@ SERVER_HELP = """\
 server commands (add --name NAME for an instance other than "default"):
   server set KEY VALUE     set interface ('' or '*' for all, an IP, or a name like lo) or port;
                            security: tls_cert FILE, tls_key FILE, tls_ca FILE (require client
-                           certificates), auth_token SECRET, auth_tokens '{"ID": "SECRET"}';
+                           certificates), auth_token SECRET, auth_tokens '{"ID": "SECRET"}'
+                           (the tokens may change while listening: from the next handshake);
                            cluster REDIS_URL (act as one server with the other nodes on it),
                            node_id NAME, lease_ttl SECONDS (docs/CLUSTER.md);
                            limits and timers (as the library's Server; seconds, counts, bytes):
