@@ -185,6 +185,10 @@ class ClusterNode:
         for client_id in list(self._releases_due):
             self._background(self._release, client_id)
         self._io.shutdown(wait=True)  # the last hand-overs reach Redis first
+        # At interpreter exit the worker takes nothing new (concurrent.futures
+        # refuses once the interpreter is shutting down): release them here.
+        for client_id in list(self._releases_due):
+            self._release(client_id)
         self.store.close()
 
     def status(self) -> dict[str, Any]:

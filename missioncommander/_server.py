@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import collections
 import functools
 import logging
@@ -9,6 +10,8 @@ import os
 import secrets
 import ssl
 import threading
+import time
+import weakref
 from collections.abc import Callable
 from typing import Any, overload
 
@@ -51,7 +54,7 @@ from ._frames import (
 )
 from ._inbox import Budget, Inbox
 from ._link import Link, route_locked
-from ._loop import Cancellable, Driver, Incoming, Listener, get_loop
+from ._loop import Cancellable, Driver, Incoming, Listener, Loop, get_loop
 from ._message import Message
 from ._requests import ReplyWaiter, Requests, reply_body
 from ._session import SendSession
@@ -354,6 +357,7 @@ class Server(ServerSettings):
             log.warning("server on port %d: %s", self._bound_port, warning)
         cluster = self._cluster
         if cluster is not None:
+            _CLUSTER_NODES.add(self)
             cluster.start()
             # Most starts find Redis up: have the node ready when start()
             # returns.  Without Redis the node listens and refuses newcomers
@@ -1125,3 +1129,31 @@ TLS_HANDSHAKE = "tls_handshake"
 _RATE_LIMITED_FRAME = Connection(Role.SERVER).send_error(
     ErrorCode.RATE_LIMITED, "too many connections from this address; retrying after a pause", retry=True
 )
+
+
+#: How long the cluster nodes still running at interpreter exit have, all
+#: together, to hand their clients over.
+EXIT_WAIT = 2.0
+
+#: Threaded cluster nodes that have started (the asyncio API's stop with
+#: their loop, in ``async with`` or ``stop()``).
+_CLUSTER_NODES: weakref.WeakSet[Server] = weakref.WeakSet()
+
+
+def _hand_over_at_exit() -> None:
+    """At interpreter exit, a cluster node still running hands its clients
+    over as ``stop()`` does, so that they resume on another node at once
+    (else they wait for its lease to run out, and the message in its
+    callbacks comes again, marked redelivered).  A lone server is left as it
+    is: its clients take the end for a crash and keep trying, as they would
+    if the process were killed.  Runs while the library's threads still do."""
+    deadline = time.monotonic() + EXIT_WAIT
+    for server in list(_CLUSTER_NODES):
+        loop = server._loop
+        if server.running and isinstance(loop, Loop) and loop.running() and not loop.in_loop():
+            server.stop(max(0.1, deadline - time.monotonic()))
+
+
+atexit.register(_hand_over_at_exit)
+# A forked child has none of its parent's nodes' threads: its exit must not stop them.
+os.register_at_fork(after_in_child=_CLUSTER_NODES.clear)

@@ -201,3 +201,44 @@ def test_a_request_a_dead_node_may_have_seen_comes_marked_too(
     finally:
         if doomed.process is not None:
             doomed.kill()
+
+
+# A node whose program ends without stop(): it returns from main once its
+# standard input closes.
+ENDING_NODE = """
+import sys
+from missioncommander import Server
+server = Server(interface="127.0.0.1", port=0, cluster=sys.argv[1], node_id="ending", lease_ttl=30.0)
+server.start()
+print("READY", server.port, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_node_whose_program_ends_without_stop_hands_its_clients_over(
+    redis_server: RedisServer, make_node: Callable[..., Server], make_client: Callable[..., Client]
+) -> None:
+    """As stop() does: the survivor takes the client over cleanly (no
+    takeover of a dead node's client, nothing marked redelivered); it waited
+    for the ending node's lease, and took it as a crash."""
+    ending = subprocess.Popen(
+        [sys.executable, "-c", ENDING_NODE, redis_server.url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert ending.stdout is not None and ending.stdin is not None
+        port = int(ending.stdout.readline().split()[1])
+        survivor = make_node(node_id="survivor")
+        seen = Recorder().attach(survivor, "message")
+        client = make_client(client_id="c1", servers=[f"127.0.0.1:{port}", f"127.0.0.1:{survivor.port}"])
+        client.connect()
+        assert client.port == port
+        ending.stdin.close()  # the node's program returns from its main
+        assert ending.wait(20) == 0
+        client.send(Message("up", {"n": 1}))
+        seen.wait_count("message", 1, timeout=60)
+        assert client.port == survivor.port and not seen.of("message")[0][1].redelivered
+        assert survivor.stats()["cluster"]["takeovers"] == 0
+    finally:
+        if ending.poll() is None:
+            ending.kill()
+        ending.wait(10)
