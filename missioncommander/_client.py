@@ -1241,10 +1241,6 @@ class Client(ClientSettings):
         transport.close_after_flush(reason="disconnected by this client", peer_first=said_bye)
 
 
-#: How long the clients still connected at interpreter exit have, all
-#: together, to write what was sent and say goodbye.
-EXIT_WAIT = 2.0
-
 #: Threaded clients that have started connecting (the asyncio API's end
 #: with their loop, in ``async with`` or ``disconnect()``).
 _STARTED: weakref.WeakSet[Client] = weakref.WeakSet()
@@ -1263,7 +1259,7 @@ def _disconnect_at_exit() -> None:
             done = threading.Event()
             loop.call_soon(client._disconnect_on_loop, done.set)
             waits.append((client, done))
-    deadline = time.monotonic() + EXIT_WAIT
+    deadline = time.monotonic() + cfg.EXIT_WAIT
     for client, done in waits:
         client._finish_disconnect(done.wait(max(0.0, deadline - time.monotonic())))
 

@@ -152,6 +152,11 @@ def non_empty_str(value: Any, name: str) -> str:
 #: The target of a broadcast (``server.send("*", ...)``), so no client's id.
 EVERY_CLIENT = "*"
 
+#: How long what is still connected at interpreter exit has, all together,
+#: to finish: clients write what was sent and say goodbye, cluster nodes
+#: hand their clients over.
+EXIT_WAIT = 2.0
+
 
 def client_id(value: Any, name: str) -> str:
     """A client id: a non-empty string, and not ``'*'``, which a server

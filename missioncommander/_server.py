@@ -1131,10 +1131,6 @@ _RATE_LIMITED_FRAME = Connection(Role.SERVER).send_error(
 )
 
 
-#: How long the cluster nodes still running at interpreter exit have, all
-#: together, to hand their clients over.
-EXIT_WAIT = 2.0
-
 #: Threaded cluster nodes that have started (the asyncio API's stop with
 #: their loop, in ``async with`` or ``stop()``).
 _CLUSTER_NODES: weakref.WeakSet[Server] = weakref.WeakSet()
@@ -1147,7 +1143,7 @@ def _hand_over_at_exit() -> None:
     callbacks comes again, marked redelivered).  A lone server is left as it
     is: its clients take the end for a crash and keep trying, as they would
     if the process were killed.  Runs while the library's threads still do."""
-    deadline = time.monotonic() + EXIT_WAIT
+    deadline = time.monotonic() + cfg.EXIT_WAIT
     for server in list(_CLUSTER_NODES):
         loop = server._loop
         if server.running and isinstance(loop, Loop) and loop.running() and not loop.in_loop():
