@@ -365,6 +365,8 @@ def test_events_catch_up_after_falling_behind_a_flood() -> None:
     lines: queue.Queue[str] = queue.Queue()
     try:
         port = start_hosted_server(mcd)
+        # The flood must find it subscribed: what comes before its subscribe it never sees.
+        wait_until(lambda: mcd.request("stats")["daemon"]["event_subscribers"] == 1, what="mcctl subscribed")
         fill = "x" * 2000  # the socket and pipe buffers hold a few hundred of these
         with Client(address="127.0.0.1", port=port, client_id="flood") as sender:
             for n in range(3000):

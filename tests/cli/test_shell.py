@@ -200,6 +200,8 @@ def test_shell_catches_up_after_falling_behind_a_flood(tmp_path: Path) -> None:
     sh = PtySession(mcctl_command(), shell_env(mcd.socket, tmp_path))
     try:
         sh.expect("connected to mcd")
+        # The flood must find its event stream open: it must fall behind, not start after.
+        wait_until(lambda: mcd.request("stats")["daemon"]["event_subscribers"] == 1, what="the shell subscribed")
         port = free_port()
         mcd.request("server.set", key="interface", value="127.0.0.1")
         mcd.request("server.set", key="port", value=port)
@@ -208,7 +210,7 @@ def test_shell_catches_up_after_falling_behind_a_flood(tmp_path: Path) -> None:
         with Client(address="127.0.0.1", port=port, client_id="flood") as sender:
             # Nobody reads the terminal meanwhile: the shell's output blocks.
             for n in range(3000):
-                sender.send(Message("n", {"n": n, "fill": "x" * 100}))
+                sender.send(Message("n", {"n": n, "fill": "x" * 400}))  # some 2 MB: more than every buffer between
             wait_until(lambda: sender.queued == 0, what="the flood acknowledged")
         sh.expect("fell behind mcd's events; catching up after #", start=mark)
         sh.expect('"n": 2999', start=mark, timeout=60)
