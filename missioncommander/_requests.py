@@ -166,9 +166,7 @@ class Requests:
         with self._lock:
             return self._per_peer.get(peer, 0)
 
-    def wait(
-        self, request_id: int, waiter: ReplyWaiter, timeout: float | None, why: Callable[[], str] | None = None
-    ) -> Message:
+    def wait(self, request_id: int, waiter: ReplyWaiter, timeout: float | None, why: Callable[[], str]) -> Message:
         """The reply, or the request's error; ``RequestTimeout`` after
         ``timeout`` (saying ``why()``, when it says something)."""
         if not waiter.wait(timeout):
@@ -179,11 +177,11 @@ class Requests:
         return waiter.outcome()
 
 
-def timed_out(timeout: float | None, why: Callable[[], str] | None) -> RequestTimeout:
+def timed_out(timeout: float | None, why: Callable[[], str]) -> RequestTimeout:
     """The error of a request with no reply after ``timeout`` seconds; what
     ``why()`` says (the peer's connection is down, say) is added: a request
     waits through a cut, so "no reply" alone hides the likeliest cause."""
-    reason = why() if why is not None else ""
+    reason = why()
     return RequestTimeout(f"no reply within {timeout:g} s" + (f" ({reason})" if reason else ""))
 
 

@@ -498,13 +498,11 @@ class Server(ServerSettings):
         if self._loop.in_loop():
             raise StateError("request() on the I/O thread (an inline callback) would block it; send() instead")
         request_id, waiter = self._start_request(client_id, message)
-        return self._requests.wait(request_id, waiter, timeout, lambda: self._why_no_reply(client_id))
+        return self._requests.wait(request_id, waiter, timeout, functools.partial(self._why_no_reply, client_id))
 
     def _why_no_reply(self, client_id: str) -> str:
         """What a request to ``client_id`` that timed out is told, besides the timeout."""
-        with self._lock:
-            session = self._sessions.get(client_id)
-        if session is not None and session.link is None:
+        if client_id in self.detached_clients:
             return f"client {client_id!r} is detached: its connection broke and it has not come back"
         return ""
 
