@@ -10,6 +10,12 @@ With ``inline_callbacks`` an instance's message callbacks run on the I/O
 thread itself whenever its queue is idle, sparing two thread hand-offs per
 request; order and one-at-a-time still hold, but a callback that blocks then
 stalls every connection of the process.
+
+With ``concurrent_requests`` above 1, a request's callbacks begin in their
+turn but run on a pool thread of their own (a queue of their own), so up to
+that many slow responders answer at once while the instance's other
+callbacks go on; what arrived after such a request is acknowledged only
+once it has been answered (acknowledgements name a prefix of the stream).
 """
 
 from __future__ import annotations
@@ -337,6 +343,18 @@ class SerialQueue:
                 self._waiters -= 1
 
 
+class _Responding:
+    """A request answered beside the other callbacks (``concurrent_requests``):
+    its acknowledgement, and those of everything after it, wait for its
+    reply."""
+
+    __slots__ = ("done", "release")
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        self.release = release
+        self.done = False
+
+
 class Callbacks:
     """The callbacks subscribed to one object's events."""
 
@@ -366,6 +384,16 @@ class Callbacks:
         #: Who releases a handled request or reply (the asyncio API keeps
         #: releases in arrival order); unset, it is released at once.
         self.in_order: Callable[[Callable[[], None]], None] | None = None
+        #: ``concurrent_requests``: request callbacks that may run at once,
+        #: beside the others; 1 runs them in turn with the others.
+        self.concurrent = 1
+        #: Releases held back, in arrival order, behind a request still being
+        #: answered beside the other callbacks (a ``_Responding``); touched
+        #: only on the serial queue, and empty unless ``concurrent`` > 1.
+        self._held: deque[Callable[[], None] | _Responding] = deque()
+        #: Requests being answered beside the other callbacks now.
+        self._responding = 0
+        self._slots = threading.Condition()
 
     def checked(self, event: str, callback: object) -> str:
         """``event``'s name as subscribed (``normalise_event``), once
@@ -426,6 +454,11 @@ class Callbacks:
             self.keep(run, inbox, stream)
             return
         seq, peer, messages, sizes = run
+        held = self._held
+        if held:
+            # Behind a request still being answered: not taken until it is,
+            # so a cluster node must know they reached their callbacks.
+            inbox.handing(seq + len(messages) - 1)
         for message, size in zip(messages, sizes, strict=True):
             if inbox.dropped:
                 # A cluster node let the client go: the node that has it now
@@ -439,7 +472,10 @@ class Callbacks:
                         log.exception("%s message callback %r raised", self._owner, callback)
                 # Taken one by one, not at the end of the run: a callback that
                 # blocks must not hold back the acks of those before it.
-                inbox.taken(stream, seq, size)
+                if held:
+                    held.append(functools.partial(inbox.taken, stream, seq, size))
+                else:
+                    inbox.taken(stream, seq, size)
             seq += 1
 
     # -- request/reply ------------------------------------------------------------
@@ -455,10 +491,13 @@ class Callbacks:
         """Run the ``request`` callbacks for a request (in order with the
         messages, as a message's callbacks run), then ``reply(result, exc)``
         with the first result that is not None, or the exception a callback
-        raised (``NoResponder`` when none is subscribed)."""
+        raised (``NoResponder`` when none is subscribed).  With
+        ``concurrent`` above 1 they begin in their turn and run beside the
+        callbacks after them (never on the I/O thread, which must not wait
+        for a free slot)."""
         stream = inbox.hold(size)
-        run = self.serial.run_or_submit if self.inline else self.serial.submit
-        run(self._run_request, args, reply, functools.partial(inbox.taken, stream, seq, size), inbox)
+        run = self.serial.run_or_submit if self.inline and self.concurrent == 1 else self.serial.submit
+        run(self._run_request, args, reply, functools.partial(inbox.taken, stream, seq, size), inbox, seq)
 
     def _run_request(
         self,
@@ -466,18 +505,89 @@ class Callbacks:
         reply: Reply,
         release: Callable[[], None],
         inbox: Inbox,
+        seq: int,
     ) -> None:
         if inbox.dropped:  # as in _run_message: the node that has the client now answers
-            release()
+            self.release(release)
             return
         if self.answer is not None and self.answer(args, reply, release):
             return
+        if self.concurrent > 1:
+            self._respond_beside(args, reply, release, inbox, seq)
+            return
+        self._respond(args, reply)
+        self.release(release)
+
+    def _respond(self, args: tuple[Any, ...], reply: Reply) -> None:
         result, error = first_answer(self._subs.get("request", ()), args)
         try:
             reply(result, error)
         except Exception:
             log.exception("%s could not send the reply to a request", self._owner)
-        self.release(release)
+
+    def _respond_beside(
+        self, args: tuple[Any, ...], reply: Reply, release: Callable[[], None], inbox: Inbox, seq: int
+    ) -> None:
+        """Answer request ``seq`` on a queue of its own, once fewer than
+        ``concurrent`` are being answered (the instance's queue waits for a
+        slot here, so the bound holds whatever arrives)."""
+        with self._slots:
+            self._slots.wait_for(lambda: self._responding < self.concurrent)
+            self._responding += 1
+        if self._held:
+            inbox.handing(seq)
+        responding = _Responding(release)
+        self._held.append(responding)
+        SerialQueue().submit(self._respond_then_release, args, reply, responding)
+
+    def _respond_then_release(self, args: tuple[Any, ...], reply: Reply, responding: _Responding) -> None:
+        try:
+            self._respond(args, reply)
+        finally:
+            responding.done = True
+            # Queued before the slot is given back: wait_idle, woken by the
+            # count reaching 0, then finds the release queued.
+            self.serial.submit(self._release_held)
+            with self._slots:
+                self._responding -= 1
+                self._slots.notify_all()
+
+    def _release_held(self) -> None:
+        """Release, in arrival order, what no request still being answered
+        holds back (on the serial queue, the inbox's one writer)."""
+        held = self._held
+        while held:
+            first = held[0]
+            if isinstance(first, _Responding):
+                if not first.done:
+                    return
+                first.release()
+            else:
+                first()
+            held.popleft()
+
+    def set_concurrent(self, count: int) -> None:
+        """``concurrent_requests`` changed: a request waiting for a slot may
+        have one now."""
+        with self._slots:
+            self.concurrent = count
+            self._slots.notify_all()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until the callbacks of every event so far have run, those
+        of requests answered beside the others too (False at once on a
+        callback thread, as ``SerialQueue.wait_idle``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+        if not self.serial.wait_idle(timeout):
+            return False
+        with self._slots:
+            if not self._slots.wait_for(lambda: self._responding == 0, left()):
+                return False
+        return self.serial.wait_idle(left())
 
     def emit_reply(
         self, inbox: Inbox, seq: int, size: int, resolve: Callable[..., None], *args: Any, now: bool = False
@@ -511,6 +621,8 @@ class Callbacks:
     def release(self, release: Callable[[], None]) -> None:
         if self.in_order is not None:
             self.in_order(release)
+        elif self._held:
+            self._held.append(release)
         else:
             release()
 

@@ -350,6 +350,12 @@ class ClientSettings(cfg.Settings):
     reply_tracebacks = cfg.Setting[bool](
         False, cfg.boolean, locked=False, doc="send a responder's traceback with its error (debugging)"
     )
+    concurrent_requests = cfg.Setting[int](
+        1,
+        cfg.int_range(1),
+        locked=False,
+        doc="request callbacks that may run at once, beside the other callbacks (1: in turn with them)",
+    )
     reconnect_on_shutdown = cfg.Setting[bool](
         False,
         cfg.boolean,
@@ -460,6 +466,8 @@ class Client(ClientSettings):
     def _setting_changed(self, name: str) -> None:
         if name == "inline_callbacks":
             self._callbacks.inline = self.inline_callbacks
+        if name == "concurrent_requests":
+            self._callbacks.set_concurrent(self.concurrent_requests)
         if name == "servers" and self.servers is not None:
             self._server_index = -1
             self._next_server()
@@ -704,7 +712,7 @@ class Client(ClientSettings):
         # its address emits a statechange), and mcd publishes `removed` after
         # disconnect() on the promise that no event of the client follows it.
         # (Not from a callback: that would wait for itself.)
-        self._callbacks.serial.wait_idle(DISCONNECT_WAIT)
+        self._callbacks.wait_idle(DISCONNECT_WAIT)
 
     def _begin_disconnect(self) -> bool:
         """disconnect()'s first step, any driver: False when there is nothing to do."""
@@ -862,7 +870,7 @@ class Client(ClientSettings):
 
     def wait_callbacks(self, timeout: float | None = None) -> bool:
         """Wait until the callbacks of events so far have run (not from a callback)."""
-        return self._callbacks.serial.wait_idle(timeout)
+        return self._callbacks.wait_idle(timeout)
 
     def __enter__(self) -> Client:
         self.connect()

@@ -101,6 +101,9 @@ class ClusterInbox(Inbox):
         super().take_now(size, count)
         self.node.record_soon(self)
 
+    def handing(self, seq: int) -> None:
+        self.node.record_handed(self, seq)
+
     def ackable(self) -> int:
         return min(self.stream.taken_seq, self.recorded)
 
@@ -276,12 +279,15 @@ class ClusterNode:
             if claim.node not in ("", self.holder):
                 self.takeovers += 1
                 log.warning(
-                    "client %r resumes here after node %s lost it without letting go: the client's message"
-                    " number %d of this session may have reached that node's callbacks already; it comes"
-                    " marked redelivered (docs/CLUSTER.md)",
+                    "client %r resumes here after node %s lost it without letting go: the client's %s"
+                    " of this session may have reached that node's callbacks already; %s marked"
+                    " redelivered (docs/CLUSTER.md)",
                     client_id,
                     node_of(claim.node),
-                    claim.suspect,
+                    f"message number {claim.suspect}"
+                    if claim.suspect_to <= claim.suspect
+                    else f"messages {claim.suspect} to {claim.suspect_to}",
+                    "it comes" if claim.suspect_to <= claim.suspect else "they come",
                 )
             server._create_session(link, client_id, claim.token, lambda session: self._restore(session, claim))
         else:
@@ -295,8 +301,9 @@ class ClusterNode:
 
     def _restore(self, session: _Session, claim: Claim) -> None:
         """Give ``session`` (new on this node) what Redis holds of it (server
-        lock held), with the message a holder that died may have handed to
-        its callbacks already (``Claim.suspect``: it comes ``redelivered``)."""
+        lock held), with the messages a holder that died may have handed to
+        its callbacks already (``Claim.suspect`` to ``suspect_to``: they come
+        ``redelivered``)."""
         out = session.out
         for body in claim.bodies:
             out.offer(body)
@@ -306,7 +313,7 @@ class ClusterNode:
         assert isinstance(inbox, ClusterInbox)
         stream = inbox.stream
         stream.last_seq = stream.taken_seq = stream.acked_seq = inbox.recorded = claim.in_taken
-        inbox.redelivery_seq = claim.suspect
+        inbox.redelivered_upto = claim.suspect_to
 
     def make_inbox(self, client_id: str) -> ClusterInbox:
         server = self.server
@@ -495,6 +502,21 @@ class ClusterNode:
         if held:
             inbox.recorded = seq
         else:
+            self.server._loop.call_soon(self.let_go, inbox.client_id, "this node no longer holds the client", False)
+
+    def record_handed(self, inbox: ClusterInbox, seq: int) -> None:
+        """Write that messages up to ``seq`` from the client reach their
+        callbacks before one ahead of them is taken (a request answered
+        beside them), before they do: a node that dies then has them marked
+        ``redelivered`` on the next, however many there are.  On a callback
+        thread (never the driver's: ``concurrent_requests`` does not run
+        there)."""
+        try:
+            held = self.store.handed(inbox.client_id, self.holder, seq)
+        except ClusterUnavailable as exc:
+            self._lost(exc)
+            return
+        if not held:
             self.server._loop.call_soon(self.let_go, inbox.client_id, "this node no longer holds the client", False)
 
     def record_soon(self, inbox: ClusterInbox) -> None:

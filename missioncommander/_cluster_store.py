@@ -9,7 +9,10 @@ per operation, so no two nodes can interleave halfway through one:
   cannot write once another node has taken the client over.
 - ``sess:{id}``: the session (``token``; ``out_seq``, the last message
   numbered to the client; ``in_taken``, the last message from the client
-  whose callbacks returned; ``node``, its last holder).
+  whose callbacks returned; ``in_handed``, the last one handed to callbacks
+  while one before it was still being answered (``concurrent_requests``);
+  ``suspect`` and ``suspect_to``, what a holder that died may have handed
+  to its callbacks unrecorded; ``node``, its last holder).
 - ``out:{id}``: a stream of the messages to the client that it has not
   acknowledged, each entry's id its sequence number (``{seq}-0``), trimmed as
   acknowledgements arrive: what a node that takes the client over resends.
@@ -82,11 +85,16 @@ if known and known == token then
     local in_taken = tonumber(redis.call('HGET', sess, 'in_taken'))
     if prev and prev ~= '' and prev ~= me then
       -- Its last holder died holding it: the message after the last one
-      -- recorded may have reached that holder's callbacks.  Kept until a
-      -- holder records it, however many claims come between.
-      redis.call('HSET', sess, 'suspect', in_taken + 1)
+      -- recorded may have reached that holder's callbacks, and so may every
+      -- one up to the last it recorded as handed (past a request still being
+      -- answered).  Kept until a holder records them, however many claims
+      -- come between.
+      local handed = tonumber(redis.call('HGET', sess, 'in_handed') or '0')
+      local was = tonumber(redis.call('HGET', sess, 'suspect_to') or '0')
+      redis.call('HSET', sess, 'suspect', in_taken + 1, 'suspect_to', math.max(in_taken + 1, handed, was))
     end
     local suspect = tonumber(redis.call('HGET', sess, 'suspect') or '0')
+    local suspect_to = tonumber(redis.call('HGET', sess, 'suspect_to') or suspect)
     redis.call('HSET', sess, 'node', me, 'max_frame', max_frame)
     redis.call('HSET', clients, id, me)
     redis.call('PEXPIRE', sess, keep_ms)
@@ -98,7 +106,7 @@ if known and known == token then
       if i == 1 then first = tonumber(string.match(entry[1], '^(%d+)')) end
       bodies[i] = entry[2][2]
     end
-    return {'resume', prev, out_seq, in_taken, first, bodies, suspect}
+    return {'resume', prev, out_seq, in_taken, first, bodies, suspect, suspect_to}
   end
 end
 local why = 'new'
@@ -172,8 +180,14 @@ return {mine, full, skipped}
 _TAKEN = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[2], 'in_taken', ARGV[2])
-local suspect = redis.call('HGET', KEYS[2], 'suspect')
-if suspect and tonumber(suspect) <= tonumber(ARGV[2]) then redis.call('HDEL', KEYS[2], 'suspect') end
+local upto = redis.call('HGET', KEYS[2], 'suspect_to') or redis.call('HGET', KEYS[2], 'suspect')
+if upto and tonumber(upto) <= tonumber(ARGV[2]) then redis.call('HDEL', KEYS[2], 'suspect', 'suspect_to') end
+return 1
+"""
+
+_HANDED = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[2], 'in_handed', ARGV[2])
 return 1
 """
 
@@ -238,9 +252,11 @@ class Claim:
     in_taken: int = 0
     first: int = 1
     bodies: tuple[bytes, ...] = ()
-    #: For ``resume``: the number of a message from the client that a holder
-    #: which died may have handed to its callbacks (0: none).
+    #: For ``resume``: the first and last numbers of the messages from the
+    #: client that a holder which died may have handed to its callbacks
+    #: (0: none; one message, unless requests were answered side by side).
     suspect: int = 0
+    suspect_to: int = 0
     #: For ``moving`` and ``held``: seconds until the holder's lease runs
     #: out, when the id is free at the latest (the holder may let go sooner).
     free_in: float = 0.0
@@ -277,6 +293,7 @@ class ClusterStore:
         self._append = self.redis.register_script(_APPEND)
         self._broadcast = self.redis.register_script(_BROADCAST)
         self._taken = self.redis.register_script(_TAKEN)
+        self._handed = self.redis.register_script(_HANDED)
         self._renew = self.redis.register_script(_RENEW)
         self._end = self.redis.register_script(_END)
         self._release = self.redis.register_script(_RELEASE)
@@ -330,6 +347,7 @@ class ClusterStore:
                 first=int(reply[4]),
                 bodies=tuple(reply[5]),
                 suspect=int(reply[6]),
+                suspect_to=int(reply[7]),
             )
         return Claim(outcome, token=reply[1].decode())
 
@@ -360,6 +378,13 @@ class ClusterStore:
         ``node`` no longer holds the client (nothing written)."""
         keys = self._keys(client_id)[:2]
         return bool(self._call(self._taken, keys, [node, seq]))
+
+    def handed(self, client_id: str, node: str, seq: int) -> bool:
+        """Record that messages up to ``seq`` from the client are being handed
+        to callbacks while one before them is not yet taken; False if
+        ``node`` no longer holds the client (nothing written)."""
+        keys = self._keys(client_id)[:2]
+        return bool(self._call(self._handed, keys, [node, seq]))
 
     def trim(self, acked: dict[str, int]) -> None:
         """Drop what clients acknowledged (``{client_id: seq}``), in one round trip."""

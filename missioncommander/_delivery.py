@@ -57,7 +57,7 @@ def deliver(
         if run is None:
             messages, sizes = [], []
             run = (event.seq, peer, messages, sizes)
-        kind = Message if event.seq != inbox.redelivery_seq else RedeliveredMessage
+        kind = Message if event.seq > inbox.redelivered_upto else RedeliveredMessage
         encoded = event.encoded
         messages.append(kind._from_wire(event.subject, event.payload, encoded))
         sizes.append(len(encoded))
@@ -97,7 +97,7 @@ def hand_over(
             encoded = bytes(body[: -len(suffix)]) + b"]"
     # A request a node that died may have handed to its responder already is
     # marked as a message is: the responder may have acted on it.
-    kind = Message if event.seq != inbox.redelivery_seq else RedeliveredMessage
+    kind = Message if event.seq > inbox.redelivered_upto else RedeliveredMessage
     message = kind._from_wire(event.subject, event.payload, encoded)
     if "reply" in meta:
         request_id = meta["reply"]

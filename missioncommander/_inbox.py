@@ -77,9 +77,11 @@ class Inbox:
         #: what waits for its callbacks is not handed to them.
         self.dropped = False
         #: A cluster node that took the session over from a node that died:
-        #: the number of the message that node may have handed to its
-        #: callbacks already (it arrives as a ``RedeliveredMessage``); 0: none.
-        self.redelivery_seq = 0
+        #: the number of the last message that node may have handed to its
+        #: callbacks already (those up to it arrive as ``RedeliveredMessage``:
+        #: the session delivers only what follows the last one Redis records
+        #: as taken); 0: none.
+        self.redelivered_upto = 0
 
     # -- figures (any thread; a moment's view) ---------------------------------
 
@@ -205,6 +207,11 @@ class Inbox:
         link.write_ack(taken)
 
     # -- the callback thread -----------------------------------------------------
+
+    def handing(self, seq: int) -> None:
+        """Messages up to ``seq`` are about to reach their callbacks while one
+        before them is still being answered (``concurrent_requests``), so not
+        taken: a cluster node records it (``ClusterInbox``)."""
 
     def skipped(self, stream: InboundStream, seq: int, size: int) -> None:
         """Message ``seq`` was not handed to its callbacks (``dropped``): it

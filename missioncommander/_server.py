@@ -216,6 +216,12 @@ class ServerSettings(cfg.Settings):
     reply_tracebacks = cfg.Setting[bool](
         False, cfg.boolean, locked=False, doc="send a responder's traceback with its error (debugging)"
     )
+    concurrent_requests = cfg.Setting[int](
+        1,
+        cfg.int_range(1),
+        locked=False,
+        doc="request callbacks that may run at once, beside the other callbacks (1: in turn with them)",
+    )
     cluster = cfg.Setting["str | None"](
         None, cluster_url, doc="Redis URL: act as one server with every node on it (docs/CLUSTER.md)"
     )
@@ -297,6 +303,8 @@ class Server(ServerSettings):
         # setting is read on the I/O thread's hot path and mirrored there.
         if name == "inline_callbacks":
             self._callbacks.inline = self.inline_callbacks
+        if name == "concurrent_requests":
+            self._callbacks.set_concurrent(self.concurrent_requests)
 
     def _check_settable(self, name: str) -> None:
         if self._running:
@@ -388,14 +396,14 @@ class Server(ServerSettings):
         with self._lock:
             running, self._running = self._running, False
         if not running:
-            self._callbacks.serial.wait_idle(timeout)  # the same promise when there is nothing to stop
+            self._callbacks.wait_idle(timeout)  # the same promise when there is nothing to stop
             return
         self._loop.run_sync(self._stop_on_loop)
         if not self._loop.in_loop():  # from an inline callback the loop must run on to finish
             self._stopped.wait(timeout)
         with self._lock:
             self._bound_port = None
-        self._callbacks.serial.wait_idle(timeout)
+        self._callbacks.wait_idle(timeout)
         if self._cluster is not None:
             # After the callbacks: the last of them hand the node's clients over.
             self._cluster.stop(timeout)
@@ -689,7 +697,7 @@ class Server(ServerSettings):
 
     def wait_callbacks(self, timeout: float | None = None) -> bool:
         """Wait until the callbacks of events so far have run (not from a callback)."""
-        return self._callbacks.serial.wait_idle(timeout)
+        return self._callbacks.wait_idle(timeout)
 
     # -- loop thread ---------------------------------------------------------
 

@@ -95,6 +95,7 @@ CLIENT_TUNING = {
     "inline_callbacks": "bool",
     "max_requests": "int",
     "reply_tracebacks": "bool",
+    "concurrent_requests": "int",
     "reconnect_on_shutdown": "bool",
 }
 SERVER_TUNING = {
@@ -114,6 +115,7 @@ SERVER_TUNING = {
     "inline_callbacks": "bool",
     "max_requests": "int",
     "reply_tracebacks": "bool",
+    "concurrent_requests": "int",
     "auth_tokens": "secrets",
     "lease_ttl": "float",
 }

@@ -44,6 +44,7 @@ ClientKey = Literal[
     "inline_callbacks",
     "max_requests",
     "reply_tracebacks",
+    "concurrent_requests",
     "reconnect_on_shutdown",
 ]
 ServerKey = Literal[
@@ -71,6 +72,7 @@ ServerKey = Literal[
     "inline_callbacks",
     "max_requests",
     "reply_tracebacks",
+    "concurrent_requests",
     "auth_tokens",
     "lease_ttl",
 ]

@@ -30,13 +30,14 @@ CUTS = 6
 class Node:
     """A cluster node process on a fixed port, so a restart comes back where it was."""
 
-    def __init__(self, redis_url: str, name: str) -> None:
+    def __init__(self, redis_url: str, name: str, concurrent_requests: int = 1) -> None:
         self.redis_url, self.name, self.port = redis_url, name, free_port()
+        self.concurrent_requests = concurrent_requests
         self.process: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, str(NODE), self.redis_url, self.name, str(self.port)],
+            [sys.executable, str(NODE), self.redis_url, self.name, str(self.port), str(self.concurrent_requests)],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -199,6 +200,48 @@ def test_a_request_a_dead_node_may_have_seen_comes_marked_too(
         answers = [client.request(Message("ask", {"n": n}), timeout=20).payload for n in (1, 2)]
         assert answers == [{"n": 1, "redelivered": True}, {"n": 2, "redelivered": False}]
     finally:
+        if doomed.process is not None:
+            doomed.kill()
+
+
+def test_messages_a_dead_node_took_beside_a_request_it_was_answering_come_marked(
+    redis_server: RedisServer, make_node: Callable[..., Server], make_client: Callable[..., Client]
+) -> None:
+    """With ``concurrent_requests``, the messages after a request still
+    being answered reach their callbacks before it is taken: a node that
+    dies then has handed them all over unrecorded as taken, and the next
+    node hands every one of them over again marked (not only the first)."""
+    doomed = Node(redis_server.url, "doomed", concurrent_requests=2)
+    doomed.start()
+    store = redis.Redis.from_url(redis_server.url)
+    try:
+        survivor = make_node(node_id="survivor", lease_ttl=1.0)
+        seen = Recorder().attach(survivor, "message")
+        survivor.subscribe("request", lambda _cid, m: {"n": m.payload["n"], "redelivered": m.redelivered})
+        client = make_client(client_id="c1", servers=[f"127.0.0.1:{doomed.port}", f"127.0.0.1:{survivor.port}"])
+        client.connect()
+        answer: list[object] = []
+        asking = threading.Thread(
+            target=lambda: answer.append(client.request(Message("ask", {"n": 1, "hang": True}), timeout=30).payload)
+        )
+        asking.start()
+        wait_until(lambda: store.llen("test:asked:c1") == 1, what="the doomed node's responder began")
+        for n in range(2, 5):
+            client.send(Message("up", {"n": n}))
+        wait_until(lambda: up_numbers(store, "c1") == [2, 3, 4], what="their callbacks ran beside the responder")
+        doomed.kill()
+        asking.join(30)
+        assert answer == [{"n": 1, "redelivered": True}]
+        client.send(Message("up", {"n": 5}))
+        seen.wait_count("message", 4, timeout=20)
+        assert [(m.payload["n"], m.redelivered) for _, m in seen.of("message")] == [
+            (2, True),
+            (3, True),
+            (4, True),
+            (5, False),
+        ]
+    finally:
+        store.close()
         if doomed.process is not None:
             doomed.kill()
 

@@ -1,10 +1,13 @@
 """A cluster node in its own process, for tests that kill -9 it.
 
-Usage: python cluster_node.py REDIS_URL NODE_ID [PORT]; prints READY PORT
-once it has joined.  Its application records every message a client sends
-(the payload's ``n``, with an ``r`` after it when the message came marked
-``redelivered``) in Redis, in the list ``test:got:{client_id}``, so what
-each node's callbacks saw survives the node.
+Usage: python cluster_node.py REDIS_URL NODE_ID [PORT [CONCURRENT_REQUESTS]];
+prints READY PORT once it has joined.  Its application records every
+message a client sends (the payload's ``n``, with an ``r`` after it when the
+message came marked ``redelivered``) in Redis, in the list
+``test:got:{client_id}``, so what each node's callbacks saw survives the
+node; its responder records each request's ``n`` in ``test:asked:{client_id}``
+and answers it, unless the request says ``hang`` (then it waits until the
+node is killed).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from missioncommander import Message, Server
 def main() -> None:
     url, node_id = sys.argv[1], sys.argv[2]
     port = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+    concurrent = int(sys.argv[4]) if len(sys.argv) > 4 else 1
     logging.basicConfig(level=logging.WARNING, format=f"{node_id} %(levelname)s %(name)s: %(message)s")
     log = redis.Redis.from_url(url)
     server = Server(
@@ -31,12 +35,20 @@ def main() -> None:
         lease_ttl=1.5,
         heartbeat_interval=0.5,
         heartbeat_timeout=3.0,
+        concurrent_requests=concurrent,
     )
 
     def record(client_id: str, message: Message) -> None:
         log.rpush(f"test:got:{client_id}", f"{message.payload['n']}{'r' if message.redelivered else ''}")
 
+    def respond(client_id: str, message: Message) -> dict[str, object]:
+        log.rpush(f"test:asked:{client_id}", message.payload["n"])
+        if message.payload.get("hang"):
+            threading.Event().wait()
+        return {"n": message.payload["n"]}
+
     server.subscribe("message", record)
+    server.subscribe("request", respond)
     server.start()
     print("READY", server.port, flush=True)
     threading.Event().wait()
