@@ -121,6 +121,15 @@ SERVER_TUNING = {
 }
 #: Tuning settings that may be null: none (no limit, retry forever, off).
 OPTIONAL_TUNING = ("reconnect_attempts", "max_clients", "max_connection_rate", "auth_tokens")
+#: The settings that may change while the instance runs (connected,
+#: listening), from the next time they are used; the others wait for a
+#: disconnect or stop (the library's ``locked``: a test checks they agree).
+#: The GUI leaves these editable, with Apply, while the instance runs.
+LIVE_CLIENT_KEYS = frozenset(CLIENT_TUNING) - {"max_frame_size"}
+LIVE_SERVER_KEYS = (
+    frozenset(SERVER_TUNING)
+    - {"max_frame_size", "max_inbound", "max_inbound_bytes", "max_inbound_total_bytes", "lease_ttl"}
+) | {"auth_token"}
 #: Settings that name a file.  mcd opens them in its own working directory,
 #: not the caller's: it takes them only absolute (mcctl makes a relative
 #: one absolute against where it runs; the GUI expands ``~``).

@@ -125,6 +125,14 @@ def test_every_setting_of_the_library_can_be_set_on_a_hosted_instance() -> None:
     assert settings(Server) == set(codes.SERVER_KEYS)
 
 
+def test_the_settings_said_to_change_live_are_the_librarys_unlocked_ones() -> None:
+    from mc_control import codes
+    from missioncommander import Client, Server
+
+    assert {key for key in codes.CLIENT_KEYS if not getattr(Client, key).locked} == codes.LIVE_CLIENT_KEYS
+    assert {key for key in codes.SERVER_KEYS if not getattr(Server, key).locked} == codes.LIVE_SERVER_KEYS
+
+
 def test_an_instance_name_given_as_a_word_points_to_name() -> None:
     with pytest.raises(UsageError, match=r"for the instance 'second': server create --name second"):
         parse(["server", "create", "second"])

@@ -530,7 +530,54 @@ def test_limits_and_timers_are_set_from_the_window(qtbot: QtBot, gui: TrayApp, m
     settings = mcd.request("server.get")["settings"]
     assert settings["max_clients"] == 2 and settings["session_expiry"] == 7.5
     assert settings["max_connection_rate"] is None
-    qtbot.waitUntil(tab.max_clients.edit.isReadOnly, timeout=WAIT)
+    # Listening: what the server cannot change live is locked; the rest stays open for Apply.
+    qtbot.waitUntil(tab.max_inbound.edit.isReadOnly, timeout=WAIT)
+    assert not tab.max_clients.edit.isReadOnly()
+
+
+def test_a_running_instance_takes_what_it_can_change_live_from_apply(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:
+    """Connected or listening, the fields of the settings mcd takes live
+    (most limits and timers; a server's token) stay editable and Apply
+    sends them; the others stay read-only until a disconnect or stop."""
+    mcd.request("server.set", key="interface", value="127.0.0.1")
+    port = mcd.request("server.start")["port"]
+    mcd.request("client.set", key="address", value="127.0.0.1")
+    mcd.request("client.set", key="port", value=port)
+    mcd.request("client.connect", wait=True)
+    window = gui.window
+    tab = window.client_tab
+    qtbot.waitUntil(tab.address.edit.isReadOnly, timeout=WAIT)
+    assert tab.max_frame_size.edit.isReadOnly() and tab.token.edit.isReadOnly()
+    assert not tab.max_queued.edit.isReadOnly() and tab.apply_button.isEnabled()
+    set_text(qtbot, tab.max_queued.edit, "500")
+    qtbot.mouseClick(tab.apply_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: mcd.request("client.get")["settings"]["max_queued"] == 500, timeout=WAIT)
+    qtbot.waitUntil(lambda: "applied max_queued" in window.statusBar().currentMessage(), timeout=WAIT)
+    assert mcd.phase("client") == "connected"
+
+    stab = window.server_tab
+    window.tabs.setCurrentIndex(1)
+    qtbot.waitUntil(stab.interface.edit.isReadOnly, timeout=WAIT)
+    assert stab.max_inbound.edit.isReadOnly() and stab.lease_ttl.edit.isReadOnly()
+    assert not stab.token.edit.isReadOnly() and not stab.session_expiry.edit.isReadOnly()
+    set_text(qtbot, stab.token.edit, "s3cret")
+    set_text(qtbot, stab.session_expiry.edit, "9")
+    qtbot.mouseClick(stab.apply_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(
+        lambda: mcd.request("server.get")["settings"]["session_expiry"] == 9.0
+        and mcd.request("server.get")["settings"]["auth_token"] == "(set)",
+        timeout=WAIT,
+    )
+    qtbot.waitUntil(lambda: "applied auth_token, session_expiry" in window.statusBar().currentMessage(), timeout=WAIT)
+    assert mcd.phase("server") == "listening" and mcd.phase("client") == "connected"  # its session goes on
+
+    # Stopped, Apply keeps every setting without starting.
+    mcd.request("server.stop")
+    qtbot.waitUntil(lambda: not stab.interface.edit.isReadOnly(), timeout=WAIT)
+    set_text(qtbot, stab.node_id.edit, "left-alone")
+    qtbot.mouseClick(stab.apply_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: mcd.request("server.get")["settings"]["node_id"] == "left-alone", timeout=WAIT)
+    assert mcd.phase("server") == "stopped"
 
 
 def test_the_send_box_asks_and_logs_the_reply_or_why_none_came(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:

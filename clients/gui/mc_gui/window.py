@@ -32,7 +32,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from mc_control.codes import CLIENT_TUNING, OPTIONAL_TUNING, SERVER_TUNING
+from mc_control.codes import CLIENT_TUNING, LIVE_CLIENT_KEYS, LIVE_SERVER_KEYS, OPTIONAL_TUNING, SERVER_TUNING
 
 from . import viewmodel as vm
 from .backend import Backend, Failure, Reply
@@ -613,9 +613,27 @@ class InstanceTab(QWidget):
                 field.dirty = False
         return changes if ok else None
 
+    def lock_fields(self, running: bool, live: frozenset[str], why: str) -> None:
+        """Fields read-only while the instance runs, but those of the
+        settings it takes live (``live``: mc_control.codes)."""
+        for field in self.fields():
+            field.lock(running and self.key_of(field) not in live, why)
+
+    def key_of(self, field: Field) -> str | None:
+        """The setting a field shows (tuning fields; the tabs add theirs)."""
+        return next((key for key, shown in self.tuning.items() if shown is field), None)
+
+    def applied(self, changes: list[str]) -> Callable[[], None]:
+        """What Apply says once mcd took every change."""
+        return lambda: self.status_message.emit(
+            f"{self.kind} {self.name}: applied {', '.join(changes)}" if changes else "nothing to apply"
+        )
+
 
 class ClientTab(InstanceTab):
     kind = "client"
+    #: Phases in which only the settings the client takes live may change.
+    RUNNING = ("connected", "connecting", "reconnecting", "disconnecting")
 
     def __init__(self, model: vm.ViewModel, backend: Backend) -> None:
         super().__init__(model, backend)
@@ -725,17 +743,18 @@ class ClientTab(InstanceTab):
         fill_secret(self.token, settings.get("auth_token"))
         self.fill_tuning(settings)
         defaults = {"tls": False, "tls_verify": True}
-        running = inst.phase in ("connected", "connecting", "reconnecting", "disconnecting")
+        running = inst.phase in self.RUNNING
         for key, box in self.toggles.items():
             if key not in self.dirty_toggles:  # what the user clicked stays until applied
                 box.blockSignals(True)
                 box.setChecked(bool(settings.get(key, defaults[key])))
                 box.blockSignals(False)
             box.setEnabled(not running)
-        for field in self.fields():
-            field.lock(running, "disconnect to change this")
+        self.lock_fields(running, LIVE_CLIENT_KEYS, "disconnect to change this")
         self.generate.setEnabled(not running)
-        self.apply_button.setEnabled(not running)
+        self.apply_button.setToolTip(
+            "Apply the limits and timers to the running client (the rest: disconnect first)" if running else ""
+        )
         self.connect_button.setEnabled(not running)
         self.disconnect_button.setEnabled(running)
         self.send_box.send.setEnabled(inst.phase in ("connected", "reconnecting"))
@@ -750,8 +769,30 @@ class ClientTab(InstanceTab):
         super().show_figures()
         self.show_last_close(self.current())  # the figures bring the latest attempt's outcome
 
+    def key_of(self, field: Field) -> str | None:
+        return "auth_token" if field is self.token else super().key_of(field)
+
     def _apply_clicked(self) -> None:
-        self.apply()
+        if self.current().phase in self.RUNNING:
+            self.apply_live()
+        else:
+            self.apply()
+
+    def apply_live(self) -> bool:
+        """Send the limits and timers changed here to the running client
+        (mcd takes them from their next use); False (nothing sent) on errors."""
+        current = self.current().status.get("settings") or {}
+        tuning = self.tuning_changes(current)
+        if tuning is None:
+            self.status_message.emit("fix the fields marked in red first")
+            return False
+        changes = [(key, tuned, field) for key, tuned, field in tuning if key in LIVE_CLIENT_KEYS]
+        then = self.applied([key for key, _value, _field in changes])
+        batch = SettingsThen(self.backend, "client.set", self.name, then, "applied", self.report_error)
+        for key, tuned, field in changes:
+            batch.set(key, tuned, field_callbacks(field))
+        batch.close()
+        return True
 
     def apply(self, then: Callable[[], None] | None = None) -> bool:
         """Validate every field, send what changed, then ``then`` once mcd
@@ -840,6 +881,8 @@ class ServerTab(InstanceTab):
         self.token.edit.setEchoMode(QLineEdit.EchoMode.Password)
         self.cluster = Field("none; or a Redis URL to act as one server with other nodes: redis://host:6379/0")
         self.node_id = Field("this node's name in the cluster (default: generated)")
+        self.apply_button = QPushButton("Apply")
+        self.apply_button.clicked.connect(self._apply_clicked)
         self.start_button = QPushButton("Start")
         self.stop_button = QPushButton("Stop")
         self.start_button.clicked.connect(self.start_server)
@@ -860,6 +903,7 @@ class ServerTab(InstanceTab):
         form.addRow(self.tuning_section(SERVER_TUNING))
         buttons = QHBoxLayout()
         buttons.addWidget(self.listening, 1)
+        buttons.addWidget(self.apply_button)
         buttons.addWidget(self.start_button)
         buttons.addWidget(self.stop_button)
         form.addRow(buttons)
@@ -921,8 +965,12 @@ class ServerTab(InstanceTab):
         fill_secret(self.token, settings.get("auth_token"))
         self.fill_tuning(settings)
         running = inst.phase == "listening"
-        for field in self.fields():
-            field.lock(running, "stop the server to change this")
+        self.lock_fields(running, LIVE_SERVER_KEYS, "stop the server to change this")
+        self.apply_button.setToolTip(
+            "Apply the token and the limits and timers to the listening server (the rest: stop it first)"
+            if running
+            else "Keep these settings without starting"
+        )
         self.start_button.setEnabled(not running)
         self.stop_button.setEnabled(running)
         port = inst.status.get("port")
@@ -965,42 +1013,57 @@ class ServerTab(InstanceTab):
         self.send_box.send.setEnabled(running)
         self.send_box.ask.setEnabled(running)
 
+    def key_of(self, field: Field) -> str | None:
+        return "auth_token" if field is self.token else super().key_of(field)
+
+    def _apply_clicked(self) -> None:
+        self.apply()
+
     def start_server(self) -> None:
-        interface = self.interface.text().strip()
-        port, error = vm.check_port(self.port.text(), allow_zero=True)
+        self.apply(lambda: self.backend.request("server.start", {"name": self.name}, None, self.report_error))
+
+    def apply(self, then: Callable[[], None] | None = None) -> bool:
+        """Validate the fields and send what changed (while listening, only
+        what the server takes live: the token, most limits and timers), then
+        ``then`` once mcd took every one (Start; without it, say what was
+        applied); False (nothing sent) on errors."""
+        running = self.current().phase == "listening"
+        port, error = (None, None) if running else vm.check_port(self.port.text(), allow_zero=True)
         self.port.set_error(error)
         current = self.current().status.get("settings") or {}
         tuning = self.tuning_changes(current)
         if error or tuning is None:
             self.status_message.emit("fix the fields marked in red first")
-            return
-        changes: list[tuple[str, object, Field]] = [
-            ("interface", interface, self.interface),
-            ("port", port, self.port),
-            ("tls_cert", vm.setting_text("tls_cert", self.tls_cert.text()), self.tls_cert),
-            ("tls_key", vm.setting_text("tls_key", self.tls_key.text()), self.tls_key),
-            ("tls_ca", vm.setting_text("tls_ca", self.tls_ca.text()), self.tls_ca),
-            ("cluster", self.cluster.text().strip() or None, self.cluster),
-            ("node_id", self.node_id.text().strip() or None, self.node_id),
-        ]
+            return False
+        changes: list[tuple[str, object, Field]] = []
+        if not running:
+            changes += [
+                ("interface", self.interface.text().strip(), self.interface),
+                ("port", port, self.port),
+                ("tls_cert", vm.setting_text("tls_cert", self.tls_cert.text()), self.tls_cert),
+                ("tls_key", vm.setting_text("tls_key", self.tls_key.text()), self.tls_key),
+                ("tls_ca", vm.setting_text("tls_ca", self.tls_ca.text()), self.tls_ca),
+                ("cluster", self.cluster.text().strip() or None, self.cluster),
+                ("node_id", self.node_id.text().strip() or None, self.node_id),
+            ]
         if self.token.dirty:
             changes.append(("auth_token", self.token.text() or None, self.token))
-        batch = SettingsThen(
-            self.backend,
-            "server.set",
-            self.name,
-            lambda: self.backend.request("server.start", {"name": self.name}, None, self.report_error),
-            "starting",
-            self.report_error,
-        )
+        sent: list[tuple[str, object, Field]] = []
         for key, value, field in changes:
-            if current.get(key) != value:
-                batch.set(key, value, field_callbacks(field))
+            if current.get(key) != value or key == "auth_token":
+                sent.append((key, value, field))
             else:
                 field.dirty = False
-        for key, tuned, field in tuning:  # already only what changed
-            batch.set(key, tuned, field_callbacks(field))
+        # The tuning changes are only what changed already.
+        sent += [change for change in tuning if not running or change[0] in LIVE_SERVER_KEYS]
+        what = "starting"
+        if then is None:
+            then, what = self.applied([key for key, _value, _field in sent]), "applied"
+        batch = SettingsThen(self.backend, "server.set", self.name, then, what, self.report_error)
+        for key, value, field in sent:
+            batch.set(key, value, field_callbacks(field))
         batch.close()
+        return True
 
     def stop_server(self) -> None:
         self.backend.request("server.stop", {"name": self.name}, None, self.report_error)
