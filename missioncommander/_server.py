@@ -68,6 +68,8 @@ log = logging.getLogger("missioncommander.server")
 SERVER_EVENTS: dict[str, tuple[str, ...]] = {
     "clientconnect": ("client_id",),
     "clientdisconnect": ("client_id",),
+    "clientdetach": ("client_id", "reason"),
+    "clientresume": ("client_id",),
     "message": ("client_id", "message"),
     "request": ("client_id", "message"),
 }
@@ -247,7 +249,11 @@ class Server(ServerSettings):
 
     Events (``subscribe``): ``clientconnect(client_id)`` when a client's
     session starts, ``clientdisconnect(client_id)`` when it ends (clean
-    disconnect, kick, expiry, shutdown), ``message(client_id, message)``.
+    disconnect, kick, expiry, shutdown), ``clientdetach(client_id, reason)``
+    when its connection breaks and its session waits ``session_expiry`` for
+    it, ``clientresume(client_id)`` when it comes back to that session (here,
+    or in a cluster on the node it came back to), ``message(client_id,
+    message)``, ``request(client_id, message)``.
     Callbacks run in event order on a callback thread, never under a library
     lock; with ``inline_callbacks`` the ``message`` callbacks run on the I/O
     thread when none is pending (lower latency; they must not block, since
@@ -1017,6 +1023,7 @@ class Server(ServerSettings):
             session.live = link.transport
         if resumed:
             log.info("client %r resumed its session from %s", session.client_id, link.peer)
+            self._callbacks.emit("clientresume", session.client_id)
         link.start_heartbeat()
         session.inbox.attach(link)
         self._pump_session(session)
@@ -1115,6 +1122,7 @@ class Server(ServerSettings):
                 "client %r connection lost (%s); session kept for %g s", session.client_id, reason, self.session_expiry
             )
             session.expiry = self._loop.call_later(self.session_expiry, self._expire, session)
+            self._callbacks.emit("clientdetach", session.client_id, reason)
         elif link.proto.state is not ConnState.HANDSHAKE or link.hello is not None:
             log.debug("%s closed: %s", link.describe(), reason)
         if not self._running and not self._links:

@@ -175,6 +175,8 @@ EVENT_NAMES = (
     "sessionlost",
     "clientconnect",
     "clientdisconnect",
+    "clientdetach",
+    "clientresume",
     "started",
     "stopped",
     "created",

@@ -32,8 +32,10 @@ def describe_event(ev: dict[str, Any]) -> str:
     elif name == "message":
         sender = f" from {data['client_id']}" if "client_id" in data else ""
         what = f"message{sender}: {data.get('subject')} {_json(data.get('payload'))}"
-    elif name in ("clientconnect", "clientdisconnect", "reconnect"):
+    elif name in ("clientconnect", "clientdisconnect", "clientresume", "reconnect"):
         what = f"{name} {data.get('client_id')}"
+    elif name == "clientdetach":
+        what = f"clientdetach {data.get('client_id')}: {data.get('reason')} (its session waits for it)"
     elif name == "started":
         what = f"started, listening on port {data.get('port')}"
     elif name == "settings":

@@ -89,6 +89,8 @@ EventName = Literal[
     "sessionlost",
     "clientconnect",
     "clientdisconnect",
+    "clientdetach",
+    "clientresume",
     "started",
     "stopped",
     "created",

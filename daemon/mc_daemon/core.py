@@ -239,6 +239,8 @@ class ServerInstance(_Instance):
         s = self.server
         s.subscribe("clientconnect", lambda cid: self.publish("clientconnect", client_id=cid))
         s.subscribe("clientdisconnect", lambda cid: self.publish("clientdisconnect", client_id=cid))
+        s.subscribe("clientdetach", lambda cid, why: self.publish("clientdetach", client_id=cid, reason=why))
+        s.subscribe("clientresume", lambda cid: self.publish("clientresume", client_id=cid))
         s.subscribe(
             "message", lambda cid, m: self.publish("message", client_id=cid, subject=m.subject, payload=dict(m.payload))
         )

@@ -572,6 +572,7 @@ def test_an_async_server_says_which_clients_are_detached() -> None:
                     await take(server.messages(), 1)
                     assert server.detached_clients == [] and server.held_clients == ["roamer"]
                     assert server.client_nodes == {"roamer": ""} and server.cluster_status is None
+                    events = server.events()
                     proxy.refusing = True
                     await asyncio.to_thread(proxy.cut, "rst")
                     await until(lambda: server.detached_clients == ["roamer"])
@@ -579,6 +580,15 @@ def test_an_async_server_says_which_clients_are_detached() -> None:
                     await client.wait_connected()
                     await until(lambda: server.detached_clients == [])
                     assert server.clients == ["roamer"] and server.requested_port == 0
+                    # And as it happens, in events(): the detach (with why) and the resume.
+                    detach, resume = await take(events, 2)
+                    assert (detach.name, detach.args[0], resume.name, resume.args) == (
+                        "clientdetach",
+                        "roamer",
+                        "clientresume",
+                        ("roamer",),
+                    )
+                    assert "reset" in detach.args[1]
             finally:
                 await asyncio.to_thread(proxy.close)
 

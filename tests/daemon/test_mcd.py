@@ -18,13 +18,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import Recorder, free_port, wait_until
+from support import FaultProxy, Recorder, free_port, wait_until
 from support.certs import Certs
 from support.cli import run as run_mcctl
 from support.mcd import Mcd, mcd_env
 
 from mc_control import ControlClient, ControlError, DaemonUnreachable
 from mc_control.codes import SERVER_KEYS
+from mc_control.events import describe_event
 from missioncommander import Client, Message
 
 
@@ -276,6 +277,29 @@ def test_undecodable_bytes_get_an_error_and_a_close(mcd: Mcd, data: bytes, code:
         assert response["error"]["code"] == code and response["error"]["message"].startswith(message)
         assert reader.readline() == b""  # closed
     assert mcd.request("hello")["api_version"] == 1  # the daemon is fine
+
+
+def test_a_hosted_server_publishes_a_clients_detach_and_resume(mcd: Mcd) -> None:
+    """A broken connection left the client in the server's list with no
+    event (a controller saw it only by polling): ``clientdetach`` with the
+    reason, then ``clientresume``, as they happen."""
+    mcd.request("server.set", key="interface", value="127.0.0.1")
+    port = mcd.request("server.start")["port"]
+    proxy = FaultProxy(port)
+    try:
+        with mcd.client() as stream, Client(address="127.0.0.1", port=proxy.port, client_id="rover") as client:
+            _, events = stream.subscribe(events=["clientdetach", "clientresume"])
+            reconnected = Recorder().attach(client, "reconnect")
+            proxy.cut("rst")
+            detach, resume = next(events), next(events)
+            reconnected.wait_count("reconnect", 1)
+        assert (detach["event"], detach["data"]["client_id"]) == ("clientdetach", "rover")
+        assert "reset" in detach["data"]["reason"]
+        assert (resume["event"], resume["data"]) == ("clientresume", {"client_id": "rover"})
+        line = describe_event(detach)  # as mcctl events prints it
+        assert line.endswith(f"clientdetach rover: {detach['data']['reason']} (its session waits for it)")
+    finally:
+        proxy.close()
 
 
 def test_event_stream_snapshot_catch_up_and_resync(mcd: Mcd) -> None:

@@ -77,6 +77,21 @@ def test_server_clients_follow_connect_and_disconnect_events() -> None:
     assert ("server", "s") not in model.instances
 
 
+def test_a_client_is_shown_detached_from_its_detach_until_it_resumes_or_ends() -> None:
+    model = vm.ViewModel()
+    model.apply_event(event(1, "server", "s", "started", port=30000))
+    for n, client_id in enumerate(("x", "y"), 2):
+        model.apply_event(event(n, "server", "s", "clientconnect", client_id=client_id))
+    model.apply_event(event(4, "server", "s", "clientdetach", client_id="x", reason="connection reset by peer"))
+    model.apply_event(event(5, "server", "s", "clientdetach", client_id="y", reason="heartbeat timeout"))
+    st = model.instance("server", "s").status
+    assert st["detached"] == ["x", "y"] and st["clients"] == ["x", "y"]
+    model.apply_event(event(6, "server", "s", "clientresume", client_id="x"))
+    assert st["detached"] == ["y"]
+    model.apply_event(event(7, "server", "s", "clientdisconnect", client_id="y"))  # its session expired
+    assert st["detached"] == [] and st["clients"] == ["x"]
+
+
 def test_history_only_feeds_the_log() -> None:
     model = vm.ViewModel()
     model.apply_snapshot({"instances": [{"kind": "client", "name": "a", "phase": "connected"}]})

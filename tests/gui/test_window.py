@@ -564,8 +564,10 @@ def test_a_running_instance_takes_what_it_can_change_live_from_apply(qtbot: QtBo
     set_text(qtbot, stab.session_expiry.edit, "9")
     qtbot.mouseClick(stab.apply_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(
-        lambda: mcd.request("server.get")["settings"]["session_expiry"] == 9.0
-        and mcd.request("server.get")["settings"]["auth_token"] == "(set)",
+        lambda: (
+            mcd.request("server.get")["settings"]["session_expiry"] == 9.0
+            and mcd.request("server.get")["settings"]["auth_token"] == "(set)"
+        ),
         timeout=WAIT,
     )
     qtbot.waitUntil(lambda: "applied auth_token, session_expiry" in window.statusBar().currentMessage(), timeout=WAIT)

@@ -56,6 +56,28 @@ def test_reconnect_resumes_the_session_after_a_reset(
     assert len(rec.of("connect")) == 1
 
 
+def test_the_server_says_when_a_client_detaches_and_when_it_resumes(
+    server: Server, proxy: FaultProxy, make_client: MakeClient
+) -> None:
+    """Its session waiting for it was visible only in ``detached_clients``,
+    polled: ``clientdetach`` (with why) and ``clientresume`` say it as it
+    happens, and neither is a disconnect or a new connect."""
+    srv = Recorder().attach(server, "clientconnect", "clientdisconnect", "clientdetach", "clientresume")
+    client = make_client(client_id="d", **via(proxy))
+    rec = Recorder().attach(client, "reconnect")
+    client.connect()
+    srv.wait_count("clientconnect", 1)
+    proxy.cut("rst")
+    ((client_id, reason),) = srv.wait_count("clientdetach", 1)
+    assert client_id == "d" and "reset" in reason
+    rec.wait_count("reconnect", 1)
+    assert srv.wait_count("clientresume", 1) == [("d",)]
+    assert srv.names() == ["clientconnect", "clientdetach", "clientresume"]
+    client.disconnect()
+    srv.wait_count("clientdisconnect", 1)
+    assert srv.of("clientdetach") == [("d", reason)]  # a goodbye ends the session: no detach
+
+
 def test_heartbeat_detects_a_silent_peer_and_takes_over_the_half_open_link(
     server: Server, proxy: FaultProxy, make_client: MakeClient
 ) -> None:

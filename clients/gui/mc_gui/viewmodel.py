@@ -140,9 +140,10 @@ class ViewModel:
         inst.figures = figures
         changed = False
         if clients is not None and not (inst.status.get("settings") or {}).get("cluster"):
-            # A broken connection leaves its session waiting, and no event
-            # says so: the figures do, every second.  (In a cluster the
-            # status, polled, says which clients no node holds.)
+            # A broken connection leaves its session waiting: the
+            # clientdetach event says so at once, and the figures, every
+            # second, say it too after events were missed.  (In a cluster
+            # the status, polled, says which clients no node holds.)
             detached = [client_id for client_id, cs in clients.items() if cs is not None and not cs["connected"]]
             changed = detached != inst.status.get("detached", [])
             inst.status["detached"] = detached
@@ -216,6 +217,14 @@ class ViewModel:
             st["clients"] = clients
         elif event == "clientdisconnect":
             st["clients"] = [c for c in st.get("clients") or [] if c != data["client_id"]]
+            st["detached"] = [c for c in st.get("detached") or [] if c != data["client_id"]]
+        elif event == "clientdetach":
+            detached = list(st.get("detached") or [])
+            if data["client_id"] not in detached:
+                detached.append(data["client_id"])
+            st["detached"] = detached
+        elif event == "clientresume":
+            st["detached"] = [c for c in st.get("detached") or [] if c != data["client_id"]]
         return notice
 
     # -- what to show --------------------------------------------------------------
