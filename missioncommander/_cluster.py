@@ -509,8 +509,14 @@ class ClusterNode:
         callbacks before one ahead of them is taken (a request answered
         beside them), before they do: a node that dies then has them marked
         ``redelivered`` on the next, however many there are.  On a callback
-        thread (never the driver's: ``concurrent_requests`` does not run
-        there)."""
+        thread; on the driver's (``inline_callbacks``), which must not wait
+        on Redis, the I/O worker writes it soon, as ``record_taken`` does."""
+        if self.server._loop.in_loop():
+            self._background(self._write_handed, inbox, seq)
+            return
+        self._write_handed(inbox, seq)
+
+    def _write_handed(self, inbox: ClusterInbox, seq: int) -> None:
         try:
             held = self.store.handed(inbox.client_id, self.holder, seq)
         except ClusterUnavailable as exc:

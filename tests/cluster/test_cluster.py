@@ -490,3 +490,48 @@ def test_a_client_refused_for_a_dead_nodes_lease_is_told_when_it_runs_out(
         assert b.client_nodes == {"orphan": "b"}
     finally:
         store.close()
+
+
+def test_inline_messages_past_a_request_being_answered_are_recorded_off_the_io_thread(
+    make_node: MakeNode, make_client: MakeClient, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``inline_callbacks`` and ``concurrent_requests``, messages behind
+    a request still being answered run on the I/O thread: how far they were
+    handed goes to Redis from the node's I/O worker, never from that thread
+    (which every connection of the process waits for)."""
+    from missioncommander import _cluster_store, _loop
+
+    writers: list[str] = []
+    handed = _cluster_store.ClusterStore.handed
+
+    def spy(self: _cluster_store.ClusterStore, client_id: str, node: str, seq: int) -> bool:
+        writers.append(threading.current_thread().name)
+        return handed(self, client_id, node, seq)
+
+    monkeypatch.setattr(_cluster_store.ClusterStore, "handed", spy)
+    node = make_node(node_id="a", inline_callbacks=True, concurrent_requests=2)
+    go = threading.Event()
+    entered = threading.Event()
+    node.subscribe("request", lambda _cid, m: (entered.set(), {"ok": go.wait(10)})[-1])
+    seen = Recorder().attach(node, "message")
+    client = make_client(node, client_id="c1")
+    client.connect()
+    asking = threading.Thread(target=client.request, args=(Message("ask"), 10))
+    asking.start()
+    try:
+        assert entered.wait(10)
+        # The instance's own queue is idle (the responder runs on one of its
+        # own): the messages then run inline, on the I/O thread.
+        assert node._callbacks.serial.wait_idle(10)
+        for n in range(3):
+            client.send(Message("up", {"n": n}))
+        seen.wait_count("message", 3)
+        store = redis.Redis.from_url(redis_server.url)
+        try:
+            wait_until(lambda: int(store.hget("missioncommander:sess:c1", "in_handed") or 0) >= 2)
+        finally:
+            store.close()
+    finally:
+        go.set()
+        asking.join(10)
+    assert writers and _loop.get_loop()._thread.name not in writers, writers
