@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from missioncommander import Client, Message, NoResponder, RemoteError, RequestTimeout, Server
 
 
 def answer(client_id: str, request: Message) -> dict[str, Any]:
-    """The server's responder: runs on its callback thread, one request at a time."""
+    """The server's responder: runs on its callback thread, one request at a
+    time, unless the server's ``concurrent_requests`` lets more run at once."""
     a, b = request.payload.get("a", 0), request.payload.get("b", 0)
     if request.subject == "add":
         return {"sum": a + b}
@@ -61,6 +63,12 @@ def main() -> None:
             except NoResponder as exc:  # at once, not after the timeout
                 print(f"server asks bob whoami -> NoResponder: {exc}")
             ask(alice, "add", {"a": 40, "b": 2})  # the late reply to "slow" is not taken for this one
+            # One slow responder holds every request behind it; up to four
+            # may run side by side (on threads of their own) from now on.
+            server.concurrent_requests = 4
+            with ThreadPoolExecutor(4) as asking:
+                replies = list(asking.map(lambda _: alice.request(Message("slow"), timeout=5.0), range(4)))
+            print(f"client asks slow 4 times at once -> {[dict(r.payload) for r in replies]}")
     print("request_reply finished")
 
 

@@ -52,6 +52,7 @@ def test_request_reply_shows_each_outcome_in_order() -> None:
         "server asks bob whoami -> NoResponder: the peer has no request responder",
         # Asked while the server still answers "slow": its late reply is dropped, not taken for this.
         "client asks add {'a': 40, 'b': 2} -> {'sum': 42}",
+        "client asks slow 4 times at once -> [{'done': True}, {'done': True}, {'done': True}, {'done': True}]",
         "request_reply finished",
     ]
     assert out.stderr.splitlines() == [
