@@ -183,3 +183,23 @@ def test_stop_waits_for_responders_running_beside_the_others(server: Server, mak
         client.disconnect()  # returns only after the responder, let go meanwhile
         assert gate.running == 0 and gate.go.is_set()
         letting_go.result(WAIT)
+
+
+def test_a_responder_beside_the_others_may_ask_back_and_wait(server: Server, make_client: MakeClient) -> None:
+    """A responder on a thread of its own asks the client for details: the
+    reply wakes it at once, not in the queue its slot holds up."""
+    server.concurrent_requests = 2
+
+    def respond(client_id: str, message: Message) -> dict[str, Any]:
+        detail = server.request(client_id, Message("detail"), timeout=WAIT)
+        return {"n": message.payload["n"], "detail": detail.payload["id"]}
+
+    server.subscribe("request", respond)
+    clients = [make_client(server, client_id=f"c{i}") for i in range(3)]
+    for client in clients:
+        client.subscribe("request", lambda m, client=client: {"id": client.client_id})
+        client.connect()
+    with ThreadPoolExecutor(6) as pool:
+        asks = [pool.submit(c.request, Message("q", {"n": n}), WAIT) for n in range(2) for c in clients]
+        replies = sorted((r.payload["detail"], r.payload["n"]) for r in (f.result(WAIT) for f in asks))
+    assert replies == sorted((f"c{i}", n) for i in range(3) for n in range(2))
