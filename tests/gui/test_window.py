@@ -489,11 +489,7 @@ def test_layout_holds_still(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:
         assert window.size() == size
     assert window.minimumSizeHint().height() < 480  # room comes from scrolling, not from the window
 
-    mcd.request("server.set", key="interface", value="127.0.0.1")
-    port = mcd.request("server.start")["port"]
-    mcd.request("client.set", key="address", value="127.0.0.1")
-    mcd.request("client.set", key="port", value=port)
-    mcd.request("client.connect", wait=True)
+    connect_hosted_pair(mcd)
     tab = window.client_tab
     qtbot.waitUntil(tab.address.edit.isReadOnly, timeout=WAIT)
     assert tab.address.edit.toolTip() == "disconnect to change this"
@@ -504,6 +500,15 @@ def test_layout_holds_still(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:
     qtbot.waitUntil(lambda: window.banner.isVisibleTo(window), timeout=WAIT)
     settle()
     assert window.size() == size
+
+
+def connect_hosted_pair(mcd: Mcd) -> None:
+    """mcd's default server listening on loopback, its default client connected to it."""
+    mcd.request("server.set", key="interface", value="127.0.0.1")
+    port = mcd.request("server.start")["port"]
+    mcd.request("client.set", key="address", value="127.0.0.1")
+    mcd.request("client.set", key="port", value=port)
+    mcd.request("client.connect", wait=True)
 
 
 def settle() -> None:
@@ -539,11 +544,7 @@ def test_a_running_instance_takes_what_it_can_change_live_from_apply(qtbot: QtBo
     """Connected or listening, the fields of the settings mcd takes live
     (most limits and timers; a server's token) stay editable and Apply
     sends them; the others stay read-only until a disconnect or stop."""
-    mcd.request("server.set", key="interface", value="127.0.0.1")
-    port = mcd.request("server.start")["port"]
-    mcd.request("client.set", key="address", value="127.0.0.1")
-    mcd.request("client.set", key="port", value=port)
-    mcd.request("client.connect", wait=True)
+    connect_hosted_pair(mcd)
     window = gui.window
     tab = window.client_tab
     qtbot.waitUntil(tab.address.edit.isReadOnly, timeout=WAIT)
@@ -633,11 +634,7 @@ def test_the_send_box_asks_and_logs_the_reply_or_why_none_came(qtbot: QtBot, gui
 def test_the_tab_shows_live_figures_and_their_rate_graph(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:
     gui.window.show()
     qtbot.waitExposed(gui.window)
-    mcd.request("server.set", key="interface", value="127.0.0.1")
-    port = mcd.request("server.start")["port"]
-    mcd.request("client.set", key="address", value="127.0.0.1")
-    mcd.request("client.set", key="port", value=port)
-    mcd.request("client.connect", wait=True)
+    connect_hosted_pair(mcd)
     tab = gui.window.client_tab
     for n in range(4):
         mcd.request("client.send", subject="tick", payload={"n": n})

@@ -46,6 +46,16 @@ class Gate:
                 self.running -= 1
 
 
+def gated(server: Server, make_client: MakeClient, slots: int) -> tuple[Gate, Client]:
+    """A server answering with a Gate, ``slots`` at a time, and a client of it."""
+    gate = Gate()
+    server.concurrent_requests = slots
+    server.subscribe("request", gate.respond)
+    client = make_client(server)
+    client.connect()
+    return gate, client
+
+
 @pytest.mark.parametrize("direction", ["client asks", "server asks"])
 def test_responders_answer_side_by_side_up_to_the_setting(
     server: Server, make_client: MakeClient, direction: str
@@ -89,12 +99,8 @@ def test_by_default_responders_run_in_turn(server: Server, make_client: MakeClie
 
 
 def test_no_more_than_the_setting_run_at_once_and_the_rest_follow(server: Server, make_client: MakeClient) -> None:
-    gate = Gate()
-    server.concurrent_requests = 2
-    server.subscribe("request", gate.respond)
+    gate, client = gated(server, make_client, slots=2)
     seen = Recorder().attach(server, "message")
-    client = make_client(server)
-    client.connect()
     with ThreadPoolExecutor(5) as pool:
         asks = [pool.submit(client.request, Message("q", {"n": n}), WAIT) for n in range(5)]
         for _ in range(2):
@@ -111,11 +117,7 @@ def test_no_more_than_the_setting_run_at_once_and_the_rest_follow(server: Server
 
 
 def test_raising_the_setting_while_requests_wait_lets_them_in(server: Server, make_client: MakeClient) -> None:
-    gate = Gate()
-    server.concurrent_requests = 2
-    server.subscribe("request", gate.respond)
-    client = make_client(server)
-    client.connect()
+    gate, client = gated(server, make_client, slots=2)
     with ThreadPoolExecutor(3) as pool:
         asks = [pool.submit(client.request, Message("q", {"n": n}), WAIT) for n in range(3)]
         for _ in range(2):

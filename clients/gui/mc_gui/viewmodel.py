@@ -71,6 +71,15 @@ class InstanceState:
         return str(self.status.get("phase", "unconfigured" if self.kind == "client" else "stopped"))
 
 
+#: A server's client events: the status lists the client joins, and those it leaves.
+_CLIENT_LISTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "clientconnect": (("clients",), ()),
+    "clientdisconnect": ((), ("clients", "detached")),
+    "clientdetach": (("detached",), ()),
+    "clientresume": ((), ("detached",)),
+}
+
+
 class ViewModel:
     def __init__(self) -> None:
         self.daemon_up = False
@@ -210,21 +219,15 @@ class ViewModel:
             st.setdefault("clients", [])
         elif event == "stopped":
             st.update(phase="stopped", running=False, port=None, clients=[])
-        elif event == "clientconnect":
-            clients = list(st.get("clients") or [])
-            if data["client_id"] not in clients:
-                clients.append(data["client_id"])
-            st["clients"] = clients
-        elif event == "clientdisconnect":
-            st["clients"] = [c for c in st.get("clients") or [] if c != data["client_id"]]
-            st["detached"] = [c for c in st.get("detached") or [] if c != data["client_id"]]
-        elif event == "clientdetach":
-            detached = list(st.get("detached") or [])
-            if data["client_id"] not in detached:
-                detached.append(data["client_id"])
-            st["detached"] = detached
-        elif event == "clientresume":
-            st["detached"] = [c for c in st.get("detached") or [] if c != data["client_id"]]
+        elif event in _CLIENT_LISTS:
+            # Which of a server's lists (clients, detached) the client joins or leaves.
+            joins, leaves = _CLIENT_LISTS[event]
+            client_id = data["client_id"]
+            for key in leaves:
+                st[key] = [c for c in st.get(key) or [] if c != client_id]
+            for key in joins:
+                listed = st.get(key) or []
+                st[key] = listed if client_id in listed else [*listed, client_id]
         return notice
 
     # -- what to show --------------------------------------------------------------
