@@ -187,6 +187,9 @@ class _Pool:
         #: lost: the watch only asks whether it moved).
         self.progress = 0
         self._watching = False
+        #: Queues expected to block now (requests answered beside their
+        #: instance's other callbacks): the pool keeps a thread for each.
+        self._blocking = 0
 
     def schedule(self, serial: SerialQueue) -> None:
         self._ready.put(serial)
@@ -198,6 +201,20 @@ class _Pool:
             if not self._watching:
                 self._watching = True
                 threading.Thread(target=self._watch, name="missioncommander-callbacks-watch", daemon=True).start()
+
+    def expect_blocking(self) -> None:
+        """A queue about to be scheduled will likely block (a responder that
+        waits: why ``concurrent_requests`` is set): start a thread for it now
+        rather than after the watch finds every thread stuck, so N such
+        requests run at once from the first."""
+        with self._lock:
+            self._blocking += 1
+            while self._threads < min(self._most, self._size + self._blocking):
+                self._start_locked()
+
+    def blocking_done(self) -> None:
+        with self._lock:
+            self._blocking -= 1
 
     def _start_locked(self) -> None:
         extra = self._threads >= self._size
@@ -538,12 +555,14 @@ class Callbacks:
             inbox.handing(seq)
         responding = _Responding(release)
         self._held.append(responding)
+        _pool.expect_blocking()
         SerialQueue().submit(self._respond_then_release, args, reply, responding)
 
     def _respond_then_release(self, args: tuple[Any, ...], reply: Reply, responding: _Responding) -> None:
         try:
             self._respond(args, reply)
         finally:
+            _pool.blocking_done()
             responding.done = True
             # Queued before the slot is given back: wait_idle, woken by the
             # count reaching 0, then finds the release queued.

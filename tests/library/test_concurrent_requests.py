@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from support import FaultProxy, Recorder, wait_until
 
-from missioncommander import Client, ClientState, Message, RemoteError, Server
+from missioncommander import Client, ClientState, Message, RemoteError, Server, _callbacks
 
 MakeClient = Callable[..., Client]
 WAIT = 10.0
@@ -205,3 +205,25 @@ def test_a_responder_beside_the_others_may_ask_back_and_wait(server: Server, mak
         asks = [pool.submit(c.request, Message("q", {"n": n}), WAIT) for n in range(2) for c in clients]
         replies = sorted((r.payload["detail"], r.payload["n"]) for r in (f.result(WAIT) for f in asks))
     assert replies == sorted((f"c{i}", n) for i in range(3) for n in range(2))
+
+
+def test_the_pool_has_a_thread_for_each_responder_from_the_first(
+    server: Server, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The callback pool grows when its threads are stuck, a step per look
+    (50 ms): ten slow requests took 0.72 s the first time.  A responder run
+    beside the others gets a thread as it starts.  Here the pool's looks are
+    4 s apart, so only that can let more responders than the pool has
+    threads meet at a barrier that gives up after 3 s."""
+    monkeypatch.setattr(_callbacks, "STUCK_AFTER", 4.0)
+    client = make_client(server)
+    client.connect()
+    # More than the threads the pool has now (at least its base four).
+    threads = sum(1 for t in threading.enumerate() if t.name.startswith("missioncommander-callbacks-"))
+    count = max(threads, _callbacks._POOL_SIZE) + 4
+    barrier = threading.Barrier(count, timeout=3.0)
+    server.concurrent_requests = count
+    server.subscribe("request", lambda cid, m: (barrier.wait(), {"n": m.payload["n"]})[-1])
+    with ThreadPoolExecutor(count) as pool:
+        replies = list(pool.map(lambda n: client.request(Message("q", {"n": n}), timeout=WAIT), range(count)))
+    assert sorted(r.payload["n"] for r in replies) == list(range(count))
