@@ -1045,10 +1045,11 @@ class Client(ClientSettings):
                 session.restarted()
             else:
                 dropped = self._forget_session_locked(
-                    "the server started a new session (a restart, or our session expired)"
+                    "the server started a new session (a restart, an expiry, or a cluster's Redis that lost it)"
                 )
                 log.warning(
-                    "client %r: the server no longer knows our session (restart or expiry); "
+                    "client %r: the server no longer knows our session (a restart, an expiry, or a cluster's Redis "
+                    "that lost it); "
                     "starting a new one and resending %d unacknowledged message(s)%s",
                     self.client_id,
                     len(session.out),
@@ -1056,7 +1057,9 @@ class Client(ClientSettings):
                 )
                 self._stats.sessions_lost += 1
                 self._callbacks.emit(
-                    "sessionlost", "the server no longer knows this client's session (a restart or an expiry)"
+                    "sessionlost",
+                    "the server no longer knows this client's session (a restart, an expiry, or a cluster's Redis"
+                    " that lost it)",
                 )
             self._token = welcome.session
             self._peer_version = welcome.version

@@ -201,7 +201,8 @@ def test_redis_restart_without_persistence_tells_clients_their_session_is_lost(
     rec = Recorder().attach(client, "sessionlost", "reconnect", "message")
     client.connect()
     redis_server.restart()  # every key gone
-    rec.wait_count("sessionlost", 1, timeout=20)
+    ((reason,),) = rec.wait_count("sessionlost", 1, timeout=20)
+    assert "a cluster's Redis that lost it" in reason  # not only "a restart or an expiry": that was not it
     rec.wait_count("reconnect", 1)
     assert a.client_nodes == {"c1": "a"}  # a new session, in the new Redis
     a.send("c1", Message("after", {"n": 1}))

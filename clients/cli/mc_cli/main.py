@@ -88,9 +88,10 @@ client commands (add --name NAME for an instance other than "default"):
                            reconnect_attempts (none: forever), heartbeat_interval,
                            heartbeat_timeout, max_frame_size, max_queued, max_queued_bytes,
                            send_timeout, max_inbound, max_inbound_bytes, inline_callbacks,
-                           max_requests, reply_tracebacks, concurrent_requests,
-                           reconnect_on_shutdown (true: keep trying when the server shuts
-                           down, as after a crash)
+                           max_requests, reconnect_on_shutdown (true: keep trying when the
+                           server shuts down, as after a crash); reply_tracebacks and
+                           concurrent_requests are taken but do nothing here (mcd's
+                           instances answer no requests)
   client get [KEY]         show one setting or all
   client connect           connect, and say how the first attempt went (exit 1 if it failed;
                            the client keeps retrying in the background until it connects)
@@ -117,7 +118,8 @@ server commands (add --name NAME for an instance other than "default"):
                            max_queued, max_queued_bytes, max_pending_bytes,
                            max_connection_rate (per second; none: off), max_inbound,
                            max_inbound_bytes, max_inbound_total_bytes, inline_callbacks,
-                           max_requests, reply_tracebacks, concurrent_requests
+                           max_requests; reply_tracebacks and concurrent_requests are taken
+                           but do nothing here (mcd's instances answer no requests)
   server get [KEY]         show one setting or all
   server start | stop      listen, or announce shutdown to every client and stop
   server status            state, settings and connected clients
