@@ -8,7 +8,7 @@ their own, up to the setting; exactly once still holds through a cut."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -19,6 +19,23 @@ from missioncommander import Client, ClientState, Message, RemoteError, Server, 
 
 MakeClient = Callable[..., Client]
 WAIT = 10.0
+
+
+def callback_threads() -> int:
+    names = [t.name for t in threading.enumerate()]
+    return sum(1 for name in names if name.startswith("missioncommander-callbacks-") and "watch" not in name)
+
+
+@pytest.fixture(autouse=True)
+def pool_back_to_its_base(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The pool threads started for these responders end 0.2 s after their
+    work (not 30 s), and each test leaves once they have: a later test that
+    counts the pool's threads back down to its base
+    (tests/library/test_requests.py) must not find them still waiting."""
+    monkeypatch.setattr(_callbacks, "_IDLE_END", 0.2)
+    before = max(callback_threads(), _callbacks._POOL_SIZE)  # an earlier test's may still wait out 30 s
+    yield
+    wait_until(lambda: callback_threads() <= before, timeout=WAIT, what="the pool back to what it was")
 
 
 class Gate:
@@ -219,8 +236,7 @@ def test_the_pool_has_a_thread_for_each_responder_from_the_first(
     client = make_client(server)
     client.connect()
     # More than the threads the pool has now (at least its base four).
-    threads = sum(1 for t in threading.enumerate() if t.name.startswith("missioncommander-callbacks-"))
-    count = max(threads, _callbacks._POOL_SIZE) + 4
+    count = max(callback_threads(), _callbacks._POOL_SIZE) + 4
     barrier = threading.Barrier(count, timeout=3.0)
     server.concurrent_requests = count
     server.subscribe("request", lambda cid, m: (barrier.wait(), {"n": m.payload["n"]})[-1])
