@@ -56,6 +56,9 @@ from missioncommander._config import redacted_url  # the library's rule: mcd sho
 from .events import EventRing, Subscription
 from .state import Sections, StateStore, StateWriter, encode_member
 
+#: How often a command that waits for an instance looks again with no event.
+RECHECK = 0.1
+
 log = logging.getLogger("mcd.core")
 
 #: Never shown in statuses or events (only saved, in a 0600 file).
@@ -388,9 +391,19 @@ class DaemonCore:
         sub.close()
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Wait until ``predicate()`` holds, re-checking at every event."""
+        """Wait until ``predicate()`` holds, re-checking at every event and
+        every ``RECHECK`` seconds: a client's failed connection attempt
+        changes its count with no event, and when the ``statechange`` to
+        connecting was published before the refusal, ``client.connect
+        wait=attempt`` waited out its whole timeout."""
+        deadline = time.monotonic() + timeout
         with self._changed:
-            return self._changed.wait_for(predicate, timeout)
+            while not predicate():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(min(left, RECHECK))
+            return True
 
     def _snapshot_locked(self) -> dict[str, Any]:
         return {"instances": self._statuses_locked()}

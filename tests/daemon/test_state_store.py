@@ -358,3 +358,19 @@ def test_the_status_says_how_much_of_the_restore_is_left(tmp_path: Path) -> None
     finally:
         core.shutdown()
     assert "restoring" not in core_module.DaemonCore(store=None).daemon_status()  # nothing to restore
+
+
+def test_a_command_that_waits_looks_again_without_an_event() -> None:
+    """A client's failed attempt changes its count without an event: when
+    the statechange to connecting came before the refusal, `client.connect
+    wait=attempt` waited out its whole timeout (seen once in CI).  What a
+    command waits for is looked at again every RECHECK seconds."""
+    core = core_module.DaemonCore(store=None)
+    looks: list[int] = []
+
+    def third_look_holds() -> bool:  # no event is ever published here
+        looks.append(1)
+        return len(looks) >= 3
+
+    assert core.wait_for(third_look_holds, timeout=10.0)
+    assert not core.wait_for(lambda: False, timeout=0.3)
