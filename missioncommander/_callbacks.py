@@ -585,12 +585,16 @@ class Callbacks:
                 first()
             held.popleft()
 
-    def set_concurrent(self, count: int) -> None:
-        """``concurrent_requests`` changed: a request waiting for a slot may
-        have one now."""
-        with self._slots:
-            self.concurrent = count
-            self._slots.notify_all()
+    def setting_changed(self, name: str, owner: Any) -> None:
+        """``owner``'s setting ``name`` changed: the ones read here are
+        mirrored (``inline_callbacks`` is read on the I/O thread's hot path),
+        and a request waiting for a slot may have one now."""
+        if name == "inline_callbacks":
+            self.inline = owner.inline_callbacks
+        elif name == "concurrent_requests":
+            with self._slots:
+                self.concurrent = owner.concurrent_requests
+                self._slots.notify_all()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until the callbacks of every event so far have run, those

@@ -464,10 +464,7 @@ class Client(ClientSettings):
             )
 
     def _setting_changed(self, name: str) -> None:
-        if name == "inline_callbacks":
-            self._callbacks.inline = self.inline_callbacks
-        if name == "concurrent_requests":
-            self._callbacks.set_concurrent(self.concurrent_requests)
+        self._callbacks.setting_changed(name, self)
         if name == "servers" and self.servers is not None:
             self._server_index = -1
             self._next_server()

@@ -278,16 +278,19 @@ class ClusterNode:
         elif claim.outcome == "resume":
             if claim.node not in ("", self.holder):
                 self.takeovers += 1
+                which = (
+                    f"messages {claim.suspect} to {claim.suspect_to} of this session may have reached that"
+                    " node's callbacks already; they come"
+                    if claim.suspect_to > claim.suspect
+                    else f"message number {claim.suspect} of this session may have reached that node's"
+                    " callbacks already; it comes"
+                )
                 log.warning(
                     "client %r resumes here after node %s lost it without letting go: the client's %s"
-                    " of this session may have reached that node's callbacks already; %s marked"
-                    " redelivered (docs/CLUSTER.md)",
+                    " marked redelivered (docs/CLUSTER.md)",
                     client_id,
                     node_of(claim.node),
-                    f"message number {claim.suspect}"
-                    if claim.suspect_to <= claim.suspect
-                    else f"messages {claim.suspect} to {claim.suspect_to}",
-                    "it comes" if claim.suspect_to <= claim.suspect else "they come",
+                    which,
                 )
             server._create_session(link, client_id, claim.token, lambda session: self._restore(session, claim))
         else:

@@ -305,12 +305,8 @@ class Server(ServerSettings):
     # -- settings ------------------------------------------------------------
 
     def _setting_changed(self, name: str) -> None:
-        # A server needs no settings to start (port 0, every interface); one
-        # setting is read on the I/O thread's hot path and mirrored there.
-        if name == "inline_callbacks":
-            self._callbacks.inline = self.inline_callbacks
-        if name == "concurrent_requests":
-            self._callbacks.set_concurrent(self.concurrent_requests)
+        # A server needs no settings to start (port 0, every interface).
+        self._callbacks.setting_changed(name, self)
 
     def _check_settable(self, name: str) -> None:
         if self._running:

@@ -332,6 +332,8 @@ class InstanceTab(QWidget):
 
     kind = ""
     status_message = Signal(str)
+    #: The tab's ``auth_token`` field (each tab makes its own).
+    token: Field
 
     def __init__(self, model: vm.ViewModel, backend: Backend) -> None:
         super().__init__()
@@ -620,7 +622,10 @@ class InstanceTab(QWidget):
             field.lock(running and self.key_of(field) not in live, why)
 
     def key_of(self, field: Field) -> str | None:
-        """The setting a field shows (tuning fields; the tabs add theirs)."""
+        """The setting a field shows, where lock_fields needs it: the token
+        (both tabs have one) and the limits and timers."""
+        if field is self.token:
+            return "auth_token"
         return next((key for key, shown in self.tuning.items() if shown is field), None)
 
     def applied(self, changes: list[str]) -> Callable[[], None]:
@@ -768,9 +773,6 @@ class ClientTab(InstanceTab):
     def show_figures(self) -> None:
         super().show_figures()
         self.show_last_close(self.current())  # the figures bring the latest attempt's outcome
-
-    def key_of(self, field: Field) -> str | None:
-        return "auth_token" if field is self.token else super().key_of(field)
 
     def _apply_clicked(self) -> None:
         if self.current().phase in self.RUNNING:
@@ -1012,9 +1014,6 @@ class ServerTab(InstanceTab):
             self._targets = targets
         self.send_box.send.setEnabled(running)
         self.send_box.ask.setEnabled(running)
-
-    def key_of(self, field: Field) -> str | None:
-        return "auth_token" if field is self.token else super().key_of(field)
 
     def _apply_clicked(self) -> None:
         self.apply()
