@@ -42,8 +42,8 @@ log = logging.getLogger("missioncommander.callbacks")
 
 #: ``reply(result, exc)``: send the reply to one request.
 Reply = Callable[[Any, "BaseException | None"], None]
-#: ``answer(args, reply, release) -> bool``: see ``Callbacks.answer``.
-Answer = Callable[[tuple[Any, ...], Reply, Callable[[], None]], bool]
+#: ``answer(args, reply, release, inbox, seq) -> bool``: see ``Callbacks.answer``.
+Answer = Callable[[tuple[Any, ...], Reply, Callable[[], None], "Inbox", int], bool]
 
 
 #: Received messages on their way to the callbacks, all that one read
@@ -362,8 +362,9 @@ class SerialQueue:
 
 class _Responding:
     """A request answered beside the other callbacks (``concurrent_requests``):
-    its acknowledgement, and those of everything after it, wait for its
-    reply."""
+    its acknowledgement, and those of everything its peer sent after it,
+    wait for its reply.  It waits in its inbox's ``held``, with the releases
+    behind it (plain callables), touched only on the serial queue."""
 
     __slots__ = ("done", "release")
 
@@ -395,19 +396,16 @@ class Callbacks:
         self.keep: Callable[[Run, Inbox, InboundStream], None] | None = None
         #: Who may answer a request instead of the ``request`` callbacks run
         #: here (the asyncio API, whose responders may be coroutines): called
-        #: with the callbacks' arguments, ``reply(result, exc)`` and
-        #: ``release``; True when it took the request on.
+        #: with the callbacks' arguments, ``reply(result, exc)``, ``release``,
+        #: the inbox and the request's number; True when it took the request on.
         self.answer: Answer | None = None
-        #: Who releases a handled request or reply (the asyncio API keeps
-        #: releases in arrival order); unset, it is released at once.
-        self.in_order: Callable[[Callable[[], None]], None] | None = None
+        #: Who releases a handled request or reply of an inbox's (the asyncio
+        #: API keeps releases in arrival order); unset, it is released at once
+        #: or behind that inbox's ``held``.
+        self.in_order: Callable[[Inbox, Callable[[], None]], None] | None = None
         #: ``concurrent_requests``: request callbacks that may run at once,
         #: beside the others; 1 runs them in turn with the others.
         self.concurrent = 1
-        #: Releases held back, in arrival order, behind a request still being
-        #: answered beside the other callbacks (a ``_Responding``); touched
-        #: only on the serial queue, and empty unless ``concurrent`` > 1.
-        self._held: deque[Callable[[], None] | _Responding] = deque()
         #: Requests being answered beside the other callbacks now.
         self._responding = 0
         self._slots = threading.Condition()
@@ -471,7 +469,7 @@ class Callbacks:
             self.keep(run, inbox, stream)
             return
         seq, peer, messages, sizes = run
-        held = self._held
+        held = inbox.held
         if held:
             # Behind a request still being answered: not taken until it is,
             # so a cluster node must know they reached their callbacks.
@@ -525,15 +523,15 @@ class Callbacks:
         seq: int,
     ) -> None:
         if inbox.dropped:  # as in _run_message: the node that has the client now answers
-            self.release(release)
+            self.release(inbox, release)
             return
-        if self.answer is not None and self.answer(args, reply, release):
+        if self.answer is not None and self.answer(args, reply, release, inbox, seq):
             return
         if self.concurrent > 1:
             self._respond_beside(args, reply, release, inbox, seq)
             return
         self._respond(args, reply)
-        self.release(release)
+        self.release(inbox, release)
 
     def _respond(self, args: tuple[Any, ...], reply: Reply) -> None:
         result, error = first_answer(self._subs.get("request", ()), args)
@@ -551,14 +549,14 @@ class Callbacks:
         with self._slots:
             self._slots.wait_for(lambda: self._responding < self.concurrent)
             self._responding += 1
-        if self._held:
+        if inbox.held:
             inbox.handing(seq)
         responding = _Responding(release)
-        self._held.append(responding)
+        inbox.held.append(responding)
         _pool.expect_blocking()
-        SerialQueue().submit(self._respond_then_release, args, reply, responding)
+        SerialQueue().submit(self._respond_then_release, args, reply, responding, inbox)
 
-    def _respond_then_release(self, args: tuple[Any, ...], reply: Reply, responding: _Responding) -> None:
+    def _respond_then_release(self, args: tuple[Any, ...], reply: Reply, responding: _Responding, inbox: Inbox) -> None:
         try:
             self._respond(args, reply)
         finally:
@@ -566,15 +564,17 @@ class Callbacks:
             responding.done = True
             # Queued before the slot is given back: wait_idle, woken by the
             # count reaching 0, then finds the release queued.
-            self.serial.submit(self._release_held)
+            self.serial.submit(self._release_held, inbox)
             with self._slots:
                 self._responding -= 1
                 self._slots.notify_all()
 
-    def _release_held(self) -> None:
-        """Release, in arrival order, what no request still being answered
-        holds back (on the serial queue, the inbox's one writer)."""
-        held = self._held
+    @staticmethod
+    def _release_held(inbox: Inbox) -> None:
+        """Release, in arrival order, what no request of ``inbox``'s still
+        being answered holds back (on the serial queue, the inbox's one
+        writer)."""
+        held = inbox.held
         while held:
             first = held[0]
             if isinstance(first, _Responding):
@@ -627,13 +627,15 @@ class Callbacks:
         taken = functools.partial(inbox.taken, stream, seq, size)
         if now:
             self._resolve(resolve, args)
-            self.serial.run_or_submit(self.release, taken)
+            self.serial.run_or_submit(self.release, inbox, taken)
             return
-        self.serial.run_or_submit(self._run_reply, resolve, args, taken)
+        self.serial.run_or_submit(self._run_reply, resolve, args, inbox, taken)
 
-    def _run_reply(self, resolve: Callable[..., None], args: tuple[Any, ...], release: Callable[[], None]) -> None:
+    def _run_reply(
+        self, resolve: Callable[..., None], args: tuple[Any, ...], inbox: Inbox, release: Callable[[], None]
+    ) -> None:
         self._resolve(resolve, args)
-        self.release(release)
+        self.release(inbox, release)
 
     def _resolve(self, resolve: Callable[..., None], args: tuple[Any, ...]) -> None:
         try:
@@ -641,11 +643,12 @@ class Callbacks:
         except Exception:
             log.exception("%s could not hand a reply over", self._owner)
 
-    def release(self, release: Callable[[], None]) -> None:
+    def release(self, inbox: Inbox, release: Callable[[], None]) -> None:
+        """``release`` a handled request or reply of ``inbox``'s: in its turn."""
         if self.in_order is not None:
-            self.in_order(release)
-        elif self._held:
-            self._held.append(release)
+            self.in_order(inbox, release)
+        elif inbox.held:
+            inbox.held.append(release)
         else:
             release()
 

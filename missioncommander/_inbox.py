@@ -25,7 +25,8 @@ how it notices room to resume.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections import deque
+from typing import TYPE_CHECKING, Any
 
 from ._loop import Cancellable, Driver
 from ._streams import InboundStream
@@ -82,6 +83,12 @@ class Inbox:
         #: the session delivers only what follows the last one Redis records
         #: as taken); 0: none.
         self.redelivered_upto = 0
+        #: This peer's releases (``taken`` calls) held back in arrival order
+        #: behind one of its requests still being answered: its callbacks'
+        #: consumer (``Callbacks``, or the asyncio API) puts them here and
+        #: releases them, on its own queue.  One session's acks wait only
+        #: for its own requests, never for another client's.
+        self.held: deque[Any] = deque()
 
     # -- figures (any thread; a moment's view) ---------------------------------
 

@@ -113,12 +113,14 @@ def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
 
 
 class _Held:
-    """A request or reply on its way: released once handled."""
+    """A request or reply on its way: released once handled, in its turn
+    in ``order`` (its inbox's ``held``)."""
 
-    __slots__ = ("pending", "release")
+    __slots__ = ("order", "pending", "release")
 
-    def __init__(self, release: Callable[[], None]) -> None:
+    def __init__(self, release: Callable[[], None], order: deque[_Hold]) -> None:
         self.release = release
+        self.order = order
         self.pending = 0
 
 
@@ -172,6 +174,10 @@ class _HeldRun:
         return self.released == len(sizes)
 
 
+#: What waits in an inbox's ``held`` on the asyncio API.
+_Hold = _Held | _HeldMessage | _HeldRun
+
+
 class _Endpoint:
     """What AsyncClient and AsyncServer share: the driver, callbacks that may
     be coroutine functions, ``messages()`` and ``events()``."""
@@ -201,9 +207,9 @@ class _Endpoint:
         self._inbox: deque[_HeldMessage | Message] = deque()
         #: The runs whose messages wait in ``_inbox``, oldest first.
         self._runs: deque[_HeldRun] = deque()
-        #: Holds in arrival order: released in that order, so the session's
-        #: acknowledgement never passes a message still being handled.
-        self._order: deque[_Held | _HeldMessage | _HeldRun] = deque()
+        #: (Holds wait in their inbox's ``held``, in arrival order: released
+        #: in that order, so a session's acknowledgement never passes one of
+        #: its messages still being handled, and waits for nobody else's.)
         self._readers = 0
         self._waiting: list[asyncio.Future[None]] = []
         self._event_queues: list[deque[Event]] = []
@@ -274,7 +280,7 @@ class _Endpoint:
         callbacks, and to ``messages()``."""
         callbacks = self._message_callbacks
         waiting = self._inbox
-        order = self._order
+        order: deque[_Hold] = inbox.held
         seq, peer, messages, sizes = run
         if not callbacks and not inbox.dropped:
             # Only messages() will see them: the run waits as one record.
@@ -320,11 +326,11 @@ class _Endpoint:
 
     # -- requests to answer ---------------------------------------------------------
 
-    def _answer(self, args: tuple[Any, ...], reply: Reply, release: Callable[[], None]) -> bool:
+    def _answer(self, args: tuple[Any, ...], reply: Reply, release: Callable[[], None], inbox: Inbox, seq: int) -> bool:
         """Answer a request with the ``request`` callbacks, which may be
         coroutine functions; the request is released, in arrival order,
         once its reply is on its way."""
-        held = _Held(release)
+        held = _Held(release, inbox.held)
         held.pending = 1
         self._settle(held)
         steps = answering(self._responders, args)
@@ -357,18 +363,19 @@ class _Endpoint:
         except Exception:
             log.exception("could not send the reply to a request")
         held.pending -= 1
-        self._release_ready()
+        self._release_ready(held.order)
 
-    def _in_order(self, release: Callable[[], None]) -> None:
+    def _in_order(self, inbox: Inbox, release: Callable[[], None]) -> None:
         """A reply was handed over: released after what came before it."""
-        self._settle(_Held(release))
+        self._settle(_Held(release, inbox.held))
 
-    def _settle(self, held: _Held | _HeldMessage) -> None:
-        """Release ``held`` now if nothing waits and nothing before it
-        does; else in its turn, once its consumers are done.  (The first
-        of ``_order`` is never ready at rest: whatever makes it ready
-        releases it, so nothing is due here.)"""
-        order = self._order
+    @staticmethod
+    def _settle(held: _Held) -> None:
+        """Release ``held`` now if nothing of its inbox's waits; else in
+        its turn, once its consumers are done.  (The first of a ``held``
+        is never ready at rest: whatever makes it ready releases it, so
+        nothing is due here.)"""
+        order = held.order
         if held.pending or order:
             order.append(held)
         else:
@@ -377,10 +384,11 @@ class _Endpoint:
     def _done(self, held: _HeldMessage, task: asyncio.Task[Any]) -> None:
         _log_failure(task)
         held.pending -= 1
-        self._release_ready()
+        self._release_ready(held.inbox.held)
 
-    def _release_ready(self) -> None:
-        order = self._order
+    @staticmethod
+    def _release_ready(order: deque[_Hold]) -> None:
+        """Release the holds at the head of ``order`` (an inbox's ``held``) that are ready."""
         while order:
             first = order[0]
             if isinstance(first, _HeldRun):
@@ -412,14 +420,14 @@ class _Endpoint:
         item, held.item = held.item, None
         held.pending -= 1
         if not held.pending:
-            order = self._order
+            order: deque[_Hold] = held.inbox.held
             if order[0] is held and (len(order) == 1 or (not isinstance(order[1], _HeldRun) and order[1].pending)):
                 # The usual case, spelled out (this runs per message): the
                 # oldest taken, and nothing behind it ready.
                 order.popleft()
                 held.inbox.taken(held.stream, held.seq, held.size)
             else:
-                self._release_ready()
+                self._release_ready(order)
         return item
 
     def _took_from_run(self, message: Message) -> Any:
@@ -431,7 +439,7 @@ class _Endpoint:
         last = run.taken == len(run.sizes)
         if last:
             runs.popleft()
-        order = self._order
+        order: deque[_Hold] = run.inbox.held
         if order[0] is run:
             if run.released == index:
                 # The usual case, spelled out (this runs per message): the
@@ -441,9 +449,9 @@ class _Endpoint:
                 if last:
                     order.popleft()
                     if order:
-                        self._release_ready()
+                        self._release_ready(order)
             else:
-                self._release_ready()
+                self._release_ready(order)
         return (*run.peer, message) if run.peer else message
 
     def _left(self, reader: _Reader[Any]) -> None:

@@ -804,6 +804,41 @@ def test_requests_both_ways_with_coroutine_and_plain_responders_and_threaded_pee
     run(test)
 
 
+def test_a_request_being_awaited_holds_back_only_its_own_clients_acknowledgements() -> None:
+    """A coroutine responder that waits holds back the acknowledgements of
+    its own client's later messages, never another client's (they waited
+    for it: with a small queue that client's sends stalled)."""
+
+    async def test() -> None:
+        answer = asyncio.Event()
+        started = asyncio.Event()
+
+        async def respond(client_id: str, message: Message) -> dict[str, Any]:
+            started.set()
+            await answer.wait()
+            return {"n": message.payload["n"]}
+
+        async with AsyncServer(interface="127.0.0.1", port=0) as server:
+            server.subscribe("request", respond)
+            reading = asyncio.ensure_future(take(server.messages(), 6))
+            async with (
+                AsyncClient(address="127.0.0.1", port=server.port, client_id="asker") as asker,
+                AsyncClient(address="127.0.0.1", port=server.port, client_id="other", max_queued=3) as other,
+            ):
+                asking = asyncio.ensure_future(asker.request(Message("q", {"n": 1})))
+                await started.wait()
+                for n in range(6):  # twice its queue: each send waits for room the acks make
+                    await other.send(Message("m", {"n": n}))
+                assert [m.payload["n"] for _, m in await reading] == list(range(6))
+                async with asyncio.timeout(LIMIT / 4):
+                    await until(lambda: other.queued == 0)
+                assert server.stats("asker")["inbound_waiting"] == 1  # the request, still awaited
+                answer.set()
+                assert await asking == Message("q", {"n": 1})
+
+    run(test)
+
+
 def test_responders_answer_by_one_rule_whether_plain_coroutine_or_returning_an_awaitable() -> None:
     """The first answer that is not None wins and those after it do not run;
     a coroutine's None passes to the next; what a plain responder returns

@@ -183,6 +183,30 @@ def test_messages_after_a_slow_request_run_and_all_survive_a_cut_exactly_once(
         proxy.close()
 
 
+def test_a_slow_request_holds_back_only_its_own_clients_acknowledgements(
+    server: Server, make_client: MakeClient
+) -> None:
+    """Acknowledgements wait in arrival order per session: another client's
+    messages are acknowledged while one client's request is still being
+    answered (held behind it, a client sending with a small queue got
+    ``QueueFullError`` once ``send_timeout`` passed)."""
+    gate, asker = gated(server, make_client, slots=2)
+    seen = Recorder().attach(server, "message")
+    other = make_client(server, client_id="other", max_queued=3, send_timeout=WAIT)
+    other.connect()
+    with ThreadPoolExecutor(1) as pool:
+        asking: Future[Message] = pool.submit(asker.request, Message("q", {"n": 1}), 30)
+        assert gate.started.acquire(timeout=WAIT)
+        for n in range(6):  # twice its queue: each send waits for room the acks make
+            other.send(Message("m", {"n": n}))
+        seen.wait_count("message", 6)
+        # Bounded well below the gate's own timeout, which would let it go anyway.
+        wait_until(lambda: other.queued == 0, timeout=WAIT / 2, what="the other client's messages acknowledged")
+        assert server.stats(asker.client_id)["inbound_waiting"] == 1  # the request, still being answered
+        gate.go.set()
+        assert asking.result(WAIT) == Message("q", {"n": 1})
+
+
 def test_stop_waits_for_responders_running_beside_the_others(server: Server, make_client: MakeClient) -> None:
     """``disconnect()`` and ``stop()`` return once the callbacks of earlier
     events have run: those of requests answered beside the others too."""
