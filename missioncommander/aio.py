@@ -199,6 +199,14 @@ class _Endpoint:
         #: Message callbacks: run here, not by ``Callbacks``, so a coroutine's
         #: message is acknowledged only once the coroutine is done.
         self._message_callbacks: tuple[Callable[..., Any], ...] = ()
+        #: Whether any of them is a coroutine function: the messages after
+        #: one in a run reach the application before it is done.
+        self._coroutine_callbacks = False
+        #: Per inbox, its requests being awaited and its messages' coroutine
+        #: callbacks still running: what it hands the application meanwhile
+        #: is not taken yet, so a cluster node records it as handed
+        #: (``Inbox.handing``).  Empty at rest: one test per run.
+        self._in_hand: dict[Inbox, int] = {}
         #: Received messages waiting for ``messages()``: a message of a
         #: ``_HeldRun`` as itself, else its hold, which carries its item (no
         #: tuple per message: while a loop turn reads every ready socket,
@@ -233,6 +241,7 @@ class _Endpoint:
         key = self._callbacks.checked(event, callback)
         if key == "message":
             self._message_callbacks = (*self._message_callbacks, callback)
+            self._coroutine_callbacks = any(map(inspect.iscoroutinefunction, self._message_callbacks))
             return
         if key == "request":
             self._responders = (*self._responders, callback)
@@ -246,6 +255,7 @@ class _Endpoint:
         key = normalise_event(event, self._events)
         if key == "message":
             self._message_callbacks = tuple(cb for cb in self._message_callbacks if cb != callback)
+            self._coroutine_callbacks = any(map(inspect.iscoroutinefunction, self._message_callbacks))
             return
         if key == "request":
             self._responders = tuple(cb for cb in self._responders if cb != callback)
@@ -282,6 +292,10 @@ class _Endpoint:
         waiting = self._inbox
         order: deque[_Hold] = inbox.held
         seq, peer, messages, sizes = run
+        if (self._in_hand and inbox in self._in_hand) or (self._coroutine_callbacks and len(sizes) > 1):
+            # Past one of this peer's messages or requests still in the
+            # application's hands: a cluster node must know they reached it.
+            inbox.handing(seq + len(sizes) - 1)
         if not callbacks and not inbox.dropped:
             # Only messages() will see them: the run waits as one record.
             held_run = _HeldRun(inbox, stream, seq, peer, sizes)
@@ -304,6 +318,7 @@ class _Endpoint:
             for callback in callbacks:
                 if inspect.iscoroutinefunction(callback):
                     held.pending += 1
+                    self._in_hand[inbox] = self._in_hand.get(inbox, 0) + 1
                     task = self._driver.spawn(callback(*args))
                     task.add_done_callback(functools.partial(self._done, held))
                 else:
@@ -330,6 +345,8 @@ class _Endpoint:
         """Answer a request with the ``request`` callbacks, which may be
         coroutine functions; the request is released, in arrival order,
         once its reply is on its way."""
+        if self._in_hand and inbox in self._in_hand:
+            inbox.handing(seq)  # as in _keep
         held = _Held(release, inbox.held)
         held.pending = 1
         self._settle(held)
@@ -340,22 +357,34 @@ class _Endpoint:
             result, error = step
             self._replied(reply, result, error, held)
         else:
-            self._driver.spawn(self._respond_later(steps, step, reply, held))
+            self._in_hand[inbox] = self._in_hand.get(inbox, 0) + 1
+            self._driver.spawn(self._respond_later(steps, step, reply, held, inbox))
         return True
 
-    async def _respond_later(self, steps: Answering, step: Any, reply: Reply, held: _Held) -> None:
+    async def _respond_later(self, steps: Answering, step: Any, reply: Reply, held: _Held, inbox: Inbox) -> None:
         """Go on with ``answering()``'s steps, awaiting what coroutine
         responders return, until the answer."""
-        while type(step) is not tuple:
-            try:
-                value = await step
-            except Exception as exc:
-                step = steps.throw(exc)
-            else:
-                step = steps.send(value)
+        try:
+            while type(step) is not tuple:
+                try:
+                    value = await step
+                except Exception as exc:
+                    step = steps.throw(exc)
+                else:
+                    step = steps.send(value)
+        finally:
+            self._out_of_hand(inbox)
         next(steps, None)
         result, error = step
         self._replied(reply, result, error, held)
+
+    def _out_of_hand(self, inbox: Inbox) -> None:
+        """One of ``inbox``'s requests or coroutine callbacks is done (``_in_hand``)."""
+        left = self._in_hand[inbox] - 1
+        if left:
+            self._in_hand[inbox] = left
+        else:
+            del self._in_hand[inbox]
 
     def _replied(self, reply: Reply, result: Any, error: BaseException | None, held: _Held) -> None:
         try:
@@ -383,6 +412,7 @@ class _Endpoint:
 
     def _done(self, held: _HeldMessage, task: asyncio.Task[Any]) -> None:
         _log_failure(task)
+        self._out_of_hand(held.inbox)
         held.pending -= 1
         self._release_ready(held.inbox.held)
 

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
+import redis
 from support import Recorder, wait_until
 from support.redis_server import RedisServer
 
@@ -84,3 +85,49 @@ def test_an_async_node_refuses_a_duplicate_id_held_elsewhere(
             return refused.value.code
 
     assert asyncio.run(scenario()) == "id_in_use"
+
+
+def test_an_async_node_records_the_messages_it_hands_past_a_coroutine_callback(redis_server: RedisServer) -> None:
+    """A message whose coroutine callback still runs is not taken, yet the
+    ones after it reach the application: the node records how far it has
+    handed them (``in_handed``), so a node that dies now has them all
+    marked ``redelivered`` on the next one (tests/cluster/test_node_crashes.py
+    kills one beside an awaited request)."""
+    store = redis.Redis.from_url(redis_server.url)
+    session = "missioncommander:sess:c1"
+
+    def recorded(field: str) -> int:
+        return int(store.hget(session, field) or 0)
+
+    async def scenario() -> list[int]:
+        let_go, all_in = asyncio.Event(), asyncio.Event()
+        got: list[int] = []
+
+        async def slow(client_id: str, message: Message) -> None:
+            got.append(message.payload["n"])
+            if len(got) == 3:
+                all_in.set()
+            if message.payload["n"] == 0:
+                await let_go.wait()
+
+        async with AsyncServer(interface="127.0.0.1", cluster=redis_server.url, node_id="async") as node:
+            node.subscribe("message", slow)
+            client = Client(address="127.0.0.1", port=node.port, client_id="c1")
+            try:
+                await asyncio.to_thread(client.connect)
+                for n in range(3):
+                    client.send(Message("up", {"n": n}))
+                async with asyncio.timeout(10):
+                    await all_in.wait()
+                await asyncio.to_thread(wait_until, lambda: recorded("in_handed") >= 3, what="in_handed recorded")
+                assert recorded("in_taken") == 0  # the first is still in its callback
+                let_go.set()
+                await asyncio.to_thread(wait_until, lambda: recorded("in_taken") == 3, what="all taken")
+            finally:
+                await asyncio.to_thread(client.disconnect)
+        return got
+
+    try:
+        assert asyncio.run(scenario()) == [0, 1, 2]
+    finally:
+        store.close()

@@ -30,14 +30,23 @@ CUTS = 6
 class Node:
     """A cluster node process on a fixed port, so a restart comes back where it was."""
 
-    def __init__(self, redis_url: str, name: str, concurrent_requests: int = 1) -> None:
+    def __init__(self, redis_url: str, name: str, concurrent_requests: int = 1, kind: str = "threaded") -> None:
         self.redis_url, self.name, self.port = redis_url, name, free_port()
         self.concurrent_requests = concurrent_requests
+        self.kind = kind
         self.process: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, str(NODE), self.redis_url, self.name, str(self.port), str(self.concurrent_requests)],
+            [
+                sys.executable,
+                str(NODE),
+                self.redis_url,
+                self.name,
+                str(self.port),
+                str(self.concurrent_requests),
+                self.kind,
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -204,14 +213,16 @@ def test_a_request_a_dead_node_may_have_seen_comes_marked_too(
             doomed.kill()
 
 
+@pytest.mark.parametrize("kind", ["threaded", "async"])
 def test_messages_a_dead_node_took_beside_a_request_it_was_answering_come_marked(
-    redis_server: RedisServer, make_node: Callable[..., Server], make_client: Callable[..., Client]
+    redis_server: RedisServer, make_node: Callable[..., Server], make_client: Callable[..., Client], kind: str
 ) -> None:
-    """With ``concurrent_requests``, the messages after a request still
-    being answered reach their callbacks before it is taken: a node that
-    dies then has handed them all over unrecorded as taken, and the next
-    node hands every one of them over again marked (not only the first)."""
-    doomed = Node(redis_server.url, "doomed", concurrent_requests=2)
+    """With ``concurrent_requests`` (or an awaiting coroutine responder of
+    the asyncio API), the messages after a request still being answered
+    reach their callbacks before it is taken: a node that dies then has
+    handed them all over unrecorded as taken, and the next node hands every
+    one of them over again marked (not only the first)."""
+    doomed = Node(redis_server.url, "doomed", concurrent_requests=2, kind=kind)
     doomed.start()
     store = redis.Redis.from_url(redis_server.url)
     try:
@@ -229,6 +240,9 @@ def test_messages_a_dead_node_took_beside_a_request_it_was_answering_come_marked
         for n in range(2, 5):
             client.send(Message("up", {"n": n}))
         wait_until(lambda: up_numbers(store, "c1") == [2, 3, 4], what="their callbacks ran beside the responder")
+        # The asyncio API's node records it from its I/O worker, not before
+        # the callbacks (its loop never waits on Redis): as soon as it can.
+        wait_until(lambda: int(store.hget("missioncommander:sess:c1", "in_handed") or 0) >= 4, what="handed recorded")
         doomed.kill()
         asking.join(30)
         assert answer == [{"n": 1, "redelivered": True}]
