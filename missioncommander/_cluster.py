@@ -88,6 +88,9 @@ class ClusterInbox(Inbox):
         self.client_id = client_id
         #: The last message from the client that Redis records as taken.
         self.recorded = 0
+        #: The last message handed to the application before one ahead of it
+        #: was taken, for the I/O worker to write (``record_handed``).
+        self.handed_upto = 0
 
     def taken(self, stream: Any, seq: int, size: int) -> None:
         # Recorded even when the node let the client go while this message's
@@ -150,6 +153,8 @@ class ClusterNode:
         self._acked: dict[str, int] = {}
         self._unrecorded: dict[str, ClusterInbox] = {}
         self._records_due = False
+        self._unhanded: dict[str, ClusterInbox] = {}
+        self._handed_due = False
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -512,21 +517,39 @@ class ClusterNode:
         callbacks before one ahead of them is taken (a request answered
         beside them), before they do: a node that dies then has them marked
         ``redelivered`` on the next, however many there are.  On a callback
-        thread; on the driver's (``inline_callbacks``), which must not wait
-        on Redis, the I/O worker writes it soon, as ``record_taken`` does."""
-        if self.server._loop.in_loop():
-            self._background(self._write_handed, inbox, seq)
+        thread; on the driver's (the asyncio API, ``inline_callbacks``),
+        which must not wait on Redis, the I/O worker writes it soon, as
+        ``record_soon`` does: one write per client however many runs were
+        handed meanwhile."""
+        if not self.server._loop.in_loop():
+            self._write_handed(inbox, seq)
             return
-        self._write_handed(inbox, seq)
+        inbox.handed_upto = seq
+        with self._marks_lock:
+            self._unhanded[inbox.client_id] = inbox
+            if self._handed_due:
+                return
+            self._handed_due = True
+        self._background(self._write_handed_soon)
 
-    def _write_handed(self, inbox: ClusterInbox, seq: int) -> None:
+    def _write_handed_soon(self) -> None:
+        with self._marks_lock:
+            unhanded, self._unhanded = self._unhanded, {}
+            self._handed_due = False
+        for inbox in unhanded.values():
+            if not self._write_handed(inbox, inbox.handed_upto):
+                return
+
+    def _write_handed(self, inbox: ClusterInbox, seq: int) -> bool:
+        """False when Redis cannot be reached."""
         try:
             held = self.store.handed(inbox.client_id, self.holder, seq)
         except ClusterUnavailable as exc:
             self._lost(exc)
-            return
+            return False
         if not held:
             self.server._loop.call_soon(self.let_go, inbox.client_id, "this node no longer holds the client", False)
+        return True
 
     def record_soon(self, inbox: ClusterInbox) -> None:
         """Have the I/O worker write what ``inbox`` took so far: one write
