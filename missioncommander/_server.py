@@ -859,9 +859,6 @@ class Server(ServerSettings):
         link.hello = hello
         with self._lock:
             session = self._sessions.get(hello.client_id)
-        if session is None and self._cluster is not None and self._running:
-            self._cluster.admit(link, hello)
-            return
         old = session.link if session is not None else None
         known = Known(
             token=session.token if session is not None else None,
@@ -883,6 +880,11 @@ class Server(ServerSettings):
             self._refuse(link, decision.code, decision.message, decision.retry)
             return
         link.server_proof = decision.server_proof
+        if session is None and self._cluster is not None:
+            # Let in (version, token) as by a lone server: whether the id's
+            # session is elsewhere in the cluster is Redis's to say.
+            self._cluster.admit(link, hello)
+            return
         if action is Admit.RESUME:
             assert session is not None
             if old is not None:

@@ -536,3 +536,39 @@ def test_inline_messages_past_a_request_being_answered_are_recorded_off_the_io_t
         go.set()
         asking.join(10)
     assert writers and _loop.get_loop()._thread.name not in writers, writers
+
+
+def test_a_cluster_node_checks_tokens_as_a_lone_server_does(make_node: MakeNode, make_client: MakeClient) -> None:
+    """A HELLO for an id with no session on the node went to Redis before
+    the token (and version) checks: a client with its token failed ("the
+    server did not prove it knows the token") and one that sent no proof
+    got in.  Now the checks come first, on every node, and a client with
+    the token resumes on another node as elsewhere."""
+    a = make_node(node_id="a", auth_token="s3cret")
+    b = make_node(node_id="b", auth_tokens={"c1": "its own"}, auth_token="s3cret")
+    client = make_client(client_id="c1", auth_token="its own", servers=[f"127.0.0.1:{b.port}", f"127.0.0.1:{a.port}"])
+    seen = Recorder().attach(client, "reconnect", "sessionlost")
+    arrived = Recorder().attach(a, "message")
+    client.connect()
+    assert b.client_nodes == {"c1": "b"}
+    a.auth_tokens = {"c1": "its own"}
+    b.stop()  # hands c1 over: it resumes on a with its token
+    seen.wait_count("reconnect", 1)
+    client.send(Message("after"))
+    assert arrived.wait_count("message", 1)[0] == ("c1", Message("after"))
+    assert seen.of("sessionlost") == []
+
+    hello = {"client_id": "intruder", "session": None, "last_seq": 0, "max_frame_size": 65536, "heartbeat_timeout": 15}
+    for fields, code in [({"version": 2}, "auth_failed"), ({"version": 99}, "version_unsupported")]:
+        with socket.create_connection(("127.0.0.1", a.port), timeout=10) as sock:
+            frames = server_frames(sock)
+            challenge = next(frames)
+            assert isinstance(challenge, Challenge) and challenge.auth
+            sock.sendall(encode_json_frame(FrameType.HELLO, {**hello, **fields}))  # no proof
+            refusal = next(frames)
+        assert isinstance(refusal, ErrorReceived) and refusal.code == code, refusal
+    wrong = make_client(a, client_id="c2", auth_token="guess")
+    with pytest.raises(ConnectionRefusedByServer) as refused:
+        wrong.connect()
+    assert refused.value.code == "auth_failed"
+    assert sorted(a.clients) == ["c1"]
