@@ -25,6 +25,7 @@ from ._connection import Connection
 from ._delivery import deliver
 from ._errors import (
     BindError,
+    ClusterUnavailable,
     MessageTooLarge,
     NoResponder,
     QueueFullError,
@@ -521,6 +522,10 @@ class Server(ServerSettings):
         with self._lock:
             session = self._sessions.get(client_id)
             version = session.version if session is not None else PROTOCOL_VERSION
+        if session is None and self._cluster is not None:
+            # Its reply would reach the node that holds it, which asked
+            # nothing: the responder would run and the asker wait it out.
+            raise self._unknown(client_id, "a request is asked from the node that holds its client")
         if version < REQUEST_VERSION:
             raise StateError(
                 f"client {client_id!r} speaks protocol version {version}, which has no request/reply"
@@ -629,12 +634,13 @@ class Server(ServerSettings):
         (clients, traffic, refusals by code, slow clients cut off), or with
         ``client_id`` that client's session's (``UnknownClient`` for an
         unknown id)."""
-        with self._lock:
-            if client_id is not None:
+        if client_id is not None:
+            with self._lock:
                 session = self._sessions.get(client_id)
-                if session is None:
-                    raise UnknownClient(f"no client {client_id!r} is connected")
-                return self._session_stats(session)
+                if session is not None:
+                    return self._session_stats(session)
+            raise self._unknown(client_id, "its figures are that node's")
+        with self._lock:
             sessions = list(self._sessions.values())
             totals = collections.Counter(self._ended_traffic)
             for session in sessions:
@@ -671,9 +677,21 @@ class Server(ServerSettings):
         (``UnknownClient`` for an unknown id)."""
         with self._lock:
             session = self._sessions.get(client_id)
-            if session is None:
-                raise UnknownClient(f"no client {client_id!r} is connected")
-            return len(session.out)
+        if session is None:
+            raise self._unknown(client_id, "ask that node")
+        return len(session.out)
+
+    def _unknown(self, client_id: str, there: str) -> UnknownClient:
+        """The error for ``client_id`` having no session here; in a cluster,
+        one that another node holds is named (``there``: what to do)."""
+        if self._cluster is not None:
+            try:
+                node = self._cluster.clients().get(client_id)
+            except ClusterUnavailable:
+                node = None
+            if node:
+                return UnknownClient(f"client {client_id!r} is held by node {node}, not this one: {there}")
+        return UnknownClient(f"no client {client_id!r} is connected")
 
     def disconnect_client(self, client_id: str, reason: str = "disconnected by the server") -> None:
         """End ``client_id``'s session and close its connection, telling it

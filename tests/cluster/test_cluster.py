@@ -572,3 +572,30 @@ def test_a_cluster_node_checks_tokens_as_a_lone_server_does(make_node: MakeNode,
         wrong.connect()
     assert refused.value.code == "auth_failed"
     assert sorted(a.clients) == ["c1"]
+
+
+def test_asking_a_client_another_node_holds_is_refused_at_once_and_names_the_node(
+    make_node: MakeNode, make_client: MakeClient
+) -> None:
+    """A request's reply reaches the node that holds its client, so one
+    asked from another node ran the client's responder and then waited out
+    its timeout (the reply was dropped there).  It is refused before it is
+    sent now, as ``queued()`` and ``stats()`` are, naming the node."""
+    a = make_node(node_id="a")
+    b = make_node(node_id="b")
+    client = make_client(b, client_id="c1")
+    asked = Recorder().attach(client, "request")
+    client.subscribe("request", lambda m: {"from": "c1"})
+    client.connect()
+    assert "c1" in a.clients
+    for call in (
+        lambda: a.request("c1", Message("ask"), timeout=30),
+        lambda: a.queued("c1"),
+        lambda: a.stats("c1"),
+    ):
+        with pytest.raises(UnknownClient, match="held by node b, not this one"):
+            call()
+    with pytest.raises(UnknownClient, match="no client 'nobody' is connected"):
+        a.request("nobody", Message("ask"))
+    assert b.request("c1", Message("ask"), timeout=10) == Message("ask", {"from": "c1"})
+    assert len(asked.of("request")) == 1  # only b's: a's never reached the client
