@@ -653,6 +653,9 @@ def test_server_clients_says_which_are_detached(mcd: Mcd) -> None:
         proxy.refusing = False  # back: connected again, the same session
         wait_until(lambda: "detached" not in mcd.request("server.clients"))
         assert run("server", "clients", socket_path=mcd.socket).stdout.split() == ["steady", "cut-off"]
+        # A kick ends the session, detached or not (it said "disconnected").
+        kicked = run("server", "kick", "cut-off", socket_path=mcd.socket).stdout.strip()
+        assert kicked == "kicked cut-off: its session ended (the client does not reconnect by itself)"
     finally:
         cut.disconnect()
         steady.disconnect()

@@ -144,7 +144,7 @@ def render(inv: Invocation, result: dict[str, Any]) -> str:
             return output.table(rows, ("CLIENT", "STATE"))
         return "\n".join(result["clients"]) or "(no clients connected)"
     if verb == "kick":
-        return f"disconnected {result['kicked']}"
+        return f"kicked {result['kicked']}: its session ended (the client does not reconnect by itself)"
     if verb == "remove":
         return f"{cmd.split('.')[0]} {name} removed"
     return json.dumps(result, indent=2)
