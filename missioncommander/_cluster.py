@@ -32,6 +32,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -111,6 +112,35 @@ class ClusterInbox(Inbox):
         return min(self.stream.taken_seq, self.recorded)
 
 
+class _Soon:
+    """Writes for the node's I/O worker to make soon, one per client
+    however many were asked for meanwhile (``write(inbox)``, False once
+    Redis cannot be reached: the rest wait for the next)."""
+
+    def __init__(self, background: Callable[[Callable[[], None]], None], write: Callable[[ClusterInbox], bool]) -> None:
+        self._background = background
+        self._write = write
+        self._lock = threading.Lock()
+        self._due: dict[str, ClusterInbox] = {}
+        self._queued = False
+
+    def add(self, inbox: ClusterInbox) -> None:
+        with self._lock:
+            self._due[inbox.client_id] = inbox
+            if self._queued:
+                return
+            self._queued = True
+        self._background(self._flush)
+
+    def _flush(self) -> None:
+        with self._lock:
+            due, self._due = self._due, {}
+            self._queued = False
+        for inbox in due.values():
+            if not self._write(inbox):
+                return
+
+
 class ClusterNode:
     """One server's part in a cluster (see the module docstring)."""
 
@@ -151,10 +181,10 @@ class ClusterNode:
         # Guarded by _marks_lock: what to write on the next flush.
         self._marks_lock = threading.Lock()
         self._acked: dict[str, int] = {}
-        self._unrecorded: dict[str, ClusterInbox] = {}
-        self._records_due = False
-        self._unhanded: dict[str, ClusterInbox] = {}
-        self._handed_due = False
+        # What the driver's thread (which must not wait on Redis) has the
+        # I/O worker write soon: how far each inbox took, and handed.
+        self._records_soon = _Soon(self._background, self._write_record)
+        self._handed_soon = _Soon(self._background, lambda inbox: self._write_handed(inbox, inbox.handed_upto))
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -525,20 +555,7 @@ class ClusterNode:
             self._write_handed(inbox, seq)
             return
         inbox.handed_upto = seq
-        with self._marks_lock:
-            self._unhanded[inbox.client_id] = inbox
-            if self._handed_due:
-                return
-            self._handed_due = True
-        self._background(self._write_handed_soon)
-
-    def _write_handed_soon(self) -> None:
-        with self._marks_lock:
-            unhanded, self._unhanded = self._unhanded, {}
-            self._handed_due = False
-        for inbox in unhanded.values():
-            if not self._write_handed(inbox, inbox.handed_upto):
-                return
+        self._handed_soon.add(inbox)
 
     def _write_handed(self, inbox: ClusterInbox, seq: int) -> bool:
         """False when Redis cannot be reached."""
@@ -554,26 +571,19 @@ class ClusterNode:
     def record_soon(self, inbox: ClusterInbox) -> None:
         """Have the I/O worker write what ``inbox`` took so far: one write
         per client however many were taken meanwhile."""
-        with self._marks_lock:
-            self._unrecorded[inbox.client_id] = inbox
-            if self._records_due:
-                return
-            self._records_due = True
-        self._background(self._write_records)
+        self._records_soon.add(inbox)
 
-    def _write_records(self) -> None:
-        with self._marks_lock:
-            unrecorded, self._unrecorded = self._unrecorded, {}
-            self._records_due = False
-        for client_id, inbox in unrecorded.items():
-            seq = inbox.stream.taken_seq
-            try:
-                held = self.store.taken(client_id, self.holder, seq)
-            except ClusterUnavailable as exc:
-                self._lost(exc)
-                return
-            if held:
-                inbox.recorded = max(inbox.recorded, seq)
+    def _write_record(self, inbox: ClusterInbox) -> bool:
+        """Write how far ``inbox`` took (I/O worker); False when Redis cannot be reached."""
+        seq = inbox.stream.taken_seq
+        try:
+            held = self.store.taken(inbox.client_id, self.holder, seq)
+        except ClusterUnavailable as exc:
+            self._lost(exc)
+            return False
+        if held:
+            inbox.recorded = max(inbox.recorded, seq)
+        return True
 
     # -- the node's thread ---------------------------------------------------------------
 
