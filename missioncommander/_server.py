@@ -683,8 +683,9 @@ class Server(ServerSettings):
 
     def _unknown(self, client_id: str, there: str) -> UnknownClient:
         """The error for ``client_id`` having no session here; in a cluster,
-        one that another node holds is named (``there``: what to do)."""
-        if self._cluster is not None:
+        one that another node holds is named (``there``: what to do), unless
+        asked on the driver's thread, which must not wait on Redis."""
+        if self._cluster is not None and not self._loop.in_loop():
             try:
                 node = self._cluster.clients().get(client_id)
             except ClusterUnavailable:
