@@ -11,6 +11,8 @@ import urllib.parse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, overload
 
+from ._frames import client_id_problem
+
 T = TypeVar("T")
 
 
@@ -161,10 +163,12 @@ EXIT_WAIT = 2.0
 def client_id(value: Any, name: str) -> str:
     """A client id: a non-empty string, and not ``'*'``, which a server
     reads as every client."""
-    checked = non_empty_str(value, name)
-    if checked == EVERY_CLIENT:
-        raise ValueError(f"{name} '*' is reserved: server.send('*', ...) sends to every client")
-    return checked
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    problem = client_id_problem(value)
+    if problem is not None:
+        raise ValueError(f"{name} {problem}")
+    return value
 
 
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")

@@ -18,6 +18,7 @@ import enum
 import itertools
 import json
 import math
+import re
 import struct
 from collections.abc import Iterator
 from json.scanner import make_scanner
@@ -56,6 +57,12 @@ MIN_MAX_FRAME_SIZE = 4096
 #: What a peer may announce as its ``heartbeat_timeout``: a smaller one is
 #: raised to the floor (PINGs to it go out at most every 0.1 s, never a flood
 #: on the shared I/O thread), a larger one lowered to the ceiling.
+#: The longest client id, in characters: an id names a session in logs,
+#: mcctl's tables and a cluster's Redis keys, and comes from the peer.
+MAX_CLIENT_ID = 1024
+#: C0 and C1 control characters and DEL: an id must not write terminal
+#: escapes or line breaks into a log, a table or an event line.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 MIN_PEER_HEARTBEAT_TIMEOUT = 0.3
 MAX_PEER_HEARTBEAT_TIMEOUT = 86_400.0
 
@@ -377,6 +384,20 @@ def message_event(body: bytes | memoryview) -> MessageReceived:
     raise RemoteProtocolError(ErrorCode.BAD_FRAME, "MESSAGE body must be [subject, payload object]")
 
 
+def client_id_problem(client_id: str) -> str | None:
+    """Why ``client_id`` cannot name a client, or None: the one rule for a
+    client's setting and for the id in a HELLO a server reads."""
+    if not client_id.strip():
+        return "must not be empty"
+    if _CONTROL.search(client_id):
+        return "must not contain control characters"
+    if len(client_id) > MAX_CLIENT_ID:
+        return f"must be at most {MAX_CLIENT_ID} characters, not {len(client_id)}"
+    if client_id == "*":
+        return "'*' is reserved: it means every client (server.send('*', ...) sends to all)"
+    return None
+
+
 def parse_frame(ftype: int, body: bytes) -> Event:
     """Turn one frame into an event, validating its body strictly."""
     if ftype == FrameType.MESSAGE:
@@ -398,10 +419,9 @@ def parse_frame(ftype: int, body: bytes) -> Event:
     if ftype == FrameType.HELLO:
         obj = _json_object(body, "HELLO")
         client_id = _field(obj, "client_id", str, "HELLO")
-        if not client_id:
-            raise RemoteProtocolError(ErrorCode.BAD_FRAME, "HELLO client_id must not be empty")
-        if client_id == "*":
-            raise RemoteProtocolError(ErrorCode.BAD_FRAME, "HELLO client_id '*' is reserved: it means every client")
+        problem = client_id_problem(client_id)
+        if problem is not None:
+            raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"HELLO client_id {problem}")
         return Hello(
             version=_field(obj, "version", int, "HELLO"),
             client_id=client_id,

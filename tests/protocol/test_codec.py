@@ -187,6 +187,14 @@ def test_truncated_frame_waits_for_more() -> None:
             FrameType.HELLO,
             b'{"version": 1, "client_id": "*", "last_seq": 0, "max_frame_size": 9999, "heartbeat_timeout": 1}',
         ),
+        *(  # ids a client's setting refuses: a HELLO's too (logs, tables, Redis keys)
+            (
+                FrameType.HELLO,
+                b'{"version": 2, "client_id": ' + bad_id + b', "last_seq": 0, "max_frame_size": 9999,'
+                b' "heartbeat_timeout": 1}',
+            )
+            for bad_id in (b'"   "', b'"a\\u001b[2Jb"', b'"a\\nb"', b'"a\\u009bb"', b'"' + b"x" * 1025 + b'"')
+        ),
         (FrameType.ERROR, b'{"code": 1}'),
         (FrameType.ERROR, b'{"code": "x", "message": "m", "retry": true, "retry_after": -1}'),
         (FrameType.ERROR, b'{"code": "x", "message": "m", "retry": true, "retry_after": "soon"}'),

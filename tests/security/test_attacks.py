@@ -293,6 +293,28 @@ def test_a_client_without_a_token_is_refused(token_server: Server, make_client: 
     assert token_server.clients == []
 
 
+def test_a_hello_with_an_id_no_client_may_have_is_refused(make_client: MakeClient) -> None:
+    """A client's setting refuses ids with control characters (a terminal
+    escape, a line break), blank ones and ones over 1,024 characters; a
+    raw HELLO got in with them, and its id went into the server's log
+    lines, mcctl's tables and a cluster's Redis keys as sent."""
+    with Server(interface="127.0.0.1", port=0) as server:
+        good = make_client(server)
+        good.connect()
+        for bad_id in ("evil\x1b[2J\nFAKE LOG LINE", "   ", "x" * 1025):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                frames = server_frames(sock)
+                assert isinstance(next(frames), Challenge)
+                sock.sendall(encode_json_frame(FrameType.HELLO, {"version": 2, "client_id": bad_id, "session": None,
+                                                                  "last_seq": 0, "max_frame_size": 65536,
+                                                                  "heartbeat_timeout": 15}))  # fmt: skip
+                refusal = next(frames)
+            assert isinstance(refusal, ErrorReceived) and refusal.code == "bad_frame", refusal
+        longest = make_client(server, client_id="x" * 1024)  # the longest id there may be
+        longest.connect()
+        assert sorted(server.clients, key=len) == [good.client_id, longest.client_id]
+
+
 def test_the_server_must_prove_the_token_too(make_client: MakeClient) -> None:
     with Server(interface="127.0.0.1", port=0) as impostor:  # knows no token
         client = make_client(impostor, auth_token="s3cret")
