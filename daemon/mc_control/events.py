@@ -4,11 +4,26 @@ words (shared by mcctl, the GUI and mcd)."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 TYPE_CHECKING = False  # no typing at run time: mcctl imports this on every call
 if TYPE_CHECKING:
     from typing import Any
+
+
+#: C0 and C1 control characters and DEL; with or without the line break.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_NEWLINE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str, lines: bool = False) -> str:
+    """``text`` for a terminal: control characters written as escapes
+    (``\\x1b``, ``\\n``), so what a peer chose (a subject, a reason it
+    gave) can neither move the cursor, recolour or clear the screen nor
+    fake a line; ``lines`` keeps line breaks (a table of several lines)."""
+    pattern = _CONTROL_BUT_NEWLINE if lines else _CONTROL
+    return pattern.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def host_port(host: object, port: object) -> str:
@@ -45,7 +60,7 @@ def describe_event(ev: dict[str, Any]) -> str:
         what = "settings " + ", ".join(f"{k}={data.get(k)!r}" for k in keys)
     else:
         what = name
-    return f"{when}  #{ev['seq']:<5} {who}  {what}"
+    return f"{when}  #{ev['seq']:<5} {who}  {printable(what)}"
 
 
 def cluster_readiness(cluster: dict[str, Any]) -> str:

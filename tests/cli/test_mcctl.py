@@ -414,6 +414,42 @@ def test_events_in_words_show_the_setting_a_change_set(mcd: Mcd) -> None:
     assert lines[3].rstrip().endswith("server/default  settings port=4567")
 
 
+def test_what_a_peer_chose_reaches_the_terminal_without_its_control_characters(mcd: Mcd) -> None:
+    """A subject or a close reason comes from the peer: written as it was,
+    an escape sequence in it recoloured, cleared or retitled the terminal
+    of whoever ran `mcctl events` or `client status`, and a line break in
+    it faked a line of mcctl's own."""
+    with Server(interface="127.0.0.1", port=0) as peer:
+        mcd.request("client.set", key="address", value="127.0.0.1")
+        mcd.request("client.set", key="port", value=peer.port)
+        mcd.request("client.set", key="client_id", value="victim")
+        mcd.request("client.set", key="reconnect_attempts", value=1)
+        mcd.request("client.connect", wait=True)
+        peer.send("victim", Message("\x1b]0;pwned\x07\x1b[2J\n12:00:00.000  #1  fake", {"t": "\x1b[31mred\u009b"}))
+        env = dict(os.environ, MC_SOCKET=str(mcd.socket), PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        proc = subprocess.Popen(
+            [*mcctl_command(), "events", "--since", "0"], stdout=subprocess.PIPE, text=True, env=env
+        )
+        try:
+            assert proc.stdout is not None
+            line = ""
+            for _ in range(50):  # bounded: the banner and the client's events come first
+                line = proc.stdout.readline()
+                if "message:" in line or not line:
+                    break
+        finally:
+            proc.terminate()
+            proc.wait(10)
+            if proc.stdout:
+                proc.stdout.close()
+        assert "message: \\x1b]0;pwned\\x07\\x1b[2J\\n12:00:00.000  #1  fake" in line, line
+        assert '"\\u001b[31mred\\x9b"' in line and "\x1b" not in line and "\x9b" not in line
+        peer.disconnect_client("victim", "bye\x1b[2J\nfake line")
+        wait_until(lambda: mcd.request("client.status")["phase"] != "connected", what="the kick")
+    status = run("client", "status", socket_path=mcd.socket).stdout
+    assert "bye\\x1b[2J\\nfake line" in status and "\x1b" not in status, status
+
+
 @pytest.mark.parametrize("kind", ["missing", "stale"])
 def test_daemon_not_running_says_why_and_exits_3(tmp_path: Path, kind: str) -> None:
     path = tmp_path / "mcd.sock"

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from mc_control import API_VERSION, EXIT_CODES, ControlError, DaemonUnreachable, ErrorCode
+from mc_control.events import printable
 
 from . import __version__, output
 from .grammar import Invocation
@@ -73,8 +74,10 @@ class Printer:
         elif human:
             self.line(human)
 
-    def line(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+    def line(self, text: str, clear: bool = False) -> None:
+        """Print ``text`` (its control characters escaped: see ``printable``),
+        after clearing the screen with ``clear`` (`top`'s refresh)."""
+        print(("\x1b[H\x1b[2J" if clear else "") + printable(text, lines=True), file=self.out, flush=True)
 
     def error(self, code: str, message: str, details: Any = None, hint: str = "") -> None:
         if self.as_json:
@@ -83,14 +86,14 @@ class Printer:
                 error["hint"] = hint
             print(json.dumps({"error": error}, ensure_ascii=False), file=self.out, flush=True)
         else:
-            print(f"{self.error_prefix}{message}", file=self.err, flush=True)
+            print(printable(f"{self.error_prefix}{message}", lines=True), file=self.err, flush=True)
             if hint:
-                print(f"  fix: {hint}", file=self.err, flush=True)
+                print(printable(f"  fix: {hint}", lines=True), file=self.err, flush=True)
 
     def warning(self, message: str) -> None:
         """A warning in human output (``--json`` output carries them in the result)."""
         if not self.as_json and not any(message in text for text in self.said):
-            print(f"{self.warning_prefix}{message}", file=self.err, flush=True)
+            print(printable(f"{self.warning_prefix}{message}", lines=True), file=self.err, flush=True)
 
     def unreachable(self, exc: DaemonUnreachable) -> int:
         self.error(f"daemon_{exc.kind}", exc.message, {"socket": str(exc.path)}, exc.hint)
@@ -132,7 +135,7 @@ def render(inv: Invocation, result: dict[str, Any]) -> str:
         return "sent" + (f" ({result['queued']} awaiting acknowledgement)" if result.get("queued") else "")
     if verb == "request":
         reply = result["reply"]
-        return f"{reply['subject']} {json.dumps(reply['payload'], ensure_ascii=False)}"
+        return f"{printable(reply['subject'])} {json.dumps(reply['payload'], ensure_ascii=False)}"
     if verb == "clients":
         nodes = result.get("nodes") or {}
         if any(nodes.values()):  # a cluster: say which node holds each
@@ -249,7 +252,7 @@ def run_top(inv: Invocation, transport: Transport, printer: Printer) -> int:
             text = output.stats(result, rates, max_rows=size.lines - 3 if size else None)
             if size:
                 text = "\n".join(line[: size.columns] for line in text.split("\n"))
-            printer.line(("\x1b[H\x1b[2J" if clear else "") + text)
+            printer.line(text, clear=clear)
         shown += 1
     return EXIT_OK
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mc_control.events import cluster_readiness, describe_event, host_port
+from mc_control.events import cluster_readiness, describe_event, host_port, printable
 
 TYPE_CHECKING = False  # no typing at run time: mcctl imports this on every call
 if TYPE_CHECKING:
@@ -28,8 +28,8 @@ def _cell(value: object) -> str:
     if value is None or value == "":
         return "-"
     if isinstance(value, (list, tuple)):
-        return ", ".join(map(str, value)) or "-"
-    return str(value)
+        return printable(", ".join(map(str, value))) or "-"
+    return printable(str(value))
 
 
 def endpoint(status: dict[str, Any]) -> str:
