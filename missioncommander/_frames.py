@@ -384,6 +384,16 @@ def message_event(body: bytes | memoryview) -> MessageReceived:
     raise RemoteProtocolError(ErrorCode.BAD_FRAME, "MESSAGE body must be [subject, payload object]")
 
 
+def peer_text(text: str) -> str:
+    """A reason or message the peer wrote for people, with its control
+    characters written as escapes (``\\x1b``, ``\\n``): it goes into log
+    lines, ``last_close_reason`` and exceptions, never as escape sequences
+    or line breaks of its own."""
+    if _CONTROL.search(text) is None:
+        return text
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def client_id_problem(client_id: str) -> str | None:
     """Why ``client_id`` cannot name a client, or None: the one rule for a
     client's setting and for the id in a HELLO a server reads."""
@@ -446,7 +456,7 @@ def parse_frame(ftype: int, body: bytes) -> Event:
     if ftype in (FrameType.SHUTDOWN, FrameType.BYE):
         name = FrameType(ftype).name
         obj = _json_object(body, name)
-        reason = _field(obj, "reason", str, name)
+        reason = peer_text(_field(obj, "reason", str, name))
         return ShutdownReceived(reason) if ftype == FrameType.SHUTDOWN else ByeReceived(reason)
     if ftype == FrameType.ERROR:
         obj = _json_object(body, "ERROR")
@@ -454,8 +464,8 @@ def parse_frame(ftype: int, body: bytes) -> Event:
         if retry_after is not None and not 0 <= retry_after < math.inf:
             raise RemoteProtocolError(ErrorCode.BAD_FRAME, "ERROR field 'retry_after' must be a time in seconds")
         return ErrorReceived(
-            code=_field(obj, "code", str, "ERROR"),
-            message=_field(obj, "message", str, "ERROR"),
+            code=peer_text(_field(obj, "code", str, "ERROR")),
+            message=peer_text(_field(obj, "message", str, "ERROR")),
             retry=bool(_field(obj, "retry", bool, "ERROR", optional=True)),
             retry_after=None if retry_after is None else float(retry_after),
         )

@@ -289,6 +289,15 @@ def test_every_frame_type_round_trips() -> None:
             encode_json_frame(FrameType.ERROR, {"code": "x", "message": "m", "retry": True, "retry_after": 4.25}),
             ErrorReceived("x", "m", True, 4.25),
         ),
+        # What the peer wrote for people arrives with its control characters
+        # escaped: it goes into logs and last_close_reason as text, never as
+        # a terminal escape or a line break (é and the like stay as they are).
+        (
+            encode_json_frame(FrameType.ERROR, {"code": "x\x1b", "message": "é\x1b[2J\nfake\x9b", "retry": False}),
+            ErrorReceived("x\\x1b", "é\\x1b[2J\\nfake\\x9b", False),
+        ),
+        (encode_json_frame(FrameType.BYE, {"reason": "a\rb"}), ByeReceived("a\\rb")),
+        (encode_json_frame(FrameType.SHUTDOWN, {"reason": "\x07"}), ShutdownReceived("\\x07")),
     ]
     for frame, expected in cases:
         ((ftype, body),) = list(FrameDecoder().feed(frame))
