@@ -683,9 +683,12 @@ class Server(ServerSettings):
 
     def _unknown(self, client_id: str, there: str) -> UnknownClient:
         """The error for ``client_id`` having no session here; in a cluster,
-        one that another node holds is named (``there``: what to do), unless
-        asked on the driver's thread, which must not wait on Redis."""
-        if self._cluster is not None and not self._loop.in_loop():
+        one that another node holds is named (``there``: what to do); on
+        the driver's thread, which must not wait on Redis, it is not looked
+        up, and the error says the node has no session of that id."""
+        if self._cluster is not None:
+            if self._loop.in_loop():
+                return UnknownClient(f"client {client_id!r} has no session on this node (if another holds it: {there})")
             try:
                 node = self._cluster.clients().get(client_id)
             except ClusterUnavailable:

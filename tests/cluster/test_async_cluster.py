@@ -10,7 +10,7 @@ import redis
 from support import Recorder, wait_until
 from support.redis_server import RedisServer
 
-from missioncommander import Client, Message, Server
+from missioncommander import Client, Message, Server, UnknownClient
 from missioncommander.aio import AsyncServer
 
 
@@ -131,3 +131,22 @@ def test_an_async_node_records_the_messages_it_hands_past_a_coroutine_callback(r
         assert asyncio.run(scenario()) == [0, 1, 2]
     finally:
         store.close()
+
+
+def test_an_async_node_refuses_at_once_to_ask_a_client_another_node_holds(
+    redis_server: RedisServer, make_node: Callable[..., Server], make_client: Callable[..., Client]
+) -> None:
+    """As a threaded node (tests/cluster/test_cluster.py): the reply would
+    reach the holder.  On the loop the holder is not looked up in Redis."""
+    threaded = make_node(node_id="threaded")
+    client = make_client(threaded, client_id="c1")
+    client.subscribe("request", lambda m: {"from": "c1"})
+    client.connect()
+
+    async def scenario() -> str:
+        async with AsyncServer(interface="127.0.0.1", cluster=redis_server.url, node_id="async") as node:
+            with pytest.raises(UnknownClient) as refused:
+                await node.request("c1", Message("ask"), timeout=30)
+            return str(refused.value)
+
+    assert "client 'c1' has no session on this node" in asyncio.run(scenario())
