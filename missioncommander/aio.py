@@ -215,9 +215,9 @@ class _Endpoint:
         self._inbox: deque[_HeldMessage | Message] = deque()
         #: The runs whose messages wait in ``_inbox``, oldest first.
         self._runs: deque[_HeldRun] = deque()
-        #: (Holds wait in their inbox's ``held``, in arrival order: released
-        #: in that order, so a session's acknowledgement never passes one of
-        #: its messages still being handled, and waits for nobody else's.)
+        # Holds wait in their inbox's ``held``, in arrival order, and are
+        # released in that order: a session's acknowledgement never passes
+        # one of its messages still being handled, and waits for nobody else's.
         self._readers = 0
         self._waiting: list[asyncio.Future[None]] = []
         self._event_queues: list[deque[Event]] = []
@@ -292,9 +292,12 @@ class _Endpoint:
         waiting = self._inbox
         order: deque[_Hold] = inbox.held
         seq, peer, messages, sizes = run
-        if (self._in_hand and inbox in self._in_hand) or (self._coroutine_callbacks and len(sizes) > 1):
+        if (
+            (self._in_hand and inbox in self._in_hand) or (self._coroutine_callbacks and len(sizes) > 1)
+        ) and not inbox.dropped:
             # Past one of this peer's messages or requests still in the
-            # application's hands: a cluster node must know they reached it.
+            # application's hands: a cluster node must know they reached it
+            # (unless it let the client go: then they never reach it).
             inbox.handing(seq + len(sizes) - 1)
         if not callbacks and not inbox.dropped:
             # Only messages() will see them: the run waits as one record.
@@ -345,7 +348,7 @@ class _Endpoint:
         """Answer a request with the ``request`` callbacks, which may be
         coroutine functions; the request is released, in arrival order,
         once its reply is on its way."""
-        if self._in_hand and inbox in self._in_hand:
+        if self._in_hand and inbox in self._in_hand and not inbox.dropped:
             inbox.handing(seq)  # as in _keep
         held = _Held(release, inbox.held)
         held.pending = 1
