@@ -57,7 +57,11 @@ def quick_start(sh: PtySession, port: int) -> None:
 def test_shell_with_a_daemon(mcd: Mcd, tmp_path: Path) -> None:
     sh = PtySession(mcctl_command(), shell_env(mcd.socket, tmp_path))
     try:
-        sh.expect("connected to mcd")
+        sh.expect("> ", start=sh.expect("connected to mcd"))  # the prompt is up: what is typed echoes after it
+        mark = len(sh.text)
+        sh.line("clear")  # as in a shell (it was an unknown command)
+        sh.expect("> ", start=sh.expect("clear", start=mark))
+        assert "\x1b[H\x1b[2J" in sh.raw and "unknown command" not in sh.text
         quick_start(sh, free_port())
         # Tab completion of commands and keys.
         mark = len(sh.text)

@@ -62,7 +62,7 @@ Type commands without the word mcctl, e.g.:
   server send echo {"message": "hello"}   (a JSON object needs no quotes here)
 Events are printed as they happen.  `help all`; `help client`, `help server`,
 `help events`, `help stats`, `help wait`, `help daemon`;
-exit, quit or Ctrl-D leave the shell."""
+clear (or Ctrl-L) clears the screen; exit, quit or Ctrl-D leave the shell."""
 
 
 def split_line(line: str) -> list[str]:
@@ -231,7 +231,7 @@ class Shell:
         and the shell's own words."""
         found = candidates(words, self.transport.request)
         if not words:
-            return [*found, "exit", "quit"]
+            return [*found, "clear", "exit", "quit"]
         if words == ["help"]:
             return [*found, "all"]
         return found
@@ -340,6 +340,9 @@ class Shell:
             return True
         if words[0] in ("exit", "quit"):
             return False
+        if words == ["clear"]:
+            self.show("\x1b[H\x1b[2J\x1b[A")  # home, clear, and back up over show's line break
+            return True
         if words == ["help"]:
             self.show(SHELL_HELP)
             return True
