@@ -25,6 +25,7 @@ from ._events import MessageReceived as _MessageReceived
 from ._frames import (
     BIG_FRAME,
     DEFAULT_MAX_FRAME_SIZE,
+    HANDSHAKE_MAX_FRAME_SIZE,
     HEADER_SIZE,
     MAX_PEER_HEARTBEAT_TIMEOUT,
     MESSAGE_TYPE,
@@ -84,7 +85,11 @@ class Connection:
         self.phase = FIRST_PHASE[role]
         #: ``STATE[phase]``, kept beside it: the drivers read it per frame.
         self.state = STATE[self.phase]
-        self._decoder = FrameDecoder(max_frame_size)
+        self._max_frame_size = max_frame_size
+        # Until the handshake is over only its small frames may come: a peer
+        # nobody let in yet must not make this side buffer a frame of up to
+        # max_frame_size (16 MiB per connection, thousands of connections).
+        self._decoder = FrameDecoder(min(max_frame_size, HANDSHAKE_MAX_FRAME_SIZE))
         self._final_sent = False
         self._challenge_sent = False
         #: The server's CHALLENGE, once received (client side).
@@ -100,6 +105,8 @@ class Connection:
         self.version = PROTOCOL_VERSION
 
     def _enter(self, phase: Phase) -> None:
+        if phase is _OPEN and self.phase is not _OPEN:
+            self._decoder.max_frame_size = self._max_frame_size  # let in: the full limit
         self.phase = phase
         self.state = STATE[phase]
 

@@ -57,6 +57,10 @@ MIN_MAX_FRAME_SIZE = 4096
 #: What a peer may announce as its ``heartbeat_timeout``: a smaller one is
 #: raised to the floor (PINGs to it go out at most every 0.1 s, never a flood
 #: on the shared I/O thread), a larger one lowered to the ceiling.
+#: The largest frame before the handshake is over (CHALLENGE, HELLO,
+#: WELCOME, ERROR: a HELLO with the longest client id, escaped, is under
+#: 8 KiB): more from a peer not yet let in is refused (``frame_too_large``).
+HANDSHAKE_MAX_FRAME_SIZE = 16 * 1024
 #: The longest client id, in characters: an id names a session in logs,
 #: mcctl's tables and a cluster's Redis keys, and comes from the peer.
 MAX_CLIENT_ID = 1024

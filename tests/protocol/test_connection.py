@@ -57,6 +57,30 @@ def test_handshake_opens_both_sides_and_records_peer_limits() -> None:
     assert server.peer_max_frame_size == 65536
 
 
+def test_a_peer_not_let_in_yet_may_send_only_small_frames() -> None:
+    """Before the handshake is over a frame may be 16 KiB at most, whatever
+    max_frame_size is: a peer nobody let in made a server buffer up to
+    16 MiB per connection (20 such connections: 300 MB).  Refused at the
+    header, before the body arrives; once open, the full limit."""
+    from missioncommander._frames import HANDSHAKE_MAX_FRAME_SIZE
+
+    server = Connection(Role.SERVER, now=0.0)
+    server.send_challenge("n" * 32, auth=False)
+    with pytest.raises(RemoteProtocolError) as info:
+        server.receive_data((15 * 2**20).to_bytes(4, "big") + b"\x02", 0.0)
+    assert info.value.code == "frame_too_large"
+    client = Connection(Role.CLIENT, now=0.0)
+    with pytest.raises(RemoteProtocolError) as info:
+        client.receive_data((HANDSHAKE_MAX_FRAME_SIZE + 1).to_bytes(4, "big") + bytes([FrameType.CHALLENGE]), 0.0)
+    assert info.value.code == "frame_too_large"
+    client, server = handshake()  # open: a message of 1 MiB is fine (the default limit is 16 MiB)
+    body = b'["s",{"t":"' + b"x" * 2**20 + b'"}]'
+    (event,) = server.receive_data(message_header(1, len(body)) + body, now=1.0)
+    assert isinstance(event, MessageReceived) and len(event.payload["t"]) == 2**20
+    (event,) = client.receive_data(message_header(1, len(body)) + body, now=1.0)
+    assert isinstance(event, MessageReceived)
+
+
 def test_messages_flow_after_handshake() -> None:
     client, server = handshake()
     body = b'["s",{"n":1}]'

@@ -315,6 +315,23 @@ def test_a_hello_with_an_id_no_client_may_have_is_refused(make_client: MakeClien
         assert sorted(server.clients, key=len) == [good.client_id, longest.client_id]
 
 
+def test_a_peer_not_let_in_cannot_make_the_server_buffer_a_big_frame(make_client: MakeClient) -> None:
+    """Before its HELLO is answered a peer may send frames of 16 KiB at
+    most: one that announced a 15 MiB HELLO was buffered whole (twenty of
+    them: 300 MB of a server nobody let them into).  Refused at the header."""
+    with Server(interface="127.0.0.1", port=0) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            frames = server_frames(sock)
+            assert isinstance(next(frames), Challenge)
+            sock.sendall((15 * 2**20).to_bytes(4, "big") + bytes([FrameType.HELLO]) + b"{")
+            refusal = next(frames)  # without the 15 MiB it announced
+        assert isinstance(refusal, ErrorReceived) and refusal.code == "frame_too_large", refusal
+        client = make_client(server)
+        client.connect()
+        client.send(Message("big", {"t": "x" * 2**20}))  # let in, the full limit
+        wait_until(lambda: server.stats(client.client_id)["messages_received"] == 1, what="the big message")
+
+
 def test_the_server_must_prove_the_token_too(make_client: MakeClient) -> None:
     with Server(interface="127.0.0.1", port=0) as impostor:  # knows no token
         client = make_client(impostor, auth_token="s3cret")
