@@ -54,9 +54,6 @@ DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
 #: so that control frames can always get through.
 MIN_MAX_FRAME_SIZE = 4096
 
-#: What a peer may announce as its ``heartbeat_timeout``: a smaller one is
-#: raised to the floor (PINGs to it go out at most every 0.1 s, never a flood
-#: on the shared I/O thread), a larger one lowered to the ceiling.
 #: The largest frame before the handshake is over (CHALLENGE, HELLO,
 #: WELCOME, ERROR: a HELLO with the longest client id, escaped, is under
 #: 8 KiB): more from a peer not yet let in is refused (``frame_too_large``).
@@ -67,6 +64,10 @@ MAX_CLIENT_ID = 1024
 #: C0 and C1 control characters and DEL: an id must not write terminal
 #: escapes or line breaks into a log, a table or an event line.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+#: What a peer may announce as its ``heartbeat_timeout``: a smaller one is
+#: raised to the floor (PINGs to it go out at most every 0.1 s, never a flood
+#: on the shared I/O thread), a larger one lowered to the ceiling.
 MIN_PEER_HEARTBEAT_TIMEOUT = 0.3
 MAX_PEER_HEARTBEAT_TIMEOUT = 86_400.0
 
