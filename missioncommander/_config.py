@@ -161,8 +161,10 @@ EXIT_WAIT = 2.0
 
 
 def client_id(value: Any, name: str) -> str:
-    """A client id: a non-empty string, and not ``'*'``, which a server
-    reads as every client."""
+    """A client id, by the rule a server applies to a HELLO's
+    (``_frames.client_id_problem``): not blank, no control characters, at
+    most 1,024 characters, and not ``'*'``, which a server reads as every
+    client."""
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, not {type(value).__name__}")
     problem = client_id_problem(value)
