@@ -107,10 +107,21 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_json_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+def _finite_float(text: str) -> float:
+    # JSON allows 1e400; Python would read it as infinity, which the
+    # application could neither send on (Message refuses it) nor hand to
+    # anything that writes JSON. Called for numbers with a fraction or an
+    # exponent only, so integers and strings keep the C fast path.
+    value = float(text)
+    if value - value:  # inf - inf is NaN; a finite number gives 0.0
+        raise ValueError(f"{text:.40} is beyond the range of a double")
+    return value
+
+
+_json_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 # Message payloads are handed to users read-only: decoding objects straight
 # into FrozenDict spares a second walk over every payload.
-_frozen_decoder = json.JSONDecoder(parse_constant=_reject_constant, object_hook=FrozenDict)
+_frozen_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float, object_hook=FrozenDict)
 _scan_frozen = make_scanner(_frozen_decoder)  # type: ignore[arg-type]  # typeshed types it oddly
 
 

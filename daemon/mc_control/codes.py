@@ -4,12 +4,13 @@ rules every controller checks before it asks (instance names, payloads)."""
 from __future__ import annotations
 
 import enum
+import json
 import re
 
 # mcctl imports this on every call: typing only for the type checker.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import NoReturn
+    from typing import Any, NoReturn
 
 #: Bumped when a command or a response changes incompatibly.
 API_VERSION = 1
@@ -33,10 +34,29 @@ def name_problem(name: str) -> str | None:
     return None
 
 
-def refuse_json_constant(name: str) -> NoReturn:
+def _refuse_json_constant(name: str) -> NoReturn:
     """``json.loads``'s ``parse_constant``: Python's json reads NaN and
     Infinity, JSON has neither, and mcd refuses a payload with one."""
     raise ValueError(f"{name} is not JSON (JSON has no NaN or infinity)")
+
+
+def _finite_float(text: str) -> float:
+    """``json.loads``'s ``parse_float``: a number beyond a double's range
+    (``1e400``) would be read as infinity, which no JSON can carry on."""
+    value = float(text)
+    if value - value:  # inf - inf is NaN; a finite number gives 0.0
+        raise ValueError(f"{text:.40} is beyond the range of a JSON number here (a double)")
+    return value
+
+
+_strict = json.JSONDecoder(parse_constant=_refuse_json_constant, parse_float=_finite_float)
+
+
+def strict_json(text: str) -> Any:
+    """``json.loads`` that refuses what is not JSON, or cannot be written
+    back as JSON (NaN, Infinity, a number beyond a double), with a
+    ``ValueError`` (a ``json.JSONDecodeError`` for bad syntax)."""
+    return _strict.decode(text)
 
 
 class ErrorCode(enum.StrEnum):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mc_control import schema
-from mc_control.codes import MAX_LINE, ErrorCode
+from mc_control.codes import MAX_LINE, ErrorCode, strict_json
 
 from .core import CoreError, DaemonCore
 from .dispatch import Dispatcher
@@ -177,13 +177,18 @@ class ControlServer:
             try:
                 # Decoded here, not by json.loads: given bytes, it guesses
                 # UTF-16 or -32 from the first bytes, and the API is UTF-8.
-                obj = json.loads(line.decode("utf-8"))
+                obj = strict_json(line.decode("utf-8"))
             except UnicodeDecodeError as exc:
                 self._send(conn, error_response(None, ErrorCode.INVALID_JSON, f"request is not UTF-8: {exc}"))
                 return
-            except ValueError as exc:
+            except json.JSONDecodeError as exc:
                 self._send(conn, error_response(None, ErrorCode.INVALID_JSON, f"request is not a JSON line: {exc}"))
                 return
+            except ValueError as exc:
+                # NaN, Infinity, 1e400: the line was read whole, so the
+                # connection is still in step; answered like any bad request.
+                self._send(conn, error_response(None, ErrorCode.INVALID_REQUEST, f"invalid request: {exc}"))
+                continue
             request_id = obj.get("id") if isinstance(obj, dict) else None
             if not isinstance(request_id, (int, str)) or isinstance(request_id, bool):
                 request_id = None

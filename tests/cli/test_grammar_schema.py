@@ -151,6 +151,8 @@ def test_a_payload_of_dash_is_read_by_the_caller_and_refused_without_one() -> No
         parse(["client", "send", "report", "-"])
     with pytest.raises(UsageError, match="NaN is not JSON"):
         parse(["server", "send", "x", '{"n": NaN}'])
+    with pytest.raises(UsageError, match="1e400 is beyond the range"):  # Python reads it as infinity
+        parse(["server", "send", "x", '{"n": [1e400]}'])
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -16,6 +17,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, NoReturn
 
 import pytest
 from support import FaultProxy, Recorder, free_port, wait_until
@@ -253,6 +255,39 @@ def test_invalid_requests_get_structured_errors_and_the_connection_stays(
         sock.sendall(b'{"id": "again", "cmd": "hello"}\n')
         again = json.loads(reader.readline())
         assert again["id"] == "again" and again["ok"] is True
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"id": 1, "cmd": "client.set", "key": "heartbeat_interval", "value": NaN}',
+        b'{"id": 1, "cmd": "client.set", "key": "port", "value": 1e400}',
+        b'{"id": 1, "cmd": "client.send", "subject": "x", "payload": {"a": [-Infinity]}}',
+    ],
+)
+def test_numbers_json_cannot_write_back_are_refused_and_never_echoed(mcd: Mcd, line: bytes) -> None:
+    """Python reads NaN, Infinity and 1e400 (as infinity); mcd echoed them
+    in its error details as ``NaN`` and ``Infinity``, which no strict JSON
+    reader (jq, a browser) takes. Refused before anything reads them; the
+    line was read whole, so the connection stays."""
+
+    def strict(text: bytes) -> Any:
+        def refuse(name: str) -> NoReturn:
+            raise AssertionError(f"mcd wrote {name}, which is not JSON")
+
+        return json.loads(text, parse_constant=refuse)
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(mcd.socket))
+        sock.settimeout(10)
+        sock.sendall(line + b"\n")
+        reader = sock.makefile("rb")
+        response = strict(reader.readline())
+        assert response["ok"] is False and response["error"]["code"] == "invalid_request", response
+        assert re.search(r"NaN|Infinity|1e400", response["error"]["message"]), response
+        sock.sendall(b'{"id": "again", "cmd": "hello"}\n')
+        assert strict(reader.readline())["ok"] is True
+    assert mcd.request("list")["instances"] == []  # nothing was created by the refused lines
 
 
 @pytest.mark.parametrize(

@@ -118,6 +118,7 @@ def test_history_only_feeds_the_log() -> None:
         (vm.check_payload, "[1]", None, "the payload must be a JSON object: {...}"),
         (vm.check_payload, '{"a" 1}', None, "not JSON: Expecting ':' delimiter at line 1, column 6"),
         (vm.check_payload, '{"a": NaN}', None, "NaN is not JSON (JSON has no NaN or infinity)"),
+        (vm.check_payload, '{"a": -1e400}', None, "-1e400 is beyond the range of a JSON number here (a double)"),
         (vm.check_instance_name, "lab-2", "lab-2", None),
         (vm.check_instance_name, "bad name", None, SHORT_RULE),
         (vm.check_instance_name, "café", None, SHORT_RULE),  # the daemon's rule: ASCII only

@@ -166,6 +166,10 @@ def test_truncated_frame_waits_for_more() -> None:
         (FrameType.MESSAGE, b"\0" * 8 + b"[" * 100_000),  # nesting bomb
         (FrameType.MESSAGE, b"\0" * 8 + b'["s", {}] x'),  # trailing garbage
         (FrameType.MESSAGE, b"\0" * 8 + b'["s", {"x": NaN}, 1]'),  # NaN, found on the fast path
+        # JSON numbers Python would read as infinity, which cannot be sent on
+        (FrameType.MESSAGE, b"\0" * 8 + b'["s", {"x": 1e400}]'),  # the fast path
+        (FrameType.MESSAGE, b"\0" * 8 + b'["s", {"x": [-1e400]}]'),  # the full decoder
+        (FrameType.ERROR, b'{"code": "x", "message": "m", "retry": true, "retry_after": 1e999}'),
         (FrameType.MESSAGE, b"\0" * 8 + b"null"),
         (FrameType.ACK, b"\0" * 4),
         (FrameType.PING, b"x"),

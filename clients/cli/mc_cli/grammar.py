@@ -17,7 +17,7 @@ from mc_control.codes import (
     OPTIONAL_TUNING,
     SERVER_KEYS,
     SERVER_TUNING,
-    refuse_json_constant,
+    strict_json,
 )
 
 # No dataclasses and no typing at run time: mcctl imports this module on
@@ -246,14 +246,14 @@ def parse_payload(text: str, read_stdin: Callable[[], str] | None = None) -> dic
             raise UsageError("a payload from standard input ('-') is for one-shot mcctl, not the shell")
         text = read_stdin()
     try:
-        value = json.loads(text, parse_constant=refuse_json_constant)
+        value = strict_json(text)
     except json.JSONDecodeError as exc:
         line = text.splitlines()[exc.lineno - 1] if text.splitlines() else text
         raise UsageError(
             f"invalid JSON payload: {exc.msg} (line {exc.lineno}, column {exc.colno})\n"
             f"  {line}\n  {' ' * (exc.colno - 1)}^\nnothing was sent"
         ) from None
-    except ValueError as exc:  # NaN or Infinity
+    except ValueError as exc:  # NaN, Infinity, 1e400
         raise UsageError(f"invalid JSON payload: {exc}; nothing was sent") from None
     if not isinstance(value, dict):
         raise UsageError(f"the payload must be a JSON object ({{...}}), not {type(value).__name__}; nothing was sent")

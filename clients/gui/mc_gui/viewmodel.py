@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from mc_control.codes import FILE_KEYS, NAME_MAX, name_problem, refuse_json_constant
+from mc_control.codes import FILE_KEYS, NAME_MAX, name_problem, strict_json
 from mc_control.events import cluster_readiness, describe_event
 
 LOG_LINES = 500
@@ -300,10 +300,10 @@ def check_payload(text: str) -> tuple[dict[str, Any] | None, str | None]:
     if not text.strip():
         return {}, None
     try:
-        value = json.loads(text, parse_constant=refuse_json_constant)
+        value = strict_json(text)
     except json.JSONDecodeError as exc:
         return None, f"not JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
-    except ValueError as exc:  # NaN or Infinity
+    except ValueError as exc:  # NaN, Infinity, 1e400
         return None, str(exc)
     if not isinstance(value, dict):
         return None, "the payload must be a JSON object: {...}"
