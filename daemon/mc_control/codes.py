@@ -54,9 +54,15 @@ _strict = json.JSONDecoder(parse_constant=_refuse_json_constant, parse_float=_fi
 
 def strict_json(text: str) -> Any:
     """``json.loads`` that refuses what is not JSON, or cannot be written
-    back as JSON (NaN, Infinity, a number beyond a double), with a
-    ``ValueError`` (a ``json.JSONDecodeError`` for bad syntax)."""
-    return _strict.decode(text)
+    back as JSON (NaN, Infinity, a number beyond a double), or is nested
+    deeper than Python's recursion limit, with a ``ValueError`` (a
+    ``json.JSONDecodeError`` for bad syntax)."""
+    try:
+        return _strict.decode(text)
+    except RecursionError:
+        # A line of a million '[' is short, and json would raise this
+        # from deep inside, where a caller expecting ValueError missed it.
+        raise ValueError("JSON nested too deeply to read") from None
 
 
 class ErrorCode(enum.StrEnum):

@@ -40,6 +40,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mc_control.codes import strict_json
+
 from .files import secure_directory
 
 log = logging.getLogger("mcd.state")
@@ -113,7 +115,7 @@ class StateStore:
             self._move_aside(self.path, f"cannot be read ({exc.strerror or exc})")
             return {}
         try:
-            data = json.loads(raw.decode("utf-8"))
+            data = strict_json(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             self._move_aside(self.path, f"is corrupt: not valid JSON ({exc})")
             return {}
@@ -309,7 +311,7 @@ def _fsync_directory(directory: Path) -> None:
 def _change(line: bytes) -> tuple[int, dict[str, dict[str, Any]], dict[str, list[str]]] | None:
     """A log line's generation, entries set and names removed; None when it is not one."""
     try:
-        change = json.loads(line.decode("utf-8"))
+        change = strict_json(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         return None
     if not isinstance(change, dict):

@@ -263,9 +263,14 @@ def test_invalid_requests_get_structured_errors_and_the_connection_stays(
         b'{"id": 1, "cmd": "client.set", "key": "heartbeat_interval", "value": NaN}',
         b'{"id": 1, "cmd": "client.set", "key": "port", "value": 1e400}',
         b'{"id": 1, "cmd": "client.send", "subject": "x", "payload": {"a": [-Infinity]}}',
+        # Short, but past the recursion limit: json raised RecursionError, and
+        # the connection closed with a traceback in the log and no answer.
+        b'{"id": 1, "cmd": "client.send", "subject": "x", "payload": ' + b'{"a":' * 5000 + b"1" + b"}" * 5001,
     ],
 )
-def test_numbers_json_cannot_write_back_are_refused_and_never_echoed(mcd: Mcd, line: bytes) -> None:
+def test_lines_json_cannot_carry_on_or_nested_too_deep_are_refused_and_the_connection_stays(
+    mcd: Mcd, line: bytes
+) -> None:
     """Python reads NaN, Infinity and 1e400 (as infinity); mcd echoed them
     in its error details as ``NaN`` and ``Infinity``, which no strict JSON
     reader (jq, a browser) takes. Refused before anything reads them; the
@@ -284,10 +289,11 @@ def test_numbers_json_cannot_write_back_are_refused_and_never_echoed(mcd: Mcd, l
         reader = sock.makefile("rb")
         response = strict(reader.readline())
         assert response["ok"] is False and response["error"]["code"] == "invalid_request", response
-        assert re.search(r"NaN|Infinity|1e400", response["error"]["message"]), response
+        assert re.search(r"NaN|Infinity|1e400|nested too deeply", response["error"]["message"]), response
         sock.sendall(b'{"id": "again", "cmd": "hello"}\n')
         assert strict(reader.readline())["ok"] is True
     assert mcd.request("list")["instances"] == []  # nothing was created by the refused lines
+    assert "Traceback" not in mcd.log()
 
 
 @pytest.mark.parametrize(

@@ -52,7 +52,18 @@ def test_a_failed_rename_leaves_the_previous_state(tmp_path: Path, monkeypatch: 
     assert json.loads(store.path.read_text())["servers"]["s"]["settings"]["port"] == 5
 
 
-@pytest.mark.parametrize("content", ["", "{", "[]", '{"version": 99}', '{"version": 1, "clients": []}'])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "",
+        "{",
+        "[]",
+        '{"version": 99}',
+        '{"version": 1, "clients": []}',
+        "[" * 100_000 + "]" * 100_000,  # json raised RecursionError, and mcd did not start
+        '{"version": 1, "clients": {"a": {"settings": {"port": NaN}}}, "servers": {}}',
+    ],
+)
 def test_a_corrupt_file_is_moved_aside(tmp_path: Path, content: str) -> None:
     store = StateStore(tmp_path)
     store.path.write_text(content)
@@ -244,14 +255,15 @@ def test_a_change_cut_short_is_dropped_and_the_rest_kept(tmp_path: Path, caplog:
     assert not list(tmp_path.glob("*.corrupt-*"))
 
 
+@pytest.mark.parametrize("bad_line", [b'{"gen":3,"set":{"clients":[]}}', b"[" * 100_000])
 def test_a_corrupt_log_is_moved_aside_and_what_came_before_it_kept(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, bad_line: bytes
 ) -> None:
     store = StateStore(tmp_path)
     store.write(_members({"clients": {"a": {}}, "servers": {}}))
     store.write(_members({"clients": {"a": {}, "b": {}}, "servers": {}}))
     with store.log_path.open("ab") as f:
-        f.write(b'{"gen":3,"set":{"clients":[]}}\n{"gen":4,"set":{"clients":{"d":{}}}}\n')
+        f.write(bad_line + b'\n{"gen":4,"set":{"clients":{"d":{}}}}\n')
     reloaded = StateStore(tmp_path)
     assert reloaded.load()["clients"] == {"a": {}, "b": {}}
     (aside,) = tmp_path.glob("state.log.corrupt-*")

@@ -130,6 +130,22 @@ def test_validation(check: Any, text: str, value: Any, error: str | None) -> Non
     assert check(text) == (value, error)
 
 
+@pytest.mark.parametrize(
+    ("text", "value", "error"),
+    [
+        ("7.5", 7.5, None),
+        ("0", None, "session_expiry must be more than 0"),
+        ("soon", None, "a number"),
+        # float() reads these; JSON cannot carry them to mcd, which refused the line whole
+        ("nan", None, "a finite number"),
+        ("inf", None, "a finite number"),
+        ("1e400", None, "a finite number"),
+    ],
+)
+def test_a_timer_field_takes_finite_positive_numbers(text: str, value: float | None, error: str | None) -> None:
+    assert vm.check_tuning("session_expiry", "float", text, optional=True) == (value, error)
+
+
 def test_file_fields_expand_home_and_other_text_fields_do_not(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", "/home/someone")
     assert vm.setting_text("tls_cert", " ~/certs/a.pem ") == "/home/someone/certs/a.pem"

@@ -205,6 +205,11 @@ def split_options(argv: list[str]) -> tuple[list[str], Options]:
     return words, opts
 
 
+#: The longest --timeout: a day covers any wait a script means; far larger
+#: values overflow a socket's timeout.
+MAX_TIMEOUT = 86_400
+
+
 def _set_option(opts: Options, name: str, value: str) -> None:
     if name == "--timeout":
         try:
@@ -213,6 +218,8 @@ def _set_option(opts: Options, name: str, value: str) -> None:
             raise UsageError(f"--timeout must be a number of seconds, not {value!r}") from None
         if not seconds > 0:
             raise UsageError("--timeout must be positive")
+        if not seconds <= MAX_TIMEOUT:  # inf, 1e12: a socket's timeout overflowed with a traceback
+            raise UsageError(f"--timeout must be at most {MAX_TIMEOUT:,} seconds (a day), not {value!r}")
         opts.timeout = seconds
     elif name == "--since":
         if not value.isdigit():
@@ -278,9 +285,12 @@ def _value(key: str, raw: str) -> str | int | float | bool | dict[str, str] | No
             raise UsageError(f"{key} must be an integer, not {raw!r}") from None
     if key in FLOAT_KEYS:
         try:
-            return float(raw)
+            number = float(raw)
         except ValueError:
             raise UsageError(f"{key} must be a number, not {raw!r}") from None
+        if number - number:  # 'nan', 'inf', '1e400': JSON cannot carry them to mcd
+            raise UsageError(f"{key} must be a finite number, not {raw!r}")
+        return number
     if key in SECRETS_KEYS:
         try:
             tokens = json.loads(raw)

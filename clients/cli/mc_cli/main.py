@@ -65,7 +65,7 @@ other commands:
 options (before or after the command words):
   --json            machine output: one JSON object per result (errors: {"error": {...}})
   --socket PATH     control socket (default: $MC_SOCKET, else $XDG_RUNTIME_DIR/missioncommander/mcd.sock)
-  --timeout S       seconds to wait for the daemon (connect, wait, request: for the outcome; default 10)
+  --timeout S       seconds to wait for the daemon (connect, wait, request: for the outcome; default 10, at most a day)
   --name NAME       instance name; naming a new one creates it
 
 exit status:

@@ -350,6 +350,8 @@ def check_tuning(key: str, kind: str, text: str, optional: bool) -> tuple[Any, s
         number: int | float = int(text) if kind == "int" else float(text)
     except ValueError:
         return None, "a whole number" if kind == "int" else "a number"
+    if number - number:  # 'nan', 'inf', '1e400': JSON cannot carry them to mcd
+        return None, "a finite number"
     if number <= 0:
         return None, f"{key} must be more than 0"
     return number, None
