@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ._config import wait_timeout
 from ._errors import NoResponder
 from ._message import FrozenDict, Message
 
@@ -600,6 +601,7 @@ class Callbacks:
         """Block until the callbacks of every event so far have run, those
         of requests answered beside the others too (False at once on a
         callback thread, as ``SerialQueue.wait_idle``)."""
+        timeout = wait_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def left() -> float | None:

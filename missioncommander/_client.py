@@ -633,6 +633,7 @@ class Client(ClientSettings):
 
     def _wait_for_state(self, done: Callable[[], bool], timeout: float | None) -> None:
         """Wait under the lock until ``done()`` (the state changes on the I/O thread)."""
+        timeout = cfg.wait_timeout(timeout)
         if done():
             return
         if self._loop.in_loop():
@@ -801,6 +802,7 @@ class Client(ClientSettings):
             raise TypeError(f"message must be a Message, not {type(message).__name__}")
         if self._loop.in_loop():
             raise StateError("request() on the I/O thread (an inline callback) would block it; send() instead")
+        timeout = cfg.wait_timeout(timeout)
         request_id, waiter = self._start_request(message)
         return self._requests.wait(request_id, waiter, timeout, self._why_no_reply)
 

@@ -125,17 +125,37 @@ def int_range(low: int, high: int | None = None, *, optional: bool = False) -> C
     return check
 
 
+#: The largest timer setting: past it a wait overflows what the OS takes
+#: (a lock's or a socket's timeout; connect_timeout=1e308 raised
+#: OverflowError from connect()). A billion seconds is about 31 years.
+MAX_SECONDS = 1e9
+
+
 def positive_number(*, optional: bool = False) -> Callable[[Any, str], Any]:
     def check(value: Any, name: str) -> float | None:
         if value is None and optional:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-        if not value > 0 or value == float("inf"):
-            raise ValueError(f"{name} must be a positive finite number, not {value}")
+        if not 0 < value <= MAX_SECONDS:  # NaN too
+            raise ValueError(f"{name} must be more than 0 and at most {MAX_SECONDS:,.0f}, not {value}")
         return float(value)
 
     return check
+
+
+def wait_timeout(timeout: Any) -> float | None:
+    """A ``timeout`` argument of a blocking call (a request, a wait for a
+    state or for callbacks): None, infinity or more than ``MAX_SECONDS``
+    wait as long as it takes. Checked before anything is sent: a request
+    with a bad timeout raised only once sent, its slot never freed."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+    if not timeout >= 0:  # NaN too
+        raise ValueError(f"timeout must be 0 or more seconds (None: as long as it takes), not {timeout}")
+    return None if timeout > MAX_SECONDS else float(timeout)
 
 
 _CONTROL = re.compile("[\x00-\x1f]")

@@ -42,6 +42,11 @@ _READS_PER_EVENT = 16
 _COMPACT_MIN = 4096
 #: Readiness events taken per wait (more wait for the next turn).
 _MAX_EVENTS = 1024
+#: The longest single wait for the next timer: epoll takes milliseconds in
+#: a C int (under 25 days), and a 30-day session_expiry, the only timer of a
+#: server with one detached client, killed the I/O thread with OverflowError.
+#: An hour is as long as asyncio's own loop waits at a time.
+_MAX_WAIT = 3600.0
 
 
 class Timer:
@@ -291,7 +296,11 @@ class Loop:
             if self._calls or self._dirty:
                 timeout = 0
             elif timers:
-                timeout = max(0.0, timers[0][0] - monotonic())  # epoll rounds it up to its milliseconds
+                timeout = timers[0][0] - monotonic()  # epoll rounds it up to its milliseconds
+                if timeout < 0.0:
+                    timeout = 0.0
+                elif timeout > _MAX_WAIT:
+                    timeout = _MAX_WAIT  # woken early, the loop finds no timer due and waits again
             for fd, mask in poll(timeout, _MAX_EVENTS):
                 handler = handlers.get(fd)
                 if handler is None:

@@ -508,6 +508,7 @@ class Server(ServerSettings):
             raise TypeError(f"message must be a Message, not {type(message).__name__}")
         if self._loop.in_loop():
             raise StateError("request() on the I/O thread (an inline callback) would block it; send() instead")
+        timeout = cfg.wait_timeout(timeout)
         request_id, waiter = self._start_request(client_id, message)
         return self._requests.wait(request_id, waiter, timeout, functools.partial(self._why_no_reply, client_id))
 

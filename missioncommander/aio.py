@@ -653,7 +653,7 @@ class AsyncClient(_Endpoint, ClientSettings):
         ``ClientState.STATE_CONNECTED``) and return it; ``TimeoutError``
         after ``timeout`` seconds."""
         self._driver.bind()
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(cfg.wait_timeout(timeout)):
             while not self._inner.state & state:
                 await self._wait()
         return self._inner.state
@@ -662,7 +662,7 @@ class AsyncClient(_Endpoint, ClientSettings):
         """Wait until connected (again); ``StateError`` once the client has
         stopped trying (disconnected, refused, out of reconnect attempts)."""
         self._driver.bind()
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(cfg.wait_timeout(timeout)):
             while not self._inner.connected:
                 if self._finished():
                     raise StateError(f"client is {ClientState.get_name(self.state)}; it will not connect by itself")
@@ -757,6 +757,7 @@ class AsyncClient(_Endpoint, ClientSettings):
             raise TypeError(f"message must be a Message, not {type(message).__name__}")
         inner = self._inner
         inner._check_requests()
+        timeout = cfg.wait_timeout(timeout)
         future: asyncio.Future[Message] = self._driver.loop.create_future()
         request_id, body = inner._requests.open("", inner.max_requests, message, future)
         sending = self._send_body(body)
@@ -939,6 +940,7 @@ class AsyncServer(_Endpoint, ServerSettings):
             raise TypeError(f"message must be a Message, not {type(message).__name__}")
         inner = self._inner
         inner._check_requests(client_id)
+        timeout = cfg.wait_timeout(timeout)
         future: asyncio.Future[Message] = self._driver.loop.create_future()
         request_id, body = inner._requests.open(client_id, inner.max_requests, message, future)
         sending = self._send_body(client_id, body)

@@ -915,6 +915,42 @@ def test_async_request_errors_no_responder_remote_error_timeout_and_session_lost
     run(test)
 
 
+def test_an_async_request_with_a_bad_timeout_is_not_sent_and_infinity_waits() -> None:
+    """A NaN or negative timeout was found out by asyncio only once the
+    request had been sent (the peer ran it); -1 timed out at once where the
+    threaded API waited for ever. Both APIs refuse them first, alike."""
+
+    async def test() -> None:
+        asked: list[str] = []
+
+        def respond(client_id: str, message: Message) -> dict[str, Any]:
+            asked.append(client_id)
+            return dict(message.payload)
+
+        server = AsyncServer(interface="127.0.0.1", port=0)
+        server.subscribe("request", respond)
+        await server.start()
+        try:
+            async with AsyncClient(address="127.0.0.1", port=server.port, client_id="e") as client:
+                client.subscribe("request", lambda message: message.payload)
+                await until(lambda: "e" in server.clients)
+                for bad, error in (("10", TypeError), (float("nan"), ValueError), (-1, ValueError)):
+                    with pytest.raises(error, match="timeout must be"):
+                        await client.request(Message("q"), timeout=bad)  # type: ignore[arg-type]
+                    with pytest.raises(error, match="timeout must be"):
+                        await server.request("e", Message("q"), timeout=bad)  # type: ignore[arg-type]
+                    with pytest.raises(error, match="timeout must be"):
+                        await client.wait_connected(timeout=bad)  # type: ignore[arg-type]
+                reply = await client.request(Message("q", {"n": 1}), timeout=float("inf"))
+                assert reply.payload == {"n": 1}
+                assert (await server.request("e", Message("q", {"n": 2}), timeout=1e308)).payload == {"n": 2}
+                assert asked == ["e"]
+        finally:
+            await server.stop()
+
+    run(test)
+
+
 def test_an_async_request_cut_before_its_reply_is_answered_once_after_resume() -> None:
     async def test() -> None:
         async with AsyncServer(interface="127.0.0.1", port=0) as server:

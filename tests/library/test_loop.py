@@ -10,6 +10,8 @@ import textwrap
 import weakref
 from collections.abc import Callable
 
+import pytest
+
 from missioncommander._loop import get_loop
 
 SCRIPT = textwrap.dedent(
@@ -109,3 +111,33 @@ def test_cancelled_timers_do_not_pile_up_or_hold_their_callbacks() -> None:
     del target
     gc.collect()
     assert ref() is None
+
+
+LONG_TIMER = textwrap.dedent(
+    """
+    import sys
+    from missioncommander import Client, Message, Server
+    from missioncommander._loop import get_loop
+
+    {fallback}
+    loop = get_loop()
+    # The loop's only timer, 30 days away (a session_expiry of 30 days and one
+    # detached client): epoll's wait, in milliseconds in a C int, overflowed
+    # and the I/O thread died with OverflowError.
+    loop.run_sync(lambda: loop.call_later(30 * 86400, print, "never"))
+    assert loop.run_sync(lambda: 42, timeout=10) == 42, "the loop stopped"
+    with Server(interface="127.0.0.1", port=0, session_expiry=30 * 86400) as server:
+        server.subscribe("request", lambda client_id, message: message.payload)
+        with Client(address="127.0.0.1", port=server.port, connect_timeout=10) as client:
+            print(client.request(Message("q", {{"n": 7}}), timeout=10).payload["n"])
+    """
+)
+
+
+@pytest.mark.parametrize("poller", ["epoll", "selectors"])
+def test_a_timer_weeks_away_does_not_stop_the_loop(poller: str) -> None:
+    fallback = "import select; del select.epoll" if poller == "selectors" else ""
+    script = LONG_TIMER.format(fallback=fallback)
+    proc = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["7"]

@@ -16,6 +16,7 @@ from support import FaultProxy, Recorder, server_frames, wait_until
 
 from missioncommander import (
     Client,
+    ClientState,
     Message,
     NoResponder,
     QueueFullError,
@@ -229,6 +230,33 @@ def test_requests_in_flight_are_bounded(server: Server, make_client: MakeClient,
     release.set()
     assert first.result(WAIT) == Message("a") and second.result(WAIT) == Message("b")
     assert client.request(Message("d")) == Message("d")  # room again
+
+
+def test_a_bad_timeout_is_refused_before_the_request_is_sent_and_infinity_waits(
+    server: Server, make_client: MakeClient
+) -> None:
+    """A timeout a lock cannot take (``"10"``, NaN, -1, infinity) raised only
+    once the request was out: the peer ran it, and the request's slot in
+    ``max_requests`` was never freed. Now a clear error before anything is
+    sent; infinity waits as long as it takes, as None does."""
+    asked: list[str] = []
+    server.subscribe("request", lambda client_id, message: asked.append(client_id) or message.payload)
+    client = make_client(server, client_id="c", max_requests=1)
+    client.subscribe("request", lambda message: message.payload)
+    client.connect()
+    wait_until(lambda: "c" in server.clients, what="the server to list the client")
+    for bad, error in (("10", TypeError), (True, TypeError), (float("nan"), ValueError), (-1, ValueError)):
+        with pytest.raises(error, match="timeout must be"):
+            client.request(Message("q"), timeout=bad)  # type: ignore[arg-type]
+        with pytest.raises(error, match="timeout must be"):
+            server.request("c", Message("q"), timeout=bad)  # type: ignore[arg-type]
+    assert client.request(Message("q", {"n": 1}), timeout=float("inf")).payload == {"n": 1}
+    assert server.request("c", Message("q", {"n": 2}), timeout=1e308).payload == {"n": 2}
+    assert asked == ["c"]  # only the good request reached the server's responder
+    assert client._requests.in_flight("") == 0 and server._requests.in_flight("c") == 0
+    with pytest.raises(ValueError, match="timeout must be"):
+        client.wait_state(ClientState.STATE_CONNECTED, timeout=-1)
+    assert client.wait_callbacks(timeout=float("inf"))
 
 
 def test_request_from_an_inline_callback_is_refused(server: Server, make_client: MakeClient) -> None:

@@ -30,6 +30,10 @@ from missioncommander._config import redacted_url
         ("connect_timeout", 0, ValueError),
         ("reconnect_attempts", 0, ValueError),
         ("heartbeat_interval", "5", TypeError),
+        ("heartbeat_interval", float("nan"), ValueError),
+        # Past what a wait can take: connect() raised OverflowError
+        ("connect_timeout", 1e308, ValueError),
+        ("send_timeout", float("inf"), ValueError),
     ],
 )
 def test_client_rejects_bad_values(name: str, value: object, error: type[Exception]) -> None:
@@ -38,6 +42,16 @@ def test_client_rejects_bad_values(name: str, value: object, error: type[Excepti
         setattr(client, name, value)
     with pytest.raises(error):
         Client(**{name: value})
+
+
+def test_timers_take_up_to_a_billion_seconds() -> None:
+    client = Client(connect_timeout=1e9, reconnect_max_delay=1e9)
+    assert (client.connect_timeout, client.reconnect_max_delay) == (1e9, 1e9)
+    assert Server(session_expiry=1e9).session_expiry == 1e9
+    with pytest.raises(
+        ValueError, match="session_expiry must be more than 0 and at most 1,000,000,000, not 10000000000"
+    ):
+        Server(session_expiry=1e10)
 
 
 def test_client_reads_back_what_was_set_and_needs_address_and_port() -> None:
