@@ -200,7 +200,8 @@ class Message:
     changes to the caller's dict do not show.  Everything is validated here,
     not later on the wire: a non-str or empty subject, a payload that is not a
     dict, or one that JSON cannot represent exactly (non-str keys, NaN, sets,
-    arbitrary objects) raises ``TypeError`` or ``ValueError``.
+    arbitrary objects) raises ``TypeError`` or ``ValueError``; so does one
+    nested a few hundred levels deep, past what Python's recursion allows.
 
     ``redelivered`` is True only on a message a cluster server hands to its
     callbacks after taking the client over from a node that died without
@@ -233,13 +234,18 @@ class Message:
         if type(payload) is FrozenDict:
             frozen = payload  # validated and read-only already (a received payload sent on)
         else:
-            frozen = _freeze_dict(payload, "") if type(payload) is dict else None
-            if frozen is None:
-                if payload is None:
-                    payload = {}
-                elif type(payload) is not dict and not isinstance(payload, Mapping):  # the ABC check is slow
-                    raise TypeError(f"payload must be a dict, not {type(payload).__name__}")
-                frozen = _freeze(payload, "")
+            try:
+                frozen = _freeze_dict(payload, "") if type(payload) is dict else None
+                if frozen is None:
+                    if payload is None:
+                        payload = {}
+                    elif type(payload) is not dict and not isinstance(payload, Mapping):  # the ABC check is slow
+                        raise TypeError(f"payload must be a dict, not {type(payload).__name__}")
+                    frozen = _freeze(payload, "")
+            except RecursionError:
+                # A few hundred levels: the copy recurses per level. Said as
+                # bad input, as the rest is (mcd answered "internal error").
+                raise ValueError("payload is nested too deeply to copy (a few hundred levels at most)") from None
         _set(self, "_subject", subject)
         _set(self, "_payload", frozen)
         _set(self, "_encoded", None)

@@ -296,6 +296,19 @@ def test_lines_json_cannot_carry_on_or_nested_too_deep_are_refused_and_the_conne
     assert "Traceback" not in mcd.log()
 
 
+def test_a_payload_nested_deeper_than_a_message_takes_is_an_invalid_value(mcd: Mcd) -> None:
+    """400 levels reach mcd as JSON, but Message() recursed past Python's
+    limit: mcd answered "internal error" with a traceback in its log."""
+    mcd.request("client.create")
+    deep: dict[str, Any] = {"n": 1}
+    for _ in range(400):
+        deep = {"a": deep}
+    with pytest.raises(ControlError) as info:
+        mcd.request("client.send", subject="deep", payload=deep)
+    assert info.value.code == "invalid_value" and "nested too deeply" in info.value.message
+    assert "Traceback" not in mcd.log()
+
+
 @pytest.mark.parametrize(
     ("data", "code", "message"),
     [

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from missioncommander import ClientState, ClientStateTransition, Message, _message
+from missioncommander._frames import message_event
 
 
 def test_message_payload_defaults_to_empty_and_body_aliases_payload() -> None:
@@ -85,6 +86,26 @@ def test_message_copies_the_callers_dict() -> None:
 def test_message_validates_at_construction(subject: object, payload: object, error: type[Exception]) -> None:
     with pytest.raises(error):
         Message(subject, payload)  # type: ignore[arg-type]
+
+
+def test_a_payload_nested_too_deeply_is_a_value_error_and_one_a_peer_sent_goes_on() -> None:
+    """RecursionError escaped Message() (mcd answered "internal error", with
+    a traceback in its log): too deep is bad input, as the rest is. A peer's
+    payload as deep as the decoder takes is shared when sent on, not copied."""
+    deep: dict[str, object] = {}
+    for _ in range(5_000):
+        deep = {"a": deep}
+    with pytest.raises(ValueError, match="nested too deeply"):
+        Message("s", deep)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        Message("s", {"a": [deep]})  # through the thorough path too
+    shallow: dict[str, object] = {"leaf": 1}
+    for _ in range(100):
+        shallow = {"a": [shallow]}
+    assert Message("s", shallow).payload["a"][0]["a"][0] is not None
+    body = b"\0" * 8 + b'["s",' + b'{"a":' * 900 + b"1" + b"}" * 900 + b"]"
+    received = message_event(body)
+    assert Message("t", received.payload).encode() == b'["t",' + body[13:]
 
 
 def test_message_equality_encoding_and_pickle() -> None:
