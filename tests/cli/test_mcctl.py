@@ -179,6 +179,8 @@ def test_json_output_of_every_command(mcd: Mcd) -> None:
         (("list", "--name", "x"), "--name only goes with"),
         (("--bogus", "list"), "unknown option --bogus"),
         (("--timeout", "soon", "list"), "--timeout must be a number"),
+        (("help", "clinet"), "no help on 'clinet' (did you mean client?); topics: client, server, events"),
+        (("help", "nonexistent"), "no help on 'nonexistent'; topics:"),
         (("--timeout", "inf", "list"), "--timeout must be at most 86,400 seconds (a day), not 'inf'"),
         (("--timeout", "1e12", "daemon", "wait"), "--timeout must be at most 86,400 seconds"),
         (("server", "set", "heartbeat_interval", "nan"), "heartbeat_interval must be a finite number, not 'nan'"),

@@ -319,6 +319,11 @@ def parse(argv: list[str], read_stdin: Callable[[], str] | None = None) -> Invoc
         inv.action = "help"
         topic_words = words[1:] if words and words[0] == "help" else words
         inv.topic = topic_words[0] if topic_words else None
+        if inv.topic is not None and inv.topic not in TOP_COMMANDS:
+            # `help conect` printed the whole usage, as if there were such a topic.
+            raise UsageError(
+                f"no help on {inv.topic!r}{_key_hint(inv.topic, TOP_COMMANDS)}; topics: {', '.join(HELP_TOPICS)}"
+            )
         return inv
     head, rest = words[0], words[1:]
     _check_option_use(opts, head, rest[0] if rest else None)
