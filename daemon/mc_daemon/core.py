@@ -623,8 +623,8 @@ class DaemonCore:
         with _send_errors():  # a cluster node without Redis: state_error, for the count too
             try:
                 inst.server.send(to, message)
-            except KeyError:
-                raise CoreError(ErrorCode.NOT_FOUND, f"server {name!r} has no client {to!r}") from None
+            except UnknownClient as exc:  # its words: in a cluster, the node that holds the client
+                raise CoreError(ErrorCode.NOT_FOUND, f"server {name!r}: {exc}") from None
             return {"sent": True, "to": to, "clients": len(inst.server.clients) if to == "*" else 1}
 
     def server_request(
@@ -635,8 +635,8 @@ class DaemonCore:
         with _request_errors():
             try:
                 reply = inst.server.request(to, message, timeout)
-            except KeyError:
-                raise CoreError(ErrorCode.NOT_FOUND, f"server {name!r} has no client {to!r}") from None
+            except UnknownClient as exc:  # its words: in a cluster, the node that holds the client
+                raise CoreError(ErrorCode.NOT_FOUND, f"server {name!r}: {exc}") from None
         return {"reply": {"subject": reply.subject, "payload": dict(reply.payload)}, "to": to}
 
     def server_clients(self, name: str) -> dict[str, Any]:
@@ -664,8 +664,8 @@ class DaemonCore:
             raise CoreError(ErrorCode.STATE_ERROR, f"server {name!r} is not running")
         try:
             inst.server.disconnect_client(client_id, reason)
-        except KeyError:
-            raise CoreError(ErrorCode.NOT_FOUND, f"server {name!r} has no client {client_id!r}") from None
+        except UnknownClient as exc:  # its words: in a cluster, the node that holds the client
+            raise CoreError(ErrorCode.NOT_FOUND, f"server {name!r}: {exc}") from None
         return {"kicked": client_id}
 
     # -- daemon ----------------------------------------------------------------
