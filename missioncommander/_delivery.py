@@ -101,8 +101,11 @@ def hand_over(
     message = kind._from_wire(event.subject, event.payload, encoded)
     if "reply" in meta:
         request_id = meta["reply"]
-        now = requests.asked_in_a_callback(request_id)
-        callbacks.emit_reply(inbox, event.seq, size, requests.resolve, request_id, message, meta.get("error"), now=now)
+        asker = peer[0] if peer else ""  # the registry's name for the peer: "" on a client
+        now = requests.asked_in_a_callback(asker, request_id)
+        callbacks.emit_reply(
+            inbox, event.seq, size, requests.resolve, asker, request_id, message, meta.get("error"), now=now
+        )
     else:
         reply = functools.partial(answer, *peer, meta["request"], message)
         callbacks.emit_request(inbox, event.seq, size, (*peer, message), reply)

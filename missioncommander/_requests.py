@@ -128,19 +128,35 @@ class Requests:
         with self._lock:
             self._pop(request_id)
 
-    def asked_in_a_callback(self, request_id: int) -> bool:
+    def asked_in_a_callback(self, peer: str, request_id: int) -> bool:
         """Whether a callback waits for the reply to ``request_id`` (a
-        threaded caller on a callback thread)."""
+        threaded caller on a callback thread) from ``peer``."""
         with self._lock:
             entry = self._pending.get(request_id)
-        return entry is not None and isinstance(entry[1], ReplyWaiter) and entry[1].asked_in_a_callback
+        return (
+            entry is not None
+            and entry[0] == peer
+            and isinstance(entry[1], ReplyWaiter)
+            and entry[1].asked_in_a_callback
+        )
 
-    def resolve(self, request_id: int, reply: Message, error: FrozenDict | None) -> None:
-        """The reply to ``request_id`` arrived."""
+    def resolve(self, peer: str, request_id: int, reply: Message, error: FrozenDict | None) -> None:
+        """The reply to ``request_id`` arrived from ``peer``. Only the peer
+        asked may answer: ids count up from 1, and any other client of a
+        server could otherwise answer for it."""
         with self._lock:
-            entry = self._pop(request_id)
+            entry = self._pending.get(request_id)
+            if entry is not None and entry[0] != peer:
+                entry = None
+                asked_elsewhere = True
+            else:
+                asked_elsewhere = False
+                entry = self._pop(request_id)
         if entry is None:
-            log.info("a reply to request %d came after its timeout; dropped", request_id)
+            if asked_elsewhere:
+                log.warning("client %r answered request %d, which was not sent to it; dropped", peer, request_id)
+            else:
+                log.info("a reply to request %d came after its timeout; dropped", request_id)
             return
         waiter = entry[1]
         if waiter.done():

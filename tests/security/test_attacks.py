@@ -7,6 +7,7 @@ import select
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from support import Recorder, server_frames, tls_handshakes, wait_until
@@ -32,6 +33,7 @@ from missioncommander._frames import (
     encode_json_frame,
     message_header,
     parse_frame,
+    with_id,
 )
 from missioncommander._loop import _RECV_SIZE
 
@@ -330,6 +332,35 @@ def test_a_peer_not_let_in_cannot_make_the_server_buffer_a_big_frame(make_client
         client.connect()
         client.send(Message("big", {"t": "x" * 2**20}))  # let in, the full limit
         wait_until(lambda: server.stats(client.client_id)["messages_received"] == 1, what="the big message")
+
+
+def test_a_client_cannot_answer_a_request_the_server_sent_another_client(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Replies were matched by request id alone, and ids count up from 1:
+    any client let in could answer the server's request to another client
+    (``{"reply": 1}``) and the server took its payload as that client's."""
+    release = threading.Event()
+    with Server(interface="127.0.0.1", port=0) as server, ThreadPoolExecutor(1) as pool:
+        victim = make_client(server, client_id="victim", inline_callbacks=False)
+        victim.subscribe("request", lambda message: {"balance": 10} if release.wait(10) else None)
+        victim.connect()
+        asked = pool.submit(server.request, "victim", Message("balance"), 10)
+        wait_until(lambda: server._requests.in_flight("victim") == 1, what="the request to be in flight")
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            frames = server_frames(sock)
+            assert isinstance(next(frames), Challenge)
+            sock.sendall(encode_json_frame(FrameType.HELLO, {"version": 2, "client_id": "mallory", "session": None,
+                                                              "last_seq": 0, "max_frame_size": 65536,
+                                                              "heartbeat_timeout": 15}))  # fmt: skip
+            assert isinstance(next(frames), Welcome)
+            forged = with_id(Message("balance", {"balance": 1_000_000}).encode(), "reply", 1)
+            sock.sendall(message_header(1, len(forged)) + forged)
+            dropped = "client 'mallory' answered request 1, which was not sent to it; dropped"
+            wait_until(lambda: dropped in caplog.text, what="the forged reply to be dropped")
+            assert not asked.done()  # it answered nothing
+            release.set()
+            assert asked.result(10).payload == {"balance": 10}
 
 
 def test_the_server_must_prove_the_token_too(make_client: MakeClient) -> None:
