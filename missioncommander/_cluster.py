@@ -38,16 +38,22 @@ from typing import TYPE_CHECKING, Any
 
 from ._admission import in_use_message
 from ._cluster_store import Claim, ClusterStore, notice, parse_notice
-from ._errors import ClusterUnavailable, MessageTooLarge, QueueFullError, UnknownClient
+from ._errors import ClusterUnavailable, MessageTooLarge, QueueFullError, RemoteProtocolError, UnknownClient
 from ._events import ErrorCode, Hello
-from ._frames import MESSAGE_OVERHEAD
+from ._frames import MESSAGE_OVERHEAD, message_event, with_meta
 from ._inbox import Budget, Inbox
 from ._loop import Driver
+from ._message import FrozenDict, Message
+from ._requests import no_requests
 
 if TYPE_CHECKING:
     from ._server import Server, _ServerLink, _Session
 
 log = logging.getLogger("missioncommander.cluster")
+
+#: A node's request ids start at a random number below this (its ids then
+#: differ from every other node's, and stay exact in any JSON reader's double).
+REQUEST_IDS = 2**52
 
 #: How often a node trims acknowledged messages and looks for gaps.
 FLUSH_EVERY = 0.05
@@ -196,6 +202,12 @@ class ClusterNode:
 
     def start(self) -> None:
         self._stopping.clear()
+        requests = self.server._requests
+        # Ids from a random point: a client's reply names the id alone, and
+        # a node passes on one it did not ask (a request from another node,
+        # or one whose client moved here before answering) to every node.
+        requests.number_from(secrets.randbelow(REQUEST_IDS))
+        requests.elsewhere = self._forward_reply
         self._thread = threading.Thread(target=self._run, name="missioncommander-cluster", daemon=True)
         self._thread.start()
 
@@ -213,6 +225,7 @@ class ClusterNode:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
+        self.server._requests.elsewhere = None
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         self._thread = None
@@ -270,6 +283,7 @@ class ClusterNode:
                 self.lease_ttl,
                 self.keep,
                 hello.max_frame_size,
+                hello.version,
             )
             if result.outcome in ("moving", "held"):
                 # Ask the holder to let go (it checks the token; a detached
@@ -448,13 +462,17 @@ class ClusterNode:
 
     # -- callers' threads: sending ----------------------------------------------------
 
-    def send_to(self, client_id: str, body: bytes) -> None:
+    def send_to(self, client_id: str, body: bytes, min_version: int = 0) -> None:
+        """Store ``body`` for ``client_id`` and queue it if this node holds
+        it; a request (``min_version``) only to a client that has them."""
         server = self.server
-        appended = self.store.append(client_id, body, server.max_queued, self.holder)
+        appended = self.store.append(client_id, body, server.max_queued, self.holder, min_version)
         if isinstance(appended, tuple):
             why, limit = appended
             if why == "unknown":
                 raise UnknownClient(f"no client {client_id!r} is connected to the cluster")
+            if why == "old":
+                raise no_requests(client_id, limit)
             if why == "too_large":
                 raise MessageTooLarge(
                     f"message of {len(body) + MESSAGE_OVERHEAD} bytes exceeds client {client_id!r}'s limit of {limit}"
@@ -595,7 +613,7 @@ class ClusterNode:
                 if pubsub is None:
                     self.store.ping()
                     pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
-                    pubsub.subscribe(self.store.channel + self.holder)
+                    pubsub.subscribe(self.store.channel + self.holder, self.store.replies)
                     self._renew()
                     self._catch_up()
                     next_renew = time.monotonic() + self.lease_ttl / 3
@@ -717,3 +735,41 @@ class ClusterNode:
         elif kind == "k":
             for client_id, _ in pairs:
                 loop.call_soon(self.server._kick, client_id, body.decode())
+        elif kind == "r":
+            for client_id, request_id in pairs:
+                loop.call_soon(self._reply_from_elsewhere, client_id, request_id, body)
+
+    # -- replies to requests another node sent -------------------------------------------
+
+    def _forward_reply(self, client_id: str, request_id: int, reply: Message, error: FrozenDict | None) -> None:
+        """A reply from ``client_id`` this node did not ask for (any thread):
+        to every node, for the one that asked (the I/O worker publishes)."""
+        meta: dict[str, Any] = {"reply": request_id}
+        if error is not None:
+            meta["error"] = error
+        self._background(self._publish_reply, client_id, request_id, with_meta(reply.encode(), meta))
+
+    def _publish_reply(self, client_id: str, request_id: int, body: bytes) -> None:
+        try:
+            self.store.publish_reply(client_id, request_id, body)
+        except ClusterUnavailable as exc:
+            log.warning(
+                "client %r's reply to request %d was not passed on to the node that asked: %s (it times out there)",
+                client_id,
+                request_id,
+                exc,
+            )
+
+    def _reply_from_elsewhere(self, client_id: str, request_id: int, body: bytes) -> None:
+        """A reply another node passed on (driver's thread): this node's, if
+        it asked ``client_id`` request ``request_id``; else nobody's here."""
+        try:
+            event = message_event(bytes(8) + body)
+        except RemoteProtocolError as exc:  # another node wrote it: a bug, not a peer
+            log.error("a reply passed on by another node is unreadable: %s", exc)
+            return
+        meta = event.meta
+        if meta is None or meta.get("reply") != request_id:
+            return
+        message = Message._from_wire(event.subject, event.payload, None)
+        self.server._requests.resolve(client_id, request_id, message, meta.get("error"), forward=False)

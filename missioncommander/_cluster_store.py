@@ -12,7 +12,8 @@ per operation, so no two nodes can interleave halfway through one:
   whose callbacks returned; ``in_handed``, the last one handed to callbacks
   while one before it was still being answered (``concurrent_requests``);
   ``suspect`` and ``suspect_to``, what a holder that died may have handed
-  to its callbacks unrecorded; ``node``, its last holder).
+  to its callbacks unrecorded; ``node``, its last holder; ``max_frame``
+  and ``version``, from the client's HELLO).
 - ``out:{id}``: a stream of the messages to the client that it has not
   acknowledged, each entry's id its sequence number (``{seq}-0``), trimmed as
   acknowledgements arrive: what a node that takes the client over resends.
@@ -23,7 +24,9 @@ Numbers are given out by Redis (``HINCRBY``), so every node numbers a
 client's messages from one counter.  Notices go over pub/sub to the channel
 of the node that holds the client (``notice``); a notice that is lost
 (pub/sub gives no guarantee) costs only time, since the holder reads the
-stream again whenever it (re)subscribes or sees a gap.
+stream again whenever it (re)subscribes or sees a gap.  A reply to a
+request another node sent goes to every node over ``replies``
+(``publish_reply``); that one is not kept: lost, its request times out.
 
 The store is synchronous and thread-safe (redis-py's connection pool); it
 raises ``ClusterUnavailable`` when Redis cannot be reached.
@@ -69,7 +72,7 @@ def cluster_url(value: Any, name: str) -> str | None:
 _CLAIM = """
 local lease, sess, out, clients, in_use = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local me, ttl, token, new_token, last_seq, id, keep_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local max_frame = ARGV[8]
+local max_frame, version = ARGV[8], ARGV[9]
 local owner = redis.call('GET', lease)
 local known = redis.call('HGET', sess, 'token')
 if owner and owner ~= me then
@@ -95,7 +98,7 @@ if known and known == token then
     end
     local suspect = tonumber(redis.call('HGET', sess, 'suspect') or '0')
     local suspect_to = tonumber(redis.call('HGET', sess, 'suspect_to') or suspect)
-    redis.call('HSET', sess, 'node', me, 'max_frame', max_frame)
+    redis.call('HSET', sess, 'node', me, 'max_frame', max_frame, 'version', version)
     redis.call('HSET', clients, id, me)
     redis.call('PEXPIRE', sess, keep_ms)
     redis.call('PEXPIRE', out, keep_ms)
@@ -116,7 +119,8 @@ elseif token ~= '' then
   why = 'unknown'
 end
 redis.call('DEL', sess, out)
-redis.call('HSET', sess, 'token', new_token, 'out_seq', 0, 'in_taken', 0, 'node', me, 'max_frame', max_frame)
+redis.call('HSET', sess, 'token', new_token, 'out_seq', 0, 'in_taken', 0, 'node', me, 'max_frame', max_frame,
+  'version', version)
 redis.call('PEXPIRE', sess, keep_ms)
 redis.call('HSET', clients, id, me)
 return {why, new_token}
@@ -125,10 +129,16 @@ return {why, new_token}
 _APPEND = """
 local sess, out, clients = KEYS[1], KEYS[2], KEYS[3]
 local body, max_items, me, id, channel = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
-local size = tonumber(ARGV[6])
+local size, min_version = tonumber(ARGV[6]), tonumber(ARGV[7])
 if redis.call('EXISTS', sess) == 0 then return {'unknown'} end
 local limit = tonumber(redis.call('HGET', sess, 'max_frame') or '0')
 if limit > 0 and size > limit then return {'too_large', limit} end
+if min_version > 0 then
+  -- A request: only to a client whose protocol has them (a session a node
+  -- before this field wrote is taken to have them).
+  local version = tonumber(redis.call('HGET', sess, 'version') or min_version)
+  if version < min_version then return {'old', version} end
+end
 if redis.call('XLEN', out) >= max_items then return {'full'} end
 local seq = redis.call('HINCRBY', sess, 'out_seq', 1)
 redis.call('XADD', out, seq .. '-0', 'b', body)
@@ -283,6 +293,9 @@ class ClusterStore:
         self.url = cfg.redacted_url(url)
         self.prefix = prefix
         self.channel = prefix + "node:"
+        #: Where a node sends a reply to a request it did not send
+        #: (``publish_reply``): every node listens, the asker takes it.
+        self.replies = prefix + "replies"
         # Any: redis-py types each reply as str or bytes at once; without
         # decode_responses every reply here is bytes.
         self.redis: Any = redis.Redis.from_url(
@@ -324,13 +337,25 @@ class ClusterStore:
         ttl: float,
         keep: float,
         max_frame_size: int,
+        version: int,
     ) -> Claim:
         """Take client ``client_id`` for ``node`` (see ``Claim``); the
-        client's ``max_frame_size`` bounds what any node sends it."""
+        client's ``max_frame_size`` bounds what any node sends it, and its
+        protocol ``version`` whether any node may send it a request."""
         reply = self._call(
             self._claim,
             [*self._keys(client_id), f"{self.prefix}inuse:{client_id}"],
-            [node, int(ttl * 1000), token or "", new_token, last_seq, client_id, int(keep * 1000), max_frame_size],
+            [
+                node,
+                int(ttl * 1000),
+                token or "",
+                new_token,
+                last_seq,
+                client_id,
+                int(keep * 1000),
+                max_frame_size,
+                version,
+            ],
         )
         outcome = reply[0].decode()
         if outcome == "in_use":
@@ -351,13 +376,17 @@ class ClusterStore:
             )
         return Claim(outcome, token=reply[1].decode())
 
-    def append(self, client_id: str, body: bytes, max_items: int, node: str) -> Appended | tuple[str, int]:
+    def append(
+        self, client_id: str, body: bytes, max_items: int, node: str, min_version: int = 0
+    ) -> Appended | tuple[str, int]:
         """Number ``body`` in ``client_id``'s stream and tell its holder if
-        that is another node; ``('unknown', 0)``, ``('full', 0)`` or
-        ``('too_large', the client's max_frame_size)`` when it cannot."""
+        that is another node; ``('unknown', 0)``, ``('full', 0)``,
+        ``('too_large', the client's max_frame_size)`` or, for a request
+        (``min_version``, the protocol version that has them), ``('old',
+        the client's version)`` when it cannot."""
         keys = self._keys(client_id)[1:]
         size = len(body) + MESSAGE_OVERHEAD
-        reply = self._call(self._append, keys, [body, max_items, node, client_id, self.channel, size])
+        reply = self._call(self._append, keys, [body, max_items, node, client_id, self.channel, size, min_version])
         if reply[0] != b"ok":
             return reply[0].decode(), int(reply[1]) if len(reply) > 1 else 0
         return Appended(int(reply[1]), reply[2].decode())
@@ -450,6 +479,14 @@ class ClusterStore:
         except self._errors as exc:
             raise ClusterUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
 
+    def publish_reply(self, client_id: str, request_id: int, body: bytes) -> None:
+        """Pass on a reply from ``client_id`` to request ``request_id``,
+        which another node sent (its id is not this node's), to every node."""
+        try:
+            self.redis.publish(self.replies, notice("r", client_id, request_id, body))
+        except self._errors as exc:
+            raise ClusterUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
+
     def close(self) -> None:
         self.redis.close()
         self.redis.connection_pool.disconnect()
@@ -460,7 +497,9 @@ def parse_notice(data: bytes) -> tuple[str, Iterator[tuple[str, int]], bytes]:
     and its body.  Kinds: ``d`` (one message: one pair), ``b`` (a broadcast:
     a pair per client of the node), ``t`` (another node asks for a client it
     is taking over: one pair, seq 0, body the token), ``k`` (disconnect a
-    client: one pair, body the reason)."""
+    client: one pair, body the reason), ``r`` (a client's reply to a
+    request another node sent: one pair, its number the request's id, body
+    the reply's, as the client sent it)."""
     kind = chr(data[0])
     pairs: list[tuple[str, int]] = []
     pos = 1

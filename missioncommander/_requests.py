@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ._callbacks import in_callback_thread
-from ._errors import NoResponder, QueueFullError, RemoteError, RequestTimeout, SessionLost
+from ._errors import NoResponder, QueueFullError, RemoteError, RequestTimeout, SessionLost, StateError
 from ._frames import with_id, with_meta
 from ._message import FrozenDict, Message
 
@@ -95,9 +95,24 @@ class Requests:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._next_id = 0
+        #: Ids above this (and up to ``_next_id``) are this side's own.
+        self._first_id = 0
         #: id -> (peer, waiter): the peer is the client id on a server ("" on a client).
         self._pending: dict[int, tuple[str, Waiter]] = {}
         self._per_peer: dict[str, int] = {}
+        #: Where a reply to a request this side did not send goes (a cluster
+        #: node: to the node that sent it), called with the peer, the
+        #: request's id, the reply and its error; None: it is dropped.
+        self.elsewhere: Callable[[str, int, Message, FrozenDict | None], None] | None = None
+
+    def number_from(self, first: int) -> None:
+        """Give the next requests ids from ``first`` + 1 on: a cluster node
+        starts at a random point, so that its ids are not another node's
+        (a client's reply names the id alone) and a node forwards a reply
+        it does not know to the one that asked."""
+        with self._lock:
+            if not self._pending:
+                self._next_id = self._first_id = first
 
     def open(self, peer: str, limit: int, message: Message, waiter: Waiter) -> tuple[int, bytes]:
         """A new request of ``message`` to ``peer``, whose outcome goes to
@@ -140,10 +155,14 @@ class Requests:
             and entry[1].asked_in_a_callback
         )
 
-    def resolve(self, peer: str, request_id: int, reply: Message, error: FrozenDict | None) -> None:
+    def resolve(
+        self, peer: str, request_id: int, reply: Message, error: FrozenDict | None, forward: bool = True
+    ) -> None:
         """The reply to ``request_id`` arrived from ``peer``. Only the peer
         asked may answer: ids count up from 1, and any other client of a
-        server could otherwise answer for it."""
+        server could otherwise answer for it.  One this side did not ask
+        goes to ``elsewhere`` unless ``forward`` is False (it comes from
+        elsewhere already)."""
         with self._lock:
             entry = self._pending.get(request_id)
             if entry is not None and entry[0] != peer:
@@ -155,8 +174,12 @@ class Requests:
         if entry is None:
             if asked_elsewhere:
                 log.warning("client %r answered request %d, which was not sent to it; dropped", peer, request_id)
-            else:
+            elif self._first_id < request_id <= self._next_id:
                 log.info("a reply to request %d came after its timeout; dropped", request_id)
+            elif forward and self.elsewhere is not None:
+                self.elsewhere(peer, request_id, reply, error)
+            elif forward:
+                log.info("a reply to request %d, which was never sent, was dropped", request_id)
             return
         waiter = entry[1]
         if waiter.done():
@@ -191,6 +214,13 @@ class Requests:
                 raise timed_out(timeout, why)
             # The reply won the race with the timeout.
         return waiter.outcome()
+
+
+def no_requests(client_id: str, version: int) -> StateError:
+    """The error of a request to a client whose protocol has none."""
+    return StateError(
+        f"client {client_id!r} speaks protocol version {version}, which has no request/reply (upgrade the client)"
+    )
 
 
 def timed_out(timeout: float | None, why: Callable[[], str]) -> RequestTimeout:

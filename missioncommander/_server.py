@@ -57,7 +57,7 @@ from ._inbox import Budget, Inbox
 from ._link import Link, route_locked
 from ._loop import Cancellable, Driver, Incoming, Listener, Loop, get_loop
 from ._message import Message
-from ._requests import ReplyWaiter, Requests, reply_body
+from ._requests import ReplyWaiter, Requests, no_requests, reply_body
 from ._session import SendSession
 from ._stats import TRAFFIC, Counters, session_figures, traffic
 from ._tls import server_context
@@ -523,22 +523,17 @@ class Server(ServerSettings):
         with self._lock:
             session = self._sessions.get(client_id)
             version = session.version if session is not None else PROTOCOL_VERSION
-        if session is None and self._cluster is not None:
-            # Its reply would reach the node that holds it, which asked
-            # nothing: the responder would run and the asker wait it out.
-            raise self._unknown(client_id, "a request is asked from the node that holds its client")
+        # A client another cluster node holds: Redis knows its version,
+        # and checks it as it stores the request (``_send_to``).
         if version < REQUEST_VERSION:
-            raise StateError(
-                f"client {client_id!r} speaks protocol version {version}, which has no request/reply"
-                " (upgrade the client)"
-            )
+            raise no_requests(client_id, version)
 
     def _start_request(self, client_id: str, message: Message) -> tuple[int, ReplyWaiter]:
         self._check_requests(client_id)
         waiter = ReplyWaiter()
         request_id, body = self._requests.open(client_id, self.max_requests, message, waiter)
         try:
-            self._send_to(client_id, body)
+            self._send_to(client_id, body, request=True)
         except BaseException:
             self._requests.forget(request_id)
             raise
@@ -556,11 +551,12 @@ class Server(ServerSettings):
         except (StateError, UnknownClient, QueueFullError) as lost:
             log.warning("the reply to client %r's request %d was not sent: %s", client_id, request_id, lost)
 
-    def _send_to(self, target: str, body: bytes) -> None:
+    def _send_to(self, target: str, body: bytes, request: bool = False) -> None:
+        """Queue ``body`` for ``target``; a ``request`` only if its protocol has them (in a cluster, Redis checks)."""
         size = len(body) + MESSAGE_OVERHEAD
         if self._cluster is not None:
             self._check_running()
-            self._cluster.send_to(target, body)
+            self._cluster.send_to(target, body, REQUEST_VERSION if request else 0)
             return
         with self._lock:
             self._check_running_locked()
@@ -821,6 +817,9 @@ class Server(ServerSettings):
         # One line for them all: a server with thousands of detached clients
         # would otherwise log one warning per client as it stops.
         unsent = [self._end_session(session, "server shutting down", quiet=True) for session in sessions]
+        # Those to clients this node handed over, or that another node holds:
+        # their replies could reach this node only while it runs.
+        self._requests.lose(None, "the server stopped")
         if any(unsent):
             log.warning(
                 "server stopped: %d message(s) never sent to %d client(s) were dropped",
@@ -1099,7 +1098,10 @@ class Server(ServerSettings):
             session.expiry = None
         if self._cluster is not None and for_good:
             self._cluster.ended(session.client_id)
-        self._requests.lose(session.client_id, reason)
+        if for_good:
+            # Let go in a cluster, the client answers on the node it resumes
+            # on, which passes the reply on to this one.
+            self._requests.lose(session.client_id, reason)
         link = session.link
         session.link = None
         session.inbox.close()

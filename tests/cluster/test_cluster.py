@@ -7,6 +7,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,9 @@ from missioncommander import (
     ClusterUnavailable,
     ConnectionRefusedByServer,
     Message,
+    RemoteError,
     Server,
+    StateError,
     UnknownClient,
 )
 from missioncommander._events import Challenge, ErrorReceived
@@ -574,28 +577,88 @@ def test_a_cluster_node_checks_tokens_as_a_lone_server_does(make_node: MakeNode,
     assert sorted(a.clients) == ["c1"]
 
 
-def test_asking_a_client_another_node_holds_is_refused_at_once_and_names_the_node(
+def test_a_node_asks_a_client_another_node_holds_and_gets_its_reply(
     make_node: MakeNode, make_client: MakeClient
 ) -> None:
-    """A request's reply reaches the node that holds its client, so one
-    asked from another node ran the client's responder and then waited out
-    its timeout (the reply was dropped there).  It is refused before it is
-    sent now, as ``queued()`` and ``stats()`` are, naming the node."""
+    """A request travels to the client as a message does (through Redis, to
+    the holder), and the holder, which asked nothing, passes the reply on to
+    every node: the asker takes it. Refused at once before this, since the
+    reply was dropped at the holder and the asker waited out its timeout.
+    Errors come back the same way; ``queued()`` and ``stats()`` are still
+    the holder's figures, refused elsewhere naming it."""
     a = make_node(node_id="a")
     b = make_node(node_id="b")
     client = make_client(b, client_id="c1")
     asked = Recorder().attach(client, "request")
-    client.subscribe("request", lambda m: {"from": "c1"})
+
+    def respond(message: Message) -> dict[str, str]:
+        if message.subject == "fail":
+            raise LookupError("nothing here")
+        return {"from": "c1", "asked": message.subject}
+
+    client.subscribe("request", respond)
     client.connect()
-    assert "c1" in a.clients
-    for call in (
-        lambda: a.request("c1", Message("ask"), timeout=30),
-        lambda: a.queued("c1"),
-        lambda: a.stats("c1"),
-    ):
+    assert a.request("c1", Message("ask"), timeout=10) == Message("ask", {"from": "c1", "asked": "ask"})
+    assert b.request("c1", Message("mine"), timeout=10) == Message("mine", {"from": "c1", "asked": "mine"})
+    with pytest.raises(RemoteError) as failed:
+        a.request("c1", Message("fail"), timeout=10)
+    assert (failed.value.type_name, failed.value.message) == ("LookupError", "nothing here")
+    assert [m.subject for (m,) in asked.of("request")] == ["ask", "mine", "fail"]  # each ran once
+    assert a._requests.in_flight("c1") == 0 and b._requests.in_flight("c1") == 0
+    for call in (lambda: a.queued("c1"), lambda: a.stats("c1")):
         with pytest.raises(UnknownClient, match="held by node b, not this one"):
             call()
-    with pytest.raises(UnknownClient, match="no client 'nobody' is connected"):
+    with pytest.raises(UnknownClient, match="no client 'nobody' is connected to the cluster"):
         a.request("nobody", Message("ask"))
-    assert b.request("c1", Message("ask"), timeout=10) == Message("ask", {"from": "c1"})
-    assert len(asked.of("request")) == 1  # only b's: a's never reached the client
+
+
+def test_a_reply_reaches_the_asker_when_its_client_moves_before_answering(
+    make_node: MakeNode, make_client: MakeClient
+) -> None:
+    """Node c asks c1 on b; b leaves while c1's responder runs; c1 answers
+    on the node it resumes on (a), which passes the reply on to c. The
+    asker being the node the client moves to takes it as its own."""
+    a, b, c = make_node(node_id="a"), make_node(node_id="b"), make_node(node_id="c")
+    entered, go = threading.Event(), threading.Event()
+
+    def respond(message: Message) -> dict[str, str]:
+        entered.set()
+        go.wait(10)
+        return {"answer": message.subject}
+
+    client = make_client(client_id="c1", servers=servers_of(b, a), inline_callbacks=False)
+    client.subscribe("request", respond)
+    client.connect()
+    assert c.client_nodes == {"c1": "b"}
+    with ThreadPoolExecutor(2) as pool:
+        from_c = pool.submit(c.request, "c1", Message("from-c"), 20)
+        assert entered.wait(10)
+        from_a = pool.submit(a.request, "c1", Message("from-a"), 20)  # waits in line behind from-c at c1
+        wait_until(lambda: a._requests.in_flight("c1") == 1, what="a's request to be out")
+        b.stop()  # hands c1 over: it resumes on a
+        wait_until(lambda: a.client_nodes.get("c1") == "a", what="c1 to resume on a")
+        go.set()
+        assert from_c.result(20) == Message("from-c", {"answer": "from-c"})
+        assert from_a.result(20) == Message("from-a", {"answer": "from-a"})
+        assert a.request("c1", Message("again"), timeout=10) == Message("again", {"answer": "again"})
+
+
+def test_a_request_to_a_version_1_client_on_another_node_is_refused_before_it_is_sent(
+    make_node: MakeNode,
+) -> None:
+    """Redis keeps each client's protocol version from its HELLO, and checks
+    it as it stores a request: a version 1 client has no request/reply."""
+    a, b = make_node(node_id="a"), make_node(node_id="b")
+    with socket.create_connection(("127.0.0.1", b.port), timeout=10) as sock:
+        hello = {"version": 1, "client_id": "old", "session": None, "last_seq": 0, "max_frame_size": 65536,
+                 "heartbeat_timeout": 15}  # fmt: skip
+        sock.sendall(encode_json_frame(FrameType.HELLO, hello))
+        frames = server_frames(sock)
+        assert isinstance(next(frames), Challenge)
+        next(frames)  # WELCOME
+        wait_until(lambda: a.client_nodes.get("old") == "b", what="the old client to join")
+        for node in (a, b):
+            with pytest.raises(StateError, match="client 'old' speaks protocol version 1, which has no request"):
+                node.request("old", Message("ask"), timeout=10)
+        a.send("old", Message("plain messages still work"))
+        assert next(frames).subject == "plain messages still work"  # type: ignore[attr-defined]

@@ -29,6 +29,7 @@ from missioncommander import (
 )
 from missioncommander._events import Welcome
 from missioncommander._frames import FrameType, encode_json_frame
+from missioncommander._requests import ReplyWaiter, Requests
 
 MakeClient = Callable[..., Client]
 WAIT = 10.0
@@ -541,3 +542,28 @@ def _callback_threads() -> int:
     return sum(
         1 for t in threading.enumerate() if t.name.startswith("missioncommander-callbacks-") and "watch" not in t.name
     )
+
+
+def test_the_registry_passes_on_only_replies_to_ids_it_never_gave_out(caplog: pytest.LogCaptureFixture) -> None:
+    """A cluster node numbers from a random point and passes on a reply it
+    did not ask for (another node did); one to its own id that timed out
+    is dropped here, and one from a client the request did not go to is
+    dropped whoever asked."""
+    caplog.set_level(logging.INFO, logger="missioncommander")
+    passed_on: list[tuple[str, int, Message]] = []
+    registry = Requests()
+    registry.elsewhere = lambda peer, request_id, reply, error: passed_on.append((peer, request_id, reply))
+    registry.number_from(1_000)
+    waiter = ReplyWaiter()
+    first, _ = registry.open("c1", 10, Message("q"), waiter)
+    timed_out_id, _ = registry.open("c1", 10, Message("q"), ReplyWaiter())
+    registry.forget(timed_out_id)
+    assert (first, timed_out_id) == (1_001, 1_002)
+    registry.resolve("c2", first, Message("forged"), None)  # not c1: dropped, still pending
+    assert not waiter.done() and "client 'c2' answered request 1001" in caplog.text
+    registry.resolve("c1", timed_out_id, Message("late"), None)  # ours, timed out
+    registry.resolve("c1", 7, Message("theirs"), None)  # another node's id
+    registry.resolve("c1", 8, Message("passed on to us"), None, forward=False)  # not ours, not again
+    assert passed_on == [("c1", 7, Message("theirs"))]
+    registry.resolve("c1", first, Message("answer"), None)
+    assert waiter.outcome() == Message("answer") and registry.in_flight("c1") == 0
