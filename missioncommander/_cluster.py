@@ -55,6 +55,9 @@ log = logging.getLogger("missioncommander.cluster")
 #: differ from every other node's, and stay exact in any JSON reader's double).
 REQUEST_IDS = 2**52
 
+#: Why a node lets a client go whose lease another node has taken.
+NOT_HELD = "this node no longer holds the client"
+
 #: How often a node trims acknowledged messages and looks for gaps.
 FLUSH_EVERY = 0.05
 #: A message from another node that arrives ahead of one before it waits
@@ -558,7 +561,7 @@ class ClusterNode:
         if held:
             inbox.recorded = seq
         else:
-            self.server._loop.call_soon(self.let_go, inbox.client_id, "this node no longer holds the client", False)
+            self._not_held(inbox.client_id)
 
     def record_handed(self, inbox: ClusterInbox, seq: int) -> None:
         """Write that messages up to ``seq`` from the client reach their
@@ -583,7 +586,7 @@ class ClusterNode:
             self._lost(exc)
             return False
         if not held:
-            self.server._loop.call_soon(self.let_go, inbox.client_id, "this node no longer holds the client", False)
+            self._not_held(inbox.client_id)
         return True
 
     def record_soon(self, inbox: ClusterInbox) -> None:
@@ -601,7 +604,13 @@ class ClusterNode:
             return False
         if held:
             inbox.recorded = max(inbox.recorded, seq)
+        else:  # as record_taken does: the write from the driver's thread found the lease gone too
+            self._not_held(inbox.client_id)
         return True
+
+    def _not_held(self, client_id: str) -> None:
+        """A write found another node holding ``client_id``: let it go here."""
+        self.server._loop.call_soon(self.let_go, client_id, NOT_HELD, False)
 
     # -- the node's thread ---------------------------------------------------------------
 
@@ -677,7 +686,7 @@ class ClusterNode:
         self._last_renewed = time.monotonic()
         for client_id in lost:
             log.warning("cluster node %s lost its lease on client %r; letting it go", self.node_id, client_id)
-            server._loop.call_soon(self.let_go, client_id, "this node no longer holds the client", False)
+            server._loop.call_soon(self.let_go, client_id, NOT_HELD, False)
 
     def _catch_up(self) -> None:
         """After (re)joining: notices may have been lost, and Redis may have

@@ -390,6 +390,39 @@ def test_a_redis_that_came_back_behind_a_session_is_not_resumed_silently(
         proxy.close()
 
 
+@pytest.mark.parametrize("inline", [False, True])
+def test_a_record_that_finds_the_lease_gone_lets_the_client_go(
+    redis_server: RedisServer,
+    make_node: MakeNode,
+    make_client: MakeClient,
+    caplog: pytest.LogCaptureFixture,
+    inline: bool,
+) -> None:
+    """Another node took the client's lease (this one was cut off from
+    Redis longer than lease_ttl, say): the next record of a message taken
+    finds it so and the node lets the client go at once, whether a
+    callback thread wrote it or the I/O worker did for inline callbacks
+    (that one went on as if held until the next lease renewal)."""
+    caplog.set_level(logging.INFO, logger="missioncommander")
+    a = make_node(node_id="a", lease_ttl=30.0, inline_callbacks=inline)  # renewals 10 s apart
+    got = Recorder().attach(a, "message")
+    client = make_client(a, client_id="c1")
+    client.connect()
+    store = redis.Redis.from_url(redis_server.url)
+    try:
+        store.set("missioncommander:lease:c1", "ghost#0", px=2000)  # taken, for two seconds
+        client.send(Message("up"))
+        got.wait_count("message", 1)
+        wait_until(
+            lambda: "client 'c1' let go: this node no longer holds the client" in caplog.text,
+            timeout=5,
+            what="the node to let c1 go",
+        )
+        wait_until(lambda: a.held_clients == ["c1"], timeout=20, what="c1 back once the lease ran out")
+    finally:
+        store.close()
+
+
 def test_a_node_leaves_no_thread_or_descriptor_behind(redis_server: RedisServer, make_client: MakeClient) -> None:
     import os
     import threading
