@@ -18,6 +18,10 @@ API_VERSION = 1
 #: Longest request or response line, in bytes (the newline included).
 MAX_LINE = 1024 * 1024
 
+#: The longest ``timeout`` a command that waits (a request, ``client.connect``
+#: with ``wait``) takes: mcd holds a thread for each such command.
+MAX_COMMAND_TIMEOUT = 3600
+
 #: An instance name (the schema's constraint, and what the GUI checks as
 #: it is typed), and the rule in words for whoever typed one that breaks it.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"

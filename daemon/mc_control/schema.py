@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
-from .codes import API_VERSION, NAME_MAX, NAME_PATTERN
+from .codes import API_VERSION, MAX_COMMAND_TIMEOUT, NAME_MAX, NAME_PATTERN
 
 InstanceName = Annotated[str, StringConstraints(min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)]
 ClientKey = Literal[
@@ -174,7 +174,7 @@ class ClientConnect(_Named):
 
     cmd: Literal["client.connect"]
     wait: bool | Literal["attempt"] = False
-    timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    timeout: Annotated[float, Field(gt=0, le=MAX_COMMAND_TIMEOUT)] = 10.0
 
 
 class ClientDisconnect(_Named):
@@ -197,7 +197,7 @@ class ClientRequest(_Named):
     cmd: Literal["client.request"]
     subject: Annotated[str, StringConstraints(min_length=1)]
     payload: dict[str, Any] = Field(default_factory=dict)
-    timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    timeout: Annotated[float, Field(gt=0, le=MAX_COMMAND_TIMEOUT)] = 10.0
 
 
 class ServerCreate(_Named):
@@ -247,7 +247,7 @@ class ServerRequest(_Named):
     subject: Annotated[str, StringConstraints(min_length=1)]
     payload: dict[str, Any] = Field(default_factory=dict)
     to: Annotated[str, StringConstraints(min_length=1)]
-    timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    timeout: Annotated[float, Field(gt=0, le=MAX_COMMAND_TIMEOUT)] = 10.0
 
 
 class ServerClients(_Named):

@@ -183,6 +183,8 @@ def test_json_output_of_every_command(mcd: Mcd) -> None:
         (("help", "nonexistent"), "no help on 'nonexistent'; topics:"),
         (("--timeout", "inf", "list"), "--timeout must be at most 86,400 seconds (a day), not 'inf'"),
         (("--timeout", "1e12", "daemon", "wait"), "--timeout must be at most 86,400 seconds"),
+        (("--timeout", "7200", "client", "request", "q"), "client request --timeout is at most 3600 seconds"),
+        (("client", "connect", "--wait", "--timeout", "3601"), "client connect --timeout is at most 3600 seconds"),
         (("server", "set", "heartbeat_interval", "nan"), "heartbeat_interval must be a finite number, not 'nan'"),
         (("client", "set", "connect_timeout", "1e400"), "connect_timeout must be a finite number, not '1e400'"),
         (("wait", "listening", "--kind", "client"), "cannot be 'listening'"),

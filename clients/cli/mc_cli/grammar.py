@@ -14,6 +14,7 @@ from mc_control.codes import (
     CLIENT_KEYS,
     CLIENT_TUNING,
     FILE_KEYS,
+    MAX_COMMAND_TIMEOUT,
     OPTIONAL_TUNING,
     SERVER_KEYS,
     SERVER_TUNING,
@@ -208,6 +209,17 @@ def split_options(argv: list[str]) -> tuple[list[str], Options]:
 #: The longest --timeout: a day covers any wait a script means; far larger
 #: values overflow a socket's timeout.
 MAX_TIMEOUT = 86_400
+
+
+def _command_timeout(inv: Invocation, command: str) -> float:
+    """--timeout for a command mcd waits on (default 10 s), within mcd's bound."""
+    seconds = inv.options.timeout or 10.0
+    if seconds > MAX_COMMAND_TIMEOUT:
+        raise UsageError(
+            f"{command} --timeout is at most {MAX_COMMAND_TIMEOUT} seconds (mcd's bound), not {seconds:g};"
+            " nothing was sent"
+        )
+    return seconds
 
 
 def _set_option(opts: Options, name: str, value: str) -> None:
@@ -540,7 +552,7 @@ def _instance_command(inv: Invocation, kind: str, rest: list[str], read_stdin: C
         if not args[0]:
             raise UsageError("the subject must not be empty; nothing was sent")
         params.update(subject=args[0], payload=parse_payload(args[1], read_stdin) if len(args) == 2 else {})
-        params["timeout"] = inv.options.timeout or 10.0
+        params["timeout"] = _command_timeout(inv, f"{kind} request")
         if kind == "server":
             if not inv.options.to:
                 raise UsageError("server request needs --to CLIENT_ID: a request goes to one client")
@@ -572,7 +584,9 @@ def _instance_command(inv: Invocation, kind: str, rest: list[str], read_stdin: C
                 raise UsageError("client connect takes --wait or --no-wait, not both")
             if not inv.options.no_wait:
                 # Like nmcli and `tailscale up`: say how it went, not just that it started.
-                params.update(wait=True if inv.options.wait else "attempt", timeout=inv.options.timeout or 10.0)
+                params.update(
+                    wait=True if inv.options.wait else "attempt", timeout=_command_timeout(inv, "client connect")
+                )
     inv.cmd = f"{kind}.{verb}"
     inv.params = params
     return inv

@@ -65,7 +65,8 @@ other commands:
 options (before or after the command words):
   --json            machine output: one JSON object per result (errors: {"error": {...}})
   --socket PATH     control socket (default: $MC_SOCKET, else $XDG_RUNTIME_DIR/missioncommander/mcd.sock)
-  --timeout S       seconds to wait for the daemon (connect, wait, request: for the outcome; default 10, at most a day)
+  --timeout S       seconds to wait for the daemon (connect, wait, request: for the outcome; default 10;
+                    at most an hour for connect and request, a day for the rest)
   --name NAME       instance name; naming a new one creates it
 
 exit status:
