@@ -40,7 +40,7 @@ from ._admission import in_use_message
 from ._cluster_store import Claim, ClusterStore, notice, parse_notice
 from ._errors import ClusterUnavailable, MessageTooLarge, QueueFullError, RemoteProtocolError, UnknownClient
 from ._events import ErrorCode, Hello
-from ._frames import MESSAGE_OVERHEAD, message_event, with_meta
+from ._frames import MAX_REQUEST_ID, MESSAGE_OVERHEAD, message_event, with_meta
 from ._inbox import Budget, Inbox
 from ._loop import Driver
 from ._message import FrozenDict, Message
@@ -52,8 +52,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("missioncommander.cluster")
 
 #: A node's request ids start at a random number below this (its ids then
-#: differ from every other node's, and stay exact in any JSON reader's double).
-REQUEST_IDS = 2**52
+#: differ from every other node's, with room below MAX_REQUEST_ID).
+REQUEST_IDS = MAX_REQUEST_ID // 2
 
 #: Why a node lets a client go whose lease another node has taken.
 NOT_HELD = "this node no longer holds the client"

@@ -125,6 +125,11 @@ _frozen_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=
 _scan_frozen = make_scanner(_frozen_decoder)  # type: ignore[arg-type]  # typeshed types it oddly
 
 
+#: Request ids stay below this: exact in any JSON reader's double, and a
+#: peer cannot hand a server a 4,000-digit number to carry around.
+MAX_REQUEST_ID = 2**53
+
+
 def _checked_meta(meta: Any) -> FrozenDict:
     """A MESSAGE body's third element: ``{"request": id}`` or ``{"reply":
     id}``, a reply perhaps with ``"error": {"code", "type", "message"}``."""
@@ -134,12 +139,12 @@ def _checked_meta(meta: Any) -> FrozenDict:
         # Every request and every reply but an error: one key, checked here
         # without the general walk below (this runs twice per round trip).
         ((key, value),) = meta.items()
-        if key in ("request", "reply") and type(value) is int and value >= 1:
+        if key in ("request", "reply") and type(value) is int and 1 <= value < MAX_REQUEST_ID:
             return meta
     ids = [meta.get(key) for key in ("request", "reply") if key in meta]
-    if len(ids) != 1 or type(ids[0]) is not int or ids[0] < 1:
+    if len(ids) != 1 or type(ids[0]) is not int or not 1 <= ids[0] < MAX_REQUEST_ID:
         raise RemoteProtocolError(
-            ErrorCode.BAD_FRAME, "MESSAGE meta must hold one of request or reply, a positive integer"
+            ErrorCode.BAD_FRAME, "MESSAGE meta must hold one of request or reply, a positive integer below 2**53"
         )
     error = meta.get("error")
     if error is not None:
