@@ -201,6 +201,11 @@ class Requests:
             if entry is not None and not entry[1].done():
                 entry[1].set_exception(SessionLost(f"the session ended before the reply came: {reason}"))
 
+    def total(self) -> int:
+        """Requests waiting for their reply, to every peer."""
+        with self._lock:
+            return len(self._pending)
+
     def in_flight(self, peer: str) -> int:
         with self._lock:
             return self._per_peer.get(peer, 0)

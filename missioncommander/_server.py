@@ -652,7 +652,8 @@ class Server(ServerSettings):
                 **{figure: totals[figure] for figure in TRAFFIC},
                 "refusals": dict(self._refusals),
                 "slow_clients_cut": self._slow_cut,
-                "requests_in_flight": sum(self._requests.in_flight(s.client_id) for s in sessions),
+                # To every client, those of other cluster nodes too.
+                "requests_in_flight": self._requests.total(),
                 "cluster": self.cluster_status,
             }
 

@@ -668,6 +668,8 @@ def test_a_reply_reaches_the_asker_when_its_client_moves_before_answering(
         assert entered.wait(10)
         from_a = pool.submit(a.request, "c1", Message("from-a"), 20)  # waits in line behind from-c at c1
         wait_until(lambda: a._requests.in_flight("c1") == 1, what="a's request to be out")
+        # Counted by the node that asked, though another node holds c1.
+        assert a.stats()["requests_in_flight"] == 1 and c.stats()["requests_in_flight"] == 1
         b.stop()  # hands c1 over: it resumes on a
         wait_until(lambda: a.client_nodes.get("c1") == "a", what="c1 to resume on a")
         go.set()
