@@ -15,7 +15,8 @@ cluster's copy, written before it counts:
 
 Two threads per node: ``missioncommander-cluster`` listens on the node's
 pub/sub channel (messages for its clients sent on other nodes; requests to
-let a client go), renews the node's leases, and trims what clients
+let a client go) and on the one where nodes pass on replies to requests
+another node sent, renews the node's leases, and trims what clients
 acknowledged; an I/O worker (``missioncommander-cluster-io``) makes the
 Redis calls the driver's thread needs (claims, ends, hand-overs, records of
 messages taken on that thread), which must never wait on Redis itself.
