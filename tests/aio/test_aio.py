@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
-from support import FaultProxy, Recorder, resolve_as_ipv6_then_ipv4, tls_handshakes
+from support import FaultProxy, Recorder, resolve_as_ipv6_then_ipv4, server_frames, tls_handshakes
 from support.certs import Certs
 
 from missioncommander import (
@@ -33,6 +33,8 @@ from missioncommander import (
     StateError,
     UnknownClient,
 )
+from missioncommander._events import Challenge, Welcome
+from missioncommander._frames import FrameType, encode_json_frame, message_header, with_id
 from missioncommander.aio import AsyncClient, AsyncServer, Event
 
 T = TypeVar("T")
@@ -911,6 +913,53 @@ def test_async_request_errors_no_responder_remote_error_timeout_and_session_lost
             with pytest.raises(SessionLost):
                 await waiting
             release.set()
+
+    run(test)
+
+
+def mallory_in(port: int) -> socket.socket:
+    """A raw peer let in as client 'mallory' (its WELCOME read)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    hello = {"version": 2, "client_id": "mallory", "session": None, "last_seq": 0, "max_frame_size": 65536,
+             "heartbeat_timeout": 15}  # fmt: skip
+    sock.sendall(encode_json_frame(FrameType.HELLO, hello))
+    frames = server_frames(sock)
+    assert isinstance(next(frames), Challenge) and isinstance(next(frames), Welcome)
+    return sock
+
+
+def test_an_async_server_takes_a_reply_only_from_the_client_it_asked(caplog: pytest.LogCaptureFixture) -> None:
+    """As a threaded server (tests/security/test_attacks.py): another client
+    let in answers the request id the server sent to this one; dropped."""
+
+    async def test() -> None:
+        release = asyncio.Event()
+
+        async def respond(message: Message) -> dict[str, int]:
+            await release.wait()
+            return {"balance": 10}
+
+        server = AsyncServer(interface="127.0.0.1", port=0)
+        await server.start()
+        try:
+            async with AsyncClient(address="127.0.0.1", port=server.port, client_id="victim") as victim:
+                victim.subscribe("request", respond)
+                asked = asyncio.create_task(server.request("victim", Message("balance"), timeout=10))
+                await until(lambda: server._inner._requests.in_flight("victim") == 1)
+                (request_id,) = server._inner._requests._pending
+                sock = await asyncio.to_thread(mallory_in, server.port)
+                try:
+                    forged = with_id(Message("balance", {"balance": 1_000_000}).encode(), "reply", request_id)
+                    sock.sendall(message_header(1, len(forged)) + forged)
+                    dropped = f"client 'mallory' answered request {request_id}, which was not sent to it; dropped"
+                    await until(lambda: dropped in caplog.text)
+                    assert not asked.done()
+                    release.set()
+                    assert (await asked).payload == {"balance": 10}
+                finally:
+                    sock.close()
+        finally:
+            await server.stop()
 
     run(test)
 
