@@ -746,8 +746,12 @@ class ClusterNode:
             for client_id, _ in pairs:
                 loop.call_soon(self.server._kick, client_id, body.decode())
         elif kind == "r":
+            # Every node hears every reply passed on: only the one that
+            # asked reads the body (the others pay a lookup, on this thread).
+            requests = self.server._requests
             for client_id, request_id in pairs:
-                loop.call_soon(self._reply_from_elsewhere, client_id, request_id, body)
+                if requests.waiting_for(client_id, request_id):
+                    loop.call_soon(self._reply_from_elsewhere, client_id, request_id, body)
 
     # -- replies to requests another node sent -------------------------------------------
 

@@ -201,6 +201,12 @@ class Requests:
             if entry is not None and not entry[1].done():
                 entry[1].set_exception(SessionLost(f"the session ended before the reply came: {reason}"))
 
+    def waiting_for(self, peer: str, request_id: int) -> bool:
+        """Whether request ``request_id`` to ``peer`` waits for its reply."""
+        with self._lock:
+            entry = self._pending.get(request_id)
+        return entry is not None and entry[0] == peer
+
     def total(self) -> int:
         """Requests waiting for their reply, to every peer."""
         with self._lock:

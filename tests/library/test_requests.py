@@ -559,6 +559,8 @@ def test_the_registry_passes_on_only_replies_to_ids_it_never_gave_out(caplog: py
     timed_out_id, _ = registry.open("c1", 10, Message("q"), ReplyWaiter())
     registry.forget(timed_out_id)
     assert (first, timed_out_id) == (1_001, 1_002)
+    assert registry.waiting_for("c1", first) and not registry.waiting_for("c2", first)
+    assert not registry.waiting_for("c1", timed_out_id)
     registry.resolve("c2", first, Message("forged"), None)  # not c1: dropped, still pending
     assert not waiter.done() and "client 'c2' answered request 1001" in caplog.text
     registry.resolve("c1", timed_out_id, Message("late"), None)  # ours, timed out
