@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("PySide6", reason="the window tests need PySide6: pip install -e '.[test,gui]'")
 
 from PySide6.QtCore import QPoint, QRect, Qt, QTimer
-from PySide6.QtWidgets import QApplication, QFormLayout, QScrollArea
+from PySide6.QtWidgets import QApplication, QCheckBox, QFormLayout, QScrollArea
 from pytestqt.qtbot import QtBot
 from support import FaultProxy, Recorder, free_port
 from support.certs import make_certs
@@ -538,6 +538,29 @@ def test_limits_and_timers_are_set_from_the_window(qtbot: QtBot, gui: TrayApp, m
     # Listening: what the server cannot change live is locked; the rest stays open for Apply.
     qtbot.waitUntil(tab.max_inbound.edit.isReadOnly, timeout=WAIT)
     assert not tab.max_clients.edit.isReadOnly()
+
+
+def test_on_off_settings_are_check_boxes_that_apply_sends(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:
+    """inline_callbacks and the other on/off settings were text fields a
+    person had to type "true" into: check boxes now, filled from mcd and
+    sent by Apply."""
+    mcd.request("client.set", key="address", value="127.0.0.1")
+    mcd.request("client.set", key="port", value=free_port())
+    tab = gui.window.client_tab
+    qtbot.waitUntil(lambda: tab.port.text() != "", timeout=WAIT)
+    tab.tuning_toggle.setChecked(True)
+    for key in ("inline_callbacks", "reply_tracebacks", "reconnect_on_shutdown"):
+        assert isinstance(getattr(tab, key).edit, QCheckBox), key
+    qtbot.waitUntil(lambda: not tab.reconnect_on_shutdown.edit.isChecked(), timeout=WAIT)  # the default
+    mcd.request("client.set", key="reply_tracebacks", value=True)
+    qtbot.waitUntil(tab.reply_tracebacks.edit.isChecked, timeout=WAIT)  # mcd's value shown
+    tab.reconnect_on_shutdown.edit.click()  # as a person's click: toggled, so changed here
+    qtbot.mouseClick(tab.apply_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: mcd.request("client.get")["settings"]["reconnect_on_shutdown"] is True, timeout=WAIT)
+    assert mcd.request("client.get")["settings"]["reply_tracebacks"] is True  # untouched, not sent back changed
+    connect_hosted_pair(mcd)
+    qtbot.waitUntil(tab.address.edit.isReadOnly, timeout=WAIT)  # connected: fixed settings locked...
+    assert tab.inline_callbacks.edit.isEnabled()  # ...but not these, which a client takes live
 
 
 def test_a_running_instance_takes_what_it_can_change_live_from_apply(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:

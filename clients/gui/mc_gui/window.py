@@ -83,6 +83,53 @@ _FIELD_STYLE = (
 )
 
 
+class CheckField:
+    """A limit or timer that is on or off (``inline_callbacks``): a check
+    box where the others have a line edit, so nobody has to type "true".
+    It answers as a ``Field`` does, its ``text()`` "true" or "false"."""
+
+    def __init__(self, label: str) -> None:
+        self.edit = QCheckBox(label)
+        self.error = QLabel()
+        self.error.setStyleSheet("color: #c62828; font-size: 11px;")
+        self.error.hide()
+        self.dirty = False
+        self.edit.toggled.connect(self._edited)
+
+    def _edited(self, _checked: bool) -> None:
+        self.dirty = True
+
+    def set_error(self, message: str | None) -> None:
+        self.error.setText(message or "")
+        self.error.setVisible(bool(message))
+
+    def lock(self, locked: bool, why: str) -> None:
+        self.edit.setEnabled(not locked)
+        self.edit.setToolTip(why if locked else "")
+
+    def fill(self, value: object) -> None:
+        """Show the daemon's value, unless the person has changed the box."""
+        if self.dirty:
+            return
+        self.edit.blockSignals(True)  # the daemon's value is no edit
+        try:
+            self.edit.setChecked(value in (True, "true"))
+        finally:
+            self.edit.blockSignals(False)
+
+    def text(self) -> str:
+        return "true" if self.edit.isChecked() else "false"
+
+    def widget(self) -> QWidget:
+        box = QWidget()
+        layout = QVBoxLayout(box)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        layout.addWidget(self.edit)
+        layout.addWidget(self.error)
+        return box
+
+
 class Field:
     """A line edit with its inline error message under it."""
 
@@ -146,6 +193,10 @@ def scrolling(widget: QWidget) -> QScrollArea:
     return area
 
 
+#: What the tabs hold per setting: a line edit, or a check box for on/off.
+AnyField = Field | CheckField
+
+
 def fill_secret(field: Field, value: object) -> None:
     """A secret is never shown: the field says whether one is set."""
     if not field.dirty:
@@ -153,7 +204,7 @@ def fill_secret(field: Field, value: object) -> None:
         field.edit.setPlaceholderText("set (type to replace, clear and apply to remove)" if value else "none")
 
 
-def field_callbacks(field: Field) -> tuple[Callable[[dict[str, Any]], None], Callable[[str, str], None]]:
+def field_callbacks(field: AnyField) -> tuple[Callable[[dict[str, Any]], None], Callable[[str, str], None]]:
     """A setting's request outcome, shown on its field."""
 
     def done(_result: dict[str, Any]) -> None:
@@ -459,7 +510,7 @@ class InstanceTab(QWidget):
         inst.known = True
         self.refresh()
 
-    def fields(self) -> list[Field]:
+    def fields(self) -> list[AnyField]:
         return []
 
     def poll_figures(self) -> None:
@@ -552,16 +603,19 @@ class InstanceTab(QWidget):
         """A section, folded away at first, with a field per limit or timer
         (``mc_control.codes``' CLIENT_TUNING or SERVER_TUNING)."""
         self.tuning_kinds = tuning
-        self.tuning: dict[str, Field] = {}
+        self.tuning: dict[str, AnyField] = {}
         body = QWidget()
         form = QFormLayout(body)
         form.setContentsMargins(0, 0, 0, 0)
         for key, kind in tuning.items():
-            optional = key in OPTIONAL_TUNING
-            hint = {"secrets": '{"client id": "token", ...}', "bool": "true or false"}.get(kind, "")
-            field = Field(hint or ("none: no limit" if optional else "a number"))
-            if kind == "secrets":
-                field.edit.setEchoMode(QLineEdit.EchoMode.Password)
+            field: AnyField
+            if kind == "bool":
+                field = CheckField("on")
+            else:
+                hint = '{"client id": "token", ...}' if kind == "secrets" else ""
+                field = Field(hint or ("none: no limit" if key in OPTIONAL_TUNING else "a number"))
+                if kind == "secrets":
+                    field.edit.setEchoMode(QLineEdit.EchoMode.Password)
             self.tuning[key] = field
             setattr(self, key, field)  # like the other settings: tab.max_queued
             form.addRow(key, field.widget())
@@ -588,14 +642,14 @@ class InstanceTab(QWidget):
 
     def fill_tuning(self, settings: dict[str, Any]) -> None:
         for key, field in self.tuning.items():
-            if self.tuning_kinds[key] == "secrets":
+            if isinstance(field, Field) and self.tuning_kinds[key] == "secrets":
                 fill_secret(field, settings.get(key))
             else:
                 field.fill(vm.shown_tuning(settings.get(key)))
 
-    def tuning_changes(self, current: dict[str, Any]) -> list[tuple[str, object, Field]] | None:
+    def tuning_changes(self, current: dict[str, Any]) -> list[tuple[str, object, AnyField]] | None:
         """The limits and timers changed here; None (errors shown) when one is not valid."""
-        changes: list[tuple[str, object, Field]] = []
+        changes: list[tuple[str, object, AnyField]] = []
         ok = True
         for key, field in self.tuning.items():
             kind = self.tuning_kinds[key]
@@ -621,7 +675,7 @@ class InstanceTab(QWidget):
         for field in self.fields():
             field.lock(running and self.key_of(field) not in live, why)
 
-    def key_of(self, field: Field) -> str | None:
+    def key_of(self, field: AnyField) -> str | None:
         """The setting a field shows, where lock_fields needs it: the token
         (both tabs have one) and the limits and timers."""
         if field is self.token:
@@ -712,7 +766,7 @@ class ClientTab(InstanceTab):
 
         self.lay_out(settings, self.send_box)
 
-    def fields(self) -> list[Field]:
+    def fields(self) -> list[AnyField]:
         return [
             self.address,
             self.port,
@@ -728,7 +782,7 @@ class ClientTab(InstanceTab):
             *self.tuning.values(),
         ]
 
-    def field_for(self, key: str) -> Field:
+    def field_for(self, key: str) -> AnyField:
         return self.token if key == "auth_token" else getattr(self, key)
 
     def _generate(self) -> None:
@@ -839,8 +893,8 @@ class ClientTab(InstanceTab):
                 batch.set(key, value, field_callbacks(self.field_for(key)))
             else:
                 self.field_for(key).dirty = False
-        for key, tuned, field in tuning:
-            batch.set(key, tuned, field_callbacks(field))
+        for key, tuned, tuned_field in tuning:
+            batch.set(key, tuned, field_callbacks(tuned_field))
         batch.close()
         return True
 
@@ -942,7 +996,7 @@ class ServerTab(InstanceTab):
         left.addWidget(clients_box, 1)
         self.lay_out(left, self.send_box)
 
-    def fields(self) -> list[Field]:
+    def fields(self) -> list[AnyField]:
         return [
             self.interface,
             self.port,
@@ -1047,7 +1101,7 @@ class ServerTab(InstanceTab):
             ]
         if self.token.dirty:
             changes.append(("auth_token", self.token.text() or None, self.token))
-        sent: list[tuple[str, object, Field]] = []
+        sent: list[tuple[str, object, AnyField]] = []
         for key, value, field in changes:
             if current.get(key) != value or key == "auth_token":
                 sent.append((key, value, field))
@@ -1059,8 +1113,8 @@ class ServerTab(InstanceTab):
         if then is None:
             then, what = self.applied([key for key, _value, _field in sent]), "applied"
         batch = SettingsThen(self.backend, "server.set", self.name, then, what, self.report_error)
-        for key, value, field in sent:
-            batch.set(key, value, field_callbacks(field))
+        for key, value, sent_field in sent:
+            batch.set(key, value, field_callbacks(sent_field))
         batch.close()
         return True
 
