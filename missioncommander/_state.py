@@ -78,6 +78,12 @@ class ClientState(enum.IntFlag):
     STATE_DISCONNECT_FAILED = 1024
     STATE_UNEXP_CLOSED = 2048
 
+    def __str__(self) -> str:
+        """The names of the bits set, as ``get_name()`` gives them:
+        ``print(client.state)`` showed ``38``. ``int(state)``, ``%d`` and
+        ``f"{state:d}"`` give the number; JSON writes the number."""
+        return _names(self._value_)
+
     #: ``ClientState.get_name(state)`` (or ``state.get_name()``): the names
     #: of the bits set, lowest first, joined by ``' | '``, e.g.
     #: ``'STATE_OK | STATE_RUNNING | STATE_CONNECTED'``; ``'STATE_UNDEFINED'`` for 0.

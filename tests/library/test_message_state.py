@@ -149,6 +149,16 @@ def test_a_state_names_itself() -> None:
     assert "get_name" not in ClientState.__members__
 
 
+def test_a_state_prints_its_names_and_stays_a_number_where_one_is_asked() -> None:
+    """``print(client.state)`` showed ``38`` (an IntFlag's str is its number
+    since Python 3.11): a person printing it wants the names."""
+    state = ClientState.STATE_OK | ClientState.STATE_RUNNING | ClientState.STATE_CONNECTED
+    logged = "%s" % state  # noqa: UP031  # as logging formats its arguments
+    assert str(state) == f"{state}" == logged == "STATE_OK | STATE_RUNNING | STATE_CONNECTED"
+    assert str(ClientState(0)) == "STATE_UNDEFINED"
+    assert (int(state), f"{state:d}", json.dumps({"state": state})) == (38, "38", '{"state": 38}')
+
+
 def test_transition_is_immutable_and_stamped() -> None:
     t = ClientStateTransition(ClientState.STATE_OK, ClientState.STATE_CONNECTED)
     assert t.old_state is ClientState.STATE_OK and t.new_state is ClientState.STATE_CONNECTED
