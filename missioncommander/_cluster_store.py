@@ -18,7 +18,9 @@ per operation, so no two nodes can interleave halfway through one:
   acknowledged, each entry's id its sequence number (``{seq}-0``), trimmed as
   acknowledgements arrive: what a node that takes the client over resends.
 - ``clients``: a hash of every client id in the cluster to its node (empty
-  while no node holds it); ``node:{name}``: a node's presence, with an expiry.
+  while no node holds it; an entry whose session expired, or whose holder's
+  lease ran out, is mended when the hash is read); ``node:{name}``: a
+  node's presence, with an expiry.
 
 Numbers are given out by Redis (``HINCRBY``), so every node numbers a
 client's messages from one counter.  Notices go over pub/sub to the channel
@@ -228,6 +230,28 @@ redis.call('HDEL', clients, ARGV[2])
 return 1
 """
 
+_CLIENTS = """
+local clients, prefix = KEYS[1], KEYS[2]
+local found = {}
+local entries = redis.call('HGETALL', clients)
+for i = 1, #entries, 2 do
+  local id, owner = entries[i], entries[i + 1]
+  if redis.call('EXISTS', prefix .. 'sess:' .. id) == 0 then
+    -- Its session expired (nobody resumed it): no client of the cluster now.
+    redis.call('HDEL', clients, id)
+  else
+    if owner ~= '' and redis.call('EXISTS', prefix .. 'lease:' .. id) == 0 then
+      -- Its holder died, or lost Redis, and its lease ran out: nobody holds it.
+      owner = ''
+      redis.call('HSET', clients, id, '')
+    end
+    found[#found + 1] = id
+    found[#found + 1] = owner
+  end
+end
+return found
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
@@ -310,6 +334,7 @@ class ClusterStore:
         self._renew = self.redis.register_script(_RENEW)
         self._end = self.redis.register_script(_END)
         self._release = self.redis.register_script(_RELEASE)
+        self._clients = self.redis.register_script(_CLIENTS)
 
     def _keys(self, client_id: str) -> list[str]:
         p = self.prefix
@@ -459,12 +484,12 @@ class ClusterStore:
         return None if out_seq is None or in_taken is None else (int(out_seq), int(in_taken))
 
     def clients(self) -> dict[str, str]:
-        """Every client id in the cluster and the node that holds it ('' while none does)."""
-        try:
-            raw = self.redis.hgetall(f"{self.prefix}clients")
-        except self._errors as exc:
-            raise ClusterUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        """Every client id in the cluster and the node that holds it ('' while
+        none does); an entry whose session expired, or whose holder's lease
+        ran out, is mended on the way (nothing else would: the node that
+        wrote it is gone)."""
+        flat = self._call(self._clients, [f"{self.prefix}clients", self.prefix], [])
+        return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
 
     def mark_in_use(self, client_id: str, seconds: float) -> None:
         """Tell newcomers, for ``seconds``, that a live client holds ``client_id``."""

@@ -390,6 +390,33 @@ def test_a_redis_that_came_back_behind_a_session_is_not_resumed_silently(
         proxy.close()
 
 
+def test_clients_whose_session_expired_or_whose_holder_died_are_not_listed_as_held(
+    redis_server: RedisServer, make_node: MakeNode, make_client: MakeClient
+) -> None:
+    """A session nobody resumed expires in Redis, but its entry in the
+    cluster's list stayed: every node listed the client ("between nodes" in
+    mcctl) for good. And a client whose node died went on being listed as
+    held by it once its lease had run out. Both are mended as the list is read."""
+    a = make_node(node_id="a", session_expiry=1.0)
+    b = make_node(node_id="b", session_expiry=1.0)
+    client = make_client(a, client_id="gone", reconnect_delay=0.05, reconnect_max_delay=0.1)
+    client.connect()
+    a.stop()  # hands "gone" over; it finds no other node in its list...
+    wait_until(lambda: b.client_nodes == {"gone": ""}, what="the session to wait for its client")
+    client.disconnect()  # ...and gives up without a goodbye: nobody resumes it
+    wait_until(lambda: "gone" not in b.clients, timeout=15, what="the expired session to leave the list")
+    store = redis.Redis.from_url(redis_server.url)
+    try:
+        # A holder that died: its entry names it, its lease ran out, the session waits.
+        store.hset("missioncommander:sess:orphan", "node", "dead#0")
+        store.pexpire("missioncommander:sess:orphan", 60_000)
+        store.hset("missioncommander:clients", "orphan", "dead#0")
+        assert b.client_nodes == {"orphan": ""}
+        assert store.hget("missioncommander:clients", "orphan") == b""
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("inline", [False, True])
 def test_a_record_that_finds_the_lease_gone_lets_the_client_go(
     redis_server: RedisServer,
