@@ -83,6 +83,19 @@ _FIELD_STYLE = (
 )
 
 
+def with_error_line(edit: QWidget, error: QLabel) -> QWidget:
+    """A setting's control with its error line under it."""
+    box = QWidget()
+    # Only as tall as it needs: the error line comes and goes.
+    box.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+    layout = QVBoxLayout(box)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.setSpacing(2)
+    layout.addWidget(edit)
+    layout.addWidget(error)
+    return box
+
+
 class CheckField:
     """A limit or timer that is on or off (``inline_callbacks``): a check
     box where the others have a line edit, so nobody has to type "true".
@@ -121,13 +134,7 @@ class CheckField:
         return "true" if self.edit.isChecked() else "false"
 
     def widget(self) -> QWidget:
-        box = QWidget()
-        layout = QVBoxLayout(box)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.setSpacing(2)
-        layout.addWidget(self.edit)
-        layout.addWidget(self.error)
-        return box
+        return with_error_line(self.edit, self.error)
 
 
 class Field:
@@ -174,15 +181,7 @@ class Field:
         return self.edit.text()
 
     def widget(self) -> QWidget:
-        box = QWidget()
-        # Only as tall as it needs: the error line comes and goes.
-        box.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
-        layout = QVBoxLayout(box)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.setSpacing(2)
-        layout.addWidget(self.edit)
-        layout.addWidget(self.error)
-        return box
+        return with_error_line(self.edit, self.error)
 
 
 def scrolling(widget: QWidget) -> QScrollArea:
