@@ -513,9 +513,18 @@ class Server(ServerSettings):
         return self._requests.wait(request_id, waiter, timeout, functools.partial(self._why_no_reply, client_id))
 
     def _why_no_reply(self, client_id: str) -> str:
-        """What a request to ``client_id`` that timed out is told, besides the timeout."""
-        if client_id in self.detached_clients:
+        """What a request to ``client_id`` that timed out is told, besides
+        the timeout (from what this node knows: no Redis call, since the
+        asyncio API asks on its loop)."""
+        with self._lock:
+            session = self._sessions.get(client_id)
+        if session is not None and session.link is None:
             return f"client {client_id!r} is detached: its connection broke and it has not come back"
+        if session is None and self._cluster is not None:
+            return (
+                f"client {client_id!r} is not held by this node: its reply comes through Redis from the node"
+                " that holds it, and is lost if that node or Redis fails, or the client's session ends there"
+            )
         return ""
 
     def _check_requests(self, client_id: str) -> None:

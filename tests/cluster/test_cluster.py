@@ -22,6 +22,7 @@ from missioncommander import (
     ConnectionRefusedByServer,
     Message,
     RemoteError,
+    RequestTimeout,
     Server,
     StateError,
     UnknownClient,
@@ -651,9 +652,13 @@ def test_a_node_asks_a_client_another_node_holds_and_gets_its_reply(
     client = make_client(b, client_id="c1")
     asked = Recorder().attach(client, "request")
 
+    hold = threading.Event()
+
     def respond(message: Message) -> dict[str, str]:
         if message.subject == "fail":
             raise LookupError("nothing here")
+        if message.subject == "slow":
+            hold.wait(10)
         return {"from": "c1", "asked": message.subject}
 
     client.subscribe("request", respond)
@@ -670,6 +675,10 @@ def test_a_node_asks_a_client_another_node_holds_and_gets_its_reply(
             call()
     with pytest.raises(UnknownClient, match="no client 'nobody' is connected to the cluster"):
         a.request("nobody", Message("ask"))
+    # A timeout says where the reply would have come from.
+    with pytest.raises(RequestTimeout, match=r"\(client 'c1' is not held by this node: its reply comes through Redis"):
+        a.request("c1", Message("slow"), timeout=0.2)
+    hold.set()
 
 
 def test_a_reply_reaches_the_asker_when_its_client_moves_before_answering(
