@@ -143,17 +143,22 @@ class Requests:
         with self._lock:
             self._pop(request_id)
 
+    def _waiter(self, peer: str, request_id: int) -> Waiter | None:
+        """What waits for the reply to ``request_id`` from ``peer`` (None
+        when nothing does, or the request went to another peer)."""
+        with self._lock:
+            entry = self._pending.get(request_id)
+        return entry[1] if entry is not None and entry[0] == peer else None
+
+    def waiting_for(self, peer: str, request_id: int) -> bool:
+        """Whether request ``request_id`` to ``peer`` waits for its reply."""
+        return self._waiter(peer, request_id) is not None
+
     def asked_in_a_callback(self, peer: str, request_id: int) -> bool:
         """Whether a callback waits for the reply to ``request_id`` (a
         threaded caller on a callback thread) from ``peer``."""
-        with self._lock:
-            entry = self._pending.get(request_id)
-        return (
-            entry is not None
-            and entry[0] == peer
-            and isinstance(entry[1], ReplyWaiter)
-            and entry[1].asked_in_a_callback
-        )
+        waiter = self._waiter(peer, request_id)
+        return isinstance(waiter, ReplyWaiter) and waiter.asked_in_a_callback
 
     def resolve(
         self, peer: str, request_id: int, reply: Message, error: FrozenDict | None, forward: bool = True
@@ -165,14 +170,10 @@ class Requests:
         elsewhere already)."""
         with self._lock:
             entry = self._pending.get(request_id)
-            if entry is not None and entry[0] != peer:
-                entry = None
-                asked_elsewhere = True
-            else:
-                asked_elsewhere = False
-                entry = self._pop(request_id)
-        if entry is None:
-            if asked_elsewhere:
+            if entry is not None and entry[0] == peer:
+                self._pop(request_id)
+        if entry is None or entry[0] != peer:
+            if entry is not None:
                 log.warning("client %r answered request %d, which was not sent to it; dropped", peer, request_id)
             elif self._first_id < request_id <= self._next_id:
                 log.info("a reply to request %d came after its timeout; dropped", request_id)
@@ -200,12 +201,6 @@ class Requests:
         for entry in entries:
             if entry is not None and not entry[1].done():
                 entry[1].set_exception(SessionLost(f"the session ended before the reply came: {reason}"))
-
-    def waiting_for(self, peer: str, request_id: int) -> bool:
-        """Whether request ``request_id`` to ``peer`` waits for its reply."""
-        with self._lock:
-            entry = self._pending.get(request_id)
-        return entry is not None and entry[0] == peer
 
     def total(self) -> int:
         """Requests waiting for their reply, to every peer."""
