@@ -83,6 +83,16 @@ _FIELD_STYLE = (
 )
 
 
+def error_label() -> QLabel:
+    """The red line under a field that says what is wrong with it (hidden
+    until there is something to say)."""
+    label = QLabel()
+    label.setStyleSheet("color: #c62828; font-size: 11px;")
+    label.setWordWrap(True)
+    label.hide()
+    return label
+
+
 def with_error_line(edit: QWidget, error: QLabel) -> QWidget:
     """A setting's control with its error line under it."""
     box = QWidget()
@@ -103,9 +113,7 @@ class CheckField:
 
     def __init__(self, label: str) -> None:
         self.edit = QCheckBox(label)
-        self.error = QLabel()
-        self.error.setStyleSheet("color: #c62828; font-size: 11px;")
-        self.error.hide()
+        self.error = error_label()
         self.dirty = False
         self.edit.toggled.connect(self._edited)
 
@@ -144,10 +152,7 @@ class Field:
         self.edit = QLineEdit()
         self.edit.setStyleSheet(_FIELD_STYLE.format(border="#9e9e9e"))
         self.edit.setPlaceholderText(placeholder)
-        self.error = QLabel()
-        self.error.setStyleSheet("color: #c62828; font-size: 11px;")
-        self.error.setWordWrap(True)
-        self.error.hide()
+        self.error = error_label()
         self.dirty = False
         if on_edit is not None:
             self.edit.textEdited.connect(lambda _text: on_edit())
@@ -279,9 +284,7 @@ class SendBox(QGroupBox):
         self.payload = QPlainTextEdit()
         self.payload.setPlaceholderText('payload: a JSON object, e.g. {"message": "hello"}')
         self.payload.setFixedHeight(64)
-        self.payload_error = QLabel()
-        self.payload_error.setStyleSheet("color: #c62828; font-size: 11px;")
-        self.payload_error.hide()
+        self.payload_error = error_label()
         self.payload.textChanged.connect(self.payload_error.hide)
         self.target = QComboBox()
         self.send = QPushButton("Send")
@@ -404,9 +407,7 @@ class InstanceTab(QWidget):
         line_edit = self.picker.lineEdit()
         assert line_edit is not None
         line_edit.returnPressed.connect(lambda: self._picked(self.picker.currentText()))
-        self.picker_error = QLabel()
-        self.picker_error.setStyleSheet("color: #c62828; font-size: 11px;")
-        self.picker_error.hide()
+        self.picker_error = error_label()
         self.state = QLabel()
         self.state.setTextFormat(Qt.TextFormat.RichText)
         self.log = QPlainTextEdit()
