@@ -68,6 +68,9 @@ GAP_WAIT = 0.1
 IN_USE_FOR = 5.0
 #: Pauses between attempts to reach a lost Redis (seconds).
 RETRY_PAUSE = 0.5
+#: Sessions that ended for good lately, remembered for a request stored in
+#: one just before it ended whose sender learns its token after the news.
+ENDED_KEPT = 1024
 
 
 def node_of(holder: str) -> str:
@@ -194,6 +197,10 @@ class ClusterNode:
         # What the driver's thread (which must not wait on Redis) has the
         # I/O worker write soon: how far each inbox took, and handed.
         self._records_soon = _Soon(self._background, self._write_record)
+        # Guarded by _ended_lock: (client id, token) -> why, for the last
+        # ENDED_KEPT sessions that ended for good (oldest first).
+        self._ended_lock = threading.Lock()
+        self._ended: dict[tuple[str, str], str] = {}
         self._handed_soon = _Soon(self._background, lambda inbox: self._write_handed(inbox, inbox.handed_upto))
 
     # -- lifecycle ---------------------------------------------------------------
@@ -377,16 +384,16 @@ class ClusterNode:
             server._loop, server.max_inbound, server.max_inbound_bytes, server._inbound_budget, self, client_id
         )
 
-    def ended(self, client_id: str) -> None:
+    def ended(self, client_id: str, reason: str) -> None:
         """This node ended ``client_id``'s session: so does the cluster."""
         with self.server._lock:
             self._ahead.pop(client_id, None)
             self._ahead_since.pop(client_id, None)
-        self._background(self._end, client_id)
+        self._background(self._end, client_id, reason)
 
-    def _end(self, client_id: str) -> None:
+    def _end(self, client_id: str, reason: str) -> None:
         try:
-            self.store.end(client_id, self.holder)
+            self.store.end(client_id, self.holder, reason)
         except ClusterUnavailable as exc:
             # Redis forgets it by itself (its expiry); a resume then starts anew.
             log.warning("could not end client %r's session in Redis: %s", client_id, exc)
@@ -466,9 +473,10 @@ class ClusterNode:
 
     # -- callers' threads: sending ----------------------------------------------------
 
-    def send_to(self, client_id: str, body: bytes, min_version: int = 0) -> None:
+    def send_to(self, client_id: str, body: bytes, min_version: int = 0, request_id: int = 0) -> None:
         """Store ``body`` for ``client_id`` and queue it if this node holds
-        it; a request (``min_version``) only to a client that has them."""
+        it; a request (``min_version``, ``request_id``) only to a client that
+        has them, and it fails when the session it is stored in ends."""
         server = self.server
         appended = self.store.append(client_id, body, server.max_queued, self.holder, min_version)
         if isinstance(appended, tuple):
@@ -482,6 +490,11 @@ class ClusterNode:
                     f"message of {len(body) + MESSAGE_OVERHEAD} bytes exceeds client {client_id!r}'s limit of {limit}"
                 )
             raise QueueFullError(f"send queue of client {client_id!r} is full ({server.max_queued} messages)")
+        if request_id and server._requests.stored_in(request_id, appended.session):
+            with self._ended_lock:
+                ended = self._ended.get((client_id, appended.session))
+            if ended is not None:  # ended as it was stored: the news came first
+                server._loop.call_soon(self._session_ended, client_id, appended.session, ended)
         if appended.node == self.holder:
             self.deliver(client_id, appended.seq, body)
 
@@ -537,7 +550,7 @@ class ClusterNode:
         elif holder:
             self.store.publish(holder, notice("k", client_id, 0, reason.encode()))
         else:
-            self.store.end(client_id, self.holder)
+            self.store.end(client_id, self.holder, f"disconnected by the server: {reason}")
 
     # -- the driver's and callback threads: what clients sent -----------------------------
 
@@ -712,7 +725,7 @@ class ClusterNode:
             if numbers is None or numbers[0] < last or numbers[1] < recorded:
                 log.warning("Redis lost (part of) client %r's session; the client gets a new one", client_id)
                 if numbers is not None:
-                    self.store.end(client_id, self.holder)
+                    self.store.end(client_id, self.holder, "the cluster lost this session")
                 server._loop.call_soon(self.let_go, client_id, "the cluster lost this session", False)
                 continue
             for seq, body in self.store.read(client_id, last):
@@ -745,6 +758,14 @@ class ClusterNode:
         elif kind == "k":
             for client_id, _ in pairs:
                 loop.call_soon(self.server._kick, client_id, body.decode())
+        elif kind == "e":
+            token, _, why = body.decode().partition(" ")
+            for client_id, _ in pairs:
+                with self._ended_lock:
+                    self._ended[client_id, token] = why
+                    if len(self._ended) > ENDED_KEPT:
+                        del self._ended[next(iter(self._ended))]
+                loop.call_soon(self._session_ended, client_id, token, why)
         elif kind == "r":
             # Every node hears every reply passed on: only the one that
             # asked reads the body (the others pay a lookup, on this thread).
@@ -754,6 +775,13 @@ class ClusterNode:
                     loop.call_soon(self._reply_from_elsewhere, client_id, request_id, body)
 
     # -- replies to requests another node sent -------------------------------------------
+
+    def _session_ended(self, client_id: str, token: str, why: str) -> None:
+        """``client_id``'s session ``token`` ended for good, on whichever
+        node (driver's thread): this node's requests stored in it wait for
+        replies that cannot come.  (Those of the node that ended it failed
+        already.)"""
+        self.server._requests.lose(client_id, why, session=token)
 
     def _forward_reply(self, client_id: str, request_id: int, reply: Message, error: FrozenDict | None) -> None:
         """A reply from ``client_id`` this node did not ask for (any thread):

@@ -29,6 +29,8 @@ of the node that holds the client (``notice``); a notice that is lost
 stream again whenever it (re)subscribes or sees a gap.  A reply to a
 request another node sent goes to every node over ``replies``
 (``publish_reply``); that one is not kept: lost, its request times out.
+So does the news that a session ended for good (``e``, from the scripts
+that end or replace it), for the nodes whose requests were stored in it.
 
 The store is synchronous and thread-safe (redis-py's connection pool); it
 raises ``ClusterUnavailable`` when Redis cannot be reached.
@@ -74,7 +76,7 @@ def cluster_url(value: Any, name: str) -> str | None:
 _CLAIM = """
 local lease, sess, out, clients, in_use = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local me, ttl, token, new_token, last_seq, id, keep_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local max_frame, version = ARGV[8], ARGV[9]
+local max_frame, version, replies = ARGV[8], ARGV[9], ARGV[10]
 local owner = redis.call('GET', lease)
 local known = redis.call('HGET', sess, 'token')
 if owner and owner ~= me then
@@ -116,7 +118,13 @@ if known and known == token then
 end
 local why = 'new'
 if known then
-  if known == token then why = 'stale' else why = 'replaced' end
+  local reason = 'the client started a new session'
+  if known == token then
+    why, reason = 'stale', 'the cluster lost messages of the session'
+  else
+    why = 'replaced'
+  end
+  redis.call('PUBLISH', replies, 'e' .. #id .. ':' .. id .. '0:' .. known .. ' ' .. reason)
 elseif token ~= '' then
   why = 'unknown'
 end
@@ -150,7 +158,9 @@ local owner = redis.call('HGET', clients, id) or ''
 if owner ~= '' and owner ~= me then
   redis.call('PUBLISH', channel .. owner, 'd' .. #id .. ':' .. id .. seq .. ':' .. body)
 end
-return {'ok', seq, owner}
+local token = ''
+if min_version > 0 then token = redis.call('HGET', sess, 'token') end
+return {'ok', seq, owner, token}
 """
 
 _BROADCAST = """
@@ -223,10 +233,16 @@ return lost
 
 _END = """
 local lease, sess, out, clients = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local id, replies, reason = ARGV[2], ARGV[3], ARGV[4]
 local owner = redis.call('GET', lease)
 if owner and owner ~= ARGV[1] then return 0 end
+local token = redis.call('HGET', sess, 'token')
 redis.call('DEL', lease, sess, out)
-redis.call('HDEL', clients, ARGV[2])
+redis.call('HDEL', clients, id)
+if token then
+  -- Requests other nodes stored in it wait for replies that cannot come.
+  redis.call('PUBLISH', replies, 'e' .. #id .. ':' .. id .. '0:' .. token .. ' ' .. reason)
+end
 return 1
 """
 
@@ -299,10 +315,12 @@ class Claim:
 @dataclass(frozen=True, slots=True)
 class Appended:
     """A message numbered ``seq`` in a client's stream; ``node`` holds the
-    client (``''``: none now)."""
+    client (``''``: none now); for a request, ``session`` is the token of
+    the session it was stored in."""
 
     seq: int
     node: str
+    session: str = ""
 
 
 class ClusterStore:
@@ -380,6 +398,7 @@ class ClusterStore:
                 int(keep * 1000),
                 max_frame_size,
                 version,
+                self.replies,
             ],
         )
         outcome = reply[0].decode()
@@ -414,7 +433,7 @@ class ClusterStore:
         reply = self._call(self._append, keys, [body, max_items, node, client_id, self.channel, size, min_version])
         if reply[0] != b"ok":
             return reply[0].decode(), int(reply[1]) if len(reply) > 1 else 0
-        return Appended(int(reply[1]), reply[2].decode())
+        return Appended(int(reply[1]), reply[2].decode(), reply[3].decode())
 
     def broadcast(self, body: bytes, max_items: int, node: str) -> tuple[list[tuple[str, int]], list[str], list[str]]:
         """Number ``body`` in every client's stream; returns this node's
@@ -456,10 +475,11 @@ class ClusterStore:
         lost = self._call(self._renew, [self.prefix], [node, int(ttl * 1000), int(keep * 1000), presence, *client_ids])
         return [c.decode() for c in lost]
 
-    def end(self, client_id: str, node: str) -> bool:
-        """End ``client_id``'s session (unless another node holds it now)."""
+    def end(self, client_id: str, node: str, reason: str) -> bool:
+        """End ``client_id``'s session (unless another node holds it now),
+        and tell every node why (``e``: their requests stored in it fail)."""
         keys = self._keys(client_id)
-        return bool(self._call(self._end, keys, [node, client_id]))
+        return bool(self._call(self._end, keys, [node, client_id, self.replies, reason]))
 
     def release(self, client_id: str, node: str) -> bool:
         """Let go of ``client_id`` without ending its session, for another node to take it."""
@@ -524,7 +544,8 @@ def parse_notice(data: bytes) -> tuple[str, Iterator[tuple[str, int]], bytes]:
     is taking over: one pair, seq 0, body the token), ``k`` (disconnect a
     client: one pair, body the reason), ``r`` (a client's reply to a
     request another node sent: one pair, its number the request's id, body
-    the reply's, as the client sent it)."""
+    the reply's, as the client sent it), ``e`` (a session ended for good:
+    one pair, seq 0, body its token, a space and why)."""
     kind = chr(data[0])
     pairs: list[tuple[str, int]] = []
     pos = 1

@@ -97,8 +97,10 @@ class Requests:
         self._next_id = 0
         #: Ids above this (and up to ``_next_id``) are this side's own.
         self._first_id = 0
-        #: id -> (peer, waiter): the peer is the client id on a server ("" on a client).
-        self._pending: dict[int, tuple[str, Waiter]] = {}
+        #: id -> (peer, waiter, session): the peer is the client id on a
+        #: server ("" on a client); the session, in a cluster, the token of
+        #: the session the request was stored in ("" until known).
+        self._pending: dict[int, tuple[str, Waiter, str]] = {}
         self._per_peer: dict[str, int] = {}
         #: Where a reply to a request this side did not send goes (a cluster
         #: node: to the node that sent it), called with the peer, the
@@ -124,11 +126,22 @@ class Requests:
                 raise QueueFullError(f"{in_flight} requests already wait for a reply (max_requests={limit})")
             self._next_id += 1
             request_id = self._next_id
-            self._pending[request_id] = (peer, waiter)
+            self._pending[request_id] = (peer, waiter, "")
             self._per_peer[peer] = in_flight + 1
         return request_id, with_id(message.encode(), "request", request_id)
 
-    def _pop(self, request_id: int) -> tuple[str, Waiter] | None:
+    def stored_in(self, request_id: int, session: str) -> bool:
+        """Request ``request_id`` was stored in the session ``session`` (a
+        cluster's token for it): ``lose`` may name it.  False when the
+        request no longer waits."""
+        with self._lock:
+            entry = self._pending.get(request_id)
+            if entry is None:
+                return False
+            self._pending[request_id] = (entry[0], entry[1], session)
+            return True
+
+    def _pop(self, request_id: int) -> tuple[str, Waiter, str] | None:
         entry = self._pending.pop(request_id, None)
         if entry is not None:
             left = self._per_peer[entry[0]] - 1
@@ -192,11 +205,17 @@ class Requests:
         else:
             waiter.set_exception(RemoteError(error["type"], error["message"], error.get("traceback")))
 
-    def lose(self, peer: str | None, reason: str) -> None:
+    def lose(self, peer: str | None, reason: str, session: str | None = None) -> None:
         """The session with ``peer`` (None: every peer) ended for good: its
-        requests fail at once with ``SessionLost``."""
+        requests fail at once with ``SessionLost``.  With ``session``, only
+        those ``stored_in`` that session (a cluster's client may have begun
+        another since, on another node)."""
         with self._lock:
-            lost = [rid for rid, (p, _) in self._pending.items() if peer is None or p == peer]
+            lost = [
+                rid
+                for rid, (p, _, s) in self._pending.items()
+                if (peer is None or p == peer) and (session is None or s == session)
+            ]
             entries = [self._pop(rid) for rid in lost]
         for entry in entries:
             if entry is not None and not entry[1].done():

@@ -523,7 +523,7 @@ class Server(ServerSettings):
         if session is None and self._cluster is not None:
             return (
                 f"client {client_id!r} is not held by this node: its reply comes through Redis from the node"
-                " that holds it, and is lost if that node or Redis fails, or the client's session ends there"
+                " that holds it, and is lost if that node or Redis fails"
             )
         return ""
 
@@ -542,7 +542,7 @@ class Server(ServerSettings):
         waiter = ReplyWaiter()
         request_id, body = self._requests.open(client_id, self.max_requests, message, waiter)
         try:
-            self._send_to(client_id, body, request=True)
+            self._send_to(client_id, body, request_id)
         except BaseException:
             self._requests.forget(request_id)
             raise
@@ -560,12 +560,13 @@ class Server(ServerSettings):
         except (StateError, UnknownClient, QueueFullError) as lost:
             log.warning("the reply to client %r's request %d was not sent: %s", client_id, request_id, lost)
 
-    def _send_to(self, target: str, body: bytes, request: bool = False) -> None:
-        """Queue ``body`` for ``target``; a ``request`` only if its protocol has them (in a cluster, Redis checks)."""
+    def _send_to(self, target: str, body: bytes, request_id: int = 0) -> None:
+        """Queue ``body`` for ``target``; a request (``request_id``) only if
+        its protocol has them (in a cluster, Redis checks)."""
         size = len(body) + MESSAGE_OVERHEAD
         if self._cluster is not None:
             self._check_running()
-            self._cluster.send_to(target, body, REQUEST_VERSION if request else 0)
+            self._cluster.send_to(target, body, REQUEST_VERSION if request_id else 0, request_id)
             return
         with self._lock:
             self._check_running_locked()
@@ -1107,7 +1108,7 @@ class Server(ServerSettings):
             session.expiry.cancel()
             session.expiry = None
         if self._cluster is not None and for_good:
-            self._cluster.ended(session.client_id)
+            self._cluster.ended(session.client_id, reason)
         if for_good:
             # Let go in a cluster, the client answers on the node it resumes
             # on, which passes the reply on to this one.

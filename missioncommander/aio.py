@@ -943,18 +943,18 @@ class AsyncServer(_Endpoint, ServerSettings):
         timeout = cfg.wait_timeout(timeout)
         future: asyncio.Future[Message] = self._driver.loop.create_future()
         request_id, body = inner._requests.open(client_id, inner.max_requests, message, future)
-        sending = self._send_body(client_id, body, request=True)
+        sending = self._send_body(client_id, body, request_id)
         why = functools.partial(inner._why_no_reply, client_id)
         return await _awaited_request(inner._requests, request_id, future, sending, timeout, why)
 
-    async def _send_body(self, target: str, body: bytes, request: bool = False) -> None:
+    async def _send_body(self, target: str, body: bytes, request_id: int = 0) -> None:
         if self._inner._cluster is not None:
             # Redis bounds the queue: QueueFullError at once, no wait (docs/CLUSTER.md).
-            await self._off_loop(self._inner._send_to, target, body, request)
+            await self._off_loop(self._inner._send_to, target, body, request_id)
             return
         while True:
             try:
-                self._inner._send_to(target, body, request)
+                self._inner._send_to(target, body, request_id)
                 return
             except QueueFullError:
                 pass

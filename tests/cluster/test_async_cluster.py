@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -10,7 +11,7 @@ import redis
 from support import Recorder, wait_until
 from support.redis_server import RedisServer
 
-from missioncommander import Client, Message, Server
+from missioncommander import Client, Message, Server, SessionLost
 from missioncommander.aio import AsyncClient, AsyncServer
 
 
@@ -159,3 +160,35 @@ def test_an_async_node_and_a_threaded_one_ask_each_others_clients(
             await node.stop()
 
     assert asyncio.run(scenario()) == (Message("ask", {"from": "c1"}), Message("ask", {"from": "c2"}))
+
+
+def test_an_async_nodes_request_fails_at_once_when_the_session_ends_on_another_node(
+    redis_server: RedisServer, make_node: Callable[..., Server], make_client: Callable[..., Client]
+) -> None:
+    """The news that a session ended for good comes over Redis to the
+    asyncio node too, and fails its awaited request there (on its loop)."""
+    threaded = make_node(node_id="threaded")
+    entered, go = threading.Event(), threading.Event()
+
+    def respond(message: Message) -> dict[str, str]:
+        entered.set()
+        go.wait(10)
+        return {"late": "yes"}
+
+    near = make_client(threaded, client_id="c1")
+    near.subscribe("request", respond)
+    near.connect()
+
+    async def scenario() -> None:
+        async with AsyncServer(interface="127.0.0.1", cluster=redis_server.url, node_id="async") as node:
+            asked = asyncio.ensure_future(node.request("c1", Message("hold"), timeout=30))
+            assert await asyncio.to_thread(entered.wait, 10)
+            threaded.disconnect_client("c1", "maintenance")
+            with pytest.raises(SessionLost, match="disconnected by the server: maintenance"):
+                await asyncio.wait_for(asked, 10)  # not its timeout of 30 s
+            assert node.stats()["requests_in_flight"] == 0
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        go.set()

@@ -24,9 +24,11 @@ from missioncommander import (
     RemoteError,
     RequestTimeout,
     Server,
+    SessionLost,
     StateError,
     UnknownClient,
 )
+from missioncommander._cluster_store import ClusterStore
 from missioncommander._events import Challenge, ErrorReceived
 from missioncommander._frames import FrameType, encode_json_frame
 
@@ -733,3 +735,76 @@ def test_a_request_to_a_version_1_client_on_another_node_is_refused_before_it_is
                 node.request("old", Message("ask"), timeout=10)
         a.send("old", Message("plain messages still work"))
         assert next(frames).subject == "plain messages still work"  # type: ignore[attr-defined]
+
+
+def test_a_request_to_a_client_of_another_node_fails_at_once_when_its_session_ends_there(
+    make_node: MakeNode, make_client: MakeClient
+) -> None:
+    """The session a request is stored in ends for good on the node that
+    holds the client (disconnected there, or expired while detached): the
+    asking node hears it over Redis and fails the request with
+    ``SessionLost`` then, as a lone server does, where it waited out its
+    timeout before. A request stored in the client's next session is
+    answered."""
+    a = make_node(node_id="a")
+    b = make_node(node_id="b", session_expiry=1.0)
+    entered, go = threading.Event(), threading.Event()
+
+    def respond(message: Message) -> dict[str, str]:
+        entered.set()
+        go.wait(10)
+        return {"answer": message.subject}
+
+    client = make_client(b, client_id="c1")
+    client.subscribe("request", respond)
+    client.connect()
+    with ThreadPoolExecutor(1) as pool:
+        asked = pool.submit(a.request, "c1", Message("held"), 30)
+        assert entered.wait(10)
+        b.disconnect_client("c1", "maintenance")
+        with pytest.raises(SessionLost, match="disconnected by the server: maintenance"):
+            asked.result(10)  # not its timeout of 30 s
+    go.set()
+    assert a._requests.in_flight("c1") == 0
+
+    # Expired while detached on b: its connection went (through a proxy
+    # that is gone), so the request waits in the session, unanswered.
+    proxy = FaultProxy(b.port)
+    try:
+        cut_off = make_client(client_id="c2", servers=[f"127.0.0.1:{proxy.port}"], reconnect_max_delay=0.2)
+        cut_off.subscribe("request", lambda message: {"late": True})
+        cut_off.connect()
+        wait_until(lambda: a.client_nodes.get("c2") == "b", what="c2 to join on b")
+    finally:
+        proxy.close()
+    wait_until(lambda: "c2" in b.detached_clients, what="c2 to be detached on b")
+    with pytest.raises(SessionLost, match="session expired after 1 s detached"):
+        a.request("c2", Message("nobody answers"), timeout=30)
+
+    # c1 comes back, in a new session: a's requests there are answered.
+    client.connect()
+    wait_until(lambda: a.client_nodes.get("c1") == "b", what="c1 to come back")
+    assert a.request("c1", Message("again"), timeout=10) == Message("again", {"answer": "again"})
+
+
+def test_a_request_stored_for_a_dead_nodes_client_fails_when_the_client_starts_anew(
+    redis_server: RedisServer, make_node: MakeNode, make_client: MakeClient
+) -> None:
+    """The holder died (its lease runs out); the client, restarted, claims
+    its id with no session: Redis replaces the old session, and the
+    requests stored in it fail with ``SessionLost`` on the node that asked."""
+    store = ClusterStore(redis_server.url)
+    try:
+        claim = store.claim("c1", "dead#0", None, "old-token", 0, 1.0, 60.0, 65536, 2)
+        assert claim.outcome == "new"
+    finally:
+        store.close()
+    a, b = make_node(node_id="a"), make_node(node_id="b")
+    with ThreadPoolExecutor(1) as pool:
+        asked = pool.submit(a.request, "c1", Message("ask"), 30)
+        wait_until(lambda: a._requests.in_flight("c1") == 1, what="the request to be stored")
+        client = make_client(b, client_id="c1")
+        client.connect()  # refused while the dead node's lease lasts, then in
+        with pytest.raises(SessionLost, match="the client started a new session"):
+            asked.result(20)
+    assert a.client_nodes == {"c1": "b"}

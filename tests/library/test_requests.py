@@ -569,3 +569,22 @@ def test_the_registry_passes_on_only_replies_to_ids_it_never_gave_out(caplog: py
     assert passed_on == [("c1", 7, Message("theirs"))]
     registry.resolve("c1", first, Message("answer"), None)
     assert waiter.outcome() == Message("answer") and registry.in_flight("c1") == 0
+
+
+def test_the_registry_loses_only_the_requests_of_the_session_that_ended() -> None:
+    """A cluster's client may end one session and begin another (on another
+    node) while requests wait: the news of the first names its token, and
+    only the requests stored in it fail."""
+    registry = Requests()
+    old, new, other = ReplyWaiter(), ReplyWaiter(), ReplyWaiter()
+    old_id, _ = registry.open("c1", 10, Message("q"), old)
+    new_id, _ = registry.open("c1", 10, Message("q"), new)
+    other_id, _ = registry.open("c2", 10, Message("q"), other)
+    assert registry.stored_in(old_id, "T1") and registry.stored_in(new_id, "T2") and registry.stored_in(other_id, "T1")
+    registry.lose("c1", "expired", session="T1")
+    assert old.done() and not new.done() and not other.done()
+    with pytest.raises(SessionLost, match="the session ended before the reply came: expired"):
+        old.outcome()
+    assert registry.in_flight("c1") == 1
+    registry.forget(new_id)
+    assert not registry.stored_in(new_id, "T2")  # no longer waits: nothing to tag
