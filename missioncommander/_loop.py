@@ -521,15 +521,95 @@ class _Connector:
             sock.close()
 
 
+#: How long a listener stops accepting when accept() fails for want of file
+#: descriptors or memory (asyncio waits as long): the connection stays in
+#: the backlog and the listener stays readable, so trying again at once
+#: spins and floods the log.  Connections already in go on.
+ACCEPT_PAUSE = 1.0
+#: While accepts keep failing, the error is logged again this often at most.
+ACCEPT_LOG_EVERY = 60.0
+#: accept() errors that concern one connection, gone before it was taken
+#: (accept(2): Linux passes pending network errors on): the next may be fine.
+_ONE_CONNECTION_ERRORS = frozenset(
+    {
+        errno.ECONNABORTED,
+        errno.EPROTO,
+        errno.EPERM,
+        errno.ENETDOWN,
+        errno.ENOPROTOOPT,
+        errno.EHOSTDOWN,
+        errno.EHOSTUNREACH,
+        errno.EOPNOTSUPP,
+        errno.ENETUNREACH,
+        getattr(errno, "ENONET", errno.EHOSTUNREACH),
+    }
+)
+
+
+def one_connections_error(exc: OSError) -> bool:
+    """Whether accept() failed for one connection only (the next may be
+    taken), rather than for the listener (EMFILE, ENFILE, ENOBUFS, ENOMEM:
+    pause ``ACCEPT_PAUSE``)."""
+    return exc.errno in _ONE_CONNECTION_ERRORS
+
+
+class AcceptTrouble:
+    """What a listener whose accept() fails for want of resources says: the
+    first failure, then at most every ``ACCEPT_LOG_EVERY`` s while they go
+    on, and when an accept works again (the library's listener, mcd's
+    control socket)."""
+
+    def __init__(self, logger: logging.Logger, what: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self._log = logger
+        self._what = what
+        self._clock = clock
+        #: Since when accepts fail (0: they work), and when that was last said.
+        self._since = 0.0
+        self._said = 0.0
+        self._tries = 0
+
+    def failed(self, exc: OSError) -> None:
+        now = self._clock()
+        self._tries += 1
+        if not self._since:
+            self._since = self._said = now
+            self._log.error(
+                "cannot accept %s: %s; trying again every %g s (those already connected go on)",
+                self._what,
+                exc,
+                ACCEPT_PAUSE,
+            )
+        elif now - self._said >= ACCEPT_LOG_EVERY:
+            self._said = now
+            self._log.error(
+                "still cannot accept %s after %.0f s (%d tries): %s", self._what, now - self._since, self._tries, exc
+            )
+
+    def accepted(self) -> None:
+        if self._since:
+            self._log.warning("accepting %s again, after %.1f s", self._what, self._clock() - self._since)
+            self._since = 0.0
+            self._tries = 0
+
+
 class _Listener:
     def __init__(self, loop: Loop, sock: socket.socket, accept: Callable[[Incoming], None]) -> None:
         self.loop = loop
         self.sock = sock
         self.accept = accept
         self.port: int = sock.getsockname()[1]
+        self._closed = False
+        #: While paused after an accept() failed: the timer that resumes.
+        self._paused: Timer | None = None
+        self._trouble = AcceptTrouble(log, f"connections on port {self.port}", loop.time)
 
     def start(self) -> None:
-        self.loop.call_soon(self.loop.register, self.sock, WANT_READ, self)
+        self.loop.call_soon(self._watch)
+
+    def _watch(self) -> None:
+        self._paused = None
+        if not self._closed:
+            self.loop.register(self.sock, WANT_READ, self)
 
     def handle_io(self, mask: int) -> None:
         for _ in range(256):
@@ -538,12 +618,21 @@ class _Listener:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                # EMFILE and friends: keep serving those already connected.
-                log.error("accept failed: %s", exc)
+                if one_connections_error(exc):
+                    log.debug("a connection failed before it was accepted: %s", exc)
+                    continue
+                self._trouble.failed(exc)
+                self.loop.unregister(self.sock)
+                self._paused = self.loop.call_later(ACCEPT_PAUSE, self._watch)
                 return
+            self._trouble.accepted()
             self.accept(_Accepted(self.loop, sock, addr))
 
     def close(self) -> None:
+        self._closed = True
+        if self._paused is not None:
+            self._paused.cancel()
+            self._paused = None
         self.loop.unregister(self.sock)
         self.sock.close()
 

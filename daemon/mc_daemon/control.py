@@ -7,6 +7,7 @@ its own connection.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from typing import Any
 
 from mc_control import schema
 from mc_control.codes import MAX_LINE, ErrorCode, strict_json
+from missioncommander._loop import ACCEPT_PAUSE, AcceptTrouble, one_connections_error
 
 from .core import CoreError, DaemonCore
 from .dispatch import Dispatcher
@@ -68,6 +70,8 @@ class ControlServer:
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._closing = False
+        #: Set by close(): ends a pause after a failed accept at once.
+        self._closed = threading.Event()
 
     def start(self, listener: socket.socket) -> None:
         """Accept on ``listener``, the socket ``files.bind_control_socket``
@@ -82,6 +86,7 @@ class ControlServer:
             self._closing = True
             listener, self._listener = self._listener, None
             conns = list(self._conns)
+        self._closed.set()
         if listener is not None:
             try:
                 listener.shutdown(socket.SHUT_RDWR)
@@ -101,16 +106,21 @@ class ControlServer:
             thread.join(5)
 
     def _accept_loop(self) -> None:
+        trouble = AcceptTrouble(log, "control connections")
         while True:
             listener = self._listener
             if listener is None:
                 return
             try:
                 conn, _ = listener.accept()
-            except OSError:
+            except OSError as exc:
                 if self._listener is None:
                     return
-                log.exception("accept failed")
+                if not one_connections_error(exc):
+                    # Out of descriptors or memory: the connection waits in
+                    # the backlog, and trying again at once would spin.
+                    trouble.failed(exc)
+                    self._closed.wait(ACCEPT_PAUSE)
                 continue
             with self._lock:
                 if self._closing:
@@ -119,7 +129,17 @@ class ControlServer:
                 self._conns.add(conn)
                 thread = threading.Thread(target=self._serve, args=(conn,), name="mcd-control", daemon=True)
                 self._threads.add(thread)
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError as exc:  # can't start new thread: a limit on threads
+                with self._lock:
+                    self._conns.discard(conn)
+                    self._threads.discard(thread)
+                conn.close()
+                trouble.failed(OSError(errno.EAGAIN, str(exc)))
+                self._closed.wait(ACCEPT_PAUSE)
+                continue
+            trouble.accepted()
 
     def _serve(self, conn: socket.socket) -> None:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import select
 import shutil
 import signal
@@ -984,3 +985,33 @@ def test_event_sizes_below_one_are_refused_at_start(option: str, tmp_path: Path)
     )
     assert out.returncode == 2 and f"{option}: must be at least 1, not 0" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_mcd_out_of_descriptors_pauses_its_control_socket_and_says_so_once(mcd: Mcd) -> None:
+    """accept() on the control socket failed with EMFILE, and mcd logged a
+    traceback and tried again at once: 100,000 tracebacks a second until
+    descriptors were free. Now it says so once, tries again each second,
+    goes on answering the connections it has, and takes the waiting ones."""
+    assert mcd.proc is not None
+    pid = mcd.proc.pid
+    inside = ControlClient(mcd.socket)
+    inside.connect()
+    hogs: list[socket.socket] = []
+    _, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    try:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (len(os.listdir(f"/proc/{pid}/fd")) + 2, hard))
+        for _ in range(8):
+            sock = socket.socket(socket.AF_UNIX)
+            hogs.append(sock)
+            sock.connect(str(mcd.socket))  # waits in the backlog
+        wait_until(lambda: "cannot accept control connections" in mcd.log(), what="mcd to say it cannot accept")
+        assert inside.request("list")["instances"] == []  # a connection it has is answered
+    finally:
+        for sock in hogs:
+            sock.close()
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (hard, hard))
+        inside.close()
+    assert mcd.request("list")["instances"] == []
+    wait_until(lambda: "accepting control connections again" in mcd.log(), what="mcd to say it accepts again")
+    assert mcd.log().count("cannot accept control connections") == 1
+    assert "Traceback" not in mcd.log()
