@@ -24,6 +24,7 @@ import functools
 import inspect
 import itertools
 import logging
+import os
 import queue
 import threading
 import time
@@ -267,6 +268,16 @@ class _Pool:
 
 _pool = _Pool(_POOL_SIZE, _POOL_MOST)
 _worker = threading.local()
+
+
+def _new_pool() -> None:
+    # A forked child has none of the pool's threads but counts them: its
+    # callbacks would wait for ever.  It starts its own on first use.
+    global _pool
+    _pool = _Pool(_POOL_SIZE, _POOL_MOST)
+
+
+os.register_at_fork(after_in_child=_new_pool)
 
 
 def mark_callback_thread() -> None:

@@ -56,7 +56,7 @@ from ._frames import (
 )
 from ._inbox import Inbox
 from ._link import Link, route_locked
-from ._loop import Cancellable, Connecting, Driver, Loop, WriteTarget, get_loop
+from ._loop import Cancellable, Connecting, Driver, Loop, WriteTarget, check_not_forked, get_loop
 from ._message import Message
 from ._reconnect import Step, after_failure, reconnect_delay, retry_hint
 from ._requests import ReplyWaiter, Requests, of_its_session, reply_body
@@ -646,6 +646,7 @@ class Client(ClientSettings):
 
     def _check_connectable(self) -> None:
         """What connect() refuses before anything starts (any driver)."""
+        check_not_forked(self._loop, "Client")
         if self._state == NEEDS_INIT:
             raise StateError("set address and port before connect()")
         if not cfg.is_any_interface(self.interface) and self.bind_port is None:

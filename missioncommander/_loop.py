@@ -28,6 +28,7 @@ from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar, cast
 
 from ._callbacks import mark_callback_thread
+from ._errors import StateError
 
 log = logging.getLogger("missioncommander.loop")
 
@@ -158,6 +159,8 @@ class Loop:
         #: driver's clock, so that a fake driver can run them in fake time.
         self.time: Callable[[], float] = time.monotonic
         self._poller = _make_poller()
+        #: The process this loop's thread runs in (a forked child has none).
+        self.pid = os.getpid()
         #: The handler of each registered fd.
         self._handlers: dict[int, Handler] = {}
         self._wake_r, self._wake_w = socket.socketpair()
@@ -749,6 +752,26 @@ def get_loop() -> Loop:
             if _loop is None:
                 _loop = Loop()
     return _loop
+
+
+def _forget_loop() -> None:
+    # A forked child has its parent's loop but not the loop's thread, and
+    # must not share its epoll and sockets: the child's first client or
+    # server starts a loop of its own (multiprocessing's default on Linux).
+    global _loop, _loop_lock
+    _loop, _loop_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_loop)
+
+
+def check_not_forked(driver: object, kind: str) -> None:
+    """``StateError`` for an instance made in a parent process and used in
+    a forked child: its loop, connections and threads are the parent's."""
+    if isinstance(driver, Loop) and driver.pid != os.getpid():
+        raise StateError(
+            f"this {kind} was made before the process forked and belongs to the parent; make a new {kind} in the child"
+        )
 
 
 class TransportOwner(Protocol):

@@ -55,7 +55,7 @@ from ._frames import (
 )
 from ._inbox import Budget, Inbox
 from ._link import Link, route_locked
-from ._loop import Cancellable, Driver, Incoming, Listener, Loop, get_loop
+from ._loop import Cancellable, Driver, Incoming, Listener, Loop, check_not_forked, get_loop
 from ._message import Message
 from ._requests import ReplyWaiter, Requests, no_requests, reply_body
 from ._session import SendSession
@@ -336,6 +336,7 @@ class Server(ServerSettings):
         after the last start).  Ignored when ``port`` is set."""
         if prefer_port is not None and not (type(prefer_port) is int and 0 <= prefer_port <= 65535):
             raise ValueError(f"prefer_port must be a port number (0 to 65535), not {prefer_port!r}")
+        check_not_forked(self._loop, "Server")
         with self._lock:
             if self._running:
                 raise StateError("the server is already running")

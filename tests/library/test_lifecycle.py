@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import errno
 import gc
+import json
 import logging
 import os
 import socket
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from support import FaultProxy, Recorder, server_frames, wait_until
 
-from missioncommander import BindError, Client, ClientState, Message, Server, SessionLost
+from missioncommander import BindError, Client, ClientState, Message, Server, SessionLost, StateError
 from missioncommander._events import PingReceived
 from missioncommander._frames import FrameType, encode_json_frame
 
@@ -398,3 +400,69 @@ def test_a_stop_with_detached_clients_says_what_it_dropped_in_one_line(
     assert [(r.levelno, r.getMessage()) for r in said] == [
         (logging.WARNING, "server stopped: 6 message(s) never sent to 3 client(s) were dropped")
     ]
+
+
+def _in_a_forked_child(work: Callable[[], dict[str, object]]) -> dict[str, object]:
+    """Run ``work`` in a forked child (as multiprocessing's default start
+    method on Linux does) and return what it returned; the child leaves by
+    ``os._exit``, never through pytest."""
+    read_fd, write_fd = os.pipe()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        outcome: dict[str, object] = {"error": "the child failed"}
+        try:
+            outcome = work()
+        except BaseException as exc:  # reported to the parent, which asserts
+            outcome = {"error": repr(exc)}
+        finally:
+            os.write(write_fd, json.dumps(outcome).encode())
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        answer = pipe.read()
+    os.waitpid(pid, 0)
+    return dict(json.loads(answer))
+
+
+def test_a_forked_child_makes_clients_and_servers_of_its_own(server: Server, make_client: MakeClient) -> None:
+    """A child forked while the library runs had its parent's loop and
+    callback pool without their threads: a new client in it waited out its
+    connect timeout ("no answer from the server") and no callback ran. It
+    now starts its own; an instance made in the parent says it cannot be
+    used there."""
+    server.subscribe("message", lambda client_id, message: server.send(client_id, Message("echo", {"to": client_id})))
+    parent = make_client(server, client_id="parent")
+    parent.connect()  # the loop and the callback pool run when the process forks
+
+    def child() -> dict[str, object]:
+        echoed = threading.Event()
+        kid = Client(address="127.0.0.1", port=server.port, client_id="kid", connect_timeout=10)
+        kid.subscribe("message", lambda message: echoed.set())
+        kid.connect()
+        kid.send(Message("hello"))
+        got_echo = echoed.wait(10)
+        try:
+            parent.connect()
+            inherited = "no error"
+        except StateError as exc:
+            inherited = str(exc)
+        own = Server(interface="127.0.0.1", port=0)
+        own.start()
+        local = Client(address="127.0.0.1", port=own.port, client_id="local", connect_timeout=10)
+        local.connect()
+        clients = own.clients
+        local.disconnect()
+        own.stop()
+        kid.disconnect()
+        return {"echo": got_echo, "inherited": inherited, "own_clients": clients}
+
+    assert _in_a_forked_child(child) == {
+        "echo": True,
+        "inherited": "this Client was made before the process forked and belongs to the parent;"
+        " make a new Client in the child",
+        "own_clients": ["local"],
+    }
+    parent.send(Message("the parent goes on"))
+    wait_until(lambda: parent.stats()["messages_received"] == 1, what="the parent's echo")
