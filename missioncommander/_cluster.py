@@ -15,8 +15,8 @@ cluster's copy, written before it counts:
 
 Two threads per node: ``missioncommander-cluster`` listens on the node's
 pub/sub channel (messages for its clients sent on other nodes; requests to
-let a client go) and on the one where nodes pass on replies to requests
-another node sent, renews the node's leases, and trims what clients
+let a client go; replies to its requests to clients of other nodes) and on
+the one that tells of sessions ended for good, renews the node's leases, and trims what clients
 acknowledged; an I/O worker (``missioncommander-cluster-io``) makes the
 Redis calls the driver's thread needs (claims, ends, hand-overs, records of
 messages taken on that thread), which must never wait on Redis itself.
@@ -71,6 +71,13 @@ RETRY_PAUSE = 0.5
 #: Sessions that ended for good lately, remembered for a request stored in
 #: one just before it ended whose sender learns its token after the news.
 ENDED_KEPT = 1024
+#: Bytes of replies being passed on to other nodes (waiting for the I/O
+#: worker) past which more are dropped, with a warning: a client that
+#: sends replies faster than Redis takes them (to requests nobody sent, at
+#: worst) must not grow the node's memory without bound.
+FORWARD_BUDGET = 64 * 2**20
+#: How often a node says again that it drops replies over that budget.
+FORWARD_WARN_EVERY = 5.0
 
 
 def node_of(holder: str) -> str:
@@ -201,6 +208,11 @@ class ClusterNode:
         # ENDED_KEPT sessions that ended for good (oldest first).
         self._ended_lock = threading.Lock()
         self._ended: dict[tuple[str, str], str] = {}
+        # Guarded by _forward_lock: bytes of replies waiting to be passed on,
+        # and when dropping some past FORWARD_BUDGET was last said.
+        self._forward_lock = threading.Lock()
+        self._forwarding = 0
+        self._dropped_said = 0.0
         self._handed_soon = _Soon(self._background, lambda inbox: self._write_handed(inbox, inbox.handed_upto))
 
     # -- lifecycle ---------------------------------------------------------------
@@ -216,9 +228,11 @@ class ClusterNode:
         requests = self.server._requests
         # Ids from a random point: a client's reply names the id alone, and
         # a node passes on one it did not ask (a request from another node,
-        # or one whose client moved here before answering) to every node.
+        # or one whose client moved here before answering) to the node Redis
+        # records for that id: no two nodes' ids may meet.
         requests.number_from(secrets.randbelow(REQUEST_IDS))
         requests.elsewhere = self._forward_reply
+        requests.forgotten = self._forgotten
         self._thread = threading.Thread(target=self._run, name="missioncommander-cluster", daemon=True)
         self._thread.start()
 
@@ -237,6 +251,7 @@ class ClusterNode:
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
         self.server._requests.elsewhere = None
+        self.server._requests.forgotten = None
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         self._thread = None
@@ -419,6 +434,9 @@ class ClusterNode:
             # recorded its message: the next node starts after it.
             self._releases_due.add(client_id)
             server._callbacks.serial.submit(self._background, self._release, client_id)
+        else:
+            # Its lease is gone: another node may hold the client already.
+            self._background(self._record_asks, client_id)
 
     def _release_soon(self, client_id: str) -> None:
         self._releases_due.add(client_id)
@@ -429,9 +447,26 @@ class ClusterNode:
             return  # released already (by stop())
         self._releases_due.discard(client_id)
         try:
+            self._record_asks(client_id)  # before the next holder can take the client and its replies
             self.store.release(client_id, self.holder)
         except ClusterUnavailable as exc:
             log.warning("could not hand client %r over: %s (its lease runs out instead)", client_id, exc)
+
+    def _record_asks(self, client_id: str) -> None:
+        """Record this node's requests to ``client_id``, which it lets go,
+        as its own in Redis: the next holder passes their replies on here."""
+        pending = self.server._requests.ids_for(client_id)
+        if not pending:
+            return
+        try:
+            self.store.asked(client_id, pending, self.holder)
+        except ClusterUnavailable as exc:
+            log.warning(
+                "could not record this node's %d request(s) to client %r, which it lets go: %s (they time out)",
+                len(pending),
+                client_id,
+                exc,
+            )
 
     def _asked_for(self, client_id: str, token: str) -> None:
         """Another node has a newcomer for ``client_id`` (loop thread)."""
@@ -478,7 +513,7 @@ class ClusterNode:
         it; a request (``min_version``, ``request_id``) only to a client that
         has them, and it fails when the session it is stored in ends."""
         server = self.server
-        appended = self.store.append(client_id, body, server.max_queued, self.holder, min_version)
+        appended = self.store.append(client_id, body, server.max_queued, self.holder, min_version, request_id)
         if isinstance(appended, tuple):
             why, limit = appended
             if why == "unknown":
@@ -636,7 +671,7 @@ class ClusterNode:
                 if pubsub is None:
                     self.store.ping()
                     pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
-                    pubsub.subscribe(self.store.channel + self.holder, self.store.replies)
+                    pubsub.subscribe(self.store.channel + self.holder, self.store.ended)
                     self._renew()
                     self._catch_up()
                     next_renew = time.monotonic() + self.lease_ttl / 3
@@ -785,15 +820,36 @@ class ClusterNode:
 
     def _forward_reply(self, client_id: str, request_id: int, reply: Message, error: FrozenDict | None) -> None:
         """A reply from ``client_id`` this node did not ask for (any thread):
-        to every node, for the one that asked (the I/O worker publishes)."""
+        to the node that asked, as Redis records it (the I/O worker passes
+        it on; one nobody asked goes no further)."""
         meta: dict[str, Any] = {"reply": request_id}
         if error is not None:
             meta["error"] = error
-        self._background(self._publish_reply, client_id, request_id, with_meta(reply.encode(), meta))
+        body = with_meta(reply.encode(), meta)
+        now = time.monotonic()
+        with self._forward_lock:
+            over = self._forwarding + len(body) > FORWARD_BUDGET
+            say = over and now - self._dropped_said >= FORWARD_WARN_EVERY
+            if say:
+                self._dropped_said = now
+            if not over:
+                self._forwarding += len(body)
+        if over:
+            if say:
+                log.warning(
+                    "client %r's reply to request %d dropped: %d MiB of replies already wait to be passed on to"
+                    " the nodes that asked (Redis is slow, or the client sends replies nobody asked for)",
+                    client_id,
+                    request_id,
+                    FORWARD_BUDGET >> 20,
+                )
+            return
+        self._background(self._pass_reply, client_id, request_id, body)
 
-    def _publish_reply(self, client_id: str, request_id: int, body: bytes) -> None:
+    def _pass_reply(self, client_id: str, request_id: int, body: bytes) -> None:
         try:
-            self.store.publish_reply(client_id, request_id, body)
+            if not self.store.pass_reply(client_id, request_id, body):
+                log.info("client %r replied to request %d, which no node waits for; dropped", client_id, request_id)
         except ClusterUnavailable as exc:
             log.warning(
                 "client %r's reply to request %d was not passed on to the node that asked: %s (it times out there)",
@@ -801,6 +857,20 @@ class ClusterNode:
                 request_id,
                 exc,
             )
+        finally:
+            with self._forward_lock:
+                self._forwarding -= len(body)
+
+    def _forgotten(self, client_id: str, request_id: int) -> None:
+        """This node waits no more for ``request_id`` (it timed out): nor
+        should Redis keep its asker (any thread)."""
+        self._background(self._forget_ask, client_id, request_id)
+
+    def _forget_ask(self, client_id: str, request_id: int) -> None:
+        try:
+            self.store.forget_ask(client_id, request_id)
+        except ClusterUnavailable:
+            pass  # it goes with the session
 
     def _reply_from_elsewhere(self, client_id: str, request_id: int, body: bytes) -> None:
         """A reply another node passed on (driver's thread): this node's, if

@@ -17,6 +17,10 @@ per operation, so no two nodes can interleave halfway through one:
 - ``out:{id}``: a stream of the messages to the client that it has not
   acknowledged, each entry's id its sequence number (``{seq}-0``), trimmed as
   acknowledgements arrive: what a node that takes the client over resends.
+- ``asks:{id}``: the requests to the client from nodes that did not hold
+  it as they asked (or let it go before the reply came): request id ->
+  the asking node, which the holder passes the reply on to; it lives as
+  long as the session.
 - ``clients``: a hash of every client id in the cluster to its node (empty
   while no node holds it; an entry whose session expired, or whose holder's
   lease ran out, is mended when the hash is read); ``node:{name}``: a
@@ -27,10 +31,12 @@ client's messages from one counter.  Notices go over pub/sub to the channel
 of the node that holds the client (``notice``); a notice that is lost
 (pub/sub gives no guarantee) costs only time, since the holder reads the
 stream again whenever it (re)subscribes or sees a gap.  A reply to a
-request another node sent goes to every node over ``replies``
-(``publish_reply``); that one is not kept: lost, its request times out.
-So does the news that a session ended for good (``e``, from the scripts
-that end or replace it), for the nodes whose requests were stored in it.
+request another node sent goes to the channel of the node that asked
+(``asks:{id}``, a hash of request id to asker, written as the request is
+stored: ``pass_reply``); it is not kept: lost, its request times out.  The
+news that a session ended for good (``e``, from the scripts that end or
+replace it) goes to every node over ``ended``, for the nodes whose requests
+were stored in it.
 
 The store is synchronous and thread-safe (redis-py's connection pool); it
 raises ``ClusterUnavailable`` when Redis cannot be reached.
@@ -74,9 +80,9 @@ def cluster_url(value: Any, name: str) -> str | None:
 
 
 _CLAIM = """
-local lease, sess, out, clients, in_use = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local lease, sess, out, clients, in_use, asks = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local me, ttl, token, new_token, last_seq, id, keep_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local max_frame, version, replies = ARGV[8], ARGV[9], ARGV[10]
+local max_frame, version, ended = ARGV[8], ARGV[9], ARGV[10]
 local owner = redis.call('GET', lease)
 local known = redis.call('HGET', sess, 'token')
 if owner and owner ~= me then
@@ -124,11 +130,11 @@ if known then
   else
     why = 'replaced'
   end
-  redis.call('PUBLISH', replies, 'e' .. #id .. ':' .. id .. '0:' .. known .. ' ' .. reason)
+  redis.call('PUBLISH', ended, 'e' .. #id .. ':' .. id .. '0:' .. known .. ' ' .. reason)
 elseif token ~= '' then
   why = 'unknown'
 end
-redis.call('DEL', sess, out)
+redis.call('DEL', sess, out, asks)
 redis.call('HSET', sess, 'token', new_token, 'out_seq', 0, 'in_taken', 0, 'node', me, 'max_frame', max_frame,
   'version', version)
 redis.call('PEXPIRE', sess, keep_ms)
@@ -137,9 +143,9 @@ return {why, new_token}
 """
 
 _APPEND = """
-local sess, out, clients = KEYS[1], KEYS[2], KEYS[3]
+local sess, out, clients, asks = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local body, max_items, me, id, channel = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
-local size, min_version = tonumber(ARGV[6]), tonumber(ARGV[7])
+local size, min_version, request_id = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 if redis.call('EXISTS', sess) == 0 then return {'unknown'} end
 local limit = tonumber(redis.call('HGET', sess, 'max_frame') or '0')
 if limit > 0 and size > limit then return {'too_large', limit} end
@@ -159,7 +165,14 @@ if owner ~= '' and owner ~= me then
   redis.call('PUBLISH', channel .. owner, 'd' .. #id .. ':' .. id .. seq .. ':' .. body)
 end
 local token = ''
-if min_version > 0 then token = redis.call('HGET', sess, 'token') end
+if min_version > 0 then
+  token = redis.call('HGET', sess, 'token')
+  if owner ~= me then
+    -- Its reply reaches the holder, which passes it on to the node named here.
+    redis.call('HSET', asks, request_id, me)
+    if keep > 0 then redis.call('PEXPIRE', asks, keep) end
+  end
+end
 return {'ok', seq, owner, token}
 """
 
@@ -224,6 +237,7 @@ for i = 5, #ARGV do
     redis.call('PEXPIRE', lease, ttl)
     redis.call('PEXPIRE', prefix .. 'sess:' .. id, keep_ms)
     redis.call('PEXPIRE', prefix .. 'out:' .. id, keep_ms)
+    redis.call('PEXPIRE', prefix .. 'asks:' .. id, keep_ms)
   else
     lost[#lost + 1] = id
   end
@@ -232,16 +246,16 @@ return lost
 """
 
 _END = """
-local lease, sess, out, clients = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local id, replies, reason = ARGV[2], ARGV[3], ARGV[4]
+local lease, sess, out, clients, asks = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local id, ended, reason = ARGV[2], ARGV[3], ARGV[4]
 local owner = redis.call('GET', lease)
 if owner and owner ~= ARGV[1] then return 0 end
 local token = redis.call('HGET', sess, 'token')
-redis.call('DEL', lease, sess, out)
+redis.call('DEL', lease, sess, out, asks)
 redis.call('HDEL', clients, id)
 if token then
   -- Requests other nodes stored in it wait for replies that cannot come.
-  redis.call('PUBLISH', replies, 'e' .. #id .. ':' .. id .. '0:' .. token .. ' ' .. reason)
+  redis.call('PUBLISH', ended, 'e' .. #id .. ':' .. id .. '0:' .. token .. ' ' .. reason)
 end
 return 1
 """
@@ -266,6 +280,22 @@ for i = 1, #entries, 2 do
   end
 end
 return found
+"""
+
+_PASS_REPLY = """
+local node = redis.call('HGET', KEYS[1], ARGV[1])
+if not node then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('PUBLISH', ARGV[2] .. node, ARGV[3])
+return 1
+"""
+
+_ASKED = """
+local keep = redis.call('PTTL', KEYS[2])
+if keep <= 0 then return 0 end
+for i = 2, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], ARGV[1]) end
+redis.call('PEXPIRE', KEYS[1], keep)
+return 1
 """
 
 _RELEASE = """
@@ -335,9 +365,9 @@ class ClusterStore:
         self.url = cfg.redacted_url(url)
         self.prefix = prefix
         self.channel = prefix + "node:"
-        #: Where a node sends a reply to a request it did not send
-        #: (``publish_reply``): every node listens, the asker takes it.
-        self.replies = prefix + "replies"
+        #: Where the news that a session ended for good goes: every node
+        #: listens, and fails its requests stored in that session.
+        self.ended = prefix + "ended"
         # Any: redis-py types each reply as str or bytes at once; without
         # decode_responses every reply here is bytes.
         self.redis: Any = redis.Redis.from_url(
@@ -351,6 +381,8 @@ class ClusterStore:
         self._handed = self.redis.register_script(_HANDED)
         self._renew = self.redis.register_script(_RENEW)
         self._end = self.redis.register_script(_END)
+        self._pass_reply = self.redis.register_script(_PASS_REPLY)
+        self._asked = self.redis.register_script(_ASKED)
         self._release = self.redis.register_script(_RELEASE)
         self._clients = self.redis.register_script(_CLIENTS)
 
@@ -387,7 +419,7 @@ class ClusterStore:
         protocol ``version`` whether any node may send it a request."""
         reply = self._call(
             self._claim,
-            [*self._keys(client_id), f"{self.prefix}inuse:{client_id}"],
+            [*self._keys(client_id), f"{self.prefix}inuse:{client_id}", f"{self.prefix}asks:{client_id}"],
             [
                 node,
                 int(ttl * 1000),
@@ -398,7 +430,7 @@ class ClusterStore:
                 int(keep * 1000),
                 max_frame_size,
                 version,
-                self.replies,
+                self.ended,
             ],
         )
         outcome = reply[0].decode()
@@ -421,16 +453,20 @@ class ClusterStore:
         return Claim(outcome, token=reply[1].decode())
 
     def append(
-        self, client_id: str, body: bytes, max_items: int, node: str, min_version: int = 0
+        self, client_id: str, body: bytes, max_items: int, node: str, min_version: int = 0, request_id: int = 0
     ) -> Appended | tuple[str, int]:
         """Number ``body`` in ``client_id``'s stream and tell its holder if
         that is another node; ``('unknown', 0)``, ``('full', 0)``,
         ``('too_large', the client's max_frame_size)`` or, for a request
         (``min_version``, the protocol version that has them), ``('old',
-        the client's version)`` when it cannot."""
-        keys = self._keys(client_id)[1:]
+        the client's version)`` when it cannot.  A request to a client that
+        another node holds (or none) is recorded as ``node``'s, for the
+        holder to pass its reply on (``pass_reply``)."""
+        keys = [*self._keys(client_id)[1:], f"{self.prefix}asks:{client_id}"]
         size = len(body) + MESSAGE_OVERHEAD
-        reply = self._call(self._append, keys, [body, max_items, node, client_id, self.channel, size, min_version])
+        reply = self._call(
+            self._append, keys, [body, max_items, node, client_id, self.channel, size, min_version, request_id]
+        )
         if reply[0] != b"ok":
             return reply[0].decode(), int(reply[1]) if len(reply) > 1 else 0
         return Appended(int(reply[1]), reply[2].decode(), reply[3].decode())
@@ -478,8 +514,8 @@ class ClusterStore:
     def end(self, client_id: str, node: str, reason: str) -> bool:
         """End ``client_id``'s session (unless another node holds it now),
         and tell every node why (``e``: their requests stored in it fail)."""
-        keys = self._keys(client_id)
-        return bool(self._call(self._end, keys, [node, client_id, self.replies, reason]))
+        keys = [*self._keys(client_id), f"{self.prefix}asks:{client_id}"]
+        return bool(self._call(self._end, keys, [node, client_id, self.ended, reason]))
 
     def release(self, client_id: str, node: str) -> bool:
         """Let go of ``client_id`` without ending its session, for another node to take it."""
@@ -524,11 +560,26 @@ class ClusterStore:
         except self._errors as exc:
             raise ClusterUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
 
-    def publish_reply(self, client_id: str, request_id: int, body: bytes) -> None:
+    def pass_reply(self, client_id: str, request_id: int, body: bytes) -> bool:
         """Pass on a reply from ``client_id`` to request ``request_id``,
-        which another node sent (its id is not this node's), to every node."""
+        which another node sent (its id is not this node's), to the node
+        recorded as its asker; False when none is (a reply to a request
+        nobody sent, or that timed out)."""
+        keys = [f"{self.prefix}asks:{client_id}"]
+        return bool(
+            self._call(self._pass_reply, keys, [request_id, self.channel, notice("r", client_id, request_id, body)])
+        )
+
+    def asked(self, client_id: str, request_ids: list[int], node: str) -> None:
+        """Record ``node`` as the asker of ``request_ids`` to ``client_id``
+        (it lets the client go before their replies came)."""
+        keys = [f"{self.prefix}asks:{client_id}", f"{self.prefix}sess:{client_id}"]
+        self._call(self._asked, keys, [node, *request_ids])
+
+    def forget_ask(self, client_id: str, request_id: int) -> None:
+        """The asker of ``request_id`` waits no more (it timed out)."""
         try:
-            self.redis.publish(self.replies, notice("r", client_id, request_id, body))
+            self.redis.hdel(f"{self.prefix}asks:{client_id}", request_id)
         except self._errors as exc:
             raise ClusterUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
 

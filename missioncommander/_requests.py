@@ -106,6 +106,9 @@ class Requests:
         #: node: to the node that sent it), called with the peer, the
         #: request's id, the reply and its error; None: it is dropped.
         self.elsewhere: Callable[[str, int, Message, FrozenDict | None], None] | None = None
+        #: Told of each request no longer waited for (a cluster node: Redis
+        #: need not keep its asker), with the peer and the id; None: nobody.
+        self.forgotten: Callable[[str, int], None] | None = None
 
     def number_from(self, first: int) -> None:
         """Give the next requests ids from ``first`` + 1 on: a cluster node
@@ -154,7 +157,14 @@ class Requests:
     def forget(self, request_id: int) -> None:
         """The request will not be waited for (timed out, or never sent)."""
         with self._lock:
-            self._pop(request_id)
+            entry = self._pop(request_id)
+        if entry is not None and self.forgotten is not None:
+            self.forgotten(entry[0], request_id)
+
+    def ids_for(self, peer: str) -> list[int]:
+        """The requests to ``peer`` that wait for their reply."""
+        with self._lock:
+            return [rid for rid, entry in self._pending.items() if entry[0] == peer]
 
     def _waiter(self, peer: str, request_id: int) -> Waiter | None:
         """What waits for the reply to ``request_id`` from ``peer`` (None

@@ -28,9 +28,10 @@ from missioncommander import (
     StateError,
     UnknownClient,
 )
+from missioncommander import _cluster as cluster_module
 from missioncommander._cluster_store import ClusterStore
 from missioncommander._events import Challenge, ErrorReceived
-from missioncommander._frames import FrameType, encode_json_frame
+from missioncommander._frames import FrameType, encode_json_frame, with_meta
 
 MakeNode = Callable[..., Server]
 MakeClient = Callable[..., Client]
@@ -641,7 +642,7 @@ def test_a_cluster_node_checks_tokens_as_a_lone_server_does(make_node: MakeNode,
 
 
 def test_a_node_asks_a_client_another_node_holds_and_gets_its_reply(
-    make_node: MakeNode, make_client: MakeClient
+    redis_server: RedisServer, make_node: MakeNode, make_client: MakeClient
 ) -> None:
     """A request travels to the client as a message does (through Redis, to
     the holder), and the holder, which asked nothing, passes the reply on to
@@ -660,7 +661,7 @@ def test_a_node_asks_a_client_another_node_holds_and_gets_its_reply(
         if message.subject == "fail":
             raise LookupError("nothing here")
         if message.subject == "slow":
-            hold.wait(10)
+            hold.wait(30)
         return {"from": "c1", "asked": message.subject}
 
     client.subscribe("request", respond)
@@ -680,6 +681,13 @@ def test_a_node_asks_a_client_another_node_holds_and_gets_its_reply(
     # A timeout says where the reply would have come from.
     with pytest.raises(RequestTimeout, match=r"\(client 'c1' is not held by this node: its reply comes through Redis"):
         a.request("c1", Message("slow"), timeout=0.2)
+    # Redis forgets who asked once the asker stops waiting (else each
+    # request that timed out would stay recorded as long as the session).
+    store = redis.Redis.from_url(redis_server.url)
+    try:
+        wait_until(lambda: store.hlen("missioncommander:asks:c1") == 0, what="the asker's record to go")
+    finally:
+        store.close()
     hold.set()
 
 
@@ -808,3 +816,101 @@ def test_a_request_stored_for_a_dead_nodes_client_fails_when_the_client_starts_a
         with pytest.raises(SessionLost, match="the client started a new session"):
             asked.result(20)
     assert a.client_nodes == {"c1": "b"}
+
+
+def test_a_reply_is_passed_on_only_to_the_node_that_asked_and_one_nobody_asked_nowhere(
+    redis_server: RedisServer, make_node: MakeNode, make_client: MakeClient
+) -> None:
+    """Replies a node did not ask for went to every node over one channel,
+    bodies and all, whoever sent them: a client sending large replies to
+    requests nobody made had every node's subscription cut by Redis (its
+    output buffer limit: each node "lost Redis" and refused newcomers) and
+    grew its own node's memory. Redis now records which node asked, the
+    holder passes a reply on to that node alone, and drops one nobody asked."""
+    a, b, c = make_node(node_id="a"), make_node(node_id="b"), make_node(node_id="c")
+    client = make_client(a, client_id="c1")
+    client.subscribe("request", lambda message: {"answer": message.subject})
+    client.connect()
+    watcher = redis.Redis.from_url(redis_server.url).pubsub(ignore_subscribe_messages=True)
+    try:
+        watcher.psubscribe("missioncommander:*")  # every channel of the cluster
+        watcher.get_message(timeout=1)  # the subscription's confirmation (ignored) arrives first
+        pad = "x" * 600_000
+        for n in range(60):  # 36 MB: over Redis's 32 MB cut-off for a subscriber, had each node got them
+            client._send_body(with_meta(Message("forged", {"pad": pad}).encode(), {"reply": 10_000 + n}))
+        assert b.request("c1", Message("real"), timeout=20) == Message("real", {"answer": "real"})
+        passed_on: list[tuple[bytes, bytes]] = []
+        for _ in range(1000):
+            seen = watcher.get_message(timeout=0.2)
+            if seen is None:
+                break
+            if seen["data"][:1] == b"r":
+                passed_on.append((seen["channel"], seen["data"][:40]))
+        # The one real reply, to b alone; none of the forged ones.
+        assert [channel for channel, _ in passed_on] == [f"missioncommander:node:{b._cluster.holder}".encode()]
+    finally:
+        watcher.close()
+    assert all(node.stats()["cluster"]["ready"] for node in (a, b, c))
+    assert c.request("c1", Message("again"), timeout=10) == Message("again", {"answer": "again"})
+    store = redis.Redis.from_url(redis_server.url)
+    try:
+        assert store.hlen("missioncommander:asks:c1") == 0  # each record went with its reply
+    finally:
+        store.close()
+
+
+def test_replies_over_the_nodes_budget_are_dropped_with_a_warning(
+    make_node: MakeNode, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What waits to be passed on is bounded: past the budget a reply is
+    dropped (its asker times out) and the node says why, every few seconds."""
+    monkeypatch.setattr(cluster_module, "FORWARD_BUDGET", 100_000)
+    a = make_node(node_id="a")
+    client = make_client(a, client_id="c1")
+    client.connect()
+    worker_busy, go_on = threading.Event(), threading.Event()
+    assert a._cluster is not None
+    a._cluster._background(lambda: (worker_busy.set(), go_on.wait(10)))  # the I/O worker waits
+    assert worker_busy.wait(10)
+    try:
+        for n in range(5):  # 60 KB each: the second is over the budget
+            client._send_body(with_meta(Message("forged", {"pad": "x" * 60_000}).encode(), {"reply": 10_000 + n}))
+        wait_until(lambda: "dropped: 0 MiB of replies already wait" in caplog.text, what="the warning")
+    finally:
+        go_on.set()
+    wait_until(lambda: a._cluster is not None and a._cluster._forwarding == 0, what="the passed-on replies to go")
+    assert caplog.text.count("replies already wait to be passed on") == 1  # said once in FORWARD_WARN_EVERY
+
+
+def test_a_node_that_lets_its_client_go_mid_request_still_gets_the_reply(
+    make_node: MakeNode, make_client: MakeClient
+) -> None:
+    """b asks its own client c1 (nothing recorded in Redis: the reply comes
+    to b itself); c1's connection breaks and it resumes on a before it
+    answers. b records its request as it lets c1 go, so a passes the
+    reply on to b."""
+    a, b = make_node(node_id="a"), make_node(node_id="b")
+    entered, go = threading.Event(), threading.Event()
+
+    def respond(message: Message) -> dict[str, str]:
+        entered.set()
+        go.wait(10)
+        return {"answer": message.subject}
+
+    proxy = FaultProxy(b.port)
+    try:
+        client = make_client(client_id="c1", servers=[f"127.0.0.1:{proxy.port}", *servers_of(a)])
+        client.subscribe("request", respond)
+        client.connect()
+        assert a.client_nodes == {"c1": "b"}
+        with ThreadPoolExecutor(1) as pool:
+            asked = pool.submit(b.request, "c1", Message("mine"), 20)
+            assert entered.wait(10)
+            proxy.refusing = True  # b's way is gone: c1 resumes on a
+            proxy.cut("rst")
+            wait_until(lambda: a.client_nodes.get("c1") == "a", what="c1 to resume on a")
+            go.set()
+            assert asked.result(20) == Message("mine", {"answer": "mine"})
+    finally:
+        go.set()
+        proxy.close()
