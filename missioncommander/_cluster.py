@@ -45,6 +45,7 @@ from ._frames import MAX_REQUEST_ID, MESSAGE_OVERHEAD, message_event, with_meta
 from ._inbox import Budget, Inbox
 from ._loop import Driver
 from ._message import FrozenDict, Message
+from ._quiet import Quiet, more
 from ._requests import no_requests
 
 if TYPE_CHECKING:
@@ -76,8 +77,6 @@ ENDED_KEPT = 1024
 #: sends replies faster than Redis takes them (to requests nobody sent, at
 #: worst) must not grow the node's memory without bound.
 FORWARD_BUDGET = 64 * 2**20
-#: How often a node says again that it drops replies over that budget.
-FORWARD_WARN_EVERY = 5.0
 
 
 def node_of(holder: str) -> str:
@@ -208,11 +207,11 @@ class ClusterNode:
         # ENDED_KEPT sessions that ended for good (oldest first).
         self._ended_lock = threading.Lock()
         self._ended: dict[tuple[str, str], str] = {}
-        # Guarded by _forward_lock: bytes of replies waiting to be passed on,
-        # and when dropping some past FORWARD_BUDGET was last said.
+        # Guarded by _forward_lock: bytes of replies waiting to be passed on.
         self._forward_lock = threading.Lock()
         self._forwarding = 0
-        self._dropped_said = 0.0
+        self._quiet_over = Quiet()
+        self._quiet_nobody = Quiet()
         self._handed_soon = _Soon(self._background, lambda inbox: self._write_handed(inbox, inbox.handed_upto))
 
     # -- lifecycle ---------------------------------------------------------------
@@ -826,30 +825,35 @@ class ClusterNode:
         if error is not None:
             meta["error"] = error
         body = with_meta(reply.encode(), meta)
-        now = time.monotonic()
         with self._forward_lock:
             over = self._forwarding + len(body) > FORWARD_BUDGET
-            say = over and now - self._dropped_said >= FORWARD_WARN_EVERY
-            if say:
-                self._dropped_said = now
             if not over:
                 self._forwarding += len(body)
         if over:
-            if say:
+            if (unsaid := self._quiet_over.due()) is not None:
                 log.warning(
-                    "client %r's reply to request %d dropped: %d MiB of replies already wait to be passed on to"
-                    " the nodes that asked (Redis is slow, or the client sends replies nobody asked for)",
+                    "client %r's reply to request %d dropped: %g MiB of replies already wait to be passed on to"
+                    " the nodes that asked (Redis is slow, or the client sends replies nobody asked for)%s",
                     client_id,
                     request_id,
-                    FORWARD_BUDGET >> 20,
+                    FORWARD_BUDGET / 2**20,
+                    more(unsaid),
                 )
             return
         self._background(self._pass_reply, client_id, request_id, body)
 
     def _pass_reply(self, client_id: str, request_id: int, body: bytes) -> None:
         try:
-            if not self.store.pass_reply(client_id, request_id, body):
-                log.info("client %r replied to request %d, which no node waits for; dropped", client_id, request_id)
+            if (
+                not self.store.pass_reply(client_id, request_id, body)
+                and (unsaid := self._quiet_nobody.due()) is not None
+            ):
+                log.info(
+                    "client %r replied to request %d, which no node waits for; dropped%s",
+                    client_id,
+                    request_id,
+                    more(unsaid),
+                )
         except ClusterUnavailable as exc:
             log.warning(
                 "client %r's reply to request %d was not passed on to the node that asked: %s (it times out there)",

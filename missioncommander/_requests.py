@@ -23,6 +23,7 @@ from ._callbacks import in_callback_thread
 from ._errors import NoResponder, QueueFullError, RemoteError, RequestTimeout, SessionLost, StateError
 from ._frames import with_id, with_meta
 from ._message import FrozenDict, Message
+from ._quiet import Quiet, more
 
 log = logging.getLogger("missioncommander")
 
@@ -109,6 +110,11 @@ class Requests:
         #: Told of each request no longer waited for (a cluster node: Redis
         #: need not keep its asker), with the peer and the id; None: nobody.
         self.forgotten: Callable[[str, int], None] | None = None
+        # A peer may send replies to requests nobody made, as fast as it
+        # likes: what is dropped is said now and then, per kind.
+        self._quiet_forged = Quiet()
+        self._quiet_late = Quiet()
+        self._quiet_unsent = Quiet()
 
     def number_from(self, first: int) -> None:
         """Give the next requests ids from ``first`` + 1 on: a cluster node
@@ -197,13 +203,20 @@ class Requests:
                 self._pop(request_id)
         if entry is None or entry[0] != peer:
             if entry is not None:
-                log.warning("client %r answered request %d, which was not sent to it; dropped", peer, request_id)
+                if (unsaid := self._quiet_forged.due()) is not None:
+                    log.warning(
+                        "client %r answered request %d, which was not sent to it; dropped%s",
+                        peer,
+                        request_id,
+                        more(unsaid),
+                    )
             elif self._first_id < request_id <= self._next_id:
-                log.info("a reply to request %d came after its timeout; dropped", request_id)
+                if (unsaid := self._quiet_late.due()) is not None:
+                    log.info("a reply to request %d came after its timeout; dropped%s", request_id, more(unsaid))
             elif forward and self.elsewhere is not None:
                 self.elsewhere(peer, request_id, reply, error)
-            elif forward:
-                log.info("a reply to request %d, which was never sent, was dropped", request_id)
+            elif forward and (unsaid := self._quiet_unsent.due()) is not None:
+                log.info("a reply to request %d, which was never sent, was dropped%s", request_id, more(unsaid))
             return
         waiter = entry[1]
         if waiter.done():

@@ -57,6 +57,7 @@ from ._inbox import Budget, Inbox
 from ._link import Link, route_locked
 from ._loop import Cancellable, Driver, Incoming, Listener, Loop, check_not_forked, get_loop
 from ._message import Message
+from ._quiet import Quiet, more
 from ._requests import ReplyWaiter, Requests, no_requests, reply_body
 from ._session import SendSession
 from ._stats import TRAFFIC, Counters, session_figures, traffic
@@ -285,9 +286,8 @@ class Server(ServerSettings):
         self._rates = ConnectionRate()
         self._requests = Requests()
         self._rate_logged: dict[str, float] = {}
-        #: Failed TLS handshakes: when one was last logged, and how many since.
-        self._tls_logged = -TLS_LOG_EVERY
-        self._tls_unlogged = 0
+        #: Failed TLS handshakes are logged now and then (the others counted).
+        self._tls_quiet = Quiet(TLS_LOG_EVERY, self._loop.time)
         #: Statistics: connections refused, by the ERROR code they got (or TLS_HANDSHAKE).
         self._refusals: collections.Counter[str] = collections.Counter()
         #: Statistics: clients cut off for not keeping up (broadcast queue
@@ -765,16 +765,10 @@ class Server(ServerSettings):
         misconfigured fleet or a scanner must not flood the log), since the
         client's side alone tells its owner why."""
         self._refusals[TLS_HANDSHAKE] += 1
-        self._tls_unlogged += 1
-        now = self._loop.time()
-        if now - self._tls_logged >= TLS_LOG_EVERY:
-            more = self._tls_unlogged - 1
-            self._tls_logged, self._tls_unlogged = now, 0
+        unsaid = self._tls_quiet.due()
+        if unsaid is not None:
             log.warning(
-                "TLS handshake with %s failed: %s%s",
-                peer,
-                reason.removeprefix("TLS handshake failed: "),
-                f" ({more} more since the last logged)" if more else "",
+                "TLS handshake with %s failed: %s%s", peer, reason.removeprefix("TLS handshake failed: "), more(unsaid)
             )
 
     @property

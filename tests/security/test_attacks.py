@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import socket
@@ -643,3 +644,24 @@ def test_acknowledgements_wait_for_the_callback(make_client: MakeClient) -> None
         wait_until(lambda: server.queued(client.client_id) == 1, what="acks for the taken messages only")
         hold.set()
         wait_until(lambda: server.queued(client.client_id) == 0, what="the last ack once its callback returned")
+
+
+def test_a_client_sending_replies_nobody_asked_for_cannot_flood_the_log(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each reply to a request never sent (or sent to another client, or
+    timed out) was logged: a client let in wrote 17,000 lines a second into
+    the server's log (mcd logs INFO), and journald, rate-limiting the whole
+    service, then drops the lines that matter. Each kind is said at most
+    every 5 s now, with how many went unsaid."""
+    caplog.set_level(logging.INFO, logger="missioncommander")
+    with Server(interface="127.0.0.1", port=0) as server:
+        mallory = make_client(server, client_id="mallory")
+        mallory.connect()
+        for n in range(2000):
+            mallory._send_body(with_id(Message("forged").encode(), "reply", 1_000 + n))
+        wait_until(lambda: server.stats("mallory")["messages_received"] == 2000, what="every forged reply")
+        mallory.send(Message("still served"))
+        wait_until(lambda: server.stats("mallory")["messages_received"] == 2001, what="the client's message")
+    dropped = [r.getMessage() for r in caplog.records if "which was never sent, was dropped" in r.getMessage()]
+    assert dropped == ["a reply to request 1000, which was never sent, was dropped"]
