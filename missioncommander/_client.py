@@ -450,10 +450,7 @@ class Client(ClientSettings):
         self._peer_version = PROTOCOL_VERSION
         self._inbox = Inbox(self._loop, self.max_inbound, self.max_inbound_bytes)
         self._last_close_reason: str | None = None
-        for name, value in settings.items():
-            if not isinstance(getattr(type(self), name, None), cfg.Setting):
-                raise TypeError(f"Client() got an unknown setting {name!r}")
-            setattr(self, name, value)
+        cfg.apply_settings(self, settings)
 
     # -- settings and state ----------------------------------------------------
 

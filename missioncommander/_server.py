@@ -298,10 +298,7 @@ class Server(ServerSettings):
         self._inbound_budget = Budget(type(self).max_inbound_total_bytes.default)
         #: Cluster mode (``cluster`` set): this node's part, while running.
         self._cluster: ClusterNode | None = None
-        for name, value in settings.items():
-            if not isinstance(getattr(type(self), name, None), cfg.Setting):
-                raise TypeError(f"Server() got an unknown setting {name!r}")
-            setattr(self, name, value)
+        cfg.apply_settings(self, settings)
 
     # -- settings ------------------------------------------------------------
 
