@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 from support import FaultProxy, Recorder, server_frames, wait_until
+from support.certs import make_certs
 from support.redis_server import RedisServer
 
 from missioncommander import (
@@ -914,3 +915,36 @@ def test_a_node_that_lets_its_client_go_mid_request_still_gets_the_reply(
     finally:
         go.set()
         proxy.close()
+
+
+def test_nodes_reach_a_redis_that_speaks_tls_with_their_ca_in_the_url(
+    tmp_path: Path, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``rediss://`` with a private CA: redis-py takes ``ssl_ca_certs`` (and
+    its other TLS options) from the URL, which mcd and mcctl pass as it is.
+    A node without the CA says why it cannot reach Redis."""
+    certs = make_certs(tmp_path)
+    redis_tls = RedisServer(tmp_path, tls=(certs.server_cert, certs.server_key, certs.ca))
+    redis_tls.start()
+    nodes: list[Server] = []
+    try:
+        for name in ("a", "b"):
+            node = Server(interface="127.0.0.1", cluster=redis_tls.url, node_id=name)
+            node.start()
+            nodes.append(node)
+        a, b = nodes
+        assert a.cluster_status is not None and a.cluster_status["ready"]
+        client = make_client(b, client_id="c1")
+        echoed = Recorder().attach(client, "message")
+        client.connect()
+        a.send("c1", Message("over TLS"))  # stored in Redis by a, delivered by b
+        assert echoed.wait_count("message", 1)[0][0].subject == "over TLS"
+        without_ca = Server(interface="127.0.0.1", cluster=redis_tls.url.partition("?")[0], node_id="c")
+        nodes.append(without_ca)
+        without_ca.start()  # it listens, and joins once it can reach Redis: here never
+        assert without_ca.cluster_status is not None and not without_ca.cluster_status["ready"]
+        wait_until(lambda: "certificate verify failed" in caplog.text, what="the node to say why")
+    finally:
+        for node in nodes:
+            node.stop()
+        redis_tls.stop()

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -28,7 +29,15 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process; ``restart()`` keeps its port and folder."""
 
-    def __init__(self, folder: Path, persistent: bool = False, password: str | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        persistent: bool = False,
+        password: str | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
+    ) -> None:
+        """``tls``: (certificate, key, CA) to serve TLS only, on the port
+        (the URL is ``rediss://`` with the CA in ``ssl_ca_certs``)."""
         binary = shutil.which("redis-server")
         if binary is None:
             reason = "redis-server is not installed (apt-get install redis-server); the cluster tests need it"
@@ -40,7 +49,10 @@ class RedisServer:
         self.persistent = persistent
         self.port = free_port()
         self.password = password
+        self.tls = tls
         self.url = f"redis://{f':{password}@' if password else ''}127.0.0.1:{self.port}/0"
+        if tls is not None:
+            self.url = f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={tls[2]}"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -49,10 +61,15 @@ class RedisServer:
             if self.persistent
             else ["--appendonly", "no", "--save", ""]
         )
+        ports = ["--port", str(self.port)]
+        if self.tls is not None:
+            cert, key, ca = self.tls
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert),
+                     "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]  # fmt: skip
         self.process = subprocess.Popen(
             [
                 self.binary,
-                "--port", str(self.port),
+                *ports,
                 "--bind", "127.0.0.1",
                 "--dir", str(self.folder),
                 "--daemonize", "no",
@@ -71,7 +88,12 @@ class RedisServer:
         while time.monotonic() < deadline:
             assert self.process is not None and self.process.poll() is None, "redis-server exited"
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as plain:
+                    sock = plain
+                    if self.tls is not None:
+                        sock = ssl.create_default_context(cafile=str(self.tls[2])).wrap_socket(
+                            plain, server_hostname="127.0.0.1"
+                        )
                     auth = f"AUTH {self.password}\r\n".encode() if self.password else b""
                     sock.sendall(auth + b"PING\r\n")
                     if sock.recv(64).endswith(b"+PONG\r\n"):
