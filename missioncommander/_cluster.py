@@ -16,10 +16,11 @@ cluster's copy, written before it counts:
 Two threads per node: ``missioncommander-cluster`` listens on the node's
 pub/sub channel (messages for its clients sent on other nodes; requests to
 let a client go; replies to its requests to clients of other nodes) and on
-the one that tells of sessions ended for good, renews the node's leases, and trims what clients
-acknowledged; an I/O worker (``missioncommander-cluster-io``) makes the
-Redis calls the driver's thread needs (claims, ends, hand-overs, records of
-messages taken on that thread), which must never wait on Redis itself.
+the one that tells of sessions ended for good, renews the node's leases,
+and trims what clients acknowledged; an I/O worker
+(``missioncommander-cluster-io``) makes the Redis calls the driver's thread
+needs (claims, ends, hand-overs, records of messages taken on that thread,
+replies passed on), which must never wait on Redis itself.
 When Redis cannot be reached the node refuses newcomers,
 keeps its clients while its leases would still be valid, lets them go after
 that (they resume on another node), and rejoins by itself.
@@ -801,8 +802,8 @@ class ClusterNode:
                         del self._ended[next(iter(self._ended))]
                 loop.call_soon(self._session_ended, client_id, token, why)
         elif kind == "r":
-            # Every node hears every reply passed on: only the one that
-            # asked reads the body (the others pay a lookup, on this thread).
+            # A reply to this node's request, passed on by the client's
+            # holder: read only if the request still waits (no timeout).
             requests = self.server._requests
             for client_id, request_id in pairs:
                 if requests.waiting_for(client_id, request_id):
