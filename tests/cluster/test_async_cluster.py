@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable
 
 import pytest
 import redis
-from support import Recorder, wait_until
+from support import HeldResponder, Recorder, wait_until
 from support.redis_server import RedisServer
 
 from missioncommander import Client, Message, Server, SessionLost
@@ -168,12 +167,7 @@ def test_an_async_nodes_request_fails_at_once_when_the_session_ends_on_another_n
     """The news that a session ended for good comes over Redis to the
     asyncio node too, and fails its awaited request there (on its loop)."""
     threaded = make_node(node_id="threaded")
-    entered, go = threading.Event(), threading.Event()
-
-    def respond(message: Message) -> dict[str, str]:
-        entered.set()
-        go.wait(10)
-        return {"late": "yes"}
+    respond = HeldResponder()
 
     near = make_client(threaded, client_id="c1")
     near.subscribe("request", respond)
@@ -182,7 +176,7 @@ def test_an_async_nodes_request_fails_at_once_when_the_session_ends_on_another_n
     async def scenario() -> None:
         async with AsyncServer(interface="127.0.0.1", cluster=redis_server.url, node_id="async") as node:
             asked = asyncio.ensure_future(node.request("c1", Message("hold"), timeout=30))
-            assert await asyncio.to_thread(entered.wait, 10)
+            assert await asyncio.to_thread(respond.entered.wait, 10)
             threaded.disconnect_client("c1", "maintenance")
             with pytest.raises(SessionLost, match="disconnected by the server: maintenance"):
                 await asyncio.wait_for(asked, 10)  # not its timeout of 30 s
@@ -191,4 +185,4 @@ def test_an_async_nodes_request_fails_at_once_when_the_session_ends_on_another_n
     try:
         asyncio.run(scenario())
     finally:
-        go.set()
+        respond.go.set()

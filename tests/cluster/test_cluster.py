@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from support import FaultProxy, Recorder, server_frames, wait_until
+from support import FaultProxy, HeldResponder, Recorder, server_frames, wait_until
 from support.certs import make_certs
 from support.redis_server import RedisServer
 
@@ -699,12 +699,7 @@ def test_a_reply_reaches_the_asker_when_its_client_moves_before_answering(
     on the node it resumes on (a), which passes the reply on to c. The
     asker being the node the client moves to takes it as its own."""
     a, b, c = make_node(node_id="a"), make_node(node_id="b"), make_node(node_id="c")
-    entered, go = threading.Event(), threading.Event()
-
-    def respond(message: Message) -> dict[str, str]:
-        entered.set()
-        go.wait(10)
-        return {"answer": message.subject}
+    respond = HeldResponder()
 
     client = make_client(client_id="c1", servers=servers_of(b, a), inline_callbacks=False)
     client.subscribe("request", respond)
@@ -712,14 +707,14 @@ def test_a_reply_reaches_the_asker_when_its_client_moves_before_answering(
     assert c.client_nodes == {"c1": "b"}
     with ThreadPoolExecutor(2) as pool:
         from_c = pool.submit(c.request, "c1", Message("from-c"), 20)
-        assert entered.wait(10)
+        assert respond.entered.wait(10)
         from_a = pool.submit(a.request, "c1", Message("from-a"), 20)  # waits in line behind from-c at c1
         wait_until(lambda: a._requests.in_flight("c1") == 1, what="a's request to be out")
         # Counted by the node that asked, though another node holds c1.
         assert a.stats()["requests_in_flight"] == 1 and c.stats()["requests_in_flight"] == 1
         b.stop()  # hands c1 over: it resumes on a
         wait_until(lambda: a.client_nodes.get("c1") == "a", what="c1 to resume on a")
-        go.set()
+        respond.go.set()
         assert from_c.result(20) == Message("from-c", {"answer": "from-c"})
         assert from_a.result(20) == Message("from-a", {"answer": "from-a"})
         assert a.request("c1", Message("again"), timeout=10) == Message("again", {"answer": "again"})
@@ -757,23 +752,18 @@ def test_a_request_to_a_client_of_another_node_fails_at_once_when_its_session_en
     answered."""
     a = make_node(node_id="a")
     b = make_node(node_id="b", session_expiry=1.0)
-    entered, go = threading.Event(), threading.Event()
-
-    def respond(message: Message) -> dict[str, str]:
-        entered.set()
-        go.wait(10)
-        return {"answer": message.subject}
+    respond = HeldResponder()
 
     client = make_client(b, client_id="c1")
     client.subscribe("request", respond)
     client.connect()
     with ThreadPoolExecutor(1) as pool:
         asked = pool.submit(a.request, "c1", Message("held"), 30)
-        assert entered.wait(10)
+        assert respond.entered.wait(10)
         b.disconnect_client("c1", "maintenance")
         with pytest.raises(SessionLost, match="disconnected by the server: maintenance"):
             asked.result(10)  # not its timeout of 30 s
-    go.set()
+    respond.go.set()
     assert a._requests.in_flight("c1") == 0
 
     # Expired while detached on b: its connection went (through a proxy
@@ -891,12 +881,7 @@ def test_a_node_that_lets_its_client_go_mid_request_still_gets_the_reply(
     answers. b records its request as it lets c1 go, so a passes the
     reply on to b."""
     a, b = make_node(node_id="a"), make_node(node_id="b")
-    entered, go = threading.Event(), threading.Event()
-
-    def respond(message: Message) -> dict[str, str]:
-        entered.set()
-        go.wait(10)
-        return {"answer": message.subject}
+    respond = HeldResponder()
 
     proxy = FaultProxy(b.port)
     try:
@@ -906,14 +891,14 @@ def test_a_node_that_lets_its_client_go_mid_request_still_gets_the_reply(
         assert a.client_nodes == {"c1": "b"}
         with ThreadPoolExecutor(1) as pool:
             asked = pool.submit(b.request, "c1", Message("mine"), 20)
-            assert entered.wait(10)
+            assert respond.entered.wait(10)
             proxy.refusing = True  # b's way is gone: c1 resumes on a
             proxy.cut("rst")
             wait_until(lambda: a.client_nodes.get("c1") == "a", what="c1 to resume on a")
-            go.set()
+            respond.go.set()
             assert asked.result(20) == Message("mine", {"answer": "mine"})
     finally:
-        go.set()
+        respond.go.set()
         proxy.close()
 
 

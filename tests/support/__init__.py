@@ -18,6 +18,21 @@ from missioncommander import Client, Server
 DEFAULT_WAIT = 10.0
 
 
+class HeldResponder:
+    """A ``request`` responder that holds each request until ``go`` is set
+    (10 s at most), then answers ``{"answer": subject}``; ``entered`` is set
+    as a request begins: for tests of what happens while one is answered."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.go = threading.Event()
+
+    def __call__(self, message: Any) -> dict[str, str]:
+        self.entered.set()
+        self.go.wait(10)
+        return {"answer": message.subject}
+
+
 class Recorder:
     """Subscribes to events and lets a test wait for them (no sleeps)."""
 
