@@ -535,8 +535,8 @@ class ClusterNode:
 
     def broadcast(self, body: bytes) -> None:
         mine, full, skipped = self.store.broadcast(body, self.server.max_queued, self.holder)
-        for client_id in skipped:
-            log.warning("broadcast skips client %r: message over its frame limit", client_id)
+        if skipped:
+            self.server._say_skipped(skipped)
         for client_id, seq in mine:
             self.deliver(client_id, seq, body)
         for client_id in full:

@@ -288,6 +288,7 @@ class Server(ServerSettings):
         self._rate_logged: dict[str, float] = {}
         #: Failed TLS handshakes are logged now and then (the others counted).
         self._tls_quiet = Quiet(TLS_LOG_EVERY, self._loop.time)
+        self._quiet_skips = Quiet()
         #: Statistics: connections refused, by the ERROR code they got (or TLS_HANDSHAKE).
         self._refusals: collections.Counter[str] = collections.Counter()
         #: Statistics: clients cut off for not keeping up (broadcast queue
@@ -592,12 +593,13 @@ class Server(ServerSettings):
             return
         size = len(body) + MESSAGE_OVERHEAD
         full: list[_Session] = []
+        skipped: list[str] = []
         with self._lock:
             self._check_running_locked()
             sessions = list(self._sessions.values())
             for session in sessions:
                 if size > session.peer_max_frame_size:
-                    log.warning("broadcast skips client %r: message over its frame limit", session.client_id)
+                    skipped.append(session.client_id)
                     continue
                 if not session.out.offer(body) and not session.cut_off:
                     # Once: until the loop ends it, the session stays in the table.
@@ -606,6 +608,8 @@ class Server(ServerSettings):
             for session in sessions:
                 if not session.pump_pending:
                     self._schedule_pump_locked(session)  # a session between links is skipped there
+        if skipped:
+            self._say_skipped(skipped)
         for session in full:
             # A broadcast does not fail for everyone because one client is too
             # slow: that client's session ends instead (bounded memory, logged).
@@ -616,6 +620,20 @@ class Server(ServerSettings):
             )
             self._slow_cut += 1
             self._loop.call_soon(self._end_session, session, "send queue full: the client did not keep up")
+
+    def _say_skipped(self, skipped: list[str]) -> None:
+        """The clients a broadcast skipped, its message being over the frame
+        limit they announced: said now and then (clients choose their
+        limits, and the server may broadcast often)."""
+        unsaid = self._quiet_skips.due()
+        if unsaid is not None:
+            others = f" and {len(skipped) - 1} other(s)" if len(skipped) > 1 else ""
+            log.warning(
+                "broadcast skips client %r%s: message over the frame limit it announced%s",
+                skipped[0],
+                others,
+                more(unsaid),
+            )
 
     def _check_running(self) -> None:
         with self._lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import select
 import socket
 import threading
@@ -665,3 +666,27 @@ def test_a_client_sending_replies_nobody_asked_for_cannot_flood_the_log(
         wait_until(lambda: server.stats("mallory")["messages_received"] == 2001, what="the client's message")
     dropped = [r.getMessage() for r in caplog.records if "which was never sent, was dropped" in r.getMessage()]
     assert dropped == ["a reply to request 1000, which was never sent, was dropped"]
+
+
+def test_clients_with_small_frame_limits_cannot_flood_the_log_through_broadcasts(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broadcast over a client's announced frame limit skips it, and said
+    so, per client and per broadcast: 20 such clients and 50 broadcasts made
+    1,000 lines. One line now, at most every 5 s, naming one and counting
+    the others."""
+    with Server(interface="127.0.0.1", port=0) as server:
+        small = [make_client(server, client_id=f"small{n:02}", max_frame_size=4096) for n in range(20)]
+        for client in small:
+            client.connect()
+        big = Message("big", {"text": "x" * 5000})
+        for _ in range(50):
+            server.send("*", big)
+        server.send("*", Message("fits"))
+        wait_until(
+            lambda: all(c.stats()["messages_received"] == 1 for c in small), what="the message that fits, to each"
+        )
+    said = [r.getMessage() for r in caplog.records if "broadcast skips" in r.getMessage()]
+    assert len(said) == 1 and re.fullmatch(
+        r"broadcast skips client 'small\d\d' and 19 other\(s\): message over the frame limit it announced", said[0]
+    ), said
