@@ -407,8 +407,9 @@ class Client(ClientSettings):
     ``send()``, ``connect(wait=True)``) raise instead.
     """
 
-    def __init__(self, *, _driver: Driver | None = None, **settings: Any) -> None:
+    def __init__(self, *, _driver: Driver | None = None, _api: str = "Client", **settings: Any) -> None:
         # _driver: the event loop to run on (tests pass a fake one); the process's own by default.
+        # _api: the class the user called, for errors (the asyncio API wraps this one).
         self._settings: dict[str, Any]  # the settings set explicitly (cfg.init_settings)
         cfg.init_settings(self)
         if "client_id" not in settings:
@@ -450,7 +451,7 @@ class Client(ClientSettings):
         self._peer_version = PROTOCOL_VERSION
         self._inbox = Inbox(self._loop, self.max_inbound, self.max_inbound_bytes)
         self._last_close_reason: str | None = None
-        cfg.apply_settings(self, settings)
+        cfg.apply_settings(self, settings, _api)
 
     # -- settings and state ----------------------------------------------------
 

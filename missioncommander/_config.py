@@ -101,16 +101,17 @@ def init_settings(obj: HasSettings) -> None:
     vars(obj).update(defaults)
 
 
-def apply_settings(obj: HasSettings, settings: dict[str, Any]) -> None:
+def apply_settings(obj: HasSettings, settings: dict[str, Any], api: str) -> None:
     """Set the settings a constructor was given, each checked as it is set;
     ``TypeError`` for a name that is no setting, with the closest if one is
-    close (``adress``: did you mean ``address``?)."""
+    close (``adress``: did you mean ``address``?); ``api`` is the class the
+    caller called (``AsyncClient`` for the ``Client`` inside one)."""
     cls = type(obj)
     for name, value in settings.items():
         if not isinstance(getattr(cls, name, None), Setting):
             close = difflib.get_close_matches(name, _DEFAULTS.get(cls, ()), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise TypeError(f"{cls.__name__}() got an unknown setting {name!r}{hint}")
+            raise TypeError(f"{api}() got an unknown setting {name!r}{hint}")
         setattr(obj, name, value)
 
 

@@ -262,8 +262,9 @@ class Server(ServerSettings):
     every connection of the process waits while one runs).
     """
 
-    def __init__(self, *, _driver: Driver | None = None, **settings: Any) -> None:
+    def __init__(self, *, _driver: Driver | None = None, _api: str = "Server", **settings: Any) -> None:
         # _driver: the event loop to run on (tests pass a fake one); the process's own by default.
+        # _api: the class the user called, for errors (the asyncio API wraps this one).
         self._settings: dict[str, Any]  # the settings set explicitly (cfg.init_settings)
         cfg.init_settings(self)
         self._lock = threading.Lock()
@@ -299,7 +300,7 @@ class Server(ServerSettings):
         self._inbound_budget = Budget(type(self).max_inbound_total_bytes.default)
         #: Cluster mode (``cluster`` set): this node's part, while running.
         self._cluster: ClusterNode | None = None
-        cfg.apply_settings(self, settings)
+        cfg.apply_settings(self, settings, _api)
 
     # -- settings ------------------------------------------------------------
 

@@ -606,7 +606,7 @@ class AsyncClient(_Endpoint, ClientSettings):
 
     def __init__(self, **settings: Any) -> None:
         driver = AsyncioDriver()
-        self._inner = Client(_driver=driver, **settings)
+        self._inner = Client(_driver=driver, _api="AsyncClient", **settings)
         super().__init__(driver, self._inner._callbacks)
         self._room: list[asyncio.Future[None]] = []
         self._inner._on_room = self._room_made
@@ -819,7 +819,7 @@ class AsyncServer(_Endpoint, ServerSettings):
 
     def __init__(self, **settings: Any) -> None:
         driver = AsyncioDriver()
-        self._inner = Server(_driver=driver, **settings)
+        self._inner = Server(_driver=driver, _api="AsyncServer", **settings)
         super().__init__(driver, self._inner._callbacks)
         self._room: dict[str, list[asyncio.Future[None]]] = {}
         self._inner._on_room = self._room_made

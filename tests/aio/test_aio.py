@@ -1124,3 +1124,12 @@ def test_a_server_takes_a_fleet_arriving_at_once_into_its_backlog() -> None:
                     sock.close()
 
     assert run(test) == fleet
+
+
+def test_an_unknown_setting_names_the_class_called() -> None:
+    with pytest.raises(
+        TypeError, match=r"^AsyncClient\(\) got an unknown setting 'adress' \(did you mean 'address'\?\)$"
+    ):
+        AsyncClient(adress="x")
+    with pytest.raises(TypeError, match=r"^AsyncServer\(\) got an unknown setting 'prot' \(did you mean 'port'\?\)$"):
+        AsyncServer(prot=1)
