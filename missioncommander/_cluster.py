@@ -794,13 +794,17 @@ class ClusterNode:
             for client_id, _ in pairs:
                 loop.call_soon(self.server._kick, client_id, body.decode())
         elif kind == "e":
+            # Every node hears of every session that ends: only one that
+            # waits for a reply from that client has anything to do.
             token, _, why = body.decode().partition(" ")
+            requests = self.server._requests
             for client_id, _ in pairs:
                 with self._ended_lock:
                     self._ended[client_id, token] = why
                     if len(self._ended) > ENDED_KEPT:
                         del self._ended[next(iter(self._ended))]
-                loop.call_soon(self._session_ended, client_id, token, why)
+                if requests.in_flight(client_id):
+                    loop.call_soon(self._session_ended, client_id, token, why)
         elif kind == "r":
             # A reply to this node's request, passed on by the client's
             # holder: read only if the request still waits (no timeout).

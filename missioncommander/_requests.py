@@ -234,6 +234,8 @@ class Requests:
         those ``stored_in`` that session (a cluster's client may have begun
         another since, on another node)."""
         with self._lock:
+            if peer is not None and peer not in self._per_peer:
+                return  # none to it: no need to look through every request in flight
             lost = [
                 rid
                 for rid, (p, _, s) in self._pending.items()
