@@ -29,6 +29,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 from ._callbacks import mark_callback_thread
 from ._errors import StateError
+from ._quiet import Quiet, more
 
 log = logging.getLogger("missioncommander.loop")
 
@@ -566,33 +567,32 @@ class AcceptTrouble:
         self._log = logger
         self._what = what
         self._clock = clock
-        #: Since when accepts fail (0: they work), and when that was last said.
-        self._since = 0.0
-        self._said = 0.0
-        self._tries = 0
+        #: Since when accepts fail (None: they work).
+        self._since: float | None = None
+        self._quiet = Quiet(ACCEPT_LOG_EVERY, clock)
 
     def failed(self, exc: OSError) -> None:
-        now = self._clock()
-        self._tries += 1
-        if not self._since:
-            self._since = self._said = now
+        unsaid = self._quiet.due()
+        if unsaid is None:
+            return
+        if self._since is None:
+            self._since = self._clock()
             self._log.error(
                 "cannot accept %s: %s; trying again every %g s (those already connected go on)",
                 self._what,
                 exc,
                 ACCEPT_PAUSE,
             )
-        elif now - self._said >= ACCEPT_LOG_EVERY:
-            self._said = now
+        else:
             self._log.error(
-                "still cannot accept %s after %.0f s (%d tries): %s", self._what, now - self._since, self._tries, exc
+                "still cannot accept %s after %.0f s: %s%s", self._what, self._clock() - self._since, exc, more(unsaid)
             )
 
     def accepted(self) -> None:
-        if self._since:
+        if self._since is not None:
             self._log.warning("accepting %s again, after %.1f s", self._what, self._clock() - self._since)
-            self._since = 0.0
-            self._tries = 0
+            self._since = None
+            self._quiet = Quiet(ACCEPT_LOG_EVERY, self._clock)  # the next trouble is said at once
 
 
 class _Listener:
