@@ -15,6 +15,17 @@ if TYPE_CHECKING:
 #: C0 and C1 control characters and DEL; with or without the line break.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 _CONTROL_BUT_NEWLINE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+#: What JSON leaves raw that a terminal may act on: DEL and the C1 controls
+#: (json escapes the C0 ones itself).
+_RAW_IN_JSON = re.compile("[\x7f-\x9f]")
+
+
+def json_line(value: object) -> str:
+    """``value`` as one line of JSON (UTF-8 text left as it is) that is
+    safe on a terminal: DEL and the C1 controls, which json writes raw, as
+    ``\\u`` escapes (the same JSON; ``printable``'s ``\\x9b`` would not be
+    JSON at all)."""
+    return _RAW_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(value, ensure_ascii=False))
 
 
 def printable(text: str, lines: bool = False) -> str:

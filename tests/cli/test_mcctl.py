@@ -458,6 +458,41 @@ def test_what_a_peer_chose_reaches_the_terminal_without_its_control_characters(m
     assert "bye\\x1b[2J\\nfake line" in status and "\x1b" not in status, status
 
 
+def test_json_output_stays_json_whatever_control_characters_a_peer_chose(mcd: Mcd) -> None:
+    """``--json`` passed its lines through the terminal escaping, which
+    wrote DEL and the C1 controls (which json leaves raw) as ``\\x7f``:
+    not JSON, so a script reading `mcctl --json events` failed on the first
+    such payload a peer sent. They are ``\\u`` escapes now: the same JSON,
+    and nothing a terminal acts on."""
+    payload = {"t": "\x1b[31mred\u009b\x7f", "é": "ünïcode stays"}
+    with Server(interface="127.0.0.1", port=0) as peer:
+        mcd.request("client.set", key="address", value="127.0.0.1")
+        mcd.request("client.set", key="port", value=peer.port)
+        mcd.request("client.set", key="client_id", value="reader")
+        mcd.request("client.connect", wait=True)
+        peer.send("reader", Message("odd\x9bsubject\x7f", payload))
+        env = dict(os.environ, MC_SOCKET=str(mcd.socket), PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        proc = subprocess.Popen(
+            [*mcctl_command(), "--json", "events", "--since", "0"], stdout=subprocess.PIPE, text=True, env=env
+        )
+        try:
+            assert proc.stdout is not None
+            event: dict[str, object] = {}
+            raw = ""
+            for _ in range(50):  # bounded: the client's earlier events come first
+                raw = proc.stdout.readline()
+                event = json.loads(raw)  # every line is JSON
+                if event.get("event") == "message":
+                    break
+        finally:
+            proc.terminate()
+            proc.wait(10)
+            if proc.stdout:
+                proc.stdout.close()
+    assert event["data"] == {"subject": "odd\x9bsubject\x7f", "payload": payload}
+    assert not any(c in raw for c in "\x1b\x7f\x9b") and "ünïcode stays" in raw, raw
+
+
 @pytest.mark.parametrize("kind", ["missing", "stale"])
 def test_daemon_not_running_says_why_and_exits_3(tmp_path: Path, kind: str) -> None:
     path = tmp_path / "mcd.sock"

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from mc_control import API_VERSION, EXIT_CODES, ControlError, DaemonUnreachable, ErrorCode
-from mc_control.events import printable
+from mc_control.events import json_line, printable
 
 from . import __version__, output
 from .grammar import Invocation
@@ -70,9 +70,14 @@ class Printer:
 
     def result(self, human: str, data: Any) -> None:
         if self.as_json:
-            self.line(json.dumps(data, ensure_ascii=False))
+            self.json(data)
         elif human:
             self.line(human)
+
+    def json(self, data: Any) -> None:
+        """Print ``data`` as one line of JSON (``json_line``: valid JSON, and
+        safe on a terminal: ``printable`` would make it invalid)."""
+        print(json_line(data), file=self.out, flush=True)
 
     def line(self, text: str, clear: bool = False) -> None:
         """Print ``text`` (its control characters escaped: see ``printable``),
@@ -84,7 +89,7 @@ class Printer:
             error = {"code": code, "message": message, "details": details}
             if hint:
                 error["hint"] = hint
-            print(json.dumps({"error": error}, ensure_ascii=False), file=self.out, flush=True)
+            self.json({"error": error})
         else:
             print(printable(f"{self.error_prefix}{message}", lines=True), file=self.err, flush=True)
             if hint:
@@ -365,7 +370,7 @@ def run_events(inv: Invocation, transport: ControlClient, printer: Printer) -> i
             if ev.get("type") == "overflow":
                 cut_off = True
                 if printer.as_json:
-                    printer.line(json.dumps(ev, ensure_ascii=False))
+                    printer.json(ev)
                 else:
                     printer.line(f"!! this reader fell behind mcd's events; catching up after #{last}")
                 break
