@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import ssl
@@ -25,6 +26,7 @@ from typing import Any, TypeVar, cast
 
 from ._loop import (
     _BACKLOG,
+    ACCEPT_PAUSE,
     Connecting,
     ConnectOwner,
     Incoming,
@@ -138,7 +140,8 @@ class AsyncioDriver:
     def listen(
         self, host: str, port: int, accept: Callable[[Incoming], None], tls: ssl.SSLContext | None = None
     ) -> Listener:
-        return _AioListener(self, _listen(host, port), accept, tls)
+        sock = _listen(host, port)
+        return _AioListener(self, _PausingSocket(sock.family, sock.type, sock.proto, fileno=sock.detach()), accept, tls)
 
 
 #: Bytes written in one loop turn that go out at once rather than at the
@@ -472,6 +475,38 @@ class _Connector:
         (closing it under a pending ``sock_connect`` would leave asyncio a
         stale descriptor)."""
         self.task.cancel()
+
+
+#: accept() errors after which asyncio stops accepting for a while.
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class _PausingSocket(socket.socket):
+    """The listening socket asyncio serves, with an accept() that, once it
+    has failed for want of descriptors or memory, says no connection waits
+    until ``ACCEPT_PAUSE`` is half over.  asyncio then stops accepting and
+    tries again after ``ACCEPT_PAUSE`` (1 s), but until CPython fixed it
+    (gh-151615) it went on accepting in that same wake-up, up to its backlog
+    (8,192 here) times: a traceback logged and a retry scheduled for each, a
+    spin of thousands of lines a second while descriptors ran out.  uvloop
+    accepts in libuv and never calls this."""
+
+    __slots__ = ("_failed_at",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._failed_at = -ACCEPT_PAUSE
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        now = time.monotonic()
+        if now - self._failed_at < ACCEPT_PAUSE / 2:
+            raise BlockingIOError(errno.EAGAIN, "accepting paused after running out of resources")
+        try:
+            return super().accept()
+        except OSError as exc:
+            if exc.errno in _OUT_OF_RESOURCES:
+                self._failed_at = now
+            raise
 
 
 class _AioListener:
