@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -422,34 +422,46 @@ def test_events_in_words_show_the_setting_a_change_set(mcd: Mcd) -> None:
     assert lines[3].rstrip().endswith("server/default  settings port=4567")
 
 
+def connect_to_peer(mcd: Mcd, peer: Server, client_id: str) -> None:
+    """mcd's default client, connected to ``peer`` as ``client_id``."""
+    mcd.request("client.set", key="address", value="127.0.0.1")
+    mcd.request("client.set", key="port", value=peer.port)
+    mcd.request("client.set", key="client_id", value=client_id)
+    mcd.request("client.set", key="reconnect_attempts", value=1)
+    mcd.request("client.connect", wait=True)
+
+
+def first_event_line(mcd: Mcd, *args: str, wanted: Callable[[str], bool]) -> str:
+    """The first line of `mcctl ARGS events --since 0` that is ``wanted``
+    (the last one read if none is within 50 lines, or the stream ends)."""
+    env = dict(os.environ, MC_SOCKET=str(mcd.socket), PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.Popen(
+        [*mcctl_command(), *args, "events", "--since", "0"], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert proc.stdout is not None
+        line = ""
+        for _ in range(50):  # bounded: the banner and the client's earlier events come first
+            line = proc.stdout.readline()
+            if not line or wanted(line):
+                break
+        return line
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout:
+            proc.stdout.close()
+
+
 def test_what_a_peer_chose_reaches_the_terminal_without_its_control_characters(mcd: Mcd) -> None:
     """A subject or a close reason comes from the peer: written as it was,
     an escape sequence in it recoloured, cleared or retitled the terminal
     of whoever ran `mcctl events` or `client status`, and a line break in
     it faked a line of mcctl's own."""
     with Server(interface="127.0.0.1", port=0) as peer:
-        mcd.request("client.set", key="address", value="127.0.0.1")
-        mcd.request("client.set", key="port", value=peer.port)
-        mcd.request("client.set", key="client_id", value="victim")
-        mcd.request("client.set", key="reconnect_attempts", value=1)
-        mcd.request("client.connect", wait=True)
+        connect_to_peer(mcd, peer, "victim")
         peer.send("victim", Message("\x1b]0;pwned\x07\x1b[2J\n12:00:00.000  #1  fake", {"t": "\x1b[31mred\u009b"}))
-        env = dict(os.environ, MC_SOCKET=str(mcd.socket), PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        proc = subprocess.Popen(
-            [*mcctl_command(), "events", "--since", "0"], stdout=subprocess.PIPE, text=True, env=env
-        )
-        try:
-            assert proc.stdout is not None
-            line = ""
-            for _ in range(50):  # bounded: the banner and the client's events come first
-                line = proc.stdout.readline()
-                if "message:" in line or not line:
-                    break
-        finally:
-            proc.terminate()
-            proc.wait(10)
-            if proc.stdout:
-                proc.stdout.close()
+        line = first_event_line(mcd, wanted=lambda line: "message:" in line)
         assert "message: \\x1b]0;pwned\\x07\\x1b[2J\\n12:00:00.000  #1  fake" in line, line
         assert '"\\u001b[31mred\\x9b"' in line and "\x1b" not in line and "\x9b" not in line
         peer.disconnect_client("victim", "bye\x1b[2J\nfake line")
@@ -466,29 +478,11 @@ def test_json_output_stays_json_whatever_control_characters_a_peer_chose(mcd: Mc
     and nothing a terminal acts on."""
     payload = {"t": "\x1b[31mred\u009b\x7f", "é": "ünïcode stays"}
     with Server(interface="127.0.0.1", port=0) as peer:
-        mcd.request("client.set", key="address", value="127.0.0.1")
-        mcd.request("client.set", key="port", value=peer.port)
-        mcd.request("client.set", key="client_id", value="reader")
-        mcd.request("client.connect", wait=True)
+        connect_to_peer(mcd, peer, "reader")
         peer.send("reader", Message("odd\x9bsubject\x7f", payload))
-        env = dict(os.environ, MC_SOCKET=str(mcd.socket), PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        proc = subprocess.Popen(
-            [*mcctl_command(), "--json", "events", "--since", "0"], stdout=subprocess.PIPE, text=True, env=env
-        )
-        try:
-            assert proc.stdout is not None
-            event: dict[str, object] = {}
-            raw = ""
-            for _ in range(50):  # bounded: the client's earlier events come first
-                raw = proc.stdout.readline()
-                event = json.loads(raw)  # every line is JSON
-                if event.get("event") == "message":
-                    break
-        finally:
-            proc.terminate()
-            proc.wait(10)
-            if proc.stdout:
-                proc.stdout.close()
+        # Every line must be JSON: json.loads raises on the first that is not.
+        raw = first_event_line(mcd, "--json", wanted=lambda line: json.loads(line).get("event") == "message")
+    event = json.loads(raw)
     assert event["data"] == {"subject": "odd\x9bsubject\x7f", "payload": payload}
     assert not any(c in raw for c in "\x1b\x7f\x9b") and "ünïcode stays" in raw, raw
 
