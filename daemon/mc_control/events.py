@@ -12,27 +12,34 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-#: C0 and C1 control characters and DEL; with or without the line break.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-_CONTROL_BUT_NEWLINE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
-#: What JSON leaves raw that a terminal may act on: DEL and the C1 controls
-#: (json escapes the C0 ones itself).
-_RAW_IN_JSON = re.compile("[\x7f-\x9f]")
+#: The bidirectional formatting characters (the marks, embeddings,
+#: overrides and isolates): invisible, yet they reorder the rest of a line
+#: as a terminal or Qt shows it ("Trojan Source"): a peer's subject could
+#: make what follows it on its line read backwards.
+_BIDI = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+#: C0 and C1 control characters, DEL and the bidi ones; with or without
+#: the line break.
+_CONTROL = re.compile(f"[\x00-\x1f\x7f-\x9f{_BIDI}]")
+_CONTROL_BUT_NEWLINE = re.compile(f"[\x00-\x09\x0b-\x1f\x7f-\x9f{_BIDI}]")
+#: What JSON leaves raw that a terminal acts on: DEL, the C1 controls and
+#: the bidi ones (json escapes the C0 ones itself).
+_RAW_IN_JSON = re.compile(f"[\x7f-\x9f{_BIDI}]")
 
 
 def json_line(value: object) -> str:
     """``value`` as one line of JSON (UTF-8 text left as it is) that is
-    safe on a terminal: DEL and the C1 controls, which json writes raw, as
-    ``\\u`` escapes (the same JSON; ``printable``'s ``\\x9b`` would not be
-    JSON at all)."""
+    safe on a terminal: DEL, the C1 and the bidi controls, which json
+    writes raw, as ``\\u`` escapes (the same JSON; ``printable``'s
+    ``\\x9b`` would not be JSON at all)."""
     return _RAW_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(value, ensure_ascii=False))
 
 
 def printable(text: str, lines: bool = False) -> str:
-    """``text`` for a terminal: control characters written as escapes
-    (``\\x1b``, ``\\n``), so what a peer chose (a subject, a reason it
-    gave) can neither move the cursor, recolour or clear the screen nor
-    fake a line; ``lines`` keeps line breaks (a table of several lines)."""
+    """``text`` for a terminal or a window: control characters written as
+    escapes (``\\x1b``, ``\\n``, ``\\u202e``), so what a peer chose (a
+    subject, a reason it gave) can neither move the cursor, recolour or
+    clear the screen, fake a line nor reorder the rest of its line;
+    ``lines`` keeps line breaks (a table of several lines)."""
     pattern = _CONTROL_BUT_NEWLINE if lines else _CONTROL
     return pattern.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 

@@ -487,6 +487,23 @@ def test_json_output_stays_json_whatever_control_characters_a_peer_chose(mcd: Mc
     assert not any(c in raw for c in "\x1b\x7f\x9b") and "ünïcode stays" in raw, raw
 
 
+def test_a_peers_bidi_controls_cannot_reorder_what_mcctl_prints(mcd: Mcd) -> None:
+    """U+202E and its kin are invisible and reorder the rest of a line as
+    a terminal shows it: a subject holding one made an event line (or a
+    reply) read as something else. mcctl writes them as ``\\u`` escapes,
+    in human and in ``--json`` output (the same JSON)."""
+    with Server(interface="127.0.0.1", port=0) as peer:
+        peer.subscribe("request", lambda client_id, m: Message("re\u202eply", {"t": "\u2067x\u2069"}))
+        connect_to_peer(mcd, peer, "reader")
+        peer.send("reader", Message("evil\u202etxt.exe", {"t": "\u200f"}))
+        line = first_event_line(mcd, wanted=lambda line: "message:" in line)
+        assert 'message: evil\\u202etxt.exe {"t": "\\u200f"}' in line, line
+        raw = first_event_line(mcd, "--json", wanted=lambda line: json.loads(line).get("event") == "message")
+        assert json.loads(raw)["data"]["subject"] == "evil\u202etxt.exe" and "\u202e" not in raw, raw
+        reply = run("client", "request", "q", socket_path=mcd.socket)
+        assert reply.returncode == 0 and reply.stdout == 're\\u202eply {"t": "\\u2067x\\u2069"}\n', reply
+
+
 @pytest.mark.parametrize("kind", ["missing", "stale"])
 def test_daemon_not_running_says_why_and_exits_3(tmp_path: Path, kind: str) -> None:
     path = tmp_path / "mcd.sock"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mc_control.codes import FILE_KEYS, NAME_MAX, name_problem, strict_json
-from mc_control.events import cluster_readiness, describe_event
+from mc_control.events import cluster_readiness, describe_event, printable
 
 LOG_LINES = 500
 #: Live-figure samples kept per instance: five minutes at one a second.
@@ -165,7 +165,10 @@ class ViewModel:
         return changed
 
     def log_line(self, kind: str, name: str, line: str) -> str:
-        """Add a line of the GUI's own (a request's outcome) to an instance's log."""
+        """Add a line of the GUI's own (a request's outcome) to an instance's
+        log, with what a peer chose in it (a reply, an error's text) escaped
+        as in the event lines."""
+        line = printable(line)
         self.instance(kind, name).log.append(line)
         return line
 

@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
 )
 
 from mc_control.codes import CLIENT_TUNING, LIVE_CLIENT_KEYS, LIVE_SERVER_KEYS, OPTIONAL_TUNING, SERVER_TUNING
+from mc_control.events import printable
 
 from . import viewmodel as vm
 from .backend import Backend, Failure, Reply
@@ -822,7 +823,7 @@ class ClientTab(InstanceTab):
 
     def show_last_close(self, inst: vm.InstanceState) -> None:
         reason = inst.status.get("last_close_reason")
-        self.last_close.setText(f"Last closed: {reason}" if reason and inst.phase != "connected" else "")
+        self.last_close.setText(f"Last closed: {printable(reason)}" if reason and inst.phase != "connected" else "")
 
     def show_figures(self) -> None:
         super().show_figures()
@@ -1037,7 +1038,9 @@ class ServerTab(InstanceTab):
         detached = set(inst.status.get("detached") or ())
         # In a cluster each row names the node that holds the client too.
         rows = [
-            f"{c}    node {nodes[c]}" if nodes.get(c) else f"{c}    detached (may resume)" if c in detached else c
+            printable(
+                f"{c}    node {nodes[c]}" if nodes.get(c) else f"{c}    detached (may resume)" if c in detached else c
+            )
             for c in clients
         ]
         if rows != self._client_rows:
@@ -1058,13 +1061,17 @@ class ServerTab(InstanceTab):
         self.clients.setVisible(bool(clients))
         self.no_clients.setVisible(not clients)
         self.kick_button.setEnabled(bool(self.clients.selectedItems()))
-        targets = [self.ALL, *clients]
+        targets = ["*", *clients]
         if targets != self._targets:
-            chosen = self.send_box.target.currentText()
+            chosen = self.send_box.target.currentData()
             self.send_box.target.clear()
-            self.send_box.target.addItems(targets)
+            # Each item holds the id it sends to, shown escaped (an id may
+            # hold bidi controls), and "*" for all (no client's id).
+            self.send_box.target.addItem(self.ALL, "*")
+            for client_id in clients:
+                self.send_box.target.addItem(printable(client_id), client_id)
             if chosen in targets:
-                self.send_box.target.setCurrentText(chosen)
+                self.send_box.target.setCurrentIndex(targets.index(chosen))
             self._targets = targets
         self.send_box.send.setEnabled(running)
         self.send_box.ask.setEnabled(running)
@@ -1139,12 +1146,11 @@ class ServerTab(InstanceTab):
         if message is None:
             return
         subject, payload = message
-        target = self.send_box.target.currentText()
-        to = "*" if target in ("", self.ALL) else target
+        to = self.send_box.target.currentData() or "*"
         self.backend.request(
             "server.send",
             {"name": self.name, "to": to, "subject": subject, "payload": payload},
-            lambda r: self.status_message.emit(f"sent {subject} to {'all clients' if to == '*' else to}"),
+            lambda r: self.status_message.emit(printable(f"sent {subject} to {'all clients' if to == '*' else to}")),
             self.report_error,
         )
 
@@ -1152,8 +1158,8 @@ class ServerTab(InstanceTab):
         message = self.send_box.message()
         if message is None:
             return
-        target = self.send_box.target.currentText()
-        if target in ("", self.ALL):
+        target = self.send_box.target.currentData() or "*"
+        if target == "*":
             self.send_box.payload_error.setText("a request goes to one client: pick it in To")
             self.send_box.payload_error.show()
             return
