@@ -1,7 +1,8 @@
 """``mcd --metrics ADDRESS:PORT``: the live figures for Prometheus.
 
-The well-kept ``prometheus-client`` package (the ``metrics`` extra) serves
-them in Prometheus' text format; a collector reads ``DaemonCore.stats`` at
+The well-kept ``prometheus-client`` package (the ``metrics`` extra) writes
+them in Prometheus' text format, as a WSGI app that the standard library's
+``wsgiref`` serves here with bounds on what scrapers cost; a collector reads ``DaemonCore.stats`` at
 each scrape, so nothing is counted twice and nothing runs between scrapes.
 Every figure is docs/STATS.md's, named ``missioncommander_<figure>`` and
 labelled with the instance's ``kind`` and ``instance`` name; with
@@ -12,11 +13,18 @@ labelled with the instance's ``kind`` and ``instance`` name; with
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
+import threading
 from collections.abc import Iterator
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from mc_control.events import host_port
+from missioncommander._loop import ACCEPT_PAUSE, AcceptTrouble, one_connections_error
+from missioncommander._quiet import Quiet, more
 
 from .core import CoreError, DaemonCore
 
@@ -193,23 +201,116 @@ class StatsCollector:
         )
 
 
-class MetricsServer:
-    """The HTTP endpoint, on a thread of prometheus-client's."""
+#: Scrapes served at once; a connection past them is closed at once.
+#: Prometheus scrapes one at a time (a person with curl adds one).
+MAX_SCRAPES = 8
+#: Seconds a scrape may take to send its request, or to take each part of
+#: the answer, before its connection is closed (Prometheus' own scrape
+#: timeout is 10 s by default).
+SCRAPE_TIMEOUT = 10.0
 
-    def __init__(self, core: DaemonCore, address: tuple[str, int], per_client: bool = False) -> None:
-        from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
+
+class _Handler(WSGIRequestHandler):
+    """One scrape: no access log, and a deadline on each read and write."""
+
+    timeout = SCRAPE_TIMEOUT
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _Endpoint(ThreadingMixIn, WSGIServer):
+    """A WSGI server over prometheus-client's app with the bounds its own
+    ``start_http_server`` lacks: it starts a thread for every connection,
+    which waits as long as the peer sends nothing (a few hundred idle
+    connections were a few hundred threads in mcd), prints a traceback for
+    a peer that resets, and spins when accept() fails for want of
+    descriptors."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], family: socket.AddressFamily, max_scrapes: int) -> None:
+        self.address_family = family
+        #: Set by close(): ends a pause after a failed accept at once.
+        self.closed = threading.Event()
+        self._slots = threading.BoundedSemaphore(max_scrapes)
+        self._max_scrapes = max_scrapes
+        self._trouble = AcceptTrouble(log, "metrics scrapes")
+        self._busy = Quiet()
+        super().__init__(address, _Handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        try:
+            request = super().get_request()
+        except OSError as exc:
+            if not one_connections_error(exc):
+                # Out of descriptors: the connection stays in the backlog
+                # and select() says so at once; pause instead of spinning.
+                self._trouble.failed(exc)
+                self.closed.wait(ACCEPT_PAUSE)
+            raise  # socketserver goes back to waiting
+        self._trouble.accepted()
+        return request
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        if self._slots.acquire(blocking=False):
+            return True
+        unsaid = self._busy.due()
+        if unsaid is not None:
+            log.warning(
+                "metrics: %d scrapes under way already; closed a connection from %s%s",
+                self._max_scrapes,
+                host_port(*client_address[:2]),
+                more(unsaid),
+            )
+        return False  # socketserver closes it
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request(request, client_address)
+        except RuntimeError as exc:  # can't start new thread: a limit on threads
+            self._slots.release()
+            self.shutdown_request(request)
+            self._trouble.failed(OSError(errno.EAGAIN, str(exc)))
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A scraper that went away, sent junk or said nothing in time: its
+        # business, not a traceback on mcd's standard error.
+        log.debug("metrics: a scrape from %s failed", host_port(*client_address[:2]), exc_info=True)
+
+
+class MetricsServer:
+    """The HTTP endpoint, on a thread of its own (and one per scrape, at
+    most ``max_scrapes``)."""
+
+    def __init__(
+        self, core: DaemonCore, address: tuple[str, int], per_client: bool = False, max_scrapes: int = MAX_SCRAPES
+    ) -> None:
+        from prometheus_client import CollectorRegistry, make_wsgi_app  # noqa: PLC0415
         from prometheus_client.process_collector import ProcessCollector  # noqa: PLC0415
 
         registry = CollectorRegistry(auto_describe=False)
         registry.register(StatsCollector(core, per_client))
         ProcessCollector(registry=registry)  # mcd's own CPU, memory and descriptors
-        self.httpd, self.thread = start_http_server(address[1], addr=address[0], registry=registry)
+        # The family of the address asked for (an IPv6 one needs AF_INET6).
+        family, _, _, _, sockaddr = socket.getaddrinfo(*address, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        self.httpd = _Endpoint((str(sockaddr[0]), address[1]), family, max_scrapes)
+        self.httpd.set_app(make_wsgi_app(registry))
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="mcd-metrics", daemon=True)
+        self.thread.start()
         self.port: int = self.httpd.server_port
         #: Where Prometheus scrapes (``daemon.status`` tells it).
         self.url = f"http://{host_port(address[0], self.port)}/metrics"
         log.info("metrics on %s", self.url)
 
     def close(self) -> None:
+        self.httpd.closed.set()
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(5)

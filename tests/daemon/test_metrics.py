@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import select
 import socket
+import struct
 import subprocess
 import sys
 import urllib.request
@@ -14,7 +17,9 @@ from support import free_port, wait_until
 from support.cli import run as run_mcctl
 from support.mcd import Mcd
 
-from mc_daemon.metrics import parse_address
+from mc_daemon import metrics
+from mc_daemon.core import DaemonCore
+from mc_daemon.metrics import MAX_SCRAPES, MetricsServer, parse_address
 
 parser = pytest.importorskip("prometheus_client.parser", reason="needs prometheus-client: pip install '.[test]'")
 
@@ -136,3 +141,67 @@ def test_a_metrics_port_in_use_is_a_clear_error_and_leaves_nothing(
         out = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
     assert out.returncode == 1 and f"cannot serve metrics on {shown}:{port}: " in out.stderr
     assert "Traceback" not in out.stderr and not sock.exists()
+
+
+def ended_by_the_server(socks: list[socket.socket]) -> int:
+    """How many of ``socks`` the server has closed (they read as ended)."""
+    readable, _, _ = select.select(socks, [], [], 0.2)
+    return sum(1 for sock in readable if sock.recv(1 << 16) == b"")
+
+
+def answers(port: int) -> bool:
+    """Whether a scrape gets mcd's figures now (not a closed connection)."""
+    try:
+        return ("mcd_uptime_seconds", ()) in scrape(port)
+    except OSError:  # URLError, RemoteDisconnected, a reset
+        return False
+
+
+def test_idle_and_rude_scrapers_cost_mcd_no_more_than_a_few_threads(mcd: Mcd, metrics_port: int) -> None:
+    """prometheus-client's own server started a thread for each connection
+    and let it wait as long as the peer sent nothing: 300 half-sent
+    requests were 300 threads in mcd, and a scraper that reset its
+    connection printed a traceback on mcd's standard error. Scrapes under
+    way are bounded now, and the connections past them closed at once."""
+    assert mcd.proc is not None
+    tasks = f"/proc/{mcd.proc.pid}/task"
+    before = len(os.listdir(tasks))
+    idle = [socket.create_connection(("127.0.0.1", metrics_port), timeout=10) for _ in range(MAX_SCRAPES + 40)]
+    try:
+        for sock in idle:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\n")  # and never the rest
+        closed = 0
+
+        def past_the_bound_closed() -> bool:
+            nonlocal closed
+            closed += ended_by_the_server(idle)
+            return closed >= 40
+
+        wait_until(past_the_bound_closed, what="the connections past the bound to be closed")
+        assert len(os.listdir(tasks)) <= before + MAX_SCRAPES
+    finally:
+        for sock in idle:
+            sock.close()
+    # A request too long for the server, reset by its sender mid-answer.
+    rude = socket.create_connection(("127.0.0.1", metrics_port), timeout=10)
+    rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    rude.sendall(b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n")
+    rude.close()
+    # Once the idle connections' threads have seen them end, scrapes go on.
+    wait_until(lambda: answers(metrics_port), what="a scrape to be answered")
+    wait_until(lambda: len(os.listdir(tasks)) <= before, what="the scrape threads to end")
+    assert "Traceback" not in (mcd.root / "mcd.log").read_text()
+
+
+def test_a_scraper_that_says_nothing_is_cut_off_after_the_scrape_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(metrics._Handler, "timeout", 0.2)
+    server = MetricsServer(DaemonCore(store=None), ("127.0.0.1", 0), max_scrapes=1)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as silent:
+            # It holds the only slot until the server gives up on it.
+            assert silent.recv(1) == b""
+        assert answers(server.port)
+    finally:
+        server.close()
