@@ -27,7 +27,6 @@ from ._errors import (
     ConnectionRefusedByServer,
     ConnectTimeout,
     MessageTooLarge,
-    NoResponder,
     QueueFullError,
     StateError,
 )
@@ -59,7 +58,7 @@ from ._link import Link, route_locked
 from ._loop import Cancellable, Connecting, Driver, Loop, WriteTarget, check_not_forked, get_loop
 from ._message import Message
 from ._reconnect import Step, after_failure, reconnect_delay, retry_hint
-from ._requests import ReplyWaiter, Requests, of_its_session, reply_body
+from ._requests import Answers, ReplyWaiter, Requests, of_its_session, reply_body
 from ._session import SendSession
 from ._state import ClientState, ClientStateTransition
 from ._stats import Counters, session_figures
@@ -446,6 +445,7 @@ class Client(ClientSettings):
         self._token: str | None = None
         self._session = SendSession(self.max_queued, self.max_queued_bytes)
         self._requests = Requests()
+        self._answers = Answers(log, server=False)
         self._stats = Counters()
         #: The protocol version of the session (the server's WELCOME).
         self._peer_version = PROTOCOL_VERSION
@@ -832,12 +832,12 @@ class Client(ClientSettings):
     def _answer(self, request_id: int, request: Message, result: object, exc: BaseException | None) -> None:
         """Send the reply to the server's request ``request_id``."""
         body, exc = reply_body(request_id, request, result, exc, self.reply_tracebacks)
-        if exc is not None and not isinstance(exc, NoResponder):
-            log.warning("client %r: request responder raised %s: %s", self.client_id, type(exc).__name__, exc)
+        if exc is not None:
+            self._answers.raised(exc, self.client_id)
         try:
             self._send_body(body)
         except (StateError, QueueFullError) as lost:
-            log.warning("client %r: the reply to request %d was not sent: %s", self.client_id, request_id, lost)
+            self._answers.unsent(request_id, self.client_id, lost)
 
     def _schedule_pump(self, session: SendSession) -> None:
         self._loop.call_soon(self._pump)

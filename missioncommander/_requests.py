@@ -7,7 +7,8 @@ session's streams like any message, so a cut and a resume deliver each
 exactly once: a request in flight survives a reconnect.
 
 ``Requests`` is one side's registry of the requests it sent and waits
-for; ``reply_for`` and ``error_meta`` build what a responder sends back.
+for; ``reply_for`` and ``error_meta`` build what a responder sends back,
+and ``Answers`` says what became of it.
 """
 
 from __future__ import annotations
@@ -323,6 +324,39 @@ def error_meta(request_id: int, exc: BaseException, tracebacks: bool) -> dict[st
         if tracebacks:
             error["traceback"] = "".join(traceback.format_exception(exc))
     return {"reply": request_id, "error": error}
+
+
+class Answers:
+    """What one ``Client`` or ``Server`` says of its replies to its peers'
+    requests: a responder's error, and a reply that could not be sent (its
+    asker gone, or its queue full). A peer that sends many requests and
+    leaves makes one such reply of each (thousands of log lines from one
+    client), so those are said now and then."""
+
+    __slots__ = ("_log", "_quiet_unsent", "_server")
+
+    def __init__(self, logger: logging.Logger, server: bool) -> None:
+        self._log = logger
+        #: A server's lines name the client that asked; a client's, itself.
+        self._server = server
+        self._quiet_unsent = Quiet()
+
+    def raised(self, exc: BaseException, who: str) -> None:
+        """A responder answered a request of (or to) client ``who`` with
+        ``exc`` (``reply_body``'s error): said, but for a missing responder."""
+        if not isinstance(exc, NoResponder):
+            prefix = "" if self._server else f"client {who!r}: "
+            self._log.warning("%srequest responder raised %s: %s", prefix, type(exc).__name__, exc)
+
+    def unsent(self, request_id: int, who: str, lost: Exception) -> None:
+        """The reply to request ``request_id`` could not be sent."""
+        if (unsaid := self._quiet_unsent.due()) is None:
+            return
+        if self._server:
+            what = f"the reply to client {who!r}'s request {request_id}"
+        else:
+            what = f"client {who!r}: the reply to request {request_id}"
+        self._log.warning("%s was not sent: %s%s", what, lost, more(unsaid))
 
 
 def reply_body(

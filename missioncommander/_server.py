@@ -27,7 +27,6 @@ from ._errors import (
     BindError,
     ClusterUnavailable,
     MessageTooLarge,
-    NoResponder,
     QueueFullError,
     RemoteProtocolError,
     StateError,
@@ -58,7 +57,7 @@ from ._link import Link, route_locked
 from ._loop import Cancellable, Driver, Incoming, Listener, Loop, check_not_forked, get_loop
 from ._message import Message
 from ._quiet import Quiet, more
-from ._requests import ReplyWaiter, Requests, no_requests, reply_body
+from ._requests import Answers, ReplyWaiter, Requests, no_requests, reply_body
 from ._session import SendSession
 from ._stats import TRAFFIC, Counters, session_figures, traffic
 from ._tls import server_context
@@ -286,6 +285,7 @@ class Server(ServerSettings):
         self._tls_context: ssl.SSLContext | None = None
         self._rates = ConnectionRate()
         self._requests = Requests()
+        self._answers = Answers(log, server=True)
         self._rate_logged: dict[str, float] = {}
         #: Failed TLS handshakes are logged now and then (the others counted).
         self._tls_quiet = Quiet(TLS_LOG_EVERY, self._loop.time)
@@ -553,12 +553,12 @@ class Server(ServerSettings):
     ) -> None:
         """Send the reply to client ``client_id``'s request ``request_id``."""
         body, exc = reply_body(request_id, request, result, exc, self.reply_tracebacks)
-        if exc is not None and not isinstance(exc, NoResponder):
-            log.warning("request responder raised %s: %s", type(exc).__name__, exc)
+        if exc is not None:
+            self._answers.raised(exc, client_id)
         try:
             self._send_to(client_id, body)
         except (StateError, UnknownClient, QueueFullError) as lost:
-            log.warning("the reply to client %r's request %d was not sent: %s", client_id, request_id, lost)
+            self._answers.unsent(request_id, client_id, lost)
 
     def _send_to(self, target: str, body: bytes, request_id: int = 0) -> None:
         """Queue ``body`` for ``target``; a request (``request_id``) only if

@@ -668,6 +668,40 @@ def test_a_client_sending_replies_nobody_asked_for_cannot_flood_the_log(
     assert dropped == ["a reply to request 1000, which was never sent, was dropped"]
 
 
+def test_a_client_that_asks_much_and_leaves_cannot_flood_the_log(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server answers the requests a client sent before it left, and
+    each reply, which can no longer be sent, was a warning: a client sending
+    2,000 requests and a BYE wrote 2,000 lines into the server's log. It is
+    said at most every 5 s now, with how many went unsaid."""
+    caplog.set_level(logging.INFO, logger="missioncommander")
+    gate = threading.Event()
+    answered: list[int] = []
+
+    def slow_responder(client_id: str, message: Message) -> dict[str, int]:
+        gate.wait(10)
+        answered.append(message.payload["n"])
+        return {"n": message.payload["n"]}
+
+    with Server(interface="127.0.0.1", port=0) as server:
+        server.subscribe("request", slow_responder)
+        mallory = make_client(server, client_id="mallory")
+        mallory.connect()
+        for n in range(500):
+            mallory._send_body(with_id(Message("q", {"n": n}).encode(), "request", 1 + n))
+        wait_until(lambda: server.stats("mallory")["messages_received"] == 500, what="every request")
+        mallory.disconnect()
+        wait_until(lambda: "mallory" not in server.clients, what="the client to leave")
+        gate.set()
+        wait_until(lambda: len(answered) == 500, what="every request answered")
+        assert server.wait_callbacks(10)
+    unsent = [r.getMessage() for r in caplog.records if "was not sent" in r.getMessage()]
+    # One line (one more for each 5 s a slow machine took, counting the rest).
+    assert unsent[0] == "the reply to client 'mallory''s request 1 was not sent: no client 'mallory' is connected"
+    assert len(unsent) <= 3 and all("more since the last said" in line for line in unsent[1:]), unsent
+
+
 def test_clients_with_small_frame_limits_cannot_flood_the_log_through_broadcasts(
     make_client: MakeClient, caplog: pytest.LogCaptureFixture
 ) -> None:
