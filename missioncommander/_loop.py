@@ -127,6 +127,9 @@ class _SelectorPoller:
         else:
             self._selector.unregister(fd)
 
+    def close(self) -> None:
+        self._selector.close()
+
     def poll(self, timeout: float = -1, maxevents: int = -1) -> list[tuple[int, int]]:
         ready = self._selector.select(None if timeout < 0 else timeout)
         return [(key.fd, self._BITS[mask]) for key, mask in ready]
@@ -248,6 +251,24 @@ class Loop:
         self._handlers.pop(fd, None)
         with contextlib.suppress(KeyError, ValueError, OSError):
             self._poller.unregister(fd)
+
+    def close_in_child(self) -> None:
+        """In a forked child, close its copies of this (the parent's) loop's
+        sockets and epoll: kept, a listening socket stayed bound as long as
+        the child lived (a multiprocessing pool's workers kept the parent
+        from listening on its port again), and a connection the parent
+        closed sent no FIN. The parent's own copies are untouched. (A
+        connection accepted in the instant of the fork, not yet registered,
+        stays open in the child.)"""
+        for handler in list(self._handlers.values()):
+            sock = getattr(handler, "sock", None)
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):
+                    sock.close()
+        self._handlers.clear()
+        with contextlib.suppress(OSError):
+            self._wake_w.close()
+            self._poller.close()
 
     def mark_dirty(self, transport: Transport) -> None:
         self._dirty[transport] = None
@@ -759,7 +780,9 @@ def _forget_loop() -> None:
     # must not share its epoll and sockets: the child's first client or
     # server starts a loop of its own (multiprocessing's default on Linux).
     global _loop, _loop_lock
-    _loop, _loop_lock = None, threading.Lock()
+    parents, _loop, _loop_lock = _loop, None, threading.Lock()
+    if parents is not None:
+        parents.close_in_child()
 
 
 os.register_at_fork(after_in_child=_forget_loop)

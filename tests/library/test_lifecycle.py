@@ -466,3 +466,43 @@ def test_a_forked_child_makes_clients_and_servers_of_its_own(server: Server, mak
     }
     parent.send(Message("the parent goes on"))
     wait_until(lambda: parent.stats()["messages_received"] == 1, what="the parent's echo")
+
+
+def test_a_forked_child_holds_none_of_the_parents_sockets() -> None:
+    """A child forked while a server ran kept its copies of the server's
+    sockets: while it lived (a multiprocessing pool's worker) the parent
+    could not listen on its port again, and a connection the parent closed
+    sent its peer no FIN. The child closes its copies; the parent's are
+    untouched."""
+    server = Server(interface="127.0.0.1", port=0)
+    server.start()
+    port = server.port
+    peer = socket.create_connection(("127.0.0.1", port), timeout=10)
+    assert peer.recv(1 << 16)  # the CHALLENGE: the server holds the connection when the process forks
+    go_r, go_w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child lives until the parent is done, and uses nothing
+        try:
+            os.write(ready_w, b"r")
+            os.read(go_r, 1)
+        finally:
+            os._exit(0)
+    try:
+        assert os.read(ready_r, 1) == b"r"
+        peer.sendall(bytes([0, 0, 0, 5, 99]) + b"junk")  # a frame of no known type: ERROR and a close
+        for _ in range(100):  # bounded: the ERROR, then the close
+            if not peer.recv(1 << 16):  # times out (10 s) if the close sent no FIN
+                break
+        server.stop()
+        again = Server(interface="127.0.0.1", port=port)
+        again.start()  # BindError while the child held the listening socket
+        again.stop()
+    finally:
+        os.write(go_w, b"g")
+        os.waitpid(pid, 0)
+        for fd in (go_r, go_w, ready_r, ready_w):
+            os.close(fd)
+        peer.close()
