@@ -2,8 +2,9 @@
 
 The well-kept ``prometheus-client`` package (the ``metrics`` extra) writes
 them in Prometheus' text format, as a WSGI app that the standard library's
-``wsgiref`` serves here with bounds on what scrapers cost; a collector reads ``DaemonCore.stats`` at
-each scrape, so nothing is counted twice and nothing runs between scrapes.
+``wsgiref`` serves here with bounds on what scrapers cost; a collector
+reads ``DaemonCore.stats`` at each scrape, so nothing is counted twice and
+nothing runs between scrapes.
 Every figure is docs/STATS.md's, named ``missioncommander_<figure>`` and
 labelled with the instance's ``kind`` and ``instance`` name; with
 ``--metrics-per-client``, a server's figures per client too, as
