@@ -657,9 +657,10 @@ def test_the_send_box_asks_and_logs_the_reply_or_why_none_came(qtbot: QtBot, gui
 def test_what_a_peer_chose_is_shown_escaped_and_sent_to_as_it_is(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:
     """A client id may hold bidi controls (U+202E reverses the rest of its
     line as Qt shows it) and a reply's subject any control: the client
-    list, the To box and the log showed them raw, so a peer could make a
-    row or a log line read as something else, or fake a log line. They are
-    shown escaped, and the To box still sends to the id as it is."""
+    list, the To box, the status bar and the log showed them raw, so a
+    peer could make a row or a line read as something else, or fake a log
+    line. They are shown escaped, and the To box still sends to the id as
+    it is."""
     gui.window.tabs.setCurrentIndex(1)
     tab = gui.window.server_tab
     mcd.request("server.set", key="interface", value="127.0.0.1")
@@ -677,7 +678,10 @@ def test_what_a_peer_chose_is_shown_escaped_and_sent_to_as_it_is(qtbot: QtBot, g
         tab.send_box.payload.setPlainText("{}")
         qtbot.mouseClick(tab.send_box.send, Qt.MouseButton.LeftButton)
         assert rec.wait_count("message", 1)[0][0].subject == "to-you"
+        status = gui.window.statusBar()
+        qtbot.waitUntil(lambda: status.currentMessage() == "sent to-you to user\\u202egnp.exe", timeout=WAIT)
         qtbot.mouseClick(tab.send_box.ask, Qt.MouseButton.LeftButton)
+        assert status.currentMessage() == "asked user\\u202egnp.exe: to-you"
         line = 'reply from user\\u202egnp.exe to to-you: ok\\u2066\\nfake line {"t": "\\u202e\\x9b"}'
         qtbot.waitUntil(lambda: line in tab.log.toPlainText(), timeout=WAIT)
         assert not any(c in tab.log.toPlainText() for c in "\u202e\u2066\x9b")

@@ -1150,7 +1150,7 @@ class ServerTab(InstanceTab):
         self.backend.request(
             "server.send",
             {"name": self.name, "to": to, "subject": subject, "payload": payload},
-            lambda r: self.status_message.emit(printable(f"sent {subject} to {'all clients' if to == '*' else to}")),
+            lambda r: self.status_message.emit(f"sent {subject} to {'all clients' if to == '*' else to}"),
             self.report_error,
         )
 
@@ -1220,7 +1220,8 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(scrolling(self.client_tab), "Client")
         self.tabs.addTab(scrolling(self.server_tab), "Server")
         for tab in (self.client_tab, self.server_tab):
-            tab.status_message.connect(lambda text: self.statusBar().showMessage(text, 8000))
+            # Escaped here, for every line: they may hold what a peer chose (a client id).
+            tab.status_message.connect(lambda text: self.statusBar().showMessage(printable(text), 8000))
 
         central = QWidget()
         layout = QVBoxLayout(central)
