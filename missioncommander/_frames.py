@@ -64,6 +64,10 @@ MAX_CLIENT_ID = 1024
 #: C0 and C1 control characters and DEL: an id must not write terminal
 #: escapes or line breaks into a log, a table or an event line.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+#: What ``peer_text`` escapes: those, and the bidirectional formatting
+#: characters, invisible yet reordering the rest of a line as a terminal
+#: shows it (a reason could make a log line read as something else).
+_PEER_TEXT_ESCAPED = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 #: What a peer may announce as its ``heartbeat_timeout``: a smaller one is
 #: raised to the floor (PINGs to it go out at most every 0.1 s, never a flood
@@ -407,12 +411,12 @@ def message_event(body: bytes | memoryview) -> MessageReceived:
 
 def peer_text(text: str) -> str:
     """A reason or message the peer wrote for people, with its control
-    characters written as escapes (``\\x1b``, ``\\n``): it goes into log
-    lines, ``last_close_reason`` and exceptions, never as escape sequences
-    or line breaks of its own."""
-    if _CONTROL.search(text) is None:
+    characters written as escapes (``\\x1b``, ``\\n``, ``\\u202e``): it
+    goes into log lines, ``last_close_reason`` and exceptions, never as
+    escape sequences, line breaks or reordering of its own."""
+    if _PEER_TEXT_ESCAPED.search(text) is None:
         return text
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    return _PEER_TEXT_ESCAPED.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def client_id_problem(client_id: str) -> str | None:

@@ -308,6 +308,8 @@ def test_every_frame_type_round_trips() -> None:
             ErrorReceived("x\\x1b", "é\\x1b[2J\\nfake\\x9b", False),
         ),
         (encode_json_frame(FrameType.BYE, {"reason": "a\rb"}), ByeReceived("a\\rb")),
+        # And the bidi controls, which would reorder the rest of a log line.
+        (encode_json_frame(FrameType.BYE, {"reason": "evil\u202etxt.exe"}), ByeReceived("evil\\u202etxt.exe")),
         (encode_json_frame(FrameType.SHUTDOWN, {"reason": "\x07"}), ShutdownReceived("\\x07")),
     ]
     for frame, expected in cases:
