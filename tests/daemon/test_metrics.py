@@ -202,6 +202,8 @@ def test_a_scraper_that_says_nothing_is_cut_off_after_the_scrape_timeout(
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as silent:
             # It holds the only slot until the server gives up on it.
             assert silent.recv(1) == b""
-        assert answers(server.port)
+        # The slot is free again once the scrape's thread has ended, just
+        # after the close: a scrape in that instant is closed too.
+        wait_until(lambda: answers(server.port), what="a scrape to be answered")
     finally:
         server.close()
