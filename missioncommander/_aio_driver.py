@@ -39,6 +39,7 @@ from ._loop import (
     client_socket,
     connect_failure,
     format_address,
+    out_of_resources,
     peer_names,
     reset_on_close,
 )
@@ -477,10 +478,6 @@ class _Connector:
         self.task.cancel()
 
 
-#: accept() errors after which asyncio stops accepting for a while.
-_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-
-
 class _PausingSocket(socket.socket):
     """The listening socket asyncio serves, with an accept() that, once it
     has failed for want of descriptors or memory, says no connection waits
@@ -504,7 +501,7 @@ class _PausingSocket(socket.socket):
         try:
             return super().accept()
         except OSError as exc:
-            if exc.errno in _OUT_OF_RESOURCES:
+            if out_of_resources(exc):  # the errors after which asyncio stops accepting a while
                 self._failed_at = now
             raise
 

@@ -571,6 +571,16 @@ _ONE_CONNECTION_ERRORS = frozenset(
 )
 
 
+#: accept() errors that concern the listener: out of descriptors or memory.
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def out_of_resources(exc: OSError) -> bool:
+    """Whether accept() failed for want of descriptors or memory (a pause
+    of ``ACCEPT_PAUSE`` is due), as asyncio's own rule says."""
+    return exc.errno in _OUT_OF_RESOURCES
+
+
 def one_connections_error(exc: OSError) -> bool:
     """Whether accept() failed for one connection only (the next may be
     taken), rather than for the listener (EMFILE, ENFILE, ENOBUFS, ENOMEM:

@@ -333,13 +333,13 @@ class Answers:
     leaves makes one such reply of each (thousands of log lines from one
     client), so those are said now and then."""
 
-    __slots__ = ("_log", "_quiet_unsent", "_server")
+    __slots__ = ("_log", "_quiet_lost", "_server")
 
     def __init__(self, logger: logging.Logger, server: bool) -> None:
         self._log = logger
         #: A server's lines name the client that asked; a client's, itself.
         self._server = server
-        self._quiet_unsent = Quiet()
+        self._quiet_lost = Quiet()
 
     def raised(self, exc: BaseException, who: str) -> None:
         """A responder answered a request of (or to) client ``who`` with
@@ -350,7 +350,7 @@ class Answers:
 
     def unsent(self, request_id: int, who: str, lost: Exception) -> None:
         """The reply to request ``request_id`` could not be sent."""
-        if (unsaid := self._quiet_unsent.due()) is None:
+        if (unsaid := self._quiet_lost.due()) is None:
             return
         if self._server:
             what = f"the reply to client {who!r}'s request {request_id}"
