@@ -176,6 +176,18 @@ class _Instance:
     def settings(self, reveal: bool = False) -> dict[str, Any]:
         raise NotImplementedError
 
+    def status(self) -> dict[str, Any]:
+        """The instance as it is now, with ``seq``: the last event published
+        before it was read.  It shows what every event up to ``seq`` did
+        (and may show some of what later ones did): a controller that has
+        applied later events from its stream applies them again on top of
+        it, rather than let an answer that crossed them undo them."""
+        seq = self.core.last_seq
+        return {**self.read_status(), "seq": seq}
+
+    def read_status(self) -> dict[str, Any]:
+        raise NotImplementedError
+
     def publish(self, event: str, **data: Any) -> None:
         self.core.publish(self.kind, self.name, event, data)
 
@@ -216,7 +228,7 @@ class ClientInstance(_Instance):
     def settings(self, reveal: bool = False) -> dict[str, Any]:
         return _shown({key: _plain(getattr(self.client, key)) for key in CLIENT_KEYS}, reveal)
 
-    def status(self) -> dict[str, Any]:
+    def read_status(self) -> dict[str, Any]:
         c = self.client
         state = c.state
         return {
@@ -268,7 +280,7 @@ class ServerInstance(_Instance):
         values["port"] = self.server.requested_port  # as set: 0 stays 0 while listening
         return _shown(values, reveal)
 
-    def status(self) -> dict[str, Any]:
+    def read_status(self) -> dict[str, Any]:
         s = self.server
         nodes = _client_nodes(s)
         return {
@@ -331,6 +343,11 @@ class DaemonCore:
         self._writer = StateWriter(store, self.persistable) if store is not None else None
 
     # -- events ----------------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        """The number of the last event published."""
+        return self._ring.last_seq
 
     def publish(self, kind: str, name: str, event: str, data: dict[str, Any], changed: list[str] | None = None) -> None:
         """Append an event to the ring (and so to every stream); ``changed``:

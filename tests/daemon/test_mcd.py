@@ -394,6 +394,21 @@ def test_event_stream_snapshot_catch_up_and_resync(mcd: Mcd) -> None:
         assert answer["resync"] is True and answer["boot_id"] == first["boot_id"]
 
 
+def test_a_status_says_the_last_event_published_before_it_was_read(mcd: Mcd) -> None:
+    """A controller applying the stream compares a status's ``seq`` with the
+    events it has applied (docs/CONTROL_API.md): every kind of status has it."""
+    mcd.request("server.create", name="s")
+    last = mcd.request("daemon.status")["last_seq"]
+    assert mcd.request("server.status", name="s")["seq"] == last
+    mcd.request("server.set", name="s", key="interface", value="127.0.0.1")  # a settings event
+    assert mcd.request("server.status", name="s")["seq"] == last + 1
+    assert mcd.request("client.create", name="c")["seq"] == last + 2  # its created event came first
+    assert {i["seq"] for i in mcd.request("list")["instances"]} == {last + 2}
+    with mcd.client() as stream:
+        answer, _ = stream.subscribe()
+    assert {i["seq"] for i in answer["snapshot"]["instances"]} == {answer["seq"]} == {last + 2}
+
+
 def test_filters_and_a_slow_subscriber_is_cut_off() -> None:
     daemon = Mcd(None, "--event-queue", "5").start()
     try:

@@ -92,6 +92,61 @@ def test_a_client_is_shown_detached_from_its_detach_until_it_resumes_or_ends() -
     assert st["detached"] == [] and st["clients"] == ["x"]
 
 
+def server_status(seq: int, clients: list[str], **more: Any) -> dict[str, Any]:
+    return {"kind": "server", "name": "s", "phase": "listening", "running": True, "clients": clients,
+            "detached": [], "seq": seq, **more}  # fmt: skip
+
+
+def test_a_status_read_before_applied_events_gets_them_again_on_top() -> None:
+    """A status answer crosses the events on their way (two connections):
+    one read at event 2 and applied after events 3 to 5 keeps what they did,
+    and brings what only a status says (here ``desired``)."""
+    model = vm.ViewModel()
+    model.set_daemon(True)
+    model.apply_snapshot({"instances": [server_status(1, [])]})
+    for seq, client_id in ((2, "a"), (3, "b"), (4, "c")):
+        model.apply_event(event(seq, "server", "s", "clientconnect", client_id=client_id))
+    model.apply_event(event(5, "server", "s", "clientdisconnect", client_id="a"))
+    model.apply_event(event(6, "server", "s", "message", client_id="b", subject="hi", payload={}))
+    st = model.instance("server", "s").status
+    model.apply_status("server", "s", server_status(2, ["a"], desired="started"))
+    assert st["clients"] == ["b", "c"] and st["desired"] == "started"
+    # One read after all of them is the newer word: taken as it is.
+    model.apply_status("server", "s", server_status(6, ["c"], desired="stopped"))
+    assert st["clients"] == ["c"] and st["desired"] == "stopped"
+
+
+def test_a_status_older_than_what_can_be_replayed_is_not_taken() -> None:
+    model = vm.ViewModel()
+    model.set_daemon(True)
+    model.apply_snapshot({"instances": [server_status(10, ["a"])]})
+    st = model.instance("server", "s").status
+    model.apply_status("server", "s", server_status(9, [], desired="stopped"))  # read before the snapshot
+    assert st["clients"] == ["a"] and "desired" not in st
+    for seq in range(11, 11 + vm.RECENT_EVENTS + 1):
+        model.apply_event(event(seq, "server", "s", "clientconnect", client_id=f"c{seq}"))
+    model.apply_status("server", "s", server_status(11, ["a", "c11"]))  # event 11 itself was let go
+    assert len(st["clients"]) == 1 + vm.RECENT_EVENTS + 1
+    model.apply_status("server", "s", server_status(12, ["a", "c11", "c12"]))  # 13 on were kept: replayed
+    assert len(st["clients"]) == 1 + vm.RECENT_EVENTS + 1
+
+
+def test_a_status_from_a_restarted_mcd_is_not_mixed_with_the_old_ones_events() -> None:
+    """A restarted mcd numbers its events from 1: the events of the run
+    before must not be applied on top of its statuses."""
+    model = vm.ViewModel()
+    model.set_daemon(True)
+    model.apply_snapshot({"instances": [server_status(1, [])]})
+    model.apply_event(event(50, "server", "s", "clientconnect", client_id="old"))
+    model.set_daemon(False, "mcd closed the connection")
+    model.set_daemon(True)
+    model.apply_status("server", "s", server_status(3, []))
+    assert model.instance("server", "s").status["clients"] == []
+    # An mcd that numbers no statuses: its status is taken as it is.
+    model.apply_status("server", "s", {"kind": "server", "name": "s", "clients": ["x"]})
+    assert model.instance("server", "s").status["clients"] == ["x"]
+
+
 def test_history_only_feeds_the_log() -> None:
     model = vm.ViewModel()
     model.apply_snapshot({"instances": [{"kind": "client", "name": "a", "phase": "connected"}]})

@@ -785,6 +785,34 @@ def test_a_status_that_comes_after_the_tab_moved_on_lands_on_its_own_instance(gu
     assert "port" not in gui.model.instance("server", "default").status
 
 
+def test_a_status_read_before_events_the_window_has_shown_does_not_undo_them(
+    qtbot: QtBot, gui: TrayApp, mcd: Mcd
+) -> None:
+    """A status answer and the events come on two connections: a status read
+    before clients connected, answered after their events reached the
+    window, once emptied the list of what those events had added (1,000
+    clients connecting while the tab picked its server: 951 rows for good).
+    The window applies the newer events again on top of it."""
+    mcd.request("server.set", key="interface", value="127.0.0.1")
+    mcd.request("server.set", key="port", value=0)
+    port = mcd.request("server.start")["port"]
+    gui.window.tabs.setCurrentIndex(1)
+    tab = gui.window.server_tab
+    read_before = mcd.request("server.status")  # read now, "answered" below, after the events
+    assert read_before["clients"] == []
+    clients = [Client(address="127.0.0.1", port=port, client_id=f"early-{i}") for i in range(3)]
+    try:
+        for client in clients:
+            client.connect()
+        qtbot.waitUntil(lambda: tab.clients.count() == 3, timeout=WAIT)
+        tab._status_reply(read_before)
+        rows = sorted(tab.clients.item(i).text() for i in range(tab.clients.count()))
+        assert rows == ["early-0", "early-1", "early-2"]
+    finally:
+        for client in clients:
+            client.disconnect()
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_before_the_loop_runs_quits_on_its_first_turn(qtbot: QtBot, signum: int) -> None:
     """mctray installs its handlers before building the window, so a Ctrl-C

@@ -21,6 +21,9 @@ from mc_control.events import cluster_readiness, describe_event, printable
 LOG_LINES = 500
 #: Live-figure samples kept per instance: five minutes at one a second.
 RATE_SAMPLES = 300
+#: Events kept per instance to bring a status read before them up to date:
+#: far more than can pass while one request is answered.
+RECENT_EVENTS = 1000
 
 
 @dataclass
@@ -54,6 +57,17 @@ class InstanceState:
     #: The daemon has spoken of it (a snapshot, an event, a status): it
     #: exists there, not only as a tab's or the tray's name for it.
     known: bool = False
+    #: The events that changed ``status`` since the snapshot (the newest
+    #: RECENT_EVENTS), to apply again on top of a status read before them
+    #: (``ViewModel.apply_status``); ``forgotten``: the newest event's
+    #: ``seq`` let go (or the snapshot's): a status older is not taken.
+    recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_EVENTS))
+    forgotten: int = 0
+
+    def remember(self, ev: dict[str, Any]) -> None:
+        if len(self.recent) == self.recent.maxlen:
+            self.forgotten = self.recent[0]["seq"]
+        self.recent.append(ev)
 
     def rates(self) -> list[tuple[float, float]]:
         """Messages sent and received per second between samples, oldest first."""
@@ -103,6 +117,10 @@ class ViewModel:
         # the statuses up to date from what they were.
         for inst in self.instances.values():
             inst.stale = not up
+            if not up:
+                # A restarted mcd numbers its events from 1 again.
+                inst.recent.clear()
+                inst.forgotten = 0
 
     def set_daemon_status(self, status: dict[str, Any]) -> None:
         """A ``daemon.status`` result: keeps its warnings."""
@@ -118,6 +136,9 @@ class ViewModel:
             inst.status = dict(status)
             inst.stale = False  # the daemon's word of now
             inst.known = True
+            # What came before it is in it: a status read earlier is older.
+            inst.recent.clear()
+            inst.forgotten = int(status.get("seq", 0))
         for key in list(self.instances):
             if key not in seen:
                 del self.instances[key]
@@ -195,43 +216,33 @@ class ViewModel:
         inst = self.instance(kind, name)
         inst.stale = False  # the daemon speaks: it is up, and this is news
         inst.known = True
-        st = inst.status
         if event != "settings":
             inst.log.append(describe_event(ev))
-        notice = None
-        if event == "statechange":
-            previous = st.get("phase")
-            st.update(state=data["new"], state_name=data["new_name"], phase=data["phase"])
-            st["connected"] = data["phase"] == "connected"
-            if data.get("reason"):
-                st["last_close_reason"] = data["reason"]
-            if data["phase"] == "reconnecting" and previous == "connected":
-                notice = Notification(
-                    f"{name}: connection lost", f"Reconnecting: {data.get('reason') or 'the connection broke'}", True
-                )
-            elif data["phase"] == "failed":
-                notice = Notification(f"{name}: connection failed", str(data.get("reason") or ""), True)
-        elif event == "reconnect":
-            notice = Notification(f"{name}: reconnected", f"Client {data.get('client_id')} is connected again")
-        elif event == "servershutdown":
-            notice = Notification(f"{name}: server shut down", "The server announced its shutdown", True)
-        elif event == "settings":
-            st["settings"] = dict(data)
-        elif event == "started":
-            st.update(phase="listening", running=True, port=data.get("port"), last_error=None)
-            st.setdefault("clients", [])
-        elif event == "stopped":
-            st.update(phase="stopped", running=False, port=None, clients=[])
-        elif event in _CLIENT_LISTS:
-            # Which of a server's lists (clients, detached) the client joins or leaves.
-            joins, leaves = _CLIENT_LISTS[event]
-            client_id = data["client_id"]
-            for key in leaves:
-                st[key] = [c for c in st.get(key) or [] if c != client_id]
-            for key in joins:
-                listed = st.get(key) or []
-                st[key] = listed if client_id in listed else [*listed, client_id]
+        notice = _notice(name, event, data, inst.status.get("phase"))
+        if _change_status(inst.status, event, data):
+            inst.remember(ev)
         return notice
+
+    def apply_status(self, kind: str, name: str, status: dict[str, Any]) -> None:
+        """A status a request read (``status``, ``create``, a cluster
+        server's poll).  It comes on another connection than the events, so
+        it may have been read before some the model has applied already (a
+        thousand clients connecting while the answer was on its way): those
+        are applied again on top of it rather than undone by it.  A status
+        older than what the model can replay is not taken (the events,
+        newer, stand); one from an mcd that numbers no statuses is."""
+        inst = self.instance(kind, name)
+        inst.known = True
+        seq = status.get("seq")
+        if seq is None:
+            inst.status.update(status)
+            return
+        if seq < inst.forgotten:
+            return
+        inst.status.update(status)
+        for ev in inst.recent:
+            if ev["seq"] > seq:
+                _change_status(inst.status, ev["event"], ev.get("data") or {})
 
     # -- what to show --------------------------------------------------------------
 
@@ -253,6 +264,51 @@ class ViewModel:
         if connected or listening:
             return Overall("connected", f"MissionCommander: {summary}")
         return Overall("idle", f"MissionCommander: idle. {summary}")
+
+
+def _notice(name: str, event: str, data: dict[str, Any], phase: Any) -> Notification | None:
+    """What an event is worth telling a person, given the phase before it."""
+    if event == "statechange":
+        if data["phase"] == "reconnecting" and phase == "connected":
+            return Notification(
+                f"{name}: connection lost", f"Reconnecting: {data.get('reason') or 'the connection broke'}", True
+            )
+        if data["phase"] == "failed":
+            return Notification(f"{name}: connection failed", str(data.get("reason") or ""), True)
+    elif event == "reconnect":
+        return Notification(f"{name}: reconnected", f"Client {data.get('client_id')} is connected again")
+    elif event == "servershutdown":
+        return Notification(f"{name}: server shut down", "The server announced its shutdown", True)
+    return None
+
+
+def _change_status(st: dict[str, Any], event: str, data: dict[str, Any]) -> bool:
+    """Apply what an event says to an instance's status; False when it says
+    nothing about it (a message, a connect...)."""
+    if event == "statechange":
+        st.update(state=data["new"], state_name=data["new_name"], phase=data["phase"])
+        st["connected"] = data["phase"] == "connected"
+        if data.get("reason"):
+            st["last_close_reason"] = data["reason"]
+    elif event == "settings":
+        st["settings"] = dict(data)
+    elif event == "started":
+        st.update(phase="listening", running=True, port=data.get("port"), last_error=None)
+        st.setdefault("clients", [])
+    elif event == "stopped":
+        st.update(phase="stopped", running=False, port=None, clients=[])
+    elif event in _CLIENT_LISTS:
+        # Which of a server's lists (clients, detached) the client joins or leaves.
+        joins, leaves = _CLIENT_LISTS[event]
+        client_id = data["client_id"]
+        for key in leaves:
+            st[key] = [c for c in st.get(key) or [] if c != client_id]
+        for key in joins:
+            listed = st.get(key) or []
+            st[key] = listed if client_id in listed else [*listed, client_id]
+    else:
+        return False
+    return True
 
 
 # -- validation: (value, error) pairs; error is None when the value is good ------

@@ -506,9 +506,7 @@ class InstanceTab(QWidget):
 
     def _status_reply(self, status: dict[str, Any]) -> None:
         # The instance the status is of: the tab may show another by now.
-        inst = self.model.instance(self.kind, status.get("name", self.name))
-        inst.status.update(status)
-        inst.known = True
+        self.model.apply_status(self.kind, status.get("name", self.name), status)
         self.refresh()
 
     def fields(self) -> list[AnyField]:
