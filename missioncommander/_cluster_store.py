@@ -55,8 +55,13 @@ from ._frames import MESSAGE_OVERHEAD
 #: Leases and presences live this long unless renewed (a third of it apart).
 DEFAULT_LEASE_TTL = 6.0
 
-#: What cluster mode says where redis-py is not installed.
-NEEDS_REDIS = "cluster mode needs the redis package: pip install 'missioncommander[cluster]'"
+#: What cluster mode says where redis-py is not installed: the command for
+#: an install from PyPI, and for one from a checkout, where the first would
+#: fetch whatever PyPI holds under that name.
+NEEDS_REDIS = (
+    "cluster mode needs the redis package, the cluster extra: pip install 'missioncommander[cluster]' "
+    "(installed from a checkout: pip install '.[cluster]' in it)"
+)
 
 
 def import_redis() -> Any:
@@ -65,7 +70,7 @@ def import_redis() -> Any:
     try:
         import redis  # noqa: PLC0415
     except ImportError:
-        raise ImportError(NEEDS_REDIS) from None
+        raise ImportError(NEEDS_REDIS, name="redis") from None
     return redis
 
 

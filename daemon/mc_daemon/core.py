@@ -16,7 +16,6 @@ import contextlib
 import itertools
 import logging
 import os.path
-import sys
 import threading
 import time
 import uuid
@@ -33,6 +32,7 @@ from mc_control.codes import (
     ErrorCode,
 )
 from mc_control.events import cluster_readiness, host_port
+from mc_control.install import install_command
 from missioncommander import (
     BindError,
     Client,
@@ -966,11 +966,17 @@ def _cluster_warnings(servers: Iterable[ServerInstance]) -> list[str]:
     return found
 
 
+#: What needs a module the library may find missing, and the extra that has it.
+_EXTRA_OF_MODULE = {"redis": ("cluster mode needs the redis package", "cluster")}
+
+
 def _refusal(exc: Exception) -> str:
-    """Why the library refused a value; a missing extra says where it goes:
-    into mcd's own Python (a pipx or venv install), not the caller's."""
-    if isinstance(exc, ImportError):
-        return f"{exc} (into the Python mcd runs on, {sys.executable}; then restart mcd)"
+    """Why the library refused a value; a missing extra comes with the
+    command that installs it into mcd's own Python (a pipx or venv
+    install), not the caller's."""
+    if isinstance(exc, ImportError) and exc.name in _EXTRA_OF_MODULE:
+        what, extra = _EXTRA_OF_MODULE[exc.name]
+        return f"{what}: {install_command(extra)} (then restart mcd)"
     return str(exc)
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from mc_control.client import default_socket_path
 from mc_control.events import host_port
+from mc_control.install import install_command
 
 from .entry import STOP_SIGNALS
 from .files import SocketInUse, SocketLock, bind_control_socket, claim_socket_path, secure_directory
@@ -267,7 +268,7 @@ def main(
         except ValueError as exc:
             parser.error(str(exc))
         if importlib.util.find_spec("prometheus_client") is None:
-            print("mcd: --metrics needs prometheus-client: pip install 'missioncommander[metrics]'", file=sys.stderr)
+            print(f"mcd: --metrics needs prometheus-client: {install_command('metrics')}", file=sys.stderr)
             return 2
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

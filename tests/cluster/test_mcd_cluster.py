@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import urllib.request
@@ -17,6 +18,8 @@ from support.mcd import Mcd
 from support.redis_server import RedisServer
 
 from missioncommander import Client, Message, Server
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -219,7 +222,10 @@ def test_without_the_cluster_extra_mcd_says_so_and_keeps_a_saved_cluster_node() 
         assert f"has saved settings mcd could not apply at start (cluster={url!r}" in refused.stderr
         setting = run("server", "set", "cluster", url, socket_path=daemon.socket)
         assert setting.returncode == 2 and "internal" not in setting.stderr
-        assert "pip install 'missioncommander[cluster]' (into the Python mcd runs on" in setting.stderr
+        # The command that installs the extra into mcd's own Python, from
+        # this checkout (the tests run from an editable install of it).
+        command = f"{shlex.quote(sys.executable)} -m pip install -e {shlex.quote(f'{ROOT}[cluster]')}"
+        assert f"cluster mode needs the redis package: {command} (then restart mcd)" in setting.stderr
         assert daemon.stop() == 0
         # The saved node was kept whole: with redis-py it is a cluster node again.
         daemon.hide_redis = False
@@ -242,7 +248,8 @@ def test_without_the_cluster_extra_mcd_says_so_and_keeps_a_saved_cluster_node() 
 
 def test_a_library_server_without_redis_py_says_so_when_cluster_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "redis", None)  # `import redis` raises ImportError
-    with pytest.raises(ImportError, match=r"pip install 'missioncommander\[cluster\]'"):
+    # From PyPI, and from a checkout, where the first would fetch whatever PyPI has.
+    with pytest.raises(ImportError, match=r"pip install 'missioncommander\[cluster\]' .*pip install '\.\[cluster\]'"):
         Server(interface="127.0.0.1", port=0, cluster="redis://127.0.0.1:6379/0")
     server = Server(interface="127.0.0.1", port=0)
     with pytest.raises(ImportError, match="cluster mode needs the redis package"):

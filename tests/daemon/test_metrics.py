@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import select
+import shlex
 import socket
 import struct
 import subprocess
@@ -120,6 +121,26 @@ def test_metrics_listen_on_loopback_by_default_and_bad_addresses_are_refused() -
     command = [sys.executable, "-m", "mc_daemon", "--metrics", "localhost:99999"]
     out = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
     assert out.returncode == 2 and "a port from 1 to 65535" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_without_prometheus_client_mcd_names_the_command_that_installs_it_here(tmp_path: Path) -> None:
+    """From a checkout, ``pip install 'missioncommander[metrics]'`` would
+    fetch whatever PyPI holds under that name: the command names this
+    checkout, and the Python mcd runs on."""
+    # As without the metrics extra: `import prometheus_client` fails.
+    code = "import sys; sys.modules['prometheus_client'] = None; from mc_daemon.main import main; sys.exit(main())"
+    sock = tmp_path / "mcd.sock"
+    out = subprocess.run(
+        [sys.executable, "-c", code, "--metrics", "9100", "--socket", str(sock)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    root = Path(__file__).resolve().parents[2]
+    command = f"{shlex.quote(sys.executable)} -m pip install -e {shlex.quote(f'{root}[metrics]')}"
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip() == f"mcd: --metrics needs prometheus-client: {command}"
 
 
 @pytest.mark.parametrize(

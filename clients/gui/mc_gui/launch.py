@@ -15,10 +15,11 @@ import argparse
 import ctypes.util
 import importlib.metadata
 import importlib.util
-import json
 import os
 import shlex
 import sys
+
+from mc_control.install import install_command
 
 # What Qt 6's xcb platform plugin loads that a minimal Debian/Ubuntu lacks
 # (PySide6's wheels bundle the rest): soname stem -> Debian package.
@@ -27,27 +28,6 @@ XCB_LIBRARIES = {
     "xcb-icccm": "libxcb-icccm4",
     "xcb-keysyms": "libxcb-keysyms1",
 }
-
-
-def gui_install_command() -> str:
-    """The pip command that adds the ``gui`` extra to *this* installation.
-
-    From a checkout (an editable or local install) ``missioncommander[gui]``
-    would fetch a release from PyPI instead, so the command names the
-    directory the package was installed from when pip recorded one.
-    """
-    pip = f"{shlex.quote(sys.executable)} -m pip install"
-    try:
-        raw = importlib.metadata.distribution("missioncommander").read_text("direct_url.json")
-        direct = json.loads(raw) if raw else {}
-    except (importlib.metadata.PackageNotFoundError, ValueError):
-        direct = {}
-    url = direct.get("url", "") if isinstance(direct, dict) else ""
-    if isinstance(url, str) and url.startswith("file://"):
-        path = url.removeprefix("file://")
-        editable = bool(direct.get("dir_info", {}).get("editable"))
-        return f"{pip} {'-e ' if editable else ''}{shlex.quote(path + '[gui]')}"
-    return f"{pip} 'missioncommander[gui]'"
 
 
 def _installed(distribution: str) -> bool:
@@ -101,7 +81,7 @@ def emit_drops_a_reference() -> bool:
 def preflight() -> str | None:
     """Why the GUI cannot start here, with the command that fixes it; None when it can."""
     if importlib.util.find_spec("PySide6") is None:
-        return f"the GUI needs PySide6, which is not installed; install the gui extra:\n  {gui_install_command()}"
+        return f"the GUI needs PySide6, which is not installed; install the gui extra:\n  {install_command('gui')}"
     if emit_drops_a_reference():
         import PySide6  # noqa: PLC0415 - imported by the check above already
 
