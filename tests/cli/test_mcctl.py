@@ -153,6 +153,9 @@ def test_json_output_of_every_command(mcd: Mcd) -> None:
         (("client", "fly"), "fix: `mcctl help client` lists the client commands"),
         (("start",), "(did you mean server start or client connect?)"),
         (("ls",), "(did you mean list?)"),
+        # The control API's daemon.shutdown is mcctl's daemon stop.
+        (("daemon", "shutdown"), "unknown daemon command 'shutdown' (did you mean daemon stop?)"),
+        (("daemon", "stpo"), "(did you mean daemon stop?); usage: daemon status|stop|wait"),
         # Misspellings: the word it most likely was.
         (("clinet", "status"), "unknown command 'clinet' (did you mean client?)"),
         (("client", "stauts"), "unknown client command 'stauts' (did you mean client status?)"),

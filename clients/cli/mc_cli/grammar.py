@@ -372,7 +372,10 @@ def parse(argv: list[str], read_stdin: Callable[[], str] | None = None) -> Invoc
         inv.action = "wait"
         inv.params = {"kind": kind, "name": opts.name, "state": state}
     elif head == "daemon":
-        if len(rest) != 1 or rest[0] not in DAEMON_VERBS:
+        if len(rest) == 1 and rest[0] not in DAEMON_VERBS:
+            hint = _hint("daemon", rest[0], [], DAEMON_VERBS)
+            raise UsageError(f"unknown daemon command {rest[0]!r}{hint}; usage: daemon status|stop|wait")
+        if len(rest) != 1:
             raise UsageError("usage: daemon status|stop|wait")
         if rest[0] == "wait":
             inv.action = "daemon_wait"
@@ -425,6 +428,9 @@ _SYNONYMS: dict[str, tuple[str, ...]] = {
     "stop": ("disconnect",),
     "close": ("disconnect", "stop"),
     "kill": ("disconnect", "stop"),
+    "shutdown": ("stop",),
+    "quit": ("stop",),
+    "exit": ("stop",),
     "ask": ("request",),
 }
 
