@@ -84,6 +84,13 @@ class AsyncioDriver:
             for fn, args in parked:
                 running.call_soon(fn, *args)
         if self._loop is not running:
+            if self._loop.is_closed():
+                # The common way here: a second asyncio.run() (a notebook, a
+                # test per run) with an object the first one used.
+                raise RuntimeError(
+                    "this object was used on an event loop that has closed (an earlier asyncio.run()?): it lives "
+                    "and ends on one loop; make a new one on this loop (and leave it with async with)"
+                )
             raise RuntimeError("this object belongs to another event loop")
         return running
 

@@ -713,9 +713,13 @@ def test_one_object_belongs_to_one_loop(caplog: pytest.LogCaptureFixture) -> Non
     async def stop() -> None:
         await server.stop()
 
-    run(start)
     caplog.set_level(logging.ERROR)
-    with pytest.raises(RuntimeError, match="another event loop"):
+    with asyncio.Runner(loop_factory=_loop_factory) as first:
+        first.run(start())
+        with pytest.raises(RuntimeError, match="belongs to another event loop"):
+            run(stop)  # on a loop of its own while the first one still runs
+    # The common case: a second asyncio.run() with an object of the first.
+    with pytest.raises(RuntimeError, match=r"used on an event loop that has closed \(an earlier asyncio.run\(\)\?\)"):
         run(stop)
     server._inner.stop()  # tidy up from outside any loop
 
