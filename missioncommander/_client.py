@@ -62,6 +62,7 @@ from ._requests import Answers, ReplyWaiter, Requests, of_its_session, reply_bod
 from ._session import SendSession
 from ._state import ClientState, ClientStateTransition
 from ._stats import Counters, session_figures
+from ._streams import refuse_unqueueable
 from ._tls import client_context
 
 log = logging.getLogger("missioncommander.client")
@@ -762,6 +763,7 @@ class Client(ClientSettings):
                 self._check_can_send()  # raises, saying why
             out = session.out
             if not out.offer(body):
+                refuse_unqueueable(body, out.max_bytes)
                 if not self._state_bits & _CONNECTED:
                     raise QueueFullError(f"send queue full while reconnecting ({len(out)} messages queued)")
                 if self._loop.in_loop():  # the acks that make room arrive on this very thread

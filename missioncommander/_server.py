@@ -60,6 +60,7 @@ from ._quiet import Quiet, more
 from ._requests import Answers, ReplyWaiter, Requests, no_requests, reply_body
 from ._session import SendSession
 from ._stats import TRAFFIC, Counters, session_figures, traffic
+from ._streams import refuse_unqueueable
 from ._tls import server_context
 from ._transitions import ConnState
 
@@ -579,6 +580,7 @@ class Server(ServerSettings):
                 )
             out = session.out
             if not out.offer(body):
+                refuse_unqueueable(body, out.max_bytes)
                 raise QueueFullError(
                     f"send queue of client {target!r} is full ({len(out)} messages, "
                     f"{out.queued_bytes} bytes unacknowledged)"
@@ -593,6 +595,7 @@ class Server(ServerSettings):
             self._cluster.broadcast(body)
             return
         size = len(body) + MESSAGE_OVERHEAD
+        refuse_unqueueable(body, self.max_queued_bytes)  # before any client is cut for it
         full: list[_Session] = []
         skipped: list[str] = []
         with self._lock:

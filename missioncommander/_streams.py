@@ -12,9 +12,21 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Iterator
 
-from ._errors import QueueFullError, RemoteProtocolError
+from ._errors import MessageTooLarge, QueueFullError, RemoteProtocolError
 from ._events import ErrorCode
 from ._frames import JOIN_BELOW, MESSAGE_OVERHEAD, MESSAGE_TYPE, MSG_HEADER, message_frames
+
+
+def refuse_unqueueable(body: bytes, max_bytes: int) -> None:
+    """``MessageTooLarge`` for a body bigger than a whole send queue
+    (``max_queued_bytes``): it could never be queued, so waiting for room,
+    calling the queue full or ending a broadcast's clients as too slow
+    would each be wrong.  Called where a message did not fit."""
+    if len(body) > max_bytes:
+        raise MessageTooLarge(
+            f"message of {len(body)} bytes is larger than a whole send queue (max_queued_bytes, {max_bytes}):"
+            " raise max_queued_bytes to send it"
+        )
 
 
 class OutboundStream:

@@ -25,6 +25,7 @@ from missioncommander import (
     ConnectError,
     ConnectionRefusedByServer,
     Message,
+    MessageTooLarge,
     NoResponder,
     RemoteError,
     RequestTimeout,
@@ -700,6 +701,26 @@ def test_reconnect_on_shutdown_carries_the_iterator_over_to_the_server_that_come
             assert await reading == [Message("from-first"), Message("from-second")]
             assert client.state == ClientState.STATE_OK | ClientState.STATE_RUNNING | ClientState.STATE_CONNECTED
         await client.disconnect()
+
+    run(test)
+
+
+def test_a_message_larger_than_a_whole_send_queue_is_refused_not_waited_for() -> None:
+    """send() waits for room in a full queue: for a message no queue of
+    max_queued_bytes can hold, that wait would never end."""
+    limits = {"max_frame_size": 4_000_000, "max_queued_bytes": 1_000_000}
+
+    async def test() -> None:
+        async with AsyncServer(interface="127.0.0.1", port=0, **limits) as server:
+            client = AsyncClient(address="127.0.0.1", port=server.port, client_id="k", **limits)
+            await client.connect()
+            big = Message("big", {"x": "y" * 2_000_000})
+            for send in (lambda: client.send(big), lambda: server.send("k", big), lambda: server.send("*", big)):
+                with pytest.raises(MessageTooLarge, match="larger than a whole send queue"):
+                    await send()
+            await client.send(Message("small"))
+            assert await take(server.messages(), 1) == [("k", Message("small"))]
+            await client.disconnect()
 
     run(test)
 

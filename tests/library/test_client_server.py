@@ -393,6 +393,36 @@ def test_send_checks_the_servers_frame_limit(make_client: MakeClient) -> None:
             client.send("not a message")  # type: ignore[arg-type]
 
 
+def test_a_message_larger_than_a_whole_send_queue_is_refused_at_once_on_every_path(make_client: MakeClient) -> None:
+    """With max_frame_size raised above max_queued_bytes, such a message
+    can never be queued: each send path once said something untrue (the
+    server: "queue full (0 messages)"; the client: nothing acknowledged for
+    send_timeout, after waiting it; a broadcast: the client "too slow",
+    its session ended).  Now MessageTooLarge at once, and nobody is cut."""
+    limits = {"max_frame_size": 4_000_000, "max_queued_bytes": 1_000_000}
+    with Server(interface="127.0.0.1", port=0, **limits) as server:
+        # Timers far beyond the test's own timeout: a path that waited would fail it.
+        client = make_client(server, client_id="k", send_timeout=3600.0, **limits)
+        client.connect()
+        rec = Recorder().attach(server, "message")
+        big = Message("big", {"x": "y" * 2_000_000})
+        sends: list[Callable[[], object]] = [
+            lambda: server.send("k", big),
+            lambda: server.send("*", big),
+            lambda: client.send(big),
+            lambda: client.request(big, timeout=3600.0),
+            lambda: server.request("k", big, timeout=3600.0),
+        ]
+        for send in sends:
+            with pytest.raises(MessageTooLarge, match=r"larger than a whole send queue \(max_queued_bytes, 1000000\)"):
+                send()
+        # The session went on, whole: nothing cut, nothing left in flight.
+        client.send(Message("small"))
+        rec.wait_count("message", 1)
+        assert client.state == CONNECTED and server.stats()["slow_clients_cut"] == 0
+        assert client.stats()["requests_in_flight"] == 0 and server.stats()["requests_in_flight"] == 0
+
+
 def test_ipv6_loopback(make_client: MakeClient) -> None:
     try:
         server = Server(interface="::1", port=0)
