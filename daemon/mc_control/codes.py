@@ -15,8 +15,13 @@ if TYPE_CHECKING:
 #: Bumped when a command or a response changes incompatibly.
 API_VERSION = 1
 
-#: Longest request or response line, in bytes (the newline included).
-MAX_LINE = 1024 * 1024
+#: Longest request or response line, in bytes (the newline included), both
+#: ways.  A command carries a message as big as the library's default
+#: ``max_frame_size`` (16 MiB), escaped; a ``list`` or a snapshot grows
+#: with the instances (under 1 KiB each: 1 MiB ended at 1,100).  mcd keeps
+#: its own lines to it: an event whose message would not fit comes
+#: without its payload, a reply that would not fit is this error.
+MAX_LINE = 64 * 1024 * 1024
 
 #: The longest ``timeout`` a command that waits (a request, ``client.connect``
 #: with ``wait``) takes: mcd holds a thread for each such command.
@@ -73,7 +78,8 @@ class ErrorCode(enum.StrEnum):
     """``error.code`` of a failed response."""
 
     INVALID_JSON = "invalid_json"  # the line is not UTF-8 JSON (the daemon closes)
-    LINE_TOO_LONG = "line_too_long"  # over MAX_LINE (the daemon closes)
+    # A command over MAX_LINE (the daemon closes), or a reply that would be.
+    LINE_TOO_LONG = "line_too_long"
     INVALID_REQUEST = "invalid_request"  # JSON, but not a valid command
     UNKNOWN_COMMAND = "unknown_command"
     NOT_FOUND = "not_found"  # no such instance (or client of a server)

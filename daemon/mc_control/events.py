@@ -64,7 +64,11 @@ def describe_event(ev: dict[str, Any]) -> str:
             what += f": {data['reason']}"
     elif name == "message":
         sender = f" from {data['client_id']}" if "client_id" in data else ""
-        what = f"message{sender}: {data.get('subject')} {_json(data.get('payload'))}"
+        if "omitted" in data:
+            payload = f"(payload of {data['omitted']:,} bytes left out: over the control socket's line)"
+        else:
+            payload = _json(data.get("payload"))
+        what = f"message{sender}: {data.get('subject')} {payload}"
     elif name in ("clientconnect", "clientdisconnect", "clientresume", "reconnect"):
         what = f"{name} {data.get('client_id')}"
     elif name == "clientdetach":

@@ -42,6 +42,30 @@ def _line(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
+def _reply_line(response: dict[str, Any]) -> bytes:
+    """A response's line, or a ``line_too_long`` error in its place where it
+    is over MAX_LINE (a request's reply with a message beyond the default
+    ``max_frame_size``): the client would drop the connection on it."""
+    line = _line(response)
+    if len(line) <= MAX_LINE:
+        return line
+    message = f"the reply is {len(line):,} bytes, over the control socket's line of {MAX_LINE:,}"
+    return _line(error_response(response.get("id"), ErrorCode.LINE_TOO_LONG, message))
+
+
+def _event_line(event: dict[str, Any]) -> bytes:
+    """An event's line.  A message too big for one (a hosted instance's
+    ``max_frame_size`` set far above the default) comes without its
+    payload, with ``omitted`` saying how many bytes it had, so that the
+    stream goes on for every subscriber."""
+    line = _line(event)
+    if len(line) <= MAX_LINE:
+        return line
+    data = event.get("data") or {}
+    slim = {**data, "payload": {}, "omitted": len(json.dumps(data.get("payload"), separators=(",", ":")))}
+    return _line({**event, "data": slim})
+
+
 def error_response(request_id: Any, code: ErrorCode, message: str, details: Any = None) -> dict[str, Any]:
     return {"id": request_id, "ok": False, "error": {"code": code.value, "message": message, "details": details}}
 
@@ -162,7 +186,7 @@ class ControlServer:
         return int(uid)
 
     def _send(self, conn: socket.socket, obj: dict[str, Any]) -> None:
-        conn.sendall(_line(obj))
+        conn.sendall(_reply_line(obj))
 
     def _serve_conn(self, conn: socket.socket) -> None:
         uid = self._peer_uid(conn)
@@ -170,7 +194,7 @@ class ControlServer:
             log.warning("refused a control connection from uid %s", uid)
             self._send(conn, error_response(None, ErrorCode.PERMISSION_DENIED, f"uid {uid} may not use this daemon"))
             return
-        buf = b""
+        buf = bytearray()
         while True:
             newline = buf.find(b"\n")
             while newline < 0:
@@ -191,7 +215,8 @@ class ControlServer:
                     conn, error_response(None, ErrorCode.LINE_TOO_LONG, f"request line over {self.max_line} bytes")
                 )
                 return
-            line, buf = buf[:newline], buf[newline + 1 :]
+            line = bytes(buf[:newline])
+            del buf[: newline + 1]
             if not line.strip():
                 continue
             try:
@@ -253,7 +278,7 @@ class ControlServer:
         # this thread (and the connection) until it read again, so the
         # promised cut-off after an overflow would never happen.
         conn.setblocking(False)
-        pending = b""
+        pending = memoryview(b"")
         while True:
             if pending:
                 pending = self._write_some(conn, pending)
@@ -273,7 +298,7 @@ class ControlServer:
                 if self._peer_gone(conn):
                     return
                 continue
-            pending = _line(event)
+            pending = memoryview(_event_line(event))
         # Overflowed: finish the line under way and say why the stream ends,
         # with a short deadline, then close. A reader that is still stalled
         # sees the stream end in a partial line, which is an overflow too.
@@ -283,7 +308,7 @@ class ControlServer:
                 "message": "this subscriber fell behind and missed events; subscribe again with `since`",
             }
         )
-        pending += notice
+        pending = memoryview(bytes(pending) + notice)
         deadline = time.monotonic() + OVERFLOW_NOTICE_DEADLINE
         while pending and time.monotonic() < deadline:
             pending = self._write_some(conn, pending, wait=deadline - time.monotonic())
@@ -291,9 +316,10 @@ class ControlServer:
             log.info("a subscriber that stopped reading was cut off without its overflow notice")
 
     @staticmethod
-    def _write_some(conn: socket.socket, data: bytes, wait: float = 1.0) -> bytes:
+    def _write_some(conn: socket.socket, data: memoryview, wait: float = 1.0) -> memoryview:
         """Write what fits, waiting up to ``wait`` s for room only when there
-        is none (the usual event costs one send); returns what is left."""
+        is none (the usual event costs one send); returns what is left (a
+        view: an event of many megabytes is not copied at each send)."""
         for attempt in range(2):
             try:
                 sent = conn.send(data)

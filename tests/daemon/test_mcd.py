@@ -27,9 +27,10 @@ from support.cli import run as run_mcctl
 from support.mcd import Mcd, mcd_env
 
 from mc_control import ControlClient, ControlError, DaemonUnreachable
-from mc_control.codes import SERVER_KEYS
+from mc_control.codes import MAX_LINE, SERVER_KEYS
 from mc_control.events import describe_event
-from missioncommander import Client, Message
+from mc_daemon import control
+from missioncommander import Client, Message, Server
 
 
 @pytest.fixture
@@ -319,7 +320,7 @@ def test_a_payload_nested_deeper_than_a_message_takes_is_an_invalid_value(mcd: M
         (b"\xff\xfe garbage\n", "invalid_json", "request is not UTF-8"),
         ('{"cmd": "hello"}'.encode("utf-16") + b"\n", "invalid_json", "request is not UTF-8"),  # valid JSON, not UTF-8
         (b"{not json}\n", "invalid_json", "request is not a JSON line"),
-        (b"a" * (1024 * 1024 + 10), "line_too_long", "request line over"),
+        (b"a" * (MAX_LINE + 10), "line_too_long", "request line over"),
     ],
 )
 def test_undecodable_bytes_get_an_error_and_a_close(mcd: Mcd, data: bytes, code: str, message: str) -> None:
@@ -407,6 +408,58 @@ def test_a_status_says_the_last_event_published_before_it_was_read(mcd: Mcd) -> 
     with mcd.client() as stream:
         answer, _ = stream.subscribe()
     assert {i["seq"] for i in answer["snapshot"]["instances"]} == {answer["seq"]} == {last + 2}
+
+
+def test_list_and_the_streams_snapshot_hold_many_instances(mcd: Mcd) -> None:
+    """A status is under 1 KiB, and the control line was 1 MiB: at 1,100
+    instances `list` and `subscribe` (the GUI's, mcctl events') failed with
+    "the daemon sent an over-long line"."""
+    with mcd.client() as control:
+        for i in range(1300):
+            control.request("client.create", name=f"c{i:04d}")
+    listed = run_mcctl("--json", "list", socket_path=mcd.socket)
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)["instances"]) == 1300
+    with mcd.client() as stream:
+        answer, events = stream.subscribe()
+        assert len(answer["snapshot"]["instances"]) == 1300
+        mcd.request("client.remove", name="c0000")
+        assert next(events)["event"] == "removed"
+
+
+def test_an_event_with_a_message_of_megabytes_reaches_every_subscriber(mcd: Mcd) -> None:
+    """A hosted client received 3 MiB (the library takes 16 MiB): its event
+    line ended every stream with "the daemon sent an over-long line", and
+    the GUI, catching up from before it, met it again at each retry."""
+    with Server(interface="127.0.0.1", port=0) as server, mcd.client() as stream:
+        connect_client_to(mcd, server.port)
+        _, events = stream.subscribe(events=["message"])
+        blob = "z" * (3 << 20)
+        server.send("*", Message("big", {"blob": blob}))
+        server.send("*", Message("after"))
+        big, after = next(events), next(events)
+    assert big["data"] == {"subject": "big", "payload": {"blob": blob}}
+    assert after["data"]["subject"] == "after"
+
+
+def test_mcd_keeps_its_own_lines_within_what_a_controller_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hosted instance may take messages far beyond the line (its
+    max_frame_size raised): the event comes without its payload, saying how
+    big it was, and a reply that would not fit is an error; neither ends the
+    connection.  (The rule, with a small line; the real one is 64 MiB.)"""
+    monkeypatch.setattr(control, "MAX_LINE", 400)
+    event = {"type": "event", "boot_id": "b", "seq": 7, "time": 1e9, "kind": "client", "name": "default",
+             "event": "message", "data": {"subject": "huge", "payload": {"blob": "x" * 500}}}  # fmt: skip
+    line = control._event_line(event)
+    assert len(line) <= 400 and line.endswith(b"\n")
+    slim = json.loads(line)
+    assert slim["seq"] == 7 and slim["data"] == {"subject": "huge", "payload": {}, "omitted": 511}
+    assert "(payload of 511 bytes left out: over the control socket's line)" in describe_event(slim)
+    small = {**event, "data": {"subject": "small", "payload": {"n": 1}}}
+    assert json.loads(control._event_line(small)) == small
+    reply = json.loads(control._reply_line({"id": 3, "ok": True, "result": {"reply": {"blob": "y" * 500}}}))
+    assert reply["id"] == 3 and reply["error"]["code"] == "line_too_long"
+    assert reply["error"]["message"].startswith("the reply is 550 bytes, over the control socket's line of 400")
 
 
 def test_filters_and_a_slow_subscriber_is_cut_off() -> None:
