@@ -102,11 +102,17 @@ class Inbox:
         return self.received_bytes - self.taken_bytes
 
     def _over(self) -> bool:
+        # Over, not at: a peer whose queue is no bigger than this inbox (the
+        # same settings both sides) can send nothing more once it is full,
+        # but acknowledgements, and those are what its consumer may be
+        # waiting for (an echo that awaits send() to the peer it reads from
+        # hung for ever when this paused at the bound: the peer's acks of
+        # the echoes sat unread behind the pause).
         budget = self.budget
         return (
-            self.waiting >= self.max_count
-            or self.waiting_bytes >= self.max_bytes
-            or (budget is not None and budget.waiting_bytes >= budget.max_bytes)
+            self.waiting > self.max_count
+            or self.waiting_bytes > self.max_bytes
+            or (budget is not None and budget.waiting_bytes > budget.max_bytes)
         )
 
     def _room(self) -> bool:

@@ -705,6 +705,37 @@ def test_reconnect_on_shutdown_carries_the_iterator_over_to_the_server_that_come
     run(test)
 
 
+def test_an_echo_that_awaits_send_keeps_going_with_a_smaller_send_queue() -> None:
+    """The README's echo (``await server.send`` inside ``async for`` over
+    ``messages()``) hung for ever once a burst filled the server's inbox to
+    its bound while its queue to the client, smaller, was full: the inbox
+    stopped reading at the bound, and the client's acknowledgements of the
+    echoes, which would have made room, sat unread behind that pause.  A
+    client whose queue is no bigger than the inbox cannot overfill it, so
+    the inbox now stops only past its bound."""
+    n = 1500
+
+    async def test() -> None:
+        async with AsyncServer(interface="127.0.0.1", port=0, max_inbound=500, max_queued=50) as server:
+
+            async def echo() -> None:
+                async for client_id, message in server.messages():
+                    await server.send(client_id, message)
+
+            echoing = asyncio.create_task(echo())
+            client = AsyncClient(address="127.0.0.1", port=server.port, client_id="burst", max_queued=500)
+            await client.connect()
+            reading = asyncio.create_task(take(client.messages(), n))
+            for i in range(n):
+                await client.send(Message("e", {"i": i}))
+            got = await reading
+            assert [m.payload["i"] for m in got] == list(range(n))
+            echoing.cancel()
+            await client.disconnect()
+
+    run(test)
+
+
 def test_a_message_larger_than_a_whole_send_queue_is_refused_not_waited_for() -> None:
     """send() waits for room in a full queue: for a message no queue of
     max_queued_bytes can hold, that wait would never end."""
