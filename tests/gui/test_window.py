@@ -14,12 +14,13 @@ pytest.importorskip("PySide6", reason="the window tests need PySide6: pip instal
 from PySide6.QtCore import QPoint, QRect, Qt, QTimer
 from PySide6.QtWidgets import QApplication, QCheckBox, QFormLayout, QScrollArea
 from pytestqt.qtbot import QtBot
-from support import FaultProxy, Recorder, free_port
+from support import FaultProxy, Recorder, free_port, wait_until
 from support.certs import make_certs
 from support.mcd import Mcd
 
 from mc_control.codes import CLIENT_KEYS, SERVER_KEYS
 from mc_gui.app import TrayApp, quit_on_signals
+from mc_gui.viewmodel import LOG_LINES
 from missioncommander import Client, ClientState, Message, Server
 
 WAIT = 15_000  # ms: every wait is for a condition, bounded by this
@@ -811,6 +812,31 @@ def test_a_status_read_before_events_the_window_has_shown_does_not_undo_them(
     finally:
         for client in clients:
             client.disconnect()
+
+
+def test_a_long_history_is_drawn_in_one_go_not_a_line_at_a_time(qtbot: QtBot, mcd: Mcd) -> None:
+    """At start the window is sent mcd's recent events for its logs: drawn
+    a line at a time, 7,000 of them held it still for 0.7 s."""
+    mcd.request("server.set", key="interface", value="127.0.0.1")
+    port = mcd.request("server.start")["port"]
+    with Client(address="127.0.0.1", port=port, client_id="chatty") as client:
+        for n in range(800):
+            client.send(Message("tick", {"n": n}))
+        wait_until(lambda: mcd.request("daemon.status")["last_seq"] >= 800, what="800 message events in mcd")
+    app = TrayApp(str(mcd.socket))
+    qtbot.addWidget(app.window)
+    log = app.window.server_tab.log
+    draws: list[str] = []
+    for method in ("appendPlainText", "setPlainText"):
+        original = getattr(log, method)
+        setattr(log, method, lambda text, original=original, method=method: (draws.append(method), original(text)))
+    try:
+        qtbot.waitUntil(lambda: 'tick {"n": 799}' in log.toPlainText(), timeout=WAIT)
+        shown = app.model.instance("server", "default").log
+        assert log.toPlainText() == "\n".join(shown) and len(shown) == LOG_LINES
+        assert len(draws) <= 10, draws  # a few batches, not 800 lines
+    finally:
+        app.close()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

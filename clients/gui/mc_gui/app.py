@@ -115,15 +115,14 @@ class TrayApp:
         inst = self.model.instances.get((ev["kind"], ev["name"]))
         if inst is not None and inst.log and ev["event"] != "settings":
             for tab in (self.window.client_tab, self.window.server_tab):
-                tab.append_log(ev["kind"], ev["name"], inst.log[-1])
+                tab.log_grew(ev["kind"], ev["name"])
         if notice is not None:
             self.notify(notice)
 
     def on_history(self, ev: dict[str, Any]) -> None:
-        line = self.model.log_history(ev)
-        if line is not None:
+        if self.model.log_history(ev) is not None:
             for tab in (self.window.client_tab, self.window.server_tab):
-                tab.append_log(ev["kind"], ev["name"], line)
+                tab.log_grew(ev["kind"], ev["name"])
 
     def notify(self, notice: vm.Notification) -> None:
         if self.tray is not None and QSystemTrayIcon.supportsMessages():
