@@ -825,6 +825,8 @@ def test_a_long_history_is_drawn_in_one_go_not_a_line_at_a_time(qtbot: QtBot, mc
         wait_until(lambda: mcd.request("daemon.status")["last_seq"] >= 800, what="800 message events in mcd")
     app = TrayApp(str(mcd.socket))
     qtbot.addWidget(app.window)
+    app.window.tabs.setCurrentIndex(1)
+    app.window.show()  # laid out: the scroll position is a visible log's
     log = app.window.server_tab.log
     draws: list[str] = []
     for method in ("appendPlainText", "setPlainText"):
@@ -835,6 +837,8 @@ def test_a_long_history_is_drawn_in_one_go_not_a_line_at_a_time(qtbot: QtBot, mc
         shown = app.model.instance("server", "default").log
         assert log.toPlainText() == "\n".join(shown) and len(shown) == LOG_LINES
         assert len(draws) <= 10, draws  # a few batches, not 800 lines
+        scroll = log.verticalScrollBar()
+        assert scroll.maximum() > 0 and scroll.value() == scroll.maximum()  # the newest lines in sight
     finally:
         app.close()
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QCloseEvent, QColor, QFont, QFontDatabase, QIcon, QPainter, QPixmap
+from PySide6.QtGui import QCloseEvent, QColor, QFont, QFontDatabase, QIcon, QPainter, QPixmap, QTextCursor
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -603,8 +603,9 @@ class InstanceTab(QWidget):
     def _draw_log(self, inst: vm.InstanceState) -> None:
         key = (self.kind, self.name)
         behind, self._log_behind = self._log_behind, 0
-        if self._log_key != key or behind >= len(inst.log):
+        if self._log_key != key or (behind and behind >= len(inst.log)):
             self.log.setPlainText("\n".join(inst.log))
+            self.log.moveCursor(QTextCursor.MoveOperation.End)  # the newest lines in sight, as appending keeps them
             self._log_key = key
         elif behind:
             self.log.appendPlainText("\n".join(itertools.islice(inst.log, len(inst.log) - behind, None)))
