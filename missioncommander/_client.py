@@ -211,6 +211,7 @@ class _ClientLink(Link):
         client = self.client
         with client._lock:
             token, last_seq = client._token, client._inbox.stream.taken_seq
+            window = client._inbox.window()
         secret = client.auth_token
         cnonce = proof = None
         if challenge.auth and secret is None:
@@ -230,6 +231,7 @@ class _ClientLink(Link):
                 self.loop.time(),
                 cnonce=cnonce,
                 proof=proof,
+                window=window,
             )
         )
 
@@ -678,7 +680,7 @@ class Client(ClientSettings):
             future: Future[None] | None = Future() if wait else None
             self._connect_future = future
             self._session.set_limits(self.max_queued, self.max_queued_bytes)
-            self._inbox.max_count, self._inbox.max_bytes = self.max_inbound, self.max_inbound_bytes
+            self._inbox.set_limits(self.max_inbound, self.max_inbound_bytes)
             self._set_state(CONNECTING)
         if isinstance(self._loop, Loop):
             _STARTED.add(self)
@@ -1064,6 +1066,7 @@ class Client(ClientSettings):
             self._token = welcome.session
             self._peer_version = welcome.version
             session.peer_max_frame_size = welcome.max_frame_size
+            session.set_window(welcome.window)
             first = bool(self._state_bits & _CONNECTING)
             stats = self._stats
             if first:
@@ -1115,8 +1118,10 @@ class Client(ClientSettings):
     def _handle(self, link: _ClientLink, event: Event) -> None:
         if isinstance(event, AckReceived):
             with self._lock:
-                self._session.acked(event.seq)
+                more = self._session.acked(event.seq)
                 self._wake_senders_locked()
+            if more:
+                self._pump_to(link)  # the window has room again
         elif isinstance(event, PingReceived):
             link.answer_ping()
         elif isinstance(event, PongReceived):

@@ -19,6 +19,7 @@ from ._events import (
     Hello,
     Role,
     Welcome,
+    Window,
     frame_name,
 )
 from ._events import MessageReceived as _MessageReceived
@@ -216,8 +217,10 @@ class Connection:
         now: float,
         cnonce: str | None = None,
         proof: str | None = None,
+        window: Window | None = None,
     ) -> bytes:
-        """The client's answer to the CHALLENGE: who it is, the session it resumes."""
+        """The client's answer to the CHALLENGE: who it is, the session it
+        resumes, and (``window``) how much the server may have on the wire to it."""
         if self.role is Role.CLIENT and self.phase is Phase.AWAIT_CHALLENGE:
             raise LocalProtocolError(ErrorCode.UNEXPECTED_FRAME, "cannot send HELLO before the server's CHALLENGE")
         self._send(FrameType.HELLO)
@@ -233,6 +236,8 @@ class Connection:
         if proof is not None:
             hello["cnonce"] = cnonce
             hello["proof"] = proof
+        if window is not None:
+            hello["max_inbound"], hello["max_inbound_bytes"] = window.messages, window.bytes
         return encode_json_frame(FrameType.HELLO, hello)
 
     def send_welcome(
@@ -244,6 +249,7 @@ class Connection:
         heartbeat_timeout: float,
         now: float,
         proof: str | None = None,
+        window: Window | None = None,
     ) -> bytes:
         """The server accepts the HELLO: the connection is open."""
         if self.role is Role.SERVER and self.phase is Phase.AWAIT_HELLO:
@@ -260,6 +266,8 @@ class Connection:
         }
         if proof is not None:
             welcome["proof"] = proof
+        if window is not None:
+            welcome["max_inbound"], welcome["max_inbound_bytes"] = window.messages, window.bytes
         return encode_json_frame(FrameType.WELCOME, welcome)
 
     def send_ack(self, seq: int, now: float) -> bytes:

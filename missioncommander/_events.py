@@ -47,6 +47,16 @@ class Role(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class Window:
+    """A side's inbox bounds as its HELLO or WELCOME announces them: the
+    peer keeps no more than ``messages`` messages of ``bytes`` bytes of
+    bodies unacknowledged on the wire to it."""
+
+    messages: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class Challenge:
     version: int
     nonce: str
@@ -63,6 +73,9 @@ class Hello:
     heartbeat_timeout: float
     cnonce: str | None = None
     proof: str | None = None
+    #: The sender's inbox bounds, its window (docs/PROTOCOL.md, "Flow
+    #: control"); None from a peer that announces none.
+    window: Window | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +87,7 @@ class Welcome:
     max_frame_size: int
     heartbeat_timeout: float
     proof: str | None = None
+    window: Window | None = None
 
 
 # The two events of the data path are not frozen: a frozen dataclass's

@@ -38,6 +38,7 @@ from ._events import (
     PongReceived,
     ShutdownReceived,
     Welcome,
+    Window,
 )
 from ._message import FrozenDict, FrozenList, encode_json
 
@@ -363,6 +364,20 @@ def _u64(body: bytes, what: str) -> int:
     return value
 
 
+def _window(obj: dict[str, Any], what: str) -> Window | None:
+    """The optional window of a HELLO or WELCOME: both fields or neither
+    (a peer that predates windows sends neither), each at least 1."""
+    messages = _field(obj, "max_inbound", int, what, optional=True)
+    size = _field(obj, "max_inbound_bytes", int, what, optional=True)
+    if messages is None and size is None:
+        return None
+    if messages is None or size is None or messages < 1 or size < 1:
+        raise RemoteProtocolError(
+            ErrorCode.BAD_FRAME, f"{what} fields 'max_inbound' and 'max_inbound_bytes' go together, each at least 1"
+        )
+    return Window(messages, size)
+
+
 def _nonneg(value: int, what: str) -> int:
     if value < 0:
         raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"{what} must not be negative")
@@ -466,6 +481,7 @@ def parse_frame(ftype: int, body: bytes) -> Event:
             heartbeat_timeout=float(_field(obj, "heartbeat_timeout", (int, float), "HELLO")),
             cnonce=_field(obj, "cnonce", str, "HELLO", optional=True),
             proof=_field(obj, "proof", str, "HELLO", optional=True),
+            window=_window(obj, "HELLO"),
         )
     if ftype == FrameType.WELCOME:
         obj = _json_object(body, "WELCOME")
@@ -477,6 +493,7 @@ def parse_frame(ftype: int, body: bytes) -> Event:
             max_frame_size=_field(obj, "max_frame_size", int, "WELCOME"),
             heartbeat_timeout=float(_field(obj, "heartbeat_timeout", (int, float), "WELCOME")),
             proof=_field(obj, "proof", str, "WELCOME", optional=True),
+            window=_window(obj, "WELCOME"),
         )
     if ftype in (FrameType.SHUTDOWN, FrameType.BYE):
         name = FrameType(ftype).name

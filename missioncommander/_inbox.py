@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from ._events import Window
 from ._loop import Cancellable, Driver
 from ._streams import InboundStream
 
@@ -89,6 +90,12 @@ class Inbox:
         #: releases them, on its own queue.  One session's acks wait only
         #: for its own requests, never for another client's.
         self.held: deque[Any] = deque()
+        #: Half the window past the last ACK, where the next one is due at
+        #: once (``_progress``, ``taken``), and whether the callback side asked the loop
+        #: for it since (``taken``).
+        self.ack_due_seq = self.ack_due_bytes = 0
+        self._due_from(0, 0)
+        self._ack_asked = False
 
     # -- figures (any thread; a moment's view) ---------------------------------
 
@@ -124,6 +131,18 @@ class Inbox:
             and (budget is None or budget.waiting_bytes <= budget.max_bytes // 2)
         )
 
+    def set_limits(self, max_count: int, max_bytes: int) -> None:
+        """New bounds (a client's settings, read at each ``connect()``)."""
+        self.max_count, self.max_bytes = max_count, max_bytes
+        self._due_from(self.stream.acked_seq, self.taken_bytes)
+
+    def window(self) -> Window:
+        """The bounds to announce in a HELLO or WELCOME: the peer keeps what
+        it has on the wire to us within them, so this inbox never has to
+        stop reading (``_over`` stays the rule for a peer that predates
+        windows, and for a server's bound across sessions)."""
+        return Window(self.max_count, self.max_bytes)
+
     # -- loop thread -----------------------------------------------------------
 
     def attach(self, link: Link) -> None:
@@ -147,6 +166,7 @@ class Inbox:
         still running mark their own (old) stream; the counts carry over,
         since those messages still take memory until they are taken."""
         self.stream = InboundStream()
+        self._due_from(0, self.taken_bytes)
 
     def hold(self, size: int, count: int = 1) -> InboundStream:
         """Count ``count`` messages of ``size`` bytes in all handed to the
@@ -180,9 +200,24 @@ class Inbox:
 
     def _progress(self) -> None:
         stream = self.stream
-        if stream.taken_seq - stream.acked_seq >= stream.ACK_EVERY:
+        seq = stream.taken_seq
+        # An ACK every ACK_EVERY messages taken, and at once when half the
+        # window is (ack_due_*): a peer that filled its window waits for it.
+        if (
+            seq - stream.acked_seq >= stream.ACK_EVERY
+            or seq >= self.ack_due_seq
+            or self.taken_bytes >= self.ack_due_bytes
+        ):
             self.send_ack()
         self._arm()
+
+    def _due_from(self, seq: int, taken_bytes: int) -> None:
+        self.ack_due_seq = seq + (self.max_count + 1) // 2
+        self.ack_due_bytes = taken_bytes + (self.max_bytes + 1) // 2
+
+    def _ack_now(self) -> None:
+        self._ack_asked = False
+        self.send_ack()
 
     def _arm(self) -> None:
         if self._timer is None:
@@ -213,10 +248,12 @@ class Inbox:
         """Acknowledge what was taken, if anything new (loop thread)."""
         link = self.link
         stream = self.stream
+        taken_bytes = self.taken_bytes  # before the number: never ahead of it
         taken = self.ackable()
         if link is None or not link.is_open or taken <= stream.acked_seq:
             return
         stream.acked_seq = taken
+        self._due_from(taken, taken_bytes)
         link.write_ack(taken)
 
     # -- the callback thread -----------------------------------------------------
@@ -240,3 +277,8 @@ class Inbox:
         self.taken_bytes += size
         if self.budget is not None:
             self.budget.taken_bytes += size
+        # Half the window taken (as in _progress): the loop sends the ACK now.
+        due = seq >= self.ack_due_seq or self.taken_bytes >= self.ack_due_bytes
+        if due and not self._ack_asked and stream is self.stream:
+            self._ack_asked = True
+            self.loop.call_soon(self._ack_now)

@@ -44,6 +44,8 @@ def route_locked(
     lock held): the one copy of the write policy.
 
     - No connection now: it goes out when the session resumes.
+    - No room in the peer's window: it goes out when an ACK makes room
+      (the driver's ACK handler writes what then fits).
     - A lone send (the previous one more than ``BURST_GAP`` ago) goes
       straight into the socket from the caller's thread: one thread
       hand-off fewer per request.  Returns the transport, its lock taken,
@@ -72,7 +74,10 @@ def route_locked(
                 schedule_pump(session)
             return None
     # session.take_unsent(), spelled out: this runs once per message sent.
-    chunks, session.sent_seq = session.out.frames_after(session.sent_seq)
+    chunks, session.sent_seq, size = session.out.frames_within(session.sent_seq, session.limit_seq, session.room_bytes)
+    session.room_bytes -= size
+    if not chunks:
+        return None  # the peer's window is full: an ACK writes it
     live.lock.acquire()
     return live, chunks
 

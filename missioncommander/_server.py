@@ -866,7 +866,9 @@ class Server(ServerSettings):
             if session is None:
                 return
             with self._lock:
-                session.acked(event.seq)
+                more = session.acked(event.seq)
+            if more:
+                self._pump_session(session)  # the window has room again
             if self._cluster is not None:
                 self._cluster.acked(session.client_id, event.seq)
             if self._on_room is not None:
@@ -1050,6 +1052,7 @@ class Server(ServerSettings):
             else:
                 session.stats.connects += 1
             session.peer_max_frame_size = link.hello.max_frame_size
+            session.set_window(link.hello.window)
             session.version = link.hello.version
         session.link = link
         link.session = session
@@ -1062,6 +1065,7 @@ class Server(ServerSettings):
                 self.heartbeat_timeout,
                 self._loop.time(),
                 proof=link.server_proof,
+                window=session.inbox.window(),
             )
         )
         with self._lock:

@@ -16,8 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ._events import Window
 from ._frames import DEFAULT_MAX_FRAME_SIZE
-from ._streams import OutboundStream
+from ._streams import UNBOUNDED, OutboundStream
 
 #: Sends closer together than this are a burst: the I/O thread writes a
 #: burst with few syscalls, while a lone send is written from its caller's
@@ -34,9 +35,29 @@ class SendSession:
     ``sent_seq`` is the last message handed to the current connection;
     every message after it waits to be written (on the next pump, or on the
     resume), every message up to it waits only for its ACK.
+
+    What is written and not acknowledged stays within the peer's window
+    (``window``, ``window_bytes``: the inbox bounds its HELLO or WELCOME
+    announced), so the peer never has to stop reading, and the ACKs it
+    sends are never stuck behind its pause; an ACK opens the window again
+    (``acked`` says when there is more to write).  Kept as what the send
+    path compares with: ``limit_seq``, the last number the window lets
+    out, and ``room_bytes``, what is left of its bytes.
     """
 
-    __slots__ = ("last_send", "live", "out", "peer_max_frame_size", "pump_pending", "resent", "sent_seq")
+    __slots__ = (
+        "last_send",
+        "limit_seq",
+        "live",
+        "out",
+        "peer_max_frame_size",
+        "pump_pending",
+        "resent",
+        "room_bytes",
+        "sent_seq",
+        "window",
+        "window_bytes",
+    )
 
     def __init__(self, max_items: int, max_bytes: int) -> None:
         self.out = OutboundStream(max_items, max_bytes)
@@ -51,6 +72,8 @@ class SendSession:
         self.last_send = 0.0
         #: Messages written again after a resume or a restart (statistics).
         self.resent = 0
+        #: The peer's window (no bound from a peer that announces none).
+        self.window = self.window_bytes = self.limit_seq = self.room_bytes = UNBOUNDED
 
     @property
     def unwritten(self) -> int:
@@ -60,17 +83,42 @@ class SendSession:
     def set_limits(self, max_items: int, max_bytes: int) -> None:
         self.out.max_items, self.out.max_bytes = max_items, max_bytes
 
+    def set_window(self, window: Window | None) -> None:
+        """The window the peer's HELLO or WELCOME announced (None: it
+        announced none, as a peer before windows), on a connection where
+        nothing is written yet."""
+        if window is None:
+            self.window = self.window_bytes = UNBOUNDED
+        else:
+            self.window, self.window_bytes = window.messages, window.bytes
+        self._open_window(self.window_bytes)
+
+    def _open_window(self, room_bytes: int) -> None:
+        out = self.out
+        self.limit_seq = out.next_seq - len(out) - 1 + self.window
+        self.room_bytes = room_bytes
+
     def take_unsent(self) -> list[bytes]:
-        """The MESSAGE frames not yet written, as chunks; marks them written."""
-        chunks, self.sent_seq = self.out.frames_after(self.sent_seq)
+        """The MESSAGE frames not yet written that fit the peer's window, as
+        chunks; marks them written."""
+        chunks, self.sent_seq, size = self.out.frames_within(self.sent_seq, self.limit_seq, self.room_bytes)
+        self.room_bytes -= size
         return chunks
 
-    def acked(self, seq: int) -> None:
-        """The peer acknowledged everything up to ``seq``: drop it.  An ACK
-        never lowers ``sent_seq``; one for a number never sent raises
+    def acked(self, seq: int) -> bool:
+        """The peer acknowledged everything up to ``seq``: drop it; True when
+        messages wait to be written (the window may have room for them now).
+        An ACK never lowers ``sent_seq``; one for a number never sent raises
         ``RemoteProtocolError`` (``OutboundStream.ack``)."""
-        self.out.ack(seq)
-        self.sent_seq = max(self.sent_seq, seq)
+        out = self.out
+        before = out.queued_bytes
+        out.ack(seq)
+        if seq >= self.sent_seq:
+            self.sent_seq = seq
+            self._open_window(self.window_bytes)
+        else:
+            self._open_window(self.room_bytes + before - out.queued_bytes)
+        return out.next_seq - 1 > self.sent_seq
 
     def resumed(self, peer_last_seq: int) -> None:
         """The session goes on on a new connection, where the peer had
@@ -78,6 +126,7 @@ class SendSession:
         self.out.ack(peer_last_seq)
         self.resent += max(0, self.sent_seq - peer_last_seq)
         self.sent_seq = peer_last_seq
+        self._open_window(self.window_bytes)
 
     def restarted(self, drop: Callable[[bytes], bool] | None = None) -> int:
         """The peer forgot the session (a server restart): what it did not
@@ -87,6 +136,7 @@ class SendSession:
         dropped = self.out.restart(drop)
         self.resent += written - sum(1 for position in dropped if position < written)
         self.sent_seq = 0
+        self._open_window(self.window_bytes)
         return len(dropped)
 
     def end(self) -> int:
@@ -95,4 +145,5 @@ class SendSession:
         unwritten = self.unwritten
         self.out.clear()
         self.sent_seq = 0
+        self._open_window(self.window_bytes)
         return unwritten

@@ -29,6 +29,10 @@ def refuse_unqueueable(body: bytes, max_bytes: int) -> None:
         )
 
 
+#: A window that bounds nothing (a peer that announces none).
+UNBOUNDED = 1 << 62
+
+
 class OutboundStream:
     """What one side sent in a session and the peer has not acknowledged.
 
@@ -110,22 +114,38 @@ class OutboundStream:
         """The MESSAGE frames of the messages numbered above ``seq``, ready
         to write as ``message_frames`` groups them, and the number of the
         last (``seq`` when there are none)."""
+        chunks, last, _size = self.frames_within(seq, UNBOUNDED, UNBOUNDED)
+        return chunks, last
+
+    def frames_within(self, seq: int, limit: int, room_bytes: int) -> tuple[list[bytes], int, int]:
+        """``frames_after``, numbered up to ``limit`` and of at most
+        ``room_bytes`` bytes of bodies (the peer's window), and their bytes.
+        With nothing on the wire (``seq`` below everything kept) the first
+        goes whatever its size: a message bigger than the window is not held
+        for ever."""
         items = self._items
         if seq + 2 == self.next_seq and items:
             # A lone message (a request, a reply): message_frames' rule for
             # one body, spelled out, as this runs once per message sent.
             body = items[-1]
             size = len(body)
+            if (size > room_bytes or seq >= limit) and len(items) > 1:
+                return [], seq, 0
             header = MSG_HEADER.pack(size + MESSAGE_OVERHEAD, MESSAGE_TYPE, seq + 1)
-            return ([header + body] if size < JOIN_BELOW else [header, body]), seq + 1
+            return ([header + body] if size < JOIN_BELOW else [header, body]), seq + 1, size
         count = len(items)
         start = seq + 1 - (self.next_seq - count)
         if start >= count:
-            return [], seq
+            return [], seq, 0
         start = max(start, 0)
-        first = self.next_seq - count + start
         bodies = list(itertools.islice(items, start, None))
-        return message_frames(first, bodies), first + len(bodies) - 1
+        size = self._bytes if start == 0 else sum(map(len, bodies))
+        if len(bodies) > limit - seq or size > room_bytes:
+            bodies, size = _within(bodies, limit - seq, room_bytes, start == 0)
+            if not bodies:
+                return [], seq, 0
+        first = self.next_seq - count + start
+        return message_frames(first, bodies), first + len(bodies) - 1, size
 
     def restart(self, drop: Callable[[bytes], bool] | None = None) -> list[int]:
         """Renumber what is unacknowledged from 1, for a new session that
@@ -151,6 +171,20 @@ class OutboundStream:
         self._bytes = 0
         self.next_seq = 1
         return dropped
+
+
+def _within(bodies: list[bytes], room: int, room_bytes: int, first_goes: bool) -> tuple[list[bytes], int]:
+    """The longest head of ``bodies`` of at most ``room`` messages and
+    ``room_bytes`` bytes (the first whatever its size when ``first_goes``),
+    and its bytes."""
+    total = 0
+    for count, body in enumerate(bodies):
+        if count >= room or total + len(body) > room_bytes:
+            if count == 0 and first_goes:
+                return bodies[:1], len(body)
+            return bodies[:count], total
+        total += len(body)
+    return bodies, total
 
 
 class InboundStream:

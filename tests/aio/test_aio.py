@@ -396,11 +396,14 @@ def test_a_reader_that_stops_reading_holds_back_the_acknowledgements() -> None:
                 for n in range(50):
                     threaded.send("slow", Message("m", {"n": n}))
                 # Nothing is taken from messages(): nothing is acknowledged,
-                # and past max_inbound the client stops reading (TCP slows the server).
+                # and the server writes no more than max_inbound, the window
+                # the client announced: the client never has to stop reading.
                 await until(lambda: len(client._inbox) >= 5)
                 await until(lambda: client._inner._inbox.link is not None)
                 link = client._inner._inbox.link
-                await until(lambda: link.transport is not None and link.transport.reading_paused)
+                assert link.transport is not None and not link.transport.reading_paused
+                assert threaded._sessions["slow"].sent_seq == 5
+                assert len(client._inbox) == 5
                 assert threaded.queued("slow") == 50
                 got = [m.payload["n"] for m in await take(client.messages(), 50)]
                 assert got == list(range(50))
@@ -728,6 +731,39 @@ def test_an_echo_that_awaits_send_keeps_going_with_a_smaller_send_queue() -> Non
             reading = asyncio.create_task(take(client.messages(), n))
             for i in range(n):
                 await client.send(Message("e", {"i": i}))
+            got = await reading
+            assert [m.payload["i"] for m in got] == list(range(n))
+            echoing.cancel()
+            await client.disconnect()
+
+    run(test)
+
+
+def test_an_echo_whose_replies_are_bigger_keeps_going_past_its_byte_bound() -> None:
+    """The case the count rule above left: an echo answering small messages
+    with bigger ones, whose client may queue more bytes than the server's
+    inbox holds (64 MiB against 16 MiB by default; smaller here).  The
+    inbox passed its bound and stopped reading, the server's queue filled
+    with echoes, and the client's ACKs that would have emptied it sat unread
+    behind the pause: a hang.  The client now keeps no more on the wire than
+    the window the server's WELCOME announced, so the inbox never pauses."""
+    n = 600
+
+    async def test() -> None:
+        async with AsyncServer(
+            interface="127.0.0.1", port=0, max_inbound_bytes=64 * 1024, max_queued_bytes=64 * 1024
+        ) as server:
+
+            async def echo() -> None:
+                async for client_id, message in server.messages():
+                    await server.send(client_id, Message("e", {"i": message.payload["i"], "pad": "y" * 4096}))
+
+            echoing = asyncio.create_task(echo())
+            client = AsyncClient(address="127.0.0.1", port=server.port, client_id="burst")
+            await client.connect()
+            reading = asyncio.create_task(take(client.messages(), n))
+            for i in range(n):
+                await client.send(Message("e", {"i": i, "pad": "x" * 1024}))
             got = await reading
             assert [m.payload["i"] for m in got] == list(range(n))
             echoing.cancel()
