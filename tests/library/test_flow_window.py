@@ -11,9 +11,9 @@ from __future__ import annotations
 import threading
 
 import pytest
-from support.fake_driver import FakeDriver, FakeTransport
+from support.fake_driver import FakeDriver, FakeTransport, connected_client
 
-from missioncommander import Client, Message, Server
+from missioncommander import Message, Server
 from missioncommander._connection import Connection
 from missioncommander._errors import RemoteProtocolError
 from missioncommander._events import AckReceived, Hello, MessageReceived, Role, Welcome, Window
@@ -26,23 +26,6 @@ def _body(n: int, pad: int = 0) -> bytes:
     return Message("m", {"n": n, "pad": "x" * pad}).encode()
 
 
-def _connected_client(
-    driver: FakeDriver, window: Window | None, **settings: object
-) -> tuple[Client, FakeTransport, Connection, Hello]:
-    client = Client(_driver=driver, address="127.0.0.1", port=5000, client_id="c1", **settings)
-    client.connect(wait=False)
-    driver.run()
-    transport = driver.connects[-1].accept()
-    peer = Connection(Role.SERVER, now=driver.now)
-    transport.feed(peer.send_challenge("n" * 32, auth=False))
-    (hello,) = peer.receive_data(transport.take(), driver.now)
-    assert isinstance(hello, Hello)
-    transport.feed(peer.send_welcome("token", False, 0, 65536, 15.0, driver.now, window=window))
-    driver.run()
-    transport.take()
-    return client, transport, peer, hello
-
-
 def _written(peer: Connection, transport: FakeTransport, driver: FakeDriver) -> list[int]:
     driver.run()
     return [e.seq for e in peer.receive_data(transport.take(), driver.now) if isinstance(e, MessageReceived)]
@@ -53,7 +36,7 @@ def _written(peer: Connection, transport: FakeTransport, driver: FakeDriver) -> 
 
 def test_a_client_writes_no_more_than_the_servers_window_and_an_ack_opens_it() -> None:
     driver = FakeDriver()
-    client, transport, peer, _hello = _connected_client(driver, Window(2, 1 << 20))
+    client, transport, peer, _hello = connected_client(driver, Window(2, 1 << 20))
     for n in range(1, 6):
         client.send(Message("m", {"n": n}))
     assert _written(peer, transport, driver) == [1, 2]
@@ -67,7 +50,7 @@ def test_a_client_writes_no_more_than_the_servers_window_and_an_ack_opens_it() -
 def test_the_window_counts_bytes_and_a_message_bigger_than_it_still_goes_alone() -> None:
     driver = FakeDriver()
     small, big = len(_body(1, 100)), len(_body(1, 5000))
-    client, transport, peer, _hello = _connected_client(driver, Window(100, 2 * small + 10))
+    client, transport, peer, _hello = connected_client(driver, Window(100, 2 * small + 10))
     for n in (1, 2, 3):
         client.send(Message("m", {"n": n, "pad": "x" * 100}))
     assert _written(peer, transport, driver) == [1, 2]
@@ -81,7 +64,7 @@ def test_the_window_counts_bytes_and_a_message_bigger_than_it_still_goes_alone()
 
 def test_a_peer_that_announces_no_window_gets_everything_at_once() -> None:
     driver = FakeDriver()
-    client, transport, peer, _hello = _connected_client(driver, None)
+    client, transport, peer, _hello = connected_client(driver, None)
     for n in range(1, 301):
         client.send(Message("m", {"n": n}))
     assert _written(peer, transport, driver) == list(range(1, 301))
@@ -89,7 +72,7 @@ def test_a_peer_that_announces_no_window_gets_everything_at_once() -> None:
 
 def test_a_resume_writes_again_within_the_window() -> None:
     driver = FakeDriver()
-    client, transport, peer, _hello = _connected_client(driver, Window(3, 1 << 20), reconnect_delay=0.01)
+    client, transport, peer, _hello = connected_client(driver, Window(3, 1 << 20), reconnect_delay=0.01)
     for n in range(1, 8):
         client.send(Message("m", {"n": n}))
     assert _written(peer, transport, driver) == [1, 2, 3]
@@ -157,7 +140,7 @@ def test_the_send_session_keeps_its_room_through_acks_and_resumes() -> None:
 
 def test_a_client_announces_its_inbox_bounds_as_its_window() -> None:
     driver = FakeDriver()
-    _client, _transport, _peer, hello = _connected_client(driver, None, max_inbound=40, max_inbound_bytes=5000)
+    _client, _transport, _peer, hello = connected_client(driver, None, max_inbound=40, max_inbound_bytes=5000)
     assert hello.window == Window(40, 5000)
 
 
@@ -166,7 +149,7 @@ def test_a_receiver_acknowledges_half_its_window_at_once_not_on_the_timer(inline
     """A peer that filled the window waits for the ACK: at half the window
     taken it goes without waiting for ACK_DELAY (the fake clock stands still)."""
     driver = FakeDriver()
-    client, transport, peer, _hello = _connected_client(driver, None, max_inbound=4, inline_callbacks=inline)
+    client, transport, peer, _hello = connected_client(driver, None, max_inbound=4, inline_callbacks=inline)
     taken = threading.Event()
 
     def on_message(message: Message) -> None:
@@ -190,7 +173,7 @@ def test_a_receiver_acknowledges_half_its_window_at_once_not_on_the_timer(inline
 def test_half_the_byte_window_taken_is_acknowledged_at_once() -> None:
     driver = FakeDriver()
     size = len(_body(1, 1000))
-    client, transport, peer, _hello = _connected_client(driver, None, max_inbound_bytes=2 * size, inline_callbacks=True)
+    client, transport, peer, _hello = connected_client(driver, None, max_inbound_bytes=2 * size, inline_callbacks=True)
     client.subscribe("message", lambda message: None)
     transport.feed(b"".join(message_frames(1, [_body(1, 1000)])))
     driver.run()

@@ -12,11 +12,11 @@ from __future__ import annotations
 import threading
 
 import pytest
-from support.fake_driver import FakeDriver, FakeTransport
+from support.fake_driver import FakeDriver, connected_client
 
-from missioncommander import Client, Message, Server
+from missioncommander import Message, Server
 from missioncommander._connection import Connection
-from missioncommander._events import AckReceived, Hello, MessageReceived, Role
+from missioncommander._events import AckReceived, MessageReceived, Role
 from missioncommander._frames import message_frames, with_id
 from missioncommander._inbox import ACK_DELAY
 
@@ -25,25 +25,10 @@ def _body(n: int) -> bytes:
     return Message("m", {"n": n}).encode()
 
 
-def _connected_client(driver: FakeDriver, **settings: object) -> tuple[Client, FakeTransport, Connection]:
-    client = Client(_driver=driver, address="127.0.0.1", port=5000, client_id="c1", **settings)
-    client.connect(wait=False)
-    driver.run()
-    transport = driver.connects[-1].accept()
-    peer = Connection(Role.SERVER, now=driver.now)
-    transport.feed(peer.send_challenge("n" * 32, auth=False))
-    (hello,) = peer.receive_data(transport.take(), driver.now)
-    assert isinstance(hello, Hello)
-    transport.feed(peer.send_welcome("token", False, 0, 65536, 15.0, driver.now))
-    driver.run()
-    transport.take()
-    return client, transport, peer
-
-
 @pytest.mark.parametrize("inline", [True, False])
 def test_a_run_with_a_duplicate_and_a_request_in_it_is_handled_in_order(inline: bool) -> None:
     driver = FakeDriver()
-    client, transport, peer = _connected_client(driver, inline_callbacks=inline)
+    client, transport, peer, _hello = connected_client(driver, inline_callbacks=inline)
     seen: list[str] = []
     done = threading.Event()
 

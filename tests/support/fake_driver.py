@@ -22,6 +22,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from missioncommander import Client
+from missioncommander._connection import Connection
+from missioncommander._events import Hello, Role, Window
 from missioncommander._loop import ConnectOwner, Incoming, Timer, TransportOwner
 
 T = TypeVar("T")
@@ -285,3 +288,23 @@ class _Running:
 
     def __exit__(self, *exc: object) -> None:
         self.driver._depth -= 1
+
+
+def connected_client(
+    driver: FakeDriver, window: Window | None = None, **settings: Any
+) -> tuple[Client, FakeTransport, Connection, Hello]:
+    """A ``Client`` on ``driver``, welcomed by a scripted server (played by
+    the returned ``Connection``) that announces ``window``; with the HELLO
+    the client sent.  What the handshake wrote has been taken."""
+    client = Client(_driver=driver, address="127.0.0.1", port=5000, client_id="c1", **settings)
+    client.connect(wait=False)
+    driver.run()
+    transport = driver.connects[-1].accept()
+    peer = Connection(Role.SERVER, now=driver.now)
+    transport.feed(peer.send_challenge("n" * 32, auth=False))
+    (hello,) = peer.receive_data(transport.take(), driver.now)
+    assert isinstance(hello, Hello)
+    transport.feed(peer.send_welcome("token", False, 0, 65536, 15.0, driver.now, window=window))
+    driver.run()
+    transport.take()
+    return client, transport, peer, hello
