@@ -2,14 +2,18 @@
 
 A received message is *taken* once its ``message`` callbacks have returned
 (at once when nothing is subscribed). Until then it counts against its
-inbox's bounds, and two rules follow from that:
+inbox's bounds, and three rules follow from that:
 
 - **Acknowledgements name what was taken**, never merely what arrived: a
   message the peer may forget has been processed, so a receiver that
   restarts with messages still waiting for their callbacks gets them again
   (at least once across restarts), and the handshake of a resumed session
   reports the same number.
-- **Over its bounds an inbox stops reading** its connection: the peer's
+- **Its bounds are the window it announces** (``window``): the peer keeps
+  no more than them on the wire unacknowledged, and an ACK goes at once
+  when half of them was taken.
+- **Over its bounds an inbox stops reading** its connection (a peer
+  without a window, or a server's bound across sessions): the peer's
   bytes wait in TCP, its unacknowledged messages fill its own queue limits
   and its ``send()`` waits or raises ``QueueFullError``; memory stays
   bounded however slow the callbacks are. Reading resumes once the backlog
@@ -91,8 +95,8 @@ class Inbox:
         #: for its own requests, never for another client's.
         self.held: deque[Any] = deque()
         #: Half the window past the last ACK, where the next one is due at
-        #: once (``_progress``, ``taken``), and whether the callback side asked the loop
-        #: for it since (``taken``).
+        #: once (``_progress``, ``taken``), and whether the callback side
+        #: asked the loop for it since.
         self.ack_due_seq = self.ack_due_bytes = 0
         self._due_from(0, 0)
         self._ack_asked = False
