@@ -97,7 +97,6 @@ class Inbox:
         #: Half the window past the last ACK, where the next one is due at
         #: once (``_progress``, ``taken``), and whether the callback side
         #: asked the loop for it since.
-        self.ack_due_seq = self.ack_due_bytes = 0
         self._due_from(0, 0)
         self._ack_asked = False
 
@@ -216,6 +215,8 @@ class Inbox:
         self._arm()
 
     def _due_from(self, seq: int, taken_bytes: int) -> None:
+        """An ACK is due at once from half the window past ``seq`` taken
+        (``taken_bytes`` then)."""
         self.ack_due_seq = seq + (self.max_count + 1) // 2
         self.ack_due_bytes = taken_bytes + (self.max_bytes + 1) // 2
 
