@@ -60,6 +60,16 @@ def test_send_reaches_a_client_held_by_another_node(make_node: MakeNode, make_cl
         b.send("nobody", Message("x"))
 
 
+def test_a_clients_figures_show_the_queue_bound_redis_keeps(make_node: MakeNode, make_client: MakeClient) -> None:
+    node = make_node(node_id="a", max_queued=500)
+    make_client(node, client_id="c1").connect()
+    figures = node.stats("c1")
+    # Not the local queue's own (unbounded) limits: Redis bounds the queue by count only.
+    assert (figures["max_queued"], figures["max_queued_bytes"]) == (500, None)
+    node.max_queued = 700
+    assert node.stats("c1")["max_queued"] == 700
+
+
 def test_broadcast_reaches_every_client_of_every_node_once(make_node: MakeNode, make_client: MakeClient) -> None:
     nodes = [make_node(node_id=name) for name in "abc"]
     recorders = []
