@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from ._streams import UNBOUNDED
+
 if TYPE_CHECKING:
     from ._inbox import Inbox
     from ._session import SendSession
@@ -86,5 +88,8 @@ def session_figures(session: SendSession, inbox: Inbox) -> dict[str, Any]:
         "inbound_waiting_bytes": inbox.waiting_bytes,
         "max_inbound": inbox.max_count,
         "max_inbound_bytes": inbox.max_bytes,
+        # What may be written and unacknowledged (queued - unwritten) at most.
+        "peer_max_inbound": None if session.window == UNBOUNDED else session.window,
+        "peer_max_inbound_bytes": None if session.window_bytes == UNBOUNDED else session.window_bytes,
         "resent": session.resent,
     }

@@ -56,6 +56,8 @@ GAUGES = (
     "inbound_waiting_bytes",
     "max_inbound",
     "max_inbound_bytes",
+    "peer_max_inbound",
+    "peer_max_inbound_bytes",
     "requests_in_flight",
     "clients",
     "detached",

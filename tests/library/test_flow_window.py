@@ -48,6 +48,19 @@ def test_a_client_writes_no_more_than_the_servers_window_and_an_ack_opens_it() -
     assert _written(peer, transport, driver) == [4, 5]
 
 
+def test_the_figures_show_the_peers_window_and_what_waits_for_it() -> None:
+    driver = FakeDriver()
+    client, transport, peer, _hello = connected_client(driver, Window(2, 5000))
+    for n in range(1, 6):
+        client.send(Message("m", {"n": n}))
+    _written(peer, transport, driver)
+    figures = client.stats()
+    assert (figures["peer_max_inbound"], figures["peer_max_inbound_bytes"]) == (2, 5000)
+    assert (figures["queued"], figures["unwritten"]) == (5, 3)  # 2 on the wire, 3 wait for room
+    older = connected_client(FakeDriver(), None)[0]  # a peer that announces no window
+    assert (older.stats()["peer_max_inbound"], older.stats()["peer_max_inbound_bytes"]) == (None, None)
+
+
 def test_the_window_counts_bytes_and_a_message_bigger_than_it_still_goes_alone() -> None:
     driver = FakeDriver()
     small, big = len(_body(1, 100)), len(_body(1, 5000))
@@ -110,6 +123,8 @@ def test_a_server_writes_within_the_window_its_clients_hello_announced() -> None
         server.send("c7", Message("m", {"n": n}))
     server.send("*", Message("m", {"n": 5}))
     assert _written(peer, transport, driver) == [1, 2]
+    figures = server.stats("c7")
+    assert (figures["peer_max_inbound"], figures["peer_max_inbound_bytes"], figures["unwritten"]) == (2, 1 << 20, 3)
     transport.feed(peer.send_ack(2, driver.now))
     assert _written(peer, transport, driver) == [3, 4]
     transport.feed(peer.send_ack(4, driver.now))
