@@ -23,7 +23,9 @@ ECHO_WAIT = 120.0
 def wait_for_echo(echoes: queue.Queue[Message], n: int) -> Message:
     """The echo of message ``n``.  One of an earlier message is skipped: after
     ``sessionlost`` (Redis lost its data) the client sends what the cluster
-    had not acknowledged again, which a node may have echoed already."""
+    had not acknowledged again, which a node may have echoed already; and a
+    node killed while it answered may have echoed the message its successor
+    gets marked ``redelivered`` and echoes too (docs/CLUSTER.md)."""
     deadline = time.monotonic() + ECHO_WAIT
     while (left := deadline - time.monotonic()) > 0:
         try:

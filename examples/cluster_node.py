@@ -55,8 +55,13 @@ def main() -> None:
         print(f"echo to {client_id} dropped: Redis was unreachable for {RETRIES * RETRY_EVERY:.0f} s", file=sys.stderr)
 
     def on_message(client_id: str, message: Message) -> None:
-        print(f"{client_id} says {message.subject}: {dict(message.payload)}", flush=True)
-        echo = Message(message.subject, {**message.payload, "node": server.stats()["cluster"]["node"]})
+        # redelivered: this node took the client over from one that died
+        # while it may have been answering this very message, so the echo
+        # may be the client's second (its example skips one it has had).
+        again = " (redelivered: its first node died around it)" if message.redelivered else ""
+        print(f"{client_id} says {message.subject}: {dict(message.payload)}{again}", flush=True)
+        status = server.cluster_status or {}
+        echo = Message(message.subject, {**message.payload, "node": status.get("node")})
         try:
             server.send(client_id, echo)
         except ClusterUnavailable as exc:
