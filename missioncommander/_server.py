@@ -469,8 +469,9 @@ class Server(ServerSettings):
     @property
     def client_nodes(self) -> dict[str, str]:
         """Each client id with a live session and the node that holds it:
-        this server's ``node_id`` (``''`` outside a cluster), another
-        node's, or ``''`` while no node holds it (its connection broke)."""
+        this node's id (``cluster_status["node"]``: the ``node_id`` setting,
+        or the one made up when it is None; ``''`` outside a cluster),
+        another node's, or ``''`` while no node holds it (its connection broke)."""
         cluster = self._cluster
         if cluster is not None:
             return cluster.clients()
