@@ -466,6 +466,13 @@ class Client(ClientSettings):
 
     def _setting_changed(self, name: str) -> None:
         self._callbacks.setting_changed(name, self)
+        if name in cfg.QUEUE_BOUNDS:
+            # Live, as the GUI's Apply and `mcctl client set` promise: the
+            # next send() is held to it, and one waiting may have room now.
+            with self._lock:
+                self._session.set_limits(self.max_queued, self.max_queued_bytes)
+                if self._room_waiters:
+                    self._loop.call_soon(self._wake_senders)
         if name == "servers" and self.servers is not None:
             self._server_index = -1
             self._next_server()
@@ -543,6 +550,10 @@ class Client(ClientSettings):
         """Messages sent but not yet acknowledged by the server."""
         with self._lock:
             return len(self._session.out)
+
+    def _wake_senders(self) -> None:
+        with self._lock:
+            self._wake_senders_locked()
 
     def _wake_senders_locked(self) -> None:
         """Wake send() calls waiting for room or for the session's end (lock held)."""
@@ -679,7 +690,6 @@ class Client(ClientSettings):
             # a Condition: microseconds per client of a fleet).
             future: Future[None] | None = Future() if wait else None
             self._connect_future = future
-            self._session.set_limits(self.max_queued, self.max_queued_bytes)
             self._inbox.set_limits(self.max_inbound, self.max_inbound_bytes)
             self._set_state(CONNECTING)
         if isinstance(self._loop, Loop):

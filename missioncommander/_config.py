@@ -189,6 +189,10 @@ def non_empty_str(value: Any, name: str) -> str:
 #: The target of a broadcast (``server.send("*", ...)``), so no client's id.
 EVERY_CLIENT = "*"
 
+#: The settings that bound a send queue: live, a change applies to the
+#: queues there are at once (Client's and each of a Server's sessions).
+QUEUE_BOUNDS = ("max_queued", "max_queued_bytes")
+
 #: How long what is still connected at interpreter exit has, all together,
 #: to finish: clients write what was sent and say goodbye, cluster nodes
 #: hand their clients over.

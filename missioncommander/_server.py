@@ -308,6 +308,21 @@ class Server(ServerSettings):
     def _setting_changed(self, name: str) -> None:
         # A server needs no settings to start (port 0, every interface).
         self._callbacks.setting_changed(name, self)
+        if name in cfg.QUEUE_BOUNDS and self._cluster is None:  # a cluster's are Redis's, read at each send
+            # Live, as the GUI's Apply and `mcctl server set` promise: every
+            # session's next send() is held to it, and one waiting may have room.
+            with self._lock:
+                for session in self._sessions.values():
+                    session.set_limits(self.max_queued, self.max_queued_bytes)
+                waiting = list(self._sessions) if self._on_room is not None else []
+            if waiting:
+                self._loop.call_soon(self._rooms_made, waiting)
+
+    def _rooms_made(self, client_ids: list[str]) -> None:
+        on_room = self._on_room
+        if on_room is not None:
+            for client_id in client_ids:
+                on_room(client_id)
 
     def _check_settable(self, name: str) -> None:
         if self._running:

@@ -387,6 +387,30 @@ def test_a_full_queue_makes_send_wait_for_room_instead_of_raising() -> None:
     run(test)
 
 
+def test_a_raised_queue_bound_lets_waiting_sends_go_on_at_once() -> None:
+    """max_queued is live: on a client and on a server's sessions, a send
+    waiting for room goes on when the bound is raised, without an ACK."""
+
+    async def test() -> None:
+        # Neither side reads messages(): nothing is taken, so nothing is acknowledged.
+        async with (
+            AsyncServer(interface="127.0.0.1", port=0, max_queued=2) as server,
+            AsyncClient(address="127.0.0.1", port=server.port, client_id="held", max_queued=2) as client,
+        ):
+            for n in range(2):
+                await client.send(Message("m", {"n": n}))
+                await server.send("held", Message("m", {"n": n}))
+            up = asyncio.ensure_future(client.send(Message("m", {"n": 2})))
+            down = asyncio.ensure_future(server.send("held", Message("m", {"n": 2})))
+            await until(lambda: client._inner._room_waiters > 0 and bool(server._room.get("held")))
+            client.max_queued = server.max_queued = 5
+            async with asyncio.timeout(LIMIT / 4):
+                await asyncio.gather(up, down)
+            assert client.queued == 3 and server.queued("held") == 3  # room made by the bound, not by ACKs
+
+    run(test)
+
+
 def test_a_reader_that_stops_reading_holds_back_the_acknowledgements() -> None:
     async def test() -> None:
         threaded = Server(interface="127.0.0.1", port=0)
