@@ -713,8 +713,8 @@ class Server(ServerSettings):
             "requests_in_flight": self._requests.in_flight(session.client_id),
         }
         if self._cluster is not None:
-            # Redis holds the bound, not the local queue (set unbounded in
-            # _open): max_queued messages, and no byte bound cluster-wide.
+            # Redis holds the bound, not the local queue (set unbounded by
+            # _create_session): max_queued messages, no byte bound cluster-wide.
             figures["max_queued"], figures["max_queued_bytes"] = self.max_queued, None
         figures.update(session.stats.figures())
         del figures["sessions_lost"]  # a session is its own: it is lost once, and gone
