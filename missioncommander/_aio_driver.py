@@ -27,6 +27,7 @@ from typing import Any, TypeVar, cast
 from ._loop import (
     _BACKLOG,
     ACCEPT_PAUSE,
+    AcceptTrouble,
     Connecting,
     ConnectOwner,
     Incoming,
@@ -150,6 +151,21 @@ class AsyncioDriver:
     ) -> Listener:
         sock = _listen(host, port)
         return _AioListener(self, _PausingSocket(sock.family, sock.type, sock.proto, fileno=sock.detach()), accept, tls)
+
+
+class _OutOfResources(OSError):
+    """accept() failed for want of descriptors or memory, and the listener
+    has said so in its own words (``AcceptTrouble``)."""
+
+
+def _not_said_already(record: logging.LogRecord) -> bool:
+    """asyncio's default exception handler logs each accept() failure with
+    a traceback, once a second while descriptors are out: for an expected
+    trouble the listener reports cleanly itself.  Only records carrying
+    the listener's own ``_OutOfResources`` are dropped, so nothing else
+    asyncio says is hidden; a loop's own exception handler still sees them."""
+    exc_info = record.exc_info
+    return not (exc_info and isinstance(exc_info[1], _OutOfResources))
 
 
 #: Bytes written in one loop turn that go out at once rather than at the
@@ -492,25 +508,35 @@ class _PausingSocket(socket.socket):
     tries again after ``ACCEPT_PAUSE`` (1 s), but until CPython fixed it
     (gh-151615) it went on accepting in that same wake-up, up to its backlog
     (8,192 here) times: a traceback logged and a retry scheduled for each, a
-    spin of thousands of lines a second while descriptors ran out.  uvloop
-    accepts in libuv and never calls this."""
+    spin of thousands of lines a second while descriptors ran out.  The
+    trouble is said as the threaded listener says it (``AcceptTrouble``:
+    once, then once a minute, and when accepting works again) rather than
+    by asyncio's traceback a second.  uvloop accepts in libuv and never
+    calls this."""
 
-    __slots__ = ("_failed_at",)
+    __slots__ = ("_failed_at", "trouble")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._failed_at = -ACCEPT_PAUSE
+        self.trouble = AcceptTrouble(log, f"connections on port {self.getsockname()[1]}")
+        logging.getLogger("asyncio").addFilter(_not_said_already)  # once: a Filterer keeps no duplicates
 
     def accept(self) -> tuple[socket.socket, Any]:
         now = time.monotonic()
         if now - self._failed_at < ACCEPT_PAUSE / 2:
             raise BlockingIOError(errno.EAGAIN, "accepting paused after running out of resources")
         try:
-            return super().accept()
+            accepted = super().accept()
         except OSError as exc:
-            if out_of_resources(exc):  # the errors after which asyncio stops accepting a while
-                self._failed_at = now
-            raise
+            if not out_of_resources(exc):
+                raise
+            # asyncio stops accepting a while on these errnos (kept)
+            self._failed_at = now
+            self.trouble.failed(exc)
+            raise _OutOfResources(exc.errno, exc.strerror) from None
+        self.trouble.accepted()
+        return accepted
 
 
 class _AioListener:
