@@ -99,6 +99,9 @@ def echo_process(*args: str) -> Iterator[EchoProcess]:
         proc.wait(10)
         if server is not None:
             server._reader.join(10)  # the last lines are in
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def test_a_server_out_of_descriptors_pauses_accepting_and_takes_the_waiting_ones_later(make_client: MakeClient) -> None:
