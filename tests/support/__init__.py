@@ -290,20 +290,35 @@ def server_frames(sock: socket.socket, timeout: float = 10.0) -> Iterator[object
 
 def tls_handshakes(socks: list[socket.socket], cafile: str) -> int:
     """How many of ``socks`` (connected to a TLS server) complete a TLS
-    handshake; a connection the server reset or closed counts as none."""
+    handshake; a connection the server reset or closed counts as none.
+    Each is closed after (its TLS socket took its descriptor over)."""
     import ssl
 
     context = ssl.create_default_context(cafile=cafile)
     done = 0
     for sock in socks:
-        sock.settimeout(10.0)
-        try:
-            tls = context.wrap_socket(sock, server_hostname="127.0.0.1", do_handshake_on_connect=False)
-            tls.do_handshake()
-        except (OSError, ssl.SSLError):
+        if not _open(sock):  # wrap_socket would fail, and leave its SSLSocket unclosed
+            sock.close()
             continue
-        done += 1
+        sock.settimeout(10.0)
+        with context.wrap_socket(sock, server_hostname="127.0.0.1", do_handshake_on_connect=False) as tls:
+            try:
+                tls.do_handshake()
+            except (OSError, ssl.SSLError):
+                continue
+            done += 1
     return done
+
+
+def _open(sock: socket.socket) -> bool:
+    """Whether nothing says ``sock`` was reset or closed by its peer yet."""
+    sock.setblocking(False)
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK))
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
 
 
 def resolve_as_ipv6_then_ipv4(monkeypatch: pytest.MonkeyPatch, name: str) -> list[str]:
