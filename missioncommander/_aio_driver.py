@@ -531,7 +531,7 @@ class _PausingSocket(socket.socket):
         except OSError as exc:
             if not out_of_resources(exc):
                 raise
-            # asyncio stops accepting a while on these errnos (kept)
+            # the same errno, on which asyncio pauses accepting
             self._failed_at = now
             self.trouble.failed(exc)
             raise _OutOfResources(exc.errno, exc.strerror) from None

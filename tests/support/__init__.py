@@ -301,7 +301,11 @@ def tls_handshakes(socks: list[socket.socket], cafile: str) -> int:
             sock.close()
             continue
         sock.settimeout(10.0)
-        with context.wrap_socket(sock, server_hostname="127.0.0.1", do_handshake_on_connect=False) as tls:
+        try:
+            tls = context.wrap_socket(sock, server_hostname="127.0.0.1", do_handshake_on_connect=False)
+        except (OSError, ssl.SSLError):  # reset since the look above
+            continue
+        with tls:
             try:
                 tls.do_handshake()
             except (OSError, ssl.SSLError):
