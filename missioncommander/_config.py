@@ -244,7 +244,7 @@ def _is_host(text: str) -> bool:
 
 
 def interface(value: Any, name: str) -> str:
-    """'' or '*' (any), an IP address, or the name of a local interface."""
+    """'' or '*' (any), an IP address, ``localhost``, or the name of a local interface."""
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, not {type(value).__name__}")
     resolve_interface(value, name)
@@ -267,7 +267,8 @@ def listens_everywhere(value: str) -> bool:
 
 
 def resolve_interface(value: str, name: str = "interface") -> str:
-    """The address to bind for ``value``: '' for any, else an IP address.
+    """The address to bind for ``value``: '' for any, else an IP address
+(127.0.0.1 for ``localhost``).
 
     Interface names are looked up with psutil, imported here and only here:
     the standard library has no portable way to do it.
@@ -280,6 +281,10 @@ def resolve_interface(value: str, name: str = "interface") -> str:
         )
     except ValueError:
         pass
+    if value.lower().removesuffix(".") == "localhost":
+        # RFC 6761 names it the loopback, and a client's "localhost" tries
+        # 127.0.0.1 among its addresses: no resolver is asked.
+        return "127.0.0.1"
     import psutil  # noqa: PLC0415 - only interface names need it; keep import time low
 
     addrs = psutil.net_if_addrs().get(value)

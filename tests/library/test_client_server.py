@@ -141,6 +141,22 @@ def test_connect_failure_leaves_connect_failed(make_client: MakeClient) -> None:
     client.disconnect()
 
 
+def test_a_server_on_localhost_listens_on_the_loopback(make_client: MakeClient) -> None:
+    """interface="localhost" is what users type (uvicorn and Flask take it):
+    it means 127.0.0.1, which a client's "localhost" reaches too."""
+    with Server(interface="localhost", port=0) as server:
+        assert server.interface == "localhost"
+        got = Recorder()
+        server.subscribe("message", got.callback("message"))
+        for address in ("localhost", "127.0.0.1"):
+            client = make_client(address=address, port=server.port, client_id=address)
+            client.connect()
+            client.send(Message("hi"))
+            client.disconnect()
+        got.wait_for(lambda: len(got.events) == 2)
+        assert sorted(args[0] for _, args in got.events) == ["127.0.0.1", "localhost"]
+
+
 def test_wait_connected_after_connect_without_waiting(make_client: MakeClient) -> None:
     """A client started before its server (connect(wait=False)) has no
     session to send in: it waits with wait_connected(), as the asyncio

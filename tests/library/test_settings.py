@@ -70,6 +70,7 @@ def test_client_reads_back_what_was_set_and_needs_address_and_port() -> None:
     assert client.state == ClientState.STATE_OK | ClientState.STATE_NOT_CONNECTED
     client.interface = "*"
     client.interface = "127.0.0.1"
+    client.interface = "localhost"  # 127.0.0.1 (a server test listens there)
     client.interface = "::1"
     assert client.interface == "::1"
 
