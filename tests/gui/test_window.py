@@ -220,7 +220,8 @@ def test_daemon_down_banner_start_button_and_recovery(
         qtbot.mouseClick(app.window.start_daemon_button, Qt.MouseButton.LeftButton)
         qtbot.waitUntil(lambda: app.model.daemon_up, timeout=WAIT)
         assert not app.window.banner.isVisibleTo(app.window) and app.window.tabs.isEnabled()
-        assert daemon.request("hello")["api_version"] == 1
+        hello = daemon.request("hello")
+        assert hello["api_version"] == 1
         # The started mcd logs to a file the GUI named, not to nowhere.
         log = tmp_path / "state" / "missioncommander" / "log" / "mcd.log"
         assert f"its log: {log}" in app.window.statusBar().currentMessage()
@@ -231,6 +232,8 @@ def test_daemon_down_banner_start_button_and_recovery(
         qtbot.waitUntil(lambda: app.model.instance("server", "default").phase == "listening", timeout=WAIT)
         daemon.request("daemon.shutdown")
         qtbot.waitUntil(lambda: not app.model.daemon_up, timeout=WAIT)
+        # The GUI's child once it ends: reaped, not left a zombie.
+        qtbot.waitUntil(lambda: not Path(f"/proc/{hello['pid']}").exists(), timeout=WAIT)
         assert app.window.banner.isVisibleTo(app.window)
         assert app.last_notification.title == "mcd stopped"
         assert app.window.statusBar().currentMessage() != "mcd stopped: mcd stopped"

@@ -261,8 +261,13 @@ class Backend(QObject):
                 break
             except subprocess.TimeoutExpired:
                 if self._stop.is_set() or self._answered.is_set():
-                    return  # it came up (the event stream says so), or we are closing
-        if status is None or self._stop.is_set() or self._answered.is_set():
+                    break  # it came up (the event stream says so), or we are closing
+        if status is None:
+            # mcd is our child for as long as this process lives: whenever it
+            # ends, this (daemon) thread reaps it, or it would stay a zombie.
+            proc.wait()
+            return
+        if self._stop.is_set() or self._answered.is_set():
             return
         try:
             lines = log_path.read_text(errors="replace").strip().splitlines()
