@@ -58,6 +58,8 @@ class Node:
         assert self.process is not None
         self.process.kill()
         self.process.wait(10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
         self.process = None
 
 
@@ -299,3 +301,6 @@ def test_a_node_whose_program_ends_without_stop_hands_its_clients_over(
         if ending.poll() is None:
             ending.kill()
         ending.wait(10)
+        for pipe in (ending.stdin, ending.stdout):
+            if pipe is not None:
+                pipe.close()

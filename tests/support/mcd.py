@@ -51,23 +51,25 @@ class Mcd:
             self._notify.bind(str(self.notify_path))
         env = self.env()
         env["NOTIFY_SOCKET"] = str(self.notify_path)
-        self.stderr = open(self.root / "mcd.log", "a")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                *self.launch,
-                "--socket",
-                str(self.socket),
-                "--state-dir",
-                str(self.state_dir),
-                *self.extra,
-                *extra,
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=self.stderr,
-            text=True,
-        )
+        # The child has its own copy of the descriptor: the test's is closed
+        # at once, whether the test stops mcd or kills it.
+        with open(self.root / "mcd.log", "a") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    *self.launch,
+                    "--socket",
+                    str(self.socket),
+                    "--state-dir",
+                    str(self.state_dir),
+                    *self.extra,
+                    *extra,
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                text=True,
+            )
         if wait_ready:
             self.wait_notification("READY=1")
         return self
@@ -114,9 +116,7 @@ class Mcd:
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        code = self.proc.wait(timeout)
-        self.stderr.close()
-        return code
+        return self.proc.wait(timeout)
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

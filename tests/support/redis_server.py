@@ -7,6 +7,7 @@ that is a failure instead, since .ci/run installs it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -88,12 +89,12 @@ class RedisServer:
         while time.monotonic() < deadline:
             assert self.process is not None and self.process.poll() is None, "redis-server exited"
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as plain:
-                    sock = plain
+                with contextlib.ExitStack() as stack:
+                    sock = stack.enter_context(socket.create_connection(("127.0.0.1", self.port), timeout=1.0))
                     if self.tls is not None:
-                        sock = ssl.create_default_context(cafile=str(self.tls[2])).wrap_socket(
-                            plain, server_hostname="127.0.0.1"
-                        )
+                        # The TLS socket takes the descriptor over: it is the one to close.
+                        context = ssl.create_default_context(cafile=str(self.tls[2]))
+                        sock = stack.enter_context(context.wrap_socket(sock, server_hostname="127.0.0.1"))
                     auth = f"AUTH {self.password}\r\n".encode() if self.password else b""
                     sock.sendall(auth + b"PING\r\n")
                     if sock.recv(64).endswith(b"+PONG\r\n"):
