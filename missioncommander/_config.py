@@ -268,7 +268,7 @@ def listens_everywhere(value: str) -> bool:
 
 def resolve_interface(value: str, name: str = "interface") -> str:
     """The address to bind for ``value``: '' for any, else an IP address
-(127.0.0.1 for ``localhost``).
+    (127.0.0.1 for ``localhost``).
 
     Interface names are looked up with psutil, imported here and only here:
     the standard library has no portable way to do it.
