@@ -110,16 +110,12 @@ class OutboundStream:
         first = self.next_seq - len(self._items)
         return enumerate(itertools.islice(self._items, start, None), first + start)
 
-    def frames_after(self, seq: int) -> tuple[list[bytes], int]:
-        """The MESSAGE frames of the messages numbered above ``seq``, ready
-        to write as ``message_frames`` groups them, and the number of the
-        last (``seq`` when there are none)."""
-        chunks, last, _size = self.frames_within(seq, UNBOUNDED, UNBOUNDED)
-        return chunks, last
-
     def frames_within(self, seq: int, limit: int, room_bytes: int) -> tuple[list[bytes], int, int]:
-        """``frames_after``, numbered up to ``limit`` and of at most
-        ``room_bytes`` bytes of bodies (the peer's window), and their bytes.
+        """The MESSAGE frames of the messages numbered above ``seq``, ready
+        to write as ``message_frames`` groups them; only those numbered up
+        to ``limit`` and of at most ``room_bytes`` bytes of bodies (the
+        peer's window).  Returns them, the number of the last (``seq`` when
+        there are none) and their bodies' bytes.
         With nothing on the wire (``seq`` below everything kept) the first
         goes whatever its size: a message bigger than the window is not held
         for ever."""

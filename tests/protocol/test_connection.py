@@ -32,7 +32,7 @@ from missioncommander._frames import (
     message_header,
     parse_frame,
 )
-from missioncommander._streams import InboundStream, OutboundStream
+from missioncommander._streams import UNBOUNDED, InboundStream, OutboundStream
 from missioncommander._transitions import ConnState
 
 
@@ -315,39 +315,45 @@ def _decode(chunks: list[bytes]) -> list[tuple[int, int]]:
     return [(e.seq, e.payload["n"]) for e in events if isinstance(e, MessageReceived)]
 
 
+def frames_after(out: OutboundStream, seq: int) -> tuple[list[bytes], int]:
+    """Everything above ``seq``, with neither bound."""
+    chunks, last, _size = out.frames_within(seq, UNBOUNDED, UNBOUNDED)
+    return chunks, last
+
+
 def test_frames_after_joins_small_frames_and_writes_large_bodies_from_where_they_are() -> None:
     out = OutboundStream(max_items=100, max_bytes=10**7)
     big = _body(3, 20_000)
     for body in (_body(1), _body(2), big, _body(4), _body(5)):
         out.push(body)
-    chunks, last = out.frames_after(1)
+    chunks, last = frames_after(out, 1)
     assert last == 5
     assert _decode(chunks) == [(2, 2), (3, 3), (4, 4), (5, 5)]
     # Message 2 joined with its header; 3's header alone, then its body
     # itself (no copy); 4 and 5 joined into one buffer.
     assert len(chunks) == 4
     assert chunks[2] is big
-    assert out.frames_after(5) == ([], 5)
+    assert frames_after(out, 5) == ([], 5)
     out.ack(3)
-    assert _decode(out.frames_after(0)[0]) == [(4, 4), (5, 5)]
+    assert _decode(frames_after(out, 0)[0]) == [(4, 4), (5, 5)]
 
 
 def test_frames_after_a_lone_message_is_one_frame_and_a_lone_large_body_is_not_copied() -> None:
     out = OutboundStream(max_items=100, max_bytes=10**7)
     out.push(_body(1))
-    chunks, last = out.frames_after(0)
+    chunks, last = frames_after(out, 0)
     assert (len(chunks), last, _decode(chunks)) == (1, 1, [(1, 1)])
     assert chunks == message_frames(1, [_body(1)])  # the shortcut is the general rule
     big = _body(2, 20_000)
     out.push(big)
-    chunks, last = out.frames_after(1)
+    chunks, last = frames_after(out, 1)
     assert (last, _decode(chunks)) == (2, [(2, 2)])
     assert len(chunks) == 2 and chunks[1] is big
     assert chunks == message_frames(2, [big])
     out.ack(2)
     out.push(_body(3))
     # Asked from before what is kept (a resume after acks): the lone message still.
-    assert _decode(out.frames_after(0)[0]) == [(3, 3)]
+    assert _decode(frames_after(out, 0)[0]) == [(3, 3)]
 
 
 @given(st.lists(st.sampled_from(["push", "big", "ack", "write", "lose"]), max_size=60))
@@ -364,7 +370,7 @@ def test_written_frames_deliver_exactly_once_in_order_whatever_is_lost(ops: list
             n += 1
             out.push(_body(n, 9000 if op == "big" else 0))
         elif op == "write":
-            chunks, written = out.frames_after(written)
+            chunks, written = frames_after(out, written)
             for seq, m in _decode(chunks):
                 assert seq == m  # the number on the wire is the message's own
                 if inbound.accept(seq):
@@ -373,7 +379,7 @@ def test_written_frames_deliver_exactly_once_in_order_whatever_is_lost(ops: list
             out.ack(inbound.last_seq)
         else:
             written = inbound.last_seq
-    for seq, m in _decode(out.frames_after(inbound.last_seq)[0]):
+    for seq, m in _decode(frames_after(out, inbound.last_seq)[0]):
         if inbound.accept(seq):
             delivered.append(m)
     assert delivered == list(range(1, n + 1))
