@@ -239,9 +239,19 @@ def top_screen(mcd: Mcd, tmp_path: Path, columns: int = 160, lines: int = 40) ->
     return [row for row in sh.text.split("\n") if row.strip()]
 
 
+HEADER = ["KIND", "NAME", "STATE", "SENT", "RECEIVED", "SENT/S", "RECV/S", "QUEUED", "RTT MS", "DETAIL"]
+
+
+def cells(row: str) -> list[str]:
+    return [cell.strip() for cell in row.split("  ") if cell.strip()]
+
+
 def test_top_on_a_narrow_terminal_keeps_each_row_on_its_line(mcd: Mcd, tmp_path: Path) -> None:
     """top refreshes a screen in place: a row wider than the terminal would
-    wrap and push the table apart, so on a terminal each row is cut to fit."""
+    wrap and push the table apart, so on a terminal each row fits its width.
+    A column that does not fit is left out whole: cut, a client's queue of
+    0/10000 read 0/1000.  Only the last column, free text, is cut (ending in
+    ...).  In the shell too, whose refreshes go below each other."""
     port = free_port()
     for cmd, params in (
         ("server.set", {"key": "interface", "value": "127.0.0.1"}),
@@ -252,11 +262,29 @@ def test_top_on_a_narrow_terminal_keeps_each_row_on_its_line(mcd: Mcd, tmp_path:
         ("client.connect", {"wait": True, "timeout": 10}),
     ):
         mcd.request(cmd, **params)
-    rows = top_screen(mcd, tmp_path, columns=72)
-    assert rows[0].startswith("KIND") and any(row.startswith("client") for row in rows)
-    assert max(len(row) for row in rows) <= 72
+    for columns in (66, 80):  # up to SENT/S; up to RECV/S, as QUEUED would end at 81
+        rows = top_screen(mcd, tmp_path, columns=columns)
+        assert max(len(row) for row in rows) <= columns
+        assert cells(rows[0]) == HEADER[: 6 if columns == 66 else 7], rows
+        client = next(row for row in rows if row.startswith("client"))
+        assert len(cells(client)) == len(cells(rows[0])) and "0/1000" not in client, rows
+    rows = top_screen(mcd, tmp_path, columns=110)  # DETAIL begins at 91: cut, and says so
+    assert cells(rows[0]) == HEADER and max(len(row) for row in rows) <= 110
+    client = next(row for row in rows if row.startswith("client"))
+    assert "0/10000" in cells(client) and client.endswith("..."), rows
     wide = run("stats", socket_path=mcd.socket)  # not a terminal: rows whole, for a script or a pager
-    assert max(len(row) for row in wide.stdout.splitlines()) > 72
+    assert max(len(row) for row in wide.stdout.splitlines()) > 80
+    sh = PtySession([*mcctl_command()], shell_env(mcd.socket, tmp_path), columns=80)
+    try:
+        sh.expect("> ", start=sh.expect("connected to mcd"))
+        mark = len(sh.text)
+        sh.line("top --count 1")
+        sh.expect("mcd: up", start=mark)
+        shown = [row for row in sh.text[mark:].split("\n") if row.strip()]
+        header = next(row for row in shown if row.startswith("KIND"))
+        assert cells(header) == HEADER[:7] and all(len(row) <= 80 for row in shown), shown
+    finally:
+        sh.close()
 
 
 def test_top_on_a_short_terminal_shows_the_busiest_rows_that_fit(mcd: Mcd, tmp_path: Path) -> None:

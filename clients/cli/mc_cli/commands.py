@@ -221,6 +221,8 @@ def run_top(inv: Invocation, transport: Transport, printer: Printer) -> int:
     on a terminal (one JSON object per refresh with ``--json``); until
     Ctrl-C, or ``--count`` refreshes."""
     count = inv.options.count
+    # In place on a terminal, as top(1); the shell's lines go below each
+    # other (events print between them), its stream says no to isatty().
     clear = not printer.as_json and printer.out.isatty() if hasattr(printer.out, "isatty") else False
     before: dict[tuple[str, str, str], tuple[int, int]] | None = None
     taken = 0.0
@@ -249,14 +251,18 @@ def run_top(inv: Invocation, transport: Transport, printer: Printer) -> int:
             ]
             printer.result("", result)
         else:
-            size = _terminal_size(printer.out) if clear else None
-            # A screen refreshed in place, as top(1): as many rows as it has
-            # room for (the header, the daemon's line and the cursor's take
-            # three), each cut to its width (a row that wrapped would push
-            # the table apart); `stats` prints every row whole.
-            text = output.stats(result, rates, max_rows=size.lines - 3 if size else None)
-            if size:
-                text = "\n".join(line[: size.columns] for line in text.split("\n"))
+            size = _terminal_size(printer.out)
+            # On a terminal each row keeps within its width (a row that
+            # wrapped would push the table apart); a screen refreshed in
+            # place shows as many rows as it has room for (the header, the
+            # daemon's line and the cursor's take three).  `stats` prints
+            # every row whole.
+            text = output.stats(
+                result,
+                rates,
+                max_rows=size.lines - 3 if size and clear else None,
+                width=size.columns if size else None,
+            )
             printer.line(text, clear=clear)
         shown += 1
     return EXIT_OK

@@ -156,7 +156,8 @@ top [--name NAME] [--kind client|server] [--count N]
   in the send queues, resends after a reconnect, requests in flight, round-trip times.
   top prints the same every second with message rates, until Ctrl-C (or N refreshes with
   --count N); when not every row fits the terminal, the busiest that fit, and how many
-  quieter ones it left out.
+  quieter ones it left out; when a row is wider, the columns that fit whole (DETAIL is
+  cut, ending in ...). Piped, stats and top print every row and column.
   What each figure means: docs/STATS.md.
 """
 

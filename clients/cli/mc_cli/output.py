@@ -11,17 +11,43 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-def table(rows: Sequence[Sequence[object]], header: Sequence[str] | None = None) -> str:
-    """Columns aligned on the widest cell; the last column is not padded."""
+def table(rows: Sequence[Sequence[object]], header: Sequence[str] | None = None, width: int | None = None) -> str:
+    """Columns aligned on the widest cell; the last column is not padded.
+
+    ``width`` (a terminal's): the columns that would pass it are left out
+    whole, since a number cut short reads as another number (0/10000 as
+    0/1000); only the last column, free text, may be cut, and says so.
+    """
     cells = [[_cell(c) for c in row] for row in ([header] if header else []) + list(rows)]
     if not cells:
         return ""
     widths = [max(len(row[i]) for row in cells if i < len(row)) for i in range(max(map(len, cells)))]
+    shown = len(widths)
+    if width is not None:
+        start = 0
+        for i, column in enumerate(widths):
+            last = i == len(widths) - 1
+            if start + (min(column, _TEXT_AT_LEAST) if last else column) > width:
+                shown = i
+                break
+            start += column + 2
     lines = []
     for row in cells:
+        row = row[:shown]
         padded = [c.ljust(widths[i]) if i < len(row) - 1 else c for i, c in enumerate(row)]
-        lines.append("  ".join(padded).rstrip())
+        line = "  ".join(padded).rstrip()
+        lines.append(cut(line, width) if width is not None else line)
     return "\n".join(lines)
+
+
+#: How much of a table's last column (free text) is worth showing cut short.
+_TEXT_AT_LEAST = 12
+
+
+def cut(line: str, width: int) -> str:
+    """``line`` within ``width`` characters, ending in "..." if cut (ASCII:
+    a terminal in a Latin-1 locale cannot print an ellipsis)."""
+    return line if len(line) <= width else line[: max(width - 3, 0)] + "..."
 
 
 def _cell(value: object) -> str:
@@ -163,7 +189,9 @@ def _rate(rates: Rates | None, key: tuple[str, str, str], which: int) -> str:
     return f"{rates[key][which]:,.0f}"
 
 
-def stats(result: dict[str, Any], rates: Rates | None = None, max_rows: int | None = None) -> str:
+def stats(
+    result: dict[str, Any], rates: Rates | None = None, max_rows: int | None = None, width: int | None = None
+) -> str:
     """``stats`` (and each refresh of ``top``, with message rates): one row
     per instance and per client of a named server, the daemon's own figures
     last.  ``max_rows``: at most that many lines between the header and the
@@ -171,7 +199,8 @@ def stats(result: dict[str, Any], rates: Rates | None = None, max_rows: int | No
     rows are kept, in their order, and one line says how many are left out.
     Busiest is by message rate, then, among rows as busy (every row on the
     first refresh, which has no rates yet), by messages so far: a server
-    with many quiet clients is not the row left out."""
+    with many quiet clients is not the row left out.  ``width``: a terminal's, which
+    each line keeps within (``table``)."""
     rows = []
     keys = []
     totals = []
@@ -236,7 +265,7 @@ def stats(result: dict[str, Any], rates: Rates | None = None, max_rows: int | No
     daemon = result["daemon"]
     rate_columns: tuple[str, ...] = ("SENT/S", "RECV/S") if rates is not None else ()
     header = ("KIND", "NAME", "STATE", "SENT", "RECEIVED", *rate_columns, "QUEUED", "RTT MS", "DETAIL")
-    lines = [table(rows, header)] if rows else []
+    lines = [table(rows, header, width)] if rows else []
     if left_out:
         lines.append(
             f"... and {left_out} quieter row(s) this screen has no room for"
@@ -246,4 +275,6 @@ def stats(result: dict[str, Any], rates: Rates | None = None, max_rows: int | No
         f"mcd: up {daemon['uptime']:.0f} s, {daemon['event_subscribers']} event subscriber(s),"
         f" {daemon['events_published']} event(s) published, {daemon['events_dropped']} dropped"
     )
+    if width is not None:
+        lines[bool(rows) :] = [cut(line, width) for line in lines[bool(rows) :]]  # the table keeps within already
     return "\n".join(lines)

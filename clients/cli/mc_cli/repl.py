@@ -478,6 +478,10 @@ class _ShowStream:
     def flush(self) -> None:
         pass
 
+    def fileno(self) -> int:
+        """The terminal the shell shows on (its size shapes `top`'s rows)."""
+        return sys.stdout.fileno()
+
 
 def _history_path() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
