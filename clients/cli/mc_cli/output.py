@@ -32,8 +32,8 @@ def table(rows: Sequence[Sequence[object]], header: Sequence[str] | None = None,
                 break
             start += column + 2
     lines = []
-    for row in cells:
-        row = row[:shown]
+    for whole in cells:
+        row = whole[:shown]
         padded = [c.ljust(widths[i]) if i < len(row) - 1 else c for i, c in enumerate(row)]
         line = "  ".join(padded).rstrip()
         lines.append(cut(line, width) if width is not None else line)
