@@ -3,7 +3,9 @@
 A scanner failing TLS handshakes, or a client sending replies to requests
 nobody made, must not flood the log (journald then drops the lines that
 matter, rate-limiting the whole service): such a line is said at most once
-every few seconds, with the number of its kind left unsaid since.
+every few seconds, with the number of its kind left unsaid since.  mcd's
+listeners say theirs the same way (tests/test_layering.py names what mcd
+shares of the library's insides).
 """
 
 from __future__ import annotations
