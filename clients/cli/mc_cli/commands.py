@@ -222,7 +222,7 @@ def run_top(inv: Invocation, transport: Transport, printer: Printer) -> int:
     Ctrl-C, or ``--count`` refreshes."""
     count = inv.options.count
     # In place on a terminal, as top(1); the shell's lines go below each
-    # other (events print between them), its stream says no to isatty().
+    # other (events print between them): its stream has no isatty().
     clear = not printer.as_json and printer.out.isatty() if hasattr(printer.out, "isatty") else False
     before: dict[tuple[str, str, str], tuple[int, int]] | None = None
     taken = 0.0
