@@ -107,7 +107,8 @@ client commands (add --name NAME for an instance other than "default"):
 
 SERVER_HELP = """\
 server commands (add --name NAME for an instance other than "default"):
-  server set KEY VALUE     set interface ('' or '*' for all, an IP, or a name like lo) or port;
+  server set KEY VALUE     set interface ('' or '*' for all, an IP, localhost, or a name like
+                           lo) or port;
                            security: tls_cert FILE, tls_key FILE, tls_ca FILE (require client
                            certificates), auth_token SECRET, auth_tokens '{"ID": "SECRET"}'
                            (the tokens may change while listening: from the next handshake);

@@ -944,7 +944,7 @@ class ServerTab(InstanceTab):
 
     def __init__(self, model: vm.ViewModel, backend: Backend) -> None:
         super().__init__(model, backend)
-        self.interface = Field("all interfaces ('' or *), an IP address, or a name such as lo")
+        self.interface = Field("all interfaces ('' or *), an IP address, localhost, or a name such as lo")
         self.port = Field("0 picks a free port")
         self.tls_cert = Field("PEM certificate: enables TLS")
         self.tls_key = Field("PEM private key")
