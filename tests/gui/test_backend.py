@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+from typing import Any
 
 import pytest
 
@@ -108,3 +109,64 @@ def test_a_burst_from_the_stream_reaches_the_gui_thread_in_one_go(qtbot: QtBot) 
     backend._queue(backend.received, {"seq": 1001})
     qtbot.waitUntil(lambda: len(taken) == 2, timeout=10_000)
     assert received[-1] == 1001 and taken[-1] == (1, 1001)
+
+
+class _Pauses(threading.Event):
+    """The backend's stop event, noting each pause its event thread takes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pauses: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.pauses.append(timeout)
+        return super().wait(timeout)
+
+
+def test_a_gui_cut_off_by_a_flood_catches_up_at_once(qtbot: QtBot) -> None:
+    """mcd cuts off a subscriber that falls behind (here by 5 events). The
+    GUI subscribed again only after a second's pause, in which more of the
+    flood could leave mcd's ring; it now catches up at once, as the shell
+    does, and misses nothing."""
+    mcd = Mcd(None, "--event-queue", "5").start()
+    backend = Backend(str(mcd.socket))
+    backend._stop = pauses = _Pauses()
+    got: list[int] = []
+    backend.received.connect(lambda event: got.append(event["seq"]))
+    # The event thread stalls on the first event until the flood is over,
+    # so that mcd cuts it off: a reader that merely lags may or may not be.
+    release = threading.Event()
+    queue_one = backend._queue
+
+    def stalled(signal: Any, payload: dict[str, Any]) -> None:
+        if payload.get("type") == "event" and not release.is_set():
+            release.wait(60)
+        queue_one(signal, payload)
+
+    backend._queue = stalled  # type: ignore[method-assign]
+    up: list[bool] = []
+    backend.daemon.connect(lambda is_up, message: up.append(is_up))
+    try:
+        with mcd.client() as control:
+            control.request("server.set", name="s", key="interface", value="127.0.0.1")
+            control.request("server.set", name="s", key="port", value=0)
+            port = control.request("server.start", name="s")["port"]
+            control.request("client.set", key="address", value="127.0.0.1")
+            control.request("client.set", key="port", value=port)
+            control.request("client.connect", wait=True, timeout=10)
+            backend.start()
+            qtbot.waitUntil(lambda: up == [True], timeout=20_000)
+            big = "x" * 100_000  # a few fill the socket's buffers; then the 5 are passed
+            for i in range(40):
+                control.request("client.send", subject="big", payload={"i": i, "fill": big})
+            release.set()
+            last = control.request("daemon.status")["last_seq"]
+            qtbot.waitUntil(lambda: bool(got) and got[-1] >= last, timeout=30_000)
+            assert control.request("stats")["daemon"]["subscribers_cut_off"] == 1
+        assert got == list(range(got[0], got[-1] + 1)), got  # in order, none twice, none missed
+        assert 1.0 not in pauses.pauses and False not in up  # no pause, never shown as down
+    finally:
+        release.set()
+        backend.stop()
+        mcd.stop()
+        mcd.close()

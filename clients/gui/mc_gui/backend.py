@@ -186,6 +186,7 @@ class Backend(QObject):
         while not self._stop.is_set():
             stream = ControlClient(self.socket_path, timeout=10.0)
             self._stream = stream
+            cut_off = False
             try:
                 first = since is None
                 status = stream.request("daemon.status")
@@ -213,7 +214,12 @@ class Backend(QObject):
                         # the logs; the snapshot already has their effect.
                         self._queue(self.received if ev["seq"] > live_from or not first else self.history, ev)
                     elif ev.get("type") == "overflow":
-                        break  # subscribe again with since: catch up from the ring
+                        # Cut off for falling behind a flood (mcd never waits
+                        # for a reader): subscribe again with since at once,
+                        # as the shell does, and catch up from mcd's ring (a
+                        # pause would let more of the flood leave the ring).
+                        cut_off = True
+                        break
                 else:
                     self.daemon.emit(False, "mcd closed the connection (it stopped or is restarting)")
             except DaemonUnreachable as exc:
@@ -225,7 +231,8 @@ class Backend(QObject):
             finally:
                 stream.close()
                 self._stream = None
-            self._stop.wait(1.0)
+            if not cut_off:
+                self._stop.wait(1.0)
 
     # -- the daemon itself -------------------------------------------------------
 
