@@ -727,6 +727,9 @@ class DaemonCore:
                 if (kind is None or i.kind == kind) and (name is None or i.name == name)
             ]
             subscribers = len(self._subs)
+            # Read before the figures, as a status's: they show every event
+            # up to it, and a controller applies later ones again on top.
+            seq = self._ring.last_seq
         if name is not None and not instances:
             raise CoreError(ErrorCode.NOT_FOUND, f"no instance named {name!r}")
         figures = []
@@ -751,7 +754,7 @@ class DaemonCore:
             "subscribers_cut_off": self._ring.subscribers_cut_off,
             "events_dropped": self._ring.events_dropped,
         }
-        return {"daemon": daemon, "instances": figures}
+        return {"daemon": daemon, "instances": figures, "seq": seq}
 
     def summary(self) -> str:
         """One line for systemd's STATUS=."""

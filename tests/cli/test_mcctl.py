@@ -1169,6 +1169,9 @@ def test_stats_counts_what_the_hosted_instances_did(mcd: Mcd) -> None:
     (client,) = ok_json("stats", "--kind", "client", socket_path=mcd.socket)["instances"]
     assert (client["name"], client["stats"]["messages_sent"], client["stats"]["connected"]) == ("default", 2, True)
     assert figures["daemon"]["events_published"] > 0
+    # Numbered as a status is: the last event before the figures were read
+    # (events may come between the reads: the client hears "down").
+    assert 0 < figures["seq"] <= figures["daemon"]["events_published"] <= mcd.request("server.status")["seq"]
     human = run("stats", socket_path=mcd.socket)
     assert human.returncode == 0 and human.stdout.splitlines()[0].split()[:4] == ["KIND", "NAME", "STATE", "SENT"]
     missing = run("--json", "stats", "--name", "ghost", socket_path=mcd.socket)

@@ -92,6 +92,29 @@ def test_a_client_is_shown_detached_from_its_detach_until_it_resumes_or_ends() -
     assert st["detached"] == [] and st["clients"] == ["x"]
 
 
+def test_figures_read_before_a_resume_do_not_show_the_client_detached_again() -> None:
+    """The figures come every second on the request connection, the events
+    on theirs: figures read while x was detached, answered after its resume
+    was applied, showed x detached again until the next poll."""
+    model = vm.ViewModel()
+    model.set_daemon(True)
+    model.apply_snapshot({"instances": [server_status(1, [])]})
+    model.apply_event(event(2, "server", "s", "clientconnect", client_id="x"))
+    model.apply_event(event(3, "server", "s", "clientdetach", client_id="x", reason="connection reset by peer"))
+    model.apply_event(event(4, "server", "s", "clientresume", client_id="x"))
+    st = model.instance("server", "s").status
+    read_detached = {"x": {"connected": False}}
+    assert not model.apply_stats("server", "s", {}, now=1.0, clients=read_detached, seq=3)
+    assert st["detached"] == []
+    # Figures read after every event applied are the newer word: a detach
+    # whose event is still on its way shows at once.
+    assert model.apply_stats("server", "s", {}, now=2.0, clients=read_detached, seq=4)
+    assert st["detached"] == ["x"]
+    # An mcd that numbers no figures: taken as they are.
+    assert model.apply_stats("server", "s", {}, now=3.0, clients={"x": {"connected": True}})
+    assert st["detached"] == []
+
+
 def server_status(seq: int, clients: list[str], **more: Any) -> dict[str, Any]:
     return {"kind": "server", "name": "s", "phase": "listening", "running": True, "clients": clients,
             "detached": [], "seq": seq, **more}  # fmt: skip

@@ -161,22 +161,38 @@ class ViewModel:
         return names if "default" in names else ["default", *names]
 
     def apply_stats(
-        self, kind: str, name: str, figures: dict[str, Any], now: float, clients: dict[str, Any] | None = None
+        self,
+        kind: str,
+        name: str,
+        figures: dict[str, Any],
+        now: float,
+        clients: dict[str, Any] | None = None,
+        seq: int | None = None,
     ) -> bool:
         """An instance's live figures, taken at ``now`` (seconds, any clock),
-        with a server's per client (``clients``).  True when they changed
-        its status (which clients are detached)."""
+        with a server's per client (``clients``), read after event ``seq``.
+        True when they changed its status (which clients are detached)."""
         inst = self.instance(kind, name)
         inst.figures = figures
         changed = False
-        if clients is not None and not (inst.status.get("settings") or {}).get("cluster"):
+        cluster = (inst.status.get("settings") or {}).get("cluster")
+        if clients is not None and not cluster and (seq is None or seq >= inst.forgotten):
             # A broken connection leaves its session waiting: the
             # clientdetach event says so at once, and the figures, every
-            # second, say it too after events were missed.  (In a cluster
-            # the status, polled, says which clients no node holds.)
-            detached = [client_id for client_id, cs in clients.items() if cs is not None and not cs["connected"]]
-            changed = detached != inst.status.get("detached", [])
-            inst.status["detached"] = detached
+            # second, say it too after events were missed.  Figures read
+            # before events the model has applied (a resume) get those
+            # again on top, as a status does, rather than undo them for a
+            # second.  (In a cluster the status, polled, says which clients
+            # no node holds.)
+            before = inst.status.get("detached", [])
+            inst.status["detached"] = [
+                client_id for client_id, cs in clients.items() if cs is not None and not cs["connected"]
+            ]
+            if seq is not None:
+                for ev in inst.recent:
+                    if ev["seq"] > seq and ev["event"] in _CLIENT_LISTS:
+                        _change_status(inst.status, ev["event"], ev.get("data") or {})
+            changed = inst.status["detached"] != before
         if "last_close_reason" in figures:
             # A client retrying in the background changes no state between
             # its attempts, so no event tells why the last one failed (a

@@ -527,7 +527,8 @@ class InstanceTab(QWidget):
             for entry in result["instances"]:
                 if (entry["kind"], entry["name"]) != (kind, name):
                     continue
-                if self.model.apply_stats(kind, name, entry["stats"], time.monotonic(), entry.get("clients")):
+                figures, clients, seq = entry["stats"], entry.get("clients"), result.get("seq")
+                if self.model.apply_stats(kind, name, figures, time.monotonic(), clients, seq):
                     self.refresh()  # a client's connection broke or came back
             self.show_figures()
             if kind == "server" and (self.current().status.get("settings") or {}).get("cluster"):
