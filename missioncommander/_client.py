@@ -1065,7 +1065,7 @@ class Client(ClientSettings):
                     "starting a new one and resending %d unacknowledged message(s)%s",
                     self.client_id,
                     len(session.out),
-                    f", not {dropped} request(s) and replies of the old session" if dropped else "",
+                    f", leaving out the old session's {dropped} request or reply message(s)" if dropped else "",
                 )
                 self._stats.sessions_lost += 1
                 self._callbacks.emit(

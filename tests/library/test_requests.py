@@ -318,7 +318,7 @@ def test_a_cut_between_request_and_reply_delivers_both_exactly_once(
 
 
 def test_a_request_lost_with_a_server_restart_is_not_sent_to_the_new_server(
-    make_client: MakeClient, pool: ThreadPoolExecutor
+    make_client: MakeClient, pool: ThreadPoolExecutor, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Its asker is told SessionLost; the new server never runs it (a retry
     by the asker would otherwise run it twice)."""
@@ -350,6 +350,8 @@ def test_a_request_lost_with_a_server_restart_is_not_sent_to_the_new_server(
                 asking.result(WAIT)
             rec.wait_count("reconnect", 1)
             assert len(rec.of("sessionlost")) == 1
+            # The count is of messages: a request, or a reply to the server's.
+            assert "resending 0 unacknowledged message(s), leaving out the old session's 1 request" in caplog.text
             assert client.request(Message("fresh"), timeout=WAIT) == Message("fresh", {"from": "new"})
             client.send(Message("after"))
             got.wait_count("message", 1)
