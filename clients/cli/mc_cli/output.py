@@ -265,16 +265,16 @@ def stats(
     daemon = result["daemon"]
     rate_columns: tuple[str, ...] = ("SENT/S", "RECV/S") if rates is not None else ()
     header = ("KIND", "NAME", "STATE", "SENT", "RECEIVED", *rate_columns, "QUEUED", "RTT MS", "DETAIL")
-    lines = [table(rows, header, width)] if rows else []
+    notes = []
     if left_out:
-        lines.append(
+        notes.append(
             f"... and {left_out} quieter row(s) this screen has no room for"
             " (`stats` lists them all; --name or --kind narrows the view)"
         )
-    lines.append(
+    notes.append(
         f"mcd: up {daemon['uptime']:.0f} s, {daemon['event_subscribers']} event subscriber(s),"
         f" {daemon['events_published']} event(s) published, {daemon['events_dropped']} dropped"
     )
     if width is not None:
-        lines[bool(rows) :] = [cut(line, width) for line in lines[bool(rows) :]]  # the table keeps within already
-    return "\n".join(lines)
+        notes = [cut(note, width) for note in notes]
+    return "\n".join(([table(rows, header, width)] if rows else []) + notes)

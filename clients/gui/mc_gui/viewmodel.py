@@ -69,6 +69,13 @@ class InstanceState:
             self.forgotten = self.recent[0]["seq"]
         self.recent.append(ev)
 
+    def replay_after(self, seq: int) -> None:
+        """Apply again, on top of what was read after event ``seq`` (a
+        status, the figures), the remembered events newer than it."""
+        for ev in self.recent:
+            if ev["seq"] > seq:
+                _change_status(self.status, ev["event"], ev.get("data") or {})
+
     def rates(self) -> list[tuple[float, float]]:
         """Messages sent and received per second between samples, oldest first."""
         out = []
@@ -189,9 +196,7 @@ class ViewModel:
                 client_id for client_id, cs in clients.items() if cs is not None and not cs["connected"]
             ]
             if seq is not None:
-                for ev in inst.recent:
-                    if ev["seq"] > seq and ev["event"] in _CLIENT_LISTS:
-                        _change_status(inst.status, ev["event"], ev.get("data") or {})
+                inst.replay_after(seq)
             changed = inst.status["detached"] != before
         if "last_close_reason" in figures:
             # A client retrying in the background changes no state between
@@ -256,9 +261,7 @@ class ViewModel:
         if seq < inst.forgotten:
             return
         inst.status.update(status)
-        for ev in inst.recent:
-            if ev["seq"] > seq:
-                _change_status(inst.status, ev["event"], ev.get("data") or {})
+        inst.replay_after(seq)
 
     # -- what to show --------------------------------------------------------------
 
