@@ -222,8 +222,21 @@ def host(value: Any, name: str) -> str:
         raise ValueError(
             f"{name} {text[:80]!r} is not a valid host name "
             "(dot-separated labels of 1 to 63 letters, digits or hyphens, 253 characters at most)"
+            + _misplaced_part(text)
         )
     return text
+
+
+def _misplaced_part(text: str) -> str:
+    """What to say of a host or interface written as a URL or as host:port,
+    the two ways people paste one where only the host belongs."""
+    scheme, sep, _ = text.partition("://")
+    if sep:
+        return f": give the host alone, without {scheme}://"
+    where, sep, port = text.rpartition(":")
+    if sep and port.isdigit() and where and _is_host(where.removeprefix("[").removesuffix("]")):
+        return ": give the host alone; the port is a setting of its own"
+    return ""
 
 
 @functools.lru_cache(maxsize=256)
@@ -290,7 +303,10 @@ def resolve_interface(value: str, name: str = "interface") -> str:
     addrs = psutil.net_if_addrs().get(value)
     if addrs is None:
         known = ", ".join(sorted(psutil.net_if_addrs())) or "none"
-        raise ValueError(f"{name} {value!r} is neither an IP address nor a local interface (interfaces: {known})")
+        raise ValueError(
+            f"{name} {value!r} is neither an IP address nor a local interface (interfaces: {known})"
+            + _misplaced_part(value)
+        )
     for family in (socket.AF_INET, socket.AF_INET6):
         for addr in addrs:
             if addr.family == family:

@@ -1029,6 +1029,10 @@ def test_every_limit_and_timer_of_the_library_can_be_set(mcd: Mcd) -> None:
     assert bad.returncode == 2 and "fix: `mcctl help client` lists the keys" in bad.stderr
     bad = run("client", "set", "send_timeout", "-1", socket_path=sock)
     assert bad.returncode == 2 and "send_timeout" in bad.stderr
+    # A host pasted with its port: refused by mcd, saying what to leave out and where the values are.
+    bad = run("client", "set", "address", "127.0.0.1:30000", socket_path=sock)
+    assert bad.returncode == 2 and "give the host alone; the port is a setting of its own" in bad.stderr
+    assert "fix: `mcctl help client` lists the keys and their values" in bad.stderr
     # Saved: what was set (None included), not every default.
     assert mcd.stop() == 0
     saved = json.loads((mcd.state_dir / "state.json").read_text())

@@ -4,6 +4,7 @@ could not be set to the value they had."""
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 from collections.abc import Callable
@@ -108,6 +109,36 @@ def test_a_host_name_that_can_never_resolve_is_refused_when_set(host: str) -> No
     client = Client()
     with pytest.raises(ValueError, match="not a valid host name"):
         client.address = host
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "hint"),
+    [
+        ("address", "127.0.0.1:30000", "give the host alone; the port is a setting of its own"),
+        ("address", "[::1]:30000", "give the host alone; the port is a setting of its own"),
+        ("address", "localhost:30000", "give the host alone; the port is a setting of its own"),
+        ("address", "http://example.com", "give the host alone, without http://"),
+        ("servers", ["tcp://node-a:30000"], "give the host alone, without tcp://"),
+        ("interface", "0.0.0.0:30000", "give the host alone; the port is a setting of its own"),
+    ],
+)
+def test_a_host_pasted_with_its_port_or_scheme_is_refused_saying_what_to_leave_out(
+    setting: str, value: object, hint: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(hint)):
+        Client(**{setting: value})
+
+
+def test_a_server_interface_pasted_with_its_port_is_refused_saying_so() -> None:
+    with pytest.raises(ValueError, match="the port is a setting of its own"):
+        Server(interface="127.0.0.1:30000")
+
+
+@pytest.mark.parametrize("host", ["server..example.com", "a b", "eth0:x"])
+def test_a_bad_host_without_a_port_or_scheme_gets_no_such_hint(host: str) -> None:
+    with pytest.raises(ValueError) as info:
+        Client(address=host)
+    assert "alone" not in str(info.value)
 
 
 @pytest.mark.parametrize("host", ["localhost", "example.com.", "my_host.local", "ünïcode.example", "::1", "10.1.2.3"])

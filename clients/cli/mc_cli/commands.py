@@ -179,7 +179,9 @@ def run_request(inv: Invocation, transport: Transport, printer: Printer) -> int:
         # Point to the keys where a key or value was at fault; other refusals
         # (a bad name, a payload JSON cannot carry) say all in their message.
         if status == EXIT_USAGE and topic in ("client", "server") and verb in ("set", "get"):
-            hint = f"`{printer.command_prefix}help {topic}` lists the keys"
+            hint = f"`{printer.command_prefix}help {topic}` lists the keys" + (
+                " and their values" if verb == "set" else ""
+            )
         elif exc.code == ErrorCode.UNKNOWN_COMMAND:
             hint = f"`{printer.command_prefix}help` lists the commands"
         elif exc.code == ErrorCode.NO_RESPONDER:
