@@ -26,11 +26,14 @@ if missing:
 
 
 @pytest.fixture
-def display() -> Iterator[str]:
-    """A private X server; -displayfd has it pick a free display number and tell us when it is ready."""
+def display(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A private X server (a 1024x768 screen, or the size a test asks for
+    as its parameter); -displayfd has it pick a free display number and
+    tell us when it is ready."""
+    size = getattr(request, "param", "1024x768")
     read_fd, write_fd = os.pipe()
     xvfb = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
+        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", f"{size}x24", "-nolisten", "tcp"],
         pass_fds=(write_fd,),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -87,6 +90,42 @@ def test_mctray_shows_its_window_on_a_real_x_server(display: str) -> None:
         mcd.close()
     assert "Traceback" not in err
     assert "Could not load the Qt platform plugin" not in err
+
+
+@pytest.mark.parametrize("display", ["1024x600"], indirect=True)
+def test_the_window_starts_within_a_small_screen(display: str) -> None:
+    # It opened 700 px tall whatever the screen: on a 1024x600 netbook its
+    # bottom (the live figures) was off the screen, and so it was on a
+    # 1280x720 desktop once panels and the title bar took their share.
+    mcd = Mcd().start()
+    tray: subprocess.Popen[str] | None = None
+    try:
+        tray = start_tray(display, mcd)
+        env = mcd.env() | {"DISPLAY": display}
+        window = subprocess.run(
+            ["xdotool", "search", "--onlyvisible", "--name", "^MissionCommander$"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.split()[0]
+        shape = subprocess.run(
+            ["xdotool", "getwindowgeometry", "--shell", window],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+    finally:
+        if tray is not None:
+            tray.terminate()
+            tray.communicate(timeout=20)
+        mcd.stop()
+        mcd.close()
+    geometry = dict(line.split("=", 1) for line in shape.split())
+    assert int(geometry["Y"]) + int(geometry["HEIGHT"]) <= 600, shape
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])

@@ -1190,7 +1190,10 @@ class MainWindow(QMainWindow):
         self.keep_running_in_tray = False
         self.setWindowTitle("MissionCommander")
         self.setWindowIcon(dot_icon("idle"))
-        self.resize(900, 700)
+        # 700 px is more than a 1280x720 desktop, or a laptop's 768 less its
+        # panels, has room for: there it starts a tenth shorter than the room
+        # (the title bar takes some), and its scroll areas take the rest.
+        self.resize(900, min(700, self.screen().availableGeometry().height() * 9 // 10))
 
         self.banner = QFrame()
         self.banner.setStyleSheet("QFrame { background: #fdecea; border: 1px solid #f5c2c0; border-radius: 4px; }")
