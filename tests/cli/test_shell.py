@@ -126,6 +126,41 @@ def test_shell_with_a_daemon(mcd: Mcd, tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "state" / "missioncommander" / "mcctl_history").stat().st_mode) == 0o600
 
 
+def test_a_payload_pasted_over_several_lines_is_one_command(mcd: Mcd, tmp_path: Path) -> None:
+    """A pretty-printed payload pasted at the prompt came a line at a time:
+    each line ran alone and failed (a JSON error, then unknown commands)."""
+    mcd.request("server.set", key="interface", value="127.0.0.1")
+    port = mcd.request("server.start")["port"]
+    mcd.request("client.set", key="address", value="127.0.0.1")
+    mcd.request("client.set", key="port", value=port)
+    mcd.request("client.connect", wait=True)
+    sh = PtySession(mcctl_command(), shell_env(mcd.socket, tmp_path))
+    try:
+        sh.expect("> ", start=sh.expect("connected to mcd"))
+        mark = len(sh.text)
+        for line in ("server send echo {", '  "n": 1,', '  "tags": ["a",', '           "b"]', "}"):
+            sh.line(line)
+        sh.expect('client/default  message: echo {"n": 1, "tags": ["a", "b"]}', start=mark)
+        assert "unknown command" not in sh.text[mark:] and "error" not in sh.text[mark:]
+        # An empty line runs an object still open: its error says what is missing.
+        mark = len(sh.text)
+        sh.line('server send echo {"n":')
+        sh.expect("... ", start=mark)
+        sh.line("")
+        sh.expect("nothing was sent", start=sh.expect("invalid JSON payload: Expecting value", start=mark))
+        # A wrong line is not waited on: its error comes at once.
+        mark = len(sh.text)
+        sh.line("server send echo {oops")
+        sh.expect("invalid JSON payload: Expecting property name", start=mark)
+        sh.line("quit")
+        assert sh.wait() == 0
+    finally:
+        sh.close()
+    history = (tmp_path / "state" / "missioncommander" / "mcctl_history").read_text().splitlines()
+    assert 'server send echo { "n": 1, "tags": ["a", "b"] }' in history  # Up brings back the whole command
+    assert '  "n": 1,' not in history
+
+
 def test_embedded_shell_without_a_daemon(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "missioncommander", "cli"]
     sh = PtySession(argv, shell_env(tmp_path / "no-daemon.sock", tmp_path))

@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from .commands import Transport
 
 PROMPT = "> "
+#: The prompt for the next line of a payload that is still open.
+CONTINUATION_PROMPT = "... "
 #: How long the shell waits for mcd's answer to a command that does not wait itself.
 ANSWER_TIMEOUT = 10.0
 #: Wakes the main thread, waiting in readline, to print queued events.
@@ -59,7 +61,8 @@ Type commands without the word mcctl, e.g.:
   server set interface 127.0.0.1      client set address 127.0.0.1
   server set port 30000               client set port 30000
   server start                        client connect
-  server send echo {"message": "hello"}   (a JSON object needs no quotes here)
+  server send echo {"message": "hello"}   (a JSON object needs no quotes here,
+                                          and may go over several lines)
 Events are printed as they happen.  `help all`; `help client`, `help server`,
 `help events`, `help stats`, `help wait`, `help daemon`;
 clear (or Ctrl-L) clears the screen; exit, quit or Ctrl-D leave the shell."""
@@ -112,6 +115,22 @@ def unquoted_json_error(line: str) -> UsageError | None:
     return None
 
 
+def continues(line: str) -> bool:
+    """Whether ``line`` ends inside a JSON object typed without quotes, as
+    the first line of a pasted, pretty-printed payload does: the shell then
+    reads on.  Not for an object that is wrong before its end (its error
+    says what is wrong), nor for one inside quotes or inside a word."""
+    found = _unquoted_object(line)
+    if found is None or found[2] is not None or line[found[1] - 1] not in " \t":
+        return False
+    text = line[found[1] :].rstrip()
+    try:
+        json.JSONDecoder().raw_decode(text)
+    except json.JSONDecodeError as exc:
+        return exc.pos >= len(text)
+    return False
+
+
 class Shell:
     def __init__(self, socket: str | None = None) -> None:
         self.socket = socket
@@ -130,6 +149,8 @@ class Shell:
         self.readline: Any = None
         #: True while input() waits: only then is there a prompt to redraw.
         self.at_prompt = False
+        #: The prompt input() shows now, drawn again under events.
+        self.prompt = PROMPT
         self.pending: list[str] = []
         #: The thread to wake (with ``_WAKE_SIGNAL``) when events queue at the prompt.
         self.main_thread: int | None = None
@@ -212,7 +233,7 @@ class Shell:
         if self.pending:
             assert self.readline is not None
             typed = self.readline.get_line_buffer()
-            sys.stdout.write("\r\x1b[2K" + "\n".join(self.pending) + "\n" + PROMPT + typed)
+            sys.stdout.write("\r\x1b[2K" + "\n".join(self.pending) + "\n" + self.prompt + typed)
             sys.stdout.flush()
             self.pending.clear()
         self.printed.set()
@@ -415,7 +436,19 @@ class Shell:
     def loop(self) -> int:
         while True:
             try:
-                line = input(PROMPT if self.interactive else "")
+                lines = [self._input(PROMPT)]
+                # A pretty-printed payload pasted at the prompt comes a line
+                # at a time: read on while its object is open.  An empty
+                # line (or Ctrl-D) runs what there is, whose error then says
+                # what is missing; Ctrl-C drops it all, as at the prompt.
+                while continues(" ".join(lines)):
+                    try:
+                        more = self._input(CONTINUATION_PROMPT)
+                    except EOFError:
+                        break
+                    if not more.strip():
+                        break
+                    lines.append(more)
             except EOFError:
                 if self.interactive:
                     sys.stdout.write("\n")
@@ -423,11 +456,30 @@ class Shell:
             except KeyboardInterrupt:
                 sys.stdout.write("\n")
                 continue
-            finally:
-                with self.print_lock:
-                    self.at_prompt = False
+            # JSON needs no line breaks outside its strings, which cannot
+            # hold one: the lines joined make the one-line command they mean.
+            line = " ".join(part.strip() for part in lines)
+            if len(lines) > 1:
+                self._remember_as_one(len(lines), line)
             if not self.run_line(line):
                 return EXIT_OK
+
+    def _input(self, prompt: str) -> str:
+        self.prompt = prompt
+        try:
+            return input(prompt if self.interactive else "")
+        finally:
+            with self.print_lock:
+                self.at_prompt = False
+
+    def _remember_as_one(self, count: int, line: str) -> None:
+        """Keep a payload typed over several lines in the history as the one
+        line it ran as, so that Up brings back the whole command."""
+        if self.readline is None:
+            return
+        for _ in range(min(count, self.readline.get_current_history_length())):
+            self.readline.remove_history_item(self.readline.get_current_history_length() - 1)
+        self.readline.add_history(line)
 
     def close(self) -> None:
         self.stop.set()
