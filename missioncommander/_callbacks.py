@@ -564,7 +564,7 @@ class Callbacks:
         if inbox.held:
             inbox.handing(seq)
         responding = _Responding(release)
-        inbox.held.append(responding)
+        inbox.hold_back().append(responding)
         _pool.expect_blocking()
         SerialQueue().submit(self._respond_then_release, args, reply, responding, inbox)
 

@@ -290,7 +290,7 @@ class _Endpoint:
         callbacks, and to ``messages()``."""
         callbacks = self._message_callbacks
         waiting = self._inbox
-        order: deque[_Hold] = inbox.held
+        order: deque[_Hold] = inbox.hold_back()
         seq, peer, messages, sizes = run
         if (
             (self._in_hand and inbox in self._in_hand) or (self._coroutine_callbacks and len(sizes) > 1)
@@ -350,7 +350,7 @@ class _Endpoint:
         once its reply is on its way."""
         if self._in_hand and inbox in self._in_hand and not inbox.dropped:
             inbox.handing(seq)  # as in _keep
-        held = _Held(release, inbox.held)
+        held = _Held(release, inbox.hold_back())
         held.pending = 1
         self._settle(held)
         steps = answering(self._responders, args)
@@ -399,7 +399,7 @@ class _Endpoint:
 
     def _in_order(self, inbox: Inbox, release: Callable[[], None]) -> None:
         """A reply was handed over: released after what came before it."""
-        self._settle(_Held(release, inbox.held))
+        self._settle(_Held(release, inbox.hold_back()))
 
     @staticmethod
     def _settle(held: _Held) -> None:
@@ -417,7 +417,7 @@ class _Endpoint:
         _log_failure(task)
         self._out_of_hand(held.inbox)
         held.pending -= 1
-        self._release_ready(held.inbox.held)
+        self._release_ready(held.inbox.hold_back())
 
     @staticmethod
     def _release_ready(order: deque[_Hold]) -> None:
@@ -453,7 +453,8 @@ class _Endpoint:
         item, held.item = held.item, None
         held.pending -= 1
         if not held.pending:
-            order: deque[_Hold] = held.inbox.held
+            order = held.inbox.held
+            assert order is not None  # it holds ``held``
             if order[0] is held and (len(order) == 1 or (not isinstance(order[1], _HeldRun) and order[1].pending)):
                 # The usual case, spelled out (this runs per message): the
                 # oldest taken, and nothing behind it ready.
@@ -472,7 +473,8 @@ class _Endpoint:
         last = run.taken == len(run.sizes)
         if last:
             runs.popleft()
-        order: deque[_Hold] = run.inbox.held
+        order = run.inbox.held
+        assert order is not None  # it holds ``run``
         if order[0] is run:
             if run.released == index:
                 # The usual case, spelled out (this runs per message): the
