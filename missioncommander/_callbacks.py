@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from ._config import wait_timeout
 from ._errors import NoResponder
 from ._message import FrozenDict, Message
+from ._quiet import Quiet, more
 
 if TYPE_CHECKING:
     from ._inbox import Inbox
@@ -421,6 +422,28 @@ class Callbacks:
         #: Requests being answered beside the other callbacks now.
         self._responding = 0
         self._slots = threading.Condition()
+        #: Each callback that raised, and how often its traceback is logged.
+        self._failures: dict[Callable[..., Any], Quiet] = {}
+
+    def failed(self, event: str, callback: Callable[..., Any], error: BaseException | None = None) -> None:
+        """Log what ``callback`` for ``event`` raised (``error``, or the
+        exception being handled), with its traceback at most every few
+        seconds per callback and a count of the rest: a callback that fails
+        on some peer's every message would otherwise flood the log, and
+        writing thousands of tracebacks a second slowed every connection."""
+        quiet = self._failures.get(callback)
+        if quiet is None:
+            quiet = self._failures[callback] = Quiet()
+        unsaid = quiet.due()
+        if unsaid is not None:
+            log.error(
+                "%s %s callback %r raised%s",
+                self._owner,
+                event,
+                callback,
+                more(unsaid),
+                exc_info=error if error is not None else True,
+            )
 
     def checked(self, event: str, callback: object) -> str:
         """``event``'s name as subscribed (``normalise_event``), once
@@ -496,7 +519,7 @@ class Callbacks:
                     try:
                         callback(*peer, message)
                     except Exception:
-                        log.exception("%s message callback %r raised", self._owner, callback)
+                        self.failed("message", callback)
                 # Taken one by one, not at the end of the run: a callback that
                 # blocks must not hold back the acks of those before it.
                 if held:
@@ -670,4 +693,4 @@ class Callbacks:
             try:
                 callback(*args)
             except Exception:
-                log.exception("%s %s callback %r raised", self._owner, event, callback)
+                self.failed(event, callback)

@@ -246,7 +246,7 @@ class _Endpoint:
         if key == "request":
             self._responders = (*self._responders, callback)
             return
-        wrapped = self._wrap(callback) if inspect.iscoroutinefunction(callback) else callback
+        wrapped = self._wrap(key, callback) if inspect.iscoroutinefunction(callback) else callback
         self._wrapped[(key, callback)] = wrapped
         self._callbacks.subscribe(key, wrapped)
 
@@ -264,11 +264,18 @@ class _Endpoint:
         if wrapped is not None:
             self._callbacks.unsubscribe(key, wrapped)
 
-    def _wrap(self, coroutine_function: Callable[..., Any]) -> Callable[..., None]:
+    def _wrap(self, event: str, coroutine_function: Callable[..., Any]) -> Callable[..., None]:
+        failed = functools.partial(self._task_failed, event, coroutine_function)
+
         def start(*args: Any) -> None:
-            self._driver.spawn(coroutine_function(*args)).add_done_callback(_log_failure)
+            self._driver.spawn(coroutine_function(*args)).add_done_callback(failed)
 
         return start
+
+    def _task_failed(self, event: str, callback: Callable[..., Any], task: asyncio.Task[Any]) -> None:
+        """Log what a coroutine callback's task raised, as a plain callback's is."""
+        if not task.cancelled() and task.exception() is not None:
+            self._callbacks.failed(event, callback, task.exception())
 
     def _tap(self, name: str) -> Callable[..., None]:
         def tap(*args: Any) -> None:
@@ -323,9 +330,12 @@ class _Endpoint:
                     held.pending += 1
                     self._in_hand[inbox] = self._in_hand.get(inbox, 0) + 1
                     task = self._driver.spawn(callback(*args))
-                    task.add_done_callback(functools.partial(self._done, held))
+                    task.add_done_callback(functools.partial(self._done, held, callback))
                 else:
-                    _call(callback, args)
+                    try:
+                        callback(*args)
+                    except Exception:
+                        self._callbacks.failed("message", callback)
             if self._readers or not callbacks or waiting:
                 # Nobody would see it otherwise (or it would pass those still
                 # waiting): it waits for messages(), and the inbox's bounds
@@ -413,8 +423,8 @@ class _Endpoint:
         else:
             held.release()
 
-    def _done(self, held: _HeldMessage, task: asyncio.Task[Any]) -> None:
-        _log_failure(task)
+    def _done(self, held: _HeldMessage, callback: Callable[..., Any], task: asyncio.Task[Any]) -> None:
+        self._task_failed("message", callback, task)
         self._out_of_hand(held.inbox)
         held.pending -= 1
         self._release_ready(held.inbox.hold_back())
@@ -575,11 +585,6 @@ async def _awaited_request(
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-def _log_failure(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("callback coroutine raised", exc_info=task.exception())
 
 
 def _forward_settings(cls: type, settings: type) -> None:

@@ -1253,3 +1253,46 @@ def test_an_unknown_setting_names_the_class_called() -> None:
         AsyncClient(adress="x")
     with pytest.raises(TypeError, match=r"^AsyncServer\(\) got an unknown setting 'prot' \(did you mean 'port'\?\)$"):
         AsyncServer(prot=1)
+
+
+def test_callbacks_failing_on_every_message_do_not_flood_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    """As on the threaded API: a plain callback and a coroutine callback
+    that raise on each of 200 messages log their traceback once each in the
+    burst, not 200 times, and an event's coroutine callback that raises is
+    said the same way; the messages still reach ``messages()``."""
+    caplog.set_level(logging.ERROR)
+
+    async def test() -> None:
+        async def sour(message: Message) -> None:
+            raise ValueError(f"coroutine bug {message.payload['n']}")
+
+        def bitter(message: Message) -> None:
+            raise RuntimeError("plain bug")
+
+        async def on_connect() -> None:
+            raise LookupError("event bug")
+
+        async with AsyncServer(interface="127.0.0.1", port=0) as server:
+            client = AsyncClient(address="127.0.0.1", port=server.port, client_id="c")
+            client.subscribe("message", bitter)
+            client.subscribe("message", sour)
+            client.subscribe("connect", on_connect)
+            async with client:
+                for n in range(200):
+                    await server.send("c", Message("n", {"n": n}))
+                got = []
+                async for message in client.messages():
+                    got.append(message.payload["n"])
+                    if len(got) == 200:
+                        break
+                assert got == list(range(200))
+                await until(lambda: "event bug" in caplog.text and "coroutine bug" in caplog.text)
+
+    run(test)
+    said = [r for r in caplog.records if " callback " in r.getMessage() and "raised" in r.getMessage()]
+    kinds = sorted(type(r.exc_info[1]).__name__ for r in said if r.exc_info and r.exc_info[1] is not None)
+    # Each callback's first failure at once, the rest counted: more only past a 5 s pause.
+    assert kinds.count("RuntimeError") < 10 and kinds.count("ValueError") < 10, kinds
+    assert {"RuntimeError", "ValueError", "LookupError"} <= set(kinds), kinds
+    assert any(r.getMessage().startswith("client connect callback") for r in said)
+    assert any(r.getMessage().startswith("client message callback") for r in said)

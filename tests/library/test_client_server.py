@@ -389,6 +389,32 @@ def test_a_failing_callback_is_logged_and_others_still_run(
     assert "callback bug" in caplog.text
 
 
+def test_a_callback_failing_on_every_message_does_not_flood_the_log(
+    server: Server, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A callback that raises on each of a peer's messages logged a
+    traceback for each (thousands a second); now one every few seconds,
+    with a count of the rest, and the messages still reach the others."""
+    client = make_client(server)
+    rec = Recorder()
+
+    def boom(_: Message) -> None:
+        raise RuntimeError("callback bug")
+
+    client.subscribe("message", boom)
+    client.subscribe("message", rec.callback("message"))
+    client.connect()
+    (cid,) = server.clients
+    for n in range(200):
+        server.send(cid, Message("n", {"n": n}))
+    assert [m.payload["n"] for (m,) in rec.wait_count("message", 200)] == list(range(200))
+    client.wait_callbacks(5)
+    said = [r for r in caplog.records if "callback" in r.getMessage() and "raised" in r.getMessage()]
+    # One said at once, the rest counted: more only if the burst outlasted a 5 s pause.
+    assert 1 <= len(said) < 10, [r.getMessage() for r in said]
+    assert said[0].exc_info is not None and "callback bug" in caplog.text
+
+
 def test_callbacks_do_not_run_on_the_io_thread(server: Server, make_client: MakeClient) -> None:
     client = make_client(server)
     names: list[str] = []
