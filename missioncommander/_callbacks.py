@@ -422,8 +422,10 @@ class Callbacks:
         #: Requests being answered beside the other callbacks now.
         self._responding = 0
         self._slots = threading.Condition()
-        #: Each callback that raised, and how often its traceback is logged.
-        self._failures: dict[Callable[..., Any], Quiet] = {}
+        #: How often the traceback of each callback that raised is logged,
+        #: by the callback's id: a callable need not be hashable (a
+        #: dataclass's instance is not), and an unsubscribed one is not kept.
+        self._failures: dict[int, Quiet] = {}
 
     def failed(self, event: str, callback: Callable[..., Any], error: BaseException | None = None) -> None:
         """Log what ``callback`` for ``event`` raised (``error``, or the
@@ -431,9 +433,9 @@ class Callbacks:
         seconds per callback and a count of the rest: a callback that fails
         on some peer's every message would otherwise flood the log, and
         writing thousands of tracebacks a second slowed every connection."""
-        quiet = self._failures.get(callback)
+        quiet = self._failures.get(id(callback))
         if quiet is None:
-            quiet = self._failures[callback] = Quiet()
+            quiet = self._failures[id(callback)] = Quiet()
         unsaid = quiet.due()
         if unsaid is not None:
             log.error(
