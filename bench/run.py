@@ -484,7 +484,7 @@ def main() -> int:
     if args.only:
         words = args.only.split(",")
         scenarios = [(name, run) for name, run in scenarios if any(w in name for w in words)]
-    broker, broker_port, _conf = start_broker() if "mqtt" in systems else (None, 0, None)
+    broker, broker_port, conf = start_broker() if "mqtt" in systems else (None, 0, None)
     env = dict(os.environ, BENCH_BROKER_PORT=str(broker_port), PYTHONPATH=os.pathsep.join(sys.path))
     os.environ["BENCH_BROKER_PORT"] = str(broker_port)
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
@@ -510,6 +510,8 @@ def main() -> int:
         if broker is not None:
             broker.kill()
             broker.wait(10)
+        if conf is not None:
+            shutil.rmtree(conf.parent, ignore_errors=True)  # its folder of one file, left in /tmp before
     report = render(results, scenarios, systems, mcctl)
     print(report)
     if args.results:
