@@ -129,11 +129,7 @@ def test_shell_with_a_daemon(mcd: Mcd, tmp_path: Path) -> None:
 def test_a_payload_pasted_over_several_lines_is_one_command(mcd: Mcd, tmp_path: Path) -> None:
     """A pretty-printed payload pasted at the prompt came a line at a time:
     each line ran alone and failed (a JSON error, then unknown commands)."""
-    mcd.request("server.set", key="interface", value="127.0.0.1")
-    port = mcd.request("server.start")["port"]
-    mcd.request("client.set", key="address", value="127.0.0.1")
-    mcd.request("client.set", key="port", value=port)
-    mcd.request("client.connect", wait=True)
+    mcd.connect_hosted_pair()
     sh = PtySession(mcctl_command(), shell_env(mcd.socket, tmp_path))
     try:
         sh.expect("> ", start=sh.expect("connected to mcd"))

@@ -48,18 +48,8 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def connect_a_client(mcd: Mcd) -> None:
-    """mcd's client "rover" connected to mcd's server."""
-    mcd.request("server.set", key="interface", value="127.0.0.1")
-    port = mcd.request("server.start")["port"]
-    mcd.request("client.set", key="address", value="127.0.0.1")
-    mcd.request("client.set", key="port", value=port)
-    mcd.request("client.set", key="client_id", value="rover")
-    mcd.request("client.connect", wait=True)
-
-
 def test_the_endpoint_parses_and_counts_what_the_instances_did(mcd: Mcd, metrics_port: int) -> None:
-    connect_a_client(mcd)
+    mcd.connect_hosted_pair("rover")
     for n in range(3):
         mcd.request("client.send", subject="up", payload={"n": n})
     client = (("instance", "default"), ("kind", "client"))
@@ -99,7 +89,7 @@ def test_a_series_per_client_only_when_asked(metrics_port: int) -> None:
     # Prometheus gets the server's own figures only.
     daemon = Mcd(None, "--metrics", str(metrics_port)).start()
     try:
-        connect_a_client(daemon)
+        daemon.connect_hosted_pair("rover")
         server = (("instance", "default"), ("kind", "server"))
         wait_until(lambda: scrape(metrics_port).get(("missioncommander_clients", server)) == 1, what="the client")
         names = {name for name, _ in scrape(metrics_port)}

@@ -493,7 +493,7 @@ def test_layout_holds_still(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:
         assert window.size() == size
     assert window.minimumSizeHint().height() < 480  # room comes from scrolling, not from the window
 
-    connect_hosted_pair(mcd)
+    mcd.connect_hosted_pair()
     tab = window.client_tab
     qtbot.waitUntil(tab.address.edit.isReadOnly, timeout=WAIT)
     assert tab.address.edit.toolTip() == "disconnect to change this"
@@ -504,15 +504,6 @@ def test_layout_holds_still(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:
     qtbot.waitUntil(lambda: window.banner.isVisibleTo(window), timeout=WAIT)
     settle()
     assert window.size() == size
-
-
-def connect_hosted_pair(mcd: Mcd) -> None:
-    """mcd's default server listening on loopback, its default client connected to it."""
-    mcd.request("server.set", key="interface", value="127.0.0.1")
-    port = mcd.request("server.start")["port"]
-    mcd.request("client.set", key="address", value="127.0.0.1")
-    mcd.request("client.set", key="port", value=port)
-    mcd.request("client.connect", wait=True)
 
 
 def settle() -> None:
@@ -562,7 +553,7 @@ def test_on_off_settings_are_check_boxes_that_apply_sends(qtbot: QtBot, gui: Tra
     qtbot.mouseClick(tab.apply_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: mcd.request("client.get")["settings"]["reconnect_on_shutdown"] is True, timeout=WAIT)
     assert mcd.request("client.get")["settings"]["reply_tracebacks"] is True  # untouched, not sent back changed
-    connect_hosted_pair(mcd)
+    mcd.connect_hosted_pair()
     qtbot.waitUntil(tab.address.edit.isReadOnly, timeout=WAIT)  # connected: fixed settings locked...
     assert tab.inline_callbacks.edit.isEnabled()  # ...but not these, which a client takes live
 
@@ -571,7 +562,7 @@ def test_a_running_instance_takes_what_it_can_change_live_from_apply(qtbot: QtBo
     """Connected or listening, the fields of the settings mcd takes live
     (most limits and timers; a server's token) stay editable and Apply
     sends them; the others stay read-only until a disconnect or stop."""
-    connect_hosted_pair(mcd)
+    mcd.connect_hosted_pair()
     window = gui.window
     tab = window.client_tab
     qtbot.waitUntil(tab.address.edit.isReadOnly, timeout=WAIT)
@@ -694,7 +685,7 @@ def test_what_a_peer_chose_is_shown_escaped_and_sent_to_as_it_is(qtbot: QtBot, g
 def test_the_tab_shows_live_figures_and_their_rate_graph(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:
     gui.window.show()
     qtbot.waitExposed(gui.window)
-    connect_hosted_pair(mcd)
+    mcd.connect_hosted_pair()
     tab = gui.window.client_tab
     for n in range(4):
         mcd.request("client.send", subject="tick", payload={"n": n})

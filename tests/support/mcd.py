@@ -102,6 +102,18 @@ class Mcd:
         with self.client() as c:
             return c.request(cmd, **params)
 
+    def connect_hosted_pair(self, client_id: str | None = None) -> int:
+        """mcd's default server listening on loopback and its default client
+        connected to it (as ``client_id`` if given); returns the port."""
+        self.request("server.set", key="interface", value="127.0.0.1")
+        port: int = self.request("server.start")["port"]
+        self.request("client.set", key="address", value="127.0.0.1")
+        self.request("client.set", key="port", value=port)
+        if client_id is not None:
+            self.request("client.set", key="client_id", value=client_id)
+        self.request("client.connect", wait=True)
+        return port
+
     def phase(self, kind: str, name: str = "default") -> str | None:
         """The instance's phase, or None while it does not exist (reads never create)."""
         try:
