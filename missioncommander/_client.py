@@ -62,6 +62,7 @@ from ._requests import Answers, ReplyWaiter, Requests, of_its_session, reply_bod
 from ._session import SendSession
 from ._state import ClientState, ClientStateTransition
 from ._stats import Counters, session_figures
+from ._stray import warn_stray_attributes
 from ._streams import refuse_unqueueable
 from ._tls import client_context
 
@@ -604,6 +605,7 @@ class Client(ClientSettings):
         background.
         """
         self._check_connectable()
+        warn_stray_attributes(self, cfg.setting_names(self), CLIENT_EVENTS)
         if wait and self._loop.in_loop():
             raise StateError("connect(wait=True) on the I/O thread (an inline callback) would block it; use wait=False")
         started = self._start_connect(wait, self._resolve() if wait else None)

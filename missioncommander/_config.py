@@ -9,7 +9,7 @@ import json
 import re
 import socket
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, overload
 
 from ._frames import client_id_problem
@@ -113,6 +113,11 @@ def apply_settings(obj: HasSettings, settings: dict[str, Any], api: str) -> None
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise TypeError(f"{api}() got an unknown setting {name!r}{hint}")
         setattr(obj, name, value)
+
+
+def setting_names(obj: HasSettings) -> Collection[str]:
+    """The names of ``obj``'s settings."""
+    return _DEFAULTS[type(obj)].keys()
 
 
 def assign(obj: HasSettings, name: str, value: Any) -> None:

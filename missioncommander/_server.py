@@ -60,6 +60,7 @@ from ._quiet import Quiet, more
 from ._requests import Answers, ReplyWaiter, Requests, no_requests, reply_body
 from ._session import SendSession
 from ._stats import TRAFFIC, Counters, session_figures, traffic
+from ._stray import warn_stray_attributes
 from ._streams import refuse_unqueueable
 from ._tls import server_context
 from ._transitions import ConnState
@@ -352,6 +353,7 @@ class Server(ServerSettings):
         if prefer_port is not None and not (type(prefer_port) is int and 0 <= prefer_port <= 65535):
             raise ValueError(f"prefer_port must be a port number (0 to 65535), not {prefer_port!r}")
         check_not_forked(self._loop, "Server")
+        warn_stray_attributes(self, cfg.setting_names(self), SERVER_EVENTS)
         with self._lock:
             if self._running:
                 raise StateError("the server is already running")

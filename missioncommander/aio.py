@@ -35,6 +35,7 @@ from ._message import Message
 from ._requests import Requests, timed_out
 from ._server import SERVER_EVENTS, Server, ServerSettings
 from ._state import ClientState
+from ._stray import warn_stray_attributes
 from ._streams import InboundStream
 
 __all__ = ["AsyncClient", "AsyncServer", "Event"]
@@ -686,6 +687,7 @@ class AsyncClient(_Endpoint, ClientSettings):
         loop = self._driver.bind()
         inner = self._inner
         inner._check_connectable()
+        warn_stray_attributes(self, cfg.setting_names(inner), CLIENT_EVENTS)
         targets: tuple[Target, ...] | None = None
         if wait:
             targets = inner._literal_target() or await loop.run_in_executor(None, inner._resolve)
@@ -891,6 +893,7 @@ class AsyncServer(_Endpoint, ServerSettings):
         ``prefer_port`` as ``Server.start``'s."""
         self._driver.bind()
         inner = self._inner
+        warn_stray_attributes(self, cfg.setting_names(inner), SERVER_EVENTS)
         inner.start(prefer_port=prefer_port)
         cluster = inner._cluster
         if cluster is not None:

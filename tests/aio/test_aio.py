@@ -1255,6 +1255,30 @@ def test_an_unknown_setting_names_the_class_called() -> None:
         AsyncServer(prot=1)
 
 
+def test_a_misspelt_setting_or_a_callback_hook_set_as_an_attribute_is_warned_of() -> None:
+    """As on the threaded API, at ``connect()`` and ``start()``: the wrapper's
+    own attributes are what the user set."""
+
+    async def test() -> None:
+        server = AsyncServer(interface="127.0.0.1", port=0)
+        server.on_message = print  # type: ignore[attr-defined]
+        async with server:
+            client = AsyncClient(address="127.0.0.1", port=server.port)
+            client.adress = "elsewhere"  # type: ignore[attr-defined]
+            client.tag = "mine"  # type: ignore[attr-defined]
+            async with client:
+                assert client.connected
+
+    with pytest.warns(UserWarning) as said:
+        run(test)
+    assert {w.filename for w in said} == {__file__}  # where the test's `async with` is
+    assert [str(w.message) for w in said] == [
+        "AsyncServer.on_message is not a callback hook, so setting it did nothing:"
+        " subscribe('message', callback) subscribes one",
+        "AsyncClient.adress is not a setting, so setting it did nothing (did you mean 'address'?)",
+    ]
+
+
 def test_callbacks_failing_on_every_message_do_not_flood_the_log(caplog: pytest.LogCaptureFixture) -> None:
     """As on the threaded API: a plain callback and a coroutine callback
     that raise on each of 200 messages log their traceback once each in the

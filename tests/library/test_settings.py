@@ -102,6 +102,43 @@ def test_unknown_constructor_setting_is_refused() -> None:
         Server(xyz="blue")
 
 
+def test_a_misspelt_setting_or_a_callback_hook_set_as_an_attribute_is_warned_of(
+    server: Server, make_client: Callable[..., Client]
+) -> None:
+    """An assignment is not refused (a subclass may have attributes of its
+    own), so ``connect()`` and ``start()`` warn of attributes that look
+    meant as a setting or, as paho's ``on_message``, as a callback, and go
+    on; an attribute close to nothing known is left alone."""
+    client = make_client(server)
+    client.heartbeat_intervall = 2  # type: ignore[attr-defined]
+    client.on_message = print  # type: ignore[attr-defined]
+    client.OnConnect = print  # type: ignore[attr-defined]
+    client.counter = 0  # type: ignore[attr-defined]
+    with pytest.warns(UserWarning) as said:
+        client.connect()
+    assert client.connected and client.heartbeat_interval == 5.0
+    assert [str(w.message) for w in said] == [
+        "Client.heartbeat_intervall is not a setting, so setting it did nothing (did you mean 'heartbeat_interval'?)",
+        "Client.on_message is not a callback hook, so setting it did nothing:"
+        " subscribe('message', callback) subscribes one",
+        "Client.OnConnect is not a callback hook, so setting it did nothing:"
+        " subscribe('connect', callback) subscribes one",
+    ]
+    assert {w.filename for w in said} == {__file__}  # where the caller connects, not inside the library
+
+    other = Server(interface="127.0.0.1", port=0)
+    other.max_client = 5  # type: ignore[attr-defined]
+    other.on_clientconnect = print  # type: ignore[attr-defined]
+    with pytest.warns(UserWarning) as said:
+        other.start()
+    other.stop()
+    assert [str(w.message).split(",")[0] for w in said] == [
+        "Server.max_client is not a setting",
+        "Server.on_clientconnect is not a callback hook",
+    ]
+    assert "did you mean 'max_clients'?" in str(said[0].message)
+
+
 def test_generated_ids_are_fresh() -> None:
     client = Client()
     first = client.client_id
