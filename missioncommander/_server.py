@@ -636,7 +636,9 @@ class Server(ServerSettings):
             # A broadcast does not fail for everyone because one client is too
             # slow: that client's session ends instead (bounded memory, logged).
             log.warning(
-                "client %r is too slow: its send queue is full (%d messages); ending its session",
+                "client %r is too slow: its send queue is full (%d messages); ending its session"
+                " (broadcasts sent faster than a client reads fill its queue in a burst larger than"
+                " max_queued: raise max_queued, or pace the burst by server.queued())",
                 session.client_id,
                 len(session.out),
             )

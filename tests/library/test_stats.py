@@ -95,7 +95,11 @@ def test_refusals_are_counted_by_reason(make_client: MakeClient) -> None:
         assert refusals["frame_too_large"] == 1
 
 
-def test_a_client_too_slow_for_a_broadcast_is_counted_as_cut_off(make_client: MakeClient) -> None:
+def test_a_client_too_slow_for_a_broadcast_is_counted_as_cut_off(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Counted, and logged saying what a burst needs (the clients a burst
+    cuts may well be fast ones)."""
     release = threading.Event()
     with Server(interface="127.0.0.1", port=0, max_queued=5) as server:
         slow = make_client(server, client_id="slow", inline_callbacks=False)
@@ -107,6 +111,8 @@ def test_a_client_too_slow_for_a_broadcast_is_counted_as_cut_off(make_client: Ma
                 server.send("*", Message("b", {"n": n}))
             gone.wait_count("clientdisconnect", 1)
             assert server.stats()["slow_clients_cut"] == 1
+            said = [r.getMessage() for r in caplog.records if "too slow" in r.getMessage()]
+            assert len(said) == 1 and "'slow'" in said[0] and "raise max_queued, or pace the burst" in said[0]
         finally:
             release.set()
 
