@@ -864,6 +864,22 @@ def test_python_m_missioncommander_cli_with_a_command_runs_it_as_mcctl(mcd: Mcd)
     assert wrong.returncode == 2 and "unknown command 'frobnicate'" in wrong.stderr
 
 
+def test_dash_dash_version_is_mcctls_own_without_asking_mcd(tmp_path: Path) -> None:
+    """As git and docker answer it: at once, exit 0, whether or not mcd runs
+    (`mcctl version` asks mcd for its own too, and says when it is down)."""
+    nowhere = tmp_path / "no-mcd.sock"
+    plain = run("--version", socket_path=nowhere)
+    assert plain.returncode == 0 and plain.stdout == f"mcctl {__version__} (API 1)\n" and plain.stderr == ""
+    as_json = run("--version", "--json", socket_path=nowhere)
+    assert as_json.returncode == 0 and json.loads(as_json.stdout) == {
+        "mcctl": {"version": __version__, "api_version": 1}
+    }
+    both = run("version", socket_path=nowhere)
+    assert both.returncode == 3 and "mcd is not running" in both.stderr
+    mixed = run("--version", "client", "status", socket_path=nowhere)
+    assert mixed.returncode == 2 and "usage: mcctl --version" in mixed.stderr
+
+
 def test_python_m_missioncommander_says_its_modes_and_version() -> None:
     def launcher(*args: str) -> subprocess.CompletedProcess[str]:
         argv = [sys.executable, "-m", "missioncommander", *args]

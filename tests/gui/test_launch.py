@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mc_gui import launch
+from missioncommander import __version__
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,6 +56,11 @@ def test_help_and_usage_errors_answer_without_the_gui_extra(args: list[str], sta
     assert out.returncode == status
     assert "usage: mctray" in out.stdout + out.stderr and says in out.stdout + out.stderr
     assert "PySide6" not in out.stderr and "Traceback" not in out.stderr
+
+
+def test_version_answers_without_the_gui_extra_or_a_display() -> None:
+    out = run_without_pyside("from mc_gui.launch import main; sys.exit(main(['--version']))")
+    assert out.returncode == 0 and out.stdout == f"mctray {__version__}\n", out.stderr
 
 
 def test_missing_x11_libraries_are_named_with_their_debian_packages(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -280,9 +280,14 @@ def _terminal_size(out: Any) -> os.terminal_size | None:
     return size if size.columns > 0 and size.lines > 3 else None
 
 
-def run_version(hello: Callable[[], dict[str, Any]], printer: Printer) -> int:
-    """Print both versions; ``hello`` asks the daemon (or raises DaemonUnreachable)."""
+def run_version(hello: Callable[[], dict[str, Any]] | None, printer: Printer) -> int:
+    """Print both versions; ``hello`` asks the daemon (or raises
+    DaemonUnreachable).  Without it (``--version``) mcctl's alone, mcd not
+    asked, as ``docker --version`` against ``docker version``."""
     mine = {"version": __version__, "api_version": API_VERSION}
+    if hello is None:
+        printer.result(f"mcctl {__version__} (API {API_VERSION})", {"mcctl": mine})
+        return EXIT_OK
     try:
         theirs = hello()
     except DaemonUnreachable as exc:

@@ -103,6 +103,7 @@ OPTIONS: dict[str, tuple[bool, str]] = {
     "--kind": (True, "wait/events/stats/top: client or server"),
     "--count": (True, "top: stop after N refreshes (default: until Ctrl-C)"),
     "--help": (False, "show help"),
+    "--version": (False, "print mcctl's version (`version` asks mcd for its own too)"),
 }
 #: option -> the commands it goes with, in the order a refusal names them
 _OPTION_USE: dict[str, tuple[tuple[str, ...], ...]] = {
@@ -134,6 +135,7 @@ class Options:
         "socket",
         "timeout",
         "to",
+        "version",
         "wait",
     )
 
@@ -150,6 +152,7 @@ class Options:
         self.count: int | None = None
         self.kind: str | None = None
         self.help = False
+        self.version = False
 
 
 class Invocation:
@@ -324,6 +327,11 @@ def parse(argv: list[str], read_stdin: Callable[[], str] | None = None) -> Invoc
     ``read_stdin`` gives a payload written as ``-`` (one-shot mcctl only)."""
     words, opts = split_options(argv)
     inv = Invocation(action="request", options=opts, words=words)
+    if opts.version and not opts.help:
+        # What other tools answer (git, docker): this program's version, no daemon asked.
+        _expect(words, 0, "mcctl --version (or `mcctl version`, which asks mcd too)")
+        inv.action = "version"
+        return inv
     if not words and not opts.help:
         inv.action = "shell"  # mcctl alone: the shell on a terminal, else usage
         return inv

@@ -57,7 +57,7 @@ other commands:
                                 (client: connected, disconnected, connecting, reconnecting,
                                 failed, unconfigured; server: listening, stopped)
   daemon status | stop | wait   mcd's status; stop it; wait until it answers (after `mcd &`)
-  version                       mcctl's and mcd's versions
+  version                       mcctl's and mcd's versions (--version: mcctl's alone)
   shell                         the interactive shell (also: python3 -m missioncommander cli)
   completion bash|zsh           print a shell completion script
   help [TOPIC]                  TOPIC: client, server, events, stats, wait, daemon
@@ -215,6 +215,8 @@ def execute(inv: Invocation, printer: Printer, factory: Callable[[], ControlClie
         printer.line(script(inv.topic or "bash"))
         return EXIT_OK
     if inv.action == "version":
+        if inv.options.version:
+            return run_version(None, printer)
 
         def hello() -> dict[str, object]:
             with factory() as client:

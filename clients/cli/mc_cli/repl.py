@@ -387,7 +387,7 @@ class Shell:
         elif inv.action == "events":
             self.show("events are printed here as they happen")
         elif inv.action == "version":
-            run_version(lambda: self.transport.request("hello"), self.printer)
+            run_version(None if inv.options.version else lambda: self.transport.request("hello"), self.printer)
         elif inv.action == "daemon_wait":
             if isinstance(self.transport, ControlClient):
                 path = self.transport.path

@@ -108,12 +108,22 @@ def preflight() -> str | None:
     return None
 
 
+def _version() -> str:
+    """The installed distribution's (mctray ships in it); read without
+    importing the library, as mctray talks to mcd only through mc_control."""
+    try:
+        return importlib.metadata.version("missioncommander")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout not installed
+        return "(not installed)"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """mctray's options, read before the preflight: ``--help`` and a usage
     error answer on a machine that cannot run the GUI yet."""
     parser = argparse.ArgumentParser(prog="mctray", description="MissionCommander in the system tray.")
     parser.add_argument("--socket", help="mcd's control socket (default: $MC_SOCKET or the user runtime dir)")
     parser.add_argument("--hidden", action="store_true", help="start in the tray without opening the window")
+    parser.add_argument("--version", action="version", version=f"mctray {_version()}")
     return parser.parse_args(sys.argv[1:] if argv is None else argv)
 
 
