@@ -53,13 +53,24 @@ if not all(RECEIVE[(role, _OPEN)].get(_MessageReceived) is _OPEN for role in Rol
     raise ImportError("the MESSAGE fast path disagrees with the RECEIVE table")
 
 
+_FRAME_TYPES = frozenset(FrameType)
 #: How the first bytes of other protocols begin (an HTTP request's method).
 _HTTP_METHODS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"PATCH ", b"OPTIONS ", b"CONNECT ")
 
 
-def _foreign_protocol(data: bytes | memoryview) -> str | None:
+def _foreign_protocol(role: Role, data: bytes | memoryview, limit: int) -> str | None:
     """What a connection's first bytes, refused as frames, are instead,
     said so that whoever misconfigured the client can tell."""
+    if role is Role.CLIENT:
+        # A MissionCommander server speaks first, a CHALLENGE frame; other
+        # servers that speak first (SSH, mail, FTP: a banner; an HTTP server
+        # answering early) send bytes that are no frame: a length past any
+        # handshake frame's, or a type no frame has.  A frame of a known
+        # type that breaks a rule is the protocol's own error, said as such.
+        # Shown as bytes, so nothing of them reaches a terminal unescaped.
+        if len(data) >= HEADER_SIZE and data[4] in _FRAME_TYPES and 0 < U32.unpack_from(data)[0] <= limit:
+            return None
+        return f"the server does not speak MissionCommander's protocol: it began with {bytes(data[:48])!r}"
     head = bytes(data[:8])
     if head[:2] == b"\x16\x03":  # a TLS handshake record, any TLS version
         return (
@@ -149,12 +160,13 @@ class Connection:
                     break  # the peer closes after this; nothing after it counts
                 is_open = self.phase is _OPEN
         except RemoteProtocolError as exc:
-            # Refused before the HELLO: the connection's very first bytes
-            # (in one read, as a client's first write arrives) may be
-            # another protocol's; the code stays, the words say which.
-            first = self.role is Role.SERVER and self.phase is FIRST_PHASE[Role.SERVER]
+            # Refused before the HELLO (or the CHALLENGE): the connection's
+            # very first bytes (in one read, as a peer's first write
+            # arrives) may be another protocol's; the code stays, the words
+            # say which.
+            first = self.phase is FIRST_PHASE[self.role]
             self._enter(_CLOSED)
-            foreign = _foreign_protocol(data) if first else None
+            foreign = _foreign_protocol(self.role, data, decoder.max_frame_size) if first else None
             if foreign is not None:
                 raise RemoteProtocolError(exc.code, foreign) from None
             raise

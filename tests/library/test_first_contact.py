@@ -96,6 +96,29 @@ def test_a_rate_refusal_that_outlasts_connect_timeout_names_its_code(make_client
             silent.close()
 
 
+def test_a_client_pointed_at_another_kind_of_server_says_what_it_began_with(make_client: MakeClient) -> None:
+    """An SSH server's port, say: the client said only "frame of 1397966893
+    bytes exceeds the maximum of 16384"."""
+    banner = b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n"
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def greet() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(banner)
+                conn.recv(1)  # until the client hangs up
+
+        greeter = threading.Thread(target=greet, daemon=True)
+        greeter.start()
+        client = make_client(address="127.0.0.1", port=listener.getsockname()[1])
+        with pytest.raises(ConnectError) as info:
+            client.connect()
+        greeter.join(10)
+    said = str(info.value)
+    assert f"the server does not speak MissionCommander's protocol: it began with {banner!r}" in said, said
+    assert client.last_close_reason is not None and "does not speak" in client.last_close_reason
+
+
 def test_send_to_an_unknown_client_raises_a_library_error(server: Server) -> None:
     with pytest.raises(UnknownClient, match="no client 'nobody' is connected") as info:
         server.send("nobody", Message("x"))

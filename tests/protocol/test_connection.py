@@ -156,12 +156,47 @@ def test_another_protocols_first_bytes_are_named(first_bytes: bytes, said: str) 
         server.receive_data(first_bytes, now=0.0)
     assert info.value.code == "frame_too_large"  # what the bytes are as a frame
     assert server.state is ConnState.CLOSED
-    # Only a connection's first bytes are judged so: later, and at a
-    # client, the same bytes are just a frame too large.
-    for receiver in (*handshake(), Connection(Role.CLIENT)):
+    # Only a connection's first bytes are judged so: later, the same bytes
+    # are just a frame too large.
+    for receiver in handshake():
         with pytest.raises(RemoteProtocolError, match="exceeds the maximum") as later:
             receiver.receive_data(first_bytes, now=0.0)
         assert later.value.code == "frame_too_large"
+
+
+@pytest.mark.parametrize(
+    ("first_bytes", "code"),
+    [
+        (b"SSH-2.0-OpenSSH_9.2p1 Debian\r\n", "frame_too_large"),
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n", "frame_too_large"),
+        (b"220 mail.example.com ESMTP\r\n", "frame_too_large"),
+        (b"\0\0\0\x05\x7f\x1b[31m\xe2\x80\xae", "bad_frame"),  # a type no frame has, escapes in it
+    ],
+    ids=["ssh", "http", "smtp", "binary"],
+)
+def test_a_client_told_no_challenge_but_another_servers_first_bytes_shows_them(first_bytes: bytes, code: str) -> None:
+    """A client pointed at another kind of server that speaks first (its
+    banner) used to say only "frame of 1397966893 bytes exceeds the
+    maximum"; now what the server began with, as escaped bytes."""
+    client = Connection(Role.CLIENT)
+    with pytest.raises(RemoteProtocolError) as info:
+        client.receive_data(first_bytes, now=0.0)
+    assert info.value.code == code and client.state is ConnState.CLOSED
+    said = str(info.value)
+    assert f"the server does not speak MissionCommander's protocol: it began with {first_bytes!r}" in said
+    assert "\x1b" not in said and "\u202e" not in said  # escaped, never raw
+    # A frame of a known type that breaks a rule is the protocol's error,
+    # said as such (test_client_waits_for_the_challenge: a WELCOME first).
+    client = Connection(Role.CLIENT)
+    with pytest.raises(RemoteProtocolError, match="CHALLENGE body is not UTF-8 JSON") as known:
+        client.receive_data(encode_frame(FrameType.CHALLENGE, b"\x1b[31m"), now=0.0)
+    assert "does not speak" not in str(known.value)
+    # After the CHALLENGE the same bytes are just a bad frame.
+    client = Connection(Role.CLIENT)
+    client.receive_data(Connection(Role.SERVER).send_challenge("n" * 32, auth=False), now=0.0)
+    with pytest.raises(RemoteProtocolError) as later:
+        client.receive_data(first_bytes, now=0.0)
+    assert "does not speak" not in str(later.value)
 
 
 def test_second_hello_is_unexpected() -> None:
