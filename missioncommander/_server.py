@@ -284,6 +284,10 @@ class Server(ServerSettings):
         #: Called with a client id when its send queue may have room (an ACK,
         #: or its session ended): the asyncio API's senders wait for it.
         self._on_room: Callable[[str], None] | None = None
+        #: Threads in ``send(..., timeout=)`` waiting for room (notified
+        #: under ``_lock`` where ``_on_room`` is called).
+        self._room = threading.Condition(self._lock)
+        self._room_waiters = 0
         self._tls_context: ssl.SSLContext | None = None
         self._rates = ConnectionRate()
         self._requests = Requests()
@@ -315,6 +319,8 @@ class Server(ServerSettings):
             with self._lock:
                 for session in self._sessions.values():
                     session.set_limits(self.max_queued, self.max_queued_bytes)
+                if self._room_waiters:
+                    self._room.notify_all()
                 waiting = list(self._sessions) if self._on_room is not None else []
             if waiting:
                 self._loop.call_soon(self._rooms_made, waiting)
@@ -495,7 +501,7 @@ class Server(ServerSettings):
         with self._lock:
             return {client_id: "" for client_id in self._sessions}
 
-    def send(self, target: str, message: Message) -> None:
+    def send(self, target: str, message: Message, timeout: float | None = 0.0) -> None:
         """Send ``message`` to the client ``target``, or to every client for ``'*'``.
 
         Raises ``UnknownClient`` (a ``KeyError`` too) for an unknown client id, ``QueueFullError`` when
@@ -503,16 +509,28 @@ class Server(ServerSettings):
         exceeds its frame limit.  A broadcast never raises for one client: a
         client whose queue is full is too slow, and its session ends (logged,
         ``clientdisconnect`` fires); one with a smaller frame limit is skipped.
+
+        ``timeout``: how long a full queue may hold the caller before that
+        (seconds; None: as long as it takes).  The default, 0, never waits,
+        so one client that stops reading cannot stall the callbacks of all
+        the others; a thread of the application's that streams or
+        broadcasts a burst passes one to be held back to the clients' pace
+        instead (a detached client's full queue, and a cluster's, still
+        raise at once).  Not from an inline callback (``StateError``).
         """
         if not isinstance(message, Message):
             raise TypeError(f"message must be a Message, not {type(message).__name__}")
         if not isinstance(target, str):
             raise TypeError(f"target must be a client id or '*', not {type(target).__name__}")
+        if timeout != 0.0:
+            timeout = cfg.wait_timeout(timeout)
+            if self._loop.in_loop():
+                raise StateError("send(timeout=...) on the I/O thread (an inline callback) would block it")
         body = message.encode()
         if target == cfg.EVERY_CLIENT:
-            self._broadcast(body)
+            self._broadcast(body, timeout)
         else:
-            self._send_to(target, body)
+            self._send_to(target, body, timeout=timeout)
 
     def request(self, client_id: str, message: Message, timeout: float | None = 10.0) -> Message:
         """Send ``message`` to ``client_id`` as a request and return its reply.
@@ -579,9 +597,10 @@ class Server(ServerSettings):
         except (StateError, UnknownClient, QueueFullError) as lost:
             self._answers.unsent(request_id, client_id, lost)
 
-    def _send_to(self, target: str, body: bytes, request_id: int = 0) -> None:
+    def _send_to(self, target: str, body: bytes, request_id: int = 0, timeout: float | None = 0.0) -> None:
         """Queue ``body`` for ``target``; a request (``request_id``) only if
-        its protocol has them (in a cluster, Redis checks)."""
+        its protocol has them (in a cluster, Redis checks); a full queue
+        holds the caller up to ``timeout`` (``send()``'s)."""
         size = len(body) + MESSAGE_OVERHEAD
         if self._cluster is not None:
             self._check_running()
@@ -599,15 +618,41 @@ class Server(ServerSettings):
             out = session.out
             if not out.offer(body):
                 refuse_unqueueable(body, out.max_bytes)
-                raise QueueFullError(
-                    f"send queue of client {target!r} is full ({len(out)} messages, "
-                    f"{out.queued_bytes} bytes unacknowledged)"
-                )
+                if timeout == 0.0 or session.link is None or not self._wait_for_room_locked(session, body, timeout):
+                    raise QueueFullError(
+                        f"send queue of client {target!r} is full ({len(out)} messages, "
+                        f"{out.queued_bytes} bytes unacknowledged"
+                        + ("" if timeout == 0.0 or session.link is None else f" after {timeout:g} s")
+                        + (", and it is detached" if session.link is None else "")
+                        + ")"
+                    )
             direct = route_locked(session, self._loop, self._schedule_pump_locked)
         if direct is not None:
             direct[0].send_and_unlock(direct[1])
 
-    def _broadcast(self, body: bytes) -> None:
+    def _wait_for_room_locked(self, session: _Session, body: bytes, timeout: float | None) -> bool:
+        """Wait (``_lock`` held, released meanwhile) until ``session``'s
+        queue takes ``body``: True once it did; False after ``timeout``,
+        or at once when the session ends or detaches (``UnknownClient``
+        when it ended: the message has nowhere to go)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            self._room_waiters += 1
+            try:
+                self._room.wait(left)
+            finally:
+                self._room_waiters -= 1
+            if self._sessions.get(session.client_id) is not session:
+                raise UnknownClient(f"client {session.client_id!r}'s session ended while the send waited for room")
+            if session.link is None:
+                return False
+            if session.out.offer(body):
+                return True
+
+    def _broadcast(self, body: bytes, timeout: float | None = 0.0) -> None:
         if self._cluster is not None:
             self._check_running()
             self._cluster.broadcast(body)
@@ -624,9 +669,15 @@ class Server(ServerSettings):
                     skipped.append(session.client_id)
                     continue
                 if not session.out.offer(body) and not session.cut_off:
-                    # Once: until the loop ends it, the session stays in the table.
-                    session.cut_off = True
                     full.append(session)
+            if full and timeout != 0.0:
+                for session in sessions:
+                    if not session.pump_pending:
+                        self._schedule_pump_locked(session)  # what they have goes out while we wait
+                full = self._wait_for_rooms_locked(full, body, timeout)
+            for session in full:
+                # Once: until the loop ends it, the session stays in the table.
+                session.cut_off = True
             for session in sessions:
                 if not session.pump_pending:
                     self._schedule_pump_locked(session)  # a session between links is skipped there
@@ -638,12 +689,44 @@ class Server(ServerSettings):
             log.warning(
                 "client %r is too slow: its send queue is full (%d messages); ending its session"
                 " (broadcasts sent faster than a client reads fill its queue in a burst larger than"
-                " max_queued: raise max_queued, or pace the burst by server.queued())",
+                " max_queued: raise max_queued, or give send() a timeout to wait for room)",
                 session.client_id,
                 len(session.out),
             )
             self._slow_cut += 1
             self._loop.call_soon(self._end_session, session, "send queue full: the client did not keep up")
+
+    def _wait_for_rooms_locked(self, full: list[_Session], body: bytes, timeout: float | None) -> list[_Session]:
+        """A broadcast's wait (``_lock`` held, released meanwhile): queue
+        ``body`` in each of the ``full`` sessions as it makes room, and
+        send it on at once; those still full after ``timeout``, and those
+        detached (nothing reads them meanwhile), are returned: the ones
+        too slow.  Sessions that end meanwhile are dropped."""
+        slow = [s for s in full if s.link is None]
+        waiting = [s for s in full if s.link is not None]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while waiting:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            self._room_waiters += 1
+            try:
+                self._room.wait(left)
+            finally:
+                self._room_waiters -= 1
+            still: list[_Session] = []
+            for session in waiting:
+                if self._sessions.get(session.client_id) is not session or session.cut_off:
+                    continue
+                if session.link is None:
+                    slow.append(session)
+                elif session.out.offer(body):
+                    if not session.pump_pending:
+                        self._schedule_pump_locked(session)
+                else:
+                    still.append(session)
+            waiting = still
+        return slow + waiting
 
     def _say_skipped(self, skipped: list[str]) -> None:
         """The clients a broadcast skipped, its message being over the frame
@@ -891,6 +974,8 @@ class Server(ServerSettings):
                 return
             with self._lock:
                 more = session.acked(event.seq)
+                if self._room_waiters:
+                    self._room.notify_all()
             if more:
                 self._pump_session(session)  # the window has room again
             if self._cluster is not None:
@@ -1140,6 +1225,8 @@ class Server(ServerSettings):
             if self._sessions.get(session.client_id) is not session:
                 return 0
             del self._sessions[session.client_id]
+            if self._room_waiters:
+                self._room.notify_all()  # a send waiting for its room gives up
             self._to_pump.discard(session)
             session.pump_pending = False
             session.live = None

@@ -112,7 +112,7 @@ def test_a_client_too_slow_for_a_broadcast_is_counted_as_cut_off(
             gone.wait_count("clientdisconnect", 1)
             assert server.stats()["slow_clients_cut"] == 1
             said = [r.getMessage() for r in caplog.records if "too slow" in r.getMessage()]
-            assert len(said) == 1 and "'slow'" in said[0] and "raise max_queued, or pace the burst" in said[0]
+            assert len(said) == 1 and "'slow'" in said[0] and "raise max_queued, or give send() a timeout" in said[0]
         finally:
             release.set()
 

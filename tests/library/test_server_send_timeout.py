@@ -1,0 +1,134 @@
+"""``server.send(target, message, timeout=)``: a thread of the application's
+that streams to a client, or broadcasts a burst, is held back to the
+clients' pace instead of getting ``QueueFullError`` (or cutting every
+client, fast ones too, for a broadcast) at the first full queue.  The
+default, no wait, stays: one client that stops reading must not stall a
+server's callbacks."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pytest
+from support import Recorder, wait_until
+
+from missioncommander import Client, Message, QueueFullError, Server, StateError, UnknownClient
+
+MakeClient = Callable[..., Client]
+WAIT = 10.0
+
+
+def stream(server: Server, target: str, count: int, timeout: float | None) -> tuple[threading.Thread, list[object]]:
+    """Send ``count`` messages from a thread of their own; what it ended
+    with (None, or the exception) lands in the list."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            for n in range(count):
+                server.send(target, Message("n", {"n": n}), timeout=timeout)
+        except Exception as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    sender = threading.Thread(target=run, daemon=True)
+    sender.start()
+    return sender, outcome
+
+
+def test_a_send_with_a_timeout_waits_for_room_and_delivers_the_whole_stream(make_client: MakeClient) -> None:
+    release = threading.Event()
+    with Server(interface="127.0.0.1", port=0, max_queued=20) as server:
+        client = make_client(server, client_id="c")
+        got: list[int] = []
+        client.subscribe("message", lambda m: (release.wait(WAIT), got.append(m.payload["n"])))
+        client.connect()
+        try:
+            with pytest.raises(QueueFullError, match=r"send queue of client 'c' is full \(20 messages"):
+                for n in range(21):  # without a timeout, as before: at once
+                    server.send("c", Message("n", {"n": -1 - n}))
+            sender, outcome = stream(server, "c", 100, timeout=WAIT)
+            wait_until(lambda: server._room_waiters == 1, what="the stream waiting for room")
+            assert outcome == [] and server.queued("c") == 20
+        finally:
+            release.set()
+        sender.join(WAIT)
+        assert outcome == [None]
+        wait_until(lambda: len(got) == 120, what="all delivered")
+        assert got == [-1 - n for n in range(20)] + list(range(100))
+
+
+def test_a_send_with_a_timeout_gives_up_on_a_client_that_takes_nothing(make_client: MakeClient) -> None:
+    release = threading.Event()
+    with Server(interface="127.0.0.1", port=0, max_queued=5) as server:
+        client = make_client(server, client_id="stuck")
+        client.subscribe("message", lambda m: release.wait(WAIT))
+        client.connect()
+        try:
+            sender, outcome = stream(server, "stuck", 10, timeout=0.2)
+            sender.join(WAIT)
+            (raised,) = outcome
+            assert isinstance(raised, QueueFullError)
+            assert "send queue of client 'stuck' is full (5 messages" in str(raised) and "after 0.2 s" in str(raised)
+            # Its session ending ends a wait with no end too: the message has nowhere to go.
+            sender, outcome = stream(server, "stuck", 10, timeout=None)
+            wait_until(lambda: server._room_waiters == 1, what="the send waiting for room")
+            server.disconnect_client("stuck", "go away")
+            sender.join(WAIT)
+            (raised,) = outcome
+            assert isinstance(raised, UnknownClient) and "session ended while the send waited" in str(raised)
+        finally:
+            release.set()
+
+
+def test_a_broadcast_with_a_timeout_cuts_only_the_client_that_takes_nothing(make_client: MakeClient) -> None:
+    """Without a timeout the burst cut both clients at their 10th queued
+    message; with one, the fast client gets all of it and only the stuck
+    one, after the timeout, loses its session."""
+    release = threading.Event()
+    with Server(interface="127.0.0.1", port=0, max_queued=10) as server:
+        gone = Recorder().attach(server, "clientdisconnect")
+        fast = make_client(server, client_id="fast")
+        got: list[int] = []
+        fast.subscribe("message", lambda m: got.append(m.payload["n"]))
+        stuck = make_client(server, client_id="stuck")
+        stuck.subscribe("message", lambda m: release.wait(WAIT))
+        fast.connect()
+        stuck.connect()
+        try:
+            sender, outcome = stream(server, "*", 200, timeout=0.5)
+            sender.join(WAIT)
+            assert outcome == [None]
+            assert gone.wait_count("clientdisconnect", 1) == [("stuck",)]
+            wait_until(lambda: len(got) == 200, what="the whole burst at the fast client")
+            assert got == list(range(200)) and server.clients == ["fast"]
+            assert server.stats()["slow_clients_cut"] == 1
+        finally:
+            release.set()
+
+
+def test_a_send_timeout_is_refused_where_it_would_block_the_io_thread(make_client: MakeClient) -> None:
+    with Server(interface="127.0.0.1", port=0, inline_callbacks=True) as server:
+        refused: list[BaseException] = []
+        answered = threading.Event()
+
+        def on_message(client_id: str, message: Message) -> None:
+            try:
+                server.send(client_id, message, timeout=1.0)
+            except StateError as exc:
+                refused.append(exc)
+            server.send(client_id, message)  # without one, as always
+            answered.set()
+
+        server.subscribe("message", on_message)
+        client = make_client(server)
+        echoed = Recorder().attach(client, "message")
+        client.connect()
+        client.send(Message("m"))
+        assert answered.wait(WAIT) and echoed.wait_count("message", 1)
+        assert "would block it" in str(refused[0])
+        for bad, kind in ((-1, ValueError), (float("nan"), ValueError), ("5", TypeError)):
+            with pytest.raises(kind, match="timeout"):
+                server.send("*", Message("m"), timeout=bad)  # type: ignore[arg-type]
