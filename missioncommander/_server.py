@@ -632,9 +632,10 @@ class Server(ServerSettings):
 
     def _wait_for_room_locked(self, session: _Session, body: bytes, timeout: float | None) -> bool:
         """Wait (``_lock`` held, released meanwhile) until ``session``'s
-        queue takes ``body``: True once it did; False after ``timeout``,
-        or at once when the session ends or detaches (``UnknownClient``
-        when it ended: the message has nowhere to go)."""
+        queue takes ``body``: True once it did, False after ``timeout``;
+        ``UnknownClient`` when the session ends meanwhile (the message has
+        nowhere to go).  A session that detaches meanwhile is waited for:
+        it may resume within ``session_expiry``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = None if deadline is None else deadline - time.monotonic()
@@ -647,8 +648,6 @@ class Server(ServerSettings):
                 self._room_waiters -= 1
             if self._sessions.get(session.client_id) is not session:
                 raise UnknownClient(f"client {session.client_id!r}'s session ended while the send waited for room")
-            if session.link is None:
-                return False
             if session.out.offer(body):
                 return True
 
@@ -700,8 +699,9 @@ class Server(ServerSettings):
         """A broadcast's wait (``_lock`` held, released meanwhile): queue
         ``body`` in each of the ``full`` sessions as it makes room, and
         send it on at once; those still full after ``timeout``, and those
-        detached (nothing reads them meanwhile), are returned: the ones
-        too slow.  Sessions that end meanwhile are dropped."""
+        detached when it began (nothing reads them), are returned: the
+        ones too slow.  Sessions that end meanwhile are dropped; one that
+        detaches meanwhile is waited for, as ``send()`` to one waits."""
         slow = [s for s in full if s.link is None]
         waiting = [s for s in full if s.link is not None]
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -718,9 +718,7 @@ class Server(ServerSettings):
             for session in waiting:
                 if self._sessions.get(session.client_id) is not session or session.cut_off:
                     continue
-                if session.link is None:
-                    slow.append(session)
-                elif session.out.offer(body):
+                if session.out.offer(body):
                     if not session.pump_pending:
                         self._schedule_pump_locked(session)
                 else:

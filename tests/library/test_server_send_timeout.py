@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 
 import pytest
-from support import Recorder, wait_until
+from support import FaultProxy, Recorder, wait_until
 
 from missioncommander import Client, Message, QueueFullError, Server, StateError, UnknownClient
 
@@ -81,6 +81,42 @@ def test_a_send_with_a_timeout_gives_up_on_a_client_that_takes_nothing(make_clie
             assert isinstance(raised, UnknownClient) and "session ended while the send waited" in str(raised)
         finally:
             release.set()
+
+
+def test_a_detached_clients_full_queue_raises_at_once_and_a_wait_goes_on_through_a_resume(
+    make_client: MakeClient,
+) -> None:
+    """As a client's send while it reconnects: nothing reads a detached
+    client's queue, so a send finding it full does not wait; one already
+    waiting when the connection breaks waits on, and goes through once
+    the client resumes and takes what was queued."""
+    release = threading.Event()
+    with Server(interface="127.0.0.1", port=0, max_queued=3) as server:
+        detached = Recorder().attach(server, "clientdetach", "clientresume")
+        proxy = FaultProxy(server.port)
+        try:
+            client = make_client(client_id="d", address="127.0.0.1", port=proxy.port)
+            got: list[int] = []
+            client.subscribe("message", lambda m: (release.wait(WAIT), got.append(m.payload["n"])))
+            client.connect()
+            sender, outcome = stream(server, "d", 5, timeout=WAIT)
+            wait_until(lambda: server._room_waiters == 1, what="the fourth send waiting for room")
+            proxy.refusing = True
+            proxy.cut("rst")
+            detached.wait_count("clientdetach", 1)
+            with pytest.raises(QueueFullError, match=r"full \(3 messages.*, and it is detached\)"):
+                server.send("d", Message("n", {"n": -1}), timeout=WAIT)
+            assert outcome == []  # the stream's send waits on
+            proxy.refusing = False
+            release.set()
+            detached.wait_count("clientresume", 1)
+            sender.join(WAIT)
+            assert outcome == [None]
+            wait_until(lambda: len(got) == 5, what="all five, once each")
+            assert got == list(range(5))
+        finally:
+            release.set()
+            proxy.close()
 
 
 def test_a_broadcast_with_a_timeout_cuts_only_the_client_that_takes_nothing(make_client: MakeClient) -> None:
