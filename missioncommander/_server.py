@@ -637,19 +637,26 @@ class Server(ServerSettings):
         nowhere to go).  A session that detaches meanwhile is waited for:
         it may resume within ``session_expiry``."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return False
-            self._room_waiters += 1
-            try:
-                self._room.wait(left)
-            finally:
-                self._room_waiters -= 1
+        while self._room_wait_locked(deadline):
             if self._sessions.get(session.client_id) is not session:
                 raise UnknownClient(f"client {session.client_id!r}'s session ended while the send waited for room")
             if session.out.offer(body):
                 return True
+        return False
+
+    def _room_wait_locked(self, deadline: float | None) -> bool:
+        """Wait once for room made in any session (an ACK, a raised bound,
+        a session ended), ``_lock`` held and released meanwhile; False,
+        without waiting, once ``deadline`` has passed."""
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return False
+        self._room_waiters += 1
+        try:
+            self._room.wait(left)
+        finally:
+            self._room_waiters -= 1
+        return True
 
     def _broadcast(self, body: bytes, timeout: float | None = 0.0) -> None:
         if self._cluster is not None:
@@ -705,15 +712,7 @@ class Server(ServerSettings):
         slow = [s for s in full if s.link is None]
         waiting = [s for s in full if s.link is not None]
         deadline = None if timeout is None else time.monotonic() + timeout
-        while waiting:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                break
-            self._room_waiters += 1
-            try:
-                self._room.wait(left)
-            finally:
-                self._room_waiters -= 1
+        while waiting and self._room_wait_locked(deadline):
             still: list[_Session] = []
             for session in waiting:
                 if self._sessions.get(session.client_id) is not session or session.cut_off:
