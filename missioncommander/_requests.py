@@ -256,10 +256,13 @@ class Requests:
         with self._lock:
             return self._per_peer.get(peer, 0)
 
-    def wait(self, request_id: int, waiter: ReplyWaiter, timeout: float | None, why: Callable[[], str]) -> Message:
+    def wait(
+        self, request_id: int, waiter: ReplyWaiter, timeout: float | None, why: Callable[[], str], spent: float = 0.0
+    ) -> Message:
         """The reply, or the request's error; ``RequestTimeout`` after
-        ``timeout`` (saying ``why()``, when it says something)."""
-        if not waiter.wait(timeout):
+        ``timeout`` (saying ``why()``, when it says something), ``spent``
+        seconds of which went before (waiting for room to send it)."""
+        if not waiter.wait(None if timeout is None else max(0.0, timeout - spent)):
             self.forget(request_id)
             if not waiter.done():
                 raise timed_out(timeout, why)

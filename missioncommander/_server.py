@@ -539,15 +539,19 @@ class Server(ServerSettings):
         ``RequestTimeout``, ``SessionLost`` (at once, when the client's
         session ends), ``RemoteError``/``NoResponder``, ``QueueFullError``
         past ``max_requests`` to that client, ``UnknownClient``, and what
-        ``send()`` raises.  Not from an inline callback.
+        ``send()`` raises.  A full queue holds it, within ``timeout``, until
+        the client makes room (as a client's request waits for room).  Not
+        from an inline callback.
         """
         if not isinstance(message, Message):
             raise TypeError(f"message must be a Message, not {type(message).__name__}")
         if self._loop.in_loop():
             raise StateError("request() on the I/O thread (an inline callback) would block it; send() instead")
         timeout = cfg.wait_timeout(timeout)
-        request_id, waiter = self._start_request(client_id, message)
-        return self._requests.wait(request_id, waiter, timeout, functools.partial(self._why_no_reply, client_id))
+        began = time.monotonic()
+        request_id, waiter = self._start_request(client_id, message, timeout)
+        why = functools.partial(self._why_no_reply, client_id)
+        return self._requests.wait(request_id, waiter, timeout, why, time.monotonic() - began)
 
     def _why_no_reply(self, client_id: str) -> str:
         """What a request to ``client_id`` that timed out is told, besides
@@ -574,12 +578,15 @@ class Server(ServerSettings):
         if version < REQUEST_VERSION:
             raise no_requests(client_id, version)
 
-    def _start_request(self, client_id: str, message: Message) -> tuple[int, ReplyWaiter]:
+    def _start_request(self, client_id: str, message: Message, timeout: float | None) -> tuple[int, ReplyWaiter]:
+        """Open and send a request; a full queue holds it within ``timeout``
+        (the request's: it waits for its reply anyway), as a client's
+        request waits for room."""
         self._check_requests(client_id)
         waiter = ReplyWaiter()
         request_id, body = self._requests.open(client_id, self.max_requests, message, waiter)
         try:
-            self._send_to(client_id, body, request_id)
+            self._send_to(client_id, body, request_id, timeout=timeout)
         except BaseException:
             self._requests.forget(request_id)
             raise

@@ -145,6 +145,35 @@ def test_a_broadcast_with_a_timeout_cuts_only_the_client_that_takes_nothing(make
             release.set()
 
 
+def test_a_servers_request_waits_for_room_within_its_timeout(make_client: MakeClient) -> None:
+    """As a client's request waits for room: a server's request to a client
+    whose queue is full raised ``QueueFullError`` at once."""
+    release = threading.Event()
+    with Server(interface="127.0.0.1", port=0, max_queued=3) as server:
+        client = make_client(server, client_id="c")
+        client.subscribe("message", lambda m: release.wait(WAIT))
+        client.subscribe("request", lambda m: {"sum": m.payload["a"] + 1})
+        client.connect()
+        try:
+            for n in range(3):
+                server.send("c", Message("n", {"n": n}))
+            with pytest.raises(QueueFullError, match=r"after 0\.2 s"):
+                server.request("c", Message("add", {"a": 1}), timeout=0.2)
+            outcome: list[object] = []
+            asker = threading.Thread(
+                target=lambda: outcome.append(server.request("c", Message("add", {"a": 41}), timeout=WAIT)),
+                daemon=True,
+            )
+            asker.start()
+            wait_until(lambda: server._room_waiters == 1, what="the request waiting for room")
+            assert outcome == []
+        finally:
+            release.set()
+        asker.join(WAIT)
+        (reply,) = outcome
+        assert isinstance(reply, Message) and reply.payload == {"sum": 42}
+
+
 def test_a_send_timeout_is_refused_where_it_would_block_the_io_thread(make_client: MakeClient) -> None:
     with Server(interface="127.0.0.1", port=0, inline_callbacks=True) as server:
         refused: list[BaseException] = []
