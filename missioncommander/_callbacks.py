@@ -467,6 +467,10 @@ class Callbacks:
                 subs.remove(callback)
             self._subs[key] = tuple(subs)
 
+    def subscribed(self, event: str) -> tuple[Callable[..., Any], ...]:
+        """The callbacks subscribed to ``event`` (a name as ``events`` has it)."""
+        return self._subs.get(event, ())
+
     def wants(self, event: str) -> bool:
         """Whether ``event`` has callbacks: spares building its argument."""
         return bool(self._subs.get(event))

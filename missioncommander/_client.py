@@ -605,7 +605,7 @@ class Client(ClientSettings):
         background.
         """
         self._check_connectable()
-        warn_stray_attributes(self, cfg.setting_names(self), CLIENT_EVENTS)
+        warn_stray_attributes(self, cfg.setting_names(self), CLIENT_EVENTS, self._callbacks.subscribed)
         if wait and self._loop.in_loop():
             raise StateError("connect(wait=True) on the I/O thread (an inline callback) would block it; use wait=False")
         started = self._start_connect(wait, self._resolve() if wait else None)

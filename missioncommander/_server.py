@@ -359,7 +359,7 @@ class Server(ServerSettings):
         if prefer_port is not None and not (type(prefer_port) is int and 0 <= prefer_port <= 65535):
             raise ValueError(f"prefer_port must be a port number (0 to 65535), not {prefer_port!r}")
         check_not_forked(self._loop, "Server")
-        warn_stray_attributes(self, cfg.setting_names(self), SERVER_EVENTS)
+        warn_stray_attributes(self, cfg.setting_names(self), SERVER_EVENTS, self._callbacks.subscribed)
         with self._lock:
             if self._running:
                 raise StateError("the server is already running")

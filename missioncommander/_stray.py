@@ -8,7 +8,7 @@ import difflib
 import os
 import sys
 import warnings
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from types import FrameType
 
 from ._callbacks import normalise_event
@@ -16,16 +16,19 @@ from ._callbacks import normalise_event
 _PACKAGE = os.path.dirname(__file__) + os.sep
 
 
-def warn_stray_attributes(obj: object, settings: Collection[str], events: Collection[str]) -> None:
+def warn_stray_attributes(
+    obj: object, settings: Collection[str], events: Collection[str], subscribed: Callable[[str], Collection[object]]
+) -> None:
     """Warn of attributes set on ``obj`` (``client.heartbeat_intervall = 2``,
     ``client.on_message = f``) that look meant as a setting or a callback
     but are neither, so did nothing: the constructor refuses such names,
     an assignment cannot without a ``__setattr__`` that every attribute of
     a connection would pay for, so ``connect()`` and ``start()`` look once.
-    Names close to nothing known are left alone (a subclass's own)."""
+    Names close to nothing known are left alone (a subclass's own), as is
+    an ``on_message`` that holds a callback ``subscribed`` to that event."""
     api = type(obj).__name__
     said: list[str] = []
-    for name in list(vars(obj)):
+    for name, value in list(vars(obj).items()):
         if name.startswith("_") or name in settings:
             continue
         if name.lower().startswith("on"):
@@ -34,6 +37,8 @@ def warn_stray_attributes(obj: object, settings: Collection[str], events: Collec
             except ValueError:
                 pass
             else:
+                if value in subscribed(event):
+                    continue  # kept at hand and subscribed too: it does something
                 said.append(
                     f"{api}.{name} is not a callback hook, so setting it did nothing:"
                     f" subscribe({event!r}, callback) subscribes one"

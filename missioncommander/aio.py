@@ -251,6 +251,15 @@ class _Endpoint:
         self._wrapped[(key, callback)] = wrapped
         self._callbacks.subscribe(key, wrapped)
 
+    def _subscribed(self, event: str) -> tuple[Callable[..., Any], ...]:
+        """The callbacks subscribed to ``event`` as they were given (a
+        coroutine function is subscribed to the core wrapped)."""
+        if event == "message":
+            return self._message_callbacks
+        if event == "request":
+            return self._responders
+        return tuple(callback for key, callback in self._wrapped if key == event)
+
     def unsubscribe(self, event: str, callback: Callable[..., Any]) -> None:
         """Stop calling ``callback`` on ``event``."""
         key = normalise_event(event, self._events)
@@ -687,7 +696,7 @@ class AsyncClient(_Endpoint, ClientSettings):
         loop = self._driver.bind()
         inner = self._inner
         inner._check_connectable()
-        warn_stray_attributes(self, cfg.setting_names(inner), CLIENT_EVENTS)
+        warn_stray_attributes(self, cfg.setting_names(inner), CLIENT_EVENTS, self._subscribed)
         targets: tuple[Target, ...] | None = None
         if wait:
             targets = inner._literal_target() or await loop.run_in_executor(None, inner._resolve)
@@ -893,7 +902,7 @@ class AsyncServer(_Endpoint, ServerSettings):
         ``prefer_port`` as ``Server.start``'s."""
         self._driver.bind()
         inner = self._inner
-        warn_stray_attributes(self, cfg.setting_names(inner), SERVER_EVENTS)
+        warn_stray_attributes(self, cfg.setting_names(inner), SERVER_EVENTS, self._subscribed)
         inner.start(prefer_port=prefer_port)
         cluster = inner._cluster
         if cluster is not None:

@@ -1266,6 +1266,12 @@ def test_a_misspelt_setting_or_a_callback_hook_set_as_an_attribute_is_warned_of(
             client = AsyncClient(address="127.0.0.1", port=server.port)
             client.adress = "elsewhere"  # type: ignore[attr-defined]
             client.tag = "mine"  # type: ignore[attr-defined]
+
+            async def on_connect() -> None:
+                pass
+
+            client.on_connect = on_connect  # type: ignore[attr-defined]
+            client.subscribe("connect", on_connect)  # kept at hand and subscribed: it does something
             async with client:
                 assert client.connected
 

@@ -114,6 +114,8 @@ def test_a_misspelt_setting_or_a_callback_hook_set_as_an_attribute_is_warned_of(
     client.on_message = print  # type: ignore[attr-defined]
     client.OnConnect = print  # type: ignore[attr-defined]
     client.counter = 0  # type: ignore[attr-defined]
+    client.on_disconnect = print  # type: ignore[attr-defined]
+    client.subscribe("disconnect", client.on_disconnect)  # kept at hand and subscribed: it does something
     with pytest.warns(UserWarning) as said:
         client.connect()
     assert client.connected and client.heartbeat_interval == 5.0
