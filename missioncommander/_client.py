@@ -750,22 +750,26 @@ class Client(ClientSettings):
             self._set_state(IDLE if closed else DISCONNECT_FAILED)
             self._wake_senders_locked()
 
-    def send(self, message: Message) -> None:
+    def send(self, message: Message, timeout: float | None = None) -> None:
         """Send ``message`` to the server.
 
         While connected it waits up to ``send_timeout`` for room when
         ``max_queued``/``max_queued_bytes`` unacknowledged messages are
-        outstanding; while reconnecting it queues (the message goes out on
-        resume) and raises ``QueueFullError`` at once when full.  Raises
+        outstanding (``timeout``: less, for this call; 0 does not wait);
+        while reconnecting it queues (the message goes out on resume) and
+        raises ``QueueFullError`` at once when full.  Raises
         ``StateError`` when the client is not connected or reconnecting and
         ``MessageTooLarge`` when the message exceeds the server's frame limit.
         """
         if not isinstance(message, Message):
             raise TypeError(f"message must be a Message, not {type(message).__name__}")
-        self._send_body(message.encode())
+        if timeout is not None:
+            timeout = cfg.wait_timeout(timeout)
+        self._send_body(message.encode(), timeout)
 
-    def _send_body(self, body: bytes) -> None:
-        """send()'s way for an encoded body (a message, a request, a reply)."""
+    def _send_body(self, body: bytes, timeout: float | None = None) -> None:
+        """send()'s way for an encoded body (a message, a request, a reply);
+        a full queue holds it up to ``send_timeout`` (or ``timeout``, if less)."""
         session = self._session
         if len(body) + MESSAGE_OVERHEAD > session.peer_max_frame_size:
             raise MessageTooLarge(
@@ -782,13 +786,14 @@ class Client(ClientSettings):
                     raise QueueFullError(f"send queue full while reconnecting ({len(out)} messages queued)")
                 if self._loop.in_loop():  # the acks that make room arrive on this very thread
                     raise QueueFullError(f"send queue full ({len(out)} messages unacknowledged)")
-                deadline = time.monotonic() + self.send_timeout
+                limit = self.send_timeout if timeout is None else min(timeout, self.send_timeout)
+                deadline = time.monotonic() + limit
                 while not out.offer(body):
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        raise QueueFullError(
-                            f"send queue full: the server acknowledged nothing for {self.send_timeout:g} s"
-                        )
+                        if not limit:
+                            raise QueueFullError(f"send queue full ({len(out)} messages unacknowledged)")
+                        raise QueueFullError(f"send queue full: the server acknowledged nothing for {limit:g} s")
                     if self._room is None:
                         self._room = threading.Condition(self._lock)
                     self._room_waiters += 1

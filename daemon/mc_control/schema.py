@@ -186,9 +186,14 @@ class ClientStatus(_Named):
 
 
 class ClientSend(_Named):
+    """Send to the server.  A full queue holds it up to ``timeout`` seconds
+    (never longer than the client's ``send_timeout``; 0: not at all), then
+    ``queue_full``."""
+
     cmd: Literal["client.send"]
     subject: Annotated[str, StringConstraints(min_length=1)]
     payload: dict[str, Any] = Field(default_factory=dict)
+    timeout: Annotated[float, Field(ge=0, le=MAX_COMMAND_TIMEOUT)] = 10.0
 
 
 class ClientRequest(_Named):
@@ -232,12 +237,15 @@ class ServerStatus(_Named):
 
 
 class ServerSend(_Named):
-    """Send to one client (``to``), or broadcast (``to`` = ``'*'``)."""
+    """Send to one client (``to``), or broadcast (``to`` = ``'*'``).  A full
+    queue holds it up to ``timeout`` seconds (0, the default: not at all),
+    as the library's ``server.send(..., timeout=)``."""
 
     cmd: Literal["server.send"]
     subject: Annotated[str, StringConstraints(min_length=1)]
     payload: dict[str, Any] = Field(default_factory=dict)
     to: Annotated[str, StringConstraints(min_length=1)] = "*"
+    timeout: Annotated[float, Field(ge=0, le=MAX_COMMAND_TIMEOUT)] = 0.0
 
 
 class ServerRequest(_Named):

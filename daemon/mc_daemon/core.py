@@ -581,11 +581,11 @@ class DaemonCore:
         inst.client.disconnect()
         return _with_warnings(inst.status(), warnings)
 
-    def client_send(self, name: str, subject: str, payload: dict[str, Any]) -> dict[str, Any]:
+    def client_send(self, name: str, subject: str, payload: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
         inst: ClientInstance = self.get("client", name, create=False)
         message = _message(subject, payload)
         with _send_errors(), _unless_not_connected(name, inst.client):
-            inst.client.send(message)
+            inst.client.send(message, timeout)
         return {"sent": True, "queued": inst.client.queued}
 
     def client_request(self, name: str, subject: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -634,12 +634,14 @@ class DaemonCore:
         elif isinstance(instance, ServerInstance):
             self._stop_server(instance)
 
-    def server_send(self, name: str, to: str, subject: str, payload: dict[str, Any]) -> dict[str, Any]:
+    def server_send(
+        self, name: str, to: str, subject: str, payload: dict[str, Any], timeout: float = 0.0
+    ) -> dict[str, Any]:
         inst: ServerInstance = self.get("server", name, create=False)
         message = _message(subject, payload)
         with _send_errors():  # a cluster node without Redis: state_error, for the count too
             try:
-                inst.server.send(to, message)
+                inst.server.send(to, message, timeout)
             except UnknownClient as exc:  # its words: in a cluster, the node that holds the client
                 raise CoreError(ErrorCode.NOT_FOUND, f"server {name!r}: {exc}") from None
             return {"sent": True, "to": to, "clients": len(inst.server.clients) if to == "*" else 1}

@@ -92,7 +92,7 @@ class Dispatcher:
             case schema.ClientDisconnect():
                 return core.client_disconnect(req.name)
             case schema.ClientSend():
-                return core.client_send(req.name, req.subject, req.payload)
+                return core.client_send(req.name, req.subject, req.payload, req.timeout)
             case schema.ClientRequest():
                 return core.client_request(req.name, req.subject, req.payload, req.timeout)
             case schema.ServerStart():
@@ -100,7 +100,7 @@ class Dispatcher:
             case schema.ServerStop():
                 return core.server_stop(req.name)
             case schema.ServerSend():
-                return core.server_send(req.name, req.to, req.subject, req.payload)
+                return core.server_send(req.name, req.to, req.subject, req.payload, req.timeout)
             case schema.ServerRequest():
                 return core.server_request(req.name, req.to, req.subject, req.payload, req.timeout)
             case schema.ServerClients():

@@ -864,6 +864,55 @@ def test_python_m_missioncommander_cli_with_a_command_runs_it_as_mcctl(mcd: Mcd)
     assert wrong.returncode == 2 and "unknown command 'frobnicate'" in wrong.stderr
 
 
+def test_a_send_into_a_full_queue_is_refused_as_queue_full_not_as_mcd_silent(mcd: Mcd) -> None:
+    """A hosted client's send into a full queue waited its send_timeout
+    (10 s) in mcd while mcctl gave up after 5 s: "mcd did not answer ...
+    check it with systemctl" (exit 3), as if mcd were down.  Now the send
+    waits --timeout at most (default 10, never past send_timeout) and mcctl
+    waits for the answer: queue_full, exit 1.  A server's send waits only
+    when given --timeout."""
+    release = threading.Event()
+    with Server(interface="127.0.0.1", port=0) as stuck:
+        stuck.subscribe("message", lambda cid, m: release.wait(60))  # acknowledges nothing
+        sock = mcd.socket
+        try:
+            for key, value in (("address", "127.0.0.1"), ("port", str(stuck.port)), ("max_queued", "2")):
+                assert run("client", "set", key, value, socket_path=sock).returncode == 0
+            assert run("client", "connect", "--wait", socket_path=sock).returncode == 0
+            for n in range(2):
+                assert run("client", "send", "m", json.dumps({"n": n}), socket_path=sock).returncode == 0
+            full = run("client", "send", "m", "--timeout", "0.5", socket_path=sock)
+            assert full.returncode == 1, full.stderr
+            assert "send queue full: the server acknowledged nothing for 0.5 s" in full.stderr
+            # Never past the client's own send_timeout, whatever --timeout says.
+            assert run("client", "set", "send_timeout", "0.3", socket_path=sock).returncode == 0
+            capped = run("--json", "client", "send", "m", socket_path=sock)
+            assert capped.returncode == 1
+            assert json.loads(capped.stdout)["error"]["code"] == "queue_full" and "for 0.3 s" in capped.stdout
+        finally:
+            release.set()
+
+    # A hosted server: a client of this process holds its messages.
+    assert run("server", "set", "interface", "127.0.0.1", socket_path=sock).returncode == 0
+    assert run("server", "set", "max_queued", "2", socket_path=sock).returncode == 0
+    assert run("server", "start", socket_path=sock).returncode == 0
+    port = mcd.request("server.status")["port"]
+    hold = threading.Event()
+    reader = Client(address="127.0.0.1", port=port, client_id="slow")
+    reader.subscribe("message", lambda m: hold.wait(60))
+    reader.connect()
+    try:
+        for n in range(2):
+            assert run("server", "send", "--to", "slow", "m", json.dumps({"n": n}), socket_path=sock).returncode == 0
+        at_once = run("server", "send", "--to", "slow", "m", socket_path=sock)
+        assert at_once.returncode == 1 and "send queue of client 'slow' is full" in at_once.stderr
+        waited = run("server", "send", "--to", "slow", "m", "--timeout", "0.3", socket_path=sock)
+        assert waited.returncode == 1 and "after 0.3 s" in waited.stderr
+    finally:
+        hold.set()
+        reader.disconnect()
+
+
 def test_dash_dash_version_is_mcctls_own_without_asking_mcd(tmp_path: Path) -> None:
     """As git and docker answer it: at once, exit 0, whether or not mcd runs
     (`mcctl version` asks mcd for its own too, and says when it is down)."""

@@ -94,7 +94,11 @@ def states_of(kind: str) -> tuple[str, ...]:
 OPTIONS: dict[str, tuple[bool, str]] = {
     "--json": (False, "machine-readable output (a documented contract)"),
     "--socket": (True, "control socket path (default: $MC_SOCKET or the user runtime dir)"),
-    "--timeout": (True, "seconds to wait for the daemon (connect --wait, wait: for the state; request: for the reply)"),
+    "--timeout": (
+        True,
+        "seconds to wait for the daemon (connect --wait, wait: for the state; request: for the reply;"
+        " send: for room in a full queue)",
+    ),
     "--name": (True, "instance name (default: default)"),
     "--wait": (False, "client connect: return once connected, through retries"),
     "--no-wait": (False, "client connect: return at once, without waiting for the first attempt"),
@@ -557,6 +561,11 @@ def _instance_command(inv: Invocation, kind: str, rest: list[str], read_stdin: C
         params.update(subject=args[0], payload=parse_payload(args[1], read_stdin) if len(args) == 2 else {})
         if kind == "server":
             params["to"] = inv.options.to or "*"
+        # How long a full queue may hold the send in mcd: mcctl then waits
+        # that and more for the answer (a client's send waits by default,
+        # up to its send_timeout; a server's only when told).
+        if kind == "client" or inv.options.timeout is not None:
+            params["timeout"] = _command_timeout(inv, f"{kind} send")
     elif verb == "request":
         target = "--to CLIENT_ID " if kind == "server" else ""
         if len(args) not in (1, 2):

@@ -36,7 +36,7 @@ client commands (on the client instance --name, default "default"):
   client get [KEY]
   client connect [--wait | --no-wait] [--timeout S]
   client disconnect | status | create | remove
-  client send SUBJECT [JSON]    e.g. client send echo '{"message": "hello"}'
+  client send SUBJECT [JSON] [--timeout S]   e.g. client send echo '{"message": "hello"}'
   client request SUBJECT [JSON] [--timeout S]   ask the server and print its reply
 server commands (on the server instance --name):
   server set KEY VALUE          KEY: interface, port, tls_cert, tls_key, tls_ca, auth_token,
@@ -44,7 +44,7 @@ server commands (on the server instance --name):
                                 limits and timers: `mcctl help server`
   server get [KEY]
   server start | stop | status | clients | create | remove
-  server send [--to CLIENT_ID] SUBJECT [JSON]   (all clients without --to)
+  server send [--to CLIENT_ID] SUBJECT [JSON] [--timeout S]   (all clients without --to)
   server request --to CLIENT_ID SUBJECT [JSON] [--timeout S]
   server kick CLIENT_ID [REASON]
   JSON is one object ({...}, no NaN); - reads it from standard input (up to 1 MiB)
@@ -65,8 +65,9 @@ other commands:
 options (before or after the command words):
   --json            machine output: one JSON object per result (errors: {"error": {...}})
   --socket PATH     control socket (default: $MC_SOCKET, else $XDG_RUNTIME_DIR/missioncommander/mcd.sock)
-  --timeout S       seconds to wait for the daemon (connect, wait, request: for the outcome; default 10;
-                    at most an hour for connect and request, a day for the rest)
+  --timeout S       seconds to wait for the daemon (connect, wait, request: for the outcome; send: for
+                    room in a full queue; default 10; at most an hour for connect, request and send,
+                    a day for the rest)
   --name NAME       instance name; naming a new one creates it
 
 exit status:
@@ -100,7 +101,8 @@ client commands (add --name NAME for an instance other than "default"):
   client connect --no-wait              ... return at once (mcd keeps trying in the background)
   client disconnect        disconnect cleanly (ends the session)
   client status            state, settings and the last close reason
-  client send SUBJECT [JSON]            send a message to the server
+  client send SUBJECT [JSON] [--timeout S]   send a message to the server; a full queue
+                                        holds it up to S (default 10, at most send_timeout)
   client request SUBJECT [JSON] [--timeout S]   ask the server; prints its reply (exit 4 on timeout)
   client create | remove   create or delete the instance
 """
@@ -127,7 +129,8 @@ server commands (add --name NAME for an instance other than "default"):
   server status            state, settings and connected clients
   server clients           the ids of its clients, and which are detached (their connection
                            broke; they may resume); in a cluster, with each one's node
-  server send [--to ID] SUBJECT [JSON]  broadcast, or send to one client
+  server send [--to ID] SUBJECT [JSON] [--timeout S]   broadcast, or send to one client; with
+                                        S, a full queue holds it up to S (without: refused at once)
   server request --to ID SUBJECT [JSON] [--timeout S]   ask one client; prints its reply
   server kick CLIENT_ID [REASON]        disconnect a client (it does not reconnect)
   server create | remove   create or delete the instance

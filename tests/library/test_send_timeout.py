@@ -1,9 +1,11 @@
-"""``server.send(target, message, timeout=)``: a thread of the application's
-that streams to a client, or broadcasts a burst, is held back to the
-clients' pace instead of getting ``QueueFullError`` (or cutting every
-client, fast ones too, for a broadcast) at the first full queue.  The
-default, no wait, stays: one client that stops reading must not stall a
-server's callbacks."""
+"""A send's ``timeout``.  ``server.send(target, message, timeout=)``: a
+thread of the application's that streams to a client, or broadcasts a
+burst, is held back to the clients' pace instead of getting
+``QueueFullError`` (or cutting every client, fast ones too, for a
+broadcast) at the first full queue; the default, no wait, stays: one client
+that stops reading must not stall a server's callbacks.
+``client.send(message, timeout=)``: less than ``send_timeout`` for one call
+(mcd's sends for mcctl, which waits for the answer that long)."""
 
 from __future__ import annotations
 
@@ -172,6 +174,29 @@ def test_a_servers_request_waits_for_room_within_its_timeout(make_client: MakeCl
         asker.join(WAIT)
         (reply,) = outcome
         assert isinstance(reply, Message) and reply.payload == {"sum": 42}
+
+
+def test_a_clients_send_may_wait_less_than_send_timeout(make_client: MakeClient) -> None:
+    release = threading.Event()
+    with Server(interface="127.0.0.1", port=0) as server:
+        server.subscribe("message", lambda cid, m: release.wait(WAIT))  # acknowledges nothing
+        client = make_client(server, max_queued=2, send_timeout=WAIT)
+        client.connect()
+        try:
+            for n in range(2):
+                client.send(Message("n", {"n": n}))
+            with pytest.raises(QueueFullError, match=r"^send queue full \(2 messages unacknowledged\)$"):
+                client.send(Message("n"), timeout=0)
+            with pytest.raises(QueueFullError, match=r"acknowledged nothing for 0\.2 s"):
+                client.send(Message("n"), timeout=0.2)
+            client.send_timeout = 0.1  # the setting still bounds a longer timeout
+            with pytest.raises(QueueFullError, match=r"acknowledged nothing for 0\.1 s"):
+                client.send(Message("n"), timeout=WAIT)
+            with pytest.raises(ValueError, match="timeout"):
+                client.send(Message("n"), timeout=-1)
+            assert client.queued == 2
+        finally:
+            release.set()
 
 
 def test_a_send_timeout_is_refused_where_it_would_block_the_io_thread(make_client: MakeClient) -> None:
