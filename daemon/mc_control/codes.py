@@ -27,6 +27,13 @@ MAX_LINE = 64 * 1024 * 1024
 #: with ``wait``) takes: mcd holds a thread for each such command.
 MAX_COMMAND_TIMEOUT = 3600
 
+#: How long commands mcd may hold by default wait there, when the caller
+#: names no ``timeout``: a client's send waits for room (never longer
+#: than its ``send_timeout``).  A caller waits for the answer that long
+#: and more; mcctl sends a ``timeout`` only when told one, so that it
+#: still works with an mcd from before the field.
+DEFAULT_WAITS = {"client.send": 10.0}
+
 #: An instance name (the schema's constraint, and what the GUI checks as
 #: it is typed), and the rule in words for whoever typed one that breaks it.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"

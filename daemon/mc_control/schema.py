@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
-from .codes import API_VERSION, MAX_COMMAND_TIMEOUT, NAME_MAX, NAME_PATTERN
+from .codes import API_VERSION, DEFAULT_WAITS, MAX_COMMAND_TIMEOUT, NAME_MAX, NAME_PATTERN
 
 InstanceName = Annotated[str, StringConstraints(min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)]
 ClientKey = Literal[
@@ -193,7 +193,7 @@ class ClientSend(_Named):
     cmd: Literal["client.send"]
     subject: Annotated[str, StringConstraints(min_length=1)]
     payload: dict[str, Any] = Field(default_factory=dict)
-    timeout: Annotated[float, Field(ge=0, le=MAX_COMMAND_TIMEOUT)] = 10.0
+    timeout: Annotated[float, Field(ge=0, le=MAX_COMMAND_TIMEOUT)] = DEFAULT_WAITS["client.send"]
 
 
 class ClientRequest(_Named):

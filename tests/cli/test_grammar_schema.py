@@ -37,6 +37,7 @@ CLI_FORMS = [
     ["client", "status"],
     ["client", "send", "echo", '{"message": "hello"}'],
     ["client", "send", "ping"],
+    ["client", "send", "ping", "--timeout", "2"],
     ["stats"],
     ["stats", "--name", "s1", "--kind", "server"],
     ["client", "request", "status", '{"verbose": true}', "--timeout", "5"],
@@ -51,6 +52,7 @@ CLI_FORMS = [
     ["server", "status"],
     ["server", "send", "echo", "{}"],
     ["server", "send", "--to", "abc", "echo", "{}"],
+    ["server", "send", "echo", "{}", "--timeout", "0.5"],
     ["server", "clients"],
     ["server", "kick", "abc", "too", "noisy"],
 ]
@@ -111,6 +113,25 @@ def test_the_light_key_and_event_lists_agree_with_the_schema() -> None:
     assert get_args(schema.ClientKey) == codes.CLIENT_KEYS
     assert get_args(schema.ServerKey) == codes.SERVER_KEYS
     assert get_args(schema.EventName) == codes.EVENT_NAMES
+
+
+def test_a_send_names_a_timeout_only_when_told_and_mcctl_waits_past_mcds_own() -> None:
+    """Unsaid, mcd's default wait applies (and an mcd from before the field
+    takes the command); mcctl waits for the answer past it, as for a
+    request: a send into a full queue is answered queue_full, never with
+    "mcd did not answer"."""
+    from mc_cli.commands import answer_timeout
+    from mc_control import schema
+    from mc_control.codes import DEFAULT_WAITS
+
+    plain = parse(["client", "send", "ping"])
+    assert "timeout" not in plain.params
+    assert schema.ClientSend.model_fields["timeout"].default == DEFAULT_WAITS["client.send"]
+    assert answer_timeout(plain, 5.0) == DEFAULT_WAITS["client.send"] + 5.0
+    told = parse(["client", "send", "ping", "--timeout", "2"])
+    assert told.params["timeout"] == 2.0 and answer_timeout(told, 5.0) == 7.0
+    server = parse(["server", "send", "ping"])
+    assert "timeout" not in server.params and answer_timeout(server, 5.0) == 5.0  # a server's send waits only when told
 
 
 def test_every_setting_of_the_library_can_be_set_on_a_hosted_instance() -> None:

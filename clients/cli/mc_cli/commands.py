@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from mc_control import API_VERSION, EXIT_CODES, ControlError, DaemonUnreachable, ErrorCode
+from mc_control.codes import DEFAULT_WAITS
 from mc_control.events import json_line, printable
 
 from . import __version__, output
@@ -161,10 +162,12 @@ def render(inv: Invocation, result: dict[str, Any]) -> str:
 def answer_timeout(inv: Invocation, default: float) -> float:
     """How long to wait for mcd's answer to ``inv``: ``--timeout`` or
     ``default``; a command that waits in the daemon (``connect --wait``, a
-    request) takes its own wait and then some, so that mcd's answer (a
-    timeout naming the last attempt, or the reply) comes first."""
-    if "timeout" in inv.params:
-        return float(inv.params["timeout"]) + 5.0
+    request, a send into a full queue: its ``timeout``, or mcd's default
+    wait) takes that wait and then some, so that mcd's answer (a timeout
+    naming the last attempt, the reply, ``queue_full``) comes first."""
+    waits = inv.params.get("timeout", DEFAULT_WAITS.get(inv.cmd or ""))
+    if waits is not None:
+        return float(waits) + 5.0
     return inv.options.timeout or default
 
 

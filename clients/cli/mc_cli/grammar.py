@@ -561,10 +561,10 @@ def _instance_command(inv: Invocation, kind: str, rest: list[str], read_stdin: C
         params.update(subject=args[0], payload=parse_payload(args[1], read_stdin) if len(args) == 2 else {})
         if kind == "server":
             params["to"] = inv.options.to or "*"
-        # How long a full queue may hold the send in mcd: mcctl then waits
-        # that and more for the answer (a client's send waits by default,
-        # up to its send_timeout; a server's only when told).
-        if kind == "client" or inv.options.timeout is not None:
+        # How long a full queue may hold the send in mcd (mcctl then waits
+        # that and more for the answer); unsaid, mcd's default
+        # (codes.DEFAULT_WAITS), and an older mcd takes the command too.
+        if inv.options.timeout is not None:
             params["timeout"] = _command_timeout(inv, f"{kind} send")
     elif verb == "request":
         target = "--to CLIENT_ID " if kind == "server" else ""
