@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from ._callbacks import in_callback_thread
 from ._errors import NoResponder, QueueFullError, RemoteError, RequestTimeout, SessionLost, StateError
-from ._frames import with_id, with_meta
+from ._frames import peer_text, with_id, with_meta
 from ._message import FrozenDict, Message
 from ._quiet import Quiet, more
 
@@ -225,9 +225,9 @@ class Requests:
         if error is None:
             waiter.set_result(reply)
         elif error["code"] == NO_RESPONDER:
-            waiter.set_exception(NoResponder(error["message"]))
+            waiter.set_exception(_shown_escaped(NoResponder(error["message"])))
         else:
-            waiter.set_exception(RemoteError(error["type"], error["message"], error.get("traceback")))
+            waiter.set_exception(_shown_escaped(RemoteError(error["type"], error["message"], error.get("traceback"))))
 
     def lose(self, peer: str | None, reason: str, session: str | None = None) -> None:
         """The session with ``peer`` (None: every peer) ended for good: its
@@ -268,6 +268,15 @@ class Requests:
                 raise timed_out(timeout, why)
             # The reply won the race with the timeout.
         return waiter.outcome()
+
+
+def _shown_escaped(error: RemoteError) -> RemoteError:
+    """``error`` with its text, as a traceback or log line shows it (``str``),
+    escaped as every other text a peer wrote is (``peer_text``): a responder's
+    message may hold terminal escapes or line breaks.  ``type_name`` and
+    ``message`` stay as the responder wrote them, for the code that reads them."""
+    error.args = tuple(peer_text(arg) if isinstance(arg, str) else arg for arg in error.args)
+    return error
 
 
 def no_requests(client_id: str, version: int) -> StateError:

@@ -130,6 +130,28 @@ def test_a_responders_exception_comes_back_by_type_and_message_without_traceback
     assert any("KeyError" in r.getMessage() for r in caplog.records)
 
 
+def test_a_responders_message_is_shown_escaped_and_kept_as_written(server: Server, make_client: MakeClient) -> None:
+    """What a traceback or a log line shows of a remote error (its str) has
+    the peer's control characters escaped, as every other text a peer
+    wrote (a close reason, an ERROR's message): a responder's message could
+    clear or retitle the terminal the asker's traceback lands in.  The
+    attributes keep what the responder wrote, for code that reads them."""
+    raw = "\x1b[2J\x1b]0;owned\x07wiped\nfake line \u202eexe.txt"
+
+    def broken(client_id: str, message: Message) -> None:
+        raise ValueError(raw)
+
+    server.subscribe("request", broken)
+    client = make_client(server)
+    client.connect()
+    with pytest.raises(RemoteError) as info:
+        client.request(Message("widget"))
+    assert info.value.message == raw and info.value.type_name == "ValueError"
+    shown = str(info.value)
+    assert shown == "ValueError: \\x1b[2J\\x1b]0;owned\\x07wiped\\nfake line \\u202eexe.txt", shown
+    assert not any(c in shown for c in "\x1b\x07\n\u202e")
+
+
 def test_a_coroutine_responder_on_the_threaded_api_is_a_clear_remote_error(
     server: Server, make_client: MakeClient, recwarn: pytest.WarningsRecorder
 ) -> None:
