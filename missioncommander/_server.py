@@ -319,8 +319,7 @@ class Server(ServerSettings):
             with self._lock:
                 for session in self._sessions.values():
                     session.set_limits(self.max_queued, self.max_queued_bytes)
-                if self._room_waiters:
-                    self._room.notify_all()
+                self._room_made_locked()
                 waiting = list(self._sessions) if self._on_room is not None else []
             if waiting:
                 self._loop.call_soon(self._rooms_made, waiting)
@@ -651,6 +650,12 @@ class Server(ServerSettings):
                 return True
         return False
 
+    def _room_made_locked(self) -> None:
+        """Wake the threads in ``send(..., timeout=)``: a session may have
+        room (an ACK, a raised bound) or be gone.  Under ``_lock``."""
+        if self._room_waiters:
+            self._room.notify_all()
+
     def _room_wait_locked(self, deadline: float | None) -> bool:
         """Wait once for room made in any session (an ACK, a raised bound,
         a session ended), ``_lock`` held and released meanwhile; False,
@@ -978,8 +983,7 @@ class Server(ServerSettings):
                 return
             with self._lock:
                 more = session.acked(event.seq)
-                if self._room_waiters:
-                    self._room.notify_all()
+                self._room_made_locked()
             if more:
                 self._pump_session(session)  # the window has room again
             if self._cluster is not None:
@@ -1229,8 +1233,7 @@ class Server(ServerSettings):
             if self._sessions.get(session.client_id) is not session:
                 return 0
             del self._sessions[session.client_id]
-            if self._room_waiters:
-                self._room.notify_all()  # a send waiting for its room gives up
+            self._room_made_locked()  # a send waiting for its room gives up
             self._to_pump.discard(session)
             session.pump_pending = False
             session.live = None
