@@ -957,16 +957,14 @@ class Server(ServerSettings):
             sessions = list(self._sessions.values())
         # One line for them all: a server with thousands of detached clients
         # would otherwise log one warning per client as it stops.
-        unsent = [self._end_session(session, "server shutting down", quiet=True) for session in sessions]
+        dropped = [self._end_session(session, "server shutting down", quiet=True) for session in sessions]
         # Those to clients this node handed over, or that another node holds:
         # their replies could reach this node only while it runs.
         self._requests.lose(None, "the server stopped")
-        if any(unsent):
-            log.warning(
-                "server stopped: %d message(s) never sent to %d client(s) were dropped",
-                sum(unsent),
-                sum(1 for n in unsent if n),
-            )
+        if any(map(any, dropped)):
+            unsent, in_flight = (sum(counts) for counts in zip(*dropped, strict=True))
+            clients = sum(1 for counts in dropped if any(counts))
+            log.warning("server stopped: %s", _dropped_text(unsent, in_flight, f" to {clients} client(s)"))
         if not self._links:
             self._set_stopped()
 
@@ -1223,22 +1221,28 @@ class Server(ServerSettings):
             link.send_final(link.proto.send_bye(reason), f"disconnected by the server: {reason}")
         self._end_session(session, f"disconnected by the server: {reason}")
 
-    def _end_session(self, session: _Session, reason: str, *, for_good: bool = True, quiet: bool = False) -> int:
-        """End ``session`` here; the number of messages it dropped unsent
-        (logged, unless ``quiet``: the caller says them).  ``for_good=False``
-        (a cluster node letting a client go): the session goes on
-        elsewhere, so the cluster keeps it and ``clientdisconnect`` does
-        not fire."""
+    def _end_session(
+        self, session: _Session, reason: str, *, for_good: bool = True, quiet: bool = False
+    ) -> tuple[int, int]:
+        """End ``session`` here; how many messages it dropped, never sent
+        and sent in vain, as :func:`_dropped_text` takes them (logged,
+        unless ``quiet``: the caller says them).  ``for_good=False`` (a
+        cluster node letting a client go): the session goes on elsewhere,
+        so the cluster keeps it and ``clientdisconnect`` does not fire."""
         with self._lock:
             if self._sessions.get(session.client_id) is not session:
-                return 0
+                return 0, 0
             del self._sessions[session.client_id]
             self._room_made_locked()  # a send waiting for its room gives up
             self._to_pump.discard(session)
             session.pump_pending = False
             session.live = None
             self._ended_traffic.update(traffic(session, session.inbox))
-            dropped = session.end()
+            # Written to a connection that broke (the session is detached):
+            # lost as surely as the unsent, unless they arrived just before.
+            # On a connection still open they are on their way.
+            in_flight = session.in_flight if session.link is None else 0
+            dropped = (session.end(), in_flight)
         session.stats.closed()
         if session.expiry is not None:
             session.expiry.cancel()
@@ -1259,12 +1263,10 @@ class Server(ServerSettings):
         if not for_good:
             log.info("client %r let go: %s", session.client_id, reason)
             return dropped
-        if dropped and not quiet:
+        if any(dropped) and not quiet:
             # A client that said goodbye chose not to get them: not a warning.
             level = logging.INFO if reason.startswith("client disconnected") else logging.WARNING
-            log.log(
-                level, "session of client %r ended; %d message(s) never sent were dropped", session.client_id, dropped
-            )
+            log.log(level, "session of client %r ended; %s", session.client_id, _dropped_text(*dropped))
         log.info("client %r session ended: %s", session.client_id, reason)
         self._callbacks.emit("clientdisconnect", session.client_id)
         if self._on_room is not None:
@@ -1318,6 +1320,18 @@ _RATE_LIMITED_FRAME = Connection(Role.SERVER).send_error(
 #: Threaded cluster nodes that have started (the asyncio API's stop with
 #: their loop, in ``async with`` or ``stop()``).
 _CLUSTER_NODES: weakref.WeakSet[Server] = weakref.WeakSet()
+
+
+def _dropped_text(unsent: int, in_flight: int, to: str = "") -> str:
+    """What a log line says a session's end dropped: the messages never
+    written and those written to a connection that broke, which nobody
+    acknowledged (a client that comes back gets none of them)."""
+    if not in_flight:
+        return f"{unsent} message(s) never sent{to} were dropped"
+    return (
+        f"{unsent + in_flight} message(s){to} were dropped: {unsent} never sent, {in_flight} sent on a"
+        " connection that broke and never acknowledged"
+    )
 
 
 def _hand_over_at_exit() -> None:

@@ -80,6 +80,12 @@ class SendSession:
         """Messages queued and not yet handed to a connection."""
         return self.out.next_seq - 1 - self.sent_seq
 
+    @property
+    def in_flight(self) -> int:
+        """Messages written and not yet acknowledged (on a connection that
+        broke, nobody knows whether they arrived)."""
+        return len(self.out) - self.unwritten
+
     def set_limits(self, max_items: int, max_bytes: int) -> None:
         self.out.max_items, self.out.max_bytes = max_items, max_bytes
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from support import FaultProxy, Recorder, server_frames, wait_until
+from support import DEFAULT_WAIT, FaultProxy, Recorder, server_frames, wait_until
 
 from missioncommander import BindError, Client, ClientState, Message, Server, SessionLost, StateError
 from missioncommander._events import PingReceived
@@ -399,6 +399,45 @@ def test_a_stop_with_detached_clients_says_what_it_dropped_in_one_line(
     said = [r for r in caplog.records if "never sent" in r.getMessage()]
     assert [(r.levelno, r.getMessage()) for r in said] == [
         (logging.WARNING, "server stopped: 6 message(s) never sent to 3 client(s) were dropped")
+    ]
+
+
+def test_an_expired_session_counts_what_it_wrote_to_the_broken_connection(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A session that expires drops its messages written to the connection
+    that broke, unacknowledged, with those never written: the log line said
+    only the unwritten ones (trying it through a pulled cable: 399 of 697),
+    as if the rest had arrived."""
+    release = threading.Event()
+    server = Server(interface="127.0.0.1", port=0, session_expiry=0.2)
+    server.start()
+    proxy = FaultProxy(server.port)
+    try:
+        client = make_client(client_id="away", address="127.0.0.1", port=proxy.port)
+        client.subscribe("message", lambda message: release.wait(DEFAULT_WAIT))  # holds its ACKs back
+        client.connect()
+        ended = Recorder().attach(server, "clientdisconnect")
+        caplog.set_level(logging.INFO, logger="missioncommander")
+        for n in range(3):
+            server.send("away", Message("written", {"n": n}))
+        wait_until(lambda: server.stats("away")["unwritten"] == 0, what="three messages written")
+        proxy.refusing = True
+        proxy.cut("rst")
+        wait_until(lambda: "away" in server.detached_clients, what="the session detached")
+        server.send("away", Message("kept", {}))  # for a resume that will not come
+        ended.wait_count("clientdisconnect", 1)
+    finally:
+        release.set()
+        proxy.close()
+        server.stop()
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if "were dropped" in r.getMessage()]
+    assert said == [
+        (
+            logging.WARNING,
+            "session of client 'away' ended; 4 message(s) were dropped: 1 never sent, 3 sent on a connection that"
+            " broke and never acknowledged",
+        )
     ]
 
 
