@@ -31,6 +31,26 @@ class Settings:
     override both hooks)."""
 
     _settings: dict[str, Any]
+    #: The defaults a subclass gives settings in its class body, as
+    #: socketserver's subclasses do (``class Bot(Client): heartbeat_interval
+    #: = 2``), checked when the class is made; a base's included.
+    _class_defaults: dict[str, Any] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own: dict[str, Any] = {}
+        for name, value in list(vars(cls).items()):
+            if isinstance(value, Setting) or hasattr(type(value), "__get__"):
+                continue  # a setting declared here, or the subclass's method or property
+            setting = _declared(cls, name)
+            if setting is not None:
+                own[name] = setting.validate(value, f"{cls.__name__}.{name}")
+                # Left in the class, the value would hide the setting from
+                # its instances: reads would find the default, and writes
+                # would go unchecked.
+                delattr(cls, name)
+        if own:
+            cls._class_defaults = {**cls._class_defaults, **own}
 
     def _check_settable(self, name: str) -> None:
         """Raise ``StateError`` if the locked setting ``name`` may not change now."""
@@ -82,12 +102,22 @@ class Setting(Generic[T]):
         obj._setting_changed(self.name)
 
 
+def _declared(cls: type, name: str) -> Setting[Any] | None:
+    """The setting ``name`` that a base of ``cls`` declares, if any."""
+    for klass in cls.__mro__[1:]:
+        value = vars(klass).get(name)
+        if isinstance(value, Setting):
+            return value
+    return None
+
+
 _DEFAULTS: dict[type, dict[str, Any]] = {}
 
 
 def init_settings(obj: HasSettings) -> None:
-    """Give a new ``obj`` every setting of its class at its default value
-    (``_settings`` keeps only those set explicitly)."""
+    """Give a new ``obj`` every setting of its class at its default value,
+    or its class's (``Settings._class_defaults``); ``_settings`` keeps only
+    those set explicitly."""
     cls = type(obj)
     defaults = _DEFAULTS.get(cls)
     if defaults is None:
@@ -96,7 +126,7 @@ def init_settings(obj: HasSettings) -> None:
             for klass in reversed(cls.__mro__)
             for name, value in vars(klass).items()
             if isinstance(value, Setting)
-        }
+        } | getattr(cls, "_class_defaults", {})
     obj._settings = {}
     vars(obj).update(defaults)
 

@@ -623,7 +623,8 @@ class AsyncClient(_Endpoint, ClientSettings):
 
     def __init__(self, **settings: Any) -> None:
         driver = AsyncioDriver()
-        self._inner = Client(_driver=driver, _api="AsyncClient", **settings)
+        # A subclass's defaults (``cfg.Settings``) are its Client's.
+        self._inner = Client(_driver=driver, _api="AsyncClient", **(self._class_defaults | settings))
         super().__init__(driver, self._inner._callbacks)
         self._room: list[asyncio.Future[None]] = []
         self._inner._on_room = self._room_made
@@ -837,7 +838,8 @@ class AsyncServer(_Endpoint, ServerSettings):
 
     def __init__(self, **settings: Any) -> None:
         driver = AsyncioDriver()
-        self._inner = Server(_driver=driver, _api="AsyncServer", **settings)
+        # A subclass's defaults (``cfg.Settings``) are its Server's.
+        self._inner = Server(_driver=driver, _api="AsyncServer", **(self._class_defaults | settings))
         super().__init__(driver, self._inner._callbacks)
         self._room: dict[str, list[asyncio.Future[None]]] = {}
         self._inner._on_room = self._room_made

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Callable
 
 import pytest
+from support import DEFAULT_WAIT
 
-from missioncommander import Client, ClientState, Server, StateError
+from missioncommander import Client, ClientState, Message, Server, StateError
 from missioncommander._config import redacted_url
+from missioncommander.aio import AsyncClient
 
 
 @pytest.mark.parametrize(
@@ -139,6 +143,88 @@ def test_a_misspelt_setting_or_a_callback_hook_set_as_an_attribute_is_warned_of(
         "Server.on_clientconnect is not a callback hook",
     ]
     assert "did you mean 'max_clients'?" in str(said[0].message)
+
+
+def test_a_subclass_gives_settings_defaults_in_its_class_body() -> None:
+    """As socketserver's subclasses set ``timeout`` or
+    ``allow_reuse_address``: a subclass's class attribute named after a
+    setting is that setting's default, checked when the class is made
+    (it was silently ignored: reads found the library's default, and
+    assignments went unchecked)."""
+
+    class Watchful(Server):
+        interface = "127.0.0.1"
+        handshake_timeout = 0.2
+
+    class Patient(Client):
+        heartbeat_interval = 2
+        max_queued = 5
+
+    class Stubborn(Patient):
+        max_queued = 7
+
+    assert (Server().interface, Server().handshake_timeout) == ("", 10.0)
+    patient, stubborn = Patient(), Stubborn(heartbeat_interval=4)
+    assert (patient.heartbeat_interval, patient.max_queued) == (2.0, 5)
+    assert (stubborn.heartbeat_interval, stubborn.max_queued) == (4.0, 7)
+    assert Client().heartbeat_interval == 5.0
+    with pytest.raises(TypeError, match="must be a number of seconds, not str"):
+        patient.heartbeat_interval = "slow"  # still checked when assigned
+    with pytest.raises(ValueError, match=r"^Hasty\.heartbeat_interval must be"):
+
+        class Hasty(Client):
+            heartbeat_interval = -1
+
+    # The server itself goes by them: a silent peer is closed at 0.2 s, not 10.
+    with Watchful(port=0) as server, socket.create_connection(("127.0.0.1", server.port), DEFAULT_WAIT) as silent:
+        started = time.monotonic()
+        while silent.recv(4096):
+            pass
+        assert time.monotonic() - started < DEFAULT_WAIT / 2
+
+
+def test_an_async_subclass_gives_its_defaults_to_the_client_inside() -> None:
+    class Patient(AsyncClient):
+        heartbeat_interval = 2
+
+    client = Patient(address="127.0.0.1", port=1)
+    assert client.heartbeat_interval == client._inner.heartbeat_interval == 2.0
+
+
+def test_a_subclass_method_named_as_a_callback_hook_is_warned_of(
+    server: Server, make_client: Callable[..., Client]
+) -> None:
+    """Paho's subclasses define ``on_message``: here it is not called, so
+    ``connect()`` says so, unless it is subscribed; a subclass's other
+    methods, whatever their names, are its own."""
+
+    class Bot(Client):
+        heartbeat_intervall = 2
+
+        def on_message(self, message: Message) -> None: ...
+
+        def on_connect(self) -> None: ...
+
+        def on_the_hour(self) -> None: ...
+
+        def reconnect_delays(self) -> None: ...
+
+    class SubscribedBot(Bot):
+        def __init__(self, **settings: object) -> None:
+            super().__init__(**settings)
+            self.subscribe("connect", self.on_connect)
+
+    client = SubscribedBot(address="127.0.0.1", port=server.port, reconnect_delay=0.05)
+    with pytest.warns(UserWarning) as said:
+        client.connect()
+    client.disconnect()
+    assert [str(w.message) for w in said] == [
+        "SubscribedBot.heartbeat_intervall is not a setting, so setting it did nothing"
+        " (did you mean 'heartbeat_interval'?)",
+        "SubscribedBot.on_message is not a callback hook, so defining it did nothing:"
+        " subscribe('message', self.on_message) subscribes it",
+    ]
+    assert {w.filename for w in said} == {__file__}
 
 
 def test_generated_ids_are_fresh() -> None:
