@@ -13,7 +13,12 @@ the driver can see:
   ``Connection`` seeing them) make the link busy, not idle: no PING needed;
 - a peer that answers PINGs but reads nothing else while our unsent bytes
   stay over ``max_pending_bytes`` for ``heartbeat_timeout`` is cut off, or
-  its backlog would grow without bound.
+  its backlog would grow without bound;
+- a check that comes late (this process did not run: a pause, a stalled
+  loop, a virtual machine frozen) proves nothing either: the peer's frames
+  may wait unread in the socket (and ours unwritten), and a verdict now
+  would cut every connection at once.  Its verdict waits half an interval,
+  once, so that the driver reads and writes first.
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ import enum
 from dataclasses import dataclass
 
 from ._connection import Connection
+
+#: A check more than ``heartbeat_timeout / LATE`` after it was due comes
+#: late: scheduling jitter is far less, a pause that could fake a silence more.
+LATE = 10
 
 
 class Act(enum.Enum):
@@ -45,7 +54,7 @@ class Verdict:
 class Liveness:
     """The heartbeat settings of one connection and what its checks saw."""
 
-    __slots__ = ("interval", "max_pending_bytes", "ping_sent_at", "timeout", "writes_seen")
+    __slots__ = ("deferred_for", "due", "interval", "max_pending_bytes", "ping_sent_at", "timeout", "writes_seen")
 
     def __init__(self, interval: float, timeout: float, max_pending_bytes: int | None = None) -> None:
         self.interval = interval
@@ -57,12 +66,19 @@ class Liveness:
         self.writes_seen = 0
         #: When the PING now unanswered was sent (None: none is).
         self.ping_sent_at: float | None = None
+        #: When the driver was last asked to check.
+        self.due = 0.0
+        #: The cut a late check put off, and the time it went by (the
+        #: peer's ``last_received`` for a silence, ``last_progress`` for not
+        #: reading): put off at most once for the same evidence.
+        self.deferred_for: tuple[Act, float] | None = None
 
     def start(self, proto: Connection, now: float, writes: int) -> float:
         """The handshake is done (its frames went through ``proto``, which
         noted when): returns the first check's time."""
         self.writes_seen = writes
-        return now + proto.ping_interval(self.interval)
+        self.due = now + proto.ping_interval(self.interval)
+        return self.due
 
     def check(
         self,
@@ -84,13 +100,23 @@ class Liveness:
             # by at most an interval.
             proto.last_sent = max(proto.last_sent, now)
         action, next_check = proto.heartbeat_due(now, self.interval, self.timeout)
-        if action == "timeout":
-            return Verdict(Act.SILENT, now, f"heartbeat timeout: nothing received for {self.timeout:g} s")
         limit = self.max_pending_bytes
-        if limit is not None and out_bytes > limit and now - last_progress > self.timeout:
-            return Verdict(Act.NOT_READING, now, f"not reading: over max_pending_bytes={limit} for {self.timeout:g} s")
+        if action == "timeout":
+            cut = Verdict(Act.SILENT, now, f"heartbeat timeout: nothing received for {self.timeout:g} s")
+            seen = (cut.act, proto.last_received)
+        elif limit is not None and out_bytes > limit and now - last_progress > self.timeout:
+            cut = Verdict(Act.NOT_READING, now, f"not reading: over max_pending_bytes={limit} for {self.timeout:g} s")
+            seen = (cut.act, last_progress)
+        else:
+            cut = None
+        if cut is not None:
+            if now - self.due <= self.timeout / LATE or self.deferred_for == seen:
+                return cut
+            self.deferred_for = seen
+            self.due = now + min(self.interval, self.timeout) / 2
+            return Verdict(Act.NOTHING, self.due)
         self.writes_seen = writes
-        next_check = min(next_check, now + self.timeout / 2)
+        next_check = self.due = min(next_check, now + self.timeout / 2)
         if action != "ping":
             return Verdict(Act.NOTHING, next_check)
         if self.ping_sent_at is None:

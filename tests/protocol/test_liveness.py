@@ -35,6 +35,7 @@ def test_an_idle_link_pings_every_interval_and_a_silent_peer_times_out() -> None
     verdict = idle(live, proto, 5.0)
     assert verdict.act is Act.PING
     assert 5.0 < verdict.next_check <= 12.5
+    idle(live, proto, verdict.next_check)  # checked when asked, as the drivers do
     silent = idle(live, proto, 15.0)
     assert silent.act is Act.SILENT
     assert "nothing received for 15 s" in silent.reason
@@ -81,3 +82,45 @@ def test_a_peer_that_stops_reading_is_cut_off_once_over_the_limit_for_the_timeou
     assert "max_pending_bytes=1000" in verdict.reason
     # Under the limit, or progressing: left alone.
     assert idle(live, proto, 16.0, writes=1, out_bytes=900, last_progress=0.0).act is Act.NOTHING
+
+
+def test_a_check_that_comes_late_reads_before_it_cuts_a_silent_peer() -> None:
+    """This process stood still for 20 s (a pause, a frozen virtual
+    machine): the peer's PINGs wait unread, and cutting it now would cut
+    every connection at once.  The verdict waits half an interval, once."""
+    proto = Connection(Role.SERVER, now=0.0)
+    live = Liveness(interval=5.0, timeout=15.0)
+    assert live.start(proto, 0.0, writes=0) == 5.0
+    later = idle(live, proto, 25.0)  # due at 5
+    assert later.act is Act.NOTHING and later.next_check == 27.5
+    proto.last_received = 25.1  # read meanwhile: the peer was there all along
+    assert idle(live, proto, 27.5).act is Act.PING
+
+
+def test_a_late_check_puts_off_a_real_silence_only_once() -> None:
+    proto = Connection(Role.SERVER, now=0.0)
+    live = Liveness(interval=5.0, timeout=15.0)
+    live.start(proto, 0.0, writes=0)
+    assert idle(live, proto, 25.0).act is Act.NOTHING
+    # Nothing came: gone.  Late again (a loop that is always behind): gone all the same.
+    assert idle(live, proto, 40.0).act is Act.SILENT
+
+
+def test_a_late_check_reads_before_it_cuts_a_peer_off_for_not_reading() -> None:
+    proto = Connection(Role.SERVER, now=0.0)
+    live = Liveness(interval=5.0, timeout=15.0, max_pending_bytes=1000)
+    live.start(proto, 0.0, writes=0)
+    proto.last_received = 24.0
+    deferred = idle(live, proto, 25.0, out_bytes=5000, last_progress=0.0)
+    assert deferred.act is Act.NOTHING
+    assert idle(live, proto, deferred.next_check, out_bytes=5000, last_progress=0.0).act is Act.NOT_READING
+
+
+def test_a_check_a_little_late_is_on_time() -> None:
+    """Scheduling jitter (well under a tenth of the timeout) changes nothing."""
+    proto = Connection(Role.SERVER, now=0.0)
+    live = Liveness(interval=5.0, timeout=15.0)
+    live.start(proto, 0.0, writes=0)
+    assert idle(live, proto, 5.0).next_check == 10.0
+    assert idle(live, proto, 10.0).next_check == 15.0
+    assert idle(live, proto, 16.4).act is Act.SILENT
