@@ -326,7 +326,14 @@ class Loop:
                     timeout = 0.0
                 elif timeout > _MAX_WAIT:
                     timeout = _MAX_WAIT  # woken early, the loop finds no timer due and waits again
-            for fd, mask in poll(timeout, _MAX_EVENTS):
+            events = poll(timeout, _MAX_EVENTS)
+            # The timers due as the wait ended run this turn, as in asyncio;
+            # one that falls due while the handlers run (an inline callback
+            # that holds the thread) waits for the next turn's poll, so that
+            # what came meanwhile is read before a handshake or a session
+            # times out.
+            now = monotonic()
+            for fd, mask in events:
                 handler = handlers.get(fd)
                 if handler is None:
                     continue  # unregistered by a handler earlier in this batch
@@ -336,16 +343,15 @@ class Loop:
                     log.exception("I/O handler %r failed", handler)
             # Tested here, not in the callees: most turns have nothing to do.
             # Calls queued after the test wake the poller (call_soon).
-            if timers and timers[0][0] <= monotonic():
-                self._run_timers()
+            if timers and timers[0][0] <= now:
+                self._run_timers(now)
             if self._calls:
                 self._run_calls()
             if self._dirty:
                 self._flush_dirty()
 
-    def _run_timers(self) -> None:
+    def _run_timers(self, now: float) -> None:
         timers = self._timers
-        now = self.time()
         while timers and timers[0][0] <= now:
             timer = heapq.heappop(timers)[2]
             if timer.cancelled:

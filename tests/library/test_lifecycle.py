@@ -19,7 +19,7 @@ import pytest
 from support import DEFAULT_WAIT, FaultProxy, Recorder, server_frames, wait_until
 
 from missioncommander import BindError, Client, ClientState, Message, Server, SessionLost, StateError
-from missioncommander._events import PingReceived
+from missioncommander._events import Challenge, PingReceived, Welcome
 from missioncommander._frames import FrameType, encode_json_frame
 
 S = ClientState
@@ -119,6 +119,30 @@ def test_a_server_that_stood_still_reads_before_it_calls_its_clients_silent(make
         # Its first turn after the stall ran every overdue check: a cut would be seen by now.
         assert rec.of("clientdetach") == []
         assert bystander.stats()["resumes"] == 0
+
+
+def test_a_handshake_that_came_while_the_server_stood_still_is_read_before_it_times_out(
+    make_client: MakeClient,
+) -> None:
+    """The timers that fell due while an inline callback held the I/O
+    thread ran before the loop read again: a HELLO that had come meanwhile
+    got ERROR handshake_timeout.  They now wait for the next turn's read,
+    as asyncio's loop does."""
+    with Server(interface="127.0.0.1", port=0, handshake_timeout=0.5, inline_callbacks=True) as server:
+        rec = Recorder().attach(server, "clientconnect", "message")
+        server.subscribe("message", lambda client_id, message: message.subject == "stall" and time.sleep(1.5))
+        staller = make_client(server, client_id="staller", heartbeat_timeout=30.0)
+        staller.connect()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            frames = server_frames(sock)
+            assert isinstance(next(frames), Challenge)  # accepted: its handshake's 0.5 s run
+            staller.send(Message("stall"))  # 1.5 s with the I/O thread held
+            rec.wait_count("message", 1)
+            hello = {"version": 1, "client_id": "late", "session": None, "last_seq": 0}
+            sock.sendall(encode_json_frame(FrameType.HELLO, hello | {"max_frame_size": 65536, "heartbeat_timeout": 60}))
+            answer = next(frames)
+            assert isinstance(answer, Welcome), answer
+        rec.wait_count("clientconnect", 2)
 
 
 def _fds() -> int:
