@@ -14,6 +14,7 @@ import errno
 import heapq
 import itertools
 import logging
+import math
 import os
 import select
 import selectors
@@ -44,6 +45,9 @@ _READS_PER_EVENT = 16
 _COMPACT_MIN = 4096
 #: Readiness events taken per wait (more wait for the next turn).
 _MAX_EVENTS = 1024
+#: Seconds a wait may end late before the loop reads again ahead of its
+#: timers: far more than scheduling delays, far less than any timeout.
+_OVERSLEPT = 0.1
 #: The longest single wait for the next timer: epoll takes milliseconds in
 #: a C int (under 25 days), and a 30-day session_expiry, the only timer of a
 #: server with one detached client, killed the I/O thread with OverflowError.
@@ -316,16 +320,20 @@ class Loop:
         handlers = self._handlers
         monotonic = self.time
         timers = self._timers
+        never = math.inf
         while True:
             timeout: float = -1
+            wake = never  # when the wait should end at the latest
             if self._calls or self._dirty:
                 timeout = 0
             elif timers:
-                timeout = timers[0][0] - monotonic()  # epoll rounds it up to its milliseconds
+                before = monotonic()
+                timeout = timers[0][0] - before  # epoll rounds it up to its milliseconds
                 if timeout < 0.0:
                     timeout = 0.0
                 elif timeout > _MAX_WAIT:
                     timeout = _MAX_WAIT  # woken early, the loop finds no timer due and waits again
+                wake = before + timeout
             events = poll(timeout, _MAX_EVENTS)
             # The timers due as the wait ended run this turn, as in asyncio;
             # one that falls due while the handlers run (an inline callback
@@ -343,7 +351,11 @@ class Loop:
                     log.exception("I/O handler %r failed", handler)
             # Tested here, not in the callees: most turns have nothing to do.
             # Calls queued after the test wake the poller (call_soon).
-            if timers and timers[0][0] <= now:
+            # A wait that ended long after it should have (the process did
+            # not run: SIGSTOP, a frozen virtual machine) may have read
+            # nothing of what came meanwhile: its timers wait for the next
+            # turn too, whose wait of 0 reads first.
+            if timers and timers[0][0] <= now and now - wake < _OVERSLEPT:
                 self._run_timers(now)
             if self._calls:
                 self._run_calls()

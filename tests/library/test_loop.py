@@ -9,6 +9,7 @@ import sys
 import textwrap
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -141,3 +142,55 @@ def test_a_timer_weeks_away_does_not_stop_the_loop(poller: str) -> None:
     proc = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["7"]
+
+
+#: A process frozen in its wait (SIGSTOP, a frozen virtual machine), told
+#: by a poller that sleeps once and reports nothing, as a wait whose time
+#: ran out while the process stood still: a HELLO sent meanwhile must be
+#: read before the handshake's timer, long overdue, is run.
+FROZEN_IN_THE_WAIT = textwrap.dedent(
+    """
+    import select, socket, sys, threading, time
+    sys.path.insert(0, {tests!r})
+    real = select.epoll
+    freeze, frozen = threading.Event(), threading.Event()
+
+    class Freezing:
+        def __init__(self):
+            self.epoll = real()
+        def poll(self, timeout=-1, maxevents=-1):
+            if freeze.is_set():
+                freeze.clear()
+                frozen.set()
+                time.sleep(1.5)  # three handshake timeouts
+                return []
+            return self.epoll.poll(timeout, maxevents)
+        def __getattr__(self, name):
+            return getattr(self.epoll, name)
+
+    select.epoll = Freezing
+    from support import server_frames
+    from missioncommander import Server
+    from missioncommander._events import Challenge, Welcome
+    from missioncommander._frames import FrameType, encode_json_frame
+    from missioncommander._loop import get_loop
+
+    with Server(interface="127.0.0.1", port=0, handshake_timeout=0.5) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            frames = server_frames(sock)
+            assert isinstance(next(frames), Challenge)  # accepted: its handshake's 0.5 s run
+            freeze.set()
+            get_loop().call_soon(lambda: None)  # out of its wait, into the frozen one
+            assert frozen.wait(10)
+            hello = {{"version": 1, "client_id": "late", "session": None, "last_seq": 0, "max_frame_size": 65536}}
+            sock.sendall(encode_json_frame(FrameType.HELLO, hello | {{"heartbeat_timeout": 60}}))
+            print(type(next(frames)).__name__)
+    """
+)
+
+
+def test_a_loop_frozen_in_its_wait_reads_before_it_runs_the_timers_that_fell_due() -> None:
+    script = FROZEN_IN_THE_WAIT.format(tests=str(Path(__file__).parent.parent))
+    proc = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["Welcome"]
