@@ -333,7 +333,8 @@ class Loop:
                     timeout = 0.0
                 elif timeout > _MAX_WAIT:
                     timeout = _MAX_WAIT  # woken early, the loop finds no timer due and waits again
-                wake = before + timeout
+                if timeout:  # after a wait of 0 the timers run, so they are never put off twice running
+                    wake = before + timeout
             events = poll(timeout, _MAX_EVENTS)
             # The timers due as the wait ended run this turn, as in asyncio;
             # one that falls due while the handlers run (an inline callback
