@@ -27,6 +27,7 @@ from typing import Any, TypeVar, cast
 from ._loop import (
     _BACKLOG,
     ACCEPT_PAUSE,
+    OVERSLEPT,
     AcceptTrouble,
     Connecting,
     ConnectOwner,
@@ -48,6 +49,30 @@ from ._loop import (
 log = logging.getLogger("missioncommander.aio")
 
 T = TypeVar("T")
+
+
+class _LateTimer:
+    """A timer that, fired far late, fires again a moment later instead.
+
+    asyncio's loop runs the timers due after a wait before it reads what
+    the wait brought, so after the process stood still (SIGSTOP, a frozen
+    virtual machine) a handshake or a session would time out with its
+    HELLO unread.  Put off once by a millisecond (a positive delay, so
+    that on uvloop too a poll comes between), the timer runs after the
+    next read, as the threaded loop's do."""
+
+    __slots__ = ("handle",)
+
+    handle: asyncio.TimerHandle
+
+    def fire(self, loop: asyncio.AbstractEventLoop, due: float, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        if loop.time() - due > OVERSLEPT:
+            self.handle = loop.call_later(0.001, fn, *args)
+        else:
+            fn(*args)
+
+    def cancel(self) -> None:
+        self.handle.cancel()
 
 
 class AsyncioDriver:
@@ -126,8 +151,12 @@ class AsyncioDriver:
         else:
             loop.call_soon_threadsafe(fn, *args)
 
-    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> asyncio.TimerHandle:
-        return self.loop.call_later(delay, fn, *args)
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> _LateTimer:
+        loop = self.loop
+        timer = _LateTimer()
+        due = loop.time() + delay
+        timer.handle = loop.call_at(due, timer.fire, loop, due, fn, args)
+        return timer
 
     def run_sync(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
         if self.in_loop():

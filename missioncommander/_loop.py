@@ -45,9 +45,10 @@ _READS_PER_EVENT = 16
 _COMPACT_MIN = 4096
 #: Readiness events taken per wait (more wait for the next turn).
 _MAX_EVENTS = 1024
-#: Seconds a wait may end late before the loop reads again ahead of its
-#: timers: far more than scheduling delays, far less than any timeout.
-_OVERSLEPT = 0.1
+#: Seconds a wait may end late (or a timer fire late, on the asyncio
+#: driver) before the loop reads again ahead of its timers: far more than
+#: scheduling delays, far less than any timeout.
+OVERSLEPT = 0.1
 #: The longest single wait for the next timer: epoll takes milliseconds in
 #: a C int (under 25 days), and a 30-day session_expiry, the only timer of a
 #: server with one detached client, killed the I/O thread with OverflowError.
@@ -356,7 +357,7 @@ class Loop:
             # not run: SIGSTOP, a frozen virtual machine) may have read
             # nothing of what came meanwhile: its timers wait for the next
             # turn too, whose wait of 0 reads first.
-            if timers and timers[0][0] <= now and now - wake < _OVERSLEPT:
+            if timers and timers[0][0] <= now and now - wake < OVERSLEPT:
                 self._run_timers(now)
             if self._calls:
                 self._run_calls()

@@ -8,6 +8,7 @@ import gc
 import logging
 import random
 import select
+import selectors
 import socket
 import threading
 import time
@@ -1326,3 +1327,46 @@ def test_callbacks_failing_on_every_message_do_not_flood_the_log(caplog: pytest.
     assert {"RuntimeError", "ValueError", "LookupError"} <= set(kinds), kinds
     assert any(r.getMessage().startswith("client connect callback") for r in said)
     assert any(r.getMessage().startswith("client message callback") for r in said)
+
+
+def test_a_server_frozen_in_its_wait_reads_before_its_overdue_timers_run() -> None:
+    """asyncio's loop runs the timers due after a wait before it reads what
+    the wait brought: an AsyncServer stopped for 1.5 s (SIGSTOP, a frozen
+    virtual machine) answered a HELLO sent meanwhile with handshake_timeout
+    in 5 tries of 6.  A selector that sleeps once and reports nothing stands
+    for the frozen wait; the driver's timers, fired that late, wait for the
+    next read."""
+    freeze, frozen, accepted = threading.Event(), threading.Event(), threading.Event()
+
+    class Freezing(selectors.DefaultSelector):
+        def select(self, timeout: float | None = None) -> list[Any]:
+            if freeze.is_set():
+                freeze.clear()
+                frozen.set()
+                time.sleep(1.5)  # three handshake timeouts
+                return []
+            return list(super().select(timeout))
+
+    answers: list[object] = []
+
+    def peer(port: int) -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=LIMIT) as sock:
+            frames = server_frames(sock, timeout=LIMIT)
+            assert isinstance(next(frames), Challenge)  # accepted: its handshake's 0.5 s run
+            accepted.set()
+            assert frozen.wait(LIMIT)
+            hello = {"version": 1, "client_id": "late", "session": None, "last_seq": 0, "max_frame_size": 65536}
+            sock.sendall(encode_json_frame(FrameType.HELLO, hello | {"heartbeat_timeout": 60}))
+            answers.append(next(frames))
+
+    async def main() -> None:
+        async with AsyncServer(interface="127.0.0.1", port=0, handshake_timeout=0.5) as server:
+            thread = threading.Thread(target=peer, args=(server.port,))
+            thread.start()
+            assert await asyncio.to_thread(accepted.wait, LIMIT)
+            freeze.set()  # the loop's next wait is the frozen one
+            await asyncio.to_thread(thread.join, LIMIT)
+
+    with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(Freezing())) as runner:
+        runner.run(asyncio.wait_for(main(), LIMIT))
+    assert len(answers) == 1 and isinstance(answers[0], Welcome), answers
