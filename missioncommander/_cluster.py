@@ -70,6 +70,12 @@ GAP_WAIT = 0.1
 IN_USE_FOR = 5.0
 #: Pauses between attempts to reach a lost Redis (seconds).
 RETRY_PAUSE = 0.5
+#: What a node publishes to its own channel at every renewal: a pub/sub
+#: connection that did not hear it (nor anything else) by the next one has
+#: died without a word (a NAT or firewall that forgot it while idle, which
+#: sends no FIN or RST), and the node would stay deaf to its clients'
+#: messages from other nodes for ever: it subscribes again instead.
+PROBE = notice("p", "", 0, b"")
 #: Sessions that ended for good lately, remembered for a request stored in
 #: one just before it ended whose sender learns its token after the news.
 ENDED_KEPT = 1024
@@ -78,6 +84,15 @@ ENDED_KEPT = 1024
 #: sends replies faster than Redis takes them (to requests nobody sent, at
 #: worst) must not grow the node's memory without bound.
 FORWARD_BUDGET = 64 * 2**20
+
+
+def _closed(pubsub: Any) -> None:
+    """Close a pub/sub connection (None: there is none) that may be broken."""
+    if pubsub is not None:
+        try:
+            pubsub.close()
+        except Exception:  # redis-py's errors, or OSError: it is dropped either way
+            pass
 
 
 def node_of(holder: str) -> str:
@@ -181,6 +196,9 @@ class ClusterNode:
         #: Clients resumed here after the node holding them lost them without
         #: letting go (docs/CLUSTER.md: their last message may come twice).
         self.takeovers = 0
+        #: Times this node found its pub/sub connection dead without a word
+        #: (its probe did not come back) and subscribed again.
+        self.resubscribes = 0
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._joined = threading.Event()
@@ -213,6 +231,7 @@ class ClusterNode:
         self._forwarding = 0
         self._quiet_over = Quiet()
         self._quiet_nobody = Quiet()
+        self._quiet_deaf = Quiet()
         self._handed_soon = _Soon(self._background, lambda inbox: self._write_handed(inbox, inbox.handed_upto))
 
     # -- lifecycle ---------------------------------------------------------------
@@ -270,7 +289,13 @@ class ClusterNode:
 
     def status(self) -> dict[str, Any]:
         """For ``Server.stats()``: this node and its view of the cluster."""
-        return {"node": self.node_id, "ready": self.ready, "url": self.url, "takeovers": self.takeovers}
+        return {
+            "node": self.node_id,
+            "ready": self.ready,
+            "url": self.url,
+            "takeovers": self.takeovers,
+            "resubscribes": self.resubscribes,
+        }
 
     # -- the loop thread: who gets in ------------------------------------------------
 
@@ -666,6 +691,8 @@ class ClusterNode:
     def _run(self) -> None:
         pubsub: Any = None
         next_renew = 0.0
+        # The last PROBE is out: nothing heard on the pub/sub connection since.
+        probe_out = False
         while not self._stopping.is_set():
             try:
                 if pubsub is None:
@@ -675,6 +702,7 @@ class ClusterNode:
                     self._renew()
                     self._catch_up()
                     next_renew = time.monotonic() + self.lease_ttl / 3
+                    probe_out = False
                     if not self.ready:
                         again = "is back" if self._joined.is_set() else "joined"
                         log.info("cluster node %s %s (Redis at %s)", self.node_id, again, self.url)
@@ -682,6 +710,8 @@ class ClusterNode:
                     self._joined.set()
                     self._lost_logged = False
                 message = pubsub.get_message(timeout=FLUSH_EVERY)
+                if message is not None:
+                    probe_out = False
                 while message is not None:
                     self._on_notice(message["data"])
                     message = pubsub.get_message(timeout=0)
@@ -689,22 +719,36 @@ class ClusterNode:
                 if now >= next_renew:
                     self._renew()
                     next_renew = now + self.lease_ttl / 3
+                    if probe_out:
+                        # Read just above: the probe had a whole renewal's time to come.
+                        self._deaf()
+                        _closed(pubsub)
+                        pubsub = None
+                        continue
+                    probe_out = True
+                    self.store.publish(self.holder, PROBE)
                 self._flush()
                 self._fill_gaps(now)
             except Exception as exc:  # redis-py raises its own errors, and OSError, from its sockets
                 self._lost(exc)
-                if pubsub is not None:
-                    try:
-                        pubsub.close()
-                    except Exception:
-                        pass
-                    pubsub = None
+                _closed(pubsub)
+                pubsub = None
                 self._stopping.wait(RETRY_PAUSE)
-        if pubsub is not None:
-            try:
-                pubsub.close()
-            except Exception:
-                pass
+        _closed(pubsub)
+
+    def _deaf(self) -> None:
+        """The pub/sub connection heard nothing for a renewal, not even the probe."""
+        self.resubscribes += 1
+        if (unsaid := self._quiet_deaf.due()) is not None:
+            log.warning(
+                "cluster node %s heard nothing on its pub/sub connection to Redis at %s for %.1f s, "
+                "not even its own probe (a NAT or firewall may have dropped the idle connection): "
+                "subscribing again and reading what it missed%s",
+                self.node_id,
+                self.url,
+                self.lease_ttl / 3,
+                more(unsaid),
+            )
 
     def _lost(self, exc: BaseException) -> None:
         """Redis did not answer: refuse newcomers; past the leases, let go."""

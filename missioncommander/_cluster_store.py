@@ -30,7 +30,9 @@ Numbers are given out by Redis (``HINCRBY``), so every node numbers a
 client's messages from one counter.  Notices go over pub/sub to the channel
 of the node that holds the client (``notice``); a notice that is lost
 (pub/sub gives no guarantee) costs only time, since the holder reads the
-stream again whenever it (re)subscribes or sees a gap.  A reply to a
+stream again whenever it (re)subscribes or sees a gap; and it subscribes
+again when a probe it publishes to itself does not come back (a pub/sub
+connection that died without a word).  A reply to a
 request another node sent goes to the channel of the node that asked
 (``asks:{id}``, a hash of request id to asker, written as the request is
 stored: ``pass_reply``); it is not kept: lost, its request times out.  The
@@ -601,7 +603,9 @@ def parse_notice(data: bytes) -> tuple[str, Iterator[tuple[str, int]], bytes]:
     client: one pair, body the reason), ``r`` (a client's reply to a
     request another node sent: one pair, its number the request's id, body
     the reply's, as the client sent it), ``e`` (a session ended for good:
-    one pair, seq 0, body its token, a space and why)."""
+    one pair, seq 0, body its token, a space and why), ``p`` (a node's
+    probe of its own subscription, to itself: one pair, no id, seq 0, no
+    body; hearing it is all it is for)."""
     kind = chr(data[0])
     pairs: list[tuple[str, int]] = []
     pos = 1

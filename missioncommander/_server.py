@@ -483,8 +483,9 @@ class Server(ServerSettings):
     def cluster_status(self) -> dict[str, Any] | None:
         """In a cluster, while running: this node's ``node`` id, whether it
         is ``ready`` (it reaches Redis and takes newcomers), the Redis
-        ``url``, and ``takeovers`` (clients it took over from a node that
-        died); None otherwise."""
+        ``url``, ``takeovers`` (clients it took over from a node that
+        died) and ``resubscribes`` (times it found its pub/sub connection
+        to Redis dead without a word and subscribed again); None otherwise."""
         cluster = self._cluster
         return cluster.status() if cluster is not None else None
 

@@ -877,7 +877,8 @@ class AsyncServer(_Endpoint, ServerSettings):
 
     @property
     def cluster_status(self) -> dict[str, Any] | None:
-        """This node's id, readiness, Redis URL and takeovers; None outside a cluster."""
+        """This node's id, readiness, Redis URL, takeovers and resubscribes
+        (``Server.cluster_status``); None outside a cluster."""
         return self._inner.cluster_status
 
     @property

@@ -164,12 +164,18 @@ class StatsCollector:
             labels=(*labels, "code"),
         )
         # A cluster node's own (docs/CLUSTER.md): whether it reaches Redis and
-        # takes newcomers, and the clients it took over from nodes that died.
+        # takes newcomers, the clients it took over from nodes that died, and
+        # how often its pub/sub connection died without a word.
         ready = GaugeMetricFamily(
             prefix + "cluster_ready", "a cluster node reaches Redis and takes newcomers (1) or not", labels=labels
         )
         takeovers = CounterMetricFamily(
             prefix + "cluster_takeovers", "clients resumed here after the node holding them died", labels=labels
+        )
+        resubscribes = CounterMetricFamily(
+            prefix + "cluster_resubscribes",
+            "times a cluster node found its Redis pub/sub connection dead without a word and subscribed again",
+            labels=labels,
         )
         for values, figures in rows:
             connected.add_metric(values, float(figures.get("connected") or 0))
@@ -181,7 +187,9 @@ class StatsCollector:
             if isinstance(cluster, dict):
                 ready.add_metric(values, float(bool(cluster.get("ready"))))
                 takeovers.add_metric(values, cluster.get("takeovers") or 0)
-        yield from (family for family in (connected, rtt, refusals, ready, takeovers) if family.samples)
+                resubscribes.add_metric(values, cluster.get("resubscribes") or 0)
+        families = (connected, rtt, refusals, ready, takeovers, resubscribes)
+        yield from (family for family in families if family.samples)
 
     @staticmethod
     def daemon_families(daemon: dict[str, Any]) -> Iterator[Any]:

@@ -345,6 +345,40 @@ def test_a_node_cut_off_from_redis_lets_its_clients_go_after_its_leases(
         a_proxy_to_redis.close()
 
 
+def test_a_node_whose_pubsub_connection_died_silently_subscribes_again_and_delivers(
+    redis_server: RedisServer, make_node: MakeNode, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A NAT or firewall that forgets an idle connection kills it without a
+    FIN or RST: the node's pub/sub connection hears nothing ever after,
+    while its other connection (leases, writes) works.  The node must
+    notice (the probe it publishes to itself does not come back), subscribe
+    again and deliver what it missed."""
+    b = make_node(node_id="b")
+    a_proxy_to_redis = FaultProxy(redis_server.port)
+    try:
+        a = make_node(node_id="a", cluster=f"redis://127.0.0.1:{a_proxy_to_redis.port}/0", lease_ttl=1.0)
+        client = make_client(a, client_id="c1")
+        rec = Recorder().attach(client, "message", "reconnect")
+        client.connect()
+        b.send("c1", Message("before", {"n": 0}))
+        rec.wait_count("message", 1)
+        accepted = a_proxy_to_redis.accepted
+        with caplog.at_level(logging.WARNING, logger="missioncommander.cluster"):
+            a_proxy_to_redis.cut("blackhole", said=b"SUBSCRIBE")
+            assert a_proxy_to_redis.live >= 1  # a's other connections still reach Redis
+            b.send("c1", Message("while deaf", {"n": 1}))
+            rec.wait_count("message", 2, timeout=10)
+        assert a_proxy_to_redis.accepted > accepted  # a subscribed again, on a new connection
+        assert any("pub/sub" in r.getMessage() and "subscribing again" in r.getMessage() for r in caplog.records)
+        b.send("c1", Message("after", {"n": 2}))
+        rec.wait_count("message", 3)
+        assert numbers(rec) == [0, 1, 2]
+        assert rec.of("reconnect") == [] and a.stats()["cluster"]["ready"]  # the client never noticed
+        assert a.stats()["cluster"]["resubscribes"] >= 1 and b.stats()["cluster"]["resubscribes"] == 0
+    finally:
+        a_proxy_to_redis.close()
+
+
 def test_the_library_needs_redis_only_for_cluster_mode() -> None:
     import subprocess
     import sys

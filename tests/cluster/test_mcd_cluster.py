@@ -99,6 +99,7 @@ def test_a_hosted_cluster_nodes_readiness_is_in_the_metrics_and_mcctl(redis_serv
         now = samples()
         assert now["missioncommander_cluster_ready"] == 1
         assert now["missioncommander_cluster_takeovers_total"] == 0
+        assert now["missioncommander_cluster_resubscribes_total"] == 0
         assert now["missioncommander_running"] == 1
         # The gauge an alert on a node cut off from Redis watches.
         redis_server.stop()

@@ -82,12 +82,19 @@ def wait_until(predicate: Callable[[], bool], timeout: float = DEFAULT_WAIT, wha
         event.wait(0.005)
 
 
+#: How much of what each client side sends first a FaultProxy keeps, for ``cut(said=...)``.
+SAID_KEPT = 4096
+
+
 class FaultProxy:
     """A TCP proxy on loopback between a client and a server that can break things.
 
     - ``cut("rst")`` resets every live connection on both sides;
     - ``cut("blackhole")`` silently stops forwarding on the live connections
       (no FIN, no RST: the peers must notice by heartbeat);
+    - ``cut(mode, said=b"...")`` does either only to the connections whose
+      client side sent those bytes early on (one of several connections a
+      program keeps to its server, picked by what it asked);
     - ``delay`` holds each chunk that long before forwarding it;
     - ``split`` forwards in random small pieces, so frames arrive cut at
       arbitrary byte boundaries.
@@ -107,6 +114,8 @@ class FaultProxy:
         self.pairs: dict[socket.socket, socket.socket] = {}
         self.dead: set[socket.socket] = set()
         self.pending: dict[socket.socket, list[tuple[float, bytes]]] = {}
+        #: The first bytes (up to SAID_KEPT) each connection's client side sent.
+        self.said: dict[socket.socket, bytes] = {}
         self.accepted = 0
         #: While set, new connections are accepted and closed at once.
         self.refusing = False
@@ -130,10 +139,12 @@ class FaultProxy:
         self.wake_w.send(b"x")
         assert done.wait(5), "proxy did not answer"
 
-    def cut(self, mode: str = "rst") -> None:
+    def cut(self, mode: str = "rst", said: bytes | None = None) -> None:
         def do() -> None:
             for sock in list(self.pairs):
                 if sock not in self.pairs or sock in self.dead:
+                    continue
+                if said is not None and said not in self.said.get(sock, self.said.get(self.pairs[sock], b"")):
                     continue
                 if mode == "rst":
                     self._close(sock, reset=True)
@@ -170,6 +181,7 @@ class FaultProxy:
                 continue
             self.pairs.pop(s, None)
             self.pending.pop(s, None)
+            self.said.pop(s, None)
             if s not in self.dead:
                 try:
                     self.sel.unregister(s)
@@ -219,6 +231,7 @@ class FaultProxy:
             s.settimeout(5)
         self.pairs[down] = up
         self.pairs[up] = down
+        self.said[down] = b""
         self.sel.register(down, selectors.EVENT_READ, "conn")
         self.sel.register(up, selectors.EVENT_READ, "conn")
 
@@ -233,6 +246,9 @@ class FaultProxy:
             self._close(sock, reset=False)
             return
         other = self.pairs[sock]
+        early = self.said.get(sock)
+        if early is not None and len(early) < SAID_KEPT:
+            self.said[sock] = early + data[: SAID_KEPT - len(early)]
         if self.delay:
             self.pending.setdefault(other, []).append((time.monotonic() + self.delay, data))
             return
