@@ -27,6 +27,7 @@ from missioncommander._loop import ACCEPT_PAUSE, AcceptTrouble, one_connections_
 from .core import CoreError, DaemonCore
 from .dispatch import Dispatcher
 from .events import Subscription
+from .files import bind_control_socket, secure_directory
 
 log = logging.getLogger("mcd.control")
 
@@ -90,6 +91,11 @@ class ControlServer:
         self.dispatcher = Dispatcher(core, self._shutdown_after_reply, info or {})
         self.allowed_uids = allowed_uids if allowed_uids is not None else frozenset({os.getuid(), 0})
         self._listener: socket.socket | None = None
+        #: The socket file ``_listener`` is bound to, as made (to tell it
+        #: from a file put in its place).
+        self._bound: os.stat_result | None = None
+        #: A "not mcd's socket any more" warning was logged (once is enough).
+        self._replaced_said = False
         self._threads: set[threading.Thread] = set()
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -101,6 +107,7 @@ class ControlServer:
         """Accept on ``listener``, the socket ``files.bind_control_socket``
         made at ``path`` (mcd binds it early, before it loads this module)."""
         self._listener = listener
+        self._bound = _stat(self.path)
         thread = threading.Thread(target=self._accept_loop, name="mcd-accept", daemon=True)
         thread.start()
 
@@ -117,10 +124,8 @@ class ControlServer:
             except OSError:
                 pass
             listener.close()
-            try:
-                self.path.unlink()
-            except FileNotFoundError:
-                pass
+            if self._is_ours(_stat(self.path)):  # not a file someone put in its place
+                self.path.unlink(missing_ok=True)
         for conn in conns:
             try:
                 conn.shutdown(socket.SHUT_RDWR)
@@ -140,6 +145,8 @@ class ControlServer:
             except OSError as exc:
                 if self._listener is None:
                     return
+                if listener is not self._listener:  # keep_socket() made a new one
+                    continue
                 if not one_connections_error(exc):
                     # Out of descriptors or memory: the connection waits in
                     # the backlog, and trying again at once would spin.
@@ -164,6 +171,58 @@ class ControlServer:
                 self._closed.wait(ACCEPT_PAUSE)
                 continue
             trouble.accepted()
+
+    def _is_ours(self, st: os.stat_result | None) -> bool:
+        return st is not None and self._bound is not None and os.path.samestat(st, self._bound)
+
+    def keep_socket(self) -> None:
+        """Make the socket file again if it was removed (by hand, or by a
+        cleanup of its directory): mcctl and the GUI find mcd by the path
+        alone, and a daemon nobody can reach can only be killed.  A file
+        someone put in its place is left alone, with a warning."""
+        with self._lock:
+            running = not self._closing and self._listener is not None
+        if not running:
+            return
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            st = None
+        except OSError:
+            return
+        if st is not None:
+            if not self._is_ours(st) and not self._replaced_said:
+                self._replaced_said = True
+                log.warning(
+                    "%s is no longer this mcd's control socket (something was put in its place): "
+                    "mcctl cannot reach this mcd (pid %d) there; stop it and start it again",
+                    self.path,
+                    os.getpid(),
+                )
+            return
+        try:
+            secure_directory(self.path.parent, "socket directory")
+            listener = bind_control_socket(self.path)
+        except OSError as exc:
+            log.warning("control socket %s was removed and cannot be made again: %s", self.path, exc.strerror or exc)
+            return
+        with self._lock:
+            if self._closing:  # close() ran meanwhile: it did not know this one
+                listener.close()
+                self.path.unlink(missing_ok=True)
+                return
+            old, self._listener = self._listener, listener
+            self._bound = _stat(self.path)
+            self._replaced_said = False
+        if old is not None:
+            try:
+                old.shutdown(socket.SHUT_RDWR)  # wakes the accept loop, which takes the new one
+            except OSError:
+                pass
+            old.close()
+        log.warning(
+            "control socket %s was removed (by hand, or by a cleanup of its directory); made it again", self.path
+        )
 
     def _serve(self, conn: socket.socket) -> None:
         try:
@@ -341,3 +400,10 @@ class ControlServer:
         except OSError:
             return True
         return not data  # anything a subscriber sends is ignored
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None

@@ -94,13 +94,51 @@ class SocketLock:
             return True
         raise OSError(errno.EAGAIN, f"{self.path} keeps changing under mcd")
 
+    def _ours(self) -> bool:
+        """The file at the path is the one this daemon locked."""
+        assert self._fd is not None
+        try:
+            return os.path.samestat(os.fstat(self._fd), os.lstat(self.path))
+        except FileNotFoundError:
+            return False
+
+    def keep(self) -> bool:
+        """Lock the path again when its file was removed (by hand, or by a
+        cleanup of the socket's directory, which is made again too): else a
+        second mcd would start beside this one, on the same state.  False
+        when another daemon holds the file at the path now; ``OSError`` when
+        it cannot be made."""
+        if self._fd is None or self._ours():
+            return True
+        old, self._fd = self._fd, None
+        try:
+            secure_directory(self.path.parent, "socket directory")
+            taken = self.acquire()
+        except OSError:
+            self._fd = old
+            raise
+        if not taken:
+            self._fd = old
+            return False
+        os.close(old)
+        return True
+
+    def holder(self) -> int | None:
+        """The pid written in the lock file by the daemon holding it, if readable."""
+        try:
+            text = self.path.read_text(encoding="ascii", errors="replace").strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() else None
+
     def release(self) -> None:
         if self._fd is None:
             return
-        try:
-            self.path.unlink()
-        except OSError:
-            pass
+        if self._ours():  # never another daemon's, which took the path after ours was removed
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
         os.close(self._fd)
         self._fd = None
 

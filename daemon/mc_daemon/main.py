@@ -83,6 +83,9 @@ class Notifier:
 
 #: The most often mcd tells systemd its STATUS= line.
 STATUS_INTERVAL = 0.5
+#: How often mcd checks that its lock and socket files are still there (a
+#: hand or a cleanup of their directory may remove them; it makes them again).
+FILES_EVERY = 1.0
 
 
 class StopRequest:
@@ -310,7 +313,13 @@ class _Startup:
         try:
             secure_directory(socket_path.parent, "socket directory")
             self.lock = SocketLock(socket_path)
-            if not self.lock.acquire() or claim_socket_path(socket_path):
+            if not self.lock.acquire():
+                pid = self.lock.holder()
+                self.lock = None
+                who = f"another mcd (pid {pid})" if pid is not None else "another mcd"
+                print(f"mcd: {who} is already running on {socket_path}", file=sys.stderr)
+                return 1
+            if claim_socket_path(socket_path):
                 self.lock = None
                 print(f"mcd: another mcd is already running on {socket_path}", file=sys.stderr)
                 return 1
@@ -353,6 +362,7 @@ class _Startup:
         self.server = ControlServer(core, socket_path, request_shutdown=self.stop.set, info=info)
         listener, self.listener = self.listener, None
         self.server.start(listener)
+        threading.Thread(target=self._keep_files, name="mcd-files", daemon=True).start()
         core.restore(should_stop=self.stop.is_set)
         if self.stop.is_set():
             return 0
@@ -361,6 +371,28 @@ class _Startup:
         _start_watchdog(self.notifier, self.stop)
         self.stop.sleep()
         return 0
+
+    def _keep_files(self) -> None:
+        """The lock and the socket file stay at their paths while mcd runs."""
+        lock, server = self.lock, self.server
+        assert lock is not None and server is not None
+        said = ""
+        while not self.stop.wait(FILES_EVERY):
+            try:
+                kept = lock.keep()
+            except OSError as exc:
+                trouble = f"cannot make it again ({lock.path}): {exc.strerror or exc}"
+            else:
+                trouble = (
+                    "" if kept else f"another mcd (pid {lock.holder()}) has taken {lock.path} since: stop one of them"
+                )
+            if trouble:
+                if trouble != said:  # each trouble once, not every second
+                    log.warning("this mcd's lock file was removed; %s", trouble)
+                said = trouble
+                continue
+            said = ""
+            server.keep_socket()
 
     def __exit__(self, *_exc: object) -> None:
         if self.stop.signals:

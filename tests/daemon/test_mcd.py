@@ -758,6 +758,53 @@ def test_second_daemon_on_the_same_socket_is_refused(mcd: Mcd) -> None:
     assert mcd.request("hello")["api_version"] == 1
 
 
+def _answers(daemon: Mcd) -> bool:
+    try:
+        return daemon.request("hello")["api_version"] == 1
+    except DaemonUnreachable:
+        return False
+
+
+def test_a_removed_control_socket_is_made_again(mcd: Mcd) -> None:
+    """mcctl finds mcd by the socket's path alone: a daemon whose socket
+    file was removed (by hand, by a cleanup) could only be killed, and a
+    second one refused as 'already running'."""
+    mcd.request("client.set", key="address", value="127.0.0.1")  # state that must outlive the loss
+    mcd.socket.unlink()
+    wait_until(lambda: _answers(mcd), timeout=10, what="the socket made again")
+    assert mcd.request("client.get", key="address")["settings"] == {"address": "127.0.0.1"}
+    assert "control socket" in mcd.log() and "made it again" in mcd.log()
+    assert stat.S_IMODE(os.lstat(mcd.socket).st_mode) == 0o600
+
+
+def test_a_removed_socket_directory_is_made_again_and_a_second_mcd_is_still_refused() -> None:
+    daemon = Mcd()
+    run_dir = daemon.root / "run"
+    daemon.socket = run_dir / "mcd.sock"
+    daemon.start()
+    try:
+        shutil.rmtree(run_dir)  # the socket and the lock file with it
+        wait_until(lambda: _answers(daemon), timeout=10, what="the socket made again")
+        assert stat.S_IMODE(os.stat(run_dir).st_mode) == 0o700
+        second = _mcd_once(daemon.socket, daemon.state_dir)
+        assert daemon.proc is not None
+        assert second.returncode == 1, second.stderr
+        assert f"another mcd (pid {daemon.proc.pid}) is already running" in second.stderr
+        assert _answers(daemon)
+        assert daemon.stop() == 0
+        assert not daemon.socket.exists() and not (run_dir / "mcd.sock.lock").exists()  # mcd's own, removed
+    finally:
+        daemon.close()
+
+
+def test_a_file_put_in_place_of_the_socket_is_left_alone(mcd: Mcd) -> None:
+    mcd.socket.unlink()
+    mcd.socket.write_text("mine\n")
+    wait_until(lambda: "no longer this mcd's control socket" in mcd.log(), timeout=10, what="the warning")
+    assert mcd.stop() == 0
+    assert mcd.socket.read_text() == "mine\n"  # neither replaced nor removed at exit
+
+
 def _mcd_once(socket_path: Path, state_dir: Path) -> subprocess.CompletedProcess[str]:
     """Run mcd expecting it to refuse to start (so it returns at once)."""
     return subprocess.run(
