@@ -56,7 +56,7 @@ from ._frames import (
 from ._inbox import Inbox
 from ._link import Link, route_locked
 from ._loop import Cancellable, Connecting, Driver, Loop, WriteTarget, check_not_forked, get_loop
-from ._message import Message
+from ._message import Message, not_a_message
 from ._reconnect import Step, after_failure, reconnect_delay, retry_hint
 from ._requests import Answers, ReplyWaiter, Requests, of_its_session, reply_body
 from ._session import SendSession
@@ -762,7 +762,7 @@ class Client(ClientSettings):
         ``MessageTooLarge`` when the message exceeds the server's frame limit.
         """
         if not isinstance(message, Message):
-            raise TypeError(f"message must be a Message, not {type(message).__name__}")
+            raise not_a_message(message)
         if timeout is not None:
             timeout = cfg.wait_timeout(timeout)
         self._send_body(message.encode(), timeout)
@@ -819,7 +819,7 @@ class Client(ClientSettings):
         Not from an inline callback, which would block the I/O thread.
         """
         if not isinstance(message, Message):
-            raise TypeError(f"message must be a Message, not {type(message).__name__}")
+            raise not_a_message(message)
         if self._loop.in_loop():
             raise StateError("request() on the I/O thread (an inline callback) would block it; send() instead")
         timeout = cfg.wait_timeout(timeout)

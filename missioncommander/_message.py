@@ -191,6 +191,12 @@ def _freeze_dict(value: dict[Any, Any], path: str) -> FrozenDict | None:
     return FrozenDict({key: _freeze(item, f"{path}[{key!r}]") for key, item in value.items()})
 
 
+def not_a_message(value: object) -> TypeError:
+    """What ``send()``, ``request()`` and the like raise for anything but a
+    Message (the usual slip: a subject and a payload passed as they are)."""
+    return TypeError(f"message must be a Message, as Message(subject, payload), not {type(value).__name__}")
+
+
 class Message:
     """A message: a non-empty ``subject`` and a JSON object ``payload``.
 

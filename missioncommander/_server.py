@@ -55,7 +55,7 @@ from ._frames import (
 from ._inbox import Budget, Inbox
 from ._link import Link, route_locked
 from ._loop import Cancellable, Driver, Incoming, Listener, Loop, check_not_forked, get_loop
-from ._message import Message
+from ._message import Message, not_a_message
 from ._quiet import Quiet, more
 from ._requests import Answers, ReplyWaiter, Requests, no_requests, reply_body
 from ._session import SendSession
@@ -519,7 +519,7 @@ class Server(ServerSettings):
         raise at once).  Not from an inline callback (``StateError``).
         """
         if not isinstance(message, Message):
-            raise TypeError(f"message must be a Message, not {type(message).__name__}")
+            raise not_a_message(message)
         if not isinstance(target, str):
             raise TypeError(f"target must be a client id or '*', not {type(target).__name__}")
         if timeout != 0.0:
@@ -544,7 +544,7 @@ class Server(ServerSettings):
         from an inline callback.
         """
         if not isinstance(message, Message):
-            raise TypeError(f"message must be a Message, not {type(message).__name__}")
+            raise not_a_message(message)
         if self._loop.in_loop():
             raise StateError("request() on the I/O thread (an inline callback) would block it; send() instead")
         timeout = cfg.wait_timeout(timeout)

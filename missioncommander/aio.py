@@ -31,7 +31,7 @@ from ._callbacks import Answering, Callbacks, Reply, Run, SerialQueue, answering
 from ._client import _CAN_SEND, _RUNNING, CLIENT_EVENTS, DISCONNECT_WAIT, Client, ClientSettings, Target
 from ._errors import ConnectTimeout, QueueFullError, StateError
 from ._inbox import Inbox
-from ._message import Message
+from ._message import Message, not_a_message
 from ._requests import Requests, timed_out
 from ._server import SERVER_EVENTS, Server, ServerSettings
 from ._state import ClientState
@@ -751,7 +751,7 @@ class AsyncClient(_Endpoint, ClientSettings):
         over the server's frame limit."""
         self._driver.bind()
         if not isinstance(message, Message):
-            raise TypeError(f"message must be a Message, not {type(message).__name__}")
+            raise not_a_message(message)
         await self._send_body(message.encode())
 
     async def _send_body(self, body: bytes) -> None:
@@ -773,7 +773,7 @@ class AsyncClient(_Endpoint, ClientSettings):
         ``send()``; cancelled, the request is forgotten (a reply is dropped)."""
         self._driver.bind()
         if not isinstance(message, Message):
-            raise TypeError(f"message must be a Message, not {type(message).__name__}")
+            raise not_a_message(message)
         inner = self._inner
         inner._check_requests()
         timeout = cfg.wait_timeout(timeout)
@@ -946,7 +946,7 @@ class AsyncServer(_Endpoint, ServerSettings):
         it loses its session, as with ``Server.send``."""
         self._driver.bind()
         if not isinstance(message, Message):
-            raise TypeError(f"message must be a Message, not {type(message).__name__}")
+            raise not_a_message(message)
         if self._inner._cluster is not None:
             await self._off_loop(self._inner.send, target, message)
         elif target == cfg.EVERY_CLIENT:
@@ -959,7 +959,7 @@ class AsyncServer(_Endpoint, ServerSettings):
         reply, as ``Server.request``; waits for room like ``send()``."""
         self._driver.bind()
         if not isinstance(message, Message):
-            raise TypeError(f"message must be a Message, not {type(message).__name__}")
+            raise not_a_message(message)
         inner = self._inner
         inner._check_requests(client_id)
         timeout = cfg.wait_timeout(timeout)

@@ -130,6 +130,27 @@ def test_connect_send_both_ways_events_and_states() -> None:
     run(test)
 
 
+def test_a_subject_and_payload_passed_as_they_are_are_refused_with_the_form_to_write() -> None:
+    async def test() -> None:
+        async with (
+            AsyncServer(interface="127.0.0.1", port=0) as server,
+            AsyncClient(address="127.0.0.1", port=server.port, client_id="c1") as client,
+        ):
+            form = r"^message must be a Message, as Message\(subject, payload\), not str$"
+            for call in (
+                lambda: client.send("subject"),  # type: ignore[arg-type]
+                lambda: client.request("subject"),  # type: ignore[arg-type]
+                lambda: server.send("c1", "subject"),  # type: ignore[arg-type]
+                lambda: server.request("c1", "subject"),  # type: ignore[arg-type]
+            ):
+                with pytest.raises(TypeError, match=form):
+                    await call()
+            await client.send(Message("subject", {"n": 1}))  # nothing went out before it
+            assert await take(server.messages(), 1) == [("c1", Message("subject", {"n": 1}))]
+
+    run(test)
+
+
 def test_async_and_threaded_peers_talk_both_ways() -> None:
     async def test() -> None:
         async with AsyncServer(interface="127.0.0.1", port=0) as server:

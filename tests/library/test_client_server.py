@@ -275,6 +275,27 @@ def test_context_managers(make_client: MakeClient) -> None:
     assert not server.running
 
 
+def test_a_subject_and_payload_passed_as_they_are_are_refused_with_the_form_to_write(
+    server: Server, make_client: MakeClient
+) -> None:
+    """The slip a user of other libraries makes: send("subject", {...})."""
+    client = make_client(server, client_id="c1")
+    client.connect()
+    rec = Recorder().attach(server, "message")
+    form = r"^message must be a Message, as Message\(subject, payload\), not str$"
+    for call in (
+        lambda: client.send("subject", {"n": 1}),  # type: ignore[arg-type]
+        lambda: client.request("subject", {"n": 1}),  # type: ignore[arg-type]
+        lambda: server.send("c1", "subject", {"n": 1}),  # type: ignore[arg-type]
+        lambda: server.request("c1", "subject", {"n": 1}),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(TypeError, match=form):
+            call()
+    client.send(Message("subject", {"n": 1}))  # nothing went out before it
+    rec.wait_count("message", 1)
+    assert rec.of("message") == [("c1", Message("subject", {"n": 1}))]
+
+
 def test_server_can_restart_after_stop(make_client: MakeClient) -> None:
     server = Server(interface="127.0.0.1", port=0)
     for _ in range(2):
