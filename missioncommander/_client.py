@@ -55,7 +55,7 @@ from ._frames import (
 )
 from ._inbox import Inbox
 from ._link import Link, route_locked
-from ._loop import Cancellable, Connecting, Driver, Loop, WriteTarget, check_not_forked, get_loop
+from ._loop import Cancellable, Connecting, Driver, Loop, WriteTarget, check_not_forked, get_loop, host_port
 from ._message import Message, not_a_message
 from ._reconnect import Step, after_failure, reconnect_delay, retry_hint
 from ._requests import Answers, ReplyWaiter, Requests, of_its_session, reply_body
@@ -187,7 +187,7 @@ class _ClientLink(Link):
             self,
             tls=client._tls_context,
             server_hostname=hostname,
-            name=f"{client.address}:{client.port}",
+            name=host_port(client.address, client.port),
         )
 
     def connection_made(self, transport: WriteTarget) -> None:
@@ -238,7 +238,7 @@ class _ClientLink(Link):
 
     def _timed_out(self, timeout: float) -> None:
         self.timer = None
-        reason = f"no answer from {self.client.address}:{self.client.port} within {timeout:g} s"
+        reason = f"no answer from {host_port(self.client.address, self.client.port)} within {timeout:g} s"
         if self.transport is not None and self.proto.challenge is None and self.client._tls_context is None:
             # The server speaks first, but a TLS server waits for the TLS
             # handshake of a client that will never send one.
@@ -619,7 +619,7 @@ class Client(ClientSettings):
             future.result(timeout + 5.0)
         except FutureTimeout:  # the loop's own timer should have fired first
             self._loop.call_soon(self._abandon, generation)
-            raise ConnectTimeout(f"no answer from {self.address}:{self.port} within {timeout:g} s") from None
+            raise ConnectTimeout(f"no answer from {host_port(self.address, self.port)} within {timeout:g} s") from None
 
     def wait_state(self, state: ClientState, timeout: float | None = None) -> ClientState:
         """Block until the state has any of the flags of ``state`` (e.g.
@@ -900,7 +900,7 @@ class Client(ClientSettings):
 
     def __repr__(self) -> str:
         return (
-            f"<Client {self.client_id!r} -> {self.address or '?'}:{self.port or '?'} "
+            f"<Client {self.client_id!r} -> {host_port(self.address or '?', self.port or '?')} "
             f"{ClientState.get_name(self._state)}>"
         )
 
@@ -1102,10 +1102,9 @@ class Client(ClientSettings):
             session.pump_pending = False
             session.live = link.transport
         log.info(
-            "client %r connected to %s:%d%s",
+            "client %r connected to %s%s",
             self.client_id,
-            self.address,
-            self.port,
+            host_port(self.address, self.port),
             " (resumed)" if resumed_session else "",
         )
         link.start_heartbeat()

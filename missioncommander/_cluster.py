@@ -44,7 +44,7 @@ from ._errors import ClusterUnavailable, MessageTooLarge, QueueFullError, Remote
 from ._events import ErrorCode, Hello
 from ._frames import MAX_REQUEST_ID, MESSAGE_OVERHEAD, message_event, with_meta
 from ._inbox import Budget, Inbox
-from ._loop import Driver
+from ._loop import Driver, host_port
 from ._message import FrozenDict, Message
 from ._quiet import Quiet, more
 from ._requests import no_requests
@@ -774,7 +774,7 @@ class ClusterNode:
         server = self.server
         with server._lock:
             held = list(server._sessions)
-        presence = f"{server.interface or '*'}:{server.port}"
+        presence = host_port(server.interface or "*", server.port)
         lost = self.store.renew(self.holder, held, self.lease_ttl, self.keep, presence)
         self._last_renewed = time.monotonic()
         for client_id in lost:

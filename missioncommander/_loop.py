@@ -762,7 +762,7 @@ def reset_on_close(sock: socket.socket) -> None:
 def peer_names(addr: Any) -> tuple[str, str]:
     """An accepted connection's peer address as (host, ``host:port``)."""
     if isinstance(addr, tuple):
-        return str(addr[0]), f"{addr[0]}:{addr[1]}"
+        return str(addr[0]), host_port(addr[0], addr[1])
     return str(addr), str(addr)
 
 
@@ -785,10 +785,15 @@ def call_and_wait(
     return future.result(timeout)
 
 
-def format_address(addr: tuple[Any, ...]) -> str:
-    """``host:port``, with an IPv6 host in brackets."""
-    host, port = addr[0], addr[1]
+def host_port(host: object, port: object) -> str:
+    """``host:port``, an IPv6 host in brackets (``[::1]:30000``): without
+    them the port reads as one more group of the address."""
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def format_address(addr: tuple[Any, ...]) -> str:
+    """A socket address as ``host_port`` writes it."""
+    return host_port(addr[0], addr[1])
 
 
 _loop: Loop | None = None

@@ -54,7 +54,7 @@ from ._frames import (
 )
 from ._inbox import Budget, Inbox
 from ._link import Link, route_locked
-from ._loop import Cancellable, Driver, Incoming, Listener, Loop, check_not_forked, get_loop
+from ._loop import Cancellable, Driver, Incoming, Listener, Loop, check_not_forked, get_loop, host_port
 from ._message import Message, not_a_message
 from ._quiet import Quiet, more
 from ._requests import Answers, ReplyWaiter, Requests, no_requests, reply_body
@@ -372,7 +372,7 @@ class Server(ServerSettings):
             try:
                 listener = self._listen(host, port, prefer_port)
             except OSError as exc:
-                where = f"{host or '*'}:{port}"
+                where = host_port(host or "*", port)
                 # socket.create_server's strerror repeats the address; the errno's own text suffices.
                 reason = os.strerror(exc.errno) if exc.errno else str(exc)
                 raise BindError(exc.errno, f"cannot listen on {where}: {reason}") from exc
@@ -400,7 +400,7 @@ class Server(ServerSettings):
             if not self._loop.in_loop() and not cluster.wait_joined(min(2.0, self.lease_ttl)):
                 log.warning("cluster node %s: Redis at %s does not answer yet", cluster.node_id, cluster.url)
         listener.start()
-        log.info("server listening on %s:%d", host or "*", self._bound_port)
+        log.info("server listening on %s", host_port(host or "*", self._bound_port))
 
     def _listen(self, host: str, port: int, prefer_port: int | None) -> Listener:
         if port == 0 and prefer_port:
@@ -446,7 +446,7 @@ class Server(ServerSettings):
         # This node's sessions only: a repr must never wait on Redis.  Nor on
         # the server's lock, which is not reentrant (a repr may be asked for
         # under it, by a log line or a debugger); len() of a dict is atomic.
-        where = f"{self.interface or '*'}:{self.port}"
+        where = host_port(self.interface or "*", self.port)
         if not self._running:
             return f"<Server {where} stopped>"
         held = len(self._sessions)

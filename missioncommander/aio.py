@@ -31,6 +31,7 @@ from ._callbacks import Answering, Callbacks, Reply, Run, SerialQueue, answering
 from ._client import _CAN_SEND, _RUNNING, CLIENT_EVENTS, DISCONNECT_WAIT, Client, ClientSettings, Target
 from ._errors import ConnectTimeout, QueueFullError, StateError
 from ._inbox import Inbox
+from ._loop import host_port
 from ._message import Message, not_a_message
 from ._requests import Requests, timed_out
 from ._server import SERVER_EVENTS, Server, ServerSettings
@@ -712,7 +713,9 @@ class AsyncClient(_Endpoint, ClientSettings):
             await asyncio.wait_for(asyncio.wrap_future(future), timeout + 5.0)
         except TimeoutError:  # the client's own timer should have fired first
             inner._abandon(generation)
-            raise ConnectTimeout(f"no answer from {inner.address}:{inner.port} within {timeout:g} s") from None
+            raise ConnectTimeout(
+                f"no answer from {host_port(inner.address, inner.port)} within {timeout:g} s"
+            ) from None
         except asyncio.CancelledError:
             inner._abandon(generation)  # nobody waits for this attempt any more
             raise

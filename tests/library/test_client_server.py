@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -156,6 +158,22 @@ def test_a_server_on_localhost_listens_on_the_loopback(make_client: MakeClient) 
             client.disconnect()
         got.wait_for(lambda: len(got.events) == 2)
         assert sorted(args[0] for _, args in got.events) == ["127.0.0.1", "localhost"]
+
+
+def test_an_ipv6_address_is_written_in_brackets_wherever_a_port_follows_it(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """'::1:30000' reads as an address of one group more: '[::1]:30000'."""
+    with caplog.at_level(logging.INFO, logger="missioncommander"), Server(interface="::1", port=0) as server:
+        client = make_client(address="::1", port=server.port, client_id="v6")
+        client.connect()
+        where = f"[::1]:{server.port}"
+        assert repr(server).startswith(f"<Server {where} ") and f" -> {where} " in repr(client)
+        assert re.fullmatch(r"\[::1\]:\d+", server.stats("v6")["peer"])
+        client.disconnect()
+    lines = [record.getMessage() for record in caplog.records]
+    assert f"server listening on {where}" in lines and f"client 'v6' connected to {where}" in lines
+    assert any(re.fullmatch(r"client 'v6' connected from \[::1\]:\d+ \(new session\)", line) for line in lines)
 
 
 def test_wait_connected_after_connect_without_waiting(make_client: MakeClient) -> None:
