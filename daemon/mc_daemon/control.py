@@ -94,8 +94,8 @@ class ControlServer:
         #: The socket file ``_listener`` is bound to, as made (to tell it
         #: from a file put in its place).
         self._bound: os.stat_result | None = None
-        #: A "not mcd's socket any more" warning was logged (once is enough).
-        self._replaced_said = False
+        #: The last trouble keep_socket() logged ('': none since it went): each once.
+        self._trouble_said = ""
         self._threads: set[threading.Thread] = set()
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -191,20 +191,19 @@ class ControlServer:
         except OSError:
             return
         if st is not None:
-            if not self._is_ours(st) and not self._replaced_said:
-                self._replaced_said = True
-                log.warning(
-                    "%s is no longer this mcd's control socket (something was put in its place): "
-                    "mcctl cannot reach this mcd (pid %d) there; stop it and start it again",
-                    self.path,
-                    os.getpid(),
+            if not self._is_ours(st):
+                self._trouble(
+                    f"{self.path} is no longer this mcd's control socket (something was put in its place): "
+                    f"mcctl cannot reach this mcd (pid {os.getpid()}); remove it, and mcd makes its socket again"
                 )
+            else:
+                self._trouble_said = ""
             return
         try:
             secure_directory(self.path.parent, "socket directory")
             listener = bind_control_socket(self.path)
         except OSError as exc:
-            log.warning("control socket %s was removed and cannot be made again: %s", self.path, exc.strerror or exc)
+            self._trouble(f"control socket {self.path} was removed and cannot be made again: {exc.strerror or exc}")
             return
         with self._lock:
             if self._closing:  # close() ran meanwhile: it did not know this one
@@ -213,7 +212,7 @@ class ControlServer:
                 return
             old, self._listener = self._listener, listener
             self._bound = _stat(self.path)
-            self._replaced_said = False
+            self._trouble_said = ""
         if old is not None:
             try:
                 old.shutdown(socket.SHUT_RDWR)  # wakes the accept loop, which takes the new one
@@ -223,6 +222,12 @@ class ControlServer:
         log.warning(
             "control socket %s was removed (by hand, or by a cleanup of its directory); made it again", self.path
         )
+
+    def _trouble(self, text: str) -> None:
+        """A warning of keep_socket(), once while it lasts (it checks every second)."""
+        if text != self._trouble_said:
+            self._trouble_said = text
+            log.warning("%s", text)
 
     def _serve(self, conn: socket.socket) -> None:
         try:
