@@ -268,6 +268,8 @@ def _misplaced_part(text: str) -> str:
     scheme, sep, _ = text.partition("://")
     if sep:
         return f": give the host alone, without {scheme}://"
+    if text.startswith("[") and text.endswith("]") and _is_host(text[1:-1]):
+        return f": write an IPv6 address without brackets here ({text[1:-1]!r}); they go around one a port follows"
     where, sep, port = text.rpartition(":")
     if sep and port.isdigit() and where and _is_host(where.removeprefix("[").removesuffix("]")):
         return ": give the host alone; the port is a setting of its own"
@@ -406,6 +408,20 @@ def redacted_url(url: str) -> str:
     return url
 
 
+def split_host_port(text: str, name: str) -> tuple[str, str]:
+    """``host:port`` or ``[IPv6]:port`` as (host without brackets, port);
+    ``('', text)`` without a colon.  ``ValueError`` for an IPv6 address
+    followed by a port without brackets: ``::1:30000`` is also the address
+    0:0:0:0:0:0:1:30000, and only brackets tell which group is the port
+    (``2001:db8::1`` would lose its last group to it)."""
+    where, sep, port = text.rpartition(":")
+    if not sep:
+        return "", text
+    if port.isdigit() and ":" in where and not (where.startswith("[") and where.endswith("]")):
+        raise ValueError(f"{name}: {text!r}: an IPv6 address with a port goes in brackets, as [::1]:30000")
+    return where.removeprefix("[").removesuffix("]"), port
+
+
 def server_list(value: Any, name: str) -> tuple[tuple[str, int], ...] | None:
     """None, or servers to try in turn: "host:port" strings or (host, port)
     pairs ("[::1]:30000" for an IPv6 address), or one string of them
@@ -427,10 +443,10 @@ def server_list(value: Any, name: str) -> tuple[tuple[str, int], ...] | None:
     servers = []
     for item in value:
         if isinstance(item, str):
-            where, sep, port_text = item.rpartition(":")
-            if not sep or not port_text.isdigit():
+            address, port_text = split_host_port(item, name)
+            if not address or not port_text.isdigit():
                 raise ValueError(f"{name}: {item!r} is not host:port")
-            address, port = where.removeprefix("[").removesuffix("]"), int(port_text)
+            port = int(port_text)
         elif isinstance(item, list | tuple) and len(item) == 2:
             address, port = item
         else:

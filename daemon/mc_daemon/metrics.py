@@ -24,6 +24,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from mc_control.events import host_port
+from missioncommander._config import split_host_port
 from missioncommander._loop import ACCEPT_PAUSE, AcceptTrouble, one_connections_error
 from missioncommander._quiet import Quiet, more
 
@@ -80,10 +81,8 @@ Rows = list[tuple[tuple[str, ...], dict[str, Any]]]
 
 def parse_address(text: str) -> tuple[str, int]:
     """``ADDRESS:PORT``, ``[IPv6]:PORT`` or ``PORT`` (then loopback, 127.0.0.1)."""
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = "", text
-    host = host.strip("[]") or "127.0.0.1"
+    host, port = split_host_port(text, "--metrics")
+    host = host or "127.0.0.1"
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"--metrics wants ADDRESS:PORT (a port from 1 to 65535), not {text!r}")
     return host, int(port)

@@ -111,6 +111,10 @@ def test_metrics_listen_on_loopback_by_default_and_bad_addresses_are_refused() -
     command = [sys.executable, "-m", "mc_daemon", "--metrics", "localhost:99999"]
     out = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
     assert out.returncode == 2 and "a port from 1 to 65535" in out.stderr and "Traceback" not in out.stderr
+    # '::1:9100' is also an address of its own: only brackets say which group is the port.
+    command = [sys.executable, "-m", "mc_daemon", "--metrics", "::1:9100"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode == 2 and "goes in brackets, as [::1]:30000" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_without_prometheus_client_mcd_names_the_command_that_installs_it_here(tmp_path: Path) -> None:

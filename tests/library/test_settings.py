@@ -91,6 +91,15 @@ def test_servers_read_a_list_a_comma_string_or_a_json_list() -> None:
     ):
         assert Client(servers=value).servers == expected, value
     assert Client(servers="[::1]:2").servers == (("::1", 2),)  # an IPv6 address, not JSON
+    # '::1:2' is also the address 0:0:0:0:0:0:1:2: only brackets say which group is the port.
+    for unbracketed in ("::1:2", "2001:db8::1", "fe80::1:30000, 127.0.0.1:1"):
+        with pytest.raises(ValueError, match=r"an IPv6 address with a port goes in brackets, as \[::1\]:30000"):
+            Client(servers=unbracketed)
+    # The host alone goes without them (as socket.getaddrinfo takes it), and is told so.
+    with pytest.raises(ValueError, match=r"write an IPv6 address without brackets here \('::1'\)"):
+        Client(address="[::1]")
+    with pytest.raises(ValueError, match=r"write an IPv6 address without brackets here \('::1'\)"):
+        Server(interface="[::1]")
     with pytest.raises(ValueError, match="is not a JSON list"):
         Client(servers='["127.0.0.1:1"')
     with pytest.raises(TypeError, match="is not host:port"):
