@@ -276,6 +276,14 @@ def _misplaced_part(text: str) -> str:
     return ""
 
 
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
 @functools.lru_cache(maxsize=256)
 def _is_host(text: str) -> bool:
     # Cached: the thousands of clients of one process name a few hosts, and
@@ -417,7 +425,7 @@ def split_host_port(text: str, name: str) -> tuple[str, str]:
     where, sep, port = text.rpartition(":")
     if not sep:
         return "", text
-    if port.isdigit() and ":" in where and not (where.startswith("[") and where.endswith("]")):
+    if port.isdigit() and not where.startswith("[") and (_is_ipv6(where) or _is_ipv6(text)):
         raise ValueError(f"{name}: {text!r}: an IPv6 address with a port goes in brackets, as [::1]:30000")
     return where.removeprefix("[").removesuffix("]"), port
 
