@@ -587,7 +587,10 @@ class Client(ClientSettings):
         client, or raises ``ConnectError`` (``ConnectTimeout`` after
         ``connect_timeout``, ``ConnectionRefusedByServer`` when the server
         refuses, e.g. a wrong ``auth_token``) and leaves the state
-        CONNECT_FAILED.  A TLS file that cannot be loaded raises
+        CONNECT_FAILED.  An address that cannot be resolved raises
+        ``ConnectError`` before any attempt, the state unchanged
+        (``ConnectTimeout`` when the resolver says nothing for
+        ``connect_timeout``).  A TLS file that cannot be loaded raises
         ``TLSConfigError`` before anything is sent.
 
         With ``wait=False`` it returns at once and keeps trying in the
@@ -608,7 +611,7 @@ class Client(ClientSettings):
         warn_stray_attributes(self, cfg.setting_names(self), CLIENT_EVENTS, self._callbacks.subscribed)
         if wait and self._loop.in_loop():
             raise StateError("connect(wait=True) on the I/O thread (an inline callback) would block it; use wait=False")
-        started = self._start_connect(wait, self._resolve() if wait else None)
+        started = self._start_connect(wait, self._targets_in_time() if wait else None)
         if started is None:
             return
         generation, future = started
@@ -932,6 +935,39 @@ class Client(ClientSettings):
             raise ConnectError(f"cannot resolve {host!r}: no address")
         return targets
 
+    def _resolve_soon(self) -> Future[tuple[Target, ...]]:
+        """``_resolve`` on a thread of its own: a resolver that does not
+        answer (DNS down: seconds per try, for each nameserver) must hold
+        neither the I/O loop nor a caller longer than ``connect_timeout``."""
+        future: Future[tuple[Target, ...]] = Future()
+
+        def resolve() -> None:
+            if not future.set_running_or_notify_cancel():
+                return  # given up before it began
+            try:
+                future.set_result(self._resolve())
+            except BaseException as exc:  # the waiter's to raise
+                future.set_exception(exc)
+
+        threading.Thread(target=resolve, name="missioncommander-resolve", daemon=True).start()
+        return future
+
+    def _resolver_silent(self) -> ConnectTimeout:
+        """What ``connect()`` raises when resolving took all of ``connect_timeout``."""
+        return ConnectTimeout(
+            f"cannot resolve {self.address!r}: the resolver did not answer within {self.connect_timeout:g} s"
+        )
+
+    def _targets_in_time(self) -> tuple[Target, ...]:
+        """The address's targets for ``connect()``, within ``connect_timeout``."""
+        literal = self._literal_target()
+        if literal is not None:
+            return literal
+        try:
+            return self._resolve_soon().result(self.connect_timeout)
+        except FutureTimeout:
+            raise self._resolver_silent() from None
+
     # -- loop thread ---------------------------------------------------------
 
     def _start_attempt(self, generation: int, targets: tuple[Target, ...] | None) -> None:
@@ -942,16 +978,9 @@ class Client(ClientSettings):
             targets = self._literal_target()
         if targets is None:
             # Attempts after the first resolve again (the address may have
-            # moved) on a helper thread, so DNS never blocks the I/O loop.
-            def resolve() -> None:
-                try:
-                    resolved = self._resolve()
-                except ConnectError as exc:
-                    self._loop.call_soon(self._attempt_failed_early, generation, str(exc))
-                    return
-                self._loop.call_soon(self._start_attempt, generation, resolved)
-
-            threading.Thread(target=resolve, name="missioncommander-resolve", daemon=True).start()
+            # moved), off the I/O loop.
+            resolving = self._resolve_soon()
+            resolving.add_done_callback(lambda done: self._loop.call_soon(self._resolved, generation, done))
             return
         try:
             bind = self._bind()
@@ -961,6 +990,13 @@ class Client(ClientSettings):
         link = _ClientLink(self, self._loop, generation)
         self._link = link
         link.start(targets, bind, self.connect_timeout)
+
+    def _resolved(self, generation: int, resolving: Future[tuple[Target, ...]]) -> None:
+        error = resolving.exception()
+        if error is not None:
+            self._attempt_failed_early(generation, str(error))
+        else:
+            self._start_attempt(generation, resolving.result())
 
     def _attempt_failed_early(self, generation: int, reason: str) -> None:
         if generation == self._generation:

@@ -695,13 +695,21 @@ class AsyncClient(_Endpoint, ClientSettings):
         ``ConnectError`` (``ConnectTimeout``, ``ConnectionRefusedByServer``);
         cancelled, it gives the attempt up (CONNECT_FAILED).  With
         ``wait=False`` it starts trying in the background and returns."""
-        loop = self._driver.bind()
+        self._driver.bind()
         inner = self._inner
         inner._check_connectable()
         warn_stray_attributes(self, cfg.setting_names(inner), CLIENT_EVENTS, self._subscribed)
         targets: tuple[Target, ...] | None = None
         if wait:
-            targets = inner._literal_target() or await loop.run_in_executor(None, inner._resolve)
+            targets = inner._literal_target()
+            if targets is None:
+                # A thread of its own, not the loop's executor, which
+                # asyncio.run() waits for at exit: a resolver that does not
+                # answer would hold the program up after connect() gave up.
+                try:
+                    targets = await asyncio.wait_for(asyncio.wrap_future(inner._resolve_soon()), inner.connect_timeout)
+                except TimeoutError:
+                    raise inner._resolver_silent() from None
         started = inner._start_connect(wait, targets)
         if started is None:
             return

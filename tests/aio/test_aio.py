@@ -25,6 +25,7 @@ from missioncommander import (
     ClientState,
     ConnectError,
     ConnectionRefusedByServer,
+    ConnectTimeout,
     Message,
     MessageTooLarge,
     NoResponder,
@@ -205,6 +206,32 @@ def test_a_connect_nobody_answers_fails_with_connect_error() -> None:
         assert [m async for m in client.messages()] == []  # not running: ends at once
 
     run(test)
+
+
+def test_a_resolver_that_does_not_answer_holds_connect_no_longer_than_connect_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As the threaded client's; and on a thread of its own, not the loop's
+    executor, which asyncio.run() would wait for at exit."""
+    answer = threading.Event()
+
+    def silent(*_args: object, **_kwargs: object) -> object:
+        answer.wait(30)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", silent)
+
+    async def test() -> None:
+        client = AsyncClient(address="host.example", port=1, connect_timeout=0.3)
+        with pytest.raises(
+            ConnectTimeout, match=r"^cannot resolve 'host\.example': the resolver did not answer within 0\.3 s$"
+        ):
+            await client.connect()
+
+    try:
+        run(test)  # returns with the resolver still silent: nothing of it is waited for
+    finally:
+        answer.set()
 
 
 def test_a_restarted_server_prefers_the_port_it_had() -> None:

@@ -17,6 +17,7 @@ from missioncommander import (
     ClientState,
     ConnectError,
     ConnectionRefusedByServer,
+    ConnectTimeout,
     Message,
     MissionCommanderError,
     Server,
@@ -190,6 +191,30 @@ def test_every_resolver_failure_is_a_connect_error_with_a_reason(
         what="CONNECT_FAILED",
     )
     assert "cannot resolve 'host.example'" in (client.last_close_reason or "")
+
+
+def test_a_resolver_that_does_not_answer_holds_connect_no_longer_than_connect_timeout(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS down: glibc waits its timeout for each try of each nameserver
+    (10 s to 30 s by default) before it says so, and connect() waited with
+    it, whatever connect_timeout said."""
+    answer = threading.Event()
+
+    def silent(*_args: object, **_kwargs: object) -> object:
+        answer.wait(30)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", silent)
+    client = make_client(address="host.example", port=1, connect_timeout=0.3)
+    try:
+        with pytest.raises(
+            ConnectTimeout, match=r"^cannot resolve 'host\.example': the resolver did not answer within 0\.3 s$"
+        ):
+            client.connect()
+    finally:
+        answer.set()  # the resolving thread ends
+    assert client.state == ClientState.STATE_OK | ClientState.STATE_NOT_CONNECTED  # as after any resolver failure
 
 
 def test_setting_the_current_value_while_running_is_allowed(server: Server, make_client: MakeClient) -> None:
