@@ -163,6 +163,27 @@ def test_an_instance_name_given_as_a_word_points_to_name() -> None:
         parse(["client", "status", "a", "b"])
 
 
+def test_an_optional_setting_is_unset_by_what_get_shows_of_one_unset() -> None:
+    """`get` shows an unset setting as '-': typed back, it unsets, as none does."""
+    for word in ("-", "none", "null", ""):
+        for key in ("servers", "tls_ca", "bind_port", "auth_token"):
+            assert parse(["client", "set", key, word]).params["value"] is None, (key, word)
+    assert parse(["client", "set", "client_id", "-"]).params["value"] == "-"  # not optional: the library judges it
+
+
+def test_a_setting_given_more_than_one_word_is_told_to_quote_them() -> None:
+    """The shell splits at spaces: servers typed as the library's own
+    'host:port host:port' string came out as the bare usage line."""
+    with pytest.raises(
+        UsageError,
+        match=r"^client set servers takes one value, not 2: quote one with spaces "
+        r"\(client set servers '\[::1\]:5000 127\.0\.0\.1:6000'\); or separate the servers with commas$",
+    ):
+        parse(["client", "set", "servers", "[::1]:5000", "127.0.0.1:6000"])
+    inv = parse(["client", "set", "servers", "[::1]:5000 127.0.0.1:6000"])  # quoted: one value, which mcd reads
+    REQUEST_ADAPTER.validate_python({"cmd": inv.cmd, **inv.params})
+
+
 def test_a_payload_of_dash_is_read_by_the_caller_and_refused_without_one() -> None:
     inv = parse(["client", "send", "report", "-"], lambda: '{"n": 1}')
     assert inv.params["payload"] == {"n": 1}

@@ -33,7 +33,8 @@ INT_KEYS = ("port", "bind_port", *(k for k, t in _TUNING.items() if t == "int"))
 FLOAT_KEYS = tuple(k for k, t in _TUNING.items() if t == "float")
 BOOL_KEYS = ("tls", "tls_verify", *(k for k, t in _TUNING.items() if t == "bool"))
 SECRETS_KEYS = tuple(k for k, t in _TUNING.items() if t == "secrets")
-#: Keys that `none` (or an empty value) unsets (for tuning keys: no limit, off).
+#: Keys that `none` (or an empty value, or `-` as `get` shows one unset)
+#: unsets (for tuning keys: no limit, off).
 OPTIONAL_KEYS = (
     "bind_port",
     "tls_ca",
@@ -287,7 +288,7 @@ def parse_payload(text: str, read_stdin: Callable[[], str] | None = None) -> dic
 
 
 def _value(key: str, raw: str) -> str | int | float | bool | dict[str, str] | None:
-    if key in OPTIONAL_KEYS and raw.lower() in ("none", "null", ""):
+    if key in OPTIONAL_KEYS and raw.lower() in ("none", "null", "", "-"):
         return None
     if key in FILE_KEYS:
         return os.path.abspath(os.path.expanduser(raw))  # mcd does not share our working directory
@@ -539,6 +540,15 @@ def _instance_command(inv: Invocation, kind: str, rest: list[str], read_stdin: C
     name = inv.options.name
     params: dict[str, Any] = {"name": name}
     if verb == "set":
+        if len(args) > 2 and args[0] in keys:
+            import shlex  # noqa: PLC0415 - on this error only: mcctl's start-up stays light
+
+            joined = " ".join(args[1:])
+            commas = "; or separate the servers with commas" if args[0] == "servers" else ""
+            raise UsageError(
+                f"{kind} set {args[0]} takes one value, not {len(args) - 1}: "
+                f"quote one with spaces ({kind} set {args[0]} {shlex.quote(joined)}){commas}"
+            )
         if len(args) != 2:
             raise UsageError(f"usage: {kind} set KEY VALUE   (keys: {', '.join(keys)})")
         key = args[0]

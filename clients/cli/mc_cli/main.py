@@ -31,7 +31,7 @@ Drive mcd, the MissionCommander daemon, over its control socket.
 client commands (on the client instance --name, default "default"):
   client set KEY VALUE          KEY: address, port, client_id, interface, bind_port,
                                 tls (true/false), tls_ca, tls_verify, tls_cert, tls_key,
-                                tls_hostname, auth_token, servers (none unsets an optional key);
+                                tls_hostname, auth_token, servers (none or - unsets one);
                                 limits and timers: `mcctl help client`
   client get [KEY]
   client connect [--wait | --no-wait] [--timeout S]
