@@ -799,15 +799,19 @@ def test_a_removed_socket_directory_is_made_again_and_a_second_mcd_is_still_refu
 
 def test_a_file_put_in_place_of_the_socket_is_left_alone(mcd: Mcd) -> None:
     warning = "no longer this mcd's control socket"
-    mcd.socket.unlink()
-    mcd.socket.write_text("mine\n")
+    mine = mcd.root / "mine"
+
+    def put_in_place() -> None:  # at once: mcd must not find the path empty meanwhile
+        mine.write_text("mine\n")
+        os.replace(mine, mcd.socket)
+
+    put_in_place()
     wait_until(lambda: warning in mcd.log(), timeout=10, what="the warning")
     assert mcd.socket.read_text() == "mine\n"  # not replaced
     mcd.socket.unlink()  # as the warning says: then mcd makes its socket again
     wait_until(lambda: _answers(mcd), timeout=10, what="the socket made again")
     assert mcd.log().count(warning) == 1  # said once, not at every check
-    mcd.socket.unlink()
-    mcd.socket.write_text("mine\n")
+    put_in_place()
     wait_until(lambda: mcd.log().count(warning) == 2, timeout=10, what="the warning again")
     assert mcd.stop() == 0
     assert mcd.socket.read_text() == "mine\n"  # not removed at exit
