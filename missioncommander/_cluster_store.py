@@ -46,9 +46,9 @@ raises ``ClusterUnavailable`` when Redis cannot be reached.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from . import _config as cfg
 from ._errors import ClusterUnavailable
@@ -56,6 +56,10 @@ from ._frames import MESSAGE_OVERHEAD
 
 #: Leases and presences live this long unless renewed (a third of it apart).
 DEFAULT_LEASE_TTL = 6.0
+#: Commands sent in one pipeline when a node reads many clients at once.
+BATCH = 500
+
+_T = TypeVar("_T")
 
 #: What cluster mode says where redis-py is not installed: the command for
 #: an install from PyPI, and for one from a checkout, where the first would
@@ -532,19 +536,42 @@ class ClusterStore:
 
     def read(self, client_id: str, after: int) -> list[tuple[int, bytes]]:
         """The client's messages numbered above ``after``, in order."""
-        try:
-            entries = self.redis.xrange(f"{self.prefix}out:{client_id}", min=f"({after}-0", max="+")
-        except self._errors as exc:
-            raise ClusterUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
-        return [(int(entry_id.split(b"-")[0]), fields[b"b"]) for entry_id, fields in entries]
+        (entries,) = self.read_many([(client_id, after)])
+        return entries
 
-    def numbers(self, client_id: str) -> tuple[int, int] | None:
-        """The session's ``out_seq`` and ``in_taken`` (None: no session)."""
+    def read_many(self, wanted: list[tuple[str, int]]) -> list[list[tuple[int, bytes]]]:
+        """``read`` for each (client id, after) pair, a round trip per
+        ``BATCH`` of them: a node that rejoins reads every client it holds."""
+        return [
+            [(int(entry_id.split(b"-")[0]), fields[b"b"]) for entry_id, fields in entries]
+            for entries in self._batched(
+                lambda pipe, pair: pipe.xrange(f"{self.prefix}out:{pair[0]}", min=f"({pair[1]}-0", max="+"), wanted
+            )
+        ]
+
+    def numbers_many(self, client_ids: list[str]) -> list[tuple[int, int] | None]:
+        """Each session's ``out_seq`` and ``in_taken`` (None: no session),
+        a round trip per ``BATCH`` of them."""
+        return [
+            None if out_seq is None or in_taken is None else (int(out_seq), int(in_taken))
+            for out_seq, in_taken in self._batched(
+                lambda pipe, client_id: pipe.hmget(f"{self.prefix}sess:{client_id}", ["out_seq", "in_taken"]),
+                client_ids,
+            )
+        ]
+
+    def _batched(self, command: Callable[[Any, _T], object], items: list[_T]) -> list[Any]:
+        """``command(pipeline, item)`` for each item, pipelined ``BATCH`` at a time; the replies in order."""
+        replies: list[Any] = []
         try:
-            out_seq, in_taken = self.redis.hmget(f"{self.prefix}sess:{client_id}", ["out_seq", "in_taken"])
+            for start in range(0, len(items), BATCH):
+                with self.redis.pipeline(transaction=False) as pipe:
+                    for item in items[start : start + BATCH]:
+                        command(pipe, item)
+                    replies.extend(pipe.execute())
         except self._errors as exc:
             raise ClusterUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
-        return None if out_seq is None or in_taken is None else (int(out_seq), int(in_taken))
+        return replies
 
     def clients(self) -> dict[str, str]:
         """Every client id in the cluster and the node that holds it ('' while

@@ -30,6 +30,7 @@ from missioncommander import (
     UnknownClient,
 )
 from missioncommander import _cluster as cluster_module
+from missioncommander import _cluster_store as cluster_store_module
 from missioncommander._cluster_store import ClusterStore
 from missioncommander._events import Challenge, ErrorReceived
 from missioncommander._frames import FrameType, encode_json_frame, with_meta
@@ -830,6 +831,29 @@ def test_a_request_to_a_client_of_another_node_fails_at_once_when_its_session_en
     client.connect()
     wait_until(lambda: a.client_nodes.get("c1") == "b", what="c1 to come back")
     assert a.request("c1", Message("again"), timeout=10) == Message("again", {"answer": "again"})
+
+
+def test_a_node_reads_many_clients_in_batches_in_order(redis_server: RedisServer) -> None:
+    """What a node reads as it rejoins (every client it holds), pipelined:
+    each answer with its own client across the batches' edges."""
+    store = ClusterStore(redis_server.url)
+    try:
+        count = cluster_store_module.BATCH + 3
+        ids = [f"c{i}" for i in range(count)]
+        for i, client_id in enumerate(ids):
+            assert store.claim(client_id, "n#0", None, f"t{i}", 0, 60.0, 60.0, 65536, 2).outcome == "new"
+            for n in range(i % 3):
+                appended = store.append(client_id, f"{client_id}/{n}".encode(), 100, "n#0")
+                assert isinstance(appended, cluster_store_module.Appended)
+        asked = [*ids[:2], "nobody", *ids[2:]]
+        numbers = store.numbers_many(asked)
+        assert numbers[2] is None  # no session
+        assert [found[0] if found else None for found in numbers] == [0, 1, None, *(i % 3 for i in range(2, count))]
+        read = store.read_many([(client_id, 0) for client_id in ids])
+        assert read == [[(n + 1, f"{c}/{n}".encode()) for n in range(i % 3)] for i, c in enumerate(ids)]
+        assert store.read_many([(ids[2], 1)]) == [[(2, b"c2/1")]] and store.read(ids[2], 2) == []
+    finally:
+        store.close()
 
 
 def test_a_request_stored_for_a_dead_nodes_client_fails_when_the_client_starts_anew(
