@@ -949,7 +949,11 @@ class Client(ClientSettings):
             except BaseException as exc:  # the waiter's to raise
                 future.set_exception(exc)
 
-        threading.Thread(target=resolve, name="missioncommander-resolve", daemon=True).start()
+        try:
+            threading.Thread(target=resolve, name="missioncommander-resolve", daemon=True).start()
+        except RuntimeError as exc:  # can't start new thread: a limit on threads; the attempt fails, and is retried
+            if future.set_running_or_notify_cancel():
+                future.set_exception(ConnectError(f"cannot resolve {self.address!r}: no thread to do it on ({exc})"))
         return future
 
     def _resolver_silent(self) -> ConnectTimeout:

@@ -217,6 +217,26 @@ def test_a_resolver_that_does_not_answer_holds_connect_no_longer_than_connect_ti
     assert client.state == ClientState.STATE_OK | ClientState.STATE_NOT_CONNECTED  # as after any resolver failure
 
 
+def test_no_thread_to_resolve_on_is_a_connect_error_with_a_reason(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process at its limit on threads: the resolver's thread cannot
+    start, and connect() says so, as any failure to resolve."""
+    start = threading.Thread.start
+
+    def refuse_resolvers(thread: threading.Thread) -> None:
+        if thread.name == "missioncommander-resolve":
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse_resolvers)
+    client = make_client(address="host.example", port=1)
+    with pytest.raises(
+        ConnectError, match=r"^cannot resolve 'host\.example': no thread to do it on \(can't start new thread\)$"
+    ):
+        client.connect()
+
+
 def test_setting_the_current_value_while_running_is_allowed(server: Server, make_client: MakeClient) -> None:
     port = server.port
     server.interface = "127.0.0.1"  # unchanged: a no-op, not a StateError
