@@ -19,6 +19,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from . import _config as cfg
+from . import _resolver
 from ._auth import auth_proof, new_nonce, proof_matches
 from ._callbacks import Callbacks
 from ._delivery import deliver
@@ -936,25 +937,13 @@ class Client(ClientSettings):
         return targets
 
     def _resolve_soon(self) -> Future[tuple[Target, ...]]:
-        """``_resolve`` on a thread of its own: a resolver that does not
-        answer (DNS down: seconds per try, for each nameserver) must hold
-        neither the I/O loop nor a caller longer than ``connect_timeout``."""
-        future: Future[tuple[Target, ...]] = Future()
-
-        def resolve() -> None:
-            if not future.set_running_or_notify_cancel():
-                return  # given up before it began
-            try:
-                future.set_result(self._resolve())
-            except BaseException as exc:  # the waiter's to raise
-                future.set_exception(exc)
-
-        try:
-            threading.Thread(target=resolve, name="missioncommander-resolve", daemon=True).start()
-        except RuntimeError as exc:  # can't start new thread: a limit on threads; the attempt fails, and is retried
-            if future.set_running_or_notify_cancel():
-                future.set_exception(ConnectError(f"cannot resolve {self.address!r}: no thread to do it on ({exc})"))
-        return future
+        """``_resolve`` on a resolving thread (``_resolver``): a resolver
+        that does not answer must hold neither the I/O loop nor a caller
+        longer than ``connect_timeout``."""
+        return _resolver.soon(
+            self._resolve,
+            lambda exc: ConnectError(f"cannot resolve {self.address!r}: no thread to do it on ({exc})"),
+        )
 
     def _resolver_silent(self) -> ConnectTimeout:
         """What ``connect()`` raises when resolving took all of ``connect_timeout``."""
