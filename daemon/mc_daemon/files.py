@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import stat
+import threading
 from pathlib import Path
 
 log = logging.getLogger("mcd")
@@ -60,6 +61,8 @@ class SocketLock:
     def __init__(self, socket_path: Path) -> None:
         self.path = socket_path.with_name(socket_path.name + ".lock")
         self._fd: int | None = None
+        #: keep() runs on a thread of its own, and must not meet release() halfway.
+        self._guard = threading.Lock()
 
     def acquire(self) -> bool:
         for _ in range(10):  # only a daemon stopping at this very moment makes it go round
@@ -108,20 +111,21 @@ class SocketLock:
         second mcd would start beside this one, on the same state.  False
         when another daemon holds the file at the path now; ``OSError`` when
         it cannot be made."""
-        if self._fd is None or self._ours():
+        with self._guard:
+            if self._fd is None or self._ours():
+                return True
+            old, self._fd = self._fd, None
+            try:
+                secure_directory(self.path.parent, "socket directory")
+                taken = self.acquire()
+            except OSError:
+                self._fd = old
+                raise
+            if not taken:
+                self._fd = old
+                return False
+            os.close(old)
             return True
-        old, self._fd = self._fd, None
-        try:
-            secure_directory(self.path.parent, "socket directory")
-            taken = self.acquire()
-        except OSError:
-            self._fd = old
-            raise
-        if not taken:
-            self._fd = old
-            return False
-        os.close(old)
-        return True
 
     def holder(self) -> int | None:
         """The pid written in the lock file by the daemon holding it, if readable."""
@@ -132,15 +136,16 @@ class SocketLock:
         return int(text) if text.isdigit() else None
 
     def release(self) -> None:
-        if self._fd is None:
-            return
-        if self._ours():  # never another daemon's, which took the path after ours was removed
-            try:
-                self.path.unlink()
-            except OSError:
-                pass
-        os.close(self._fd)
-        self._fd = None
+        with self._guard:
+            if self._fd is None:
+                return
+            if self._ours():  # never another daemon's, which took the path after ours was removed
+                try:
+                    self.path.unlink()
+                except OSError:
+                    pass
+            os.close(self._fd)
+            self._fd = None
 
 
 class SocketInUse(Exception):
