@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 
 import pytest
-from support import Recorder, server_frames
+from support import Recorder, server_frames, wait_for_resolvers_to_end
 
 from missioncommander import (
     Client,
@@ -229,6 +229,7 @@ def test_no_thread_to_resolve_on_is_a_connect_error_with_a_reason(
             raise RuntimeError("can't start new thread")
         start(thread)
 
+    wait_for_resolvers_to_end()  # a running one would take the name itself
     monkeypatch.setattr(threading.Thread, "start", refuse_resolvers)
     client = make_client(address="host.example", port=1)
     with pytest.raises(

@@ -5,12 +5,9 @@ from __future__ import annotations
 import threading
 
 import pytest
+from support import resolving_threads, wait_for_resolvers_to_end
 
 from missioncommander import _resolver
-
-
-def resolving_threads() -> int:
-    return sum(1 for thread in threading.enumerate() if thread.name == "missioncommander-resolve")
 
 
 def test_many_names_at_once_queue_for_a_few_threads_and_each_gets_its_own_answer() -> None:
@@ -28,7 +25,7 @@ def test_many_names_at_once_queue_for_a_few_threads_and_each_gets_its_own_answer
         for _ in range(_resolver.LIMIT):
             assert started.acquire(timeout=10)  # LIMIT of them run...
         assert not started.acquire(timeout=0.2)  # ...and the rest wait for a thread
-        assert resolving_threads() <= _resolver.LIMIT
+        assert len(resolving_threads()) <= _resolver.LIMIT
         given_up = futures[-1].cancel()  # one that has not begun can be given up
     finally:
         release.set()
@@ -42,3 +39,41 @@ def test_an_error_reaches_its_asker() -> None:
 
     with pytest.raises(OSError, match="no"):
         _resolver.soon(fails, RuntimeError).result(10)
+
+
+def refuse_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process at its limit on threads, for resolving threads."""
+    start = threading.Thread.start
+
+    def refuse(thread: threading.Thread) -> None:
+        if thread.name == "missioncommander-resolve":
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+
+
+def test_with_no_thread_running_and_none_to_start_the_name_fails_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    wait_for_resolvers_to_end()
+    refuse_threads(monkeypatch)
+    future = _resolver.soon(lambda: "never", lambda exc: ConnectionError(f"no thread ({exc})"))
+    with pytest.raises(ConnectionError, match=r"^no thread \(can't start new thread\)$"):
+        future.result(10)
+
+
+def test_a_thread_already_running_takes_the_name_when_no_new_one_can_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    wait_for_resolvers_to_end()
+    release = threading.Event()
+    busy = _resolver.soon(lambda: release.wait(30), RuntimeError)  # one thread, held
+    refuse_threads(monkeypatch)
+    try:
+        waiting = _resolver.soon(lambda: "answered", RuntimeError)
+        assert not waiting.done()  # queued for the running thread, not failed
+    finally:
+        release.set()
+    assert busy.result(10) is True
+    assert waiting.result(10) == "answered"

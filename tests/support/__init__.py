@@ -359,3 +359,17 @@ def resolve_as_ipv6_then_ipv4(monkeypatch: pytest.MonkeyPatch, name: str) -> lis
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     return asked
+
+
+def resolving_threads() -> list[threading.Thread]:
+    """missioncommander's resolving threads now running (``_resolver``)."""
+    return [thread for thread in threading.enumerate() if thread.name == "missioncommander-resolve"]
+
+
+def wait_for_resolvers_to_end(timeout: float = DEFAULT_WAIT) -> None:
+    """Wait until no resolving thread runs: one left by an earlier test
+    (ending after its answer came) would take the next name itself."""
+    deadline = time.monotonic() + timeout
+    for thread in resolving_threads():
+        thread.join(max(0.0, deadline - time.monotonic()))
+    assert not resolving_threads(), f"resolving threads still running after {timeout} s"
