@@ -584,6 +584,21 @@ def test_server_status_counts_many_clients_instead_of_naming_them_all() -> None:
     assert next(row for row in rows if row.split()[0] == "detached").split() == ["detached", "u000,", "u001,", "u002"]
 
 
+def test_server_status_says_what_a_cluster_node_lived_through() -> None:
+    """Takeovers and resubscribes, rare and telling, in the row an operator
+    reads (a takeover needs a node killed: tests/cluster has those)."""
+    st = {"kind": "server", "name": "n", "phase": "listening", "settings": {}, "running": True, "port": 1}
+    node = {"node": "n1", "ready": True, "url": "redis://r", "takeovers": 0, "resubscribes": 0}
+
+    def row(**figures: int) -> str:
+        rows = output.status({**st, "desired": "started", "cluster": {**node, **figures}}).splitlines()
+        return next(row for row in rows if row.strip().startswith("cluster node")).split(None, 2)[2]
+
+    assert row() == "n1 (ready)"
+    assert row(takeovers=2) == "n1 (ready), 2 takeover(s)"
+    assert row(takeovers=2, resubscribes=1) == "n1 (ready), 2 takeover(s), 1 resubscribe(s)"
+
+
 def test_daemon_wait_gives_up_after_its_timeout_with_exit_4(tmp_path: Path) -> None:
     path = tmp_path / "mcd.sock"
     out = run("daemon", "wait", "--timeout", "0.2", socket_path=path)

@@ -111,8 +111,17 @@ def status(st: dict[str, Any]) -> str:
         ]
         cluster = st.get("cluster")
         if cluster:
-            rows.insert(-1, ("cluster node", f"{cluster.get('node')} ({cluster_readiness(cluster)})"))
+            rows.insert(
+                -1, ("cluster node", f"{cluster.get('node')} ({cluster_readiness(cluster)}){_mishaps(cluster)}")
+            )
     return head + "\n" + "\n".join("  " + line for line in table(rows).splitlines())
+
+
+def _mishaps(cluster: dict[str, Any]) -> str:
+    """What the node has lived through, when anything: the figures the
+    metrics count, where an operator looking at one node reads."""
+    said = [f"{n} {what}(s)" for what in ("takeover", "resubscribe") if (n := cluster.get(what + "s"))]
+    return ", " + ", ".join(said) if said else ""
 
 
 #: How many client ids a status names before it counts them instead: a
