@@ -833,6 +833,22 @@ def test_setting_the_current_value_of_a_running_server_succeeds(mcd: Mcd) -> Non
     assert "STATE_" not in out.stderr and "stop()" not in out.stderr
 
 
+def test_set_echoes_a_value_as_get_shows_it(mcd: Mcd) -> None:
+    """What `set` says it set is what `get` shows, and typed back sets it again."""
+
+    def both(kind: str, key: str, value: str) -> tuple[str, str]:
+        said = run(kind, "set", key, value, socket_path=mcd.socket)
+        got = run(kind, "get", key, socket_path=mcd.socket)
+        assert said.returncode == 0 and got.returncode == 0, (said.stderr, got.stderr)
+        return said.stdout.strip().split(" = ", 1)[1], got.stdout.split(None, 1)[1].strip()
+
+    assert both("client", "servers", "127.0.0.1:1,127.0.0.1:2") == ("127.0.0.1:1,127.0.0.1:2",) * 2
+    assert both("client", "servers", "-") == ("-", "-")
+    assert both("client", "auth_token", "none") == ("-", "-")
+    assert both("server", "interface", "") == ("* (any)", "* (any)")
+    assert both("server", "interface", "127.0.0.1") == ("127.0.0.1", "127.0.0.1")
+
+
 def test_a_server_on_a_taken_port_fails_with_bind_failed_and_the_daemon_goes_on(mcd: Mcd) -> None:
     sock = mcd.socket
     with socket.create_server(("127.0.0.1", 0)) as taken:

@@ -123,8 +123,7 @@ def render(inv: Invocation, result: dict[str, Any]) -> str:
         return output.status(result)
     if verb == "set":
         key = inv.params["key"]
-        value = result["settings"].get(key)
-        shown = "none" if value is None else repr(value) if value == "" else value
+        shown = output.setting_text(key, result["settings"].get(key))
         return f"{cmd.split('.')[0]} {name}: {key} = {shown}"
     if verb == "get":
         return output.settings(result["settings"])

@@ -143,6 +143,12 @@ def setting(key: str, value: object) -> object:
     return "''" if value == "" else value
 
 
+def setting_text(key: str, value: object) -> str:
+    """A setting as one line of text, the way ``get`` shows it in its table
+    (``set`` echoes it so: an unset value reads ``-`` in both)."""
+    return _cell(setting(key, value))
+
+
 def settings(values: dict[str, Any]) -> str:
     return table([(k, setting(k, v)) for k, v in values.items()])
 
