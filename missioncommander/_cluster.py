@@ -232,6 +232,9 @@ class ClusterNode:
         self._quiet_over = Quiet()
         self._quiet_nobody = Quiet()
         self._quiet_deaf = Quiet()
+        # A node given another's id stays so until someone fixes a
+        # configuration: once a minute is enough to be found.
+        self._quiet_twin = Quiet(60.0)
         self._handed_soon = _Soon(self._background, lambda inbox: self._write_handed(inbox, inbox.handed_upto))
 
     # -- lifecycle ---------------------------------------------------------------
@@ -750,6 +753,18 @@ class ClusterNode:
                 more(unsaid),
             )
 
+    def _twin(self, holder: str, where: str | None) -> None:
+        """Another node renews under this node's id."""
+        if (unsaid := self._quiet_twin.due()) is not None:
+            log.warning(
+                "cluster node %s: another node runs with the same node_id (%s, listening on %s): "
+                "logs, client_nodes and statuses cannot tell the two apart; give each node its own node_id%s",
+                self.node_id,
+                holder,
+                where or "an unknown address",
+                more(unsaid),
+            )
+
     def _lost(self, exc: BaseException) -> None:
         """Redis did not answer: refuse newcomers; past the leases, let go."""
         self.ready = False
@@ -775,9 +790,14 @@ class ClusterNode:
         with server._lock:
             held = list(server._sessions)
         presence = host_port(server.interface or "*", server.port)
-        lost = self.store.renew(self.holder, held, self.lease_ttl, self.keep, presence)
+        renewal = self.store.renew(self.holder, self.node_id, held, self.lease_ttl, self.keep, presence)
+        if renewal.named_before is not None and self._last_renewed:
+            # Not at the first renewal: then it may be this id's previous
+            # run, dead (its mark outlives it by up to lease_ttl).  Later,
+            # only a live node renewing under the same id writes it.
+            self._twin(renewal.named_before, renewal.named_before_at)
         self._last_renewed = time.monotonic()
-        for client_id in lost:
+        for client_id in renewal.lost:
             log.warning("cluster node %s lost its lease on client %r; letting it go", self.node_id, client_id)
             server._loop.call_soon(self.let_go, client_id, NOT_HELD, False)
 

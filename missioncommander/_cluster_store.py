@@ -23,8 +23,10 @@ per operation, so no two nodes can interleave halfway through one:
   long as the session.
 - ``clients``: a hash of every client id in the cluster to its node (empty
   while no node holds it; an entry whose session expired, or whose holder's
-  lease ran out, is mended when the hash is read); ``node:{name}``: a
-  node's presence, with an expiry.
+  lease ran out, is mended when the hash is read); ``node:{holder}``: a
+  node's presence (where it listens), with an expiry; ``named:{node_id}``:
+  the holder that renewed last under that node id, with an expiry (two
+  nodes given one id take turns writing it, and each sees the other's).
 
 Numbers are given out by Redis (``HINCRBY``), so every node numbers a
 client's messages from one counter.  Notices go over pub/sub to the channel
@@ -238,10 +240,15 @@ return 1
 """
 
 _RENEW = """
-local prefix, me, ttl, keep_ms, presence = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local prefix, me, ttl, keep_ms, presence, name = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 redis.call('SET', prefix .. 'node:' .. me, presence, 'PX', ttl)
+local named = prefix .. 'named:' .. name
+local was = redis.call('GET', named)
+redis.call('SET', named, me, 'PX', ttl)
+local other, other_at = false, false
+if was and was ~= me then other, other_at = was, redis.call('GET', prefix .. 'node:' .. was) end
 local lost = {}
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   local id = ARGV[i]
   local lease = prefix .. 'lease:' .. id
   if redis.call('GET', lease) == me then
@@ -253,7 +260,7 @@ for i = 5, #ARGV do
     lost[#lost + 1] = id
   end
 end
-return lost
+return {lost, other, other_at}
 """
 
 _END = """
@@ -318,6 +325,19 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
 end
 return 1
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """What a node's renewal found."""
+
+    #: The held clients whose lease the node no longer holds.
+    lost: list[str]
+    #: The holder that renewed last under this node's id, if another one:
+    #: the node's run before a restart, or another node given the same id.
+    named_before: str | None
+    #: Where that holder said it listens, while its presence lasts.
+    named_before_at: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -516,11 +536,16 @@ class ClusterStore:
         except self._errors as exc:
             raise ClusterUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
 
-    def renew(self, node: str, client_ids: list[str], ttl: float, keep: float, presence: str) -> list[str]:
-        """Renew ``node``'s presence and its leases; returns the ids whose
-        lease it no longer holds."""
-        lost = self._call(self._renew, [self.prefix], [node, int(ttl * 1000), int(keep * 1000), presence, *client_ids])
-        return [c.decode() for c in lost]
+    def renew(self, node: str, name: str, client_ids: list[str], ttl: float, keep: float, presence: str) -> Renewal:
+        """Renew ``node``'s presence and its leases, and the mark of its
+        ``name`` (its node id): which holder renewed last under it."""
+        args = [node, int(ttl * 1000), int(keep * 1000), presence, name, *client_ids]
+        lost, was, was_at = self._call(self._renew, [self.prefix], args)
+        return Renewal(
+            [c.decode() for c in lost],
+            was.decode() if was else None,
+            was_at.decode() if was_at else None,
+        )
 
     def end(self, client_id: str, node: str, reason: str) -> bool:
         """End ``client_id``'s session (unless another node holds it now),

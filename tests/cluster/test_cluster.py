@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -378,6 +379,58 @@ def test_a_node_whose_pubsub_connection_died_silently_subscribes_again_and_deliv
         assert a.stats()["cluster"]["resubscribes"] >= 1 and b.stats()["cluster"]["resubscribes"] == 0
     finally:
         a_proxy_to_redis.close()
+
+
+def count_renewals(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Renewals each holder made from now on."""
+    made: dict[str, int] = {}
+    renew = ClusterStore.renew
+
+    def counted(store: ClusterStore, node: str, *args: Any) -> Any:
+        renewal = renew(store, node, *args)
+        made[node] = made.get(node, 0) + 1
+        return renewal
+
+    monkeypatch.setattr(ClusterStore, "renew", counted)
+    return made
+
+
+def twin_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "same node_id" in r.getMessage()]
+
+
+def test_two_nodes_given_one_node_id_are_each_warned_of_the_other(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A configuration copied to a second machine, node_id and all: both
+    work, but nothing could tell them apart, so each says so."""
+    with caplog.at_level(logging.WARNING, logger="missioncommander.cluster"):
+        a = make_node(node_id="twin", lease_ttl=0.6)
+        b = make_node(node_id="twin", lease_ttl=0.6)
+        wait_until(lambda: len(twin_warnings(caplog)) >= 2, what="both twins warned")
+    said = twin_warnings(caplog)
+    assert any(f"listening on 127.0.0.1:{b.port}" in line for line in said), said  # a, of b
+    assert any(f"listening on 127.0.0.1:{a.port}" in line for line in said), said  # b, of a
+    assert all(line.startswith("cluster node twin: another node runs with the same node_id") for line in said)
+
+
+def test_a_node_restarted_under_its_id_is_no_twin_of_its_last_run(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last run's mark outlives it by up to lease_ttl: the next run
+    finds it at its first renewal, and must not take it for a twin."""
+    renewals = count_renewals(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="missioncommander.cluster"):
+        first = make_node(node_id="again", lease_ttl=6.0)
+        assert first._cluster is not None
+        old = first._cluster.holder
+        wait_until(lambda: renewals.get(old, 0) >= 1, what="the first run renewed")
+        first.stop()  # its mark lives on for lease_ttl
+        second = make_node(node_id="again", lease_ttl=0.6)
+        assert second._cluster is not None
+        new = second._cluster.holder
+        wait_until(lambda: renewals.get(new, 0) >= 4, what="the second run renewed a few times")
+    assert twin_warnings(caplog) == []
 
 
 def test_the_library_needs_redis_only_for_cluster_mode() -> None:
