@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import selectors
 import signal
+import socket
 import stat
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,6 +128,70 @@ def test_shell_with_a_daemon(mcd: Mcd, tmp_path: Path) -> None:
     # What was typed may hold a token: the file, and the state directory the shell made for it, are the owner's.
     assert stat.S_IMODE((tmp_path / "state" / "missioncommander").stat().st_mode) == 0o700
     assert stat.S_IMODE((tmp_path / "state" / "missioncommander" / "mcctl_history").stat().st_mode) == 0o600
+
+
+class SlowSubscribe:
+    """A relay in front of mcd's control socket that holds each event
+    subscription ``hold`` seconds on its way (a busy mcd, a loaded machine)."""
+
+    def __init__(self, target: Path, path: Path, hold: float) -> None:
+        self.target, self.path, self.hold = target, path, hold
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(str(path))
+        self.listener.listen()
+        self.listener.settimeout(0.2)
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            thread = threading.Thread(target=self._relay, args=(conn,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _relay(self, conn: socket.socket) -> None:
+        with conn, socket.socket(socket.AF_UNIX) as upstream, selectors.DefaultSelector() as sel:
+            try:
+                upstream.connect(str(self.target))
+                sel.register(conn, selectors.EVENT_READ, upstream)
+                sel.register(upstream, selectors.EVENT_READ, conn)
+                while not self.stopping.is_set():
+                    for key, _ in sel.select(0.2):
+                        data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                        if not data:
+                            return
+                        if key.fileobj is conn and b'"subscribe"' in data:
+                            time.sleep(self.hold)  # the fault itself, not a wait for one
+                        key.data.sendall(data)
+            except OSError:
+                return  # either side went away: so does the relay
+
+    def close(self) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(5)
+        self.listener.close()
+
+
+def test_the_shell_listens_for_events_before_its_first_prompt(mcd: Mcd, tmp_path: Path) -> None:
+    """Commands pasted the moment the shell starts: the events they cause
+    must be shown, so the shell subscribes before it prompts (it once
+    subscribed just after, and a quick first command's events were lost)."""
+    relay = SlowSubscribe(mcd.socket, tmp_path / "relay.sock", hold=1.0)
+    sh = PtySession(mcctl_command(), shell_env(relay.path, tmp_path))
+    try:
+        sh.expect("> ", start=sh.expect("connected to mcd"))
+        assert mcd.request("stats")["daemon"]["event_subscribers"] == 1
+        sh.line("quit")
+        assert sh.wait() == 0
+    finally:
+        sh.close()
+        relay.close()
 
 
 def test_a_payload_pasted_over_several_lines_is_one_command(mcd: Mcd, tmp_path: Path) -> None:

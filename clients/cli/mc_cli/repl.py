@@ -156,6 +156,10 @@ class Shell:
         self.main_thread: int | None = None
         #: Set once the queued events are printed (the event thread waits on it).
         self.printed = _SignalSafeFlag()
+        #: Set once the event thread has subscribed (or found mcd gone): the
+        #: prompt waits for it, or what a command pasted at once does would
+        #: happen before the shell listens, and its events go unshown.
+        self.listening = threading.Event()
 
     # -- set-up ----------------------------------------------------------------
 
@@ -313,6 +317,7 @@ class Shell:
                 if since:
                     params["since"] = since
                 answer, events = stream.subscribe(**params)
+                self.listening.set()
                 if warned:
                     self.show("-- mcd is back" + (" (events were missed)" if answer.get("resync") else ""))
                     warned = False
@@ -337,6 +342,7 @@ class Shell:
             except DaemonUnreachable:
                 pass
             finally:
+                self.listening.set()  # gone or not, the prompt waits no more
                 if stream is not self.embedded and isinstance(stream, ControlClient):
                     stream.close()
             if self.stop.is_set():
@@ -549,6 +555,7 @@ def run_shell(socket: str | None = None) -> int:
     print("Type `help` for the commands.")
     watcher = threading.Thread(target=shell.watch_events, name="mcctl-events", daemon=True)
     watcher.start()
+    shell.listening.wait(ANSWER_TIMEOUT)
     try:
         return shell.loop()
     finally:
