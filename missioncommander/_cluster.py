@@ -235,6 +235,9 @@ class ClusterNode:
         # A node given another's id stays so until someone fixes a
         # configuration: once a minute is enough to be found.
         self._quiet_twin = Quiet(60.0)
+        #: The last node seen renewing under this node's id: (its holder,
+        #: where it listens, when seen).  Read by status() on any thread.
+        self._twin_seen: tuple[str, str | None, float] | None = None
         self._handed_soon = _Soon(self._background, lambda inbox: self._write_handed(inbox, inbox.handed_upto))
 
     # -- lifecycle ---------------------------------------------------------------
@@ -298,7 +301,16 @@ class ClusterNode:
             "url": self.url,
             "takeovers": self.takeovers,
             "resubscribes": self.resubscribes,
+            "same_node_id": self._same_node_id(),
         }
+
+    def _same_node_id(self) -> dict[str, str | None] | None:
+        """Another node running with this node's id, while one is seen (it
+        renews every third of its lease: unseen for a whole lease, it is gone)."""
+        seen = self._twin_seen
+        if seen is None or time.monotonic() - seen[2] > self.lease_ttl:
+            return None
+        return {"holder": seen[0], "address": seen[1]}
 
     # -- the loop thread: who gets in ------------------------------------------------
 
@@ -755,6 +767,7 @@ class ClusterNode:
 
     def _twin(self, holder: str, where: str | None) -> None:
         """Another node renews under this node's id."""
+        self._twin_seen = (holder, where, time.monotonic())
         if (unsaid := self._quiet_twin.due()) is not None:
             log.warning(
                 "cluster node %s: another node runs with the same node_id (%s, listening on %s): "

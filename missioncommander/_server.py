@@ -484,8 +484,11 @@ class Server(ServerSettings):
         """In a cluster, while running: this node's ``node`` id, whether it
         is ``ready`` (it reaches Redis and takes newcomers), the Redis
         ``url``, ``takeovers`` (clients it took over from a node that
-        died) and ``resubscribes`` (times it found its pub/sub connection
-        to Redis dead without a word and subscribed again); None otherwise."""
+        died), ``resubscribes`` (times it found its pub/sub connection
+        to Redis dead without a word and subscribed again) and
+        ``same_node_id`` (while another node runs with this node's id, a
+        misconfiguration: its ``holder`` and ``address``; else None); None
+        outside a cluster."""
         cluster = self._cluster
         return cluster.status() if cluster is not None else None
 

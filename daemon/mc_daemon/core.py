@@ -958,15 +958,23 @@ def _apply_setting(target: Client | Server, key: str, value: Any) -> None:
 
 
 def _cluster_warnings(servers: Iterable[ServerInstance]) -> list[str]:
-    """A hosted cluster node cut off from Redis, for as long as it is: a
-    standing warning (``mcctl daemon status``, the GUI's banner, systemd's
-    status line), not only a line in mcd's log."""
+    """A hosted cluster node cut off from Redis, or sharing its node_id
+    with another node, for as long as it is: a standing warning (``mcctl
+    daemon status``, the GUI's banner, systemd's status line), not only a
+    line in mcd's log."""
     found = []
     for inst in servers:
         cluster = inst.server.cluster_status
-        if cluster is not None and not cluster.get("ready"):
+        if cluster is None:
+            continue
+        if not cluster.get("ready"):
             found.append(
                 f"server {inst.name!r}: cluster node {cluster['node']} {cluster_readiness(cluster)} ({cluster['url']})"
+            )
+        if twin := cluster.get("same_node_id"):
+            found.append(
+                f"server {inst.name!r}: another cluster node runs with node_id {cluster['node']!r} too"
+                f" (listening on {twin.get('address') or 'an unknown address'}): give each node its own node_id"
             )
     return found
 

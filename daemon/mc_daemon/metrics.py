@@ -163,8 +163,9 @@ class StatsCollector:
             labels=(*labels, "code"),
         )
         # A cluster node's own (docs/CLUSTER.md): whether it reaches Redis and
-        # takes newcomers, the clients it took over from nodes that died, and
-        # how often its pub/sub connection died without a word.
+        # takes newcomers, the clients it took over from nodes that died, how
+        # often its pub/sub connection died without a word, and whether
+        # another node runs under its id.
         ready = GaugeMetricFamily(
             prefix + "cluster_ready", "a cluster node reaches Redis and takes newcomers (1) or not", labels=labels
         )
@@ -174,6 +175,11 @@ class StatsCollector:
         resubscribes = CounterMetricFamily(
             prefix + "cluster_resubscribes",
             "times a cluster node found its Redis pub/sub connection dead without a word and subscribed again",
+            labels=labels,
+        )
+        same_id = GaugeMetricFamily(
+            prefix + "cluster_same_node_id",
+            "another cluster node runs with this node's node_id (1), a configuration to mend, or not (0)",
             labels=labels,
         )
         for values, figures in rows:
@@ -187,7 +193,8 @@ class StatsCollector:
                 ready.add_metric(values, float(bool(cluster.get("ready"))))
                 takeovers.add_metric(values, cluster.get("takeovers") or 0)
                 resubscribes.add_metric(values, cluster.get("resubscribes") or 0)
-        families = (connected, rtt, refusals, ready, takeovers, resubscribes)
+                same_id.add_metric(values, float(bool(cluster.get("same_node_id"))))
+        families = (connected, rtt, refusals, ready, takeovers, resubscribes, same_id)
         yield from (family for family in families if family.samples)
 
     @staticmethod

@@ -412,6 +412,12 @@ def test_two_nodes_given_one_node_id_are_each_warned_of_the_other(
     assert any(f"listening on 127.0.0.1:{b.port}" in line for line in said), said  # a, of b
     assert any(f"listening on 127.0.0.1:{a.port}" in line for line in said), said  # b, of a
     assert all(line.startswith("cluster node twin: another node runs with the same node_id") for line in said)
+    # In the status too, for as long as it lasts (mcd makes a standing warning of it).
+    assert a.cluster_status is not None and b.cluster_status is not None
+    assert a.cluster_status["same_node_id"]["address"] == f"127.0.0.1:{b.port}"
+    assert b.cluster_status["same_node_id"]["holder"].startswith("twin#")
+    b.stop()
+    wait_until(lambda: a.cluster_status is not None and a.cluster_status["same_node_id"] is None, what="twin gone")
 
 
 def test_a_node_restarted_under_its_id_is_no_twin_of_its_last_run(
@@ -431,6 +437,7 @@ def test_a_node_restarted_under_its_id_is_no_twin_of_its_last_run(
         new = second._cluster.holder
         wait_until(lambda: renewals.get(new, 0) >= 4, what="the second run renewed a few times")
     assert twin_warnings(caplog) == []
+    assert second.cluster_status is not None and second.cluster_status["same_node_id"] is None
 
 
 def test_the_library_needs_redis_only_for_cluster_mode() -> None:

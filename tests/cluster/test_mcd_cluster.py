@@ -100,6 +100,7 @@ def test_a_hosted_cluster_nodes_readiness_is_in_the_metrics_and_mcctl(redis_serv
         assert now["missioncommander_cluster_ready"] == 1
         assert now["missioncommander_cluster_takeovers_total"] == 0
         assert now["missioncommander_cluster_resubscribes_total"] == 0
+        assert now["missioncommander_cluster_same_node_id"] == 0
         assert now["missioncommander_running"] == 1
         # The gauge an alert on a node cut off from Redis watches.
         redis_server.stop()
@@ -123,6 +124,27 @@ def test_a_hosted_cluster_nodes_readiness_is_in_the_metrics_and_mcctl(redis_serv
         assert "missioncommander_cluster_ready" not in now  # a stopped node is in no cluster
     finally:
         daemon.close()
+
+
+def test_a_hosted_node_sharing_its_node_id_is_a_standing_warning(
+    mcd: Mcd, redis_server: RedisServer, make_node: Callable[..., Server]
+) -> None:
+    """A second machine given the first's configuration, node_id and all:
+    mcd says so where an operator looks, for as long as it lasts."""
+    ok(mcd, "server", "set", "interface", "127.0.0.1")
+    ok(mcd, "server", "set", "cluster", redis_server.url)
+    ok(mcd, "server", "set", "node_id", "shared")
+    ok(mcd, "server", "set", "lease_ttl", "0.6")
+    ok(mcd, "server", "start")
+    other = make_node(node_id="shared", lease_ttl=0.6)
+    warned = (
+        f"server 'default': another cluster node runs with node_id 'shared' too (listening on 127.0.0.1:{other.port}):"
+        " give each node its own node_id"
+    )
+    wait_until(lambda: warned in mcd.request("daemon.status").get("warnings", []), what="the standing warning")
+    assert warned in run("daemon", "status", socket_path=mcd.socket).stderr
+    other.stop()
+    wait_until(lambda: "warnings" not in mcd.request("daemon.status"), what="the warning gone with its cause")
 
 
 def test_a_redis_password_is_used_and_saved_but_never_shown(tmp_path: Path) -> None:
