@@ -34,6 +34,13 @@ log = logging.getLogger("mcd.control")
 _PEERCRED = struct.Struct("3i")
 
 
+# How long, and for how many bytes, a connection closed on an error keeps
+# reading after its last word: closed at once, a client still sending (its
+# request not yet written when mcd refused it, or a line too long) gets
+# EPIPE or a reset and never reads why.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1 << 20
+
 # How long an overflowed subscriber that is not reading gets to take the
 # rest of its last line and the overflow notice before it is closed.
 OVERFLOW_NOTICE_DEADLINE = 2.0
@@ -252,18 +259,38 @@ class ControlServer:
     def _send(self, conn: socket.socket, obj: dict[str, Any]) -> None:
         conn.sendall(_reply_line(obj))
 
+    def _last_word(self, conn: socket.socket, obj: dict[str, Any]) -> None:
+        """Send the error that ends this connection, then read and drop what
+        the client still sends (up to ``LINGER_SECONDS`` and
+        ``LINGER_BYTES``), so that it can read the error before the close."""
+        self._send(conn, obj)
+        try:
+            conn.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + LINGER_SECONDS
+            drained = 0
+            while drained < LINGER_BYTES and (left := deadline - time.monotonic()) > 0:
+                conn.settimeout(left)
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                drained += len(chunk)
+        except (OSError, TimeoutError):
+            return  # it went away, or said nothing more: either way, closed now
+
     def _serve_conn(self, conn: socket.socket) -> None:
         uid = self._peer_uid(conn)
         if uid not in self.allowed_uids:
             log.warning("refused a control connection from uid %s", uid)
-            self._send(conn, error_response(None, ErrorCode.PERMISSION_DENIED, f"uid {uid} may not use this daemon"))
+            self._last_word(
+                conn, error_response(None, ErrorCode.PERMISSION_DENIED, f"uid {uid} may not use this daemon")
+            )
             return
         buf = bytearray()
         while True:
             newline = buf.find(b"\n")
             while newline < 0:
                 if len(buf) > self.max_line:
-                    self._send(
+                    self._last_word(
                         conn,
                         error_response(None, ErrorCode.LINE_TOO_LONG, f"request line over {self.max_line} bytes"),
                     )
@@ -275,7 +302,7 @@ class ControlServer:
                 buf += chunk
                 newline = buf.find(b"\n", start)
             if newline + 1 > self.max_line:
-                self._send(
+                self._last_word(
                     conn, error_response(None, ErrorCode.LINE_TOO_LONG, f"request line over {self.max_line} bytes")
                 )
                 return
@@ -288,10 +315,12 @@ class ControlServer:
                 # UTF-16 or -32 from the first bytes, and the API is UTF-8.
                 obj = strict_json(line.decode("utf-8"))
             except UnicodeDecodeError as exc:
-                self._send(conn, error_response(None, ErrorCode.INVALID_JSON, f"request is not UTF-8: {exc}"))
+                self._last_word(conn, error_response(None, ErrorCode.INVALID_JSON, f"request is not UTF-8: {exc}"))
                 return
             except json.JSONDecodeError as exc:
-                self._send(conn, error_response(None, ErrorCode.INVALID_JSON, f"request is not a JSON line: {exc}"))
+                self._last_word(
+                    conn, error_response(None, ErrorCode.INVALID_JSON, f"request is not a JSON line: {exc}")
+                )
                 return
             except ValueError as exc:
                 # NaN, Infinity, 1e400: the line was read whole, so the

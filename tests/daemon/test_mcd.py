@@ -338,6 +338,22 @@ def test_undecodable_bytes_get_an_error_and_a_close(mcd: Mcd, data: bytes, code:
     assert mcd.request("hello")["api_version"] == 1  # the daemon is fine
 
 
+def test_a_client_still_writing_when_mcd_ends_its_connection_can_read_why(mcd: Mcd) -> None:
+    """mcd ends a connection on a bad line (or refuses another user at
+    once, before the client wrote anything): a client that writes after
+    that must not get EPIPE and lose the error it was sent."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(mcd.socket))
+        sock.settimeout(10)
+        sock.sendall(b"{not json}\n")
+        assert select.select([sock], [], [], 10)[0]  # the error is here: mcd has had its last word
+        sock.sendall(b'{"id": 1, "cmd": "hello"}\n')  # EPIPE if mcd closed at once
+        sock.shutdown(socket.SHUT_WR)
+        reader = sock.makefile("rb")
+        assert json.loads(reader.readline())["error"]["code"] == "invalid_json"
+        assert reader.readline() == b""  # and then closed
+
+
 def test_a_hosted_server_publishes_a_clients_detach_and_resume(mcd: Mcd) -> None:
     """A broken connection left the client in the server's list with no
     event (a controller saw it only by polling): ``clientdetach`` with the
@@ -932,6 +948,8 @@ def _connect_as(uid: int, path: Path) -> str:
                 except PermissionError:
                     result = "EACCES"
                 else:
+                    # mcd refuses at once: written after, as a slow client's would be.
+                    select.select([s], [], [], 10)
                     s.sendall(b'{"cmd": "hello"}\n')
                     result = json.loads(s.makefile().readline())["error"]["code"]
         finally:
