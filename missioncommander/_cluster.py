@@ -86,6 +86,19 @@ ENDED_KEPT = 1024
 FORWARD_BUDGET = 64 * 2**20
 
 
+class _PubSubBroke(Exception):
+    """Reading the pub/sub connection failed: that connection is broken,
+    and Redis itself may still answer on the others."""
+
+
+def _next_notice(pubsub: Any, timeout: float) -> Any:
+    """``pubsub.get_message``, its failures as ``_PubSubBroke``."""
+    try:
+        return pubsub.get_message(timeout=timeout)
+    except Exception as exc:  # redis-py's errors, and OSError, from its socket
+        raise _PubSubBroke(exc) from exc
+
+
 def _closed(pubsub: Any) -> None:
     """Close a pub/sub connection (None: there is none) that may be broken."""
     if pubsub is not None:
@@ -196,8 +209,9 @@ class ClusterNode:
         #: Clients resumed here after the node holding them lost them without
         #: letting go (docs/CLUSTER.md: their last message may come twice).
         self.takeovers = 0
-        #: Times this node found its pub/sub connection dead without a word
-        #: (its probe did not come back) and subscribed again.
+        #: Times this node found its pub/sub connection dead while Redis
+        #: answered (broken, or silent: its probe did not come back) and
+        #: subscribed again.
         self.resubscribes = 0
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -231,7 +245,7 @@ class ClusterNode:
         self._forwarding = 0
         self._quiet_over = Quiet()
         self._quiet_nobody = Quiet()
-        self._quiet_deaf = Quiet()
+        self._quiet_pubsub = Quiet()
         # A node given another's id stays so until someone fixes a
         # configuration: once a minute is enough to be found.
         self._quiet_twin = Quiet(60.0)
@@ -708,10 +722,15 @@ class ClusterNode:
         next_renew = 0.0
         # The last PROBE is out: nothing heard on the pub/sub connection since.
         probe_out = False
+        # Why the pub/sub connection alone broke, until Redis is found answering.
+        broke: BaseException | None = None
         while not self._stopping.is_set():
             try:
                 if pubsub is None:
-                    self.store.ping()
+                    self.store.ping()  # Redis down: _lost, below, as for any other call
+                    if broke is not None:
+                        self._pubsub_died(f"broke ({broke}), while Redis answers")
+                        broke = None
                     pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
                     pubsub.subscribe(self.store.channel + self.holder, self.store.ended)
                     self._renew()
@@ -724,19 +743,22 @@ class ClusterNode:
                     self.ready = True
                     self._joined.set()
                     self._lost_logged = False
-                message = pubsub.get_message(timeout=FLUSH_EVERY)
+                message = _next_notice(pubsub, FLUSH_EVERY)
                 if message is not None:
                     probe_out = False
                 while message is not None:
                     self._on_notice(message["data"])
-                    message = pubsub.get_message(timeout=0)
+                    message = _next_notice(pubsub, 0)
                 now = time.monotonic()
                 if now >= next_renew:
                     self._renew()
                     next_renew = now + self.lease_ttl / 3
                     if probe_out:
                         # Read just above: the probe had a whole renewal's time to come.
-                        self._deaf()
+                        self._pubsub_died(
+                            f"heard nothing for {self.lease_ttl / 3:.1f} s, not even its own probe"
+                            " (a NAT or firewall may have dropped the idle connection)"
+                        )
                         _closed(pubsub)
                         pubsub = None
                         continue
@@ -744,24 +766,31 @@ class ClusterNode:
                     self.store.publish(self.holder, PROBE)
                 self._flush()
                 self._fill_gaps(now)
+            except _PubSubBroke as exc:
+                # Not yet "lost Redis": the next turn pings it first, and only
+                # a Redis that does not answer makes this node refuse newcomers.
+                broke = exc.__cause__
+                _closed(pubsub)
+                pubsub = None
             except Exception as exc:  # redis-py raises its own errors, and OSError, from its sockets
+                broke = None
                 self._lost(exc)
                 _closed(pubsub)
                 pubsub = None
                 self._stopping.wait(RETRY_PAUSE)
         _closed(pubsub)
 
-    def _deaf(self) -> None:
-        """The pub/sub connection heard nothing for a renewal, not even the probe."""
+    def _pubsub_died(self, how: str) -> None:
+        """The pub/sub connection is dead while Redis answers (``how``): the
+        node subscribes again, on a new one, and reads what it missed."""
         self.resubscribes += 1
-        if (unsaid := self._quiet_deaf.due()) is not None:
+        if (unsaid := self._quiet_pubsub.due()) is not None:
             log.warning(
-                "cluster node %s heard nothing on its pub/sub connection to Redis at %s for %.1f s, "
-                "not even its own probe (a NAT or firewall may have dropped the idle connection): "
+                "cluster node %s: its pub/sub connection to Redis at %s %s: "
                 "subscribing again and reading what it missed%s",
                 self.node_id,
                 self.url,
-                self.lease_ttl / 3,
+                how,
                 more(unsaid),
             )
 

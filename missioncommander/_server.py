@@ -485,7 +485,8 @@ class Server(ServerSettings):
         is ``ready`` (it reaches Redis and takes newcomers), the Redis
         ``url``, ``takeovers`` (clients it took over from a node that
         died), ``resubscribes`` (times it found its pub/sub connection
-        to Redis dead without a word and subscribed again) and
+        to Redis dead, broken or silent, while Redis answered, and
+        subscribed again) and
         ``same_node_id`` (while another node runs with this node's id, a
         misconfiguration: its ``holder`` and ``address``; else None); None
         outside a cluster."""

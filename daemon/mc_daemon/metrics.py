@@ -164,7 +164,7 @@ class StatsCollector:
         )
         # A cluster node's own (docs/CLUSTER.md): whether it reaches Redis and
         # takes newcomers, the clients it took over from nodes that died, how
-        # often its pub/sub connection died without a word, and whether
+        # often its pub/sub connection died (broken, or silent), and whether
         # another node runs under its id.
         ready = GaugeMetricFamily(
             prefix + "cluster_ready", "a cluster node reaches Redis and takes newcomers (1) or not", labels=labels
@@ -174,7 +174,7 @@ class StatsCollector:
         )
         resubscribes = CounterMetricFamily(
             prefix + "cluster_resubscribes",
-            "times a cluster node found its Redis pub/sub connection dead without a word and subscribed again",
+            "times a cluster node found its Redis pub/sub connection dead (broken, or silent) and subscribed again",
             labels=labels,
         )
         same_id = GaugeMetricFamily(

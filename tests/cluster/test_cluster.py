@@ -381,6 +381,32 @@ def test_a_node_whose_pubsub_connection_died_silently_subscribes_again_and_deliv
         a_proxy_to_redis.close()
 
 
+def test_a_node_whose_pubsub_connection_alone_broke_stays_ready_and_subscribes_again(
+    redis_server: RedisServer, make_node: MakeNode, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis closed the node's pub/sub connection (CLIENT KILL TYPE pubsub,
+    a proxy restarted) while it answers on the others: the node subscribes
+    again at once, and is not "lost", refusing newcomers, in between."""
+    b = make_node(node_id="b")
+    a_proxy_to_redis = FaultProxy(redis_server.port)
+    try:
+        a = make_node(node_id="a", cluster=f"redis://127.0.0.1:{a_proxy_to_redis.port}/0")
+        client = make_client(a, client_id="c1")
+        rec = Recorder().attach(client, "message", "reconnect")
+        client.connect()
+        with caplog.at_level(logging.INFO, logger="missioncommander.cluster"):
+            a_proxy_to_redis.cut("rst", said=b"SUBSCRIBE")
+            wait_until(lambda: a.stats()["cluster"]["resubscribes"] == 1, what="a subscribed again")
+            b.send("c1", Message("after", {"n": 0}))
+            rec.wait_count("message", 1)
+        said = [r.getMessage() for r in caplog.records]
+        assert any("pub/sub connection" in line and "while Redis answers: subscribing again" in line for line in said)
+        assert not any("lost Redis" in line or "is back" in line for line in said), said
+        assert a.stats()["cluster"]["ready"] and rec.of("reconnect") == []
+    finally:
+        a_proxy_to_redis.close()
+
+
 def count_renewals(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Renewals each holder made from now on."""
     made: dict[str, int] = {}
