@@ -224,6 +224,11 @@ class ClusterNode:
         self._claiming: set[str] = set()
         #: Client ids let go whose lease is not released yet.
         self._releases_due: set[str] = set()
+        #: Of those, the ones whose release may go now, in one pipeline (the
+        #: first added schedules it): a node leaving with thousands of
+        #: clients hands them over in a few round trips, not one each.
+        self._ready_to_release: list[str] = []
+        self._release_lock = threading.Lock()
         self._last_renewed = 0.0
         self._lost_logged = False
         # Guarded by the server's lock: messages from other nodes that came
@@ -299,12 +304,13 @@ class ClusterNode:
         # asyncio API's run on the loop that is stopping us): release them,
         # so the next node need not wait out the leases.
         for client_id in list(self._releases_due):
-            self._background(self._release, client_id)
+            self._release_now(client_id)
         self._io.shutdown(wait=True)  # the last hand-overs reach Redis first
         # At interpreter exit the worker takes nothing new (concurrent.futures
         # refuses once the interpreter is shutting down): release them here.
-        for client_id in list(self._releases_due):
-            self._release(client_id)
+        with self._release_lock:
+            self._ready_to_release = list(self._releases_due)
+        self._release_ready()
         self.store.close()
 
     def status(self) -> dict[str, Any]:
@@ -487,24 +493,41 @@ class ClusterNode:
             # After the callback running now, if any, has returned and
             # recorded its message: the next node starts after it.
             self._releases_due.add(client_id)
-            server._callbacks.serial.submit(self._background, self._release, client_id)
+            server._callbacks.serial.submit(self._release_now, client_id)
         else:
             # Its lease is gone: another node may hold the client already.
             self._background(self._record_asks, client_id)
 
     def _release_soon(self, client_id: str) -> None:
         self._releases_due.add(client_id)
-        self._background(self._release, client_id)
+        self._release_now(client_id)
 
-    def _release(self, client_id: str) -> None:
-        if client_id not in self._releases_due:
-            return  # released already (by stop())
-        self._releases_due.discard(client_id)
-        try:
+    def _release_now(self, client_id: str) -> None:
+        """Hand ``client_id``'s lease back, with the others ready (any thread)."""
+        with self._release_lock:
+            first = not self._ready_to_release
+            self._ready_to_release.append(client_id)
+        if first:
+            self._background(self._release_ready)
+
+    def _release_ready(self) -> None:
+        with self._release_lock:
+            ready, self._ready_to_release = self._ready_to_release, []
+        client_ids = [c for c in dict.fromkeys(ready) if c in self._releases_due]  # not released already (by stop())
+        self._releases_due.difference_update(client_ids)
+        if not client_ids:
+            return
+        for client_id in client_ids:
             self._record_asks(client_id)  # before the next holder can take the client and its replies
-            self.store.release(client_id, self.holder)
+        try:
+            self.store.release_many(client_ids, self.holder)
         except ClusterUnavailable as exc:
-            log.warning("could not hand client %r over: %s (its lease runs out instead)", client_id, exc)
+            log.warning(
+                "could not hand %d client(s) over (%s): %s (their leases run out instead)",
+                len(client_ids),
+                ", ".join(map(repr, client_ids[:3])) + (", ..." if len(client_ids) > 3 else ""),
+                exc,
+            )
 
     def _record_asks(self, client_id: str) -> None:
         """Record this node's requests to ``client_id``, which it lets go,

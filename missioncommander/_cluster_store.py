@@ -555,9 +555,23 @@ class ClusterStore:
 
     def release(self, client_id: str, node: str) -> bool:
         """Let go of ``client_id`` without ending its session, for another node to take it."""
+        (released,) = self.release_many([client_id], node)
+        return released
+
+    def release_many(self, client_ids: list[str], node: str) -> list[bool]:
+        """``release`` for each, pipelined; whether each lease was ``node``'s to hand back."""
         p = self.prefix
-        keys = [f"{p}lease:{client_id}", f"{p}sess:{client_id}", f"{p}clients"]
-        return bool(self._call(self._release, keys, [node, client_id]))
+        return [
+            bool(released)
+            for released in self._batched(
+                lambda pipe, client_id: self._release(
+                    keys=[f"{p}lease:{client_id}", f"{p}sess:{client_id}", f"{p}clients"],
+                    args=[node, client_id],
+                    client=pipe,
+                ),
+                client_ids,
+            )
+        ]
 
     def read(self, client_id: str, after: int) -> list[tuple[int, bytes]]:
         """The client's messages numbered above ``after``, in order."""

@@ -942,6 +942,27 @@ def test_a_node_reads_many_clients_in_batches_in_order(redis_server: RedisServer
         store.close()
 
 
+def test_a_node_hands_many_clients_back_in_batches(redis_server: RedisServer) -> None:
+    """What a node leaving does for each client it holds, pipelined: each
+    lease handed back is free for another node at once, across the
+    batches' edges, and only the holder's own are."""
+    store = ClusterStore(redis_server.url)
+    try:
+        count = cluster_store_module.BATCH + 3
+        ids = [f"c{i}" for i in range(count)]
+        for i, client_id in enumerate(ids):
+            holder = "other#0" if i == 1 else "n#0"
+            assert store.claim(client_id, holder, None, f"t{i}", 0, 60.0, 60.0, 65536, 2).outcome == "new"
+        released = store.release_many(ids, "n#0")
+        assert released == [i != 1 for i in range(count)]  # c1 is another's: left alone
+        clients = store.clients()
+        assert all(clients[c] == "" for i, c in enumerate(ids) if i != 1) and clients["c1"] == "other#0"
+        # Free at once: another node resumes each (its token) without waiting for a lease.
+        assert store.claim(ids[-1], "next#0", f"t{count - 1}", "t", 0, 60.0, 60.0, 65536, 2).outcome == "resume"
+    finally:
+        store.close()
+
+
 def test_a_request_stored_for_a_dead_nodes_client_fails_when_the_client_starts_anew(
     redis_server: RedisServer, make_node: MakeNode, make_client: MakeClient
 ) -> None:
