@@ -747,6 +747,7 @@ class ClusterNode:
         probe_out = False
         # Why the pub/sub connection alone broke, until Redis is found answering.
         broke: BaseException | None = None
+        subscribed_at = 0.0
         while not self._stopping.is_set():
             try:
                 if pubsub is None:
@@ -756,6 +757,7 @@ class ClusterNode:
                         broke = None
                     pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
                     pubsub.subscribe(self.store.channel + self.holder, self.store.ended)
+                    subscribed_at = time.monotonic()
                     self._renew()
                     self._catch_up()
                     next_renew = time.monotonic() + self.lease_ttl / 3
@@ -795,6 +797,9 @@ class ClusterNode:
                 broke = exc.__cause__
                 _closed(pubsub)
                 pubsub = None
+                if time.monotonic() - subscribed_at < RETRY_PAUSE:
+                    # Broken again as soon as made: no spinning on it.
+                    self._stopping.wait(RETRY_PAUSE)
             except Exception as exc:  # redis-py raises its own errors, and OSError, from its sockets
                 broke = None
                 self._lost(exc)
