@@ -182,6 +182,13 @@ def test_a_setting_given_more_than_one_word_is_told_to_quote_them() -> None:
         parse(["client", "set", "servers", "[::1]:5000", "127.0.0.1:6000"])
     inv = parse(["client", "set", "servers", "[::1]:5000 127.0.0.1:6000"])  # quoted: one value, which mcd reads
     REQUEST_ADAPTER.validate_python({"cmd": inv.cmd, **inv.params})
+    # No quoting makes one number of '1 s' or one flag of 'yes please': no such advice there.
+    with pytest.raises(UsageError, match=r"^client set heartbeat_interval takes one value, not 2: a number, without"):
+        parse(["client", "set", "heartbeat_interval", "1", "s"])
+    with pytest.raises(UsageError, match=r"^server set port takes one value, not 2: a number$"):
+        parse(["server", "set", "port", "30", "000"])
+    with pytest.raises(UsageError, match=r"^client set tls takes one value, not 2: true or false$"):
+        parse(["client", "set", "tls", "yes", "please"])
 
 
 def test_a_payload_of_dash_is_read_by_the_caller_and_refused_without_one() -> None:

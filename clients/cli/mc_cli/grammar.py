@@ -287,6 +287,19 @@ def parse_payload(text: str, read_stdin: Callable[[], str] | None = None) -> dic
     return value
 
 
+def _one_value(kind: str, args: list[str]) -> str:
+    """How to give ``set`` its one value, for a key given several words."""
+    key = args[0]
+    if key in BOOL_KEYS:
+        return ": true or false"
+    if key in INT_KEYS or key in FLOAT_KEYS:  # '1 s', '30 000': no quoting makes one of those
+        return ": a number, without a unit (timers are in seconds)" if key in FLOAT_KEYS else ": a number"
+    import shlex  # noqa: PLC0415 - on this error only: mcctl's start-up stays light
+
+    commas = "; or separate the servers with commas" if key == "servers" else ""
+    return f": quote one with spaces ({kind} set {key} {shlex.quote(' '.join(args[1:]))}){commas}"
+
+
 def _value(key: str, raw: str) -> str | int | float | bool | dict[str, str] | None:
     if key in OPTIONAL_KEYS and raw.lower() in ("none", "null", "", "-"):
         return None
@@ -541,14 +554,7 @@ def _instance_command(inv: Invocation, kind: str, rest: list[str], read_stdin: C
     params: dict[str, Any] = {"name": name}
     if verb == "set":
         if len(args) > 2 and args[0] in keys:
-            import shlex  # noqa: PLC0415 - on this error only: mcctl's start-up stays light
-
-            joined = " ".join(args[1:])
-            commas = "; or separate the servers with commas" if args[0] == "servers" else ""
-            raise UsageError(
-                f"{kind} set {args[0]} takes one value, not {len(args) - 1}: "
-                f"quote one with spaces ({kind} set {args[0]} {shlex.quote(joined)}){commas}"
-            )
+            raise UsageError(f"{kind} set {args[0]} takes one value, not {len(args) - 1}{_one_value(kind, args)}")
         if len(args) != 2:
             raise UsageError(f"usage: {kind} set KEY VALUE   (keys: {', '.join(keys)})")
         key = args[0]
