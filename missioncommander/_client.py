@@ -956,9 +956,11 @@ class Client(ClientSettings):
         literal = self._literal_target()
         if literal is not None:
             return literal
+        resolving = self._resolve_soon()
         try:
-            return self._resolve_soon().result(self.connect_timeout)
+            return resolving.result(self.connect_timeout)
         except FutureTimeout:
+            resolving.cancel()  # still queued for a thread (others hold them all): it need not start
             raise self._resolver_silent() from None
 
     # -- loop thread ---------------------------------------------------------

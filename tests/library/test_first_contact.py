@@ -23,6 +23,7 @@ from missioncommander import (
     Server,
     StateError,
     UnknownClient,
+    _resolver,
 )
 from missioncommander._events import Challenge
 
@@ -215,6 +216,35 @@ def test_a_resolver_that_does_not_answer_holds_connect_no_longer_than_connect_ti
     finally:
         answer.set()  # the resolving thread ends
     assert client.state == ClientState.STATE_OK | ClientState.STATE_NOT_CONNECTED  # as after any resolver failure
+
+
+def test_a_name_still_queued_when_connect_gives_up_is_never_looked_up(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every resolving thread held by a silent DNS: a connect() that timed
+    out waiting for one takes its name out of the queue, so the lookup
+    does not run (and wait the resolver's time again) when nobody wants it."""
+    wait_for_resolvers_to_end()
+    monkeypatch.setattr(_resolver, "LIMIT", 1)
+    answer = threading.Event()
+    asked: list[str] = []
+
+    def silent(host: str, *_args: object, **_kwargs: object) -> object:
+        asked.append(host)
+        answer.wait(30)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", silent)
+    first = make_client(address="first.example", port=1, connect_timeout=0.3)
+    second = make_client(address="second.example", port=1, connect_timeout=0.3)
+    try:
+        for client in (first, second):  # the first holds the only thread; the second waits for it
+            with pytest.raises(ConnectTimeout, match="the resolver did not answer"):
+                client.connect()
+    finally:
+        answer.set()
+    wait_for_resolvers_to_end()
+    assert asked == ["first.example"]
 
 
 def test_no_thread_to_resolve_on_is_a_connect_error_with_a_reason(
