@@ -748,13 +748,21 @@ class ClusterNode:
         # Why the pub/sub connection alone broke, until Redis is found answering.
         broke: BaseException | None = None
         subscribed_at = 0.0
+        # The Redis run subscribed to: a pub/sub connection that broke in
+        # another run's time broke with Redis, which restarted.
+        redis_run_id: str | None = None
         while not self._stopping.is_set():
             try:
                 if pubsub is None:
                     self.store.ping()  # Redis down: _lost, below, as for any other call
+                    run_id = self.store.run_id()
                     if broke is not None:
-                        self._pubsub_died(f"broke ({broke}), while Redis answers")
+                        if run_id is not None and run_id == redis_run_id:
+                            self._pubsub_died(f"broke ({broke}), while Redis answers")
+                        else:  # Redis restarted meanwhile (or will not say): a loss of Redis, as ever
+                            self._lost(broke)
                         broke = None
+                    redis_run_id = run_id
                     pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
                     pubsub.subscribe(self.store.channel + self.holder, self.store.ended)
                     subscribed_at = time.monotonic()

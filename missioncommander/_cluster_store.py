@@ -405,6 +405,8 @@ class ClusterStore:
             url, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False
         )
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        #: Redis answered, with a refusal (NOPERM) or without the field asked.
+        self._response_errors: tuple[type[BaseException], ...] = (redis.ResponseError, KeyError)
         self._claim = self.redis.register_script(_CLAIM)
         self._append = self.redis.register_script(_APPEND)
         self._broadcast = self.redis.register_script(_BROADCAST)
@@ -430,6 +432,16 @@ class ClusterStore:
     def ping(self) -> None:
         try:
             self.redis.ping()
+        except self._errors as exc:
+            raise ClusterUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
+
+    def run_id(self) -> str | None:
+        """The Redis server's run id (``INFO server``), new at each start of
+        it; None where the node may not ask (an ACL without ``info``)."""
+        try:
+            return str(self.redis.info("server")["run_id"])
+        except self._response_errors:
+            return None
         except self._errors as exc:
             raise ClusterUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
 

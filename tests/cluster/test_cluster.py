@@ -407,6 +407,33 @@ def test_a_node_whose_pubsub_connection_alone_broke_stays_ready_and_subscribes_a
         a_proxy_to_redis.close()
 
 
+def test_a_node_that_may_not_ask_which_redis_run_it_is_on_takes_a_broken_pubsub_for_a_loss(
+    redis_server: RedisServer, make_node: MakeNode, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only Redis's run id (INFO) tells a pub/sub connection that broke
+    alone from a Redis that restarted meanwhile; a node whose ACL denies
+    INFO cannot tell, and takes the safe side: Redis was lost, and is back."""
+    admin = redis.Redis.from_url(redis_server.url)
+    try:
+        admin.acl_setuser(
+            "noinfo", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all", "-info"]
+        )
+        a = make_node(node_id="a", cluster=f"redis://noinfo:pw@127.0.0.1:{redis_server.port}/0")
+        client = make_client(a, client_id="c1")
+        rec = Recorder().attach(client, "message")
+        client.connect()
+        with caplog.at_level(logging.INFO, logger="missioncommander.cluster"):
+            admin.client_kill_filter(_type="pubsub")
+            wait_until(lambda: any("is back" in r.getMessage() for r in caplog.records), what="a back")
+            a.send("c1", Message("after", {"n": 0}))
+            rec.wait_count("message", 1)
+        said = [r.getMessage() for r in caplog.records]
+        assert any("lost Redis" in line for line in said), said
+        assert a.stats()["cluster"]["resubscribes"] == 0 and a.stats()["cluster"]["ready"]
+    finally:
+        admin.close()
+
+
 def count_renewals(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Renewals each holder made from now on."""
     made: dict[str, int] = {}
