@@ -585,18 +585,20 @@ def test_server_status_counts_many_clients_instead_of_naming_them_all() -> None:
 
 
 def test_server_status_says_what_a_cluster_node_lived_through() -> None:
-    """Takeovers and resubscribes, rare and telling, in the row an operator
-    reads (a takeover needs a node killed: tests/cluster has those)."""
+    """Takeovers, resubscribes and a twin, rare and telling, in the row an
+    operator reads (a takeover needs a node killed: tests/cluster has those)."""
     st = {"kind": "server", "name": "n", "phase": "listening", "settings": {}, "running": True, "port": 1}
     node = {"node": "n1", "ready": True, "url": "redis://r", "takeovers": 0, "resubscribes": 0}
 
-    def row(**figures: int) -> str:
+    def row(**figures: object) -> str:
         rows = output.status({**st, "desired": "started", "cluster": {**node, **figures}}).splitlines()
         return next(row for row in rows if row.strip().startswith("cluster node")).split(None, 2)[2]
 
     assert row() == "n1 (ready)"
     assert row(takeovers=2) == "n1 (ready), 2 takeover(s)"
     assert row(takeovers=2, resubscribes=1) == "n1 (ready), 2 takeover(s), 1 resubscribe(s)"
+    twin = {"same_node_id": {"holder": "n1#1f2e3d4c", "address": "10.0.0.2:30000"}}
+    assert row(**twin) == "n1 (ready), ANOTHER NODE RUNS WITH THIS node_id (10.0.0.2:30000)"
 
 
 def test_daemon_wait_gives_up_after_its_timeout_with_exit_4(tmp_path: Path) -> None:

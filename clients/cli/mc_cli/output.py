@@ -121,6 +121,8 @@ def _mishaps(cluster: dict[str, Any]) -> str:
     """What the node has lived through, when anything: the figures the
     metrics count, where an operator looking at one node reads."""
     said = [f"{n} {what}(s)" for what in ("takeover", "resubscribe") if (n := cluster.get(what + "s"))]
+    if twin := cluster.get("same_node_id"):
+        said.append(f"ANOTHER NODE RUNS WITH THIS node_id ({twin.get('address') or 'address unknown'})")
     return ", " + ", ".join(said) if said else ""
 
 
