@@ -465,10 +465,15 @@ def test_two_nodes_given_one_node_id_are_each_warned_of_the_other(
     assert any(f"listening on 127.0.0.1:{b.port}" in line for line in said), said  # a, of b
     assert any(f"listening on 127.0.0.1:{a.port}" in line for line in said), said  # b, of a
     assert all(line.startswith("cluster node twin: another node runs with the same node_id") for line in said)
-    # In the status too, for as long as it lasts (mcd makes a standing warning of it).
-    assert a.cluster_status is not None and b.cluster_status is not None
-    assert a.cluster_status["same_node_id"]["address"] == f"127.0.0.1:{b.port}"
-    assert b.cluster_status["same_node_id"]["holder"].startswith("twin#")
+
+    # In the status too, for as long as it lasts (mcd makes a standing warning of it);
+    # waited for, as a sighting a slow machine let lapse comes back at the next renewal.
+    def twin_of(node: Server) -> dict[str, str]:
+        status = node.cluster_status
+        return (status or {}).get("same_node_id") or {}
+
+    wait_until(lambda: twin_of(a).get("address") == f"127.0.0.1:{b.port}", what="b in a's status")
+    wait_until(lambda: twin_of(b).get("holder", "").startswith("twin#"), what="a in b's status")
     b.stop()
     wait_until(lambda: a.cluster_status is not None and a.cluster_status["same_node_id"] is None, what="twin gone")
 
