@@ -396,7 +396,7 @@ def test_a_node_whose_pubsub_connection_alone_broke_stays_ready_and_subscribes_a
         client.connect()
         with caplog.at_level(logging.INFO, logger="missioncommander.cluster"):
             a_proxy_to_redis.cut("rst", said=b"SUBSCRIBE")
-            wait_until(lambda: a.stats()["cluster"]["resubscribes"] == 1, what="a subscribed again")
+            wait_until(lambda: a.stats()["cluster"]["resubscribes"] >= 1, what="a subscribed again")
             b.send("c1", Message("after", {"n": 0}))
             rec.wait_count("message", 1)
         said = [r.getMessage() for r in caplog.records]
