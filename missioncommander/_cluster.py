@@ -754,8 +754,7 @@ class ClusterNode:
         while not self._stopping.is_set():
             try:
                 if pubsub is None:
-                    self.store.ping()  # Redis down: _lost, below, as for any other call
-                    run_id = self.store.run_id()
+                    run_id = self.store.run_id()  # Redis down: _lost, below, as for any other call
                     if broke is not None:
                         if run_id is not None and run_id == redis_run_id:
                             self._pubsub_died(f"broke ({broke}), while Redis answers")

@@ -429,15 +429,10 @@ class ClusterStore:
         except self._errors as exc:
             raise ClusterUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
 
-    def ping(self) -> None:
-        try:
-            self.redis.ping()
-        except self._errors as exc:
-            raise ClusterUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
-
     def run_id(self) -> str | None:
         """The Redis server's run id (``INFO server``), new at each start of
-        it; None where the node may not ask (an ACL without ``info``)."""
+        it; None where the node may not ask (an ACL without ``info``): Redis
+        answered either way.  ``ClusterUnavailable`` when it does not."""
         try:
             return str(self.redis.info("server")["run_id"])
         except self._response_errors:
@@ -565,13 +560,10 @@ class ClusterStore:
         keys = [*self._keys(client_id), f"{self.prefix}asks:{client_id}"]
         return bool(self._call(self._end, keys, [node, client_id, self.ended, reason]))
 
-    def release(self, client_id: str, node: str) -> bool:
-        """Let go of ``client_id`` without ending its session, for another node to take it."""
-        (released,) = self.release_many([client_id], node)
-        return released
-
     def release_many(self, client_ids: list[str], node: str) -> list[bool]:
-        """``release`` for each, pipelined; whether each lease was ``node``'s to hand back."""
+        """Let go of each client without ending its session, for another
+        node to take it (pipelined); whether each lease was ``node``'s to
+        hand back."""
         p = self.prefix
         return [
             bool(released)

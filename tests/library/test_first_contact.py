@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 
 import pytest
-from support import Recorder, server_frames, wait_for_resolvers_to_end
+from support import Recorder, refuse_resolving_threads, server_frames, wait_for_resolvers_to_end
 
 from missioncommander import (
     Client,
@@ -252,15 +252,8 @@ def test_no_thread_to_resolve_on_is_a_connect_error_with_a_reason(
 ) -> None:
     """A process at its limit on threads: the resolver's thread cannot
     start, and connect() says so, as any failure to resolve."""
-    start = threading.Thread.start
-
-    def refuse_resolvers(thread: threading.Thread) -> None:
-        if thread.name == "missioncommander-resolve":
-            raise RuntimeError("can't start new thread")
-        start(thread)
-
     wait_for_resolvers_to_end()  # a running one would take the name itself
-    monkeypatch.setattr(threading.Thread, "start", refuse_resolvers)
+    refuse_resolving_threads(monkeypatch)
     client = make_client(address="host.example", port=1)
     with pytest.raises(
         ConnectError, match=r"^cannot resolve 'host\.example': no thread to do it on \(can't start new thread\)$"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from support import resolving_threads, wait_for_resolvers_to_end
+from support import refuse_resolving_threads, resolving_threads, wait_for_resolvers_to_end
 
 from missioncommander import _resolver
 
@@ -41,23 +41,11 @@ def test_an_error_reaches_its_asker() -> None:
         _resolver.soon(fails, RuntimeError).result(10)
 
 
-def refuse_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A process at its limit on threads, for resolving threads."""
-    start = threading.Thread.start
-
-    def refuse(thread: threading.Thread) -> None:
-        if thread.name == "missioncommander-resolve":
-            raise RuntimeError("can't start new thread")
-        start(thread)
-
-    monkeypatch.setattr(threading.Thread, "start", refuse)
-
-
 def test_with_no_thread_running_and_none_to_start_the_name_fails_with_the_reason(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     wait_for_resolvers_to_end()
-    refuse_threads(monkeypatch)
+    refuse_resolving_threads(monkeypatch)
     future = _resolver.soon(lambda: "never", lambda exc: ConnectionError(f"no thread ({exc})"))
     with pytest.raises(ConnectionError, match=r"^no thread \(can't start new thread\)$"):
         future.result(10)
@@ -69,7 +57,7 @@ def test_a_thread_already_running_takes_the_name_when_no_new_one_can_start(
     wait_for_resolvers_to_end()
     release = threading.Event()
     busy = _resolver.soon(lambda: release.wait(30), RuntimeError)  # one thread, held
-    refuse_threads(monkeypatch)
+    refuse_resolving_threads(monkeypatch)
     try:
         waiting = _resolver.soon(lambda: "answered", RuntimeError)
         assert not waiting.done()  # queued for the running thread, not failed

@@ -366,6 +366,18 @@ def resolving_threads() -> list[threading.Thread]:
     return [thread for thread in threading.enumerate() if thread.name == "missioncommander-resolve"]
 
 
+def refuse_resolving_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process at its limit on threads, for resolving threads only."""
+    start = threading.Thread.start
+
+    def refuse(thread: threading.Thread) -> None:
+        if thread.name == "missioncommander-resolve":
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+
+
 def wait_for_resolvers_to_end(timeout: float = DEFAULT_WAIT) -> None:
     """Wait until no resolving thread runs: one left by an earlier test
     (ending after its answer came) would take the next name itself."""
