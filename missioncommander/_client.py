@@ -58,6 +58,7 @@ from ._inbox import Inbox
 from ._link import Link, route_locked
 from ._loop import Cancellable, Connecting, Driver, Loop, WriteTarget, check_not_forked, get_loop, host_port
 from ._message import Message, not_a_message
+from ._quiet import Chorus
 from ._reconnect import Step, after_failure, reconnect_delay, retry_hint
 from ._requests import Answers, ReplyWaiter, Requests, of_its_session, reply_body
 from ._session import SendSession
@@ -68,6 +69,19 @@ from ._streams import refuse_unqueueable
 from ._tls import client_context
 
 log = logging.getLogger("missioncommander.client")
+
+# What each client of a process says when its server comes and goes: said
+# by the first few, counted for the rest (``Chorus``), so that mcd hosting
+# a thousand clients does not write a thousand lines of each.
+_SAY_CONNECT_FAILED = Chorus(log, "connect failed")
+_SAY_ATTEMPT_FAILED = Chorus(log, "connect attempt failed")
+_SAY_RETRYING = Chorus(log, "reconnecting in ...")
+_SAY_GAVE_UP = Chorus(log, "giving up reconnecting")
+_SAY_SESSION_LOST = Chorus(log, "the server no longer knows our session")
+_SAY_CONNECTED = Chorus(log, "connected")
+_SAY_ENDED = Chorus(log, "ended by the server")
+_SAY_UNSENT = Chorus(log, "unsent messages dropped")
+_SAY_LOST = Chorus(log, "connection lost; reconnecting")
 
 #: A Client's events and what their callbacks are called with.
 CLIENT_EVENTS: dict[str, tuple[str, ...]] = {
@@ -1033,7 +1047,9 @@ class Client(ClientSettings):
                 # A connect() that waits raises the reason to its caller, who
                 # decides what to say; only a connect nobody waits for logs it.
                 waited = future is not None and not future.done()
-                log.log(
+                _SAY_CONNECT_FAILED.log(
+                    self._loop,
+                    self.client_id,
                     logging.INFO if waited else logging.WARNING,
                     "client %r: connect failed: %s",
                     self.client_id,
@@ -1047,7 +1063,10 @@ class Client(ClientSettings):
                 self._requests.lose(None, why.reason)
                 self._set_state(RECONNECT_FAILED)
                 self._wake_senders_locked()
-                log.warning(
+                _SAY_GAVE_UP.log(
+                    self._loop,
+                    self.client_id,
+                    logging.WARNING,
                     "client %r: giving up reconnecting after %d attempt(s): %s",
                     self.client_id,
                     self._retries,
@@ -1055,7 +1074,14 @@ class Client(ClientSettings):
                 )
                 return
             if bits & _CONNECTING:
-                log.info("client %r: connect attempt failed: %s", self.client_id, why.reason)
+                _SAY_ATTEMPT_FAILED.log(
+                    self._loop,
+                    self.client_id,
+                    logging.INFO,
+                    "client %r: connect attempt failed: %s",
+                    self.client_id,
+                    why.reason,
+                )
             if why.retry_after is not None:
                 self._free_at = self._loop.time() + why.retry_after
         self._schedule_retry()
@@ -1070,7 +1096,15 @@ class Client(ClientSettings):
             servers=len(servers) if servers else 1,
             retry_after=retry_after,
         )
-        log.info("client %r: reconnecting in %.2f s (attempt %d)", self.client_id, delay, self._retries + 1)
+        _SAY_RETRYING.log(
+            self._loop,
+            self.client_id,
+            logging.INFO,
+            "client %r: reconnecting in %.2f s (attempt %d)",
+            self.client_id,
+            delay,
+            self._retries + 1,
+        )
         self._retry_timer = self._loop.call_later(delay, self._start_attempt, self._generation, None)
 
     def _bind(self) -> tuple[str, int] | None:
@@ -1097,7 +1131,10 @@ class Client(ClientSettings):
                 dropped = self._forget_session_locked(
                     "the server started a new session (a restart, an expiry, or a cluster's Redis that lost it)"
                 )
-                log.warning(
+                _SAY_SESSION_LOST.log(
+                    self._loop,
+                    self.client_id,
+                    logging.WARNING,
                     "client %r: the server no longer knows our session (a restart, an expiry, or a cluster's Redis "
                     "that lost it); "
                     "starting a new one and resending %d unacknowledged message(s)%s",
@@ -1132,7 +1169,10 @@ class Client(ClientSettings):
             self._callbacks.emit("connect") if first else self._callbacks.emit("reconnect", self.client_id)
             session.pump_pending = False
             session.live = link.transport
-        log.info(
+        _SAY_CONNECTED.log(
+            self._loop,
+            self.client_id,
+            logging.INFO,
             "client %r connected to %s%s",
             self.client_id,
             host_port(self.address, self.port),
@@ -1208,7 +1248,7 @@ class Client(ClientSettings):
             self._wake_senders_locked()
             if not shutdown:
                 self._set_state(IDLE if clean else CLOSED_BY_PEER)
-        log.warning("client %r: %s", self.client_id, reason)
+        _SAY_ENDED.log(self._loop, self.client_id, logging.WARNING, "client %r: %s", self.client_id, reason)
         if shutdown:
             self._callbacks.emit("servershutdown")
             # The client stops once the servershutdown callbacks have returned.
@@ -1250,7 +1290,15 @@ class Client(ClientSettings):
         self._session.live = None
         unsent = self._session.end()
         if unsent:
-            log.warning("client %r: %d message(s) never sent were dropped (%s)", self.client_id, unsent, reason)
+            _SAY_UNSENT.log(
+                self._loop,
+                self.client_id,
+                logging.WARNING,
+                "client %r: %d message(s) never sent were dropped (%s)",
+                self.client_id,
+                unsent,
+                reason,
+            )
         self._token = None
         self._inbox.new_stream()
 
@@ -1270,7 +1318,9 @@ class Client(ClientSettings):
             self._retries = 0
             self._next_server()
             self._set_state(RECONNECTING)
-        log.log(
+        _SAY_LOST.log(
+            self._loop,
+            self.client_id,
             logging.INFO if link.asked_to_retry else logging.WARNING,
             "client %r: connection lost (%s); reconnecting",
             self.client_id,

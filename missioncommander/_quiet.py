@@ -10,8 +10,11 @@ shares of the library's insides).
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable
+from typing import Any, Protocol
 
 #: How often a line of one kind is said at most.
 SAY_EVERY = 5.0
@@ -43,3 +46,123 @@ class Quiet:
 def more(unsaid: int) -> str:
     """What a line adds about those not said before it."""
     return f" ({unsaid} more since the last said)" if unsaid else ""
+
+
+class Timers(Protocol):
+    """What a ``Chorus`` needs of its caller's event loop (``_loop.Driver`` has it)."""
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop's thread (thread-safe)."""
+
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> object:
+        """Run ``fn(*args)`` after ``delay`` seconds (the loop's thread)."""
+
+
+class Chorus:
+    """One kind of line that the many clients of one process say together.
+
+    A server that goes away makes each of its clients in this process say
+    it lost the connection, then that it will retry, then that it is back:
+    a thousand lines each time for mcd hosting a thousand clients, enough
+    for journald to drop lines that matter.  Each window of ``every``
+    seconds, the first ``voices`` lines are said at their level; the rest go
+    to DEBUG (nothing is lost to those who log it), and one line at the
+    window's end says how many there were.  A process with a client or
+    three logs as before.
+
+    Any thread may call ``log``; the window's end is a call scheduled on
+    the caller's event loop.  Should that loop stop first, the next line of
+    the kind says the count instead.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_every",
+        "_level",
+        "_lock",
+        "_logger",
+        "_said",
+        "_speakers",
+        "_summary",
+        "_unsaid",
+        "_until",
+        "_voices",
+    )
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        summary: str,
+        every: float = SAY_EVERY,
+        voices: int = 3,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._summary = summary
+        self._every = every
+        self._voices = voices
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._until = -float("inf")
+        self._said = 0
+        self._unsaid = 0
+        self._speakers: set[object] = set()
+        self._level = logging.NOTSET
+
+    def log(self, timers: Timers, who: object, level: int, msg: str, *args: object) -> None:
+        """Log ``msg % args`` (a line of ``who``'s) at ``level``, or at DEBUG
+        and counted once this window has had its voices."""
+        if not self._logger.isEnabledFor(level):
+            return  # neither the line nor its count would be seen
+        end, first = 0.0, False
+        with self._lock:
+            now = self._clock()
+            if now >= self._until:
+                late = self._take_locked()
+                self._until = now + self._every
+                self._said = 0
+            else:
+                late = None
+            if self._said < self._voices:
+                self._said += 1
+                counted = False
+            else:
+                counted = True
+                first = not self._unsaid
+                end = self._until - now
+                self._unsaid += 1
+                self._speakers.add(who)
+                self._level = max(self._level, level)
+        if late is not None:
+            self._say(*late)
+        if not counted:
+            self._logger.log(level, msg, *args)
+            return
+        self._logger.debug(msg, *args)
+        if first:
+            timers.call_soon(timers.call_later, end, self.flush)
+
+    def flush(self) -> None:
+        """Say how many lines went to DEBUG since the last such line."""
+        with self._lock:
+            late = self._take_locked()
+        if late is not None:
+            self._say(*late)
+
+    def _take_locked(self) -> tuple[int, int, int] | None:
+        if not self._unsaid:
+            return None
+        late = (self._level, self._unsaid, len(self._speakers))
+        self._unsaid, self._level = 0, logging.NOTSET
+        self._speakers = set()
+        return late
+
+    def _say(self, level: int, lines: int, speakers: int) -> None:
+        self._logger.log(
+            level,
+            '%d more line(s) like "%s" from %d client(s) within %g s (logged at DEBUG level)',
+            lines,
+            self._summary,
+            speakers,
+            self._every,
+        )

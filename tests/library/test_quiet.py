@@ -1,14 +1,20 @@
-"""Lines a peer can cause over and over are said now and then, with a count."""
+"""Lines a peer can cause over and over are said now and then, with a
+count; lines every client of a process says at once are said by a few."""
 
 from __future__ import annotations
 
 import errno
 import logging
+import re
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+from support import wait_until
 
+from missioncommander import Client, Server
 from missioncommander._loop import AcceptTrouble
-from missioncommander._quiet import Quiet, more
+from missioncommander._quiet import Chorus, Quiet, more
 
 
 def test_a_line_is_said_at_most_every_period_and_counts_what_went_unsaid() -> None:
@@ -47,3 +53,111 @@ def test_accept_trouble_says_when_it_starts_while_it_lasts_and_when_it_ends(capl
         "cannot accept connections on port 1: [Errno 24] Too many open files; trying again every 1 s"
         " (those already connected go on)",
     ]
+
+
+class _Timers:
+    """Calls scheduled for later, run when the test says."""
+
+    def __init__(self) -> None:
+        self.later: list[tuple[float, Callable[[], None]]] = []
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        fn(*args)
+
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> object:
+        self.later.append((delay, lambda: fn(*args)))
+        return None
+
+
+def _lines(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    return [(r.levelno, r.getMessage()) for r in caplog.records]
+
+
+def test_a_chorus_says_its_first_voices_and_counts_the_rest_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    now = [10.0]
+    timers = _Timers()
+    chorus = Chorus(logging.getLogger("test.chorus"), "lost", every=5.0, voices=2, clock=lambda: now[0])
+    caplog.set_level(logging.DEBUG, logger="test.chorus")
+    for n in range(6):
+        chorus.log(timers, f"c{n % 3}", logging.INFO if n == 3 else logging.WARNING, "client %s lost", n)
+        now[0] += 0.5
+    assert _lines(caplog) == [
+        (logging.WARNING, "client 0 lost"),
+        (logging.WARNING, "client 1 lost"),
+        (logging.DEBUG, "client 2 lost"),
+        (logging.DEBUG, "client 3 lost"),
+        (logging.DEBUG, "client 4 lost"),
+        (logging.DEBUG, "client 5 lost"),
+    ]
+    # One call is asked for, at the window's end (5 s after its first line).
+    assert [delay for delay, _ in timers.later] == [4.0]
+    caplog.clear()
+    timers.later[0][1]()
+    assert _lines(caplog) == [
+        # The most severe level of those counted, from c2, c0, c1 and c2.
+        (logging.WARNING, '4 more line(s) like "lost" from 3 client(s) within 5 s (logged at DEBUG level)')
+    ]
+    caplog.clear()
+    chorus.flush()  # nothing more to say
+    now[0] += 5.0
+    chorus.log(timers, "c9", logging.WARNING, "client %s lost", 9)  # a new window: said again
+    assert _lines(caplog) == [(logging.WARNING, "client 9 lost")]
+
+
+def test_a_chorus_whose_window_call_never_came_says_its_count_with_the_next_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    timers = _Timers()
+    chorus = Chorus(logging.getLogger("test.chorus"), "lost", every=5.0, voices=1, clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="test.chorus")
+    for n in range(3):
+        chorus.log(timers, n, logging.INFO, "client %s lost", n)
+    now[0] = 60.0  # the loop that was to run the call stopped
+    chorus.log(timers, 3, logging.INFO, "client %s lost", 3)
+    assert _lines(caplog) == [
+        (logging.INFO, "client 0 lost"),
+        (logging.INFO, '2 more line(s) like "lost" from 2 client(s) within 5 s (logged at DEBUG level)'),
+        (logging.INFO, "client 3 lost"),
+    ]
+    timers.later[0][1]()  # a call that comes late has nothing left to say
+    assert len(caplog.records) == 3
+
+
+def test_a_chorus_at_a_level_nobody_logs_counts_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    timers = _Timers()
+    chorus = Chorus(logging.getLogger("test.chorus"), "retrying", voices=1)
+    caplog.set_level(logging.WARNING, logger="test.chorus")
+    for n in range(5):
+        chorus.log(timers, n, logging.INFO, "client %s retrying", n)
+    chorus.flush()
+    assert caplog.records == [] and timers.later == []
+
+
+def test_a_server_gone_from_many_clients_is_said_by_a_few_and_counted(
+    server: Server, make_client: Callable[..., Client], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each client of a process says it lost its connection; past the first
+    three in five seconds they say it at DEBUG, and one line counts them."""
+    ids = [f"chorus-{n}" for n in range(12)]
+    clients = [make_client(server, client_id=i, reconnect_on_shutdown=True, reconnect_delay=30) for i in ids]
+    for client in clients:
+        client.connect()
+    caplog.set_level(logging.DEBUG, logger="missioncommander.client")
+    server.stop()
+    wait_until(lambda: all(not c.connected for c in clients), what="every client to see the server go")
+    lost = re.compile(r"client '(chorus-\d+)': connection lost \(server shut down")
+    counted = re.compile(r'(\d+) more line\(s\) like "connection lost; reconnecting" from (\d+) client')
+
+    def summaries() -> list[int]:
+        return [int(m[1]) for r in caplog.records if (m := counted.match(r.getMessage()))]
+
+    # The count comes when the five seconds are up, without another line.
+    wait_until(lambda: bool(summaries()), timeout=15, what="the count of the lines said at DEBUG")
+    said = [r for r in caplog.records if lost.match(r.getMessage())]
+    assert sorted(lost.match(r.getMessage())[1] for r in said) == sorted(ids)  # type: ignore[index]
+    loud = [r for r in said if r.levelno == logging.WARNING]
+    quiet = [r for r in said if r.levelno == logging.DEBUG]
+    assert len(loud) <= 3 and len(loud) + len(quiet) == 12
+    # Lines of other tests' clients may share the window: at least ours.
+    assert sum(summaries()) >= len(quiet) >= 9
