@@ -149,6 +149,16 @@ class Chorus:
         if late is not None:
             self._say(*late)
 
+    def restart(self) -> None:
+        """Say what was counted, and let the next lines be said as if they
+        were the first (a new window)."""
+        with self._lock:
+            late = self._take_locked()
+            self._until = -float("inf")
+            self._said = 0
+        if late is not None:
+            self._say(*late)
+
     def _take_locked(self) -> tuple[int, int, int] | None:
         if not self._unsaid:
             return None

@@ -56,7 +56,7 @@ from ._inbox import Budget, Inbox
 from ._link import Link, route_locked
 from ._loop import Cancellable, Driver, Incoming, Listener, Loop, check_not_forked, get_loop, host_port
 from ._message import Message, not_a_message
-from ._quiet import Quiet, more
+from ._quiet import Chorus, Quiet, more
 from ._requests import Answers, ReplyWaiter, Requests, no_requests, reply_body
 from ._session import SendSession
 from ._stats import TRAFFIC, Counters, session_figures, traffic
@@ -66,6 +66,17 @@ from ._tls import server_context
 from ._transitions import ConnState
 
 log = logging.getLogger("missioncommander.server")
+
+# What a server says of each of its clients as they come and go: said of
+# the first few, counted for the rest (``Chorus``), so that a blip that
+# cuts a thousand clients, and their return, make a handful of lines.
+_SAY_NEW = Chorus(log, "connected (new session)")
+_SAY_RESUMED = Chorus(log, "resumed its session")
+_SAY_LEFT = Chorus(log, "left")
+_SAY_DETACHED = Chorus(log, "connection lost; session kept")
+_SAY_LET_GO = Chorus(log, "let go")
+_SAY_DROPPED = Chorus(log, "session ended with messages dropped")
+_SAY_ENDED = Chorus(log, "session ended")
 
 #: A Server's events and what their callbacks are called with.
 SERVER_EVENTS: dict[str, tuple[str, ...]] = {
@@ -1004,7 +1015,7 @@ class Server(ServerSettings):
         elif isinstance(event, Hello):
             self._on_hello(link, event)
         elif isinstance(event, ByeReceived):
-            log.info("%s left: %s", link.describe(), event.reason)
+            _SAY_LEFT.log(self._loop, link, logging.INFO, "%s left: %s", link.describe(), event.reason)
             if session is not None:
                 self._end_session(session, f"client disconnected: {event.reason}")
             if link.transport is not None:
@@ -1148,7 +1159,9 @@ class Server(ServerSettings):
             self._refuse(link, ErrorCode.SERVER_FULL, f"server has reached max_clients={self.max_clients}", retry=True)
             return
         if restore is None:
-            log.info("client %r connected from %s (new session)", client_id, link.peer)
+            _SAY_NEW.log(
+                self._loop, client_id, logging.INFO, "client %r connected from %s (new session)", client_id, link.peer
+            )
         self._attach(link, session, resumed=restore is not None)
         if restore is None:
             self._callbacks.emit("clientconnect", client_id)
@@ -1191,7 +1204,14 @@ class Server(ServerSettings):
         with self._lock:
             session.live = link.transport
         if resumed:
-            log.info("client %r resumed its session from %s", session.client_id, link.peer)
+            _SAY_RESUMED.log(
+                self._loop,
+                session.client_id,
+                logging.INFO,
+                "client %r resumed its session from %s",
+                session.client_id,
+                link.peer,
+            )
             self._callbacks.emit("clientresume", session.client_id)
         link.start_heartbeat()
         session.inbox.attach(link)
@@ -1266,13 +1286,24 @@ class Server(ServerSettings):
             if link.transport is not None and not link.transport.closed and not link.is_open:
                 link.transport.close_after_flush(reason=reason)
         if not for_good:
-            log.info("client %r let go: %s", session.client_id, reason)
+            _SAY_LET_GO.log(
+                self._loop, session.client_id, logging.INFO, "client %r let go: %s", session.client_id, reason
+            )
             return dropped
         if any(dropped) and not quiet:
             # A client that said goodbye chose not to get them: not a warning.
             level = logging.INFO if reason.startswith("client disconnected") else logging.WARNING
-            log.log(level, "session of client %r ended; %s", session.client_id, _dropped_text(*dropped))
-        log.info("client %r session ended: %s", session.client_id, reason)
+            _SAY_DROPPED.log(
+                self._loop,
+                session.client_id,
+                level,
+                "session of client %r ended; %s",
+                session.client_id,
+                _dropped_text(*dropped),
+            )
+        _SAY_ENDED.log(
+            self._loop, session.client_id, logging.INFO, "client %r session ended: %s", session.client_id, reason
+        )
         self._callbacks.emit("clientdisconnect", session.client_id)
         if self._on_room is not None:
             self._on_room(session.client_id)
@@ -1295,8 +1326,14 @@ class Server(ServerSettings):
             session.inbox.detach(link)
             session.stats.closed()
             link.session = None
-            log.info(
-                "client %r connection lost (%s); session kept for %g s", session.client_id, reason, self.session_expiry
+            _SAY_DETACHED.log(
+                self._loop,
+                session.client_id,
+                logging.INFO,
+                "client %r connection lost (%s); session kept for %g s",
+                session.client_id,
+                reason,
+                self.session_expiry,
             )
             session.expiry = self._loop.call_later(self.session_expiry, self._expire, session)
             self._callbacks.emit("clientdetach", session.client_id, reason)

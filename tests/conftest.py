@@ -14,7 +14,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from support.certs import Certs, make_certs
 
-from missioncommander import Client, Server
+from missioncommander import Client, Server, _client, _server
+from missioncommander._quiet import Chorus
 
 # Speed lives in bench/, never in a test's verdict: hypothesis's per-example
 # deadline (200 ms) failed a byte-splitting test that took 263 ms on a busy
@@ -36,6 +37,17 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
         pytest.skip("the openssl command is needed to make test certificates")
     folder: Path = tmp_path_factory.mktemp("certs")
     return make_certs(folder)
+
+
+@pytest.fixture(autouse=True)
+def _log_as_a_fresh_process() -> None:
+    """Each test's clients and servers log as in a process of their own:
+    what every client says is said by the first three in 5 s (_quiet.Chorus),
+    and the lines of the test before must not have used them up."""
+    for module in (_client, _server):
+        for value in vars(module).values():
+            if isinstance(value, Chorus):
+                value.restart()
 
 
 @pytest.fixture

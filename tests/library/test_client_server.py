@@ -164,9 +164,7 @@ def test_an_ipv6_address_is_written_in_brackets_wherever_a_port_follows_it(
     make_client: MakeClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     """'::1:30000' reads as an address of one group more: '[::1]:30000'."""
-    # DEBUG too: the client's line may be counted at DEBUG when other clients
-    # of the process said as much in the same five seconds (_quiet.Chorus).
-    with caplog.at_level(logging.DEBUG, logger="missioncommander"), Server(interface="::1", port=0) as server:
+    with caplog.at_level(logging.INFO, logger="missioncommander"), Server(interface="::1", port=0) as server:
         client = make_client(address="::1", port=server.port, client_id="v6")
         client.connect()
         where = f"[::1]:{server.port}"

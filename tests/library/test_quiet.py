@@ -124,6 +124,21 @@ def test_a_chorus_whose_window_call_never_came_says_its_count_with_the_next_line
     assert len(caplog.records) == 3
 
 
+def test_a_chorus_restarted_says_its_count_and_lets_the_next_line_be_said(caplog: pytest.LogCaptureFixture) -> None:
+    timers = _Timers()
+    chorus = Chorus(logging.getLogger("test.chorus"), "lost", voices=1, clock=lambda: 0.0)
+    caplog.set_level(logging.INFO, logger="test.chorus")
+    for n in range(2):
+        chorus.log(timers, n, logging.INFO, "client %s lost", n)
+    chorus.restart()
+    chorus.log(timers, 2, logging.INFO, "client %s lost", 2)  # the same instant, a new window
+    assert _lines(caplog) == [
+        (logging.INFO, "client 0 lost"),
+        (logging.INFO, '1 more line(s) like "lost" from 1 client(s) within 5 s (logged at DEBUG level)'),
+        (logging.INFO, "client 2 lost"),
+    ]
+
+
 def test_a_chorus_at_a_level_nobody_logs_counts_nothing(caplog: pytest.LogCaptureFixture) -> None:
     timers = _Timers()
     chorus = Chorus(logging.getLogger("test.chorus"), "retrying", voices=1)
@@ -137,13 +152,14 @@ def test_a_chorus_at_a_level_nobody_logs_counts_nothing(caplog: pytest.LogCaptur
 def test_a_server_gone_from_many_clients_is_said_by_a_few_and_counted(
     server: Server, make_client: Callable[..., Client], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Each client of a process says it lost its connection; past the first
-    three in five seconds they say it at DEBUG, and one line counts them."""
+    """Each client of a process says it lost its connection, and the server
+    that each one's session ended; past the first three in five seconds
+    they say it at DEBUG, and one line counts them."""
     ids = [f"chorus-{n}" for n in range(12)]
     clients = [make_client(server, client_id=i, reconnect_on_shutdown=True, reconnect_delay=30) for i in ids]
     for client in clients:
         client.connect()
-    caplog.set_level(logging.DEBUG, logger="missioncommander.client")
+    caplog.set_level(logging.DEBUG, logger="missioncommander")
     server.stop()
     wait_until(lambda: all(not c.connected for c in clients), what="every client to see the server go")
     lost = re.compile(r"client '(chorus-\d+)': connection lost \(server shut down")
@@ -161,3 +177,17 @@ def test_a_server_gone_from_many_clients_is_said_by_a_few_and_counted(
     assert len(loud) <= 3 and len(loud) + len(quiet) == 12
     # Lines of other tests' clients may share the window: at least ours.
     assert sum(summaries()) >= len(quiet) >= 9
+    ended = [
+        r
+        for r in caplog.records
+        if re.match(r"client 'chorus-\d+' session ended: server shutting down", r.getMessage())
+    ]
+    assert len(ended) == 12 and sum(r.levelno == logging.INFO for r in ended) == 3
+    wait_until(
+        lambda: any(
+            r.name == "missioncommander.server"
+            and r.getMessage().startswith('9 more line(s) like "session ended" from 9 client(s)')
+            for r in caplog.records
+        ),
+        what="the server's count",
+    )

@@ -344,9 +344,6 @@ def test_a_request_lost_with_a_server_restart_is_not_sent_to_the_new_server(
 ) -> None:
     """Its asker is told SessionLost; the new server never runs it (a retry
     by the asker would otherwise run it twice)."""
-    # DEBUG too: the client's line may be counted at DEBUG when other clients
-    # of the process said as much in the same five seconds (_quiet.Chorus).
-    caplog.set_level(logging.DEBUG, logger="missioncommander.client")
     entered = threading.Event()
     release = threading.Event()
     old = Server(interface="127.0.0.1", port=0)
