@@ -1418,3 +1418,37 @@ def test_a_server_frozen_in_its_wait_reads_before_its_overdue_timers_run() -> No
     with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(Freezing())) as runner:
         runner.run(asyncio.wait_for(main(), LIMIT))
     assert len(answers) == 1 and isinstance(answers[0], Welcome), answers
+
+
+def test_many_clients_on_a_loop_say_a_lost_connection_by_a_few_and_a_count(caplog: pytest.LogCaptureFixture) -> None:
+    """As the threaded clients do (tests/library/test_quiet.py): past the
+    first three in five seconds the lines go to DEBUG, and the count comes
+    from a call the loop runs when the five seconds are up."""
+    caplog.set_level(logging.DEBUG, logger="missioncommander.client")
+    counted = '6 more line(s) like "connection lost; reconnecting" from 6 client(s)'
+
+    async def test() -> None:
+        server = AsyncServer(interface="127.0.0.1", port=0)
+        await server.start()
+        clients = [
+            AsyncClient(
+                address="127.0.0.1",
+                port=server.port,
+                client_id=f"aio-chorus-{n}",
+                reconnect_on_shutdown=True,
+                reconnect_delay=30,
+            )
+            for n in range(9)
+        ]
+        try:
+            for client in clients:
+                await client.connect()
+            await server.stop()
+            await until(lambda: any(r.getMessage().startswith(counted) for r in caplog.records))
+        finally:
+            for client in clients:
+                await client.disconnect()
+        lost = [r for r in caplog.records if "': connection lost (server shut down" in r.getMessage()]
+        assert len(lost) == 9 and sum(r.levelno == logging.WARNING for r in lost) == 3
+
+    run(test)
