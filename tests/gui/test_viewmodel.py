@@ -49,6 +49,31 @@ def test_notifications_for_lost_reconnected_and_shutdown() -> None:
     assert len(model.instance("client", "a").log) == 4
 
 
+def test_notifications_many_instances_raise_at_once_are_raised_by_three_and_one_that_counts() -> None:
+    """mcd's thousand hosted clients losing their server must not raise a
+    thousand popups: three, then one that counts and names the rest."""
+    now = [0.0]
+    notices = vm.Notices(every=5.0, voices=3, clock=lambda: now[0])
+
+    def lost(name: str) -> vm.Notification:
+        return vm.Notification(f"{name}: connection lost", "Reconnecting", True, "connection lost", name)
+
+    raised = [notices.offer(lost(f"c{n}")) for n in range(10)]
+    assert [n.title for n, _ in raised if n is not None] == [f"c{n}: connection lost" for n in range(3)]
+    # The first held asks for a flush when the window ends; the others need none.
+    assert [later for _, later in raised] == [None] * 3 + [5.0] + [None] * 6
+    alone = vm.Notification("mcd warns", "an open server", True)
+    assert notices.offer(alone) == (alone, None)  # no kind: raised one by one
+    back = vm.Notification("c0: reconnected", "again", False, "reconnected", "c0")
+    assert notices.offer(back) == (back, None)  # another kind has voices of its own
+    now[0] = 5.0
+    assert notices.offer(lost("late")) == (None, None)  # past the window, before its flush: counted in it
+    (summary,) = notices.flush()
+    assert summary == vm.Notification("8 more: connection lost", "c3, c4, c5, c6, c7 and 3 more", True)
+    assert notices.flush() == []
+    assert notices.offer(lost("c0")) == (lost("c0"), None)  # a new window
+
+
 def test_mcds_warnings_are_kept_while_it_runs_and_dropped_when_it_stops() -> None:
     model = vm.ViewModel()
     model.set_daemon(True)

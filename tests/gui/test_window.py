@@ -854,3 +854,26 @@ def test_a_signal_before_the_loop_runs_quits_on_its_first_turn(qtbot: QtBot, sig
     finally:
         guard.stop()
         restore()
+
+
+def test_many_hosted_clients_losing_their_server_raise_three_notifications_and_one_that_counts(
+    qtbot: QtBot, gui: TrayApp, mcd: Mcd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raised: list[str] = []
+    notify = gui.notify
+    monkeypatch.setattr(gui, "notify", lambda notice: (raised.append(notice.title), notify(notice)))
+    with Server(interface="127.0.0.1", port=0) as server:
+        names = [f"many{n}" for n in range(8)]
+        with mcd.client() as control:
+            for name in names:
+                for key, value in (("address", "127.0.0.1"), ("port", server.port), ("client_id", name)):
+                    control.request("client.set", name=name, key=key, value=value)
+                control.request("client.connect", name=name, wait=True, timeout=10)
+        qtbot.waitUntil(lambda: all(gui.model.instance("client", n).phase == "connected" for n in names), timeout=WAIT)
+    # The server stopped: each hosted client heard it shut down.
+    qtbot.waitUntil(lambda: any(title.startswith("5 more: server shut down") for title in raised), timeout=WAIT)
+    shut = [title for title in raised if "server shut down" in title]
+    assert len(shut) == 4 and all(title.endswith(": server shut down") for title in shut[:3])
+    assert gui.last_notification is not None and gui.last_notification.title == "5 more: server shut down"
+    held = gui.last_notification.text
+    assert held.count("many") == 5 and held in gui.window.statusBar().currentMessage()

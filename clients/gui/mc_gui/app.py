@@ -27,6 +27,11 @@ class TrayApp:
         self.window = MainWindow(self.model, self.backend)
         self.tray: QSystemTrayIcon | None = None
         self.last_notification: vm.Notification | None = None
+        self.notices = vm.Notices()
+        # Owned by the window: it cannot fire into a window already gone.
+        self._notices_due = QTimer(self.window)
+        self._notices_due.setSingleShot(True)
+        self._notices_due.timeout.connect(self._flush_notices)
         self.menu = self._make_menu()
         if QSystemTrayIcon.isSystemTrayAvailable():
             self.tray = self._make_tray(self.menu)
@@ -117,6 +122,20 @@ class TrayApp:
             for tab in (self.window.client_tab, self.window.server_tab):
                 tab.log_grew(ev["kind"], ev["name"])
         if notice is not None:
+            self.offer(notice)
+
+    def offer(self, notice: vm.Notification) -> None:
+        """Raise ``notice`` now, or hold it to be counted (``vm.Notices``)."""
+        now, later = self.notices.offer(notice)
+        if now is not None:
+            self.notify(now)
+        if later is not None:
+            ms = int(later * 1000) + 1
+            if not self._notices_due.isActive() or self._notices_due.remainingTime() > ms:
+                self._notices_due.start(ms)
+
+    def _flush_notices(self) -> None:
+        for notice in self.notices.flush():
             self.notify(notice)
 
     def on_history(self, ev: dict[str, Any]) -> None:

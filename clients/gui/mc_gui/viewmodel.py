@@ -10,8 +10,10 @@ from __future__ import annotations
 import itertools
 import json
 import os.path
+import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +26,12 @@ RATE_SAMPLES = 300
 #: Events kept per instance to bring a status read before them up to date:
 #: far more than can pass while one request is answered.
 RECENT_EVENTS = 1000
+#: Notifications of one kind raised at most in ``NOTICE_EVERY`` seconds; the
+#: rest are counted and one notification says how many.
+NOTICE_VOICES = 3
+NOTICE_EVERY = 5.0
+#: Instances a notification that counts others names before "and N more".
+NOTICE_NAMES = 5
 
 
 @dataclass
@@ -31,6 +39,68 @@ class Notification:
     title: str
     text: str
     critical: bool = False
+    #: What happened ("connection lost"), for notifications that many
+    #: instances raise at once; "" for those raised one by one.
+    kind: str = ""
+    #: The instance it is about.
+    name: str = ""
+
+
+@dataclass
+class _Held:
+    until: float
+    raised: int = 0
+    names: list[str] = field(default_factory=list)
+    critical: bool = False
+
+
+class Notices:
+    """Notifications at a person's pace.  mcd hosting a thousand clients
+    whose server went away would raise a thousand popups, and a thousand
+    more when it is back: of each kind, the first ``voices`` in ``every``
+    seconds are raised, the rest held, and ``flush`` (called when the
+    window is over: ``offer`` says when) makes one notification that counts
+    and names them.  Notifications without a kind are always raised."""
+
+    def __init__(
+        self, every: float = NOTICE_EVERY, voices: int = NOTICE_VOICES, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._every = every
+        self._voices = voices
+        self._clock = clock
+        self._kinds: dict[str, _Held] = {}
+
+    def offer(self, notice: Notification) -> tuple[Notification | None, float | None]:
+        """The notification to raise now (None: held), and, for the first
+        held of a window, in how many seconds to call ``flush``."""
+        if not notice.kind:
+            return notice, None
+        now = self._clock()
+        held = self._kinds.get(notice.kind)
+        if held is None or (now >= held.until and not held.names):
+            held = self._kinds[notice.kind] = _Held(now + self._every)
+        if held.raised < self._voices and not held.names:
+            held.raised += 1
+            return notice, None
+        # Held, also past the window's end while its flush has yet to come:
+        # that flush counts this one too.
+        held.names.append(notice.name)
+        held.critical = held.critical or notice.critical
+        return None, (max(0.0, held.until - now) if len(held.names) == 1 else None)
+
+    def flush(self) -> list[Notification]:
+        """One notification per kind for those held since the last flush."""
+        out: list[Notification] = []
+        for kind, held in list(self._kinds.items()):
+            if not held.names:
+                continue
+            names = held.names
+            shown = ", ".join(names[:NOTICE_NAMES]) + (
+                f" and {len(names) - NOTICE_NAMES} more" if len(names) > NOTICE_NAMES else ""
+            )
+            out.append(Notification(f"{len(names)} more: {kind}", shown, held.critical))
+            self._kinds[kind] = _Held(held.until, held.raised)
+        return out
 
 
 @dataclass
@@ -289,15 +359,19 @@ def _notice(name: str, event: str, data: dict[str, Any], phase: Any) -> Notifica
     """What an event is worth telling a person, given the phase before it."""
     if event == "statechange":
         if data["phase"] == "reconnecting" and phase == "connected":
-            return Notification(
-                f"{name}: connection lost", f"Reconnecting: {data.get('reason') or 'the connection broke'}", True
-            )
+            why = data.get("reason") or "the connection broke"
+            return Notification(f"{name}: connection lost", f"Reconnecting: {why}", True, "connection lost", name)
         if data["phase"] == "failed":
-            return Notification(f"{name}: connection failed", str(data.get("reason") or ""), True)
+            why = str(data.get("reason") or "")
+            return Notification(f"{name}: connection failed", why, True, "connection failed", name)
     elif event == "reconnect":
-        return Notification(f"{name}: reconnected", f"Client {data.get('client_id')} is connected again")
+        return Notification(
+            f"{name}: reconnected", f"Client {data.get('client_id')} is connected again", False, "reconnected", name
+        )
     elif event == "servershutdown":
-        return Notification(f"{name}: server shut down", "The server announced its shutdown", True)
+        return Notification(
+            f"{name}: server shut down", "The server announced its shutdown", True, "server shut down", name
+        )
     return None
 
 
