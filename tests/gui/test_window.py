@@ -216,6 +216,13 @@ def test_daemon_down_banner_start_button_and_recovery(
         qtbot.waitUntil(lambda: app.window.banner.isVisibleTo(app.window), timeout=WAIT)
         assert "not running" in app.window.banner_text.text()
         assert not app.window.tabs.isEnabled()
+        # A disabled field's hint is greyed: drawn dark (lightness 127 of
+        # 255) it read as a value typed in ("any", "none").
+        hint = app.window.client_tab.interface.edit
+        assert not hint.text() and hint.placeholderText()
+        image = hint.grab().toImage()
+        inside = [(x, y) for x in range(4, image.width() - 4) for y in range(4, image.height() - 4)]
+        assert min(image.pixelColor(x, y).lightness() for x, y in inside) >= 170
         assert app.model.overall().level == "down"
         qtbot.mouseClick(app.window.start_daemon_button, Qt.MouseButton.LeftButton)
         qtbot.waitUntil(lambda: app.model.daemon_up, timeout=WAIT)
@@ -432,6 +439,10 @@ def test_tls_settings_made_in_the_window_connect_with_mutual_tls(
     qtbot.waitUntil(lambda: "certificate" in (mcd.request("client.status")["last_close_reason"] or ""), timeout=WAIT)
     assert mcd.request("client.status")["phase"] != "connected"
     qtbot.waitUntil(lambda: "certificate" in client_tab.last_close.text(), timeout=WAIT)  # shown, and seen
+    # Whole: beside the buttons the reason was cut off after two lines.
+    label = client_tab.last_close
+    qtbot.waitUntil(lambda: label.height() >= label.heightForWidth(label.width()), timeout=WAIT)
+    assert label.visibleRegion().boundingRect().height() >= label.heightForWidth(label.width())
     mcd.request("client.disconnect")
     qtbot.waitUntil(lambda: client_tab.current().phase == "disconnected", timeout=WAIT)
     # ...and accepted with verification switched off in the window.

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QCloseEvent, QColor, QFont, QFontDatabase, QIcon, QPainter, QPixmap, QTextCursor
+from PySide6.QtGui import QCloseEvent, QColor, QFont, QFontDatabase, QIcon, QPainter, QPalette, QPixmap, QTextCursor
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -82,6 +82,9 @@ def dot_icon(level: str, size: int = 64) -> QIcon:
 _FIELD_STYLE = (
     "QLineEdit {{ border: 1px solid {border}; border-radius: 3px; padding: 2px 4px; background: white; }}"
     " QLineEdit:read-only {{ background: #eeeeee; color: #616161; }}"
+    # Greyed whole while mcd is down: white, with a dark hint, "any" and
+    # "none" read as values typed in.
+    " QLineEdit:disabled {{ background: #f5f5f5; color: #9e9e9e; placeholder-text-color: #bdbdbd; }}"
 )
 
 
@@ -769,11 +772,14 @@ class ClientTab(InstanceTab):
         form.addRow("Servers", self.servers.widget())
         form.addRow(self.tuning_section(CLIENT_TUNING))
         buttons = QHBoxLayout()
-        buttons.addWidget(self.last_close, 1)
+        buttons.addStretch(1)
         buttons.addWidget(self.apply_button)
         buttons.addWidget(self.connect_button)
         buttons.addWidget(self.disconnect_button)
         form.addRow(buttons)
+        # A row of its own, the form's width: beside the buttons a reason
+        # such as a certificate error was cut off after two lines.
+        form.addRow(self.last_close)
 
         self.send_box = SendBox("Send to the server")
         self.send_box.target_row.hide()
@@ -1190,6 +1196,13 @@ class MainWindow(QMainWindow):
         self.keep_running_in_tray = False
         self.setWindowTitle("MissionCommander")
         self.setWindowIcon(dot_icon("idle"))
+        # Qt's default palette draws the hint of a disabled field (mcd down)
+        # darker than the values beside it, where "any" and "none" read as
+        # values typed in: greyed as disabled text is.
+        palette = self.palette()
+        disabled = QPalette.ColorGroup.Disabled
+        palette.setColor(disabled, QPalette.ColorRole.PlaceholderText, palette.color(disabled, QPalette.ColorRole.Text))
+        self.setPalette(palette)
         # 700 px is more than a 1280x720 desktop, or a laptop's 768 less its
         # panels, has room for: there it starts a tenth shorter than the room
         # (the title bar takes some), and its scroll areas take the rest.
