@@ -189,6 +189,9 @@ def test_a_setting_given_more_than_one_word_is_told_to_quote_them() -> None:
         parse(["server", "set", "port", "30", "000"])
     with pytest.raises(UsageError, match=r"^client set tls takes one value, not 2: true or false$"):
         parse(["client", "set", "tls", "yes", "please"])
+    for kind, key in (("client", "address"), ("server", "interface"), ("client", "tls_hostname")):
+        with pytest.raises(UsageError, match=rf"^{kind} set {key} takes one value, not 2: one word \(a host name"):
+            parse([kind, "set", key, "my", "host"])
 
 
 def test_a_payload_of_dash_is_read_by_the_caller_and_refused_without_one() -> None:

@@ -32,6 +32,8 @@ _TUNING = {**CLIENT_TUNING, **SERVER_TUNING}  # a key means the same on either k
 INT_KEYS = ("port", "bind_port", *(k for k, t in _TUNING.items() if t == "int"))
 FLOAT_KEYS = tuple(k for k, t in _TUNING.items() if t == "float")
 BOOL_KEYS = ("tls", "tls_verify", *(k for k, t in _TUNING.items() if t == "bool"))
+#: Text settings that no quoting makes right with a space in them.
+ONE_WORD_KEYS = frozenset({"address", "interface", "tls_hostname"})
 SECRETS_KEYS = tuple(k for k, t in _TUNING.items() if t == "secrets")
 #: Keys that `none` (or an empty value, or `-` as `get` shows one unset)
 #: unsets (for tuning keys: no limit, off).
@@ -294,6 +296,8 @@ def _one_value(kind: str, args: list[str]) -> str:
         return ": true or false"
     if key in INT_KEYS or key in FLOAT_KEYS:  # '1 s', '30 000': no quoting makes one of those
         return ": a number, without a unit (timers are in seconds)" if key in FLOAT_KEYS else ": a number"
+    if key in ONE_WORD_KEYS:  # no quoting makes a host of 'my host' either
+        return ": one word (a host name or address has no spaces)"
     import shlex  # noqa: PLC0415 - on this error only: mcctl's start-up stays light
 
     commas = "; or separate the servers with commas" if key == "servers" else ""
