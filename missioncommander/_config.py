@@ -392,10 +392,33 @@ def token_map(value: Any, name: str) -> dict[str, str] | None:
 
 
 def redis_url(value: Any, name: str) -> str | None:
-    """None, or a Redis URL (redis://, rediss:// or unix://) for cluster mode."""
+    """None, or a Redis URL (redis://, rediss:// or unix://) for cluster mode.
+
+    Its host and port are checked here, as ``address`` and ``port`` are: a
+    port out of range was refused only by ``start()``, in words that did
+    not name the setting, and a host with a space in it was taken, to be
+    "unreachable" for ever."""
     text = optional_str(value, name)
-    if text is not None and not text.startswith(("redis://", "rediss://", "unix://")):
+    if text is None:
+        return None
+    if not text.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError(f"{name} must be a Redis URL such as redis://127.0.0.1:6379/0, not {text[:80]!r}")
+    if text.startswith("unix://"):
+        return text
+    shown = redacted_url(text)[:80]
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port
+    except ValueError:  # an unpaired bracket, or a port of letters or past 65535
+        raise ValueError(f"{name} {shown!r} is not a URL Redis can read (its host, or its port: 1 to 65535)") from None
+    if port == 0:
+        raise ValueError(f"{name} {shown!r}: the port must be 1 to 65535")
+    host = parts.hostname
+    if host and not _is_host(host):
+        raise ValueError(
+            f"{name} {shown!r}: {host[:80]!r} is not a valid host name "
+            "(dot-separated labels of 1 to 63 letters, digits or hyphens)"
+        )
     return text
 
 

@@ -295,3 +295,23 @@ def test_server_settings(server: Server) -> None:
 )
 def test_a_redis_url_is_shown_without_its_password(url: str, shown: str) -> None:
     assert redacted_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("redis://127.0.0.1:99999/0", r"'redis://127\.0\.0\.1:99999/0' is not a URL Redis can read"),
+        ("redis://:pw@host:port/0", r"'redis://:\*\*\*@host:port/0' is not a URL Redis can read"),
+        ("redis://:pw@[::1:6379/0", r"'redis://\*\*\*' is not a URL Redis can read"),
+        ("rediss://127.0.0.1:0", r"'rediss://127\.0\.0\.1:0': the port must be 1 to 65535$"),
+        ("redis://a b:6379/0", r"'redis://a b:6379/0': 'a b' is not a valid host name"),
+        ("redis://-bad-.example/0", r"'redis://-bad-\.example/0': '-bad-\.example' is not a valid host name"),
+    ],
+)
+def test_a_redis_url_with_a_bad_host_or_port_is_refused_when_set(url: str, said: str) -> None:
+    """As address and port are: before, start() refused a port out of range
+    without naming the setting, and took a host with a space in it."""
+    with pytest.raises(ValueError, match=f"^cluster {said}"):
+        Server(cluster=url)
+    for good in ("redis://127.0.0.1:6379/0", "rediss://:pw@[::1]:6380/1", "redis://redis.example", "redis:///0"):
+        assert Server(cluster=good).cluster == good
