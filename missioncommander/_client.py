@@ -338,7 +338,9 @@ class ClientSettings(cfg.Settings):
     connect_timeout = cfg.Setting[float](10.0, cfg.positive_number(), locked=False)
     reconnect_delay = cfg.Setting[float](0.5, cfg.positive_number(), locked=False)
     reconnect_max_delay = cfg.Setting[float](30.0, cfg.positive_number(), locked=False)
-    reconnect_attempts = cfg.Setting["int | None"](None, cfg.int_range(1, optional=True), locked=False)
+    reconnect_attempts = cfg.Setting["int | None"](
+        None, cfg.int_range(1, optional=True, none="try for ever"), locked=False
+    )
     heartbeat_interval = cfg.Setting[float](5.0, cfg.positive_number(), locked=False)
     heartbeat_timeout = cfg.Setting[float](15.0, cfg.positive_number(), locked=False)
     max_queued = cfg.Setting[int](10_000, cfg.int_range(1), locked=False)

@@ -161,7 +161,13 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def int_range(low: int, high: int | None = None, *, optional: bool = False) -> Callable[[Any, str], Any]:
+def int_range(
+    low: int, high: int | None = None, *, optional: bool = False, none: str = ""
+) -> Callable[[Any, str], Any]:
+    """An int from ``low`` (to ``high``), or None where ``optional``;
+    ``none`` says what None means, in the error of a value out of range
+    (``reconnect_attempts=0`` means "for ever" to python-socketio's users)."""
+
     def check(value: Any, name: str) -> int | None:
         if value is None and optional:
             return None
@@ -169,7 +175,7 @@ def int_range(low: int, high: int | None = None, *, optional: bool = False) -> C
             raise TypeError(f"{name} must be an int, not {type(value).__name__}")
         if value < low or (high is not None and value > high):
             bound = f"from {low} to {high}" if high is not None else f"at least {low}"
-            raise ValueError(f"{name} must be {bound}, not {value}")
+            raise ValueError(f"{name} must be {bound}, not {value}" + (f" (None: {none})" if none else ""))
         return int(value)
 
     return check

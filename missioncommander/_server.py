@@ -198,7 +198,7 @@ class ServerSettings(cfg.Settings):
     heartbeat_interval = cfg.Setting[float](5.0, cfg.positive_number(), locked=False)
     heartbeat_timeout = cfg.Setting[float](15.0, cfg.positive_number(), locked=False)
     max_frame_size = cfg.Setting[int](DEFAULT_MAX_FRAME_SIZE, cfg.int_range(MIN_MAX_FRAME_SIZE, 2**32 - 1))
-    max_clients = cfg.Setting["int | None"](10_000, cfg.int_range(1, optional=True), locked=False)
+    max_clients = cfg.Setting["int | None"](10_000, cfg.int_range(1, optional=True, none="no limit"), locked=False)
     session_expiry = cfg.Setting[float](60.0, cfg.positive_number(), locked=False)
     max_queued = cfg.Setting[int](10_000, cfg.int_range(1), locked=False)
     max_queued_bytes = cfg.Setting[int](64 * 1024 * 1024, cfg.int_range(1), locked=False)

@@ -48,6 +48,15 @@ def test_client_rejects_bad_values(name: str, value: object, error: type[Excepti
         Client(**{name: value})
 
 
+def test_a_count_that_may_be_none_says_what_none_means_when_out_of_range() -> None:
+    """python-socketio's reconnection_attempts=0 means "for ever": here it
+    is None, and the refusal of 0 says so."""
+    with pytest.raises(ValueError, match=r"^reconnect_attempts must be at least 1, not 0 \(None: try for ever\)$"):
+        Client(reconnect_attempts=0)
+    with pytest.raises(ValueError, match=r"^max_clients must be at least 1, not 0 \(None: no limit\)$"):
+        Server(max_clients=0)
+
+
 def test_timers_take_up_to_a_billion_seconds() -> None:
     client = Client(connect_timeout=1e9, reconnect_max_delay=1e9)
     assert (client.connect_timeout, client.reconnect_max_delay) == (1e9, 1e9)
