@@ -472,6 +472,8 @@ class Client(ClientSettings):
         self._peer_version = PROTOCOL_VERSION
         self._inbox = Inbox(self._loop, self.max_inbound, self.max_inbound_bytes)
         self._last_close_reason: str | None = None
+        #: Why and when the last welcomed connection closed (see ``_closed_locked``).
+        self._last_connection_close: tuple[str | None, float | None] = (None, None)
         cfg.apply_settings(self, settings, _api)
 
     # -- settings and state ----------------------------------------------------
@@ -535,7 +537,10 @@ class Client(ClientSettings):
 
     @property
     def last_close_reason(self) -> str | None:
-        """Why the last connection closed (or the last attempt failed)."""
+        """Why the last connection closed; while (re)connecting, why the
+        last attempt failed.  Once connected again it is the last
+        connection's reason again: the attempts that failed in between are
+        over.  (Until a connection has closed, the last failed attempt's.)"""
         return self._last_close_reason
 
     @property
@@ -764,8 +769,7 @@ class Client(ClientSettings):
         """disconnect()'s last step, once the connection closed (``closed``)
         or the wait for it ran out."""
         with self._lock:
-            self._last_close_reason = "disconnected by this client"
-            self._stats.closed()
+            self._closed_locked("disconnected by this client", connection=True)
             self._end_session_locked("disconnected")
             self._set_state(IDLE if closed else DISCONNECT_FAILED)
             self._wake_senders_locked()
@@ -1024,8 +1028,7 @@ class Client(ClientSettings):
             if link.generation != self._generation:
                 return
         with self._lock:
-            self._last_close_reason = why.reason
-            self._stats.closed()
+            self._closed_locked(why.reason, connection=False)
             bits = self._state_bits
             if not bits & (_CONNECTING | _RECONNECTING):
                 return
@@ -1167,6 +1170,11 @@ class Client(ClientSettings):
             self._retries = 0
             self._servers_failed = 0
             self._free_at = None
+            if self._last_connection_close[0] is not None:
+                # The attempts that failed are over: what shows is why the
+                # last connection closed again.  (A first connection keeps
+                # its last refusal: no connection had closed before it.)
+                self._last_close_reason, stats.last_close_time = self._last_connection_close
             self._set_state(CONNECTED)
             self._callbacks.emit("connect") if first else self._callbacks.emit("reconnect", self.client_id)
             session.pump_pending = False
@@ -1243,8 +1251,7 @@ class Client(ClientSettings):
         generation = self._generation
         with self._lock:
             self._generation += 1
-            self._last_close_reason = reason
-            self._stats.closed()
+            self._closed_locked(reason, connection=True)
             self._stats.sessions_lost += 1
             self._end_session_locked(reason)
             self._wake_senders_locked()
@@ -1304,6 +1311,17 @@ class Client(ClientSettings):
         self._token = None
         self._inbox.new_stream()
 
+    def _closed_locked(self, reason: str, *, connection: bool) -> None:
+        """Note why a connection (``connection``: a welcomed one) or an
+        attempt ended, as ``last_close_reason``: while (re)connecting, a
+        wrong CA shows as a certificate error, not as an endless
+        "connecting".  Once connected again, "connection refused" beside
+        "connected" misled: ``_welcomed`` shows the last connection's again."""
+        self._last_close_reason = reason
+        self._stats.closed()
+        if connection:
+            self._last_connection_close = (reason, self._stats.last_close_time)
+
     def _link_lost(self, link: _ClientLink, reason: str) -> None:
         if link is self._link:
             self._link = None
@@ -1313,8 +1331,7 @@ class Client(ClientSettings):
         if link.generation != self._generation:
             return
         with self._lock:
-            self._last_close_reason = reason
-            self._stats.closed()
+            self._closed_locked(reason, connection=True)
             if not self._state_bits & _CONNECTED:
                 return
             self._retries = 0

@@ -204,6 +204,40 @@ def test_connect_without_waiting_gives_up_after_its_attempts(make_client: MakeCl
     rec.wait_for(lambda: any(t.new_state == failed for (t,) in rec.of("statechange")), what="CONNECT_FAILED")
 
 
+def test_a_client_connected_again_says_why_its_last_connection_closed_not_its_last_failed_attempt(
+    server: Server, make_client: MakeClient
+) -> None:
+    """While it retries, last_close_reason says why each attempt failed (a
+    wrong CA shows as such); once connected again, "connection closed during
+    the handshake" beside "connected" misled: the outage's cause shows.
+    (A first connect keeps its last refusal: test_first_contact.)"""
+    proxy = FaultProxy(server.port)
+    try:
+        client = make_client(address="127.0.0.1", port=proxy.port, reconnect_delay=0.01, reconnect_max_delay=0.05)
+        client.connect()
+        assert client.last_close_reason is None and client.stats()["last_close_time"] is None
+        proxy.refusing = True
+        proxy.cut("rst")
+        wait_until(lambda: "handshake" in (client.last_close_reason or ""), what="an attempt refused")
+        assert client.state & ClientState.STATE_RECONNECTING
+        proxy.refusing = False
+        client.wait_connected(DEFAULT_WAIT)
+        assert client.last_close_reason in ("connection reset by peer", "connection closed by peer")
+        cut_at = client.stats()["last_close_time"]
+        client.disconnect()
+        assert client.last_close_reason == "disconnected by this client"
+        assert client.stats()["last_close_time"] >= cut_at
+        # Connected again after a disconnect(): attempts refused, then in.
+        proxy.refusing = True
+        client.connect(wait=False)
+        wait_until(lambda: "handshake" in (client.last_close_reason or ""), what="an attempt refused")
+        proxy.refusing = False
+        client.wait_connected(DEFAULT_WAIT)
+        assert client.last_close_reason == "disconnected by this client"
+    finally:
+        proxy.close()
+
+
 def _time_wait_ports() -> list[tuple[int, int]]:
     """(local port, remote port) of this machine's IPv4 TCP connections in TIME_WAIT."""
     found = []
