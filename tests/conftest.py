@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from support.certs import Certs, make_certs
 
-from missioncommander import Client, Server, _client, _server
+from missioncommander import Client, Server
 from missioncommander._quiet import Chorus
 
 # Speed lives in bench/, never in a test's verdict: hypothesis's per-example
@@ -44,10 +44,11 @@ def _log_as_a_fresh_process() -> None:
     """Each test's clients and servers log as in a process of their own:
     what every client says is said by the first three in 5 s (_quiet.Chorus),
     and the lines of the test before must not have used them up."""
-    for module in (_client, _server):
-        for value in vars(module).values():
-            if isinstance(value, Chorus):
-                value.restart()
+    for name, module in list(sys.modules.items()):
+        if name.startswith("missioncommander.") and module is not None:
+            for value in list(vars(module).values()):
+                if isinstance(value, Chorus):
+                    value.restart()
 
 
 @pytest.fixture
