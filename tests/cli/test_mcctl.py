@@ -76,6 +76,26 @@ def test_seed_quick_start_one_shot(mcd: Mcd) -> None:
     assert any(line.split()[:3] == ["client", "default", "connected"] for line in listing[1:])
 
 
+def test_an_empty_list_names_the_commands_that_make_an_instance(mcd: Mcd) -> None:
+    """It said "any client or server command creates one", and a newcomer's
+    next command, client status or client connect, was refused: not there."""
+    empty = run("list", socket_path=mcd.socket)
+    assert empty.returncode == 0
+    assert empty.stdout.strip() == (
+        "no instances yet (client set KEY VALUE, server set KEY VALUE, server start or create makes one)"
+    )
+    assert run("client", "status", socket_path=mcd.socket).returncode == 1  # a read makes none
+    # (server start makes one too, listening everywhere: not in a test.)
+    for args in (
+        ("client", "set", "port", "30000"),
+        ("server", "set", "interface", "127.0.0.1"),
+        ("client", "create", "--name", "c2"),
+    ):
+        assert run(*args, socket_path=mcd.socket).returncode == 0, args
+    rows = [line.split()[:2] for line in run("list", socket_path=mcd.socket).stdout.splitlines()[1:]]
+    assert sorted(rows) == [["client", "c2"], ["client", "default"], ["server", "default"]]
+
+
 def test_an_ipv6_endpoint_is_written_with_its_host_in_brackets(mcd: Mcd) -> None:
     """``::1:30000`` reads as an address of nine groups; ``[::1]:30000`` is
     how a host and a port are written (and how the library logs them)."""

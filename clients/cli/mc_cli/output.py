@@ -84,7 +84,9 @@ def detail(status: dict[str, Any]) -> str:
 
 def instances(items: list[dict[str, Any]]) -> str:
     if not items:
-        return "no instances yet (any client or server command creates one)"
+        # Not "any command creates one": status, send or connect of an
+        # instance not there yet is refused, and said to be missing.
+        return "no instances yet (client set KEY VALUE, server set KEY VALUE, server start or create makes one)"
     rows = [(i["kind"], i["name"], i["phase"], endpoint(i), detail(i)) for i in items]
     return table(rows, ("KIND", "NAME", "STATE", "ENDPOINT", "DETAIL"))
 
