@@ -46,13 +46,20 @@ from ._frames import MAX_REQUEST_ID, MESSAGE_OVERHEAD, message_event, with_meta
 from ._inbox import Budget, Inbox
 from ._loop import Driver, host_port
 from ._message import FrozenDict, Message
-from ._quiet import Quiet, more
+from ._quiet import Chorus, Quiet, more
 from ._requests import no_requests
 
 if TYPE_CHECKING:
     from ._server import Server, _ServerLink, _Session
 
 log = logging.getLogger("missioncommander.cluster")
+
+# What a node says of each of many clients at once (a broadcast burst, a
+# Redis that restarted, leases lost in a stall): said of the first few,
+# counted for the rest (``Chorus``).
+_SAY_TOO_SLOW = Chorus(log, "too slow: send queue full; session ended")
+_SAY_LEASE_LOST = Chorus(log, "lost its lease on a client; letting it go")
+_SAY_SESSION_GONE = Chorus(log, "Redis lost (part of) a client's session")
 
 #: A node's request ids start at a random number below this (its ids then
 #: differ from every other node's, with room below MAX_REQUEST_ID).
@@ -617,7 +624,13 @@ class ClusterNode:
         for client_id, seq in mine:
             self.deliver(client_id, seq, body)
         for client_id in full:
-            log.warning("client %r is too slow: its send queue is full; ending its session", client_id)
+            _SAY_TOO_SLOW.log(
+                self.server._loop,
+                client_id,
+                logging.WARNING,
+                "client %r is too slow: its send queue is full; ending its session",
+                client_id,
+            )
             self.server._slow_cut += 1
             try:
                 self.disconnect(client_id, "send queue full: the client did not keep up")
@@ -875,7 +888,14 @@ class ClusterNode:
             self._twin(renewal.named_before, renewal.named_before_at)
         self._last_renewed = time.monotonic()
         for client_id in renewal.lost:
-            log.warning("cluster node %s lost its lease on client %r; letting it go", self.node_id, client_id)
+            _SAY_LEASE_LOST.log(
+                server._loop,
+                client_id,
+                logging.WARNING,
+                "cluster node %s lost its lease on client %r; letting it go",
+                self.node_id,
+                client_id,
+            )
             server._loop.call_soon(self.let_go, client_id, NOT_HELD, False)
 
     def _catch_up(self) -> None:
@@ -900,7 +920,13 @@ class ClusterNode:
         found = self.store.numbers_many([client_id for client_id, _, _ in held])
         for (client_id, last, recorded), numbers in zip(held, found, strict=True):
             if numbers is None or numbers[0] < last or numbers[1] < recorded:
-                log.warning("Redis lost (part of) client %r's session; the client gets a new one", client_id)
+                _SAY_SESSION_GONE.log(
+                    server._loop,
+                    client_id,
+                    logging.WARNING,
+                    "Redis lost (part of) client %r's session; the client gets a new one",
+                    client_id,
+                )
                 if numbers is not None:
                     self.store.end(client_id, self.holder, "the cluster lost this session")
                 server._loop.call_soon(self.let_go, client_id, "the cluster lost this session", False)

@@ -77,6 +77,7 @@ _SAY_DETACHED = Chorus(log, "connection lost; session kept")
 _SAY_LET_GO = Chorus(log, "let go")
 _SAY_DROPPED = Chorus(log, "session ended with messages dropped")
 _SAY_ENDED = Chorus(log, "session ended")
+_SAY_TOO_SLOW = Chorus(log, "too slow: send queue full; session ended")
 
 #: A Server's events and what their callbacks are called with.
 SERVER_EVENTS: dict[str, tuple[str, ...]] = {
@@ -720,7 +721,10 @@ class Server(ServerSettings):
         for session in full:
             # A broadcast does not fail for everyone because one client is too
             # slow: that client's session ends instead (bounded memory, logged).
-            log.warning(
+            _SAY_TOO_SLOW.log(
+                self._loop,
+                session.client_id,
+                logging.WARNING,
                 "client %r is too slow: its send queue is full (%d messages); ending its session"
                 " (broadcasts sent faster than a client reads fill its queue in a burst larger than"
                 " max_queued: raise max_queued, or give send() a timeout to wait for room)",

@@ -6,13 +6,14 @@ from __future__ import annotations
 import errno
 import logging
 import re
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from support import wait_until
+from support import DEFAULT_WAIT, Recorder, wait_until
 
-from missioncommander import Client, Server
+from missioncommander import Client, Message, Server
 from missioncommander._loop import AcceptTrouble
 from missioncommander._quiet import Chorus, Quiet, more
 
@@ -191,3 +192,30 @@ def test_a_server_gone_from_many_clients_is_said_by_a_few_and_counted(
         ),
         what="the server's count",
     )
+
+
+def test_a_broadcast_that_cuts_many_slow_clients_says_three_and_counts_the_rest(
+    make_client: Callable[..., Client], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The documented burst case (docs/SECURITY.md): each client cut had
+    its warning, a thousand for a thousand clients."""
+    release = threading.Event()
+    caplog.set_level(logging.DEBUG, logger="missioncommander.server")
+    with Server(interface="127.0.0.1", port=0, max_queued=2) as server:
+        gone = Recorder().attach(server, "clientdisconnect")
+        try:
+            for n in range(8):
+                slow = make_client(server, client_id=f"slow-{n}")
+                slow.subscribe("message", lambda m: release.wait(DEFAULT_WAIT))
+                slow.connect()
+            for n in range(20):
+                server.send("*", Message("burst", {"n": n}))
+            gone.wait_count("clientdisconnect", 8)
+            wait_until(
+                lambda: any('5 more line(s) like "too slow: send queue full' in r.getMessage() for r in caplog.records),
+                what="the count of the clients cut",
+            )
+        finally:
+            release.set()
+    cut = [r for r in caplog.records if re.match(r"client 'slow-\d' is too slow", r.getMessage())]
+    assert len(cut) == 8 and sum(r.levelno == logging.WARNING for r in cut) == 3
