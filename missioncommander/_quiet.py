@@ -1,4 +1,6 @@
-"""Log lines a peer can cause over and over, said now and then.
+"""Log lines a peer can cause over and over, said now and then (``Quiet``),
+and lines that many clients of a process say, or cause, at once, said by
+a few and counted (``Chorus``).
 
 A scanner failing TLS handshakes, or a client sending replies to requests
 nobody made, must not flood the log (journald then drops the lines that
@@ -59,12 +61,14 @@ class Timers(Protocol):
 
 
 class Chorus:
-    """One kind of line that the many clients of one process say together.
+    """One kind of line that many clients of one process say, or that a
+    server says of many of its clients, at once.
 
     A server that goes away makes each of its clients in this process say
     it lost the connection, then that it will retry, then that it is back:
     a thousand lines each time for mcd hosting a thousand clients, enough
-    for journald to drop lines that matter.  Each window of ``every``
+    for journald to drop lines that matter (and a server says as much of
+    its clients when a blip cuts them).  Each window of ``every``
     seconds, the first ``voices`` lines are said at their level; the rest go
     to DEBUG (nothing is lost to those who log it), and one line at the
     window's end says how many there were.  A process with a client or

@@ -1019,7 +1019,8 @@ class Server(ServerSettings):
         elif isinstance(event, Hello):
             self._on_hello(link, event)
         elif isinstance(event, ByeReceived):
-            _SAY_LEFT.log(self._loop, link, logging.INFO, "%s left: %s", link.describe(), event.reason)
+            who = link.describe()  # not the link: counted, it would be kept for 5 s
+            _SAY_LEFT.log(self._loop, who, logging.INFO, "%s left: %s", who, event.reason)
             if session is not None:
                 self._end_session(session, f"client disconnected: {event.reason}")
             if link.transport is not None:
