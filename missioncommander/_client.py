@@ -563,6 +563,7 @@ class Client(ClientSettings):
                 "connected": bool(self._state_bits & _CONNECTED),
                 **session_figures(self._session, self._inbox),
                 "requests_in_flight": self._requests.in_flight(""),
+                "senders_waiting": self._room_waiters,
                 "last_close_reason": self._last_close_reason,
             }
         figures.update(self._stats.figures())

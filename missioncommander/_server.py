@@ -816,6 +816,7 @@ class Server(ServerSettings):
                 "slow_clients_cut": self._slow_cut,
                 # To every client, those of other cluster nodes too.
                 "requests_in_flight": self._requests.total(),
+                "senders_waiting": self._room_waiters,
                 "cluster": self.cluster_status,
             }
 

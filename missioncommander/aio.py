@@ -902,7 +902,11 @@ class AsyncServer(_Endpoint, ServerSettings):
 
     def stats(self, client_id: str | None = None) -> dict[str, Any]:
         """Live figures, as ``Server.stats`` (docs/STATS.md)."""
-        return self._inner.stats(client_id)
+        figures = self._inner.stats(client_id)
+        if client_id is None:
+            # Its sends wait on the loop, not on the threaded server's lock.
+            figures["senders_waiting"] += sum(len(waiting) for waiting in list(self._room.values()))
+        return figures
 
     def __repr__(self) -> str:
         return repr(self._inner).replace("Server", "AsyncServer", 1)

@@ -60,6 +60,7 @@ GAUGES = (
     "peer_max_inbound",
     "peer_max_inbound_bytes",
     "requests_in_flight",
+    "senders_waiting",
     "clients",
     "detached",
     "max_clients",

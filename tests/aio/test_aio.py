@@ -421,7 +421,7 @@ def test_a_full_queue_makes_send_wait_for_room_instead_of_raising() -> None:
                 for n in range(3):
                     await client.send(Message("m", {"n": n}))
                 waiting = asyncio.create_task(client.send(Message("m", {"n": 3})))
-                await until(lambda: client._inner._room_waiters > 0)
+                await until(lambda: client.stats()["senders_waiting"] > 0)
                 assert not waiting.done() and client.queued == 3
                 with pytest.raises(TimeoutError):
                     async with asyncio.timeout(0.05):  # the documented way to bound the wait
@@ -451,7 +451,7 @@ def test_a_raised_queue_bound_lets_waiting_sends_go_on_at_once() -> None:
                 await server.send("held", Message("m", {"n": n}))
             up = asyncio.ensure_future(client.send(Message("m", {"n": 2})))
             down = asyncio.ensure_future(server.send("held", Message("m", {"n": 2})))
-            await until(lambda: client._inner._room_waiters > 0 and bool(server._room.get("held")))
+            await until(lambda: client.stats()["senders_waiting"] > 0 and server.stats()["senders_waiting"] > 0)
             client.max_queued = server.max_queued = 5
             async with asyncio.timeout(LIMIT / 4):
                 await asyncio.gather(up, down)

@@ -30,10 +30,11 @@ def test_a_clients_raised_bound_lets_a_waiting_send_go_on(make_client: MakeClien
             outcome: list[object] = []
             waiting = threading.Thread(target=lambda: outcome.append(client.send(Message("m", {"n": 3}))))
             waiting.start()
-            wait_until(lambda: client._room_waiters == 1, what="the fourth send waiting for room")
+            wait_until(lambda: client.stats()["senders_waiting"] == 1, what="the fourth send waiting for room")
             client.max_queued = 10
             waiting.join(WAIT)
             assert outcome == [None] and client.queued == 4  # sent, and still nothing acknowledged
+            assert client.stats()["senders_waiting"] == 0
             assert client.stats()["max_queued"] == 10
             bound = client.stats()["queued_bytes"] + 50
             client.max_queued_bytes = bound

@@ -52,12 +52,12 @@ def test_a_send_with_a_timeout_waits_for_room_and_delivers_the_whole_stream(make
                 for n in range(21):  # without a timeout, as before: at once
                     server.send("c", Message("n", {"n": -1 - n}))
             sender, outcome = stream(server, "c", 100, timeout=WAIT)
-            wait_until(lambda: server._room_waiters == 1, what="the stream waiting for room")
+            wait_until(lambda: server.stats()["senders_waiting"] == 1, what="the stream waiting for room")
             assert outcome == [] and server.queued("c") == 20
         finally:
             release.set()
         sender.join(WAIT)
-        assert outcome == [None]
+        assert outcome == [None] and server.stats()["senders_waiting"] == 0
         wait_until(lambda: len(got) == 120, what="all delivered")
         assert got == [-1 - n for n in range(20)] + list(range(100))
 
@@ -76,7 +76,7 @@ def test_a_send_with_a_timeout_gives_up_on_a_client_that_takes_nothing(make_clie
             assert "send queue of client 'stuck' is full (5 messages" in str(raised) and "after 0.2 s" in str(raised)
             # Its session ending ends a wait with no end too: the message has nowhere to go.
             sender, outcome = stream(server, "stuck", 10, timeout=None)
-            wait_until(lambda: server._room_waiters == 1, what="the send waiting for room")
+            wait_until(lambda: server.stats()["senders_waiting"] == 1, what="the send waiting for room")
             server.disconnect_client("stuck", "go away")
             sender.join(WAIT)
             (raised,) = outcome
@@ -102,7 +102,7 @@ def test_a_detached_clients_full_queue_raises_at_once_and_a_wait_goes_on_through
             client.subscribe("message", lambda m: (release.wait(WAIT), got.append(m.payload["n"])))
             client.connect()
             sender, outcome = stream(server, "d", 5, timeout=WAIT)
-            wait_until(lambda: server._room_waiters == 1, what="the fourth send waiting for room")
+            wait_until(lambda: server.stats()["senders_waiting"] == 1, what="the fourth send waiting for room")
             proxy.refusing = True
             proxy.cut("rst")
             detached.wait_count("clientdetach", 1)
@@ -167,7 +167,7 @@ def test_a_servers_request_waits_for_room_within_its_timeout(make_client: MakeCl
                 daemon=True,
             )
             asker.start()
-            wait_until(lambda: server._room_waiters == 1, what="the request waiting for room")
+            wait_until(lambda: server.stats()["senders_waiting"] == 1, what="the request waiting for room")
             assert outcome == []
         finally:
             release.set()
