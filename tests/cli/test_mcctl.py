@@ -1265,6 +1265,44 @@ def test_a_hosted_server_asks_a_library_client_and_is_told_no_responder_by_anoth
     assert out.returncode == 1 and json.loads(out.stdout)["error"]["code"] == "not_found"
 
 
+def test_stats_shows_a_hosted_clients_send_waiting_for_room(mcd: Mcd) -> None:
+    """A send that seems stuck: mcctl stats says it waits for room."""
+    release = threading.Event()
+    with Server(interface="127.0.0.1", port=0) as server:
+        server.subscribe("message", lambda cid, m: release.wait(30))  # holds the acknowledgements back
+        for key, value in (("address", "127.0.0.1"), ("port", str(server.port)), ("max_queued", "2")):
+            assert run("client", "set", key, value, socket_path=mcd.socket).returncode == 0
+        assert run("client", "connect", "--wait", socket_path=mcd.socket).returncode == 0
+        try:
+            for n in range(2):
+                assert run("client", "send", "n", f'{{"n": {n}}}', socket_path=mcd.socket).returncode == 0
+            waiting = subprocess.Popen(
+                [*mcctl_command(), "client", "send", "n", '{"n": 2}', "--timeout", "10"],
+                env={**os.environ, "MC_SOCKET": str(mcd.socket), "PYTHONPATH": os.pathsep.join(sys.path)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                wait_until(
+                    lambda: "1 send(s) waiting for room" in run("stats", socket_path=mcd.socket).stdout,
+                    what="the waiting send in mcctl stats",
+                )
+                assert (
+                    ok_json("stats", "--kind", "client", socket_path=mcd.socket)["instances"][0]["stats"][
+                        "senders_waiting"
+                    ]
+                    == 1
+                )
+            finally:
+                release.set()
+                said, err = waiting.communicate(timeout=30)
+            assert waiting.returncode == 0 and said, err  # it went once there was room
+        finally:
+            release.set()
+        assert "waiting for room" not in run("stats", socket_path=mcd.socket).stdout
+
+
 def test_stats_counts_what_the_hosted_instances_did(mcd: Mcd) -> None:
     port = start_hosted_server(mcd)
     for args in (

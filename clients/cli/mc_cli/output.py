@@ -236,6 +236,8 @@ def stats(
             extra = f"refused {refusals}, cut off {st['slow_clients_cut']}"
             if st.get("cluster"):
                 extra += f", node {st['cluster'].get('node')} {cluster_readiness(st['cluster'])}"
+        if st.get("senders_waiting"):  # an mcd before the figure has none
+            extra += f", {st['senders_waiting']} send(s) waiting for room"
         rtt = st.get("rtt_smoothed_ms")
         key = (entry["kind"], entry["name"], "")
         keys.append(key)
