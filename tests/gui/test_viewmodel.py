@@ -268,6 +268,10 @@ def test_live_figures_become_rates_and_one_line() -> None:
     line = vm.describe_figures("client", inst.figures, inst.rates())
     assert line == "sent 30 (10/s) · received 5 (2/s) · queued 2 of 100 · round trip 1.2 ms · reconnects 1, resent 3"
     assert vm.describe_figures("server", {}, []) == "no figures yet"
+    waiting = vm.describe_figures("client", {**inst.figures, "queued": 100, "senders_waiting": 1}, [])
+    assert waiting.endswith(
+        " · queued 100 of 100 · round trip 1.2 ms · reconnects 1, resent 3 · 1 send(s) waiting for room"
+    )
 
 
 def test_a_cluster_nodes_figures_say_whether_it_takes_new_clients() -> None:

@@ -556,6 +556,8 @@ def describe_figures(kind: str, figures: dict[str, Any], rates: list[tuple[float
         parts.append(f"refused {sum(figures['refusals'].values())}, cut off {figures['slow_clients_cut']}")
         if figures.get("cluster"):
             parts.append(f"cluster node {figures['cluster'].get('node')}: {cluster_readiness(figures['cluster'])}")
+    if figures.get("senders_waiting"):  # a send that seems stuck says why
+        parts.append(f"{figures['senders_waiting']} send(s) waiting for room")
     return " · ".join(parts)
 
 
