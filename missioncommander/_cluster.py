@@ -782,10 +782,12 @@ class ClusterNode:
                     self._catch_up()
                     next_renew = time.monotonic() + self.lease_ttl / 3
                     probe_out = False
-                    if not self.ready:
+                    # Ready before it is said: whoever reads the line and then
+                    # the status finds them agreeing.
+                    was_ready, self.ready = self.ready, True
+                    if not was_ready:
                         again = "is back" if self._joined.is_set() else "joined"
                         log.info("cluster node %s %s (Redis at %s)", self.node_id, again, self.url)
-                    self.ready = True
                     self._joined.set()
                     self._lost_logged = False
                 message = _next_notice(pubsub, FLUSH_EVERY)

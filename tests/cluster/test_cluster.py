@@ -424,7 +424,11 @@ def test_a_node_that_may_not_ask_which_redis_run_it_is_on_takes_a_broken_pubsub_
         client.connect()
         with caplog.at_level(logging.INFO, logger="missioncommander.cluster"):
             admin.client_kill_filter(_type="pubsub")
-            wait_until(lambda: any("is back" in r.getMessage() for r in caplog.records), what="a back")
+            # Not "is back" alone: the warning says "refusing new clients until it is back".
+            wait_until(
+                lambda: any(r.getMessage().startswith("cluster node a is back") for r in caplog.records),
+                what="a back",
+            )
             a.send("c1", Message("after", {"n": 0}))
             rec.wait_count("message", 1)
         said = [r.getMessage() for r in caplog.records]
