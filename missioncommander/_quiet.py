@@ -144,7 +144,13 @@ class Chorus:
             return
         self._logger.debug(msg, *args)
         if first:
-            timers.call_soon(timers.call_later, end, self.flush)
+            try:
+                timers.call_soon(timers.call_later, end, self.flush)
+            except RuntimeError:
+                # An asyncio loop already closed (a session ended as it
+                # shut down): a log line must not raise; the next line of
+                # the kind says the count.
+                pass
 
     def flush(self) -> None:
         """Say how many lines went to DEBUG since the last such line."""

@@ -125,6 +125,27 @@ def test_a_chorus_whose_window_call_never_came_says_its_count_with_the_next_line
     assert len(caplog.records) == 3
 
 
+def test_a_chorus_whose_loop_has_closed_does_not_raise_and_says_its_count_later(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Closed(_Timers):
+        def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+            raise RuntimeError("Event loop is closed")  # as asyncio's call_soon says it
+
+    now = [0.0]
+    chorus = Chorus(logging.getLogger("test.chorus"), "lost", every=5.0, voices=1, clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="test.chorus")
+    for n in range(3):
+        chorus.log(Closed(), n, logging.INFO, "client %s lost", n)
+    now[0] = 10.0
+    chorus.log(Closed(), 3, logging.INFO, "client %s lost", 3)
+    assert [m for _, m in _lines(caplog)] == [
+        "client 0 lost",
+        '2 more line(s) like "lost" from 2 client(s) within 5 s (logged at DEBUG level)',
+        "client 3 lost",
+    ]
+
+
 def test_a_chorus_restarted_says_its_count_and_lets_the_next_line_be_said(caplog: pytest.LogCaptureFixture) -> None:
     timers = _Timers()
     chorus = Chorus(logging.getLogger("test.chorus"), "lost", voices=1, clock=lambda: 0.0)
