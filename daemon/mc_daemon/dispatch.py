@@ -49,7 +49,14 @@ class Dispatcher:
                     f"unknown command {cmd!r}; known: {', '.join(schema.COMMANDS)}",
                 ) from None
             details = [{"loc": [str(p) for p in e["loc"]], "msg": _readable(e), "type": e["type"]} for e in errors]
-            summary = "; ".join(f"{'.'.join(d['loc'][1:]) or 'request'}: {d['msg']}" for d in details[:5])
+            if not isinstance(obj, dict):
+                # pydantic says "Input should be a valid dictionary or object
+                # to extract fields from", which names no JSON its writer knows.
+                summary = f'a command is a JSON object such as {{"id": 1, "cmd": "hello"}}, not {_json_kind(obj)}'
+            elif "union_tag_not_found" in kinds:
+                summary = f'no "cmd"; known: {", ".join(schema.COMMANDS)}'
+            else:
+                summary = "; ".join(f"{'.'.join(d['loc'][1:]) or 'request'}: {d['msg']}" for d in details[:5])
             raise CoreError(ErrorCode.INVALID_REQUEST, f"invalid request: {summary}", details) from None
 
     def run(self, req: schema.Request) -> dict[str, Any]:
@@ -108,6 +115,19 @@ class Dispatcher:
             case schema.ServerKick():
                 return core.server_kick(req.name, req.client_id, req.reason)
         raise CoreError(ErrorCode.UNKNOWN_COMMAND, f"command {req.cmd!r} is not handled here")
+
+
+def _json_kind(obj: Any) -> str:
+    """What a decoded JSON value was, in JSON's words."""
+    if isinstance(obj, list):
+        return "an array"
+    if isinstance(obj, str):
+        return "a string"
+    if isinstance(obj, bool):
+        return "true or false"
+    if obj is None:
+        return "null"
+    return "a number"
 
 
 def _kind(cmd: str) -> str:

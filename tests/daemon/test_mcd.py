@@ -260,6 +260,31 @@ def test_invalid_requests_get_structured_errors_and_the_connection_stays(
 
 
 @pytest.mark.parametrize(
+    ("request_obj", "says"),
+    [
+        ({"id": 1}, 'no "cmd"; known: hello, daemon.status'),
+        ({"id": 1, "command": "hello"}, 'no "cmd"; known: hello,'),
+        ([{"id": 1, "cmd": "hello"}], 'a command is a JSON object such as {"id": 1, "cmd": "hello"}, not an array'),
+        ("hello", "a command is a JSON object such as {"),
+        (7, "not a number"),
+        (None, "not null"),
+    ],
+)
+def test_a_line_that_is_no_command_is_told_what_a_command_looks_like(mcd: Mcd, request_obj: object, says: str) -> None:
+    """A script's first line to the socket: pydantic's own words ("Unable to
+    extract tag using discriminator 'cmd'", "Input should be a valid
+    dictionary or object to extract fields from") name nothing its writer wrote."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(mcd.socket))
+        sock.settimeout(10)
+        sock.sendall(json.dumps(request_obj).encode() + b"\n")
+        response = json.loads(sock.makefile("rb").readline())
+    assert response["error"]["code"] == "invalid_request", response
+    assert says in response["error"]["message"], response
+    assert "discriminator" not in response["error"]["message"] and "dictionary" not in response["error"]["message"]
+
+
+@pytest.mark.parametrize(
     "line",
     [
         b'{"id": 1, "cmd": "client.set", "key": "heartbeat_interval", "value": NaN}',
