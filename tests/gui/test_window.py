@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import threading
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -888,3 +889,37 @@ def test_many_hosted_clients_losing_their_server_raise_three_notifications_and_o
     assert gui.last_notification is not None and gui.last_notification.title == "5 more: server shut down"
     held = gui.last_notification.text
     assert held.count("many") == 5 and held in gui.window.statusBar().currentMessage()
+
+
+def test_a_send_waiting_for_room_holds_up_no_other_command_of_the_window(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:
+    """A Send to a full queue waits in mcd for room (up to 10 s). It went on
+    the one connection of every command, so a Disconnect clicked meanwhile
+    waited behind it, and the send then failed with "acknowledged nothing
+    for 10 s"; now the sends have a connection of their own."""
+    release = threading.Event()
+    said: list[str] = []
+    tab = gui.window.client_tab
+    tab.status_message.connect(said.append)
+    with Server(interface="127.0.0.1", port=0) as library_server:
+        library_server.subscribe("message", lambda cid, m: release.wait(30))  # holds the acknowledgements back
+        try:
+            for key, value in (("address", "127.0.0.1"), ("port", library_server.port), ("max_queued", 2)):
+                mcd.request("client.set", key=key, value=value)
+            mcd.request("client.connect", wait=True)
+            qtbot.waitUntil(tab.send_box.send.isEnabled, timeout=WAIT)
+            set_text(qtbot, tab.send_box.subject.edit, "n")
+            tab.send_box.payload.setPlainText("{}")
+            for _ in range(3):
+                qtbot.mouseClick(tab.send_box.send, Qt.MouseButton.LeftButton)
+            qtbot.waitUntil(
+                lambda: mcd.request("stats", kind="client")["instances"][0]["stats"]["senders_waiting"] == 1,
+                timeout=WAIT,
+            )
+            qtbot.mouseClick(tab.disconnect_button, Qt.MouseButton.LeftButton)
+            # Within 5 s: the send waits 10 s, so a Disconnect behind it is not done by then.
+            qtbot.waitUntil(lambda: mcd.phase("client") == "disconnected", timeout=5_000)
+            qtbot.waitUntil(lambda: any("not connected" in line for line in said), timeout=WAIT)
+        finally:
+            release.set()
+    assert said.count("sent n to the server") == 2, said
+    assert not any("acknowledged nothing" in line for line in said), said

@@ -1,7 +1,7 @@
 """The GUI's I/O, off the Qt thread: requests and the event stream.
 
-Two worker threads (and one per request that waits for a peer's reply)
-talk to mcd through ``mc_control`` and report back with
+Three worker threads (commands, sends, the event stream; and one per
+request that waits for a peer's reply) talk to mcd through ``mc_control`` and report back with
 Qt signals (delivered on the GUI thread), so the window never waits on a
 socket.  The event stream reconnects by itself when the daemon comes back
 and catches up from where it left off (``since``), or resyncs from a fresh
@@ -26,6 +26,11 @@ from mc_control import ControlClient, ControlError, DaemonUnreachable, default_s
 
 Reply = Callable[[dict[str, Any]], None]
 Failure = Callable[[str, str], None]
+Lane = queue.SimpleQueue[tuple[str, dict[str, Any], Reply | None, Failure | None] | None]
+
+#: Seconds a Send waits in mcd for room in a full queue before it says so
+#: (the instance's ``send_timeout`` if that is less).
+SEND_WAIT = 10.0
 
 
 class Backend(QObject):
@@ -66,9 +71,8 @@ class Backend(QObject):
     def __init__(self, socket_path: str | Path | None = None) -> None:
         super().__init__()
         self.socket_path = Path(socket_path or default_socket_path())
-        self._requests: queue.SimpleQueue[tuple[str, dict[str, Any], Reply | None, Failure | None] | None] = (
-            queue.SimpleQueue()
-        )
+        self._requests: Lane = queue.SimpleQueue()
+        self._sends: Lane = queue.SimpleQueue()
         self._stop = threading.Event()
         #: Set when the daemon answers: a started one that exits after this
         #: was stopped, not a failed start.
@@ -80,7 +84,12 @@ class Backend(QObject):
         self._done.connect(self._deliver)
         self._queued.connect(self._take_queued)
         self._threads = [
-            threading.Thread(target=self._request_loop, name="mctray-requests", daemon=True),
+            threading.Thread(
+                target=self._request_loop, args=(self._requests, 10.0), name="mctray-requests", daemon=True
+            ),
+            threading.Thread(
+                target=self._request_loop, args=(self._sends, SEND_WAIT + 5.0), name="mctray-sends", daemon=True
+            ),
             threading.Thread(target=self._event_loop, name="mctray-events", daemon=True),
         ]
 
@@ -91,6 +100,7 @@ class Backend(QObject):
     def stop(self) -> None:
         self._stop.set()
         self._requests.put(None)
+        self._sends.put(None)
         stream = self._stream
         if stream is not None:
             try:
@@ -108,6 +118,13 @@ class Backend(QObject):
         """Queue a request; ``on_reply(result)`` or ``on_error(code, message)``
         runs later on the GUI thread."""
         self._requests.put((cmd, params, on_reply, on_error))
+
+    def send(self, cmd: str, params: dict[str, Any], on_reply: Reply, on_error: Failure) -> None:
+        """A ``client.send`` or ``server.send``, which may wait (its
+        ``timeout``, at most ``SEND_WAIT``) for room in a full queue: the
+        sends go in order on a connection and thread of their own, so the
+        other commands (a Disconnect, a status) do not queue behind that wait."""
+        self._sends.put((cmd, params, on_reply, on_error))
 
     def ask(self, cmd: str, params: dict[str, Any], on_reply: Reply, on_error: Failure) -> None:
         """A request that waits for a peer's reply (``client.request``,
@@ -128,16 +145,18 @@ class Backend(QObject):
         else:
             self._done.emit(on_reply, result, True)
 
-    def _request_loop(self) -> None:
+    def _request_loop(self, lane: Lane, timeout: float) -> None:
+        """Run ``lane``'s requests in turn on one connection, opened again
+        after the daemon went away; ``timeout`` bounds the wait for a reply."""
         client: ControlClient | None = None
         while True:
-            item = self._requests.get()
+            item = lane.get()
             if item is None:
                 break
             cmd, params, on_reply, on_error = item
             try:
                 if client is None:
-                    client = ControlClient(self.socket_path, timeout=10.0).connect()
+                    client = ControlClient(self.socket_path, timeout=timeout).connect()
                 result = client.request(cmd, **params)
             except ControlError as exc:
                 self._done.emit(on_error, (exc.code, exc.message), None)

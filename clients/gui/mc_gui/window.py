@@ -37,7 +37,7 @@ from mc_control.codes import CLIENT_TUNING, LIVE_CLIENT_KEYS, LIVE_SERVER_KEYS, 
 from mc_control.events import printable
 
 from . import viewmodel as vm
-from .backend import Backend, Failure, Reply
+from .backend import SEND_WAIT, Backend, Failure, Reply
 
 LEVEL_COLOURS = {
     "connected": "#2e7d32",
@@ -932,9 +932,9 @@ class ClientTab(InstanceTab):
         if message is None:
             return
         subject, payload = message
-        self.backend.request(
+        self.backend.send(
             "client.send",
-            {"name": self.name, "subject": subject, "payload": payload},
+            {"name": self.name, "subject": subject, "payload": payload, "timeout": SEND_WAIT},
             lambda _r: self.status_message.emit(f"sent {subject} to the server"),
             self.report_error,
         )
@@ -1169,7 +1169,7 @@ class ServerTab(InstanceTab):
             return
         subject, payload = message
         to = self.send_box.target.currentData() or "*"
-        self.backend.request(
+        self.backend.send(
             "server.send",
             {"name": self.name, "to": to, "subject": subject, "payload": payload},
             lambda r: self.status_message.emit(f"sent {subject} to {'all clients' if to == '*' else to}"),
