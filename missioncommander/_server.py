@@ -78,6 +78,12 @@ _SAY_LET_GO = Chorus(log, "let go")
 _SAY_DROPPED = Chorus(log, "session ended with messages dropped")
 _SAY_ENDED = Chorus(log, "session ended")
 _SAY_TOO_SLOW = Chorus(log, "too slow: send queue full; session ended")
+# A refusal that asks the client to retry (a full server, an id being
+# checked) comes again from each client every few seconds: 10,000 clients
+# over max_clients were 300 lines a second.  The refusals that end a
+# client's trying (a wrong token) stay one line each, for tools that read
+# them per address.
+_SAY_TURNED_AWAY = Chorus(log, "refusing ... for now (the client retries)")
 
 #: A Server's events and what their callbacks are called with.
 SERVER_EVENTS: dict[str, tuple[str, ...]] = {
@@ -1037,7 +1043,13 @@ class Server(ServerSettings):
         # "Retry shortly" while an id is checked or moves between cluster
         # nodes is routine (a client retries it many times): not a warning.
         level = logging.INFO if code is ErrorCode.ID_IN_USE and retry else logging.WARNING
-        log.log(level, "refusing %s: %s", link.describe(), message)
+        who = link.describe()
+        if retry:
+            # Counted by client id: each retry is a new connection, from a new port.
+            speaker = link.hello.client_id if link.hello is not None else who
+            _SAY_TURNED_AWAY.log(self._loop, speaker, level, "refusing %s: %s", who, message)
+        else:
+            log.log(level, "refusing %s: %s", who, message)
         self._refusals[code] += 1
         link.send_final(link.proto.send_error(code, message, retry, retry_after), f"refused: {message}")
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from support import DEFAULT_WAIT, Recorder, wait_until
 
-from missioncommander import Client, Message, Server
+from missioncommander import Client, ConnectionRefusedByServer, Message, Server
 from missioncommander._loop import AcceptTrouble
 from missioncommander._quiet import Chorus, Quiet, more
 
@@ -240,3 +240,39 @@ def test_a_broadcast_that_cuts_many_slow_clients_says_three_and_counts_the_rest(
             release.set()
     cut = [r for r in caplog.records if re.match(r"client 'slow-\d' is too slow", r.getMessage())]
     assert len(cut) == 8 and sum(r.levelno == logging.WARNING for r in cut) == 3
+
+
+def test_clients_a_full_server_turns_away_are_said_by_a_few_and_counted(
+    make_client: Callable[..., Client], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each client over ``max_clients`` is refused, and retries every few
+    seconds: 10,000 of them were 300 warnings a second. A refusal that ends
+    the client's trying (a wrong token) stays one line each."""
+    caplog.set_level(logging.DEBUG, logger="missioncommander.server")
+    with Server(interface="127.0.0.1", port=0, max_clients=1, auth_token="s") as server:
+        make_client(server, client_id="in", auth_token="s").connect()
+        turned_away = [make_client(server, client_id=f"away-{n}", auth_token="s") for n in range(8)]
+        for client in turned_away:
+            client.connect(wait=False)
+        counted = re.compile(
+            r'(\d+) more line\(s\) like "refusing \.\.\. for now \(the client retries\)" from (\d+) client'
+        )
+        wait_until(
+            lambda: any(counted.match(r.getMessage()) for r in caplog.records),
+            timeout=15,
+            what="the count of the refusals said at DEBUG",
+        )
+        for n in range(4):
+            wrong = make_client(server, client_id="wrong", auth_token=f"not it {n}")
+            with pytest.raises(ConnectionRefusedByServer, match="wrong token"):
+                wrong.connect()
+    # The first window: up to its count, at most three said and the rest counted.
+    end = next(i for i, r in enumerate(caplog.records) if counted.match(r.getMessage()))
+    first = caplog.records[:end]
+    full = [r for r in first if re.match(r"refusing client 'away-\d' .*max_clients=1", r.getMessage())]
+    assert len(full) >= 8 and sum(r.levelno == logging.WARNING for r in full) == 3
+    count = counted.match(caplog.records[end].getMessage())
+    assert count is not None and int(count[1]) >= 5
+    assert 1 <= int(count[2]) <= 8  # counted by client, not by connection
+    wrong_token = [r for r in caplog.records if re.match(r"refusing client 'wrong' .*wrong token", r.getMessage())]
+    assert [r.levelno for r in wrong_token] == [logging.WARNING] * 4
