@@ -703,6 +703,7 @@ class DaemonCore:
             "servers": len(servers),
             "servers_listening": sum(1 for s in servers if s.server.running),
             "last_seq": self._ring.last_seq,
+            "first_seq": self._ring.first_seq,
         }
         if not self.restored.is_set():
             # Commands wait for the restore (``wait_restored``): say why, and

@@ -923,3 +923,31 @@ def test_a_send_waiting_for_room_holds_up_no_other_command_of_the_window(qtbot: 
             release.set()
     assert said.count("sent n to the server") == 2, said
     assert not any("acknowledged nothing" in line for line in said), said
+
+
+def test_the_logs_show_mcds_recent_events_after_its_event_ring_has_turned(qtbot: QtBot) -> None:
+    """The window asked for the history after event 0: once mcd had had
+    more events than its ring keeps (10,000 by default, a few minutes of a
+    busy server), that was out of the ring, the answer was a resync, and
+    every log started empty."""
+    mcd = Mcd(None, "--event-ring", "100").start()
+    try:
+        mcd.request("server.set", key="interface", value="127.0.0.1")
+        port = mcd.request("server.start")["port"]
+        with Client(address="127.0.0.1", port=port, client_id="chatty") as client:
+            for n in range(300):
+                client.send(Message("tick", {"n": n}))
+            wait_until(lambda: mcd.request("daemon.status")["last_seq"] >= 300, what="300 message events in mcd")
+        status = mcd.request("daemon.status")
+        assert status["first_seq"] == status["last_seq"] - 99  # the ring keeps its last 100
+        app = TrayApp(str(mcd.socket))
+        qtbot.addWidget(app.window)
+        try:
+            app.window.tabs.setCurrentIndex(1)
+            log = app.window.server_tab.log
+            qtbot.waitUntil(lambda: 'tick {"n": 299}' in log.toPlainText(), timeout=WAIT)
+            assert "clientdisconnect" in log.toPlainText()
+        finally:
+            app.close()
+    finally:
+        mcd.close()

@@ -217,8 +217,11 @@ class Backend(QObject):
                     for text in status.get("warnings", ()):
                         self.warning.emit(str(text))
                 if first:
-                    # Ask for the daemon's recent history too, for the logs.
-                    since = {"boot_id": status["boot_id"], "seq": 0}
+                    # Ask for the daemon's recent history too, for the logs:
+                    # all it keeps (seq 0 once its ring has turned is out of
+                    # it, and got a resync without any history).
+                    kept_from = int(status.get("first_seq", 1))
+                    since = {"boot_id": status["boot_id"], "seq": max(0, kept_from - 1)}
                 answer, events = stream.subscribe(since=since)
                 self._answered.set()
                 self.daemon.emit(True, "")
