@@ -951,3 +951,44 @@ def test_the_logs_show_mcds_recent_events_after_its_event_ring_has_turned(qtbot:
             app.close()
     finally:
         mcd.close()
+
+
+def test_a_full_log_stays_on_its_newest_line_as_events_keep_coming(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:
+    """Lines appended to a log already at its 500 lost their place: with a
+    thousand hosted clients coming back, the log stood still on lines from
+    a second before, its newest out of sight below."""
+    gui.window.resize(900, 700)
+    gui.window.show()  # laid out: the scroll position is a visible log's
+    gui.window.tabs.setCurrentIndex(1)
+    mcd.request("server.set", key="interface", value="127.0.0.1")
+    port = mcd.request("server.start")["port"]
+    log = gui.window.server_tab.log
+    scroll = log.verticalScrollBar()
+    off_the_end: list[tuple[int, int]] = []
+
+    def look() -> None:
+        if scroll.value() != scroll.maximum():
+            off_the_end.append((scroll.value(), scroll.maximum()))
+
+    with Client(address="127.0.0.1", port=port, client_id="chatty") as client:
+        for n in range(1200):
+            client.send(Message("tick", {"n": n, "text": "a line long enough to wrap in the log's narrow column"}))
+            if n % 100 == 99:
+                qtbot.waitUntil(lambda n=n: f'"n": {n},' in log.toPlainText(), timeout=WAIT)
+                look()
+    assert log.blockCount() == LOG_LINES
+    assert off_the_end == []
+    # A line of the live figures wrapping takes height from the log: it keeps its end in sight.
+    for height in (600, 650, 500):
+        gui.window.resize(900, height)
+        qtbot.waitUntil(lambda height=height: gui.window.height() == height, timeout=WAIT)
+        QApplication.processEvents()
+        look()
+    assert off_the_end == []
+    # Scrolled up to read, it stays there as lines come.
+    scroll.setValue(10)
+    with Client(address="127.0.0.1", port=port, client_id="chatty") as client:
+        client.send(Message("tick", {"n": "last"}))
+        qtbot.waitUntil(lambda: '"n": "last"' in log.toPlainText(), timeout=WAIT)
+    QApplication.processEvents()
+    assert scroll.value() < scroll.maximum()

@@ -427,6 +427,13 @@ class InstanceTab(QWidget):
         self._log_key: tuple[str, str] | None = None
         #: Lines of the shown instance's log added since it was last drawn.
         self._log_behind = 0
+        # A log showing its newest line goes on showing it when it shrinks
+        # (a live figures line that wraps takes height from it): Qt keeps
+        # the top line in place, and the newest fell out of sight below.
+        scroll = self.log.verticalScrollBar()
+        self._log_at_end = True
+        scroll.valueChanged.connect(lambda value: setattr(self, "_log_at_end", value >= scroll.maximum()))
+        scroll.rangeChanged.connect(lambda _low, high: scroll.setValue(high) if self._log_at_end else None)
         self.figures = FiguresBox()
         self._polling = False
 
