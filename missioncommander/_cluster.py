@@ -48,6 +48,7 @@ from ._loop import Driver, host_port
 from ._message import FrozenDict, Message
 from ._quiet import Chorus, Quiet, more
 from ._requests import no_requests
+from ._streams import refuse_unqueueable
 
 if TYPE_CHECKING:
     from ._server import Server, _ServerLink, _Session
@@ -597,7 +598,10 @@ class ClusterNode:
         it; a request (``min_version``, ``request_id``) only to a client that
         has them, and it fails when the session it is stored in ends."""
         server = self.server
-        appended = self.store.append(client_id, body, server.max_queued, self.holder, min_version, request_id)
+        refuse_unqueueable(body, server.max_queued_bytes)
+        appended = self.store.append(
+            client_id, body, server.max_queued, self.holder, min_version, request_id, server.max_queued_bytes
+        )
         if isinstance(appended, tuple):
             why, limit = appended
             if why == "unknown":
@@ -607,6 +611,11 @@ class ClusterNode:
             if why == "too_large":
                 raise MessageTooLarge(
                     f"message of {len(body) + MESSAGE_OVERHEAD} bytes exceeds client {client_id!r}'s limit of {limit}"
+                )
+            if limit:
+                raise QueueFullError(
+                    f"send queue of client {client_id!r} is full ({limit} bytes queued,"
+                    f" max_queued_bytes={server.max_queued_bytes})"
                 )
             raise QueueFullError(f"send queue of client {client_id!r} is full ({server.max_queued} messages)")
         if request_id and server._requests.stored_in(request_id, appended.session):
@@ -618,7 +627,10 @@ class ClusterNode:
             self.deliver(client_id, appended.seq, body)
 
     def broadcast(self, body: bytes) -> None:
-        mine, full, skipped = self.store.broadcast(body, self.server.max_queued, self.holder)
+        refuse_unqueueable(body, self.server.max_queued_bytes)
+        mine, full, skipped = self.store.broadcast(
+            body, self.server.max_queued, self.holder, self.server.max_queued_bytes
+        )
         if skipped:
             self.server._say_skipped(skipped)
         for client_id, seq in mine:

@@ -13,7 +13,10 @@ per operation, so no two nodes can interleave halfway through one:
   while one before it was still being answered (``concurrent_requests``);
   ``suspect`` and ``suspect_to``, what a holder that died may have handed
   to its callbacks unrecorded; ``node``, its last holder; ``max_frame``
-  and ``version``, from the client's HELLO).
+  and ``version``, from the client's HELLO; ``out_bytes``, the bytes of
+  the messages in ``out:{id}``, and ``z{seq}``, each one's size, for
+  ``max_queued_bytes``: a trim subtracts and deletes those of the entries
+  it removed, since ``XTRIM`` says only how many).
 - ``out:{id}``: a stream of the messages to the client that it has not
   acknowledged, each entry's id its sequence number (``{seq}-0``), trimmed as
   acknowledgements arrive: what a node that takes the client over resends.
@@ -159,6 +162,7 @@ _APPEND = """
 local sess, out, clients, asks = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local body, max_items, me, id, channel = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 local size, min_version, request_id = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+local max_bytes = tonumber(ARGV[9])
 if redis.call('EXISTS', sess) == 0 then return {'unknown'} end
 local limit = tonumber(redis.call('HGET', sess, 'max_frame') or '0')
 if limit > 0 and size > limit then return {'too_large', limit} end
@@ -168,9 +172,12 @@ if min_version > 0 then
   local version = tonumber(redis.call('HGET', sess, 'version') or min_version)
   if version < min_version then return {'old', version} end
 end
-if redis.call('XLEN', out) >= max_items then return {'full'} end
+if redis.call('XLEN', out) >= max_items then return {'full', 0} end
+local queued = tonumber(redis.call('HGET', sess, 'out_bytes') or '0')
+if max_bytes > 0 and queued + #body > max_bytes then return {'full', queued} end
 local seq = redis.call('HINCRBY', sess, 'out_seq', 1)
 redis.call('XADD', out, seq .. '-0', 'b', body)
+redis.call('HSET', sess, 'z' .. seq, #body, 'out_bytes', queued + #body)
 local keep = redis.call('PTTL', sess)
 if keep > 0 then redis.call('PEXPIRE', out, keep) end
 local owner = redis.call('HGET', clients, id) or ''
@@ -192,6 +199,7 @@ return {'ok', seq, owner, token}
 _BROADCAST = """
 local clients, prefix = KEYS[1], KEYS[2]
 local body, max_items, me, channel, size = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5])
+local max_bytes = tonumber(ARGV[6])
 local mine, full, remote, skipped = {}, {}, {}, {}
 local holders = redis.call('HGETALL', clients)
 for i = 1, #holders, 2 do
@@ -201,18 +209,22 @@ for i = 1, #holders, 2 do
     local limit = tonumber(redis.call('HGET', sess, 'max_frame') or '0')
     if limit > 0 and size > limit then
       skipped[#skipped + 1] = id
-    elseif redis.call('XLEN', out) >= max_items then
-      full[#full + 1] = id
     else
-      local seq = redis.call('HINCRBY', sess, 'out_seq', 1)
-      redis.call('XADD', out, seq .. '-0', 'b', body)
-      local keep = redis.call('PTTL', sess)
-      if keep > 0 then redis.call('PEXPIRE', out, keep) end
-      if owner == me then
-        mine[#mine + 1] = id
-        mine[#mine + 1] = seq
-      elseif owner ~= '' then
-        remote[owner] = (remote[owner] or '') .. #id .. ':' .. id .. seq .. ':'
+      local queued = tonumber(redis.call('HGET', sess, 'out_bytes') or '0')
+      if redis.call('XLEN', out) >= max_items or (max_bytes > 0 and queued + #body > max_bytes) then
+        full[#full + 1] = id
+      else
+        local seq = redis.call('HINCRBY', sess, 'out_seq', 1)
+        redis.call('XADD', out, seq .. '-0', 'b', body)
+        redis.call('HSET', sess, 'z' .. seq, #body, 'out_bytes', queued + #body)
+        local keep = redis.call('PTTL', sess)
+        if keep > 0 then redis.call('PEXPIRE', out, keep) end
+        if owner == me then
+          mine[#mine + 1] = id
+          mine[#mine + 1] = seq
+        elseif owner ~= '' then
+          remote[owner] = (remote[owner] or '') .. #id .. ':' .. id .. seq .. ':'
+        end
       end
     end
   else
@@ -223,6 +235,30 @@ for owner, list in pairs(remote) do
   redis.call('PUBLISH', channel .. owner, 'b' .. list .. ':' .. body)
 end
 return {mine, full, skipped}
+"""
+
+_TRIM = """
+local prefix = KEYS[1]
+for i = 1, #ARGV, 2 do
+  local id, upto = ARGV[i], tonumber(ARGV[i + 1])
+  local sess = prefix .. 'sess:' .. id
+  -- The stream holds one entry per number from its first on, so what
+  -- XTRIM removed is the numbers up to upto, as many as it says.
+  local gone = redis.call('XTRIM', prefix .. 'out:' .. id, 'MINID', (upto + 1) .. '-0')
+  local freed, from = 0, upto - gone + 1
+  while from <= upto do
+    -- In chunks: unpack() takes a few thousand values at most.
+    local fields = {}
+    for seq = from, math.min(upto, from + 999) do fields[#fields + 1] = 'z' .. seq end
+    for _, size in ipairs(redis.call('HMGET', sess, unpack(fields))) do
+      if size then freed = freed + tonumber(size) end
+    end
+    redis.call('HDEL', sess, unpack(fields))
+    from = from + 1000
+  end
+  if freed > 0 then redis.call('HINCRBY', sess, 'out_bytes', -freed) end
+end
+return 1
 """
 
 _TAKEN = """
@@ -411,6 +447,7 @@ class ClusterStore:
         self._append = self.redis.register_script(_APPEND)
         self._broadcast = self.redis.register_script(_BROADCAST)
         self._taken = self.redis.register_script(_TAKEN)
+        self._trim = self.redis.register_script(_TRIM)
         self._handed = self.redis.register_script(_HANDED)
         self._renew = self.redis.register_script(_RENEW)
         self._end = self.redis.register_script(_END)
@@ -491,31 +528,47 @@ class ClusterStore:
         return Claim(outcome, token=reply[1].decode())
 
     def append(
-        self, client_id: str, body: bytes, max_items: int, node: str, min_version: int = 0, request_id: int = 0
+        self,
+        client_id: str,
+        body: bytes,
+        max_items: int,
+        node: str,
+        min_version: int = 0,
+        request_id: int = 0,
+        max_bytes: int = 0,
     ) -> Appended | tuple[str, int]:
         """Number ``body`` in ``client_id``'s stream and tell its holder if
-        that is another node; ``('unknown', 0)``, ``('full', 0)``,
+        that is another node; ``('unknown', 0)``, ``('full', the bytes
+        queued: 0 when ``max_items`` are)``,
         ``('too_large', the client's max_frame_size)`` or, for a request
         (``min_version``, the protocol version that has them), ``('old',
         the client's version)`` when it cannot.  A request to a client that
         another node holds (or none) is recorded as ``node``'s, for the
-        holder to pass its reply on (``pass_reply``)."""
+        holder to pass its reply on (``pass_reply``).  ``max_bytes`` bounds
+        the bytes of the messages in the stream (0: no bound)."""
         keys = [*self._keys(client_id)[1:], f"{self.prefix}asks:{client_id}"]
         size = len(body) + MESSAGE_OVERHEAD
         reply = self._call(
-            self._append, keys, [body, max_items, node, client_id, self.channel, size, min_version, request_id]
+            self._append,
+            keys,
+            [body, max_items, node, client_id, self.channel, size, min_version, request_id, max_bytes],
         )
         if reply[0] != b"ok":
             return reply[0].decode(), int(reply[1]) if len(reply) > 1 else 0
         return Appended(int(reply[1]), reply[2].decode(), reply[3].decode())
 
-    def broadcast(self, body: bytes, max_items: int, node: str) -> tuple[list[tuple[str, int]], list[str], list[str]]:
+    def broadcast(
+        self, body: bytes, max_items: int, node: str, max_bytes: int = 0
+    ) -> tuple[list[tuple[str, int]], list[str], list[str]]:
         """Number ``body`` in every client's stream; returns this node's
-        clients with their numbers, the clients whose stream was full, and
+        clients with their numbers, the clients whose stream was full
+        (``max_items`` messages, or ``max_bytes`` bytes: 0 for no bound), and
         those skipped because the message is over their frame limit."""
         size = len(body) + MESSAGE_OVERHEAD
         mine, full, skipped = self._call(
-            self._broadcast, [self.prefix + "clients", self.prefix], [body, max_items, node, self.channel, size]
+            self._broadcast,
+            [self.prefix + "clients", self.prefix],
+            [body, max_items, node, self.channel, size, max_bytes],
         )
         pairs = [(mine[i].decode(), int(mine[i + 1])) for i in range(0, len(mine), 2)]
         return pairs, [c.decode() for c in full], [c.decode() for c in skipped]
@@ -534,14 +587,10 @@ class ClusterStore:
         return bool(self._call(self._handed, keys, [node, seq]))
 
     def trim(self, acked: dict[str, int]) -> None:
-        """Drop what clients acknowledged (``{client_id: seq}``), in one round trip."""
-        try:
-            with self.redis.pipeline(transaction=False) as pipe:
-                for client_id, seq in acked.items():
-                    pipe.xtrim(f"{self.prefix}out:{client_id}", minid=f"{seq + 1}-0")
-                pipe.execute()
-        except self._errors as exc:
-            raise ClusterUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
+        """Drop what clients acknowledged (``{client_id: seq}``), and their
+        sizes from the streams' byte counts, in one round trip."""
+        if acked:
+            self._call(self._trim, [self.prefix], [x for pair in acked.items() for x in pair])
 
     def renew(self, node: str, name: str, client_ids: list[str], ttl: float, keep: float, presence: str) -> Renewal:
         """Renew ``node``'s presence and its leases, and the mark of its

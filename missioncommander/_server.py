@@ -837,8 +837,9 @@ class Server(ServerSettings):
         }
         if self._cluster is not None:
             # Redis holds the bound, not the local queue (set unbounded by
-            # _create_session): max_queued messages, no byte bound cluster-wide.
-            figures["max_queued"], figures["max_queued_bytes"] = self.max_queued, None
+            # _create_session): this node's max_queued and max_queued_bytes
+            # at each of its sends.
+            figures["max_queued"], figures["max_queued_bytes"] = self.max_queued, self.max_queued_bytes
         figures.update(session.stats.figures())
         del figures["sessions_lost"]  # a session is its own: it is lost once, and gone
         return figures
@@ -1168,7 +1169,7 @@ class Server(ServerSettings):
                 if token is not None:
                     session.token = token
                 if cluster is not None:
-                    # Redis bounds the queue (max_queued) before a message gets here.
+                    # Redis bounds the queue (max_queued, max_queued_bytes) before a message gets here.
                     session.set_limits(2**62, 2**62)
                 if restore is not None:
                     restore(session)

@@ -23,6 +23,8 @@ from missioncommander import (
     ClusterUnavailable,
     ConnectionRefusedByServer,
     Message,
+    MessageTooLarge,
+    QueueFullError,
     RemoteError,
     RequestTimeout,
     Server,
@@ -63,13 +65,13 @@ def test_send_reaches_a_client_held_by_another_node(make_node: MakeNode, make_cl
 
 
 def test_a_clients_figures_show_the_queue_bound_redis_keeps(make_node: MakeNode, make_client: MakeClient) -> None:
-    node = make_node(node_id="a", max_queued=500)
+    node = make_node(node_id="a", max_queued=500, max_queued_bytes=100_000)
     make_client(node, client_id="c1").connect()
     figures = node.stats("c1")
-    # Not the local queue's own (unbounded) limits: Redis bounds the queue by count only.
-    assert (figures["max_queued"], figures["max_queued_bytes"]) == (500, None)
-    node.max_queued = 700
-    assert node.stats("c1")["max_queued"] == 700
+    # Not the local queue's own (unbounded) limits: Redis bounds the queue.
+    assert (figures["max_queued"], figures["max_queued_bytes"]) == (500, 100_000)
+    node.max_queued, node.max_queued_bytes = 700, 200_000
+    assert (node.stats("c1")["max_queued"], node.stats("c1")["max_queued_bytes"]) == (700, 200_000)
 
 
 def test_broadcast_reaches_every_client_of_every_node_once(make_node: MakeNode, make_client: MakeClient) -> None:
@@ -674,8 +676,6 @@ def test_a_newcomer_on_another_node_gets_the_id_of_a_dead_half_open_holder(
 def test_a_message_over_a_clients_frame_limit_is_refused_on_any_node(
     make_node: MakeNode, make_client: MakeClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from missioncommander import MessageTooLarge
-
     a, b = make_node(node_id="a"), make_node(node_id="b")
     small = make_client(a, client_id="small", max_frame_size=4096)
     large = make_client(a, client_id="large")
@@ -1146,3 +1146,85 @@ def test_nodes_reach_a_redis_that_speaks_tls_with_their_ca_in_the_url(
         for node in nodes:
             node.stop()
         redis_tls.stop()
+
+
+def test_redis_bounds_a_clients_queue_in_bytes_and_an_acknowledgement_makes_room(redis_server: RedisServer) -> None:
+    """max_queued_bytes in Redis: each message's size is kept beside its
+    session, and a trim (an acknowledgement) subtracts what it removed,
+    once, however often the same number is acknowledged."""
+    store = ClusterStore(redis_server.url)
+    try:
+        assert store.claim("c", "n#0", None, "t", 0, 60.0, 60.0, 65536, 2).outcome == "new"
+        body = b"x" * 300
+        for seq in (1, 2, 3):
+            appended = store.append("c", body, 100, "n#0", max_bytes=1000)
+            assert isinstance(appended, cluster_store_module.Appended) and appended.seq == seq
+        assert store.append("c", body, 100, "n#0", max_bytes=1000) == ("full", 900)
+        assert store.append("c", body, 100, "n#0") != ("full", 900)  # 0: no byte bound (now 1,200 bytes)
+        mine, full, skipped = store.broadcast(body, 100, "n#0", max_bytes=1000)
+        assert (mine, full, skipped) == ([], ["c"], [])
+
+        def queued() -> int:
+            return int(store.redis.hget(f"{store.prefix}sess:c", "out_bytes"))
+
+        assert queued() == 1200
+        store.trim({"c": 2})
+        assert queued() == 600
+        store.trim({"c": 2})  # again: nothing more to subtract
+        assert queued() == 600
+        assert isinstance(store.append("c", body, 100, "n#0", max_bytes=1000), cluster_store_module.Appended)
+        mine, full, _ = store.broadcast(b"y" * 100, 100, "n#0", max_bytes=1000)
+        assert full == [] and queued() == 1000
+        store.trim({"c": 6})
+        assert queued() == 0 and store.read("c", 0) == []
+        assert [f for f in store.redis.hkeys(f"{store.prefix}sess:c") if f.startswith(b"z")] == []
+        # An acknowledgement of thousands at once (trimmed in chunks).
+        for _ in range(2500):
+            store.append("c", b"z" * 10, 3000, "n#0", max_bytes=1000_000)
+        assert queued() == 25_000
+        store.trim({"c": 6 + 2400})
+        assert queued() == 1000 and len(store.read("c", 0)) == 100
+        # A new session starts with nothing queued.
+        store.append("c", body, 100, "n#0")
+        assert store.claim("c", "n#0", None, "t2", 0, 60.0, 60.0, 65536, 2).outcome == "replaced"
+        assert store.redis.hget(f"{store.prefix}sess:c", "out_bytes") is None
+    finally:
+        store.close()
+
+
+def test_a_send_to_a_client_that_acknowledges_nothing_is_refused_at_its_byte_bound_on_any_node(
+    make_node: MakeNode, make_client: MakeClient
+) -> None:
+    """Redis kept whatever bytes a node sent a client that did not read:
+    clients times max_queued times 16 MiB, at the defaults."""
+    release = threading.Event()
+    a, b = make_node(node_id="a"), make_node(node_id="b", max_queued_bytes=4000)
+    client = make_client(a, client_id="stuck")
+    got = Recorder().attach(client, "message")
+    client.subscribe("message", lambda m: release.wait(30))  # acknowledges nothing meanwhile
+    client.connect()
+    sent = 0
+    try:
+        with pytest.raises(QueueFullError, match=r"bytes queued, max_queued_bytes=4000"):
+            for _ in range(100):  # about 3,300 bytes fit
+                b.send("stuck", Message("m", {"n": sent, "text": "x" * 300}))
+                sent += 1
+        assert 5 <= sent < 100
+        with pytest.raises(MessageTooLarge, match="larger than a whole send queue"):
+            b.send("stuck", Message("m", {"text": "x" * 5000}))
+    finally:
+        release.set()
+    got.wait_count("message", sent)
+    wait_until(lambda: a.queued("stuck") == 0, what="the client to acknowledge them all")
+    for n in range(sent, sent + 5):  # the acknowledgements made room in Redis too
+        wait_until(lambda n=n: _sent(b, "stuck", Message("m", {"n": n, "text": "x" * 300})), what="room")
+    got.wait_count("message", sent + 5)
+    assert numbers(got) == list(range(sent + 5))
+
+
+def _sent(node: Server, client_id: str, message: Message) -> bool:
+    try:
+        node.send(client_id, message)
+    except QueueFullError:
+        return False
+    return True
