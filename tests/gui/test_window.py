@@ -820,15 +820,21 @@ def test_a_status_read_before_events_the_window_has_shown_does_not_undo_them(
             client.disconnect()
 
 
-def test_a_long_history_is_drawn_in_one_go_not_a_line_at_a_time(qtbot: QtBot, mcd: Mcd) -> None:
-    """At start the window is sent mcd's recent events for its logs: drawn
-    a line at a time, 7,000 of them held it still for 0.7 s."""
+def ticks_into_a_hosted_server(mcd: Mcd, count: int) -> None:
+    """``count`` messages from a library client into mcd's default server,
+    each an event in mcd's ring."""
     mcd.request("server.set", key="interface", value="127.0.0.1")
     port = mcd.request("server.start")["port"]
     with Client(address="127.0.0.1", port=port, client_id="chatty") as client:
-        for n in range(800):
+        for n in range(count):
             client.send(Message("tick", {"n": n}))
-        wait_until(lambda: mcd.request("daemon.status")["last_seq"] >= 800, what="800 message events in mcd")
+        wait_until(lambda: mcd.request("daemon.status")["last_seq"] >= count, what=f"{count} message events in mcd")
+
+
+def test_a_long_history_is_drawn_in_one_go_not_a_line_at_a_time(qtbot: QtBot, mcd: Mcd) -> None:
+    """At start the window is sent mcd's recent events for its logs: drawn
+    a line at a time, 7,000 of them held it still for 0.7 s."""
+    ticks_into_a_hosted_server(mcd, 800)
     app = TrayApp(str(mcd.socket))
     qtbot.addWidget(app.window)
     app.window.tabs.setCurrentIndex(1)
@@ -932,12 +938,7 @@ def test_the_logs_show_mcds_recent_events_after_its_event_ring_has_turned(qtbot:
     every log started empty."""
     mcd = Mcd(None, "--event-ring", "100").start()
     try:
-        mcd.request("server.set", key="interface", value="127.0.0.1")
-        port = mcd.request("server.start")["port"]
-        with Client(address="127.0.0.1", port=port, client_id="chatty") as client:
-            for n in range(300):
-                client.send(Message("tick", {"n": n}))
-            wait_until(lambda: mcd.request("daemon.status")["last_seq"] >= 300, what="300 message events in mcd")
+        ticks_into_a_hosted_server(mcd, 300)
         status = mcd.request("daemon.status")
         assert status["first_seq"] == status["last_seq"] - 99  # the ring keeps its last 100
         app = TrayApp(str(mcd.socket))
