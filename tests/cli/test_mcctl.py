@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import queue
+import re
 import shlex
 import shutil
 import socket
@@ -341,8 +342,9 @@ def test_events_stream_json_lines_with_catch_up(mcd: Mcd) -> None:
     ]
 
 
-def events_since(mcd: Mcd, since: int) -> tuple[str, str]:
-    """What `mcctl events --since N` says first: on standard error, and its banner."""
+def events_since(mcd: Mcd, since: int, lines: int = 1) -> tuple[str, str]:
+    """What `mcctl events --since N` says first: on standard error, and its
+    banner (with the ``lines - 1`` lines after it)."""
     env = dict(os.environ, MC_SOCKET=str(mcd.socket), PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     proc = subprocess.Popen(
         [*mcctl_command(), "events", "--since", str(since)],
@@ -353,7 +355,7 @@ def events_since(mcd: Mcd, since: int) -> tuple[str, str]:
     )
     try:
         assert proc.stdout is not None and proc.stderr is not None
-        return proc.stderr.readline(), proc.stdout.readline()
+        return proc.stderr.readline(), "".join(proc.stdout.readline() for _ in range(lines))
     finally:
         proc.terminate()
         proc.wait(10)
@@ -372,9 +374,14 @@ def test_events_since_a_number_mcd_has_not_reached_says_so() -> None:
         said, banner = events_since(mcd, 500)
         assert said.startswith("mcctl: mcd has had no event #500 yet (its last is #4"), said
         assert "no longer kept" not in said and banner.startswith("watching events")
-        said, banner = events_since(mcd, 1)  # #2 has left the ring of two
-        assert said.startswith("mcctl: events after #1 are no longer kept;"), said
+        # #2 has left the ring of two: what is kept, #3 and #4, is replayed
+        # (it said "events after #1 are no longer kept", and showed none).
+        said, shown = events_since(mcd, 1, lines=3)
+        assert said.startswith("mcctl: events #2 to #2 are no longer kept (mcd --event-ring keeps more);"), said
+        assert said.rstrip().endswith("replaying from #3"), said
+        banner, third, fourth = shown.splitlines()
         assert banner.startswith("watching events")
+        assert re.search(r"#3\s+client/c\s+created", third) and re.search(r"#4\s+client/d\s+created", fourth), shown
     finally:
         mcd.close()
 

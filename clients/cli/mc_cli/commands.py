@@ -361,19 +361,30 @@ def run_events(inv: Invocation, transport: ControlClient, printer: Printer) -> i
         params["instances"] = [{"kind": k, "name": opts.name} for k in kinds]
     since = None
     if opts.since is not None:
-        since = {"boot_id": transport.request("hello")["boot_id"], "seq": opts.since}
+        status = transport.request("daemon.status")
+        since = {"boot_id": status["boot_id"], "seq": opts.since}
+        first = int(status.get("first_seq", 1))
+        if opts.since < first - 1 <= status["last_seq"]:
+            # What is still kept is replayed; before, none of it was.
+            print(
+                f"mcctl: events #{opts.since + 1} to #{first - 1} are no longer kept (mcd --event-ring keeps more);"
+                f" replaying from #{first}",
+                file=printer.err,
+                flush=True,
+            )
+            since["seq"] = first - 1
     try:
         answer, events = transport.subscribe(**params, **({"since": since} if since else {}))
     except ControlError as exc:
         printer.error(exc.code, exc.message, exc.details)
         return EXIT_CODES.get(exc.code, EXIT_FAILED)
     if answer.get("resync"):
-        assert opts.since is not None
+        assert since is not None
         why = (
-            f"mcd has had no event #{opts.since} yet (its last is #{answer['seq']}: the number is from before it"
+            f"mcd has had no event #{since['seq']} yet (its last is #{answer['seq']}: the number is from before it"
             " restarted?)"
-            if opts.since > answer["seq"]
-            else f"events after #{opts.since} are no longer kept"
+            if since["seq"] > answer["seq"]
+            else f"events after #{since['seq']} are no longer kept"
         )
         print(f"mcctl: {why}; showing the current state and live events", file=printer.err)
     if not printer.as_json:

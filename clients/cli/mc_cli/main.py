@@ -144,7 +144,7 @@ events [--since N] [--name NAME] [--kind client|server] [--json]   (also: watch)
     20:02:32.505  #13    client/default  message: hi {"a": 1}
   Each event has a number (#N) that goes up by one for as long as mcd runs.
   --since N         first replay the events after #N that mcd still keeps (the last
-                    10,000 by default; when #N is gone: a note, then live events)
+                    10,000 by default; when #N is gone: a note of what is, then the rest)
   --name NAME       only that instance's events (--kind: only the client or the server)
   --json            one JSON object per line, as the control API sends them
                     (docs/CONTROL_API.md, "Events")
