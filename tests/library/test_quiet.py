@@ -6,6 +6,8 @@ from __future__ import annotations
 import errno
 import logging
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -276,3 +278,26 @@ def test_clients_a_full_server_turns_away_are_said_by_a_few_and_counted(
     assert 1 <= int(count[2]) <= 8  # counted by client, not by connection
     wrong_token = [r for r in caplog.records if re.match(r"refusing client 'wrong' .*wrong token", r.getMessage())]
     assert [r.levelno for r in wrong_token] == [logging.WARNING] * 4
+
+
+def test_a_process_that_exits_within_the_window_still_says_the_count() -> None:
+    """mcd stopping with a thousand hosted clients logged three 'left'
+    lines and exited before the 5 s window's end: the 997 others went
+    unsaid. The counts left are said at exit."""
+    code = (
+        "import logging, sys\n"
+        "from missioncommander import Client, Server\n"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stdout, format='%(name)s %(message)s')\n"
+        "with Server(interface='127.0.0.1', port=0) as server:\n"
+        "    clients = [Client(address='127.0.0.1', port=server.port, client_id=f'c{n}') for n in range(8)]\n"
+        "    for client in clients:\n"
+        "        client.connect()\n"
+        "    for client in clients:\n"
+        "        client.disconnect()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert sum(" connected from " in line for line in lines) == 3, out.stdout
+    for summary in ("connected (new session)", "left", "session ended"):
+        assert f'missioncommander.server 5 more line(s) like "{summary}" from 5 client(s)' in out.stdout, out.stdout
