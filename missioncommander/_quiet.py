@@ -83,6 +83,7 @@ class Chorus:
     """
 
     __slots__ = (
+        "__weakref__",
         "_clock",
         "_every",
         "_level",
@@ -94,7 +95,6 @@ class Chorus:
         "_unsaid",
         "_until",
         "_voices",
-        "__weakref__",
     )
 
     def __init__(
