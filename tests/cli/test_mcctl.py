@@ -1158,6 +1158,10 @@ def test_every_limit_and_timer_of_the_library_can_be_set(mcd: Mcd) -> None:
     bad = run("client", "set", "address", "127.0.0.1:30000", socket_path=sock)
     assert bad.returncode == 2 and "give the host alone; the port is a setting of its own" in bad.stderr
     assert "fix: `mcctl help client` lists the keys and their values" in bad.stderr
+    # A client given the server's "pick one" port is told where the picked one is.
+    bad = run("client", "set", "port", "0", socket_path=sock)
+    assert bad.returncode == 2 and "port must be from 1 to 65535, not 0" in bad.stderr
+    assert "fix: a client connects to the port its server listens on; `mcctl server status` says" in bad.stderr
     # Saved: what was set (None included), not every default.
     assert mcd.stop() == 0
     saved = json.loads((mcd.state_dir / "state.json").read_text())

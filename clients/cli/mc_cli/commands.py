@@ -180,7 +180,13 @@ def run_request(inv: Invocation, transport: Transport, printer: Printer) -> int:
         topic, _, verb = inv.cmd.partition(".")
         # Point to the keys where a key or value was at fault; other refusals
         # (a bad name, a payload JSON cannot carry) say all in their message.
-        if status == EXIT_USAGE and topic in ("client", "server") and verb in ("set", "get"):
+        if inv.cmd == "client.set" and inv.params.get("key") == "port" and inv.params.get("value") == 0:
+            # The server's 0 means "pick one"; a client needs the one picked.
+            hint = (
+                "a client connects to the port its server listens on;"
+                f" `{printer.command_prefix}server status` says a hosted server's (listening on)"
+            )
+        elif status == EXIT_USAGE and topic in ("client", "server") and verb in ("set", "get"):
             hint = f"`{printer.command_prefix}help {topic}` lists the keys" + (
                 " and their values" if verb == "set" else ""
             )
