@@ -1361,3 +1361,15 @@ def test_top_refreshes_with_rates_and_stops_after_count(mcd: Mcd) -> None:
     assert human.returncode == 0 and "SENT/S" in human.stdout.splitlines()[0]
     bad = run("top", "--count", "0", socket_path=mcd.socket)
     assert bad.returncode == 2 and "--count must be" in bad.stderr
+
+
+def test_server_status_says_where_it_listens_first(mcd: Mcd) -> None:
+    """Port 0 (the system picks one): the settings' port says 0, and the
+    port picked was the 26th line down, after every limit and timer."""
+    for args in (("server", "set", "interface", "127.0.0.1"), ("server", "set", "port", "0")):
+        assert run(*args, socket_path=mcd.socket).returncode == 0
+    port = ok_json("server", "start", socket_path=mcd.socket)["port"]
+    first = run("server", "status", socket_path=mcd.socket).stdout.splitlines()[0]
+    assert first == f"server default: listening on 127.0.0.1:{port}"
+    assert run("server", "stop", socket_path=mcd.socket).returncode == 0
+    assert run("server", "status", socket_path=mcd.socket).stdout.splitlines()[0] == "server default: stopped"

@@ -102,7 +102,8 @@ def status(st: dict[str, Any]) -> str:
             ("last close", st.get("last_close_reason")),
         ]
     else:
-        head = f"server {name}: {st['phase']}"
+        # Where it listens first: with port 0 the settings' port says 0.
+        head = f"server {name}: {st['phase']}" + (f" on {endpoint(st)}" if st.get("running") else "")
         rows = [(k, setting(k, v)) for k, v in st["settings"].items()]
         rows += [
             ("listening on", st.get("port") if st.get("running") else None),
