@@ -588,9 +588,11 @@ class ClusterStore:
 
     def trim(self, acked: dict[str, int]) -> None:
         """Drop what clients acknowledged (``{client_id: seq}``), and their
-        sizes from the streams' byte counts, in one round trip."""
-        if acked:
-            self._call(self._trim, [self.prefix], [x for pair in acked.items() for x in pair])
+        sizes from the streams' byte counts: one script per ``BATCH`` of
+        clients (Redis serves no one else while a script runs), pipelined."""
+        pairs = list(acked.items())
+        batches = [[x for pair in pairs[i : i + BATCH] for x in pair] for i in range(0, len(pairs), BATCH)]
+        self._batched(lambda pipe, args: self._trim(keys=[self.prefix], args=args, client=pipe), batches)
 
     def renew(self, node: str, name: str, client_ids: list[str], ttl: float, keep: float, presence: str) -> Renewal:
         """Renew ``node``'s presence and its leases, and the mark of its

@@ -1228,3 +1228,23 @@ def _sent(node: Server, client_id: str, message: Message) -> bool:
     except QueueFullError:
         return False
     return True
+
+
+def test_acknowledgements_of_many_clients_are_trimmed_in_batches(redis_server: RedisServer) -> None:
+    """One script per batch of clients (Redis serves nobody else while a
+    script runs), pipelined: each client's stream and byte count, across
+    the batches' edges."""
+    store = ClusterStore(redis_server.url)
+    try:
+        count = cluster_store_module.BATCH + 3
+        ids = [f"c{i}" for i in range(count)]
+        for i, client_id in enumerate(ids):
+            assert store.claim(client_id, "n#0", None, f"t{i}", 0, 60.0, 60.0, 65536, 2).outcome == "new"
+            for n in range(2):
+                assert isinstance(store.append(client_id, b"m" * (n + 1), 100, "n#0"), cluster_store_module.Appended)
+        store.trim({client_id: 1 for client_id in ids})
+        for client_id in ids:
+            assert store.read(client_id, 0) == [(2, b"mm")]
+            assert store.redis.hget(f"{store.prefix}sess:{client_id}", "out_bytes") == b"2"
+    finally:
+        store.close()
