@@ -955,15 +955,22 @@ def test_a_request_to_a_client_of_another_node_fails_at_once_when_its_session_en
     assert a.request("c1", Message("again"), timeout=10) == Message("again", {"answer": "again"})
 
 
+def new_sessions(store: ClusterStore, count: int, holder: Callable[[int], str] = lambda i: "n#0") -> list[str]:
+    """``count`` client ids, each with a new session held by ``holder(its index)``."""
+    ids = [f"c{i}" for i in range(count)]
+    for i, client_id in enumerate(ids):
+        assert store.claim(client_id, holder(i), None, f"t{i}", 0, 60.0, 60.0, 65536, 2).outcome == "new"
+    return ids
+
+
 def test_a_node_reads_many_clients_in_batches_in_order(redis_server: RedisServer) -> None:
     """What a node reads as it rejoins (every client it holds), pipelined:
     each answer with its own client across the batches' edges."""
     store = ClusterStore(redis_server.url)
     try:
         count = cluster_store_module.BATCH + 3
-        ids = [f"c{i}" for i in range(count)]
+        ids = new_sessions(store, count)
         for i, client_id in enumerate(ids):
-            assert store.claim(client_id, "n#0", None, f"t{i}", 0, 60.0, 60.0, 65536, 2).outcome == "new"
             for n in range(i % 3):
                 appended = store.append(client_id, f"{client_id}/{n}".encode(), 100, "n#0")
                 assert isinstance(appended, cluster_store_module.Appended)
@@ -985,10 +992,7 @@ def test_a_node_hands_many_clients_back_in_batches(redis_server: RedisServer) ->
     store = ClusterStore(redis_server.url)
     try:
         count = cluster_store_module.BATCH + 3
-        ids = [f"c{i}" for i in range(count)]
-        for i, client_id in enumerate(ids):
-            holder = "other#0" if i == 1 else "n#0"
-            assert store.claim(client_id, holder, None, f"t{i}", 0, 60.0, 60.0, 65536, 2).outcome == "new"
+        ids = new_sessions(store, count, lambda i: "other#0" if i == 1 else "n#0")
         released = store.release_many(ids, "n#0")
         assert released == [i != 1 for i in range(count)]  # c1 is another's: left alone
         clients = store.clients()
@@ -1236,10 +1240,8 @@ def test_acknowledgements_of_many_clients_are_trimmed_in_batches(redis_server: R
     the batches' edges."""
     store = ClusterStore(redis_server.url)
     try:
-        count = cluster_store_module.BATCH + 3
-        ids = [f"c{i}" for i in range(count)]
-        for i, client_id in enumerate(ids):
-            assert store.claim(client_id, "n#0", None, f"t{i}", 0, 60.0, 60.0, 65536, 2).outcome == "new"
+        ids = new_sessions(store, cluster_store_module.BATCH + 3)
+        for client_id in ids:
             for n in range(2):
                 assert isinstance(store.append(client_id, b"m" * (n + 1), 100, "n#0"), cluster_store_module.Appended)
         store.trim({client_id: 1 for client_id in ids})
