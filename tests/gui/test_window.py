@@ -12,7 +12,8 @@ import pytest
 
 pytest.importorskip("PySide6", reason="the window tests need PySide6: pip install -e '.[test,gui]'")
 
-from PySide6.QtCore import QPoint, QRect, Qt, QTimer
+from PySide6.QtCore import QPoint, QPointF, QRect, Qt, QTimer
+from PySide6.QtGui import QWheelEvent
 from PySide6.QtWidgets import QApplication, QCheckBox, QFormLayout, QScrollArea
 from pytestqt.qtbot import QtBot
 from support import FaultProxy, Recorder, free_port, wait_until
@@ -986,10 +987,40 @@ def test_a_full_log_stays_on_its_newest_line_as_events_keep_coming(qtbot: QtBot,
         QApplication.processEvents()
         look()
     assert off_the_end == []
-    # Scrolled up to read, it stays there as lines come.
-    scroll.setValue(10)
-    with Client(address="127.0.0.1", port=port, client_id="chatty") as client:
-        client.send(Message("tick", {"n": "last"}))
-        qtbot.waitUntil(lambda: '"n": "last"' in log.toPlainText(), timeout=WAIT)
-    QApplication.processEvents()
+
+    def wheel(notches: int) -> None:
+        at = QPoint(10, 10)
+        QApplication.sendEvent(
+            log.viewport(),
+            QWheelEvent(
+                QPointF(at),
+                QPointF(log.viewport().mapToGlobal(at)),
+                QPoint(0, 0),
+                QPoint(0, 120 * notches),
+                Qt.MouseButton.NoButton,
+                Qt.KeyboardModifier.NoModifier,
+                Qt.ScrollPhase.NoScrollPhase,
+                False,
+            ),
+        )
+
+    def more(text: str) -> None:
+        with Client(address="127.0.0.1", port=port, client_id="chatty") as client:
+            client.send(Message("tick", {"n": text}))
+            qtbot.waitUntil(lambda: f'"n": "{text}"' in log.toPlainText(), timeout=WAIT)
+        QApplication.processEvents()
+
+    # Scrolled up with the wheel to read, it stays there as lines come...
+    wheel(5)
+    up = scroll.value()
+    assert up < scroll.maximum()
+    more("while reading")
     assert scroll.value() < scroll.maximum()
+    # ... and follows the newest lines again once scrolled back to the end.
+    for _ in range(100):  # a wheel event moves a page at most
+        wheel(-5)
+        if scroll.value() == scroll.maximum():
+            break
+    assert scroll.value() == scroll.maximum()
+    more("back at the end")
+    assert scroll.value() == scroll.maximum()

@@ -384,6 +384,39 @@ class FiguresBox(QGroupBox):
         layout.addWidget(self.graph, 2)
 
 
+class LogView(QPlainTextEdit):
+    """A log that keeps its newest line in sight until its reader scrolls
+    away from it, and again once they scroll back to the end.
+
+    Qt keeps the top line in place when the view loses height (a live
+    figures line that wraps takes it) or lines come while its layout
+    catches up: with a thousand hosted clients coming back, the log stood
+    on lines from seconds before.  Whether to follow is decided by the
+    reader's own scrolling (the scroll bar's actions: wheel, drag, keys),
+    not by the bar's value, which Qt moves on its own as lines are cut
+    from the top."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._follow = True
+        bar = self.verticalScrollBar()
+        bar.actionTriggered.connect(lambda _action: setattr(self, "_follow", bar.sliderPosition() >= bar.maximum()))
+        bar.rangeChanged.connect(lambda _low, high: bar.setValue(high) if self._follow else None)
+
+    def show_all(self, text: str) -> None:
+        """Show ``text`` in place of what was shown, its end in sight."""
+        self._follow = True
+        self.setPlainText(text)
+        self.moveCursor(QTextCursor.MoveOperation.End)
+
+    def add(self, text: str) -> None:
+        """Add ``text``'s lines at the end; in sight if the end was."""
+        self.appendPlainText(text)
+        if self._follow:
+            bar = self.verticalScrollBar()
+            bar.setValue(bar.maximum())
+
+
 class InstanceTab(QWidget):
     """What the Client and Server tabs share: the instance picker, the state
     line, a log."""
@@ -415,7 +448,7 @@ class InstanceTab(QWidget):
         self.picker_error = error_label()
         self.state = QLabel()
         self.state.setTextFormat(Qt.TextFormat.RichText)
-        self.log = QPlainTextEdit()
+        self.log = LogView()
         self.log.setReadOnly(True)
         self.log.setMaximumBlockCount(vm.LOG_LINES)
         self.log.setPlaceholderText("events and messages of this instance appear here")
@@ -427,13 +460,6 @@ class InstanceTab(QWidget):
         self._log_key: tuple[str, str] | None = None
         #: Lines of the shown instance's log added since it was last drawn.
         self._log_behind = 0
-        # A log showing its newest line goes on showing it when it shrinks
-        # (a live figures line that wraps takes height from it): Qt keeps
-        # the top line in place, and the newest fell out of sight below.
-        scroll = self.log.verticalScrollBar()
-        self._log_at_end = True
-        scroll.valueChanged.connect(lambda value: setattr(self, "_log_at_end", value >= scroll.maximum()))
-        scroll.rangeChanged.connect(lambda _low, high: scroll.setValue(high) if self._log_at_end else None)
         self.figures = FiguresBox()
         self._polling = False
 
@@ -615,11 +641,10 @@ class InstanceTab(QWidget):
         key = (self.kind, self.name)
         behind, self._log_behind = self._log_behind, 0
         if self._log_key != key or (behind and behind >= len(inst.log)):
-            self.log.setPlainText("\n".join(inst.log))
-            self.log.moveCursor(QTextCursor.MoveOperation.End)  # the newest lines in sight, as appending keeps them
+            self.log.show_all("\n".join(inst.log))
             self._log_key = key
         elif behind:
-            self.log.appendPlainText("\n".join(itertools.islice(inst.log, len(inst.log) - behind, None)))
+            self.log.add("\n".join(itertools.islice(inst.log, len(inst.log) - behind, None)))
 
     def update_controls(self, inst: vm.InstanceState) -> None:
         pass
