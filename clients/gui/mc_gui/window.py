@@ -407,14 +407,21 @@ class LogView(QPlainTextEdit):
         """Show ``text`` in place of what was shown, its end in sight."""
         self._follow = True
         self.setPlainText(text)
-        self.moveCursor(QTextCursor.MoveOperation.End)
+        self.moveCursor(QTextCursor.MoveOperation.End)  # its line in sight only: the bar may stop short
+        self._to_end()
 
     def add(self, text: str) -> None:
-        """Add ``text``'s lines at the end; in sight if the end was."""
+        """Add ``text``'s lines at the end; in sight if the end was, however
+        the reader got back to it."""
+        bar = self.verticalScrollBar()
+        self._follow = self._follow or bar.value() >= bar.maximum()
         self.appendPlainText(text)
         if self._follow:
-            bar = self.verticalScrollBar()
-            bar.setValue(bar.maximum())
+            self._to_end()
+
+    def _to_end(self) -> None:
+        bar = self.verticalScrollBar()
+        bar.setValue(bar.maximum())
 
 
 class InstanceTab(QWidget):
