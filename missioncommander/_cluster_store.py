@@ -163,17 +163,19 @@ local sess, out, clients, asks = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local body, max_items, me, id, channel = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 local size, min_version, request_id = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 local max_bytes = tonumber(ARGV[9])
-if redis.call('EXISTS', sess) == 0 then return {'unknown'} end
-local limit = tonumber(redis.call('HGET', sess, 'max_frame') or '0')
+-- One read of the session's fields (every session has a token).
+local found = redis.call('HMGET', sess, 'token', 'max_frame', 'version', 'out_bytes')
+if not found[1] then return {'unknown'} end
+local limit = tonumber(found[2] or '0')
 if limit > 0 and size > limit then return {'too_large', limit} end
 if min_version > 0 then
   -- A request: only to a client whose protocol has them (a session a node
   -- before this field wrote is taken to have them).
-  local version = tonumber(redis.call('HGET', sess, 'version') or min_version)
+  local version = tonumber(found[3] or min_version)
   if version < min_version then return {'old', version} end
 end
 if redis.call('XLEN', out) >= max_items then return {'full', 0} end
-local queued = tonumber(redis.call('HGET', sess, 'out_bytes') or '0')
+local queued = tonumber(found[4] or '0')
 if max_bytes > 0 and queued + #body > max_bytes then return {'full', queued} end
 local seq = redis.call('HINCRBY', sess, 'out_seq', 1)
 redis.call('XADD', out, seq .. '-0', 'b', body)
@@ -186,7 +188,7 @@ if owner ~= '' and owner ~= me then
 end
 local token = ''
 if min_version > 0 then
-  token = redis.call('HGET', sess, 'token')
+  token = found[1]
   if owner ~= me then
     -- Its reply reaches the holder, which passes it on to the node named here.
     redis.call('HSET', asks, request_id, me)
@@ -205,12 +207,13 @@ local holders = redis.call('HGETALL', clients)
 for i = 1, #holders, 2 do
   local id, owner = holders[i], holders[i + 1]
   local sess, out = prefix .. 'sess:' .. id, prefix .. 'out:' .. id
-  if redis.call('EXISTS', sess) == 1 then
-    local limit = tonumber(redis.call('HGET', sess, 'max_frame') or '0')
+  local found = redis.call('HMGET', sess, 'token', 'max_frame', 'out_bytes')
+  if found[1] then
+    local limit = tonumber(found[2] or '0')
     if limit > 0 and size > limit then
       skipped[#skipped + 1] = id
     else
-      local queued = tonumber(redis.call('HGET', sess, 'out_bytes') or '0')
+      local queued = tonumber(found[3] or '0')
       if redis.call('XLEN', out) >= max_items or (max_bytes > 0 and queued + #body > max_bytes) then
         full[#full + 1] = id
       else
