@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from support.certs import Certs, make_certs
 
 from missioncommander import Client, Server
-from missioncommander._quiet import Chorus
+from missioncommander._quiet import _CHORUSES
 
 # Speed lives in bench/, never in a test's verdict: hypothesis's per-example
 # deadline (200 ms) failed a byte-splitting test that took 263 ms on a busy
@@ -44,11 +44,8 @@ def _log_as_a_fresh_process() -> None:
     """Each test's clients and servers log as in a process of their own:
     what every client says is said by the first three in 5 s (_quiet.Chorus),
     and the lines of the test before must not have used them up."""
-    for name, module in list(sys.modules.items()):
-        if name.startswith("missioncommander.") and module is not None:
-            for value in list(vars(module).values()):
-                if isinstance(value, Chorus):
-                    value.restart()
+    for chorus in list(_CHORUSES):
+        chorus.restart()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QCloseEvent, QColor, QFont, QFontDatabase, QIcon, QPainter, QPalette, QPixmap, QTextCursor
+from PySide6.QtGui import QCloseEvent, QColor, QFont, QFontDatabase, QIcon, QPainter, QPalette, QPixmap
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -407,7 +407,6 @@ class LogView(QPlainTextEdit):
         """Show ``text`` in place of what was shown, its end in sight."""
         self._follow = True
         self.setPlainText(text)
-        self.moveCursor(QTextCursor.MoveOperation.End)  # its line in sight only: the bar may stop short
         self._to_end()
 
     def add(self, text: str) -> None:
