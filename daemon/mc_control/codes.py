@@ -214,6 +214,7 @@ EVENT_NAMES = (
     "disconnect",
     "reconnect",
     "message",
+    "request",
     "servershutdown",
     "sessionlost",
     "clientconnect",

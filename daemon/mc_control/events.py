@@ -62,13 +62,15 @@ def describe_event(ev: dict[str, Any]) -> str:
         what = f"state {data.get('phase')}  ({data.get('new_name')})"
         if data.get("phase") in ("reconnecting", "failed", "disconnected") and data.get("reason"):
             what += f": {data['reason']}"
-    elif name == "message":
+    elif name in ("message", "request"):
         sender = f" from {data['client_id']}" if "client_id" in data else ""
         if "omitted" in data:
             payload = f"(payload of {data['omitted']:,} bytes left out: over the control socket's line)"
         else:
             payload = _json(data.get("payload"))
-        what = f"message{sender}: {data.get('subject')} {payload}"
+        what = f"{name}{sender}: {data.get('subject')} {payload}"
+        if name == "request":
+            what += "  (answered no_responder: mcd runs no code to answer with)"
     elif name in ("clientconnect", "clientdisconnect", "clientresume", "reconnect"):
         what = f"{name} {data.get('client_id')}"
     elif name == "clientdetach":

@@ -85,6 +85,7 @@ EventName = Literal[
     "disconnect",
     "reconnect",
     "message",
+    "request",
     "servershutdown",
     "sessionlost",
     "clientconnect",

@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from mc_control.codes import (
     API_VERSION,
@@ -99,6 +99,10 @@ def client_phase(state: ClientState) -> str:
         if state & bit:
             return phase
     return "disconnected"
+
+
+#: What a peer asking a hosted instance is told, in its ``NoResponder``.
+NOT_ANSWERED = "the peer has no request responder: it is hosted by mcd, which runs no code of yours to answer with"
 
 
 class _Instance:
@@ -191,6 +195,15 @@ class _Instance:
     def publish(self, event: str, **data: Any) -> None:
         self.core.publish(self.kind, self.name, event, data)
 
+    def refuse_request(self, message: Message, **sender: str) -> NoReturn:
+        """A peer's request to this instance: shown as a ``request`` event,
+        then answered ``no_responder`` (mcd runs no code of the user's to
+        answer with).  Without the event a request left no trace in mcctl or
+        the GUI, and whoever tried a library client against a hosted server
+        saw nothing arrive."""
+        self.publish("request", **sender, subject=message.subject, payload=dict(message.payload))
+        raise NoResponder(NOT_ANSWERED)
+
     def publish_settings(self, changed: str) -> dict[str, Any]:
         """A ``settings`` event: every setting (each controller shows the
         same values) and which one this change set; the settings returned."""
@@ -213,6 +226,7 @@ class ClientInstance(_Instance):
         c.subscribe("servershutdown", lambda: self.publish("servershutdown"))
         c.subscribe("sessionlost", lambda reason: self.publish("sessionlost", reason=reason))
         c.subscribe("message", lambda m: self.publish("message", subject=m.subject, payload=dict(m.payload)))
+        c.subscribe("request", self.refuse_request)
 
     def _on_state(self, t: ClientStateTransition) -> None:
         self.publish(
@@ -259,6 +273,7 @@ class ServerInstance(_Instance):
         s.subscribe(
             "message", lambda cid, m: self.publish("message", client_id=cid, subject=m.subject, payload=dict(m.payload))
         )
+        s.subscribe("request", lambda cid, m: self.refuse_request(m, client_id=cid))
         #: With port 0, the port it got when it last started: preferred at
         #: the next start (a restart of mcd included), so that clients set
         #: to it find the server again.  Saved.

@@ -30,7 +30,7 @@ from mc_control import ControlClient, ControlError, DaemonUnreachable
 from mc_control.codes import MAX_LINE, SERVER_KEYS
 from mc_control.events import describe_event
 from mc_daemon import control
-from missioncommander import Client, Message, Server
+from missioncommander import Client, Message, NoResponder, Server
 
 
 @pytest.fixture
@@ -400,6 +400,34 @@ def test_a_hosted_server_publishes_a_clients_detach_and_resume(mcd: Mcd) -> None
         assert line.endswith(f"clientdetach rover: {detach['data']['reason']} (its session waits for it)")
     finally:
         proxy.close()
+
+
+def test_a_request_to_a_hosted_instance_is_published_and_answered_no_responder(mcd: Mcd) -> None:
+    """mcd cannot answer a request, and it answered without a trace: whoever
+    tried a library client against a hosted server saw nothing arrive in
+    mcctl or the GUI.  Each request is now a ``request`` event, both ways,
+    and the asker's ``NoResponder`` says why nobody answers."""
+    port = start_server(mcd)
+    with Server(interface="127.0.0.1", port=0) as library_server, mcd.client() as stream:
+        _, events = stream.subscribe(events=["request"])
+        with Client(address="127.0.0.1", port=port, client_id="lib") as client:
+            with pytest.raises(NoResponder) as asked:
+                client.request(Message("status?", {"detail": True}), timeout=30)
+            assert "hosted by mcd" in asked.value.message
+        to_server = next(events)
+        connect_client_to(mcd, library_server.port)
+        (hosted,) = library_server.clients
+        with pytest.raises(NoResponder):
+            library_server.request(hosted, Message("are you there?"), timeout=30)
+        to_client = next(events)
+    assert (to_server["kind"], to_server["event"]) == ("server", "request")
+    assert to_server["data"] == {"client_id": "lib", "subject": "status?", "payload": {"detail": True}}
+    assert (to_client["kind"], to_client["event"]) == ("client", "request")
+    assert to_client["data"] == {"subject": "are you there?", "payload": {}}
+    line = describe_event(to_server)  # as mcctl events and the GUI's log show it
+    assert line.endswith(
+        'request from lib: status? {"detail": true}  (answered no_responder: mcd runs no code to answer with)'
+    )
 
 
 def test_event_stream_snapshot_catch_up_and_resync(mcd: Mcd) -> None:
