@@ -82,6 +82,19 @@ def test_client_tab_connects_and_shows_messages(qtbot: QtBot, gui: TrayApp, mcd:
     qtbot.waitUntil(lambda: mcd.phase("client") == "disconnected", timeout=WAIT)
 
 
+def test_a_value_longer_than_its_field_shows_its_start(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:
+    """mcd's made-up client ids (32 hex digits) are longer than the field:
+    it showed their end, without the characters a person knows one by."""
+    client_id = "e6d7417d" + "f" * 24 + "-and-then-some-more-to-be-sure-it-overflows"
+    mcd.request("client.set", key="client_id", value=client_id)
+    edit = gui.window.client_tab.client_id.edit
+    qtbot.waitUntil(lambda: edit.text() == client_id, timeout=WAIT)
+    gui.window.show()
+    qtbot.waitUntil(edit.isVisible, timeout=WAIT)
+    assert edit.fontMetrics().horizontalAdvance(client_id) > edit.width()  # it does not fit
+    assert edit.cursorPosition() == 0  # so its start is what shows
+
+
 def test_server_tab_lists_clients_live_sends_and_kicks(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:
     gui.window.tabs.setCurrentIndex(1)
     tab = gui.window.server_tab

@@ -185,7 +185,13 @@ class Field:
         """Show the daemon's value, unless the person is editing this field."""
         if self.dirty:
             return
-        self.edit.setText("" if value is None else str(value))
+        text = "" if value is None else str(value)
+        if text != self.edit.text():
+            self.edit.setText(text)
+            # setText leaves the cursor at the end, so a value longer than
+            # its field showed its end: a client id without the characters
+            # a person knows it by.  Its start, as a form shows a value.
+            self.edit.setCursorPosition(0)
 
     def text(self) -> str:
         return self.edit.text()
