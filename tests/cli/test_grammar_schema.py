@@ -163,6 +163,24 @@ def test_an_instance_name_given_as_a_word_points_to_name() -> None:
         parse(["client", "status", "a", "b"])
 
 
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [
+        (["client", "create", "bad name"], "client create --name 'bad name')"),
+        (["client", "create", ""], "client create --name '')"),
+        (["client", "connect", "my host"], "client set address 'my host';"),
+        (["server", "web 2", "set", "port", "0"], "server set port 0 --name 'web 2')"),
+        (["server", "web", "send", "hi", '{"a": 1}'], """server send hi '{"a": 1}' --name web)"""),
+    ],
+)
+def test_a_hint_to_copy_is_quoted_as_a_shell_reads_it(argv: list[str], hint: str) -> None:
+    """A hint with a name or value of several words, or none, left it bare:
+    copied, it was another command (``--name bad name``)."""
+    with pytest.raises(UsageError) as refused:
+        parse(argv)
+    assert hint in str(refused.value), str(refused.value)
+
+
 def test_an_optional_setting_is_unset_by_what_get_shows_of_one_unset() -> None:
     """`get` shows an unset setting as '-': typed back, it unsets, as none does."""
     for word in ("-", "none", "null", ""):

@@ -469,8 +469,10 @@ def _hint(kind: str, word: str, args: list[str], verbs: tuple[str, ...]) -> str:
     """What an unknown command word most likely meant: an instance's name
     before the command (``server web start``), or another name for one."""
     if args and args[0] in verbs and args[0] != "help":
-        rest = " ".join(args)
-        return f" (for the instance {word!r}: {kind} {rest} --name {word})"
+        import shlex  # noqa: PLC0415 - on this error only: mcctl's start-up stays light
+
+        # Quoted as a shell reads them: the hint is there to be copied.
+        return f" (for the instance {word!r}: {kind} {shlex.join(args)} --name {shlex.quote(word)})"
     for meant in _SYNONYMS.get(word.lower(), ()):
         if meant in verbs:
             return f" (did you mean {kind} {meant}?)"
@@ -609,16 +611,18 @@ def _instance_command(inv: Invocation, kind: str, rest: list[str], read_stdin: C
         if len(args) > 1:
             params["reason"] = " ".join(args[1:])
     else:
+        if len(args) == 1:
+            import shlex  # noqa: PLC0415 - on these errors only: mcctl's start-up stays light
         if len(args) == 1 and verb == "connect":
             raise UsageError(
                 "usage: client connect [--wait | --no-wait]   (the server is a setting:"
-                f" client set address {args[0]}; an instance's name goes in --name)"
+                f" client set address {shlex.quote(args[0])}; an instance's name goes in --name)"
             )
         if len(args) == 1:
             # `server create second`: the instance's name is an option here.
             raise UsageError(
                 f"usage: {kind} {verb} [--name NAME]   ({kind} {verb} takes no arguments;"
-                f" for the instance {args[0]!r}: {kind} {verb} --name {args[0]})"
+                f" for the instance {args[0]!r}: {kind} {verb} --name {shlex.quote(args[0])})"
             )
         if args:
             raise UsageError(f"usage: {kind} {verb}   ({kind} {verb} takes no arguments)")
