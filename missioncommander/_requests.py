@@ -213,7 +213,11 @@ class Requests:
                     )
             elif self._first_id < request_id <= self._next_id:
                 if (unsaid := self._quiet_late.due()) is not None:
-                    log.info("a reply to request %d came after its timeout; dropped%s", request_id, more(unsaid))
+                    log.info(
+                        "a reply to request %d came after its caller gave up (timed out or cancelled); dropped%s",
+                        request_id,
+                        more(unsaid),
+                    )
             elif forward and self.elsewhere is not None:
                 self.elsewhere(peer, request_id, reply, error)
             elif forward and (unsaid := self._quiet_unsent.due()) is not None:
