@@ -584,7 +584,12 @@ async def _awaited_request(
     cancelled is forgotten."""
     try:
         await sending
-        return await asyncio.wait_for(future, timeout)
+        # Not asyncio.wait_for: before Python 3.12 it waits on a future of
+        # its own that the reply's future resolves by a callback, a loop
+        # turn more per request.  Timed out, the task's cancel cancels
+        # ``future`` too, as wait_for does.
+        async with asyncio.timeout(timeout):
+            return await future
     except TimeoutError:
         requests.forget(request_id)
         raise timed_out(timeout, why) from None
