@@ -89,7 +89,11 @@ def normalise_event(name: object, known: Iterable[str]) -> str:
     if key not in known and key.startswith("on"):
         key = key[2:]
     if key not in known:
-        raise ValueError(f"unknown event {name!r}; known events: {', '.join(known)}")
+        import difflib  # noqa: PLC0415 - on this error only
+
+        close = difflib.get_close_matches(key, known, n=1)
+        meant = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown event {name!r}{meant}; known events: {', '.join(known)}")
     return key
 
 

@@ -115,6 +115,11 @@ def test_event_name_forms(server: Server, make_client: MakeClient) -> None:
         client.subscribe("connected", rec.callback("x"))
     with pytest.raises(ValueError, match="clientconnect"):
         server.subscribe("on_connect", rec.callback("x"))
+    # A slip of the keyboard is named: the list alone left it to the reader.
+    with pytest.raises(ValueError, match=r"unknown event 'mesage' \(did you mean 'message'\?\); known events"):
+        client.subscribe("mesage", rec.callback("x"))
+    with pytest.raises(ValueError, match=r"unknown event 'on_client_conect' \(did you mean 'clientconnect'\?\)"):
+        server.subscribe("on_client_conect", rec.callback("x"))
     with pytest.raises(TypeError):
         client.subscribe("connect", "not callable")  # type: ignore[arg-type]
     client.unsubscribe("on-CONNECT", rec.callback("unknown"))  # unknown callback: ignored
