@@ -30,6 +30,7 @@ from ._errors import (
     MessageTooLarge,
     QueueFullError,
     StateError,
+    loop_blocked,
 )
 from ._events import (
     TERMINAL_CODES,
@@ -258,7 +259,7 @@ class _ClientLink(Link):
             # The server speaks first, but a TLS server waits for the TLS
             # handshake of a client that will never send one.
             reason += " (connected, but the server said nothing: if it wants TLS, set tls)"
-        self._fail(_Attempt(reason, error=None))
+        self._fail(_Attempt(reason, error=ConnectTimeout(reason)))
 
     def _fail(self, why: _Attempt) -> None:
         """The attempt failed before the server welcomed us."""
@@ -643,6 +644,10 @@ class Client(ClientSettings):
         timeout = self.connect_timeout
         try:
             future.result(timeout + 5.0)
+        except ConnectTimeout as exc:  # first: it is a TimeoutError, as FutureTimeout is
+            if blocked := loop_blocked():
+                raise ConnectTimeout(f"{exc}; {blocked}") from None
+            raise
         except FutureTimeout:  # the loop's own timer should have fired first
             self._loop.call_soon(self._abandon, generation)
             raise ConnectTimeout(f"no answer from {host_port(self.address, self.port)} within {timeout:g} s") from None
@@ -682,7 +687,9 @@ class Client(ClientSettings):
             self._state_waits = threading.Condition(self._lock)
         if not self._state_waits.wait_for(done, timeout):
             state = ClientState.get_name(self._state)
-            raise TimeoutError(f"client {self.client_id!r} still {state} after {timeout:g} s")
+            blocked = loop_blocked()
+            still = f"client {self.client_id!r} still {state} after {timeout:g} s"
+            raise TimeoutError(f"{still}; {blocked}" if blocked else still)
 
     def _check_connectable(self) -> None:
         """What connect() refuses before anything starts (any driver)."""

@@ -9,6 +9,7 @@ misusing the protocol, *Remote* errors are the peer doing so.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 
@@ -152,3 +153,22 @@ class ClusterUnavailable(StateError):
     """A cluster node cannot reach its Redis: it cannot number, route or
     record messages until Redis is back (the node reconnects by itself;
     docs/CLUSTER.md)."""
+
+
+def loop_blocked() -> str:
+    """What a blocking wait of the threaded API that timed out adds when
+    its thread runs an asyncio event loop: the wait held that loop the whole
+    time, so nothing on it (an ``AsyncServer`` in the same program) could
+    answer, and the timeout alone points elsewhere (a server that is down,
+    a missing ``tls``).  Empty otherwise; asyncio is not imported for it."""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:
+        return ""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return ""
+    return (
+        "this thread runs an asyncio event loop, which this blocking call held the whole time: nothing on"
+        " that loop could answer; in asyncio code use missioncommander.aio (or asyncio.to_thread)"
+    )

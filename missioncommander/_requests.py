@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ._callbacks import in_callback_thread
-from ._errors import NoResponder, QueueFullError, RemoteError, RequestTimeout, SessionLost, StateError
+from ._errors import NoResponder, QueueFullError, RemoteError, RequestTimeout, SessionLost, StateError, loop_blocked
 from ._frames import peer_text, with_id, with_meta
 from ._message import FrozenDict, Message
 from ._quiet import Quiet, more
@@ -269,7 +269,7 @@ class Requests:
         if not waiter.wait(None if timeout is None else max(0.0, timeout - spent)):
             self.forget(request_id)
             if not waiter.done():
-                raise timed_out(timeout, why)
+                raise timed_out(timeout, why, loop_blocked())
             # The reply won the race with the timeout.
         return waiter.outcome()
 
@@ -290,11 +290,12 @@ def no_requests(client_id: str, version: int) -> StateError:
     )
 
 
-def timed_out(timeout: float | None, why: Callable[[], str]) -> RequestTimeout:
+def timed_out(timeout: float | None, why: Callable[[], str], blocked: str = "") -> RequestTimeout:
     """The error of a request with no reply after ``timeout`` seconds; what
     ``why()`` says (the peer's connection is down, say) is added: a request
-    waits through a cut, so "no reply" alone hides the likeliest cause."""
-    reason = why()
+    waits through a cut, so "no reply" alone hides the likeliest cause.
+    ``blocked``: ``loop_blocked()``, for a threaded caller."""
+    reason = "; ".join(filter(None, (why(), blocked)))
     return RequestTimeout(f"no reply within {timeout:g} s" + (f" ({reason})" if reason else ""))
 
 

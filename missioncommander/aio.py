@@ -724,6 +724,8 @@ class AsyncClient(_Endpoint, ClientSettings):
         timeout = inner.connect_timeout
         try:
             await asyncio.wait_for(asyncio.wrap_future(future), timeout + 5.0)
+        except ConnectTimeout:  # the attempt's own (a TimeoutError too): as it is
+            raise
         except TimeoutError:  # the client's own timer should have fired first
             inner._abandon(generation)
             raise ConnectTimeout(

@@ -365,7 +365,7 @@ def test_tls_round_trip_and_an_untrusted_server(certs: Certs) -> None:
                 await untrusting.connect()
             # Without tls the server says nothing: the client says what that may mean.
             plain = AsyncClient(address="127.0.0.1", port=server.port, connect_timeout=1.0, reconnect_attempts=1)
-            with pytest.raises(ConnectError, match="the server said nothing: if it wants TLS, set tls"):
+            with pytest.raises(ConnectTimeout, match="the server said nothing: if it wants TLS, set tls"):
                 await plain.connect()
         async with AsyncServer(interface="127.0.0.1", port=0) as plain_server:
             client = AsyncClient(address="127.0.0.1", port=plain_server.port, reconnect_attempts=1, **trusting)
@@ -1165,6 +1165,38 @@ def test_an_async_request_with_a_bad_timeout_is_not_sent_and_infinity_waits() ->
                 assert asked == ["e"]
         finally:
             await server.stop()
+
+    run(test)
+
+
+def test_a_blocking_call_of_the_threaded_api_on_a_loops_thread_says_it_held_the_loop() -> None:
+    """A threaded ``Client`` used inside a coroutine blocks the loop, so an
+    ``AsyncServer`` on that loop cannot answer: the connect timed out with
+    "the server said nothing: if it wants TLS, set tls", which sent its
+    reader the wrong way.  Each timeout of a blocking call made on a loop's
+    thread now says that the loop was held; from a thread, the same calls
+    work, and their timeouts do not say it."""
+    held = "this thread runs an asyncio event loop, which this blocking call held the whole time"
+
+    async def test() -> None:
+        async with AsyncServer(interface="127.0.0.1", port=0) as server:
+            server.subscribe("request", lambda client_id, message: {"ok": True})
+            client = Client(address="127.0.0.1", port=server.port, connect_timeout=0.5)
+            try:
+                with pytest.raises(ConnectTimeout, match=held):
+                    client.connect()
+                await asyncio.to_thread(client.connect)
+                with pytest.raises(RequestTimeout, match=held):
+                    client.request(Message("q"), timeout=0.2)
+                with pytest.raises(TimeoutError, match=held):
+                    client.wait_state(ClientState.STATE_NOT_CONNECTED, timeout=0.1)
+                reply = await asyncio.to_thread(client.request, Message("q"), 5.0)
+                assert reply.payload == {"ok": True}
+                with pytest.raises(TimeoutError) as elsewhere:
+                    await asyncio.to_thread(client.wait_state, ClientState.STATE_NOT_CONNECTED, 0.1)
+                assert "asyncio" not in str(elsewhere.value)
+            finally:
+                await asyncio.to_thread(client.disconnect)
 
     run(test)
 
