@@ -1154,6 +1154,9 @@ def test_every_limit_and_timer_of_the_library_can_be_set(mcd: Mcd) -> None:
     assert bad.returncode == 2 and "fix: `mcctl help client` lists the keys" in bad.stderr
     bad = run("client", "set", "send_timeout", "-1", socket_path=sock)
     assert bad.returncode == 2 and "send_timeout" in bad.stderr
+    # The word for "no limit" is the one typed here, not Python's.
+    bad = run("server", "set", "max_clients", "0", socket_path=sock)
+    assert bad.returncode == 2 and "max_clients must be at least 1, not 0 (none: no limit)" in bad.stderr
     # A host pasted with its port: refused by mcd, saying what to leave out and where the values are.
     bad = run("client", "set", "address", "127.0.0.1:30000", socket_path=sock)
     assert bad.returncode == 2 and "give the host alone; the port is a setting of its own" in bad.stderr

@@ -199,7 +199,12 @@ def run_request(inv: Invocation, transport: Transport, printer: Printer) -> int:
                 "instances hosted in mcd run no code of yours, so they cannot answer; a library"
                 " Client or Server with a `request` callback can (docs/CONTROL_API.md)"
             )
-        printer.error(exc.code, exc.message, exc.details, hint)
+        message = exc.message
+        if verb == "set" and not printer.as_json:
+            # The library names its "unset" value in Python's word, where
+            # the one to type here is mcctl's: `set max_clients none`.
+            message = message.replace("(None: ", "(none: ")
+        printer.error(exc.code, message, exc.details, hint)
         return status
     printer.result(render(inv, result), result)
     for warning in result.get("warnings", ()):
