@@ -342,6 +342,20 @@ def test_events_stream_json_lines_with_catch_up(mcd: Mcd) -> None:
     ]
 
 
+@pytest.mark.parametrize("args", [("list",), ("--json", "list"), ("events",)])
+def test_output_that_cannot_be_written_is_an_error_not_a_traceback(mcd: Mcd, args: tuple[str, ...]) -> None:
+    """`mcctl events > file` on a full disk ended in an OSError traceback."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here to stand for a full disk")
+    env = dict(os.environ, MC_SOCKET=str(mcd.socket), PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [*mcctl_command(), *args], stdout=full, stderr=subprocess.PIPE, text=True, env=env, timeout=60, check=False
+        )
+    assert done.returncode == 1
+    assert done.stderr == "mcctl: cannot write its output: No space left on device\n"
+
+
 def events_since(mcd: Mcd, since: int, lines: int = 1) -> tuple[str, str]:
     """What `mcctl events --since N` says first: on standard error, and its
     banner (with the ``lines - 1`` lines after it)."""

@@ -46,6 +46,10 @@ if TYPE_CHECKING:
         def flush(self) -> None: ...
 
 
+class OutputError(Exception):
+    """Standard output could not be written: a full disk, say."""
+
+
 class Printer:
     """Where results go: human text, or ``--json`` (one JSON value per line)."""
 
@@ -78,12 +82,20 @@ class Printer:
     def json(self, data: Any) -> None:
         """Print ``data`` as one line of JSON (``json_line``: valid JSON, and
         safe on a terminal: ``printable`` would make it invalid)."""
-        print(json_line(data), file=self.out, flush=True)
+        self._out(json_line(data))
 
     def line(self, text: str, clear: bool = False) -> None:
         """Print ``text`` (its control characters escaped: see ``printable``),
         after clearing the screen with ``clear`` (`top`'s refresh)."""
-        print(("\x1b[H\x1b[2J" if clear else "") + printable(text, lines=True), file=self.out, flush=True)
+        self._out(("\x1b[H\x1b[2J" if clear else "") + printable(text, lines=True))
+
+    def _out(self, text: str) -> None:
+        try:
+            print(text, file=self.out, flush=True)
+        except BrokenPipeError:
+            raise  # the reader left (`mcctl events | head`): not an error
+        except OSError as exc:
+            raise OutputError(exc.strerror or str(exc)) from exc
 
     def error(self, code: str, message: str, details: Any = None, hint: str = "") -> None:
         if self.as_json:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -10,8 +11,10 @@ from mc_control import ControlClient, DaemonUnreachable, default_socket_path
 
 from .commands import (
     DAEMON_WAIT,
+    EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
+    OutputError,
     Printer,
     answer_timeout,
     run_daemon_wait,
@@ -296,6 +299,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `mcctl events | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except OutputError as exc:  # `mcctl events > file` on a full disk
+        # What is still buffered would fail again at exit, as a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        with contextlib.suppress(OSError):
+            print(f"mcctl: cannot write its output: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":
