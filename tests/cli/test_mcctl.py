@@ -667,6 +667,8 @@ def test_help_lists_commands_and_exit_codes() -> None:
     for needle in ("client set KEY VALUE", "server send [--to CLIENT_ID]", "exit status", "4  timeout"):
         assert needle in out.stdout
     assert "server kick" in run("help", "server").stdout
+    # The shell's help points to `help all`; typed at the command line it is the same.
+    assert run("help", "all").stdout == out.stdout
     no_tty = run()  # mcctl alone, not on a terminal: usage
     assert no_tty.returncode == 2 and "usage: mcctl" in no_tty.stdout
 

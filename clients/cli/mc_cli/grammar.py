@@ -361,6 +361,8 @@ def parse(argv: list[str], read_stdin: Callable[[], str] | None = None) -> Invoc
         inv.action = "help"
         topic_words = words[1:] if words and words[0] == "help" else words
         inv.topic = topic_words[0] if topic_words else None
+        if inv.topic == "all":
+            inv.topic = None  # the shell's `help all` (the whole usage), typed here too
         if inv.topic is not None and inv.topic not in TOP_COMMANDS:
             # `help conect` printed the whole usage, as if there were such a topic.
             raise UsageError(
