@@ -452,6 +452,10 @@ class Client(ClientSettings):
         self._callbacks = Callbacks("client", CLIENT_EVENTS)
         self._loop: Driver = _driver if _driver is not None else get_loop()
         self._generation = 0
+        #: The generation a server's shutdown ended, while the client waits
+        #: for its servershutdown callbacks to stop it: a connect() meanwhile
+        #: (from one of them, say) starts anew instead of doing nothing.
+        self._shut_down: int | None = None
         self._link: _ClientLink | None = None
         self._connect_future: Future[None] | None = None
         self._retry_timer: Cancellable | None = None
@@ -625,7 +629,9 @@ class Client(ClientSettings):
         session: ``send()`` and ``request()`` raise ``StateError``, and
         ``wait_connected()`` waits for it.
 
-        Does nothing when already running; ``StateError`` while a
+        Does nothing when already running (but after a server's shutdown,
+        which stops the client once its ``servershutdown`` callbacks have
+        returned, it starts anew: from one of them, say); ``StateError`` while a
         ``disconnect()`` is under way (from a ``disconnect`` callback, say:
         it would do nothing, and the client would end disconnected all the
         same).  Once connected, a broken connection is repaired in the
@@ -714,7 +720,9 @@ class Client(ClientSettings):
                         "the client is disconnecting: connect() once disconnect() has returned"
                         " (a broken connection the client repairs by itself)"
                     )
-                return None
+                if self._shut_down != self._generation:
+                    return None
+            self._shut_down = None
             self._generation += 1
             generation = self._generation
             self._retries = 0
@@ -1259,6 +1267,8 @@ class Client(ClientSettings):
         generation = self._generation
         with self._lock:
             self._generation += 1
+            if shutdown:
+                self._shut_down = self._generation
             self._closed_locked(reason, connection=True)
             self._stats.sessions_lost += 1
             self._end_session_locked(reason)
@@ -1300,6 +1310,7 @@ class Client(ClientSettings):
     def _stopped_after_shutdown(self, generation: int) -> None:
         with self._lock:
             if generation == self._generation and self._state_bits & _RUNNING:
+                self._shut_down = None
                 self._set_state(IDLE)
 
     def _end_session_locked(self, reason: str) -> None:

@@ -1169,6 +1169,36 @@ def test_an_async_request_with_a_bad_timeout_is_not_sent_and_infinity_waits() ->
     run(test)
 
 
+def test_a_connect_from_a_servershutdown_callback_starts_the_client_again() -> None:
+    """As with the threaded client (where it did nothing before the stop
+    that followed): a coroutine servershutdown callback that connects again
+    has the client connect to the server that comes back."""
+
+    async def test() -> None:
+        server = AsyncServer(interface="127.0.0.1", port=0)
+        await server.start()
+        port = server.port
+        client = AsyncClient(address="127.0.0.1", port=port, client_id="again", **FAST)
+
+        async def again() -> None:
+            await client.connect(wait=False)
+
+        client.subscribe("servershutdown", again)
+        await client.connect()
+        await server.stop()
+        await until(lambda: bool(client.state & ClientState.STATE_CONNECTING))
+        back = AsyncServer(interface="127.0.0.1", port=port)
+        await back.start()
+        try:
+            await client.wait_connected(timeout=LIMIT)
+            await until(lambda: back.clients == ["again"])
+        finally:
+            await client.disconnect()
+            await back.stop()
+
+    run(test)
+
+
 def test_a_blocking_call_of_the_threaded_api_on_a_loops_thread_says_it_held_the_loop() -> None:
     """A threaded ``Client`` used inside a coroutine blocks the loop, so an
     ``AsyncServer`` on that loop cannot answer: the connect timed out with

@@ -365,6 +365,33 @@ def test_server_shutdown_fires_servershutdown_and_client_stops(make_client: Make
     assert rec.of("reconnect") == []
 
 
+def test_a_connect_while_a_shutdown_stops_the_client_starts_it_again(make_client: MakeClient) -> None:
+    """A server's shutdown stops its client once the servershutdown
+    callbacks have returned.  A ``connect(wait=False)`` meanwhile (from such
+    a callback, or mcd's ``client.connect`` a moment after its hosted server
+    stopped) found the client still running, did nothing, and the stop
+    followed: the client stayed disconnected."""
+    server = Server(interface="127.0.0.1", port=0)
+    server.start()
+    port = server.port
+    client = make_client(server, client_id="again")
+    rec = Recorder().attach(client, "servershutdown", "connect")
+    client.subscribe("servershutdown", lambda: client.connect(wait=False))
+    client.connect()
+    server.stop()
+    rec.wait_count("servershutdown", 1)
+    wait_until(lambda: bool(client.state & S.STATE_CONNECTING), what="the client trying again")
+    back = Server(interface="127.0.0.1", port=port)
+    back.start()
+    try:
+        rec.wait_count("connect", 2)  # the first connect, and the one after the shutdown
+        wait_until(lambda: back.clients == ["again"], what="the new server's client")
+        assert client.state == CONNECTED
+    finally:
+        client.disconnect()
+        back.stop()
+
+
 def test_disconnect_client_is_terminal_for_the_client(server: Server, make_client: MakeClient) -> None:
     client = make_client(server, client_id="victim")
     srv = Recorder().attach(server, "clientdisconnect")
