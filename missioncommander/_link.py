@@ -168,11 +168,12 @@ class Link:
         if self.transport is not None:
             self.transport.write(data)
 
-    def send_final(self, frame: bytes, reason: str) -> None:
-        """Write a closing frame (BYE, SHUTDOWN, ERROR) and close after it."""
+    def send_final(self, frame: bytes, reason: str, peer_first: bool = False) -> None:
+        """Write a closing frame (BYE, SHUTDOWN, ERROR) and close after it;
+        with ``peer_first``, once the peer has closed (at most a second later)."""
         if self.transport is not None:
             self.transport.write(frame)
-            self.transport.close_after_flush(reason=reason)
+            self.transport.close_after_flush(reason=reason, peer_first=peer_first)
 
     # -- heartbeat -------------------------------------------------------------
 

@@ -433,8 +433,10 @@ class Server(ServerSettings):
     def stop(self, timeout: float = 5.0) -> None:
         """Announce shutdown to every client, end every session, stop listening.
 
-        Waits up to ``timeout`` seconds for the goodbyes to be written and,
-        outside a callback, for the callbacks of earlier events to run.
+        Waits up to ``timeout`` seconds for the clients to have read the
+        goodbye (each closes its end as it reads it; one that does not
+        within a second is closed) and, outside a callback, for the
+        callbacks of earlier events to run.
         Safe to call when not running, and from a callback.
         """
         with self._lock:
@@ -978,7 +980,14 @@ class Server(ServerSettings):
                 continue
             if link.is_open:
                 link.ack_taken()
-                link.send_final(link.proto.send_shutdown("server shutting down"), "server shutting down")
+                # A client closes as it reads the SHUTDOWN: waiting for that
+                # (a dead one is closed after a second) has stop() return
+                # once its clients have heard it, not while they still take
+                # themselves for connected, so that a connect() made just
+                # after stop() (mcd's next command) is not undone by it.
+                link.send_final(
+                    link.proto.send_shutdown("server shutting down"), "server shutting down", peer_first=True
+                )
             elif link.transport is not None:
                 link.transport.close("server shutting down")
         with self._lock:

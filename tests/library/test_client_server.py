@@ -392,6 +392,33 @@ def test_a_connect_while_a_shutdown_stops_the_client_starts_it_again(make_client
         back.stop()
 
 
+def test_a_connect_just_after_stop_returned_is_not_undone_by_the_shutdown(make_client: MakeClient) -> None:
+    """``stop()`` returned once its goodbyes were written, while clients had
+    not read them: a ``connect()`` made then found the client connected, did
+    nothing, and the SHUTDOWN read a moment later stopped it (mcd: a script
+    that stopped and restarted a hosted server and connected its 300 hosted
+    clients again left 43 disconnected).  ``stop()`` now returns once each
+    client has closed its end, as it does on reading the SHUTDOWN."""
+    server = Server(interface="127.0.0.1", port=0)
+    server.start()
+    port = server.port
+    clients = [make_client(server, client_id=f"c{i}") for i in range(50)]
+    for client in clients:
+        client.connect(wait=False)
+    wait_until(lambda: len(server.clients) == 50, what="50 clients connected")
+    server.stop()
+    for client in clients:
+        client.connect(wait=False)
+    back = Server(interface="127.0.0.1", port=port)
+    back.start()
+    try:
+        wait_until(lambda: len(back.clients) == 50, what="every client back on the new server")
+    finally:
+        for client in clients:
+            client.disconnect()
+        back.stop()
+
+
 def test_disconnect_client_is_terminal_for_the_client(server: Server, make_client: MakeClient) -> None:
     client = make_client(server, client_id="victim")
     srv = Recorder().attach(server, "clientdisconnect")
