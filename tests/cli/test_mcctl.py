@@ -1392,3 +1392,20 @@ def test_server_status_says_where_it_listens_first(mcd: Mcd) -> None:
     assert first == f"server default: listening on 127.0.0.1:{port}"
     assert run("server", "stop", socket_path=mcd.socket).returncode == 0
     assert run("server", "status", socket_path=mcd.socket).stdout.splitlines()[0] == "server default: stopped"
+
+
+def test_a_server_that_cannot_listen_is_told_what_to_change(mcd: Mcd) -> None:
+    """A port that is taken, or an interface that is no address here, came
+    with no fix: which setting to change, and to what, is the question."""
+    port = start_hosted_server(mcd)
+    for args in (("server", "set", "interface", "127.0.0.1"), ("server", "set", "port", str(port))):
+        assert run(*args, "--name", "second", socket_path=mcd.socket).returncode == 0
+    taken = run("server", "start", "--name", "second", socket_path=mcd.socket)
+    assert taken.returncode == 1 and "Address already in use" in taken.stderr
+    assert "fix: another server listens on that port (one of this mcd's: `mcctl list`" in taken.stderr
+    assert "`mcctl server set port 0 --name second` picks a free one" in taken.stderr
+    # 192.0.2.1 is for documentation (RFC 5737): no machine has it.
+    assert run("server", "set", "interface", "192.0.2.1", "--name", "second", socket_path=mcd.socket).returncode == 0
+    elsewhere = run("server", "start", "--name", "second", socket_path=mcd.socket)
+    assert elsewhere.returncode == 1 and "Cannot assign requested address" in elsewhere.stderr
+    assert "fix: the interface is no address of this machine" in elsewhere.stderr

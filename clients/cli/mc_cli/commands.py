@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -182,6 +183,16 @@ def answer_timeout(inv: Invocation, default: float) -> float:
     return inv.options.timeout or default
 
 
+def _name_option(inv: Invocation) -> str:
+    """`` --name NAME`` for a hint's command, when the instance is not the default one."""
+    name = inv.params.get("name")
+    if not isinstance(name, str) or name == "default":
+        return ""
+    import shlex  # noqa: PLC0415 - on this error only: mcctl's start-up stays light
+
+    return f" --name {shlex.quote(name)}"
+
+
 def run_request(inv: Invocation, transport: Transport, printer: Printer) -> int:
     assert inv.cmd is not None
     try:
@@ -204,6 +215,18 @@ def run_request(inv: Invocation, transport: Transport, printer: Printer) -> int:
             )
         elif exc.code == ErrorCode.UNKNOWN_COMMAND:
             hint = f"`{printer.command_prefix}help` lists the commands"
+        elif exc.code == ErrorCode.BIND_FAILED and f"[Errno {errno.EADDRINUSE}]" in exc.message:
+            hint = (
+                "another server listens on that port (one of this mcd's: "
+                f"`{printer.command_prefix}list`; or another program's: `ss -ltnp`);"
+                f" `{printer.command_prefix}server set port 0{_name_option(inv)}` picks a free one"
+            )
+        elif exc.code == ErrorCode.BIND_FAILED and f"[Errno {errno.EADDRNOTAVAIL}]" in exc.message:
+            hint = (
+                "the interface is no address of this machine (`ip -brief address` lists them);"
+                f" `{printer.command_prefix}server set interface 127.0.0.1{_name_option(inv)}` listens on this"
+                " machine only"
+            )
         elif exc.code == ErrorCode.NO_RESPONDER:
             # The likeliest peer in a first try is another instance of the
             # same mcd, which can never answer: say so, and what can.
