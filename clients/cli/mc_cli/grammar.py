@@ -615,12 +615,12 @@ def _instance_command(inv: Invocation, kind: str, rest: list[str], read_stdin: C
     else:
         if len(args) == 1:
             import shlex  # noqa: PLC0415 - on these errors only: mcctl's start-up stays light
-        if len(args) == 1 and verb == "connect":
-            raise UsageError(
-                "usage: client connect [--wait | --no-wait]   (the server is a setting:"
-                f" client set address {shlex.quote(args[0])}; an instance's name goes in --name)"
-            )
-        if len(args) == 1:
+
+            if verb == "connect":
+                raise UsageError(
+                    "usage: client connect [--wait | --no-wait]   (the server is a setting:"
+                    f" client set address {shlex.quote(args[0])}; an instance's name goes in --name)"
+                )
             # `server create second`: the instance's name is an option here.
             raise UsageError(
                 f"usage: {kind} {verb} [--name NAME]   ({kind} {verb} takes no arguments;"
