@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,6 +94,28 @@ def test_a_value_longer_than_its_field_shows_its_start(qtbot: QtBot, gui: TrayAp
     qtbot.waitUntil(edit.isVisible, timeout=WAIT)
     assert edit.fontMetrics().horizontalAdvance(client_id) > edit.width()  # it does not fit
     assert edit.cursorPosition() == 0  # so its start is what shows
+
+
+def test_a_port_taken_or_an_interface_not_here_is_said_on_its_field(qtbot: QtBot, gui: TrayApp) -> None:
+    """Start on a taken port said mcd's "[Errno 98] ... Address already in
+    use" in the status bar only: the field to change is where it belongs."""
+    gui.window.tabs.setCurrentIndex(1)
+    tab = gui.window.server_tab
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        set_text(qtbot, tab.interface.edit, "127.0.0.1")
+        set_text(qtbot, tab.port.edit, str(holder.getsockname()[1]))
+        qtbot.mouseClick(tab.start_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: tab.port.error.isVisibleTo(gui.window), timeout=WAIT)
+    assert tab.port.error.text() == "taken: another server listens on this port (0 picks a free one)"
+    assert not tab.interface.error.isVisibleTo(gui.window)
+    set_text(qtbot, tab.interface.edit, "192.0.2.1")  # for documentation (RFC 5737): no machine has it
+    set_text(qtbot, tab.port.edit, "0")
+    qtbot.mouseClick(tab.start_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: tab.interface.error.isVisibleTo(gui.window), timeout=WAIT)
+    assert tab.interface.error.text() == "no address of this machine (127.0.0.1: this machine only)"
+    assert not tab.port.error.isVisibleTo(gui.window)
 
 
 def test_server_tab_lists_clients_live_sends_and_kicks(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:

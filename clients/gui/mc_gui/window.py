@@ -1146,7 +1146,18 @@ class ServerTab(InstanceTab):
         self.apply()
 
     def start_server(self) -> None:
-        self.apply(lambda: self.backend.request("server.start", {"name": self.name}, None, self.report_error))
+        self.apply(lambda: self.backend.request("server.start", {"name": self.name}, None, self._start_failed))
+
+    def _start_failed(self, code: str, message: str) -> None:
+        """A start refused: a port taken or an interface not of this machine
+        is said on its field, where it is changed (the status bar alone
+        showed mcd's "[Errno 98] ... Address already in use")."""
+        at_fault = vm.bind_failure(code, message)
+        if at_fault is not None:
+            key, why = at_fault
+            self.interface.set_error(why if key == "interface" else None)
+            self.port.set_error(why if key == "port" else None)
+        self.report_error(code, message)
 
     def apply(self, then: Callable[[], None] | None = None) -> bool:
         """Validate the fields and send what changed (while listening, only
