@@ -105,6 +105,14 @@ class ErrorCode(enum.StrEnum):
     INTERNAL = "internal"
 
 
+def bind_fault(details: Any) -> str | None:
+    """The setting a ``bind_failed`` error's details blame (``port``,
+    ``interface``), or None: mcd says it there, so that controllers need
+    not read errnos out of the message."""
+    key = details.get("key") if isinstance(details, dict) else None
+    return key if key in ("port", "interface") else None
+
+
 #: mcctl's exit status for a daemon error: 1 the daemon refused or the
 #: command failed, 2 a usage error, 4 a timeout (3, daemon unreachable, is
 #: decided before any code exists).

@@ -13,6 +13,7 @@ those callbacks publish events here, which takes the lock.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import logging
 import os.path
@@ -621,7 +622,7 @@ class DaemonCore:
                 inst.server.start(prefer_port=inst.last_port)
             except BindError as exc:
                 inst.last_error = str(exc)
-                raise CoreError(ErrorCode.BIND_FAILED, str(exc)) from None
+                raise CoreError(ErrorCode.BIND_FAILED, str(exc), _bind_details(exc)) from None
             except (ValueError, ImportError) as exc:
                 raise CoreError(ErrorCode.INVALID_VALUE, _refusal(exc)) from None
             inst.last_error = None
@@ -1075,6 +1076,14 @@ def _client_stats(server: Server, client_id: str) -> dict[str, Any] | None:
         return server.stats(client_id)
     except UnknownClient:
         return None
+
+
+def _bind_details(exc: BindError) -> dict[str, Any]:
+    """A ``bind_failed`` error's details: the setting at fault where a
+    controller can tell (``port`` taken, ``interface`` not of this machine;
+    else None), so that it says so on that setting; and the errno."""
+    key = {errno.EADDRINUSE: "port", errno.EADDRNOTAVAIL: "interface"}.get(exc.errno or 0)
+    return {"key": key, "errno": exc.errno}
 
 
 @contextlib.contextmanager

@@ -903,7 +903,9 @@ def test_a_server_on_a_taken_port_fails_with_bind_failed_and_the_daemon_goes_on(
         out = run("server", "start", socket_path=sock)
         assert out.returncode == 1
         in_use = os.strerror(errno.EADDRINUSE)
-        assert out.stderr.strip() == f"mcctl: [Errno {errno.EADDRINUSE}] cannot listen on 127.0.0.1:{port}: {in_use}"
+        message, fix = out.stderr.splitlines()  # mcd's words, then what to change (see the test below)
+        assert message == f"mcctl: [Errno {errno.EADDRINUSE}] cannot listen on 127.0.0.1:{port}: {in_use}"
+        assert fix.startswith("  fix: another server listens on that port")
         as_json = run("--json", "server", "start", socket_path=sock)
         assert json.loads(as_json.stdout)["error"]["code"] == "bind_failed"
         status = ok_json("server", "status", socket_path=sock)
@@ -1404,6 +1406,9 @@ def test_a_server_that_cannot_listen_is_told_what_to_change(mcd: Mcd) -> None:
     assert taken.returncode == 1 and "Address already in use" in taken.stderr
     assert "fix: another server listens on that port (one of this mcd's: `mcctl list`" in taken.stderr
     assert "`mcctl server set port 0 --name second` picks a free one" in taken.stderr
+    # mcd names the setting at fault, for any controller: none reads errnos out of the message.
+    error = json.loads(run("--json", "server", "start", "--name", "second", socket_path=mcd.socket).stdout)["error"]
+    assert (error["code"], error["details"]) == ("bind_failed", {"key": "port", "errno": errno.EADDRINUSE})
     # 192.0.2.1 is for documentation (RFC 5737): no machine has it.
     assert run("server", "set", "interface", "192.0.2.1", "--name", "second", socket_path=mcd.socket).returncode == 0
     elsewhere = run("server", "start", "--name", "second", socket_path=mcd.socket)

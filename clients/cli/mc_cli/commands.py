@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import sys
@@ -10,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from mc_control import API_VERSION, EXIT_CODES, ControlError, DaemonUnreachable, ErrorCode
-from mc_control.codes import DEFAULT_WAITS
+from mc_control.codes import DEFAULT_WAITS, bind_fault
 from mc_control.events import json_line, printable
 
 from . import __version__, output
@@ -215,13 +214,13 @@ def run_request(inv: Invocation, transport: Transport, printer: Printer) -> int:
             )
         elif exc.code == ErrorCode.UNKNOWN_COMMAND:
             hint = f"`{printer.command_prefix}help` lists the commands"
-        elif exc.code == ErrorCode.BIND_FAILED and f"[Errno {errno.EADDRINUSE}]" in exc.message:
+        elif exc.code == ErrorCode.BIND_FAILED and bind_fault(exc.details) == "port":
             hint = (
                 "another server listens on that port (one of this mcd's: "
                 f"`{printer.command_prefix}list`; or another program's: `ss -ltnp`);"
                 f" `{printer.command_prefix}server set port 0{_name_option(inv)}` picks a free one"
             )
-        elif exc.code == ErrorCode.BIND_FAILED and f"[Errno {errno.EADDRNOTAVAIL}]" in exc.message:
+        elif exc.code == ErrorCode.BIND_FAILED and bind_fault(exc.details) == "interface":
             hint = (
                 "the interface is no address of this machine (`ip -brief address` lists them);"
                 f" `{printer.command_prefix}server set interface 127.0.0.1{_name_option(inv)}` listens on this"

@@ -94,7 +94,7 @@ class TrayApp:
         running = self.model.instance("server", name).phase == "listening"
         self.backend.request("server.stop" if running else "server.start", {"name": name}, None, self._error)
 
-    def _error(self, _code: str, message: str) -> None:
+    def _error(self, _code: str, message: str, _details: Any = None) -> None:
         self.notify(vm.Notification("MissionCommander", message, critical=True))
 
     # -- signals ---------------------------------------------------------------------

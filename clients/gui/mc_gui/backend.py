@@ -25,7 +25,9 @@ from PySide6.QtCore import QObject, Signal, SignalInstance
 from mc_control import ControlClient, ControlError, DaemonUnreachable, default_socket_path
 
 Reply = Callable[[dict[str, Any]], None]
-Failure = Callable[[str, str], None]
+#: ``on_error(code, message, details)``: a ControlError's three parts (the
+#: details None where mcd could not be reached).
+Failure = Callable[[str, str, Any], None]
 Lane = queue.SimpleQueue[tuple[str, dict[str, Any], Reply | None, Failure | None] | None]
 
 #: Seconds a Send waits in mcd for room in a full queue before it says so
@@ -116,7 +118,7 @@ class Backend(QObject):
         self, cmd: str, params: dict[str, Any], on_reply: Reply | None = None, on_error: Failure | None = None
     ) -> None:
         """Queue a request; ``on_reply(result)`` or ``on_error(code, message)``
-        runs later on the GUI thread."""
+        runs later on the GUI thread (``details`` too: ``Failure``)."""
         self._requests.put((cmd, params, on_reply, on_error))
 
     def send(self, cmd: str, params: dict[str, Any], on_reply: Reply, on_error: Failure) -> None:
@@ -139,9 +141,9 @@ class Backend(QObject):
             with ControlClient(self.socket_path, timeout=float(params.get("timeout", 10.0)) + 5.0) as client:
                 result = client.request(cmd, **params)
         except ControlError as exc:
-            self._done.emit(on_error, (exc.code, exc.message), None)
+            self._done.emit(on_error, (exc.code, exc.message, exc.details), None)
         except DaemonUnreachable as exc:
-            self._done.emit(on_error, (f"daemon_{exc.kind}", exc.message), None)
+            self._done.emit(on_error, (f"daemon_{exc.kind}", exc.message, None), None)
         else:
             self._done.emit(on_reply, result, True)
 
@@ -159,13 +161,13 @@ class Backend(QObject):
                     client = ControlClient(self.socket_path, timeout=timeout).connect()
                 result = client.request(cmd, **params)
             except ControlError as exc:
-                self._done.emit(on_error, (exc.code, exc.message), None)
+                self._done.emit(on_error, (exc.code, exc.message, exc.details), None)
                 continue
             except DaemonUnreachable as exc:
                 if client is not None:
                     client.close()
                 client = None
-                self._done.emit(on_error, (f"daemon_{exc.kind}", exc.message), None)
+                self._done.emit(on_error, (f"daemon_{exc.kind}", exc.message, None), None)
                 continue
             for text in result.get("warnings", ()) if isinstance(result, dict) else ():
                 self.warning.emit(str(text))

@@ -7,7 +7,6 @@ validates what a person types before anything is sent.
 
 from __future__ import annotations
 
-import errno
 import itertools
 import json
 import os.path
@@ -408,17 +407,11 @@ def _change_status(st: dict[str, Any], event: str, data: dict[str, Any]) -> bool
 # -- validation: (value, error) pairs; error is None when the value is good ------
 
 
-def bind_failure(code: str, message: str) -> tuple[str, str] | None:
-    """A server that could not listen: the field at fault and what to do
-    about it, for the two causes a person can fix from the form (None for
-    the rest, said as they come)."""
-    if code != "bind_failed":
-        return None
-    if f"[Errno {errno.EADDRINUSE}]" in message:
-        return "port", "taken: another server listens on this port (0 picks a free one)"
-    if f"[Errno {errno.EADDRNOTAVAIL}]" in message:
-        return "interface", "no address of this machine (127.0.0.1: this machine only)"
-    return None
+#: What a field at fault in a refused start says (``bind_fault``).
+BIND_FAULTS = {
+    "port": "taken: another server listens on this port (0 picks a free one)",
+    "interface": "no address of this machine (127.0.0.1: this machine only)",
+}
 
 
 def check_port(text: str, allow_zero: bool = False) -> tuple[int | None, str | None]:

@@ -33,7 +33,15 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from mc_control.codes import CLIENT_TUNING, LIVE_CLIENT_KEYS, LIVE_SERVER_KEYS, OPTIONAL_TUNING, SERVER_TUNING
+from mc_control.codes import (
+    CLIENT_TUNING,
+    LIVE_CLIENT_KEYS,
+    LIVE_SERVER_KEYS,
+    OPTIONAL_TUNING,
+    SERVER_TUNING,
+    ErrorCode,
+    bind_fault,
+)
 from mc_control.events import printable
 
 from . import viewmodel as vm
@@ -219,13 +227,13 @@ def fill_secret(field: Field, value: object) -> None:
         field.edit.setPlaceholderText("set (type to replace, clear and apply to remove)" if value else "none")
 
 
-def field_callbacks(field: AnyField) -> tuple[Callable[[dict[str, Any]], None], Callable[[str, str], None]]:
+def field_callbacks(field: AnyField) -> tuple[Reply, Failure]:
     """A setting's request outcome, shown on its field."""
 
     def done(_result: dict[str, Any]) -> None:
         field.dirty = False
 
-    def failed(_code: str, message: str) -> None:
+    def failed(_code: str, message: str, _details: Any = None) -> None:
         field.set_error(message)
 
     return done, failed
@@ -261,8 +269,8 @@ class SettingsThen:
             self._pending -= 1
             self._settle()
 
-        def failed(code: str, message: str) -> None:
-            on_failed(code, message)
+        def failed(code: str, message: str, details: Any = None) -> None:
+            on_failed(code, message, details)
             self._failed = True
             self._pending -= 1
             self._settle()
@@ -281,7 +289,7 @@ class SettingsThen:
         if then is None:
             return
         if self._failed:
-            self._refused("settings", f"not {self._what}: mcd refused a setting (marked in red)")
+            self._refused("settings", f"not {self._what}: mcd refused a setting (marked in red)", None)
         else:
             then()
 
@@ -549,7 +557,7 @@ class InstanceTab(QWidget):
             self.backend.request(f"{self.kind}.create", {"name": name}, self._status_reply, self._create_failed)
         self.refresh()
 
-    def _create_failed(self, code: str, message: str) -> None:
+    def _create_failed(self, code: str, message: str, _details: Any = None) -> None:
         if code == "exists":  # picked an existing one: just show it
             self.backend.request(f"{self.kind}.status", {"name": self.name}, self._status_reply, self.report_error)
         else:
@@ -583,7 +591,7 @@ class InstanceTab(QWidget):
                 # Clients of other nodes come and go with no event here: look.
                 self.backend.request("server.status", {"name": name}, self._status_reply, failed)
 
-        def failed(code: str, message: str) -> None:
+        def failed(code: str, message: str, _details: Any = None) -> None:
             self._polling = False  # not_found while the instance is made, or mcd away: the next poll tells
 
         self.backend.request("stats", {"kind": kind, "name": name}, got, failed)
@@ -594,7 +602,7 @@ class InstanceTab(QWidget):
         self.figures.text.setText(vm.describe_figures(self.kind, inst.figures, rates))
         self.figures.graph.show_rates(rates)
 
-    def report_error(self, code: str, message: str) -> None:
+    def report_error(self, code: str, message: str, _details: Any = None) -> None:
         self.status_message.emit(f"{self.kind} {self.name}: {message}")
 
     def ask(self, params: dict[str, Any], to: str) -> None:
@@ -606,7 +614,7 @@ class InstanceTab(QWidget):
         def replied(result: dict[str, Any]) -> None:
             self._logged(name, vm.describe_reply(subject, to, result))
 
-        def failed(code: str, message: str) -> None:
+        def failed(code: str, message: str, _details: Any = None) -> None:
             self._logged(name, vm.describe_request_failure(subject, to, code, message))
             self.report_error(code, message)
 
@@ -1148,15 +1156,13 @@ class ServerTab(InstanceTab):
     def start_server(self) -> None:
         self.apply(lambda: self.backend.request("server.start", {"name": self.name}, None, self._start_failed))
 
-    def _start_failed(self, code: str, message: str) -> None:
+    def _start_failed(self, code: str, message: str, details: Any = None) -> None:
         """A start refused: a port taken or an interface not of this machine
         is said on its field, where it is changed (the status bar alone
         showed mcd's "[Errno 98] ... Address already in use")."""
-        at_fault = vm.bind_failure(code, message)
-        if at_fault is not None:
-            key, why = at_fault
-            self.interface.set_error(why if key == "interface" else None)
-            self.port.set_error(why if key == "port" else None)
+        if code == ErrorCode.BIND_FAILED and (key := bind_fault(details)) is not None:
+            self.interface.set_error(vm.BIND_FAULTS[key] if key == "interface" else None)
+            self.port.set_error(vm.BIND_FAULTS[key] if key == "port" else None)
         self.report_error(code, message)
 
     def apply(self, then: Callable[[], None] | None = None) -> bool:
@@ -1347,7 +1353,7 @@ class MainWindow(QMainWindow):
             self.model.set_daemon_status(status)
             self.refresh()
 
-        def failed(_code: str, _message: str) -> None:
+        def failed(_code: str, _message: str, _details: Any = None) -> None:
             self.reading_warnings = False  # the event stream reports mcd down
 
         self.backend.request("daemon.status", {}, got, failed)
