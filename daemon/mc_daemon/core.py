@@ -511,22 +511,43 @@ class DaemonCore:
             _apply_setting(Client() if kind == "client" else Server(), key, value)
         instance = self.get(kind, name)
         target = instance.client if kind == "client" else instance.server
+        restarted = False
         try:
             _apply_setting(target, key, value)
         except StateError:
-            stop = "client disconnect" if kind == "client" else "server stop"
-            raise CoreError(
-                ErrorCode.STATE_ERROR,
-                f"cannot change {key} while {kind} {name!r} is {instance.status()['phase']}; "
-                f"{stop}{_name_option(name)} first",
-                {"key": key},
-            ) from None
+            if isinstance(instance, ClientInstance) and client_phase(instance.client.state) == "connecting":
+                self._set_and_reconnect(instance, key, value)
+                restarted = True
+            else:
+                stop = "client disconnect" if kind == "client" else "server stop"
+                raise CoreError(
+                    ErrorCode.STATE_ERROR,
+                    f"cannot change {key} while {kind} {name!r} is {instance.status()['phase']}; "
+                    f"{stop}{_name_option(name)} first",
+                    {"key": key},
+                ) from None
         if key in (CLIENT_TUNING if kind == "client" else SERVER_TUNING):
             instance.tuned.add(key)
         instance.refused.pop(key, None)
         instance.settings_changed()
         settings = instance.publish_settings(key)
-        return _with_warnings({"settings": settings}, [*warnings, *self.save()])
+        result: dict[str, Any] = {"settings": settings}
+        if restarted:
+            result["restarted"] = True
+        return _with_warnings(result, [*warnings, *self.save()])
+
+    @staticmethod
+    def _set_and_reconnect(instance: ClientInstance, key: str, value: Any) -> None:
+        """Set what a client still making its first connection cannot take
+        while it runs (the ``tls_ca`` its failed attempts asked for, an
+        address), and start its connecting again with it.  It has no session
+        yet, so nothing is lost, where "client disconnect first" made the
+        fix three commands."""
+        client = instance.client
+        _apply_setting(Client(), key, value)  # a refused value undoes nothing
+        client.disconnect()
+        _apply_setting(client, key, value)
+        client.connect(wait=False)
 
     def get_settings(self, kind: str, name: str, key: str | None) -> dict[str, Any]:
         settings: dict[str, Any] = self.get(kind, name, create=False).settings()

@@ -1414,3 +1414,29 @@ def test_a_server_that_cannot_listen_is_told_what_to_change(mcd: Mcd) -> None:
     elsewhere = run("server", "start", "--name", "second", socket_path=mcd.socket)
     assert elsewhere.returncode == 1 and "Cannot assign requested address" in elsewhere.stderr
     assert "fix: the interface is no address of this machine" in elsewhere.stderr
+
+
+def test_a_setting_fixed_while_the_first_connect_retries_applies_and_connects(mcd: Mcd) -> None:
+    """`client connect` failed (a wrong port, a missing tls_ca) and said the
+    client keeps trying; fixing the setting was then refused with "client
+    disconnect first", a fix of three commands.  A client with no session
+    yet takes it and starts connecting again; a connected one still refuses
+    (it would drop its session)."""
+    port = start_hosted_server(mcd)
+    with socket.socket() as nobody:  # a port nothing listens on, held so nothing will
+        nobody.bind(("127.0.0.1", 0))
+        wrong = str(nobody.getsockname()[1])
+        for args in (("client", "set", "address", "127.0.0.1"), ("client", "set", "port", wrong)):
+            assert run(*args, socket_path=mcd.socket).returncode == 0
+        failed = run("client", "connect", socket_path=mcd.socket)
+        assert failed.returncode == 1 and "it keeps trying in the background" in failed.stderr
+        assert ok_json("client", "status", socket_path=mcd.socket)["phase"] == "connecting"
+        fixed = run("client", "set", "port", str(port), socket_path=mcd.socket)
+    assert fixed.returncode == 0, fixed.stderr
+    assert fixed.stdout.strip() == f"client default: port = {port} (it was connecting: it starts again with it)"
+    assert run("wait", "client", "connected", "--timeout", "30", socket_path=mcd.socket).returncode == 0
+    status = ok_json("client", "status", socket_path=mcd.socket)
+    assert status["settings"]["port"] == port and status["desired"] == "connected"
+    refused = run("client", "set", "port", "1", socket_path=mcd.socket)
+    assert refused.returncode == 1
+    assert "cannot change port while client 'default' is connected; client disconnect first" in refused.stderr

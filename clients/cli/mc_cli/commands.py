@@ -136,7 +136,8 @@ def render(inv: Invocation, result: dict[str, Any]) -> str:
     if verb == "set":
         key = inv.params["key"]
         shown = output.setting_text(key, result["settings"].get(key))
-        return f"{cmd.split('.')[0]} {name}: {key} = {shown}"
+        again = " (it was connecting: it starts again with it)" if result.get("restarted") else ""
+        return f"{cmd.split('.')[0]} {name}: {key} = {shown}{again}"
     if verb == "get":
         return output.settings(result["settings"])
     if cmd == "client.connect":
