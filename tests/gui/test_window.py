@@ -243,6 +243,27 @@ def test_a_refused_setting_stops_the_connect_it_came_with(qtbot: QtBot, gui: Tra
     assert status[0]["phase"] == "disconnected" and status[0]["last_close_reason"] is None  # never tried
 
 
+def test_a_port_fixed_while_the_first_connect_retries_is_applied(qtbot: QtBot, gui: TrayApp, mcd: Mcd) -> None:
+    """A client whose first connect failed keeps trying: its fields were
+    read-only ("disconnect to change this").  With no session yet, they stay
+    editable, and Apply connects it with the fixed value."""
+    mcd.request("server.set", key="interface", value="127.0.0.1")
+    port = mcd.request("server.start")["port"]
+    tab = gui.window.client_tab
+    with socket.socket() as nobody:  # a port nothing listens on, held so nothing will
+        nobody.bind(("127.0.0.1", 0))
+        set_text(qtbot, tab.address.edit, "127.0.0.1")
+        set_text(qtbot, tab.port.edit, str(nobody.getsockname()[1]))
+        qtbot.mouseClick(tab.connect_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: tab.current().phase == "connecting", timeout=WAIT)
+        assert not tab.port.edit.isReadOnly() and tab.disconnect_button.isEnabled()
+        set_text(qtbot, tab.port.edit, str(port))
+        qtbot.mouseClick(tab.apply_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: mcd.phase("client") == "connected", timeout=WAIT)
+    assert mcd.request("client.status")["settings"]["port"] == port
+    qtbot.waitUntil(tab.port.edit.isReadOnly, timeout=WAIT)  # connected: a session to keep
+
+
 def test_daemon_down_banner_start_button_and_recovery(
     qtbot: QtBot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -763,8 +763,13 @@ class InstanceTab(QWidget):
 
 class ClientTab(InstanceTab):
     kind = "client"
-    #: Phases in which only the settings the client takes live may change.
+    #: Phases in which the client runs: Disconnect, not Connect.
     RUNNING = ("connected", "connecting", "reconnecting", "disconnecting")
+    #: Phases in which only the settings the client takes live may change.
+    #: Not while it makes its first connection: it has no session yet, and
+    #: mcd takes any setting and starts connecting again with it (the fix
+    #: its failed attempts asked for, a tls_ca or a port).
+    LOCKED = ("connected", "reconnecting", "disconnecting")
 
     def __init__(self, model: vm.ViewModel, backend: Backend) -> None:
         super().__init__(model, backend)
@@ -878,16 +883,17 @@ class ClientTab(InstanceTab):
         self.fill_tuning(settings)
         defaults = {"tls": False, "tls_verify": True}
         running = inst.phase in self.RUNNING
+        locked = inst.phase in self.LOCKED
         for key, box in self.toggles.items():
             if key not in self.dirty_toggles:  # what the user clicked stays until applied
                 box.blockSignals(True)
                 box.setChecked(bool(settings.get(key, defaults[key])))
                 box.blockSignals(False)
-            box.setEnabled(not running)
-        self.lock_fields(running, LIVE_CLIENT_KEYS, "disconnect to change this")
-        self.generate.setEnabled(not running)
+            box.setEnabled(not locked)
+        self.lock_fields(locked, LIVE_CLIENT_KEYS, "disconnect to change this")
+        self.generate.setEnabled(not locked)
         self.apply_button.setToolTip(
-            "Apply the limits and timers to the running client (the rest: disconnect first)" if running else ""
+            "Apply the limits and timers to the running client (the rest: disconnect first)" if locked else ""
         )
         self.connect_button.setEnabled(not running)
         self.disconnect_button.setEnabled(running)
@@ -904,7 +910,7 @@ class ClientTab(InstanceTab):
         self.show_last_close(self.current())  # the figures bring the latest attempt's outcome
 
     def _apply_clicked(self) -> None:
-        if self.current().phase in self.RUNNING:
+        if self.current().phase in self.LOCKED:
             self.apply_live()
         else:
             self.apply()
