@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -283,3 +284,10 @@ def test_the_name_rule_the_gui_checks_is_the_schemas(name: str) -> None:
 def test_every_help_topic_completion_offers_has_a_help_of_its_own() -> None:
     assert all(help_text(topic) != HELP for topic in HELP_TOPICS)
     assert help_text("nosuch") == HELP
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "-inf"])
+def test_a_timeout_that_is_no_positive_number_says_what_was_given(value: str) -> None:
+    """`--timeout nan` was told "must be positive", which it is not quite about."""
+    with pytest.raises(UsageError, match=rf"^--timeout must be a number of seconds above 0, not '{re.escape(value)}'$"):
+        parse(["client", "request", "x", "--timeout", value])

@@ -238,8 +238,8 @@ def _set_option(opts: Options, name: str, value: str) -> None:
             seconds = float(value)
         except ValueError:
             raise UsageError(f"--timeout must be a number of seconds, not {value!r}") from None
-        if not seconds > 0:
-            raise UsageError("--timeout must be positive")
+        if not seconds > 0:  # NaN too: it is no number of seconds
+            raise UsageError(f"--timeout must be a number of seconds above 0, not {value!r}")
         if not seconds <= MAX_TIMEOUT:  # inf, 1e12: a socket's timeout overflowed with a traceback
             raise UsageError(f"--timeout must be at most {MAX_TIMEOUT:,} seconds (a day), not {value!r}")
         opts.timeout = seconds
