@@ -869,14 +869,23 @@ class ClusterNode:
                 more(unsaid),
             )
 
+    @property
+    def unreachable_said(self) -> bool:
+        """Whether the node has said, since it last reached Redis, that it cannot."""
+        return self._lost_logged
+
     def _lost(self, exc: BaseException) -> None:
         """Redis did not answer: refuse newcomers; past the leases, let go."""
         self.ready = False
         if not self._lost_logged:
             self._lost_logged = True
+            # A node that never reached it has not lost it (a Redis not up
+            # yet, a wrong URL): said so, the first of the start's lines.
+            lost = "lost Redis" if self._joined.is_set() else "cannot reach Redis"
             log.warning(
-                "cluster node %s lost Redis at %s (%s): refusing new clients until it is back",
+                "cluster node %s %s at %s (%s): refusing new clients until it is back",
                 self.node_id,
+                lost,
                 self.url,
                 exc,
             )

@@ -415,7 +415,8 @@ class Server(ServerSettings):
             # returns.  Without Redis the node listens and refuses newcomers
             # (retry) until it gets there.  (The asyncio API waits for it
             # without blocking its loop.)
-            if not self._loop.in_loop() and not cluster.wait_joined(min(2.0, self.lease_ttl)):
+            joined = self._loop.in_loop() or cluster.wait_joined(min(2.0, self.lease_ttl))
+            if not joined and not cluster.unreachable_said:  # a Redis that refused has said why already
                 log.warning("cluster node %s: Redis at %s does not answer yet", cluster.node_id, cluster.url)
         listener.start()
         log.info("server listening on %s", host_port(host or "*", self._bound_port))

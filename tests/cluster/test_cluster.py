@@ -1250,3 +1250,22 @@ def test_acknowledgements_of_many_clients_are_trimmed_in_batches(redis_server: R
             assert store.redis.hget(f"{store.prefix}sess:{client_id}", "out_bytes") == b"2"
     finally:
         store.close()
+
+
+def test_a_node_started_without_its_redis_says_so_once_and_not_that_it_lost_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A node whose Redis was not up at start said "lost Redis" (it never
+    had it) and then "does not answer yet": two lines for one cause."""
+    with socket.socket() as nothing:  # a port nothing listens on, held so nothing will
+        nothing.bind(("127.0.0.1", 0))
+        url = f"redis://127.0.0.1:{nothing.getsockname()[1]}/0"
+        node = Server(interface="127.0.0.1", port=0, cluster=url, node_id="early")
+        with caplog.at_level(logging.WARNING, logger="missioncommander"):
+            node.start()
+            try:
+                wait_until(lambda: "cannot reach Redis" in caplog.text, what="the node's word on its Redis")
+            finally:
+                node.stop()
+    said = [r.getMessage() for r in caplog.records if "Redis at" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"cluster node early cannot reach Redis at {url} ("), said
