@@ -595,11 +595,11 @@ class DaemonCore:
             phase = client_phase(client.state)
             if phase != "connected":
                 last = client.last_close_reason or "no attempt has finished yet"
-                going_on = (
-                    f"; it keeps trying in the background (client disconnect{_name_option(name)} stops it)"
-                    if phase in ("connecting", "reconnecting")
-                    else ""
-                )
+                going_on = ""
+                if phase in ("connecting", "reconnecting"):
+                    going_on = f"; it keeps trying in the background (client disconnect{_name_option(name)} stops it)"
+                if phase == "connecting":  # no session yet: a fixed setting applies at once
+                    going_on += "; a setting set now applies at once"
                 if not done:
                     raise CoreError(
                         ErrorCode.TIMEOUT,
