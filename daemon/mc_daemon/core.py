@@ -243,6 +243,21 @@ class ClientInstance(_Instance):
     def settings(self, reveal: bool = False) -> dict[str, Any]:
         return _shown({key: _plain(getattr(self.client, key)) for key in CLIENT_KEYS}, reveal)
 
+    def set_restarting(self, key: str, value: Any) -> bool:
+        """Set what the client cannot take while it runs (the ``tls_ca`` its
+        failed attempts asked for, an address) if it is still making its
+        first connection, and start connecting again with it: it has no
+        session yet, so nothing is lost, where "client disconnect first"
+        made the fix three commands.  False (nothing done) in other phases."""
+        client = self.client
+        if client_phase(client.state) != "connecting":
+            return False
+        _apply_setting(Client(), key, value)  # a refused value undoes nothing
+        client.disconnect()
+        _apply_setting(client, key, value)
+        client.connect(wait=False)
+        return True
+
     def read_status(self) -> dict[str, Any]:
         c = self.client
         state = c.state
@@ -515,10 +530,8 @@ class DaemonCore:
         try:
             _apply_setting(target, key, value)
         except StateError:
-            if isinstance(instance, ClientInstance) and client_phase(instance.client.state) == "connecting":
-                self._set_and_reconnect(instance, key, value)
-                restarted = True
-            else:
+            restarted = isinstance(instance, ClientInstance) and instance.set_restarting(key, value)
+            if not restarted:
                 stop = "client disconnect" if kind == "client" else "server stop"
                 raise CoreError(
                     ErrorCode.STATE_ERROR,
@@ -535,19 +548,6 @@ class DaemonCore:
         if restarted:
             result["restarted"] = True
         return _with_warnings(result, [*warnings, *self.save()])
-
-    @staticmethod
-    def _set_and_reconnect(instance: ClientInstance, key: str, value: Any) -> None:
-        """Set what a client still making its first connection cannot take
-        while it runs (the ``tls_ca`` its failed attempts asked for, an
-        address), and start its connecting again with it.  It has no session
-        yet, so nothing is lost, where "client disconnect first" made the
-        fix three commands."""
-        client = instance.client
-        _apply_setting(Client(), key, value)  # a refused value undoes nothing
-        client.disconnect()
-        _apply_setting(client, key, value)
-        client.connect(wait=False)
 
     def get_settings(self, kind: str, name: str, key: str | None) -> dict[str, Any]:
         settings: dict[str, Any] = self.get(kind, name, create=False).settings()

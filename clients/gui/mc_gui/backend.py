@@ -3,9 +3,10 @@
 Three worker threads (commands, sends, the event stream; and one per
 request that waits for a peer's reply) talk to mcd through
 ``mc_control`` and report back with Qt signals (delivered on the GUI
-thread), so the window never waits on a socket.  The event stream reconnects by itself when the daemon comes back
-and catches up from where it left off (``since``), or resyncs from a fresh
-snapshot when the daemon restarted.
+thread), so the window never waits on a socket.  The event stream
+reconnects by itself when the daemon comes back and catches up from where
+it left off (``since``), or resyncs from a fresh snapshot when the daemon
+restarted.
 """
 
 from __future__ import annotations
