@@ -337,7 +337,7 @@ class _Endpoint:
             held = _HeldMessage(inbox, stream, seq, size)
             args = (*peer, message)
             for callback in callbacks:
-                if inspect.iscoroutinefunction(callback):
+                if self._coroutine_callbacks and inspect.iscoroutinefunction(callback):
                     held.pending += 1
                     self._in_hand[inbox] = self._in_hand.get(inbox, 0) + 1
                     task = self._driver.spawn(callback(*args))
