@@ -629,10 +629,14 @@ class Server(ServerSettings):
         except (StateError, UnknownClient, QueueFullError) as lost:
             self._answers.unsent(request_id, client_id, lost)
 
-    def _send_to(self, target: str, body: bytes, request_id: int = 0, timeout: float | None = 0.0) -> None:
+    def _send_to(
+        self, target: str, body: bytes, request_id: int = 0, timeout: float | None = 0.0, waited: float = 0.0
+    ) -> None:
         """Queue ``body`` for ``target``; a request (``request_id``) only if
         its protocol has them (in a cluster, Redis checks); a full queue
-        holds the caller up to ``timeout`` (``send()``'s)."""
+        holds the caller up to ``timeout`` (``send()``'s).  ``waited``: how
+        long the caller has waited for room already (the asyncio API's
+        last try), for the error's words."""
         size = len(body) + MESSAGE_OVERHEAD
         if self._cluster is not None:
             self._check_running()
@@ -651,10 +655,12 @@ class Server(ServerSettings):
             if not out.offer(body):
                 refuse_unqueueable(body, out.max_bytes)
                 if timeout == 0.0 or session.link is None or not self._wait_for_room_locked(session, body, timeout):
+                    if session.link is not None and timeout:
+                        waited = timeout  # this call's own wait
                     raise QueueFullError(
                         f"send queue of client {target!r} is full ({len(out)} messages, "
                         f"{out.queued_bytes} bytes unacknowledged"
-                        + ("" if timeout == 0.0 or session.link is None else f" after {timeout:g} s")
+                        + (f" after {waited:g} s" if waited else "")
                         + (", and it is detached" if session.link is None else "")
                         + ")"
                     )
@@ -701,35 +707,82 @@ class Server(ServerSettings):
             self._check_running()
             self._cluster.broadcast(body)
             return
+        with self._lock:
+            full, skipped = self._offer_everyone_locked(body)
+            if full and timeout != 0.0:
+                full = self._wait_for_rooms_locked(full, body, timeout)
+            cut = self._cut_off_locked(full)
+        self._broadcast_said(skipped, cut)
+
+    def _offer_everyone_locked(self, body: bytes) -> tuple[list[_Session], list[str]]:
+        """A broadcast's first step (``_lock`` held): queue ``body`` for
+        every session that takes it, and send it on.  Returns the sessions
+        whose queues are full, and the ids of the clients skipped for a
+        frame limit below the message."""
         size = len(body) + MESSAGE_OVERHEAD
         refuse_unqueueable(body, self.max_queued_bytes)  # before any client is cut for it
+        self._check_running_locked()
         full: list[_Session] = []
         skipped: list[str] = []
-        with self._lock:
-            self._check_running_locked()
-            sessions = list(self._sessions.values())
-            for session in sessions:
-                if size > session.peer_max_frame_size:
-                    skipped.append(session.client_id)
-                    continue
-                if not session.out.offer(body) and not session.cut_off:
-                    full.append(session)
-            if full and timeout != 0.0:
-                for session in sessions:
-                    if not session.pump_pending:
-                        self._schedule_pump_locked(session)  # what they have goes out while we wait
-                full = self._wait_for_rooms_locked(full, body, timeout)
-            for session in full:
-                # Once: until the loop ends it, the session stays in the table.
-                session.cut_off = True
-            for session in sessions:
+        for session in self._sessions.values():
+            if size > session.peer_max_frame_size:
+                skipped.append(session.client_id)
+                continue
+            if not session.out.offer(body) and not session.cut_off:
+                full.append(session)
+            if not session.pump_pending:
+                # What they have goes out (meanwhile, if the broadcast waits for
+                # room); a session between links is skipped there.
+                self._schedule_pump_locked(session)
+        return full, skipped
+
+    def _wait_for_rooms_locked(self, full: list[_Session], body: bytes, timeout: float | None) -> list[_Session]:
+        """A broadcast's wait (``_lock`` held, released meanwhile): queue
+        ``body`` in each of the ``full`` sessions as it makes room, and
+        send it on at once; those still full after ``timeout``, and those
+        detached when it began (nothing reads them), are returned: the
+        ones too slow."""
+        slow, waiting = split_detached(full)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while waiting and self._room_wait_locked(deadline):
+            waiting = self._offer_again_locked(waiting, body)
+        return slow + waiting
+
+    def _offer_again_locked(self, waiting: list[_Session], body: bytes) -> list[_Session]:
+        """Offer a waiting broadcast's ``body`` again to the sessions whose
+        queues were full (``_lock`` held); those still full are returned.
+        Sessions that ended meanwhile are dropped; one that detached
+        meanwhile is waited for, as ``send()`` to one waits."""
+        still: list[_Session] = []
+        for session in waiting:
+            if self._sessions.get(session.client_id) is not session or session.cut_off:
+                continue
+            if session.out.offer(body):
                 if not session.pump_pending:
-                    self._schedule_pump_locked(session)  # a session between links is skipped there
+                    self._schedule_pump_locked(session)
+            else:
+                still.append(session)
+        return still
+
+    def _cut_off_locked(self, slow: list[_Session]) -> list[_Session]:
+        """Mark the sessions a broadcast found too slow (``_lock`` held),
+        and return them, less those already marked or ended: a session is
+        cut once, though it stays in the table until the loop ends it
+        (``_broadcast_said``) and broadcasts may wait on it together."""
+        cut = [s for s in slow if not s.cut_off and self._sessions.get(s.client_id) is s]
+        for session in cut:
+            session.cut_off = True
+        return cut
+
+    def _broadcast_said(self, skipped: list[str], slow: list[_Session]) -> None:
+        """A broadcast's last step, ``_lock`` released: say which clients
+        it skipped, and end the sessions it found too slow
+        (``_cut_off_locked``).  A broadcast does not fail for everyone
+        because one client is too slow: that client's session ends instead
+        (bounded memory, logged)."""
         if skipped:
             self._say_skipped(skipped)
-        for session in full:
-            # A broadcast does not fail for everyone because one client is too
-            # slow: that client's session ends instead (bounded memory, logged).
+        for session in slow:
             _SAY_TOO_SLOW.log(
                 self._loop,
                 session.client_id,
@@ -742,29 +795,6 @@ class Server(ServerSettings):
             )
             self._slow_cut += 1
             self._loop.call_soon(self._end_session, session, "send queue full: the client did not keep up")
-
-    def _wait_for_rooms_locked(self, full: list[_Session], body: bytes, timeout: float | None) -> list[_Session]:
-        """A broadcast's wait (``_lock`` held, released meanwhile): queue
-        ``body`` in each of the ``full`` sessions as it makes room, and
-        send it on at once; those still full after ``timeout``, and those
-        detached when it began (nothing reads them), are returned: the
-        ones too slow.  Sessions that end meanwhile are dropped; one that
-        detaches meanwhile is waited for, as ``send()`` to one waits."""
-        slow = [s for s in full if s.link is None]
-        waiting = [s for s in full if s.link is not None]
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while waiting and self._room_wait_locked(deadline):
-            still: list[_Session] = []
-            for session in waiting:
-                if self._sessions.get(session.client_id) is not session or session.cut_off:
-                    continue
-                if session.out.offer(body):
-                    if not session.pump_pending:
-                        self._schedule_pump_locked(session)
-                else:
-                    still.append(session)
-            waiting = still
-        return slow + waiting
 
     def _say_skipped(self, skipped: list[str]) -> None:
         """The clients a broadcast skipped, its message being over the frame
@@ -1391,6 +1421,13 @@ _RATE_LIMITED_FRAME = Connection(Role.SERVER).send_error(
 #: Threaded cluster nodes that have started (the asyncio API's stop with
 #: their loop, in ``async with`` or ``stop()``).
 _CLUSTER_NODES: weakref.WeakSet[Server] = weakref.WeakSet()
+
+
+def split_detached(full: list[_Session]) -> tuple[list[_Session], list[_Session]]:
+    """The sessions a broadcast found full, split: those detached (nothing
+    reads their queues, so a broadcast does not wait for them: too slow at
+    once) and those it may wait for."""
+    return [s for s in full if s.link is None], [s for s in full if s.link is not None]
 
 
 def _dropped_text(unsent: int, in_flight: int, to: str = "") -> str:

@@ -23,6 +23,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import Future
+from types import EllipsisType
 from typing import Any, NamedTuple, TypeVar
 
 from . import _config as cfg
@@ -34,7 +35,7 @@ from ._inbox import Inbox
 from ._loop import host_port
 from ._message import Message, not_a_message
 from ._requests import Requests, timed_out
-from ._server import SERVER_EVENTS, Server, ServerSettings
+from ._server import SERVER_EVENTS, Server, ServerSettings, split_detached
 from ._state import ClientState
 from ._stray import warn_stray_attributes
 from ._streams import InboundStream
@@ -860,6 +861,9 @@ class AsyncServer(_Endpoint, ServerSettings):
         self._inner = Server(_driver=driver, _api="AsyncServer", **(self._class_defaults | settings))
         super().__init__(driver, self._inner._callbacks)
         self._room: dict[str, list[asyncio.Future[None]]] = {}
+        #: Sends waiting in ``_room_in`` (a broadcast counts once, however
+        #: many clients it waits for): ``senders_waiting``.
+        self._senders_waiting = 0
         self._inner._on_room = self._room_made
 
     @property
@@ -912,7 +916,7 @@ class AsyncServer(_Endpoint, ServerSettings):
         figures = self._inner.stats(client_id)
         if client_id is None:
             # Its sends wait on the loop, not on the threaded server's lock.
-            figures["senders_waiting"] += sum(len(waiting) for waiting in list(self._room.values()))
+            figures["senders_waiting"] += self._senders_waiting
         return figures
 
     def __repr__(self) -> str:
@@ -960,21 +964,52 @@ class AsyncServer(_Endpoint, ServerSettings):
                 for future in waiting:
                     _resolve(future)
 
-    async def send(self, target: str, message: Message) -> None:
+    async def send(self, target: str, message: Message, timeout: float | EllipsisType | None = ...) -> None:
         """Send ``message`` to client ``target``, or to every client for
-        ``'*'``.  To one client it waits for room while that client's queue
-        is full (bound it with ``asyncio.timeout``); ``UnknownClient`` once
-        it has no session.  A broadcast never waits: a client too slow for
-        it loses its session, as with ``Server.send``."""
+        ``'*'``; ``UnknownClient`` once that client has no session.
+
+        ``timeout``: how long a full send queue may hold this call, in
+        seconds (None: as long as it takes), as with ``Server.send``.  Not
+        given, a send to one client waits for room as long as it takes
+        (bound it with ``asyncio.timeout`` too), and a broadcast never
+        waits: a client whose queue it finds full is too slow and loses
+        its session.  Given, a send to one client raises ``QueueFullError``
+        after it, and a broadcast holds the caller up to it for the clients
+        whose queues are full, and cuts only those still full after it: a
+        burst goes out at the pace of the clients that read.
+        """
         self._driver.bind()
         if not isinstance(message, Message):
             raise not_a_message(message)
+        if not isinstance(target, str):
+            raise TypeError(f"target must be a client id or '*', not {type(target).__name__}")
+        every = target == cfg.EVERY_CLIENT
+        wait = (0.0 if every else None) if timeout is ... else cfg.wait_timeout(timeout)
         if self._inner._cluster is not None:
+            # Redis bounds the queue: a full one raises at once (docs/CLUSTER.md).
             await self._off_loop(self._inner.send, target, message)
-        elif target == cfg.EVERY_CLIENT:
-            self._inner.send(target, message)
+        elif every:
+            await self._broadcast(message.encode(), wait)
         else:
-            await self._send_body(target, message.encode())
+            await self._send_body(target, message.encode(), timeout=wait)
+
+    async def _broadcast(self, body: bytes, timeout: float | None) -> None:
+        """``Server._broadcast``'s steps, its wait for room awaited on the loop."""
+        inner = self._inner
+        with inner._lock:
+            full, skipped = inner._offer_everyone_locked(body)
+            slow, waiting = split_detached(full) if timeout != 0.0 else (full, [])
+            # Those not waited for are cut now, while the list is fresh.
+            cut = inner._cut_off_locked(slow)
+        inner._broadcast_said(skipped, cut)
+        deadline = None if timeout is None else self._driver.loop.time() + timeout
+        while waiting and await self._room_in([s.client_id for s in waiting], deadline):
+            with inner._lock:
+                waiting = inner._offer_again_locked(waiting, body)
+        if waiting:
+            with inner._lock:
+                cut = inner._cut_off_locked(waiting)
+            inner._broadcast_said([], cut)
 
     async def request(self, client_id: str, message: Message, timeout: float | None = 10.0) -> Message:
         """Send ``message`` to ``client_id`` as a request and return its
@@ -991,22 +1026,49 @@ class AsyncServer(_Endpoint, ServerSettings):
         why = functools.partial(inner._why_no_reply, client_id)
         return await _awaited_request(inner._requests, request_id, future, sending, timeout, why)
 
-    async def _send_body(self, target: str, body: bytes, request_id: int = 0) -> None:
-        if self._inner._cluster is not None:
+    async def _send_body(self, target: str, body: bytes, request_id: int = 0, timeout: float | None = None) -> None:
+        """Queue ``body`` for ``target``, waiting for room up to ``timeout``
+        (None: as long as it takes; then ``QueueFullError``)."""
+        inner = self._inner
+        if inner._cluster is not None:
             # Redis bounds the queue: QueueFullError at once, no wait (docs/CLUSTER.md).
-            await self._off_loop(self._inner._send_to, target, body, request_id)
+            await self._off_loop(inner._send_to, target, body, request_id)
             return
+        deadline = None if timeout is None else self._driver.loop.time() + timeout
         while True:
             try:
-                self._inner._send_to(target, body, request_id)
+                inner._send_to(target, body, request_id)
                 return
             except QueueFullError:
-                pass
-            future = self._driver.loop.create_future()
+                if deadline is not None and self._driver.loop.time() >= deadline:
+                    # The last try, which words the error with the wait.
+                    inner._send_to(target, body, request_id, waited=timeout or 0.0)
+                    return
+            await self._room_in([target], deadline)
+
+    async def _room_in(self, targets: list[str], deadline: float | None) -> bool:
+        """Wait until one of ``targets``' queues may have room (an ACK, a
+        raised bound, its session ended, the server stopped): False once
+        ``deadline`` (the loop's time) has passed."""
+        loop = self._driver.loop
+        left = None if deadline is None else deadline - loop.time()
+        if left is not None and left <= 0:
+            return False
+        futures: list[tuple[str, asyncio.Future[None]]] = []
+        for target in targets:
+            future = loop.create_future()
             self._room.setdefault(target, []).append(future)
-            try:
-                await future
-            finally:
+            futures.append((target, future))
+        self._senders_waiting += 1
+        try:
+            if len(futures) == 1 and left is None:
+                await futures[0][1]  # the common wait: no timer, no asyncio.wait
+                return True
+            await asyncio.wait([future for _, future in futures], timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            return True
+        finally:
+            self._senders_waiting -= 1
+            for target, future in futures:
                 waiting = self._room.get(target)
                 if waiting is not None:
                     if future in waiting:

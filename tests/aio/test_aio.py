@@ -29,6 +29,7 @@ from missioncommander import (
     Message,
     MessageTooLarge,
     NoResponder,
+    QueueFullError,
     RemoteError,
     RequestTimeout,
     Server,
@@ -456,6 +457,87 @@ def test_a_raised_queue_bound_lets_waiting_sends_go_on_at_once() -> None:
             async with asyncio.timeout(LIMIT / 4):
                 await asyncio.gather(up, down)
             assert client.queued == 3 and server.queued("held") == 3  # room made by the bound, not by ACKs
+
+    run(test)
+
+
+def test_a_broadcast_with_a_timeout_goes_at_the_readers_pace_and_cuts_only_the_client_that_takes_nothing() -> None:
+    """As ``Server.send('*', m, timeout=)``: a burst ten times a queue's
+    bound reaches the client that reads, whole and in order, and only the
+    one that takes nothing loses its session, after the timeout."""
+
+    async def test() -> None:
+        async with (
+            AsyncServer(interface="127.0.0.1", port=0, max_queued=10) as server,
+            AsyncClient(address="127.0.0.1", port=server.port, client_id="fast") as fast,
+            AsyncClient(address="127.0.0.1", port=server.port, client_id="stuck"),
+        ):
+            reading = asyncio.ensure_future(take(fast.messages(), 100))
+            for n in range(100):
+                await server.send("*", Message("n", {"n": n}), timeout=0.5)
+            assert [m.payload["n"] for m in await reading] == list(range(100))
+            assert server.stats()["slow_clients_cut"] == 1 and "fast" in server.clients
+
+    run(test)
+
+
+def test_broadcasts_waiting_together_cut_each_stuck_client_once() -> None:
+    """Two broadcasts wait for the same two clients that take nothing: each
+    broadcast counts once in ``senders_waiting``, and each client is cut
+    once, not once per broadcast."""
+
+    async def test() -> None:
+        async with AsyncServer(interface="127.0.0.1", port=0, max_queued=2) as server:
+            events = server.events()
+            async with (
+                AsyncClient(address="127.0.0.1", port=server.port, client_id="stuck-1"),
+                AsyncClient(address="127.0.0.1", port=server.port, client_id="stuck-2"),
+            ):
+                for n in range(2):
+                    await server.send("*", Message("n", {"n": n}))
+                both = asyncio.gather(*(server.send("*", Message("n", {"n": n}), timeout=0.3) for n in (2, 3)))
+                await until(lambda: server.stats()["senders_waiting"] >= 2 or both.done())
+                assert server.stats()["senders_waiting"] == 2
+                await both
+                gone = set()
+                async for event in events:
+                    if event.name == "clientdisconnect":
+                        gone.add(event.args[0])
+                        if len(gone) == 2:
+                            break
+                assert gone == {"stuck-1", "stuck-2"} and server.stats()["slow_clients_cut"] == 2
+
+    run(test)
+
+
+def test_a_send_to_one_client_with_a_timeout_raises_queue_full_after_it() -> None:
+    """Not given, a send waits for room as long as it takes; 0 does not
+    wait (as ``send_nowait``); a number waits that long, as
+    ``Server.send(..., timeout=)``."""
+
+    async def test() -> None:
+        async with (
+            AsyncServer(interface="127.0.0.1", port=0, max_queued=3) as server,
+            AsyncClient(address="127.0.0.1", port=server.port, client_id="stuck"),
+        ):
+            for n in range(3):
+                await server.send("stuck", Message("n", {"n": n}))
+            with pytest.raises(
+                QueueFullError, match=r"client 'stuck' is full \(3 messages, \d+ bytes unacknowledged\)$"
+            ):
+                await server.send("stuck", Message("n", {"n": 3}), timeout=0)
+            began = time.monotonic()
+            with pytest.raises(QueueFullError, match=r"unacknowledged after 0.2 s\)$"):
+                await server.send("stuck", Message("n", {"n": 3}), timeout=0.2)
+            assert time.monotonic() - began >= 0.2
+            waiting = asyncio.ensure_future(server.send("stuck", Message("n", {"n": 3})))
+            await until(lambda: server.stats()["senders_waiting"] == 1 or waiting.done())
+            assert not waiting.done()  # no timeout: it waits on
+            await server.disconnect_client("stuck", "go away")
+            with pytest.raises(UnknownClient):
+                await waiting
+            with pytest.raises(TypeError, match="timeout must be a number of seconds or None"):
+                await server.send("*", Message("n"), timeout="soon")  # type: ignore[arg-type]
 
     run(test)
 
