@@ -202,6 +202,17 @@ def test_json_output_of_every_command(mcd: Mcd) -> None:
         (("client", "connect", "--to", "x"), "--to only goes with server send"),
         (("list", "--name", "x"), "--name only goes with"),
         (("--bogus", "list"), "unknown option --bogus"),
+        # A setting given as an option, as other tools take it: where it goes.
+        (
+            ("server", "start", "--port", "0"),
+            "unknown option --port (port is a setting: server set port 0, then server start)",
+        ),
+        (
+            ("client", "connect", "--tls", "--name", "my bot"),
+            "(tls is a setting: client set tls true --name 'my bot', then client connect --name 'my bot')",
+        ),
+        (("server", "set", "--max-clients=5"), "(max_clients is a setting: server set max_clients 5)"),
+        (("list", "--nmae", "x"), "unknown option --nmae (did you mean --name?)"),
         (("--timeout", "soon", "list"), "--timeout must be a number"),
         (("help", "clinet"), "no help on 'clinet' (did you mean client?); topics: client, server, events"),
         (("help", "nonexistent"), "no help on 'nonexistent'; topics:"),

@@ -194,7 +194,10 @@ def split_options(argv: list[str]) -> tuple[list[str], Options]:
         if arg.startswith("--") and len(arg) > 2:
             name, eq, inline = arg.partition("=")
             if name not in OPTIONS:
-                raise UsageError(f"unknown option {name}; options: {', '.join(OPTIONS)}")
+                value = inline if eq else argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("-") else ""
+                raise UsageError(
+                    f"unknown option {name}{_option_hint(name, value, argv)}; options: {', '.join(OPTIONS)}"
+                )
             takes_value, _ = OPTIONS[name]
             if takes_value:
                 if eq:
@@ -480,6 +483,31 @@ def _hint(kind: str, word: str, args: list[str], verbs: tuple[str, ...]) -> str:
             return f" (did you mean {kind} {meant}?)"
     spelled = _spelled(word, verbs)
     return f" (did you mean {kind} {spelled}?)" if spelled else ""
+
+
+def _option_hint(name: str, value: str, argv: list[str]) -> str:
+    """What an unknown option most likely meant: a setting given as an
+    option (``server start --port 0``: settings are set with ``set``), or
+    an option misspelt."""
+    key = name[2:].replace("-", "_")
+    kinds = [kind for kind, keys in (("client", CLIENT_KEYS), ("server", SERVER_KEYS)) if key in keys]
+    if kinds:
+        import shlex  # noqa: PLC0415 - on this error only: mcctl's start-up stays light
+
+        said = next((word for word in argv if word in kinds), None)
+        kinds = [said] if said else kinds
+        at = argv.index("--name") + 1 if "--name" in argv[:-1] else -1
+        named = f" --name {shlex.quote(argv[at])}" if at > 0 else ""
+        value = shlex.quote(value) if value else "true" if key in BOOL_KEYS else "VALUE"
+        ways = []
+        for kind in kinds:
+            way = f"{kind} set {key} {value}{named}"
+            if "set" not in argv:  # the command it was given to comes after
+                way += f", then {kind} {'connect' if kind == 'client' else 'start'}{named}"
+            ways.append(way)
+        return f" ({key} is a setting: {'; or '.join(ways)})"
+    spelled = _spelled(name, OPTIONS)
+    return f" (did you mean {spelled}?)" if spelled else ""
 
 
 def _spelled(word: str, choices: Iterable[str]) -> str | None:
