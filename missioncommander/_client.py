@@ -84,6 +84,13 @@ _SAY_ENDED = Chorus(log, "ended by the server")
 _SAY_UNSENT = Chorus(log, "unsent messages dropped")
 _SAY_LOST = Chorus(log, "connection lost; reconnecting")
 
+
+def acknowledged_nothing(waited: float) -> str:
+    """What a send that waited ``waited`` seconds for room in a full queue
+    in vain says (both APIs)."""
+    return f"send queue full: the server acknowledged nothing for {waited:g} s"
+
+
 #: A Client's events and what their callbacks are called with.
 CLIENT_EVENTS: dict[str, tuple[str, ...]] = {
     "connect": (),
@@ -833,7 +840,7 @@ class Client(ClientSettings):
                     if left <= 0:
                         if not limit:
                             raise QueueFullError(f"send queue full ({len(out)} messages unacknowledged)")
-                        raise QueueFullError(f"send queue full: the server acknowledged nothing for {limit:g} s")
+                        raise QueueFullError(acknowledged_nothing(limit))
                     if self._room is None:
                         self._room = threading.Condition(self._lock)
                     self._room_waiters += 1

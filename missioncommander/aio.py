@@ -29,7 +29,16 @@ from typing import Any, NamedTuple, TypeVar
 from . import _config as cfg
 from ._aio_driver import AsyncioDriver
 from ._callbacks import Answering, Callbacks, Reply, Run, SerialQueue, answering, normalise_event
-from ._client import _CAN_SEND, _RUNNING, CLIENT_EVENTS, DISCONNECT_WAIT, Client, ClientSettings, Target
+from ._client import (
+    _CAN_SEND,
+    _RUNNING,
+    CLIENT_EVENTS,
+    DISCONNECT_WAIT,
+    Client,
+    ClientSettings,
+    Target,
+    acknowledged_nothing,
+)
 from ._errors import ConnectTimeout, QueueFullError, StateError
 from ._inbox import Inbox
 from ._loop import host_port
@@ -762,19 +771,23 @@ class AsyncClient(_Endpoint, ClientSettings):
         except TimeoutError:
             pass
 
-    async def send(self, message: Message) -> None:
+    async def send(self, message: Message, timeout: float | None = None) -> None:
         """Send ``message`` to the server.  While the send queue is full
         (``max_queued``, ``max_queued_bytes``) it waits for room, connected
-        or reconnecting: bound the wait with ``asyncio.timeout``.
+        or reconnecting, as long as it takes (bound it with
+        ``asyncio.timeout`` too), or up to ``timeout`` seconds and then
+        ``QueueFullError`` (0: at once, as ``send_nowait``).
         ``StateError`` when the client is not running, ``MessageTooLarge``
         over the server's frame limit."""
         self._driver.bind()
         if not isinstance(message, Message):
             raise not_a_message(message)
-        await self._send_body(message.encode())
+        await self._send_body(message.encode(), None if timeout is None else cfg.wait_timeout(timeout))
 
-    async def _send_body(self, body: bytes) -> None:
+    async def _send_body(self, body: bytes, timeout: float | None = None) -> None:
         inner = self._inner
+        loop = self._driver.loop
+        deadline = None if timeout is None else loop.time() + timeout
         while True:
             try:
                 inner._send_body(body)
@@ -782,7 +795,11 @@ class AsyncClient(_Endpoint, ClientSettings):
             except QueueFullError:
                 if not inner._state_bits & _CAN_SEND:
                     inner._check_can_send()
-            await self._wait_for_room()
+                if deadline is not None and loop.time() >= deadline:
+                    if timeout:
+                        raise QueueFullError(acknowledged_nothing(timeout)) from None
+                    raise
+            await self._wait_for_room(deadline)
 
     async def request(self, message: Message, timeout: float | None = 10.0) -> Message:
         """Send ``message`` as a request and return the server's reply, as
@@ -806,15 +823,23 @@ class AsyncClient(_Endpoint, ClientSettings):
         send queue is full (as ``asyncio.Queue.put_nowait``)."""
         self._inner.send(message)
 
-    async def _wait_for_room(self) -> None:
+    async def _wait_for_room(self, deadline: float | None) -> None:
+        """Wait until the send queue may have room (an ACK, a raised bound,
+        the client stopped), or until ``deadline`` (the loop's time)."""
         inner = self._inner
-        future = self._driver.loop.create_future()
+        loop = self._driver.loop
+        future = loop.create_future()
         self._room.append(future)
         with inner._lock:
             inner._room_waiters += 1
         try:
-            await future
+            if deadline is None:
+                await future
+            else:
+                await asyncio.wait([future], timeout=max(0.0, deadline - loop.time()))
         finally:
+            if future in self._room:
+                self._room.remove(future)
             with inner._lock:
                 inner._room_waiters -= 1
 
