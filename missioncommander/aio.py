@@ -1001,7 +1001,8 @@ class AsyncServer(_Endpoint, ServerSettings):
         its session.  Given, a send to one client raises ``QueueFullError``
         after it, and a broadcast holds the caller up to it for the clients
         whose queues are full, and cuts only those still full after it: a
-        burst goes out at the pace of the clients that read.
+        burst goes out at the pace of the clients that read.  In a
+        cluster, a full queue raises at once, as with ``Server.send``.
         """
         self._driver.bind()
         if not isinstance(message, Message):
