@@ -848,11 +848,12 @@ class AsyncClient(_Endpoint, ClientSettings):
         for future in room:
             _resolve(future)
 
-    def send_threadsafe(self, message: Message) -> Future[None]:
-        """``send`` from another thread: returns a ``concurrent.futures.Future``
-        (``RuntimeError`` before the client is first used on its loop)."""
+    def send_threadsafe(self, message: Message, timeout: float | None = None) -> Future[None]:
+        """``send`` (with its ``timeout``) from another thread: returns a
+        ``concurrent.futures.Future`` (``RuntimeError`` before the client is
+        first used on its loop)."""
         loop = self._driver.loop  # first: raising after making the coroutine would leak it unawaited
-        return asyncio.run_coroutine_threadsafe(self.send(message), loop)
+        return asyncio.run_coroutine_threadsafe(self.send(message, timeout), loop)
 
     def messages(self) -> AsyncIterator[Message]:
         """Received messages (from this call on, and those kept before), in
@@ -1111,11 +1112,14 @@ class AsyncServer(_Endpoint, ServerSettings):
         for future in self._room.pop(client_id, ()):
             _resolve(future)
 
-    def send_threadsafe(self, target: str, message: Message) -> Future[None]:
-        """``send`` from another thread: returns a ``concurrent.futures.Future``
-        (``RuntimeError`` before the server is first used on its loop)."""
+    def send_threadsafe(
+        self, target: str, message: Message, timeout: float | EllipsisType | None = ...
+    ) -> Future[None]:
+        """``send`` (with its ``timeout``) from another thread: returns a
+        ``concurrent.futures.Future`` (``RuntimeError`` before the server
+        is first used on its loop)."""
         loop = self._driver.loop  # first: raising after making the coroutine would leak it unawaited
-        return asyncio.run_coroutine_threadsafe(self.send(target, message), loop)
+        return asyncio.run_coroutine_threadsafe(self.send(target, message, timeout), loop)
 
     async def disconnect_client(self, client_id: str, reason: str = "disconnected by the server") -> None:
         """End ``client_id``'s session and close its connection, telling it

@@ -528,6 +528,9 @@ def test_a_send_to_one_client_with_a_timeout_raises_queue_full_after_it() -> Non
                 await server.send("stuck", Message("n", {"n": 3}), timeout=0)
             with pytest.raises(QueueFullError, match=r"unacknowledged after 0.2 s\)$"):
                 await server.send("stuck", Message("n", {"n": 3}), timeout=0.2)
+            from_a_thread = await asyncio.to_thread(server.send_threadsafe, "stuck", Message("n", {"n": 3}), 0.1)
+            with pytest.raises(QueueFullError, match=r"unacknowledged after 0.1 s\)$"):
+                await asyncio.wrap_future(from_a_thread)
             waiting = asyncio.ensure_future(server.send("stuck", Message("n", {"n": 3})))
             await until(lambda: server.stats()["senders_waiting"] == 1 or waiting.done())
             assert not waiting.done()  # no timeout: it waits on
@@ -556,6 +559,9 @@ def test_a_clients_send_with_a_timeout_raises_queue_full_after_it() -> None:
                 await client.send(Message("n", {"n": 3}), timeout=0)
             with pytest.raises(QueueFullError, match=r"^send queue full: the server acknowledged nothing for 0.2 s$"):
                 await client.send(Message("n", {"n": 3}), timeout=0.2)
+            from_a_thread = await asyncio.to_thread(client.send_threadsafe, Message("n", {"n": 3}), 0)
+            with pytest.raises(QueueFullError, match=r"^send queue full \(3 messages"):
+                await asyncio.wrap_future(from_a_thread)
             assert client.stats()["senders_waiting"] == 0
             waiting = asyncio.ensure_future(client.send(Message("n", {"n": 3})))
             await until(lambda: client.stats()["senders_waiting"] == 1 or waiting.done())
