@@ -547,9 +547,9 @@ class Server(ServerSettings):
             raise not_a_message(message)
         if not isinstance(target, str):
             raise TypeError(f"target must be a client id or '*', not {type(target).__name__}")
-        if timeout != 0.0:
+        if timeout != 0.0 or type(timeout) is not float:  # the default passes unchecked: this runs per send
             timeout = cfg.wait_timeout(timeout)
-            if self._loop.in_loop():
+            if timeout != 0.0 and self._loop.in_loop():
                 raise StateError("send(timeout=...) on the I/O thread (an inline callback) would block it")
         body = message.encode()
         if target == cfg.EVERY_CLIENT:

@@ -219,6 +219,6 @@ def test_a_send_timeout_is_refused_where_it_would_block_the_io_thread(make_clien
         client.send(Message("m"))
         assert answered.wait(WAIT) and echoed.wait_count("message", 1)
         assert "would block it" in str(refused[0])
-        for bad, kind in ((-1, ValueError), (float("nan"), ValueError), ("5", TypeError)):
+        for bad, kind in ((-1, ValueError), (float("nan"), ValueError), ("5", TypeError), (False, TypeError)):
             with pytest.raises(kind, match="timeout"):
                 server.send("*", Message("m"), timeout=bad)  # type: ignore[arg-type]
