@@ -887,7 +887,7 @@ class ClusterNode:
                 self.node_id,
                 lost,
                 self.url,
-                exc,
+                exc.__cause__ or exc,  # the store's own words name the URL again
             )
         if self._last_renewed and time.monotonic() - self._last_renewed > self.lease_ttl:
             self._let_go_all("this node lost the cluster's Redis; resume on another node")

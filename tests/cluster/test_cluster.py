@@ -1269,3 +1269,4 @@ def test_a_node_started_without_its_redis_says_so_once_and_not_that_it_lost_it(
                 node.stop()
     said = [r.getMessage() for r in caplog.records if "Redis at" in r.getMessage()]
     assert len(said) == 1 and said[0].startswith(f"cluster node early cannot reach Redis at {url} ("), said
+    assert said[0].count(url) == 1 and "Connection refused" in said[0], said  # the cause, its URL said once
