@@ -199,7 +199,9 @@ _CHORUSES: weakref.WeakSet[Chorus] = weakref.WeakSet()
 
 
 @atexit.register
-def _say_the_counts_left() -> None:
-    # Registered after logging's own exit hook, so it runs before it.
+def say_counts_left() -> None:
+    """Say every chorus's count not said yet: at exit (registered after
+    logging's own exit hook, so it runs before it), or before a program's
+    last line of its own (mcd's "mcd stopped")."""
     for chorus in list(_CHORUSES):
         chorus.flush()

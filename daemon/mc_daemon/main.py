@@ -410,6 +410,9 @@ class _Startup:
             self.socket_path.unlink(missing_ok=True)
         if self.core is not None:
             self.core.shutdown()
+            from missioncommander._quiet import say_counts_left  # noqa: PLC0415 - loaded with the core already
+
+            say_counts_left()  # what the shutdown's clients said, counted: before the last line
             log.info("mcd stopped")
         if self.lock is not None:
             self.lock.release()

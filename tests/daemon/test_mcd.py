@@ -1213,3 +1213,20 @@ def test_mcd_out_of_descriptors_pauses_its_control_socket_and_says_so_once(mcd: 
     wait_until(lambda: "accepting control connections again" in mcd.log(), what="mcd to say it accepts again")
     assert mcd.log().count("cannot accept control connections") == 1
     assert "Traceback" not in mcd.log()
+
+
+def test_the_counts_of_lines_many_clients_said_come_before_mcd_stopped(mcd: Mcd) -> None:
+    """Six hosted clients coming and going say their lines three times and
+    count the rest; mcd says those counts before its last line, where an
+    operator reading the end of its log looks, not after it at exit."""
+    port = start_server(mcd)
+    for n in range(6):
+        name = f"c{n}"
+        mcd.request("client.set", name=name, key="address", value="127.0.0.1")
+        mcd.request("client.set", name=name, key="port", value=port)
+        mcd.request("client.connect", name=name, wait=True)
+    assert mcd.stop() == 0
+    lines = mcd.log().splitlines()
+    stopped = next(i for i, line in enumerate(lines) if line.endswith("mcd stopped"))
+    counts = [i for i, line in enumerate(lines) if "more line(s) like" in line]
+    assert counts and max(counts) < stopped, "\n".join(lines[-15:])
