@@ -68,7 +68,7 @@ def _foreign_protocol(role: Role, data: bytes | memoryview, limit: int) -> str |
         # handshake frame's, or a type no frame has.  A frame of a known
         # type that breaks a rule is the protocol's own error, said as such.
         # Shown as bytes, so nothing of them reaches a terminal unescaped.
-        if len(data) >= HEADER_SIZE and data[4] in _FRAME_TYPES and 0 < U32.unpack_from(data)[0] <= limit:
+        if _could_be_a_frame(data, limit):
             return None
         return f"the server does not speak MissionCommander's protocol: it began with {bytes(data[:48])!r}"
     head = bytes(data[:8])
@@ -79,7 +79,18 @@ def _foreign_protocol(role: Role, data: bytes | memoryview, limit: int) -> str |
         )
     if head.startswith(_HTTP_METHODS):
         return "the client sent an HTTP request: this port speaks MissionCommander's protocol (docs/PROTOCOL.md)"
-    return None
+    if _could_be_a_frame(data, limit):
+        return None
+    # Another protocol's client (an SSH client, a telnet typed into, a port
+    # scanner): what it began with, as escaped bytes, as a client says of a server.
+    return f"the client does not speak MissionCommander's protocol: it began with {bytes(data[:48])!r}"
+
+
+def _could_be_a_frame(data: bytes | memoryview, limit: int) -> bool:
+    """Whether refused first bytes still look like a frame: a known type and
+    a length within the handshake's limit (then the protocol's own rule
+    broken is said, not "another protocol")."""
+    return len(data) >= HEADER_SIZE and data[4] in _FRAME_TYPES and 0 < U32.unpack_from(data)[0] <= limit
 
 
 class Connection:

@@ -168,6 +168,33 @@ def test_another_protocols_first_bytes_are_named(first_bytes: bytes, said: str) 
     ("first_bytes", "code"),
     [
         (b"SSH-2.0-OpenSSH_9.2p1 Debian\r\n", "frame_too_large"),
+        (b"hello?\r\n", "frame_too_large"),  # typed into telnet or nc
+        (b"\0\0\0\x05\x7f\x1b[31m\xe2\x80\xae", "bad_frame"),  # a type no frame has, escapes in it
+    ],
+    ids=["ssh", "typed", "binary"],
+)
+def test_another_protocols_client_is_said_with_what_it_began_with(first_bytes: bytes, code: str) -> None:
+    """A server said only "frame of 1397966893 bytes exceeds the maximum"
+    of an SSH client (or anything typed at its port); now what it began
+    with, as escaped bytes, as a client says of a server."""
+    server = Connection(Role.SERVER)
+    with pytest.raises(RemoteProtocolError) as info:
+        server.receive_data(first_bytes, now=0.0)
+    assert info.value.code == code and server.state is ConnState.CLOSED
+    said = str(info.value)
+    assert f"the client does not speak MissionCommander's protocol: it began with {first_bytes!r}" in said
+    assert "\x1b" not in said and "\u202e" not in said  # escaped, never raw
+    # A frame of a known type that breaks a rule is the protocol's error, said as such.
+    server = Connection(Role.SERVER)
+    with pytest.raises(RemoteProtocolError) as known:
+        server.receive_data(encode_frame(FrameType.HELLO, b"\x1b[31m"), now=0.0)
+    assert "does not speak" not in str(known.value)
+
+
+@pytest.mark.parametrize(
+    ("first_bytes", "code"),
+    [
+        (b"SSH-2.0-OpenSSH_9.2p1 Debian\r\n", "frame_too_large"),
         (b"HTTP/1.1 400 Bad Request\r\n\r\n", "frame_too_large"),
         (b"220 mail.example.com ESMTP\r\n", "frame_too_large"),
         (b"\0\0\0\x05\x7f\x1b[31m\xe2\x80\xae", "bad_frame"),  # a type no frame has, escapes in it
