@@ -50,6 +50,12 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+def name_option(name: str) -> str:
+    """`` --name NAME`` for a hint's command, when the instance is not the
+    default one (a valid name needs no quoting: ``NAME_RULE``)."""
+    return "" if name == "default" else f" --name {name}"
+
+
 def _refuse_json_constant(name: str) -> NoReturn:
     """``json.loads``'s ``parse_constant``: Python's json reads NaN and
     Infinity, JSON has neither, and mcd refuses a payload with one."""

@@ -31,6 +31,7 @@ from mc_control.codes import (
     SERVER_KEYS,
     SERVER_TUNING,
     ErrorCode,
+    name_option,
 )
 from mc_control.events import cluster_readiness, host_port
 from mc_control.install import install_command
@@ -536,7 +537,7 @@ class DaemonCore:
                 raise CoreError(
                     ErrorCode.STATE_ERROR,
                     f"cannot change {key} while {kind} {name!r} is {instance.status()['phase']}; "
-                    f"{stop}{_name_option(name)} first",
+                    f"{stop}{name_option(name)} first",
                     {"key": key},
                 ) from None
         if key in (CLIENT_TUNING if kind == "client" else SERVER_TUNING):
@@ -570,7 +571,7 @@ class DaemonCore:
             raise CoreError(
                 ErrorCode.STATE_ERROR,
                 f"client {name!r} has no address or port yet: client set address HOST, "
-                f"client set port PORT{_name_option(name)} first",
+                f"client set port PORT{name_option(name)} first",
             )
         inst.check_nothing_refused()
         client = inst.client
@@ -597,7 +598,7 @@ class DaemonCore:
                 last = client.last_close_reason or "no attempt has finished yet"
                 going_on = ""
                 if phase in ("connecting", "reconnecting"):
-                    going_on = f"; it keeps trying in the background (client disconnect{_name_option(name)} stops it)"
+                    going_on = f"; it keeps trying in the background (client disconnect{name_option(name)} stops it)"
                 if phase == "connecting":  # no session yet: a fixed setting applies at once
                     going_on += "; a setting set now applies at once"
                 if not done:
@@ -954,7 +955,7 @@ class DaemonCore:
                 if instance.refused:
                     raise CoreError(
                         ErrorCode.STATE_ERROR,
-                        f"set {', '.join(instance.refused)} again (or to none), then {verb}{_name_option(name)}",
+                        f"set {', '.join(instance.refused)} again (or to none), then {verb}{name_option(name)}",
                     )
                 if kind == "client":
                     self.client_connect(name, wait=False)  # keeps trying with backoff: its server may come later
@@ -1036,10 +1037,6 @@ def _with_warnings(result: dict[str, Any], warnings: Iterable[str]) -> dict[str,
     if found := list(warnings):
         result["warnings"] = found
     return result
-
-
-def _name_option(name: str) -> str:
-    return "" if name == "default" else f" --name {name}"
 
 
 def _client_nodes(server: Server) -> dict[str, str]:
@@ -1148,7 +1145,7 @@ def _unless_not_connected(name: str, client: Client) -> Iterator[None]:
         state = client.state
         if state & (S.STATE_CONNECTED | S.STATE_RECONNECTING):
             raise  # refused for another reason: the library's words say it
-        option = _name_option(name)
+        option = name_option(name)
         if state & S.STATE_RUNNING:
             last = client.last_close_reason
             tried = "" if last is None else f" (last attempt: {last})"

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from mc_control import API_VERSION, EXIT_CODES, ControlError, DaemonUnreachable, ErrorCode
-from mc_control.codes import DEFAULT_WAITS, bind_fault
+from mc_control.codes import DEFAULT_WAITS, bind_fault, name_option
 from mc_control.events import json_line, printable
 
 from . import __version__, output
@@ -183,16 +183,6 @@ def answer_timeout(inv: Invocation, default: float) -> float:
     return inv.options.timeout or default
 
 
-def _name_option(inv: Invocation) -> str:
-    """`` --name NAME`` for a hint's command, when the instance is not the default one."""
-    name = inv.params.get("name")
-    if not isinstance(name, str) or name == "default":
-        return ""
-    import shlex  # noqa: PLC0415 - on this error only: mcctl's start-up stays light
-
-    return f" --name {shlex.quote(name)}"
-
-
 def run_request(inv: Invocation, transport: Transport, printer: Printer) -> int:
     assert inv.cmd is not None
     try:
@@ -216,15 +206,17 @@ def run_request(inv: Invocation, transport: Transport, printer: Printer) -> int:
         elif exc.code == ErrorCode.UNKNOWN_COMMAND:
             hint = f"`{printer.command_prefix}help` lists the commands"
         elif exc.code == ErrorCode.BIND_FAILED and bind_fault(exc.details) == "port":
+            named = name_option(inv.params.get("name", "default"))
             hint = (
                 "another server listens on that port (one of this mcd's: "
                 f"`{printer.command_prefix}list`; or another program's: `ss -ltnp`);"
-                f" `{printer.command_prefix}server set port 0{_name_option(inv)}` picks a free one"
+                f" `{printer.command_prefix}server set port 0{named}` picks a free one"
             )
         elif exc.code == ErrorCode.BIND_FAILED and bind_fault(exc.details) == "interface":
+            named = name_option(inv.params.get("name", "default"))
             hint = (
                 "the interface is no address of this machine (`ip -brief address` lists them);"
-                f" `{printer.command_prefix}server set interface 127.0.0.1{_name_option(inv)}` listens on this"
+                f" `{printer.command_prefix}server set interface 127.0.0.1{named}` listens on this"
                 " machine only"
             )
         elif exc.code == ErrorCode.NO_RESPONDER:
