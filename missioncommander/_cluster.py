@@ -887,7 +887,8 @@ class ClusterNode:
                 self.node_id,
                 lost,
                 self.url,
-                exc.__cause__ or exc,  # the store's own words name the URL again
+                # The store's own words name the URL again: the cause they wrap.
+                exc.__cause__ if isinstance(exc, ClusterUnavailable) and exc.__cause__ is not None else exc,
             )
         if self._last_renewed and time.monotonic() - self._last_renewed > self.lease_ttl:
             self._let_go_all("this node lost the cluster's Redis; resume on another node")
