@@ -356,7 +356,10 @@ class _AioTransport(asyncio.Protocol):
             self.writes += 1
             if not transport.get_write_buffer_size():
                 self.last_progress = self.driver.time()
-            transport.writelines(chunks)
+            if len(chunks) == 1:
+                transport.write(chunks[0])  # a lone frame: asyncio's writelines would join a copy of it
+            else:
+                transport.writelines(chunks)
         finally:
             self.lock.release()
 

@@ -485,23 +485,26 @@ class Callbacks:
         if callbacks:
             self.serial.submit(self._run, event, callbacks, args)
 
-    def emit_messages(self, inbox: Inbox, run: Run) -> bool:
+    def emit_messages(self, inbox: Inbox, run: Run) -> None:
         """Queue a run of received messages for their ``message`` callbacks:
         one hand-over for all that one read brought (with ``inline``, run on
         this thread when nothing of this object's is queued; no library lock
         may be held).  They count in ``inbox`` until their callbacks have
-        returned (see ``_inbox``). False, and nothing done, when nothing is
-        subscribed."""
+        returned (see ``_inbox``); with nothing subscribed, they are taken
+        as they arrive."""
         callbacks = self._subs.get("message")
+        sizes = run[3]
         if not callbacks:
             if self.keep is None:
-                return False
+                inbox.take_now(sum(sizes), len(sizes))
+                return
             callbacks = ()
-        sizes = run[3]
         stream = inbox.hold(sum(sizes), len(sizes))
         hand = self.serial.run_or_submit if self.inline else self.serial.submit
-        hand(self._run_messages, callbacks, run, inbox, stream)
-        return True
+        if self.keep is not None:
+            hand(self.keep, run, inbox, stream)
+        else:
+            hand(self._run_messages, callbacks, run, inbox, stream)
 
     def _run_messages(
         self,
@@ -510,9 +513,6 @@ class Callbacks:
         inbox: Inbox,
         stream: InboundStream,
     ) -> None:
-        if self.keep is not None:
-            self.keep(run, inbox, stream)
-            return
         seq, peer, messages, sizes = run
         held = inbox.held
         if held:

@@ -41,34 +41,31 @@ def deliver(
     """A run of received messages, to their handlers (``message`` callbacks
     are called with ``*peer, message``); a message a node that died may
     have handed over already comes as a ``RedeliveredMessage``."""
-    accept = inbox.stream.accept
+    stream = inbox.stream
     run: Run | None = None
     messages: list[Message]
     sizes: list[int]
     for event in events:
-        if not accept(event.seq):
+        seq = event.seq
+        if seq == stream.last_seq + 1:
+            stream.last_seq = seq  # the next one: accept(), spelled out, as this runs per message
+        elif not stream.accept(seq):
             continue
         if event.meta is not None:
             if run is not None:
-                _emit(callbacks, inbox, run)
+                callbacks.emit_messages(inbox, run)
                 run = None
             hand_over(callbacks, requests, inbox, event, peer, answer)
             continue
         if run is None:
             messages, sizes = [], []
-            run = (event.seq, peer, messages, sizes)
-        kind = Message if event.seq > inbox.redelivered_upto else RedeliveredMessage
+            run = (seq, peer, messages, sizes)
+        kind = Message if seq > inbox.redelivered_upto else RedeliveredMessage
         encoded = event.encoded
         messages.append(kind._from_wire(event.subject, event.payload, encoded))
         sizes.append(len(encoded))
     if run is not None:
-        _emit(callbacks, inbox, run)
-
-
-def _emit(callbacks: Callbacks, inbox: Inbox, run: Run) -> None:
-    if not callbacks.emit_messages(inbox, run):
-        sizes = run[3]
-        inbox.take_now(sum(sizes), len(sizes))  # nobody subscribed: taken as they arrive
+        callbacks.emit_messages(inbox, run)
 
 
 def hand_over(

@@ -128,11 +128,12 @@ class Inbox:
         # waiting for (an echo that awaits send() to the peer it reads from
         # hung for ever when this paused at the bound: the peer's acks of
         # the echoes sat unread behind the pause).
+        # The counts spelled out, not their properties: this runs per read.
         budget = self.budget
         return (
-            self.waiting > self.max_count
-            or self.waiting_bytes > self.max_bytes
-            or (budget is not None and budget.waiting_bytes > budget.max_bytes)
+            self.received_count - self.taken_count > self.max_count
+            or self.received_bytes - self.taken_bytes > self.max_bytes
+            or (budget is not None and budget.received_bytes - budget.taken_bytes > budget.max_bytes)
         )
 
     def _room(self) -> bool:
@@ -222,7 +223,8 @@ class Inbox:
             or self.taken_bytes >= self.ack_due_bytes
         ):
             self.send_ack()
-        self._arm()
+        if self._timer is None:
+            self._arm()
 
     def _due_from(self, seq: int, taken_bytes: int) -> None:
         """An ACK is due at once from half the window past ``seq`` taken

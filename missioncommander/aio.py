@@ -98,7 +98,10 @@ class _LoopSerial(SerialQueue):
             self.submit(fn, *args)
             return
         self._draining = True
-        _call(fn, args)
+        try:
+            fn(*args)  # _call, spelled out: this runs per message received
+        except Exception:
+            log.exception("callback %r raised", fn)
         if self._calls:
             self._driver.call_soon(self._drain)
         else:
@@ -344,10 +347,15 @@ class _Endpoint:
                 # gets this message again (it was never acknowledged).
                 inbox.skipped(stream, seq, size)
                 continue
-            held = _HeldMessage(inbox, stream, seq, size)
+            # Made only when something holds the message past its callbacks
+            # (a coroutine callback, messages(), one before it): this runs
+            # per message, and plain callbacks are the usual case.
+            held: _HeldMessage | None = None
             args = (*peer, message)
             for callback in callbacks:
                 if self._coroutine_callbacks and inspect.iscoroutinefunction(callback):
+                    if held is None:
+                        held = _HeldMessage(inbox, stream, seq, size)
                     held.pending += 1
                     self._in_hand[inbox] = self._in_hand.get(inbox, 0) + 1
                     task = self._driver.spawn(callback(*args))
@@ -361,15 +369,20 @@ class _Endpoint:
                 # Nobody would see it otherwise (or it would pass those still
                 # waiting): it waits for messages(), and the inbox's bounds
                 # pause reading meanwhile, so the peer slows down.
+                if held is None:
+                    held = _HeldMessage(inbox, stream, seq, size)
                 held.pending += 1
                 # What messages() yields: the message, or (client_id, message).
                 held.item = args if peer else message
                 waiting.append(held)
-            # _settle, spelled out: this runs per message.
-            if held.pending or order:
+            # _settle, spelled out (this runs per message): released in its
+            # turn behind what waits, else now.
+            if order:
+                order.append(held if held is not None else _HeldMessage(inbox, stream, seq, size))
+            elif held is not None and held.pending:
                 order.append(held)
             else:
-                held.release()
+                inbox.taken(stream, seq, size)
         if self._waiting and waiting:
             self._wake()
 
@@ -782,7 +795,17 @@ class AsyncClient(_Endpoint, ClientSettings):
         self._driver.bind()
         if not isinstance(message, Message):
             raise not_a_message(message)
-        await self._send_body(message.encode(), None if timeout is None else cfg.wait_timeout(timeout))
+        body = message.encode()
+        if timeout is not None:
+            timeout = cfg.wait_timeout(timeout)
+        try:
+            # Room now, the usual case: queued without a coroutine of its own
+            # (this runs per message).
+            self._inner._send_body(body)
+            return
+        except QueueFullError:
+            pass
+        await self._send_body(body, timeout)
 
     async def _send_body(self, body: bytes, timeout: float | None = None) -> None:
         inner = self._inner
@@ -1018,7 +1041,13 @@ class AsyncServer(_Endpoint, ServerSettings):
         elif every:
             await self._broadcast(message.encode(), wait)
         else:
-            await self._send_body(target, message.encode(), timeout=wait)
+            body = message.encode()
+            try:
+                self._inner._send_to(target, body)  # room now: no coroutine of its own (as AsyncClient.send)
+                return
+            except QueueFullError:
+                pass
+            await self._send_body(target, body, timeout=wait)
 
     async def _broadcast(self, body: bytes, timeout: float | None) -> None:
         """``Server._broadcast``'s steps, its wait for room awaited on the loop."""
