@@ -3,7 +3,8 @@ connected, counted by callgrind: a figure that does not move with the
 machine's load (bench/RESULTS.md, "To judge a change").
 
     python3 bench/instructions.py [--inline] [--broadcast | --request | --connect | --async-echo
-                                  | --async-request | --async-broadcast | --asyncio-echo] [--repeat N]
+                                  | --async-callback-echo | --async-request | --async-broadcast
+                                  | --asyncio-echo] [--repeat N]
 
 Runs an echo (client and server in one process, loopback) under
 ``valgrind --tool=callgrind`` for 500 and for 2,500 round trips and prints
@@ -14,9 +15,13 @@ callback that returns the payload, per round trip (as the echo).
 ``--async-broadcast``: as ``--broadcast`` with the asyncio API, one loop,
 the clients reading ``messages()``; ``--async-echo`` and ``--async-request``:
 the echo (both sides reading ``messages()``) and the request with the asyncio
-API, one loop; ``--asyncio-echo``: the same echo on bare asyncio Protocols, no
-library, the floor the asyncio API's figures compare with (a loop turn fewer:
-its server answers inside ``data_received``).  ``--connect``: clients connected at once (``connect(wait=False)``) and
+API, one loop; ``--async-callback-echo``: the echo as run.py's mc-async
+system runs it (the server answers from a plain ``message`` callback with
+``send_nowait``, the client reads ``messages()``); ``--asyncio-echo``: the
+same echo on bare asyncio Protocols, no library, the floor the asyncio
+API's figures compare with (its server answers inside ``data_received``, as
+``--async-callback-echo``'s does; ``--async-echo``'s reading task takes a
+loop turn more).  ``--connect``: clients connected at once (``connect(wait=False)``) and
 then disconnected, 200 and 1,000 of them, per client.  How the
 threads take turns moves one count: the scripts
 set Python's switch interval to a second, so a thread hands the GIL over
@@ -159,6 +164,27 @@ asyncio.run(main())
 """
 
 
+# bench/run.py's mc-async echo: the server answers from a plain message
+# callback (systems.mc_async_serve), the client reads messages().
+ASYNC_CALLBACK_ECHO = """
+import asyncio, sys
+from missioncommander import Message
+from missioncommander.aio import AsyncClient, AsyncServer
+n = int(sys.argv[1])
+async def main():
+    async with AsyncServer(interface="127.0.0.1", port=0) as server:
+        server.subscribe("message", lambda client_id, message: server.send_nowait(client_id, message))
+        async with AsyncClient(address="127.0.0.1", port=server.port) as client:
+            messages = client.messages()
+            message = Message("echo", {"n": 1, "text": "hello"})
+            async with asyncio.timeout(120):
+                for _ in range(n):
+                    await client.send(message)
+                    await anext(messages)
+asyncio.run(main())
+"""
+
+
 ASYNC_REQUEST = """
 import asyncio, sys
 from missioncommander import Message
@@ -277,6 +303,11 @@ def main() -> int:
         "--async-broadcast", action="store_true", help="per broadcast delivery, the asyncio API (100 clients)"
     )
     parser.add_argument("--async-echo", action="store_true", help="per echo round trip, the asyncio API")
+    parser.add_argument(
+        "--async-callback-echo",
+        action="store_true",
+        help="per echo round trip, the asyncio API, the server answering from a callback (run.py's mc-async)",
+    )
     parser.add_argument("--async-request", action="store_true", help="per request/reply round trip, the asyncio API")
     parser.add_argument(
         "--asyncio-echo", action="store_true", help="per echo round trip, bare asyncio Protocols (the floor)"
@@ -292,6 +323,14 @@ def main() -> int:
         script, small, large, per, what = ASYNC_BROADCAST, 20, 100, 80 * 100, "asyncio broadcast delivery (100 clients)"
     elif args.async_echo:
         script, small, large, per, what = ASYNC_ECHO, 500, 2500, 2000, "asyncio echo round trip"
+    elif args.async_callback_echo:
+        script, small, large, per, what = (
+            ASYNC_CALLBACK_ECHO,
+            500,
+            2500,
+            2000,
+            "asyncio echo round trip (callback server)",
+        )
     elif args.async_request:
         script, small, large, per, what = ASYNC_REQUEST, 500, 2500, 2000, "asyncio request/reply round trip"
     elif args.asyncio_echo:
