@@ -141,7 +141,10 @@ asyncio.run(main())
 """
 
 
-ASYNC_ECHO = """
+# The asyncio echo; ANSWER is how the server answers: a task reading
+# messages() (ASYNC_ECHO), or a plain message callback, as bench/run.py's
+# mc-async system answers (systems.mc_async_serve; ASYNC_CALLBACK_ECHO).
+_ASYNC_ECHO = """
 import asyncio, sys
 from missioncommander import Message
 from missioncommander.aio import AsyncClient, AsyncServer
@@ -151,29 +154,7 @@ async def serve(server):
         await server.send(client_id, message)
 async def main():
     async with AsyncServer(interface="127.0.0.1", port=0) as server:
-        echo = asyncio.create_task(serve(server))
-        async with AsyncClient(address="127.0.0.1", port=server.port) as client:
-            messages = client.messages()
-            message = Message("echo", {"n": 1, "text": "hello"})
-            async with asyncio.timeout(120):
-                for _ in range(n):
-                    await client.send(message)
-                    await anext(messages)
-        echo.cancel()
-asyncio.run(main())
-"""
-
-
-# bench/run.py's mc-async echo: the server answers from a plain message
-# callback (systems.mc_async_serve), the client reads messages().
-ASYNC_CALLBACK_ECHO = """
-import asyncio, sys
-from missioncommander import Message
-from missioncommander.aio import AsyncClient, AsyncServer
-n = int(sys.argv[1])
-async def main():
-    async with AsyncServer(interface="127.0.0.1", port=0) as server:
-        server.subscribe("message", lambda client_id, message: server.send_nowait(client_id, message))
+        ANSWER
         async with AsyncClient(address="127.0.0.1", port=server.port) as client:
             messages = client.messages()
             message = Message("echo", {"n": 1, "text": "hello"})
@@ -183,6 +164,11 @@ async def main():
                     await anext(messages)
 asyncio.run(main())
 """
+# The reading task ends with the server (its messages() ends).
+ASYNC_ECHO = _ASYNC_ECHO.replace("ANSWER", "echo = asyncio.create_task(serve(server))")
+ASYNC_CALLBACK_ECHO = _ASYNC_ECHO.replace(
+    "ANSWER", 'server.subscribe("message", lambda client_id, message: server.send_nowait(client_id, message))'
+)
 
 
 ASYNC_REQUEST = """
