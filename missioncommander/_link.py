@@ -52,14 +52,15 @@ def route_locked(
       and the chunks; the caller lets its own lock go and calls
       ``transport.send_and_unlock(chunks)``.
     - A burst is left to one pump on the driver's thread (``schedule_pump``),
-      which writes it in a few syscalls; on the driver's thread its first
-      message is written at once (into the transport's buffer, flushed at
-      the end of the driver's turn).  While the pump is pending, a burst of
-      ``BATCH`` or more is written in one batch: from the caller's thread,
-      or on the driver's thread into the transport's buffer (a coroutine
-      that sends without awaiting anything that waits would otherwise end
-      the driver's turn, and let the pump run, only once the send queue is
-      full).
+      which writes it in a few syscalls.  On the driver's thread a burst's
+      first ``BATCH`` messages are written one by one (into the
+      transport's buffer, flushed at the end of the driver's turn: a short
+      burst costs no pump), the rest is the pump's.  While the pump is
+      pending, a burst of ``BATCH`` or more is written in one batch: from
+      the caller's thread, or on the driver's thread into the transport's
+      buffer (a coroutine that sends without awaiting anything that waits
+      would otherwise end the driver's turn, and let the pump run, only
+      once the send queue is full).
     """
     live = session.live
     if live is None:
@@ -75,13 +76,18 @@ def route_locked(
         burst = now - session.last_send < BURST_GAP
         session.last_send = now
         if burst or not live.direct_ok:
+            if driver.in_loop() and session.burst_run < BATCH:
+                session.burst_run += 1
+                live.write_many(session.take_unsent())  # flushed at the end of the driver's turn
+                return None
             # The pump first: on the driver's thread it then runs before the
             # transport's flush, which writes what both gave it in one go.
             session.pump_pending = True
             schedule_pump(session)
             if driver.in_loop():
-                live.write_many(session.take_unsent())  # flushed at the end of the driver's turn
+                live.write_many(session.take_unsent())
             return None
+        session.burst_run = 0
     # session.take_unsent(), spelled out: this runs once per message sent.
     chunks, session.sent_seq, size = session.out.frames_within(session.sent_seq, session.limit_seq, session.room_bytes)
     session.room_bytes -= size

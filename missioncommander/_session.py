@@ -46,6 +46,7 @@ class SendSession:
     """
 
     __slots__ = (
+        "burst_run",
         "last_send",
         "limit_seq",
         "live",
@@ -70,6 +71,9 @@ class SendSession:
         #: What the peer's HELLO or WELCOME allowed (a MESSAGE over it is refused at send()).
         self.peer_max_frame_size = DEFAULT_MAX_FRAME_SIZE
         self.last_send = 0.0
+        #: Messages of the current burst written one by one on the driver's
+        #: thread (``_link.route_locked``): from ``BATCH`` on, the pump's.
+        self.burst_run = 0
         #: Messages written again after a resume or a restart (statistics).
         self.resent = 0
         #: The peer's window (no bound from a peer that announces none).

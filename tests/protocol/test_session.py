@@ -153,10 +153,10 @@ def test_the_write_route_of_a_message_depends_on_the_link_and_the_pace() -> None
 
 def test_a_burst_on_the_drivers_thread_goes_out_in_batches() -> None:
     # An asyncio coroutine (or an inline callback) that sends many messages
-    # without awaiting: the first is written at once, the rest wait for the
-    # pump at the end of the driver's turn, written BATCH at a time should
-    # the turn go on (a coroutine that never waits ends it only once its
-    # send queue is full).
+    # without awaiting: a short burst is written message by message (no
+    # pump to pay for); from BATCH on, the rest waits for the pump at the
+    # end of the driver's turn, written BATCH at a time should the turn go
+    # on (a coroutine that never waits ends it only once its queue is full).
     driver = FakeDriver()
     pumps: list[SendSession] = []
     session = SendSession(1000, 1 << 20)
@@ -172,12 +172,24 @@ def test_a_burst_on_the_drivers_thread_goes_out_in_batches() -> None:
     direct = send()  # a lone send: straight out
     assert direct is not None and written(direct[1]) == [(1, "m")]
     live.lock.release()
-    assert send() is None and written(live.written.pop()) == [(2, "m")]  # a burst's first: written now
-    assert pumps == [session] and session.pump_pending  # the rest is the pump's
+    for seq in range(2, 2 + BATCH):
+        assert send() is None and written(live.written.pop()) == [(seq, "m")]  # a short burst: one by one
+    assert pumps == [] and not session.pump_pending
+    assert send() is None and written(live.written.pop()) == [(BATCH + 2, "m")]
+    assert pumps == [session] and session.pump_pending  # a long burst: the rest is the pump's
     for _ in range(BATCH - 1):
         assert send() is None
     assert live.written == [] and session.unwritten == BATCH - 1
     assert send() is None  # BATCH unwritten: one batch into the transport's buffer
-    assert written(live.written.pop()) == [(seq, "m") for seq in range(3, 3 + BATCH)]
+    assert written(live.written.pop()) == [(seq, "m") for seq in range(BATCH + 3, 2 * BATCH + 3)]
     assert session.unwritten == 0 and pumps == [session]
     assert send() is None and live.written == [] and session.unwritten == 1  # the pump takes the rest
+    session.pump_pending = False  # the pump ran
+    assert send() is None and pumps == [session, session]  # the burst goes on: the pump's at once
+    written(live.written.pop())
+    session.pump_pending = False  # the pump ran
+    driver.now += 1
+    direct = send()  # a lone send again: straight out, and the next burst starts short
+    assert direct is not None
+    live.lock.release()
+    assert send() is None and written(live.written.pop()) and pumps == [session, session]
