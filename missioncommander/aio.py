@@ -98,10 +98,7 @@ class _LoopSerial(SerialQueue):
             self.submit(fn, *args)
             return
         self._draining = True
-        try:
-            fn(*args)  # _call, spelled out: this runs per message received
-        except Exception:
-            log.exception("callback %r raised", fn)
+        _call(fn, args)
         if self._calls:
             self._driver.call_soon(self._drain)
         else:
