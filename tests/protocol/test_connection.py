@@ -164,6 +164,19 @@ def test_another_protocols_first_bytes_are_named(first_bytes: bytes, said: str) 
         assert later.value.code == "frame_too_large"
 
 
+def refused_as_foreign(role: Role, first_bytes: bytes, code: str) -> None:
+    """A connection of ``role`` whose peer began with ``first_bytes`` closes
+    with ``code``, saying what the peer began with, escaped."""
+    conn = Connection(role)
+    with pytest.raises(RemoteProtocolError) as info:
+        conn.receive_data(first_bytes, now=0.0)
+    assert info.value.code == code and conn.state is ConnState.CLOSED
+    said = str(info.value)
+    peer = "client" if role is Role.SERVER else "server"
+    assert f"the {peer} does not speak MissionCommander's protocol: it began with {first_bytes!r}" in said
+    assert "\x1b" not in said and "\u202e" not in said  # escaped, never raw
+
+
 @pytest.mark.parametrize(
     ("first_bytes", "code"),
     [
@@ -177,13 +190,7 @@ def test_another_protocols_client_is_said_with_what_it_began_with(first_bytes: b
     """A server said only "frame of 1397966893 bytes exceeds the maximum"
     of an SSH client (or anything typed at its port); now what it began
     with, as escaped bytes, as a client says of a server."""
-    server = Connection(Role.SERVER)
-    with pytest.raises(RemoteProtocolError) as info:
-        server.receive_data(first_bytes, now=0.0)
-    assert info.value.code == code and server.state is ConnState.CLOSED
-    said = str(info.value)
-    assert f"the client does not speak MissionCommander's protocol: it began with {first_bytes!r}" in said
-    assert "\x1b" not in said and "\u202e" not in said  # escaped, never raw
+    refused_as_foreign(Role.SERVER, first_bytes, code)
     # A frame of a known type that breaks a rule is the protocol's error, said as such.
     server = Connection(Role.SERVER)
     with pytest.raises(RemoteProtocolError) as known:
@@ -205,13 +212,7 @@ def test_a_client_told_no_challenge_but_another_servers_first_bytes_shows_them(f
     """A client pointed at another kind of server that speaks first (its
     banner) used to say only "frame of 1397966893 bytes exceeds the
     maximum"; now what the server began with, as escaped bytes."""
-    client = Connection(Role.CLIENT)
-    with pytest.raises(RemoteProtocolError) as info:
-        client.receive_data(first_bytes, now=0.0)
-    assert info.value.code == code and client.state is ConnState.CLOSED
-    said = str(info.value)
-    assert f"the server does not speak MissionCommander's protocol: it began with {first_bytes!r}" in said
-    assert "\x1b" not in said and "\u202e" not in said  # escaped, never raw
+    refused_as_foreign(Role.CLIENT, first_bytes, code)
     # A frame of a known type that breaks a rule is the protocol's error,
     # said as such (test_client_waits_for_the_challenge: a WELCOME first).
     client = Connection(Role.CLIENT)
