@@ -46,3 +46,46 @@ def test_every_scenario_runs_at_tiny_size(tmp_path: Path) -> None:
     for scenario in scenarios:
         assert scenario in text
     assert "(" in text and "x MC)" in text  # ratios to MissionCommander
+
+
+INTERLEAVED = BENCH.parent / "interleaved.py"
+
+
+def _interleaved(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(INTERLEAVED), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        check=False,
+    )
+
+
+def test_the_interleaved_echo_and_request_run_at_tiny_size() -> None:
+    echo = _interleaved("--systems", "mc-async,missioncommander,asyncio,sockets", "--rounds", "3", "--block", "20")
+    assert echo.returncode == 0, echo.stderr[-3000:]
+    lines = echo.stdout.splitlines()
+    for system in ("mc-async", "missioncommander", "asyncio"):
+        # Three rounds' p50s, and the ratio to the reference (the last system).
+        [rounds] = [line for line in lines if line.startswith(f"{system} ") and "per round" in line]
+        assert len(rounds.split(":")[1].split()) == 3
+        assert any(line.startswith(f"{system} ") and "over sockets, round by round: median" in line for line in lines)
+    assert not any(line.startswith("sockets ") and "over sockets" in line for line in lines)
+
+    request = _interleaved(
+        "--scenario", "request", "--systems", "mc-async,missioncommander", "--rounds", "2", "--block", "20"
+    )
+    assert request.returncode == 0, request.stderr[-3000:]
+    assert "mc-async" in request.stdout and "over missioncommander, round by round" in request.stdout
+
+
+def test_the_interleaved_benchmark_refuses_what_it_cannot_measure() -> None:
+    for args, said in [
+        (("--systems", "mc-async,nosuch"), "unknown system(s): nosuch"),
+        (("--scenario", "request", "--systems", "mc-async,sockets"), "no request/reply of its own: sockets"),
+        (("--systems", "mc-async,sockets", "--reference", "asyncio"), "--reference asyncio is not one of --systems"),
+        (("--rounds", "0"), "--rounds and --block must be at least 1"),
+    ]:
+        out = _interleaved(*args)
+        assert out.returncode == 2 and said in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
