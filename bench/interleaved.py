@@ -14,7 +14,8 @@ target such as issue 16's 1.1x cannot be told from that noise.
 
 This keeps one server process and one connected client per system for the
 whole run and takes the round trips in rounds: a block of ``--block`` from
-each system in turn, then the next round.  Whatever the machine does (a
+each system in turn (each round starting with the next system), then the
+next round.  Whatever the machine does (a
 process moving core, another program waking) falls on every system within
 the same few seconds, and a round's ratio compares like with like.  It
 prints each round's p50s and, per system, the median over rounds of its
@@ -162,8 +163,10 @@ def measure(systems: list[str], scenario: str, rounds: int, block: int) -> dict[
             sides[system] = kind(system, servers[system].port, scenario)
             sides[system].block(min(50, block))  # warm up, as run.py does
         p50s: dict[str, list[float]] = {system: [] for system in systems}
-        for _ in range(rounds):
-            for system in systems:
+        for round_ in range(rounds):
+            # Each round starts with the next system, so none always follows the same one.
+            turn = round_ % len(systems)
+            for system in systems[turn:] + systems[:turn]:
                 p50s[system].append(statistics.median(sides[system].block(block)) * 1e6)
         return p50s
     finally:
