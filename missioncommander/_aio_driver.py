@@ -17,8 +17,10 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +49,29 @@ from ._loop import (
 )
 
 log = logging.getLogger("missioncommander.aio")
+
+
+def _task_of_loop() -> Callable[[asyncio.AbstractEventLoop], Any] | None:
+    """Python 3.11's ``asyncio.get_running_loop()`` makes a ``getpid()``
+    system call each time (to notice a fork), a few percent of a streamed
+    ``send()``; 3.12 dropped it.  On 3.11 this is asyncio's map of the task
+    each loop runs right now (C), which ``bind`` asks first; elsewhere, and
+    in a forked child, None (``bind`` asks asyncio)."""
+    if sys.version_info >= (3, 12):
+        return None
+    tasks: dict[asyncio.AbstractEventLoop, Any] = getattr(asyncio.tasks, "_current_tasks", {})
+    return tasks.get
+
+
+_task_of = _task_of_loop()
+
+
+def _forked() -> None:
+    global _task_of
+    _task_of = None  # a task the parent ran at the fork is no task of the child's
+
+
+os.register_at_fork(after_in_child=_forked)
 
 T = TypeVar("T")
 
@@ -100,6 +125,16 @@ class AsyncioDriver:
     def bind(self) -> asyncio.AbstractEventLoop:
         """Bind to the running loop (from a coroutine); ``RuntimeError`` if
         this driver already runs on another loop."""
+        loop, task_of = self._loop, _task_of
+        if (
+            task_of is not None
+            and loop is not None
+            and task_of(loop) is not None
+            and threading.get_ident() == self._thread
+        ):
+            # A task of the bound loop runs, on the thread the loop ran on
+            # when bound: this call is in it (a loop runs on one thread).
+            return loop
         running = asyncio.get_running_loop()
         if self._loop is None:
             with self._parking:

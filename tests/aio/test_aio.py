@@ -17,7 +17,14 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
-from support import FaultProxy, Recorder, resolve_as_ipv6_then_ipv4, server_frames, tls_handshakes
+from support import (
+    FaultProxy,
+    Recorder,
+    in_a_forked_child,
+    resolve_as_ipv6_then_ipv4,
+    server_frames,
+    tls_handshakes,
+)
 from support.certs import Certs
 
 from missioncommander import (
@@ -1000,6 +1007,38 @@ def test_one_object_belongs_to_one_loop(caplog: pytest.LogCaptureFixture) -> Non
     with pytest.raises(RuntimeError, match=r"used on an event loop that has closed \(an earlier asyncio.run\(\)\?\)"):
         run(stop)
     server._inner.stop()  # tidy up from outside any loop
+
+
+def test_a_forked_child_cannot_use_the_parents_client() -> None:
+    """A child forked while a task of the parent's loop runs (multiprocessing's
+    fork start method, called from a coroutine) has no running loop: a
+    ``send()`` there raises, as asyncio's own check says, rather than
+    writing into the connection it shares with the parent (on Python 3.11
+    ``bind`` skips asyncio's check inside a task of its loop, but not in a
+    child); the parent's client goes on."""
+
+    def child_sends(client: AsyncClient) -> dict[str, object]:
+        sending = client.send(Message("from the child"))
+        try:
+            sending.send(None)  # the coroutine's first step, where it binds
+        except RuntimeError as exc:
+            return {"raised": str(exc)}
+        finally:
+            sending.close()
+        return {"raised": None}
+
+    async def test() -> tuple[dict[str, object], list[Any]]:
+        async with AsyncServer(interface="127.0.0.1", port=0) as server:
+            received = server.messages()
+            async with AsyncClient(address="127.0.0.1", port=server.port, client_id="parent") as client:
+                await client.send(Message("before"))  # bound, and sending from a task of the loop
+                outcome = in_a_forked_child(lambda: child_sends(client))
+                await client.send(Message("after"))
+                return outcome, await take(received, 2)
+
+    outcome, received = run(test)
+    assert outcome == {"raised": "no running event loop"}
+    assert received == [("parent", Message("before")), ("parent", Message("after"))]
 
 
 def test_settings_changed_before_first_use_reach_subscribers_on_the_loop() -> None:

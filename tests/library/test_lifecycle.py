@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import gc
-import json
 import logging
 import os
 import socket
@@ -16,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from support import DEFAULT_WAIT, FaultProxy, Recorder, server_frames, wait_until
+from support import DEFAULT_WAIT, FaultProxy, Recorder, in_a_forked_child, server_frames, wait_until
 
 from missioncommander import BindError, Client, ClientState, Message, Server, SessionLost, StateError
 from missioncommander._events import Challenge, PingReceived, Welcome
@@ -525,30 +524,6 @@ def test_an_expired_session_counts_what_it_wrote_to_the_broken_connection(
     ]
 
 
-def _in_a_forked_child(work: Callable[[], dict[str, object]]) -> dict[str, object]:
-    """Run ``work`` in a forked child (as multiprocessing's default start
-    method on Linux does) and return what it returned; the child leaves by
-    ``os._exit``, never through pytest."""
-    read_fd, write_fd = os.pipe()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:
-        outcome: dict[str, object] = {"error": "the child failed"}
-        try:
-            outcome = work()
-        except BaseException as exc:  # reported to the parent, which asserts
-            outcome = {"error": repr(exc)}
-        finally:
-            os.write(write_fd, json.dumps(outcome).encode())
-            os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as pipe:
-        answer = pipe.read()
-    os.waitpid(pid, 0)
-    return dict(json.loads(answer))
-
-
 def test_a_forked_child_makes_clients_and_servers_of_its_own(server: Server, make_client: MakeClient) -> None:
     """A child forked while the library runs had its parent's loop and
     callback pool without their threads: a new client in it waited out its
@@ -581,7 +556,7 @@ def test_a_forked_child_makes_clients_and_servers_of_its_own(server: Server, mak
         kid.disconnect()
         return {"echo": got_echo, "inherited": inherited, "own_clients": clients}
 
-    assert _in_a_forked_child(child) == {
+    assert in_a_forked_child(child) == {
         "echo": True,
         "inherited": "this Client was made before the process forked and belongs to the parent;"
         " make a new Client in the child",

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import selectors
 import socket
 import struct
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -385,3 +388,27 @@ def wait_for_resolvers_to_end(timeout: float = DEFAULT_WAIT) -> None:
     for thread in resolving_threads():
         thread.join(max(0.0, deadline - time.monotonic()))
     assert not resolving_threads(), f"resolving threads still running after {timeout} s"
+
+
+def in_a_forked_child(work: Callable[[], dict[str, object]]) -> dict[str, object]:
+    """Run ``work`` in a forked child (as multiprocessing's default start
+    method on Linux does) and return what it returned; the child leaves by
+    ``os._exit``, never through pytest."""
+    read_fd, write_fd = os.pipe()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        outcome: dict[str, object] = {"error": "the child failed"}
+        try:
+            outcome = work()
+        except BaseException as exc:  # reported to the parent, which asserts
+            outcome = {"error": repr(exc)}
+        finally:
+            os.write(write_fd, json.dumps(outcome).encode())
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        answer = pipe.read()
+    os.waitpid(pid, 0)
+    return dict(json.loads(answer))
