@@ -43,6 +43,7 @@ from ._loop import (
     client_socket,
     connect_failure,
     format_address,
+    made_before_fork,
     out_of_resources,
     peer_names,
     reset_on_close,
@@ -106,9 +107,12 @@ class AsyncioDriver:
     Made outside the loop, it binds to the running loop on first use
     (``bind``); every object it drives belongs to that loop from then on."""
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str) -> None:
+        #: What the driver serves (``AsyncClient``, ``AsyncServer``), for errors.
+        self.kind = kind
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = 0
+        self._pid = 0
         #: asyncio's loops run on ``time.monotonic``; the driver's clock is
         #: that one even before it is bound, so deadlines taken early hold.
         self.time: Callable[[], float] = time.monotonic
@@ -124,7 +128,8 @@ class AsyncioDriver:
 
     def bind(self) -> asyncio.AbstractEventLoop:
         """Bind to the running loop (from a coroutine); ``RuntimeError`` if
-        this driver already runs on another loop."""
+        this driver already runs on another loop (``StateError`` in a child
+        forked since)."""
         loop, task_of = self._loop, _task_of
         if (
             task_of is not None
@@ -141,10 +146,14 @@ class AsyncioDriver:
                 if self._loop is None:
                     self._loop = running
                     self._thread = threading.get_ident()
+                    self._pid = os.getpid()
                 parked, self._parked = self._parked, []
             for fn, args in parked:
                 running.call_soon(fn, *args)
         if self._loop is not running:
+            if self._pid != os.getpid():
+                # A child forked while the loop ran, on a loop of its own.
+                raise made_before_fork(self.kind)
             if self._loop.is_closed():
                 # The common way here: a second asyncio.run() (a notebook, a
                 # test per run) with an object the first one used.

@@ -823,13 +823,18 @@ def _forget_loop() -> None:
 os.register_at_fork(after_in_child=_forget_loop)
 
 
+def made_before_fork(kind: str) -> StateError:
+    """The error of an instance made in a parent process and used in a
+    forked child: its loop, connections and threads are the parent's."""
+    return StateError(
+        f"this {kind} was made before the process forked and belongs to the parent; make a new {kind} in the child"
+    )
+
+
 def check_not_forked(driver: object, kind: str) -> None:
-    """``StateError`` for an instance made in a parent process and used in
-    a forked child: its loop, connections and threads are the parent's."""
+    """``made_before_fork`` for a threaded instance used in a forked child."""
     if isinstance(driver, Loop) and driver.pid != os.getpid():
-        raise StateError(
-            f"this {kind} was made before the process forked and belongs to the parent; make a new {kind} in the child"
-        )
+        raise made_before_fork(kind)
 
 
 class TransportOwner(Protocol):

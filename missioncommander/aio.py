@@ -648,7 +648,7 @@ class AsyncClient(_Endpoint, ClientSettings):
     _events = CLIENT_EVENTS
 
     def __init__(self, **settings: Any) -> None:
-        driver = AsyncioDriver()
+        driver = AsyncioDriver("AsyncClient")
         # A subclass's defaults (``cfg.Settings``) are its Client's.
         self._inner = Client(_driver=driver, _api="AsyncClient", **(self._class_defaults | settings))
         super().__init__(driver, self._inner._callbacks)
@@ -902,7 +902,7 @@ class AsyncServer(_Endpoint, ServerSettings):
     _events = SERVER_EVENTS
 
     def __init__(self, **settings: Any) -> None:
-        driver = AsyncioDriver()
+        driver = AsyncioDriver("AsyncServer")
         # A subclass's defaults (``cfg.Settings``) are its Server's.
         self._inner = Server(_driver=driver, _api="AsyncServer", **(self._class_defaults | settings))
         super().__init__(driver, self._inner._callbacks)
