@@ -12,12 +12,12 @@ counts, nothing lost.
 from __future__ import annotations
 
 import asyncio
-import statistics
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from systems import BareAsyncClient, new_loop, use_fast_json
+from timing import p50_p99, timed_async
 
 from missioncommander import Message
 from missioncommander.aio import AsyncClient
@@ -69,15 +69,7 @@ async def _latencies(n: int, round_trip: Callable[[int], Awaitable[dict[str, Any
     """run.py's ``latencies``, awaited: p50 and p99 of ``n`` checked round trips."""
     for seq in range(min(50, n)):
         await round_trip(seq)
-    samples = []
-    for seq in range(n):
-        t0 = time.perf_counter()
-        got = await round_trip(seq)
-        samples.append(time.perf_counter() - t0)
-        if got["seq"] != seq:
-            raise AssertionError(f"round trip {seq} answered by {got['seq']}")
-    samples.sort()
-    return {"p50_us": statistics.median(samples) * 1e6, "p99_us": samples[int(len(samples) * 0.99)] * 1e6}
+    return p50_p99(await timed_async(n, round_trip))
 
 
 def echo(port: int, n: int, size: int = 100) -> dict[str, float]:

@@ -34,8 +34,7 @@ import asyncio
 import os
 import statistics
 import sys
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import aio_scenarios
 import run
 from systems import SYSTEMS, new_loop, use_fast_json
+from timing import timed, timed_async
 
 from missioncommander import Message
 
@@ -91,7 +91,7 @@ class _AsyncSide(_Side):
         round_trip = self._echo if self.scenario == "echo" else self._request
 
         async def timed() -> list[float]:
-            return await _timed_async(n, round_trip)
+            return await timed_async(n, round_trip)
 
         samples: list[float] = self._run(timed())
         return samples
@@ -120,35 +120,10 @@ class _ThreadedSide(_Side):
         return answer
 
     def block(self, n: int) -> list[float]:
-        return _timed(n, self.round_trip)
+        return timed(n, self.round_trip)
 
     def close(self) -> None:
         self.client.close()
-
-
-def _checked(seq: int, got: dict[str, Any]) -> None:
-    if got["seq"] != seq:
-        raise AssertionError(f"round trip {seq} answered by {got['seq']}")
-
-
-def _timed(n: int, round_trip: Callable[[int], dict[str, Any]]) -> list[float]:
-    samples = []
-    for seq in range(n):
-        t0 = time.perf_counter()
-        got = round_trip(seq)
-        samples.append(time.perf_counter() - t0)
-        _checked(seq, got)
-    return samples
-
-
-async def _timed_async(n: int, round_trip: Callable[[int], Awaitable[dict[str, Any]]]) -> list[float]:
-    samples = []
-    for seq in range(n):
-        t0 = time.perf_counter()
-        got = await round_trip(seq)
-        samples.append(time.perf_counter() - t0)
-        _checked(seq, got)
-    return samples
 
 
 def measure(systems: list[str], scenario: str, rounds: int, block: int) -> dict[str, list[float]]:

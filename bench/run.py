@@ -38,6 +38,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).parent))
 import aio_scenarios
 from systems import SYSTEMS
+from timing import p50_p99, timed
 
 HERE = Path(__file__).parent
 MC_SYSTEMS = ("missioncommander", "mc-pooled", "mc-fast")
@@ -144,15 +145,7 @@ def latencies(n: int, round_trip: Callable[[int], dict[str, Any]]) -> dict[str, 
     ``round_trip(seq)`` returns the answer, which must carry ``seq``."""
     for seq in range(min(50, n)):
         round_trip(seq)
-    samples = []
-    for seq in range(n):
-        t0 = time.perf_counter()
-        got = round_trip(seq)
-        samples.append(time.perf_counter() - t0)
-        if got["seq"] != seq:
-            raise AssertionError(f"round trip {seq} answered by {got['seq']}")
-    samples.sort()
-    return {"p50_us": statistics.median(samples) * 1e6, "p99_us": samples[int(len(samples) * 0.99)] * 1e6}
+    return p50_p99(timed(n, round_trip))
 
 
 def scenario_echo(system: str, port: int, n: int, size: int = 100) -> dict[str, float]:
