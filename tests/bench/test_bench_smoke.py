@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -51,13 +52,13 @@ def test_every_scenario_runs_at_tiny_size(tmp_path: Path) -> None:
 INTERLEAVED = BENCH.parent / "interleaved.py"
 
 
-def _interleaved(*args: str) -> subprocess.CompletedProcess[str]:
+def _interleaved(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(INTERLEAVED), *args],
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **(env or {})},
         check=False,
     )
 
@@ -89,3 +90,25 @@ def test_the_interleaved_benchmark_refuses_what_it_cannot_measure() -> None:
     ]:
         out = _interleaved(*args)
         assert out.returncode == 2 and said in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+
+
+def test_the_interleaved_benchmark_says_why_a_system_did_not_run() -> None:
+    # mqtt's server needs a broker: pointed at a port where none listens (and
+    # paho-mqtt may be missing too), it cannot start, and that is said
+    # without a traceback.
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        closed = probe.getsockname()[1]
+    out = _interleaved(
+        "--systems",
+        "mc-async,mqtt",
+        "--rounds",
+        "1",
+        "--block",
+        "5",
+        "--reference",
+        "mc-async",
+        env={"BENCH_BROKER_PORT": str(closed)},
+    )
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "interleaved.py: FAILED: RuntimeError: mqtt server did not start" in out.stderr
+    assert "Traceback" not in out.stderr
