@@ -15,13 +15,12 @@ target such as issue 16's 1.1x cannot be told from that noise.
 This keeps one server process and one connected client per system for the
 whole run and takes the round trips in rounds: a block of ``--block`` from
 each system in turn (each round starting with the next system), then the
-next round.  Whatever the machine does (a
-process moving core, another program waking) falls on every system within
-the same few seconds, and a round's ratio compares like with like.  It
-prints each round's p50s and, per system, the median over rounds of its
-p50 divided by the reference's p50 of the same round.  Both figures are
-honest; this one is the more precise.  Every round trip is checked by its
-sequence number, as in ``run.py``.
+next round.  Whatever the machine does (a process moving core, another
+program waking) falls on every system within the same few seconds, and a
+round's ratio compares like with like.  It prints each round's p50s and,
+per system, the median over rounds of its p50 divided by the reference's
+p50 of the same round.  ``run.py``'s ratio is not wrong, only noisier.
+Every round trip is checked by its sequence number, as in ``run.py``.
 
 The systems and their servers are ``run.py``'s (bench/README.md); the asyncio
 systems' clients stay on a loop of their own between blocks.
@@ -184,6 +183,8 @@ def main() -> int:
     parser.add_argument("--block", type=int, default=500, help="round trips per system per round")
     args = parser.parse_args()
     systems = args.systems.split(",")
+    if len(set(systems)) != len(systems):
+        parser.error("name each system once in --systems")
     reference = args.reference or systems[-1]
     if reference not in systems:
         parser.error(f"--reference {reference} is not one of --systems")

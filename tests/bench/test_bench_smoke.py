@@ -87,6 +87,7 @@ def test_the_interleaved_benchmark_refuses_what_it_cannot_measure() -> None:
         (("--scenario", "request", "--systems", "mc-async,sockets"), "no request/reply of its own: sockets"),
         (("--systems", "mc-async,sockets", "--reference", "asyncio"), "--reference asyncio is not one of --systems"),
         (("--rounds", "0"), "--rounds and --block must be at least 1"),
+        (("--systems", "mc-async,sockets,mc-async"), "name each system once in --systems"),
     ]:
         out = _interleaved(*args)
         assert out.returncode == 2 and said in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
