@@ -10,6 +10,7 @@ import random
 import select
 import selectors
 import socket
+import sys
 import threading
 import time
 import warnings
@@ -1049,6 +1050,33 @@ def test_a_forked_child_cannot_use_the_parents_client() -> None:
         " a new AsyncClient in the child",
     }
     assert received == [("parent", Message("before")), ("parent", Message("after"))]
+
+
+def test_sends_in_a_task_skip_get_running_loop_on_python_3_11(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On Python 3.11 ``asyncio.get_running_loop()`` makes a getpid() system
+    call each time; a send from a task of the client's loop does not ask it
+    there (``bind`` reads asyncio's map of running tasks).  From 3.12 on,
+    where the call is cheap, ``bind`` asks it on every send, as before."""
+    asked = [0]
+    real = asyncio.get_running_loop
+
+    def counting() -> asyncio.AbstractEventLoop:
+        asked[0] += 1
+        return real()
+
+    async def test() -> list[Any]:
+        async with AsyncServer(interface="127.0.0.1", port=0) as server:
+            received = server.messages()
+            async with AsyncClient(address="127.0.0.1", port=server.port, client_id="k") as client:
+                with monkeypatch.context() as patched:
+                    patched.setattr(asyncio, "get_running_loop", counting)
+                    for n in range(20):
+                        await client.send(Message("n", {"n": n}))
+                return await take(received, 20)
+
+    received = run(test)
+    assert [message.payload["n"] for _, message in received] == list(range(20))
+    assert asked[0] == (0 if sys.version_info < (3, 12) else 20)
 
 
 def test_settings_changed_before_first_use_reach_subscribers_on_the_loop() -> None:
