@@ -220,6 +220,9 @@ class ClientInstance(_Instance):
     def __init__(self, core: DaemonCore, name: str) -> None:
         super().__init__(core, name)
         self.client = Client()
+        #: Restarts of the first connection under way (``set_restarting``),
+        #: counted under the core's lock, which ``wait_for`` holds.
+        self.restarting = 0
         c = self.client
         c.subscribe("statechange", self._on_state)
         c.subscribe("connect", lambda: self.publish("connect"))
@@ -254,9 +257,10 @@ class ClientInstance(_Instance):
         if client_phase(client.state) != "connecting":
             return False
         _apply_setting(Client(), key, value)  # a refused value undoes nothing
-        client.disconnect()
-        _apply_setting(client, key, value)
-        client.connect(wait=False)
+        with self.core.restarting(self):
+            client.disconnect()
+            _apply_setting(client, key, value)
+            client.connect(wait=False)
         return True
 
     def read_status(self) -> dict[str, Any]:
@@ -454,6 +458,20 @@ class DaemonCore:
                 self._changed.wait(min(left, RECHECK))
             return True
 
+    @contextlib.contextmanager
+    def restarting(self, instance: ClientInstance) -> Iterator[None]:
+        """While ``instance`` starts its first connection again with a new
+        setting: disconnected for a moment, which a ``client connect
+        --wait`` meanwhile must not take for its outcome."""
+        with self._changed:
+            instance.restarting += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                instance.restarting -= 1
+                self._changed.notify_all()
+
     def _snapshot_locked(self) -> dict[str, Any]:
         return {"instances": self._statuses_locked()}
 
@@ -586,6 +604,8 @@ class DaemonCore:
         if wait:
 
             def outcome() -> bool:
+                if inst.restarting:
+                    return False  # a setting starts it again: its moment of "disconnected" is no outcome
                 phase = client_phase(client.state)
                 if phase in ("connected", "failed", "disconnected"):
                     return True

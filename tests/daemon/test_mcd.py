@@ -15,8 +15,9 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -30,6 +31,7 @@ from mc_control import ControlClient, ControlError, DaemonUnreachable
 from mc_control.codes import MAX_LINE, SERVER_KEYS
 from mc_control.events import describe_event
 from mc_daemon import control
+from mc_daemon.core import DaemonCore
 from missioncommander import Client, Message, NoResponder, Server
 
 
@@ -180,6 +182,47 @@ def test_client_and_server_commands_end_to_end(mcd: Mcd) -> None:
     mcd.request("client.disconnect")
     assert mcd.request("client.status")["phase"] == "disconnected"
     assert mcd.request("server.stop")["phase"] == "stopped"
+
+
+def test_connect_wait_goes_on_when_a_setting_restarts_the_first_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`client connect --wait` was waiting on a client pointed at a wrong
+    port; the user fixed the port, which starts the first connection again
+    (disconnected for a moment, then connecting).  The wait took that moment
+    for its outcome and said "could not connect: disconnected by this
+    client", while the client connected a moment later.  It now waits on."""
+    core = DaemonCore(store=None)
+    server = Server(interface="127.0.0.1", port=0)
+    server.start()
+    waiting = threading.Event()
+    real_wait_for = core.wait_for
+
+    def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
+        waiting.set()  # the command is in its wait: the fix comes now, not before
+        return real_wait_for(predicate, timeout)
+
+    monkeypatch.setattr(core, "wait_for", wait_for)
+    outcome: list[object] = []
+    try:
+        with socket.socket() as nobody:  # a port nothing listens on, held so nothing will
+            nobody.bind(("127.0.0.1", 0))
+            core.set("client", "c", "address", "127.0.0.1")
+            core.set("client", "c", "port", nobody.getsockname()[1])
+
+            def connect() -> None:
+                try:
+                    outcome.append(core.client_connect("c", wait=True, timeout=30.0)["phase"])
+                except Exception as exc:  # the test asserts on it
+                    outcome.append(exc)
+
+            connecting = threading.Thread(target=connect)
+            connecting.start()
+            assert waiting.wait(10)
+            assert core.set("client", "c", "port", server.port).get("restarted") is True
+            connecting.join(40)
+        assert outcome == ["connected"]
+    finally:
+        core.shutdown()
+        server.stop()
 
 
 def test_named_instances_are_created_on_first_use_and_removed(mcd: Mcd) -> None:
