@@ -50,14 +50,16 @@ def run(coro: Any) -> Any:
         return runner.run(bounded())
 
 
-def _client(port: int, client_id: str) -> AsyncClient:
+def new_client(port: int, client_id: str) -> AsyncClient:
+    """A client of the system ``use`` chose (interleaved.py keeps one)."""
     if _bare:
         bare: Any = BareAsyncClient("127.0.0.1", port, client_id, connect_timeout=60)
         return bare  # the methods the scenarios use, alike
     return AsyncClient(address="127.0.0.1", port=port, client_id=client_id, connect_timeout=60)
 
 
-async def _next(messages: Any, subject: str) -> dict[str, Any]:
+async def next_payload(messages: Any, subject: str) -> dict[str, Any]:
+    """The payload of the next message of ``subject`` that ``messages`` yields."""
     async for message in messages:
         if message.subject == subject:
             payload: dict[str, Any] = message.payload
@@ -75,12 +77,12 @@ async def _latencies(n: int, round_trip: Callable[[int], Awaitable[dict[str, Any
 def echo(port: int, n: int, size: int = 100) -> dict[str, float]:
     async def scenario() -> dict[str, float]:
         filler = "x" * size
-        async with _client(port, "echo-client") as client:
+        async with new_client(port, "echo-client") as client:
             messages = client.messages()
 
             async def one(seq: int) -> dict[str, Any]:
                 await client.send(Message("echo", {"message": filler, "seq": seq}))
-                return await _next(messages, "echo")
+                return await next_payload(messages, "echo")
 
             return await _latencies(n, one)
 
@@ -91,7 +93,7 @@ def echo(port: int, n: int, size: int = 100) -> dict[str, float]:
 def request(port: int, n: int) -> dict[str, float]:
     async def scenario() -> dict[str, float]:
         filler = "x" * 100
-        async with _client(port, "request-client") as client:
+        async with new_client(port, "request-client") as client:
 
             async def one(seq: int) -> dict[str, Any]:
                 reply = await client.request(Message("ask", {"message": filler, "seq": seq}))
@@ -105,12 +107,12 @@ def request(port: int, n: int) -> dict[str, float]:
 
 def c2s(port: int, n: int) -> dict[str, float]:
     async def scenario() -> dict[str, float]:
-        async with _client(port, "sink-client") as client:
+        async with new_client(port, "sink-client") as client:
             messages = client.messages()
             t0 = time.perf_counter()
             for seq in range(n):
                 await client.send(Message("sink", {"message": FILLER, "seq": seq, "last": n - 1}))
-            done = await _next(messages, "done")
+            done = await next_payload(messages, "done")
             elapsed = time.perf_counter() - t0
         if done["received"] != n:
             raise AssertionError(f"the server received {done['received']} of {n}")
@@ -129,7 +131,7 @@ def broadcast(port: int, clients: int, count: int, server_cpu: Any, iterate: boo
     per wake-up)."""
 
     async def scenario() -> dict[str, float]:
-        conns = [_client(port, f"b{i}") for i in range(clients)]
+        conns = [new_client(port, f"b{i}") for i in range(clients)]
         await asyncio.gather(*(c.connect() for c in conns))
         try:
             attached = [_Count(count) for _ in conns]
@@ -137,7 +139,7 @@ def broadcast(port: int, clients: int, count: int, server_cpu: Any, iterate: boo
             if iterate:
                 for c, messages, seen in zip(conns, streams, attached, strict=True):
                     await c.send(Message("echo", {"seq": 0}))
-                    await _next(messages, "echo")
+                    await next_payload(messages, "echo")
                     seen.echoed.set_result(None)
             else:
                 for c, seen in zip(conns, attached, strict=True):

@@ -65,7 +65,7 @@ class _AsyncSide(_Side):
         self.scenario = scenario
         self.runner = asyncio.Runner(loop_factory=lambda: new_loop("uvloop" in system))
         aio_scenarios.use(uvloop="uvloop" in system, bare=system in ("asyncio", "uvloop"))
-        self.client = aio_scenarios._client(port, f"{scenario}-client")
+        self.client = aio_scenarios.new_client(port, f"{scenario}-client")
         self.messages = self.client.messages() if scenario == "echo" else None
         self._run(self.client.connect())
 
@@ -80,7 +80,7 @@ class _AsyncSide(_Side):
 
     async def _echo(self, seq: int) -> dict[str, Any]:
         await self.client.send(Message("echo", {"message": FILLER, "seq": seq}))
-        return await aio_scenarios._next(self.messages, "echo")
+        return await aio_scenarios.next_payload(self.messages, "echo")
 
     async def _request(self, seq: int) -> dict[str, Any]:
         reply = await self.client.request(Message("ask", {"message": FILLER, "seq": seq}))
